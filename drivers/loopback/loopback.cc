@@ -1,0 +1,133 @@
+#include "loopback/loopback.h"
+
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "runtime/futex.h"
+
+namespace baton::loopback {
+namespace {
+
+using Bytes = std::vector<std::byte>;
+
+// One direction: frames ordered by the time they become visible.
+struct Lane {
+  std::mutex mu;
+  std::multimap<uint64_t, Bytes> queue;
+};
+
+class WireImpl final : public Wire {
+ public:
+  WireImpl(uint32_t capacity, uint64_t seed) : capacity_(capacity), rng_(seed) {}
+
+  void set_faults(const Faults& f) override {
+    std::lock_guard lock(mu_);
+    faults_ = f;
+  }
+  void set_partitioned(bool p) override {
+    std::lock_guard lock(mu_);
+    faults_.partitioned = p;
+  }
+
+  // Returns how many of `n` frames the lane took (full lane: fewer).
+  uint16_t send(int lane, const TxFrame* frames, uint16_t n) {
+    Lane& l = lanes_[lane];
+    std::scoped_lock lock(mu_, l.mu);
+    const uint64_t now = now_ns();
+    uint16_t taken = 0;
+    for (; taken < n; ++taken) {
+      if (l.queue.size() >= capacity_) break;
+      const TxFrame& f = frames[taken];
+      if (faults_.partitioned || chance(faults_.drop)) continue;
+      Bytes b(f.head.size() + f.payload.size());
+      std::memcpy(b.data(), f.head.data(), f.head.size());
+      if (!f.payload.empty()) std::memcpy(b.data() + f.head.size(), f.payload.data(), f.payload.size());
+      if (chance(faults_.corrupt)) b[rng_() % b.size()] ^= std::byte{static_cast<unsigned char>(1 + rng_() % 255)};
+      uint64_t due = now + uint64_t{faults_.delay_us} * 1000;
+      if (chance(faults_.reorder)) due += uint64_t{faults_.reorder_delay_us} * 1000;
+      if (chance(faults_.duplicate)) l.queue.emplace(due + 1, b);
+      l.queue.emplace(due, std::move(b));
+    }
+    return taken;
+  }
+
+  uint16_t receive(int lane, std::vector<Bytes>& held, RxFrame* out, uint16_t n) {
+    Lane& l = lanes_[lane];
+    std::lock_guard lock(l.mu);
+    const uint64_t now = now_ns();
+    uint16_t k = 0;
+    while (k < n && !l.queue.empty() && l.queue.begin()->first <= now) {
+      held.push_back(std::move(l.queue.begin()->second));
+      l.queue.erase(l.queue.begin());
+      ++k;
+    }
+    // Pointers are taken after the pushes: the vector may have moved.
+    for (uint16_t i = 0; i < k; ++i) {
+      Bytes& b = held[held.size() - k + i];
+      out[i] = RxFrame{{b.data(), b.size()}, nullptr};
+    }
+    return k;
+  }
+
+ private:
+  bool chance(double p) { return p > 0 && std::uniform_real_distribution<double>(0, 1)(rng_) < p; }
+
+  std::mutex mu_;  // faults and rng
+  Faults faults_;
+  uint32_t capacity_;
+  std::mt19937_64 rng_;
+  Lane lanes_[2];
+};
+
+class LoopbackLink final : public Link {
+ public:
+  LoopbackLink(std::shared_ptr<WireImpl> wire, int tx_lane, uint16_t peer, uint32_t max_frame)
+      : wire_(std::move(wire)), tx_lane_(tx_lane), peer_(peer), max_frame_(max_frame),
+        name_("loopback -> node " + std::to_string(peer)) {}
+
+  const std::string& name() const noexcept override { return name_; }
+  uint16_t peer() const noexcept override { return peer_; }
+  LinkCaps caps() const noexcept override { return {max_frame_, false}; }
+  bool up() noexcept override { return true; }
+
+  uint16_t rx_burst(RxFrame* out, uint16_t n) noexcept override {
+    uint16_t k = wire_->receive(1 - tx_lane_, held_, out, n);
+    counters_.rx_frames += k;
+    return k;
+  }
+  void release_rx(RxFrame*, uint16_t) noexcept override { held_.clear(); }
+  uint16_t tx_burst(const TxFrame* frames, uint16_t n) noexcept override {
+    for (uint16_t i = 0; i < n; ++i)
+      if (frames[i].head.size() + frames[i].payload.size() > max_frame_) return i;  // oversize: refuse
+    uint16_t k = wire_->send(tx_lane_, frames, n);
+    counters_.tx_frames += k;
+    return k;
+  }
+  LinkCounters counters() const noexcept override { return counters_; }
+
+ private:
+  std::shared_ptr<WireImpl> wire_;
+  int tx_lane_;
+  uint16_t peer_;
+  uint32_t max_frame_;
+  std::string name_;
+  std::vector<Bytes> held_;
+  LinkCounters counters_;
+};
+
+}  // namespace
+
+Pair make_pair(uint16_t node_a, uint16_t node_b, uint32_t max_frame, uint32_t capacity, uint64_t seed) {
+  auto wire = std::make_shared<WireImpl>(capacity, seed);
+  Pair p;
+  p.a = std::make_unique<LoopbackLink>(wire, 0, node_b, max_frame);
+  p.b = std::make_unique<LoopbackLink>(wire, 1, node_a, max_frame);
+  p.wire = wire;
+  return p;
+}
+
+}  // namespace baton::loopback

@@ -1,0 +1,45 @@
+#pragma once
+// Loopback driver: two in-process Links joined by queues, with fault
+// injection (drop, duplicate, reorder, corrupt, delay, partition). For tests:
+// this kernel has no netem, so delay and reordering come from here. It copies
+// and allocates per frame; it is a test transport, not a data path.
+
+#include <cstdint>
+#include <memory>
+#include <utility>
+
+#include "baton/driver_sdk.h"
+
+namespace baton::loopback {
+
+struct Faults {
+  double drop = 0;       ///< probability a frame vanishes
+  double duplicate = 0;  ///< probability a frame arrives twice
+  double reorder = 0;    ///< probability a frame is held back behind later ones
+  double corrupt = 0;    ///< probability one byte of a frame is flipped
+  uint32_t delay_us = 0; ///< every frame arrives this much later
+  uint32_t reorder_delay_us = 300;
+  bool partitioned = false;  ///< nothing crosses, either way
+};
+
+/// The wire between two links; shared by both, changeable while they run.
+class Wire {
+ public:
+  virtual ~Wire() = default;
+  /// Thread: any.
+  virtual void set_faults(const Faults& f) = 0;
+  virtual void set_partitioned(bool p) = 0;
+};
+
+struct Pair {
+  std::unique_ptr<Link> a;  ///< on node_a, reaches node_b
+  std::unique_ptr<Link> b;  ///< on node_b, reaches node_a
+  std::shared_ptr<Wire> wire;
+};
+
+/// Creates two joined links. `capacity` frames may be in flight each way
+/// (a full queue pushes back like a device ring). `seed` makes faults repeatable.
+Pair make_pair(uint16_t node_a, uint16_t node_b, uint32_t max_frame = 16384, uint32_t capacity = 1024,
+               uint64_t seed = 1);
+
+}  // namespace baton::loopback

@@ -1,0 +1,448 @@
+// Control side of the engine: the API calls. They validate input, allocate,
+// and hand work to the worker through the command ring; they may block.
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstring>
+#include <unordered_set>
+
+#include "common/crc32c.h"
+#include "common/log.h"
+#include "engine_impl.h"
+#include "runtime/futex.h"
+
+namespace baton {
+namespace {
+
+constexpr unsigned kCommandRingSize = 1024;
+constexpr uint64_t kSpinBeforeSleepNs = 200'000;  // waking a sleeper costs ~70 us here
+
+Result<void> check_name(std::string_view name) {
+  if (name.empty()) return fail(Errc::kInvalidArgument, "segment name is empty");
+  if (name.size() > wire::kMaxNameLen)
+    return fail(Errc::kInvalidArgument, "segment name longer than ", std::to_string(wire::kMaxNameLen), " bytes");
+  if (!wire::valid_name(name))
+    return fail(Errc::kInvalidArgument, "segment name must be printable ASCII without spaces");
+  return {};
+}
+
+// Rendezvous hashing: every node ranks peers the same way for a segment, and
+// a peer joining or leaving moves only the segments it ranks first for.
+uint64_t rank(uint64_t seg_id, uint16_t node) {
+  uint64_t x = seg_id ^ (uint64_t{node} * 0x9E3779B97F4A7C15ull);
+  x ^= x >> 31;
+  x *= 0xBF58476D1CE4E5B9ull;
+  x ^= x >> 29;
+  return x;
+}
+
+}  // namespace
+
+// --- Op -------------------------------------------------------------------
+
+void Op::finish() noexcept {
+  done.store(1, std::memory_order_release);
+  futex_wake_all(done);
+}
+
+void Op::fail(Errc code, std::string message) noexcept {
+  ok = false;
+  error = Error{code, std::move(message)};
+  finish();
+}
+
+void Op::wait() noexcept {
+  const uint64_t spin_until = now_ns() + kSpinBeforeSleepNs;
+  while (done.load(std::memory_order_acquire) == 0) {
+    if (now_ns() < spin_until) _mm_pause();
+    else futex_wait(done, 0, 10'000'000);
+  }
+}
+
+// --- Engine ---------------------------------------------------------------
+
+Engine::Engine(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+Engine::~Engine() {
+  impl_->running.store(false);
+  impl_->wake.fetch_add(1);
+  futex_wake_all(impl_->wake);
+  if (impl_->worker.joinable()) impl_->worker.join();
+}
+
+uint16_t Engine::node_id() const noexcept { return impl_->config.node_id; }
+
+Result<std::unique_ptr<Engine>> Engine::start(const EngineConfig& config,
+                                              std::vector<std::unique_ptr<Link>> links) {
+  if (config.node_id == 0 || config.node_id == wire::kBroadcast)
+    return fail(Errc::kInvalidArgument, "node_id must be 1..65534");
+  if (config.replication_factor == 0) return fail(Errc::kInvalidArgument, "replication_factor must be at least 1");
+  if (config.chunk_size < 512 || config.chunk_size > wire::kMaxChunkSize)
+    return fail(Errc::kInvalidArgument, "chunk_size must be 512..", std::to_string(wire::kMaxChunkSize));
+  if (config.window == 0 || config.window > 65536) return fail(Errc::kInvalidArgument, "window must be 1..65536");
+  if (config.max_segment_size == 0 || config.max_segment_size > wire::kMaxSegmentSize)
+    return fail(Errc::kInvalidArgument, "max_segment_size out of range");
+  auto impl = std::make_unique<Impl>();
+  impl->config = config;
+  for (auto& link : links) {
+    if (!link) return fail(Errc::kInvalidArgument, "null link");
+    if (link->peer() == config.node_id) return fail(Errc::kInvalidArgument, "link ", link->name(), " leads to this node");
+    if (link->caps().max_frame < wire::kHeaderSize + wire::kMaxNameLen + 512)
+      return fail(Errc::kInvalidArgument, "link ", link->name(), " carries frames too small for Baton");
+    if (!impl->link_by_peer.emplace(link->peer(), link.get()).second)
+      return fail(Errc::kInvalidArgument, "two links to node ", std::to_string(link->peer()));
+  }
+  impl->links = std::move(links);
+  const ssize_t ring_bytes = rte_ring_get_memsize(kCommandRingSize);
+  impl->command_mem.reset(new (std::align_val_t{64}) std::byte[ring_bytes]);
+  impl->commands = reinterpret_cast<rte_ring*>(impl->command_mem.get());
+  if (rte_ring_init(impl->commands, "baton_commands", kCommandRingSize, RING_F_SC_DEQ) != 0)
+    return fail(Errc::kInternal, "rte_ring_init failed");
+  Impl* raw = impl.get();
+  impl->worker = std::thread([raw] { raw->run_worker(); });
+  LOG_INFO("engine node %u started with %zu links", config.node_id, raw->links.size());
+  return std::unique_ptr<Engine>(new Engine(std::move(impl)));
+}
+
+void Engine::Impl::post(void* item) {
+  // The ring holds 1024; a full ring means the worker is far behind: wait.
+  while (rte_ring_mp_enqueue(commands, item) != 0) _mm_pause();
+  if (sleeping.load()) {
+    wake.fetch_add(1);
+    futex_wake_all(wake);
+  }
+}
+
+Result<void> Engine::Impl::call(std::function<void()> fn) {
+  Op op;
+  op.run = [&op, &fn] {
+    fn();
+    op.finish();
+  };
+  post(&op);
+  op.wait();
+  if (!op.ok) return tl::unexpected(op.error);
+  return {};
+}
+
+uint32_t Engine::Impl::effective_chunk_size() const {
+  uint32_t c = config.chunk_size;
+  for (auto& l : links) c = std::min<uint32_t>(c, l->caps().max_frame - wire::kHeaderSize - wire::kMaxNameLen);
+  return c;
+}
+
+Result<std::unique_ptr<QueryOp>> Engine::Impl::query(std::string_view name) {
+  auto q = std::make_unique<QueryOp>();
+  q->name = std::string(name);
+  q->id = wire::segment_id(name);
+  for (auto& l : links) q->answers.push_back(QueryAnswer{l->peer()});
+  QueryOp* raw = q.get();
+  q->run = [this, raw] {
+    for (QueryOp* other : queries)
+      if (other->id == raw->id) return raw->fail(Errc::kBusy, "another load of this name is in progress");
+    const uint64_t now = now_ns();
+    raw->deadline_ns = now + uint64_t{config.query_timeout_ms} * 1'000'000;
+    queries.push_back(raw);
+    send_query(*raw, now);
+  };
+  post(raw);
+  raw->wait();
+  if (!raw->ok) return tl::unexpected(raw->error);
+  return q;
+}
+
+Result<Segment*> Engine::Impl::add_segment(std::unique_ptr<Segment> seg) {
+  // Replica selection (S4): the first replication_factor peers by rank.
+  std::vector<Link*> peers;
+  for (auto& l : links) peers.push_back(l.get());
+  std::sort(peers.begin(), peers.end(),
+            [&](Link* a, Link* b) { return rank(seg->id, a->peer()) > rank(seg->id, b->peer()); });
+  peers.resize(std::min<size_t>(peers.size(), config.replication_factor));
+  for (Link* l : peers) {
+    auto r = std::make_unique<ReplicaTarget>();
+    r->node = l->peer();
+    r->link = l;
+    seg->replicas.push_back(std::move(r));
+  }
+  if (peers.size() < config.replication_factor)
+    LOG_WARN("segment %s: %zu of %u replicas (not enough peers)", seg->name.c_str(), peers.size(),
+             config.replication_factor);
+  for (auto& stage : seg->stages) stage.segment = seg.get();
+  Segment* raw = seg.get();
+  auto added = call([this, raw] { owned[raw->id] = raw; });
+  if (!added) return tl::unexpected(added.error());
+  segments.emplace(raw->name, std::move(seg));
+  return raw;
+}
+
+Result<Segment*> Engine::Impl::make_segment(std::string_view name, uint64_t size, LocalStorage* restored,
+                                            uint64_t epoch, uint64_t generation) {
+  auto seg = std::make_unique<Segment>();
+  seg->name = std::string(name);
+  seg->id = wire::segment_id(name);
+  seg->size = size;
+  seg->chunk_size = effective_chunk_size();
+  seg->epoch.store(epoch);
+  seg->committed = generation;
+  if (restored != nullptr) {
+    seg->mem = std::move(*restored);
+  } else {
+    auto mem = LocalStorage::create(seg->name, size, config.numa_node);
+    if (!mem) return tl::unexpected(mem.error());
+    seg->mem = std::move(*mem);
+  }
+  const uint32_t chunks = wire::chunk_count_for(size, seg->chunk_size);
+  for (auto& stage : seg->stages) {
+    auto mem = LocalStorage::create(seg->name + "@stage", size, config.numa_node);
+    if (!mem) return tl::unexpected(mem.error());
+    stage.mem = std::move(*mem);
+    stage.chunk_crcs.resize(chunks);
+  }
+  return add_segment(std::move(seg));
+}
+
+Result<Segment*> Engine::create(std::string_view name, uint64_t size) {
+  if (auto ok = check_name(name); !ok) return tl::unexpected(ok.error());
+  if (size == 0 || size > impl_->config.max_segment_size)
+    return fail(Errc::kInvalidArgument, "size must be 1..", std::to_string(impl_->config.max_segment_size));
+  std::lock_guard lock(impl_->control_mu);
+  if (impl_->segments.count(std::string(name)) != 0) return fail(Errc::kExists, "segment ", name, " is open here");
+  auto q = impl_->query(name);
+  if (!q) return tl::unexpected(q.error());
+  for (const auto& a : (*q)->answers)
+    if (a.found)
+      return fail(Errc::kExists, "segment ", name, " already exists on node ", std::to_string(a.peer),
+                  a.owner ? " (its owner)" : " (a replica); load it instead");
+  return impl_->make_segment(name, size, nullptr, 1, 0);
+}
+
+Result<OpenResult> Engine::Impl::load_from(const QueryOp& q, std::string_view name) {
+  std::vector<const QueryAnswer*> candidates;
+  uint64_t max_epoch = 0;
+  for (const auto& a : q.answers) {
+    if (!a.found) continue;
+    max_epoch = std::max(max_epoch, a.epoch);
+    if (!a.owner && a.generation > 0 && a.total_len > 0 && a.total_len <= config.max_segment_size)
+      candidates.push_back(&a);
+  }
+  if (candidates.empty()) return fail(Errc::kNotFound, "no live replica holds ", name);
+  std::sort(candidates.begin(), candidates.end(), [](auto* a, auto* b) {
+    return std::tie(a->epoch, a->generation) > std::tie(b->epoch, b->generation);
+  });
+  Error last{Errc::kNotFound, "no replica could deliver " + std::string(name)};
+  for (const QueryAnswer* a : candidates) {
+    auto dest = LocalStorage::create(std::string(name), a->total_len, config.numa_node);
+    if (!dest) return tl::unexpected(dest.error());
+    FetchOp op;
+    op.name = std::string(name);
+    op.id = q.id;
+    op.peer = a->peer;
+    op.link = link_by_peer.at(a->peer);
+    op.generation = a->generation;
+    op.dest = &*dest;
+    op.run = [this, &op] {
+      op.last_progress_ns = now_ns();
+      fetches.push_back(&op);
+      send_fetch_request(op, op.last_progress_ns);
+    };
+    post(&op);
+    op.wait();
+    if (!op.ok) {
+      LOG_WARN("load %.*s from node %u failed: %s", int(name.size()), name.data(), a->peer,
+               op.error.message.c_str());
+      last = op.error;
+      continue;
+    }
+    // Ownership moves here: a new epoch, above every epoch any peer reported.
+    auto seg = make_segment(name, a->total_len, &*dest, max_epoch + 1, op.got_generation);
+    if (!seg) return tl::unexpected(seg.error());
+    LOG_INFO("loaded %.*s generation %lu from node %u (epoch %lu)", int(name.size()), name.data(),
+             static_cast<unsigned long>(op.got_generation), a->peer, static_cast<unsigned long>(max_epoch + 1));
+    return OpenResult{*seg, OpenOutcome::kRestored, op.got_generation};
+  }
+  return tl::unexpected(last);
+}
+
+Result<OpenResult> Engine::load(std::string_view name) {
+  if (auto ok = check_name(name); !ok) return tl::unexpected(ok.error());
+  std::lock_guard lock(impl_->control_mu);
+  if (impl_->segments.count(std::string(name)) != 0) return fail(Errc::kExists, "segment ", name, " is open here");
+  auto q = impl_->query(name);
+  if (!q) return tl::unexpected(q.error());
+  return impl_->load_from(**q, name);
+}
+
+Result<OpenResult> Engine::open(std::string_view name, uint64_t size) {
+  if (auto ok = check_name(name); !ok) return tl::unexpected(ok.error());
+  if (size == 0 || size > impl_->config.max_segment_size)
+    return fail(Errc::kInvalidArgument, "size must be 1..", std::to_string(impl_->config.max_segment_size));
+  std::lock_guard lock(impl_->control_mu);
+  if (impl_->segments.count(std::string(name)) != 0) return fail(Errc::kExists, "segment ", name, " is open here");
+  auto q = impl_->query(name);
+  if (!q) return tl::unexpected(q.error());
+  bool any_replica = false;
+  for (const auto& a : (*q)->answers) {
+    if (a.found && a.owner)
+      return fail(Errc::kExists, "segment ", name, " is owned by live node ", std::to_string(a.peer));
+    any_replica |= a.found;
+  }
+  if (any_replica) return impl_->load_from(**q, name);
+  auto seg = impl_->make_segment(name, size, nullptr, 1, 0);
+  if (!seg) return tl::unexpected(seg.error());
+  return OpenResult{*seg, OpenOutcome::kCreated, 0};
+}
+
+Segment* Engine::Impl::find_handle(Segment* seg) {
+  if (seg == nullptr) return nullptr;
+  for (auto& [name, s] : segments)
+    if (s.get() == seg) return seg;
+  return nullptr;
+}
+
+std::span<std::byte> Engine::data(Segment* segment) const noexcept {
+  std::lock_guard lock(impl_->control_mu);
+  Segment* seg = impl_->find_handle(segment);
+  return seg == nullptr ? std::span<std::byte>() : seg->mem.bytes();
+}
+
+Result<uint64_t> Engine::commit(Segment* segment) {
+  std::lock_guard lock(impl_->control_mu);
+  Segment* seg = impl_->find_handle(segment);
+  if (seg == nullptr) return fail(Errc::kInvalidArgument, "unknown segment handle");
+  if (seg->fenced.load()) return fail(Errc::kFenced, "segment ", seg->name, " moved to a newer owner");
+  // A stage is free unless the worker still sends from it; the worker frees
+  // the older one as soon as it picks up the newer.
+  Stage* stage = nullptr;
+  while (stage == nullptr) {
+    for (auto& s : seg->stages)
+      if (s.state.load(std::memory_order_acquire) == Stage::kFree) stage = &s;
+    if (stage == nullptr) _mm_pause();
+  }
+  // Snapshot: copy and checksum each chunk in one pass (S5). Copy-on-write
+  // snapshots will replace the copy (S14).
+  const uint32_t cs = seg->chunk_size;
+  const uint32_t chunks = wire::chunk_count_for(seg->size, cs);
+  for (uint32_t i = 0; i < chunks; ++i) {
+    const uint64_t off = uint64_t{i} * cs;
+    const uint32_t len = wire::chunk_len(seg->size, cs, i);
+    stage->chunk_crcs[i] = crc32c_final(copy_crc32c(stage->mem.data() + off, seg->mem.data() + off, len, crc32c_init()));
+  }
+  stage->gen_crc = wire::generation_crc(stage->chunk_crcs);
+  stage->generation = ++seg->committed;
+  stage->state.store(Stage::kPosted, std::memory_order_release);
+  impl_->post(reinterpret_cast<void*>(reinterpret_cast<uintptr_t>(stage) | 1));
+  return stage->generation;
+}
+
+Result<void> Engine::wait_replicated(Segment* segment, uint64_t generation, uint32_t k,
+                                     std::chrono::milliseconds timeout) {
+  Segment* seg;
+  {
+    std::lock_guard lock(impl_->control_mu);
+    seg = impl_->find_handle(segment);
+    if (seg == nullptr) return fail(Errc::kInvalidArgument, "unknown segment handle");
+    if (k > seg->replicas.size())
+      return fail(Errc::kInvalidArgument, "asked for ", std::to_string(k), " replicas; the segment has ",
+                  std::to_string(seg->replicas.size()));
+    if (generation > seg->committed) return fail(Errc::kInvalidArgument, "generation not committed yet");
+  }
+  const uint64_t start = now_ns();
+  const uint64_t deadline = start + static_cast<uint64_t>(timeout.count()) * 1'000'000;
+  for (;;) {
+    const uint32_t progress = seg->progress.load(std::memory_order_acquire);
+    uint32_t held = 0;
+    for (auto& r : seg->replicas)
+      if (r->held.load(std::memory_order_acquire) >= generation) ++held;
+    if (held >= k) return {};
+    if (seg->fenced.load()) return fail(Errc::kFenced, "segment ", seg->name, " moved to a newer owner");
+    const uint64_t now = now_ns();
+    if (now >= deadline)
+      return fail(Errc::kTimeout, std::to_string(held), " of ", std::to_string(k), " replicas hold generation ",
+                  std::to_string(generation));
+    if (now - start < kSpinBeforeSleepNs) {
+      _mm_pause();
+      continue;
+    }
+    seg->waiters.fetch_add(1);
+    futex_wait(seg->progress, progress, std::min<uint64_t>(deadline - now, 10'000'000));
+    seg->waiters.fetch_sub(1);
+  }
+}
+
+Result<void> Engine::close(Segment* segment) {
+  std::lock_guard lock(impl_->control_mu);
+  Segment* seg = impl_->find_handle(segment);
+  if (seg == nullptr) return fail(Errc::kInvalidArgument, "unknown segment handle");
+  auto removed = impl_->call([this, seg] {
+    impl_->owned.erase(seg->id);
+    seg->current_stage = -1;
+  });
+  if (!removed) return removed;
+  impl_->segments.erase(seg->name);
+  return {};
+}
+
+Result<SegmentStatus> Engine::status(Segment* segment) const {
+  std::lock_guard lock(impl_->control_mu);
+  Segment* seg = impl_->find_handle(segment);
+  if (seg == nullptr) return fail(Errc::kInvalidArgument, "unknown segment handle");
+  SegmentStatus st{seg->name, seg->id, seg->size, seg->committed, seg->epoch.load(), seg->fenced.load(), {}};
+  for (auto& r : seg->replicas) st.replicas.emplace_back(r->node, r->held.load());
+  return st;
+}
+
+Result<ReplicaStatus> Engine::replica_status(std::string_view name) const {
+  if (auto ok = check_name(name); !ok) return tl::unexpected(ok.error());
+  ReplicaStatus st;
+  bool found = false;
+  const uint64_t id = wire::segment_id(name);
+  auto done = impl_->call([&] {
+    auto it = impl_->stores.find(id);
+    if (it == impl_->stores.end()) return;
+    found = true;
+    st = ReplicaStatus{it->second->name(), it->second->size(), it->second->owner(), it->second->epoch(),
+                       it->second->generations()};
+  });
+  if (!done) return tl::unexpected(done.error());
+  if (!found) return fail(Errc::kNotFound, "no replica of ", name, " here");
+  return st;
+}
+
+Result<std::vector<std::byte>> Engine::read_replica(std::string_view name, uint64_t generation) const {
+  if (auto ok = check_name(name); !ok) return tl::unexpected(ok.error());
+  std::vector<std::byte> out;
+  bool found = false;
+  const uint64_t id = wire::segment_id(name);
+  auto done = impl_->call([&] {
+    auto it = impl_->stores.find(id);
+    if (it == impl_->stores.end()) return;
+    ReplicaStore::Slot* slot = it->second->find(generation);
+    if (slot == nullptr) return;
+    found = true;
+    out.assign(slot->mem.data(), slot->mem.data() + it->second->size());
+  });
+  if (!done) return tl::unexpected(done.error());
+  if (!found) return fail(Errc::kNotFound, "no replica of ", name, " generation ", std::to_string(generation));
+  return out;
+}
+
+EngineStats Engine::stats() const noexcept {
+  const auto& c = impl_->counters;
+  EngineStats s;
+  s.frames_rx = c.frames_rx.load();
+  s.frames_tx = c.frames_tx.load();
+  s.misdirected = c.misdirected.load();
+  s.retransmits = c.retransmits.load();
+  s.duplicates = c.duplicates.load();
+  s.stale_epoch = c.stale_epoch.load();
+  s.published = c.published.load();
+  s.corrupt_generations = c.corrupt_generations.load();
+  s.tx_dropped = c.tx_dropped.load();
+  s.no_slot = c.no_slot.load();
+  s.bad_input = c.bad_input.load();
+  for (size_t i = 0; i < c.decode.size(); ++i) s.decode_errors[i] = c.decode[i].load();
+  return s;
+}
+
+}  // namespace baton

@@ -1,0 +1,205 @@
+#pragma once
+// Engine internals shared by the control side (engine.cc: API calls, which
+// may block and allocate) and the worker (worker.cc: the poll loop, which
+// never blocks, allocates only when a new replica segment first appears, and
+// never throws). They meet in two places only: the command ring (control ->
+// worker) and atomics the worker publishes (generations held, fenced flag).
+
+#include <rte_ring.h>
+
+#include <array>
+#include <atomic>
+#include <functional>
+#include <mutex>
+#include <memory>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "baton/engine.h"
+#include "protocol/wire.h"
+#include "replication/replica_store.h"
+#include "replication/transfer.h"
+#include "segment/local_storage.h"
+
+namespace baton {
+
+struct Segment;
+
+/// Something the worker runs for a control thread, which waits for `done`.
+struct Op {
+  std::atomic<uint32_t> done{0};
+  Error error;
+  bool ok = true;
+  std::function<void()> run;  ///< executed on the worker
+
+  void finish() noexcept;                      // worker: mark done and wake the waiter
+  void fail(Errc code, std::string message) noexcept;
+  /// Control: waits for finish(). The worker finishes every op it takes,
+  /// by its own deadline or when it stops.
+  void wait() noexcept;
+};
+
+/// A snapshot buffer: one committed generation, ready to send.
+struct Stage {
+  enum State : uint32_t { kFree = 0, kPosted = 1 };
+  Segment* segment = nullptr;
+  LocalStorage mem;
+  std::vector<uint32_t> chunk_crcs;
+  uint32_t gen_crc = 0;
+  uint64_t generation = 0;
+  std::atomic<uint32_t> state{kFree};
+};
+
+/// A replica of one of our segments, as the primary sees it.
+struct ReplicaTarget {
+  uint16_t node = 0;
+  Link* link = nullptr;
+  ChunkSender sender;                ///< worker
+  std::atomic<uint64_t> held{0};     ///< newest generation the replica published
+};
+
+}  // namespace baton
+
+/// A segment this node owns (the primary copy).
+struct baton::Segment {
+  std::string name;
+  uint64_t id = 0;
+  uint64_t size = 0;
+  uint32_t chunk_size = 0;
+  LocalStorage mem;                     ///< the application's memory
+  std::array<Stage, 2> stages;          ///< double-buffered snapshots
+  uint64_t committed = 0;               ///< control: last generation handed out
+  std::atomic<uint64_t> epoch{1};
+  std::atomic<bool> fenced{false};
+  std::atomic<uint32_t> progress{0};    ///< futex word, bumped on replica progress
+  std::atomic<uint32_t> waiters{0};     ///< control threads sleeping on `progress`
+  std::vector<std::unique_ptr<ReplicaTarget>> replicas;  ///< fixed once the worker added it
+  int current_stage = -1;               ///< worker: stage being replicated
+};
+
+namespace baton {
+
+/// A load in progress, in two steps the control side drives: query every peer
+/// for what it holds, then fetch from the best one into `dest`.
+struct QueryAnswer {
+  uint16_t peer = 0;
+  bool answered = false;
+  bool found = false;
+  bool owner = false;       ///< the peer is the live owner, not a replica
+  uint64_t epoch = 0;
+  uint64_t generation = 0;
+  uint64_t total_len = 0;
+};
+
+struct QueryOp : Op {
+  std::string name;
+  uint64_t id = 0;
+  uint64_t deadline_ns = 0;
+  uint64_t last_sent_ns = 0;
+  std::vector<QueryAnswer> answers;  // one per link, sized by the control side
+};
+
+struct FetchOp : Op {
+  std::string name;
+  uint64_t id = 0;
+  uint16_t peer = 0;
+  Link* link = nullptr;
+  uint64_t generation = 0;   ///< wanted (0: latest)
+  LocalStorage* dest = nullptr;
+  ChunkAssembler assembler;
+  uint64_t last_progress_ns = 0;
+  uint64_t last_request_ns = 0;
+  uint64_t got_generation = 0;
+  uint64_t got_epoch = 0;
+};
+
+/// A replica serving a fetch from one of its published slots.
+struct FetchServe {
+  uint64_t id = 0;
+  uint16_t requester = 0;
+  Link* link = nullptr;
+  ReplicaStore* store = nullptr;
+  ReplicaStore::Slot* slot = nullptr;
+  ChunkSender sender;
+  uint64_t last_progress_ns = 0;
+};
+
+struct Engine::Impl {
+  EngineConfig config;
+  std::vector<std::unique_ptr<Link>> links;
+  std::unordered_map<uint16_t, Link*> link_by_peer;
+
+  // Control -> worker: Op*, or Stage* with the low bit set (a commit: no allocation).
+  rte_ring* commands = nullptr;
+  std::unique_ptr<std::byte[]> command_mem;
+  std::atomic<uint32_t> wake{0};       ///< futex word the idle worker sleeps on
+  std::atomic<bool> sleeping{false};
+  std::atomic<bool> running{true};
+  std::thread worker;
+
+  // Control side.
+  mutable std::mutex control_mu;             ///< serialises API calls on the segment table
+  std::unordered_map<std::string, std::unique_ptr<Segment>> segments;
+
+  // Worker side.
+  std::unordered_map<uint64_t, Segment*> owned;                       ///< by segment id
+  std::unordered_map<uint64_t, std::unique_ptr<ReplicaStore>> stores;  ///< by segment id
+  std::vector<QueryOp*> queries;
+  std::vector<FetchOp*> fetches;
+  std::vector<std::unique_ptr<FetchServe>> serves;
+  std::vector<FetchOp*> completed_fetches;  ///< finished after this poll's acks went out
+  struct AckDue {
+    Link* link;
+    ReplicaStore* store;  ///< replication ack, or
+    FetchOp* fetch;       ///< fetch ack
+    uint64_t generation;
+    bool restart;
+  };
+  std::vector<AckDue> acks_due;  ///< gathered over one rx burst, sent after it
+
+  // Counters: written by the worker (relaxed), read by anyone.
+  struct Counters {
+    std::atomic<uint64_t> frames_rx{0}, frames_tx{0}, misdirected{0}, retransmits{0}, duplicates{0},
+        stale_epoch{0}, published{0}, corrupt_generations{0}, tx_dropped{0}, no_slot{0}, bad_input{0};
+    std::array<std::atomic<uint64_t>, static_cast<size_t>(wire::DecodeError::kCount)> decode{};
+  } counters;
+
+  // --- control side (engine.cc) ---
+  void post(void* item);
+  /// Runs `fn` on the worker and waits. Thread: control.
+  Result<void> call(std::function<void()> fn);
+  Result<std::unique_ptr<QueryOp>> query(std::string_view name);
+  Result<OpenResult> load_from(const QueryOp& q, std::string_view name);
+  Result<Segment*> add_segment(std::unique_ptr<Segment> seg);
+  Result<Segment*> make_segment(std::string_view name, uint64_t size, LocalStorage* restored, uint64_t epoch,
+                                uint64_t generation);
+  Segment* find_handle(Segment* seg);
+  uint32_t effective_chunk_size() const;
+
+  // --- worker side (worker.cc) ---
+  void run_worker() noexcept;
+  bool poll_once(uint64_t now) noexcept;
+  bool drain_commands(uint64_t now) noexcept;
+  void on_frame(Link& link, const wire::Frame& f, uint64_t now) noexcept;
+  void on_data(Link& link, const wire::Frame& f) noexcept;
+  void on_fetch_data(const wire::Frame& f, uint64_t now) noexcept;
+  void on_ack(const wire::Frame& f, uint64_t now) noexcept;
+  void on_fetch_request(Link& link, const wire::Frame& f, uint64_t now) noexcept;
+  void on_fetch_meta(const wire::Frame& f) noexcept;
+  void on_error(const wire::Frame& f) noexcept;
+  void start_replication(Segment& seg, Stage& stage, uint64_t now) noexcept;
+  bool pump_senders(uint64_t now) noexcept;
+  bool pump_one(Link& link, ChunkSender& sender, const wire::Frame& proto, uint64_t now) noexcept;
+  bool step_ops(uint64_t now) noexcept;
+  void send_control(Link& link, const wire::Frame& f) noexcept;
+  void send_error(Link& link, const wire::Frame& about, wire::ErrorCode code, uint64_t epoch) noexcept;
+  void send_fetch_request(FetchOp& op, uint64_t now) noexcept;
+  void send_query(QueryOp& q, uint64_t now) noexcept;
+  void flush_acks() noexcept;
+  void fence(Segment& seg) noexcept;
+  SenderTuning tuning() const noexcept;
+};
+
+}  // namespace baton

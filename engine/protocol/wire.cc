@@ -1,0 +1,193 @@
+#include "protocol/wire.h"
+
+#include <bit>
+#include <cstring>
+
+#include "common/crc32c.h"
+
+namespace baton::wire {
+namespace {
+
+static_assert(std::endian::native == std::endian::little, "the wire is little-endian; add byte swaps");
+
+template <typename T>
+void put(std::byte* base, size_t off, T v) noexcept {
+  std::memcpy(base + off, &v, sizeof v);
+}
+template <typename T>
+T get(const std::byte* base, size_t off) noexcept {
+  T v;
+  std::memcpy(&v, base + off, sizeof v);
+  return v;
+}
+
+constexpr size_t kOffCrc = 12;
+
+bool has_name(MsgType t) noexcept {
+  return t == MsgType::kData || t == MsgType::kFetchData || t == MsgType::kFetchRequest ||
+         t == MsgType::kFetchMeta;
+}
+bool has_payload(MsgType t) noexcept { return t == MsgType::kData || t == MsgType::kFetchData; }
+
+constexpr uint16_t kKnownFlags = kFlagComplete | kFlagRestart | kFlagQuery | kFlagFound | kFlagFetch | kFlagOwner;
+
+// Type-specific checks on an already length-checked frame.
+DecodeError validate_fields(const Frame& f) noexcept {
+  if ((f.flags & ~kKnownFlags) != 0) return DecodeError::kBadField;
+  if (has_name(f.type)) {
+    if (!valid_name(f.name)) return DecodeError::kBadName;
+    if (segment_id(f.name) != f.seg_id) return DecodeError::kBadName;
+  }
+  switch (f.type) {
+    case MsgType::kData:
+    case MsgType::kFetchData: {
+      if (f.generation == 0) return DecodeError::kBadField;
+      if (f.total_len == 0 || f.total_len > kMaxSegmentSize) return DecodeError::kOffsetOverflow;
+      if (f.chunk_size == 0 || f.chunk_size > kMaxChunkSize) return DecodeError::kOffsetOverflow;
+      if (f.chunk_count != chunk_count_for(f.total_len, f.chunk_size)) return DecodeError::kOffsetOverflow;
+      if (f.chunk_index >= f.chunk_count) return DecodeError::kOffsetOverflow;
+      if (f.payload.size() != chunk_len(f.total_len, f.chunk_size, f.chunk_index))
+        return DecodeError::kBadLength;
+      return DecodeError::kNone;
+    }
+    case MsgType::kAck:
+      if (f.generation == 0 || f.chunk_index > f.chunk_count) return DecodeError::kBadField;
+      return DecodeError::kNone;
+    case MsgType::kFetchRequest:
+    case MsgType::kFetchMeta:
+      return DecodeError::kNone;
+    case MsgType::kError:
+      if (f.code == 0 || f.code > static_cast<uint16_t>(ErrorCode::kMaxErrorCode)) return DecodeError::kBadField;
+      return DecodeError::kNone;
+  }
+  return DecodeError::kUnknownType;
+}
+
+}  // namespace
+
+const char* decode_error_name(DecodeError e) noexcept {
+  switch (e) {
+    case DecodeError::kNone: return "none";
+    case DecodeError::kTruncated: return "truncated";
+    case DecodeError::kBadMagic: return "bad_magic";
+    case DecodeError::kBadVersion: return "bad_version";
+    case DecodeError::kUnknownType: return "unknown_type";
+    case DecodeError::kBadLength: return "bad_length";
+    case DecodeError::kBadName: return "bad_name";
+    case DecodeError::kOffsetOverflow: return "offset_overflow";
+    case DecodeError::kBadField: return "bad_field";
+    case DecodeError::kChecksum: return "checksum";
+    case DecodeError::kCount: break;
+  }
+  return "unknown";
+}
+
+uint64_t segment_id(std::string_view name) noexcept {
+  uint64_t h = 0xcbf29ce484222325ull;
+  for (unsigned char c : name) {
+    h ^= c;
+    h *= 0x100000001b3ull;
+  }
+  return h;
+}
+
+bool valid_name(std::string_view name) noexcept {
+  if (name.empty() || name.size() > kMaxNameLen) return false;
+  for (unsigned char c : name)
+    if (c <= 0x20 || c >= 0x7f) return false;
+  return true;
+}
+
+size_t encode_header(const Frame& f, uint32_t payload_crc_state, uint32_t payload_len,
+                     std::span<std::byte> out) noexcept {
+  const size_t name_len = has_name(f.type) ? f.name.size() : 0;
+  const size_t head = kHeaderSize + name_len;
+  if (out.size() < head || name_len > kMaxNameLen) return 0;
+  std::byte* b = out.data();
+  std::memset(b, 0, kHeaderSize);
+  put<uint16_t>(b, 0, kMagic);
+  put<uint8_t>(b, 2, kVersion);
+  put<uint8_t>(b, 3, static_cast<uint8_t>(f.type));
+  put<uint16_t>(b, 4, f.src);
+  put<uint16_t>(b, 6, f.dst);
+  put<uint32_t>(b, 8, static_cast<uint32_t>(head + payload_len));
+  put<uint64_t>(b, 16, f.seg_id);
+  put<uint64_t>(b, 24, f.epoch);
+  put<uint64_t>(b, 32, f.generation);
+  put<uint64_t>(b, 40, f.total_len);
+  put<uint32_t>(b, 48, f.chunk_index);
+  put<uint32_t>(b, 52, f.chunk_count);
+  put<uint32_t>(b, 56, f.chunk_size);
+  put<uint32_t>(b, 60, f.gen_crc);
+  put<uint64_t>(b, 64, f.sack);
+  put<uint16_t>(b, 72, f.flags);
+  put<uint16_t>(b, 74, f.code);
+  put<uint8_t>(b, 76, static_cast<uint8_t>(name_len));
+  if (name_len) std::memcpy(b + kHeaderSize, f.name.data(), name_len);
+  put<uint32_t>(b, kOffCrc, crc32c_final(crc32c_extend(payload_crc_state, b, head)));
+  return head;
+}
+
+size_t encode(const Frame& f, std::span<std::byte> out) noexcept {
+  const size_t name_len = has_name(f.type) ? f.name.size() : 0;
+  const size_t total = kHeaderSize + name_len + f.payload.size();
+  if (out.size() < total || f.payload.size() > kMaxChunkSize) return 0;
+  const uint32_t state = crc32c_extend(crc32c_init(), f.payload.data(), f.payload.size());
+  size_t head = encode_header(f, state, static_cast<uint32_t>(f.payload.size()), out);
+  if (head == 0) return 0;
+  if (!f.payload.empty()) std::memcpy(out.data() + head, f.payload.data(), f.payload.size());
+  return total;
+}
+
+DecodeError decode(std::span<const std::byte> bytes, Frame& f) noexcept {
+  if (bytes.size() < kHeaderSize) return DecodeError::kTruncated;
+  const std::byte* b = bytes.data();
+  if (get<uint16_t>(b, 0) != kMagic) return DecodeError::kBadMagic;
+  if (get<uint8_t>(b, 2) != kVersion) return DecodeError::kBadVersion;
+  const uint8_t type = get<uint8_t>(b, 3);
+  if (type < static_cast<uint8_t>(MsgType::kData) || type > static_cast<uint8_t>(MsgType::kError))
+    return DecodeError::kUnknownType;
+  f.type = static_cast<MsgType>(type);
+  const uint32_t frame_len = get<uint32_t>(b, 8);
+  if (frame_len > bytes.size()) return DecodeError::kTruncated;
+  if (frame_len < kHeaderSize || frame_len > kMaxFrameSize) return DecodeError::kBadLength;
+  const size_t name_len = get<uint8_t>(b, 76);
+  if (has_name(f.type) ? name_len > kMaxNameLen : name_len != 0) return DecodeError::kBadName;
+  const size_t head = kHeaderSize + name_len;
+  if (head > frame_len) return DecodeError::kBadLength;
+  const size_t payload_len = frame_len - head;
+  if (payload_len != 0 && !has_payload(f.type)) return DecodeError::kBadLength;
+
+  // The checksum covers payload then header+name (crc field as zero).
+  const std::byte* payload = b + head;
+  const uint32_t pstate = crc32c_extend(crc32c_init(), payload, payload_len);
+  uint32_t hstate = crc32c_extend(pstate, b, kOffCrc);
+  static constexpr std::byte kZeroCrc[4] = {};
+  hstate = crc32c_extend(hstate, kZeroCrc, 4);
+  hstate = crc32c_extend(hstate, b + kOffCrc + 4, head - kOffCrc - 4);
+  if (crc32c_final(hstate) != get<uint32_t>(b, kOffCrc)) return DecodeError::kChecksum;
+
+  f.src = get<uint16_t>(b, 4);
+  f.dst = get<uint16_t>(b, 6);
+  f.seg_id = get<uint64_t>(b, 16);
+  f.epoch = get<uint64_t>(b, 24);
+  f.generation = get<uint64_t>(b, 32);
+  f.total_len = get<uint64_t>(b, 40);
+  f.chunk_index = get<uint32_t>(b, 48);
+  f.chunk_count = get<uint32_t>(b, 52);
+  f.chunk_size = get<uint32_t>(b, 56);
+  f.gen_crc = get<uint32_t>(b, 60);
+  f.sack = get<uint64_t>(b, 64);
+  f.flags = get<uint16_t>(b, 72);
+  f.code = get<uint16_t>(b, 74);
+  f.name = std::string_view(reinterpret_cast<const char*>(b + kHeaderSize), name_len);
+  f.payload = std::span<const std::byte>(payload, payload_len);
+  f.payload_crc = crc32c_final(pstate);
+  return validate_fields(f);
+}
+
+uint32_t generation_crc(std::span<const uint32_t> chunk_crcs) noexcept {
+  return crc32c(chunk_crcs.data(), chunk_crcs.size_bytes());
+}
+
+}  // namespace baton::wire

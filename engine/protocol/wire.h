@@ -1,0 +1,137 @@
+#pragma once
+// Baton wire format, version 1. Encode, decode, validate; no I/O.
+//
+// Every frame starts with the same 80-byte little-endian header, followed by
+// the segment name (DATA, FETCH_*) and then the payload (DATA, FETCH_DATA):
+//
+//   0  u16 magic 0xBA70      2 u8 version    3 u8 type
+//   4  u16 src node          6 u16 dst node
+//   8  u32 frame length (header + name + payload)
+//  12  u32 crc               16 u64 segment id
+//  24  u64 owner epoch       32 u64 generation     40 u64 total length
+//  48  u32 chunk index (ACK: cumulative count)     52 u32 chunk count
+//  56  u32 chunk size        60 u32 generation checksum
+//  64  u64 selective-ack bitmap (chunks cum .. cum+63)
+//  72  u16 flags             74 u16 error code     76 u8 name length  77 pad[3]
+//
+// crc = CRC32C over the payload, continued over header+name with the crc field
+// zero. A sender computes each chunk's payload CRC once per generation and
+// only extends it over the header per frame; a receiver gets the payload CRC
+// it needs for the generation checksum from the same pass.
+//
+// The generation checksum is CRC32C over the little-endian array of every
+// chunk's payload CRC (index order): it binds each chunk's content to its place.
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <string_view>
+
+namespace baton::wire {
+
+inline constexpr uint16_t kMagic = 0xBA70;
+inline constexpr uint8_t kVersion = 1;
+inline constexpr size_t kHeaderSize = 80;
+inline constexpr size_t kMaxNameLen = 63;
+inline constexpr uint32_t kMaxChunkSize = 60 * 1024;  // payload of one frame
+inline constexpr size_t kMaxFrameSize = kHeaderSize + kMaxNameLen + kMaxChunkSize;
+inline constexpr uint64_t kMaxSegmentSize = 1ull << 40;
+inline constexpr uint16_t kBroadcast = 0xFFFF;
+
+enum class MsgType : uint8_t {
+  kData = 1,          ///< primary -> replica: one chunk of a generation
+  kAck = 2,           ///< receiver -> sender: cumulative + selective ack; kFlagComplete when published
+  kFetchRequest = 3,  ///< loader -> replica: kFlagQuery (metadata) or data of a generation
+  kFetchData = 4,     ///< replica -> loader: one chunk, same layout as kData
+  kFetchMeta = 5,     ///< replica -> loader: what it holds of a name (kFlagFound or not)
+  kError = 6,         ///< refusal: stale epoch, no such segment, no room
+};
+
+// Flags.
+inline constexpr uint16_t kFlagComplete = 1 << 0;  // ACK: generation published/loaded
+inline constexpr uint16_t kFlagRestart = 1 << 1;   // ACK: checksum failed, send everything again
+inline constexpr uint16_t kFlagQuery = 1 << 2;     // FETCH_REQUEST: metadata only
+inline constexpr uint16_t kFlagFound = 1 << 3;     // FETCH_META: the name is held here
+inline constexpr uint16_t kFlagFetch = 1 << 4;     // ACK: acknowledges kFetchData, not kData
+inline constexpr uint16_t kFlagOwner = 1 << 5;     // FETCH_META: the sender owns the segment (live primary)
+
+enum class ErrorCode : uint16_t {
+  kStaleEpoch = 1,      ///< sender's owner epoch is older than the replica's
+  kNoSuchSegment = 2,   ///< fetch of a name or generation not held
+  kNoRoom = 3,          ///< replica cannot hold the segment (size limit, memory)
+  kMaxErrorCode = 3,
+};
+
+/// Why a frame was refused; each reason has its own counter.
+enum class DecodeError : uint8_t {
+  kNone = 0,
+  kTruncated,       ///< shorter than the header or than its own length field
+  kBadMagic,
+  kBadVersion,
+  kUnknownType,
+  kBadLength,       ///< length field disagrees with the bytes or with the type
+  kBadName,         ///< empty/long/non-printable name, or id not derived from it
+  kOffsetOverflow,  ///< chunk index/size/count place the chunk outside the segment
+  kBadField,        ///< other field out of range (generation 0, unknown flag or code)
+  kChecksum,        ///< CRC32C mismatch
+  kCount,
+};
+const char* decode_error_name(DecodeError e) noexcept;
+
+/// A decoded frame: plain values plus views into the frame's bytes.
+struct Frame {
+  MsgType type = MsgType::kData;
+  uint16_t src = 0;
+  uint16_t dst = 0;
+  uint64_t seg_id = 0;
+  uint64_t epoch = 0;
+  uint64_t generation = 0;
+  uint64_t total_len = 0;
+  uint32_t chunk_index = 0;  ///< DATA/FETCH_DATA: index; ACK: cumulative count
+  uint32_t chunk_count = 0;
+  uint32_t chunk_size = 0;
+  uint32_t gen_crc = 0;
+  uint64_t sack = 0;
+  uint16_t flags = 0;
+  uint16_t code = 0;
+  std::string_view name;
+  std::span<const std::byte> payload;
+  uint32_t payload_crc = 0;  ///< filled by decode for DATA/FETCH_DATA (final CRC32C)
+};
+
+/// 64-bit segment id derived from the name (FNV-1a). Thread: any.
+uint64_t segment_id(std::string_view name) noexcept;
+
+/// True if `name` is a valid segment name: 1..63 printable ASCII, no spaces.
+bool valid_name(std::string_view name) noexcept;
+
+/// Chunks a segment of `total_len` bytes makes at `chunk_size`.
+inline uint32_t chunk_count_for(uint64_t total_len, uint32_t chunk_size) noexcept {
+  return static_cast<uint32_t>((total_len + chunk_size - 1) / chunk_size);
+}
+/// Length of chunk `index`.
+inline uint32_t chunk_len(uint64_t total_len, uint32_t chunk_size, uint32_t index) noexcept {
+  uint64_t off = uint64_t{index} * chunk_size;
+  uint64_t rest = total_len - off;
+  return static_cast<uint32_t>(rest < chunk_size ? rest : chunk_size);
+}
+
+/// Writes header+name for `f` into `out` (at least kHeaderSize + name size)
+/// and returns the bytes written. `payload_crc_state` is the CRC32C state
+/// (crc32c_extend, not finalised) over the payload that will follow, or
+/// crc32c_init() for none; `payload_len` its length. Thread: any.
+size_t encode_header(const Frame& f, uint32_t payload_crc_state, uint32_t payload_len,
+                     std::span<std::byte> out) noexcept;
+
+/// Encodes a whole frame (header, name, f.payload) into `out`; returns bytes
+/// written or 0 if `out` is too small. Thread: any.
+size_t encode(const Frame& f, std::span<std::byte> out) noexcept;
+
+/// Decodes and validates `bytes`; on success fills `out` (views into `bytes`).
+/// Thread: any.
+DecodeError decode(std::span<const std::byte> bytes, Frame& out) noexcept;
+
+/// Generation checksum from the per-chunk payload CRCs. Thread: any.
+uint32_t generation_crc(std::span<const uint32_t> chunk_crcs) noexcept;
+
+}  // namespace baton::wire

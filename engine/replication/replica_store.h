@@ -1,0 +1,83 @@
+#pragma once
+// Replica store (S6): what this node holds of another node's segment. Each
+// generation is built in a shadow slot and published atomically once every
+// chunk arrived and the generation checksum matched; readers only ever see
+// published slots. Keeps the latest plus `retain` older generations, so it
+// holds at most (2 + retain) x segment size.
+//
+// Thread: worker (the one that owns the segment id's shard).
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "replication/transfer.h"
+#include "segment/local_storage.h"
+
+namespace baton {
+
+class ReplicaStore {
+ public:
+  struct Slot {
+    LocalStorage mem;
+    uint64_t generation = 0;  ///< 0: empty
+    uint32_t gen_crc = 0;
+    uint32_t chunk_size = 0;
+    std::vector<uint32_t> chunk_crcs;
+    uint32_t pins = 0;  ///< readers (fetch senders) using it
+  };
+
+  /// Creates a store for `first`'s segment (size and name from the frame),
+  /// allocating 2 + retain slots. Thread: worker (at first sight of a segment).
+  static Result<std::unique_ptr<ReplicaStore>> create(const wire::Frame& first, uint32_t retain, int numa_node);
+
+  enum class Accept : uint8_t { kStored, kDuplicate, kPublished, kStale, kCorrupt, kNoSlot };
+
+  /// Takes one chunk. kStale: older than what is published (ack it as held).
+  /// kNoSlot: every non-latest slot is pinned by a reader; drop (it is resent).
+  Accept accept(const wire::Frame& f) noexcept;
+
+  /// Ack for the generation in progress or the one just published.
+  void fill_ack(wire::Frame& ack) const noexcept;
+
+  /// Latest published slot, or nullptr. Thread: worker.
+  Slot* latest() noexcept { return published_.empty() ? nullptr : &slots_[published_.front()]; }
+  /// A published slot by generation (0: latest), or nullptr.
+  Slot* find(uint64_t generation) noexcept;
+  /// Published generations, newest first.
+  std::vector<uint64_t> generations() const;
+
+  const std::string& name() const noexcept { return name_; }
+  uint64_t id() const noexcept { return id_; }
+  uint64_t size() const noexcept { return size_; }
+  uint64_t epoch() const noexcept { return epoch_; }
+  uint16_t owner() const noexcept { return owner_; }
+  /// Adopts a newer owner epoch (ownership moved). Generations are ordered by
+  /// (epoch, generation): the new owner's next generation wins even if an old
+  /// epoch had reached a higher number. Thread: worker.
+  void adopt_epoch(uint16_t owner, uint64_t epoch) noexcept {
+    owner_ = owner;
+    epoch_ = epoch;
+    last_published_ = 0;
+    assembler_.stop();
+  }
+
+ private:
+  int pick_shadow() noexcept;
+
+  std::string name_;
+  uint64_t id_ = 0;
+  uint64_t size_ = 0;
+  uint64_t epoch_ = 0;
+  uint16_t owner_ = 0;
+  uint32_t retain_ = 0;
+  std::vector<Slot> slots_;
+  std::vector<int> published_;  // slot indices, newest first; at most retain_ + 1
+  int shadow_ = -1;
+  ChunkAssembler assembler_;
+  uint64_t last_published_ = 0;
+};
+
+}  // namespace baton

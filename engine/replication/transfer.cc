@@ -1,0 +1,159 @@
+#include "replication/transfer.h"
+
+#include <algorithm>
+#include <bit>
+#include <cstring>
+
+namespace baton {
+
+void ChunkBitmap::reset(uint32_t count) {
+  const size_t words = (size_t{count} + 63) / 64;
+  if (words_.size() < words) words_.resize(words);
+  std::fill_n(words_.begin(), words, 0);
+  count_ = count;
+}
+
+uint32_t ChunkBitmap::next_clear(uint32_t from) const noexcept {
+  if (from >= count_) return count_;
+  size_t w = from >> 6;
+  uint64_t word = ~words_[w] & (~uint64_t{0} << (from & 63));
+  const size_t words = (size_t{count_} + 63) / 64;
+  while (word == 0) {
+    if (++w >= words) return count_;
+    word = ~words_[w];
+  }
+  uint32_t i = static_cast<uint32_t>(w * 64 + std::countr_zero(word));
+  return std::min(i, count_);
+}
+
+// --- sender ---------------------------------------------------------------
+
+void ChunkSender::start(const SendSource& src, const SenderTuning& tuning, uint64_t now_ns) {
+  src_ = src;
+  tuning_ = tuning;
+  chunk_count_ = wire::chunk_count_for(src.total_len, src.chunk_size);
+  acked_.reset(chunk_count_);
+  acked_count_ = 0;
+  next_new_ = 0;
+  cum_ = 0;
+  resend_cursor_ = 0;
+  resending_ = false;
+  last_progress_ns_ = now_ns;
+  rto_ns_ = tuning.rto_min_ns;
+  active_ = true;
+  complete_ = false;
+}
+
+uint16_t ChunkSender::plan(uint64_t now_ns, uint32_t* out, uint16_t n) noexcept {
+  if (!active_ || complete_) return 0;
+  uint16_t k = 0;
+  // Nothing acked for a whole RTO while chunks are out: resend the holes.
+  if (!resending_ && next_new_ > acked_count_ && now_ns >= last_progress_ns_ + rto_ns_) {
+    resending_ = true;
+    resend_cursor_ = cum_;
+    rto_ns_ = std::min(rto_ns_ * 2, tuning_.rto_max_ns);
+    last_progress_ns_ = now_ns;
+  }
+  uint32_t cursor = resend_cursor_;
+  while (resending_ && k < n) {
+    cursor = acked_.next_clear(cursor);
+    if (cursor >= next_new_) break;
+    out[k++] = cursor++;
+  }
+  uint32_t next = next_new_;
+  const uint32_t in_flight = next_new_ - acked_count_;
+  uint32_t room = in_flight < tuning_.window ? tuning_.window - in_flight : 0;
+  while (k < n && room > 0 && next < chunk_count_) {
+    out[k++] = next++;
+    --room;
+  }
+  return k;
+}
+
+void ChunkSender::sent(const uint32_t* idx, uint16_t k, uint64_t now_ns) noexcept {
+  // The retransmit timer runs from the first send after an idle window.
+  if (k > 0 && next_new_ == acked_count_) last_progress_ns_ = now_ns;
+  for (uint16_t i = 0; i < k; ++i) {
+    if (idx[i] < next_new_) {
+      ++retransmits_;
+      resend_cursor_ = idx[i] + 1;
+    } else {
+      next_new_ = idx[i] + 1;
+    }
+  }
+  if (resending_ && acked_.next_clear(resend_cursor_) >= next_new_) resending_ = false;
+}
+
+bool ChunkSender::on_ack(const wire::Frame& ack, uint64_t now_ns) noexcept {
+  if (!active_ || ack.generation != src_.generation) return false;
+  if ((ack.flags & wire::kFlagRestart) != 0) {
+    start(src_, tuning_, now_ns);
+    return true;
+  }
+  if ((ack.flags & wire::kFlagComplete) != 0) {
+    complete_ = true;
+    active_ = false;
+    return true;
+  }
+  const uint32_t cum = std::min(ack.chunk_index, next_new_);
+  uint32_t before = acked_count_;
+  for (uint32_t i = cum_; i < cum; ++i)
+    if (acked_.set(i)) ++acked_count_;
+  cum_ = std::max(cum_, cum);
+  for (uint64_t bits = ack.sack; bits != 0; bits &= bits - 1) {
+    uint64_t i = uint64_t{ack.chunk_index} + std::countr_zero(bits);
+    if (i < next_new_ && acked_.set(static_cast<uint32_t>(i))) ++acked_count_;
+  }
+  cum_ = acked_.next_clear(cum_);
+  if (acked_count_ == before) return false;
+  last_progress_ns_ = now_ns;
+  rto_ns_ = tuning_.rto_min_ns;
+  return true;
+}
+
+// --- assembler ------------------------------------------------------------
+
+void ChunkAssembler::begin(std::byte* dest, const wire::Frame& first) {
+  dest_ = dest;
+  generation_ = first.generation;
+  total_len_ = first.total_len;
+  chunk_size_ = first.chunk_size;
+  chunk_count_ = first.chunk_count;
+  gen_crc_ = first.gen_crc;
+  have_.reset(chunk_count_);
+  if (crcs_.size() < chunk_count_) crcs_.resize(chunk_count_);
+  have_count_ = 0;
+  cum_ = 0;
+  active_ = true;
+}
+
+ChunkAssembler::Outcome ChunkAssembler::accept(const wire::Frame& f) noexcept {
+  if (have_.test(f.chunk_index)) return Outcome::kDuplicate;
+  std::memcpy(dest_ + uint64_t{f.chunk_index} * chunk_size_, f.payload.data(), f.payload.size());
+  crcs_[f.chunk_index] = f.payload_crc;
+  have_.set(f.chunk_index);
+  ++have_count_;
+  if (f.chunk_index == cum_) cum_ = have_.next_clear(cum_);
+  if (have_count_ < chunk_count_) return Outcome::kStored;
+  if (wire::generation_crc(chunk_crcs()) == gen_crc_) return Outcome::kComplete;
+  // Every frame passed its CRC yet the whole does not match the sender's
+  // claim: start over rather than publish something we cannot vouch for.
+  have_.reset(chunk_count_);
+  have_count_ = 0;
+  cum_ = 0;
+  return Outcome::kCorrupt;
+}
+
+void ChunkAssembler::fill_ack(wire::Frame& ack) const noexcept {
+  ack.generation = generation_;
+  ack.total_len = total_len_;
+  ack.chunk_count = chunk_count_;
+  ack.chunk_size = chunk_size_;
+  ack.chunk_index = cum_;
+  uint64_t sack = 0;
+  for (uint32_t b = 0; b < 64 && cum_ + b < chunk_count_; ++b)
+    if (have_.test(cum_ + b)) sack |= uint64_t{1} << b;
+  ack.sack = sack;
+}
+
+}  // namespace baton

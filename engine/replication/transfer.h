@@ -1,0 +1,142 @@
+#pragma once
+// Reliable transfer of one generation between two nodes, independent of the
+// link: the sender plans which chunks go next (new ones inside a window,
+// retransmissions after a timeout), the assembler places chunks, tracks what
+// arrived and builds acks. Replication (primary -> replica) and fetch
+// (replica -> loader) both use this pair.
+//
+// Thread: worker (both classes are owned by one worker and never shared).
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "protocol/wire.h"
+
+namespace baton {
+
+/// Bit set over chunk indices, sized once and reused (no allocation per generation
+/// unless a larger segment appears).
+class ChunkBitmap {
+ public:
+  void reset(uint32_t count);
+  bool test(uint32_t i) const noexcept { return (words_[i >> 6] >> (i & 63)) & 1; }
+  /// Sets bit i; returns true if it was clear.
+  bool set(uint32_t i) noexcept {
+    uint64_t bit = uint64_t{1} << (i & 63);
+    bool was_clear = (words_[i >> 6] & bit) == 0;
+    words_[i >> 6] |= bit;
+    return was_clear;
+  }
+  /// First clear index at or after `from` (count() if none).
+  uint32_t next_clear(uint32_t from) const noexcept;
+  uint32_t count() const noexcept { return count_; }
+
+ private:
+  std::vector<uint64_t> words_;
+  uint32_t count_ = 0;
+};
+
+/// What a generation looks like to its sender.
+struct SendSource {
+  const std::byte* data = nullptr;
+  uint64_t total_len = 0;
+  uint32_t chunk_size = 0;
+  std::span<const uint32_t> chunk_crcs;  ///< final CRC32C of each chunk's payload
+  uint32_t gen_crc = 0;
+  uint64_t generation = 0;
+};
+
+struct SenderTuning {
+  uint32_t window = 256;          ///< chunks in flight (sent, not yet acked)
+  uint64_t rto_min_ns = 2'000'000;
+  uint64_t rto_max_ns = 100'000'000;
+};
+
+class ChunkSender {
+ public:
+  /// Starts sending `src` from scratch. Thread: worker.
+  void start(const SendSource& src, const SenderTuning& tuning, uint64_t now_ns);
+  void stop() noexcept { active_ = false; }
+  bool active() const noexcept { return active_; }
+  bool complete() const noexcept { return complete_; }
+  const SendSource& source() const noexcept { return src_; }
+
+  /// Fills `out` with up to `n` chunk indices to send now (retransmissions
+  /// first). Only the retransmit timer changes; call sent() with how many of
+  /// them the link took.
+  uint16_t plan(uint64_t now_ns, uint32_t* out, uint16_t n) noexcept;
+  /// Records that the first `k` planned chunks were handed to the link.
+  void sent(const uint32_t* idx, uint16_t k, uint64_t now_ns) noexcept;
+
+  /// Applies an ack for this generation. Returns true if it made progress.
+  bool on_ack(const wire::Frame& ack, uint64_t now_ns) noexcept;
+
+  uint64_t retransmits() const noexcept { return retransmits_; }
+  uint32_t acked() const noexcept { return acked_count_; }
+
+ private:
+  SendSource src_;
+  SenderTuning tuning_;
+  uint32_t chunk_count_ = 0;
+  ChunkBitmap acked_;
+  uint32_t acked_count_ = 0;
+  uint32_t next_new_ = 0;     // first chunk never sent
+  uint32_t cum_ = 0;          // every chunk below is acked
+  uint32_t resend_cursor_ = 0;
+  bool resending_ = false;    // walking [cum_, next_new_) after a timeout
+  uint64_t last_progress_ns_ = 0;
+  uint64_t rto_ns_ = 0;
+  uint64_t retransmits_ = 0;
+  bool active_ = false;
+  bool complete_ = false;
+};
+
+class ChunkAssembler {
+ public:
+  enum class Outcome : uint8_t {
+    kStored,      ///< new chunk placed
+    kDuplicate,   ///< already had it
+    kComplete,    ///< that was the last chunk and the generation checksum matched
+    kCorrupt,     ///< last chunk arrived but the generation checksum did not match: restarted
+  };
+
+  /// Prepares to assemble the generation that `first` (any of its chunks)
+  /// belongs to into `dest` (at least first.total_len bytes). Thread: worker.
+  void begin(std::byte* dest, const wire::Frame& first);
+  bool active() const noexcept { return active_; }
+  void stop() noexcept { active_ = false; }
+  /// Whether `f` belongs to the generation being assembled (same shape too).
+  bool matches(const wire::Frame& f) const noexcept {
+    return active_ && f.generation == generation_ && f.total_len == total_len_ &&
+           f.chunk_size == chunk_size_ && f.gen_crc == gen_crc_;
+  }
+  /// Places a chunk of the current generation. Requires matches(f).
+  Outcome accept(const wire::Frame& f) noexcept;
+
+  /// Fills the ack fields (generation, cumulative count, selective bitmap).
+  void fill_ack(wire::Frame& ack) const noexcept;
+
+  uint64_t generation() const noexcept { return generation_; }
+  uint64_t total_len() const noexcept { return total_len_; }
+  uint32_t chunk_size() const noexcept { return chunk_size_; }
+  uint32_t gen_crc() const noexcept { return gen_crc_; }
+  std::span<const uint32_t> chunk_crcs() const noexcept { return {crcs_.data(), chunk_count_}; }
+  std::byte* dest() const noexcept { return dest_; }
+
+ private:
+  std::byte* dest_ = nullptr;
+  uint64_t generation_ = 0;
+  uint64_t total_len_ = 0;
+  uint32_t chunk_size_ = 0;
+  uint32_t chunk_count_ = 0;
+  uint32_t gen_crc_ = 0;
+  ChunkBitmap have_;
+  std::vector<uint32_t> crcs_;
+  uint32_t have_count_ = 0;
+  uint32_t cum_ = 0;
+  bool active_ = false;
+};
+
+}  // namespace baton

@@ -1,0 +1,92 @@
+#include "segment/local_storage.h"
+
+#include <numa.h>
+#include <numaif.h>
+#include <sched.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <utility>
+
+namespace baton {
+namespace {
+
+constexpr uint64_t kHugePage = 2ull << 20;
+constexpr uint64_t kPage = 4096;
+
+uint64_t round_up(uint64_t v, uint64_t a) { return (v + a - 1) / a * a; }
+
+int current_numa_node() {
+  if (numa_available() < 0) return -1;
+  int cpu = sched_getcpu();
+  return cpu < 0 ? -1 : numa_node_of_cpu(cpu);
+}
+
+}  // namespace
+
+LocalStorage& LocalStorage::operator=(LocalStorage&& o) noexcept {
+  if (this != &o) {
+    this->~LocalStorage();
+    data_ = std::exchange(o.data_, nullptr);
+    size_ = std::exchange(o.size_, 0);
+    mapped_ = std::exchange(o.mapped_, 0);
+    fd_ = std::exchange(o.fd_, -1);
+    node_ = o.node_;
+    huge_ = o.huge_;
+  }
+  return *this;
+}
+
+LocalStorage::~LocalStorage() {
+  if (data_ != nullptr) munmap(data_, mapped_);
+  if (fd_ >= 0) close(fd_);
+  data_ = nullptr;
+  fd_ = -1;
+}
+
+// Maps `size` bytes of a new memfd, binds it to `node` and faults it in.
+// Returns false (and leaves nothing open) if any step fails.
+bool LocalStorage::map_memfd(const std::string& label, uint64_t size, int node, bool huge) {
+  const uint64_t page = huge ? kHugePage : kPage;
+  int fd = memfd_create(label.c_str(), MFD_CLOEXEC | (huge ? MFD_HUGETLB : 0));
+  if (fd < 0) return false;
+  const uint64_t mapped = round_up(size, page);
+  void* p = MAP_FAILED;
+  if (ftruncate(fd, static_cast<off_t>(mapped)) == 0)
+    p = mmap(nullptr, mapped, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  if (p == MAP_FAILED) {
+    close(fd);
+    return false;
+  }
+  // Bind before the first touch so pages come from that node.
+  if (node >= 0) numa_tonode_memory(p, mapped, node);
+  // Fault everything in now: the first commit must not pay for page faults,
+  // and a short hugetlb pool must show here (ENOMEM), not as SIGBUS later.
+  if (madvise(p, mapped, MADV_POPULATE_WRITE) != 0) {
+    munmap(p, mapped);
+    close(fd);
+    return false;
+  }
+  data_ = static_cast<std::byte*>(p);
+  mapped_ = mapped;
+  fd_ = fd;
+  huge_ = huge;
+  return true;
+}
+
+Result<LocalStorage> LocalStorage::create(const std::string& name, uint64_t size, int numa_node) {
+  if (size == 0) return fail(Errc::kInvalidArgument, "segment size is 0");
+  LocalStorage s;
+  s.size_ = size;
+  s.node_ = numa_node >= 0 ? numa_node : current_numa_node();
+  const std::string label = "baton:" + name;
+  // Huge pages only pay off (and only fit) for segments of at least one page.
+  if (size >= kHugePage && s.map_memfd(label, size, s.node_, true)) return s;
+  if (s.map_memfd(label, size, s.node_, false)) return s;
+  return fail(Errc::kNoMemory, "cannot map ", std::to_string(size), " bytes for ", name, ": ",
+              std::strerror(errno));
+}
+
+}  // namespace baton

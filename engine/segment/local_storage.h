@@ -1,0 +1,47 @@
+#pragma once
+// Local storage (S2): memory only this node addresses, shareable with an
+// application process through its file descriptor. A memfd, on huge pages when
+// the size allows and the kernel has them, bound to one NUMA node.
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <string>
+
+#include "baton/result.h"
+
+namespace baton {
+
+class LocalStorage {
+ public:
+  LocalStorage() = default;
+  LocalStorage(LocalStorage&& o) noexcept { *this = std::move(o); }
+  LocalStorage& operator=(LocalStorage&& o) noexcept;
+  LocalStorage(const LocalStorage&) = delete;
+  LocalStorage& operator=(const LocalStorage&) = delete;
+  ~LocalStorage();
+
+  /// Creates `size` bytes of zeroed, faulted-in memory named `name` (for
+  /// /proc/<pid>/fd), bound to `numa_node` (-1: the calling thread's node).
+  /// Errors: kInvalidArgument (size 0), kNoMemory, kIo. Thread: control.
+  static Result<LocalStorage> create(const std::string& name, uint64_t size, int numa_node);
+
+  std::byte* data() const noexcept { return data_; }
+  uint64_t size() const noexcept { return size_; }
+  std::span<std::byte> bytes() const noexcept { return {data_, size_}; }
+  int fd() const noexcept { return fd_; }
+  bool huge_pages() const noexcept { return huge_; }
+  int numa_node() const noexcept { return node_; }
+
+ private:
+  bool map_memfd(const std::string& label, uint64_t size, int node, bool huge);
+
+  std::byte* data_ = nullptr;
+  uint64_t size_ = 0;
+  uint64_t mapped_ = 0;
+  int fd_ = -1;
+  int node_ = -1;
+  bool huge_ = false;
+};
+
+}  // namespace baton

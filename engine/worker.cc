@@ -1,0 +1,567 @@
+// The worker: one poll loop that owns every link, every replica store and
+// every transfer of this engine. Never blocks, never throws.
+
+#include <immintrin.h>
+
+#include <algorithm>
+
+#include "common/log.h"
+#include "engine_impl.h"
+#include "runtime/futex.h"
+
+namespace baton {
+namespace {
+
+constexpr uint16_t kBurst = 32;
+constexpr uint64_t kFetchRequestRetryNs = 50'000'000;
+constexpr uint64_t kQueryRetryNs = 20'000'000;  // a lost query or answer must not read as "not found"
+
+// Time since `since`, zero if `since` is later (stamped after this poll began).
+inline uint64_t elapsed(uint64_t now, uint64_t since) noexcept { return now > since ? now - since : 0; }
+
+inline void bump(std::atomic<uint64_t>& c, uint64_t n = 1) noexcept {
+  c.store(c.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
+}
+
+// A Stage pointer travels through the command ring with its low bit set.
+inline bool is_commit(void* p) noexcept { return (reinterpret_cast<uintptr_t>(p) & 1) != 0; }
+inline Stage* as_stage(void* p) noexcept {
+  return reinterpret_cast<Stage*>(reinterpret_cast<uintptr_t>(p) & ~uintptr_t{1});
+}
+
+}  // namespace
+
+void Engine::Impl::run_worker() noexcept {
+  uint32_t idle = 0;
+  while (running.load(std::memory_order_relaxed)) {
+    if (poll_once(now_ns())) {
+      idle = 0;
+      continue;
+    }
+    // Idle. Spinning keeps latency lowest; waking a sleeping thread on the
+    // other vCPU costs ~70 us here, so adaptive mode spins a while first and
+    // then sleeps in growing steps, woken early by a posted command.
+    if (config.idle == IdlePolicy::kSpin || ++idle < 256) {
+      _mm_pause();
+      continue;
+    }
+    const uint64_t sleep_us =
+        std::min<uint64_t>(uint64_t{1} << std::min<uint32_t>((idle - 256) / 16, 10), config.max_idle_sleep_us);
+    const uint32_t w = wake.load();
+    sleeping.store(true);
+    if (rte_ring_count(commands) == 0) futex_wait(wake, w, sleep_us * 1000);
+    sleeping.store(false);
+  }
+  // Nobody may be left waiting on an op the worker will never finish.
+  for (QueryOp* q : queries) q->finish();
+  for (FetchOp* f : fetches) f->fail(Errc::kUnavailable, "engine stopped");
+  queries.clear();
+  fetches.clear();
+  void* p;
+  while (rte_ring_sc_dequeue(commands, &p) == 0) {
+    if (is_commit(p)) as_stage(p)->state.store(Stage::kFree);
+    else static_cast<Op*>(p)->fail(Errc::kUnavailable, "engine stopped");
+  }
+}
+
+bool Engine::Impl::poll_once(uint64_t now) noexcept {
+  bool busy = drain_commands(now);
+  for (auto& link : links) {
+    RxFrame rx[kBurst];
+    const uint16_t n = link->rx_burst(rx, kBurst);
+    for (uint16_t i = 0; i < n; ++i) {
+      wire::Frame f;
+      const wire::DecodeError err = wire::decode(rx[i].bytes, f);
+      if (err != wire::DecodeError::kNone) {
+        bump(counters.decode[static_cast<size_t>(err)]);
+        LOG_DEBUG("%s: dropped frame: %s", link->name().c_str(), wire::decode_error_name(err));
+        continue;
+      }
+      on_frame(*link, f, now);
+    }
+    if (n > 0) {
+      link->release_rx(rx, n);
+      bump(counters.frames_rx, n);
+      flush_acks();
+      busy = true;
+    }
+  }
+  busy |= pump_senders(now);
+  busy |= step_ops(now);
+  for (auto& link : links) busy |= link->service();
+  return busy;
+}
+
+bool Engine::Impl::drain_commands(uint64_t now) noexcept {
+  void* cmds[kBurst];
+  const unsigned n = rte_ring_sc_dequeue_burst(commands, cmds, kBurst, nullptr);
+  for (unsigned i = 0; i < n; ++i) {
+    if (is_commit(cmds[i])) {
+      Stage* stage = as_stage(cmds[i]);
+      start_replication(*stage->segment, *stage, now);
+    } else {
+      static_cast<Op*>(cmds[i])->run();
+    }
+  }
+  return n > 0;
+}
+
+void Engine::Impl::on_frame(Link& link, const wire::Frame& f, uint64_t now) noexcept {
+  if (f.dst != config.node_id && f.dst != wire::kBroadcast) {
+    bump(counters.misdirected);
+    return;
+  }
+  if (f.src != link.peer()) {  // a frame must come from the node its link reaches
+    bump(counters.bad_input);
+    return;
+  }
+  switch (f.type) {
+    case wire::MsgType::kData: on_data(link, f); break;
+    case wire::MsgType::kFetchData: on_fetch_data(f, now); break;
+    case wire::MsgType::kAck: on_ack(f, now); break;
+    case wire::MsgType::kFetchRequest: on_fetch_request(link, f, now); break;
+    case wire::MsgType::kFetchMeta: on_fetch_meta(f); break;
+    case wire::MsgType::kError: on_error(f); break;
+  }
+}
+
+void Engine::Impl::send_control(Link& link, const wire::Frame& f) noexcept {
+  std::byte buf[wire::kHeaderSize + wire::kMaxNameLen];
+  const size_t len = wire::encode(f, buf);
+  TxFrame tx{{buf, len}, {}};
+  if (len == 0 || link.tx_burst(&tx, 1) != 1) bump(counters.tx_dropped);
+  else bump(counters.frames_tx);
+}
+
+void Engine::Impl::send_error(Link& link, const wire::Frame& about, wire::ErrorCode code,
+                              uint64_t epoch) noexcept {
+  wire::Frame e;
+  e.type = wire::MsgType::kError;
+  e.src = config.node_id;
+  e.dst = about.src;
+  e.seg_id = about.seg_id;
+  e.epoch = epoch;
+  e.generation = about.generation;
+  e.code = static_cast<uint16_t>(code);
+  send_control(link, e);
+}
+
+// --- replica side ---------------------------------------------------------
+
+void Engine::Impl::on_data(Link& link, const wire::Frame& f) noexcept {
+  auto it = stores.find(f.seg_id);
+  if (it == stores.end()) {
+    if (f.total_len > config.max_segment_size) {
+      send_error(link, f, wire::ErrorCode::kNoRoom, 0);
+      return;
+    }
+    // The one allocation on the worker: first sight of a segment.
+    auto store = ReplicaStore::create(f, config.retain, config.numa_node);
+    if (!store) {
+      LOG_WARN("cannot hold replica of %.*s: %s", int(f.name.size()), f.name.data(),
+               store.error().message.c_str());
+      send_error(link, f, wire::ErrorCode::kNoRoom, 0);
+      return;
+    }
+    it = stores.emplace(f.seg_id, std::move(*store)).first;
+  }
+  ReplicaStore& st = *it->second;
+  if (f.name != st.name() || f.total_len != st.size()) {
+    bump(counters.bad_input);
+    return;
+  }
+  // Fencing (S22): data from an older owner epoch is refused, and the sender
+  // is told which epoch superseded it.
+  if (f.epoch < st.epoch() || (f.epoch == st.epoch() && f.src != st.owner())) {
+    bump(counters.stale_epoch);
+    send_error(link, f, wire::ErrorCode::kStaleEpoch, st.epoch());
+    return;
+  }
+  if (f.epoch > st.epoch()) st.adopt_epoch(f.src, f.epoch);
+  bool restart = false;
+  switch (st.accept(f)) {
+    case ReplicaStore::Accept::kStored: break;
+    case ReplicaStore::Accept::kStale: break;
+    case ReplicaStore::Accept::kDuplicate: bump(counters.duplicates); break;
+    case ReplicaStore::Accept::kPublished:
+      bump(counters.published);
+      LOG_DEBUG("published %s generation %lu", st.name().c_str(), static_cast<unsigned long>(f.generation));
+      break;
+    case ReplicaStore::Accept::kCorrupt:
+      bump(counters.corrupt_generations);
+      restart = true;
+      break;
+    case ReplicaStore::Accept::kNoSlot: bump(counters.no_slot); return;
+  }
+  for (auto& a : acks_due)
+    if (a.store == &st && a.link == &link) {
+      a.restart |= restart;
+      a.generation = f.generation;
+      return;
+    }
+  acks_due.push_back({&link, &st, nullptr, f.generation, restart});
+}
+
+void Engine::Impl::flush_acks() noexcept {
+  for (const auto& a : acks_due) {
+    wire::Frame ack;
+    ack.type = wire::MsgType::kAck;
+    ack.src = config.node_id;
+    ack.dst = a.link->peer();
+    if (a.store != nullptr) {
+      ack.seg_id = a.store->id();
+      ack.epoch = a.store->epoch();
+      a.store->fill_ack(ack);
+    } else {
+      ack.seg_id = a.fetch->id;
+      ack.flags = wire::kFlagFetch;
+      a.fetch->assembler.fill_ack(ack);
+      if (a.fetch->got_generation != 0) {
+        ack.generation = a.fetch->got_generation;
+        ack.flags |= wire::kFlagComplete;
+      }
+    }
+    if (a.restart) {
+      ack.generation = a.generation;
+      ack.flags |= wire::kFlagRestart;
+    }
+    if (ack.generation == 0) continue;  // nothing to acknowledge yet
+    send_control(*a.link, ack);
+  }
+  acks_due.clear();
+}
+
+void Engine::Impl::on_fetch_request(Link& link, const wire::Frame& f, uint64_t now) noexcept {
+  auto owned_it = owned.find(f.seg_id);
+  auto store_it = stores.find(f.seg_id);
+  ReplicaStore* st = store_it == stores.end() ? nullptr : store_it->second.get();
+  if ((f.flags & wire::kFlagQuery) != 0) {
+    wire::Frame meta;
+    meta.type = wire::MsgType::kFetchMeta;
+    meta.src = config.node_id;
+    meta.dst = f.src;
+    meta.seg_id = f.seg_id;
+    meta.name = f.name;
+    if (owned_it != owned.end()) {
+      Segment& seg = *owned_it->second;
+      meta.flags = wire::kFlagFound | wire::kFlagOwner;
+      meta.epoch = seg.epoch.load();
+      meta.total_len = seg.size;
+      meta.generation = seg.current_stage >= 0 ? seg.stages[seg.current_stage].generation : 0;
+    } else if (st != nullptr && st->latest() != nullptr) {
+      meta.flags = wire::kFlagFound;
+      meta.epoch = st->epoch();
+      meta.total_len = st->size();
+      meta.generation = st->latest()->generation;
+    }
+    send_control(link, meta);
+    return;
+  }
+  ReplicaStore::Slot* slot = st == nullptr ? nullptr : st->find(f.generation);
+  if (slot == nullptr) {
+    send_error(link, f, wire::ErrorCode::kNoSuchSegment, 0);
+    return;
+  }
+  // A repeated request restarts the transfer (the loader lost its state or our frames).
+  FetchServe* serve = nullptr;
+  for (auto& s : serves)
+    if (s->id == f.seg_id && s->requester == f.src) {
+      s->slot->pins--;
+      serve = s.get();
+    }
+  if (serve == nullptr) serve = serves.emplace_back(std::make_unique<FetchServe>()).get();
+  serve->id = f.seg_id;
+  serve->requester = f.src;
+  serve->link = &link;
+  serve->store = st;
+  serve->slot = slot;
+  slot->pins++;
+  serve->last_progress_ns = now;
+  SendSource src{slot->mem.data(), st->size(), slot->chunk_size, slot->chunk_crcs, slot->gen_crc,
+                 slot->generation};
+  serve->sender.start(src, tuning(), now);
+}
+
+// --- loader side ----------------------------------------------------------
+
+void Engine::Impl::on_fetch_meta(const wire::Frame& f) noexcept {
+  for (QueryOp* q : queries) {
+    if (q->id != f.seg_id) continue;
+    for (auto& a : q->answers) {
+      if (a.peer != f.src || a.answered) continue;
+      a.answered = true;
+      a.found = (f.flags & wire::kFlagFound) != 0;
+      a.owner = (f.flags & wire::kFlagOwner) != 0;
+      a.epoch = f.epoch;
+      a.generation = f.generation;
+      a.total_len = f.total_len;
+    }
+  }
+}
+
+void Engine::Impl::on_fetch_data(const wire::Frame& f, uint64_t now) noexcept {
+  for (auto it = fetches.begin(); it != fetches.end(); ++it) {
+    FetchOp& op = **it;
+    if (op.id != f.seg_id || op.peer != f.src) continue;
+    if (op.got_generation != 0) return;  // done; a late duplicate
+    if (!op.assembler.active()) {
+      if (f.total_len != op.dest->size() || (op.generation != 0 && f.generation != op.generation)) {
+        bump(counters.bad_input);
+        return;
+      }
+      op.assembler.begin(op.dest->data(), f);
+      op.got_epoch = f.epoch;
+    }
+    if (!op.assembler.matches(f)) {
+      bump(counters.bad_input);
+      return;
+    }
+    op.last_progress_ns = now;
+    bool restart = false;
+    switch (op.assembler.accept(f)) {
+      case ChunkAssembler::Outcome::kStored: break;
+      case ChunkAssembler::Outcome::kDuplicate: bump(counters.duplicates); break;
+      case ChunkAssembler::Outcome::kCorrupt:
+        bump(counters.corrupt_generations);
+        restart = true;
+        break;
+      case ChunkAssembler::Outcome::kComplete: op.got_generation = f.generation; break;
+    }
+    acks_due.push_back({op.link, nullptr, &op, f.generation, restart});
+    if (op.got_generation != 0) {
+      // The final ack goes out with this burst's flush; the op ends now.
+      fetches.erase(it);
+      completed_fetches.push_back(&op);
+    }
+    return;
+  }
+}
+
+// --- primary side ---------------------------------------------------------
+
+SenderTuning Engine::Impl::tuning() const noexcept {
+  SenderTuning t;
+  t.window = config.window;
+  return t;
+}
+
+void Engine::Impl::start_replication(Segment& seg, Stage& stage, uint64_t now) noexcept {
+  const int idx = static_cast<int>(&stage - seg.stages.data());
+  if (seg.current_stage >= 0 && seg.current_stage != idx) seg.stages[seg.current_stage].state.store(Stage::kFree);
+  seg.current_stage = idx;
+  if (seg.fenced.load()) {
+    stage.state.store(Stage::kFree);
+    seg.current_stage = -1;
+    return;
+  }
+  // Latest wins: a replica still receiving an older generation moves to this one.
+  SendSource src{stage.mem.data(), seg.size, seg.chunk_size, stage.chunk_crcs, stage.gen_crc, stage.generation};
+  for (auto& r : seg.replicas) r->sender.start(src, tuning(), now);
+}
+
+void Engine::Impl::on_ack(const wire::Frame& f, uint64_t now) noexcept {
+  if ((f.flags & wire::kFlagFetch) != 0) {
+    for (auto it = serves.begin(); it != serves.end(); ++it) {
+      FetchServe& s = **it;
+      if (s.id != f.seg_id || s.requester != f.src) continue;
+      if (s.sender.on_ack(f, now)) s.last_progress_ns = now;
+      if (s.sender.complete()) {
+        s.slot->pins--;
+        serves.erase(it);
+      }
+      return;
+    }
+    return;
+  }
+  auto it = owned.find(f.seg_id);
+  if (it == owned.end()) return;
+  Segment& seg = *it->second;
+  if (f.epoch > seg.epoch.load()) {
+    fence(seg);
+    return;
+  }
+  for (auto& r : seg.replicas) {
+    if (r->node != f.src) continue;
+    r->sender.on_ack(f, now);
+    if ((f.flags & wire::kFlagComplete) != 0 && f.generation > r->held.load(std::memory_order_relaxed)) {
+      r->held.store(f.generation, std::memory_order_release);
+      seg.progress.fetch_add(1, std::memory_order_release);
+      if (seg.waiters.load() != 0) futex_wake_all(seg.progress);
+    }
+    return;
+  }
+}
+
+void Engine::Impl::fence(Segment& seg) noexcept {
+  if (seg.fenced.exchange(true)) return;
+  LOG_WARN("segment %s is fenced: a newer owner epoch exists", seg.name.c_str());
+  for (auto& r : seg.replicas) r->sender.stop();
+  seg.progress.fetch_add(1);
+  futex_wake_all(seg.progress);
+}
+
+void Engine::Impl::on_error(const wire::Frame& f) noexcept {
+  switch (static_cast<wire::ErrorCode>(f.code)) {
+    case wire::ErrorCode::kStaleEpoch: {
+      auto it = owned.find(f.seg_id);
+      if (it != owned.end() && f.epoch > it->second->epoch.load()) fence(*it->second);
+      return;
+    }
+    case wire::ErrorCode::kNoSuchSegment:
+      for (auto it = fetches.begin(); it != fetches.end(); ++it) {
+        if ((*it)->id != f.seg_id || (*it)->peer != f.src) continue;
+        FetchOp* op = *it;
+        fetches.erase(it);
+        op->fail(Errc::kNotFound, "the replica no longer holds that generation");
+        return;
+      }
+      return;
+    case wire::ErrorCode::kNoRoom:
+      LOG_WARN("node %u cannot hold segment %016lx", f.src, static_cast<unsigned long>(f.seg_id));
+      return;
+  }
+}
+
+bool Engine::Impl::pump_one(Link& link, ChunkSender& sender, const wire::Frame& proto, uint64_t now) noexcept {
+  uint32_t idx[kBurst];
+  const uint16_t n = sender.plan(now, idx, kBurst);
+  if (n == 0) return false;
+  TxFrame tx[kBurst];
+  alignas(64) std::byte heads[kBurst][wire::kHeaderSize + wire::kMaxNameLen + 1];
+  const SendSource& src = sender.source();
+  wire::Frame f = proto;
+  for (uint16_t i = 0; i < n; ++i) {
+    f.chunk_index = idx[i];
+    const uint32_t len = wire::chunk_len(src.total_len, src.chunk_size, idx[i]);
+    const std::byte* payload = src.data + uint64_t{idx[i]} * src.chunk_size;
+    // The stored CRC is final; un-finalise it to extend over the header.
+    const uint32_t state = src.chunk_crcs[idx[i]] ^ 0xFFFFFFFFu;
+    const size_t h = wire::encode_header(f, state, len, heads[i]);
+    tx[i] = TxFrame{{heads[i], h}, {payload, len}};
+  }
+  const uint16_t k = link.tx_burst(tx, n);
+  const uint64_t retransmits_before = sender.retransmits();
+  sender.sent(idx, k, now);
+  bump(counters.retransmits, sender.retransmits() - retransmits_before);
+  bump(counters.frames_tx, k);
+  return k > 0;
+}
+
+bool Engine::Impl::pump_senders(uint64_t now) noexcept {
+  bool busy = false;
+  for (auto& [id, seg] : owned) {
+    if (seg->current_stage < 0) continue;
+    const Stage& stage = seg->stages[seg->current_stage];
+    for (auto& r : seg->replicas) {
+      if (!r->sender.active()) continue;
+      wire::Frame proto;
+      proto.type = wire::MsgType::kData;
+      proto.src = config.node_id;
+      proto.dst = r->node;
+      proto.seg_id = seg->id;
+      proto.epoch = seg->epoch.load(std::memory_order_relaxed);
+      proto.generation = stage.generation;
+      proto.total_len = seg->size;
+      proto.chunk_size = seg->chunk_size;
+      proto.chunk_count = wire::chunk_count_for(seg->size, seg->chunk_size);
+      proto.gen_crc = stage.gen_crc;
+      proto.name = seg->name;
+      busy |= pump_one(*r->link, r->sender, proto, now);
+    }
+  }
+  for (auto& s : serves) {
+    if (!s->sender.active()) continue;
+    const SendSource& src = s->sender.source();
+    wire::Frame proto;
+    proto.type = wire::MsgType::kFetchData;
+    proto.src = config.node_id;
+    proto.dst = s->requester;
+    proto.seg_id = s->id;
+    proto.epoch = s->store->epoch();
+    proto.generation = src.generation;
+    proto.total_len = src.total_len;
+    proto.chunk_size = src.chunk_size;
+    proto.chunk_count = wire::chunk_count_for(src.total_len, src.chunk_size);
+    proto.gen_crc = src.gen_crc;
+    proto.name = s->store->name();
+    busy |= pump_one(*s->link, s->sender, proto, now);
+  }
+  return busy;
+}
+
+bool Engine::Impl::step_ops(uint64_t now) noexcept {
+  bool busy = false;
+  for (FetchOp* op : completed_fetches) op->finish();
+  busy |= !completed_fetches.empty();
+  completed_fetches.clear();
+  for (auto it = queries.begin(); it != queries.end();) {
+    QueryOp* q = *it;
+    const bool all = std::all_of(q->answers.begin(), q->answers.end(), [](auto& a) { return a.answered; });
+    if (all || now >= q->deadline_ns) {
+      it = queries.erase(it);
+      q->finish();
+      busy = true;
+      continue;
+    }
+    if (elapsed(now, q->last_sent_ns) >= kQueryRetryNs) {
+      send_query(*q, now);
+      busy = true;
+    }
+    ++it;
+  }
+  const uint64_t timeout = uint64_t{config.fetch_timeout_ms} * 1'000'000;
+  for (auto it = fetches.begin(); it != fetches.end();) {
+    FetchOp* op = *it;
+    if (elapsed(now, op->last_progress_ns) >= timeout) {
+      it = fetches.erase(it);
+      op->fail(Errc::kTimeout, "no progress from node " + std::to_string(op->peer));
+      busy = true;
+      continue;
+    }
+    if (!op->assembler.active() && elapsed(now, op->last_request_ns) >= kFetchRequestRetryNs) {
+      send_fetch_request(*op, now);
+      busy = true;
+    }
+    ++it;
+  }
+  for (auto it = serves.begin(); it != serves.end();) {
+    if (elapsed(now, (*it)->last_progress_ns) >= timeout) {
+      (*it)->slot->pins--;
+      it = serves.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  return busy;
+}
+
+void Engine::Impl::send_fetch_request(FetchOp& op, uint64_t now) noexcept {
+  wire::Frame req;
+  req.type = wire::MsgType::kFetchRequest;
+  req.src = config.node_id;
+  req.dst = op.peer;
+  req.seg_id = op.id;
+  req.generation = op.generation;
+  req.name = op.name;
+  send_control(*op.link, req);
+  op.last_request_ns = now;
+}
+
+void Engine::Impl::send_query(QueryOp& q, uint64_t now) noexcept {
+  q.last_sent_ns = now;
+  for (auto& link : links) {
+    const bool answered = std::any_of(q.answers.begin(), q.answers.end(),
+                                      [&](const QueryAnswer& a) { return a.peer == link->peer() && a.answered; });
+    if (answered) continue;
+    wire::Frame req;
+    req.type = wire::MsgType::kFetchRequest;
+    req.flags = wire::kFlagQuery;
+    req.src = config.node_id;
+    req.dst = link->peer();
+    req.seg_id = q.id;
+    req.name = q.name;
+    send_control(*link, req);
+  }
+}
+
+}  // namespace baton

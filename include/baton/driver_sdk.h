@@ -1,0 +1,72 @@
+#pragma once
+// Driver SDK: what a transport implements. Drivers move frames; generations,
+// acks, retransmission and fencing live in the engine.
+//
+// A Link joins this node to one peer. It is created on the control thread and
+// then used only by the worker that owns it: every burst call is made from that
+// one thread, so a driver needs no locking on its data path. The fast path is
+// one virtual call per burst, never per frame.
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+
+namespace baton {
+
+struct LinkCaps {
+  uint32_t max_frame = 0;     ///< largest frame (Baton header + name + payload) the link carries
+  bool zero_copy_tx = false;  ///< payload is referenced, not copied, until the device is done
+};
+
+/// A frame to send: a small header and an optional payload the driver joins.
+/// Both stay valid only for the duration of tx_burst() unless caps().zero_copy_tx.
+struct TxFrame {
+  std::span<const std::byte> head;
+  std::span<const std::byte> payload;
+};
+
+/// A received frame: contiguous bytes, valid until release_rx().
+struct RxFrame {
+  std::span<const std::byte> bytes;
+  void* token = nullptr;  ///< driver's own (an mbuf, a buffer index)
+};
+
+struct LinkCounters {
+  uint64_t rx_frames = 0, tx_frames = 0, rx_bytes = 0, tx_bytes = 0;
+  uint64_t rx_dropped = 0;  ///< frames the driver refused (foreign EtherType, chained, oversize)
+  uint64_t tx_dropped = 0;
+  uint64_t reconnects = 0;
+};
+
+class Link {
+ public:
+  virtual ~Link() = default;
+
+  /// Human-readable ("memif0 -> node 2"). Thread: any.
+  virtual const std::string& name() const noexcept = 0;
+  /// Node id of the peer this link reaches. Thread: any.
+  virtual uint16_t peer() const noexcept = 0;
+  virtual LinkCaps caps() const noexcept = 0;
+
+  /// Whether the device says the link is up. A link that is "up" may still
+  /// reach a dead peer (af_packet on veth): heartbeats decide liveness. Thread: worker.
+  virtual bool up() noexcept = 0;
+
+  /// Receives up to `n` frames into `out`. Thread: worker.
+  virtual uint16_t rx_burst(RxFrame* out, uint16_t n) noexcept = 0;
+  /// Returns frames from rx_burst() to the driver. Thread: worker.
+  virtual void release_rx(RxFrame* frames, uint16_t n) noexcept = 0;
+  /// Sends up to `n` frames; returns how many were taken, in order. The rest
+  /// were not sent and may be offered again. Thread: worker.
+  virtual uint16_t tx_burst(const TxFrame* frames, uint16_t n) noexcept = 0;
+
+  /// Upkeep between bursts: reconnects, deferred device events. Returns true
+  /// if it did work. Thread: worker.
+  virtual bool service() noexcept { return false; }
+
+  virtual LinkCounters counters() const noexcept = 0;
+};
+
+}  // namespace baton

@@ -1,0 +1,140 @@
+#pragma once
+// Embedding API: a program links the engine and runs it in-process. The same
+// semantics as the daemon's client API (baton.h), in C++.
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "baton/driver_sdk.h"
+#include "baton/result.h"
+
+namespace baton {
+
+enum class IdlePolicy : uint8_t {
+  kSpin,      ///< never sleep: dedicated cores, lowest latency
+  kAdaptive,  ///< back off to short sleeps when idle, so several engines share cores
+};
+
+struct EngineConfig {
+  uint16_t node_id = 1;               ///< 1..65534, unique in the cluster
+  uint32_t replication_factor = 1;    ///< replicas per segment (capped by reachable peers)
+  uint32_t retain = 0;                ///< older generations a replica keeps beside the latest
+  uint32_t chunk_size = 8192;         ///< payload bytes per frame (capped by each link)
+  uint32_t window = 256;              ///< chunks in flight per transfer
+  uint64_t max_segment_size = 1ull << 30;
+  uint32_t query_timeout_ms = 200;    ///< how long a load waits for peers to say what they hold
+  uint32_t fetch_timeout_ms = 2000;   ///< a fetch without progress this long tries another replica
+  IdlePolicy idle = IdlePolicy::kAdaptive;
+  uint32_t max_idle_sleep_us = 200;   ///< adaptive: longest sleep between polls
+  int numa_node = -1;                 ///< where segments live; -1: the starting thread's node
+};
+
+/// Handle to a segment this node owns. Valid until Engine::close() or the
+/// engine's destruction.
+struct Segment;
+
+enum class OpenOutcome : uint8_t {
+  kCreated,   ///< nothing existed anywhere: fresh zeroed segment (first run)
+  kRestored,  ///< loaded from a replica: the application resumes
+};
+
+struct OpenResult {
+  Segment* segment = nullptr;
+  OpenOutcome outcome = OpenOutcome::kCreated;
+  uint64_t generation = 0;  ///< generation loaded (0 when created)
+};
+
+struct SegmentStatus {
+  std::string name;
+  uint64_t id = 0;
+  uint64_t size = 0;
+  uint64_t generation = 0;  ///< last committed
+  uint64_t epoch = 0;
+  bool fenced = false;
+  std::vector<std::pair<uint16_t, uint64_t>> replicas;  ///< (node, generation it holds)
+};
+
+struct ReplicaStatus {
+  std::string name;
+  uint64_t size = 0;
+  uint16_t owner = 0;
+  uint64_t epoch = 0;
+  std::vector<uint64_t> generations;  ///< newest first
+};
+
+struct EngineStats {
+  uint64_t frames_rx = 0, frames_tx = 0;
+  uint64_t decode_errors[16] = {};  ///< by wire::DecodeError
+  uint64_t misdirected = 0;         ///< frames for another node
+  uint64_t retransmits = 0;
+  uint64_t duplicates = 0;
+  uint64_t stale_epoch = 0;         ///< frames refused because their owner epoch is old
+  uint64_t published = 0;           ///< generations published by this node's replica stores
+  uint64_t corrupt_generations = 0; ///< assembled generations whose checksum failed
+  uint64_t tx_dropped = 0;          ///< control frames dropped for want of tx room
+  uint64_t no_slot = 0;
+  uint64_t bad_input = 0;           ///< well-formed frames that made no sense here
+};
+
+class Engine {
+ public:
+  /// Starts an engine with its worker thread over `links`.
+  /// Errors: kInvalidArgument (bad config, duplicate peer), kIo. Thread: control.
+  static Result<std::unique_ptr<Engine>> start(const EngineConfig& config,
+                                               std::vector<std::unique_ptr<Link>> links);
+  ~Engine();
+  Engine(const Engine&) = delete;
+  Engine& operator=(const Engine&) = delete;
+
+  /// Registers a new segment (S1): fails with kExists if this node or any
+  /// reachable peer already holds the name. The service selects replicas (S4).
+  Result<Segment*> create(std::string_view name, uint64_t size);
+
+  /// Application start-up (S11): restores the segment from the newest copy a
+  /// reachable peer holds, or creates it if none does. `size` is used when
+  /// creating; a restored segment keeps its recorded size.
+  Result<OpenResult> open(std::string_view name, uint64_t size);
+
+  /// Load request (S9): retrieves the newest copy from any live replica and
+  /// takes ownership here (owner epoch + 1). kNotFound if no peer holds it.
+  Result<OpenResult> load(std::string_view name);
+
+  /// The segment's memory: the application writes its state here.
+  std::span<std::byte> data(Segment* segment) const noexcept;
+
+  /// Takes a snapshot and replicates it as a new generation (S5). Returns
+  /// the generation once the snapshot is taken; replication goes on.
+  /// Errors: kInvalidArgument (unknown handle), kFenced (a newer owner exists).
+  Result<uint64_t> commit(Segment* segment);
+
+  /// Waits until at least `k` replicas hold `generation` (or newer).
+  /// Errors: kTimeout, kInvalidArgument (k above the replica count), kFenced.
+  Result<void> wait_replicated(Segment* segment, uint64_t generation, uint32_t k,
+                               std::chrono::milliseconds timeout);
+
+  /// Unregisters: the handle and local memory go; replicas keep their copies.
+  Result<void> close(Segment* segment);
+
+  Result<SegmentStatus> status(Segment* segment) const;
+  /// What this node holds as a replica of `name`. kNotFound if nothing.
+  Result<ReplicaStatus> replica_status(std::string_view name) const;
+  /// Copies a replica generation this node holds (0: latest) into a vector.
+  Result<std::vector<std::byte>> read_replica(std::string_view name, uint64_t generation = 0) const;
+
+  EngineStats stats() const noexcept;
+  uint16_t node_id() const noexcept;
+
+  struct Impl;
+
+ private:
+  explicit Engine(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace baton

@@ -1,0 +1,61 @@
+#pragma once
+// N engines in one process, fully meshed by loopback links: the fake
+// backplane for engine tests (real engines, real worker threads).
+
+#include <cstring>
+#include <map>
+#include <memory>
+#include <random>
+#include <vector>
+
+#include "baton/engine.h"
+#include "loopback/loopback.h"
+
+namespace baton::test {
+
+inline void fill_pattern(std::span<std::byte> s, uint32_t seed) {
+  std::mt19937 rng(seed);
+  for (size_t i = 0; i + 4 <= s.size(); i += 4) {
+    uint32_t v = rng();
+    std::memcpy(s.data() + i, &v, 4);
+  }
+  for (size_t i = s.size() & ~size_t{3}; i < s.size(); ++i) s[i] = std::byte(static_cast<uint8_t>(rng()));
+}
+
+struct Cluster {
+  std::vector<std::unique_ptr<Engine>> engines;          // engines[i] is node i+1
+  std::map<std::pair<int, int>, std::shared_ptr<loopback::Wire>> wires;
+
+  explicit Cluster(int n, EngineConfig base = {}, uint32_t max_frame = 16384) {
+    std::vector<std::vector<std::unique_ptr<Link>>> links(n);
+    for (int a = 0; a < n; ++a)
+      for (int b = a + 1; b < n; ++b) {
+        auto p = loopback::make_pair(a + 1, b + 1, max_frame, 1024, 1000 + a * 31 + b);
+        links[a].push_back(std::move(p.a));
+        links[b].push_back(std::move(p.b));
+        wires[{a + 1, b + 1}] = p.wire;
+      }
+    base.idle = IdlePolicy::kAdaptive;
+    for (int i = 0; i < n; ++i) {
+      EngineConfig c = base;
+      c.node_id = static_cast<uint16_t>(i + 1);
+      auto e = Engine::start(c, std::move(links[i]));
+      if (!e) throw std::runtime_error(e.error().to_string());
+      engines.push_back(std::move(*e));
+    }
+  }
+  Engine& node(int id) { return *engines.at(id - 1); }
+  loopback::Wire& wire(int a, int b) { return *wires.at({std::min(a, b), std::max(a, b)}); }
+  void set_all_faults(const loopback::Faults& f) {
+    for (auto& [k, w] : wires) w->set_faults(f);
+  }
+  /// Cuts node `id` off from every other node.
+  void isolate(int id, bool cut) {
+    for (auto& [k, w] : wires)
+      if (k.first == id || k.second == id) w->set_partitioned(cut);
+  }
+  /// Stops node `id`'s engine (its memory and replicas are gone).
+  void kill(int id) { engines.at(id - 1).reset(); }
+};
+
+}  // namespace baton::test

@@ -1,0 +1,224 @@
+// The engine end to end over loopback links: register, replicate, load
+// elsewhere byte-exact; S1, S4, S5, S6, S9, S10, S11 and fencing by epoch.
+
+#include <gtest/gtest.h>
+
+#include <chrono>
+
+#include "../../common/cluster.h"
+#include "protocol/wire.h"
+
+namespace baton {
+namespace {
+
+using namespace std::chrono_literals;
+using test::Cluster;
+using test::fill_pattern;
+
+std::vector<std::byte> copy_of(std::span<std::byte> s) { return {s.begin(), s.end()}; }
+
+TEST(Engine, ReplicatesAndLoadsByteExactAfterPrimaryStops) {
+  EngineConfig c;
+  c.replication_factor = 2;
+  Cluster cl(3, c);
+  auto seg = cl.node(1).create("orders", 1 << 20);
+  ASSERT_TRUE(seg) << seg.error().to_string();
+  auto mem = cl.node(1).data(*seg);
+  fill_pattern(mem, 42);
+  auto gen = cl.node(1).commit(*seg);
+  ASSERT_TRUE(gen);
+  EXPECT_EQ(*gen, 1u);
+  ASSERT_TRUE(cl.node(1).wait_replicated(*seg, *gen, 2, 10s)) << "replication did not finish";
+  auto want = copy_of(mem);
+
+  cl.kill(1);
+  // Either survivor can load it; node 3 takes over.
+  auto loaded = cl.node(3).load("orders");
+  ASSERT_TRUE(loaded) << loaded.error().to_string();
+  EXPECT_EQ(loaded->outcome, OpenOutcome::kRestored);
+  EXPECT_EQ(loaded->generation, 1u);
+  auto got = cl.node(3).data(loaded->segment);
+  ASSERT_EQ(got.size(), want.size());
+  EXPECT_TRUE(std::equal(want.begin(), want.end(), got.begin()));
+}
+
+TEST(Engine, LatestOfManyGenerationsWins) {
+  Cluster cl(2);
+  auto seg = *cl.node(1).create("counter", 64 * 1024);
+  auto mem = cl.node(1).data(seg);
+  uint64_t last = 0;
+  for (uint32_t i = 1; i <= 20; ++i) {
+    fill_pattern(mem, i);
+    last = *cl.node(1).commit(seg);
+  }
+  ASSERT_TRUE(cl.node(1).wait_replicated(seg, last, 1, 10s));
+  auto rep = cl.node(2).read_replica("counter");
+  ASSERT_TRUE(rep);
+  EXPECT_TRUE(std::equal(mem.begin(), mem.end(), rep->begin()));
+}
+
+TEST(Engine, NoSuchSegmentIsDistinctFromError) {
+  Cluster cl(2);
+  auto r = cl.node(2).load("never-registered");
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().code, Errc::kNotFound);
+  auto opened = cl.node(2).open("never-registered", 4096);
+  ASSERT_TRUE(opened);
+  EXPECT_EQ(opened->outcome, OpenOutcome::kCreated);
+  EXPECT_EQ(opened->generation, 0u);
+}
+
+TEST(Engine, OpenRestoresAfterFailover) {
+  Cluster cl(3);
+  auto first = cl.node(1).open("kv", 8192);
+  ASSERT_TRUE(first);
+  ASSERT_EQ(first->outcome, OpenOutcome::kCreated);
+  auto mem = cl.node(1).data(first->segment);
+  std::memcpy(mem.data(), "hello, failover", 15);
+  auto gen = *cl.node(1).commit(first->segment);
+  ASSERT_TRUE(cl.node(1).wait_replicated(first->segment, gen, 1, 10s));
+  cl.kill(1);
+  auto again = cl.node(2).open("kv", 8192);
+  ASSERT_TRUE(again) << again.error().to_string();
+  EXPECT_EQ(again->outcome, OpenOutcome::kRestored);
+  EXPECT_EQ(std::memcmp(cl.node(2).data(again->segment).data(), "hello, failover", 15), 0);
+}
+
+TEST(Engine, NameIsUniqueInTheCluster) {
+  Cluster cl(3);
+  auto a = cl.node(1).create("unique", 4096);
+  ASSERT_TRUE(a);
+  auto local = cl.node(1).create("unique", 4096);
+  ASSERT_FALSE(local);
+  EXPECT_EQ(local.error().code, Errc::kExists);
+  auto remote = cl.node(2).create("unique", 4096);  // node 1 owns it and answers
+  ASSERT_FALSE(remote);
+  EXPECT_EQ(remote.error().code, Errc::kExists);
+  auto opened = cl.node(3).open("unique", 4096);  // owner alive: not a takeover
+  ASSERT_FALSE(opened);
+  EXPECT_EQ(opened.error().code, Errc::kExists);
+}
+
+TEST(Engine, RetainsOlderGenerations) {
+  EngineConfig c;
+  c.retain = 2;
+  Cluster cl(2, c);
+  auto seg = *cl.node(1).create("hist", 4096);
+  auto mem = cl.node(1).data(seg);
+  for (uint8_t i = 1; i <= 5; ++i) {
+    std::memset(mem.data(), i, mem.size());
+    auto g = *cl.node(1).commit(seg);
+    ASSERT_TRUE(cl.node(1).wait_replicated(seg, g, 1, 10s));  // each generation lands
+  }
+  auto st = cl.node(2).replica_status("hist");
+  ASSERT_TRUE(st);
+  EXPECT_EQ(st->generations, (std::vector<uint64_t>{5, 4, 3}));
+  for (uint8_t g = 3; g <= 5; ++g) {
+    auto bytes = cl.node(2).read_replica("hist", g);
+    ASSERT_TRUE(bytes);
+    EXPECT_EQ((*bytes)[100], std::byte{g});
+  }
+  EXPECT_FALSE(cl.node(2).read_replica("hist", 2));
+}
+
+TEST(Engine, ConvergesByteExactOverAFaultyWire) {
+  EngineConfig c;
+  c.replication_factor = 2;
+  Cluster cl(3, c);
+  loopback::Faults f;
+  f.drop = 0.05;
+  f.duplicate = 0.05;
+  f.reorder = 0.1;
+  f.corrupt = 0.02;
+  f.delay_us = 50;
+  cl.set_all_faults(f);
+  auto seg = *cl.node(1).create("lossy", 2 << 20);
+  auto mem = cl.node(1).data(seg);
+  fill_pattern(mem, 7);
+  auto gen = *cl.node(1).commit(seg);
+  ASSERT_TRUE(cl.node(1).wait_replicated(seg, gen, 2, 60s));
+  for (int n : {2, 3}) {
+    auto rep = cl.node(n).read_replica("lossy");
+    ASSERT_TRUE(rep);
+    EXPECT_TRUE(std::equal(mem.begin(), mem.end(), rep->begin())) << "node " << n;
+  }
+  const int kChecksum = static_cast<int>(wire::DecodeError::kChecksum);
+  EXPECT_GT(cl.node(2).stats().decode_errors[kChecksum] + cl.node(3).stats().decode_errors[kChecksum], 0u)
+      << "corruption was injected, so checksums must have caught some";
+  // The load path works over the same faults.
+  cl.kill(1);
+  auto loaded = cl.node(2).load("lossy");
+  ASSERT_TRUE(loaded) << loaded.error().to_string();
+  auto got = cl.node(2).data(loaded->segment);
+  EXPECT_TRUE(std::equal(mem.begin(), mem.end(), got.begin()));
+}
+
+TEST(Engine, OldOwnerIsFencedAfterTakeover) {
+  Cluster cl(3);
+  auto seg = *cl.node(1).create("fenced", 4096);
+  auto mem = cl.node(1).data(seg);
+  std::memset(mem.data(), 1, mem.size());
+  auto g = *cl.node(1).commit(seg);
+  ASSERT_TRUE(cl.node(1).wait_replicated(seg, g, 1, 10s));
+  auto replica_node = cl.node(1).status(seg)->replicas.at(0).first;
+  const int other = replica_node == 2 ? 3 : 2;
+
+  // Node 1 is cut off (alive); the third node takes over from the replica.
+  cl.isolate(1, true);
+  auto taken = cl.node(other).load("fenced");
+  ASSERT_TRUE(taken) << taken.error().to_string();
+  EXPECT_EQ(cl.node(other).status(taken->segment)->epoch, 2u);
+  auto new_mem = cl.node(other).data(taken->segment);
+  std::memset(new_mem.data(), 2, new_mem.size());
+  auto g2 = *cl.node(other).commit(taken->segment);
+  ASSERT_TRUE(cl.node(other).wait_replicated(taken->segment, g2, 1, 10s));
+
+  // The old owner comes back and commits: refused, and it learns it is fenced.
+  cl.isolate(1, false);
+  std::memset(mem.data(), 9, mem.size());
+  auto stale = cl.node(1).commit(seg);
+  ASSERT_TRUE(stale);  // the snapshot was taken; replication is what fails
+  auto waited = cl.node(1).wait_replicated(seg, *stale, 1, 10s);
+  ASSERT_FALSE(waited);
+  EXPECT_EQ(waited.error().code, Errc::kFenced);
+  auto again = cl.node(1).commit(seg);
+  ASSERT_FALSE(again);
+  EXPECT_EQ(again.error().code, Errc::kFenced);
+  // The new owner's state is intact on every replica that holds it.
+  auto rep = cl.node(replica_node).read_replica("fenced");
+  ASSERT_TRUE(rep);
+  EXPECT_EQ((*rep)[0], std::byte{2});
+  EXPECT_GT(cl.node(replica_node).stats().stale_epoch, 0u);
+}
+
+TEST(Engine, RejectsBadArguments) {
+  Cluster cl(2);
+  Engine& e = cl.node(1);
+  EXPECT_EQ(e.create("", 10).error().code, Errc::kInvalidArgument);
+  EXPECT_EQ(e.create(std::string(64, 'n'), 10).error().code, Errc::kInvalidArgument);
+  EXPECT_EQ(e.create("bad name", 10).error().code, Errc::kInvalidArgument);
+  EXPECT_EQ(e.create("ok", 0).error().code, Errc::kInvalidArgument);
+  EXPECT_EQ(e.create("ok", (1ull << 30) + 1).error().code, Errc::kInvalidArgument);
+  EXPECT_EQ(e.open("ok", 0).error().code, Errc::kInvalidArgument);
+  EXPECT_EQ(e.load("\x01").error().code, Errc::kInvalidArgument);
+  Segment* bogus = reinterpret_cast<Segment*>(0x1000);
+  EXPECT_EQ(e.commit(bogus).error().code, Errc::kInvalidArgument);
+  EXPECT_EQ(e.commit(nullptr).error().code, Errc::kInvalidArgument);
+  EXPECT_EQ(e.close(bogus).error().code, Errc::kInvalidArgument);
+  EXPECT_TRUE(e.data(bogus).empty());
+  auto seg = *e.create("ok", 4096);
+  EXPECT_EQ(e.wait_replicated(seg, 1, 1, 1ms).error().code, Errc::kInvalidArgument);  // not committed
+  EXPECT_EQ(e.wait_replicated(seg, 0, 5, 1ms).error().code, Errc::kInvalidArgument);  // only 1 replica
+  EXPECT_TRUE(e.close(seg));
+  EXPECT_EQ(e.commit(seg).error().code, Errc::kInvalidArgument);  // closed handle
+
+  EngineConfig bad;
+  bad.node_id = 0;
+  EXPECT_EQ(Engine::start(bad, {}).error().code, Errc::kInvalidArgument);
+  bad.node_id = 1;
+  bad.chunk_size = 10;
+  EXPECT_EQ(Engine::start(bad, {}).error().code, Errc::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace baton

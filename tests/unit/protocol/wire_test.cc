@@ -1,0 +1,258 @@
+// Wire format: round trip, and rejection of each class of malformed frame.
+
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <vector>
+
+#include "common/crc32c.h"
+#include "protocol/wire.h"
+
+namespace baton::wire {
+namespace {
+
+std::vector<std::byte> bytes_of(size_t n, uint8_t seed) {
+  std::vector<std::byte> v(n);
+  for (size_t i = 0; i < n; ++i) v[i] = std::byte(static_cast<uint8_t>(seed + i * 7));
+  return v;
+}
+
+Frame data_frame(std::span<const std::byte> payload) {
+  Frame f;
+  f.type = MsgType::kData;
+  f.src = 1;
+  f.dst = 2;
+  f.name = "orders";
+  f.seg_id = segment_id(f.name);
+  f.epoch = 3;
+  f.generation = 7;
+  f.total_len = 10000;
+  f.chunk_size = 4096;
+  f.chunk_count = 3;
+  f.chunk_index = 2;
+  f.gen_crc = 0xabcdef01;
+  f.payload = payload;
+  return f;
+}
+
+std::vector<std::byte> encoded(const Frame& f) {
+  std::vector<std::byte> out(kMaxFrameSize);
+  size_t n = encode(f, out);
+  out.resize(n);
+  return out;
+}
+
+// Rewrites the checksum after a deliberate mutation, so decode reaches the
+// field check under test instead of stopping at the CRC.
+void reseal(std::vector<std::byte>& frame) {
+  uint8_t name_len = static_cast<uint8_t>(frame[76]);
+  size_t head = std::min<size_t>(kHeaderSize + name_len, frame.size());
+  std::memset(frame.data() + 12, 0, 4);
+  uint32_t state = crc32c_extend(crc32c_init(), frame.data() + head, frame.size() - head);
+  uint32_t crc = crc32c_final(crc32c_extend(state, frame.data(), head));
+  std::memcpy(frame.data() + 12, &crc, 4);
+}
+
+template <typename T>
+void poke(std::vector<std::byte>& frame, size_t off, T v) {
+  std::memcpy(frame.data() + off, &v, sizeof v);
+  reseal(frame);
+}
+
+TEST(Crc32c, KnownVector) {
+  // RFC 3720 B.4: 32 bytes of zeros.
+  std::vector<std::byte> zeros(32);
+  EXPECT_EQ(crc32c(zeros.data(), zeros.size()), 0x8A9136AAu);
+  const char* text = "123456789";
+  EXPECT_EQ(crc32c(text, 9), 0xE3069283u);
+}
+
+TEST(Crc32c, CopyMatchesSeparatePasses) {
+  auto src = bytes_of(12345, 9);
+  std::vector<std::byte> dst(src.size());
+  uint32_t c = crc32c_final(copy_crc32c(dst.data(), src.data(), src.size(), crc32c_init()));
+  EXPECT_EQ(c, crc32c(src.data(), src.size()));
+  EXPECT_EQ(dst, src);
+}
+
+TEST(Wire, DataRoundTrip) {
+  auto payload = bytes_of(10000 - 8192, 1);
+  Frame in = data_frame(payload);
+  auto buf = encoded(in);
+  ASSERT_EQ(buf.size(), kHeaderSize + 6 + payload.size());
+  Frame out;
+  ASSERT_EQ(decode(buf, out), DecodeError::kNone);
+  EXPECT_EQ(out.type, MsgType::kData);
+  EXPECT_EQ(out.src, 1);
+  EXPECT_EQ(out.dst, 2);
+  EXPECT_EQ(out.name, "orders");
+  EXPECT_EQ(out.seg_id, segment_id("orders"));
+  EXPECT_EQ(out.epoch, 3u);
+  EXPECT_EQ(out.generation, 7u);
+  EXPECT_EQ(out.chunk_index, 2u);
+  EXPECT_EQ(out.gen_crc, 0xabcdef01u);
+  ASSERT_EQ(out.payload.size(), payload.size());
+  EXPECT_EQ(std::memcmp(out.payload.data(), payload.data(), payload.size()), 0);
+  EXPECT_EQ(out.payload_crc, crc32c(payload.data(), payload.size()));
+}
+
+TEST(Wire, HeaderOnlyEncodingMatchesWholeFrame) {
+  auto payload = bytes_of(4096, 3);
+  Frame f = data_frame(payload);
+  f.chunk_index = 0;
+  auto whole = encoded(f);
+  std::vector<std::byte> head(kHeaderSize + kMaxNameLen);
+  uint32_t state = crc32c_extend(crc32c_init(), payload.data(), payload.size());
+  size_t h = encode_header(f, state, static_cast<uint32_t>(payload.size()), head);
+  ASSERT_EQ(h, kHeaderSize + 6);
+  EXPECT_EQ(std::memcmp(whole.data(), head.data(), h), 0);
+}
+
+TEST(Wire, AckAndControlRoundTrip) {
+  Frame ack;
+  ack.type = MsgType::kAck;
+  ack.src = 9;
+  ack.dst = 4;
+  ack.seg_id = 77;
+  ack.generation = 5;
+  ack.chunk_count = 100;
+  ack.chunk_index = 40;
+  ack.sack = 0x8000000000000005ull;
+  ack.flags = kFlagComplete;
+  Frame out;
+  ASSERT_EQ(decode(encoded(ack), out), DecodeError::kNone);
+  EXPECT_EQ(out.sack, ack.sack);
+  EXPECT_EQ(out.chunk_index, 40u);
+  EXPECT_EQ(out.flags, kFlagComplete);
+
+  Frame err;
+  err.type = MsgType::kError;
+  err.code = static_cast<uint16_t>(ErrorCode::kStaleEpoch);
+  err.epoch = 12;
+  ASSERT_EQ(decode(encoded(err), out), DecodeError::kNone);
+  EXPECT_EQ(out.epoch, 12u);
+}
+
+class WireReject : public ::testing::Test {
+ protected:
+  std::vector<std::byte> payload = bytes_of(10000 - 8192, 1);
+  std::vector<std::byte> good = encoded(data_frame(payload));
+  DecodeError decode_it(const std::vector<std::byte>& b) {
+    Frame f;
+    return decode(b, f);
+  }
+};
+
+TEST_F(WireReject, Truncated) {
+  for (size_t n : {size_t{0}, size_t{1}, kHeaderSize - 1, good.size() - 1}) {
+    std::vector<std::byte> b(good.begin(), good.begin() + static_cast<long>(n));
+    EXPECT_EQ(decode_it(b), DecodeError::kTruncated) << n;
+  }
+}
+
+TEST_F(WireReject, BadMagicAndVersion) {
+  auto b = good;
+  poke<uint16_t>(b, 0, 0x1234);
+  EXPECT_EQ(decode_it(b), DecodeError::kBadMagic);
+  b = good;
+  poke<uint8_t>(b, 2, 2);
+  EXPECT_EQ(decode_it(b), DecodeError::kBadVersion);
+}
+
+TEST_F(WireReject, UnknownType) {
+  for (uint8_t t : {uint8_t{0}, uint8_t{7}, uint8_t{255}}) {
+    auto b = good;
+    poke<uint8_t>(b, 3, t);
+    EXPECT_EQ(decode_it(b), DecodeError::kUnknownType) << int(t);
+  }
+}
+
+TEST_F(WireReject, LengthPastTheEndOrInconsistent) {
+  auto b = good;
+  poke<uint32_t>(b, 8, static_cast<uint32_t>(good.size() + 100));  // claims more than there is
+  EXPECT_EQ(decode_it(b), DecodeError::kTruncated);
+  b = good;
+  poke<uint32_t>(b, 8, 10);  // shorter than a header
+  EXPECT_EQ(decode_it(b), DecodeError::kBadLength);
+  b = good;
+  b.push_back(std::byte{0});
+  poke<uint32_t>(b, 8, static_cast<uint32_t>(b.size()));  // payload one byte longer than the chunk
+  EXPECT_EQ(decode_it(b), DecodeError::kBadLength);
+}
+
+TEST_F(WireReject, PayloadOnControlFrame) {
+  Frame ack;
+  ack.type = MsgType::kAck;
+  ack.generation = 1;
+  auto b = encoded(ack);
+  b.resize(b.size() + 16);
+  poke<uint32_t>(b, 8, static_cast<uint32_t>(b.size()));
+  EXPECT_EQ(decode_it(b), DecodeError::kBadLength);
+}
+
+TEST_F(WireReject, OffsetOverflow) {
+  auto b = good;
+  poke<uint32_t>(b, 48, 3);  // chunk index == count
+  EXPECT_EQ(decode_it(b), DecodeError::kOffsetOverflow);
+  b = good;
+  poke<uint32_t>(b, 48, 0xFFFFFFFF);
+  EXPECT_EQ(decode_it(b), DecodeError::kOffsetOverflow);
+  b = good;
+  poke<uint32_t>(b, 52, 99);  // count disagrees with total/chunk size
+  EXPECT_EQ(decode_it(b), DecodeError::kOffsetOverflow);
+  b = good;
+  poke<uint64_t>(b, 40, ~uint64_t{0});  // total length beyond any segment
+  EXPECT_EQ(decode_it(b), DecodeError::kOffsetOverflow);
+  b = good;
+  poke<uint32_t>(b, 56, 0);  // chunk size 0
+  EXPECT_EQ(decode_it(b), DecodeError::kOffsetOverflow);
+}
+
+TEST_F(WireReject, BadName) {
+  auto b = good;
+  poke<uint8_t>(b, kHeaderSize, 0x07);  // non-printable
+  EXPECT_EQ(decode_it(b), DecodeError::kBadName);
+  b = good;
+  poke<uint64_t>(b, 16, 42);  // id not derived from the name
+  EXPECT_EQ(decode_it(b), DecodeError::kBadName);
+  b = good;
+  poke<uint8_t>(b, 76, 200);  // name longer than the limit
+  EXPECT_EQ(decode_it(b), DecodeError::kBadName);
+}
+
+TEST_F(WireReject, BadFields) {
+  auto b = good;
+  poke<uint64_t>(b, 32, 0);  // generation 0
+  EXPECT_EQ(decode_it(b), DecodeError::kBadField);
+  b = good;
+  poke<uint16_t>(b, 72, 0x8000);  // unknown flag
+  EXPECT_EQ(decode_it(b), DecodeError::kBadField);
+  Frame err;
+  err.type = MsgType::kError;
+  err.code = 99;
+  std::vector<std::byte> e(kMaxFrameSize);
+  e.resize(encode(err, e));
+  EXPECT_EQ(decode_it(e), DecodeError::kBadField);
+}
+
+TEST_F(WireReject, ChecksumMismatch) {
+  // Any flipped bit, in header, name or payload, is caught.
+  for (size_t off : {size_t{20}, kHeaderSize + 1, good.size() - 1}) {
+    auto b = good;
+    b[off] ^= std::byte{0x10};
+    EXPECT_EQ(decode_it(b), DecodeError::kChecksum) << off;
+  }
+}
+
+TEST(Wire, NameRules) {
+  EXPECT_TRUE(valid_name("a"));
+  EXPECT_TRUE(valid_name(std::string(63, 'x')));
+  EXPECT_FALSE(valid_name(""));
+  EXPECT_FALSE(valid_name(std::string(64, 'x')));
+  EXPECT_FALSE(valid_name("has space"));
+  EXPECT_FALSE(valid_name("tab\t"));
+  EXPECT_FALSE(valid_name("\x80high"));
+}
+
+}  // namespace
+}  // namespace baton::wire

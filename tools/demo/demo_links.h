@@ -1,0 +1,16 @@
+#pragma once
+// Builds a full mesh of links between N in-process nodes for the demo.
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "baton/driver_sdk.h"
+#include "baton/result.h"
+
+namespace baton::demo {
+
+/// links[i] are node i+1's links. transport: "loopback" or "ring" (DPDK net_ring ports).
+Result<std::vector<std::vector<std::unique_ptr<Link>>>> make_mesh(const std::string& transport, int nodes);
+
+}  // namespace baton::demo

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Installs what Baton needs on a fresh Debian 12 machine (as root) and
+# prepares the host: huge pages when the kernel allows, the EAL runtime dir.
+# Idempotent: a second run installs nothing and changes nothing.
+set -euo pipefail
+
+packages=(
+  build-essential pkg-config meson ninja-build python3-pyelftools
+  dpdk dpdk-dev libdpdk-dev libhwloc-dev libnuma-dev
+  libgtest-dev libgmock-dev googletest libbenchmark-dev
+  libexpected-dev libtomlplusplus-dev libcli11-dev libfmt-dev nlohmann-json3-dev
+  iproute2 nftables procps
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q
+  apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+# Huge pages help DPDK (fewer TLB misses, contiguous mbuf pools) but are not
+# required: the engine falls back to --no-huge when none are mounted.
+if [[ -w /proc/sys/vm/nr_hugepages ]]; then
+  want=${BATON_HUGEPAGES:-512}
+  have=$(cat /proc/sys/vm/nr_hugepages)
+  if ((have < want)); then echo "$want" >/proc/sys/vm/nr_hugepages 2>/dev/null || true; fi
+  if ! mountpoint -q /dev/hugepages 2>/dev/null; then
+    mkdir -p /dev/hugepages
+    mount -t hugetlbfs nodev /dev/hugepages 2>/dev/null || true
+  fi
+fi
+echo "setup: ok (huge pages: $(cat /proc/sys/vm/nr_hugepages 2>/dev/null || echo 0))"
