@@ -95,8 +95,10 @@ Result<std::unique_ptr<Engine>> Engine::start(const EngineConfig& config,
   }
   impl->links = std::move(links);
   const ssize_t ring_bytes = rte_ring_get_memsize(kCommandRingSize);
-  impl->command_mem.reset(new (std::align_val_t{64}) std::byte[ring_bytes]);
-  impl->commands = reinterpret_cast<rte_ring*>(impl->command_mem.get());
+  if (ring_bytes < 0) return fail(Errc::kInternal, "rte_ring_get_memsize failed");
+  impl->command_mem.reset(std::aligned_alloc(64, (static_cast<size_t>(ring_bytes) + 63) / 64 * 64));
+  if (!impl->command_mem) return fail(Errc::kNoMemory, "command ring");
+  impl->commands = static_cast<rte_ring*>(impl->command_mem.get());
   if (rte_ring_init(impl->commands, "baton_commands", kCommandRingSize, RING_F_SC_DEQ) != 0)
     return fail(Errc::kInternal, "rte_ring_init failed");
   Impl* raw = impl.get();

@@ -8,6 +8,7 @@
 #include <rte_ring.h>
 
 #include <array>
+#include <cstdlib>
 #include <atomic>
 #include <functional>
 #include <mutex>
@@ -133,7 +134,10 @@ struct Engine::Impl {
 
   // Control -> worker: Op*, or Stage* with the low bit set (a commit: no allocation).
   rte_ring* commands = nullptr;
-  std::unique_ptr<std::byte[]> command_mem;
+  struct FreeDeleter {
+    void operator()(void* p) const noexcept { std::free(p); }
+  };
+  std::unique_ptr<void, FreeDeleter> command_mem;
   std::atomic<uint32_t> wake{0};       ///< futex word the idle worker sleeps on
   std::atomic<bool> sleeping{false};
   std::atomic<bool> running{true};
