@@ -1,0 +1,48 @@
+#pragma once
+// ethdev driver: Baton frames as raw Ethernet frames (EtherType 0x88B5) on any
+// DPDK port: memif, af_packet on a veth, net_ring, or a real NIC.
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "baton/driver_sdk.h"
+#include "baton/result.h"
+
+namespace baton::ethdev {
+
+inline constexpr uint16_t kEtherType = 0x88B5;  // IEEE 802 local experimental
+inline constexpr uint32_t kDefaultMaxFrame = 16384 + 256;
+
+/// Starts DPDK's EAL once per process: --no-pci, --in-memory, huge pages when
+/// the kernel has free ones (else --no-huge), the process's allowed CPUs as
+/// one floating lcore. `extra` is appended (e.g. "--log-level=8"). Later calls
+/// return the first call's result. Thread: control.
+Result<void> init_eal(const std::vector<std::string>& extra = {});
+
+/// Whether init_eal() chose huge pages.
+bool eal_uses_huge_pages() noexcept;
+
+struct PortConfig {
+  /// A vdev to probe ("net_memif0,role=server,socket=/run/baton/a.sock") or
+  /// the name of a port that already exists (a real NIC, a net_ring port).
+  std::string device;
+  uint16_t peer = 0;                       ///< node id at the other end
+  uint32_t max_frame = kDefaultMaxFrame;   ///< Baton bytes per frame (without the Ethernet header)
+  uint16_t descriptors = 1024;             ///< per rx/tx queue
+  uint32_t mbufs = 4095;                   ///< per-socket pool, shared by ports of the same frame size
+};
+
+/// Opens (probing if needed), configures and starts a port, one rx and one tx
+/// queue on the port's NUMA socket. For memif, `bsize` is set to hold a whole
+/// frame unless the devargs set it. Errors: kInvalidArgument, kIo. Thread: control.
+Result<std::unique_ptr<Link>> open_port(const PortConfig& config);
+
+/// Two net_ring ports joined back to back inside this process (tests, demo):
+/// first is on node_a and reaches node_b. Thread: control.
+Result<std::pair<std::unique_ptr<Link>, std::unique_ptr<Link>>> ring_pair(uint16_t node_a, uint16_t node_b,
+                                                                          uint32_t max_frame = kDefaultMaxFrame);
+
+}  // namespace baton::ethdev

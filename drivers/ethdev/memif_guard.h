@@ -1,0 +1,32 @@
+#pragma once
+// Guards data-path bursts against the memif PMD unmapping its shared regions
+// underneath them.
+//
+// When a memif peer dies, the PMD's handler on the EAL interrupt thread clears
+// the connected flag and munmap()s the regions at once, while a burst already
+// inside eth_memif_rx/tx on the worker still reads them: the survivor gets
+// SIGSEGV in ~8% of peer kills here. The link-state callback never fires for
+// memif, and checking link state before a burst cannot close the window. So
+// the engine interposes munmap(): an unmap from another thread waits until no
+// guarded burst is in flight, and bursts do not start while an unmap is
+// pending. (Dekker-style handshake on two seq_cst atomics.)
+
+#include <atomic>
+
+namespace baton::ethdev {
+
+struct MemifGuard {
+  static std::atomic<int> bursts;
+  static std::atomic<int> unmaps;
+
+  /// Enters a burst; false if an unmap is pending (skip this burst). Thread: worker.
+  static bool enter() noexcept {
+    bursts.fetch_add(1);
+    if (unmaps.load() == 0) return true;
+    bursts.fetch_sub(1);
+    return false;
+  }
+  static void exit() noexcept { bursts.fetch_sub(1); }
+};
+
+}  // namespace baton::ethdev
