@@ -1,6 +1,6 @@
 #include "ethdev/ethdev.h"
 
-#include <rte_bus_vdev.h>
+#include <rte_alarm.h>
 #include <rte_dev.h>
 #include <rte_eal.h>
 #include <rte_eth_ring.h>
@@ -70,12 +70,16 @@ rte_mempool* pool_for(int socket, uint32_t room, uint32_t mbufs) {
 class EthdevLink final : public Link {
  public:
   EthdevLink(uint16_t port, uint16_t peer, uint32_t max_frame, rte_mempool* pool, std::string device, bool memif,
-             bool memif_client)
-      : port_(port), peer_(peer), max_frame_(max_frame), pool_(pool), memif_(memif), memif_client_(memif_client) {
+             bool memif_client, bool started)
+      : started_(started),
+        port_(port), peer_(peer), max_frame_(max_frame), pool_(pool), memif_(memif), memif_client_(memif_client) {
     rte_eth_macaddr_get(port, &mac_);
     name_ = device + " -> node " + std::to_string(peer);
+    down_since_ns_ = now_ns();
   }
   ~EthdevLink() override {
+    // Cancel waits for a running callback, so none can touch a closed port.
+    rte_eal_alarm_cancel(&EthdevLink::restart_on_interrupt_thread, this);
     rte_eth_dev_stop(port_);
     rte_eth_dev_close(port_);
   }
@@ -88,6 +92,7 @@ class EthdevLink final : public Link {
   uint16_t rx_burst(RxFrame* out, uint16_t n) noexcept override {
     rte_mbuf* ms[kBurst];
     n = std::min<uint16_t>(n, kBurst);
+    if (!started_.load(std::memory_order_relaxed)) return 0;
     uint16_t got;
     if (memif_) {
       if (!MemifGuard::enter()) return 0;
@@ -124,6 +129,7 @@ class EthdevLink final : public Link {
   uint16_t tx_burst(const TxFrame* frames, uint16_t n) noexcept override {
     rte_mbuf* ms[kBurst];
     n = std::min<uint16_t>(n, kBurst);
+    if (!started_.load(std::memory_order_relaxed)) return 0;
     if (n == 0 || rte_pktmbuf_alloc_bulk(pool_, ms, n) != 0) return 0;
     uint16_t built = 0;
     for (; built < n; ++built) {
@@ -168,19 +174,40 @@ class EthdevLink final : public Link {
       up_ = up;
       down_since_ns_ = now;
     }
-    // A memif client whose server went away never reconnects by itself.
-    if (!up_ && memif_client_ && now - down_since_ns_ >= kReconnectNs) {
+    // A memif client whose server went away never reconnects by itself: it
+    // needs stop/start. That must not run here: memif's control channel is
+    // driven by the EAL interrupt thread, and a stop from this thread while
+    // that thread handles a message crashes the PMD. An alarm callback runs
+    // on the interrupt thread, serialised with memif's own handlers.
+    if (!up_ && memif_client_ && now - down_since_ns_ >= kReconnectNs && !restart_pending_.exchange(true)) {
       down_since_ns_ = now;
-      rte_eth_dev_stop(port_);
-      if (rte_eth_dev_start(port_) == 0) ++counters_.reconnects;
+      if (rte_eal_alarm_set(1, &EthdevLink::restart_on_interrupt_thread, this) != 0) restart_pending_ = false;
       return true;
     }
     return false;
   }
 
-  LinkCounters counters() const noexcept override { return counters_; }
+  /// Thread: EAL interrupt thread (alarm callback).
+  static void restart_on_interrupt_thread(void* arg) {
+    auto* self = static_cast<EthdevLink*>(arg);
+    self->started_ = false;
+    rte_eth_dev_stop(self->port_);
+    if (rte_eth_dev_start(self->port_) == 0) {
+      rte_eth_promiscuous_enable(self->port_);
+      self->reconnects_.fetch_add(1);
+      self->started_ = true;
+    }
+    self->restart_pending_ = false;
+  }
+
+  LinkCounters counters() const noexcept override {
+    LinkCounters c = counters_;
+    c.reconnects = reconnects_.load();
+    return c;
+  }
 
  private:
+  std::atomic<bool> started_;  // bursts on a stopped port only log noise
   uint16_t port_;
   uint16_t peer_;
   uint32_t max_frame_;
@@ -192,6 +219,8 @@ class EthdevLink final : public Link {
   bool up_ = false;
   uint64_t last_poll_ns_ = 0;
   uint64_t down_since_ns_ = 0;
+  std::atomic<bool> restart_pending_{false};
+  std::atomic<uint64_t> reconnects_{0};
   LinkCounters counters_;
 };
 
@@ -219,11 +248,18 @@ Result<std::unique_ptr<Link>> start_port(uint16_t port, const PortConfig& c, con
     return fail(Errc::kIo, name, ": rx queue: ", rte_strerror(-rc));
   if (int rc = rte_eth_tx_queue_setup(port, 0, txd, socket, nullptr); rc != 0)
     return fail(Errc::kIo, name, ": tx queue: ", rte_strerror(-rc));
-  if (int rc = rte_eth_dev_start(port); rc != 0) return fail(Errc::kIo, name, ": start: ", rte_strerror(-rc));
-  rte_eth_promiscuous_enable(port);
   const bool memif = std::strcmp(info.driver_name, "net_memif") == 0;
   const bool client = memif && c.device.find("role=client") != std::string::npos;
-  return std::unique_ptr<Link>(new EthdevLink(port, c.peer, c.max_frame, pool, name, memif, client));
+  // A memif client cannot start before its server's socket exists; the link
+  // keeps trying from service() (as it does after the server dies).
+  const int rc = rte_eth_dev_start(port);
+  if (rc != 0) {
+    if (!client) return fail(Errc::kIo, name, ": start: ", rte_strerror(-rc));
+    LOG_INFO("%s: no memif server yet (%s); will retry", name.c_str(), rte_strerror(-rc));
+  } else {
+    rte_eth_promiscuous_enable(port);
+  }
+  return std::unique_ptr<Link>(new EthdevLink(port, c.peer, c.max_frame, pool, name, memif, client, rc == 0));
 }
 
 }  // namespace

@@ -6,6 +6,7 @@
 // loads NAME from its peer, writes the bytes to FILE and exits 0 (2 if the
 // peer holds no such segment). Prints "ready" once the engine runs.
 
+#include <execinfo.h>
 #include <signal.h>
 #include <unistd.h>
 
@@ -22,6 +23,14 @@
 namespace {
 volatile sig_atomic_t stop = 0;
 void on_signal(int) { stop = 1; }
+// A crash of the helper is a finding: leave its stack in the test log.
+void on_crash(int sig) {
+  void* frames[64];
+  int n = backtrace(frames, 64);
+  backtrace_symbols_fd(frames, n, STDERR_FILENO);
+  signal(sig, SIG_DFL);
+  raise(sig);
+}
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -42,6 +51,8 @@ int main(int argc, char** argv) {
   // A restarted memif server must not trip over the socket its predecessor left.
   if (auto pos = device.find("socket="); pos != std::string::npos && device.find("role=client") == std::string::npos)
     unlink(device.substr(pos + 7, device.find(',', pos) - pos - 7).c_str());
+  signal(SIGSEGV, on_crash);
+  signal(SIGBUS, on_crash);
   baton::ethdev::PortConfig pc;
   pc.device = device;
   pc.peer = peer;

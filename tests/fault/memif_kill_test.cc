@@ -1,0 +1,80 @@
+// A failover engine must outlive its peers. The peer process is killed with
+// SIGKILL in the middle of a 16 MiB transfer, again and again; this process
+// must keep running (a crash here fails the test), see the link go down, and
+// replicate again once a new peer comes. Both memif roles: a surviving server
+// reconnects by itself; a surviving client needs the driver's stop/start.
+
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <random>
+#include <thread>
+
+#include "../common/cluster.h"
+#include "../common/process.h"
+#include "ethdev/ethdev.h"
+
+namespace baton {
+namespace {
+
+using namespace std::chrono_literals;
+
+void survive_kills(bool survivor_is_server, int kills) {
+  static int port_seq = 0;
+  const std::string sock = "/tmp/baton-kill-" + std::to_string(getpid()) + "-" + std::to_string(port_seq) + ".sock";
+  unlink(sock.c_str());
+  const std::string dev = "net_memif" + std::to_string(port_seq++);
+  const std::string my_role = survivor_is_server ? "server" : "client";
+  const std::string peer_role = survivor_is_server ? "client" : "server";
+  ethdev::PortConfig pc;
+  pc.device = dev + ",role=" + my_role + ",socket=" + sock;
+  pc.peer = 2;
+  auto link = ethdev::open_port(pc);
+  ASSERT_TRUE(link) << link.error().to_string();
+  std::vector<std::unique_ptr<Link>> links;
+  links.push_back(std::move(*link));
+  EngineConfig c;
+  c.node_id = 1;
+  c.fetch_timeout_ms = 500;
+  auto engine = Engine::start(c, std::move(links));
+  ASSERT_TRUE(engine);
+  Engine& e = **engine;
+  auto seg = e.create("survivor-" + my_role, 16 << 20);
+  ASSERT_TRUE(seg);
+  auto mem = e.data(*seg);
+  std::mt19937 rng(survivor_is_server ? 1 : 2);
+  const std::vector<std::string> peer_cmd = {test::helper("BATON_PEER"), "--node", "2", "--peer", "1", "--device",
+                                             "net_memif0,role=" + peer_role + ",socket=" + sock};
+  for (int k = 0; k < kills; ++k) {
+    test::Process peer(peer_cmd);
+    ASSERT_GT(peer.pid(), 0);
+    // Keep a transfer in flight and kill the peer somewhere inside it.
+    test::fill_pattern(mem, static_cast<uint32_t>(k));
+    ASSERT_TRUE(e.commit(*seg));
+    std::this_thread::sleep_for(std::chrono::milliseconds(20 + rng() % 200));
+    peer.kill(SIGKILL);
+    EXPECT_EQ(peer.wait(), 128 + SIGKILL);
+    ASSERT_TRUE(e.commit(*seg)) << "engine unusable after kill " << k;
+  }
+  // A new peer comes: replication reaches it, byte-exact.
+  test::Process peer(peer_cmd);
+  test::fill_pattern(mem, 12345);
+  auto gen = e.commit(*seg);
+  ASSERT_TRUE(gen);
+  auto held = e.wait_replicated(*seg, *gen, 1, 60s);
+  ASSERT_TRUE(held) << held.error().to_string();
+  std::vector<std::byte> want(mem.begin(), mem.end());
+  ASSERT_TRUE(e.close(*seg));
+  auto back = e.load("survivor-" + my_role);
+  ASSERT_TRUE(back) << back.error().to_string();
+  auto got = e.data(back->segment);
+  EXPECT_TRUE(std::equal(want.begin(), want.end(), got.begin(), got.end()));
+  unlink(sock.c_str());
+}
+
+TEST(MemifKill, ServerSurvivesPeerKills) { survive_kills(true, 30); }
+TEST(MemifKill, ClientSurvivesPeerKillsAndReconnects) { survive_kills(false, 10); }
+
+}  // namespace
+}  // namespace baton
