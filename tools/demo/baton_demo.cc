@@ -46,7 +46,7 @@ int fail(const char* what, const baton::Error& e) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string transport = argc > 1 ? argv[1] : "loopback";
+  std::string transport = argc > 1 ? argv[1] : "ring";
   const int kNodes = 3;
   auto mesh = baton::demo::make_mesh(transport, kNodes);
   if (!mesh) return fail("links", mesh.error());

@@ -10,7 +10,7 @@
 
 namespace baton::demo {
 
-/// links[i] are node i+1's links. transport: "loopback" or "ring" (DPDK net_ring ports).
+/// links[i] are node i+1's links. transport: "ring" (DPDK net_ring ports) or "loopback".
 Result<std::vector<std::vector<std::unique_ptr<Link>>>> make_mesh(const std::string& transport, int nodes);
 
 }  // namespace baton::demo
