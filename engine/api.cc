@@ -1,0 +1,237 @@
+// The C API over the embedding API. Handles are checked against a registry of
+// live ones, so a stale or made-up pointer gets BATON_EINVAL, not a crash.
+
+#include <charconv>
+#include <cstring>
+#include <mutex>
+#include <string>
+#include <unordered_set>
+
+#include "baton/baton.h"
+#include "baton/engine.h"
+#include "ethdev/ethdev.h"
+
+struct baton_engine {
+  std::unique_ptr<baton::Engine> engine;
+};
+
+struct baton_segment {
+  baton_t* owner;
+  baton::Segment* segment;
+};
+
+namespace {
+
+using baton::Errc;
+
+thread_local std::string last_error;
+
+// Which handles are alive. The one process-wide table in the engine: the C
+// API cannot otherwise tell a live handle from a freed one.
+struct Registry {
+  std::mutex mu;
+  std::unordered_set<baton_t*> batons;
+  std::unordered_set<baton_segment_t*> segments;
+};
+Registry& registry() {
+  static Registry r;
+  return r;
+}
+
+int set_error(Errc code, std::string message) {
+  last_error = std::move(message);
+  return -static_cast<int>(code);
+}
+int set_error(const baton::Error& e) { return set_error(e.code, e.message); }
+int ok() {
+  last_error.clear();
+  return 0;
+}
+
+bool live(baton_t* b) {
+  std::lock_guard lock(registry().mu);
+  return b != nullptr && registry().batons.count(b) != 0;
+}
+bool live(baton_segment_t* s) {
+  std::lock_guard lock(registry().mu);
+  return s != nullptr && registry().segments.count(s) != 0;
+}
+
+int check_name(const char* name) {
+  if (name == nullptr) return set_error(Errc::kInvalidArgument, "name is NULL");
+  const size_t len = strnlen(name, BATON_NAME_MAX + 1);
+  if (len == 0) return set_error(Errc::kInvalidArgument, "name is empty");
+  if (len > BATON_NAME_MAX) return set_error(Errc::kInvalidArgument, "name is longer than 63 bytes");
+  for (size_t i = 0; i < len; ++i) {
+    const auto c = static_cast<unsigned char>(name[i]);
+    if (c <= 0x20 || c >= 0x7f) return set_error(Errc::kInvalidArgument, "name must be printable ASCII without spaces");
+  }
+  return 0;
+}
+
+baton_segment_t* track(baton_t* b, baton::Segment* seg) {
+  auto* s = new baton_segment{b, seg};
+  std::lock_guard lock(registry().mu);
+  registry().segments.insert(s);
+  return s;
+}
+
+// "PEER=ethdev:DEVARGS"
+baton::Result<std::unique_ptr<baton::Link>> parse_link(const char* spec) {
+  if (spec == nullptr) return baton::fail(Errc::kInvalidArgument, "link is NULL");
+  std::string s(spec);
+  const auto eq = s.find('=');
+  const auto colon = s.find(':');
+  if (eq == std::string::npos || colon == std::string::npos || colon < eq)
+    return baton::fail(Errc::kInvalidArgument, "link '", s, "' is not PEER=ethdev:DEVARGS");
+  unsigned peer = 0;
+  auto [p, ec] = std::from_chars(s.data(), s.data() + eq, peer);
+  if (ec != std::errc() || p != s.data() + eq || peer == 0 || peer >= 0xFFFF)
+    return baton::fail(Errc::kInvalidArgument, "link '", s, "': peer must be a node id 1..65534");
+  const std::string driver = s.substr(eq + 1, colon - eq - 1);
+  if (driver != "ethdev") return baton::fail(Errc::kInvalidArgument, "link '", s, "': unknown driver '", driver, "'");
+  baton::ethdev::PortConfig pc;
+  pc.device = s.substr(colon + 1);
+  pc.peer = static_cast<uint16_t>(peer);
+  return baton::ethdev::open_port(pc);
+}
+
+}  // namespace
+
+extern "C" {
+
+void baton_config_init(baton_config_t* config) {
+  if (config == nullptr) return;
+  std::memset(config, 0, sizeof *config);
+  const baton::EngineConfig d;
+  config->node_id = d.node_id;
+  config->replication_factor = d.replication_factor;
+  config->retain = d.retain;
+  config->max_segment_size = d.max_segment_size;
+}
+
+int baton_start(const baton_config_t* config, const char* const* links, size_t n_links, baton_t** out) {
+  if (config == nullptr || out == nullptr) return set_error(Errc::kInvalidArgument, "config and out must not be NULL");
+  if (n_links > 0 && links == nullptr) return set_error(Errc::kInvalidArgument, "links is NULL");
+  *out = nullptr;
+  baton::EngineConfig c;
+  c.node_id = config->node_id;
+  c.replication_factor = config->replication_factor;
+  c.retain = config->retain;
+  c.max_segment_size = config->max_segment_size;
+  c.idle = config->spin ? baton::IdlePolicy::kSpin : baton::IdlePolicy::kAdaptive;
+  std::vector<std::unique_ptr<baton::Link>> ls;
+  for (size_t i = 0; i < n_links; ++i) {
+    auto l = parse_link(links[i]);
+    if (!l) return set_error(l.error());
+    ls.push_back(std::move(*l));
+  }
+  auto engine = baton::Engine::start(c, std::move(ls));
+  if (!engine) return set_error(engine.error());
+  auto* b = new baton_engine{std::move(*engine)};
+  {
+    std::lock_guard lock(registry().mu);
+    registry().batons.insert(b);
+  }
+  *out = b;
+  return ok();
+}
+
+void baton_stop(baton_t* b) {
+  {
+    std::lock_guard lock(registry().mu);
+    if (b == nullptr || registry().batons.erase(b) == 0) return;
+    for (auto it = registry().segments.begin(); it != registry().segments.end();) {
+      if ((*it)->owner == b) {
+        delete *it;
+        it = registry().segments.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+  delete b;
+}
+
+int baton_register(baton_t* b, const char* name, uint64_t size, baton_segment_t** out) {
+  if (!live(b)) return set_error(Errc::kInvalidArgument, "unknown baton handle");
+  if (out == nullptr) return set_error(Errc::kInvalidArgument, "out is NULL");
+  *out = nullptr;
+  if (int rc = check_name(name); rc != 0) return rc;
+  auto seg = b->engine->create(name, size);
+  if (!seg) return set_error(seg.error());
+  *out = track(b, *seg);
+  return ok();
+}
+
+int baton_open(baton_t* b, const char* name, uint64_t size, baton_segment_t** out, int* restored,
+               uint64_t* generation) {
+  if (!live(b)) return set_error(Errc::kInvalidArgument, "unknown baton handle");
+  if (out == nullptr) return set_error(Errc::kInvalidArgument, "out is NULL");
+  *out = nullptr;
+  if (int rc = check_name(name); rc != 0) return rc;
+  auto r = b->engine->open(name, size);
+  if (!r) return set_error(r.error());
+  *out = track(b, r->segment);
+  if (restored != nullptr) *restored = r->outcome == baton::OpenOutcome::kRestored;
+  if (generation != nullptr) *generation = r->generation;
+  return ok();
+}
+
+int baton_load(baton_t* b, const char* name, baton_segment_t** out, uint64_t* generation) {
+  if (!live(b)) return set_error(Errc::kInvalidArgument, "unknown baton handle");
+  if (out == nullptr) return set_error(Errc::kInvalidArgument, "out is NULL");
+  *out = nullptr;
+  if (int rc = check_name(name); rc != 0) return rc;
+  auto r = b->engine->load(name);
+  if (!r) return set_error(r.error());
+  *out = track(b, r->segment);
+  if (generation != nullptr) *generation = r->generation;
+  return ok();
+}
+
+void* baton_segment_data(baton_segment_t* s) {
+  if (!live(s)) return nullptr;
+  return s->owner->engine->data(s->segment).data();
+}
+
+uint64_t baton_segment_size(baton_segment_t* s) {
+  if (!live(s)) return 0;
+  return s->owner->engine->data(s->segment).size();
+}
+
+int baton_commit(baton_segment_t* s, uint64_t* generation) {
+  if (!live(s)) return set_error(Errc::kInvalidArgument, "unknown segment handle");
+  auto g = s->owner->engine->commit(s->segment);
+  if (!g) return set_error(g.error());
+  if (generation != nullptr) *generation = *g;
+  return ok();
+}
+
+int baton_wait(baton_segment_t* s, uint64_t generation, uint32_t k, uint32_t timeout_ms) {
+  if (!live(s)) return set_error(Errc::kInvalidArgument, "unknown segment handle");
+  auto r = s->owner->engine->wait_replicated(s->segment, generation, k, std::chrono::milliseconds(timeout_ms));
+  if (!r) return set_error(r.error());
+  return ok();
+}
+
+int baton_unregister(baton_segment_t* s) {
+  {
+    std::lock_guard lock(registry().mu);
+    if (s == nullptr || registry().segments.erase(s) == 0)
+      return set_error(Errc::kInvalidArgument, "unknown segment handle");
+  }
+  auto r = s->owner->engine->close(s->segment);
+  delete s;
+  if (!r) return set_error(r.error());
+  return ok();
+}
+
+const char* baton_strerror(int err) {
+  if (err > 0 || err < BATON_EINTERNAL) return "unknown error";
+  return baton::errc_name(static_cast<Errc>(-err));
+}
+
+const char* baton_last_error(void) { return last_error.c_str(); }
+
+}  // extern "C"

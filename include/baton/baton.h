@@ -1,0 +1,100 @@
+/* Baton C API.
+ *
+ * An application keeps its state in a named checkpoint segment: register or
+ * open it, write into the memory baton_segment_data() returns, and commit.
+ * Every committed generation is replicated to other nodes; after a failure,
+ * opening the same name on another node restores the newest copy.
+ *
+ * Every function checks its arguments and returns 0 or a negative
+ * BATON_E* code; baton_strerror() names it, baton_last_error() explains the
+ * most recent failure on the calling thread. No function aborts on bad input.
+ *
+ * Thread safety: calls on one baton_t may come from any thread; a segment's
+ * memory is the application's to synchronise.
+ */
+#ifndef BATON_BATON_H
+#define BATON_BATON_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+enum baton_error {
+  BATON_OK = 0,
+  BATON_EINVAL = -1,     /* null, empty, too long, out of range, unknown handle */
+  BATON_ENOENT = -2,     /* no such segment (anywhere, for load/open) */
+  BATON_EEXIST = -3,     /* the name is held by another application or node */
+  BATON_ENOMEM = -4,
+  BATON_ETIMEDOUT = -5,
+  BATON_EUNAVAIL = -6,   /* no live peer / engine stopped */
+  BATON_EIO = -7,
+  BATON_ECORRUPT = -8,
+  BATON_EFENCED = -9,    /* ownership moved to a newer owner epoch */
+  BATON_EBUSY = -10,
+  BATON_EINTERNAL = -11,
+};
+
+#define BATON_NAME_MAX 63
+
+typedef struct baton_engine baton_t;
+typedef struct baton_segment baton_segment_t;
+
+typedef struct baton_config {
+  uint16_t node_id;            /* 1..65534, unique in the cluster */
+  uint32_t replication_factor; /* default 1 */
+  uint32_t retain;             /* older generations replicas keep; default 0 */
+  uint64_t max_segment_size;   /* default 1 GiB */
+  uint32_t spin;               /* 1: worker never sleeps (dedicated core) */
+} baton_config_t;
+
+/* Fills *config with defaults. */
+void baton_config_init(baton_config_t* config);
+
+/* Starts an embedded engine. Each link is "PEER=ethdev:DEVARGS", e.g.
+ * "2=ethdev:net_memif0,role=server,socket=/run/baton/1-2.sock".
+ * BATON_EINVAL for a malformed config or link string. */
+int baton_start(const baton_config_t* config, const char* const* links, size_t n_links, baton_t** out);
+
+/* Stops the engine; its segments' handles become invalid. NULL is ignored. */
+void baton_stop(baton_t* baton);
+
+/* Registers a new segment (S1). BATON_EEXIST if any reachable node holds the name. */
+int baton_register(baton_t* baton, const char* name, uint64_t size, baton_segment_t** out);
+
+/* Application start-up (S11): restores the newest copy if any node holds one
+ * (*restored = 1), else creates a zeroed segment (*restored = 0). `restored`
+ * and `generation` may be NULL. */
+int baton_open(baton_t* baton, const char* name, uint64_t size, baton_segment_t** out, int* restored,
+               uint64_t* generation);
+
+/* Load request (S9): fetches the newest copy from a live replica and takes
+ * ownership here. BATON_ENOENT if no reachable node holds it. */
+int baton_load(baton_t* baton, const char* name, baton_segment_t** out, uint64_t* generation);
+
+/* The segment's memory and size; NULL / 0 for an invalid handle. */
+void* baton_segment_data(baton_segment_t* segment);
+uint64_t baton_segment_size(baton_segment_t* segment);
+
+/* Snapshots the segment as a new generation and replicates it (S5). */
+int baton_commit(baton_segment_t* segment, uint64_t* generation);
+
+/* Waits until k replicas hold `generation` or newer. */
+int baton_wait(baton_segment_t* segment, uint64_t generation, uint32_t k, uint32_t timeout_ms);
+
+/* Unregisters: local memory and the handle go; replicas keep their copies. */
+int baton_unregister(baton_segment_t* segment);
+
+/* A static string naming an error code. */
+const char* baton_strerror(int err);
+
+/* The message of the last failed call on this thread ("" if none). */
+const char* baton_last_error(void);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* BATON_BATON_H */

@@ -1,0 +1,143 @@
+// C API input validation: every public function refuses bad input with a
+// clear error and keeps working afterwards. Engines here have no links.
+
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <string>
+
+#include "baton/baton.h"
+#include "baton/baton.hpp"
+
+namespace {
+
+class CApi : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    baton_config_t c;
+    baton_config_init(&c);
+    c.node_id = 7;
+    ASSERT_EQ(baton_start(&c, nullptr, 0, &b), 0) << baton_last_error();
+  }
+  void TearDown() override { baton_stop(b); }
+  baton_t* b = nullptr;
+};
+
+TEST_F(CApi, StartRejectsBadConfigAndLinks) {
+  baton_t* out = reinterpret_cast<baton_t*>(0x1);
+  baton_config_t c;
+  baton_config_init(&c);
+  EXPECT_EQ(baton_start(nullptr, nullptr, 0, &out), BATON_EINVAL);
+  EXPECT_EQ(baton_start(&c, nullptr, 0, nullptr), BATON_EINVAL);
+  EXPECT_EQ(baton_start(&c, nullptr, 1, &out), BATON_EINVAL);
+  c.node_id = 0;
+  EXPECT_EQ(baton_start(&c, nullptr, 0, &out), BATON_EINVAL);
+  EXPECT_EQ(out, nullptr);
+  EXPECT_NE(std::string(baton_last_error()).find("node_id"), std::string::npos) << baton_last_error();
+  baton_config_init(&c);
+  for (const char* bad : {"", "ethdev:x", "0=ethdev:x", "70000=ethdev:x", "2=carrier-pigeon:x", "x=ethdev:y",
+                          "2ethdev:x"}) {
+    const char* links[] = {bad};
+    EXPECT_EQ(baton_start(&c, links, 1, &out), BATON_EINVAL) << bad;
+  }
+  const char* null_link[] = {nullptr};
+  EXPECT_EQ(baton_start(&c, null_link, 1, &out), BATON_EINVAL);
+}
+
+TEST_F(CApi, NamesAreValidated) {
+  baton_segment_t* s = nullptr;
+  EXPECT_EQ(baton_register(b, nullptr, 64, &s), BATON_EINVAL);
+  EXPECT_EQ(baton_register(b, "", 64, &s), BATON_EINVAL);
+  EXPECT_EQ(baton_register(b, std::string(64, 'a').c_str(), 64, &s), BATON_EINVAL);
+  EXPECT_EQ(baton_register(b, "with space", 64, &s), BATON_EINVAL);
+  EXPECT_EQ(baton_register(b, "ctl\x01", 64, &s), BATON_EINVAL);
+  EXPECT_EQ(baton_register(b, "\xc3\xa9t\xc3\xa9", 64, &s), BATON_EINVAL);
+  EXPECT_EQ(baton_open(b, "", 64, &s, nullptr, nullptr), BATON_EINVAL);
+  EXPECT_EQ(baton_load(b, nullptr, &s, nullptr), BATON_EINVAL);
+  EXPECT_EQ(s, nullptr);
+  EXPECT_EQ(baton_register(b, std::string(63, 'a').c_str(), 64, &s), 0) << baton_last_error();
+  EXPECT_EQ(baton_unregister(s), 0);
+}
+
+TEST_F(CApi, SizesAreValidated) {
+  baton_segment_t* s = nullptr;
+  EXPECT_EQ(baton_register(b, "sz", 0, &s), BATON_EINVAL);
+  EXPECT_EQ(baton_register(b, "sz", (1ull << 30) + 1, &s), BATON_EINVAL);
+  EXPECT_EQ(baton_register(b, "sz", ~0ull, &s), BATON_EINVAL);
+  EXPECT_EQ(baton_open(b, "sz", 0, &s, nullptr, nullptr), BATON_EINVAL);
+  EXPECT_EQ(baton_register(b, "sz", 1, &s), 0);
+  EXPECT_EQ(baton_segment_size(s), 1u);
+  EXPECT_EQ(baton_unregister(s), 0);
+}
+
+TEST_F(CApi, HandlesAreValidated) {
+  baton_segment_t* s = nullptr;
+  auto* bogus_b = reinterpret_cast<baton_t*>(0x1000);
+  auto* bogus_s = reinterpret_cast<baton_segment_t*>(0x2000);
+  EXPECT_EQ(baton_register(nullptr, "x", 64, &s), BATON_EINVAL);
+  EXPECT_EQ(baton_register(bogus_b, "x", 64, &s), BATON_EINVAL);
+  EXPECT_EQ(baton_register(b, "x", 64, nullptr), BATON_EINVAL);
+  EXPECT_EQ(baton_open(bogus_b, "x", 64, &s, nullptr, nullptr), BATON_EINVAL);
+  EXPECT_EQ(baton_open(b, "x", 64, nullptr, nullptr, nullptr), BATON_EINVAL);
+  EXPECT_EQ(baton_load(bogus_b, "x", &s, nullptr), BATON_EINVAL);
+  EXPECT_EQ(baton_load(b, "x", nullptr, nullptr), BATON_EINVAL);
+  EXPECT_EQ(baton_commit(nullptr, nullptr), BATON_EINVAL);
+  EXPECT_EQ(baton_commit(bogus_s, nullptr), BATON_EINVAL);
+  EXPECT_EQ(baton_wait(bogus_s, 1, 1, 10), BATON_EINVAL);
+  EXPECT_EQ(baton_unregister(nullptr), BATON_EINVAL);
+  EXPECT_EQ(baton_unregister(bogus_s), BATON_EINVAL);
+  EXPECT_EQ(baton_segment_data(bogus_s), nullptr);
+  EXPECT_EQ(baton_segment_size(nullptr), 0u);
+  baton_stop(nullptr);   // ignored
+  baton_stop(bogus_b);   // ignored
+  // A handle is dead once unregistered.
+  ASSERT_EQ(baton_register(b, "once", 64, &s), 0);
+  ASSERT_EQ(baton_unregister(s), 0);
+  EXPECT_EQ(baton_commit(s, nullptr), BATON_EINVAL);
+  EXPECT_EQ(baton_unregister(s), BATON_EINVAL);
+}
+
+TEST_F(CApi, LocalLifecycleAndErrors) {
+  baton_segment_t* s = nullptr;
+  int restored = -1;
+  uint64_t gen = 99;
+  ASSERT_EQ(baton_open(b, "app", 4096, &s, &restored, &gen), 0) << baton_last_error();
+  EXPECT_EQ(restored, 0);
+  EXPECT_EQ(gen, 0u);
+  std::memset(baton_segment_data(s), 0xAB, 4096);
+  EXPECT_EQ(baton_commit(s, &gen), 0);
+  EXPECT_EQ(gen, 1u);
+  EXPECT_EQ(baton_wait(s, 1, 0, 10), 0);            // k = 0: nothing to wait for
+  EXPECT_EQ(baton_wait(s, 1, 1, 10), BATON_EINVAL);  // no peers, so no replica
+  EXPECT_EQ(baton_wait(s, 5, 0, 10), BATON_EINVAL);  // generation not committed
+  baton_segment_t* dup = nullptr;
+  EXPECT_EQ(baton_register(b, "app", 4096, &dup), BATON_EEXIST);  // one holder per name
+  EXPECT_EQ(baton_load(b, "nowhere", &dup, nullptr), BATON_ENOENT);
+  EXPECT_EQ(baton_unregister(s), 0);
+}
+
+TEST(CApiStrings, StrerrorCoversEveryCode) {
+  for (int e = BATON_OK; e >= BATON_EINTERNAL; --e) EXPECT_STRNE(baton_strerror(e), "unknown error") << e;
+  EXPECT_STREQ(baton_strerror(1), "unknown error");
+  EXPECT_STREQ(baton_strerror(-100), "unknown error");
+  EXPECT_STREQ(baton_strerror(BATON_ENOENT), "not found");
+}
+
+TEST(CppWrapper, RaiiAndResults) {
+  baton_config_t c;
+  baton_config_init(&c);
+  auto node = baton::c::Node::start(c, {});
+  ASSERT_TRUE(node) << node.error().to_string();
+  auto seg = node->create("wrapped", 128);
+  ASSERT_TRUE(seg);
+  seg->data()[0] = std::byte{1};
+  EXPECT_EQ(*seg->commit(), 1u);
+  auto dup = node->create("wrapped", 128);
+  ASSERT_FALSE(dup);
+  EXPECT_EQ(dup.error().code, baton::Errc::kExists);
+  auto bad = baton::c::Node::start(c, {"nonsense"});
+  ASSERT_FALSE(bad);
+  EXPECT_EQ(bad.error().code, baton::Errc::kInvalidArgument);
+}
+
+}  // namespace
