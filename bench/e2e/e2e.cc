@@ -1,0 +1,273 @@
+// baton-e2e: end-to-end figures between two processes over memif, each next
+// to a baseline measured in the same run, interleaved round by round (these
+// machines are shared and noisy; only ratios travel).
+//
+//   latency     4 KiB replicated commit (commit + wait for 1 replica)
+//               vs raw memif: 4 KiB frame out, 64 B ack back, same driver
+//   throughput  64 MiB replicated commit vs raw memif one-way copy of 64 MiB
+//               in frames of the same size, and vs memcpy of 64 MiB
+//
+// Usage: baton-e2e [--rounds N] [--iters N] [--mib N]     (prints JSON lines and a table)
+
+#include <signal.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "../../tests/common/process.h"
+#include "baton/engine.h"
+#include "ethdev/ethdev.h"
+#include "runtime/futex.h"
+
+namespace {
+
+using namespace std::chrono_literals;
+using baton::Link;
+using baton::RxFrame;
+using baton::TxFrame;
+
+volatile sig_atomic_t stop_flag = 0;
+void on_term(int) { stop_flag = 1; }
+
+constexpr size_t kAckBytes = 64;
+constexpr uint32_t kFrame = 16384;  // raw throughput frame payload, like a Baton chunk
+
+std::unique_ptr<Link> open_link(const std::string& dev, uint16_t peer) {
+  baton::ethdev::PortConfig pc;
+  pc.device = dev;
+  pc.peer = peer;
+  auto l = baton::ethdev::open_port(pc);
+  if (!l) {
+    std::fprintf(stderr, "baton-e2e: %s\n", l.error().to_string().c_str());
+    std::exit(1);
+  }
+  return std::move(*l);
+}
+
+void send_all(Link& l, const std::byte* p, size_t len) {
+  TxFrame f{{p, len}, {}};
+  while (l.tx_burst(&f, 1) != 1) l.service();
+}
+
+// --- peer process ---------------------------------------------------------
+
+int run_peer(const std::string& raw_sock, const std::string& eng_sock) {
+  signal(SIGTERM, on_term);
+  auto raw = open_link("net_memif0,role=client,socket=" + raw_sock, 1);
+  std::vector<std::unique_ptr<Link>> links;
+  links.push_back(open_link("net_memif1,role=client,socket=" + eng_sock, 1));
+  baton::EngineConfig c;
+  c.node_id = 2;
+  auto engine = baton::Engine::start(c, std::move(links));
+  if (!engine) return 1;
+  // Raw echo: 'L' frames get a 64 B ack; 'T' frames are counted; 'F' gets
+  // an ack carrying the count. Sleeps when idle so it does not steal the
+  // CPU from the engine during Baton rounds.
+  std::byte ack[kAckBytes] = {};
+  uint64_t counted = 0;
+  uint32_t idle = 0;
+  while (!stop_flag) {
+    RxFrame rx[32];
+    uint16_t n = raw->rx_burst(rx, 32);
+    raw->service();
+    for (uint16_t i = 0; i < n; ++i) {
+      const char kind = static_cast<char>(rx[i].bytes[0]);
+      if (kind == 'T') {
+        counted += rx[i].bytes.size();
+      } else if (kind == 'L' || kind == 'F') {
+        ack[0] = std::byte{'A'};
+        std::memcpy(ack + 8, &counted, 8);
+        send_all(*raw, ack, sizeof ack);
+        if (kind == 'F') counted = 0;
+      }
+    }
+    if (n > 0) raw->release_rx(rx, n);
+    if (n > 0) idle = 0;
+    else if (++idle > 2048) std::this_thread::sleep_for(50us);
+  }
+  return 0;
+}
+
+// --- driver ---------------------------------------------------------------
+
+struct Stats {
+  std::vector<double> v;
+  double pct(double p) {
+    std::sort(v.begin(), v.end());
+    return v.empty() ? 0 : v[std::min(v.size() - 1, static_cast<size_t>(p * v.size()))];
+  }
+  double median() { return pct(0.5); }
+};
+
+uint64_t wait_ack(Link& l) {
+  for (;;) {
+    RxFrame rx[32];
+    uint16_t n = l.rx_burst(rx, 32);
+    l.service();
+    for (uint16_t i = 0; i < n; ++i) {
+      if (static_cast<char>(rx[i].bytes[0]) == 'A') {
+        uint64_t count;
+        std::memcpy(&count, rx[i].bytes.data() + 8, 8);
+        l.release_rx(rx, n);
+        return count;
+      }
+    }
+    if (n) l.release_rx(rx, n);
+  }
+}
+
+void print_json(const char* metric, const char* subject, double value, const char* unit) {
+  std::printf("{\"metric\":\"%s\",\"subject\":\"%s\",\"value\":%.3f,\"unit\":\"%s\"}\n", metric, subject, value, unit);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  int rounds = 5, iters = 2000;
+  uint64_t mib = 64;
+  std::string raw_sock, eng_sock;
+  bool peer = false;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    auto next = [&] { return i + 1 < argc ? std::string(argv[++i]) : std::string(); };
+    if (a == "--rounds") rounds = std::stoi(next());
+    else if (a == "--iters") iters = std::stoi(next());
+    else if (a == "--mib") mib = std::stoull(next());
+    else if (a == "--peer") peer = true;
+    else if (a == "--raw-sock") raw_sock = next();
+    else if (a == "--eng-sock") eng_sock = next();
+    else {
+      std::fprintf(stderr, "usage: baton-e2e [--rounds N] [--iters N] [--mib N]\n");
+      return 64;
+    }
+  }
+  if (peer) return run_peer(raw_sock, eng_sock);
+  if (rounds < 1 || iters < 1 || mib < 1 || mib > 1024) {
+    std::fprintf(stderr, "baton-e2e: rounds, iters >= 1; mib in 1..1024\n");
+    return 64;
+  }
+
+  const std::string base = "/tmp/baton-e2e-" + std::to_string(getpid());
+  raw_sock = base + "-raw.sock";
+  eng_sock = base + "-eng.sock";
+  unlink(raw_sock.c_str());
+  unlink(eng_sock.c_str());
+  auto raw = open_link("net_memif0,role=server,socket=" + raw_sock, 2);
+  std::vector<std::unique_ptr<Link>> links;
+  links.push_back(open_link("net_memif1,role=server,socket=" + eng_sock, 2));
+  baton::EngineConfig c;
+  c.node_id = 1;
+  auto engine_r = baton::Engine::start(c, std::move(links));
+  if (!engine_r) return 1;
+  baton::Engine& engine = **engine_r;
+  char self[4096];
+  ssize_t len = readlink("/proc/self/exe", self, sizeof self - 1);
+  if (len <= 0) return 1;
+  self[len] = 0;
+  baton::test::Process peer_proc({self, "--peer", "--raw-sock", raw_sock, "--eng-sock", eng_sock});
+
+  const uint64_t big = mib << 20;
+  auto lat_seg = *engine.create("e2e-latency", 4096);
+  auto big_seg = *engine.create("e2e-throughput", big);
+  std::memset(engine.data(lat_seg).data(), 1, 4096);
+  std::memset(engine.data(big_seg).data(), 2, big);
+  std::vector<std::byte> frame(kFrame, std::byte{'T'});
+  std::vector<std::byte> ping(4096, std::byte{'L'});
+  std::vector<std::byte> copy_dst(big), copy_src(big, std::byte{3});
+
+  // Warm up: both links connected, both segments replicated once.
+  for (;;) {
+    send_all(*raw, ping.data(), ping.size());
+    auto t0 = std::chrono::steady_clock::now();
+    bool got = false;
+    while (std::chrono::steady_clock::now() - t0 < 100ms && !got) {
+      RxFrame rx[32];
+      uint16_t n = raw->rx_burst(rx, 32);
+      raw->service();
+      for (uint16_t i = 0; i < n; ++i) got |= static_cast<char>(rx[i].bytes[0]) == 'A';
+      if (n) raw->release_rx(rx, n);
+    }
+    if (got) break;
+  }
+  for (auto s : {lat_seg, big_seg}) {
+    auto g = engine.commit(s);
+    if (!g || !engine.wait_replicated(s, *g, 1, 60s)) {
+      std::fprintf(stderr, "baton-e2e: warm-up replication failed\n");
+      return 1;
+    }
+  }
+
+  Stats raw_lat, baton_lat, raw_tput, baton_tput, memcpy_tput;
+  using clk = std::chrono::steady_clock;
+  auto us = [](clk::duration d) { return std::chrono::duration<double, std::micro>(d).count(); };
+  for (int r = 0; r < rounds; ++r) {
+    for (int i = 0; i < iters; ++i) {
+      auto t0 = clk::now();
+      send_all(*raw, ping.data(), ping.size());
+      wait_ack(*raw);
+      raw_lat.v.push_back(us(clk::now() - t0));
+    }
+    for (int i = 0; i < iters; ++i) {
+      auto t0 = clk::now();
+      auto g = engine.commit(lat_seg);
+      if (!g || !engine.wait_replicated(lat_seg, *g, 1, 10s)) return 1;
+      baton_lat.v.push_back(us(clk::now() - t0));
+    }
+    {
+      auto t0 = clk::now();
+      const uint64_t frames = (big + kFrame - 1) / kFrame;
+      for (uint64_t f = 0; f < frames; ++f) send_all(*raw, frame.data(), frame.size());
+      std::byte fin[kAckBytes] = {std::byte{'F'}};
+      send_all(*raw, fin, sizeof fin);
+      uint64_t counted = wait_ack(*raw);
+      double secs = us(clk::now() - t0) / 1e6;
+      if (counted != frames * kFrame) std::fprintf(stderr, "raw memif lost frames (%lu of %lu bytes)\n",
+                                                   (unsigned long)counted, (unsigned long)(frames * kFrame));
+      raw_tput.v.push_back(static_cast<double>(frames * kFrame) / secs / 1e9);
+    }
+    {
+      auto t0 = clk::now();
+      auto g = engine.commit(big_seg);
+      if (!g || !engine.wait_replicated(big_seg, *g, 1, 60s)) return 1;
+      baton_tput.v.push_back(static_cast<double>(big) / (us(clk::now() - t0) / 1e6) / 1e9);
+    }
+    {
+      auto t0 = clk::now();
+      std::memcpy(copy_dst.data(), copy_src.data(), big);
+      memcpy_tput.v.push_back(static_cast<double>(big) / (us(clk::now() - t0) / 1e6) / 1e9);
+    }
+  }
+  peer_proc.kill(SIGTERM);
+  peer_proc.wait();
+  unlink(raw_sock.c_str());
+  unlink(eng_sock.c_str());
+
+  const double rl50 = raw_lat.pct(0.5), rl99 = raw_lat.pct(0.99), rl999 = raw_lat.pct(0.999);
+  const double bl50 = baton_lat.pct(0.5), bl99 = baton_lat.pct(0.99), bl999 = baton_lat.pct(0.999);
+  const double rt = raw_tput.median(), bt = baton_tput.median(), mt = memcpy_tput.median();
+  print_json("latency_p50", "raw_memif_4k_ack", rl50, "us");
+  print_json("latency_p99", "raw_memif_4k_ack", rl99, "us");
+  print_json("latency_p999", "raw_memif_4k_ack", rl999, "us");
+  print_json("latency_p50", "baton_commit_4k", bl50, "us");
+  print_json("latency_p99", "baton_commit_4k", bl99, "us");
+  print_json("latency_p999", "baton_commit_4k", bl999, "us");
+  print_json("throughput", "raw_memif", rt, "GB/s");
+  print_json("throughput", "baton_commit", bt, "GB/s");
+  print_json("throughput", "memcpy", mt, "GB/s");
+  std::printf("\n%-34s %10s %10s %10s\n", "4 KiB commit, 1 replica (us)", "p50", "p99", "p99.9");
+  std::printf("%-34s %10.1f %10.1f %10.1f\n", "raw memif 4 KiB + 64 B ack", rl50, rl99, rl999);
+  std::printf("%-34s %10.1f %10.1f %10.1f\n", "Baton replicated commit", bl50, bl99, bl999);
+  std::printf("%-34s %9.2fx %9.2fx %9.2fx\n", "ratio Baton / raw", bl50 / rl50, bl99 / rl99, bl999 / rl999);
+  std::printf("\n%-34s %10s %10s\n", "64 MiB, median of rounds", "GB/s", "ratio");
+  std::printf("%-34s %10.2f %10s\n", "memcpy", mt, "");
+  std::printf("%-34s %10.2f %10s\n", "raw memif one-way", rt, "1.00x");
+  std::printf("%-34s %10.2f %9.2fx\n", "Baton replicated commit", bt, bt / rt);
+  std::printf("\n(%d rounds x %d latency samples; %lu MiB)\n", rounds, iters, (unsigned long)mib);
+  return 0;
+}
