@@ -16,7 +16,6 @@ namespace baton {
 namespace {
 
 constexpr unsigned kCommandRingSize = 1024;
-constexpr uint64_t kSpinBeforeSleepNs = 200'000;  // waking a sleeper costs ~70 us here
 
 Result<void> check_name(std::string_view name) {
   if (name.empty()) return fail(Errc::kInvalidArgument, "segment name is empty");
@@ -41,23 +40,36 @@ uint64_t rank(uint64_t seg_id, uint16_t node) {
 
 // --- Op -------------------------------------------------------------------
 
-void Op::finish() noexcept {
-  done.store(1, std::memory_order_release);
-  futex_wake_all(done);
-}
-
 void Op::fail(Errc code, std::string message) noexcept {
   ok = false;
   error = Error{code, std::move(message)};
   finish();
 }
 
-void Op::wait() noexcept {
-  const uint64_t spin_until = now_ns() + kSpinBeforeSleepNs;
-  while (done.load(std::memory_order_acquire) == 0) {
-    if (now_ns() < spin_until) _mm_pause();
-    else futex_wait(done, 0, 10'000'000);
+bool Engine::Impl::poll_until(const std::function<bool()>& done, uint64_t deadline_ns) {
+  handoff.fetch_add(1);
+  if (sleeping.load()) {
+    wake.fetch_add(1);
+    futex_wake_all(wake);
   }
+  // The worker lets go within one poll iteration; sleeping here would cost a wake-up.
+  while (!poll_mu.try_lock()) _mm_pause();
+  bool ok;
+  for (;;) {
+    if (done()) {
+      ok = true;
+      break;
+    }
+    const uint64_t now = now_ns();
+    if (now >= deadline_ns) {
+      ok = false;
+      break;
+    }
+    poll_once(now);
+  }
+  poll_mu.unlock();
+  if (handoff.fetch_sub(1) == 1 && parked.load()) futex_wake_all(handoff);
+  return ok;
 }
 
 // --- Engine ---------------------------------------------------------------
@@ -123,7 +135,7 @@ Result<void> Engine::Impl::call(std::function<void()> fn) {
     op.finish();
   };
   post(&op);
-  op.wait();
+  await(op);
   if (!op.ok) return tl::unexpected(op.error);
   return {};
 }
@@ -149,7 +161,7 @@ Result<std::unique_ptr<QueryOp>> Engine::Impl::query(std::string_view name) {
     send_query(*raw, now);
   };
   post(raw);
-  raw->wait();
+  await(*raw);
   if (!raw->ok) return tl::unexpected(raw->error);
   return q;
 }
@@ -249,7 +261,7 @@ Result<OpenResult> Engine::Impl::load_from(const QueryOp& q, std::string_view na
       send_fetch_request(op, op.last_progress_ns);
     };
     post(&op);
-    op.wait();
+    await(op);
     if (!op.ok) {
       LOG_WARN("load %.*s from node %u failed: %s", int(name.size()), name.data(), a->peer,
                op.error.message.c_str());
@@ -349,27 +361,18 @@ Result<void> Engine::wait_replicated(Segment* segment, uint64_t generation, uint
                   std::to_string(seg->replicas.size()));
     if (generation > seg->committed) return fail(Errc::kInvalidArgument, "generation not committed yet");
   }
-  const uint64_t start = now_ns();
-  const uint64_t deadline = start + static_cast<uint64_t>(timeout.count()) * 1'000'000;
-  for (;;) {
-    const uint32_t progress = seg->progress.load(std::memory_order_acquire);
-    uint32_t held = 0;
+  const uint64_t deadline = now_ns() + static_cast<uint64_t>(timeout.count()) * 1'000'000;
+  auto held = [seg, generation] {
+    uint32_t n = 0;
     for (auto& r : seg->replicas)
-      if (r->held.load(std::memory_order_acquire) >= generation) ++held;
-    if (held >= k) return {};
-    if (seg->fenced.load()) return fail(Errc::kFenced, "segment ", seg->name, " moved to a newer owner");
-    const uint64_t now = now_ns();
-    if (now >= deadline)
-      return fail(Errc::kTimeout, std::to_string(held), " of ", std::to_string(k), " replicas hold generation ",
-                  std::to_string(generation));
-    if (now - start < kSpinBeforeSleepNs) {
-      _mm_pause();
-      continue;
-    }
-    seg->waiters.fetch_add(1);
-    futex_wait(seg->progress, progress, std::min<uint64_t>(deadline - now, 10'000'000));
-    seg->waiters.fetch_sub(1);
-  }
+      if (r->held.load(std::memory_order_acquire) >= generation) ++n;
+    return n;
+  };
+  impl_->poll_until([&] { return held() >= k || seg->fenced.load(); }, deadline);
+  if (held() >= k) return {};
+  if (seg->fenced.load()) return fail(Errc::kFenced, "segment ", seg->name, " moved to a newer owner");
+  return fail(Errc::kTimeout, std::to_string(held()), " of ", std::to_string(k), " replicas hold generation ",
+              std::to_string(generation));
 }
 
 Result<void> Engine::close(Segment* segment) {

@@ -35,11 +35,10 @@ struct Op {
   bool ok = true;
   std::function<void()> run;  ///< executed on the worker
 
-  void finish() noexcept;                      // worker: mark done and wake the waiter
+  /// Marks the op done (whoever holds the poll token: worker or a waiting caller).
+  void finish() noexcept { done.store(1, std::memory_order_release); }
   void fail(Errc code, std::string message) noexcept;
-  /// Control: waits for finish(). The worker finishes every op it takes,
-  /// by its own deadline or when it stops.
-  void wait() noexcept;
+  bool finished() const noexcept { return done.load(std::memory_order_acquire) != 0; }
 };
 
 /// A snapshot buffer: one committed generation, ready to send.
@@ -74,8 +73,6 @@ struct baton::Segment {
   uint64_t committed = 0;               ///< control: last generation handed out
   std::atomic<uint64_t> epoch{1};
   std::atomic<bool> fenced{false};
-  std::atomic<uint32_t> progress{0};    ///< futex word, bumped on replica progress
-  std::atomic<uint32_t> waiters{0};     ///< control threads sleeping on `progress`
   std::vector<std::unique_ptr<ReplicaTarget>> replicas;  ///< fixed once the worker added it
   int current_stage = -1;               ///< worker: stage being replicated
 };
@@ -143,6 +140,14 @@ struct Engine::Impl {
   std::atomic<bool> running{true};
   std::thread worker;
 
+  // The poll token: whoever holds poll_mu runs poll_once() and owns the
+  // worker-side state. Normally the worker; a control thread that waits for
+  // the engine (replicas, a load) takes it and polls itself, so a commit and
+  // its wait cost one spinning thread, not two plus a wake-up (~70 us here).
+  std::mutex poll_mu;
+  std::atomic<uint32_t> handoff{0};    ///< callers wanting the token; futex word the parked worker waits on
+  std::atomic<bool> parked{false};
+
   // Control side.
   mutable std::mutex control_mu;             ///< serialises API calls on the segment table
   std::unordered_map<std::string, std::unique_ptr<Segment>> segments;
@@ -172,8 +177,13 @@ struct Engine::Impl {
 
   // --- control side (engine.cc) ---
   void post(void* item);
-  /// Runs `fn` on the worker and waits. Thread: control.
+  /// Runs `fn` on the worker side and waits. Thread: control.
   Result<void> call(std::function<void()> fn);
+  /// Takes the poll token and polls until `done()` or the deadline; returns
+  /// done(). Thread: control.
+  bool poll_until(const std::function<bool()>& done, uint64_t deadline_ns);
+  /// Polls until the worker side finished `op`. Thread: control.
+  void await(Op& op) { poll_until([&op] { return op.finished(); }, UINT64_MAX); }
   Result<std::unique_ptr<QueryOp>> query(std::string_view name);
   Result<OpenResult> load_from(const QueryOp& q, std::string_view name);
   Result<Segment*> add_segment(std::unique_ptr<Segment> seg);
@@ -184,6 +194,7 @@ struct Engine::Impl {
 
   // --- worker side (worker.cc) ---
   void run_worker() noexcept;
+  void park_worker() noexcept;
   bool poll_once(uint64_t now) noexcept;
   bool drain_commands(uint64_t now) noexcept;
   void on_frame(Link& link, const wire::Frame& f, uint64_t now) noexcept;

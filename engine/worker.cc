@@ -2,6 +2,7 @@
 // every transfer of this engine. Never blocks, never throws.
 
 #include <immintrin.h>
+#include <sys/prctl.h>
 
 #include <algorithm>
 
@@ -32,25 +33,40 @@ inline Stage* as_stage(void* p) noexcept {
 }  // namespace
 
 void Engine::Impl::run_worker() noexcept {
-  uint32_t idle = 0;
+  // Short sleeps must stay short: the default 50 us timer slack would turn
+  // every 1 us back-off step into 50.
+  prctl(PR_SET_TIMERSLACK, 10'000UL, 0, 0, 0);
+  std::unique_lock lock(poll_mu);
+  const uint64_t spin_ns = uint64_t{config.idle_spin_us} * 1000;
+  uint64_t idle_since = 0;
+  uint32_t sleep_us = 1;
   while (running.load(std::memory_order_relaxed)) {
-    if (poll_once(now_ns())) {
-      idle = 0;
+    if (handoff.load() != 0) {  // a caller polls for us meanwhile
+      lock.unlock();
+      park_worker();
+      lock.lock();
+      idle_since = 0;
       continue;
     }
-    // Idle. Spinning keeps latency lowest; waking a sleeping thread on the
-    // other vCPU costs ~70 us here, so adaptive mode spins a while first and
-    // then sleeps in growing steps, woken early by a posted command.
-    if (config.idle == IdlePolicy::kSpin || ++idle < 256) {
+    const uint64_t now = now_ns();
+    if (poll_once(now)) {
+      idle_since = 0;
+      sleep_us = 1;
+      continue;
+    }
+    // Idle. Spin for a while (the next frame usually comes within one round
+    // trip), then sleep in growing steps, woken early by a posted command or
+    // a caller that wants the poll token.
+    if (idle_since == 0) idle_since = now;
+    if (config.idle == IdlePolicy::kSpin || now - idle_since < spin_ns) {
       _mm_pause();
       continue;
     }
-    const uint64_t sleep_us =
-        std::min<uint64_t>(uint64_t{1} << std::min<uint32_t>((idle - 256) / 16, 10), config.max_idle_sleep_us);
     const uint32_t w = wake.load();
     sleeping.store(true);
-    if (rte_ring_count(commands) == 0) futex_wait(wake, w, sleep_us * 1000);
+    if (rte_ring_count(commands) == 0 && handoff.load() == 0) futex_wait(wake, w, uint64_t{sleep_us} * 1000);
     sleeping.store(false);
+    sleep_us = std::min(sleep_us * 2, config.max_idle_sleep_us);
   }
   // Nobody may be left waiting on an op the worker will never finish.
   for (QueryOp* q : queries) q->finish();
@@ -62,6 +78,16 @@ void Engine::Impl::run_worker() noexcept {
     if (is_commit(p)) as_stage(p)->state.store(Stage::kFree);
     else static_cast<Op*>(p)->fail(Errc::kUnavailable, "engine stopped");
   }
+}
+
+void Engine::Impl::park_worker() noexcept {
+  parked.store(true);
+  for (;;) {
+    const uint32_t h = handoff.load();
+    if (h == 0 || !running.load()) break;
+    futex_wait(handoff, h, 10'000'000);
+  }
+  parked.store(false);
 }
 
 bool Engine::Impl::poll_once(uint64_t now) noexcept {
@@ -385,8 +411,6 @@ void Engine::Impl::on_ack(const wire::Frame& f, uint64_t now) noexcept {
     r->sender.on_ack(f, now);
     if ((f.flags & wire::kFlagComplete) != 0 && f.generation > r->held.load(std::memory_order_relaxed)) {
       r->held.store(f.generation, std::memory_order_release);
-      seg.progress.fetch_add(1, std::memory_order_release);
-      if (seg.waiters.load() != 0) futex_wake_all(seg.progress);
     }
     return;
   }
@@ -396,8 +420,6 @@ void Engine::Impl::fence(Segment& seg) noexcept {
   if (seg.fenced.exchange(true)) return;
   LOG_WARN("segment %s is fenced: a newer owner epoch exists", seg.name.c_str());
   for (auto& r : seg.replicas) r->sender.stop();
-  seg.progress.fetch_add(1);
-  futex_wake_all(seg.progress);
 }
 
 void Engine::Impl::on_error(const wire::Frame& f) noexcept {

@@ -7,7 +7,8 @@
 //   throughput  64 MiB replicated commit vs raw memif one-way copy of 64 MiB
 //               in frames of the same size, and vs memcpy of 64 MiB
 //
-// Usage: baton-e2e [--rounds N] [--iters N] [--mib N]     (prints JSON lines and a table)
+// Usage: baton-e2e [--rounds N] [--iters N] [--mib N] [--spin]   (prints JSON lines and a table)
+//   --spin: both engines' workers never sleep (dedicated cores)
 
 #include <signal.h>
 #include <unistd.h>
@@ -57,13 +58,14 @@ void send_all(Link& l, const std::byte* p, size_t len) {
 
 // --- peer process ---------------------------------------------------------
 
-int run_peer(const std::string& raw_sock, const std::string& eng_sock) {
+int run_peer(const std::string& raw_sock, const std::string& eng_sock, bool spin) {
   signal(SIGTERM, on_term);
   auto raw = open_link("net_memif0,role=client,socket=" + raw_sock, 1);
   std::vector<std::unique_ptr<Link>> links;
   links.push_back(open_link("net_memif1,role=client,socket=" + eng_sock, 1));
   baton::EngineConfig c;
   c.node_id = 2;
+  if (spin) c.idle = baton::IdlePolicy::kSpin;
   auto engine = baton::Engine::start(c, std::move(links));
   if (!engine) return 1;
   // Raw echo: 'L' frames get a 64 B ack; 'T' frames are counted; 'F' gets
@@ -132,7 +134,7 @@ int main(int argc, char** argv) {
   int rounds = 5, iters = 2000;
   uint64_t mib = 64;
   std::string raw_sock, eng_sock;
-  bool peer = false;
+  bool peer = false, spin = false;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto next = [&] { return i + 1 < argc ? std::string(argv[++i]) : std::string(); };
@@ -140,14 +142,15 @@ int main(int argc, char** argv) {
     else if (a == "--iters") iters = std::stoi(next());
     else if (a == "--mib") mib = std::stoull(next());
     else if (a == "--peer") peer = true;
+    else if (a == "--spin") spin = true;
     else if (a == "--raw-sock") raw_sock = next();
     else if (a == "--eng-sock") eng_sock = next();
     else {
-      std::fprintf(stderr, "usage: baton-e2e [--rounds N] [--iters N] [--mib N]\n");
+      std::fprintf(stderr, "usage: baton-e2e [--rounds N] [--iters N] [--mib N] [--spin]\n");
       return 64;
     }
   }
-  if (peer) return run_peer(raw_sock, eng_sock);
+  if (peer) return run_peer(raw_sock, eng_sock, spin);
   if (rounds < 1 || iters < 1 || mib < 1 || mib > 1024) {
     std::fprintf(stderr, "baton-e2e: rounds, iters >= 1; mib in 1..1024\n");
     return 64;
@@ -163,6 +166,7 @@ int main(int argc, char** argv) {
   links.push_back(open_link("net_memif1,role=server,socket=" + eng_sock, 2));
   baton::EngineConfig c;
   c.node_id = 1;
+  if (spin) c.idle = baton::IdlePolicy::kSpin;
   auto engine_r = baton::Engine::start(c, std::move(links));
   if (!engine_r) return 1;
   baton::Engine& engine = **engine_r;
@@ -170,7 +174,9 @@ int main(int argc, char** argv) {
   ssize_t len = readlink("/proc/self/exe", self, sizeof self - 1);
   if (len <= 0) return 1;
   self[len] = 0;
-  baton::test::Process peer_proc({self, "--peer", "--raw-sock", raw_sock, "--eng-sock", eng_sock});
+  std::vector<std::string> peer_args = {self, "--peer", "--raw-sock", raw_sock, "--eng-sock", eng_sock};
+  if (spin) peer_args.push_back("--spin");
+  baton::test::Process peer_proc(peer_args);
 
   const uint64_t big = mib << 20;
   auto lat_seg = *engine.create("e2e-latency", 4096);

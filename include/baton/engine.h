@@ -25,12 +25,13 @@ struct EngineConfig {
   uint16_t node_id = 1;               ///< 1..65534, unique in the cluster
   uint32_t replication_factor = 1;    ///< replicas per segment (capped by reachable peers)
   uint32_t retain = 0;                ///< older generations a replica keeps beside the latest
-  uint32_t chunk_size = 8192;         ///< payload bytes per frame (capped by each link)
+  uint32_t chunk_size = 16384;        ///< payload bytes per frame (capped by each link)
   uint32_t window = 256;              ///< chunks in flight per transfer
   uint64_t max_segment_size = 1ull << 30;
   uint32_t query_timeout_ms = 200;    ///< how long a load waits for peers to say what they hold
   uint32_t fetch_timeout_ms = 2000;   ///< a fetch without progress this long tries another replica
   IdlePolicy idle = IdlePolicy::kAdaptive;
+  uint32_t idle_spin_us = 100;        ///< adaptive: how long an idle worker spins before it sleeps
   uint32_t max_idle_sleep_us = 200;   ///< adaptive: longest sleep between polls
   int numa_node = -1;                 ///< where segments live; -1: the starting thread's node
 };
