@@ -47,8 +47,9 @@ struct Stage {
   Segment* segment = nullptr;
   LocalStorage mem;
   std::vector<uint32_t> chunk_crcs;
-  uint32_t gen_crc = 0;
+  uint32_t gen_crc = 0;                ///< valid once ready == every chunk
   uint64_t generation = 0;
+  uint32_t ready = 0;                  ///< chunks snapshotted so far (poll-token holder only)
   std::atomic<uint32_t> state{kFree};
 };
 
@@ -129,7 +130,7 @@ struct Engine::Impl {
   std::vector<std::unique_ptr<Link>> links;
   std::unordered_map<uint16_t, Link*> link_by_peer;
 
-  // Control -> worker: Op*, or Stage* with the low bit set (a commit: no allocation).
+  // Control -> worker: Op* (commits run under the poll token instead).
   rte_ring* commands = nullptr;
   struct FreeDeleter {
     void operator()(void* p) const noexcept { std::free(p); }
@@ -182,6 +183,9 @@ struct Engine::Impl {
   /// Takes the poll token and polls until `done()` or the deadline; returns
   /// done(). Thread: control.
   bool poll_until(const std::function<bool()>& done, uint64_t deadline_ns);
+  /// Takes / gives back the poll token (the worker parks meanwhile). Thread: control.
+  void acquire_token() noexcept;
+  void release_token() noexcept;
   /// Polls until the worker side finished `op`. Thread: control.
   void await(Op& op) { poll_until([&op] { return op.finished(); }, UINT64_MAX); }
   Result<std::unique_ptr<QueryOp>> query(std::string_view name);
@@ -196,10 +200,12 @@ struct Engine::Impl {
   void run_worker() noexcept;
   void park_worker() noexcept;
   bool poll_once(uint64_t now) noexcept;
-  bool drain_commands(uint64_t now) noexcept;
-  void on_frame(Link& link, const wire::Frame& f, uint64_t now) noexcept;
-  void on_data(Link& link, const wire::Frame& f) noexcept;
-  void on_fetch_data(const wire::Frame& f, uint64_t now) noexcept;
+  bool drain_commands() noexcept;
+  void on_frame(Link& link, wire::Frame& f, uint64_t now) noexcept;
+  void on_data(Link& link, wire::Frame& f) noexcept;
+  void on_fetch_data(wire::Frame& f, uint64_t now) noexcept;
+  /// Verifies a frame decoded without its payload CRC; counts a mismatch.
+  bool verified(wire::Frame& f) noexcept;
   void on_ack(const wire::Frame& f, uint64_t now) noexcept;
   void on_fetch_request(Link& link, const wire::Frame& f, uint64_t now) noexcept;
   void on_fetch_meta(const wire::Frame& f) noexcept;
@@ -208,6 +214,9 @@ struct Engine::Impl {
   bool pump_senders(uint64_t now) noexcept;
   bool pump_one(Link& link, ChunkSender& sender, const wire::Frame& proto, uint64_t now) noexcept;
   bool step_ops(uint64_t now) noexcept;
+  /// Work nobody would do while the worker stays parked: unsent chunks,
+  /// pending loads, queued commands. Thread: poll-token holder.
+  bool has_pending_work() const noexcept;
   void send_control(Link& link, const wire::Frame& f) noexcept;
   void send_error(Link& link, const wire::Frame& about, wire::ErrorCode code, uint64_t epoch) noexcept;
   void send_fetch_request(FetchOp& op, uint64_t now) noexcept;

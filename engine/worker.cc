@@ -24,12 +24,6 @@ inline void bump(std::atomic<uint64_t>& c, uint64_t n = 1) noexcept {
   c.store(c.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
 }
 
-// A Stage pointer travels through the command ring with its low bit set.
-inline bool is_commit(void* p) noexcept { return (reinterpret_cast<uintptr_t>(p) & 1) != 0; }
-inline Stage* as_stage(void* p) noexcept {
-  return reinterpret_cast<Stage*>(reinterpret_cast<uintptr_t>(p) & ~uintptr_t{1});
-}
-
 }  // namespace
 
 void Engine::Impl::run_worker() noexcept {
@@ -74,10 +68,7 @@ void Engine::Impl::run_worker() noexcept {
   queries.clear();
   fetches.clear();
   void* p;
-  while (rte_ring_sc_dequeue(commands, &p) == 0) {
-    if (is_commit(p)) as_stage(p)->state.store(Stage::kFree);
-    else static_cast<Op*>(p)->fail(Errc::kUnavailable, "engine stopped");
-  }
+  while (rte_ring_sc_dequeue(commands, &p) == 0) static_cast<Op*>(p)->fail(Errc::kUnavailable, "engine stopped");
 }
 
 void Engine::Impl::park_worker() noexcept {
@@ -85,19 +76,31 @@ void Engine::Impl::park_worker() noexcept {
   for (;;) {
     const uint32_t h = handoff.load();
     if (h == 0 || !running.load()) break;
-    futex_wait(handoff, h, 10'000'000);
+    futex_wait(handoff, h, uint64_t{config.max_idle_sleep_us} * 1000);
   }
   parked.store(false);
 }
 
+bool Engine::Impl::has_pending_work() const noexcept {
+  if (!queries.empty() || !fetches.empty() || rte_ring_count(commands) != 0) return true;
+  for (const auto& [id, seg] : owned)
+    for (const auto& r : seg->replicas)
+      if (r->sender.has_unsent()) return true;
+  for (const auto& s : serves)
+    if (s->sender.has_unsent()) return true;
+  return false;
+}
+
 bool Engine::Impl::poll_once(uint64_t now) noexcept {
-  bool busy = drain_commands(now);
+  bool busy = drain_commands();
   for (auto& link : links) {
     RxFrame rx[kBurst];
     const uint16_t n = link->rx_burst(rx, kBurst);
     for (uint16_t i = 0; i < n; ++i) {
       wire::Frame f;
-      const wire::DecodeError err = wire::decode(rx[i].bytes, f);
+      // Payload CRCs are checked later, in the pass that copies each payload
+      // where it belongs (see wire::decode).
+      const wire::DecodeError err = wire::decode(rx[i].bytes, f, false);
       if (err != wire::DecodeError::kNone) {
         bump(counters.decode[static_cast<size_t>(err)]);
         LOG_DEBUG("%s: dropped frame: %s", link->name().c_str(), wire::decode_error_name(err));
@@ -114,25 +117,24 @@ bool Engine::Impl::poll_once(uint64_t now) noexcept {
   }
   busy |= pump_senders(now);
   busy |= step_ops(now);
-  for (auto& link : links) busy |= link->service();
+  for (auto& link : links) busy |= link->service(now);
   return busy;
 }
 
-bool Engine::Impl::drain_commands(uint64_t now) noexcept {
+bool Engine::Impl::drain_commands() noexcept {
   void* cmds[kBurst];
   const unsigned n = rte_ring_sc_dequeue_burst(commands, cmds, kBurst, nullptr);
-  for (unsigned i = 0; i < n; ++i) {
-    if (is_commit(cmds[i])) {
-      Stage* stage = as_stage(cmds[i]);
-      start_replication(*stage->segment, *stage, now);
-    } else {
-      static_cast<Op*>(cmds[i])->run();
-    }
-  }
+  for (unsigned i = 0; i < n; ++i) static_cast<Op*>(cmds[i])->run();
   return n > 0;
 }
 
-void Engine::Impl::on_frame(Link& link, const wire::Frame& f, uint64_t now) noexcept {
+bool Engine::Impl::verified(wire::Frame& f) noexcept {
+  if (wire::verify_payload(f)) return true;
+  bump(counters.decode[static_cast<size_t>(wire::DecodeError::kChecksum)]);
+  return false;
+}
+
+void Engine::Impl::on_frame(Link& link, wire::Frame& f, uint64_t now) noexcept {
   if (f.dst != config.node_id && f.dst != wire::kBroadcast) {
     bump(counters.misdirected);
     return;
@@ -174,9 +176,12 @@ void Engine::Impl::send_error(Link& link, const wire::Frame& about, wire::ErrorC
 
 // --- replica side ---------------------------------------------------------
 
-void Engine::Impl::on_data(Link& link, const wire::Frame& f) noexcept {
+void Engine::Impl::on_data(Link& link, wire::Frame& f) noexcept {
+  // The fast path (the next chunk of the generation in progress) verifies the
+  // frame while copying it; every other path verifies before acting on it.
   auto it = stores.find(f.seg_id);
   if (it == stores.end()) {
+    if (!verified(f)) return;
     if (f.total_len > config.max_segment_size) {
       send_error(link, f, wire::ErrorCode::kNoRoom, 0);
       return;
@@ -193,17 +198,21 @@ void Engine::Impl::on_data(Link& link, const wire::Frame& f) noexcept {
   }
   ReplicaStore& st = *it->second;
   if (f.name != st.name() || f.total_len != st.size()) {
-    bump(counters.bad_input);
+    if (verified(f)) bump(counters.bad_input);
     return;
   }
-  // Fencing (S22): data from an older owner epoch is refused, and the sender
-  // is told which epoch superseded it.
-  if (f.epoch < st.epoch() || (f.epoch == st.epoch() && f.src != st.owner())) {
-    bump(counters.stale_epoch);
-    send_error(link, f, wire::ErrorCode::kStaleEpoch, st.epoch());
-    return;
+  if (f.epoch != st.epoch() || f.src != st.owner()) {
+    if (!verified(f)) return;
+    // Fencing (S22): data from an older owner epoch, or from another node
+    // claiming the current one, is refused, and the sender is told which
+    // epoch superseded it. A newer epoch means ownership moved: adopt it.
+    if (f.epoch <= st.epoch()) {
+      bump(counters.stale_epoch);
+      send_error(link, f, wire::ErrorCode::kStaleEpoch, st.epoch());
+      return;
+    }
+    st.adopt_epoch(f.src, f.epoch);
   }
-  if (f.epoch > st.epoch()) st.adopt_epoch(f.src, f.epoch);
   bool restart = false;
   switch (st.accept(f)) {
     case ReplicaStore::Accept::kStored: break;
@@ -218,6 +227,9 @@ void Engine::Impl::on_data(Link& link, const wire::Frame& f) noexcept {
       restart = true;
       break;
     case ReplicaStore::Accept::kNoSlot: bump(counters.no_slot); return;
+    case ReplicaStore::Accept::kBadFrame:
+      bump(counters.decode[static_cast<size_t>(wire::DecodeError::kChecksum)]);
+      return;
   }
   for (auto& a : acks_due)
     if (a.store == &st && a.link == &link) {
@@ -325,12 +337,13 @@ void Engine::Impl::on_fetch_meta(const wire::Frame& f) noexcept {
   }
 }
 
-void Engine::Impl::on_fetch_data(const wire::Frame& f, uint64_t now) noexcept {
+void Engine::Impl::on_fetch_data(wire::Frame& f, uint64_t now) noexcept {
   for (auto it = fetches.begin(); it != fetches.end(); ++it) {
     FetchOp& op = **it;
     if (op.id != f.seg_id || op.peer != f.src) continue;
     if (op.got_generation != 0) return;  // done; a late duplicate
     if (!op.assembler.active()) {
+      if (!verified(f)) return;
       if (f.total_len != op.dest->size() || (op.generation != 0 && f.generation != op.generation)) {
         bump(counters.bad_input);
         return;
@@ -339,7 +352,7 @@ void Engine::Impl::on_fetch_data(const wire::Frame& f, uint64_t now) noexcept {
       op.got_epoch = f.epoch;
     }
     if (!op.assembler.matches(f)) {
-      bump(counters.bad_input);
+      if (verified(f)) bump(counters.bad_input);
       return;
     }
     op.last_progress_ns = now;
@@ -352,6 +365,9 @@ void Engine::Impl::on_fetch_data(const wire::Frame& f, uint64_t now) noexcept {
         restart = true;
         break;
       case ChunkAssembler::Outcome::kComplete: op.got_generation = f.generation; break;
+      case ChunkAssembler::Outcome::kBadFrame:
+        bump(counters.decode[static_cast<size_t>(wire::DecodeError::kChecksum)]);
+        return;
     }
     acks_due.push_back({op.link, nullptr, &op, f.generation, restart});
     if (op.got_generation != 0) {
@@ -381,7 +397,7 @@ void Engine::Impl::start_replication(Segment& seg, Stage& stage, uint64_t now) n
     return;
   }
   // Latest wins: a replica still receiving an older generation moves to this one.
-  SendSource src{stage.mem.data(), seg.size, seg.chunk_size, stage.chunk_crcs, stage.gen_crc, stage.generation};
+  SendSource src{stage.mem.data(), seg.size, seg.chunk_size, stage.chunk_crcs, 0, stage.generation, &stage.ready};
   for (auto& r : seg.replicas) r->sender.start(src, tuning(), now);
 }
 
@@ -486,7 +502,10 @@ bool Engine::Impl::pump_senders(uint64_t now) noexcept {
       proto.total_len = seg->size;
       proto.chunk_size = seg->chunk_size;
       proto.chunk_count = wire::chunk_count_for(seg->size, seg->chunk_size);
-      proto.gen_crc = stage.gen_crc;
+      if (stage.ready == proto.chunk_count) {  // snapshot complete: the checksum is known
+        proto.gen_crc = stage.gen_crc;
+        proto.flags = wire::kFlagGenCrc;
+      }
       proto.name = seg->name;
       busy |= pump_one(*r->link, r->sender, proto, now);
     }
@@ -505,6 +524,7 @@ bool Engine::Impl::pump_senders(uint64_t now) noexcept {
     proto.chunk_size = src.chunk_size;
     proto.chunk_count = wire::chunk_count_for(src.total_len, src.chunk_size);
     proto.gen_crc = src.gen_crc;
+    proto.flags = wire::kFlagGenCrc;
     proto.name = s->store->name();
     busy |= pump_one(*s->link, s->sender, proto, now);
   }

@@ -53,7 +53,7 @@ std::unique_ptr<Link> open_link(const std::string& dev, uint16_t peer) {
 
 void send_all(Link& l, const std::byte* p, size_t len) {
   TxFrame f{{p, len}, {}};
-  while (l.tx_burst(&f, 1) != 1) l.service();
+  while (l.tx_burst(&f, 1) != 1) l.service(baton::now_ns());
 }
 
 // --- peer process ---------------------------------------------------------
@@ -77,7 +77,7 @@ int run_peer(const std::string& raw_sock, const std::string& eng_sock, bool spin
   while (!stop_flag) {
     RxFrame rx[32];
     uint16_t n = raw->rx_burst(rx, 32);
-    raw->service();
+    raw->service(baton::now_ns());
     for (uint16_t i = 0; i < n; ++i) {
       const char kind = static_cast<char>(rx[i].bytes[0]);
       if (kind == 'T') {
@@ -111,7 +111,7 @@ uint64_t wait_ack(Link& l) {
   for (;;) {
     RxFrame rx[32];
     uint16_t n = l.rx_burst(rx, 32);
-    l.service();
+    l.service(baton::now_ns());
     for (uint16_t i = 0; i < n; ++i) {
       if (static_cast<char>(rx[i].bytes[0]) == 'A') {
         uint64_t count;
@@ -195,7 +195,7 @@ int main(int argc, char** argv) {
     while (std::chrono::steady_clock::now() - t0 < 100ms && !got) {
       RxFrame rx[32];
       uint16_t n = raw->rx_burst(rx, 32);
-      raw->service();
+      raw->service(baton::now_ns());
       for (uint16_t i = 0; i < n; ++i) got |= static_cast<char>(rx[i].bytes[0]) == 'A';
       if (n) raw->release_rx(rx, n);
     }
@@ -209,7 +209,7 @@ int main(int argc, char** argv) {
     }
   }
 
-  Stats raw_lat, baton_lat, raw_tput, baton_tput, memcpy_tput;
+  Stats raw_lat, baton_lat, raw_tput, baton_tput, memcpy_tput, snapshot_ms;
   using clk = std::chrono::steady_clock;
   auto us = [](clk::duration d) { return std::chrono::duration<double, std::micro>(d).count(); };
   for (int r = 0; r < rounds; ++r) {
@@ -240,6 +240,7 @@ int main(int argc, char** argv) {
     {
       auto t0 = clk::now();
       auto g = engine.commit(big_seg);
+      snapshot_ms.v.push_back(us(clk::now() - t0) / 1000);
       if (!g || !engine.wait_replicated(big_seg, *g, 1, 60s)) return 1;
       baton_tput.v.push_back(static_cast<double>(big) / (us(clk::now() - t0) / 1e6) / 1e9);
     }
@@ -266,6 +267,8 @@ int main(int argc, char** argv) {
   print_json("throughput", "raw_memif", rt, "GB/s");
   print_json("throughput", "baton_commit", bt, "GB/s");
   print_json("throughput", "memcpy", mt, "GB/s");
+  const double snap = snapshot_ms.median();
+  print_json("snapshot_time", "baton_commit", snap, "ms");
   std::printf("\n%-34s %10s %10s %10s\n", "4 KiB commit, 1 replica (us)", "p50", "p99", "p99.9");
   std::printf("%-34s %10.1f %10.1f %10.1f\n", "raw memif 4 KiB + 64 B ack", rl50, rl99, rl999);
   std::printf("%-34s %10.1f %10.1f %10.1f\n", "Baton replicated commit", bl50, bl99, bl999);
@@ -274,6 +277,8 @@ int main(int argc, char** argv) {
   std::printf("%-34s %10.2f %10s\n", "memcpy", mt, "");
   std::printf("%-34s %10.2f %10s\n", "raw memif one-way", rt, "1.00x");
   std::printf("%-34s %10.2f %9.2fx\n", "Baton replicated commit", bt, bt / rt);
+  std::printf("%-34s %10.1f ms of %.1f ms\n", "  of which snapshot (commit call)", snap,
+              static_cast<double>(big) / bt / 1e6);
   std::printf("\n(%d rounds x %d latency samples; %lu MiB)\n", rounds, iters, (unsigned long)mib);
   return 0;
 }

@@ -162,8 +162,7 @@ class EthdevLink final : public Link {
     return sent;
   }
 
-  bool service() noexcept override {
-    const uint64_t now = now_ns();
+  bool service(uint64_t now) noexcept override {
     if (now - last_poll_ns_ < kLinkPollNs) return false;
     last_poll_ns_ = now;
     rte_eth_link link{};

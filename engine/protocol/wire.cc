@@ -29,7 +29,8 @@ bool has_name(MsgType t) noexcept {
 }
 bool has_payload(MsgType t) noexcept { return t == MsgType::kData || t == MsgType::kFetchData; }
 
-constexpr uint16_t kKnownFlags = kFlagComplete | kFlagRestart | kFlagQuery | kFlagFound | kFlagFetch | kFlagOwner;
+constexpr uint16_t kKnownFlags =
+    kFlagComplete | kFlagRestart | kFlagQuery | kFlagFound | kFlagFetch | kFlagOwner | kFlagGenCrc;
 
 // Type-specific checks on an already length-checked frame.
 DecodeError validate_fields(const Frame& f) noexcept {
@@ -139,7 +140,17 @@ size_t encode(const Frame& f, std::span<std::byte> out) noexcept {
   return total;
 }
 
-DecodeError decode(std::span<const std::byte> bytes, Frame& f) noexcept {
+// Extends a payload CRC state over the header and name (crc field as zero)
+// and compares with the frame's crc.
+bool header_crc_matches(const std::byte* b, size_t head, uint32_t payload_state) noexcept {
+  static constexpr std::byte kZeroCrc[4] = {};
+  uint32_t st = crc32c_extend(payload_state, b, kOffCrc);
+  st = crc32c_extend(st, kZeroCrc, 4);
+  st = crc32c_extend(st, b + kOffCrc + 4, head - kOffCrc - 4);
+  return crc32c_final(st) == get<uint32_t>(b, kOffCrc);
+}
+
+DecodeError decode(std::span<const std::byte> bytes, Frame& f, bool verify_payload) noexcept {
   if (bytes.size() < kHeaderSize) return DecodeError::kTruncated;
   const std::byte* b = bytes.data();
   if (get<uint16_t>(b, 0) != kMagic) return DecodeError::kBadMagic;
@@ -160,12 +171,13 @@ DecodeError decode(std::span<const std::byte> bytes, Frame& f) noexcept {
 
   // The checksum covers payload then header+name (crc field as zero).
   const std::byte* payload = b + head;
-  const uint32_t pstate = crc32c_extend(crc32c_init(), payload, payload_len);
-  uint32_t hstate = crc32c_extend(pstate, b, kOffCrc);
-  static constexpr std::byte kZeroCrc[4] = {};
-  hstate = crc32c_extend(hstate, kZeroCrc, 4);
-  hstate = crc32c_extend(hstate, b + kOffCrc + 4, head - kOffCrc - 4);
-  if (crc32c_final(hstate) != get<uint32_t>(b, kOffCrc)) return DecodeError::kChecksum;
+  f.payload_verified = verify_payload || payload_len == 0;
+  if (f.payload_verified) {
+    const uint32_t pstate = crc32c_extend(crc32c_init(), payload, payload_len);
+    if (!header_crc_matches(b, head, pstate)) return DecodeError::kChecksum;
+    f.payload_crc = crc32c_final(pstate);
+  }
+  f.raw = bytes.first(frame_len);
 
   f.src = get<uint16_t>(b, 4);
   f.dst = get<uint16_t>(b, 6);
@@ -182,8 +194,28 @@ DecodeError decode(std::span<const std::byte> bytes, Frame& f) noexcept {
   f.code = get<uint16_t>(b, 74);
   f.name = std::string_view(reinterpret_cast<const char*>(b + kHeaderSize), name_len);
   f.payload = std::span<const std::byte>(payload, payload_len);
-  f.payload_crc = crc32c_final(pstate);
   return validate_fields(f);
+}
+
+bool verify_payload(Frame& f) noexcept {
+  if (f.payload_verified) return true;
+  const uint32_t pstate = crc32c_extend(crc32c_init(), f.payload.data(), f.payload.size());
+  if (!header_crc_matches(f.raw.data(), f.raw.size() - f.payload.size(), pstate)) return false;
+  f.payload_crc = crc32c_final(pstate);
+  f.payload_verified = true;
+  return true;
+}
+
+bool copy_verify_payload(Frame& f, std::byte* dst) noexcept {
+  if (f.payload_verified) {
+    std::memcpy(dst, f.payload.data(), f.payload.size());
+    return true;
+  }
+  const uint32_t pstate = copy_crc32c(dst, f.payload.data(), f.payload.size(), crc32c_init());
+  if (!header_crc_matches(f.raw.data(), f.raw.size() - f.payload.size(), pstate)) return false;
+  f.payload_crc = crc32c_final(pstate);
+  f.payload_verified = true;
+  return true;
 }
 
 uint32_t generation_crc(std::span<const uint32_t> chunk_crcs) noexcept {

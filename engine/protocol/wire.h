@@ -21,6 +21,9 @@
 //
 // The generation checksum is CRC32C over the little-endian array of every
 // chunk's payload CRC (index order): it binds each chunk's content to its place.
+// A sender that streams a generation while still snapshotting it does not know
+// the checksum for the first chunks; frames carry it (kFlagGenCrc) once known,
+// and the last chunk is always sent after it is known.
 
 #include <cstddef>
 #include <cstdint>
@@ -54,6 +57,7 @@ inline constexpr uint16_t kFlagQuery = 1 << 2;     // FETCH_REQUEST: metadata on
 inline constexpr uint16_t kFlagFound = 1 << 3;     // FETCH_META: the name is held here
 inline constexpr uint16_t kFlagFetch = 1 << 4;     // ACK: acknowledges kFetchData, not kData
 inline constexpr uint16_t kFlagOwner = 1 << 5;     // FETCH_META: the sender owns the segment (live primary)
+inline constexpr uint16_t kFlagGenCrc = 1 << 6;    // DATA/FETCH_DATA: the generation checksum field is set
 
 enum class ErrorCode : uint16_t {
   kStaleEpoch = 1,      ///< sender's owner epoch is older than the replica's
@@ -96,7 +100,11 @@ struct Frame {
   uint16_t code = 0;
   std::string_view name;
   std::span<const std::byte> payload;
-  uint32_t payload_crc = 0;  ///< filled by decode for DATA/FETCH_DATA (final CRC32C)
+  uint32_t payload_crc = 0;  ///< final CRC32C of the payload, once verified
+  /// False after decode(..., false): the header and every field are checked,
+  /// but the CRC (which covers the payload) is not yet. See verify_payload().
+  bool payload_verified = true;
+  std::span<const std::byte> raw;  ///< the whole frame (set by decode)
 };
 
 /// 64-bit segment id derived from the name (FNV-1a). Thread: any.
@@ -128,8 +136,19 @@ size_t encode_header(const Frame& f, uint32_t payload_crc_state, uint32_t payloa
 size_t encode(const Frame& f, std::span<std::byte> out) noexcept;
 
 /// Decodes and validates `bytes`; on success fills `out` (views into `bytes`).
-/// Thread: any.
-DecodeError decode(std::span<const std::byte> bytes, Frame& out) noexcept;
+/// With verify_payload false, a DATA/FETCH_DATA frame's CRC is left to
+/// verify_payload() or copy_verify_payload(): the receiver can then check it
+/// in the same pass that copies the payload where it belongs. Nothing may act
+/// on such a frame's fields before it is verified except to decide where the
+/// payload goes. Thread: any.
+DecodeError decode(std::span<const std::byte> bytes, Frame& out, bool verify_payload = true) noexcept;
+
+/// Checks the CRC of a frame decoded without it; sets payload_crc. Thread: any.
+bool verify_payload(Frame& f) noexcept;
+
+/// Copies the payload to `dst` and checks the CRC in one pass; sets
+/// payload_crc. On false, `dst` holds unverified bytes. Thread: any.
+bool copy_verify_payload(Frame& f, std::byte* dst) noexcept;
 
 /// Generation checksum from the per-chunk payload CRCs. Thread: any.
 uint32_t generation_crc(std::span<const uint32_t> chunk_crcs) noexcept;

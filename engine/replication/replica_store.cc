@@ -36,11 +36,13 @@ int ReplicaStore::pick_shadow() noexcept {
   return -1;
 }
 
-ReplicaStore::Accept ReplicaStore::accept(const wire::Frame& f) noexcept {
+ReplicaStore::Accept ReplicaStore::accept(wire::Frame& f) noexcept {
   if (f.generation <= last_published_) return Accept::kStale;
   if (!assembler_.matches(f)) {
     // A newer generation supersedes a half-built one (the sender moved on).
     if (assembler_.active() && f.generation < assembler_.generation()) return Accept::kStale;
+    // Only a verified frame may abandon the generation in progress.
+    if (!wire::verify_payload(f)) return Accept::kBadFrame;
     if (shadow_ < 0) shadow_ = pick_shadow();
     if (shadow_ < 0) return Accept::kNoSlot;
     assembler_.begin(slots_[shadow_].mem.data(), f);
@@ -49,6 +51,7 @@ ReplicaStore::Accept ReplicaStore::accept(const wire::Frame& f) noexcept {
     case ChunkAssembler::Outcome::kStored: return Accept::kStored;
     case ChunkAssembler::Outcome::kDuplicate: return Accept::kDuplicate;
     case ChunkAssembler::Outcome::kCorrupt: return Accept::kCorrupt;
+    case ChunkAssembler::Outcome::kBadFrame: return Accept::kBadFrame;
     case ChunkAssembler::Outcome::kComplete: break;
   }
   Slot& s = slots_[shadow_];

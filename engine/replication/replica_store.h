@@ -33,11 +33,12 @@ class ReplicaStore {
   /// allocating 2 + retain slots. Thread: worker (at first sight of a segment).
   static Result<std::unique_ptr<ReplicaStore>> create(const wire::Frame& first, uint32_t retain, int numa_node);
 
-  enum class Accept : uint8_t { kStored, kDuplicate, kPublished, kStale, kCorrupt, kNoSlot };
+  enum class Accept : uint8_t { kStored, kDuplicate, kPublished, kStale, kCorrupt, kNoSlot, kBadFrame };
 
-  /// Takes one chunk. kStale: older than what is published (ack it as held).
-  /// kNoSlot: every non-latest slot is pinned by a reader; drop (it is resent).
-  Accept accept(const wire::Frame& f) noexcept;
+  /// Takes one chunk (verifying it if decode did not). kStale: older than
+  /// what is published (ack it as held). kNoSlot: every non-latest slot is
+  /// pinned by a reader; drop (it is resent). kBadFrame: CRC mismatch.
+  Accept accept(wire::Frame& f) noexcept;
 
   /// Ack for the generation in progress or the one just published.
   void fill_ack(wire::Frame& ack) const noexcept;

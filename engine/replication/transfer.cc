@@ -60,10 +60,17 @@ uint16_t ChunkSender::plan(uint64_t now_ns, uint32_t* out, uint16_t n) noexcept 
     if (cursor >= next_new_) break;
     out[k++] = cursor++;
   }
+  // Everything acked but no completion: the receiver is missing the
+  // generation checksum (a frame carrying it was lost); the last chunk has it.
+  if (k == 0 && acked_count_ == chunk_count_ && chunk_count_ > 0 && now_ns >= last_progress_ns_ + rto_ns_) {
+    last_progress_ns_ = now_ns;
+    out[k++] = chunk_count_ - 1;
+  }
   uint32_t next = next_new_;
+  const uint32_t limit = src_.ready != nullptr ? std::min(*src_.ready, chunk_count_) : chunk_count_;
   const uint32_t in_flight = next_new_ - acked_count_;
   uint32_t room = in_flight < tuning_.window ? tuning_.window - in_flight : 0;
-  while (k < n && room > 0 && next < chunk_count_) {
+  while (k < n && room > 0 && next < limit) {
     out[k++] = next++;
     --room;
   }
@@ -119,7 +126,8 @@ void ChunkAssembler::begin(std::byte* dest, const wire::Frame& first) {
   total_len_ = first.total_len;
   chunk_size_ = first.chunk_size;
   chunk_count_ = first.chunk_count;
-  gen_crc_ = first.gen_crc;
+  gen_crc_known_ = (first.flags & wire::kFlagGenCrc) != 0;
+  gen_crc_ = gen_crc_known_ ? first.gen_crc : 0;
   have_.reset(chunk_count_);
   if (crcs_.size() < chunk_count_) crcs_.resize(chunk_count_);
   have_count_ = 0;
@@ -127,21 +135,37 @@ void ChunkAssembler::begin(std::byte* dest, const wire::Frame& first) {
   active_ = true;
 }
 
-ChunkAssembler::Outcome ChunkAssembler::accept(const wire::Frame& f) noexcept {
+ChunkAssembler::Outcome ChunkAssembler::accept(wire::Frame& f) noexcept {
   if (have_.test(f.chunk_index)) return Outcome::kDuplicate;
-  std::memcpy(dest_ + uint64_t{f.chunk_index} * chunk_size_, f.payload.data(), f.payload.size());
+  // The chunk's bit stays clear until the frame is verified, so unverified
+  // bytes in the shadow are overwritten by the retransmission, never published.
+  if (!wire::copy_verify_payload(f, dest_ + uint64_t{f.chunk_index} * chunk_size_)) return Outcome::kBadFrame;
+  if ((f.flags & wire::kFlagGenCrc) != 0) {
+    if (!gen_crc_known_) {
+      gen_crc_ = f.gen_crc;
+      gen_crc_known_ = true;
+    } else if (gen_crc_ != f.gen_crc) {
+      restart();  // two verified frames disagree about the whole: trust neither
+      return Outcome::kCorrupt;
+    }
+  }
   crcs_[f.chunk_index] = f.payload_crc;
   have_.set(f.chunk_index);
   ++have_count_;
   if (f.chunk_index == cum_) cum_ = have_.next_clear(cum_);
-  if (have_count_ < chunk_count_) return Outcome::kStored;
+  if (have_count_ < chunk_count_ || !gen_crc_known_) return Outcome::kStored;
   if (wire::generation_crc(chunk_crcs()) == gen_crc_) return Outcome::kComplete;
   // Every frame passed its CRC yet the whole does not match the sender's
   // claim: start over rather than publish something we cannot vouch for.
+  restart();
+  return Outcome::kCorrupt;
+}
+
+void ChunkAssembler::restart() noexcept {
   have_.reset(chunk_count_);
   have_count_ = 0;
   cum_ = 0;
-  return Outcome::kCorrupt;
+  gen_crc_known_ = false;
 }
 
 void ChunkAssembler::fill_ack(wire::Frame& ack) const noexcept {

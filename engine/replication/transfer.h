@@ -7,6 +7,7 @@
 //
 // Thread: worker (both classes are owned by one worker and never shared).
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <span>
@@ -46,6 +47,8 @@ struct SendSource {
   std::span<const uint32_t> chunk_crcs;  ///< final CRC32C of each chunk's payload
   uint32_t gen_crc = 0;
   uint64_t generation = 0;
+  /// Chunks [0, *ready) may be sent (a snapshot still being taken); null: all.
+  const uint32_t* ready = nullptr;
 };
 
 struct SenderTuning {
@@ -62,6 +65,13 @@ class ChunkSender {
   bool active() const noexcept { return active_; }
   bool complete() const noexcept { return complete_; }
   const SendSource& source() const noexcept { return src_; }
+  /// Chunks that could go out now (new and ready, or being resent); acks
+  /// and timeouts alone do not count.
+  bool has_unsent() const noexcept {
+    if (!active_ || complete_) return false;
+    const uint32_t limit = src_.ready != nullptr ? std::min(*src_.ready, chunk_count_) : chunk_count_;
+    return resending_ || next_new_ < limit;
+  }
 
   /// Fills `out` with up to `n` chunk indices to send now (retransmissions
   /// first). Only the retransmit timer changes; call sent() with how many of
@@ -100,20 +110,21 @@ class ChunkAssembler {
     kDuplicate,   ///< already had it
     kComplete,    ///< that was the last chunk and the generation checksum matched
     kCorrupt,     ///< last chunk arrived but the generation checksum did not match: restarted
+    kBadFrame,    ///< the frame's CRC did not match: nothing changed
   };
 
-  /// Prepares to assemble the generation that `first` (any of its chunks)
-  /// belongs to into `dest` (at least first.total_len bytes). Thread: worker.
+  /// Prepares to assemble the generation that `first` (any of its chunks,
+  /// verified) belongs to into `dest` (at least first.total_len bytes). Thread: worker.
   void begin(std::byte* dest, const wire::Frame& first);
   bool active() const noexcept { return active_; }
   void stop() noexcept { active_ = false; }
   /// Whether `f` belongs to the generation being assembled (same shape too).
   bool matches(const wire::Frame& f) const noexcept {
-    return active_ && f.generation == generation_ && f.total_len == total_len_ &&
-           f.chunk_size == chunk_size_ && f.gen_crc == gen_crc_;
+    return active_ && f.generation == generation_ && f.total_len == total_len_ && f.chunk_size == chunk_size_;
   }
-  /// Places a chunk of the current generation. Requires matches(f).
-  Outcome accept(const wire::Frame& f) noexcept;
+  /// Places a chunk of the current generation. Requires matches(f). An
+  /// unverified frame is copied and verified in one pass.
+  Outcome accept(wire::Frame& f) noexcept;
 
   /// Fills the ack fields (generation, cumulative count, selective bitmap).
   void fill_ack(wire::Frame& ack) const noexcept;
@@ -126,12 +137,15 @@ class ChunkAssembler {
   std::byte* dest() const noexcept { return dest_; }
 
  private:
+  void restart() noexcept;
+
   std::byte* dest_ = nullptr;
   uint64_t generation_ = 0;
   uint64_t total_len_ = 0;
   uint32_t chunk_size_ = 0;
   uint32_t chunk_count_ = 0;
   uint32_t gen_crc_ = 0;
+  bool gen_crc_known_ = false;
   ChunkBitmap have_;
   std::vector<uint32_t> crcs_;
   uint32_t have_count_ = 0;

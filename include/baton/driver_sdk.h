@@ -62,9 +62,9 @@ class Link {
   /// were not sent and may be offered again. Thread: worker.
   virtual uint16_t tx_burst(const TxFrame* frames, uint16_t n) noexcept = 0;
 
-  /// Upkeep between bursts: reconnects, deferred device events. Returns true
-  /// if it did work. Thread: worker.
-  virtual bool service() noexcept { return false; }
+  /// Upkeep between bursts: reconnects, deferred device events. `now_ns` is
+  /// the poll's CLOCK_MONOTONIC time. Returns true if it did work. Thread: worker.
+  virtual bool service(uint64_t now_ns) noexcept { return false; }
 
   virtual LinkCounters counters() const noexcept = 0;
 };

@@ -67,6 +67,35 @@ TEST(Crc32c, KnownVector) {
   EXPECT_EQ(crc32c(text, 9), 0xE3069283u);
 }
 
+// Bit-at-a-time CRC32C (reflected polynomial 0x82F63B78): slow, obviously right.
+uint32_t reference_crc32c(const std::byte* p, size_t n) {
+  uint32_t crc = 0xFFFFFFFFu;
+  for (size_t i = 0; i < n; ++i) {
+    crc ^= static_cast<uint8_t>(p[i]);
+    for (int b = 0; b < 8; ++b) crc = (crc >> 1) ^ (0x82F63B78u & (0u - (crc & 1u)));
+  }
+  return ~crc;
+}
+
+TEST(Crc32c, MatchesReferenceAtEveryShape) {
+  auto data = bytes_of(20000, 5);
+  std::vector<std::byte> dst(20000);
+  // Below, at and around the three-stream block boundaries, odd offsets too.
+  for (size_t len : {size_t{0}, size_t{1}, size_t{7}, size_t{8}, size_t{1535}, size_t{1536}, size_t{1537},
+                     size_t{3072}, size_t{4099}, size_t{16384}, size_t{19990}})
+    for (size_t off : {size_t{0}, size_t{3}}) {
+      const uint32_t want = reference_crc32c(data.data() + off, len);
+      EXPECT_EQ(crc32c(data.data() + off, len), want) << len << "+" << off;
+      EXPECT_EQ(crc32c_final(copy_crc32c(dst.data() + off, data.data() + off, len, crc32c_init())), want)
+          << len << "+" << off;
+      EXPECT_EQ(std::memcmp(dst.data() + off, data.data() + off, len), 0);
+      // Extending in two pieces equals one pass.
+      const size_t cut = len / 3;
+      uint32_t st = crc32c_extend(crc32c_init(), data.data() + off, cut);
+      EXPECT_EQ(crc32c_final(crc32c_extend(st, data.data() + off + cut, len - cut)), want) << len;
+    }
+}
+
 TEST(Crc32c, CopyMatchesSeparatePasses) {
   auto src = bytes_of(12345, 9);
   std::vector<std::byte> dst(src.size());

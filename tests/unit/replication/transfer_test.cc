@@ -41,6 +41,7 @@ struct Source {
     f.chunk_count = wire::chunk_count_for(data.size(), chunk_size);
     f.chunk_index = i;
     f.gen_crc = gen_crc;
+    f.flags = wire::kFlagGenCrc;
     f.payload = {data.data() + uint64_t{i} * chunk_size, wire::chunk_len(data.size(), chunk_size, i)};
     f.payload_crc = crcs[i];
     return f;
@@ -187,8 +188,9 @@ TEST(ReplicaStore, StaleGenerationIsAcknowledgedAsHeld) {
   const uint32_t cs = 512;
   Source s(cs, cs, 5);
   auto store = std::move(*ReplicaStore::create(s.frame(2, 0), 0, -1));
-  EXPECT_EQ(store->accept(s.frame(2, 0)), ReplicaStore::Accept::kPublished);
-  EXPECT_EQ(store->accept(s.frame(1, 0)), ReplicaStore::Accept::kStale);
+  auto g2 = s.frame(2, 0), g1 = s.frame(1, 0);
+  EXPECT_EQ(store->accept(g2), ReplicaStore::Accept::kPublished);
+  EXPECT_EQ(store->accept(g1), ReplicaStore::Accept::kStale);
   wire::Frame ack;
   store->fill_ack(ack);
   EXPECT_EQ(ack.generation, 2u);
