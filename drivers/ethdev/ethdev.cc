@@ -70,12 +70,18 @@ rte_mempool* pool_for(int socket, uint32_t room, uint32_t mbufs) {
 class EthdevLink final : public Link {
  public:
   EthdevLink(uint16_t port, uint16_t peer, uint32_t max_frame, rte_mempool* pool, std::string device, bool memif,
-             bool memif_client, bool started)
+             bool memif_client, bool started, bool zero_copy)
       : started_(started),
+        zero_copy_(zero_copy),
         port_(port), peer_(peer), max_frame_(max_frame), pool_(pool), memif_(memif), memif_client_(memif_client) {
     rte_eth_macaddr_get(port, &mac_);
     name_ = device + " -> node " + std::to_string(peer);
     down_since_ns_ = now_ns();
+    // Payloads attached as external buffers belong to the engine: DPDK must
+    // never free them. The base reference keeps the count above zero.
+    shinfo_.free_cb = [](void*, void*) {};
+    shinfo_.fcb_opaque = nullptr;
+    rte_mbuf_ext_refcnt_set(&shinfo_, 1);
   }
   ~EthdevLink() override {
     // Cancel waits for a running callback, so none can touch a closed port.
@@ -86,7 +92,7 @@ class EthdevLink final : public Link {
 
   const std::string& name() const noexcept override { return name_; }
   uint16_t peer() const noexcept override { return peer_; }
-  LinkCaps caps() const noexcept override { return {max_frame_, false}; }
+  LinkCaps caps() const noexcept override { return {max_frame_, zero_copy_}; }
   bool up() noexcept override { return up_; }
 
   uint16_t rx_burst(RxFrame* out, uint16_t n) noexcept override {
@@ -128,23 +134,48 @@ class EthdevLink final : public Link {
 
   uint16_t tx_burst(const TxFrame* frames, uint16_t n) noexcept override {
     rte_mbuf* ms[kBurst];
+    rte_mbuf* attached[kBurst];
     n = std::min<uint16_t>(n, kBurst);
     if (!started_.load(std::memory_order_relaxed)) return 0;
     if (n == 0 || rte_pktmbuf_alloc_bulk(pool_, ms, n) != 0) return 0;
+    if (zero_copy_ && rte_pktmbuf_alloc_bulk(pool_, attached, n) != 0) {
+      rte_pktmbuf_free_bulk(ms, n);
+      return 0;
+    }
     uint16_t built = 0;
     for (; built < n; ++built) {
       const TxFrame& f = frames[built];
       const size_t len = f.head.size() + f.payload.size();
       if (len > max_frame_) break;  // the engine sizes chunks to caps(); a bigger frame is refused
-      auto* eth = reinterpret_cast<rte_ether_hdr*>(rte_pktmbuf_append(ms[built], sizeof(rte_ether_hdr) + len));
+      const bool attach = zero_copy_ && !f.payload.empty();
+      const size_t copied = attach ? f.head.size() : len;
+      auto* eth = reinterpret_cast<rte_ether_hdr*>(rte_pktmbuf_append(ms[built], sizeof(rte_ether_hdr) + copied));
       if (eth == nullptr) break;
       std::memset(&eth->dst_addr, 0xFF, sizeof eth->dst_addr);  // point to point: broadcast
       rte_ether_addr_copy(&mac_, &eth->src_addr);
       eth->ether_type = rte_cpu_to_be_16(kEtherType);
       auto* p = reinterpret_cast<std::byte*>(eth + 1);
       std::memcpy(p, f.head.data(), f.head.size());
-      if (!f.payload.empty()) std::memcpy(p + f.head.size(), f.payload.data(), f.payload.size());
+      if (attach) {
+        // Zero-copy: the payload rides as an external buffer in a second
+        // segment. This device copies it into its ring inside tx_burst and
+        // drops the mbuf there, so the engine's buffer is free on return.
+        rte_mbuf* m = attached[built];
+        attached[built] = nullptr;
+        rte_mbuf_ext_refcnt_update(&shinfo_, 1);
+        rte_pktmbuf_attach_extbuf(m, const_cast<std::byte*>(f.payload.data()), RTE_BAD_IOVA,
+                                  static_cast<uint16_t>(f.payload.size()), &shinfo_);
+        m->data_off = 0;
+        m->data_len = static_cast<uint16_t>(f.payload.size());
+        m->pkt_len = m->data_len;
+        rte_pktmbuf_chain(ms[built], m);
+      } else if (!f.payload.empty()) {
+        std::memcpy(p + f.head.size(), f.payload.data(), f.payload.size());
+      }
     }
+    if (zero_copy_)
+      for (uint16_t i = 0; i < n; ++i)
+        if (attached[i] != nullptr) rte_pktmbuf_free(attached[i]);
     uint16_t sent = 0;
     if (built > 0) {
       if (memif_) {
@@ -207,6 +238,8 @@ class EthdevLink final : public Link {
 
  private:
   std::atomic<bool> started_;  // bursts on a stopped port only log noise
+  bool zero_copy_;
+  rte_mbuf_ext_shared_info shinfo_{};
   uint16_t port_;
   uint16_t peer_;
   uint32_t max_frame_;
@@ -258,7 +291,12 @@ Result<std::unique_ptr<Link>> start_port(uint16_t port, const PortConfig& c, con
   } else {
     rte_eth_promiscuous_enable(port);
   }
-  return std::unique_ptr<Link>(new EthdevLink(port, c.peer, c.max_frame, pool, name, memif, client, rc == 0));
+  // Zero-copy transmit only where the PMD copies the frame into its own ring
+  // within tx_burst (memif in copy mode, af_packet): the payload must not be
+  // referenced after the call. A NIC would DMA later and needs IOVAs.
+  const bool zero_copy = memif || std::strcmp(info.driver_name, "net_af_packet") == 0;
+  return std::unique_ptr<Link>(
+      new EthdevLink(port, c.peer, c.max_frame, pool, name, memif, client, rc == 0, zero_copy));
 }
 
 }  // namespace
