@@ -65,27 +65,6 @@ void Engine::Impl::release_token() noexcept {
   if (handoff.fetch_sub(1) == 1 && work && parked.load()) futex_wake_all(handoff);
 }
 
-bool Engine::Impl::poll_until(const std::function<bool()>& done, uint64_t deadline_ns) {
-  acquire_token();
-  bool ok;
-  for (;;) {
-    if (done()) {
-      ok = true;
-      break;
-    }
-    const uint64_t now = now_ns();
-    if (now >= deadline_ns) {
-      ok = false;
-      break;
-    }
-    poll_once(now);
-  }
-  release_token();
-  return ok;
-}
-
-// --- Engine ---------------------------------------------------------------
-
 Engine::Engine(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
 Engine::~Engine() {

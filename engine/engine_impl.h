@@ -22,6 +22,7 @@
 #include "protocol/wire.h"
 #include "replication/replica_store.h"
 #include "replication/transfer.h"
+#include "runtime/futex.h"
 #include "segment/local_storage.h"
 
 namespace baton {
@@ -181,8 +182,27 @@ struct Engine::Impl {
   /// Runs `fn` on the worker side and waits. Thread: control.
   Result<void> call(std::function<void()> fn);
   /// Takes the poll token and polls until `done()` or the deadline; returns
-  /// done(). Thread: control.
-  bool poll_until(const std::function<bool()>& done, uint64_t deadline_ns);
+  /// done(). A template, not std::function: a commit's wait must not allocate.
+  /// Thread: control.
+  template <typename Done>
+  bool poll_until(Done&& done, uint64_t deadline_ns) {
+    acquire_token();
+    bool ok;
+    for (;;) {
+      if (done()) {
+        ok = true;
+        break;
+      }
+      const uint64_t now = now_ns();
+      if (now >= deadline_ns) {
+        ok = false;
+        break;
+      }
+      poll_once(now);
+    }
+    release_token();
+    return ok;
+  }
   /// Takes / gives back the poll token (the worker parks meanwhile). Thread: control.
   void acquire_token() noexcept;
   void release_token() noexcept;
