@@ -75,6 +75,7 @@ Engine::~Engine() {
 }
 
 uint16_t Engine::node_id() const noexcept { return impl_->config.node_id; }
+const Topology& Engine::topology() const noexcept { return impl_->topology; }
 
 Result<std::unique_ptr<Engine>> Engine::start(const EngineConfig& config,
                                               std::vector<std::unique_ptr<Link>> links) {
@@ -88,6 +89,11 @@ Result<std::unique_ptr<Engine>> Engine::start(const EngineConfig& config,
     return fail(Errc::kInvalidArgument, "max_segment_size out of range");
   auto impl = std::make_unique<Impl>();
   impl->config = config;
+  // Segments live on the NUMA node the engine runs on unless told otherwise.
+  auto topology = Topology::discover();
+  if (!topology) return tl::unexpected(topology.error());
+  impl->topology = std::move(*topology);
+  if (impl->config.numa_node < 0) impl->config.numa_node = impl->topology.numa_node_of_this_thread();
   for (auto& link : links) {
     if (!link) return fail(Errc::kInvalidArgument, "null link");
     if (link->peer() == config.node_id) return fail(Errc::kInvalidArgument, "link ", link->name(), " leads to this node");
@@ -106,7 +112,8 @@ Result<std::unique_ptr<Engine>> Engine::start(const EngineConfig& config,
     return fail(Errc::kInternal, "rte_ring_init failed");
   Impl* raw = impl.get();
   impl->worker = std::thread([raw] { raw->run_worker(); });
-  LOG_INFO("engine node %u started with %zu links", config.node_id, raw->links.size());
+  LOG_INFO("engine node %u started with %zu links; %s; segments on NUMA node %d", config.node_id,
+           raw->links.size(), raw->topology.summary().c_str(), raw->config.numa_node);
   return std::unique_ptr<Engine>(new Engine(std::move(impl)));
 }
 

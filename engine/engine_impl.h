@@ -23,6 +23,7 @@
 #include "replication/replica_store.h"
 #include "replication/transfer.h"
 #include "runtime/futex.h"
+#include "runtime/topology.h"
 #include "segment/local_storage.h"
 
 namespace baton {
@@ -128,6 +129,7 @@ struct FetchServe {
 
 struct Engine::Impl {
   EngineConfig config;
+  Topology topology;
   std::vector<std::unique_ptr<Link>> links;
   std::unordered_map<uint16_t, Link*> link_by_peer;
 

@@ -16,6 +16,8 @@
 
 namespace baton {
 
+struct Topology;
+
 enum class IdlePolicy : uint8_t {
   kSpin,      ///< never sleep: dedicated cores, lowest latency
   kAdaptive,  ///< back off to short sleeps when idle, so several engines share cores
@@ -33,7 +35,7 @@ struct EngineConfig {
   IdlePolicy idle = IdlePolicy::kAdaptive;
   uint32_t idle_spin_us = 100;        ///< adaptive: how long an idle worker spins before it sleeps
   uint32_t max_idle_sleep_us = 200;   ///< adaptive: longest sleep between polls
-  int numa_node = -1;                 ///< where segments live; -1: the starting thread's node
+  int numa_node = -1;                 ///< where segments live; -1: the NUMA node the engine runs on
 };
 
 /// Handle to a segment this node owns. Valid until Engine::close() or the
@@ -130,6 +132,8 @@ class Engine {
 
   EngineStats stats() const noexcept;
   uint16_t node_id() const noexcept;
+  /// The machine as hwloc saw it at start (runtime/topology.h).
+  const Topology& topology() const noexcept;
 
   struct Impl;
 
