@@ -27,6 +27,7 @@ namespace {
 constexpr uint16_t kBurst = 32;
 constexpr uint64_t kLinkPollNs = 1'000'000;
 constexpr uint64_t kReconnectNs = 500'000'000;
+constexpr size_t kAttachMinBytes = 8192;
 
 std::mutex eal_mu;
 bool eal_started = false;
@@ -147,7 +148,8 @@ class EthdevLink final : public Link {
       const TxFrame& f = frames[built];
       const size_t len = f.head.size() + f.payload.size();
       if (len > max_frame_) break;  // the engine sizes chunks to caps(); a bigger frame is refused
-      const bool attach = zero_copy_ && !f.payload.empty();
+      // Attaching costs a second mbuf and a refcount; below a few KiB a copy is cheaper.
+      const bool attach = zero_copy_ && f.payload.size() >= kAttachMinBytes;
       const size_t copied = attach ? f.head.size() : len;
       auto* eth = reinterpret_cast<rte_ether_hdr*>(rte_pktmbuf_append(ms[built], sizeof(rte_ether_hdr) + copied));
       if (eth == nullptr) break;
