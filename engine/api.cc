@@ -9,7 +9,7 @@
 
 #include "baton/baton.h"
 #include "baton/engine.h"
-#include "ethdev/ethdev.h"
+#include "baton/ethdev.h"
 
 struct baton_engine {
   std::unique_ptr<baton::Engine> engine;

@@ -12,6 +12,7 @@ bash tools/setup.sh
 [[ -f build/build.ninja ]] || meson setup build --buildtype=debugoptimized
 ninja -C build
 meson test -C build --print-errorlogs --num-processes 2 "$@"
+bash tools/check-install.sh build
 
 if ((sanitizers)); then
   [[ -f build-asan/build.ninja ]] || meson setup build-asan --buildtype=debug \

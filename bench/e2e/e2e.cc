@@ -23,7 +23,7 @@
 
 #include "../../tests/common/process.h"
 #include "baton/engine.h"
-#include "ethdev/ethdev.h"
+#include "baton/ethdev.h"
 #include "runtime/futex.h"
 
 namespace {

@@ -1,4 +1,4 @@
-#include "ethdev/ethdev.h"
+#include "baton/ethdev.h"
 
 #include <rte_alarm.h>
 #include <rte_dev.h>

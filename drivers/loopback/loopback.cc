@@ -1,4 +1,4 @@
-#include "loopback/loopback.h"
+#include "baton/loopback.h"
 
 #include <cstring>
 #include <map>

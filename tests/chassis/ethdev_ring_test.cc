@@ -6,7 +6,7 @@
 #include <chrono>
 
 #include "../common/cluster.h"
-#include "ethdev/ethdev.h"
+#include "baton/ethdev.h"
 
 namespace baton {
 namespace {

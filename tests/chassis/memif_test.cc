@@ -11,7 +11,7 @@
 
 #include "../common/cluster.h"
 #include "../common/process.h"
-#include "ethdev/ethdev.h"
+#include "baton/ethdev.h"
 
 namespace baton {
 namespace {

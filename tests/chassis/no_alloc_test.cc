@@ -9,7 +9,7 @@
 #include <new>
 
 #include "../common/cluster.h"
-#include "ethdev/ethdev.h"
+#include "baton/ethdev.h"
 
 namespace {
 std::atomic<uint64_t> allocations{0};

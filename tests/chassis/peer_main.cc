@@ -18,7 +18,7 @@
 #include <thread>
 
 #include "baton/engine.h"
-#include "ethdev/ethdev.h"
+#include "baton/ethdev.h"
 
 namespace {
 volatile sig_atomic_t stop = 0;

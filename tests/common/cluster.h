@@ -9,7 +9,7 @@
 #include <vector>
 
 #include "baton/engine.h"
-#include "loopback/loopback.h"
+#include "baton/loopback.h"
 
 namespace baton::test {
 

@@ -13,7 +13,7 @@
 
 #include "../common/cluster.h"
 #include "../common/process.h"
-#include "ethdev/ethdev.h"
+#include "baton/ethdev.h"
 
 namespace baton {
 namespace {

@@ -1,7 +1,7 @@
 #include "demo_links.h"
 
-#include "ethdev/ethdev.h"
-#include "loopback/loopback.h"
+#include "baton/ethdev.h"
+#include "baton/loopback.h"
 
 namespace baton::demo {
 
