@@ -17,6 +17,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -107,21 +108,24 @@ struct Stats {
   double median() { return pct(0.5); }
 };
 
-uint64_t wait_ack(Link& l) {
-  for (;;) {
+// The count an ack carries, or nothing by the deadline.
+std::optional<uint64_t> wait_ack(Link& l, uint64_t deadline_ns = UINT64_MAX) {
+  while (baton::now_ns() < deadline_ns) {
     RxFrame rx[32];
     uint16_t n = l.rx_burst(rx, 32);
     l.service(baton::now_ns());
-    for (uint16_t i = 0; i < n; ++i) {
+    std::optional<uint64_t> count;
+    for (uint16_t i = 0; i < n && !count; ++i) {
       if (static_cast<char>(rx[i].bytes[0]) == 'A') {
-        uint64_t count;
-        std::memcpy(&count, rx[i].bytes.data() + 8, 8);
-        l.release_rx(rx, n);
-        return count;
+        uint64_t c;
+        std::memcpy(&c, rx[i].bytes.data() + 8, 8);
+        count = c;
       }
     }
     if (n) l.release_rx(rx, n);
+    if (count) return count;
   }
+  return std::nullopt;
 }
 
 void print_json(const char* metric, const char* subject, double value, const char* unit) {
@@ -190,19 +194,8 @@ int main(int argc, char** argv) {
   std::vector<std::byte> copy_dst(big), copy_src(big, std::byte{3});
 
   // Warm up: both links connected, both segments replicated once.
-  for (;;) {
-    send_all(*raw, ping.data(), ping.size());
-    auto t0 = std::chrono::steady_clock::now();
-    bool got = false;
-    while (std::chrono::steady_clock::now() - t0 < 100ms && !got) {
-      RxFrame rx[32];
-      uint16_t n = raw->rx_burst(rx, 32);
-      raw->service(baton::now_ns());
-      for (uint16_t i = 0; i < n; ++i) got |= static_cast<char>(rx[i].bytes[0]) == 'A';
-      if (n) raw->release_rx(rx, n);
-    }
-    if (got) break;
-  }
+  do send_all(*raw, ping.data(), ping.size());
+  while (!wait_ack(*raw, baton::now_ns() + 100'000'000));  // frames sent before connect are lost
   for (auto s : {lat_seg, big_seg}) {
     auto g = engine.commit(s);
     if (!g || !engine.wait_replicated(s, *g, 1, 60s)) {
@@ -233,7 +226,7 @@ int main(int argc, char** argv) {
       for (uint64_t f = 0; f < frames; ++f) send_all(*raw, raw_src.data() + f * kFrame, kFrame);
       std::byte fin[kAckBytes] = {std::byte{'F'}};
       send_all(*raw, fin, sizeof fin);
-      uint64_t counted = wait_ack(*raw);
+      uint64_t counted = *wait_ack(*raw);
       double secs = us(clk::now() - t0) / 1e6;
       if (counted != frames * kFrame) std::fprintf(stderr, "raw memif lost frames (%lu of %lu bytes)\n",
                                                    (unsigned long)counted, (unsigned long)(frames * kFrame));

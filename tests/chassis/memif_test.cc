@@ -10,8 +10,7 @@
 #include <fstream>
 
 #include "../common/cluster.h"
-#include "../common/process.h"
-#include "baton/ethdev.h"
+#include "../common/memif_node.h"
 
 namespace baton {
 namespace {
@@ -19,23 +18,10 @@ namespace {
 using namespace std::chrono_literals;
 
 TEST(Memif, TwoProcessesRoundTripByteExact) {
-  const std::string sock = "/tmp/baton-memif-test-" + std::to_string(getpid()) + ".sock";
-  unlink(sock.c_str());
-  ethdev::PortConfig pc;
-  pc.device = "net_memif0,role=server,socket=" + sock;
-  pc.peer = 2;
-  auto link = ethdev::open_port(pc);
-  ASSERT_TRUE(link) << link.error().to_string();
-  std::vector<std::unique_ptr<Link>> links;
-  links.push_back(std::move(*link));
-  EngineConfig c;
-  c.node_id = 1;
-  auto engine = Engine::start(c, std::move(links));
-  ASSERT_TRUE(engine);
-  Engine& e = **engine;
-
-  test::Process peer({test::helper("BATON_PEER"), "--node", "2", "--peer", "1", "--device",
-                      "net_memif0,role=client,socket=" + sock});
+  auto node = test::start_memif_node("net_memif0", "server");
+  ASSERT_TRUE(node) << node.error().to_string();
+  Engine& e = *node->engine;
+  test::Process peer(node->peer_command());
   ASSERT_GT(peer.pid(), 0);
 
   for (uint64_t size : {uint64_t{4096}, uint64_t{1} << 20, uint64_t{64} << 20}) {
@@ -57,7 +43,7 @@ TEST(Memif, TwoProcessesRoundTripByteExact) {
   }
   peer.kill(SIGTERM);
   EXPECT_EQ(peer.wait(), 0);
-  unlink(sock.c_str());
+  unlink(node->socket.c_str());
 }
 
 }  // namespace

@@ -12,8 +12,7 @@
 #include <thread>
 
 #include "../common/cluster.h"
-#include "../common/process.h"
-#include "baton/ethdev.h"
+#include "../common/memif_node.h"
 
 namespace baton {
 namespace {
@@ -22,30 +21,17 @@ using namespace std::chrono_literals;
 
 void survive_kills(bool survivor_is_server, int kills) {
   static int port_seq = 0;
-  const std::string sock = "/tmp/baton-kill-" + std::to_string(getpid()) + "-" + std::to_string(port_seq) + ".sock";
-  unlink(sock.c_str());
-  const std::string dev = "net_memif" + std::to_string(port_seq++);
   const std::string my_role = survivor_is_server ? "server" : "client";
-  const std::string peer_role = survivor_is_server ? "client" : "server";
-  ethdev::PortConfig pc;
-  pc.device = dev + ",role=" + my_role + ",socket=" + sock;
-  pc.peer = 2;
-  auto link = ethdev::open_port(pc);
-  ASSERT_TRUE(link) << link.error().to_string();
-  std::vector<std::unique_ptr<Link>> links;
-  links.push_back(std::move(*link));
   EngineConfig c;
-  c.node_id = 1;
   c.fetch_timeout_ms = 500;
-  auto engine = Engine::start(c, std::move(links));
-  ASSERT_TRUE(engine);
-  Engine& e = **engine;
+  auto node = test::start_memif_node("net_memif" + std::to_string(port_seq++), my_role, c);
+  ASSERT_TRUE(node) << node.error().to_string();
+  Engine& e = *node->engine;
   auto seg = e.create("survivor-" + my_role, 16 << 20);
   ASSERT_TRUE(seg);
   auto mem = e.data(*seg);
   std::mt19937 rng(survivor_is_server ? 1 : 2);
-  const std::vector<std::string> peer_cmd = {test::helper("BATON_PEER"), "--node", "2", "--peer", "1", "--device",
-                                             "net_memif0,role=" + peer_role + ",socket=" + sock};
+  const std::vector<std::string> peer_cmd = node->peer_command();
   for (int k = 0; k < kills; ++k) {
     test::Process peer(peer_cmd);
     ASSERT_GT(peer.pid(), 0);
@@ -70,7 +56,7 @@ void survive_kills(bool survivor_is_server, int kills) {
   ASSERT_TRUE(back) << back.error().to_string();
   auto got = e.data(back->segment);
   EXPECT_TRUE(std::equal(want.begin(), want.end(), got.begin(), got.end()));
-  unlink(sock.c_str());
+  unlink(node->socket.c_str());
 }
 
 TEST(MemifKill, ServerSurvivesPeerKills) { survive_kills(true, 30); }
