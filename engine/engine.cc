@@ -442,6 +442,16 @@ Result<std::vector<std::byte>> Engine::read_replica(std::string_view name, uint6
   return out;
 }
 
+std::vector<LinkStatus> Engine::link_status() const {
+  std::vector<LinkStatus> out;
+  // up() is the token holder's to call; the worker answers.
+  auto done = impl_->call([&] {
+    for (auto& l : impl_->links) out.push_back(LinkStatus{l->name(), l->peer(), l->up(), l->counters()});
+  });
+  if (!done) return {};
+  return out;
+}
+
 EngineStats Engine::stats() const noexcept {
   const auto& c = impl_->counters;
   EngineStats s;

@@ -71,6 +71,13 @@ struct ReplicaStatus {
   std::vector<uint64_t> generations;  ///< newest first
 };
 
+struct LinkStatus {
+  std::string name;
+  uint16_t peer = 0;
+  bool up = false;  ///< as the device reports it (a dead af_packet peer still looks up)
+  LinkCounters counters;
+};
+
 struct EngineStats {
   uint64_t frames_rx = 0, frames_tx = 0;
   uint64_t decode_errors[16] = {};  ///< by wire::DecodeError
@@ -131,6 +138,8 @@ class Engine {
   Result<std::vector<std::byte>> read_replica(std::string_view name, uint64_t generation = 0) const;
 
   EngineStats stats() const noexcept;
+  /// Every link's state and counters.
+  std::vector<LinkStatus> link_status() const;
   uint16_t node_id() const noexcept;
   /// The machine as hwloc saw it at start (runtime/topology.h).
   const Topology& topology() const noexcept;

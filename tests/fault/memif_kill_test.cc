@@ -19,6 +19,17 @@ namespace {
 
 using namespace std::chrono_literals;
 
+bool link_up(Engine& e) { return e.link_status().at(0).up; }
+
+// Polls until the link reports `up` (the driver looks every millisecond).
+bool eventually_link(Engine& e, bool up) {
+  for (int i = 0; i < 3000; ++i) {
+    if (link_up(e) == up) return true;
+    std::this_thread::sleep_for(1ms);
+  }
+  return false;
+}
+
 void survive_kills(bool survivor_is_server, int kills) {
   static int port_seq = 0;
   const std::string my_role = survivor_is_server ? "server" : "client";
@@ -41,10 +52,12 @@ void survive_kills(bool survivor_is_server, int kills) {
     std::this_thread::sleep_for(std::chrono::milliseconds(20 + rng() % 200));
     peer.kill(SIGKILL);
     EXPECT_EQ(peer.wait(), 128 + SIGKILL);
+    EXPECT_TRUE(eventually_link(e, false)) << "link still up after kill " << k;
     ASSERT_TRUE(e.commit(*seg)) << "engine unusable after kill " << k;
   }
-  // A new peer comes: replication reaches it, byte-exact.
+  // A new peer comes: the link comes back and replication reaches it, byte-exact.
   test::Process peer(peer_cmd);
+  EXPECT_TRUE(eventually_link(e, true)) << "no reconnect";
   test::fill_pattern(mem, 12345);
   auto gen = e.commit(*seg);
   ASSERT_TRUE(gen);
