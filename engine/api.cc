@@ -2,22 +2,32 @@
 // live ones, so a stale or made-up pointer gets BATON_EINVAL, not a crash.
 
 #include <charconv>
+#include <chrono>
 #include <cstring>
 #include <mutex>
 #include <string>
 #include <unordered_set>
 
 #include "baton/baton.h"
-#include "baton/engine.h"
+#include "baton/engine.h"  // declarations only: no DPDK
+#include "ipc/client.h"
+#ifndef BATON_CLIENT_ONLY
 #include "baton/ethdev.h"
+#endif
 
+// One handle type for both modes: an embedded engine, or a connection to
+// batond (libbaton-client is built with BATON_CLIENT_ONLY: no engine, no DPDK).
 struct baton_engine {
+#ifndef BATON_CLIENT_ONLY
   std::unique_ptr<baton::Engine> engine;
+#endif
+  std::unique_ptr<baton::ipc::Client> client;
 };
 
 struct baton_segment {
   baton_t* owner;
-  baton::Segment* segment;
+  baton::Segment* segment;              ///< embedded mode
+  baton::ipc::ClientSegment* remote;    ///< daemon mode
 };
 
 namespace {
@@ -69,13 +79,30 @@ int check_name(const char* name) {
   return 0;
 }
 
-baton_segment_t* track(baton_t* b, baton::Segment* seg) {
-  auto* s = new baton_segment{b, seg};
+baton_segment_t* track(baton_t* b, baton::Segment* seg, baton::ipc::ClientSegment* remote = nullptr) {
+  auto* s = new baton_segment{b, seg, remote};
   std::lock_guard lock(registry().mu);
   registry().segments.insert(s);
   return s;
 }
 
+void insert(baton_t* b) {
+  std::lock_guard lock(registry().mu);
+  registry().batons.insert(b);
+}
+
+// Daemon mode: one open path for kOpen, kCreate and kLoad.
+int remote_open(baton_t* b, baton::ipc::Op op, const char* name, uint64_t size, baton_segment_t** out, int* restored,
+                uint64_t* generation) {
+  auto s = b->client->open(op, name, size);
+  if (!s) return set_error(s.error());
+  *out = track(b, nullptr, *s);
+  if (restored != nullptr) *restored = (*s)->restored;
+  if (generation != nullptr) *generation = (*s)->generation;
+  return ok();
+}
+
+#ifndef BATON_CLIENT_ONLY
 // "PEER=ethdev:DEVARGS"
 baton::Result<std::unique_ptr<baton::Link>> parse_link(const char* spec) {
   if (spec == nullptr) return baton::fail(Errc::kInvalidArgument, "link is NULL");
@@ -95,6 +122,7 @@ baton::Result<std::unique_ptr<baton::Link>> parse_link(const char* spec) {
   pc.peer = static_cast<uint16_t>(peer);
   return baton::ethdev::open_port(pc);
 }
+#endif
 
 }  // namespace
 
@@ -110,7 +138,24 @@ void baton_config_init(baton_config_t* config) {
   config->max_segment_size = d.max_segment_size;
 }
 
+int baton_connect(const char* socket_path, baton_t** out) {
+  if (socket_path == nullptr || out == nullptr) return set_error(Errc::kInvalidArgument, "socket_path and out must not be NULL");
+  *out = nullptr;
+  auto c = baton::ipc::Client::connect(socket_path);
+  if (!c) return set_error(c.error());
+  auto* b = new baton_engine{};
+  b->client = std::move(*c);
+  insert(b);
+  *out = b;
+  return ok();
+}
+
 int baton_start(const baton_config_t* config, const char* const* links, size_t n_links, baton_t** out) {
+#ifdef BATON_CLIENT_ONLY
+  (void)config, (void)links, (void)n_links;
+  if (out != nullptr) *out = nullptr;
+  return set_error(Errc::kUnavailable, "libbaton-client has no embedded engine: use baton_connect()");
+#else
   if (config == nullptr || out == nullptr) return set_error(Errc::kInvalidArgument, "config and out must not be NULL");
   if (n_links > 0 && links == nullptr) return set_error(Errc::kInvalidArgument, "links is NULL");
   *out = nullptr;
@@ -128,13 +173,12 @@ int baton_start(const baton_config_t* config, const char* const* links, size_t n
   }
   auto engine = baton::Engine::start(c, std::move(ls));
   if (!engine) return set_error(engine.error());
-  auto* b = new baton_engine{std::move(*engine)};
-  {
-    std::lock_guard lock(registry().mu);
-    registry().batons.insert(b);
-  }
+  auto* b = new baton_engine{};
+  b->engine = std::move(*engine);
+  insert(b);
   *out = b;
   return ok();
+#endif
 }
 
 void baton_stop(baton_t* b) {
@@ -158,10 +202,14 @@ int baton_register(baton_t* b, const char* name, uint64_t size, baton_segment_t*
   if (out == nullptr) return set_error(Errc::kInvalidArgument, "out is NULL");
   *out = nullptr;
   if (int rc = check_name(name); rc != 0) return rc;
+  if (b->client) return remote_open(b, baton::ipc::Op::kCreate, name, size, out, nullptr, nullptr);
+#ifndef BATON_CLIENT_ONLY
   auto seg = b->engine->create(name, size);
   if (!seg) return set_error(seg.error());
   *out = track(b, *seg);
   return ok();
+#endif
+  return set_error(Errc::kInternal, "no engine");
 }
 
 int baton_open(baton_t* b, const char* name, uint64_t size, baton_segment_t** out, int* restored,
@@ -170,12 +218,16 @@ int baton_open(baton_t* b, const char* name, uint64_t size, baton_segment_t** ou
   if (out == nullptr) return set_error(Errc::kInvalidArgument, "out is NULL");
   *out = nullptr;
   if (int rc = check_name(name); rc != 0) return rc;
+  if (b->client) return remote_open(b, baton::ipc::Op::kOpen, name, size, out, restored, generation);
+#ifndef BATON_CLIENT_ONLY
   auto r = b->engine->open(name, size);
   if (!r) return set_error(r.error());
   *out = track(b, r->segment);
   if (restored != nullptr) *restored = r->outcome == baton::OpenOutcome::kRestored;
   if (generation != nullptr) *generation = r->generation;
   return ok();
+#endif
+  return set_error(Errc::kInternal, "no engine");
 }
 
 int baton_load(baton_t* b, const char* name, baton_segment_t** out, uint64_t* generation) {
@@ -183,26 +235,42 @@ int baton_load(baton_t* b, const char* name, baton_segment_t** out, uint64_t* ge
   if (out == nullptr) return set_error(Errc::kInvalidArgument, "out is NULL");
   *out = nullptr;
   if (int rc = check_name(name); rc != 0) return rc;
+  if (b->client) return remote_open(b, baton::ipc::Op::kLoad, name, 0, out, nullptr, generation);
+#ifndef BATON_CLIENT_ONLY
   auto r = b->engine->load(name);
   if (!r) return set_error(r.error());
   *out = track(b, r->segment);
   if (generation != nullptr) *generation = r->generation;
   return ok();
+#endif
+  return set_error(Errc::kInternal, "no engine");
 }
 
 void* baton_segment_data(baton_segment_t* s) {
   if (!live(s)) return nullptr;
+  if (s->remote != nullptr) return s->remote->data;
+#ifndef BATON_CLIENT_ONLY
   return s->owner->engine->data(s->segment).data();
+#endif
+  return nullptr;
 }
 
 uint64_t baton_segment_size(baton_segment_t* s) {
   if (!live(s)) return 0;
+  if (s->remote != nullptr) return s->remote->size;
+#ifndef BATON_CLIENT_ONLY
   return s->owner->engine->data(s->segment).size();
+#endif
+  return 0;
 }
 
 int baton_commit(baton_segment_t* s, uint64_t* generation) {
   if (!live(s)) return set_error(Errc::kInvalidArgument, "unknown segment handle");
-  auto g = s->owner->engine->commit(s->segment);
+  baton::Result<uint64_t> g = baton::fail(Errc::kInternal, "no engine");
+  if (s->remote != nullptr) g = s->owner->client->commit(s->remote);
+#ifndef BATON_CLIENT_ONLY
+  else g = s->owner->engine->commit(s->segment);
+#endif
   if (!g) return set_error(g.error());
   if (generation != nullptr) *generation = *g;
   return ok();
@@ -210,7 +278,11 @@ int baton_commit(baton_segment_t* s, uint64_t* generation) {
 
 int baton_wait(baton_segment_t* s, uint64_t generation, uint32_t k, uint32_t timeout_ms) {
   if (!live(s)) return set_error(Errc::kInvalidArgument, "unknown segment handle");
-  auto r = s->owner->engine->wait_replicated(s->segment, generation, k, std::chrono::milliseconds(timeout_ms));
+  baton::Result<void> r = baton::fail(Errc::kInternal, "no engine");
+  if (s->remote != nullptr) r = s->owner->client->wait(s->remote, generation, k, timeout_ms);
+#ifndef BATON_CLIENT_ONLY
+  else r = s->owner->engine->wait_replicated(s->segment, generation, k, std::chrono::milliseconds(timeout_ms));
+#endif
   if (!r) return set_error(r.error());
   return ok();
 }
@@ -221,7 +293,11 @@ int baton_unregister(baton_segment_t* s) {
     if (s == nullptr || registry().segments.erase(s) == 0)
       return set_error(Errc::kInvalidArgument, "unknown segment handle");
   }
-  auto r = s->owner->engine->close(s->segment);
+  baton::Result<void> r = baton::fail(Errc::kInternal, "no engine");
+  if (s->remote != nullptr) r = s->owner->client->close(s->remote);
+#ifndef BATON_CLIENT_ONLY
+  else r = s->owner->engine->close(s->segment);
+#endif
   delete s;
   if (!r) return set_error(r.error());
   return ok();

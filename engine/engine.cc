@@ -112,7 +112,7 @@ Result<std::unique_ptr<Engine>> Engine::start(const EngineConfig& config,
     return fail(Errc::kInternal, "rte_ring_init failed");
   Impl* raw = impl.get();
   impl->worker = std::thread([raw] { raw->run_worker(); });
-  LOG_INFO("engine node %u started with %zu links; %s; segments on NUMA node %d", config.node_id,
+  BT_INFO("engine node %u started with %zu links; %s; segments on NUMA node %d", config.node_id,
            raw->links.size(), raw->topology.summary().c_str(), raw->config.numa_node);
   return std::unique_ptr<Engine>(new Engine(std::move(impl)));
 }
@@ -178,7 +178,7 @@ Result<Segment*> Engine::Impl::add_segment(std::unique_ptr<Segment> seg) {
     seg->replicas.push_back(std::move(r));
   }
   if (peers.size() < config.replication_factor)
-    LOG_WARN("segment %s: %zu of %u replicas (not enough peers)", seg->name.c_str(), peers.size(),
+    BT_WARN("segment %s: %zu of %u replicas (not enough peers)", seg->name.c_str(), peers.size(),
              config.replication_factor);
   for (auto& stage : seg->stages) stage.segment = seg.get();
   Segment* raw = seg.get();
@@ -261,7 +261,7 @@ Result<OpenResult> Engine::Impl::load_from(const QueryOp& q, std::string_view na
     post(&op);
     await(op);
     if (!op.ok) {
-      LOG_WARN("load %.*s from node %u failed: %s", int(name.size()), name.data(), a->peer,
+      BT_WARN("load %.*s from node %u failed: %s", int(name.size()), name.data(), a->peer,
                op.error.message.c_str());
       last = op.error;
       continue;
@@ -269,7 +269,7 @@ Result<OpenResult> Engine::Impl::load_from(const QueryOp& q, std::string_view na
     // Ownership moves here: a new epoch, above every epoch any peer reported.
     auto seg = make_segment(name, a->total_len, &*dest, max_epoch + 1, op.got_generation);
     if (!seg) return tl::unexpected(seg.error());
-    LOG_INFO("loaded %.*s generation %lu from node %u (epoch %lu)", int(name.size()), name.data(),
+    BT_INFO("loaded %.*s generation %lu from node %u (epoch %lu)", int(name.size()), name.data(),
              static_cast<unsigned long>(op.got_generation), a->peer, static_cast<unsigned long>(max_epoch + 1));
     return OpenResult{*seg, OpenOutcome::kRestored, op.got_generation};
   }
@@ -316,6 +316,12 @@ std::span<std::byte> Engine::data(Segment* segment) const noexcept {
   std::lock_guard lock(impl_->control_mu);
   Segment* seg = impl_->find_handle(segment);
   return seg == nullptr ? std::span<std::byte>() : seg->mem.bytes();
+}
+
+int Engine::memory_fd(Segment* segment) const noexcept {
+  std::lock_guard lock(impl_->control_mu);
+  Segment* seg = impl_->find_handle(segment);
+  return seg == nullptr ? -1 : seg->mem.fd();
 }
 
 Result<uint64_t> Engine::commit(Segment* segment) {

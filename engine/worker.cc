@@ -103,7 +103,7 @@ bool Engine::Impl::poll_once(uint64_t now) noexcept {
       const wire::DecodeError err = wire::decode(rx[i].bytes, f, false);
       if (err != wire::DecodeError::kNone) {
         bump(counters.decode[static_cast<size_t>(err)]);
-        LOG_DEBUG("%s: dropped frame: %s", link->name().c_str(), wire::decode_error_name(err));
+        BT_DEBUG("%s: dropped frame: %s", link->name().c_str(), wire::decode_error_name(err));
         continue;
       }
       on_frame(*link, f, now);
@@ -189,7 +189,7 @@ void Engine::Impl::on_data(Link& link, wire::Frame& f) noexcept {
     // The one allocation on the worker: first sight of a segment.
     auto store = ReplicaStore::create(f, config.retain, config.numa_node);
     if (!store) {
-      LOG_WARN("cannot hold replica of %.*s: %s", int(f.name.size()), f.name.data(),
+      BT_WARN("cannot hold replica of %.*s: %s", int(f.name.size()), f.name.data(),
                store.error().message.c_str());
       send_error(link, f, wire::ErrorCode::kNoRoom, 0);
       return;
@@ -220,7 +220,7 @@ void Engine::Impl::on_data(Link& link, wire::Frame& f) noexcept {
     case ReplicaStore::Accept::kDuplicate: bump(counters.duplicates); break;
     case ReplicaStore::Accept::kPublished:
       bump(counters.published);
-      LOG_DEBUG("published %s generation %lu", st.name().c_str(), static_cast<unsigned long>(f.generation));
+      BT_DEBUG("published %s generation %lu", st.name().c_str(), static_cast<unsigned long>(f.generation));
       break;
     case ReplicaStore::Accept::kCorrupt:
       bump(counters.corrupt_generations);
@@ -434,7 +434,7 @@ void Engine::Impl::on_ack(const wire::Frame& f, uint64_t now) noexcept {
 
 void Engine::Impl::fence(Segment& seg) noexcept {
   if (seg.fenced.exchange(true)) return;
-  LOG_WARN("segment %s is fenced: a newer owner epoch exists", seg.name.c_str());
+  BT_WARN("segment %s is fenced: a newer owner epoch exists", seg.name.c_str());
   for (auto& r : seg.replicas) r->sender.stop();
 }
 
@@ -455,7 +455,7 @@ void Engine::Impl::on_error(const wire::Frame& f) noexcept {
       }
       return;
     case wire::ErrorCode::kNoRoom:
-      LOG_WARN("node %u cannot hold segment %016lx", f.src, static_cast<unsigned long>(f.seg_id));
+      BT_WARN("node %u cannot hold segment %016lx", f.src, static_cast<unsigned long>(f.seg_id));
       return;
   }
 }

@@ -202,7 +202,7 @@ class EthdevLink final : public Link {
     if (rte_eth_link_get_nowait(port_, &link) != 0) return false;
     const bool up = link.link_status == RTE_ETH_LINK_UP;
     if (up != up_) {
-      LOG_INFO("%s: link %s", name_.c_str(), up ? "up" : "down");
+      BT_INFO("%s: link %s", name_.c_str(), up ? "up" : "down");
       up_ = up;
       down_since_ns_ = now;
     }
@@ -289,7 +289,7 @@ Result<std::unique_ptr<Link>> start_port(uint16_t port, const PortConfig& c, con
   const int rc = rte_eth_dev_start(port);
   if (rc != 0) {
     if (!client) return fail(Errc::kIo, name, ": start: ", rte_strerror(-rc));
-    LOG_INFO("%s: no memif server yet (%s); will retry", name.c_str(), rte_strerror(-rc));
+    BT_INFO("%s: no memif server yet (%s); will retry", name.c_str(), rte_strerror(-rc));
   } else {
     rte_eth_promiscuous_enable(port);
   }
@@ -326,7 +326,7 @@ Result<void> init_eal(const std::vector<std::string>& extra) {
     return tl::unexpected(*eal_error);
   }
   eal_started = true;
-  LOG_INFO("EAL started (%s)", eal_huge ? "huge pages" : "no huge pages");
+  BT_INFO("EAL started (%s)", eal_huge ? "huge pages" : "no huge pages");
   return {};
 }
 

@@ -1,5 +1,6 @@
 #include "common/log.h"
 
+#include <syslog.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -22,14 +23,26 @@ LogLevel initial_level() noexcept {
 
 std::atomic<int> threshold{static_cast<int>(initial_level())};
 constexpr const char* kLevelNames[] = {"error", "warn", "info", "debug"};
+constexpr int kSyslogPriorities[] = {LOG_ERR, LOG_WARNING, LOG_INFO, LOG_DEBUG};
+std::atomic<bool> to_syslog{false};
 
 }  // namespace
 
 void set_log_level(LogLevel level) noexcept { threshold.store(static_cast<int>(level)); }
 LogLevel log_level() noexcept { return static_cast<LogLevel>(threshold.load(std::memory_order_relaxed)); }
 
+void set_log_syslog(bool on) noexcept { to_syslog.store(on); }
+
 void log(LogLevel level, const char* fmt, ...) noexcept {
   char line[1024];
+  if (to_syslog.load(std::memory_order_relaxed)) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    syslog(kSyslogPriorities[static_cast<int>(level)], "%s", line);
+    return;
+  }
   timespec ts{};
   clock_gettime(CLOCK_REALTIME, &ts);
   int n = std::snprintf(line, sizeof line, "%ld.%06ld baton[%d] %s: ", static_cast<long>(ts.tv_sec),

@@ -12,6 +12,9 @@ enum class LogLevel : int { kError = 0, kWarn = 1, kInfo = 2, kDebug = 3 };
 void set_log_level(LogLevel level) noexcept;
 LogLevel log_level() noexcept;
 
+/// Sends log lines to syslog(3) instead of stderr (the caller opens the log).
+void set_log_syslog(bool on) noexcept;
+
 /// printf-style. Thread: any (one write(2) per line, lines do not interleave).
 void log(LogLevel level, const char* fmt, ...) noexcept __attribute__((format(printf, 2, 3)));
 
@@ -21,7 +24,7 @@ void log(LogLevel level, const char* fmt, ...) noexcept __attribute__((format(pr
   do {                                                                               \
     if (static_cast<int>(level) <= static_cast<int>(::baton::log_level())) ::baton::log(level, __VA_ARGS__); \
   } while (0)
-#define LOG_ERR(...) BATON_LOG(::baton::LogLevel::kError, __VA_ARGS__)
-#define LOG_WARN(...) BATON_LOG(::baton::LogLevel::kWarn, __VA_ARGS__)
-#define LOG_INFO(...) BATON_LOG(::baton::LogLevel::kInfo, __VA_ARGS__)
-#define LOG_DEBUG(...) BATON_LOG(::baton::LogLevel::kDebug, __VA_ARGS__)
+#define BT_ERROR(...) BATON_LOG(::baton::LogLevel::kError, __VA_ARGS__)
+#define BT_WARN(...) BATON_LOG(::baton::LogLevel::kWarn, __VA_ARGS__)
+#define BT_INFO(...) BATON_LOG(::baton::LogLevel::kInfo, __VA_ARGS__)
+#define BT_DEBUG(...) BATON_LOG(::baton::LogLevel::kDebug, __VA_ARGS__)

@@ -58,7 +58,14 @@ void baton_config_init(baton_config_t* config);
  * BATON_EINVAL for a malformed config or link string. */
 int baton_start(const baton_config_t* config, const char* const* links, size_t n_links, baton_t** out);
 
-/* Stops the engine; its segments' handles become invalid. NULL is ignored. */
+/* Connects to the node's batond (daemon mode: the application is a separate
+ * process; its segments survive its crash, S3). BATON_EUNAVAIL if no daemon
+ * listens at socket_path. The same calls below then work through the daemon.
+ * Applications that link libbaton-client (no DPDK) have only this mode. */
+int baton_connect(const char* socket_path, baton_t** out);
+
+/* Stops the engine (or disconnects from batond); its segments' handles become
+ * invalid. NULL is ignored. */
 void baton_stop(baton_t* baton);
 
 /* Registers a new segment (S1). BATON_EEXIST if any reachable node holds the name. */

@@ -117,6 +117,9 @@ class Engine {
 
   /// The segment's memory: the application writes its state here.
   std::span<std::byte> data(Segment* segment) const noexcept;
+  /// The memfd behind data(), to share the segment with another process
+  /// (batond hands it to applications); -1 for an unknown handle. Borrowed.
+  int memory_fd(Segment* segment) const noexcept;
 
   /// Takes a snapshot and replicates it as a new generation (S5). Returns
   /// the generation once the snapshot is taken; replication goes on.

@@ -1,0 +1,212 @@
+#include "daemon/config.h"
+
+#include <grp.h>
+#include <pwd.h>
+
+#include <fstream>
+#include <set>
+#include <sstream>
+#include <toml++/toml.h>
+
+#include "protocol/wire.h"
+
+namespace baton {
+namespace {
+
+class Reader {
+ public:
+  Reader(const toml::table& root, std::string_view source) : root_(root), source_(source) {}
+
+  Error error(const std::string& field, const std::string& reason) const {
+    return Error{Errc::kInvalidArgument, std::string(source_) + ": " + field + ": " + reason};
+  }
+
+  // An integer in [lo, hi]; absent -> fallback (or an error if required).
+  Result<int64_t> integer(const toml::node_view<const toml::node>& n, const std::string& field, int64_t lo, int64_t hi,
+                          std::optional<int64_t> fallback) const {
+    if (!n) {
+      if (fallback) return *fallback;
+      return tl::unexpected(error(field, "is required"));
+    }
+    auto v = n.value<int64_t>();
+    if (!n.is_integer() || !v) return tl::unexpected(error(field, "must be an integer"));
+    if (*v < lo || *v > hi)
+      return tl::unexpected(error(field, "must be " + std::to_string(lo) + ".." + std::to_string(hi) + " (got " +
+                                             std::to_string(*v) + ")"));
+    return *v;
+  }
+
+  Result<std::string> string(const toml::node_view<const toml::node>& n, const std::string& field,
+                             std::optional<std::string> fallback) const {
+    if (!n) {
+      if (fallback) return *fallback;
+      return tl::unexpected(error(field, "is required"));
+    }
+    if (!n.is_string()) return tl::unexpected(error(field, "must be a string"));
+    return std::string(*n.value<std::string_view>());
+  }
+
+  Result<std::vector<std::string>> strings(const toml::node_view<const toml::node>& n, const std::string& field) const {
+    std::vector<std::string> out;
+    if (!n) return out;
+    const toml::array* arr = n.as_array();
+    if (arr == nullptr) return tl::unexpected(error(field, "must be an array of strings"));
+    for (const auto& e : *arr) {
+      if (!e.is_string()) return tl::unexpected(error(field, "must be an array of strings"));
+      out.emplace_back(*e.value<std::string_view>());
+    }
+    return out;
+  }
+
+  // Unknown keys are mistakes (a typo would otherwise silently keep a default).
+  Result<void> only(const toml::table& t, const std::string& where, std::initializer_list<std::string_view> keys) const {
+    for (const auto& [k, v] : t) {
+      bool known = false;
+      for (auto key : keys) known |= k.str() == key;
+      if (!known) return tl::unexpected(error(where.empty() ? std::string(k.str()) : where + "." + std::string(k.str()),
+                                              "unknown key"));
+    }
+    return {};
+  }
+
+ private:
+  const toml::table& root_;
+  std::string_view source_;
+};
+
+#define TRY(var, expr)                                   \
+  auto var##_r = (expr);                                 \
+  if (!var##_r) return tl::unexpected(var##_r.error()); \
+  auto var = *var##_r
+
+}  // namespace
+
+Result<DaemonConfig> parse_daemon_config(std::string_view text, std::string_view source) {
+  toml::table parsed;
+  try {
+    parsed = toml::parse(text, source);
+  } catch (const toml::parse_error& e) {
+    return fail(Errc::kInvalidArgument, std::string(source), ":", std::to_string(e.source().begin.line), ":",
+                std::to_string(e.source().begin.column), ": ", std::string(e.description()));
+  }
+  const toml::table& root = parsed;  // const views all the way down
+  Reader r(root, source);
+  DaemonConfig c;
+  if (auto ok = r.only(root, "", {"node", "engine", "client", "log", "eal", "link"}); !ok)
+    return tl::unexpected(ok.error());
+
+  const auto node = root["node"];
+  if (!node.is_table()) return tl::unexpected(r.error("node", "the [node] table is required"));
+  if (auto ok = r.only(*node.as_table(), "node", {"id", "name", "cores", "memory_mib", "tags"}); !ok)
+    return tl::unexpected(ok.error());
+  TRY(id, r.integer(node["id"], "node.id", 1, 65534, std::nullopt));
+  c.engine.node_id = static_cast<uint16_t>(id);
+  TRY(name, r.string(node["name"], "node.name", "node" + std::to_string(id)));
+  if (name.empty() || name.size() > 63) return tl::unexpected(r.error("node.name", "must be 1..63 characters"));
+  c.name = name;
+  TRY(cores, r.integer(node["cores"], "node.cores", 0, 4096, 0));
+  c.cores = static_cast<uint32_t>(cores);
+  TRY(mem, r.integer(node["memory_mib"], "node.memory_mib", 0, int64_t{1} << 40, 0));
+  c.memory_mib = static_cast<uint64_t>(mem);
+  TRY(tags, r.strings(node["tags"], "node.tags"));
+  c.tags = tags;
+
+  if (const auto eng = root["engine"]; eng) {
+    if (!eng.is_table()) return tl::unexpected(r.error("engine", "must be a table"));
+    if (auto ok = r.only(*eng.as_table(), "engine", {"replication_factor", "retain", "idle", "max_segment_mib"}); !ok)
+      return tl::unexpected(ok.error());
+    TRY(rf, r.integer(eng["replication_factor"], "engine.replication_factor", 1, 16, 1));
+    c.engine.replication_factor = static_cast<uint32_t>(rf);
+    TRY(retain, r.integer(eng["retain"], "engine.retain", 0, 64, 0));
+    c.engine.retain = static_cast<uint32_t>(retain);
+    TRY(idle, r.string(eng["idle"], "engine.idle", "adaptive"));
+    if (idle == "spin") c.engine.idle = IdlePolicy::kSpin;
+    else if (idle == "adaptive") c.engine.idle = IdlePolicy::kAdaptive;
+    else return tl::unexpected(r.error("engine.idle", "must be \"spin\" or \"adaptive\" (got \"" + idle + "\")"));
+    TRY(maxmib, r.integer(eng["max_segment_mib"], "engine.max_segment_mib", 1, 1 << 20, 1024));
+    c.engine.max_segment_size = static_cast<uint64_t>(maxmib) << 20;
+  }
+
+  const auto client = root["client"];
+  if (!client.is_table()) return tl::unexpected(r.error("client", "the [client] table is required"));
+  if (auto ok = r.only(*client.as_table(), "client", {"socket", "user", "group", "mode"}); !ok)
+    return tl::unexpected(ok.error());
+  TRY(sock, r.string(client["socket"], "client.socket", std::nullopt));
+  if (sock.empty() || sock[0] != '/' || sock.size() > 100)
+    return tl::unexpected(r.error("client.socket", "must be an absolute path of at most 100 characters"));
+  c.socket_path = sock;
+  TRY(user, r.string(client["user"], "client.user", ""));
+  if (!user.empty()) {
+    const passwd* pw = getpwnam(user.c_str());
+    if (pw == nullptr) return tl::unexpected(r.error("client.user", "no such user \"" + user + "\""));
+    c.allow_uid = pw->pw_uid;
+  }
+  TRY(group, r.string(client["group"], "client.group", ""));
+  if (!group.empty()) {
+    const struct group* gr = getgrnam(group.c_str());
+    if (gr == nullptr) return tl::unexpected(r.error("client.group", "no such group \"" + group + "\""));
+    c.allow_gid = gr->gr_gid;
+  }
+  TRY(mode, r.string(client["mode"], "client.mode", "0660"));
+  char* end = nullptr;
+  const unsigned long m = std::strtoul(mode.c_str(), &end, 8);
+  if (mode.empty() || *end != '\0' || m > 0777)
+    return tl::unexpected(r.error("client.mode", "must be an octal mode like \"0660\" (got \"" + mode + "\")"));
+  c.socket_mode = static_cast<mode_t>(m);
+
+  if (const auto log = root["log"]; log) {
+    if (!log.is_table()) return tl::unexpected(r.error("log", "must be a table"));
+    if (auto ok = r.only(*log.as_table(), "log", {"level", "syslog"}); !ok) return tl::unexpected(ok.error());
+    TRY(level, r.string(log["level"], "log.level", "info"));
+    if (level == "error") c.log_level = LogLevel::kError;
+    else if (level == "warn") c.log_level = LogLevel::kWarn;
+    else if (level == "info") c.log_level = LogLevel::kInfo;
+    else if (level == "debug") c.log_level = LogLevel::kDebug;
+    else return tl::unexpected(r.error("log.level", "must be error, warn, info or debug (got \"" + level + "\")"));
+    if (const auto sl = log["syslog"]; sl) {
+      if (!sl.is_boolean()) return tl::unexpected(r.error("log.syslog", "must be true or false"));
+      c.syslog = *sl.value<bool>();
+    }
+  }
+
+  if (const auto eal = root["eal"]; eal) {
+    if (!eal.is_table()) return tl::unexpected(r.error("eal", "must be a table"));
+    if (auto ok = r.only(*eal.as_table(), "eal", {"args"}); !ok) return tl::unexpected(ok.error());
+    TRY(args, r.strings(eal["args"], "eal.args"));
+    c.eal_args = args;
+  }
+
+  if (const auto links = root["link"]; links) {
+    const toml::array* arr = links.as_array();
+    if (arr == nullptr) return tl::unexpected(r.error("link", "must be an array of tables ([[link]])"));
+    std::set<uint16_t> peers;
+    for (size_t i = 0; i < arr->size(); ++i) {
+      const std::string where = "link[" + std::to_string(i) + "]";
+      const toml::table* t = (*arr)[i].as_table();
+      if (t == nullptr) return tl::unexpected(r.error(where, "must be a table"));
+      if (auto ok = r.only(*t, where, {"peer", "driver", "device"}); !ok) return tl::unexpected(ok.error());
+      const toml::node_view<const toml::node> lv(t);
+      TRY(peer, r.integer(lv["peer"], where + ".peer", 1, 65534, std::nullopt));
+      if (peer == id) return tl::unexpected(r.error(where + ".peer", "is this node's own id"));
+      if (!peers.insert(static_cast<uint16_t>(peer)).second)
+        return tl::unexpected(r.error(where + ".peer", "a second link to node " + std::to_string(peer)));
+      TRY(driver, r.string(lv["driver"], where + ".driver", "ethdev"));
+      if (driver != "ethdev") return tl::unexpected(r.error(where + ".driver", "unknown driver \"" + driver + "\""));
+      TRY(device, r.string(lv["device"], where + ".device", std::nullopt));
+      if (device.empty()) return tl::unexpected(r.error(where + ".device", "is empty"));
+      c.links.push_back(LinkSpec{static_cast<uint16_t>(peer), driver, device});
+    }
+  }
+  return c;
+}
+
+Result<DaemonConfig> load_daemon_config(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return fail(Errc::kIo, path, ": cannot read");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return parse_daemon_config(ss.str(), path);
+}
+
+}  // namespace baton
+#undef TRY

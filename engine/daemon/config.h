@@ -1,0 +1,54 @@
+#pragma once
+// batond's configuration: a TOML file. A bad file is refused with a message
+// naming the field and the reason.
+//
+//   [node]    id = 1, name = "blade1", cores = 2, memory_mib = 4096, tags = ["slot=1"]
+//   [engine]  replication_factor = 2, retain = 0, idle = "adaptive" | "spin", max_segment_mib = 1024
+//   [client]  socket = "/run/baton/blade1.sock", user = "root", group = "baton", mode = "0660"
+//   [log]     level = "info", syslog = false
+//   [eal]     args = ["--log-level=5"]
+//   [[link]]  peer = 2, driver = "ethdev", device = "net_memif0,role=server,socket=/run/baton/1-2.sock"
+
+#include <sys/types.h>
+
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "baton/engine.h"
+#include "baton/result.h"
+#include "common/log.h"
+
+namespace baton {
+
+struct LinkSpec {
+  uint16_t peer = 0;
+  std::string driver;  ///< "ethdev"
+  std::string device;  ///< DPDK devargs or port name
+};
+
+struct DaemonConfig {
+  EngineConfig engine;
+  std::string name;
+  uint32_t cores = 0;
+  uint64_t memory_mib = 0;
+  std::vector<std::string> tags;
+  std::vector<LinkSpec> links;
+  std::string socket_path;
+  std::optional<uid_t> allow_uid;  ///< clients must run as this user (or root), if set
+  std::optional<gid_t> allow_gid;  ///< ... or be in this group, if set
+  mode_t socket_mode = 0660;
+  LogLevel log_level = LogLevel::kInfo;
+  bool syslog = false;
+  std::vector<std::string> eal_args;
+};
+
+/// Parses and validates a config. `source` names it in error messages.
+/// Errors: kInvalidArgument with "source: field: reason". Thread: any.
+Result<DaemonConfig> parse_daemon_config(std::string_view text, std::string_view source);
+
+/// Reads and parses a config file. Errors: kIo (unreadable), kInvalidArgument.
+Result<DaemonConfig> load_daemon_config(const std::string& path);
+
+}  // namespace baton

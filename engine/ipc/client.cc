@@ -1,0 +1,213 @@
+#include "ipc/client.h"
+
+#include <immintrin.h>
+#include <linux/futex.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "baton/baton.h"
+#include "protocol/wire.h"
+#include "runtime/futex.h"
+
+namespace baton::ipc {
+namespace {
+
+constexpr uint64_t kSpinNs = 200'000;               // before sleeping on `done`
+constexpr uint64_t kCommitTimeoutNs = 30'000'000'000;  // a daemon that never answers
+
+Error from_status(int status, const char* message) {
+  return Error{static_cast<Errc>(-status), message};
+}
+
+void unmap(ClientSegment& s) {
+  if (s.data != nullptr) munmap(s.data, s.mapped);
+  if (s.channel != nullptr) munmap(s.channel, sizeof(CommitChannel));
+  if (s.event_fd >= 0) ::close(s.event_fd);
+  s.data = nullptr;
+  s.channel = nullptr;
+  s.event_fd = -1;
+}
+
+}  // namespace
+
+Result<std::unique_ptr<Client>> Client::connect(const std::string& path) {
+  if (path.empty() || path.size() >= sizeof(sockaddr_un::sun_path))
+    return fail(Errc::kInvalidArgument, "socket path empty or too long");
+  auto c = std::unique_ptr<Client>(new Client());
+  c->fd_ = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+  if (c->fd_ < 0) return fail(Errc::kIo, "socket: ", std::strerror(errno));
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::strncpy(addr.sun_path, path.c_str(), sizeof addr.sun_path - 1);
+  if (::connect(c->fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0)
+    return fail(Errc::kUnavailable, "no batond at ", path, ": ", std::strerror(errno));
+  return c;
+}
+
+Client::~Client() {
+  for (auto& s : segments_) unmap(*s);
+  if (fd_ >= 0) ::close(fd_);
+}
+
+bool Client::owns(const ClientSegment* s) const noexcept {
+  return std::any_of(segments_.begin(), segments_.end(), [s](const auto& p) { return p.get() == s; });
+}
+
+Result<Reply> Client::call(const Request& r, std::vector<int>* fds) {
+  if (send(fd_, &r, sizeof r, MSG_NOSIGNAL) != static_cast<ssize_t>(sizeof r))
+    return fail(Errc::kUnavailable, "batond went away: ", std::strerror(errno));
+  Reply rep{};
+  iovec iov{&rep, sizeof rep};
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * 4)];
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = control;
+  msg.msg_controllen = sizeof control;
+  const ssize_t n = recvmsg(fd_, &msg, MSG_CMSG_CLOEXEC);
+  if (n != static_cast<ssize_t>(sizeof rep) || rep.magic != kMagic)
+    return fail(Errc::kUnavailable, "batond went away or sent a malformed reply");
+  for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
+    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+    const size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+    std::vector<int> got(count);
+    std::memcpy(got.data(), CMSG_DATA(c), count * sizeof(int));
+    if (fds != nullptr) fds->insert(fds->end(), got.begin(), got.end());
+    else for (int fd : got) ::close(fd);
+  }
+  rep.message[sizeof rep.message - 1] = '\0';
+  return rep;
+}
+
+Result<ClientSegment*> Client::open(Op op, std::string_view name, uint64_t size) {
+  if (!wire::valid_name(name)) return fail(Errc::kInvalidArgument, "segment name must be 1..63 printable characters");
+  Request r{};
+  r.magic = kMagic;
+  r.version = kVersion;
+  r.op = static_cast<uint16_t>(op);
+  r.size = size;
+  r.name_len = static_cast<uint8_t>(name.size());
+  std::memcpy(r.name, name.data(), name.size());
+  std::vector<int> fds;
+  auto rep = call(r, &fds);
+  if (!rep) return tl::unexpected(rep.error());
+  auto close_all = [&] {
+    for (int fd : fds) ::close(fd);
+  };
+  if (rep->status != 0) {
+    close_all();
+    return tl::unexpected(from_status(rep->status, rep->message));
+  }
+  if (fds.size() != 3) {
+    close_all();
+    return fail(Errc::kInternal, "batond sent ", std::to_string(fds.size()), " descriptors, expected 3");
+  }
+  auto s = std::make_unique<ClientSegment>();
+  s->handle = rep->handle;
+  s->size = rep->size;
+  s->generation = rep->generation;
+  s->restored = rep->restored != 0;
+  struct stat st{};
+  if (fstat(fds[0], &st) != 0 || static_cast<uint64_t>(st.st_size) < s->size) {
+    close_all();
+    return fail(Errc::kInternal, "segment descriptor smaller than the segment");
+  }
+  s->mapped = static_cast<uint64_t>(st.st_size);
+  void* data = mmap(nullptr, s->mapped, PROT_READ | PROT_WRITE, MAP_SHARED, fds[0], 0);
+  void* ch = mmap(nullptr, sizeof(CommitChannel), PROT_READ | PROT_WRITE, MAP_SHARED, fds[1], 0);
+  ::close(fds[0]);
+  ::close(fds[1]);
+  s->event_fd = fds[2];
+  if (data == MAP_FAILED || ch == MAP_FAILED) {
+    if (data != MAP_FAILED) munmap(data, s->mapped);
+    if (ch != MAP_FAILED) munmap(ch, sizeof(CommitChannel));
+    ::close(s->event_fd);
+    return fail(Errc::kNoMemory, "cannot map the segment: ", std::strerror(errno));
+  }
+  s->data = static_cast<std::byte*>(data);
+  s->channel = static_cast<CommitChannel*>(ch);
+  segments_.push_back(std::move(s));
+  return segments_.back().get();
+}
+
+Result<uint64_t> Client::commit(ClientSegment* s) {
+  CommitChannel& ch = *s->channel;
+  const uint32_t seq = ch.request.load(std::memory_order_relaxed) + 1;  // we are the only writer
+  ch.request.store(seq);  // seq_cst: pairs with the daemon's daemon_sleeping store
+  if (ch.daemon_sleeping.load()) {
+    const uint64_t one = 1;
+    (void)!write(s->event_fd, &one, sizeof one);
+  }
+  const uint64_t start = now_ns();
+  while (ch.done.load(std::memory_order_acquire) != seq) {
+    const uint64_t waited = now_ns() - start;
+    if (waited > kCommitTimeoutNs) return fail(Errc::kUnavailable, "batond did not take the snapshot");
+    if (waited < kSpinNs) {
+      _mm_pause();
+      continue;
+    }
+    ch.app_sleeping.store(1);
+    const uint32_t seen = ch.done.load();
+    if (seen != seq) {
+      timespec ts{0, 10'000'000};
+      syscall(SYS_futex, reinterpret_cast<uint32_t*>(&ch.done), FUTEX_WAIT, seen, &ts, nullptr, 0);
+    }
+    ch.app_sleeping.store(0);
+  }
+  const int32_t status = ch.status.load(std::memory_order_relaxed);
+  if (status != 0) return tl::unexpected(Error{static_cast<Errc>(-status), "commit refused by batond"});
+  return ch.generation.load(std::memory_order_relaxed);
+}
+
+Result<void> Client::wait(ClientSegment* s, uint64_t generation, uint32_t k, uint32_t timeout_ms) {
+  Request r{};
+  r.magic = kMagic;
+  r.version = kVersion;
+  r.op = static_cast<uint16_t>(Op::kWait);
+  r.handle = s->handle;
+  r.generation = generation;
+  r.k = k;
+  r.timeout_ms = timeout_ms;
+  auto rep = call(r, nullptr);
+  if (!rep) return tl::unexpected(rep.error());
+  if (rep->status != 0) return tl::unexpected(from_status(rep->status, rep->message));
+  return {};
+}
+
+Result<void> Client::close(ClientSegment* s) {
+  Request r{};
+  r.magic = kMagic;
+  r.version = kVersion;
+  r.op = static_cast<uint16_t>(Op::kClose);
+  r.handle = s->handle;
+  auto rep = call(r, nullptr);
+  auto it = std::find_if(segments_.begin(), segments_.end(), [s](const auto& p) { return p.get() == s; });
+  if (it != segments_.end()) {
+    unmap(**it);
+    segments_.erase(it);
+  }
+  if (!rep) return tl::unexpected(rep.error());
+  if (rep->status != 0) return tl::unexpected(from_status(rep->status, rep->message));
+  return {};
+}
+
+Result<std::string> Client::status() {
+  Request r{};
+  r.magic = kMagic;
+  r.version = kVersion;
+  r.op = static_cast<uint16_t>(Op::kStatus);
+  auto rep = call(r, nullptr);
+  if (!rep) return tl::unexpected(rep.error());
+  if (rep->status != 0) return tl::unexpected(from_status(rep->status, rep->message));
+  return std::string(rep->message);
+}
+
+}  // namespace baton::ipc

@@ -1,0 +1,51 @@
+#pragma once
+// The application side of the client protocol (messages.h): what
+// libbaton-client does under baton_connect(). No DPDK.
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "baton/result.h"
+#include "ipc/messages.h"
+
+namespace baton::ipc {
+
+struct ClientSegment {
+  uint32_t handle = 0;
+  std::byte* data = nullptr;
+  uint64_t size = 0;
+  uint64_t mapped = 0;
+  CommitChannel* channel = nullptr;
+  int event_fd = -1;
+  uint64_t generation = 0;  ///< at open: restored generation
+  bool restored = false;
+};
+
+class Client {
+ public:
+  /// Connects to batond's socket. Errors: kUnavailable (no daemon), kInvalidArgument.
+  /// Thread: any; one Client is not for concurrent use.
+  static Result<std::unique_ptr<Client>> connect(const std::string& socket_path);
+  ~Client();
+
+  /// kOpen, kCreate or kLoad: maps the segment the daemon holds for `name`.
+  Result<ClientSegment*> open(Op op, std::string_view name, uint64_t size);
+  /// Asks the daemon to snapshot and replicate; returns the generation.
+  Result<uint64_t> commit(ClientSegment* s);
+  Result<void> wait(ClientSegment* s, uint64_t generation, uint32_t k, uint32_t timeout_ms);
+  Result<void> close(ClientSegment* s);
+  /// The daemon's status report (text).
+  Result<std::string> status();
+  bool owns(const ClientSegment* s) const noexcept;
+
+ private:
+  Result<Reply> call(const Request& r, std::vector<int>* fds);
+  int fd_ = -1;
+  std::vector<std::unique_ptr<ClientSegment>> segments_;
+};
+
+}  // namespace baton::ipc

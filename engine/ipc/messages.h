@@ -1,0 +1,75 @@
+#pragma once
+// The client protocol between applications (libbaton-client) and batond.
+// No DPDK here: applications do not link it.
+//
+// Control messages are SOCK_SEQPACKET datagrams on the daemon's unix socket
+// (one request, one reply). Opening a segment returns three descriptors with
+// SCM_RIGHTS: the segment's memfd (the application maps it and writes its
+// state there), a memfd holding this segment's CommitChannel, and the
+// daemon's doorbell eventfd.
+//
+// A commit does not use the socket: the application bumps `request` in the
+// CommitChannel; the daemon's IPC thread, which polls every channel while it
+// is awake, snapshots the segment and publishes `done`. Only when the daemon
+// sleeps (`daemon_sleeping` set) does the application write the eventfd,
+// and only when it gives up spinning does it sleep on `done` (a futex in
+// shared memory). No system call on the fast path.
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+
+namespace baton::ipc {
+
+inline constexpr uint32_t kMagic = 0xBA7017C0;
+inline constexpr uint16_t kVersion = 1;
+inline constexpr size_t kMaxMessage = 512;
+inline constexpr size_t kMaxName = 63;
+
+enum class Op : uint16_t {
+  kOpen = 1,      ///< S11 flow: restore from any copy, else create
+  kCreate = 2,    ///< S1: a new segment; error if the name exists anywhere
+  kLoad = 3,      ///< S9: fetch from a replica and own it here (also for agents)
+  kWait = 4,      ///< until k replicas hold a generation
+  kClose = 5,     ///< unregister
+  kStatus = 6,    ///< daemon status (batonctl), text reply
+};
+
+struct Request {
+  uint32_t magic;
+  uint16_t version;
+  uint16_t op;
+  uint64_t size;        ///< kOpen/kCreate
+  uint64_t generation;  ///< kWait
+  uint32_t k;           ///< kWait
+  uint32_t timeout_ms;  ///< kWait
+  uint32_t handle;      ///< kWait/kClose: from the open reply
+  uint8_t name_len;
+  char name[kMaxName + 1];
+};
+
+struct Reply {
+  uint32_t magic;
+  int32_t status;       ///< 0 or a negative BATON_E* code
+  uint64_t size;
+  uint64_t generation;  ///< restored/current generation
+  uint32_t handle;
+  uint8_t restored;     ///< kOpen: 1 if loaded from a copy
+  uint8_t pad[3];
+  char message[400];    ///< error text, or the status report (truncated)
+};
+
+/// One per open segment, in its own shared page.
+struct alignas(64) CommitChannel {
+  std::atomic<uint32_t> request{0};          ///< bumped by the application
+  alignas(64) std::atomic<uint32_t> done{0};  ///< set to `request` by the daemon; futex word
+  std::atomic<int32_t> status{0};             ///< of the last commit
+  std::atomic<uint64_t> generation{0};        ///< of the last commit
+  std::atomic<uint32_t> app_sleeping{0};      ///< the application sleeps on `done`
+  std::atomic<uint32_t> daemon_sleeping{0};   ///< the IPC thread is in epoll_wait: ring the eventfd
+};
+
+static_assert(sizeof(Request) <= kMaxMessage && sizeof(Reply) <= kMaxMessage);
+static_assert(std::atomic<uint32_t>::is_always_lock_free && std::atomic<uint64_t>::is_always_lock_free);
+
+}  // namespace baton::ipc

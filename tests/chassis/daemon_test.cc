@@ -1,0 +1,227 @@
+// batond and an application in separate processes. This test links only
+// libbaton-client (no DPDK) and talks to a real batond process.
+
+#include <gtest/gtest.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <string>
+
+#include "../common/batond.h"
+#include "baton/baton.h"
+#include "ipc/messages.h"
+
+namespace {
+
+using baton::test::Batond;
+using baton::test::TempDir;
+
+void fill(void* p, size_t n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  auto* b = static_cast<unsigned char*>(p);
+  for (size_t i = 0; i < n; ++i) b[i] = static_cast<unsigned char>(rng());
+}
+
+baton_t* connect_to(const Batond& d) {
+  baton_t* b = nullptr;
+  EXPECT_EQ(baton_connect(d.socket().c_str(), &b), 0) << baton_last_error();
+  return b;
+}
+
+TEST(Daemon, OpenCommitAndReopenAfterDisconnect) {
+  TempDir dir;
+  Batond d(1, dir.path);
+  baton_t* app = connect_to(d);
+  ASSERT_NE(app, nullptr);
+  baton_segment_t* seg = nullptr;
+  int restored = -1;
+  uint64_t gen = 99;
+  ASSERT_EQ(baton_open(app, "kv", 1 << 20, &seg, &restored, &gen), 0) << baton_last_error();
+  EXPECT_EQ(restored, 0);
+  EXPECT_EQ(gen, 0u);
+  ASSERT_EQ(baton_segment_size(seg), 1u << 20);
+  fill(baton_segment_data(seg), 1 << 20, 7);
+  std::vector<unsigned char> want(static_cast<unsigned char*>(baton_segment_data(seg)),
+                                  static_cast<unsigned char*>(baton_segment_data(seg)) + (1 << 20));
+  for (uint64_t i = 1; i <= 3; ++i) {
+    ASSERT_EQ(baton_commit(seg, &gen), 0) << baton_last_error();
+    EXPECT_EQ(gen, i);
+  }
+  // A second application cannot take the name while the first holds it.
+  baton_t* other = connect_to(d);
+  baton_segment_t* dup = nullptr;
+  EXPECT_EQ(baton_open(other, "kv", 1 << 20, &dup, nullptr, nullptr), BATON_EEXIST);
+  baton_stop(app);  // disconnect without unregistering: the segment stays (S3)
+  int again_restored = 0;
+  ASSERT_EQ(baton_open(other, "kv", 1 << 20, &dup, &again_restored, &gen), 0) << baton_last_error();
+  EXPECT_EQ(again_restored, 1);
+  EXPECT_EQ(gen, 3u);
+  EXPECT_EQ(std::memcmp(baton_segment_data(dup), want.data(), want.size()), 0);
+  baton_stop(other);
+}
+
+TEST(Daemon, ApplicationKilledLosesNothing) {
+  TempDir dir;
+  Batond d(1, dir.path);
+  int pipefd[2];
+  ASSERT_EQ(pipe(pipefd), 0);
+  const pid_t child = fork();
+  if (child == 0) {
+    baton_t* b = nullptr;
+    baton_segment_t* s = nullptr;
+    if (baton_connect(d.socket().c_str(), &b) != 0 || baton_open(b, "crashy", 65536, &s, nullptr, nullptr) != 0)
+      _exit(1);
+    fill(baton_segment_data(s), 65536, 42);
+    uint64_t g = 0;
+    baton_commit(s, &g);
+    fill(baton_segment_data(s), 65536, 43);  // written after the commit: not committed...
+    (void)!write(pipefd[1], &g, sizeof g);
+    pause();  // ... and then the application dies
+    _exit(0);
+  }
+  uint64_t committed = 0;
+  ASSERT_EQ(read(pipefd[0], &committed, sizeof committed), static_cast<ssize_t>(sizeof committed));
+  kill(child, SIGKILL);
+  waitpid(child, nullptr, 0);
+  baton_t* b = connect_to(d);
+  baton_segment_t* s = nullptr;
+  int restored = 0;
+  uint64_t gen = 0;
+  // The holder is released once the daemon sees the dead connection.
+  int rc = BATON_EEXIST;
+  for (int i = 0; i < 100 && rc == BATON_EEXIST; ++i) {
+    rc = baton_open(b, "crashy", 65536, &s, &restored, &gen);
+    if (rc == BATON_EEXIST) usleep(10000);
+  }
+  ASSERT_EQ(rc, 0) << baton_last_error();
+  EXPECT_EQ(restored, 1);
+  EXPECT_EQ(gen, committed);
+  // The memory is the daemon's: the restarted application sees what the
+  // dead one left in it, and the last commit (generation `committed`) is safe.
+  std::vector<unsigned char> expect(65536);
+  fill(expect.data(), expect.size(), 43);
+  EXPECT_EQ(std::memcmp(baton_segment_data(s), expect.data(), expect.size()), 0);
+  baton_stop(b);
+}
+
+int raw_connect(const std::string& path) {
+  int fd = socket(AF_UNIX, SOCK_SEQPACKET, 0);
+  sockaddr_un a{};
+  a.sun_family = AF_UNIX;
+  std::strncpy(a.sun_path, path.c_str(), sizeof a.sun_path - 1);
+  if (connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
+    close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+size_t fd_count(pid_t pid) {
+  size_t n = 0;
+  for (const auto& e : std::filesystem::directory_iterator("/proc/" + std::to_string(pid) + "/fd")) (void)e, ++n;
+  return n;
+}
+
+uint64_t rss_kib(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+  std::string key;
+  uint64_t v = 0;
+  while (in >> key) {
+    if (key == "VmRSS:") {
+      in >> v;
+      return v;
+    }
+    in.ignore(1024, '\n');
+  }
+  return 0;
+}
+
+TEST(Daemon, SurvivesMalformedAndAbandonedRequestsWithoutLeaking) {
+  TempDir dir;
+  Batond d(1, dir.path);
+  auto attempt = [&](int i) {
+    int fd = raw_connect(d.socket());
+    ASSERT_GE(fd, 0);
+    baton::ipc::Request r{};
+    r.magic = baton::ipc::kMagic;
+    r.version = baton::ipc::kVersion;
+    r.op = static_cast<uint16_t>(baton::ipc::Op::kOpen);
+    r.size = 4096;
+    std::string name = "abandon" + std::to_string(i % 7);
+    r.name_len = static_cast<uint8_t>(name.size());
+    std::memcpy(r.name, name.data(), name.size());
+    char junk[600];
+    std::memset(junk, i, sizeof junk);
+    switch (i % 6) {
+      case 0: send(fd, junk, 3, 0); break;                         // too short
+      case 1: send(fd, junk, sizeof junk, 0); break;               // oversize
+      case 2: r.magic = 1; send(fd, &r, sizeof r, 0); break;       // wrong magic
+      case 3: r.op = 99; send(fd, &r, sizeof r, 0); break;         // unknown op
+      case 4: r.name_len = 200; send(fd, &r, sizeof r, 0); break;  // name length past the field
+      case 5: send(fd, &r, sizeof r, 0); break;                    // register, then vanish mid-reply
+    }
+    close(fd);
+  };
+  for (int i = 0; i < 100; ++i) attempt(i);  // warm-up: segments and pools exist
+  usleep(100000);
+  const size_t fds_before = fd_count(d.pid());
+  const uint64_t rss_before = rss_kib(d.pid());
+  for (int i = 0; i < 1000; ++i) attempt(i);
+  usleep(200000);
+  EXPECT_LE(fd_count(d.pid()), fds_before) << "file descriptors leak";
+  EXPECT_LE(rss_kib(d.pid()), rss_before + 1024) << "memory grows";
+  // And it still serves.
+  baton_t* b = connect_to(d);
+  baton_segment_t* s = nullptr;
+  ASSERT_EQ(baton_open(b, "still-serving", 4096, &s, nullptr, nullptr), 0) << baton_last_error();
+  uint64_t g = 0;
+  EXPECT_EQ(baton_commit(s, &g), 0);
+  baton_stop(b);
+}
+
+TEST(Daemon, RefusesClientsItDoesNotAllow) {
+  TempDir dir;
+  chmod(dir.path.c_str(), 0755);  // reach the socket: the daemon's own check must refuse
+  Batond d(1, dir.path, "mode = \"0666\"\n");
+  const pid_t child = fork();
+  if (child == 0) {
+    if (setgid(65534) != 0 || setuid(65534) != 0) _exit(3);  // nobody
+    baton_t* b = nullptr;
+    if (baton_connect(d.socket().c_str(), &b) != 0) _exit(4);
+    baton_segment_t* s = nullptr;
+    const int rc = baton_open(b, "forbidden", 4096, &s, nullptr, nullptr);
+    _exit(rc == 0 ? 0 : 2);
+  }
+  int status = 0;
+  waitpid(child, &status, 0);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 2) << "an unprivileged client was served";
+}
+
+TEST(Daemon, BadConfigIsRefusedNamingTheField) {
+  TempDir dir;
+  const std::string cfg = dir.path + "/bad.toml";
+  std::ofstream(cfg) << "[node]\nid = 70000\n[client]\nsocket = \"/tmp/x.sock\"\n";
+  const std::string out = dir.path + "/out.txt";
+  const int rc = std::system((baton::test::helper("BATOND") + " --config " + cfg + " 2>" + out).c_str());
+  EXPECT_EQ(WEXITSTATUS(rc), 2);
+  std::ifstream in(out);
+  std::string text((std::istreambuf_iterator<char>(in)), {});
+  EXPECT_NE(text.find("node.id: must be 1..65534 (got 70000)"), std::string::npos) << text;
+}
+
+TEST(Daemon, StopsCleanlyOnSigterm) {
+  TempDir dir;
+  Batond d(1, dir.path);
+  d.process().kill(SIGTERM);
+  EXPECT_EQ(d.process().wait(), 0);
+  struct stat st;
+  EXPECT_NE(stat(d.socket().c_str(), &st), 0) << "socket left behind";
+}
+
+}  // namespace

@@ -1,0 +1,126 @@
+// batond's config: a good file parses; every kind of mistake is refused with
+// a message that names the field.
+
+#include <gtest/gtest.h>
+
+#include "daemon/config.h"
+
+namespace baton {
+namespace {
+
+constexpr const char* kGood = R"(
+[node]
+id = 3
+name = "blade3"
+cores = 2
+memory_mib = 4096
+tags = ["slot=3", "power=B"]
+
+[engine]
+replication_factor = 2
+retain = 1
+idle = "spin"
+max_segment_mib = 256
+
+[client]
+socket = "/run/baton/blade3.sock"
+user = "root"
+mode = "0600"
+
+[log]
+level = "debug"
+
+[eal]
+args = ["--log-level=4"]
+
+[[link]]
+peer = 1
+device = "net_memif0,role=client,socket=/run/baton/1-3.sock"
+
+[[link]]
+peer = 2
+driver = "ethdev"
+device = "net_memif1,role=client,socket=/run/baton/2-3.sock"
+)";
+
+TEST(DaemonConfig, GoodFileParses) {
+  auto c = parse_daemon_config(kGood, "good.toml");
+  ASSERT_TRUE(c) << c.error().message;
+  EXPECT_EQ(c->engine.node_id, 3);
+  EXPECT_EQ(c->name, "blade3");
+  EXPECT_EQ(c->cores, 2u);
+  EXPECT_EQ(c->tags, (std::vector<std::string>{"slot=3", "power=B"}));
+  EXPECT_EQ(c->engine.replication_factor, 2u);
+  EXPECT_EQ(c->engine.retain, 1u);
+  EXPECT_EQ(c->engine.idle, IdlePolicy::kSpin);
+  EXPECT_EQ(c->engine.max_segment_size, 256ull << 20);
+  EXPECT_EQ(c->socket_path, "/run/baton/blade3.sock");
+  EXPECT_EQ(c->allow_uid, 0u);
+  EXPECT_EQ(c->socket_mode, 0600u);
+  EXPECT_EQ(c->log_level, LogLevel::kDebug);
+  ASSERT_EQ(c->links.size(), 2u);
+  EXPECT_EQ(c->links[1].peer, 2);
+  EXPECT_EQ(c->links[0].driver, "ethdev");
+}
+
+TEST(DaemonConfig, MinimalFileGetsDefaults) {
+  auto c = parse_daemon_config("[node]\nid = 1\n[client]\nsocket = \"/tmp/b.sock\"\n", "min.toml");
+  ASSERT_TRUE(c) << c.error().message;
+  EXPECT_EQ(c->name, "node1");
+  EXPECT_EQ(c->engine.replication_factor, 1u);
+  EXPECT_EQ(c->engine.idle, IdlePolicy::kAdaptive);
+  EXPECT_EQ(c->socket_mode, 0660u);
+  EXPECT_TRUE(c->links.empty());
+}
+
+struct Bad {
+  const char* text;
+  const char* expect;  // substring of the message
+};
+
+class DaemonConfigRejects : public ::testing::TestWithParam<Bad> {};
+
+TEST_P(DaemonConfigRejects, WithTheFieldAndTheReason) {
+  auto c = parse_daemon_config(GetParam().text, "bad.toml");
+  ASSERT_FALSE(c) << GetParam().text;
+  EXPECT_EQ(c.error().code, Errc::kInvalidArgument);
+  EXPECT_NE(c.error().message.find(GetParam().expect), std::string::npos) << c.error().message;
+  EXPECT_EQ(c.error().message.rfind("bad.toml", 0), 0u) << c.error().message;
+}
+
+constexpr const char* kSock = "[client]\nsocket = \"/tmp/b.sock\"\n";
+#define NODE_AND(rest) "[node]\nid = 1\n[client]\nsocket = \"/tmp/b.sock\"\n" rest
+
+INSTANTIATE_TEST_SUITE_P(
+    Mistakes, DaemonConfigRejects,
+    ::testing::Values(
+        Bad{"[node\nid = 1", "bad.toml:1"},                                       // TOML syntax, with line
+        Bad{kSock, "node: the [node] table is required"},
+        Bad{"[node]\nname = \"x\"\n[client]\nsocket = \"/tmp/b.sock\"\n", "node.id: is required"},
+        Bad{"[node]\nid = 0\n[client]\nsocket = \"/tmp/b.sock\"\n", "node.id: must be 1..65534 (got 0)"},
+        Bad{"[node]\nid = \"one\"\n[client]\nsocket = \"/tmp/b.sock\"\n", "node.id: must be an integer"},
+        Bad{"[node]\nid = 1\nidd = 2\n[client]\nsocket = \"/tmp/b.sock\"\n", "node.idd: unknown key"},
+        Bad{"[node]\nid = 1\n", "client: the [client] table is required"},
+        Bad{"[node]\nid = 1\n[client]\nsocket = \"relative.sock\"\n", "client.socket: must be an absolute path"},
+        Bad{NODE_AND("[engine]\nreplication_factor = 0\n"), "engine.replication_factor: must be 1..16"},
+        Bad{NODE_AND("[engine]\nidle = \"lazy\"\n"), "engine.idle: must be \"spin\" or \"adaptive\""},
+        Bad{"[node]\nid = 1\n[client]\nsocket = \"/tmp/b.sock\"\nuser = \"no-such-user-xyz\"\n",
+            "client.user: no such user"},
+        Bad{"[node]\nid = 1\n[client]\nsocket = \"/tmp/b.sock\"\nmode = \"0999\"\n", "client.mode: must be an octal"},
+        Bad{NODE_AND("[log]\nlevel = \"loud\"\n"), "log.level: must be error, warn, info or debug"},
+        Bad{NODE_AND("[[link]]\ndevice = \"x\"\n"), "link[0].peer: is required"},
+        Bad{NODE_AND("[[link]]\npeer = 1\ndevice = \"x\"\n"), "link[0].peer: is this node's own id"},
+        Bad{NODE_AND("[[link]]\npeer = 2\ndevice = \"x\"\n[[link]]\npeer = 2\ndevice = \"y\"\n"),
+            "link[1].peer: a second link to node 2"},
+        Bad{NODE_AND("[[link]]\npeer = 2\ndriver = \"pigeon\"\ndevice = \"x\"\n"), "link[0].driver: unknown driver"},
+        Bad{NODE_AND("[[link]]\npeer = 2\n"), "link[0].device: is required"},
+        Bad{NODE_AND("[surprise]\nx = 1\n"), "surprise: unknown key"}));
+
+TEST(DaemonConfig, UnreadableFile) {
+  auto c = load_daemon_config("/nonexistent/baton.toml");
+  ASSERT_FALSE(c);
+  EXPECT_EQ(c.error().code, Errc::kIo);
+}
+
+}  // namespace
+}  // namespace baton

@@ -1,0 +1,107 @@
+// batond: the checkpoint service of one node (blade). Runs the engine over
+// the configured links and serves applications on a unix socket.
+//
+//   batond --config /etc/baton/blade1.toml [--check]
+//
+// --check validates the config and exits. SIGTERM or SIGINT stop it cleanly:
+// applications are disconnected, the socket is removed, the engine stops.
+
+#include <signal.h>
+#include <syslog.h>
+
+#include <atomic>
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <thread>
+
+#include "baton/engine.h"
+#include "baton/ethdev.h"
+#include "common/log.h"
+#include "daemon/config.h"
+#include "ipc/server.h"
+
+int main(int argc, char** argv) {
+  std::string config_path;
+  bool check = false;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    if (a == "--config" && i + 1 < argc) config_path = argv[++i];
+    else if (a == "--check") check = true;
+    else {
+      std::fprintf(stderr, "usage: batond --config FILE [--check]\n");
+      return 64;
+    }
+  }
+  if (config_path.empty()) {
+    std::fprintf(stderr, "usage: batond --config FILE [--check]\n");
+    return 64;
+  }
+  auto cfg = baton::load_daemon_config(config_path);
+  if (!cfg) {
+    std::fprintf(stderr, "batond: %s\n", cfg.error().message.c_str());
+    return 2;
+  }
+  if (check) {
+    std::printf("%s: ok (node %u \"%s\", %zu links)\n", config_path.c_str(), cfg->engine.node_id, cfg->name.c_str(),
+                cfg->links.size());
+    return 0;
+  }
+  baton::set_log_level(cfg->log_level);
+  if (cfg->syslog) {
+    openlog("batond", LOG_PID, LOG_DAEMON);
+    baton::set_log_syslog(true);
+  }
+
+  // Signals are taken by sigwait below, not by handlers.
+  sigset_t sigs;
+  sigemptyset(&sigs);
+  sigaddset(&sigs, SIGTERM);
+  sigaddset(&sigs, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
+
+  std::vector<std::unique_ptr<baton::Link>> links;
+  if (!cfg->links.empty()) {
+    if (auto ok = baton::ethdev::init_eal(cfg->eal_args); !ok) {
+      BT_ERROR("%s", ok.error().to_string().c_str());
+      return 1;
+    }
+  }
+  for (const auto& spec : cfg->links) {
+    baton::ethdev::PortConfig pc;
+    pc.device = spec.device;
+    pc.peer = spec.peer;
+    auto link = baton::ethdev::open_port(pc);
+    if (!link) {
+      BT_ERROR("link to node %u: %s", spec.peer, link.error().to_string().c_str());
+      return 1;
+    }
+    links.push_back(std::move(*link));
+  }
+  auto engine = baton::Engine::start(cfg->engine, std::move(links));
+  if (!engine) {
+    BT_ERROR("%s", engine.error().to_string().c_str());
+    return 1;
+  }
+  baton::ipc::ServerConfig sc;
+  sc.socket_path = cfg->socket_path;
+  sc.socket_mode = cfg->socket_mode;
+  sc.allow_uid = cfg->allow_uid;
+  sc.allow_gid = cfg->allow_gid;
+  auto server = baton::ipc::Server::start(**engine, sc);
+  if (!server) {
+    BT_ERROR("%s", server.error().to_string().c_str());
+    return 1;
+  }
+  BT_INFO("batond node %u \"%s\" serving %s", cfg->engine.node_id, cfg->name.c_str(), cfg->socket_path.c_str());
+  std::atomic<bool> stop{false};
+  std::thread ipc([&] { (*server)->serve(stop); });
+  int sig = 0;
+  sigwait(&sigs, &sig);
+  BT_INFO("batond: %s, stopping", strsignal(sig));
+  stop.store(true);
+  ipc.join();
+  server->reset();
+  engine->reset();
+  return 0;
+}
