@@ -153,6 +153,12 @@ Result<std::unique_ptr<QueryOp>> Engine::Impl::query(std::string_view name) {
   q->run = [this, raw] {
     for (QueryOp* other : queries)
       if (other->id == raw->id) return raw->fail(Errc::kBusy, "another load of this name is in progress");
+    // This node may hold a replica itself: the nearest copy of all.
+    if (auto it = stores.find(raw->id); it != stores.end() && it->second->latest() != nullptr) {
+      ReplicaStore& st = *it->second;
+      raw->answers.push_back(
+          QueryAnswer{config.node_id, true, true, false, st.epoch(), st.latest()->generation, st.size()});
+    }
     const uint64_t now = now_ns();
     raw->deadline_ns = now + uint64_t{config.query_timeout_ms} * 1'000'000;
     queries.push_back(raw);
@@ -239,13 +245,31 @@ Result<OpenResult> Engine::Impl::load_from(const QueryOp& q, std::string_view na
       candidates.push_back(&a);
   }
   if (candidates.empty()) return fail(Errc::kNotFound, "no live replica holds ", name);
-  std::sort(candidates.begin(), candidates.end(), [](auto* a, auto* b) {
-    return std::tie(a->epoch, a->generation) > std::tie(b->epoch, b->generation);
+  // Newest first; among equals, this node's own copy (no transfer at all).
+  std::sort(candidates.begin(), candidates.end(), [this](auto* a, auto* b) {
+    const bool la = a->peer == config.node_id, lb = b->peer == config.node_id;
+    return std::tie(a->epoch, a->generation, la) > std::tie(b->epoch, b->generation, lb);
   });
   Error last{Errc::kNotFound, "no replica could deliver " + std::string(name)};
   for (const QueryAnswer* a : candidates) {
     auto dest = LocalStorage::create(std::string(name), a->total_len, config.numa_node);
     if (!dest) return tl::unexpected(dest.error());
+    if (a->peer == config.node_id) {  // our own replica store: a local copy
+      uint64_t got = 0;
+      auto copied = call([&] {
+        auto it = stores.find(q.id);
+        ReplicaStore::Slot* slot = it == stores.end() ? nullptr : it->second->find(a->generation);
+        if (slot == nullptr || it->second->size() != dest->size()) return;
+        std::memcpy(dest->data(), slot->mem.data(), dest->size());
+        got = slot->generation;
+      });
+      if (!copied || got == 0) continue;  // published over meanwhile: try the next copy
+      auto seg = make_segment(name, a->total_len, &*dest, max_epoch + 1, got);
+      if (!seg) return tl::unexpected(seg.error());
+      BT_INFO("loaded %.*s generation %lu from this node's replica (epoch %lu)", int(name.size()), name.data(),
+              static_cast<unsigned long>(got), static_cast<unsigned long>(max_epoch + 1));
+      return OpenResult{*seg, OpenOutcome::kRestored, got};
+    }
     FetchOp op;
     op.name = std::string(name);
     op.id = q.id;

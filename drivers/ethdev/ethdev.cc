@@ -26,7 +26,7 @@ namespace {
 
 constexpr uint16_t kBurst = 32;
 constexpr uint64_t kLinkPollNs = 1'000'000;
-constexpr uint64_t kReconnectNs = 500'000'000;
+constexpr uint64_t kReconnectNs = 100'000'000;  // a failed connect is cheap; the peer may be starting
 constexpr size_t kAttachMinBytes = 8192;
 
 std::mutex eal_mu;

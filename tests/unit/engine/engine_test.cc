@@ -42,6 +42,24 @@ TEST(Engine, ReplicatesAndLoadsByteExactAfterPrimaryStops) {
   EXPECT_TRUE(std::equal(want.begin(), want.end(), got.begin()));
 }
 
+TEST(Engine, LoadsFromItsOwnReplicaWhenNoPeerHasOne) {
+  Cluster cl(2);  // node 2 is node 1's only replica
+  auto seg = *cl.node(1).create("local-copy", 64 * 1024);
+  auto mem = cl.node(1).data(seg);
+  fill_pattern(mem, 9);
+  auto want = copy_of(mem);
+  auto g = *cl.node(1).commit(seg);
+  ASSERT_TRUE(cl.node(1).wait_replicated(seg, g, 1, 10s));
+  cl.kill(1);
+  auto opened = cl.node(2).open("local-copy", 64 * 1024);
+  ASSERT_TRUE(opened) << opened.error().to_string();
+  EXPECT_EQ(opened->outcome, OpenOutcome::kRestored);
+  EXPECT_EQ(opened->generation, g);
+  auto got = cl.node(2).data(opened->segment);
+  EXPECT_TRUE(std::equal(want.begin(), want.end(), got.begin(), got.end()));
+  EXPECT_EQ(cl.node(2).status(opened->segment)->epoch, 2u);
+}
+
 TEST(Engine, LatestOfManyGenerationsWins) {
   Cluster cl(2);
   auto seg = *cl.node(1).create("counter", 64 * 1024);

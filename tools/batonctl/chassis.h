@@ -1,0 +1,41 @@
+#pragma once
+// A simulated chassis: N batond processes on this machine, one per blade,
+// full-meshed by memif links (each pair shares one socket; the lower node
+// id serves). Everything lives in one directory: configs, sockets, pid files
+// and logs; `down` removes what `up` made.
+
+#include <sys/types.h>
+
+#include <string>
+#include <vector>
+
+#include "baton/result.h"
+
+namespace baton::ctl {
+
+struct ChassisConfig {
+  std::string dir = "/run/baton/chassis";
+  int blades = 4;
+  uint32_t replication_factor = 2;
+  std::string batond;  ///< path of the batond binary
+};
+
+struct Blade {
+  int id = 0;
+  pid_t pid = -1;
+  bool alive = false;
+  std::string socket, config, log;
+};
+
+/// Writes the configs and starts every blade; waits until all serve.
+/// Errors: kInvalidArgument (blades outside 2..16), kIo (a blade failed: its log tail is in the message).
+Result<std::vector<Blade>> chassis_up(const ChassisConfig& c);
+/// Blades found in `dir` (pid files), alive or not.
+std::vector<Blade> chassis_blades(const std::string& dir);
+/// Stops every blade (SIGTERM, then SIGKILL after 3 s) and removes the files `up` made.
+Result<void> chassis_down(const std::string& dir);
+
+/// The path of a program installed beside this one (batond, baton-kv).
+std::string sibling(const std::string& program);
+
+}  // namespace baton::ctl

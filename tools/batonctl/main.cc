@@ -1,0 +1,147 @@
+// batonctl: look at and drive Baton nodes.
+//
+//   batonctl status   [--socket PATH] [--json]     a node: links, segments, replicas
+//   batonctl load NAME [--socket PATH]             S9: load NAME onto this node (agent for a cluster manager)
+//   batonctl chassis up [--blades N] [--replicas K] [--dir D]
+//   batonctl chassis status [--dir D] [--json]
+//   batonctl chassis down [--dir D]
+//   batonctl demo [--blades N] [--batches N]       the failover demo
+//
+// Tables for people, --json for scripts; errors on stderr with a non-zero status.
+
+#include <CLI/CLI.hpp>
+#include <cstdio>
+#include <sstream>
+
+#include "baton/baton.h"
+#include "chassis.h"
+#include "demo.h"
+#include "ipc/client.h"
+
+namespace {
+
+int die(const std::string& what) {
+  std::fprintf(stderr, "batonctl: %s\n", what.c_str());
+  return 1;
+}
+
+std::string json_escape(const std::string& s) {
+  std::string o;
+  for (char c : s) {
+    if (c == '"' || c == '\\') o += '\\';
+    if (c == '\n') {
+      o += "\\n";
+      continue;
+    }
+    o += c;
+  }
+  return o;
+}
+
+int status(const std::string& socket, bool json) {
+  auto c = baton::ipc::Client::connect(socket);
+  if (!c) return die(c.error().message);
+  auto s = (*c)->status();
+  if (!s) return die(s.error().message);
+  if (!json) {
+    std::fputs(s->c_str(), stdout);
+    return 0;
+  }
+  std::istringstream in(*s);
+  std::printf("{\"socket\":\"%s\",\"lines\":[", json_escape(socket).c_str());
+  bool first = true;
+  for (std::string line; std::getline(in, line);) {
+    std::printf("%s\"%s\"", first ? "" : ",", json_escape(line).c_str());
+    first = false;
+  }
+  std::printf("]}\n");
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"batonctl: look at and drive Baton nodes"};
+  app.require_subcommand(1);
+  std::string socket = "/run/baton/batond.sock";
+  bool json = false;
+
+  auto* st = app.add_subcommand("status", "a node's links, segments and replicas");
+  st->add_option("--socket", socket, "batond's socket");
+  st->add_flag("--json", json, "machine-readable output");
+
+  std::string name;
+  auto* load = app.add_subcommand("load", "load a segment onto this node from a replica (S9)");
+  load->add_option("name", name, "segment name")->required();
+  load->add_option("--socket", socket, "batond's socket");
+
+  baton::ctl::ChassisConfig chassis;
+  auto* ch = app.add_subcommand("chassis", "a simulated chassis of batond processes on this machine");
+  ch->require_subcommand(1);
+  auto* up = ch->add_subcommand("up", "start the blades");
+  up->add_option("--blades", chassis.blades, "number of blades (2..16)");
+  up->add_option("--replicas", chassis.replication_factor, "replication factor");
+  up->add_option("--dir", chassis.dir, "where configs, sockets, pids and logs go");
+  auto* down = ch->add_subcommand("down", "stop the blades and remove their files");
+  down->add_option("--dir", chassis.dir, "the chassis directory");
+  auto* cst = ch->add_subcommand("status", "which blades run");
+  cst->add_option("--dir", chassis.dir, "the chassis directory");
+  cst->add_flag("--json", json, "machine-readable output");
+
+  baton::ctl::DemoConfig demo;
+  auto* dm = app.add_subcommand("demo", "chassis failover demo: kill a blade, resume on another");
+  dm->add_option("--blades", demo.blades, "number of blades (3..16)");
+  dm->add_option("--batches", demo.batches, "batches committed before the kill");
+
+  CLI11_PARSE(app, argc, argv);
+
+  if (*st) return status(socket, json);
+  if (*load) {
+    baton_t* b = nullptr;
+    baton_segment_t* s = nullptr;
+    uint64_t gen = 0;
+    if (baton_connect(socket.c_str(), &b) != 0) return die(baton_last_error());
+    if (baton_load(b, name.c_str(), &s, &gen) != 0) {
+      std::string e = baton_last_error();
+      baton_stop(b);
+      return die("load " + name + ": " + e);
+    }
+    std::printf("loaded %s generation %llu (%llu bytes) onto this node\n", name.c_str(),
+                static_cast<unsigned long long>(gen), static_cast<unsigned long long>(baton_segment_size(s)));
+    baton_stop(b);  // the daemon keeps the segment for the application
+    return 0;
+  }
+  if (*up) {
+    chassis.batond = baton::ctl::sibling("batond");
+    auto blades = baton::ctl::chassis_up(chassis);
+    if (!blades) return die(blades.error().message);
+    std::printf("%-6s %-8s %s\n", "blade", "pid", "socket");
+    for (auto& b : *blades) std::printf("%-6d %-8d %s\n", b.id, b.pid, b.socket.c_str());
+    return 0;
+  }
+  if (*down) {
+    auto ok = baton::ctl::chassis_down(chassis.dir);
+    return ok ? 0 : die(ok.error().message);
+  }
+  if (*cst) {
+    auto blades = baton::ctl::chassis_blades(chassis.dir);
+    if (blades.empty()) return die("no chassis in " + chassis.dir);
+    if (json) {
+      std::printf("[");
+      for (size_t i = 0; i < blades.size(); ++i)
+        std::printf("%s{\"blade\":%d,\"pid\":%d,\"alive\":%s,\"socket\":\"%s\"}", i ? "," : "", blades[i].id,
+                    blades[i].pid, blades[i].alive ? "true" : "false", json_escape(blades[i].socket).c_str());
+      std::printf("]\n");
+    } else {
+      std::printf("%-6s %-8s %-6s %s\n", "blade", "pid", "state", "socket");
+      for (auto& b : blades) std::printf("%-6d %-8d %-6s %s\n", b.id, b.pid, b.alive ? "up" : "DOWN", b.socket.c_str());
+    }
+    return 0;
+  }
+  if (*dm) {
+    if (demo.blades < 3 || demo.blades > 16) return die("--blades must be 3..16");
+    if (demo.batches < 1) return die("--batches must be at least 1");
+    return baton::ctl::run_demo(demo);
+  }
+  return 1;
+}
