@@ -269,7 +269,10 @@ Result<std::unique_ptr<Link>> start_port(uint16_t port, const PortConfig& c, con
   if (int rc = rte_eth_dev_info_get(port, &info); rc != 0)
     return fail(Errc::kIo, name, ": dev_info: ", rte_strerror(-rc));
   const int socket = rte_eth_dev_socket_id(port);
-  const uint32_t room = c.max_frame + sizeof(rte_ether_hdr) + RTE_PKTMBUF_HEADROOM;
+  // Slack beyond the frame: af_packet wants each of its ring frames (the
+  // frame plus its own header) to fit one mbuf.
+  constexpr uint32_t kSlack = 256;
+  const uint32_t room = c.max_frame + sizeof(rte_ether_hdr) + RTE_PKTMBUF_HEADROOM + kSlack;
   if (room > UINT16_MAX) return fail(Errc::kInvalidArgument, "max_frame too large for an mbuf");
   rte_mempool* pool = pool_for(socket, room, c.mbufs);
   if (pool == nullptr) return fail(Errc::kNoMemory, name, ": mbuf pool: ", rte_strerror(rte_errno));

@@ -184,7 +184,7 @@ Result<DaemonConfig> parse_daemon_config(std::string_view text, std::string_view
       const std::string where = "link[" + std::to_string(i) + "]";
       const toml::table* t = (*arr)[i].as_table();
       if (t == nullptr) return tl::unexpected(r.error(where, "must be a table"));
-      if (auto ok = r.only(*t, where, {"peer", "driver", "device"}); !ok) return tl::unexpected(ok.error());
+      if (auto ok = r.only(*t, where, {"peer", "driver", "device", "max_frame"}); !ok) return tl::unexpected(ok.error());
       const toml::node_view<const toml::node> lv(t);
       TRY(peer, r.integer(lv["peer"], where + ".peer", 1, 65534, std::nullopt));
       if (peer == id) return tl::unexpected(r.error(where + ".peer", "is this node's own id"));
@@ -194,7 +194,8 @@ Result<DaemonConfig> parse_daemon_config(std::string_view text, std::string_view
       if (driver != "ethdev") return tl::unexpected(r.error(where + ".driver", "unknown driver \"" + driver + "\""));
       TRY(device, r.string(lv["device"], where + ".device", std::nullopt));
       if (device.empty()) return tl::unexpected(r.error(where + ".device", "is empty"));
-      c.links.push_back(LinkSpec{static_cast<uint16_t>(peer), driver, device});
+      TRY(max_frame, r.integer(lv["max_frame"], where + ".max_frame", 1024, 65000, 0));
+      c.links.push_back(LinkSpec{static_cast<uint16_t>(peer), driver, device, static_cast<uint32_t>(max_frame)});
     }
   }
   return c;

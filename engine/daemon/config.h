@@ -7,7 +7,8 @@
 //   [client]  socket = "/run/baton/blade1.sock", user = "root", group = "baton", mode = "0660"
 //   [log]     level = "info", syslog = false
 //   [eal]     args = ["--log-level=5"]
-//   [[link]]  peer = 2, driver = "ethdev", device = "net_memif0,role=server,socket=/run/baton/1-2.sock"
+//   [[link]]  peer = 2, driver = "ethdev", device = "net_memif0,role=server,socket=/run/baton/1-2.sock",
+//             max_frame = 9000 (optional: what the medium carries, e.g. the veth MTU)
 
 #include <sys/types.h>
 
@@ -26,6 +27,7 @@ struct LinkSpec {
   uint16_t peer = 0;
   std::string driver;  ///< "ethdev"
   std::string device;  ///< DPDK devargs or port name
+  uint32_t max_frame = 0;  ///< Baton bytes per frame; 0: the driver's default
 };
 
 struct DaemonConfig {

@@ -2,7 +2,9 @@
 // blades linked by memif; an application on blade 1 commits N generations;
 // blade 1's batond and the application are SIGKILLed; the application on
 // blade 3 loads generation N byte-exact and resumes. (batonctl demo checks
-// each step and exits non-zero on any failure.) Then chassis up/status/down.
+// each step and exits non-zero on any failure.) Over memif, and over
+// af_packet on veth pairs between network namespaces. Then chassis
+// up/status/down.
 
 #include <gtest/gtest.h>
 #include <unistd.h>
@@ -33,6 +35,22 @@ TEST(Chassis, KilledBladeFailsOverByteExact) {
   EXPECT_NE(out.find("restored generation=25 batches=25"), std::string::npos) << out;
   EXPECT_NE(out.find("byte-exact"), std::string::npos) << out;
   EXPECT_NE(out.find("batch=26 generation=26 durable"), std::string::npos) << out;
+}
+
+TEST(Chassis, KilledBladeFailsOverByteExactOverAfPacket) {
+  int status = 0;
+  const std::string probe = "baton-probe-" + std::to_string(getpid());
+  run("ip netns add " + probe, &status);
+  if (status != 0) GTEST_SKIP() << "network namespaces cannot be created here (ip netns add failed)";
+  run("ip netns del " + probe, &status);
+  const std::string out =
+      run(baton::test::helper("BATONCTL") + " demo --blades 3 --batches 20 --transport af_packet", &status);
+  EXPECT_EQ(status, 0) << out;
+  EXPECT_NE(out.find("af_packet on veth pairs"), std::string::npos) << out;
+  EXPECT_NE(out.find("restored generation=20 batches=20"), std::string::npos) << out;
+  EXPECT_NE(out.find("byte-exact"), std::string::npos) << out;
+  const std::string ns = run("ip netns list", &status);
+  EXPECT_EQ(ns.find("-blade"), std::string::npos) << "namespaces left behind:\n" << ns;
 }
 
 TEST(Chassis, UpStatusDownLeavesNothing) {

@@ -1,8 +1,9 @@
 #pragma once
 // A simulated chassis: N batond processes on this machine, one per blade,
-// full-meshed by memif links (each pair shares one socket; the lower node
-// id serves). Everything lives in one directory: configs, sockets, pid files
-// and logs; `down` removes what `up` made.
+// full-meshed by memif links (each pair shares one socket; the lower node id
+// serves) or by af_packet ports on veth pairs between per-blade network
+// namespaces. Everything lives in one directory: configs, sockets, pid files,
+// logs and the list of namespaces; `down` removes what `up` made.
 
 #include <sys/types.h>
 
@@ -16,6 +17,9 @@ namespace baton::ctl {
 struct ChassisConfig {
   std::string dir = "/run/baton/chassis";
   int blades = 4;
+  /// "memif": shared-memory links between processes. "af_packet": each blade
+  /// in its own network namespace, joined by veth pairs (real Ethernet).
+  std::string transport = "memif";
   uint32_t replication_factor = 2;
   std::string batond;  ///< path of the batond binary
 };

@@ -108,6 +108,7 @@ int run_demo(const DemoConfig& d) {
   c.dir = d.dir.empty() ? "/tmp/baton-demo-" + std::to_string(getpid()) : d.dir;
   c.blades = d.blades;
   c.replication_factor = 2;
+  c.transport = d.transport;
   c.batond = sibling("batond");
   const std::string kv = sibling("baton-kv");
   const std::string dump1 = c.dir + "/app-blade1", dump3 = c.dir + "/app-blade3";
@@ -123,8 +124,8 @@ int run_demo(const DemoConfig& d) {
     std::filesystem::remove(c.dir, ec);
   };
 
-  std::printf("Baton chassis demo: %d blades (batond processes) linked by memif, replication factor 2\n",
-              c.blades);
+  std::printf("Baton chassis demo: %d blades (batond processes) linked by %s, replication factor 2\n", c.blades,
+              c.transport == "af_packet" ? "af_packet on veth pairs between network namespaces" : "memif");
   Timeline tl;
   auto blades = chassis_up(c);
   if (!blades) {

@@ -6,6 +6,7 @@ namespace baton::ctl {
 struct DemoConfig {
   int blades = 4;
   int batches = 40;
+  std::string transport = "memif";
   std::string dir;  ///< empty: a fresh directory under /tmp
 };
 

@@ -2,10 +2,10 @@
 //
 //   batonctl status   [--socket PATH] [--json]     a node: links, segments, replicas
 //   batonctl load NAME [--socket PATH]             S9: load NAME onto this node (agent for a cluster manager)
-//   batonctl chassis up [--blades N] [--replicas K] [--dir D]
+//   batonctl chassis up [--blades N] [--replicas K] [--dir D] [--transport memif|af_packet]
 //   batonctl chassis status [--dir D] [--json]
 //   batonctl chassis down [--dir D]
-//   batonctl demo [--blades N] [--batches N]       the failover demo
+//   batonctl demo [--blades N] [--batches N] [--transport memif|af_packet]   the failover demo
 //
 // Tables for people, --json for scripts; errors on stderr with a non-zero status.
 
@@ -82,6 +82,7 @@ int main(int argc, char** argv) {
   up->add_option("--blades", chassis.blades, "number of blades (2..16)");
   up->add_option("--replicas", chassis.replication_factor, "replication factor");
   up->add_option("--dir", chassis.dir, "where configs, sockets, pids and logs go");
+  up->add_option("--transport", chassis.transport, "memif, or af_packet (veth pairs between network namespaces)");
   auto* down = ch->add_subcommand("down", "stop the blades and remove their files");
   down->add_option("--dir", chassis.dir, "the chassis directory");
   auto* cst = ch->add_subcommand("status", "which blades run");
@@ -92,6 +93,7 @@ int main(int argc, char** argv) {
   auto* dm = app.add_subcommand("demo", "chassis failover demo: kill a blade, resume on another");
   dm->add_option("--blades", demo.blades, "number of blades (3..16)");
   dm->add_option("--batches", demo.batches, "batches committed before the kill");
+  dm->add_option("--transport", demo.transport, "memif, or af_packet (veth pairs between network namespaces)");
 
   CLI11_PARSE(app, argc, argv);
 

@@ -71,6 +71,7 @@ int main(int argc, char** argv) {
     baton::ethdev::PortConfig pc;
     pc.device = spec.device;
     pc.peer = spec.peer;
+    if (spec.max_frame != 0) pc.max_frame = spec.max_frame;
     auto link = baton::ethdev::open_port(pc);
     if (!link) {
       BT_ERROR("link to node %u: %s", spec.peer, link.error().to_string().c_str());
