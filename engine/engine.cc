@@ -2,6 +2,9 @@
 // and hand work to the worker through the command ring; they may block.
 
 #include <immintrin.h>
+#include <pthread.h>
+#include <sched.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cstring>
@@ -87,6 +90,8 @@ Result<std::unique_ptr<Engine>> Engine::start(const EngineConfig& config,
   if (config.window == 0 || config.window > 65536) return fail(Errc::kInvalidArgument, "window must be 1..65536");
   if (config.max_segment_size == 0 || config.max_segment_size > wire::kMaxSegmentSize)
     return fail(Errc::kInvalidArgument, "max_segment_size out of range");
+  if (config.worker_cpu >= CPU_SETSIZE || (config.worker_cpu >= 0 && config.worker_cpu >= sysconf(_SC_NPROCESSORS_CONF)))
+    return fail(Errc::kInvalidArgument, "worker_cpu ", std::to_string(config.worker_cpu), " does not exist here");
   auto impl = std::make_unique<Impl>();
   impl->config = config;
   // Segments live on the NUMA node the engine runs on unless told otherwise.
@@ -112,6 +117,13 @@ Result<std::unique_ptr<Engine>> Engine::start(const EngineConfig& config,
     return fail(Errc::kInternal, "rte_ring_init failed");
   Impl* raw = impl.get();
   impl->worker = std::thread([raw] { raw->run_worker(); });
+  if (config.worker_cpu >= 0) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(config.worker_cpu, &set);
+    if (pthread_setaffinity_np(impl->worker.native_handle(), sizeof set, &set) != 0)
+      BT_WARN("cannot pin the worker to CPU %d; it floats", config.worker_cpu);
+  }
   BT_INFO("engine node %u started with %zu links; %s; segments on NUMA node %d", config.node_id,
            raw->links.size(), raw->topology.summary().c_str(), raw->config.numa_node);
   return std::unique_ptr<Engine>(new Engine(std::move(impl)));

@@ -3,7 +3,8 @@
 // naming the field and the reason.
 //
 //   [node]    id = 1, name = "blade1", cores = 2, memory_mib = 4096, tags = ["slot=1"]
-//   [engine]  replication_factor = 2, retain = 0, idle = "adaptive" | "spin", max_segment_mib = 1024
+//   [engine]  replication_factor = 2, retain = 0, idle = "adaptive" | "spin", max_segment_mib = 1024,
+//             worker_cpu = 1 (pin the poll loop; default: float)
 //   [client]  socket = "/run/baton/blade1.sock", user = "root", group = "baton", mode = "0660"
 //   [log]     level = "info", syslog = false
 //   [eal]     args = ["--log-level=5"]

@@ -61,20 +61,23 @@ bool Client::owns(const ClientSegment* s) const noexcept {
   return std::any_of(segments_.begin(), segments_.end(), [s](const auto& p) { return p.get() == s; });
 }
 
-Result<Reply> Client::call(const Request& r, std::vector<int>* fds) {
+Result<Reply> Client::call(const Request& r, std::vector<int>* fds, std::string* text) {
   if (send(fd_, &r, sizeof r, MSG_NOSIGNAL) != static_cast<ssize_t>(sizeof r))
     return fail(Errc::kUnavailable, "batond went away: ", std::strerror(errno));
   Reply rep{};
-  iovec iov{&rep, sizeof rep};
+  std::string tail(kMaxReply - sizeof rep, '\0');
+  iovec iov[2] = {{&rep, sizeof rep}, {tail.data(), tail.size()}};
   alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * 4)];
   msghdr msg{};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
+  msg.msg_iov = iov;
+  msg.msg_iovlen = 2;
   msg.msg_control = control;
   msg.msg_controllen = sizeof control;
   const ssize_t n = recvmsg(fd_, &msg, MSG_CMSG_CLOEXEC);
-  if (n != static_cast<ssize_t>(sizeof rep) || rep.magic != kMagic)
+  if (n < static_cast<ssize_t>(sizeof rep) || rep.magic != kMagic ||
+      static_cast<size_t>(n) != sizeof rep + rep.text_len)
     return fail(Errc::kUnavailable, "batond went away or sent a malformed reply");
+  if (text != nullptr) *text = tail.substr(0, rep.text_len);
   for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
     if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
     const size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
@@ -204,10 +207,11 @@ Result<std::string> Client::status() {
   r.magic = kMagic;
   r.version = kVersion;
   r.op = static_cast<uint16_t>(Op::kStatus);
-  auto rep = call(r, nullptr);
+  std::string text;
+  auto rep = call(r, nullptr, &text);
   if (!rep) return tl::unexpected(rep.error());
   if (rep->status != 0) return tl::unexpected(from_status(rep->status, rep->message));
-  return std::string(rep->message);
+  return text;
 }
 
 }  // namespace baton::ipc

@@ -38,12 +38,12 @@ class Client {
   Result<uint64_t> commit(ClientSegment* s);
   Result<void> wait(ClientSegment* s, uint64_t generation, uint32_t k, uint32_t timeout_ms);
   Result<void> close(ClientSegment* s);
-  /// The daemon's status report (text).
+  /// The daemon's status report: `kind key=value ...` lines.
   Result<std::string> status();
   bool owns(const ClientSegment* s) const noexcept;
 
  private:
-  Result<Reply> call(const Request& r, std::vector<int>* fds);
+  Result<Reply> call(const Request& r, std::vector<int>* fds, std::string* text = nullptr);
   int fd_ = -1;
   std::vector<std::unique_ptr<ClientSegment>> segments_;
 };

@@ -23,7 +23,8 @@ namespace baton::ipc {
 
 inline constexpr uint32_t kMagic = 0xBA7017C0;
 inline constexpr uint16_t kVersion = 1;
-inline constexpr size_t kMaxMessage = 512;
+inline constexpr size_t kMaxMessage = 512;     ///< requests
+inline constexpr size_t kMaxReply = 64 * 1024;  ///< a reply with its trailing text
 inline constexpr size_t kMaxName = 63;
 
 enum class Op : uint16_t {
@@ -32,7 +33,7 @@ enum class Op : uint16_t {
   kLoad = 3,      ///< S9: fetch from a replica and own it here (also for agents)
   kWait = 4,      ///< until k replicas hold a generation
   kClose = 5,     ///< unregister
-  kStatus = 6,    ///< daemon status (batonctl), text reply
+  kStatus = 6,    ///< daemon status (batonctl): `kind key=value ...` lines after the Reply
 };
 
 struct Request {
@@ -56,7 +57,8 @@ struct Reply {
   uint32_t handle;
   uint8_t restored;     ///< kOpen: 1 if loaded from a copy
   uint8_t pad[3];
-  char message[400];    ///< error text, or the status report (truncated)
+  uint32_t text_len;    ///< kStatus: bytes of text after this struct
+  char message[400];    ///< error text
 };
 
 /// One per open segment, in its own shared page.

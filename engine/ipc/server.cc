@@ -11,6 +11,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 
@@ -42,11 +43,11 @@ Reply reply_error(int status, const std::string& message) {
 }
 Reply reply_error(const Error& e) { return reply_error(-static_cast<int>(e.code), e.message); }
 
-void send_reply(int fd, const Reply& r, const std::vector<int>& fds = {}) {
-  iovec iov{const_cast<Reply*>(&r), sizeof r};
+void send_reply(int fd, const Reply& r, const std::vector<int>& fds = {}, const std::string& text = {}) {
+  iovec iov[2] = {{const_cast<Reply*>(&r), sizeof r}, {const_cast<char*>(text.data()), text.size()}};
   msghdr msg{};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
+  msg.msg_iov = iov;
+  msg.msg_iovlen = text.empty() ? 1 : 2;
   alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * 4)];
   if (!fds.empty()) {
     msg.msg_control = control;
@@ -219,23 +220,23 @@ Reply Server::close_segment(Client& c, const Request& r) {
   return reply_error(BATON_EINVAL, "unknown segment handle");
 }
 
-Reply Server::status() const {
-  Reply rep{};
-  rep.magic = kMagic;
-  std::string s = "node " + std::to_string(engine_.node_id()) + "\n";
+std::string Server::status() const {
+  std::string s = "node id=" + std::to_string(engine_.node_id()) + " name=" + config_.node_name + "\n";
   for (const auto& l : engine_.link_status())
-    s += "link " + l.name + " " + (l.up ? "up" : "down") + " rx " + std::to_string(l.counters.rx_frames) + " tx " +
-         std::to_string(l.counters.tx_frames) + "\n";
+    s += "link peer=" + std::to_string(l.peer) + " state=" + (l.up ? "up" : "down") + " rx=" +
+         std::to_string(l.counters.rx_frames) + " tx=" + std::to_string(l.counters.tx_frames) + " reconnects=" +
+         std::to_string(l.counters.reconnects) + " name=" + l.name.substr(0, l.name.find(' ')) + "\n";
   for (const auto& [name, seg] : segments_) {
     auto st = engine_.status(seg->handle);
     if (!st) continue;
-    s += "segment " + name + " size " + std::to_string(st->size) + " generation " + std::to_string(st->generation) +
-         " epoch " + std::to_string(st->epoch) + (seg->holder_fd >= 0 ? " held" : " free") + " replicas";
-    for (auto& [node, gen] : st->replicas) s += " " + std::to_string(node) + "@" + std::to_string(gen);
-    s += "\n";
+    s += "segment name=" + name + " size=" + std::to_string(st->size) + " generation=" +
+         std::to_string(st->generation) + " epoch=" + std::to_string(st->epoch) + " app=" +
+         (seg->holder_fd >= 0 ? "held" : "free") + (st->fenced ? " fenced=yes" : "") + "\n";
+    for (auto& [node, gen] : st->replicas)
+      s += "replica segment=" + name + " node=" + std::to_string(node) + " generation=" + std::to_string(gen) +
+           " lag=" + std::to_string(st->generation - std::min(gen, st->generation)) + "\n";
   }
-  std::snprintf(rep.message, sizeof rep.message, "%s", s.c_str());
-  return rep;
+  return s.size() > kMaxReply - sizeof(Reply) ? s.substr(0, kMaxReply - sizeof(Reply)) : s;
 }
 
 void Server::on_request(Client& c) {
@@ -259,6 +260,7 @@ void Server::on_request(Client& c) {
     return;
   }
   std::vector<int> fds;
+  std::string text;
   Reply rep;
   switch (static_cast<Op>(r.op)) {
     case Op::kOpen:
@@ -266,12 +268,17 @@ void Server::on_request(Client& c) {
     case Op::kLoad: rep = open_segment(c, r, fds); break;
     case Op::kWait: rep = wait(r); break;
     case Op::kClose: rep = close_segment(c, r); break;
-    case Op::kStatus: rep = status(); break;
+    case Op::kStatus:
+      rep = Reply{};
+      rep.magic = kMagic;
+      text = status();
+      rep.text_len = static_cast<uint32_t>(text.size());
+      break;
     default:
       ++counters_.bad_requests;
       rep = reply_error(BATON_EINVAL, "unknown request " + std::to_string(r.op));
   }
-  send_reply(c.fd, rep, rep.status == 0 ? fds : std::vector<int>{});
+  send_reply(c.fd, rep, rep.status == 0 ? fds : std::vector<int>{}, text);
 }
 
 bool Server::poll_commits() {

@@ -26,6 +26,7 @@
 namespace baton::ipc {
 
 struct ServerConfig {
+  std::string node_name;
   std::string socket_path;
   mode_t socket_mode = 0660;
   std::optional<uid_t> allow_uid;
@@ -65,7 +66,7 @@ class Server {
   Reply open_segment(Client& c, const Request& r, std::vector<int>& fds);
   Reply wait(const Request& r);
   Reply close_segment(Client& c, const Request& r);
-  Reply status() const;
+  std::string status() const;
   bool poll_commits();
 
   Engine& engine_;

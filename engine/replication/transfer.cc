@@ -57,7 +57,13 @@ uint16_t ChunkSender::plan(uint64_t now_ns, uint32_t* out, uint16_t n) noexcept 
   uint32_t cursor = resend_cursor_;
   while (resending_ && k < n) {
     cursor = acked_.next_clear(cursor);
-    if (cursor >= next_new_) break;
+    if (cursor >= next_new_) {
+      // The walk is over (acks may have filled the rest). Ending it here,
+      // not in sent(), matters: with nothing to send sent() is never called,
+      // and a walk left open would keep the timer from ever firing again.
+      resending_ = false;
+      break;
+    }
     out[k++] = cursor++;
   }
   // Everything acked but no completion: the receiver is missing the
@@ -136,7 +142,18 @@ void ChunkAssembler::begin(std::byte* dest, const wire::Frame& first) {
 }
 
 ChunkAssembler::Outcome ChunkAssembler::accept(wire::Frame& f) noexcept {
-  if (have_.test(f.chunk_index)) return Outcome::kDuplicate;
+  if (have_.test(f.chunk_index)) {
+    // A chunk we hold may still bring the one thing we lack: the generation
+    // checksum (the sender re-sends the last chunk for exactly this).
+    if (gen_crc_known_ || (f.flags & wire::kFlagGenCrc) == 0 || !wire::verify_payload(f))
+      return Outcome::kDuplicate;
+    gen_crc_ = f.gen_crc;
+    gen_crc_known_ = true;
+    if (have_count_ < chunk_count_) return Outcome::kDuplicate;
+    if (wire::generation_crc(chunk_crcs()) == gen_crc_) return Outcome::kComplete;
+    restart();
+    return Outcome::kCorrupt;
+  }
   // The chunk's bit stays clear until the frame is verified, so unverified
   // bytes in the shadow are overwritten by the retransmission, never published.
   if (!wire::copy_verify_payload(f, dest_ + uint64_t{f.chunk_index} * chunk_size_)) return Outcome::kBadFrame;

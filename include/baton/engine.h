@@ -36,6 +36,7 @@ struct EngineConfig {
   uint32_t idle_spin_us = 100;        ///< adaptive: how long an idle worker spins before it sleeps
   uint32_t max_idle_sleep_us = 200;   ///< adaptive: longest sleep between polls
   int numa_node = -1;                 ///< where segments live; -1: the NUMA node the engine runs on
+  int worker_cpu = -1;                ///< pin the worker thread to this CPU; -1: let it float
 };
 
 /// Handle to a segment this node owns. Valid until Engine::close() or the

@@ -184,7 +184,7 @@ Result<std::vector<Blade>> chassis_up(const ChassisConfig& c) {
     for (;;) {
       auto client = ipc::Client::connect(b.socket);
       auto report = client ? (*client)->status() : Result<std::string>(tl::unexpected(client.error()));
-      if (report && report->find(" down ") == std::string::npos) break;
+      if (report && report->find("state=down") == std::string::npos) break;
       if (std::chrono::steady_clock::now() > deadline) {
         (void)chassis_down(c.dir);
         return fail(Errc::kIo, "blade ", std::to_string(b.id), "'s links did not all come up:\n",

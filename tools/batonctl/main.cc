@@ -1,6 +1,7 @@
 // batonctl: look at and drive Baton nodes.
 //
-//   batonctl status   [--socket PATH] [--json]     a node: links, segments, replicas
+//   batonctl status   [--socket PATH] [--json]     a node: links, segments, replicas, replication lag
+//   batonctl segments [--socket PATH] [--json]     its segments only
 //   batonctl load NAME [--socket PATH]             S9: load NAME onto this node (agent for a cluster manager)
 //   batonctl chassis up [--blades N] [--replicas K] [--dir D] [--transport memif|af_packet]
 //   batonctl chassis status [--dir D] [--json]
@@ -38,23 +39,95 @@ std::string json_escape(const std::string& s) {
   return o;
 }
 
-int status(const std::string& socket, bool json) {
+// One status line: a kind and key=value fields (values have no spaces, but
+// the last field, name=, may: it runs to the end of the line).
+struct Record {
+  std::string kind;
+  std::vector<std::pair<std::string, std::string>> fields;
+  std::string get(const std::string& k) const {
+    for (auto& [key, v] : fields)
+      if (key == k) return v;
+    return "";
+  }
+};
+
+std::vector<Record> parse_status(const std::string& text) {
+  std::vector<Record> out;
+  std::istringstream in(text);
+  for (std::string line; std::getline(in, line);) {
+    std::istringstream ls(line);
+    Record r;
+    ls >> r.kind;
+    for (std::string kv; ls >> kv;) {
+      const auto eq = kv.find('=');
+      if (eq == std::string::npos) continue;
+      r.fields.emplace_back(kv.substr(0, eq), kv.substr(eq + 1));
+    }
+    out.push_back(std::move(r));
+  }
+  return out;
+}
+
+bool numeric(const std::string& v) { return !v.empty() && v.find_first_not_of("0123456789") == std::string::npos; }
+
+std::string to_json(const Record& r, const std::string& extra = "") {
+  std::string o = "{";
+  for (size_t i = 0; i < r.fields.size(); ++i) {
+    const auto& [k, v] = r.fields[i];
+    o += (i ? "," : "") + std::string("\"") + k + "\":" + (numeric(v) ? v : "\"" + json_escape(v) + "\"");
+  }
+  return o + extra + "}";
+}
+
+int status(const std::string& socket, bool json, bool segments_only) {
   auto c = baton::ipc::Client::connect(socket);
   if (!c) return die(c.error().message);
-  auto s = (*c)->status();
-  if (!s) return die(s.error().message);
-  if (!json) {
-    std::fputs(s->c_str(), stdout);
+  auto text = (*c)->status();
+  if (!text) return die(text.error().message);
+  const auto records = parse_status(*text);
+  auto replicas_of = [&](const std::string& seg) {
+    std::vector<const Record*> out;
+    for (auto& r : records)
+      if (r.kind == "replica" && r.get("segment") == seg) out.push_back(&r);
+    return out;
+  };
+  if (json) {
+    std::string node, links, segs;
+    for (auto& r : records) {
+      if (r.kind == "node") node = to_json(r);
+      if (r.kind == "link") links += (links.empty() ? "" : ",") + to_json(r);
+      if (r.kind == "segment") {
+        std::string reps;
+        for (auto* rep : replicas_of(r.get("name"))) reps += (reps.empty() ? "" : ",") + to_json(*rep);
+        segs += (segs.empty() ? "" : ",") + to_json(r, ",\"replicas\":[" + reps + "]");
+      }
+    }
+    if (segments_only) std::printf("[%s]\n", segs.c_str());
+    else std::printf("{\"node\":%s,\"links\":[%s],\"segments\":[%s]}\n", node.c_str(), links.c_str(), segs.c_str());
     return 0;
   }
-  std::istringstream in(*s);
-  std::printf("{\"socket\":\"%s\",\"lines\":[", json_escape(socket).c_str());
-  bool first = true;
-  for (std::string line; std::getline(in, line);) {
-    std::printf("%s\"%s\"", first ? "" : ",", json_escape(line).c_str());
-    first = false;
+  if (!segments_only) {
+    for (auto& r : records)
+      if (r.kind == "node") std::printf("node %s (%s)\n\n", r.get("id").c_str(), r.get("name").c_str());
+    std::printf("%-16s %-5s %-6s %10s %10s %10s\n", "LINK", "PEER", "STATE", "RX", "TX", "RECONNECTS");
+    for (auto& r : records)
+      if (r.kind == "link")
+        std::printf("%-16s %-5s %-6s %10s %10s %10s\n", r.get("name").c_str(), r.get("peer").c_str(),
+                    r.get("state").c_str(), r.get("rx").c_str(), r.get("tx").c_str(), r.get("reconnects").c_str());
+    std::printf("\n");
   }
-  std::printf("]}\n");
+  std::printf("%-20s %12s %10s %6s %-5s %s\n", "SEGMENT", "SIZE", "GENERATION", "EPOCH", "APP",
+              "REPLICAS node:generation (lag)");
+  for (auto& r : records) {
+    if (r.kind != "segment") continue;
+    std::string reps;
+    for (auto* rep : replicas_of(r.get("name")))
+      reps += rep->get("node") + ":" + rep->get("generation") + " (" + rep->get("lag") + ")  ";
+    if (reps.empty()) reps = "none (under-replicated)";
+    std::printf("%-20s %12s %10s %6s %-5s %s%s\n", r.get("name").c_str(), r.get("size").c_str(),
+                r.get("generation").c_str(), r.get("epoch").c_str(), r.get("app").c_str(), reps.c_str(),
+                r.get("fenced").empty() ? "" : "  FENCED");
+  }
   return 0;
 }
 
@@ -69,6 +142,10 @@ int main(int argc, char** argv) {
   auto* st = app.add_subcommand("status", "a node's links, segments and replicas");
   st->add_option("--socket", socket, "batond's socket");
   st->add_flag("--json", json, "machine-readable output");
+
+  auto* segs = app.add_subcommand("segments", "a node's segments, generations and replicas");
+  segs->add_option("--socket", socket, "batond's socket");
+  segs->add_flag("--json", json, "machine-readable output");
 
   std::string name;
   auto* load = app.add_subcommand("load", "load a segment onto this node from a replica (S9)");
@@ -97,7 +174,8 @@ int main(int argc, char** argv) {
 
   CLI11_PARSE(app, argc, argv);
 
-  if (*st) return status(socket, json);
+  if (*st) return status(socket, json, false);
+  if (*segs) return status(socket, json, true);
   if (*load) {
     baton_t* b = nullptr;
     baton_segment_t* s = nullptr;

@@ -85,6 +85,7 @@ int main(int argc, char** argv) {
     return 1;
   }
   baton::ipc::ServerConfig sc;
+  sc.node_name = cfg->name;
   sc.socket_path = cfg->socket_path;
   sc.socket_mode = cfg->socket_mode;
   sc.allow_uid = cfg->allow_uid;

@@ -21,6 +21,7 @@ replication_factor = 2
 retain = 1
 idle = "spin"
 max_segment_mib = 256
+worker_cpu = 1
 
 [client]
 socket = "/run/baton/blade3.sock"
@@ -54,6 +55,7 @@ TEST(DaemonConfig, GoodFileParses) {
   EXPECT_EQ(c->engine.retain, 1u);
   EXPECT_EQ(c->engine.idle, IdlePolicy::kSpin);
   EXPECT_EQ(c->engine.max_segment_size, 256ull << 20);
+  EXPECT_EQ(c->engine.worker_cpu, 1);
   EXPECT_EQ(c->socket_path, "/run/baton/blade3.sock");
   EXPECT_EQ(c->allow_uid, 0u);
   EXPECT_EQ(c->socket_mode, 0600u);
@@ -104,6 +106,7 @@ INSTANTIATE_TEST_SUITE_P(
         Bad{"[node]\nid = 1\n[client]\nsocket = \"relative.sock\"\n", "client.socket: must be an absolute path"},
         Bad{NODE_AND("[engine]\nreplication_factor = 0\n"), "engine.replication_factor: must be 1..16"},
         Bad{NODE_AND("[engine]\nidle = \"lazy\"\n"), "engine.idle: must be \"spin\" or \"adaptive\""},
+        Bad{NODE_AND("[engine]\nworker_cpu = -2\n"), "engine.worker_cpu: must be -1..4095"},
         Bad{"[node]\nid = 1\n[client]\nsocket = \"/tmp/b.sock\"\nuser = \"no-such-user-xyz\"\n",
             "client.user: no such user"},
         Bad{"[node]\nid = 1\n[client]\nsocket = \"/tmp/b.sock\"\nmode = \"0999\"\n", "client.mode: must be an octal"},

@@ -154,7 +154,18 @@ TEST(Engine, ConvergesByteExactOverAFaultyWire) {
   auto mem = cl.node(1).data(seg);
   fill_pattern(mem, 7);
   auto gen = *cl.node(1).commit(seg);
-  ASSERT_TRUE(cl.node(1).wait_replicated(seg, gen, 2, 60s));
+  auto waited = cl.node(1).wait_replicated(seg, gen, 2, 60s);
+  if (!waited) {
+    for (int n = 1; n <= 3; ++n) {
+      auto st = cl.node(n).stats();
+      std::fprintf(stderr, "node %d: rx %lu tx %lu retx %lu dup %lu published %lu corrupt %lu noslot %lu bad %lu csum %lu\n", n,
+                   st.frames_rx, st.frames_tx, st.retransmits, st.duplicates, st.published, st.corrupt_generations,
+                   st.no_slot, st.bad_input, st.decode_errors[static_cast<int>(wire::DecodeError::kChecksum)]);
+    }
+    auto status = cl.node(1).status(seg);
+    for (auto& [node, held] : status->replicas) std::fprintf(stderr, "replica %u holds %lu\n", node, held);
+  }
+  ASSERT_TRUE(waited) << waited.error().to_string();
   for (int n : {2, 3}) {
     auto rep = cl.node(n).read_replica("lossy");
     ASSERT_TRUE(rep);
@@ -236,6 +247,12 @@ TEST(Engine, RejectsBadArguments) {
   bad.node_id = 1;
   bad.chunk_size = 10;
   EXPECT_EQ(Engine::start(bad, {}).error().code, Errc::kInvalidArgument);
+  bad = EngineConfig{};
+  bad.worker_cpu = 4000;  // no such CPU here
+  EXPECT_EQ(Engine::start(bad, {}).error().code, Errc::kInvalidArgument);
+  EngineConfig pinned;
+  pinned.worker_cpu = 0;
+  EXPECT_TRUE(Engine::start(pinned, {}));
 }
 
 }  // namespace

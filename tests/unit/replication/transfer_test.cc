@@ -213,6 +213,31 @@ TEST(ReplicaStore, CorruptFrameNeitherLandsNorAbandonsTheGenerationInProgress) {
   EXPECT_TRUE(std::equal(g1.data.begin(), g1.data.end(), store->latest()->mem.data()));
 }
 
+// A retransmission walk that acks finish early must not leave the sender
+// unable to time out again (it once stalled a lossy transfer for good).
+TEST(ChunkSender, TimesOutAgainAfterAWalkThatAcksCutShort) {
+  Source s(8 * 1024, 1024, 6);
+  ChunkSender tx;
+  SenderTuning t;
+  t.window = 8;
+  t.rto_min_ns = 100;
+  t.rto_max_ns = 100;
+  tx.start(s.src(1), t, 0);
+  uint32_t idx[8];
+  tx.sent(idx, tx.plan(0, idx, 8), 0);  // chunks 0..7 out, all lost
+  ASSERT_EQ(tx.plan(100, idx, 2), 2);   // timeout: resend 0 and 1 (room for two)
+  tx.sent(idx, 2, 100);
+  wire::Frame ack;
+  ack.type = wire::MsgType::kAck;
+  ack.generation = 1;
+  ack.chunk_index = 0;
+  ack.sack = 0xFE;  // 1..7 arrived; 0 lost again
+  tx.on_ack(ack, 150);
+  EXPECT_EQ(tx.plan(160, idx, 8), 0);  // the walk finds nothing more before the timeout
+  ASSERT_EQ(tx.plan(400, idx, 8), 1);  // ... and the next timeout resends chunk 0
+  EXPECT_EQ(idx[0], 0u);
+}
+
 TEST(ChunkSender, ResendsTheLastChunkWhenAllAckedButNotComplete) {
   Source s(4 * 1024, 1024, 3);
   ChunkSender tx;
