@@ -35,7 +35,7 @@ struct Op {
   std::atomic<uint32_t> done{0};
   Error error;
   bool ok = true;
-  std::function<void()> run;  ///< executed on the worker
+  std::function<void()> run;  ///< executed by the poll-token holder (worker or a waiting caller)
 
   /// Marks the op done (whoever holds the poll token: worker or a waiting caller).
   void finish() noexcept { done.store(1, std::memory_order_release); }

@@ -52,6 +52,22 @@ std::unique_ptr<Link> open_link(const std::string& dev, uint16_t peer) {
   return std::move(*l);
 }
 
+// This process's engine: node `node` with one memif link (role as given) to the other.
+std::unique_ptr<baton::Engine> start_engine(uint16_t node, const std::string& role, const std::string& sock,
+                                            bool spin) {
+  std::vector<std::unique_ptr<Link>> links;
+  links.push_back(open_link("net_memif1,role=" + role + ",socket=" + sock, node == 1 ? 2 : 1));
+  baton::EngineConfig c;
+  c.node_id = node;
+  if (spin) c.idle = baton::IdlePolicy::kSpin;
+  auto engine = baton::Engine::start(c, std::move(links));
+  if (!engine) {
+    std::fprintf(stderr, "baton-e2e: %s\n", engine.error().to_string().c_str());
+    std::exit(1);
+  }
+  return std::move(*engine);
+}
+
 void send_all(Link& l, const std::byte* p, size_t len) {
   TxFrame f{{p, len}, {}};
   while (l.tx_burst(&f, 1) != 1) l.service(baton::now_ns());
@@ -62,13 +78,7 @@ void send_all(Link& l, const std::byte* p, size_t len) {
 int run_peer(const std::string& raw_sock, const std::string& eng_sock, bool spin) {
   signal(SIGTERM, on_term);
   auto raw = open_link("net_memif0,role=client,socket=" + raw_sock, 1);
-  std::vector<std::unique_ptr<Link>> links;
-  links.push_back(open_link("net_memif1,role=client,socket=" + eng_sock, 1));
-  baton::EngineConfig c;
-  c.node_id = 2;
-  if (spin) c.idle = baton::IdlePolicy::kSpin;
-  auto engine = baton::Engine::start(c, std::move(links));
-  if (!engine) return 1;
+  auto engine = start_engine(2, "client", eng_sock, spin);
   // Raw echo: 'L' frames get a 64 B ack; 'T' frames are counted; 'F' gets
   // an ack carrying the count. Sleeps when idle so it does not steal the
   // CPU from the engine during Baton rounds.
@@ -166,14 +176,8 @@ int main(int argc, char** argv) {
   unlink(raw_sock.c_str());
   unlink(eng_sock.c_str());
   auto raw = open_link("net_memif0,role=server,socket=" + raw_sock, 2);
-  std::vector<std::unique_ptr<Link>> links;
-  links.push_back(open_link("net_memif1,role=server,socket=" + eng_sock, 2));
-  baton::EngineConfig c;
-  c.node_id = 1;
-  if (spin) c.idle = baton::IdlePolicy::kSpin;
-  auto engine_r = baton::Engine::start(c, std::move(links));
-  if (!engine_r) return 1;
-  baton::Engine& engine = **engine_r;
+  auto engine_owner = start_engine(1, "server", eng_sock, spin);
+  baton::Engine& engine = *engine_owner;
   char self[4096];
   ssize_t len = readlink("/proc/self/exe", self, sizeof self - 1);
   if (len <= 0) return 1;
