@@ -1,9 +1,12 @@
 #pragma once
 // Engine internals shared by the control side (engine.cc: API calls, which
-// may block and allocate) and the worker (worker.cc: the poll loop, which
-// never blocks, allocates only when a new replica segment first appears, and
-// never throws). They meet in two places only: the command ring (control ->
-// worker) and atomics the worker publishes (generations held, fenced flag).
+// may block and allocate) and the poll loop (worker.cc: never blocks, never
+// throws, allocates only when a replica segment or a served fetch first
+// appears). The poll loop and all data-path state belong to whoever holds
+// the poll token: the worker thread, or a control thread while it waits for
+// the engine. Control threads otherwise reach that state only through ops on
+// the command ring, and read what the loop publishes in atomics (generations
+// held, the fenced flag).
 
 #include <rte_ring.h>
 
