@@ -108,6 +108,13 @@ Result<std::unique_ptr<Engine>> Engine::start(const EngineConfig& config,
       return fail(Errc::kInvalidArgument, "two links to node ", std::to_string(link->peer()));
   }
   impl->links = std::move(links);
+  const bool spin = config.idle == IdlePolicy::kSpin;
+  impl->heartbeat_ns = uint64_t{config.heartbeat_interval_us ? config.heartbeat_interval_us : (spin ? 100u : 5000u)} * 1000;
+  impl->failure_ns = uint64_t{config.failure_timeout_us ? config.failure_timeout_us : (spin ? 500u : 150'000u)} * 1000;
+  if (impl->failure_ns < 2 * impl->heartbeat_ns)
+    return fail(Errc::kInvalidArgument, "failure_timeout_us must be at least twice heartbeat_interval_us");
+  impl->incarnation = now_ns();
+  for (auto& l : impl->links) impl->peer_states.push_back(PeerState{l.get()});
   const ssize_t ring_bytes = rte_ring_get_memsize(kCommandRingSize);
   if (ring_bytes < 0) return fail(Errc::kInternal, "rte_ring_get_memsize failed");
   impl->command_mem.reset(std::aligned_alloc(64, (static_cast<size_t>(ring_bytes) + 63) / 64 * 64));
@@ -482,6 +489,23 @@ Result<std::vector<std::byte>> Engine::read_replica(std::string_view name, uint6
   if (!done) return tl::unexpected(done.error());
   if (!found) return fail(Errc::kNotFound, "no replica of ", name, " generation ", std::to_string(generation));
   return out;
+}
+
+std::vector<PeerStatus> Engine::peers() const {
+  std::vector<PeerStatus> out;
+  auto done = impl_->call([&] {
+    const uint64_t now = now_ns();
+    for (const auto& p : impl_->peer_states)
+      out.push_back(PeerStatus{p.link->peer(), p.alive, p.ever_heard,
+                               p.ever_heard ? (now - std::min(now, p.last_heard_ns)) / 1000 : 0});
+  });
+  if (!done) return {};
+  return out;
+}
+
+std::vector<Event> Engine::events() const {
+  std::lock_guard lock(impl_->events_mu);
+  return {impl_->event_log.begin(), impl_->event_log.end()};
 }
 
 std::vector<LinkStatus> Engine::link_status() const {

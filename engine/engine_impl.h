@@ -12,6 +12,7 @@
 
 #include <array>
 #include <cstdlib>
+#include <deque>
 #include <atomic>
 #include <functional>
 #include <mutex>
@@ -130,9 +131,24 @@ struct FetchServe {
   uint64_t last_progress_ns = 0;
 };
 
+/// The failure detector's view of one peer (one link reaches it).
+struct PeerState {
+  Link* link = nullptr;
+  uint64_t last_heard_ns = 0;
+  uint64_t last_sent_ns = 0;
+  uint64_t heartbeat_seq = 0;
+  bool alive = false;
+  bool ever_heard = false;
+};
+
 struct Engine::Impl {
   EngineConfig config;
   Topology topology;
+  uint64_t incarnation = 0;  ///< start time: tells a restarted peer from the old one
+  uint64_t heartbeat_ns = 0, failure_ns = 0;
+  std::vector<PeerState> peer_states;  ///< parallel to links; poll-token holder only
+  mutable std::mutex events_mu;
+  std::deque<Event> event_log;  ///< bounded; appended on membership changes only
   std::vector<std::unique_ptr<Link>> links;
   std::unordered_map<uint16_t, Link*> link_by_peer;
 
@@ -239,6 +255,12 @@ struct Engine::Impl {
   bool pump_senders(uint64_t now) noexcept;
   bool pump_one(Link& link, ChunkSender& sender, const wire::Frame& proto, uint64_t now) noexcept;
   bool step_ops(uint64_t now) noexcept;
+  /// Sends due heartbeats and declares silent peers dead. Thread: token holder.
+  bool step_liveness(uint64_t now) noexcept;
+  void heard_from(size_t link_index, uint64_t now) noexcept;
+  /// Known to be gone: its link is down, or it was heard and then fell silent.
+  bool unreachable(uint16_t peer) const noexcept;
+  void record_event(std::string text) noexcept;
   /// Work nobody would do while the worker stays parked: unsent chunks,
   /// pending loads, queued commands. Thread: poll-token holder.
   bool has_pending_work() const noexcept;

@@ -93,7 +93,8 @@ bool Engine::Impl::has_pending_work() const noexcept {
 
 bool Engine::Impl::poll_once(uint64_t now) noexcept {
   bool busy = drain_commands();
-  for (auto& link : links) {
+  for (size_t li = 0; li < links.size(); ++li) {
+    Link* link = links[li].get();
     RxFrame rx[kBurst];
     const uint16_t n = link->rx_burst(rx, kBurst);
     for (uint16_t i = 0; i < n; ++i) {
@@ -106,6 +107,7 @@ bool Engine::Impl::poll_once(uint64_t now) noexcept {
         BT_DEBUG("%s: dropped frame: %s", link->name().c_str(), wire::decode_error_name(err));
         continue;
       }
+      if (f.src == link->peer()) heard_from(li, now);  // any valid frame is a sign of life
       on_frame(*link, f, now);
     }
     if (n > 0) {
@@ -117,6 +119,7 @@ bool Engine::Impl::poll_once(uint64_t now) noexcept {
   }
   busy |= pump_senders(now);
   busy |= step_ops(now);
+  busy |= step_liveness(now);
   for (auto& link : links) busy |= link->service(now);
   return busy;
 }
@@ -150,6 +153,7 @@ void Engine::Impl::on_frame(Link& link, wire::Frame& f, uint64_t now) noexcept {
     case wire::MsgType::kFetchRequest: on_fetch_request(link, f, now); break;
     case wire::MsgType::kFetchMeta: on_fetch_meta(f); break;
     case wire::MsgType::kError: on_error(f); break;
+    case wire::MsgType::kHeartbeat: break;  // liveness only: noted by the caller
   }
 }
 
@@ -531,6 +535,60 @@ bool Engine::Impl::pump_senders(uint64_t now) noexcept {
   return busy;
 }
 
+// --- failure detector (S17) -------------------------------------------------
+
+void Engine::Impl::record_event(std::string text) noexcept {
+  BT_INFO("event: %s", text.c_str());
+  timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  std::lock_guard lock(events_mu);
+  event_log.push_back(Event{static_cast<uint64_t>(ts.tv_sec) * 1'000'000 + ts.tv_nsec / 1000, std::move(text)});
+  if (event_log.size() > 256) event_log.pop_front();
+}
+
+void Engine::Impl::heard_from(size_t i, uint64_t now) noexcept {
+  PeerState& p = peer_states[i];
+  p.last_heard_ns = now;
+  if (!p.alive) {
+    p.alive = true;
+    p.ever_heard = true;
+    record_event("node " + std::to_string(p.link->peer()) + " up");
+  }
+}
+
+bool Engine::Impl::unreachable(uint16_t peer) const noexcept {
+  for (const auto& p : peer_states)
+    if (p.link->peer() == peer) return !p.alive && (p.ever_heard || !p.link->up());
+  return true;
+}
+
+bool Engine::Impl::step_liveness(uint64_t now) noexcept {
+  bool busy = false;
+  for (auto& p : peer_states) {
+    if (now - std::min(now, p.last_sent_ns) >= heartbeat_ns) {
+      wire::Frame hb;
+      hb.type = wire::MsgType::kHeartbeat;
+      hb.src = config.node_id;
+      hb.dst = p.link->peer();
+      hb.epoch = incarnation;
+      hb.generation = ++p.heartbeat_seq;
+      send_control(*p.link, hb);
+      p.last_sent_ns = now;
+      busy = true;
+    }
+    // A node is dead when every link to it is silent; one link reaches each
+    // peer here, so its silence (or its device saying down) decides.
+    if (p.alive && (now - std::min(now, p.last_heard_ns) >= failure_ns || !p.link->up())) {
+      p.alive = false;
+      record_event("node " + std::to_string(p.link->peer()) + " down (" +
+                   (p.link->up() ? "silent for " + std::to_string((now - p.last_heard_ns) / 1'000'000) + " ms"
+                                 : std::string("link down")) +
+                   ")");
+    }
+  }
+  return busy;
+}
+
 bool Engine::Impl::step_ops(uint64_t now) noexcept {
   bool busy = false;
   for (FetchOp* op : completed_fetches) op->finish();
@@ -538,7 +596,8 @@ bool Engine::Impl::step_ops(uint64_t now) noexcept {
   completed_fetches.clear();
   for (auto it = queries.begin(); it != queries.end();) {
     QueryOp* q = *it;
-    const bool all = std::all_of(q->answers.begin(), q->answers.end(), [](auto& a) { return a.answered; });
+    const bool all = std::all_of(q->answers.begin(), q->answers.end(),
+                                 [this](auto& a) { return a.answered || unreachable(a.peer); });
     if (all || now >= q->deadline_ns) {
       it = queries.erase(it);
       q->finish();
@@ -554,9 +613,10 @@ bool Engine::Impl::step_ops(uint64_t now) noexcept {
   const uint64_t timeout = uint64_t{config.fetch_timeout_ms} * 1'000'000;
   for (auto it = fetches.begin(); it != fetches.end();) {
     FetchOp* op = *it;
-    if (elapsed(now, op->last_progress_ns) >= timeout) {
+    if (elapsed(now, op->last_progress_ns) >= timeout || unreachable(op->peer)) {
       it = fetches.erase(it);
-      op->fail(Errc::kTimeout, "no progress from node " + std::to_string(op->peer));
+      op->fail(Errc::kTimeout, unreachable(op->peer) ? "node " + std::to_string(op->peer) + " died during the fetch"
+                                                      : "no progress from node " + std::to_string(op->peer));
       busy = true;
       continue;
     }
@@ -594,7 +654,7 @@ void Engine::Impl::send_query(QueryOp& q, uint64_t now) noexcept {
   for (auto& link : links) {
     const bool answered = std::any_of(q.answers.begin(), q.answers.end(),
                                       [&](const QueryAnswer& a) { return a.peer == link->peer() && a.answered; });
-    if (answered) continue;
+    if (answered || unreachable(link->peer())) continue;
     wire::Frame req;
     req.type = wire::MsgType::kFetchRequest;
     req.flags = wire::kFlagQuery;

@@ -202,11 +202,14 @@ Result<void> Client::close(ClientSegment* s) {
   return {};
 }
 
-Result<std::string> Client::status() {
+Result<std::string> Client::status() { return text_request(Op::kStatus); }
+Result<std::string> Client::events() { return text_request(Op::kEvents); }
+
+Result<std::string> Client::text_request(Op op) {
   Request r{};
   r.magic = kMagic;
   r.version = kVersion;
-  r.op = static_cast<uint16_t>(Op::kStatus);
+  r.op = static_cast<uint16_t>(op);
   std::string text;
   auto rep = call(r, nullptr, &text);
   if (!rep) return tl::unexpected(rep.error());

@@ -40,10 +40,13 @@ class Client {
   Result<void> close(ClientSegment* s);
   /// The daemon's status report: `kind key=value ...` lines.
   Result<std::string> status();
+  /// Recent events: `unix_us text` lines, oldest first.
+  Result<std::string> events();
   bool owns(const ClientSegment* s) const noexcept;
 
  private:
   Result<Reply> call(const Request& r, std::vector<int>* fds, std::string* text = nullptr);
+  Result<std::string> text_request(Op op);
   int fd_ = -1;
   std::vector<std::unique_ptr<ClientSegment>> segments_;
 };

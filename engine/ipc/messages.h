@@ -34,6 +34,7 @@ enum class Op : uint16_t {
   kWait = 4,      ///< until k replicas hold a generation
   kClose = 5,     ///< unregister
   kStatus = 6,    ///< daemon status (batonctl): `kind key=value ...` lines after the Reply
+  kEvents = 7,    ///< recent events: `unix_us text` lines after the Reply
 };
 
 struct Request {

@@ -2,6 +2,7 @@
 
 #include <immintrin.h>
 #include <linux/futex.h>
+#include <poll.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
@@ -152,6 +153,11 @@ Reply Server::open_segment(Client& c, const Request& r, std::vector<int>& fds) {
   rep.magic = kMagic;
   if (it != segments_.end()) {
     Segment& seg = *it->second;
+    if (seg.holder_fd >= 0 && seg.holder_fd != c.fd) {
+      // The holder may be gone already, its hang-up not yet taken in: look.
+      pollfd p{seg.holder_fd, POLLRDHUP, 0};
+      if (poll(&p, 1, 0) == 1 && (p.revents & (POLLHUP | POLLRDHUP | POLLERR)) != 0) drop_client(seg.holder_fd);
+    }
     if (seg.holder_fd >= 0) return reply_error(BATON_EEXIST, "segment " + name + " is held by another application");
     if (op == Op::kCreate) return reply_error(BATON_EEXIST, "segment " + name + " already exists on this node");
     // The application restarted: it gets its segment back as it left it.
@@ -222,8 +228,15 @@ Reply Server::close_segment(Client& c, const Request& r) {
 
 std::string Server::status() const {
   std::string s = "node id=" + std::to_string(engine_.node_id()) + " name=" + config_.node_name + "\n";
+  const auto peers = engine_.peers();
+  auto alive = [&](uint16_t node) {
+    for (const auto& p : peers)
+      if (p.node == node) return p.alive;
+    return false;
+  };
   for (const auto& l : engine_.link_status())
-    s += "link peer=" + std::to_string(l.peer) + " state=" + (l.up ? "up" : "down") + " rx=" +
+    s += "link peer=" + std::to_string(l.peer) + " node=" + (alive(l.peer) ? "alive" : "dead") + " state=" +
+         (l.up ? "up" : "down") + " rx=" +
          std::to_string(l.counters.rx_frames) + " tx=" + std::to_string(l.counters.tx_frames) + " reconnects=" +
          std::to_string(l.counters.reconnects) + " name=" + l.name.substr(0, l.name.find(' ')) + "\n";
   for (const auto& [name, seg] : segments_) {
@@ -237,6 +250,12 @@ std::string Server::status() const {
            " lag=" + std::to_string(st->generation - std::min(gen, st->generation)) + "\n";
   }
   return s.size() > kMaxReply - sizeof(Reply) ? s.substr(0, kMaxReply - sizeof(Reply)) : s;
+}
+
+std::string Server::events() const {
+  std::string s;
+  for (const auto& e : engine_.events()) s += std::to_string(e.unix_us) + " " + e.text + "\n";
+  return s.size() > kMaxReply - sizeof(Reply) ? s.substr(s.size() - (kMaxReply - sizeof(Reply))) : s;
 }
 
 void Server::on_request(Client& c) {
@@ -269,9 +288,10 @@ void Server::on_request(Client& c) {
     case Op::kWait: rep = wait(r); break;
     case Op::kClose: rep = close_segment(c, r); break;
     case Op::kStatus:
+    case Op::kEvents:
       rep = Reply{};
       rep.magic = kMagic;
-      text = status();
+      text = static_cast<Op>(r.op) == Op::kStatus ? status() : events();
       rep.text_len = static_cast<uint32_t>(text.size());
       break;
     default:

@@ -67,6 +67,7 @@ class Server {
   Reply wait(const Request& r);
   Reply close_segment(Client& c, const Request& r);
   std::string status() const;
+  std::string events() const;
   bool poll_commits();
 
   Engine& engine_;

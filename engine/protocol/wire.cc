@@ -60,6 +60,8 @@ DecodeError validate_fields(const Frame& f) noexcept {
     case MsgType::kError:
       if (f.code == 0 || f.code > static_cast<uint16_t>(ErrorCode::kMaxErrorCode)) return DecodeError::kBadField;
       return DecodeError::kNone;
+    case MsgType::kHeartbeat:
+      return f.flags == 0 ? DecodeError::kNone : DecodeError::kBadField;
   }
   return DecodeError::kUnknownType;
 }
@@ -156,7 +158,7 @@ DecodeError decode(std::span<const std::byte> bytes, Frame& f, bool verify_paylo
   if (get<uint16_t>(b, 0) != kMagic) return DecodeError::kBadMagic;
   if (get<uint8_t>(b, 2) != kVersion) return DecodeError::kBadVersion;
   const uint8_t type = get<uint8_t>(b, 3);
-  if (type < static_cast<uint8_t>(MsgType::kData) || type > static_cast<uint8_t>(MsgType::kError))
+  if (type < static_cast<uint8_t>(MsgType::kData) || type > static_cast<uint8_t>(MsgType::kHeartbeat))
     return DecodeError::kUnknownType;
   f.type = static_cast<MsgType>(type);
   const uint32_t frame_len = get<uint32_t>(b, 8);

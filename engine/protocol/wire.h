@@ -48,6 +48,7 @@ enum class MsgType : uint8_t {
   kFetchData = 4,     ///< replica -> loader: one chunk, same layout as kData
   kFetchMeta = 5,     ///< replica -> loader: what it holds of a name (kFlagFound or not)
   kError = 6,         ///< refusal: stale epoch, no such segment, no room
+  kHeartbeat = 7,     ///< liveness; generation = sequence number, epoch = sender's incarnation
 };
 
 // Flags.

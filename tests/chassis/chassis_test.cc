@@ -68,6 +68,10 @@ TEST(Chassis, UpStatusDownLeavesNothing) {
   EXPECT_NE(out.find("node 2"), std::string::npos) << out;
   EXPECT_NE(out.find("net_memif1"), std::string::npos) << out;
   EXPECT_EQ(out.find(" down "), std::string::npos) << out;  // every link connected
+  out = run(ctl + " events --socket " + dir + "/blade2.sock", &status);
+  EXPECT_EQ(status, 0) << out;
+  EXPECT_NE(out.find("node 1 up"), std::string::npos) << out;
+  EXPECT_NE(out.find("node 3 up"), std::string::npos) << out;
   out = run(ctl + " chassis up --blades 3 --dir " + dir, &status);
   EXPECT_NE(status, 0) << "a second chassis in the same directory";
   out = run(ctl + " chassis down --dir " + dir, &status);

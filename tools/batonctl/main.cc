@@ -2,6 +2,7 @@
 //
 //   batonctl status   [--socket PATH] [--json]     a node: links, segments, replicas, replication lag
 //   batonctl segments [--socket PATH] [--json]     its segments only
+//   batonctl events   [--socket PATH] [--json]     membership changes and failures, timestamped
 //   batonctl load NAME [--socket PATH]             S9: load NAME onto this node (agent for a cluster manager)
 //   batonctl chassis up [--blades N] [--replicas K] [--dir D] [--transport memif|af_packet]
 //   batonctl chassis status [--dir D] [--json]
@@ -12,6 +13,7 @@
 
 #include <CLI/CLI.hpp>
 #include <cstdio>
+#include <ctime>
 #include <sstream>
 
 #include "baton/baton.h"
@@ -109,11 +111,12 @@ int status(const std::string& socket, bool json, bool segments_only) {
   if (!segments_only) {
     for (auto& r : records)
       if (r.kind == "node") std::printf("node %s (%s)\n\n", r.get("id").c_str(), r.get("name").c_str());
-    std::printf("%-16s %-5s %-6s %10s %10s %10s\n", "LINK", "PEER", "STATE", "RX", "TX", "RECONNECTS");
+    std::printf("%-16s %-5s %-6s %-6s %10s %10s %10s\n", "LINK", "PEER", "NODE", "LINK", "RX", "TX", "RECONNECTS");
     for (auto& r : records)
       if (r.kind == "link")
-        std::printf("%-16s %-5s %-6s %10s %10s %10s\n", r.get("name").c_str(), r.get("peer").c_str(),
-                    r.get("state").c_str(), r.get("rx").c_str(), r.get("tx").c_str(), r.get("reconnects").c_str());
+        std::printf("%-16s %-5s %-6s %-6s %10s %10s %10s\n", r.get("name").c_str(), r.get("peer").c_str(),
+                    r.get("node").c_str(), r.get("state").c_str(), r.get("rx").c_str(), r.get("tx").c_str(),
+                    r.get("reconnects").c_str());
     std::printf("\n");
   }
   std::printf("%-20s %12s %10s %6s %-5s %s\n", "SEGMENT", "SIZE", "GENERATION", "EPOCH", "APP",
@@ -147,6 +150,10 @@ int main(int argc, char** argv) {
   segs->add_option("--socket", socket, "batond's socket");
   segs->add_flag("--json", json, "machine-readable output");
 
+  auto* ev = app.add_subcommand("events", "recent membership changes and failures, with timestamps");
+  ev->add_option("--socket", socket, "batond's socket");
+  ev->add_flag("--json", json, "machine-readable output");
+
   std::string name;
   auto* load = app.add_subcommand("load", "load a segment onto this node from a replica (S9)");
   load->add_option("name", name, "segment name")->required();
@@ -176,6 +183,32 @@ int main(int argc, char** argv) {
 
   if (*st) return status(socket, json, false);
   if (*segs) return status(socket, json, true);
+  if (*ev) {
+    auto c = baton::ipc::Client::connect(socket);
+    if (!c) return die(c.error().message);
+    auto text = (*c)->events();
+    if (!text) return die(text.error().message);
+    std::istringstream in(*text);
+    bool first = true;
+    if (json) std::printf("[");
+    for (std::string line; std::getline(in, line);) {
+      const auto sp = line.find(' ');
+      const uint64_t us = std::stoull(line.substr(0, sp));
+      const std::string what = line.substr(sp + 1);
+      if (json) {
+        std::printf("%s{\"unix_us\":%llu,\"event\":\"%s\"}", first ? "" : ",", static_cast<unsigned long long>(us),
+                    json_escape(what).c_str());
+      } else {
+        const time_t secs = static_cast<time_t>(us / 1'000'000);
+        char when[32];
+        std::strftime(when, sizeof when, "%F %T", std::localtime(&secs));
+        std::printf("%s.%06llu  %s\n", when, static_cast<unsigned long long>(us % 1'000'000), what.c_str());
+      }
+      first = false;
+    }
+    if (json) std::printf("]\n");
+    return 0;
+  }
   if (*load) {
     baton_t* b = nullptr;
     baton_segment_t* s = nullptr;

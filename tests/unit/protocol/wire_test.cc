@@ -160,6 +160,17 @@ TEST(Wire, AckAndControlRoundTrip) {
   err.epoch = 12;
   ASSERT_EQ(decode(encoded(err), out), DecodeError::kNone);
   EXPECT_EQ(out.epoch, 12u);
+
+  Frame hb;
+  hb.type = MsgType::kHeartbeat;
+  hb.src = 3;
+  hb.generation = 77;  // sequence
+  hb.epoch = 123456;   // incarnation
+  ASSERT_EQ(decode(encoded(hb), out), DecodeError::kNone);
+  EXPECT_EQ(out.type, MsgType::kHeartbeat);
+  EXPECT_EQ(out.generation, 77u);
+  hb.flags = kFlagComplete;  // heartbeats carry no flags
+  EXPECT_EQ(decode(encoded(hb), out), DecodeError::kBadField);
 }
 
 class WireReject : public ::testing::Test {
@@ -189,7 +200,7 @@ TEST_F(WireReject, BadMagicAndVersion) {
 }
 
 TEST_F(WireReject, UnknownType) {
-  for (uint8_t t : {uint8_t{0}, uint8_t{7}, uint8_t{255}}) {
+  for (uint8_t t : {uint8_t{0}, uint8_t{8}, uint8_t{255}}) {
     auto b = good;
     poke<uint8_t>(b, 3, t);
     EXPECT_EQ(decode_it(b), DecodeError::kUnknownType) << int(t);

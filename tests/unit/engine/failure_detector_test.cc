@@ -1,0 +1,98 @@
+// The failure detector (S17): heartbeats over the same links as the data,
+// a peer declared dead when silent, events for every change, and loads that
+// do not wait for the dead.
+
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <thread>
+
+#include "../../common/cluster.h"
+
+namespace baton {
+namespace {
+
+using namespace std::chrono_literals;
+using test::Cluster;
+
+EngineConfig fast_detector() {
+  EngineConfig c;
+  c.heartbeat_interval_us = 1000;
+  c.failure_timeout_us = 50'000;
+  c.query_timeout_ms = 20'000;  // a query that waited for the dead would take this long
+  return c;
+}
+
+bool peer_alive(Engine& e, uint16_t node) {
+  for (const auto& p : e.peers())
+    if (p.node == node) return p.alive;
+  return false;
+}
+
+// Polls `cond` for up to 10 s (the detector decides within its timeout; the
+// slack is for a loaded two-core machine, not a speed claim).
+template <typename F>
+bool eventually(F cond) {
+  for (int i = 0; i < 1000; ++i) {
+    if (cond()) return true;
+    std::this_thread::sleep_for(10ms);
+  }
+  return false;
+}
+
+bool has_event(Engine& e, const std::string& text) {
+  for (const auto& ev : e.events())
+    if (ev.text.find(text) != std::string::npos) return true;
+  return false;
+}
+
+TEST(FailureDetector, PeersComeUpGoDownWhenCutOffAndComeBack) {
+  Cluster cl(3, fast_detector());
+  ASSERT_TRUE(eventually([&] { return peer_alive(cl.node(2), 1) && peer_alive(cl.node(3), 1); }));
+  EXPECT_TRUE(has_event(cl.node(2), "node 1 up"));
+
+  cl.isolate(1, true);
+  ASSERT_TRUE(eventually([&] { return !peer_alive(cl.node(2), 1) && !peer_alive(cl.node(3), 1); }));
+  EXPECT_TRUE(peer_alive(cl.node(2), 3)) << "a partition of node 1 must not take node 3 with it";
+  EXPECT_TRUE(has_event(cl.node(2), "node 1 down (silent for"));
+  auto p = cl.node(2).peers();
+  for (const auto& s : p)
+    if (s.node == 1) EXPECT_GE(s.silent_us, 50'000u);
+
+  cl.isolate(1, false);
+  ASSERT_TRUE(eventually([&] { return peer_alive(cl.node(2), 1); }));
+  const auto events = cl.node(2).events();
+  ASSERT_GE(events.size(), 3u);
+  EXPECT_NE(events.back().text.find("node 1 up"), std::string::npos);
+  EXPECT_LE(events.front().unix_us, events.back().unix_us);
+}
+
+TEST(FailureDetector, LoadDoesNotWaitForADeadPeer) {
+  EngineConfig c = fast_detector();
+  c.replication_factor = 2;
+  Cluster cl(3, c);
+  auto seg = *cl.node(1).create("quick", 4096);
+  auto g = *cl.node(1).commit(seg);
+  ASSERT_TRUE(cl.node(1).wait_replicated(seg, g, 2, 10s));
+  ASSERT_TRUE(eventually([&] { return peer_alive(cl.node(3), 1); }));
+  cl.isolate(1, true);  // node 1 is cut off: it will never answer the query
+  ASSERT_TRUE(eventually([&] { return !peer_alive(cl.node(3), 1); }));
+  const auto t0 = std::chrono::steady_clock::now();
+  auto loaded = cl.node(3).load("quick");
+  const auto took = std::chrono::steady_clock::now() - t0;
+  ASSERT_TRUE(loaded) << loaded.error().to_string();
+  // Waiting for node 1 would have taken the whole 20 s query timeout.
+  EXPECT_LT(took, 10s);
+}
+
+TEST(FailureDetector, RejectsATimeoutShorterThanTwoHeartbeats) {
+  EngineConfig c;
+  c.heartbeat_interval_us = 1000;
+  c.failure_timeout_us = 1500;
+  auto e = Engine::start(c, {});
+  ASSERT_FALSE(e);
+  EXPECT_EQ(e.error().code, Errc::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace baton
