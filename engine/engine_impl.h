@@ -256,7 +256,7 @@ struct Engine::Impl {
   bool pump_one(Link& link, ChunkSender& sender, const wire::Frame& proto, uint64_t now) noexcept;
   bool step_ops(uint64_t now) noexcept;
   /// Sends due heartbeats and declares silent peers dead. Thread: token holder.
-  bool step_liveness(uint64_t now) noexcept;
+  void step_liveness(uint64_t now) noexcept;
   void heard_from(size_t link_index, uint64_t now) noexcept;
   /// Known to be gone: its link is down, or it was heard and then fell silent.
   bool unreachable(uint16_t peer) const noexcept;

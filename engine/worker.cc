@@ -119,7 +119,7 @@ bool Engine::Impl::poll_once(uint64_t now) noexcept {
   }
   busy |= pump_senders(now);
   busy |= step_ops(now);
-  busy |= step_liveness(now);
+  step_liveness(now);  // upkeep, not work: it must not keep an idle worker spinning
   for (auto& link : links) busy |= link->service(now);
   return busy;
 }
@@ -562,8 +562,7 @@ bool Engine::Impl::unreachable(uint16_t peer) const noexcept {
   return true;
 }
 
-bool Engine::Impl::step_liveness(uint64_t now) noexcept {
-  bool busy = false;
+void Engine::Impl::step_liveness(uint64_t now) noexcept {
   for (auto& p : peer_states) {
     if (now - std::min(now, p.last_sent_ns) >= heartbeat_ns) {
       wire::Frame hb;
@@ -574,7 +573,6 @@ bool Engine::Impl::step_liveness(uint64_t now) noexcept {
       hb.generation = ++p.heartbeat_seq;
       send_control(*p.link, hb);
       p.last_sent_ns = now;
-      busy = true;
     }
     // A node is dead when every link to it is silent; one link reaches each
     // peer here, so its silence (or its device saying down) decides.
@@ -586,7 +584,6 @@ bool Engine::Impl::step_liveness(uint64_t now) noexcept {
                    ")");
     }
   }
-  return busy;
 }
 
 bool Engine::Impl::step_ops(uint64_t now) noexcept {
