@@ -29,17 +29,17 @@ Result<void> check_name(std::string_view name) {
   return {};
 }
 
+}  // namespace
+
 // Rendezvous hashing: every node ranks peers the same way for a segment, and
 // a peer joining or leaving moves only the segments it ranks first for.
-uint64_t rank(uint64_t seg_id, uint16_t node) {
+uint64_t replica_rank(uint64_t seg_id, uint16_t node) noexcept {
   uint64_t x = seg_id ^ (uint64_t{node} * 0x9E3779B97F4A7C15ull);
   x ^= x >> 31;
   x *= 0xBF58476D1CE4E5B9ull;
   x ^= x >> 29;
   return x;
 }
-
-}  // namespace
 
 // --- Op -------------------------------------------------------------------
 
@@ -194,7 +194,7 @@ Result<Segment*> Engine::Impl::add_segment(std::unique_ptr<Segment> seg) {
   std::vector<Link*> peers;
   for (auto& l : links) peers.push_back(l.get());
   std::sort(peers.begin(), peers.end(),
-            [&](Link* a, Link* b) { return rank(seg->id, a->peer()) > rank(seg->id, b->peer()); });
+            [&](Link* a, Link* b) { return replica_rank(seg->id, a->peer()) > replica_rank(seg->id, b->peer()); });
   peers.resize(std::min<size_t>(peers.size(), config.replication_factor));
   for (Link* l : peers) {
     auto r = std::make_unique<ReplicaTarget>();
@@ -452,7 +452,7 @@ Result<SegmentStatus> Engine::status(Segment* segment) const {
   Segment* seg = impl_->find_handle(segment);
   if (seg == nullptr) return fail(Errc::kInvalidArgument, "unknown segment handle");
   SegmentStatus st{seg->name, seg->id, seg->size, seg->committed, seg->epoch.load(), seg->fenced.load(), {}};
-  for (auto& r : seg->replicas) st.replicas.emplace_back(r->node, r->held.load());
+  for (auto& r : seg->replicas) st.replicas.emplace_back(r->node.load(), r->held.load());
   return st;
 }
 

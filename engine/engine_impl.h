@@ -60,10 +60,12 @@ struct Stage {
 };
 
 /// A replica of one of our segments, as the primary sees it.
+/// A replica slot of one of our segments. The set of slots is fixed when the
+/// segment is added; re-replication (S12) swaps the node in a slot in place.
 struct ReplicaTarget {
-  uint16_t node = 0;
-  Link* link = nullptr;
-  ChunkSender sender;                ///< worker
+  std::atomic<uint16_t> node{0};     ///< written by the token holder, read by anyone
+  Link* link = nullptr;              ///< token holder only
+  ChunkSender sender;                ///< token holder only
   std::atomic<uint64_t> held{0};     ///< newest generation the replica published
 };
 
@@ -130,6 +132,9 @@ struct FetchServe {
   ChunkSender sender;
   uint64_t last_progress_ns = 0;
 };
+
+/// Rank of `node` as a replica of segment `seg_id` (rendezvous hashing).
+uint64_t replica_rank(uint64_t seg_id, uint16_t node) noexcept;
 
 /// The failure detector's view of one peer (one link reaches it).
 struct PeerState {
@@ -257,6 +262,9 @@ struct Engine::Impl {
   bool step_ops(uint64_t now) noexcept;
   /// Sends due heartbeats and declares silent peers dead. Thread: token holder.
   void step_liveness(uint64_t now) noexcept;
+  /// S12: replaces replicas on dead nodes with live peers. Thread: token holder.
+  void step_replicas(uint64_t now) noexcept;
+  uint64_t last_replica_check_ns = 0;
   void heard_from(size_t link_index, uint64_t now) noexcept;
   /// Known to be gone: its link is down, or it was heard and then fell silent.
   bool unreachable(uint16_t peer) const noexcept;

@@ -120,6 +120,7 @@ bool Engine::Impl::poll_once(uint64_t now) noexcept {
   busy |= pump_senders(now);
   busy |= step_ops(now);
   step_liveness(now);  // upkeep, not work: it must not keep an idle worker spinning
+  step_replicas(now);
   for (auto& link : links) busy |= link->service(now);
   return busy;
 }
@@ -582,6 +583,43 @@ void Engine::Impl::step_liveness(uint64_t now) noexcept {
                    (p.link->up() ? "silent for " + std::to_string((now - p.last_heard_ns) / 1'000'000) + " ms"
                                  : std::string("link down")) +
                    ")");
+    }
+  }
+}
+
+// --- re-replication (S12) ----------------------------------------------------
+
+void Engine::Impl::step_replicas(uint64_t now) noexcept {
+  if (now - std::min(now, last_replica_check_ns) < heartbeat_ns) return;
+  last_replica_check_ns = now;
+  for (auto& [id, seg] : owned) {
+    if (seg->fenced.load()) continue;
+    for (auto& r : seg->replicas) {
+      const uint16_t lost = r->node.load(std::memory_order_relaxed);
+      if (!unreachable(lost)) continue;
+      // The best-ranked live peer that is not already a replica (a different
+      // blade; power domains and NUMA domains from tags come with membership).
+      PeerState* best = nullptr;
+      for (auto& p : peer_states) {
+        const uint16_t cand = p.link->peer();
+        if (!p.alive) continue;
+        bool taken = false;
+        for (auto& other : seg->replicas) taken |= other->node.load(std::memory_order_relaxed) == cand;
+        if (taken) continue;
+        if (best == nullptr || replica_rank(id, cand) > replica_rank(id, best->link->peer())) best = &p;
+      }
+      if (best == nullptr) continue;  // under-replicated until a peer is alive
+      r->sender.stop();
+      r->link = best->link;
+      r->held.store(0);
+      r->node.store(best->link->peer());
+      record_event("segment " + seg->name + ": replica on node " + std::to_string(lost) +
+                   " lost; re-replicating to node " + std::to_string(best->link->peer()));
+      if (seg->current_stage >= 0) {
+        Stage& st = seg->stages[seg->current_stage];
+        r->sender.start(SendSource{st.mem.data(), seg->size, seg->chunk_size, st.chunk_crcs, 0, st.generation, &st.ready},
+                        tuning(), now);
+      }
     }
   }
 }

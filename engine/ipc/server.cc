@@ -247,7 +247,8 @@ std::string Server::status() const {
          (seg->holder_fd >= 0 ? "held" : "free") + (st->fenced ? " fenced=yes" : "") + "\n";
     for (auto& [node, gen] : st->replicas)
       s += "replica segment=" + name + " node=" + std::to_string(node) + " generation=" + std::to_string(gen) +
-           " lag=" + std::to_string(st->generation - std::min(gen, st->generation)) + "\n";
+           " lag=" + std::to_string(st->generation - std::min(gen, st->generation)) +
+           " alive=" + (alive(node) ? "yes" : "no") + "\n";
   }
   return s.size() > kMaxReply - sizeof(Reply) ? s.substr(0, kMaxReply - sizeof(Reply)) : s;
 }

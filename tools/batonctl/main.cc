@@ -124,9 +124,13 @@ int status(const std::string& socket, bool json, bool segments_only) {
   for (auto& r : records) {
     if (r.kind != "segment") continue;
     std::string reps;
-    for (auto* rep : replicas_of(r.get("name")))
-      reps += rep->get("node") + ":" + rep->get("generation") + " (" + rep->get("lag") + ")  ";
-    if (reps.empty()) reps = "none (under-replicated)";
+    bool under = false;
+    for (auto* rep : replicas_of(r.get("name"))) {
+      const bool dead = rep->get("alive") == "no";
+      under |= dead;
+      reps += rep->get("node") + ":" + rep->get("generation") + " (" + rep->get("lag") + ")" + (dead ? " DEAD" : "") + "  ";
+    }
+    if (reps.empty() || under) reps += "UNDER-REPLICATED";
     std::printf("%-20s %12s %10s %6s %-5s %s%s\n", r.get("name").c_str(), r.get("size").c_str(),
                 r.get("generation").c_str(), r.get("epoch").c_str(), r.get("app").c_str(), reps.c_str(),
                 r.get("fenced").empty() ? "" : "  FENCED");

@@ -85,6 +85,55 @@ TEST(FailureDetector, LoadDoesNotWaitForADeadPeer) {
   EXPECT_LT(took, 10s);
 }
 
+// S12: a replica's node dies; the owner re-selects a live peer and copies the
+// latest generation there, so the replication factor holds again.
+TEST(ReReplication, RestoresTheReplicationFactorByteExact) {
+  EngineConfig c = fast_detector();
+  c.replication_factor = 2;
+  Cluster cl(4, c);
+  auto seg = *cl.node(1).create("rerep", 256 * 1024);
+  auto mem = cl.node(1).data(seg);
+  test::fill_pattern(mem, 31);
+  auto g = *cl.node(1).commit(seg);
+  ASSERT_TRUE(cl.node(1).wait_replicated(seg, g, 2, 10s));
+  ASSERT_TRUE(eventually([&] { return peer_alive(cl.node(1), 2) && peer_alive(cl.node(1), 3) && peer_alive(cl.node(1), 4); }));
+  const auto before = cl.node(1).status(seg)->replicas;
+  const uint16_t lost = before[0].first, kept = before[1].first;
+  uint16_t spare = 2;
+  while (spare == lost || spare == kept) ++spare;
+
+  cl.kill(lost);  // silence: the failure detector declares it dead
+  ASSERT_TRUE(eventually([&] {
+    auto now = cl.node(1).status(seg)->replicas;
+    return (now[0].first == spare || now[1].first == spare) && now[0].first != lost && now[1].first != lost;
+  })) << "no replacement for node " << lost;
+  ASSERT_TRUE(cl.node(1).wait_replicated(seg, g, 2, 10s)) << "replication factor not restored";
+  auto copy = cl.node(spare).read_replica("rerep");
+  ASSERT_TRUE(copy);
+  EXPECT_TRUE(std::equal(mem.begin(), mem.end(), copy->begin()));
+  EXPECT_TRUE(has_event(cl.node(1), "re-replicating to node " + std::to_string(spare)));
+  // New commits go to the new set.
+  mem[0] = std::byte{0x5A};
+  auto g2 = *cl.node(1).commit(seg);
+  ASSERT_TRUE(cl.node(1).wait_replicated(seg, g2, 2, 10s));
+}
+
+TEST(ReReplication, UnderReplicatedWhileNoPeerIsLeft) {
+  EngineConfig c = fast_detector();
+  c.replication_factor = 2;
+  Cluster cl(3, c);  // both peers are replicas: nobody to move to
+  auto seg = *cl.node(1).create("stuck", 4096);
+  auto g = *cl.node(1).commit(seg);
+  ASSERT_TRUE(cl.node(1).wait_replicated(seg, g, 2, 10s));
+  ASSERT_TRUE(eventually([&] { return peer_alive(cl.node(1), 2); }));
+  cl.kill(2);
+  ASSERT_TRUE(eventually([&] { return !peer_alive(cl.node(1), 2); }));
+  auto reps = cl.node(1).status(seg)->replicas;
+  EXPECT_TRUE(reps[0].first == 2 || reps[1].first == 2) << "the dead replica stays: it may come back";
+  EXPECT_FALSE(has_event(cl.node(1), "re-replicating"));
+  EXPECT_TRUE(cl.node(1).wait_replicated(seg, g, 1, 10s));  // the live one still holds it
+}
+
 TEST(FailureDetector, RejectsATimeoutShorterThanTwoHeartbeats) {
   EngineConfig c;
   c.heartbeat_interval_us = 1000;
