@@ -114,6 +114,11 @@ Result<std::unique_ptr<Engine>> Engine::start(const EngineConfig& config,
   if (impl->failure_ns < 2 * impl->heartbeat_ns)
     return fail(Errc::kInvalidArgument, "failure_timeout_us must be at least twice heartbeat_interval_us");
   impl->incarnation = now_ns();
+  if (!config.global_dir.empty()) {
+    auto global = GlobalStore::open(config.global_dir, config.global_keep, config.node_id);
+    if (!global) return tl::unexpected(global.error());
+    impl->global = std::move(*global);
+  }
   for (auto& l : impl->links) impl->peer_states.push_back(PeerState{l.get()});
   const ssize_t ring_bytes = rte_ring_get_memsize(kCommandRingSize);
   if (ring_bytes < 0) return fail(Errc::kInternal, "rte_ring_get_memsize failed");
@@ -263,7 +268,10 @@ Result<OpenResult> Engine::Impl::load_from(const QueryOp& q, std::string_view na
     if (!a.owner && a.generation > 0 && a.total_len > 0 && a.total_len <= config.max_segment_size)
       candidates.push_back(&a);
   }
-  if (candidates.empty()) return fail(Errc::kNotFound, "no live replica holds ", name);
+  if (candidates.empty()) {
+    if (!config.global_dir.empty()) return load_from_global(name, max_epoch);
+    return fail(Errc::kNotFound, "no live replica holds ", name);
+  }
   // Newest first; among equals, this node's own copy (no transfer at all).
   std::sort(candidates.begin(), candidates.end(), [this](auto* a, auto* b) {
     const bool la = a->peer == config.node_id, lb = b->peer == config.node_id;
@@ -319,6 +327,20 @@ Result<OpenResult> Engine::Impl::load_from(const QueryOp& q, std::string_view na
   return tl::unexpected(last);
 }
 
+Result<OpenResult> Engine::Impl::load_from_global(std::string_view name, uint64_t max_epoch) {
+  auto copy = GlobalStore::newest(config.global_dir, name, config.max_segment_size);
+  if (!copy) return fail(Errc::kNotFound, "no live replica and no copy in global storage holds ", name);
+  auto dest = LocalStorage::create(std::string(name), copy->size, config.numa_node);
+  if (!dest) return tl::unexpected(dest.error());
+  if (auto ok = GlobalStore::read(*copy, dest->bytes()); !ok) return tl::unexpected(ok.error());
+  const uint64_t epoch = std::max(max_epoch, copy->epoch) + 1;
+  auto seg = make_segment(name, copy->size, &*dest, epoch, copy->generation);
+  if (!seg) return tl::unexpected(seg.error());
+  record_event("loaded " + std::string(name) + " generation " + std::to_string(copy->generation) +
+               " from global storage (no live replica)");
+  return OpenResult{*seg, OpenOutcome::kRestored, copy->generation};
+}
+
 Result<OpenResult> Engine::load(std::string_view name) {
   if (auto ok = check_name(name); !ok) return tl::unexpected(ok.error());
   std::lock_guard lock(impl_->control_mu);
@@ -343,6 +365,11 @@ Result<OpenResult> Engine::open(std::string_view name, uint64_t size) {
     any_replica |= a.found;
   }
   if (any_replica) return impl_->load_from(**q, name);
+  // No replica anywhere: global storage may still hold it (S7); only when it
+  // does not either is this a first run.
+  if (!impl_->config.global_dir.empty() &&
+      GlobalStore::newest(impl_->config.global_dir, name, impl_->config.max_segment_size))
+    return impl_->load_from_global(name, 0);
   auto seg = impl_->make_segment(name, size, nullptr, 1, 0);
   if (!seg) return tl::unexpected(seg.error());
   return OpenResult{*seg, OpenOutcome::kCreated, 0};

@@ -29,6 +29,7 @@
 #include "runtime/futex.h"
 #include "runtime/topology.h"
 #include "segment/local_storage.h"
+#include "storage/global_store.h"
 
 namespace baton {
 
@@ -183,6 +184,8 @@ struct Engine::Impl {
   // Worker side.
   std::unordered_map<uint64_t, Segment*> owned;                       ///< by segment id
   std::unordered_map<uint64_t, std::unique_ptr<ReplicaStore>> stores;  ///< by segment id
+  /// After `stores`: destroyed first, so queued writes finish from live slots.
+  std::unique_ptr<GlobalStore> global;
   std::vector<QueryOp*> queries;
   std::vector<FetchOp*> fetches;
   std::vector<std::unique_ptr<FetchServe>> serves;
@@ -236,6 +239,8 @@ struct Engine::Impl {
   void await(Op& op) { poll_until([&op] { return op.finished(); }, UINT64_MAX); }
   Result<std::unique_ptr<QueryOp>> query(std::string_view name);
   Result<OpenResult> load_from(const QueryOp& q, std::string_view name);
+  /// S7: restores `name` from the newest intact copy in global storage.
+  Result<OpenResult> load_from_global(std::string_view name, uint64_t max_epoch);
   Result<Segment*> add_segment(std::unique_ptr<Segment> seg);
   Result<Segment*> make_segment(std::string_view name, uint64_t size, LocalStorage* restored, uint64_t epoch,
                                 uint64_t generation);

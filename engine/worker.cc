@@ -226,6 +226,13 @@ void Engine::Impl::on_data(Link& link, wire::Frame& f) noexcept {
     case ReplicaStore::Accept::kPublished:
       bump(counters.published);
       BT_DEBUG("published %s generation %lu", st.name().c_str(), static_cast<unsigned long>(f.generation));
+      if (global) {  // S7: the slot stays pinned until the file is safe
+        ReplicaStore::Slot& slot = *st.latest();
+        auto& pin = st.writer_pin(slot);
+        pin.fetch_add(1);
+        if (!global->submit({st.name(), st.epoch(), slot.generation, st.size(), slot.mem.data(), &pin}))
+          pin.fetch_sub(1);  // the writer is behind: this generation is skipped
+      }
       break;
     case ReplicaStore::Accept::kCorrupt:
       bump(counters.corrupt_generations);

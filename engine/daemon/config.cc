@@ -92,7 +92,7 @@ Result<DaemonConfig> parse_daemon_config(std::string_view text, std::string_view
   const toml::table& root = parsed;  // const views all the way down
   Reader r(root, source);
   DaemonConfig c;
-  if (auto ok = r.only(root, "", {"node", "engine", "client", "log", "eal", "link"}); !ok)
+  if (auto ok = r.only(root, "", {"node", "engine", "client", "log", "eal", "link", "storage"}); !ok)
     return tl::unexpected(ok.error());
 
   const auto node = root["node"];
@@ -171,6 +171,16 @@ Result<DaemonConfig> parse_daemon_config(std::string_view text, std::string_view
       if (!sl.is_boolean()) return tl::unexpected(r.error("log.syslog", "must be true or false"));
       c.syslog = *sl.value<bool>();
     }
+  }
+
+  if (const auto storage = root["storage"]; storage) {
+    if (!storage.is_table()) return tl::unexpected(r.error("storage", "must be a table"));
+    if (auto ok = r.only(*storage.as_table(), "storage", {"dir", "keep"}); !ok) return tl::unexpected(ok.error());
+    TRY(dir, r.string(storage["dir"], "storage.dir", std::nullopt));
+    if (dir.empty() || dir[0] != '/') return tl::unexpected(r.error("storage.dir", "must be an absolute path"));
+    c.engine.global_dir = dir;
+    TRY(keep, r.integer(storage["keep"], "storage.keep", 1, 1000, 2));
+    c.engine.global_keep = static_cast<uint32_t>(keep);
   }
 
   if (const auto eal = root["eal"]; eal) {

@@ -7,6 +7,7 @@
 //             worker_cpu = 1 (pin the poll loop; default: float)
 //   [client]  socket = "/run/baton/blade1.sock", user = "root", group = "baton", mode = "0660"
 //   [log]     level = "info", syslog = false
+//   [storage] dir = "/shared/baton", keep = 2 (global storage, S7; optional)
 //   [eal]     args = ["--log-level=5"]
 //   [[link]]  peer = 2, driver = "ethdev", device = "net_memif0,role=server,socket=/run/baton/1-2.sock",
 //             max_frame = 9000 (optional: what the medium carries, e.g. the veth MTU)

@@ -12,6 +12,7 @@ Result<std::unique_ptr<ReplicaStore>> ReplicaStore::create(const wire::Frame& fi
   store->owner_ = first.src;
   store->retain_ = retain;
   store->slots_.resize(2 + retain);
+  store->writer_pins_ = std::make_unique<std::atomic<uint32_t>[]>(2 + retain);
   for (auto& slot : store->slots_) {
     auto mem = LocalStorage::create(store->name_ + "@replica", first.total_len, numa_node);
     if (!mem) return tl::unexpected(mem.error());
@@ -27,7 +28,7 @@ int ReplicaStore::pick_shadow() noexcept {
     if (slots_[i].generation == 0) return static_cast<int>(i);
   for (size_t k = published_.size(); k-- > 1;) {
     int i = published_[k];
-    if (slots_[i].pins == 0) {
+    if (!in_use(i)) {
       published_.erase(published_.begin() + static_cast<long>(k));
       slots_[i].generation = 0;
       return i;
@@ -64,7 +65,7 @@ ReplicaStore::Accept ReplicaStore::accept(wire::Frame& f) noexcept {
   published_.insert(published_.begin(), shadow_);
   if (published_.size() > retain_ + 1) {
     int dropped = published_.back();
-    if (slots_[dropped].pins == 0) {
+    if (!in_use(dropped)) {
       published_.pop_back();
       slots_[dropped].generation = 0;
     }

@@ -8,6 +8,7 @@
 // Thread: worker (the one that owns the segment id's shard).
 
 #include <cstdint>
+#include <atomic>
 #include <memory>
 #include <optional>
 #include <string>
@@ -49,6 +50,9 @@ class ReplicaStore {
   Slot* find(uint64_t generation) noexcept;
   /// Published generations, newest first.
   std::vector<uint64_t> generations() const;
+  /// A pin another thread (the global-storage writer) holds on `slot` until it
+  /// decrements it; the slot is not reused meanwhile. Thread: token holder pins.
+  std::atomic<uint32_t>& writer_pin(const Slot& slot) noexcept { return writer_pins_[&slot - slots_.data()]; }
 
   const std::string& name() const noexcept { return name_; }
   uint64_t id() const noexcept { return id_; }
@@ -67,6 +71,7 @@ class ReplicaStore {
 
  private:
   int pick_shadow() noexcept;
+  bool in_use(int i) const noexcept { return slots_[i].pins != 0 || writer_pins_[i].load() != 0; }
 
   std::string name_;
   uint64_t id_ = 0;
@@ -75,6 +80,7 @@ class ReplicaStore {
   uint16_t owner_ = 0;
   uint32_t retain_ = 0;
   std::vector<Slot> slots_;
+  std::unique_ptr<std::atomic<uint32_t>[]> writer_pins_;  // one per slot
   std::vector<int> published_;  // slot indices, newest first; at most retain_ + 1
   int shadow_ = -1;
   ChunkAssembler assembler_;

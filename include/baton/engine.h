@@ -44,6 +44,11 @@ struct EngineConfig {
   /// policy: 500 us when spinning (sub-millisecond detection), 150 ms in
   /// adaptive mode (no false alarms when engines share cores and sleep).
   uint32_t failure_timeout_us = 0;
+  /// Global storage (S7): replicas also write every published generation
+  /// here (a shared file system in production); a load falls back to it when
+  /// no replica is alive. Empty: off.
+  std::string global_dir;
+  uint32_t global_keep = 2;  ///< newest generations kept per segment and node
 };
 
 struct PeerStatus {

@@ -31,6 +31,10 @@ mode = "0600"
 [log]
 level = "debug"
 
+[storage]
+dir = "/srv/baton"
+keep = 3
+
 [eal]
 args = ["--log-level=4"]
 
@@ -56,6 +60,8 @@ TEST(DaemonConfig, GoodFileParses) {
   EXPECT_EQ(c->engine.idle, IdlePolicy::kSpin);
   EXPECT_EQ(c->engine.max_segment_size, 256ull << 20);
   EXPECT_EQ(c->engine.worker_cpu, 1);
+  EXPECT_EQ(c->engine.global_dir, "/srv/baton");
+  EXPECT_EQ(c->engine.global_keep, 3u);
   EXPECT_EQ(c->socket_path, "/run/baton/blade3.sock");
   EXPECT_EQ(c->allow_uid, 0u);
   EXPECT_EQ(c->socket_mode, 0600u);
@@ -117,6 +123,8 @@ INSTANTIATE_TEST_SUITE_P(
             "link[1].peer: a second link to node 2"},
         Bad{NODE_AND("[[link]]\npeer = 2\ndriver = \"pigeon\"\ndevice = \"x\"\n"), "link[0].driver: unknown driver"},
         Bad{NODE_AND("[[link]]\npeer = 2\n"), "link[0].device: is required"},
+        Bad{NODE_AND("[storage]\ndir = \"relative\"\n"), "storage.dir: must be an absolute path"},
+        Bad{NODE_AND("[storage]\ndir = \"/x\"\nkeep = 0\n"), "storage.keep: must be 1..1000"},
         Bad{NODE_AND("[surprise]\nx = 1\n"), "surprise: unknown key"}));
 
 TEST(DaemonConfig, UnreadableFile) {

@@ -1,0 +1,207 @@
+#include "storage/global_store.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+#include <filesystem>
+#include <vector>
+
+#include "common/crc32c.h"
+#include "common/log.h"
+#include "protocol/wire.h"
+
+namespace baton {
+namespace fs = std::filesystem;
+
+namespace {
+
+constexpr char kMagic[8] = {'B', 'A', 'T', 'O', 'N', 'S', 'E', 'G'};
+constexpr size_t kMaxQueue = 16;
+
+// File header, little-endian, followed by the segment's bytes.
+struct Header {
+  char magic[8];
+  uint32_t version;
+  uint32_t crc;  ///< CRC32C of the bytes
+  uint64_t epoch;
+  uint64_t generation;
+  uint64_t size;
+  uint16_t node;
+  uint8_t name_len;
+  char name[64];
+};
+
+bool write_all(int fd, const void* p, size_t n) {
+  auto* b = static_cast<const char*>(p);
+  while (n > 0) {
+    const ssize_t w = ::write(fd, b, n);
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) return false;
+    b += w;
+    n -= static_cast<size_t>(w);
+  }
+  return true;
+}
+
+// "e<epoch>-g<generation>-n<node>.seg"
+bool parse_name(const std::string& file, uint64_t* epoch, uint64_t* gen, unsigned* node) {
+  return std::sscanf(file.c_str(), "e%lu-g%lu-n%u.seg", epoch, gen, node) == 3 &&
+         file.size() > 4 && file.compare(file.size() - 4, 4, ".seg") == 0;
+}
+
+std::string segment_dir(const std::string& dir, std::string_view name) { return dir + "/" + std::string(name); }
+
+}  // namespace
+
+Result<std::unique_ptr<GlobalStore>> GlobalStore::open(const std::string& dir, uint32_t keep, uint16_t node) {
+  if (dir.empty()) return fail(Errc::kInvalidArgument, "global storage directory is empty");
+  if (keep == 0) return fail(Errc::kInvalidArgument, "global storage must keep at least 1 generation");
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) return fail(Errc::kIo, "cannot create ", dir, ": ", ec.message());
+  std::unique_ptr<GlobalStore> s(new GlobalStore(dir, keep, node));
+  s->thread_ = std::thread([raw = s.get()] { raw->run(); });
+  return s;
+}
+
+GlobalStore::~GlobalStore() {
+  {
+    std::lock_guard lock(mu_);
+    stopping_ = true;
+  }
+  cv_.notify_all();
+  if (thread_.joinable()) thread_.join();
+}
+
+bool GlobalStore::submit(Job job) {
+  {
+    std::lock_guard lock(mu_);
+    if (queue_.size() >= kMaxQueue || stopping_) return false;
+    queue_.push_back(std::move(job));
+  }
+  cv_.notify_one();
+  return true;
+}
+
+void GlobalStore::run() {
+  for (;;) {
+    Job job;
+    {
+      std::unique_lock lock(mu_);
+      cv_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
+      if (queue_.empty()) return;  // stopping, and every queued write is done
+      job = std::move(queue_.front());
+      queue_.pop_front();
+    }
+    auto ok = write(job);
+    job.pin->fetch_sub(1);  // the slot may be reused from here on
+    if (ok) {
+      written_.fetch_add(1);
+      prune(job.name);
+    } else {
+      failed_.fetch_add(1);
+      BT_WARN("global storage: %s", ok.error().to_string().c_str());
+    }
+  }
+}
+
+Result<void> GlobalStore::write(const Job& job) {
+  const std::string sdir = segment_dir(dir_, job.name);
+  std::error_code ec;
+  fs::create_directories(sdir, ec);
+  if (ec) return fail(Errc::kIo, "cannot create ", sdir, ": ", ec.message());
+  char file[96];
+  std::snprintf(file, sizeof file, "e%lu-g%lu-n%u.seg", static_cast<unsigned long>(job.epoch),
+                static_cast<unsigned long>(job.generation), node_);
+  const std::string final_path = sdir + "/" + file, tmp = final_path + ".tmp";
+  Header h{};
+  std::memcpy(h.magic, kMagic, sizeof kMagic);
+  h.version = 1;
+  h.crc = crc32c(job.data, job.size);
+  h.epoch = job.epoch;
+  h.generation = job.generation;
+  h.size = job.size;
+  h.node = node_;
+  h.name_len = static_cast<uint8_t>(job.name.size());
+  std::memcpy(h.name, job.name.data(), job.name.size());
+  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) return fail(Errc::kIo, "open ", tmp, ": ", std::strerror(errno));
+  const bool ok = write_all(fd, &h, sizeof h) && write_all(fd, job.data, job.size) && ::fsync(fd) == 0;
+  ::close(fd);
+  if (!ok || ::rename(tmp.c_str(), final_path.c_str()) != 0) {
+    ::unlink(tmp.c_str());
+    return fail(Errc::kIo, "write ", final_path, ": ", std::strerror(errno));
+  }
+  // The rename is durable only once the directory is.
+  const int dfd = ::open(sdir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd >= 0) {
+    ::fsync(dfd);
+    ::close(dfd);
+  }
+  return {};
+}
+
+void GlobalStore::prune(const std::string& name) {
+  std::vector<std::pair<std::pair<uint64_t, uint64_t>, std::string>> mine;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(segment_dir(dir_, name), ec)) {
+    uint64_t epoch, gen;
+    unsigned node;
+    if (parse_name(e.path().filename().string(), &epoch, &gen, &node) && node == node_)
+      mine.push_back({{epoch, gen}, e.path().string()});
+  }
+  std::sort(mine.begin(), mine.end(), [](auto& a, auto& b) { return a.first > b.first; });
+  for (size_t i = keep_; i < mine.size(); ++i) fs::remove(mine[i].second, ec);
+}
+
+std::optional<GlobalCopy> GlobalStore::newest(const std::string& dir, std::string_view name, uint64_t max_size) {
+  if (dir.empty() || !wire::valid_name(name)) return std::nullopt;
+  std::vector<GlobalCopy> copies;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(segment_dir(dir, name), ec)) {
+    GlobalCopy c;
+    unsigned node;
+    if (!parse_name(e.path().filename().string(), &c.epoch, &c.generation, &node)) continue;  // temp files too
+    c.path = e.path().string();
+    const uint64_t bytes = fs::file_size(e.path(), ec);
+    if (ec || bytes < sizeof(Header)) continue;
+    c.size = bytes - sizeof(Header);
+    if (c.size == 0 || c.size > max_size) continue;
+    copies.push_back(std::move(c));
+  }
+  std::sort(copies.begin(), copies.end(),
+            [](auto& a, auto& b) { return std::tie(a.epoch, a.generation) > std::tie(b.epoch, b.generation); });
+  // The newest whose header and checksum hold; a corrupt file is passed over.
+  for (auto& c : copies) {
+    std::vector<std::byte> probe(c.size);
+    if (read(c, probe)) return c;
+    BT_WARN("global storage: skipping %s (corrupt)", c.path.c_str());
+  }
+  return std::nullopt;
+}
+
+Result<void> GlobalStore::read(const GlobalCopy& c, std::span<std::byte> dest) {
+  if (dest.size() != c.size) return fail(Errc::kInvalidArgument, "destination is not the copy's size");
+  const int fd = ::open(c.path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return fail(Errc::kIo, "open ", c.path, ": ", std::strerror(errno));
+  Header h{};
+  bool ok = ::pread(fd, &h, sizeof h, 0) == static_cast<ssize_t>(sizeof h);
+  size_t got = 0;
+  while (ok && got < dest.size()) {
+    const ssize_t r = ::pread(fd, dest.data() + got, dest.size() - got, static_cast<off_t>(sizeof h + got));
+    if (r <= 0) ok = false;
+    else got += static_cast<size_t>(r);
+  }
+  ::close(fd);
+  if (!ok) return fail(Errc::kIo, "short read of ", c.path);
+  if (std::memcmp(h.magic, kMagic, sizeof kMagic) != 0 || h.version != 1 || h.size != c.size ||
+      h.epoch != c.epoch || h.generation != c.generation)
+    return fail(Errc::kCorrupt, c.path, ": bad header");
+  if (crc32c(dest.data(), dest.size()) != h.crc) return fail(Errc::kCorrupt, c.path, ": checksum mismatch");
+  return {};
+}
+
+}  // namespace baton

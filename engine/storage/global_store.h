@@ -1,0 +1,82 @@
+#pragma once
+// Global storage (S7): replicas also write each published generation to a
+// directory (a shared file system in production), so the state survives the
+// loss of every replica's memory. One file per (segment, epoch, generation,
+// node): written to a temp file, fsynced, renamed, and the directory fsynced;
+// the newest `keep` per segment and node are kept. A reader takes the newest
+// file whose checksum matches; temp files (a write killed half-way) are never
+// read.
+//
+// Writes happen on the store's own thread, never on the poll loop: the poll
+// loop submits a pinned replica slot and the thread releases the pin when the
+// file is safe.
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <thread>
+
+#include "baton/result.h"
+
+namespace baton {
+
+struct GlobalCopy {
+  std::string path;
+  uint64_t epoch = 0;
+  uint64_t generation = 0;
+  uint64_t size = 0;
+};
+
+class GlobalStore {
+ public:
+  struct Job {
+    std::string name;
+    uint64_t epoch = 0, generation = 0, size = 0;
+    const std::byte* data = nullptr;
+    std::atomic<uint32_t>* pin = nullptr;  ///< decremented once the bytes are no longer needed
+  };
+
+  /// Creates `dir` if needed and starts the writer. Errors: kIo. Thread: control.
+  static Result<std::unique_ptr<GlobalStore>> open(const std::string& dir, uint32_t keep, uint16_t node);
+  ~GlobalStore();  ///< finishes queued writes, then stops
+
+  /// Queues a write; the job's pin is released when done. Returns false (and
+  /// releases nothing) when the writer is far behind: that generation is
+  /// skipped, the next one will be written. Thread: poll-token holder.
+  bool submit(Job job);
+
+  /// The newest intact copy of `name` in `dir`, written by any node.
+  /// Thread: any (reads the directory).
+  static std::optional<GlobalCopy> newest(const std::string& dir, std::string_view name, uint64_t max_size);
+  /// Reads a copy into `dest` (exactly its size), verifying its checksum.
+  /// Errors: kIo, kCorrupt. Thread: any.
+  static Result<void> read(const GlobalCopy& copy, std::span<std::byte> dest);
+
+  uint64_t written() const noexcept { return written_.load(); }
+  uint64_t failed() const noexcept { return failed_.load(); }
+
+ private:
+  GlobalStore(std::string dir, uint32_t keep, uint16_t node) : dir_(std::move(dir)), keep_(keep), node_(node) {}
+  void run();
+  Result<void> write(const Job& job);
+  void prune(const std::string& name);
+
+  std::string dir_;
+  uint32_t keep_;
+  uint16_t node_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<Job> queue_;
+  bool stopping_ = false;
+  std::thread thread_;
+  std::atomic<uint64_t> written_{0}, failed_{0};
+};
+
+}  // namespace baton
