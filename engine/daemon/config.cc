@@ -114,11 +114,16 @@ Result<DaemonConfig> parse_daemon_config(std::string_view text, std::string_view
   if (const auto eng = root["engine"]; eng) {
     if (!eng.is_table()) return tl::unexpected(r.error("engine", "must be a table"));
     if (auto ok = r.only(*eng.as_table(), "engine",
-                         {"replication_factor", "retain", "idle", "max_segment_mib", "worker_cpu"});
+                         {"replication_factor", "retain", "idle", "max_segment_mib", "worker_cpu", "heartbeat_us",
+                          "failure_timeout_us"});
         !ok)
       return tl::unexpected(ok.error());
     TRY(cpu, r.integer(eng["worker_cpu"], "engine.worker_cpu", -1, 4095, -1));
     c.engine.worker_cpu = static_cast<int>(cpu);
+    TRY(hb, r.integer(eng["heartbeat_us"], "engine.heartbeat_us", 0, 10'000'000, 0));
+    c.engine.heartbeat_interval_us = static_cast<uint32_t>(hb);
+    TRY(ft, r.integer(eng["failure_timeout_us"], "engine.failure_timeout_us", 0, 600'000'000, 0));
+    c.engine.failure_timeout_us = static_cast<uint32_t>(ft);
     TRY(rf, r.integer(eng["replication_factor"], "engine.replication_factor", 1, 16, 1));
     c.engine.replication_factor = static_cast<uint32_t>(rf);
     TRY(retain, r.integer(eng["retain"], "engine.retain", 0, 64, 0));

@@ -4,7 +4,8 @@
 //
 //   [node]    id = 1, name = "blade1", cores = 2, memory_mib = 4096, tags = ["slot=1"]
 //   [engine]  replication_factor = 2, retain = 0, idle = "adaptive" | "spin", max_segment_mib = 1024,
-//             worker_cpu = 1 (pin the poll loop; default: float)
+//             worker_cpu = 1 (pin the poll loop; default: float),
+//             heartbeat_us = 5000, failure_timeout_us = 150000 (0: by idle policy)
 //   [client]  socket = "/run/baton/blade1.sock", user = "root", group = "baton", mode = "0660"
 //   [log]     level = "info", syslog = false
 //   [storage] dir = "/shared/baton", keep = 2 (global storage, S7; optional)

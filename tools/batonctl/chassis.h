@@ -21,6 +21,8 @@ struct ChassisConfig {
   /// in its own network namespace, joined by veth pairs (real Ethernet).
   std::string transport = "memif";
   uint32_t replication_factor = 2;
+  uint32_t heartbeat_us = 0;        ///< 0: the daemons' default
+  uint32_t failure_timeout_us = 0;  ///< 0: the daemons' default
   std::string batond;  ///< path of the batond binary
 };
 
@@ -38,6 +40,9 @@ Result<std::vector<Blade>> chassis_up(const ChassisConfig& c);
 std::vector<Blade> chassis_blades(const std::string& dir);
 /// Stops every blade (SIGTERM, then SIGKILL after 3 s) and removes the files `up` made.
 Result<void> chassis_down(const std::string& dir);
+/// Starts blade `id` of a chassis that is up again (after it died), with the
+/// config `up` wrote; returns its pid. Thread: control.
+Result<pid_t> chassis_restart_blade(const ChassisConfig& c, int id);
 
 /// The path of a program installed beside this one (batond, baton-kv).
 std::string sibling(const std::string& program);

@@ -22,6 +22,8 @@ retain = 1
 idle = "spin"
 max_segment_mib = 256
 worker_cpu = 1
+heartbeat_us = 500
+failure_timeout_us = 5000
 
 [client]
 socket = "/run/baton/blade3.sock"
@@ -60,6 +62,8 @@ TEST(DaemonConfig, GoodFileParses) {
   EXPECT_EQ(c->engine.idle, IdlePolicy::kSpin);
   EXPECT_EQ(c->engine.max_segment_size, 256ull << 20);
   EXPECT_EQ(c->engine.worker_cpu, 1);
+  EXPECT_EQ(c->engine.heartbeat_interval_us, 500u);
+  EXPECT_EQ(c->engine.failure_timeout_us, 5000u);
   EXPECT_EQ(c->engine.global_dir, "/srv/baton");
   EXPECT_EQ(c->engine.global_keep, 3u);
   EXPECT_EQ(c->socket_path, "/run/baton/blade3.sock");
