@@ -210,7 +210,6 @@ Result<Segment*> Engine::Impl::add_segment(std::unique_ptr<Segment> seg) {
   if (peers.size() < config.replication_factor)
     BT_WARN("segment %s: %zu of %u replicas (not enough peers)", seg->name.c_str(), peers.size(),
              config.replication_factor);
-  for (auto& stage : seg->stages) stage.segment = seg.get();
   Segment* raw = seg.get();
   auto added = call([this, raw] { owned[raw->id] = raw; });
   if (!added) return tl::unexpected(added.error());

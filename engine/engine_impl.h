@@ -51,7 +51,6 @@ struct Op {
 /// A snapshot buffer: one committed generation, ready to send.
 struct Stage {
   enum State : uint32_t { kFree = 0, kPosted = 1 };
-  Segment* segment = nullptr;
   LocalStorage mem;
   std::vector<uint32_t> chunk_crcs;
   uint32_t gen_crc = 0;                ///< valid once ready == every chunk
@@ -60,7 +59,6 @@ struct Stage {
   std::atomic<uint32_t> state{kFree};
 };
 
-/// A replica of one of our segments, as the primary sees it.
 /// A replica slot of one of our segments. The set of slots is fixed when the
 /// segment is added; re-replication (S12) swaps the node in a slot in place.
 struct ReplicaTarget {
