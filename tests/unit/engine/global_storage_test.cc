@@ -140,5 +140,20 @@ TEST(GlobalStorage, KeepsTheNewestNAndOpenRestoresFromIt) {
   EXPECT_EQ((*fresh)->data(opened->segment)[0], std::byte{5});
 }
 
+TEST(GlobalStorage, RejectsBadSettings) {
+  EXPECT_EQ(GlobalStore::open("", 2, 1).error().code, Errc::kInvalidArgument);
+  EXPECT_EQ(GlobalStore::open("/tmp/baton-global-bad", 0, 1).error().code, Errc::kInvalidArgument);
+  auto unwritable = GlobalStore::open("/proc/baton-cannot-be-here", 2, 1);
+  ASSERT_FALSE(unwritable);
+  EXPECT_EQ(unwritable.error().code, Errc::kIo);
+  EngineConfig c;
+  c.global_dir = "/proc/baton-cannot-be-here";
+  auto e = Engine::start(c, {});
+  ASSERT_FALSE(e);
+  EXPECT_EQ(e.error().code, Errc::kIo);
+  EXPECT_FALSE(GlobalStore::newest("/tmp", "bad name", 1 << 20)) << "names are validated";
+  EXPECT_FALSE(GlobalStore::newest("", "x", 1 << 20));
+}
+
 }  // namespace
 }  // namespace baton
