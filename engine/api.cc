@@ -11,6 +11,7 @@
 #include "baton/baton.h"
 #include "baton/engine.h"  // declarations only: no DPDK
 #include "ipc/client.h"
+#include "protocol/wire.h"
 #ifndef BATON_CLIENT_ONLY
 #include "baton/ethdev.h"
 #endif
@@ -72,10 +73,8 @@ int check_name(const char* name) {
   const size_t len = strnlen(name, BATON_NAME_MAX + 1);
   if (len == 0) return set_error(Errc::kInvalidArgument, "name is empty");
   if (len > BATON_NAME_MAX) return set_error(Errc::kInvalidArgument, "name is longer than 63 bytes");
-  for (size_t i = 0; i < len; ++i) {
-    const auto c = static_cast<unsigned char>(name[i]);
-    if (c <= 0x20 || c >= 0x7f) return set_error(Errc::kInvalidArgument, "name must be printable ASCII without spaces");
-  }
+  if (!baton::wire::valid_name(std::string_view(name, len)))
+    return set_error(Errc::kInvalidArgument, "name must be printable ASCII without spaces");
   return 0;
 }
 
@@ -91,15 +90,42 @@ void insert(baton_t* b) {
   registry().batons.insert(b);
 }
 
-// Daemon mode: one open path for kOpen, kCreate and kLoad.
-int remote_open(baton_t* b, baton::ipc::Op op, const char* name, uint64_t size, baton_segment_t** out, int* restored,
-                uint64_t* generation) {
-  auto s = b->client->open(op, name, size);
-  if (!s) return set_error(s.error());
-  *out = track(b, nullptr, *s);
-  if (restored != nullptr) *restored = (*s)->restored;
-  if (generation != nullptr) *generation = (*s)->generation;
+// register, open and load: the same checks, then the daemon or the engine.
+int open_segment(baton_t* b, baton::ipc::Op op, const char* name, uint64_t size, baton_segment_t** out,
+                 int* restored, uint64_t* generation) {
+  if (!live(b)) return set_error(Errc::kInvalidArgument, "unknown baton handle");
+  if (out == nullptr) return set_error(Errc::kInvalidArgument, "out is NULL");
+  *out = nullptr;
+  if (int rc = check_name(name); rc != 0) return rc;
+  if (b->client) {
+    auto s = b->client->open(op, name, size);
+    if (!s) return set_error(s.error());
+    *out = track(b, nullptr, *s);
+    if (restored != nullptr) *restored = (*s)->restored;
+    if (generation != nullptr) *generation = (*s)->generation;
+    return ok();
+  }
+#ifndef BATON_CLIENT_ONLY
+  baton::Result<baton::OpenResult> r = baton::fail(Errc::kInternal, "unknown operation");
+  switch (op) {
+    case baton::ipc::Op::kCreate: {
+      auto seg = b->engine->create(name, size);
+      r = seg ? baton::Result<baton::OpenResult>(baton::OpenResult{*seg, baton::OpenOutcome::kCreated, 0})
+              : tl::unexpected(seg.error());
+      break;
+    }
+    case baton::ipc::Op::kOpen: r = b->engine->open(name, size); break;
+    case baton::ipc::Op::kLoad: r = b->engine->load(name); break;
+    default: break;
+  }
+  if (!r) return set_error(r.error());
+  *out = track(b, r->segment);
+  if (restored != nullptr) *restored = r->outcome == baton::OpenOutcome::kRestored;
+  if (generation != nullptr) *generation = r->generation;
   return ok();
+#else
+  return set_error(Errc::kInternal, "no engine");
+#endif
 }
 
 #ifndef BATON_CLIENT_ONLY
@@ -198,52 +224,16 @@ void baton_stop(baton_t* b) {
 }
 
 int baton_register(baton_t* b, const char* name, uint64_t size, baton_segment_t** out) {
-  if (!live(b)) return set_error(Errc::kInvalidArgument, "unknown baton handle");
-  if (out == nullptr) return set_error(Errc::kInvalidArgument, "out is NULL");
-  *out = nullptr;
-  if (int rc = check_name(name); rc != 0) return rc;
-  if (b->client) return remote_open(b, baton::ipc::Op::kCreate, name, size, out, nullptr, nullptr);
-#ifndef BATON_CLIENT_ONLY
-  auto seg = b->engine->create(name, size);
-  if (!seg) return set_error(seg.error());
-  *out = track(b, *seg);
-  return ok();
-#endif
-  return set_error(Errc::kInternal, "no engine");
+  return open_segment(b, baton::ipc::Op::kCreate, name, size, out, nullptr, nullptr);
 }
 
 int baton_open(baton_t* b, const char* name, uint64_t size, baton_segment_t** out, int* restored,
                uint64_t* generation) {
-  if (!live(b)) return set_error(Errc::kInvalidArgument, "unknown baton handle");
-  if (out == nullptr) return set_error(Errc::kInvalidArgument, "out is NULL");
-  *out = nullptr;
-  if (int rc = check_name(name); rc != 0) return rc;
-  if (b->client) return remote_open(b, baton::ipc::Op::kOpen, name, size, out, restored, generation);
-#ifndef BATON_CLIENT_ONLY
-  auto r = b->engine->open(name, size);
-  if (!r) return set_error(r.error());
-  *out = track(b, r->segment);
-  if (restored != nullptr) *restored = r->outcome == baton::OpenOutcome::kRestored;
-  if (generation != nullptr) *generation = r->generation;
-  return ok();
-#endif
-  return set_error(Errc::kInternal, "no engine");
+  return open_segment(b, baton::ipc::Op::kOpen, name, size, out, restored, generation);
 }
 
 int baton_load(baton_t* b, const char* name, baton_segment_t** out, uint64_t* generation) {
-  if (!live(b)) return set_error(Errc::kInvalidArgument, "unknown baton handle");
-  if (out == nullptr) return set_error(Errc::kInvalidArgument, "out is NULL");
-  *out = nullptr;
-  if (int rc = check_name(name); rc != 0) return rc;
-  if (b->client) return remote_open(b, baton::ipc::Op::kLoad, name, 0, out, nullptr, generation);
-#ifndef BATON_CLIENT_ONLY
-  auto r = b->engine->load(name);
-  if (!r) return set_error(r.error());
-  *out = track(b, r->segment);
-  if (generation != nullptr) *generation = r->generation;
-  return ok();
-#endif
-  return set_error(Errc::kInternal, "no engine");
+  return open_segment(b, baton::ipc::Op::kLoad, name, 0, out, nullptr, generation);
 }
 
 void* baton_segment_data(baton_segment_t* s) {
