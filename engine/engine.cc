@@ -214,6 +214,7 @@ Result<Segment*> Engine::Impl::add_segment(std::unique_ptr<Segment> seg) {
   auto added = call([this, raw] { owned[raw->id] = raw; });
   if (!added) return tl::unexpected(added.error());
   segments.emplace(raw->name, std::move(seg));
+  handles.insert(raw);
   return raw;
 }
 
@@ -374,12 +375,7 @@ Result<OpenResult> Engine::open(std::string_view name, uint64_t size) {
   return OpenResult{*seg, OpenOutcome::kCreated, 0};
 }
 
-Segment* Engine::Impl::find_handle(Segment* seg) {
-  if (seg == nullptr) return nullptr;
-  for (auto& [name, s] : segments)
-    if (s.get() == seg) return seg;
-  return nullptr;
-}
+Segment* Engine::Impl::find_handle(Segment* seg) { return handles.count(seg) != 0 ? seg : nullptr; }
 
 std::span<std::byte> Engine::data(Segment* segment) const noexcept {
   std::lock_guard lock(impl_->control_mu);
@@ -469,6 +465,7 @@ Result<void> Engine::close(Segment* segment) {
     seg->current_stage = -1;
   });
   if (!removed) return removed;
+  impl_->handles.erase(seg);
   impl_->segments.erase(seg->name);
   return {};
 }

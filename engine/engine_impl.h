@@ -20,6 +20,7 @@
 #include <string>
 #include <thread>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include "baton/engine.h"
@@ -178,6 +179,7 @@ struct Engine::Impl {
   // Control side.
   mutable std::mutex control_mu;             ///< serialises API calls on the segment table
   std::unordered_map<std::string, std::unique_ptr<Segment>> segments;
+  std::unordered_set<Segment*> handles;  ///< the live handles: checked on every call, O(1)
 
   // Worker side.
   std::unordered_map<uint64_t, Segment*> owned;                       ///< by segment id
