@@ -84,7 +84,8 @@ Result<std::unique_ptr<Engine>> Engine::start(const EngineConfig& config,
                                               std::vector<std::unique_ptr<Link>> links) {
   if (config.node_id == 0 || config.node_id == wire::kBroadcast)
     return fail(Errc::kInvalidArgument, "node_id must be 1..65534");
-  if (config.replication_factor == 0) return fail(Errc::kInvalidArgument, "replication_factor must be at least 1");
+  if (config.replication_factor == 0 || config.replication_factor > wire::kMaxReplicaSet)
+    return fail(Errc::kInvalidArgument, "replication_factor must be 1..", std::to_string(wire::kMaxReplicaSet));
   if (config.chunk_size < 512 || config.chunk_size > wire::kMaxChunkSize)
     return fail(Errc::kInvalidArgument, "chunk_size must be 512..", std::to_string(wire::kMaxChunkSize));
   if (config.window == 0 || config.window > 65536) return fail(Errc::kInvalidArgument, "window must be 1..65536");
@@ -114,6 +115,12 @@ Result<std::unique_ptr<Engine>> Engine::start(const EngineConfig& config,
   if (impl->failure_ns < 2 * impl->heartbeat_ns)
     return fail(Errc::kInvalidArgument, "failure_timeout_us must be at least twice heartbeat_interval_us");
   impl->incarnation = now_ns();
+  const uint32_t votes = config.expected_votes ? config.expected_votes : static_cast<uint32_t>(impl->links.size() + 1);
+  if (votes < impl->links.size() + 1)
+    return fail(Errc::kInvalidArgument, "expected_votes ", std::to_string(votes), " is below the ",
+                std::to_string(impl->links.size() + 1), " nodes this one links to");
+  impl->membership = make_heartbeat_membership(config.node_id, votes);
+  impl->view = impl->membership->view();
   if (!config.global_dir.empty()) {
     auto global = GlobalStore::open(config.global_dir, config.global_keep, config.node_id);
     if (!global) return tl::unexpected(global.error());
@@ -195,32 +202,48 @@ Result<std::unique_ptr<QueryOp>> Engine::Impl::query(std::string_view name) {
 }
 
 Result<Segment*> Engine::Impl::add_segment(std::unique_ptr<Segment> seg) {
-  // Replica selection (S4): the first replication_factor peers by rank.
-  std::vector<Link*> peers;
-  for (auto& l : links) peers.push_back(l.get());
-  std::sort(peers.begin(), peers.end(),
-            [&](Link* a, Link* b) { return replica_rank(seg->id, a->peer()) > replica_rank(seg->id, b->peer()); });
-  peers.resize(std::min<size_t>(peers.size(), config.replication_factor));
-  for (Link* l : peers) {
-    auto r = std::make_unique<ReplicaTarget>();
-    r->node = l->peer();
-    r->link = l;
-    seg->replicas.push_back(std::move(r));
-  }
-  if (peers.size() < config.replication_factor)
-    BT_WARN("segment %s: %zu of %u replicas (not enough peers)", seg->name.c_str(), peers.size(),
-             config.replication_factor);
+  // Replica selection (S4): live peers on other blades / power domains /
+  // NUMA nodes first (pick_replica), then any peer not known to be gone.
+  const size_t want = std::min<size_t>(links.size(), config.replication_factor);
+  for (size_t i = 0; i < want; ++i) seg->replicas.push_back(std::make_unique<ReplicaTarget>());
   Segment* raw = seg.get();
-  auto added = call([this, raw] { owned[raw->id] = raw; });
+  size_t picked = 0;
+  auto added = call([this, raw, &picked] {
+    std::vector<std::unique_ptr<ReplicaTarget>> slots = std::move(raw->replicas);
+    raw->replicas.clear();
+    for (auto& slot : slots) {
+      // After a takeover, the replicas of the set taken over come first: the
+      // new owner's first generations must reach a majority of them anyway.
+      PeerState* p = nullptr;
+      for (uint16_t n : raw->prev_set)
+        for (auto& ps : peer_states)
+          if (p == nullptr && ps.link->peer() == n && ps.alive &&
+              std::none_of(raw->replicas.begin(), raw->replicas.end(), [n](auto& r) { return r->node == n; }))
+            p = &ps;
+      if (p == nullptr) p = pick_replica(*raw, true);
+      if (p == nullptr) p = pick_replica(*raw, false);
+      if (p == nullptr) break;
+      slot->node = p->link->peer();
+      slot->link = p->link;
+      raw->replicas.push_back(std::move(slot));
+    }
+    picked = raw->replicas.size();
+    owned[raw->id] = raw;
+  });
   if (!added) return tl::unexpected(added.error());
+  if (picked < config.replication_factor)
+    BT_WARN("segment %s: %zu of %u replicas (not enough peers)", raw->name.c_str(), picked,
+            config.replication_factor);
   segments.emplace(raw->name, std::move(seg));
   handles.insert(raw);
   return raw;
 }
 
 Result<Segment*> Engine::Impl::make_segment(std::string_view name, uint64_t size, LocalStorage* restored,
-                                            uint64_t epoch, uint64_t generation) {
+                                            uint64_t epoch, uint64_t generation, std::vector<uint16_t> prev_set) {
   auto seg = std::make_unique<Segment>();
+  seg->prev_set = std::move(prev_set);
+  seg->joint_from = generation + 1;
   seg->name = std::string(name);
   seg->id = wire::segment_id(name);
   seg->size = size;
@@ -250,6 +273,7 @@ Result<Segment*> Engine::create(std::string_view name, uint64_t size) {
     return fail(Errc::kInvalidArgument, "size must be 1..", std::to_string(impl_->config.max_segment_size));
   std::lock_guard lock(impl_->control_mu);
   if (impl_->segments.count(std::string(name)) != 0) return fail(Errc::kExists, "segment ", name, " is open here");
+  if (auto ok = impl_->require_quorum("create a segment"); !ok) return tl::unexpected(ok.error());
   auto q = impl_->query(name);
   if (!q) return tl::unexpected(q.error());
   for (const auto& a : (*q)->answers)
@@ -259,30 +283,138 @@ Result<Segment*> Engine::create(std::string_view name, uint64_t size) {
   return impl_->make_segment(name, size, nullptr, 1, 0);
 }
 
+Result<void> Engine::Impl::require_quorum(const char* what) {
+  const uint64_t deadline = now_ns() + uint64_t{config.query_timeout_ms} * 1'000'000;
+  // Just after start the view may not have gathered the peers yet: poll.
+  if (poll_until([this] { return membership->view().quorate; }, deadline)) return {};
+  return fail(Errc::kUnavailable, "cannot ", what, ": no quorum (", current_view().to_string(), ")");
+}
+
+Result<std::unique_ptr<ClaimOp>> Engine::Impl::claim(std::string_view name, uint64_t epoch,
+                                                     const std::vector<uint16_t>& peers) {
+  auto c = std::make_unique<ClaimOp>();
+  c->name = std::string(name);
+  c->id = wire::segment_id(name);
+  c->epoch = epoch;
+  for (uint16_t p : peers) c->answers.push_back(ClaimAnswer{p});
+  ClaimOp* raw = c.get();
+  c->run = [this, raw] {
+    for (ClaimOp* other : claims)
+      if (other->id == raw->id) return raw->fail(Errc::kBusy, "another load of this name is in progress");
+    // Our own replica answers here and now, by the same rule as a peer's.
+    for (auto& a : raw->answers) {
+      if (a.peer != config.node_id) continue;
+      a.answered = true;
+      auto it = stores.find(raw->id);
+      if (it == stores.end()) continue;
+      ReplicaStore& st = *it->second;
+      if (raw->epoch < st.epoch() || (raw->epoch == st.epoch() && st.owner() != config.node_id)) {
+        a.refused_epoch = st.epoch();
+        continue;
+      }
+      st.adopt_epoch(config.node_id, raw->epoch);
+      a.granted = true;
+      a.total_len = st.size();
+      if (const ReplicaStore::Slot* slot = st.latest()) {
+        a.data_epoch = slot->epoch;
+        a.generation = slot->generation;
+        a.set = slot->set;
+      }
+    }
+    const uint64_t now = now_ns();
+    raw->deadline_ns = now + uint64_t{config.query_timeout_ms} * 1'000'000;
+    claims.push_back(raw);
+    send_claim(*raw, now);
+  };
+  post(raw);
+  await(*raw);
+  if (!raw->ok) return tl::unexpected(raw->error);
+  return c;
+}
+
+namespace {
+
+std::string set_string(const std::vector<uint16_t>& set) {
+  std::string s = "{";
+  for (size_t i = 0; i < set.size(); ++i) s += (i ? "," : "") + std::to_string(set[i]);
+  return s + "}";
+}
+
+}  // namespace
+
+// Ownership moves in two steps (S9, S22). First a claim: every replica that
+// holds the name is asked to accept owner epoch E+1, above any epoch seen;
+// one that accepts refuses the old owner from then on and hands over what it
+// holds. Ownership is taken only if a majority of the replica set stamped on
+// the newest generation handed over accepted. Then the newest generation is
+// fetched from a replica that accepted. See docs/architecture.md, "Fencing".
 Result<OpenResult> Engine::Impl::load_from(const QueryOp& q, std::string_view name) {
-  std::vector<const QueryAnswer*> candidates;
   uint64_t max_epoch = 0;
+  std::vector<uint16_t> holders;
   for (const auto& a : q.answers) {
     if (!a.found) continue;
     max_epoch = std::max(max_epoch, a.epoch);
     if (!a.owner && a.generation > 0 && a.total_len > 0 && a.total_len <= config.max_segment_size)
-      candidates.push_back(&a);
+      holders.push_back(a.peer);
   }
-  if (candidates.empty()) {
+  if (holders.empty()) {
     if (!config.global_dir.empty()) return load_from_global(name, max_epoch);
     return fail(Errc::kNotFound, "no live replica holds ", name);
   }
-  // Newest first; among equals, this node's own copy (no transfer at all).
-  std::sort(candidates.begin(), candidates.end(), [this](auto* a, auto* b) {
-    const bool la = a->peer == config.node_id, lb = b->peer == config.node_id;
-    return std::tie(a->epoch, a->generation, la) > std::tie(b->epoch, b->generation, lb);
+  std::unique_ptr<ClaimOp> c;
+  for (int attempt = 0;; ++attempt) {
+    auto claimed = claim(name, max_epoch + 1, holders);
+    if (!claimed) return tl::unexpected(claimed.error());
+    c = std::move(*claimed);
+    uint64_t refused = 0;
+    for (const auto& a : c->answers) refused = std::max(refused, a.refused_epoch);
+    // A replica had seen a newer epoch than the query showed (a concurrent
+    // or failed claim): claim above it, a few times at most.
+    if (refused == 0 || attempt == 2) break;
+    max_epoch = std::max(max_epoch, refused);
+  }
+  const ClaimAnswer* best = nullptr;
+  for (const auto& a : c->answers)
+    if (a.granted && a.generation > 0 &&
+        (best == nullptr || std::tie(a.data_epoch, a.generation) > std::tie(best->data_epoch, best->generation)))
+      best = &a;
+  if (best == nullptr)
+    return fail(Errc::kUnavailable, "no replica of ", name, " accepted owner epoch ", std::to_string(c->epoch));
+  std::vector<uint16_t> set;
+  for (uint16_t n : wire::unpack_set(best->set))
+    if (n != 0) set.push_back(n);
+  size_t accepted = 0;
+  for (const auto& a : c->answers)
+    if (a.granted && std::find(set.begin(), set.end(), a.peer) != set.end()) ++accepted;
+  if (accepted * 2 <= set.size()) {
+    record_event("segment " + std::string(name) + ": ownership not taken: " + std::to_string(accepted) + " of " +
+                 std::to_string(set.size()) + " replicas of set " + set_string(set) + " accepted epoch " +
+                 std::to_string(c->epoch));
+    return fail(Errc::kUnavailable, "only ", std::to_string(accepted), " of the ", std::to_string(set.size()),
+                " replicas ", set_string(set), " of ", name, " accepted owner epoch ", std::to_string(c->epoch),
+                "; a majority must");
+  }
+  // The new owner's first generations must also reach a majority of the set
+  // it took over from (Segment::prev_set); this node no longer counts there.
+  std::vector<uint16_t> prev;
+  for (uint16_t n : set)
+    if (n != config.node_id) prev.push_back(n);
+  // Sources: replicas that accepted and hold the newest generation; this
+  // node's own copy first (no transfer at all), then the best answer's.
+  std::vector<const ClaimAnswer*> sources;
+  for (const auto& a : c->answers)
+    if (a.granted && a.data_epoch == best->data_epoch && a.generation == best->generation &&
+        a.total_len == best->total_len)
+      sources.push_back(&a);
+  std::stable_sort(sources.begin(), sources.end(), [this, best](auto* a, auto* b) {
+    return std::make_pair(a->peer == config.node_id, a == best) > std::make_pair(b->peer == config.node_id, b == best);
   });
   Error last{Errc::kNotFound, "no replica could deliver " + std::string(name)};
-  for (const QueryAnswer* a : candidates) {
+  for (const ClaimAnswer* a : sources) {
     auto dest = LocalStorage::create(std::string(name), a->total_len, config.numa_node);
     if (!dest) return tl::unexpected(dest.error());
+    uint64_t got = 0;
     if (a->peer == config.node_id) {  // our own replica store: a local copy
-      uint64_t got = 0;
       auto copied = call([&] {
         auto it = stores.find(q.id);
         ReplicaStore::Slot* slot = it == stores.end() ? nullptr : it->second->find(a->generation);
@@ -291,38 +423,37 @@ Result<OpenResult> Engine::Impl::load_from(const QueryOp& q, std::string_view na
         got = slot->generation;
       });
       if (!copied || got == 0) continue;  // published over meanwhile: try the next copy
-      auto seg = make_segment(name, a->total_len, &*dest, max_epoch + 1, got);
-      if (!seg) return tl::unexpected(seg.error());
-      BT_INFO("loaded %.*s generation %lu from this node's replica (epoch %lu)", int(name.size()), name.data(),
-              static_cast<unsigned long>(got), static_cast<unsigned long>(max_epoch + 1));
-      return OpenResult{*seg, OpenOutcome::kRestored, got};
+    } else {
+      FetchOp op;
+      op.name = std::string(name);
+      op.id = q.id;
+      op.peer = a->peer;
+      op.link = link_by_peer.at(a->peer);
+      op.generation = a->generation;
+      op.dest = &*dest;
+      op.run = [this, &op] {
+        op.last_progress_ns = now_ns();
+        fetches.push_back(&op);
+        send_fetch_request(op, op.last_progress_ns);
+      };
+      post(&op);
+      await(op);
+      if (!op.ok) {
+        BT_WARN("load %.*s from node %u failed: %s", int(name.size()), name.data(), a->peer,
+                op.error.message.c_str());
+        last = op.error;
+        continue;
+      }
+      got = op.got_generation;
     }
-    FetchOp op;
-    op.name = std::string(name);
-    op.id = q.id;
-    op.peer = a->peer;
-    op.link = link_by_peer.at(a->peer);
-    op.generation = a->generation;
-    op.dest = &*dest;
-    op.run = [this, &op] {
-      op.last_progress_ns = now_ns();
-      fetches.push_back(&op);
-      send_fetch_request(op, op.last_progress_ns);
-    };
-    post(&op);
-    await(op);
-    if (!op.ok) {
-      BT_WARN("load %.*s from node %u failed: %s", int(name.size()), name.data(), a->peer,
-               op.error.message.c_str());
-      last = op.error;
-      continue;
-    }
-    // Ownership moves here: a new epoch, above every epoch any peer reported.
-    auto seg = make_segment(name, a->total_len, &*dest, max_epoch + 1, op.got_generation);
+    auto seg = make_segment(name, a->total_len, &*dest, c->epoch, got, prev);
     if (!seg) return tl::unexpected(seg.error());
-    BT_INFO("loaded %.*s generation %lu from node %u (epoch %lu)", int(name.size()), name.data(),
-             static_cast<unsigned long>(op.got_generation), a->peer, static_cast<unsigned long>(max_epoch + 1));
-    return OpenResult{*seg, OpenOutcome::kRestored, op.got_generation};
+    record_event("segment " + std::string(name) + ": ownership taken at epoch " + std::to_string(c->epoch) + " (" +
+                 std::to_string(accepted) + " of " + std::to_string(set.size()) + " replicas of " +
+                 set_string(set) + " accepted); generation " + std::to_string(got) + " loaded from " +
+                 (a->peer == config.node_id ? std::string("this node's replica")
+                                            : "node " + std::to_string(a->peer)));
+    return OpenResult{*seg, OpenOutcome::kRestored, got};
   }
   return tl::unexpected(last);
 }
@@ -345,6 +476,7 @@ Result<OpenResult> Engine::load(std::string_view name) {
   if (auto ok = check_name(name); !ok) return tl::unexpected(ok.error());
   std::lock_guard lock(impl_->control_mu);
   if (impl_->segments.count(std::string(name)) != 0) return fail(Errc::kExists, "segment ", name, " is open here");
+  if (auto ok = impl_->require_quorum("take ownership"); !ok) return tl::unexpected(ok.error());
   auto q = impl_->query(name);
   if (!q) return tl::unexpected(q.error());
   return impl_->load_from(**q, name);
@@ -356,6 +488,7 @@ Result<OpenResult> Engine::open(std::string_view name, uint64_t size) {
     return fail(Errc::kInvalidArgument, "size must be 1..", std::to_string(impl_->config.max_segment_size));
   std::lock_guard lock(impl_->control_mu);
   if (impl_->segments.count(std::string(name)) != 0) return fail(Errc::kExists, "segment ", name, " is open here");
+  if (auto ok = impl_->require_quorum("open a segment"); !ok) return tl::unexpected(ok.error());
   auto q = impl_->query(name);
   if (!q) return tl::unexpected(q.error());
   bool any_replica = false;
@@ -437,7 +570,7 @@ Result<void> Engine::wait_replicated(Segment* segment, uint64_t generation, uint
     std::lock_guard lock(impl_->control_mu);
     seg = impl_->find_handle(segment);
     if (seg == nullptr) return fail(Errc::kInvalidArgument, "unknown segment handle");
-    if (k > seg->replicas.size())
+    if (k != kDurable && k > seg->replicas.size())
       return fail(Errc::kInvalidArgument, "asked for ", std::to_string(k), " replicas; the segment has ",
                   std::to_string(seg->replicas.size()));
     if (generation > seg->committed) return fail(Errc::kInvalidArgument, "generation not committed yet");
@@ -449,9 +582,16 @@ Result<void> Engine::wait_replicated(Segment* segment, uint64_t generation, uint
       if (r->held.load(std::memory_order_acquire) >= generation) ++n;
     return n;
   };
-  impl_->poll_until([&] { return held() >= k || seg->fenced.load(); }, deadline);
-  if (held() >= k) return {};
+  auto done = [&] {
+    return k == kDurable ? seg->durable.load(std::memory_order_acquire) >= generation : held() >= k;
+  };
+  impl_->poll_until([&] { return done() || seg->fenced.load(); }, deadline);
+  if (done()) return {};
   if (seg->fenced.load()) return fail(Errc::kFenced, "segment ", seg->name, " moved to a newer owner");
+  if (k == kDurable)
+    return fail(Errc::kTimeout, "generation ", std::to_string(generation), " is not durable: ",
+                std::to_string(held()), " of ", std::to_string(seg->replicas.size()),
+                " replicas hold it (a majority must)");
   return fail(Errc::kTimeout, std::to_string(held()), " of ", std::to_string(k), " replicas hold generation ",
               std::to_string(generation));
 }
@@ -476,6 +616,7 @@ Result<SegmentStatus> Engine::status(Segment* segment) const {
   if (seg == nullptr) return fail(Errc::kInvalidArgument, "unknown segment handle");
   SegmentStatus st{seg->name, seg->id, seg->size, seg->committed, seg->epoch.load(), seg->fenced.load(), {}};
   for (auto& r : seg->replicas) st.replicas.emplace_back(r->node.load(), r->held.load());
+  st.durable = seg->durable.load();
   return st;
 }
 
@@ -525,6 +666,8 @@ std::vector<PeerStatus> Engine::peers() const {
   if (!done) return {};
   return out;
 }
+
+View Engine::view() const { return impl_->current_view(); }
 
 std::vector<Event> Engine::events() const {
   std::lock_guard lock(impl_->events_mu);

@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "baton/engine.h"
+#include "control/membership.h"
 #include "protocol/wire.h"
 #include "replication/replica_store.h"
 #include "replication/transfer.h"
@@ -84,6 +85,13 @@ struct baton::Segment {
   std::atomic<bool> fenced{false};
   std::vector<std::unique_ptr<ReplicaTarget>> replicas;  ///< fixed once the worker added it
   int current_stage = -1;               ///< worker: stage being replicated
+  // Durability (kDurable): the newest generation a majority of the replica
+  // set holds under this epoch. While the set is changing (re-replication, or
+  // right after a takeover), a majority of the previous set must hold it too,
+  // until a generation stamped with the new set is durable under both.
+  std::vector<uint16_t> prev_set;       ///< token holder; empty when settled
+  uint64_t joint_from = 0;              ///< token holder: first generation stamped with the new set
+  std::atomic<uint64_t> durable{0};
 };
 
 namespace baton {
@@ -98,6 +106,29 @@ struct QueryAnswer {
   uint64_t epoch = 0;
   uint64_t generation = 0;
   uint64_t total_len = 0;
+};
+
+/// A replica's answer to a claim for a new owner epoch.
+struct ClaimAnswer {
+  uint16_t peer = 0;
+  bool answered = false;
+  bool granted = false;
+  uint64_t refused_epoch = 0;  ///< it holds a newer epoch than the claim's
+  uint64_t data_epoch = 0;     ///< epoch its latest generation was written under
+  uint64_t generation = 0;     ///< its latest generation (0: none)
+  uint64_t total_len = 0;
+  uint64_t set = 0;            ///< replica set stamped on that generation
+};
+
+/// Asks the replicas of a segment to accept a new owner epoch (S22) before
+/// ownership moves; each grant hands over what the replica holds.
+struct ClaimOp : Op {
+  std::string name;
+  uint64_t id = 0;
+  uint64_t epoch = 0;
+  uint64_t deadline_ns = 0;
+  uint64_t last_sent_ns = 0;
+  std::vector<ClaimAnswer> answers;  ///< the replicas asked, sized by the control side
 };
 
 struct QueryOp : Op {
@@ -144,6 +175,10 @@ struct PeerState {
   uint64_t heartbeat_seq = 0;
   bool alive = false;
   bool ever_heard = false;
+  // Placement tags from its heartbeats.
+  uint32_t blade = 0;
+  uint32_t power_domain = 0;
+  int numa_node = -1;
 };
 
 struct Engine::Impl {
@@ -152,6 +187,10 @@ struct Engine::Impl {
   uint64_t incarnation = 0;  ///< start time: tells a restarted peer from the old one
   uint64_t heartbeat_ns = 0, failure_ns = 0;
   std::vector<PeerState> peer_states;  ///< parallel to links; poll-token holder only
+  std::unique_ptr<MembershipSource> membership;  ///< token holder only
+  bool membership_dirty = false;                 ///< token holder: liveness changed since the last update
+  mutable std::mutex view_mu;
+  View view;  ///< the membership's view as last published (under view_mu)
   mutable std::mutex events_mu;
   std::deque<Event> event_log;  ///< bounded; appended on membership changes only
   std::vector<std::unique_ptr<Link>> links;
@@ -187,6 +226,7 @@ struct Engine::Impl {
   /// After `stores`: destroyed first, so queued writes finish from live slots.
   std::unique_ptr<GlobalStore> global;
   std::vector<QueryOp*> queries;
+  std::vector<ClaimOp*> claims;
   std::vector<FetchOp*> fetches;
   std::vector<std::unique_ptr<FetchServe>> serves;
   std::vector<FetchOp*> completed_fetches;  ///< finished after this poll's acks went out
@@ -239,11 +279,21 @@ struct Engine::Impl {
   void await(Op& op) { poll_until([&op] { return op.finished(); }, UINT64_MAX); }
   Result<std::unique_ptr<QueryOp>> query(std::string_view name);
   Result<OpenResult> load_from(const QueryOp& q, std::string_view name);
+  /// Runs one round of claims for `epoch` on the replicas in `peers`. Thread: control.
+  Result<std::unique_ptr<ClaimOp>> claim(std::string_view name, uint64_t epoch, const std::vector<uint16_t>& peers);
+  /// Fails with kUnavailable unless this node's view is quorate (it waits up
+  /// to the query timeout for one, e.g. just after start). Thread: control.
+  Result<void> require_quorum(const char* what);
+  View current_view() const {
+    std::lock_guard lock(view_mu);
+    return view;
+  }
   /// S7: restores `name` from the newest intact copy in global storage.
   Result<OpenResult> load_from_global(std::string_view name, uint64_t max_epoch);
   Result<Segment*> add_segment(std::unique_ptr<Segment> seg);
+  /// `prev_set`: the replica set ownership was taken from (see Segment::prev_set).
   Result<Segment*> make_segment(std::string_view name, uint64_t size, LocalStorage* restored, uint64_t epoch,
-                                uint64_t generation);
+                                uint64_t generation, std::vector<uint16_t> prev_set = {});
   Segment* find_handle(Segment* seg);
   uint32_t effective_chunk_size() const;
 
@@ -261,6 +311,18 @@ struct Engine::Impl {
   void on_fetch_request(Link& link, const wire::Frame& f, uint64_t now) noexcept;
   void on_fetch_meta(const wire::Frame& f) noexcept;
   void on_error(const wire::Frame& f) noexcept;
+  void on_claim(Link& link, const wire::Frame& f) noexcept;
+  void on_heartbeat(const wire::Frame& f) noexcept;
+  void send_claim(ClaimOp& c, uint64_t now) noexcept;
+  /// Recomputes seg.durable from the replicas' acks. Thread: token holder.
+  void update_durable(Segment& seg) noexcept;
+  /// The peer to hold a replica of `seg` next: live, not yet a replica, on
+  /// another blade / power domain / NUMA node than the owner and the other
+  /// replicas where possible, then by rendezvous rank. Thread: token holder.
+  PeerState* pick_replica(const Segment& seg, bool live_only) noexcept;
+  /// Feeds liveness changes to the membership source. Thread: token holder.
+  void step_membership() noexcept;
+  uint64_t replica_set(const Segment& seg) const noexcept;
   void start_replication(Segment& seg, Stage& stage, uint64_t now) noexcept;
   bool pump_senders(uint64_t now) noexcept;
   bool pump_one(Link& link, ChunkSender& sender, const wire::Frame& proto, uint64_t now) noexcept;

@@ -64,6 +64,8 @@ void Engine::Impl::run_worker() noexcept {
   }
   // Nobody may be left waiting on an op the worker will never finish.
   for (QueryOp* q : queries) q->finish();
+  for (ClaimOp* c : claims) c->finish();
+  claims.clear();
   for (FetchOp* f : fetches) f->fail(Errc::kUnavailable, "engine stopped");
   queries.clear();
   fetches.clear();
@@ -82,7 +84,7 @@ void Engine::Impl::park_worker() noexcept {
 }
 
 bool Engine::Impl::has_pending_work() const noexcept {
-  if (!queries.empty() || !fetches.empty() || rte_ring_count(commands) != 0) return true;
+  if (!queries.empty() || !claims.empty() || !fetches.empty() || rte_ring_count(commands) != 0) return true;
   for (const auto& [id, seg] : owned)
     for (const auto& r : seg->replicas)
       if (r->sender.has_unsent()) return true;
@@ -154,7 +156,8 @@ void Engine::Impl::on_frame(Link& link, wire::Frame& f, uint64_t now) noexcept {
     case wire::MsgType::kFetchRequest: on_fetch_request(link, f, now); break;
     case wire::MsgType::kFetchMeta: on_fetch_meta(f); break;
     case wire::MsgType::kError: on_error(f); break;
-    case wire::MsgType::kHeartbeat: break;  // liveness only: noted by the caller
+    case wire::MsgType::kHeartbeat: on_heartbeat(f); break;  // liveness itself was noted by the caller
+    case wire::MsgType::kClaim: on_claim(link, f); break;
   }
 }
 
@@ -332,9 +335,69 @@ void Engine::Impl::on_fetch_request(Link& link, const wire::Frame& f, uint64_t n
   serve->sender.start(src, tuning(), now);
 }
 
+// A new owner asks this replica to accept a newer owner epoch (S22). Once it
+// has, data from the old owner is refused, so the old owner can no longer
+// make any generation durable; the answer hands over what is held.
+void Engine::Impl::on_claim(Link& link, const wire::Frame& f) noexcept {
+  if (auto it = owned.find(f.seg_id); it != owned.end()) {
+    // Someone takes over a segment this node still owns: it was cut off.
+    if (f.epoch > it->second->epoch.load()) fence(*it->second);
+    send_error(link, f, wire::ErrorCode::kNoSuchSegment, 0);
+    return;
+  }
+  auto it = stores.find(f.seg_id);
+  if (it == stores.end() || it->second->name() != f.name) {
+    send_error(link, f, wire::ErrorCode::kNoSuchSegment, 0);
+    return;
+  }
+  ReplicaStore& st = *it->second;
+  // One owner per epoch: a second claimant of the same epoch is refused.
+  if (f.epoch < st.epoch() || (f.epoch == st.epoch() && f.src != st.owner())) {
+    bump(counters.stale_epoch);
+    send_error(link, f, wire::ErrorCode::kStaleEpoch, st.epoch());
+    return;
+  }
+  if (f.epoch > st.epoch()) {
+    record_event("segment " + st.name() + ": accepted owner epoch " + std::to_string(f.epoch) + " from node " +
+                 std::to_string(f.src) + " (was " + std::to_string(st.epoch()) + " of node " +
+                 std::to_string(st.owner()) + ")");
+    st.adopt_epoch(f.src, f.epoch);
+  }
+  wire::Frame meta;
+  meta.type = wire::MsgType::kFetchMeta;
+  meta.flags = wire::kFlagFound | wire::kFlagGranted;
+  meta.src = config.node_id;
+  meta.dst = f.src;
+  meta.seg_id = f.seg_id;
+  meta.name = st.name();
+  meta.epoch = f.epoch;
+  meta.total_len = st.size();
+  if (const ReplicaStore::Slot* slot = st.latest()) {
+    meta.generation = slot->generation;
+    meta.sack = slot->set;
+    wire::set_data_epoch(meta, slot->epoch);
+  }
+  send_control(link, meta);
+}
+
 // --- loader side ----------------------------------------------------------
 
 void Engine::Impl::on_fetch_meta(const wire::Frame& f) noexcept {
+  if ((f.flags & wire::kFlagGranted) != 0) {
+    for (ClaimOp* c : claims) {
+      if (c->id != f.seg_id || f.epoch != c->epoch) continue;
+      for (auto& a : c->answers) {
+        if (a.peer != f.src || a.answered) continue;
+        a.answered = true;
+        a.granted = true;
+        a.data_epoch = wire::data_epoch(f);
+        a.generation = f.generation;
+        a.total_len = f.total_len;
+        a.set = f.sack;
+      }
+    }
+    return;
+  }
   for (QueryOp* q : queries) {
     if (q->id != f.seg_id) continue;
     for (auto& a : q->answers) {
@@ -437,8 +500,11 @@ void Engine::Impl::on_ack(const wire::Frame& f, uint64_t now) noexcept {
   for (auto& r : seg.replicas) {
     if (r->node != f.src) continue;
     r->sender.on_ack(f, now);
-    if ((f.flags & wire::kFlagComplete) != 0 && f.generation > r->held.load(std::memory_order_relaxed)) {
+    // Only a replica that accepted this epoch holds anything for it.
+    if ((f.flags & wire::kFlagComplete) != 0 && f.epoch == seg.epoch.load(std::memory_order_relaxed) &&
+        f.generation > r->held.load(std::memory_order_relaxed)) {
       r->held.store(f.generation, std::memory_order_release);
+      update_durable(seg);
     }
     return;
   }
@@ -453,11 +519,22 @@ void Engine::Impl::fence(Segment& seg) noexcept {
 void Engine::Impl::on_error(const wire::Frame& f) noexcept {
   switch (static_cast<wire::ErrorCode>(f.code)) {
     case wire::ErrorCode::kStaleEpoch: {
+      for (ClaimOp* c : claims)
+        if (c->id == f.seg_id)
+          for (auto& a : c->answers)
+            if (a.peer == f.src && !a.answered) {
+              a.answered = true;
+              a.refused_epoch = f.epoch;
+            }
       auto it = owned.find(f.seg_id);
       if (it != owned.end() && f.epoch > it->second->epoch.load()) fence(*it->second);
       return;
     }
     case wire::ErrorCode::kNoSuchSegment:
+      for (ClaimOp* c : claims)
+        if (c->id == f.seg_id)
+          for (auto& a : c->answers)
+            if (a.peer == f.src) a.answered = true;
       for (auto it = fetches.begin(); it != fetches.end(); ++it) {
         if ((*it)->id != f.seg_id || (*it)->peer != f.src) continue;
         FetchOp* op = *it;
@@ -519,6 +596,7 @@ bool Engine::Impl::pump_senders(uint64_t now) noexcept {
         proto.flags = wire::kFlagGenCrc;
       }
       proto.name = seg->name;
+      proto.sack = replica_set(*seg);
       busy |= pump_one(*r->link, r->sender, proto, now);
     }
   }
@@ -560,6 +638,7 @@ void Engine::Impl::heard_from(size_t i, uint64_t now) noexcept {
   if (!p.alive) {
     p.alive = true;
     p.ever_heard = true;
+    membership_dirty = true;
     record_event("node " + std::to_string(p.link->peer()) + " up");
   }
 }
@@ -579,6 +658,15 @@ void Engine::Impl::step_liveness(uint64_t now) noexcept {
       hb.dst = p.link->peer();
       hb.epoch = incarnation;
       hb.generation = ++p.heartbeat_seq;
+      // This node's view, so peers can tell whether they agree, and its
+      // placement tags.
+      const View& v = membership->view();
+      hb.seg_id = v.digest();
+      hb.total_len = v.id;
+      if (v.quorate) hb.flags = wire::kFlagQuorate;
+      hb.chunk_index = config.blade != 0 ? config.blade : config.node_id;
+      hb.chunk_count = config.power_domain;
+      hb.chunk_size = static_cast<uint32_t>(config.numa_node + 1);
       send_control(*p.link, hb);
       p.last_sent_ns = now;
     }
@@ -586,36 +674,139 @@ void Engine::Impl::step_liveness(uint64_t now) noexcept {
     // peer here, so its silence (or its device saying down) decides.
     if (p.alive && (now - std::min(now, p.last_heard_ns) >= failure_ns || !p.link->up())) {
       p.alive = false;
+      membership_dirty = true;
       record_event("node " + std::to_string(p.link->peer()) + " down (" +
                    (p.link->up() ? "silent for " + std::to_string((now - p.last_heard_ns) / 1'000'000) + " ms"
                                  : std::string("link down")) +
                    ")");
     }
   }
+  if (membership_dirty) step_membership();
+}
+
+void Engine::Impl::step_membership() noexcept {
+  membership_dirty = false;
+  uint16_t alive[256];
+  size_t n = 0;
+  for (const auto& p : peer_states)
+    if (p.alive && n < std::size(alive)) alive[n++] = p.link->peer();
+  if (!membership->update({alive, n})) return;
+  const View& v = membership->view();
+  {
+    std::lock_guard lock(view_mu);
+    view = v;
+  }
+  record_event(v.to_string());
+}
+
+void Engine::Impl::on_heartbeat(const wire::Frame& f) noexcept {
+  for (auto& p : peer_states) {
+    if (p.link->peer() != f.src) continue;
+    p.blade = f.chunk_index;
+    p.power_domain = f.chunk_count;
+    p.numa_node = static_cast<int>(f.chunk_size) - 1;
+  }
+  // A report about a view this node does not share yet is news only once
+  // the failure detector catches up; agreement is rechecked then.
+  if (!membership->reported(f.src, f.seg_id)) return;
+  const View& v = membership->view();
+  {
+    std::lock_guard lock(view_mu);
+    view = v;
+  }
+  if (v.agreed) record_event("view " + std::to_string(v.id) + " agreed by every member");
 }
 
 // --- re-replication (S12) ----------------------------------------------------
 
+uint64_t Engine::Impl::replica_set(const Segment& seg) const noexcept {
+  wire::ReplicaSet set{};
+  for (size_t i = 0; i < seg.replicas.size() && i < set.size(); ++i)
+    set[i] = seg.replicas[i]->node.load(std::memory_order_relaxed);
+  return wire::pack_set(set);
+}
+
+PeerState* Engine::Impl::pick_replica(const Segment& seg, bool live_only) noexcept {
+  // Failure domains already used by the owner and the other replicas.
+  const uint32_t my_blade = config.blade != 0 ? config.blade : config.node_id;
+  auto domains_of = [&](const PeerState& p) { return std::make_tuple(p.blade, p.power_domain, p.numa_node); };
+  auto score = [&](const PeerState& cand) {
+    const auto [blade, power, numa] = domains_of(cand);
+    bool new_blade = blade == 0 || blade != my_blade;
+    bool new_power = power != 0 && power != config.power_domain;
+    bool new_numa = numa >= 0 && numa != config.numa_node;
+    for (const auto& r : seg.replicas) {
+      const uint16_t n = r->node.load(std::memory_order_relaxed);
+      for (const auto& other : peer_states) {
+        if (other.link->peer() != n || &other == &cand) continue;
+        new_blade &= other.blade == 0 || other.blade != blade;
+        new_power &= other.power_domain == 0 || other.power_domain != power;
+        new_numa &= other.numa_node < 0 || other.numa_node != numa;
+      }
+    }
+    return std::make_tuple(new_blade, new_power, new_numa, replica_rank(seg.id, cand.link->peer()));
+  };
+  PeerState* best = nullptr;
+  for (auto& p : peer_states) {
+    const uint16_t cand = p.link->peer();
+    if (live_only ? !p.alive : unreachable(cand)) continue;
+    bool taken = false;
+    for (const auto& r : seg.replicas) taken |= r->node.load(std::memory_order_relaxed) == cand;
+    if (taken) continue;
+    if (best == nullptr || score(p) > score(*best)) best = &p;
+  }
+  return best;
+}
+
+void Engine::Impl::update_durable(Segment& seg) noexcept {
+  // The generation the majority-th best replica holds: a majority holds it.
+  auto majority_holds = [&seg](auto nodes, size_t n) -> uint64_t {
+    if (n == 0) return 0;
+    uint64_t held[wire::kMaxReplicaSet] = {};
+    for (size_t i = 0; i < n; ++i)
+      for (const auto& r : seg.replicas)
+        if (r->node.load(std::memory_order_relaxed) == nodes(i)) held[i] = r->held.load(std::memory_order_relaxed);
+    std::sort(held, held + n, std::greater<>());
+    return held[n / 2];
+  };
+  uint64_t d = majority_holds([&seg](size_t i) { return seg.replicas[i]->node.load(std::memory_order_relaxed); },
+                              std::min(seg.replicas.size(), wire::kMaxReplicaSet));
+  if (!seg.prev_set.empty()) {
+    d = std::min(d, majority_holds([&seg](size_t i) { return seg.prev_set[i]; },
+                                   std::min(seg.prev_set.size(), wire::kMaxReplicaSet)));
+    if (d < seg.joint_from) {
+      if (d > seg.durable.load(std::memory_order_relaxed)) seg.durable.store(d, std::memory_order_release);
+      return;
+    }
+    // A generation stamped with the new set is on a majority of both: from
+    // now on the new set alone decides.
+    seg.prev_set.clear();
+    d = majority_holds([&seg](size_t i) { return seg.replicas[i]->node.load(std::memory_order_relaxed); },
+                       std::min(seg.replicas.size(), wire::kMaxReplicaSet));
+  }
+  if (d > seg.durable.load(std::memory_order_relaxed)) seg.durable.store(d, std::memory_order_release);
+}
+
 void Engine::Impl::step_replicas(uint64_t now) noexcept {
   if (now - std::min(now, last_replica_check_ns) < heartbeat_ns) return;
   last_replica_check_ns = now;
+  // Placement decisions only in a quorate view that every member shares: a
+  // minority partition, or a view still settling, moves nothing.
+  const View& v = membership->view();
+  if (!v.quorate || !v.agreed) return;
   for (auto& [id, seg] : owned) {
     if (seg->fenced.load()) continue;
     for (auto& r : seg->replicas) {
       const uint16_t lost = r->node.load(std::memory_order_relaxed);
       if (!unreachable(lost)) continue;
-      // The best-ranked live peer that is not already a replica (a different
-      // blade; power domains and NUMA domains from tags come with membership).
-      PeerState* best = nullptr;
-      for (auto& p : peer_states) {
-        const uint16_t cand = p.link->peer();
-        if (!p.alive) continue;
-        bool taken = false;
-        for (auto& other : seg->replicas) taken |= other->node.load(std::memory_order_relaxed) == cand;
-        if (taken) continue;
-        if (best == nullptr || replica_rank(id, cand) > replica_rank(id, best->link->peer())) best = &p;
-      }
+      PeerState* best = pick_replica(*seg, true);
       if (best == nullptr) continue;  // under-replicated until a peer is alive
+      // The set changes: until a generation stamped with the new set is
+      // durable, the set before the change must hold it too.
+      if (seg->prev_set.empty()) {
+        for (const auto& other : seg->replicas) seg->prev_set.push_back(other->node.load(std::memory_order_relaxed));
+        seg->joint_from = (seg->current_stage >= 0 ? seg->stages[seg->current_stage].generation : 0) + 1;
+      }
       r->sender.stop();
       r->link = best->link;
       r->held.store(0);
@@ -648,6 +839,22 @@ bool Engine::Impl::step_ops(uint64_t now) noexcept {
     }
     if (elapsed(now, q->last_sent_ns) >= kQueryRetryNs) {
       send_query(*q, now);
+      busy = true;
+    }
+    ++it;
+  }
+  for (auto it = claims.begin(); it != claims.end();) {
+    ClaimOp* c = *it;
+    const bool all = std::all_of(c->answers.begin(), c->answers.end(),
+                                 [this](auto& a) { return a.answered || unreachable(a.peer); });
+    if (all || now >= c->deadline_ns) {
+      it = claims.erase(it);
+      c->finish();
+      busy = true;
+      continue;
+    }
+    if (elapsed(now, c->last_sent_ns) >= kQueryRetryNs) {
+      send_claim(*c, now);
       busy = true;
     }
     ++it;
@@ -689,6 +896,23 @@ void Engine::Impl::send_fetch_request(FetchOp& op, uint64_t now) noexcept {
   req.name = op.name;
   send_control(*op.link, req);
   op.last_request_ns = now;
+}
+
+void Engine::Impl::send_claim(ClaimOp& c, uint64_t now) noexcept {
+  c.last_sent_ns = now;
+  for (const auto& a : c.answers) {
+    if (a.answered || a.peer == config.node_id || unreachable(a.peer)) continue;
+    auto l = link_by_peer.find(a.peer);
+    if (l == link_by_peer.end()) continue;
+    wire::Frame req;
+    req.type = wire::MsgType::kClaim;
+    req.src = config.node_id;
+    req.dst = a.peer;
+    req.seg_id = c.id;
+    req.epoch = c.epoch;
+    req.name = c.name;
+    send_control(*l->second, req);
+  }
 }
 
 void Engine::Impl::send_query(QueryOp& q, uint64_t now) noexcept {

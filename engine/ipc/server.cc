@@ -234,6 +234,12 @@ std::string Server::status() const {
       if (p.node == node) return p.alive;
     return false;
   };
+  const View v = engine_.view();
+  std::string members;
+  for (uint16_t m : v.members) members += (members.empty() ? "" : ",") + std::to_string(m);
+  s += "view id=" + std::to_string(v.id) + " members=" + members + " votes=" + std::to_string(v.members.size()) +
+       " expected=" + std::to_string(v.expected_votes) + " quorate=" + (v.quorate ? "yes" : "no") +
+       " agreed=" + (v.agreed ? "yes" : "no") + "\n";
   for (const auto& l : engine_.link_status())
     s += "link peer=" + std::to_string(l.peer) + " node=" + (alive(l.peer) ? "alive" : "dead") + " state=" +
          (l.up ? "up" : "down") + " rx=" +
@@ -243,7 +249,8 @@ std::string Server::status() const {
     auto st = engine_.status(seg->handle);
     if (!st) continue;
     s += "segment name=" + name + " size=" + std::to_string(st->size) + " generation=" +
-         std::to_string(st->generation) + " epoch=" + std::to_string(st->epoch) + " app=" +
+         std::to_string(st->generation) + " durable=" + std::to_string(st->durable) + " epoch=" +
+         std::to_string(st->epoch) + " app=" +
          (seg->holder_fd >= 0 ? "held" : "free") + (st->fenced ? " fenced=yes" : "") + "\n";
     for (auto& [node, gen] : st->replicas)
       s += "replica segment=" + name + " node=" + std::to_string(node) + " generation=" + std::to_string(gen) +

@@ -25,12 +25,13 @@ constexpr size_t kOffCrc = 12;
 
 bool has_name(MsgType t) noexcept {
   return t == MsgType::kData || t == MsgType::kFetchData || t == MsgType::kFetchRequest ||
-         t == MsgType::kFetchMeta;
+         t == MsgType::kFetchMeta || t == MsgType::kClaim;
 }
 bool has_payload(MsgType t) noexcept { return t == MsgType::kData || t == MsgType::kFetchData; }
 
 constexpr uint16_t kKnownFlags =
-    kFlagComplete | kFlagRestart | kFlagQuery | kFlagFound | kFlagFetch | kFlagOwner | kFlagGenCrc;
+    kFlagComplete | kFlagRestart | kFlagQuery | kFlagFound | kFlagFetch | kFlagOwner | kFlagGenCrc | kFlagGranted |
+    kFlagQuorate;
 
 // Type-specific checks on an already length-checked frame.
 DecodeError validate_fields(const Frame& f) noexcept {
@@ -61,7 +62,10 @@ DecodeError validate_fields(const Frame& f) noexcept {
       if (f.code == 0 || f.code > static_cast<uint16_t>(ErrorCode::kMaxErrorCode)) return DecodeError::kBadField;
       return DecodeError::kNone;
     case MsgType::kHeartbeat:
-      return f.flags == 0 ? DecodeError::kNone : DecodeError::kBadField;
+      return (f.flags & ~kFlagQuorate) == 0 ? DecodeError::kNone : DecodeError::kBadField;
+    case MsgType::kClaim:
+      // Epoch 0 is never an owner's; epoch 1 belongs to the creator.
+      return f.epoch >= 2 && f.flags == 0 ? DecodeError::kNone : DecodeError::kBadField;
   }
   return DecodeError::kUnknownType;
 }
@@ -158,7 +162,7 @@ DecodeError decode(std::span<const std::byte> bytes, Frame& f, bool verify_paylo
   if (get<uint16_t>(b, 0) != kMagic) return DecodeError::kBadMagic;
   if (get<uint8_t>(b, 2) != kVersion) return DecodeError::kBadVersion;
   const uint8_t type = get<uint8_t>(b, 3);
-  if (type < static_cast<uint8_t>(MsgType::kData) || type > static_cast<uint8_t>(MsgType::kHeartbeat))
+  if (type < static_cast<uint8_t>(MsgType::kData) || type > kMaxMsgType)
     return DecodeError::kUnknownType;
   f.type = static_cast<MsgType>(type);
   const uint32_t frame_len = get<uint32_t>(b, 8);

@@ -25,6 +25,7 @@
 // the checksum for the first chunks; frames carry it (kFlagGenCrc) once known,
 // and the last chunk is always sent after it is known.
 
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <span>
@@ -48,8 +49,10 @@ enum class MsgType : uint8_t {
   kFetchData = 4,     ///< replica -> loader: one chunk, same layout as kData
   kFetchMeta = 5,     ///< replica -> loader: what it holds of a name (kFlagFound or not)
   kError = 6,         ///< refusal: stale epoch, no such segment, no room
-  kHeartbeat = 7,     ///< liveness; generation = sequence number, epoch = sender's incarnation
+  kHeartbeat = 7,     ///< liveness and the sender's view; see the field table in docs/protocol.md
+  kClaim = 8,         ///< new owner -> replica: accept owner epoch `epoch` for this name (S22)
 };
+inline constexpr uint8_t kMaxMsgType = 8;
 
 // Flags.
 inline constexpr uint16_t kFlagComplete = 1 << 0;  // ACK: generation published/loaded
@@ -59,6 +62,23 @@ inline constexpr uint16_t kFlagFound = 1 << 3;     // FETCH_META: the name is he
 inline constexpr uint16_t kFlagFetch = 1 << 4;     // ACK: acknowledges kFetchData, not kData
 inline constexpr uint16_t kFlagOwner = 1 << 5;     // FETCH_META: the sender owns the segment (live primary)
 inline constexpr uint16_t kFlagGenCrc = 1 << 6;    // DATA/FETCH_DATA: the generation checksum field is set
+inline constexpr uint16_t kFlagGranted = 1 << 7;   // FETCH_META: answers a CLAIM; the replica accepted its epoch
+inline constexpr uint16_t kFlagQuorate = 1 << 8;   // HEARTBEAT: the sender's view holds a majority
+
+/// The replica set of a segment travels in the 64-bit `sack` field of DATA
+/// and FETCH_META frames: up to four node ids, 16 bits each, 0 = empty.
+inline constexpr size_t kMaxReplicaSet = 4;
+using ReplicaSet = std::array<uint16_t, kMaxReplicaSet>;
+inline uint64_t pack_set(const ReplicaSet& s) noexcept {
+  uint64_t v = 0;
+  for (size_t i = 0; i < kMaxReplicaSet; ++i) v |= uint64_t{s[i]} << (16 * i);
+  return v;
+}
+inline ReplicaSet unpack_set(uint64_t v) noexcept {
+  ReplicaSet s{};
+  for (size_t i = 0; i < kMaxReplicaSet; ++i) s[i] = static_cast<uint16_t>(v >> (16 * i));
+  return s;
+}
 
 enum class ErrorCode : uint16_t {
   kStaleEpoch = 1,      ///< sender's owner epoch is older than the replica's
@@ -107,6 +127,15 @@ struct Frame {
   bool payload_verified = true;
   std::span<const std::byte> raw;  ///< the whole frame (set by decode)
 };
+
+/// A FETCH_META that answers a CLAIM (kFlagGranted) carries the claim's epoch
+/// in `epoch` and the epoch its latest generation was written under in the
+/// chunk index (low 32 bits) and chunk count (high 32 bits) fields.
+inline void set_data_epoch(Frame& f, uint64_t epoch) noexcept {
+  f.chunk_index = static_cast<uint32_t>(epoch);
+  f.chunk_count = static_cast<uint32_t>(epoch >> 32);
+}
+inline uint64_t data_epoch(const Frame& f) noexcept { return f.chunk_index | (uint64_t{f.chunk_count} << 32); }
 
 /// 64-bit segment id derived from the name (FNV-1a). Thread: any.
 uint64_t segment_id(std::string_view name) noexcept;

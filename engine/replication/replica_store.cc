@@ -47,6 +47,7 @@ ReplicaStore::Accept ReplicaStore::accept(wire::Frame& f) noexcept {
     if (shadow_ < 0) shadow_ = pick_shadow();
     if (shadow_ < 0) return Accept::kNoSlot;
     assembler_.begin(slots_[shadow_].mem.data(), f);
+    shadow_set_ = f.sack;
   }
   switch (assembler_.accept(f)) {
     case ChunkAssembler::Outcome::kStored: return Accept::kStored;
@@ -57,6 +58,8 @@ ReplicaStore::Accept ReplicaStore::accept(wire::Frame& f) noexcept {
   }
   Slot& s = slots_[shadow_];
   s.generation = assembler_.generation();
+  s.epoch = epoch_;
+  s.set = shadow_set_;
   s.gen_crc = assembler_.gen_crc();
   s.chunk_size = assembler_.chunk_size();
   s.chunk_crcs.assign(assembler_.chunk_crcs().begin(), assembler_.chunk_crcs().end());

@@ -24,6 +24,8 @@ class ReplicaStore {
   struct Slot {
     LocalStorage mem;
     uint64_t generation = 0;  ///< 0: empty
+    uint64_t epoch = 0;       ///< owner epoch the generation was written under
+    uint64_t set = 0;         ///< the owner's replica set then (wire::pack_set)
     uint32_t gen_crc = 0;
     uint32_t chunk_size = 0;
     std::vector<uint32_t> chunk_crcs;
@@ -85,6 +87,7 @@ class ReplicaStore {
   int shadow_ = -1;
   ChunkAssembler assembler_;
   uint64_t last_published_ = 0;
+  uint64_t shadow_set_ = 0;  ///< replica set of the generation being built
 };
 
 }  // namespace baton

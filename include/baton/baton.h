@@ -88,7 +88,10 @@ uint64_t baton_segment_size(baton_segment_t* segment);
 /* Snapshots the segment as a new generation and replicates it (S5). */
 int baton_commit(baton_segment_t* segment, uint64_t* generation);
 
-/* Waits until k replicas hold `generation` or newer. */
+/* Waits until k replicas hold `generation` or newer under the current owner
+ * epoch. k = BATON_DURABLE waits for a majority of the segment's replica set:
+ * a generation acknowledged so survives any failover (see docs/architecture.md). */
+#define BATON_DURABLE UINT32_MAX
 int baton_wait(baton_segment_t* segment, uint64_t generation, uint32_t k, uint32_t timeout_ms);
 
 /* Unregisters: local memory and the handle go; replicas keep their copies. */

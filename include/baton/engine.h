@@ -49,6 +49,32 @@ struct EngineConfig {
   /// no replica is alive. Empty: off.
   std::string global_dir;
   uint32_t global_keep = 2;  ///< newest generations kept per segment and node
+  /// Votes in the cluster for quorum: a view decides only with a strict
+  /// majority of them (two nodes: see View). 0: one per link plus this node.
+  uint32_t expected_votes = 0;
+  /// Placement tags (S12): replicas go to another blade, then another power
+  /// domain, then another NUMA node first. 0: this node is its own blade /
+  /// the power domain is unknown.
+  uint32_t blade = 0;
+  uint32_t power_domain = 0;
+};
+
+/// Wait for a majority of the segment's replica set under the current owner
+/// epoch: the durability rule fencing relies on (docs/architecture.md).
+inline constexpr uint32_t kDurable = UINT32_MAX;
+
+/// A membership view: who can reach whom now. Decisions about replicas and
+/// ownership are taken only in a quorate view.
+struct View {
+  uint64_t id = 0;                ///< rises by one on every change this node sees
+  std::vector<uint16_t> members;  ///< sorted; includes this node
+  uint32_t expected_votes = 0;
+  /// A strict majority of expected votes. Two nodes are votequorum's
+  /// two_node mode: one is quorate alone once it has seen the other.
+  bool quorate = false;
+  bool agreed = false;            ///< every member reported the same member set
+  uint64_t digest() const noexcept;  ///< of the member set
+  std::string to_string() const;     ///< "view 4 {1,2,3} 3 of 3 votes, quorate, agreed"
 };
 
 struct PeerStatus {
@@ -86,6 +112,7 @@ struct SegmentStatus {
   uint64_t epoch = 0;
   bool fenced = false;
   std::vector<std::pair<uint16_t, uint64_t>> replicas;  ///< (node, generation it holds)
+  uint64_t durable = 0;  ///< newest generation a majority of the replica set holds (kDurable)
 };
 
 struct ReplicaStatus {
@@ -136,8 +163,10 @@ class Engine {
   /// creating; a restored segment keeps its recorded size.
   Result<OpenResult> open(std::string_view name, uint64_t size);
 
-  /// Load request (S9): retrieves the newest copy from any live replica and
-  /// takes ownership here (owner epoch + 1). kNotFound if no peer holds it.
+  /// Load request (S9): takes ownership here under a new owner epoch, which a
+  /// majority of the segment's replica set must accept first, then retrieves
+  /// the newest copy they hold. kNotFound if no peer holds it; kUnavailable
+  /// if this node's view has no quorum or too few replicas accepted.
   Result<OpenResult> load(std::string_view name);
 
   /// The segment's memory: the application writes its state here.
@@ -151,7 +180,9 @@ class Engine {
   /// Errors: kInvalidArgument (unknown handle), kFenced (a newer owner exists).
   Result<uint64_t> commit(Segment* segment);
 
-  /// Waits until at least `k` replicas hold `generation` (or newer).
+  /// Waits until at least `k` replicas hold `generation` (or newer) under
+  /// the current owner epoch; k = kDurable waits for a majority of the
+  /// replica set (and, while the set is changing, of the previous set too).
   /// Errors: kTimeout, kInvalidArgument (k above the replica count), kFenced.
   Result<void> wait_replicated(Segment* segment, uint64_t generation, uint32_t k,
                                std::chrono::milliseconds timeout);
@@ -170,6 +201,8 @@ class Engine {
   std::vector<LinkStatus> link_status() const;
   /// What the failure detector believes of each peer.
   std::vector<PeerStatus> peers() const;
+  /// The current membership view.
+  View view() const;
   /// The most recent events (membership changes, fencing), oldest first.
   std::vector<Event> events() const;
   uint16_t node_id() const noexcept;

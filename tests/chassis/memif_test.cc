@@ -23,6 +23,8 @@ TEST(Memif, TwoProcessesRoundTripByteExact) {
   Engine& e = *node->engine;
   test::Process peer(node->peer_command());
   ASSERT_GT(peer.pid(), 0);
+  // Two nodes: the cluster is quorate once each has seen the other.
+  ASSERT_TRUE(test::eventually([&] { return e.view().quorate; })) << e.view().to_string();
 
   for (uint64_t size : {uint64_t{4096}, uint64_t{1} << 20, uint64_t{64} << 20}) {
     const std::string name = "memif-" + std::to_string(size);

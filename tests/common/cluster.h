@@ -2,10 +2,13 @@
 // N engines in one process, fully meshed by loopback links: the fake
 // backplane for engine tests (real engines, real worker threads).
 
+#include <chrono>
 #include <cstring>
 #include <map>
 #include <memory>
 #include <random>
+#include <string>
+#include <thread>
 #include <vector>
 
 #include "baton/engine.h"
@@ -57,5 +60,38 @@ struct Cluster {
   /// Stops node `id`'s engine (its memory and replicas are gone).
   void kill(int id) { engines.at(id - 1).reset(); }
 };
+
+/// Detects a silent peer in 50 ms; a query that waited for the dead would
+/// take 20 s, so a test notices.
+inline EngineConfig fast_detector() {
+  EngineConfig c;
+  c.heartbeat_interval_us = 1000;
+  c.failure_timeout_us = 50'000;
+  c.query_timeout_ms = 20'000;
+  return c;
+}
+
+inline bool peer_alive(Engine& e, uint16_t node) {
+  for (const auto& p : e.peers())
+    if (p.node == node) return p.alive;
+  return false;
+}
+
+inline bool has_event(Engine& e, const std::string& text) {
+  for (const auto& ev : e.events())
+    if (ev.text.find(text) != std::string::npos) return true;
+  return false;
+}
+
+/// Polls `cond` for up to 10 s (the detector decides within its timeout; the
+/// slack is for a loaded two-core machine, not a speed claim).
+template <typename F>
+bool eventually(F cond) {
+  for (int i = 0; i < 1000; ++i) {
+    if (cond()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return false;
+}
 
 }  // namespace baton::test

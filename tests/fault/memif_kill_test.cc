@@ -38,11 +38,20 @@ void survive_kills(bool survivor_is_server, int kills) {
   auto node = test::start_memif_node("net_memif" + std::to_string(port_seq++), my_role, c);
   ASSERT_TRUE(node) << node.error().to_string();
   Engine& e = *node->engine;
-  auto seg = e.create("survivor-" + my_role, 16 << 20);
-  ASSERT_TRUE(seg);
+  const std::vector<std::string> peer_cmd = node->peer_command();
+  Result<Segment*> seg = tl::unexpected(Error{});
+  {
+    // Two nodes: the cluster is quorate (may create) once each has seen the
+    // other; it stays so when the peer dies (votequorum's two_node).
+    test::Process first(peer_cmd);
+    ASSERT_TRUE(test::eventually([&] { return e.view().quorate; })) << e.view().to_string();
+    seg = e.create("survivor-" + my_role, 16 << 20);
+    ASSERT_TRUE(seg) << seg.error().to_string();
+    first.kill(SIGKILL);
+    first.wait();
+  }
   auto mem = e.data(*seg);
   std::mt19937 rng(survivor_is_server ? 1 : 2);
-  const std::vector<std::string> peer_cmd = node->peer_command();
   for (int k = 0; k < kills; ++k) {
     test::Process peer(peer_cmd);
     ASSERT_GT(peer.pid(), 0);

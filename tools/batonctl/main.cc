@@ -94,9 +94,10 @@ int status(const std::string& socket, bool json, bool segments_only) {
     return out;
   };
   if (json) {
-    std::string node, links, segs;
+    std::string node, view = "null", links, segs;
     for (auto& r : records) {
       if (r.kind == "node") node = to_json(r);
+      if (r.kind == "view") view = to_json(r);
       if (r.kind == "link") links += (links.empty() ? "" : ",") + to_json(r);
       if (r.kind == "segment") {
         std::string reps;
@@ -105,12 +106,21 @@ int status(const std::string& socket, bool json, bool segments_only) {
       }
     }
     if (segments_only) std::printf("[%s]\n", segs.c_str());
-    else std::printf("{\"node\":%s,\"links\":[%s],\"segments\":[%s]}\n", node.c_str(), links.c_str(), segs.c_str());
+    else
+      std::printf("{\"node\":%s,\"view\":%s,\"links\":[%s],\"segments\":[%s]}\n", node.c_str(), view.c_str(),
+                  links.c_str(), segs.c_str());
     return 0;
   }
   if (!segments_only) {
     for (auto& r : records)
-      if (r.kind == "node") std::printf("node %s (%s)\n\n", r.get("id").c_str(), r.get("name").c_str());
+      if (r.kind == "node") std::printf("node %s (%s)\n", r.get("id").c_str(), r.get("name").c_str());
+    for (auto& r : records)
+      if (r.kind == "view")
+        std::printf("view %s: members %s (%s of %s votes), %s%s\n", r.get("id").c_str(), r.get("members").c_str(),
+                    r.get("votes").c_str(), r.get("expected").c_str(),
+                    r.get("quorate") == "yes" ? "quorate" : "NO QUORUM: no ownership or placement changes here",
+                    r.get("agreed") == "yes" ? ", agreed" : ", not yet agreed");
+    std::printf("\n");
     std::printf("%-16s %-5s %-6s %-6s %10s %10s %10s\n", "LINK", "PEER", "NODE", "LINK", "RX", "TX", "RECONNECTS");
     for (auto& r : records)
       if (r.kind == "link")
@@ -119,7 +129,7 @@ int status(const std::string& socket, bool json, bool segments_only) {
                     r.get("reconnects").c_str());
     std::printf("\n");
   }
-  std::printf("%-20s %12s %10s %6s %-5s %s\n", "SEGMENT", "SIZE", "GENERATION", "EPOCH", "APP",
+  std::printf("%-20s %12s %10s %8s %6s %-5s %s\n", "SEGMENT", "SIZE", "GENERATION", "DURABLE", "EPOCH", "APP",
               "REPLICAS node:generation (lag)");
   for (auto& r : records) {
     if (r.kind != "segment") continue;
@@ -131,8 +141,8 @@ int status(const std::string& socket, bool json, bool segments_only) {
       reps += rep->get("node") + ":" + rep->get("generation") + " (" + rep->get("lag") + ")" + (dead ? " DEAD" : "") + "  ";
     }
     if (reps.empty() || under) reps += "UNDER-REPLICATED";
-    std::printf("%-20s %12s %10s %6s %-5s %s%s\n", r.get("name").c_str(), r.get("size").c_str(),
-                r.get("generation").c_str(), r.get("epoch").c_str(), r.get("app").c_str(), reps.c_str(),
+    std::printf("%-20s %12s %10s %8s %6s %-5s %s%s\n", r.get("name").c_str(), r.get("size").c_str(),
+                r.get("generation").c_str(), r.get("durable").c_str(), r.get("epoch").c_str(), r.get("app").c_str(), reps.c_str(),
                 r.get("fenced").empty() ? "" : "  FENCED");
   }
   return 0;

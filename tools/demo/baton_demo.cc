@@ -82,7 +82,7 @@ int main(int argc, char** argv) {
     gen = *g;
   }
   tl.at("commit", "node 1: 50 batches, 3200 orders, generation " + std::to_string(gen));
-  auto held = nodes[0]->wait_replicated(opened->segment, gen, 2, seconds(10));
+  auto held = nodes[0]->wait_replicated(opened->segment, gen, baton::kDurable, seconds(10));
   if (!held) return fail("wait for replicas", held.error());
   auto st = nodes[0]->status(opened->segment);
   std::string where;

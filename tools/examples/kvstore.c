@@ -5,8 +5,8 @@
  * Start-up follows S11: open the segment by name; if a copy existed anywhere
  * it is restored and the service resumes from its last committed batch, else
  * it starts empty. Each batch applies 64 deterministic updates (so a resumed
- * run continues the same sequence), commits, and waits until one replica
- * holds the generation. With --dump, every durable state is written to
+ * run continues the same sequence), commits, and waits until the generation
+ * is durable (a majority of the segment's replicas hold it). With --dump, every durable state is written to
  * DIR/committed.bin and a restored one to DIR/restored.bin (for byte-exact
  * checks). --hold keeps serving nothing after the batches, until killed.
  * One line per event on stdout. */
@@ -105,7 +105,7 @@ int main(int argc, char** argv) {
       put(kv, (u * 2654435761u) % 50000 + 1, u);
     }
     kv->batches = n + 1;
-    if (baton_commit(seg, &gen) != 0 || baton_wait(seg, gen, 1, 10000) != 0) {
+    if (baton_commit(seg, &gen) != 0 || baton_wait(seg, gen, BATON_DURABLE, 10000) != 0) {
       fprintf(stderr, "baton-kv: commit: %s\n", baton_last_error());
       return 1;
     }

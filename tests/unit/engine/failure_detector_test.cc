@@ -15,36 +15,10 @@ namespace {
 using namespace std::chrono_literals;
 using test::Cluster;
 
-EngineConfig fast_detector() {
-  EngineConfig c;
-  c.heartbeat_interval_us = 1000;
-  c.failure_timeout_us = 50'000;
-  c.query_timeout_ms = 20'000;  // a query that waited for the dead would take this long
-  return c;
-}
-
-bool peer_alive(Engine& e, uint16_t node) {
-  for (const auto& p : e.peers())
-    if (p.node == node) return p.alive;
-  return false;
-}
-
-// Polls `cond` for up to 10 s (the detector decides within its timeout; the
-// slack is for a loaded two-core machine, not a speed claim).
-template <typename F>
-bool eventually(F cond) {
-  for (int i = 0; i < 1000; ++i) {
-    if (cond()) return true;
-    std::this_thread::sleep_for(10ms);
-  }
-  return false;
-}
-
-bool has_event(Engine& e, const std::string& text) {
-  for (const auto& ev : e.events())
-    if (ev.text.find(text) != std::string::npos) return true;
-  return false;
-}
+using test::eventually;
+using test::fast_detector;
+using test::has_event;
+using test::peer_alive;
 
 TEST(FailureDetector, PeersComeUpGoDownWhenCutOffAndComeBack) {
   Cluster cl(3, fast_detector());
@@ -59,12 +33,30 @@ TEST(FailureDetector, PeersComeUpGoDownWhenCutOffAndComeBack) {
   for (const auto& s : p)
     if (s.node == 1) EXPECT_GE(s.silent_us, 50'000u);
 
+  // The views: the majority side agrees on {2,3} and is quorate; node 1
+  // alone is not.
+  ASSERT_TRUE(eventually([&] {
+    auto v = cl.node(2).view();
+    return v.members == std::vector<uint16_t>{2, 3} && v.agreed;
+  }));
+  EXPECT_TRUE(cl.node(2).view().quorate);
+  ASSERT_TRUE(eventually([&] { return cl.node(1).view().members == std::vector<uint16_t>{1}; }));
+  EXPECT_FALSE(cl.node(1).view().quorate);
+  EXPECT_TRUE(has_event(cl.node(1), "NO QUORUM"));
+
+  const size_t before = cl.node(2).events().size();
   cl.isolate(1, false);
   ASSERT_TRUE(eventually([&] { return peer_alive(cl.node(2), 1); }));
   const auto events = cl.node(2).events();
-  ASSERT_GE(events.size(), 3u);
-  EXPECT_NE(events.back().text.find("node 1 up"), std::string::npos);
+  ASSERT_GT(events.size(), before);
+  bool up_again = false;
+  for (size_t i = before; i < events.size(); ++i) up_again |= events[i].text.find("node 1 up") != std::string::npos;
+  EXPECT_TRUE(up_again);
   EXPECT_LE(events.front().unix_us, events.back().unix_us);
+  ASSERT_TRUE(eventually([&] {
+    auto v = cl.node(1).view();
+    return v.members == std::vector<uint16_t>{1, 2, 3} && v.quorate && v.agreed;
+  }));
 }
 
 TEST(FailureDetector, LoadDoesNotWaitForADeadPeer) {

@@ -1,0 +1,199 @@
+// Membership quorum and the two majority rules of fencing (S22, issue #4):
+// a minority partition makes no ownership or placement change; a commit is
+// durable only on a majority of the replica set under the current epoch;
+// ownership moves only after a majority of the set accepted the new epoch.
+// Partitions come from the loopback driver's injection.
+
+#include <gtest/gtest.h>
+
+#include <chrono>
+
+#include "../../common/cluster.h"
+
+namespace baton {
+namespace {
+
+using namespace std::chrono_literals;
+using test::Cluster;
+using test::eventually;
+using test::fast_detector;
+using test::has_event;
+using test::peer_alive;
+
+void cut(Cluster& cl, int a, int b, bool on) { cl.wire(a, b).set_partitioned(on); }
+
+bool sees_only(Engine& e, std::vector<uint16_t> members) { return e.view().members == members; }
+
+TEST(Quorum, MinorityMakesNoOwnershipOrPlacementChange) {
+  EngineConfig c = fast_detector();
+  c.query_timeout_ms = 300;
+  Cluster cl(3, c);  // RF 1: one replica, one spare
+  auto seg = *cl.node(1).create("minority", 64 * 1024);
+  auto mem = cl.node(1).data(seg);
+  std::memset(mem.data(), 1, mem.size());
+  auto g = *cl.node(1).commit(seg);
+  ASSERT_TRUE(cl.node(1).wait_replicated(seg, g, kDurable, 10s));
+  const uint16_t replica = cl.node(1).status(seg)->replicas.at(0).first;
+  const int spare = replica == 2 ? 3 : 2;
+
+  // Node 1 (the owner) is cut off: alone it is a minority.
+  cl.isolate(1, true);
+  ASSERT_TRUE(eventually([&] { return sees_only(cl.node(1), {1}); }));
+  EXPECT_FALSE(cl.node(1).view().quorate);
+  // Its replica is unreachable, yet it re-replicates nowhere...
+  std::this_thread::sleep_for(200ms);
+  EXPECT_EQ(cl.node(1).status(seg)->replicas.at(0).first, replica);
+  EXPECT_FALSE(has_event(cl.node(1), "re-replicating"));
+  // ...and it can neither create nor take over anything.
+  auto created = cl.node(1).create("made-in-minority", 4096);
+  ASSERT_FALSE(created);
+  EXPECT_EQ(created.error().code, Errc::kUnavailable);
+  EXPECT_NE(created.error().message.find("no quorum"), std::string::npos) << created.error().message;
+
+  // The majority side takes over from the replica.
+  ASSERT_TRUE(eventually([&] { return cl.node(spare).view().quorate && !peer_alive(cl.node(spare), 1); }));
+  auto taken = cl.node(spare).load("minority");
+  ASSERT_TRUE(taken) << taken.error().to_string();
+  EXPECT_EQ(cl.node(spare).status(taken->segment)->epoch, 2u);
+  EXPECT_TRUE(has_event(cl.node(replica), "accepted owner epoch 2 from node " + std::to_string(spare)));
+
+  // The old owner's commits are never durable again; it learns it is fenced
+  // once it can hear anyone.
+  std::memset(mem.data(), 7, mem.size());
+  auto stale = cl.node(1).commit(seg);
+  ASSERT_TRUE(stale);
+  cl.isolate(1, false);
+  auto waited = cl.node(1).wait_replicated(seg, *stale, kDurable, 10s);
+  ASSERT_FALSE(waited);
+  EXPECT_EQ(waited.error().code, Errc::kFenced);
+  auto rep = cl.node(replica).read_replica("minority");
+  ASSERT_TRUE(rep);
+  EXPECT_EQ((*rep)[0], std::byte{1}) << "the old owner overwrote the replica";
+}
+
+TEST(Quorum, ALoadInAMinorityIsRefusedAndLeavesEpochsAlone) {
+  EngineConfig c = fast_detector();
+  c.query_timeout_ms = 300;
+  c.replication_factor = 2;
+  Cluster cl(3, c);
+  auto seg = *cl.node(1).create("stay", 4096);
+  auto g = *cl.node(1).commit(seg);
+  ASSERT_TRUE(cl.node(1).wait_replicated(seg, g, kDurable, 10s));
+  cl.isolate(3, true);  // a replica alone
+  ASSERT_TRUE(eventually([&] { return sees_only(cl.node(3), {3}); }));
+  auto r = cl.node(3).load("stay");
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().code, Errc::kUnavailable);
+  EXPECT_EQ(cl.node(3).replica_status("stay")->epoch, 1u) << "a refused load must not raise the epoch";
+  cl.isolate(3, false);
+  ASSERT_TRUE(eventually([&] { return cl.node(1).view().members.size() == 3 && cl.node(1).view().agreed; }));
+  auto g2 = *cl.node(1).commit(seg);
+  EXPECT_TRUE(cl.node(1).wait_replicated(seg, g2, kDurable, 10s)) << "the owner was disturbed";
+}
+
+TEST(Quorum, DurableNeedsAMajorityOfTheReplicaSet) {
+  EngineConfig c = fast_detector();
+  c.replication_factor = 3;
+  c.expected_votes = 4;
+  Cluster cl(4, c);
+  auto seg = *cl.node(1).create("majority", 16 * 1024);
+  auto g = *cl.node(1).commit(seg);
+  ASSERT_TRUE(cl.node(1).wait_replicated(seg, g, kDurable, 10s));
+  EXPECT_GE(cl.node(1).status(seg)->durable, g);
+  // Two of the three replicas stop hearing the owner (the owner's view loses
+  // quorum too, so nothing is re-replicated meanwhile).
+  cut(cl, 1, 3, true);
+  cut(cl, 1, 4, true);
+  auto g2 = *cl.node(1).commit(seg);
+  EXPECT_TRUE(cl.node(1).wait_replicated(seg, g2, 1, 10s));
+  auto durable = cl.node(1).wait_replicated(seg, g2, kDurable, 300ms);
+  ASSERT_FALSE(durable);
+  EXPECT_EQ(durable.error().code, Errc::kTimeout);
+  EXPECT_LT(cl.node(1).status(seg)->durable, g2);
+  cut(cl, 1, 3, false);
+  EXPECT_TRUE(cl.node(1).wait_replicated(seg, g2, kDurable, 10s)) << "two of three hold it now";
+}
+
+// Seven nodes, so the loader's view is quorate while the segment's replica
+// set is mostly out of its reach: the set's own majority decides.
+TEST(Quorum, OwnershipMovesOnlyWithAMajorityOfTheReplicaSet) {
+  EngineConfig c = fast_detector();
+  c.query_timeout_ms = 300;
+  c.replication_factor = 3;
+  Cluster cl(7, c);
+  auto seg = *cl.node(1).create("set", 128 * 1024);
+  auto mem = cl.node(1).data(seg);
+  test::fill_pattern(mem, 77);
+  const std::vector<std::byte> want(mem.begin(), mem.end());
+  auto g = *cl.node(1).commit(seg);
+  ASSERT_TRUE(cl.node(1).wait_replicated(seg, g, kDurable, 10s));
+  std::vector<uint16_t> set;
+  const auto status = cl.node(1).status(seg);
+  for (auto& [n, held] : status->replicas) set.push_back(n);
+  int loader = 2;
+  while (std::find(set.begin(), set.end(), loader) != set.end()) ++loader;
+
+  cl.kill(1);
+  // The loader reaches only one of the three replicas.
+  cut(cl, loader, set[1], true);
+  cut(cl, loader, set[2], true);
+  ASSERT_TRUE(eventually([&] {
+    auto v = cl.node(loader).view();
+    return v.quorate && v.members.size() == 4;  // 7 nodes, minus node 1 and the two cut off
+  }));
+  auto refused = cl.node(loader).load("set");
+  ASSERT_FALSE(refused);
+  EXPECT_EQ(refused.error().code, Errc::kUnavailable);
+  EXPECT_NE(refused.error().message.find("a majority must"), std::string::npos) << refused.error().message;
+
+  // One more replica in reach: two of three accept, and ownership moves.
+  cut(cl, loader, set[1], false);
+  ASSERT_TRUE(eventually([&] { return peer_alive(cl.node(loader), set[1]); }));
+  auto taken = cl.node(loader).load("set");
+  ASSERT_TRUE(taken) << taken.error().to_string();
+  EXPECT_EQ(taken->generation, g);
+  auto got = cl.node(loader).data(taken->segment);
+  EXPECT_TRUE(std::equal(want.begin(), want.end(), got.begin(), got.end()));
+  // The failed claim raised an epoch on one replica: the successful one went above it.
+  EXPECT_GE(cl.node(loader).status(taken->segment)->epoch, 3u);
+  EXPECT_TRUE(has_event(cl.node(loader), "ownership taken at epoch"));
+}
+
+TEST(Quorum, TwoClaimantsOfOneEpochCannotBothWin) {
+  EngineConfig c = fast_detector();
+  c.query_timeout_ms = 300;
+  c.replication_factor = 3;
+  Cluster cl(5, c);
+  auto seg = *cl.node(1).create("race", 8192);
+  auto g = *cl.node(1).commit(seg);
+  ASSERT_TRUE(cl.node(1).wait_replicated(seg, g, kDurable, 10s));
+  std::vector<uint16_t> set;
+  const auto status = cl.node(1).status(seg);
+  for (auto& [n, held] : status->replicas) set.push_back(n);
+  std::vector<int> others;
+  for (int n = 2; n <= 5; ++n)
+    if (std::find(set.begin(), set.end(), n) == set.end()) others.push_back(n);
+  ASSERT_EQ(others.size(), 1u);
+  cl.kill(1);
+  // Two nodes load at once: a replica and the non-replica.
+  ASSERT_TRUE(eventually([&] { return !peer_alive(cl.node(set[0]), 1) && !peer_alive(cl.node(others[0]), 1); }));
+  Result<OpenResult> a = tl::unexpected(Error{}), b = tl::unexpected(Error{});
+  std::thread ta([&] { a = cl.node(set[0]).load("race"); });
+  std::thread tb([&] { b = cl.node(others[0]).load("race"); });
+  ta.join();
+  tb.join();
+  // At most one of them may still own the segment once the dust settles:
+  // if both got through, the first one's epoch was superseded and it is fenced.
+  int owners = 0;
+  for (auto* r : {&a, &b}) {
+    if (!*r) continue;
+    Engine& e = r == &a ? cl.node(set[0]) : cl.node(others[0]);
+    auto gen = *e.commit((*r)->segment);
+    if (e.wait_replicated((*r)->segment, gen, kDurable, 5s)) ++owners;
+  }
+  EXPECT_LE(owners, 1);
+  EXPECT_TRUE(a || b) << "neither load succeeded: " << a.error().to_string() << " / " << b.error().to_string();
+}
+
+}  // namespace
+}  // namespace baton
