@@ -295,7 +295,7 @@ void Engine::Impl::on_fetch_request(Link& link, const wire::Frame& f, uint64_t n
     meta.dst = f.src;
     meta.seg_id = f.seg_id;
     meta.name = f.name;
-    if (owned_it != owned.end()) {
+    if (owned_it != owned.end() && !owned_it->second->fenced.load()) {  // a fenced one is no one's
       Segment& seg = *owned_it->second;
       meta.flags = wire::kFlagFound | wire::kFlagOwner;
       meta.epoch = seg.epoch.load();
@@ -512,7 +512,8 @@ void Engine::Impl::on_ack(const wire::Frame& f, uint64_t now) noexcept {
 
 void Engine::Impl::fence(Segment& seg) noexcept {
   if (seg.fenced.exchange(true)) return;
-  BT_WARN("segment %s is fenced: a newer owner epoch exists", seg.name.c_str());
+  record_event("segment " + seg.name + " fenced: owner epoch " + std::to_string(seg.epoch.load()) +
+               " was superseded; this node no longer owns it");
   for (auto& r : seg.replicas) r->sender.stop();
 }
 
@@ -737,6 +738,7 @@ PeerState* Engine::Impl::pick_replica(const Segment& seg, bool live_only) noexce
     bool new_numa = numa >= 0 && numa != config.numa_node;
     for (const auto& r : seg.replicas) {
       const uint16_t n = r->node.load(std::memory_order_relaxed);
+      if (unreachable(n)) continue;  // the replica being replaced shares nothing any more
       for (const auto& other : peer_states) {
         if (other.link->peer() != n || &other == &cand) continue;
         new_blade &= other.blade == 0 || other.blade != blade;

@@ -110,12 +110,23 @@ Result<DaemonConfig> parse_daemon_config(std::string_view text, std::string_view
   c.memory_mib = static_cast<uint64_t>(mem);
   TRY(tags, r.strings(node["tags"], "node.tags"));
   c.tags = tags;
+  // Placement tags (S12): "blade=N" (or "slot=N") and "power=X" say which
+  // failure domains this node shares with others; other tags are free-form.
+  for (const auto& tag : c.tags) {
+    const auto eq = tag.find('=');
+    if (eq == std::string::npos || eq + 1 == tag.size()) continue;
+    const std::string key = tag.substr(0, eq), value = tag.substr(eq + 1);
+    if (key != "blade" && key != "slot" && key != "power") continue;
+    uint32_t h = 2166136261u;  // FNV-1a: any name is a domain; never 0 (unknown)
+    for (unsigned char ch : value) h = (h ^ ch) * 16777619u;
+    (key == "power" ? c.engine.power_domain : c.engine.blade) = h | 1u;
+  }
 
   if (const auto eng = root["engine"]; eng) {
     if (!eng.is_table()) return tl::unexpected(r.error("engine", "must be a table"));
     if (auto ok = r.only(*eng.as_table(), "engine",
                          {"replication_factor", "retain", "idle", "max_segment_mib", "worker_cpu", "heartbeat_us",
-                          "failure_timeout_us"});
+                          "failure_timeout_us", "expected_votes"});
         !ok)
       return tl::unexpected(ok.error());
     TRY(cpu, r.integer(eng["worker_cpu"], "engine.worker_cpu", -1, 4095, -1));
@@ -124,7 +135,9 @@ Result<DaemonConfig> parse_daemon_config(std::string_view text, std::string_view
     c.engine.heartbeat_interval_us = static_cast<uint32_t>(hb);
     TRY(ft, r.integer(eng["failure_timeout_us"], "engine.failure_timeout_us", 0, 600'000'000, 0));
     c.engine.failure_timeout_us = static_cast<uint32_t>(ft);
-    TRY(rf, r.integer(eng["replication_factor"], "engine.replication_factor", 1, 16, 1));
+    TRY(votes, r.integer(eng["expected_votes"], "engine.expected_votes", 0, 65534, 0));
+    c.engine.expected_votes = static_cast<uint32_t>(votes);
+    TRY(rf, r.integer(eng["replication_factor"], "engine.replication_factor", 1, 4, 1));
     c.engine.replication_factor = static_cast<uint32_t>(rf);
     TRY(retain, r.integer(eng["retain"], "engine.retain", 0, 64, 0));
     c.engine.retain = static_cast<uint32_t>(retain);

@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <cstring>
+#include <functional>
 #include <map>
 #include <memory>
 #include <random>
@@ -29,7 +30,9 @@ struct Cluster {
   std::vector<std::unique_ptr<Engine>> engines;          // engines[i] is node i+1
   std::map<std::pair<int, int>, std::shared_ptr<loopback::Wire>> wires;
 
-  explicit Cluster(int n, EngineConfig base = {}, uint32_t max_frame = 16384) {
+  /// `tweak(node, config)` adjusts one node's config (placement tags, ...).
+  explicit Cluster(int n, EngineConfig base = {}, uint32_t max_frame = 16384,
+                   const std::function<void(int, EngineConfig&)>& tweak = {}) {
     std::vector<std::vector<std::unique_ptr<Link>>> links(n);
     for (int a = 0; a < n; ++a)
       for (int b = a + 1; b < n; ++b) {
@@ -42,6 +45,7 @@ struct Cluster {
     for (int i = 0; i < n; ++i) {
       EngineConfig c = base;
       c.node_id = static_cast<uint16_t>(i + 1);
+      if (tweak) tweak(i + 1, c);
       auto e = Engine::start(c, std::move(links[i]));
       if (!e) throw std::runtime_error(e.error().to_string());
       engines.push_back(std::move(*e));

@@ -24,6 +24,7 @@ max_segment_mib = 256
 worker_cpu = 1
 heartbeat_us = 500
 failure_timeout_us = 5000
+expected_votes = 5
 
 [client]
 socket = "/run/baton/blade3.sock"
@@ -64,6 +65,20 @@ TEST(DaemonConfig, GoodFileParses) {
   EXPECT_EQ(c->engine.worker_cpu, 1);
   EXPECT_EQ(c->engine.heartbeat_interval_us, 500u);
   EXPECT_EQ(c->engine.failure_timeout_us, 5000u);
+  EXPECT_EQ(c->engine.expected_votes, 5u);
+  // Placement tags become failure domains: another slot, another blade;
+  // another power name, another domain.
+  EXPECT_NE(c->engine.blade, 0u);
+  EXPECT_NE(c->engine.power_domain, 0u);
+  auto other = parse_daemon_config(R"([node]
+id = 4
+tags = ["slot=4", "power=B", "rack=7"]
+[client]
+socket = "/tmp/b.sock"
+)", "other.toml");
+  ASSERT_TRUE(other) << other.error().message;
+  EXPECT_NE(other->engine.blade, c->engine.blade);
+  EXPECT_EQ(other->engine.power_domain, c->engine.power_domain);
   EXPECT_EQ(c->engine.global_dir, "/srv/baton");
   EXPECT_EQ(c->engine.global_keep, 3u);
   EXPECT_EQ(c->socket_path, "/run/baton/blade3.sock");
@@ -83,6 +98,9 @@ TEST(DaemonConfig, MinimalFileGetsDefaults) {
   EXPECT_EQ(c->engine.idle, IdlePolicy::kAdaptive);
   EXPECT_EQ(c->socket_mode, 0660u);
   EXPECT_TRUE(c->links.empty());
+  EXPECT_EQ(c->engine.blade, 0u);  // untagged: its own blade, unknown power domain
+  EXPECT_EQ(c->engine.power_domain, 0u);
+  EXPECT_EQ(c->engine.expected_votes, 0u);
 }
 
 struct Bad {
@@ -114,7 +132,7 @@ INSTANTIATE_TEST_SUITE_P(
         Bad{"[node]\nid = 1\nidd = 2\n[client]\nsocket = \"/tmp/b.sock\"\n", "node.idd: unknown key"},
         Bad{"[node]\nid = 1\n", "client: the [client] table is required"},
         Bad{"[node]\nid = 1\n[client]\nsocket = \"relative.sock\"\n", "client.socket: must be an absolute path"},
-        Bad{NODE_AND("[engine]\nreplication_factor = 0\n"), "engine.replication_factor: must be 1..16"},
+        Bad{NODE_AND("[engine]\nreplication_factor = 0\n"), "engine.replication_factor: must be 1..4"},
         Bad{NODE_AND("[engine]\nidle = \"lazy\"\n"), "engine.idle: must be \"spin\" or \"adaptive\""},
         Bad{NODE_AND("[engine]\nworker_cpu = -2\n"), "engine.worker_cpu: must be -1..4095"},
         Bad{"[node]\nid = 1\n[client]\nsocket = \"/tmp/b.sock\"\nuser = \"no-such-user-xyz\"\n",

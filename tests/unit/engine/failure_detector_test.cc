@@ -135,5 +135,27 @@ TEST(FailureDetector, RejectsATimeoutShorterThanTwoHeartbeats) {
   EXPECT_EQ(e.error().code, Errc::kInvalidArgument);
 }
 
+// S12 placement: replicas go to another power domain first (tags from the
+// heartbeats), whatever the rendezvous rank says; a replacement too.
+TEST(Placement, ReplicasAvoidTheOwnersPowerDomain) {
+  EngineConfig c = fast_detector();
+  Cluster cl(4, c, 16384, [](int node, EngineConfig& cfg) { cfg.power_domain = node <= 2 ? 1 : 2; });
+  ASSERT_TRUE(eventually([&] { return cl.node(1).view().members.size() == 4 && cl.node(1).view().agreed; }));
+  std::vector<Segment*> segs;
+  for (int i = 0; i < 8; ++i) {
+    auto seg = cl.node(1).create("placed-" + std::to_string(i), 4096);
+    ASSERT_TRUE(seg) << seg.error().to_string();
+    const uint16_t replica = cl.node(1).status(*seg)->replicas.at(0).first;
+    EXPECT_TRUE(replica == 3 || replica == 4) << "segment " << i << " placed on node " << replica
+                                              << ", in the owner's power domain";
+    segs.push_back(*seg);
+  }
+  // Node 3 dies: its segments move to node 4 (power domain 2), not node 2.
+  cl.kill(3);
+  for (Segment* seg : segs)
+    ASSERT_TRUE(eventually([&] { return cl.node(1).status(seg)->replicas.at(0).first == 4; }))
+        << "replica left on node " << cl.node(1).status(seg)->replicas.at(0).first;
+}
+
 }  // namespace
 }  // namespace baton
