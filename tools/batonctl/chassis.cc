@@ -230,6 +230,60 @@ std::vector<Blade> chassis_blades(const std::string& dir) {
   return out;
 }
 
+namespace {
+
+std::vector<std::string> chassis_namespaces(const std::string& dir) {
+  std::vector<std::string> out;
+  std::ifstream list(dir + "/netns");
+  for (std::string ns; std::getline(list, ns);)
+    if (!ns.empty()) out.push_back(ns);
+  return out;
+}
+
+// One table per namespace; one egress chain per faulty veth end. The egress
+// hook sees what the af_packet PMD sends; an ingress rule would not stop the
+// receiving PMD (packet taps run before the ingress hook).
+Result<void> add_egress_drop(const std::string& dir, int self, int peer, int loss_pct) {
+  const std::string dev = veth_name(dir, self, peer), chain = "to" + std::to_string(peer);
+  const std::string rule = loss_pct >= 100 ? "drop" : "numgen random mod 100 < " + std::to_string(loss_pct) + " drop";
+  const std::string script = dir + "/fault-" + std::to_string(self) + ".nft";
+  std::ofstream(script) << "table netdev baton_fault {\n  chain " << chain << " {\n    type filter hook egress device \""
+                        << dev << "\" priority 0; policy accept;\n    " << rule << "\n  }\n}\n";
+  auto ok = sh("ip netns exec " + netns_name(dir, self) + " nft -f " + script);
+  std::error_code ec;
+  fs::remove(script, ec);
+  return ok;
+}
+
+}  // namespace
+
+Result<void> chassis_fault(const std::string& dir, int blade, const std::vector<int>& peers, int loss_pct) {
+  const auto namespaces = chassis_namespaces(dir);
+  if (namespaces.empty())
+    return fail(Errc::kInvalidArgument, "no af_packet chassis in ", dir, " (faults need --transport af_packet)");
+  const int blades = static_cast<int>(namespaces.size());
+  if (blade < 1 || blade > blades) return fail(Errc::kInvalidArgument, "no blade ", std::to_string(blade));
+  if (loss_pct < 1 || loss_pct > 100) return fail(Errc::kInvalidArgument, "loss must be 1..100 percent");
+  std::vector<int> targets = peers;
+  if (targets.empty())
+    for (int p = 1; p <= blades; ++p)
+      if (p != blade) targets.push_back(p);
+  for (int p : targets) {
+    if (p < 1 || p > blades || p == blade) return fail(Errc::kInvalidArgument, "no peer blade ", std::to_string(p));
+    // Both ends: the faulty link loses frames in each direction.
+    if (auto ok = add_egress_drop(dir, blade, p, loss_pct); !ok) return ok;
+    if (auto ok = add_egress_drop(dir, p, blade, loss_pct); !ok) return ok;
+  }
+  return {};
+}
+
+Result<void> chassis_heal(const std::string& dir) {
+  const auto namespaces = chassis_namespaces(dir);
+  if (namespaces.empty()) return fail(Errc::kInvalidArgument, "no af_packet chassis in ", dir);
+  for (const auto& ns : namespaces) (void)sh("ip netns exec " + ns + " nft delete table netdev baton_fault");
+  return {};
+}
+
 Result<void> chassis_down(const std::string& dir) {
   auto blades = chassis_blades(dir);
   for (auto& b : blades)

@@ -44,6 +44,15 @@ Result<void> chassis_down(const std::string& dir);
 /// config `up` wrote; returns its pid. Thread: control.
 Result<pid_t> chassis_restart_blade(const ChassisConfig& c, int id);
 
+/// Drops `loss_pct` percent of the frames between blade `blade` and each
+/// blade in `peers` (every other blade if empty), both ways: nftables rules
+/// (`numgen random`) on the egress hook of each veth end, in the blades'
+/// namespaces. 100 cuts the links: a partition. af_packet chassis only.
+/// Errors: kInvalidArgument (memif chassis, bad blade or percentage), kIo.
+Result<void> chassis_fault(const std::string& dir, int blade, const std::vector<int>& peers, int loss_pct);
+/// Removes every fault rule chassis_fault installed.
+Result<void> chassis_heal(const std::string& dir);
+
 /// The path of a program installed beside this one (batond, baton-kv).
 std::string sibling(const std::string& program);
 

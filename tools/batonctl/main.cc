@@ -183,6 +183,15 @@ int main(int argc, char** argv) {
   up->add_option("--transport", chassis.transport, "memif, or af_packet (veth pairs between network namespaces)");
   auto* down = ch->add_subcommand("down", "stop the blades and remove their files");
   down->add_option("--dir", chassis.dir, "the chassis directory");
+  int fault_blade = 0, loss = 100;
+  std::vector<int> fault_peers;
+  auto* cfault = ch->add_subcommand("fault", "drop frames between a blade and its peers (af_packet chassis; nftables)");
+  cfault->add_option("--dir", chassis.dir, "the chassis directory");
+  cfault->add_option("--blade", fault_blade, "the blade whose links fail")->required();
+  cfault->add_option("--peer", fault_peers, "only the links to these blades (default: all)");
+  cfault->add_option("--loss", loss, "percent of frames dropped each way; 100 (default) partitions");
+  auto* cheal = ch->add_subcommand("heal", "remove every fault");
+  cheal->add_option("--dir", chassis.dir, "the chassis directory");
   auto* cst = ch->add_subcommand("status", "which blades run");
   cst->add_option("--dir", chassis.dir, "the chassis directory");
   cst->add_flag("--json", json, "machine-readable output");
@@ -248,6 +257,14 @@ int main(int argc, char** argv) {
   }
   if (*down) {
     auto ok = baton::ctl::chassis_down(chassis.dir);
+    return ok ? 0 : die(ok.error().message);
+  }
+  if (*cfault) {
+    auto ok = baton::ctl::chassis_fault(chassis.dir, fault_blade, fault_peers, loss);
+    return ok ? 0 : die(ok.error().message);
+  }
+  if (*cheal) {
+    auto ok = baton::ctl::chassis_heal(chassis.dir);
     return ok ? 0 : die(ok.error().message);
   }
   if (*cst) {
