@@ -29,6 +29,15 @@ Result<void> check_name(std::string_view name) {
   return {};
 }
 
+// The newest owner epoch any answer mentions: a new incarnation of a name
+// whose copies are all lost starts above it, so stale replicas and records
+// of the old one give way.
+uint64_t newest_epoch(const QueryOp& q) {
+  uint64_t e = 0;
+  for (const auto& a : q.answers) e = std::max({e, a.epoch, a.record.epoch});
+  return e;
+}
+
 }  // namespace
 
 // Rendezvous hashing: every node ranks peers the same way for a segment, and
@@ -184,12 +193,18 @@ Result<std::unique_ptr<QueryOp>> Engine::Impl::query(std::string_view name) {
   q->run = [this, raw] {
     for (QueryOp* other : queries)
       if (other->id == raw->id) return raw->fail(Errc::kBusy, "another load of this name is in progress");
-    // This node may hold a replica itself: the nearest copy of all.
+    // This node answers too: it may hold a replica (the nearest copy of
+    // all) and a record of the replica set.
+    QueryAnswer self{config.node_id, true};
     if (auto it = stores.find(raw->id); it != stores.end() && it->second->latest() != nullptr) {
       ReplicaStore& st = *it->second;
-      raw->answers.push_back(
-          QueryAnswer{config.node_id, true, true, false, st.epoch(), st.latest()->generation, st.size()});
+      self.found = true;
+      self.epoch = st.epoch();
+      self.generation = st.latest()->generation;
+      self.total_len = st.size();
     }
+    if (auto it = records.find(raw->id); it != records.end()) self.record = it->second;
+    raw->answers.push_back(self);
     const uint64_t now = now_ns();
     raw->deadline_ns = now + uint64_t{config.query_timeout_ms} * 1'000'000;
     queries.push_back(raw);
@@ -198,6 +213,13 @@ Result<std::unique_ptr<QueryOp>> Engine::Impl::query(std::string_view name) {
   post(raw);
   await(*raw);
   if (!raw->ok) return tl::unexpected(raw->error);
+  // Decisions rest on what a quorum of nodes said: a set record written at
+  // a quorum is then seen by at least one of them.
+  const uint32_t need = current_view().quorum;
+  const auto answered = std::count_if(q->answers.begin(), q->answers.end(), [](auto& a) { return a.answered; });
+  if (static_cast<uint32_t>(answered) < need)
+    return fail(Errc::kUnavailable, "only ", std::to_string(answered), " of the ", std::to_string(need),
+                " nodes a decision needs answered about ", name);
   return q;
 }
 
@@ -212,23 +234,25 @@ Result<Segment*> Engine::Impl::add_segment(std::unique_ptr<Segment> seg) {
     std::vector<std::unique_ptr<ReplicaTarget>> slots = std::move(raw->replicas);
     raw->replicas.clear();
     for (auto& slot : slots) {
-      // After a takeover, the replicas of the set taken over come first: the
-      // new owner's first generations must reach a majority of them anyway.
+      // After a takeover, the live replicas of the set taken over come first:
+      // they hold the state already.
       PeerState* p = nullptr;
-      for (uint16_t n : raw->prev_set)
+      for (uint16_t n : raw->preferred)
         for (auto& ps : peer_states)
           if (p == nullptr && ps.link->peer() == n && ps.alive &&
               std::none_of(raw->replicas.begin(), raw->replicas.end(), [n](auto& r) { return r->node == n; }))
             p = &ps;
       if (p == nullptr) p = pick_replica(*raw, true);
       if (p == nullptr) p = pick_replica(*raw, false);
-      if (p == nullptr) break;
-      slot->node = p->link->peer();
-      slot->link = p->link;
+      if (p != nullptr) {
+        slot->node = p->link->peer();
+        slot->link = p->link;
+        ++picked;
+      }  // else an empty slot (node 0): filled when a peer comes up (step_replicas)
       raw->replicas.push_back(std::move(slot));
     }
-    picked = raw->replicas.size();
     owned[raw->id] = raw;
+    propose_set(*raw, raw->committed);
   });
   if (!added) return tl::unexpected(added.error());
   if (picked < config.replication_factor)
@@ -240,10 +264,9 @@ Result<Segment*> Engine::Impl::add_segment(std::unique_ptr<Segment> seg) {
 }
 
 Result<Segment*> Engine::Impl::make_segment(std::string_view name, uint64_t size, LocalStorage* restored,
-                                            uint64_t epoch, uint64_t generation, std::vector<uint16_t> prev_set) {
+                                            uint64_t epoch, uint64_t generation, std::vector<uint16_t> preferred) {
   auto seg = std::make_unique<Segment>();
-  seg->prev_set = std::move(prev_set);
-  seg->joint_from = generation + 1;
+  seg->preferred = std::move(preferred);
   seg->name = std::string(name);
   seg->id = wire::segment_id(name);
   seg->size = size;
@@ -264,7 +287,12 @@ Result<Segment*> Engine::Impl::make_segment(std::string_view name, uint64_t size
     stage.mem = std::move(*mem);
     stage.chunk_crcs.resize(chunks);
   }
-  return add_segment(std::move(seg));
+  auto added = add_segment(std::move(seg));
+  if (!added || generation == 0) return added;
+  // The restored generation goes to the new replica set as it is (same
+  // number, new epoch): the set is recorded once a majority holds it.
+  if (auto ok = snapshot(**added, generation); !ok) return tl::unexpected(ok.error());
+  return added;
 }
 
 Result<Segment*> Engine::create(std::string_view name, uint64_t size) {
@@ -280,7 +308,7 @@ Result<Segment*> Engine::create(std::string_view name, uint64_t size) {
     if (a.found)
       return fail(Errc::kExists, "segment ", name, " already exists on node ", std::to_string(a.peer),
                   a.owner ? " (its owner)" : " (a replica); load it instead");
-  return impl_->make_segment(name, size, nullptr, 1, 0);
+  return impl_->make_segment(name, size, nullptr, newest_epoch(**q) + 1, 0);
 }
 
 Result<void> Engine::Impl::require_quorum(const char* what) {
@@ -351,7 +379,10 @@ std::string set_string(const std::vector<uint16_t>& set) {
 Result<OpenResult> Engine::Impl::load_from(const QueryOp& q, std::string_view name) {
   uint64_t max_epoch = 0;
   std::vector<uint16_t> holders;
+  SetRecord record;  // the newest record of the replica set any node holds
   for (const auto& a : q.answers) {
+    if (a.record.newer_than(record)) record = a.record;
+    max_epoch = std::max(max_epoch, a.record.epoch);
     if (!a.found) continue;
     max_epoch = std::max(max_epoch, a.epoch);
     if (!a.owner && a.generation > 0 && a.total_len > 0 && a.total_len <= config.max_segment_size)
@@ -361,6 +392,11 @@ Result<OpenResult> Engine::Impl::load_from(const QueryOp& q, std::string_view na
     if (!config.global_dir.empty()) return load_from_global(name, max_epoch);
     return fail(Errc::kNotFound, "no live replica holds ", name);
   }
+  // Members of the recorded set are asked too, whatever they answered.
+  for (uint16_t n : wire::unpack_set(record.set))
+    if (n != 0 && std::find(holders.begin(), holders.end(), n) == holders.end() &&
+        (n == config.node_id || link_by_peer.count(n) != 0))
+      holders.push_back(n);
   std::unique_ptr<ClaimOp> c;
   for (int attempt = 0;; ++attempt) {
     auto claimed = claim(name, max_epoch + 1, holders);
@@ -380,8 +416,11 @@ Result<OpenResult> Engine::Impl::load_from(const QueryOp& q, std::string_view na
       best = &a;
   if (best == nullptr)
     return fail(Errc::kUnavailable, "no replica of ", name, " accepted owner epoch ", std::to_string(c->epoch));
+  // The set whose majority must accept: the newest recorded one. Without any
+  // record (its creator died before recording one) nothing was ever
+  // durable, and the set stamped on the newest generation serves.
   std::vector<uint16_t> set;
-  for (uint16_t n : wire::unpack_set(best->set))
+  for (uint16_t n : wire::unpack_set(record.epoch != 0 ? record.set : best->set))
     if (n != 0) set.push_back(n);
   size_t accepted = 0;
   for (const auto& a : c->answers)
@@ -394,11 +433,10 @@ Result<OpenResult> Engine::Impl::load_from(const QueryOp& q, std::string_view na
                 " replicas ", set_string(set), " of ", name, " accepted owner epoch ", std::to_string(c->epoch),
                 "; a majority must");
   }
-  // The new owner's first generations must also reach a majority of the set
-  // it took over from (Segment::prev_set); this node no longer counts there.
-  std::vector<uint16_t> prev;
+  // The new owner keeps the live members of that set as its replicas.
+  std::vector<uint16_t> keep;
   for (uint16_t n : set)
-    if (n != config.node_id) prev.push_back(n);
+    if (n != config.node_id) keep.push_back(n);
   // Sources: replicas that accepted and hold the newest generation; this
   // node's own copy first (no transfer at all), then the best answer's.
   std::vector<const ClaimAnswer*> sources;
@@ -446,7 +484,7 @@ Result<OpenResult> Engine::Impl::load_from(const QueryOp& q, std::string_view na
       }
       got = op.got_generation;
     }
-    auto seg = make_segment(name, a->total_len, &*dest, c->epoch, got, prev);
+    auto seg = make_segment(name, a->total_len, &*dest, c->epoch, got, keep);
     if (!seg) return tl::unexpected(seg.error());
     record_event("segment " + std::string(name) + ": ownership taken at epoch " + std::to_string(c->epoch) + " (" +
                  std::to_string(accepted) + " of " + std::to_string(set.size()) + " replicas of " +
@@ -502,8 +540,8 @@ Result<OpenResult> Engine::open(std::string_view name, uint64_t size) {
   // does not either is this a first run.
   if (!impl_->config.global_dir.empty() &&
       GlobalStore::newest(impl_->config.global_dir, name, impl_->config.max_segment_size))
-    return impl_->load_from_global(name, 0);
-  auto seg = impl_->make_segment(name, size, nullptr, 1, 0);
+    return impl_->load_from_global(name, newest_epoch(**q));
+  auto seg = impl_->make_segment(name, size, nullptr, newest_epoch(**q) + 1, 0);
   if (!seg) return tl::unexpected(seg.error());
   return OpenResult{*seg, OpenOutcome::kCreated, 0};
 }
@@ -527,40 +565,46 @@ Result<uint64_t> Engine::commit(Segment* segment) {
   Segment* seg = impl_->find_handle(segment);
   if (seg == nullptr) return fail(Errc::kInvalidArgument, "unknown segment handle");
   if (seg->fenced.load()) return fail(Errc::kFenced, "segment ", seg->name, " moved to a newer owner");
+  if (auto ok = impl_->snapshot(*seg, seg->committed + 1); !ok) return tl::unexpected(ok.error());
+  return seg->committed;
+}
+
+Result<void> Engine::Impl::snapshot(Segment& seg, uint64_t generation) {
   // The caller takes the poll token and acts as the transfer processor: it
   // snapshots chunk by chunk and, every few chunks, runs a poll iteration
   // that sends what is ready while it is still in cache. Replication thus
   // overlaps the snapshot; the call returns once the snapshot is complete
   // (S5), and the worker carries on with the rest. Copy-on-write snapshots
   // will replace the copy (S14).
-  impl_->acquire_token();
+  acquire_token();
   Stage* stage = nullptr;
-  for (auto& s : seg->stages)
+  for (auto& s : seg.stages)
     if (s.state.load(std::memory_order_acquire) == Stage::kFree) stage = &s;
   if (stage == nullptr) {  // cannot happen: starting a stage frees the other
-    impl_->release_token();
+    release_token();
     return fail(Errc::kInternal, "no free snapshot stage");
   }
-  const uint32_t cs = seg->chunk_size;
-  const uint32_t chunks = wire::chunk_count_for(seg->size, cs);
+  const uint32_t cs = seg.chunk_size;
+  const uint32_t chunks = wire::chunk_count_for(seg.size, cs);
   constexpr uint32_t kChunksPerPoll = 8;
-  stage->generation = ++seg->committed;
+  stage->generation = generation;
+  seg.committed = generation;
   stage->ready = 0;
   stage->state.store(Stage::kPosted, std::memory_order_release);
-  impl_->start_replication(*seg, *stage, now_ns());
+  start_replication(seg, *stage, now_ns());
   for (uint32_t i = 0; i < chunks; ++i) {
     const uint64_t off = uint64_t{i} * cs;
-    const uint32_t len = wire::chunk_len(seg->size, cs, i);
+    const uint32_t len = wire::chunk_len(seg.size, cs, i);
     // memcpy moves 64 bytes per instruction; the CRC then reads the chunk
     // back from cache, faster than one fused 8-byte loop.
-    std::memcpy(stage->mem.data() + off, seg->mem.data() + off, len);
+    std::memcpy(stage->mem.data() + off, seg.mem.data() + off, len);
     stage->chunk_crcs[i] = crc32c(stage->mem.data() + off, len);
     if (i + 1 == chunks) stage->gen_crc = wire::generation_crc(stage->chunk_crcs);
     stage->ready = i + 1;
-    if (i % kChunksPerPoll == kChunksPerPoll - 1 || i + 1 == chunks) impl_->poll_once(now_ns());
+    if (i % kChunksPerPoll == kChunksPerPoll - 1 || i + 1 == chunks) poll_once(now_ns());
   }
-  impl_->release_token();
-  return stage->generation;
+  release_token();
+  return {};
 }
 
 Result<void> Engine::wait_replicated(Segment* segment, uint64_t generation, uint32_t k,

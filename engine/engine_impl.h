@@ -85,16 +85,39 @@ struct baton::Segment {
   std::atomic<bool> fenced{false};
   std::vector<std::unique_ptr<ReplicaTarget>> replicas;  ///< fixed once the worker added it
   int current_stage = -1;               ///< worker: stage being replicated
-  // Durability (kDurable): the newest generation a majority of the replica
-  // set holds under this epoch. While the set is changing (re-replication, or
-  // right after a takeover), a majority of the previous set must hold it too,
-  // until a generation stamped with the new set is durable under both.
-  std::vector<uint16_t> prev_set;       ///< token holder; empty when settled
-  uint64_t joint_from = 0;              ///< token holder: first generation stamped with the new set
+  // The replica set as recorded at a quorum of nodes (see "Fencing" in
+  // docs/architecture.md). Durability counts only a recorded set: the newest
+  // generation a majority of it holds under this epoch. A new set (after a
+  // takeover or a re-replication) is recorded once a majority of it holds
+  // `need` (every generation that may be durable); until then durability
+  // waits. All token holder only, but `durable`.
+  std::vector<uint16_t> preferred;      ///< control -> add: the set taken over, kept where alive
+  std::vector<uint16_t> recorded_set;   ///< empty: none recorded yet (nothing is durable)
+  uint64_t recorded_version = 0;
+  struct PendingRecord {
+    bool active = false;
+    bool sent = false;                  ///< proposing: a majority of the set holds `need`
+    uint64_t version = 0;
+    uint64_t need = 0;
+    std::vector<uint16_t> set;
+    std::vector<uint16_t> acked;        ///< nodes that stored it (this one included)
+    uint64_t last_sent_ns = 0;
+  } pending;
   std::atomic<uint64_t> durable{0};
 };
 
 namespace baton {
+
+/// A node's record of a segment's replica set: written by the owner at a
+/// quorum of nodes before the set counts for durability.
+struct SetRecord {
+  uint64_t epoch = 0;
+  uint64_t version = 0;
+  uint64_t set = 0;  ///< wire::pack_set
+  bool newer_than(const SetRecord& o) const noexcept {
+    return epoch != o.epoch ? epoch > o.epoch : version > o.version;
+  }
+};
 
 /// A load in progress, in two steps the control side drives: query every peer
 /// for what it holds, then fetch from the best one into `dest`.
@@ -106,6 +129,7 @@ struct QueryAnswer {
   uint64_t epoch = 0;
   uint64_t generation = 0;
   uint64_t total_len = 0;
+  SetRecord record;  ///< epoch 0: the peer has none
 };
 
 /// A replica's answer to a claim for a new owner epoch.
@@ -223,6 +247,7 @@ struct Engine::Impl {
   // Worker side.
   std::unordered_map<uint64_t, Segment*> owned;                       ///< by segment id
   std::unordered_map<uint64_t, std::unique_ptr<ReplicaStore>> stores;  ///< by segment id
+  std::unordered_map<uint64_t, SetRecord> records;                     ///< by segment id
   /// After `stores`: destroyed first, so queued writes finish from live slots.
   std::unique_ptr<GlobalStore> global;
   std::vector<QueryOp*> queries;
@@ -291,9 +316,14 @@ struct Engine::Impl {
   /// S7: restores `name` from the newest intact copy in global storage.
   Result<OpenResult> load_from_global(std::string_view name, uint64_t max_epoch);
   Result<Segment*> add_segment(std::unique_ptr<Segment> seg);
-  /// `prev_set`: the replica set ownership was taken from (see Segment::prev_set).
+  /// `preferred`: the recorded set ownership was taken over from; its live
+  /// members are kept as replicas. A restored segment's generation is
+  /// replicated to the new set at once, and the set recorded.
   Result<Segment*> make_segment(std::string_view name, uint64_t size, LocalStorage* restored, uint64_t epoch,
-                                uint64_t generation, std::vector<uint16_t> prev_set = {});
+                                uint64_t generation, std::vector<uint16_t> preferred = {});
+  /// Snapshots `seg` as `generation` and starts replicating it; the caller
+  /// holds control_mu. Thread: control.
+  Result<void> snapshot(Segment& seg, uint64_t generation);
   Segment* find_handle(Segment* seg);
   uint32_t effective_chunk_size() const;
 
@@ -312,6 +342,12 @@ struct Engine::Impl {
   void on_fetch_meta(const wire::Frame& f) noexcept;
   void on_error(const wire::Frame& f) noexcept;
   void on_claim(Link& link, const wire::Frame& f) noexcept;
+  void on_set_record(Link& link, const wire::Frame& f) noexcept;
+  /// Starts recording a new replica set for `seg` (set changed). Thread: token holder.
+  void propose_set(Segment& seg, uint64_t need) noexcept;
+  /// Proposes, resends and commits pending set records. Thread: token holder.
+  void step_records(uint64_t now) noexcept;
+  void send_record(Segment& seg, Link& link, uint16_t peer) noexcept;
   void on_heartbeat(const wire::Frame& f) noexcept;
   void send_claim(ClaimOp& c, uint64_t now) noexcept;
   /// Recomputes seg.durable from the replicas' acks. Thread: token holder.

@@ -121,6 +121,7 @@ bool Engine::Impl::poll_once(uint64_t now) noexcept {
   }
   busy |= pump_senders(now);
   busy |= step_ops(now);
+  step_records(now);
   step_liveness(now);  // upkeep, not work: it must not keep an idle worker spinning
   step_replicas(now);
   for (auto& link : links) busy |= link->service(now);
@@ -158,6 +159,7 @@ void Engine::Impl::on_frame(Link& link, wire::Frame& f, uint64_t now) noexcept {
     case wire::MsgType::kError: on_error(f); break;
     case wire::MsgType::kHeartbeat: on_heartbeat(f); break;  // liveness itself was noted by the caller
     case wire::MsgType::kClaim: on_claim(link, f); break;
+    case wire::MsgType::kSetRecord: on_set_record(link, f); break;
   }
 }
 
@@ -307,6 +309,12 @@ void Engine::Impl::on_fetch_request(Link& link, const wire::Frame& f, uint64_t n
       meta.total_len = st->size();
       meta.generation = st->latest()->generation;
     }
+    if (auto rec = records.find(f.seg_id); rec != records.end()) {
+      meta.flags |= wire::kFlagRecord;
+      wire::set_aux_epoch(meta, rec->second.epoch);
+      meta.gen_crc = static_cast<uint32_t>(rec->second.version);
+      meta.sack = rec->second.set;
+    }
     send_control(link, meta);
     return;
   }
@@ -375,7 +383,7 @@ void Engine::Impl::on_claim(Link& link, const wire::Frame& f) noexcept {
   if (const ReplicaStore::Slot* slot = st.latest()) {
     meta.generation = slot->generation;
     meta.sack = slot->set;
-    wire::set_data_epoch(meta, slot->epoch);
+    wire::set_aux_epoch(meta, slot->epoch);
   }
   send_control(link, meta);
 }
@@ -390,7 +398,7 @@ void Engine::Impl::on_fetch_meta(const wire::Frame& f) noexcept {
         if (a.peer != f.src || a.answered) continue;
         a.answered = true;
         a.granted = true;
-        a.data_epoch = wire::data_epoch(f);
+        a.data_epoch = wire::aux_epoch(f);
         a.generation = f.generation;
         a.total_len = f.total_len;
         a.set = f.sack;
@@ -408,6 +416,7 @@ void Engine::Impl::on_fetch_meta(const wire::Frame& f) noexcept {
       a.epoch = f.epoch;
       a.generation = f.generation;
       a.total_len = f.total_len;
+      if ((f.flags & wire::kFlagRecord) != 0) a.record = SetRecord{wire::aux_epoch(f), f.gen_crc, f.sack};
     }
   }
 }
@@ -473,7 +482,8 @@ void Engine::Impl::start_replication(Segment& seg, Stage& stage, uint64_t now) n
   }
   // Latest wins: a replica still receiving an older generation moves to this one.
   SendSource src{stage.mem.data(), seg.size, seg.chunk_size, stage.chunk_crcs, 0, stage.generation, &stage.ready};
-  for (auto& r : seg.replicas) r->sender.start(src, tuning(), now);
+  for (auto& r : seg.replicas)
+    if (r->link != nullptr) r->sender.start(src, tuning(), now);
 }
 
 void Engine::Impl::on_ack(const wire::Frame& f, uint64_t now) noexcept {
@@ -761,32 +771,132 @@ PeerState* Engine::Impl::pick_replica(const Segment& seg, bool live_only) noexce
 }
 
 void Engine::Impl::update_durable(Segment& seg) noexcept {
-  // The generation the majority-th best replica holds: a majority holds it.
-  auto majority_holds = [&seg](auto nodes, size_t n) -> uint64_t {
-    if (n == 0) return 0;
-    uint64_t held[wire::kMaxReplicaSet] = {};
-    for (size_t i = 0; i < n; ++i)
-      for (const auto& r : seg.replicas)
-        if (r->node.load(std::memory_order_relaxed) == nodes(i)) held[i] = r->held.load(std::memory_order_relaxed);
-    std::sort(held, held + n, std::greater<>());
-    return held[n / 2];
-  };
-  uint64_t d = majority_holds([&seg](size_t i) { return seg.replicas[i]->node.load(std::memory_order_relaxed); },
-                              std::min(seg.replicas.size(), wire::kMaxReplicaSet));
-  if (!seg.prev_set.empty()) {
-    d = std::min(d, majority_holds([&seg](size_t i) { return seg.prev_set[i]; },
-                                   std::min(seg.prev_set.size(), wire::kMaxReplicaSet)));
-    if (d < seg.joint_from) {
-      if (d > seg.durable.load(std::memory_order_relaxed)) seg.durable.store(d, std::memory_order_release);
+  // While a new set is being recorded, nothing new becomes durable: a loader
+  // may already go by the new record, or still by the old one.
+  if (seg.pending.active || seg.recorded_set.empty()) return;
+  // The generation the majority-th best member holds: a majority holds it.
+  uint64_t held[wire::kMaxReplicaSet] = {};
+  const size_t n = std::min(seg.recorded_set.size(), wire::kMaxReplicaSet);
+  for (size_t i = 0; i < n; ++i)
+    for (const auto& r : seg.replicas)
+      if (r->node.load(std::memory_order_relaxed) == seg.recorded_set[i])
+        held[i] = r->held.load(std::memory_order_relaxed);
+  std::sort(held, held + n, std::greater<>());
+  const uint64_t d = held[n / 2];
+  if (d > seg.durable.load(std::memory_order_relaxed)) seg.durable.store(d, std::memory_order_release);
+}
+
+// --- set records ---------------------------------------------------------------
+//
+// The owner writes its segment's replica set to every node and counts it once
+// a quorum of nodes stored it. A loader hears from a quorum of nodes, so it
+// sees the newest recorded set (or a newer proposal), and claims from a
+// majority of that set. A set is proposed only once a majority of it holds
+// every generation that may be durable, so that majority intersects the
+// holders of any durable generation.
+
+void Engine::Impl::propose_set(Segment& seg, uint64_t need) noexcept {
+  auto& p = seg.pending;
+  p.version = std::max(seg.recorded_version, p.version) + 1;
+  p.active = true;
+  p.sent = false;
+  p.need = need;
+  p.set.clear();
+  for (const auto& r : seg.replicas)
+    if (const uint16_t n = r->node.load(std::memory_order_relaxed); n != 0) p.set.push_back(n);
+  p.acked.clear();
+}
+
+void Engine::Impl::send_record(Segment& seg, Link& link, uint16_t peer) noexcept {
+  wire::Frame f;
+  f.type = wire::MsgType::kSetRecord;
+  f.src = config.node_id;
+  f.dst = peer;
+  f.seg_id = seg.id;
+  f.name = seg.name;
+  f.epoch = seg.epoch.load(std::memory_order_relaxed);
+  f.generation = seg.pending.version;
+  wire::ReplicaSet set{};
+  for (size_t i = 0; i < seg.pending.set.size() && i < set.size(); ++i) set[i] = seg.pending.set[i];
+  f.sack = wire::pack_set(set);
+  send_control(link, f);
+}
+
+void Engine::Impl::step_records(uint64_t now) noexcept {
+  for (auto& [id, segp] : owned) {
+    Segment& seg = *segp;
+    auto& p = seg.pending;
+    if (!p.active || seg.fenced.load(std::memory_order_relaxed)) continue;
+    if (!p.sent) {
+      size_t holding = 0;
+      for (uint16_t n : p.set)
+        for (const auto& r : seg.replicas)
+          holding += r->node.load(std::memory_order_relaxed) == n && r->held.load(std::memory_order_relaxed) >= p.need;
+      if (!p.set.empty() && holding * 2 <= p.set.size()) continue;
+      p.sent = true;
+      p.last_sent_ns = 0;
+      const SetRecord mine{seg.epoch.load(), p.version, wire::pack_set([&] {
+                             wire::ReplicaSet s{};
+                             for (size_t i = 0; i < p.set.size() && i < s.size(); ++i) s[i] = p.set[i];
+                             return s;
+                           }())};
+      auto& stored = records[id];
+      if (mine.newer_than(stored)) stored = mine;
+      p.acked.push_back(config.node_id);
+    }
+    if (p.acked.size() >= membership->view().quorum) {
+      seg.recorded_set = p.set;
+      seg.recorded_version = p.version;
+      p.active = false;
+      std::string members;
+      for (uint16_t n : p.set) members += (members.empty() ? "" : ",") + std::to_string(n);
+      record_event("segment " + seg.name + ": replica set {" + members + "} recorded at epoch " +
+                   std::to_string(seg.epoch.load()) + " (version " + std::to_string(p.version) + ")");
+      update_durable(seg);
+      continue;
+    }
+    if (elapsed(now, p.last_sent_ns) < kQueryRetryNs / 4) continue;
+    p.last_sent_ns = now;
+    for (auto& ps : peer_states) {
+      const uint16_t peer = ps.link->peer();
+      if (std::find(p.acked.begin(), p.acked.end(), peer) != p.acked.end() || unreachable(peer)) continue;
+      send_record(seg, *ps.link, peer);
+    }
+  }
+}
+
+void Engine::Impl::on_set_record(Link& link, const wire::Frame& f) noexcept {
+  if ((f.flags & wire::kFlagComplete) != 0) {  // an ack: the owner's side
+    auto it = owned.find(f.seg_id);
+    if (it == owned.end()) return;
+    auto& p = it->second->pending;
+    if (p.active && p.sent && f.generation == p.version && f.epoch == it->second->epoch.load() &&
+        std::find(p.acked.begin(), p.acked.end(), f.src) == p.acked.end())
+      p.acked.push_back(f.src);
+    return;
+  }
+  auto it = records.find(f.seg_id);
+  if (it == records.end()) {
+    if (records.size() >= 65536) {  // a bound on what peers can make this node keep
+      bump(counters.bad_input);
       return;
     }
-    // A generation stamped with the new set is on a majority of both: from
-    // now on the new set alone decides.
-    seg.prev_set.clear();
-    d = majority_holds([&seg](size_t i) { return seg.replicas[i]->node.load(std::memory_order_relaxed); },
-                       std::min(seg.replicas.size(), wire::kMaxReplicaSet));
+    it = records.emplace(f.seg_id, SetRecord{}).first;
   }
-  if (d > seg.durable.load(std::memory_order_relaxed)) seg.durable.store(d, std::memory_order_release);
+  const SetRecord proposed{f.epoch, f.generation, f.sack};
+  // A record from an older owner epoch is refused like its data: the sender
+  // learns it was superseded.
+  if (f.epoch < it->second.epoch) {
+    bump(counters.stale_epoch);
+    send_error(link, f, wire::ErrorCode::kStaleEpoch, it->second.epoch);
+    return;
+  }
+  if (proposed.newer_than(it->second)) it->second = proposed;
+  wire::Frame ack = f;
+  ack.src = config.node_id;
+  ack.dst = f.src;
+  ack.flags = wire::kFlagComplete;
+  send_control(link, ack);
 }
 
 void Engine::Impl::step_replicas(uint64_t now) noexcept {
@@ -799,27 +909,27 @@ void Engine::Impl::step_replicas(uint64_t now) noexcept {
   for (auto& [id, seg] : owned) {
     if (seg->fenced.load()) continue;
     for (auto& r : seg->replicas) {
-      const uint16_t lost = r->node.load(std::memory_order_relaxed);
-      if (!unreachable(lost)) continue;
+      const uint16_t lost = r->node.load(std::memory_order_relaxed);  // 0: an empty slot
+      if (lost != 0 && !unreachable(lost)) continue;
       PeerState* best = pick_replica(*seg, true);
       if (best == nullptr) continue;  // under-replicated until a peer is alive
-      // The set changes: until a generation stamped with the new set is
-      // durable, the set before the change must hold it too.
-      if (seg->prev_set.empty()) {
-        for (const auto& other : seg->replicas) seg->prev_set.push_back(other->node.load(std::memory_order_relaxed));
-        seg->joint_from = (seg->current_stage >= 0 ? seg->stages[seg->current_stage].generation : 0) + 1;
-      }
       r->sender.stop();
       r->link = best->link;
       r->held.store(0);
       r->node.store(best->link->peer());
-      record_event("segment " + seg->name + ": replica on node " + std::to_string(lost) +
-                   " lost; re-replicating to node " + std::to_string(best->link->peer()));
+      record_event("segment " + seg->name + ": " +
+                   (lost != 0 ? "replica on node " + std::to_string(lost) + " lost" : std::string("replica missing")) +
+                   "; re-replicating to node " + std::to_string(best->link->peer()));
+      uint64_t latest = 0;
       if (seg->current_stage >= 0) {
         Stage& st = seg->stages[seg->current_stage];
+        latest = st.generation;
         r->sender.start(SendSource{st.mem.data(), seg->size, seg->chunk_size, st.chunk_crcs, 0, st.generation, &st.ready},
                         tuning(), now);
       }
+      // The new set is recorded once a majority of it holds the latest
+      // generation (so every durable one); durability waits meanwhile.
+      propose_set(*seg, latest);
     }
   }
 }

@@ -29,6 +29,7 @@ class HeartbeatMembership final : public MembershipSource {
  public:
   HeartbeatMembership(uint16_t self, uint32_t expected) : self_(self) {
     view_.expected_votes = expected;
+    view_.quorum = expected == 2 ? 1 : expected / 2 + 1;
     view_.members = {self};
     view_.agreed = expected == 1;
     view_.quorate = quorum(view_.members.size());

@@ -25,13 +25,13 @@ constexpr size_t kOffCrc = 12;
 
 bool has_name(MsgType t) noexcept {
   return t == MsgType::kData || t == MsgType::kFetchData || t == MsgType::kFetchRequest ||
-         t == MsgType::kFetchMeta || t == MsgType::kClaim;
+         t == MsgType::kFetchMeta || t == MsgType::kClaim || t == MsgType::kSetRecord;
 }
 bool has_payload(MsgType t) noexcept { return t == MsgType::kData || t == MsgType::kFetchData; }
 
 constexpr uint16_t kKnownFlags =
     kFlagComplete | kFlagRestart | kFlagQuery | kFlagFound | kFlagFetch | kFlagOwner | kFlagGenCrc | kFlagGranted |
-    kFlagQuorate;
+    kFlagQuorate | kFlagRecord;
 
 // Type-specific checks on an already length-checked frame.
 DecodeError validate_fields(const Frame& f) noexcept {
@@ -66,6 +66,10 @@ DecodeError validate_fields(const Frame& f) noexcept {
     case MsgType::kClaim:
       // Epoch 0 is never an owner's; epoch 1 belongs to the creator.
       return f.epoch >= 2 && f.flags == 0 ? DecodeError::kNone : DecodeError::kBadField;
+    case MsgType::kSetRecord:
+      // generation = the record's version, sack = the set.
+      return f.epoch >= 1 && f.generation >= 1 && (f.flags & ~kFlagComplete) == 0 ? DecodeError::kNone
+                                                                                 : DecodeError::kBadField;
   }
   return DecodeError::kUnknownType;
 }

@@ -51,8 +51,9 @@ enum class MsgType : uint8_t {
   kError = 6,         ///< refusal: stale epoch, no such segment, no room
   kHeartbeat = 7,     ///< liveness and the sender's view; see the field table in docs/protocol.md
   kClaim = 8,         ///< new owner -> replica: accept owner epoch `epoch` for this name (S22)
+  kSetRecord = 9,     ///< owner -> every node: the segment's replica set (epoch, version); kFlagComplete acks
 };
-inline constexpr uint8_t kMaxMsgType = 8;
+inline constexpr uint8_t kMaxMsgType = 9;
 
 // Flags.
 inline constexpr uint16_t kFlagComplete = 1 << 0;  // ACK: generation published/loaded
@@ -64,6 +65,7 @@ inline constexpr uint16_t kFlagOwner = 1 << 5;     // FETCH_META: the sender own
 inline constexpr uint16_t kFlagGenCrc = 1 << 6;    // DATA/FETCH_DATA: the generation checksum field is set
 inline constexpr uint16_t kFlagGranted = 1 << 7;   // FETCH_META: answers a CLAIM; the replica accepted its epoch
 inline constexpr uint16_t kFlagQuorate = 1 << 8;   // HEARTBEAT: the sender's view holds a majority
+inline constexpr uint16_t kFlagRecord = 1 << 9;    // FETCH_META: carries the sender's set record for the name
 
 /// The replica set of a segment travels in the 64-bit `sack` field of DATA
 /// and FETCH_META frames: up to four node ids, 16 bits each, 0 = empty.
@@ -128,14 +130,16 @@ struct Frame {
   std::span<const std::byte> raw;  ///< the whole frame (set by decode)
 };
 
-/// A FETCH_META that answers a CLAIM (kFlagGranted) carries the claim's epoch
-/// in `epoch` and the epoch its latest generation was written under in the
-/// chunk index (low 32 bits) and chunk count (high 32 bits) fields.
-inline void set_data_epoch(Frame& f, uint64_t epoch) noexcept {
+/// FETCH_META carries a second epoch in the chunk index (low 32 bits) and
+/// chunk count (high 32 bits) fields: answering a CLAIM (kFlagGranted), the
+/// epoch its latest generation was written under (`epoch` is the claim's);
+/// answering a query with kFlagRecord, the epoch of the set record, whose
+/// version is in the generation checksum field and set in `sack`.
+inline void set_aux_epoch(Frame& f, uint64_t epoch) noexcept {
   f.chunk_index = static_cast<uint32_t>(epoch);
   f.chunk_count = static_cast<uint32_t>(epoch >> 32);
 }
-inline uint64_t data_epoch(const Frame& f) noexcept { return f.chunk_index | (uint64_t{f.chunk_count} << 32); }
+inline uint64_t aux_epoch(const Frame& f) noexcept { return f.chunk_index | (uint64_t{f.chunk_count} << 32); }
 
 /// 64-bit segment id derived from the name (FNV-1a). Thread: any.
 uint64_t segment_id(std::string_view name) noexcept;

@@ -69,6 +69,10 @@ struct View {
   uint64_t id = 0;                ///< rises by one on every change this node sees
   std::vector<uint16_t> members;  ///< sorted; includes this node
   uint32_t expected_votes = 0;
+  /// Votes a decision needs: a strict majority of expected votes (1 of 2
+  /// in a two-node cluster). Set records and load queries need answers from
+  /// this many nodes.
+  uint32_t quorum = 0;
   /// A strict majority of expected votes. Two nodes are votequorum's
   /// two_node mode: one is quorate alone once it has seen the other.
   bool quorate = false;

@@ -138,7 +138,8 @@ int status(const std::string& socket, bool json, bool segments_only) {
     for (auto* rep : replicas_of(r.get("name"))) {
       const bool dead = rep->get("alive") == "no";
       under |= dead;
-      reps += rep->get("node") + ":" + rep->get("generation") + " (" + rep->get("lag") + ")" + (dead ? " DEAD" : "") + "  ";
+      if (rep->get("node") == "0") reps += "(empty)  ";  // no live peer to hold it yet
+      else reps += rep->get("node") + ":" + rep->get("generation") + " (" + rep->get("lag") + ")" + (dead ? " DEAD" : "") + "  ";
     }
     if (reps.empty() || under) reps += "UNDER-REPLICATED";
     std::printf("%-20s %12s %10s %8s %6s %-5s %s%s\n", r.get("name").c_str(), r.get("size").c_str(),

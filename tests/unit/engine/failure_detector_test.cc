@@ -104,10 +104,32 @@ TEST(ReReplication, RestoresTheReplicationFactorByteExact) {
   ASSERT_TRUE(copy);
   EXPECT_TRUE(std::equal(mem.begin(), mem.end(), copy->begin()));
   EXPECT_TRUE(has_event(cl.node(1), "re-replicating to node " + std::to_string(spare)));
-  // New commits go to the new set.
+  // New commits go to the new set, and are durable on it: the new set was
+  // recorded, although the old one has no majority left.
   mem[0] = std::byte{0x5A};
   auto g2 = *cl.node(1).commit(seg);
   ASSERT_TRUE(cl.node(1).wait_replicated(seg, g2, 2, 10s));
+  auto durable = cl.node(1).wait_replicated(seg, g2, kDurable, 10s);
+  EXPECT_TRUE(durable) << durable.error().to_string();
+  EXPECT_TRUE(has_event(cl.node(1), "replica set"));
+}
+
+// One replica (RF 1): its loss leaves no majority of the old set at all;
+// durability resumes on the replacement once its set is recorded.
+TEST(ReReplication, SingleReplicaLossResumesDurability) {
+  EngineConfig c = fast_detector();
+  Cluster cl(3, c);
+  auto seg = *cl.node(1).create("single", 64 * 1024);
+  auto g = *cl.node(1).commit(seg);
+  ASSERT_TRUE(cl.node(1).wait_replicated(seg, g, kDurable, 10s));
+  const uint16_t lost = cl.node(1).status(seg)->replicas.at(0).first;
+  const uint16_t spare = lost == 2 ? 3 : 2;
+  cl.kill(lost);
+  ASSERT_TRUE(eventually([&] { return cl.node(1).status(seg)->replicas.at(0).first == spare; }));
+  auto g2 = *cl.node(1).commit(seg);
+  auto durable = cl.node(1).wait_replicated(seg, g2, kDurable, 10s);
+  ASSERT_TRUE(durable) << durable.error().to_string();
+  EXPECT_GE(cl.node(1).status(seg)->durable, g2);
 }
 
 TEST(ReReplication, UnderReplicatedWhileNoPeerIsLeft) {
@@ -133,6 +155,30 @@ TEST(FailureDetector, RejectsATimeoutShorterThanTwoHeartbeats) {
   auto e = Engine::start(c, {});
   ASSERT_FALSE(e);
   EXPECT_EQ(e.error().code, Errc::kInvalidArgument);
+}
+
+// S12, a node joining: a segment created while too few peers were up has an
+// empty replica slot, which the first peer to come up fills.
+TEST(ReReplication, AJoiningNodeFillsAnEmptySlot) {
+  EngineConfig c = fast_detector();
+  c.replication_factor = 2;
+  Cluster cl(3, c);
+  ASSERT_TRUE(eventually([&] { return peer_alive(cl.node(1), 3); }));
+  cl.isolate(3, true);
+  ASSERT_TRUE(eventually([&] {
+    return !peer_alive(cl.node(1), 3) && cl.node(1).view().members.size() == 2 && cl.node(1).view().agreed;
+  }));
+  auto seg = *cl.node(1).create("joined", 32 * 1024);
+  auto g = *cl.node(1).commit(seg);
+  ASSERT_TRUE(cl.node(1).wait_replicated(seg, g, 1, 10s));
+  auto before = cl.node(1).status(seg)->replicas;
+  ASSERT_EQ(before.size(), 2u);
+  EXPECT_TRUE(before[0].first == 0 || before[1].first == 0) << "no empty slot: " << before[0].first << "," << before[1].first;
+  cl.isolate(3, false);
+  ASSERT_TRUE(cl.node(1).wait_replicated(seg, g, 2, 10s)) << "node 3 never got a copy";
+  auto durable = cl.node(1).wait_replicated(seg, g, kDurable, 10s);
+  EXPECT_TRUE(durable) << durable.error().to_string();
+  EXPECT_TRUE(has_event(cl.node(1), "replica missing; re-replicating to node 3"));
 }
 
 // S12 placement: replicas go to another power domain first (tags from the

@@ -56,7 +56,9 @@ TEST(GlobalStorage, LoadsWhenEveryReplicaIsGone) {
   ScratchDir dir;
   EngineConfig c = with_global(dir.path);
   c.replication_factor = 2;
-  Cluster cl(4, c);
+  // Seven nodes: with the owner and both replicas dead, the four left are
+  // still a quorum (a minority would refuse to take ownership at all).
+  Cluster cl(7, c);
   auto seg = *cl.node(1).create("precious", 300 * 1024);
   auto mem = cl.node(1).data(seg);
   test::fill_pattern(mem, 5);

@@ -200,7 +200,7 @@ TEST_F(WireReject, BadMagicAndVersion) {
 }
 
 TEST_F(WireReject, UnknownType) {
-  for (uint8_t t : {uint8_t{0}, uint8_t{9}, uint8_t{255}}) {
+  for (uint8_t t : {uint8_t{0}, uint8_t{10}, uint8_t{255}}) {
     auto b = good;
     poke<uint8_t>(b, 3, t);
     EXPECT_EQ(decode_it(b), DecodeError::kUnknownType) << int(t);
