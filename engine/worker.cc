@@ -797,13 +797,15 @@ void Engine::Impl::update_durable(Segment& seg) noexcept {
 
 void Engine::Impl::propose_set(Segment& seg, uint64_t need) noexcept {
   auto& p = seg.pending;
-  p.version = std::max(seg.recorded_version, p.version) + 1;
-  p.active = true;
-  p.sent = false;
-  p.need = need;
   p.set.clear();
   for (const auto& r : seg.replicas)
     if (const uint16_t n = r->node.load(std::memory_order_relaxed); n != 0) p.set.push_back(n);
+  // No replica at all: nothing to record. The newest record stays the set
+  // that still holds the last durable state (a loader claims from it).
+  p.active = !p.set.empty();
+  p.version = std::max(seg.recorded_version, p.version) + 1;
+  p.sent = false;
+  p.need = need;
   p.acked.clear();
 }
 
@@ -832,7 +834,7 @@ void Engine::Impl::step_records(uint64_t now) noexcept {
       for (uint16_t n : p.set)
         for (const auto& r : seg.replicas)
           holding += r->node.load(std::memory_order_relaxed) == n && r->held.load(std::memory_order_relaxed) >= p.need;
-      if (!p.set.empty() && holding * 2 <= p.set.size()) continue;
+      if (holding * 2 <= p.set.size()) continue;
       p.sent = true;
       p.last_sent_ns = 0;
       const SetRecord mine{seg.epoch.load(), p.version, wire::pack_set([&] {
