@@ -10,10 +10,12 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 #include <string>
 #include <vector>
 
 #include "chassis.h"
+#include "ipc/client.h"
 
 namespace baton::ctl {
 namespace {
@@ -151,7 +153,8 @@ int run_demo(const DemoConfig& d) {
       if (line.find("batch=" + std::to_string(d.batches) + " ") == 0) break;
     }
     if (last.empty()) break;
-    tl.at("commit", "blade 1: " + std::to_string(d.batches) + " batches, each durable on a replica (" + last + ")");
+    tl.at("commit", "blade 1: " + std::to_string(d.batches) + " batches, each durable on a majority of its replicas (" +
+                        last + ")");
 
     kill((*blades)[0].pid, SIGKILL);
     first.kill_now();
@@ -166,6 +169,15 @@ int run_demo(const DemoConfig& d) {
       break;
     }
     tl.at("load", "blade 3: " + restored);
+    // What blade 3's control thread did: the claim and the new replica set.
+    if (auto c = ipc::Client::connect((*blades)[2].socket)) {
+      if (auto ev = (*c)->events()) {
+        std::istringstream in(*ev);
+        for (std::string line; std::getline(in, line);)
+          if (line.find("orderbook: ownership taken") != std::string::npos)
+            tl.at("epoch", "blade 3:" + line.substr(line.find(' ')));
+      }
+    }
     size_t bytes = 0;
     if (!same_bytes(dump1 + "/committed.bin", dump3 + "/restored.bin", &bytes)) {
       std::fprintf(stderr, "batonctl demo: restored state differs from the last durable commit\n");
