@@ -8,7 +8,8 @@
 // SIGKILLs one of its replicas' batond and polls blade 1's status until the
 // dead replica is replaced (detection) and the replacement holds the latest
 // generation (copy). Baseline: commit-to-durable of the same segment on the
-// healthy chassis (64 MiB to both replicas), measured before each kill.
+// healthy chassis (64 MiB to both replicas), measured before each kill, and
+// a memcpy of the same size in this process.
 // Prints JSON lines per round and a summary table.
 
 #include <signal.h>
@@ -109,7 +110,8 @@ int main(int argc, char** argv) {
   if (rc != 0) return die(std::string("open: ") + baton_last_error());
   auto* mem = static_cast<unsigned char*>(baton_segment_data(seg));
 
-  std::vector<double> commit_ms, detect_ms, copy_ms, total_ms;
+  std::vector<double> commit_ms, memcpy_ms, detect_ms, copy_ms, total_ms;
+  std::vector<unsigned char> from(size, 1), to(size, 2);
   for (int k = 0; k < kills; ++k) {
     // Baseline on the healthy chassis: the whole segment to both replicas.
     for (uint64_t i = 0; i < size; i += 4096) mem[i] = static_cast<unsigned char>(k + i / 4096);
@@ -118,6 +120,10 @@ int main(int argc, char** argv) {
     if (baton_commit(seg, &gen) != 0 || baton_wait(seg, gen, BATON_DURABLE, 60000) != 0)
       return die(std::string("commit: ") + baton_last_error());
     commit_ms.push_back(ms_since(tc));
+    const auto tm = Clock::now();
+    std::memcpy(to.data(), from.data(), size);
+    memcpy_ms.push_back(ms_since(tm));
+    from[k] = to[size - 1 - k];  // keep the copy observable
 
     const auto before = replicas(owner, "rerep");
     if (before.size() != 2) return die("expected two replicas");
@@ -142,9 +148,9 @@ int main(int argc, char** argv) {
     total_ms.push_back(total);
     std::printf(
         "{\"metric\":\"rf_restore\",\"transport\":\"%s\",\"mib\":%llu,\"kill\":%d,\"detect_ms\":%.1f,\"copy_ms\":%.1f,"
-        "\"total_ms\":%.1f,\"baseline_commit_ms\":%.1f}\n",
+        "\"total_ms\":%.1f,\"baseline_commit_ms\":%.1f,\"baseline_memcpy_ms\":%.2f}\n",
         c.transport.c_str(), static_cast<unsigned long long>(mib), k, replaced, total - replaced, total,
-        commit_ms.back());
+        commit_ms.back(), memcpy_ms.back());
     std::fflush(stdout);
     waitpid(pid, nullptr, 0);
     auto back = baton::ctl::chassis_restart_blade(c, victim);  // a spare again
@@ -153,8 +159,9 @@ int main(int argc, char** argv) {
   baton_stop(app);
   (void)baton::ctl::chassis_down(c.dir);
   std::printf("\nRF restore, %llu MiB, %s, %d kills (median ms): detect %.1f  copy %.1f  total %.1f;"
-              " baseline commit-to-durable %.1f; copy / baseline %.2fx\n",
+              " baselines: commit-to-durable %.1f, memcpy %.2f; copy / commit %.2fx, copy / memcpy %.1fx\n",
               static_cast<unsigned long long>(mib), c.transport.c_str(), kills, median(detect_ms), median(copy_ms),
-              median(total_ms), median(commit_ms), median(copy_ms) / median(commit_ms));
+              median(total_ms), median(commit_ms), median(memcpy_ms), median(copy_ms) / median(commit_ms),
+              median(copy_ms) / median(memcpy_ms));
   return 0;
 }
