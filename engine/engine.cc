@@ -304,11 +304,39 @@ Result<Segment*> Engine::create(std::string_view name, uint64_t size) {
   if (auto ok = impl_->require_quorum("create a segment"); !ok) return tl::unexpected(ok.error());
   auto q = impl_->query(name);
   if (!q) return tl::unexpected(q.error());
-  for (const auto& a : (*q)->answers)
+  for (const auto& a : (*q)->answers) {
     if (a.found)
       return fail(Errc::kExists, "segment ", name, " already exists on node ", std::to_string(a.peer),
                   a.owner ? " (its owner)" : " (a replica); load it instead");
-  return impl_->make_segment(name, size, nullptr, newest_epoch(**q) + 1, 0);
+    // A record without a copy: an owner wrote it (perhaps creating this very
+    // name right now, or it is cut off): creating again would make a second
+    // owner without a claim.
+    if (a.record.epoch != 0)
+      return fail(Errc::kExists, "segment ", name, " is recorded at epoch ", std::to_string(a.record.epoch),
+                  " (node ", std::to_string(a.peer), " holds its record); load it instead");
+  }
+  return impl_->create_fresh(name, size, newest_epoch(**q) + 1);
+}
+
+Result<Segment*> Engine::Impl::create_fresh(std::string_view name, uint64_t size, uint64_t epoch) {
+  auto made = make_segment(name, size, nullptr, epoch, 0);
+  if (!made) return made;
+  Segment* seg = *made;
+  // The name is this node's once its replica set is recorded at a quorum:
+  // of two nodes creating one name at once, at most one gets there.
+  bool failed = false;
+  const uint64_t deadline = now_ns() + uint64_t{config.query_timeout_ms} * 1'000'000;
+  const bool settled = poll_until(
+      [&] {
+        failed = seg->pending.failed;
+        return failed || !seg->pending.active;
+      },
+      deadline);
+  if (settled && !failed) return seg;
+  (void)call([this, seg] { withdraw_record(*seg); });
+  (void)remove_segment(seg);
+  if (failed) return fail(Errc::kExists, "segment ", name, " is being created by another node");
+  return fail(Errc::kUnavailable, "segment ", name, ": its replica set was not recorded at a quorum of nodes in time");
 }
 
 Result<void> Engine::Impl::require_quorum(const char* what) {
@@ -419,12 +447,29 @@ Result<OpenResult> Engine::Impl::load_from(const QueryOp& q, std::string_view na
   // The set whose majority must accept: the newest recorded one. Without any
   // record (its creator died before recording one) nothing was ever
   // durable, and the set stamped on the newest generation serves.
+  // Two records of one (epoch, version) from different owners are left by
+  // a lost race to create the name whose loser could not withdraw its own:
+  // then a majority of each must accept.
+  std::vector<uint64_t> sets{record.epoch != 0 ? record.set : best->set};
+  for (const auto& a : q.answers)
+    if (a.record.epoch == record.epoch && a.record.version == record.version && a.record.owner != record.owner &&
+        record.epoch != 0 && std::find(sets.begin(), sets.end(), a.record.set) == sets.end())
+      sets.push_back(a.record.set);
   std::vector<uint16_t> set;
-  for (uint16_t n : wire::unpack_set(record.epoch != 0 ? record.set : best->set))
-    if (n != 0) set.push_back(n);
   size_t accepted = 0;
-  for (const auto& a : c->answers)
-    if (a.granted && std::find(set.begin(), set.end(), a.peer) != set.end()) ++accepted;
+  for (uint64_t packed : sets) {
+    std::vector<uint16_t> members;
+    for (uint16_t n : wire::unpack_set(packed))
+      if (n != 0) members.push_back(n);
+    size_t yes = 0;
+    for (const auto& a : c->answers)
+      if (a.granted && std::find(members.begin(), members.end(), a.peer) != members.end()) ++yes;
+    if (set.empty() || yes * 2 <= members.size()) {  // report the first set, or the one that fails
+      set = members;
+      accepted = yes;
+    }
+    if (yes * 2 <= members.size()) break;
+  }
   if (accepted * 2 <= set.size()) {
     record_event("segment " + std::string(name) + ": ownership not taken: " + std::to_string(accepted) + " of " +
                  std::to_string(set.size()) + " replicas of set " + set_string(set) + " accepted epoch " +
@@ -541,7 +586,13 @@ Result<OpenResult> Engine::open(std::string_view name, uint64_t size) {
   if (!impl_->config.global_dir.empty() &&
       GlobalStore::newest(impl_->config.global_dir, name, impl_->config.max_segment_size))
     return impl_->load_from_global(name, newest_epoch(**q));
-  auto seg = impl_->make_segment(name, size, nullptr, newest_epoch(**q) + 1, 0);
+  // A record but no copy anywhere: the state existed and is lost (or its
+  // holders are cut off). Starting afresh would hide that; say it instead.
+  for (const auto& a : (*q)->answers)
+    if (a.record.epoch != 0)
+      return fail(Errc::kNotFound, "segment ", name, " is recorded at epoch ", std::to_string(a.record.epoch),
+                  " but no live replica or global storage holds it");
+  auto seg = impl_->create_fresh(name, size, newest_epoch(**q) + 1);
   if (!seg) return tl::unexpected(seg.error());
   return OpenResult{*seg, OpenOutcome::kCreated, 0};
 }
@@ -644,13 +695,17 @@ Result<void> Engine::close(Segment* segment) {
   std::lock_guard lock(impl_->control_mu);
   Segment* seg = impl_->find_handle(segment);
   if (seg == nullptr) return fail(Errc::kInvalidArgument, "unknown segment handle");
-  auto removed = impl_->call([this, seg] {
-    impl_->owned.erase(seg->id);
+  return impl_->remove_segment(seg);
+}
+
+Result<void> Engine::Impl::remove_segment(Segment* seg) {
+  auto removed = call([this, seg] {
+    owned.erase(seg->id);
     seg->current_stage = -1;
   });
   if (!removed) return removed;
-  impl_->handles.erase(seg);
-  impl_->segments.erase(seg->name);
+  handles.erase(seg);
+  segments.erase(seg->name);
   return {};
 }
 

@@ -101,6 +101,8 @@ struct baton::Segment {
     uint64_t need = 0;
     std::vector<uint16_t> set;
     std::vector<uint16_t> acked;        ///< nodes that stored it (this one included)
+    std::vector<uint16_t> refused;      ///< nodes holding another owner's record of this epoch
+    bool failed = false;                ///< refused by too many nodes for a quorum
     uint64_t last_sent_ns = 0;
   } pending;
   std::atomic<uint64_t> durable{0};
@@ -114,6 +116,7 @@ struct SetRecord {
   uint64_t epoch = 0;
   uint64_t version = 0;
   uint64_t set = 0;  ///< wire::pack_set
+  uint16_t owner = 0;  ///< who wrote it (one owner per epoch)
   bool newer_than(const SetRecord& o) const noexcept {
     return epoch != o.epoch ? epoch > o.epoch : version > o.version;
   }
@@ -325,6 +328,11 @@ struct Engine::Impl {
   /// holds control_mu. Thread: control.
   Result<void> snapshot(Segment& seg, uint64_t generation);
   Segment* find_handle(Segment* seg);
+  /// A new, empty segment (S1), owned here once its replica set is recorded
+  /// at a quorum of nodes; kExists if another node won a race for the name.
+  Result<Segment*> create_fresh(std::string_view name, uint64_t size, uint64_t epoch);
+  /// Forgets a segment this node owns (close, or a create that lost). Thread: control.
+  Result<void> remove_segment(Segment* seg);
   uint32_t effective_chunk_size() const;
 
   // --- worker side (worker.cc) ---
@@ -347,7 +355,10 @@ struct Engine::Impl {
   void propose_set(Segment& seg, uint64_t need) noexcept;
   /// Proposes, resends and commits pending set records. Thread: token holder.
   void step_records(uint64_t now) noexcept;
-  void send_record(Segment& seg, Link& link, uint16_t peer) noexcept;
+  void send_record(Segment& seg, Link& link, uint16_t peer, bool withdraw = false) noexcept;
+  /// Takes back a record that failed to reach a quorum (a lost race to
+  /// create a name). Thread: token holder.
+  void withdraw_record(Segment& seg) noexcept;
   void on_heartbeat(const wire::Frame& f) noexcept;
   void send_claim(ClaimOp& c, uint64_t now) noexcept;
   /// Recomputes seg.durable from the replicas' acks. Thread: token holder.

@@ -313,6 +313,7 @@ void Engine::Impl::on_fetch_request(Link& link, const wire::Frame& f, uint64_t n
       meta.flags |= wire::kFlagRecord;
       wire::set_aux_epoch(meta, rec->second.epoch);
       meta.gen_crc = static_cast<uint32_t>(rec->second.version);
+      meta.chunk_size = rec->second.owner;
       meta.sack = rec->second.set;
     }
     send_control(link, meta);
@@ -416,7 +417,8 @@ void Engine::Impl::on_fetch_meta(const wire::Frame& f) noexcept {
       a.epoch = f.epoch;
       a.generation = f.generation;
       a.total_len = f.total_len;
-      if ((f.flags & wire::kFlagRecord) != 0) a.record = SetRecord{wire::aux_epoch(f), f.gen_crc, f.sack};
+      if ((f.flags & wire::kFlagRecord) != 0)
+        a.record = SetRecord{wire::aux_epoch(f), f.gen_crc, f.sack, static_cast<uint16_t>(f.chunk_size)};
     }
   }
 }
@@ -539,6 +541,17 @@ void Engine::Impl::on_error(const wire::Frame& f) noexcept {
             }
       auto it = owned.find(f.seg_id);
       if (it != owned.end() && f.epoch > it->second->epoch.load()) fence(*it->second);
+      // Our own epoch refused: that node holds another owner's record of it
+      // (two nodes creating one name at once). Too many such and the record
+      // can never reach a quorum.
+      if (it != owned.end() && f.epoch == it->second->epoch.load()) {
+        auto& p = it->second->pending;
+        if (p.active && p.sent && std::find(p.refused.begin(), p.refused.end(), f.src) == p.refused.end()) {
+          p.refused.push_back(f.src);
+          const View& v = membership->view();
+          if (p.refused.size() > v.expected_votes - v.quorum) p.failed = true;
+        }
+      }
       return;
     }
     case wire::ErrorCode::kNoSuchSegment:
@@ -805,13 +818,30 @@ void Engine::Impl::propose_set(Segment& seg, uint64_t need) noexcept {
   p.active = !p.set.empty();
   p.version = std::max(seg.recorded_version, p.version) + 1;
   p.sent = false;
+  p.failed = false;
   p.need = need;
   p.acked.clear();
+  p.refused.clear();
 }
 
-void Engine::Impl::send_record(Segment& seg, Link& link, uint16_t peer) noexcept {
+void Engine::Impl::withdraw_record(Segment& seg) noexcept {
+  auto& p = seg.pending;
+  for (uint16_t n : p.acked) {
+    if (n == config.node_id) {
+      auto it = records.find(seg.id);
+      if (it != records.end() && it->second.owner == config.node_id && it->second.version == p.version)
+        records.erase(it);
+      continue;
+    }
+    if (auto l = link_by_peer.find(n); l != link_by_peer.end()) send_record(seg, *l->second, n, true);
+  }
+  p.active = false;
+}
+
+void Engine::Impl::send_record(Segment& seg, Link& link, uint16_t peer, bool withdraw) noexcept {
   wire::Frame f;
   f.type = wire::MsgType::kSetRecord;
+  if (withdraw) f.flags = wire::kFlagRestart;
   f.src = config.node_id;
   f.dst = peer;
   f.seg_id = seg.id;
@@ -837,15 +867,20 @@ void Engine::Impl::step_records(uint64_t now) noexcept {
       if (holding * 2 <= p.set.size()) continue;
       p.sent = true;
       p.last_sent_ns = 0;
-      const SetRecord mine{seg.epoch.load(), p.version, wire::pack_set([&] {
-                             wire::ReplicaSet s{};
-                             for (size_t i = 0; i < p.set.size() && i < s.size(); ++i) s[i] = p.set[i];
-                             return s;
-                           }())};
+      wire::ReplicaSet packed{};
+      for (size_t i = 0; i < p.set.size() && i < packed.size(); ++i) packed[i] = p.set[i];
+      const SetRecord mine{seg.epoch.load(), p.version, wire::pack_set(packed), config.node_id};
       auto& stored = records[id];
-      if (mine.newer_than(stored)) stored = mine;
-      p.acked.push_back(config.node_id);
+      if (stored.epoch == mine.epoch && stored.owner != mine.owner && stored.owner != 0) {
+        p.refused.push_back(config.node_id);  // another node wrote this epoch here first
+        const View& v = membership->view();
+        if (p.refused.size() > v.expected_votes - v.quorum) p.failed = true;
+      } else {
+        if (mine.newer_than(stored)) stored = mine;
+        p.acked.push_back(config.node_id);
+      }
     }
+    if (p.failed) continue;  // the creator gives up (Engine::create)
     if (p.acked.size() >= membership->view().quorum) {
       seg.recorded_set = p.set;
       seg.recorded_version = p.version;
@@ -878,6 +913,12 @@ void Engine::Impl::on_set_record(Link& link, const wire::Frame& f) noexcept {
     return;
   }
   auto it = records.find(f.seg_id);
+  if ((f.flags & wire::kFlagRestart) != 0) {  // withdrawn by the node that wrote it
+    if (it != records.end() && it->second.owner == f.src && it->second.epoch == f.epoch &&
+        it->second.version == f.generation)
+      records.erase(it);
+    return;
+  }
   if (it == records.end()) {
     if (records.size() >= 65536) {  // a bound on what peers can make this node keep
       bump(counters.bad_input);
@@ -885,10 +926,11 @@ void Engine::Impl::on_set_record(Link& link, const wire::Frame& f) noexcept {
     }
     it = records.emplace(f.seg_id, SetRecord{}).first;
   }
-  const SetRecord proposed{f.epoch, f.generation, f.sack};
-  // A record from an older owner epoch is refused like its data: the sender
-  // learns it was superseded.
-  if (f.epoch < it->second.epoch) {
+  const SetRecord proposed{f.epoch, f.generation, f.sack, f.src};
+  // A record from an older owner epoch, or from a second owner of the same
+  // one (two nodes creating one new name at once), is refused like its
+  // data: the sender learns it was superseded.
+  if (f.epoch < it->second.epoch || (f.epoch == it->second.epoch && f.src != it->second.owner)) {
     bump(counters.stale_epoch);
     send_error(link, f, wire::ErrorCode::kStaleEpoch, it->second.epoch);
     return;

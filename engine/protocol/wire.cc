@@ -68,8 +68,10 @@ DecodeError validate_fields(const Frame& f) noexcept {
       return f.epoch >= 2 && f.flags == 0 ? DecodeError::kNone : DecodeError::kBadField;
     case MsgType::kSetRecord:
       // generation = the record's version, sack = the set.
-      return f.epoch >= 1 && f.generation >= 1 && (f.flags & ~kFlagComplete) == 0 ? DecodeError::kNone
-                                                                                 : DecodeError::kBadField;
+      // kFlagRestart: the owner withdraws a record that did not reach a quorum.
+      return f.epoch >= 1 && f.generation >= 1 && (f.flags & ~(kFlagComplete | kFlagRestart)) == 0
+                 ? DecodeError::kNone
+                 : DecodeError::kBadField;
   }
   return DecodeError::kUnknownType;
 }

@@ -195,5 +195,35 @@ TEST(Quorum, TwoClaimantsOfOneEpochCannotBothWin) {
   EXPECT_TRUE(a || b) << "neither load succeeded: " << a.error().to_string() << " / " << b.error().to_string();
 }
 
+// S1: two nodes create the same new name at the same instant. Neither sees
+// the other in its query, but a name is created only once its replica set
+// is recorded at a quorum of nodes, and each node records one owner per
+// epoch: exactly one create succeeds, the other says the name exists.
+TEST(Quorum, ConcurrentCreatesOfOneNameHaveOneOwner) {
+  EngineConfig c = fast_detector();
+  c.query_timeout_ms = 300;
+  c.replication_factor = 2;
+  Cluster cl(5, c);
+  ASSERT_TRUE(eventually([&] { return cl.node(1).view().members.size() == 5 && cl.node(5).view().members.size() == 5; }));
+  for (int round = 0; round < 5; ++round) {
+    const std::string name = "twin-" + std::to_string(round);
+    Result<Segment*> a = tl::unexpected(Error{}), b = tl::unexpected(Error{});
+    std::thread ta([&] { a = cl.node(1).create(name, 4096); });
+    std::thread tb([&] { b = cl.node(5).create(name, 4096); });
+    ta.join();
+    tb.join();
+    ASSERT_EQ(int(a.has_value()) + int(b.has_value()), 1)
+        << (a ? std::string("ok") : a.error().to_string()) << " / " << (b ? std::string("ok") : b.error().to_string());
+    const int winner = a ? 1 : 5;
+    const auto& lost = a ? b : a;
+    EXPECT_EQ(lost.error().code, Errc::kExists) << lost.error().to_string();
+    Segment* seg = a ? *a : *b;
+    auto g = cl.node(winner).commit(seg);
+    ASSERT_TRUE(g);
+    auto w = cl.node(winner).wait_replicated(seg, *g, kDurable, 5s);
+    EXPECT_TRUE(w) << w.error().to_string();
+  }
+}
+
 }  // namespace
 }  // namespace baton
