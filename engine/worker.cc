@@ -896,7 +896,9 @@ void Engine::Impl::step_records(uint64_t now) noexcept {
     p.last_sent_ns = now;
     for (auto& ps : peer_states) {
       const uint16_t peer = ps.link->peer();
-      if (std::find(p.acked.begin(), p.acked.end(), peer) != p.acked.end() || unreachable(peer)) continue;
+      if (std::find(p.acked.begin(), p.acked.end(), peer) != p.acked.end() ||
+          std::find(p.refused.begin(), p.refused.end(), peer) != p.refused.end() || unreachable(peer))
+        continue;
       send_record(seg, *ps.link, peer);
     }
   }
