@@ -207,6 +207,9 @@ Result<std::unique_ptr<QueryOp>> Engine::Impl::query(std::string_view name) {
     raw->answers.push_back(self);
     const uint64_t now = now_ns();
     raw->deadline_ns = now + uint64_t{config.query_timeout_ms} * 1'000'000;
+    // A loaded machine may answer late; a quorum's answers are worth a while longer.
+    raw->hard_deadline_ns = now + 5 * uint64_t{config.query_timeout_ms} * 1'000'000;
+    raw->quorum = membership->view().quorum;
     queries.push_back(raw);
     send_query(*raw, now);
   };

@@ -161,7 +161,9 @@ struct ClaimOp : Op {
 struct QueryOp : Op {
   std::string name;
   uint64_t id = 0;
-  uint64_t deadline_ns = 0;
+  uint64_t deadline_ns = 0;       ///< done once every live peer answered, or past this with a quorum of answers
+  uint64_t hard_deadline_ns = 0;  ///< done regardless (a quorum may never answer)
+  uint32_t quorum = 0;
   uint64_t last_sent_ns = 0;
   std::vector<QueryAnswer> answers;  // one per link, sized by the control side
 };

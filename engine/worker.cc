@@ -989,7 +989,9 @@ bool Engine::Impl::step_ops(uint64_t now) noexcept {
     QueryOp* q = *it;
     const bool all = std::all_of(q->answers.begin(), q->answers.end(),
                                  [this](auto& a) { return a.answered || unreachable(a.peer); });
-    if (all || now >= q->deadline_ns) {
+    const auto answered = static_cast<uint32_t>(
+        std::count_if(q->answers.begin(), q->answers.end(), [](auto& a) { return a.answered; }));
+    if (all || (now >= q->deadline_ns && answered >= q->quorum) || now >= q->hard_deadline_ns) {
       it = queries.erase(it);
       q->finish();
       busy = true;
