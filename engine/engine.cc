@@ -114,8 +114,6 @@ Result<std::unique_ptr<Engine>> Engine::start(const EngineConfig& config,
     if (link->peer() == config.node_id) return fail(Errc::kInvalidArgument, "link ", link->name(), " leads to this node");
     if (link->caps().max_frame < wire::kHeaderSize + wire::kMaxNameLen + 512)
       return fail(Errc::kInvalidArgument, "link ", link->name(), " carries frames too small for Baton");
-    if (!impl->link_by_peer.emplace(link->peer(), link.get()).second)
-      return fail(Errc::kInvalidArgument, "two links to node ", std::to_string(link->peer()));
   }
   impl->links = std::move(links);
   const bool spin = config.idle == IdlePolicy::kSpin;
@@ -124,10 +122,12 @@ Result<std::unique_ptr<Engine>> Engine::start(const EngineConfig& config,
   if (impl->failure_ns < 2 * impl->heartbeat_ns)
     return fail(Errc::kInvalidArgument, "failure_timeout_us must be at least twice heartbeat_interval_us");
   impl->incarnation = now_ns();
-  const uint32_t votes = config.expected_votes ? config.expected_votes : static_cast<uint32_t>(impl->links.size() + 1);
-  if (votes < impl->links.size() + 1)
+  std::unordered_set<uint16_t> nodes{config.node_id};
+  for (auto& l : impl->links) nodes.insert(l->peer());
+  const uint32_t votes = config.expected_votes ? config.expected_votes : static_cast<uint32_t>(nodes.size());
+  if (votes < nodes.size())
     return fail(Errc::kInvalidArgument, "expected_votes ", std::to_string(votes), " is below the ",
-                std::to_string(impl->links.size() + 1), " nodes this one links to");
+                std::to_string(nodes.size()), " nodes this one links to");
   impl->membership = make_heartbeat_membership(config.node_id, votes);
   impl->view = impl->membership->view();
   if (!config.global_dir.empty()) {
@@ -135,7 +135,18 @@ Result<std::unique_ptr<Engine>> Engine::start(const EngineConfig& config,
     if (!global) return tl::unexpected(global.error());
     impl->global = std::move(*global);
   }
-  for (auto& l : impl->links) impl->peer_states.push_back(PeerState{l.get()});
+  // Several links may reach one peer (S17: it is dead only when all are silent).
+  impl->link_states.reserve(impl->links.size());
+  for (auto& l : impl->links) {
+    impl->link_states.push_back(LinkState{l.get()});
+    if (std::none_of(impl->peer_states.begin(), impl->peer_states.end(),
+                     [&](const PeerState& p) { return p.node == l->peer(); }))
+      impl->peer_states.push_back(PeerState{l->peer(), l.get()});
+  }
+  for (auto& ls : impl->link_states)
+    for (auto& p : impl->peer_states)
+      if (p.node == ls.link->peer()) p.links.push_back(&ls);
+  for (auto& p : impl->peer_states) impl->peer_by_node.emplace(p.node, &p);
   const ssize_t ring_bytes = rte_ring_get_memsize(kCommandRingSize);
   if (ring_bytes < 0) return fail(Errc::kInternal, "rte_ring_get_memsize failed");
   impl->command_mem.reset(std::aligned_alloc(64, (static_cast<size_t>(ring_bytes) + 63) / 64 * 64));
@@ -188,7 +199,7 @@ Result<std::unique_ptr<QueryOp>> Engine::Impl::query(std::string_view name) {
   auto q = std::make_unique<QueryOp>();
   q->name = std::string(name);
   q->id = wire::segment_id(name);
-  for (auto& l : links) q->answers.push_back(QueryAnswer{l->peer()});
+  for (auto& p : peer_states) q->answers.push_back(QueryAnswer{p.node});
   QueryOp* raw = q.get();
   q->run = [this, raw] {
     for (QueryOp* other : queries)
@@ -229,7 +240,7 @@ Result<std::unique_ptr<QueryOp>> Engine::Impl::query(std::string_view name) {
 Result<Segment*> Engine::Impl::add_segment(std::unique_ptr<Segment> seg) {
   // Replica selection (S4): live peers on other blades / power domains /
   // NUMA nodes first (pick_replica), then any peer not known to be gone.
-  const size_t want = std::min<size_t>(links.size(), config.replication_factor);
+  const size_t want = std::min<size_t>(peer_states.size(), config.replication_factor);
   for (size_t i = 0; i < want; ++i) seg->replicas.push_back(std::make_unique<ReplicaTarget>());
   Segment* raw = seg.get();
   size_t picked = 0;
@@ -242,14 +253,13 @@ Result<Segment*> Engine::Impl::add_segment(std::unique_ptr<Segment> seg) {
       PeerState* p = nullptr;
       for (uint16_t n : raw->preferred)
         for (auto& ps : peer_states)
-          if (p == nullptr && ps.link->peer() == n && ps.alive &&
+          if (p == nullptr && ps.node == n && ps.alive &&
               std::none_of(raw->replicas.begin(), raw->replicas.end(), [n](auto& r) { return r->node == n; }))
             p = &ps;
       if (p == nullptr) p = pick_replica(*raw, true);
       if (p == nullptr) p = pick_replica(*raw, false);
       if (p != nullptr) {
-        slot->node = p->link->peer();
-        slot->link = p->link;
+        slot->node = p->node;
         ++picked;
       }  // else an empty slot (node 0): filled when a peer comes up (step_replicas)
       raw->replicas.push_back(std::move(slot));
@@ -426,7 +436,7 @@ Result<OpenResult> Engine::Impl::load_from(const QueryOp& q, std::string_view na
   // Members of the recorded set are asked too, whatever they answered.
   for (uint16_t n : wire::unpack_set(record.set))
     if (n != 0 && std::find(holders.begin(), holders.end(), n) == holders.end() &&
-        (n == config.node_id || link_by_peer.count(n) != 0))
+        (n == config.node_id || peer_by_node.count(n) != 0))
       holders.push_back(n);
   std::unique_ptr<ClaimOp> c;
   for (int attempt = 0;; ++attempt) {
@@ -514,7 +524,6 @@ Result<OpenResult> Engine::Impl::load_from(const QueryOp& q, std::string_view na
       op.name = std::string(name);
       op.id = q.id;
       op.peer = a->peer;
-      op.link = link_by_peer.at(a->peer);
       op.generation = a->generation;
       op.dest = &*dest;
       op.run = [this, &op] {
@@ -762,7 +771,7 @@ std::vector<PeerStatus> Engine::peers() const {
   auto done = impl_->call([&] {
     const uint64_t now = now_ns();
     for (const auto& p : impl_->peer_states)
-      out.push_back(PeerStatus{p.link->peer(), p.alive, p.ever_heard,
+      out.push_back(PeerStatus{p.node, p.alive, p.ever_heard,
                                p.ever_heard ? (now - std::min(now, p.last_heard_ns)) / 1000 : 0});
   });
   if (!done) return {};

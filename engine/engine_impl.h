@@ -64,8 +64,7 @@ struct Stage {
 /// A replica slot of one of our segments. The set of slots is fixed when the
 /// segment is added; re-replication (S12) swaps the node in a slot in place.
 struct ReplicaTarget {
-  std::atomic<uint16_t> node{0};     ///< written by the token holder, read by anyone
-  Link* link = nullptr;              ///< token holder only
+  std::atomic<uint16_t> node{0};     ///< written by the token holder, read by anyone; 0: empty slot
   ChunkSender sender;                ///< token holder only
   std::atomic<uint64_t> held{0};     ///< newest generation the replica published
 };
@@ -172,7 +171,6 @@ struct FetchOp : Op {
   std::string name;
   uint64_t id = 0;
   uint16_t peer = 0;
-  Link* link = nullptr;
   uint64_t generation = 0;   ///< wanted (0: latest)
   LocalStorage* dest = nullptr;
   ChunkAssembler assembler;
@@ -186,7 +184,6 @@ struct FetchOp : Op {
 struct FetchServe {
   uint64_t id = 0;
   uint16_t requester = 0;
-  Link* link = nullptr;
   ReplicaStore* store = nullptr;
   ReplicaStore::Slot* slot = nullptr;
   ChunkSender sender;
@@ -196,12 +193,22 @@ struct FetchServe {
 /// Rank of `node` as a replica of segment `seg_id` (rendezvous hashing).
 uint64_t replica_rank(uint64_t seg_id, uint16_t node) noexcept;
 
-/// The failure detector's view of one peer (one link reaches it).
-struct PeerState {
+/// The failure detector's view of one link.
+struct LinkState {
   Link* link = nullptr;
   uint64_t last_heard_ns = 0;
   uint64_t last_sent_ns = 0;
   uint64_t heartbeat_seq = 0;
+  bool alive = false;  ///< heard within the failure timeout and the device up
+};
+
+/// The failure detector's view of one peer, which one or more links reach.
+/// A peer is dead only when every link to it is.
+struct PeerState {
+  uint16_t node = 0;
+  Link* link = nullptr;  ///< where frames to it go: an alive link, else its first
+  std::vector<LinkState*> links;
+  uint64_t last_heard_ns = 0;
   bool alive = false;
   bool ever_heard = false;
   // Placement tags from its heartbeats.
@@ -215,7 +222,8 @@ struct Engine::Impl {
   Topology topology;
   uint64_t incarnation = 0;  ///< start time: tells a restarted peer from the old one
   uint64_t heartbeat_ns = 0, failure_ns = 0;
-  std::vector<PeerState> peer_states;  ///< parallel to links; poll-token holder only
+  std::vector<LinkState> link_states;  ///< parallel to links; poll-token holder only
+  std::vector<PeerState> peer_states;  ///< one per peer, fixed at start; poll-token holder only
   std::unique_ptr<MembershipSource> membership;  ///< token holder only
   bool membership_dirty = false;                 ///< token holder: liveness changed since the last update
   mutable std::mutex view_mu;
@@ -223,7 +231,12 @@ struct Engine::Impl {
   mutable std::mutex events_mu;
   std::deque<Event> event_log;  ///< bounded; appended on membership changes only
   std::vector<std::unique_ptr<Link>> links;
-  std::unordered_map<uint16_t, Link*> link_by_peer;
+  std::unordered_map<uint16_t, PeerState*> peer_by_node;  ///< fixed at start
+  /// The link frames to `node` go over now, or nullptr for an unknown node.
+  Link* link_to(uint16_t node) const noexcept {
+    auto it = peer_by_node.find(node);
+    return it == peer_by_node.end() ? nullptr : it->second->link;
+  }
 
   // Control -> worker: Op* (commits run under the poll token instead).
   rte_ring* commands = nullptr;

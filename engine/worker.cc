@@ -334,7 +334,6 @@ void Engine::Impl::on_fetch_request(Link& link, const wire::Frame& f, uint64_t n
   if (serve == nullptr) serve = serves.emplace_back(std::make_unique<FetchServe>()).get();
   serve->id = f.seg_id;
   serve->requester = f.src;
-  serve->link = &link;
   serve->store = st;
   serve->slot = slot;
   slot->pins++;
@@ -455,7 +454,7 @@ void Engine::Impl::on_fetch_data(wire::Frame& f, uint64_t now) noexcept {
         bump(counters.decode[static_cast<size_t>(wire::DecodeError::kChecksum)]);
         return;
     }
-    acks_due.push_back({op.link, nullptr, &op, f.generation, restart});
+    acks_due.push_back({link_to(op.peer), nullptr, &op, f.generation, restart});
     if (op.got_generation != 0) {
       // The final ack goes out with this burst's flush; the op ends now.
       fetches.erase(it);
@@ -485,7 +484,7 @@ void Engine::Impl::start_replication(Segment& seg, Stage& stage, uint64_t now) n
   // Latest wins: a replica still receiving an older generation moves to this one.
   SendSource src{stage.mem.data(), seg.size, seg.chunk_size, stage.chunk_crcs, 0, stage.generation, &stage.ready};
   for (auto& r : seg.replicas)
-    if (r->link != nullptr) r->sender.start(src, tuning(), now);
+    if (r->node != 0) r->sender.start(src, tuning(), now);
 }
 
 void Engine::Impl::on_ack(const wire::Frame& f, uint64_t now) noexcept {
@@ -621,7 +620,7 @@ bool Engine::Impl::pump_senders(uint64_t now) noexcept {
       }
       proto.name = seg->name;
       proto.sack = replica_set(*seg);
-      busy |= pump_one(*r->link, r->sender, proto, now);
+      if (Link* l = link_to(r->node.load(std::memory_order_relaxed))) busy |= pump_one(*l, r->sender, proto, now);
     }
   }
   for (auto& s : serves) {
@@ -640,7 +639,7 @@ bool Engine::Impl::pump_senders(uint64_t now) noexcept {
     proto.gen_crc = src.gen_crc;
     proto.flags = wire::kFlagGenCrc;
     proto.name = s->store->name();
-    busy |= pump_one(*s->link, s->sender, proto, now);
+    if (Link* l = link_to(s->requester)) busy |= pump_one(*l, s->sender, proto, now);
   }
   return busy;
 }
@@ -657,53 +656,84 @@ void Engine::Impl::record_event(std::string text) noexcept {
 }
 
 void Engine::Impl::heard_from(size_t i, uint64_t now) noexcept {
-  PeerState& p = peer_states[i];
+  LinkState& ls = link_states[i];
+  ls.last_heard_ns = now;
+  PeerState& p = *peer_by_node.at(ls.link->peer());
   p.last_heard_ns = now;
+  if (!ls.alive) {
+    ls.alive = true;
+    if (p.alive) record_event("link " + ls.link->name() + " up");
+  }
   if (!p.alive) {
     p.alive = true;
     p.ever_heard = true;
     membership_dirty = true;
-    record_event("node " + std::to_string(p.link->peer()) + " up");
+    record_event("node " + std::to_string(p.node) + " up");
   }
+  // Frames go over a link that works.
+  for (const LinkState* cur : p.links)
+    if (cur->link == p.link && !cur->alive) p.link = ls.link;
 }
 
 bool Engine::Impl::unreachable(uint16_t peer) const noexcept {
-  for (const auto& p : peer_states)
-    if (p.link->peer() == peer) return !p.alive && (p.ever_heard || !p.link->up());
-  return true;
+  auto it = peer_by_node.find(peer);
+  if (it == peer_by_node.end()) return true;
+  const PeerState& p = *it->second;
+  if (p.alive) return false;
+  if (p.ever_heard) return true;
+  // Never heard yet: gone only if no link to it is even up.
+  return std::none_of(p.links.begin(), p.links.end(), [](const LinkState* l) { return l->link->up(); });
 }
 
 void Engine::Impl::step_liveness(uint64_t now) noexcept {
-  for (auto& p : peer_states) {
-    if (now - std::min(now, p.last_sent_ns) >= heartbeat_ns) {
+  const View& v = membership->view();
+  for (auto& ls : link_states) {
+    if (now - std::min(now, ls.last_sent_ns) >= heartbeat_ns) {
       wire::Frame hb;
       hb.type = wire::MsgType::kHeartbeat;
       hb.src = config.node_id;
-      hb.dst = p.link->peer();
+      hb.dst = ls.link->peer();
       hb.epoch = incarnation;
-      hb.generation = ++p.heartbeat_seq;
+      hb.generation = ++ls.heartbeat_seq;
       // This node's view, so peers can tell whether they agree, and its
       // placement tags.
-      const View& v = membership->view();
       hb.seg_id = v.digest();
       hb.total_len = v.id;
       if (v.quorate) hb.flags = wire::kFlagQuorate;
       hb.chunk_index = config.blade != 0 ? config.blade : config.node_id;
       hb.chunk_count = config.power_domain;
       hb.chunk_size = static_cast<uint32_t>(config.numa_node + 1);
-      send_control(*p.link, hb);
-      p.last_sent_ns = now;
+      send_control(*ls.link, hb);
+      ls.last_sent_ns = now;
     }
-    // A node is dead when every link to it is silent; one link reaches each
-    // peer here, so its silence (or its device saying down) decides.
-    if (p.alive && (now - std::min(now, p.last_heard_ns) >= failure_ns || !p.link->up())) {
-      p.alive = false;
-      membership_dirty = true;
-      record_event("node " + std::to_string(p.link->peer()) + " down (" +
-                   (p.link->up() ? "silent for " + std::to_string((now - p.last_heard_ns) / 1'000'000) + " ms"
-                                 : std::string("link down")) +
-                   ")");
+    if (ls.alive && (now - std::min(now, ls.last_heard_ns) >= failure_ns || !ls.link->up())) {
+      ls.alive = false;
+      const PeerState& p = *peer_by_node.at(ls.link->peer());
+      const bool others = std::any_of(p.links.begin(), p.links.end(), [](const LinkState* l) { return l->alive; });
+      // A link failure is not a node failure while another link still hears it.
+      if (others)
+        record_event("link " + ls.link->name() + " down (" + (ls.link->up() ? "silent" : "device down") + "); node " +
+                     std::to_string(p.node) + " still reachable over another link");
     }
+  }
+  for (auto& p : peer_states) {
+    const LinkState* live = nullptr;
+    for (const LinkState* l : p.links)
+      if (l->alive && live == nullptr) live = l;
+    if (live != nullptr) {
+      for (const LinkState* l : p.links)
+        if (l->link == p.link && !l->alive) p.link = live->link;
+      continue;
+    }
+    if (!p.alive) continue;
+    // Dead: every link to it is silent or down.
+    p.alive = false;
+    membership_dirty = true;
+    const bool any_up = std::any_of(p.links.begin(), p.links.end(), [](const LinkState* l) { return l->link->up(); });
+    record_event("node " + std::to_string(p.node) + " down (" +
+                 (any_up ? "silent for " + std::to_string((now - std::min(now, p.last_heard_ns)) / 1'000'000) + " ms"
+                         : std::string(p.links.size() > 1 ? "every link down" : "link down")) +
+                 ")");
   }
   if (membership_dirty) step_membership();
 }
@@ -713,7 +743,7 @@ void Engine::Impl::step_membership() noexcept {
   uint16_t alive[256];
   size_t n = 0;
   for (const auto& p : peer_states)
-    if (p.alive && n < std::size(alive)) alive[n++] = p.link->peer();
+    if (p.alive && n < std::size(alive)) alive[n++] = p.node;
   if (!membership->update({alive, n})) return;
   const View& v = membership->view();
   {
@@ -724,8 +754,8 @@ void Engine::Impl::step_membership() noexcept {
 }
 
 void Engine::Impl::on_heartbeat(const wire::Frame& f) noexcept {
-  for (auto& p : peer_states) {
-    if (p.link->peer() != f.src) continue;
+  if (auto it = peer_by_node.find(f.src); it != peer_by_node.end()) {
+    PeerState& p = *it->second;
     p.blade = f.chunk_index;
     p.power_domain = f.chunk_count;
     p.numa_node = static_cast<int>(f.chunk_size) - 1;
@@ -738,7 +768,7 @@ void Engine::Impl::on_heartbeat(const wire::Frame& f) noexcept {
     std::lock_guard lock(view_mu);
     view = v;
   }
-  if (v.agreed) record_event("view " + std::to_string(v.id) + " agreed by every member");
+  if (v.agreed && v.members.size() > 1) record_event("view " + std::to_string(v.id) + " agreed by every member");
 }
 
 // --- re-replication (S12) ----------------------------------------------------
@@ -763,17 +793,17 @@ PeerState* Engine::Impl::pick_replica(const Segment& seg, bool live_only) noexce
       const uint16_t n = r->node.load(std::memory_order_relaxed);
       if (unreachable(n)) continue;  // the replica being replaced shares nothing any more
       for (const auto& other : peer_states) {
-        if (other.link->peer() != n || &other == &cand) continue;
+        if (other.node != n || &other == &cand) continue;
         new_blade &= other.blade == 0 || other.blade != blade;
         new_power &= other.power_domain == 0 || other.power_domain != power;
         new_numa &= other.numa_node < 0 || other.numa_node != numa;
       }
     }
-    return std::make_tuple(new_blade, new_power, new_numa, replica_rank(seg.id, cand.link->peer()));
+    return std::make_tuple(new_blade, new_power, new_numa, replica_rank(seg.id, cand.node));
   };
   PeerState* best = nullptr;
   for (auto& p : peer_states) {
-    const uint16_t cand = p.link->peer();
+    const uint16_t cand = p.node;
     if (live_only ? !p.alive : unreachable(cand)) continue;
     bool taken = false;
     for (const auto& r : seg.replicas) taken |= r->node.load(std::memory_order_relaxed) == cand;
@@ -833,7 +863,7 @@ void Engine::Impl::withdraw_record(Segment& seg) noexcept {
         records.erase(it);
       continue;
     }
-    if (auto l = link_by_peer.find(n); l != link_by_peer.end()) send_record(seg, *l->second, n, true);
+    if (Link* l = link_to(n)) send_record(seg, *l, n, true);
   }
   p.active = false;
 }
@@ -895,7 +925,7 @@ void Engine::Impl::step_records(uint64_t now) noexcept {
     if (elapsed(now, p.last_sent_ns) < kQueryRetryNs / 4) continue;
     p.last_sent_ns = now;
     for (auto& ps : peer_states) {
-      const uint16_t peer = ps.link->peer();
+      const uint16_t peer = ps.node;
       if (std::find(p.acked.begin(), p.acked.end(), peer) != p.acked.end() ||
           std::find(p.refused.begin(), p.refused.end(), peer) != p.refused.end() || unreachable(peer))
         continue;
@@ -960,12 +990,11 @@ void Engine::Impl::step_replicas(uint64_t now) noexcept {
       PeerState* best = pick_replica(*seg, true);
       if (best == nullptr) continue;  // under-replicated until a peer is alive
       r->sender.stop();
-      r->link = best->link;
       r->held.store(0);
-      r->node.store(best->link->peer());
+      r->node.store(best->node);
       record_event("segment " + seg->name + ": " +
                    (lost != 0 ? "replica on node " + std::to_string(lost) + " lost" : std::string("replica missing")) +
-                   "; re-replicating to node " + std::to_string(best->link->peer()));
+                   "; re-replicating to node " + std::to_string(best->node));
       uint64_t latest = 0;
       if (seg->current_stage >= 0) {
         Stage& st = seg->stages[seg->current_stage];
@@ -1054,7 +1083,7 @@ void Engine::Impl::send_fetch_request(FetchOp& op, uint64_t now) noexcept {
   req.seg_id = op.id;
   req.generation = op.generation;
   req.name = op.name;
-  send_control(*op.link, req);
+  if (Link* l = link_to(op.peer)) send_control(*l, req);
   op.last_request_ns = now;
 }
 
@@ -1062,8 +1091,8 @@ void Engine::Impl::send_claim(ClaimOp& c, uint64_t now) noexcept {
   c.last_sent_ns = now;
   for (const auto& a : c.answers) {
     if (a.answered || a.peer == config.node_id || unreachable(a.peer)) continue;
-    auto l = link_by_peer.find(a.peer);
-    if (l == link_by_peer.end()) continue;
+    Link* l = link_to(a.peer);
+    if (l == nullptr) continue;
     wire::Frame req;
     req.type = wire::MsgType::kClaim;
     req.src = config.node_id;
@@ -1071,24 +1100,24 @@ void Engine::Impl::send_claim(ClaimOp& c, uint64_t now) noexcept {
     req.seg_id = c.id;
     req.epoch = c.epoch;
     req.name = c.name;
-    send_control(*l->second, req);
+    send_control(*l, req);
   }
 }
 
 void Engine::Impl::send_query(QueryOp& q, uint64_t now) noexcept {
   q.last_sent_ns = now;
-  for (auto& link : links) {
+  for (auto& p : peer_states) {
     const bool answered = std::any_of(q.answers.begin(), q.answers.end(),
-                                      [&](const QueryAnswer& a) { return a.peer == link->peer() && a.answered; });
-    if (answered || unreachable(link->peer())) continue;
+                                      [&](const QueryAnswer& a) { return a.peer == p.node && a.answered; });
+    if (answered || unreachable(p.node)) continue;
     wire::Frame req;
     req.type = wire::MsgType::kFetchRequest;
     req.flags = wire::kFlagQuery;
     req.src = config.node_id;
-    req.dst = link->peer();
+    req.dst = p.node;
     req.seg_id = q.id;
     req.name = q.name;
-    send_control(*link, req);
+    send_control(*p.link, req);
   }
 }
 

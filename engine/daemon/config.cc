@@ -211,7 +211,7 @@ Result<DaemonConfig> parse_daemon_config(std::string_view text, std::string_view
   if (const auto links = root["link"]; links) {
     const toml::array* arr = links.as_array();
     if (arr == nullptr) return tl::unexpected(r.error("link", "must be an array of tables ([[link]])"));
-    std::set<uint16_t> peers;
+    std::set<std::string> devices;  // several links may reach one peer (two backplanes), each its own port
     for (size_t i = 0; i < arr->size(); ++i) {
       const std::string where = "link[" + std::to_string(i) + "]";
       const toml::table* t = (*arr)[i].as_table();
@@ -220,12 +220,12 @@ Result<DaemonConfig> parse_daemon_config(std::string_view text, std::string_view
       const toml::node_view<const toml::node> lv(t);
       TRY(peer, r.integer(lv["peer"], where + ".peer", 1, 65534, std::nullopt));
       if (peer == id) return tl::unexpected(r.error(where + ".peer", "is this node's own id"));
-      if (!peers.insert(static_cast<uint16_t>(peer)).second)
-        return tl::unexpected(r.error(where + ".peer", "a second link to node " + std::to_string(peer)));
       TRY(driver, r.string(lv["driver"], where + ".driver", "ethdev"));
       if (driver != "ethdev") return tl::unexpected(r.error(where + ".driver", "unknown driver \"" + driver + "\""));
       TRY(device, r.string(lv["device"], where + ".device", std::nullopt));
       if (device.empty()) return tl::unexpected(r.error(where + ".device", "is empty"));
+      if (!devices.insert(device).second)
+        return tl::unexpected(r.error(where + ".device", "is already another link's device"));
       TRY(max_frame, r.integer(lv["max_frame"], where + ".max_frame", 1024, 65000, 0));
       c.links.push_back(LinkSpec{static_cast<uint16_t>(peer), driver, device, static_cast<uint32_t>(max_frame)});
     }

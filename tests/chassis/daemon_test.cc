@@ -168,8 +168,15 @@ TEST(Daemon, SurvivesMalformedAndAbandonedRequestsWithoutLeaking) {
     close(fd);
   };
   for (int i = 0; i < 100; ++i) attempt(i);  // warm-up: segments and pools exist
-  usleep(100000);
-  const size_t fds_before = fd_count(d.pid());
+  // The daemon serves requests one by one: wait until it took in the
+  // warm-up (its descriptor count stops changing) before counting.
+  size_t fds_before = fd_count(d.pid());
+  for (int stable = 0, i = 0; stable < 5 && i < 200; ++i) {
+    usleep(50000);
+    const size_t now = fd_count(d.pid());
+    stable = now == fds_before ? stable + 1 : 0;
+    fds_before = now;
+  }
   const uint64_t rss_before = rss_kib(d.pid());
   for (int i = 0; i < 1000; ++i) attempt(i);
   // Let the daemon take in the last hang-ups, then count.

@@ -29,10 +29,12 @@ inline void fill_pattern(std::span<std::byte> s, uint32_t seed) {
 struct Cluster {
   std::vector<std::unique_ptr<Engine>> engines;          // engines[i] is node i+1
   std::map<std::pair<int, int>, std::shared_ptr<loopback::Wire>> wires;
+  std::map<std::pair<int, int>, std::shared_ptr<loopback::Wire>> second_wires;  ///< with two links per pair
 
   /// `tweak(node, config)` adjusts one node's config (placement tags, ...).
+  /// `links_per_pair` 2: every pair is joined by two links (two backplanes).
   explicit Cluster(int n, EngineConfig base = {}, uint32_t max_frame = 16384,
-                   const std::function<void(int, EngineConfig&)>& tweak = {}) {
+                   const std::function<void(int, EngineConfig&)>& tweak = {}, int links_per_pair = 1) {
     std::vector<std::vector<std::unique_ptr<Link>>> links(n);
     for (int a = 0; a < n; ++a)
       for (int b = a + 1; b < n; ++b) {
@@ -40,6 +42,12 @@ struct Cluster {
         links[a].push_back(std::move(p.a));
         links[b].push_back(std::move(p.b));
         wires[{a + 1, b + 1}] = p.wire;
+        if (links_per_pair > 1) {
+          auto q = loopback::make_pair(a + 1, b + 1, max_frame, 1024, 5000 + a * 31 + b);
+          links[a].push_back(std::move(q.a));
+          links[b].push_back(std::move(q.b));
+          second_wires[{a + 1, b + 1}] = q.wire;
+        }
       }
     base.idle = IdlePolicy::kAdaptive;
     for (int i = 0; i < n; ++i) {
@@ -53,13 +61,15 @@ struct Cluster {
   }
   Engine& node(int id) { return *engines.at(id - 1); }
   loopback::Wire& wire(int a, int b) { return *wires.at({std::min(a, b), std::max(a, b)}); }
+  loopback::Wire& second_wire(int a, int b) { return *second_wires.at({std::min(a, b), std::max(a, b)}); }
   void set_all_faults(const loopback::Faults& f) {
     for (auto& [k, w] : wires) w->set_faults(f);
   }
   /// Cuts node `id` off from every other node.
   void isolate(int id, bool cut) {
-    for (auto& [k, w] : wires)
-      if (k.first == id || k.second == id) w->set_partitioned(cut);
+    for (auto* ws : {&wires, &second_wires})
+      for (auto& [k, w] : *ws)
+        if (k.first == id || k.second == id) w->set_partitioned(cut);
   }
   /// Stops node `id`'s engine (its memory and replicas are gone).
   void kill(int id) { engines.at(id - 1).reset(); }

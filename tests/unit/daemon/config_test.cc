@@ -90,6 +90,23 @@ socket = "/tmp/b.sock"
   EXPECT_EQ(c->links[0].driver, "ethdev");
 }
 
+TEST(DaemonConfig, TwoLinksMayReachOnePeer) {
+  auto c = parse_daemon_config(R"([node]
+id = 1
+[client]
+socket = "/tmp/b.sock"
+[[link]]
+peer = 2
+device = "net_memif0,role=server,socket=/tmp/a.sock"
+[[link]]
+peer = 2
+device = "net_af_packet0,iface=veth0"
+)", "two.toml");
+  ASSERT_TRUE(c) << c.error().message;
+  ASSERT_EQ(c->links.size(), 2u);
+  EXPECT_EQ(c->links[0].peer, c->links[1].peer);
+}
+
 TEST(DaemonConfig, MinimalFileGetsDefaults) {
   auto c = parse_daemon_config("[node]\nid = 1\n[client]\nsocket = \"/tmp/b.sock\"\n", "min.toml");
   ASSERT_TRUE(c) << c.error().message;
@@ -141,8 +158,8 @@ INSTANTIATE_TEST_SUITE_P(
         Bad{NODE_AND("[log]\nlevel = \"loud\"\n"), "log.level: must be error, warn, info or debug"},
         Bad{NODE_AND("[[link]]\ndevice = \"x\"\n"), "link[0].peer: is required"},
         Bad{NODE_AND("[[link]]\npeer = 1\ndevice = \"x\"\n"), "link[0].peer: is this node's own id"},
-        Bad{NODE_AND("[[link]]\npeer = 2\ndevice = \"x\"\n[[link]]\npeer = 2\ndevice = \"y\"\n"),
-            "link[1].peer: a second link to node 2"},
+        Bad{NODE_AND("[[link]]\npeer = 2\ndevice = \"x\"\n[[link]]\npeer = 3\ndevice = \"x\"\n"),
+            "link[1].device: is already another link's device"},
         Bad{NODE_AND("[[link]]\npeer = 2\ndriver = \"pigeon\"\ndevice = \"x\"\n"), "link[0].driver: unknown driver"},
         Bad{NODE_AND("[[link]]\npeer = 2\n"), "link[0].device: is required"},
         Bad{NODE_AND("[storage]\ndir = \"relative\"\n"), "storage.dir: must be an absolute path"},

@@ -157,6 +157,41 @@ TEST(FailureDetector, RejectsATimeoutShorterThanTwoHeartbeats) {
   EXPECT_EQ(e.error().code, Errc::kInvalidArgument);
 }
 
+// S17: a link failure is not a node failure. Two links join every pair;
+// cutting one leaves every node alive and replication flowing over the
+// other; cutting both makes the node dead.
+TEST(FailureDetector, ANodeIsDeadOnlyWhenEveryLinkToItIsSilent) {
+  EngineConfig c = fast_detector();
+  c.replication_factor = 2;
+  Cluster cl(3, c, 16384, {}, 2);
+  ASSERT_TRUE(eventually([&] { return peer_alive(cl.node(1), 2) && peer_alive(cl.node(1), 3); }));
+  auto seg = *cl.node(1).create("two-links", 256 * 1024);
+  auto mem = cl.node(1).data(seg);
+  test::fill_pattern(mem, 3);
+  auto g = *cl.node(1).commit(seg);
+  ASSERT_TRUE(cl.node(1).wait_replicated(seg, g, kDurable, 10s));
+
+  cl.wire(1, 2).set_partitioned(true);  // the first backplane fails between 1 and 2
+  ASSERT_TRUE(eventually([&] { return has_event(cl.node(1), "node 2 still reachable over another link"); }));
+  EXPECT_TRUE(peer_alive(cl.node(1), 2));
+  for (const auto& e : cl.node(1).events()) EXPECT_NE(e.text.rfind("node 2 down", 0), 0u) << e.text;
+  test::fill_pattern(mem, 4);
+  auto g2 = *cl.node(1).commit(seg);
+  auto w = cl.node(1).wait_replicated(seg, g2, kDurable, 10s);
+  ASSERT_TRUE(w) << w.error().to_string();
+  auto copy = cl.node(2).read_replica("two-links");
+  ASSERT_TRUE(copy);
+  EXPECT_TRUE(std::equal(mem.begin(), mem.end(), copy->begin())) << "replication did not move to the other link";
+
+  cl.second_wire(1, 2).set_partitioned(true);  // and the second: node 2 is gone for node 1
+  ASSERT_TRUE(eventually([&] { return !peer_alive(cl.node(1), 2); }));
+  bool down = false;
+  for (const auto& e : cl.node(1).events()) down |= e.text.rfind("node 2 down (silent", 0) == 0;
+  EXPECT_TRUE(down);
+  cl.wire(1, 2).set_partitioned(false);
+  ASSERT_TRUE(eventually([&] { return peer_alive(cl.node(1), 2); }));
+}
+
 // S12, a node joining: a segment created while too few peers were up has an
 // empty replica slot, which the first peer to come up fills.
 TEST(ReReplication, AJoiningNodeFillsAnEmptySlot) {
