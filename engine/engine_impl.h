@@ -19,6 +19,7 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <unordered_map>
 #include <unordered_set>
 #include <vector>
@@ -382,6 +383,14 @@ struct Engine::Impl {
   /// another blade / power domain / NUMA node than the owner and the other
   /// replicas where possible, then by rendezvous rank. Thread: token holder.
   PeerState* pick_replica(const Segment& seg, bool live_only) noexcept;
+  /// Failure domains `cand` would add: (another blade, power domain, NUMA
+  /// node) than the owner and the live replicas but `skip`. Compared as a
+  /// tuple: a new blade first. Thread: token holder.
+  using Diversity = std::tuple<bool, bool, bool>;
+  Diversity diversity(const Segment& seg, const PeerState& cand, uint16_t skip) const noexcept;
+  /// Moves one replica of a settled segment to a live peer in more failure
+  /// domains, if one joined. Thread: token holder.
+  void improve_placement(Segment& seg, uint64_t now) noexcept;
   /// Feeds liveness changes to the membership source. Thread: token holder.
   void step_membership() noexcept;
   uint64_t replica_set(const Segment& seg) const noexcept;

@@ -780,26 +780,30 @@ uint64_t Engine::Impl::replica_set(const Segment& seg) const noexcept {
   return wire::pack_set(set);
 }
 
-PeerState* Engine::Impl::pick_replica(const Segment& seg, bool live_only) noexcept {
-  // Failure domains already used by the owner and the other replicas.
+Engine::Impl::Diversity Engine::Impl::diversity(const Segment& seg, const PeerState& cand,
+                                               uint16_t skip) const noexcept {
+  // Does `cand` add a blade, a power domain, a NUMA node that neither the
+  // owner nor the other live replicas (but `skip`) already use?
   const uint32_t my_blade = config.blade != 0 ? config.blade : config.node_id;
-  auto domains_of = [&](const PeerState& p) { return std::make_tuple(p.blade, p.power_domain, p.numa_node); };
+  bool new_blade = cand.blade == 0 || cand.blade != my_blade;
+  bool new_power = cand.power_domain != 0 && cand.power_domain != config.power_domain;
+  bool new_numa = cand.numa_node >= 0 && cand.numa_node != config.numa_node;
+  for (const auto& r : seg.replicas) {
+    const uint16_t n = r->node.load(std::memory_order_relaxed);
+    if (n == skip || n == cand.node || unreachable(n)) continue;  // a lost replica shares nothing any more
+    const auto it = peer_by_node.find(n);
+    if (it == peer_by_node.end()) continue;
+    const PeerState& other = *it->second;
+    new_blade &= other.blade == 0 || other.blade != cand.blade;
+    new_power &= other.power_domain == 0 || other.power_domain != cand.power_domain;
+    new_numa &= other.numa_node < 0 || other.numa_node != cand.numa_node;
+  }
+  return {new_blade, new_power, new_numa};
+}
+
+PeerState* Engine::Impl::pick_replica(const Segment& seg, bool live_only) noexcept {
   auto score = [&](const PeerState& cand) {
-    const auto [blade, power, numa] = domains_of(cand);
-    bool new_blade = blade == 0 || blade != my_blade;
-    bool new_power = power != 0 && power != config.power_domain;
-    bool new_numa = numa >= 0 && numa != config.numa_node;
-    for (const auto& r : seg.replicas) {
-      const uint16_t n = r->node.load(std::memory_order_relaxed);
-      if (unreachable(n)) continue;  // the replica being replaced shares nothing any more
-      for (const auto& other : peer_states) {
-        if (other.node != n || &other == &cand) continue;
-        new_blade &= other.blade == 0 || other.blade != blade;
-        new_power &= other.power_domain == 0 || other.power_domain != power;
-        new_numa &= other.numa_node < 0 || other.numa_node != numa;
-      }
-    }
-    return std::make_tuple(new_blade, new_power, new_numa, replica_rank(seg.id, cand.node));
+    return std::make_pair(diversity(seg, cand, 0), replica_rank(seg.id, cand.node));
   };
   PeerState* best = nullptr;
   for (auto& p : peer_states) {
@@ -1006,6 +1010,41 @@ void Engine::Impl::step_replicas(uint64_t now) noexcept {
       // generation (so every durable one); durability waits meanwhile.
       propose_set(*seg, latest);
     }
+    improve_placement(*seg, now);
+  }
+}
+
+void Engine::Impl::improve_placement(Segment& seg, uint64_t now) noexcept {
+  // A node joined that spreads the replicas over more failure domains than
+  // one of them does: move that one (S12), but only on a settled segment
+  // (set recorded, latest generation durable) and one move at a time.
+  if (seg.pending.active || seg.recorded_set.empty() || seg.current_stage < 0) return;
+  const Stage& stage = seg.stages[seg.current_stage];
+  if (stage.ready != wire::chunk_count_for(seg.size, seg.chunk_size) || seg.durable.load() < stage.generation) return;
+  for (auto& r : seg.replicas) {
+    const uint16_t n = r->node.load(std::memory_order_relaxed);
+    const auto it = peer_by_node.find(n);
+    if (n == 0 || it == peer_by_node.end() || !it->second->alive) continue;
+    const Diversity have = diversity(seg, *it->second, n);
+    PeerState* better = nullptr;
+    for (auto& p : peer_states) {
+      if (!p.alive || std::any_of(seg.replicas.begin(), seg.replicas.end(),
+                                  [&](auto& o) { return o->node.load(std::memory_order_relaxed) == p.node; }))
+        continue;
+      if (diversity(seg, p, n) > have && (better == nullptr || diversity(seg, p, n) > diversity(seg, *better, n)))
+        better = &p;
+    }
+    if (better == nullptr) continue;
+    r->sender.stop();
+    r->held.store(0);
+    r->node.store(better->node);
+    record_event("segment " + seg.name + ": replica moves from node " + std::to_string(n) + " to node " +
+                 std::to_string(better->node) + " (more failure domains)");
+    r->sender.start(SendSource{stage.mem.data(), seg.size, seg.chunk_size, stage.chunk_crcs, 0, stage.generation,
+                               &stage.ready},
+                    tuning(), now);
+    propose_set(seg, stage.generation);
+    return;
   }
 }
 

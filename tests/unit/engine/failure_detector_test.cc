@@ -238,5 +238,43 @@ TEST(Placement, ReplicasAvoidTheOwnersPowerDomain) {
         << "replica left on node " << cl.node(1).status(seg)->replicas.at(0).first;
 }
 
+// S12, a node joining: a segment placed in its owner's power domain (the
+// other domain was down) moves its replica there once a node of it joins.
+TEST(Placement, AJoiningNodeInAnotherPowerDomainTakesTheReplica) {
+  EngineConfig c = fast_detector();
+  Cluster cl(5, c, 16384, [](int node, EngineConfig& cfg) { cfg.power_domain = node <= 3 ? 1 : 2; });
+  ASSERT_TRUE(eventually([&] { return cl.node(1).view().members.size() == 5; }));
+  cl.isolate(4, true);
+  cl.isolate(5, true);
+  ASSERT_TRUE(eventually([&] { return cl.node(1).view().members.size() == 3 && cl.node(1).view().agreed; }));
+  auto seg = *cl.node(1).create("moving", 64 * 1024);
+  auto mem = cl.node(1).data(seg);
+  test::fill_pattern(mem, 8);
+  auto g = *cl.node(1).commit(seg);
+  ASSERT_TRUE(cl.node(1).wait_replicated(seg, g, kDurable, 10s));
+  const uint16_t first = cl.node(1).status(seg)->replicas.at(0).first;
+  EXPECT_TRUE(first == 2 || first == 3) << first;
+
+  cl.isolate(4, false);
+  cl.isolate(5, false);
+  ASSERT_TRUE(eventually([&] {
+    const uint16_t now = cl.node(1).status(seg)->replicas.at(0).first;
+    return now == 4 || now == 5;
+  })) << "the replica stayed on node " << cl.node(1).status(seg)->replicas.at(0).first;
+  const uint16_t moved = cl.node(1).status(seg)->replicas.at(0).first;
+  ASSERT_TRUE(cl.node(1).wait_replicated(seg, g, 1, 10s));
+  test::fill_pattern(mem, 9);
+  auto g2 = *cl.node(1).commit(seg);
+  auto durable = cl.node(1).wait_replicated(seg, g2, kDurable, 10s);
+  ASSERT_TRUE(durable) << durable.error().to_string();
+  auto copy = cl.node(moved).read_replica("moving");
+  ASSERT_TRUE(copy);
+  EXPECT_TRUE(std::equal(mem.begin(), mem.end(), copy->begin()));
+  EXPECT_TRUE(has_event(cl.node(1), "(more failure domains)"));
+  // And it stays there: no further moves.
+  std::this_thread::sleep_for(200ms);
+  EXPECT_EQ(cl.node(1).status(seg)->replicas.at(0).first, moved);
+}
+
 }  // namespace
 }  // namespace baton
