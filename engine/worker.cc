@@ -24,6 +24,29 @@ inline void bump(std::atomic<uint64_t>& c, uint64_t n = 1) noexcept {
   c.store(c.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
 }
 
+// Drives rounds of questions to peers (load queries, claims): the silent are
+// asked again every kQueryRetryNs; an op finishes, and its caller wakes, once
+// `done` says so.
+template <typename OpT, typename Done, typename Resend>
+bool step_rounds(std::vector<OpT*>& ops, uint64_t now, Done done, Resend resend) {
+  bool busy = false;
+  for (auto it = ops.begin(); it != ops.end();) {
+    OpT* op = *it;
+    if (done(*op)) {
+      it = ops.erase(it);
+      op->finish();
+      busy = true;
+      continue;
+    }
+    if (elapsed(now, op->last_sent_ns) >= kQueryRetryNs) {
+      resend(*op);
+      busy = true;
+    }
+    ++it;
+  }
+  return busy;
+}
+
 }  // namespace
 
 void Engine::Impl::run_worker() noexcept {
@@ -1053,40 +1076,21 @@ bool Engine::Impl::step_ops(uint64_t now) noexcept {
   for (FetchOp* op : completed_fetches) op->finish();
   busy |= !completed_fetches.empty();
   completed_fetches.clear();
-  for (auto it = queries.begin(); it != queries.end();) {
-    QueryOp* q = *it;
-    const bool all = std::all_of(q->answers.begin(), q->answers.end(),
-                                 [this](auto& a) { return a.answered || unreachable(a.peer); });
-    const auto answered = static_cast<uint32_t>(
-        std::count_if(q->answers.begin(), q->answers.end(), [](auto& a) { return a.answered; }));
-    if (all || (now >= q->deadline_ns && answered >= q->quorum) || now >= q->hard_deadline_ns) {
-      it = queries.erase(it);
-      q->finish();
-      busy = true;
-      continue;
-    }
-    if (elapsed(now, q->last_sent_ns) >= kQueryRetryNs) {
-      send_query(*q, now);
-      busy = true;
-    }
-    ++it;
-  }
-  for (auto it = claims.begin(); it != claims.end();) {
-    ClaimOp* c = *it;
-    const bool all = std::all_of(c->answers.begin(), c->answers.end(),
-                                 [this](auto& a) { return a.answered || unreachable(a.peer); });
-    if (all || now >= c->deadline_ns) {
-      it = claims.erase(it);
-      c->finish();
-      busy = true;
-      continue;
-    }
-    if (elapsed(now, c->last_sent_ns) >= kQueryRetryNs) {
-      send_claim(*c, now);
-      busy = true;
-    }
-    ++it;
-  }
+  auto everyone_answered = [this](const auto& op) {
+    return std::all_of(op.answers.begin(), op.answers.end(),
+                       [this](auto& a) { return a.answered || unreachable(a.peer); });
+  };
+  busy |= step_rounds(
+      queries, now,
+      [&](const QueryOp& q) {
+        const auto answered = static_cast<uint32_t>(
+            std::count_if(q.answers.begin(), q.answers.end(), [](auto& a) { return a.answered; }));
+        return everyone_answered(q) || (now >= q.deadline_ns && answered >= q.quorum) || now >= q.hard_deadline_ns;
+      },
+      [&](QueryOp& q) { send_query(q, now); });
+  busy |= step_rounds(
+      claims, now, [&](const ClaimOp& c) { return everyone_answered(c) || now >= c.deadline_ns; },
+      [&](ClaimOp& c) { send_claim(c, now); });
   const uint64_t timeout = uint64_t{config.fetch_timeout_ms} * 1'000'000;
   for (auto it = fetches.begin(); it != fetches.end();) {
     FetchOp* op = *it;
