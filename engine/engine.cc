@@ -412,11 +412,12 @@ std::string set_string(const std::vector<uint16_t>& set) {
 }  // namespace
 
 // Ownership moves in two steps (S9, S22). First a claim: every replica that
-// holds the name is asked to accept owner epoch E+1, above any epoch seen;
-// one that accepts refuses the old owner from then on and hands over what it
-// holds. Ownership is taken only if a majority of the replica set stamped on
-// the newest generation handed over accepted. Then the newest generation is
-// fetched from a replica that accepted. See docs/architecture.md, "Fencing".
+// holds the name, and every member of the newest recorded replica set, is
+// asked to accept owner epoch E+1, above any epoch seen; one that accepts
+// refuses the old owner from then on and hands over what it holds.
+// Ownership is taken only if a majority of that recorded set accepted. Then
+// the newest generation handed over is fetched from a replica that accepted.
+// See docs/architecture.md, "Fencing".
 Result<OpenResult> Engine::Impl::load_from(const QueryOp& q, std::string_view name) {
   uint64_t max_epoch = 0;
   std::vector<uint16_t> holders;

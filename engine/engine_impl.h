@@ -1,8 +1,9 @@
 #pragma once
 // Engine internals shared by the control side (engine.cc: API calls, which
 // may block and allocate) and the poll loop (worker.cc: never blocks, never
-// throws, allocates only when a replica segment or a served fetch first
-// appears). The poll loop and all data-path state belong to whoever holds
+// throws; allocates only off the commit path: when a replica segment, a set
+// record or a served fetch first appears, and for the text of an event on a
+// membership or placement change). The poll loop and all data-path state belong to whoever holds
 // the poll token: the worker thread, or a control thread while it waits for
 // the engine. Control threads otherwise reach that state only through ops on
 // the command ring, and read what the loop publishes in atomics (generations
