@@ -36,10 +36,11 @@ struct Chassis {
   int blades;
   bool up = false;
   std::string out;  ///< what `chassis up` said
-  explicit Chassis(int n, const std::string& transport = "memif", int replicas = 1) : blades(n) {
+  explicit Chassis(int n, const std::string& transport = "memif", int replicas = 1, int backplanes = 1)
+      : blades(n) {
     int status = 0;
     out = run(ctl + " chassis up --blades " + std::to_string(n) + " --replicas " + std::to_string(replicas) +
-                  " --transport " + transport + " --dir " + dir,
+                  " --transport " + transport + " --backplanes " + std::to_string(backplanes) + " --dir " + dir,
               &status);
     up = status == 0;
   }

@@ -116,4 +116,37 @@ TEST(Partition, LossyLinksLoseNoDurableGeneration) {
   EXPECT_EQ(std::memcmp(b.mem(), want.data(), kSize), 0);
 }
 
+// S17 on real Ethernet: two backplanes (two veth pairs, two af_packet links
+// per pair of blades). One failing is a link failure, not a node failure:
+// nothing fails over and commits stay durable; both failing is.
+TEST(Partition, OneBackplaneDownIsNotANodeFailure) {
+  if (!namespaces_work()) GTEST_SKIP() << "network namespaces or nftables are not available here";
+  Chassis ch(3, "af_packet", 1, 2);
+  ASSERT_TRUE(ch.up) << ch.out;
+  App a(ch.socket(1));
+  ASSERT_EQ(a.open("planes"), 0) << baton_last_error();
+  uint64_t gen = 0;
+  ASSERT_EQ(a.write(1, &gen), std::make_pair(0, 0)) << baton_last_error();
+
+  int status = 0;
+  std::string out = run(ch.ctl + " chassis fault --blade 1 --backplane 1 --dir " + ch.dir, &status);
+  ASSERT_EQ(status, 0) << out;
+  ASSERT_TRUE(eventually([&] { return ch.events(2).find("node 1 still reachable") != std::string::npos; }))
+      << ch.events(2);
+  EXPECT_FALSE(ch.sees_dead(2, 1)) << ch.status(2);
+  EXPECT_FALSE(ch.sees_dead(3, 1)) << ch.status(3);
+  for (unsigned char v = 2; v <= 5; ++v) ASSERT_EQ(a.write(v, &gen), std::make_pair(0, 0)) << baton_last_error();
+
+  out = run(ch.ctl + " chassis fault --blade 1 --backplane 2 --dir " + ch.dir, &status);
+  ASSERT_EQ(status, 0) << out;
+  ASSERT_TRUE(eventually([&] { return ch.sees_dead(2, 1) && ch.sees_dead(3, 1); }));
+  // Now the others take over, and get the last durable state.
+  App b(ch.socket(2));
+  uint64_t loaded = 0;
+  ASSERT_EQ(baton_load(b.b, "planes", &b.seg, &loaded), 0) << baton_last_error();
+  EXPECT_EQ(loaded, gen);
+  std::vector<unsigned char> want(kSize, 5);
+  EXPECT_EQ(std::memcmp(b.mem(), want.data(), kSize), 0);
+}
+
 }  // namespace

@@ -35,8 +35,10 @@ std::string prefix_for(const std::string& dir) {
   return std::string("bt") + buf;
 }
 std::string netns_name(const std::string& dir, int id) { return prefix_for(dir) + "-blade" + std::to_string(id); }
-std::string veth_name(const std::string& dir, int self, int peer) {
-  return prefix_for(dir) + "-" + std::to_string(self) + "x" + std::to_string(peer);
+// Backplane 1's veth between blades 1 and 2 is <prefix>-1x2 in blade 1's
+// namespace; backplane 2's is <prefix>-1y2.
+std::string veth_name(const std::string& dir, int self, int peer, int plane = 1) {
+  return prefix_for(dir) + "-" + std::to_string(self) + (plane == 1 ? "x" : "y") + std::to_string(peer);
 }
 constexpr int kVethMtu = 9000;
 
@@ -55,9 +57,10 @@ Result<void> make_namespaces(const ChassisConfig& c) {
     list.flush();
     if (auto ok = sh("ip -n " + netns_name(c.dir, id) + " link set lo up"); !ok) return ok;
   }
+  for (int plane = 1; plane <= c.backplanes; ++plane)
   for (int a = 1; a <= c.blades; ++a)
     for (int b = a + 1; b <= c.blades; ++b) {
-      const std::string va = veth_name(c.dir, a, b), vb = veth_name(c.dir, b, a);
+      const std::string va = veth_name(c.dir, a, b, plane), vb = veth_name(c.dir, b, a, plane);
       if (auto ok = sh("ip link add " + va + " type veth peer name " + vb); !ok) return ok;
       for (auto [v, id] : {std::pair{va, a}, std::pair{vb, b}}) {
         if (auto ok = sh("ip link set " + v + " netns " + netns_name(c.dir, id)); !ok) return ok;
@@ -85,8 +88,10 @@ std::string config_for(const ChassisConfig& c, int id) {
     // Device names are per process: net_<pmd><peer> is unique within a blade.
     if (c.transport == "af_packet") {
       // Frames fit the veth MTU; the PMD's ring frames hold a whole frame.
-      o << "[[link]]\npeer = " << peer << "\nmax_frame = " << kVethMtu << "\ndevice = \"net_af_packet" << peer
-        << ",iface=" << veth_name(c.dir, id, peer) << ",framesz=9216,blocksz=36864,framecnt=256,qpairs=1\"\n";
+      for (int plane = 1; plane <= c.backplanes; ++plane)
+        o << "[[link]]\npeer = " << peer << "\nmax_frame = " << kVethMtu << "\ndevice = \"net_af_packet" << peer
+          << (plane == 1 ? "" : "b") << ",iface=" << veth_name(c.dir, id, peer, plane)
+          << ",framesz=9216,blocksz=36864,framecnt=256,qpairs=1\"\n";
     } else {
       o << "[[link]]\npeer = " << peer << "\ndevice = \"net_memif" << peer << ",role="
         << (id < peer ? "server" : "client") << ",socket=" << pair_socket(c.dir, id, peer) << "\"\n";
@@ -143,6 +148,8 @@ Result<std::vector<Blade>> chassis_up(const ChassisConfig& c) {
     return fail(Errc::kInvalidArgument, "--replicas must be 1..blades-1");
   if (c.transport != "memif" && c.transport != "af_packet")
     return fail(Errc::kInvalidArgument, "--transport must be memif or af_packet");
+  if (c.backplanes < 1 || c.backplanes > 2 || (c.backplanes == 2 && c.transport != "af_packet"))
+    return fail(Errc::kInvalidArgument, "--backplanes must be 1, or 2 with --transport af_packet");
   std::error_code ec;
   fs::create_directories(c.dir, ec);
   if (ec) return fail(Errc::kIo, "cannot create ", c.dir, ": ", ec.message());
@@ -243,8 +250,9 @@ std::vector<std::string> chassis_namespaces(const std::string& dir) {
 // One table per namespace; one egress chain per faulty veth end. The egress
 // hook sees what the af_packet PMD sends; an ingress rule would not stop the
 // receiving PMD (packet taps run before the ingress hook).
-Result<void> add_egress_drop(const std::string& dir, int self, int peer, int loss_pct) {
-  const std::string dev = veth_name(dir, self, peer), chain = "to" + std::to_string(peer);
+Result<void> add_egress_drop(const std::string& dir, int self, int peer, int plane, int loss_pct) {
+  const std::string dev = veth_name(dir, self, peer, plane);
+  const std::string chain = "to" + std::to_string(peer) + (plane == 1 ? "" : "b");
   const std::string rule = loss_pct >= 100 ? "drop" : "numgen random mod 100 < " + std::to_string(loss_pct) + " drop";
   const std::string script = dir + "/fault-" + std::to_string(self) + ".nft";
   std::ofstream(script) << "table netdev baton_fault {\n  chain " << chain << " {\n    type filter hook egress device \""
@@ -257,7 +265,8 @@ Result<void> add_egress_drop(const std::string& dir, int self, int peer, int los
 
 }  // namespace
 
-Result<void> chassis_fault(const std::string& dir, int blade, const std::vector<int>& peers, int loss_pct) {
+Result<void> chassis_fault(const std::string& dir, int blade, const std::vector<int>& peers, int loss_pct,
+                           int backplane) {
   const auto namespaces = chassis_namespaces(dir);
   if (namespaces.empty())
     return fail(Errc::kInvalidArgument, "no af_packet chassis in ", dir, " (faults need --transport af_packet)");
@@ -271,8 +280,15 @@ Result<void> chassis_fault(const std::string& dir, int blade, const std::vector<
   for (int p : targets) {
     if (p < 1 || p > blades || p == blade) return fail(Errc::kInvalidArgument, "no peer blade ", std::to_string(p));
     // Both ends: the faulty link loses frames in each direction.
-    if (auto ok = add_egress_drop(dir, blade, p, loss_pct); !ok) return ok;
-    if (auto ok = add_egress_drop(dir, p, blade, loss_pct); !ok) return ok;
+    for (int plane : {1, 2}) {
+      if (backplane != 0 && plane != backplane) continue;
+      // A chassis with one backplane has no second veth: skip it when asked for all.
+      if (plane == 2 && backplane == 0 &&
+          !sh("ip -n " + netns_name(dir, blade) + " link show " + veth_name(dir, blade, p, 2)))
+        continue;
+      if (auto ok = add_egress_drop(dir, blade, p, plane, loss_pct); !ok) return ok;
+      if (auto ok = add_egress_drop(dir, p, blade, plane, loss_pct); !ok) return ok;
+    }
   }
   return {};
 }

@@ -21,6 +21,9 @@ struct ChassisConfig {
   /// in its own network namespace, joined by veth pairs (real Ethernet).
   std::string transport = "memif";
   uint32_t replication_factor = 2;
+  /// af_packet: veth pairs per blade pair, each its own link (two
+  /// backplanes: a node is dead only when both are silent).
+  int backplanes = 1;
   uint32_t heartbeat_us = 0;        ///< 0: the daemons' default
   uint32_t failure_timeout_us = 0;  ///< 0: the daemons' default
   std::string batond;  ///< path of the batond binary
@@ -49,7 +52,9 @@ Result<pid_t> chassis_restart_blade(const ChassisConfig& c, int id);
 /// (`numgen random`) on the egress hook of each veth end, in the blades'
 /// namespaces. 100 cuts the links: a partition. af_packet chassis only.
 /// Errors: kInvalidArgument (memif chassis, bad blade or percentage), kIo.
-Result<void> chassis_fault(const std::string& dir, int blade, const std::vector<int>& peers, int loss_pct);
+/// `backplane` 1 or 2 fails only that backplane's veths; 0 every one.
+Result<void> chassis_fault(const std::string& dir, int blade, const std::vector<int>& peers, int loss_pct,
+                           int backplane = 0);
 /// Removes every fault rule chassis_fault installed.
 Result<void> chassis_heal(const std::string& dir);
 

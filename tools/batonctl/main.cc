@@ -182,15 +182,17 @@ int main(int argc, char** argv) {
   up->add_option("--replicas", chassis.replication_factor, "replication factor");
   up->add_option("--dir", chassis.dir, "where configs, sockets, pids and logs go");
   up->add_option("--transport", chassis.transport, "memif, or af_packet (veth pairs between network namespaces)");
+  up->add_option("--backplanes", chassis.backplanes, "af_packet: 1 or 2 veth pairs (links) per pair of blades");
   auto* down = ch->add_subcommand("down", "stop the blades and remove their files");
   down->add_option("--dir", chassis.dir, "the chassis directory");
-  int fault_blade = 0, loss = 100;
+  int fault_blade = 0, loss = 100, backplane = 0;
   std::vector<int> fault_peers;
   auto* cfault = ch->add_subcommand("fault", "drop frames between a blade and its peers (af_packet chassis; nftables)");
   cfault->add_option("--dir", chassis.dir, "the chassis directory");
   cfault->add_option("--blade", fault_blade, "the blade whose links fail")->required();
   cfault->add_option("--peer", fault_peers, "only the links to these blades (default: all)");
   cfault->add_option("--loss", loss, "percent of frames dropped each way; 100 (default) partitions");
+  cfault->add_option("--backplane", backplane, "only this backplane (1 or 2; default: every one)");
   auto* cheal = ch->add_subcommand("heal", "remove every fault");
   cheal->add_option("--dir", chassis.dir, "the chassis directory");
   auto* cst = ch->add_subcommand("status", "which blades run");
@@ -261,7 +263,7 @@ int main(int argc, char** argv) {
     return ok ? 0 : die(ok.error().message);
   }
   if (*cfault) {
-    auto ok = baton::ctl::chassis_fault(chassis.dir, fault_blade, fault_peers, loss);
+    auto ok = baton::ctl::chassis_fault(chassis.dir, fault_blade, fault_peers, loss, backplane);
     return ok ? 0 : die(ok.error().message);
   }
   if (*cheal) {
