@@ -40,6 +40,12 @@ TEST(NoAllocation, CommitAndWaitAfterWarmUp) {
   c.node_id = 2;
   auto b = Engine::start(c, std::move(l2));
   ASSERT_TRUE(a && b);
+  // Membership settles first: its events (view changes, agreement) allocate
+  // their text, off the data path but in this process.
+  ASSERT_TRUE(test::eventually([&] {
+    return (*a)->view().agreed && (*b)->view().agreed && (*a)->view().members.size() == 2 &&
+           (*b)->view().members.size() == 2;
+  }));
   for (uint64_t size : {uint64_t{4096}, uint64_t{1} << 20}) {
     auto seg = (*a)->create("alloc-" + std::to_string(size), size);
     ASSERT_TRUE(seg);
