@@ -169,8 +169,68 @@ TEST(Wire, AckAndControlRoundTrip) {
   ASSERT_EQ(decode(encoded(hb), out), DecodeError::kNone);
   EXPECT_EQ(out.type, MsgType::kHeartbeat);
   EXPECT_EQ(out.generation, 77u);
-  hb.flags = kFlagComplete;  // heartbeats carry no flags
+  hb.flags = kFlagComplete;  // heartbeats carry only QUORATE
   EXPECT_EQ(decode(encoded(hb), out), DecodeError::kBadField);
+  hb.flags = kFlagQuorate;
+  hb.seg_id = 0xfeedULL;  // view digest
+  hb.total_len = 9;       // view id
+  ASSERT_EQ(decode(encoded(hb), out), DecodeError::kNone);
+  EXPECT_EQ(out.seg_id, 0xfeedULL);
+  EXPECT_EQ(out.total_len, 9u);
+}
+
+TEST(Wire, ClaimAndSetRecordRoundTripAndRejects) {
+  Frame claim;
+  claim.type = MsgType::kClaim;
+  claim.src = 3;
+  claim.dst = 2;
+  claim.name = "orders";
+  claim.seg_id = segment_id("orders");
+  claim.epoch = 5;
+  Frame out;
+  ASSERT_EQ(decode(encoded(claim), out), DecodeError::kNone);
+  EXPECT_EQ(out.type, MsgType::kClaim);
+  EXPECT_EQ(out.epoch, 5u);
+  EXPECT_EQ(out.name, "orders");
+  claim.epoch = 1;  // epoch 1 is the creator's: nobody claims it
+  EXPECT_EQ(decode(encoded(claim), out), DecodeError::kBadField);
+  claim.epoch = 5;
+  claim.flags = kFlagQuery;
+  EXPECT_EQ(decode(encoded(claim), out), DecodeError::kBadField);
+  claim.flags = 0;
+  claim.seg_id ^= 1;  // id not derived from the name
+  EXPECT_EQ(decode(encoded(claim), out), DecodeError::kBadName);
+
+  Frame rec;
+  rec.type = MsgType::kSetRecord;
+  rec.name = "orders";
+  rec.seg_id = segment_id("orders");
+  rec.epoch = 2;
+  rec.generation = 3;  // version
+  rec.sack = pack_set({4, 7, 0, 0});
+  ASSERT_EQ(decode(encoded(rec), out), DecodeError::kNone);
+  EXPECT_EQ(unpack_set(out.sack), (ReplicaSet{4, 7, 0, 0}));
+  rec.flags = kFlagComplete;  // the ack
+  EXPECT_EQ(decode(encoded(rec), out), DecodeError::kNone);
+  rec.flags = kFlagRestart;  // a withdrawal
+  EXPECT_EQ(decode(encoded(rec), out), DecodeError::kNone);
+  rec.flags = kFlagGranted;
+  EXPECT_EQ(decode(encoded(rec), out), DecodeError::kBadField);
+  rec.flags = 0;
+  rec.generation = 0;  // versions start at 1
+  EXPECT_EQ(decode(encoded(rec), out), DecodeError::kBadField);
+  rec.generation = 1;
+  rec.epoch = 0;
+  EXPECT_EQ(decode(encoded(rec), out), DecodeError::kBadField);
+
+  Frame meta;  // an answer carrying a record and a second epoch
+  meta.type = MsgType::kFetchMeta;
+  meta.name = "orders";
+  meta.seg_id = segment_id("orders");
+  meta.flags = kFlagFound | kFlagRecord;
+  set_aux_epoch(meta, (uint64_t{7} << 32) | 9);
+  ASSERT_EQ(decode(encoded(meta), out), DecodeError::kNone);
+  EXPECT_EQ(aux_epoch(out), (uint64_t{7} << 32) | 9);
 }
 
 class WireReject : public ::testing::Test {
