@@ -188,7 +188,8 @@ TEST(Wire, ClaimAndSetRecordRoundTripAndRejects) {
   claim.seg_id = segment_id("orders");
   claim.epoch = 5;
   Frame out;
-  ASSERT_EQ(decode(encoded(claim), out), DecodeError::kNone);
+  const auto claim_bytes = encoded(claim);  // `out` views into these bytes
+  ASSERT_EQ(decode(claim_bytes, out), DecodeError::kNone);
   EXPECT_EQ(out.type, MsgType::kClaim);
   EXPECT_EQ(out.epoch, 5u);
   EXPECT_EQ(out.name, "orders");
