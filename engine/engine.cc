@@ -29,9 +29,8 @@ Result<void> check_name(std::string_view name) {
   return {};
 }
 
-// The newest owner epoch any answer mentions: a new incarnation of a name
-// whose copies are all lost starts above it, so stale replicas and records
-// of the old one give way.
+// The newest owner epoch any answer mentions (held or recorded): a new owner
+// starts above it, so stale replicas and records give way.
 uint64_t newest_epoch(const QueryOp& q) {
   uint64_t e = 0;
   for (const auto& a : q.answers) e = std::max({e, a.epoch, a.record.epoch});
@@ -328,11 +327,12 @@ Result<Segment*> Engine::create(std::string_view name, uint64_t size) {
       return fail(Errc::kExists, "segment ", name, " is recorded at epoch ", std::to_string(a.record.epoch),
                   " (node ", std::to_string(a.peer), " holds its record); load it instead");
   }
-  return impl_->create_fresh(name, size, newest_epoch(**q) + 1);
+  return impl_->create_fresh(name, size);
 }
 
-Result<Segment*> Engine::Impl::create_fresh(std::string_view name, uint64_t size, uint64_t epoch) {
-  auto made = make_segment(name, size, nullptr, epoch, 0);
+Result<Segment*> Engine::Impl::create_fresh(std::string_view name, uint64_t size) {
+  // Epoch 1: no node holds or records the name (the callers checked).
+  auto made = make_segment(name, size, nullptr, 1, 0);
   if (!made) return made;
   Segment* seg = *made;
   // The name is this node's once its replica set is recorded at a quorum:
@@ -419,14 +419,12 @@ std::string set_string(const std::vector<uint16_t>& set) {
 // the newest generation handed over is fetched from a replica that accepted.
 // See docs/architecture.md, "Fencing".
 Result<OpenResult> Engine::Impl::load_from(const QueryOp& q, std::string_view name) {
-  uint64_t max_epoch = 0;
+  uint64_t max_epoch = newest_epoch(q);
   std::vector<uint16_t> holders;
   SetRecord record;  // the newest record of the replica set any node holds
   for (const auto& a : q.answers) {
     if (a.record.newer_than(record)) record = a.record;
-    max_epoch = std::max(max_epoch, a.record.epoch);
     if (!a.found) continue;
-    max_epoch = std::max(max_epoch, a.epoch);
     if (!a.owner && a.generation > 0 && a.total_len > 0 && a.total_len <= config.max_segment_size)
       holders.push_back(a.peer);
   }
@@ -605,7 +603,7 @@ Result<OpenResult> Engine::open(std::string_view name, uint64_t size) {
     if (a.record.epoch != 0)
       return fail(Errc::kNotFound, "segment ", name, " is recorded at epoch ", std::to_string(a.record.epoch),
                   " but no live replica or global storage holds it");
-  auto seg = impl_->create_fresh(name, size, newest_epoch(**q) + 1);
+  auto seg = impl_->create_fresh(name, size);
   if (!seg) return tl::unexpected(seg.error());
   return OpenResult{*seg, OpenOutcome::kCreated, 0};
 }

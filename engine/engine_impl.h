@@ -347,7 +347,7 @@ struct Engine::Impl {
   Segment* find_handle(Segment* seg);
   /// A new, empty segment (S1), owned here once its replica set is recorded
   /// at a quorum of nodes; kExists if another node won a race for the name.
-  Result<Segment*> create_fresh(std::string_view name, uint64_t size, uint64_t epoch);
+  Result<Segment*> create_fresh(std::string_view name, uint64_t size);
   /// Forgets a segment this node owns (close, or a create that lost). Thread: control.
   Result<void> remove_segment(Segment* seg);
   uint32_t effective_chunk_size() const;
@@ -378,6 +378,9 @@ struct Engine::Impl {
   void withdraw_record(Segment& seg) noexcept;
   void on_heartbeat(const wire::Frame& f) noexcept;
   void send_claim(ClaimOp& c, uint64_t now) noexcept;
+  /// The newest generation `node` acknowledged for `seg` under its epoch (0
+  /// if it is not a replica). Thread: token holder.
+  uint64_t held_by(const Segment& seg, uint16_t node) const noexcept;
   /// Recomputes seg.durable from the replicas' acks. Thread: token holder.
   void update_durable(Segment& seg) noexcept;
   /// The peer to hold a replica of `seg` next: live, not yet a replica, on

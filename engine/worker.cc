@@ -693,9 +693,6 @@ void Engine::Impl::heard_from(size_t i, uint64_t now) noexcept {
     membership_dirty = true;
     record_event("node " + std::to_string(p.node) + " up");
   }
-  // Frames go over a link that works.
-  for (const LinkState* cur : p.links)
-    if (cur->link == p.link && !cur->alive) p.link = ls.link;
 }
 
 bool Engine::Impl::unreachable(uint16_t peer) const noexcept {
@@ -744,6 +741,7 @@ void Engine::Impl::step_liveness(uint64_t now) noexcept {
     for (const LinkState* l : p.links)
       if (l->alive && live == nullptr) live = l;
     if (live != nullptr) {
+      // Frames go over a link that works (this runs every poll, after rx).
       for (const LinkState* l : p.links)
         if (l->link == p.link && !l->alive) p.link = live->link;
       continue;
@@ -840,6 +838,12 @@ PeerState* Engine::Impl::pick_replica(const Segment& seg, bool live_only) noexce
   return best;
 }
 
+uint64_t Engine::Impl::held_by(const Segment& seg, uint16_t node) const noexcept {
+  for (const auto& r : seg.replicas)
+    if (r->node.load(std::memory_order_relaxed) == node) return r->held.load(std::memory_order_relaxed);
+  return 0;  // no longer a replica: holds nothing for this owner
+}
+
 void Engine::Impl::update_durable(Segment& seg) noexcept {
   // While a new set is being recorded, nothing new becomes durable: a loader
   // may already go by the new record, or still by the old one.
@@ -847,10 +851,7 @@ void Engine::Impl::update_durable(Segment& seg) noexcept {
   // The generation the majority-th best member holds: a majority holds it.
   uint64_t held[wire::kMaxReplicaSet] = {};
   const size_t n = std::min(seg.recorded_set.size(), wire::kMaxReplicaSet);
-  for (size_t i = 0; i < n; ++i)
-    for (const auto& r : seg.replicas)
-      if (r->node.load(std::memory_order_relaxed) == seg.recorded_set[i])
-        held[i] = r->held.load(std::memory_order_relaxed);
+  for (size_t i = 0; i < n; ++i) held[i] = held_by(seg, seg.recorded_set[i]);
   std::sort(held, held + n, std::greater<>());
   const uint64_t d = held[n / 2];
   if (d > seg.durable.load(std::memory_order_relaxed)) seg.durable.store(d, std::memory_order_release);
@@ -918,9 +919,7 @@ void Engine::Impl::step_records(uint64_t now) noexcept {
     if (!p.active || seg.fenced.load(std::memory_order_relaxed)) continue;
     if (!p.sent) {
       size_t holding = 0;
-      for (uint16_t n : p.set)
-        for (const auto& r : seg.replicas)
-          holding += r->node.load(std::memory_order_relaxed) == n && r->held.load(std::memory_order_relaxed) >= p.need;
+      for (uint16_t n : p.set) holding += held_by(seg, n) >= p.need;
       if (holding * 2 <= p.set.size()) continue;
       p.sent = true;
       p.last_sent_ns = 0;
@@ -1048,14 +1047,16 @@ void Engine::Impl::improve_placement(Segment& seg, uint64_t now) noexcept {
     const uint16_t n = r->node.load(std::memory_order_relaxed);
     const auto it = peer_by_node.find(n);
     if (n == 0 || it == peer_by_node.end() || !it->second->alive) continue;
-    const Diversity have = diversity(seg, *it->second, n);
+    Diversity have = diversity(seg, *it->second, n);
     PeerState* better = nullptr;
     for (auto& p : peer_states) {
       if (!p.alive || std::any_of(seg.replicas.begin(), seg.replicas.end(),
                                   [&](auto& o) { return o->node.load(std::memory_order_relaxed) == p.node; }))
         continue;
-      if (diversity(seg, p, n) > have && (better == nullptr || diversity(seg, p, n) > diversity(seg, *better, n)))
+      if (const Diversity d = diversity(seg, p, n); d > have) {
+        have = d;  // the best so far is the bar for the next
         better = &p;
+      }
     }
     if (better == nullptr) continue;
     r->sender.stop();
