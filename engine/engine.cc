@@ -229,8 +229,8 @@ Result<std::unique_ptr<QueryOp>> Engine::Impl::query(std::string_view name) {
   // Decisions rest on what a quorum of nodes said: a set record written at
   // a quorum is then seen by at least one of them.
   const uint32_t need = current_view().quorum;
-  const auto answered = std::count_if(q->answers.begin(), q->answers.end(), [](auto& a) { return a.answered; });
-  if (static_cast<uint32_t>(answered) < need)
+  const uint32_t answered = q->answered();
+  if (answered < need)
     return fail(Errc::kUnavailable, "only ", std::to_string(answered), " of the ", std::to_string(need),
                 " nodes a decision needs answered about ", name);
   return q;
@@ -360,11 +360,12 @@ Result<void> Engine::Impl::require_quorum(const char* what) {
 }
 
 Result<std::unique_ptr<ClaimOp>> Engine::Impl::claim(std::string_view name, uint64_t epoch,
-                                                     const std::vector<uint16_t>& peers) {
+                                                     const std::vector<uint16_t>& peers, uint32_t need) {
   auto c = std::make_unique<ClaimOp>();
   c->name = std::string(name);
   c->id = wire::segment_id(name);
   c->epoch = epoch;
+  c->need = need;
   for (uint16_t p : peers) c->answers.push_back(ClaimAnswer{p});
   ClaimOp* raw = c.get();
   c->run = [this, raw] {
@@ -392,6 +393,8 @@ Result<std::unique_ptr<ClaimOp>> Engine::Impl::claim(std::string_view name, uint
     }
     const uint64_t now = now_ns();
     raw->deadline_ns = now + uint64_t{config.query_timeout_ms} * 1'000'000;
+    // As for queries: on a loaded machine, answers a decision needs are worth a while longer.
+    raw->hard_deadline_ns = now + 5 * uint64_t{config.query_timeout_ms} * 1'000'000;
     claims.push_back(raw);
     send_claim(*raw, now);
   };
@@ -439,7 +442,9 @@ Result<OpenResult> Engine::Impl::load_from(const QueryOp& q, std::string_view na
       holders.push_back(n);
   std::unique_ptr<ClaimOp> c;
   for (int attempt = 0;; ++attempt) {
-    auto claimed = claim(name, max_epoch + 1, holders);
+    size_t recorded = 0;
+    for (uint16_t n : wire::unpack_set(record.set)) recorded += n != 0;
+    auto claimed = claim(name, max_epoch + 1, holders, static_cast<uint32_t>(recorded / 2 + 1));
     if (!claimed) return tl::unexpected(claimed.error());
     c = std::move(*claimed);
     uint64_t refused = 0;

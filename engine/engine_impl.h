@@ -11,6 +11,7 @@
 
 #include <rte_ring.h>
 
+#include <algorithm>
 #include <array>
 #include <cstdlib>
 #include <deque>
@@ -154,9 +155,14 @@ struct ClaimOp : Op {
   std::string name;
   uint64_t id = 0;
   uint64_t epoch = 0;
-  uint64_t deadline_ns = 0;
+  uint64_t deadline_ns = 0;       ///< done once every live replica answered, or past this with `need` answers
+  uint64_t hard_deadline_ns = 0;  ///< done regardless
+  uint32_t need = 1;              ///< answers a decision can rest on (a majority of the recorded set)
   uint64_t last_sent_ns = 0;
   std::vector<ClaimAnswer> answers;  ///< the replicas asked, sized by the control side
+  uint32_t answered() const noexcept {
+    return static_cast<uint32_t>(std::count_if(answers.begin(), answers.end(), [](auto& a) { return a.answered; }));
+  }
 };
 
 struct QueryOp : Op {
@@ -166,7 +172,10 @@ struct QueryOp : Op {
   uint64_t hard_deadline_ns = 0;  ///< done regardless (a quorum may never answer)
   uint32_t quorum = 0;
   uint64_t last_sent_ns = 0;
-  std::vector<QueryAnswer> answers;  // one per link, sized by the control side
+  std::vector<QueryAnswer> answers;  // one per peer and this node, sized by the control side
+  uint32_t answered() const noexcept {
+    return static_cast<uint32_t>(std::count_if(answers.begin(), answers.end(), [](auto& a) { return a.answered; }));
+  }
 };
 
 struct FetchOp : Op {
@@ -325,7 +334,9 @@ struct Engine::Impl {
   Result<std::unique_ptr<QueryOp>> query(std::string_view name);
   Result<OpenResult> load_from(const QueryOp& q, std::string_view name);
   /// Runs one round of claims for `epoch` on the replicas in `peers`. Thread: control.
-  Result<std::unique_ptr<ClaimOp>> claim(std::string_view name, uint64_t epoch, const std::vector<uint16_t>& peers);
+  /// `need`: answers worth waiting past the query timeout for. Thread: control.
+  Result<std::unique_ptr<ClaimOp>> claim(std::string_view name, uint64_t epoch, const std::vector<uint16_t>& peers,
+                                         uint32_t need);
   /// Fails with kUnavailable unless this node's view is quorate (it waits up
   /// to the query timeout for one, e.g. just after start). Thread: control.
   Result<void> require_quorum(const char* what);

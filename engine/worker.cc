@@ -1084,13 +1084,15 @@ bool Engine::Impl::step_ops(uint64_t now) noexcept {
   busy |= step_rounds(
       queries, now,
       [&](const QueryOp& q) {
-        const auto answered = static_cast<uint32_t>(
-            std::count_if(q.answers.begin(), q.answers.end(), [](auto& a) { return a.answered; }));
-        return everyone_answered(q) || (now >= q.deadline_ns && answered >= q.quorum) || now >= q.hard_deadline_ns;
+        return everyone_answered(q) || (now >= q.deadline_ns && q.answered() >= q.quorum) ||
+               now >= q.hard_deadline_ns;
       },
       [&](QueryOp& q) { send_query(q, now); });
   busy |= step_rounds(
-      claims, now, [&](const ClaimOp& c) { return everyone_answered(c) || now >= c.deadline_ns; },
+      claims, now,
+      [&](const ClaimOp& c) {
+        return everyone_answered(c) || (now >= c.deadline_ns && c.answered() >= c.need) || now >= c.hard_deadline_ns;
+      },
       [&](ClaimOp& c) { send_claim(c, now); });
   const uint64_t timeout = uint64_t{config.fetch_timeout_ms} * 1'000'000;
   for (auto it = fetches.begin(); it != fetches.end();) {
