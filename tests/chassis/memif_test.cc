@@ -10,6 +10,7 @@
 #include <fstream>
 
 #include "../common/cluster.h"
+#include "../common/ok.h"
 #include "../common/memif_node.h"
 
 namespace baton {
@@ -35,7 +36,7 @@ TEST(Memif, TwoProcessesRoundTripByteExact) {
     std::vector<std::byte> want(mem.begin(), mem.end());
     auto gen = e.commit(*seg);
     ASSERT_TRUE(gen);
-    ASSERT_TRUE(e.wait_replicated(*seg, *gen, 1, 120s)) << "size " << size;
+    ASSERT_TRUE(test::ok(e.wait_replicated(*seg, *gen, 1, 120s))) << "size " << size;
     ASSERT_TRUE(e.close(*seg));
     auto back = e.load(name);  // only node 2 has it now
     ASSERT_TRUE(back) << back.error().to_string();

@@ -2,6 +2,7 @@
 // N engines in one process, fully meshed by loopback links: the fake
 // backplane for engine tests (real engines, real worker threads).
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <functional>
@@ -25,6 +26,17 @@ inline void fill_pattern(std::span<std::byte> s, uint32_t seed) {
   }
   for (size_t i = s.size() & ~size_t{3}; i < s.size(); ++i) s[i] = std::byte(static_cast<uint8_t>(rng()));
 }
+
+/// Sanitizer builds run several times slower, and the unit suites share two
+/// cores with each other: a 50 ms silence is then a scheduling hiccup, not a
+/// death. These tests are about *what* the detector and the engine decide,
+/// not how fast (bench/ measures that), so there every detector waits at
+/// least this long.
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+inline constexpr uint32_t kMinFailureTimeoutUs = 400'000;
+#else
+inline constexpr uint32_t kMinFailureTimeoutUs = 0;
+#endif
 
 struct Cluster {
   std::vector<std::unique_ptr<Engine>> engines;          // engines[i] is node i+1
@@ -50,6 +62,7 @@ struct Cluster {
         }
       }
     base.idle = IdlePolicy::kAdaptive;
+    base.failure_timeout_us = std::max(base.failure_timeout_us, kMinFailureTimeoutUs);
     for (int i = 0; i < n; ++i) {
       EngineConfig c = base;
       c.node_id = static_cast<uint16_t>(i + 1);
@@ -58,8 +71,31 @@ struct Cluster {
       if (!e) throw std::runtime_error(e.error().to_string());
       engines.push_back(std::move(*e));
     }
+    // Every test starts from a formed chassis: each node sees all n and
+    // they agree (a loaded machine may take a while to exchange heartbeats).
+    const auto formed = [&] {
+      for (auto& e : engines) {
+        const View v = e->view();
+        if (v.members.size() != engines.size() || !v.agreed) return false;
+      }
+      return true;
+    };
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    while (!formed()) {
+      if (std::chrono::steady_clock::now() > deadline)
+        throw std::runtime_error("the cluster did not form in 10 s: node 1 sees " + engines[0]->view().to_string());
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    }
   }
   Engine& node(int id) { return *engines.at(id - 1); }
+  /// Every live node's events, for a failing assertion's message.
+  std::string events() {
+    std::string s;
+    for (size_t i = 0; i < engines.size(); ++i)
+      if (engines[i])
+        for (const auto& e : engines[i]->events()) s += "\n  node " + std::to_string(i + 1) + ": " + e.text;
+    return s;
+  }
   loopback::Wire& wire(int a, int b) { return *wires.at({std::min(a, b), std::max(a, b)}); }
   loopback::Wire& second_wire(int a, int b) { return *second_wires.at({std::min(a, b), std::max(a, b)}); }
   void set_all_faults(const loopback::Faults& f) {
@@ -91,9 +127,16 @@ inline bool peer_alive(Engine& e, uint16_t node) {
   return false;
 }
 
-inline bool has_event(Engine& e, const std::string& text) {
+inline uint64_t unix_us_now() {
+  using namespace std::chrono;
+  return static_cast<uint64_t>(duration_cast<microseconds>(system_clock::now().time_since_epoch()).count());
+}
+
+/// Whether `e` recorded an event containing `text` (at or after `since`, in
+/// the events' own clock: unix microseconds).
+inline bool has_event(Engine& e, const std::string& text, uint64_t since_unix_us = 0) {
   for (const auto& ev : e.events())
-    if (ev.text.find(text) != std::string::npos) return true;
+    if (ev.unix_us >= since_unix_us && ev.text.find(text) != std::string::npos) return true;
   return false;
 }
 

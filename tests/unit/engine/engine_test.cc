@@ -6,6 +6,7 @@
 #include <chrono>
 
 #include "../../common/cluster.h"
+#include "../../common/ok.h"
 #include "protocol/wire.h"
 
 namespace baton {
@@ -28,7 +29,7 @@ TEST(Engine, ReplicatesAndLoadsByteExactAfterPrimaryStops) {
   auto gen = cl.node(1).commit(*seg);
   ASSERT_TRUE(gen);
   EXPECT_EQ(*gen, 1u);
-  ASSERT_TRUE(cl.node(1).wait_replicated(*seg, *gen, 2, 10s)) << "replication did not finish";
+  ASSERT_TRUE(test::ok(cl.node(1).wait_replicated(*seg, *gen, 2, 10s))) << "replication did not finish";
   auto want = copy_of(mem);
 
   cl.kill(1);
@@ -44,12 +45,12 @@ TEST(Engine, ReplicatesAndLoadsByteExactAfterPrimaryStops) {
 
 TEST(Engine, LoadsFromItsOwnReplicaWhenNoPeerHasOne) {
   Cluster cl(2);  // node 2 is node 1's only replica
-  auto seg = *cl.node(1).create("local-copy", 64 * 1024);
+  auto seg = test::must(cl.node(1).create("local-copy", 64 * 1024));
   auto mem = cl.node(1).data(seg);
   fill_pattern(mem, 9);
   auto want = copy_of(mem);
-  auto g = *cl.node(1).commit(seg);
-  ASSERT_TRUE(cl.node(1).wait_replicated(seg, g, 1, 10s));
+  auto g = test::must(cl.node(1).commit(seg));
+  ASSERT_TRUE(test::ok(cl.node(1).wait_replicated(seg, g, 1, 10s)));
   cl.kill(1);
   auto opened = cl.node(2).open("local-copy", 64 * 1024);
   ASSERT_TRUE(opened) << opened.error().to_string();
@@ -62,14 +63,14 @@ TEST(Engine, LoadsFromItsOwnReplicaWhenNoPeerHasOne) {
 
 TEST(Engine, LatestOfManyGenerationsWins) {
   Cluster cl(2);
-  auto seg = *cl.node(1).create("counter", 64 * 1024);
+  auto seg = test::must(cl.node(1).create("counter", 64 * 1024));
   auto mem = cl.node(1).data(seg);
   uint64_t last = 0;
   for (uint32_t i = 1; i <= 20; ++i) {
     fill_pattern(mem, i);
-    last = *cl.node(1).commit(seg);
+    last = test::must(cl.node(1).commit(seg));
   }
-  ASSERT_TRUE(cl.node(1).wait_replicated(seg, last, 1, 10s));
+  ASSERT_TRUE(test::ok(cl.node(1).wait_replicated(seg, last, 1, 10s)));
   auto rep = cl.node(2).read_replica("counter");
   ASSERT_TRUE(rep);
   EXPECT_TRUE(std::equal(mem.begin(), mem.end(), rep->begin()));
@@ -93,11 +94,11 @@ TEST(Engine, OpenRestoresAfterFailover) {
   ASSERT_EQ(first->outcome, OpenOutcome::kCreated);
   auto mem = cl.node(1).data(first->segment);
   std::memcpy(mem.data(), "hello, failover", 15);
-  auto gen = *cl.node(1).commit(first->segment);
-  ASSERT_TRUE(cl.node(1).wait_replicated(first->segment, gen, 1, 10s));
+  auto gen = test::must(cl.node(1).commit(first->segment));
+  ASSERT_TRUE(test::ok(cl.node(1).wait_replicated(first->segment, gen, 1, 10s)));
   cl.kill(1);
   auto again = cl.node(2).open("kv", 8192);
-  ASSERT_TRUE(again) << again.error().to_string();
+  ASSERT_TRUE(again) << again.error().to_string() << cl.events();
   EXPECT_EQ(again->outcome, OpenOutcome::kRestored);
   EXPECT_EQ(std::memcmp(cl.node(2).data(again->segment).data(), "hello, failover", 15), 0);
 }
@@ -121,12 +122,12 @@ TEST(Engine, RetainsOlderGenerations) {
   EngineConfig c;
   c.retain = 2;
   Cluster cl(2, c);
-  auto seg = *cl.node(1).create("hist", 4096);
+  auto seg = test::must(cl.node(1).create("hist", 4096));
   auto mem = cl.node(1).data(seg);
   for (uint8_t i = 1; i <= 5; ++i) {
     std::memset(mem.data(), i, mem.size());
-    auto g = *cl.node(1).commit(seg);
-    ASSERT_TRUE(cl.node(1).wait_replicated(seg, g, 1, 10s));  // each generation lands
+    auto g = test::must(cl.node(1).commit(seg));
+    ASSERT_TRUE(test::ok(cl.node(1).wait_replicated(seg, g, 1, 10s)));  // each generation lands
   }
   auto st = cl.node(2).replica_status("hist");
   ASSERT_TRUE(st);
@@ -150,10 +151,10 @@ TEST(Engine, ConvergesByteExactOverAFaultyWire) {
   f.corrupt = 0.02;
   f.delay_us = 50;
   cl.set_all_faults(f);
-  auto seg = *cl.node(1).create("lossy", 2 << 20);
+  auto seg = test::must(cl.node(1).create("lossy", 2 << 20));
   auto mem = cl.node(1).data(seg);
   fill_pattern(mem, 7);
-  auto gen = *cl.node(1).commit(seg);
+  auto gen = test::must(cl.node(1).commit(seg));
   auto waited = cl.node(1).wait_replicated(seg, gen, 2, 60s);
   if (!waited) {
     for (int n = 1; n <= 3; ++n) {
@@ -184,11 +185,11 @@ TEST(Engine, ConvergesByteExactOverAFaultyWire) {
 
 TEST(Engine, OldOwnerIsFencedAfterTakeover) {
   Cluster cl(3);
-  auto seg = *cl.node(1).create("fenced", 4096);
+  auto seg = test::must(cl.node(1).create("fenced", 4096));
   auto mem = cl.node(1).data(seg);
   std::memset(mem.data(), 1, mem.size());
-  auto g = *cl.node(1).commit(seg);
-  ASSERT_TRUE(cl.node(1).wait_replicated(seg, g, 1, 10s));
+  auto g = test::must(cl.node(1).commit(seg));
+  ASSERT_TRUE(test::ok(cl.node(1).wait_replicated(seg, g, 1, 10s)));
   auto replica_node = cl.node(1).status(seg)->replicas.at(0).first;
   const int other = replica_node == 2 ? 3 : 2;
 
@@ -199,8 +200,8 @@ TEST(Engine, OldOwnerIsFencedAfterTakeover) {
   EXPECT_EQ(cl.node(other).status(taken->segment)->epoch, 2u);
   auto new_mem = cl.node(other).data(taken->segment);
   std::memset(new_mem.data(), 2, new_mem.size());
-  auto g2 = *cl.node(other).commit(taken->segment);
-  ASSERT_TRUE(cl.node(other).wait_replicated(taken->segment, g2, 1, 10s));
+  auto g2 = test::must(cl.node(other).commit(taken->segment));
+  ASSERT_TRUE(test::ok(cl.node(other).wait_replicated(taken->segment, g2, 1, 10s)));
 
   // The old owner comes back and commits: refused, and it learns it is fenced.
   cl.isolate(1, false);
@@ -235,7 +236,7 @@ TEST(Engine, RejectsBadArguments) {
   EXPECT_EQ(e.commit(nullptr).error().code, Errc::kInvalidArgument);
   EXPECT_EQ(e.close(bogus).error().code, Errc::kInvalidArgument);
   EXPECT_TRUE(e.data(bogus).empty());
-  auto seg = *e.create("ok", 4096);
+  auto seg = test::must(e.create("ok", 4096));
   EXPECT_EQ(e.wait_replicated(seg, 1, 1, 1ms).error().code, Errc::kInvalidArgument);  // not committed
   EXPECT_EQ(e.wait_replicated(seg, 0, 5, 1ms).error().code, Errc::kInvalidArgument);  // only 1 replica
   EXPECT_TRUE(e.close(seg));

@@ -8,6 +8,7 @@
 #include <thread>
 
 #include "../../common/cluster.h"
+#include "../../common/ok.h"
 
 namespace baton {
 namespace {
@@ -30,8 +31,11 @@ TEST(FailureDetector, PeersComeUpGoDownWhenCutOffAndComeBack) {
   EXPECT_TRUE(peer_alive(cl.node(2), 3)) << "a partition of node 1 must not take node 3 with it";
   EXPECT_TRUE(has_event(cl.node(2), "node 1 down (silent for"));
   auto p = cl.node(2).peers();
-  for (const auto& s : p)
-    if (s.node == 1) EXPECT_GE(s.silent_us, 50'000u);
+  for (const auto& s : p) {
+    if (s.node == 1) {
+      EXPECT_GE(s.silent_us, 50'000u);
+    }
+  }
 
   // The views: the majority side agrees on {2,3} and is quorate; node 1
   // alone is not.
@@ -63,9 +67,9 @@ TEST(FailureDetector, LoadDoesNotWaitForADeadPeer) {
   EngineConfig c = fast_detector();
   c.replication_factor = 2;
   Cluster cl(3, c);
-  auto seg = *cl.node(1).create("quick", 4096);
-  auto g = *cl.node(1).commit(seg);
-  ASSERT_TRUE(cl.node(1).wait_replicated(seg, g, 2, 10s));
+  auto seg = test::must(cl.node(1).create("quick", 4096));
+  auto g = test::must(cl.node(1).commit(seg));
+  ASSERT_TRUE(test::ok(cl.node(1).wait_replicated(seg, g, 2, 10s)));
   ASSERT_TRUE(eventually([&] { return peer_alive(cl.node(3), 1); }));
   cl.isolate(1, true);  // node 1 is cut off: it will never answer the query
   ASSERT_TRUE(eventually([&] { return !peer_alive(cl.node(3), 1); }));
@@ -83,11 +87,11 @@ TEST(ReReplication, RestoresTheReplicationFactorByteExact) {
   EngineConfig c = fast_detector();
   c.replication_factor = 2;
   Cluster cl(4, c);
-  auto seg = *cl.node(1).create("rerep", 256 * 1024);
+  auto seg = test::must(cl.node(1).create("rerep", 256 * 1024));
   auto mem = cl.node(1).data(seg);
   test::fill_pattern(mem, 31);
-  auto g = *cl.node(1).commit(seg);
-  ASSERT_TRUE(cl.node(1).wait_replicated(seg, g, 2, 10s));
+  auto g = test::must(cl.node(1).commit(seg));
+  ASSERT_TRUE(test::ok(cl.node(1).wait_replicated(seg, g, 2, 10s)));
   ASSERT_TRUE(eventually([&] { return peer_alive(cl.node(1), 2) && peer_alive(cl.node(1), 3) && peer_alive(cl.node(1), 4); }));
   const auto before = cl.node(1).status(seg)->replicas;
   const uint16_t lost = before[0].first, kept = before[1].first;
@@ -99,7 +103,7 @@ TEST(ReReplication, RestoresTheReplicationFactorByteExact) {
     auto now = cl.node(1).status(seg)->replicas;
     return (now[0].first == spare || now[1].first == spare) && now[0].first != lost && now[1].first != lost;
   })) << "no replacement for node " << lost;
-  ASSERT_TRUE(cl.node(1).wait_replicated(seg, g, 2, 10s)) << "replication factor not restored";
+  ASSERT_TRUE(test::ok(cl.node(1).wait_replicated(seg, g, 2, 10s))) << "replication factor not restored";
   auto copy = cl.node(spare).read_replica("rerep");
   ASSERT_TRUE(copy);
   EXPECT_TRUE(std::equal(mem.begin(), mem.end(), copy->begin()));
@@ -107,8 +111,8 @@ TEST(ReReplication, RestoresTheReplicationFactorByteExact) {
   // New commits go to the new set, and are durable on it: the new set was
   // recorded, although the old one has no majority left.
   mem[0] = std::byte{0x5A};
-  auto g2 = *cl.node(1).commit(seg);
-  ASSERT_TRUE(cl.node(1).wait_replicated(seg, g2, 2, 10s));
+  auto g2 = test::must(cl.node(1).commit(seg));
+  ASSERT_TRUE(test::ok(cl.node(1).wait_replicated(seg, g2, 2, 10s)));
   auto durable = cl.node(1).wait_replicated(seg, g2, kDurable, 10s);
   EXPECT_TRUE(durable) << durable.error().to_string();
   EXPECT_TRUE(has_event(cl.node(1), "replica set"));
@@ -119,14 +123,14 @@ TEST(ReReplication, RestoresTheReplicationFactorByteExact) {
 TEST(ReReplication, SingleReplicaLossResumesDurability) {
   EngineConfig c = fast_detector();
   Cluster cl(3, c);
-  auto seg = *cl.node(1).create("single", 64 * 1024);
-  auto g = *cl.node(1).commit(seg);
-  ASSERT_TRUE(cl.node(1).wait_replicated(seg, g, kDurable, 10s));
+  auto seg = test::must(cl.node(1).create("single", 64 * 1024));
+  auto g = test::must(cl.node(1).commit(seg));
+  ASSERT_TRUE(test::ok(cl.node(1).wait_replicated(seg, g, kDurable, 10s)));
   const uint16_t lost = cl.node(1).status(seg)->replicas.at(0).first;
   const uint16_t spare = lost == 2 ? 3 : 2;
   cl.kill(lost);
   ASSERT_TRUE(eventually([&] { return cl.node(1).status(seg)->replicas.at(0).first == spare; }));
-  auto g2 = *cl.node(1).commit(seg);
+  auto g2 = test::must(cl.node(1).commit(seg));
   auto durable = cl.node(1).wait_replicated(seg, g2, kDurable, 10s);
   ASSERT_TRUE(durable) << durable.error().to_string();
   EXPECT_GE(cl.node(1).status(seg)->durable, g2);
@@ -136,16 +140,18 @@ TEST(ReReplication, UnderReplicatedWhileNoPeerIsLeft) {
   EngineConfig c = fast_detector();
   c.replication_factor = 2;
   Cluster cl(3, c);  // both peers are replicas: nobody to move to
-  auto seg = *cl.node(1).create("stuck", 4096);
-  auto g = *cl.node(1).commit(seg);
-  ASSERT_TRUE(cl.node(1).wait_replicated(seg, g, 2, 10s));
-  ASSERT_TRUE(eventually([&] { return peer_alive(cl.node(1), 2); }));
+  // Both peers up first: a create that sees only one leaves a slot empty and
+  // fills it later, which is re-replication too, just not the kind under test.
+  ASSERT_TRUE(eventually([&] { return peer_alive(cl.node(1), 2) && peer_alive(cl.node(1), 3); }));
+  auto seg = test::must(cl.node(1).create("stuck", 4096));
+  auto g = test::must(cl.node(1).commit(seg));
+  ASSERT_TRUE(test::ok(cl.node(1).wait_replicated(seg, g, 2, 10s)));
   cl.kill(2);
   ASSERT_TRUE(eventually([&] { return !peer_alive(cl.node(1), 2); }));
   auto reps = cl.node(1).status(seg)->replicas;
   EXPECT_TRUE(reps[0].first == 2 || reps[1].first == 2) << "the dead replica stays: it may come back";
-  EXPECT_FALSE(has_event(cl.node(1), "re-replicating"));
-  EXPECT_TRUE(cl.node(1).wait_replicated(seg, g, 1, 10s));  // the live one still holds it
+  EXPECT_FALSE(has_event(cl.node(1), "replica on node 2 lost"));
+  EXPECT_TRUE(test::ok(cl.node(1).wait_replicated(seg, g, 1, 10s)));  // the live one still holds it
 }
 
 TEST(FailureDetector, RejectsATimeoutShorterThanTwoHeartbeats) {
@@ -165,18 +171,19 @@ TEST(FailureDetector, ANodeIsDeadOnlyWhenEveryLinkToItIsSilent) {
   c.replication_factor = 2;
   Cluster cl(3, c, 16384, {}, 2);
   ASSERT_TRUE(eventually([&] { return peer_alive(cl.node(1), 2) && peer_alive(cl.node(1), 3); }));
-  auto seg = *cl.node(1).create("two-links", 256 * 1024);
+  auto seg = test::must(cl.node(1).create("two-links", 256 * 1024));
   auto mem = cl.node(1).data(seg);
   test::fill_pattern(mem, 3);
-  auto g = *cl.node(1).commit(seg);
-  ASSERT_TRUE(cl.node(1).wait_replicated(seg, g, kDurable, 10s));
+  auto g = test::must(cl.node(1).commit(seg));
+  ASSERT_TRUE(test::ok(cl.node(1).wait_replicated(seg, g, kDurable, 10s)));
 
+  const uint64_t cut_at = test::unix_us_now();
   cl.wire(1, 2).set_partitioned(true);  // the first backplane fails between 1 and 2
   ASSERT_TRUE(eventually([&] { return has_event(cl.node(1), "node 2 still reachable over another link"); }));
   EXPECT_TRUE(peer_alive(cl.node(1), 2));
-  for (const auto& e : cl.node(1).events()) EXPECT_NE(e.text.rfind("node 2 down", 0), 0u) << e.text;
+  EXPECT_FALSE(has_event(cl.node(1), "node 2 down (silent for", cut_at)) << cl.events();
   test::fill_pattern(mem, 4);
-  auto g2 = *cl.node(1).commit(seg);
+  auto g2 = test::must(cl.node(1).commit(seg));
   auto w = cl.node(1).wait_replicated(seg, g2, kDurable, 10s);
   ASSERT_TRUE(w) << w.error().to_string();
   auto copy = cl.node(2).read_replica("two-links");
@@ -203,14 +210,14 @@ TEST(ReReplication, AJoiningNodeFillsAnEmptySlot) {
   ASSERT_TRUE(eventually([&] {
     return !peer_alive(cl.node(1), 3) && cl.node(1).view().members.size() == 2 && cl.node(1).view().agreed;
   }));
-  auto seg = *cl.node(1).create("joined", 32 * 1024);
-  auto g = *cl.node(1).commit(seg);
-  ASSERT_TRUE(cl.node(1).wait_replicated(seg, g, 1, 10s));
+  auto seg = test::must(cl.node(1).create("joined", 32 * 1024));
+  auto g = test::must(cl.node(1).commit(seg));
+  ASSERT_TRUE(test::ok(cl.node(1).wait_replicated(seg, g, 1, 10s)));
   auto before = cl.node(1).status(seg)->replicas;
   ASSERT_EQ(before.size(), 2u);
   EXPECT_TRUE(before[0].first == 0 || before[1].first == 0) << "no empty slot: " << before[0].first << "," << before[1].first;
   cl.isolate(3, false);
-  ASSERT_TRUE(cl.node(1).wait_replicated(seg, g, 2, 10s)) << "node 3 never got a copy";
+  ASSERT_TRUE(test::ok(cl.node(1).wait_replicated(seg, g, 2, 10s))) << "node 3 never got a copy";
   auto durable = cl.node(1).wait_replicated(seg, g, kDurable, 10s);
   EXPECT_TRUE(durable) << durable.error().to_string();
   EXPECT_TRUE(has_event(cl.node(1), "replica missing; re-replicating to node 3"));
@@ -247,11 +254,11 @@ TEST(Placement, AJoiningNodeInAnotherPowerDomainTakesTheReplica) {
   cl.isolate(4, true);
   cl.isolate(5, true);
   ASSERT_TRUE(eventually([&] { return cl.node(1).view().members.size() == 3 && cl.node(1).view().agreed; }));
-  auto seg = *cl.node(1).create("moving", 64 * 1024);
+  auto seg = test::must(cl.node(1).create("moving", 64 * 1024));
   auto mem = cl.node(1).data(seg);
   test::fill_pattern(mem, 8);
-  auto g = *cl.node(1).commit(seg);
-  ASSERT_TRUE(cl.node(1).wait_replicated(seg, g, kDurable, 10s));
+  auto g = test::must(cl.node(1).commit(seg));
+  ASSERT_TRUE(test::ok(cl.node(1).wait_replicated(seg, g, kDurable, 10s)));
   const uint16_t first = cl.node(1).status(seg)->replicas.at(0).first;
   EXPECT_TRUE(first == 2 || first == 3) << first;
 
@@ -262,9 +269,9 @@ TEST(Placement, AJoiningNodeInAnotherPowerDomainTakesTheReplica) {
     return now == 4 || now == 5;
   })) << "the replica stayed on node " << cl.node(1).status(seg)->replicas.at(0).first;
   const uint16_t moved = cl.node(1).status(seg)->replicas.at(0).first;
-  ASSERT_TRUE(cl.node(1).wait_replicated(seg, g, 1, 10s));
+  ASSERT_TRUE(test::ok(cl.node(1).wait_replicated(seg, g, 1, 10s)));
   test::fill_pattern(mem, 9);
-  auto g2 = *cl.node(1).commit(seg);
+  auto g2 = test::must(cl.node(1).commit(seg));
   auto durable = cl.node(1).wait_replicated(seg, g2, kDurable, 10s);
   ASSERT_TRUE(durable) << durable.error().to_string();
   auto copy = cl.node(moved).read_replica("moving");
@@ -273,7 +280,7 @@ TEST(Placement, AJoiningNodeInAnotherPowerDomainTakesTheReplica) {
   EXPECT_TRUE(has_event(cl.node(1), "(more failure domains)"));
   // And it stays there: no further moves.
   std::this_thread::sleep_for(200ms);
-  EXPECT_EQ(cl.node(1).status(seg)->replicas.at(0).first, moved);
+  EXPECT_EQ(cl.node(1).status(seg)->replicas.at(0).first, moved) << cl.events();
 }
 
 }  // namespace

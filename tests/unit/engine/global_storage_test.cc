@@ -10,6 +10,7 @@
 #include <thread>
 
 #include "../../common/cluster.h"
+#include "../../common/ok.h"
 #include "storage/global_store.h"
 
 namespace baton {
@@ -18,6 +19,7 @@ namespace {
 using namespace std::chrono_literals;
 namespace fs = std::filesystem;
 using test::Cluster;
+using test::eventually;
 
 struct ScratchDir {
   std::string path = "/tmp/baton-global-" + std::to_string(getpid()) + "-" +
@@ -26,11 +28,9 @@ struct ScratchDir {
 };
 
 EngineConfig with_global(const std::string& dir) {
-  EngineConfig c;
+  EngineConfig c = test::fast_detector();
   c.global_dir = dir;
   c.global_keep = 2;
-  c.heartbeat_interval_us = 1000;
-  c.failure_timeout_us = 50'000;
   return c;
 }
 
@@ -64,12 +64,12 @@ TEST(GlobalStorage, LoadsWhenEveryReplicaIsGone) {
   // Seven nodes: with the owner and both replicas dead, the four left are
   // still a quorum (a minority would refuse to take ownership at all).
   Cluster cl(7, c);
-  auto seg = *cl.node(1).create("precious", 300 * 1024);
+  auto seg = test::must(cl.node(1).create("precious", 300 * 1024));
   auto mem = cl.node(1).data(seg);
   test::fill_pattern(mem, 5);
   std::vector<std::byte> want(mem.begin(), mem.end());
-  auto g = *cl.node(1).commit(seg);
-  ASSERT_TRUE(cl.node(1).wait_replicated(seg, g, 2, 10s));
+  auto g = test::must(cl.node(1).commit(seg));
+  ASSERT_TRUE(test::ok(cl.node(1).wait_replicated(seg, g, 2, 10s)));
   const auto replicas = cl.node(1).status(seg)->replicas;
   ASSERT_TRUE(eventually_files(dir.path, "precious", 2)) << "each replica writes its copy";
   uint16_t survivor = 2;
@@ -90,11 +90,11 @@ TEST(GlobalStorage, LoadsWhenEveryReplicaIsGone) {
 TEST(GlobalStorage, AHalfWrittenOrCorruptCopyNeverHidesThePreviousGeneration) {
   ScratchDir dir;
   Cluster cl(2, with_global(dir.path));
-  auto seg = *cl.node(1).create("careful", 8192);
+  auto seg = test::must(cl.node(1).create("careful", 8192));
   auto mem = cl.node(1).data(seg);
   std::memset(mem.data(), 1, mem.size());
-  auto g1 = *cl.node(1).commit(seg);
-  ASSERT_TRUE(cl.node(1).wait_replicated(seg, g1, 1, 10s));
+  auto g1 = test::must(cl.node(1).commit(seg));
+  ASSERT_TRUE(test::ok(cl.node(1).wait_replicated(seg, g1, 1, 10s)));
   ASSERT_TRUE(eventually_files(dir.path, "careful", 1));
   const std::string sdir = dir.path + "/careful/";
   // A newer write killed half-way: only its temp file exists.
@@ -121,18 +121,23 @@ TEST(GlobalStorage, AHalfWrittenOrCorruptCopyNeverHidesThePreviousGeneration) {
 TEST(GlobalStorage, KeepsTheNewestNAndOpenRestoresFromIt) {
   ScratchDir dir;
   Cluster cl(2, with_global(dir.path));
-  auto seg = *cl.node(1).create("rolling", 4096);
+  auto seg = test::must(cl.node(1).create("rolling", 4096));
   auto mem = cl.node(1).data(seg);
   uint64_t g = 0;
   for (uint8_t i = 1; i <= 5; ++i) {
     std::memset(mem.data(), i, mem.size());
-    g = *cl.node(1).commit(seg);
-    ASSERT_TRUE(cl.node(1).wait_replicated(seg, g, 1, 10s));
+    g = test::must(cl.node(1).commit(seg));
+    ASSERT_TRUE(test::ok(cl.node(1).wait_replicated(seg, g, 1, 10s)));
     ASSERT_TRUE(eventually_files(dir.path, "rolling", std::min<size_t>(i, 2)));
   }
-  std::this_thread::sleep_for(100ms);  // the last prune
+  // Writes and prunes run on their own thread: wait for the last of each.
+  auto settled = [&] {
+    auto newest = GlobalStore::newest(dir.path, "rolling", 1 << 20);
+    return newest && newest->generation == g && files_of(dir.path, "rolling", ".seg") == 2;
+  };
+  ASSERT_TRUE(eventually(settled)) << files_of(dir.path, "rolling", ".seg") << " files, keep = 2";
+  std::this_thread::sleep_for(50ms);  // nothing more is pruned
   EXPECT_EQ(files_of(dir.path, "rolling", ".seg"), 2u) << "keep = 2";
-  EXPECT_EQ(GlobalStore::newest(dir.path, "rolling", 1 << 20)->generation, g);
   // Every node gone: a new engine on the same storage restores, not creates.
   cl.kill(1);
   cl.kill(2);
