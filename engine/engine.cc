@@ -216,9 +216,8 @@ Result<std::unique_ptr<QueryOp>> Engine::Impl::query(std::string_view name) {
     if (auto it = records.find(raw->id); it != records.end()) self.record = it->second;
     raw->answers.push_back(self);
     const uint64_t now = now_ns();
-    raw->deadline_ns = now + uint64_t{config.query_timeout_ms} * 1'000'000;
-    // A loaded machine may answer late; a quorum's answers are worth a while longer.
-    raw->hard_deadline_ns = now + 5 * uint64_t{config.query_timeout_ms} * 1'000'000;
+    raw->deadline_ns = now + round_timeout_ns();
+    raw->hard_deadline_ns = now + quorum_patience_ns();
     raw->quorum = membership->view().quorum;
     queries.push_back(raw);
     send_query(*raw, now);
@@ -338,7 +337,7 @@ Result<Segment*> Engine::Impl::create_fresh(std::string_view name, uint64_t size
   // The name is this node's once its replica set is recorded at a quorum:
   // of two nodes creating one name at once, at most one gets there.
   bool failed = false;
-  const uint64_t deadline = now_ns() + uint64_t{config.query_timeout_ms} * 1'000'000;
+  const uint64_t deadline = now_ns() + quorum_patience_ns();
   const bool settled = poll_until(
       [&] {
         failed = seg->pending.failed;
@@ -353,7 +352,7 @@ Result<Segment*> Engine::Impl::create_fresh(std::string_view name, uint64_t size
 }
 
 Result<void> Engine::Impl::require_quorum(const char* what) {
-  const uint64_t deadline = now_ns() + uint64_t{config.query_timeout_ms} * 1'000'000;
+  const uint64_t deadline = now_ns() + round_timeout_ns();
   // Just after start the view may not have gathered the peers yet: poll.
   if (poll_until([this] { return membership->view().quorate; }, deadline)) return {};
   return fail(Errc::kUnavailable, "cannot ", what, ": no quorum (", current_view().to_string(), ")");
@@ -392,9 +391,8 @@ Result<std::unique_ptr<ClaimOp>> Engine::Impl::claim(std::string_view name, uint
       }
     }
     const uint64_t now = now_ns();
-    raw->deadline_ns = now + uint64_t{config.query_timeout_ms} * 1'000'000;
-    // As for queries: on a loaded machine, answers a decision needs are worth a while longer.
-    raw->hard_deadline_ns = now + 5 * uint64_t{config.query_timeout_ms} * 1'000'000;
+    raw->deadline_ns = now + round_timeout_ns();
+    raw->hard_deadline_ns = now + quorum_patience_ns();
     claims.push_back(raw);
     send_claim(*raw, now);
   };
@@ -813,6 +811,8 @@ EngineStats Engine::stats() const noexcept {
   s.tx_dropped = c.tx_dropped.load();
   s.no_slot = c.no_slot.load();
   s.bad_input = c.bad_input.load();
+  s.stalls = c.stalls.load();
+  s.longest_stall_us = c.longest_stall_us.load();
   for (size_t i = 0; i < c.decode.size(); ++i) s.decode_errors[i] = c.decode[i].load();
   return s;
 }

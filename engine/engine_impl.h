@@ -296,11 +296,17 @@ struct Engine::Impl {
   // Counters: written by the worker (relaxed), read by anyone.
   struct Counters {
     std::atomic<uint64_t> frames_rx{0}, frames_tx{0}, misdirected{0}, retransmits{0}, duplicates{0},
-        stale_epoch{0}, published{0}, corrupt_generations{0}, tx_dropped{0}, no_slot{0}, bad_input{0};
+        stale_epoch{0}, published{0}, corrupt_generations{0}, tx_dropped{0}, no_slot{0}, bad_input{0}, stalls{0},
+        longest_stall_us{0};
     std::array<std::atomic<uint64_t>, static_cast<size_t>(wire::DecodeError::kCount)> decode{};
   } counters;
 
   // --- control side (engine.cc) ---
+  /// A round (query, claim, record) waits `query_timeout_ms` for everyone's
+  /// answer, and up to five times that for the quorum a decision needs: a
+  /// loaded machine answers late, and a decision is worth the wait.
+  uint64_t round_timeout_ns() const noexcept { return uint64_t{config.query_timeout_ms} * 1'000'000; }
+  uint64_t quorum_patience_ns() const noexcept { return 5 * round_timeout_ns(); }
   void post(void* item);
   /// Runs `fn` on the worker side and waits. Thread: control.
   Result<void> call(std::function<void()> fn);
@@ -367,6 +373,10 @@ struct Engine::Impl {
   void run_worker() noexcept;
   void park_worker() noexcept;
   bool poll_once(uint64_t now) noexcept;
+  /// Notes a gap between two polls long enough for peers to start suspecting
+  /// this node (not scheduled, or one poll ran long). Thread: token holder.
+  void note_poll_gap(uint64_t now) noexcept;
+  uint64_t last_poll_ns = 0;
   bool drain_commands() noexcept;
   void on_frame(Link& link, wire::Frame& f, uint64_t now) noexcept;
   void on_data(Link& link, wire::Frame& f) noexcept;

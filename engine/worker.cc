@@ -116,7 +116,20 @@ bool Engine::Impl::has_pending_work() const noexcept {
   return false;
 }
 
+void Engine::Impl::note_poll_gap(uint64_t now) noexcept {
+  const uint64_t gap = now - std::min(now, last_poll_ns);
+  last_poll_ns = now;
+  if (gap < failure_ns / 2 || gap == now) return;
+  bump(counters.stalls);
+  const uint64_t us = gap / 1000;
+  if (us > counters.longest_stall_us.load(std::memory_order_relaxed))
+    counters.longest_stall_us.store(us, std::memory_order_relaxed);
+  BT_WARN("no poll for %lu ms (failure timeout %lu ms): peers may suspect this node; is the machine overloaded?",
+          static_cast<unsigned long>(us / 1000), static_cast<unsigned long>(failure_ns / 1'000'000));
+}
+
 bool Engine::Impl::poll_once(uint64_t now) noexcept {
+  note_poll_gap(now);
   bool busy = drain_commands();
   for (size_t li = 0; li < links.size(); ++li) {
     Link* link = links[li].get();
@@ -1084,14 +1097,18 @@ bool Engine::Impl::step_ops(uint64_t now) noexcept {
   busy |= step_rounds(
       queries, now,
       [&](const QueryOp& q) {
-        return everyone_answered(q) || (now >= q.deadline_ns && q.answered() >= q.quorum) ||
+        // A peer not heard from lately counts as unreachable, but it may be
+        // starting, or falsely suspected: fewer answers than the decision
+        // needs wait on, up to the hard deadline.
+        return (q.answered() >= q.quorum && (everyone_answered(q) || now >= q.deadline_ns)) ||
                now >= q.hard_deadline_ns;
       },
       [&](QueryOp& q) { send_query(q, now); });
   busy |= step_rounds(
       claims, now,
       [&](const ClaimOp& c) {
-        return everyone_answered(c) || (now >= c.deadline_ns && c.answered() >= c.need) || now >= c.hard_deadline_ns;
+        return (c.answered() >= c.need && (everyone_answered(c) || now >= c.deadline_ns)) ||
+               now >= c.hard_deadline_ns;
       },
       [&](ClaimOp& c) { send_claim(c, now); });
   const uint64_t timeout = uint64_t{config.fetch_timeout_ms} * 1'000'000;

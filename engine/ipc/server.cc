@@ -227,7 +227,10 @@ Reply Server::close_segment(Client& c, const Request& r) {
 }
 
 std::string Server::status() const {
-  std::string s = "node id=" + std::to_string(engine_.node_id()) + " name=" + config_.node_name + "\n";
+  const EngineStats stats = engine_.stats();
+  std::string s = "node id=" + std::to_string(engine_.node_id()) + " name=" + config_.node_name +
+                  " stalls=" + std::to_string(stats.stalls) +
+                  " longest_stall_ms=" + std::to_string(stats.longest_stall_us / 1000) + "\n";
   const auto peers = engine_.peers();
   auto alive = [&](uint16_t node) {
     for (const auto& p : peers)

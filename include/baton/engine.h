@@ -146,6 +146,8 @@ struct EngineStats {
   uint64_t tx_dropped = 0;          ///< control frames dropped for want of tx room
   uint64_t no_slot = 0;
   uint64_t bad_input = 0;           ///< well-formed frames that made no sense here
+  uint64_t stalls = 0;              ///< gaps between polls of half the failure timeout or more
+  uint64_t longest_stall_us = 0;    ///< the longest such gap
 };
 
 class Engine {

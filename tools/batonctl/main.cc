@@ -113,7 +113,13 @@ int status(const std::string& socket, bool json, bool segments_only) {
   }
   if (!segments_only) {
     for (auto& r : records)
-      if (r.kind == "node") std::printf("node %s (%s)\n", r.get("id").c_str(), r.get("name").c_str());
+      if (r.kind == "node") {
+        std::printf("node %s (%s)\n", r.get("id").c_str(), r.get("name").c_str());
+        // Polls that came late enough for peers to start suspecting this node.
+        if (r.get("stalls") != "0" && !r.get("stalls").empty())
+          std::printf("  WARNING: %s poll stalls, longest %s ms: this node looks dead to its peers meanwhile\n",
+                      r.get("stalls").c_str(), r.get("longest_stall_ms").c_str());
+      }
     for (auto& r : records)
       if (r.kind == "view")
         std::printf("view %s: members %s (%s of %s votes), %s%s\n", r.get("id").c_str(), r.get("members").c_str(),
