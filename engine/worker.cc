@@ -53,6 +53,7 @@ void Engine::Impl::run_worker() noexcept {
   // Short sleeps must stay short: the default 50 us timer slack would turn
   // every 1 us back-off step into 50.
   prctl(PR_SET_TIMERSLACK, 10'000UL, 0, 0, 0);
+  prctl(PR_SET_NAME, "baton-worker", 0, 0, 0);
   std::unique_lock lock(poll_mu);
   const uint64_t spin_ns = uint64_t{config.idle_spin_us} * 1000;
   uint64_t idle_since = 0;
@@ -271,8 +272,14 @@ void Engine::Impl::on_data(Link& link, wire::Frame& f) noexcept {
         ReplicaStore::Slot& slot = *st.latest();
         auto& pin = st.writer_pin(slot);
         pin.fetch_add(1);
-        if (!global->submit({st.name(), st.epoch(), slot.generation, st.size(), slot.mem.data(), &pin}))
-          pin.fetch_sub(1);  // the writer is behind: this generation is skipped
+        GlobalStore::Job job;
+        job.set_name(st.name());  // a valid wire name always fits
+        job.epoch = st.epoch();
+        job.generation = slot.generation;
+        job.size = st.size();
+        job.data = slot.mem.data();
+        job.pin = &pin;
+        if (!global->submit(job)) pin.fetch_sub(1);  // the writer is behind: this generation is skipped
       }
       break;
     case ReplicaStore::Accept::kCorrupt:

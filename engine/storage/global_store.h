@@ -14,7 +14,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
-#include <deque>
+#include <array>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -36,12 +36,19 @@ struct GlobalCopy {
 
 class GlobalStore {
  public:
+  /// One write. Plain data (the name in place): submitting allocates nothing.
   struct Job {
-    std::string name;
+    char name_buf[64] = {};  ///< a segment name (wire::kMaxNameLen = 63)
+    uint8_t name_len = 0;
     uint64_t epoch = 0, generation = 0, size = 0;
     const std::byte* data = nullptr;
     std::atomic<uint32_t>* pin = nullptr;  ///< decremented once the bytes are no longer needed
+
+    std::string_view name() const noexcept { return {name_buf, name_len}; }
+    /// False (and nothing set) for a name longer than 63 bytes.
+    bool set_name(std::string_view n) noexcept;
   };
+  static constexpr size_t kMaxQueued = 16;  ///< writes waiting; more are skipped
 
   /// Creates `dir` if needed and starts the writer. Errors: kIo. Thread: control.
   static Result<std::unique_ptr<GlobalStore>> open(const std::string& dir, uint32_t keep, uint16_t node);
@@ -66,14 +73,15 @@ class GlobalStore {
   GlobalStore(std::string dir, uint32_t keep, uint16_t node) : dir_(std::move(dir)), keep_(keep), node_(node) {}
   void run();
   Result<void> write(const Job& job);
-  void prune(const std::string& name);
+  void prune(std::string_view name);
 
   std::string dir_;
   uint32_t keep_;
   uint16_t node_;
   std::mutex mu_;
   std::condition_variable cv_;
-  std::deque<Job> queue_;
+  std::array<Job, kMaxQueued> queue_{};  ///< a ring: head_ is the oldest, count_ queued
+  size_t head_ = 0, count_ = 0;
   bool stopping_ = false;
   std::thread thread_;
   std::atomic<uint64_t> written_{0}, failed_{0};
