@@ -58,7 +58,7 @@ TEST(Engine, LoadsFromItsOwnReplicaWhenNoPeerHasOne) {
   EXPECT_EQ(opened->generation, g);
   auto got = cl.node(2).data(opened->segment);
   EXPECT_TRUE(std::equal(want.begin(), want.end(), got.begin(), got.end()));
-  EXPECT_EQ(cl.node(2).status(opened->segment)->epoch, 2u);
+  EXPECT_EQ(test::must(cl.node(2).status(opened->segment)).epoch, 2u);
 }
 
 TEST(Engine, LatestOfManyGenerationsWins) {
@@ -190,14 +190,14 @@ TEST(Engine, OldOwnerIsFencedAfterTakeover) {
   std::memset(mem.data(), 1, mem.size());
   auto g = test::must(cl.node(1).commit(seg));
   ASSERT_TRUE(test::ok(cl.node(1).wait_replicated(seg, g, 1, 10s)));
-  auto replica_node = cl.node(1).status(seg)->replicas.at(0).first;
+  auto replica_node = test::must(cl.node(1).status(seg)).replicas.at(0).first;
   const int other = replica_node == 2 ? 3 : 2;
 
   // Node 1 is cut off (alive); the third node takes over from the replica.
   cl.isolate(1, true);
   auto taken = cl.node(other).load("fenced");
   ASSERT_TRUE(taken) << taken.error().to_string();
-  EXPECT_EQ(cl.node(other).status(taken->segment)->epoch, 2u);
+  EXPECT_EQ(test::must(cl.node(other).status(taken->segment)).epoch, 2u);
   auto new_mem = cl.node(other).data(taken->segment);
   std::memset(new_mem.data(), 2, new_mem.size());
   auto g2 = test::must(cl.node(other).commit(taken->segment));

@@ -93,14 +93,14 @@ TEST(ReReplication, RestoresTheReplicationFactorByteExact) {
   auto g = test::must(cl.node(1).commit(seg));
   ASSERT_TRUE(test::ok(cl.node(1).wait_replicated(seg, g, 2, 10s)));
   ASSERT_TRUE(eventually([&] { return peer_alive(cl.node(1), 2) && peer_alive(cl.node(1), 3) && peer_alive(cl.node(1), 4); }));
-  const auto before = cl.node(1).status(seg)->replicas;
+  const auto before = test::must(cl.node(1).status(seg)).replicas;
   const uint16_t lost = before[0].first, kept = before[1].first;
   uint16_t spare = 2;
   while (spare == lost || spare == kept) ++spare;
 
   cl.kill(lost);  // silence: the failure detector declares it dead
   ASSERT_TRUE(eventually([&] {
-    auto now = cl.node(1).status(seg)->replicas;
+    auto now = test::must(cl.node(1).status(seg)).replicas;
     return (now[0].first == spare || now[1].first == spare) && now[0].first != lost && now[1].first != lost;
   })) << "no replacement for node " << lost;
   ASSERT_TRUE(test::ok(cl.node(1).wait_replicated(seg, g, 2, 10s))) << "replication factor not restored";
@@ -126,14 +126,14 @@ TEST(ReReplication, SingleReplicaLossResumesDurability) {
   auto seg = test::must(cl.node(1).create("single", 64 * 1024));
   auto g = test::must(cl.node(1).commit(seg));
   ASSERT_TRUE(test::ok(cl.node(1).wait_replicated(seg, g, kDurable, 10s)));
-  const uint16_t lost = cl.node(1).status(seg)->replicas.at(0).first;
+  const uint16_t lost = test::must(cl.node(1).status(seg)).replicas.at(0).first;
   const uint16_t spare = lost == 2 ? 3 : 2;
   cl.kill(lost);
-  ASSERT_TRUE(eventually([&] { return cl.node(1).status(seg)->replicas.at(0).first == spare; }));
+  ASSERT_TRUE(eventually([&] { return test::must(cl.node(1).status(seg)).replicas.at(0).first == spare; }));
   auto g2 = test::must(cl.node(1).commit(seg));
   auto durable = cl.node(1).wait_replicated(seg, g2, kDurable, 10s);
   ASSERT_TRUE(durable) << durable.error().to_string();
-  EXPECT_GE(cl.node(1).status(seg)->durable, g2);
+  EXPECT_GE(test::must(cl.node(1).status(seg)).durable, g2);
 }
 
 TEST(ReReplication, UnderReplicatedWhileNoPeerIsLeft) {
@@ -148,7 +148,7 @@ TEST(ReReplication, UnderReplicatedWhileNoPeerIsLeft) {
   ASSERT_TRUE(test::ok(cl.node(1).wait_replicated(seg, g, 2, 10s)));
   cl.kill(2);
   ASSERT_TRUE(eventually([&] { return !peer_alive(cl.node(1), 2); }));
-  auto reps = cl.node(1).status(seg)->replicas;
+  auto reps = test::must(cl.node(1).status(seg)).replicas;
   EXPECT_TRUE(reps[0].first == 2 || reps[1].first == 2) << "the dead replica stays: it may come back";
   EXPECT_FALSE(has_event(cl.node(1), "replica on node 2 lost"));
   EXPECT_TRUE(test::ok(cl.node(1).wait_replicated(seg, g, 1, 10s)));  // the live one still holds it
@@ -213,7 +213,7 @@ TEST(ReReplication, AJoiningNodeFillsAnEmptySlot) {
   auto seg = test::must(cl.node(1).create("joined", 32 * 1024));
   auto g = test::must(cl.node(1).commit(seg));
   ASSERT_TRUE(test::ok(cl.node(1).wait_replicated(seg, g, 1, 10s)));
-  auto before = cl.node(1).status(seg)->replicas;
+  auto before = test::must(cl.node(1).status(seg)).replicas;
   ASSERT_EQ(before.size(), 2u);
   EXPECT_TRUE(before[0].first == 0 || before[1].first == 0) << "no empty slot: " << before[0].first << "," << before[1].first;
   cl.isolate(3, false);
@@ -233,7 +233,7 @@ TEST(Placement, ReplicasAvoidTheOwnersPowerDomain) {
   for (int i = 0; i < 8; ++i) {
     auto seg = cl.node(1).create("placed-" + std::to_string(i), 4096);
     ASSERT_TRUE(seg) << seg.error().to_string();
-    const uint16_t replica = cl.node(1).status(*seg)->replicas.at(0).first;
+    const uint16_t replica = test::must(cl.node(1).status(*seg)).replicas.at(0).first;
     EXPECT_TRUE(replica == 3 || replica == 4) << "segment " << i << " placed on node " << replica
                                               << ", in the owner's power domain";
     segs.push_back(*seg);
@@ -241,8 +241,8 @@ TEST(Placement, ReplicasAvoidTheOwnersPowerDomain) {
   // Node 3 dies: its segments move to node 4 (power domain 2), not node 2.
   cl.kill(3);
   for (Segment* seg : segs)
-    ASSERT_TRUE(eventually([&] { return cl.node(1).status(seg)->replicas.at(0).first == 4; }))
-        << "replica left on node " << cl.node(1).status(seg)->replicas.at(0).first;
+    ASSERT_TRUE(eventually([&] { return test::must(cl.node(1).status(seg)).replicas.at(0).first == 4; }))
+        << "replica left on node " << test::must(cl.node(1).status(seg)).replicas.at(0).first;
 }
 
 // S12, a node joining: a segment placed in its owner's power domain (the
@@ -259,16 +259,16 @@ TEST(Placement, AJoiningNodeInAnotherPowerDomainTakesTheReplica) {
   test::fill_pattern(mem, 8);
   auto g = test::must(cl.node(1).commit(seg));
   ASSERT_TRUE(test::ok(cl.node(1).wait_replicated(seg, g, kDurable, 10s)));
-  const uint16_t first = cl.node(1).status(seg)->replicas.at(0).first;
+  const uint16_t first = test::must(cl.node(1).status(seg)).replicas.at(0).first;
   EXPECT_TRUE(first == 2 || first == 3) << first;
 
   cl.isolate(4, false);
   cl.isolate(5, false);
   ASSERT_TRUE(eventually([&] {
-    const uint16_t now = cl.node(1).status(seg)->replicas.at(0).first;
+    const uint16_t now = test::must(cl.node(1).status(seg)).replicas.at(0).first;
     return now == 4 || now == 5;
-  })) << "the replica stayed on node " << cl.node(1).status(seg)->replicas.at(0).first;
-  const uint16_t moved = cl.node(1).status(seg)->replicas.at(0).first;
+  })) << "the replica stayed on node " << test::must(cl.node(1).status(seg)).replicas.at(0).first;
+  const uint16_t moved = test::must(cl.node(1).status(seg)).replicas.at(0).first;
   ASSERT_TRUE(test::ok(cl.node(1).wait_replicated(seg, g, 1, 10s)));
   test::fill_pattern(mem, 9);
   auto g2 = test::must(cl.node(1).commit(seg));
@@ -280,7 +280,7 @@ TEST(Placement, AJoiningNodeInAnotherPowerDomainTakesTheReplica) {
   EXPECT_TRUE(has_event(cl.node(1), "(more failure domains)"));
   // And it stays there: no further moves.
   std::this_thread::sleep_for(200ms);
-  EXPECT_EQ(cl.node(1).status(seg)->replicas.at(0).first, moved) << cl.events();
+  EXPECT_EQ(test::must(cl.node(1).status(seg)).replicas.at(0).first, moved) << cl.events();
 }
 
 }  // namespace

@@ -70,7 +70,7 @@ TEST(GlobalStorage, LoadsWhenEveryReplicaIsGone) {
   std::vector<std::byte> want(mem.begin(), mem.end());
   auto g = test::must(cl.node(1).commit(seg));
   ASSERT_TRUE(test::ok(cl.node(1).wait_replicated(seg, g, 2, 10s)));
-  const auto replicas = cl.node(1).status(seg)->replicas;
+  const auto replicas = test::must(cl.node(1).status(seg)).replicas;
   ASSERT_TRUE(eventually_files(dir.path, "precious", 2)) << "each replica writes its copy";
   uint16_t survivor = 2;
   while (survivor == replicas[0].first || survivor == replicas[1].first) ++survivor;

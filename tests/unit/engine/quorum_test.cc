@@ -34,7 +34,7 @@ TEST(Quorum, MinorityMakesNoOwnershipOrPlacementChange) {
   std::memset(mem.data(), 1, mem.size());
   auto g = test::must(cl.node(1).commit(seg));
   ASSERT_TRUE(test::ok(cl.node(1).wait_replicated(seg, g, kDurable, 10s)));
-  const uint16_t replica = cl.node(1).status(seg)->replicas.at(0).first;
+  const uint16_t replica = test::must(cl.node(1).status(seg)).replicas.at(0).first;
   const int spare = replica == 2 ? 3 : 2;
 
   // Node 1 (the owner) is cut off: alone it is a minority.
@@ -44,7 +44,7 @@ TEST(Quorum, MinorityMakesNoOwnershipOrPlacementChange) {
   EXPECT_FALSE(cl.node(1).view().quorate);
   // Its replica is unreachable, yet it re-replicates nowhere...
   std::this_thread::sleep_for(200ms);
-  EXPECT_EQ(cl.node(1).status(seg)->replicas.at(0).first, replica);
+  EXPECT_EQ(test::must(cl.node(1).status(seg)).replicas.at(0).first, replica);
   EXPECT_FALSE(has_event(cl.node(1), "re-replicating", cut_at));
   // ...and it can neither create nor take over anything.
   auto created = cl.node(1).create("made-in-minority", 4096);
@@ -56,7 +56,7 @@ TEST(Quorum, MinorityMakesNoOwnershipOrPlacementChange) {
   ASSERT_TRUE(eventually([&] { return cl.node(spare).view().quorate && !peer_alive(cl.node(spare), 1); }));
   auto taken = cl.node(spare).load("minority");
   ASSERT_TRUE(taken) << taken.error().to_string();
-  EXPECT_EQ(cl.node(spare).status(taken->segment)->epoch, 2u);
+  EXPECT_EQ(test::must(cl.node(spare).status(taken->segment)).epoch, 2u);
   EXPECT_TRUE(has_event(cl.node(replica), "accepted owner epoch 2 from node " + std::to_string(spare)));
 
   // The old owner's commits are never durable again; it learns it is fenced
@@ -104,7 +104,7 @@ TEST(Quorum, DurableNeedsAMajorityOfTheReplicaSet) {
   auto seg = test::must(cl.node(1).create("majority", 16 * 1024));
   auto g = test::must(cl.node(1).commit(seg));
   ASSERT_TRUE(test::ok(cl.node(1).wait_replicated(seg, g, kDurable, 10s)));
-  EXPECT_GE(cl.node(1).status(seg)->durable, g);
+  EXPECT_GE(test::must(cl.node(1).status(seg)).durable, g);
   // Two of the three replicas stop hearing the owner (the owner's view loses
   // quorum too, so nothing is re-replicated meanwhile).
   cut(cl, 1, 3, true);
@@ -114,7 +114,7 @@ TEST(Quorum, DurableNeedsAMajorityOfTheReplicaSet) {
   auto durable = cl.node(1).wait_replicated(seg, g2, kDurable, 300ms);
   ASSERT_FALSE(durable);
   EXPECT_EQ(durable.error().code, Errc::kTimeout);
-  EXPECT_LT(cl.node(1).status(seg)->durable, g2);
+  EXPECT_LT(test::must(cl.node(1).status(seg)).durable, g2);
   cut(cl, 1, 3, false);
   EXPECT_TRUE(test::ok(cl.node(1).wait_replicated(seg, g2, kDurable, 10s))) << "two of three hold it now";
 }
@@ -161,7 +161,7 @@ TEST(Quorum, OwnershipMovesOnlyWithAMajorityOfTheReplicaSet) {
   EXPECT_TRUE(std::equal(want.begin(), want.end(), got.begin(), got.end()));
   // The failed claim left epoch 2 on one replica: the successful one is at
   // least there (the same claimant may claim its own epoch again).
-  EXPECT_GE(cl.node(loader).status(taken->segment)->epoch, 2u) << cl.events();
+  EXPECT_GE(test::must(cl.node(loader).status(taken->segment)).epoch, 2u) << cl.events();
   EXPECT_TRUE(has_event(cl.node(loader), "ownership taken at epoch"));
 }
 
