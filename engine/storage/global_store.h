@@ -11,10 +11,10 @@
 // loop submits a pinned replica slot and the thread releases the pin when the
 // file is safe.
 
+#include <array>
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
-#include <array>
 #include <memory>
 #include <mutex>
 #include <optional>
