@@ -218,7 +218,7 @@ Result<std::unique_ptr<QueryOp>> Engine::Impl::query(std::string_view name) {
     const uint64_t now = now_ns();
     raw->deadline_ns = now + round_timeout_ns();
     raw->hard_deadline_ns = now + quorum_patience_ns();
-    raw->quorum = membership->view().quorum;
+    raw->need = membership->view().quorum;
     queries.push_back(raw);
     send_query(*raw, now);
   };

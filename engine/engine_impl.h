@@ -149,34 +149,33 @@ struct ClaimAnswer {
   uint64_t set = 0;            ///< replica set stamped on that generation
 };
 
-/// Asks the replicas of a segment to accept a new owner epoch (S22) before
-/// ownership moves; each grant hands over what the replica holds.
-struct ClaimOp : Op {
+/// A round of questions to peers (a query or a claim): done once `need`
+/// answers are in and every reachable peer answered or `deadline_ns` passed;
+/// at `hard_deadline_ns` regardless (the answers needed may never come).
+template <typename Answer>
+struct RoundOp : Op {
   std::string name;
   uint64_t id = 0;
-  uint64_t epoch = 0;
-  uint64_t deadline_ns = 0;       ///< done once every live replica answered, or past this with `need` answers
-  uint64_t hard_deadline_ns = 0;  ///< done regardless
-  uint32_t need = 1;              ///< answers a decision can rest on (a majority of the recorded set)
+  uint64_t deadline_ns = 0;
+  uint64_t hard_deadline_ns = 0;
+  uint32_t need = 1;  ///< answers a decision can rest on
   uint64_t last_sent_ns = 0;
-  std::vector<ClaimAnswer> answers;  ///< the replicas asked, sized by the control side
+  std::vector<Answer> answers;  ///< the peers asked, sized by the control side
   uint32_t answered() const noexcept {
     return static_cast<uint32_t>(std::count_if(answers.begin(), answers.end(), [](auto& a) { return a.answered; }));
   }
 };
 
-struct QueryOp : Op {
-  std::string name;
-  uint64_t id = 0;
-  uint64_t deadline_ns = 0;       ///< done once every live peer answered, or past this with a quorum of answers
-  uint64_t hard_deadline_ns = 0;  ///< done regardless (a quorum may never answer)
-  uint32_t quorum = 0;
-  uint64_t last_sent_ns = 0;
-  std::vector<QueryAnswer> answers;  // one per peer and this node, sized by the control side
-  uint32_t answered() const noexcept {
-    return static_cast<uint32_t>(std::count_if(answers.begin(), answers.end(), [](auto& a) { return a.answered; }));
-  }
+/// Asks the replicas of a segment to accept a new owner epoch (S22) before
+/// ownership moves; each grant hands over what the replica holds. `need`: a
+/// majority of the recorded set.
+struct ClaimOp : RoundOp<ClaimAnswer> {
+  uint64_t epoch = 0;
 };
+
+/// Asks every peer (and this node) what it holds of a name. `need`: a quorum
+/// of nodes.
+struct QueryOp : RoundOp<QueryAnswer> {};
 
 struct FetchOp : Op {
   std::string name;

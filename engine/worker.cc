@@ -1097,27 +1097,18 @@ bool Engine::Impl::step_ops(uint64_t now) noexcept {
   for (FetchOp* op : completed_fetches) op->finish();
   busy |= !completed_fetches.empty();
   completed_fetches.clear();
-  auto everyone_answered = [this](const auto& op) {
-    return std::all_of(op.answers.begin(), op.answers.end(),
-                       [this](auto& a) { return a.answered || unreachable(a.peer); });
+  // A round (query or claim) is done once it has the answers its decision
+  // needs and every reachable peer answered or the soft deadline passed. A
+  // peer not heard from lately counts as unreachable, but it may be starting
+  // or falsely suspected: fewer answers than needed wait on, up to the hard
+  // deadline.
+  auto settled = [this, now](const auto& op) {
+    const bool everyone = std::all_of(op.answers.begin(), op.answers.end(),
+                                      [this](auto& a) { return a.answered || unreachable(a.peer); });
+    return (op.answered() >= op.need && (everyone || now >= op.deadline_ns)) || now >= op.hard_deadline_ns;
   };
-  busy |= step_rounds(
-      queries, now,
-      [&](const QueryOp& q) {
-        // A peer not heard from lately counts as unreachable, but it may be
-        // starting, or falsely suspected: fewer answers than the decision
-        // needs wait on, up to the hard deadline.
-        return (q.answered() >= q.quorum && (everyone_answered(q) || now >= q.deadline_ns)) ||
-               now >= q.hard_deadline_ns;
-      },
-      [&](QueryOp& q) { send_query(q, now); });
-  busy |= step_rounds(
-      claims, now,
-      [&](const ClaimOp& c) {
-        return (c.answered() >= c.need && (everyone_answered(c) || now >= c.deadline_ns)) ||
-               now >= c.hard_deadline_ns;
-      },
-      [&](ClaimOp& c) { send_claim(c, now); });
+  busy |= step_rounds(queries, now, settled, [&](QueryOp& q) { send_query(q, now); });
+  busy |= step_rounds(claims, now, settled, [&](ClaimOp& c) { send_claim(c, now); });
   const uint64_t timeout = uint64_t{config.fetch_timeout_ms} * 1'000'000;
   for (auto it = fetches.begin(); it != fetches.end();) {
     FetchOp* op = *it;

@@ -1,6 +1,7 @@
 #pragma once
 // ASSERT_TRUE(ok(result)): on failure, gtest prints the error the engine
-// gave, not just "false".
+// gave, not just "false". must(result): the value, or the error as the
+// test's failure.
 
 #include <gtest/gtest.h>
 
@@ -15,10 +16,6 @@ template <typename T>
   if (r) return ::testing::AssertionSuccess();
   return ::testing::AssertionFailure() << r.error().to_string();
 }
-
-}  // namespace baton::test
-
-namespace baton::test {
 
 /// The value of a call a test cannot go on without; its error, as the test's
 /// failure (gtest reports the exception), instead of dereferencing nothing.

@@ -15,7 +15,6 @@ namespace {
 
 using namespace std::chrono_literals;
 using test::Cluster;
-
 using test::eventually;
 using test::fast_detector;
 using test::has_event;
