@@ -127,6 +127,7 @@ Result<std::unique_ptr<Engine>> Engine::start(const EngineConfig& config,
   if (votes < nodes.size())
     return fail(Errc::kInvalidArgument, "expected_votes ", std::to_string(votes), " is below the ",
                 std::to_string(nodes.size()), " nodes this one links to");
+  impl->tie_breaker = *std::min_element(nodes.begin(), nodes.end());
   impl->membership = make_heartbeat_membership(config.node_id, votes);
   impl->view = impl->membership->view();
   if (!config.global_dir.empty()) {
@@ -330,6 +331,14 @@ Result<Segment*> Engine::create(std::string_view name, uint64_t size) {
 }
 
 Result<Segment*> Engine::Impl::create_fresh(std::string_view name, uint64_t size) {
+  // A new name has no replica set to fence through, so its creation rests
+  // on the view alone. Two nodes split apart are each quorate (two_node);
+  // only the tie-breaker (the lowest node id) creates names then, as
+  // votequorum's auto_tie_breaker would decide. Loads stay open to both:
+  // they are fenced by the replica set's majority.
+  if (const View v = current_view(); v.expected_votes == 2 && v.members.size() < 2 && config.node_id != tie_breaker)
+    return fail(Errc::kUnavailable, "cannot create ", name, ": this two-node cluster is split and only node ",
+                std::to_string(tie_breaker), " (the tie-breaker) creates new names while the other is unreachable");
   // Epoch 1: no node holds or records the name (the callers checked).
   auto made = make_segment(name, size, nullptr, 1, 0);
   if (!made) return made;
@@ -421,6 +430,10 @@ std::string set_string(const std::vector<uint16_t>& set) {
 // See docs/architecture.md, "Fencing".
 Result<OpenResult> Engine::Impl::load_from(const QueryOp& q, std::string_view name) {
   uint64_t max_epoch = newest_epoch(q);
+  // Claim one above the newest epoch seen, or the newest itself if this
+  // node won it before without taking ownership (see unused_claims).
+  uint64_t claim_epoch = max_epoch + 1;
+  if (auto it = unused_claims.find(q.id); it != unused_claims.end() && it->second == max_epoch) claim_epoch = max_epoch;
   std::vector<uint16_t> holders;
   SetRecord record;  // the newest record of the replica set any node holds
   for (const auto& a : q.answers) {
@@ -442,7 +455,7 @@ Result<OpenResult> Engine::Impl::load_from(const QueryOp& q, std::string_view na
   for (int attempt = 0;; ++attempt) {
     size_t recorded = 0;
     for (uint16_t n : wire::unpack_set(record.set)) recorded += n != 0;
-    auto claimed = claim(name, max_epoch + 1, holders, static_cast<uint32_t>(recorded / 2 + 1));
+    auto claimed = claim(name, claim_epoch, holders, static_cast<uint32_t>(recorded / 2 + 1));
     if (!claimed) return tl::unexpected(claimed.error());
     c = std::move(*claimed);
     uint64_t refused = 0;
@@ -450,8 +463,10 @@ Result<OpenResult> Engine::Impl::load_from(const QueryOp& q, std::string_view na
     // A replica had seen a newer epoch than the query showed (a concurrent
     // or failed claim): claim above it, a few times at most.
     if (refused == 0 || attempt == 2) break;
-    max_epoch = std::max(max_epoch, refused);
+    claim_epoch = std::max(claim_epoch, refused + 1);
   }
+  // Until ownership is taken at it, this epoch is an unused claim of ours.
+  unused_claims[q.id] = c->epoch;
   const ClaimAnswer* best = nullptr;
   for (const auto& a : c->answers)
     if (a.granted && a.generation > 0 &&
@@ -545,6 +560,7 @@ Result<OpenResult> Engine::Impl::load_from(const QueryOp& q, std::string_view na
     }
     auto seg = make_segment(name, a->total_len, &*dest, c->epoch, got, keep);
     if (!seg) return tl::unexpected(seg.error());
+    unused_claims.erase(q.id);
     record_event("segment " + std::string(name) + ": ownership taken at epoch " + std::to_string(c->epoch) + " (" +
                  std::to_string(accepted) + " of " + std::to_string(set.size()) + " replicas of " +
                  set_string(set) + " accepted); generation " + std::to_string(got) + " loaded from " +
@@ -572,11 +588,7 @@ Result<OpenResult> Engine::Impl::load_from_global(std::string_view name, uint64_
 Result<OpenResult> Engine::load(std::string_view name) {
   if (auto ok = check_name(name); !ok) return tl::unexpected(ok.error());
   std::lock_guard lock(impl_->control_mu);
-  if (impl_->segments.count(std::string(name)) != 0) return fail(Errc::kExists, "segment ", name, " is open here");
-  if (auto ok = impl_->require_quorum("take ownership"); !ok) return tl::unexpected(ok.error());
-  auto q = impl_->query(name);
-  if (!q) return tl::unexpected(q.error());
-  return impl_->load_from(**q, name);
+  return impl_->open_locked(name, 0, true);
 }
 
 Result<OpenResult> Engine::open(std::string_view name, uint64_t size) {
@@ -584,31 +596,81 @@ Result<OpenResult> Engine::open(std::string_view name, uint64_t size) {
   if (size == 0 || size > impl_->config.max_segment_size)
     return fail(Errc::kInvalidArgument, "size must be 1..", std::to_string(impl_->config.max_segment_size));
   std::lock_guard lock(impl_->control_mu);
-  if (impl_->segments.count(std::string(name)) != 0) return fail(Errc::kExists, "segment ", name, " is open here");
-  if (auto ok = impl_->require_quorum("open a segment"); !ok) return tl::unexpected(ok.error());
-  auto q = impl_->query(name);
+  return impl_->open_locked(name, size, false);
+}
+
+Result<OpenResult> Engine::Impl::open_locked(std::string_view name, uint64_t size, bool load_only) {
+  if (auto it = segments.find(std::string(name)); it != segments.end()) {
+    if (!it->second->fenced.load()) return fail(Errc::kExists, "segment ", name, " is open here");
+    // Superseded here: its memory holds a history the cluster moved past.
+    if (auto ok = remove_segment(it->second.get()); !ok) return tl::unexpected(ok.error());
+  }
+  if (auto ok = require_quorum(load_only ? "take ownership" : "open a segment"); !ok)
+    return tl::unexpected(ok.error());
+  auto q = query(name);
   if (!q) return tl::unexpected(q.error());
+  if (load_only) return load_from(**q, name);
   bool any_replica = false;
+  const uint64_t newest = newest_epoch(**q);
   for (const auto& a : (*q)->answers) {
-    if (a.found && a.owner)
+    // An owner whose epoch was superseded (it has not heard yet) owns nothing.
+    if (a.found && a.owner && a.epoch >= newest)
       return fail(Errc::kExists, "segment ", name, " is owned by live node ", std::to_string(a.peer));
     any_replica |= a.found;
   }
-  if (any_replica) return impl_->load_from(**q, name);
+  if (any_replica) return load_from(**q, name);
   // No replica anywhere: global storage may still hold it (S7); only when it
   // does not either is this a first run.
-  if (!impl_->config.global_dir.empty() &&
-      GlobalStore::newest(impl_->config.global_dir, name, impl_->config.max_segment_size))
-    return impl_->load_from_global(name, newest_epoch(**q));
+  if (!config.global_dir.empty() && GlobalStore::newest(config.global_dir, name, config.max_segment_size))
+    return load_from_global(name, newest_epoch(**q));
   // A record but no copy anywhere: the state existed and is lost (or its
   // holders are cut off). Starting afresh would hide that; say it instead.
   for (const auto& a : (*q)->answers)
     if (a.record.epoch != 0)
       return fail(Errc::kNotFound, "segment ", name, " is recorded at epoch ", std::to_string(a.record.epoch),
                   " but no live replica or global storage holds it");
-  auto seg = impl_->create_fresh(name, size);
+  auto seg = create_fresh(name, size);
   if (!seg) return tl::unexpected(seg.error());
   return OpenResult{*seg, OpenOutcome::kCreated, 0};
+}
+
+Result<OpenResult> Engine::reopen(Segment* segment) {
+  std::lock_guard lock(impl_->control_mu);
+  Segment* seg = impl_->find_handle(segment);
+  if (seg == nullptr) return fail(Errc::kInvalidArgument, "unknown segment handle");
+  if (!seg->fenced.load()) {
+    // While the application was gone the node may have been cut off (or
+    // stopped) and another taken over: ask a quorum before trusting the
+    // local copy. A newer epoch anywhere, or another live owner, fences it.
+    if (auto ok = impl_->require_quorum("confirm ownership"); !ok) return tl::unexpected(ok.error());
+    auto q = impl_->query(seg->name);
+    if (!q) return tl::unexpected(q.error());
+    const uint64_t epoch = seg->epoch.load();
+    bool superseded = false;
+    for (const auto& a : (*q)->answers)
+      superseded |= a.record.epoch > epoch || (a.found && a.epoch > epoch) || (a.found && a.owner);
+    if (superseded) (void)impl_->call([this, seg] { impl_->fence(*seg); });
+  }
+  if (seg->fenced.load()) return impl_->open_locked(std::string(seg->name), seg->size, false);
+  const uint64_t generation = impl_->restore_committed(*seg);
+  return OpenResult{seg, generation > 0 ? OpenOutcome::kRestored : OpenOutcome::kCreated, generation};
+}
+
+uint64_t Engine::Impl::restore_committed(Segment& seg) {
+  // The stage of the newest generation is complete once commit() returned
+  // (the snapshot is taken under the poll token); it stays while the
+  // replicas receive it, and until the next commit.
+  acquire_token();
+  uint64_t generation = 0;
+  if (seg.current_stage >= 0) {
+    const Stage& stage = seg.stages[seg.current_stage];
+    std::memcpy(seg.mem.data(), stage.mem.data(), seg.size);
+    generation = stage.generation;
+  } else {
+    std::memset(seg.mem.data(), 0, seg.size);
+  }
+  release_token();
+  return generation;
 }
 
 Segment* Engine::Impl::find_handle(Segment* seg) { return handles.count(seg) != 0 ? seg : nullptr; }

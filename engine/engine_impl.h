@@ -219,6 +219,7 @@ struct PeerState {
   Link* link = nullptr;  ///< where frames to it go: an alive link, else its first
   std::vector<LinkState*> links;
   uint64_t last_heard_ns = 0;
+  uint64_t incarnation = 0;  ///< from its heartbeats; 0: not heard yet
   bool alive = false;
   bool ever_heard = false;
   // Placement tags from its heartbeats.
@@ -271,6 +272,13 @@ struct Engine::Impl {
   mutable std::mutex control_mu;             ///< serialises API calls on the segment table
   std::unordered_map<std::string, std::unique_ptr<Segment>> segments;
   std::unordered_set<Segment*> handles;  ///< the live handles: checked on every call, O(1)
+  /// Claims this node won at a majority but did not turn into ownership (a
+  /// fetch failed, the set's majority said no): segment id -> epoch. The
+  /// next load claims that epoch again instead of one above it, so failed
+  /// attempts do not raise epochs without bound. Safe: the replicas that
+  /// granted it refuse every other claimant of it, and no data was written
+  /// under it. Lost on restart (the next claim goes one higher). Control side.
+  std::unordered_map<uint64_t, uint64_t> unused_claims;
 
   // Worker side.
   std::unordered_map<uint64_t, Segment*> owned;                       ///< by segment id
@@ -338,6 +346,13 @@ struct Engine::Impl {
   void await(Op& op) { poll_until([&op] { return op.finished(); }, UINT64_MAX); }
   Result<std::unique_ptr<QueryOp>> query(std::string_view name);
   Result<OpenResult> load_from(const QueryOp& q, std::string_view name);
+  /// Engine::open / Engine::load with control_mu held. A local segment of
+  /// that name that is fenced is forgotten first (the cluster has newer
+  /// state); a live one is kExists. Thread: control.
+  Result<OpenResult> open_locked(std::string_view name, uint64_t size, bool load_only);
+  /// Copies the last committed generation back over the segment's memory
+  /// (zeroes it if nothing was committed); returns that generation. Thread: control.
+  uint64_t restore_committed(Segment& seg);
   /// Runs one round of claims for `epoch` on the replicas in `peers`. Thread: control.
   /// `need`: answers worth waiting past the query timeout for. Thread: control.
   Result<std::unique_ptr<ClaimOp>> claim(std::string_view name, uint64_t epoch, const std::vector<uint16_t>& peers,
@@ -396,7 +411,21 @@ struct Engine::Impl {
   /// Takes back a record that failed to reach a quorum (a lost race to
   /// create a name). Thread: token holder.
   void withdraw_record(Segment& seg) noexcept;
-  void on_heartbeat(const wire::Frame& f) noexcept;
+  void on_heartbeat(const wire::Frame& f, uint64_t now) noexcept;
+  /// A peer came back as a new incarnation: its acknowledgements and set
+  /// records are gone with its memory. Resends it the latest generation of
+  /// every segment it replicates and records each set again. Thread: token holder.
+  void on_peer_restarted(uint16_t node, uint64_t now) noexcept;
+  /// Nodes a set record must reach: a quorum; with two nodes (where one
+  /// alone is quorate) every member of the view, so two nodes that see each
+  /// other never both record one new name. Thread: token holder.
+  uint32_t record_quorum() const noexcept {
+    const View& v = membership->view();
+    return v.expected_votes == 2 ? static_cast<uint32_t>(std::max<size_t>(1, v.members.size())) : v.quorum;
+  }
+  /// The lowest node id of the cluster: the tie-breaker that alone may
+  /// create new names when a two-node cluster is split. Fixed at start.
+  uint16_t tie_breaker = 0;
   void send_claim(ClaimOp& c, uint64_t now) noexcept;
   /// The newest generation `node` acknowledged for `seg` under its epoch (0
   /// if it is not a replica). Thread: token holder.

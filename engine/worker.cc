@@ -194,7 +194,7 @@ void Engine::Impl::on_frame(Link& link, wire::Frame& f, uint64_t now) noexcept {
     case wire::MsgType::kFetchRequest: on_fetch_request(link, f, now); break;
     case wire::MsgType::kFetchMeta: on_fetch_meta(f); break;
     case wire::MsgType::kError: on_error(f); break;
-    case wire::MsgType::kHeartbeat: on_heartbeat(f); break;  // liveness itself was noted by the caller
+    case wire::MsgType::kHeartbeat: on_heartbeat(f, now); break;  // liveness itself was noted by the caller
     case wire::MsgType::kClaim: on_claim(link, f); break;
     case wire::MsgType::kSetRecord: on_set_record(link, f); break;
   }
@@ -391,10 +391,16 @@ void Engine::Impl::on_fetch_request(Link& link, const wire::Frame& f, uint64_t n
 // make any generation durable; the answer hands over what is held.
 void Engine::Impl::on_claim(Link& link, const wire::Frame& f) noexcept {
   if (auto it = owned.find(f.seg_id); it != owned.end()) {
-    // Someone takes over a segment this node still owns: it was cut off.
-    if (f.epoch > it->second->epoch.load()) fence(*it->second);
-    send_error(link, f, wire::ErrorCode::kNoSuchSegment, 0);
-    return;
+    Segment& seg = *it->second;
+    // A live owner refuses a claim that is not above its own epoch; one
+    // that is means it was cut off: it is fenced, and answers below from
+    // what it holds as a replica of the new owner, like any other node.
+    if (!seg.fenced.load() && f.epoch <= seg.epoch.load()) {
+      bump(counters.stale_epoch);
+      send_error(link, f, wire::ErrorCode::kStaleEpoch, seg.epoch.load());
+      return;
+    }
+    fence(seg);
   }
   auto it = stores.find(f.seg_id);
   if (it == stores.end() || it->second->name() != f.name) {
@@ -591,7 +597,7 @@ void Engine::Impl::on_error(const wire::Frame& f) noexcept {
         if (p.active && p.sent && std::find(p.refused.begin(), p.refused.end(), f.src) == p.refused.end()) {
           p.refused.push_back(f.src);
           const View& v = membership->view();
-          if (p.refused.size() > v.expected_votes - v.quorum) p.failed = true;
+          if (p.refused.size() > v.expected_votes - record_quorum()) p.failed = true;
         }
       }
       return;
@@ -794,9 +800,16 @@ void Engine::Impl::step_membership() noexcept {
   record_event(v.to_string());
 }
 
-void Engine::Impl::on_heartbeat(const wire::Frame& f) noexcept {
+void Engine::Impl::on_heartbeat(const wire::Frame& f, uint64_t now) noexcept {
   if (auto it = peer_by_node.find(f.src); it != peer_by_node.end()) {
     PeerState& p = *it->second;
+    // A heartbeat names its sender's incarnation: a new one means the node
+    // restarted and lost everything it held (its memory is the storage).
+    if (p.incarnation != f.epoch) {
+      const bool restarted = p.incarnation != 0;
+      p.incarnation = f.epoch;
+      if (restarted) on_peer_restarted(p.node, now);
+    }
     p.blade = f.chunk_index;
     p.power_domain = f.chunk_count;
     p.numa_node = static_cast<int>(f.chunk_size) - 1;
@@ -810,6 +823,36 @@ void Engine::Impl::on_heartbeat(const wire::Frame& f) noexcept {
     view = v;
   }
   if (v.agreed && v.members.size() > 1) record_event("view " + std::to_string(v.id) + " agreed by every member");
+}
+
+void Engine::Impl::on_peer_restarted(uint16_t node, uint64_t now) noexcept {
+  record_event("node " + std::to_string(node) + " restarted: a new incarnation, holding nothing it held before");
+  for (auto& [id, segp] : owned) {
+    Segment& seg = *segp;
+    if (seg.fenced.load(std::memory_order_relaxed)) continue;
+    const Stage* stage = seg.current_stage >= 0 ? &seg.stages[seg.current_stage] : nullptr;
+    // Its acknowledgements were of memory that is gone: they count no more,
+    // and it gets the latest generation again from the first chunk.
+    for (auto& r : seg.replicas) {
+      if (r->node.load(std::memory_order_relaxed) != node) continue;
+      r->sender.stop();
+      r->held.store(0, std::memory_order_release);
+      if (stage != nullptr)
+        r->sender.start(SendSource{stage->mem.data(), seg.size, seg.chunk_size, stage->chunk_crcs, 0,
+                                   stage->generation, &stage->ready},
+                        tuning(), now);
+    }
+    // It lost its copy of the set record too: record the set again (at a
+    // quorum that counts it afresh), once a majority of the set holds the
+    // latest generation; durability waits meanwhile.
+    auto& p = seg.pending;
+    if (p.active) {
+      std::erase(p.acked, node);
+      std::erase(p.refused, node);
+    } else if (!seg.recorded_set.empty()) {
+      propose_set(seg, stage != nullptr ? stage->generation : 0);
+    }
+  }
 }
 
 // --- re-replication (S12) ----------------------------------------------------
@@ -871,7 +914,10 @@ void Engine::Impl::update_durable(Segment& seg) noexcept {
   // The generation the majority-th best member holds: a majority holds it.
   uint64_t held[wire::kMaxReplicaSet] = {};
   const size_t n = std::min(seg.recorded_set.size(), wire::kMaxReplicaSet);
-  for (size_t i = 0; i < n; ++i) held[i] = held_by(seg, seg.recorded_set[i]);
+  // A member the detector holds for gone counts for nothing: if it died, its
+  // memory went with it (a false suspicion only delays the acknowledgement).
+  for (size_t i = 0; i < n; ++i)
+    held[i] = unreachable(seg.recorded_set[i]) ? 0 : held_by(seg, seg.recorded_set[i]);
   std::sort(held, held + n, std::greater<>());
   const uint64_t d = held[n / 2];
   if (d > seg.durable.load(std::memory_order_relaxed)) seg.durable.store(d, std::memory_order_release);
@@ -950,14 +996,14 @@ void Engine::Impl::step_records(uint64_t now) noexcept {
       if (stored.epoch == mine.epoch && stored.owner != mine.owner && stored.owner != 0) {
         p.refused.push_back(config.node_id);  // another node wrote this epoch here first
         const View& v = membership->view();
-        if (p.refused.size() > v.expected_votes - v.quorum) p.failed = true;
+        if (p.refused.size() > v.expected_votes - record_quorum()) p.failed = true;
       } else {
         if (mine.newer_than(stored)) stored = mine;
         p.acked.push_back(config.node_id);
       }
     }
     if (p.failed) continue;  // the creator gives up (Engine::create)
-    if (p.acked.size() >= membership->view().quorum) {
+    if (p.acked.size() >= record_quorum()) {
       seg.recorded_set = p.set;
       seg.recorded_version = p.version;
       p.active = false;

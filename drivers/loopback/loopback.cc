@@ -20,9 +20,12 @@ struct Lane {
   std::multimap<uint64_t, Bytes> queue;
 };
 
-class WireImpl final : public Wire {
+class WireImpl final : public Wire, public std::enable_shared_from_this<WireImpl> {
  public:
-  WireImpl(uint32_t capacity, uint64_t seed) : capacity_(capacity), rng_(seed) {}
+  WireImpl(uint16_t node_a, uint16_t node_b, uint32_t max_frame, uint32_t capacity, uint64_t seed)
+      : nodes_{node_a, node_b}, max_frame_(max_frame), capacity_(capacity), rng_(seed) {}
+
+  std::unique_ptr<Link> reconnect(uint16_t node) override;
 
   void set_faults(const Faults& f) override {
     std::lock_guard lock(mu_);
@@ -77,6 +80,8 @@ class WireImpl final : public Wire {
   bool chance(double p) { return p > 0 && std::uniform_real_distribution<double>(0, 1)(rng_) < p; }
 
   std::mutex mu_;  // faults and rng
+  uint16_t nodes_[2];  // lane 0 carries nodes_[0] -> nodes_[1]
+  uint32_t max_frame_;
   Faults faults_;
   uint32_t capacity_;
   std::mt19937_64 rng_;
@@ -121,8 +126,19 @@ class LoopbackLink final : public Link {
 
 }  // namespace
 
+std::unique_ptr<Link> WireImpl::reconnect(uint16_t node) {
+  if (node != nodes_[0] && node != nodes_[1]) return nullptr;
+  const int tx_lane = node == nodes_[0] ? 0 : 1;
+  {
+    Lane& in = lanes_[1 - tx_lane];
+    std::lock_guard lock(in.mu);
+    in.queue.clear();
+  }
+  return std::make_unique<LoopbackLink>(shared_from_this(), tx_lane, nodes_[1 - tx_lane], max_frame_);
+}
+
 Pair make_pair(uint16_t node_a, uint16_t node_b, uint32_t max_frame, uint32_t capacity, uint64_t seed) {
-  auto wire = std::make_shared<WireImpl>(capacity, seed);
+  auto wire = std::make_shared<WireImpl>(node_a, node_b, max_frame, capacity, seed);
   Pair p;
   p.a = std::make_unique<LoopbackLink>(wire, 0, node_b, max_frame);
   p.b = std::make_unique<LoopbackLink>(wire, 1, node_a, max_frame);

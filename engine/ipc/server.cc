@@ -160,10 +160,18 @@ Reply Server::open_segment(Client& c, const Request& r, std::vector<int>& fds) {
     }
     if (seg.holder_fd >= 0) return reply_error(BATON_EEXIST, "segment " + name + " is held by another application");
     if (op == Op::kCreate) return reply_error(BATON_EEXIST, "segment " + name + " already exists on this node");
-    // The application restarted: it gets its segment back as it left it.
-    auto st = engine_.status(seg.handle);
-    rep.restored = st->generation > 0 ? 1 : 0;
-    rep.generation = st->generation;
+    // The application restarted: it gets its segment back as last committed
+    // (not as it left it: bytes written after the last commit are no
+    // generation), or, if ownership moved meanwhile, the newer state from
+    // the cluster under a new engine handle.
+    auto reopened = engine_.reopen(seg.handle);
+    if (!reopened) {
+      if (!engine_.status(seg.handle)) segments_.erase(it);  // the fenced local copy is gone
+      return reply_error(reopened.error());
+    }
+    seg.handle = reopened->segment;
+    rep.restored = reopened->outcome == OpenOutcome::kRestored ? 1 : 0;
+    rep.generation = reopened->generation;
   } else {
     Result<OpenResult> opened = fail(Errc::kInternal, "");
     if (op == Op::kCreate) {

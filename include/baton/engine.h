@@ -166,8 +166,23 @@ class Engine {
 
   /// Application start-up (S11): restores the segment from the newest copy a
   /// reachable peer holds, or creates it if none does. `size` is used when
-  /// creating; a restored segment keeps its recorded size.
+  /// creating; a restored segment keeps its recorded size. A fenced segment
+  /// of that name still open here is closed first (its handle becomes
+  /// invalid): the cluster holds newer state than this node.
   Result<OpenResult> open(std::string_view name, uint64_t size);
+
+  /// Application restart on this node (S3, S11): the application that held
+  /// `segment` is gone and another (or the same, restarted) takes it over.
+  /// Asks a quorum of nodes whether ownership moved meanwhile; if it did (or
+  /// the segment is fenced) the local copy is dropped and the segment is
+  /// opened from the cluster as by open(), under a new handle. Otherwise the
+  /// memory is put back to the last committed generation (what the departed
+  /// application wrote after it is not a generation) and the same handle is
+  /// returned: kRestored with that generation, or kCreated (zeroed) if it
+  /// never committed. Errors: kInvalidArgument (unknown handle),
+  /// kUnavailable (no quorum to confirm ownership), open()'s errors.
+  /// Thread: control.
+  Result<OpenResult> reopen(Segment* segment);
 
   /// Load request (S9): takes ownership here under a new owner epoch, which a
   /// majority of the segment's replica set must accept first, then retrieves

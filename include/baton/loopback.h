@@ -29,6 +29,12 @@ class Wire {
   /// Thread: any.
   virtual void set_faults(const Faults& f) = 0;
   virtual void set_partitioned(bool p) = 0;
+  /// A new link for the end at `node` (one of the two nodes this wire
+  /// joins), for a node that restarted: frames still queued towards that
+  /// end were for the old incarnation and vanish. The old link of that end
+  /// must be gone. Returns nullptr if `node` is not an end of this wire.
+  /// Thread: any.
+  virtual std::unique_ptr<Link> reconnect(uint16_t node) = 0;
 };
 
 struct Pair {

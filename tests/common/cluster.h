@@ -67,6 +67,7 @@ struct Cluster {
       EngineConfig c = base;
       c.node_id = static_cast<uint16_t>(i + 1);
       if (tweak) tweak(i + 1, c);
+      configs.push_back(c);
       auto e = Engine::start(c, std::move(links[i]));
       if (!e) throw std::runtime_error(e.error().to_string());
       engines.push_back(std::move(*e));
@@ -109,6 +110,20 @@ struct Cluster {
   }
   /// Stops node `id`'s engine (its memory and replicas are gone).
   void kill(int id) { engines.at(id - 1).reset(); }
+  /// Starts node `id` again after kill(): a new incarnation on the same
+  /// wires, holding nothing. Returns at once; the peers notice it by its
+  /// heartbeats.
+  Engine& restart(int id) {
+    std::vector<std::unique_ptr<Link>> links;
+    for (auto* ws : {&wires, &second_wires})
+      for (auto& [k, w] : *ws)
+        if (k.first == id || k.second == id) links.push_back(w->reconnect(static_cast<uint16_t>(id)));
+    auto e = Engine::start(configs.at(id - 1), std::move(links));
+    if (!e) throw std::runtime_error(e.error().to_string());
+    engines.at(id - 1) = std::move(*e);
+    return node(id);
+  }
+  std::vector<EngineConfig> configs;  ///< configs[i] is node i+1's
 };
 
 /// Heartbeats every millisecond, a short failure timeout (raised to

@@ -1,0 +1,260 @@
+// Regression tests for the failover bugs a kill campaign found (issue #8):
+// each fails on the code before its fix. Real engines and worker threads on
+// loopback links; kills drop a node's memory, restarts bring a new
+// incarnation on the same wires.
+
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <cstring>
+#include <thread>
+#include <vector>
+
+#include "../../common/cluster.h"
+#include "../../common/ok.h"
+
+namespace baton {
+namespace {
+
+using namespace std::chrono_literals;
+using test::Cluster;
+using test::eventually;
+using test::fast_detector;
+using test::peer_alive;
+
+// Content derived from the generation, so a restore can be checked against
+// the generation it claims to be.
+void write_generation(Engine& e, Segment* seg, uint64_t gen) {
+  test::fill_pattern(e.data(seg), static_cast<uint32_t>(gen * 7919));
+}
+
+std::vector<std::byte> content_of(uint64_t gen, size_t size) {
+  std::vector<std::byte> v(size);
+  test::fill_pattern(v, static_cast<uint32_t>(gen * 7919));
+  return v;
+}
+
+bool equals_generation(Engine& e, Segment* seg, uint64_t gen) {
+  auto mem = e.data(seg);
+  const auto want = content_of(gen, mem.size());
+  return std::memcmp(mem.data(), want.data(), mem.size()) == 0;
+}
+
+// Commits generations until `last`, each durable.
+void commit_durable(Engine& e, Segment* seg, uint64_t last) {
+  for (;;) {
+    auto st = test::must(e.status(seg));
+    if (st.generation >= last) return;
+    write_generation(e, seg, st.generation + 1);
+    auto g = test::must(e.commit(seg));
+    ASSERT_TRUE(test::ok(e.wait_replicated(seg, g, kDurable, 10s)));
+  }
+}
+
+std::vector<uint16_t> replica_set(Engine& e, Segment* seg) {
+  std::vector<uint16_t> set;
+  for (auto& [n, held] : test::must(e.status(seg)).replicas) set.push_back(n);
+  return set;
+}
+
+EngineConfig config(uint32_t rf) {
+  EngineConfig c = fast_detector();
+  c.query_timeout_ms = 300;
+  c.replication_factor = rf;
+  return c;
+}
+
+// Bug 1: an agent moves the segment, then the new owner dies. The old owner
+// is a replica of the new owner's set; it must answer the next claim from
+// its replica store (it answered "no such segment" and wedged the segment),
+// and must never hand out its own stale copy.
+TEST(Durability, AgentMoveThenNewOwnerDeathLosesNothing) {
+  Cluster cl(3, config(2));
+  constexpr size_t kSize = 64 * 1024;
+  Segment* old_handle = test::must(cl.node(1).create("seg1", kSize));
+  commit_durable(cl.node(1), old_handle, 5);
+  // The writer on node 1 is gone; an agent loads the segment on node 2.
+  auto moved = test::must(cl.node(2).load("seg1"));
+  ASSERT_EQ(moved.generation, 5u);
+  ASSERT_TRUE(equals_generation(cl.node(2), moved.segment, 5));
+  commit_durable(cl.node(2), moved.segment, 12);
+  const auto set = replica_set(cl.node(2), moved.segment);
+  ASSERT_NE(std::find(set.begin(), set.end(), 1), set.end()) << "node 1 should be a replica of the new owner";
+  // Both replicas hold generation 12 (durable may rest on a set recorded
+  // while one of them was briefly suspected).
+  ASSERT_TRUE(test::ok(cl.node(2).wait_replicated(moved.segment, 12, 2, 10s)));
+
+  cl.kill(2);
+  ASSERT_TRUE(eventually([&] { return !peer_alive(cl.node(3), 2) && !peer_alive(cl.node(1), 2); }));
+  auto loaded = cl.node(3).load("seg1");
+  ASSERT_TRUE(test::ok(loaded)) << cl.events();
+  EXPECT_EQ(loaded->generation, 12u) << cl.events();
+  EXPECT_TRUE(equals_generation(cl.node(3), loaded->segment, loaded->generation));
+  EXPECT_LE(test::must(cl.node(3).status(loaded->segment)).epoch, 3u) << "epochs ran away" << cl.events();
+
+  // The old owner's application comes back on node 1: it must not get
+  // generation 5 back. Node 3 owns the segment now.
+  auto back = cl.node(1).reopen(old_handle);
+  ASSERT_FALSE(back) << "restored generation " << back->generation << " from a superseded local copy";
+  EXPECT_EQ(back.error().code, Errc::kExists) << back.error().to_string();
+}
+
+// Bug 2: an application that dies while writing the next generation in
+// place; its restart on the same node gets exactly the last commit.
+TEST(Durability, RestartAfterCrashGetsTheCommittedGenerationNotTheWorkingCopy) {
+  Cluster cl(3, config(2));
+  constexpr size_t kSize = 256 * 1024;
+  Segment* seg = test::must(cl.node(1).create("crash", kSize));
+  // Nothing committed yet: a restart starts fresh (zeroed), even if the
+  // application had written.
+  std::memset(cl.node(1).data(seg).data(), 0x5a, 4096);
+  auto fresh = test::must(cl.node(1).reopen(seg));
+  EXPECT_EQ(fresh.outcome, OpenOutcome::kCreated);
+  EXPECT_EQ(fresh.segment, seg);
+  auto mem = cl.node(1).data(seg);
+  EXPECT_TRUE(std::all_of(mem.begin(), mem.end(), [](std::byte b) { return b == std::byte{0}; }));
+
+  commit_durable(cl.node(1), seg, 3);
+  // Half of generation 4 written when the application dies.
+  test::fill_pattern(cl.node(1).data(seg).first(kSize / 2), 4 * 7919);
+  auto back = test::must(cl.node(1).reopen(seg));
+  EXPECT_EQ(back.outcome, OpenOutcome::kRestored);
+  EXPECT_EQ(back.generation, 3u);
+  EXPECT_EQ(back.segment, seg) << "still the owner: the same handle";
+  EXPECT_TRUE(equals_generation(cl.node(1), back.segment, 3)) << "restored bytes are not generation 3";
+  // And the application carries on from there.
+  write_generation(cl.node(1), seg, 4);
+  auto g = test::must(cl.node(1).commit(seg));
+  EXPECT_EQ(g, 4u);
+  EXPECT_TRUE(test::ok(cl.node(1).wait_replicated(seg, g, kDurable, 10s)));
+}
+
+// Bug 3: a replica that acknowledged a generation, died and came back empty
+// must not count towards durability; and it must get the latest
+// generation again, from the first chunk.
+TEST(Durability, AReplicaThatRestartedEmptyDoesNotCount) {
+  EngineConfig c = config(2);
+  c.expected_votes = 4;
+  Cluster cl(4, c);
+  constexpr size_t kSize = 1024 * 1024;
+  Segment* seg = test::must(cl.node(1).create("restart", kSize));
+  commit_durable(cl.node(1), seg, 1);
+  const auto set = replica_set(cl.node(1), seg);
+  ASSERT_EQ(set.size(), 2u);
+  const int a = set[0], b = set[1];
+  int spare = 2;
+  while (spare == a || spare == b) ++spare;
+  cl.kill(spare);
+  // B stalls; generation 2 reaches A only.
+  cl.isolate(b, true);
+  write_generation(cl.node(1), seg, 2);
+  auto g = test::must(cl.node(1).commit(seg));
+  ASSERT_TRUE(test::ok(cl.node(1).wait_replicated(seg, g, 1, 10s)));
+  // A dies and comes back with nothing; then B comes back.
+  cl.kill(a);
+  ASSERT_TRUE(eventually([&] { return !peer_alive(cl.node(1), static_cast<uint16_t>(a)); }));
+  cl.restart(a);
+  cl.isolate(b, false);
+  ASSERT_TRUE(test::ok(cl.node(1).wait_replicated(seg, g, kDurable, 20s))) << cl.events();
+  // Durable means a majority of the set holds it now: here, both.
+  for (int n : {a, b}) {
+    auto held = cl.node(n).read_replica("restart");
+    ASSERT_TRUE(test::ok(held)) << "node " << n << " holds nothing, yet generation 2 was acknowledged durable"
+                                << cl.events();
+    EXPECT_EQ(test::must(cl.node(n).replica_status("restart")).generations.front(), 2u);
+    EXPECT_EQ(*held, content_of(2, kSize));
+  }
+}
+
+// Bug 4: the owner is cut off while its writer commits; another node takes
+// over. The old owner must not restore its own divergent generation.
+TEST(Durability, AFencedOwnerDoesNotRestoreItsDivergentHistory) {
+  Cluster cl(3, config(2));
+  constexpr size_t kSize = 64 * 1024;
+  Segment* seg = test::must(cl.node(1).create("diverge", kSize));
+  commit_durable(cl.node(1), seg, 3);
+  cl.isolate(1, true);
+  ASSERT_TRUE(eventually([&] { return cl.node(2).view().members.size() == 2 && !peer_alive(cl.node(2), 1); }));
+  auto taken = test::must(cl.node(2).load("diverge"));
+  EXPECT_EQ(taken.generation, 3u);
+  // Meanwhile the old owner's writer commits generation 4, never durable.
+  write_generation(cl.node(1), seg, 4);
+  ASSERT_TRUE(test::ok(cl.node(1).commit(seg)));
+  cl.isolate(1, false);
+  ASSERT_TRUE(eventually([&] { return cl.node(1).view().members.size() == 3; }));
+  auto back = cl.node(1).reopen(seg);
+  ASSERT_FALSE(back) << "restored generation " << back->generation << " that only the fenced owner had";
+  EXPECT_EQ(back.error().code, Errc::kExists) << back.error().to_string();
+  // Once the new owner lets go, node 1 restores the new owner's state.
+  ASSERT_TRUE(test::ok(cl.node(2).close(taken.segment)));
+  auto reopened = cl.node(1).open("diverge", kSize);
+  ASSERT_TRUE(test::ok(reopened)) << cl.events();
+  EXPECT_EQ(reopened->outcome, OpenOutcome::kRestored);
+  EXPECT_EQ(reopened->generation, 3u);
+  EXPECT_TRUE(equals_generation(cl.node(1), reopened->segment, 3));
+}
+
+// Bug 5: a two-node cluster split by a partition: each side is quorate
+// (two_node), but only the tie-breaker (node 1) creates new names.
+TEST(Durability, ATwoNodeSplitHasOneCreator) {
+  EngineConfig c = config(1);
+  Cluster cl(2, c);
+  cl.isolate(1, true);
+  ASSERT_TRUE(eventually([&] { return !peer_alive(cl.node(1), 2) && !peer_alive(cl.node(2), 1); }));
+  ASSERT_TRUE(cl.node(2).view().quorate);
+  auto on2 = cl.node(2).open("split", 4096);
+  ASSERT_FALSE(on2) << "node 2 created a name while split from the tie-breaker";
+  EXPECT_EQ(on2.error().code, Errc::kUnavailable);
+  auto on1 = cl.node(1).open("split", 4096);
+  ASSERT_TRUE(test::ok(on1));
+  EXPECT_EQ(on1->outcome, OpenOutcome::kCreated);
+  cl.isolate(1, false);
+  ASSERT_TRUE(eventually([&] { return cl.node(2).view().members.size() == 2 && cl.node(2).view().agreed; }));
+  auto later = cl.node(2).open("split", 4096);
+  ASSERT_FALSE(later);
+  EXPECT_EQ(later.error().code, Errc::kExists);
+}
+
+// Both nodes of a two-node cluster that see each other create one name at
+// the same moment: at most one gets it.
+TEST(Durability, TwoNodesCreatingOneNameAtOnceMakeOneOwner) {
+  Cluster cl(2, config(1));
+  for (int round = 0; round < 6; ++round) {
+    const std::string name = "race" + std::to_string(round);
+    Result<Segment*> r1 = fail(Errc::kInternal, ""), r2 = fail(Errc::kInternal, "");
+    std::thread t1([&] { r1 = cl.node(1).create(name, 4096); });
+    std::thread t2([&] { r2 = cl.node(2).create(name, 4096); });
+    t1.join();
+    t2.join();
+    EXPECT_FALSE(r1 && r2) << "two owners of " << name;
+  }
+}
+
+// Failed loads do not raise the owner epoch without bound: a node retrying
+// a claim it won at some replicas claims the same epoch again.
+TEST(Durability, RepeatedFailedLoadsKeepTheEpochBounded) {
+  EngineConfig c = config(2);
+  Cluster cl(5, c);
+  Segment* seg = test::must(cl.node(1).create("bounded", 16 * 1024));
+  commit_durable(cl.node(1), seg, 2);
+  ASSERT_TRUE(test::ok(cl.node(1).wait_replicated(seg, 2, 2, 10s)));
+  const auto set = replica_set(cl.node(1), seg);
+  const int a = set[0], b = set[1];
+  cl.kill(1);
+  cl.wire(a, b).set_partitioned(true);  // the loader cannot reach the other half of the set
+  ASSERT_TRUE(eventually([&] { return !peer_alive(cl.node(a), 1) && !peer_alive(cl.node(a), b); }));
+  for (int i = 0; i < 4; ++i) {
+    auto r = cl.node(a).load("bounded");
+    ASSERT_FALSE(r);
+    EXPECT_EQ(r.error().code, Errc::kUnavailable) << r.error().to_string();
+  }
+  cl.wire(a, b).set_partitioned(false);
+  ASSERT_TRUE(eventually([&] { return peer_alive(cl.node(a), b); }));
+  auto r = cl.node(a).load("bounded");
+  ASSERT_TRUE(test::ok(r)) << cl.events();
+  EXPECT_EQ(r->generation, 2u);
+  EXPECT_EQ(test::must(cl.node(a).status(r->segment)).epoch, 2u) << "failed claims raised the epoch" << cl.events();
+}
+
+}  // namespace
+}  // namespace baton
