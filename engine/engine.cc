@@ -58,6 +58,7 @@ void Op::fail(Errc code, std::string message) noexcept {
 }
 
 void Engine::Impl::acquire_token() noexcept {
+  if (sim != nullptr) return;  // one thread runs everything
   handoff.fetch_add(1);
   if (sleeping.load()) {
     wake.fetch_add(1);
@@ -68,6 +69,7 @@ void Engine::Impl::acquire_token() noexcept {
 }
 
 void Engine::Impl::release_token() noexcept {
+  if (sim != nullptr) return;
   // Waking the parked worker costs a system call here and a wake-up on the
   // other vCPU; only pay it when there is work nobody would do meanwhile.
   // Otherwise it resumes by itself within max_idle_sleep_us.
@@ -86,6 +88,11 @@ Engine::~Engine() {
 }
 
 uint16_t Engine::node_id() const noexcept { return impl_->config.node_id; }
+
+bool Engine::poll() {
+  if (impl_->sim == nullptr) return false;  // the worker polls
+  return impl_->poll_once(impl_->clock_ns());
+}
 const Topology& Engine::topology() const noexcept { return impl_->topology; }
 
 Result<std::unique_ptr<Engine>> Engine::start(const EngineConfig& config,
@@ -101,8 +108,13 @@ Result<std::unique_ptr<Engine>> Engine::start(const EngineConfig& config,
     return fail(Errc::kInvalidArgument, "max_segment_size out of range");
   if (config.worker_cpu >= CPU_SETSIZE || (config.worker_cpu >= 0 && config.worker_cpu >= sysconf(_SC_NPROCESSORS_CONF)))
     return fail(Errc::kInvalidArgument, "worker_cpu ", std::to_string(config.worker_cpu), " does not exist here");
+  if (config.simulation && (!config.simulation->now || !config.simulation->step))
+    return fail(Errc::kInvalidArgument, "simulation hooks need both now and step");
   auto impl = std::make_unique<Impl>();
   impl->config = config;
+  impl->sim = impl->config.simulation.get();
+  if (impl->sim != nullptr && !config.global_dir.empty())
+    return fail(Errc::kInvalidArgument, "global storage runs its own thread: not under simulation");
   // Segments live on the NUMA node the engine runs on unless told otherwise.
   auto topology = Topology::discover();
   if (!topology) return tl::unexpected(topology.error());
@@ -120,7 +132,7 @@ Result<std::unique_ptr<Engine>> Engine::start(const EngineConfig& config,
   impl->failure_ns = uint64_t{config.failure_timeout_us ? config.failure_timeout_us : (spin ? 500u : 150'000u)} * 1000;
   if (impl->failure_ns < 2 * impl->heartbeat_ns)
     return fail(Errc::kInvalidArgument, "failure_timeout_us must be at least twice heartbeat_interval_us");
-  impl->incarnation = now_ns();
+  impl->incarnation = impl->clock_ns();
   std::unordered_set<uint16_t> nodes{config.node_id};
   for (auto& l : impl->links) nodes.insert(l->peer());
   const uint32_t votes = config.expected_votes ? config.expected_votes : static_cast<uint32_t>(nodes.size());
@@ -155,8 +167,8 @@ Result<std::unique_ptr<Engine>> Engine::start(const EngineConfig& config,
   if (rte_ring_init(impl->commands, "baton_commands", kCommandRingSize, RING_F_SC_DEQ) != 0)
     return fail(Errc::kInternal, "rte_ring_init failed");
   Impl* raw = impl.get();
-  impl->worker = std::thread([raw] { raw->run_worker(); });
-  if (config.worker_cpu >= 0) {
+  if (raw->sim == nullptr) impl->worker = std::thread([raw] { raw->run_worker(); });
+  if (config.worker_cpu >= 0 && raw->sim == nullptr) {
     cpu_set_t set;
     CPU_ZERO(&set);
     CPU_SET(config.worker_cpu, &set);
@@ -178,6 +190,10 @@ void Engine::Impl::post(void* item) {
 }
 
 Result<void> Engine::Impl::call(std::function<void()> fn) {
+  if (sim != nullptr) {  // the simulation's one thread holds every engine's state
+    fn();
+    return {};
+  }
   Op op;
   op.run = [&op, &fn] {
     fn();
@@ -216,7 +232,7 @@ Result<std::unique_ptr<QueryOp>> Engine::Impl::query(std::string_view name) {
     }
     if (auto it = records.find(raw->id); it != records.end()) self.record = it->second;
     raw->answers.push_back(self);
-    const uint64_t now = now_ns();
+    const uint64_t now = clock_ns();
     raw->deadline_ns = now + round_timeout_ns();
     raw->hard_deadline_ns = now + quorum_patience_ns();
     raw->need = membership->view().quorum;
@@ -346,7 +362,7 @@ Result<Segment*> Engine::Impl::create_fresh(std::string_view name, uint64_t size
   // The name is this node's once its replica set is recorded at a quorum:
   // of two nodes creating one name at once, at most one gets there.
   bool failed = false;
-  const uint64_t deadline = now_ns() + quorum_patience_ns();
+  const uint64_t deadline = clock_ns() + quorum_patience_ns();
   const bool settled = poll_until(
       [&] {
         failed = seg->pending.failed;
@@ -361,7 +377,7 @@ Result<Segment*> Engine::Impl::create_fresh(std::string_view name, uint64_t size
 }
 
 Result<void> Engine::Impl::require_quorum(const char* what) {
-  const uint64_t deadline = now_ns() + round_timeout_ns();
+  const uint64_t deadline = clock_ns() + round_timeout_ns();
   // Just after start the view may not have gathered the peers yet: poll.
   if (poll_until([this] { return membership->view().quorate; }, deadline)) return {};
   return fail(Errc::kUnavailable, "cannot ", what, ": no quorum (", current_view().to_string(), ")");
@@ -399,7 +415,7 @@ Result<std::unique_ptr<ClaimOp>> Engine::Impl::claim(std::string_view name, uint
         a.set = slot->set;
       }
     }
-    const uint64_t now = now_ns();
+    const uint64_t now = clock_ns();
     raw->deadline_ns = now + round_timeout_ns();
     raw->hard_deadline_ns = now + quorum_patience_ns();
     claims.push_back(raw);
@@ -455,7 +471,7 @@ Result<OpenResult> Engine::Impl::load_from(const QueryOp& q, std::string_view na
   for (int attempt = 0;; ++attempt) {
     size_t recorded = 0;
     for (uint16_t n : wire::unpack_set(record.set)) recorded += n != 0;
-    auto claimed = claim(name, claim_epoch, holders, static_cast<uint32_t>(recorded / 2 + 1));
+    auto claimed = claim(name, claim_epoch, holders, static_cast<uint32_t>(std::max<size_t>(1, (recorded + 1) / 2)));
     if (!claimed) return tl::unexpected(claimed.error());
     c = std::move(*claimed);
     uint64_t refused = 0;
@@ -485,28 +501,44 @@ Result<OpenResult> Engine::Impl::load_from(const QueryOp& q, std::string_view na
     if (a.record.epoch == record.epoch && a.record.version == record.version && a.record.owner != record.owner &&
         record.epoch != 0 && std::find(sets.begin(), sets.end(), a.record.set) == sets.end())
       sets.push_back(a.record.set);
+  //
+  // How many must accept: durable means held by a majority W = |S|/2 + 1 of
+  // the set, so R = |S| - W + 1 acceptances (a) leave the old owner fewer
+  // than W members that still take its data, and (b) meet every majority
+  // that held a durable generation (R + W > |S|). Only a member that holds
+  // the segment accepts; one that restarted and lost it cannot, and R (not
+  // a majority) keeps the segment loadable when that happens to a member of
+  // a set of two. A member that refuses (it took another claimant's epoch)
+  // fails the claim.
+  auto enough = [](size_t yes, size_t no, size_t size) { return no == 0 && yes > 0 && yes >= (size + 1) / 2; };
   std::vector<uint16_t> set;
-  size_t accepted = 0;
+  size_t accepted = 0, refusing = 0;
   for (uint64_t packed : sets) {
     std::vector<uint16_t> members;
     for (uint16_t n : wire::unpack_set(packed))
       if (n != 0) members.push_back(n);
-    size_t yes = 0;
-    for (const auto& a : c->answers)
-      if (a.granted && std::find(members.begin(), members.end(), a.peer) != members.end()) ++yes;
-    if (set.empty() || yes * 2 <= members.size()) {  // report the first set, or the one that fails
+    size_t yes = 0, no = 0;
+    for (const auto& a : c->answers) {
+      if (std::find(members.begin(), members.end(), a.peer) == members.end()) continue;
+      yes += a.granted;
+      no += a.refused_epoch != 0;
+    }
+    const bool ok = enough(yes, no, members.size());
+    if (set.empty() || !ok) {  // report the first set, or the one that fails
       set = members;
       accepted = yes;
+      refusing = no;
     }
-    if (yes * 2 <= members.size()) break;
+    if (!ok) break;
   }
-  if (accepted * 2 <= set.size()) {
+  if (!enough(accepted, refusing, set.size())) {
     record_event("segment " + std::string(name) + ": ownership not taken: " + std::to_string(accepted) + " of " +
                  std::to_string(set.size()) + " replicas of set " + set_string(set) + " accepted epoch " +
                  std::to_string(c->epoch));
     return fail(Errc::kUnavailable, "only ", std::to_string(accepted), " of the ", std::to_string(set.size()),
                 " replicas ", set_string(set), " of ", name, " accepted owner epoch ", std::to_string(c->epoch),
-                "; a majority must");
+                refusing != 0 ? " and " + std::to_string(refusing) + " refused it" : std::string(), "; ",
+                std::to_string((set.size() + 1) / 2), " must, and none refuse");
   }
   // The new owner keeps the live members of that set as its replicas.
   std::vector<uint16_t> keep;
@@ -544,7 +576,7 @@ Result<OpenResult> Engine::Impl::load_from(const QueryOp& q, std::string_view na
       op.generation = a->generation;
       op.dest = &*dest;
       op.run = [this, &op] {
-        op.last_progress_ns = now_ns();
+        op.last_progress_ns = clock_ns();
         fetches.push_back(&op);
         send_fetch_request(op, op.last_progress_ns);
       };
@@ -718,7 +750,7 @@ Result<void> Engine::Impl::snapshot(Segment& seg, uint64_t generation) {
   seg.committed = generation;
   stage->ready = 0;
   stage->state.store(Stage::kPosted, std::memory_order_release);
-  start_replication(seg, *stage, now_ns());
+  start_replication(seg, *stage, clock_ns());
   for (uint32_t i = 0; i < chunks; ++i) {
     const uint64_t off = uint64_t{i} * cs;
     const uint32_t len = wire::chunk_len(seg.size, cs, i);
@@ -728,7 +760,7 @@ Result<void> Engine::Impl::snapshot(Segment& seg, uint64_t generation) {
     stage->chunk_crcs[i] = crc32c(stage->mem.data() + off, len);
     if (i + 1 == chunks) stage->gen_crc = wire::generation_crc(stage->chunk_crcs);
     stage->ready = i + 1;
-    if (i % kChunksPerPoll == kChunksPerPoll - 1 || i + 1 == chunks) poll_once(now_ns());
+    if (i % kChunksPerPoll == kChunksPerPoll - 1 || i + 1 == chunks) poll_once(clock_ns());
   }
   release_token();
   return {};
@@ -746,7 +778,7 @@ Result<void> Engine::wait_replicated(Segment* segment, uint64_t generation, uint
                   std::to_string(seg->replicas.size()));
     if (generation > seg->committed) return fail(Errc::kInvalidArgument, "generation not committed yet");
   }
-  const uint64_t deadline = now_ns() + static_cast<uint64_t>(timeout.count()) * 1'000'000;
+  const uint64_t deadline = impl_->clock_ns() + static_cast<uint64_t>(timeout.count()) * 1'000'000;
   auto held = [seg, generation] {
     uint32_t n = 0;
     for (auto& r : seg->replicas)
@@ -833,7 +865,7 @@ Result<std::vector<std::byte>> Engine::read_replica(std::string_view name, uint6
 std::vector<PeerStatus> Engine::peers() const {
   std::vector<PeerStatus> out;
   auto done = impl_->call([&] {
-    const uint64_t now = now_ns();
+    const uint64_t now = impl_->clock_ns();
     for (const auto& p : impl_->peer_states)
       out.push_back(PeerStatus{p.node, p.alive, p.ever_heard,
                                p.ever_heard ? (now - std::min(now, p.last_heard_ns)) / 1000 : 0});

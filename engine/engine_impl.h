@@ -230,6 +230,9 @@ struct PeerState {
 
 struct Engine::Impl {
   EngineConfig config;
+  const SimulationHooks* sim = nullptr;  ///< config.simulation, or null: real time and a worker
+  /// The engine's clock: CLOCK_MONOTONIC, or the simulation's. Thread: any.
+  uint64_t clock_ns() const { return sim != nullptr ? sim->now() : now_ns(); }
   Topology topology;
   uint64_t incarnation = 0;  ///< start time: tells a restarted peer from the old one
   uint64_t heartbeat_ns = 0, failure_ns = 0;
@@ -322,6 +325,13 @@ struct Engine::Impl {
   /// Thread: control.
   template <typename Done>
   bool poll_until(Done&& done, uint64_t deadline_ns) {
+    if (sim != nullptr) {  // the simulated world moves on, this engine with it
+      for (;;) {
+        if (done()) return true;
+        if (clock_ns() >= deadline_ns) return false;
+        sim->step();
+      }
+    }
     acquire_token();
     bool ok;
     for (;;) {
@@ -329,7 +339,7 @@ struct Engine::Impl {
         ok = true;
         break;
       }
-      const uint64_t now = now_ns();
+      const uint64_t now = clock_ns();
       if (now >= deadline_ns) {
         ok = false;
         break;

@@ -22,8 +22,9 @@ struct Lane {
 
 class WireImpl final : public Wire, public std::enable_shared_from_this<WireImpl> {
  public:
-  WireImpl(uint16_t node_a, uint16_t node_b, uint32_t max_frame, uint32_t capacity, uint64_t seed)
-      : nodes_{node_a, node_b}, max_frame_(max_frame), capacity_(capacity), rng_(seed) {}
+  WireImpl(uint16_t node_a, uint16_t node_b, uint32_t max_frame, uint32_t capacity, uint64_t seed,
+           std::function<uint64_t()> clock)
+      : nodes_{node_a, node_b}, max_frame_(max_frame), clock_(std::move(clock)), capacity_(capacity), rng_(seed) {}
 
   std::unique_ptr<Link> reconnect(uint16_t node) override;
 
@@ -40,7 +41,7 @@ class WireImpl final : public Wire, public std::enable_shared_from_this<WireImpl
   uint16_t send(int lane, const TxFrame* frames, uint16_t n) {
     Lane& l = lanes_[lane];
     std::scoped_lock lock(mu_, l.mu);
-    const uint64_t now = now_ns();
+    const uint64_t now = clock_ ? clock_() : now_ns();
     uint16_t taken = 0;
     for (; taken < n; ++taken) {
       if (l.queue.size() >= capacity_) break;
@@ -61,7 +62,7 @@ class WireImpl final : public Wire, public std::enable_shared_from_this<WireImpl
   uint16_t receive(int lane, std::vector<Bytes>& held, RxFrame* out, uint16_t n) {
     Lane& l = lanes_[lane];
     std::lock_guard lock(l.mu);
-    const uint64_t now = now_ns();
+    const uint64_t now = clock_ ? clock_() : now_ns();
     uint16_t k = 0;
     while (k < n && !l.queue.empty() && l.queue.begin()->first <= now) {
       held.push_back(std::move(l.queue.begin()->second));
@@ -82,6 +83,7 @@ class WireImpl final : public Wire, public std::enable_shared_from_this<WireImpl
   std::mutex mu_;  // faults and rng
   uint16_t nodes_[2];  // lane 0 carries nodes_[0] -> nodes_[1]
   uint32_t max_frame_;
+  std::function<uint64_t()> clock_;
   Faults faults_;
   uint32_t capacity_;
   std::mt19937_64 rng_;
@@ -137,8 +139,9 @@ std::unique_ptr<Link> WireImpl::reconnect(uint16_t node) {
   return std::make_unique<LoopbackLink>(shared_from_this(), tx_lane, nodes_[1 - tx_lane], max_frame_);
 }
 
-Pair make_pair(uint16_t node_a, uint16_t node_b, uint32_t max_frame, uint32_t capacity, uint64_t seed) {
-  auto wire = std::make_shared<WireImpl>(node_a, node_b, max_frame, capacity, seed);
+Pair make_pair(uint16_t node_a, uint16_t node_b, uint32_t max_frame, uint32_t capacity, uint64_t seed,
+               std::function<uint64_t()> clock) {
+  auto wire = std::make_shared<WireImpl>(node_a, node_b, max_frame, capacity, seed, std::move(clock));
   Pair p;
   p.a = std::make_unique<LoopbackLink>(wire, 0, node_b, max_frame);
   p.b = std::make_unique<LoopbackLink>(wire, 1, node_a, max_frame);

@@ -3,6 +3,8 @@
 // semantics as the daemon's client API (baton.h), in C++.
 
 #include <chrono>
+#include <functional>
+#include <memory>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -21,6 +23,18 @@ struct Topology;
 enum class IdlePolicy : uint8_t {
   kSpin,      ///< never sleep: dedicated cores, lowest latency
   kAdaptive,  ///< back off to short sleeps when idle, so several engines share cores
+};
+
+/// Runs an engine inside a deterministic simulation (tests/sim): it reads
+/// time from `now` (nanoseconds) instead of CLOCK_MONOTONIC and starts no
+/// worker thread. Whoever drives the simulation polls every engine with
+/// Engine::poll(); an API call that waits for the engine calls `step`
+/// instead, which must advance the simulated world (poll every engine, move
+/// the clock). Everything then runs on the one thread that drives the
+/// simulation, in an order the simulation chooses.
+struct SimulationHooks {
+  std::function<uint64_t()> now;
+  std::function<void()> step;
 };
 
 struct EngineConfig {
@@ -57,6 +71,8 @@ struct EngineConfig {
   /// the power domain is unknown.
   uint32_t blade = 0;
   uint32_t power_domain = 0;
+  /// Set only by a simulation (see SimulationHooks); null in production.
+  std::shared_ptr<const SimulationHooks> simulation;
 };
 
 /// Wait for a majority of the segment's replica set under the current owner
@@ -229,6 +245,10 @@ class Engine {
   uint16_t node_id() const noexcept;
   /// The machine as hwloc saw it at start (runtime/topology.h).
   const Topology& topology() const noexcept;
+  /// One iteration of the poll loop; returns whether it did work. Only for
+  /// an engine started with EngineConfig::simulation (it has no worker).
+  /// Thread: the simulation's.
+  bool poll();
 
   struct Impl;
 

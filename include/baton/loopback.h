@@ -5,6 +5,7 @@
 // and allocates per frame; it is a test transport, not a data path.
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <utility>
 
@@ -44,8 +45,10 @@ struct Pair {
 };
 
 /// Creates two joined links. `capacity` frames may be in flight each way
-/// (a full queue pushes back like a device ring). `seed` makes faults repeatable.
+/// (a full queue pushes back like a device ring). `seed` makes faults
+/// repeatable. `clock` (nanoseconds) times delays; empty: CLOCK_MONOTONIC
+/// (a simulation passes its own).
 Pair make_pair(uint16_t node_a, uint16_t node_b, uint32_t max_frame = 16384, uint32_t capacity = 1024,
-               uint64_t seed = 1);
+               uint64_t seed = 1, std::function<uint64_t()> clock = {});
 
 }  // namespace baton::loopback

@@ -230,18 +230,39 @@ TEST(Durability, TwoNodesCreatingOneNameAtOnceMakeOneOwner) {
   }
 }
 
+// The owner dies and one replica of a set of two restarts empty: the other
+// still holds every durable generation, and one acceptance of a set of two
+// is enough (R + W > |S|), so the segment loads instead of wedging.
+TEST(Durability, ASetOfTwoWithOneMemberRestartedEmptyStillLoads) {
+  Cluster cl(4, config(2));
+  Segment* seg = test::must(cl.node(1).create("amnesia", 32 * 1024));
+  commit_durable(cl.node(1), seg, 4);
+  ASSERT_TRUE(test::ok(cl.node(1).wait_replicated(seg, 4, 2, 10s)));
+  const auto set = replica_set(cl.node(1), seg);
+  cl.kill(1);
+  cl.kill(set[0]);
+  cl.restart(set[0]);
+  ASSERT_TRUE(eventually([&] { return peer_alive(cl.node(set[1]), set[0]) && !peer_alive(cl.node(set[1]), 1); }));
+  auto r = cl.node(set[0]).load("amnesia");
+  ASSERT_TRUE(test::ok(r)) << cl.events();
+  EXPECT_EQ(r->generation, 4u);
+  EXPECT_TRUE(equals_generation(cl.node(set[0]), r->segment, 4));
+}
+
 // Failed loads do not raise the owner epoch without bound: a node retrying
 // a claim it won at some replicas claims the same epoch again.
 TEST(Durability, RepeatedFailedLoadsKeepTheEpochBounded) {
-  EngineConfig c = config(2);
+  EngineConfig c = config(3);
   Cluster cl(5, c);
   Segment* seg = test::must(cl.node(1).create("bounded", 16 * 1024));
   commit_durable(cl.node(1), seg, 2);
-  ASSERT_TRUE(test::ok(cl.node(1).wait_replicated(seg, 2, 2, 10s)));
+  ASSERT_TRUE(test::ok(cl.node(1).wait_replicated(seg, 2, 3, 10s)));
   const auto set = replica_set(cl.node(1), seg);
-  const int a = set[0], b = set[1];
+  const int a = set[0], b = set[1], d = set[2];
   cl.kill(1);
-  cl.wire(a, b).set_partitioned(true);  // the loader cannot reach the other half of the set
+  // The loader reaches one of the three replicas (itself): two must accept.
+  cl.wire(a, b).set_partitioned(true);
+  cl.wire(a, d).set_partitioned(true);
   ASSERT_TRUE(eventually([&] { return !peer_alive(cl.node(a), 1) && !peer_alive(cl.node(a), b); }));
   for (int i = 0; i < 4; ++i) {
     auto r = cl.node(a).load("bounded");
@@ -249,7 +270,8 @@ TEST(Durability, RepeatedFailedLoadsKeepTheEpochBounded) {
     EXPECT_EQ(r.error().code, Errc::kUnavailable) << r.error().to_string();
   }
   cl.wire(a, b).set_partitioned(false);
-  ASSERT_TRUE(eventually([&] { return peer_alive(cl.node(a), b); }));
+  cl.wire(a, d).set_partitioned(false);
+  ASSERT_TRUE(eventually([&] { return peer_alive(cl.node(a), b) && peer_alive(cl.node(a), d); }));
   auto r = cl.node(a).load("bounded");
   ASSERT_TRUE(test::ok(r)) << cl.events();
   EXPECT_EQ(r->generation, 2u);

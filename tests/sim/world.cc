@@ -1,0 +1,558 @@
+#include "world.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <cstring>
+#include <functional>
+#include <span>
+
+#include "common/log.h"
+
+namespace baton::sim {
+
+void Stats::add(const Stats& o) {
+  seeds += o.seeds;
+  steps += o.steps;
+  commits += o.commits;
+  durable_acks += o.durable_acks;
+  restores += o.restores;
+  fresh_starts += o.fresh_starts;
+  kills += o.kills;
+  restarts += o.restarts;
+  partitions += o.partitions;
+  stalls += o.stalls;
+  failed_opens += o.failed_opens;
+  lost_with_every_copy += o.lost_with_every_copy;
+  acks_in_detection_window += o.acks_in_detection_window;
+  past_tolerance += o.past_tolerance;
+}
+
+std::string Stats::to_string() const {
+  char b[512];
+  std::snprintf(b, sizeof b,
+                "seeds=%lu steps=%lu commits=%lu durable_acks=%lu restores=%lu fresh_starts=%lu kills=%lu "
+                "restarts=%lu partitions=%lu stalls=%lu failed_opens=%lu lost_with_every_copy=%lu "
+                "acks_in_detection_window=%lu past_tolerance=%lu",
+                (unsigned long)seeds, (unsigned long)steps, (unsigned long)commits, (unsigned long)durable_acks,
+                (unsigned long)restores, (unsigned long)fresh_starts, (unsigned long)kills, (unsigned long)restarts,
+                (unsigned long)partitions, (unsigned long)stalls, (unsigned long)failed_opens,
+                (unsigned long)lost_with_every_copy, (unsigned long)acks_in_detection_window,
+                (unsigned long)past_tolerance);
+  return b;
+}
+
+namespace {
+
+using namespace std::chrono_literals;
+
+uint64_t content_hash(std::span<const std::byte> b) {
+  uint64_t h = 0xcbf29ce484222325ull;
+  for (std::byte x : b) {
+    h ^= static_cast<uint8_t>(x);
+    h *= 0x100000001b3ull;
+  }
+  return h;
+}
+
+struct Violation {
+  std::string what;
+};
+
+/// One application, using one segment, wherever it runs now.
+struct App {
+  std::string name;
+  int node = 0;  ///< where it runs; 0: not running (crashed, or its node died)
+  Segment* handle = nullptr;
+  std::map<uint64_t, std::set<uint64_t>> committed;  ///< every commit ever: generation -> content hashes
+  std::map<uint64_t, uint64_t> mine;                 ///< this run's commits: generation -> hash
+  uint64_t last = 0;                                 ///< this run's newest commit
+  uint64_t durable = 0, durable_hash = 0;            ///< newest generation acknowledged durable
+  std::map<uint64_t, int> epoch_owner;               ///< epoch -> node that got durable acks under it
+  uint64_t attempts = 0;                             ///< ownership attempts (opens, loads)
+  std::map<uint64_t, uint64_t> committed_at;         ///< generation -> when it was last committed
+};
+
+class World {
+ public:
+  World(uint64_t seed, const Options& o) : o_(o), rng_(seed) {
+    hooks_ = std::make_shared<SimulationHooks>();
+    hooks_->now = [this] { return now_; };
+    hooks_->step = [this] { step(); };
+    engines_.resize(o.nodes);
+    held_.resize(o.nodes);
+    stalled_.assign(o.nodes, false);
+    killed_at_.assign(o.nodes, 0);
+    links_.resize(o.nodes);
+    for (int a = 1; a <= o.nodes; ++a)
+      for (int b = a + 1; b <= o.nodes; ++b) {
+        auto p = loopback::make_pair(a, b, 16384, 1024, rng_(), hooks_->now);
+        links_[a - 1].push_back(std::move(p.a));
+        links_[b - 1].push_back(std::move(p.b));
+        wires_[{a, b}] = p.wire;
+      }
+    for (int n = 1; n <= o.nodes; ++n) start(n, std::move(links_[n - 1]));
+    for (int i = 0; i < o.segments; ++i) apps_.push_back(App{"seg" + std::to_string(i)});
+  }
+
+  Outcome run() {
+    Outcome out;
+    try {
+      note("start: " + std::to_string(o_.nodes) + " nodes, replication factor " +
+           std::to_string(o_.replication_factor));
+      run_for(50'000'000);  // the cluster forms
+      for (int i = 0; i < o_.actions; ++i) act();
+      finish();
+    } catch (const Violation& v) {
+      out.ok = false;
+      out.violation = v.what;
+    }
+    stats_.seeds = 1;
+    out.stats = stats_;
+    out.schedule = schedule_;
+    return out;
+  }
+
+ private:
+  // --- the world -------------------------------------------------------------
+
+  EngineConfig config(int n) const {
+    EngineConfig c;
+    c.node_id = static_cast<uint16_t>(n);
+    c.replication_factor = o_.replication_factor;
+    c.chunk_size = 4096;
+    c.window = 16;
+    c.max_segment_size = 1 << 20;
+    c.query_timeout_ms = 20;
+    c.fetch_timeout_ms = 100;
+    c.heartbeat_interval_us = 1000;
+    c.failure_timeout_us = 10'000;
+    c.expected_votes = static_cast<uint32_t>(o_.nodes);
+    c.simulation = hooks_;
+    return c;
+  }
+
+  void start(int n, std::vector<std::unique_ptr<Link>> links) {
+    auto e = Engine::start(config(n), std::move(links));
+    if (!e) throw Violation{"engine " + std::to_string(n) + " did not start: " + e.error().to_string()};
+    engines_[n - 1] = std::move(*e);
+  }
+
+  Engine* engine(int n) { return engines_[n - 1].get(); }
+  bool alive(int n) const { return engines_[n - 1] != nullptr; }
+
+  /// One tick: maybe a fault, every running engine polls (in a random
+  /// order), the clock moves 20-120 us.
+  void step() {
+    if (++stats_.steps > 20'000'000) throw Violation{"livelock: over 20M steps"};
+    if (o_.faults_in_calls && !checking_ && on_stack_ != 0 && rng_() % 2000 == 0) fault(true);
+    order_.clear();
+    for (int n = 1; n <= o_.nodes; ++n)
+      if (alive(n) && !stalled_[n - 1]) order_.push_back(n);
+    std::shuffle(order_.begin(), order_.end(), rng_);
+    for (int n : order_) engine(n)->poll();
+    now_ += 20'000 + rng_() % 100'000;
+  }
+
+  void run_for(uint64_t ns) {
+    const uint64_t until = now_ + ns;
+    while (now_ < until) step();
+  }
+
+  void note(const std::string& s) {
+    char t[32];
+    std::snprintf(t, sizeof t, "%10.3f ms  ", static_cast<double>(now_) / 1e6);
+    schedule_ += t + s + "\n";
+    if (o_.print) std::fprintf(stderr, "%s%s\n", t, s.c_str());
+  }
+
+  int pick_alive(int except = 0) {
+    std::vector<int> c;
+    for (int n = 1; n <= o_.nodes; ++n)
+      if (alive(n) && n != except) c.push_back(n);
+    return c.empty() ? 0 : c[rng_() % c.size()];
+  }
+
+  // --- faults ----------------------------------------------------------------
+
+  /// A fault. `in_call`: while node on_stack_ waits in an API call, which
+  /// must neither die nor stop polling under it.
+  void fault(bool in_call) {
+    const std::string when = in_call ? " (during a call on node " + std::to_string(on_stack_) + ")" : "";
+    switch (rng_() % 6) {
+      case 0: {  // SIGKILL a node
+        const int n = pick_alive(in_call ? on_stack_ : 0);
+        if (n == 0 || live_count() <= 1) return;
+        kill(n, when);
+        return;
+      }
+      case 1: {  // restart a dead one
+        for (int n = 1; n <= o_.nodes; ++n)
+          if (!alive(n)) return restart(n, when);
+        return;
+      }
+      case 2: {  // cut or heal one wire
+        auto it = std::next(wires_.begin(), static_cast<long>(rng_() % wires_.size()));
+        const bool cut = rng_() % 2 == 0;
+        loopback::Faults f;
+        f.partitioned = cut;
+        it->second->set_faults(f);
+        if (cut) ++stats_.partitions;
+        note(std::string(cut ? "cut" : "heal") + " wire " + std::to_string(it->first.first) + "-" +
+             std::to_string(it->first.second) + when);
+        return;
+      }
+      case 3: {  // stall (SIGSTOP) or resume a node
+        const int n = 1 + static_cast<int>(rng_() % o_.nodes);
+        if (n == on_stack_) return;
+        stalled_[n - 1] = !stalled_[n - 1];
+        if (stalled_[n - 1]) ++stats_.stalls;
+        note(std::string(stalled_[n - 1] ? "stall" : "resume") + " node " + std::to_string(n) + when);
+        return;
+      }
+      case 4: {  // a lossy, duplicating, reordering wire
+        auto it = std::next(wires_.begin(), static_cast<long>(rng_() % wires_.size()));
+        loopback::Faults f;
+        f.drop = 0.05;
+        f.duplicate = 0.05;
+        f.reorder = 0.1;
+        f.reorder_delay_us = 200;
+        it->second->set_faults(f);
+        note("lossy wire " + std::to_string(it->first.first) + "-" + std::to_string(it->first.second) + when);
+        return;
+      }
+      default: {  // heal everything
+        for (auto& [k, w] : wires_) w->set_faults({});
+        stalled_.assign(o_.nodes, false);
+        note("heal all" + when);
+        return;
+      }
+    }
+  }
+
+  int live_count() const {
+    int k = 0;
+    for (int n = 1; n <= o_.nodes; ++n) k += alive(n);
+    return k;
+  }
+
+  void kill(int n, const std::string& when) {
+    engines_[n - 1].reset();
+    killed_at_[n - 1] = now_;
+    held_[n - 1].clear();
+    stalled_[n - 1] = false;
+    for (auto& a : apps_)
+      if (a.node == n) {
+        a.node = 0;
+        a.handle = nullptr;
+      }
+    ++stats_.kills;
+    note("kill node " + std::to_string(n) + when);
+  }
+
+  void restart(int n, const std::string& when) {
+    std::vector<std::unique_ptr<Link>> links;
+    for (auto& [k, w] : wires_)
+      if (k.first == n || k.second == n) links.push_back(w->reconnect(static_cast<uint16_t>(n)));
+    start(n, std::move(links));
+    ++stats_.restarts;
+    note("restart node " + std::to_string(n) + " (empty)" + when);
+  }
+
+  // --- the applications ------------------------------------------------------
+
+  void act() {
+    App& a = apps_[rng_() % apps_.size()];
+    const uint32_t r = rng_() % 100;
+    if (a.node != 0) {
+      if (r < 35) return commit(a);
+      if (r < 60) return wait_durable(a);
+      if (r < 65) return scribble(a);
+      if (r < 70) {
+        note("app " + a.name + " on node " + std::to_string(a.node) + " crashes");
+        a.node = 0;
+        a.handle = nullptr;
+        return;
+      }
+    } else if (r < 40) {
+      return start_app(a, rng_() % 4 == 0);
+    }
+    if (r < 85) {
+      run_for(1'000'000 + rng_() % 30'000'000);
+      return;
+    }
+    fault(false);
+  }
+
+  /// Calls `fn` as node `n`'s API call (faults in the world spare that node).
+  template <typename F>
+  auto call_on(int n, F fn) {
+    on_stack_ = n;
+    auto r = fn(*engine(n));
+    on_stack_ = 0;
+    return r;
+  }
+
+  void commit(App& a) {
+    Engine& e = *engine(a.node);
+    test_fill(e.data(a.handle), ++content_);
+    const uint64_t h = content_hash(e.data(a.handle));
+    auto g = call_on(a.node, [&](Engine& en) { return en.commit(a.handle); });
+    if (!g) {
+      note("app " + a.name + " on node " + std::to_string(a.node) + ": commit failed: " + g.error().to_string());
+      if (g.error().code == Errc::kFenced) {  // the application learns it lost the segment and exits
+        a.node = 0;
+        a.handle = nullptr;
+      }
+      return;
+    }
+    ++stats_.commits;
+    a.committed[*g].insert(h);
+    a.mine[*g] = h;
+    a.committed_at[*g] = now_;
+    a.last = *g;
+    note("app " + a.name + " on node " + std::to_string(a.node) + ": commit generation " + std::to_string(*g));
+  }
+
+  void scribble(App& a) {  // writes part of the next generation in place, uncommitted
+    auto mem = engine(a.node)->data(a.handle);
+    test_fill(mem.first(mem.size() / 2), ++content_);
+    note("app " + a.name + " on node " + std::to_string(a.node) + " writes half of its next generation");
+  }
+
+  void wait_durable(App& a) {
+    if (a.last == 0) return;
+    const int n = a.node;
+    const uint64_t g = a.last;
+    const auto timeout = std::chrono::milliseconds(2 + rng_() % 40);
+    auto w = call_on(n, [&](Engine& en) { return en.wait_replicated(a.handle, g, kDurable, timeout); });
+    if (!w) {
+      note("app " + a.name + " on node " + std::to_string(n) + ": wait durable " + std::to_string(g) + ": " +
+           w.error().to_string());
+      if (w.error().code == Errc::kFenced) {
+        a.node = 0;
+        a.handle = nullptr;
+      }
+      return;
+    }
+    ++stats_.durable_acks;
+    auto st = engine(n)->status(a.handle);
+    if (!st) throw Violation{"status of a live handle failed: " + st.error().to_string()};
+    note("app " + a.name + " on node " + std::to_string(n) + ": generation " + std::to_string(g) +
+         " durable (epoch " + std::to_string(st->epoch) + ")");
+    // I3: one owner per epoch gets durable acknowledgements.
+    auto [it, fresh] = a.epoch_owner.emplace(st->epoch, n);
+    if (!fresh && it->second != n)
+      throw Violation{"I3: nodes " + std::to_string(it->second) + " and " + std::to_string(n) +
+                      " both got durable acknowledgements for " + a.name + " at epoch " + std::to_string(st->epoch)};
+    // The acknowledgement must rest on copies: a majority of the replica
+    // set held it at some moment since the commit. Each of them still holds
+    // it, or was killed since (unnoticed yet, perhaps). Asked again later,
+    // the answer is the same (it was durable once): checked the first time.
+    if (g > a.durable) {
+      const uint32_t majority = std::min<uint32_t>(o_.replication_factor, o_.nodes - 1) / 2 + 1;
+      const int holders = holders_of(a, g, st->epoch);
+      int killed_since = 0;
+      for (int m = 1; m <= o_.nodes; ++m) killed_since += m != n && killed_at_[m - 1] >= a.committed_at[g];
+      if (static_cast<uint32_t>(holders + killed_since) < majority)
+        throw Violation{"I1: generation " + std::to_string(g) + " of " + a.name + " acknowledged durable, but " +
+                        std::to_string(holders) + " live nodes hold it and " + std::to_string(killed_since) +
+                        " were killed since its commit: fewer than a majority of the set could ever have held it"};
+      if (static_cast<uint32_t>(holders) < majority) ++stats_.acks_in_detection_window;
+    }
+    if (g > a.durable) {
+      a.durable = g;
+      a.durable_hash = a.mine.at(g);
+    }
+  }
+
+  /// Live nodes whose replica store holds `g` or newer at `epoch`.
+  int holders_of(const App& a, uint64_t g, uint64_t epoch) {
+    checking_ = true;
+    int k = 0;
+    for (int n = 1; n <= o_.nodes; ++n) {
+      if (!alive(n)) continue;
+      auto st = engine(n)->replica_status(a.name);
+      if (st && st->epoch >= epoch && !st->generations.empty() && st->generations.front() >= g) ++k;
+    }
+    checking_ = false;
+    return k;
+  }
+
+  /// How many live nodes still hold generation `g` of `a` or a newer one
+  /// (as a replica, or as its unfenced owner). `newest_epoch_only`: count
+  /// only replicas at the newest epoch any live replica has (the members of
+  /// the newest replica set; a former member keeps an older epoch's copy).
+  int copies(App& a, uint64_t g, bool newest_epoch_only = false) {
+    checking_ = true;
+    uint64_t newest = 0;
+    for (int n = 1; n <= o_.nodes && newest_epoch_only; ++n)
+      if (alive(n))
+        if (auto st = engine(n)->replica_status(a.name); st && !st->generations.empty())
+          newest = std::max(newest, st->epoch);
+    int k = 0;
+    for (int n = 1; n <= o_.nodes; ++n) {
+      if (!alive(n)) continue;
+      bool held = false;
+      auto st = engine(n)->replica_status(a.name);
+      held |= st && !st->generations.empty() && st->generations.front() >= g && st->epoch >= newest;
+      if (auto h = held_[n - 1].find(a.name); h != held_[n - 1].end()) {
+        auto s = engine(n)->status(h->second);
+        held |= s && !s->fenced && s->generation >= g;
+      }
+      k += held;
+    }
+    checking_ = false;
+    return k;
+  }
+  bool anyone_holds(App& a, uint64_t g) { return copies(a, g) > 0; }
+  uint32_t majority() const { return std::min<uint32_t>(o_.replication_factor, o_.nodes - 1) / 2 + 1; }
+
+  /// The application starts on a node: reopen where that node still holds
+  /// the segment (batond's path), else open; or an agent's load.
+  void start_app(App& a, bool agent) {
+    const int n = pick_alive();
+    if (n == 0) return;
+    ++a.attempts;
+    auto& held = held_[n - 1];
+    auto it = held.find(a.name);
+    const char* how = agent ? "agent load" : it != held.end() ? "reopen" : "open";
+    Segment* old = it != held.end() ? it->second : nullptr;
+    auto r = call_on(n, [&](Engine& e) {
+      if (agent) return e.load(a.name);
+      if (old != nullptr) return e.reopen(old);
+      return e.open(a.name, o_.segment_size);
+    });
+    if (old != nullptr && !engine(n)->status(old)) held.erase(a.name);  // dropped as superseded
+    if (!r) {
+      ++stats_.failed_opens;
+      note("app " + a.name + " on node " + std::to_string(n) + ": " + how + " failed: " + r.error().to_string());
+      return;
+    }
+    held[a.name] = r->segment;
+    check_restore(a, n, *r, how);
+    a.node = n;
+    a.handle = r->segment;
+  }
+
+  void check_restore(App& a, int n, const OpenResult& r, const char* how) {
+    auto mem = engine(n)->data(r.segment);
+    const uint64_t h = content_hash(mem);
+    const uint64_t g = r.outcome == OpenOutcome::kCreated ? 0 : r.generation;
+    note("app " + a.name + " on node " + std::to_string(n) + ": " + how + " -> " +
+         (g == 0 ? std::string("fresh start") : "restored generation " + std::to_string(g)));
+    if (auto st = engine(n)->status(r.segment); st && st->epoch > 3 * a.attempts + 1)
+      throw Violation{"I4: epoch " + std::to_string(st->epoch) + " after " + std::to_string(a.attempts) +
+                      " ownership attempts on " + a.name};
+    if (g == 0) {
+      ++stats_.fresh_starts;
+      if (!std::all_of(mem.begin(), mem.end(), [](std::byte b) { return b == std::byte{0}; }))
+        throw Violation{"I2: a fresh start of " + a.name + " is not zeroed"};
+    } else {
+      ++stats_.restores;
+      auto c = a.committed.find(g);
+      if (c == a.committed.end() || c->second.count(h) == 0)
+        throw Violation{"I2: restored generation " + std::to_string(g) + " of " + a.name +
+                        " is not what any commit of that generation wrote (torn or uncommitted bytes)"};
+    }
+    const bool older = g < a.durable || (g == a.durable && g != 0 && h != a.durable_hash);
+    if (older) {
+      if (anyone_holds(a, a.durable))
+        throw Violation{"I1: " + std::string(how) + " on node " + std::to_string(n) + " gave generation " +
+                        std::to_string(g) + " of " + a.name + "; generation " + std::to_string(a.durable) +
+                        " was acknowledged durable and a live node still holds it"};
+      ++stats_.lost_with_every_copy;  // every copy died: beyond what replication can survive
+      note("  (every copy of durable generation " + std::to_string(a.durable) + " died with its nodes)");
+      a.durable = g;
+      a.durable_hash = g == 0 ? 0 : h;
+    }
+    a.mine.clear();
+    if (g != 0) a.mine[g] = h;
+    a.last = g;
+  }
+
+  /// I4: with every fault healed and every node back, every application's
+  /// state loads again (unless every copy died).
+  void finish() {
+    note("finish: heal everything, restart the dead");
+    for (auto& [k, w] : wires_) w->set_faults({});
+    stalled_.assign(o_.nodes, false);
+    for (int n = 1; n <= o_.nodes; ++n)
+      if (!alive(n)) restart(n, "");
+    run_for(300'000'000);
+    for (auto& a : apps_) {
+      if (a.node != 0) {
+        a.node = 0;
+        a.handle = nullptr;
+      }
+      if (a.durable == 0) continue;
+      // Loadable again only where a majority's worth of copies survived:
+      // fewer (the owner and most of the set lost their memory) is past
+      // what the replication factor tolerates, and the engine refuses to
+      // guess which copy is newest. Counted, not failed.
+      if (static_cast<uint32_t>(copies(a, a.durable, true)) < majority()) {
+        ++stats_.past_tolerance;
+        note("  " + a.name + ": fewer than a majority's worth of copies survive: not required to load");
+        continue;
+      }
+      bool loaded = false;
+      for (int attempt = 0; attempt < 6 && !loaded; ++attempt) {
+        // Where a node still holds the segment, the application restarts there.
+        int n = 0;
+        for (int m = 1; m <= o_.nodes && n == 0; ++m)
+          if (held_[m - 1].count(a.name) != 0) n = m;
+        if (n == 0) n = pick_alive();
+        Segment* old = n != 0 && held_[n - 1].count(a.name) ? held_[n - 1][a.name] : nullptr;
+        ++a.attempts;
+        auto r = call_on(n, [&](Engine& e) { return old ? e.reopen(old) : e.open(a.name, o_.segment_size); });
+        if (old != nullptr && !engine(n)->status(old)) held_[n - 1].erase(a.name);
+        if (r) {
+          held_[n - 1][a.name] = r->segment;
+          check_restore(a, n, *r, old ? "final reopen" : "final open");
+          loaded = true;
+        } else {
+          note("app " + a.name + " on node " + std::to_string(n) + ": final open failed: " + r.error().to_string());
+          run_for(100'000'000);
+        }
+      }
+      if (!loaded)
+        throw Violation{"I4: " + a.name + " does not load with every fault healed, though generation " +
+                        std::to_string(a.durable) + " is held"};
+    }
+  }
+
+  static void test_fill(std::span<std::byte> s, uint32_t seed) {
+    std::mt19937 r(seed);
+    for (size_t i = 0; i + 4 <= s.size(); i += 4) {
+      const uint32_t v = r();
+      std::memcpy(s.data() + i, &v, 4);
+    }
+  }
+
+  Options o_;
+  std::mt19937_64 rng_;
+  uint64_t now_ = 1'000'000'000;
+  std::shared_ptr<SimulationHooks> hooks_;
+  std::vector<std::unique_ptr<Engine>> engines_;  ///< engines_[n-1] is node n; null while dead
+  std::vector<std::vector<std::unique_ptr<Link>>> links_;
+  std::map<std::pair<int, int>, std::shared_ptr<loopback::Wire>> wires_;
+  std::vector<std::map<std::string, Segment*>> held_;  ///< handles each engine has open, by name
+  std::vector<bool> stalled_;
+  std::vector<uint64_t> killed_at_;  ///< when each node was last killed (0: never)
+  std::vector<int> order_;
+  std::vector<App> apps_;
+  int on_stack_ = 0;       ///< the node whose API call is running (0: none)
+  bool checking_ = false;  ///< the checker is looking: no faults meanwhile
+  uint32_t content_ = 0;
+  Stats stats_;
+  std::string schedule_;
+};
+
+}  // namespace
+
+Outcome run_seed(uint64_t seed, const Options& options) {
+  set_log_level(LogLevel::kError);
+  World w(seed, options);
+  return w.run();
+}
+
+}  // namespace baton::sim
