@@ -661,6 +661,18 @@ Result<OpenResult> Engine::Impl::open_locked(std::string_view name, uint64_t siz
     if (a.record.epoch != 0)
       return fail(Errc::kNotFound, "segment ", name, " is recorded at epoch ", std::to_string(a.record.epoch),
                   " but no live replica or global storage holds it");
+  // "Nothing anywhere" is a conclusion about every node, not a quorum: a
+  // quorum of nodes that restarted (and so forgot everything) would agree
+  // on it while a live node that did not answer in time holds the state.
+  uint16_t silent = 0;
+  (void)call([&] {
+    for (const auto& a : (*q)->answers)
+      if (auto it = peer_by_node.find(a.peer); !a.answered && it != peer_by_node.end() && it->second->alive)
+        silent = a.peer;
+  });
+  if (silent != 0)
+    return fail(Errc::kUnavailable, "node ", std::to_string(silent), " is alive but did not say what it holds of ",
+                name, "; not starting it afresh (try again)");
   auto seg = create_fresh(name, size);
   if (!seg) return tl::unexpected(seg.error());
   return OpenResult{*seg, OpenOutcome::kCreated, 0};

@@ -135,6 +135,7 @@ struct QueryAnswer {
   uint64_t generation = 0;
   uint64_t total_len = 0;
   SetRecord record;  ///< epoch 0: the peer has none
+  bool asked = false;  ///< the question went out to it at least once
 };
 
 /// A replica's answer to a claim for a new owner epoch.
@@ -147,6 +148,7 @@ struct ClaimAnswer {
   uint64_t generation = 0;     ///< its latest generation (0: none)
   uint64_t total_len = 0;
   uint64_t set = 0;            ///< replica set stamped on that generation
+  bool asked = false;          ///< the claim went out to it at least once
 };
 
 /// A round of questions to peers (a query or a claim): done once `need`

@@ -25,10 +25,11 @@ inline void bump(std::atomic<uint64_t>& c, uint64_t n = 1) noexcept {
 }
 
 // Drives rounds of questions to peers (load queries, claims): the silent are
-// asked again every kQueryRetryNs; an op finishes, and its caller wakes, once
-// `done` says so.
-template <typename OpT, typename Done, typename Resend>
-bool step_rounds(std::vector<OpT*>& ops, uint64_t now, Done done, Resend resend) {
+// asked again every kQueryRetryNs, and a peer not asked yet (it was
+// unreachable) as soon as it can be reached; an op finishes, and its caller
+// wakes, once `done` says so.
+template <typename OpT, typename Done, typename Reachable, typename Resend>
+bool step_rounds(std::vector<OpT*>& ops, uint64_t now, Done done, Reachable reachable, Resend resend) {
   bool busy = false;
   for (auto it = ops.begin(); it != ops.end();) {
     OpT* op = *it;
@@ -38,7 +39,10 @@ bool step_rounds(std::vector<OpT*>& ops, uint64_t now, Done done, Resend resend)
       busy = true;
       continue;
     }
-    if (elapsed(now, op->last_sent_ns) >= kQueryRetryNs) {
+    const bool newly_reachable = std::any_of(op->answers.begin(), op->answers.end(), [&](const auto& a) {
+      return !a.asked && !a.answered && reachable(a.peer);
+    });
+    if (newly_reachable || elapsed(now, op->last_sent_ns) >= kQueryRetryNs) {
       resend(*op);
       busy = true;
     }
@@ -1153,8 +1157,9 @@ bool Engine::Impl::step_ops(uint64_t now) noexcept {
                                       [this](auto& a) { return a.answered || unreachable(a.peer); });
     return (op.answered() >= op.need && (everyone || now >= op.deadline_ns)) || now >= op.hard_deadline_ns;
   };
-  busy |= step_rounds(queries, now, settled, [&](QueryOp& q) { send_query(q, now); });
-  busy |= step_rounds(claims, now, settled, [&](ClaimOp& c) { send_claim(c, now); });
+  auto reachable = [this](uint16_t peer) { return peer != config.node_id && !unreachable(peer); };
+  busy |= step_rounds(queries, now, settled, reachable, [&](QueryOp& q) { send_query(q, now); });
+  busy |= step_rounds(claims, now, settled, reachable, [&](ClaimOp& c) { send_claim(c, now); });
   const uint64_t timeout = uint64_t{config.fetch_timeout_ms} * 1'000'000;
   for (auto it = fetches.begin(); it != fetches.end();) {
     FetchOp* op = *it;
@@ -1196,8 +1201,9 @@ void Engine::Impl::send_fetch_request(FetchOp& op, uint64_t now) noexcept {
 
 void Engine::Impl::send_claim(ClaimOp& c, uint64_t now) noexcept {
   c.last_sent_ns = now;
-  for (const auto& a : c.answers) {
+  for (auto& a : c.answers) {
     if (a.answered || a.peer == config.node_id || unreachable(a.peer)) continue;
+    a.asked = true;
     Link* l = link_to(a.peer);
     if (l == nullptr) continue;
     wire::Frame req;
@@ -1214,9 +1220,9 @@ void Engine::Impl::send_claim(ClaimOp& c, uint64_t now) noexcept {
 void Engine::Impl::send_query(QueryOp& q, uint64_t now) noexcept {
   q.last_sent_ns = now;
   for (auto& p : peer_states) {
-    const bool answered = std::any_of(q.answers.begin(), q.answers.end(),
-                                      [&](const QueryAnswer& a) { return a.peer == p.node && a.answered; });
-    if (answered || unreachable(p.node)) continue;
+    auto a = std::find_if(q.answers.begin(), q.answers.end(), [&](const QueryAnswer& x) { return x.peer == p.node; });
+    if ((a != q.answers.end() && a->answered) || unreachable(p.node)) continue;
+    if (a != q.answers.end()) a->asked = true;
     wire::Frame req;
     req.type = wire::MsgType::kFetchRequest;
     req.flags = wire::kFlagQuery;

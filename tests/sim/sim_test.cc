@@ -35,7 +35,7 @@ void run_range(const Options& o, uint64_t first, uint64_t count) {
 // tolerance: see docs/reliability.md; `baton-sim --nodes 5 --rf 3` runs them.
 TEST(Simulation, FourNodesReplicationFactorTwo) {
   Options o;
-  run_range(o, env_or("BATON_SIM_FIRST", 1), env_or("BATON_SIM_SEEDS", 1000));
+  run_range(o, env_or("BATON_SIM_FIRST", 1), env_or("BATON_SIM_SEEDS", 2000));
 }
 
 // A seed is a schedule: running it twice gives the same steps, decisions

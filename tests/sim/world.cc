@@ -105,6 +105,10 @@ class World {
     } catch (const Violation& v) {
       out.ok = false;
       out.violation = v.what;
+      // What every live node recorded, for the reader of a failing seed.
+      for (int n = 1; n <= o_.nodes; ++n)
+        if (alive(n))
+          for (const auto& e : engine(n)->events()) schedule_ += "  events of node " + std::to_string(n) + ": " + e.text + "\n";
     }
     stats_.seeds = 1;
     out.stats = stats_;
@@ -144,7 +148,7 @@ class World {
   /// order), the clock moves 20-120 us.
   void step() {
     if (++stats_.steps > 20'000'000) throw Violation{"livelock: over 20M steps"};
-    if (o_.faults_in_calls && !checking_ && on_stack_ != 0 && rng_() % 2000 == 0) fault(true);
+    if (o_.faults_in_calls && !checking_ && !finishing_ && on_stack_ != 0 && rng_() % 2000 == 0) fault(true);
     order_.clear();
     for (int n = 1; n <= o_.nodes; ++n)
       if (alive(n) && !stalled_[n - 1]) order_.push_back(n);
@@ -474,6 +478,7 @@ class World {
   /// state loads again (unless every copy died).
   void finish() {
     note("finish: heal everything, restart the dead");
+    finishing_ = true;
     for (auto& [k, w] : wires_) w->set_faults({});
     stalled_.assign(o_.nodes, false);
     for (int n = 1; n <= o_.nodes; ++n)
@@ -542,6 +547,7 @@ class World {
   std::vector<App> apps_;
   int on_stack_ = 0;       ///< the node whose API call is running (0: none)
   bool checking_ = false;  ///< the checker is looking: no faults meanwhile
+  bool finishing_ = false; ///< every fault healed for the final check: no new ones
   uint32_t content_ = 0;
   Stats stats_;
   std::string schedule_;
