@@ -631,7 +631,7 @@ Result<OpenResult> Engine::open(std::string_view name, uint64_t size) {
   return impl_->open_locked(name, size, false);
 }
 
-Result<OpenResult> Engine::Impl::open_locked(std::string_view name, uint64_t size, bool load_only) {
+Result<OpenResult> Engine::Impl::open_locked(std::string_view name, uint64_t size, bool load_only, bool again) {
   if (auto it = segments.find(std::string(name)); it != segments.end()) {
     if (!it->second->fenced.load()) return fail(Errc::kExists, "segment ", name, " is open here");
     // Superseded here: its memory holds a history the cluster moved past.
@@ -664,15 +664,23 @@ Result<OpenResult> Engine::Impl::open_locked(std::string_view name, uint64_t siz
   // "Nothing anywhere" is a conclusion about every node, not a quorum: a
   // quorum of nodes that restarted (and so forgot everything) would agree
   // on it while a live node that did not answer in time holds the state.
+  // Nor may this node have received a copy or a record while it asked (its
+  // own answer was taken when the round began): then ask once more.
   uint16_t silent = 0;
+  bool arrived = false;
   (void)call([&] {
     for (const auto& a : (*q)->answers)
       if (auto it = peer_by_node.find(a.peer); !a.answered && it != peer_by_node.end() && it->second->alive)
         silent = a.peer;
+    arrived = stores.count((*q)->id) != 0 || records.count((*q)->id) != 0;
   });
   if (silent != 0)
     return fail(Errc::kUnavailable, "node ", std::to_string(silent), " is alive but did not say what it holds of ",
                 name, "; not starting it afresh (try again)");
+  if (arrived) {
+    if (!again) return open_locked(name, size, false, true);
+    return fail(Errc::kUnavailable, "segment ", name, " is arriving at this node; try again");
+  }
   auto seg = create_fresh(name, size);
   if (!seg) return tl::unexpected(seg.error());
   return OpenResult{*seg, OpenOutcome::kCreated, 0};
@@ -853,6 +861,24 @@ Result<ReplicaStatus> Engine::replica_status(std::string_view name) const {
   });
   if (!done) return tl::unexpected(done.error());
   if (!found) return fail(Errc::kNotFound, "no replica of ", name, " here");
+  return st;
+}
+
+Result<RecordStatus> Engine::record(std::string_view name) const {
+  if (auto ok = check_name(name); !ok) return tl::unexpected(ok.error());
+  RecordStatus st;
+  bool found = false;
+  const uint64_t id = wire::segment_id(name);
+  auto done = impl_->call([&] {
+    auto it = impl_->records.find(id);
+    if (it == impl_->records.end()) return;
+    found = true;
+    st = RecordStatus{it->second.epoch, it->second.version, it->second.owner, {}};
+    for (uint16_t n : wire::unpack_set(it->second.set))
+      if (n != 0) st.set.push_back(n);
+  });
+  if (!done) return tl::unexpected(done.error());
+  if (!found) return fail(Errc::kNotFound, "no record of ", name, " here");
   return st;
 }
 

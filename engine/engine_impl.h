@@ -361,7 +361,7 @@ struct Engine::Impl {
   /// Engine::open / Engine::load with control_mu held. A local segment of
   /// that name that is fenced is forgotten first (the cluster has newer
   /// state); a live one is kExists. Thread: control.
-  Result<OpenResult> open_locked(std::string_view name, uint64_t size, bool load_only);
+  Result<OpenResult> open_locked(std::string_view name, uint64_t size, bool load_only, bool again = false);
   /// Copies the last committed generation back over the segment's memory
   /// (zeroes it if nothing was committed); returns that generation. Thread: control.
   uint64_t restore_committed(Segment& seg);
@@ -481,6 +481,11 @@ struct Engine::Impl {
   void send_query(QueryOp& q, uint64_t now) noexcept;
   void flush_acks() noexcept;
   void fence(Segment& seg) noexcept;
+  /// Another node wrote data or a set record of segment `seg_id` under
+  /// `epoch`: if this node owns it at an older epoch, it was superseded (it
+  /// may not have been asked: its replicas may have restarted and forgotten
+  /// the newer epoch). Thread: token holder.
+  void fence_if_superseded(uint64_t seg_id, uint64_t epoch) noexcept;
   SenderTuning tuning() const noexcept;
 };
 

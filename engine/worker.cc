@@ -264,6 +264,7 @@ void Engine::Impl::on_data(Link& link, wire::Frame& f) noexcept {
     }
     st.adopt_epoch(f.src, f.epoch);
   }
+  fence_if_superseded(f.seg_id, f.epoch);
   bool restart = false;
   switch (st.accept(f)) {
     case ReplicaStore::Accept::kStored: break;
@@ -572,6 +573,11 @@ void Engine::Impl::on_ack(const wire::Frame& f, uint64_t now) noexcept {
     }
     return;
   }
+}
+
+void Engine::Impl::fence_if_superseded(uint64_t seg_id, uint64_t epoch) noexcept {
+  if (auto it = owned.find(seg_id); it != owned.end() && epoch > it->second->epoch.load(std::memory_order_relaxed))
+    fence(*it->second);
 }
 
 void Engine::Impl::fence(Segment& seg) noexcept {
@@ -1064,6 +1070,7 @@ void Engine::Impl::on_set_record(Link& link, const wire::Frame& f) noexcept {
     return;
   }
   if (proposed.newer_than(it->second)) it->second = proposed;
+  fence_if_superseded(f.seg_id, f.epoch);
   wire::Frame ack = f;
   ack.src = config.node_id;
   ack.dst = f.src;

@@ -143,6 +143,15 @@ struct ReplicaStatus {
   std::vector<uint64_t> generations;  ///< newest first
 };
 
+/// A node's record of a segment's replica set (docs/architecture.md,
+/// "Fencing"): written by the owner at a quorum of nodes.
+struct RecordStatus {
+  uint64_t epoch = 0;
+  uint64_t version = 0;
+  uint16_t owner = 0;            ///< the owner that wrote it
+  std::vector<uint16_t> set;     ///< the replica set
+};
+
 struct LinkStatus {
   std::string name;
   uint16_t peer = 0;
@@ -230,6 +239,8 @@ class Engine {
   Result<SegmentStatus> status(Segment* segment) const;
   /// What this node holds as a replica of `name`. kNotFound if nothing.
   Result<ReplicaStatus> replica_status(std::string_view name) const;
+  /// This node's record of `name`'s replica set. kNotFound if it has none.
+  Result<RecordStatus> record(std::string_view name) const;
   /// Copies a replica generation this node holds (0: latest) into a vector.
   Result<std::vector<std::byte>> read_replica(std::string_view name, uint64_t generation = 0) const;
 

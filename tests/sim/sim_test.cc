@@ -30,12 +30,26 @@ void run_range(const Options& o, uint64_t first, uint64_t count) {
   std::printf("%s\n", total.to_string().c_str());
 }
 
-// Four blades, replication factor two: the chassis of the demo. Other
-// shapes (five nodes at RF 3, two nodes) still find wedges past the fault
-// tolerance: see docs/reliability.md; `baton-sim --nodes 5 --rf 3` runs them.
+// Four blades, replication factor two: the chassis of the demo.
 TEST(Simulation, FourNodesReplicationFactorTwo) {
   Options o;
   run_range(o, env_or("BATON_SIM_FIRST", 1), env_or("BATON_SIM_SEEDS", 2000));
+}
+
+// A set of three: durable is two of three, a claim needs two.
+TEST(Simulation, FiveNodesReplicationFactorThree) {
+  Options o;
+  o.nodes = 5;
+  o.replication_factor = 3;
+  run_range(o, env_or("BATON_SIM_FIRST", 1), env_or("BATON_SIM_SEEDS", 2000) / 2);
+}
+
+// Two nodes: votequorum's two_node, the tie-breaker for new names.
+TEST(Simulation, TwoNodes) {
+  Options o;
+  o.nodes = 2;
+  o.replication_factor = 1;
+  run_range(o, env_or("BATON_SIM_FIRST", 1), env_or("BATON_SIM_SEEDS", 2000) / 2);
 }
 
 // A seed is a schedule: running it twice gives the same steps, decisions
