@@ -1,13 +1,16 @@
 #pragma once
-// Engine internals shared by the control side (engine.cc: API calls, which
-// may block and allocate) and the poll loop (worker.cc: never blocks, never
-// throws; allocates only off the commit path: when a replica segment, a set
-// record or a served fetch first appears, and for the text of an event on a
-// membership or placement change). The poll loop and all data-path state belong to whoever holds
-// the poll token: the worker thread, or a control thread while it waits for
-// the engine. Control threads otherwise reach that state only through ops on
-// the command ring, and read what the loop publishes in atomics (generations
-// held, the fenced flag).
+// Engine internals shared by the control side (API calls, which may block
+// and allocate: engine.cc, control/takeover.cc) and the poll loop (never
+// blocks, never throws: worker.cc moves frames and bytes; control/liveness,
+// placement, records and claims.cc decide about peers and ownership). The
+// poll loop allocates only off the commit path: when a replica segment, a
+// set record or a served fetch first appears, and for the text of an event
+// on a membership or placement change. The poll loop and all data-path
+// state belong to whoever holds the poll token: the worker thread, or a
+// control thread while it waits for the engine (under simulation, the one
+// thread that drives it). Control threads otherwise reach that state only
+// through ops on the command ring, and read what the loop publishes in
+// atomics (generations held, the fenced flag).
 
 #include <rte_ring.h>
 
@@ -260,6 +263,9 @@ struct Engine::Impl {
     void operator()(void* p) const noexcept { std::free(p); }
   };
   std::unique_ptr<void, FreeDeleter> command_mem;
+  /// Ops posted and not yet taken off the ring: read by the worker before it
+  /// sleeps (rte_ring_count reads the ring's tails without atomics).
+  std::atomic<uint32_t> queued{0};
   std::atomic<uint32_t> wake{0};       ///< futex word the idle worker sleeps on
   std::atomic<bool> sleeping{false};
   std::atomic<bool> running{true};
@@ -313,7 +319,7 @@ struct Engine::Impl {
     std::array<std::atomic<uint64_t>, static_cast<size_t>(wire::DecodeError::kCount)> decode{};
   } counters;
 
-  // --- control side (engine.cc) ---
+  // --- control side (engine.cc, control/takeover.cc) ---
   /// A round (query, claim, record) waits `query_timeout_ms` for everyone's
   /// answer, and up to five times that for the quorum a decision needs: a
   /// loaded machine answers late, and a decision is worth the wait.
@@ -395,7 +401,7 @@ struct Engine::Impl {
   Result<void> remove_segment(Segment* seg);
   uint32_t effective_chunk_size() const;
 
-  // --- worker side (worker.cc) ---
+  // --- poll loop (worker.cc; control/liveness, placement, records, claims.cc) ---
   void run_worker() noexcept;
   void park_worker() noexcept;
   bool poll_once(uint64_t now) noexcept;

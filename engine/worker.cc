@@ -1,5 +1,8 @@
 // The worker: one poll loop that owns every link, every replica store and
-// every transfer of this engine. Never blocks, never throws.
+// every transfer of this engine, and moves frames and bytes: the data path
+// (replication, acks, fetches). What it decides about peers and ownership
+// lives in engine/control/ (liveness, placement, records, claims), run by
+// the same poll loop. Never blocks, never throws.
 
 #include <immintrin.h>
 #include <sys/prctl.h>
@@ -8,21 +11,13 @@
 
 #include "common/log.h"
 #include "engine_impl.h"
+#include "engine_util.h"
 #include "runtime/futex.h"
 
 namespace baton {
 namespace {
 
 constexpr uint16_t kBurst = 32;
-constexpr uint64_t kFetchRequestRetryNs = 50'000'000;
-constexpr uint64_t kQueryRetryNs = 20'000'000;  // a lost query or answer must not read as "not found"
-
-// Time since `since`, zero if `since` is later (stamped after this poll began).
-inline uint64_t elapsed(uint64_t now, uint64_t since) noexcept { return now > since ? now - since : 0; }
-
-inline void bump(std::atomic<uint64_t>& c, uint64_t n = 1) noexcept {
-  c.store(c.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
-}
 
 // Drives rounds of questions to peers (load queries, claims): the silent are
 // asked again every kQueryRetryNs, and a peer not asked yet (it was
@@ -86,7 +81,7 @@ void Engine::Impl::run_worker() noexcept {
     }
     const uint32_t w = wake.load();
     sleeping.store(true);
-    if (rte_ring_count(commands) == 0 && handoff.load() == 0) futex_wait(wake, w, uint64_t{sleep_us} * 1000);
+    if (queued.load() == 0 && handoff.load() == 0) futex_wait(wake, w, uint64_t{sleep_us} * 1000);
     sleeping.store(false);
     sleep_us = std::min(sleep_us * 2, config.max_idle_sleep_us);
   }
@@ -112,7 +107,7 @@ void Engine::Impl::park_worker() noexcept {
 }
 
 bool Engine::Impl::has_pending_work() const noexcept {
-  if (!queries.empty() || !claims.empty() || !fetches.empty() || rte_ring_count(commands) != 0) return true;
+  if (!queries.empty() || !claims.empty() || !fetches.empty() || queued.load() != 0) return true;
   for (const auto& [id, seg] : owned)
     for (const auto& r : seg->replicas)
       if (r->sender.has_unsent()) return true;
@@ -172,6 +167,7 @@ bool Engine::Impl::poll_once(uint64_t now) noexcept {
 bool Engine::Impl::drain_commands() noexcept {
   void* cmds[kBurst];
   const unsigned n = rte_ring_sc_dequeue_burst(commands, cmds, kBurst, nullptr);
+  if (n > 0) queued.fetch_sub(n);
   for (unsigned i = 0; i < n; ++i) static_cast<Op*>(cmds[i])->run();
   return n > 0;
 }
@@ -391,91 +387,6 @@ void Engine::Impl::on_fetch_request(Link& link, const wire::Frame& f, uint64_t n
   serve->sender.start(src, tuning(), now);
 }
 
-// A new owner asks this replica to accept a newer owner epoch (S22). Once it
-// has, data from the old owner is refused, so the old owner can no longer
-// make any generation durable; the answer hands over what is held.
-void Engine::Impl::on_claim(Link& link, const wire::Frame& f) noexcept {
-  if (auto it = owned.find(f.seg_id); it != owned.end()) {
-    Segment& seg = *it->second;
-    // A live owner refuses a claim that is not above its own epoch; one
-    // that is means it was cut off: it is fenced, and answers below from
-    // what it holds as a replica of the new owner, like any other node.
-    if (!seg.fenced.load() && f.epoch <= seg.epoch.load()) {
-      bump(counters.stale_epoch);
-      send_error(link, f, wire::ErrorCode::kStaleEpoch, seg.epoch.load());
-      return;
-    }
-    fence(seg);
-  }
-  auto it = stores.find(f.seg_id);
-  if (it == stores.end() || it->second->name() != f.name) {
-    send_error(link, f, wire::ErrorCode::kNoSuchSegment, 0);
-    return;
-  }
-  ReplicaStore& st = *it->second;
-  // One owner per epoch: a second claimant of the same epoch is refused.
-  if (f.epoch < st.epoch() || (f.epoch == st.epoch() && f.src != st.owner())) {
-    bump(counters.stale_epoch);
-    send_error(link, f, wire::ErrorCode::kStaleEpoch, st.epoch());
-    return;
-  }
-  if (f.epoch > st.epoch()) {
-    record_event("segment " + st.name() + ": accepted owner epoch " + std::to_string(f.epoch) + " from node " +
-                 std::to_string(f.src) + " (was " + std::to_string(st.epoch()) + " of node " +
-                 std::to_string(st.owner()) + ")");
-    st.adopt_epoch(f.src, f.epoch);
-  }
-  wire::Frame meta;
-  meta.type = wire::MsgType::kFetchMeta;
-  meta.flags = wire::kFlagFound | wire::kFlagGranted;
-  meta.src = config.node_id;
-  meta.dst = f.src;
-  meta.seg_id = f.seg_id;
-  meta.name = st.name();
-  meta.epoch = f.epoch;
-  meta.total_len = st.size();
-  if (const ReplicaStore::Slot* slot = st.latest()) {
-    meta.generation = slot->generation;
-    meta.sack = slot->set;
-    wire::set_aux_epoch(meta, slot->epoch);
-  }
-  send_control(link, meta);
-}
-
-// --- loader side ----------------------------------------------------------
-
-void Engine::Impl::on_fetch_meta(const wire::Frame& f) noexcept {
-  if ((f.flags & wire::kFlagGranted) != 0) {
-    for (ClaimOp* c : claims) {
-      if (c->id != f.seg_id || f.epoch != c->epoch) continue;
-      for (auto& a : c->answers) {
-        if (a.peer != f.src || a.answered) continue;
-        a.answered = true;
-        a.granted = true;
-        a.data_epoch = wire::aux_epoch(f);
-        a.generation = f.generation;
-        a.total_len = f.total_len;
-        a.set = f.sack;
-      }
-    }
-    return;
-  }
-  for (QueryOp* q : queries) {
-    if (q->id != f.seg_id) continue;
-    for (auto& a : q->answers) {
-      if (a.peer != f.src || a.answered) continue;
-      a.answered = true;
-      a.found = (f.flags & wire::kFlagFound) != 0;
-      a.owner = (f.flags & wire::kFlagOwner) != 0;
-      a.epoch = f.epoch;
-      a.generation = f.generation;
-      a.total_len = f.total_len;
-      if ((f.flags & wire::kFlagRecord) != 0)
-        a.record = SetRecord{wire::aux_epoch(f), f.gen_crc, f.sack, static_cast<uint16_t>(f.chunk_size)};
-    }
-  }
-}
-
 void Engine::Impl::on_fetch_data(wire::Frame& f, uint64_t now) noexcept {
   for (auto it = fetches.begin(); it != fetches.end(); ++it) {
     FetchOp& op = **it;
@@ -573,18 +484,6 @@ void Engine::Impl::on_ack(const wire::Frame& f, uint64_t now) noexcept {
     }
     return;
   }
-}
-
-void Engine::Impl::fence_if_superseded(uint64_t seg_id, uint64_t epoch) noexcept {
-  if (auto it = owned.find(seg_id); it != owned.end() && epoch > it->second->epoch.load(std::memory_order_relaxed))
-    fence(*it->second);
-}
-
-void Engine::Impl::fence(Segment& seg) noexcept {
-  if (seg.fenced.exchange(true)) return;
-  record_event("segment " + seg.name + " fenced: owner epoch " + std::to_string(seg.epoch.load()) +
-               " was superseded; this node no longer owns it");
-  for (auto& r : seg.replicas) r->sender.stop();
 }
 
 void Engine::Impl::on_error(const wire::Frame& f) noexcept {
@@ -703,452 +602,6 @@ bool Engine::Impl::pump_senders(uint64_t now) noexcept {
   return busy;
 }
 
-// --- failure detector (S17) -------------------------------------------------
-
-void Engine::Impl::record_event(std::string text) noexcept {
-  BT_INFO("event: %s", text.c_str());
-  timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  std::lock_guard lock(events_mu);
-  event_log.push_back(Event{static_cast<uint64_t>(ts.tv_sec) * 1'000'000 + ts.tv_nsec / 1000, std::move(text)});
-  if (event_log.size() > 256) event_log.pop_front();
-}
-
-void Engine::Impl::heard_from(size_t i, uint64_t now) noexcept {
-  LinkState& ls = link_states[i];
-  ls.last_heard_ns = now;
-  PeerState& p = *peer_by_node.at(ls.link->peer());
-  p.last_heard_ns = now;
-  if (!ls.alive) {
-    ls.alive = true;
-    if (p.alive) record_event("link " + ls.link->name() + " up");
-  }
-  if (!p.alive) {
-    p.alive = true;
-    p.ever_heard = true;
-    membership_dirty = true;
-    record_event("node " + std::to_string(p.node) + " up");
-  }
-}
-
-bool Engine::Impl::unreachable(uint16_t peer) const noexcept {
-  auto it = peer_by_node.find(peer);
-  if (it == peer_by_node.end()) return true;
-  const PeerState& p = *it->second;
-  if (p.alive) return false;
-  if (p.ever_heard) return true;
-  // Never heard yet: gone only if no link to it is even up.
-  return std::none_of(p.links.begin(), p.links.end(), [](const LinkState* l) { return l->link->up(); });
-}
-
-void Engine::Impl::step_liveness(uint64_t now) noexcept {
-  const View& v = membership->view();
-  for (auto& ls : link_states) {
-    if (now - std::min(now, ls.last_sent_ns) >= heartbeat_ns) {
-      wire::Frame hb;
-      hb.type = wire::MsgType::kHeartbeat;
-      hb.src = config.node_id;
-      hb.dst = ls.link->peer();
-      hb.epoch = incarnation;
-      hb.generation = ++ls.heartbeat_seq;
-      // This node's view, so peers can tell whether they agree, and its
-      // placement tags.
-      hb.seg_id = v.digest();
-      hb.total_len = v.id;
-      if (v.quorate) hb.flags = wire::kFlagQuorate;
-      hb.chunk_index = config.blade != 0 ? config.blade : config.node_id;
-      hb.chunk_count = config.power_domain;
-      hb.chunk_size = static_cast<uint32_t>(config.numa_node + 1);
-      send_control(*ls.link, hb);
-      ls.last_sent_ns = now;
-    }
-    if (ls.alive && (now - std::min(now, ls.last_heard_ns) >= failure_ns || !ls.link->up())) {
-      ls.alive = false;
-      const PeerState& p = *peer_by_node.at(ls.link->peer());
-      const bool others = std::any_of(p.links.begin(), p.links.end(), [](const LinkState* l) { return l->alive; });
-      // A link failure is not a node failure while another link still hears it.
-      if (others)
-        record_event("link " + ls.link->name() + " down (" + (ls.link->up() ? "silent" : "device down") + "); node " +
-                     std::to_string(p.node) + " still reachable over another link");
-    }
-  }
-  for (auto& p : peer_states) {
-    const LinkState* live = nullptr;
-    for (const LinkState* l : p.links)
-      if (l->alive && live == nullptr) live = l;
-    if (live != nullptr) {
-      // Frames go over a link that works (this runs every poll, after rx).
-      for (const LinkState* l : p.links)
-        if (l->link == p.link && !l->alive) p.link = live->link;
-      continue;
-    }
-    if (!p.alive) continue;
-    // Dead: every link to it is silent or down.
-    p.alive = false;
-    membership_dirty = true;
-    const bool any_up = std::any_of(p.links.begin(), p.links.end(), [](const LinkState* l) { return l->link->up(); });
-    record_event("node " + std::to_string(p.node) + " down (" +
-                 (any_up ? "silent for " + std::to_string((now - std::min(now, p.last_heard_ns)) / 1'000'000) + " ms"
-                         : std::string(p.links.size() > 1 ? "every link down" : "link down")) +
-                 ")");
-  }
-  if (membership_dirty) step_membership();
-}
-
-void Engine::Impl::step_membership() noexcept {
-  membership_dirty = false;
-  uint16_t alive[256];
-  size_t n = 0;
-  for (const auto& p : peer_states)
-    if (p.alive && n < std::size(alive)) alive[n++] = p.node;
-  if (!membership->update({alive, n})) return;
-  const View& v = membership->view();
-  {
-    std::lock_guard lock(view_mu);
-    view = v;
-  }
-  record_event(v.to_string());
-}
-
-void Engine::Impl::on_heartbeat(const wire::Frame& f, uint64_t now) noexcept {
-  if (auto it = peer_by_node.find(f.src); it != peer_by_node.end()) {
-    PeerState& p = *it->second;
-    // A heartbeat names its sender's incarnation: a new one means the node
-    // restarted and lost everything it held (its memory is the storage).
-    if (p.incarnation != f.epoch) {
-      const bool restarted = p.incarnation != 0;
-      p.incarnation = f.epoch;
-      if (restarted) on_peer_restarted(p.node, now);
-    }
-    p.blade = f.chunk_index;
-    p.power_domain = f.chunk_count;
-    p.numa_node = static_cast<int>(f.chunk_size) - 1;
-  }
-  // A report about a view this node does not share yet is news only once
-  // the failure detector catches up; agreement is rechecked then.
-  if (!membership->reported(f.src, f.seg_id)) return;
-  const View& v = membership->view();
-  {
-    std::lock_guard lock(view_mu);
-    view = v;
-  }
-  if (v.agreed && v.members.size() > 1) record_event("view " + std::to_string(v.id) + " agreed by every member");
-}
-
-void Engine::Impl::on_peer_restarted(uint16_t node, uint64_t now) noexcept {
-  record_event("node " + std::to_string(node) + " restarted: a new incarnation, holding nothing it held before");
-  for (auto& [id, segp] : owned) {
-    Segment& seg = *segp;
-    if (seg.fenced.load(std::memory_order_relaxed)) continue;
-    const Stage* stage = seg.current_stage >= 0 ? &seg.stages[seg.current_stage] : nullptr;
-    // Its acknowledgements were of memory that is gone: they count no more,
-    // and it gets the latest generation again from the first chunk.
-    for (auto& r : seg.replicas) {
-      if (r->node.load(std::memory_order_relaxed) != node) continue;
-      r->sender.stop();
-      r->held.store(0, std::memory_order_release);
-      if (stage != nullptr)
-        r->sender.start(SendSource{stage->mem.data(), seg.size, seg.chunk_size, stage->chunk_crcs, 0,
-                                   stage->generation, &stage->ready},
-                        tuning(), now);
-    }
-    // It lost its copy of the set record too: record the set again (at a
-    // quorum that counts it afresh), once a majority of the set holds the
-    // latest generation; durability waits meanwhile.
-    auto& p = seg.pending;
-    if (p.active) {
-      std::erase(p.acked, node);
-      std::erase(p.refused, node);
-    } else if (!seg.recorded_set.empty()) {
-      propose_set(seg, stage != nullptr ? stage->generation : 0);
-    }
-  }
-}
-
-// --- re-replication (S12) ----------------------------------------------------
-
-uint64_t Engine::Impl::replica_set(const Segment& seg) const noexcept {
-  wire::ReplicaSet set{};
-  for (size_t i = 0; i < seg.replicas.size() && i < set.size(); ++i)
-    set[i] = seg.replicas[i]->node.load(std::memory_order_relaxed);
-  return wire::pack_set(set);
-}
-
-Engine::Impl::Diversity Engine::Impl::diversity(const Segment& seg, const PeerState& cand,
-                                               uint16_t skip) const noexcept {
-  // Does `cand` add a blade, a power domain, a NUMA node that neither the
-  // owner nor the other live replicas (but `skip`) already use?
-  const uint32_t my_blade = config.blade != 0 ? config.blade : config.node_id;
-  bool new_blade = cand.blade == 0 || cand.blade != my_blade;
-  bool new_power = cand.power_domain != 0 && cand.power_domain != config.power_domain;
-  bool new_numa = cand.numa_node >= 0 && cand.numa_node != config.numa_node;
-  for (const auto& r : seg.replicas) {
-    const uint16_t n = r->node.load(std::memory_order_relaxed);
-    if (n == skip || n == cand.node || unreachable(n)) continue;  // a lost replica shares nothing any more
-    const auto it = peer_by_node.find(n);
-    if (it == peer_by_node.end()) continue;
-    const PeerState& other = *it->second;
-    new_blade &= other.blade == 0 || other.blade != cand.blade;
-    new_power &= other.power_domain == 0 || other.power_domain != cand.power_domain;
-    new_numa &= other.numa_node < 0 || other.numa_node != cand.numa_node;
-  }
-  return {new_blade, new_power, new_numa};
-}
-
-PeerState* Engine::Impl::pick_replica(const Segment& seg, bool live_only) noexcept {
-  auto score = [&](const PeerState& cand) {
-    return std::make_pair(diversity(seg, cand, 0), replica_rank(seg.id, cand.node));
-  };
-  PeerState* best = nullptr;
-  for (auto& p : peer_states) {
-    const uint16_t cand = p.node;
-    if (live_only ? !p.alive : unreachable(cand)) continue;
-    bool taken = false;
-    for (const auto& r : seg.replicas) taken |= r->node.load(std::memory_order_relaxed) == cand;
-    if (taken) continue;
-    if (best == nullptr || score(p) > score(*best)) best = &p;
-  }
-  return best;
-}
-
-uint64_t Engine::Impl::held_by(const Segment& seg, uint16_t node) const noexcept {
-  for (const auto& r : seg.replicas)
-    if (r->node.load(std::memory_order_relaxed) == node) return r->held.load(std::memory_order_relaxed);
-  return 0;  // no longer a replica: holds nothing for this owner
-}
-
-void Engine::Impl::update_durable(Segment& seg) noexcept {
-  // While a new set is being recorded, nothing new becomes durable: a loader
-  // may already go by the new record, or still by the old one.
-  if (seg.pending.active || seg.recorded_set.empty()) return;
-  // The generation the majority-th best member holds: a majority holds it.
-  uint64_t held[wire::kMaxReplicaSet] = {};
-  const size_t n = std::min(seg.recorded_set.size(), wire::kMaxReplicaSet);
-  // A member the detector holds for gone counts for nothing: if it died, its
-  // memory went with it (a false suspicion only delays the acknowledgement).
-  for (size_t i = 0; i < n; ++i)
-    held[i] = unreachable(seg.recorded_set[i]) ? 0 : held_by(seg, seg.recorded_set[i]);
-  std::sort(held, held + n, std::greater<>());
-  const uint64_t d = held[n / 2];
-  if (d > seg.durable.load(std::memory_order_relaxed)) seg.durable.store(d, std::memory_order_release);
-}
-
-// --- set records ---------------------------------------------------------------
-//
-// The owner writes its segment's replica set to every node and counts it once
-// a quorum of nodes stored it. A loader hears from a quorum of nodes, so it
-// sees the newest recorded set (or a newer proposal), and claims from a
-// majority of that set. A set is proposed only once a majority of it holds
-// every generation that may be durable, so that majority intersects the
-// holders of any durable generation.
-
-void Engine::Impl::propose_set(Segment& seg, uint64_t need) noexcept {
-  auto& p = seg.pending;
-  p.set.clear();
-  for (const auto& r : seg.replicas)
-    if (const uint16_t n = r->node.load(std::memory_order_relaxed); n != 0) p.set.push_back(n);
-  // No replica at all: nothing to record. The newest record stays the set
-  // that still holds the last durable state (a loader claims from it).
-  p.active = !p.set.empty();
-  p.version = std::max(seg.recorded_version, p.version) + 1;
-  p.sent = false;
-  p.failed = false;
-  p.need = need;
-  p.acked.clear();
-  p.refused.clear();
-}
-
-void Engine::Impl::withdraw_record(Segment& seg) noexcept {
-  auto& p = seg.pending;
-  for (uint16_t n : p.acked) {
-    if (n == config.node_id) {
-      auto it = records.find(seg.id);
-      if (it != records.end() && it->second.owner == config.node_id && it->second.version == p.version)
-        records.erase(it);
-      continue;
-    }
-    if (Link* l = link_to(n)) send_record(seg, *l, n, true);
-  }
-  p.active = false;
-}
-
-void Engine::Impl::send_record(Segment& seg, Link& link, uint16_t peer, bool withdraw) noexcept {
-  wire::Frame f;
-  f.type = wire::MsgType::kSetRecord;
-  if (withdraw) f.flags = wire::kFlagRestart;
-  f.src = config.node_id;
-  f.dst = peer;
-  f.seg_id = seg.id;
-  f.name = seg.name;
-  f.epoch = seg.epoch.load(std::memory_order_relaxed);
-  f.generation = seg.pending.version;
-  wire::ReplicaSet set{};
-  for (size_t i = 0; i < seg.pending.set.size() && i < set.size(); ++i) set[i] = seg.pending.set[i];
-  f.sack = wire::pack_set(set);
-  send_control(link, f);
-}
-
-void Engine::Impl::step_records(uint64_t now) noexcept {
-  for (auto& [id, segp] : owned) {
-    Segment& seg = *segp;
-    auto& p = seg.pending;
-    if (!p.active || seg.fenced.load(std::memory_order_relaxed)) continue;
-    if (!p.sent) {
-      size_t holding = 0;
-      for (uint16_t n : p.set) holding += held_by(seg, n) >= p.need;
-      if (holding * 2 <= p.set.size()) continue;
-      p.sent = true;
-      p.last_sent_ns = 0;
-      wire::ReplicaSet packed{};
-      for (size_t i = 0; i < p.set.size() && i < packed.size(); ++i) packed[i] = p.set[i];
-      const SetRecord mine{seg.epoch.load(), p.version, wire::pack_set(packed), config.node_id};
-      auto& stored = records[id];
-      if (stored.epoch == mine.epoch && stored.owner != mine.owner && stored.owner != 0) {
-        p.refused.push_back(config.node_id);  // another node wrote this epoch here first
-        const View& v = membership->view();
-        if (p.refused.size() > v.expected_votes - record_quorum()) p.failed = true;
-      } else {
-        if (mine.newer_than(stored)) stored = mine;
-        p.acked.push_back(config.node_id);
-      }
-    }
-    if (p.failed) continue;  // the creator gives up (Engine::create)
-    if (p.acked.size() >= record_quorum()) {
-      seg.recorded_set = p.set;
-      seg.recorded_version = p.version;
-      p.active = false;
-      std::string members;
-      for (uint16_t n : p.set) members += (members.empty() ? "" : ",") + std::to_string(n);
-      record_event("segment " + seg.name + ": replica set {" + members + "} recorded at epoch " +
-                   std::to_string(seg.epoch.load()) + " (version " + std::to_string(p.version) + ")");
-      update_durable(seg);
-      continue;
-    }
-    if (elapsed(now, p.last_sent_ns) < kQueryRetryNs / 4) continue;
-    p.last_sent_ns = now;
-    for (auto& ps : peer_states) {
-      const uint16_t peer = ps.node;
-      if (std::find(p.acked.begin(), p.acked.end(), peer) != p.acked.end() ||
-          std::find(p.refused.begin(), p.refused.end(), peer) != p.refused.end() || unreachable(peer))
-        continue;
-      send_record(seg, *ps.link, peer);
-    }
-  }
-}
-
-void Engine::Impl::on_set_record(Link& link, const wire::Frame& f) noexcept {
-  if ((f.flags & wire::kFlagComplete) != 0) {  // an ack: the owner's side
-    auto it = owned.find(f.seg_id);
-    if (it == owned.end()) return;
-    auto& p = it->second->pending;
-    if (p.active && p.sent && f.generation == p.version && f.epoch == it->second->epoch.load() &&
-        std::find(p.acked.begin(), p.acked.end(), f.src) == p.acked.end())
-      p.acked.push_back(f.src);
-    return;
-  }
-  auto it = records.find(f.seg_id);
-  if ((f.flags & wire::kFlagRestart) != 0) {  // withdrawn by the node that wrote it
-    if (it != records.end() && it->second.owner == f.src && it->second.epoch == f.epoch &&
-        it->second.version == f.generation)
-      records.erase(it);
-    return;
-  }
-  if (it == records.end()) {
-    if (records.size() >= 65536) {  // a bound on what peers can make this node keep
-      bump(counters.bad_input);
-      return;
-    }
-    it = records.emplace(f.seg_id, SetRecord{}).first;
-  }
-  const SetRecord proposed{f.epoch, f.generation, f.sack, f.src};
-  // A record from an older owner epoch, or from a second owner of the same
-  // one (two nodes creating one new name at once), is refused like its
-  // data: the sender learns it was superseded.
-  if (f.epoch < it->second.epoch || (f.epoch == it->second.epoch && f.src != it->second.owner)) {
-    bump(counters.stale_epoch);
-    send_error(link, f, wire::ErrorCode::kStaleEpoch, it->second.epoch);
-    return;
-  }
-  if (proposed.newer_than(it->second)) it->second = proposed;
-  fence_if_superseded(f.seg_id, f.epoch);
-  wire::Frame ack = f;
-  ack.src = config.node_id;
-  ack.dst = f.src;
-  ack.flags = wire::kFlagComplete;
-  send_control(link, ack);
-}
-
-void Engine::Impl::step_replicas(uint64_t now) noexcept {
-  if (now - std::min(now, last_replica_check_ns) < heartbeat_ns) return;
-  last_replica_check_ns = now;
-  // Placement decisions only in a quorate view that every member shares: a
-  // minority partition, or a view still settling, moves nothing.
-  const View& v = membership->view();
-  if (!v.quorate || !v.agreed) return;
-  for (auto& [id, seg] : owned) {
-    if (seg->fenced.load()) continue;
-    for (auto& r : seg->replicas) {
-      const uint16_t lost = r->node.load(std::memory_order_relaxed);  // 0: an empty slot
-      if (lost != 0 && !unreachable(lost)) continue;
-      PeerState* best = pick_replica(*seg, true);
-      if (best == nullptr) continue;  // under-replicated until a peer is alive
-      r->sender.stop();
-      r->held.store(0);
-      r->node.store(best->node);
-      record_event("segment " + seg->name + ": " +
-                   (lost != 0 ? "replica on node " + std::to_string(lost) + " lost" : std::string("replica missing")) +
-                   "; re-replicating to node " + std::to_string(best->node));
-      uint64_t latest = 0;
-      if (seg->current_stage >= 0) {
-        Stage& st = seg->stages[seg->current_stage];
-        latest = st.generation;
-        r->sender.start(SendSource{st.mem.data(), seg->size, seg->chunk_size, st.chunk_crcs, 0, st.generation, &st.ready},
-                        tuning(), now);
-      }
-      // The new set is recorded once a majority of it holds the latest
-      // generation (so every durable one); durability waits meanwhile.
-      propose_set(*seg, latest);
-    }
-    improve_placement(*seg, now);
-  }
-}
-
-void Engine::Impl::improve_placement(Segment& seg, uint64_t now) noexcept {
-  // A node joined that spreads the replicas over more failure domains than
-  // one of them does: move that one (S12), but only on a settled segment
-  // (set recorded, latest generation durable) and one move at a time.
-  if (seg.pending.active || seg.recorded_set.empty() || seg.current_stage < 0) return;
-  const Stage& stage = seg.stages[seg.current_stage];
-  if (stage.ready != wire::chunk_count_for(seg.size, seg.chunk_size) || seg.durable.load() < stage.generation) return;
-  for (auto& r : seg.replicas) {
-    const uint16_t n = r->node.load(std::memory_order_relaxed);
-    const auto it = peer_by_node.find(n);
-    if (n == 0 || it == peer_by_node.end() || !it->second->alive) continue;
-    Diversity have = diversity(seg, *it->second, n);
-    PeerState* better = nullptr;
-    for (auto& p : peer_states) {
-      if (!p.alive || std::any_of(seg.replicas.begin(), seg.replicas.end(),
-                                  [&](auto& o) { return o->node.load(std::memory_order_relaxed) == p.node; }))
-        continue;
-      if (const Diversity d = diversity(seg, p, n); d > have) {
-        have = d;  // the best so far is the bar for the next
-        better = &p;
-      }
-    }
-    if (better == nullptr) continue;
-    r->sender.stop();
-    r->held.store(0);
-    r->node.store(better->node);
-    record_event("segment " + seg.name + ": replica moves from node " + std::to_string(n) + " to node " +
-                 std::to_string(better->node) + " (more failure domains)");
-    r->sender.start(SendSource{stage.mem.data(), seg.size, seg.chunk_size, stage.chunk_crcs, 0, stage.generation,
-                               &stage.ready},
-                    tuning(), now);
-    propose_set(seg, stage.generation);
-    return;
-  }
-}
-
 bool Engine::Impl::step_ops(uint64_t now) noexcept {
   bool busy = false;
   for (FetchOp* op : completed_fetches) op->finish();
@@ -1204,41 +657,6 @@ void Engine::Impl::send_fetch_request(FetchOp& op, uint64_t now) noexcept {
   req.name = op.name;
   if (Link* l = link_to(op.peer)) send_control(*l, req);
   op.last_request_ns = now;
-}
-
-void Engine::Impl::send_claim(ClaimOp& c, uint64_t now) noexcept {
-  c.last_sent_ns = now;
-  for (auto& a : c.answers) {
-    if (a.answered || a.peer == config.node_id || unreachable(a.peer)) continue;
-    a.asked = true;
-    Link* l = link_to(a.peer);
-    if (l == nullptr) continue;
-    wire::Frame req;
-    req.type = wire::MsgType::kClaim;
-    req.src = config.node_id;
-    req.dst = a.peer;
-    req.seg_id = c.id;
-    req.epoch = c.epoch;
-    req.name = c.name;
-    send_control(*l, req);
-  }
-}
-
-void Engine::Impl::send_query(QueryOp& q, uint64_t now) noexcept {
-  q.last_sent_ns = now;
-  for (auto& p : peer_states) {
-    auto a = std::find_if(q.answers.begin(), q.answers.end(), [&](const QueryAnswer& x) { return x.peer == p.node; });
-    if ((a != q.answers.end() && a->answered) || unreachable(p.node)) continue;
-    if (a != q.answers.end()) a->asked = true;
-    wire::Frame req;
-    req.type = wire::MsgType::kFetchRequest;
-    req.flags = wire::kFlagQuery;
-    req.src = config.node_id;
-    req.dst = p.node;
-    req.seg_id = q.id;
-    req.name = q.name;
-    send_control(*p.link, req);
-  }
 }
 
 }  // namespace baton

@@ -9,6 +9,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
@@ -217,6 +218,19 @@ Result<pid_t> chassis_restart_blade(const ChassisConfig& c, int id) {
   for (int i = 0; i < 2000 && stat(socket.c_str(), &st) != 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(5));
   if (stat(socket.c_str(), &st) != 0) return fail(Errc::kIo, "blade ", std::to_string(id), " did not come back");
   return pid;
+}
+
+Result<pid_t> chassis_restart(const std::string& dir, int id) {
+  const auto blades = chassis_blades(dir);
+  const auto b = std::find_if(blades.begin(), blades.end(), [id](const Blade& x) { return x.id == id; });
+  if (b == blades.end()) return fail(Errc::kInvalidArgument, "no blade ", std::to_string(id), " in ", dir);
+  if (b->alive) return fail(Errc::kInvalidArgument, "blade ", std::to_string(id), " runs (pid ", std::to_string(b->pid), ")");
+  ChassisConfig c;
+  c.dir = dir;
+  std::error_code ec;
+  c.transport = fs::exists(dir + "/netns", ec) ? "af_packet" : "memif";
+  c.batond = sibling("batond");
+  return chassis_restart_blade(c, id);
 }
 
 std::vector<Blade> chassis_blades(const std::string& dir) {

@@ -47,6 +47,11 @@ Result<void> chassis_down(const std::string& dir);
 /// config `up` wrote; returns its pid. Thread: control.
 Result<pid_t> chassis_restart_blade(const ChassisConfig& c, int id);
 
+/// `batonctl chassis restart`: starts blade `id` of the chassis in `dir`
+/// again if its batond is not running (transport from what `up` left there).
+/// Errors: kInvalidArgument (no such blade, or it runs), kIo.
+Result<pid_t> chassis_restart(const std::string& dir, int id);
+
 /// Drops `loss_pct` percent of the frames between blade `blade` and each
 /// blade in `peers` (every other blade if empty), both ways: nftables rules
 /// (`numgen random`) on the egress hook of each veth end, in the blades'

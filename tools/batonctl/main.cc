@@ -7,6 +7,7 @@
 //   batonctl chassis up [--blades N] [--replicas K] [--dir D] [--transport memif|af_packet]
 //   batonctl chassis status [--dir D] [--json]
 //   batonctl chassis down [--dir D]
+//   batonctl chassis restart --blade N [--dir D]
 //   batonctl demo [--blades N] [--batches N] [--transport memif|af_packet]   the failover demo
 //
 // Tables for people, --json for scripts; errors on stderr with a non-zero status.
@@ -199,6 +200,10 @@ int main(int argc, char** argv) {
   cfault->add_option("--peer", fault_peers, "only the links to these blades (default: all)");
   cfault->add_option("--loss", loss, "percent of frames dropped each way; 100 (default) partitions");
   cfault->add_option("--backplane", backplane, "only this backplane (1 or 2; default: every one)");
+  int restart_blade = 0;
+  auto* crestart = ch->add_subcommand("restart", "start a blade whose batond died (a new, empty incarnation)");
+  crestart->add_option("--dir", chassis.dir, "the chassis directory");
+  crestart->add_option("--blade", restart_blade, "the blade to start")->required();
   auto* cheal = ch->add_subcommand("heal", "remove every fault");
   cheal->add_option("--dir", chassis.dir, "the chassis directory");
   auto* cst = ch->add_subcommand("status", "which blades run");
@@ -271,6 +276,12 @@ int main(int argc, char** argv) {
   if (*cfault) {
     auto ok = baton::ctl::chassis_fault(chassis.dir, fault_blade, fault_peers, loss, backplane);
     return ok ? 0 : die(ok.error().message);
+  }
+  if (*crestart) {
+    auto pid = baton::ctl::chassis_restart(chassis.dir, restart_blade);
+    if (!pid) return die(pid.error().message);
+    std::printf("blade %d restarted: pid %d\n", restart_blade, *pid);
+    return 0;
   }
   if (*cheal) {
     auto ok = baton::ctl::chassis_heal(chassis.dir);

@@ -1,0 +1,192 @@
+// Durability and set records (S22; docs/architecture.md, "Fencing"): what
+// counts as durable, how an owner records its replica set at a quorum of
+// nodes, and fencing an owner that was superseded.
+//
+// Thread: the poll-token holder.
+
+#include <algorithm>
+
+#include "engine_impl.h"
+#include "engine_util.h"
+
+namespace baton {
+
+uint64_t Engine::Impl::held_by(const Segment& seg, uint16_t node) const noexcept {
+  for (const auto& r : seg.replicas)
+    if (r->node.load(std::memory_order_relaxed) == node) return r->held.load(std::memory_order_relaxed);
+  return 0;  // no longer a replica: holds nothing for this owner
+}
+
+void Engine::Impl::update_durable(Segment& seg) noexcept {
+  // While a new set is being recorded, nothing new becomes durable: a loader
+  // may already go by the new record, or still by the old one.
+  if (seg.pending.active || seg.recorded_set.empty()) return;
+  // The generation the majority-th best member holds: a majority holds it.
+  uint64_t held[wire::kMaxReplicaSet] = {};
+  const size_t n = std::min(seg.recorded_set.size(), wire::kMaxReplicaSet);
+  // A member the detector holds for gone counts for nothing: if it died, its
+  // memory went with it (a false suspicion only delays the acknowledgement).
+  for (size_t i = 0; i < n; ++i)
+    held[i] = unreachable(seg.recorded_set[i]) ? 0 : held_by(seg, seg.recorded_set[i]);
+  std::sort(held, held + n, std::greater<>());
+  const uint64_t d = held[n / 2];
+  if (d > seg.durable.load(std::memory_order_relaxed)) seg.durable.store(d, std::memory_order_release);
+}
+
+//
+// The owner writes its segment's replica set to every node and counts it once
+// a quorum of nodes stored it. A loader hears from a quorum of nodes, so it
+// sees the newest recorded set (or a newer proposal), and claims from a
+// majority of that set. A set is proposed only once a majority of it holds
+// every generation that may be durable, so that majority intersects the
+// holders of any durable generation.
+
+void Engine::Impl::propose_set(Segment& seg, uint64_t need) noexcept {
+  auto& p = seg.pending;
+  p.set.clear();
+  for (const auto& r : seg.replicas)
+    if (const uint16_t n = r->node.load(std::memory_order_relaxed); n != 0) p.set.push_back(n);
+  // No replica at all: nothing to record. The newest record stays the set
+  // that still holds the last durable state (a loader claims from it).
+  p.active = !p.set.empty();
+  p.version = std::max(seg.recorded_version, p.version) + 1;
+  p.sent = false;
+  p.failed = false;
+  p.need = need;
+  p.acked.clear();
+  p.refused.clear();
+}
+
+void Engine::Impl::withdraw_record(Segment& seg) noexcept {
+  auto& p = seg.pending;
+  for (uint16_t n : p.acked) {
+    if (n == config.node_id) {
+      auto it = records.find(seg.id);
+      if (it != records.end() && it->second.owner == config.node_id && it->second.version == p.version)
+        records.erase(it);
+      continue;
+    }
+    if (Link* l = link_to(n)) send_record(seg, *l, n, true);
+  }
+  p.active = false;
+}
+
+void Engine::Impl::send_record(Segment& seg, Link& link, uint16_t peer, bool withdraw) noexcept {
+  wire::Frame f;
+  f.type = wire::MsgType::kSetRecord;
+  if (withdraw) f.flags = wire::kFlagRestart;
+  f.src = config.node_id;
+  f.dst = peer;
+  f.seg_id = seg.id;
+  f.name = seg.name;
+  f.epoch = seg.epoch.load(std::memory_order_relaxed);
+  f.generation = seg.pending.version;
+  wire::ReplicaSet set{};
+  for (size_t i = 0; i < seg.pending.set.size() && i < set.size(); ++i) set[i] = seg.pending.set[i];
+  f.sack = wire::pack_set(set);
+  send_control(link, f);
+}
+
+void Engine::Impl::step_records(uint64_t now) noexcept {
+  for (auto& [id, segp] : owned) {
+    Segment& seg = *segp;
+    auto& p = seg.pending;
+    if (!p.active || seg.fenced.load(std::memory_order_relaxed)) continue;
+    if (!p.sent) {
+      size_t holding = 0;
+      for (uint16_t n : p.set) holding += held_by(seg, n) >= p.need;
+      if (holding * 2 <= p.set.size()) continue;
+      p.sent = true;
+      p.last_sent_ns = 0;
+      wire::ReplicaSet packed{};
+      for (size_t i = 0; i < p.set.size() && i < packed.size(); ++i) packed[i] = p.set[i];
+      const SetRecord mine{seg.epoch.load(), p.version, wire::pack_set(packed), config.node_id};
+      auto& stored = records[id];
+      if (stored.epoch == mine.epoch && stored.owner != mine.owner && stored.owner != 0) {
+        p.refused.push_back(config.node_id);  // another node wrote this epoch here first
+        const View& v = membership->view();
+        if (p.refused.size() > v.expected_votes - record_quorum()) p.failed = true;
+      } else {
+        if (mine.newer_than(stored)) stored = mine;
+        p.acked.push_back(config.node_id);
+      }
+    }
+    if (p.failed) continue;  // the creator gives up (Engine::create)
+    if (p.acked.size() >= record_quorum()) {
+      seg.recorded_set = p.set;
+      seg.recorded_version = p.version;
+      p.active = false;
+      std::string members;
+      for (uint16_t n : p.set) members += (members.empty() ? "" : ",") + std::to_string(n);
+      record_event("segment " + seg.name + ": replica set {" + members + "} recorded at epoch " +
+                   std::to_string(seg.epoch.load()) + " (version " + std::to_string(p.version) + ")");
+      update_durable(seg);
+      continue;
+    }
+    if (elapsed(now, p.last_sent_ns) < kQueryRetryNs / 4) continue;
+    p.last_sent_ns = now;
+    for (auto& ps : peer_states) {
+      const uint16_t peer = ps.node;
+      if (std::find(p.acked.begin(), p.acked.end(), peer) != p.acked.end() ||
+          std::find(p.refused.begin(), p.refused.end(), peer) != p.refused.end() || unreachable(peer))
+        continue;
+      send_record(seg, *ps.link, peer);
+    }
+  }
+}
+
+void Engine::Impl::on_set_record(Link& link, const wire::Frame& f) noexcept {
+  if ((f.flags & wire::kFlagComplete) != 0) {  // an ack: the owner's side
+    auto it = owned.find(f.seg_id);
+    if (it == owned.end()) return;
+    auto& p = it->second->pending;
+    if (p.active && p.sent && f.generation == p.version && f.epoch == it->second->epoch.load() &&
+        std::find(p.acked.begin(), p.acked.end(), f.src) == p.acked.end())
+      p.acked.push_back(f.src);
+    return;
+  }
+  auto it = records.find(f.seg_id);
+  if ((f.flags & wire::kFlagRestart) != 0) {  // withdrawn by the node that wrote it
+    if (it != records.end() && it->second.owner == f.src && it->second.epoch == f.epoch &&
+        it->second.version == f.generation)
+      records.erase(it);
+    return;
+  }
+  if (it == records.end()) {
+    if (records.size() >= 65536) {  // a bound on what peers can make this node keep
+      bump(counters.bad_input);
+      return;
+    }
+    it = records.emplace(f.seg_id, SetRecord{}).first;
+  }
+  const SetRecord proposed{f.epoch, f.generation, f.sack, f.src};
+  // A record from an older owner epoch, or from a second owner of the same
+  // one (two nodes creating one new name at once), is refused like its
+  // data: the sender learns it was superseded.
+  if (f.epoch < it->second.epoch || (f.epoch == it->second.epoch && f.src != it->second.owner)) {
+    bump(counters.stale_epoch);
+    send_error(link, f, wire::ErrorCode::kStaleEpoch, it->second.epoch);
+    return;
+  }
+  if (proposed.newer_than(it->second)) it->second = proposed;
+  fence_if_superseded(f.seg_id, f.epoch);
+  wire::Frame ack = f;
+  ack.src = config.node_id;
+  ack.dst = f.src;
+  ack.flags = wire::kFlagComplete;
+  send_control(link, ack);
+}
+
+void Engine::Impl::fence_if_superseded(uint64_t seg_id, uint64_t epoch) noexcept {
+  if (auto it = owned.find(seg_id); it != owned.end() && epoch > it->second->epoch.load(std::memory_order_relaxed))
+    fence(*it->second);
+}
+
+void Engine::Impl::fence(Segment& seg) noexcept {
+  if (seg.fenced.exchange(true)) return;
+  record_event("segment " + seg.name + " fenced: owner epoch " + std::to_string(seg.epoch.load()) +
+               " was superseded; this node no longer owns it");
+  for (auto& r : seg.replicas) r->sender.stop();
+}
+
+}  // namespace baton

@@ -1,0 +1,472 @@
+// Taking ownership (S1, S9, S11, S22; docs/architecture.md, "Fencing"):
+// create a new name, open (restore or start fresh), load as an agent, and
+// reopen after an application restart. The control side: these calls ask
+// peers through query and claim rounds the poll loop drives, and block.
+//
+// Thread: control (an API caller), with control_mu held.
+
+#include <algorithm>
+#include <cstring>
+
+#include "common/log.h"
+#include "engine_impl.h"
+#include "engine_util.h"
+
+namespace baton {
+
+namespace {
+
+// The newest owner epoch any answer mentions (held or recorded): a new owner
+// starts above it, so stale replicas and records give way.
+uint64_t newest_epoch(const QueryOp& q) {
+  uint64_t e = 0;
+  for (const auto& a : q.answers) e = std::max({e, a.epoch, a.record.epoch});
+  return e;
+}
+
+}  // namespace
+
+Result<std::unique_ptr<QueryOp>> Engine::Impl::query(std::string_view name) {
+  auto q = std::make_unique<QueryOp>();
+  q->name = std::string(name);
+  q->id = wire::segment_id(name);
+  for (auto& p : peer_states) q->answers.push_back(QueryAnswer{p.node});
+  QueryOp* raw = q.get();
+  q->run = [this, raw] {
+    for (QueryOp* other : queries)
+      if (other->id == raw->id) return raw->fail(Errc::kBusy, "another load of this name is in progress");
+    // This node answers too: it may hold a replica (the nearest copy of
+    // all) and a record of the replica set.
+    QueryAnswer self{config.node_id, true};
+    if (auto it = stores.find(raw->id); it != stores.end() && it->second->latest() != nullptr) {
+      ReplicaStore& st = *it->second;
+      self.found = true;
+      self.epoch = st.epoch();
+      self.generation = st.latest()->generation;
+      self.total_len = st.size();
+    }
+    if (auto it = records.find(raw->id); it != records.end()) self.record = it->second;
+    raw->answers.push_back(self);
+    const uint64_t now = clock_ns();
+    raw->deadline_ns = now + round_timeout_ns();
+    raw->hard_deadline_ns = now + quorum_patience_ns();
+    raw->need = membership->view().quorum;
+    queries.push_back(raw);
+    send_query(*raw, now);
+  };
+  post(raw);
+  await(*raw);
+  if (!raw->ok) return tl::unexpected(raw->error);
+  // Decisions rest on what a quorum of nodes said: a set record written at
+  // a quorum is then seen by at least one of them.
+  const uint32_t need = current_view().quorum;
+  const uint32_t answered = q->answered();
+  if (answered < need)
+    return fail(Errc::kUnavailable, "only ", std::to_string(answered), " of the ", std::to_string(need),
+                " nodes a decision needs answered about ", name);
+  return q;
+}
+
+Result<Segment*> Engine::create(std::string_view name, uint64_t size) {
+  if (auto ok = check_name(name); !ok) return tl::unexpected(ok.error());
+  if (size == 0 || size > impl_->config.max_segment_size)
+    return fail(Errc::kInvalidArgument, "size must be 1..", std::to_string(impl_->config.max_segment_size));
+  std::lock_guard lock(impl_->control_mu);
+  if (impl_->segments.count(std::string(name)) != 0) return fail(Errc::kExists, "segment ", name, " is open here");
+  if (auto ok = impl_->require_quorum("create a segment"); !ok) return tl::unexpected(ok.error());
+  auto q = impl_->query(name);
+  if (!q) return tl::unexpected(q.error());
+  for (const auto& a : (*q)->answers) {
+    if (a.found)
+      return fail(Errc::kExists, "segment ", name, " already exists on node ", std::to_string(a.peer),
+                  a.owner ? " (its owner)" : " (a replica); load it instead");
+    // A record without a copy: an owner wrote it (perhaps creating this very
+    // name right now, or it is cut off): creating again would make a second
+    // owner without a claim.
+    if (a.record.epoch != 0)
+      return fail(Errc::kExists, "segment ", name, " is recorded at epoch ", std::to_string(a.record.epoch),
+                  " (node ", std::to_string(a.peer), " holds its record); load it instead");
+  }
+  return impl_->create_fresh(name, size);
+}
+
+Result<Segment*> Engine::Impl::create_fresh(std::string_view name, uint64_t size) {
+  // A new name has no replica set to fence through, so its creation rests
+  // on the view alone. Two nodes split apart are each quorate (two_node);
+  // only the tie-breaker (the lowest node id) creates names then, as
+  // votequorum's auto_tie_breaker would decide. Loads stay open to both:
+  // they are fenced by the replica set's majority.
+  if (const View v = current_view(); v.expected_votes == 2 && v.members.size() < 2 && config.node_id != tie_breaker)
+    return fail(Errc::kUnavailable, "cannot create ", name, ": this two-node cluster is split and only node ",
+                std::to_string(tie_breaker), " (the tie-breaker) creates new names while the other is unreachable");
+  // Epoch 1: no node holds or records the name (the callers checked).
+  auto made = make_segment(name, size, nullptr, 1, 0);
+  if (!made) return made;
+  Segment* seg = *made;
+  // The name is this node's once its replica set is recorded at a quorum:
+  // of two nodes creating one name at once, at most one gets there.
+  bool failed = false;
+  const uint64_t deadline = clock_ns() + quorum_patience_ns();
+  const bool settled = poll_until(
+      [&] {
+        failed = seg->pending.failed;
+        return failed || !seg->pending.active;
+      },
+      deadline);
+  if (settled && !failed) return seg;
+  (void)call([this, seg] { withdraw_record(*seg); });
+  (void)remove_segment(seg);
+  if (failed) return fail(Errc::kExists, "segment ", name, " is being created by another node");
+  return fail(Errc::kUnavailable, "segment ", name, ": its replica set was not recorded at a quorum of nodes in time");
+}
+
+Result<void> Engine::Impl::require_quorum(const char* what) {
+  const uint64_t deadline = clock_ns() + round_timeout_ns();
+  // Just after start the view may not have gathered the peers yet: poll.
+  if (poll_until([this] { return membership->view().quorate; }, deadline)) return {};
+  return fail(Errc::kUnavailable, "cannot ", what, ": no quorum (", current_view().to_string(), ")");
+}
+
+Result<std::unique_ptr<ClaimOp>> Engine::Impl::claim(std::string_view name, uint64_t epoch,
+                                                     const std::vector<uint16_t>& peers, uint32_t need) {
+  auto c = std::make_unique<ClaimOp>();
+  c->name = std::string(name);
+  c->id = wire::segment_id(name);
+  c->epoch = epoch;
+  c->need = need;
+  for (uint16_t p : peers) c->answers.push_back(ClaimAnswer{p});
+  ClaimOp* raw = c.get();
+  c->run = [this, raw] {
+    for (ClaimOp* other : claims)
+      if (other->id == raw->id) return raw->fail(Errc::kBusy, "another load of this name is in progress");
+    // Our own replica answers here and now, by the same rule as a peer's.
+    for (auto& a : raw->answers) {
+      if (a.peer != config.node_id) continue;
+      a.answered = true;
+      auto it = stores.find(raw->id);
+      if (it == stores.end()) continue;
+      ReplicaStore& st = *it->second;
+      if (raw->epoch < st.epoch() || (raw->epoch == st.epoch() && st.owner() != config.node_id)) {
+        a.refused_epoch = st.epoch();
+        continue;
+      }
+      st.adopt_epoch(config.node_id, raw->epoch);
+      a.granted = true;
+      a.total_len = st.size();
+      if (const ReplicaStore::Slot* slot = st.latest()) {
+        a.data_epoch = slot->epoch;
+        a.generation = slot->generation;
+        a.set = slot->set;
+      }
+    }
+    const uint64_t now = clock_ns();
+    raw->deadline_ns = now + round_timeout_ns();
+    raw->hard_deadline_ns = now + quorum_patience_ns();
+    claims.push_back(raw);
+    send_claim(*raw, now);
+  };
+  post(raw);
+  await(*raw);
+  if (!raw->ok) return tl::unexpected(raw->error);
+  return c;
+}
+
+namespace {
+
+std::string set_string(const std::vector<uint16_t>& set) {
+  std::string s = "{";
+  for (size_t i = 0; i < set.size(); ++i) s += (i ? "," : "") + std::to_string(set[i]);
+  return s + "}";
+}
+
+}  // namespace
+
+// Ownership moves in two steps (S9, S22). First a claim: every replica that
+// holds the name, and every member of the newest recorded replica set, is
+// asked to accept owner epoch E+1, above any epoch seen; one that accepts
+// refuses the old owner from then on and hands over what it holds.
+// Ownership is taken only if a majority of that recorded set accepted. Then
+// the newest generation handed over is fetched from a replica that accepted.
+// See docs/architecture.md, "Fencing".
+Result<OpenResult> Engine::Impl::load_from(const QueryOp& q, std::string_view name) {
+  uint64_t max_epoch = newest_epoch(q);
+  // Claim one above the newest epoch seen, or the newest itself if this
+  // node won it before without taking ownership (see unused_claims).
+  uint64_t claim_epoch = max_epoch + 1;
+  if (auto it = unused_claims.find(q.id); it != unused_claims.end() && it->second == max_epoch) claim_epoch = max_epoch;
+  std::vector<uint16_t> holders;
+  SetRecord record;  // the newest record of the replica set any node holds
+  for (const auto& a : q.answers) {
+    if (a.record.newer_than(record)) record = a.record;
+    if (!a.found) continue;
+    if (!a.owner && a.generation > 0 && a.total_len > 0 && a.total_len <= config.max_segment_size)
+      holders.push_back(a.peer);
+  }
+  if (holders.empty()) {
+    if (!config.global_dir.empty()) return load_from_global(name, max_epoch);
+    return fail(Errc::kNotFound, "no live replica holds ", name);
+  }
+  // Members of the recorded set are asked too, whatever they answered.
+  for (uint16_t n : wire::unpack_set(record.set))
+    if (n != 0 && std::find(holders.begin(), holders.end(), n) == holders.end() &&
+        (n == config.node_id || peer_by_node.count(n) != 0))
+      holders.push_back(n);
+  std::unique_ptr<ClaimOp> c;
+  for (int attempt = 0;; ++attempt) {
+    size_t recorded = 0;
+    for (uint16_t n : wire::unpack_set(record.set)) recorded += n != 0;
+    auto claimed = claim(name, claim_epoch, holders, static_cast<uint32_t>(std::max<size_t>(1, (recorded + 1) / 2)));
+    if (!claimed) return tl::unexpected(claimed.error());
+    c = std::move(*claimed);
+    uint64_t refused = 0;
+    for (const auto& a : c->answers) refused = std::max(refused, a.refused_epoch);
+    // A replica had seen a newer epoch than the query showed (a concurrent
+    // or failed claim): claim above it, a few times at most.
+    if (refused == 0 || attempt == 2) break;
+    claim_epoch = std::max(claim_epoch, refused + 1);
+  }
+  // Until ownership is taken at it, this epoch is an unused claim of ours.
+  unused_claims[q.id] = c->epoch;
+  const ClaimAnswer* best = nullptr;
+  for (const auto& a : c->answers)
+    if (a.granted && a.generation > 0 &&
+        (best == nullptr || std::tie(a.data_epoch, a.generation) > std::tie(best->data_epoch, best->generation)))
+      best = &a;
+  if (best == nullptr)
+    return fail(Errc::kUnavailable, "no replica of ", name, " accepted owner epoch ", std::to_string(c->epoch));
+  // The set whose majority must accept: the newest recorded one. Without any
+  // record (its creator died before recording one) nothing was ever
+  // durable, and the set stamped on the newest generation serves.
+  // Two records of one (epoch, version) from different owners are left by
+  // a lost race to create the name whose loser could not withdraw its own:
+  // then a majority of each must accept.
+  std::vector<uint64_t> sets{record.epoch != 0 ? record.set : best->set};
+  for (const auto& a : q.answers)
+    if (a.record.epoch == record.epoch && a.record.version == record.version && a.record.owner != record.owner &&
+        record.epoch != 0 && std::find(sets.begin(), sets.end(), a.record.set) == sets.end())
+      sets.push_back(a.record.set);
+  //
+  // How many must accept: durable means held by a majority W = |S|/2 + 1 of
+  // the set, so R = |S| - W + 1 acceptances (a) leave the old owner fewer
+  // than W members that still take its data, and (b) meet every majority
+  // that held a durable generation (R + W > |S|). Only a member that holds
+  // the segment accepts; one that restarted and lost it cannot, and R (not
+  // a majority) keeps the segment loadable when that happens to a member of
+  // a set of two. A member that refuses (it took another claimant's epoch)
+  // fails the claim.
+  auto enough = [](size_t yes, size_t no, size_t size) { return no == 0 && yes > 0 && yes >= (size + 1) / 2; };
+  std::vector<uint16_t> set;
+  size_t accepted = 0, refusing = 0;
+  for (uint64_t packed : sets) {
+    std::vector<uint16_t> members;
+    for (uint16_t n : wire::unpack_set(packed))
+      if (n != 0) members.push_back(n);
+    size_t yes = 0, no = 0;
+    for (const auto& a : c->answers) {
+      if (std::find(members.begin(), members.end(), a.peer) == members.end()) continue;
+      yes += a.granted;
+      no += a.refused_epoch != 0;
+    }
+    const bool ok = enough(yes, no, members.size());
+    if (set.empty() || !ok) {  // report the first set, or the one that fails
+      set = members;
+      accepted = yes;
+      refusing = no;
+    }
+    if (!ok) break;
+  }
+  if (!enough(accepted, refusing, set.size())) {
+    record_event("segment " + std::string(name) + ": ownership not taken: " + std::to_string(accepted) + " of " +
+                 std::to_string(set.size()) + " replicas of set " + set_string(set) + " accepted epoch " +
+                 std::to_string(c->epoch));
+    return fail(Errc::kUnavailable, "only ", std::to_string(accepted), " of the ", std::to_string(set.size()),
+                " replicas ", set_string(set), " of ", name, " accepted owner epoch ", std::to_string(c->epoch),
+                refusing != 0 ? " and " + std::to_string(refusing) + " refused it" : std::string(), "; ",
+                std::to_string((set.size() + 1) / 2), " must, and none refuse");
+  }
+  // The new owner keeps the live members of that set as its replicas.
+  std::vector<uint16_t> keep;
+  for (uint16_t n : set)
+    if (n != config.node_id) keep.push_back(n);
+  // Sources: replicas that accepted and hold the newest generation; this
+  // node's own copy first (no transfer at all), then the best answer's.
+  std::vector<const ClaimAnswer*> sources;
+  for (const auto& a : c->answers)
+    if (a.granted && a.data_epoch == best->data_epoch && a.generation == best->generation &&
+        a.total_len == best->total_len)
+      sources.push_back(&a);
+  std::stable_sort(sources.begin(), sources.end(), [this, best](auto* a, auto* b) {
+    return std::make_pair(a->peer == config.node_id, a == best) > std::make_pair(b->peer == config.node_id, b == best);
+  });
+  Error last{Errc::kNotFound, "no replica could deliver " + std::string(name)};
+  for (const ClaimAnswer* a : sources) {
+    auto dest = LocalStorage::create(std::string(name), a->total_len, config.numa_node);
+    if (!dest) return tl::unexpected(dest.error());
+    uint64_t got = 0;
+    if (a->peer == config.node_id) {  // our own replica store: a local copy
+      auto copied = call([&] {
+        auto it = stores.find(q.id);
+        ReplicaStore::Slot* slot = it == stores.end() ? nullptr : it->second->find(a->generation);
+        if (slot == nullptr || it->second->size() != dest->size()) return;
+        std::memcpy(dest->data(), slot->mem.data(), dest->size());
+        got = slot->generation;
+      });
+      if (!copied || got == 0) continue;  // published over meanwhile: try the next copy
+    } else {
+      FetchOp op;
+      op.name = std::string(name);
+      op.id = q.id;
+      op.peer = a->peer;
+      op.generation = a->generation;
+      op.dest = &*dest;
+      op.run = [this, &op] {
+        op.last_progress_ns = clock_ns();
+        fetches.push_back(&op);
+        send_fetch_request(op, op.last_progress_ns);
+      };
+      post(&op);
+      await(op);
+      if (!op.ok) {
+        BT_WARN("load %.*s from node %u failed: %s", int(name.size()), name.data(), a->peer,
+                op.error.message.c_str());
+        last = op.error;
+        continue;
+      }
+      got = op.got_generation;
+    }
+    auto seg = make_segment(name, a->total_len, &*dest, c->epoch, got, keep);
+    if (!seg) return tl::unexpected(seg.error());
+    unused_claims.erase(q.id);
+    record_event("segment " + std::string(name) + ": ownership taken at epoch " + std::to_string(c->epoch) + " (" +
+                 std::to_string(accepted) + " of " + std::to_string(set.size()) + " replicas of " +
+                 set_string(set) + " accepted); generation " + std::to_string(got) + " loaded from " +
+                 (a->peer == config.node_id ? std::string("this node's replica")
+                                            : "node " + std::to_string(a->peer)));
+    return OpenResult{*seg, OpenOutcome::kRestored, got};
+  }
+  return tl::unexpected(last);
+}
+
+Result<OpenResult> Engine::Impl::load_from_global(std::string_view name, uint64_t max_epoch) {
+  auto copy = GlobalStore::newest(config.global_dir, name, config.max_segment_size);
+  if (!copy) return fail(Errc::kNotFound, "no live replica and no copy in global storage holds ", name);
+  auto dest = LocalStorage::create(std::string(name), copy->size, config.numa_node);
+  if (!dest) return tl::unexpected(dest.error());
+  if (auto ok = GlobalStore::read(*copy, dest->bytes()); !ok) return tl::unexpected(ok.error());
+  const uint64_t epoch = std::max(max_epoch, copy->epoch) + 1;
+  auto seg = make_segment(name, copy->size, &*dest, epoch, copy->generation);
+  if (!seg) return tl::unexpected(seg.error());
+  record_event("loaded " + std::string(name) + " generation " + std::to_string(copy->generation) +
+               " from global storage (no live replica)");
+  return OpenResult{*seg, OpenOutcome::kRestored, copy->generation};
+}
+
+Result<OpenResult> Engine::load(std::string_view name) {
+  if (auto ok = check_name(name); !ok) return tl::unexpected(ok.error());
+  std::lock_guard lock(impl_->control_mu);
+  return impl_->open_locked(name, 0, true);
+}
+
+Result<OpenResult> Engine::open(std::string_view name, uint64_t size) {
+  if (auto ok = check_name(name); !ok) return tl::unexpected(ok.error());
+  if (size == 0 || size > impl_->config.max_segment_size)
+    return fail(Errc::kInvalidArgument, "size must be 1..", std::to_string(impl_->config.max_segment_size));
+  std::lock_guard lock(impl_->control_mu);
+  return impl_->open_locked(name, size, false);
+}
+
+Result<OpenResult> Engine::Impl::open_locked(std::string_view name, uint64_t size, bool load_only, bool again) {
+  if (auto it = segments.find(std::string(name)); it != segments.end()) {
+    if (!it->second->fenced.load()) return fail(Errc::kExists, "segment ", name, " is open here");
+    // Superseded here: its memory holds a history the cluster moved past.
+    if (auto ok = remove_segment(it->second.get()); !ok) return tl::unexpected(ok.error());
+  }
+  if (auto ok = require_quorum(load_only ? "take ownership" : "open a segment"); !ok)
+    return tl::unexpected(ok.error());
+  auto q = query(name);
+  if (!q) return tl::unexpected(q.error());
+  if (load_only) return load_from(**q, name);
+  bool any_replica = false;
+  const uint64_t newest = newest_epoch(**q);
+  for (const auto& a : (*q)->answers) {
+    // An owner whose epoch was superseded (it has not heard yet) owns nothing.
+    if (a.found && a.owner && a.epoch >= newest)
+      return fail(Errc::kExists, "segment ", name, " is owned by live node ", std::to_string(a.peer));
+    any_replica |= a.found;
+  }
+  if (any_replica) return load_from(**q, name);
+  // No replica anywhere: global storage may still hold it (S7); only when it
+  // does not either is this a first run.
+  if (!config.global_dir.empty() && GlobalStore::newest(config.global_dir, name, config.max_segment_size))
+    return load_from_global(name, newest_epoch(**q));
+  // A record but no copy anywhere: the state existed and is lost (or its
+  // holders are cut off). Starting afresh would hide that; say it instead.
+  for (const auto& a : (*q)->answers)
+    if (a.record.epoch != 0)
+      return fail(Errc::kNotFound, "segment ", name, " is recorded at epoch ", std::to_string(a.record.epoch),
+                  " but no live replica or global storage holds it");
+  // "Nothing anywhere" is a conclusion about every node, not a quorum: a
+  // quorum of nodes that restarted (and so forgot everything) would agree
+  // on it while a live node that did not answer in time holds the state.
+  // Nor may this node have received a copy or a record while it asked (its
+  // own answer was taken when the round began): then ask once more.
+  uint16_t silent = 0;
+  bool arrived = false;
+  (void)call([&] {
+    for (const auto& a : (*q)->answers)
+      if (auto it = peer_by_node.find(a.peer); !a.answered && it != peer_by_node.end() && it->second->alive)
+        silent = a.peer;
+    arrived = stores.count((*q)->id) != 0 || records.count((*q)->id) != 0;
+  });
+  if (silent != 0)
+    return fail(Errc::kUnavailable, "node ", std::to_string(silent), " is alive but did not say what it holds of ",
+                name, "; not starting it afresh (try again)");
+  if (arrived) {
+    if (!again) return open_locked(name, size, false, true);
+    return fail(Errc::kUnavailable, "segment ", name, " is arriving at this node; try again");
+  }
+  auto seg = create_fresh(name, size);
+  if (!seg) return tl::unexpected(seg.error());
+  return OpenResult{*seg, OpenOutcome::kCreated, 0};
+}
+
+Result<OpenResult> Engine::reopen(Segment* segment) {
+  std::lock_guard lock(impl_->control_mu);
+  Segment* seg = impl_->find_handle(segment);
+  if (seg == nullptr) return fail(Errc::kInvalidArgument, "unknown segment handle");
+  if (!seg->fenced.load()) {
+    // While the application was gone the node may have been cut off (or
+    // stopped) and another taken over: ask a quorum before trusting the
+    // local copy. A newer epoch anywhere, or another live owner, fences it.
+    if (auto ok = impl_->require_quorum("confirm ownership"); !ok) return tl::unexpected(ok.error());
+    auto q = impl_->query(seg->name);
+    if (!q) return tl::unexpected(q.error());
+    const uint64_t epoch = seg->epoch.load();
+    bool superseded = false;
+    for (const auto& a : (*q)->answers)
+      superseded |= a.record.epoch > epoch || (a.found && a.epoch > epoch) || (a.found && a.owner);
+    if (superseded) (void)impl_->call([this, seg] { impl_->fence(*seg); });
+  }
+  if (seg->fenced.load()) return impl_->open_locked(std::string(seg->name), seg->size, false);
+  const uint64_t generation = impl_->restore_committed(*seg);
+  return OpenResult{seg, generation > 0 ? OpenOutcome::kRestored : OpenOutcome::kCreated, generation};
+}
+
+uint64_t Engine::Impl::restore_committed(Segment& seg) {
+  // The stage of the newest generation is complete once commit() returned
+  // (the snapshot is taken under the poll token); it stays while the
+  // replicas receive it, and until the next commit.
+  acquire_token();
+  uint64_t generation = 0;
+  if (seg.current_stage >= 0) {
+    const Stage& stage = seg.stages[seg.current_stage];
+    std::memcpy(seg.mem.data(), stage.mem.data(), seg.size);
+    generation = stage.generation;
+  } else {
+    std::memset(seg.mem.data(), 0, seg.size);
+  }
+  release_token();
+  return generation;
+}
+
+}  // namespace baton

@@ -1,0 +1,35 @@
+#pragma once
+// Small helpers the engine's units share (engine.cc, worker.cc, control/).
+
+#include <atomic>
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include "baton/result.h"
+#include "protocol/wire.h"
+
+namespace baton {
+
+inline constexpr uint64_t kFetchRequestRetryNs = 50'000'000;
+inline constexpr uint64_t kQueryRetryNs = 20'000'000;  // a lost query or answer must not read as "not found"
+
+/// Time since `since`, zero if `since` is later (stamped after this poll began).
+inline uint64_t elapsed(uint64_t now, uint64_t since) noexcept { return now > since ? now - since : 0; }
+
+/// Adds to a counter only the poll-token holder writes (others read it).
+inline void bump(std::atomic<uint64_t>& c, uint64_t n = 1) noexcept {
+  c.store(c.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
+}
+
+/// A segment name as the API takes it: kInvalidArgument with the reason.
+inline Result<void> check_name(std::string_view name) {
+  if (name.empty()) return fail(Errc::kInvalidArgument, "segment name is empty");
+  if (name.size() > wire::kMaxNameLen)
+    return fail(Errc::kInvalidArgument, "segment name longer than ", std::to_string(wire::kMaxNameLen), " bytes");
+  if (!wire::valid_name(name))
+    return fail(Errc::kInvalidArgument, "segment name must be printable ASCII without spaces");
+  return {};
+}
+
+}  // namespace baton

@@ -1,0 +1,268 @@
+// baton-campaign: the random kill campaign on real processes (issue #8).
+//
+// A chassis of batond blades (batonctl chassis, memif or af_packet) and one
+// application at a time, a separate process on the public C API. Each cycle
+// the application starts on a blade with baton_open (S11): that is the
+// restore under test, checked against what the previous writer was told was
+// durable. Then it writes generations whose content derives from their
+// number, commits, waits for BATON_DURABLE and publishes the durable
+// generation in shared memory before going on. At a random moment one fault
+// strikes: SIGKILL the owner blade's batond and the writer (sometimes
+// 0-400 us into a commit), only the writer, a replica blade, or the writer
+// with an agent moving the segment to another blade (baton_load). Killed
+// blades restart empty (a new incarnation). A restore that returns an older
+// generation than the last durable one is LOST; bytes that are not that
+// generation's content are TORN; no restore within the deadline is FAILED.
+//
+//   baton-campaign [--cycles 30] [--transport memif|af_packet] [--blades 4]
+//                  [--size BYTES] [--seed S] [--dir D]
+
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "baton/baton.h"
+#include "chassis.h"
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+/// What the writer process tells the campaign, in shared memory.
+struct Shared {
+  std::atomic<int> state;               ///< 0 starting, 1 restored, 2 writing, 3 gave up
+  std::atomic<uint64_t> restored;       ///< generation the open returned (0: fresh)
+  std::atomic<int> restored_ok;         ///< 1: its bytes are that generation's content
+  std::atomic<uint64_t> restore_us;     ///< how long the open took
+  std::atomic<uint64_t> durable;        ///< newest generation acknowledged durable
+  std::atomic<int> committing;          ///< inside baton_commit
+  std::atomic<uint64_t> commits;
+  char error[256];
+};
+
+uint64_t word(uint64_t gen, uint64_t i) {
+  uint64_t x = gen * 0x9E3779B97F4A7C15ull ^ (i + 1) * 0xBF58476D1CE4E5B9ull;
+  x ^= x >> 29;
+  return x;
+}
+void fill(void* p, uint64_t size, uint64_t gen) {
+  auto* w = static_cast<uint64_t*>(p);
+  for (uint64_t i = 0; i < size / 8; ++i) w[i] = word(gen, i);
+}
+bool holds(const void* p, uint64_t size, uint64_t gen) {
+  if (gen == 0) {
+    const auto* b = static_cast<const unsigned char*>(p);
+    return std::all_of(b, b + size, [](unsigned char c) { return c == 0; });
+  }
+  const auto* w = static_cast<const uint64_t*>(p);
+  for (uint64_t i = 0; i < size / 8; ++i)
+    if (w[i] != word(gen, i)) return false;
+  return true;
+}
+
+/// The application: opens the segment on `socket` (retrying while the
+/// cluster settles), reports the restore, then writes until killed.
+[[noreturn]] void writer(Shared* sh, const std::string& socket, const char* name, uint64_t size) {
+  baton_t* b = nullptr;
+  baton_segment_t* seg = nullptr;
+  int restored = 0;
+  uint64_t gen = 0;
+  const auto deadline = Clock::now() + std::chrono::seconds(20);
+  const auto t0 = Clock::now();
+  int rc = -1;
+  while (Clock::now() < deadline) {
+    if (b == nullptr && baton_connect(socket.c_str(), &b) != 0) b = nullptr;
+    if (b != nullptr && (rc = baton_open(b, name, size, &seg, &restored, &gen)) == 0) break;
+    if (b != nullptr && rc != BATON_EUNAVAIL && rc != BATON_EEXIST && rc != BATON_ETIMEDOUT && rc != BATON_ENOENT) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  if (rc != 0) {
+    std::snprintf(sh->error, sizeof sh->error, "open on %s: %s", socket.c_str(),
+                  b != nullptr ? baton_last_error() : "cannot connect");
+    sh->state = 3;
+    _exit(1);
+  }
+  sh->restore_us = static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - t0).count());
+  sh->restored = restored ? gen : 0;
+  sh->restored_ok = holds(baton_segment_data(seg), size, restored ? gen : 0) ? 1 : 0;
+  sh->state = 1;
+  for (uint64_t g = restored ? gen : 0;;) {
+    fill(baton_segment_data(seg), size, g + 1);
+    sh->committing = 1;
+    rc = baton_commit(seg, &g);
+    sh->committing = 0;
+    if (rc != 0) break;
+    sh->commits.fetch_add(1);
+    sh->state = 2;
+    rc = baton_wait(seg, g, BATON_DURABLE, 5000);
+    if (rc == 0) sh->durable = g;
+    else if (rc != BATON_ETIMEDOUT) break;
+  }
+  std::snprintf(sh->error, sizeof sh->error, "writer stopped: %s", baton_last_error());
+  pause();
+  _exit(0);
+}
+
+struct Result {
+  int cycles = 0, lost = 0, torn = 0, failed = 0;
+  std::vector<double> restore_ms;
+};
+
+double pct(std::vector<double> v, double p) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  return v[std::min(v.size() - 1, static_cast<size_t>(p * v.size()))];
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  int cycles = 30, blades = 4;
+  uint64_t size = 1 << 20, seed = static_cast<uint64_t>(time(nullptr));
+  baton::ctl::ChassisConfig cc;
+  cc.dir = "/tmp/baton-campaign-" + std::to_string(getpid());
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    const char* v = i + 1 < argc ? argv[i + 1] : nullptr;
+    if (v == nullptr) {
+      std::fprintf(stderr, "baton-campaign: %s needs a value\n", a.c_str());
+      return 2;
+    }
+    ++i;
+    if (a == "--cycles") cycles = std::atoi(v);
+    else if (a == "--blades") blades = std::atoi(v);
+    else if (a == "--size") size = std::strtoull(v, nullptr, 10);
+    else if (a == "--seed") seed = std::strtoull(v, nullptr, 10);
+    else if (a == "--transport") cc.transport = v;
+    else if (a == "--dir") cc.dir = v;
+    else {
+      std::fprintf(stderr, "usage: baton-campaign [--cycles N] [--transport memif|af_packet] [--blades N] "
+                           "[--size BYTES] [--seed S] [--dir D]\n");
+      return 2;
+    }
+  }
+  if (cycles < 1 || blades < 3 || blades > 8 || size < 4096 || size % 8 != 0 || size > (1ull << 30)) {
+    std::fprintf(stderr, "baton-campaign: --cycles >= 1, --blades 3..8, --size 4096..1 GiB, a multiple of 8\n");
+    return 2;
+  }
+  cc.blades = blades;
+  cc.replication_factor = 2;
+  cc.batond = baton::ctl::sibling("batond");
+  std::mt19937_64 rng(seed);
+  std::printf("campaign: %d cycles, %d blades over %s, RF 2, %llu-byte segment, seed %llu\n", cycles, blades,
+              cc.transport.c_str(), static_cast<unsigned long long>(size), static_cast<unsigned long long>(seed));
+  auto up = baton::ctl::chassis_up(cc);
+  if (!up) {
+    std::fprintf(stderr, "baton-campaign: chassis up: %s\n", up.error().message.c_str());
+    (void)baton::ctl::chassis_down(cc.dir);
+    return 1;
+  }
+  auto* sh = static_cast<Shared*>(mmap(nullptr, sizeof(Shared), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0));
+  const char* name = "campaign";
+  auto pid_of = [&](int blade) {
+    for (const auto& b : baton::ctl::chassis_blades(cc.dir))
+      if (b.id == blade) return b.alive ? b.pid : -1;
+    return -1;
+  };
+  auto socket_of = [&](int blade) { return cc.dir + "/blade" + std::to_string(blade) + ".sock"; };
+  Result r;
+  uint64_t durable = 0;  // what the application was told, across cycles
+  int blade = 1;
+  for (int cycle = 1; cycle <= cycles; ++cycle) {
+    new (sh) Shared{};
+    const pid_t w = fork();
+    if (w == 0) writer(sh, socket_of(blade), name, size);
+    while (sh->state == 0) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    ++r.cycles;
+    const char* verdict = "ok";
+    if (sh->state == 3) {
+      ++r.failed;
+      verdict = "FAILED";
+    } else {
+      r.restore_ms.push_back(sh->restore_us / 1000.0);
+      if (sh->restored < durable) {
+        ++r.lost;
+        verdict = "LOST";
+      } else if (!sh->restored_ok) {
+        ++r.torn;
+        verdict = "TORN";
+      }
+    }
+    std::printf("cycle %3d  blade %d  restored %6llu (durable was %6llu) in %7.2f ms  %s%s%s\n", cycle, blade,
+                static_cast<unsigned long long>(sh->restored), static_cast<unsigned long long>(durable),
+                sh->restore_us / 1000.0, verdict, sh->state == 3 ? ": " : "", sh->state == 3 ? sh->error : "");
+    std::fflush(stdout);
+    if (sh->state == 3) {  // carry on from wherever the state is
+      waitpid(w, nullptr, 0);
+      blade = 1 + static_cast<int>(rng() % blades);
+      continue;
+    }
+    // Let it write for a while, then strike.
+    std::this_thread::sleep_for(std::chrono::milliseconds(50 + rng() % 400));
+    const int fault = static_cast<int>(rng() % 4);
+    int next = blade;
+    std::vector<int> killed;
+    if (fault == 0) {  // the owner blade and its application
+      if (rng() % 2 == 0) {  // 0-400 us into a commit
+        const auto until = Clock::now() + std::chrono::seconds(2);
+        while (sh->committing == 0 && Clock::now() < until) {
+        }
+        std::this_thread::sleep_for(std::chrono::microseconds(rng() % 400));
+      }
+      kill(w, SIGKILL);
+      if (pid_t p = pid_of(blade); p > 0) kill(p, SIGKILL);
+      killed.push_back(blade);
+      next = 1 + static_cast<int>(rng() % (blades - 1));
+      if (next >= blade) ++next;
+    } else if (fault == 1) {  // only the application: it restarts on its blade
+      kill(w, SIGKILL);
+    } else if (fault == 2) {  // a replica blade (or any other), then the application
+      int victim = 1 + static_cast<int>(rng() % (blades - 1));
+      if (victim >= blade) ++victim;
+      if (pid_t p = pid_of(victim); p > 0) kill(p, SIGKILL);
+      killed.push_back(victim);
+      std::this_thread::sleep_for(std::chrono::milliseconds(100 + rng() % 300));
+      kill(w, SIGKILL);
+    } else {  // the application dies; an agent moves the segment elsewhere
+      kill(w, SIGKILL);
+      next = 1 + static_cast<int>(rng() % (blades - 1));
+      if (next >= blade) ++next;
+      baton_t* agent = nullptr;
+      baton_segment_t* moved = nullptr;
+      uint64_t gen = 0;
+      // The writer's connection must be seen gone before the name is free.
+      for (int i = 0; i < 200; ++i) {
+        if (agent == nullptr && baton_connect(socket_of(next).c_str(), &agent) != 0) agent = nullptr;
+        if (agent != nullptr && baton_load(agent, name, &moved, &gen) == 0) break;
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      }
+      if (agent != nullptr) baton_stop(agent);
+    }
+    waitpid(w, nullptr, 0);
+    durable = std::max(durable, sh->durable.load());
+    for (int k : killed) {  // a new, empty incarnation
+      for (int i = 0; i < 200 && pid_of(k) > 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+      if (auto p = baton::ctl::chassis_restart_blade(cc, k); !p)
+        std::fprintf(stderr, "restart blade %d: %s\n", k, p.error().message.c_str());
+    }
+    blade = next;
+  }
+  (void)baton::ctl::chassis_down(cc.dir);
+  std::printf("campaign: %d cycles over %s: %d lost, %d torn, %d failed restores; restore p50 %.2f ms, p99 %.2f ms\n",
+              r.cycles, cc.transport.c_str(), r.lost, r.torn, r.failed, pct(r.restore_ms, 0.5),
+              pct(r.restore_ms, 0.99));
+  return r.lost + r.torn + r.failed == 0 ? 0 : 1;
+}
