@@ -73,7 +73,9 @@ int baton_register(baton_t* baton, const char* name, uint64_t size, baton_segmen
 
 /* Application start-up (S11): restores the newest copy if any node holds one
  * (*restored = 1), else creates a zeroed segment (*restored = 0). `restored`
- * and `generation` may be NULL. */
+ * and `generation` may be NULL. A restored segment holds exactly generation
+ * *generation as committed: after an application crash on the same node,
+ * bytes the dead application wrote after its last commit are gone. */
 int baton_open(baton_t* baton, const char* name, uint64_t size, baton_segment_t** out, int* restored,
                uint64_t* generation);
 
