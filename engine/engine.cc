@@ -52,6 +52,7 @@ void Engine::Impl::acquire_token() noexcept {
   }
   // The worker lets go within one poll iteration; sleeping here would cost a wake-up.
   while (!poll_mu.try_lock()) _mm_pause();
+  token_holder.store(std::this_thread::get_id(), std::memory_order_relaxed);
 }
 
 void Engine::Impl::release_token() noexcept {
@@ -60,6 +61,7 @@ void Engine::Impl::release_token() noexcept {
   // other vCPU; only pay it when there is work nobody would do meanwhile.
   // Otherwise it resumes by itself within max_idle_sleep_us.
   const bool work = has_pending_work();
+  token_holder.store(std::thread::id(), std::memory_order_relaxed);
   poll_mu.unlock();
   if (handoff.fetch_sub(1) == 1 && work && parked.load()) futex_wake_all(handoff);
 }

@@ -30,6 +30,7 @@
 #include <vector>
 
 #include "baton/engine.h"
+#include "common/log.h"
 #include "control/membership.h"
 #include "protocol/wire.h"
 #include "replication/replica_store.h"
@@ -276,6 +277,21 @@ struct Engine::Impl {
   // the engine (replicas, a load) takes it and polls itself, so a commit and
   // its wait cost one spinning thread, not two plus a wake-up (~70 us here).
   std::mutex poll_mu;
+  /// Who holds the poll token now (default id: nobody); set and cleared by
+  /// the holder, read to check ownership.
+  std::atomic<std::thread::id> token_holder{};
+  /// Aborts unless the calling thread holds the poll token: the worker, a
+  /// caller polling in its place, or (under simulation) the one thread that
+  /// drives everything. Like eRPC's in_dispatch() checks; not compiled with
+  /// NDEBUG. Thread: any.
+  void assert_token_holder() const noexcept {
+#ifndef NDEBUG
+    if (sim == nullptr && token_holder.load(std::memory_order_relaxed) != std::this_thread::get_id()) {
+      BT_ERROR("engine state touched by a thread that does not hold the poll token");
+      std::abort();
+    }
+#endif
+  }
   std::atomic<uint32_t> handoff{0};    ///< callers wanting the token; futex word the parked worker waits on
   std::atomic<bool> parked{false};
 

@@ -54,14 +54,17 @@ void Engine::Impl::run_worker() noexcept {
   prctl(PR_SET_TIMERSLACK, 10'000UL, 0, 0, 0);
   prctl(PR_SET_NAME, "baton-worker", 0, 0, 0);
   std::unique_lock lock(poll_mu);
+  token_holder.store(std::this_thread::get_id(), std::memory_order_relaxed);
   const uint64_t spin_ns = uint64_t{config.idle_spin_us} * 1000;
   uint64_t idle_since = 0;
   uint32_t sleep_us = 1;
   while (running.load(std::memory_order_relaxed)) {
     if (handoff.load() != 0) {  // a caller polls for us meanwhile
+      token_holder.store(std::thread::id(), std::memory_order_relaxed);
       lock.unlock();
       park_worker();
       lock.lock();
+      token_holder.store(std::this_thread::get_id(), std::memory_order_relaxed);
       idle_since = 0;
       continue;
     }
@@ -129,6 +132,7 @@ void Engine::Impl::note_poll_gap(uint64_t now) noexcept {
 }
 
 bool Engine::Impl::poll_once(uint64_t now) noexcept {
+  assert_token_holder();
   note_poll_gap(now);
   bool busy = drain_commands();
   for (size_t li = 0; li < links.size(); ++li) {
