@@ -246,6 +246,7 @@ void Engine::Impl::on_data(Link& link, wire::Frame& f) noexcept {
       return;
     }
     it = stores.emplace(f.seg_id, std::move(*store)).first;
+    fence_if_superseded(f.seg_id, f.epoch);  // another owner writes a segment this node owns
   }
   ReplicaStore& st = *it->second;
   if (f.name != st.name() || f.total_len != st.size()) {
@@ -263,8 +264,8 @@ void Engine::Impl::on_data(Link& link, wire::Frame& f) noexcept {
       return;
     }
     st.adopt_epoch(f.src, f.epoch);
+    fence_if_superseded(f.seg_id, f.epoch);
   }
-  fence_if_superseded(f.seg_id, f.epoch);
   bool restart = false;
   switch (st.accept(f)) {
     case ReplicaStore::Accept::kStored: break;

@@ -187,8 +187,16 @@ int main(int argc, char** argv) {
   baton::test::Process peer_proc(peer_args);
 
   const uint64_t big = mib << 20;
-  auto lat_seg = *engine.create("e2e-latency", 4096);
-  auto big_seg = *engine.create("e2e-throughput", big);
+  // Creating a name needs the peer in the view (two nodes: both members).
+  for (int i = 0; i < 3000 && engine.view().members.size() < 2; ++i) std::this_thread::sleep_for(10ms);
+  auto lat = engine.create("e2e-latency", 4096);
+  auto bulk = engine.create("e2e-throughput", big);
+  if (!lat || !bulk) {
+    std::fprintf(stderr, "baton-e2e: create: %s\n", (!lat ? lat : bulk).error().to_string().c_str());
+    return 1;
+  }
+  auto lat_seg = *lat;
+  auto big_seg = *bulk;
   std::memset(engine.data(lat_seg).data(), 1, 4096);
   std::memset(engine.data(big_seg).data(), 2, big);
   // The raw baseline moves 64 MiB of distinct memory, as Baton must, not one
