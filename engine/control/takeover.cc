@@ -234,18 +234,16 @@ Result<OpenResult> Engine::Impl::load_from(const QueryOp& q, std::string_view na
       best = &a;
   if (best == nullptr)
     return fail(Errc::kUnavailable, "no replica of ", name, " accepted owner epoch ", std::to_string(c->epoch));
-  // The set whose majority must accept: the newest recorded one. Without any
-  // record (its creator died before recording one) nothing was ever
-  // durable, and the set stamped on the newest generation serves.
-  // Two records of one (epoch, version) from different owners are left by
-  // a lost race to create the name whose loser could not withdraw its own:
-  // then a majority of each must accept.
+  // The set that must accept: the newest recorded one. Without any record
+  // (its creator died before recording one) nothing was ever durable, and
+  // the set stamped on the newest generation serves. Two records of one
+  // (epoch, version) from different owners are left by a lost race to
+  // create the name whose loser could not withdraw its own: then each must.
   std::vector<uint64_t> sets{record.epoch != 0 ? record.set : best->set};
   for (const auto& a : q.answers)
     if (a.record.epoch == record.epoch && a.record.version == record.version && a.record.owner != record.owner &&
         record.epoch != 0 && std::find(sets.begin(), sets.end(), a.record.set) == sets.end())
       sets.push_back(a.record.set);
-  //
   // How many must accept: durable means held by a majority W = |S|/2 + 1 of
   // the set, so R = |S| - W + 1 acceptances (a) leave the old owner fewer
   // than W members that still take its data, and (b) meet every majority
@@ -444,7 +442,8 @@ Result<OpenResult> Engine::reopen(Segment* segment) {
     const uint64_t epoch = seg->epoch.load();
     bool superseded = false;
     for (const auto& a : (*q)->answers)
-      superseded |= a.record.epoch > epoch || (a.found && a.epoch > epoch) || (a.found && a.owner);
+      superseded |= a.record.epoch > epoch || (a.found && a.epoch > epoch) ||
+                    (a.found && a.owner && a.epoch >= epoch);  // an older owner that has not heard is no one
     if (superseded) (void)impl_->call([this, seg] { impl_->fence(*seg); });
   }
   if (seg->fenced.load()) return impl_->open_locked(std::string(seg->name), seg->size, false);
