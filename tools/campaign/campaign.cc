@@ -41,6 +41,11 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
+// SIGINT / SIGTERM: finish the cycle, then take the chassis down (its
+// network namespaces and processes would otherwise outlive the campaign).
+volatile sig_atomic_t stop_requested = 0;
+void on_stop(int) { stop_requested = 1; }
+
 /// What the writer process tells the campaign, in shared memory.
 struct Shared {
   std::atomic<int> state;               ///< 0 starting, 1 restored, 2 writing, 3 gave up
@@ -166,7 +171,8 @@ int main(int argc, char** argv) {
               cc.transport.c_str(), static_cast<unsigned long long>(size), static_cast<unsigned long long>(seed));
   auto up = baton::ctl::chassis_up(cc);
   if (!up) {
-    std::fprintf(stderr, "baton-campaign: chassis up: %s\n", up.error().message.c_str());
+    std::fprintf(stderr, "baton-campaign: chassis up: %s (a campaign killed earlier may have left its chassis: "
+                         "batonctl chassis down --dir %s)\n", up.error().message.c_str(), cc.dir.c_str());
     (void)baton::ctl::chassis_down(cc.dir);
     return 1;
   }
@@ -181,10 +187,18 @@ int main(int argc, char** argv) {
   Result r;
   uint64_t durable = 0;  // what the application was told, across cycles
   int blade = 1;
-  for (int cycle = 1; cycle <= cycles; ++cycle) {
+  struct sigaction sa {};
+  sa.sa_handler = on_stop;
+  sigaction(SIGINT, &sa, nullptr);
+  sigaction(SIGTERM, &sa, nullptr);
+  for (int cycle = 1; cycle <= cycles && !stop_requested; ++cycle) {
     new (sh) Shared{};
     const pid_t w = fork();
-    if (w == 0) writer(sh, socket_of(blade), name, size);
+    if (w == 0) {
+      signal(SIGINT, SIG_DFL);
+      signal(SIGTERM, SIG_DFL);
+      writer(sh, socket_of(blade), name, size);
+    }
     while (sh->state == 0) std::this_thread::sleep_for(std::chrono::milliseconds(1));
     ++r.cycles;
     const char* verdict = "ok";
