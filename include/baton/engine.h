@@ -3,10 +3,9 @@
 // semantics as the daemon's client API (baton.h), in C++.
 
 #include <chrono>
-#include <functional>
-#include <memory>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -209,9 +208,10 @@ class Engine {
   /// Thread: control.
   Result<OpenResult> reopen(Segment* segment);
 
-  /// Load request (S9): takes ownership here under a new owner epoch, which a
-  /// majority of the segment's replica set must accept first, then retrieves
-  /// the newest copy they hold. kNotFound if no peer holds it; kUnavailable
+  /// Load request (S9): takes ownership here under a new owner epoch, which
+  /// enough of the segment's replica set must accept first (half of it,
+  /// rounded up, and none refusing: docs/architecture.md, "Fencing"), then
+  /// retrieves the newest copy they hold. kNotFound if no peer holds it; kUnavailable
   /// if this node's view has no quorum or too few replicas accepted.
   Result<OpenResult> load(std::string_view name);
 
