@@ -127,7 +127,16 @@ std::string tail(const std::string& path, size_t bytes = 600) {
   return s.size() > bytes ? s.substr(s.size() - bytes) : s;
 }
 
-bool alive(pid_t pid) { return pid > 0 && kill(pid, 0) == 0; }
+// A killed daemon whose parent is gone stays a zombie until init reaps it,
+// and some containers' init never does: a zombie is not alive.
+bool alive(pid_t pid) {
+  if (pid <= 0 || kill(pid, 0) != 0) return false;
+  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+  std::string line;
+  std::getline(stat, line);
+  const size_t paren = line.rfind(')');
+  return paren == std::string::npos || paren + 2 >= line.size() || line[paren + 2] != 'Z';
+}
 
 }  // namespace
 
