@@ -280,3 +280,50 @@ TEST(Durability, RepeatedFailedLoadsKeepTheEpochBounded) {
 
 }  // namespace
 }  // namespace baton
+
+namespace baton {
+namespace {
+
+// The calls this issue added refuse bad input with a clear error.
+TEST(DurabilityApi, NewCallsRefuseBadInput) {
+  Cluster cl(2, config(1));
+  Engine& e = cl.node(1);
+  auto bogus = e.reopen(reinterpret_cast<Segment*>(0x1234));
+  ASSERT_FALSE(bogus);
+  EXPECT_EQ(bogus.error().code, Errc::kInvalidArgument);
+  auto none = e.reopen(nullptr);
+  ASSERT_FALSE(none);
+  EXPECT_EQ(none.error().code, Errc::kInvalidArgument);
+  auto bad_name = e.record("has space");
+  ASSERT_FALSE(bad_name);
+  EXPECT_EQ(bad_name.error().code, Errc::kInvalidArgument);
+  auto missing = e.record("never-created");
+  ASSERT_FALSE(missing);
+  EXPECT_EQ(missing.error().code, Errc::kNotFound);
+  EXPECT_FALSE(e.poll()) << "a real engine's worker polls; poll() is for simulations only";
+  // A created segment's record names its set.
+  auto seg = test::must(e.create("recorded", 4096));
+  (void)seg;
+  auto rec = test::must(e.record("recorded"));
+  EXPECT_EQ(rec.epoch, 1u);
+  EXPECT_EQ(rec.owner, 1u);
+  EXPECT_EQ(rec.set, std::vector<uint16_t>{2});
+}
+
+TEST(DurabilityApi, SimulationHooksMustBeComplete) {
+  auto hooks = std::make_shared<SimulationHooks>();
+  hooks->now = [] { return uint64_t{1}; };  // no step
+  EngineConfig c;
+  c.simulation = hooks;
+  auto e = Engine::start(c, {});
+  ASSERT_FALSE(e);
+  EXPECT_EQ(e.error().code, Errc::kInvalidArgument);
+  hooks->step = [] {};
+  c.global_dir = "/tmp";
+  auto g = Engine::start(c, {});
+  ASSERT_FALSE(g);
+  EXPECT_EQ(g.error().code, Errc::kInvalidArgument) << "global storage has a thread of its own";
+}
+
+}  // namespace
+}  // namespace baton
