@@ -116,6 +116,12 @@ struct baton::Segment {
 
 namespace baton {
 
+/// What a sender streams to a replica of `seg`: the snapshot in `stage`,
+/// gated on the chunks snapshotted so far. Thread: token holder.
+inline SendSource stage_source(const Segment& seg, const Stage& stage) noexcept {
+  return SendSource{stage.mem.data(), seg.size, seg.chunk_size, stage.chunk_crcs, 0, stage.generation, &stage.ready};
+}
+
 /// A node's record of a segment's replica set: written by the owner at a
 /// quorum of nodes before the set counts for durability.
 struct SetRecord {

@@ -452,7 +452,7 @@ void Engine::Impl::start_replication(Segment& seg, Stage& stage, uint64_t now) n
     return;
   }
   // Latest wins: a replica still receiving an older generation moves to this one.
-  SendSource src{stage.mem.data(), seg.size, seg.chunk_size, stage.chunk_crcs, 0, stage.generation, &stage.ready};
+  const SendSource src = stage_source(seg, stage);
   for (auto& r : seg.replicas)
     if (r->node != 0) r->sender.start(src, tuning(), now);
 }

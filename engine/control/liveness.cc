@@ -155,9 +155,7 @@ void Engine::Impl::on_peer_restarted(uint16_t node, uint64_t now) noexcept {
       r->sender.stop();
       r->held.store(0, std::memory_order_release);
       if (stage != nullptr)
-        r->sender.start(SendSource{stage->mem.data(), seg.size, seg.chunk_size, stage->chunk_crcs, 0,
-                                   stage->generation, &stage->ready},
-                        tuning(), now);
+        r->sender.start(stage_source(seg, *stage), tuning(), now);
     }
     // It lost its copy of the set record too: record the set again (at a
     // quorum that counts it afresh), once a majority of the set holds the

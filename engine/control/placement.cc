@@ -78,8 +78,7 @@ void Engine::Impl::step_replicas(uint64_t now) noexcept {
       if (seg->current_stage >= 0) {
         Stage& st = seg->stages[seg->current_stage];
         latest = st.generation;
-        r->sender.start(SendSource{st.mem.data(), seg->size, seg->chunk_size, st.chunk_crcs, 0, st.generation, &st.ready},
-                        tuning(), now);
+        r->sender.start(stage_source(*seg, st), tuning(), now);
       }
       // The new set is recorded once a majority of it holds the latest
       // generation (so every durable one); durability waits meanwhile.
@@ -117,9 +116,7 @@ void Engine::Impl::improve_placement(Segment& seg, uint64_t now) noexcept {
     r->node.store(better->node);
     record_event("segment " + seg.name + ": replica moves from node " + std::to_string(n) + " to node " +
                  std::to_string(better->node) + " (more failure domains)");
-    r->sender.start(SendSource{stage.mem.data(), seg.size, seg.chunk_size, stage.chunk_crcs, 0, stage.generation,
-                               &stage.ready},
-                    tuning(), now);
+    r->sender.start(stage_source(seg, stage), tuning(), now);
     propose_set(seg, stage.generation);
     return;
   }
