@@ -76,6 +76,7 @@ Engine::~Engine() {
 }
 
 uint16_t Engine::node_id() const noexcept { return impl_->config.node_id; }
+uint64_t Engine::max_segment_size() const noexcept { return impl_->config.max_segment_size; }
 
 bool Engine::poll() {
   if (impl_->sim == nullptr) return false;  // the worker polls
@@ -89,8 +90,15 @@ Result<std::unique_ptr<Engine>> Engine::start(const EngineConfig& config,
     return fail(Errc::kInvalidArgument, "node_id must be 1..65534");
   if (config.replication_factor == 0 || config.replication_factor > wire::kMaxReplicaSet)
     return fail(Errc::kInvalidArgument, "replication_factor must be 1..", std::to_string(wire::kMaxReplicaSet));
-  if (config.chunk_size < 512 || config.chunk_size > wire::kMaxChunkSize)
-    return fail(Errc::kInvalidArgument, "chunk_size must be 512..", std::to_string(wire::kMaxChunkSize));
+  if (config.chunk_size < wire::kMinChunkSize || config.chunk_size > wire::kMaxChunkSize)
+    return fail(Errc::kInvalidArgument, "chunk_size must be ", std::to_string(wire::kMinChunkSize), "..",
+                std::to_string(wire::kMaxChunkSize));
+  if (config.retain > 64) return fail(Errc::kInvalidArgument, "retain must be 0..64");
+  for (const auto& l : links)
+    if (l != nullptr && l->caps().max_frame < wire::kHeaderSize + wire::kMaxNameLen + wire::kMinChunkSize)
+      return fail(Errc::kInvalidArgument, "link ", l->name(), " carries frames of ", std::to_string(l->caps().max_frame),
+                  " bytes; Baton needs at least ",
+                  std::to_string(wire::kHeaderSize + wire::kMaxNameLen + wire::kMinChunkSize));
   if (config.window == 0 || config.window > 65536) return fail(Errc::kInvalidArgument, "window must be 1..65536");
   if (config.max_segment_size == 0 || config.max_segment_size > wire::kMaxSegmentSize)
     return fail(Errc::kInvalidArgument, "max_segment_size out of range");

@@ -69,6 +69,12 @@ void Engine::Impl::on_fetch_meta(const wire::Frame& f) noexcept {
         if (a.peer != f.src || a.answered) continue;
         a.answered = true;
         a.granted = true;
+        // A copy offered must be one this node could take: a size past what
+        // it accepts (or none) is no copy, though the grant stands.
+        if (f.generation != 0 && (f.total_len == 0 || f.total_len > config.max_segment_size)) {
+          bump(counters.bad_input);
+          continue;
+        }
         a.data_epoch = wire::aux_epoch(f);
         a.generation = f.generation;
         a.total_len = f.total_len;

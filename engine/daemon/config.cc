@@ -151,7 +151,8 @@ Result<DaemonConfig> parse_daemon_config(std::string_view text, std::string_view
 
   const auto client = root["client"];
   if (!client.is_table()) return tl::unexpected(r.error("client", "the [client] table is required"));
-  if (auto ok = r.only(*client.as_table(), "client", {"socket", "user", "group", "mode"}); !ok)
+  if (auto ok = r.only(*client.as_table(), "client",
+                       {"socket", "user", "group", "mode", "max_clients", "max_segments", "max_mib", "max_wait_ms"}); !ok)
     return tl::unexpected(ok.error());
   TRY(sock, r.string(client["socket"], "client.socket", std::nullopt));
   if (sock.empty() || sock[0] != '/' || sock.size() > 100)
@@ -175,6 +176,15 @@ Result<DaemonConfig> parse_daemon_config(std::string_view text, std::string_view
   if (mode.empty() || *end != '\0' || m > 0777)
     return tl::unexpected(r.error("client.mode", "must be an octal mode like \"0660\" (got \"" + mode + "\")"));
   c.socket_mode = static_cast<mode_t>(m);
+  // Per-application limits: one application cannot take the blade from the others.
+  TRY(max_clients, r.integer(client["max_clients"], "client.max_clients", 1, 4096, 256));
+  c.max_clients = static_cast<uint32_t>(max_clients);
+  TRY(max_segments, r.integer(client["max_segments"], "client.max_segments", 1, 65536, 64));
+  c.max_segments = static_cast<uint32_t>(max_segments);
+  TRY(max_mib, r.integer(client["max_mib"], "client.max_mib", 1, int64_t{1} << 30, 4096));
+  c.max_client_bytes = static_cast<uint64_t>(max_mib) << 20;
+  TRY(max_wait, r.integer(client["max_wait_ms"], "client.max_wait_ms", 1, 3'600'000, 60'000));
+  c.max_wait_ms = static_cast<uint32_t>(max_wait);
 
   if (const auto log = root["log"]; log) {
     if (!log.is_table()) return tl::unexpected(r.error("log", "must be a table"));

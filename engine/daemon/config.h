@@ -6,7 +6,9 @@
 //   [engine]  replication_factor = 2, retain = 0, idle = "adaptive" | "spin", max_segment_mib = 1024,
 //             worker_cpu = 1 (pin the poll loop; default: float),
 //             heartbeat_us = 5000, failure_timeout_us = 150000 (0: by idle policy)
-//   [client]  socket = "/run/baton/blade1.sock", user = "root", group = "baton", mode = "0660"
+//   [client]  socket = "/run/baton/blade1.sock", user = "root", group = "baton", mode = "0660",
+//             max_clients = 256, max_segments = 64 (per application), max_mib = 4096 (per application),
+//             max_wait_ms = 60000 (a longer wait is cut to this)
 //   [log]     level = "info", syslog = false
 //   [storage] dir = "/shared/baton", keep = 2 (global storage, S7; optional)
 //   [eal]     args = ["--log-level=5"]
@@ -44,6 +46,10 @@ struct DaemonConfig {
   std::optional<uid_t> allow_uid;  ///< clients must run as this user (or root), if set
   std::optional<gid_t> allow_gid;  ///< ... or be in this group, if set
   mode_t socket_mode = 0660;
+  uint32_t max_clients = 256;          ///< applications connected at once
+  uint32_t max_segments = 64;          ///< segments one application holds at once
+  uint64_t max_client_bytes = 4ull << 30;  ///< bytes of segments one application holds at once
+  uint32_t max_wait_ms = 60'000;       ///< the longest wait the daemon serves
   LogLevel log_level = LogLevel::kInfo;
   bool syslog = false;
   std::vector<std::string> eal_args;

@@ -62,8 +62,18 @@ bool Client::owns(const ClientSegment* s) const noexcept {
 }
 
 Result<Reply> Client::call(const Request& r, std::vector<int>* fds, std::string* text) {
-  if (send(fd_, &r, sizeof r, MSG_NOSIGNAL) != static_cast<ssize_t>(sizeof r))
-    return fail(Errc::kUnavailable, "batond went away: ", std::strerror(errno));
+  if (send(fd_, &r, sizeof r, MSG_NOSIGNAL) != static_cast<ssize_t>(sizeof r)) {
+    const int err = errno;
+    // A daemon that refused this connection (credentials, too many
+    // applications) said why before it hung up: report that.
+    Reply refusal{};
+    if (recv(fd_, &refusal, sizeof refusal, MSG_DONTWAIT) == static_cast<ssize_t>(sizeof refusal) &&
+        refusal.magic == kMagic && refusal.status != 0) {
+      refusal.message[sizeof refusal.message - 1] = '\0';
+      return tl::unexpected(from_status(refusal.status, refusal.message));
+    }
+    return fail(Errc::kUnavailable, "batond went away: ", std::strerror(err));
+  }
   Reply rep{};
   std::string tail(kMaxReply - sizeof rep, '\0');
   iovec iov[2] = {{&rep, sizeof rep}, {tail.data(), tail.size()}};

@@ -3,7 +3,6 @@
 #include <immintrin.h>
 #include <linux/futex.h>
 #include <poll.h>
-#include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
@@ -15,6 +14,8 @@
 #include <algorithm>
 #include <chrono>
 #include <cstring>
+#include <system_error>
+#include <tuple>
 
 #include "baton/baton.h"
 #include "common/log.h"
@@ -25,12 +26,23 @@ namespace baton::ipc {
 
 struct Server::Segment {
   std::string name;
-  baton::Segment* handle = nullptr;  ///< the engine's
+  baton::Segment* handle = nullptr;  ///< the engine's; registry_mu_
   uint32_t id = 0;                   ///< the handle applications use
-  int holder_fd = -1;                ///< the application holding it, -1 if none
+  uint64_t size = 0;
+  Session* holder = nullptr;         ///< the application holding it; registry_mu_
   LocalStorage channel_mem;          ///< the CommitChannel page
   CommitChannel* channel = nullptr;
-  uint32_t seen = 0;                 ///< last request answered
+  uint32_t seen = 0;                 ///< last request answered; the commit thread (commit_mu_)
+};
+
+struct Server::Session {
+  int fd = -1;
+  uid_t uid = 0;
+  pid_t pid = 0;
+  uint32_t held = 0;        ///< segments it holds; registry_mu_
+  uint64_t held_bytes = 0;  ///< their bytes; registry_mu_
+  std::atomic<bool> done{false};  ///< its thread has finished (the accept thread joins it)
+  std::thread thread;
 };
 
 namespace {
@@ -63,6 +75,18 @@ void send_reply(int fd, const Reply& r, const std::vector<int>& fds = {}, const 
   (void)sendmsg(fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
 }
 
+// Refuses a connection and says why. Shut down first and drain what the
+// client already sent: closing a unix socket with unread requests resets the
+// connection, and the client would read ECONNRESET instead of the reason.
+void refuse(int fd, const Reply& r) {
+  send_reply(fd, r);
+  shutdown(fd, SHUT_RDWR);
+  char drain[kMaxMessage];
+  while (recv(fd, drain, sizeof drain, MSG_DONTWAIT) > 0) {
+  }
+  close(fd);
+}
+
 }  // namespace
 
 Server::Server(Engine& engine, const ServerConfig& config) : engine_(engine), config_(config) {}
@@ -70,6 +94,8 @@ Server::Server(Engine& engine, const ServerConfig& config) : engine_(engine), co
 Result<std::unique_ptr<Server>> Server::start(Engine& engine, const ServerConfig& config) {
   if (config.socket_path.empty() || config.socket_path.size() >= sizeof(sockaddr_un::sun_path))
     return fail(Errc::kInvalidArgument, "socket path empty or too long");
+  if (config.max_clients == 0 || config.max_segments == 0 || config.max_bytes == 0)
+    return fail(Errc::kInvalidArgument, "client limits must be at least 1");
   std::unique_ptr<Server> s(new Server(engine, config));
   s->listen_fd_ = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
   if (s->listen_fd_ < 0) return fail(Errc::kIo, "socket: ", std::strerror(errno));
@@ -82,26 +108,36 @@ Result<std::unique_ptr<Server>> Server::start(Engine& engine, const ServerConfig
   if (chmod(config.socket_path.c_str(), config.socket_mode) != 0)
     return fail(Errc::kIo, "chmod ", config.socket_path, ": ", std::strerror(errno));
   if (listen(s->listen_fd_, 64) != 0) return fail(Errc::kIo, "listen: ", std::strerror(errno));
-  s->epoll_fd_ = epoll_create1(EPOLL_CLOEXEC);
   s->event_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-  if (s->epoll_fd_ < 0 || s->event_fd_ < 0) return fail(Errc::kIo, "epoll/eventfd: ", std::strerror(errno));
-  epoll_event ev{};
-  ev.events = EPOLLIN;
-  ev.data.fd = s->listen_fd_;
-  epoll_ctl(s->epoll_fd_, EPOLL_CTL_ADD, s->listen_fd_, &ev);
-  ev.data.fd = s->event_fd_;
-  epoll_ctl(s->epoll_fd_, EPOLL_CTL_ADD, s->event_fd_, &ev);
+  if (s->event_fd_ < 0) return fail(Errc::kIo, "eventfd: ", std::strerror(errno));
   return s;
 }
 
 Server::~Server() {
-  for (auto& [fd, c] : clients_) close(fd);
+  shutdown();
   if (listen_fd_ >= 0) {
     close(listen_fd_);
     unlink(config_.socket_path.c_str());
   }
-  if (epoll_fd_ >= 0) close(epoll_fd_);
   if (event_fd_ >= 0) close(event_fd_);
+}
+
+void Server::shutdown() {
+  stopping_.store(true);
+  for (auto& s : sessions_)
+    if (s->thread.joinable()) s->thread.join();
+  sessions_.clear();
+  if (commit_thread_.joinable()) {
+    const uint64_t one = 1;
+    (void)!write(event_fd_, &one, sizeof one);
+    commit_thread_.join();
+  }
+}
+
+ServerCounters Server::counters() const noexcept {
+  return ServerCounters{counters_.accepted.load(),      counters_.refused_credentials.load(),
+                        counters_.refused_limit.load(), counters_.bad_requests.load(),
+                        counters_.commits.load(),       counters_.disconnects.load()};
 }
 
 bool Server::allowed(uid_t uid, gid_t gid) const {
@@ -120,118 +156,307 @@ void Server::accept_clients() {
     if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0 || !allowed(cred.uid, cred.gid)) {
       ++counters_.refused_credentials;
       BT_WARN("refused client pid %d uid %u: not allowed by client.user/client.group", cred.pid, cred.uid);
-      send_reply(fd, reply_error(BATON_EINVAL, "permission denied: uid not allowed by this daemon"));
-      close(fd);
+      refuse(fd, reply_error(BATON_EINVAL, "permission denied: uid not allowed by this daemon"));
       continue;
     }
-    epoll_event ev{};
-    ev.events = EPOLLIN | EPOLLRDHUP;
-    ev.data.fd = fd;
-    epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, fd, &ev);
-    clients_[fd] = Client{fd, cred.uid, cred.pid};
+    // At the limit, sessions of applications that just left may still be
+    // winding down: give them a moment before refusing.
+    for (int i = 0; i < 20 && sessions_.size() >= config_.max_clients; ++i) {
+      reap_sessions();
+      if (sessions_.size() >= config_.max_clients) usleep(5000);
+    }
+    if (sessions_.size() >= config_.max_clients) {
+      ++counters_.refused_limit;
+      BT_WARN("refused client pid %d uid %u: %u applications connected (client.max_clients)", cred.pid, cred.uid,
+              config_.max_clients);
+      refuse(fd, reply_error(BATON_EBUSY, "too many applications connected (client.max_clients = " +
+                                             std::to_string(config_.max_clients) + ")"));
+      continue;
+    }
+    auto session = std::make_unique<Session>();
+    session->fd = fd;
+    session->uid = cred.uid;
+    session->pid = cred.pid;
+    Session& s = *session;
+    try {
+      s.thread = std::thread([this, &s] { run_session(s); });
+    } catch (const std::system_error& e) {
+      ++counters_.refused_limit;
+      BT_WARN("refused client pid %d: cannot start its session: %s", cred.pid, e.what());
+      refuse(fd, reply_error(BATON_EBUSY, "batond cannot start a session now"));
+      continue;
+    }
+    sessions_.push_back(std::move(session));
     ++counters_.accepted;
   }
 }
 
-void Server::drop_client(int fd) {
-  // The application is gone (exit, crash, disconnect): its segments stay
-  // here with their replicas (S3) and can be opened again.
-  for (auto& [name, seg] : segments_)
-    if (seg->holder_fd == fd) seg->holder_fd = -1;
-  epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, fd, nullptr);
-  close(fd);
-  clients_.erase(fd);
-  ++counters_.disconnects;
+void Server::serve(const std::atomic<bool>& stop) {
+  commit_thread_ = std::thread([this] { commit_loop(); });
+  while (!stop.load(std::memory_order_relaxed)) {
+    pollfd p{listen_fd_, POLLIN, 0};
+    if (poll(&p, 1, 100) == 1) accept_clients();
+    reap_sessions();
+  }
+  shutdown();
 }
 
-Reply Server::open_segment(Client& c, const Request& r, std::vector<int>& fds) {
+void Server::reap_sessions() {
+  for (auto it = sessions_.begin(); it != sessions_.end();) {
+    if (!(*it)->done.load()) {
+      ++it;
+      continue;
+    }
+    (*it)->thread.join();
+    it = sessions_.erase(it);
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Sessions: one thread per application.
+
+void Server::run_session(Session& s) {
+  alignas(Request) char buf[kMaxMessage];
+  while (!stopping_.load(std::memory_order_relaxed)) {
+    pollfd p{s.fd, POLLIN | POLLRDHUP, 0};
+    if (poll(&p, 1, 100) <= 0) continue;
+    // Requests queued before a hang-up are still answered (or at least
+    // taken in: an open registers the segment even if nobody reads the reply).
+    if ((p.revents & POLLIN) == 0 && (p.revents & (POLLHUP | POLLERR | POLLRDHUP)) != 0) break;
+    const ssize_t n = recv(s.fd, buf, sizeof buf, MSG_DONTWAIT);
+    if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) break;
+    if (n > 0) on_request(s, buf, static_cast<size_t>(n));
+  }
+  release(s);
+  close(s.fd);
+  ++counters_.disconnects;
+  s.done.store(true);
+}
+
+void Server::release(Session& s) {
+  // The application is gone (exit, crash, disconnect): its segments stay
+  // here with their replicas (S3) and can be opened again.
+  std::lock_guard lock(registry_mu_);
+  for (auto& [name, seg] : segments_) {
+    if (seg->holder != &s) continue;
+    if (seg->handle != nullptr) detach(*seg);
+    seg->holder = nullptr;
+  }
+  s.held = 0;
+  s.held_bytes = 0;
+  registry_cv_.notify_all();
+}
+
+void Server::on_request(Session& s, const char* buf, size_t n) {
+  Request r;
+  if (n != sizeof r) {
+    ++counters_.bad_requests;
+    send_reply(s.fd, reply_error(BATON_EINVAL, "malformed request (size " + std::to_string(n) + ")"));
+    return;
+  }
+  std::memcpy(&r, buf, sizeof r);
+  if (r.magic != kMagic || r.version != kVersion || r.name_len > kMaxName) {
+    ++counters_.bad_requests;
+    send_reply(s.fd, reply_error(BATON_EINVAL, "malformed request (magic, version or name length)"));
+    return;
+  }
+  std::vector<int> fds;
+  std::string text;
+  Reply rep;
+  switch (static_cast<Op>(r.op)) {
+    case Op::kOpen:
+    case Op::kCreate:
+    case Op::kLoad: rep = open_segment(s, r, fds); break;
+    case Op::kWait: rep = wait(s, r); break;
+    case Op::kClose: rep = close_segment(s, r); break;
+    case Op::kStatus:
+    case Op::kEvents:
+      rep = Reply{};
+      rep.magic = kMagic;
+      text = static_cast<Op>(r.op) == Op::kStatus ? status() : events();
+      rep.text_len = static_cast<uint32_t>(text.size());
+      break;
+    default:
+      ++counters_.bad_requests;
+      rep = reply_error(BATON_EINVAL, "unknown request " + std::to_string(r.op));
+  }
+  send_reply(s.fd, rep, rep.status == 0 ? fds : std::vector<int>{}, text);
+}
+
+Reply Server::open_segment(Session& s, const Request& r, std::vector<int>& fds) {
   const std::string name(r.name, r.name_len);
   if (!wire::valid_name(name)) return reply_error(BATON_EINVAL, "bad segment name");
   const Op op = static_cast<Op>(r.op);
+  // The size is checked the same way whether or not this blade holds the
+  // name (a load takes the recorded size and ignores it).
+  const uint64_t max_size = engine_.max_segment_size();
+  if (op != Op::kLoad && (r.size == 0 || r.size > max_size))
+    return reply_error(BATON_EINVAL, "size must be 1.." + std::to_string(max_size));
+  auto over_limit = [&](uint64_t bytes) -> std::optional<Reply> {
+    if (s.held + 1 > config_.max_segments)
+      return reply_error(BATON_EBUSY, "this application holds " + std::to_string(s.held) +
+                                          " segments (client.max_segments)");
+    if (s.held_bytes + bytes > config_.max_bytes)
+      return reply_error(BATON_EBUSY, "this application would hold " + std::to_string(s.held_bytes + bytes) +
+                                          " bytes of segments; client.max_mib allows " +
+                                          std::to_string(config_.max_bytes));
+    return std::nullopt;
+  };
+
+  std::unique_lock lock(registry_mu_);
   auto it = segments_.find(name);
+  if (it != segments_.end() && it->second->holder != nullptr && it->second->holder != &s) {
+    // The holder may be gone already, its session not yet done: give it a
+    // moment to let go. (Its descriptor stays open until it has.)
+    pollfd p{it->second->holder->fd, POLLRDHUP, 0};
+    if (poll(&p, 1, 0) == 1 && (p.revents & (POLLHUP | POLLRDHUP | POLLERR)) != 0)
+      registry_cv_.wait_for(lock, std::chrono::seconds(2), [&] {
+        it = segments_.find(name);
+        return it == segments_.end() || it->second->holder == nullptr;
+      });
+  }
   Reply rep{};
   rep.magic = kMagic;
   if (it != segments_.end()) {
     Segment& seg = *it->second;
-    if (seg.holder_fd >= 0 && seg.holder_fd != c.fd) {
-      // The holder may be gone already, its hang-up not yet taken in: look.
-      pollfd p{seg.holder_fd, POLLRDHUP, 0};
-      if (poll(&p, 1, 0) == 1 && (p.revents & (POLLHUP | POLLRDHUP | POLLERR)) != 0) drop_client(seg.holder_fd);
-    }
-    if (seg.holder_fd >= 0) return reply_error(BATON_EEXIST, "segment " + name + " is held by another application");
+    if (seg.holder != nullptr)
+      return reply_error(BATON_EEXIST, "segment " + name + " is " +
+                                           (seg.holder == &s ? "already open in this application"
+                                                             : "held by another application"));
     if (op == Op::kCreate) return reply_error(BATON_EEXIST, "segment " + name + " already exists on this node");
+    if (auto refused = over_limit(seg.size)) return *refused;
     // The application restarted: it gets its segment back as last committed
     // (not as it left it: bytes written after the last commit are no
     // generation), or, if ownership moved meanwhile, the newer state from
-    // the cluster under a new engine handle.
-    auto reopened = engine_.reopen(seg.handle);
+    // the cluster under a new engine handle. The name is held meanwhile, so
+    // no other application can take it; the engine call runs unlocked.
+    seg.holder = &s;
+    baton::Segment* const handle = seg.handle;
+    lock.unlock();
+    auto reopened = engine_.reopen(handle);
+    lock.lock();
     if (!reopened) {
-      if (!engine_.status(seg.handle)) segments_.erase(it);  // the fenced local copy is gone
+      seg.holder = nullptr;
+      registry_cv_.notify_all();
+      if (!engine_.status(handle)) segments_.erase(name);  // the fenced local copy is gone
       return reply_error(reopened.error());
     }
     seg.handle = reopened->segment;
     rep.restored = reopened->outcome == OpenOutcome::kRestored ? 1 : 0;
     rep.generation = reopened->generation;
   } else {
+    if (op != Op::kLoad)
+      if (auto refused = over_limit(r.size)) return *refused;
+    // Reserve the name (no handle yet) while the engine opens it unlocked.
+    auto fresh = std::make_unique<Segment>();
+    fresh->name = name;
+    fresh->holder = &s;
+    fresh->id = next_handle_++;
+    auto mem = LocalStorage::create(name + "@channel", sizeof(CommitChannel), -1);
+    if (!mem) return reply_error(mem.error());
+    fresh->channel_mem = std::move(*mem);
+    fresh->channel = new (fresh->channel_mem.data()) CommitChannel();
+    segments_.emplace(name, std::move(fresh));
+    lock.unlock();
     Result<OpenResult> opened = fail(Errc::kInternal, "");
     if (op == Op::kCreate) {
-      auto seg = engine_.create(name, r.size);
-      if (seg) opened = OpenResult{*seg, OpenOutcome::kCreated, 0};
-      else opened = tl::unexpected(seg.error());
+      auto created = engine_.create(name, r.size);
+      if (created) opened = OpenResult{*created, OpenOutcome::kCreated, 0};
+      else opened = tl::unexpected(created.error());
     } else if (op == Op::kLoad) {
       opened = engine_.load(name);
     } else {
       opened = engine_.open(name, r.size);
     }
-    if (!opened) return reply_error(opened.error());
-    auto seg = std::make_unique<Segment>();
-    seg->name = name;
-    seg->handle = opened->segment;
-    seg->id = next_handle_++;
-    auto mem = LocalStorage::create(name + "@channel", sizeof(CommitChannel), -1);
-    if (!mem) return reply_error(mem.error());
-    seg->channel_mem = std::move(*mem);
-    seg->channel = new (seg->channel_mem.data()) CommitChannel();
+    lock.lock();
+    it = segments_.find(name);  // still ours: a reserved name is held
+    if (!opened) {
+      segments_.erase(it);
+      registry_cv_.notify_all();
+      return reply_error(opened.error());
+    }
+    it->second->handle = opened->segment;
+    it->second->size = engine_.data(opened->segment).size();
     rep.restored = opened->outcome == OpenOutcome::kRestored ? 1 : 0;
     rep.generation = opened->generation;
-    it = segments_.emplace(name, std::move(seg)).first;
+    if (op == Op::kLoad)
+      if (auto refused = over_limit(it->second->size)) {
+        // Loaded (this blade owns it now) but not handed to this application.
+        it->second->holder = nullptr;
+        registry_cv_.notify_all();
+        return *refused;
+      }
   }
   Segment& seg = *it->second;
-  seg.holder_fd = c.fd;
-  seg.seen = seg.channel->request.load();
-  seg.channel->done.store(seg.seen);
+  seg.holder = &s;
+  seg.size = engine_.data(seg.handle).size();
+  ++s.held;
+  s.held_bytes += seg.size;
+  attach(seg);
   rep.handle = seg.id;
-  rep.size = engine_.data(seg.handle).size();
+  rep.size = seg.size;
   fds = {engine_.memory_fd(seg.handle), seg.channel_mem.fd(), event_fd_};
   return rep;
 }
 
-Reply Server::wait(const Request& r) {
-  for (auto& [name, seg] : segments_) {
-    if (seg->id != r.handle) continue;
-    auto ok = engine_.wait_replicated(seg->handle, r.generation, r.k, std::chrono::milliseconds(r.timeout_ms));
-    if (!ok) return reply_error(ok.error());
-    Reply rep{};
-    rep.magic = kMagic;
-    rep.generation = r.generation;
-    return rep;
+Reply Server::wait(Session& s, const Request& r) {
+  baton::Segment* handle = nullptr;
+  {
+    std::lock_guard lock(registry_mu_);
+    for (auto& [name, seg] : segments_)
+      if (seg->id == r.handle && seg->holder == &s) handle = seg->handle;
   }
-  return reply_error(BATON_EINVAL, "unknown segment handle");
+  if (handle == nullptr) return reply_error(BATON_EINVAL, "unknown segment handle (or not held by this application)");
+  // The daemon bounds every wait, and waits in slices so that an
+  // application that hangs up, or a daemon that stops, ends it early.
+  const uint64_t limit_ms = std::min<uint64_t>(r.timeout_ms, config_.max_wait_ms);
+  const uint64_t deadline = now_ns() + limit_ms * 1'000'000;
+  for (;;) {
+    const uint64_t now = now_ns();
+    const uint64_t left_ms = deadline > now ? (deadline - now + 999'999) / 1'000'000 : 0;
+    auto ok = engine_.wait_replicated(handle, r.generation, r.k,
+                                      std::chrono::milliseconds(std::min<uint64_t>(left_ms, 50)));
+    if (ok) {
+      Reply rep{};
+      rep.magic = kMagic;
+      rep.generation = r.generation;
+      return rep;
+    }
+    if (ok.error().code != Errc::kTimeout || now_ns() >= deadline) {
+      if (ok.error().code == Errc::kTimeout && r.timeout_ms > config_.max_wait_ms)
+        return reply_error(BATON_ETIMEDOUT, ok.error().message + " (waits are cut to client.max_wait_ms = " +
+                                                std::to_string(config_.max_wait_ms) + ")");
+      return reply_error(ok.error());
+    }
+    pollfd p{s.fd, POLLRDHUP, 0};
+    if (poll(&p, 1, 0) == 1 && (p.revents & (POLLHUP | POLLRDHUP | POLLERR)) != 0)
+      return reply_error(BATON_EUNAVAIL, "the application hung up");
+    if (stopping_.load()) return reply_error(BATON_EUNAVAIL, "batond is stopping");
+  }
 }
 
-Reply Server::close_segment(Client& c, const Request& r) {
-  for (auto it = segments_.begin(); it != segments_.end(); ++it) {
-    Segment& seg = *it->second;
-    if (seg.id != r.handle) continue;
-    if (seg.holder_fd != c.fd) return reply_error(BATON_EINVAL, "segment not held by this application");
-    auto ok = engine_.close(seg.handle);
-    segments_.erase(it);
-    if (!ok) return reply_error(ok.error());
-    Reply rep{};
-    rep.magic = kMagic;
-    return rep;
+Reply Server::close_segment(Session& s, const Request& r) {
+  std::unique_ptr<Segment> gone;
+  {
+    std::lock_guard lock(registry_mu_);
+    for (auto it = segments_.begin(); it != segments_.end(); ++it) {
+      Segment& seg = *it->second;
+      if (seg.id != r.handle || seg.handle == nullptr) continue;
+      if (seg.holder != &s) return reply_error(BATON_EINVAL, "segment not held by this application");
+      detach(seg);
+      --s.held;
+      s.held_bytes -= seg.size;
+      gone = std::move(it->second);
+      segments_.erase(it);
+      break;
+    }
   }
-  return reply_error(BATON_EINVAL, "unknown segment handle");
+  if (!gone) return reply_error(BATON_EINVAL, "unknown segment handle");
+  auto ok = engine_.close(gone->handle);
+  if (!ok) return reply_error(ok.error());
+  Reply rep{};
+  rep.magic = kMagic;
+  return rep;
 }
 
 std::string Server::status() const {
@@ -256,13 +481,20 @@ std::string Server::status() const {
          (l.up ? "up" : "down") + " rx=" +
          std::to_string(l.counters.rx_frames) + " tx=" + std::to_string(l.counters.tx_frames) + " reconnects=" +
          std::to_string(l.counters.reconnects) + " name=" + l.name.substr(0, l.name.find(' ')) + "\n";
-  for (const auto& [name, seg] : segments_) {
-    auto st = engine_.status(seg->handle);
+  // The registry is copied out first: the engine's answers may wait behind
+  // a long open on another session, and the registry must not.
+  std::vector<std::tuple<std::string, baton::Segment*, bool>> held;
+  {
+    std::lock_guard lock(registry_mu_);
+    for (const auto& [name, seg] : segments_)
+      if (seg->handle != nullptr) held.emplace_back(name, seg->handle, seg->holder != nullptr);
+  }
+  for (const auto& [name, handle, app] : held) {
+    auto st = engine_.status(handle);
     if (!st) continue;
     s += "segment name=" + name + " size=" + std::to_string(st->size) + " generation=" +
          std::to_string(st->generation) + " durable=" + std::to_string(st->durable) + " epoch=" +
-         std::to_string(st->epoch) + " app=" +
-         (seg->holder_fd >= 0 ? "held" : "free") + (st->fenced ? " fenced=yes" : "") + "\n";
+         std::to_string(st->epoch) + " app=" + (app ? "held" : "free") + (st->fenced ? " fenced=yes" : "") + "\n";
     for (auto& [node, gen] : st->replicas)
       s += "replica segment=" + name + " node=" + std::to_string(node) + " generation=" + std::to_string(gen) +
            " lag=" + std::to_string(st->generation - std::min(gen, st->generation)) +
@@ -277,55 +509,37 @@ std::string Server::events() const {
   return s.size() > kMaxReply - sizeof(Reply) ? s.substr(s.size() - (kMaxReply - sizeof(Reply))) : s;
 }
 
-void Server::on_request(Client& c) {
-  alignas(Request) char buf[kMaxMessage];
-  const ssize_t n = recv(c.fd, buf, sizeof buf, MSG_DONTWAIT);
-  if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) {
-    drop_client(c.fd);
-    return;
+// ---------------------------------------------------------------------------
+// The commit thread.
+
+void Server::attach(Segment& seg) {
+  {
+    std::lock_guard lock(commit_mu_);
+    seg.seen = seg.channel->request.load();
+    seg.channel->done.store(seg.seen);
+    // The commit thread may be asleep: until it has looked at this channel,
+    // the application rings the doorbell.
+    seg.channel->daemon_sleeping.store(1);
+    active_.push_back(&seg);
   }
-  if (n < 0) return;
-  Request r;
-  if (static_cast<size_t>(n) != sizeof r) {
-    ++counters_.bad_requests;
-    send_reply(c.fd, reply_error(BATON_EINVAL, "malformed request (size " + std::to_string(n) + ")"));
-    return;
-  }
-  std::memcpy(&r, buf, sizeof r);
-  if (r.magic != kMagic || r.version != kVersion || r.name_len > kMaxName) {
-    ++counters_.bad_requests;
-    send_reply(c.fd, reply_error(BATON_EINVAL, "malformed request (magic, version or name length)"));
-    return;
-  }
-  std::vector<int> fds;
-  std::string text;
-  Reply rep;
-  switch (static_cast<Op>(r.op)) {
-    case Op::kOpen:
-    case Op::kCreate:
-    case Op::kLoad: rep = open_segment(c, r, fds); break;
-    case Op::kWait: rep = wait(r); break;
-    case Op::kClose: rep = close_segment(c, r); break;
-    case Op::kStatus:
-    case Op::kEvents:
-      rep = Reply{};
-      rep.magic = kMagic;
-      text = static_cast<Op>(r.op) == Op::kStatus ? status() : events();
-      rep.text_len = static_cast<uint32_t>(text.size());
-      break;
-    default:
-      ++counters_.bad_requests;
-      rep = reply_error(BATON_EINVAL, "unknown request " + std::to_string(r.op));
-  }
-  send_reply(c.fd, rep, rep.status == 0 ? fds : std::vector<int>{}, text);
+  const uint64_t one = 1;
+  (void)!write(event_fd_, &one, sizeof one);
+}
+
+void Server::detach(Segment& seg) {
+  // Under commit_mu_: once it is released, the commit thread is not in a
+  // commit of this segment and will not start one.
+  std::lock_guard lock(commit_mu_);
+  active_.erase(std::remove(active_.begin(), active_.end(), &seg), active_.end());
 }
 
 bool Server::poll_commits() {
   bool busy = false;
-  for (auto& [name, seg] : segments_) {
+  std::lock_guard lock(commit_mu_);
+  for (Segment* seg : active_) {
     CommitChannel& ch = *seg->channel;
     const uint32_t req = ch.request.load();  // seq_cst: pairs with the daemon_sleeping handshake
-    if (req == seg->seen || seg->holder_fd < 0) continue;
+    if (req == seg->seen) continue;
     busy = true;
     seg->seen = req;
     auto g = engine_.commit(seg->handle);
@@ -339,37 +553,34 @@ bool Server::poll_commits() {
   return busy;
 }
 
-void Server::serve(const std::atomic<bool>& stop) {
+void Server::commit_loop() {
   const uint64_t spin_ns = uint64_t{config_.idle_spin_us} * 1000;
   uint64_t idle_since = now_ns();
-  while (!stop.load(std::memory_order_relaxed)) {
-    if (poll_commits()) idle_since = now_ns();
-    // Sockets: look without waiting while busy or spinning; sleep when idle,
-    // telling every application to ring the doorbell.
-    const bool spinning = now_ns() - idle_since < spin_ns;
-    if (!spinning)
-      for (auto& [name, seg] : segments_) seg->channel->daemon_sleeping.store(1);
-    const bool pending = !spinning && poll_commits();  // a commit posted before it saw the flag
-    epoll_event evs[32];
-    const int n = epoll_wait(epoll_fd_, evs, 32, spinning || pending ? 0 : 100);
-    if (!spinning)
-      for (auto& [name, seg] : segments_) seg->channel->daemon_sleeping.store(0);
-    if (pending) idle_since = now_ns();
-    for (int i = 0; i < n; ++i) {
-      const int fd = evs[i].data.fd;
-      if (fd == listen_fd_) {
-        accept_clients();
-      } else if (fd == event_fd_) {
+  auto set_sleeping = [this](uint32_t v) {
+    std::lock_guard lock(commit_mu_);
+    for (Segment* seg : active_) seg->channel->daemon_sleeping.store(v);
+  };
+  while (!stopping_.load(std::memory_order_relaxed)) {
+    if (poll_commits()) {
+      idle_since = now_ns();
+      continue;
+    }
+    if (now_ns() - idle_since < spin_ns) {
+      _mm_pause();
+      continue;
+    }
+    // Sleep, telling every application to ring the doorbell; a commit
+    // posted before an application saw the flag is taken first.
+    set_sleeping(1);
+    if (!poll_commits()) {
+      pollfd p{event_fd_, POLLIN, 0};
+      if (poll(&p, 1, 100) == 1) {
         uint64_t v;
-        (void)read(event_fd_, &v, sizeof v);
-        idle_since = now_ns();
-      } else if (auto it = clients_.find(fd); it != clients_.end()) {
-        if (evs[i].events & (EPOLLHUP | EPOLLERR)) drop_client(fd);
-        else on_request(it->second);
-        idle_since = now_ns();
+        (void)!read(event_fd_, &v, sizeof v);
       }
     }
-    if (spinning && n <= 0) _mm_pause();
+    set_sleeping(0);
+    idle_since = now_ns();
   }
 }
 

@@ -1,20 +1,43 @@
 #pragma once
 // batond's side of the client protocol (engine/ipc/messages.h).
 //
-// One IPC thread runs serve(): it accepts applications on the unix socket
-// (checking each one's credentials with SO_PEERCRED), answers their control
-// requests, and polls the commit channel of every open segment. Segments
-// belong to the daemon, not to the connection: when an application crashes
-// or disconnects, its segments and their replicas stay (S3), and the next
-// application that opens the name gets them back. One application holds a
-// name at a time.
+// Threads, and what each owns:
+//   - the accept thread runs serve(): it accepts applications on the unix
+//     socket (checking each one's credentials with SO_PEERCRED and the
+//     client limit) and starts a session for each. It owns the listening
+//     socket and the session list.
+//   - one session thread per application answers that application's
+//     requests, one at a time. A slow request (a load fetching a GiB, a wait
+//     for durability) delays only the application that made it: every other
+//     application has its own session. Waits are cut to max_wait_ms and end
+//     early when the application hangs up.
+//   - one commit thread serves the commit channel of every held segment
+//     (the fast path: shared memory, no socket). It never waits for an
+//     application; it spins idle_spin_us after a commit, then sleeps on the
+//     doorbell eventfd.
+// The segment registry (name -> Segment, and who holds each) is shared by
+// the sessions under registry_mu_; the commit thread's list of channels is
+// changed by the sessions under commit_mu_. Lock order: registry_mu_, then
+// commit_mu_; no engine call is made with registry_mu_ held except the
+// quick, non-blocking ones (status of one handle).
+//
+// Segments belong to the daemon, not to the connection: when an application
+// crashes or disconnects, its segments and their replicas stay (S3), and the
+// next application that opens the name gets them back. One application holds
+// a name at a time. Everything a client sends is validated; the memfds it is
+// handed are size-sealed (segment/local_storage.h), so nothing it does to its
+// mappings can fault the daemon.
 
 #include <sys/types.h>
 
 #include <atomic>
+#include <condition_variable>
+#include <list>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
+#include <thread>
 #include <unordered_map>
 #include <vector>
 
@@ -31,11 +54,16 @@ struct ServerConfig {
   mode_t socket_mode = 0660;
   std::optional<uid_t> allow_uid;
   std::optional<gid_t> allow_gid;
-  uint32_t idle_spin_us = 100;  ///< how long the IPC thread polls channels before it sleeps
+  uint32_t idle_spin_us = 100;          ///< how long the commit thread polls channels before it sleeps
+  uint32_t max_clients = 256;           ///< connected applications; one more is refused (kBusy)
+  uint32_t max_segments = 64;           ///< segments one application may hold at once
+  uint64_t max_bytes = uint64_t{4} << 30;  ///< bytes of segments one application may hold at once
+  uint32_t max_wait_ms = 60'000;        ///< a wait asked for longer ends (kTimeout) after this
 };
 
 struct ServerCounters {
-  uint64_t accepted = 0, refused_credentials = 0, bad_requests = 0, commits = 0, disconnects = 0;
+  uint64_t accepted = 0, refused_credentials = 0, refused_limit = 0, bad_requests = 0, commits = 0,
+           disconnects = 0;
 };
 
 class Server {
@@ -43,42 +71,58 @@ class Server {
   /// Binds the socket (replacing a stale one) with the configured mode.
   /// Errors: kIo, kInvalidArgument. Thread: control.
   static Result<std::unique_ptr<Server>> start(Engine& engine, const ServerConfig& config);
+  /// Ends every session and the commit thread if serve() has not.
   ~Server();
 
-  /// Serves until `stop` is set (checked at least every 100 ms). Thread: the IPC thread.
+  /// Serves until `stop` is set (checked at least every 100 ms), then ends
+  /// every session. Thread: the accept thread (one call).
   void serve(const std::atomic<bool>& stop);
 
-  ServerCounters counters() const noexcept { return counters_; }
+  ServerCounters counters() const noexcept;
 
  private:
   struct Segment;  // a segment this daemon owns locally, held or not
-  struct Client {
-    int fd = -1;
-    uid_t uid = 0;
-    pid_t pid = 0;
-  };
+  struct Session;  // one connected application
 
   Server(Engine& engine, const ServerConfig& config);
   void accept_clients();
+  void reap_sessions();
   bool allowed(uid_t uid, gid_t gid) const;
-  void on_request(Client& c);
-  void drop_client(int fd);
-  Reply open_segment(Client& c, const Request& r, std::vector<int>& fds);
-  Reply wait(const Request& r);
-  Reply close_segment(Client& c, const Request& r);
+  void run_session(Session& s);
+  void on_request(Session& s, const char* buf, size_t n);
+  void release(Session& s);
+  Reply open_segment(Session& s, const Request& r, std::vector<int>& fds);
+  Reply wait(Session& s, const Request& r);
+  Reply close_segment(Session& s, const Request& r);
   std::string status() const;
   std::string events() const;
+  void attach(Segment& seg);
+  void detach(Segment& seg);
+  void commit_loop();
   bool poll_commits();
+  void shutdown();
 
   Engine& engine_;
   ServerConfig config_;
-  int listen_fd_ = -1;
-  int epoll_fd_ = -1;
-  int event_fd_ = -1;  ///< doorbell: applications ring it when the IPC thread sleeps
-  std::unordered_map<int, Client> clients_;
-  std::unordered_map<std::string, std::unique_ptr<Segment>> segments_;
-  uint32_t next_handle_ = 1;
-  ServerCounters counters_;
+  int listen_fd_ = -1;  ///< accept thread
+  int event_fd_ = -1;   ///< doorbell: applications ring it when the commit thread sleeps
+  std::atomic<bool> stopping_{false};
+
+  std::list<std::unique_ptr<Session>> sessions_;  ///< accept thread
+
+  mutable std::mutex registry_mu_;
+  std::condition_variable registry_cv_;  ///< a holder let go of a segment
+  std::unordered_map<std::string, std::unique_ptr<Segment>> segments_;  ///< registry_mu_
+  uint32_t next_handle_ = 1;                                            ///< registry_mu_
+
+  std::mutex commit_mu_;
+  std::vector<Segment*> active_;  ///< held segments whose channels the commit thread polls; commit_mu_
+  std::thread commit_thread_;
+
+  struct Counters {
+    std::atomic<uint64_t> accepted{0}, refused_credentials{0}, refused_limit{0}, bad_requests{0}, commits{0},
+        disconnects{0};
+  } counters_;
 };
 
 }  // namespace baton::ipc

@@ -36,6 +36,10 @@ constexpr uint16_t kKnownFlags =
 // Type-specific checks on an already length-checked frame.
 DecodeError validate_fields(const Frame& f) noexcept {
   if ((f.flags & ~kKnownFlags) != 0) return DecodeError::kBadField;
+  // Owner epochs stay far from overflow (a heartbeat's field is its
+  // sender's incarnation, not an epoch).
+  if (f.type != MsgType::kHeartbeat && f.epoch > kMaxEpoch) return DecodeError::kBadField;
+  if (f.type == MsgType::kFetchMeta && aux_epoch(f) > kMaxEpoch) return DecodeError::kBadField;
   if (has_name(f.type)) {
     if (!valid_name(f.name)) return DecodeError::kBadName;
     if (segment_id(f.name) != f.seg_id) return DecodeError::kBadName;
@@ -45,7 +49,7 @@ DecodeError validate_fields(const Frame& f) noexcept {
     case MsgType::kFetchData: {
       if (f.generation == 0) return DecodeError::kBadField;
       if (f.total_len == 0 || f.total_len > kMaxSegmentSize) return DecodeError::kOffsetOverflow;
-      if (f.chunk_size == 0 || f.chunk_size > kMaxChunkSize) return DecodeError::kOffsetOverflow;
+      if (f.chunk_size < kMinChunkSize || f.chunk_size > kMaxChunkSize) return DecodeError::kOffsetOverflow;
       if (f.chunk_count != chunk_count_for(f.total_len, f.chunk_size)) return DecodeError::kOffsetOverflow;
       if (f.chunk_index >= f.chunk_count) return DecodeError::kOffsetOverflow;
       if (f.payload.size() != chunk_len(f.total_len, f.chunk_size, f.chunk_index))

@@ -38,6 +38,11 @@ inline constexpr uint8_t kVersion = 1;
 inline constexpr size_t kHeaderSize = 80;
 inline constexpr size_t kMaxNameLen = 63;
 inline constexpr uint32_t kMaxChunkSize = 60 * 1024;  // payload of one frame
+/// The smallest chunk a sender may cut a segment into: a receiver keeps one
+/// CRC per chunk, so the floor caps that array at 1/128 of the segment.
+inline constexpr uint32_t kMinChunkSize = 512;
+/// Owner epochs above this are refused: a claim one above the newest never overflows.
+inline constexpr uint64_t kMaxEpoch = uint64_t{1} << 62;
 inline constexpr size_t kMaxFrameSize = kHeaderSize + kMaxNameLen + kMaxChunkSize;
 inline constexpr uint64_t kMaxSegmentSize = 1ull << 40;
 inline constexpr uint16_t kBroadcast = 0xFFFF;

@@ -3,6 +3,7 @@
 #include <numa.h>
 #include <numaif.h>
 #include <sched.h>
+#include <fcntl.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -50,11 +51,15 @@ LocalStorage::~LocalStorage() {
 // Returns false (and leaves nothing open) if any step fails.
 bool LocalStorage::map_memfd(const std::string& label, uint64_t size, int node, bool huge) {
   const uint64_t page = huge ? kHugePage : kPage;
-  int fd = memfd_create(label.c_str(), MFD_CLOEXEC | (huge ? MFD_HUGETLB : 0));
+  int fd = memfd_create(label.c_str(), MFD_CLOEXEC | MFD_ALLOW_SEALING | (huge ? MFD_HUGETLB : 0));
   if (fd < 0) return false;
   const uint64_t mapped = round_up(size, page);
   void* p = MAP_FAILED;
-  if (ftruncate(fd, static_cast<off_t>(mapped)) == 0)
+  // The size is sealed: a process this descriptor is handed to (an
+  // application, under batond) cannot shrink the file under this mapping,
+  // which would make every later access here a SIGBUS.
+  if (ftruncate(fd, static_cast<off_t>(mapped)) == 0 &&
+      fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) == 0)
     p = mmap(nullptr, mapped, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
   if (p == MAP_FAILED) {
     close(fd);

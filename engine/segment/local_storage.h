@@ -1,7 +1,9 @@
 #pragma once
 // Local storage (S2): memory only this node addresses, shareable with an
 // application process through its file descriptor. A memfd, on huge pages when
-// the size allows and the kernel has them, bound to one NUMA node.
+// the size allows and the kernel has them, bound to one NUMA node, its size
+// sealed (F_SEAL_SHRINK | F_SEAL_GROW): whoever holds the descriptor may
+// write the bytes but cannot truncate the file under this node's mapping.
 
 #include <cstddef>
 #include <cstdint>

@@ -254,6 +254,8 @@ class Engine {
   /// The most recent events (membership changes, fencing), oldest first.
   std::vector<Event> events() const;
   uint16_t node_id() const noexcept;
+  /// The largest segment this engine creates or accepts (EngineConfig::max_segment_size).
+  uint64_t max_segment_size() const noexcept;
   /// The machine as hwloc saw it at start (runtime/topology.h).
   const Topology& topology() const noexcept;
   /// One iteration of the poll loop; returns whether it did work. Only for

@@ -53,6 +53,7 @@ int main(int argc, char** argv) {
       ++failed;
       std::printf("seed %lu FAILED: %s\n", static_cast<unsigned long>(seed), out.violation.c_str());
       if (one || failed == 1) std::printf("schedule:\n%s", out.schedule.c_str());
+      std::fflush(stdout);
     }
     if ((seed - first + 1) % 1000 == 0)
       std::fprintf(stderr, "%lu seeds, %lu failed\n", static_cast<unsigned long>(seed - first + 1),

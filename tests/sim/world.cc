@@ -28,6 +28,7 @@ void Stats::add(const Stats& o) {
   lost_with_every_copy += o.lost_with_every_copy;
   acks_in_detection_window += o.acks_in_detection_window;
   past_tolerance += o.past_tolerance;
+  records_lost += o.records_lost;
 }
 
 std::string Stats::to_string() const {
@@ -35,12 +36,12 @@ std::string Stats::to_string() const {
   std::snprintf(b, sizeof b,
                 "seeds=%lu steps=%lu commits=%lu durable_acks=%lu restores=%lu fresh_starts=%lu kills=%lu "
                 "restarts=%lu partitions=%lu stalls=%lu failed_opens=%lu lost_with_every_copy=%lu "
-                "acks_in_detection_window=%lu past_tolerance=%lu",
+                "acks_in_detection_window=%lu past_tolerance=%lu records_lost=%lu",
                 (unsigned long)seeds, (unsigned long)steps, (unsigned long)commits, (unsigned long)durable_acks,
                 (unsigned long)restores, (unsigned long)fresh_starts, (unsigned long)kills, (unsigned long)restarts,
                 (unsigned long)partitions, (unsigned long)stalls, (unsigned long)failed_opens,
                 (unsigned long)lost_with_every_copy, (unsigned long)acks_in_detection_window,
-                (unsigned long)past_tolerance);
+                (unsigned long)past_tolerance, (unsigned long)records_lost);
   return b;
 }
 
@@ -70,6 +71,8 @@ struct App {
   std::map<uint64_t, uint64_t> mine;                 ///< this run's commits: generation -> hash
   uint64_t last = 0;                                 ///< this run's newest commit
   uint64_t durable = 0, durable_hash = 0;            ///< newest generation acknowledged durable
+  uint64_t durable_at = 0;                           ///< when it was acknowledged
+  std::pair<uint64_t, uint64_t> durable_record{};    ///< newest set record (epoch, version) live nodes held then
   std::map<uint64_t, int> epoch_owner;               ///< epoch -> node that got durable acks under it
   uint64_t attempts = 0;                             ///< ownership attempts (opens, loads)
   std::map<uint64_t, uint64_t> committed_at;         ///< generation -> when it was last committed
@@ -375,6 +378,8 @@ class World {
     if (g > a.durable) {
       a.durable = g;
       a.durable_hash = a.mine.at(g);
+      a.durable_at = now_;
+      a.durable_record = newest_record(a);
     }
   }
 
@@ -403,14 +408,22 @@ class World {
         if (auto st = engine(n)->replica_status(a.name); st && !st->generations.empty())
           newest = std::max(newest, st->epoch);
     int k = 0;
+    holders_.clear();
     for (int n = 1; n <= o_.nodes; ++n) {
       if (!alive(n)) continue;
       bool held = false;
       auto st = engine(n)->replica_status(a.name);
-      held |= st && !st->generations.empty() && st->generations.front() >= g && st->epoch >= newest;
+      if (st && !st->generations.empty() && st->generations.front() >= g && st->epoch >= newest) {
+        held = true;
+        holders_ += " node " + std::to_string(n) + " replica of generation " +
+                    std::to_string(st->generations.front()) + " at epoch " + std::to_string(st->epoch) + ";";
+      }
       if (auto h = held_[n - 1].find(a.name); h != held_[n - 1].end()) {
         auto s = engine(n)->status(h->second);
-        held |= s && !s->fenced && s->generation >= g;
+        if (s && !s->fenced && s->generation >= g) {
+          held = true;
+          holders_ += " node " + std::to_string(n) + " owner at generation " + std::to_string(s->generation) + ";";
+        }
       }
       k += held;
     }
@@ -418,6 +431,31 @@ class World {
     return k;
   }
   bool anyone_holds(App& a, uint64_t g) { return copies(a, g) > 0; }
+
+  /// The newest record of `a`'s replica set any live node holds, as
+  /// (epoch, version); `running`: only nodes not stalled.
+  std::pair<uint64_t, uint64_t> newest_record(App& a, bool running = false) {
+    checking_ = true;
+    std::pair<uint64_t, uint64_t> newest{};
+    for (int n = 1; n <= o_.nodes; ++n)
+      if (alive(n) && !(running && stalled_[n - 1]))
+        if (auto r = engine(n)->record(a.name)) newest = std::max(newest, std::make_pair(r->epoch, r->version));
+    checking_ = false;
+    return newest;
+  }
+
+  /// Set records live in memory at a quorum of nodes: they survive
+  /// nodes - quorum memory losses. Past that (more nodes killed since the
+  /// durable acknowledgement, and no running node holding the record in
+  /// force then), the cluster no longer knows where the copies are: a copy
+  /// outside every record the running nodes still have, or on a node that
+  /// is stopped (to the others, dead), is not required to be found.
+  bool records_lost(App& a) {
+    const int tolerated = o_.nodes - (o_.nodes / 2 + 1);
+    int lost_memory = 0;
+    for (int m = 1; m <= o_.nodes; ++m) lost_memory += killed_at_[m - 1] >= a.durable_at;
+    return lost_memory > tolerated && newest_record(a, true) < a.durable_record;
+  }
 
   /// Whether a majority of the newest recorded replica set (the newest
   /// record any live node has) is alive and holds `g` or newer: the
@@ -492,12 +530,20 @@ class World {
     }
     const bool older = g < a.durable || (g == a.durable && g != 0 && h != a.durable_hash);
     if (older) {
-      if (anyone_holds(a, a.durable))
+      const bool held = anyone_holds(a, a.durable);
+      if (held && records_lost(a)) {
+        ++stats_.records_lost;
+        note("  (the record of where durable generation " + std::to_string(a.durable) +
+             " lives died with more nodes than the records tolerate; copies outside the surviving records:" +
+             holders_ + ")");
+      } else if (held)
         throw Violation{"I1: " + std::string(how) + " on node " + std::to_string(n) + " gave generation " +
                         std::to_string(g) + " of " + a.name + "; generation " + std::to_string(a.durable) +
-                        " was acknowledged durable and a live node still holds it"};
-      ++stats_.lost_with_every_copy;  // every copy died: beyond what replication can survive
-      note("  (every copy of durable generation " + std::to_string(a.durable) + " died with its nodes)");
+                        " was acknowledged durable and a live node still holds it:" + holders_};
+      else {
+        ++stats_.lost_with_every_copy;  // every copy died: beyond what replication can survive
+        note("  (every copy of durable generation " + std::to_string(a.durable) + " died with its nodes)");
+      }
       a.durable = g;
       a.durable_hash = g == 0 ? 0 : h;
     }
@@ -579,6 +625,7 @@ class World {
   std::vector<App> apps_;
   int on_stack_ = 0;       ///< the node whose API call is running (0: none)
   bool checking_ = false;  ///< the checker is looking: no faults meanwhile
+  std::string holders_;     ///< who copies() found holding the generation, for the message
   bool finishing_ = false; ///< every fault healed for the final check: no new ones
   uint32_t content_ = 0;
   Stats stats_;

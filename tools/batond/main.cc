@@ -90,6 +90,10 @@ int main(int argc, char** argv) {
   sc.socket_mode = cfg->socket_mode;
   sc.allow_uid = cfg->allow_uid;
   sc.allow_gid = cfg->allow_gid;
+  sc.max_clients = cfg->max_clients;
+  sc.max_segments = cfg->max_segments;
+  sc.max_bytes = cfg->max_client_bytes;
+  sc.max_wait_ms = cfg->max_wait_ms;
   auto server = baton::ipc::Server::start(**engine, sc);
   if (!server) {
     BT_ERROR("%s", server.error().to_string().c_str());
@@ -97,12 +101,12 @@ int main(int argc, char** argv) {
   }
   BT_INFO("batond node %u \"%s\" serving %s", cfg->engine.node_id, cfg->name.c_str(), cfg->socket_path.c_str());
   std::atomic<bool> stop{false};
-  std::thread ipc([&] { (*server)->serve(stop); });
+  std::thread accept([&] { (*server)->serve(stop); });
   int sig = 0;
   sigwait(&sigs, &sig);
   BT_INFO("batond: %s, stopping", strsignal(sig));
   stop.store(true);
-  ipc.join();
+  accept.join();
   server->reset();
   engine->reset();
   return 0;

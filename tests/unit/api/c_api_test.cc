@@ -42,6 +42,11 @@ TEST_F(CApi, StartRejectsBadConfigAndLinks) {
   }
   const char* null_link[] = {nullptr};
   EXPECT_EQ(baton_start(&c, null_link, 1, &out), BATON_EINVAL);
+  // Issue #9: retain was unbounded (two slots plus `retain` per replica store).
+  baton_config_init(&c);
+  c.retain = 1u << 30;
+  EXPECT_EQ(baton_start(&c, nullptr, 0, &out), BATON_EINVAL);
+  EXPECT_NE(std::string(baton_last_error()).find("retain"), std::string::npos) << baton_last_error();
 }
 
 TEST_F(CApi, NamesAreValidated) {

@@ -355,5 +355,47 @@ TEST(Wire, NameRules) {
   EXPECT_FALSE(valid_name("\x80high"));
 }
 
+// Issue #9: a 1-byte chunk size made a receiver allocate 4 bytes of chunk
+// CRCs per byte of segment; epochs near 2^64 made "one above the newest" wrap.
+TEST_F(WireReject, TinyChunksAndHugeEpochs) {
+  const std::vector<std::byte> one = bytes_of(1, 3);
+  Frame f = data_frame(one);
+  f.total_len = 3 << 20;
+  f.chunk_size = 1;
+  f.chunk_count = 3 << 20;
+  f.chunk_index = 0;
+  EXPECT_EQ(decode_it(encoded(f)), DecodeError::kOffsetOverflow);
+  const std::vector<std::byte> floor = bytes_of(kMinChunkSize, 3);
+  f = data_frame(floor);
+  f.total_len = 4 * kMinChunkSize;
+  f.chunk_size = kMinChunkSize;
+  f.chunk_count = 4;
+  f.chunk_index = 0;
+  Frame out;
+  EXPECT_EQ(decode(encoded(f), out), DecodeError::kNone);  // the floor itself is fine
+
+  f = data_frame(payload);
+  f.epoch = kMaxEpoch + 1;
+  EXPECT_EQ(decode_it(encoded(f)), DecodeError::kBadField);
+  Frame claim;
+  claim.type = MsgType::kClaim;
+  claim.name = "orders";
+  claim.seg_id = segment_id("orders");
+  claim.epoch = ~uint64_t{0};
+  EXPECT_EQ(decode_it(encoded(claim)), DecodeError::kBadField);
+  Frame meta;
+  meta.type = MsgType::kFetchMeta;
+  meta.name = "orders";
+  meta.seg_id = segment_id("orders");
+  meta.flags = kFlagGranted;
+  meta.epoch = 5;
+  set_aux_epoch(meta, ~uint64_t{0});
+  EXPECT_EQ(decode_it(encoded(meta)), DecodeError::kBadField);
+  Frame hb;  // a heartbeat's epoch field is an incarnation: any value
+  hb.type = MsgType::kHeartbeat;
+  hb.epoch = ~uint64_t{0};
+  EXPECT_EQ(decode(encoded(hb), out), DecodeError::kNone);
+}
+
 }  // namespace
 }  // namespace baton::wire

@@ -1,0 +1,418 @@
+// Hostile applications against a real batond (issue #9, S1, S3, S11): each
+// attack comes from a permitted client, on the public C API or the raw
+// socket protocol, and afterwards the daemon is alive, serves every other
+// application, and holds no more descriptors than before.
+
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstring>
+#include <filesystem>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "../common/batond.h"
+#include "baton/baton.h"
+#include "ipc/messages.h"
+
+namespace {
+
+using baton::ipc::CommitChannel;
+using baton::ipc::Op;
+using baton::ipc::Reply;
+using baton::ipc::Request;
+using baton::test::Batond;
+using baton::test::TempDir;
+
+size_t fd_count(pid_t pid) {
+  size_t n = 0;
+  for (const auto& e : std::filesystem::directory_iterator("/proc/" + std::to_string(pid) + "/fd")) (void)e, ++n;
+  return n;
+}
+
+/// Waits until the daemon's descriptor count is back to `want` (sessions of
+/// clients that left wind down asynchronously); returns the last count.
+size_t settle_fds(pid_t pid, size_t want) {
+  size_t now = fd_count(pid);
+  for (int i = 0; i < 300 && now > want; ++i) {
+    usleep(10000);
+    now = fd_count(pid);
+  }
+  return now;
+}
+
+Request request(Op op, const std::string& name = "", uint64_t size = 0) {
+  Request r{};
+  r.magic = baton::ipc::kMagic;
+  r.version = baton::ipc::kVersion;
+  r.op = static_cast<uint16_t>(op);
+  r.size = size;
+  r.name_len = static_cast<uint8_t>(name.size());
+  std::memcpy(r.name, name.data(), name.size());
+  return r;
+}
+
+/// A client on the raw socket protocol: it can do what the library never would.
+struct Raw {
+  int fd = -1;
+  explicit Raw(const std::string& path) {
+    fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+    sockaddr_un a{};
+    a.sun_family = AF_UNIX;
+    std::strncpy(a.sun_path, path.c_str(), sizeof a.sun_path - 1);
+    if (connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
+      close(fd);
+      fd = -1;
+    }
+  }
+  ~Raw() {
+    if (fd >= 0) close(fd);
+  }
+  bool send_request(const Request& r) { return send(fd, &r, sizeof r, MSG_NOSIGNAL) == sizeof r; }
+  /// Receives one reply (and any descriptors) within `timeout_ms`; status 1 if none came.
+  Reply receive(std::vector<int>* fds = nullptr, int timeout_ms = 30000) {
+    Reply rep{};
+    rep.status = 1;
+    pollfd p{fd, POLLIN, 0};
+    if (poll(&p, 1, timeout_ms) != 1) return rep;
+    std::vector<char> buf(baton::ipc::kMaxReply);
+    iovec iov{buf.data(), buf.size()};
+    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * 4)];
+    msghdr msg{};
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control;
+    msg.msg_controllen = sizeof control;
+    const ssize_t n = recvmsg(fd, &msg, MSG_CMSG_CLOEXEC);
+    if (n < static_cast<ssize_t>(sizeof rep)) return rep;
+    std::memcpy(&rep, buf.data(), sizeof rep);
+    for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
+      const size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+      for (size_t i = 0; i < count; ++i) {
+        int got;
+        std::memcpy(&got, CMSG_DATA(c) + i * sizeof(int), sizeof got);
+        if (fds != nullptr) fds->push_back(got);
+        else close(got);
+      }
+    }
+    return rep;
+  }
+  Reply call(const Request& r, std::vector<int>* fds = nullptr) {
+    if (!send_request(r)) {
+      Reply rep{};
+      rep.status = 1;
+      return rep;
+    }
+    return receive(fds);
+  }
+};
+
+/// Another application, on the public API, opens and commits: the daemon serves.
+void expect_serves(const Batond& d, const std::string& name) {
+  baton_t* b = nullptr;
+  ASSERT_EQ(baton_connect(d.socket().c_str(), &b), 0) << baton_last_error();
+  baton_segment_t* s = nullptr;
+  ASSERT_EQ(baton_open(b, name.c_str(), 65536, &s, nullptr, nullptr), 0) << baton_last_error();
+  std::memset(baton_segment_data(s), 0x5a, 65536);
+  uint64_t g = 0;
+  EXPECT_EQ(baton_commit(s, &g), 0) << baton_last_error();
+  EXPECT_GE(g, 1u);
+  baton_stop(b);
+}
+
+bool alive(const Batond& d) { return kill(d.pid(), 0) == 0; }
+
+TEST(Hostile, ResizingTheSharedMemoryIsRefusedAndCannotFaultTheDaemon) {
+  TempDir dir;
+  Batond d(1, dir.path);
+  Raw evil(d.socket());
+  std::vector<int> fds;
+  Reply rep = evil.call(request(Op::kOpen, "victim", 1 << 20), &fds);
+  ASSERT_EQ(rep.status, 0) << rep.message;
+  ASSERT_EQ(fds.size(), 3u);
+  // The segment and its commit channel are sealed against any size change
+  // (a shrink made batond die of SIGBUS on its next commit).
+  for (int fd : {fds[0], fds[1]}) {
+    EXPECT_EQ(ftruncate(fd, 0), -1);
+    EXPECT_EQ(errno, EPERM);
+    EXPECT_EQ(ftruncate(fd, 64 << 20), -1);
+    EXPECT_EQ(errno, EPERM);
+    EXPECT_NE(fcntl(fd, F_GET_SEALS) & F_SEAL_SHRINK, 0);
+  }
+  // Punching holes is allowed (the pages read back as zeros): only the
+  // client's own bytes suffer.
+  (void)fallocate(fds[0], FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, 1 << 20);
+  // Commit through the channel, as the library would.
+  auto* ch = static_cast<CommitChannel*>(
+      mmap(nullptr, sizeof(CommitChannel), PROT_READ | PROT_WRITE, MAP_SHARED, fds[1], 0));
+  ASSERT_NE(ch, MAP_FAILED);
+  const uint32_t seq = ch->request.load() + 1;
+  ch->request.store(seq);
+  const uint64_t one = 1;
+  ASSERT_EQ(write(fds[2], &one, sizeof one), static_cast<ssize_t>(sizeof one));
+  for (int i = 0; i < 3000 && ch->done.load() != seq; ++i) usleep(1000);
+  EXPECT_EQ(ch->done.load(), seq);
+  EXPECT_EQ(ch->status.load(), 0);
+  munmap(ch, sizeof(CommitChannel));
+  for (int fd : fds) close(fd);
+  EXPECT_TRUE(alive(d));
+  expect_serves(d, "bystander");
+}
+
+TEST(Hostile, GarbageInTheCommitChannelHarmsOnlyItsWriter) {
+  TempDir dir;
+  Batond d(1, dir.path);
+  Raw evil(d.socket());
+  std::vector<int> fds;
+  Reply rep = evil.call(request(Op::kOpen, "scribbler", 4096), &fds);
+  ASSERT_EQ(rep.status, 0) << rep.message;
+  ASSERT_EQ(fds.size(), 3u);
+  auto* words = static_cast<uint32_t*>(mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fds[1], 0));
+  ASSERT_NE(words, MAP_FAILED);
+  std::mt19937 rng(7);
+  const uint64_t one = 1;
+  for (int i = 0; i < 20000; ++i) {
+    words[rng() % 1024] = rng();  // every field of the channel, and past it
+    if (i % 16 == 0) (void)!write(fds[2], &one, sizeof one);
+  }
+  munmap(words, 4096);
+  for (int fd : fds) close(fd);
+  EXPECT_TRUE(alive(d));
+  expect_serves(d, "bystander");
+}
+
+TEST(Hostile, AWaitDelaysNoOtherApplicationAndEndsWhenItsClientLeaves) {
+  TempDir dir;
+  Batond d(1, dir.path);
+  // A single node has no replicas: nothing it commits becomes durable, so a
+  // wait for durability lasts its whole timeout.
+  baton_t* a = nullptr;
+  ASSERT_EQ(baton_connect(d.socket().c_str(), &a), 0);
+  baton_segment_t* sa = nullptr;
+  ASSERT_EQ(baton_open(a, "waiter", 4096, &sa, nullptr, nullptr), 0) << baton_last_error();
+  uint64_t g = 0;
+  ASSERT_EQ(baton_commit(sa, &g), 0);
+  baton_stop(a);  // the segment stays (S3); the raw client below takes it
+  const size_t fds_before = settle_fds(d.pid(), fd_count(d.pid()));
+
+  Raw waiter(d.socket());
+  std::vector<int> fds;
+  Reply rep = waiter.call(request(Op::kOpen, "waiter", 4096), &fds);
+  ASSERT_EQ(rep.status, 0) << rep.message;
+  for (int fd : fds) close(fd);
+  Request w = request(Op::kWait);
+  w.handle = rep.handle;
+  w.generation = rep.generation;
+  w.k = BATON_DURABLE;
+  w.timeout_ms = 50'000;
+  ASSERT_TRUE(waiter.send_request(w));
+
+  // While that wait is outstanding, another application opens, commits,
+  // asks for status and closes: all of it is answered.
+  baton_t* b = nullptr;
+  ASSERT_EQ(baton_connect(d.socket().c_str(), &b), 0);
+  baton_segment_t* sb = nullptr;
+  ASSERT_EQ(baton_open(b, "busy", 65536, &sb, nullptr, nullptr), 0) << baton_last_error();
+  for (int i = 1; i <= 200; ++i) {
+    std::memset(baton_segment_data(sb), i, 65536);
+    ASSERT_EQ(baton_commit(sb, &g), 0) << baton_last_error();
+    ASSERT_EQ(g, static_cast<uint64_t>(i));
+  }
+  ASSERT_EQ(baton_unregister(sb), 0) << baton_last_error();
+  baton_stop(b);
+  pollfd p{waiter.fd, POLLIN, 0};
+  EXPECT_EQ(poll(&p, 1, 0), 0) << "the wait was answered before its timeout: the test proves nothing";
+
+  // The waiter hangs up: the daemon ends its wait and its session.
+  close(waiter.fd);
+  waiter.fd = -1;
+  EXPECT_LE(settle_fds(d.pid(), fds_before), fds_before) << "the abandoned wait's session lingers";
+  expect_serves(d, "after");
+}
+
+TEST(Hostile, TheDaemonBoundsEveryWait) {
+  TempDir dir;
+  Batond d(1, dir.path, "max_wait_ms = 300\n");
+  expect_serves(d, "bounded");  // generation 1, never durable on a single node
+  Raw c(d.socket());
+  std::vector<int> fds;
+  Reply rep = c.call(request(Op::kOpen, "bounded", 4096), &fds);
+  ASSERT_EQ(rep.status, 0) << rep.message;
+  ASSERT_EQ(rep.generation, 1u);
+  for (int fd : fds) close(fd);
+  Request w = request(Op::kWait);
+  w.handle = rep.handle;
+  w.generation = 1;
+  w.k = BATON_DURABLE;
+  w.timeout_ms = UINT32_MAX;  // 49 days
+  ASSERT_TRUE(c.send_request(w));
+  Reply got = c.receive(nullptr, 20'000);
+  EXPECT_EQ(got.status, BATON_ETIMEDOUT) << got.message;
+  EXPECT_NE(std::string(got.message).find("max_wait_ms"), std::string::npos) << got.message;
+}
+
+TEST(Hostile, AnotherApplicationsHandleIsNotYours) {
+  TempDir dir;
+  Batond d(1, dir.path);
+  Raw owner(d.socket()), thief(d.socket());
+  std::vector<int> fds;
+  Reply rep = owner.call(request(Op::kOpen, "mine", 4096), &fds);
+  ASSERT_EQ(rep.status, 0) << rep.message;
+  for (int fd : fds) close(fd);
+  Request w = request(Op::kWait);
+  w.handle = rep.handle;
+  w.k = BATON_DURABLE;
+  w.timeout_ms = 10'000;
+  Reply got = thief.call(w);
+  EXPECT_EQ(got.status, BATON_EINVAL) << got.message;
+  Request c = request(Op::kClose);
+  c.handle = rep.handle;
+  got = thief.call(c);
+  EXPECT_EQ(got.status, BATON_EINVAL) << got.message;
+  // Guessing handles gets nothing either.
+  for (uint32_t h = 0; h < 64; ++h) {
+    c.handle = h;
+    got = thief.call(c);
+    EXPECT_EQ(got.status, BATON_EINVAL) << h << ": " << got.message;
+  }
+  // Nor can it open the name while it is held.
+  got = thief.call(request(Op::kOpen, "mine", 4096));
+  EXPECT_EQ(got.status, BATON_EEXIST) << got.message;
+  // The owner still holds it and closes it.
+  c.handle = rep.handle;
+  got = owner.call(c);
+  EXPECT_EQ(got.status, 0) << got.message;
+}
+
+TEST(Hostile, SizesAreCheckedTheSameWayWhateverTheBladeHolds) {
+  TempDir dir;
+  Batond d(1, dir.path);
+  baton_t* a = nullptr;
+  ASSERT_EQ(baton_connect(d.socket().c_str(), &a), 0);
+  baton_segment_t* s = nullptr;
+  ASSERT_EQ(baton_open(a, "held", 4096, &s, nullptr, nullptr), 0) << baton_last_error();
+  baton_t* b = nullptr;
+  ASSERT_EQ(baton_connect(d.socket().c_str(), &b), 0);
+  for (const char* name : {"held", "fresh"})
+    for (uint64_t size : {uint64_t{0}, UINT64_MAX, uint64_t{1} << 40}) {
+      baton_segment_t* t = nullptr;
+      EXPECT_EQ(baton_open(b, name, size, &t, nullptr, nullptr), BATON_EINVAL) << name << " size " << size;
+    }
+  // The daemon checks, not only the library.
+  Raw raw(d.socket());
+  for (const char* name : {"held", "fresh"})
+    for (uint64_t size : {uint64_t{0}, UINT64_MAX}) {
+      Reply got = raw.call(request(Op::kOpen, name, size));
+      EXPECT_EQ(got.status, BATON_EINVAL) << name << " size " << size << ": " << got.message;
+      got = raw.call(request(Op::kCreate, name, size));
+      EXPECT_EQ(got.status, BATON_EINVAL) << name << " size " << size << ": " << got.message;
+    }
+  baton_stop(a);  // released: the same checks hold for a name the blade holds unheld
+  for (uint64_t size : {uint64_t{0}, UINT64_MAX}) {
+    baton_segment_t* t = nullptr;
+    EXPECT_EQ(baton_open(b, "held", size, &t, nullptr, nullptr), BATON_EINVAL) << "size " << size;
+  }
+  baton_stop(b);
+}
+
+TEST(Hostile, PerApplicationLimitsGiveAClearError) {
+  TempDir dir;
+  Batond d(1, dir.path, "max_segments = 2\nmax_mib = 1\nmax_clients = 3\n");
+  baton_t* a = nullptr;
+  ASSERT_EQ(baton_connect(d.socket().c_str(), &a), 0);
+  baton_segment_t* s1 = nullptr;
+  baton_segment_t* s2 = nullptr;
+  baton_segment_t* s3 = nullptr;
+  ASSERT_EQ(baton_open(a, "one", 4096, &s1, nullptr, nullptr), 0) << baton_last_error();
+  ASSERT_EQ(baton_open(a, "two", 4096, &s2, nullptr, nullptr), 0) << baton_last_error();
+  EXPECT_EQ(baton_open(a, "three", 4096, &s3, nullptr, nullptr), BATON_EBUSY);
+  EXPECT_NE(std::string(baton_last_error()).find("max_segments"), std::string::npos) << baton_last_error();
+  ASSERT_EQ(baton_unregister(s2), 0);
+  ASSERT_EQ(baton_open(a, "three", 4096, &s3, nullptr, nullptr), 0) << baton_last_error();
+
+  baton_t* b = nullptr;
+  ASSERT_EQ(baton_connect(d.socket().c_str(), &b), 0);
+  baton_segment_t* big = nullptr;
+  EXPECT_EQ(baton_open(b, "big", 2 << 20, &big, nullptr, nullptr), BATON_EBUSY);
+  EXPECT_NE(std::string(baton_last_error()).find("max_mib"), std::string::npos) << baton_last_error();
+
+  baton_t* c = nullptr;
+  ASSERT_EQ(baton_connect(d.socket().c_str(), &c), 0);
+  baton_t* extra = nullptr;
+  ASSERT_EQ(baton_connect(d.socket().c_str(), &extra), 0);  // connect succeeds; the daemon refuses it
+  baton_segment_t* t = nullptr;
+  EXPECT_EQ(baton_open(extra, "four", 4096, &t, nullptr, nullptr), BATON_EBUSY);
+  EXPECT_NE(std::string(baton_last_error()).find("max_clients"), std::string::npos) << baton_last_error();
+  baton_stop(extra);
+  baton_stop(c);
+  // A slot freed is a slot usable.
+  baton_t* again = nullptr;
+  ASSERT_EQ(baton_connect(d.socket().c_str(), &again), 0);
+  baton_segment_t* u = nullptr;
+  int rc = BATON_EBUSY;
+  for (int i = 0; i < 100 && rc == BATON_EBUSY; ++i) {
+    rc = baton_open(again, "four", 4096, &u, nullptr, nullptr);
+    if (rc == BATON_EBUSY) {
+      baton_stop(again);
+      usleep(10000);
+      ASSERT_EQ(baton_connect(d.socket().c_str(), &again), 0);
+    }
+  }
+  EXPECT_EQ(rc, 0) << baton_last_error();
+  baton_stop(again);
+  baton_stop(b);
+  baton_stop(a);
+}
+
+TEST(Hostile, FloodsAndSmuggledDescriptorsLeakNothing) {
+  TempDir dir;
+  Batond d(1, dir.path);
+  expect_serves(d, "warm");
+  const size_t fds_before = settle_fds(d.pid(), fd_count(d.pid()));
+  {
+    // Descriptors passed to the daemon with a request are not kept.
+    Raw smuggler(d.socket());
+    const int null_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    for (int i = 0; i < 300; ++i) {
+      Request r = request(Op::kStatus);
+      iovec iov{&r, sizeof r};
+      alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * 3)];
+      msghdr msg{};
+      msg.msg_iov = &iov;
+      msg.msg_iovlen = 1;
+      msg.msg_control = control;
+      msg.msg_controllen = sizeof control;
+      cmsghdr* c = CMSG_FIRSTHDR(&msg);
+      c->cmsg_level = SOL_SOCKET;
+      c->cmsg_type = SCM_RIGHTS;
+      c->cmsg_len = CMSG_LEN(sizeof(int) * 3);
+      int three[3] = {null_fd, null_fd, null_fd};
+      std::memcpy(CMSG_DATA(c), three, sizeof three);
+      if (sendmsg(smuggler.fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT) < 0) break;
+      if (i % 8 == 0) (void)smuggler.receive(nullptr, 1000);
+    }
+    close(null_fd);
+    // A flood of requests whose replies are never read.
+    Raw flooder(d.socket());
+    for (int i = 0; i < 20000; ++i) {
+      Request r = request(i % 2 ? Op::kStatus : Op::kEvents);
+      if (send(flooder.fd, &r, sizeof r, MSG_NOSIGNAL | MSG_DONTWAIT) < 0) break;  // the socket is full
+    }
+    expect_serves(d, "warm");  // (a name it holds: a new one would add its own descriptors)
+  }
+  EXPECT_LE(settle_fds(d.pid(), fds_before), fds_before) << "file descriptors leak";
+  EXPECT_TRUE(alive(d));
+  expect_serves(d, "warm");
+}
+
+}  // namespace
