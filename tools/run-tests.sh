@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Sets up the machine, builds, and runs every test suite; then the unit suite
 # again under AddressSanitizer + UndefinedBehaviorSanitizer, and under
-# ThreadSanitizer.
+# ThreadSanitizer; then each fuzz target for a short while.
 # Usage: tools/run-tests.sh [--no-sanitizers] [meson test args...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -41,6 +41,12 @@ for t in json.load(sys.stdin):
   ninja -C build-tsan $unit_targets
   TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
     meson test -C build-tsan --no-rebuild --suite unit --print-errorlogs --num-processes 2
+fi
+
+# libFuzzer: each target (wire decoder, frame handlers, client requests,
+# TOML config) for 20 s on its seed corpus; a crash fails the run.
+if ((sanitizers)); then
+  bash tools/run-fuzz.sh 20
 fi
 
 # One closing line over every suite run above, in the form CI reads. Test

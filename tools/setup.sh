@@ -9,6 +9,7 @@ packages=(
   dpdk dpdk-dev libdpdk-dev libhwloc-dev libnuma-dev
   libgtest-dev libgmock-dev googletest libbenchmark-dev
   libexpected-dev libtomlplusplus-dev libcli11-dev libfmt-dev nlohmann-json3-dev
+  clang libclang-rt-14-dev
   iproute2 nftables procps
 )
 

@@ -15,7 +15,7 @@ namespace {
 
 class Reader {
  public:
-  Reader(const toml::table& root, std::string_view source) : root_(root), source_(source) {}
+  explicit Reader(std::string_view source) : source_(source) {}
 
   Error error(const std::string& field, const std::string& reason) const {
     return Error{Errc::kInvalidArgument, std::string(source_) + ": " + field + ": " + reason};
@@ -70,7 +70,6 @@ class Reader {
   }
 
  private:
-  const toml::table& root_;
   std::string_view source_;
 };
 
@@ -90,7 +89,7 @@ Result<DaemonConfig> parse_daemon_config(std::string_view text, std::string_view
                 std::to_string(e.source().begin.column), ": ", std::string(e.description()));
   }
   const toml::table& root = parsed;  // const views all the way down
-  Reader r(root, source);
+  Reader r(source);
   DaemonConfig c;
   if (auto ok = r.only(root, "", {"node", "engine", "client", "log", "eal", "link", "storage"}); !ok)
     return tl::unexpected(ok.error());

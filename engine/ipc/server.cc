@@ -233,6 +233,13 @@ void Server::run_session(Session& s) {
   s.done.store(true);
 }
 
+void Server::answer_once(int fd, const char* request, size_t n) {
+  Session s;
+  s.fd = fd;
+  on_request(s, request, n);
+  release(s);
+}
+
 void Server::release(Session& s) {
   // The application is gone (exit, crash, disconnect): its segments stay
   // here with their replicas (S3) and can be opened again.

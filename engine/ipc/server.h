@@ -80,6 +80,12 @@ class Server {
 
   ServerCounters counters() const noexcept;
 
+  /// Answers one request from an application connected on `fd` exactly as
+  /// its session thread would, then lets go of what it opened (as when an
+  /// application leaves). For the IPC fuzzer (tests/fuzz/). Thread: one
+  /// caller at a time, with serve() not running.
+  void answer_once(int fd, const char* request, size_t n);
+
  private:
   struct Segment;  // a segment this daemon owns locally, held or not
   struct Session;  // one connected application

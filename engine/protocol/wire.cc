@@ -21,7 +21,6 @@ T get(const std::byte* base, size_t off) noexcept {
   return v;
 }
 
-constexpr size_t kOffCrc = 12;
 
 bool has_name(MsgType t) noexcept {
   return t == MsgType::kData || t == MsgType::kFetchData || t == MsgType::kFetchRequest ||
@@ -178,6 +177,8 @@ DecodeError decode(std::span<const std::byte> bytes, Frame& f, bool verify_paylo
   const uint32_t frame_len = get<uint32_t>(b, 8);
   if (frame_len > bytes.size()) return DecodeError::kTruncated;
   if (frame_len < kHeaderSize || frame_len > kMaxFrameSize) return DecodeError::kBadLength;
+  // Bytes 77-79 are reserved: zero, so that a later version may use them.
+  if (get<uint8_t>(b, 77) != 0 || get<uint8_t>(b, 78) != 0 || get<uint8_t>(b, 79) != 0) return DecodeError::kBadField;
   const size_t name_len = get<uint8_t>(b, 76);
   if (has_name(f.type) ? name_len > kMaxNameLen : name_len != 0) return DecodeError::kBadName;
   const size_t head = kHeaderSize + name_len;

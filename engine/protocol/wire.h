@@ -12,7 +12,7 @@
 //  48  u32 chunk index (ACK: cumulative count)     52 u32 chunk count
 //  56  u32 chunk size        60 u32 generation checksum
 //  64  u64 selective-ack bitmap (chunks cum .. cum+63)
-//  72  u16 flags             74 u16 error code     76 u8 name length  77 pad[3]
+//  72  u16 flags             74 u16 error code     76 u8 name length  77 pad[3] (zero)
 //
 // crc = CRC32C over the payload, continued over header+name with the crc field
 // zero. A sender computes each chunk's payload CRC once per generation and
@@ -36,6 +36,7 @@ namespace baton::wire {
 inline constexpr uint16_t kMagic = 0xBA70;
 inline constexpr uint8_t kVersion = 1;
 inline constexpr size_t kHeaderSize = 80;
+inline constexpr size_t kOffCrc = 12;  ///< where the frame checksum sits in the header
 inline constexpr size_t kMaxNameLen = 63;
 inline constexpr uint32_t kMaxChunkSize = 60 * 1024;  // payload of one frame
 /// The smallest chunk a sender may cut a segment into: a receiver keeps one

@@ -328,6 +328,9 @@ TEST_F(WireReject, BadFields) {
   b = good;
   poke<uint16_t>(b, 72, 0x8000);  // unknown flag
   EXPECT_EQ(decode_it(b), DecodeError::kBadField);
+  b = good;
+  poke<uint8_t>(b, 78, 1);  // reserved byte (found by fuzz_wire: decoded, then re-encoded differently)
+  EXPECT_EQ(decode_it(b), DecodeError::kBadField);
   Frame err;
   err.type = MsgType::kError;
   err.code = 99;
