@@ -19,6 +19,8 @@
 #include <thread>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "../../tools/batonctl/chassis.h"
 #include "ipc/client.h"
 
@@ -32,9 +34,11 @@ bool believes_alive(const std::string& socket, int peer) {
   if (!c) return true;
   auto s = (*c)->status();
   if (!s) return true;
-  const std::string key = "link peer=" + std::to_string(peer) + " node=";
-  const auto at = s->find(key);
-  return at == std::string::npos || s->compare(at + key.size(), 5, "alive") == 0;
+  const auto j = nlohmann::json::parse(*s, nullptr, false);
+  if (!j.is_object()) return true;
+  for (const auto& l : j.value("links", nlohmann::json::array()))
+    if (l.value("peer", 0) == peer) return l.value("alive", true);
+  return true;
 }
 
 }  // namespace

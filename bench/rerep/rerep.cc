@@ -24,6 +24,8 @@
 #include <thread>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "../../tools/batonctl/chassis.h"
 #include "baton/baton.h"
 #include "ipc/client.h"
@@ -47,20 +49,17 @@ std::vector<Replica> replicas(const std::string& socket, const std::string& name
   if (!c) return out;
   auto s = (*c)->status();
   if (!s) return out;
-  std::istringstream in(*s);
-  for (std::string line; std::getline(in, line);) {
-    if (line.rfind("replica segment=" + name + " ", 0) != 0) continue;
-    Replica r;
-    std::istringstream f(line);
-    for (std::string kv; f >> kv;) {
-      const auto eq = kv.find('=');
-      if (eq == std::string::npos) continue;
-      const std::string k = kv.substr(0, eq), v = kv.substr(eq + 1);
-      if (k == "node") r.node = std::stoi(v);
-      if (k == "generation") r.generation = std::stoull(v);
-      if (k == "alive") r.alive = v == "yes";
+  const auto j = nlohmann::json::parse(*s, nullptr, false);
+  if (!j.is_object()) return out;
+  for (const auto& seg : j.value("segments", nlohmann::json::array())) {
+    if (seg.value("name", "") != name) continue;
+    for (const auto& rep : seg.value("replicas", nlohmann::json::array())) {
+      Replica r;
+      r.node = rep.value("node", 0);
+      r.generation = rep.value("generation", uint64_t{0});
+      r.alive = rep.value("alive", false);
+      out.push_back(r);
     }
-    out.push_back(r);
   }
   return out;
 }

@@ -11,7 +11,10 @@
 #include <sched.h>
 
 #include <atomic>
+#include <cerrno>
+#include <csignal>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <mutex>
@@ -304,15 +307,38 @@ Result<std::unique_ptr<Link>> start_port(uint16_t port, const PortConfig& c, con
       new EthdevLink(port, c.peer, c.max_frame, pool, name, memif, client, rc == 0, zero_copy));
 }
 
+// Each process's EAL leaves a runtime directory (/var/run/dpdk/PREFIX: its
+// config, its telemetry socket) that DPDK never removes. Ours carry the
+// owner's pid last ("baton123", "batond1-123"): remove those whose process
+// is gone, so that thousands of test and chassis runs do not pile up.
+void sweep_runtime_dirs() {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator("/var/run/dpdk", ec)) {
+    const std::string name = e.path().filename().string();
+    if (name.rfind("baton", 0) != 0) continue;
+    const size_t digits = name.find_last_not_of("0123456789");
+    if (digits == std::string::npos || digits + 1 == name.size()) continue;
+    const long pid = std::strtol(name.c_str() + digits + 1, nullptr, 10);
+    if (pid <= 0 || (::kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH)) fs::remove_all(e.path(), ec);
+  }
+}
+
 }  // namespace
 
-Result<void> init_eal(const std::vector<std::string>& extra) {
+Result<void> init_eal(const std::vector<std::string>& extra, const std::string& telemetry_prefix) {
   std::lock_guard lock(eal_mu);
   if (eal_started) return {};
   if (eal_error) return tl::unexpected(*eal_error);
-  std::vector<std::string> args = {"baton", "--no-pci", "--in-memory", "--no-telemetry", "--log-level=5",
-                                   "--file-prefix=baton" + std::to_string(getpid()),
+  sweep_runtime_dirs();
+  std::vector<std::string> args = {"baton", "--no-pci", "--in-memory", "--log-level=5",
                                    "--lcores=0@(" + allowed_cpus() + ")"};
+  if (telemetry_prefix.empty()) {
+    args.push_back("--no-telemetry");
+    args.push_back("--file-prefix=baton" + std::to_string(getpid()));
+  } else {
+    args.push_back("--file-prefix=" + telemetry_prefix);
+  }
   // Huge pages when the kernel has some free, else plain memory.
   eal_huge = free_huge_pages() >= 64;
   if (!eal_huge) {

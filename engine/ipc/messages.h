@@ -33,7 +33,7 @@ enum class Op : uint16_t {
   kLoad = 3,      ///< S9: fetch from a replica and own it here (also for agents)
   kWait = 4,      ///< until k replicas hold a generation
   kClose = 5,     ///< unregister
-  kStatus = 6,    ///< daemon status (batonctl): `kind key=value ...` lines after the Reply
+  kStatus = 6,    ///< daemon status (batonctl): a JSON object after the Reply (Server::status_json)
   kEvents = 7,    ///< recent events: `unix_us text` lines after the Reply
 };
 

@@ -17,6 +17,8 @@
 #include <system_error>
 #include <tuple>
 
+#include <nlohmann/json.hpp>
+
 #include "baton/baton.h"
 #include "common/log.h"
 #include "protocol/wire.h"
@@ -280,7 +282,7 @@ void Server::on_request(Session& s, const char* buf, size_t n) {
     case Op::kEvents:
       rep = Reply{};
       rep.magic = kMagic;
-      text = static_cast<Op>(r.op) == Op::kStatus ? status() : events();
+      text = static_cast<Op>(r.op) == Op::kStatus ? status_json(kMaxReply - sizeof(Reply)).dump() : events();
       rep.text_len = static_cast<uint32_t>(text.size());
       break;
     default:
@@ -466,11 +468,22 @@ Reply Server::close_segment(Session& s, const Request& r) {
   return rep;
 }
 
-std::string Server::status() const {
+nlohmann::json Server::status_json(size_t limit) const {
+  using nlohmann::json;
   const EngineStats stats = engine_.stats();
-  std::string s = "node id=" + std::to_string(engine_.node_id()) + " name=" + config_.node_name +
-                  " stalls=" + std::to_string(stats.stalls) +
-                  " longest_stall_ms=" + std::to_string(stats.longest_stall_us / 1000) + "\n";
+  const ServerCounters counters = this->counters();
+  json out;
+  out["node"] = {{"id", engine_.node_id()},
+                 {"name", config_.node_name},
+                 {"stalls", stats.stalls},
+                 {"longest_stall_ms", stats.longest_stall_us / 1000},
+                 {"telemetry", config_.telemetry_prefix.empty() ? json(nullptr) : json(config_.telemetry_prefix)}};
+  out["clients"] = {{"accepted", counters.accepted},
+                    {"refused_credentials", counters.refused_credentials},
+                    {"refused_limit", counters.refused_limit},
+                    {"bad_requests", counters.bad_requests},
+                    {"commits", counters.commits},
+                    {"disconnects", counters.disconnects}};
   const auto peers = engine_.peers();
   auto alive = [&](uint16_t node) {
     for (const auto& p : peers)
@@ -478,16 +491,21 @@ std::string Server::status() const {
     return false;
   };
   const View v = engine_.view();
-  std::string members;
-  for (uint16_t m : v.members) members += (members.empty() ? "" : ",") + std::to_string(m);
-  s += "view id=" + std::to_string(v.id) + " members=" + members + " votes=" + std::to_string(v.members.size()) +
-       " expected=" + std::to_string(v.expected_votes) + " quorate=" + (v.quorate ? "yes" : "no") +
-       " agreed=" + (v.agreed ? "yes" : "no") + "\n";
+  out["view"] = {{"id", v.id},
+                 {"members", v.members},
+                 {"votes", v.members.size()},
+                 {"expected", v.expected_votes},
+                 {"quorate", v.quorate},
+                 {"agreed", v.agreed}};
+  out["links"] = json::array();
   for (const auto& l : engine_.link_status())
-    s += "link peer=" + std::to_string(l.peer) + " node=" + (alive(l.peer) ? "alive" : "dead") + " state=" +
-         (l.up ? "up" : "down") + " rx=" +
-         std::to_string(l.counters.rx_frames) + " tx=" + std::to_string(l.counters.tx_frames) + " reconnects=" +
-         std::to_string(l.counters.reconnects) + " name=" + l.name.substr(0, l.name.find(' ')) + "\n";
+    out["links"].push_back({{"peer", l.peer},
+                            {"alive", alive(l.peer)},
+                            {"up", l.up},
+                            {"rx", l.counters.rx_frames},
+                            {"tx", l.counters.tx_frames},
+                            {"reconnects", l.counters.reconnects},
+                            {"name", l.name.substr(0, l.name.find(' '))}});
   // The registry is copied out first: the engine's answers may wait behind
   // a long open on another session, and the registry must not.
   std::vector<std::tuple<std::string, baton::Segment*, bool>> held;
@@ -496,18 +514,32 @@ std::string Server::status() const {
     for (const auto& [name, seg] : segments_)
       if (seg->handle != nullptr) held.emplace_back(name, seg->handle, seg->holder != nullptr);
   }
+  std::sort(held.begin(), held.end());
+  out["segments"] = json::array();
+  // What a reply can carry: segments past the limit are counted, not listed.
+  size_t size = out.dump().size(), omitted = 0;
   for (const auto& [name, handle, app] : held) {
     auto st = engine_.status(handle);
     if (!st) continue;
-    s += "segment name=" + name + " size=" + std::to_string(st->size) + " generation=" +
-         std::to_string(st->generation) + " durable=" + std::to_string(st->durable) + " epoch=" +
-         std::to_string(st->epoch) + " app=" + (app ? "held" : "free") + (st->fenced ? " fenced=yes" : "") + "\n";
+    json seg = {{"name", name},       {"size", st->size},   {"generation", st->generation},
+                {"durable", st->durable}, {"epoch", st->epoch}, {"held", app},
+                {"fenced", st->fenced}};
+    seg["replicas"] = json::array();
     for (auto& [node, gen] : st->replicas)
-      s += "replica segment=" + name + " node=" + std::to_string(node) + " generation=" + std::to_string(gen) +
-           " lag=" + std::to_string(st->generation - std::min(gen, st->generation)) +
-           " alive=" + (alive(node) ? "yes" : "no") + "\n";
+      seg["replicas"].push_back({{"node", node},
+                                 {"generation", gen},
+                                 {"lag", st->generation - std::min(gen, st->generation)},
+                                 {"alive", alive(node)}});
+    const size_t more = seg.dump().size() + 1;
+    if (size + more + 64 > limit) {
+      ++omitted;
+      continue;
+    }
+    size += more;
+    out["segments"].push_back(std::move(seg));
   }
-  return s.size() > kMaxReply - sizeof(Reply) ? s.substr(0, kMaxReply - sizeof(Reply)) : s;
+  out["segments_omitted"] = omitted;
+  return out;
 }
 
 std::string Server::events() const {

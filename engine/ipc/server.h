@@ -41,6 +41,8 @@
 #include <unordered_map>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "baton/engine.h"
 #include "baton/result.h"
 #include "ipc/messages.h"
@@ -59,6 +61,7 @@ struct ServerConfig {
   uint32_t max_segments = 64;           ///< segments one application may hold at once
   uint64_t max_bytes = uint64_t{4} << 30;  ///< bytes of segments one application may hold at once
   uint32_t max_wait_ms = 60'000;        ///< a wait asked for longer ends (kTimeout) after this
+  std::string telemetry_prefix;         ///< the EAL file prefix dpdk-telemetry.py reaches batond by; "" if none
 };
 
 struct ServerCounters {
@@ -80,6 +83,12 @@ class Server {
 
   ServerCounters counters() const noexcept;
 
+  /// The node, its view, links, clients and segments (with their replicas)
+  /// as JSON: the kStatus reply, batonctl status, the telemetry commands.
+  /// Segments that would take the text past `limit` bytes are left out
+  /// and counted in "segments_omitted". Thread: any.
+  nlohmann::json status_json(size_t limit = SIZE_MAX) const;
+
   /// Answers one request from an application connected on `fd` exactly as
   /// its session thread would, then lets go of what it opened (as when an
   /// application leaves). For the IPC fuzzer (tests/fuzz/). Thread: one
@@ -100,7 +109,6 @@ class Server {
   Reply open_segment(Session& s, const Request& r, std::vector<int>& fds);
   Reply wait(Session& s, const Request& r);
   Reply close_segment(Session& s, const Request& r);
-  std::string status() const;
   std::string events() const;
   void attach(Segment& seg);
   void detach(Segment& seg);

@@ -18,9 +18,12 @@ inline constexpr uint32_t kDefaultMaxFrame = 16384 + 256;
 
 /// Starts DPDK's EAL once per process: --no-pci, --in-memory, huge pages when
 /// the kernel has free ones (else --no-huge), the process's allowed CPUs as
-/// one floating lcore. `extra` is appended (e.g. "--log-level=8"). Later calls
-/// return the first call's result. Thread: control.
-Result<void> init_eal(const std::vector<std::string>& extra = {});
+/// one floating lcore. `extra` is appended (e.g. "--log-level=8").
+/// `telemetry_prefix`: serve DPDK telemetry under this file prefix
+/// (/var/run/dpdk/PREFIX/dpdk_telemetry.v2, `dpdk-telemetry.py -f PREFIX`);
+/// empty: no telemetry. Later calls return the first call's result.
+/// Thread: control.
+Result<void> init_eal(const std::vector<std::string>& extra = {}, const std::string& telemetry_prefix = {});
 
 /// Whether init_eal() chose huge pages.
 bool eal_uses_huge_pages() noexcept;

@@ -14,6 +14,8 @@
 #include <string>
 #include <thread>
 
+#include <nlohmann/json.hpp>
+
 #include "baton/baton.h"
 #include "process.h"
 
@@ -56,12 +58,21 @@ struct Chassis {
   }
   std::string status(int blade) const { return run(ctl + " status --json --socket " + socket(blade)); }
   std::string events(int blade) const { return run(ctl + " events --socket " + socket(blade)); }
-  bool quorate(int blade) const { return status(blade).find("\"quorate\":\"yes\"") != std::string::npos; }
+  /// `batonctl status --json` parsed; an empty object if the blade did not answer.
+  nlohmann::json status_json(int blade) const {
+    auto j = nlohmann::json::parse(status(blade), nullptr, false);
+    return j.is_object() ? j : nlohmann::json::object();
+  }
+  bool quorate(int blade) const {
+    const auto j = status_json(blade);
+    return j.contains("view") && j["view"].value("quorate", false);
+  }
   /// True once `blade`'s failure detector holds `peer` dead.
   bool sees_dead(int blade, int peer) const {
-    const std::string s = status(blade);
-    return s.find("\"peer\":" + std::to_string(peer) + ",\"node\":\"dead\"") != std::string::npos ||
-           s.find("\"node\":\"dead\",\"peer\":" + std::to_string(peer)) != std::string::npos;
+    const auto j = status_json(blade);
+    for (const auto& l : j.value("links", nlohmann::json::array()))
+      if (l.value("peer", 0) == peer && !l.value("alive", true)) return true;
+    return false;
   }
 };
 

@@ -1,3 +1,5 @@
+#include <nlohmann/json.hpp>
+
 #include "chassis.h"
 
 #include "ipc/client.h"
@@ -204,7 +206,13 @@ Result<std::vector<Blade>> chassis_up(const ChassisConfig& c) {
     for (;;) {
       auto client = ipc::Client::connect(b.socket);
       auto report = client ? (*client)->status() : Result<std::string>(tl::unexpected(client.error()));
-      if (report && report->find("state=down") == std::string::npos) break;
+      if (report) {
+        const auto j = nlohmann::json::parse(*report, nullptr, false);
+        bool all_up = j.is_object() && j.contains("links");
+        if (all_up)
+          for (const auto& l : j["links"]) all_up &= l.value("up", false);
+        if (all_up) break;
+      }
       if (std::chrono::steady_clock::now() > deadline) {
         (void)chassis_down(c.dir);
         return fail(Errc::kIo, "blade ", std::to_string(b.id), "'s links did not all come up:\n",

@@ -10,11 +10,14 @@
 //   batonctl chassis restart --blade N [--dir D]
 //   batonctl demo [--blades N] [--batches N] [--transport memif|af_packet]   the failover demo
 //
-// Tables for people, --json for scripts; errors on stderr with a non-zero status.
+// Tables for people, --json for scripts (typed JSON: numbers are numbers,
+// booleans booleans, lists lists); errors on stderr with a non-zero status.
 
 #include <CLI/CLI.hpp>
 #include <cstdio>
+#include <cstdlib>
 #include <ctime>
+#include <nlohmann/json.hpp>
 #include <sstream>
 
 #include "baton/baton.h"
@@ -24,135 +27,89 @@
 
 namespace {
 
+using baton::Errc;
+using baton::Result;
+using baton::fail;
+
 int die(const std::string& what) {
   std::fprintf(stderr, "batonctl: %s\n", what.c_str());
   return 1;
 }
 
-std::string json_escape(const std::string& s) {
-  std::string o;
-  for (char c : s) {
-    if (c == '"' || c == '\\') o += '\\';
-    if (c == '\n') {
-      o += "\\n";
-      continue;
-    }
-    o += c;
-  }
-  return o;
-}
+using nlohmann::json;
 
-// One status line: a kind and key=value fields (values have no spaces, but
-// the last field, name=, may: it runs to the end of the line).
-struct Record {
-  std::string kind;
-  std::vector<std::pair<std::string, std::string>> fields;
-  std::string get(const std::string& k) const {
-    for (auto& [key, v] : fields)
-      if (key == k) return v;
-    return "";
-  }
-};
-
-std::vector<Record> parse_status(const std::string& text) {
-  std::vector<Record> out;
-  std::istringstream in(text);
-  for (std::string line; std::getline(in, line);) {
-    std::istringstream ls(line);
-    Record r;
-    ls >> r.kind;
-    for (std::string kv; ls >> kv;) {
-      const auto eq = kv.find('=');
-      if (eq == std::string::npos) continue;
-      r.fields.emplace_back(kv.substr(0, eq), kv.substr(eq + 1));
-    }
-    out.push_back(std::move(r));
-  }
-  return out;
-}
-
-bool numeric(const std::string& v) { return !v.empty() && v.find_first_not_of("0123456789") == std::string::npos; }
-
-std::string to_json(const Record& r, const std::string& extra = "") {
-  std::string o = "{";
-  for (size_t i = 0; i < r.fields.size(); ++i) {
-    const auto& [k, v] = r.fields[i];
-    o += (i ? "," : "") + std::string("\"") + k + "\":" + (numeric(v) ? v : "\"" + json_escape(v) + "\"");
-  }
-  return o + extra + "}";
-}
-
-int status(const std::string& socket, bool json, bool segments_only) {
+// The daemon's status as JSON (engine/ipc/server.h, Server::status_json).
+Result<json> fetch_status(const std::string& socket) {
   auto c = baton::ipc::Client::connect(socket);
-  if (!c) return die(c.error().message);
+  if (!c) return tl::unexpected(c.error());
   auto text = (*c)->status();
-  if (!text) return die(text.error().message);
-  const auto records = parse_status(*text);
-  auto replicas_of = [&](const std::string& seg) {
-    std::vector<const Record*> out;
-    for (auto& r : records)
-      if (r.kind == "replica" && r.get("segment") == seg) out.push_back(&r);
-    return out;
-  };
-  if (json) {
-    std::string node, view = "null", links, segs;
-    for (auto& r : records) {
-      if (r.kind == "node") node = to_json(r);
-      if (r.kind == "view") view = to_json(r);
-      if (r.kind == "link") links += (links.empty() ? "" : ",") + to_json(r);
-      if (r.kind == "segment") {
-        std::string reps;
-        for (auto* rep : replicas_of(r.get("name"))) reps += (reps.empty() ? "" : ",") + to_json(*rep);
-        segs += (segs.empty() ? "" : ",") + to_json(r, ",\"replicas\":[" + reps + "]");
-      }
-    }
-    if (segments_only) std::printf("[%s]\n", segs.c_str());
-    else
-      std::printf("{\"node\":%s,\"view\":%s,\"links\":[%s],\"segments\":[%s]}\n", node.c_str(), view.c_str(),
-                  links.c_str(), segs.c_str());
+  if (!text) return tl::unexpected(text.error());
+  auto j = json::parse(*text, nullptr, false);
+  if (j.is_discarded() || !j.is_object()) return fail(Errc::kInternal, "batond sent a status that is not JSON");
+  return j;
+}
+
+std::string members_text(const json& members) {
+  std::string out;
+  for (const auto& m : members) out += (out.empty() ? "" : ",") + std::to_string(m.get<int>());
+  return "{" + out + "}";
+}
+
+int status(const std::string& socket, bool as_json, bool segments_only) {
+  auto got = fetch_status(socket);
+  if (!got) return die(got.error().message);
+  const json& j = *got;
+  if (as_json) {
+    std::printf("%s\n", (segments_only ? j.value("segments", json::array()) : j).dump().c_str());
     return 0;
   }
   if (!segments_only) {
-    for (auto& r : records)
-      if (r.kind == "node") {
-        std::printf("node %s (%s)\n", r.get("id").c_str(), r.get("name").c_str());
-        // Polls that came late enough for peers to start suspecting this node.
-        if (r.get("stalls") != "0" && !r.get("stalls").empty())
-          std::printf("  WARNING: %s poll stalls, longest %s ms: this node looks dead to its peers meanwhile\n",
-                      r.get("stalls").c_str(), r.get("longest_stall_ms").c_str());
-      }
-    for (auto& r : records)
-      if (r.kind == "view")
-        std::printf("view %s: members %s (%s of %s votes), %s%s\n", r.get("id").c_str(), r.get("members").c_str(),
-                    r.get("votes").c_str(), r.get("expected").c_str(),
-                    r.get("quorate") == "yes" ? "quorate" : "NO QUORUM: no ownership or placement changes here",
-                    r.get("agreed") == "yes" ? ", agreed" : ", not yet agreed");
-    std::printf("\n");
+    const json& node = j["node"];
+    std::printf("node %d (%s)\n", node.value("id", 0), node.value("name", "").c_str());
+    // Polls that came late enough for peers to start suspecting this node.
+    if (node.value("stalls", 0) != 0)
+      std::printf("  WARNING: %llu poll stalls, longest %llu ms: this node looks dead to its peers meanwhile\n",
+                  node.value("stalls", 0ull), node.value("longest_stall_ms", 0ull));
+    if (node.contains("telemetry") && node["telemetry"].is_string())
+      std::printf("  telemetry: dpdk-telemetry.py -f %s\n", node["telemetry"].get<std::string>().c_str());
+    const json& v = j["view"];
+    std::printf("view %llu: members %s (%zu of %u votes), %s%s\n", v.value("id", 0ull),
+                members_text(v.value("members", json::array())).c_str(), v.value("votes", size_t{0}),
+                v.value("expected", 0u),
+                v.value("quorate", false) ? "quorate" : "NO QUORUM: no ownership or placement changes here",
+                v.value("agreed", false) ? ", agreed" : ", not yet agreed");
+    const json& cl = j["clients"];
+    std::printf("clients: %llu accepted, %llu refused, %llu bad requests, %llu commits\n\n",
+                cl.value("accepted", 0ull), cl.value("refused_credentials", 0ull) + cl.value("refused_limit", 0ull),
+                cl.value("bad_requests", 0ull), cl.value("commits", 0ull));
     std::printf("%-16s %-5s %-6s %-6s %10s %10s %10s\n", "LINK", "PEER", "NODE", "LINK", "RX", "TX", "RECONNECTS");
-    for (auto& r : records)
-      if (r.kind == "link")
-        std::printf("%-16s %-5s %-6s %-6s %10s %10s %10s\n", r.get("name").c_str(), r.get("peer").c_str(),
-                    r.get("node").c_str(), r.get("state").c_str(), r.get("rx").c_str(), r.get("tx").c_str(),
-                    r.get("reconnects").c_str());
+    for (const auto& l : j.value("links", json::array()))
+      std::printf("%-16s %-5d %-6s %-6s %10llu %10llu %10llu\n", l.value("name", "").c_str(), l.value("peer", 0),
+                  l.value("alive", false) ? "alive" : "dead", l.value("up", false) ? "up" : "down",
+                  l.value("rx", 0ull), l.value("tx", 0ull), l.value("reconnects", 0ull));
     std::printf("\n");
   }
   std::printf("%-20s %12s %10s %8s %6s %-5s %s\n", "SEGMENT", "SIZE", "GENERATION", "DURABLE", "EPOCH", "APP",
               "REPLICAS node:generation (lag)");
-  for (auto& r : records) {
-    if (r.kind != "segment") continue;
+  for (const auto& seg : j.value("segments", json::array())) {
     std::string reps;
     bool under = false;
-    for (auto* rep : replicas_of(r.get("name"))) {
-      const bool dead = rep->get("alive") == "no";
+    for (const auto& rep : seg.value("replicas", json::array())) {
+      const bool dead = !rep.value("alive", false);
       under |= dead;
-      if (rep->get("node") == "0") reps += "(empty)  ";  // no live peer to hold it yet
-      else reps += rep->get("node") + ":" + rep->get("generation") + " (" + rep->get("lag") + ")" + (dead ? " DEAD" : "") + "  ";
+      if (rep.value("node", 0) == 0) reps += "(empty)  ";  // no live peer to hold it yet
+      else
+        reps += std::to_string(rep.value("node", 0)) + ":" + std::to_string(rep.value("generation", 0ull)) + " (" +
+                std::to_string(rep.value("lag", 0ull)) + ")" + (dead ? " DEAD" : "") + "  ";
     }
     if (reps.empty() || under) reps += "UNDER-REPLICATED";
-    std::printf("%-20s %12s %10s %8s %6s %-5s %s%s\n", r.get("name").c_str(), r.get("size").c_str(),
-                r.get("generation").c_str(), r.get("durable").c_str(), r.get("epoch").c_str(), r.get("app").c_str(), reps.c_str(),
-                r.get("fenced").empty() ? "" : "  FENCED");
+    std::printf("%-20s %12llu %10llu %8llu %6llu %-5s %s%s\n", seg.value("name", "").c_str(),
+                seg.value("size", 0ull), seg.value("generation", 0ull), seg.value("durable", 0ull),
+                seg.value("epoch", 0ull), seg.value("held", false) ? "held" : "free", reps.c_str(),
+                seg.value("fenced", false) ? "  FENCED" : "");
   }
+  if (j.value("segments_omitted", 0) != 0)
+    std::printf("(%d more segments: the reply has no room for them)\n", j.value("segments_omitted", 0));
   return 0;
 }
 
@@ -162,19 +119,19 @@ int main(int argc, char** argv) {
   CLI::App app{"batonctl: look at and drive Baton nodes"};
   app.require_subcommand(1);
   std::string socket = "/run/baton/batond.sock";
-  bool json = false;
+  bool json_out = false;
 
   auto* st = app.add_subcommand("status", "a node's links, segments and replicas");
   st->add_option("--socket", socket, "batond's socket");
-  st->add_flag("--json", json, "machine-readable output");
+  st->add_flag("--json", json_out, "machine-readable output");
 
   auto* segs = app.add_subcommand("segments", "a node's segments, generations and replicas");
   segs->add_option("--socket", socket, "batond's socket");
-  segs->add_flag("--json", json, "machine-readable output");
+  segs->add_flag("--json", json_out, "machine-readable output");
 
   auto* ev = app.add_subcommand("events", "recent membership changes and failures, with timestamps");
   ev->add_option("--socket", socket, "batond's socket");
-  ev->add_flag("--json", json, "machine-readable output");
+  ev->add_flag("--json", json_out, "machine-readable output");
 
   std::string name;
   auto* load = app.add_subcommand("load", "load a segment onto this node from a replica (S9)");
@@ -208,7 +165,7 @@ int main(int argc, char** argv) {
   cheal->add_option("--dir", chassis.dir, "the chassis directory");
   auto* cst = ch->add_subcommand("status", "which blades run");
   cst->add_option("--dir", chassis.dir, "the chassis directory");
-  cst->add_flag("--json", json, "machine-readable output");
+  cst->add_flag("--json", json_out, "machine-readable output");
 
   baton::ctl::DemoConfig demo;
   auto* dm = app.add_subcommand("demo", "chassis failover demo: kill a blade, resume on another");
@@ -218,32 +175,30 @@ int main(int argc, char** argv) {
 
   CLI11_PARSE(app, argc, argv);
 
-  if (*st) return status(socket, json, false);
-  if (*segs) return status(socket, json, true);
+  if (*st) return status(socket, json_out, false);
+  if (*segs) return status(socket, json_out, true);
   if (*ev) {
     auto c = baton::ipc::Client::connect(socket);
     if (!c) return die(c.error().message);
     auto text = (*c)->events();
     if (!text) return die(text.error().message);
     std::istringstream in(*text);
-    bool first = true;
-    if (json) std::printf("[");
+    json list = json::array();
     for (std::string line; std::getline(in, line);) {
       const auto sp = line.find(' ');
-      const uint64_t us = std::stoull(line.substr(0, sp));
+      if (sp == std::string::npos) continue;
+      const uint64_t us = std::strtoull(line.substr(0, sp).c_str(), nullptr, 10);
       const std::string what = line.substr(sp + 1);
-      if (json) {
-        std::printf("%s{\"unix_us\":%llu,\"event\":\"%s\"}", first ? "" : ",", static_cast<unsigned long long>(us),
-                    json_escape(what).c_str());
+      if (json_out) {
+        list.push_back({{"unix_us", us}, {"event", what}});
       } else {
         const time_t secs = static_cast<time_t>(us / 1'000'000);
         char when[32];
         std::strftime(when, sizeof when, "%F %T", std::localtime(&secs));
         std::printf("%s.%06llu  %s\n", when, static_cast<unsigned long long>(us % 1'000'000), what.c_str());
       }
-      first = false;
     }
-    if (json) std::printf("]\n");
+    if (json_out) std::printf("%s\n", list.dump().c_str());
     return 0;
   }
   if (*load) {
@@ -290,12 +245,11 @@ int main(int argc, char** argv) {
   if (*cst) {
     auto blades = baton::ctl::chassis_blades(chassis.dir);
     if (blades.empty()) return die("no chassis in " + chassis.dir);
-    if (json) {
-      std::printf("[");
-      for (size_t i = 0; i < blades.size(); ++i)
-        std::printf("%s{\"blade\":%d,\"pid\":%d,\"alive\":%s,\"socket\":\"%s\"}", i ? "," : "", blades[i].id,
-                    blades[i].pid, blades[i].alive ? "true" : "false", json_escape(blades[i].socket).c_str());
-      std::printf("]\n");
+    if (json_out) {
+      json list = json::array();
+      for (const auto& b : blades)
+        list.push_back({{"blade", b.id}, {"pid", b.pid}, {"alive", b.alive}, {"socket", b.socket}});
+      std::printf("%s\n", list.dump().c_str());
     } else {
       std::printf("%-6s %-8s %-6s %s\n", "blade", "pid", "state", "socket");
       for (auto& b : blades) std::printf("%-6d %-8d %-6s %s\n", b.id, b.pid, b.alive ? "up" : "DOWN", b.socket.c_str());

@@ -8,6 +8,7 @@
 
 #include <signal.h>
 #include <syslog.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <cstdio>
@@ -20,6 +21,7 @@
 #include "common/log.h"
 #include "daemon/config.h"
 #include "ipc/server.h"
+#include "telemetry.h"
 
 int main(int argc, char** argv) {
   std::string config_path;
@@ -61,8 +63,13 @@ int main(int argc, char** argv) {
   pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
 
   std::vector<std::unique_ptr<baton::Link>> links;
+  // With links, DPDK's EAL runs, and with it the telemetry socket, under a
+  // prefix unique to this process (two blades of one node id may share a
+  // machine): `batonctl status` names it for dpdk-telemetry.py -f.
+  std::string telemetry_prefix;
   if (!cfg->links.empty()) {
-    if (auto ok = baton::ethdev::init_eal(cfg->eal_args); !ok) {
+    telemetry_prefix = "batond" + std::to_string(cfg->engine.node_id) + "-" + std::to_string(getpid());
+    if (auto ok = baton::ethdev::init_eal(cfg->eal_args, telemetry_prefix); !ok) {
       BT_ERROR("%s", ok.error().to_string().c_str());
       return 1;
     }
@@ -94,11 +101,13 @@ int main(int argc, char** argv) {
   sc.max_segments = cfg->max_segments;
   sc.max_bytes = cfg->max_client_bytes;
   sc.max_wait_ms = cfg->max_wait_ms;
+  sc.telemetry_prefix = telemetry_prefix;
   auto server = baton::ipc::Server::start(**engine, sc);
   if (!server) {
     BT_ERROR("%s", server.error().to_string().c_str());
     return 1;
   }
+  if (!telemetry_prefix.empty()) baton::batond::register_telemetry(**server, **engine);
   BT_INFO("batond node %u \"%s\" serving %s", cfg->engine.node_id, cfg->name.c_str(), cfg->socket_path.c_str());
   std::atomic<bool> stop{false};
   std::thread accept([&] { (*server)->serve(stop); });
