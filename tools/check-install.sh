@@ -13,4 +13,14 @@ sed -i "s|^prefix=.*|prefix=$prefix|" "$pcdir/baton.pc"
 PKG_CONFIG_PATH="$pcdir" meson setup "$scratch/consumer" tests/install >/dev/null
 ninja -C "$scratch/consumer" >/dev/null
 "$scratch/consumer/consumer"
-echo "install check: ok (static libbaton.a via pkg-config)"
+# The systemd unit is installed, names the installed batond, and passes
+# systemd's own check (where systemd-analyze exists; --root resolves paths).
+unit=$(find "$scratch/root" -name 'batond@.service' | head -1)
+[[ -n "$unit" ]] || { echo "install check: batond@.service not installed"; exit 1; }
+if command -v systemd-analyze >/dev/null; then
+  cp "$unit" "$scratch/batond@blade1.service"
+  sed -i "s|^\(ExecStart[A-Za-z]*=\)/|\1$scratch/root/|" "$scratch/batond@blade1.service"
+  out=$(systemd-analyze verify "$scratch/batond@blade1.service" 2>&1 | grep -v "not executable" || true)
+  [[ -z "$out" ]] || { echo "install check: systemd-analyze verify batond@.service:"; echo "$out"; exit 1; }
+fi
+echo "install check: ok (static libbaton.a via pkg-config; batond@.service)"
