@@ -29,7 +29,14 @@ void Engine::Impl::update_durable(Segment& seg) noexcept {
   for (size_t i = 0; i < n; ++i)
     held[i] = unreachable(seg.recorded_set[i]) ? 0 : held_by(seg, seg.recorded_set[i]);
   std::sort(held, held + n, std::greater<>());
-  const uint64_t d = held[n / 2];
+  // A majority of the set, and never fewer holders than a majority of the
+  // replication factor asks for: a set left short (too few peers reachable
+  // when it was chosen) acknowledges nothing until it is filled again, or
+  // "durable" would quietly mean fewer copies than the operator set.
+  const size_t want = std::min<size_t>(config.replication_factor, peer_states.size());
+  const size_t need = std::max(n / 2 + 1, want / 2 + 1);
+  if (need > n) return;
+  const uint64_t d = held[need - 1];
   if (d > seg.durable.load(std::memory_order_relaxed)) seg.durable.store(d, std::memory_order_release);
 }
 

@@ -71,8 +71,6 @@ struct App {
   std::map<uint64_t, uint64_t> mine;                 ///< this run's commits: generation -> hash
   uint64_t last = 0;                                 ///< this run's newest commit
   uint64_t durable = 0, durable_hash = 0;            ///< newest generation acknowledged durable
-  uint64_t durable_at = 0;                           ///< when it was acknowledged
-  std::pair<uint64_t, uint64_t> durable_record{};    ///< newest set record (epoch, version) live nodes held then
   std::map<uint64_t, int> epoch_owner;               ///< epoch -> node that got durable acks under it
   uint64_t attempts = 0;                             ///< ownership attempts (opens, loads)
   std::map<uint64_t, uint64_t> committed_at;         ///< generation -> when it was last committed
@@ -378,8 +376,6 @@ class World {
     if (g > a.durable) {
       a.durable = g;
       a.durable_hash = a.mine.at(g);
-      a.durable_at = now_;
-      a.durable_record = newest_record(a);
     }
   }
 
@@ -400,7 +396,7 @@ class World {
   /// (as a replica, or as its unfenced owner). `newest_epoch_only`: count
   /// only replicas at the newest epoch any live replica has (the members of
   /// the newest replica set; a former member keeps an older epoch's copy).
-  int copies(App& a, uint64_t g, bool newest_epoch_only = false) {
+  int copies(App& a, uint64_t g, bool newest_epoch_only = false, bool running_only = false) {
     checking_ = true;
     uint64_t newest = 0;
     for (int n = 1; n <= o_.nodes && newest_epoch_only; ++n)
@@ -410,7 +406,7 @@ class World {
     int k = 0;
     holders_.clear();
     for (int n = 1; n <= o_.nodes; ++n) {
-      if (!alive(n)) continue;
+      if (!alive(n) || (running_only && stalled_[n - 1])) continue;
       bool held = false;
       auto st = engine(n)->replica_status(a.name);
       if (st && !st->generations.empty() && st->generations.front() >= g && st->epoch >= newest) {
@@ -432,29 +428,16 @@ class World {
   }
   bool anyone_holds(App& a, uint64_t g) { return copies(a, g) > 0; }
 
-  /// The newest record of `a`'s replica set any live node holds, as
-  /// (epoch, version); `running`: only nodes not stalled.
-  std::pair<uint64_t, uint64_t> newest_record(App& a, bool running = false) {
-    checking_ = true;
-    std::pair<uint64_t, uint64_t> newest{};
-    for (int n = 1; n <= o_.nodes; ++n)
-      if (alive(n) && !(running && stalled_[n - 1]))
-        if (auto r = engine(n)->record(a.name)) newest = std::max(newest, std::make_pair(r->epoch, r->version));
-    checking_ = false;
-    return newest;
-  }
-
   /// Set records live in memory at a quorum of nodes: they survive
   /// nodes - quorum memory losses. Past that (more nodes killed since the
-  /// durable acknowledgement, and no running node holding the record in
-  /// force then), the cluster no longer knows where the copies are: a copy
-  /// outside every record the running nodes still have, or on a node that
-  /// is stopped (to the others, dead), is not required to be found.
+  /// durable generation was committed), the cluster may no longer know where
+  /// its copies are, and a copy held only by stopped nodes (to the others,
+  /// dead) is not required to be found. A copy on a running node always is.
   bool records_lost(App& a) {
     const int tolerated = o_.nodes - (o_.nodes / 2 + 1);
     int lost_memory = 0;
-    for (int m = 1; m <= o_.nodes; ++m) lost_memory += killed_at_[m - 1] >= a.durable_at;
-    return lost_memory > tolerated && newest_record(a, true) < a.durable_record;
+    for (int m = 1; m <= o_.nodes; ++m) lost_memory += killed_at_[m - 1] >= a.committed_at[a.durable];
+    return lost_memory > tolerated && copies(a, a.durable, false, true) == 0;
   }
 
   /// Whether a majority of the newest recorded replica set (the newest
@@ -531,15 +514,15 @@ class World {
     const bool older = g < a.durable || (g == a.durable && g != 0 && h != a.durable_hash);
     if (older) {
       const bool held = anyone_holds(a, a.durable);
+      const std::string holders = holders_;
       if (held && records_lost(a)) {
         ++stats_.records_lost;
-        note("  (the record of where durable generation " + std::to_string(a.durable) +
-             " lives died with more nodes than the records tolerate; copies outside the surviving records:" +
-             holders_ + ")");
+        note("  (the records of where durable generation " + std::to_string(a.durable) +
+             " lives died with more nodes than they tolerate; its copies are on stopped nodes only:" + holders + ")");
       } else if (held)
         throw Violation{"I1: " + std::string(how) + " on node " + std::to_string(n) + " gave generation " +
                         std::to_string(g) + " of " + a.name + "; generation " + std::to_string(a.durable) +
-                        " was acknowledged durable and a live node still holds it:" + holders_};
+                        " was acknowledged durable and a live node still holds it:" + holders};
       else {
         ++stats_.lost_with_every_copy;  // every copy died: beyond what replication can survive
         note("  (every copy of durable generation " + std::to_string(a.durable) + " died with its nodes)");
