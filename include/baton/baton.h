@@ -91,8 +91,10 @@ uint64_t baton_segment_size(baton_segment_t* segment);
 int baton_commit(baton_segment_t* segment, uint64_t* generation);
 
 /* Waits until k replicas hold `generation` or newer under the current owner
- * epoch. k = BATON_DURABLE waits for a majority of the segment's replica set:
- * a generation acknowledged so survives any failover (see docs/architecture.md). */
+ * epoch. k = BATON_DURABLE waits for a majority of the segment's replica set,
+ * and never fewer than a majority of the replication factor (a set left short
+ * of peers acknowledges nothing until it is filled): a generation acknowledged
+ * so survives any failover (see docs/architecture.md). */
 #define BATON_DURABLE UINT32_MAX
 int baton_wait(baton_segment_t* segment, uint64_t generation, uint32_t k, uint32_t timeout_ms);
 

@@ -75,7 +75,8 @@ struct EngineConfig {
 };
 
 /// Wait for a majority of the segment's replica set under the current owner
-/// epoch: the durability rule fencing relies on (docs/architecture.md).
+/// epoch, and never fewer holders than a majority of the replication factor:
+/// the durability rule fencing relies on (docs/architecture.md).
 inline constexpr uint32_t kDurable = UINT32_MAX;
 
 /// A membership view: who can reach whom now. Decisions about replicas and
