@@ -46,12 +46,14 @@ void Op::fail(Errc code, std::string message) noexcept {
 void Engine::Impl::acquire_token() noexcept {
   if (sim != nullptr) return;  // one thread runs everything
   handoff.fetch_add(1);
-  if (sleeping.load()) {
-    wake.fetch_add(1);
-    futex_wake_all(wake);
+  // A sleeping worker holds no token; a polling one lets go within one
+  // iteration (sleeping here would cost a wake-up). Should the worker have
+  // been preempted holding it on this very vCPU, yield after a while
+  // rather than spin out the timeslice it needs.
+  for (int spins = 0; !poll_mu.try_lock(); ++spins) {
+    if (spins < 4096) _mm_pause();
+    else sched_yield();
   }
-  // The worker lets go within one poll iteration; sleeping here would cost a wake-up.
-  while (!poll_mu.try_lock()) _mm_pause();
   token_holder.store(std::this_thread::get_id(), std::memory_order_relaxed);
 }
 
@@ -63,7 +65,14 @@ void Engine::Impl::release_token() noexcept {
   const bool work = has_pending_work();
   token_holder.store(std::thread::id(), std::memory_order_relaxed);
   poll_mu.unlock();
-  if (handoff.fetch_sub(1) == 1 && work && parked.load()) futex_wake_all(handoff);
+  if (handoff.fetch_sub(1) == 1 && work) {
+    if (parked.load()) {
+      futex_wake_all(handoff);
+    } else if (sleeping.load()) {
+      wake.fetch_add(1);
+      futex_wake_all(wake);
+    }
+  }
 }
 
 Engine::Engine(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}

@@ -19,6 +19,7 @@
 #include <cstdlib>
 #include <deque>
 #include <atomic>
+#include <chrono>
 #include <functional>
 #include <mutex>
 #include <memory>
@@ -362,19 +363,31 @@ struct Engine::Impl {
         sim->step();
       }
     }
+    // The caller polls as the worker for a short while (an ack usually
+    // comes within one round trip, and this saves a wake-up), then leaves
+    // polling to the worker and the token to whoever else wants it (another
+    // application's commit must not wait out this one's timeout), taking
+    // the token back only to look at `done` (it reads token-owned state).
+    constexpr uint64_t kActiveNs = 200'000;
+    const uint64_t start = clock_ns();
+    uint64_t step_ns = 10'000;
     acquire_token();
-    bool ok;
+    bool ok = false;
     for (;;) {
       if (done()) {
         ok = true;
         break;
       }
       const uint64_t now = clock_ns();
-      if (now >= deadline_ns) {
-        ok = false;
-        break;
+      if (now >= deadline_ns) break;
+      if (now - start < kActiveNs && handoff.load() <= 1) {
+        poll_once(now);
+        continue;
       }
-      poll_once(now);
+      release_token();
+      std::this_thread::sleep_for(std::chrono::nanoseconds(std::min(step_ns, deadline_ns - now)));
+      step_ns = std::min<uint64_t>(step_ns * 2, 1'000'000);
+      acquire_token();
     }
     release_token();
     return ok;

@@ -102,6 +102,9 @@ int main(int argc, char** argv) {
   sc.max_bytes = cfg->max_client_bytes;
   sc.max_wait_ms = cfg->max_wait_ms;
   sc.telemetry_prefix = telemetry_prefix;
+  // idle = "spin" (dedicated cores): the commit thread never sleeps either,
+  // so no application ever pays a wake-up.
+  if (cfg->engine.idle == baton::IdlePolicy::kSpin) sc.idle_spin_us = UINT32_MAX;
   auto server = baton::ipc::Server::start(**engine, sc);
   if (!server) {
     BT_ERROR("%s", server.error().to_string().c_str());

@@ -1,0 +1,260 @@
+// baton-daemon-bench: the 4 KiB commit call of an application under batond
+// (daemon mode: shared-memory commit channel, one doorbell when the daemon
+// sleeps) next to the same call on an embedded engine, alone and beside a
+// busy neighbour, with the baseline every daemon-mode call is bounded by:
+// a cross-process wake-up (eventfd ping-pong) measured in the same run.
+//
+//   baton-daemon-bench [--rounds N] [--commits N] [--gap-us N]
+//
+// Each round runs every case once, interleaved (these machines are shared
+// and noisy: compare within a round, report medians over rounds). A case
+// commits a 4 KiB segment `commits` times, `gap-us` apart (the issue's
+// load: one commit a millisecond). Cases:
+//   embedded            Engine::commit in this process (single node)
+//   daemon              baton_commit through a batond with idle = "adaptive"
+//   daemon+neighbour    the same while another application commits 16 MiB
+//                       and waits for durability (up to 20 ms) in a loop
+//   spin / spin+neighbour   a batond with idle = "spin" (its commit thread
+//                       never sleeps)
+//   wakeup              half an eventfd round trip between two processes
+//                       that sleep in poll(): what a sleeping daemon costs
+//   wakeup-spinning     the same with the sender spinning for the answer:
+//                       the partner wakes on the other (idle) vCPU
+
+#include <immintrin.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/eventfd.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "../../tests/common/process.h"
+#include "baton/baton.h"
+#include "baton/engine.h"
+#include "runtime/futex.h"
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+std::string self_dir() {
+  return std::filesystem::read_symlink("/proc/self/exe").parent_path().string();
+}
+
+struct Stats {
+  double p50 = 0, p99 = 0;
+};
+
+Stats stats(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  if (v.empty()) return {};
+  return {v[v.size() / 2], v[std::min(v.size() - 1, v.size() * 99 / 100)]};
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? 0 : v[v.size() / 2];
+}
+
+void pace(Clock::time_point& next, int gap_us) {
+  next += std::chrono::microseconds(gap_us);
+  std::this_thread::sleep_until(next);
+}
+
+/// A batond in a scratch directory; stopped at the end of the scope.
+class Daemon {
+ public:
+  Daemon(const std::string& idle, int id) : dir_("/tmp/baton-daemon-bench-" + std::to_string(getpid()) + "-" + std::to_string(id)) {
+    std::filesystem::create_directories(dir_);
+    socket_ = dir_ + "/d.sock";
+    std::ofstream(dir_ + "/d.toml") << "[node]\nid = 1\n[engine]\nidle = \"" << idle << "\"\n"
+                                    << "[client]\nsocket = \"" << socket_ << "\"\n[log]\nlevel = \"error\"\n";
+    proc_ = std::make_unique<baton::test::Process>(
+        std::vector<std::string>{self_dir() + "/../tools/batond", "--config", dir_ + "/d.toml"});
+    struct stat st;
+    for (int i = 0; i < 500 && stat(socket_.c_str(), &st) != 0; ++i) usleep(10000);
+  }
+  ~Daemon() {
+    proc_.reset();
+    std::filesystem::remove_all(dir_);
+  }
+  const std::string& socket() const { return socket_; }
+
+ private:
+  std::string dir_, socket_;
+  std::unique_ptr<baton::test::Process> proc_;
+};
+
+/// The busy neighbour: its own process, 16 MiB commits and durable waits.
+int neighbour(const std::string& socket) {
+  baton_t* b = nullptr;
+  baton_segment_t* s = nullptr;
+  if (baton_connect(socket.c_str(), &b) != 0 || baton_open(b, "neighbour", 16 << 20, &s, nullptr, nullptr) != 0) {
+    std::fprintf(stderr, "neighbour: %s\n", baton_last_error());
+    return 1;
+  }
+  for (unsigned i = 0;; ++i) {
+    std::memset(baton_segment_data(s), static_cast<int>(i), 16 << 20);
+    uint64_t g = 0;
+    if (baton_commit(s, &g) != 0) return 1;
+    (void)baton_wait(s, g, BATON_DURABLE, 20);  // a single node: it times out, holding its session 20 ms
+  }
+}
+
+std::vector<double> daemon_case(const std::string& socket, int commits, int gap_us, bool with_neighbour) {
+  std::unique_ptr<baton::test::Process> n;
+  if (with_neighbour) {
+    n = std::make_unique<baton::test::Process>(
+        std::vector<std::string>{self_dir() + "/baton-daemon-bench", "--neighbour", socket});
+    usleep(100'000);  // let it get going
+  }
+  std::vector<double> us;
+  baton_t* b = nullptr;
+  baton_segment_t* s = nullptr;
+  if (baton_connect(socket.c_str(), &b) != 0 || baton_open(b, "app", 4096, &s, nullptr, nullptr) != 0) {
+    std::fprintf(stderr, "baton-daemon-bench: %s\n", baton_last_error());
+    return us;
+  }
+  auto next = Clock::now();
+  for (int i = 0; i < commits; ++i) {
+    std::memset(baton_segment_data(s), i, 4096);
+    uint64_t g = 0;
+    const auto t0 = Clock::now();
+    if (baton_commit(s, &g) != 0) break;
+    us.push_back(std::chrono::duration<double, std::micro>(Clock::now() - t0).count());
+    pace(next, gap_us);
+  }
+  baton_stop(b);
+  return us;
+}
+
+std::vector<double> embedded_case(baton::Engine& e, baton::Segment* seg, int commits, int gap_us) {
+  std::vector<double> us;
+  auto data = e.data(seg);
+  auto next = Clock::now();
+  for (int i = 0; i < commits; ++i) {
+    std::memset(data.data(), i, data.size());
+    const auto t0 = Clock::now();
+    if (!e.commit(seg)) break;
+    us.push_back(std::chrono::duration<double, std::micro>(Clock::now() - t0).count());
+    pace(next, gap_us);
+  }
+  return us;
+}
+
+/// Half the round trip of an eventfd ping-pong between two processes that
+/// each sleep in poll() until woken: one cross-process wake-up. `spin`: the
+/// sender spins for the answer instead of sleeping, so the partner must
+/// wake on the other vCPU (what a caller that busy-waits pays).
+std::vector<double> wakeup_case(int n, int gap_us, bool spin) {
+  const int ping = eventfd(0, 0), pong = eventfd(0, 0);
+  const pid_t child = fork();
+  if (child == 0) {
+    for (;;) {
+      pollfd p{ping, POLLIN, 0};
+      poll(&p, 1, -1);
+      uint64_t v;
+      if (read(ping, &v, sizeof v) != sizeof v) _exit(0);
+      if (v > 1) _exit(0);  // the stop signal
+      (void)!write(pong, &v, sizeof v);
+    }
+  }
+  std::vector<double> us;
+  auto next = Clock::now();
+  for (int i = 0; i < n; ++i) {
+    const uint64_t one = 1;
+    const auto t0 = Clock::now();
+    (void)!write(ping, &one, sizeof one);
+    pollfd p{pong, POLLIN, 0};
+    while (poll(&p, 1, spin ? 0 : -1) != 1) _mm_pause();
+    uint64_t v;
+    (void)!read(pong, &v, sizeof v);
+    us.push_back(std::chrono::duration<double, std::micro>(Clock::now() - t0).count() / 2);
+    pace(next, gap_us);
+  }
+  const uint64_t stop = 2;
+  (void)!write(ping, &stop, sizeof stop);
+  waitpid(child, nullptr, 0);
+  close(ping);
+  close(pong);
+  return us;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  int rounds = 5, commits = 400, gap_us = 1000;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--neighbour" && i + 1 < argc) return neighbour(argv[i + 1]);
+    if (a == "--rounds" && i + 1 < argc) rounds = std::stoi(argv[++i]);
+    else if (a == "--commits" && i + 1 < argc) commits = std::stoi(argv[++i]);
+    else if (a == "--gap-us" && i + 1 < argc) gap_us = std::stoi(argv[++i]);
+    else {
+      std::fprintf(stderr, "usage: baton-daemon-bench [--rounds N] [--commits N] [--gap-us N]\n");
+      return 64;
+    }
+  }
+  signal(SIGPIPE, SIG_IGN);
+  baton::EngineConfig c;
+  c.node_id = 1;
+  auto engine = baton::Engine::start(c, {});
+  if (!engine) {
+    std::fprintf(stderr, "baton-daemon-bench: %s\n", engine.error().to_string().c_str());
+    return 1;
+  }
+  auto seg = (*engine)->create("app", 4096);
+  if (!seg) {
+    std::fprintf(stderr, "baton-daemon-bench: %s\n", seg.error().to_string().c_str());
+    return 1;
+  }
+  const char* names[] = {"embedded", "wakeup", "wakeup-spinning", "daemon", "daemon+neighbour", "spin", "spin+neighbour"};
+  std::map<std::string, std::vector<double>> p50s, p99s;
+  for (int r = 0; r < rounds; ++r) {
+    std::map<std::string, std::vector<double>> samples;
+    samples["embedded"] = embedded_case(**engine, *seg, commits, gap_us);
+    samples["wakeup"] = wakeup_case(commits, gap_us, false);
+    samples["wakeup-spinning"] = wakeup_case(commits, gap_us, true);
+    {
+      Daemon d("adaptive", 2 * r);
+      samples["daemon"] = daemon_case(d.socket(), commits, gap_us, false);
+      samples["daemon+neighbour"] = daemon_case(d.socket(), commits, gap_us, true);
+    }
+    {
+      Daemon d("spin", 2 * r + 1);
+      samples["spin"] = daemon_case(d.socket(), commits, gap_us, false);
+      samples["spin+neighbour"] = daemon_case(d.socket(), commits, gap_us, true);
+    }
+    for (const char* n : names) {
+      const Stats s = stats(samples[n]);
+      p50s[n].push_back(s.p50);
+      p99s[n].push_back(s.p99);
+      std::printf("{\"round\":%d,\"case\":\"%s\",\"p50_us\":%.2f,\"p99_us\":%.2f,\"n\":%zu}\n", r, n, s.p50, s.p99,
+                  samples[n].size());
+    }
+    std::fflush(stdout);
+  }
+  std::printf("\n4 KiB commit call, %d commits %d us apart, median of %d rounds\n", commits, gap_us, rounds);
+  std::printf("%-18s %10s %10s\n", "case", "p50 us", "p99 us");
+  for (const char* n : names) std::printf("%-18s %10.2f %10.2f\n", n, median(p50s[n]), median(p99s[n]));
+  const double emb = median(p50s["embedded"]);
+  std::printf("\ndaemon p50 / embedded p50: adaptive %.2fx, spin %.2fx; one wake-up is %.2f us (%.2f us to the other vCPU)\n",
+              median(p50s["daemon"]) / emb, median(p50s["spin"]) / emb, median(p50s["wakeup"]),
+              median(p50s["wakeup-spinning"]));
+  std::printf("neighbour raises p99: adaptive %.2fx, spin %.2fx\n",
+              median(p99s["daemon+neighbour"]) / median(p99s["daemon"]),
+              median(p99s["spin+neighbour"]) / median(p99s["spin"]));
+  return 0;
+}
