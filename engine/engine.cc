@@ -188,7 +188,14 @@ Result<std::unique_ptr<Engine>> Engine::start(const EngineConfig& config,
 void Engine::Impl::post(void* item) {
   // The ring holds 1024; a full ring means the worker is far behind: wait.
   queued.fetch_add(1);  // before the enqueue: the worker never counts below zero
-  while (rte_ring_mp_enqueue(commands, item) != 0) _mm_pause();
+  {
+    // Producers take turns (many application sessions call at once): the
+    // ring's multi-producer tail hand-off orders them through a relaxed
+    // spin, which ThreadSanitizer cannot follow; a mutex it can, and this
+    // is the control path, not the data path.
+    std::lock_guard lock(post_mu);
+    while (rte_ring_mp_enqueue(commands, item) != 0) _mm_pause();
+  }
   if (sleeping.load()) {
     wake.fetch_add(1);
     futex_wake_all(wake);

@@ -267,6 +267,7 @@ struct Engine::Impl {
 
   // Control -> worker: Op* (commits run under the poll token instead).
   rte_ring* commands = nullptr;
+  std::mutex post_mu;  ///< producers of `commands` take turns (post())
   struct FreeDeleter {
     void operator()(void* p) const noexcept { std::free(p); }
   };

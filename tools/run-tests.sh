@@ -25,10 +25,11 @@ if ((sanitizers)); then
 fi
 
 # ThreadSanitizer over the unit suite (engines with their worker threads and
-# the callers that take the poll token). DPDK's rings are compiled with the
-# C11 memory model there, which TSan understands; the chassis suites are not
-# run under TSan: DPDK's own libraries are not instrumented, so mbufs handed
-# between its threads read as races (docs/reliability.md).
+# the callers that take the poll token) and the hostile-client suite (batond's
+# accept, session and commit threads). DPDK's rings are compiled with the
+# C11 memory model there, which TSan understands; the chassis suites with
+# links are not run under TSan: DPDK's own libraries are not instrumented,
+# so mbufs handed between its threads read as races (docs/reliability.md).
 if ((sanitizers)); then
   [[ -f build-tsan/build.ninja ]] || meson setup build-tsan --buildtype=debug -Db_sanitize=thread \
     -Db_lundef=false -Dbenchmarks=false -Dc_args=-DRTE_USE_C11_MEM_MODEL -Dcpp_args=-DRTE_USE_C11_MEM_MODEL
@@ -41,6 +42,11 @@ for t in json.load(sys.stdin):
   ninja -C build-tsan $unit_targets
   TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
     meson test -C build-tsan --no-rebuild --suite unit --print-errorlogs --num-processes 2
+  # batond's own threads (accept, a session per application, commit) under
+  # attack; without links batond runs no DPDK, so TSan sees every access.
+  ninja -C build-tsan tools/batond tests/test_hostile_client
+  TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
+    meson test -C build-tsan --no-rebuild hostile_client --logbase hostile --print-errorlogs --num-processes 1
 fi
 
 # libFuzzer: each target (wire decoder, frame handlers, client requests,
@@ -55,7 +61,8 @@ fi
 # namespaces shows as skipped, not passed; a binary without a report (it
 # crashed, or is no gtest) counts by its meson result.
 logs=(build/meson-logs/testlog.json)
-((sanitizers)) && logs+=(build-asan/meson-logs/testlog.json build-tsan/meson-logs/testlog.json)
+((sanitizers)) && logs+=(build-asan/meson-logs/testlog.json build-tsan/meson-logs/testlog.json
+                         build-tsan/meson-logs/hostile.json)
 python3 - "${logs[@]}" <<'PY'
 import json, os, sys
 import xml.etree.ElementTree as ET
