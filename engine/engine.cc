@@ -152,6 +152,9 @@ Result<std::unique_ptr<Engine>> Engine::start(const EngineConfig& config,
     if (!global) return tl::unexpected(global.error());
     impl->global = std::move(*global);
   }
+  // Replica slots are allocated off the worker; a simulation (one thread,
+  // deterministic) allocates them in place.
+  if (impl->sim == nullptr) impl->allocator = std::make_unique<SlotAllocator>(config.retain, config.numa_node);
   // Several links may reach one peer (S17: it is dead only when all are silent).
   impl->link_states.reserve(impl->links.size());
   for (auto& l : impl->links) {

@@ -35,6 +35,7 @@
 #include "control/membership.h"
 #include "protocol/wire.h"
 #include "replication/replica_store.h"
+#include "replication/slot_allocator.h"
 #include "replication/transfer.h"
 #include "runtime/futex.h"
 #include "runtime/topology.h"
@@ -318,6 +319,11 @@ struct Engine::Impl {
   // Worker side.
   std::unordered_map<uint64_t, Segment*> owned;                       ///< by segment id
   std::unordered_map<uint64_t, std::unique_ptr<ReplicaStore>> stores;  ///< by segment id
+  /// Replica stores being allocated off the worker (none in a simulation,
+  /// which allocates in place), and those whose allocation failed (the
+  /// next frame is answered NO_ROOM). Poll-token holder.
+  std::unique_ptr<SlotAllocator> allocator;
+  std::unordered_set<uint64_t> allocating, allocation_failed;
   std::unordered_map<uint64_t, SetRecord> records;                     ///< by segment id
   /// After `stores`: destroyed first, so queued writes finish from live slots.
   std::unique_ptr<GlobalStore> global;
@@ -446,6 +452,8 @@ struct Engine::Impl {
   void note_poll_gap(uint64_t now) noexcept;
   uint64_t last_poll_ns = 0;
   bool drain_commands() noexcept;
+  /// Installs replica stores the slot allocator finished. Thread: poll-token holder.
+  bool install_allocated() noexcept;
   void on_frame(Link& link, wire::Frame& f, uint64_t now) noexcept;
   void on_data(Link& link, wire::Frame& f) noexcept;
   void on_fetch_data(wire::Frame& f, uint64_t now) noexcept;

@@ -118,7 +118,7 @@ void Engine::Impl::park_worker() noexcept {
 }
 
 bool Engine::Impl::has_pending_work() const noexcept {
-  if (!queries.empty() || !claims.empty() || !fetches.empty() || queued.load() != 0) return true;
+  if (!queries.empty() || !claims.empty() || !fetches.empty() || !allocating.empty() || queued.load() != 0) return true;
   for (const auto& [id, seg] : owned)
     for (const auto& r : seg->replicas)
       if (r->sender.has_unsent()) return true;
@@ -139,10 +139,30 @@ void Engine::Impl::note_poll_gap(uint64_t now) noexcept {
           static_cast<unsigned long>(us / 1000), static_cast<unsigned long>(failure_ns / 1'000'000));
 }
 
+bool Engine::Impl::install_allocated() noexcept {
+  if (!allocator) return false;
+  bool any = false;
+  SlotAllocator::Done d;
+  while (allocator->take(d)) {
+    any = true;
+    allocating.erase(d.origin.id);
+    if (!d.store) {
+      BT_WARN("cannot hold replica of %s: %s", d.origin.name.c_str(), d.store.error().message.c_str());
+      allocation_failed.insert(d.origin.id);
+      continue;
+    }
+    if (stores.count(d.origin.id) != 0) continue;
+    stores.emplace(d.origin.id, std::move(*d.store));
+    fence_if_superseded(d.origin.id, d.origin.epoch);  // another owner writes a segment this node owns
+  }
+  return any;
+}
+
 bool Engine::Impl::poll_once(uint64_t now) noexcept {
   assert_token_holder();
   note_poll_gap(now);
   bool busy = drain_commands();
+  busy |= install_allocated();
   for (size_t li = 0; li < links.size(); ++li) {
     Link* link = links[li].get();
     RxFrame rx[kBurst];
@@ -245,7 +265,17 @@ void Engine::Impl::on_data(Link& link, wire::Frame& f) noexcept {
       send_error(link, f, wire::ErrorCode::kNoRoom, 0);
       return;
     }
-    // The one allocation on the worker: first sight of a segment.
+    if (allocator) {
+      // First sight of a segment: its slots are allocated off the worker
+      // (seconds of page faults for a large one would stop heartbeats).
+      // The frame is dropped meanwhile; the sender sends it again.
+      if (allocation_failed.erase(f.seg_id) != 0) {
+        send_error(link, f, wire::ErrorCode::kNoRoom, 0);
+        return;
+      }
+      if (allocating.insert(f.seg_id).second) allocator->submit(ReplicaStore::Origin::of(f));
+      return;
+    }
     auto store = ReplicaStore::create(f, config.retain, config.numa_node);
     if (!store) {
       BT_WARN("cannot hold replica of %.*s: %s", int(f.name.size()), f.name.data(),

@@ -30,10 +30,14 @@ void Engine::Impl::update_durable(Segment& seg) noexcept {
     held[i] = unreachable(seg.recorded_set[i]) ? 0 : held_by(seg, seg.recorded_set[i]);
   std::sort(held, held + n, std::greater<>());
   // A majority of the set, and never fewer holders than a majority of the
-  // replication factor asks for: a set left short (too few peers reachable
-  // when it was chosen) acknowledges nothing until it is filled again, or
-  // "durable" would quietly mean fewer copies than the operator set.
-  const size_t want = std::min<size_t>(config.replication_factor, peer_states.size());
+  // replication factor asks for while that many peers are reachable: a set
+  // left short while peers are there to fill it acknowledges nothing until
+  // it is filled, or "durable" would quietly mean fewer copies than the
+  // operator set. With fewer peers reachable (a blade lost from a small
+  // chassis) it degrades to a majority of what there is.
+  size_t reachable = 0;
+  for (const auto& p : peer_states) reachable += !unreachable(p.node);
+  const size_t want = std::min<size_t>(config.replication_factor, reachable);
   const size_t need = std::max(n / 2 + 1, want / 2 + 1);
   if (need > n) return;
   const uint64_t d = held[need - 1];

@@ -101,15 +101,25 @@ Result<std::unique_ptr<Server>> Server::start(Engine& engine, const ServerConfig
   std::unique_ptr<Server> s(new Server(engine, config));
   s->listen_fd_ = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
   if (s->listen_fd_ < 0) return fail(Errc::kIo, "socket: ", std::strerror(errno));
+  // Bound and listening under a temporary name, then renamed into place: a
+  // client that sees the socket can connect to it (no ECONNREFUSED window
+  // between bind and listen), and a stale socket of a daemon that died is
+  // replaced in one step.
+  const std::string temp = config.socket_path + ".~";
+  if (temp.size() >= sizeof(sockaddr_un::sun_path))
+    return fail(Errc::kInvalidArgument, "socket path too long: ", config.socket_path);
   sockaddr_un addr{};
   addr.sun_family = AF_UNIX;
-  std::strncpy(addr.sun_path, config.socket_path.c_str(), sizeof addr.sun_path - 1);
-  unlink(config.socket_path.c_str());  // a stale socket from a daemon that died
+  std::strncpy(addr.sun_path, temp.c_str(), sizeof addr.sun_path - 1);
+  unlink(temp.c_str());
   if (bind(s->listen_fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0)
-    return fail(Errc::kIo, "bind ", config.socket_path, ": ", std::strerror(errno));
-  if (chmod(config.socket_path.c_str(), config.socket_mode) != 0)
-    return fail(Errc::kIo, "chmod ", config.socket_path, ": ", std::strerror(errno));
-  if (listen(s->listen_fd_, 64) != 0) return fail(Errc::kIo, "listen: ", std::strerror(errno));
+    return fail(Errc::kIo, "bind ", temp, ": ", std::strerror(errno));
+  if (chmod(temp.c_str(), config.socket_mode) != 0 || listen(s->listen_fd_, 64) != 0 ||
+      rename(temp.c_str(), config.socket_path.c_str()) != 0) {
+    const int err = errno;
+    unlink(temp.c_str());
+    return fail(Errc::kIo, "socket ", config.socket_path, ": ", std::strerror(err));
+  }
   s->event_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   if (s->event_fd_ < 0) return fail(Errc::kIo, "eventfd: ", std::strerror(errno));
   return s;

@@ -2,19 +2,18 @@
 
 namespace baton {
 
-Result<std::unique_ptr<ReplicaStore>> ReplicaStore::create(const wire::Frame& first, uint32_t retain,
-                                                          int numa_node) {
+Result<std::unique_ptr<ReplicaStore>> ReplicaStore::create(const Origin& first, uint32_t retain, int numa_node) {
   auto store = std::make_unique<ReplicaStore>();
-  store->name_ = std::string(first.name);
-  store->id_ = first.seg_id;
-  store->size_ = first.total_len;
+  store->name_ = first.name;
+  store->id_ = first.id;
+  store->size_ = first.size;
   store->epoch_ = first.epoch;
-  store->owner_ = first.src;
+  store->owner_ = first.owner;
   store->retain_ = retain;
   store->slots_.resize(2 + retain);
   store->writer_pins_ = std::make_unique<std::atomic<uint32_t>[]>(2 + retain);
   for (auto& slot : store->slots_) {
-    auto mem = LocalStorage::create(store->name_ + "@replica", first.total_len, numa_node);
+    auto mem = LocalStorage::create(store->name_ + "@replica", first.size, numa_node);
     if (!mem) return tl::unexpected(mem.error());
     slot.mem = std::move(*mem);
   }

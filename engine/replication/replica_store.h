@@ -32,9 +32,26 @@ class ReplicaStore {
     uint32_t pins = 0;  ///< readers (fetch senders) using it
   };
 
+  /// What a store is made from: the first frame of its segment.
+  struct Origin {
+    std::string name;
+    uint64_t id = 0;
+    uint64_t size = 0;
+    uint64_t epoch = 0;
+    uint16_t owner = 0;
+    static Origin of(const wire::Frame& first) {
+      return Origin{std::string(first.name), first.seg_id, first.total_len, first.epoch, first.src};
+    }
+  };
+
   /// Creates a store for `first`'s segment (size and name from the frame),
-  /// allocating 2 + retain slots. Thread: worker (at first sight of a segment).
-  static Result<std::unique_ptr<ReplicaStore>> create(const wire::Frame& first, uint32_t retain, int numa_node);
+  /// allocating 2 + retain slots: up to (2 + retain) x the segment size,
+  /// faulted in. Thread: any (the slot allocator's, or the worker in a
+  /// simulation).
+  static Result<std::unique_ptr<ReplicaStore>> create(const Origin& first, uint32_t retain, int numa_node);
+  static Result<std::unique_ptr<ReplicaStore>> create(const wire::Frame& first, uint32_t retain, int numa_node) {
+    return create(Origin::of(first), retain, numa_node);
+  }
 
   enum class Accept : uint8_t { kStored, kDuplicate, kPublished, kStale, kCorrupt, kNoSlot, kBadFrame };
 

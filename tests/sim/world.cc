@@ -363,7 +363,13 @@ class World {
     // it, or was killed since (unnoticed yet, perhaps). Asked again later,
     // the answer is the same (it was durable once): checked the first time.
     if (g > a.durable) {
-      const uint32_t majority = std::min<uint32_t>(o_.replication_factor, o_.nodes - 1) / 2 + 1;
+      // A majority of the replication factor, or of the peers the owner's
+      // failure detector holds alive when fewer are (the engine degrades).
+      checking_ = true;
+      uint32_t reachable = 0;
+      for (const auto& p : engine(n)->peers()) reachable += p.alive;
+      checking_ = false;
+      const uint32_t majority = std::min<uint32_t>(o_.replication_factor, reachable) / 2 + 1;
       const int holders = holders_of(a, g, st->epoch);
       int killed_since = 0;
       for (int m = 1; m <= o_.nodes; ++m) killed_since += m != n && killed_at_[m - 1] >= a.committed_at[g];

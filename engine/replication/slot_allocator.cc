@@ -1,0 +1,52 @@
+#include "replication/slot_allocator.h"
+
+#include <sys/prctl.h>
+
+namespace baton {
+
+SlotAllocator::SlotAllocator(uint32_t retain, int numa_node)
+    : retain_(retain), numa_node_(numa_node), thread_([this] { run(); }) {}
+
+SlotAllocator::~SlotAllocator() {
+  {
+    std::lock_guard lock(mu_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  thread_.join();
+}
+
+void SlotAllocator::submit(ReplicaStore::Origin origin) {
+  {
+    std::lock_guard lock(mu_);
+    todo_.push_back(std::move(origin));
+  }
+  cv_.notify_one();
+}
+
+bool SlotAllocator::take(Done& out) {
+  std::lock_guard lock(mu_);
+  if (done_.empty()) return false;
+  out = std::move(done_.front());
+  done_.pop_front();
+  return true;
+}
+
+void SlotAllocator::run() {
+  prctl(PR_SET_NAME, "baton-alloc", 0, 0, 0);
+  std::unique_lock lock(mu_);
+  for (;;) {
+    cv_.wait(lock, [this] { return stop_ || !todo_.empty(); });
+    if (stop_) return;
+    ReplicaStore::Origin origin = std::move(todo_.front());
+    todo_.pop_front();
+    lock.unlock();
+    Done d;
+    d.store = ReplicaStore::create(origin, retain_, numa_node_);
+    d.origin = std::move(origin);
+    lock.lock();
+    done_.push_back(std::move(d));
+  }
+}
+
+}  // namespace baton
