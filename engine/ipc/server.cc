@@ -49,6 +49,9 @@ struct Server::Session {
 
 namespace {
 
+/// JSON as text; a string that is not UTF-8 is replaced, never thrown on.
+std::string to_text(const nlohmann::json& j) { return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace); }
+
 Reply reply_error(int status, const std::string& message) {
   Reply r{};
   r.magic = kMagic;
@@ -292,7 +295,7 @@ void Server::on_request(Session& s, const char* buf, size_t n) {
     case Op::kEvents:
       rep = Reply{};
       rep.magic = kMagic;
-      text = static_cast<Op>(r.op) == Op::kStatus ? status_json(kMaxReply - sizeof(Reply)).dump() : events();
+      text = static_cast<Op>(r.op) == Op::kStatus ? to_text(status_json(kMaxReply - sizeof(Reply))) : events();
       rep.text_len = static_cast<uint32_t>(text.size());
       break;
     default:
@@ -527,7 +530,7 @@ nlohmann::json Server::status_json(size_t limit) const {
   std::sort(held.begin(), held.end());
   out["segments"] = json::array();
   // What a reply can carry: segments past the limit are counted, not listed.
-  size_t size = out.dump().size(), omitted = 0;
+  size_t size = to_text(out).size(), omitted = 0;
   for (const auto& [name, handle, app] : held) {
     auto st = engine_.status(handle);
     if (!st) continue;
@@ -540,7 +543,7 @@ nlohmann::json Server::status_json(size_t limit) const {
                                  {"generation", gen},
                                  {"lag", st->generation - std::min(gen, st->generation)},
                                  {"alive", alive(node)}});
-    const size_t more = seg.dump().size() + 1;
+    const size_t more = to_text(seg).size() + 1;
     if (size + more + 64 > limit) {
       ++omitted;
       continue;

@@ -86,7 +86,8 @@ class Server {
   /// The node, its view, links, clients and segments (with their replicas)
   /// as JSON: the kStatus reply, batonctl status, the telemetry commands.
   /// Segments that would take the text past `limit` bytes are left out
-  /// and counted in "segments_omitted". Thread: any.
+  /// and counted in "segments_omitted". Dump it with
+  /// error_handler_t::replace: a string that is not UTF-8 must not throw. Thread: any.
   nlohmann::json status_json(size_t limit = SIZE_MAX) const;
 
   /// Answers one request from an application connected on `fd` exactly as

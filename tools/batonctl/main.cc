@@ -31,6 +31,9 @@ using baton::Errc;
 using baton::Result;
 using baton::fail;
 
+/// JSON as text; a string that is not UTF-8 is replaced, never thrown on.
+std::string to_text(const nlohmann::json& j) { return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace); }
+
 int die(const std::string& what) {
   std::fprintf(stderr, "batonctl: %s\n", what.c_str());
   return 1;
@@ -60,7 +63,7 @@ int status(const std::string& socket, bool as_json, bool segments_only) {
   if (!got) return die(got.error().message);
   const json& j = *got;
   if (as_json) {
-    std::printf("%s\n", (segments_only ? j.value("segments", json::array()) : j).dump().c_str());
+    std::printf("%s\n", to_text(segments_only ? j.value("segments", json::array()) : j).c_str());
     return 0;
   }
   if (!segments_only) {
@@ -198,7 +201,7 @@ int main(int argc, char** argv) {
         std::printf("%s.%06llu  %s\n", when, static_cast<unsigned long long>(us % 1'000'000), what.c_str());
       }
     }
-    if (json_out) std::printf("%s\n", list.dump().c_str());
+    if (json_out) std::printf("%s\n", to_text(list).c_str());
     return 0;
   }
   if (*load) {
@@ -249,7 +252,7 @@ int main(int argc, char** argv) {
       json list = json::array();
       for (const auto& b : blades)
         list.push_back({{"blade", b.id}, {"pid", b.pid}, {"alive", b.alive}, {"socket", b.socket}});
-      std::printf("%s\n", list.dump().c_str());
+      std::printf("%s\n", to_text(list).c_str());
     } else {
       std::printf("%-6s %-8s %-6s %s\n", "blade", "pid", "state", "socket");
       for (auto& b : blades) std::printf("%-6d %-8d %-6s %s\n", b.id, b.pid, b.alive ? "up" : "DOWN", b.socket.c_str());
