@@ -140,7 +140,7 @@ void Engine::Impl::note_poll_gap(uint64_t now) noexcept {
 }
 
 bool Engine::Impl::install_allocated() noexcept {
-  if (!allocator) return false;
+  if (!allocator || allocating.empty()) return false;
   bool any = false;
   SlotAllocator::Done d;
   while (allocator->take(d)) {

@@ -21,7 +21,6 @@ T get(const std::byte* base, size_t off) noexcept {
   return v;
 }
 
-
 bool has_name(MsgType t) noexcept {
   return t == MsgType::kData || t == MsgType::kFetchData || t == MsgType::kFetchRequest ||
          t == MsgType::kFetchMeta || t == MsgType::kClaim || t == MsgType::kSetRecord;

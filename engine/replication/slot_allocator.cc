@@ -25,10 +25,12 @@ void SlotAllocator::submit(ReplicaStore::Origin origin) {
 }
 
 bool SlotAllocator::take(Done& out) {
+  if (ready_.load(std::memory_order_acquire) == 0) return false;
   std::lock_guard lock(mu_);
   if (done_.empty()) return false;
   out = std::move(done_.front());
   done_.pop_front();
+  ready_.fetch_sub(1, std::memory_order_relaxed);
   return true;
 }
 
@@ -46,6 +48,7 @@ void SlotAllocator::run() {
     d.origin = std::move(origin);
     lock.lock();
     done_.push_back(std::move(d));
+    ready_.fetch_add(1, std::memory_order_release);
   }
 }
 

@@ -11,6 +11,7 @@
 // Thread: submit() and take() are the worker's (the poll-token holder);
 // the allocation runs on this object's own thread, "baton-alloc".
 
+#include <atomic>
 #include <condition_variable>
 #include <deque>
 #include <memory>
@@ -35,7 +36,8 @@ class SlotAllocator {
   SlotAllocator& operator=(const SlotAllocator&) = delete;
 
   void submit(ReplicaStore::Origin origin);
-  /// A finished allocation, if any.
+  /// A finished allocation, if any. Lock-free when there is none (the
+  /// worker asks on every poll).
   bool take(Done& out);
 
  private:
@@ -48,6 +50,7 @@ class SlotAllocator {
   std::deque<ReplicaStore::Origin> todo_;  ///< mu_
   std::deque<Done> done_;                  ///< mu_
   bool stop_ = false;                      ///< mu_
+  std::atomic<uint32_t> ready_{0};         ///< done_.size(), read without mu_
   std::thread thread_;
 };
 
