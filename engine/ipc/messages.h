@@ -9,11 +9,11 @@
 // daemon's doorbell eventfd.
 //
 // A commit does not use the socket: the application bumps `request` in the
-// CommitChannel; the daemon's IPC thread, which polls every channel while it
-// is awake, snapshots the segment and publishes `done`. Only when the daemon
-// sleeps (`daemon_sleeping` set) does the application write the eventfd,
-// and only when it gives up spinning does it sleep on `done` (a futex in
-// shared memory). No system call on the fast path.
+// CommitChannel; the daemon's commit thread, which polls every held channel
+// while it is awake, snapshots the segment and publishes `done`. Only when
+// the daemon sleeps (`daemon_sleeping` set) does the application write the
+// eventfd, and then it sleeps on `done` (a futex in shared memory) at once;
+// otherwise it spins a while first. No system call on the fast path.
 
 #include <atomic>
 #include <cstddef>
@@ -69,7 +69,7 @@ struct alignas(64) CommitChannel {
   std::atomic<int32_t> status{0};             ///< of the last commit
   std::atomic<uint64_t> generation{0};        ///< of the last commit
   std::atomic<uint32_t> app_sleeping{0};      ///< the application sleeps on `done`
-  std::atomic<uint32_t> daemon_sleeping{0};   ///< the IPC thread is in epoll_wait: ring the eventfd
+  std::atomic<uint32_t> daemon_sleeping{0};   ///< the commit thread sleeps: ring the eventfd
 };
 
 static_assert(sizeof(Request) <= kMaxMessage && sizeof(Reply) <= kMaxMessage);
