@@ -232,8 +232,14 @@ Result<pid_t> chassis_restart_blade(const ChassisConfig& c, int id) {
                                  c.transport == "af_packet" ? netns_name(c.dir, id) : "");
   std::ofstream(blade_path(c.dir, id, ".pid")) << pid << "\n";
   struct stat st;
-  for (int i = 0; i < 2000 && stat(socket.c_str(), &st) != 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  if (stat(socket.c_str(), &st) != 0) return fail(Errc::kIo, "blade ", std::to_string(id), " did not come back");
+  for (int i = 0; i < 4000 && stat(socket.c_str(), &st) != 0; ++i) {
+    int status;
+    if (waitpid(pid, &status, WNOHANG) == pid) break;  // it died starting
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  if (stat(socket.c_str(), &st) != 0)
+    return fail(Errc::kIo, "blade ", std::to_string(id), " did not come back; its log ends:\n",
+                tail(blade_path(c.dir, id, ".log")));
   return pid;
 }
 
