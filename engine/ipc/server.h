@@ -18,8 +18,11 @@
 // The segment registry (name -> Segment, and who holds each) is shared by
 // the sessions under registry_mu_; the commit thread's list of channels is
 // changed by the sessions under commit_mu_. Lock order: registry_mu_, then
-// commit_mu_; no engine call is made with registry_mu_ held except the
-// quick, non-blocking ones (status of one handle).
+// commit_mu_, then the engine's own lock. Opens, loads, reopens, closes and
+// waits run with registry_mu_ released; only the engine's quick lookups of
+// one handle (status, data, memory_fd) are made under it, and those can
+// wait behind an engine call that holds the engine's lock for a network
+// round (engine-level serialisation: docs/architecture.md).
 //
 // Segments belong to the daemon, not to the connection: when an application
 // crashes or disconnects, its segments and their replicas stay (S3), and the
