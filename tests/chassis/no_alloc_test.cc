@@ -77,14 +77,27 @@ void commit_and_wait_without_allocating(const std::string& global_dir) {
       auto g = (*a)->commit(*seg);
       ASSERT_TRUE(g && (*a)->wait_replicated(*seg, *g, 1, 10s));
     }
-    const uint64_t before = allocations.load();
-    for (int i = 0; i < 100; ++i) {
-      mem[1] = std::byte(i);
-      auto g = (*a)->commit(*seg);
-      ASSERT_TRUE(g);
-      ASSERT_TRUE((*a)->wait_replicated(*seg, *g, 1, 10s));
+    // A window in which a poll stalled (a loaded machine: peers suspect
+    // each other, views change, events are written) or the view changed
+    // says nothing about the data path; measure again, up to three times.
+    bool measured = false;
+    for (int attempt = 0; attempt < 3 && !measured; ++attempt) {
+      const uint64_t stalls = (*a)->stats().stalls + (*b)->stats().stalls;
+      const uint64_t view = (*a)->view().id + (*b)->view().id;
+      const uint64_t before = allocations.load();
+      for (int i = 0; i < 100; ++i) {
+        mem[1] = std::byte(i);
+        auto g = (*a)->commit(*seg);
+        ASSERT_TRUE(g);
+        ASSERT_TRUE((*a)->wait_replicated(*seg, *g, 1, 10s));
+      }
+      const uint64_t allocated = allocations.load() - before;
+      if ((*a)->stats().stalls + (*b)->stats().stalls != stalls || (*a)->view().id + (*b)->view().id != view)
+        continue;
+      measured = true;
+      EXPECT_EQ(allocated, 0u) << "size " << size;
     }
-    EXPECT_EQ(allocations.load() - before, 0u) << "size " << size;
+    if (!measured) GTEST_SKIP() << "every window had a poll stall or a view change: the machine is too loaded";
   }
 }
 
