@@ -9,6 +9,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <mutex>
 #include <utility>
 
 namespace baton {
@@ -19,10 +20,17 @@ constexpr uint64_t kPage = 4096;
 
 uint64_t round_up(uint64_t v, uint64_t a) { return (v + a - 1) / a * a; }
 
+// libnuma fills process-wide caches on first use without locking
+// (numa_node_to_cpus): storage is created by several threads (API callers,
+// each engine's slot allocator), so its libnuma calls take turns.
+std::mutex numa_mu;
+
 int current_numa_node() {
   if (numa_available() < 0) return -1;
   int cpu = sched_getcpu();
-  return cpu < 0 ? -1 : numa_node_of_cpu(cpu);
+  if (cpu < 0) return -1;
+  std::lock_guard lock(numa_mu);
+  return numa_node_of_cpu(cpu);
 }
 
 }  // namespace
@@ -66,7 +74,10 @@ bool LocalStorage::map_memfd(const std::string& label, uint64_t size, int node, 
     return false;
   }
   // Bind before the first touch so pages come from that node.
-  if (node >= 0) numa_tonode_memory(p, mapped, node);
+  if (node >= 0) {
+    std::lock_guard lock(numa_mu);
+    numa_tonode_memory(p, mapped, node);
+  }
   // Fault everything in now: the first commit must not pay for page faults,
   // and a short hugetlb pool must show here (ENOMEM), not as SIGBUS later.
   if (madvise(p, mapped, MADV_POPULATE_WRITE) != 0) {
