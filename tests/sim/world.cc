@@ -413,7 +413,8 @@ class World {
   /// (as a replica, or as its unfenced owner). `newest_epoch_only`: count
   /// only replicas at the newest epoch any live replica has (the members of
   /// the newest replica set; a former member keeps an older epoch's copy).
-  int copies(App& a, uint64_t g, bool newest_epoch_only = false, bool running_only = false) {
+  int copies(App& a, uint64_t g, bool newest_epoch_only = false, bool running_only = false,
+             const std::vector<bool>* only = nullptr) {
     checking_ = true;
     uint64_t newest = 0;
     for (int n = 1; n <= o_.nodes && newest_epoch_only; ++n)
@@ -423,7 +424,7 @@ class World {
     int k = 0;
     holders_.clear();
     for (int n = 1; n <= o_.nodes; ++n) {
-      if (!alive(n) || (running_only && stalled_[n - 1])) continue;
+      if (!alive(n) || (running_only && stalled_[n - 1]) || (only != nullptr && !(*only)[n])) continue;
       bool held = false;
       auto st = engine(n)->replica_status(a.name);
       if (st && !st->generations.empty() && st->generations.front() >= g && st->epoch >= newest) {
@@ -448,13 +449,23 @@ class World {
   /// Set records live in memory at a quorum of nodes: they survive
   /// nodes - quorum memory losses. Past that (more nodes killed since the
   /// durable generation was committed), the cluster may no longer know where
-  /// its copies are, and a copy held only by stopped nodes (to the others,
-  /// dead) is not required to be found. A copy on a running node always is.
-  bool records_lost(App& a) {
+  /// its copies are, and a copy held only by nodes the opener cannot hear
+  /// (stopped, or cut off from it: to it, dead) is not required to be found.
+  /// A copy on a node it hears always is.
+  bool records_lost(App& a, int opener) {
     const int tolerated = o_.nodes - (o_.nodes / 2 + 1);
     int lost_memory = 0;
     for (int m = 1; m <= o_.nodes; ++m) lost_memory += killed_at_[m - 1] >= a.committed_at[a.durable];
-    return lost_memory > tolerated && copies(a, a.durable, false, true) == 0;
+    if (lost_memory <= tolerated) return false;
+    // The holders the opener could have heard from: running, and held
+    // alive by its own failure detector (not cut off from it).
+    checking_ = true;
+    std::vector<bool> heard(o_.nodes + 1, false);
+    heard[opener] = true;
+    for (const auto& p : engine(opener)->peers()) heard[p.node] = p.alive;
+    checking_ = false;
+    const int reachable = copies(a, a.durable, false, true, &heard);
+    return reachable == 0;
   }
 
   /// Whether a majority of the newest recorded replica set (the newest
@@ -532,7 +543,7 @@ class World {
     if (older) {
       const bool held = anyone_holds(a, a.durable);
       const std::string holders = holders_;
-      if (held && records_lost(a)) {
+      if (held && records_lost(a, n)) {
         ++stats_.records_lost;
         note("  (the records of where durable generation " + std::to_string(a.durable) +
              " lives died with more nodes than they tolerate; its copies are on stopped nodes only:" + holders + ")");
