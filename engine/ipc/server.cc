@@ -49,6 +49,12 @@ struct Server::Session {
 
 namespace {
 
+/// Whether the application on `fd` hung up (looks, never waits).
+bool hung_up(int fd) {
+  pollfd p{fd, POLLRDHUP, 0};
+  return poll(&p, 1, 0) == 1 && (p.revents & (POLLHUP | POLLRDHUP | POLLERR)) != 0;
+}
+
 /// JSON as text; a string that is not UTF-8 is replaced, never thrown on.
 std::string to_text(const nlohmann::json& j) { return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace); }
 
@@ -330,8 +336,7 @@ Reply Server::open_segment(Session& s, const Request& r, std::vector<int>& fds) 
   if (it != segments_.end() && it->second->holder != nullptr && it->second->holder != &s) {
     // The holder may be gone already, its session not yet done: give it a
     // moment to let go. (Its descriptor stays open until it has.)
-    pollfd p{it->second->holder->fd, POLLRDHUP, 0};
-    if (poll(&p, 1, 0) == 1 && (p.revents & (POLLHUP | POLLRDHUP | POLLERR)) != 0)
+    if (hung_up(it->second->holder->fd))
       registry_cv_.wait_for(lock, std::chrono::seconds(2), [&] {
         it = segments_.find(name);
         return it == segments_.end() || it->second->holder == nullptr;
@@ -450,9 +455,7 @@ Reply Server::wait(Session& s, const Request& r) {
                                                 std::to_string(config_.max_wait_ms) + ")");
       return reply_error(ok.error());
     }
-    pollfd p{s.fd, POLLRDHUP, 0};
-    if (poll(&p, 1, 0) == 1 && (p.revents & (POLLHUP | POLLRDHUP | POLLERR)) != 0)
-      return reply_error(BATON_EUNAVAIL, "the application hung up");
+    if (hung_up(s.fd)) return reply_error(BATON_EUNAVAIL, "the application hung up");
     if (stopping_.load()) return reply_error(BATON_EUNAVAIL, "batond is stopping");
   }
 }

@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "../common/batond.h"
+#include "../common/recv_reply.h"
 #include "baton/baton.h"
 #include "ipc/messages.h"
 
@@ -86,25 +87,14 @@ struct Raw {
     pollfd p{fd, POLLIN, 0};
     if (poll(&p, 1, timeout_ms) != 1) return rep;
     std::vector<char> buf(baton::ipc::kMaxReply);
-    iovec iov{buf.data(), buf.size()};
-    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * 4)];
-    msghdr msg{};
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control;
-    msg.msg_controllen = sizeof control;
-    const ssize_t n = recvmsg(fd, &msg, MSG_CMSG_CLOEXEC);
+    std::vector<int> got;
+    const ssize_t n = baton::test::recv_with_fds(fd, buf, got);
+    for (int f : got) {
+      if (fds != nullptr) fds->push_back(f);
+      else close(f);
+    }
     if (n < static_cast<ssize_t>(sizeof rep)) return rep;
     std::memcpy(&rep, buf.data(), sizeof rep);
-    for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
-      const size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-      for (size_t i = 0; i < count; ++i) {
-        int got;
-        std::memcpy(&got, CMSG_DATA(c) + i * sizeof(int), sizeof got);
-        if (fds != nullptr) fds->push_back(got);
-        else close(got);
-      }
-    }
     return rep;
   }
   Reply call(const Request& r, std::vector<int>* fds = nullptr) {

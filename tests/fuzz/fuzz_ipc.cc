@@ -18,6 +18,7 @@
 #include <memory>
 #include <vector>
 
+#include "../common/recv_reply.h"
 #include "baton/engine.h"
 #include "common/log.h"
 #include "ipc/messages.h"
@@ -55,23 +56,10 @@ struct Harness {
 
   void drain() {
     std::vector<char> buf(baton::ipc::kMaxReply);
-    for (;;) {
-      iovec iov{buf.data(), buf.size()};
-      alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * 4)];
-      msghdr msg{};
-      msg.msg_iov = &iov;
-      msg.msg_iovlen = 1;
-      msg.msg_control = control;
-      msg.msg_controllen = sizeof control;
-      if (recvmsg(fds[1], &msg, MSG_DONTWAIT) < 0) return;
-      for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
-        const size_t n = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-        for (size_t i = 0; i < n; ++i) {
-          int fd;
-          std::memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
-          close(fd);
-        }
-      }
+    std::vector<int> passed;
+    while (baton::test::recv_with_fds(fds[1], buf, passed, MSG_DONTWAIT) >= 0) {
+      for (int fd : passed) close(fd);
+      passed.clear();
     }
   }
 };

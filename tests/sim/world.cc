@@ -359,9 +359,8 @@ class World {
     // cluster may hand the epoch out again (a new history; counted).
     auto [it, fresh] = a.epoch_owner.emplace(st->epoch, std::make_pair(n, now_));
     if (!fresh && it->second.first != n) {
-      int lost_memory = 0;
-      for (int m = 1; m <= o_.nodes; ++m) lost_memory += killed_at_[m - 1] >= it->second.second;
-      if (lost_memory <= o_.nodes - (o_.nodes / 2 + 1))
+      const int lost_memory = memory_lost_since(it->second.second);
+      if (lost_memory <= tolerated_memory_losses())
         throw Violation{"I3: nodes " + std::to_string(it->second.first) + " and " + std::to_string(n) +
                         " both got durable acknowledgements for " + a.name + " at epoch " + std::to_string(st->epoch)};
       ++stats_.records_lost;
@@ -446,6 +445,15 @@ class World {
   }
   bool anyone_holds(App& a, uint64_t g) { return copies(a, g) > 0; }
 
+  /// Nodes killed (their memory gone) at or after simulated time `t`.
+  int memory_lost_since(uint64_t t) const {
+    int n = 0;
+    for (int m = 1; m <= o_.nodes; ++m) n += killed_at_[m - 1] >= t;
+    return n;
+  }
+  /// Memory losses in-memory records survive: nodes - quorum.
+  int tolerated_memory_losses() const { return o_.nodes - (o_.nodes / 2 + 1); }
+
   /// Set records live in memory at a quorum of nodes: they survive
   /// nodes - quorum memory losses. Past that (more nodes killed since the
   /// durable generation was committed), the cluster may no longer know where
@@ -453,10 +461,7 @@ class World {
   /// (stopped, or cut off from it: to it, dead) is not required to be found.
   /// A copy on a node it hears always is.
   bool records_lost(App& a, int opener) {
-    const int tolerated = o_.nodes - (o_.nodes / 2 + 1);
-    int lost_memory = 0;
-    for (int m = 1; m <= o_.nodes; ++m) lost_memory += killed_at_[m - 1] >= a.committed_at[a.durable];
-    if (lost_memory <= tolerated) return false;
+    if (memory_lost_since(a.committed_at[a.durable]) <= tolerated_memory_losses()) return false;
     // The holders the opener could have heard from: running, and held
     // alive by its own failure detector (not cut off from it).
     checking_ = true;
