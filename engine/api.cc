@@ -293,6 +293,17 @@ int baton_unregister(baton_segment_t* s) {
   return ok();
 }
 
+int baton_delete(baton_t* b, const char* name) {
+  if (b == nullptr || name == nullptr) return set_error(Errc::kInvalidArgument, "null argument");
+  baton::Result<void> r = baton::fail(Errc::kInternal, "no engine");
+  if (b->client) r = b->client->remove(name);
+#ifndef BATON_CLIENT_ONLY
+  else if (b->engine) r = b->engine->remove(name);
+#endif
+  if (!r) return set_error(r.error());
+  return ok();
+}
+
 const char* baton_strerror(int err) {
   if (err > 0 || err < BATON_EINTERNAL) return "unknown error";
   return baton::errc_name(static_cast<Errc>(-err));

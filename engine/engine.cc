@@ -267,8 +267,11 @@ Result<Segment*> Engine::Impl::add_segment(std::unique_ptr<Segment> seg) {
 }
 
 Result<Segment*> Engine::Impl::make_segment(std::string_view name, uint64_t size, LocalStorage* restored,
-                                            uint64_t epoch, uint64_t generation, std::vector<uint16_t> preferred) {
+                                            uint64_t epoch, uint64_t generation, std::vector<uint16_t> preferred,
+                                            std::vector<uint16_t> stale) {
   auto seg = std::make_unique<Segment>();
+  seg->release_to = std::move(stale);
+  for (uint16_t n : preferred) seg->release_to.push_back(n);  // those kept are members: not released
   seg->preferred = std::move(preferred);
   seg->name = std::string(name);
   seg->id = wire::segment_id(name);

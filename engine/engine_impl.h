@@ -114,6 +114,11 @@ struct baton::Segment {
     uint64_t last_sent_ns = 0;
   } pending;
   std::atomic<uint64_t> durable{0};
+  /// Nodes that held copies of this segment before this owner (the set it
+  /// took over, stale holders its query found): once this owner's set is
+  /// recorded at a quorum, those outside it are told to drop their copies
+  /// (reclamation). Token holder only.
+  std::vector<uint16_t> release_to;
 };
 
 namespace baton {
@@ -131,6 +136,7 @@ struct SetRecord {
   uint64_t version = 0;
   uint64_t set = 0;  ///< wire::pack_set
   uint16_t owner = 0;  ///< who wrote it (one owner per epoch)
+  bool deleted = false;  ///< a tombstone: the name was deleted at `epoch` (no set)
   bool newer_than(const SetRecord& o) const noexcept {
     return epoch != o.epoch ? epoch > o.epoch : version > o.version;
   }
@@ -190,6 +196,37 @@ struct ClaimOp : RoundOp<ClaimAnswer> {
 /// Asks every peer (and this node) what it holds of a name. `need`: a quorum
 /// of nodes.
 struct QueryOp : RoundOp<QueryAnswer> {};
+
+/// A node's answer to a tombstone.
+struct TombstoneAnswer {
+  uint16_t peer = 0;
+  bool answered = false;
+  bool stored = false;          ///< it stored the tombstone (and dropped its copy)
+  uint64_t refused_epoch = 0;   ///< it holds a newer owner epoch than the tombstone's
+  bool asked = false;
+};
+
+/// Writes a tombstone for a name at `epoch` (S11's clean exit, issue #9):
+/// it must be stored by a quorum of nodes (so every later query sees it)
+/// and by a majority of the newest recorded replica set (so the old owner
+/// can make nothing durable after it, and no claim can take the segment
+/// over from the copies left). `need`: that quorum.
+struct TombstoneOp : RoundOp<TombstoneAnswer> {
+  uint64_t epoch = 0;
+  std::vector<uint16_t> set;  ///< the newest recorded set (empty: none)
+  uint32_t stored() const noexcept {
+    return static_cast<uint32_t>(std::count_if(answers.begin(), answers.end(), [](auto& a) { return a.stored; }));
+  }
+  uint32_t set_stored() const noexcept {
+    return static_cast<uint32_t>(std::count_if(answers.begin(), answers.end(), [this](auto& a) {
+      return a.stored && std::find(set.begin(), set.end(), a.peer) != set.end();
+    }));
+  }
+  bool refused() const noexcept {
+    return std::any_of(answers.begin(), answers.end(), [](auto& a) { return a.refused_epoch != 0; });
+  }
+  bool enough() const noexcept { return stored() >= need && set_stored() >= set.size() / 2 + (set.empty() ? 0 : 1); }
+};
 
 struct FetchOp : Op {
   std::string name;
@@ -329,6 +366,7 @@ struct Engine::Impl {
   std::unique_ptr<GlobalStore> global;
   std::vector<QueryOp*> queries;
   std::vector<ClaimOp*> claims;
+  std::vector<TombstoneOp*> tombstones;
   std::vector<FetchOp*> fetches;
   std::vector<std::unique_ptr<FetchServe>> serves;
   std::vector<FetchOp*> completed_fetches;  ///< finished after this poll's acks went out
@@ -406,6 +444,15 @@ struct Engine::Impl {
   void await(Op& op) { poll_until([&op] { return op.finished(); }, UINT64_MAX); }
   Result<std::unique_ptr<QueryOp>> query(std::string_view name);
   Result<OpenResult> load_from(const QueryOp& q, std::string_view name);
+  /// Engine::remove with control_mu held. Thread: control.
+  Result<void> remove_locked(std::string_view name);
+  /// Writes a tombstone for `name` at `epoch` to every node; kUnavailable
+  /// unless a quorum and a majority of `set` stored it, kBusy if a newer
+  /// owner refused it. Thread: control.
+  Result<void> write_tombstone(std::string_view name, uint64_t epoch, std::vector<uint16_t> set);
+  /// Sends the newest tombstone a query found to the nodes that answered
+  /// with an older copy or record (they missed the delete). Thread: control.
+  void repair_tombstone(const QueryOp& q);
   /// Engine::open / Engine::load with control_mu held. A local segment of
   /// that name that is fenced is forgotten first (the cluster has newer
   /// state); a live one is kExists. Thread: control.
@@ -425,20 +472,24 @@ struct Engine::Impl {
     return view;
   }
   /// S7: restores `name` from the newest intact copy in global storage.
-  Result<OpenResult> load_from_global(std::string_view name, uint64_t max_epoch);
+  /// Only files written above epoch `deleted` (the newest tombstone) count.
+  Result<OpenResult> load_from_global(std::string_view name, uint64_t max_epoch, uint64_t deleted);
   Result<Segment*> add_segment(std::unique_ptr<Segment> seg);
   /// `preferred`: the recorded set ownership was taken over from; its live
   /// members are kept as replicas. A restored segment's generation is
-  /// replicated to the new set at once, and the set recorded.
+  /// replicated to the new set at once, and the set recorded. `stale`:
+  /// nodes holding older copies, told to drop them once it is (Segment::release_to).
   Result<Segment*> make_segment(std::string_view name, uint64_t size, LocalStorage* restored, uint64_t epoch,
-                                uint64_t generation, std::vector<uint16_t> preferred = {});
+                                uint64_t generation, std::vector<uint16_t> preferred = {},
+                                std::vector<uint16_t> stale = {});
   /// Snapshots `seg` as `generation` and starts replicating it; the caller
   /// holds control_mu. Thread: control.
   Result<void> snapshot(Segment& seg, uint64_t generation);
   Segment* find_handle(Segment* seg);
   /// A new, empty segment (S1), owned here once its replica set is recorded
   /// at a quorum of nodes; kExists if another node won a race for the name.
-  Result<Segment*> create_fresh(std::string_view name, uint64_t size);
+  /// `q`: the query that found nothing above the newest tombstone.
+  Result<Segment*> create_fresh(std::string_view name, uint64_t size, const QueryOp& q);
   /// Forgets a segment this node owns (close, or a create that lost). Thread: control.
   Result<void> remove_segment(Segment* seg);
   uint32_t effective_chunk_size() const;
@@ -473,6 +524,27 @@ struct Engine::Impl {
   /// Takes back a record that failed to reach a quorum (a lost race to
   /// create a name). Thread: token holder.
   void withdraw_record(Segment& seg) noexcept;
+  /// A tombstone at `epoch` from `owner` (a delete): stores it unless a
+  /// newer owner epoch is known here (returns that epoch then), drops the
+  /// replica copy, fences a local owner. Thread: token holder.
+  uint64_t apply_tombstone(uint64_t seg_id, uint64_t epoch, uint16_t owner) noexcept;
+  void send_tombstone(TombstoneOp& t, uint64_t now) noexcept;
+  /// SET_RECORD with kFlagDeleted: a tombstone, or (with kFlagComplete)
+  /// the answer to ours. Thread: token holder.
+  void on_tombstone(Link& link, const wire::Frame& f) noexcept;
+  /// SET_RECORD with kFlagRelease: a set recorded without this node: its
+  /// copy is dropped. Thread: token holder.
+  void on_release(const wire::Frame& f) noexcept;
+  /// Tells the nodes in seg.release_to outside its recorded set to drop
+  /// their copies. Thread: token holder.
+  void release_copies(Segment& seg) noexcept;
+  /// Forgets this node's replica copy of a segment: its serves and pending
+  /// acks go, its memory is freed off the worker. Thread: token holder.
+  void drop_store(uint64_t seg_id) noexcept;
+  /// Stores whose slots a global-storage write still pins: freed once not.
+  std::vector<std::unique_ptr<ReplicaStore>> retired_stores;
+  /// Frees retired stores whose pins are gone. Thread: token holder.
+  void free_retired() noexcept;
   void on_heartbeat(const wire::Frame& f, uint64_t now) noexcept;
   /// A peer came back as a new incarnation: its acknowledgements and set
   /// records are gone with its memory. Resends it the latest generation of

@@ -100,6 +100,8 @@ void Engine::Impl::run_worker() noexcept {
   for (QueryOp* q : queries) q->finish();
   for (ClaimOp* c : claims) c->finish();
   claims.clear();
+  for (TombstoneOp* t : tombstones) t->finish();
+  tombstones.clear();
   for (FetchOp* f : fetches) f->fail(Errc::kUnavailable, "engine stopped");
   queries.clear();
   fetches.clear();
@@ -118,7 +120,9 @@ void Engine::Impl::park_worker() noexcept {
 }
 
 bool Engine::Impl::has_pending_work() const noexcept {
-  if (!queries.empty() || !claims.empty() || !fetches.empty() || !allocating.empty() || queued.load() != 0) return true;
+  if (!queries.empty() || !claims.empty() || !tombstones.empty() || !fetches.empty() || !allocating.empty() ||
+      queued.load() != 0)
+    return true;
   for (const auto& [id, seg] : owned)
     for (const auto& r : seg->replicas)
       if (r->sender.has_unsent()) return true;
@@ -152,6 +156,12 @@ bool Engine::Impl::install_allocated() noexcept {
       continue;
     }
     if (stores.count(d.origin.id) != 0) continue;
+    // Deleted while its slots were being allocated: nobody sends it again.
+    if (auto r = records.find(d.origin.id);
+        r != records.end() && r->second.deleted && r->second.epoch >= d.origin.epoch) {
+      allocator->free(std::move(*d.store));
+      continue;
+    }
     stores.emplace(d.origin.id, std::move(*d.store));
     fence_if_superseded(d.origin.id, d.origin.epoch);  // another owner writes a segment this node owns
   }
@@ -163,6 +173,7 @@ bool Engine::Impl::poll_once(uint64_t now) noexcept {
   note_poll_gap(now);
   bool busy = drain_commands();
   busy |= install_allocated();
+  if (!retired_stores.empty()) free_retired();
   for (size_t li = 0; li < links.size(); ++li) {
     Link* link = links[li].get();
     RxFrame rx[kBurst];
@@ -259,8 +270,24 @@ void Engine::Impl::on_data(Link& link, wire::Frame& f) noexcept {
   // The fast path (the next chunk of the generation in progress) verifies the
   // frame while copying it; every other path verifies before acting on it.
   auto it = stores.find(f.seg_id);
+  if (it != stores.end() && f.epoch > it->second->epoch() && f.name == it->second->name() &&
+      f.total_len != it->second->size()) {
+    // A newer owner of another size: the name was deleted and created
+    // again, and this copy (which missed the delete) is of the old one.
+    if (!verified(f)) return;
+    drop_store(f.seg_id);
+    it = stores.end();
+  }
   if (it == stores.end()) {
     if (!verified(f)) return;
+    // A record of a newer epoch (a tombstone, or a newer owner's set):
+    // the sender was superseded.
+    if (auto r = records.find(f.seg_id);
+        r != records.end() && (r->second.epoch > f.epoch || (r->second.deleted && r->second.epoch == f.epoch))) {
+      bump(counters.stale_epoch);
+      send_error(link, f, wire::ErrorCode::kStaleEpoch, r->second.epoch);
+      return;
+    }
     if (f.total_len > config.max_segment_size) {
       send_error(link, f, wire::ErrorCode::kNoRoom, 0);
       return;
@@ -397,7 +424,7 @@ void Engine::Impl::on_fetch_request(Link& link, const wire::Frame& f, uint64_t n
       meta.generation = st->latest()->generation;
     }
     if (auto rec = records.find(f.seg_id); rec != records.end()) {
-      meta.flags |= wire::kFlagRecord;
+      meta.flags |= wire::kFlagRecord | (rec->second.deleted ? wire::kFlagDeleted : 0);
       wire::set_aux_epoch(meta, rec->second.epoch);
       meta.gen_crc = static_cast<uint32_t>(rec->second.version);
       meta.chunk_size = rec->second.owner;
@@ -532,6 +559,13 @@ void Engine::Impl::on_ack(const wire::Frame& f, uint64_t now) noexcept {
 void Engine::Impl::on_error(const wire::Frame& f) noexcept {
   switch (static_cast<wire::ErrorCode>(f.code)) {
     case wire::ErrorCode::kStaleEpoch: {
+      for (TombstoneOp* t : tombstones)
+        if (t->id == f.seg_id)
+          for (auto& a : t->answers)
+            if (a.peer == f.src && !a.answered) {
+              a.answered = true;
+              a.refused_epoch = f.epoch;
+            }
       for (ClaimOp* c : claims)
         if (c->id == f.seg_id)
           for (auto& a : c->answers)
@@ -663,6 +697,14 @@ bool Engine::Impl::step_ops(uint64_t now) noexcept {
   auto reachable = [this](uint16_t peer) { return peer != config.node_id && !unreachable(peer); };
   busy |= step_rounds(queries, now, settled, reachable, [&](QueryOp& q) { send_query(q, now); });
   busy |= step_rounds(claims, now, settled, reachable, [&](ClaimOp& c) { send_claim(c, now); });
+  // A tombstone round ends early when a newer owner refuses it.
+  auto tombstone_settled = [&](const TombstoneOp& t) {
+    const bool everyone = std::all_of(t.answers.begin(), t.answers.end(),
+                                      [this](auto& a) { return a.answered || unreachable(a.peer); });
+    return t.refused() || (t.enough() && (everyone || now >= t.deadline_ns)) || now >= t.hard_deadline_ns;
+  };
+  busy |= step_rounds(tombstones, now, tombstone_settled, reachable,
+                      [&](TombstoneOp& t) { send_tombstone(t, now); });
   const uint64_t timeout = uint64_t{config.fetch_timeout_ms} * 1'000'000;
   for (auto it = fetches.begin(); it != fetches.end();) {
     FetchOp* op = *it;

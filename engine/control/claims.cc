@@ -94,7 +94,8 @@ void Engine::Impl::on_fetch_meta(const wire::Frame& f) noexcept {
       a.generation = f.generation;
       a.total_len = f.total_len;
       if ((f.flags & wire::kFlagRecord) != 0)
-        a.record = SetRecord{wire::aux_epoch(f), f.gen_crc, f.sack, static_cast<uint16_t>(f.chunk_size)};
+        a.record = SetRecord{wire::aux_epoch(f), f.gen_crc, f.sack, static_cast<uint16_t>(f.chunk_size),
+                             (f.flags & wire::kFlagDeleted) != 0};
     }
   }
 }

@@ -124,6 +124,9 @@ void Engine::Impl::step_records(uint64_t now) noexcept {
     }
     if (p.failed) continue;  // the creator gives up (Engine::create)
     if (p.acked.size() >= record_quorum()) {
+      // Members of the set recorded before that this one leaves out hold
+      // copies nobody will claim from again: they are released below.
+      for (uint16_t n : seg.recorded_set) seg.release_to.push_back(n);
       seg.recorded_set = p.set;
       seg.recorded_version = p.version;
       p.active = false;
@@ -132,6 +135,7 @@ void Engine::Impl::step_records(uint64_t now) noexcept {
       record_event("segment " + seg.name + ": replica set {" + members + "} recorded at epoch " +
                    std::to_string(seg.epoch.load()) + " (version " + std::to_string(p.version) + ")");
       update_durable(seg);
+      release_copies(seg);
       continue;
     }
     if (elapsed(now, p.last_sent_ns) < kQueryRetryNs / 4) continue;
@@ -147,6 +151,8 @@ void Engine::Impl::step_records(uint64_t now) noexcept {
 }
 
 void Engine::Impl::on_set_record(Link& link, const wire::Frame& f) noexcept {
+  if ((f.flags & wire::kFlagDeleted) != 0) return on_tombstone(link, f);
+  if ((f.flags & wire::kFlagRelease) != 0) return on_release(f);
   if ((f.flags & wire::kFlagComplete) != 0) {  // an ack: the owner's side
     auto it = owned.find(f.seg_id);
     if (it == owned.end()) return;

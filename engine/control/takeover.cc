@@ -24,6 +24,22 @@ uint64_t newest_epoch(const QueryOp& q) {
   return e;
 }
 
+// The epoch of the newest tombstone any answer carries (0: none). Copies
+// and records at or below it belong to a deleted history.
+uint64_t deleted_at(const QueryOp& q) {
+  uint64_t e = 0;
+  for (const auto& a : q.answers)
+    if (a.record.deleted) e = std::max(e, a.record.epoch);
+  return e;
+}
+
+// A copy (replica or owner) above the newest tombstone.
+bool live_copy(const QueryAnswer& a, uint64_t deleted) { return a.found && a.epoch > deleted; }
+// A set record above the newest tombstone.
+bool live_record(const QueryAnswer& a, uint64_t deleted) {
+  return a.record.epoch != 0 && !a.record.deleted && a.record.epoch > deleted;
+}
+
 }  // namespace
 
 Result<std::unique_ptr<QueryOp>> Engine::Impl::query(std::string_view name) {
@@ -76,21 +92,23 @@ Result<Segment*> Engine::create(std::string_view name, uint64_t size) {
   if (auto ok = impl_->require_quorum("create a segment"); !ok) return tl::unexpected(ok.error());
   auto q = impl_->query(name);
   if (!q) return tl::unexpected(q.error());
+  const uint64_t deleted = deleted_at(**q);
   for (const auto& a : (*q)->answers) {
-    if (a.found)
+    if (live_copy(a, deleted))
       return fail(Errc::kExists, "segment ", name, " already exists on node ", std::to_string(a.peer),
                   a.owner ? " (its owner)" : " (a replica); load it instead");
     // A record without a copy: an owner wrote it (perhaps creating this very
     // name right now, or it is cut off): creating again would make a second
     // owner without a claim.
-    if (a.record.epoch != 0)
+    if (live_record(a, deleted))
       return fail(Errc::kExists, "segment ", name, " is recorded at epoch ", std::to_string(a.record.epoch),
                   " (node ", std::to_string(a.peer), " holds its record); load it instead");
   }
-  return impl_->create_fresh(name, size);
+  if (deleted != 0) impl_->repair_tombstone(**q);
+  return impl_->create_fresh(name, size, **q);
 }
 
-Result<Segment*> Engine::Impl::create_fresh(std::string_view name, uint64_t size) {
+Result<Segment*> Engine::Impl::create_fresh(std::string_view name, uint64_t size, const QueryOp& q) {
   // A new name has no replica set to fence through, so its creation rests
   // on the view alone. Two nodes split apart are each quorate (two_node);
   // only the tie-breaker (the lowest node id) creates names then, as
@@ -99,8 +117,14 @@ Result<Segment*> Engine::Impl::create_fresh(std::string_view name, uint64_t size
   if (const View v = current_view(); v.expected_votes == 2 && v.members.size() < 2 && config.node_id != tie_breaker)
     return fail(Errc::kUnavailable, "cannot create ", name, ": this two-node cluster is split and only node ",
                 std::to_string(tie_breaker), " (the tie-breaker) creates new names while the other is unreachable");
-  // Epoch 1: no node holds or records the name (the callers checked).
-  auto made = make_segment(name, size, nullptr, 1, 0);
+  // No node holds or records the name above its newest tombstone (the
+  // callers checked): epoch 1, or one above every epoch of its deleted
+  // history. Nodes still holding copies of that history (they missed the
+  // delete) are told to drop them once this set is recorded.
+  std::vector<uint16_t> stale;
+  for (const auto& a : q.answers)
+    if (a.found) stale.push_back(a.peer);
+  auto made = make_segment(name, size, nullptr, newest_epoch(q) + 1, 0, {}, std::move(stale));
   if (!made) return made;
   Segment* seg = *made;
   // The name is this node's once its replica set is recorded at a quorum:
@@ -194,16 +218,23 @@ Result<OpenResult> Engine::Impl::load_from(const QueryOp& q, std::string_view na
   // node won it before without taking ownership (see unused_claims).
   uint64_t claim_epoch = max_epoch + 1;
   if (auto it = unused_claims.find(q.id); it != unused_claims.end() && it->second == max_epoch) claim_epoch = max_epoch;
-  std::vector<uint16_t> holders;
+  const uint64_t deleted = deleted_at(q);
+  std::vector<uint16_t> holders, stale;
   SetRecord record;  // the newest record of the replica set any node holds
   for (const auto& a : q.answers) {
-    if (a.record.newer_than(record)) record = a.record;
+    if (live_record(a, deleted) && a.record.newer_than(record)) record = a.record;
     if (!a.found) continue;
-    if (!a.owner && a.generation > 0 && a.total_len > 0 && a.total_len <= config.max_segment_size)
+    stale.push_back(a.peer);  // released once the new owner's set is recorded
+    if (!a.owner && a.generation > 0 && a.total_len > 0 && a.total_len <= config.max_segment_size &&
+        a.epoch > deleted)
       holders.push_back(a.peer);
   }
+  if (deleted != 0) repair_tombstone(q);
   if (holders.empty()) {
-    if (!config.global_dir.empty()) return load_from_global(name, max_epoch);
+    if (!config.global_dir.empty() && GlobalStore::newest(config.global_dir, name, config.max_segment_size, deleted + 1))
+      return load_from_global(name, max_epoch, deleted);
+    if (deleted != 0)
+      return fail(Errc::kNotFound, "segment ", name, " was deleted (at owner epoch ", std::to_string(deleted), ")");
     return fail(Errc::kNotFound, "no live replica holds ", name);
   }
   // Members of the recorded set are asked too, whatever they answered.
@@ -229,7 +260,7 @@ Result<OpenResult> Engine::Impl::load_from(const QueryOp& q, std::string_view na
   unused_claims[q.id] = c->epoch;
   const ClaimAnswer* best = nullptr;
   for (const auto& a : c->answers)
-    if (a.granted && a.generation > 0 &&
+    if (a.granted && a.generation > 0 && a.data_epoch > deleted &&
         (best == nullptr || std::tie(a.data_epoch, a.generation) > std::tie(best->data_epoch, best->generation)))
       best = &a;
   if (best == nullptr)
@@ -332,7 +363,7 @@ Result<OpenResult> Engine::Impl::load_from(const QueryOp& q, std::string_view na
       }
       got = op.got_generation;
     }
-    auto seg = make_segment(name, a->total_len, &*dest, c->epoch, got, keep);
+    auto seg = make_segment(name, a->total_len, &*dest, c->epoch, got, keep, stale);
     if (!seg) return tl::unexpected(seg.error());
     unused_claims.erase(q.id);
     record_event("segment " + std::string(name) + ": ownership taken at epoch " + std::to_string(c->epoch) + " (" +
@@ -345,8 +376,11 @@ Result<OpenResult> Engine::Impl::load_from(const QueryOp& q, std::string_view na
   return tl::unexpected(last);
 }
 
-Result<OpenResult> Engine::Impl::load_from_global(std::string_view name, uint64_t max_epoch) {
-  auto copy = GlobalStore::newest(config.global_dir, name, config.max_segment_size);
+Result<OpenResult> Engine::Impl::load_from_global(std::string_view name, uint64_t max_epoch, uint64_t deleted) {
+  // Files written under the newest tombstone's epoch or before are of the
+  // deleted history (a replica's write queued before the delete may land
+  // after it).
+  auto copy = GlobalStore::newest(config.global_dir, name, config.max_segment_size, deleted + 1);
   if (!copy) return fail(Errc::kNotFound, "no live replica and no copy in global storage holds ", name);
   auto dest = LocalStorage::create(std::string(name), copy->size, config.numa_node);
   if (!dest) return tl::unexpected(dest.error());
@@ -386,21 +420,23 @@ Result<OpenResult> Engine::Impl::open_locked(std::string_view name, uint64_t siz
   if (load_only) return load_from(**q, name);
   bool any_replica = false;
   const uint64_t newest = newest_epoch(**q);
+  const uint64_t deleted = deleted_at(**q);
   for (const auto& a : (*q)->answers) {
     // An owner whose epoch was superseded (it has not heard yet) owns nothing.
     if (a.found && a.owner && a.epoch >= newest)
       return fail(Errc::kExists, "segment ", name, " is owned by live node ", std::to_string(a.peer));
-    any_replica |= a.found;
+    any_replica |= live_copy(a, deleted);
   }
   if (any_replica) return load_from(**q, name);
   // No replica anywhere: global storage may still hold it (S7); only when it
   // does not either is this a first run.
-  if (!config.global_dir.empty() && GlobalStore::newest(config.global_dir, name, config.max_segment_size))
-    return load_from_global(name, newest_epoch(**q));
+  if (!config.global_dir.empty() &&
+      GlobalStore::newest(config.global_dir, name, config.max_segment_size, deleted + 1))
+    return load_from_global(name, newest, deleted);
   // A record but no copy anywhere: the state existed and is lost (or its
   // holders are cut off). Starting afresh would hide that; say it instead.
   for (const auto& a : (*q)->answers)
-    if (a.record.epoch != 0)
+    if (live_record(a, deleted))
       return fail(Errc::kNotFound, "segment ", name, " is recorded at epoch ", std::to_string(a.record.epoch),
                   " but no live replica or global storage holds it");
   // "Nothing anywhere" is a conclusion about every node, not a quorum: a
@@ -410,11 +446,17 @@ Result<OpenResult> Engine::Impl::open_locked(std::string_view name, uint64_t siz
   // own answer was taken when the round began): then ask once more.
   uint16_t silent = 0;
   bool arrived = false;
+  const QueryAnswer* self = nullptr;
+  for (const auto& a : (*q)->answers)
+    if (a.peer == config.node_id) self = &a;
   (void)call([&] {
     for (const auto& a : (*q)->answers)
       if (auto it = peer_by_node.find(a.peer); !a.answered && it != peer_by_node.end() && it->second->alive)
         silent = a.peer;
-    arrived = stores.count((*q)->id) != 0 || records.count((*q)->id) != 0;
+    auto rec = records.find((*q)->id);
+    auto st = stores.find((*q)->id);
+    arrived = (st != stores.end() && st->second->latest() != nullptr && (self == nullptr || !self->found)) ||
+              (rec != records.end() && (self == nullptr || rec->second.newer_than(self->record)));
   });
   if (silent != 0)
     return fail(Errc::kUnavailable, "node ", std::to_string(silent), " is alive but did not say what it holds of ",
@@ -423,7 +465,8 @@ Result<OpenResult> Engine::Impl::open_locked(std::string_view name, uint64_t siz
     if (!again) return open_locked(name, size, false, true);
     return fail(Errc::kUnavailable, "segment ", name, " is arriving at this node; try again");
   }
-  auto seg = create_fresh(name, size);
+  if (deleted != 0) repair_tombstone(**q);
+  auto seg = create_fresh(name, size, **q);
   if (!seg) return tl::unexpected(seg.error());
   return OpenResult{*seg, OpenOutcome::kCreated, 0};
 }

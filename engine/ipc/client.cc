@@ -218,6 +218,20 @@ Result<void> Client::close(ClientSegment* s) {
   return {};
 }
 
+Result<void> Client::remove(std::string_view name) {
+  if (name.size() > kMaxName) return fail(Errc::kInvalidArgument, "segment name longer than ", std::to_string(kMaxName));
+  Request r{};
+  r.magic = kMagic;
+  r.version = kVersion;
+  r.op = static_cast<uint16_t>(Op::kDelete);
+  r.name_len = static_cast<uint8_t>(name.size());
+  std::memcpy(r.name, name.data(), name.size());
+  auto rep = call(r, nullptr);
+  if (!rep) return tl::unexpected(rep.error());
+  if (rep->status != 0) return tl::unexpected(from_status(rep->status, rep->message));
+  return {};
+}
+
 Result<std::string> Client::status() { return text_request(Op::kStatus); }
 Result<std::string> Client::events() { return text_request(Op::kEvents); }
 

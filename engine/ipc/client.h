@@ -38,6 +38,8 @@ class Client {
   Result<uint64_t> commit(ClientSegment* s);
   Result<void> wait(ClientSegment* s, uint64_t generation, uint32_t k, uint32_t timeout_ms);
   Result<void> close(ClientSegment* s);
+  /// Deletes segment `name` everywhere (kDelete).
+  Result<void> remove(std::string_view name);
   /// The daemon's status report: `kind key=value ...` lines.
   Result<std::string> status();
   /// Recent events: `unix_us text` lines, oldest first.

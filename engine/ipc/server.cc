@@ -297,6 +297,7 @@ void Server::on_request(Session& s, const char* buf, size_t n) {
     case Op::kLoad: rep = open_segment(s, r, fds); break;
     case Op::kWait: rep = wait(s, r); break;
     case Op::kClose: rep = close_segment(s, r); break;
+    case Op::kDelete: rep = delete_segment(s, r); break;
     case Op::kStatus:
     case Op::kEvents:
       rep = Reply{};
@@ -478,6 +479,46 @@ Reply Server::close_segment(Session& s, const Request& r) {
   }
   if (!gone) return reply_error(BATON_EINVAL, "unknown segment handle");
   auto ok = engine_.close(gone->handle);
+  if (!ok) return reply_error(ok.error());
+  Reply rep{};
+  rep.magic = kMagic;
+  return rep;
+}
+
+Reply Server::delete_segment(Session& s, const Request& r) {
+  const std::string name(r.name, r.name_len);
+  if (!wire::valid_name(name)) return reply_error(BATON_EINVAL, "bad segment name");
+  // The name is reserved for this session while the engine deletes it
+  // (unlocked): a concurrent open here waits its turn with EEXIST.
+  std::unique_ptr<Segment> kept;  // a segment kept for a crashed application's restart
+  {
+    std::lock_guard lock(registry_mu_);
+    auto it = segments_.find(name);
+    if (it != segments_.end()) {
+      if (it->second->holder != nullptr)
+        return reply_error(BATON_EBUSY, "segment " + name + " is open in " +
+                                            (it->second->holder == &s ? "this application" : "another application") +
+                                            " on this node; unregister it first");
+      kept = std::move(it->second);
+      segments_.erase(it);
+    }
+    auto placeholder = std::make_unique<Segment>();
+    placeholder->name = name;
+    placeholder->holder = &s;
+    placeholder->id = next_handle_++;
+    segments_.emplace(name, std::move(placeholder));
+  }
+  Result<void> ok{};
+  const bool had_copy = kept && kept->handle != nullptr;
+  if (had_copy) ok = engine_.close(kept->handle);
+  if (ok) ok = engine_.remove(name);
+  // The copy kept here was the last one (a node without replicas): gone now.
+  if (!ok && ok.error().code == Errc::kNotFound && had_copy) ok = {};
+  {
+    std::lock_guard lock(registry_mu_);
+    segments_.erase(name);
+    registry_cv_.notify_all();
+  }
   if (!ok) return reply_error(ok.error());
   Reply rep{};
   rep.magic = kMagic;

@@ -113,6 +113,7 @@ class Server {
   Reply open_segment(Session& s, const Request& r, std::vector<int>& fds);
   Reply wait(Session& s, const Request& r);
   Reply close_segment(Session& s, const Request& r);
+  Reply delete_segment(Session& s, const Request& r);
   std::string events() const;
   void attach(Segment& seg);
   void detach(Segment& seg);

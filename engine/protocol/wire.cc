@@ -29,7 +29,7 @@ bool has_payload(MsgType t) noexcept { return t == MsgType::kData || t == MsgTyp
 
 constexpr uint16_t kKnownFlags =
     kFlagComplete | kFlagRestart | kFlagQuery | kFlagFound | kFlagFetch | kFlagOwner | kFlagGenCrc | kFlagGranted |
-    kFlagQuorate | kFlagRecord;
+    kFlagQuorate | kFlagRecord | kFlagDeleted | kFlagRelease;
 
 // Type-specific checks on an already length-checked frame.
 DecodeError validate_fields(const Frame& f) noexcept {
@@ -58,8 +58,12 @@ DecodeError validate_fields(const Frame& f) noexcept {
       if (f.generation == 0 || f.chunk_index > f.chunk_count) return DecodeError::kBadField;
       return DecodeError::kNone;
     case MsgType::kFetchRequest:
+      return (f.flags & ~kFlagQuery) == 0 ? DecodeError::kNone : DecodeError::kBadField;
     case MsgType::kFetchMeta:
-      return DecodeError::kNone;
+      // A tombstone is a kind of set record.
+      if ((f.flags & kFlagDeleted) != 0 && (f.flags & kFlagRecord) == 0) return DecodeError::kBadField;
+      return (f.flags & (kFlagRelease | kFlagQuery | kFlagFetch | kFlagQuorate)) == 0 ? DecodeError::kNone
+                                                                                       : DecodeError::kBadField;
     case MsgType::kError:
       if (f.code == 0 || f.code > static_cast<uint16_t>(ErrorCode::kMaxErrorCode)) return DecodeError::kBadField;
       return DecodeError::kNone;
@@ -71,9 +75,13 @@ DecodeError validate_fields(const Frame& f) noexcept {
     case MsgType::kSetRecord:
       // generation = the record's version, sack = the set.
       // kFlagRestart: the owner withdraws a record that did not reach a quorum.
-      return f.epoch >= 1 && f.generation >= 1 && (f.flags & ~(kFlagComplete | kFlagRestart)) == 0
-                 ? DecodeError::kNone
-                 : DecodeError::kBadField;
+      // kFlagDeleted: a tombstone (no set); kFlagRelease: a recorded set,
+      // telling former holders to drop their copies (never acknowledged).
+      if ((f.flags & ~(kFlagComplete | kFlagRestart | kFlagDeleted | kFlagRelease)) != 0) return DecodeError::kBadField;
+      if ((f.flags & kFlagDeleted) != 0 && ((f.flags & (kFlagRestart | kFlagRelease)) != 0 || f.sack != 0))
+        return DecodeError::kBadField;
+      if ((f.flags & kFlagRelease) != 0 && (f.flags & (kFlagComplete | kFlagRestart)) != 0) return DecodeError::kBadField;
+      return f.epoch >= 1 && f.generation >= 1 ? DecodeError::kNone : DecodeError::kBadField;
   }
   return DecodeError::kUnknownType;
 }

@@ -57,7 +57,8 @@ enum class MsgType : uint8_t {
   kError = 6,         ///< refusal: stale epoch, no such segment, no room
   kHeartbeat = 7,     ///< liveness and the sender's view; see the field table in docs/protocol.md
   kClaim = 8,         ///< new owner -> replica: accept owner epoch `epoch` for this name (S22)
-  kSetRecord = 9,     ///< owner -> every node: the segment's replica set (epoch, version); kFlagComplete acks
+  kSetRecord = 9,     ///< owner -> every node: the segment's replica set (epoch, version); kFlagComplete acks;
+                      ///< kFlagDeleted: a tombstone; kFlagRelease: recorded, non-members drop their copy
 };
 inline constexpr uint8_t kMaxMsgType = 9;
 
@@ -72,6 +73,8 @@ inline constexpr uint16_t kFlagGenCrc = 1 << 6;    // DATA/FETCH_DATA: the gener
 inline constexpr uint16_t kFlagGranted = 1 << 7;   // FETCH_META: answers a CLAIM; the replica accepted its epoch
 inline constexpr uint16_t kFlagQuorate = 1 << 8;   // HEARTBEAT: the sender's view holds a majority
 inline constexpr uint16_t kFlagRecord = 1 << 9;    // FETCH_META: carries the sender's set record for the name
+inline constexpr uint16_t kFlagDeleted = 1 << 10;  // SET_RECORD / FETCH_META's record: a tombstone (the name was deleted)
+inline constexpr uint16_t kFlagRelease = 1 << 11;  // SET_RECORD: a set recorded at a quorum; non-members drop their copy
 
 /// The replica set of a segment travels in the 64-bit `sack` field of DATA
 /// and FETCH_META frames: up to four node ids, 16 bits each, 0 = empty.

@@ -73,6 +73,13 @@ class ReplicaStore {
   /// decrements it; the slot is not reused meanwhile. Thread: token holder pins.
   std::atomic<uint32_t>& writer_pin(const Slot& slot) noexcept { return writer_pins_[&slot - slots_.data()]; }
 
+  /// True while a global-storage write still reads one of the slots.
+  bool writer_pinned() const noexcept {
+    for (size_t i = 0; i < slots_.size(); ++i)
+      if (writer_pins_[i].load() != 0) return true;
+    return false;
+  }
+
   const std::string& name() const noexcept { return name_; }
   uint64_t id() const noexcept { return id_; }
   uint64_t size() const noexcept { return size_; }

@@ -24,6 +24,14 @@ void SlotAllocator::submit(ReplicaStore::Origin origin) {
   cv_.notify_one();
 }
 
+void SlotAllocator::free(std::unique_ptr<ReplicaStore> store) {
+  {
+    std::lock_guard lock(mu_);
+    to_free_.push_back(std::move(store));
+  }
+  cv_.notify_one();
+}
+
 bool SlotAllocator::take(Done& out) {
   if (ready_.load(std::memory_order_acquire) == 0) return false;
   std::lock_guard lock(mu_);
@@ -38,8 +46,16 @@ void SlotAllocator::run() {
   prctl(PR_SET_NAME, "baton-alloc", 0, 0, 0);
   std::unique_lock lock(mu_);
   for (;;) {
-    cv_.wait(lock, [this] { return stop_ || !todo_.empty(); });
+    cv_.wait(lock, [this] { return stop_ || !todo_.empty() || !to_free_.empty(); });
     if (stop_) return;
+    if (!to_free_.empty()) {
+      std::unique_ptr<ReplicaStore> dead = std::move(to_free_.front());
+      to_free_.pop_front();
+      lock.unlock();
+      dead.reset();
+      lock.lock();
+      continue;
+    }
     ReplicaStore::Origin origin = std::move(todo_.front());
     todo_.pop_front();
     lock.unlock();

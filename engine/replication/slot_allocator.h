@@ -8,7 +8,9 @@
 // the sender retransmits until the store exists, and the worker installs
 // it when take() hands it back.
 //
-// Thread: submit() and take() are the worker's (the poll-token holder);
+// It frees them too: unmapping gigabytes of faulted pages also takes long.
+//
+// Thread: submit(), take() and free() are the worker's (the poll-token holder);
 // the allocation runs on this object's own thread, "baton-alloc".
 
 #include <atomic>
@@ -36,6 +38,8 @@ class SlotAllocator {
   SlotAllocator& operator=(const SlotAllocator&) = delete;
 
   void submit(ReplicaStore::Origin origin);
+  /// Frees `store` on this object's thread (munmap of its slots).
+  void free(std::unique_ptr<ReplicaStore> store);
   /// A finished allocation, if any. Lock-free when there is none (the
   /// worker asks on every poll).
   bool take(Done& out);
@@ -49,6 +53,7 @@ class SlotAllocator {
   std::condition_variable cv_;
   std::deque<ReplicaStore::Origin> todo_;  ///< mu_
   std::deque<Done> done_;                  ///< mu_
+  std::deque<std::unique_ptr<ReplicaStore>> to_free_;  ///< mu_
   bool stop_ = false;                      ///< mu_
   std::atomic<uint32_t> ready_{0};         ///< done_.size(), read without mu_
   std::thread thread_;

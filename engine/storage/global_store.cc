@@ -170,7 +170,8 @@ void GlobalStore::prune(std::string_view name) {
   for (size_t i = keep_; i < mine.size(); ++i) fs::remove(mine[i].second, ec);
 }
 
-std::optional<GlobalCopy> GlobalStore::newest(const std::string& dir, std::string_view name, uint64_t max_size) {
+std::optional<GlobalCopy> GlobalStore::newest(const std::string& dir, std::string_view name, uint64_t max_size,
+                                               uint64_t min_epoch) {
   if (dir.empty() || !wire::valid_name(name)) return std::nullopt;
   std::vector<GlobalCopy> copies;
   std::error_code ec;
@@ -178,6 +179,7 @@ std::optional<GlobalCopy> GlobalStore::newest(const std::string& dir, std::strin
     GlobalCopy c;
     unsigned node;
     if (!parse_name(e.path().filename().string(), &c.epoch, &c.generation, &node)) continue;  // temp files too
+    if (c.epoch < min_epoch) continue;
     c.path = e.path().string();
     const uint64_t bytes = fs::file_size(e.path(), ec);
     if (ec || bytes < sizeof(Header)) continue;
@@ -194,6 +196,22 @@ std::optional<GlobalCopy> GlobalStore::newest(const std::string& dir, std::strin
     BT_WARN("global storage: skipping %s (corrupt)", c.path.c_str());
   }
   return std::nullopt;
+}
+
+Result<void> GlobalStore::remove(const std::string& dir, std::string_view name, uint64_t below_epoch) {
+  if (dir.empty() || !wire::valid_name(name)) return fail(Errc::kInvalidArgument, "bad global storage name");
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(segment_dir(dir, name), ec)) {
+    GlobalCopy c;
+    unsigned node;
+    if (!parse_name(e.path().filename().string(), &c.epoch, &c.generation, &node) || c.epoch >= below_epoch) continue;
+    std::error_code rm;
+    if (!fs::remove(e.path(), rm) && rm)
+      return fail(Errc::kIo, "global storage: cannot remove ", e.path().string(), ": ", rm.message());
+  }
+  if (ec && ec != std::errc::no_such_file_or_directory)
+    return fail(Errc::kIo, "global storage: cannot list ", segment_dir(dir, name), ": ", ec.message());
+  return {};
 }
 
 Result<void> GlobalStore::read(const GlobalCopy& c, std::span<std::byte> dest) {

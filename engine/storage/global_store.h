@@ -61,7 +61,13 @@ class GlobalStore {
 
   /// The newest intact copy of `name` in `dir`, written by any node.
   /// Thread: any (reads the directory).
-  static std::optional<GlobalCopy> newest(const std::string& dir, std::string_view name, uint64_t max_size);
+  /// Only copies written under owner epoch `min_epoch` or later count (a
+  /// deleted history's files are older than its tombstone's epoch).
+  static std::optional<GlobalCopy> newest(const std::string& dir, std::string_view name, uint64_t max_size,
+                                          uint64_t min_epoch = 0);
+  /// Removes every copy of `name` written under an owner epoch below
+  /// `below_epoch` (a delete). Thread: any.
+  static Result<void> remove(const std::string& dir, std::string_view name, uint64_t below_epoch);
   /// Reads a copy into `dest` (exactly its size), verifying its checksum.
   /// Errors: kIo, kCorrupt. Thread: any.
   static Result<void> read(const GlobalCopy& copy, std::span<std::byte> dest);

@@ -101,6 +101,15 @@ int baton_wait(baton_segment_t* segment, uint64_t generation, uint32_t k, uint32
 /* Unregisters: local memory and the handle go; replicas keep their copies. */
 int baton_unregister(baton_segment_t* segment);
 
+/* Deletes segment `name` everywhere: its owner (fenced, wherever it runs),
+ * its replicas, its records and its copies in global storage. The next
+ * baton_open of the name starts fresh (restored = 0): an application calls
+ * it on a clean exit (S11). Unregister the segment first: BATON_EBUSY while
+ * an application on this node holds it. BATON_ENOENT if there is no such
+ * segment; BATON_EUNAVAIL if too few nodes could be reached (it may be
+ * deleted on some: call it again). */
+int baton_delete(baton_t* baton, const char* name);
+
 /* A static string naming an error code. */
 const char* baton_strerror(int err);
 

@@ -237,6 +237,17 @@ class Engine {
   /// Unregisters: the handle and local memory go; replicas keep their copies.
   Result<void> close(Segment* segment);
 
+  /// Deletes segment `name` everywhere (S11's clean exit): a tombstone at an
+  /// owner epoch above every one seen is stored by a quorum of nodes and a
+  /// majority of the replica set; they drop their copies, its owner (if
+  /// any, anywhere) is fenced, global storage forgets it, and the next open
+  /// of the name starts fresh. A load that races the delete may win; then
+  /// the delete fails with kBusy and the segment lives on.
+  /// Errors: kBusy (open on this node: close it first; or a racing load),
+  /// kNotFound (no such segment), kUnavailable (no quorum, or too few nodes
+  /// stored the tombstone: it may be deleted on some of them; try again).
+  Result<void> remove(std::string_view name);
+
   Result<SegmentStatus> status(Segment* segment) const;
   /// What this node holds as a replica of `name`. kNotFound if nothing.
   Result<ReplicaStatus> replica_status(std::string_view name) const;

@@ -6,6 +6,8 @@
 #include <sys/un.h>
 #include <sys/wait.h>
 
+#include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -62,6 +64,43 @@ TEST(Daemon, OpenCommitAndReopenAfterDisconnect) {
   EXPECT_EQ(again_restored, 1);
   EXPECT_EQ(gen, 3u);
   EXPECT_EQ(std::memcmp(baton_segment_data(dup), want.data(), want.size()), 0);
+  baton_stop(other);
+}
+
+// S11's clean exit: an application deletes its segment, and its next start
+// is a fresh one. A segment kept for a crashed application is deleted by
+// name (batonctl delete); one an application holds is not.
+TEST(Daemon, DeleteStartsFreshAndRefusesAHeldSegment) {
+  TempDir dir;
+  Batond d(1, dir.path);
+  baton_t* app = connect_to(d);
+  ASSERT_NE(app, nullptr);
+  baton_segment_t* seg = nullptr;
+  ASSERT_EQ(baton_open(app, "session", 8192, &seg, nullptr, nullptr), 0) << baton_last_error();
+  fill(baton_segment_data(seg), 8192, 3);
+  ASSERT_EQ(baton_commit(seg, nullptr), 0) << baton_last_error();
+  EXPECT_EQ(baton_delete(app, "session"), BATON_EBUSY) << "held by this application";
+  baton_t* other = connect_to(d);
+  EXPECT_EQ(baton_delete(other, "session"), BATON_EBUSY) << "held by another application";
+  EXPECT_EQ(baton_delete(other, "no such"), BATON_EINVAL);
+  EXPECT_EQ(baton_delete(other, "absent"), BATON_ENOENT);
+  ASSERT_EQ(baton_unregister(seg), 0);
+  // One blade, no replicas: unregistering dropped the only copy.
+  ASSERT_EQ(baton_delete(app, "session"), BATON_ENOENT) << baton_last_error();
+  int restored = -1;
+  uint64_t gen = 99;
+  ASSERT_EQ(baton_open(app, "session", 4096, &seg, &restored, &gen), 0) << baton_last_error();
+  EXPECT_EQ(restored, 0);
+  EXPECT_EQ(gen, 0u);
+  const auto* bytes = static_cast<const unsigned char*>(baton_segment_data(seg));
+  EXPECT_TRUE(std::all_of(bytes, bytes + 4096, [](unsigned char c) { return c == 0; }));
+  ASSERT_EQ(baton_commit(seg, &gen), 0);
+  baton_stop(app);  // crashes: batond keeps the segment for its restart
+  const std::string ctl = baton::test::helper("BATONCTL") + " delete session --socket " + d.socket();
+  ASSERT_EQ(std::system((ctl + " >/dev/null").c_str()), 0) << ctl;
+  EXPECT_NE(std::system((ctl + " 2>/dev/null").c_str()), 0) << "deleted already";
+  ASSERT_EQ(baton_open(other, "session", 4096, &seg, &restored, &gen), 0) << baton_last_error();
+  EXPECT_EQ(restored, 0);
   baton_stop(other);
 }
 

@@ -84,6 +84,14 @@ std::vector<std::vector<std::byte>> frames() {
   r.generation = 1;
   r.sack = 0x0002000100000000ull;
   add(r);
+  Frame tomb = r;  // a delete's tombstone
+  tomb.flags = kFlagDeleted;
+  tomb.sack = 0;
+  tomb.epoch = 3;
+  add(tomb);
+  Frame rel = r;  // a recorded set: non-members drop their copies
+  rel.flags = kFlagRelease;
+  add(rel);
   Frame e;
   e.type = MsgType::kError;
   e.code = 1;
@@ -117,7 +125,7 @@ int main(int argc, char** argv) {
   write(dir / "engine_frames" / "burst", burst.data(), burst.size());
   using baton::ipc::Op;
   int n = 0;
-  for (Op op : {Op::kOpen, Op::kCreate, Op::kLoad, Op::kWait, Op::kClose, Op::kStatus, Op::kEvents}) {
+  for (Op op : {Op::kOpen, Op::kCreate, Op::kLoad, Op::kWait, Op::kClose, Op::kStatus, Op::kEvents, Op::kDelete}) {
     baton::ipc::Request r{};
     r.magic = baton::ipc::kMagic;
     r.version = baton::ipc::kVersion;

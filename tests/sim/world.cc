@@ -29,6 +29,8 @@ void Stats::add(const Stats& o) {
   acks_in_detection_window += o.acks_in_detection_window;
   past_tolerance += o.past_tolerance;
   records_lost += o.records_lost;
+  deletes += o.deletes;
+  failed_deletes += o.failed_deletes;
 }
 
 std::string Stats::to_string() const {
@@ -36,12 +38,13 @@ std::string Stats::to_string() const {
   std::snprintf(b, sizeof b,
                 "seeds=%lu steps=%lu commits=%lu durable_acks=%lu restores=%lu fresh_starts=%lu kills=%lu "
                 "restarts=%lu partitions=%lu stalls=%lu failed_opens=%lu lost_with_every_copy=%lu "
-                "acks_in_detection_window=%lu past_tolerance=%lu records_lost=%lu",
+                "acks_in_detection_window=%lu past_tolerance=%lu records_lost=%lu deletes=%lu failed_deletes=%lu",
                 (unsigned long)seeds, (unsigned long)steps, (unsigned long)commits, (unsigned long)durable_acks,
                 (unsigned long)restores, (unsigned long)fresh_starts, (unsigned long)kills, (unsigned long)restarts,
                 (unsigned long)partitions, (unsigned long)stalls, (unsigned long)failed_opens,
                 (unsigned long)lost_with_every_copy, (unsigned long)acks_in_detection_window,
-                (unsigned long)past_tolerance, (unsigned long)records_lost);
+                (unsigned long)past_tolerance, (unsigned long)records_lost, (unsigned long)deletes,
+                (unsigned long)failed_deletes);
   return b;
 }
 
@@ -74,6 +77,8 @@ struct App {
   std::map<uint64_t, std::pair<int, uint64_t>> epoch_owner;  ///< epoch -> (node acked under it, when first)
   uint64_t attempts = 0;                             ///< ownership attempts (opens, loads)
   std::map<uint64_t, uint64_t> committed_at;         ///< generation -> when it was last committed
+  std::set<uint64_t> deleted_content;                ///< hashes of every commit before a successful delete
+  uint64_t deleted_at = 0;                           ///< when the last successful delete returned (0: never)
 };
 
 class World {
@@ -287,8 +292,11 @@ class World {
         a.handle = nullptr;
         return;
       }
+      if (r < 72) return delete_segment(a, a.node);  // a clean exit: "start fresh next time"
     } else if (r < 40) {
       return start_app(a, rng_() % 4 == 0);
+    } else if (r < 42) {
+      return delete_segment(a, pick_alive());  // an operator's batonctl delete
     }
     if (r < 85) {
       run_for(1'000'000 + rng_() % 30'000'000);
@@ -496,6 +504,50 @@ class World {
   }
   uint32_t majority() const { return std::min<uint32_t>(o_.replication_factor, o_.nodes - 1) / 2 + 1; }
 
+  /// Deletes `a`'s segment from node `n`: the application's clean exit when
+  /// it runs there (it closes its handle first), else an operator's. As
+  /// batond does, a handle the node keeps for a crashed application's
+  /// restart is closed first.
+  void delete_segment(App& a, int n) {
+    if (n == 0) return;
+    const bool own = a.node == n;  // else it runs elsewhere, or not at all: the delete fences it
+    ++a.attempts;                  // a delete takes an epoch too (I4's bound)
+    if (auto h = held_[n - 1].find(a.name); h != held_[n - 1].end()) {
+      (void)engine(n)->close(h->second);
+      held_[n - 1].erase(h);
+    }
+    if (own) {
+      a.node = 0;
+      a.handle = nullptr;
+    }
+    const std::string who = own ? "app " + a.name + " on node " + std::to_string(n) + " exits and deletes it"
+                                : "operator on node " + std::to_string(n) + ": delete " + a.name;
+    auto r = call_on(n, [&](Engine& e) { return e.remove(a.name); });
+    if (r) {
+      ++stats_.deletes;
+      note(who + ": deleted");
+      // Every generation committed so far belongs to a deleted history:
+      // no restore may return one again.
+      for (auto& [g, hashes] : a.committed) a.deleted_content.insert(hashes.begin(), hashes.end());
+      a.committed.clear();
+      a.committed_at.clear();
+      a.mine.clear();
+      a.last = 0;
+      a.durable = 0;
+      a.durable_hash = 0;
+      a.deleted_at = now_;
+      return;
+    }
+    ++stats_.failed_deletes;
+    note(who + ": " + r.error().to_string());
+    // A delete that failed part-way may have taken effect on some nodes:
+    // what was durable before it need not survive it (nor is it gone).
+    if (r.error().code != Errc::kNotFound && r.error().code != Errc::kInvalidArgument) {
+      a.durable = 0;
+      a.durable_hash = 0;
+    }
+  }
+
   /// The application starts on a node: reopen where that node still holds
   /// the segment (batond's path), else open; or an agent's load.
   void start_app(App& a, bool agent) {
@@ -540,6 +592,18 @@ class World {
     } else {
       ++stats_.restores;
       auto c = a.committed.find(g);
+      if (a.deleted_content.count(h) != 0 && (c == a.committed.end() || c->second.count(h) == 0)) {
+        // A tombstone lives in memory at a quorum of nodes, like a set
+        // record: past the losses that tolerates, a copy that missed the
+        // delete may come back (counted).
+        if (memory_lost_since(a.deleted_at) <= tolerated_memory_losses())
+          throw Violation{"I5: " + std::string(how) + " on node " + std::to_string(n) + " restored generation " +
+                          std::to_string(g) + " of " + a.name + ", which was deleted"};
+        ++stats_.records_lost;
+        note("  (a copy that missed the delete came back: more nodes than a quorum tolerates lost their memory)");
+        a.committed[g].insert(h);
+      }
+      c = a.committed.find(g);
       if (c == a.committed.end() || c->second.count(h) == 0)
         throw Violation{"I2: restored generation " + std::to_string(g) + " of " + a.name +
                         " is not what any commit of that generation wrote (torn or uncommitted bytes)"};

@@ -11,7 +11,9 @@
 //   I2 every restore is byte-exact a committed generation;
 //   I3 one owner per segment and epoch gets durable acknowledgements;
 //   I4 epochs stay bounded, and at the end, with every fault healed, every
-//      segment whose state some node holds loads again.
+//      segment whose state some node holds loads again;
+//   I5 once a delete returned, no restore gives a generation committed
+//      before it (applications delete on a clean exit, operators at any time).
 // The same seed gives the same schedule, step for step.
 
 #include <cstdint>
@@ -40,7 +42,7 @@ struct Options {
 struct Stats {
   uint64_t seeds = 0, steps = 0, commits = 0, durable_acks = 0, restores = 0, fresh_starts = 0, kills = 0,
            restarts = 0, partitions = 0, stalls = 0, failed_opens = 0, lost_with_every_copy = 0,
-           acks_in_detection_window = 0, past_tolerance = 0, records_lost = 0;
+           acks_in_detection_window = 0, past_tolerance = 0, records_lost = 0, deletes = 0, failed_deletes = 0;
   void add(const Stats& o);
   std::string to_string() const;
 };

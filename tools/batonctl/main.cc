@@ -141,6 +141,10 @@ int main(int argc, char** argv) {
   load->add_option("name", name, "segment name")->required();
   load->add_option("--socket", socket, "batond's socket");
 
+  auto* del = app.add_subcommand("delete", "delete a segment everywhere; the next open of the name starts fresh");
+  del->add_option("name", name, "segment name")->required();
+  del->add_option("--socket", socket, "batond's socket");
+
   baton::ctl::ChassisConfig chassis;
   auto* ch = app.add_subcommand("chassis", "a simulated chassis of batond processes on this machine");
   ch->require_subcommand(1);
@@ -217,6 +221,16 @@ int main(int argc, char** argv) {
     std::printf("loaded %s generation %llu (%llu bytes) onto this node\n", name.c_str(),
                 static_cast<unsigned long long>(gen), static_cast<unsigned long long>(baton_segment_size(s)));
     baton_stop(b);  // the daemon keeps the segment for the application
+    return 0;
+  }
+  if (*del) {
+    baton_t* b = nullptr;
+    if (baton_connect(socket.c_str(), &b) != 0) return die(baton_last_error());
+    const int rc = baton_delete(b, name.c_str());
+    const std::string e = baton_last_error();
+    baton_stop(b);
+    if (rc != 0) return die("delete " + name + ": " + e);
+    std::printf("deleted %s everywhere\n", name.c_str());
     return 0;
   }
   if (*up) {

@@ -118,6 +118,18 @@ TEST_F(CApi, LocalLifecycleAndErrors) {
   baton_segment_t* dup = nullptr;
   EXPECT_EQ(baton_register(b, "app", 4096, &dup), BATON_EEXIST);  // one holder per name
   EXPECT_EQ(baton_load(b, "nowhere", &dup, nullptr), BATON_ENOENT);
+  EXPECT_EQ(baton_delete(b, "app"), BATON_EBUSY);  // unregister first
+  EXPECT_EQ(baton_unregister(s), 0);
+  // A clean exit: delete, and the next open starts fresh.
+  EXPECT_EQ(baton_delete(nullptr, "app"), BATON_EINVAL);
+  EXPECT_EQ(baton_delete(b, nullptr), BATON_EINVAL);
+  EXPECT_EQ(baton_delete(b, "bad name"), BATON_EINVAL);
+  // A node without peers keeps no copy once the segment is unregistered:
+  // there is nothing left to delete.
+  EXPECT_EQ(baton_delete(b, "app"), BATON_ENOENT) << baton_last_error();
+  ASSERT_EQ(baton_open(b, "app", 4096, &s, &restored, &gen), 0) << baton_last_error();
+  EXPECT_EQ(restored, 0);
+  EXPECT_EQ(static_cast<unsigned char*>(baton_segment_data(s))[0], 0);
   EXPECT_EQ(baton_unregister(s), 0);
 }
 

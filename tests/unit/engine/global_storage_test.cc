@@ -10,6 +10,7 @@
 #include <thread>
 
 #include "../../common/cluster.h"
+#include "../../common/scratch_dir.h"
 #include "../../common/ok.h"
 #include "storage/global_store.h"
 
@@ -21,11 +22,7 @@ namespace fs = std::filesystem;
 using test::Cluster;
 using test::eventually;
 
-struct ScratchDir {
-  std::string path = "/tmp/baton-global-" + std::to_string(getpid()) + "-" +
-                     std::to_string(std::chrono::steady_clock::now().time_since_epoch().count());
-  ~ScratchDir() { fs::remove_all(path); }
-};
+using test::ScratchDir;
 
 EngineConfig with_global(const std::string& dir) {
   EngineConfig c = test::fast_detector();

@@ -223,6 +223,21 @@ TEST(Wire, ClaimAndSetRecordRoundTripAndRejects) {
   rec.generation = 1;
   rec.epoch = 0;
   EXPECT_EQ(decode(encoded(rec), out), DecodeError::kBadField);
+  rec.epoch = 4;
+  rec.flags = kFlagRelease;  // a recorded set: non-members drop their copies
+  EXPECT_EQ(decode(encoded(rec), out), DecodeError::kNone);
+  rec.flags = kFlagRelease | kFlagComplete;  // never acknowledged
+  EXPECT_EQ(decode(encoded(rec), out), DecodeError::kBadField);
+  rec.flags = kFlagDeleted;  // a tombstone carries no set
+  EXPECT_EQ(decode(encoded(rec), out), DecodeError::kBadField);
+  rec.sack = 0;
+  EXPECT_EQ(decode(encoded(rec), out), DecodeError::kNone);
+  rec.flags = kFlagDeleted | kFlagComplete;  // its ack
+  EXPECT_EQ(decode(encoded(rec), out), DecodeError::kNone);
+  rec.flags = kFlagDeleted | kFlagRestart;
+  EXPECT_EQ(decode(encoded(rec), out), DecodeError::kBadField);
+  rec.flags = kFlagDeleted | kFlagRelease;
+  EXPECT_EQ(decode(encoded(rec), out), DecodeError::kBadField);
 
   Frame meta;  // an answer carrying a record and a second epoch
   meta.type = MsgType::kFetchMeta;

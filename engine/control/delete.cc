@@ -1,0 +1,149 @@
+// Deleting a segment everywhere (S11's clean exit; issue #9; see
+// control/tombstones.cc for the poll-loop side and docs/architecture.md,
+// "Deletion and reclamation").
+//
+// Thread: control (an API caller), with control_mu held.
+
+#include <algorithm>
+
+#include "engine_impl.h"
+#include "engine_util.h"
+
+namespace baton {
+
+Result<void> Engine::remove(std::string_view name) {
+  if (auto ok = check_name(name); !ok) return tl::unexpected(ok.error());
+  std::lock_guard lock(impl_->control_mu);
+  return impl_->remove_locked(name);
+}
+
+Result<void> Engine::Impl::remove_locked(std::string_view name) {
+  if (auto it = segments.find(std::string(name)); it != segments.end()) {
+    if (!it->second->fenced.load())
+      return fail(Errc::kBusy, "segment ", name, " is open on this node; close it before deleting it");
+    if (auto ok = remove_segment(it->second.get()); !ok) return ok;  // superseded: nothing of ours
+  }
+  if (auto ok = require_quorum("delete a segment"); !ok) return tl::unexpected(ok.error());
+  auto q = query(name);
+  if (!q) return tl::unexpected(q.error());
+  // What the delete must cover: copies and records above the newest
+  // tombstone, and files in global storage.
+  uint64_t deleted = 0, newest = 0;
+  for (const auto& a : (*q)->answers) {
+    if (a.record.deleted) deleted = std::max(deleted, a.record.epoch);
+    newest = std::max({newest, a.epoch, a.record.epoch});
+  }
+  SetRecord record;  // the newest recorded set: a majority of it must store the tombstone
+  bool exists = false;
+  for (const auto& a : (*q)->answers) {
+    exists |= a.found && a.epoch > deleted;
+    if (a.record.epoch > deleted && !a.record.deleted) {
+      exists = true;
+      if (a.record.newer_than(record)) record = a.record;
+    }
+  }
+  const bool in_global = !config.global_dir.empty() &&
+                         GlobalStore::newest(config.global_dir, name, config.max_segment_size, deleted + 1);
+  if (!exists && !in_global) {
+    if (deleted != 0) repair_tombstone(**q);
+    return fail(Errc::kNotFound, "no segment ", name, deleted != 0 ? " (it was deleted already)" : "");
+  }
+  // One above every epoch seen: the tombstone supersedes every owner and
+  // replica of the name, as a takeover would.
+  const uint64_t epoch = newest + 1;
+  std::vector<uint16_t> set;
+  for (uint16_t n : wire::unpack_set(record.set))
+    if (n != 0) set.push_back(n);
+  if (auto ok = write_tombstone(name, epoch, set); !ok) return ok;
+  if (!config.global_dir.empty())
+    if (auto ok = GlobalStore::remove(config.global_dir, name, epoch + 1); !ok) return ok;
+  record_event("segment " + std::string(name) + " deleted at owner epoch " + std::to_string(epoch));
+  return {};
+}
+
+Result<void> Engine::Impl::write_tombstone(std::string_view name, uint64_t epoch, std::vector<uint16_t> set) {
+  auto t = std::make_unique<TombstoneOp>();
+  t->name = std::string(name);
+  t->id = wire::segment_id(name);
+  t->epoch = epoch;
+  t->set = std::move(set);
+  for (auto& p : peer_states) t->answers.push_back(TombstoneAnswer{p.node});
+  TombstoneOp* raw = t.get();
+  t->run = [this, raw] {
+    for (TombstoneOp* other : tombstones)
+      if (other->id == raw->id) return raw->fail(Errc::kBusy, "another delete of this name is in progress");
+    TombstoneAnswer self{config.node_id, true};
+    if (const uint64_t newer = apply_tombstone(raw->id, raw->epoch, config.node_id); newer != 0)
+      self.refused_epoch = newer;
+    else
+      self.stored = true;
+    raw->answers.push_back(self);
+    const uint64_t now = clock_ns();
+    raw->deadline_ns = now + round_timeout_ns();
+    raw->hard_deadline_ns = now + quorum_patience_ns();
+    // A quorum of nodes, so every later query (at a quorum) meets it; in a
+    // two-node cluster, where one node alone is quorate and queries only
+    // itself when split, both nodes.
+    const View& v = membership->view();
+    raw->need = v.expected_votes == 2 ? 2 : record_quorum();
+    tombstones.push_back(raw);
+    send_tombstone(*raw, now);
+  };
+  post(raw);
+  await(*raw);
+  if (!raw->ok) return tl::unexpected(raw->error);
+  uint64_t refused = 0;
+  for (const auto& a : t->answers) refused = std::max(refused, a.refused_epoch);
+  if (refused != 0)
+    return fail(Errc::kBusy, "segment ", name, " was taken at owner epoch ", std::to_string(refused),
+                " while it was being deleted; it was not deleted everywhere (try again)");
+  if (!t->enough()) {
+    std::string set_text;
+    for (uint16_t n : t->set) set_text += (set_text.empty() ? "" : ",") + std::to_string(n);
+    return fail(Errc::kUnavailable, "delete of ", name, " reached ", std::to_string(t->stored()), " nodes (",
+                std::to_string(t->need), " must) and ", std::to_string(t->set_stored()), " of its replica set {",
+                set_text, "} (a majority must); it may have been deleted on some nodes (try again)");
+  }
+  return {};
+}
+
+void Engine::Impl::repair_tombstone(const QueryOp& q) {
+  // The newest tombstone, and who answered without it (an older record or
+  // a copy at or below its epoch): they missed the delete.
+  SetRecord tomb;
+  for (const auto& a : q.answers)
+    if (a.record.deleted && a.record.newer_than(tomb)) tomb = a.record;
+  if (tomb.epoch == 0) return;
+  std::vector<uint16_t> missed;
+  for (const auto& a : q.answers)
+    if (a.answered && !(a.record.deleted && a.record.epoch == tomb.epoch) &&
+        ((a.found && a.epoch <= tomb.epoch) || (a.record.epoch != 0 && a.record.epoch < tomb.epoch)))
+      missed.push_back(a.peer);
+  if (missed.empty()) return;
+  const uint64_t id = q.id;
+  const std::string name = q.name;
+  (void)call([&] {
+    for (uint16_t n : missed) {
+      if (n == config.node_id) {
+        (void)apply_tombstone(id, tomb.epoch, tomb.owner);
+        continue;
+      }
+      Link* l = link_to(n);
+      if (l == nullptr) continue;
+      // The tombstone as its writer sent it: the receiver stores it (or
+      // refuses it for a newer epoch) exactly as it would have then.
+      wire::Frame f;
+      f.type = wire::MsgType::kSetRecord;
+      f.flags = wire::kFlagDeleted;
+      f.src = config.node_id;
+      f.dst = n;
+      f.seg_id = id;
+      f.name = name;
+      f.epoch = tomb.epoch;
+      f.generation = 1;
+      send_control(*l, f);
+    }
+  });
+}
+
+}  // namespace baton

@@ -1,0 +1,161 @@
+// Deleting a segment and reclaiming copies (S11's clean exit; issue #9;
+// docs/architecture.md, "Deletion and reclamation").
+//
+// A delete writes a tombstone, a set record with no set, at an owner epoch
+// above every one seen. A node that stores it drops its copy, fences a
+// local owner, and refuses the old owners' data from then on; query
+// answers carry it, so a copy on a node that missed it is never restored,
+// and a new segment of that name starts above it.
+//
+// Once an owner's replica set is recorded at a quorum, nodes that held
+// copies before (the set it took over, a replica it replaced, stale copies
+// its query found) are told to drop theirs: every loader now claims from
+// the recorded set.
+//
+// Thread: the poll-token holder.
+
+#include <algorithm>
+
+#include "engine_impl.h"
+#include "engine_util.h"
+
+namespace baton {
+
+void Engine::Impl::drop_store(uint64_t seg_id) noexcept {
+  auto it = stores.find(seg_id);
+  allocating.erase(seg_id);
+  allocation_failed.erase(seg_id);
+  if (it == stores.end()) return;
+  ReplicaStore* st = it->second.get();
+  std::erase_if(serves, [st](const auto& s) { return s->store == st; });
+  std::erase_if(acks_due, [st](const AckDue& a) { return a.store == st; });
+  retired_stores.push_back(std::move(it->second));
+  stores.erase(it);
+  free_retired();
+}
+
+void Engine::Impl::free_retired() noexcept {
+  for (auto it = retired_stores.begin(); it != retired_stores.end();) {
+    if ((*it)->writer_pinned()) {  // a global-storage write still reads it
+      ++it;
+      continue;
+    }
+    if (allocator) allocator->free(std::move(*it));  // unmapping is slow: off the worker
+    it = retired_stores.erase(it);                  // (a simulation frees in place)
+  }
+}
+
+uint64_t Engine::Impl::apply_tombstone(uint64_t seg_id, uint64_t epoch, uint16_t owner) noexcept {
+  // A newer owner epoch known here (a load or a new segment after the
+  // delete began) wins over the tombstone: the deleter is told.
+  auto rec = records.find(seg_id);
+  // (The same tombstone may come from its writer and from a node repairing
+  // one that missed it: same epoch, another sender.)
+  if (rec != records.end() &&
+      (rec->second.epoch > epoch || (rec->second.epoch == epoch && rec->second.owner != owner && !rec->second.deleted)))
+    return rec->second.epoch;
+  if (auto st = stores.find(seg_id);
+      st != stores.end() && (st->second->epoch() > epoch || (st->second->epoch() == epoch && st->second->owner() != owner)))
+    return st->second->epoch();
+  if (auto o = owned.find(seg_id); o != owned.end() && !o->second->fenced.load() && o->second->epoch.load() >= epoch)
+    return o->second->epoch.load();
+  if (rec == records.end()) {
+    if (records.size() >= 65536) {  // a bound on what peers can make this node keep
+      bump(counters.bad_input);
+      return 0;
+    }
+    rec = records.emplace(seg_id, SetRecord{}).first;
+  }
+  if (!rec->second.deleted || rec->second.epoch != epoch) {
+    rec->second = SetRecord{epoch, 1, 0, owner, true};
+    if (stores.count(seg_id) != 0)
+      record_event("segment " + stores[seg_id]->name() + " deleted at epoch " + std::to_string(epoch) + " by node " +
+                   std::to_string(owner) + ": replica copy dropped");
+  }
+  drop_store(seg_id);
+  fence_if_superseded(seg_id, epoch);
+  return 0;
+}
+
+void Engine::Impl::send_tombstone(TombstoneOp& t, uint64_t now) noexcept {
+  t.last_sent_ns = now;
+  for (auto& a : t.answers) {
+    if (a.answered || a.peer == config.node_id || unreachable(a.peer)) continue;
+    a.asked = true;
+    Link* l = link_to(a.peer);
+    if (l == nullptr) continue;
+    wire::Frame f;
+    f.type = wire::MsgType::kSetRecord;
+    f.flags = wire::kFlagDeleted;
+    f.src = config.node_id;
+    f.dst = a.peer;
+    f.seg_id = t.id;
+    f.name = t.name;
+    f.epoch = t.epoch;
+    f.generation = 1;
+    send_control(*l, f);
+  }
+}
+
+void Engine::Impl::on_tombstone(Link& link, const wire::Frame& f) noexcept {
+  if ((f.flags & wire::kFlagComplete) != 0) {  // an answer to ours
+    for (TombstoneOp* t : tombstones)
+      if (t->id == f.seg_id && t->epoch == f.epoch)
+        for (auto& a : t->answers)
+          if (a.peer == f.src && !a.answered) {
+            a.answered = true;
+            a.stored = true;
+          }
+    return;
+  }
+  if (const uint64_t newer = apply_tombstone(f.seg_id, f.epoch, f.src); newer != 0) {
+    bump(counters.stale_epoch);
+    send_error(link, f, wire::ErrorCode::kStaleEpoch, newer);
+    return;
+  }
+  wire::Frame ack = f;
+  ack.src = config.node_id;
+  ack.dst = f.src;
+  ack.flags = wire::kFlagDeleted | wire::kFlagComplete;
+  send_control(link, ack);
+}
+
+void Engine::Impl::on_release(const wire::Frame& f) noexcept {
+  // The sender owns the segment at f.epoch and recorded set f.sack at a
+  // quorum: a loader claims from that set (or a newer one) only.
+  const auto set = wire::unpack_set(f.sack);
+  if (std::find(set.begin(), set.end(), config.node_id) != set.end()) return;
+  auto st = stores.find(f.seg_id);
+  if (st == stores.end() || st->second->epoch() > f.epoch || st->second->name() != f.name) return;
+  record_event("segment " + st->second->name() + ": replica copy dropped (node " + std::to_string(f.src) +
+               " recorded its set at epoch " + std::to_string(f.epoch) + " without this node)");
+  drop_store(f.seg_id);
+}
+
+void Engine::Impl::release_copies(Segment& seg) noexcept {
+  for (uint16_t n : seg.release_to) {
+    if (std::find(seg.recorded_set.begin(), seg.recorded_set.end(), n) != seg.recorded_set.end()) continue;
+    if (n == config.node_id) {  // a copy this node held as a replica before it took over
+      if (auto st = stores.find(seg.id); st != stores.end() && st->second->epoch() <= seg.epoch.load()) drop_store(seg.id);
+      continue;
+    }
+    Link* l = link_to(n);
+    if (l == nullptr) continue;
+    wire::Frame f;
+    f.type = wire::MsgType::kSetRecord;
+    f.flags = wire::kFlagRelease;
+    f.src = config.node_id;
+    f.dst = n;
+    f.seg_id = seg.id;
+    f.name = seg.name;
+    f.epoch = seg.epoch.load(std::memory_order_relaxed);
+    f.generation = seg.recorded_version;
+    wire::ReplicaSet set{};
+    for (size_t i = 0; i < seg.recorded_set.size() && i < set.size(); ++i) set[i] = seg.recorded_set[i];
+    f.sack = wire::pack_set(set);
+    send_control(*l, f);
+  }
+  seg.release_to.clear();
+}
+
+}  // namespace baton
