@@ -1,0 +1,73 @@
+// S11's clean exit on a real chassis (batond processes joined by memif):
+// an application deletes its segment with baton_delete, an operator with
+// `batonctl delete` (fencing the blade that kept it), and the next start
+// anywhere is a fresh one.
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "../common/chassis.h"
+#include "baton/baton.h"
+
+namespace {
+
+using baton::test::App;
+using baton::test::Chassis;
+using baton::test::eventually;
+using baton::test::run;
+
+// Whether any blade's status still lists `name` (owned or held).
+bool listed(const Chassis& ch, const std::string& name) {
+  for (int b = 1; b <= ch.blades; ++b)
+    for (const auto& s : ch.status_json(b).value("segments", nlohmann::json::array()))
+      if (s.value("name", "") == name) return true;
+  return false;
+}
+
+TEST(Lifecycle, DeleteEverywhereThenStartFresh) {
+  Chassis ch(4, "memif", 2);
+  ASSERT_TRUE(ch.up) << ch.out;
+  {
+    App a(ch.socket(1));
+    ASSERT_EQ(a.open("cart"), 0) << baton_last_error();
+    uint64_t gen = 0;
+    for (int i = 1; i <= 3; ++i) ASSERT_EQ(a.write(static_cast<unsigned char>(i), &gen), std::make_pair(0, 0));
+    EXPECT_EQ(baton_delete(a.b, "cart"), BATON_EBUSY) << "held: unregister first";
+    ASSERT_EQ(baton_unregister(a.seg), 0);
+    a.seg = nullptr;
+    ASSERT_EQ(baton_delete(a.b, "cart"), 0) << baton_last_error();
+  }
+  EXPECT_FALSE(listed(ch, "cart"));
+  {
+    App b(ch.socket(3));  // the application starts again elsewhere: fresh
+    int restored = -1;
+    uint64_t gen = 99;
+    ASSERT_EQ(baton_open(b.b, "cart", App::kSize, &b.seg, &restored, &gen), 0) << baton_last_error();
+    EXPECT_EQ(restored, 0);
+    EXPECT_TRUE(std::all_of(b.mem(), b.mem() + App::kSize, [](unsigned char c) { return c == 0; }));
+    ASSERT_EQ(b.write(7, &gen), std::make_pair(0, 0)) << baton_last_error();
+    EXPECT_EQ(gen, 1u);
+  }  // crashes: blade 3 keeps the segment for its restart
+  // An operator deletes it from another blade: blade 3's kept copy is
+  // fenced there (its application would get BATON_EFENCED), not restored.
+  int status = 0;
+  const std::string out = run(ch.ctl + " delete cart --socket " + ch.socket(2), &status);
+  ASSERT_EQ(status, 0) << out << ch.events(2);
+  EXPECT_TRUE(eventually([&] {
+    for (const auto& s : ch.status_json(3).value("segments", nlohmann::json::array()))
+      if (s.value("name", "") == "cart" && !s.value("fenced", false)) return false;
+    return true;
+  })) << ch.status(3);
+  run(ch.ctl + " delete cart --socket " + ch.socket(2), &status);
+  EXPECT_NE(status, 0) << "deleted already";
+  App c(ch.socket(4));
+  int restored = -1;
+  ASSERT_EQ(baton_open(c.b, "cart", App::kSize, &c.seg, &restored, nullptr), 0) << baton_last_error();
+  EXPECT_EQ(restored, 0);
+}
+
+}  // namespace
