@@ -57,6 +57,16 @@ void Engine::Impl::acquire_token() noexcept {
   token_holder.store(std::this_thread::get_id(), std::memory_order_relaxed);
 }
 
+bool Engine::Impl::try_acquire_token() noexcept {
+  if (sim != nullptr) return true;
+  if (!poll_mu.try_lock()) return false;  // the worker (or a caller) is polling: it sends
+  // A sleeping worker wakes to find the token taken and waits for it (and
+  // a parked one stays parked) until release_token().
+  handoff.fetch_add(1);
+  token_holder.store(std::this_thread::get_id(), std::memory_order_relaxed);
+  return true;
+}
+
 void Engine::Impl::release_token() noexcept {
   if (sim != nullptr) return;
   // Waking the parked worker costs a system call here and a wake-up on the
@@ -261,6 +271,7 @@ Result<Segment*> Engine::Impl::add_segment(std::unique_ptr<Segment> seg) {
   if (picked < config.replication_factor)
     BT_WARN("segment %s: %zu of %u replicas (not enough peers)", raw->name.c_str(), picked,
             config.replication_factor);
+  std::lock_guard lock(table_mu);
   segments.emplace(raw->name, std::move(seg));
   handles.insert(raw);
   return raw;
@@ -278,7 +289,7 @@ Result<Segment*> Engine::Impl::make_segment(std::string_view name, uint64_t size
   seg->size = size;
   seg->chunk_size = effective_chunk_size();
   seg->epoch.store(epoch);
-  seg->committed = generation;
+  seg->committed.store(generation);
   if (restored != nullptr) {
     seg->mem = std::move(*restored);
   } else {
@@ -297,40 +308,53 @@ Result<Segment*> Engine::Impl::make_segment(std::string_view name, uint64_t size
   if (!added || generation == 0) return added;
   // The restored generation goes to the new replica set as it is (same
   // number, new epoch): the set is recorded once a majority holds it.
+  std::lock_guard lock((*added)->mu);
   if (auto ok = snapshot(**added, generation); !ok) return tl::unexpected(ok.error());
   return added;
 }
 
 Segment* Engine::Impl::find_handle(Segment* seg) { return handles.count(seg) != 0 ? seg : nullptr; }
 
+std::unique_lock<std::mutex> Engine::Impl::lock_handle(Segment*& seg) {
+  std::lock_guard table(table_mu);
+  seg = find_handle(seg);
+  return seg == nullptr ? std::unique_lock<std::mutex>() : std::unique_lock(seg->mu);
+}
+
 std::span<std::byte> Engine::data(Segment* segment) const noexcept {
-  std::lock_guard lock(impl_->control_mu);
+  std::lock_guard lock(impl_->table_mu);
   Segment* seg = impl_->find_handle(segment);
   return seg == nullptr ? std::span<std::byte>() : seg->mem.bytes();
 }
 
 int Engine::memory_fd(Segment* segment) const noexcept {
-  std::lock_guard lock(impl_->control_mu);
+  std::lock_guard lock(impl_->table_mu);
   Segment* seg = impl_->find_handle(segment);
   return seg == nullptr ? -1 : seg->mem.fd();
 }
 
 Result<uint64_t> Engine::commit(Segment* segment) {
-  std::lock_guard lock(impl_->control_mu);
-  Segment* seg = impl_->find_handle(segment);
+  // Only this segment's mutex is held while it is copied: another
+  // application's commit, or an open waiting on the network, goes on.
+  Segment* seg = segment;
+  auto lock = impl_->lock_handle(seg);
   if (seg == nullptr) return fail(Errc::kInvalidArgument, "unknown segment handle");
   if (seg->fenced.load()) return fail(Errc::kFenced, "segment ", seg->name, " moved to a newer owner");
-  if (auto ok = impl_->snapshot(*seg, seg->committed + 1); !ok) return tl::unexpected(ok.error());
-  return seg->committed;
+  const uint64_t generation = seg->committed.load() + 1;
+  if (auto ok = impl_->snapshot(*seg, generation); !ok) return tl::unexpected(ok.error());
+  return generation;
 }
 
 Result<void> Engine::Impl::snapshot(Segment& seg, uint64_t generation) {
-  // The caller takes the poll token and acts as the transfer processor: it
-  // snapshots chunk by chunk and, every few chunks, runs a poll iteration
-  // that sends what is ready while it is still in cache. Replication thus
-  // overlaps the snapshot; the call returns once the snapshot is complete
-  // (S5), and the worker carries on with the rest. Copy-on-write snapshots
-  // will replace the copy (S14).
+  // The caller acts as the transfer processor: it snapshots chunk by chunk
+  // and, every few chunks, runs a poll iteration that sends what is ready
+  // while it is still in cache. Replication thus overlaps the snapshot; the
+  // call returns once the snapshot is complete (S5), and the worker carries
+  // on with the rest. A small segment is copied under the poll token (one
+  // acquisition, no wake-up); a large one without it, taking the token
+  // between batches only if nobody else is polling, so another
+  // application's commit does not wait out this copy. Copy-on-write
+  // snapshots will replace the copy (S14).
   acquire_token();
   Stage* stage = nullptr;
   for (auto& s : seg.stages)
@@ -343,10 +367,12 @@ Result<void> Engine::Impl::snapshot(Segment& seg, uint64_t generation) {
   const uint32_t chunks = wire::chunk_count_for(seg.size, cs);
   constexpr uint32_t kChunksPerPoll = 8;
   stage->generation = generation;
-  seg.committed = generation;
-  stage->ready = 0;
+  seg.committed.store(generation);
+  stage->ready.store(0, std::memory_order_relaxed);
   stage->state.store(Stage::kPosted, std::memory_order_release);
   start_replication(seg, *stage, clock_ns());
+  const bool holding = chunks <= kChunksPerPoll;
+  if (!holding) release_token();
   for (uint32_t i = 0; i < chunks; ++i) {
     const uint64_t off = uint64_t{i} * cs;
     const uint32_t len = wire::chunk_len(seg.size, cs, i);
@@ -355,10 +381,16 @@ Result<void> Engine::Impl::snapshot(Segment& seg, uint64_t generation) {
     std::memcpy(stage->mem.data() + off, seg.mem.data() + off, len);
     stage->chunk_crcs[i] = crc32c(stage->mem.data() + off, len);
     if (i + 1 == chunks) stage->gen_crc = wire::generation_crc(stage->chunk_crcs);
-    stage->ready = i + 1;
-    if (i % kChunksPerPoll == kChunksPerPoll - 1 || i + 1 == chunks) poll_once(clock_ns());
+    stage->ready.store(i + 1, std::memory_order_release);
+    if (i % kChunksPerPoll != kChunksPerPoll - 1 && i + 1 != chunks) continue;
+    if (holding) {
+      poll_once(clock_ns());
+    } else if (try_acquire_token()) {
+      poll_once(clock_ns());
+      release_token();  // wakes the worker if chunks remain unsent
+    }
   }
-  release_token();
+  if (holding) release_token();
   return {};
 }
 
@@ -366,13 +398,13 @@ Result<void> Engine::wait_replicated(Segment* segment, uint64_t generation, uint
                                      std::chrono::milliseconds timeout) {
   Segment* seg;
   {
-    std::lock_guard lock(impl_->control_mu);
+    std::lock_guard lock(impl_->table_mu);
     seg = impl_->find_handle(segment);
     if (seg == nullptr) return fail(Errc::kInvalidArgument, "unknown segment handle");
     if (k != kDurable && k > seg->replicas.size())
       return fail(Errc::kInvalidArgument, "asked for ", std::to_string(k), " replicas; the segment has ",
                   std::to_string(seg->replicas.size()));
-    if (generation > seg->committed) return fail(Errc::kInvalidArgument, "generation not committed yet");
+    if (generation > seg->committed.load()) return fail(Errc::kInvalidArgument, "generation not committed yet");
   }
   const uint64_t deadline = impl_->clock_ns() + static_cast<uint64_t>(timeout.count()) * 1'000'000;
   auto held = [seg, generation] {
@@ -397,27 +429,44 @@ Result<void> Engine::wait_replicated(Segment* segment, uint64_t generation, uint
 
 Result<void> Engine::close(Segment* segment) {
   std::lock_guard lock(impl_->control_mu);
-  Segment* seg = impl_->find_handle(segment);
+  Segment* seg;
+  {
+    std::lock_guard table(impl_->table_mu);
+    seg = impl_->find_handle(segment);
+  }
   if (seg == nullptr) return fail(Errc::kInvalidArgument, "unknown segment handle");
   return impl_->remove_segment(seg);
 }
 
 Result<void> Engine::Impl::remove_segment(Segment* seg) {
+  // No new call finds it once it is out of the handle set; one in progress
+  // (a commit) finishes first: its mutex is taken before the worker lets go.
+  {
+    std::lock_guard table(table_mu);
+    handles.erase(seg);
+  }
+  std::unique_lock seg_lock(seg->mu);
   auto removed = call([this, seg] {
     owned.erase(seg->id);
     seg->current_stage = -1;
   });
-  if (!removed) return removed;
-  handles.erase(seg);
-  segments.erase(seg->name);
+  if (!removed) return removed;  // the engine stops: it frees the segment itself
+  seg_lock.unlock();
+  std::unique_ptr<Segment> gone;
+  {
+    std::lock_guard table(table_mu);
+    auto it = segments.find(seg->name);
+    gone = std::move(it->second);
+    segments.erase(it);
+  }
   return {};
 }
 
 Result<SegmentStatus> Engine::status(Segment* segment) const {
-  std::lock_guard lock(impl_->control_mu);
+  std::lock_guard lock(impl_->table_mu);
   Segment* seg = impl_->find_handle(segment);
   if (seg == nullptr) return fail(Errc::kInvalidArgument, "unknown segment handle");
-  SegmentStatus st{seg->name, seg->id, seg->size, seg->committed, seg->epoch.load(), seg->fenced.load(), {}};
+  SegmentStatus st{seg->name, seg->id, seg->size, seg->committed.load(), seg->epoch.load(), seg->fenced.load(), {}};
   for (auto& r : seg->replicas) st.replicas.emplace_back(r->node.load(), r->held.load());
   st.durable = seg->durable.load();
   return st;

@@ -66,7 +66,10 @@ struct Stage {
   std::vector<uint32_t> chunk_crcs;
   uint32_t gen_crc = 0;                ///< valid once ready == every chunk
   uint64_t generation = 0;
-  uint32_t ready = 0;                  ///< chunks snapshotted so far (poll-token holder only)
+  /// Chunks snapshotted so far: stored (release) by the committing caller
+  /// after each chunk and its CRC, which for a large segment copies without
+  /// the poll token; the token holder's senders send up to it (acquire).
+  std::atomic<uint32_t> ready{0};
   std::atomic<uint32_t> state{kFree};
 };
 
@@ -88,7 +91,12 @@ struct baton::Segment {
   uint32_t chunk_size = 0;
   LocalStorage mem;                     ///< the application's memory
   std::array<Stage, 2> stages;          ///< double-buffered snapshots
-  uint64_t committed = 0;               ///< control: last generation handed out
+  /// Serialises the application's calls on this segment (commit, restore,
+  /// removal), so that a commit needs neither control_mu nor, while it
+  /// copies a large segment, the poll token. Lock order: control_mu,
+  /// table_mu, then this, then the poll token.
+  std::mutex mu;
+  std::atomic<uint64_t> committed{0};   ///< last generation handed out (written under mu)
   std::atomic<uint64_t> epoch{1};
   std::atomic<bool> fenced{false};
   std::vector<std::unique_ptr<ReplicaTarget>> replicas;  ///< fixed once the worker added it
@@ -342,9 +350,15 @@ struct Engine::Impl {
   std::atomic<bool> parked{false};
 
   // Control side.
-  mutable std::mutex control_mu;             ///< serialises API calls on the segment table
-  std::unordered_map<std::string, std::unique_ptr<Segment>> segments;
-  std::unordered_set<Segment*> handles;  ///< the live handles: checked on every call, O(1)
+  /// Serialises ownership changes (create, open, load, reopen, close,
+  /// remove), which may wait on network rounds for seconds. A commit or a
+  /// wait never takes it: they find their segment under table_mu.
+  mutable std::mutex control_mu;
+  /// The segment table, held only briefly: written with control_mu held
+  /// too, read by any call that looks up a handle.
+  mutable std::mutex table_mu;
+  std::unordered_map<std::string, std::unique_ptr<Segment>> segments;  ///< table_mu
+  std::unordered_set<Segment*> handles;  ///< the live handles: checked on every call, O(1); table_mu
   /// Claims this node won at a majority but did not turn into ownership (a
   /// fetch failed, the set's majority said no): segment id -> epoch. The
   /// next load claims that epoch again instead of one above it, so failed
@@ -440,6 +454,9 @@ struct Engine::Impl {
   /// Takes / gives back the poll token (the worker parks meanwhile). Thread: control.
   void acquire_token() noexcept;
   void release_token() noexcept;
+  /// Takes the poll token only if nobody holds it (the worker polling, or
+  /// another caller); release with release_token(). Thread: control.
+  bool try_acquire_token() noexcept;
   /// Polls until the worker side finished `op`. Thread: control.
   void await(Op& op) { poll_until([&op] { return op.finished(); }, UINT64_MAX); }
   Result<std::unique_ptr<QueryOp>> query(std::string_view name);
@@ -483,9 +500,12 @@ struct Engine::Impl {
                                 uint64_t generation, std::vector<uint16_t> preferred = {},
                                 std::vector<uint16_t> stale = {});
   /// Snapshots `seg` as `generation` and starts replicating it; the caller
-  /// holds control_mu. Thread: control.
+  /// holds seg.mu. Thread: control.
   Result<void> snapshot(Segment& seg, uint64_t generation);
+  /// `seg` if it is a live handle, else null. The caller holds table_mu.
   Segment* find_handle(Segment* seg);
+  /// Looks `seg` up and locks its mutex (null, unlocked, if unknown).
+  std::unique_lock<std::mutex> lock_handle(Segment*& seg);
   /// A new, empty segment (S1), owned here once its replica set is recorded
   /// at a quorum of nodes; kExists if another node won a race for the name.
   /// `q`: the query that found nothing above the newest tombstone.

@@ -16,6 +16,10 @@
 //                       and waits for durability (up to 20 ms) in a loop
 //   spin / spin+neighbour   a batond with idle = "spin" (its commit thread
 //                       never sleeps)
+//   embedded+hog        the embedded commit beside a process that does the
+//                       neighbour's CPU work without Baton (fill 16 MiB, copy
+//                       it once, sleep 20 ms, in a loop): what two vCPUs
+//                       shared with such a neighbour cost any program
 //   wakeup              half an eventfd round trip between two processes
 //                       that sleep in poll(): what a sleeping daemon costs
 //   wakeup-spinning     the same with the sender spinning for the answer:
@@ -113,6 +117,16 @@ int neighbour(const std::string& socket) {
   }
 }
 
+/// The neighbour's CPU work without Baton: what it costs the machine.
+int hog() {
+  std::vector<unsigned char> a(16 << 20), b(16 << 20);
+  for (unsigned i = 0;; ++i) {
+    std::memset(a.data(), static_cast<int>(i), a.size());
+    std::memcpy(b.data(), a.data(), a.size());  // the daemon's snapshot copy
+    usleep(20'000);                              // its durable wait
+  }
+}
+
 std::vector<double> daemon_case(const std::string& socket, int commits, int gap_us, bool with_neighbour) {
   std::unique_ptr<baton::test::Process> n;
   if (with_neighbour) {
@@ -199,6 +213,7 @@ int main(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--neighbour" && i + 1 < argc) return neighbour(argv[i + 1]);
+    if (a == "--hog") return hog();
     if (a == "--rounds" && i + 1 < argc) rounds = std::stoi(argv[++i]);
     else if (a == "--commits" && i + 1 < argc) commits = std::stoi(argv[++i]);
     else if (a == "--gap-us" && i + 1 < argc) gap_us = std::stoi(argv[++i]);
@@ -220,11 +235,17 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "baton-daemon-bench: %s\n", seg.error().to_string().c_str());
     return 1;
   }
-  const char* names[] = {"embedded", "wakeup", "wakeup-spinning", "daemon", "daemon+neighbour", "spin", "spin+neighbour"};
+  const char* names[] = {"embedded", "embedded+hog", "wakeup", "wakeup-spinning", "daemon", "daemon+neighbour",
+                         "spin", "spin+neighbour"};
   std::map<std::string, std::vector<double>> p50s, p99s;
   for (int r = 0; r < rounds; ++r) {
     std::map<std::string, std::vector<double>> samples;
     samples["embedded"] = embedded_case(**engine, *seg, commits, gap_us);
+    {
+      baton::test::Process h(std::vector<std::string>{self_dir() + "/baton-daemon-bench", "--hog"});
+      usleep(100'000);
+      samples["embedded+hog"] = embedded_case(**engine, *seg, commits, gap_us);
+    }
     samples["wakeup"] = wakeup_case(commits, gap_us, false);
     samples["wakeup-spinning"] = wakeup_case(commits, gap_us, true);
     {
@@ -253,8 +274,9 @@ int main(int argc, char** argv) {
   std::printf("\ndaemon p50 / embedded p50: adaptive %.2fx, spin %.2fx; one wake-up is %.2f us (%.2f us to the other vCPU)\n",
               median(p50s["daemon"]) / emb, median(p50s["spin"]) / emb, median(p50s["wakeup"]),
               median(p50s["wakeup-spinning"]));
-  std::printf("neighbour raises p99: adaptive %.2fx, spin %.2fx\n",
+  std::printf("neighbour raises p99: adaptive %.2fx, spin %.2fx; the same CPU work raises the embedded call's %.2fx\n",
               median(p99s["daemon+neighbour"]) / median(p99s["daemon"]),
-              median(p99s["spin+neighbour"]) / median(p99s["spin"]));
+              median(p99s["spin+neighbour"]) / median(p99s["spin"]),
+              median(p99s["embedded+hog"]) / median(p99s["embedded"]));
   return 0;
 }

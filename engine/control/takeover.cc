@@ -490,7 +490,11 @@ Result<OpenResult> Engine::reopen(Segment* segment) {
     if (superseded) (void)impl_->call([this, seg] { impl_->fence(*seg); });
   }
   if (seg->fenced.load()) return impl_->open_locked(std::string(seg->name), seg->size, false);
-  const uint64_t generation = impl_->restore_committed(*seg);
+  uint64_t generation;
+  {
+    std::lock_guard seg_lock(seg->mu);  // no commit of it meanwhile (one may still be returning)
+    generation = impl_->restore_committed(*seg);
+  }
   return OpenResult{seg, generation > 0 ? OpenOutcome::kRestored : OpenOutcome::kCreated, generation};
 }
 

@@ -5,6 +5,8 @@
 #include <poll.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -34,7 +36,7 @@ struct Server::Segment {
   Session* holder = nullptr;         ///< the application holding it; registry_mu_
   LocalStorage channel_mem;          ///< the CommitChannel page
   CommitChannel* channel = nullptr;
-  uint32_t seen = 0;                 ///< last request answered; the commit thread (commit_mu_)
+  uint32_t seen = 0;                 ///< last request answered; its commit lane's thread (lane mutex)
 };
 
 struct Server::Session {
@@ -129,8 +131,10 @@ Result<std::unique_ptr<Server>> Server::start(Engine& engine, const ServerConfig
     unlink(temp.c_str());
     return fail(Errc::kIo, "socket ", config.socket_path, ": ", std::strerror(err));
   }
-  s->event_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-  if (s->event_fd_ < 0) return fail(Errc::kIo, "eventfd: ", std::strerror(errno));
+  for (auto& lane : s->lanes_) {
+    lane.event_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (lane.event_fd < 0) return fail(Errc::kIo, "eventfd: ", std::strerror(errno));
+  }
   return s;
 }
 
@@ -140,7 +144,8 @@ Server::~Server() {
     close(listen_fd_);
     unlink(config_.socket_path.c_str());
   }
-  if (event_fd_ >= 0) close(event_fd_);
+  for (auto& lane : lanes_)
+    if (lane.event_fd >= 0) close(lane.event_fd);
 }
 
 void Server::shutdown() {
@@ -148,11 +153,12 @@ void Server::shutdown() {
   for (auto& s : sessions_)
     if (s->thread.joinable()) s->thread.join();
   sessions_.clear();
-  if (commit_thread_.joinable()) {
-    const uint64_t one = 1;
-    (void)!write(event_fd_, &one, sizeof one);
-    commit_thread_.join();
-  }
+  for (auto& lane : lanes_)
+    if (lane.thread.joinable()) {
+      const uint64_t one = 1;
+      (void)!write(lane.event_fd, &one, sizeof one);
+      lane.thread.join();
+    }
 }
 
 ServerCounters Server::counters() const noexcept {
@@ -213,7 +219,15 @@ void Server::accept_clients() {
 }
 
 void Server::serve(const std::atomic<bool>& stop) {
-  commit_thread_ = std::thread([this] { commit_loop(); });
+  lanes_[0].thread = std::thread([this] { commit_loop(lanes_[0], "baton-commit"); });
+  lanes_[1].thread = std::thread([this] {
+    // Copying a large snapshot is bulk work: at a lower priority, the
+    // scheduler runs a woken small-commit thread (or an application) at
+    // once instead of after this copy's timeslice.
+    if (setpriority(PRIO_PROCESS, static_cast<id_t>(gettid()), kLargeLaneNice) != 0)
+      BT_WARN("cannot lower the large-commit thread's priority: %s", std::strerror(errno));
+    commit_loop(lanes_[1], "baton-commit-l");
+  });
   while (!stop.load(std::memory_order_relaxed)) {
     pollfd p{listen_fd_, POLLIN, 0};
     if (poll(&p, 1, 100) == 1) accept_clients();
@@ -423,7 +437,7 @@ Reply Server::open_segment(Session& s, const Request& r, std::vector<int>& fds) 
   attach(seg);
   rep.handle = seg.id;
   rep.size = seg.size;
-  fds = {engine_.memory_fd(seg.handle), seg.channel_mem.fd(), event_fd_};
+  fds = {engine_.memory_fd(seg.handle), seg.channel_mem.fd(), lane_of(seg).event_fd};
   return rep;
 }
 
@@ -608,31 +622,35 @@ std::string Server::events() const {
 // ---------------------------------------------------------------------------
 // The commit thread.
 
+Server::CommitLane& Server::lane_of(const Segment& seg) { return lanes_[seg.size > kLargeSegment ? 1 : 0]; }
+
 void Server::attach(Segment& seg) {
+  CommitLane& lane = lane_of(seg);
   {
-    std::lock_guard lock(commit_mu_);
+    std::lock_guard lock(lane.mu);
     seg.seen = seg.channel->request.load();
     seg.channel->done.store(seg.seen);
     // The commit thread may be asleep: until it has looked at this channel,
     // the application rings the doorbell.
     seg.channel->daemon_sleeping.store(1);
-    active_.push_back(&seg);
+    lane.active.push_back(&seg);
   }
   const uint64_t one = 1;
-  (void)!write(event_fd_, &one, sizeof one);
+  (void)!write(lane.event_fd, &one, sizeof one);
 }
 
 void Server::detach(Segment& seg) {
-  // Under commit_mu_: once it is released, the commit thread is not in a
-  // commit of this segment and will not start one.
-  std::lock_guard lock(commit_mu_);
-  active_.erase(std::remove(active_.begin(), active_.end(), &seg), active_.end());
+  // Under the lane's mutex: once it is released, the commit thread is not
+  // in a commit of this segment and will not start one.
+  CommitLane& lane = lane_of(seg);
+  std::lock_guard lock(lane.mu);
+  lane.active.erase(std::remove(lane.active.begin(), lane.active.end(), &seg), lane.active.end());
 }
 
-bool Server::poll_commits() {
+bool Server::poll_commits(CommitLane& lane) {
   bool busy = false;
-  std::lock_guard lock(commit_mu_);
-  for (Segment* seg : active_) {
+  std::lock_guard lock(lane.mu);
+  for (Segment* seg : lane.active) {
     CommitChannel& ch = *seg->channel;
     const uint32_t req = ch.request.load();  // seq_cst: pairs with the daemon_sleeping handshake
     if (req == seg->seen) continue;
@@ -649,15 +667,16 @@ bool Server::poll_commits() {
   return busy;
 }
 
-void Server::commit_loop() {
+void Server::commit_loop(CommitLane& lane, const char* thread_name) {
+  prctl(PR_SET_NAME, thread_name, 0, 0, 0);
   const uint64_t spin_ns = uint64_t{config_.idle_spin_us} * 1000;
   uint64_t idle_since = now_ns();
-  auto set_sleeping = [this](uint32_t v) {
-    std::lock_guard lock(commit_mu_);
-    for (Segment* seg : active_) seg->channel->daemon_sleeping.store(v);
+  auto set_sleeping = [&lane](uint32_t v) {
+    std::lock_guard lock(lane.mu);
+    for (Segment* seg : lane.active) seg->channel->daemon_sleeping.store(v);
   };
   while (!stopping_.load(std::memory_order_relaxed)) {
-    if (poll_commits()) {
+    if (poll_commits(lane)) {
       idle_since = now_ns();
       continue;
     }
@@ -668,11 +687,11 @@ void Server::commit_loop() {
     // Sleep, telling every application to ring the doorbell; a commit
     // posted before an application saw the flag is taken first.
     set_sleeping(1);
-    if (!poll_commits()) {
-      pollfd p{event_fd_, POLLIN, 0};
+    if (!poll_commits(lane)) {
+      pollfd p{lane.event_fd, POLLIN, 0};
       if (poll(&p, 1, 100) == 1) {
         uint64_t v;
-        (void)!read(event_fd_, &v, sizeof v);
+        (void)!read(lane.event_fd, &v, sizeof v);
       }
     }
     set_sleeping(0);

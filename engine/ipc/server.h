@@ -11,18 +11,20 @@
 //     for durability) delays only the application that made it: every other
 //     application has its own session. Waits are cut to max_wait_ms and end
 //     early when the application hangs up.
-//   - one commit thread serves the commit channel of every held segment
-//     (the fast path: shared memory, no socket). It never waits for an
-//     application; it spins idle_spin_us after a commit, then sleeps on the
-//     doorbell eventfd.
+//   - two commit threads serve the commit channels of the held segments
+//     (the fast path: shared memory, no socket): one for segments up to
+//     kLargeSegment, one for larger ones, so that copying a large snapshot
+//     does not hold up a small commit. Each never waits for an application;
+//     it spins idle_spin_us after a commit, then sleeps on its own doorbell
+//     eventfd (the one handed to the applications of its segments).
 // The segment registry (name -> Segment, and who holds each) is shared by
-// the sessions under registry_mu_; the commit thread's list of channels is
-// changed by the sessions under commit_mu_. Lock order: registry_mu_, then
-// commit_mu_, then the engine's own lock. Opens, loads, reopens, closes and
-// waits run with registry_mu_ released; only the engine's quick lookups of
-// one handle (status, data, memory_fd) are made under it, and those can
-// wait behind an engine call that holds the engine's lock for a network
-// round (engine-level serialisation: docs/architecture.md).
+// the sessions under registry_mu_; a commit thread's list of channels is
+// changed by the sessions under its lane's mutex. Lock order: registry_mu_,
+// then a lane's mutex, then the engine's locks. Opens, loads, reopens,
+// closes and waits run with registry_mu_ released; only the engine's quick
+// lookups of one handle (status, data, memory_fd) are made under it, and
+// those take only the engine's table lock, never one held for a network
+// round (docs/architecture.md).
 //
 // Segments belong to the daemon, not to the connection: when an application
 // crashes or disconnects, its segments and their replicas stay (S3), and the
@@ -33,6 +35,7 @@
 
 #include <sys/types.h>
 
+#include <array>
 #include <atomic>
 #include <condition_variable>
 #include <list>
@@ -117,14 +120,26 @@ class Server {
   std::string events() const;
   void attach(Segment& seg);
   void detach(Segment& seg);
-  void commit_loop();
-  bool poll_commits();
+  /// A commit thread and the channels it serves. Thread: the lane's own
+  /// ("baton-commit" / "baton-commit-l"); `active` changes under `mu`.
+  struct CommitLane {
+    int event_fd = -1;              ///< its doorbell
+    std::mutex mu;
+    std::vector<Segment*> active;   ///< held segments whose channels it polls; mu
+    std::thread thread;
+  };
+  /// Segments above this size get the large lane. A snapshot copy of it
+  /// takes about a millisecond here.
+  static constexpr uint64_t kLargeSegment = 1 << 20;
+  static constexpr int kLargeLaneNice = 10;  ///< the large lane's thread runs at this nice value
+  void commit_loop(CommitLane& lane, const char* thread_name);
+  bool poll_commits(CommitLane& lane);
+  CommitLane& lane_of(const Segment& seg);
   void shutdown();
 
   Engine& engine_;
   ServerConfig config_;
   int listen_fd_ = -1;  ///< accept thread
-  int event_fd_ = -1;   ///< doorbell: applications ring it when the commit thread sleeps
   std::atomic<bool> stopping_{false};
 
   std::list<std::unique_ptr<Session>> sessions_;  ///< accept thread
@@ -134,9 +149,7 @@ class Server {
   std::unordered_map<std::string, std::unique_ptr<Segment>> segments_;  ///< registry_mu_
   uint32_t next_handle_ = 1;                                            ///< registry_mu_
 
-  std::mutex commit_mu_;
-  std::vector<Segment*> active_;  ///< held segments whose channels the commit thread polls; commit_mu_
-  std::thread commit_thread_;
+  std::array<CommitLane, 2> lanes_;  ///< [0]: segments up to kLargeSegment; [1]: larger ones
 
   struct Counters {
     std::atomic<uint64_t> accepted{0}, refused_credentials{0}, refused_limit{0}, bad_requests{0}, commits{0},

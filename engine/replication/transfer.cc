@@ -73,7 +73,8 @@ uint16_t ChunkSender::plan(uint64_t now_ns, uint32_t* out, uint16_t n) noexcept 
     out[k++] = chunk_count_ - 1;
   }
   uint32_t next = next_new_;
-  const uint32_t limit = src_.ready != nullptr ? std::min(*src_.ready, chunk_count_) : chunk_count_;
+  const uint32_t limit =
+      src_.ready != nullptr ? std::min(src_.ready->load(std::memory_order_acquire), chunk_count_) : chunk_count_;
   const uint32_t in_flight = next_new_ - acked_count_;
   uint32_t room = in_flight < tuning_.window ? tuning_.window - in_flight : 0;
   while (k < n && room > 0 && next < limit) {

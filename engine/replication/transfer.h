@@ -8,6 +8,7 @@
 // Thread: worker (both classes are owned by one worker and never shared).
 
 #include <algorithm>
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <span>
@@ -47,8 +48,10 @@ struct SendSource {
   std::span<const uint32_t> chunk_crcs;  ///< final CRC32C of each chunk's payload
   uint32_t gen_crc = 0;
   uint64_t generation = 0;
-  /// Chunks [0, *ready) may be sent (a snapshot still being taken); null: all.
-  const uint32_t* ready = nullptr;
+  /// Chunks [0, *ready) may be sent (a snapshot still being taken, perhaps
+  /// by another thread: it stores `ready` after the chunk and its CRC, with
+  /// release); null: all.
+  const std::atomic<uint32_t>* ready = nullptr;
 };
 
 struct SenderTuning {
@@ -69,7 +72,8 @@ class ChunkSender {
   /// and timeouts alone do not count.
   bool has_unsent() const noexcept {
     if (!active_ || complete_) return false;
-    const uint32_t limit = src_.ready != nullptr ? std::min(*src_.ready, chunk_count_) : chunk_count_;
+    const uint32_t limit =
+        src_.ready != nullptr ? std::min(src_.ready->load(std::memory_order_acquire), chunk_count_) : chunk_count_;
     return resending_ || next_new_ < limit;
   }
 

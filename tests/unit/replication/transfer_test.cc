@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <atomic>
 #include <random>
 #include <vector>
 
@@ -259,7 +260,7 @@ TEST(ChunkSender, ResendsTheLastChunkWhenAllAckedButNotComplete) {
 
 TEST(ChunkSender, SendsOnlyWhatTheSnapshotMadeReady) {
   Source s(8 * 1024, 1024, 4);
-  uint32_t ready = 3;
+  std::atomic<uint32_t> ready{3};
   SendSource src = s.src(1);
   src.ready = &ready;
   ChunkSender tx;
