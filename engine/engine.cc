@@ -350,10 +350,11 @@ Result<void> Engine::Impl::snapshot(Segment& seg, uint64_t generation) {
   // and, every few chunks, runs a poll iteration that sends what is ready
   // while it is still in cache. Replication thus overlaps the snapshot; the
   // call returns once the snapshot is complete (S5), and the worker carries
-  // on with the rest. A small segment is copied under the poll token (one
-  // acquisition, no wake-up); a large one without it, taking the token
-  // between batches only if nobody else is polling, so another
-  // application's commit does not wait out this copy. Copy-on-write
+  // on with the rest. The copy holds the poll token (no wake-up, chunks
+  // sent while in cache) until another caller asks for it (another
+  // application's commit): then it lets go at the next batch and copies on
+  // without it, taking it back between batches only when nobody else
+  // holds it, so that commit does not wait out this copy. Copy-on-write
   // snapshots will replace the copy (S14).
   acquire_token();
   Stage* stage = nullptr;
@@ -371,8 +372,7 @@ Result<void> Engine::Impl::snapshot(Segment& seg, uint64_t generation) {
   stage->ready.store(0, std::memory_order_relaxed);
   stage->state.store(Stage::kPosted, std::memory_order_release);
   start_replication(seg, *stage, clock_ns());
-  const bool holding = chunks <= kChunksPerPoll;
-  if (!holding) release_token();
+  bool holding = true;
   for (uint32_t i = 0; i < chunks; ++i) {
     const uint64_t off = uint64_t{i} * cs;
     const uint32_t len = wire::chunk_len(seg.size, cs, i);
@@ -383,11 +383,12 @@ Result<void> Engine::Impl::snapshot(Segment& seg, uint64_t generation) {
     if (i + 1 == chunks) stage->gen_crc = wire::generation_crc(stage->chunk_crcs);
     stage->ready.store(i + 1, std::memory_order_release);
     if (i % kChunksPerPoll != kChunksPerPoll - 1 && i + 1 != chunks) continue;
-    if (holding) {
-      poll_once(clock_ns());
-    } else if (try_acquire_token()) {
-      poll_once(clock_ns());
-      release_token();  // wakes the worker if chunks remain unsent
+    if (!holding) holding = try_acquire_token();
+    if (!holding) continue;  // the holder (the worker, or another caller) sends
+    poll_once(clock_ns());
+    if (handoff.load(std::memory_order_relaxed) > 1 && i + 1 != chunks) {
+      release_token();  // someone else waits for it: copy on without it
+      holding = false;
     }
   }
   if (holding) release_token();

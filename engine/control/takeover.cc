@@ -433,12 +433,32 @@ Result<OpenResult> Engine::Impl::open_locked(std::string_view name, uint64_t siz
   if (!config.global_dir.empty() &&
       GlobalStore::newest(config.global_dir, name, config.max_segment_size, deleted + 1))
     return load_from_global(name, newest, deleted);
-  // A record but no copy anywhere: the state existed and is lost (or its
-  // holders are cut off). Starting afresh would hide that; say it instead.
+  // A record but no copy anywhere. If every member of the newest recorded
+  // set, and the owner that wrote it, answered that it holds nothing, all
+  // replicas are gone (S11's third case: they restarted, or the segment
+  // was closed before its first commit) and the segment starts afresh.
+  // If one of them did not answer, its copy may be there: say so instead
+  // of hiding it.
+  SetRecord newest_record;
   for (const auto& a : (*q)->answers)
-    if (live_record(a, deleted))
-      return fail(Errc::kNotFound, "segment ", name, " is recorded at epoch ", std::to_string(a.record.epoch),
-                  " but no live replica or global storage holds it");
+    if (live_record(a, deleted) && a.record.newer_than(newest_record)) newest_record = a.record;
+  if (newest_record.epoch != 0) {
+    auto answered_empty = [&](uint16_t n) {
+      for (const auto& a : (*q)->answers)
+        if (a.peer == n) return a.answered && !a.found;
+      return n == config.node_id;  // this node holds nothing of it (else it would have answered found)
+    };
+    std::vector<uint16_t> must{newest_record.owner};
+    for (uint16_t n : wire::unpack_set(newest_record.set))
+      if (n != 0) must.push_back(n);
+    for (uint16_t n : must)
+      if (!answered_empty(n))
+        return fail(Errc::kNotFound, "segment ", name, " is recorded at epoch ", std::to_string(newest_record.epoch),
+                    " but no live replica or global storage holds it (node ", std::to_string(n),
+                    " of its replica set did not answer)");
+    record_event("segment " + std::string(name) + ": its owner and every replica " + set_string(must) +
+                 " answered without a copy: its state is gone; starting afresh");
+  }
   // "Nothing anywhere" is a conclusion about every node, not a quorum: a
   // quorum of nodes that restarted (and so forgot everything) would agree
   // on it while a live node that did not answer in time holds the state.

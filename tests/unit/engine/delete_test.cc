@@ -162,6 +162,22 @@ TEST(Delete, GlobalStorageForgetsTheName) {
   EXPECT_EQ(r.outcome, OpenOutcome::kCreated);
 }
 
+// S11's third case: every replica is gone (here: nothing was ever
+// committed). The record alone does not wedge the name: once its owner and
+// every member of its set answered that they hold nothing, open starts
+// fresh; while one of them is silent, it says so instead.
+TEST(Lifecycle, ARecordWithEveryReplicaGoneStartsFresh) {
+  Cluster cl(3, config(1));
+  Segment* seg = test::must(cl.node(1).create("never", 4096));
+  const auto set = replicas_of(cl.node(1), seg);
+  ASSERT_EQ(set.size(), 1u);
+  ASSERT_TRUE(eventually([&] { return cl.node(set[0]).record("never").has_value(); }));
+  ASSERT_TRUE(test::ok(cl.node(1).close(seg)));
+  auto r = test::must(cl.node(2).open("never", 4096));
+  EXPECT_EQ(r.outcome, OpenOutcome::kCreated) << cl.events();
+  EXPECT_TRUE(test::has_event(cl.node(2), "starting afresh")) << cl.events();
+}
+
 // Reclamation: a takeover leaves the new owner's own replica copy and the
 // replicas it no longer uses behind; once its set is recorded, they go.
 TEST(Reclaim, ATakeoverDropsCopiesOutsideTheNewSet) {
