@@ -429,11 +429,13 @@ Result<void> Engine::wait_replicated(Segment* segment, uint64_t generation, uint
 }
 
 Result<void> Engine::close(Segment* segment) {
-  std::lock_guard lock(impl_->control_mu);
+  const std::string name = impl_->name_of(segment);
+  if (name.empty()) return fail(Errc::kInvalidArgument, "unknown segment handle");
+  Impl::NameGuard guard(*impl_, name);
   Segment* seg;
   {
     std::lock_guard table(impl_->table_mu);
-    seg = impl_->find_handle(segment);
+    seg = impl_->find_handle(segment);  // closed meanwhile?
   }
   if (seg == nullptr) return fail(Errc::kInvalidArgument, "unknown segment handle");
   return impl_->remove_segment(seg);

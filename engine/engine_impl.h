@@ -20,6 +20,7 @@
 #include <deque>
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <functional>
 #include <mutex>
 #include <memory>
@@ -92,9 +93,9 @@ struct baton::Segment {
   LocalStorage mem;                     ///< the application's memory
   std::array<Stage, 2> stages;          ///< double-buffered snapshots
   /// Serialises the application's calls on this segment (commit, restore,
-  /// removal), so that a commit needs neither control_mu nor, while it
-  /// copies a large segment, the poll token. Lock order: control_mu,
-  /// table_mu, then this, then the poll token.
+  /// removal), so that a commit needs neither another segment's lock nor,
+  /// while it copies a large segment, the poll token. Lock order: a busy
+  /// name (NameGuard), table_mu, then this, then the poll token.
   std::mutex mu;
   std::atomic<uint64_t> committed{0};   ///< last generation handed out (written under mu)
   std::atomic<uint64_t> epoch{1};
@@ -350,21 +351,50 @@ struct Engine::Impl {
   std::atomic<bool> parked{false};
 
   // Control side.
-  /// Serialises ownership changes (create, open, load, reopen, close,
-  /// remove), which may wait on network rounds for seconds. A commit or a
-  /// wait never takes it: they find their segment under table_mu.
-  mutable std::mutex control_mu;
-  /// The segment table, held only briefly: written with control_mu held
-  /// too, read by any call that looks up a handle.
+  /// The segment table, held only briefly (a lookup, an insertion), by any
+  /// thread.
   mutable std::mutex table_mu;
   std::unordered_map<std::string, std::unique_ptr<Segment>> segments;  ///< table_mu
   std::unordered_set<Segment*> handles;  ///< the live handles: checked on every call, O(1); table_mu
+  /// Names with an ownership change in progress (create, open, load,
+  /// reopen, close, remove), which may wait on network rounds for seconds:
+  /// changes of one name take turns (NameGuard); of different names, and
+  /// commits and waits, they run at once. table_mu.
+  std::unordered_set<std::string> busy_names;
+  std::condition_variable names_cv;  ///< a name stopped being busy
+  /// Holds `name` busy for its scope. Thread: control.
+  class NameGuard {
+   public:
+    NameGuard(Impl& impl, std::string_view name) : impl_(impl), name_(name) {
+      std::unique_lock lock(impl_.table_mu);
+      impl_.names_cv.wait(lock, [&] { return impl_.busy_names.count(name_) == 0; });
+      impl_.busy_names.insert(name_);
+    }
+    ~NameGuard() {
+      {
+        std::lock_guard lock(impl_.table_mu);
+        impl_.busy_names.erase(name_);
+      }
+      impl_.names_cv.notify_all();
+    }
+    NameGuard(const NameGuard&) = delete;
+    NameGuard& operator=(const NameGuard&) = delete;
+
+   private:
+    Impl& impl_;
+    std::string name_;
+  };
+  /// The name of a live handle ("" if unknown). Thread: any.
+  std::string name_of(Segment* seg) {
+    std::lock_guard lock(table_mu);
+    return find_handle(seg) != nullptr ? seg->name : std::string();
+  }
   /// Claims this node won at a majority but did not turn into ownership (a
   /// fetch failed, the set's majority said no): segment id -> epoch. The
   /// next load claims that epoch again instead of one above it, so failed
   /// attempts do not raise epochs without bound. Safe: the replicas that
   /// granted it refuse every other claimant of it, and no data was written
-  /// under it. Lost on restart (the next claim goes one higher). Control side.
+  /// under it. Lost on restart (the next claim goes one higher). table_mu.
   std::unordered_map<uint64_t, uint64_t> unused_claims;
 
   // Worker side.
@@ -461,7 +491,7 @@ struct Engine::Impl {
   void await(Op& op) { poll_until([&op] { return op.finished(); }, UINT64_MAX); }
   Result<std::unique_ptr<QueryOp>> query(std::string_view name);
   Result<OpenResult> load_from(const QueryOp& q, std::string_view name);
-  /// Engine::remove with control_mu held. Thread: control.
+  /// Engine::remove with the name held busy. Thread: control.
   Result<void> remove_locked(std::string_view name);
   /// Writes a tombstone for `name` at `epoch` to every node; kUnavailable
   /// unless a quorum and a majority of `set` stored it, kBusy if a newer
@@ -470,7 +500,7 @@ struct Engine::Impl {
   /// Sends the newest tombstone a query found to the nodes that answered
   /// with an older copy or record (they missed the delete). Thread: control.
   void repair_tombstone(const QueryOp& q);
-  /// Engine::open / Engine::load with control_mu held. A local segment of
+  /// Engine::open / Engine::load with the name held busy. A local segment of
   /// that name that is fenced is forgotten first (the cluster has newer
   /// state); a live one is kExists. Thread: control.
   Result<OpenResult> open_locked(std::string_view name, uint64_t size, bool load_only, bool again = false);

@@ -2,7 +2,7 @@
 // control/tombstones.cc for the poll-loop side and docs/architecture.md,
 // "Deletion and reclamation").
 //
-// Thread: control (an API caller), with control_mu held.
+// Thread: control (an API caller), holding the name busy (NameGuard).
 
 #include <algorithm>
 
@@ -13,15 +13,20 @@ namespace baton {
 
 Result<void> Engine::remove(std::string_view name) {
   if (auto ok = check_name(name); !ok) return tl::unexpected(ok.error());
-  std::lock_guard lock(impl_->control_mu);
+  Impl::NameGuard guard(*impl_, name);
   return impl_->remove_locked(name);
 }
 
 Result<void> Engine::Impl::remove_locked(std::string_view name) {
-  if (auto it = segments.find(std::string(name)); it != segments.end()) {
-    if (!it->second->fenced.load())
+  Segment* local = nullptr;
+  {
+    std::lock_guard table(table_mu);
+    if (auto it = segments.find(std::string(name)); it != segments.end()) local = it->second.get();
+  }
+  if (local != nullptr) {
+    if (!local->fenced.load())
       return fail(Errc::kBusy, "segment ", name, " is open on this node; close it before deleting it");
-    if (auto ok = remove_segment(it->second.get()); !ok) return ok;  // superseded: nothing of ours
+    if (auto ok = remove_segment(local); !ok) return ok;  // superseded: nothing of ours
   }
   if (auto ok = require_quorum("delete a segment"); !ok) return tl::unexpected(ok.error());
   auto q = query(name);

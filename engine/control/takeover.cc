@@ -3,7 +3,7 @@
 // reopen after an application restart. The control side: these calls ask
 // peers through query and claim rounds the poll loop drives, and block.
 //
-// Thread: control (an API caller), with control_mu held.
+// Thread: control (an API caller), holding the name busy (NameGuard).
 
 #include <algorithm>
 #include <cstring>
@@ -87,8 +87,11 @@ Result<Segment*> Engine::create(std::string_view name, uint64_t size) {
   if (auto ok = check_name(name); !ok) return tl::unexpected(ok.error());
   if (size == 0 || size > impl_->config.max_segment_size)
     return fail(Errc::kInvalidArgument, "size must be 1..", std::to_string(impl_->config.max_segment_size));
-  std::lock_guard lock(impl_->control_mu);
-  if (impl_->segments.count(std::string(name)) != 0) return fail(Errc::kExists, "segment ", name, " is open here");
+  Impl::NameGuard guard(*impl_, name);
+  {
+    std::lock_guard table(impl_->table_mu);
+    if (impl_->segments.count(std::string(name)) != 0) return fail(Errc::kExists, "segment ", name, " is open here");
+  }
   if (auto ok = impl_->require_quorum("create a segment"); !ok) return tl::unexpected(ok.error());
   auto q = impl_->query(name);
   if (!q) return tl::unexpected(q.error());
@@ -217,7 +220,11 @@ Result<OpenResult> Engine::Impl::load_from(const QueryOp& q, std::string_view na
   // Claim one above the newest epoch seen, or the newest itself if this
   // node won it before without taking ownership (see unused_claims).
   uint64_t claim_epoch = max_epoch + 1;
-  if (auto it = unused_claims.find(q.id); it != unused_claims.end() && it->second == max_epoch) claim_epoch = max_epoch;
+  {
+    std::lock_guard table(table_mu);
+    if (auto it = unused_claims.find(q.id); it != unused_claims.end() && it->second == max_epoch)
+      claim_epoch = max_epoch;
+  }
   const uint64_t deleted = deleted_at(q);
   std::vector<uint16_t> holders, stale;
   SetRecord record;  // the newest record of the replica set any node holds
@@ -257,7 +264,10 @@ Result<OpenResult> Engine::Impl::load_from(const QueryOp& q, std::string_view na
     claim_epoch = std::max(claim_epoch, refused + 1);
   }
   // Until ownership is taken at it, this epoch is an unused claim of ours.
-  unused_claims[q.id] = c->epoch;
+  {
+    std::lock_guard table(table_mu);
+    unused_claims[q.id] = c->epoch;
+  }
   const ClaimAnswer* best = nullptr;
   for (const auto& a : c->answers)
     if (a.granted && a.generation > 0 && a.data_epoch > deleted &&
@@ -365,7 +375,10 @@ Result<OpenResult> Engine::Impl::load_from(const QueryOp& q, std::string_view na
     }
     auto seg = make_segment(name, a->total_len, &*dest, c->epoch, got, keep, stale);
     if (!seg) return tl::unexpected(seg.error());
-    unused_claims.erase(q.id);
+    {
+      std::lock_guard table(table_mu);
+      unused_claims.erase(q.id);
+    }
     record_event("segment " + std::string(name) + ": ownership taken at epoch " + std::to_string(c->epoch) + " (" +
                  std::to_string(accepted) + " of " + std::to_string(set.size()) + " replicas of " +
                  set_string(set) + " accepted); generation " + std::to_string(got) + " loaded from " +
@@ -395,7 +408,7 @@ Result<OpenResult> Engine::Impl::load_from_global(std::string_view name, uint64_
 
 Result<OpenResult> Engine::load(std::string_view name) {
   if (auto ok = check_name(name); !ok) return tl::unexpected(ok.error());
-  std::lock_guard lock(impl_->control_mu);
+  Impl::NameGuard guard(*impl_, name);
   return impl_->open_locked(name, 0, true);
 }
 
@@ -403,15 +416,20 @@ Result<OpenResult> Engine::open(std::string_view name, uint64_t size) {
   if (auto ok = check_name(name); !ok) return tl::unexpected(ok.error());
   if (size == 0 || size > impl_->config.max_segment_size)
     return fail(Errc::kInvalidArgument, "size must be 1..", std::to_string(impl_->config.max_segment_size));
-  std::lock_guard lock(impl_->control_mu);
+  Impl::NameGuard guard(*impl_, name);
   return impl_->open_locked(name, size, false);
 }
 
 Result<OpenResult> Engine::Impl::open_locked(std::string_view name, uint64_t size, bool load_only, bool again) {
-  if (auto it = segments.find(std::string(name)); it != segments.end()) {
-    if (!it->second->fenced.load()) return fail(Errc::kExists, "segment ", name, " is open here");
+  Segment* local = nullptr;
+  {
+    std::lock_guard table(table_mu);
+    if (auto it = segments.find(std::string(name)); it != segments.end()) local = it->second.get();
+  }
+  if (local != nullptr) {
+    if (!local->fenced.load()) return fail(Errc::kExists, "segment ", name, " is open here");
     // Superseded here: its memory holds a history the cluster moved past.
-    if (auto ok = remove_segment(it->second.get()); !ok) return tl::unexpected(ok.error());
+    if (auto ok = remove_segment(local); !ok) return tl::unexpected(ok.error());
   }
   if (auto ok = require_quorum(load_only ? "take ownership" : "open a segment"); !ok)
     return tl::unexpected(ok.error());
@@ -492,8 +510,14 @@ Result<OpenResult> Engine::Impl::open_locked(std::string_view name, uint64_t siz
 }
 
 Result<OpenResult> Engine::reopen(Segment* segment) {
-  std::lock_guard lock(impl_->control_mu);
-  Segment* seg = impl_->find_handle(segment);
+  const std::string name = impl_->name_of(segment);
+  if (name.empty()) return fail(Errc::kInvalidArgument, "unknown segment handle");
+  Impl::NameGuard guard(*impl_, name);
+  Segment* seg;
+  {
+    std::lock_guard table(impl_->table_mu);
+    seg = impl_->find_handle(segment);  // closed meanwhile?
+  }
   if (seg == nullptr) return fail(Errc::kInvalidArgument, "unknown segment handle");
   if (!seg->fenced.load()) {
     // While the application was gone the node may have been cut off (or

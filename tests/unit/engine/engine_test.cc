@@ -3,7 +3,9 @@
 
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <chrono>
+#include <thread>
 
 #include "../../common/cluster.h"
 #include "../../common/ok.h"
@@ -254,6 +256,37 @@ TEST(Engine, RejectsBadArguments) {
   EngineConfig pinned;
   pinned.worker_cpu = 0;
   EXPECT_TRUE(Engine::start(pinned, {}));
+}
+
+}  // namespace
+}  // namespace baton
+
+namespace baton {
+namespace {
+
+// Applications on one node do not wait for each other's ownership changes:
+// an open that waits on the network (its peers cut off, it waits for
+// answers) holds only its own name; another segment's commits, and an open
+// of a third name... here the commits, go on meanwhile. (Before, every API
+// call took one engine-wide lock.)
+TEST(Concurrency, CommitsDoNotWaitForAnOpenOfAnotherName) {
+  EngineConfig c = test::fast_detector();
+  c.query_timeout_ms = 1000;  // the blocked open gives up after 5 x this
+  c.replication_factor = 1;
+  test::Cluster cl(3, c);
+  Segment* a = test::must(cl.node(1).create("busy-a", 4096));
+  cl.isolate(1, true);
+  std::atomic<bool> open_returned{false};
+  std::thread opener([&] {
+    (void)cl.node(1).open("busy-b", 4096);  // fails once it gives up: no quorum answers
+    open_returned.store(true);
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));  // let it start waiting
+  for (int i = 0; i < 50; ++i) ASSERT_TRUE(test::ok(cl.node(1).commit(a)));
+  EXPECT_TRUE(test::ok(cl.node(1).status(a)));
+  EXPECT_FALSE(open_returned.load()) << "the commits waited for the open of another name";
+  cl.isolate(1, false);
+  opener.join();
 }
 
 }  // namespace
