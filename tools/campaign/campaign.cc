@@ -9,10 +9,13 @@
 // generation in shared memory before going on. At a random moment one fault
 // strikes: SIGKILL the owner blade's batond and the writer (sometimes
 // 0-400 us into a commit), only the writer, a replica blade, or the writer
-// with an agent moving the segment to another blade (baton_load). Killed
-// blades restart empty (a new incarnation). A restore that returns an older
-// generation than the last durable one is LOST; bytes that are not that
-// generation's content are TORN; no restore within the deadline is FAILED.
+// with an agent moving the segment to another blade (baton_load); or no
+// fault: the writer exits cleanly, deleting the segment (baton_delete), and
+// the next start must be a fresh one. Killed blades restart empty (a new
+// incarnation). A restore that returns an older generation than the last
+// durable one is LOST; bytes that are not that generation's content are
+// TORN; no restore within the deadline is FAILED; a restore after a
+// delete returned is RESURRECTED.
 //
 //   baton-campaign [--cycles 30] [--transport memif|af_packet] [--blades 4]
 //                  [--size BYTES] [--seed S] [--dir D]
@@ -55,8 +58,13 @@ struct Shared {
   std::atomic<uint64_t> durable;        ///< newest generation acknowledged durable
   std::atomic<int> committing;          ///< inside baton_commit
   std::atomic<uint64_t> commits;
+  std::atomic<int> deleted;             ///< after a clean exit: 1 deleted, -1 the delete failed
   char error[256];
 };
+
+// SIGUSR1 to the writer: exit cleanly (unregister, delete, exit).
+volatile sig_atomic_t exit_requested = 0;
+void on_exit_request(int) { exit_requested = 1; }
 
 uint64_t word(uint64_t gen, uint64_t i) {
   uint64_t x = gen * 0x9E3779B97F4A7C15ull ^ (i + 1) * 0xBF58476D1CE4E5B9ull;
@@ -105,6 +113,13 @@ bool holds(const void* p, uint64_t size, uint64_t gen) {
   sh->restored_ok = holds(baton_segment_data(seg), size, restored ? gen : 0) ? 1 : 0;
   sh->state = 1;
   for (uint64_t g = restored ? gen : 0;;) {
+    if (exit_requested) {  // a clean exit: "start fresh next time" (S11)
+      baton_unregister(seg);
+      const int d = baton_delete(b, name);
+      if (d != 0) std::snprintf(sh->error, sizeof sh->error, "delete: %s", baton_last_error());
+      sh->deleted = d == 0 ? 1 : -1;
+      _exit(0);
+    }
     fill(baton_segment_data(seg), size, g + 1);
     sh->committing = 1;
     rc = baton_commit(seg, &g);
@@ -122,7 +137,7 @@ bool holds(const void* p, uint64_t size, uint64_t gen) {
 }
 
 struct Result {
-  int cycles = 0, lost = 0, torn = 0, failed = 0;
+  int cycles = 0, lost = 0, torn = 0, failed = 0, resurrected = 0, deletes = 0, failed_deletes = 0;
   std::vector<double> restore_ms;
 };
 
@@ -186,6 +201,7 @@ int main(int argc, char** argv) {
   auto socket_of = [&](int blade) { return cc.dir + "/blade" + std::to_string(blade) + ".sock"; };
   Result r;
   uint64_t durable = 0;  // what the application was told, across cycles
+  bool expect_fresh = false;  // the last cycle ended in a delete that returned
   int blade = 1;
   struct sigaction sa {};
   sa.sa_handler = on_stop;
@@ -197,6 +213,7 @@ int main(int argc, char** argv) {
     if (w == 0) {
       signal(SIGINT, SIG_DFL);
       signal(SIGTERM, SIG_DFL);
+      signal(SIGUSR1, on_exit_request);
       writer(sh, socket_of(blade), name, size);
     }
     while (sh->state == 0) std::this_thread::sleep_for(std::chrono::milliseconds(1));
@@ -207,7 +224,10 @@ int main(int argc, char** argv) {
       verdict = "FAILED";
     } else {
       r.restore_ms.push_back(sh->restore_us / 1000.0);
-      if (sh->restored < durable) {
+      if (expect_fresh && sh->restored != 0) {
+        ++r.resurrected;
+        verdict = "RESURRECTED";
+      } else if (sh->restored < durable) {
         ++r.lost;
         verdict = "LOST";
       } else if (!sh->restored_ok) {
@@ -226,7 +246,8 @@ int main(int argc, char** argv) {
     }
     // Let it write for a while, then strike.
     std::this_thread::sleep_for(std::chrono::milliseconds(50 + rng() % 400));
-    const int fault = static_cast<int>(rng() % 4);
+    expect_fresh = false;
+    const int fault = static_cast<int>(rng() % 5);
     int next = blade;
     std::vector<int> killed;
     if (fault == 0) {  // the owner blade and its application
@@ -250,6 +271,20 @@ int main(int argc, char** argv) {
       killed.push_back(victim);
       std::this_thread::sleep_for(std::chrono::milliseconds(100 + rng() % 300));
       kill(w, SIGKILL);
+    } else if (fault == 4) {  // no fault: the application exits cleanly and deletes its segment
+      kill(w, SIGUSR1);
+      waitpid(w, nullptr, 0);
+      if (sh->deleted == 1) {
+        ++r.deletes;
+        expect_fresh = true;
+      } else {
+        ++r.failed_deletes;
+        std::printf("           clean exit: %s\n", sh->deleted == -1 ? sh->error : "the writer did not get to delete");
+      }
+      // Deleted (or perhaps deleted: a failed delete may have reached some
+      // nodes): nothing before it need be restored.
+      durable = 0;
+      sh->durable = 0;
     } else {  // the application dies; an agent moves the segment elsewhere
       kill(w, SIGKILL);
       next = 1 + static_cast<int>(rng() % (blades - 1));
@@ -265,7 +300,7 @@ int main(int argc, char** argv) {
       }
       if (agent != nullptr) baton_stop(agent);
     }
-    waitpid(w, nullptr, 0);
+    if (fault != 4) waitpid(w, nullptr, 0);
     durable = std::max(durable, sh->durable.load());
     for (int k : killed) {  // a new, empty incarnation
       for (int i = 0; i < 200 && pid_of(k) > 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(5));
@@ -275,8 +310,9 @@ int main(int argc, char** argv) {
     blade = next;
   }
   (void)baton::ctl::chassis_down(cc.dir);
-  std::printf("campaign: %d cycles over %s: %d lost, %d torn, %d failed restores; restore p50 %.2f ms, p99 %.2f ms\n",
-              r.cycles, cc.transport.c_str(), r.lost, r.torn, r.failed, pct(r.restore_ms, 0.5),
-              pct(r.restore_ms, 0.99));
-  return r.lost + r.torn + r.failed == 0 ? 0 : 1;
+  std::printf("campaign: %d cycles over %s: %d lost, %d torn, %d failed restores, %d resurrected after a delete "
+              "(%d deletes, %d failed); restore p50 %.2f ms, p99 %.2f ms\n",
+              r.cycles, cc.transport.c_str(), r.lost, r.torn, r.failed, r.resurrected, r.deletes, r.failed_deletes,
+              pct(r.restore_ms, 0.5), pct(r.restore_ms, 0.99));
+  return r.lost + r.torn + r.failed + r.resurrected == 0 ? 0 : 1;
 }
