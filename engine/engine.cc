@@ -333,7 +333,7 @@ int Engine::memory_fd(Segment* segment) const noexcept {
   return seg == nullptr ? -1 : seg->mem.fd();
 }
 
-Result<uint64_t> Engine::commit(Segment* segment) {
+Result<uint64_t> Engine::commit(Segment* segment, CommitOptions options) {
   // Only this segment's mutex is held while it is copied: another
   // application's commit, or an open waiting on the network, goes on.
   Segment* seg = segment;
@@ -341,11 +341,11 @@ Result<uint64_t> Engine::commit(Segment* segment) {
   if (seg == nullptr) return fail(Errc::kInvalidArgument, "unknown segment handle");
   if (seg->fenced.load()) return fail(Errc::kFenced, "segment ", seg->name, " moved to a newer owner");
   const uint64_t generation = seg->committed.load() + 1;
-  if (auto ok = impl_->snapshot(*seg, generation); !ok) return tl::unexpected(ok.error());
+  if (auto ok = impl_->snapshot(*seg, generation, options.share); !ok) return tl::unexpected(ok.error());
   return generation;
 }
 
-Result<void> Engine::Impl::snapshot(Segment& seg, uint64_t generation) {
+Result<void> Engine::Impl::snapshot(Segment& seg, uint64_t generation, bool share) {
   // The caller acts as the transfer processor: it snapshots chunk by chunk
   // and, every few chunks, runs a poll iteration that sends what is ready
   // while it is still in cache. Replication thus overlaps the snapshot; the
@@ -354,8 +354,10 @@ Result<void> Engine::Impl::snapshot(Segment& seg, uint64_t generation) {
   // sent while in cache) until another caller asks for it (another
   // application's commit): then it lets go at the next batch and copies on
   // without it, taking it back between batches only when nobody else
-  // holds it, so that commit does not wait out this copy. Copy-on-write
-  // snapshots will replace the copy (S14).
+  // holds it, so that commit does not wait out this copy. With `share`
+  // it lets go after every batch: a copy preempted while holding the token
+  // would hold up everyone (CommitOptions). Copy-on-write snapshots will
+  // replace the copy (S14).
   acquire_token();
   Stage* stage = nullptr;
   for (auto& s : seg.stages)
@@ -386,7 +388,7 @@ Result<void> Engine::Impl::snapshot(Segment& seg, uint64_t generation) {
     if (!holding) holding = try_acquire_token();
     if (!holding) continue;  // the holder (the worker, or another caller) sends
     poll_once(clock_ns());
-    if (handoff.load(std::memory_order_relaxed) > 1 && i + 1 != chunks) {
+    if ((share || handoff.load(std::memory_order_relaxed) > 1) && i + 1 != chunks) {
       release_token();  // someone else waits for it: copy on without it
       holding = false;
     }

@@ -531,7 +531,7 @@ struct Engine::Impl {
                                 std::vector<uint16_t> stale = {});
   /// Snapshots `seg` as `generation` and starts replicating it; the caller
   /// holds seg.mu. Thread: control.
-  Result<void> snapshot(Segment& seg, uint64_t generation);
+  Result<void> snapshot(Segment& seg, uint64_t generation, bool share = false);
   /// `seg` if it is a live handle, else null. The caller holds table_mu.
   Segment* find_handle(Segment* seg);
   /// Looks `seg` up and locks its mutex (null, unlocked, if unknown).

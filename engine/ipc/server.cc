@@ -656,7 +656,9 @@ bool Server::poll_commits(CommitLane& lane) {
     if (req == seg->seen) continue;
     busy = true;
     seg->seen = req;
-    auto g = engine_.commit(seg->handle);
+    // The large lane shares the engine: its copies never hold up a small
+    // commit, even when preempted (CommitOptions::share).
+    auto g = engine_.commit(seg->handle, CommitOptions{.share = &lane == &lanes_[1]});
     ch.status.store(g ? 0 : -static_cast<int32_t>(g.error().code), std::memory_order_relaxed);
     if (g) ch.generation.store(*g, std::memory_order_relaxed);
     ch.done.store(req, std::memory_order_release);

@@ -113,6 +113,17 @@ struct Event {
 /// engine's destruction.
 struct Segment;
 
+/// How a commit shares the engine with other callers.
+struct CommitOptions {
+  /// A snapshot of more than a few chunks is copied holding the engine's
+  /// poll loop (chunks go out while in cache; fastest for one application)
+  /// until another caller asks for it. `share`: copy without holding it,
+  /// taking it between batches only when it is free: for a process where
+  /// other applications commit meanwhile (batond's large-segment thread),
+  /// so that none waits behind a copy the scheduler preempted.
+  bool share = false;
+};
+
 enum class OpenOutcome : uint8_t {
   kCreated,   ///< nothing existed anywhere: fresh zeroed segment (first run)
   kRestored,  ///< loaded from a replica: the application resumes
@@ -225,7 +236,7 @@ class Engine {
   /// Takes a snapshot and replicates it as a new generation (S5). Returns
   /// the generation once the snapshot is taken; replication goes on.
   /// Errors: kInvalidArgument (unknown handle), kFenced (a newer owner exists).
-  Result<uint64_t> commit(Segment* segment);
+  Result<uint64_t> commit(Segment* segment, CommitOptions options = {});
 
   /// Waits until at least `k` replicas hold `generation` (or newer) under
   /// the current owner epoch; k = kDurable waits for a majority of the
