@@ -79,6 +79,7 @@ struct App {
   std::map<uint64_t, uint64_t> committed_at;         ///< generation -> when it was last committed
   std::set<uint64_t> deleted_content;                ///< hashes of every commit before a successful delete
   uint64_t deleted_at = 0;                           ///< when the last successful delete returned (0: never)
+  uint64_t delete_tried_at = 0;                      ///< when the last delete that failed returned (0: never)
 };
 
 class World {
@@ -380,6 +381,14 @@ class World {
     // set held it at some moment since the commit. Each of them still holds
     // it, or was killed since (unnoticed yet, perhaps). Asked again later,
     // the answer is the same (it was durable once): checked the first time.
+    // A generation committed before a delete that failed part-way is
+    // covered by it: the delete may have dropped its copies, which an owner
+    // cut off from the deleter cannot know (its acknowledgement rests on
+    // acks from before). Not protected, nor checked.
+    if (auto c = a.committed_at.find(g); c != a.committed_at.end() && c->second <= a.delete_tried_at) {
+      note("  (generation " + std::to_string(g) + " was committed before a delete that may have removed it)");
+      return;
+    }
     if (g > a.durable) {
       // A majority of the replication factor, or of the peers the owner's
       // failure detector holds alive when fewer are (the engine degrades).
@@ -545,6 +554,7 @@ class World {
     if (r.error().code != Errc::kNotFound && r.error().code != Errc::kInvalidArgument) {
       a.durable = 0;
       a.durable_hash = 0;
+      a.delete_tried_at = now_;
     }
   }
 
