@@ -534,6 +534,11 @@ struct Engine::Impl {
   Result<void> snapshot(Segment& seg, uint64_t generation, bool share = false);
   /// `seg` if it is a live handle, else null. The caller holds table_mu.
   Segment* find_handle(Segment* seg);
+  /// find_handle() under table_mu. Thread: any.
+  Segment* lookup(Segment* seg) {
+    std::lock_guard lock(table_mu);
+    return find_handle(seg);
+  }
   /// Looks `seg` up and locks its mutex (null, unlocked, if unknown).
   std::unique_lock<std::mutex> lock_handle(Segment*& seg);
   /// A new, empty segment (S1), owned here once its replica set is recorded
@@ -579,6 +584,8 @@ struct Engine::Impl {
   /// replica copy, fences a local owner. Thread: token holder.
   uint64_t apply_tombstone(uint64_t seg_id, uint64_t epoch, uint16_t owner) noexcept;
   void send_tombstone(TombstoneOp& t, uint64_t now) noexcept;
+  /// Sends `peer` the tombstone of segment `id` at `epoch`. Thread: token holder.
+  void send_tombstone_to(uint16_t peer, uint64_t id, std::string_view name, uint64_t epoch) noexcept;
   /// SET_RECORD with kFlagDeleted: a tombstone, or (with kFlagComplete)
   /// the answer to ours. Thread: token holder.
   void on_tombstone(Link& link, const wire::Frame& f) noexcept;

@@ -559,20 +559,18 @@ void Engine::Impl::on_ack(const wire::Frame& f, uint64_t now) noexcept {
 void Engine::Impl::on_error(const wire::Frame& f) noexcept {
   switch (static_cast<wire::ErrorCode>(f.code)) {
     case wire::ErrorCode::kStaleEpoch: {
-      for (TombstoneOp* t : tombstones)
-        if (t->id == f.seg_id)
-          for (auto& a : t->answers)
-            if (a.peer == f.src && !a.answered) {
-              a.answered = true;
-              a.refused_epoch = f.epoch;
-            }
-      for (ClaimOp* c : claims)
-        if (c->id == f.seg_id)
-          for (auto& a : c->answers)
-            if (a.peer == f.src && !a.answered) {
-              a.answered = true;
-              a.refused_epoch = f.epoch;
-            }
+      // A claim or a tombstone refused: that peer holds a newer epoch.
+      auto refused = [&f](auto& rounds) {
+        for (auto* op : rounds)
+          if (op->id == f.seg_id)
+            for (auto& a : op->answers)
+              if (a.peer == f.src && !a.answered) {
+                a.answered = true;
+                a.refused_epoch = f.epoch;
+              }
+      };
+      refused(tombstones);
+      refused(claims);
       auto it = owned.find(f.seg_id);
       if (it != owned.end() && f.epoch > it->second->epoch.load()) fence(*it->second);
       // Our own epoch refused: that node holds another owner's record of it

@@ -133,20 +133,9 @@ void Engine::Impl::repair_tombstone(const QueryOp& q) {
         (void)apply_tombstone(id, tomb.epoch, tomb.owner);
         continue;
       }
-      Link* l = link_to(n);
-      if (l == nullptr) continue;
       // The tombstone as its writer sent it: the receiver stores it (or
       // refuses it for a newer epoch) exactly as it would have then.
-      wire::Frame f;
-      f.type = wire::MsgType::kSetRecord;
-      f.flags = wire::kFlagDeleted;
-      f.src = config.node_id;
-      f.dst = n;
-      f.seg_id = id;
-      f.name = name;
-      f.epoch = tomb.epoch;
-      f.generation = 1;
-      send_control(*l, f);
+      send_tombstone_to(n, id, name, tomb.epoch);
     }
   });
 }

@@ -513,11 +513,7 @@ Result<OpenResult> Engine::reopen(Segment* segment) {
   const std::string name = impl_->name_of(segment);
   if (name.empty()) return fail(Errc::kInvalidArgument, "unknown segment handle");
   Impl::NameGuard guard(*impl_, name);
-  Segment* seg;
-  {
-    std::lock_guard table(impl_->table_mu);
-    seg = impl_->find_handle(segment);  // closed meanwhile?
-  }
+  Segment* seg = impl_->lookup(segment);  // closed meanwhile?
   if (seg == nullptr) return fail(Errc::kInvalidArgument, "unknown segment handle");
   if (!seg->fenced.load()) {
     // While the application was gone the node may have been cut off (or

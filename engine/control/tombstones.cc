@@ -82,19 +82,23 @@ void Engine::Impl::send_tombstone(TombstoneOp& t, uint64_t now) noexcept {
   for (auto& a : t.answers) {
     if (a.answered || a.peer == config.node_id || unreachable(a.peer)) continue;
     a.asked = true;
-    Link* l = link_to(a.peer);
-    if (l == nullptr) continue;
-    wire::Frame f;
-    f.type = wire::MsgType::kSetRecord;
-    f.flags = wire::kFlagDeleted;
-    f.src = config.node_id;
-    f.dst = a.peer;
-    f.seg_id = t.id;
-    f.name = t.name;
-    f.epoch = t.epoch;
-    f.generation = 1;
-    send_control(*l, f);
+    send_tombstone_to(a.peer, t.id, t.name, t.epoch);
   }
+}
+
+void Engine::Impl::send_tombstone_to(uint16_t peer, uint64_t id, std::string_view name, uint64_t epoch) noexcept {
+  Link* l = link_to(peer);
+  if (l == nullptr) return;
+  wire::Frame f;
+  f.type = wire::MsgType::kSetRecord;
+  f.flags = wire::kFlagDeleted;
+  f.src = config.node_id;
+  f.dst = peer;
+  f.seg_id = id;
+  f.name = name;
+  f.epoch = epoch;
+  f.generation = 1;  // a tombstone has one version
+  send_control(*l, f);
 }
 
 void Engine::Impl::on_tombstone(Link& link, const wire::Frame& f) noexcept {
