@@ -262,6 +262,16 @@ Result<OpenResult> Engine::Impl::load_from(const QueryOp& q, std::string_view na
     // or failed claim): claim above it, a few times at most.
     if (refused == 0 || attempt == 2) break;
     claim_epoch = std::max(claim_epoch, refused + 1);
+    // Two loads of one name at once refuse each other at each epoch and,
+    // retrying in step, would collide at every one after it too (dueling
+    // proposers). Each waits a while of its own first, as Paxos proposers
+    // and Raft candidates do: one claims alone and wins.
+    uint64_t h = (uint64_t{config.node_id} << 32) ^ incarnation ^ (uint64_t(attempt) * 0x9e3779b97f4a7c15ull);
+    h = (h ^ (h >> 30)) * 0xbf58476d1ce4e5b9ull;
+    h = (h ^ (h >> 27)) * 0x94d049bb133111ebull;
+    h ^= h >> 31;
+    const uint64_t backoff = 1'000'000 + h % std::max<uint64_t>(1, round_timeout_ns() / 4);
+    poll_until([] { return false; }, clock_ns() + backoff);
   }
   // Until ownership is taken at it, this epoch is an unused claim of ours.
   {

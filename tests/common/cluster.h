@@ -34,8 +34,12 @@ inline void fill_pattern(std::span<std::byte> s, uint32_t seed) {
 /// that), so every detector here waits at least this long.
 #if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
 inline constexpr uint32_t kMinFailureTimeoutUs = 400'000;
+/// How much longer a test waits for network rounds (query_timeout_ms) in
+/// a sanitizer build, where seven engines on two cores stall for a second.
+inline constexpr uint32_t kSanitizerPatience = 4;
 #else
 inline constexpr uint32_t kMinFailureTimeoutUs = 200'000;
+inline constexpr uint32_t kSanitizerPatience = 1;
 #endif
 
 struct Cluster {

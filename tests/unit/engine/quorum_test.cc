@@ -27,7 +27,7 @@ bool sees_only(Engine& e, std::vector<uint16_t> members) { return e.view().membe
 
 TEST(Quorum, MinorityMakesNoOwnershipOrPlacementChange) {
   EngineConfig c = fast_detector();
-  c.query_timeout_ms = 300;
+  c.query_timeout_ms = 300 * test::kSanitizerPatience;
   Cluster cl(3, c);  // RF 1: one replica, one spare
   auto seg = test::must(cl.node(1).create("minority", 64 * 1024));
   auto mem = cl.node(1).data(seg);
@@ -75,7 +75,7 @@ TEST(Quorum, MinorityMakesNoOwnershipOrPlacementChange) {
 
 TEST(Quorum, ALoadInAMinorityIsRefusedAndLeavesEpochsAlone) {
   EngineConfig c = fast_detector();
-  c.query_timeout_ms = 300;
+  c.query_timeout_ms = 300 * test::kSanitizerPatience;
   c.replication_factor = 2;
   Cluster cl(3, c);
   auto seg = test::must(cl.node(1).create("stay", 4096));
@@ -123,7 +123,7 @@ TEST(Quorum, DurableNeedsAMajorityOfTheReplicaSet) {
 // set is mostly out of its reach: the set's own majority decides.
 TEST(Quorum, OwnershipMovesOnlyWithAMajorityOfTheReplicaSet) {
   EngineConfig c = fast_detector();
-  c.query_timeout_ms = 300;
+  c.query_timeout_ms = 300 * test::kSanitizerPatience;
   c.replication_factor = 3;
   Cluster cl(7, c);
   auto seg = test::must(cl.node(1).create("set", 128 * 1024));
@@ -167,7 +167,7 @@ TEST(Quorum, OwnershipMovesOnlyWithAMajorityOfTheReplicaSet) {
 
 TEST(Quorum, TwoClaimantsOfOneEpochCannotBothWin) {
   EngineConfig c = fast_detector();
-  c.query_timeout_ms = 300;
+  c.query_timeout_ms = 300 * test::kSanitizerPatience;
   c.replication_factor = 3;
   Cluster cl(5, c);
   auto seg = test::must(cl.node(1).create("race", 8192));
@@ -211,7 +211,7 @@ TEST(Quorum, TwoClaimantsOfOneEpochCannotBothWin) {
 // epoch: exactly one create succeeds, the other says the name exists.
 TEST(Quorum, ConcurrentCreatesOfOneNameHaveOneOwner) {
   EngineConfig c = fast_detector();
-  c.query_timeout_ms = 300;
+  c.query_timeout_ms = 300 * test::kSanitizerPatience;
   c.replication_factor = 2;
   Cluster cl(5, c);
   ASSERT_TRUE(eventually([&] { return cl.node(1).view().members.size() == 5 && cl.node(5).view().members.size() == 5; }));
