@@ -232,13 +232,19 @@ Result<pid_t> chassis_restart_blade(const ChassisConfig& c, int id) {
                                  c.transport == "af_packet" ? netns_name(c.dir, id) : "");
   std::ofstream(blade_path(c.dir, id, ".pid")) << pid << "\n";
   struct stat st;
+  std::string how = "it did not serve within 20 s";
   for (int i = 0; i < 4000 && stat(socket.c_str(), &st) != 0; ++i) {
     int status;
-    if (waitpid(pid, &status, WNOHANG) == pid) break;  // it died starting
+    if (waitpid(pid, &status, WNOHANG) == pid) {  // it died starting
+      how = WIFEXITED(status) ? "it exited with status " + std::to_string(WEXITSTATUS(status)) +
+                                    (WEXITSTATUS(status) == 127 ? " (could not run " + c.batond + ")" : "")
+                              : "it was killed by signal " + std::to_string(WTERMSIG(status));
+      break;
+    }
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
   if (stat(socket.c_str(), &st) != 0)
-    return fail(Errc::kIo, "blade ", std::to_string(id), " did not come back; its log ends:\n",
+    return fail(Errc::kIo, "blade ", std::to_string(id), " did not come back (", how, "); its log ends:\n",
                 tail(blade_path(c.dir, id, ".log")));
   return pid;
 }
