@@ -88,13 +88,22 @@ void Engine::Impl::release_token() noexcept {
 Engine::Engine(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
 Engine::~Engine() {
+  impl_->control_running.store(false);
+  impl_->control_wake.fetch_add(1);
+  futex_wake_all(impl_->control_wake);
+  if (impl_->control.joinable()) impl_->control.join();
   impl_->running.store(false);
   impl_->wake.fetch_add(1);
   futex_wake_all(impl_->wake);
   if (impl_->worker.joinable()) impl_->worker.join();
+  // Views sent and never taken (both threads are gone).
+  ControlMsg m;
+  while (impl_->to_data.pop(m)) delete m.view;
+  for (ControlMsg& b : impl_->to_data_backlog) delete b.view;
 }
 
 uint16_t Engine::node_id() const noexcept { return impl_->config.node_id; }
+uint64_t Engine::incarnation() const noexcept { return impl_->incarnation; }
 uint64_t Engine::max_segment_size() const noexcept { return impl_->config.max_segment_size; }
 
 bool Engine::poll() {
@@ -155,8 +164,6 @@ Result<std::unique_ptr<Engine>> Engine::start(const EngineConfig& config,
     return fail(Errc::kInvalidArgument, "expected_votes ", std::to_string(votes), " is below the ",
                 std::to_string(nodes.size()), " nodes this one links to");
   impl->tie_breaker = *std::min_element(nodes.begin(), nodes.end());
-  impl->membership = make_heartbeat_membership(config.node_id, votes);
-  impl->view = impl->membership->view();
   if (!config.global_dir.empty()) {
     auto global = GlobalStore::open(config.global_dir, config.global_keep, config.node_id);
     if (!global) return tl::unexpected(global.error());
@@ -166,9 +173,10 @@ Result<std::unique_ptr<Engine>> Engine::start(const EngineConfig& config,
   // deterministic) allocates them in place.
   if (impl->sim == nullptr) impl->allocator = std::make_unique<SlotAllocator>(config.retain, config.numa_node);
   // Several links may reach one peer (S17: it is dead only when all are silent).
-  impl->link_states.reserve(impl->links.size());
+  std::vector<Detector::LinkInfo> detector_links;
   for (auto& l : impl->links) {
-    impl->link_states.push_back(LinkState{l.get()});
+    impl->link_states.emplace_back(l.get());
+    detector_links.push_back(Detector::LinkInfo{l->peer(), l->name()});
     if (std::none_of(impl->peer_states.begin(), impl->peer_states.end(),
                      [&](const PeerState& p) { return p.node == l->peer(); }))
       impl->peer_states.push_back(PeerState{l->peer(), l.get()});
@@ -177,6 +185,11 @@ Result<std::unique_ptr<Engine>> Engine::start(const EngineConfig& config,
     for (auto& p : impl->peer_states)
       if (p.node == ls.link->peer()) p.links.push_back(&ls);
   for (auto& p : impl->peer_states) impl->peer_by_node.emplace(p.node, &p);
+  Impl* raw = impl.get();
+  impl->detector = std::make_unique<Detector>(
+      DetectorConfig{config.node_id, impl->heartbeat_ns, impl->failure_ns, votes}, std::move(detector_links),
+      [raw](std::string text) { raw->record_event(std::move(text)); });
+  impl->view = impl->data_view = impl->detector->view();
   const ssize_t ring_bytes = rte_ring_get_memsize(kCommandRingSize);
   if (ring_bytes < 0) return fail(Errc::kInternal, "rte_ring_get_memsize failed");
   impl->command_mem.reset(std::aligned_alloc(64, (static_cast<size_t>(ring_bytes) + 63) / 64 * 64));
@@ -184,8 +197,10 @@ Result<std::unique_ptr<Engine>> Engine::start(const EngineConfig& config,
   impl->commands = static_cast<rte_ring*>(impl->command_mem.get());
   if (rte_ring_init(impl->commands, "baton_commands", kCommandRingSize, RING_F_SC_DEQ) != 0)
     return fail(Errc::kInternal, "rte_ring_init failed");
-  Impl* raw = impl.get();
-  if (raw->sim == nullptr) impl->worker = std::thread([raw] { raw->run_worker(); });
+  if (raw->sim == nullptr) {
+    impl->worker = std::thread([raw] { raw->run_worker(); });
+    impl->control = std::thread([raw] { raw->run_control(); });
+  }
   if (config.worker_cpu >= 0 && raw->sim == nullptr) {
     cpu_set_t set;
     CPU_ZERO(&set);
@@ -470,6 +485,7 @@ Result<SegmentStatus> Engine::status(Segment* segment) const {
   SegmentStatus st{seg->name, seg->id, seg->size, seg->committed.load(), seg->epoch.load(), seg->fenced.load(), {}};
   for (auto& r : seg->replicas) st.replicas.emplace_back(r->node.load(), r->held.load());
   st.durable = seg->durable.load();
+  if (st.durable != 0) st.durable_age_us = elapsed(impl_->clock_ns(), seg->durable_at_ns.load()) / 1000;
   return st;
 }
 
@@ -530,9 +546,12 @@ std::vector<PeerStatus> Engine::peers() const {
   std::vector<PeerStatus> out;
   auto done = impl_->call([&] {
     const uint64_t now = impl_->clock_ns();
-    for (const auto& p : impl_->peer_states)
-      out.push_back(PeerStatus{p.node, p.alive, p.ever_heard,
-                               p.ever_heard ? (now - std::min(now, p.last_heard_ns)) / 1000 : 0});
+    for (const auto& p : impl_->peer_states) {
+      uint64_t heard = 0;
+      for (const LinkState* l : p.links) heard = std::max(heard, l->heard_ns.load(std::memory_order_relaxed));
+      out.push_back(PeerStatus{p.node, p.alive, p.ever_heard, p.ever_heard ? (now - std::min(now, heard)) / 1000 : 0,
+                               p.incarnation, p.incarnation != 0 ? elapsed(now, p.incarnation_seen_ns) / 1000 : 0});
+    }
   });
   if (!done) return {};
   return out;

@@ -33,12 +33,14 @@
 
 #include "baton/engine.h"
 #include "common/log.h"
+#include "control/detector.h"
 #include "control/membership.h"
 #include "protocol/wire.h"
 #include "replication/replica_store.h"
 #include "replication/slot_allocator.h"
 #include "replication/transfer.h"
 #include "runtime/futex.h"
+#include "runtime/spsc_ring.h"
 #include "runtime/topology.h"
 #include "segment/local_storage.h"
 #include "storage/global_store.h"
@@ -123,6 +125,9 @@ struct baton::Segment {
     uint64_t last_sent_ns = 0;
   } pending;
   std::atomic<uint64_t> durable{0};
+  /// When `durable` last rose (the engine's clock): token holder writes
+  /// (before `durable`), anyone reads.
+  std::atomic<uint64_t> durable_at_ns{0};
   /// Nodes that held copies of this segment before this owner (the set it
   /// took over, stale holders its query found): once this owner's set is
   /// recorded at a quorum, those outside it are told to drop their copies
@@ -263,23 +268,36 @@ struct FetchServe {
 /// Rank of `node` as a replica of segment `seg_id` (rendezvous hashing).
 uint64_t replica_rank(uint64_t seg_id, uint16_t node) noexcept;
 
-/// The failure detector's view of one link.
+/// The data path's side of one link: what it saw, for the failure detector
+/// on the control thread (control/detector.h), which decides.
 struct LinkState {
+  explicit LinkState(Link* l) : link(l) {}
   Link* link = nullptr;
-  uint64_t last_heard_ns = 0;
-  uint64_t last_sent_ns = 0;
-  uint64_t heartbeat_seq = 0;
-  bool alive = false;  ///< heard within the failure timeout and the device up
+  /// The last valid frame from the peer, at the poll's time: written by the
+  /// token holder, read by the control thread.
+  std::atomic<uint64_t> heard_ns{0};
+  /// The device's state at the last poll: token holder writes, control reads.
+  std::atomic<bool> up{false};
+  // The last heartbeat content passed to the control thread: only changes
+  // are. Token holder.
+  bool forwarded = false;
+  uint64_t forwarded_incarnation = 0;
+  uint64_t forwarded_digest = 0;
+  bool restart_unreported = false;  ///< a restart seen but not yet passed on (the ring was full)
+  /// The control thread was woken for a frame from a peer it counts dead;
+  /// again only once it says otherwise. Token holder.
+  bool nudged = false;
 };
 
-/// The failure detector's view of one peer, which one or more links reach.
-/// A peer is dead only when every link to it is.
+/// One peer as the data path knows it: alive or not as the control thread
+/// last said (a kPeer message), its incarnation and placement tags from its
+/// heartbeats. Token holder.
 struct PeerState {
   uint16_t node = 0;
-  Link* link = nullptr;  ///< where frames to it go: an alive link, else its first
+  Link* link = nullptr;  ///< where frames to it go: as the control thread chose
   std::vector<LinkState*> links;
-  uint64_t last_heard_ns = 0;
   uint64_t incarnation = 0;  ///< from its heartbeats; 0: not heard yet
+  uint64_t incarnation_seen_ns = 0;  ///< when this node first heard that incarnation
   bool alive = false;
   bool ever_heard = false;
   // Placement tags from its heartbeats.
@@ -296,12 +314,12 @@ struct Engine::Impl {
   Topology topology;
   uint64_t incarnation = 0;  ///< start time: tells a restarted peer from the old one
   uint64_t heartbeat_ns = 0, failure_ns = 0;
-  std::vector<LinkState> link_states;  ///< parallel to links; poll-token holder only
+  std::deque<LinkState> link_states;   ///< parallel to links, fixed at start; fields say who writes them
   std::vector<PeerState> peer_states;  ///< one per peer, fixed at start; poll-token holder only
-  std::unique_ptr<MembershipSource> membership;  ///< token holder only
-  bool membership_dirty = false;                 ///< token holder: liveness changed since the last update
+  /// The view as the control thread last sent it (kView). Token holder.
+  View data_view;
   mutable std::mutex view_mu;
-  View view;  ///< the membership's view as last published (under view_mu)
+  View view;  ///< the control thread's view as last published (under view_mu), for API callers
   mutable std::mutex events_mu;
   std::deque<Event> event_log;  ///< bounded; appended on membership changes only
   std::vector<std::unique_ptr<Link>> links;
@@ -326,6 +344,48 @@ struct Engine::Impl {
   std::atomic<bool> sleeping{false};
   std::atomic<bool> running{true};
   std::thread worker;
+
+  // The control thread (control/control_thread.cc): it owns the failure
+  // detector and the membership views, decides from what the data path
+  // publishes (per link: heard_ns, up; polled_ns) and reports through
+  // `to_control`, and answers through `to_data`. Neither side takes the
+  // other's locks.
+  std::unique_ptr<Detector> detector;  ///< control thread
+  SpscRing<HeartbeatSeen, 256> to_control;  ///< token holder -> control thread
+  SpscRing<ControlMsg, 1024> to_data;       ///< control thread -> token holder
+  /// Peer and view messages that did not fit in `to_data` (a stalled data
+  /// path): sent first next time; never dropped (heartbeats are). Control thread.
+  std::deque<ControlMsg> to_data_backlog;
+  std::vector<ControlMsg> control_out;            ///< control thread: scratch
+  std::vector<LinkObservation> control_obs;       ///< control thread: scratch
+  /// When the data path last received from every link (its poll's time):
+  /// silence counts only up to it. Token holder writes, control reads.
+  std::atomic<uint64_t> polled_ns{0};
+  std::atomic<uint32_t> control_wake{0};  ///< futex word the control thread sleeps on
+  std::atomic<bool> control_sleeping{false};
+  std::atomic<bool> control_running{true};
+  std::thread control;
+  std::atomic<std::thread::id> control_id{};
+  /// Aborts unless called on the control thread (or under simulation).
+  /// Not compiled with NDEBUG. Thread: any.
+  void assert_control_thread() const noexcept {
+#ifndef NDEBUG
+    if (sim == nullptr && control_id.load(std::memory_order_relaxed) != std::this_thread::get_id()) {
+      BT_ERROR("control-thread state touched by another thread");
+      std::abort();
+    }
+#endif
+  }
+  void run_control() noexcept;
+  /// One pass of the control thread: takes the data path's reports, steps
+  /// the failure detector, sends what it decided. Returns whether anything
+  /// was sent. Thread: control.
+  bool control_step(uint64_t now) noexcept;
+  /// Wakes the control thread if it sleeps. Thread: any.
+  void wake_control() noexcept;
+  /// Applies what the control thread sent: heartbeats to send, peers' new
+  /// states, views. Returns whether there was any. Thread: token holder.
+  bool apply_control() noexcept;
 
   // The poll token: whoever holds poll_mu runs poll_once() and owns the
   // worker-side state. Normally the worker; a control thread that waits for
@@ -566,6 +626,18 @@ struct Engine::Impl {
   /// Verifies a frame decoded without its payload CRC; counts a mismatch.
   bool verified(wire::Frame& f) noexcept;
   void on_ack(const wire::Frame& f, uint64_t now) noexcept;
+  /// Whether a reply that says what its sender holds (an ACK, a SET_RECORD
+  /// echo) comes from the incarnation of it this node knows: each carries
+  /// the low 32 bits of its sender's incarnation in the generation-checksum
+  /// field. One from an earlier incarnation, delayed past the restart,
+  /// speaks for memory that is gone and counts for nothing; one from a new
+  /// incarnation not yet heard of waits for its heartbeat (the sender
+  /// resends). Thread: token holder.
+  bool from_known_incarnation(const wire::Frame& f) const noexcept {
+    auto it = peer_by_node.find(f.src);
+    return it != peer_by_node.end() && it->second->incarnation != 0 &&
+           static_cast<uint32_t>(it->second->incarnation) == f.gen_crc;
+  }
   void on_fetch_request(Link& link, const wire::Frame& f, uint64_t now) noexcept;
   void on_fetch_meta(const wire::Frame& f) noexcept;
   void on_error(const wire::Frame& f) noexcept;
@@ -602,7 +674,10 @@ struct Engine::Impl {
   std::vector<std::unique_ptr<ReplicaStore>> retired_stores;
   /// Frees retired stores whose pins are gone. Thread: token holder.
   void free_retired() noexcept;
-  void on_heartbeat(const wire::Frame& f, uint64_t now) noexcept;
+  /// A heartbeat: a new incarnation of its sender drops that peer's acks at
+  /// once (on_peer_restarted); changed content goes to the control thread.
+  /// Thread: token holder.
+  void on_heartbeat(Link& link, const wire::Frame& f, uint64_t now) noexcept;
   /// A peer came back as a new incarnation: its acknowledgements and set
   /// records are gone with its memory. Resends it the latest generation of
   /// every segment it replicates and records each set again. Thread: token holder.
@@ -611,7 +686,7 @@ struct Engine::Impl {
   /// alone is quorate) every member of the view, so two nodes that see each
   /// other never both record one new name. Thread: token holder.
   uint32_t record_quorum() const noexcept {
-    const View& v = membership->view();
+    const View& v = data_view;
     return v.expected_votes == 2 ? static_cast<uint32_t>(std::max<size_t>(1, v.members.size())) : v.quorum;
   }
   /// The lowest node id of the cluster: the tie-breaker that alone may
@@ -635,18 +710,16 @@ struct Engine::Impl {
   /// Moves one replica of a settled segment to a live peer in more failure
   /// domains, if one joined. Thread: token holder.
   void improve_placement(Segment& seg, uint64_t now) noexcept;
-  /// Feeds liveness changes to the membership source. Thread: token holder.
-  void step_membership() noexcept;
   uint64_t replica_set(const Segment& seg) const noexcept;
   void start_replication(Segment& seg, Stage& stage, uint64_t now) noexcept;
   bool pump_senders(uint64_t now) noexcept;
   bool pump_one(Link& link, ChunkSender& sender, const wire::Frame& proto, uint64_t now) noexcept;
   bool step_ops(uint64_t now) noexcept;
-  /// Sends due heartbeats and declares silent peers dead. Thread: token holder.
-  void step_liveness(uint64_t now) noexcept;
   /// S12: replaces replicas on dead nodes with live peers. Thread: token holder.
   void step_replicas(uint64_t now) noexcept;
   uint64_t last_replica_check_ns = 0;
+  /// Notes a valid frame from link `link_index`'s peer for the failure
+  /// detector. Thread: token holder.
   void heard_from(size_t link_index, uint64_t now) noexcept;
   /// Known to be gone: its link is down, or it was heard and then fell silent.
   bool unreachable(uint16_t peer) const noexcept;

@@ -1,8 +1,10 @@
 // The worker: one poll loop that owns every link, every replica store and
 // every transfer of this engine, and moves frames and bytes: the data path
-// (replication, acks, fetches). What it decides about peers and ownership
-// lives in engine/control/ (liveness, placement, records, claims), run by
-// the same poll loop. Never blocks, never throws.
+// (replication, acks, fetches; the replica side is in replica.cc). Liveness and views are decided on the
+// control thread (control/detector.cc, control_thread.cc), which this loop
+// hears from through a ring; what it decides about ownership (placement,
+// records, claims in engine/control/) it still runs itself. Never blocks,
+// never throws.
 
 #include <immintrin.h>
 #include <sys/prctl.h>
@@ -121,7 +123,7 @@ void Engine::Impl::park_worker() noexcept {
 
 bool Engine::Impl::has_pending_work() const noexcept {
   if (!queries.empty() || !claims.empty() || !tombstones.empty() || !fetches.empty() || !allocating.empty() ||
-      queued.load() != 0)
+      queued.load() != 0 || !to_data.empty())
     return true;
   for (const auto& [id, seg] : owned)
     for (const auto& r : seg->replicas)
@@ -171,7 +173,8 @@ bool Engine::Impl::install_allocated() noexcept {
 bool Engine::Impl::poll_once(uint64_t now) noexcept {
   assert_token_holder();
   note_poll_gap(now);
-  bool busy = drain_commands();
+  bool busy = apply_control();
+  busy |= drain_commands();
   busy |= install_allocated();
   if (!retired_stores.empty()) free_retired();
   for (size_t li = 0; li < links.size(); ++li) {
@@ -198,10 +201,22 @@ bool Engine::Impl::poll_once(uint64_t now) noexcept {
       busy = true;
     }
   }
+  // What the failure detector reads: the devices' states, and that every
+  // link was read at `now` (heard_ns above are visible with it). A device
+  // going down (memif knows at once when its peer dies) is news for the
+  // control thread now, not at its next tick.
+  bool link_changed = false;
+  for (auto& ls : link_states) {
+    const bool up = ls.link->up();
+    if (up == ls.up.load(std::memory_order_relaxed)) continue;
+    ls.up.store(up, std::memory_order_relaxed);
+    link_changed = true;
+  }
+  polled_ns.store(now, std::memory_order_release);
+  if (link_changed) wake_control();
   busy |= pump_senders(now);
   busy |= step_ops(now);
   step_records(now);
-  step_liveness(now);  // upkeep, not work: it must not keep an idle worker spinning
   step_replicas(now);
   for (auto& link : links) busy |= link->service(now);
   return busy;
@@ -237,7 +252,7 @@ void Engine::Impl::on_frame(Link& link, wire::Frame& f, uint64_t now) noexcept {
     case wire::MsgType::kFetchRequest: on_fetch_request(link, f, now); break;
     case wire::MsgType::kFetchMeta: on_fetch_meta(f); break;
     case wire::MsgType::kError: on_error(f); break;
-    case wire::MsgType::kHeartbeat: on_heartbeat(f, now); break;  // liveness itself was noted by the caller
+    case wire::MsgType::kHeartbeat: on_heartbeat(link, f, now); break;  // liveness itself was noted by the caller
     case wire::MsgType::kClaim: on_claim(link, f); break;
     case wire::MsgType::kSetRecord: on_set_record(link, f); break;
   }
@@ -262,241 +277,6 @@ void Engine::Impl::send_error(Link& link, const wire::Frame& about, wire::ErrorC
   e.generation = about.generation;
   e.code = static_cast<uint16_t>(code);
   send_control(link, e);
-}
-
-// --- replica side ---------------------------------------------------------
-
-void Engine::Impl::on_data(Link& link, wire::Frame& f) noexcept {
-  // The fast path (the next chunk of the generation in progress) verifies the
-  // frame while copying it; every other path verifies before acting on it.
-  auto it = stores.find(f.seg_id);
-  if (it != stores.end() && f.epoch > it->second->epoch() && f.name == it->second->name() &&
-      f.total_len != it->second->size()) {
-    // A newer owner of another size: the name was deleted and created
-    // again, and this copy (which missed the delete) is of the old one.
-    if (!verified(f)) return;
-    drop_store(f.seg_id);
-    it = stores.end();
-  }
-  if (it == stores.end()) {
-    if (!verified(f)) return;
-    // A record of a newer epoch (a tombstone, or a newer owner's set):
-    // the sender was superseded.
-    if (auto r = records.find(f.seg_id);
-        r != records.end() && (r->second.epoch > f.epoch || (r->second.deleted && r->second.epoch == f.epoch))) {
-      bump(counters.stale_epoch);
-      send_error(link, f, wire::ErrorCode::kStaleEpoch, r->second.epoch);
-      return;
-    }
-    if (f.total_len > config.max_segment_size) {
-      send_error(link, f, wire::ErrorCode::kNoRoom, 0);
-      return;
-    }
-    if (allocator) {
-      // First sight of a segment: its slots are allocated off the worker
-      // (seconds of page faults for a large one would stop heartbeats).
-      // The frame is dropped meanwhile; the sender sends it again.
-      if (allocation_failed.erase(f.seg_id) != 0) {
-        send_error(link, f, wire::ErrorCode::kNoRoom, 0);
-        return;
-      }
-      if (allocating.insert(f.seg_id).second) allocator->submit(ReplicaStore::Origin::of(f));
-      return;
-    }
-    auto store = ReplicaStore::create(f, config.retain, config.numa_node);
-    if (!store) {
-      BT_WARN("cannot hold replica of %.*s: %s", int(f.name.size()), f.name.data(),
-               store.error().message.c_str());
-      send_error(link, f, wire::ErrorCode::kNoRoom, 0);
-      return;
-    }
-    it = stores.emplace(f.seg_id, std::move(*store)).first;
-    fence_if_superseded(f.seg_id, f.epoch);  // another owner writes a segment this node owns
-  }
-  ReplicaStore& st = *it->second;
-  if (f.name != st.name() || f.total_len != st.size()) {
-    if (verified(f)) bump(counters.bad_input);
-    return;
-  }
-  if (f.epoch != st.epoch() || f.src != st.owner()) {
-    if (!verified(f)) return;
-    // Fencing (S22): data from an older owner epoch, or from another node
-    // claiming the current one, is refused, and the sender is told which
-    // epoch superseded it. A newer epoch means ownership moved: adopt it.
-    if (f.epoch <= st.epoch()) {
-      bump(counters.stale_epoch);
-      send_error(link, f, wire::ErrorCode::kStaleEpoch, st.epoch());
-      return;
-    }
-    st.adopt_epoch(f.src, f.epoch);
-    fence_if_superseded(f.seg_id, f.epoch);
-  }
-  bool restart = false;
-  switch (st.accept(f)) {
-    case ReplicaStore::Accept::kStored: break;
-    case ReplicaStore::Accept::kStale: break;
-    case ReplicaStore::Accept::kDuplicate: bump(counters.duplicates); break;
-    case ReplicaStore::Accept::kPublished:
-      bump(counters.published);
-      BT_DEBUG("published %s generation %lu", st.name().c_str(), static_cast<unsigned long>(f.generation));
-      if (global) {  // S7: the slot stays pinned until the file is safe
-        ReplicaStore::Slot& slot = *st.latest();
-        auto& pin = st.writer_pin(slot);
-        pin.fetch_add(1);
-        GlobalStore::Job job;
-        job.set_name(st.name());  // a valid wire name always fits
-        job.epoch = st.epoch();
-        job.generation = slot.generation;
-        job.size = st.size();
-        job.data = slot.mem.data();
-        job.pin = &pin;
-        if (!global->submit(job)) pin.fetch_sub(1);  // the writer is behind: this generation is skipped
-      }
-      break;
-    case ReplicaStore::Accept::kCorrupt:
-      bump(counters.corrupt_generations);
-      restart = true;
-      break;
-    case ReplicaStore::Accept::kNoSlot: bump(counters.no_slot); return;
-    case ReplicaStore::Accept::kBadFrame:
-      bump(counters.decode[static_cast<size_t>(wire::DecodeError::kChecksum)]);
-      return;
-  }
-  for (auto& a : acks_due)
-    if (a.store == &st && a.link == &link) {
-      a.restart |= restart;
-      a.generation = f.generation;
-      return;
-    }
-  acks_due.push_back({&link, &st, nullptr, f.generation, restart});
-}
-
-void Engine::Impl::flush_acks() noexcept {
-  for (const auto& a : acks_due) {
-    wire::Frame ack;
-    ack.type = wire::MsgType::kAck;
-    ack.src = config.node_id;
-    ack.dst = a.link->peer();
-    if (a.store != nullptr) {
-      ack.seg_id = a.store->id();
-      ack.epoch = a.store->epoch();
-      a.store->fill_ack(ack);
-    } else {
-      ack.seg_id = a.fetch->id;
-      ack.flags = wire::kFlagFetch;
-      a.fetch->assembler.fill_ack(ack);
-      if (a.fetch->got_generation != 0) {
-        ack.generation = a.fetch->got_generation;
-        ack.flags |= wire::kFlagComplete;
-      }
-    }
-    if (a.restart) {
-      ack.generation = a.generation;
-      ack.flags |= wire::kFlagRestart;
-    }
-    if (ack.generation == 0) continue;  // nothing to acknowledge yet
-    send_control(*a.link, ack);
-  }
-  acks_due.clear();
-}
-
-void Engine::Impl::on_fetch_request(Link& link, const wire::Frame& f, uint64_t now) noexcept {
-  auto owned_it = owned.find(f.seg_id);
-  auto store_it = stores.find(f.seg_id);
-  ReplicaStore* st = store_it == stores.end() ? nullptr : store_it->second.get();
-  if ((f.flags & wire::kFlagQuery) != 0) {
-    wire::Frame meta;
-    meta.type = wire::MsgType::kFetchMeta;
-    meta.src = config.node_id;
-    meta.dst = f.src;
-    meta.seg_id = f.seg_id;
-    meta.name = f.name;
-    if (owned_it != owned.end() && !owned_it->second->fenced.load()) {  // a fenced one is no one's
-      Segment& seg = *owned_it->second;
-      meta.flags = wire::kFlagFound | wire::kFlagOwner;
-      meta.epoch = seg.epoch.load();
-      meta.total_len = seg.size;
-      meta.generation = seg.current_stage >= 0 ? seg.stages[seg.current_stage].generation : 0;
-    } else if (st != nullptr && st->latest() != nullptr) {
-      meta.flags = wire::kFlagFound;
-      meta.epoch = st->epoch();
-      meta.total_len = st->size();
-      meta.generation = st->latest()->generation;
-    }
-    if (auto rec = records.find(f.seg_id); rec != records.end()) {
-      meta.flags |= wire::kFlagRecord | (rec->second.deleted ? wire::kFlagDeleted : 0);
-      wire::set_aux_epoch(meta, rec->second.epoch);
-      meta.gen_crc = static_cast<uint32_t>(rec->second.version);
-      meta.chunk_size = rec->second.owner;
-      meta.sack = rec->second.set;
-    }
-    send_control(link, meta);
-    return;
-  }
-  ReplicaStore::Slot* slot = st == nullptr ? nullptr : st->find(f.generation);
-  if (slot == nullptr) {
-    send_error(link, f, wire::ErrorCode::kNoSuchSegment, 0);
-    return;
-  }
-  // A repeated request restarts the transfer (the loader lost its state or our frames).
-  FetchServe* serve = nullptr;
-  for (auto& s : serves)
-    if (s->id == f.seg_id && s->requester == f.src) {
-      s->slot->pins--;
-      serve = s.get();
-    }
-  if (serve == nullptr) serve = serves.emplace_back(std::make_unique<FetchServe>()).get();
-  serve->id = f.seg_id;
-  serve->requester = f.src;
-  serve->store = st;
-  serve->slot = slot;
-  slot->pins++;
-  serve->last_progress_ns = now;
-  SendSource src{slot->mem.data(), st->size(), slot->chunk_size, slot->chunk_crcs, slot->gen_crc,
-                 slot->generation};
-  serve->sender.start(src, tuning(), now);
-}
-
-void Engine::Impl::on_fetch_data(wire::Frame& f, uint64_t now) noexcept {
-  for (auto it = fetches.begin(); it != fetches.end(); ++it) {
-    FetchOp& op = **it;
-    if (op.id != f.seg_id || op.peer != f.src) continue;
-    if (op.got_generation != 0) return;  // done; a late duplicate
-    if (!op.assembler.active()) {
-      if (!verified(f)) return;
-      if (f.total_len != op.dest->size() || (op.generation != 0 && f.generation != op.generation)) {
-        bump(counters.bad_input);
-        return;
-      }
-      op.assembler.begin(op.dest->data(), f);
-      op.got_epoch = f.epoch;
-    }
-    if (!op.assembler.matches(f)) {
-      if (verified(f)) bump(counters.bad_input);
-      return;
-    }
-    op.last_progress_ns = now;
-    bool restart = false;
-    switch (op.assembler.accept(f)) {
-      case ChunkAssembler::Outcome::kStored: break;
-      case ChunkAssembler::Outcome::kDuplicate: bump(counters.duplicates); break;
-      case ChunkAssembler::Outcome::kCorrupt:
-        bump(counters.corrupt_generations);
-        restart = true;
-        break;
-      case ChunkAssembler::Outcome::kComplete: op.got_generation = f.generation; break;
-      case ChunkAssembler::Outcome::kBadFrame:
-        bump(counters.decode[static_cast<size_t>(wire::DecodeError::kChecksum)]);
-        return;
-    }
-    acks_due.push_back({link_to(op.peer), nullptr, &op, f.generation, restart});
-    if (op.got_generation != 0) {
-      // The final ack goes out with this burst's flush; the op ends now.
-      fetches.erase(it);
-      completed_fetches.push_back(&op);
-    }
-    return;
-  }
 }
 
 // --- primary side ---------------------------------------------------------
@@ -543,6 +323,12 @@ void Engine::Impl::on_ack(const wire::Frame& f, uint64_t now) noexcept {
     fence(seg);
     return;
   }
+  // An ack from before the replica restarted would mark chunks delivered
+  // and a generation held that its memory lost (issue #8 bug 3).
+  if (!from_known_incarnation(f)) {
+    bump(counters.stale_epoch);
+    return;
+  }
   for (auto& r : seg.replicas) {
     if (r->node != f.src) continue;
     r->sender.on_ack(f, now);
@@ -580,7 +366,7 @@ void Engine::Impl::on_error(const wire::Frame& f) noexcept {
         auto& p = it->second->pending;
         if (p.active && p.sent && std::find(p.refused.begin(), p.refused.end(), f.src) == p.refused.end()) {
           p.refused.push_back(f.src);
-          const View& v = membership->view();
+          const View& v = data_view;
           if (p.refused.size() > v.expected_votes - record_quorum()) p.failed = true;
         }
       }

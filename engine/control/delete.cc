@@ -89,7 +89,7 @@ Result<void> Engine::Impl::write_tombstone(std::string_view name, uint64_t epoch
     // A quorum of nodes, so every later query (at a quorum) meets it; in a
     // two-node cluster, where one node alone is quorate and queries only
     // itself when split, both nodes.
-    const View& v = membership->view();
+    const View& v = data_view;
     raw->need = v.expected_votes == 2 ? 2 : record_quorum();
     tombstones.push_back(raw);
     send_tombstone(*raw, now);

@@ -1,6 +1,9 @@
-// The failure detector (S17): heartbeats on every link, a peer dead only
-// when every link to it is silent, incarnations (a restarted peer lost what
-// it held), and the membership views fed from it; events.
+// The data path's side of the failure detector (S17): what it publishes for
+// the control thread (frames heard, heartbeats whose content changed), what
+// it applies from it (heartbeats to send, peers' states, views), and what
+// cannot wait for it: a restarted peer's acknowledgements stop counting the
+// moment its first heartbeat is read. The decisions are the control thread's
+// (control/detector.cc). Events: any thread.
 //
 // Thread: the poll-token holder (the worker, or a caller waiting on it).
 
@@ -23,18 +26,12 @@ void Engine::Impl::record_event(std::string text) noexcept {
 
 void Engine::Impl::heard_from(size_t i, uint64_t now) noexcept {
   LinkState& ls = link_states[i];
-  ls.last_heard_ns = now;
-  PeerState& p = *peer_by_node.at(ls.link->peer());
-  p.last_heard_ns = now;
-  if (!ls.alive) {
-    ls.alive = true;
-    if (p.alive) record_event("link " + ls.link->name() + " up");
-  }
-  if (!p.alive) {
-    p.alive = true;
-    p.ever_heard = true;
-    membership_dirty = true;
-    record_event("node " + std::to_string(p.node) + " up");
+  ls.heard_ns.store(now, std::memory_order_relaxed);  // published by polled_ns (release)
+  // A peer the control thread counts dead is back: tell it now rather than
+  // at its next heartbeat tick.
+  if (!ls.nudged && !peer_by_node.at(ls.link->peer())->alive) {
+    ls.nudged = true;
+    wake_control();
   }
 }
 
@@ -48,102 +45,88 @@ bool Engine::Impl::unreachable(uint16_t peer) const noexcept {
   return std::none_of(p.links.begin(), p.links.end(), [](const LinkState* l) { return l->link->up(); });
 }
 
-void Engine::Impl::step_liveness(uint64_t now) noexcept {
-  const View& v = membership->view();
-  for (auto& ls : link_states) {
-    if (now - std::min(now, ls.last_sent_ns) >= heartbeat_ns) {
-      wire::Frame hb;
-      hb.type = wire::MsgType::kHeartbeat;
-      hb.src = config.node_id;
-      hb.dst = ls.link->peer();
-      hb.epoch = incarnation;
-      hb.generation = ++ls.heartbeat_seq;
-      // This node's view, so peers can tell whether they agree, and its
-      // placement tags.
-      hb.seg_id = v.digest();
-      hb.total_len = v.id;
-      if (v.quorate) hb.flags = wire::kFlagQuorate;
-      hb.chunk_index = config.blade != 0 ? config.blade : config.node_id;
-      hb.chunk_count = config.power_domain;
-      hb.chunk_size = static_cast<uint32_t>(config.numa_node + 1);
-      send_control(*ls.link, hb);
-      ls.last_sent_ns = now;
-    }
-    if (ls.alive && (now - std::min(now, ls.last_heard_ns) >= failure_ns || !ls.link->up())) {
-      ls.alive = false;
-      const PeerState& p = *peer_by_node.at(ls.link->peer());
-      const bool others = std::any_of(p.links.begin(), p.links.end(), [](const LinkState* l) { return l->alive; });
-      // A link failure is not a node failure while another link still hears it.
-      if (others)
-        record_event("link " + ls.link->name() + " down (" + (ls.link->up() ? "silent" : "device down") + "); node " +
-                     std::to_string(p.node) + " still reachable over another link");
+bool Engine::Impl::apply_control() noexcept {
+  bool any = false;
+  ControlMsg m;
+  while (to_data.pop(m)) {
+    any = true;
+    switch (m.kind) {
+      case ControlMsg::Kind::kHeartbeat: {
+        if (m.link >= links.size()) break;
+        Link& link = *links[m.link];
+        wire::Frame hb;
+        hb.type = wire::MsgType::kHeartbeat;
+        hb.src = config.node_id;
+        hb.dst = link.peer();
+        hb.epoch = incarnation;
+        hb.generation = m.seq;
+        // The sender's view, so peers can tell whether they agree, and its
+        // placement tags.
+        hb.seg_id = m.view_digest;
+        hb.total_len = m.view_id;
+        if (m.quorate) hb.flags = wire::kFlagQuorate;
+        hb.chunk_index = config.blade != 0 ? config.blade : config.node_id;
+        hb.chunk_count = config.power_domain;
+        hb.chunk_size = static_cast<uint32_t>(config.numa_node + 1);
+        send_control(link, hb);
+        break;
+      }
+      case ControlMsg::Kind::kPeer: {
+        auto it = peer_by_node.find(m.node);
+        if (it == peer_by_node.end() || m.link >= links.size()) break;
+        PeerState& p = *it->second;
+        p.alive = m.alive;
+        p.ever_heard = m.ever_heard;
+        p.link = links[m.link].get();
+        for (LinkState* l : p.links) l->nudged = false;
+        break;
+      }
+      case ControlMsg::Kind::kView: {
+        std::unique_ptr<View> v(m.view);
+        if (v) data_view = std::move(*v);
+        break;
+      }
     }
   }
-  for (auto& p : peer_states) {
-    const LinkState* live = nullptr;
-    for (const LinkState* l : p.links)
-      if (l->alive && live == nullptr) live = l;
-    if (live != nullptr) {
-      // Frames go over a link that works (this runs every poll, after rx).
-      for (const LinkState* l : p.links)
-        if (l->link == p.link && !l->alive) p.link = live->link;
-      continue;
-    }
-    if (!p.alive) continue;
-    // Dead: every link to it is silent or down.
-    p.alive = false;
-    membership_dirty = true;
-    const bool any_up = std::any_of(p.links.begin(), p.links.end(), [](const LinkState* l) { return l->link->up(); });
-    record_event("node " + std::to_string(p.node) + " down (" +
-                 (any_up ? "silent for " + std::to_string((now - std::min(now, p.last_heard_ns)) / 1'000'000) + " ms"
-                         : std::string(p.links.size() > 1 ? "every link down" : "link down")) +
-                 ")");
-  }
-  if (membership_dirty) step_membership();
+  return any;
 }
 
-void Engine::Impl::step_membership() noexcept {
-  membership_dirty = false;
-  uint16_t alive[256];
-  size_t n = 0;
-  for (const auto& p : peer_states)
-    if (p.alive && n < std::size(alive)) alive[n++] = p.node;
-  if (!membership->update({alive, n})) return;
-  const View& v = membership->view();
-  {
-    std::lock_guard lock(view_mu);
-    view = v;
+void Engine::Impl::on_heartbeat(Link& link, const wire::Frame& f, uint64_t now) noexcept {
+  auto it = peer_by_node.find(f.src);
+  if (it == peer_by_node.end()) return;
+  PeerState& p = *it->second;
+  // A heartbeat names its sender's incarnation: a new one means the node
+  // restarted and lost everything it held (its memory is the storage). Its
+  // acknowledgements stop counting here, before any later frame of it is
+  // read, not when the control thread gets round to it.
+  bool restarted = false;
+  if (p.incarnation != f.epoch) {
+    restarted = p.incarnation != 0;
+    p.incarnation = f.epoch;
+    p.incarnation_seen_ns = now;
+    if (restarted) on_peer_restarted(p.node, now);
   }
-  record_event(v.to_string());
-}
-
-void Engine::Impl::on_heartbeat(const wire::Frame& f, uint64_t now) noexcept {
-  if (auto it = peer_by_node.find(f.src); it != peer_by_node.end()) {
-    PeerState& p = *it->second;
-    // A heartbeat names its sender's incarnation: a new one means the node
-    // restarted and lost everything it held (its memory is the storage).
-    if (p.incarnation != f.epoch) {
-      const bool restarted = p.incarnation != 0;
-      p.incarnation = f.epoch;
-      if (restarted) on_peer_restarted(p.node, now);
-    }
-    p.blade = f.chunk_index;
-    p.power_domain = f.chunk_count;
-    p.numa_node = static_cast<int>(f.chunk_size) - 1;
+  p.blade = f.chunk_index;
+  p.power_domain = f.chunk_count;
+  p.numa_node = static_cast<int>(f.chunk_size) - 1;
+  // Only news goes to the control thread: a new incarnation or view.
+  for (size_t i = 0; i < link_states.size(); ++i) {
+    LinkState& ls = link_states[i];
+    if (ls.link != &link) continue;
+    ls.restart_unreported |= restarted;
+    if (ls.forwarded && !ls.restart_unreported && ls.forwarded_incarnation == f.epoch && ls.forwarded_digest == f.seg_id)
+      return;
+    if (!to_control.push(HeartbeatSeen{static_cast<uint16_t>(i), ls.restart_unreported, f.seg_id})) return;  // next one
+    ls.restart_unreported = false;
+    ls.forwarded = true;
+    ls.forwarded_incarnation = f.epoch;
+    ls.forwarded_digest = f.seg_id;
+    wake_control();
+    return;
   }
-  // A report about a view this node does not share yet is news only once
-  // the failure detector catches up; agreement is rechecked then.
-  if (!membership->reported(f.src, f.seg_id)) return;
-  const View& v = membership->view();
-  {
-    std::lock_guard lock(view_mu);
-    view = v;
-  }
-  if (v.agreed && v.members.size() > 1) record_event("view " + std::to_string(v.id) + " agreed by every member");
 }
 
 void Engine::Impl::on_peer_restarted(uint16_t node, uint64_t now) noexcept {
-  record_event("node " + std::to_string(node) + " restarted: a new incarnation, holding nothing it held before");
   for (auto& [id, segp] : owned) {
     Segment& seg = *segp;
     if (seg.fenced.load(std::memory_order_relaxed)) continue;

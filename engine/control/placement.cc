@@ -59,7 +59,7 @@ void Engine::Impl::step_replicas(uint64_t now) noexcept {
   last_replica_check_ns = now;
   // Placement decisions only in a quorate view that every member shares: a
   // minority partition, or a view still settling, moves nothing.
-  const View& v = membership->view();
+  const View& v = data_view;
   if (!v.quorate || !v.agreed) return;
   for (auto& [id, seg] : owned) {
     if (seg->fenced.load()) continue;

@@ -41,7 +41,9 @@ void Engine::Impl::update_durable(Segment& seg) noexcept {
   const size_t need = std::max(n / 2 + 1, want / 2 + 1);
   if (need > n) return;
   const uint64_t d = held[need - 1];
-  if (d > seg.durable.load(std::memory_order_relaxed)) seg.durable.store(d, std::memory_order_release);
+  if (d <= seg.durable.load(std::memory_order_relaxed)) return;
+  seg.durable_at_ns.store(clock_ns(), std::memory_order_relaxed);
+  seg.durable.store(d, std::memory_order_release);
 }
 
 //
@@ -115,7 +117,7 @@ void Engine::Impl::step_records(uint64_t now) noexcept {
       auto& stored = records[id];
       if (stored.epoch == mine.epoch && stored.owner != mine.owner && stored.owner != 0) {
         p.refused.push_back(config.node_id);  // another node wrote this epoch here first
-        const View& v = membership->view();
+        const View& v = data_view;
         if (p.refused.size() > v.expected_votes - record_quorum()) p.failed = true;
       } else {
         if (mine.newer_than(stored)) stored = mine;
@@ -157,8 +159,9 @@ void Engine::Impl::on_set_record(Link& link, const wire::Frame& f) noexcept {
     auto it = owned.find(f.seg_id);
     if (it == owned.end()) return;
     auto& p = it->second->pending;
+    // An echo from before the node restarted: the record it stored is gone.
     if (p.active && p.sent && f.generation == p.version && f.epoch == it->second->epoch.load() &&
-        std::find(p.acked.begin(), p.acked.end(), f.src) == p.acked.end())
+        from_known_incarnation(f) && std::find(p.acked.begin(), p.acked.end(), f.src) == p.acked.end())
       p.acked.push_back(f.src);
     return;
   }
@@ -191,6 +194,7 @@ void Engine::Impl::on_set_record(Link& link, const wire::Frame& f) noexcept {
   ack.src = config.node_id;
   ack.dst = f.src;
   ack.flags = wire::kFlagComplete;
+  ack.gen_crc = static_cast<uint32_t>(incarnation);  // see from_known_incarnation()
   send_control(link, ack);
 }
 

@@ -66,7 +66,7 @@ Result<std::unique_ptr<QueryOp>> Engine::Impl::query(std::string_view name) {
     const uint64_t now = clock_ns();
     raw->deadline_ns = now + round_timeout_ns();
     raw->hard_deadline_ns = now + quorum_patience_ns();
-    raw->need = membership->view().quorum;
+    raw->need = data_view.quorum;
     queries.push_back(raw);
     send_query(*raw, now);
   };
@@ -150,7 +150,7 @@ Result<Segment*> Engine::Impl::create_fresh(std::string_view name, uint64_t size
 Result<void> Engine::Impl::require_quorum(const char* what) {
   const uint64_t deadline = clock_ns() + round_timeout_ns();
   // Just after start the view may not have gathered the peers yet: poll.
-  if (poll_until([this] { return membership->view().quorate; }, deadline)) return {};
+  if (poll_until([this] { return data_view.quorate; }, deadline)) return {};
   return fail(Errc::kUnavailable, "cannot ", what, ": no quorum (", current_view().to_string(), ")");
 }
 

@@ -85,11 +85,16 @@ class ReplicaStore {
   uint64_t size() const noexcept { return size_; }
   uint64_t epoch() const noexcept { return epoch_; }
   uint16_t owner() const noexcept { return owner_; }
+  /// The owner's incarnation whose history this copy is (0: not known yet).
+  /// Thread: worker.
+  uint64_t owner_incarnation() const noexcept { return owner_incarnation_; }
+  void set_owner_incarnation(uint64_t incarnation) noexcept { owner_incarnation_ = incarnation; }
   /// Adopts a newer owner epoch (ownership moved). Generations are ordered by
   /// (epoch, generation): the new owner's next generation wins even if an old
   /// epoch had reached a higher number. Thread: worker.
   void adopt_epoch(uint16_t owner, uint64_t epoch) noexcept {
     owner_ = owner;
+    owner_incarnation_ = 0;
     epoch_ = epoch;
     last_published_ = 0;
     assembler_.stop();
@@ -104,6 +109,7 @@ class ReplicaStore {
   uint64_t size_ = 0;
   uint64_t epoch_ = 0;
   uint16_t owner_ = 0;
+  uint64_t owner_incarnation_ = 0;
   uint32_t retain_ = 0;
   std::vector<Slot> slots_;
   std::unique_ptr<std::atomic<uint32_t>[]> writer_pins_;  // one per slot

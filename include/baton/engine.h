@@ -26,10 +26,10 @@ enum class IdlePolicy : uint8_t {
 
 /// Runs an engine inside a deterministic simulation (tests/sim): it reads
 /// time from `now` (nanoseconds) instead of CLOCK_MONOTONIC and starts no
-/// worker thread. Whoever drives the simulation polls every engine with
-/// Engine::poll(); an API call that waits for the engine calls `step`
-/// instead, which must advance the simulated world (poll every engine, move
-/// the clock). Everything then runs on the one thread that drives the
+/// worker or control thread. Whoever drives the simulation polls every
+/// engine with Engine::poll() and Engine::poll_control(); an API call that
+/// waits for the engine calls `step` instead, which must advance the
+/// simulated world (poll every engine, move the clock). Everything then runs on the one thread that drives the
 /// simulation, in an order the simulation chooses.
 struct SimulationHooks {
   std::function<uint64_t()> now;
@@ -102,6 +102,10 @@ struct PeerStatus {
   bool alive = false;
   bool ever_heard = false;
   uint64_t silent_us = 0;  ///< since the last frame from it
+  /// Its incarnation as last heard (a new one each start: a restarted node
+  /// holds nothing it held before); 0: not heard yet.
+  uint64_t incarnation = 0;
+  uint64_t incarnation_age_us = 0;  ///< since this node first heard that incarnation
 };
 
 struct Event {
@@ -144,6 +148,7 @@ struct SegmentStatus {
   bool fenced = false;
   std::vector<std::pair<uint16_t, uint64_t>> replicas;  ///< (node, generation it holds)
   uint64_t durable = 0;  ///< newest generation a majority of the replica set holds (kDurable)
+  uint64_t durable_age_us = 0;  ///< since `durable` reached its value (0 while nothing is durable)
 };
 
 struct ReplicaStatus {
@@ -277,6 +282,9 @@ class Engine {
   /// The most recent events (membership changes, fencing), oldest first.
   std::vector<Event> events() const;
   uint16_t node_id() const noexcept;
+  /// This engine's incarnation: its start time, which peers see in its
+  /// heartbeats (PeerStatus::incarnation).
+  uint64_t incarnation() const noexcept;
   /// The largest segment this engine creates or accepts (EngineConfig::max_segment_size).
   uint64_t max_segment_size() const noexcept;
   /// The machine as hwloc saw it at start (runtime/topology.h).
@@ -285,6 +293,10 @@ class Engine {
   /// an engine started with EngineConfig::simulation (it has no worker).
   /// Thread: the simulation's.
   bool poll();
+  /// One pass of the control thread (failure detector, views); returns
+  /// whether it sent the data path anything. Only under simulation, which
+  /// steps it apart from poll(). Thread: the simulation's.
+  bool poll_control();
 
   struct Impl;
 

@@ -69,7 +69,9 @@ struct Harness {
   void step() {
     now += 50'000;
     node1->poll();
+    node1->poll_control();
     node2->poll();
+    node2->poll_control();
   }
 
   Harness() {

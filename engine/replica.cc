@@ -1,0 +1,270 @@
+// The replica side of the data path: DATA frames into replica stores (with
+// the fencing checks of S22 and the allocation of new stores off the
+// worker), the acks they earn, and fetches served from published slots and
+// received into a load's destination. Run by the poll loop (worker.cc).
+//
+// Thread: the poll-token holder. Never blocks, never throws.
+
+#include <algorithm>
+
+#include "common/log.h"
+#include "engine_impl.h"
+#include "engine_util.h"
+
+namespace baton {
+
+void Engine::Impl::on_data(Link& link, wire::Frame& f) noexcept {
+  // The fast path (the next chunk of the generation in progress) verifies the
+  // frame while copying it; every other path verifies before acting on it.
+  auto it = stores.find(f.seg_id);
+  if (it != stores.end() && f.epoch > it->second->epoch() && f.name == it->second->name() &&
+      f.total_len != it->second->size()) {
+    // A newer owner of another size: the name was deleted and created
+    // again, and this copy (which missed the delete) is of the old one.
+    if (!verified(f)) return;
+    drop_store(f.seg_id);
+    it = stores.end();
+  }
+  if (it != stores.end() && f.src == it->second->owner() && f.epoch == it->second->epoch()) {
+    // The owner restarted and began a new history under the same epoch: a
+    // fresh start that could not see this copy (beyond what the set
+    // records tolerate). Its generation numbers start again, so this copy
+    // is of another history, and acks by it would count generations the
+    // new owner never sent (simulation seed 1739, 2 nodes). It goes; the
+    // new history's frames build a new copy.
+    const auto p = peer_by_node.find(f.src);
+    const uint64_t now_known = p != peer_by_node.end() ? p->second->incarnation : 0;
+    ReplicaStore& st = *it->second;
+    if (st.owner_incarnation() == 0) {
+      st.set_owner_incarnation(now_known);
+    } else if (now_known != 0 && now_known != st.owner_incarnation()) {
+      if (!verified(f)) return;
+      record_event("segment " + st.name() + ": replica copy dropped: node " + std::to_string(f.src) +
+                   " restarted and began a new history under epoch " + std::to_string(f.epoch));
+      drop_store(f.seg_id);
+      it = stores.end();
+    }
+  }
+  if (it == stores.end()) {
+    if (!verified(f)) return;
+    // A record of a newer epoch (a tombstone, or a newer owner's set):
+    // the sender was superseded.
+    if (auto r = records.find(f.seg_id);
+        r != records.end() && (r->second.epoch > f.epoch || (r->second.deleted && r->second.epoch == f.epoch))) {
+      bump(counters.stale_epoch);
+      send_error(link, f, wire::ErrorCode::kStaleEpoch, r->second.epoch);
+      return;
+    }
+    if (f.total_len > config.max_segment_size) {
+      send_error(link, f, wire::ErrorCode::kNoRoom, 0);
+      return;
+    }
+    if (allocator) {
+      // First sight of a segment: its slots are allocated off the worker
+      // (seconds of page faults for a large one would stop heartbeats).
+      // The frame is dropped meanwhile; the sender sends it again.
+      if (allocation_failed.erase(f.seg_id) != 0) {
+        send_error(link, f, wire::ErrorCode::kNoRoom, 0);
+        return;
+      }
+      if (allocating.insert(f.seg_id).second) allocator->submit(ReplicaStore::Origin::of(f));
+      return;
+    }
+    auto store = ReplicaStore::create(f, config.retain, config.numa_node);
+    if (!store) {
+      BT_WARN("cannot hold replica of %.*s: %s", int(f.name.size()), f.name.data(),
+               store.error().message.c_str());
+      send_error(link, f, wire::ErrorCode::kNoRoom, 0);
+      return;
+    }
+    it = stores.emplace(f.seg_id, std::move(*store)).first;
+    fence_if_superseded(f.seg_id, f.epoch);  // another owner writes a segment this node owns
+  }
+  ReplicaStore& st = *it->second;
+  if (f.name != st.name() || f.total_len != st.size()) {
+    if (verified(f)) bump(counters.bad_input);
+    return;
+  }
+  if (f.epoch != st.epoch() || f.src != st.owner()) {
+    if (!verified(f)) return;
+    // Fencing (S22): data from an older owner epoch, or from another node
+    // claiming the current one, is refused, and the sender is told which
+    // epoch superseded it. A newer epoch means ownership moved: adopt it.
+    if (f.epoch <= st.epoch()) {
+      bump(counters.stale_epoch);
+      send_error(link, f, wire::ErrorCode::kStaleEpoch, st.epoch());
+      return;
+    }
+    st.adopt_epoch(f.src, f.epoch);
+    fence_if_superseded(f.seg_id, f.epoch);
+  }
+  bool restart = false;
+  switch (st.accept(f)) {
+    case ReplicaStore::Accept::kStored: break;
+    case ReplicaStore::Accept::kStale: break;
+    case ReplicaStore::Accept::kDuplicate: bump(counters.duplicates); break;
+    case ReplicaStore::Accept::kPublished:
+      bump(counters.published);
+      BT_DEBUG("published %s generation %lu", st.name().c_str(), static_cast<unsigned long>(f.generation));
+      if (global) {  // S7: the slot stays pinned until the file is safe
+        ReplicaStore::Slot& slot = *st.latest();
+        auto& pin = st.writer_pin(slot);
+        pin.fetch_add(1);
+        GlobalStore::Job job;
+        job.set_name(st.name());  // a valid wire name always fits
+        job.epoch = st.epoch();
+        job.generation = slot.generation;
+        job.size = st.size();
+        job.data = slot.mem.data();
+        job.pin = &pin;
+        if (!global->submit(job)) pin.fetch_sub(1);  // the writer is behind: this generation is skipped
+      }
+      break;
+    case ReplicaStore::Accept::kCorrupt:
+      bump(counters.corrupt_generations);
+      restart = true;
+      break;
+    case ReplicaStore::Accept::kNoSlot: bump(counters.no_slot); return;
+    case ReplicaStore::Accept::kBadFrame:
+      bump(counters.decode[static_cast<size_t>(wire::DecodeError::kChecksum)]);
+      return;
+  }
+  for (auto& a : acks_due)
+    if (a.store == &st && a.link == &link) {
+      a.restart |= restart;
+      a.generation = f.generation;
+      return;
+    }
+  acks_due.push_back({&link, &st, nullptr, f.generation, restart});
+}
+
+void Engine::Impl::flush_acks() noexcept {
+  for (const auto& a : acks_due) {
+    wire::Frame ack;
+    ack.type = wire::MsgType::kAck;
+    ack.src = config.node_id;
+    ack.dst = a.link->peer();
+    ack.gen_crc = static_cast<uint32_t>(incarnation);  // see from_known_incarnation()
+    if (a.store != nullptr) {
+      ack.seg_id = a.store->id();
+      ack.epoch = a.store->epoch();
+      a.store->fill_ack(ack);
+    } else {
+      ack.seg_id = a.fetch->id;
+      ack.flags = wire::kFlagFetch;
+      a.fetch->assembler.fill_ack(ack);
+      if (a.fetch->got_generation != 0) {
+        ack.generation = a.fetch->got_generation;
+        ack.flags |= wire::kFlagComplete;
+      }
+    }
+    if (a.restart) {
+      ack.generation = a.generation;
+      ack.flags |= wire::kFlagRestart;
+    }
+    if (ack.generation == 0) continue;  // nothing to acknowledge yet
+    send_control(*a.link, ack);
+  }
+  acks_due.clear();
+}
+
+void Engine::Impl::on_fetch_request(Link& link, const wire::Frame& f, uint64_t now) noexcept {
+  auto owned_it = owned.find(f.seg_id);
+  auto store_it = stores.find(f.seg_id);
+  ReplicaStore* st = store_it == stores.end() ? nullptr : store_it->second.get();
+  if ((f.flags & wire::kFlagQuery) != 0) {
+    wire::Frame meta;
+    meta.type = wire::MsgType::kFetchMeta;
+    meta.src = config.node_id;
+    meta.dst = f.src;
+    meta.seg_id = f.seg_id;
+    meta.name = f.name;
+    if (owned_it != owned.end() && !owned_it->second->fenced.load()) {  // a fenced one is no one's
+      Segment& seg = *owned_it->second;
+      meta.flags = wire::kFlagFound | wire::kFlagOwner;
+      meta.epoch = seg.epoch.load();
+      meta.total_len = seg.size;
+      meta.generation = seg.current_stage >= 0 ? seg.stages[seg.current_stage].generation : 0;
+    } else if (st != nullptr && st->latest() != nullptr) {
+      meta.flags = wire::kFlagFound;
+      meta.epoch = st->epoch();
+      meta.total_len = st->size();
+      meta.generation = st->latest()->generation;
+    }
+    if (auto rec = records.find(f.seg_id); rec != records.end()) {
+      meta.flags |= wire::kFlagRecord | (rec->second.deleted ? wire::kFlagDeleted : 0);
+      wire::set_aux_epoch(meta, rec->second.epoch);
+      meta.gen_crc = static_cast<uint32_t>(rec->second.version);
+      meta.chunk_size = rec->second.owner;
+      meta.sack = rec->second.set;
+    }
+    send_control(link, meta);
+    return;
+  }
+  ReplicaStore::Slot* slot = st == nullptr ? nullptr : st->find(f.generation);
+  if (slot == nullptr) {
+    send_error(link, f, wire::ErrorCode::kNoSuchSegment, 0);
+    return;
+  }
+  // A repeated request restarts the transfer (the loader lost its state or our frames).
+  FetchServe* serve = nullptr;
+  for (auto& s : serves)
+    if (s->id == f.seg_id && s->requester == f.src) {
+      s->slot->pins--;
+      serve = s.get();
+    }
+  if (serve == nullptr) serve = serves.emplace_back(std::make_unique<FetchServe>()).get();
+  serve->id = f.seg_id;
+  serve->requester = f.src;
+  serve->store = st;
+  serve->slot = slot;
+  slot->pins++;
+  serve->last_progress_ns = now;
+  SendSource src{slot->mem.data(), st->size(), slot->chunk_size, slot->chunk_crcs, slot->gen_crc,
+                 slot->generation};
+  serve->sender.start(src, tuning(), now);
+}
+
+void Engine::Impl::on_fetch_data(wire::Frame& f, uint64_t now) noexcept {
+  for (auto it = fetches.begin(); it != fetches.end(); ++it) {
+    FetchOp& op = **it;
+    if (op.id != f.seg_id || op.peer != f.src) continue;
+    if (op.got_generation != 0) return;  // done; a late duplicate
+    if (!op.assembler.active()) {
+      if (!verified(f)) return;
+      if (f.total_len != op.dest->size() || (op.generation != 0 && f.generation != op.generation)) {
+        bump(counters.bad_input);
+        return;
+      }
+      op.assembler.begin(op.dest->data(), f);
+      op.got_epoch = f.epoch;
+    }
+    if (!op.assembler.matches(f)) {
+      if (verified(f)) bump(counters.bad_input);
+      return;
+    }
+    op.last_progress_ns = now;
+    bool restart = false;
+    switch (op.assembler.accept(f)) {
+      case ChunkAssembler::Outcome::kStored: break;
+      case ChunkAssembler::Outcome::kDuplicate: bump(counters.duplicates); break;
+      case ChunkAssembler::Outcome::kCorrupt:
+        bump(counters.corrupt_generations);
+        restart = true;
+        break;
+      case ChunkAssembler::Outcome::kComplete: op.got_generation = f.generation; break;
+      case ChunkAssembler::Outcome::kBadFrame:
+        bump(counters.decode[static_cast<size_t>(wire::DecodeError::kChecksum)]);
+        return;
+    }
+    acks_due.push_back({link_to(op.peer), nullptr, &op, f.generation, restart});
+    if (op.got_generation != 0) {
+      // The final ack goes out with this burst's flush; the op ends now.
+      fetches.erase(it);
+      completed_fetches.push_back(&op);
+    }
+    return;
+  }
+}
+
+}  // namespace baton
