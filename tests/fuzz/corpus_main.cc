@@ -56,6 +56,10 @@ std::vector<std::vector<std::byte>> frames() {
   a.chunk_index = 2;
   a.chunk_count = 2;
   a.flags = kFlagComplete;
+  // Replies carry their sender's incarnation (low 32 bits): node 2 of the
+  // fuzz target starts at its simulated clock's first tick, 1 s.
+  constexpr uint32_t kNode2Incarnation = 1'000'000'000;
+  a.gen_crc = kNode2Incarnation;
   add(a);
   Frame q;
   q.type = MsgType::kFetchRequest;
@@ -89,6 +93,10 @@ std::vector<std::vector<std::byte>> frames() {
   tomb.sack = 0;
   tomb.epoch = 3;
   add(tomb);
+  Frame echo = r;  // a node stored the owner's set record
+  echo.flags = kFlagComplete;
+  echo.gen_crc = kNode2Incarnation;
+  add(echo);
   Frame rel = r;  // a recorded set: non-members drop their copies
   rel.flags = kFlagRelease;
   add(rel);
