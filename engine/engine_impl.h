@@ -1,16 +1,20 @@
 #pragma once
-// Engine internals shared by the control side (API calls, which may block
-// and allocate: engine.cc, control/takeover.cc) and the poll loop (never
-// blocks, never throws: worker.cc moves frames and bytes; control/liveness,
-// placement, records and claims.cc decide about peers and ownership). The
-// poll loop allocates only off the commit path: when a replica segment, a
-// set record or a served fetch first appears, and for the text of an event
-// on a membership or placement change. The poll loop and all data-path
-// state belong to whoever holds the poll token: the worker thread, or a
-// control thread while it waits for the engine (under simulation, the one
-// thread that drives it). Control threads otherwise reach that state only
-// through ops on the command ring, and read what the loop publishes in
-// atomics (generations held, the fenced flag).
+// Engine internals, used by three kinds of thread:
+// - API callers (which may block and allocate: engine.cc,
+//   control/takeover.cc, control/delete.cc);
+// - the poll loop (never blocks, never throws: worker.cc and replica.cc
+//   move frames and bytes; control/liveness, placement, records, claims and
+//   tombstones.cc decide about ownership). It allocates only off the commit
+//   path: when a replica segment, a set record or a served fetch first
+//   appears, and for the text of an event. The poll loop and all data-path
+//   state belong to whoever holds the poll token: the worker thread, or an
+//   API caller while it waits for the engine;
+// - the control thread (control/control_thread.cc), which owns the failure
+//   detector and the views and talks to the poll loop only through two
+//   SPSC rings and a few atomics the loop publishes.
+// API callers otherwise reach poll-loop state only through ops on the
+// command ring, and read what the loop publishes in atomics (generations
+// held, the fenced flag). Under simulation one thread drives all of it.
 
 #include <rte_ring.h>
 
