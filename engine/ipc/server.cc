@@ -556,11 +556,12 @@ nlohmann::json Server::status_json(size_t limit) const {
                     {"commits", counters.commits},
                     {"disconnects", counters.disconnects}};
   const auto peers = engine_.peers();
-  auto alive = [&](uint16_t node) {
+  auto peer = [&](uint16_t node) {
     for (const auto& p : peers)
-      if (p.node == node) return p.alive;
-    return false;
+      if (p.node == node) return p;
+    return PeerStatus{node};
   };
+  auto alive = [&](uint16_t node) { return peer(node).alive; };
   const View v = engine_.view();
   out["view"] = {{"id", v.id},
                  {"members", v.members},
@@ -569,14 +570,21 @@ nlohmann::json Server::status_json(size_t limit) const {
                  {"quorate", v.quorate},
                  {"agreed", v.agreed}};
   out["links"] = json::array();
-  for (const auto& l : engine_.link_status())
+  for (const auto& l : engine_.link_status()) {
+    const PeerStatus p = peer(l.peer);
     out["links"].push_back({{"peer", l.peer},
-                            {"alive", alive(l.peer)},
+                            {"alive", p.alive},
+                            {"silent_ms", p.silent_us / 1000},
+                            // The peer's incarnation (its start time) and how long this node has
+                            // known it: a young one is a restart.
+                            {"incarnation", p.incarnation},
+                            {"incarnation_age_s", p.incarnation_age_us / 1'000'000},
                             {"up", l.up},
                             {"rx", l.counters.rx_frames},
                             {"tx", l.counters.tx_frames},
                             {"reconnects", l.counters.reconnects},
                             {"name", l.name.substr(0, l.name.find(' '))}});
+  }
   // The registry is copied out first: the engine's answers may wait behind
   // a long open on another session, and the registry must not.
   std::vector<std::tuple<std::string, baton::Segment*, bool>> held;
@@ -594,7 +602,7 @@ nlohmann::json Server::status_json(size_t limit) const {
     if (!st) continue;
     json seg = {{"name", name},       {"size", st->size},   {"generation", st->generation},
                 {"durable", st->durable}, {"epoch", st->epoch}, {"held", app},
-                {"fenced", st->fenced}};
+                {"fenced", st->fenced},   {"durable_age_ms", st->durable_age_us / 1000}};
     seg["replicas"] = json::array();
     for (auto& [node, gen] : st->replicas)
       seg["replicas"].push_back({{"node", node},

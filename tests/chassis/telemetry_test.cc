@@ -48,6 +48,16 @@ TEST(Telemetry, BatondAnswersDpdkTelemetryAndTypedJson) {
   EXPECT_EQ(st["segments"][0]["name"], "ledger");
   EXPECT_EQ(st["segments"][0]["generation"], gen);
   EXPECT_TRUE(st["segments"][0]["held"].get<bool>());
+  EXPECT_TRUE(st["segments"][0]["durable_age_ms"].is_number_integer()) << st.dump();
+  // Each link says how long its peer has been silent and since when this
+  // node knows the peer's incarnation (a restart would make that young).
+  ASSERT_EQ(st["links"].size(), 2u) << st.dump();
+  for (const auto& l : st["links"]) {
+    EXPECT_TRUE(l["alive"].get<bool>()) << l.dump();
+    EXPECT_LT(l["silent_ms"].get<uint64_t>(), 1000u) << l.dump();
+    EXPECT_NE(l["incarnation"].get<uint64_t>(), 0u) << "its heartbeats name it: " << l.dump();
+    EXPECT_TRUE(l["incarnation_age_s"].is_number_integer()) << l.dump();
+  }
   ASSERT_TRUE(st["node"]["telemetry"].is_string()) << st.dump();
   const std::string prefix = st["node"]["telemetry"];
 

@@ -85,11 +85,18 @@ int status(const std::string& socket, bool as_json, bool segments_only) {
     std::printf("clients: %llu accepted, %llu refused, %llu bad requests, %llu commits\n\n",
                 cl.value("accepted", 0ull), cl.value("refused_credentials", 0ull) + cl.value("refused_limit", 0ull),
                 cl.value("bad_requests", 0ull), cl.value("commits", 0ull));
-    std::printf("%-16s %-5s %-6s %-6s %10s %10s %10s\n", "LINK", "PEER", "NODE", "LINK", "RX", "TX", "RECONNECTS");
-    for (const auto& l : j.value("links", json::array()))
-      std::printf("%-16s %-5d %-6s %-6s %10llu %10llu %10llu\n", l.value("name", "").c_str(), l.value("peer", 0),
-                  l.value("alive", false) ? "alive" : "dead", l.value("up", false) ? "up" : "down",
-                  l.value("rx", 0ull), l.value("tx", 0ull), l.value("reconnects", 0ull));
+    std::printf("%-16s %-5s %-6s %-6s %10s %10s %10s %10s %10s\n", "LINK", "PEER", "NODE", "LINK", "RX", "TX",
+                "RECONNECTS", "SILENT ms", "STARTED s");
+    for (const auto& l : j.value("links", json::array())) {
+      // How long ago this node first heard the peer's current incarnation:
+      // small after the peer restarted (it lost what it held).
+      const std::string started =
+          l.value("incarnation", 0ull) != 0 ? std::to_string(l.value("incarnation_age_s", 0ull)) : "-";
+      std::printf("%-16s %-5d %-6s %-6s %10llu %10llu %10llu %10llu %10s\n", l.value("name", "").c_str(),
+                  l.value("peer", 0), l.value("alive", false) ? "alive" : "dead", l.value("up", false) ? "up" : "down",
+                  l.value("rx", 0ull), l.value("tx", 0ull), l.value("reconnects", 0ull), l.value("silent_ms", 0ull),
+                  started.c_str());
+    }
     std::printf("\n");
   }
   std::printf("%-20s %12s %10s %8s %6s %-5s %s\n", "SEGMENT", "SIZE", "GENERATION", "DURABLE", "EPOCH", "APP",
