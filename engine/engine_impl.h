@@ -213,7 +213,12 @@ struct ClaimOp : RoundOp<ClaimAnswer> {
 
 /// Asks every peer (and this node) what it holds of a name. `need`: a quorum
 /// of nodes.
-struct QueryOp : RoundOp<QueryAnswer> {};
+struct QueryOp : RoundOp<QueryAnswer> {
+  /// The epoch of the name's delete marker in global storage (0: none, or
+  /// no global storage): a tombstone that outlives every node's memory.
+  /// Read by the caller once the round is over.
+  uint64_t global_deleted = 0;
+};
 
 /// A node's answer to a tombstone.
 struct TombstoneAnswer {

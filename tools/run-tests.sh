@@ -20,8 +20,12 @@ if ((sanitizers)); then
   [[ -f build-asan/build.ninja ]] || meson setup build-asan --buildtype=debug \
     -Db_sanitize=address,undefined -Db_lundef=false -Dbenchmarks=false
   ninja -C build-asan
+  # One test binary at a time: a sanitizer slows every engine thread 3-15x,
+  # and two seven-node clusters at once stall polls for seconds on two cores
+  # (a stall past the failure timeout is a false suspicion, and a round that
+  # waits on it times out: the test then measures the machine, not Baton).
   UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 ASAN_OPTIONS=detect_leaks=1 \
-    meson test -C build-asan --suite unit --print-errorlogs --num-processes 2
+    meson test -C build-asan --suite unit --print-errorlogs --num-processes 1
 fi
 
 # ThreadSanitizer over the unit suite (engines with their worker threads and
@@ -42,7 +46,7 @@ for t in json.load(sys.stdin):
         print(os.path.relpath(t["cmd"][0], os.path.abspath("build-tsan")))')
   ninja -C build-tsan $unit_targets
   TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
-    meson test -C build-tsan --no-rebuild --suite unit --print-errorlogs --num-processes 2
+    meson test -C build-tsan --no-rebuild --suite unit --print-errorlogs --num-processes 1
   # batond's own threads (accept, a session per application, commit) under
   # attack; without links batond runs no DPDK, so TSan sees every access.
   ninja -C build-tsan tools/batond tests/test_hostile_client

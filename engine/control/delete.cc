@@ -33,7 +33,7 @@ Result<void> Engine::Impl::remove_locked(std::string_view name) {
   if (!q) return tl::unexpected(q.error());
   // What the delete must cover: copies and records above the newest
   // tombstone, and files in global storage.
-  uint64_t deleted = 0, newest = 0;
+  uint64_t deleted = (*q)->global_deleted, newest = (*q)->global_deleted;
   for (const auto& a : (*q)->answers) {
     if (a.record.deleted) deleted = std::max(deleted, a.record.epoch);
     newest = std::max({newest, a.epoch, a.record.epoch});
@@ -61,7 +61,7 @@ Result<void> Engine::Impl::remove_locked(std::string_view name) {
     if (n != 0) set.push_back(n);
   if (auto ok = write_tombstone(name, epoch, set); !ok) return ok;
   if (!config.global_dir.empty())
-    if (auto ok = GlobalStore::remove(config.global_dir, name, epoch + 1); !ok) return ok;
+    if (auto ok = GlobalStore::remove(config.global_dir, name, epoch); !ok) return ok;
   record_event("segment " + std::string(name) + " deleted at owner epoch " + std::to_string(epoch));
   return {};
 }

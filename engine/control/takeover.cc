@@ -16,18 +16,20 @@ namespace baton {
 
 namespace {
 
-// The newest owner epoch any answer mentions (held or recorded): a new owner
-// starts above it, so stale replicas and records give way.
+// The newest owner epoch any answer mentions (held or recorded), or global
+// storage's delete marker: a new owner starts above it, so stale replicas,
+// records and files give way.
 uint64_t newest_epoch(const QueryOp& q) {
-  uint64_t e = 0;
+  uint64_t e = q.global_deleted;
   for (const auto& a : q.answers) e = std::max({e, a.epoch, a.record.epoch});
   return e;
 }
 
-// The epoch of the newest tombstone any answer carries (0: none). Copies
-// and records at or below it belong to a deleted history.
+// The epoch of the newest tombstone any answer carries, or of global
+// storage's delete marker (0: none). Copies and records at or below it
+// belong to a deleted history.
 uint64_t deleted_at(const QueryOp& q) {
-  uint64_t e = 0;
+  uint64_t e = q.global_deleted;
   for (const auto& a : q.answers)
     if (a.record.deleted) e = std::max(e, a.record.epoch);
   return e;
@@ -73,6 +75,7 @@ Result<std::unique_ptr<QueryOp>> Engine::Impl::query(std::string_view name) {
   post(raw);
   await(*raw);
   if (!raw->ok) return tl::unexpected(raw->error);
+  if (!config.global_dir.empty()) q->global_deleted = GlobalStore::deleted_epoch(config.global_dir, name);
   // Decisions rest on what a quorum of nodes said: a set record written at
   // a quorum is then seen by at least one of them.
   const uint32_t need = current_view().quorum;

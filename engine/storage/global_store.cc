@@ -54,6 +54,20 @@ bool parse_name(const std::string& file, uint64_t* epoch, uint64_t* gen, unsigne
 
 std::string segment_dir(const std::string& dir, std::string_view name) { return dir + "/" + std::string(name); }
 
+// "deleted-e<epoch>": a delete marker (see the header).
+bool parse_marker(const std::string& file, uint64_t* epoch) {
+  int end = 0;
+  return std::sscanf(file.c_str(), "deleted-e%lu%n", epoch, &end) == 1 && static_cast<size_t>(end) == file.size();
+}
+
+void fsync_dir(const std::string& d) {
+  const int dfd = ::open(d.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd >= 0) {
+    ::fsync(dfd);
+    ::close(dfd);
+  }
+}
+
 }  // namespace
 
 Result<std::unique_ptr<GlobalStore>> GlobalStore::open(const std::string& dir, uint32_t keep, uint16_t node) {
@@ -111,9 +125,11 @@ void GlobalStore::run() {
     }
     auto ok = write(job);
     job.pin->fetch_sub(1);  // the slot may be reused from here on
-    if (ok) {
+    if (ok && *ok) {
       written_.fetch_add(1);
       prune(job.name());
+    } else if (ok) {
+      dropped_.fetch_add(1);
     } else {
       failed_.fetch_add(1);
       BT_WARN("global storage: %s", ok.error().to_string().c_str());
@@ -121,8 +137,9 @@ void GlobalStore::run() {
   }
 }
 
-Result<void> GlobalStore::write(const Job& job) {
+Result<bool> GlobalStore::write(const Job& job) {
   const std::string sdir = segment_dir(dir_, job.name());
+  if (deleted_epoch(dir_, job.name()) >= job.epoch) return false;  // deleted while queued
   std::error_code ec;
   fs::create_directories(sdir, ec);
   if (ec) return fail(Errc::kIo, "cannot create ", sdir, ": ", ec.message());
@@ -148,13 +165,16 @@ Result<void> GlobalStore::write(const Job& job) {
     ::unlink(tmp.c_str());
     return fail(Errc::kIo, "write ", final_path, ": ", std::strerror(errno));
   }
-  // The rename is durable only once the directory is.
-  const int dfd = ::open(sdir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd >= 0) {
-    ::fsync(dfd);
-    ::close(dfd);
+  // A delete that marked the name while this file was written may have
+  // listed the directory before the rename: the file removes itself. (The
+  // delete writes its marker before it lists; this checks after renaming:
+  // one of the two sees the other.)
+  if (deleted_epoch(dir_, job.name()) >= job.epoch) {
+    ::unlink(final_path.c_str());
+    return false;
   }
-  return {};
+  fsync_dir(sdir);  // the rename is durable only once the directory is
+  return true;
 }
 
 void GlobalStore::prune(std::string_view name) {
@@ -173,6 +193,7 @@ void GlobalStore::prune(std::string_view name) {
 std::optional<GlobalCopy> GlobalStore::newest(const std::string& dir, std::string_view name, uint64_t max_size,
                                                uint64_t min_epoch) {
   if (dir.empty() || !wire::valid_name(name)) return std::nullopt;
+  if (const uint64_t deleted = deleted_epoch(dir, name); deleted != 0) min_epoch = std::max(min_epoch, deleted + 1);
   std::vector<GlobalCopy> copies;
   std::error_code ec;
   for (const auto& e : fs::directory_iterator(segment_dir(dir, name), ec)) {
@@ -198,19 +219,51 @@ std::optional<GlobalCopy> GlobalStore::newest(const std::string& dir, std::strin
   return std::nullopt;
 }
 
-Result<void> GlobalStore::remove(const std::string& dir, std::string_view name, uint64_t below_epoch) {
-  if (dir.empty() || !wire::valid_name(name)) return fail(Errc::kInvalidArgument, "bad global storage name");
+uint64_t GlobalStore::deleted_epoch(const std::string& dir, std::string_view name) {
+  if (dir.empty() || !wire::valid_name(name)) return 0;
+  uint64_t newest = 0;
   std::error_code ec;
   for (const auto& e : fs::directory_iterator(segment_dir(dir, name), ec)) {
+    uint64_t epoch;
+    if (parse_marker(e.path().filename().string(), &epoch)) newest = std::max(newest, epoch);
+  }
+  return newest;
+}
+
+Result<void> GlobalStore::remove(const std::string& dir, std::string_view name, uint64_t epoch) {
+  if (dir.empty() || !wire::valid_name(name) || epoch == 0)
+    return fail(Errc::kInvalidArgument, "bad global storage name or epoch");
+  const std::string sdir = segment_dir(dir, name);
+  std::error_code ec;
+  fs::create_directories(sdir, ec);
+  if (ec) return fail(Errc::kIo, "cannot create ", sdir, ": ", ec.message());
+  // The marker first, durably: from here on no copy at or below `epoch` is
+  // read, whatever the removal below leaves (a crash, a write in flight).
+  if (deleted_epoch(dir, name) < epoch) {
+    const std::string marker = sdir + "/deleted-e" + std::to_string(epoch), tmp = marker + ".tmp";
+    const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) return fail(Errc::kIo, "open ", tmp, ": ", std::strerror(errno));
+    const bool synced = ::fsync(fd) == 0;
+    ::close(fd);
+    if (!synced || ::rename(tmp.c_str(), marker.c_str()) != 0) {
+      ::unlink(tmp.c_str());
+      return fail(Errc::kIo, "global storage: cannot write ", marker, ": ", std::strerror(errno));
+    }
+    fsync_dir(sdir);
+  }
+  for (const auto& e : fs::directory_iterator(sdir, ec)) {
+    const std::string file = e.path().filename().string();
     GlobalCopy c;
     unsigned node;
-    if (!parse_name(e.path().filename().string(), &c.epoch, &c.generation, &node) || c.epoch >= below_epoch) continue;
+    uint64_t marked;
+    const bool old_copy = parse_name(file, &c.epoch, &c.generation, &node) && c.epoch <= epoch;
+    const bool old_marker = parse_marker(file, &marked) && marked < epoch;
+    if (!old_copy && !old_marker) continue;
     std::error_code rm;
     if (!fs::remove(e.path(), rm) && rm)
       return fail(Errc::kIo, "global storage: cannot remove ", e.path().string(), ": ", rm.message());
   }
-  if (ec && ec != std::errc::no_such_file_or_directory)
-    return fail(Errc::kIo, "global storage: cannot list ", segment_dir(dir, name), ": ", ec.message());
+  if (ec) return fail(Errc::kIo, "global storage: cannot list ", sdir, ": ", ec.message());
   return {};
 }
 

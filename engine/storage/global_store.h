@@ -7,6 +7,12 @@
 // file whose checksum matches; temp files (a write killed half-way) are never
 // read.
 //
+// A delete leaves a marker, `deleted-e<epoch>`, written the same way before
+// any copy is removed: copies at or below that owner epoch are never read
+// again, even once every node (and its in-memory tombstone) is gone, and a
+// write that was still in flight removes its own file when it lands under
+// the marker. A new history of the name starts above the marker's epoch.
+//
 // Writes happen on the store's own thread, never on the poll loop: the poll
 // loop submits a pinned replica slot and the thread releases the pin when the
 // file is safe.
@@ -61,24 +67,33 @@ class GlobalStore {
 
   /// The newest intact copy of `name` in `dir`, written by any node.
   /// Thread: any (reads the directory).
-  /// Only copies written under owner epoch `min_epoch` or later count (a
-  /// deleted history's files are older than its tombstone's epoch).
+  /// Only copies written under owner epoch `min_epoch` or later, and above
+  /// the name's delete marker, count (a deleted history's files are older
+  /// than its tombstone's epoch).
   static std::optional<GlobalCopy> newest(const std::string& dir, std::string_view name, uint64_t max_size,
                                           uint64_t min_epoch = 0);
-  /// Removes every copy of `name` written under an owner epoch below
-  /// `below_epoch` (a delete). Thread: any.
-  static Result<void> remove(const std::string& dir, std::string_view name, uint64_t below_epoch);
+  /// Deletes `name` at owner epoch `epoch`: durably marks it so, then
+  /// removes every copy written under that epoch or below. Errors: kIo,
+  /// kInvalidArgument. Thread: any.
+  static Result<void> remove(const std::string& dir, std::string_view name, uint64_t epoch);
+  /// The owner epoch of the newest delete marker of `name` (0: none).
+  /// Thread: any.
+  static uint64_t deleted_epoch(const std::string& dir, std::string_view name);
   /// Reads a copy into `dest` (exactly its size), verifying its checksum.
   /// Errors: kIo, kCorrupt. Thread: any.
   static Result<void> read(const GlobalCopy& copy, std::span<std::byte> dest);
 
   uint64_t written() const noexcept { return written_.load(); }
   uint64_t failed() const noexcept { return failed_.load(); }
+  /// Writes dropped because the name was deleted at or above their epoch.
+  uint64_t dropped() const noexcept { return dropped_.load(); }
 
  private:
   GlobalStore(std::string dir, uint32_t keep, uint16_t node) : dir_(std::move(dir)), keep_(keep), node_(node) {}
   void run();
-  Result<void> write(const Job& job);
+  /// Writes the job's file; false (nothing left behind) when the name was
+  /// deleted at or above the job's epoch, before or while it was written.
+  Result<bool> write(const Job& job);
   void prune(std::string_view name);
 
   std::string dir_;
@@ -90,7 +105,7 @@ class GlobalStore {
   size_t head_ = 0, count_ = 0;
   bool stopping_ = false;
   std::thread thread_;
-  std::atomic<uint64_t> written_{0}, failed_{0};
+  std::atomic<uint64_t> written_{0}, failed_{0}, dropped_{0};
 };
 
 }  // namespace baton

@@ -3,13 +3,16 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <chrono>
+#include <cstring>
 #include <filesystem>
 #include <thread>
 
 #include "../../common/cluster.h"
 #include "../../common/ok.h"
 #include "../../common/scratch_dir.h"
+#include "storage/global_store.h"
 
 namespace baton {
 namespace {
@@ -157,9 +160,63 @@ TEST(Delete, GlobalStorageForgetsTheName) {
   ASSERT_TRUE(eventually([&] { return files() > 0; }));
   ASSERT_TRUE(test::ok(cl.node(1).close(seg)));
   ASSERT_TRUE(test::ok(cl.node(2).remove("kept")));
-  EXPECT_EQ(files(), 0u);
+  // No copy is readable once the delete returns; a replica's write still in
+  // flight then lands under the delete marker and removes its own file.
+  EXPECT_FALSE(GlobalStore::newest(dir.path, "kept", 1 << 20));
+  EXPECT_TRUE(eventually([&] { return files() == 0; })) << files() << " copies left";
   auto r = test::must(cl.node(3).open("kept", 8192));
   EXPECT_EQ(r.outcome, OpenOutcome::kCreated);
+}
+
+// The delete outlives every node: with all of them restarted (their
+// tombstones were in memory), a copy of the deleted history that a slow
+// writer left behind is still never restored, and the name's new history
+// starts above the delete and is restored in turn.
+TEST(Delete, AGlobalDeleteOutlivesEveryNode) {
+  test::ScratchDir dir;
+  std::string old_copy;
+  {
+    Cluster cl(3, config(1), 16384, [&](int, EngineConfig& c) { c.global_dir = dir.path; });
+    Segment* seg = test::must(cl.node(1).create("gone", 8192));
+    commit_durable(cl.node(1), seg, 1);
+    ASSERT_TRUE(eventually([&] { return GlobalStore::newest(dir.path, "gone", 1 << 20).has_value(); }));
+    old_copy = GlobalStore::newest(dir.path, "gone", 1 << 20)->path;
+    std::filesystem::copy_file(old_copy, old_copy + ".keep");
+    ASSERT_TRUE(test::ok(cl.node(1).close(seg)));
+    ASSERT_TRUE(test::ok(cl.node(1).remove("gone")));
+  }
+  std::filesystem::rename(old_copy + ".keep", old_copy);  // as if written after the delete listed the directory
+  const uint64_t deleted = GlobalStore::deleted_epoch(dir.path, "gone");
+  EXPECT_GT(deleted, 1u);
+  EXPECT_FALSE(GlobalStore::newest(dir.path, "gone", 1 << 20)) << "a copy under the delete marker is readable";
+  uint64_t g = 0;
+  {
+    Cluster cl(3, config(1), 16384, [&](int, EngineConfig& c) { c.global_dir = dir.path; });
+    auto r = cl.node(2).open("gone", 8192);
+    ASSERT_TRUE(r) << r.error().to_string();
+    EXPECT_EQ(r->outcome, OpenOutcome::kCreated) << "a deleted history was restored";
+    EXPECT_TRUE(std::all_of(cl.node(2).data(r->segment).begin(), cl.node(2).data(r->segment).end(),
+                            [](std::byte b) { return b == std::byte{0}; }));
+    EXPECT_GT(test::must(cl.node(2).status(r->segment)).epoch, deleted) << "the new history starts above the delete";
+    std::memset(cl.node(2).data(r->segment).data(), 9, 8192);
+    g = test::must(cl.node(2).commit(r->segment));
+    ASSERT_TRUE(test::ok(cl.node(2).wait_replicated(r->segment, g, kDurable, 10s)));
+    ASSERT_TRUE(eventually([&] {
+      auto c = GlobalStore::newest(dir.path, "gone", 1 << 20);
+      return c && c->generation == g;
+    }));
+  }
+  // The new history, not the marker, is what a node restores now.
+  EngineConfig c = config(1);
+  c.global_dir = dir.path;
+  c.node_id = 7;
+  auto lone = Engine::start(c, {});
+  ASSERT_TRUE(lone) << lone.error().to_string();
+  auto r = (*lone)->open("gone", 8192);
+  ASSERT_TRUE(r) << r.error().to_string();
+  EXPECT_EQ(r->outcome, OpenOutcome::kRestored);
+  EXPECT_EQ(r->generation, g);
+  EXPECT_EQ((*lone)->data(r->segment)[100], std::byte{9});
 }
 
 // S11's third case: every replica is gone (here: nothing was ever

@@ -149,6 +149,47 @@ TEST(GlobalStorage, KeepsTheNewestNAndOpenRestoresFromIt) {
   EXPECT_EQ((*fresh)->data(opened->segment)[0], std::byte{5});
 }
 
+// A write still queued or in flight when its name is deleted never leaves a
+// file behind; a newer history's write does.
+TEST(GlobalStorage, AWriteUnderADeleteMarkerLeavesNoFile) {
+  ScratchDir dir;
+  auto store = GlobalStore::open(dir.path, 2, 4);
+  ASSERT_TRUE(store) << store.error().to_string();
+  ASSERT_TRUE(GlobalStore::remove(dir.path, "late", 5));
+  EXPECT_EQ(GlobalStore::deleted_epoch(dir.path, "late"), 5u);
+  std::vector<std::byte> bytes(4096, std::byte{3});
+  auto write = [&](uint64_t epoch, uint64_t gen) {
+    std::atomic<uint32_t> pin{1};
+    GlobalStore::Job job;
+    ASSERT_TRUE(job.set_name("late"));
+    job.epoch = epoch;
+    job.generation = gen;
+    job.size = bytes.size();
+    job.data = bytes.data();
+    job.pin = &pin;
+    ASSERT_TRUE((*store)->submit(job));
+    ASSERT_TRUE(eventually([&] { return pin.load() == 0; }));
+  };
+  write(5, 1);  // the deleted history's last generation
+  EXPECT_EQ((*store)->dropped(), 1u);
+  EXPECT_EQ(files_of(dir.path, "late", ".seg"), 0u);
+  EXPECT_FALSE(GlobalStore::newest(dir.path, "late", 1 << 20));
+  write(6, 1);  // the name's next history
+  EXPECT_EQ((*store)->written(), 1u);
+  auto copy = GlobalStore::newest(dir.path, "late", 1 << 20);
+  ASSERT_TRUE(copy);
+  EXPECT_EQ(copy->epoch, 6u);
+  // A later delete replaces the marker and removes the copy; an older one
+  // changes nothing.
+  ASSERT_TRUE(GlobalStore::remove(dir.path, "late", 6));
+  ASSERT_TRUE(GlobalStore::remove(dir.path, "late", 2));
+  EXPECT_EQ(GlobalStore::deleted_epoch(dir.path, "late"), 6u);
+  EXPECT_EQ(files_of(dir.path, "late", ".seg"), 0u);
+  EXPECT_EQ(files_of(dir.path, "late", ""), 1u) << "one marker, nothing else";
+  EXPECT_EQ(GlobalStore::remove(dir.path, "bad name", 3).error().code, Errc::kInvalidArgument);
+  EXPECT_EQ(GlobalStore::remove(dir.path, "late", 0).error().code, Errc::kInvalidArgument);
+}
+
 TEST(GlobalStorage, RejectsBadSettings) {
   EXPECT_EQ(GlobalStore::open("", 2, 1).error().code, Errc::kInvalidArgument);
   EXPECT_EQ(GlobalStore::open("/tmp/baton-global-bad", 0, 1).error().code, Errc::kInvalidArgument);
