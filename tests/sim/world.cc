@@ -80,6 +80,10 @@ struct App {
   std::set<uint64_t> deleted_content;                ///< hashes of every commit before a successful delete
   uint64_t deleted_at = 0;                           ///< when the last successful delete returned (0: never)
   uint64_t delete_tried_at = 0;                      ///< when the last delete that failed returned (0: never)
+  uint64_t durable_epoch = 0;                        ///< the owner epoch `durable` was acknowledged under
+  std::map<uint64_t, uint64_t> taken_at;             ///< owner epoch -> when ownership was first taken at it
+  std::vector<int> record_holders;                   ///< nodes holding the set record at the last durable ack
+  uint64_t record_holders_at = 0;                    ///< when that was
 };
 
 class World {
@@ -438,6 +442,17 @@ class World {
     if (g > a.durable) {
       a.durable = g;
       a.durable_hash = a.mine.at(g);
+      a.durable_epoch = st->epoch;
+      // Who holds the set record (its newest version, of this epoch) now:
+      // the records that say where the copies are live in these nodes'
+      // memory only.
+      checking_ = true;
+      a.record_holders.clear();
+      for (int m = 1; m <= o_.nodes; ++m)
+        if (alive(m))
+          if (auto r = engine(m)->record(a.name); r && r->epoch >= st->epoch) a.record_holders.push_back(m);
+      checking_ = false;
+      a.record_holders_at = now_;
     }
   }
 
@@ -507,7 +522,8 @@ class World {
   /// (stopped, or cut off from it: to it, dead) is not required to be found.
   /// A copy on a node it hears always is.
   bool records_lost(App& a, int opener) {
-    if (memory_lost_since(a.committed_at[a.durable]) <= tolerated_memory_losses()) return false;
+    if (memory_lost_since(a.committed_at[a.durable]) <= tolerated_memory_losses() && !record_holders_lost(a))
+      return false;
     // The holders the opener could have heard from: running, and held
     // alive by its own failure detector (not cut off from it).
     checking_ = true;
@@ -517,6 +533,32 @@ class World {
     checking_ = false;
     const int reachable = copies(a, a.durable, false, true, &heard);
     return reachable == 0;
+  }
+
+  /// The set record reached only the nodes that were up (a quorum, perhaps
+  /// no more): it is lost to some quorum once so many of those holders lost
+  /// their memory that no more than nodes - quorum of them are left, fewer
+  /// than the general count (nodes - quorum losses) assumes.
+  bool record_holders_lost(const App& a) const {
+    int left = 0;
+    for (int m : a.record_holders) left += killed_at_[m - 1] < a.record_holders_at;
+    return !a.record_holders.empty() && left <= tolerated_memory_losses();
+  }
+
+  /// Two histories: ownership was taken at an epoch above the one `durable`
+  /// was acknowledged under, before `durable` was committed, and more nodes
+  /// than a quorum tolerates lost their memory since. The acceptances of
+  /// that epoch lived in memory only: with them gone, the old owner went
+  /// on under its old epoch (unfenced: nobody it could hear knew better)
+  /// while a copy of the newer epoch's history waited on a node it could
+  /// not hear. Once both meet, the newer epoch wins, as it must for a
+  /// fenced owner's divergent history (issue #8 bug 4): like Raft voters
+  /// that forgot their votes, past what the records tolerate (counted).
+  bool history_forked(const App& a) const {
+    const uint64_t committed = a.committed_at.count(a.durable) ? a.committed_at.at(a.durable) : 0;
+    for (auto it = a.taken_at.upper_bound(a.durable_epoch); it != a.taken_at.end(); ++it)
+      if (it->second <= committed && memory_lost_since(it->second) > tolerated_memory_losses()) return true;
+    return false;
   }
 
   /// Whether a majority of the newest recorded replica set (the newest
@@ -620,12 +662,14 @@ class World {
     const uint64_t g = r.outcome == OpenOutcome::kCreated ? 0 : r.generation;
     note("app " + a.name + " on node " + std::to_string(n) + ": " + how + " -> " +
          (g == 0 ? std::string("fresh start") : "restored generation " + std::to_string(g)));
-    if (auto st = engine(n)->status(r.segment); st && st->epoch > 3 * a.attempts + 1)
+    const auto st = engine(n)->status(r.segment);
+    if (st && st->epoch > 3 * a.attempts + 1)
       throw Violation{"I4: epoch " + std::to_string(st->epoch) + " after " + std::to_string(a.attempts) +
                       " ownership attempts on " + a.name};
     if (g == 0) {
       ++stats_.fresh_starts;
       a.epoch_owner.clear();  // a new history: its epochs start again at 1
+      a.taken_at.clear();
       if (!std::all_of(mem.begin(), mem.end(), [](std::byte b) { return b == std::byte{0}; }))
         throw Violation{"I2: a fresh start of " + a.name + " is not zeroed"};
     } else {
@@ -647,6 +691,7 @@ class World {
         throw Violation{"I2: restored generation " + std::to_string(g) + " of " + a.name +
                         " is not what any commit of that generation wrote (torn or uncommitted bytes)"};
     }
+    if (st) a.taken_at.emplace(st->epoch, now_);
     const bool older = g < a.durable || (g == a.durable && g != 0 && h != a.durable_hash);
     if (older) {
       const bool held = anyone_holds(a, a.durable);
@@ -654,7 +699,13 @@ class World {
       if (held && records_lost(a, n)) {
         ++stats_.records_lost;
         note("  (the records of where durable generation " + std::to_string(a.durable) +
-             " lives died with more nodes than they tolerate; its copies are on stopped nodes only:" + holders + ")");
+             " lives died with more nodes than they tolerate; its copies are only on nodes the opener cannot hear "
+             "(stopped or cut off):" + holders + ")");
+      } else if (held && history_forked(a)) {
+        ++stats_.records_lost;
+        note("  (generation " + std::to_string(a.durable) + " was acknowledged under epoch " +
+             std::to_string(a.durable_epoch) + " after a newer epoch was taken and more nodes than a quorum "
+             "tolerates lost their memory: two histories, and the newer epoch's won)");
       } else if (held)
         throw Violation{"I1: " + std::string(how) + " on node " + std::to_string(n) + " gave generation " +
                         std::to_string(g) + " of " + a.name + "; generation " + std::to_string(a.durable) +
@@ -665,6 +716,7 @@ class World {
       }
       a.durable = g;
       a.durable_hash = g == 0 ? 0 : h;
+      a.durable_epoch = st ? st->epoch : 0;
     }
     a.mine.clear();
     if (g != 0) a.mine[g] = h;
