@@ -96,6 +96,7 @@ Engine::~Engine() {
   impl_->wake.fetch_add(1);
   futex_wake_all(impl_->wake);
   if (impl_->worker.joinable()) impl_->worker.join();
+  impl_->abort_rounds();
   // Views sent and never taken (both threads are gone).
   ControlMsg m;
   while (impl_->to_data.pop(m)) delete m.view;

@@ -4,13 +4,15 @@
 //   control/takeover.cc, control/delete.cc);
 // - the poll loop (never blocks, never throws: worker.cc and replica.cc
 //   move frames and bytes; control/liveness, placement, records, claims and
-//   tombstones.cc decide about ownership). It allocates only off the commit
+//   tombstones.cc decide about ownership and answer peers' rounds). It
+//   allocates only off the commit
 //   path: when a replica segment, a set record or a served fetch first
 //   appears, and for the text of an event. The poll loop and all data-path
 //   state belong to whoever holds the poll token: the worker thread, or an
 //   API caller while it waits for the engine;
 // - the control thread (control/control_thread.cc), which owns the failure
-//   detector and the views and talks to the poll loop only through two
+//   detector, the views and the asking side of rounds (control/rounds.cc:
+//   queries, claims, tombstones), and talks to the poll loop only through
 //   SPSC rings and a few atomics the loop publishes.
 // API callers otherwise reach poll-loop state only through ops on the
 // command ring, and read what the loop publishes in atomics (generations
@@ -38,7 +40,7 @@
 #include "baton/engine.h"
 #include "common/log.h"
 #include "control/detector.h"
-#include "control/membership.h"
+#include "control/rounds.h"
 #include "protocol/wire.h"
 #include "replication/replica_store.h"
 #include "replication/slot_allocator.h"
@@ -355,10 +357,10 @@ struct Engine::Impl {
   std::thread worker;
 
   // The control thread (control/control_thread.cc): it owns the failure
-  // detector and the membership views, decides from what the data path
-  // publishes (per link: heard_ns, up; polled_ns) and reports through
-  // `to_control`, and answers through `to_data`. Neither side takes the
-  // other's locks.
+  // detector, the membership views and the rounds in flight, decides from
+  // what the data path publishes (per link: heard_ns, up; polled_ns) and
+  // reports through `to_control` and `round_events`, and answers through
+  // `to_data`. Neither side takes the other's locks.
   std::unique_ptr<Detector> detector;  ///< control thread
   SpscRing<HeartbeatSeen, 256> to_control;  ///< token holder -> control thread
   SpscRing<ControlMsg, 1024> to_data;       ///< control thread -> token holder
@@ -367,6 +369,26 @@ struct Engine::Impl {
   std::deque<ControlMsg> to_data_backlog;
   std::vector<ControlMsg> control_out;            ///< control thread: scratch
   std::vector<LinkObservation> control_obs;       ///< control thread: scratch
+  /// Rounds starting and the answers to them (control/rounds.h). Token
+  /// holder -> control thread; an answer that does not fit is dropped (the
+  /// question is asked again), a round that does not fit fails kBusy.
+  SpscRing<RoundEvent, 1024> round_events;
+  /// The rounds in flight, asked and settled by the control thread
+  /// (control/rounds.cc). Control thread.
+  std::vector<QueryOp*> queries;
+  std::vector<ClaimOp*> claims;
+  std::vector<TombstoneOp*> tombstones;
+  /// Hands a round whose own answer is in to the control thread (or fails
+  /// it: kBusy). Thread: token holder.
+  void start_round(RoundEvent::Kind kind, Op* op) noexcept;
+  /// Forwards an answer to a round to the control thread. Thread: token holder.
+  void forward_answer(const RoundEvent& e) noexcept;
+  /// Takes the data path's round news, asks again whom it must, and
+  /// finishes settled rounds; appends questions to `out`. Control thread.
+  void step_rounds(uint64_t now, std::vector<ControlMsg>& out) noexcept;
+  /// Finishes every round (the engine stops): nobody waits forever. Called
+  /// once both threads are gone.
+  void abort_rounds() noexcept;
   /// When the data path last received from every link (its poll's time):
   /// silence counts only up to it. Token holder writes, control reads.
   std::atomic<uint64_t> polled_ns{0};
@@ -387,13 +409,14 @@ struct Engine::Impl {
   }
   void run_control() noexcept;
   /// One pass of the control thread: takes the data path's reports, steps
-  /// the failure detector, sends what it decided. Returns whether anything
-  /// was sent. Thread: control.
+  /// the failure detector and the rounds in flight, sends what they
+  /// decided. Returns whether anything was sent. Thread: control.
   bool control_step(uint64_t now) noexcept;
   /// Wakes the control thread if it sleeps. Thread: any.
   void wake_control() noexcept;
-  /// Applies what the control thread sent: heartbeats to send, peers' new
-  /// states, views. Returns whether there was any. Thread: token holder.
+  /// Applies what the control thread sent: heartbeats and rounds' questions
+  /// to send, peers' new states, views. Returns whether there was any.
+  /// Thread: token holder.
   bool apply_control() noexcept;
 
   // The poll token: whoever holds poll_mu runs poll_once() and owns the
@@ -477,9 +500,6 @@ struct Engine::Impl {
   std::unordered_map<uint64_t, SetRecord> records;                     ///< by segment id
   /// After `stores`: destroyed first, so queued writes finish from live slots.
   std::unique_ptr<GlobalStore> global;
-  std::vector<QueryOp*> queries;
-  std::vector<ClaimOp*> claims;
-  std::vector<TombstoneOp*> tombstones;
   std::vector<FetchOp*> fetches;
   std::vector<std::unique_ptr<FetchServe>> serves;
   std::vector<FetchOp*> completed_fetches;  ///< finished after this poll's acks went out
@@ -664,7 +684,6 @@ struct Engine::Impl {
   /// newer owner epoch is known here (returns that epoch then), drops the
   /// replica copy, fences a local owner. Thread: token holder.
   uint64_t apply_tombstone(uint64_t seg_id, uint64_t epoch, uint16_t owner) noexcept;
-  void send_tombstone(TombstoneOp& t, uint64_t now) noexcept;
   /// Sends `peer` the tombstone of segment `id` at `epoch`. Thread: token holder.
   void send_tombstone_to(uint16_t peer, uint64_t id, std::string_view name, uint64_t epoch) noexcept;
   /// SET_RECORD with kFlagDeleted: a tombstone, or (with kFlagComplete)
@@ -701,7 +720,6 @@ struct Engine::Impl {
   /// The lowest node id of the cluster: the tie-breaker that alone may
   /// create new names when a two-node cluster is split. Fixed at start.
   uint16_t tie_breaker = 0;
-  void send_claim(ClaimOp& c, uint64_t now) noexcept;
   /// The newest generation `node` acknowledged for `seg` under its epoch (0
   /// if it is not a replica). Thread: token holder.
   uint64_t held_by(const Segment& seg, uint16_t node) const noexcept;
@@ -739,7 +757,6 @@ struct Engine::Impl {
   void send_control(Link& link, const wire::Frame& f) noexcept;
   void send_error(Link& link, const wire::Frame& about, wire::ErrorCode code, uint64_t epoch) noexcept;
   void send_fetch_request(FetchOp& op, uint64_t now) noexcept;
-  void send_query(QueryOp& q, uint64_t now) noexcept;
   void flush_acks() noexcept;
   void fence(Segment& seg) noexcept;
   /// Another node wrote data or a set record of segment `seg_id` under

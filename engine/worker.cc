@@ -21,33 +21,6 @@ namespace {
 
 constexpr uint16_t kBurst = 32;
 
-// Drives rounds of questions to peers (load queries, claims): the silent are
-// asked again every kQueryRetryNs, and a peer not asked yet (it was
-// unreachable) as soon as it can be reached; an op finishes, and its caller
-// wakes, once `done` says so.
-template <typename OpT, typename Done, typename Reachable, typename Resend>
-bool step_rounds(std::vector<OpT*>& ops, uint64_t now, Done done, Reachable reachable, Resend resend) {
-  bool busy = false;
-  for (auto it = ops.begin(); it != ops.end();) {
-    OpT* op = *it;
-    if (done(*op)) {
-      it = ops.erase(it);
-      op->finish();
-      busy = true;
-      continue;
-    }
-    const bool newly_reachable = std::any_of(op->answers.begin(), op->answers.end(), [&](const auto& a) {
-      return !a.asked && !a.answered && reachable(a.peer);
-    });
-    if (newly_reachable || elapsed(now, op->last_sent_ns) >= kQueryRetryNs) {
-      resend(*op);
-      busy = true;
-    }
-    ++it;
-  }
-  return busy;
-}
-
 }  // namespace
 
 void Engine::Impl::run_worker() noexcept {
@@ -98,14 +71,9 @@ void Engine::Impl::run_worker() noexcept {
     sleeping.store(false);
     sleep_us = std::min(sleep_us * 2, config.max_idle_sleep_us);
   }
-  // Nobody may be left waiting on an op the worker will never finish.
-  for (QueryOp* q : queries) q->finish();
-  for (ClaimOp* c : claims) c->finish();
-  claims.clear();
-  for (TombstoneOp* t : tombstones) t->finish();
-  tombstones.clear();
+  // Nobody may be left waiting on an op the worker will never finish
+  // (rounds: the control thread's, finished once both threads are gone).
   for (FetchOp* f : fetches) f->fail(Errc::kUnavailable, "engine stopped");
-  queries.clear();
   fetches.clear();
   void* p;
   while (rte_ring_sc_dequeue(commands, &p) == 0) static_cast<Op*>(p)->fail(Errc::kUnavailable, "engine stopped");
@@ -122,7 +90,7 @@ void Engine::Impl::park_worker() noexcept {
 }
 
 bool Engine::Impl::has_pending_work() const noexcept {
-  if (!queries.empty() || !claims.empty() || !tombstones.empty() || !fetches.empty() || !allocating.empty() ||
+  if (!fetches.empty() || !allocating.empty() ||
       queued.load() != 0 || !to_data.empty())
     return true;
   for (const auto& [id, seg] : owned)
@@ -346,17 +314,12 @@ void Engine::Impl::on_error(const wire::Frame& f) noexcept {
   switch (static_cast<wire::ErrorCode>(f.code)) {
     case wire::ErrorCode::kStaleEpoch: {
       // A claim or a tombstone refused: that peer holds a newer epoch.
-      auto refused = [&f](auto& rounds) {
-        for (auto* op : rounds)
-          if (op->id == f.seg_id)
-            for (auto& a : op->answers)
-              if (a.peer == f.src && !a.answered) {
-                a.answered = true;
-                a.refused_epoch = f.epoch;
-              }
-      };
-      refused(tombstones);
-      refused(claims);
+      RoundEvent e;
+      e.kind = RoundEvent::Kind::kRefused;
+      e.src = f.src;
+      e.seg_id = f.seg_id;
+      e.epoch = f.epoch;
+      forward_answer(e);
       auto it = owned.find(f.seg_id);
       if (it != owned.end() && f.epoch > it->second->epoch.load()) fence(*it->second);
       // Our own epoch refused: that node holds another owner's record of it
@@ -372,11 +335,12 @@ void Engine::Impl::on_error(const wire::Frame& f) noexcept {
       }
       return;
     }
-    case wire::ErrorCode::kNoSuchSegment:
-      for (ClaimOp* c : claims)
-        if (c->id == f.seg_id)
-          for (auto& a : c->answers)
-            if (a.peer == f.src) a.answered = true;
+    case wire::ErrorCode::kNoSuchSegment: {
+      RoundEvent e;
+      e.kind = RoundEvent::Kind::kNoSuchSegment;
+      e.src = f.src;
+      e.seg_id = f.seg_id;
+      forward_answer(e);
       for (auto it = fetches.begin(); it != fetches.end(); ++it) {
         if ((*it)->id != f.seg_id || (*it)->peer != f.src) continue;
         FetchOp* op = *it;
@@ -385,6 +349,7 @@ void Engine::Impl::on_error(const wire::Frame& f) noexcept {
         return;
       }
       return;
+    }
     case wire::ErrorCode::kNoRoom:
       BT_WARN("node %u cannot hold segment %016lx", f.src, static_cast<unsigned long>(f.seg_id));
       return;
@@ -468,27 +433,6 @@ bool Engine::Impl::step_ops(uint64_t now) noexcept {
   for (FetchOp* op : completed_fetches) op->finish();
   busy |= !completed_fetches.empty();
   completed_fetches.clear();
-  // A round (query or claim) is done once it has the answers its decision
-  // needs and every reachable peer answered or the soft deadline passed. A
-  // peer not heard from lately counts as unreachable, but it may be starting
-  // or falsely suspected: fewer answers than needed wait on, up to the hard
-  // deadline.
-  auto settled = [this, now](const auto& op) {
-    const bool everyone = std::all_of(op.answers.begin(), op.answers.end(),
-                                      [this](auto& a) { return a.answered || unreachable(a.peer); });
-    return (op.answered() >= op.need && (everyone || now >= op.deadline_ns)) || now >= op.hard_deadline_ns;
-  };
-  auto reachable = [this](uint16_t peer) { return peer != config.node_id && !unreachable(peer); };
-  busy |= step_rounds(queries, now, settled, reachable, [&](QueryOp& q) { send_query(q, now); });
-  busy |= step_rounds(claims, now, settled, reachable, [&](ClaimOp& c) { send_claim(c, now); });
-  // A tombstone round ends early when a newer owner refuses it.
-  auto tombstone_settled = [&](const TombstoneOp& t) {
-    const bool everyone = std::all_of(t.answers.begin(), t.answers.end(),
-                                      [this](auto& a) { return a.answered || unreachable(a.peer); });
-    return t.refused() || (t.enough() && (everyone || now >= t.deadline_ns)) || now >= t.hard_deadline_ns;
-  };
-  busy |= step_rounds(tombstones, now, tombstone_settled, reachable,
-                      [&](TombstoneOp& t) { send_tombstone(t, now); });
   const uint64_t timeout = uint64_t{config.fetch_timeout_ms} * 1'000'000;
   for (auto it = fetches.begin(); it != fetches.end();) {
     FetchOp* op = *it;

@@ -1,5 +1,6 @@
-// The wire side of ownership moves (S9, S22): queries for what peers hold,
-// claims of a new owner epoch, and the answers to both.
+// The answering side of ownership moves (S9, S22): a claim of a new owner
+// epoch is granted or refused here; answers to this node's own queries and
+// claims go to the control thread, which asks them (control/rounds.cc).
 //
 // Thread: the poll-token holder.
 
@@ -61,78 +62,22 @@ void Engine::Impl::on_claim(Link& link, const wire::Frame& f) noexcept {
   send_control(link, meta);
 }
 
+// An answer to one of our queries or claims: for the control thread, which
+// asks them (control/rounds.cc).
 void Engine::Impl::on_fetch_meta(const wire::Frame& f) noexcept {
-  if ((f.flags & wire::kFlagGranted) != 0) {
-    for (ClaimOp* c : claims) {
-      if (c->id != f.seg_id || f.epoch != c->epoch) continue;
-      for (auto& a : c->answers) {
-        if (a.peer != f.src || a.answered) continue;
-        a.answered = true;
-        a.granted = true;
-        // A copy offered must be one this node could take: a size past what
-        // it accepts (or none) is no copy, though the grant stands.
-        if (f.generation != 0 && (f.total_len == 0 || f.total_len > config.max_segment_size)) {
-          bump(counters.bad_input);
-          continue;
-        }
-        a.data_epoch = wire::aux_epoch(f);
-        a.generation = f.generation;
-        a.total_len = f.total_len;
-        a.set = f.sack;
-      }
-    }
-    return;
-  }
-  for (QueryOp* q : queries) {
-    if (q->id != f.seg_id) continue;
-    for (auto& a : q->answers) {
-      if (a.peer != f.src || a.answered) continue;
-      a.answered = true;
-      a.found = (f.flags & wire::kFlagFound) != 0;
-      a.owner = (f.flags & wire::kFlagOwner) != 0;
-      a.epoch = f.epoch;
-      a.generation = f.generation;
-      a.total_len = f.total_len;
-      if ((f.flags & wire::kFlagRecord) != 0)
-        a.record = SetRecord{wire::aux_epoch(f), f.gen_crc, f.sack, static_cast<uint16_t>(f.chunk_size),
-                             (f.flags & wire::kFlagDeleted) != 0};
-    }
-  }
-}
-
-void Engine::Impl::send_claim(ClaimOp& c, uint64_t now) noexcept {
-  c.last_sent_ns = now;
-  for (auto& a : c.answers) {
-    if (a.answered || a.peer == config.node_id || unreachable(a.peer)) continue;
-    a.asked = true;
-    Link* l = link_to(a.peer);
-    if (l == nullptr) continue;
-    wire::Frame req;
-    req.type = wire::MsgType::kClaim;
-    req.src = config.node_id;
-    req.dst = a.peer;
-    req.seg_id = c.id;
-    req.epoch = c.epoch;
-    req.name = c.name;
-    send_control(*l, req);
-  }
-}
-
-void Engine::Impl::send_query(QueryOp& q, uint64_t now) noexcept {
-  q.last_sent_ns = now;
-  for (auto& p : peer_states) {
-    auto a = std::find_if(q.answers.begin(), q.answers.end(), [&](const QueryAnswer& x) { return x.peer == p.node; });
-    if ((a != q.answers.end() && a->answered) || unreachable(p.node)) continue;
-    if (a != q.answers.end()) a->asked = true;
-    wire::Frame req;
-    req.type = wire::MsgType::kFetchRequest;
-    req.flags = wire::kFlagQuery;
-    req.src = config.node_id;
-    req.dst = p.node;
-    req.seg_id = q.id;
-    req.name = q.name;
-    send_control(*p.link, req);
-  }
+  RoundEvent e;
+  e.kind = (f.flags & wire::kFlagGranted) != 0 ? RoundEvent::Kind::kGranted : RoundEvent::Kind::kFound;
+  e.src = f.src;
+  e.flags = f.flags;
+  e.gen_crc = f.gen_crc;
+  e.chunk_size = f.chunk_size;
+  e.seg_id = f.seg_id;
+  e.epoch = f.epoch;
+  e.generation = f.generation;
+  e.total_len = f.total_len;
+  e.sack = f.sack;
+  e.aux_epoch = wire::aux_epoch(f);
+  forward_answer(e);
 }
 
 }  // namespace baton

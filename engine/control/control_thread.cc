@@ -1,5 +1,7 @@
 // The control thread: it owns the failure detector and the membership views
-// (control/detector.h) and talks to the data path only through rings and
+// (control/detector.h) and the asking side of rounds (control/rounds.h:
+// queries, claims, tombstones), and talks to the data path only through
+// rings and
 // what the data path publishes in atomics. It sleeps until the next
 // heartbeat is due or the data path has news for it.
 //
@@ -35,6 +37,8 @@ bool Engine::Impl::control_step(uint64_t now) noexcept {
     control_obs[i] = LinkObservation{link_states[i].heard_ns.load(std::memory_order_relaxed),
                                      link_states[i].up.load(std::memory_order_relaxed)};
   detector->step(now, polled, control_obs, control_out);
+  // Rounds after the detector: they ask whom it holds reachable now.
+  step_rounds(now, control_out);
   bool view_changed = false;
   for (const ControlMsg& m : control_out) {
     if (m.kind == ControlMsg::Kind::kView) {
@@ -42,8 +46,9 @@ bool Engine::Impl::control_step(uint64_t now) noexcept {
       view = *m.view;
       view_changed = true;
     }
-    // Peers and views keep their order behind what is already waiting;
-    // a heartbeat that does not fit is dropped (the next one is due soon).
+    // Peers, views and questions keep their order behind what is already
+    // waiting; a heartbeat that does not fit is dropped (the next one is
+    // due soon).
     if (m.kind != ControlMsg::Kind::kHeartbeat && !to_data_backlog.empty()) {
       to_data_backlog.push_back(m);
     } else if (!to_data.push(m)) {
@@ -57,7 +62,7 @@ bool Engine::Impl::control_step(uint64_t now) noexcept {
   // enough for a heartbeat; a peer or a view change is worth waking it for.
   // (Unless it is configured to sleep long enough to delay heartbeats.)
   bool news = view_changed || (sent && uint64_t{config.max_idle_sleep_us} * 1000 > heartbeat_ns / 4);
-  for (const ControlMsg& m : control_out) news |= m.kind == ControlMsg::Kind::kPeer;
+  for (const ControlMsg& m : control_out) news |= m.kind == ControlMsg::Kind::kPeer || m.kind == ControlMsg::Kind::kSend;
   if (news && sleeping.load()) {
     wake.fetch_add(1);
     if (sim == nullptr) futex_wake_all(wake);
@@ -76,11 +81,13 @@ void Engine::Impl::run_control() noexcept {
     // same tick: the timeout is many heartbeats long), or until news.
     const uint64_t due = detector->next_due_ns();
     const uint64_t after = now_ns();
-    const uint64_t sleep = due > after ? std::min(due - after, heartbeat_ns) : 0;
+    uint64_t sleep = due > after ? std::min(due - after, heartbeat_ns) : 0;
+    // Rounds in flight are asked again and settle on their own clock.
+    if (!queries.empty() || !claims.empty() || !tombstones.empty()) sleep = std::min<uint64_t>(sleep, 1'000'000);
     if (sleep == 0) continue;
     const uint32_t w = control_wake.load();
     control_sleeping.store(true);
-    if (to_control.empty() && control_running.load()) futex_wait(control_wake, w, sleep);
+    if (to_control.empty() && round_events.empty() && control_running.load()) futex_wait(control_wake, w, sleep);
     control_sleeping.store(false);
   }
   // Views the data path never took.

@@ -75,8 +75,6 @@ Result<void> Engine::Impl::write_tombstone(std::string_view name, uint64_t epoch
   for (auto& p : peer_states) t->answers.push_back(TombstoneAnswer{p.node});
   TombstoneOp* raw = t.get();
   t->run = [this, raw] {
-    for (TombstoneOp* other : tombstones)
-      if (other->id == raw->id) return raw->fail(Errc::kBusy, "another delete of this name is in progress");
     TombstoneAnswer self{config.node_id, true};
     if (const uint64_t newer = apply_tombstone(raw->id, raw->epoch, config.node_id); newer != 0)
       self.refused_epoch = newer;
@@ -91,8 +89,7 @@ Result<void> Engine::Impl::write_tombstone(std::string_view name, uint64_t epoch
     // itself when split, both nodes.
     const View& v = data_view;
     raw->need = v.expected_votes == 2 ? 2 : record_quorum();
-    tombstones.push_back(raw);
-    send_tombstone(*raw, now);
+    start_round(RoundEvent::Kind::kStartTombstone, raw);
   };
   post(raw);
   await(*raw);

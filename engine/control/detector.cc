@@ -26,6 +26,16 @@ uint64_t Detector::next_due_ns() const noexcept {
   return due;
 }
 
+bool Detector::reachable(uint16_t node) const noexcept {
+  for (const auto& p : peers_) {
+    if (p.node != node) continue;
+    if (p.alive) return true;
+    if (p.ever_heard) return false;
+    return std::any_of(p.links.begin(), p.links.end(), [&](size_t k) { return links_[k].up; });
+  }
+  return false;
+}
+
 void Detector::on_heartbeat(const HeartbeatSeen& hb, std::vector<ControlMsg>& out) {
   if (hb.link >= links_.size()) return;
   PeerLive& p = peers_[links_[hb.link].peer];
@@ -46,6 +56,7 @@ void Detector::step(uint64_t now, uint64_t polled_ns, std::span<const LinkObserv
   for (size_t i = 0; i < links_.size() && i < obs.size(); ++i) {
     LinkLive& l = links_[i];
     PeerLive& p = peers_[l.peer];
+    l.up = obs[i].up;
     if (obs[i].heard_ns > l.last_heard_ns) {  // any valid frame is a sign of life
       l.last_heard_ns = obs[i].heard_ns;
       p.last_heard_ns = std::max(p.last_heard_ns, l.last_heard_ns);

@@ -42,6 +42,7 @@ struct ControlMsg {
     kHeartbeat,  ///< send one on `link`, reporting the view in `view_digest`, `view_id`, `quorate`
     kPeer,       ///< `node` is now `alive` (`ever_heard`); frames to it go over `link`
     kView,       ///< a new view: `view`, the receiver's to delete
+    kSend,       ///< a round's question to `node` (control/rounds.cc): `frame`, `flags`, `seg_id`, `epoch`, `name`
   };
   Kind kind = Kind::kHeartbeat;
   uint16_t link = 0;
@@ -53,6 +54,13 @@ struct ControlMsg {
   uint64_t view_digest = 0;
   uint64_t view_id = 0;
   View* view = nullptr;
+  // kSend: the frame's fields (plain data: the ring copies it).
+  uint8_t frame = 0;  ///< wire::MsgType
+  uint16_t flags = 0;
+  uint64_t seg_id = 0;
+  uint64_t epoch = 0;
+  uint8_t name_len = 0;
+  char name[64] = {};  ///< wire::kMaxNameLen = 63
 };
 
 /// What the data path saw of one link, as of its last poll.
@@ -88,6 +96,9 @@ class Detector {
   void step(uint64_t now, uint64_t polled_ns, std::span<const LinkObservation> links, std::vector<ControlMsg>& out);
   /// When the next heartbeat is due.
   uint64_t next_due_ns() const noexcept;
+  /// Whether a question to `node` can be answered: it is alive, or it was
+  /// never heard and a link to it is up (it may be starting).
+  bool reachable(uint16_t node) const noexcept;
   const View& view() const noexcept { return membership_->view(); }
 
  private:
@@ -98,6 +109,7 @@ class Detector {
     uint64_t last_sent_ns = 0;
     uint64_t seq = 0;
     bool alive = false;
+    bool up = false;  ///< the device, as last observed
   };
   struct PeerLive {
     uint16_t node = 0;

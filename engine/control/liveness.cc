@@ -1,6 +1,7 @@
 // The data path's side of the failure detector (S17): what it publishes for
 // the control thread (frames heard, heartbeats whose content changed), what
-// it applies from it (heartbeats to send, peers' states, views), and what
+// it applies from it (heartbeats to send, peers' states, views, rounds'
+// questions to send), and what
 // cannot wait for it: a restarted peer's acknowledgements stop counting the
 // moment its first heartbeat is read. The decisions are the control thread's
 // (control/detector.cc). Events: any thread.
@@ -84,6 +85,25 @@ bool Engine::Impl::apply_control() noexcept {
       case ControlMsg::Kind::kView: {
         std::unique_ptr<View> v(m.view);
         if (v) data_view = std::move(*v);
+        break;
+      }
+      case ControlMsg::Kind::kSend: {  // a round's question (control/rounds.cc)
+        const std::string_view name(m.name, std::min<size_t>(m.name_len, sizeof m.name));
+        if (static_cast<wire::MsgType>(m.frame) == wire::MsgType::kSetRecord) {
+          send_tombstone_to(m.node, m.seg_id, name, m.epoch);
+          break;
+        }
+        Link* l = link_to(m.node);
+        if (l == nullptr) break;  // asked again later
+        wire::Frame q;
+        q.type = static_cast<wire::MsgType>(m.frame);
+        q.flags = m.flags;
+        q.src = config.node_id;
+        q.dst = m.node;
+        q.seg_id = m.seg_id;
+        q.epoch = m.epoch;
+        q.name = name;
+        send_control(*l, q);
         break;
       }
     }

@@ -51,8 +51,6 @@ Result<std::unique_ptr<QueryOp>> Engine::Impl::query(std::string_view name) {
   for (auto& p : peer_states) q->answers.push_back(QueryAnswer{p.node});
   QueryOp* raw = q.get();
   q->run = [this, raw] {
-    for (QueryOp* other : queries)
-      if (other->id == raw->id) return raw->fail(Errc::kBusy, "another load of this name is in progress");
     // This node answers too: it may hold a replica (the nearest copy of
     // all) and a record of the replica set.
     QueryAnswer self{config.node_id, true};
@@ -69,8 +67,7 @@ Result<std::unique_ptr<QueryOp>> Engine::Impl::query(std::string_view name) {
     raw->deadline_ns = now + round_timeout_ns();
     raw->hard_deadline_ns = now + quorum_patience_ns();
     raw->need = data_view.quorum;
-    queries.push_back(raw);
-    send_query(*raw, now);
+    start_round(RoundEvent::Kind::kStartQuery, raw);
   };
   post(raw);
   await(*raw);
@@ -167,8 +164,6 @@ Result<std::unique_ptr<ClaimOp>> Engine::Impl::claim(std::string_view name, uint
   for (uint16_t p : peers) c->answers.push_back(ClaimAnswer{p});
   ClaimOp* raw = c.get();
   c->run = [this, raw] {
-    for (ClaimOp* other : claims)
-      if (other->id == raw->id) return raw->fail(Errc::kBusy, "another load of this name is in progress");
     // Our own replica answers here and now, by the same rule as a peer's.
     for (auto& a : raw->answers) {
       if (a.peer != config.node_id) continue;
@@ -192,8 +187,7 @@ Result<std::unique_ptr<ClaimOp>> Engine::Impl::claim(std::string_view name, uint
     const uint64_t now = clock_ns();
     raw->deadline_ns = now + round_timeout_ns();
     raw->hard_deadline_ns = now + quorum_patience_ns();
-    claims.push_back(raw);
-    send_claim(*raw, now);
+    start_round(RoundEvent::Kind::kStartClaim, raw);
   };
   post(raw);
   await(*raw);

@@ -77,15 +77,6 @@ uint64_t Engine::Impl::apply_tombstone(uint64_t seg_id, uint64_t epoch, uint16_t
   return 0;
 }
 
-void Engine::Impl::send_tombstone(TombstoneOp& t, uint64_t now) noexcept {
-  t.last_sent_ns = now;
-  for (auto& a : t.answers) {
-    if (a.answered || a.peer == config.node_id || unreachable(a.peer)) continue;
-    a.asked = true;
-    send_tombstone_to(a.peer, t.id, t.name, t.epoch);
-  }
-}
-
 void Engine::Impl::send_tombstone_to(uint16_t peer, uint64_t id, std::string_view name, uint64_t epoch) noexcept {
   Link* l = link_to(peer);
   if (l == nullptr) return;
@@ -102,14 +93,13 @@ void Engine::Impl::send_tombstone_to(uint16_t peer, uint64_t id, std::string_vie
 }
 
 void Engine::Impl::on_tombstone(Link& link, const wire::Frame& f) noexcept {
-  if ((f.flags & wire::kFlagComplete) != 0) {  // an answer to ours
-    for (TombstoneOp* t : tombstones)
-      if (t->id == f.seg_id && t->epoch == f.epoch)
-        for (auto& a : t->answers)
-          if (a.peer == f.src && !a.answered) {
-            a.answered = true;
-            a.stored = true;
-          }
+  if ((f.flags & wire::kFlagComplete) != 0) {  // an answer to ours: the control thread's
+    RoundEvent e;
+    e.kind = RoundEvent::Kind::kStored;
+    e.src = f.src;
+    e.seg_id = f.seg_id;
+    e.epoch = f.epoch;
+    forward_answer(e);
     return;
   }
   if (const uint64_t newer = apply_tombstone(f.seg_id, f.epoch, f.src); newer != 0) {

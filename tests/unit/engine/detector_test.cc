@@ -146,5 +146,24 @@ TEST(Detector, ARestartIsAnEvent) {
   EXPECT_EQ(f.events.size(), 1u);
 }
 
+// Whom a round may ask (control/rounds.cc): a peer alive; one never heard
+// while a link to it is up (it may be starting); never one heard and then
+// silent, nor one behind a link that is down, nor a stranger.
+TEST(Detector, ReachableIsAliveOrNotHeardYetBehindALinkThatIsUp) {
+  Fixture f;
+  f.step(100 * kMs, 100 * kMs);
+  EXPECT_TRUE(f.d.reachable(2)) << "never heard, links up: perhaps starting";
+  f.obs[2].up = false;
+  f.step(101 * kMs, 101 * kMs);
+  EXPECT_FALSE(f.d.reachable(3)) << "never heard, its one link down";
+  f.obs[2].up = true;
+  f.obs[0].heard_ns = 102 * kMs;
+  f.step(102 * kMs, 102 * kMs);
+  EXPECT_TRUE(f.d.reachable(2));
+  f.step(200 * kMs, 200 * kMs);  // silent past the failure timeout
+  EXPECT_FALSE(f.d.reachable(2)) << "heard, then silent: dead";
+  EXPECT_FALSE(f.d.reachable(7)) << "no such peer";
+}
+
 }  // namespace
 }  // namespace baton

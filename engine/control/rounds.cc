@@ -1,0 +1,248 @@
+// The asking side of rounds (control/rounds.h): queries, claims and
+// tombstones in flight, on the control thread. A round arrives with this
+// node's own answer filled in by the data path (which owns what it is
+// about); the control thread asks every reachable peer that has not
+// answered, asks again every kQueryRetryNs and the moment a silent peer
+// becomes reachable, takes the answers the data path forwards, and finishes
+// the round once it is settled: the answers its decision needs are in and
+// every reachable peer answered or the soft deadline passed; at the hard
+// deadline regardless (the answers needed may never come).
+//
+// Thread: control, but for start_round and forward_answer (the poll-token
+// holder's side of the ring).
+
+#include <algorithm>
+#include <cstring>
+
+#include "engine_impl.h"
+#include "engine_util.h"
+
+namespace baton {
+
+void Engine::Impl::start_round(RoundEvent::Kind kind, Op* op) noexcept {
+  assert_token_holder();
+  RoundEvent e;
+  e.kind = kind;
+  e.op = op;
+  if (!round_events.push(e)) {
+    op->fail(Errc::kBusy, "too many questions to peers in flight; try again");
+    return;
+  }
+  wake_control();
+}
+
+void Engine::Impl::forward_answer(const RoundEvent& e) noexcept {
+  assert_token_holder();
+  // Dropped when the ring is full: the peer is asked again, and answers.
+  if (!round_events.push(e)) {
+    counters.tx_dropped.fetch_add(1, std::memory_order_relaxed);
+    return;
+  }
+  wake_control();
+}
+
+namespace {
+
+template <typename OpT>
+bool busy_name(const std::vector<OpT*>& ops, const OpT& op) {
+  return std::any_of(ops.begin(), ops.end(), [&](const OpT* o) { return o->id == op.id; });
+}
+
+// A question to one peer, as the data path will send it.
+ControlMsg question(wire::MsgType type, uint16_t flags, uint16_t peer, uint64_t seg_id, uint64_t epoch,
+                    const std::string& name) {
+  ControlMsg m;
+  m.kind = ControlMsg::Kind::kSend;
+  m.frame = static_cast<uint8_t>(type);
+  m.flags = flags;
+  m.node = peer;
+  m.seg_id = seg_id;
+  m.epoch = epoch;
+  m.name_len = static_cast<uint8_t>(std::min(name.size(), sizeof m.name - 1));
+  std::memcpy(m.name, name.data(), m.name_len);
+  return m;
+}
+
+// Asks every peer of `op` that has not answered and can be reached.
+template <typename OpT, typename Reachable, typename Make>
+void ask(OpT& op, uint64_t now, uint16_t self, Reachable reachable, Make make, std::vector<ControlMsg>& out) {
+  op.last_sent_ns = now;
+  for (auto& a : op.answers) {
+    if (a.answered || a.peer == self || !reachable(a.peer)) continue;
+    a.asked = true;
+    out.push_back(make(a.peer));
+  }
+}
+
+// Finishes settled rounds; asks the silent again when due, or at once when
+// one not asked yet became reachable.
+template <typename OpT, typename Settled, typename Reachable, typename Ask>
+void step(std::vector<OpT*>& ops, uint64_t now, Settled settled, Reachable reachable, Ask ask_again) {
+  for (auto it = ops.begin(); it != ops.end();) {
+    OpT* op = *it;
+    if (settled(*op)) {
+      it = ops.erase(it);
+      op->finish();
+      continue;
+    }
+    const bool newly_reachable = std::any_of(op->answers.begin(), op->answers.end(), [&](const auto& a) {
+      return !a.asked && !a.answered && reachable(a.peer);
+    });
+    if (newly_reachable || elapsed(now, op->last_sent_ns) >= kQueryRetryNs) ask_again(*op);
+    ++it;
+  }
+}
+
+}  // namespace
+
+void Engine::Impl::step_rounds(uint64_t now, std::vector<ControlMsg>& out) noexcept {
+  assert_control_thread();
+  const uint16_t self = config.node_id;
+  auto reachable = [this, self](uint16_t peer) { return peer != self && detector->reachable(peer); };
+  auto ask_query = [&](QueryOp& q) {
+    ask(q, now, self, reachable, [&](uint16_t p) {
+      return question(wire::MsgType::kFetchRequest, wire::kFlagQuery, p, q.id, 0, q.name);
+    }, out);
+  };
+  auto ask_claim = [&](ClaimOp& c) {
+    ask(c, now, self, reachable, [&](uint16_t p) {
+      return question(wire::MsgType::kClaim, 0, p, c.id, c.epoch, c.name);
+    }, out);
+  };
+  auto ask_tombstone = [&](TombstoneOp& t) {
+    ask(t, now, self, reachable, [&](uint16_t p) {
+      return question(wire::MsgType::kSetRecord, wire::kFlagDeleted, p, t.id, t.epoch, t.name);
+    }, out);
+  };
+  // What the data path saw, in its order.
+  RoundEvent e;
+  while (round_events.pop(e)) {
+    switch (e.kind) {
+      case RoundEvent::Kind::kStartQuery: {
+        auto* q = static_cast<QueryOp*>(e.op);
+        if (busy_name(queries, *q)) {
+          q->fail(Errc::kBusy, "another load of this name is in progress");
+          break;
+        }
+        queries.push_back(q);
+        ask_query(*q);
+        break;
+      }
+      case RoundEvent::Kind::kStartClaim: {
+        auto* c = static_cast<ClaimOp*>(e.op);
+        if (busy_name(claims, *c)) {
+          c->fail(Errc::kBusy, "another load of this name is in progress");
+          break;
+        }
+        claims.push_back(c);
+        ask_claim(*c);
+        break;
+      }
+      case RoundEvent::Kind::kStartTombstone: {
+        auto* t = static_cast<TombstoneOp*>(e.op);
+        if (busy_name(tombstones, *t)) {
+          t->fail(Errc::kBusy, "another delete of this name is in progress");
+          break;
+        }
+        tombstones.push_back(t);
+        ask_tombstone(*t);
+        break;
+      }
+      case RoundEvent::Kind::kFound:
+        for (QueryOp* q : queries) {
+          if (q->id != e.seg_id) continue;
+          for (auto& a : q->answers) {
+            if (a.peer != e.src || a.answered) continue;
+            a.answered = true;
+            a.found = (e.flags & wire::kFlagFound) != 0;
+            a.owner = (e.flags & wire::kFlagOwner) != 0;
+            a.epoch = e.epoch;
+            a.generation = e.generation;
+            a.total_len = e.total_len;
+            if ((e.flags & wire::kFlagRecord) != 0)
+              a.record = SetRecord{e.aux_epoch, e.gen_crc, e.sack, static_cast<uint16_t>(e.chunk_size),
+                                   (e.flags & wire::kFlagDeleted) != 0};
+          }
+        }
+        break;
+      case RoundEvent::Kind::kGranted:
+        for (ClaimOp* c : claims) {
+          if (c->id != e.seg_id || e.epoch != c->epoch) continue;
+          for (auto& a : c->answers) {
+            if (a.peer != e.src || a.answered) continue;
+            a.answered = true;
+            a.granted = true;
+            // A copy offered must be one this node could take: a size past
+            // what it accepts (or none) is no copy, though the grant stands.
+            if (e.generation != 0 && (e.total_len == 0 || e.total_len > config.max_segment_size)) {
+              bump(counters.bad_input);
+              continue;
+            }
+            a.data_epoch = e.aux_epoch;
+            a.generation = e.generation;
+            a.total_len = e.total_len;
+            a.set = e.sack;
+          }
+        }
+        break;
+      case RoundEvent::Kind::kRefused: {
+        auto refused = [&e](auto& rounds) {
+          for (auto* op : rounds)
+            if (op->id == e.seg_id)
+              for (auto& a : op->answers)
+                if (a.peer == e.src && !a.answered) {
+                  a.answered = true;
+                  a.refused_epoch = e.epoch;
+                }
+        };
+        refused(tombstones);
+        refused(claims);
+        break;
+      }
+      case RoundEvent::Kind::kNoSuchSegment:
+        for (ClaimOp* c : claims)
+          if (c->id == e.seg_id)
+            for (auto& a : c->answers)
+              if (a.peer == e.src) a.answered = true;
+        break;
+      case RoundEvent::Kind::kStored:
+        for (TombstoneOp* t : tombstones)
+          if (t->id == e.seg_id && t->epoch == e.epoch)
+            for (auto& a : t->answers)
+              if (a.peer == e.src && !a.answered) {
+                a.answered = true;
+                a.stored = true;
+              }
+        break;
+    }
+  }
+  auto everyone = [&](const auto& op) {
+    return std::all_of(op.answers.begin(), op.answers.end(), [&](auto& a) { return a.answered || !reachable(a.peer); });
+  };
+  // A peer not heard from lately counts as unreachable, but it may be
+  // starting or falsely suspected: fewer answers than needed wait on, up to
+  // the hard deadline.
+  auto settled = [&](const auto& op) {
+    return (op.answered() >= op.need && (everyone(op) || now >= op.deadline_ns)) || now >= op.hard_deadline_ns;
+  };
+  step(queries, now, settled, reachable, ask_query);
+  step(claims, now, settled, reachable, ask_claim);
+  // A tombstone round ends early when a newer owner refuses it.
+  step(tombstones, now, [&](const TombstoneOp& t) {
+    return t.refused() || (t.enough() && (everyone(t) || now >= t.deadline_ns)) || now >= t.hard_deadline_ns;
+  }, reachable, ask_tombstone);
+}
+
+void Engine::Impl::abort_rounds() noexcept {
+  RoundEvent e;
+  while (round_events.pop(e))
+    if (e.op != nullptr) e.op->fail(Errc::kUnavailable, "engine stopped");
+  for (QueryOp* q : queries) q->finish();
+  for (ClaimOp* c : claims) c->finish();
+  for (TombstoneOp* t : tombstones) t->finish();
+  queries.clear();
+  claims.clear();
+  tombstones.clear();
+}
+
+}  // namespace baton

@@ -1,0 +1,45 @@
+#pragma once
+// Rounds of questions to peers (S9, S11, S22): a load's query (what does
+// each node hold of a name), a claim (accept owner epoch E), a delete's
+// tombstone. The asking side runs on the control thread (control/rounds.cc):
+// it owns the rounds in flight, decides whom to ask again and when a round
+// is settled, and sends its questions through the data path as
+// ControlMsg::kSend. The answering side stays on the data path, which owns
+// what the answers are about (replica stores, records, owned segments): it
+// forwards each answer here as a RoundEvent, and applies a fence (an epoch
+// granted, a tombstone stored) before the frame that reports it goes out.
+
+#include <cstdint>
+
+namespace baton {
+
+struct Op;
+
+/// The data path's news about rounds. Plain data, copied through a ring.
+/// Thread: produced by the poll-token holder, consumed by the control thread.
+struct RoundEvent {
+  enum class Kind : uint8_t {
+    kStartQuery,      ///< `op` (a QueryOp) starts; its own answer is in already
+    kStartClaim,      ///< `op` (a ClaimOp) starts; its own answer is in already
+    kStartTombstone,  ///< `op` (a TombstoneOp) starts; its own answer is in already
+    kFound,           ///< FETCH_META answering a query
+    kGranted,         ///< FETCH_META granting a claim at `epoch`
+    kRefused,         ///< STALE_EPOCH: `src` holds the newer `epoch` (claims and tombstones of `seg_id`)
+    kNoSuchSegment,   ///< NO_SUCH_SEGMENT: `src` holds nothing of `seg_id` (claims)
+    kStored,          ///< `src` stored the tombstone at `epoch`
+  };
+  Kind kind = Kind::kFound;
+  uint16_t src = 0;
+  uint16_t flags = 0;       ///< the frame's (kFound)
+  uint32_t gen_crc = 0;     ///< a record's version (kFound)
+  uint32_t chunk_size = 0;  ///< a record's owner (kFound)
+  uint64_t seg_id = 0;
+  uint64_t epoch = 0;
+  uint64_t generation = 0;
+  uint64_t total_len = 0;
+  uint64_t sack = 0;       ///< a record's or a copy's set
+  uint64_t aux_epoch = 0;  ///< a record's epoch (kFound), a copy's data epoch (kGranted)
+  Op* op = nullptr;        ///< kStart*
+};
+
+}  // namespace baton
