@@ -57,13 +57,20 @@ struct Segment;
 
 /// Something the worker runs for a control thread, which waits for `done`.
 struct Op {
-  std::atomic<uint32_t> done{0};
+  std::atomic<uint32_t> done{0};  ///< also the futex word a sleeping waiter waits on
+  std::atomic<bool> sleeper{false};  ///< a waiter sleeps on `done` (await_round)
   Error error;
   bool ok = true;
   std::function<void()> run;  ///< executed by the poll-token holder (worker or a waiting caller)
 
-  /// Marks the op done (whoever holds the poll token: worker or a waiting caller).
-  void finish() noexcept { done.store(1, std::memory_order_release); }
+  /// Marks the op done (the poll-token holder, or the control thread for a
+  /// round), waking a waiter that sleeps on it. Both sides are seq_cst: the
+  /// waiter announces itself and then checks `done`, this stores `done` and
+  /// then checks for a waiter: one of the two sees the other.
+  void finish() noexcept {
+    done.store(1, std::memory_order_seq_cst);
+    if (sleeper.load(std::memory_order_seq_cst)) futex_wake_all(done);
+  }
   void fail(Errc code, std::string message) noexcept;
   bool finished() const noexcept { return done.load(std::memory_order_acquire) != 0; }
 };
@@ -578,6 +585,16 @@ struct Engine::Impl {
   bool try_acquire_token() noexcept;
   /// Polls until the worker side finished `op`. Thread: control.
   void await(Op& op) { poll_until([&op] { return op.finished(); }, UINT64_MAX); }
+  /// Waits for a round (control/rounds.cc): the worker runs its start and
+  /// the data path, the control thread settles it and wakes this caller,
+  /// which sleeps meanwhile rather than polling in the worker's place (the
+  /// round ends on another thread: a polling caller would only notice at
+  /// its next look). Under simulation, steps the world. Thread: an API caller.
+  void await_round(Op& op) {
+    if (sim != nullptr) return await(op);
+    op.sleeper.store(true, std::memory_order_seq_cst);
+    while (op.done.load(std::memory_order_seq_cst) == 0) futex_wait(op.done, 0, 10'000'000);
+  }
   Result<std::unique_ptr<QueryOp>> query(std::string_view name);
   Result<OpenResult> load_from(const QueryOp& q, std::string_view name);
   /// Engine::remove with the name held busy. Thread: control.

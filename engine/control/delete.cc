@@ -92,7 +92,7 @@ Result<void> Engine::Impl::write_tombstone(std::string_view name, uint64_t epoch
     start_round(RoundEvent::Kind::kStartTombstone, raw);
   };
   post(raw);
-  await(*raw);
+  await_round(*raw);
   if (!raw->ok) return tl::unexpected(raw->error);
   uint64_t refused = 0;
   for (const auto& a : t->answers) refused = std::max(refused, a.refused_epoch);

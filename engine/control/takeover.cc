@@ -70,7 +70,7 @@ Result<std::unique_ptr<QueryOp>> Engine::Impl::query(std::string_view name) {
     start_round(RoundEvent::Kind::kStartQuery, raw);
   };
   post(raw);
-  await(*raw);
+  await_round(*raw);
   if (!raw->ok) return tl::unexpected(raw->error);
   if (!config.global_dir.empty()) q->global_deleted = GlobalStore::deleted_epoch(config.global_dir, name);
   // Decisions rest on what a quorum of nodes said: a set record written at
@@ -190,7 +190,7 @@ Result<std::unique_ptr<ClaimOp>> Engine::Impl::claim(std::string_view name, uint
     start_round(RoundEvent::Kind::kStartClaim, raw);
   };
   post(raw);
-  await(*raw);
+  await_round(*raw);
   if (!raw->ok) return tl::unexpected(raw->error);
   return c;
 }
