@@ -366,7 +366,7 @@ struct Engine::Impl {
   // The control thread (control/control_thread.cc): it owns the failure
   // detector, the membership views and the rounds in flight, decides from
   // what the data path publishes (per link: heard_ns, up; polled_ns) and
-  // reports through `to_control` and `round_events`, and answers through
+  // reports through `to_control`, `round_starts` and `round_answers`, and answers through
   // `to_data`. Neither side takes the other's locks.
   std::unique_ptr<Detector> detector;  ///< control thread
   SpscRing<HeartbeatSeen, 256> to_control;  ///< token holder -> control thread
@@ -376,10 +376,13 @@ struct Engine::Impl {
   std::deque<ControlMsg> to_data_backlog;
   std::vector<ControlMsg> control_out;            ///< control thread: scratch
   std::vector<LinkObservation> control_obs;       ///< control thread: scratch
-  /// Rounds starting and the answers to them (control/rounds.h). Token
-  /// holder -> control thread; an answer that does not fit is dropped (the
-  /// question is asked again), a round that does not fit fails kBusy.
-  SpscRing<RoundEvent, 1024> round_events;
+  /// Rounds starting, and the answers to them (control/rounds.h): token
+  /// holder -> control thread. Apart, so a flood of answers cannot crowd out
+  /// a start: a round that does not fit fails kBusy (256 in flight is far
+  /// past what the name locks let happen); an answer that does not fit is
+  /// dropped (the question is asked again).
+  SpscRing<RoundEvent, 256> round_starts;
+  SpscRing<RoundEvent, 1024> round_answers;
   /// The rounds in flight, asked and settled by the control thread
   /// (control/rounds.cc). Control thread.
   std::vector<QueryOp*> queries;

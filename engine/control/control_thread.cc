@@ -1,9 +1,8 @@
 // The control thread: it owns the failure detector and the membership views
 // (control/detector.h) and the asking side of rounds (control/rounds.h:
 // queries, claims, tombstones), and talks to the data path only through
-// rings and
-// what the data path publishes in atomics. It sleeps until the next
-// heartbeat is due or the data path has news for it.
+// rings and what the data path publishes in atomics. It sleeps until the
+// next heartbeat or round is due or the data path has news for it.
 //
 // Thread: control (under simulation, the one thread, via Engine::poll_control).
 
@@ -87,7 +86,8 @@ void Engine::Impl::run_control() noexcept {
     if (sleep == 0) continue;
     const uint32_t w = control_wake.load();
     control_sleeping.store(true);
-    if (to_control.empty() && round_events.empty() && control_running.load()) futex_wait(control_wake, w, sleep);
+    if (to_control.empty() && round_starts.empty() && round_answers.empty() && control_running.load())
+      futex_wait(control_wake, w, sleep);
     control_sleeping.store(false);
   }
   // Views the data path never took.

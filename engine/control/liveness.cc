@@ -1,10 +1,10 @@
 // The data path's side of the failure detector (S17): what it publishes for
 // the control thread (frames heard, heartbeats whose content changed), what
-// it applies from it (heartbeats to send, peers' states, views, rounds'
-// questions to send), and what
-// cannot wait for it: a restarted peer's acknowledgements stop counting the
-// moment its first heartbeat is read. The decisions are the control thread's
-// (control/detector.cc). Events: any thread.
+// it applies from it (heartbeats and rounds' questions to send, peers'
+// states, views), and what cannot wait for it: a restarted peer's
+// acknowledgements stop counting the moment its first heartbeat is read.
+// The decisions are the control thread's (control/detector.cc). Events: any
+// thread.
 //
 // Thread: the poll-token holder (the worker, or a caller waiting on it).
 

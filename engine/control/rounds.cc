@@ -24,7 +24,7 @@ void Engine::Impl::start_round(RoundEvent::Kind kind, Op* op) noexcept {
   RoundEvent e;
   e.kind = kind;
   e.op = op;
-  if (!round_events.push(e)) {
+  if (!round_starts.push(e)) {
     op->fail(Errc::kBusy, "too many questions to peers in flight; try again");
     return;
   }
@@ -33,11 +33,9 @@ void Engine::Impl::start_round(RoundEvent::Kind kind, Op* op) noexcept {
 
 void Engine::Impl::forward_answer(const RoundEvent& e) noexcept {
   assert_token_holder();
-  // Dropped when the ring is full: the peer is asked again, and answers.
-  if (!round_events.push(e)) {
-    counters.tx_dropped.fetch_add(1, std::memory_order_relaxed);
-    return;
-  }
+  // Dropped when the ring is full (a flood of answers nobody asked for):
+  // the peer is asked again within kQueryRetryNs, and answers again.
+  if (!round_answers.push(e)) return;
   wake_control();
 }
 
@@ -114,9 +112,10 @@ void Engine::Impl::step_rounds(uint64_t now, std::vector<ControlMsg>& out) noexc
       return question(wire::MsgType::kSetRecord, wire::kFlagDeleted, p, t.id, t.epoch, t.name);
     }, out);
   };
-  // What the data path saw, in its order.
+  // What the data path saw: new rounds first (no answer to a round can
+  // precede its start: it is asked only once started), then answers.
   RoundEvent e;
-  while (round_events.pop(e)) {
+  while (round_starts.pop(e) || round_answers.pop(e)) {
     switch (e.kind) {
       case RoundEvent::Kind::kStartQuery: {
         auto* q = static_cast<QueryOp*>(e.op);
@@ -235,8 +234,8 @@ void Engine::Impl::step_rounds(uint64_t now, std::vector<ControlMsg>& out) noexc
 
 void Engine::Impl::abort_rounds() noexcept {
   RoundEvent e;
-  while (round_events.pop(e))
-    if (e.op != nullptr) e.op->fail(Errc::kUnavailable, "engine stopped");
+  while (round_starts.pop(e)) e.op->fail(Errc::kUnavailable, "engine stopped");
+  while (round_answers.pop(e)) continue;  // answers to rounds that are over
   for (QueryOp* q : queries) q->finish();
   for (ClaimOp* c : claims) c->finish();
   for (TombstoneOp* t : tombstones) t->finish();
