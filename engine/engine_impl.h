@@ -57,20 +57,15 @@ struct Segment;
 
 /// Something the worker runs for a control thread, which waits for `done`.
 struct Op {
-  std::atomic<uint32_t> done{0};  ///< also the futex word a sleeping waiter waits on
-  std::atomic<bool> sleeper{false};  ///< a waiter sleeps on `done` (await_round)
+  std::atomic<uint32_t> done{0};
   Error error;
   bool ok = true;
   std::function<void()> run;  ///< executed by the poll-token holder (worker or a waiting caller)
 
   /// Marks the op done (the poll-token holder, or the control thread for a
-  /// round), waking a waiter that sleeps on it. Both sides are seq_cst: the
-  /// waiter announces itself and then checks `done`, this stores `done` and
-  /// then checks for a waiter: one of the two sees the other.
-  void finish() noexcept {
-    done.store(1, std::memory_order_seq_cst);
-    if (sleeper.load(std::memory_order_seq_cst)) futex_wake_all(done);
-  }
+  /// round). The waiter may free the op the moment it sees this: the
+  /// finisher touches nothing of it afterwards.
+  void finish() noexcept { done.store(1, std::memory_order_seq_cst); }
   void fail(Errc code, std::string message) noexcept;
   bool finished() const noexcept { return done.load(std::memory_order_acquire) != 0; }
 };
@@ -391,6 +386,9 @@ struct Engine::Impl {
   /// Hands a round whose own answer is in to the control thread (or fails
   /// it: kBusy). Thread: token holder.
   void start_round(RoundEvent::Kind kind, Op* op) noexcept;
+  /// Wakes API callers sleeping in await_round after rounds finished (the
+  /// ops' done stores come first). Thread: any.
+  void wake_round_waiters() noexcept;
   /// Forwards an answer to a round to the control thread. Thread: token holder.
   void forward_answer(const RoundEvent& e) noexcept;
   /// Takes the data path's round news, asks again whom it must, and
@@ -595,9 +593,21 @@ struct Engine::Impl {
   /// its next look). Under simulation, steps the world. Thread: an API caller.
   void await_round(Op& op) {
     if (sim != nullptr) return await(op);
-    op.sleeper.store(true, std::memory_order_seq_cst);
-    while (op.done.load(std::memory_order_seq_cst) == 0) futex_wait(op.done, 0, 10'000'000);
+    round_waiters.fetch_add(1, std::memory_order_seq_cst);
+    for (;;) {
+      const uint32_t seen = rounds_settled.load(std::memory_order_seq_cst);
+      if (op.done.load(std::memory_order_seq_cst) != 0) break;
+      futex_wait(rounds_settled, seen, 10'000'000);
+    }
+    round_waiters.fetch_sub(1, std::memory_order_relaxed);
   }
+  /// Bumped (and waited on, as a futex word) when the control thread
+  /// finishes rounds: the word lives as long as the engine, so the waker
+  /// never touches an op its waiter may have freed already. Waiters count
+  /// themselves in round_waiters, so a round nobody sleeps on costs no
+  /// wake-up. Thread: any.
+  std::atomic<uint32_t> rounds_settled{0};
+  std::atomic<uint32_t> round_waiters{0};
   Result<std::unique_ptr<QueryOp>> query(std::string_view name);
   Result<OpenResult> load_from(const QueryOp& q, std::string_view name);
   /// Engine::remove with the name held busy. Thread: control.

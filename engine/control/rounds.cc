@@ -26,9 +26,17 @@ void Engine::Impl::start_round(RoundEvent::Kind kind, Op* op) noexcept {
   e.op = op;
   if (!round_starts.push(e)) {
     op->fail(Errc::kBusy, "too many questions to peers in flight; try again");
+    wake_round_waiters();
     return;
   }
   wake_control();
+}
+
+void Engine::Impl::wake_round_waiters() noexcept {
+  // After the op's done store (seq_cst): a waiter that counted itself
+  // before this load is woken; one that did after sees its op done.
+  rounds_settled.fetch_add(1, std::memory_order_seq_cst);
+  if (round_waiters.load(std::memory_order_seq_cst) != 0) futex_wake_all(rounds_settled);
 }
 
 void Engine::Impl::forward_answer(const RoundEvent& e) noexcept {
@@ -74,13 +82,16 @@ void ask(OpT& op, uint64_t now, uint16_t self, Reachable reachable, Make make, s
 
 // Finishes settled rounds; asks the silent again when due, or at once when
 // one not asked yet became reachable.
+// Returns whether any round finished.
 template <typename OpT, typename Settled, typename Reachable, typename Ask>
-void step(std::vector<OpT*>& ops, uint64_t now, Settled settled, Reachable reachable, Ask ask_again) {
+bool step(std::vector<OpT*>& ops, uint64_t now, Settled settled, Reachable reachable, Ask ask_again) {
+  bool finished = false;
   for (auto it = ops.begin(); it != ops.end();) {
     OpT* op = *it;
     if (settled(*op)) {
       it = ops.erase(it);
-      op->finish();
+      op->finish();  // its waiter may free it from here on
+      finished = true;
       continue;
     }
     const bool newly_reachable = std::any_of(op->answers.begin(), op->answers.end(), [&](const auto& a) {
@@ -89,6 +100,7 @@ void step(std::vector<OpT*>& ops, uint64_t now, Settled settled, Reachable reach
     if (newly_reachable || elapsed(now, op->last_sent_ns) >= kQueryRetryNs) ask_again(*op);
     ++it;
   }
+  return finished;
 }
 
 }  // namespace
@@ -114,6 +126,7 @@ void Engine::Impl::step_rounds(uint64_t now, std::vector<ControlMsg>& out) noexc
   };
   // What the data path saw: new rounds first (no answer to a round can
   // precede its start: it is asked only once started), then answers.
+  bool finished = false;
   RoundEvent e;
   while (round_starts.pop(e) || round_answers.pop(e)) {
     switch (e.kind) {
@@ -121,6 +134,7 @@ void Engine::Impl::step_rounds(uint64_t now, std::vector<ControlMsg>& out) noexc
         auto* q = static_cast<QueryOp*>(e.op);
         if (busy_name(queries, *q)) {
           q->fail(Errc::kBusy, "another load of this name is in progress");
+          finished = true;
           break;
         }
         queries.push_back(q);
@@ -131,6 +145,7 @@ void Engine::Impl::step_rounds(uint64_t now, std::vector<ControlMsg>& out) noexc
         auto* c = static_cast<ClaimOp*>(e.op);
         if (busy_name(claims, *c)) {
           c->fail(Errc::kBusy, "another load of this name is in progress");
+          finished = true;
           break;
         }
         claims.push_back(c);
@@ -141,6 +156,7 @@ void Engine::Impl::step_rounds(uint64_t now, std::vector<ControlMsg>& out) noexc
         auto* t = static_cast<TombstoneOp*>(e.op);
         if (busy_name(tombstones, *t)) {
           t->fail(Errc::kBusy, "another delete of this name is in progress");
+          finished = true;
           break;
         }
         tombstones.push_back(t);
@@ -224,12 +240,13 @@ void Engine::Impl::step_rounds(uint64_t now, std::vector<ControlMsg>& out) noexc
   auto settled = [&](const auto& op) {
     return (op.answered() >= op.need && (everyone(op) || now >= op.deadline_ns)) || now >= op.hard_deadline_ns;
   };
-  step(queries, now, settled, reachable, ask_query);
-  step(claims, now, settled, reachable, ask_claim);
+  finished |= step(queries, now, settled, reachable, ask_query);
+  finished |= step(claims, now, settled, reachable, ask_claim);
   // A tombstone round ends early when a newer owner refuses it.
-  step(tombstones, now, [&](const TombstoneOp& t) {
+  finished |= step(tombstones, now, [&](const TombstoneOp& t) {
     return t.refused() || (t.enough() && (everyone(t) || now >= t.deadline_ns)) || now >= t.hard_deadline_ns;
   }, reachable, ask_tombstone);
+  if (finished) wake_round_waiters();
 }
 
 void Engine::Impl::abort_rounds() noexcept {
@@ -242,6 +259,7 @@ void Engine::Impl::abort_rounds() noexcept {
   queries.clear();
   claims.clear();
   tombstones.clear();
+  wake_round_waiters();
 }
 
 }  // namespace baton
