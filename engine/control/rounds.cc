@@ -80,9 +80,8 @@ void ask(OpT& op, uint64_t now, uint16_t self, Reachable reachable, Make make, s
   }
 }
 
-// Finishes settled rounds; asks the silent again when due, or at once when
-// one not asked yet became reachable.
-// Returns whether any round finished.
+// Finishes settled rounds (returns whether any did); asks the silent again
+// when due, or at once when one not asked yet became reachable.
 template <typename OpT, typename Settled, typename Reachable, typename Ask>
 bool step(std::vector<OpT*>& ops, uint64_t now, Settled settled, Reachable reachable, Ask ask_again) {
   bool finished = false;
