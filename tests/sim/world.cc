@@ -669,7 +669,9 @@ class World {
     if (g == 0) {
       ++stats_.fresh_starts;
       a.epoch_owner.clear();  // a new history: its epochs start again at 1
-      a.taken_at.clear();
+      // taken_at is kept: the old history's copies may live on (on nodes
+      // the fresh start could not hear), and its epochs outrank the new
+      // history's when the two meet (history_forked).
       if (!std::all_of(mem.begin(), mem.end(), [](std::byte b) { return b == std::byte{0}; }))
         throw Violation{"I2: a fresh start of " + a.name + " is not zeroed"};
     } else {
