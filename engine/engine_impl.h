@@ -389,8 +389,9 @@ struct Engine::Impl {
   /// Wakes API callers sleeping in await_round after rounds finished (the
   /// ops' done stores come first). Thread: any.
   void wake_round_waiters() noexcept;
-  /// Forwards an answer to a round to the control thread. Thread: token holder.
-  void forward_answer(const RoundEvent& e) noexcept;
+  /// Forwards `f`, an answer of kind `kind` to one of this node's rounds,
+  /// to the control thread. Thread: token holder.
+  void forward_answer(RoundEvent::Kind kind, const wire::Frame& f) noexcept;
   /// Takes the data path's round news, asks again whom it must, and
   /// finishes settled rounds; appends questions to `out`. Control thread.
   void step_rounds(uint64_t now, std::vector<ControlMsg>& out) noexcept;

@@ -314,12 +314,7 @@ void Engine::Impl::on_error(const wire::Frame& f) noexcept {
   switch (static_cast<wire::ErrorCode>(f.code)) {
     case wire::ErrorCode::kStaleEpoch: {
       // A claim or a tombstone refused: that peer holds a newer epoch.
-      RoundEvent e;
-      e.kind = RoundEvent::Kind::kRefused;
-      e.src = f.src;
-      e.seg_id = f.seg_id;
-      e.epoch = f.epoch;
-      forward_answer(e);
+      forward_answer(RoundEvent::Kind::kRefused, f);
       auto it = owned.find(f.seg_id);
       if (it != owned.end() && f.epoch > it->second->epoch.load()) fence(*it->second);
       // Our own epoch refused: that node holds another owner's record of it
@@ -335,12 +330,8 @@ void Engine::Impl::on_error(const wire::Frame& f) noexcept {
       }
       return;
     }
-    case wire::ErrorCode::kNoSuchSegment: {
-      RoundEvent e;
-      e.kind = RoundEvent::Kind::kNoSuchSegment;
-      e.src = f.src;
-      e.seg_id = f.seg_id;
-      forward_answer(e);
+    case wire::ErrorCode::kNoSuchSegment:
+      forward_answer(RoundEvent::Kind::kNoSuchSegment, f);
       for (auto it = fetches.begin(); it != fetches.end(); ++it) {
         if ((*it)->id != f.seg_id || (*it)->peer != f.src) continue;
         FetchOp* op = *it;
@@ -349,7 +340,6 @@ void Engine::Impl::on_error(const wire::Frame& f) noexcept {
         return;
       }
       return;
-    }
     case wire::ErrorCode::kNoRoom:
       BT_WARN("node %u cannot hold segment %016lx", f.src, static_cast<unsigned long>(f.seg_id));
       return;

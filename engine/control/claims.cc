@@ -65,19 +65,7 @@ void Engine::Impl::on_claim(Link& link, const wire::Frame& f) noexcept {
 // An answer to one of our queries or claims: for the control thread, which
 // asks them (control/rounds.cc).
 void Engine::Impl::on_fetch_meta(const wire::Frame& f) noexcept {
-  RoundEvent e;
-  e.kind = (f.flags & wire::kFlagGranted) != 0 ? RoundEvent::Kind::kGranted : RoundEvent::Kind::kFound;
-  e.src = f.src;
-  e.flags = f.flags;
-  e.gen_crc = f.gen_crc;
-  e.chunk_size = f.chunk_size;
-  e.seg_id = f.seg_id;
-  e.epoch = f.epoch;
-  e.generation = f.generation;
-  e.total_len = f.total_len;
-  e.sack = f.sack;
-  e.aux_epoch = wire::aux_epoch(f);
-  forward_answer(e);
+  forward_answer((f.flags & wire::kFlagGranted) != 0 ? RoundEvent::Kind::kGranted : RoundEvent::Kind::kFound, f);
 }
 
 }  // namespace baton

@@ -39,8 +39,20 @@ void Engine::Impl::wake_round_waiters() noexcept {
   if (round_waiters.load(std::memory_order_seq_cst) != 0) futex_wake_all(rounds_settled);
 }
 
-void Engine::Impl::forward_answer(const RoundEvent& e) noexcept {
+void Engine::Impl::forward_answer(RoundEvent::Kind kind, const wire::Frame& f) noexcept {
   assert_token_holder();
+  RoundEvent e;
+  e.kind = kind;
+  e.src = f.src;
+  e.flags = f.flags;
+  e.gen_crc = f.gen_crc;
+  e.chunk_size = f.chunk_size;
+  e.seg_id = f.seg_id;
+  e.epoch = f.epoch;
+  e.generation = f.generation;
+  e.total_len = f.total_len;
+  e.sack = f.sack;
+  e.aux_epoch = wire::aux_epoch(f);
   // Dropped when the ring is full (a flood of answers nobody asked for):
   // the peer is asked again within kQueryRetryNs, and answers again.
   if (!round_answers.push(e)) return;
@@ -126,42 +138,29 @@ void Engine::Impl::step_rounds(uint64_t now, std::vector<ControlMsg>& out) noexc
   // What the data path saw: new rounds first (no answer to a round can
   // precede its start: it is asked only once started), then answers.
   bool finished = false;
+  // A new round is asked at once, unless one of the same name is in flight.
+  auto start = [&](auto& ops, auto* op, const char* busy, auto& ask_op) {
+    if (busy_name(ops, *op)) {
+      op->fail(Errc::kBusy, busy);
+      finished = true;
+      return;
+    }
+    ops.push_back(op);
+    ask_op(*op);
+  };
   RoundEvent e;
   while (round_starts.pop(e) || round_answers.pop(e)) {
     switch (e.kind) {
-      case RoundEvent::Kind::kStartQuery: {
-        auto* q = static_cast<QueryOp*>(e.op);
-        if (busy_name(queries, *q)) {
-          q->fail(Errc::kBusy, "another load of this name is in progress");
-          finished = true;
-          break;
-        }
-        queries.push_back(q);
-        ask_query(*q);
+      case RoundEvent::Kind::kStartQuery:
+        start(queries, static_cast<QueryOp*>(e.op), "another load of this name is in progress", ask_query);
         break;
-      }
-      case RoundEvent::Kind::kStartClaim: {
-        auto* c = static_cast<ClaimOp*>(e.op);
-        if (busy_name(claims, *c)) {
-          c->fail(Errc::kBusy, "another load of this name is in progress");
-          finished = true;
-          break;
-        }
-        claims.push_back(c);
-        ask_claim(*c);
+      case RoundEvent::Kind::kStartClaim:
+        start(claims, static_cast<ClaimOp*>(e.op), "another load of this name is in progress", ask_claim);
         break;
-      }
-      case RoundEvent::Kind::kStartTombstone: {
-        auto* t = static_cast<TombstoneOp*>(e.op);
-        if (busy_name(tombstones, *t)) {
-          t->fail(Errc::kBusy, "another delete of this name is in progress");
-          finished = true;
-          break;
-        }
-        tombstones.push_back(t);
-        ask_tombstone(*t);
+      case RoundEvent::Kind::kStartTombstone:
+        start(tombstones, static_cast<TombstoneOp*>(e.op), "another delete of this name is in progress",
+              ask_tombstone);
         break;
-      }
       case RoundEvent::Kind::kFound:
         for (QueryOp* q : queries) {
           if (q->id != e.seg_id) continue;

@@ -94,12 +94,7 @@ void Engine::Impl::send_tombstone_to(uint16_t peer, uint64_t id, std::string_vie
 
 void Engine::Impl::on_tombstone(Link& link, const wire::Frame& f) noexcept {
   if ((f.flags & wire::kFlagComplete) != 0) {  // an answer to ours: the control thread's
-    RoundEvent e;
-    e.kind = RoundEvent::Kind::kStored;
-    e.src = f.src;
-    e.seg_id = f.seg_id;
-    e.epoch = f.epoch;
-    forward_answer(e);
+    forward_answer(RoundEvent::Kind::kStored, f);
     return;
   }
   if (const uint64_t newer = apply_tombstone(f.seg_id, f.epoch, f.src); newer != 0) {

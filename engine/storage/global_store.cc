@@ -193,14 +193,17 @@ void GlobalStore::prune(std::string_view name) {
 std::optional<GlobalCopy> GlobalStore::newest(const std::string& dir, std::string_view name, uint64_t max_size,
                                                uint64_t min_epoch) {
   if (dir.empty() || !wire::valid_name(name)) return std::nullopt;
-  if (const uint64_t deleted = deleted_epoch(dir, name); deleted != 0) min_epoch = std::max(min_epoch, deleted + 1);
   std::vector<GlobalCopy> copies;
   std::error_code ec;
   for (const auto& e : fs::directory_iterator(segment_dir(dir, name), ec)) {
     GlobalCopy c;
     unsigned node;
-    if (!parse_name(e.path().filename().string(), &c.epoch, &c.generation, &node)) continue;  // temp files too
-    if (c.epoch < min_epoch) continue;
+    const std::string file = e.path().filename().string();
+    if (uint64_t marked; parse_marker(file, &marked)) {  // a delete: copies at or below it do not count
+      min_epoch = std::max(min_epoch, marked + 1);
+      continue;
+    }
+    if (!parse_name(file, &c.epoch, &c.generation, &node)) continue;  // temp files too
     c.path = e.path().string();
     const uint64_t bytes = fs::file_size(e.path(), ec);
     if (ec || bytes < sizeof(Header)) continue;
@@ -208,6 +211,7 @@ std::optional<GlobalCopy> GlobalStore::newest(const std::string& dir, std::strin
     if (c.size == 0 || c.size > max_size) continue;
     copies.push_back(std::move(c));
   }
+  std::erase_if(copies, [&](const GlobalCopy& c) { return c.epoch < min_epoch; });
   std::sort(copies.begin(), copies.end(),
             [](auto& a, auto& b) { return std::tie(a.epoch, a.generation) > std::tie(b.epoch, b.generation); });
   // The newest whose header and checksum hold; a corrupt file is passed over.
