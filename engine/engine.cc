@@ -185,7 +185,10 @@ Result<std::unique_ptr<Engine>> Engine::start(const EngineConfig& config,
   for (auto& ls : impl->link_states)
     for (auto& p : impl->peer_states)
       if (p.node == ls.link->peer()) p.links.push_back(&ls);
-  for (auto& p : impl->peer_states) impl->peer_by_node.emplace(p.node, &p);
+  for (auto& p : impl->peer_states) {
+    impl->peer_by_node.emplace(p.node, &p);
+    impl->peer_nodes.push_back(p.node);
+  }
   Impl* raw = impl.get();
   impl->detector = std::make_unique<Detector>(
       DetectorConfig{config.node_id, impl->heartbeat_ns, impl->failure_ns, votes}, std::move(detector_links),
@@ -253,40 +256,19 @@ uint32_t Engine::Impl::effective_chunk_size() const {
   return c;
 }
 
-Result<Segment*> Engine::Impl::add_segment(std::unique_ptr<Segment> seg) {
-  // Replica selection (S4): live peers on other blades / power domains /
-  // NUMA nodes first (pick_replica), then any peer not known to be gone.
+Result<Segment*> Engine::Impl::add_segment(std::unique_ptr<Segment> seg, const std::vector<uint16_t>& preferred) {
+  // Empty slots, one per replica the replication factor asks for (as many as
+  // there are peers): the control thread fills them (control/placement.cc).
   const size_t want = std::min<size_t>(peer_states.size(), config.replication_factor);
   for (size_t i = 0; i < want; ++i) seg->replicas.push_back(std::make_unique<ReplicaTarget>());
+  wire::ReplicaSet prefer{};
+  for (size_t i = 0; i < preferred.size() && i < prefer.size(); ++i) prefer[i] = preferred[i];
   Segment* raw = seg.get();
-  size_t picked = 0;
-  auto added = call([this, raw, &picked] {
-    std::vector<std::unique_ptr<ReplicaTarget>> slots = std::move(raw->replicas);
-    raw->replicas.clear();
-    for (auto& slot : slots) {
-      // After a takeover, the live replicas of the set taken over come first:
-      // they hold the state already.
-      PeerState* p = nullptr;
-      for (uint16_t n : raw->preferred)
-        for (auto& ps : peer_states)
-          if (p == nullptr && ps.node == n && ps.alive &&
-              std::none_of(raw->replicas.begin(), raw->replicas.end(), [n](auto& r) { return r->node == n; }))
-            p = &ps;
-      if (p == nullptr) p = pick_replica(*raw, true);
-      if (p == nullptr) p = pick_replica(*raw, false);
-      if (p != nullptr) {
-        slot->node = p->node;
-        ++picked;
-      }  // else an empty slot (node 0): filled when a peer comes up (step_replicas)
-      raw->replicas.push_back(std::move(slot));
-    }
+  auto added = call([this, raw, &prefer, want] {
     owned[raw->id] = raw;
-    propose_set(*raw, raw->committed);
+    tell_control(SegmentNews{SegmentNews::Kind::kAdded, static_cast<uint8_t>(want), raw->id, wire::pack_set(prefer)});
   });
   if (!added) return tl::unexpected(added.error());
-  if (picked < config.replication_factor)
-    BT_WARN("segment %s: %zu of %u replicas (not enough peers)", raw->name.c_str(), picked,
-            config.replication_factor);
   std::lock_guard lock(table_mu);
   segments.emplace(raw->name, std::move(seg));
   handles.insert(raw);
@@ -299,7 +281,6 @@ Result<Segment*> Engine::Impl::make_segment(std::string_view name, uint64_t size
   auto seg = std::make_unique<Segment>();
   seg->release_to = std::move(stale);
   for (uint16_t n : preferred) seg->release_to.push_back(n);  // those kept are members: not released
-  seg->preferred = std::move(preferred);
   seg->name = std::string(name);
   seg->id = wire::segment_id(name);
   seg->size = size;
@@ -320,7 +301,7 @@ Result<Segment*> Engine::Impl::make_segment(std::string_view name, uint64_t size
     stage.mem = std::move(*mem);
     stage.chunk_crcs.resize(chunks);
   }
-  auto added = add_segment(std::move(seg));
+  auto added = add_segment(std::move(seg), preferred);
   if (!added || generation == 0) return added;
   // The restored generation goes to the new replica set as it is (same
   // number, new epoch): the set is recorded once a majority holds it.
@@ -466,6 +447,7 @@ Result<void> Engine::Impl::remove_segment(Segment* seg) {
   auto removed = call([this, seg] {
     owned.erase(seg->id);
     seg->current_stage = -1;
+    tell_control(SegmentNews{SegmentNews::Kind::kGone, 0, seg->id, 0});
   });
   if (!removed) return removed;  // the engine stops: it frees the segment itself
   seg_lock.unlock();

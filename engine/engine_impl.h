@@ -3,17 +3,18 @@
 // - API callers (which may block and allocate: engine.cc,
 //   control/takeover.cc, control/delete.cc);
 // - the poll loop (never blocks, never throws: worker.cc and replica.cc
-//   move frames and bytes; control/liveness, placement, records, claims and
-//   tombstones.cc decide about ownership and answer peers' rounds). It
-//   allocates only off the commit
+//   move frames and bytes; control/liveness, records, claims and
+//   tombstones.cc answer peers' rounds, apply the control thread's
+//   decisions and propose set records). It allocates only off the commit
 //   path: when a replica segment, a set record or a served fetch first
 //   appears, and for the text of an event. The poll loop and all data-path
 //   state belong to whoever holds the poll token: the worker thread, or an
 //   API caller while it waits for the engine;
 // - the control thread (control/control_thread.cc), which owns the failure
-//   detector, the views and the asking side of rounds (control/rounds.cc:
-//   queries, claims, tombstones), and talks to the poll loop only through
-//   SPSC rings and a few atomics the loop publishes.
+//   detector, the views, placement (control/placement.cc) and the asking
+//   side of rounds (control/rounds.cc: queries, claims, tombstones, set
+//   records), and talks to the poll loop only through SPSC rings and a few
+//   atomics the loop publishes.
 // API callers otherwise reach poll-loop state only through ops on the
 // command ring, and read what the loop publishes in atomics (generations
 // held, the fenced flag). Under simulation one thread drives all of it.
@@ -40,6 +41,7 @@
 #include "baton/engine.h"
 #include "common/log.h"
 #include "control/detector.h"
+#include "control/placement.h"
 #include "control/rounds.h"
 #include "protocol/wire.h"
 #include "replication/replica_store.h"
@@ -114,23 +116,22 @@ struct baton::Segment {
   int current_stage = -1;               ///< worker: stage being replicated
   // The replica set as recorded at a quorum of nodes (see "Fencing" in
   // docs/architecture.md). Durability counts only a recorded set: the newest
-  // generation a majority of it holds under this epoch. A new set (after a
-  // takeover or a re-replication) is recorded once a majority of it holds
-  // `need` (every generation that may be durable); until then durability
-  // waits. All token holder only, but `durable`.
-  std::vector<uint16_t> preferred;      ///< control -> add: the set taken over, kept where alive
+  // generation a majority of it holds under this epoch. A new set (the
+  // slots changed: placed, re-replicated, moved, or a member restarted) is
+  // proposed here; once a majority of it holds `need` (every generation
+  // that may be durable) the control thread records it (a RecordRound) and
+  // says so (kRecorded). Until then durability waits. All token holder
+  // only, but `durable`.
+  bool placed = false;                  ///< the control thread's first placement arrived
   std::vector<uint16_t> recorded_set;   ///< empty: none recorded yet (nothing is durable)
   uint64_t recorded_version = 0;
   struct PendingRecord {
     bool active = false;
-    bool sent = false;                  ///< proposing: a majority of the set holds `need`
+    bool sent = false;                  ///< handed to the control thread: a majority of the set holds `need`
     uint64_t version = 0;
     uint64_t need = 0;
     std::vector<uint16_t> set;
-    std::vector<uint16_t> acked;        ///< nodes that stored it (this one included)
-    std::vector<uint16_t> refused;      ///< nodes holding another owner's record of this epoch
     bool failed = false;                ///< refused by too many nodes for a quorum
-    uint64_t last_sent_ns = 0;
   } pending;
   std::atomic<uint64_t> durable{0};
   /// When `durable` last rose (the engine's clock): token holder writes
@@ -313,10 +314,10 @@ struct PeerState {
   uint64_t incarnation_seen_ns = 0;  ///< when this node first heard that incarnation
   bool alive = false;
   bool ever_heard = false;
-  // Placement tags from its heartbeats.
+  // Its placement tags, from its heartbeats (passed on to the control thread).
   uint32_t blade = 0;
   uint32_t power_domain = 0;
-  int numa_node = -1;
+  int32_t numa_node = -1;
 };
 
 struct Engine::Impl {
@@ -337,6 +338,7 @@ struct Engine::Impl {
   std::deque<Event> event_log;  ///< bounded; appended on membership changes only
   std::vector<std::unique_ptr<Link>> links;
   std::unordered_map<uint16_t, PeerState*> peer_by_node;  ///< fixed at start
+  std::vector<uint16_t> peer_nodes;  ///< every peer, fixed at start: any thread
   /// The link frames to `node` go over now, or nullptr for an unknown node.
   Link* link_to(uint16_t node) const noexcept {
     auto it = peer_by_node.find(node);
@@ -383,6 +385,37 @@ struct Engine::Impl {
   std::vector<QueryOp*> queries;
   std::vector<ClaimOp*> claims;
   std::vector<TombstoneOp*> tombstones;
+  std::vector<RecordRound> set_records;
+  /// Placement (control/placement.h): the segments this node owns as the
+  /// data path reported them, and every peer's tags. Control thread.
+  std::unordered_map<uint64_t, Placement> placements;
+  std::unordered_map<uint16_t, PeerTags> peer_tags;
+  uint64_t last_placement_ns = 0;
+  /// The data path's news about owned segments, and what did not fit in the
+  /// ring yet (sent first at the next poll). Token holder -> control thread;
+  /// the backlog is the token holder's.
+  SpscRing<SegmentNews, 256> segment_news;
+  std::deque<SegmentNews> segment_news_backlog;
+  /// Tells the control thread `n` (in order, never dropped). Thread: token holder.
+  void tell_control(const SegmentNews& n) noexcept;
+  /// Moves the backlog into the ring. Thread: token holder.
+  void flush_segment_news() noexcept;
+  /// Takes the data path's segment news and decides placements: the first
+  /// for a new segment at once, replacements and moves every heartbeat, in
+  /// a quorate view every member agrees on. Control thread.
+  void step_placement(uint64_t now, std::vector<ControlMsg>& out) noexcept;
+  /// The peer to hold a replica of `seg_id` next, not in `nodes`: alive
+  /// (`live_only`) or at least not known to be gone, on another blade / power
+  /// domain / NUMA node than this node and the other replicas where
+  /// possible, then by rendezvous rank; 0 if none. Control thread.
+  uint16_t pick_replica(uint64_t seg_id, const wire::ReplicaSet& nodes, bool live_only) const noexcept;
+  /// Failure domains `cand` would add: another blade, power domain, NUMA
+  /// node than this node and the reachable nodes in `nodes` but `skip`.
+  /// Compared as a tuple: a new blade first. Control thread.
+  using Diversity = std::tuple<bool, bool, bool>;
+  Diversity diversity(const wire::ReplicaSet& nodes, uint16_t cand, uint16_t skip) const noexcept;
+  /// Asks again, settles and reports set records in flight. Control thread.
+  void step_set_records(uint64_t now, std::vector<ControlMsg>& out) noexcept;
   /// Hands a round whose own answer is in to the control thread (or fails
   /// it: kBusy). Thread: token holder.
   void start_round(RoundEvent::Kind kind, Op* op) noexcept;
@@ -641,7 +674,9 @@ struct Engine::Impl {
   /// S7: restores `name` from the newest intact copy in global storage.
   /// Only files written above epoch `deleted` (the newest tombstone) count.
   Result<OpenResult> load_from_global(std::string_view name, uint64_t max_epoch, uint64_t deleted);
-  Result<Segment*> add_segment(std::unique_ptr<Segment> seg);
+  /// Makes `seg` owned here and asks the control thread to place its
+  /// replicas (`preferred` first, where alive). Thread: an API caller.
+  Result<Segment*> add_segment(std::unique_ptr<Segment> seg, const std::vector<uint16_t>& preferred);
   /// `preferred`: the recorded set ownership was taken over from; its live
   /// members are kept as replicas. A restored segment's generation is
   /// replicated to the new set at once, and the set recorded. `stale`:
@@ -669,7 +704,7 @@ struct Engine::Impl {
   Result<void> remove_segment(Segment* seg);
   uint32_t effective_chunk_size() const;
 
-  // --- poll loop (worker.cc; control/liveness, placement, records, claims.cc) ---
+  // --- poll loop (worker.cc, replica.cc; control/liveness, records, claims, tombstones.cc) ---
   void run_worker() noexcept;
   void park_worker() noexcept;
   bool poll_once(uint64_t now) noexcept;
@@ -703,13 +738,30 @@ struct Engine::Impl {
   void on_error(const wire::Frame& f) noexcept;
   void on_claim(Link& link, const wire::Frame& f) noexcept;
   void on_set_record(Link& link, const wire::Frame& f) noexcept;
-  /// Starts recording a new replica set for `seg` (set changed). Thread: token holder.
+  /// Proposes the replica set in `seg`'s slots for recording, once a
+  /// majority of it holds `need`; durability waits meanwhile. Thread: token holder.
   void propose_set(Segment& seg, uint64_t need) noexcept;
-  /// Proposes, resends and commits pending set records. Thread: token holder.
-  void step_records(uint64_t now) noexcept;
-  void send_record(Segment& seg, Link& link, uint16_t peer, bool withdraw = false) noexcept;
+  /// Every generation of `seg` that may be durable or is being restored:
+  /// what a new set must hold before it is recorded. Thread: token holder.
+  uint64_t record_need(const Segment& seg) const noexcept;
+  /// Hands proposals a majority of whose set holds `need` to the control
+  /// thread (this node's own record stored first). Thread: token holder.
+  void step_records() noexcept;
+  /// Sends `seg`'s pending set record (its version, its set) to `peer`;
+  /// `flags`: wire::kFlagRestart withdraws it. Thread: token holder.
+  void send_record(Segment& seg, Link& link, uint16_t peer, uint16_t flags = 0) noexcept;
+  /// Stores `owner`'s record of `seg_id` at `epoch` here, as any node does:
+  /// false (nothing stored) if another owner recorded this epoch first.
+  /// Thread: token holder.
+  bool store_record(uint64_t seg_id, const SetRecord& r) noexcept;
+  /// The control thread's kRecorded: the proposal it names is recorded (or
+  /// failed). Thread: token holder.
+  void apply_recorded(const ControlMsg& m) noexcept;
+  /// The control thread's kPlace, applied if the slots still hold what it
+  /// was decided on; the slots are reported back either way. Thread: token holder.
+  void apply_placement(const ControlMsg& m, uint64_t now) noexcept;
   /// Takes back a record that failed to reach a quorum (a lost race to
-  /// create a name). Thread: token holder.
+  /// create a name): every node drops it if it is still this one. Thread: token holder.
   void withdraw_record(Segment& seg) noexcept;
   /// A tombstone at `epoch` from `owner` (a delete): stores it unless a
   /// newer owner epoch is known here (returns that epoch then), drops the
@@ -741,11 +793,10 @@ struct Engine::Impl {
   /// records are gone with its memory. Resends it the latest generation of
   /// every segment it replicates and records each set again. Thread: token holder.
   void on_peer_restarted(uint16_t node, uint64_t now) noexcept;
-  /// Nodes a set record must reach: a quorum; with two nodes (where one
-  /// alone is quorate) every member of the view, so two nodes that see each
-  /// other never both record one new name. Thread: token holder.
-  uint32_t record_quorum() const noexcept {
-    const View& v = data_view;
+  /// Nodes a set record must reach in view `v`: a quorum; with two nodes
+  /// (where one alone is quorate) every member of the view, so two nodes
+  /// that see each other never both record one new name.
+  static uint32_t record_quorum(const View& v) noexcept {
     return v.expected_votes == 2 ? static_cast<uint32_t>(std::max<size_t>(1, v.members.size())) : v.quorum;
   }
   /// The lowest node id of the cluster: the tie-breaker that alone may
@@ -756,26 +807,11 @@ struct Engine::Impl {
   uint64_t held_by(const Segment& seg, uint16_t node) const noexcept;
   /// Recomputes seg.durable from the replicas' acks. Thread: token holder.
   void update_durable(Segment& seg) noexcept;
-  /// The peer to hold a replica of `seg` next: live, not yet a replica, on
-  /// another blade / power domain / NUMA node than the owner and the other
-  /// replicas where possible, then by rendezvous rank. Thread: token holder.
-  PeerState* pick_replica(const Segment& seg, bool live_only) noexcept;
-  /// Failure domains `cand` would add: (another blade, power domain, NUMA
-  /// node) than the owner and the live replicas but `skip`. Compared as a
-  /// tuple: a new blade first. Thread: token holder.
-  using Diversity = std::tuple<bool, bool, bool>;
-  Diversity diversity(const Segment& seg, const PeerState& cand, uint16_t skip) const noexcept;
-  /// Moves one replica of a settled segment to a live peer in more failure
-  /// domains, if one joined. Thread: token holder.
-  void improve_placement(Segment& seg, uint64_t now) noexcept;
   uint64_t replica_set(const Segment& seg) const noexcept;
   void start_replication(Segment& seg, Stage& stage, uint64_t now) noexcept;
   bool pump_senders(uint64_t now) noexcept;
   bool pump_one(Link& link, ChunkSender& sender, const wire::Frame& proto, uint64_t now) noexcept;
   bool step_ops(uint64_t now) noexcept;
-  /// S12: replaces replicas on dead nodes with live peers. Thread: token holder.
-  void step_replicas(uint64_t now) noexcept;
-  uint64_t last_replica_check_ns = 0;
   /// Notes a valid frame from link `link_index`'s peer for the failure
   /// detector. Thread: token holder.
   void heard_from(size_t link_index, uint64_t now) noexcept;

@@ -184,8 +184,8 @@ bool Engine::Impl::poll_once(uint64_t now) noexcept {
   if (link_changed) wake_control();
   busy |= pump_senders(now);
   busy |= step_ops(now);
-  step_records(now);
-  step_replicas(now);
+  step_records();
+  if (!segment_news_backlog.empty()) flush_segment_news();
   for (auto& link : links) busy |= link->service(now);
   return busy;
 }
@@ -313,21 +313,12 @@ void Engine::Impl::on_ack(const wire::Frame& f, uint64_t now) noexcept {
 void Engine::Impl::on_error(const wire::Frame& f) noexcept {
   switch (static_cast<wire::ErrorCode>(f.code)) {
     case wire::ErrorCode::kStaleEpoch: {
-      // A claim or a tombstone refused: that peer holds a newer epoch.
+      // A claim or a tombstone refused: that peer holds a newer epoch. Or a
+      // set record of our own epoch: that node holds another owner's record
+      // of it (two nodes creating one name at once). The rounds count them.
       forward_answer(RoundEvent::Kind::kRefused, f);
       auto it = owned.find(f.seg_id);
       if (it != owned.end() && f.epoch > it->second->epoch.load()) fence(*it->second);
-      // Our own epoch refused: that node holds another owner's record of it
-      // (two nodes creating one name at once). Too many such and the record
-      // can never reach a quorum.
-      if (it != owned.end() && f.epoch == it->second->epoch.load()) {
-        auto& p = it->second->pending;
-        if (p.active && p.sent && std::find(p.refused.begin(), p.refused.end(), f.src) == p.refused.end()) {
-          p.refused.push_back(f.src);
-          const View& v = data_view;
-          if (p.refused.size() > v.expected_votes - record_quorum()) p.failed = true;
-        }
-      }
       return;
     }
     case wire::ErrorCode::kNoSuchSegment:

@@ -1,6 +1,7 @@
 // The control thread: it owns the failure detector and the membership views
-// (control/detector.h) and the asking side of rounds (control/rounds.h:
-// queries, claims, tombstones), and talks to the data path only through
+// (control/detector.h), placement (control/placement.h) and the asking side
+// of rounds (control/rounds.h: queries, claims, tombstones, set records),
+// and talks to the data path only through
 // rings and what the data path publishes in atomics. It sleeps until the
 // next heartbeat or round is due or the data path has news for it.
 //
@@ -28,7 +29,11 @@ bool Engine::Impl::control_step(uint64_t now) noexcept {
   assert_control_thread();
   control_out.clear();
   HeartbeatSeen hb;
-  while (to_control.pop(hb)) detector->on_heartbeat(hb, control_out);
+  while (to_control.pop(hb)) {
+    detector->on_heartbeat(hb, control_out);
+    if (hb.link < links.size())  // links are fixed at start
+      peer_tags[links[hb.link]->peer()] = PeerTags{hb.blade, hb.power_domain, hb.numa_node};
+  }
   // Read polled_ns first (acquire): every heard_ns of that poll is then visible.
   const uint64_t polled = polled_ns.load(std::memory_order_acquire);
   control_obs.resize(link_states.size());
@@ -36,7 +41,9 @@ bool Engine::Impl::control_step(uint64_t now) noexcept {
     control_obs[i] = LinkObservation{link_states[i].heard_ns.load(std::memory_order_relaxed),
                                      link_states[i].up.load(std::memory_order_relaxed)};
   detector->step(now, polled, control_obs, control_out);
-  // Rounds after the detector: they ask whom it holds reachable now.
+  // Placement and rounds after the detector: they go by whom it holds
+  // reachable now.
+  step_placement(now, control_out);
   step_rounds(now, control_out);
   bool view_changed = false;
   for (const ControlMsg& m : control_out) {
@@ -61,7 +68,7 @@ bool Engine::Impl::control_step(uint64_t now) noexcept {
   // enough for a heartbeat; a peer or a view change is worth waking it for.
   // (Unless it is configured to sleep long enough to delay heartbeats.)
   bool news = view_changed || (sent && uint64_t{config.max_idle_sleep_us} * 1000 > heartbeat_ns / 4);
-  for (const ControlMsg& m : control_out) news |= m.kind == ControlMsg::Kind::kPeer || m.kind == ControlMsg::Kind::kSend;
+  for (const ControlMsg& m : control_out) news |= m.kind != ControlMsg::Kind::kHeartbeat;
   if (news && sleeping.load()) {
     wake.fetch_add(1);
     if (sim == nullptr) futex_wake_all(wake);
@@ -82,11 +89,13 @@ void Engine::Impl::run_control() noexcept {
     const uint64_t after = now_ns();
     uint64_t sleep = due > after ? std::min(due - after, heartbeat_ns) : 0;
     // Rounds in flight are asked again and settle on their own clock.
-    if (!queries.empty() || !claims.empty() || !tombstones.empty()) sleep = std::min<uint64_t>(sleep, 1'000'000);
+    if (!queries.empty() || !claims.empty() || !tombstones.empty() || !set_records.empty())
+      sleep = std::min<uint64_t>(sleep, 1'000'000);
     if (sleep == 0) continue;
     const uint32_t w = control_wake.load();
     control_sleeping.store(true);
-    if (to_control.empty() && round_starts.empty() && round_answers.empty() && control_running.load())
+    if (to_control.empty() && round_starts.empty() && round_answers.empty() && segment_news.empty() &&
+        control_running.load())
       futex_wait(control_wake, w, sleep);
     control_sleeping.store(false);
   }

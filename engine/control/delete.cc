@@ -88,7 +88,7 @@ Result<void> Engine::Impl::write_tombstone(std::string_view name, uint64_t epoch
     // two-node cluster, where one node alone is quorate and queries only
     // itself when split, both nodes.
     const View& v = data_view;
-    raw->need = v.expected_votes == 2 ? 2 : record_quorum();
+    raw->need = v.expected_votes == 2 ? 2 : record_quorum(v);
     start_round(RoundEvent::Kind::kStartTombstone, raw);
   };
   post(raw);

@@ -26,6 +26,10 @@ uint64_t Detector::next_due_ns() const noexcept {
   return due;
 }
 
+bool Detector::alive(uint16_t node) const noexcept {
+  return std::any_of(peers_.begin(), peers_.end(), [node](const PeerLive& p) { return p.node == node && p.alive; });
+}
+
 bool Detector::reachable(uint16_t node) const noexcept {
   for (const auto& p : peers_) {
     if (p.node != node) continue;

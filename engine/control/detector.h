@@ -33,6 +33,10 @@ struct HeartbeatSeen {
   uint16_t link = 0;       ///< index into the engine's links
   bool restarted = false;  ///< a new incarnation after an earlier one: the data path dropped its acks already
   uint64_t view_digest = 0;  ///< of the sender's view (View::digest)
+  // The sender's placement tags (fixed for an incarnation), for placement.
+  uint32_t blade = 0;
+  uint32_t power_domain = 0;
+  int32_t numa_node = -1;
 };
 
 /// What the control thread tells the data path. Thread: produced by the
@@ -42,7 +46,12 @@ struct ControlMsg {
     kHeartbeat,  ///< send one on `link`, reporting the view in `view_digest`, `view_id`, `quorate`
     kPeer,       ///< `node` is now `alive` (`ever_heard`); frames to it go over `link`
     kView,       ///< a new view: `view`, the receiver's to delete
-    kSend,       ///< a round's question to `node` (control/rounds.cc): `frame`, `flags`, `seg_id`, `epoch`, `name`
+    kSend,       ///< a round's question to `node` (control/rounds.cc): `frame`, `flags`, `seg_id`, `epoch`,
+                 ///< `name`; a set record's also `generation` (its version) and `set`
+    kPlace,      ///< put replica set `set` in the slots of owned segment `seg_id`, if they hold `expect`
+                 ///< (control/placement.cc); `flags`: a Placement::Reason
+    kRecorded,   ///< the set record `generation` of owned segment `seg_id` reached a quorum (`alive`), or
+                 ///< was refused by too many nodes for one (!`alive`)
   };
   Kind kind = Kind::kHeartbeat;
   uint16_t link = 0;
@@ -59,6 +68,9 @@ struct ControlMsg {
   uint16_t flags = 0;
   uint64_t seg_id = 0;
   uint64_t epoch = 0;
+  uint64_t generation = 0;
+  uint64_t set = 0;     ///< wire::pack_set
+  uint64_t expect = 0;  ///< kPlace: the slots it was decided on (wire::pack_set)
   uint8_t name_len = 0;
   char name[64] = {};  ///< wire::kMaxNameLen = 63
 };
@@ -99,6 +111,8 @@ class Detector {
   /// Whether a question to `node` can be answered: it is alive, or it was
   /// never heard and a link to it is up (it may be starting).
   bool reachable(uint16_t node) const noexcept;
+  /// Whether `node` is alive: heard lately over some link.
+  bool alive(uint16_t node) const noexcept;
   const View& view() const noexcept { return membership_->view(); }
 
  private:

@@ -1,8 +1,9 @@
 // The data path's side of the failure detector (S17): what it publishes for
 // the control thread (frames heard, heartbeats whose content changed), what
 // it applies from it (heartbeats and rounds' questions to send, peers'
-// states, views), and what cannot wait for it: a restarted peer's
-// acknowledgements stop counting the moment its first heartbeat is read.
+// states, views, placements, recorded sets), and what cannot wait for it:
+// a restarted peer's acknowledgements stop counting the moment its first
+// heartbeat is read.
 // The decisions are the control thread's (control/detector.cc). Events: any
 // thread.
 //
@@ -87,10 +88,25 @@ bool Engine::Impl::apply_control() noexcept {
         if (v) data_view = std::move(*v);
         break;
       }
+      case ControlMsg::Kind::kPlace: apply_placement(m, clock_ns()); break;
+      case ControlMsg::Kind::kRecorded: apply_recorded(m); break;
       case ControlMsg::Kind::kSend: {  // a round's question (control/rounds.cc)
         const std::string_view name(m.name, std::min<size_t>(m.name_len, sizeof m.name));
         if (static_cast<wire::MsgType>(m.frame) == wire::MsgType::kSetRecord) {
-          send_tombstone_to(m.node, m.seg_id, name, m.epoch);
+          if ((m.flags & wire::kFlagDeleted) != 0) {
+            send_tombstone_to(m.node, m.seg_id, name, m.epoch);
+            break;
+          }
+          // A set record goes out only while it is still the proposal in
+          // hand: not after it was withdrawn, replaced or fenced.
+          auto it = owned.find(m.seg_id);
+          if (it == owned.end()) break;
+          Segment& seg = *it->second;
+          const auto& p = seg.pending;
+          if (!p.active || !p.sent || p.version != m.generation || seg.fenced.load(std::memory_order_relaxed) ||
+              seg.epoch.load(std::memory_order_relaxed) != m.epoch)
+            break;
+          if (Link* l = link_to(m.node)) send_record(seg, *l, m.node);
           break;
         }
         Link* l = link_to(m.node);
@@ -136,7 +152,9 @@ void Engine::Impl::on_heartbeat(Link& link, const wire::Frame& f, uint64_t now) 
     ls.restart_unreported |= restarted;
     if (ls.forwarded && !ls.restart_unreported && ls.forwarded_incarnation == f.epoch && ls.forwarded_digest == f.seg_id)
       return;
-    if (!to_control.push(HeartbeatSeen{static_cast<uint16_t>(i), ls.restart_unreported, f.seg_id})) return;  // next one
+    if (!to_control.push(HeartbeatSeen{static_cast<uint16_t>(i), ls.restart_unreported, f.seg_id, p.blade,
+                                       p.power_domain, p.numa_node}))
+      return;  // next one
     ls.restart_unreported = false;
     ls.forwarded = true;
     ls.forwarded_incarnation = f.epoch;
@@ -160,16 +178,11 @@ void Engine::Impl::on_peer_restarted(uint16_t node, uint64_t now) noexcept {
       if (stage != nullptr)
         r->sender.start(stage_source(seg, *stage), tuning(), now);
     }
-    // It lost its copy of the set record too: record the set again (at a
-    // quorum that counts it afresh), once a majority of the set holds the
-    // latest generation; durability waits meanwhile.
-    auto& p = seg.pending;
-    if (p.active) {
-      std::erase(p.acked, node);
-      std::erase(p.refused, node);
-    } else if (!seg.recorded_set.empty()) {
-      propose_set(seg, stage != nullptr ? stage->generation : 0);
-    }
+    // It lost its copy of the set record too: record the set again (a new
+    // version, at a quorum that counts it afresh), once a majority of the
+    // set holds the latest generation; durability waits from now. A round
+    // still in flight for the old version counts for nothing any more.
+    if (seg.pending.active || !seg.recorded_set.empty()) propose_set(seg, record_need(seg));
   }
 }
 

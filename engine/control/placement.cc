@@ -1,14 +1,38 @@
-// Placement and re-replication (S4, S12): which peers hold a segment's
-// replicas, replacing lost ones, and spreading them over failure domains.
+// Placement and re-replication (S4, S12; control/placement.h): which peers
+// hold a segment's replicas, replacing lost ones, and spreading them over
+// failure domains. The control thread decides (step_placement and the
+// helpers it uses); the data path applies a decision if it still fits and
+// reports the slots (apply_placement, tell_control).
 //
-// Thread: the poll-token holder.
+// Thread: control, but for replica_set, tell_control, flush_segment_news
+// and apply_placement (the poll-token holder).
 
 #include <algorithm>
 
+#include "common/log.h"
 #include "engine_impl.h"
 #include "engine_util.h"
 
 namespace baton {
+
+namespace {
+
+bool contains(const wire::ReplicaSet& nodes, uint16_t n) {
+  return n != 0 && std::find(nodes.begin(), nodes.end(), n) != nodes.end();
+}
+
+// A segment whose set is recorded and whose latest generation is complete
+// and durable: a replica may move without leaving anything under-held.
+bool settled(const Segment& seg) {
+  if (seg.pending.active || seg.recorded_set.empty() || seg.current_stage < 0) return false;
+  const Stage& stage = seg.stages[seg.current_stage];
+  return stage.ready.load(std::memory_order_acquire) == wire::chunk_count_for(seg.size, seg.chunk_size) &&
+         seg.durable.load(std::memory_order_relaxed) >= stage.generation;
+}
+
+}  // namespace
+
+// --- the data path's side ---------------------------------------------------
 
 uint64_t Engine::Impl::replica_set(const Segment& seg) const noexcept {
   wire::ReplicaSet set{};
@@ -17,108 +41,198 @@ uint64_t Engine::Impl::replica_set(const Segment& seg) const noexcept {
   return wire::pack_set(set);
 }
 
-Engine::Impl::Diversity Engine::Impl::diversity(const Segment& seg, const PeerState& cand,
+void Engine::Impl::tell_control(const SegmentNews& n) noexcept {
+  assert_token_holder();
+  if (segment_news_backlog.empty() && segment_news.push(n)) {
+    wake_control();
+    return;
+  }
+  segment_news_backlog.push_back(n);  // in order, after what waits already
+}
+
+void Engine::Impl::flush_segment_news() noexcept {
+  while (!segment_news_backlog.empty() && segment_news.push(segment_news_backlog.front()))
+    segment_news_backlog.pop_front();
+  wake_control();
+}
+
+void Engine::Impl::apply_placement(const ControlMsg& m, uint64_t now) noexcept {
+  auto it = owned.find(m.seg_id);
+  if (it == owned.end() || it->second->fenced.load(std::memory_order_relaxed)) return;  // it was told
+  Segment& seg = *it->second;
+  const auto reason = static_cast<Placement::Reason>(m.flags);
+  // Decided on slots that have changed since, or a move of a segment that
+  // is not settled: the control thread decides again from what it is told.
+  if (replica_set(seg) != m.expect || (reason == Placement::kBetter && !settled(seg))) {
+    tell_control(SegmentNews{SegmentNews::Kind::kSlots, 0, seg.id, replica_set(seg)});
+    return;
+  }
+  const wire::ReplicaSet next = wire::unpack_set(m.set);
+  const Stage* stage = seg.current_stage >= 0 ? &seg.stages[seg.current_stage] : nullptr;
+  size_t filled = 0;
+  for (size_t i = 0; i < seg.replicas.size() && i < next.size(); ++i) {
+    ReplicaTarget& r = *seg.replicas[i];
+    filled += next[i] != 0;
+    const uint16_t old = r.node.load(std::memory_order_relaxed);
+    if (old == next[i]) continue;
+    r.sender.stop();
+    r.held.store(0);
+    r.node.store(next[i]);
+    const std::string to = std::to_string(next[i]);
+    if (reason == Placement::kLost)
+      record_event("segment " + seg.name + ": " +
+                   (old != 0 ? "replica on node " + std::to_string(old) + " lost" : std::string("replica missing")) +
+                   "; re-replicating to node " + to);
+    else if (reason == Placement::kBetter)
+      record_event("segment " + seg.name + ": replica moves from node " + std::to_string(old) + " to node " + to +
+                   " (more failure domains)");
+    if (stage != nullptr && next[i] != 0) r.sender.start(stage_source(seg, *stage), tuning(), now);
+  }
+  if (reason == Placement::kInitial && filled < config.replication_factor)
+    BT_WARN("segment %s: %zu of %u replicas (not enough peers)", seg.name.c_str(), filled,
+            config.replication_factor);
+  seg.placed = true;
+  // The new set is recorded once a majority of it holds every generation
+  // that may be durable; durability waits meanwhile.
+  propose_set(seg, record_need(seg));
+  tell_control(SegmentNews{SegmentNews::Kind::kSlots, 0, seg.id, replica_set(seg)});
+}
+
+// --- the control thread's side ----------------------------------------------
+
+Engine::Impl::Diversity Engine::Impl::diversity(const wire::ReplicaSet& nodes, uint16_t cand,
                                                uint16_t skip) const noexcept {
-  // Does `cand` add a blade, a power domain, a NUMA node that neither the
-  // owner nor the other live replicas (but `skip`) already use?
+  // Does `cand` add a blade, a power domain, a NUMA node that neither this
+  // node nor the other reachable replicas (but `skip`) already use?
+  static const PeerTags kUnknown;
+  auto tags = [this](uint16_t n) -> const PeerTags& {
+    auto it = peer_tags.find(n);
+    return it == peer_tags.end() ? kUnknown : it->second;
+  };
+  const PeerTags& c = tags(cand);
   const uint32_t my_blade = config.blade != 0 ? config.blade : config.node_id;
-  bool new_blade = cand.blade == 0 || cand.blade != my_blade;
-  bool new_power = cand.power_domain != 0 && cand.power_domain != config.power_domain;
-  bool new_numa = cand.numa_node >= 0 && cand.numa_node != config.numa_node;
-  for (const auto& r : seg.replicas) {
-    const uint16_t n = r->node.load(std::memory_order_relaxed);
-    if (n == skip || n == cand.node || unreachable(n)) continue;  // a lost replica shares nothing any more
-    const auto it = peer_by_node.find(n);
-    if (it == peer_by_node.end()) continue;
-    const PeerState& other = *it->second;
-    new_blade &= other.blade == 0 || other.blade != cand.blade;
-    new_power &= other.power_domain == 0 || other.power_domain != cand.power_domain;
-    new_numa &= other.numa_node < 0 || other.numa_node != cand.numa_node;
+  bool new_blade = c.blade == 0 || c.blade != my_blade;
+  bool new_power = c.power_domain != 0 && c.power_domain != config.power_domain;
+  bool new_numa = c.numa_node >= 0 && c.numa_node != config.numa_node;
+  for (const uint16_t n : nodes) {
+    if (n == 0 || n == skip || n == cand || !detector->reachable(n)) continue;  // a lost replica shares nothing
+    const PeerTags& other = tags(n);
+    new_blade &= other.blade == 0 || other.blade != c.blade;
+    new_power &= other.power_domain == 0 || other.power_domain != c.power_domain;
+    new_numa &= other.numa_node < 0 || other.numa_node != c.numa_node;
   }
   return {new_blade, new_power, new_numa};
 }
 
-PeerState* Engine::Impl::pick_replica(const Segment& seg, bool live_only) noexcept {
-  auto score = [&](const PeerState& cand) {
-    return std::make_pair(diversity(seg, cand, 0), replica_rank(seg.id, cand.node));
-  };
-  PeerState* best = nullptr;
-  for (auto& p : peer_states) {
-    const uint16_t cand = p.node;
-    if (live_only ? !p.alive : unreachable(cand)) continue;
-    bool taken = false;
-    for (const auto& r : seg.replicas) taken |= r->node.load(std::memory_order_relaxed) == cand;
-    if (taken) continue;
-    if (best == nullptr || score(p) > score(*best)) best = &p;
+uint16_t Engine::Impl::pick_replica(uint64_t seg_id, const wire::ReplicaSet& nodes, bool live_only) const noexcept {
+  auto score = [&](uint16_t cand) { return std::make_pair(diversity(nodes, cand, 0), replica_rank(seg_id, cand)); };
+  uint16_t best = 0;
+  for (const uint16_t cand : peer_nodes) {
+    if (!(live_only ? detector->alive(cand) : detector->reachable(cand)) || contains(nodes, cand)) continue;
+    if (best == 0 || score(cand) > score(best)) best = cand;
   }
   return best;
 }
 
-void Engine::Impl::step_replicas(uint64_t now) noexcept {
-  if (now - std::min(now, last_replica_check_ns) < heartbeat_ns) return;
-  last_replica_check_ns = now;
-  // Placement decisions only in a quorate view that every member shares: a
-  // minority partition, or a view still settling, moves nothing.
-  const View& v = data_view;
-  if (!v.quorate || !v.agreed) return;
-  for (auto& [id, seg] : owned) {
-    if (seg->fenced.load()) continue;
-    for (auto& r : seg->replicas) {
-      const uint16_t lost = r->node.load(std::memory_order_relaxed);  // 0: an empty slot
-      if (lost != 0 && !unreachable(lost)) continue;
-      PeerState* best = pick_replica(*seg, true);
-      if (best == nullptr) continue;  // under-replicated until a peer is alive
-      r->sender.stop();
-      r->held.store(0);
-      r->node.store(best->node);
-      record_event("segment " + seg->name + ": " +
-                   (lost != 0 ? "replica on node " + std::to_string(lost) + " lost" : std::string("replica missing")) +
-                   "; re-replicating to node " + std::to_string(best->node));
-      uint64_t latest = 0;
-      if (seg->current_stage >= 0) {
-        Stage& st = seg->stages[seg->current_stage];
-        latest = st.generation;
-        r->sender.start(stage_source(*seg, st), tuning(), now);
+void Engine::Impl::step_placement(uint64_t now, std::vector<ControlMsg>& out) noexcept {
+  assert_control_thread();
+  SegmentNews n;
+  while (segment_news.pop(n)) {
+    switch (n.kind) {
+      case SegmentNews::Kind::kAdded: {
+        Placement& pl = placements[n.seg_id] = Placement{};
+        pl.slots = n.slots;
+        for (const uint16_t p : wire::unpack_set(n.set))
+          if (p != 0) pl.preferred.push_back(p);
+        break;
       }
-      // The new set is recorded once a majority of it holds the latest
-      // generation (so every durable one); durability waits meanwhile.
-      propose_set(*seg, latest);
+      case SegmentNews::Kind::kSlots:
+        if (auto it = placements.find(n.seg_id); it != placements.end()) {
+          it->second.nodes = wire::unpack_set(n.set);
+          it->second.waiting = false;
+        }
+        break;
+      case SegmentNews::Kind::kFenced:
+        if (auto it = placements.find(n.seg_id); it != placements.end()) it->second.fenced = true;
+        break;
+      case SegmentNews::Kind::kGone:
+        placements.erase(n.seg_id);
+        std::erase_if(set_records, [&](const RecordRound& r) { return r.seg_id == n.seg_id; });
+        break;
     }
-    improve_placement(*seg, now);
   }
-}
-
-void Engine::Impl::improve_placement(Segment& seg, uint64_t now) noexcept {
-  // A node joined that spreads the replicas over more failure domains than
-  // one of them does: move that one (S12), but only on a settled segment
-  // (set recorded, latest generation durable) and one move at a time.
-  if (seg.pending.active || seg.recorded_set.empty() || seg.current_stage < 0) return;
-  const Stage& stage = seg.stages[seg.current_stage];
-  if (stage.ready != wire::chunk_count_for(seg.size, seg.chunk_size) || seg.durable.load() < stage.generation) return;
-  for (auto& r : seg.replicas) {
-    const uint16_t n = r->node.load(std::memory_order_relaxed);
-    const auto it = peer_by_node.find(n);
-    if (n == 0 || it == peer_by_node.end() || !it->second->alive) continue;
-    Diversity have = diversity(seg, *it->second, n);
-    PeerState* better = nullptr;
-    for (auto& p : peer_states) {
-      if (!p.alive || std::any_of(seg.replicas.begin(), seg.replicas.end(),
-                                  [&](auto& o) { return o->node.load(std::memory_order_relaxed) == p.node; }))
-        continue;
-      if (const Diversity d = diversity(seg, p, n); d > have) {
-        have = d;  // the best so far is the bar for the next
-        better = &p;
-      }
+  auto place = [&](uint64_t id, Placement& pl, const wire::ReplicaSet& next, Placement::Reason why) {
+    ControlMsg m;
+    m.kind = ControlMsg::Kind::kPlace;
+    m.flags = why;
+    m.seg_id = id;
+    m.set = wire::pack_set(next);
+    m.expect = wire::pack_set(pl.nodes);
+    out.push_back(m);
+    pl.waiting = true;
+  };
+  // A new segment is placed at once: after a takeover, the live replicas of
+  // the set taken over first (they hold the state already), then by
+  // failure domains and rank among live peers, then among peers not known
+  // to be gone. A slot left empty is filled when a peer comes up.
+  for (auto& [id, pl] : placements) {
+    if (pl.placed) continue;
+    wire::ReplicaSet next{};
+    for (size_t i = 0; i < pl.slots && i < next.size(); ++i) {
+      uint16_t pick = 0;
+      for (const uint16_t p : pl.preferred)
+        if (pick == 0 && detector->alive(p) && !contains(next, p)) pick = p;
+      if (pick == 0) pick = pick_replica(id, next, true);
+      if (pick == 0) pick = pick_replica(id, next, false);
+      next[i] = pick;
     }
-    if (better == nullptr) continue;
-    r->sender.stop();
-    r->held.store(0);
-    r->node.store(better->node);
-    record_event("segment " + seg.name + ": replica moves from node " + std::to_string(n) + " to node " +
-                 std::to_string(better->node) + " (more failure domains)");
-    r->sender.start(stage_source(seg, stage), tuning(), now);
-    propose_set(seg, stage.generation);
-    return;
+    pl.placed = true;
+    pl.preferred.clear();
+    place(id, pl, next, Placement::kInitial);
+  }
+  if (elapsed(now, last_placement_ns) < heartbeat_ns) return;
+  last_placement_ns = now;
+  // Later changes only in a quorate view that every member shares: a
+  // minority partition, or a view still settling, moves nothing.
+  const View& v = detector->view();
+  if (!v.quorate || !v.agreed) return;
+  for (auto& [id, pl] : placements) {
+    if (!pl.placed || pl.waiting || pl.fenced) continue;
+    // S12: a replica on a node that is gone (or a slot never filled) goes
+    // to the best live peer.
+    wire::ReplicaSet next = pl.nodes;
+    bool changed = false;
+    for (size_t i = 0; i < pl.slots && i < next.size(); ++i) {
+      if (next[i] != 0 && detector->reachable(next[i])) continue;
+      if (const uint16_t best = pick_replica(id, next, true); best != 0) {
+        next[i] = best;
+        changed = true;
+      }  // else under-replicated until a peer is alive
+    }
+    if (changed) {
+      place(id, pl, next, Placement::kLost);
+      continue;
+    }
+    // A peer that spreads the replicas over more failure domains than one of
+    // them does: that one moves (one move at a time; the data path applies
+    // it only to a settled segment).
+    for (size_t i = 0; i < pl.slots && i < next.size(); ++i) {
+      const uint16_t cur = next[i];
+      if (cur == 0 || !detector->alive(cur)) continue;
+      Diversity have = diversity(next, cur, cur);
+      uint16_t better = 0;
+      for (const uint16_t p : peer_nodes) {
+        if (!detector->alive(p) || contains(next, p)) continue;
+        if (const Diversity d = diversity(next, p, cur); d > have) {
+          have = d;  // the best so far is the bar for the next
+          better = p;
+        }
+      }
+      if (better == 0) continue;
+      next[i] = better;
+      place(id, pl, next, Placement::kBetter);
+      break;
+    }
   }
 }
 

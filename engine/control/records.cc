@@ -1,6 +1,7 @@
 // Durability and set records (S22; docs/architecture.md, "Fencing"): what
-// counts as durable, how an owner records its replica set at a quorum of
-// nodes, and fencing an owner that was superseded.
+// counts as durable, the data path's side of how an owner records its
+// replica set at a quorum of nodes (proposing it, storing and answering
+// records), and fencing an owner that was superseded.
 //
 // Thread: the poll-token holder.
 
@@ -52,7 +53,18 @@ void Engine::Impl::update_durable(Segment& seg) noexcept {
 // sees the newest recorded set (or a newer proposal), and claims from a
 // majority of that set. A set is proposed only once a majority of it holds
 // every generation that may be durable, so that majority intersects the
-// holders of any durable generation.
+// holders of any durable generation. The data path proposes (it owns what
+// the replicas hold and the durability gate); the control thread asks the
+// nodes and counts their answers (control/rounds.cc, RecordRound).
+
+uint64_t Engine::Impl::record_need(const Segment& seg) const noexcept {
+  // The generation being replicated; before the first snapshot, the one
+  // handed out (a restored segment's, which the set must hold before it
+  // replaces the set that held it).
+  const uint64_t latest = seg.current_stage >= 0 ? seg.stages[seg.current_stage].generation : 0;
+  return std::max({latest, seg.durable.load(std::memory_order_relaxed),
+                   seg.current_stage >= 0 ? 0 : seg.committed.load(std::memory_order_relaxed)});
+}
 
 void Engine::Impl::propose_set(Segment& seg, uint64_t need) noexcept {
   auto& p = seg.pending;
@@ -66,28 +78,31 @@ void Engine::Impl::propose_set(Segment& seg, uint64_t need) noexcept {
   p.sent = false;
   p.failed = false;
   p.need = need;
-  p.acked.clear();
-  p.refused.clear();
+}
+
+bool Engine::Impl::store_record(uint64_t seg_id, const SetRecord& r) noexcept {
+  auto& stored = records[seg_id];
+  if (stored.epoch == r.epoch && stored.owner != r.owner && stored.owner != 0) return false;
+  if (r.newer_than(stored)) stored = r;
+  return true;
 }
 
 void Engine::Impl::withdraw_record(Segment& seg) noexcept {
   auto& p = seg.pending;
-  for (uint16_t n : p.acked) {
-    if (n == config.node_id) {
-      auto it = records.find(seg.id);
-      if (it != records.end() && it->second.owner == config.node_id && it->second.version == p.version)
-        records.erase(it);
-      continue;
-    }
-    if (Link* l = link_to(n)) send_record(seg, *l, n, true);
-  }
+  // Whoever stored this proposal or an earlier one of the epoch (the set
+  // was proposed again when a member restarted) drops it if it is still
+  // this node's; asking everyone costs a frame per peer, once.
+  if (auto it = records.find(seg.id); it != records.end() && it->second.owner == config.node_id &&
+                                      it->second.epoch == seg.epoch.load() && it->second.version <= p.version)
+    records.erase(it);
+  for (auto& ps : peer_states) send_record(seg, *ps.link, ps.node, wire::kFlagRestart);
   p.active = false;
 }
 
-void Engine::Impl::send_record(Segment& seg, Link& link, uint16_t peer, bool withdraw) noexcept {
+void Engine::Impl::send_record(Segment& seg, Link& link, uint16_t peer, uint16_t flags) noexcept {
   wire::Frame f;
   f.type = wire::MsgType::kSetRecord;
-  if (withdraw) f.flags = wire::kFlagRestart;
+  f.flags = flags;
   f.src = config.node_id;
   f.dst = peer;
   f.seg_id = seg.id;
@@ -100,56 +115,56 @@ void Engine::Impl::send_record(Segment& seg, Link& link, uint16_t peer, bool wit
   send_control(link, f);
 }
 
-void Engine::Impl::step_records(uint64_t now) noexcept {
+void Engine::Impl::step_records() noexcept {
   for (auto& [id, segp] : owned) {
     Segment& seg = *segp;
     auto& p = seg.pending;
-    if (!p.active || seg.fenced.load(std::memory_order_relaxed)) continue;
-    if (!p.sent) {
-      size_t holding = 0;
-      for (uint16_t n : p.set) holding += held_by(seg, n) >= p.need;
-      if (holding * 2 <= p.set.size()) continue;
-      p.sent = true;
-      p.last_sent_ns = 0;
-      wire::ReplicaSet packed{};
-      for (size_t i = 0; i < p.set.size() && i < packed.size(); ++i) packed[i] = p.set[i];
-      const SetRecord mine{seg.epoch.load(), p.version, wire::pack_set(packed), config.node_id};
-      auto& stored = records[id];
-      if (stored.epoch == mine.epoch && stored.owner != mine.owner && stored.owner != 0) {
-        p.refused.push_back(config.node_id);  // another node wrote this epoch here first
-        const View& v = data_view;
-        if (p.refused.size() > v.expected_votes - record_quorum()) p.failed = true;
-      } else {
-        if (mine.newer_than(stored)) stored = mine;
-        p.acked.push_back(config.node_id);
-      }
-    }
-    if (p.failed) continue;  // the creator gives up (Engine::create)
-    if (p.acked.size() >= record_quorum()) {
-      // Members of the set recorded before that this one leaves out hold
-      // copies nobody will claim from again: they are released below.
-      for (uint16_t n : seg.recorded_set) seg.release_to.push_back(n);
-      seg.recorded_set = p.set;
-      seg.recorded_version = p.version;
-      p.active = false;
-      std::string members;
-      for (uint16_t n : p.set) members += (members.empty() ? "" : ",") + std::to_string(n);
-      record_event("segment " + seg.name + ": replica set {" + members + "} recorded at epoch " +
-                   std::to_string(seg.epoch.load()) + " (version " + std::to_string(p.version) + ")");
-      update_durable(seg);
-      release_copies(seg);
-      continue;
-    }
-    if (elapsed(now, p.last_sent_ns) < kQueryRetryNs / 4) continue;
-    p.last_sent_ns = now;
-    for (auto& ps : peer_states) {
-      const uint16_t peer = ps.node;
-      if (std::find(p.acked.begin(), p.acked.end(), peer) != p.acked.end() ||
-          std::find(p.refused.begin(), p.refused.end(), peer) != p.refused.end() || unreachable(peer))
-        continue;
-      send_record(seg, *ps.link, peer);
-    }
+    if (!p.active || p.sent || seg.fenced.load(std::memory_order_relaxed)) continue;
+    size_t holding = 0;
+    for (uint16_t n : p.set) holding += held_by(seg, n) >= p.need;
+    if (holding * 2 <= p.set.size()) continue;
+    wire::ReplicaSet packed{};
+    for (size_t i = 0; i < p.set.size() && i < packed.size(); ++i) packed[i] = p.set[i];
+    RoundEvent e;
+    e.kind = RoundEvent::Kind::kStartRecord;
+    e.src = config.node_id;
+    e.seg_id = id;
+    e.epoch = seg.epoch.load(std::memory_order_relaxed);
+    e.generation = p.version;
+    e.sack = wire::pack_set(packed);
+    // This node's own answer first, as any node's: stored unless another
+    // node wrote this epoch here first.
+    if (store_record(id, SetRecord{e.epoch, p.version, e.sack, config.node_id})) e.flags = wire::kFlagComplete;
+    if (!round_starts.push(e)) return;  // the ring is full: handed over at a later poll
+    p.sent = true;
+    wake_control();
   }
+}
+
+void Engine::Impl::apply_recorded(const ControlMsg& m) noexcept {
+  auto it = owned.find(m.seg_id);
+  if (it == owned.end()) return;
+  Segment& seg = *it->second;
+  auto& p = seg.pending;
+  // A round for an older proposal (the set changed since, or a member
+  // restarted) counts for nothing: the newer one is recorded on its own.
+  if (!p.active || !p.sent || p.version != m.generation || seg.fenced.load(std::memory_order_relaxed)) return;
+  if (!m.alive) {
+    p.failed = true;  // the creator gives up (Engine::create) and withdraws it
+    return;
+  }
+  // Members of the set recorded before that this one leaves out hold copies
+  // nobody will claim from again: they are released below.
+  for (uint16_t n : seg.recorded_set) seg.release_to.push_back(n);
+  seg.recorded_set = p.set;
+  seg.recorded_version = p.version;
+  p.active = false;
+  std::string members;
+  for (uint16_t n : p.set) members += (members.empty() ? "" : ",") + std::to_string(n);
+  record_event("segment " + seg.name + ": replica set {" + members + "} recorded at epoch " +
+               std::to_string(seg.epoch.load()) + " (version " + std::to_string(p.version) + ")");
+  update_durable(seg);
+  release_copies(seg);
 }
 
 void Engine::Impl::on_set_record(Link& link, const wire::Frame& f) noexcept {
@@ -161,14 +176,14 @@ void Engine::Impl::on_set_record(Link& link, const wire::Frame& f) noexcept {
     auto& p = it->second->pending;
     // An echo from before the node restarted: the record it stored is gone.
     if (p.active && p.sent && f.generation == p.version && f.epoch == it->second->epoch.load() &&
-        from_known_incarnation(f) && std::find(p.acked.begin(), p.acked.end(), f.src) == p.acked.end())
-      p.acked.push_back(f.src);
+        from_known_incarnation(f))
+      forward_answer(RoundEvent::Kind::kRecordAck, f);
     return;
   }
   auto it = records.find(f.seg_id);
-  if ((f.flags & wire::kFlagRestart) != 0) {  // withdrawn by the node that wrote it
+  if ((f.flags & wire::kFlagRestart) != 0) {  // withdrawn by the node that wrote it (this version and older)
     if (it != records.end() && it->second.owner == f.src && it->second.epoch == f.epoch &&
-        it->second.version == f.generation)
+        it->second.version <= f.generation)
       records.erase(it);
     return;
   }
@@ -208,6 +223,7 @@ void Engine::Impl::fence(Segment& seg) noexcept {
   record_event("segment " + seg.name + " fenced: owner epoch " + std::to_string(seg.epoch.load()) +
                " was superseded; this node no longer owns it");
   for (auto& r : seg.replicas) r->sender.stop();
+  tell_control(SegmentNews{SegmentNews::Kind::kFenced, 0, seg.id, 0});  // placement stops
 }
 
 }  // namespace baton

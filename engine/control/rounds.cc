@@ -1,5 +1,5 @@
-// The asking side of rounds (control/rounds.h): queries, claims and
-// tombstones in flight, on the control thread. A round arrives with this
+// The asking side of rounds (control/rounds.h): queries, claims, tombstones
+// and set records in flight, on the control thread. A round arrives with this
 // node's own answer filled in by the data path (which owns what it is
 // about); the control thread asks every reachable peer that has not
 // answered, asks again every kQueryRetryNs and the moment a silent peer
@@ -60,6 +60,11 @@ void Engine::Impl::forward_answer(RoundEvent::Kind kind, const wire::Frame& f) n
 }
 
 namespace {
+
+bool answered(const RecordRound& r, uint16_t node) {
+  return std::find(r.acked.begin(), r.acked.end(), node) != r.acked.end() ||
+         std::find(r.refused.begin(), r.refused.end(), node) != r.refused.end();
+}
 
 template <typename OpT>
 bool busy_name(const std::vector<OpT*>& ops, const OpT& op) {
@@ -198,7 +203,23 @@ void Engine::Impl::step_rounds(uint64_t now, std::vector<ControlMsg>& out) noexc
           }
         }
         break;
+      case RoundEvent::Kind::kStartRecord: {  // replaces the segment's older proposal
+        std::erase_if(set_records, [&](const RecordRound& r) { return r.seg_id == e.seg_id; });
+        RecordRound r{e.seg_id, e.epoch, e.generation, e.sack, {}, {}, 0};
+        ((e.flags & wire::kFlagComplete) != 0 ? r.acked : r.refused).push_back(self);
+        set_records.push_back(std::move(r));
+        break;
+      }
+      case RoundEvent::Kind::kRecordAck:
+        for (RecordRound& r : set_records)
+          if (r.seg_id == e.seg_id && r.epoch == e.epoch && r.version == e.generation && !answered(r, e.src))
+            r.acked.push_back(e.src);
+        break;
       case RoundEvent::Kind::kRefused: {
+        // A set record of the owner's own epoch refused: that node holds
+        // another owner's record of it (two nodes creating one name at once).
+        for (RecordRound& r : set_records)
+          if (r.seg_id == e.seg_id && r.epoch == e.epoch && !answered(r, e.src)) r.refused.push_back(e.src);
         auto refused = [&e](auto& rounds) {
           for (auto* op : rounds)
             if (op->id == e.seg_id)
@@ -245,11 +266,56 @@ void Engine::Impl::step_rounds(uint64_t now, std::vector<ControlMsg>& out) noexc
     return t.refused() || (t.enough() && (everyone(t) || now >= t.deadline_ns)) || now >= t.hard_deadline_ns;
   }, reachable, ask_tombstone);
   if (finished) wake_round_waiters();
+  step_set_records(now, out);
+}
+
+void Engine::Impl::step_set_records(uint64_t now, std::vector<ControlMsg>& out) noexcept {
+  const View& v = detector->view();
+  const uint32_t quorum = record_quorum(v);
+  auto recorded = [&](const RecordRound& r, bool ok) {
+    ControlMsg m;
+    m.kind = ControlMsg::Kind::kRecorded;
+    m.seg_id = r.seg_id;
+    m.generation = r.version;
+    m.alive = ok;
+    out.push_back(m);
+  };
+  for (auto it = set_records.begin(); it != set_records.end();) {
+    RecordRound& r = *it;
+    if (r.acked.size() >= quorum) {
+      recorded(r, true);
+      it = set_records.erase(it);
+      continue;
+    }
+    // Too many hold another owner's record for this one to reach a quorum.
+    if (r.refused.size() > v.expected_votes - std::min(quorum, v.expected_votes)) {
+      recorded(r, false);
+      it = set_records.erase(it);
+      continue;
+    }
+    if (elapsed(now, r.last_sent_ns) >= kQueryRetryNs / 4) {
+      r.last_sent_ns = now;
+      for (const uint16_t peer : peer_nodes) {
+        if (answered(r, peer) || !detector->reachable(peer)) continue;
+        ControlMsg m;
+        m.kind = ControlMsg::Kind::kSend;
+        m.frame = static_cast<uint8_t>(wire::MsgType::kSetRecord);
+        m.node = peer;
+        m.seg_id = r.seg_id;
+        m.epoch = r.epoch;
+        m.generation = r.version;
+        m.set = r.set;
+        out.push_back(m);
+      }
+    }
+    ++it;
+  }
 }
 
 void Engine::Impl::abort_rounds() noexcept {
   RoundEvent e;
-  while (round_starts.pop(e)) e.op->fail(Errc::kUnavailable, "engine stopped");
+  while (round_starts.pop(e))
+    if (e.op != nullptr) e.op->fail(Errc::kUnavailable, "engine stopped");  // a set record has none
   while (round_answers.pop(e)) continue;  // answers to rounds that are over
   for (QueryOp* q : queries) q->finish();
   for (ClaimOp* c : claims) c->finish();
@@ -257,6 +323,7 @@ void Engine::Impl::abort_rounds() noexcept {
   queries.clear();
   claims.clear();
   tombstones.clear();
+  set_records.clear();
   wake_round_waiters();
 }
 

@@ -1,7 +1,8 @@
 #pragma once
 // Rounds of questions to peers (S9, S11, S22): a load's query (what does
 // each node hold of a name), a claim (accept owner epoch E), a delete's
-// tombstone. The asking side runs on the control thread (control/rounds.cc):
+// tombstone, a set record (accept replica set S, version V, of the owner's
+// epoch). The asking side runs on the control thread (control/rounds.cc):
 // it owns the rounds in flight, decides whom to ask again and when a round
 // is settled, and sends its questions through the data path as
 // ControlMsg::kSend. The answering side stays on the data path, which owns
@@ -10,6 +11,7 @@
 // granted, a tombstone stored) before the frame that reports it goes out.
 
 #include <cstdint>
+#include <vector>
 
 namespace baton {
 
@@ -27,6 +29,9 @@ struct RoundEvent {
     kRefused,         ///< STALE_EPOCH: `src` holds the newer `epoch` (claims and tombstones of `seg_id`)
     kNoSuchSegment,   ///< NO_SUCH_SEGMENT: `src` holds nothing of `seg_id` (claims)
     kStored,          ///< `src` stored the tombstone at `epoch`
+    kStartRecord,     ///< a set record starts: segment `seg_id` at `epoch`, version `generation`, set `sack`;
+                      ///< `flags`: this node stored it (kFlagComplete) or holds another owner's (0)
+    kRecordAck,       ///< `src` stored the set record `generation` of `seg_id` at `epoch`
   };
   Kind kind = Kind::kFound;
   uint16_t src = 0;
@@ -40,6 +45,21 @@ struct RoundEvent {
   uint64_t sack = 0;       ///< a record's or a copy's set
   uint64_t aux_epoch = 0;  ///< a record's epoch (kFound), a copy's data epoch (kGranted)
   Op* op = nullptr;        ///< kStart*
+};
+
+/// A set record in flight (control/rounds.cc): asked of every reachable node
+/// until a quorum stored it, or too many hold another owner's record of the
+/// epoch for one to (two nodes creating one name at once). No deadline: the
+/// owner records its set for as long as it owns the segment; a newer
+/// proposal of the segment replaces it. Control thread.
+struct RecordRound {
+  uint64_t seg_id = 0;
+  uint64_t epoch = 0;
+  uint64_t version = 0;
+  uint64_t set = 0;  ///< wire::pack_set
+  std::vector<uint16_t> acked;    ///< nodes that stored it (this one included)
+  std::vector<uint16_t> refused;  ///< nodes holding another owner's record of this epoch
+  uint64_t last_sent_ns = 0;
 };
 
 }  // namespace baton

@@ -130,14 +130,14 @@ Result<Segment*> Engine::Impl::create_fresh(std::string_view name, uint64_t size
   auto made = make_segment(name, size, nullptr, newest_epoch(q) + 1, 0, {}, std::move(stale));
   if (!made) return made;
   Segment* seg = *made;
-  // The name is this node's once its replica set is recorded at a quorum:
-  // of two nodes creating one name at once, at most one gets there.
+  // The name is this node's once its replica set is placed and recorded at
+  // a quorum: of two nodes creating one name at once, at most one gets there.
   bool failed = false;
   const uint64_t deadline = clock_ns() + quorum_patience_ns();
   const bool settled = poll_until(
       [&] {
         failed = seg->pending.failed;
-        return failed || !seg->pending.active;
+        return failed || (seg->placed && !seg->pending.active);
       },
       deadline);
   if (settled && !failed) return seg;
