@@ -88,19 +88,15 @@ void Engine::Impl::release_token() noexcept {
 Engine::Engine(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
 Engine::~Engine() {
-  impl_->control_running.store(false);
-  impl_->control_wake.fetch_add(1);
-  futex_wake_all(impl_->control_wake);
-  if (impl_->control.joinable()) impl_->control.join();
+  impl_->control->stop();
   impl_->running.store(false);
   impl_->wake.fetch_add(1);
   futex_wake_all(impl_->wake);
   if (impl_->worker.joinable()) impl_->worker.join();
-  impl_->abort_rounds();
+  impl_->control->abort();
   // Views sent and never taken (both threads are gone).
   ControlMsg m;
   while (impl_->to_data.pop(m)) delete m.view;
-  for (ControlMsg& b : impl_->to_data_backlog) delete b.view;
 }
 
 uint16_t Engine::node_id() const noexcept { return impl_->config.node_id; }
@@ -190,10 +186,11 @@ Result<std::unique_ptr<Engine>> Engine::start(const EngineConfig& config,
     impl->peer_nodes.push_back(p.node);
   }
   Impl* raw = impl.get();
-  impl->detector = std::make_unique<Detector>(
-      DetectorConfig{config.node_id, impl->heartbeat_ns, impl->failure_ns, votes}, std::move(detector_links),
-      [raw](std::string text) { raw->record_event(std::move(text)); });
-  impl->view = impl->data_view = impl->detector->view();
+  impl->control = std::make_unique<Control>(
+      *impl, std::make_unique<Detector>(DetectorConfig{config.node_id, impl->heartbeat_ns, impl->failure_ns, votes},
+                                        std::move(detector_links),
+                                        [raw](std::string text) { raw->record_event(std::move(text)); }));
+  impl->view = impl->data_view = impl->control->view();
   const ssize_t ring_bytes = rte_ring_get_memsize(kCommandRingSize);
   if (ring_bytes < 0) return fail(Errc::kInternal, "rte_ring_get_memsize failed");
   impl->command_mem.reset(std::aligned_alloc(64, (static_cast<size_t>(ring_bytes) + 63) / 64 * 64));
@@ -203,7 +200,7 @@ Result<std::unique_ptr<Engine>> Engine::start(const EngineConfig& config,
     return fail(Errc::kInternal, "rte_ring_init failed");
   if (raw->sim == nullptr) {
     impl->worker = std::thread([raw] { raw->run_worker(); });
-    impl->control = std::thread([raw] { raw->run_control(); });
+    impl->control->start();
   }
   if (config.worker_cpu >= 0 && raw->sim == nullptr) {
     cpu_set_t set;

@@ -10,10 +10,10 @@
 //   appears, and for the text of an event. The poll loop and all data-path
 //   state belong to whoever holds the poll token: the worker thread, or an
 //   API caller while it waits for the engine;
-// - the control thread (control/control_thread.cc), which owns the failure
-//   detector, the views, placement (control/placement.cc) and the asking
-//   side of rounds (control/rounds.cc: queries, claims, tombstones, set
-//   records), and talks to the poll loop only through SPSC rings and a few
+// - the control thread, which runs the control plane (control/control.h:
+//   the failure detector and the views, placement, and the asking side of
+//   rounds: queries, claims, tombstones, set records) with all of its state
+//   its own, and talks to the poll loop only through SPSC rings and a few
 //   atomics the loop publishes.
 // API callers otherwise reach poll-loop state only through ops on the
 // command ring, and read what the loop publishes in atomics (generations
@@ -40,6 +40,7 @@
 
 #include "baton/engine.h"
 #include "common/log.h"
+#include "control/control.h"
 #include "control/detector.h"
 #include "control/placement.h"
 #include "control/rounds.h"
@@ -360,19 +361,12 @@ struct Engine::Impl {
   std::atomic<bool> running{true};
   std::thread worker;
 
-  // The control thread (control/control_thread.cc): it owns the failure
-  // detector, the membership views and the rounds in flight, decides from
-  // what the data path publishes (per link: heard_ns, up; polled_ns) and
-  // reports through `to_control`, `round_starts` and `round_answers`, and answers through
-  // `to_data`. Neither side takes the other's locks.
-  std::unique_ptr<Detector> detector;  ///< control thread
+  // The control plane (control/control.h) runs on a thread of its own and
+  // talks to the data path only through these rings and what the data path
+  // publishes in atomics (per link: heard_ns, up; polled_ns). Neither side
+  // takes the other's locks.
   SpscRing<HeartbeatSeen, 256> to_control;  ///< token holder -> control thread
   SpscRing<ControlMsg, 1024> to_data;       ///< control thread -> token holder
-  /// Peer and view messages that did not fit in `to_data` (a stalled data
-  /// path): sent first next time; never dropped (heartbeats are). Control thread.
-  std::deque<ControlMsg> to_data_backlog;
-  std::vector<ControlMsg> control_out;            ///< control thread: scratch
-  std::vector<LinkObservation> control_obs;       ///< control thread: scratch
   /// Rounds starting, and the answers to them (control/rounds.h): token
   /// holder -> control thread. Apart, so a flood of answers cannot crowd out
   /// a start: a round that does not fit fails kBusy (256 in flight is far
@@ -380,42 +374,20 @@ struct Engine::Impl {
   /// dropped (the question is asked again).
   SpscRing<RoundEvent, 256> round_starts;
   SpscRing<RoundEvent, 1024> round_answers;
-  /// The rounds in flight, asked and settled by the control thread
-  /// (control/rounds.cc). Control thread.
-  std::vector<QueryOp*> queries;
-  std::vector<ClaimOp*> claims;
-  std::vector<TombstoneOp*> tombstones;
-  std::vector<RecordRound> set_records;
-  /// Placement (control/placement.h): the segments this node owns as the
-  /// data path reported them, and every peer's tags. Control thread.
-  std::unordered_map<uint64_t, Placement> placements;
-  std::unordered_map<uint16_t, PeerTags> peer_tags;
-  uint64_t last_placement_ns = 0;
-  /// The data path's news about owned segments, and what did not fit in the
-  /// ring yet (sent first at the next poll). Token holder -> control thread;
-  /// the backlog is the token holder's.
+  /// The data path's news about owned segments (control/placement.h), and
+  /// what did not fit in the ring yet (sent first at the next poll). Token
+  /// holder -> control thread; the backlog is the token holder's.
   SpscRing<SegmentNews, 256> segment_news;
   std::deque<SegmentNews> segment_news_backlog;
+  /// When the data path last received from every link (its poll's time):
+  /// silence counts only up to it. Token holder writes, control reads.
+  std::atomic<uint64_t> polled_ns{0};
+  /// The control plane: fixed at start; its state is its thread's.
+  std::unique_ptr<Control> control;
   /// Tells the control thread `n` (in order, never dropped). Thread: token holder.
   void tell_control(const SegmentNews& n) noexcept;
   /// Moves the backlog into the ring. Thread: token holder.
   void flush_segment_news() noexcept;
-  /// Takes the data path's segment news and decides placements: the first
-  /// for a new segment at once, replacements and moves every heartbeat, in
-  /// a quorate view every member agrees on. Control thread.
-  void step_placement(uint64_t now, std::vector<ControlMsg>& out) noexcept;
-  /// The peer to hold a replica of `seg_id` next, not in `nodes`: alive
-  /// (`live_only`) or at least not known to be gone, on another blade / power
-  /// domain / NUMA node than this node and the other replicas where
-  /// possible, then by rendezvous rank; 0 if none. Control thread.
-  uint16_t pick_replica(uint64_t seg_id, const wire::ReplicaSet& nodes, bool live_only) const noexcept;
-  /// Failure domains `cand` would add: another blade, power domain, NUMA
-  /// node than this node and the reachable nodes in `nodes` but `skip`.
-  /// Compared as a tuple: a new blade first. Control thread.
-  using Diversity = std::tuple<bool, bool, bool>;
-  Diversity diversity(const wire::ReplicaSet& nodes, uint16_t cand, uint16_t skip) const noexcept;
-  /// Asks again, settles and reports set records in flight. Control thread.
-  void step_set_records(uint64_t now, std::vector<ControlMsg>& out) noexcept;
   /// Hands a round whose own answer is in to the control thread (or fails
   /// it: kBusy). Thread: token holder.
   void start_round(RoundEvent::Kind kind, Op* op) noexcept;
@@ -425,40 +397,11 @@ struct Engine::Impl {
   /// Forwards `f`, an answer of kind `kind` to one of this node's rounds,
   /// to the control thread. Thread: token holder.
   void forward_answer(RoundEvent::Kind kind, const wire::Frame& f) noexcept;
-  /// Takes the data path's round news, asks again whom it must, and
-  /// finishes settled rounds; appends questions to `out`. Control thread.
-  void step_rounds(uint64_t now, std::vector<ControlMsg>& out) noexcept;
-  /// Finishes every round (the engine stops): nobody waits forever. Called
-  /// once both threads are gone.
-  void abort_rounds() noexcept;
-  /// When the data path last received from every link (its poll's time):
-  /// silence counts only up to it. Token holder writes, control reads.
-  std::atomic<uint64_t> polled_ns{0};
-  std::atomic<uint32_t> control_wake{0};  ///< futex word the control thread sleeps on
-  std::atomic<bool> control_sleeping{false};
-  std::atomic<bool> control_running{true};
-  std::thread control;
-  std::atomic<std::thread::id> control_id{};
-  /// Aborts unless called on the control thread (or under simulation).
-  /// Not compiled with NDEBUG. Thread: any.
-  void assert_control_thread() const noexcept {
-#ifndef NDEBUG
-    if (sim == nullptr && control_id.load(std::memory_order_relaxed) != std::this_thread::get_id()) {
-      BT_ERROR("control-thread state touched by another thread");
-      std::abort();
-    }
-#endif
-  }
-  void run_control() noexcept;
-  /// One pass of the control thread: takes the data path's reports, steps
-  /// the failure detector and the rounds in flight, sends what they
-  /// decided. Returns whether anything was sent. Thread: control.
-  bool control_step(uint64_t now) noexcept;
   /// Wakes the control thread if it sleeps. Thread: any.
   void wake_control() noexcept;
   /// Applies what the control thread sent: heartbeats and rounds' questions
-  /// to send, peers' new states, views. Returns whether there was any.
-  /// Thread: token holder.
+  /// to send, peers' new states, views, placements, recorded sets. Returns
+  /// whether there was any. Thread: token holder.
   bool apply_control() noexcept;
 
   // The poll token: whoever holds poll_mu runs poll_once() and owns the

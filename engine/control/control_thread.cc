@@ -1,112 +1,139 @@
-// The control thread: it owns the failure detector and the membership views
-// (control/detector.h), placement (control/placement.h) and the asking side
-// of rounds (control/rounds.h: queries, claims, tombstones, set records),
-// and talks to the data path only through
-// rings and what the data path publishes in atomics. It sleeps until the
-// next heartbeat or round is due or the data path has news for it.
+// The control thread (control/control.h): it steps the failure detector
+// and the membership views (control/detector.h), placement
+// (control/placement.h) and the asking side of rounds (control/rounds.h),
+// passes what they decide to the data path, and sleeps until the next
+// heartbeat or round is due or the data path has news for it.
 //
-// Thread: control (under simulation, the one thread, via Engine::poll_control).
+// Thread: control (under simulation, the one thread, via
+// Engine::poll_control), but for start, stop and wake.
 
 #include <sys/prctl.h>
 
 #include "common/log.h"
+#include "control/control.h"
 #include "engine_impl.h"
 #include "engine_util.h"
 
 namespace baton {
 
-void Engine::Impl::wake_control() noexcept {
-  if (sim != nullptr) return;
-  // Pairs with the control thread's store of control_sleeping before it
-  // checks its ring: one of the two sees the other (else it sleeps a tick).
-  std::atomic_thread_fence(std::memory_order_seq_cst);
-  if (!control_sleeping.load()) return;
-  control_wake.fetch_add(1);
-  futex_wake_all(control_wake);
+Control::Control(Engine::Impl& engine, std::unique_ptr<Detector> detector)
+    : e_(engine), detector_(std::move(detector)), rounds_(engine, *detector_), placer_(engine, *detector_) {}
+
+Control::~Control() {
+  stop();
+  for (ControlMsg& m : backlog_) delete m.view;  // views the data path never took
 }
 
-bool Engine::Impl::control_step(uint64_t now) noexcept {
-  assert_control_thread();
-  control_out.clear();
+void Control::start() {
+  thread_ = std::thread([this] { run(); });
+}
+
+void Control::stop() noexcept {
+  running_.store(false);
+  wake_word_.fetch_add(1);
+  futex_wake_all(wake_word_);
+  if (thread_.joinable()) thread_.join();
+}
+
+void Control::wake() noexcept {
+  if (e_.sim != nullptr) return;
+  // Pairs with the thread's store of sleeping_ before it checks its rings:
+  // one of the two sees the other (else it sleeps a tick).
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  if (!sleeping_.load()) return;
+  wake_word_.fetch_add(1);
+  futex_wake_all(wake_word_);
+}
+
+void Control::assert_thread() const noexcept {
+#ifndef NDEBUG
+  if (e_.sim == nullptr && id_.load(std::memory_order_relaxed) != std::this_thread::get_id()) {
+    BT_ERROR("control-thread state touched by another thread");
+    std::abort();
+  }
+#endif
+}
+
+bool Control::step(uint64_t now) noexcept {
+  assert_thread();
+  out_.clear();
   HeartbeatSeen hb;
-  while (to_control.pop(hb)) {
-    detector->on_heartbeat(hb, control_out);
-    if (hb.link < links.size())  // links are fixed at start
-      peer_tags[links[hb.link]->peer()] = PeerTags{hb.blade, hb.power_domain, hb.numa_node};
+  while (e_.to_control.pop(hb)) {
+    detector_->on_heartbeat(hb, out_);
+    if (hb.link < e_.links.size())  // links are fixed at start
+      placer_.on_tags(e_.links[hb.link]->peer(), PeerTags{hb.blade, hb.power_domain, hb.numa_node});
   }
   // Read polled_ns first (acquire): every heard_ns of that poll is then visible.
-  const uint64_t polled = polled_ns.load(std::memory_order_acquire);
-  control_obs.resize(link_states.size());
-  for (size_t i = 0; i < link_states.size(); ++i)
-    control_obs[i] = LinkObservation{link_states[i].heard_ns.load(std::memory_order_relaxed),
-                                     link_states[i].up.load(std::memory_order_relaxed)};
-  detector->step(now, polled, control_obs, control_out);
+  const uint64_t polled = e_.polled_ns.load(std::memory_order_acquire);
+  obs_.resize(e_.link_states.size());
+  for (size_t i = 0; i < e_.link_states.size(); ++i)
+    obs_[i] = LinkObservation{e_.link_states[i].heard_ns.load(std::memory_order_relaxed),
+                              e_.link_states[i].up.load(std::memory_order_relaxed)};
+  detector_->step(now, polled, obs_, out_);
   // Placement and rounds after the detector: they go by whom it holds
   // reachable now.
-  step_placement(now, control_out);
-  step_rounds(now, control_out);
+  placer_.step(now, rounds_, out_);
+  rounds_.step(now, out_);
   bool view_changed = false;
-  for (const ControlMsg& m : control_out) {
+  for (const ControlMsg& m : out_) {
     if (m.kind == ControlMsg::Kind::kView) {
-      std::lock_guard lock(view_mu);
-      view = *m.view;
+      std::lock_guard lock(e_.view_mu);
+      e_.view = *m.view;
       view_changed = true;
     }
-    // Peers, views and questions keep their order behind what is already
-    // waiting; a heartbeat that does not fit is dropped (the next one is
-    // due soon).
-    if (m.kind != ControlMsg::Kind::kHeartbeat && !to_data_backlog.empty()) {
-      to_data_backlog.push_back(m);
-    } else if (!to_data.push(m)) {
-      if (m.kind == ControlMsg::Kind::kHeartbeat) counters.tx_dropped.fetch_add(1, std::memory_order_relaxed);
-      else to_data_backlog.push_back(m);
+    // Everything keeps its order behind what is already waiting; a
+    // heartbeat that does not fit is dropped (the next one is due soon).
+    if (m.kind != ControlMsg::Kind::kHeartbeat && !backlog_.empty()) {
+      backlog_.push_back(m);
+    } else if (!e_.to_data.push(m)) {
+      if (m.kind == ControlMsg::Kind::kHeartbeat) e_.counters.tx_dropped.fetch_add(1, std::memory_order_relaxed);
+      else backlog_.push_back(m);
     }
   }
-  while (!to_data_backlog.empty() && to_data.push(to_data_backlog.front())) to_data_backlog.pop_front();
-  const bool sent = !control_out.empty();
+  while (!backlog_.empty() && e_.to_data.push(backlog_.front())) backlog_.pop_front();
+  const bool sent = !out_.empty();
   // The data path polls again within max_idle_sleep_us by itself, soon
-  // enough for a heartbeat; a peer or a view change is worth waking it for.
-  // (Unless it is configured to sleep long enough to delay heartbeats.)
-  bool news = view_changed || (sent && uint64_t{config.max_idle_sleep_us} * 1000 > heartbeat_ns / 4);
-  for (const ControlMsg& m : control_out) news |= m.kind != ControlMsg::Kind::kHeartbeat;
-  if (news && sleeping.load()) {
-    wake.fetch_add(1);
-    if (sim == nullptr) futex_wake_all(wake);
+  // enough for a heartbeat; anything else is worth waking it for. (Unless
+  // it is configured to sleep long enough to delay heartbeats.)
+  bool news = view_changed || (sent && uint64_t{e_.config.max_idle_sleep_us} * 1000 > e_.heartbeat_ns / 4);
+  for (const ControlMsg& m : out_) news |= m.kind != ControlMsg::Kind::kHeartbeat;
+  if (news && e_.sleeping.load()) {
+    e_.wake.fetch_add(1);
+    if (e_.sim == nullptr) futex_wake_all(e_.wake);
   }
   return sent;
 }
 
-void Engine::Impl::run_control() noexcept {
+void Control::run() noexcept {
   prctl(PR_SET_TIMERSLACK, 10'000UL, 0, 0, 0);
   prctl(PR_SET_NAME, "baton-control", 0, 0, 0);
-  control_id.store(std::this_thread::get_id(), std::memory_order_relaxed);
-  while (control_running.load()) {
+  id_.store(std::this_thread::get_id(), std::memory_order_relaxed);
+  while (running_.load()) {
     const uint64_t now = now_ns();
-    control_step(now);
-    // Sleep until the next heartbeat is due (failure checks ride on the
-    // same tick: the timeout is many heartbeats long), or until news.
-    const uint64_t due = detector->next_due_ns();
+    step(now);
+    // Sleep until the next heartbeat is due (failure checks and placement
+    // ride on the same tick: the timeout is many heartbeats long), or until
+    // news.
+    const uint64_t due = detector_->next_due_ns();
     const uint64_t after = now_ns();
-    uint64_t sleep = due > after ? std::min(due - after, heartbeat_ns) : 0;
+    uint64_t sleep = due > after ? std::min(due - after, e_.heartbeat_ns) : 0;
     // Rounds in flight are asked again and settle on their own clock.
-    if (!queries.empty() || !claims.empty() || !tombstones.empty() || !set_records.empty())
-      sleep = std::min<uint64_t>(sleep, 1'000'000);
+    if (rounds_.busy()) sleep = std::min<uint64_t>(sleep, 1'000'000);
     if (sleep == 0) continue;
-    const uint32_t w = control_wake.load();
-    control_sleeping.store(true);
-    if (to_control.empty() && round_starts.empty() && round_answers.empty() && segment_news.empty() &&
-        control_running.load())
-      futex_wait(control_wake, w, sleep);
-    control_sleeping.store(false);
+    const uint32_t w = wake_word_.load();
+    sleeping_.store(true);
+    if (e_.to_control.empty() && e_.round_starts.empty() && e_.round_answers.empty() && e_.segment_news.empty() &&
+        running_.load())
+      futex_wait(wake_word_, w, sleep);
+    sleeping_.store(false);
   }
-  // Views the data path never took.
-  for (ControlMsg& m : to_data_backlog) delete m.view;
-  to_data_backlog.clear();
 }
+
+void Engine::Impl::wake_control() noexcept { control->wake(); }
 
 bool Engine::poll_control() {
   if (impl_->sim == nullptr) return false;  // the control thread runs it
-  return impl_->control_step(impl_->clock_ns());
+  return impl_->control->step(impl_->clock_ns());
 }
 
 }  // namespace baton

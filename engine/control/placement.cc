@@ -1,15 +1,16 @@
 // Placement and re-replication (S4, S12; control/placement.h): which peers
 // hold a segment's replicas, replacing lost ones, and spreading them over
-// failure domains. The control thread decides (step_placement and the
-// helpers it uses); the data path applies a decision if it still fits and
-// reports the slots (apply_placement, tell_control).
+// failure domains. The control thread decides (Placer); the data path
+// applies a decision if it still fits and reports the slots
+// (apply_placement, tell_control).
 //
-// Thread: control, but for replica_set, tell_control, flush_segment_news
-// and apply_placement (the poll-token holder).
+// Thread: control (Placer), but for replica_set, tell_control,
+// flush_segment_news and apply_placement (the poll-token holder).
 
 #include <algorithm>
 
 #include "common/log.h"
+#include "control/rounds.h"
 #include "engine_impl.h"
 #include "engine_util.h"
 
@@ -100,22 +101,34 @@ void Engine::Impl::apply_placement(const ControlMsg& m, uint64_t now) noexcept {
 
 // --- the control thread's side ----------------------------------------------
 
-Engine::Impl::Diversity Engine::Impl::diversity(const wire::ReplicaSet& nodes, uint16_t cand,
+void Placer::place(uint64_t id, Placement& pl, const wire::ReplicaSet& next, Placement::Reason why,
+                   std::vector<ControlMsg>& out) noexcept {
+  ControlMsg m;
+  m.kind = ControlMsg::Kind::kPlace;
+  m.flags = why;
+  m.seg_id = id;
+  m.set = wire::pack_set(next);
+  m.expect = wire::pack_set(pl.nodes);
+  out.push_back(m);
+  pl.waiting = true;
+}
+
+Placer::Diversity Placer::diversity(const wire::ReplicaSet& nodes, uint16_t cand,
                                                uint16_t skip) const noexcept {
   // Does `cand` add a blade, a power domain, a NUMA node that neither this
   // node nor the other reachable replicas (but `skip`) already use?
   static const PeerTags kUnknown;
   auto tags = [this](uint16_t n) -> const PeerTags& {
-    auto it = peer_tags.find(n);
-    return it == peer_tags.end() ? kUnknown : it->second;
+    auto it = peer_tags_.find(n);
+    return it == peer_tags_.end() ? kUnknown : it->second;
   };
   const PeerTags& c = tags(cand);
-  const uint32_t my_blade = config.blade != 0 ? config.blade : config.node_id;
+  const uint32_t my_blade = e_.config.blade != 0 ? e_.config.blade : e_.config.node_id;
   bool new_blade = c.blade == 0 || c.blade != my_blade;
-  bool new_power = c.power_domain != 0 && c.power_domain != config.power_domain;
-  bool new_numa = c.numa_node >= 0 && c.numa_node != config.numa_node;
+  bool new_power = c.power_domain != 0 && c.power_domain != e_.config.power_domain;
+  bool new_numa = c.numa_node >= 0 && c.numa_node != e_.config.numa_node;
   for (const uint16_t n : nodes) {
-    if (n == 0 || n == skip || n == cand || !detector->reachable(n)) continue;  // a lost replica shares nothing
+    if (n == 0 || n == skip || n == cand || !detector_.reachable(n)) continue;  // a lost replica shares nothing
     const PeerTags& other = tags(n);
     new_blade &= other.blade == 0 || other.blade != c.blade;
     new_power &= other.power_domain == 0 || other.power_domain != c.power_domain;
@@ -124,93 +137,82 @@ Engine::Impl::Diversity Engine::Impl::diversity(const wire::ReplicaSet& nodes, u
   return {new_blade, new_power, new_numa};
 }
 
-uint16_t Engine::Impl::pick_replica(uint64_t seg_id, const wire::ReplicaSet& nodes, bool live_only) const noexcept {
+uint16_t Placer::pick_replica(uint64_t seg_id, const wire::ReplicaSet& nodes, bool live_only) const noexcept {
   auto score = [&](uint16_t cand) { return std::make_pair(diversity(nodes, cand, 0), replica_rank(seg_id, cand)); };
   uint16_t best = 0;
-  for (const uint16_t cand : peer_nodes) {
-    if (!(live_only ? detector->alive(cand) : detector->reachable(cand)) || contains(nodes, cand)) continue;
+  for (const uint16_t cand : e_.peer_nodes) {
+    if (!(live_only ? detector_.alive(cand) : detector_.reachable(cand)) || contains(nodes, cand)) continue;
     if (best == 0 || score(cand) > score(best)) best = cand;
   }
   return best;
 }
 
-void Engine::Impl::step_placement(uint64_t now, std::vector<ControlMsg>& out) noexcept {
-  assert_control_thread();
+void Placer::step(uint64_t now, Rounds& rounds, std::vector<ControlMsg>& out) noexcept {
   SegmentNews n;
-  while (segment_news.pop(n)) {
+  while (e_.segment_news.pop(n)) {
     switch (n.kind) {
       case SegmentNews::Kind::kAdded: {
-        Placement& pl = placements[n.seg_id] = Placement{};
+        Placement& pl = placements_[n.seg_id] = Placement{};
         pl.slots = n.slots;
         for (const uint16_t p : wire::unpack_set(n.set))
           if (p != 0) pl.preferred.push_back(p);
         break;
       }
       case SegmentNews::Kind::kSlots:
-        if (auto it = placements.find(n.seg_id); it != placements.end()) {
+        if (auto it = placements_.find(n.seg_id); it != placements_.end()) {
           it->second.nodes = wire::unpack_set(n.set);
           it->second.waiting = false;
         }
         break;
       case SegmentNews::Kind::kFenced:
-        if (auto it = placements.find(n.seg_id); it != placements.end()) it->second.fenced = true;
+        if (auto it = placements_.find(n.seg_id); it != placements_.end()) it->second.fenced = true;
         break;
       case SegmentNews::Kind::kGone:
-        placements.erase(n.seg_id);
-        std::erase_if(set_records, [&](const RecordRound& r) { return r.seg_id == n.seg_id; });
+        placements_.erase(n.seg_id);
+        rounds.forget(n.seg_id);
         break;
     }
   }
-  auto place = [&](uint64_t id, Placement& pl, const wire::ReplicaSet& next, Placement::Reason why) {
-    ControlMsg m;
-    m.kind = ControlMsg::Kind::kPlace;
-    m.flags = why;
-    m.seg_id = id;
-    m.set = wire::pack_set(next);
-    m.expect = wire::pack_set(pl.nodes);
-    out.push_back(m);
-    pl.waiting = true;
-  };
   // A new segment is placed at once: after a takeover, the live replicas of
   // the set taken over first (they hold the state already), then by
   // failure domains and rank among live peers, then among peers not known
   // to be gone. A slot left empty is filled when a peer comes up.
-  for (auto& [id, pl] : placements) {
+  for (auto& [id, pl] : placements_) {
     if (pl.placed) continue;
     wire::ReplicaSet next{};
     for (size_t i = 0; i < pl.slots && i < next.size(); ++i) {
       uint16_t pick = 0;
       for (const uint16_t p : pl.preferred)
-        if (pick == 0 && detector->alive(p) && !contains(next, p)) pick = p;
+        if (pick == 0 && detector_.alive(p) && !contains(next, p)) pick = p;
       if (pick == 0) pick = pick_replica(id, next, true);
       if (pick == 0) pick = pick_replica(id, next, false);
       next[i] = pick;
     }
     pl.placed = true;
     pl.preferred.clear();
-    place(id, pl, next, Placement::kInitial);
+    place(id, pl, next, Placement::kInitial, out);
   }
-  if (elapsed(now, last_placement_ns) < heartbeat_ns) return;
-  last_placement_ns = now;
+  if (elapsed(now, last_ns_) < e_.heartbeat_ns) return;
+  last_ns_ = now;
   // Later changes only in a quorate view that every member shares: a
   // minority partition, or a view still settling, moves nothing.
-  const View& v = detector->view();
+  const View& v = detector_.view();
   if (!v.quorate || !v.agreed) return;
-  for (auto& [id, pl] : placements) {
+  for (auto& [id, pl] : placements_) {
     if (!pl.placed || pl.waiting || pl.fenced) continue;
     // S12: a replica on a node that is gone (or a slot never filled) goes
     // to the best live peer.
     wire::ReplicaSet next = pl.nodes;
     bool changed = false;
     for (size_t i = 0; i < pl.slots && i < next.size(); ++i) {
-      if (next[i] != 0 && detector->reachable(next[i])) continue;
+      if (next[i] != 0 && detector_.reachable(next[i])) continue;
       if (const uint16_t best = pick_replica(id, next, true); best != 0) {
         next[i] = best;
         changed = true;
       }  // else under-replicated until a peer is alive
     }
     if (changed) {
-      place(id, pl, next, Placement::kLost);
+      place(id, pl, next, Placement::kLost, out);
       continue;
     }
     // A peer that spreads the replicas over more failure domains than one of
@@ -218,11 +220,11 @@ void Engine::Impl::step_placement(uint64_t now, std::vector<ControlMsg>& out) no
     // it only to a settled segment).
     for (size_t i = 0; i < pl.slots && i < next.size(); ++i) {
       const uint16_t cur = next[i];
-      if (cur == 0 || !detector->alive(cur)) continue;
+      if (cur == 0 || !detector_.alive(cur)) continue;
       Diversity have = diversity(next, cur, cur);
       uint16_t better = 0;
-      for (const uint16_t p : peer_nodes) {
-        if (!detector->alive(p) || contains(next, p)) continue;
+      for (const uint16_t p : e_.peer_nodes) {
+        if (!detector_.alive(p) || contains(next, p)) continue;
         if (const Diversity d = diversity(next, p, cur); d > have) {
           have = d;  // the best so far is the bar for the next
           better = p;
@@ -230,7 +232,7 @@ void Engine::Impl::step_placement(uint64_t now, std::vector<ControlMsg>& out) no
       }
       if (better == 0) continue;
       next[i] = better;
-      place(id, pl, next, Placement::kBetter);
+      place(id, pl, next, Placement::kBetter, out);
       break;
     }
   }

@@ -12,11 +12,17 @@
 // the slots change.
 
 #include <cstdint>
+#include <tuple>
+#include <unordered_map>
 #include <vector>
 
+#include "baton/engine.h"
+#include "control/detector.h"
 #include "protocol/wire.h"
 
 namespace baton {
+
+class Rounds;
 
 /// The data path's news about the segments this node owns. Plain data,
 /// copied through a ring; never dropped (a backlog holds what does not
@@ -50,6 +56,40 @@ struct Placement {
   bool placed = false;               ///< the first placement was sent
   bool fenced = false;
   bool waiting = false;              ///< a decision is on its way: none other until the data path reports
+};
+
+/// Decides where the replicas of the segments this node owns go. Thread:
+/// control (Control::step).
+class Placer {
+ public:
+  Placer(Engine::Impl& engine, const Detector& detector) : e_(engine), detector_(detector) {}
+  /// A peer's tags, from a heartbeat the data path passed on.
+  void on_tags(uint16_t node, const PeerTags& tags) { peer_tags_[node] = tags; }
+  /// Takes the data path's segment news (a segment gone is forgotten by
+  /// `rounds` too) and decides: the first placement of a new segment at
+  /// once; replacements and moves every heartbeat, in a quorate view every
+  /// member agrees on. Appends the decisions to `out`.
+  void step(uint64_t now, Rounds& rounds, std::vector<ControlMsg>& out) noexcept;
+
+ private:
+  /// The peer to hold a replica of `seg_id` next, not in `nodes`: alive
+  /// (`live_only`) or at least not known to be gone, on another blade /
+  /// power domain / NUMA node than this node and the other replicas where
+  /// possible, then by rendezvous rank; 0 if none.
+  uint16_t pick_replica(uint64_t seg_id, const wire::ReplicaSet& nodes, bool live_only) const noexcept;
+  /// Failure domains `cand` would add: another blade, power domain, NUMA
+  /// node than this node and the reachable nodes in `nodes` but `skip`.
+  /// Compared as a tuple: a new blade first.
+  using Diversity = std::tuple<bool, bool, bool>;
+  Diversity diversity(const wire::ReplicaSet& nodes, uint16_t cand, uint16_t skip) const noexcept;
+  void place(uint64_t id, Placement& pl, const wire::ReplicaSet& next, Placement::Reason why,
+             std::vector<ControlMsg>& out) noexcept;
+
+  Engine::Impl& e_;
+  const Detector& detector_;
+  std::unordered_map<uint64_t, Placement> placements_;  ///< the segments this node owns, as reported
+  std::unordered_map<uint16_t, PeerTags> peer_tags_;
+  uint64_t last_ns_ = 0;  ///< the last look for replacements and moves
 };
 
 }  // namespace baton

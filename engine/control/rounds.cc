@@ -8,8 +8,8 @@
 // every reachable peer answered or the soft deadline passed; at the hard
 // deadline regardless (the answers needed may never come).
 //
-// Thread: control, but for start_round and forward_answer (the poll-token
-// holder's side of the ring).
+// Thread: control (Rounds), but for start_round, forward_answer and
+// wake_round_waiters (the poll-token holder's side of the rings).
 
 #include <algorithm>
 #include <cstring>
@@ -100,7 +100,7 @@ void ask(OpT& op, uint64_t now, uint16_t self, Reachable reachable, Make make, s
 // Finishes settled rounds (returns whether any did); asks the silent again
 // when due, or at once when one not asked yet became reachable.
 template <typename OpT, typename Settled, typename Reachable, typename Ask>
-bool step(std::vector<OpT*>& ops, uint64_t now, Settled settled, Reachable reachable, Ask ask_again) {
+bool settle_or_ask(std::vector<OpT*>& ops, uint64_t now, Settled settled, Reachable reachable, Ask ask_again) {
   bool finished = false;
   for (auto it = ops.begin(); it != ops.end();) {
     OpT* op = *it;
@@ -121,10 +121,9 @@ bool step(std::vector<OpT*>& ops, uint64_t now, Settled settled, Reachable reach
 
 }  // namespace
 
-void Engine::Impl::step_rounds(uint64_t now, std::vector<ControlMsg>& out) noexcept {
-  assert_control_thread();
-  const uint16_t self = config.node_id;
-  auto reachable = [this, self](uint16_t peer) { return peer != self && detector->reachable(peer); };
+void Rounds::step(uint64_t now, std::vector<ControlMsg>& out) noexcept {
+  const uint16_t self = e_.config.node_id;
+  auto reachable = [this, self](uint16_t peer) { return peer != self && detector_.reachable(peer); };
   auto ask_query = [&](QueryOp& q) {
     ask(q, now, self, reachable, [&](uint16_t p) {
       return question(wire::MsgType::kFetchRequest, wire::kFlagQuery, p, q.id, 0, q.name);
@@ -154,20 +153,20 @@ void Engine::Impl::step_rounds(uint64_t now, std::vector<ControlMsg>& out) noexc
     ask_op(*op);
   };
   RoundEvent e;
-  while (round_starts.pop(e) || round_answers.pop(e)) {
+  while (e_.round_starts.pop(e) || e_.round_answers.pop(e)) {
     switch (e.kind) {
       case RoundEvent::Kind::kStartQuery:
-        start(queries, static_cast<QueryOp*>(e.op), "another load of this name is in progress", ask_query);
+        start(queries_, static_cast<QueryOp*>(e.op), "another load of this name is in progress", ask_query);
         break;
       case RoundEvent::Kind::kStartClaim:
-        start(claims, static_cast<ClaimOp*>(e.op), "another load of this name is in progress", ask_claim);
+        start(claims_, static_cast<ClaimOp*>(e.op), "another load of this name is in progress", ask_claim);
         break;
       case RoundEvent::Kind::kStartTombstone:
-        start(tombstones, static_cast<TombstoneOp*>(e.op), "another delete of this name is in progress",
+        start(tombstones_, static_cast<TombstoneOp*>(e.op), "another delete of this name is in progress",
               ask_tombstone);
         break;
       case RoundEvent::Kind::kFound:
-        for (QueryOp* q : queries) {
+        for (QueryOp* q : queries_) {
           if (q->id != e.seg_id) continue;
           for (auto& a : q->answers) {
             if (a.peer != e.src || a.answered) continue;
@@ -184,7 +183,7 @@ void Engine::Impl::step_rounds(uint64_t now, std::vector<ControlMsg>& out) noexc
         }
         break;
       case RoundEvent::Kind::kGranted:
-        for (ClaimOp* c : claims) {
+        for (ClaimOp* c : claims_) {
           if (c->id != e.seg_id || e.epoch != c->epoch) continue;
           for (auto& a : c->answers) {
             if (a.peer != e.src || a.answered) continue;
@@ -192,8 +191,8 @@ void Engine::Impl::step_rounds(uint64_t now, std::vector<ControlMsg>& out) noexc
             a.granted = true;
             // A copy offered must be one this node could take: a size past
             // what it accepts (or none) is no copy, though the grant stands.
-            if (e.generation != 0 && (e.total_len == 0 || e.total_len > config.max_segment_size)) {
-              bump(counters.bad_input);
+            if (e.generation != 0 && (e.total_len == 0 || e.total_len > e_.config.max_segment_size)) {
+              bump(e_.counters.bad_input);
               continue;
             }
             a.data_epoch = e.aux_epoch;
@@ -204,21 +203,21 @@ void Engine::Impl::step_rounds(uint64_t now, std::vector<ControlMsg>& out) noexc
         }
         break;
       case RoundEvent::Kind::kStartRecord: {  // replaces the segment's older proposal
-        std::erase_if(set_records, [&](const RecordRound& r) { return r.seg_id == e.seg_id; });
+        std::erase_if(set_records_, [&](const RecordRound& r) { return r.seg_id == e.seg_id; });
         RecordRound r{e.seg_id, e.epoch, e.generation, e.sack, {}, {}, 0};
         ((e.flags & wire::kFlagComplete) != 0 ? r.acked : r.refused).push_back(self);
-        set_records.push_back(std::move(r));
+        set_records_.push_back(std::move(r));
         break;
       }
       case RoundEvent::Kind::kRecordAck:
-        for (RecordRound& r : set_records)
+        for (RecordRound& r : set_records_)
           if (r.seg_id == e.seg_id && r.epoch == e.epoch && r.version == e.generation && !answered(r, e.src))
             r.acked.push_back(e.src);
         break;
       case RoundEvent::Kind::kRefused: {
         // A set record of the owner's own epoch refused: that node holds
         // another owner's record of it (two nodes creating one name at once).
-        for (RecordRound& r : set_records)
+        for (RecordRound& r : set_records_)
           if (r.seg_id == e.seg_id && r.epoch == e.epoch && !answered(r, e.src)) r.refused.push_back(e.src);
         auto refused = [&e](auto& rounds) {
           for (auto* op : rounds)
@@ -229,18 +228,18 @@ void Engine::Impl::step_rounds(uint64_t now, std::vector<ControlMsg>& out) noexc
                   a.refused_epoch = e.epoch;
                 }
         };
-        refused(tombstones);
-        refused(claims);
+        refused(tombstones_);
+        refused(claims_);
         break;
       }
       case RoundEvent::Kind::kNoSuchSegment:
-        for (ClaimOp* c : claims)
+        for (ClaimOp* c : claims_)
           if (c->id == e.seg_id)
             for (auto& a : c->answers)
               if (a.peer == e.src) a.answered = true;
         break;
       case RoundEvent::Kind::kStored:
-        for (TombstoneOp* t : tombstones)
+        for (TombstoneOp* t : tombstones_)
           if (t->id == e.seg_id && t->epoch == e.epoch)
             for (auto& a : t->answers)
               if (a.peer == e.src && !a.answered) {
@@ -259,19 +258,19 @@ void Engine::Impl::step_rounds(uint64_t now, std::vector<ControlMsg>& out) noexc
   auto settled = [&](const auto& op) {
     return (op.answered() >= op.need && (everyone(op) || now >= op.deadline_ns)) || now >= op.hard_deadline_ns;
   };
-  finished |= step(queries, now, settled, reachable, ask_query);
-  finished |= step(claims, now, settled, reachable, ask_claim);
+  finished |= settle_or_ask(queries_, now, settled, reachable, ask_query);
+  finished |= settle_or_ask(claims_, now, settled, reachable, ask_claim);
   // A tombstone round ends early when a newer owner refuses it.
-  finished |= step(tombstones, now, [&](const TombstoneOp& t) {
+  finished |= settle_or_ask(tombstones_, now, [&](const TombstoneOp& t) {
     return t.refused() || (t.enough() && (everyone(t) || now >= t.deadline_ns)) || now >= t.hard_deadline_ns;
   }, reachable, ask_tombstone);
-  if (finished) wake_round_waiters();
+  if (finished) e_.wake_round_waiters();
   step_set_records(now, out);
 }
 
-void Engine::Impl::step_set_records(uint64_t now, std::vector<ControlMsg>& out) noexcept {
-  const View& v = detector->view();
-  const uint32_t quorum = record_quorum(v);
+void Rounds::step_set_records(uint64_t now, std::vector<ControlMsg>& out) noexcept {
+  const View& v = detector_.view();
+  const uint32_t quorum = Engine::Impl::record_quorum(v);
   auto recorded = [&](const RecordRound& r, bool ok) {
     ControlMsg m;
     m.kind = ControlMsg::Kind::kRecorded;
@@ -280,23 +279,23 @@ void Engine::Impl::step_set_records(uint64_t now, std::vector<ControlMsg>& out) 
     m.alive = ok;
     out.push_back(m);
   };
-  for (auto it = set_records.begin(); it != set_records.end();) {
+  for (auto it = set_records_.begin(); it != set_records_.end();) {
     RecordRound& r = *it;
     if (r.acked.size() >= quorum) {
       recorded(r, true);
-      it = set_records.erase(it);
+      it = set_records_.erase(it);
       continue;
     }
     // Too many hold another owner's record for this one to reach a quorum.
     if (r.refused.size() > v.expected_votes - std::min(quorum, v.expected_votes)) {
       recorded(r, false);
-      it = set_records.erase(it);
+      it = set_records_.erase(it);
       continue;
     }
     if (elapsed(now, r.last_sent_ns) >= kQueryRetryNs / 4) {
       r.last_sent_ns = now;
-      for (const uint16_t peer : peer_nodes) {
-        if (answered(r, peer) || !detector->reachable(peer)) continue;
+      for (const uint16_t peer : e_.peer_nodes) {
+        if (answered(r, peer) || !detector_.reachable(peer)) continue;
         ControlMsg m;
         m.kind = ControlMsg::Kind::kSend;
         m.frame = static_cast<uint8_t>(wire::MsgType::kSetRecord);
@@ -312,19 +311,23 @@ void Engine::Impl::step_set_records(uint64_t now, std::vector<ControlMsg>& out) 
   }
 }
 
-void Engine::Impl::abort_rounds() noexcept {
+void Rounds::abort() noexcept {
   RoundEvent e;
-  while (round_starts.pop(e))
+  while (e_.round_starts.pop(e))
     if (e.op != nullptr) e.op->fail(Errc::kUnavailable, "engine stopped");  // a set record has none
-  while (round_answers.pop(e)) continue;  // answers to rounds that are over
-  for (QueryOp* q : queries) q->finish();
-  for (ClaimOp* c : claims) c->finish();
-  for (TombstoneOp* t : tombstones) t->finish();
-  queries.clear();
-  claims.clear();
-  tombstones.clear();
-  set_records.clear();
-  wake_round_waiters();
+  while (e_.round_answers.pop(e)) continue;  // answers to rounds that are over
+  for (QueryOp* q : queries_) q->finish();
+  for (ClaimOp* c : claims_) c->finish();
+  for (TombstoneOp* t : tombstones_) t->finish();
+  queries_.clear();
+  claims_.clear();
+  tombstones_.clear();
+  set_records_.clear();
+  e_.wake_round_waiters();
+}
+
+void Rounds::forget(uint64_t seg_id) noexcept {
+  std::erase_if(set_records_, [seg_id](const RecordRound& r) { return r.seg_id == seg_id; });
 }
 
 }  // namespace baton

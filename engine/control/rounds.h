@@ -13,9 +13,15 @@
 #include <cstdint>
 #include <vector>
 
+#include "baton/engine.h"
+#include "control/detector.h"
+
 namespace baton {
 
 struct Op;
+struct QueryOp;
+struct ClaimOp;
+struct TombstoneOp;
 
 /// The data path's news about rounds. Plain data, copied through a ring.
 /// Thread: produced by the poll-token holder, consumed by the control thread.
@@ -60,6 +66,35 @@ struct RecordRound {
   std::vector<uint16_t> acked;    ///< nodes that stored it (this one included)
   std::vector<uint16_t> refused;  ///< nodes holding another owner's record of this epoch
   uint64_t last_sent_ns = 0;
+};
+
+/// The asking side of every round in flight. Thread: control (Control::step).
+class Rounds {
+ public:
+  Rounds(Engine::Impl& engine, const Detector& detector) : e_(engine), detector_(detector) {}
+  /// Takes the data path's round news (round_starts, round_answers), asks
+  /// again whom it must, finishes settled rounds and wakes their callers,
+  /// and settles set records; appends questions and verdicts to `out`.
+  void step(uint64_t now, std::vector<ControlMsg>& out) noexcept;
+  /// Forgets the set record in flight of a segment no longer owned here.
+  void forget(uint64_t seg_id) noexcept;
+  /// Rounds are in flight: they are asked again on their own clock.
+  bool busy() const noexcept {
+    return !queries_.empty() || !claims_.empty() || !tombstones_.empty() || !set_records_.empty();
+  }
+  /// Finishes every round (the engine stops): nobody waits forever. Called
+  /// once both threads are gone.
+  void abort() noexcept;
+
+ private:
+  void step_set_records(uint64_t now, std::vector<ControlMsg>& out) noexcept;
+
+  Engine::Impl& e_;
+  const Detector& detector_;
+  std::vector<QueryOp*> queries_;
+  std::vector<ClaimOp*> claims_;
+  std::vector<TombstoneOp*> tombstones_;
+  std::vector<RecordRound> set_records_;
 };
 
 }  // namespace baton
