@@ -266,9 +266,7 @@ Result<Segment*> Engine::Impl::add_segment(std::unique_ptr<Segment> seg, const s
     tell_control(SegmentNews{SegmentNews::Kind::kAdded, static_cast<uint8_t>(want), raw->id, wire::pack_set(prefer)});
   });
   if (!added) return tl::unexpected(added.error());
-  std::lock_guard lock(table_mu);
-  segments.emplace(raw->name, std::move(seg));
-  handles.insert(raw);
+  table.insert(std::move(seg));
   return raw;
 }
 
@@ -307,31 +305,21 @@ Result<Segment*> Engine::Impl::make_segment(std::string_view name, uint64_t size
   return added;
 }
 
-Segment* Engine::Impl::find_handle(Segment* seg) { return handles.count(seg) != 0 ? seg : nullptr; }
-
-std::unique_lock<std::mutex> Engine::Impl::lock_handle(Segment*& seg) {
-  std::lock_guard table(table_mu);
-  seg = find_handle(seg);
-  return seg == nullptr ? std::unique_lock<std::mutex>() : std::unique_lock(seg->mu);
-}
-
 std::span<std::byte> Engine::data(Segment* segment) const noexcept {
-  std::lock_guard lock(impl_->table_mu);
-  Segment* seg = impl_->find_handle(segment);
-  return seg == nullptr ? std::span<std::byte>() : seg->mem.bytes();
+  return impl_->table.with(segment, [](Segment* seg) {
+    return seg == nullptr ? std::span<std::byte>() : seg->mem.bytes();
+  });
 }
 
 int Engine::memory_fd(Segment* segment) const noexcept {
-  std::lock_guard lock(impl_->table_mu);
-  Segment* seg = impl_->find_handle(segment);
-  return seg == nullptr ? -1 : seg->mem.fd();
+  return impl_->table.with(segment, [](Segment* seg) { return seg == nullptr ? -1 : seg->mem.fd(); });
 }
 
 Result<uint64_t> Engine::commit(Segment* segment, CommitOptions options) {
   // Only this segment's mutex is held while it is copied: another
   // application's commit, or an open waiting on the network, goes on.
   Segment* seg = segment;
-  auto lock = impl_->lock_handle(seg);
+  auto lock = impl_->table.lock(seg);
   if (seg == nullptr) return fail(Errc::kInvalidArgument, "unknown segment handle");
   if (seg->fenced.load()) return fail(Errc::kFenced, "segment ", seg->name, " moved to a newer owner");
   const uint64_t generation = seg->committed.load() + 1;
@@ -393,16 +381,17 @@ Result<void> Engine::Impl::snapshot(Segment& seg, uint64_t generation, bool shar
 
 Result<void> Engine::wait_replicated(Segment* segment, uint64_t generation, uint32_t k,
                                      std::chrono::milliseconds timeout) {
-  Segment* seg;
-  {
-    std::lock_guard lock(impl_->table_mu);
-    seg = impl_->find_handle(segment);
-    if (seg == nullptr) return fail(Errc::kInvalidArgument, "unknown segment handle");
-    if (k != kDurable && k > seg->replicas.size())
+  Segment* seg = nullptr;
+  auto valid = impl_->table.with(segment, [&](Segment* s) -> Result<void> {
+    if (s == nullptr) return fail(Errc::kInvalidArgument, "unknown segment handle");
+    if (k != kDurable && k > s->replicas.size())
       return fail(Errc::kInvalidArgument, "asked for ", std::to_string(k), " replicas; the segment has ",
-                  std::to_string(seg->replicas.size()));
-    if (generation > seg->committed.load()) return fail(Errc::kInvalidArgument, "generation not committed yet");
-  }
+                  std::to_string(s->replicas.size()));
+    if (generation > s->committed.load()) return fail(Errc::kInvalidArgument, "generation not committed yet");
+    seg = s;
+    return {};
+  });
+  if (!valid) return valid;
   const uint64_t deadline = impl_->clock_ns() + static_cast<uint64_t>(timeout.count()) * 1'000'000;
   auto held = [seg, generation] {
     uint32_t n = 0;
@@ -425,10 +414,10 @@ Result<void> Engine::wait_replicated(Segment* segment, uint64_t generation, uint
 }
 
 Result<void> Engine::close(Segment* segment) {
-  const std::string name = impl_->name_of(segment);
+  const std::string name = impl_->table.name_of(segment);
   if (name.empty()) return fail(Errc::kInvalidArgument, "unknown segment handle");
-  Impl::NameGuard guard(*impl_, name);
-  Segment* seg = impl_->lookup(segment);  // closed meanwhile?
+  SegmentTable::NameGuard guard(impl_->table, name);
+  Segment* seg = impl_->table.lookup(segment);  // closed meanwhile?
   if (seg == nullptr) return fail(Errc::kInvalidArgument, "unknown segment handle");
   return impl_->remove_segment(seg);
 }
@@ -436,10 +425,7 @@ Result<void> Engine::close(Segment* segment) {
 Result<void> Engine::Impl::remove_segment(Segment* seg) {
   // No new call finds it once it is out of the handle set; one in progress
   // (a commit) finishes first: its mutex is taken before the worker lets go.
-  {
-    std::lock_guard table(table_mu);
-    handles.erase(seg);
-  }
+  table.retire(seg);
   std::unique_lock seg_lock(seg->mu);
   auto removed = call([this, seg] {
     owned.erase(seg->id);
@@ -448,25 +434,19 @@ Result<void> Engine::Impl::remove_segment(Segment* seg) {
   });
   if (!removed) return removed;  // the engine stops: it frees the segment itself
   seg_lock.unlock();
-  std::unique_ptr<Segment> gone;
-  {
-    std::lock_guard table(table_mu);
-    auto it = segments.find(seg->name);
-    gone = std::move(it->second);
-    segments.erase(it);
-  }
+  table.take(seg);  // destroyed here
   return {};
 }
 
 Result<SegmentStatus> Engine::status(Segment* segment) const {
-  std::lock_guard lock(impl_->table_mu);
-  Segment* seg = impl_->find_handle(segment);
-  if (seg == nullptr) return fail(Errc::kInvalidArgument, "unknown segment handle");
-  SegmentStatus st{seg->name, seg->id, seg->size, seg->committed.load(), seg->epoch.load(), seg->fenced.load(), {}};
-  for (auto& r : seg->replicas) st.replicas.emplace_back(r->node.load(), r->held.load());
-  st.durable = seg->durable.load();
-  if (st.durable != 0) st.durable_age_us = elapsed(impl_->clock_ns(), seg->durable_at_ns.load()) / 1000;
-  return st;
+  return impl_->table.with(segment, [this](Segment* seg) -> Result<SegmentStatus> {
+    if (seg == nullptr) return fail(Errc::kInvalidArgument, "unknown segment handle");
+    SegmentStatus st{seg->name, seg->id, seg->size, seg->committed.load(), seg->epoch.load(), seg->fenced.load(), {}};
+    for (auto& r : seg->replicas) st.replicas.emplace_back(r->node.load(), r->held.load());
+    st.durable = seg->durable.load();
+    if (st.durable != 0) st.durable_age_us = elapsed(impl_->clock_ns(), seg->durable_at_ns.load()) / 1000;
+    return st;
+  });
 }
 
 Result<ReplicaStatus> Engine::replica_status(std::string_view name) const {

@@ -13,16 +13,12 @@ namespace baton {
 
 Result<void> Engine::remove(std::string_view name) {
   if (auto ok = check_name(name); !ok) return tl::unexpected(ok.error());
-  Impl::NameGuard guard(*impl_, name);
+  SegmentTable::NameGuard guard(impl_->table, name);
   return impl_->remove_locked(name);
 }
 
 Result<void> Engine::Impl::remove_locked(std::string_view name) {
-  Segment* local = nullptr;
-  {
-    std::lock_guard table(table_mu);
-    if (auto it = segments.find(std::string(name)); it != segments.end()) local = it->second.get();
-  }
+  Segment* local = table.by_name(name);
   if (local != nullptr) {
     if (!local->fenced.load())
       return fail(Errc::kBusy, "segment ", name, " is open on this node; close it before deleting it");

@@ -87,11 +87,8 @@ Result<Segment*> Engine::create(std::string_view name, uint64_t size) {
   if (auto ok = check_name(name); !ok) return tl::unexpected(ok.error());
   if (size == 0 || size > impl_->config.max_segment_size)
     return fail(Errc::kInvalidArgument, "size must be 1..", std::to_string(impl_->config.max_segment_size));
-  Impl::NameGuard guard(*impl_, name);
-  {
-    std::lock_guard table(impl_->table_mu);
-    if (impl_->segments.count(std::string(name)) != 0) return fail(Errc::kExists, "segment ", name, " is open here");
-  }
+  SegmentTable::NameGuard guard(impl_->table, name);
+  if (impl_->table.by_name(name) != nullptr) return fail(Errc::kExists, "segment ", name, " is open here");
   if (auto ok = impl_->require_quorum("create a segment"); !ok) return tl::unexpected(ok.error());
   auto q = impl_->query(name);
   if (!q) return tl::unexpected(q.error());
@@ -215,13 +212,9 @@ std::string set_string(const std::vector<uint16_t>& set) {
 Result<OpenResult> Engine::Impl::load_from(const QueryOp& q, std::string_view name) {
   uint64_t max_epoch = newest_epoch(q);
   // Claim one above the newest epoch seen, or the newest itself if this
-  // node won it before without taking ownership (see unused_claims).
+  // node won it before without taking ownership (SegmentTable::unused_claim).
   uint64_t claim_epoch = max_epoch + 1;
-  {
-    std::lock_guard table(table_mu);
-    if (auto it = unused_claims.find(q.id); it != unused_claims.end() && it->second == max_epoch)
-      claim_epoch = max_epoch;
-  }
+  if (const uint64_t unused = table.unused_claim(q.id); unused != 0 && unused == max_epoch) claim_epoch = max_epoch;
   const uint64_t deleted = deleted_at(q);
   std::vector<uint16_t> holders, stale;
   SetRecord record;  // the newest record of the replica set any node holds
@@ -272,8 +265,7 @@ Result<OpenResult> Engine::Impl::load_from(const QueryOp& q, std::string_view na
   }
   // Until ownership is taken at it, this epoch is an unused claim of ours.
   {
-    std::lock_guard table(table_mu);
-    unused_claims[q.id] = c->epoch;
+    table.set_unused_claim(q.id, c->epoch);
   }
   const ClaimAnswer* best = nullptr;
   for (const auto& a : c->answers)
@@ -383,8 +375,7 @@ Result<OpenResult> Engine::Impl::load_from(const QueryOp& q, std::string_view na
     auto seg = make_segment(name, a->total_len, &*dest, c->epoch, got, keep, stale);
     if (!seg) return tl::unexpected(seg.error());
     {
-      std::lock_guard table(table_mu);
-      unused_claims.erase(q.id);
+      table.clear_unused_claim(q.id);
     }
     record_event("segment " + std::string(name) + ": ownership taken at epoch " + std::to_string(c->epoch) + " (" +
                  std::to_string(accepted) + " of " + std::to_string(set.size()) + " replicas of " +
@@ -415,7 +406,7 @@ Result<OpenResult> Engine::Impl::load_from_global(std::string_view name, uint64_
 
 Result<OpenResult> Engine::load(std::string_view name) {
   if (auto ok = check_name(name); !ok) return tl::unexpected(ok.error());
-  Impl::NameGuard guard(*impl_, name);
+  SegmentTable::NameGuard guard(impl_->table, name);
   return impl_->open_locked(name, 0, true);
 }
 
@@ -423,16 +414,12 @@ Result<OpenResult> Engine::open(std::string_view name, uint64_t size) {
   if (auto ok = check_name(name); !ok) return tl::unexpected(ok.error());
   if (size == 0 || size > impl_->config.max_segment_size)
     return fail(Errc::kInvalidArgument, "size must be 1..", std::to_string(impl_->config.max_segment_size));
-  Impl::NameGuard guard(*impl_, name);
+  SegmentTable::NameGuard guard(impl_->table, name);
   return impl_->open_locked(name, size, false);
 }
 
 Result<OpenResult> Engine::Impl::open_locked(std::string_view name, uint64_t size, bool load_only, bool again) {
-  Segment* local = nullptr;
-  {
-    std::lock_guard table(table_mu);
-    if (auto it = segments.find(std::string(name)); it != segments.end()) local = it->second.get();
-  }
+  Segment* local = table.by_name(name);
   if (local != nullptr) {
     if (!local->fenced.load()) return fail(Errc::kExists, "segment ", name, " is open here");
     // Superseded here: its memory holds a history the cluster moved past.
@@ -517,10 +504,10 @@ Result<OpenResult> Engine::Impl::open_locked(std::string_view name, uint64_t siz
 }
 
 Result<OpenResult> Engine::reopen(Segment* segment) {
-  const std::string name = impl_->name_of(segment);
+  const std::string name = impl_->table.name_of(segment);
   if (name.empty()) return fail(Errc::kInvalidArgument, "unknown segment handle");
-  Impl::NameGuard guard(*impl_, name);
-  Segment* seg = impl_->lookup(segment);  // closed meanwhile?
+  SegmentTable::NameGuard guard(impl_->table, name);
+  Segment* seg = impl_->table.lookup(segment);  // closed meanwhile?
   if (seg == nullptr) return fail(Errc::kInvalidArgument, "unknown segment handle");
   if (!seg->fenced.load()) {
     // While the application was gone the node may have been cut off (or

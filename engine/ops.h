@@ -1,0 +1,161 @@
+#pragma once
+// What API callers hand the poll loop (ops on the command ring) and the
+// rounds the control thread asks for them: each carries its own answer
+// slots, which the thread named on each field fills in.
+
+#include <algorithm>
+#include <atomic>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "baton/engine.h"
+#include "replication/replica_store.h"
+#include "replication/transfer.h"
+#include "segment/local_storage.h"
+
+namespace baton {
+
+/// Something the worker runs for a control thread, which waits for `done`.
+struct Op {
+  std::atomic<uint32_t> done{0};
+  Error error;
+  bool ok = true;
+  std::function<void()> run;  ///< executed by the poll-token holder (worker or a waiting caller)
+
+  /// Marks the op done (the poll-token holder, or the control thread for a
+  /// round). The waiter may free the op the moment it sees this: the
+  /// finisher touches nothing of it afterwards.
+  void finish() noexcept { done.store(1, std::memory_order_seq_cst); }
+  void fail(Errc code, std::string message) noexcept;
+  bool finished() const noexcept { return done.load(std::memory_order_acquire) != 0; }
+};
+
+/// A node's record of a segment's replica set: written by the owner at a
+/// quorum of nodes before the set counts for durability.
+struct SetRecord {
+  uint64_t epoch = 0;
+  uint64_t version = 0;
+  uint64_t set = 0;  ///< wire::pack_set
+  uint16_t owner = 0;  ///< who wrote it (one owner per epoch)
+  bool deleted = false;  ///< a tombstone: the name was deleted at `epoch` (no set)
+  bool newer_than(const SetRecord& o) const noexcept {
+    return epoch != o.epoch ? epoch > o.epoch : version > o.version;
+  }
+};
+
+/// A load in progress, in two steps the control side drives: query every peer
+/// for what it holds, then fetch from the best one into `dest`.
+struct QueryAnswer {
+  uint16_t peer = 0;
+  bool answered = false;
+  bool found = false;
+  bool owner = false;       ///< the peer is the live owner, not a replica
+  uint64_t epoch = 0;
+  uint64_t generation = 0;
+  uint64_t total_len = 0;
+  SetRecord record;  ///< epoch 0: the peer has none
+  bool asked = false;  ///< the question went out to it at least once
+};
+
+/// A replica's answer to a claim for a new owner epoch.
+struct ClaimAnswer {
+  uint16_t peer = 0;
+  bool answered = false;
+  bool granted = false;
+  uint64_t refused_epoch = 0;  ///< it holds a newer epoch than the claim's
+  uint64_t data_epoch = 0;     ///< epoch its latest generation was written under
+  uint64_t generation = 0;     ///< its latest generation (0: none)
+  uint64_t total_len = 0;
+  uint64_t set = 0;            ///< replica set stamped on that generation
+  bool asked = false;          ///< the claim went out to it at least once
+};
+
+/// A round of questions to peers (a query or a claim): done once `need`
+/// answers are in and every reachable peer answered or `deadline_ns` passed;
+/// at `hard_deadline_ns` regardless (the answers needed may never come).
+template <typename Answer>
+struct RoundOp : Op {
+  std::string name;
+  uint64_t id = 0;
+  uint64_t deadline_ns = 0;
+  uint64_t hard_deadline_ns = 0;
+  uint32_t need = 1;  ///< answers a decision can rest on
+  uint64_t last_sent_ns = 0;
+  std::vector<Answer> answers;  ///< the peers asked, sized by the control side
+  uint32_t answered() const noexcept {
+    return static_cast<uint32_t>(std::count_if(answers.begin(), answers.end(), [](auto& a) { return a.answered; }));
+  }
+};
+
+/// Asks the replicas of a segment to accept a new owner epoch (S22) before
+/// ownership moves; each grant hands over what the replica holds. `need`: a
+/// majority of the recorded set.
+struct ClaimOp : RoundOp<ClaimAnswer> {
+  uint64_t epoch = 0;
+};
+
+/// Asks every peer (and this node) what it holds of a name. `need`: a quorum
+/// of nodes.
+struct QueryOp : RoundOp<QueryAnswer> {
+  /// The epoch of the name's delete marker in global storage (0: none, or
+  /// no global storage): a tombstone that outlives every node's memory.
+  /// Read by the caller once the round is over.
+  uint64_t global_deleted = 0;
+};
+
+/// A node's answer to a tombstone.
+struct TombstoneAnswer {
+  uint16_t peer = 0;
+  bool answered = false;
+  bool stored = false;          ///< it stored the tombstone (and dropped its copy)
+  uint64_t refused_epoch = 0;   ///< it holds a newer owner epoch than the tombstone's
+  bool asked = false;
+};
+
+/// Writes a tombstone for a name at `epoch` (S11's clean exit, issue #9):
+/// it must be stored by a quorum of nodes (so every later query sees it)
+/// and by a majority of the newest recorded replica set (so the old owner
+/// can make nothing durable after it, and no claim can take the segment
+/// over from the copies left). `need`: that quorum.
+struct TombstoneOp : RoundOp<TombstoneAnswer> {
+  uint64_t epoch = 0;
+  std::vector<uint16_t> set;  ///< the newest recorded set (empty: none)
+  uint32_t stored() const noexcept {
+    return static_cast<uint32_t>(std::count_if(answers.begin(), answers.end(), [](auto& a) { return a.stored; }));
+  }
+  uint32_t set_stored() const noexcept {
+    return static_cast<uint32_t>(std::count_if(answers.begin(), answers.end(), [this](auto& a) {
+      return a.stored && std::find(set.begin(), set.end(), a.peer) != set.end();
+    }));
+  }
+  bool refused() const noexcept {
+    return std::any_of(answers.begin(), answers.end(), [](auto& a) { return a.refused_epoch != 0; });
+  }
+  bool enough() const noexcept { return stored() >= need && set_stored() >= set.size() / 2 + (set.empty() ? 0 : 1); }
+};
+
+struct FetchOp : Op {
+  std::string name;
+  uint64_t id = 0;
+  uint16_t peer = 0;
+  uint64_t generation = 0;   ///< wanted (0: latest)
+  LocalStorage* dest = nullptr;
+  ChunkAssembler assembler;
+  uint64_t last_progress_ns = 0;
+  uint64_t last_request_ns = 0;
+  uint64_t got_generation = 0;
+  uint64_t got_epoch = 0;
+};
+
+/// A replica serving a fetch from one of its published slots.
+struct FetchServe {
+  uint64_t id = 0;
+  uint16_t requester = 0;
+  ReplicaStore* store = nullptr;
+  ReplicaStore::Slot* slot = nullptr;
+  ChunkSender sender;
+  uint64_t last_progress_ns = 0;
+};
+
+}  // namespace baton

@@ -1,0 +1,54 @@
+#pragma once
+// Links and peers as the data path knows them. Fields say which thread
+// writes them.
+
+#include <atomic>
+#include <cstdint>
+#include <vector>
+
+#include "baton/driver_sdk.h"
+
+namespace baton {
+
+/// Rank of `node` as a replica of segment `seg_id` (rendezvous hashing).
+uint64_t replica_rank(uint64_t seg_id, uint16_t node) noexcept;
+
+/// The data path's side of one link: what it saw, for the failure detector
+/// on the control thread (control/detector.h), which decides.
+struct LinkState {
+  explicit LinkState(Link* l) : link(l) {}
+  Link* link = nullptr;
+  /// The last valid frame from the peer, at the poll's time: written by the
+  /// token holder, read by the control thread.
+  std::atomic<uint64_t> heard_ns{0};
+  /// The device's state at the last poll: token holder writes, control reads.
+  std::atomic<bool> up{false};
+  // The last heartbeat content passed to the control thread: only changes
+  // are. Token holder.
+  bool forwarded = false;
+  uint64_t forwarded_incarnation = 0;
+  uint64_t forwarded_digest = 0;
+  bool restart_unreported = false;  ///< a restart seen but not yet passed on (the ring was full)
+  /// The control thread was woken for a frame from a peer it counts dead;
+  /// again only once it says otherwise. Token holder.
+  bool nudged = false;
+};
+
+/// One peer as the data path knows it: alive or not as the control thread
+/// last said (a kPeer message), its incarnation and placement tags from its
+/// heartbeats. Token holder.
+struct PeerState {
+  uint16_t node = 0;
+  Link* link = nullptr;  ///< where frames to it go: as the control thread chose
+  std::vector<LinkState*> links;
+  uint64_t incarnation = 0;  ///< from its heartbeats; 0: not heard yet
+  uint64_t incarnation_seen_ns = 0;  ///< when this node first heard that incarnation
+  bool alive = false;
+  bool ever_heard = false;
+  // Its placement tags, from its heartbeats (passed on to the control thread).
+  uint32_t blade = 0;
+  uint32_t power_domain = 0;
+  int32_t numa_node = -1;
+};
+
+}  // namespace baton

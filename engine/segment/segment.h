@@ -1,0 +1,95 @@
+#pragma once
+// A segment this node owns (the primary copy), its snapshot stages and its
+// replica slots. Fields say which thread writes them (engine/engine_impl.h
+// names the threads).
+
+#include <array>
+#include <atomic>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "replication/transfer.h"
+#include "segment/local_storage.h"
+
+namespace baton {
+
+/// A snapshot buffer: one committed generation, ready to send.
+struct Stage {
+  enum State : uint32_t { kFree = 0, kPosted = 1 };
+  LocalStorage mem;
+  std::vector<uint32_t> chunk_crcs;
+  uint32_t gen_crc = 0;                ///< valid once ready == every chunk
+  uint64_t generation = 0;
+  /// Chunks snapshotted so far: stored (release) by the committing caller
+  /// after each chunk and its CRC, which for a large segment copies without
+  /// the poll token; the token holder's senders send up to it (acquire).
+  std::atomic<uint32_t> ready{0};
+  std::atomic<uint32_t> state{kFree};
+};
+
+/// A replica slot of one of our segments. The set of slots is fixed when the
+/// segment is added; re-replication (S12) swaps the node in a slot in place.
+struct ReplicaTarget {
+  std::atomic<uint16_t> node{0};     ///< written by the token holder, read by anyone; 0: empty slot
+  ChunkSender sender;                ///< token holder only
+  std::atomic<uint64_t> held{0};     ///< newest generation the replica published
+};
+
+/// A segment this node owns (the primary copy).
+struct Segment {
+  std::string name;
+  uint64_t id = 0;
+  uint64_t size = 0;
+  uint32_t chunk_size = 0;
+  LocalStorage mem;                     ///< the application's memory
+  std::array<Stage, 2> stages;          ///< double-buffered snapshots
+  /// Serialises the application's calls on this segment (commit, restore,
+  /// removal), so that a commit needs neither another segment's lock nor,
+  /// while it copies a large segment, the poll token. Lock order: a busy
+  /// name (SegmentTable::NameGuard), the table's mutex, then this, then
+  /// the poll token.
+  std::mutex mu;
+  std::atomic<uint64_t> committed{0};   ///< last generation handed out (written under mu)
+  std::atomic<uint64_t> epoch{1};
+  std::atomic<bool> fenced{false};
+  std::vector<std::unique_ptr<ReplicaTarget>> replicas;  ///< fixed once the worker added it
+  int current_stage = -1;               ///< worker: stage being replicated
+  // The replica set as recorded at a quorum of nodes (see "Fencing" in
+  // docs/architecture.md). Durability counts only a recorded set: the newest
+  // generation a majority of it holds under this epoch. A new set (the
+  // slots changed: placed, re-replicated, moved, or a member restarted) is
+  // proposed here; once a majority of it holds `need` (every generation
+  // that may be durable) the control thread records it (a RecordRound) and
+  // says so (kRecorded). Until then durability waits. All token holder
+  // only, but `durable`.
+  bool placed = false;                  ///< the control thread's first placement arrived
+  std::vector<uint16_t> recorded_set;   ///< empty: none recorded yet (nothing is durable)
+  uint64_t recorded_version = 0;
+  struct PendingRecord {
+    bool active = false;
+    bool sent = false;                  ///< handed to the control thread: a majority of the set holds `need`
+    uint64_t version = 0;
+    uint64_t need = 0;
+    std::vector<uint16_t> set;
+    bool failed = false;                ///< refused by too many nodes for a quorum
+  } pending;
+  std::atomic<uint64_t> durable{0};
+  /// When `durable` last rose (the engine's clock): token holder writes
+  /// (before `durable`), anyone reads.
+  std::atomic<uint64_t> durable_at_ns{0};
+  /// Nodes that held copies of this segment before this owner (the set it
+  /// took over, stale holders its query found): once this owner's set is
+  /// recorded at a quorum, those outside it are told to drop their copies
+  /// (reclamation). Token holder only.
+  std::vector<uint16_t> release_to;
+};
+
+/// What a sender streams to a replica of `seg`: the snapshot in `stage`,
+/// gated on the chunks snapshotted so far. Thread: token holder.
+inline SendSource stage_source(const Segment& seg, const Stage& stage) noexcept {
+  return SendSource{stage.mem.data(), seg.size, seg.chunk_size, stage.chunk_crcs, 0, stage.generation, &stage.ready};
+}
+
+}  // namespace baton
