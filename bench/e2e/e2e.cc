@@ -6,6 +6,10 @@
 //               vs raw memif: 4 KiB frame out, 64 B ack back, same driver
 //   throughput  64 MiB replicated commit vs raw memif one-way copy of 64 MiB
 //               (distinct memory, frames of the same size), and vs memcpy
+//   lean        both again against baton-lean-memif (bench/lean): two DPDK
+//               processes calling rx/tx_burst themselves, no Baton code. The
+//               "raw memif" lines above go through Baton's driver and flatter
+//               Baton; the lean ratios are the ones to quote.
 //
 // Usage: baton-e2e [--rounds N] [--iters N] [--mib N] [--spin]   (prints JSON lines and a table)
 //   --spin: both engines' workers never sleep (dedicated cores)
@@ -118,6 +122,31 @@ struct Stats {
   double median() { return pct(0.5); }
 };
 
+struct Lean {
+  double p50 = 0, p99 = 0, gbps = 0;
+};
+
+// One round of baton-lean-memif (next to this binary), or nothing if it failed.
+std::optional<Lean> run_lean(const std::string& dir, int iters, uint64_t mib) {
+  const std::string cmd = dir + "/baton-lean-memif --rounds 1 --iters " + std::to_string(iters) + " --mib " +
+                          std::to_string(mib) + " 2>/dev/null";
+  FILE* p = popen(cmd.c_str(), "r");
+  if (p == nullptr) return std::nullopt;
+  Lean l;
+  char line[512];
+  int got = 0;
+  while (std::fgets(line, sizeof line, p) != nullptr) {
+    double v = 0;
+    const char* at = std::strstr(line, "\"value\":");
+    if (at == nullptr || std::sscanf(at + 8, "%lf", &v) != 1) continue;
+    if (std::strstr(line, "\"latency_p50\"")) l.p50 = v, ++got;
+    else if (std::strstr(line, "\"latency_p99\"")) l.p99 = v, ++got;
+    else if (std::strstr(line, "\"throughput\"")) l.gbps = v, ++got;
+  }
+  if (pclose(p) != 0 || got != 3) return std::nullopt;
+  return l;
+}
+
 // The count an ack carries, or nothing by the deadline.
 std::optional<uint64_t> wait_ack(Link& l, uint64_t deadline_ns = UINT64_MAX) {
   while (baton::now_ns() < deadline_ns) {
@@ -216,7 +245,8 @@ int main(int argc, char** argv) {
     }
   }
 
-  Stats raw_lat, baton_lat, raw_tput, baton_tput, memcpy_tput, snapshot_ms;
+  Stats raw_lat, baton_lat, raw_tput, baton_tput, memcpy_tput, snapshot_ms, lean_p50, lean_p99, lean_tput;
+  const std::string dir = std::string(self).substr(0, std::string(self).rfind('/'));
   using clk = std::chrono::steady_clock;
   auto us = [](clk::duration d) { return std::chrono::duration<double, std::micro>(d).count(); };
   for (int r = 0; r < rounds; ++r) {
@@ -250,6 +280,13 @@ int main(int argc, char** argv) {
       snapshot_ms.v.push_back(us(clk::now() - t0) / 1000);
       if (!g || !engine.wait_replicated(big_seg, *g, 1, 60s)) return 1;
       baton_tput.v.push_back(static_cast<double>(big) / (us(clk::now() - t0) / 1e6) / 1e9);
+    }
+    if (auto lean = run_lean(dir, iters, mib)) {
+      lean_p50.v.push_back(lean->p50);
+      lean_p99.v.push_back(lean->p99);
+      lean_tput.v.push_back(lean->gbps);
+    } else {
+      std::fprintf(stderr, "baton-e2e: baton-lean-memif failed (round %d)\n", r);
     }
     {
       auto t0 = clk::now();
@@ -286,6 +323,17 @@ int main(int argc, char** argv) {
   std::printf("%-34s %10.2f %9.2fx\n", "Baton replicated commit", bt, bt / rt);
   std::printf("%-34s %10.1f ms of %.1f ms\n", "  of which snapshot (commit call)", snap,
               static_cast<double>(big) / bt / 1e6);
+  if (!lean_p50.v.empty()) {
+    // Per round, the lean program's percentiles; their medians over rounds.
+    const double l50 = lean_p50.median(), l99 = lean_p99.median(), lt = lean_tput.median();
+    print_json("latency_p50", "lean_memif_4k_ack", l50, "us");
+    print_json("latency_p99", "lean_memif_4k_ack", l99, "us");
+    print_json("throughput", "lean_memif", lt, "GB/s");
+    std::printf("\n%-34s %10s %10s %10s\n", "against the lean program", "p50 us", "p99 us", "GB/s");
+    std::printf("%-34s %10.1f %10.1f %10.2f\n", "lean memif (no Baton code)", l50, l99, lt);
+    std::printf("%-34s %10.1f %10.1f %10.2f\n", "Baton replicated commit", bl50, bl99, bt);
+    std::printf("%-34s %9.2fx %9.2fx %9.2fx\n", "ratio Baton / lean", bl50 / l50, bl99 / l99, bt / lt);
+  }
   std::printf("\n(%d rounds x %d latency samples; %lu MiB)\n", rounds, iters, (unsigned long)mib);
   return 0;
 }
