@@ -50,8 +50,8 @@ struct ControlMsg {
                  ///< `name`; a set record's also `generation` (its version) and `set`
     kPlace,      ///< put replica set `set` in the slots of owned segment `seg_id`, if they hold `expect`
                  ///< (control/placement.cc); `flags`: a Placement::Reason
-    kRecorded,   ///< the set record `generation` of owned segment `seg_id` reached a quorum (`alive`), or
-                 ///< was refused by too many nodes for one (!`alive`)
+    kRecorded,   ///< set record `generation` of owned segment `seg_id` at `epoch`: reached a quorum
+                 ///< (`alive`), or refused by too many nodes for one (!`alive`)
   };
   Kind kind = Kind::kHeartbeat;
   uint16_t link = 0;

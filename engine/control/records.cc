@@ -146,9 +146,12 @@ void Engine::Impl::apply_recorded(const ControlMsg& m) noexcept {
   if (it == owned.end()) return;
   Segment& seg = *it->second;
   auto& p = seg.pending;
-  // A round for an older proposal (the set changed since, or a member
-  // restarted) counts for nothing: the newer one is recorded on its own.
-  if (!p.active || !p.sent || p.version != m.generation || seg.fenced.load(std::memory_order_relaxed)) return;
+  // A round for an older proposal (the set changed since, a member
+  // restarted, or it was an earlier owner's of this id, removed since)
+  // counts for nothing: the newer one is recorded on its own.
+  if (!p.active || !p.sent || p.version != m.generation || m.epoch != seg.epoch.load(std::memory_order_relaxed) ||
+      seg.fenced.load(std::memory_order_relaxed))
+    return;
   if (!m.alive) {
     p.failed = true;  // the creator gives up (Engine::create) and withdraws it
     return;

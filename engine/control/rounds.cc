@@ -275,6 +275,7 @@ void Rounds::step_set_records(uint64_t now, std::vector<ControlMsg>& out) noexce
     ControlMsg m;
     m.kind = ControlMsg::Kind::kRecorded;
     m.seg_id = r.seg_id;
+    m.epoch = r.epoch;
     m.generation = r.version;
     m.alive = ok;
     out.push_back(m);
