@@ -1,0 +1,322 @@
+// Driver conformance (issue #11): one suite every driver passes, run over
+// each driver that can make a pair of joined links inside this process.
+//
+// - frames of every size up to max_frame, head and payload joined, arrive
+//   byte-exact and in order;
+// - back-pressure: a lossless driver tells a sender that outruns a receiver
+//   that does not read (tx_burst takes fewer), and every frame it took
+//   arrives, in order; a lossy one (af_packet over veth: the kernel takes
+//   everything and drops what the receiver cannot hold) delivers an
+//   in-order subset;
+// - the loss of the peer: tx_burst and rx_burst neither block nor crash,
+//   and a driver that can tell (memif) reports the link down;
+// - two engines over the pair replicate 4 KiB to 256 MiB byte-exact.
+//
+// Drivers: loopback, net_ring, memif (a server and a client port in this
+// process), af_packet (a veth pair made here; skipped where it cannot be).
+
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstring>
+#include <functional>
+#include <thread>
+
+#include "../common/cluster.h"
+#include "../common/ok.h"
+#include "baton/ethdev.h"
+#include "baton/loopback.h"
+
+namespace baton {
+namespace {
+
+using namespace std::chrono_literals;
+
+uint64_t now_ns() {
+  return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                   std::chrono::steady_clock::now().time_since_epoch())
+                                   .count());
+}
+
+struct LinkPair {
+  std::unique_ptr<Link> a, b;
+};
+
+struct Driver {
+  const char* name;
+  bool lossless;
+  bool reports_peer_loss;  ///< up() turns false when the peer goes away
+  std::function<LinkPair()> make;
+};
+
+int next_id() {
+  static int id = 0;
+  return id++;
+}
+
+LinkPair must_pair(Result<std::pair<std::unique_ptr<Link>, std::unique_ptr<Link>>> p) {
+  if (!p) throw std::runtime_error(p.error().to_string());
+  return {std::move(p->first), std::move(p->second)};
+}
+
+std::unique_ptr<Link> must_port(const std::string& device, uint16_t peer) {
+  ethdev::PortConfig pc;
+  pc.device = device;
+  pc.peer = peer;
+  auto l = ethdev::open_port(pc);
+  if (!l) throw std::runtime_error(l.error().to_string());
+  return std::move(*l);
+}
+
+// A veth pair for af_packet, in this network namespace; removed at exit.
+// Empty names if it cannot be made (not root, no `ip`): the test skips.
+std::pair<std::string, std::string> veth_pair(int id) {
+  static std::vector<std::string> made;
+  static const bool cleanup = [] {
+    std::atexit([] {
+      for (const auto& v : made) (void)std::system(("ip link del " + v + " 2>/dev/null").c_str());
+    });
+    return true;
+  }();
+  (void)cleanup;
+  const std::string a = "btcf" + std::to_string(getpid() % 10000) + "x" + std::to_string(id);
+  const std::string b = "btcf" + std::to_string(getpid() % 10000) + "y" + std::to_string(id);
+  const std::string cmd = "ip link add " + a + " mtu 9000 type veth peer name " + b + " mtu 9000 2>/dev/null && ip link set " +
+                          a + " up && ip link set " + b + " up && sysctl -qw net.ipv6.conf." + a +
+                          ".disable_ipv6=1 net.ipv6.conf." + b + ".disable_ipv6=1 2>/dev/null";
+  if (std::system(cmd.c_str()) != 0) return {};
+  made.push_back(a);
+  return {a, b};
+}
+
+const std::vector<Driver>& drivers() {
+  static const std::vector<Driver> all = {
+      {"loopback", true, false,
+       [] {
+         auto p = loopback::make_pair(1, 2);
+         return LinkPair{std::move(p.a), std::move(p.b)};
+       }},
+      {"net_ring", true, false, [] { return must_pair(ethdev::ring_pair(1, 2)); }},
+      {"memif", true, true,
+       [] {
+         const int id = next_id();
+         const std::string sock = "/tmp/baton-conf-" + std::to_string(getpid()) + "-" + std::to_string(id) + ".sock";
+         unlink(sock.c_str());
+         auto a = must_port("net_memif" + std::to_string(100 + 2 * id) + ",role=server,socket=" + sock, 2);
+         auto b = must_port("net_memif" + std::to_string(101 + 2 * id) + ",role=client,socket=" + sock, 1);
+         return LinkPair{std::move(a), std::move(b)};
+       }},
+      // The kernel may drop frames between two af_packet sockets: lossy.
+      {"af_packet", false, false,
+       []() -> LinkPair {
+         const int id = next_id();
+         auto [va, vb] = veth_pair(id);
+         if (va.empty()) return {};
+         const std::string opts = ",framesz=9216,blocksz=36864,framecnt=256,qpairs=1";
+         ethdev::PortConfig pa, pb;
+         pa.device = "net_af_packet" + std::to_string(100 + 2 * id) + ",iface=" + va + opts;
+         pa.peer = 2;
+         pa.max_frame = 9000;
+         pb.device = "net_af_packet" + std::to_string(101 + 2 * id) + ",iface=" + vb + opts;
+         pb.peer = 1;
+         pb.max_frame = 9000;
+         auto a = ethdev::open_port(pa);
+         auto b = ethdev::open_port(pb);
+         if (!a || !b) throw std::runtime_error((!a ? a : b).error().to_string());
+         return LinkPair{std::move(*a), std::move(*b)};
+       }},
+  };
+  return all;
+}
+
+// Services and reads both ends until both say they are up (memif connects
+// in the background), or the deadline. Reading matters: a memif receiver
+// posts the buffers its sender fills when it polls, so a sender whose peer
+// never polled is pushed back from its first frame.
+bool wait_up(LinkPair& p, std::chrono::milliseconds limit = 10s) {
+  const auto until = std::chrono::steady_clock::now() + limit;
+  while (std::chrono::steady_clock::now() < until) {
+    for (Link* l : {p.a.get(), p.b.get()}) {
+      l->service(now_ns());
+      RxFrame rx[8];
+      if (const uint16_t n = l->rx_burst(rx, 8); n > 0) l->release_rx(rx, n);
+    }
+    if (p.a->up() && p.b->up()) return true;
+    std::this_thread::sleep_for(1ms);
+  }
+  return false;
+}
+
+std::vector<std::byte> frame_bytes(uint32_t len, uint32_t seq) {
+  std::vector<std::byte> f(len);
+  for (uint32_t i = 0; i < len; ++i) f[i] = static_cast<std::byte>((i * 131 + seq * 7 + (i >> 8)) & 0xFF);
+  if (len >= 4) std::memcpy(f.data(), &seq, 4);
+  return f;
+}
+
+// Sends `f` (split into a head and a payload) until taken or the deadline.
+bool send(Link& l, const std::vector<std::byte>& f, std::chrono::milliseconds limit = 5s) {
+  const size_t head = std::min<size_t>(f.size(), 64);
+  TxFrame tx{{f.data(), head}, {f.data() + head, f.size() - head}};
+  const auto until = std::chrono::steady_clock::now() + limit;
+  while (std::chrono::steady_clock::now() < until) {
+    if (l.tx_burst(&tx, 1) == 1) return true;
+    l.service(now_ns());
+  }
+  return false;
+}
+
+// Receives one frame (copied out) or nothing by the deadline.
+std::optional<std::vector<std::byte>> receive(Link& l, std::chrono::milliseconds limit = 5s) {
+  const auto until = std::chrono::steady_clock::now() + limit;
+  while (std::chrono::steady_clock::now() < until) {
+    RxFrame rx;
+    if (l.rx_burst(&rx, 1) == 1) {
+      std::vector<std::byte> out(rx.bytes.begin(), rx.bytes.end());
+      l.release_rx(&rx, 1);
+      return out;
+    }
+    l.service(now_ns());
+  }
+  return std::nullopt;
+}
+
+class Conformance : public ::testing::TestWithParam<size_t> {
+ protected:
+  const Driver& driver() const { return drivers()[GetParam()]; }
+};
+
+#define MAKE_OR_SKIP(p, d)                                                     \
+  LinkPair p = (d).make();                                                     \
+  if (!p.a) GTEST_SKIP() << (d).name << ": cannot make a pair here (needs root and ip)"
+
+TEST_P(Conformance, EveryFrameSizeArrivesByteExactAndInOrder) {
+  MAKE_OR_SKIP(p, driver());
+  ASSERT_TRUE(wait_up(p)) << driver().name << " did not come up";
+  const uint32_t max = std::min(p.a->caps().max_frame, p.b->caps().max_frame);
+  ASSERT_GE(max, 4096u);
+  // Links may need a first frame to settle (memif drops what is sent before
+  // the peer's queue runs): the first frame that arrives starts the count.
+  for (;;) {
+    ASSERT_TRUE(send(*p.a, frame_bytes(64, 0)));
+    if (receive(*p.b, 100ms)) break;
+  }
+  uint32_t seq = 1;
+  for (uint32_t len : {1u, 2u, 63u, 64u, 65u, 1500u, 4096u, 9000u, max - 1, max}) {
+    if (len > max) continue;
+    for (Link* from : {p.a.get(), p.b.get()}) {
+      Link* to = from == p.a.get() ? p.b.get() : p.a.get();
+      const auto f = frame_bytes(len, seq++);
+      ASSERT_TRUE(send(*from, f)) << driver().name << ": " << len << " bytes not taken";
+      auto got = receive(*to);
+      ASSERT_TRUE(got) << driver().name << ": " << len << " bytes never arrived";
+      EXPECT_TRUE(*got == f) << driver().name << ": " << len << " bytes differ";
+    }
+  }
+}
+
+TEST_P(Conformance, BackPressureLosesNothingATakenFrameCarried) {
+  MAKE_OR_SKIP(p, driver());
+  ASSERT_TRUE(wait_up(p));
+  for (;;) {
+    ASSERT_TRUE(send(*p.a, frame_bytes(64, 0)));
+    if (receive(*p.b, 100ms)) break;
+  }
+  // Offer far more than any ring holds, without reading.
+  constexpr uint32_t kOffered = 20000;
+  std::vector<uint32_t> taken;
+  for (uint32_t seq = 1; seq <= kOffered; ++seq) {
+    const auto f = frame_bytes(2048, seq);
+    TxFrame tx{{f.data(), 64}, {f.data() + 64, f.size() - 64}};
+    if (p.a->tx_burst(&tx, 1) == 1) taken.push_back(seq);
+  }
+  // A lossless driver must push back; a lossy one (af_packet: the kernel
+  // takes everything and drops what the receiver's ring cannot hold) may not.
+  if (driver().lossless)
+    EXPECT_LT(taken.size(), kOffered) << driver().name << " took everything offered: no back-pressure";
+  // Drain: every taken frame (lossless) or an in-order subset (lossy).
+  std::vector<uint32_t> got;
+  for (;;) {
+    auto f = receive(*p.b, 500ms);
+    if (!f) break;
+    uint32_t seq = 0;
+    std::memcpy(&seq, f->data(), 4);
+    EXPECT_TRUE(*f == frame_bytes(2048, seq)) << driver().name << ": frame " << seq << " differs";
+    got.push_back(seq);
+  }
+  EXPECT_TRUE(std::is_sorted(got.begin(), got.end())) << driver().name << " reordered frames";
+  if (driver().lossless) EXPECT_EQ(got, taken) << driver().name << " lost frames it had taken";
+  else EXPECT_FALSE(got.empty());
+}
+
+TEST_P(Conformance, ThePeerGoingAwayNeitherBlocksNorCrashes) {
+  MAKE_OR_SKIP(p, driver());
+  ASSERT_TRUE(wait_up(p));
+  p.b.reset();
+  const auto f = frame_bytes(4096, 1);
+  const auto until = std::chrono::steady_clock::now() + 2s;
+  bool down = false;
+  while (std::chrono::steady_clock::now() < until) {
+    TxFrame tx{{f.data(), 64}, {f.data() + 64, f.size() - 64}};
+    (void)p.a->tx_burst(&tx, 1);
+    RxFrame rx;
+    if (p.a->rx_burst(&rx, 1) == 1) p.a->release_rx(&rx, 1);
+    p.a->service(now_ns());
+    if (!p.a->up()) {
+      down = true;
+      if (driver().reports_peer_loss) break;
+    }
+    std::this_thread::sleep_for(1ms);
+  }
+  if (driver().reports_peer_loss) EXPECT_TRUE(down) << driver().name << " still says up after its peer went away";
+}
+
+class Replication : public ::testing::TestWithParam<std::tuple<size_t, uint64_t>> {};
+
+TEST_P(Replication, TwoEnginesOverThePairReplicateByteExact) {
+  const Driver& d = drivers()[std::get<0>(GetParam())];
+  const uint64_t size = std::get<1>(GetParam());
+  MAKE_OR_SKIP(p, d);
+  std::vector<std::unique_ptr<Engine>> nodes;
+  for (uint16_t n : {1, 2}) {
+    std::vector<std::unique_ptr<Link>> links;
+    links.push_back(std::move(n == 1 ? p.a : p.b));
+    EngineConfig c;
+    c.node_id = n;
+    c.replication_factor = 1;
+    c.max_segment_size = std::max<uint64_t>(c.max_segment_size, size);
+    auto e = Engine::start(c, std::move(links));
+    ASSERT_TRUE(e) << e.error().to_string();
+    nodes.push_back(std::move(*e));
+  }
+  ASSERT_TRUE(test::eventually([&] { return nodes[0]->view().members.size() == 2; }));
+  const std::string name = std::string(d.name) + "-" + std::to_string(size);
+  auto seg = nodes[0]->create(name, size);
+  ASSERT_TRUE(seg) << seg.error().to_string();
+  auto mem = nodes[0]->data(*seg);
+  for (uint32_t round = 1; round <= 2; ++round) {
+    test::fill_pattern(mem, static_cast<uint32_t>(size) + round);
+    auto gen = nodes[0]->commit(*seg);
+    ASSERT_TRUE(gen);
+    ASSERT_TRUE(test::ok(nodes[0]->wait_replicated(*seg, *gen, kDurable, 120s))) << d.name;
+    auto rep = nodes[1]->read_replica(name);
+    ASSERT_TRUE(rep) << rep.error().to_string();
+    ASSERT_EQ(rep->size(), size);
+    EXPECT_TRUE(std::equal(rep->begin(), rep->end(), mem.begin())) << d.name << ": the replica differs";
+  }
+}
+
+std::string driver_name(const ::testing::TestParamInfo<size_t>& info) { return drivers()[info.param].name; }
+
+INSTANTIATE_TEST_SUITE_P(Drivers, Conformance, ::testing::Range<size_t>(0, 4), driver_name);
+INSTANTIATE_TEST_SUITE_P(Drivers, Replication,
+                         ::testing::Combine(::testing::Range<size_t>(0, 4),
+                                            ::testing::Values(4096u, 1u << 20, 64u << 20, 256u << 20)),
+                         [](const auto& info) {
+                           return std::string(drivers()[std::get<0>(info.param)].name) + "_" +
+                                  std::to_string(std::get<1>(info.param) >> 10) + "KiB";
+                         });
+
+}  // namespace
+}  // namespace baton
