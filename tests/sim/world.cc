@@ -491,14 +491,27 @@ class World {
       if (!alive(n) || (running_only && stalled_[n - 1]) || (only != nullptr && !(*only)[n])) continue;
       bool held = false;
       auto st = engine(n)->replica_status(a.name);
-      if (st && !st->generations.empty() && st->generations.front() >= g && st->epoch >= newest) {
+      // A copy of the durable generation's number is that generation only
+      // if its bytes are (another history of the name, e.g. one a failed
+      // delete left behind, numbers its generations from 1 as well).
+      auto same_content = [&](uint64_t gen) {
+        if (gen != a.durable || a.durable_hash == 0) return true;
+        auto bytes = engine(n)->read_replica(a.name, gen);
+        return bytes && content_hash(*bytes) == a.durable_hash;
+      };
+      if (st && !st->generations.empty() && st->generations.front() >= g && st->epoch >= newest &&
+          same_content(st->generations.front())) {
         held = true;
         holders_ += " node " + std::to_string(n) + " replica of generation " +
                     std::to_string(st->generations.front()) + " at epoch " + std::to_string(st->epoch) + ";";
       }
       if (auto h = held_[n - 1].find(a.name); h != held_[n - 1].end()) {
         auto s = engine(n)->status(h->second);
-        if (s && !s->fenced && s->generation >= g) {
+        // An owner's memory at the durable generation's number holds it
+        // only if it is those bytes (the opener's own restore included).
+        if (s && !s->fenced && s->generation >= g &&
+            (s->generation != a.durable || a.durable_hash == 0 ||
+             content_hash(engine(n)->data(h->second)) == a.durable_hash)) {
           held = true;
           holders_ += " node " + std::to_string(n) + " owner at generation " + std::to_string(s->generation) + ";";
         }
