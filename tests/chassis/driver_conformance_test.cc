@@ -13,9 +13,12 @@
 // - two engines over the pair replicate 4 KiB to 256 MiB byte-exact.
 //
 // Drivers: loopback, net_ring, memif (a server and a client port in this
-// process), af_packet (a veth pair made here; skipped where it cannot be).
+// process), shm (both ends of one region), af_packet (a veth pair made
+// here; skipped where it cannot be).
 
 #include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -27,6 +30,7 @@
 #include "../common/ok.h"
 #include "baton/ethdev.h"
 #include "baton/loopback.h"
+#include "baton/shm.h"
 
 namespace baton {
 namespace {
@@ -106,6 +110,11 @@ const std::vector<Driver>& drivers() {
          auto a = must_port("net_memif" + std::to_string(100 + 2 * id) + ",role=server,socket=" + sock, 2);
          auto b = must_port("net_memif" + std::to_string(101 + 2 * id) + ",role=client,socket=" + sock, 1);
          return LinkPair{std::move(a), std::move(b)};
+       }},
+      {"shm", true, true,
+       [] {
+         const std::string path = "/dev/shm/baton-conf-" + std::to_string(getpid()) + "-" + std::to_string(next_id());
+         return must_pair(shm::pair(path, 1, 2));
        }},
       // The kernel may drop frames between two af_packet sockets: lossy.
       {"af_packet", false, false,
@@ -307,11 +316,99 @@ TEST_P(Replication, TwoEnginesOverThePairReplicateByteExact) {
   }
 }
 
+// The shm driver between two processes: a child echoes what it receives; it
+// is SIGKILLed (the parent sees it gone, by its pid) and a successor
+// attaches to the same region and echoes again.
+TEST(Shm, AProcessThatDiesIsSeenGoneAndItsSuccessorReconnects) {
+  const std::string path = "/dev/shm/baton-shm-xproc-" + std::to_string(getpid());
+  unlink(path.c_str());
+  auto a = shm::open(shm::Config{path, 0, 2});
+  ASSERT_TRUE(a) << a.error().to_string();
+  Link& link = **a;
+  auto echo = [&]() -> pid_t {
+    const pid_t pid = fork();
+    if (pid != 0) return pid;
+    auto b = shm::open(shm::Config{path, 1, 1});
+    if (!b) _exit(1);
+    for (;;) {
+      RxFrame rx[16];
+      const uint16_t n = (*b)->rx_burst(rx, 16);
+      for (uint16_t i = 0; i < n; ++i) {
+        TxFrame tx{rx[i].bytes, {}};
+        while ((*b)->tx_burst(&tx, 1) != 1) continue;
+      }
+      if (n > 0) (*b)->release_rx(rx, n);
+    }
+  };
+  // Sends frame `seq` until its echo comes back (older echoes are skipped).
+  auto round_trip = [&](uint32_t seq) {
+    const auto f = frame_bytes(4096, seq);
+    if (!send(link, f)) return false;
+    for (int i = 0; i < 100; ++i) {
+      auto got = receive(link, 100ms);
+      if (got && *got == f) return true;
+    }
+    return false;
+  };
+  auto up_within = [&](bool want) {
+    for (int i = 0; i < 500; ++i) {
+      if (link.up() == want) return true;
+      std::this_thread::sleep_for(2ms);
+    }
+    return false;
+  };
+  const pid_t first = echo();
+  ASSERT_TRUE(up_within(true));
+  for (uint32_t seq = 1; seq <= 100; ++seq) ASSERT_TRUE(round_trip(seq)) << "frame " << seq;
+  kill(first, SIGKILL);
+  waitpid(first, nullptr, 0);
+  EXPECT_TRUE(up_within(false)) << "the dead peer still counts as up";
+  const pid_t second = echo();
+  EXPECT_TRUE(up_within(true));
+  for (uint32_t seq = 101; seq <= 200; ++seq) EXPECT_TRUE(round_trip(seq)) << "frame " << seq << " after the restart";
+  kill(second, SIGKILL);
+  waitpid(second, nullptr, 0);
+  unlink(path.c_str());
+}
+
+TEST(Shm, RejectsBadConfigAndASecondHolderOfOneSide) {
+  EXPECT_EQ(shm::open(shm::Config{"", 0, 2}).error().code, Errc::kInvalidArgument);
+  EXPECT_EQ(shm::open(shm::Config{"/dev/shm/x", 2, 2}).error().code, Errc::kInvalidArgument);
+  EXPECT_EQ(shm::open(shm::Config{"/dev/shm/x", 0, 0}).error().code, Errc::kInvalidArgument);
+  EXPECT_EQ(shm::open(shm::Config{"/dev/shm/x", 0, 2, 100}).error().code, Errc::kInvalidArgument);
+  EXPECT_EQ(shm::open(shm::Config{"/dev/shm/x", 0, 2, 16384, 1}).error().code, Errc::kInvalidArgument);
+  // A side held by another live process cannot be opened twice.
+  const std::string path = "/dev/shm/baton-shm-held-" + std::to_string(getpid());
+  unlink(path.c_str());
+  int ready[2];
+  ASSERT_EQ(pipe(ready), 0);
+  const pid_t holder = fork();
+  if (holder == 0) {
+    auto b = shm::open(shm::Config{path, 1, 1});
+    char c = b ? 'y' : 'n';
+    (void)!write(ready[1], &c, 1);
+    pause();
+    _exit(0);
+  }
+  char c = 0;
+  ASSERT_EQ(read(ready[0], &c, 1), 1);
+  ASSERT_EQ(c, 'y');
+  auto second = shm::open(shm::Config{path, 1, 1});
+  EXPECT_FALSE(second) << "two live processes hold side 1";
+  kill(holder, SIGKILL);
+  waitpid(holder, nullptr, 0);
+  auto after = shm::open(shm::Config{path, 1, 1});  // its holder is dead: taken over
+  EXPECT_TRUE(after) << after.error().to_string();
+  close(ready[0]);
+  close(ready[1]);
+  unlink(path.c_str());
+}
+
 std::string driver_name(const ::testing::TestParamInfo<size_t>& info) { return drivers()[info.param].name; }
 
-INSTANTIATE_TEST_SUITE_P(Drivers, Conformance, ::testing::Range<size_t>(0, 4), driver_name);
+INSTANTIATE_TEST_SUITE_P(Drivers, Conformance, ::testing::Range<size_t>(0, 5), driver_name);
 INSTANTIATE_TEST_SUITE_P(Drivers, Replication,
-                         ::testing::Combine(::testing::Range<size_t>(0, 4),
+                         ::testing::Combine(::testing::Range<size_t>(0, 5),
                                             ::testing::Values(4096u, 1u << 20, 64u << 20, 256u << 20)),
                          [](const auto& info) {
                            return std::string(drivers()[std::get<0>(info.param)].name) + "_" +
