@@ -9,7 +9,6 @@
 #include "baton/shm.h"
 
 #include <fcntl.h>
-#include <signal.h>
 #include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -17,6 +16,8 @@
 
 #include <atomic>
 #include <cerrno>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <ctime>
 
@@ -30,7 +31,8 @@ struct alignas(64) Header {
   std::atomic<uint64_t> magic;
   uint32_t max_frame;
   uint32_t slots;
-  std::atomic<int32_t> pid[2];  ///< 0: that side is not attached
+  std::atomic<int32_t> pid[2];     ///< 0: that side is not attached
+  std::atomic<uint64_t> start[2];  ///< the process's start time (/proc/PID/stat): a reused pid is another process
 };
 
 struct alignas(64) RingIndex {
@@ -53,7 +55,38 @@ uint64_t mono_ns() {
   return static_cast<uint64_t>(ts.tv_sec) * 1'000'000'000 + static_cast<uint64_t>(ts.tv_nsec);
 }
 
-bool process_alive(int32_t pid) { return pid > 0 && (::kill(pid, 0) == 0 || errno == EPERM); }
+// The start time of process `pid` (clock ticks since boot, /proc/PID/stat's
+// 22nd field), or 0 if it is gone or a zombie (killed, not yet reaped: it
+// holds nothing any more).
+uint64_t process_start(int32_t pid) {
+  if (pid <= 0) return 0;
+  char path[64];
+  std::snprintf(path, sizeof path, "/proc/%d/stat", pid);
+  const int fd = ::open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return 0;
+  char buf[1024];
+  const ssize_t n = ::read(fd, buf, sizeof buf - 1);
+  ::close(fd);
+  if (n <= 0) return 0;
+  buf[n] = 0;
+  const char* p = std::strrchr(buf, ')');  // the name may hold spaces and parentheses
+  if (p == nullptr || p[1] == 0) return 0;
+  p += 2;
+  if (*p == 'Z' || *p == 'X') return 0;
+  for (int field = 3; field < 22 && p != nullptr; ++field) {  // state is field 3
+    p = std::strchr(p, ' ');
+    if (p != nullptr) ++p;
+  }
+  return p == nullptr ? 0 : std::strtoull(p, nullptr, 10);
+}
+
+// Whether side `side` of the region is held by a live process.
+bool held(const Header* h, int side) {
+  const int32_t pid = h->pid[side].load(std::memory_order_acquire);
+  if (pid == 0) return false;
+  const uint64_t start = process_start(pid);
+  return start != 0 && start == h->start[side].load(std::memory_order_acquire);
+}
 
 struct Ring {
   RingIndex* head;
@@ -75,6 +108,7 @@ class ShmLink final : public Link {
   ShmLink(std::byte* base, size_t len, int side, uint16_t peer, uint32_t max_frame, uint32_t slots, std::string name)
       : base_(base), len_(len), side_(side), peer_(peer), max_frame_(max_frame), name_(std::move(name)),
         out_(ring_at(base, side, max_frame, slots)), in_(ring_at(base, 1 - side, max_frame, slots)) {
+    header()->start[side_].store(process_start(getpid()), std::memory_order_relaxed);
     header()->pid[side_].store(getpid(), std::memory_order_release);
     // Frames a previous incarnation of this side left unreleased are read
     // again (the engine tells stale frames apart); where it left off writing
@@ -99,7 +133,7 @@ class ShmLink final : public Link {
     if (pid != checked_pid_ || now - checked_ns_ >= kCheckNs) {
       checked_pid_ = pid;
       checked_ns_ = now;
-      peer_alive_ = pid == getpid() || process_alive(pid);
+      peer_alive_ = held(header(), 1 - side_);
     }
     return peer_alive_;
   }
@@ -209,7 +243,7 @@ Result<std::unique_ptr<Link>> open(const Config& c) {
     h->magic.store(kMagic, std::memory_order_release);
   }
   const int32_t other = h->pid[c.side].load(std::memory_order_acquire);
-  if (other != 0 && other != getpid() && process_alive(other)) {
+  if (other != 0 && other != getpid() && held(h, c.side)) {
     munmap(m, len);
     flock(fd, LOCK_UN);
     ::close(fd);

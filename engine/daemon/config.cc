@@ -230,7 +230,8 @@ Result<DaemonConfig> parse_daemon_config(std::string_view text, std::string_view
       TRY(peer, r.integer(lv["peer"], where + ".peer", 1, 65534, std::nullopt));
       if (peer == id) return tl::unexpected(r.error(where + ".peer", "is this node's own id"));
       TRY(driver, r.string(lv["driver"], where + ".driver", "ethdev"));
-      if (driver != "ethdev") return tl::unexpected(r.error(where + ".driver", "unknown driver \"" + driver + "\""));
+      if (driver != "ethdev" && driver != "shm")
+        return tl::unexpected(r.error(where + ".driver", "unknown driver \"" + driver + "\" (ethdev or shm)"));
       TRY(device, r.string(lv["device"], where + ".device", std::nullopt));
       if (device.empty()) return tl::unexpected(r.error(where + ".device", "is empty"));
       if (!devices.insert(device).second)

@@ -14,6 +14,8 @@
 //   [eal]     args = ["--log-level=5"]
 //   [[link]]  peer = 2, driver = "ethdev", device = "net_memif0,role=server,socket=/run/baton/1-2.sock",
 //             max_frame = 9000 (optional: what the medium carries, e.g. the veth MTU)
+//             or driver = "shm", device = "/dev/shm/baton-1-2" (a region shared with the peer on this
+//             machine; the lower node id is its side 0)
 
 #include <sys/types.h>
 
@@ -30,8 +32,10 @@ namespace baton {
 
 struct LinkSpec {
   uint16_t peer = 0;
-  std::string driver;  ///< "ethdev"
-  std::string device;  ///< DPDK devargs or port name
+  std::string driver;  ///< "ethdev" or "shm"
+  /// ethdev: DPDK devargs or a port name; shm: the shared region's file
+  /// (the lower node id is side 0 of it).
+  std::string device;
   uint32_t max_frame = 0;  ///< Baton bytes per frame; 0: the driver's default
 };
 

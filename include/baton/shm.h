@@ -13,8 +13,9 @@
 // engine's protocol tells from new ones. A side that restarts attaches to
 // the rings where they are. A region whose geometry or format differs (a
 // crashed run of another build) is reinitialised. Each side records its
-// process id: the other sees it gone (its process dead, or its Link
-// destroyed) and reports the link down.
+// process id and start time: the other sees it gone (its process dead, a
+// zombie, its pid reused, or its Link destroyed) and reports the link down,
+// and a new process may take that side.
 
 #include <cstdint>
 #include <memory>

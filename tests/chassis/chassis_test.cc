@@ -2,9 +2,9 @@
 // blades linked by memif; an application on blade 1 commits N generations;
 // blade 1's batond and the application are SIGKILLed; the application on
 // blade 3 loads generation N byte-exact and resumes. (batonctl demo checks
-// each step and exits non-zero on any failure.) Over memif, and over
-// af_packet on veth pairs between network namespaces. Then chassis
-// up/status/down.
+// each step and exits non-zero on any failure.) Over memif, over af_packet
+// on veth pairs between network namespaces, and over shm regions. Then
+// chassis up/status/down.
 
 #include <gtest/gtest.h>
 #include <unistd.h>
@@ -12,6 +12,7 @@
 #include <array>
 #include <cstdio>
 #include <filesystem>
+#include <functional>
 #include <string>
 
 #include "../common/process.h"
@@ -51,6 +52,26 @@ TEST(Chassis, KilledBladeFailsOverByteExactOverAfPacket) {
   EXPECT_NE(out.find("byte-exact"), std::string::npos) << out;
   const std::string ns = run("ip netns list", &status);
   EXPECT_EQ(ns.find("-blade"), std::string::npos) << "namespaces left behind:\n" << ns;
+}
+
+// The same over shm: blades linked by regions in /dev/shm (no DPDK at all);
+// nothing of them is left afterwards.
+TEST(Chassis, KilledBladeFailsOverByteExactOverShm) {
+  int status = 0;
+  const std::string out =
+      run(baton::test::helper("BATONCTL") + " demo --blades 4 --batches 20 --transport shm", &status);
+  EXPECT_EQ(status, 0) << out;
+  EXPECT_NE(out.find("shared-memory regions"), std::string::npos) << out;
+  EXPECT_NE(out.find("restored generation=20 batches=20"), std::string::npos) << out;
+  EXPECT_NE(out.find("byte-exact"), std::string::npos) << out;
+  // Its regions are named after its directory (batonctl's prefix_for).
+  const size_t at = out.find("serving in ");
+  ASSERT_NE(at, std::string::npos) << out;
+  const std::string dir = out.substr(at + 11, out.find('\n', at) - at - 11);
+  char prefix[16];
+  std::snprintf(prefix, sizeof prefix, "bt%04x", static_cast<unsigned>(std::hash<std::string>{}(dir) & 0xFFFF));
+  const std::string left = run("ls /dev/shm", &status);
+  EXPECT_EQ(left.find(std::string("baton-") + prefix + "-"), std::string::npos) << "regions left behind:\n" << left;
 }
 
 TEST(Chassis, UpStatusDownLeavesNothing) {

@@ -317,8 +317,9 @@ TEST_P(Replication, TwoEnginesOverThePairReplicateByteExact) {
 }
 
 // The shm driver between two processes: a child echoes what it receives; it
-// is SIGKILLed (the parent sees it gone, by its pid) and a successor
-// attaches to the same region and echoes again.
+// is SIGKILLed (the parent sees it gone, by its pid and start time, before
+// it is even reaped) and a successor attaches to the same region and
+// echoes again.
 TEST(Shm, AProcessThatDiesIsSeenGoneAndItsSuccessorReconnects) {
   const std::string path = "/dev/shm/baton-shm-xproc-" + std::to_string(getpid());
   unlink(path.c_str());
@@ -360,9 +361,11 @@ TEST(Shm, AProcessThatDiesIsSeenGoneAndItsSuccessorReconnects) {
   const pid_t first = echo();
   ASSERT_TRUE(up_within(true));
   for (uint32_t seq = 1; seq <= 100; ++seq) ASSERT_TRUE(round_trip(seq)) << "frame " << seq;
+  // Killed and not yet reaped (a zombie, as a blade is until its parent
+  // waits): gone all the same, and its side may be taken.
   kill(first, SIGKILL);
-  waitpid(first, nullptr, 0);
   EXPECT_TRUE(up_within(false)) << "the dead peer still counts as up";
+  waitpid(first, nullptr, 0);
   const pid_t second = echo();
   EXPECT_TRUE(up_within(true));
   for (uint32_t seq = 101; seq <= 200; ++seq) EXPECT_TRUE(round_trip(seq)) << "frame " << seq << " after the restart";

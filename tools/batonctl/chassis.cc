@@ -30,6 +30,10 @@ std::string pair_socket(const std::string& dir, int a, int b) {
   return dir + "/link-" + std::to_string(std::min(a, b)) + "-" + std::to_string(std::max(a, b)) + ".sock";
 }
 
+// shm: the region two blades share, in /dev/shm (memory, not the disk under
+// the chassis directory), named after the directory.
+std::string pair_region(const std::string& dir, int a, int b);
+
 // af_packet: names unique on the machine (a veth pair is created in the root
 // namespace first), short enough for IFNAMSIZ.
 std::string prefix_for(const std::string& dir) {
@@ -38,6 +42,10 @@ std::string prefix_for(const std::string& dir) {
   return std::string("bt") + buf;
 }
 std::string netns_name(const std::string& dir, int id) { return prefix_for(dir) + "-blade" + std::to_string(id); }
+std::string pair_region(const std::string& dir, int a, int b) {
+  return "/dev/shm/baton-" + prefix_for(dir) + "-" + std::to_string(std::min(a, b)) + "-" +
+         std::to_string(std::max(a, b));
+}
 // Backplane 1's veth between blades 1 and 2 is <prefix>-1x2 in blade 1's
 // namespace; backplane 2's is <prefix>-1y2.
 std::string veth_name(const std::string& dir, int self, int peer, int plane = 1) {
@@ -95,6 +103,8 @@ std::string config_for(const ChassisConfig& c, int id) {
         o << "[[link]]\npeer = " << peer << "\nmax_frame = " << kVethMtu << "\ndevice = \"net_af_packet" << peer
           << (plane == 1 ? "" : "b") << ",iface=" << veth_name(c.dir, id, peer, plane)
           << ",framesz=9216,blocksz=36864,framecnt=256,qpairs=1\"\n";
+    } else if (c.transport == "shm") {
+      o << "[[link]]\npeer = " << peer << "\ndriver = \"shm\"\ndevice = \"" << pair_region(c.dir, id, peer) << "\"\n";
     } else {
       o << "[[link]]\npeer = " << peer << "\ndevice = \"net_memif" << peer << ",role="
         << (id < peer ? "server" : "client") << ",socket=" << pair_socket(c.dir, id, peer) << "\"\n";
@@ -158,8 +168,8 @@ Result<std::vector<Blade>> chassis_up(const ChassisConfig& c) {
   if (c.blades < 2 || c.blades > 16) return fail(Errc::kInvalidArgument, "--blades must be 2..16");
   if (c.replication_factor < 1 || static_cast<int>(c.replication_factor) >= c.blades)
     return fail(Errc::kInvalidArgument, "--replicas must be 1..blades-1");
-  if (c.transport != "memif" && c.transport != "af_packet")
-    return fail(Errc::kInvalidArgument, "--transport must be memif or af_packet");
+  if (c.transport != "memif" && c.transport != "af_packet" && c.transport != "shm")
+    return fail(Errc::kInvalidArgument, "--transport must be memif, af_packet or shm");
   if (c.backplanes < 1 || c.backplanes > 2 || (c.backplanes == 2 && c.transport != "af_packet"))
     return fail(Errc::kInvalidArgument, "--backplanes must be 1, or 2 with --transport af_packet");
   std::error_code ec;
@@ -369,7 +379,10 @@ Result<void> chassis_down(const std::string& dir) {
   for (int id = 1; id <= 16; ++id)
     for (const char* ext : {".pid", ".toml", ".sock", ".log"}) fs::remove(blade_path(dir, id, ext), ec);
   for (int a = 1; a <= 16; ++a)
-    for (int b = a + 1; b <= 16; ++b) fs::remove(pair_socket(dir, a, b), ec);
+    for (int b = a + 1; b <= 16; ++b) {
+      fs::remove(pair_socket(dir, a, b), ec);
+      fs::remove(pair_region(dir, a, b), ec);
+    }
   fs::remove(dir, ec);  // only if empty
   return {};
 }

@@ -127,7 +127,9 @@ int run_demo(const DemoConfig& d) {
   };
 
   std::printf("Baton chassis demo: %d blades (batond processes) linked by %s, replication factor 2\n", c.blades,
-              c.transport == "af_packet" ? "af_packet on veth pairs between network namespaces" : "memif");
+              c.transport == "af_packet" ? "af_packet on veth pairs between network namespaces"
+              : c.transport == "shm"     ? "shared-memory regions in /dev/shm"
+                                         : "memif");
   Timeline tl;
   auto blades = chassis_up(c);
   if (!blades) {

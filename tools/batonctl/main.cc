@@ -4,11 +4,11 @@
 //   batonctl segments [--socket PATH] [--json]     its segments only
 //   batonctl events   [--socket PATH] [--json]     membership changes and failures, timestamped
 //   batonctl load NAME [--socket PATH]             S9: load NAME onto this node (agent for a cluster manager)
-//   batonctl chassis up [--blades N] [--replicas K] [--dir D] [--transport memif|af_packet]
+//   batonctl chassis up [--blades N] [--replicas K] [--dir D] [--transport memif|af_packet|shm]
 //   batonctl chassis status [--dir D] [--json]
 //   batonctl chassis down [--dir D]
 //   batonctl chassis restart --blade N [--dir D]
-//   batonctl demo [--blades N] [--batches N] [--transport memif|af_packet]   the failover demo
+//   batonctl demo [--blades N] [--batches N] [--transport memif|af_packet|shm]   the failover demo
 //
 // Tables for people, --json for scripts (typed JSON: numbers are numbers,
 // booleans booleans, lists lists); errors on stderr with a non-zero status.
@@ -159,7 +159,8 @@ int main(int argc, char** argv) {
   up->add_option("--blades", chassis.blades, "number of blades (2..16)");
   up->add_option("--replicas", chassis.replication_factor, "replication factor");
   up->add_option("--dir", chassis.dir, "where configs, sockets, pids and logs go");
-  up->add_option("--transport", chassis.transport, "memif, or af_packet (veth pairs between network namespaces)");
+  up->add_option("--transport", chassis.transport,
+                 "memif, af_packet (veth pairs between network namespaces), or shm (regions in /dev/shm)");
   up->add_option("--backplanes", chassis.backplanes, "af_packet: 1 or 2 veth pairs (links) per pair of blades");
   auto* down = ch->add_subcommand("down", "stop the blades and remove their files");
   down->add_option("--dir", chassis.dir, "the chassis directory");
@@ -185,7 +186,8 @@ int main(int argc, char** argv) {
   auto* dm = app.add_subcommand("demo", "chassis failover demo: kill a blade, resume on another");
   dm->add_option("--blades", demo.blades, "number of blades (3..16)");
   dm->add_option("--batches", demo.batches, "batches committed before the kill");
-  dm->add_option("--transport", demo.transport, "memif, or af_packet (veth pairs between network namespaces)");
+  dm->add_option("--transport", demo.transport,
+                 "memif, af_packet (veth pairs between network namespaces), or shm (regions in /dev/shm)");
 
   CLI11_PARSE(app, argc, argv);
 

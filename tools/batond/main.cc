@@ -11,6 +11,7 @@
 #include <syslog.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdio>
 #include <cstring>
@@ -19,6 +20,7 @@
 
 #include "baton/engine.h"
 #include "baton/ethdev.h"
+#include "baton/shm.h"
 #include "common/log.h"
 #include "daemon/config.h"
 #include "ipc/server.h"
@@ -71,7 +73,9 @@ int main(int argc, char** argv) {
   // prefix unique to this process (two blades of one node id may share a
   // machine): `batonctl status` names it for dpdk-telemetry.py -f.
   std::string telemetry_prefix;
-  if (!cfg->links.empty()) {
+  const bool ethdev = std::any_of(cfg->links.begin(), cfg->links.end(),
+                                  [](const baton::LinkSpec& l) { return l.driver == "ethdev"; });
+  if (ethdev) {
     telemetry_prefix = "batond" + std::to_string(cfg->engine.node_id) + "-" + std::to_string(getpid());
     if (auto ok = baton::ethdev::init_eal(cfg->eal_args, telemetry_prefix); !ok) {
       BT_ERROR("%s", ok.error().to_string().c_str());
@@ -79,6 +83,20 @@ int main(int argc, char** argv) {
     }
   }
   for (const auto& spec : cfg->links) {
+    if (spec.driver == "shm") {
+      baton::shm::Config sc;
+      sc.path = spec.device;
+      sc.side = cfg->engine.node_id < spec.peer ? 0 : 1;
+      sc.peer = spec.peer;
+      if (spec.max_frame != 0) sc.max_frame = spec.max_frame;
+      auto link = baton::shm::open(sc);
+      if (!link) {
+        BT_ERROR("link to node %u: %s", spec.peer, link.error().to_string().c_str());
+        return 1;
+      }
+      links.push_back(std::move(*link));
+      continue;
+    }
     baton::ethdev::PortConfig pc;
     pc.device = spec.device;
     pc.peer = spec.peer;

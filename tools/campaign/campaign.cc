@@ -17,7 +17,7 @@
 // TORN; no restore within the deadline is FAILED; a restore after a
 // delete returned is RESURRECTED.
 //
-//   baton-campaign [--cycles 30] [--transport memif|af_packet] [--blades 4]
+//   baton-campaign [--cycles 30] [--transport memif|af_packet|shm] [--blades 4]
 //                  [--size BYTES] [--seed S] [--dir D]
 
 #include <signal.h>
@@ -169,7 +169,7 @@ int main(int argc, char** argv) {
     else if (a == "--transport") cc.transport = v;
     else if (a == "--dir") cc.dir = v;
     else {
-      std::fprintf(stderr, "usage: baton-campaign [--cycles N] [--transport memif|af_packet] [--blades N] "
+      std::fprintf(stderr, "usage: baton-campaign [--cycles N] [--transport memif|af_packet|shm] [--blades N] "
                            "[--size BYTES] [--seed S] [--dir D]\n");
       return 2;
     }
