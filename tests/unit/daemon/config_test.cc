@@ -107,6 +107,22 @@ device = "net_af_packet0,iface=veth0"
   EXPECT_EQ(c->links[0].peer, c->links[1].peer);
 }
 
+TEST(DaemonConfig, AShmLinkNamesItsRegion) {
+  auto c = parse_daemon_config(R"([node]
+id = 1
+[client]
+socket = "/tmp/b.sock"
+[[link]]
+peer = 3
+driver = "shm"
+device = "/dev/shm/baton-1-3"
+)", "shm.toml");
+  ASSERT_TRUE(c) << c.error().message;
+  ASSERT_EQ(c->links.size(), 1u);
+  EXPECT_EQ(c->links[0].driver, "shm");
+  EXPECT_EQ(c->links[0].device, "/dev/shm/baton-1-3");
+}
+
 TEST(DaemonConfig, MinimalFileGetsDefaults) {
   auto c = parse_daemon_config("[node]\nid = 1\n[client]\nsocket = \"/tmp/b.sock\"\n", "min.toml");
   ASSERT_TRUE(c) << c.error().message;
