@@ -12,8 +12,10 @@
 //               The "raw memif" lines above go through Baton's driver and
 //               flatter Baton; the lean ratios are the ones to quote.
 //
-// Usage: baton-e2e [--rounds N] [--iters N] [--mib N] [--spin]   (prints JSON lines and a table)
+// Usage: baton-e2e [--rounds N] [--iters N] [--mib N] [--spin] [--shm]   (prints JSON lines and a table)
 //   --spin: both engines' workers never sleep (dedicated cores)
+//   --shm:  the engines' link is a shm region instead of memif (the
+//           baselines stay memif's)
 
 #include <signal.h>
 #include <unistd.h>
@@ -30,6 +32,7 @@
 #include "../../tests/common/process.h"
 #include "baton/engine.h"
 #include "baton/ethdev.h"
+#include "baton/shm.h"
 #include "runtime/futex.h"
 
 namespace {
@@ -58,10 +61,24 @@ std::unique_ptr<Link> open_link(const std::string& dev, uint16_t peer) {
 }
 
 // This process's engine: node `node` with one memif link (role as given) to the other.
+bool use_shm = false;
+
+// The engines' shm region: in /dev/shm (memory), named after their socket.
+std::string shm_path(const std::string& sock) { return "/dev/shm/" + sock.substr(sock.rfind('/') + 1) + ".shm"; }
+
 std::unique_ptr<baton::Engine> start_engine(uint16_t node, const std::string& role, const std::string& sock,
                                             bool spin) {
   std::vector<std::unique_ptr<Link>> links;
-  links.push_back(open_link("net_memif1,role=" + role + ",socket=" + sock, node == 1 ? 2 : 1));
+  if (use_shm) {
+    auto l = baton::shm::open(baton::shm::Config{shm_path(sock), node == 1 ? 0 : 1, static_cast<uint16_t>(node == 1 ? 2 : 1)});
+    if (!l) {
+      std::fprintf(stderr, "baton-e2e: %s\n", l.error().to_string().c_str());
+      std::exit(1);
+    }
+    links.push_back(std::move(*l));
+  } else {
+    links.push_back(open_link("net_memif1,role=" + role + ",socket=" + sock, node == 1 ? 2 : 1));
+  }
   baton::EngineConfig c;
   c.node_id = node;
   if (spin) c.idle = baton::IdlePolicy::kSpin;
@@ -187,10 +204,11 @@ int main(int argc, char** argv) {
     else if (a == "--mib") mib = std::stoull(next());
     else if (a == "--peer") peer = true;
     else if (a == "--spin") spin = true;
+    else if (a == "--shm") use_shm = true;
     else if (a == "--raw-sock") raw_sock = next();
     else if (a == "--eng-sock") eng_sock = next();
     else {
-      std::fprintf(stderr, "usage: baton-e2e [--rounds N] [--iters N] [--mib N] [--spin]\n");
+      std::fprintf(stderr, "usage: baton-e2e [--rounds N] [--iters N] [--mib N] [--spin] [--shm]\n");
       return 64;
     }
   }
@@ -226,6 +244,7 @@ int main(int argc, char** argv) {
   eng_sock = base + "-eng.sock";
   unlink(raw_sock.c_str());
   unlink(eng_sock.c_str());
+  unlink(shm_path(eng_sock).c_str());
   auto raw = open_link("net_memif0,role=server,socket=" + raw_sock, 2);
   auto engine_owner = start_engine(1, "server", eng_sock, spin);
   baton::Engine& engine = *engine_owner;
@@ -235,6 +254,7 @@ int main(int argc, char** argv) {
   self[len] = 0;
   std::vector<std::string> peer_args = {self, "--peer", "--raw-sock", raw_sock, "--eng-sock", eng_sock};
   if (spin) peer_args.push_back("--spin");
+  if (use_shm) peer_args.push_back("--shm");
   baton::test::Process peer_proc(peer_args);
 
   const uint64_t big = mib << 20;
@@ -312,6 +332,7 @@ int main(int argc, char** argv) {
   peer_proc.wait();
   unlink(raw_sock.c_str());
   unlink(eng_sock.c_str());
+  unlink(shm_path(eng_sock).c_str());
 
   const double rl50 = raw_lat.pct(0.5), rl99 = raw_lat.pct(0.99), rl999 = raw_lat.pct(0.999);
   const double bl50 = baton_lat.pct(0.5), bl99 = baton_lat.pct(0.99), bl999 = baton_lat.pct(0.999);
