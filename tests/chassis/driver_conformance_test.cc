@@ -12,9 +12,12 @@
 //   and a driver that can tell (memif) reports the link down;
 // - two engines over the pair replicate 4 KiB to 256 MiB byte-exact.
 //
-// Drivers: loopback, net_ring, memif (a server and a client port in this
-// process), shm (both ends of one region), af_packet (a veth pair made
-// here; skipped where it cannot be).
+// Drivers: loopback, net_ring, shm (both ends of one region), af_packet (a
+// veth pair made here; skipped where it cannot be). Not memif: both ends of
+// a memif pair in one process share the EAL interrupt thread, and a client
+// reconnecting to a server of this process connects, blocking, on the very
+// thread that would accept it (this suite hung there once in CI; memif is
+// tested between processes: memif_test, the chassis demo and campaign).
 
 #include <gtest/gtest.h>
 #include <signal.h>
@@ -64,15 +67,6 @@ LinkPair must_pair(Result<std::pair<std::unique_ptr<Link>, std::unique_ptr<Link>
   return {std::move(p->first), std::move(p->second)};
 }
 
-std::unique_ptr<Link> must_port(const std::string& device, uint16_t peer) {
-  ethdev::PortConfig pc;
-  pc.device = device;
-  pc.peer = peer;
-  auto l = ethdev::open_port(pc);
-  if (!l) throw std::runtime_error(l.error().to_string());
-  return std::move(*l);
-}
-
 // A veth pair for af_packet, in this network namespace; removed at exit.
 // Empty names if it cannot be made (not root, no `ip`): the test skips.
 std::pair<std::string, std::string> veth_pair(int id) {
@@ -102,15 +96,6 @@ const std::vector<Driver>& drivers() {
          return LinkPair{std::move(p.a), std::move(p.b)};
        }},
       {"net_ring", true, false, [] { return must_pair(ethdev::ring_pair(1, 2)); }},
-      {"memif", true, true,
-       [] {
-         const int id = next_id();
-         const std::string sock = "/tmp/baton-conf-" + std::to_string(getpid()) + "-" + std::to_string(id) + ".sock";
-         unlink(sock.c_str());
-         auto a = must_port("net_memif" + std::to_string(100 + 2 * id) + ",role=server,socket=" + sock, 2);
-         auto b = must_port("net_memif" + std::to_string(101 + 2 * id) + ",role=client,socket=" + sock, 1);
-         return LinkPair{std::move(a), std::move(b)};
-       }},
       {"shm", true, true,
        [] {
          const std::string path = "/dev/shm/baton-conf-" + std::to_string(getpid()) + "-" + std::to_string(next_id());
@@ -198,7 +183,10 @@ class Conformance : public ::testing::TestWithParam<size_t> {
 
 #define MAKE_OR_SKIP(p, d)                                                     \
   LinkPair p = (d).make();                                                     \
-  if (!p.a) GTEST_SKIP() << (d).name << ": cannot make a pair here (needs root and ip)"
+  if (!p.a) {                                                                  \
+    GTEST_SKIP() << (d).name << ": cannot make a pair here (needs root and ip)"; \
+  }                                                                            \
+  static_assert(true)
 
 TEST_P(Conformance, EveryFrameSizeArrivesByteExactAndInOrder) {
   MAKE_OR_SKIP(p, driver());
@@ -242,8 +230,9 @@ TEST_P(Conformance, BackPressureLosesNothingATakenFrameCarried) {
   }
   // A lossless driver must push back; a lossy one (af_packet: the kernel
   // takes everything and drops what the receiver's ring cannot hold) may not.
-  if (driver().lossless)
+  if (driver().lossless) {
     EXPECT_LT(taken.size(), kOffered) << driver().name << " took everything offered: no back-pressure";
+  }
   // Drain: every taken frame (lossless) or an in-order subset (lossy).
   std::vector<uint32_t> got;
   for (;;) {
@@ -255,8 +244,11 @@ TEST_P(Conformance, BackPressureLosesNothingATakenFrameCarried) {
     got.push_back(seq);
   }
   EXPECT_TRUE(std::is_sorted(got.begin(), got.end())) << driver().name << " reordered frames";
-  if (driver().lossless) EXPECT_EQ(got, taken) << driver().name << " lost frames it had taken";
-  else EXPECT_FALSE(got.empty());
+  if (driver().lossless) {
+    EXPECT_EQ(got, taken) << driver().name << " lost frames it had taken";
+  } else {
+    EXPECT_FALSE(got.empty());
+  }
 }
 
 TEST_P(Conformance, ThePeerGoingAwayNeitherBlocksNorCrashes) {
@@ -278,7 +270,9 @@ TEST_P(Conformance, ThePeerGoingAwayNeitherBlocksNorCrashes) {
     }
     std::this_thread::sleep_for(1ms);
   }
-  if (driver().reports_peer_loss) EXPECT_TRUE(down) << driver().name << " still says up after its peer went away";
+  if (driver().reports_peer_loss) {
+    EXPECT_TRUE(down) << driver().name << " still says up after its peer went away";
+  }
 }
 
 class Replication : public ::testing::TestWithParam<std::tuple<size_t, uint64_t>> {};
@@ -409,9 +403,9 @@ TEST(Shm, RejectsBadConfigAndASecondHolderOfOneSide) {
 
 std::string driver_name(const ::testing::TestParamInfo<size_t>& info) { return drivers()[info.param].name; }
 
-INSTANTIATE_TEST_SUITE_P(Drivers, Conformance, ::testing::Range<size_t>(0, 5), driver_name);
+INSTANTIATE_TEST_SUITE_P(Drivers, Conformance, ::testing::Range<size_t>(0, 4), driver_name);
 INSTANTIATE_TEST_SUITE_P(Drivers, Replication,
-                         ::testing::Combine(::testing::Range<size_t>(0, 5),
+                         ::testing::Combine(::testing::Range<size_t>(0, 4),
                                             ::testing::Values(4096u, 1u << 20, 64u << 20, 256u << 20)),
                          [](const auto& info) {
                            return std::string(drivers()[std::get<0>(info.param)].name) + "_" +
