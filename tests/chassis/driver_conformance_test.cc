@@ -16,8 +16,9 @@
 // veth pair made here; skipped where it cannot be). Not memif: both ends of
 // a memif pair in one process share the EAL interrupt thread, and a client
 // reconnecting to a server of this process connects, blocking, on the very
-// thread that would accept it (this suite hung there once in CI; memif is
-// tested between processes: memif_test, the chassis demo and campaign).
+// thread that would accept it (this suite hung there once, in a local run
+// of tools/run-tests.sh). memif is tested between processes: memif_test,
+// the chassis demo and the campaign.
 
 #include <gtest/gtest.h>
 #include <signal.h>
