@@ -258,12 +258,11 @@ Result<Segment*> Engine::Impl::add_segment(std::unique_ptr<Segment> seg, const s
   // there are peers): the control thread fills them (control/placement.cc).
   const size_t want = std::min<size_t>(peer_states.size(), config.replication_factor);
   for (size_t i = 0; i < want; ++i) seg->replicas.push_back(std::make_unique<ReplicaTarget>());
-  wire::ReplicaSet prefer{};
-  for (size_t i = 0; i < preferred.size() && i < prefer.size(); ++i) prefer[i] = preferred[i];
+  const uint64_t prefer = wire::pack_nodes(preferred);
   Segment* raw = seg.get();
-  auto added = call([this, raw, &prefer, want] {
+  auto added = call([this, raw, prefer, want] {
     owned[raw->id] = raw;
-    tell_control(SegmentNews{SegmentNews::Kind::kAdded, static_cast<uint8_t>(want), raw->id, wire::pack_set(prefer)});
+    tell_control(SegmentNews{SegmentNews::Kind::kAdded, static_cast<uint8_t>(want), raw->id, prefer});
   });
   if (!added) return tl::unexpected(added.error());
   table.insert(std::move(seg));

@@ -19,7 +19,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <ctime>
+
+#include "runtime/futex.h"
 
 namespace baton::shm {
 namespace {
@@ -48,12 +49,6 @@ struct Slot {
 uint64_t slot_bytes(uint32_t max_frame) { return (sizeof(Slot) + max_frame + 63) / 64 * 64; }
 uint64_t ring_bytes(uint32_t max_frame, uint32_t slots) { return 2 * sizeof(RingIndex) + slots * slot_bytes(max_frame); }
 uint64_t region_bytes(uint32_t max_frame, uint32_t slots) { return 4096 + 2 * ring_bytes(max_frame, slots); }
-
-uint64_t mono_ns() {
-  timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<uint64_t>(ts.tv_sec) * 1'000'000'000 + static_cast<uint64_t>(ts.tv_nsec);
-}
 
 // The start time of process `pid` (clock ticks since boot, /proc/PID/stat's
 // 22nd field), or 0 if it is gone or a zombie (killed, not yet reaped: it
@@ -129,7 +124,7 @@ class ShmLink final : public Link {
     const int32_t pid = header()->pid[1 - side_].load(std::memory_order_acquire);
     if (pid == 0) return false;
     // Another process's death leaves its pid behind: look every kCheckNs.
-    const uint64_t now = mono_ns();
+    const uint64_t now = now_ns();
     if (pid != checked_pid_ || now - checked_ns_ >= kCheckNs) {
       checked_pid_ = pid;
       checked_ns_ = now;

@@ -109,9 +109,7 @@ void Engine::Impl::send_record(Segment& seg, Link& link, uint16_t peer, uint16_t
   f.name = seg.name;
   f.epoch = seg.epoch.load(std::memory_order_relaxed);
   f.generation = seg.pending.version;
-  wire::ReplicaSet set{};
-  for (size_t i = 0; i < seg.pending.set.size() && i < set.size(); ++i) set[i] = seg.pending.set[i];
-  f.sack = wire::pack_set(set);
+  f.sack = wire::pack_nodes(seg.pending.set);
   send_control(link, f);
 }
 
@@ -123,15 +121,13 @@ void Engine::Impl::step_records() noexcept {
     size_t holding = 0;
     for (uint16_t n : p.set) holding += held_by(seg, n) >= p.need;
     if (holding * 2 <= p.set.size()) continue;
-    wire::ReplicaSet packed{};
-    for (size_t i = 0; i < p.set.size() && i < packed.size(); ++i) packed[i] = p.set[i];
     RoundEvent e;
     e.kind = RoundEvent::Kind::kStartRecord;
     e.src = config.node_id;
     e.seg_id = id;
     e.epoch = seg.epoch.load(std::memory_order_relaxed);
     e.generation = p.version;
-    e.sack = wire::pack_set(packed);
+    e.sack = wire::pack_nodes(p.set);
     // This node's own answer first, as any node's: stored unless another
     // node wrote this epoch here first.
     if (store_record(id, SetRecord{e.epoch, p.version, e.sack, config.node_id})) e.flags = wire::kFlagComplete;

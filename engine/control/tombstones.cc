@@ -139,9 +139,7 @@ void Engine::Impl::release_copies(Segment& seg) noexcept {
     f.name = seg.name;
     f.epoch = seg.epoch.load(std::memory_order_relaxed);
     f.generation = seg.recorded_version;
-    wire::ReplicaSet set{};
-    for (size_t i = 0; i < seg.recorded_set.size() && i < set.size(); ++i) set[i] = seg.recorded_set[i];
-    f.sack = wire::pack_set(set);
+    f.sack = wire::pack_nodes(seg.recorded_set);
     send_control(*l, f);
   }
   seg.release_to.clear();

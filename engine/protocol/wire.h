@@ -85,6 +85,12 @@ inline uint64_t pack_set(const ReplicaSet& s) noexcept {
   for (size_t i = 0; i < kMaxReplicaSet; ++i) v |= uint64_t{s[i]} << (16 * i);
   return v;
 }
+/// pack_set of a list of node ids (the first kMaxReplicaSet of them).
+inline uint64_t pack_nodes(std::span<const uint16_t> nodes) noexcept {
+  ReplicaSet s{};
+  for (size_t i = 0; i < nodes.size() && i < kMaxReplicaSet; ++i) s[i] = nodes[i];
+  return pack_set(s);
+}
 inline ReplicaSet unpack_set(uint64_t v) noexcept {
   ReplicaSet s{};
   for (size_t i = 0; i < kMaxReplicaSet; ++i) s[i] = static_cast<uint16_t>(v >> (16 * i));
