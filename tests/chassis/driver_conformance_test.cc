@@ -35,17 +35,12 @@
 #include "baton/ethdev.h"
 #include "baton/loopback.h"
 #include "baton/shm.h"
+#include "runtime/futex.h"
 
 namespace baton {
 namespace {
 
 using namespace std::chrono_literals;
-
-uint64_t now_ns() {
-  return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
-                                   std::chrono::steady_clock::now().time_since_epoch())
-                                   .count());
-}
 
 struct LinkPair {
   std::unique_ptr<Link> a, b;

@@ -82,26 +82,24 @@ int main(int argc, char** argv) {
       return 1;
     }
   }
-  for (const auto& spec : cfg->links) {
+  // The lower node id is side 0 of a shm region; ethdev devices are DPDK's.
+  auto open_link = [&](const baton::LinkSpec& spec) -> baton::Result<std::unique_ptr<baton::Link>> {
     if (spec.driver == "shm") {
       baton::shm::Config sc;
       sc.path = spec.device;
       sc.side = cfg->engine.node_id < spec.peer ? 0 : 1;
       sc.peer = spec.peer;
       if (spec.max_frame != 0) sc.max_frame = spec.max_frame;
-      auto link = baton::shm::open(sc);
-      if (!link) {
-        BT_ERROR("link to node %u: %s", spec.peer, link.error().to_string().c_str());
-        return 1;
-      }
-      links.push_back(std::move(*link));
-      continue;
+      return baton::shm::open(sc);
     }
     baton::ethdev::PortConfig pc;
     pc.device = spec.device;
     pc.peer = spec.peer;
     if (spec.max_frame != 0) pc.max_frame = spec.max_frame;
-    auto link = baton::ethdev::open_port(pc);
+    return baton::ethdev::open_port(pc);
+  };
+  for (const auto& spec : cfg->links) {
+    auto link = open_link(spec);
     if (!link) {
       BT_ERROR("link to node %u: %s", spec.peer, link.error().to_string().c_str());
       return 1;
