@@ -220,7 +220,9 @@ TEST(Engine, OldOwnerIsFencedAfterTakeover) {
   auto rep = cl.node(replica_node).read_replica("fenced");
   ASSERT_TRUE(rep);
   EXPECT_EQ((*rep)[0], std::byte{2});
-  EXPECT_GT(cl.node(replica_node).stats().stale_epoch, 0u);
+  // How node 1 learns it is fenced is a race: the replica refusing its data
+  // (stale_epoch there), or the new owner's set record arriving first. Only
+  // the outcome is asserted.
 }
 
 TEST(Engine, RejectsBadArguments) {
