@@ -131,6 +131,9 @@ Result<std::unique_ptr<Engine>> Engine::start(const EngineConfig& config,
     return fail(Errc::kInvalidArgument, "worker_cpu ", std::to_string(config.worker_cpu), " does not exist here");
   if (config.simulation && (!config.simulation->now || !config.simulation->step))
     return fail(Errc::kInvalidArgument, "simulation hooks need both now and step");
+  if (config.track_writes && !DirtyTracker::unavailable_reason().empty())
+    BT_INFO("commits copy whole segments: this kernel cannot track writes (%s)",
+            DirtyTracker::unavailable_reason().c_str());
   auto impl = std::make_unique<Impl>();
   impl->config = config;
   impl->sim = impl->config.simulation.get();
@@ -284,7 +287,7 @@ Result<Segment*> Engine::Impl::make_segment(std::string_view name, uint64_t size
   if (restored != nullptr) {
     seg->mem = std::move(*restored);
   } else {
-    auto mem = LocalStorage::create(seg->name, size, config.numa_node);
+    auto mem = LocalStorage::create(seg->name, size, config.numa_node, app_pages());
     if (!mem) return tl::unexpected(mem.error());
     seg->mem = std::move(*mem);
   }
@@ -294,13 +297,25 @@ Result<Segment*> Engine::Impl::make_segment(std::string_view name, uint64_t size
     if (!mem) return tl::unexpected(mem.error());
     stage.mem = std::move(*mem);
     stage.chunk_crcs.resize(chunks);
+    stage.stale.reset(chunks);
+    stage.stale.set_all();
+  }
+  if (tracks_writes()) {
+    auto tracker = DirtyTracker::attach(seg->mem.data(), seg->mem.mapped_size());
+    if (tracker) {
+      seg->tracker = std::move(*tracker);
+      seg->tracked.store(true, std::memory_order_relaxed);
+    }
+    else
+      BT_WARN("segment %s: writes not tracked, every commit copies it whole: %s", seg->name.c_str(),
+              tracker.error().message.c_str());
   }
   auto added = add_segment(std::move(seg), preferred);
   if (!added || generation == 0) return added;
   // The restored generation goes to the new replica set as it is (same
   // number, new epoch): the set is recorded once a majority holds it.
   std::lock_guard lock((*added)->mu);
-  if (auto ok = snapshot(**added, generation); !ok) return tl::unexpected(ok.error());
+  if (auto ok = snapshot(**added, generation, {}); !ok) return tl::unexpected(ok.error());
   return added;
 }
 
@@ -311,7 +326,11 @@ std::span<std::byte> Engine::data(Segment* segment) const noexcept {
 }
 
 int Engine::memory_fd(Segment* segment) const noexcept {
-  return impl_->table.with(segment, [](Segment* seg) { return seg == nullptr ? -1 : seg->mem.fd(); });
+  return impl_->table.with(segment, [](Segment* seg) {
+    if (seg == nullptr) return -1;
+    seg->shared_out.store(true);  // before anyone can map it: the next commit stops tracking
+    return seg->mem.fd();
+  });
 }
 
 Result<uint64_t> Engine::commit(Segment* segment, CommitOptions options) {
@@ -321,17 +340,73 @@ Result<uint64_t> Engine::commit(Segment* segment, CommitOptions options) {
   auto lock = impl_->table.lock(seg);
   if (seg == nullptr) return fail(Errc::kInvalidArgument, "unknown segment handle");
   if (seg->fenced.load()) return fail(Errc::kFenced, "segment ", seg->name, " moved to a newer owner");
+  for (const auto& [off, len] : options.written)
+    if (off > seg->size || len > seg->size - off)
+      return fail(Errc::kInvalidArgument, "written range [", std::to_string(off), ", +", std::to_string(len),
+                  ") is past the end of ", seg->name, " (", std::to_string(seg->size), " bytes)");
   const uint64_t generation = seg->committed.load() + 1;
-  if (auto ok = impl_->snapshot(*seg, generation, options.share); !ok) return tl::unexpected(ok.error());
+  if (auto ok = impl_->snapshot(*seg, generation, options); !ok) return tl::unexpected(ok.error());
   return generation;
 }
 
-Result<void> Engine::Impl::snapshot(Segment& seg, uint64_t generation, bool share) {
+void Engine::Impl::mark_written(Segment& seg, std::span<const std::pair<uint64_t, uint64_t>> ranges) {
+  // What changed since the last snapshot, for every stage. Untracked (or
+  // the tracker failed, or is resting): everything, unless the application
+  // said what it wrote.
+  const uint32_t cs = seg.chunk_size;
+  const uint32_t last = wire::chunk_count_for(seg.size, cs) - 1;
+  auto mark = [&](uint64_t off, uint64_t len) {
+    if (len == 0 || off >= seg.size) return;
+    const uint32_t first = static_cast<uint32_t>(off / cs);
+    const uint32_t end = static_cast<uint32_t>(std::min<uint64_t>((off + len - 1) / cs, last));
+    for (auto& stage : seg.stages) stage.stale.set_range(first, end);
+  };
+  for (const auto& [off, len] : ranges) mark(off, len);
+  if (seg.tracker != nullptr && seg.shared_out.load()) {
+    BT_INFO("segment %s: its memory was handed out; commits copy it whole from now on", seg.name.c_str());
+    seg.tracker.reset();
+  }
+  bool all = seg.tracker == nullptr ? ranges.empty() : false;
+  if (seg.tracker != nullptr && !seg.tracker->armed()) {
+    // Resting after a commit that found most of the segment written; arm
+    // again when the rest is over. Writes meanwhile were not seen.
+    all = true;
+    if (seg.untracked_commits > 0) --seg.untracked_commits;
+    if (seg.untracked_commits > 0) {
+      // still resting
+    } else if (auto ok = seg.tracker->arm(); !ok) {
+      BT_WARN("segment %s: write tracking stopped: %s", seg.name.c_str(), ok.error().message.c_str());
+      seg.tracker.reset();
+    }
+  } else if (seg.tracker != nullptr) {
+    uint64_t written = 0;
+    auto ok = seg.tracker->collect([&](uint64_t off, uint64_t len) {
+      mark(off, len);
+      written += len;
+    });
+    if (!ok) {
+      BT_WARN("segment %s: write tracking stopped: %s", seg.name.c_str(), ok.error().message.c_str());
+      seg.tracker.reset();
+      all = true;
+    } else if (written > seg.size / 2) {
+      // A fault per page costs about as much as copying it: rest a while.
+      seg.tracker->disarm();
+      seg.untracked_commits = kUntrackedCommits;
+    }
+  }
+  if (all)
+    for (auto& stage : seg.stages) stage.stale.set_all();
+  seg.tracked.store(seg.tracker != nullptr && seg.tracker->armed(), std::memory_order_relaxed);
+}
+
+Result<void> Engine::Impl::snapshot(Segment& seg, uint64_t generation, const CommitOptions& options) {
   // The caller acts as the transfer processor: it snapshots chunk by chunk
   // and, every few chunks, runs a poll iteration that sends what is ready
   // while it is still in cache. Replication thus overlaps the snapshot; the
   // call returns once the snapshot is complete (S5), and the worker carries
-  // on with the rest. The copy holds the poll token (no wake-up, chunks
+  // on with the rest. Only chunks written since this stage's previous
+  // snapshot are copied (mark_written); the rest, and their CRCs, are
+  // still right. The copy holds the poll token (no wake-up, chunks
   // sent while in cache) until another caller asks for it (another
   // application's commit): then it lets go at the next batch and copies on
   // without it, taking it back between batches only when nobody else
@@ -339,6 +414,7 @@ Result<void> Engine::Impl::snapshot(Segment& seg, uint64_t generation, bool shar
   // it lets go after every batch: a copy preempted while holding the token
   // would hold up everyone (CommitOptions). Copy-on-write snapshots will
   // replace the copy (S14).
+  mark_written(seg, options.written);
   acquire_token();
   Stage* stage = nullptr;
   for (auto& s : seg.stages)
@@ -356,25 +432,43 @@ Result<void> Engine::Impl::snapshot(Segment& seg, uint64_t generation, bool shar
   stage->state.store(Stage::kPosted, std::memory_order_release);
   start_replication(seg, *stage, clock_ns());
   bool holding = true;
+  uint32_t copied = 0;
+  // A whole copy sends as it goes, chunks still in cache. A partial one
+  // would mostly send chunks it did not touch (every chunk still travels):
+  // it copies what changed without the token and leaves the sending to
+  // the worker.
+  const bool pipelined = stage->stale.popcount() == chunks;
+  if (!pipelined) {
+    release_token();
+    holding = false;
+  }
   for (uint32_t i = 0; i < chunks; ++i) {
-    const uint64_t off = uint64_t{i} * cs;
-    const uint32_t len = wire::chunk_len(seg.size, cs, i);
-    // memcpy moves 64 bytes per instruction; the CRC then reads the chunk
-    // back from cache, faster than one fused 8-byte loop.
-    std::memcpy(stage->mem.data() + off, seg.mem.data() + off, len);
-    stage->chunk_crcs[i] = crc32c(stage->mem.data() + off, len);
+    const bool copy = stage->stale.test(i);
+    if (copy) {
+      const uint64_t off = uint64_t{i} * cs;
+      const uint32_t len = wire::chunk_len(seg.size, cs, i);
+      // memcpy moves 64 bytes per instruction; the CRC then reads the chunk
+      // back from cache, faster than one fused 8-byte loop.
+      std::memcpy(stage->mem.data() + off, seg.mem.data() + off, len);
+      stage->chunk_crcs[i] = crc32c(stage->mem.data() + off, len);
+      ++copied;
+    }
     if (i + 1 == chunks) stage->gen_crc = wire::generation_crc(stage->chunk_crcs);
+    if (!copy && i + 1 != chunks) continue;  // published with the next copied chunk
     stage->ready.store(i + 1, std::memory_order_release);
-    if (i % kChunksPerPoll != kChunksPerPoll - 1 && i + 1 != chunks) continue;
+    if ((!pipelined || copied % kChunksPerPoll != 0) && i + 1 != chunks) continue;
     if (!holding) holding = try_acquire_token();
     if (!holding) continue;  // the holder (the worker, or another caller) sends
     poll_once(clock_ns());
-    if ((share || handoff.load(std::memory_order_relaxed) > 1) && i + 1 != chunks) {
+    if ((options.share || handoff.load(std::memory_order_relaxed) > 1) && i + 1 != chunks) {
       release_token();  // someone else waits for it: copy on without it
       holding = false;
     }
   }
   if (holding) release_token();
+  stage->stale.clear_all();
+  bump(counters.snapshot_chunks_copied, copied);
+  bump(counters.snapshot_chunks_skipped, chunks - copied);
   return {};
 }
 
@@ -444,6 +538,7 @@ Result<SegmentStatus> Engine::status(Segment* segment) const {
     for (auto& r : seg->replicas) st.replicas.emplace_back(r->node.load(), r->held.load());
     st.durable = seg->durable.load();
     if (st.durable != 0) st.durable_age_us = elapsed(impl_->clock_ns(), seg->durable_at_ns.load()) / 1000;
+    st.writes_tracked = seg->tracked.load(std::memory_order_relaxed);
     return st;
   });
 }
@@ -549,6 +644,8 @@ EngineStats Engine::stats() const noexcept {
   s.bad_input = c.bad_input.load();
   s.stalls = c.stalls.load();
   s.longest_stall_us = c.longest_stall_us.load();
+  s.snapshot_chunks_copied = c.snapshot_chunks_copied.load();
+  s.snapshot_chunks_skipped = c.snapshot_chunks_skipped.load();
   for (size_t i = 0; i < c.decode.size(); ++i) s.decode_errors[i] = c.decode[i].load();
   return s;
 }

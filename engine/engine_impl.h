@@ -196,7 +196,7 @@ struct Engine::Impl {
   struct Counters {
     std::atomic<uint64_t> frames_rx{0}, frames_tx{0}, misdirected{0}, retransmits{0}, duplicates{0},
         stale_epoch{0}, published{0}, corrupt_generations{0}, tx_dropped{0}, no_slot{0}, bad_input{0}, stalls{0},
-        longest_stall_us{0};
+        longest_stall_us{0}, snapshot_chunks_copied{0}, snapshot_chunks_skipped{0};
     std::array<std::atomic<uint64_t>, static_cast<size_t>(wire::DecodeError::kCount)> decode{};
   } counters;
 
@@ -324,7 +324,21 @@ struct Engine::Impl {
                                 std::vector<uint16_t> stale = {});
   /// Snapshots `seg` as `generation` and starts replicating it; the caller
   /// holds seg.mu. Thread: control.
-  Result<void> snapshot(Segment& seg, uint64_t generation, bool share = false);
+  Result<void> snapshot(Segment& seg, uint64_t generation, const CommitOptions& options);
+  /// Marks the chunks written since the last snapshot stale in both
+  /// stages: those the tracker found, those the application named, or all.
+  /// Committer (under seg.mu).
+  void mark_written(Segment& seg, std::span<const std::pair<uint64_t, uint64_t>> ranges);
+  /// Whether segments' writes are tracked (EngineConfig::track_writes, and
+  /// the kernel can). Thread: any.
+  bool tracks_writes() const { return config.track_writes && DirtyTracker::unavailable_reason().empty(); }
+  /// Pages for an application's segment memory: small ones when its writes
+  /// are tracked (a written huge page would count 2 MiB).
+  LocalStorage::Pages app_pages() const {
+    return tracks_writes() ? LocalStorage::Pages::kSmall : LocalStorage::Pages::kAny;
+  }
+  /// Commits a resting tracker lets pass before it is armed again.
+  static constexpr uint32_t kUntrackedCommits = 8;
   /// A new, empty segment (S1), owned here once its replica set is recorded
   /// at a quorum of nodes; kExists if another node won a race for the name.
   /// `q`: the query that found nothing above the newest tombstone.

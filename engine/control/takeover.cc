@@ -338,7 +338,7 @@ Result<OpenResult> Engine::Impl::load_from(const QueryOp& q, std::string_view na
   });
   Error last{Errc::kNotFound, "no replica could deliver " + std::string(name)};
   for (const ClaimAnswer* a : sources) {
-    auto dest = LocalStorage::create(std::string(name), a->total_len, config.numa_node);
+    auto dest = LocalStorage::create(std::string(name), a->total_len, config.numa_node, app_pages());
     if (!dest) return tl::unexpected(dest.error());
     uint64_t got = 0;
     if (a->peer == config.node_id) {  // our own replica store: a local copy
@@ -393,7 +393,7 @@ Result<OpenResult> Engine::Impl::load_from_global(std::string_view name, uint64_
   // after it).
   auto copy = GlobalStore::newest(config.global_dir, name, config.max_segment_size, deleted + 1);
   if (!copy) return fail(Errc::kNotFound, "no live replica and no copy in global storage holds ", name);
-  auto dest = LocalStorage::create(std::string(name), copy->size, config.numa_node);
+  auto dest = LocalStorage::create(std::string(name), copy->size, config.numa_node, app_pages());
   if (!dest) return tl::unexpected(dest.error());
   if (auto ok = GlobalStore::read(*copy, dest->bytes()); !ok) return tl::unexpected(ok.error());
   const uint64_t epoch = std::max(max_epoch, copy->epoch) + 1;

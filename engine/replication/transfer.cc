@@ -13,6 +13,23 @@ void ChunkBitmap::reset(uint32_t count) {
   count_ = count;
 }
 
+void ChunkBitmap::set_range(uint32_t first, uint32_t last) noexcept {
+  if (count_ == 0) return;
+  for (uint32_t w = first >> 6; w <= last >> 6; ++w) {
+    uint64_t mask = ~uint64_t{0};
+    if (w == first >> 6) mask &= ~uint64_t{0} << (first & 63);
+    if (w == last >> 6) mask &= ~uint64_t{0} >> (63 - (last & 63));
+    words_[w] |= mask;
+  }
+}
+
+uint32_t ChunkBitmap::popcount() const noexcept {
+  uint32_t n = 0;
+  const size_t words = (size_t{count_} + 63) / 64;
+  for (size_t w = 0; w < words; ++w) n += static_cast<uint32_t>(std::popcount(words_[w]));
+  return n;
+}
+
 uint32_t ChunkBitmap::next_clear(uint32_t from) const noexcept {
   if (from >= count_) return count_;
   size_t w = from >> 6;

@@ -92,14 +92,14 @@ bool LocalStorage::map_memfd(const std::string& label, uint64_t size, int node, 
   return true;
 }
 
-Result<LocalStorage> LocalStorage::create(const std::string& name, uint64_t size, int numa_node) {
+Result<LocalStorage> LocalStorage::create(const std::string& name, uint64_t size, int numa_node, Pages pages) {
   if (size == 0) return fail(Errc::kInvalidArgument, "segment size is 0");
   LocalStorage s;
   s.size_ = size;
   s.node_ = numa_node >= 0 ? numa_node : current_numa_node();
   const std::string label = "baton:" + name;
   // Huge pages only pay off (and only fit) for segments of at least one page.
-  if (size >= kHugePage && s.map_memfd(label, size, s.node_, true)) return s;
+  if (pages == Pages::kAny && size >= kHugePage && s.map_memfd(label, size, s.node_, true)) return s;
   if (s.map_memfd(label, size, s.node_, false)) return s;
   return fail(Errc::kNoMemory, "cannot map ", std::to_string(size), " bytes for ", name, ": ",
               std::strerror(errno));

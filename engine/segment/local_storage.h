@@ -26,10 +26,17 @@ class LocalStorage {
   /// Creates `size` bytes of zeroed, faulted-in memory named `name` (for
   /// /proc/<pid>/fd), bound to `numa_node` (-1: the calling thread's node).
   /// Errors: kInvalidArgument (size 0), kNoMemory, kIo. Thread: control.
-  static Result<LocalStorage> create(const std::string& name, uint64_t size, int numa_node);
+  ///
+  /// kSmall: 4 KiB pages even where huge ones would fit, for memory whose
+  /// writes are tracked page by page (a written huge page is 2 MiB dirty).
+  enum class Pages : uint8_t { kAny, kSmall };
+  static Result<LocalStorage> create(const std::string& name, uint64_t size, int numa_node,
+                                     Pages pages = Pages::kAny);
 
   std::byte* data() const noexcept { return data_; }
   uint64_t size() const noexcept { return size_; }
+  /// The mapping's length: size() rounded up to the page size.
+  uint64_t mapped_size() const noexcept { return mapped_; }
   std::span<std::byte> bytes() const noexcept { return {data_, size_}; }
   int fd() const noexcept { return fd_; }
   bool huge_pages() const noexcept { return huge_; }

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "replication/transfer.h"
+#include "segment/dirty_tracker.h"
 #include "segment/local_storage.h"
 
 namespace baton {
@@ -27,6 +28,11 @@ struct Stage {
   /// the poll token; the token holder's senders send up to it (acquire).
   std::atomic<uint32_t> ready{0};
   std::atomic<uint32_t> state{kFree};
+  /// Chunks whose copy here may differ from the segment's memory as last
+  /// seen by a commit (written since this stage's snapshot): the next
+  /// snapshot into this stage copies only these. Committer (under
+  /// Segment::mu) only.
+  ChunkBitmap stale;
 };
 
 /// A replica slot of one of our segments. The set of slots is fixed when the
@@ -51,6 +57,20 @@ struct Segment {
   /// name (SegmentTable::NameGuard), the table's mutex, then this, then
   /// the poll token.
   std::mutex mu;
+  /// Finds the pages written since the last commit, so a snapshot copies
+  /// only their chunks (S15); null: untracked, every chunk counts as
+  /// written. Committer (under mu) only.
+  std::unique_ptr<DirtyTracker> tracker;
+  /// Commits left before the tracker is armed again, after one found most
+  /// of the segment written (then a fault per page costs more than the
+  /// copy it saves). Committer only.
+  uint32_t untracked_commits = 0;
+  /// The memfd was handed out (Engine::memory_fd): writes through another
+  /// mapping are invisible to the tracker, so the next commit drops it.
+  std::atomic<bool> shared_out{false};
+  /// Whether the next commit copies only written chunks (the tracker is
+  /// armed): committer writes, anyone reads (SegmentStatus).
+  std::atomic<bool> tracked{false};
   std::atomic<uint64_t> committed{0};   ///< last generation handed out (written under mu)
   std::atomic<uint64_t> epoch{1};
   std::atomic<bool> fenced{false};

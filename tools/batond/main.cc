@@ -106,6 +106,10 @@ int main(int argc, char** argv) {
     }
     links.push_back(std::move(*link));
   }
+  // Every segment's memory is handed to an application, whose writes the
+  // engine cannot see (EngineConfig::track_writes): commits copy it whole,
+  // and it may as well sit on huge pages.
+  cfg->engine.track_writes = false;
   auto engine = baton::Engine::start(cfg->engine, std::move(links));
   if (!engine) {
     BT_ERROR("%s", engine.error().to_string().c_str());

@@ -297,7 +297,9 @@ TEST(ReplicaStore, GenerationChecksumMismatchIsNotPublished) {
     auto f = s.frame(1, i);
     if (i == 3) f.payload_crc ^= 1;  // as if the sender lied about one chunk
     auto r = store->accept(f);
-    if (i == 3) EXPECT_EQ(r, ReplicaStore::Accept::kCorrupt);
+    if (i == 3) {
+      EXPECT_EQ(r, ReplicaStore::Accept::kCorrupt);
+    }
   }
   EXPECT_EQ(store->latest(), nullptr);
 }
@@ -313,6 +315,18 @@ TEST(ReplicaStore, StaleGenerationIsAcknowledgedAsHeld) {
   store->fill_ack(ack);
   EXPECT_EQ(ack.generation, 2u);
   EXPECT_TRUE(ack.flags & wire::kFlagComplete);
+}
+
+TEST(ChunkBitmap, SetRangeSetsExactlyTheRange) {
+  ChunkBitmap b;
+  b.reset(200);
+  b.set_range(3, 3);
+  b.set_range(60, 130);
+  for (uint32_t i = 0; i < 200; ++i) EXPECT_EQ(b.test(i), i == 3 || (i >= 60 && i <= 130)) << i;
+  b.clear_all();
+  EXPECT_EQ(b.next_clear(0), 0u);
+  b.set_all();
+  EXPECT_EQ(b.next_clear(0), 200u);
 }
 
 }  // namespace

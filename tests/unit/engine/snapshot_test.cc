@@ -1,0 +1,215 @@
+// Incremental snapshots (issue #10, S15): a commit copies only the chunks
+// written since the stage's previous snapshot, found by the kernel's write
+// tracking (DirtyTracker), named by the application (CommitOptions::written)
+// or, failing both, all of them. Every replicated generation must still be
+// byte-exact whatever wrote the memory and however the writes fell.
+
+#include <gtest/gtest.h>
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "../../common/cluster.h"
+#include "../../common/ok.h"
+#include "segment/dirty_tracker.h"
+
+namespace baton {
+namespace {
+
+using namespace std::chrono_literals;
+using test::Cluster;
+
+const long kPage = sysconf(_SC_PAGESIZE);
+
+#define SKIP_WITHOUT_TRACKING()                                                   \
+  if (!DirtyTracker::unavailable_reason().empty())                                \
+  GTEST_SKIP() << "this kernel cannot track writes: " << DirtyTracker::unavailable_reason()
+
+/// A fresh shared memfd mapping, never touched (no page populated yet).
+struct Mapping {
+  explicit Mapping(size_t len) : len(len) {
+    fd = memfd_create("dirty-test", MFD_CLOEXEC);
+    EXPECT_EQ(ftruncate(fd, static_cast<off_t>(len)), 0);
+    p = static_cast<std::byte*>(mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0));
+  }
+  ~Mapping() {
+    munmap(p, len);
+    close(fd);
+  }
+  size_t len;
+  int fd;
+  std::byte* p;
+};
+
+std::vector<std::pair<uint64_t, uint64_t>> collect(DirtyTracker& t) {
+  std::vector<std::pair<uint64_t, uint64_t>> got;
+  auto ok = t.collect([&](uint64_t off, uint64_t len) { got.emplace_back(off, len); });
+  EXPECT_TRUE(test::ok(ok));
+  return got;
+}
+
+TEST(DirtyTracker, ReportsExactlyThePagesWrittenSinceTheLastCollect) {
+  SKIP_WITHOUT_TRACKING();
+  Mapping m(256 * kPage);
+  std::memset(m.p, 1, 128 * kPage);  // half populated, half never touched
+  auto t = test::must(DirtyTracker::attach(m.p, m.len));
+  EXPECT_TRUE(collect(*t).empty()) << "nothing written since attach";
+
+  m.p[0] = std::byte{2};
+  m.p[5 * kPage + 17] = std::byte{2};
+  m.p[6 * kPage] = std::byte{2};       // merges with page 5
+  m.p[200 * kPage + 9] = std::byte{2};  // a page never populated before
+  using R = std::pair<uint64_t, uint64_t>;
+  const uint64_t pg = static_cast<uint64_t>(kPage);
+  EXPECT_EQ(collect(*t), (std::vector<R>{{0, pg}, {5 * pg, 2 * pg}, {200 * pg, pg}}));
+  EXPECT_TRUE(collect(*t).empty()) << "collect write-protects again";
+
+  // A write by the kernel into the mapping (read(2) from a pipe) counts too.
+  int fds[2];
+  ASSERT_EQ(pipe(fds), 0);
+  ASSERT_EQ(write(fds[1], "kernel", 6), 6);
+  ASSERT_EQ(read(fds[0], m.p + 77 * kPage, 6), 6);
+  close(fds[0]);
+  close(fds[1]);
+  EXPECT_EQ(collect(*t), (std::vector<R>{{77 * pg, pg}}));
+
+  // Disarmed, writes are not reported; armed again, they are.
+  t->disarm();
+  EXPECT_FALSE(test::ok(t->collect([](uint64_t, uint64_t) {})));
+  m.p[3 * kPage] = std::byte{3};
+  ASSERT_TRUE(test::ok(t->arm()));
+  EXPECT_TRUE(collect(*t).empty());
+  m.p[4 * kPage] = std::byte{3};
+  EXPECT_EQ(collect(*t), (std::vector<R>{{4 * pg, pg}}));
+}
+
+TEST(DirtyTracker, WritesThroughAnotherMappingAreNotSeen) {
+  // Why the engine stops tracking a segment whose memfd it handed out.
+  SKIP_WITHOUT_TRACKING();
+  Mapping m(16 * kPage);
+  std::memset(m.p, 1, m.len);
+  auto t = test::must(DirtyTracker::attach(m.p, m.len));
+  ASSERT_EQ(pwrite(m.fd, "x", 1, 3 * kPage), 1);
+  EXPECT_TRUE(collect(*t).empty());
+}
+
+struct Mode {
+  const char* name;
+  bool track;         // EngineConfig::track_writes
+  bool pass_ranges;   // the test names what it wrote (CommitOptions::written)
+};
+
+class SnapshotModes : public ::testing::TestWithParam<Mode> {};
+
+// Random writes between commits: a few bytes, a few pages, across chunk
+// boundaries, now and then most of the segment (the tracker rests, then is
+// armed again). Every generation on the replica equals the memory at its
+// commit.
+TEST_P(SnapshotModes, EveryGenerationIsByteExact) {
+  const Mode mode = GetParam();
+  EngineConfig c;
+  c.track_writes = mode.track;
+  Cluster cl(2, c);
+  constexpr uint64_t kSize = 4 << 20;
+  auto seg = test::must(cl.node(1).create("incremental", kSize));
+  auto mem = cl.node(1).data(seg);
+  const bool tracked = mode.track && DirtyTracker::unavailable_reason().empty();
+  EXPECT_EQ(test::must(cl.node(1).status(seg)).writes_tracked, tracked);
+  std::mt19937_64 rng(7);
+  const auto before = cl.node(1).stats();
+  for (int g = 1; g <= 120; ++g) {
+    std::vector<std::pair<uint64_t, uint64_t>> wrote;
+    const bool most = g % 37 == 0;
+    const int writes = most ? 1 : 1 + static_cast<int>(rng() % 6);
+    for (int w = 0; w < writes; ++w) {
+      uint64_t len = most ? kSize * 3 / 4 : 1 + rng() % (3 * kPage);
+      uint64_t off = rng() % (kSize - len + 1);
+      for (uint64_t i = 0; i < len; ++i) mem[off + i] = std::byte(static_cast<uint8_t>(rng()));
+      wrote.emplace_back(off, len);
+    }
+    CommitOptions o;
+    if (mode.pass_ranges) o.written = wrote;
+    const auto want = std::vector<std::byte>(mem.begin(), mem.end());
+    const uint64_t gen = test::must(cl.node(1).commit(seg, o));
+    ASSERT_EQ(gen, static_cast<uint64_t>(g));
+    ASSERT_TRUE(test::ok(cl.node(1).wait_replicated(seg, gen, 1, 10s)));
+    auto rep = test::must(cl.node(2).read_replica("incremental", gen));
+    ASSERT_TRUE(rep == want) << "generation " << g << " differs on the replica";
+  }
+  const auto after = cl.node(1).stats();
+  const uint64_t copied = after.snapshot_chunks_copied - before.snapshot_chunks_copied;
+  const uint64_t skipped = after.snapshot_chunks_skipped - before.snapshot_chunks_skipped;
+  if (tracked || mode.pass_ranges)
+    EXPECT_GT(skipped, copied) << "sparse writes: most chunks are unchanged";
+  else
+    EXPECT_EQ(skipped, 0u) << "untracked: every chunk is copied";
+}
+
+INSTANTIATE_TEST_SUITE_P(Snapshot, SnapshotModes,
+                         ::testing::Values(Mode{"tracked", true, false}, Mode{"untracked", false, false},
+                                           Mode{"ranges", false, true}, Mode{"tracked_and_ranges", true, true}),
+                         [](const auto& info) { return std::string(info.param.name); });
+
+TEST(Snapshot, HandingOutTheMemfdStopsTracking) {
+  Cluster cl(2);
+  auto seg = test::must(cl.node(1).create("shared-out", 1 << 20));
+  auto mem = cl.node(1).data(seg);
+  mem[0] = std::byte{1};
+  auto g1 = test::must(cl.node(1).commit(seg));
+  ASSERT_TRUE(test::ok(cl.node(1).wait_replicated(seg, g1, 1, 10s)));
+  // Another mapping of the same memory, as batond's client has: the
+  // engine's tracker cannot see writes through it.
+  const int fd = cl.node(1).memory_fd(seg);
+  ASSERT_GE(fd, 0);
+  auto* other = static_cast<std::byte*>(mmap(nullptr, 1 << 20, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0));
+  ASSERT_NE(other, MAP_FAILED);
+  other[500'000] = std::byte{0x5a};
+  auto g2 = test::must(cl.node(1).commit(seg));
+  ASSERT_TRUE(test::ok(cl.node(1).wait_replicated(seg, g2, 1, 10s)));
+  auto rep = test::must(cl.node(2).read_replica("shared-out", g2));
+  EXPECT_EQ(rep[500'000], std::byte{0x5a});
+  EXPECT_FALSE(test::must(cl.node(1).status(seg)).writes_tracked);
+  munmap(other, 1 << 20);
+}
+
+TEST(Snapshot, ReopenPutsBackTheCommittedGenerationAndTheNextCommitIsExact) {
+  Cluster cl(2);
+  auto seg = test::must(cl.node(1).create("reopened", 1 << 20));
+  auto mem = cl.node(1).data(seg);
+  test::fill_pattern(mem, 3);
+  auto g1 = test::must(cl.node(1).commit(seg));
+  const auto at_g1 = std::vector<std::byte>(mem.begin(), mem.end());
+  std::memset(mem.data() + 4096, 0xee, 100'000);  // the departed application's writes
+  auto reopened = test::must(cl.node(1).reopen(seg));
+  ASSERT_EQ(reopened.generation, g1);
+  ASSERT_TRUE(std::equal(at_g1.begin(), at_g1.end(), mem.begin()));
+  mem[777] = std::byte{0x42};
+  const auto want = std::vector<std::byte>(mem.begin(), mem.end());
+  auto g2 = test::must(cl.node(1).commit(seg));
+  ASSERT_TRUE(test::ok(cl.node(1).wait_replicated(seg, g2, 1, 10s)));
+  EXPECT_TRUE(test::must(cl.node(2).read_replica("reopened", g2)) == want);
+}
+
+TEST(Snapshot, WrittenRangesAreValidated) {
+  Cluster cl(2);
+  auto seg = test::must(cl.node(1).create("ranges", 64 * 1024));
+  const std::pair<uint64_t, uint64_t> past[] = {{64 * 1024 - 10, 11}};
+  CommitOptions o;
+  o.written = past;
+  EXPECT_EQ(cl.node(1).commit(seg, o).error().code, Errc::kInvalidArgument);
+  const std::pair<uint64_t, uint64_t> wrap[] = {{8, UINT64_MAX}};
+  o.written = wrap;
+  EXPECT_EQ(cl.node(1).commit(seg, o).error().code, Errc::kInvalidArgument);
+  const std::pair<uint64_t, uint64_t> edge[] = {{64 * 1024 - 10, 10}, {0, 0}};
+  o.written = edge;
+  EXPECT_TRUE(test::ok(cl.node(1).commit(seg, o)));
+}
+
+}  // namespace
+}  // namespace baton
