@@ -7,6 +7,8 @@
 #include <mutex>
 #include <string>
 #include <unordered_set>
+#include <utility>
+#include <vector>
 
 #include "baton/baton.h"
 #include "baton/engine.h"  // declarations only: no DPDK
@@ -254,12 +256,29 @@ uint64_t baton_segment_size(baton_segment_t* s) {
   return 0;
 }
 
-int baton_commit(baton_segment_t* s, uint64_t* generation) {
+int baton_commit(baton_segment_t* s, uint64_t* generation) { return baton_commit_ranges(s, nullptr, 0, generation); }
+
+int baton_commit_ranges(baton_segment_t* s, const baton_range_t* ranges, size_t n, uint64_t* generation) {
   if (!live(s)) return set_error(Errc::kInvalidArgument, "unknown segment handle");
+  if (ranges == nullptr && n > 0) return set_error(Errc::kInvalidArgument, "ranges is NULL but n is not 0");
+  std::vector<std::pair<uint64_t, uint64_t>> written;
+  try {
+    written.reserve(n);
+  } catch (const std::exception&) {
+    return set_error(Errc::kNoMemory, "too many ranges");
+  }
+  for (size_t i = 0; i < n; ++i) written.emplace_back(ranges[i].offset, ranges[i].length);
+  // A commit that names ranges but none at all still says "nothing else changed".
+  if (ranges != nullptr && n == 0) written.emplace_back(0, 0);
   baton::Result<uint64_t> g = baton::fail(Errc::kInternal, "no engine");
-  if (s->remote != nullptr) g = s->owner->client->commit(s->remote);
+  if (s->remote != nullptr) {
+    for (const auto& [off, len] : written)  // batond checks too; say it here, with the numbers
+      if (off > s->remote->size || len > s->remote->size - off)
+        return set_error(Errc::kInvalidArgument, "written range past the end of the segment");
+    g = s->owner->client->commit(s->remote, written);
+  }
 #ifndef BATON_CLIENT_ONLY
-  else g = s->owner->engine->commit(s->segment);
+  else g = s->owner->engine->commit(s->segment, baton::CommitOptions{.written = written});
 #endif
   if (!g) return set_error(g.error());
   if (generation != nullptr) *generation = *g;

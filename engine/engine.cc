@@ -300,15 +300,13 @@ Result<Segment*> Engine::Impl::make_segment(std::string_view name, uint64_t size
     stage.stale.reset(chunks);
     stage.stale.set_all();
   }
-  if (tracks_writes()) {
-    auto tracker = DirtyTracker::attach(seg->mem.data(), seg->mem.mapped_size());
-    if (tracker) {
-      seg->tracker = std::move(*tracker);
-      seg->tracked.store(true, std::memory_order_relaxed);
-    }
-    else
-      BT_WARN("segment %s: writes not tracked, every commit copies it whole: %s", seg->name.c_str(),
-              tracker.error().message.c_str());
+  // A segment of one chunk is copied whole anyway: no scan, no faults.
+  if (tracks_writes() && chunks > 1) {
+    std::string why;
+    seg->watch = WriteWatch::start(seg->mem.data(), seg->mem.mapped_size(), &why);
+    if (seg->watch == nullptr)
+      BT_WARN("segment %s: writes not tracked, every commit copies it whole: %s", seg->name.c_str(), why.c_str());
+    seg->tracked.store(seg->watch != nullptr, std::memory_order_relaxed);
   }
   auto added = add_segment(std::move(seg), preferred);
   if (!added || generation == 0) return added;
@@ -362,41 +360,19 @@ void Engine::Impl::mark_written(Segment& seg, std::span<const std::pair<uint64_t
     for (auto& stage : seg.stages) stage.stale.set_range(first, end);
   };
   for (const auto& [off, len] : ranges) mark(off, len);
-  if (seg.tracker != nullptr && seg.shared_out.load()) {
+  if (seg.watch != nullptr && seg.shared_out.load()) {
     BT_INFO("segment %s: its memory was handed out; commits copy it whole from now on", seg.name.c_str());
-    seg.tracker.reset();
+    seg.watch.reset();
   }
-  bool all = seg.tracker == nullptr ? ranges.empty() : false;
-  if (seg.tracker != nullptr && !seg.tracker->armed()) {
-    // Resting after a commit that found most of the segment written; arm
-    // again when the rest is over. Writes meanwhile were not seen.
-    all = true;
-    if (seg.untracked_commits > 0) --seg.untracked_commits;
-    if (seg.untracked_commits > 0) {
-      // still resting
-    } else if (auto ok = seg.tracker->arm(); !ok) {
-      BT_WARN("segment %s: write tracking stopped: %s", seg.name.c_str(), ok.error().message.c_str());
-      seg.tracker.reset();
-    }
-  } else if (seg.tracker != nullptr) {
-    uint64_t written = 0;
-    auto ok = seg.tracker->collect([&](uint64_t off, uint64_t len) {
-      mark(off, len);
-      written += len;
-    });
-    if (!ok) {
-      BT_WARN("segment %s: write tracking stopped: %s", seg.name.c_str(), ok.error().message.c_str());
-      seg.tracker.reset();
-      all = true;
-    } else if (written > seg.size / 2) {
-      // A fault per page costs about as much as copying it: rest a while.
-      seg.tracker->disarm();
-      seg.untracked_commits = kUntrackedCommits;
-    }
+  bool all = ranges.empty();
+  if (seg.watch != nullptr) {
+    std::string error;
+    all = !seg.watch->collect(mark, &error);
+    if (!error.empty()) BT_WARN("segment %s: write tracking stopped: %s", seg.name.c_str(), error.c_str());
   }
   if (all)
     for (auto& stage : seg.stages) stage.stale.set_all();
-  seg.tracked.store(seg.tracker != nullptr && seg.tracker->armed(), std::memory_order_relaxed);
+  seg.tracked.store(seg.watch != nullptr && seg.watch->tracking(), std::memory_order_relaxed);
 }
 
 Result<void> Engine::Impl::snapshot(Segment& seg, uint64_t generation, const CommitOptions& options) {

@@ -332,13 +332,13 @@ struct Engine::Impl {
   /// Whether segments' writes are tracked (EngineConfig::track_writes, and
   /// the kernel can). Thread: any.
   bool tracks_writes() const { return config.track_writes && DirtyTracker::unavailable_reason().empty(); }
-  /// Pages for an application's segment memory: small ones when its writes
-  /// are tracked (a written huge page would count 2 MiB).
-  LocalStorage::Pages app_pages() const {
-    return tracks_writes() ? LocalStorage::Pages::kSmall : LocalStorage::Pages::kAny;
+  /// Pages for an application's segment memory: small ones wherever the
+  /// kernel can track writes, by the engine or by batond's client library
+  /// (a written huge page would count 2 MiB).
+  static LocalStorage::Pages app_pages() {
+    return DirtyTracker::unavailable_reason().empty() ? LocalStorage::Pages::kSmall : LocalStorage::Pages::kAny;
   }
-  /// Commits a resting tracker lets pass before it is armed again.
-  static constexpr uint32_t kUntrackedCommits = 8;
+
   /// A new, empty segment (S1), owned here once its replica set is recorded
   /// at a quorum of nodes; kExists if another node won a race for the name.
   /// `q`: the query that found nothing above the newest tombstone.

@@ -545,6 +545,10 @@ uint64_t Engine::Impl::restore_committed(Segment& seg) {
   } else {
     std::memset(seg.mem.data(), 0, seg.size);
   }
+  // Written here, perhaps through a mapping no tracker watches (batond's,
+  // while the application's client library tracks its own): the next
+  // snapshot copies everything.
+  for (auto& s : seg.stages) s.stale.set_all();
   release_token();
   return generation;
 }

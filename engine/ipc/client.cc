@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <utility>
 
 #include "baton/baton.h"
 #include "protocol/wire.h"
@@ -20,6 +21,7 @@
 namespace baton::ipc {
 namespace {
 
+constexpr uint64_t kMinTrackedSize = 32 * 1024;     // smaller segments are copied whole
 constexpr uint64_t kSpinNs = 200'000;               // before sleeping on `done`
 constexpr uint64_t kCommitTimeoutNs = 30'000'000'000;  // a daemon that never answers
 
@@ -147,12 +149,65 @@ Result<ClientSegment*> Client::open(Op op, std::string_view name, uint64_t size)
   }
   s->data = static_cast<std::byte*>(data);
   s->channel = static_cast<CommitChannel*>(ch);
+  // A segment of a chunk or two is copied whole anyway: no scan, no faults.
+  if (s->size > kMinTrackedSize) s->watch = WriteWatch::start(s->data, s->mapped, nullptr);
   segments_.push_back(std::move(s));
   return segments_.back().get();
 }
 
-Result<uint64_t> Client::commit(ClientSegment* s) {
+namespace {
+
+/// Tells batond what was written since the previous commit: the ranges the
+/// application named and those the watch found, or everything. Past
+/// kMaxWritten ranges, they are widened to fit (copying more is safe).
+void say_written(ClientSegment& s, std::span<const std::pair<uint64_t, uint64_t>> named) {
+  CommitChannel& ch = *s.channel;
+  auto& ranges = s.ranges;
+  ranges.assign(named.begin(), named.end());
+  bool all = named.empty() && s.watch == nullptr;
+  // The mapping is page-rounded: writes past the segment's end are no one's.
+  auto found = [&](uint64_t off, uint64_t len) {
+    if (off < s.size) ranges.emplace_back(off, std::min(len, s.size - off));
+  };
+  if (s.watch != nullptr && !s.watch->collect(found)) all = true;
+  if (std::exchange(s.resend_all, false)) all = true;
+  if (!all && ranges.size() > kMaxWritten) {
+    // Round each out to a grain that makes kMaxWritten enough, and merge.
+    const uint64_t grain = std::max<uint64_t>(4096, (s.size / kMaxWritten + 4095) & ~uint64_t{4095}) * 2;
+    for (auto& [off, len] : ranges) {
+      const uint64_t end = std::min(s.size, off + len);
+      off = off / grain * grain;
+      len = std::min(s.size, (end + grain - 1) / grain * grain) - off;
+    }
+    std::sort(ranges.begin(), ranges.end());
+    size_t n = 0;
+    for (const auto& r : ranges) {
+      if (n > 0 && r.first <= ranges[n - 1].first + ranges[n - 1].second)
+        ranges[n - 1].second = std::max(ranges[n - 1].first + ranges[n - 1].second, r.first + r.second) -
+                               ranges[n - 1].first;
+      else
+        ranges[n++] = r;
+    }
+    ranges.resize(n);
+    all = ranges.size() > kMaxWritten;
+  }
+  if (all) {
+    ch.written_count.store(kWrittenAll, std::memory_order_relaxed);
+    return;
+  }
+  for (size_t i = 0; i < ranges.size(); ++i) {
+    ch.written[2 * i].store(ranges[i].first, std::memory_order_relaxed);
+    ch.written[2 * i + 1].store(ranges[i].second, std::memory_order_relaxed);
+  }
+  ch.written_count.store(static_cast<uint32_t>(ranges.size()), std::memory_order_relaxed);
+}
+
+}  // namespace
+
+Result<uint64_t> Client::commit(ClientSegment* s, std::span<const std::pair<uint64_t, uint64_t>> written) {
   CommitChannel& ch = *s->channel;
+  say_written(*s, written);  // published by the request's store below
+  s->resend_all = true;      // until this commit is known to have succeeded
   const uint32_t seq = ch.request.load(std::memory_order_relaxed) + 1;  // we are the only writer
   ch.request.store(seq);  // seq_cst: pairs with the daemon's daemon_sleeping store
   // A sleeping daemon is rung, and then this thread sleeps too rather than
@@ -183,6 +238,7 @@ Result<uint64_t> Client::commit(ClientSegment* s) {
   }
   const int32_t status = ch.status.load(std::memory_order_relaxed);
   if (status != 0) return tl::unexpected(Error{static_cast<Errc>(-status), "commit refused by batond"});
+  s->resend_all = false;
   return ch.generation.load(std::memory_order_relaxed);
 }
 

@@ -5,12 +5,14 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include "baton/result.h"
 #include "ipc/messages.h"
+#include "segment/dirty_tracker.h"
 
 namespace baton::ipc {
 
@@ -23,6 +25,13 @@ struct ClientSegment {
   int event_fd = -1;
   uint64_t generation = 0;  ///< at open: restored generation
   bool restored = false;
+  /// The application's writes through `data`, which batond cannot see
+  /// (null: untracked, every commit says "everything").
+  std::unique_ptr<WriteWatch> watch;
+  /// The last commit failed: its ranges may not have been applied, so the
+  /// next one says "everything".
+  bool resend_all = false;
+  std::vector<std::pair<uint64_t, uint64_t>> ranges;  ///< a commit's, kept to save an allocation each time
 };
 
 class Client {
@@ -35,7 +44,9 @@ class Client {
   /// kOpen, kCreate or kLoad: maps the segment the daemon holds for `name`.
   Result<ClientSegment*> open(Op op, std::string_view name, uint64_t size);
   /// Asks the daemon to snapshot and replicate; returns the generation.
-  Result<uint64_t> commit(ClientSegment* s);
+  /// Commits `s`: batond copies what the watch found written plus
+  /// `written` (the application's own ranges), or everything.
+  Result<uint64_t> commit(ClientSegment* s, std::span<const std::pair<uint64_t, uint64_t>> written = {});
   Result<void> wait(ClientSegment* s, uint64_t generation, uint32_t k, uint32_t timeout_ms);
   Result<void> close(ClientSegment* s);
   /// Deletes segment `name` everywhere (kDelete).

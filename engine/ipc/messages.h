@@ -14,6 +14,11 @@
 // the daemon sleeps (`daemon_sleeping` set) does the application write the
 // eventfd, and then it sleeps on `done` (a futex in shared memory) at once;
 // otherwise it spins a while first. No system call on the fast path.
+//
+// With the request, the application says what it wrote since its previous
+// commit (CommitChannel::written): batond cannot see writes through the
+// application's mapping, so the client library tracks them (WriteWatch)
+// and batond copies only those chunks.
 
 #include <atomic>
 #include <cstddef>
@@ -22,7 +27,7 @@
 namespace baton::ipc {
 
 inline constexpr uint32_t kMagic = 0xBA7017C0;
-inline constexpr uint16_t kVersion = 1;
+inline constexpr uint16_t kVersion = 2;
 inline constexpr size_t kMaxMessage = 512;     ///< requests
 inline constexpr size_t kMaxReply = 64 * 1024;  ///< a reply with its trailing text
 inline constexpr size_t kMaxName = 63;
@@ -63,7 +68,12 @@ struct Reply {
   char message[400];    ///< error text
 };
 
-/// One per open segment, in its own shared page.
+/// Ranges a commit request carries at most; more are coarsened to fit.
+inline constexpr uint32_t kMaxWritten = 4096;
+/// CommitChannel::written_count: the application wrote anything (copy all).
+inline constexpr uint32_t kWrittenAll = UINT32_MAX;
+
+/// One per open segment, in its own shared pages.
 struct alignas(64) CommitChannel {
   std::atomic<uint32_t> request{0};          ///< bumped by the application
   alignas(64) std::atomic<uint32_t> done{0};  ///< set to `request` by the daemon; futex word
@@ -71,6 +81,13 @@ struct alignas(64) CommitChannel {
   std::atomic<uint64_t> generation{0};        ///< of the last commit
   std::atomic<uint32_t> app_sleeping{0};      ///< the application sleeps on `done`
   std::atomic<uint32_t> daemon_sleeping{0};   ///< the commit thread sleeps: ring the eventfd
+  /// What the application wrote since its previous commit: `written_count`
+  /// (offset, length) pairs in `written`, or kWrittenAll. Stored before
+  /// `request` is bumped (which publishes them); the daemon copies them
+  /// out before it looks at them, and a range past the segment's end fails
+  /// that commit (EINVAL): a client can only harm its own snapshots.
+  alignas(64) std::atomic<uint32_t> written_count{kWrittenAll};
+  std::atomic<uint64_t> written[2 * kMaxWritten];
 };
 
 static_assert(sizeof(Request) <= kMaxMessage && sizeof(Reply) <= kMaxMessage);

@@ -219,6 +219,7 @@ void Server::accept_clients() {
 }
 
 void Server::serve(const std::atomic<bool>& stop) {
+  for (auto& lane : lanes_) lane.written.reserve(kMaxWritten + 1);  // no allocation per commit
   lanes_[0].thread = std::thread([this] { commit_loop(lanes_[0], "baton-commit"); });
   lanes_[1].thread = std::thread([this] {
     // Copying a large snapshot is bulk work: at a lower priority, the
@@ -554,7 +555,10 @@ nlohmann::json Server::status_json(size_t limit) const {
                     {"refused_limit", counters.refused_limit},
                     {"bad_requests", counters.bad_requests},
                     {"commits", counters.commits},
-                    {"disconnects", counters.disconnects}};
+                    {"disconnects", counters.disconnects},
+                    // chunks commits copied, and left alone as unchanged (what the applications wrote)
+                    {"chunks_copied", stats.snapshot_chunks_copied},
+                    {"chunks_skipped", stats.snapshot_chunks_skipped}};
   const auto peers = engine_.peers();
   auto peer = [&](uint16_t node) {
     for (const auto& p : peers)
@@ -666,7 +670,22 @@ bool Server::poll_commits(CommitLane& lane) {
     seg->seen = req;
     // The large lane shares the engine: its copies never hold up a small
     // commit, even when preempted (CommitOptions::share).
-    auto g = engine_.commit(seg->handle, CommitOptions{.share = &lane == &lanes_[1]});
+    CommitOptions options{.share = &lane == &lanes_[1]};
+    Result<uint64_t> g = fail(Errc::kInvalidArgument, "bad written-range count in the commit channel");
+    const uint32_t n = ch.written_count.load(std::memory_order_relaxed);
+    if (n == kWrittenAll || n <= kMaxWritten) {
+      // Only what the application wrote is copied; the engine checks the
+      // ranges against the segment (a bad one fails this commit alone).
+      lane.written.clear();
+      if (n != kWrittenAll)
+        for (uint32_t i = 0; i < n; ++i)
+          lane.written.emplace_back(ch.written[2 * i].load(std::memory_order_relaxed),
+                                    ch.written[2 * i + 1].load(std::memory_order_relaxed));
+      // "Nothing written" is a range of nothing, not "everything".
+      if (n == 0) lane.written.emplace_back(0, 0);
+      options.written = lane.written;
+      g = engine_.commit(seg->handle, options);
+    }
     ch.status.store(g ? 0 : -static_cast<int32_t>(g.error().code), std::memory_order_relaxed);
     if (g) ch.generation.store(*g, std::memory_order_relaxed);
     ch.done.store(req, std::memory_order_release);

@@ -127,6 +127,9 @@ class Server {
     std::mutex mu;
     std::vector<Segment*> active;   ///< held segments whose channels it polls; mu
     std::thread thread;
+    /// The ranges of the commit in hand, copied out of its channel (the
+    /// application could change them meanwhile). Its thread only.
+    std::vector<std::pair<uint64_t, uint64_t>> written;
   };
   /// Segments above this size get the large lane. A snapshot copy of it
   /// takes about a millisecond here.

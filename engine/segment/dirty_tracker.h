@@ -66,4 +66,73 @@ class DirtyTracker {
   bool armed_ = false;
 };
 
+/// Write tracking with its policy, for one segment's memory: what the next
+/// commit must copy. The engine keeps one per embedded segment; the client
+/// library one per segment it maps in daemon mode (batond cannot see the
+/// application's writes). A commit that finds more than half the memory
+/// written rests the tracker for kRest commits, which count as "everything
+/// written" (a fault per page would cost more than the copy it saves),
+/// then arms it again. A tracker error stops it for good.
+///
+/// Thread: the segment's committer.
+class WriteWatch {
+ public:
+  static constexpr uint32_t kRest = 8;
+
+  /// Watches [base, base + len) if the kernel can (else null, with the
+  /// reason in `why`).
+  static std::unique_ptr<WriteWatch> start(std::byte* base, uint64_t len, std::string* why) {
+    auto t = DirtyTracker::attach(base, len);
+    if (!t) {
+      if (why != nullptr) *why = t.error().message;
+      return nullptr;
+    }
+    auto w = std::unique_ptr<WriteWatch>(new WriteWatch);
+    w->tracker_ = std::move(*t);
+    w->len_ = len;
+    return w;
+  }
+
+  /// Calls `written(offset, length)` for each run written since the last
+  /// call and returns true; or returns false: count everything as written
+  /// (resting, just armed again, or stopped; `error`, if given, is set
+  /// when it stopped now).
+  template <typename Fn>
+  bool collect(Fn&& written, std::string* error = nullptr) {
+    if (tracker_ == nullptr) return false;
+    if (!tracker_->armed()) {
+      if (rest_ > 0) --rest_;
+      if (rest_ > 0) return false;
+      if (auto ok = tracker_->arm(); !ok) return stop(ok.error().message, error);
+      return false;  // writes while resting were not seen
+    }
+    uint64_t total = 0;
+    auto ok = tracker_->collect([&](uint64_t off, uint64_t len) {
+      written(off, len);
+      total += len;
+    });
+    if (!ok) return stop(ok.error().message, error);
+    if (total > len_ / 2) {
+      tracker_->disarm();
+      rest_ = kRest;
+    }
+    return true;
+  }
+
+  /// Whether the next collect() reports what was written (armed).
+  bool tracking() const noexcept { return tracker_ != nullptr && tracker_->armed(); }
+
+ private:
+  WriteWatch() = default;
+  bool stop(const std::string& why, std::string* error) {
+    tracker_.reset();
+    if (error != nullptr) *error = why;
+    return false;
+  }
+
+  std::unique_ptr<DirtyTracker> tracker_;
+  uint64_t len_ = 0;
+  uint32_t rest_ = 0;
+};
+
 }  // namespace baton

@@ -60,11 +60,7 @@ struct Segment {
   /// Finds the pages written since the last commit, so a snapshot copies
   /// only their chunks (S15); null: untracked, every chunk counts as
   /// written. Committer (under mu) only.
-  std::unique_ptr<DirtyTracker> tracker;
-  /// Commits left before the tracker is armed again, after one found most
-  /// of the segment written (then a fault per page costs more than the
-  /// copy it saves). Committer only.
-  uint32_t untracked_commits = 0;
+  std::unique_ptr<WriteWatch> watch;
   /// The memfd was handed out (Engine::memory_fd): writes through another
   /// mapping are invisible to the tracker, so the next commit drops it.
   std::atomic<bool> shared_out{false};

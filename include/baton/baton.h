@@ -90,6 +90,22 @@ uint64_t baton_segment_size(baton_segment_t* segment);
 /* Snapshots the segment as a new generation and replicates it (S5). */
 int baton_commit(baton_segment_t* segment, uint64_t* generation);
 
+/* Only what changed is copied: a commit copies the chunks written since the
+ * previous one, found by the kernel's write tracking (Linux 6.7 or newer;
+ * in daemon mode the client library tracks the application's mapping), or
+ * everything where it cannot. An application that knows what it wrote can
+ * say so with baton_commit_ranges(): `n` (offset, length) ranges written
+ * since its previous commit of this segment, added to what tracking found.
+ * It promises nothing else changed (n = 0 with ranges not NULL: nothing
+ * changed; ranges NULL: the same as baton_commit()). BATON_EINVAL for a
+ * range past the segment's end, or ranges NULL with n > 0. See docs/user-guide.md, "What a
+ * commit copies". */
+typedef struct baton_range {
+  uint64_t offset;
+  uint64_t length;
+} baton_range_t;
+int baton_commit_ranges(baton_segment_t* segment, const baton_range_t* ranges, size_t n, uint64_t* generation);
+
 /* Waits until k replicas hold `generation` or newer under the current owner
  * epoch. k = BATON_DURABLE waits for a majority of the segment's replica set,
  * and never fewer than a majority of the replication factor (a set left short

@@ -38,6 +38,13 @@ class Segment {
     if (int rc = baton_commit(s_, &g); rc != 0) return detail::error(rc);
     return g;
   }
+  /// commit() when the application knows what it wrote since its previous
+  /// commit (baton_commit_ranges).
+  Result<uint64_t> commit(std::span<const baton_range_t> written) {
+    uint64_t g = 0;
+    if (int rc = baton_commit_ranges(s_, written.data(), written.size(), &g); rc != 0) return detail::error(rc);
+    return g;
+  }
   Result<void> wait(uint64_t generation, uint32_t k, uint32_t timeout_ms) {
     if (int rc = baton_wait(s_, generation, k, timeout_ms); rc != 0) return detail::error(rc);
     return {};

@@ -181,6 +181,43 @@ TEST(Hostile, GarbageInTheCommitChannelHarmsOnlyItsWriter) {
   expect_serves(d, "bystander");
 }
 
+TEST(Hostile, LyingAboutWhatWasWrittenFailsOnlyThatCommit) {
+  TempDir dir;
+  Batond d(1, dir.path);
+  Raw evil(d.socket());
+  std::vector<int> fds;
+  Reply rep = evil.call(request(Op::kOpen, "liar", 1 << 20), &fds);
+  ASSERT_EQ(rep.status, 0) << rep.message;
+  ASSERT_EQ(fds.size(), 3u);
+  auto* ch = static_cast<CommitChannel*>(
+      mmap(nullptr, sizeof(CommitChannel), PROT_READ | PROT_WRITE, MAP_SHARED, fds[1], 0));
+  ASSERT_NE(ch, MAP_FAILED);
+  auto commit = [&](uint32_t count, uint64_t off, uint64_t len) {
+    ch->written_count.store(count);
+    for (uint32_t i = 0; i < std::min(count, baton::ipc::kMaxWritten); ++i) {
+      ch->written[2 * i].store(off);
+      ch->written[2 * i + 1].store(len);
+    }
+    const uint32_t seq = ch->request.load() + 1;
+    ch->request.store(seq);
+    const uint64_t one = 1;
+    (void)!write(fds[2], &one, sizeof one);
+    for (int i = 0; i < 3000 && ch->done.load() != seq; ++i) usleep(1000);
+    EXPECT_EQ(ch->done.load(), seq);
+    return ch->status.load();
+  };
+  EXPECT_EQ(commit(baton::ipc::kMaxWritten + 1, 0, 1), BATON_EINVAL) << "more ranges than the channel holds";
+  EXPECT_EQ(commit(3, (1 << 20) - 1, 2), BATON_EINVAL) << "a range past the end";
+  EXPECT_EQ(commit(1, UINT64_MAX, UINT64_MAX), BATON_EINVAL) << "a range that wraps";
+  EXPECT_EQ(commit(baton::ipc::kMaxWritten, 4096, 1), 0) << "many ranges, all fine";
+  EXPECT_EQ(commit(0, 0, 0), 0) << "nothing written";
+  EXPECT_EQ(commit(baton::ipc::kWrittenAll, 0, 0), 0) << "everything written";
+  munmap(ch, sizeof(CommitChannel));
+  for (int fd : fds) close(fd);
+  EXPECT_TRUE(alive(d));
+  expect_serves(d, "bystander");
+}
+
 TEST(Hostile, AWaitDelaysNoOtherApplicationAndEndsWhenItsClientLeaves) {
   TempDir dir;
   Batond d(1, dir.path);

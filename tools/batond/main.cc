@@ -107,8 +107,8 @@ int main(int argc, char** argv) {
     links.push_back(std::move(*link));
   }
   // Every segment's memory is handed to an application, whose writes the
-  // engine cannot see (EngineConfig::track_writes): commits copy it whole,
-  // and it may as well sit on huge pages.
+  // engine cannot see: the application's client library tracks them and
+  // says what it wrote with each commit (docs/architecture.md, Daemon mode).
   cfg->engine.track_writes = false;
   auto engine = baton::Engine::start(cfg->engine, std::move(links));
   if (!engine) {
