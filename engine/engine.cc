@@ -297,7 +297,7 @@ Result<Segment*> Engine::Impl::make_segment(std::string_view name, uint64_t size
     if (!mem) return tl::unexpected(mem.error());
     stage.mem = std::move(*mem);
     stage.chunk_crcs.resize(chunks);
-    stage.stale.reset(chunks);
+    stage.stale.reset(static_cast<uint32_t>((size + Stage::kStalePage - 1) / Stage::kStalePage));
     stage.stale.set_all();
   }
   // A segment of one chunk is copied whole anyway: no scan, no faults.
@@ -351,12 +351,12 @@ void Engine::Impl::mark_written(Segment& seg, std::span<const std::pair<uint64_t
   // What changed since the last snapshot, for every stage. Untracked (or
   // the tracker failed, or is resting): everything, unless the application
   // said what it wrote.
-  const uint32_t cs = seg.chunk_size;
-  const uint32_t last = wire::chunk_count_for(seg.size, cs) - 1;
+  constexpr uint64_t kPage = Stage::kStalePage;
+  const uint32_t last = static_cast<uint32_t>((seg.size - 1) / kPage);
   auto mark = [&](uint64_t off, uint64_t len) {
     if (len == 0 || off >= seg.size) return;
-    const uint32_t first = static_cast<uint32_t>(off / cs);
-    const uint32_t end = static_cast<uint32_t>(std::min<uint64_t>((off + len - 1) / cs, last));
+    const uint32_t first = static_cast<uint32_t>(off / kPage);
+    const uint32_t end = static_cast<uint32_t>(std::min<uint64_t>((off + std::min(len, seg.size - off) - 1) / kPage, last));
     for (auto& stage : seg.stages) stage.stale.set_range(first, end);
   };
   for (const auto& [off, len] : ranges) mark(off, len);
@@ -413,19 +413,31 @@ Result<void> Engine::Impl::snapshot(Segment& seg, uint64_t generation, const Com
   // would mostly send chunks it did not touch (every chunk still travels):
   // it copies what changed without the token and leaves the sending to
   // the worker.
-  const bool pipelined = stage->stale.popcount() == chunks;
+  const bool pipelined = stage->stale.popcount() == stage->stale.count();
   if (!pipelined) {
     release_token();
     holding = false;
   }
+  constexpr uint64_t kPage = Stage::kStalePage;
   for (uint32_t i = 0; i < chunks; ++i) {
-    const bool copy = stage->stale.test(i);
-    if (copy) {
-      const uint64_t off = uint64_t{i} * cs;
-      const uint32_t len = wire::chunk_len(seg.size, cs, i);
+    const uint64_t off = uint64_t{i} * cs;
+    const uint32_t len = wire::chunk_len(seg.size, cs, i);
+    bool copy = false;
+    if (pipelined) {
       // memcpy moves 64 bytes per instruction; the CRC then reads the chunk
       // back from cache, faster than one fused 8-byte loop.
       std::memcpy(stage->mem.data() + off, seg.mem.data() + off, len);
+      copy = true;
+    } else {
+      // Only the stale pages of the chunk (chunks need not be page aligned).
+      for (uint64_t p = off / kPage; p * kPage < off + len; ++p) {
+        if (!stage->stale.test(static_cast<uint32_t>(p))) continue;
+        const uint64_t from = std::max(off, p * kPage), to = std::min(off + len, (p + 1) * kPage);
+        std::memcpy(stage->mem.data() + from, seg.mem.data() + from, to - from);
+        copy = true;
+      }
+    }
+    if (copy) {
       stage->chunk_crcs[i] = crc32c(stage->mem.data() + off, len);
       ++copied;
     }

@@ -325,7 +325,7 @@ struct Engine::Impl {
   /// Snapshots `seg` as `generation` and starts replicating it; the caller
   /// holds seg.mu. Thread: control.
   Result<void> snapshot(Segment& seg, uint64_t generation, const CommitOptions& options);
-  /// Marks the chunks written since the last snapshot stale in both
+  /// Marks the pages written since the last snapshot stale in both
   /// stages: those the tracker found, those the application named, or all.
   /// Committer (under seg.mu).
   void mark_written(Segment& seg, std::span<const std::pair<uint64_t, uint64_t>> ranges);

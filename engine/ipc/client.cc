@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <utility>
 
@@ -150,9 +151,14 @@ Result<ClientSegment*> Client::open(Op op, std::string_view name, uint64_t size)
   s->data = static_cast<std::byte*>(data);
   s->channel = static_cast<CommitChannel*>(ch);
   // A segment of a chunk or two is copied whole anyway: no scan, no faults.
-  if (s->size > kMinTrackedSize) s->watch = WriteWatch::start(s->data, s->mapped, nullptr);
+  if (s->size > kMinTrackedSize && track_writes_allowed()) s->watch = WriteWatch::start(s->data, s->mapped, nullptr);
   segments_.push_back(std::move(s));
   return segments_.back().get();
+}
+
+bool track_writes_allowed() {
+  const char* v = std::getenv("BATON_TRACK_WRITES");
+  return v == nullptr || std::strcmp(v, "0") != 0;
 }
 
 namespace {

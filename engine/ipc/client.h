@@ -34,6 +34,11 @@ struct ClientSegment {
   std::vector<std::pair<uint64_t, uint64_t>> ranges;  ///< a commit's, kept to save an allocation each time
 };
 
+/// False when BATON_TRACK_WRITES=0 is in the environment: the application
+/// says something other than its own writes through the segment's mapping
+/// changes it (DMA, a child process), so commits copy whole segments.
+bool track_writes_allowed();
+
 class Client {
  public:
   /// Connects to batond's socket. Errors: kUnavailable (no daemon), kInvalidArgument.

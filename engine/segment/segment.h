@@ -28,10 +28,12 @@ struct Stage {
   /// the poll token; the token holder's senders send up to it (acquire).
   std::atomic<uint32_t> ready{0};
   std::atomic<uint32_t> state{kFree};
-  /// Chunks whose copy here may differ from the segment's memory as last
-  /// seen by a commit (written since this stage's snapshot): the next
-  /// snapshot into this stage copies only these. Committer (under
+  /// Pages (kStalePage bytes) whose copy here may differ from the
+  /// segment's memory as last seen by a commit (written since this stage's
+  /// snapshot): the next snapshot into this stage copies only these, and
+  /// checksums again only the chunks they touch. Committer (under
   /// Segment::mu) only.
+  static constexpr uint64_t kStalePage = 4096;
   ChunkBitmap stale;
 };
 

@@ -48,6 +48,8 @@ typedef struct baton_config {
   uint32_t retain;             /* older generations replicas keep; default 0 */
   uint64_t max_segment_size;   /* default 1 GiB */
   uint32_t spin;               /* 1: worker never sleeps (dedicated core) */
+  uint32_t no_write_tracking;  /* 1: commits copy whole segments (something other than this
+                                  process's writes through baton_segment_data() changes them: DMA) */
 } baton_config_t;
 
 /* Fills *config with defaults. */
@@ -99,7 +101,10 @@ int baton_commit(baton_segment_t* segment, uint64_t* generation);
  * It promises nothing else changed (n = 0 with ranges not NULL: nothing
  * changed; ranges NULL: the same as baton_commit()). BATON_EINVAL for a
  * range past the segment's end, or ranges NULL with n > 0. See docs/user-guide.md, "What a
- * commit copies". */
+ * commit copies". Set BATON_TRACK_WRITES=0 in the environment (or
+ * no_write_tracking in baton_config_t) when something other than this
+ * process's writes through baton_segment_data() changes a segment (DMA, a
+ * child process): commits then copy whole segments. */
 typedef struct baton_range {
   uint64_t offset;
   uint64_t length;

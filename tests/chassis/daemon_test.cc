@@ -359,4 +359,25 @@ TEST(Daemon, CommitsCopyOnlyWhatTheApplicationWrote) {
   EXPECT_GT(chunks_skipped(d), 0u) << "the client library did not tell batond what was written";
 }
 
+// BATON_TRACK_WRITES=0: something else writes the segment (DMA), so the
+// client library says "everything" and batond copies it whole.
+TEST(Daemon, WriteTrackingCanBeTurnedOff) {
+  TempDir dir;
+  Batond d(1, dir.path);
+  setenv("BATON_TRACK_WRITES", "0", 1);
+  baton_t* app = connect_to(d);
+  ASSERT_NE(app, nullptr);
+  baton_segment_t* seg = nullptr;
+  const int opened = baton_open(app, "dma", 1 << 20, &seg, nullptr, nullptr);  // reads it
+  unsetenv("BATON_TRACK_WRITES");
+  ASSERT_EQ(opened, 0) << baton_last_error();
+  auto* mem = static_cast<unsigned char*>(baton_segment_data(seg));
+  for (int i = 0; i < 5; ++i) {
+    mem[i * 4096 + 7] = static_cast<unsigned char>(i + 1);
+    ASSERT_EQ(baton_commit(seg, nullptr), 0) << baton_last_error();
+  }
+  EXPECT_EQ(chunks_skipped(d), 0u) << "untracked commits copy everything";
+  baton_stop(app);
+}
+
 }  // namespace

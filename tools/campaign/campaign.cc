@@ -5,7 +5,9 @@
 // the application starts on a blade with baton_open (S11): that is the
 // restore under test, checked against what the previous writer was told was
 // durable. Then it writes generations whose content derives from their
-// number, commits, waits for BATON_DURABLE and publishes the durable
+// number (by default each generation rewrites one 4 KiB stripe in 16, so
+// commits copy only what changed; --writes full rewrites everything),
+// commits, waits for BATON_DURABLE and publishes the durable
 // generation in shared memory before going on. At a random moment one fault
 // strikes: SIGKILL the owner blade's batond and the writer (sometimes
 // 0-400 us into a commit), only the writer, a replica blade, or the writer
@@ -18,7 +20,7 @@
 // delete returned is RESURRECTED.
 //
 //   baton-campaign [--cycles 30] [--transport memif|af_packet|shm] [--blades 4]
-//                  [--size BYTES] [--seed S] [--dir D]
+//                  [--size BYTES] [--writes sparse|full] [--seed S] [--dir D]
 
 #include <signal.h>
 #include <sys/mman.h>
@@ -71,18 +73,30 @@ uint64_t word(uint64_t gen, uint64_t i) {
   x ^= x >> 29;
   return x;
 }
+// Sparse writes: generation g rewrites stripe g % kStripes (stripes of 4 KiB,
+// round robin over the segment), so a generation's content is, word by
+// word, that of the newest generation that wrote the word's stripe.
+bool g_sparse = true;
+constexpr uint64_t kStripeWords = 512, kStripes = 16;
+uint64_t stripe_of(uint64_t i) { return (i / kStripeWords) % kStripes; }
+/// The newest generation <= gen that wrote word i (0: none, a zero).
+uint64_t last_write(uint64_t gen, uint64_t i) {
+  if (!g_sparse) return gen;
+  const uint64_t back = (gen + kStripes - stripe_of(i)) % kStripes;
+  return gen > back ? gen - back : 0;
+}
+/// Turns generation gen - 1's content into gen's.
 void fill(void* p, uint64_t size, uint64_t gen) {
   auto* w = static_cast<uint64_t*>(p);
-  for (uint64_t i = 0; i < size / 8; ++i) w[i] = word(gen, i);
+  for (uint64_t i = 0; i < size / 8; ++i)
+    if (!g_sparse || stripe_of(i) == gen % kStripes) w[i] = word(gen, i);
 }
 bool holds(const void* p, uint64_t size, uint64_t gen) {
-  if (gen == 0) {
-    const auto* b = static_cast<const unsigned char*>(p);
-    return std::all_of(b, b + size, [](unsigned char c) { return c == 0; });
-  }
   const auto* w = static_cast<const uint64_t*>(p);
-  for (uint64_t i = 0; i < size / 8; ++i)
-    if (w[i] != word(gen, i)) return false;
+  for (uint64_t i = 0; i < size / 8; ++i) {
+    const uint64_t g = last_write(gen, i);
+    if (w[i] != (g == 0 ? 0 : word(g, i))) return false;
+  }
   return true;
 }
 
@@ -168,9 +182,10 @@ int main(int argc, char** argv) {
     else if (a == "--seed") seed = std::strtoull(v, nullptr, 10);
     else if (a == "--transport") cc.transport = v;
     else if (a == "--dir") cc.dir = v;
+    else if (a == "--writes" && (std::string(v) == "sparse" || std::string(v) == "full")) g_sparse = std::string(v) == "sparse";
     else {
       std::fprintf(stderr, "usage: baton-campaign [--cycles N] [--transport memif|af_packet|shm] [--blades N] "
-                           "[--size BYTES] [--seed S] [--dir D]\n");
+                           "[--size BYTES] [--writes sparse|full] [--seed S] [--dir D]\n");
       return 2;
     }
   }
