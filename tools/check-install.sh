@@ -23,4 +23,9 @@ if command -v systemd-analyze >/dev/null; then
   out=$(systemd-analyze verify "$scratch/batond@blade1.service" 2>&1 | grep -v "not executable" || true)
   [[ -z "$out" ]] || { echo "install check: systemd-analyze verify batond@.service:"; echo "$out"; exit 1; }
 fi
-echo "install check: ok (static libbaton.a via pkg-config; batond@.service)"
+# The Pacemaker resource agent is installed, executable, and says what it is.
+agent=$(find "$scratch/root" -path '*/ocf/resource.d/baton/baton' | head -1)
+[[ -x "$agent" ]] || { echo "install check: the OCF agent (ocf/resource.d/baton/baton) is not installed"; exit 1; }
+OCF_ROOT=/usr/lib/ocf "$agent" meta-data | grep -q '<resource-agent name="baton"' ||
+  { echo "install check: the OCF agent's meta-data is wrong"; exit 1; }
+echo "install check: ok (static libbaton.a via pkg-config; batond@.service; the OCF agent)"

@@ -11,6 +11,7 @@ packages=(
   libexpected-dev libtomlplusplus-dev libcli11-dev libfmt-dev nlohmann-json3-dev
   clang libclang-rt-14-dev
   iproute2 nftables procps
+  resource-agents  # ocf-tester and ocf-shellfuncs, for the Pacemaker agent (tools/ocf/baton)
 )
 
 missing=()

@@ -144,7 +144,8 @@ int main(int argc, char** argv) {
   ev->add_flag("--json", json_out, "machine-readable output");
 
   std::string name;
-  auto* load = app.add_subcommand("load", "load a segment onto this node from a replica (S9)");
+  auto* load = app.add_subcommand(
+      "load", "load a segment onto this node from a replica (S9); exit 3: no copy anywhere, 4: already here");
   load->add_option("name", name, "segment name")->required();
   load->add_option("--socket", socket, "batond's socket");
 
@@ -222,10 +223,13 @@ int main(int argc, char** argv) {
     baton_segment_t* s = nullptr;
     uint64_t gen = 0;
     if (baton_connect(socket.c_str(), &b) != 0) return die(baton_last_error());
-    if (baton_load(b, name.c_str(), &s, &gen) != 0) {
+    if (const int rc = baton_load(b, name.c_str(), &s, &gen); rc != 0) {
       std::string e = baton_last_error();
       baton_stop(b);
-      return die("load " + name + ": " + e);
+      die("load " + name + ": " + e);
+      // Distinct exit codes for what a cluster manager's agent acts on
+      // (tools/ocf/baton): nothing to load, or it is already here.
+      return rc == BATON_ENOENT ? 3 : rc == BATON_EEXIST ? 4 : 1;
     }
     std::printf("loaded %s generation %llu (%llu bytes) onto this node\n", name.c_str(),
                 static_cast<unsigned long long>(gen), static_cast<unsigned long long>(baton_segment_size(s)));
