@@ -12,6 +12,7 @@ packages=(
   clang libclang-rt-14-dev
   iproute2 nftables procps
   resource-agents  # ocf-tester and ocf-shellfuncs, for the Pacemaker agent (tools/ocf/baton)
+  pacemaker pacemaker-cli-utils corosync  # the agent's test under a real single-node cluster
 )
 
 missing=()
@@ -23,6 +24,14 @@ if ((${#missing[@]})); then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -q
   apt-get install -y -q --no-install-recommends "${missing[@]}"
+  # Debian starts a corosync and pacemaker it has just installed (a one-node
+  # cluster of its own) where systemd runs; the Pacemaker test starts its
+  # own. Only what this run installed is stopped.
+  if [[ -d /run/systemd/system ]]; then
+    for p in "${missing[@]}"; do
+      case $p in corosync | pacemaker) systemctl disable --now "$p.service" >/dev/null 2>&1 || true ;; esac
+    done
+  fi
 fi
 
 # Huge pages help DPDK (fewer TLB misses, contiguous mbuf pools) but are not
