@@ -120,10 +120,10 @@ Result<std::unique_ptr<Engine>> Engine::start(const EngineConfig& config,
                 std::to_string(wire::kMaxChunkSize));
   if (config.retain > 64) return fail(Errc::kInvalidArgument, "retain must be 0..64");
   for (const auto& l : links)
-    if (l != nullptr && l->caps().max_frame < wire::kHeaderSize + wire::kMaxNameLen + wire::kMinChunkSize)
+    if (l != nullptr && l->caps().max_frame < wire::kMaxHeadSize + wire::kMinChunkSize)
       return fail(Errc::kInvalidArgument, "link ", l->name(), " carries frames of ", std::to_string(l->caps().max_frame),
                   " bytes; Baton needs at least ",
-                  std::to_string(wire::kHeaderSize + wire::kMaxNameLen + wire::kMinChunkSize));
+                  std::to_string(wire::kMaxHeadSize + wire::kMinChunkSize));
   if (config.window == 0 || config.window > 65536) return fail(Errc::kInvalidArgument, "window must be 1..65536");
   if (config.max_segment_size == 0 || config.max_segment_size > wire::kMaxSegmentSize)
     return fail(Errc::kInvalidArgument, "max_segment_size out of range");
@@ -147,7 +147,7 @@ Result<std::unique_ptr<Engine>> Engine::start(const EngineConfig& config,
   for (auto& link : links) {
     if (!link) return fail(Errc::kInvalidArgument, "null link");
     if (link->peer() == config.node_id) return fail(Errc::kInvalidArgument, "link ", link->name(), " leads to this node");
-    if (link->caps().max_frame < wire::kHeaderSize + wire::kMaxNameLen + 512)
+    if (link->caps().max_frame < wire::kMaxHeadSize + wire::kMinChunkSize)
       return fail(Errc::kInvalidArgument, "link ", link->name(), " carries frames too small for Baton");
   }
   impl->links = std::move(links);
@@ -252,7 +252,7 @@ Result<void> Engine::Impl::call(std::function<void()> fn) {
 
 uint32_t Engine::Impl::effective_chunk_size() const {
   uint32_t c = config.chunk_size;
-  for (auto& l : links) c = std::min<uint32_t>(c, l->caps().max_frame - wire::kHeaderSize - wire::kMaxNameLen);
+  for (auto& l : links) c = std::min<uint32_t>(c, l->caps().max_frame - wire::kMaxHeadSize);
   return c;
 }
 
@@ -299,7 +299,9 @@ Result<Segment*> Engine::Impl::make_segment(std::string_view name, uint64_t size
     stage.chunk_crcs.resize(chunks);
     stage.stale.reset(static_cast<uint32_t>((size + Stage::kStalePage - 1) / Stage::kStalePage));
     stage.stale.set_all();
+    stage.delta.reserve(std::min<uint32_t>(chunks, 256));  // no allocation per commit
   }
+  seg->written_chunks.reset(chunks);
   // A segment of one chunk is copied whole anyway: no scan, no faults.
   if (tracks_writes() && chunks > 1) {
     std::string why;
@@ -352,12 +354,13 @@ void Engine::Impl::mark_written(Segment& seg, std::span<const std::pair<uint64_t
   // the tracker failed, or is resting): everything, unless the application
   // said what it wrote.
   constexpr uint64_t kPage = Stage::kStalePage;
-  const uint32_t last = static_cast<uint32_t>((seg.size - 1) / kPage);
+  const uint64_t cs = seg.chunk_size;
   auto mark = [&](uint64_t off, uint64_t len) {
     if (len == 0 || off >= seg.size) return;
-    const uint32_t first = static_cast<uint32_t>(off / kPage);
-    const uint32_t end = static_cast<uint32_t>(std::min<uint64_t>((off + std::min(len, seg.size - off) - 1) / kPage, last));
-    for (auto& stage : seg.stages) stage.stale.set_range(first, end);
+    const uint64_t end = off + std::min(len, seg.size - off) - 1;  // the last byte written
+    for (auto& stage : seg.stages)
+      stage.stale.set_range(static_cast<uint32_t>(off / kPage), static_cast<uint32_t>(end / kPage));
+    seg.written_chunks.set_range(static_cast<uint32_t>(off / cs), static_cast<uint32_t>(end / cs));
   };
   for (const auto& [off, len] : ranges) mark(off, len);
   if (seg.watch != nullptr && seg.shared_out.load()) {
@@ -372,6 +375,7 @@ void Engine::Impl::mark_written(Segment& seg, std::span<const std::pair<uint64_t
   }
   if (all)
     for (auto& stage : seg.stages) stage.stale.set_all();
+  if (all || std::exchange(seg.rewritten, false)) seg.written_unknown = true;
   seg.tracked.store(seg.watch != nullptr && seg.watch->tracking(), std::memory_order_relaxed);
 }
 
@@ -403,6 +407,17 @@ Result<void> Engine::Impl::snapshot(Segment& seg, uint64_t generation, const Com
   const uint32_t chunks = wire::chunk_count_for(seg.size, cs);
   constexpr uint32_t kChunksPerPoll = 8;
   stage->generation = generation;
+  // What changed since the previous generation, for replicas that hold it.
+  stage->delta.clear();
+  stage->delta_base = 0;
+  if (!seg.written_unknown && generation > 1) {
+    for (uint32_t c = 0; c < seg.written_chunks.count(); ++c)
+      if (seg.written_chunks.test(c)) stage->delta.push_back(c);
+    if (stage->delta.empty()) stage->delta.push_back(0);  // nothing changed: a delta of one chunk
+    if (stage->delta.size() < seg.written_chunks.count()) stage->delta_base = generation - 1;
+  }
+  seg.written_chunks.clear_all();  // taken: what is written from now on is the next delta
+  seg.written_unknown = false;
   seg.committed.store(generation);
   stage->ready.store(0, std::memory_order_relaxed);
   stage->state.store(Stage::kPosted, std::memory_order_release);
@@ -634,6 +649,9 @@ EngineStats Engine::stats() const noexcept {
   s.longest_stall_us = c.longest_stall_us.load();
   s.snapshot_chunks_copied = c.snapshot_chunks_copied.load();
   s.snapshot_chunks_skipped = c.snapshot_chunks_skipped.load();
+  s.deltas_sent = c.deltas_sent.load();
+  s.wholes_sent = c.wholes_sent.load();
+  s.deltas_published = c.deltas_published.load();
   for (size_t i = 0; i < c.decode.size(); ++i) s.decode_errors[i] = c.decode[i].load();
   return s;
 }

@@ -189,6 +189,7 @@ struct Engine::Impl {
     FetchOp* fetch;       ///< fetch ack
     uint64_t generation;
     bool restart;
+    bool need_full = false;  ///< a delta whose base this store lacks
   };
   std::vector<AckDue> acks_due;  ///< gathered over one rx burst, sent after it
 
@@ -196,7 +197,8 @@ struct Engine::Impl {
   struct Counters {
     std::atomic<uint64_t> frames_rx{0}, frames_tx{0}, misdirected{0}, retransmits{0}, duplicates{0},
         stale_epoch{0}, published{0}, corrupt_generations{0}, tx_dropped{0}, no_slot{0}, bad_input{0}, stalls{0},
-        longest_stall_us{0}, snapshot_chunks_copied{0}, snapshot_chunks_skipped{0};
+        longest_stall_us{0}, snapshot_chunks_copied{0}, snapshot_chunks_skipped{0}, deltas_sent{0},
+        wholes_sent{0}, deltas_published{0};
     std::array<std::atomic<uint64_t>, static_cast<size_t>(wire::DecodeError::kCount)> decode{};
   } counters;
 

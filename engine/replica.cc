@@ -98,13 +98,16 @@ void Engine::Impl::on_data(Link& link, wire::Frame& f) noexcept {
     st.adopt_epoch(f.src, f.epoch);
     fence_if_superseded(f.seg_id, f.epoch);
   }
-  bool restart = false;
+  bool restart = false, need_full = false;
   switch (st.accept(f)) {
     case ReplicaStore::Accept::kStored: break;
     case ReplicaStore::Accept::kStale: break;
     case ReplicaStore::Accept::kDuplicate: bump(counters.duplicates); break;
+    case ReplicaStore::Accept::kNeedFull: need_full = true; break;
+    case ReplicaStore::Accept::kPreparing: return;  // dropped: it is resent once the shadow is ready
     case ReplicaStore::Accept::kPublished:
       bump(counters.published);
+      if (st.latest()->delta_of != 0) bump(counters.deltas_published);
       BT_DEBUG("published %s generation %lu", st.name().c_str(), static_cast<unsigned long>(f.generation));
       if (global) {  // S7: the slot stays pinned until the file is safe
         ReplicaStore::Slot& slot = *st.latest();
@@ -132,10 +135,12 @@ void Engine::Impl::on_data(Link& link, wire::Frame& f) noexcept {
   for (auto& a : acks_due)
     if (a.store == &st && a.link == &link) {
       a.restart |= restart;
+      if (a.generation != f.generation) a.need_full = false;
+      a.need_full |= need_full;
       a.generation = f.generation;
       return;
     }
-  acks_due.push_back({&link, &st, nullptr, f.generation, restart});
+  acks_due.push_back({&link, &st, nullptr, f.generation, restart, need_full});
 }
 
 void Engine::Impl::flush_acks() noexcept {
@@ -161,6 +166,17 @@ void Engine::Impl::flush_acks() noexcept {
     if (a.restart) {
       ack.generation = a.generation;
       ack.flags |= wire::kFlagRestart;
+    }
+    if (a.need_full) {  // this generation's delta cannot be built here: send it whole
+      ack = wire::Frame{};
+      ack.type = wire::MsgType::kAck;
+      ack.src = config.node_id;
+      ack.dst = a.link->peer();
+      ack.gen_crc = static_cast<uint32_t>(incarnation);
+      ack.seg_id = a.store->id();
+      ack.epoch = a.store->epoch();
+      ack.generation = a.generation;
+      ack.flags = wire::kFlagDelta | wire::kFlagNeedFull;
     }
     if (ack.generation == 0) continue;  // nothing to acknowledge yet
     send_control(*a.link, ack);

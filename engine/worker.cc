@@ -227,7 +227,7 @@ void Engine::Impl::on_frame(Link& link, wire::Frame& f, uint64_t now) noexcept {
 }
 
 void Engine::Impl::send_control(Link& link, const wire::Frame& f) noexcept {
-  std::byte buf[wire::kHeaderSize + wire::kMaxNameLen];
+  std::byte buf[wire::kMaxHeadSize];
   const size_t len = wire::encode(f, buf);
   TxFrame tx{{buf, len}, {}};
   if (len == 0 || link.tx_burst(&tx, 1) != 1) bump(counters.tx_dropped);
@@ -265,9 +265,16 @@ void Engine::Impl::start_replication(Segment& seg, Stage& stage, uint64_t now) n
     return;
   }
   // Latest wins: a replica still receiving an older generation moves to this one.
-  const SendSource src = stage_source(seg, stage);
-  for (auto& r : seg.replicas)
-    if (r->node != 0) r->sender.start(src, tuning(), now);
+  // One that holds the previous generation gets only what changed (S15);
+  // if it turns out not to, it says so and gets it whole.
+  const SendSource whole = stage_source(seg, stage);
+  const SendSource delta = stage_delta_source(seg, stage);
+  for (auto& r : seg.replicas) {
+    if (r->node == 0) continue;
+    const bool base_held = stage.delta_base != 0 && r->held.load(std::memory_order_relaxed) == stage.delta_base;
+    r->sender.start(base_held ? delta : whole, tuning(), now);
+    bump(base_held ? counters.deltas_sent : counters.wholes_sent);
+  }
 }
 
 void Engine::Impl::on_ack(const wire::Frame& f, uint64_t now) noexcept {
@@ -299,6 +306,17 @@ void Engine::Impl::on_ack(const wire::Frame& f, uint64_t now) noexcept {
   }
   for (auto& r : seg.replicas) {
     if (r->node != f.src) continue;
+    if ((f.flags & wire::kFlagNeedFull) != 0) {
+      // It lacks the delta's base (restarted, missed a generation, new in
+      // the set): send it the generation whole.
+      const SendSource& src = r->sender.source();
+      if (r->sender.active() && src.is_delta() && src.generation == f.generation && seg.current_stage >= 0 &&
+          seg.stages[seg.current_stage].generation == f.generation) {
+        r->sender.start(stage_source(seg, seg.stages[seg.current_stage]), tuning(), now);
+        bump(counters.wholes_sent);
+      }
+      return;
+    }
     r->sender.on_ack(f, now);
     // Only a replica that accepted this epoch holds anything for it.
     if ((f.flags & wire::kFlagComplete) != 0 && f.epoch == seg.epoch.load(std::memory_order_relaxed) &&
@@ -342,15 +360,22 @@ bool Engine::Impl::pump_one(Link& link, ChunkSender& sender, const wire::Frame& 
   const uint16_t n = sender.plan(now, idx, kBurst);
   if (n == 0) return false;
   TxFrame tx[kBurst];
-  alignas(64) std::byte heads[kBurst][wire::kHeaderSize + wire::kMaxNameLen + 1];
+  alignas(64) std::byte heads[kBurst][wire::kMaxHeadSize];
   const SendSource& src = sender.source();
   wire::Frame f = proto;
+  if (src.is_delta()) {  // positions in the delta; each frame says which chunk it carries
+    f.flags |= wire::kFlagDelta;
+    f.delta_base = src.base;
+    f.chunk_count = static_cast<uint32_t>(src.delta.size());
+  }
   for (uint16_t i = 0; i < n; ++i) {
     f.chunk_index = idx[i];
-    const uint32_t len = wire::chunk_len(src.total_len, src.chunk_size, idx[i]);
-    const std::byte* payload = src.data + uint64_t{idx[i]} * src.chunk_size;
+    const uint32_t c = sender.chunk_at(idx[i]);
+    f.delta_chunk = src.is_delta() ? c : 0;
+    const uint32_t len = wire::chunk_len(src.total_len, src.chunk_size, c);
+    const std::byte* payload = src.data + uint64_t{c} * src.chunk_size;
     // The stored CRC is final; un-finalise it to extend over the header.
-    const uint32_t state = src.chunk_crcs[idx[i]] ^ 0xFFFFFFFFu;
+    const uint32_t state = src.chunk_crcs[c] ^ 0xFFFFFFFFu;
     const size_t h = wire::encode_header(f, state, len, heads[i]);
     tx[i] = TxFrame{{heads[i], h}, {payload, len}};
   }

@@ -12,8 +12,8 @@
 //
 // plus, for the tracked and untracked engines, the application's own
 // writes (the tracked one pays a write-protect fault on a page's first
-// write after a commit) and the time until the replica holds the
-// generation (every chunk still travels: wire deltas are the next step).
+// write after a commit) and the time from the commit call until the
+// replica holds the generation (tracked: only the changed chunks travel).
 //
 // Usage: baton-snapshot [--sizes-mib 64,256,1024] [--dirty 1] [--commits 20]
 // Prints one JSON line per size.

@@ -549,6 +549,7 @@ uint64_t Engine::Impl::restore_committed(Segment& seg) {
   // while the application's client library tracks its own): the next
   // snapshot copies everything.
   for (auto& s : seg.stages) s.stale.set_all();
+  seg.rewritten = true;  // and no delta of it
   release_token();
   return generation;
 }

@@ -29,11 +29,18 @@ bool has_payload(MsgType t) noexcept { return t == MsgType::kData || t == MsgTyp
 
 constexpr uint16_t kKnownFlags =
     kFlagComplete | kFlagRestart | kFlagQuery | kFlagFound | kFlagFetch | kFlagOwner | kFlagGenCrc | kFlagGranted |
-    kFlagQuorate | kFlagRecord | kFlagDeleted | kFlagRelease;
+    kFlagQuorate | kFlagRecord | kFlagDeleted | kFlagRelease | kFlagDelta | kFlagNeedFull;
+
+// Bytes after the name: a delta's extension.
+size_t ext_len(MsgType t, uint16_t flags) noexcept {
+  return t == MsgType::kData && (flags & kFlagDelta) != 0 ? kDeltaExtSize : 0;
+}
 
 // Type-specific checks on an already length-checked frame.
 DecodeError validate_fields(const Frame& f) noexcept {
   if ((f.flags & ~kKnownFlags) != 0) return DecodeError::kBadField;
+  if ((f.flags & (kFlagDelta | kFlagNeedFull)) != 0 && f.type != MsgType::kData && f.type != MsgType::kAck)
+    return DecodeError::kBadField;
   // Owner epochs stay far from overflow (a heartbeat's field is its
   // sender's incarnation, not an epoch).
   if (f.type != MsgType::kHeartbeat && f.epoch > kMaxEpoch) return DecodeError::kBadField;
@@ -46,16 +53,25 @@ DecodeError validate_fields(const Frame& f) noexcept {
     case MsgType::kData:
     case MsgType::kFetchData: {
       if (f.generation == 0) return DecodeError::kBadField;
+      if ((f.flags & ~(kFlagGenCrc | (f.type == MsgType::kData ? kFlagDelta : 0))) != 0) return DecodeError::kBadField;
       if (f.total_len == 0 || f.total_len > kMaxSegmentSize) return DecodeError::kOffsetOverflow;
       if (f.chunk_size < kMinChunkSize || f.chunk_size > kMaxChunkSize) return DecodeError::kOffsetOverflow;
-      if (f.chunk_count != chunk_count_for(f.total_len, f.chunk_size)) return DecodeError::kOffsetOverflow;
+      const uint32_t chunks = chunk_count_for(f.total_len, f.chunk_size);
+      if ((f.flags & kFlagDelta) != 0) {
+        // Positions 0..count-1 of a delta of at most every chunk, on an older base.
+        if (f.chunk_count == 0 || f.chunk_count > chunks) return DecodeError::kOffsetOverflow;
+        if (f.delta_base == 0 || f.delta_base >= f.generation) return DecodeError::kBadField;
+        if (f.delta_chunk >= chunks) return DecodeError::kOffsetOverflow;
+      } else if (f.chunk_count != chunks) {
+        return DecodeError::kOffsetOverflow;
+      }
       if (f.chunk_index >= f.chunk_count) return DecodeError::kOffsetOverflow;
-      if (f.payload.size() != chunk_len(f.total_len, f.chunk_size, f.chunk_index))
-        return DecodeError::kBadLength;
+      if (f.payload.size() != chunk_len(f.total_len, f.chunk_size, f.chunk())) return DecodeError::kBadLength;
       return DecodeError::kNone;
     }
     case MsgType::kAck:
       if (f.generation == 0 || f.chunk_index > f.chunk_count) return DecodeError::kBadField;
+      if ((f.flags & kFlagNeedFull) != 0 && (f.flags & kFlagDelta) == 0) return DecodeError::kBadField;
       return DecodeError::kNone;
     case MsgType::kFetchRequest:
       return (f.flags & ~kFlagQuery) == 0 ? DecodeError::kNone : DecodeError::kBadField;
@@ -124,7 +140,8 @@ bool valid_name(std::string_view name) noexcept {
 size_t encode_header(const Frame& f, uint32_t payload_crc_state, uint32_t payload_len,
                      std::span<std::byte> out) noexcept {
   const size_t name_len = has_name(f.type) ? f.name.size() : 0;
-  const size_t head = kHeaderSize + name_len;
+  const size_t ext = ext_len(f.type, f.flags);
+  const size_t head = kHeaderSize + name_len + ext;
   if (out.size() < head || name_len > kMaxNameLen) return 0;
   std::byte* b = out.data();
   std::memset(b, 0, kHeaderSize);
@@ -147,13 +164,18 @@ size_t encode_header(const Frame& f, uint32_t payload_crc_state, uint32_t payloa
   put<uint16_t>(b, 74, f.code);
   put<uint8_t>(b, 76, static_cast<uint8_t>(name_len));
   if (name_len) std::memcpy(b + kHeaderSize, f.name.data(), name_len);
+  if (ext != 0) {
+    put<uint64_t>(b, kHeaderSize + name_len, f.delta_base);
+    put<uint32_t>(b, kHeaderSize + name_len + 8, f.delta_chunk);
+    put<uint32_t>(b, kHeaderSize + name_len + 12, 0);
+  }
   put<uint32_t>(b, kOffCrc, crc32c_final(crc32c_extend(payload_crc_state, b, head)));
   return head;
 }
 
 size_t encode(const Frame& f, std::span<std::byte> out) noexcept {
   const size_t name_len = has_name(f.type) ? f.name.size() : 0;
-  const size_t total = kHeaderSize + name_len + f.payload.size();
+  const size_t total = kHeaderSize + name_len + ext_len(f.type, f.flags) + f.payload.size();
   if (out.size() < total || f.payload.size() > kMaxChunkSize) return 0;
   const uint32_t state = crc32c_extend(crc32c_init(), f.payload.data(), f.payload.size());
   size_t head = encode_header(f, state, static_cast<uint32_t>(f.payload.size()), out);
@@ -188,8 +210,10 @@ DecodeError decode(std::span<const std::byte> bytes, Frame& f, bool verify_paylo
   if (get<uint8_t>(b, 77) != 0 || get<uint8_t>(b, 78) != 0 || get<uint8_t>(b, 79) != 0) return DecodeError::kBadField;
   const size_t name_len = get<uint8_t>(b, 76);
   if (has_name(f.type) ? name_len > kMaxNameLen : name_len != 0) return DecodeError::kBadName;
-  const size_t head = kHeaderSize + name_len;
+  const size_t ext = ext_len(f.type, get<uint16_t>(b, 72));
+  const size_t head = kHeaderSize + name_len + ext;
   if (head > frame_len) return DecodeError::kBadLength;
+  if (ext != 0 && get<uint32_t>(b, kHeaderSize + name_len + 12) != 0) return DecodeError::kBadField;  // reserved
   const size_t payload_len = frame_len - head;
   if (payload_len != 0 && !has_payload(f.type)) return DecodeError::kBadLength;
 
@@ -217,6 +241,8 @@ DecodeError decode(std::span<const std::byte> bytes, Frame& f, bool verify_paylo
   f.flags = get<uint16_t>(b, 72);
   f.code = get<uint16_t>(b, 74);
   f.name = std::string_view(reinterpret_cast<const char*>(b + kHeaderSize), name_len);
+  f.delta_base = ext != 0 ? get<uint64_t>(b, kHeaderSize + name_len) : 0;
+  f.delta_chunk = ext != 0 ? get<uint32_t>(b, kHeaderSize + name_len + 8) : 0;
   f.payload = std::span<const std::byte>(payload, payload_len);
   return validate_fields(f);
 }

@@ -19,6 +19,15 @@
 // only extends it over the header per frame; a receiver gets the payload CRC
 // it needs for the generation checksum from the same pass.
 //
+// A DATA frame of a delta (kFlagDelta: only the chunks that changed since
+// the generation the receiver holds) carries a 16-byte extension after the
+// name, covered by the frame checksum like the header:
+//
+//   0  u64 base generation (the one the delta applies to)
+//   8  u32 chunk index in the segment (the header's chunk index and count
+//      number positions in the delta: acks count those)
+//  12  u32 reserved (zero)
+//
 // The generation checksum is CRC32C over the little-endian array of every
 // chunk's payload CRC (index order): it binds each chunk's content to its place.
 // A sender that streams a generation while still snapshotting it does not know
@@ -44,7 +53,10 @@ inline constexpr uint32_t kMaxChunkSize = 60 * 1024;  // payload of one frame
 inline constexpr uint32_t kMinChunkSize = 512;
 /// Owner epochs above this are refused: a claim one above the newest never overflows.
 inline constexpr uint64_t kMaxEpoch = uint64_t{1} << 62;
-inline constexpr size_t kMaxFrameSize = kHeaderSize + kMaxNameLen + kMaxChunkSize;
+inline constexpr size_t kDeltaExtSize = 16;  ///< after the name of a kFlagDelta DATA frame
+/// The most a frame carries besides its payload: chunk sizes leave room for it.
+inline constexpr size_t kMaxHeadSize = kHeaderSize + kMaxNameLen + kDeltaExtSize;
+inline constexpr size_t kMaxFrameSize = kMaxHeadSize + kMaxChunkSize;
 inline constexpr uint64_t kMaxSegmentSize = 1ull << 40;
 inline constexpr uint16_t kBroadcast = 0xFFFF;
 
@@ -75,6 +87,8 @@ inline constexpr uint16_t kFlagQuorate = 1 << 8;   // HEARTBEAT: the sender's vi
 inline constexpr uint16_t kFlagRecord = 1 << 9;    // FETCH_META: carries the sender's set record for the name
 inline constexpr uint16_t kFlagDeleted = 1 << 10;  // SET_RECORD / FETCH_META's record: a tombstone (the name was deleted)
 inline constexpr uint16_t kFlagRelease = 1 << 11;  // SET_RECORD: a set recorded at a quorum; non-members drop their copy
+inline constexpr uint16_t kFlagDelta = 1 << 12;    // DATA: a delta (see the extension above); ACK: of a delta's positions
+inline constexpr uint16_t kFlagNeedFull = 1 << 13; // ACK: the receiver lacks the delta's base: send the generation whole
 
 /// The replica set of a segment travels in the 64-bit `sack` field of DATA
 /// and FETCH_META frames: up to four node ids, 16 bits each, 0 = empty.
@@ -143,6 +157,12 @@ struct Frame {
   /// but the CRC (which covers the payload) is not yet. See verify_payload().
   bool payload_verified = true;
   std::span<const std::byte> raw;  ///< the whole frame (set by decode)
+  /// kFlagDelta DATA: the generation the delta applies to, and where this
+  /// chunk goes (chunk_index is its position in the delta).
+  uint64_t delta_base = 0;
+  uint32_t delta_chunk = 0;
+  /// The chunk of the segment this frame carries.
+  uint32_t chunk() const noexcept { return (flags & kFlagDelta) != 0 ? delta_chunk : chunk_index; }
 };
 
 /// FETCH_META carries a second epoch in the chunk index (low 32 bits) and
@@ -173,8 +193,8 @@ inline uint32_t chunk_len(uint64_t total_len, uint32_t chunk_size, uint32_t inde
   return static_cast<uint32_t>(rest < chunk_size ? rest : chunk_size);
 }
 
-/// Writes header+name for `f` into `out` (at least kHeaderSize + name size)
-/// and returns the bytes written. `payload_crc_state` is the CRC32C state
+/// Writes header+name (and a delta's extension) for `f` into `out` (at
+/// least kMaxHeadSize) and returns the bytes written. `payload_crc_state` is the CRC32C state
 /// (crc32c_extend, not finalised) over the payload that will follow, or
 /// crc32c_init() for none; `payload_len` its length. Thread: any.
 size_t encode_header(const Frame& f, uint32_t payload_crc_state, uint32_t payload_len,

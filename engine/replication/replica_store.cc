@@ -1,5 +1,7 @@
 #include "replication/replica_store.h"
 
+#include <cstring>
+
 namespace baton {
 
 Result<std::unique_ptr<ReplicaStore>> ReplicaStore::create(const Origin& first, uint32_t retain, int numa_node) {
@@ -16,7 +18,12 @@ Result<std::unique_ptr<ReplicaStore>> ReplicaStore::create(const Origin& first, 
     auto mem = LocalStorage::create(store->name_ + "@replica", first.size, numa_node);
     if (!mem) return tl::unexpected(mem.error());
     slot.mem = std::move(*mem);
+    slot.delta_chunks.reserve(kDeltaReserve);
   }
+  // Deltas of up to this many chunks are tracked without allocating on
+  // the worker (more grow these once).
+  store->shadow_delta_.reserve(kDeltaReserve);
+  store->hops_.reserve(kDeltaReserve * (2 + retain));
   return store;
 }
 
@@ -36,25 +43,100 @@ int ReplicaStore::pick_shadow() noexcept {
   return -1;
 }
 
+ReplicaStore::Accept ReplicaStore::begin_delta(wire::Frame& f) noexcept {
+  // The base must be what this store published last, under this epoch, in
+  // the same shape.
+  Slot* base = latest();
+  const uint32_t chunks = wire::chunk_count_for(size_, f.chunk_size);
+  if (base == nullptr || base->generation != f.delta_base || base->epoch != epoch_ ||
+      base->chunk_size != f.chunk_size || f.total_len != size_ || base->chunk_crcs.size() != chunks)
+    return Accept::kNeedFull;
+  if (shadow_ < 0) shadow_ = pick_shadow();
+  if (shadow_ < 0) return Accept::kNoSlot;
+  Slot& sh = slots_[shadow_];
+  prepare_from_ = static_cast<int>(base - slots_.data());
+  // The shadow becomes a copy of the base. When it holds a generation the
+  // base is a chain of deltas away from (the slots between all published),
+  // only the chunks those deltas carried are copied; else all of it, a
+  // slice per arriving frame (accept()).
+  std::vector<uint32_t>& hops = hops_;  // kept: no allocation per generation
+  hops.clear();
+  bool chained = sh.content != 0 && sh.content_epoch == epoch_;
+  for (const Slot* at = base; chained && at->generation != sh.content;) {
+    const Slot* prev = at->delta_of != 0 ? find(at->delta_of) : nullptr;
+    if (at->delta_of == sh.content) prev = at;  // the last hop: the shadow itself is its base
+    if (prev == nullptr || at->epoch != epoch_) {
+      chained = false;
+      break;
+    }
+    hops.insert(hops.end(), at->delta_chunks.begin(), at->delta_chunks.end());
+    if (prev == at) break;
+    at = prev;
+  }
+  sh.content = 0;  // rewritten from here on
+  if (chained) {
+    for (uint32_t c : hops) {
+      const uint64_t off = uint64_t{c} * f.chunk_size;
+      std::memcpy(sh.mem.data() + off, base->mem.data() + off, wire::chunk_len(size_, f.chunk_size, c));
+    }
+    prepared_ = size_;
+  } else {
+    prepared_ = 0;
+  }
+  assembler_.begin(sh.mem.data(), f, base->chunk_crcs);
+  shadow_set_ = f.sack;
+  shadow_delta_.clear();
+  return Accept::kStored;
+}
+
 ReplicaStore::Accept ReplicaStore::accept(wire::Frame& f) noexcept {
   if (f.generation <= last_published_) return Accept::kStale;
+  const bool delta = (f.flags & wire::kFlagDelta) != 0;
   if (!assembler_.matches(f)) {
     // A newer generation supersedes a half-built one (the sender moved on).
     if (assembler_.active() && f.generation < assembler_.generation()) return Accept::kStale;
     // Only a verified frame may abandon the generation in progress.
     if (!wire::verify_payload(f)) return Accept::kBadFrame;
-    if (shadow_ < 0) shadow_ = pick_shadow();
-    if (shadow_ < 0) return Accept::kNoSlot;
-    assembler_.begin(slots_[shadow_].mem.data(), f);
-    shadow_set_ = f.sack;
+    if (delta) {
+      if (const Accept a = begin_delta(f); a != Accept::kStored) return a;
+    } else {
+      if (shadow_ < 0) shadow_ = pick_shadow();
+      if (shadow_ < 0) return Accept::kNoSlot;
+      slots_[shadow_].content = 0;
+      assembler_.begin(slots_[shadow_].mem.data(), f);
+      shadow_set_ = f.sack;
+      shadow_delta_.clear();
+      prepared_ = size_;
+    }
+  }
+  if (prepared_ < size_) {  // a delta's shadow still becoming a copy of its base
+    const uint64_t n = std::min(kPrepareSlice, size_ - prepared_);
+    std::memcpy(slots_[shadow_].mem.data() + prepared_, slots_[prepare_from_].mem.data() + prepared_, n);
+    prepared_ += n;
+    if (prepared_ < size_) return Accept::kPreparing;
   }
   switch (assembler_.accept(f)) {
-    case ChunkAssembler::Outcome::kStored: return Accept::kStored;
+    case ChunkAssembler::Outcome::kStored:
+      if (delta) shadow_delta_.push_back(f.chunk());
+      return Accept::kStored;
     case ChunkAssembler::Outcome::kDuplicate: return Accept::kDuplicate;
-    case ChunkAssembler::Outcome::kCorrupt: return Accept::kCorrupt;
+    case ChunkAssembler::Outcome::kCorrupt:
+      // A delta that does not check out against its base: ask for it whole.
+      if (assembler_.is_delta()) {
+        assembler_.stop();
+        return Accept::kNeedFull;
+      }
+      return Accept::kCorrupt;
     case ChunkAssembler::Outcome::kBadFrame: return Accept::kBadFrame;
-    case ChunkAssembler::Outcome::kComplete: break;
+    case ChunkAssembler::Outcome::kComplete:
+      if (delta) shadow_delta_.push_back(f.chunk());
+      break;
   }
+  publish();
+  return Accept::kPublished;
+}
+
+void ReplicaStore::publish() noexcept {
   Slot& s = slots_[shadow_];
   s.generation = assembler_.generation();
   s.epoch = epoch_;
@@ -62,6 +144,10 @@ ReplicaStore::Accept ReplicaStore::accept(wire::Frame& f) noexcept {
   s.gen_crc = assembler_.gen_crc();
   s.chunk_size = assembler_.chunk_size();
   s.chunk_crcs.assign(assembler_.chunk_crcs().begin(), assembler_.chunk_crcs().end());
+  s.content = s.generation;
+  s.content_epoch = epoch_;
+  s.delta_of = assembler_.base();
+  s.delta_chunks.assign(shadow_delta_.begin(), shadow_delta_.end());  // grows once, then reuses its room
   // Publish: the slot becomes the latest in one step; the oldest beyond the
   // retention window stops being visible (its memory is reused later).
   published_.insert(published_.begin(), shadow_);
@@ -75,7 +161,6 @@ ReplicaStore::Accept ReplicaStore::accept(wire::Frame& f) noexcept {
   last_published_ = s.generation;
   shadow_ = -1;
   assembler_.stop();
-  return Accept::kPublished;
 }
 
 void ReplicaStore::fill_ack(wire::Frame& ack) const noexcept {

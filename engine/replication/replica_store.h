@@ -30,6 +30,15 @@ class ReplicaStore {
     uint32_t chunk_size = 0;
     std::vector<uint32_t> chunk_crcs;
     uint32_t pins = 0;  ///< readers (fetch senders) using it
+    /// What the memory holds, kept after the slot is taken for a shadow
+    /// (then `generation` is 0): a delta is built on it when it is the
+    /// base, or one delta away from it. 0: unknown (half written).
+    uint64_t content = 0;
+    uint64_t content_epoch = 0;
+    /// The generation this one arrived as a delta of (0: whole), and the
+    /// chunks that delta carried.
+    uint64_t delta_of = 0;
+    std::vector<uint32_t> delta_chunks;
   };
 
   /// What a store is made from: the first frame of its segment.
@@ -53,12 +62,21 @@ class ReplicaStore {
     return create(Origin::of(first), retain, numa_node);
   }
 
-  enum class Accept : uint8_t { kStored, kDuplicate, kPublished, kStale, kCorrupt, kNoSlot, kBadFrame };
+  enum class Accept : uint8_t {
+    kStored, kDuplicate, kPublished, kStale, kCorrupt, kNoSlot, kBadFrame, kNeedFull, kPreparing };
 
   /// Takes one chunk (verifying it if decode did not). kStale: older than
   /// what is published (ack it as held). kNoSlot: every non-latest slot is
   /// pinned by a reader; drop (it is resent). kBadFrame: CRC mismatch.
+  /// A delta (kFlagDelta): kNeedFull when this store does not hold its base
+  /// (or the delta did not check out against it): ask for the generation
+  /// whole; kPreparing while the shadow is being made a copy of the base
+  /// (a bounded slice per frame): drop, it is resent.
   Accept accept(wire::Frame& f) noexcept;
+  /// Bytes of the base a delta's shadow copies per frame, when it must copy
+  /// all of it (the worker's poll stays short; a 64 MiB base takes 16 frames).
+  static constexpr uint64_t kPrepareSlice = 4 << 20;
+  static constexpr size_t kDeltaReserve = 256;
 
   /// Ack for the generation in progress or the one just published.
   void fill_ack(wire::Frame& ack) const noexcept;
@@ -118,6 +136,15 @@ class ReplicaStore {
   ChunkAssembler assembler_;
   uint64_t last_published_ = 0;
   uint64_t shadow_set_ = 0;  ///< replica set of the generation being built
+  /// A delta's shadow becoming a copy of its base: bytes copied so far
+  /// (`size_`: done). The base slot is `prepare_from_`.
+  uint64_t prepared_ = 0;
+  int prepare_from_ = -1;
+  std::vector<uint32_t> shadow_delta_;  ///< the chunks of the delta being built
+  std::vector<uint32_t> hops_;          ///< scratch: the chunks a shadow copies from the base
+
+  Accept begin_delta(wire::Frame& f) noexcept;
+  void publish() noexcept;
 };
 
 }  // namespace baton

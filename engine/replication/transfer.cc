@@ -48,7 +48,8 @@ uint32_t ChunkBitmap::next_clear(uint32_t from) const noexcept {
 void ChunkSender::start(const SendSource& src, const SenderTuning& tuning, uint64_t now_ns) {
   src_ = src;
   tuning_ = tuning;
-  chunk_count_ = wire::chunk_count_for(src.total_len, src.chunk_size);
+  chunk_count_ = src.is_delta() ? static_cast<uint32_t>(src.delta.size())
+                                : wire::chunk_count_for(src.total_len, src.chunk_size);
   acked_.reset(chunk_count_);
   acked_count_ = 0;
   next_new_ = 0;
@@ -90,8 +91,7 @@ uint16_t ChunkSender::plan(uint64_t now_ns, uint32_t* out, uint16_t n) noexcept 
     out[k++] = chunk_count_ - 1;
   }
   uint32_t next = next_new_;
-  const uint32_t limit =
-      src_.ready != nullptr ? std::min(src_.ready->load(std::memory_order_acquire), chunk_count_) : chunk_count_;
+  const uint32_t limit = ready_limit();
   const uint32_t in_flight = next_new_ - acked_count_;
   uint32_t room = in_flight < tuning_.window ? tuning_.window - in_flight : 0;
   while (k < n && room > 0 && next < limit) {
@@ -117,6 +117,7 @@ void ChunkSender::sent(const uint32_t* idx, uint16_t k, uint64_t now_ns) noexcep
 
 bool ChunkSender::on_ack(const wire::Frame& ack, uint64_t now_ns) noexcept {
   if (!active_ || ack.generation != src_.generation) return false;
+  if (((ack.flags & wire::kFlagDelta) != 0) != src_.is_delta()) return false;
   if ((ack.flags & wire::kFlagRestart) != 0) {
     start(src_, tuning_, now_ns);
     return true;
@@ -144,16 +145,21 @@ bool ChunkSender::on_ack(const wire::Frame& ack, uint64_t now_ns) noexcept {
 
 // --- assembler ------------------------------------------------------------
 
-void ChunkAssembler::begin(std::byte* dest, const wire::Frame& first) {
+void ChunkAssembler::begin(std::byte* dest, const wire::Frame& first, std::span<const uint32_t> base_crcs) {
   dest_ = dest;
   generation_ = first.generation;
   total_len_ = first.total_len;
   chunk_size_ = first.chunk_size;
   chunk_count_ = first.chunk_count;
+  total_chunks_ = wire::chunk_count_for(first.total_len, first.chunk_size);
+  base_ = (first.flags & wire::kFlagDelta) != 0 ? first.delta_base : 0;
   gen_crc_known_ = (first.flags & wire::kFlagGenCrc) != 0;
   gen_crc_ = gen_crc_known_ ? first.gen_crc : 0;
   have_.reset(chunk_count_);
-  if (crcs_.size() < chunk_count_) crcs_.resize(chunk_count_);
+  if (crcs_.size() < total_chunks_) crcs_.resize(total_chunks_);
+  // A delta's unchanged chunks keep the base's CRCs (the caller checked
+  // there is one per chunk).
+  if (base_ != 0 && base_crcs.size() == total_chunks_) std::copy(base_crcs.begin(), base_crcs.end(), crcs_.begin());
   have_count_ = 0;
   cum_ = 0;
   active_ = true;
@@ -174,7 +180,7 @@ ChunkAssembler::Outcome ChunkAssembler::accept(wire::Frame& f) noexcept {
   }
   // The chunk's bit stays clear until the frame is verified, so unverified
   // bytes in the shadow are overwritten by the retransmission, never published.
-  if (!wire::copy_verify_payload(f, dest_ + uint64_t{f.chunk_index} * chunk_size_)) return Outcome::kBadFrame;
+  if (!wire::copy_verify_payload(f, dest_ + uint64_t{f.chunk()} * chunk_size_)) return Outcome::kBadFrame;
   if ((f.flags & wire::kFlagGenCrc) != 0) {
     if (!gen_crc_known_) {
       gen_crc_ = f.gen_crc;
@@ -184,7 +190,7 @@ ChunkAssembler::Outcome ChunkAssembler::accept(wire::Frame& f) noexcept {
       return Outcome::kCorrupt;
     }
   }
-  crcs_[f.chunk_index] = f.payload_crc;
+  crcs_[f.chunk()] = f.payload_crc;
   have_.set(f.chunk_index);
   ++have_count_;
   if (f.chunk_index == cum_) cum_ = have_.next_clear(cum_);
@@ -209,6 +215,7 @@ void ChunkAssembler::fill_ack(wire::Frame& ack) const noexcept {
   ack.chunk_count = chunk_count_;
   ack.chunk_size = chunk_size_;
   ack.chunk_index = cum_;
+  if (base_ != 0) ack.flags |= wire::kFlagDelta;  // positions, not chunks
   uint64_t sack = 0;
   for (uint32_t b = 0; b < 64 && cum_ + b < chunk_count_; ++b)
     if (have_.test(cum_ + b)) sack |= uint64_t{1} << b;

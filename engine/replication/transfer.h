@@ -58,6 +58,11 @@ struct SendSource {
   /// by another thread: it stores `ready` after the chunk and its CRC, with
   /// release); null: all.
   const std::atomic<uint32_t>* ready = nullptr;
+  /// A delta: only these chunks (ascending), for a receiver that holds
+  /// generation `base`. Empty: every chunk.
+  std::span<const uint32_t> delta;
+  uint64_t base = 0;
+  bool is_delta() const noexcept { return base != 0; }
 };
 
 struct SenderTuning {
@@ -78,10 +83,10 @@ class ChunkSender {
   /// and timeouts alone do not count.
   bool has_unsent() const noexcept {
     if (!active_ || complete_) return false;
-    const uint32_t limit =
-        src_.ready != nullptr ? std::min(src_.ready->load(std::memory_order_acquire), chunk_count_) : chunk_count_;
-    return resending_ || next_new_ < limit;
+    return resending_ || next_new_ < ready_limit();
   }
+  /// The chunk of the segment at position `i` of what is sent.
+  uint32_t chunk_at(uint32_t i) const noexcept { return src_.is_delta() ? src_.delta[i] : i; }
 
   /// Fills `out` with up to `n` chunk indices to send now (retransmissions
   /// first). Only the retransmit timer changes; call sent() with how many of
@@ -90,13 +95,23 @@ class ChunkSender {
   /// Records that the first `k` planned chunks were handed to the link.
   void sent(const uint32_t* idx, uint16_t k, uint64_t now_ns) noexcept;
 
-  /// Applies an ack for this generation. Returns true if it made progress.
+  /// Applies an ack for this generation (and mode: an ack of a delta's
+  /// positions says nothing of a whole generation's chunks). Returns true
+  /// if it made progress.
   bool on_ack(const wire::Frame& ack, uint64_t now_ns) noexcept;
 
   uint64_t retransmits() const noexcept { return retransmits_; }
   uint32_t acked() const noexcept { return acked_count_; }
 
  private:
+  /// Positions [0, limit) are ready to send.
+  uint32_t ready_limit() const noexcept {
+    if (src_.ready == nullptr) return chunk_count_;
+    const uint32_t ready = src_.ready->load(std::memory_order_acquire);
+    if (!src_.is_delta()) return std::min(ready, chunk_count_);
+    return static_cast<uint32_t>(std::lower_bound(src_.delta.begin(), src_.delta.end(), ready) - src_.delta.begin());
+  }
+
   SendSource src_;
   SenderTuning tuning_;
   uint32_t chunk_count_ = 0;
@@ -124,14 +139,21 @@ class ChunkAssembler {
   };
 
   /// Prepares to assemble the generation that `first` (any of its chunks,
-  /// verified) belongs to into `dest` (at least first.total_len bytes). Thread: worker.
-  void begin(std::byte* dest, const wire::Frame& first);
+  /// verified) belongs to into `dest` (at least first.total_len bytes). For
+  /// a delta (kFlagDelta), `dest` already holds the base generation, whose
+  /// chunk CRCs are `base_crcs`: only the delta's chunks arrive. Thread: worker.
+  void begin(std::byte* dest, const wire::Frame& first, std::span<const uint32_t> base_crcs = {});
   bool active() const noexcept { return active_; }
   void stop() noexcept { active_ = false; }
-  /// Whether `f` belongs to the generation being assembled (same shape too).
+  /// Whether `f` belongs to the generation being assembled (same shape,
+  /// and the same delta or whole).
   bool matches(const wire::Frame& f) const noexcept {
-    return active_ && f.generation == generation_ && f.total_len == total_len_ && f.chunk_size == chunk_size_;
+    return active_ && f.generation == generation_ && f.total_len == total_len_ && f.chunk_size == chunk_size_ &&
+           f.delta_base == base_ && ((f.flags & wire::kFlagDelta) != 0) == (base_ != 0) &&
+           f.chunk_count == chunk_count_;
   }
+  bool is_delta() const noexcept { return base_ != 0; }
+  uint64_t base() const noexcept { return base_; }
   /// Places a chunk of the current generation. Requires matches(f). An
   /// unverified frame is copied and verified in one pass.
   Outcome accept(wire::Frame& f) noexcept;
@@ -143,7 +165,8 @@ class ChunkAssembler {
   uint64_t total_len() const noexcept { return total_len_; }
   uint32_t chunk_size() const noexcept { return chunk_size_; }
   uint32_t gen_crc() const noexcept { return gen_crc_; }
-  std::span<const uint32_t> chunk_crcs() const noexcept { return {crcs_.data(), chunk_count_}; }
+  /// Every chunk's CRC, delta or not.
+  std::span<const uint32_t> chunk_crcs() const noexcept { return {crcs_.data(), total_chunks_}; }
   std::byte* dest() const noexcept { return dest_; }
 
  private:
@@ -153,7 +176,9 @@ class ChunkAssembler {
   uint64_t generation_ = 0;
   uint64_t total_len_ = 0;
   uint32_t chunk_size_ = 0;
-  uint32_t chunk_count_ = 0;
+  uint32_t chunk_count_ = 0;   ///< positions to receive (a delta's chunks, or every chunk)
+  uint32_t total_chunks_ = 0;  ///< chunks of the segment
+  uint64_t base_ = 0;          ///< a delta's base generation; 0: whole
   uint32_t gen_crc_ = 0;
   bool gen_crc_known_ = false;
   ChunkBitmap have_;

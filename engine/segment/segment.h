@@ -35,6 +35,12 @@ struct Stage {
   /// Segment::mu) only.
   static constexpr uint64_t kStalePage = 4096;
   ChunkBitmap stale;
+  /// The chunks written since the previous generation (ascending), for
+  /// replicas that hold it: they are sent only these. `delta_base` is that
+  /// generation; 0: no delta (everything may have changed). Written by the
+  /// committer before the stage is posted, read by the token holder.
+  std::vector<uint32_t> delta;
+  uint64_t delta_base = 0;
 };
 
 /// A replica slot of one of our segments. The set of slots is fixed when the
@@ -63,6 +69,13 @@ struct Segment {
   /// only their chunks (S15); null: untracked, every chunk counts as
   /// written. Committer (under mu) only.
   std::unique_ptr<WriteWatch> watch;
+  /// Chunks written since the last generation, and whether that may not
+  /// be all that changed (the tracker rested or failed, nothing was said,
+  /// the engine wrote the memory itself, or there is no generation yet).
+  /// Gathered until a snapshot takes them. Committer only.
+  ChunkBitmap written_chunks;
+  bool written_unknown = true;
+  bool rewritten = false;  ///< Engine::reopen put the memory back: the next commit is no delta
   /// The memfd was handed out (Engine::memory_fd): writes through another
   /// mapping are invisible to the tracker, so the next commit drops it.
   std::atomic<bool> shared_out{false};
@@ -108,6 +121,14 @@ struct Segment {
 /// gated on the chunks snapshotted so far. Thread: token holder.
 inline SendSource stage_source(const Segment& seg, const Stage& stage) noexcept {
   return SendSource{stage.mem.data(), seg.size, seg.chunk_size, stage.chunk_crcs, 0, stage.generation, &stage.ready};
+}
+
+/// The same as a delta, for a replica that holds stage.delta_base.
+inline SendSource stage_delta_source(const Segment& seg, const Stage& stage) noexcept {
+  SendSource src = stage_source(seg, stage);
+  src.delta = stage.delta;
+  src.base = stage.delta_base;
+  return src;
 }
 
 }  // namespace baton

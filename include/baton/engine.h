@@ -206,6 +206,9 @@ struct EngineStats {
   uint64_t longest_stall_us = 0;    ///< the longest such gap
   uint64_t snapshot_chunks_copied = 0;   ///< chunks commits copied into a snapshot
   uint64_t snapshot_chunks_skipped = 0;  ///< chunks unchanged since the stage's last snapshot
+  uint64_t deltas_sent = 0;        ///< generations sent to a replica as only what changed (S15)
+  uint64_t wholes_sent = 0;        ///< generations sent to a replica whole
+  uint64_t deltas_published = 0;   ///< generations this node's replica stores built from a delta
 };
 
 class Engine {

@@ -102,6 +102,8 @@ cibadmin --create -o resources --xml-text "
 # Pacemaker starts it; the application commits 30 durable batches.
 for _ in $(seq 1 120); do grep -q "served 30 batches" "$dir/kv.log" 2>/dev/null && break; sleep 0.5; done
 grep -q "served 30 batches" "$dir/kv.log" || fail "Pacemaker did not start the application"
+# (The application may be done before the agent's start returns.)
+for _ in $(seq 1 60); do crm_mon -1 | grep -q "kv.*Started node1" && break; sleep 0.5; done
 crm_mon -1 | grep -q "kv.*Started node1" || fail "crm_mon does not show kv started"
 last=$(grep -o "^batch=[0-9]*" "$dir/kv.log" | tail -1 | cut -d= -f2)
 

@@ -29,6 +29,7 @@ void Stats::add(const Stats& o) {
   acks_in_detection_window += o.acks_in_detection_window;
   past_tolerance += o.past_tolerance;
   partial_snapshots += o.partial_snapshots;
+  delta_generations += o.delta_generations;
   records_lost += o.records_lost;
   deletes += o.deletes;
   failed_deletes += o.failed_deletes;
@@ -40,13 +41,14 @@ std::string Stats::to_string() const {
                 "seeds=%lu steps=%lu commits=%lu durable_acks=%lu restores=%lu fresh_starts=%lu kills=%lu "
                 "restarts=%lu partitions=%lu stalls=%lu failed_opens=%lu lost_with_every_copy=%lu "
                 "acks_in_detection_window=%lu past_tolerance=%lu records_lost=%lu deletes=%lu failed_deletes=%lu "
-                "partial_snapshots=%lu",
+                "partial_snapshots=%lu delta_generations=%lu",
                 (unsigned long)seeds, (unsigned long)steps, (unsigned long)commits, (unsigned long)durable_acks,
                 (unsigned long)restores, (unsigned long)fresh_starts, (unsigned long)kills, (unsigned long)restarts,
                 (unsigned long)partitions, (unsigned long)stalls, (unsigned long)failed_opens,
                 (unsigned long)lost_with_every_copy, (unsigned long)acks_in_detection_window,
                 (unsigned long)past_tolerance, (unsigned long)records_lost, (unsigned long)deletes,
-                (unsigned long)failed_deletes, (unsigned long)partial_snapshots);
+                (unsigned long)failed_deletes, (unsigned long)partial_snapshots,
+                (unsigned long)delta_generations);
   return b;
 }
 
@@ -130,6 +132,8 @@ class World {
         if (alive(n))
           for (const auto& e : engine(n)->events()) schedule_ += "  events of node " + std::to_string(n) + ": " + e.text + "\n";
     }
+    for (int n = 1; n <= o_.nodes; ++n)
+      if (alive(n)) stats_.delta_generations += engine(n)->stats().deltas_published;
     stats_.seeds = 1;
     out.stats = stats_;
     out.schedule = schedule_;
@@ -276,6 +280,7 @@ class World {
   }
 
   void kill(int n, const std::string& when) {
+    if (engines_[n - 1] != nullptr) stats_.delta_generations += engines_[n - 1]->stats().deltas_published;
     engines_[n - 1].reset();
     killed_at_[n - 1] = now_;
     held_[n - 1].clear();

@@ -43,7 +43,8 @@ struct Stats {
   uint64_t seeds = 0, steps = 0, commits = 0, durable_acks = 0, restores = 0, fresh_starts = 0, kills = 0,
            restarts = 0, partitions = 0, stalls = 0, failed_opens = 0, lost_with_every_copy = 0,
            acks_in_detection_window = 0, past_tolerance = 0, records_lost = 0, deletes = 0, failed_deletes = 0,
-           partial_snapshots = 0;  ///< commits that copied only the chunks written since (write tracking)
+           partial_snapshots = 0,  ///< commits that copied only the chunks written since (write tracking)
+           delta_generations = 0;  ///< generations replicas built from a delta (only what changed travelled)
   void add(const Stats& o);
   std::string to_string() const;
 };

@@ -148,10 +148,56 @@ TEST_P(SnapshotModes, EveryGenerationIsByteExact) {
   const auto after = cl.node(1).stats();
   const uint64_t copied = after.snapshot_chunks_copied - before.snapshot_chunks_copied;
   const uint64_t skipped = after.snapshot_chunks_skipped - before.snapshot_chunks_skipped;
-  if (tracked || mode.pass_ranges)
+  if (tracked || mode.pass_ranges) {
     EXPECT_GT(skipped, copied) << "sparse writes: most chunks are unchanged";
-  else
+    EXPECT_GT(after.deltas_sent - before.deltas_sent, 40u) << "and only they travel";
+    EXPECT_GT(cl.node(2).stats().deltas_published, 40u);
+  } else {
     EXPECT_EQ(skipped, 0u) << "untracked: every chunk is copied";
+    EXPECT_EQ(after.deltas_sent, 0u) << "untracked: every generation travels whole";
+  }
+}
+
+// Deltas across many generations while the replica set changes under them:
+// a replica restarts (its copy is gone: it asks for the next generation
+// whole), another is killed and a new node takes its slot (whole, then
+// deltas), and with older generations retained (a delta's shadow is then
+// several deltas behind). Every generation on every replica is the exact
+// memory at its commit.
+TEST(Snapshot, DeltasStayExactAcrossRestartsAndReplacements) {
+  EngineConfig c;
+  c.replication_factor = 2;
+  c.retain = 2;
+  Cluster cl(4, c);
+  constexpr uint64_t kSize = 1 << 20;
+  auto seg = test::must(cl.node(1).create("deltas", kSize));
+  auto mem = cl.node(1).data(seg);
+  std::mt19937_64 rng(5);
+  for (size_t i = 0; i < kSize; i += 8) mem[i] = std::byte(static_cast<uint8_t>(rng()));
+  std::vector<int> dead;
+  for (int g = 1; g <= 240; ++g) {
+    const int writes = 1 + static_cast<int>(rng() % 4);
+    for (int w = 0; w < writes; ++w) {
+      const uint64_t len = 1 + rng() % 20000, off = rng() % (kSize - len);
+      for (uint64_t i = 0; i < len; i += 61) mem[off + i] = std::byte(static_cast<uint8_t>(rng()));
+    }
+    const auto want = std::vector<std::byte>(mem.begin(), mem.end());
+    const uint64_t gen = test::must(cl.node(1).commit(seg));
+    ASSERT_TRUE(test::ok(cl.node(1).wait_replicated(seg, gen, 2, 20s))) << "generation " << g;
+    for (const auto& [node, held] : test::must(cl.node(1).status(seg)).replicas) {
+      auto rep = test::must(cl.node(node).read_replica("deltas", gen));
+      ASSERT_TRUE(rep == want) << "generation " << g << " differs on node " << node;
+    }
+    const auto replicas = test::must(cl.node(1).status(seg)).replicas;
+    if (g == 60) cl.restart(replicas.at(0).first);  // it comes back empty
+    if (g == 120) {  // killed for good: the fourth node takes the slot
+      cl.kill(replicas.at(1).first);
+      dead.push_back(replicas.at(1).first);
+    }
+  }
+  const auto st = cl.node(1).stats();
+  EXPECT_GT(st.deltas_sent, 300u);
+  EXPECT_GE(st.wholes_sent, 4u) << "the first generation, and one per replica that lost or never had its base";
 }
 
 INSTANTIATE_TEST_SUITE_P(Snapshot, SnapshotModes,

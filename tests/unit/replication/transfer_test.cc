@@ -329,5 +329,124 @@ TEST(ChunkBitmap, SetRangeSetsExactlyTheRange) {
   EXPECT_EQ(b.next_clear(0), 200u);
 }
 
+// A delta frame: the generation `gen` of `s`, position `pos` carrying chunk
+// `chunk`, over base `base`, with `count` chunks in all.
+wire::Frame delta_frame(const Source& s, uint64_t gen, uint64_t base, uint32_t pos, uint32_t chunk, uint32_t count) {
+  wire::Frame f = s.frame(gen, chunk);
+  f.flags |= wire::kFlagDelta;
+  f.delta_base = base;
+  f.delta_chunk = chunk;
+  f.chunk_index = pos;
+  f.chunk_count = count;
+  return f;
+}
+
+TEST(Delta, FramesRoundTripAndBadOnesAreRefused) {
+  Source s(10 * 1024, 1024, 3);
+  std::vector<std::byte> buf(wire::kMaxFrameSize);
+  wire::Frame f = delta_frame(s, 5, 4, 1, 7, 2);
+  const size_t n = wire::encode(f, buf);
+  ASSERT_EQ(n, wire::kHeaderSize + 3 + wire::kDeltaExtSize + 1024);
+  wire::Frame g;
+  ASSERT_EQ(wire::decode({buf.data(), n}, g), wire::DecodeError::kNone);
+  EXPECT_EQ(g.delta_base, 4u);
+  EXPECT_EQ(g.delta_chunk, 7u);
+  EXPECT_EQ(g.chunk(), 7u);
+  EXPECT_EQ(g.chunk_index, 1u);
+  EXPECT_EQ(g.payload_crc, s.crcs[7]);
+  auto refused = [&](wire::Frame bad) {
+    std::vector<std::byte> b(wire::kMaxFrameSize);
+    const size_t m = wire::encode(bad, b);
+    wire::Frame out;
+    return m == 0 || wire::decode({b.data(), m}, out) != wire::DecodeError::kNone;
+  };
+  EXPECT_TRUE(refused(delta_frame(s, 5, 5, 0, 1, 1))) << "base not older";
+  EXPECT_TRUE(refused(delta_frame(s, 5, 0, 0, 1, 1))) << "no base";
+  EXPECT_TRUE(refused(delta_frame(s, 5, 4, 2, 1, 2))) << "position past the count";
+  EXPECT_TRUE(refused(delta_frame(s, 5, 4, 0, 1, 11))) << "more chunks than the segment has";
+  wire::Frame wrong_len = delta_frame(s, 5, 4, 0, 9, 2);
+  wrong_len.delta_chunk = 10;  // past the last chunk
+  EXPECT_TRUE(refused(wrong_len));
+  wire::Frame fetch = delta_frame(s, 5, 4, 0, 1, 2);
+  fetch.type = wire::MsgType::kFetchData;
+  EXPECT_TRUE(refused(fetch)) << "fetches are never deltas";
+  // The extension's reserved word must be zero.
+  std::vector<std::byte> b(buf.begin(), buf.begin() + n);
+  b[wire::kHeaderSize + 3 + 12] = std::byte{1};
+  EXPECT_NE(wire::decode(b, g), wire::DecodeError::kNone);
+}
+
+TEST(Delta, AStoreBuildsAGenerationFromItsBaseAndRefusesAnotherBase) {
+  constexpr uint32_t kCs = 1024;
+  Source g1(16 * kCs, kCs, 1);
+  Source g2 = g1;  // generation 2: chunks 3 and 9 changed
+  for (uint32_t c : {3u, 9u}) {
+    for (uint32_t i = 0; i < kCs; ++i) g2.data[c * kCs + i] = std::byte(static_cast<uint8_t>(i * 7 + c));
+    g2.crcs[c] = crc32c(g2.data.data() + uint64_t{c} * kCs, kCs);
+  }
+  g2.gen_crc = wire::generation_crc(g2.crcs);
+  auto store = std::move(*ReplicaStore::create(g1.frame(1, 0), 0, -1));
+  // A delta on a base the store does not hold: it asks for the whole.
+  wire::Frame early = delta_frame(g2, 2, 1, 0, 3, 2);
+  EXPECT_EQ(store->accept(early), ReplicaStore::Accept::kNeedFull);
+  for (uint32_t i = 0; i < 16; ++i) store->accept(*std::make_unique<wire::Frame>(g1.frame(1, i)));
+  ASSERT_NE(store->latest(), nullptr);
+  ASSERT_EQ(store->latest()->generation, 1u);
+  wire::Frame a = delta_frame(g2, 2, 1, 0, 3, 2), b = delta_frame(g2, 2, 1, 1, 9, 2);
+  EXPECT_EQ(store->accept(a), ReplicaStore::Accept::kStored);
+  EXPECT_EQ(store->accept(b), ReplicaStore::Accept::kPublished);
+  ASSERT_EQ(store->latest()->generation, 2u);
+  EXPECT_TRUE(std::equal(g2.data.begin(), g2.data.end(), store->latest()->mem.data()));
+  EXPECT_EQ(store->latest()->delta_of, 1u);
+  // Generation 3 is a delta of 2 (one chunk changed back), built in the slot
+  // that held 1: only generation 2's changes are copied into it first.
+  Source g3 = g2;
+  for (uint32_t i = 0; i < kCs; ++i) g3.data[5 * kCs + i] = std::byte{0x33};
+  g3.crcs[5] = crc32c(g3.data.data() + 5 * kCs, kCs);
+  g3.gen_crc = wire::generation_crc(g3.crcs);
+  wire::Frame c = delta_frame(g3, 3, 2, 0, 5, 1);
+  EXPECT_EQ(store->accept(c), ReplicaStore::Accept::kPublished);
+  EXPECT_TRUE(std::equal(g3.data.begin(), g3.data.end(), store->latest()->mem.data()));
+  // A delta whose base content differs from what the sender had: the
+  // generation checksum catches it, and the store asks for the whole.
+  Source g4 = g3;
+  g4.crcs[0] ^= 1;  // the sender's view of chunk 0 differs from the store's
+  g4.gen_crc = wire::generation_crc(g4.crcs);
+  wire::Frame d = delta_frame(g4, 4, 3, 0, 5, 1);
+  EXPECT_EQ(store->accept(d), ReplicaStore::Accept::kNeedFull);
+  EXPECT_EQ(store->latest()->generation, 3u);
+}
+
+TEST(Delta, TheSenderSendsOnlyTheDeltaAndIgnoresAcksOfTheOtherKind) {
+  Source s(16 * 1024, 1024, 4);
+  const std::vector<uint32_t> chunks = {2, 5, 11};
+  SendSource src = s.src(7);
+  src.delta = chunks;
+  src.base = 6;
+  std::atomic<uint32_t> ready{6};  // chunks 0..5 snapshotted: positions 0 and 1
+  src.ready = &ready;
+  ChunkSender tx;
+  tx.start(src, SenderTuning{}, 0);
+  uint32_t idx[8];
+  uint16_t n = tx.plan(0, idx, 8);
+  ASSERT_EQ(n, 2);
+  EXPECT_EQ(tx.chunk_at(idx[0]), 2u);
+  EXPECT_EQ(tx.chunk_at(idx[1]), 5u);
+  tx.sent(idx, n, 0);
+  ready = 16;
+  n = tx.plan(1, idx, 8);
+  ASSERT_EQ(n, 1);
+  EXPECT_EQ(tx.chunk_at(idx[0]), 11u);
+  tx.sent(idx, n, 1);
+  wire::Frame ack;
+  ack.type = wire::MsgType::kAck;
+  ack.generation = 7;
+  ack.chunk_index = 3;
+  EXPECT_FALSE(tx.on_ack(ack, 2)) << "an ack of whole-generation chunks says nothing of a delta";
+  ack.flags = wire::kFlagDelta;
+  EXPECT_TRUE(tx.on_ack(ack, 2));
+  EXPECT_EQ(tx.acked(), 3u);
+}
+
 }  // namespace
 }  // namespace baton
