@@ -48,6 +48,7 @@
 #include "baton/baton.h"
 #include "baton/engine.h"
 #include "runtime/futex.h"
+#include "../stats.h"
 
 namespace {
 
@@ -67,10 +68,7 @@ Stats stats(std::vector<double> v) {
   return {v[v.size() / 2], v[std::min(v.size() - 1, v.size() * 99 / 100)]};
 }
 
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v.empty() ? 0 : v[v.size() / 2];
-}
+using baton::bench::median;
 
 void pace(Clock::time_point& next, int gap_us) {
   next += std::chrono::microseconds(gap_us);

@@ -29,6 +29,7 @@
 #include "../../tools/batonctl/chassis.h"
 #include "baton/baton.h"
 #include "ipc/client.h"
+#include "../stats.h"
 
 namespace {
 
@@ -64,10 +65,7 @@ std::vector<Replica> replicas(const std::string& socket, const std::string& name
   return out;
 }
 
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v.empty() ? 0 : v[v.size() / 2];
-}
+using baton::bench::median;
 
 }  // namespace
 

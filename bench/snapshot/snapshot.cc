@@ -33,19 +33,14 @@
 #include "runtime/futex.h"
 #include "segment/dirty_tracker.h"
 #include "segment/local_storage.h"
+#include "../stats.h"
 
 namespace {
 
 using baton::now_ns;
 
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v.empty() ? 0 : v[v.size() / 2];
-}
-double pct(std::vector<double> v, double p) {
-  std::sort(v.begin(), v.end());
-  return v.empty() ? 0 : v[std::min(v.size() - 1, static_cast<size_t>(p * v.size()))];
-}
+using baton::bench::median;
+using baton::bench::pct;
 
 struct Pair {
   std::unique_ptr<baton::Engine> a, b;

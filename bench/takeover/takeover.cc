@@ -20,17 +20,12 @@
 #include "baton/engine.h"
 #include "baton/loopback.h"
 #include "runtime/futex.h"
+#include "../stats.h"
 
 namespace {
 
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v.empty() ? 0 : v[v.size() / 2];
-}
-double pct(std::vector<double> v, double p) {
-  std::sort(v.begin(), v.end());
-  return v.empty() ? 0 : v[std::min(v.size() - 1, static_cast<size_t>(p * v.size()))];
-}
+using baton::bench::median;
+using baton::bench::pct;
 
 // One round trip between two threads through a futex each way, in us.
 std::vector<double> ping_pong(int n) {
