@@ -122,6 +122,19 @@ void expect_serves(const Batond& d, const std::string& name) {
 
 bool alive(const Batond& d) { return kill(d.pid(), 0) == 0; }
 
+/// Commits through a mapped channel as the client library would (bump the
+/// request, ring the doorbell), waits up to 3 s for batond's answer and
+/// returns its status.
+int32_t commit_through(CommitChannel* ch, int doorbell) {
+  const uint32_t seq = ch->request.load() + 1;
+  ch->request.store(seq);
+  const uint64_t one = 1;
+  EXPECT_EQ(write(doorbell, &one, sizeof one), static_cast<ssize_t>(sizeof one));
+  for (int i = 0; i < 3000 && ch->done.load() != seq; ++i) usleep(1000);
+  EXPECT_EQ(ch->done.load(), seq) << "batond did not answer the commit";
+  return ch->status.load();
+}
+
 TEST(Hostile, ResizingTheSharedMemoryIsRefusedAndCannotFaultTheDaemon) {
   TempDir dir;
   Batond d(1, dir.path);
@@ -146,13 +159,7 @@ TEST(Hostile, ResizingTheSharedMemoryIsRefusedAndCannotFaultTheDaemon) {
   auto* ch = static_cast<CommitChannel*>(
       mmap(nullptr, sizeof(CommitChannel), PROT_READ | PROT_WRITE, MAP_SHARED, fds[1], 0));
   ASSERT_NE(ch, MAP_FAILED);
-  const uint32_t seq = ch->request.load() + 1;
-  ch->request.store(seq);
-  const uint64_t one = 1;
-  ASSERT_EQ(write(fds[2], &one, sizeof one), static_cast<ssize_t>(sizeof one));
-  for (int i = 0; i < 3000 && ch->done.load() != seq; ++i) usleep(1000);
-  EXPECT_EQ(ch->done.load(), seq);
-  EXPECT_EQ(ch->status.load(), 0);
+  EXPECT_EQ(commit_through(ch, fds[2]), 0);
   munmap(ch, sizeof(CommitChannel));
   for (int fd : fds) close(fd);
   EXPECT_TRUE(alive(d));
@@ -198,13 +205,7 @@ TEST(Hostile, LyingAboutWhatWasWrittenFailsOnlyThatCommit) {
       ch->written[2 * i].store(off);
       ch->written[2 * i + 1].store(len);
     }
-    const uint32_t seq = ch->request.load() + 1;
-    ch->request.store(seq);
-    const uint64_t one = 1;
-    (void)!write(fds[2], &one, sizeof one);
-    for (int i = 0; i < 3000 && ch->done.load() != seq; ++i) usleep(1000);
-    EXPECT_EQ(ch->done.load(), seq);
-    return ch->status.load();
+    return commit_through(ch, fds[2]);
   };
   EXPECT_EQ(commit(baton::ipc::kMaxWritten + 1, 0, 1), BATON_EINVAL) << "more ranges than the channel holds";
   EXPECT_EQ(commit(3, (1 << 20) - 1, 2), BATON_EINVAL) << "a range past the end";
