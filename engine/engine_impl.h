@@ -49,6 +49,7 @@
 #include "replication/slot_allocator.h"
 #include "replication/transfer.h"
 #include "runtime/futex.h"
+#include "runtime/poll_token.h"
 #include "runtime/spsc_ring.h"
 #include "runtime/topology.h"
 #include "segment/local_storage.h"
@@ -143,27 +144,21 @@ struct Engine::Impl {
   /// whether there was any. Thread: token holder.
   bool apply_control() noexcept;
 
-  // The poll token: whoever holds poll_mu runs poll_once() and owns the
-  // worker-side state. Normally the worker; a control thread that waits for
-  // the engine (replicas, a load) takes it and polls itself, so a commit and
-  // its wait cost one spinning thread, not two plus a wake-up (~70 us here).
-  std::mutex poll_mu;
-  /// Who holds the poll token now (default id: nobody); set and cleared by
-  /// the holder, read to check ownership.
-  std::atomic<std::thread::id> token_holder{};
+  /// The poll token (runtime/poll_token.h): whoever holds it runs
+  /// poll_once() and owns the data path's state.
+  PollToken token;
   /// Aborts unless the calling thread holds the poll token: the worker, a
   /// caller polling in its place, or (under simulation) the one thread that
   /// drives everything. Like eRPC's in_dispatch() checks; not compiled with
   /// NDEBUG. Thread: any.
   void assert_token_holder() const noexcept {
 #ifndef NDEBUG
-    if (sim == nullptr && token_holder.load(std::memory_order_relaxed) != std::this_thread::get_id()) {
+    if (sim == nullptr && !token.held_here()) {
       BT_ERROR("engine state touched by a thread that does not hold the poll token");
       std::abort();
     }
 #endif
   }
-  std::atomic<uint32_t> handoff{0};    ///< callers wanting the token; futex word the parked worker waits on
   std::atomic<bool> parked{false};
 
   // Control side.
@@ -240,7 +235,7 @@ struct Engine::Impl {
       }
       const uint64_t now = clock_ns();
       if (now >= deadline_ns) break;
-      if (now - start < kActiveNs && handoff.load() <= 1) {
+      if (now - start < kActiveNs && token.wanting_now() <= 1) {
         poll_once(now);
         continue;
       }

@@ -28,18 +28,15 @@ void Engine::Impl::run_worker() noexcept {
   // every 1 us back-off step into 50.
   prctl(PR_SET_TIMERSLACK, 10'000UL, 0, 0, 0);
   prctl(PR_SET_NAME, "baton-worker", 0, 0, 0);
-  std::unique_lock lock(poll_mu);
-  token_holder.store(std::this_thread::get_id(), std::memory_order_relaxed);
+  token.worker_take();
   const uint64_t spin_ns = uint64_t{config.idle_spin_us} * 1000;
   uint64_t idle_since = 0;
   uint32_t sleep_us = 1;
   while (running.load(std::memory_order_relaxed)) {
-    if (handoff.load() != 0) {  // a caller polls for us meanwhile
-      token_holder.store(std::thread::id(), std::memory_order_relaxed);
-      lock.unlock();
+    if (token.wanting_now() != 0) {  // a caller polls for us meanwhile
+      token.worker_drop();
       park_worker();
-      lock.lock();
-      token_holder.store(std::this_thread::get_id(), std::memory_order_relaxed);
+      token.worker_take();
       idle_since = 0;
       continue;
     }
@@ -63,11 +60,9 @@ void Engine::Impl::run_worker() noexcept {
     // and a whole timeslice when both landed on one vCPU.
     const uint32_t w = wake.load();
     sleeping.store(true);
-    token_holder.store(std::thread::id(), std::memory_order_relaxed);
-    lock.unlock();
-    if (queued.load() == 0 && handoff.load() == 0) futex_wait(wake, w, uint64_t{sleep_us} * 1000);
-    lock.lock();
-    token_holder.store(std::this_thread::get_id(), std::memory_order_relaxed);
+    token.worker_drop();
+    if (queued.load() == 0 && token.wanting_now() == 0) futex_wait(wake, w, uint64_t{sleep_us} * 1000);
+    token.worker_take();
     sleeping.store(false);
     sleep_us = std::min(sleep_us * 2, config.max_idle_sleep_us);
   }
@@ -82,9 +77,9 @@ void Engine::Impl::run_worker() noexcept {
 void Engine::Impl::park_worker() noexcept {
   parked.store(true);
   for (;;) {
-    const uint32_t h = handoff.load();
+    const uint32_t h = token.wanting_now();
     if (h == 0 || !running.load()) break;
-    futex_wait(handoff, h, uint64_t{config.max_idle_sleep_us} * 1000);
+    futex_wait(token.wanting(), h, uint64_t{config.max_idle_sleep_us} * 1000);
   }
   parked.store(false);
 }

@@ -23,31 +23,11 @@
 
 #include "baton/baton.h"
 #include "common/log.h"
+#include "ipc/server_impl.h"
 #include "protocol/wire.h"
 #include "runtime/futex.h"
 
 namespace baton::ipc {
-
-struct Server::Segment {
-  std::string name;
-  baton::Segment* handle = nullptr;  ///< the engine's; registry_mu_
-  uint32_t id = 0;                   ///< the handle applications use
-  uint64_t size = 0;
-  Session* holder = nullptr;         ///< the application holding it; registry_mu_
-  LocalStorage channel_mem;          ///< the CommitChannel page
-  CommitChannel* channel = nullptr;
-  uint32_t seen = 0;                 ///< last request answered; its commit lane's thread (lane mutex)
-};
-
-struct Server::Session {
-  int fd = -1;
-  uid_t uid = 0;
-  pid_t pid = 0;
-  uint32_t held = 0;        ///< segments it holds; registry_mu_
-  uint64_t held_bytes = 0;  ///< their bytes; registry_mu_
-  std::atomic<bool> done{false};  ///< its thread has finished (the accept thread joins it)
-  std::thread thread;
-};
 
 namespace {
 
@@ -57,8 +37,6 @@ bool hung_up(int fd) {
   return poll(&p, 1, 0) == 1 && (p.revents & (POLLHUP | POLLRDHUP | POLLERR)) != 0;
 }
 
-/// JSON as text; a string that is not UTF-8 is replaced, never thrown on.
-std::string to_text(const nlohmann::json& j) { return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace); }
 
 Reply reply_error(int status, const std::string& message) {
   Reply r{};
@@ -538,194 +516,6 @@ Reply Server::delete_segment(Session& s, const Request& r) {
   Reply rep{};
   rep.magic = kMagic;
   return rep;
-}
-
-nlohmann::json Server::status_json(size_t limit) const {
-  using nlohmann::json;
-  const EngineStats stats = engine_.stats();
-  const ServerCounters counters = this->counters();
-  json out;
-  out["node"] = {{"id", engine_.node_id()},
-                 {"name", config_.node_name},
-                 {"stalls", stats.stalls},
-                 {"longest_stall_ms", stats.longest_stall_us / 1000},
-                 {"telemetry", config_.telemetry_prefix.empty() ? json(nullptr) : json(config_.telemetry_prefix)}};
-  out["clients"] = {{"accepted", counters.accepted},
-                    {"refused_credentials", counters.refused_credentials},
-                    {"refused_limit", counters.refused_limit},
-                    {"bad_requests", counters.bad_requests},
-                    {"commits", counters.commits},
-                    {"disconnects", counters.disconnects},
-                    // chunks commits copied, and left alone as unchanged (what the applications wrote)
-                    {"chunks_copied", stats.snapshot_chunks_copied},
-                    {"chunks_skipped", stats.snapshot_chunks_skipped}};
-  const auto peers = engine_.peers();
-  auto peer = [&](uint16_t node) {
-    for (const auto& p : peers)
-      if (p.node == node) return p;
-    return PeerStatus{node};
-  };
-  auto alive = [&](uint16_t node) { return peer(node).alive; };
-  const View v = engine_.view();
-  out["view"] = {{"id", v.id},
-                 {"members", v.members},
-                 {"votes", v.members.size()},
-                 {"expected", v.expected_votes},
-                 {"quorate", v.quorate},
-                 {"agreed", v.agreed}};
-  out["links"] = json::array();
-  for (const auto& l : engine_.link_status()) {
-    const PeerStatus p = peer(l.peer);
-    out["links"].push_back({{"peer", l.peer},
-                            {"alive", p.alive},
-                            {"silent_ms", p.silent_us / 1000},
-                            // The peer's incarnation (its start time) and how long this node has
-                            // known it: a young one is a restart.
-                            {"incarnation", p.incarnation},
-                            {"incarnation_age_s", p.incarnation_age_us / 1'000'000},
-                            {"up", l.up},
-                            {"rx", l.counters.rx_frames},
-                            {"tx", l.counters.tx_frames},
-                            {"reconnects", l.counters.reconnects},
-                            {"name", l.name.substr(0, l.name.find(' '))}});
-  }
-  // The registry is copied out first: the engine's answers may wait behind
-  // a long open on another session, and the registry must not.
-  std::vector<std::tuple<std::string, baton::Segment*, bool>> held;
-  {
-    std::lock_guard lock(registry_mu_);
-    for (const auto& [name, seg] : segments_)
-      if (seg->handle != nullptr) held.emplace_back(name, seg->handle, seg->holder != nullptr);
-  }
-  std::sort(held.begin(), held.end());
-  out["segments"] = json::array();
-  // What a reply can carry: segments past the limit are counted, not listed.
-  size_t size = to_text(out).size(), omitted = 0;
-  for (const auto& [name, handle, app] : held) {
-    auto st = engine_.status(handle);
-    if (!st) continue;
-    json seg = {{"name", name},       {"size", st->size},   {"generation", st->generation},
-                {"durable", st->durable}, {"epoch", st->epoch}, {"held", app},
-                {"fenced", st->fenced},   {"durable_age_ms", st->durable_age_us / 1000}};
-    seg["replicas"] = json::array();
-    for (auto& [node, gen] : st->replicas)
-      seg["replicas"].push_back({{"node", node},
-                                 {"generation", gen},
-                                 {"lag", st->generation - std::min(gen, st->generation)},
-                                 {"alive", alive(node)}});
-    const size_t more = to_text(seg).size() + 1;
-    if (size + more + 64 > limit) {
-      ++omitted;
-      continue;
-    }
-    size += more;
-    out["segments"].push_back(std::move(seg));
-  }
-  out["segments_omitted"] = omitted;
-  return out;
-}
-
-std::string Server::events() const {
-  std::string s;
-  for (const auto& e : engine_.events()) s += std::to_string(e.unix_us) + " " + e.text + "\n";
-  return s.size() > kMaxReply - sizeof(Reply) ? s.substr(s.size() - (kMaxReply - sizeof(Reply))) : s;
-}
-
-// ---------------------------------------------------------------------------
-// The commit thread.
-
-Server::CommitLane& Server::lane_of(const Segment& seg) { return lanes_[seg.size > kLargeSegment ? 1 : 0]; }
-
-void Server::attach(Segment& seg) {
-  CommitLane& lane = lane_of(seg);
-  {
-    std::lock_guard lock(lane.mu);
-    seg.seen = seg.channel->request.load();
-    seg.channel->done.store(seg.seen);
-    // The commit thread may be asleep: until it has looked at this channel,
-    // the application rings the doorbell.
-    seg.channel->daemon_sleeping.store(1);
-    lane.active.push_back(&seg);
-  }
-  const uint64_t one = 1;
-  (void)!write(lane.event_fd, &one, sizeof one);
-}
-
-void Server::detach(Segment& seg) {
-  // Under the lane's mutex: once it is released, the commit thread is not
-  // in a commit of this segment and will not start one.
-  CommitLane& lane = lane_of(seg);
-  std::lock_guard lock(lane.mu);
-  lane.active.erase(std::remove(lane.active.begin(), lane.active.end(), &seg), lane.active.end());
-}
-
-bool Server::poll_commits(CommitLane& lane) {
-  bool busy = false;
-  std::lock_guard lock(lane.mu);
-  for (Segment* seg : lane.active) {
-    CommitChannel& ch = *seg->channel;
-    const uint32_t req = ch.request.load();  // seq_cst: pairs with the daemon_sleeping handshake
-    if (req == seg->seen) continue;
-    busy = true;
-    seg->seen = req;
-    // The large lane shares the engine: its copies never hold up a small
-    // commit, even when preempted (CommitOptions::share).
-    CommitOptions options{.share = &lane == &lanes_[1]};
-    Result<uint64_t> g = fail(Errc::kInvalidArgument, "bad written-range count in the commit channel");
-    const uint32_t n = ch.written_count.load(std::memory_order_relaxed);
-    if (n == kWrittenAll || n <= kMaxWritten) {
-      // Only what the application wrote is copied; the engine checks the
-      // ranges against the segment (a bad one fails this commit alone).
-      lane.written.clear();
-      if (n != kWrittenAll)
-        for (uint32_t i = 0; i < n; ++i)
-          lane.written.emplace_back(ch.written[2 * i].load(std::memory_order_relaxed),
-                                    ch.written[2 * i + 1].load(std::memory_order_relaxed));
-      // "Nothing written" is a range of nothing, not "everything".
-      if (n == 0) lane.written.emplace_back(0, 0);
-      options.written = lane.written;
-      g = engine_.commit(seg->handle, options);
-    }
-    ch.status.store(g ? 0 : -static_cast<int32_t>(g.error().code), std::memory_order_relaxed);
-    if (g) ch.generation.store(*g, std::memory_order_relaxed);
-    ch.done.store(req, std::memory_order_release);
-    if (ch.app_sleeping.load())  // shared memory between processes: not a private futex
-      syscall(SYS_futex, reinterpret_cast<uint32_t*>(&ch.done), FUTEX_WAKE, INT32_MAX, nullptr, nullptr, 0);
-    ++counters_.commits;
-  }
-  return busy;
-}
-
-void Server::commit_loop(CommitLane& lane, const char* thread_name) {
-  prctl(PR_SET_NAME, thread_name, 0, 0, 0);
-  const uint64_t spin_ns = uint64_t{config_.idle_spin_us} * 1000;
-  uint64_t idle_since = now_ns();
-  auto set_sleeping = [&lane](uint32_t v) {
-    std::lock_guard lock(lane.mu);
-    for (Segment* seg : lane.active) seg->channel->daemon_sleeping.store(v);
-  };
-  while (!stopping_.load(std::memory_order_relaxed)) {
-    if (poll_commits(lane)) {
-      idle_since = now_ns();
-      continue;
-    }
-    if (now_ns() - idle_since < spin_ns) {
-      _mm_pause();
-      continue;
-    }
-    // Sleep, telling every application to ring the doorbell; a commit
-    // posted before an application saw the flag is taken first.
-    set_sleeping(1);
-    if (!poll_commits(lane)) {
-      pollfd p{lane.event_fd, POLLIN, 0};
-      if (poll(&p, 1, 100) == 1) {
-        uint64_t v;
-        (void)!read(lane.event_fd, &v, sizeof v);
-      }
-    }
-    set_sleeping(0);
-    idle_since = now_ns();
-  }
 }
 
 }  // namespace baton::ipc

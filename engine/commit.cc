@@ -1,0 +1,196 @@
+// Commit and wait (S4, S15): a commit copies what the application wrote
+// since the last one into a stage (only the stale pages, when writes are
+// tracked) and checksums the chunks they touch; the worker, or the
+// committing thread holding the poll token, sends it. wait_replicated polls
+// until enough replicas hold a generation, or a majority for durable.
+//
+// Thread: the application's (API caller), which takes the segment's mutex
+// and, to copy in cache and send at once, the poll token.
+
+#include <algorithm>
+#include <cstring>
+
+#include "common/crc32c.h"
+#include "common/log.h"
+#include "engine_impl.h"
+#include "engine_util.h"
+
+namespace baton {
+
+Result<uint64_t> Engine::commit(Segment* segment, CommitOptions options) {
+  // Only this segment's mutex is held while it is copied: another
+  // application's commit, or an open waiting on the network, goes on.
+  Segment* seg = segment;
+  auto lock = impl_->table.lock(seg);
+  if (seg == nullptr) return fail(Errc::kInvalidArgument, "unknown segment handle");
+  if (seg->fenced.load()) return fail(Errc::kFenced, "segment ", seg->name, " moved to a newer owner");
+  for (const auto& [off, len] : options.written)
+    if (off > seg->size || len > seg->size - off)
+      return fail(Errc::kInvalidArgument, "written range [", std::to_string(off), ", +", std::to_string(len),
+                  ") is past the end of ", seg->name, " (", std::to_string(seg->size), " bytes)");
+  const uint64_t generation = seg->committed.load() + 1;
+  if (auto ok = impl_->snapshot(*seg, generation, options); !ok) return tl::unexpected(ok.error());
+  return generation;
+}
+
+void Engine::Impl::mark_written(Segment& seg, std::span<const std::pair<uint64_t, uint64_t>> ranges) {
+  // What changed since the last snapshot, for every stage. Untracked (or
+  // the tracker failed, or is resting): everything, unless the application
+  // said what it wrote.
+  constexpr uint64_t kPage = Stage::kStalePage;
+  const uint64_t cs = seg.chunk_size;
+  auto mark = [&](uint64_t off, uint64_t len) {
+    if (len == 0 || off >= seg.size) return;
+    const uint64_t end = off + std::min(len, seg.size - off) - 1;  // the last byte written
+    for (auto& stage : seg.stages)
+      stage.stale.set_range(static_cast<uint32_t>(off / kPage), static_cast<uint32_t>(end / kPage));
+    seg.written_chunks.set_range(static_cast<uint32_t>(off / cs), static_cast<uint32_t>(end / cs));
+  };
+  for (const auto& [off, len] : ranges) mark(off, len);
+  if (seg.watch != nullptr && seg.shared_out.load()) {
+    BT_INFO("segment %s: its memory was handed out; commits copy it whole from now on", seg.name.c_str());
+    seg.watch.reset();
+  }
+  bool all = ranges.empty();
+  if (seg.watch != nullptr) {
+    std::string error;
+    all = !seg.watch->collect(mark, &error);
+    if (!error.empty()) BT_WARN("segment %s: write tracking stopped: %s", seg.name.c_str(), error.c_str());
+  }
+  if (all)
+    for (auto& stage : seg.stages) stage.stale.set_all();
+  if (all || std::exchange(seg.rewritten, false)) seg.written_unknown = true;
+  seg.tracked.store(seg.watch != nullptr && seg.watch->tracking(), std::memory_order_relaxed);
+}
+
+Result<void> Engine::Impl::snapshot(Segment& seg, uint64_t generation, const CommitOptions& options) {
+  // The caller acts as the transfer processor: it snapshots chunk by chunk
+  // and, every few chunks, runs a poll iteration that sends what is ready
+  // while it is still in cache. Replication thus overlaps the snapshot; the
+  // call returns once the snapshot is complete (S5), and the worker carries
+  // on with the rest. Only chunks written since this stage's previous
+  // snapshot are copied (mark_written); the rest, and their CRCs, are
+  // still right. The copy holds the poll token (no wake-up, chunks
+  // sent while in cache) until another caller asks for it (another
+  // application's commit): then it lets go at the next batch and copies on
+  // without it, taking it back between batches only when nobody else
+  // holds it, so that commit does not wait out this copy. With `share`
+  // it lets go after every batch: a copy preempted while holding the token
+  // would hold up everyone (CommitOptions). Copy-on-write snapshots will
+  // replace the copy (S14).
+  mark_written(seg, options.written);
+  acquire_token();
+  Stage* stage = nullptr;
+  for (auto& s : seg.stages)
+    if (s.state.load(std::memory_order_acquire) == Stage::kFree) stage = &s;
+  if (stage == nullptr) {  // cannot happen: starting a stage frees the other
+    release_token();
+    return fail(Errc::kInternal, "no free snapshot stage");
+  }
+  const uint32_t cs = seg.chunk_size;
+  const uint32_t chunks = wire::chunk_count_for(seg.size, cs);
+  constexpr uint32_t kChunksPerPoll = 8;
+  stage->generation = generation;
+  // What changed since the previous generation, for replicas that hold it.
+  stage->delta.clear();
+  stage->delta_base = 0;
+  if (!seg.written_unknown && generation > 1) {
+    for (uint32_t c = 0; c < seg.written_chunks.count(); ++c)
+      if (seg.written_chunks.test(c)) stage->delta.push_back(c);
+    if (stage->delta.empty()) stage->delta.push_back(0);  // nothing changed: a delta of one chunk
+    if (stage->delta.size() < seg.written_chunks.count()) stage->delta_base = generation - 1;
+  }
+  seg.written_chunks.clear_all();  // taken: what is written from now on is the next delta
+  seg.written_unknown = false;
+  seg.committed.store(generation);
+  stage->ready.store(0, std::memory_order_relaxed);
+  stage->state.store(Stage::kPosted, std::memory_order_release);
+  start_replication(seg, *stage, clock_ns());
+  bool holding = true;
+  uint32_t copied = 0;
+  // A whole copy sends as it goes, chunks still in cache. A partial one
+  // would mostly send chunks it did not touch (every chunk still travels):
+  // it copies what changed without the token and leaves the sending to
+  // the worker.
+  const bool pipelined = stage->stale.popcount() == stage->stale.count();
+  if (!pipelined) {
+    release_token();
+    holding = false;
+  }
+  constexpr uint64_t kPage = Stage::kStalePage;
+  for (uint32_t i = 0; i < chunks; ++i) {
+    const uint64_t off = uint64_t{i} * cs;
+    const uint32_t len = wire::chunk_len(seg.size, cs, i);
+    bool copy = false;
+    if (pipelined) {
+      // memcpy moves 64 bytes per instruction; the CRC then reads the chunk
+      // back from cache, faster than one fused 8-byte loop.
+      std::memcpy(stage->mem.data() + off, seg.mem.data() + off, len);
+      copy = true;
+    } else {
+      // Only the stale pages of the chunk (chunks need not be page aligned).
+      for (uint64_t p = off / kPage; p * kPage < off + len; ++p) {
+        if (!stage->stale.test(static_cast<uint32_t>(p))) continue;
+        const uint64_t from = std::max(off, p * kPage), to = std::min(off + len, (p + 1) * kPage);
+        std::memcpy(stage->mem.data() + from, seg.mem.data() + from, to - from);
+        copy = true;
+      }
+    }
+    if (copy) {
+      stage->chunk_crcs[i] = crc32c(stage->mem.data() + off, len);
+      ++copied;
+    }
+    if (i + 1 == chunks) stage->gen_crc = wire::generation_crc(stage->chunk_crcs);
+    if (!copy && i + 1 != chunks) continue;  // published with the next copied chunk
+    stage->ready.store(i + 1, std::memory_order_release);
+    if ((!pipelined || copied % kChunksPerPoll != 0) && i + 1 != chunks) continue;
+    if (!holding) holding = try_acquire_token();
+    if (!holding) continue;  // the holder (the worker, or another caller) sends
+    poll_once(clock_ns());
+    if ((options.share || token.wanting_now() > 1) && i + 1 != chunks) {
+      release_token();  // someone else waits for it: copy on without it
+      holding = false;
+    }
+  }
+  if (holding) release_token();
+  stage->stale.clear_all();
+  bump(counters.snapshot_chunks_copied, copied);
+  bump(counters.snapshot_chunks_skipped, chunks - copied);
+  return {};
+}
+
+Result<void> Engine::wait_replicated(Segment* segment, uint64_t generation, uint32_t k,
+                                     std::chrono::milliseconds timeout) {
+  Segment* seg = nullptr;
+  auto valid = impl_->table.with(segment, [&](Segment* s) -> Result<void> {
+    if (s == nullptr) return fail(Errc::kInvalidArgument, "unknown segment handle");
+    if (k != kDurable && k > s->replicas.size())
+      return fail(Errc::kInvalidArgument, "asked for ", std::to_string(k), " replicas; the segment has ",
+                  std::to_string(s->replicas.size()));
+    if (generation > s->committed.load()) return fail(Errc::kInvalidArgument, "generation not committed yet");
+    seg = s;
+    return {};
+  });
+  if (!valid) return valid;
+  const uint64_t deadline = impl_->clock_ns() + static_cast<uint64_t>(timeout.count()) * 1'000'000;
+  auto held = [seg, generation] {
+    uint32_t n = 0;
+    for (auto& r : seg->replicas)
+      if (r->held.load(std::memory_order_acquire) >= generation) ++n;
+    return n;
+  };
+  auto done = [&] {
+    return k == kDurable ? seg->durable.load(std::memory_order_acquire) >= generation : held() >= k;
+  };
+  impl_->poll_until([&] { return done() || seg->fenced.load(); }, deadline);
+  if (done()) return {};
+  if (seg->fenced.load()) return fail(Errc::kFenced, "segment ", seg->name, " moved to a newer owner");
+  if (k == kDurable)
+    return fail(Errc::kTimeout, "generation ", std::to_string(generation), " is not durable: ",
+                std::to_string(held()), " of ", std::to_string(seg->replicas.size()),
+                " replicas hold it (a majority must)");
+  return fail(Errc::kTimeout, std::to_string(held()), " of ", std::to_string(k), " replicas hold generation ",
+              std::to_string(generation));
+}
+
+}  // namespace baton

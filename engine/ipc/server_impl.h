@@ -1,0 +1,46 @@
+#pragma once
+// What batond's server files share (ipc/server.cc: accepting and sessions;
+// ipc/commit_thread.cc: the commit lanes; ipc/server_status.cc: status):
+// the records behind Server's opaque Segment and Session.
+
+#include <sys/types.h>
+
+#include <atomic>
+#include <string>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+
+#include "ipc/messages.h"
+#include "ipc/server.h"
+#include "segment/local_storage.h"
+
+namespace baton::ipc {
+
+struct Server::Segment {
+  std::string name;
+  baton::Segment* handle = nullptr;  ///< the engine's; registry_mu_
+  uint32_t id = 0;                   ///< the handle applications use
+  uint64_t size = 0;
+  Session* holder = nullptr;         ///< the application holding it; registry_mu_
+  LocalStorage channel_mem;          ///< the CommitChannel page
+  CommitChannel* channel = nullptr;
+  uint32_t seen = 0;                 ///< last request answered; its commit lane's thread (lane mutex)
+};
+
+struct Server::Session {
+  int fd = -1;
+  uid_t uid = 0;
+  pid_t pid = 0;
+  uint32_t held = 0;        ///< segments it holds; registry_mu_
+  uint64_t held_bytes = 0;  ///< their bytes; registry_mu_
+  std::atomic<bool> done{false};  ///< its thread has finished (the accept thread joins it)
+  std::thread thread;
+};
+
+/// JSON as text; a string that is not UTF-8 is replaced, never thrown on.
+inline std::string to_text(const nlohmann::json& j) {
+  return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+
+}  // namespace baton::ipc

@@ -1,0 +1,106 @@
+// What batond reports of itself (ipc/server.h): the status document that
+// `batonctl status` and the telemetry socket show, and the event log.
+//
+// Thread: any session thread; reads the engine's and the server's state
+// under their own locks.
+
+#include <nlohmann/json.hpp>
+
+#include "baton/baton.h"
+#include "ipc/server_impl.h"
+#include "runtime/futex.h"
+
+namespace baton::ipc {
+
+nlohmann::json Server::status_json(size_t limit) const {
+  using nlohmann::json;
+  const EngineStats stats = engine_.stats();
+  const ServerCounters counters = this->counters();
+  json out;
+  out["node"] = {{"id", engine_.node_id()},
+                 {"name", config_.node_name},
+                 {"stalls", stats.stalls},
+                 {"longest_stall_ms", stats.longest_stall_us / 1000},
+                 {"telemetry", config_.telemetry_prefix.empty() ? json(nullptr) : json(config_.telemetry_prefix)}};
+  out["clients"] = {{"accepted", counters.accepted},
+                    {"refused_credentials", counters.refused_credentials},
+                    {"refused_limit", counters.refused_limit},
+                    {"bad_requests", counters.bad_requests},
+                    {"commits", counters.commits},
+                    {"disconnects", counters.disconnects},
+                    // chunks commits copied, and left alone as unchanged (what the applications wrote)
+                    {"chunks_copied", stats.snapshot_chunks_copied},
+                    {"chunks_skipped", stats.snapshot_chunks_skipped}};
+  const auto peers = engine_.peers();
+  auto peer = [&](uint16_t node) {
+    for (const auto& p : peers)
+      if (p.node == node) return p;
+    return PeerStatus{node};
+  };
+  auto alive = [&](uint16_t node) { return peer(node).alive; };
+  const View v = engine_.view();
+  out["view"] = {{"id", v.id},
+                 {"members", v.members},
+                 {"votes", v.members.size()},
+                 {"expected", v.expected_votes},
+                 {"quorate", v.quorate},
+                 {"agreed", v.agreed}};
+  out["links"] = json::array();
+  for (const auto& l : engine_.link_status()) {
+    const PeerStatus p = peer(l.peer);
+    out["links"].push_back({{"peer", l.peer},
+                            {"alive", p.alive},
+                            {"silent_ms", p.silent_us / 1000},
+                            // The peer's incarnation (its start time) and how long this node has
+                            // known it: a young one is a restart.
+                            {"incarnation", p.incarnation},
+                            {"incarnation_age_s", p.incarnation_age_us / 1'000'000},
+                            {"up", l.up},
+                            {"rx", l.counters.rx_frames},
+                            {"tx", l.counters.tx_frames},
+                            {"reconnects", l.counters.reconnects},
+                            {"name", l.name.substr(0, l.name.find(' '))}});
+  }
+  // The registry is copied out first: the engine's answers may wait behind
+  // a long open on another session, and the registry must not.
+  std::vector<std::tuple<std::string, baton::Segment*, bool>> held;
+  {
+    std::lock_guard lock(registry_mu_);
+    for (const auto& [name, seg] : segments_)
+      if (seg->handle != nullptr) held.emplace_back(name, seg->handle, seg->holder != nullptr);
+  }
+  std::sort(held.begin(), held.end());
+  out["segments"] = json::array();
+  // What a reply can carry: segments past the limit are counted, not listed.
+  size_t size = to_text(out).size(), omitted = 0;
+  for (const auto& [name, handle, app] : held) {
+    auto st = engine_.status(handle);
+    if (!st) continue;
+    json seg = {{"name", name},       {"size", st->size},   {"generation", st->generation},
+                {"durable", st->durable}, {"epoch", st->epoch}, {"held", app},
+                {"fenced", st->fenced},   {"durable_age_ms", st->durable_age_us / 1000}};
+    seg["replicas"] = json::array();
+    for (auto& [node, gen] : st->replicas)
+      seg["replicas"].push_back({{"node", node},
+                                 {"generation", gen},
+                                 {"lag", st->generation - std::min(gen, st->generation)},
+                                 {"alive", alive(node)}});
+    const size_t more = to_text(seg).size() + 1;
+    if (size + more + 64 > limit) {
+      ++omitted;
+      continue;
+    }
+    size += more;
+    out["segments"].push_back(std::move(seg));
+  }
+  out["segments_omitted"] = omitted;
+  return out;
+}
+
+std::string Server::events() const {
+  std::string s;
+  for (const auto& e : engine_.events()) s += std::to_string(e.unix_us) + " " + e.text + "\n";
+  return s.size() > kMaxReply - sizeof(Reply) ? s.substr(s.size() - (kMaxReply - sizeof(Reply))) : s;
+}
+
+}  // namespace baton::ipc
