@@ -14,6 +14,7 @@
 
 #include "common/crc32c.h"
 #include "common/log.h"
+#include "control/corosync_membership.h"
 #include "engine_impl.h"
 #include "engine_util.h"
 #include "runtime/futex.h"
@@ -173,10 +174,19 @@ Result<std::unique_ptr<Engine>> Engine::start(const EngineConfig& config,
     impl->peer_nodes.push_back(p.node);
   }
   Impl* raw = impl.get();
+  auto event = [raw](std::string text) { raw->record_event(std::move(text)); };
+  std::unique_ptr<MembershipSource> membership;
+  if (config.membership == MembershipKind::kCorosync) {
+    if (raw->sim != nullptr) return fail(Errc::kInvalidArgument, "a simulation takes membership from its heartbeats");
+    auto m = make_corosync_membership(config.node_id, votes, config.corosync_group, event);
+    if (!m) return tl::unexpected(m.error());
+    membership = std::move(*m);
+  } else {
+    membership = make_heartbeat_membership(config.node_id, votes);
+  }
   impl->control = std::make_unique<Control>(
       *impl, std::make_unique<Detector>(DetectorConfig{config.node_id, impl->heartbeat_ns, impl->failure_ns, votes},
-                                        std::move(detector_links),
-                                        [raw](std::string text) { raw->record_event(std::move(text)); }));
+                                        std::move(detector_links), event, std::move(membership)));
   impl->view = impl->data_view = impl->control->view();
   const ssize_t ring_bytes = rte_ring_get_memsize(kCommandRingSize);
   if (ring_bytes < 0) return fail(Errc::kInternal, "rte_ring_get_memsize failed");

@@ -13,6 +13,7 @@ packages=(
   iproute2 nftables procps
   resource-agents  # ocf-tester and ocf-shellfuncs, for the Pacemaker agent (tools/ocf/baton)
   pacemaker pacemaker-cli-utils corosync  # the agent's test under a real single-node cluster
+  libcpg-dev libvotequorum-dev  # membership and quorum from Corosync (engine/control/corosync_membership)
 )
 
 missing=()

@@ -69,6 +69,7 @@ bool Control::step(uint64_t now) noexcept {
   for (size_t i = 0; i < e_.link_states.size(); ++i)
     obs_[i] = LinkObservation{e_.link_states[i].heard_ns.load(std::memory_order_relaxed),
                               e_.link_states[i].up.load(std::memory_order_relaxed)};
+  if (e_.sim == nullptr) detector_->poll_membership(now, out_);
   detector_->step(now, polled, obs_, out_);
   // Placement and rounds after the detector: they go by whom it holds
   // reachable now.

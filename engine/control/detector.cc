@@ -4,8 +4,10 @@
 
 namespace baton {
 
-Detector::Detector(const DetectorConfig& config, std::vector<LinkInfo> links, EventSink event)
-    : config_(config), membership_(make_heartbeat_membership(config.self, config.expected_votes)),
+Detector::Detector(const DetectorConfig& config, std::vector<LinkInfo> links, EventSink event,
+                   std::unique_ptr<MembershipSource> membership)
+    : config_(config),
+      membership_(membership ? std::move(membership) : make_heartbeat_membership(config.self, config.expected_votes)),
       event_(std::move(event)) {
   // Several links may reach one peer: it is dead only when all are silent.
   for (size_t i = 0; i < links.size(); ++i) {
@@ -127,12 +129,19 @@ void Detector::step(uint64_t now, uint64_t polled_ns, std::span<const LinkObserv
   if (dirty_) update_view(out);
 }
 
+void Detector::poll_membership(uint64_t now, std::vector<ControlMsg>& out) {
+  if (membership_->poll(now)) view_changed(out);
+}
+
 void Detector::update_view(std::vector<ControlMsg>& out) {
   dirty_ = false;
   std::vector<uint16_t> alive;
   for (const auto& p : peers_)
     if (p.alive) alive.push_back(p.node);
-  if (!membership_->update(alive)) return;
+  if (membership_->update(alive)) view_changed(out);
+}
+
+void Detector::view_changed(std::vector<ControlMsg>& out) {
   // The membership forgets reports of nodes that left the view; a node that
   // is back reports again only when its view changes, so feed it the last.
   for (const auto& p : peers_)

@@ -96,7 +96,9 @@ class Detector {
   };
   using EventSink = std::function<void(std::string)>;
 
-  Detector(const DetectorConfig& config, std::vector<LinkInfo> links, EventSink event);
+  /// `membership`: where views come from (null: the backplane heartbeats).
+  Detector(const DetectorConfig& config, std::vector<LinkInfo> links, EventSink event,
+           std::unique_ptr<MembershipSource> membership = nullptr);
 
   /// A heartbeat whose content changed (see HeartbeatSeen). Appends a new
   /// view to `out` if agreement changed.
@@ -106,6 +108,10 @@ class Detector {
   /// silence counts only up to then, so a data path that stalled (not
   /// scheduled, a long copy) makes no peer look dead. Appends to `out`.
   void step(uint64_t now, uint64_t polled_ns, std::span<const LinkObservation> links, std::vector<ControlMsg>& out);
+  /// Reads an outside membership service (Corosync), if the source has
+  /// one: I/O, so the control thread calls it apart from step() and the
+  /// simulator never does. Appends a new view to `out` if it changed.
+  void poll_membership(uint64_t now, std::vector<ControlMsg>& out);
   /// When the next heartbeat is due.
   uint64_t next_due_ns() const noexcept;
   /// Whether a question to `node` can be answered: it is alive, or it was
@@ -138,6 +144,8 @@ class Detector {
     size_t told_via = 0;
   };
   void update_view(std::vector<ControlMsg>& out);
+  /// The membership's view changed: reports fed again, the view sent, an event.
+  void view_changed(std::vector<ControlMsg>& out);
   void emit_view(std::vector<ControlMsg>& out);
 
   DetectorConfig config_;

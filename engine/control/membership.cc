@@ -20,7 +20,30 @@ std::string View::to_string() const {
   s += std::to_string(members.size()) + " of " + std::to_string(expected_votes) + " votes, ";
   s += quorate ? "quorate" : "NO QUORUM";
   s += agreed ? ", agreed" : "";
+  if (std::string_view(source) != "backplane") s += std::string(" (") + source + ")";
   return s;
+}
+
+bool Agreement::report(uint16_t peer, uint64_t digest) {
+  auto it = std::find_if(reports_.begin(), reports_.end(), [peer](auto& r) { return r.first == peer; });
+  if (it == reports_.end()) reports_.emplace_back(peer, digest);
+  else if (it->second == digest) return false;
+  else it->second = digest;
+  return true;
+}
+
+void Agreement::keep_only(const std::vector<uint16_t>& members) {
+  std::erase_if(reports_, [&](auto& r) { return !std::binary_search(members.begin(), members.end(), r.first); });
+}
+
+bool Agreement::agreed(const View& v, uint16_t self) const noexcept {
+  const uint64_t mine = v.digest();
+  for (uint16_t m : v.members) {
+    if (m == self) continue;
+    auto it = std::find_if(reports_.begin(), reports_.end(), [m](auto& r) { return r.first == m; });
+    if (it == reports_.end() || it->second != mine) return false;
+  }
+  return true;
 }
 
 namespace {
@@ -49,21 +72,15 @@ class HeartbeatMembership final : public MembershipSource {
     if (view_.members.size() == view_.expected_votes) seen_all_ = true;
     view_.quorate = quorum(view_.members.size());
     // Reports about the old member set say nothing about the new one.
-    reports_.erase(std::remove_if(reports_.begin(), reports_.end(),
-                                  [&](auto& r) { return !std::binary_search(view_.members.begin(),
-                                                                            view_.members.end(), r.first); }),
-                   reports_.end());
-    view_.agreed = agreed();
+    agreement_.keep_only(view_.members);
+    view_.agreed = agreement_.agreed(view_, self_);
     return true;
   }
 
   bool reported(uint16_t peer, uint64_t digest) override {
-    auto it = std::find_if(reports_.begin(), reports_.end(), [peer](auto& r) { return r.first == peer; });
-    if (it == reports_.end()) reports_.emplace_back(peer, digest);
-    else if (it->second == digest) return false;
-    else it->second = digest;
+    if (!agreement_.report(peer, digest)) return false;
     const bool before = view_.agreed;
-    view_.agreed = agreed();
+    view_.agreed = agreement_.agreed(view_, self_);
     return before != view_.agreed;
   }
 
@@ -72,21 +89,11 @@ class HeartbeatMembership final : public MembershipSource {
     if (view_.expected_votes == 2) return seen_all_ || members == 2;  // two_node + wait_for_all
     return members * 2 > view_.expected_votes;
   }
-  bool agreed() const noexcept {
-    const uint64_t mine = view_.digest();
-    for (uint16_t m : view_.members) {
-      if (m == self_) continue;
-      auto it = std::find_if(reports_.begin(), reports_.end(), [m](auto& r) { return r.first == m; });
-      if (it == reports_.end() || it->second != mine) return false;
-    }
-    return true;
-  }
-
   uint16_t self_;
   bool seen_all_ = false;
   View view_;
   std::vector<uint16_t> members_;                     // scratch
-  std::vector<std::pair<uint16_t, uint64_t>> reports_;  // peer -> digest of its view
+  Agreement agreement_;
 };
 
 }  // namespace

@@ -91,7 +91,7 @@ Result<DaemonConfig> parse_daemon_config(std::string_view text, std::string_view
   const toml::table& root = parsed;  // const views all the way down
   Reader r(source);
   DaemonConfig c;
-  if (auto ok = r.only(root, "", {"node", "engine", "client", "log", "eal", "link", "storage"}); !ok)
+  if (auto ok = r.only(root, "", {"node", "engine", "client", "log", "eal", "link", "storage", "membership"}); !ok)
     return tl::unexpected(ok.error());
 
   const auto node = root["node"];
@@ -208,6 +208,21 @@ Result<DaemonConfig> parse_daemon_config(std::string_view text, std::string_view
     c.engine.global_dir = dir;
     TRY(keep, r.integer(storage["keep"], "storage.keep", 1, 1000, 2));
     c.engine.global_keep = static_cast<uint32_t>(keep);
+  }
+
+  if (const auto mem = root["membership"]; mem) {
+    if (!mem.is_table()) return tl::unexpected(r.error("membership", "must be a table"));
+    if (auto ok = r.only(*mem.as_table(), "membership", {"source", "group"}); !ok) return tl::unexpected(ok.error());
+    TRY(source, r.string(mem["source"], "membership.source", "backplane"));
+    if (source == "backplane") c.engine.membership = MembershipKind::kBackplane;
+    else if (source == "corosync") c.engine.membership = MembershipKind::kCorosync;
+    else
+      return tl::unexpected(
+          r.error("membership.source", "must be backplane or corosync (got \"" + source + "\")"));
+    TRY(group, r.string(mem["group"], "membership.group", "baton"));
+    if (group.empty() || group.size() > 128)
+      return tl::unexpected(r.error("membership.group", "must be 1..128 bytes (a Corosync CPG group name)"));
+    c.engine.corosync_group = group;
   }
 
   if (const auto eal = root["eal"]; eal) {

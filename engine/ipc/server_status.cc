@@ -44,7 +44,8 @@ nlohmann::json Server::status_json(size_t limit) const {
                  {"votes", v.members.size()},
                  {"expected", v.expected_votes},
                  {"quorate", v.quorate},
-                 {"agreed", v.agreed}};
+                 {"agreed", v.agreed},
+                 {"source", v.source}};
   out["links"] = json::array();
   for (const auto& l : engine_.link_status()) {
     const PeerStatus p = peer(l.peer);

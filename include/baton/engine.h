@@ -36,6 +36,12 @@ struct SimulationHooks {
   std::function<void()> step;
 };
 
+/// Where membership views and quorum come from (S17).
+enum class MembershipKind : uint8_t {
+  kBackplane,  ///< the heartbeats on the links: a view is who answers them; quorum a majority of expected votes
+  kCorosync,   ///< Corosync: members from a CPG process group, quorum from votequorum (beyond one chassis)
+};
+
 struct EngineConfig {
   uint16_t node_id = 1;               ///< 1..65534, unique in the cluster
   uint32_t replication_factor = 1;    ///< replicas per segment (capped by reachable peers)
@@ -65,6 +71,15 @@ struct EngineConfig {
   /// Votes in the cluster for quorum: a view decides only with a strict
   /// majority of them (two nodes: see View). 0: one per link plus this node.
   uint32_t expected_votes = 0;
+  /// Views from the backplane heartbeats, or from Corosync (CPG members and
+  /// votequorum's verdict; a member must also answer heartbeats, which stay
+  /// the fast failure detector). kCorosync in a build without libcpg and
+  /// libvotequorum fails start(). Without a running corosync the engine
+  /// starts alone and without quorum, and joins once corosync answers
+  /// (it tries every second).
+  MembershipKind membership = MembershipKind::kBackplane;
+  /// The CPG process group every batond of one cluster joins.
+  std::string corosync_group = "baton";
   /// Placement tags (S12): replicas go to another blade, then another power
   /// domain, then another NUMA node first. 0: this node is its own blade /
   /// the power domain is unknown.
@@ -101,6 +116,7 @@ struct View {
   /// two_node mode: one is quorate alone once it has seen the other.
   bool quorate = false;
   bool agreed = false;            ///< every member reported the same member set
+  const char* source = "backplane";  ///< where it came from: "backplane" or "corosync"
   uint64_t digest() const noexcept;  ///< of the member set
   std::string to_string() const;     ///< "view 4 {1,2,3} 3 of 3 votes, quorate, agreed"
 };

@@ -26,6 +26,11 @@ struct ChassisConfig {
   int backplanes = 1;
   uint32_t heartbeat_us = 0;        ///< 0: the daemons' default
   uint32_t failure_timeout_us = 0;  ///< 0: the daemons' default
+  /// Where the blades' views come from: "backplane" (heartbeats) or
+  /// "corosync" (a running corosync on this host; memif or shm only, since
+  /// af_packet blades sit in network namespaces of their own, out of reach
+  /// of corosync's sockets). The CPG group is named after the directory.
+  std::string membership = "backplane";
   std::string batond;  ///< path of the batond binary
 };
 

@@ -5,6 +5,7 @@
 //   batonctl events   [--socket PATH] [--json]     membership changes and failures, timestamped
 //   batonctl load NAME [--socket PATH]             S9: load NAME onto this node (agent for a cluster manager)
 //   batonctl chassis up [--blades N] [--replicas K] [--dir D] [--transport memif|af_packet|shm]
+//                       [--membership backplane|corosync]
 //   batonctl chassis status [--dir D] [--json]
 //   batonctl chassis down [--dir D]
 //   batonctl chassis restart --blade N [--dir D]
@@ -162,6 +163,8 @@ int main(int argc, char** argv) {
   up->add_option("--dir", chassis.dir, "where configs, sockets, pids and logs go");
   up->add_option("--transport", chassis.transport,
                  "memif, af_packet (veth pairs between network namespaces), or shm (regions in /dev/shm)");
+  up->add_option("--membership", chassis.membership,
+                 "where views come from: backplane (heartbeats, default) or corosync (this host's corosync)");
   up->add_option("--backplanes", chassis.backplanes, "af_packet: 1 or 2 veth pairs (links) per pair of blades");
   auto* down = ch->add_subcommand("down", "stop the blades and remove their files");
   down->add_option("--dir", chassis.dir, "the chassis directory");

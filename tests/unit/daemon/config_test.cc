@@ -41,6 +41,10 @@ keep = 3
 [eal]
 args = ["--log-level=4"]
 
+[membership]
+source = "corosync"
+group = "rack7"
+
 [[link]]
 peer = 1
 device = "net_memif0,role=client,socket=/run/baton/1-3.sock"
@@ -66,6 +70,8 @@ TEST(DaemonConfig, GoodFileParses) {
   EXPECT_EQ(c->engine.heartbeat_interval_us, 500u);
   EXPECT_EQ(c->engine.failure_timeout_us, 5000u);
   EXPECT_EQ(c->engine.expected_votes, 5u);
+  EXPECT_EQ(c->engine.membership, MembershipKind::kCorosync);
+  EXPECT_EQ(c->engine.corosync_group, "rack7");
   // Placement tags become failure domains: another slot, another blade;
   // another power name, another domain.
   EXPECT_NE(c->engine.blade, 0u);
@@ -134,6 +140,7 @@ TEST(DaemonConfig, MinimalFileGetsDefaults) {
   EXPECT_EQ(c->engine.blade, 0u);  // untagged: its own blade, unknown power domain
   EXPECT_EQ(c->engine.power_domain, 0u);
   EXPECT_EQ(c->engine.expected_votes, 0u);
+  EXPECT_EQ(c->engine.membership, MembershipKind::kBackplane);
 }
 
 struct Bad {
@@ -180,6 +187,9 @@ INSTANTIATE_TEST_SUITE_P(
         Bad{NODE_AND("[[link]]\npeer = 2\n"), "link[0].device: is required"},
         Bad{NODE_AND("[storage]\ndir = \"relative\"\n"), "storage.dir: must be an absolute path"},
         Bad{NODE_AND("[storage]\ndir = \"/x\"\nkeep = 0\n"), "storage.keep: must be 1..1000"},
+        Bad{NODE_AND("[membership]\nsource = \"gossip\"\n"), "membership.source: must be backplane or corosync"},
+        Bad{NODE_AND("[membership]\ngroup = \"\"\n"), "membership.group: must be 1..128 bytes"},
+        Bad{NODE_AND("[membership]\nquorum = 3\n"), "membership.quorum: unknown key"},
         Bad{NODE_AND("[surprise]\nx = 1\n"), "surprise: unknown key"}));
 
 TEST(DaemonConfig, UnreadableFile) {
