@@ -470,6 +470,8 @@ EngineStats Engine::stats() const noexcept {
   s.deltas_sent = c.deltas_sent.load();
   s.wholes_sent = c.wholes_sent.load();
   s.deltas_published = c.deltas_published.load();
+  s.notes_rx = c.notes_rx.load();
+  s.notes_dropped = c.notes_dropped.load();
   for (size_t i = 0; i < c.decode.size(); ++i) s.decode_errors[i] = c.decode[i].load();
   return s;
 }

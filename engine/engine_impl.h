@@ -118,6 +118,15 @@ struct Engine::Impl {
   /// what did not fit in the ring yet (sent first at the next poll). Token
   /// holder -> control thread; the backlog is the token holder's.
   SpscRing<SegmentNews, 256> segment_news;
+  /// Daemon notes received (notes.cc): token holder -> Engine::take_notes.
+  struct NoteSlot {
+    uint16_t from = 0;
+    uint16_t len = 0;
+    std::array<std::byte, wire::kMaxNote> bytes;
+  };
+  SpscRing<NoteSlot, 64> notes_in;
+  /// A NOTE frame: into notes_in, or dropped and counted. Thread: token holder.
+  void on_note(const wire::Frame& f) noexcept;
   std::deque<SegmentNews> segment_news_backlog;
   /// When the data path last received from every link (its poll's time):
   /// silence counts only up to it. Token holder writes, control reads.
@@ -193,7 +202,7 @@ struct Engine::Impl {
     std::atomic<uint64_t> frames_rx{0}, frames_tx{0}, misdirected{0}, retransmits{0}, duplicates{0},
         stale_epoch{0}, published{0}, corrupt_generations{0}, tx_dropped{0}, no_slot{0}, bad_input{0}, stalls{0},
         longest_stall_us{0}, snapshot_chunks_copied{0}, snapshot_chunks_skipped{0}, deltas_sent{0},
-        wholes_sent{0}, deltas_published{0};
+        wholes_sent{0}, deltas_published{0}, notes_rx{0}, notes_dropped{0};
     std::array<std::atomic<uint64_t>, static_cast<size_t>(wire::DecodeError::kCount)> decode{};
   } counters;
 

@@ -218,6 +218,9 @@ void Engine::Impl::on_frame(Link& link, wire::Frame& f, uint64_t now) noexcept {
     case wire::MsgType::kHeartbeat: on_heartbeat(link, f, now); break;  // liveness itself was noted by the caller
     case wire::MsgType::kClaim: on_claim(link, f); break;
     case wire::MsgType::kSetRecord: on_set_record(link, f); break;
+    case wire::MsgType::kNote:
+      if (verified(f)) on_note(f);
+      break;
   }
 }
 

@@ -25,7 +25,9 @@ bool has_name(MsgType t) noexcept {
   return t == MsgType::kData || t == MsgType::kFetchData || t == MsgType::kFetchRequest ||
          t == MsgType::kFetchMeta || t == MsgType::kClaim || t == MsgType::kSetRecord;
 }
-bool has_payload(MsgType t) noexcept { return t == MsgType::kData || t == MsgType::kFetchData; }
+bool has_payload(MsgType t) noexcept {
+  return t == MsgType::kData || t == MsgType::kFetchData || t == MsgType::kNote;
+}
 
 constexpr uint16_t kKnownFlags =
     kFlagComplete | kFlagRestart | kFlagQuery | kFlagFound | kFlagFetch | kFlagOwner | kFlagGenCrc | kFlagGranted |
@@ -98,6 +100,13 @@ DecodeError validate_fields(const Frame& f) noexcept {
         return DecodeError::kBadField;
       if ((f.flags & kFlagRelease) != 0 && (f.flags & (kFlagComplete | kFlagRestart)) != 0) return DecodeError::kBadField;
       return f.epoch >= 1 && f.generation >= 1 ? DecodeError::kNone : DecodeError::kBadField;
+    case MsgType::kNote:
+      if (f.payload.empty() || f.payload.size() > kMaxNote) return DecodeError::kBadLength;
+      return f.flags == 0 && f.seg_id == 0 && f.epoch == 0 && f.generation == 0 && f.total_len == 0 &&
+                     f.chunk_index == 0 && f.chunk_count == 0 && f.chunk_size == 0 && f.gen_crc == 0 &&
+                     f.sack == 0 && f.code == 0
+                 ? DecodeError::kNone
+                 : DecodeError::kBadField;
   }
   return DecodeError::kUnknownType;
 }

@@ -71,8 +71,12 @@ enum class MsgType : uint8_t {
   kClaim = 8,         ///< new owner -> replica: accept owner epoch `epoch` for this name (S22)
   kSetRecord = 9,     ///< owner -> every node: the segment's replica set (epoch, version); kFlagComplete acks;
                       ///< kFlagDeleted: a tombstone; kFlagRelease: recorded, non-members drop their copy
+  kNote = 10,         ///< daemon -> daemon: an opaque payload of at most kMaxNote bytes (the failover
+                      ///< manager's states and assignments); no name, every other field zero
 };
-inline constexpr uint8_t kMaxMsgType = 9;
+inline constexpr uint8_t kMaxMsgType = 10;
+/// The most a NOTE carries: fits every link's smallest frame.
+inline constexpr size_t kMaxNote = 1024;
 
 // Flags.
 inline constexpr uint16_t kFlagComplete = 1 << 0;  // ACK: generation published/loaded

@@ -225,6 +225,14 @@ struct EngineStats {
   uint64_t deltas_sent = 0;        ///< generations sent to a replica as only what changed (S15)
   uint64_t wholes_sent = 0;        ///< generations sent to a replica whole
   uint64_t deltas_published = 0;   ///< generations this node's replica stores built from a delta
+  uint64_t notes_rx = 0;           ///< daemon notes received (Engine::take_notes)
+  uint64_t notes_dropped = 0;      ///< received while the inbox was full: lost
+};
+
+/// A note from another node's daemon (Engine::send_note).
+struct Note {
+  uint16_t from = 0;
+  std::vector<std::byte> bytes;
 };
 
 class Engine {
@@ -315,8 +323,21 @@ class Engine {
   std::vector<PeerStatus> peers() const;
   /// The current membership view.
   View view() const;
-  /// The most recent events (membership changes, fencing), oldest first.
+  /// The most recent events (membership changes, fencing, the daemon's
+  /// failover decisions), oldest first.
   std::vector<Event> events() const;
+  /// Adds a line to events() (and the log): for the daemon's own decisions.
+  /// Thread: any.
+  void add_event(std::string text);
+  /// Sends `bytes` (1..1024) to `peer`'s daemon, or to every peer's (0),
+  /// over the backplane links: best effort, unordered, unacknowledged (a
+  /// daemon's protocol on top repeats what matters). Errors:
+  /// kInvalidArgument (size, not a peer). Thread: any.
+  Result<void> send_note(uint16_t peer, std::span<const std::byte> bytes);
+  /// The notes received since the last call, oldest first. At most 64 wait;
+  /// more are dropped (EngineStats::notes_dropped). Thread: one caller at a
+  /// time (the daemon's failover thread).
+  std::vector<Note> take_notes();
   uint16_t node_id() const noexcept;
   /// This engine's incarnation: its start time, which peers see in its
   /// heartbeats (PeerStatus::incarnation).

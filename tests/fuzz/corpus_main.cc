@@ -28,7 +28,8 @@ std::vector<std::vector<std::byte>> frames() {
   auto add = [&](Frame f) {
     f.src = 2;
     f.dst = 1;
-    if (f.name.empty() && f.type != MsgType::kAck && f.type != MsgType::kHeartbeat && f.type != MsgType::kError)
+    if (f.name.empty() && f.type != MsgType::kAck && f.type != MsgType::kHeartbeat && f.type != MsgType::kError &&
+        f.type != MsgType::kNote)
       f.name = "s1";
     f.seg_id = segment_id(f.name);
     std::vector<std::byte> b(kMaxFrameSize);
@@ -104,6 +105,11 @@ std::vector<std::vector<std::byte>> frames() {
   e.type = MsgType::kError;
   e.code = 1;
   add(e);
+  Frame note;  // a daemon's note (the failover manager's)
+  note.type = MsgType::kNote;
+  static const std::string text = R"({"t":"s","n":2,"g":[]})";
+  note.payload = std::as_bytes(std::span(text));
+  add(note);
   return out;
 }
 

@@ -225,6 +225,36 @@ TEST(Engine, OldOwnerIsFencedAfterTakeover) {
   // the outcome is asserted.
 }
 
+TEST(Engine, NotesReachOnePeerOrEveryPeer) {
+  Cluster cl(3);
+  const std::vector<std::byte> hello{std::byte{'h'}, std::byte{'i'}};
+  ASSERT_TRUE(test::ok(cl.node(1).send_note(2, hello)));
+  ASSERT_TRUE(test::ok(cl.node(1).send_note(0, std::vector<std::byte>(1024, std::byte{7}))));
+  auto take = [&](int node, size_t n) {
+    std::vector<Note> got;
+    for (int i = 0; i < 2000 && got.size() < n; ++i) {
+      auto more = cl.node(node).take_notes();
+      got.insert(got.end(), more.begin(), more.end());
+      std::this_thread::sleep_for(1ms);
+    }
+    return got;
+  };
+  auto at2 = take(2, 2);
+  ASSERT_EQ(at2.size(), 2u);
+  EXPECT_EQ(at2[0].from, 1u);
+  EXPECT_EQ(at2[0].bytes, hello);
+  EXPECT_EQ(at2[1].bytes.size(), 1024u);
+  auto at3 = take(3, 1);
+  ASSERT_EQ(at3.size(), 1u);  // the broadcast only
+  EXPECT_EQ(at3[0].bytes.size(), 1024u);
+  EXPECT_EQ(cl.node(2).stats().notes_rx, 2u);
+  // Bad input: nothing, too much, not a peer.
+  EXPECT_EQ(cl.node(1).send_note(2, {}).error().code, Errc::kInvalidArgument);
+  EXPECT_EQ(cl.node(1).send_note(2, std::vector<std::byte>(1025)).error().code, Errc::kInvalidArgument);
+  EXPECT_EQ(cl.node(1).send_note(9, hello).error().code, Errc::kInvalidArgument);
+  EXPECT_EQ(cl.node(1).send_note(1, hello).error().code, Errc::kInvalidArgument);
+}
+
 TEST(Engine, RejectsBadArguments) {
   Cluster cl(2);
   Engine& e = cl.node(1);

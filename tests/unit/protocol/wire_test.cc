@@ -179,6 +179,37 @@ TEST(Wire, AckAndControlRoundTrip) {
   EXPECT_EQ(out.total_len, 9u);
 }
 
+TEST(Wire, NoteRoundTripAndRejects) {
+  std::vector<std::byte> body(kMaxNote, std::byte{0x5a});
+  Frame note;
+  note.type = MsgType::kNote;
+  note.src = 2;
+  note.dst = 3;
+  note.payload = body;
+  Frame out;
+  const auto bytes = encoded(note);
+  ASSERT_EQ(decode(bytes, out), DecodeError::kNone);
+  EXPECT_EQ(out.type, MsgType::kNote);
+  EXPECT_EQ(out.src, 2u);
+  ASSERT_EQ(out.payload.size(), kMaxNote);
+  EXPECT_TRUE(std::equal(body.begin(), body.end(), out.payload.begin()));
+  // One byte more than a note carries; none; a name; any other field set.
+  std::vector<std::byte> big(kMaxNote + 1);
+  note.payload = big;
+  EXPECT_EQ(decode(encoded(note), out), DecodeError::kBadLength);
+  note.payload = {};
+  EXPECT_EQ(decode(encoded(note), out), DecodeError::kBadLength);
+  note.payload = body;
+  note.generation = 1;
+  EXPECT_EQ(decode(encoded(note), out), DecodeError::kBadField);
+  note.generation = 0;
+  note.flags = kFlagComplete;
+  EXPECT_EQ(decode(encoded(note), out), DecodeError::kBadField);
+  note.flags = 0;
+  note.seg_id = 7;
+  EXPECT_EQ(decode(encoded(note), out), DecodeError::kBadField);
+}
+
 TEST(Wire, ClaimAndSetRecordRoundTripAndRejects) {
   Frame claim;
   claim.type = MsgType::kClaim;
@@ -276,7 +307,7 @@ TEST_F(WireReject, BadMagicAndVersion) {
 }
 
 TEST_F(WireReject, UnknownType) {
-  for (uint8_t t : {uint8_t{0}, uint8_t{10}, uint8_t{255}}) {
+  for (uint8_t t : {uint8_t{0}, uint8_t{11}, uint8_t{255}}) {
     auto b = good;
     poke<uint8_t>(b, 3, t);
     EXPECT_EQ(decode_it(b), DecodeError::kUnknownType) << int(t);

@@ -1,0 +1,60 @@
+// Daemon notes (wire::MsgType::kNote): small opaque messages between the
+// daemons of different nodes over the backplane links, for batond's
+// failover manager (its states and assignments). Best effort: the manager
+// repeats what matters every few hundred milliseconds.
+//
+// Thread: send_note and add_event any; on_note the poll-token holder;
+// take_notes one consumer at a time.
+
+#include <cstring>
+
+#include "engine_impl.h"
+#include "engine_util.h"
+
+namespace baton {
+
+Result<void> Engine::send_note(uint16_t peer, std::span<const std::byte> bytes) {
+  if (bytes.empty() || bytes.size() > wire::kMaxNote)
+    return fail(Errc::kInvalidArgument, "a note carries 1..", std::to_string(wire::kMaxNote), " bytes, not ",
+                std::to_string(bytes.size()));
+  Impl& e = *impl_;
+  if (peer != 0 && e.peer_by_node.count(peer) == 0)
+    return fail(Errc::kInvalidArgument, "node ", std::to_string(peer), " is not a peer of this node");
+  return e.call([&e, peer, bytes] {
+    std::byte buf[wire::kHeaderSize + wire::kMaxNote];
+    for (uint16_t node : e.peer_nodes) {
+      if (peer != 0 && node != peer) continue;
+      Link* link = e.link_to(node);
+      if (link == nullptr) continue;
+      wire::Frame f;
+      f.type = wire::MsgType::kNote;
+      f.src = e.config.node_id;
+      f.dst = node;
+      f.payload = bytes;
+      const size_t len = wire::encode(f, buf);
+      TxFrame tx{{buf, len}, {}};
+      if (len == 0 || link->tx_burst(&tx, 1) != 1) bump(e.counters.tx_dropped);
+      else bump(e.counters.frames_tx);
+    }
+  });
+}
+
+void Engine::Impl::on_note(const wire::Frame& f) noexcept {
+  NoteSlot slot;
+  slot.from = f.src;
+  slot.len = static_cast<uint16_t>(f.payload.size());  // at most kMaxNote: decode checked
+  std::memcpy(slot.bytes.data(), f.payload.data(), f.payload.size());
+  bump(notes_in.push(slot) ? counters.notes_rx : counters.notes_dropped);
+}
+
+std::vector<Note> Engine::take_notes() {
+  std::vector<Note> out;
+  Impl::NoteSlot slot;
+  while (impl_->notes_in.pop(slot))
+    out.push_back(Note{slot.from, std::vector<std::byte>(slot.bytes.begin(), slot.bytes.begin() + slot.len)});
+  return out;
+}
+
+void Engine::add_event(std::string text) { impl_->record_event(std::move(text)); }
+
+}  // namespace baton
