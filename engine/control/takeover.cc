@@ -503,7 +503,7 @@ Result<OpenResult> Engine::Impl::open_locked(std::string_view name, uint64_t siz
   return OpenResult{*seg, OpenOutcome::kCreated, 0};
 }
 
-Result<OpenResult> Engine::reopen(Segment* segment) {
+Result<OpenResult> Engine::reopen(Segment* segment, bool take_over) {
   const std::string name = impl_->table.name_of(segment);
   if (name.empty()) return fail(Errc::kInvalidArgument, "unknown segment handle");
   SegmentTable::NameGuard guard(impl_->table, name);
@@ -523,7 +523,7 @@ Result<OpenResult> Engine::reopen(Segment* segment) {
                     (a.found && a.owner && a.epoch >= epoch);  // an older owner that has not heard is no one
     if (superseded) (void)impl_->call([this, seg] { impl_->fence(*seg); });
   }
-  if (seg->fenced.load()) return impl_->open_locked(std::string(seg->name), seg->size, false);
+  if (seg->fenced.load()) return impl_->open_locked(std::string(seg->name), seg->size, take_over);
   uint64_t generation;
   {
     std::lock_guard seg_lock(seg->mu);  // no commit of it meanwhile (one may still be returning)

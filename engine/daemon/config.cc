@@ -91,12 +91,12 @@ Result<DaemonConfig> parse_daemon_config(std::string_view text, std::string_view
   const toml::table& root = parsed;  // const views all the way down
   Reader r(source);
   DaemonConfig c;
-  if (auto ok = r.only(root, "", {"node", "engine", "client", "log", "eal", "link", "storage", "membership"}); !ok)
+  if (auto ok = r.only(root, "", {"node", "engine", "client", "log", "eal", "link", "storage", "membership", "group"}); !ok)
     return tl::unexpected(ok.error());
 
   const auto node = root["node"];
   if (!node.is_table()) return tl::unexpected(r.error("node", "the [node] table is required"));
-  if (auto ok = r.only(*node.as_table(), "node", {"id", "name", "cores", "memory_mib", "tags"}); !ok)
+  if (auto ok = r.only(*node.as_table(), "node", {"id", "name", "cores", "memory_mib", "tags", "spare"}); !ok)
     return tl::unexpected(ok.error());
   TRY(id, r.integer(node["id"], "node.id", 1, 65534, std::nullopt));
   c.engine.node_id = static_cast<uint16_t>(id);
@@ -109,6 +109,12 @@ Result<DaemonConfig> parse_daemon_config(std::string_view text, std::string_view
   c.memory_mib = static_cast<uint64_t>(mem);
   TRY(tags, r.strings(node["tags"], "node.tags"));
   c.tags = tags;
+  for (const auto& tag : c.tags)
+    if (tag.empty() || tag.size() > 63) return tl::unexpected(r.error("node.tags", "each tag must be 1..63 characters"));
+  if (const auto spare = node["spare"]; spare) {
+    if (!spare.is_boolean()) return tl::unexpected(r.error("node.spare", "must be true or false"));
+    c.spare = *spare.value<bool>();
+  }
   // Placement tags (S12): "blade=N" (or "slot=N") and "power=X" say which
   // failure domains this node shares with others; other tags are free-form.
   for (const auto& tag : c.tags) {
@@ -254,6 +260,80 @@ Result<DaemonConfig> parse_daemon_config(std::string_view text, std::string_view
       TRY(max_frame, r.integer(lv["max_frame"], where + ".max_frame", 1024, 65000, 0));
       c.links.push_back(LinkSpec{static_cast<uint16_t>(peer), driver, device, static_cast<uint32_t>(max_frame)});
     }
+  }
+  if (const auto groups = root["group"]; groups) {
+    const toml::array* arr = groups.as_array();
+    if (arr == nullptr) return tl::unexpected(r.error("group", "must be an array of tables ([[group]])"));
+    for (size_t i = 0; i < arr->size(); ++i) {
+      const std::string where = "group[" + std::to_string(i) + "]";
+      const toml::table* t = (*arr)[i].as_table();
+      if (t == nullptr) return tl::unexpected(r.error(where, "must be a table"));
+      if (auto ok = r.only(*t, where,
+                           {"name", "segments", "start", "probe", "provision", "alert", "probe_interval_ms",
+                            "probe_timeout_ms", "slow_ms", "slow_for_ms", "failover_on", "priority", "min_cores",
+                            "min_memory_mib", "tags", "home", "start_timeout_ms"});
+          !ok)
+        return tl::unexpected(ok.error());
+      const toml::node_view<const toml::node> gv(t);
+      failover::ServiceGroup g;
+      TRY(name, r.string(gv["name"], where + ".name", std::nullopt));
+      if (!wire::valid_name(name))
+        return tl::unexpected(r.error(where + ".name", "must be 1..63 printable characters without spaces"));
+      for (const auto& other : c.groups)
+        if (other.name == name) return tl::unexpected(r.error(where + ".name", "\"" + name + "\" is used twice"));
+      g.name = name;
+      TRY(segments, r.strings(gv["segments"], where + ".segments"));
+      for (const auto& seg : segments)
+        if (!wire::valid_name(seg)) return tl::unexpected(r.error(where + ".segments", "\"" + seg + "\" is not a segment name"));
+      g.segments = segments;
+      TRY(start, r.string(gv["start"], where + ".start", std::nullopt));
+      if (start.empty()) return tl::unexpected(r.error(where + ".start", "is empty"));
+      g.start = start;
+      TRY(probe, r.string(gv["probe"], where + ".probe", ""));
+      g.probe = probe;
+      TRY(provision, r.string(gv["provision"], where + ".provision", ""));
+      g.provision = provision;
+      TRY(alert, r.string(gv["alert"], where + ".alert", ""));
+      g.alert = alert;
+      TRY(interval, r.integer(gv["probe_interval_ms"], where + ".probe_interval_ms", 10, 3'600'000, 1000));
+      g.probe_interval_ms = static_cast<uint32_t>(interval);
+      TRY(ptimeout, r.integer(gv["probe_timeout_ms"], where + ".probe_timeout_ms", 10, 3'600'000, 2000));
+      g.probe_timeout_ms = static_cast<uint32_t>(ptimeout);
+      TRY(slow, r.integer(gv["slow_ms"], where + ".slow_ms", 0, 3'600'000, 0));
+      g.slow_ms = static_cast<uint32_t>(slow);
+      TRY(slow_for, r.integer(gv["slow_for_ms"], where + ".slow_for_ms", 0, 86'400'000, 5000));
+      g.slow_for_ms = static_cast<uint32_t>(slow_for);
+      if (g.slow_ms > 0 && g.probe.empty())
+        return tl::unexpected(r.error(where + ".slow_ms", "needs a probe (its response time is what is measured)"));
+      TRY(on, r.string(gv["failover_on"], where + ".failover_on", "either"));
+      if (on == "failure") g.failover_on = failover::ServiceGroup::On::kFailure;
+      else if (on == "performance") g.failover_on = failover::ServiceGroup::On::kPerformance;
+      else if (on == "either") g.failover_on = failover::ServiceGroup::On::kEither;
+      else
+        return tl::unexpected(r.error(where + ".failover_on", "must be failure, performance or either (got \"" + on + "\")"));
+      TRY(priority, r.integer(gv["priority"], where + ".priority", -1'000'000, 1'000'000, 0));
+      g.priority = static_cast<int32_t>(priority);
+      TRY(min_cores, r.integer(gv["min_cores"], where + ".min_cores", 0, 4096, 0));
+      g.min_cores = static_cast<uint32_t>(min_cores);
+      TRY(min_mem, r.integer(gv["min_memory_mib"], where + ".min_memory_mib", 0, int64_t{1} << 40, 0));
+      g.min_memory_mib = static_cast<uint64_t>(min_mem);
+      TRY(gtags, r.strings(gv["tags"], where + ".tags"));
+      g.tags = gtags;
+      if (const auto home = gv["home"]; home) {
+        const toml::array* h = home.as_array();
+        if (h == nullptr) return tl::unexpected(r.error(where + ".home", "must be an array of node ids"));
+        for (const auto& e : *h) {
+          auto v = e.value<int64_t>();
+          if (!e.is_integer() || !v || *v < 1 || *v > 65534)
+            return tl::unexpected(r.error(where + ".home", "must be an array of node ids (1..65534)"));
+          g.home.push_back(static_cast<uint16_t>(*v));
+        }
+      }
+      TRY(st, r.integer(gv["start_timeout_ms"], where + ".start_timeout_ms", 100, 3'600'000, 15000));
+      g.start_timeout_ms = static_cast<uint32_t>(st);
+      c.groups.push_back(std::move(g));
+    }
+    if (c.groups.size() > 16) return tl::unexpected(r.error("group", "at most 16 service groups"));
   }
   return c;
 }

@@ -2,7 +2,7 @@
 // batond's configuration: a TOML file. A bad file is refused with a message
 // naming the field and the reason.
 //
-//   [node]    id = 1, name = "blade1", cores = 2, memory_mib = 4096, tags = ["slot=1"]
+//   [node]    id = 1, name = "blade1", cores = 2, memory_mib = 4096, tags = ["slot=1"], spare = false
 //   [engine]  replication_factor = 2, retain = 0, idle = "adaptive" | "spin", max_segment_mib = 1024,
 //             worker_cpu = 1 (pin the poll loop; default: float),
 //             heartbeat_us = 5000, failure_timeout_us = 150000 (0: by idle policy)
@@ -12,6 +12,10 @@
 //   [log]     level = "info", syslog = false
 //   [storage] dir = "/shared/baton", keep = 2 (global storage, S7; optional)
 //   [eal]     args = ["--log-level=5"]
+//   [[group]] name = "kv", segments = ["kv"], start = "...", probe = "...", provision = "...", alert = "...",
+//             probe_interval_ms, probe_timeout_ms, slow_ms, slow_for_ms, failover_on = "either",
+//             priority = 0, min_cores, min_memory_mib, tags = [...], home = [1], start_timeout_ms
+//             (service groups, issue #12: failover/service_group.h; the same on every node)
 //   [[link]]  peer = 2, driver = "ethdev", device = "net_memif0,role=server,socket=/run/baton/1-2.sock",
 //             max_frame = 9000 (optional: what the medium carries, e.g. the veth MTU)
 //             or driver = "shm", device = "/dev/shm/baton-1-2" (a region shared with the peer on this
@@ -27,6 +31,7 @@
 #include "baton/engine.h"
 #include "baton/result.h"
 #include "common/log.h"
+#include "failover/service_group.h"
 
 namespace baton {
 
@@ -45,6 +50,8 @@ struct DaemonConfig {
   uint32_t cores = 0;
   uint64_t memory_mib = 0;
   std::vector<std::string> tags;
+  bool spare = false;  ///< in the spare pool (S19)
+  std::vector<failover::ServiceGroup> groups;  ///< [[group]]: the same on every node of the cluster
   std::vector<LinkSpec> links;
   std::string socket_path;
   std::optional<uid_t> allow_uid;  ///< clients must run as this user (or root), if set

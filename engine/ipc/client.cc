@@ -296,6 +296,7 @@ Result<void> Client::remove(std::string_view name) {
 
 Result<std::string> Client::status() { return text_request(Op::kStatus); }
 Result<std::string> Client::events() { return text_request(Op::kEvents); }
+Result<std::string> Client::groups() { return text_request(Op::kGroups); }
 
 Result<std::string> Client::text_request(Op op) {
   Request r{};

@@ -41,6 +41,7 @@ enum class Op : uint16_t {
   kStatus = 6,    ///< daemon status (batonctl): a JSON object after the Reply (Server::status_json)
   kEvents = 7,    ///< recent events: `unix_us text` lines after the Reply
   kDelete = 8,    ///< delete a segment everywhere (S11's clean exit); EBUSY while an application holds it here
+  kGroups = 9,    ///< service groups, the spare pool and the last failover decisions: a JSON object after the Reply
 };
 
 struct Request {

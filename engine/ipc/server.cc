@@ -298,6 +298,13 @@ void Server::on_request(Session& s, const char* buf, size_t n) {
       text = static_cast<Op>(r.op) == Op::kStatus ? to_text(status_json(kMaxReply - sizeof(Reply))) : events();
       rep.text_len = static_cast<uint32_t>(text.size());
       break;
+    case Op::kGroups:
+      rep = Reply{};
+      rep.magic = kMagic;
+      text = config_.groups ? config_.groups() : std::string(R"({"groups":[],"pool":[],"decisions":[]})");
+      if (text.size() > kMaxReply - sizeof(Reply)) text = R"({"error":"too large for one reply"})";
+      rep.text_len = static_cast<uint32_t>(text.size());
+      break;
     default:
       ++counters_.bad_requests;
       rep = reply_error(BATON_EINVAL, "unknown request " + std::to_string(r.op));
@@ -354,7 +361,9 @@ Reply Server::open_segment(Session& s, const Request& r, std::vector<int>& fds) 
     seg.holder = &s;
     baton::Segment* const handle = seg.handle;
     lock.unlock();
-    auto reopened = engine_.reopen(handle);
+    // A load (an agent moving the segment here) takes it over from a live
+    // owner elsewhere if ownership moved away meanwhile; an open does not.
+    auto reopened = engine_.reopen(handle, op == Op::kLoad);
     lock.lock();
     if (!reopened) {
       seg.holder = nullptr;

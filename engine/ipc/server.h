@@ -37,6 +37,7 @@
 
 #include <array>
 #include <atomic>
+#include <functional>
 #include <condition_variable>
 #include <list>
 #include <memory>
@@ -68,6 +69,9 @@ struct ServerConfig {
   uint64_t max_bytes = uint64_t{4} << 30;  ///< bytes of segments one application may hold at once
   uint32_t max_wait_ms = 60'000;        ///< a wait asked for longer ends (kTimeout) after this
   std::string telemetry_prefix;         ///< the EAL file prefix dpdk-telemetry.py reaches batond by; "" if none
+  /// The failover manager's state for Op::kGroups (null: no service groups
+  /// here). Called on a session thread.
+  std::function<std::string()> groups;
 };
 
 struct ServerCounters {

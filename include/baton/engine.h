@@ -260,14 +260,16 @@ class Engine {
   /// `segment` is gone and another (or the same, restarted) takes it over.
   /// Asks a quorum of nodes whether ownership moved meanwhile; if it did (or
   /// the segment is fenced) the local copy is dropped and the segment is
-  /// opened from the cluster as by open(), under a new handle. Otherwise the
+  /// opened from the cluster as by open() (by load() with `take_over`: an
+  /// agent moving the segment here takes it from a live owner too), under a
+  /// new handle. Otherwise the
   /// memory is put back to the last committed generation (what the departed
   /// application wrote after it is not a generation) and the same handle is
   /// returned: kRestored with that generation, or kCreated (zeroed) if it
   /// never committed. Errors: kInvalidArgument (unknown handle),
   /// kUnavailable (no quorum to confirm ownership), open()'s errors.
   /// Thread: control.
-  Result<OpenResult> reopen(Segment* segment);
+  Result<OpenResult> reopen(Segment* segment, bool take_over = false);
 
   /// Load request (S9): takes ownership here under a new owner epoch, which
   /// enough of the segment's replica set must accept first (half of it,

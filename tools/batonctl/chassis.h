@@ -31,6 +31,12 @@ struct ChassisConfig {
   /// af_packet blades sit in network namespaces of their own, out of reach
   /// of corosync's sockets). The CPG group is named after the directory.
   std::string membership = "backplane";
+  /// Service groups (issue #12): a file of [[group]] tables appended to
+  /// every blade's config; blades in the spare pool; each blade's cores
+  /// (the [node] table; empty: none declared).
+  std::string groups_file;
+  std::vector<int> spares;
+  std::vector<uint32_t> cores;
   std::string batond;  ///< path of the batond binary
 };
 

@@ -3,9 +3,10 @@
 //   batonctl status   [--socket PATH] [--json]     a node: links, segments, replicas, replication lag
 //   batonctl segments [--socket PATH] [--json]     its segments only
 //   batonctl events   [--socket PATH] [--json]     membership changes and failures, timestamped
+//   batonctl groups   [--socket PATH] [--json]     service groups, the spare pool, the last failover decisions
 //   batonctl load NAME [--socket PATH]             S9: load NAME onto this node (agent for a cluster manager)
 //   batonctl chassis up [--blades N] [--replicas K] [--dir D] [--transport memif|af_packet|shm]
-//                       [--membership backplane|corosync]
+//                       [--membership backplane|corosync] [--groups FILE] [--spares 3,4] [--cores 2,2,2,8]
 //   batonctl chassis status [--dir D] [--json]
 //   batonctl chassis down [--dir D]
 //   batonctl chassis restart --blade N [--dir D]
@@ -140,6 +141,9 @@ int main(int argc, char** argv) {
   segs->add_option("--socket", socket, "batond's socket");
   segs->add_flag("--json", json_out, "machine-readable output");
 
+  auto* grp = app.add_subcommand("groups", "service groups: where each runs, the spare pool, the last decisions");
+  grp->add_option("--socket", socket, "batond's socket");
+  grp->add_flag("--json", json_out, "machine-readable output");
   auto* ev = app.add_subcommand("events", "recent membership changes and failures, with timestamps");
   ev->add_option("--socket", socket, "batond's socket");
   ev->add_flag("--json", json_out, "machine-readable output");
@@ -163,6 +167,9 @@ int main(int argc, char** argv) {
   up->add_option("--dir", chassis.dir, "where configs, sockets, pids and logs go");
   up->add_option("--transport", chassis.transport,
                  "memif, af_packet (veth pairs between network namespaces), or shm (regions in /dev/shm)");
+  up->add_option("--groups", chassis.groups_file, "a file of [[group]] tables (service groups) for every blade");
+  up->add_option("--spares", chassis.spares, "blades in the spare pool")->delimiter(',');
+  up->add_option("--cores", chassis.cores, "each blade's cores, for service groups' minimums")->delimiter(',');
   up->add_option("--membership", chassis.membership,
                  "where views come from: backplane (heartbeats, default) or corosync (this host's corosync)");
   up->add_option("--backplanes", chassis.backplanes, "af_packet: 1 or 2 veth pairs (links) per pair of blades");
@@ -197,6 +204,37 @@ int main(int argc, char** argv) {
 
   if (*st) return status(socket, json_out, false);
   if (*segs) return status(socket, json_out, true);
+  if (*grp) {
+    auto c = baton::ipc::Client::connect(socket);
+    if (!c) return die(c.error().message);
+    auto text = (*c)->groups();
+    if (!text) return die(text.error().message);
+    const json j = json::parse(*text, nullptr, false);
+    if (j.is_discarded()) return die("batond's reply is not JSON");
+    if (json_out) {
+      std::printf("%s\n", to_text(j).c_str());
+      return 0;
+    }
+    std::printf("coordinator: %s\n", j.value("coordinator", 0) ? ("node " + std::to_string(j.value("coordinator", 0))).c_str() : "none (no quorate, agreed view)");
+    std::printf("%-16s %-6s %-10s %-10s %-8s %s\n", "group", "node", "assignment", "state", "priority", "why");
+    for (const auto& g : j.value("groups", json::array()))
+      std::printf("%-16s %-6d %-10llu %-10s %-8d %s\n", g.value("name", "").c_str(), g.value("node", 0),
+                  static_cast<unsigned long long>(g.value("assignment", uint64_t{0})), g.value("state", "").c_str(),
+                  g.value("priority", 0), g.value("why", "").c_str());
+    std::printf("\n%-6s %-6s %-6s %-10s %-12s %s\n", "node", "spare", "cores", "memory_mib", "runs", "tags");
+    for (const auto& p : j.value("pool", json::array())) {
+      std::string runs, tags;
+      for (const auto& r : p.value("runs", json::array())) runs += (runs.empty() ? "" : ",") + r.get<std::string>();
+      for (const auto& t : p.value("tags", json::array())) tags += (tags.empty() ? "" : ",") + t.get<std::string>();
+      std::printf("%-6d %-6s %-6d %-10llu %-12s %s\n", p.value("node", 0), p.value("spare", false) ? "yes" : "no",
+                  p.value("cores", 0), static_cast<unsigned long long>(p.value("memory_mib", uint64_t{0})),
+                  runs.empty() ? "-" : runs.c_str(), tags.c_str());
+    }
+    const auto decisions = j.value("decisions", json::array());
+    if (!decisions.empty()) std::printf("\nlast decisions (this node's, as coordinator):\n");
+    for (const auto& d : decisions) std::printf("  %s\n", d.get<std::string>().c_str());
+    return 0;
+  }
   if (*ev) {
     auto c = baton::ipc::Client::connect(socket);
     if (!c) return die(c.error().message);

@@ -24,7 +24,27 @@
 #include "common/log.h"
 #include "daemon/config.h"
 #include "ipc/server.h"
+#include <filesystem>
+
+#include "failover/manager.h"
 #include "telemetry.h"
+
+namespace {
+
+/// batonctl, beside this batond (installed or in the build tree), else
+/// from PATH: the failover manager loads segments with it.
+std::string sibling(const std::string& program) {
+  std::error_code ec;
+  const std::filesystem::path self = std::filesystem::read_symlink("/proc/self/exe", ec);
+  if (!ec)
+    for (const auto& dir : {self.parent_path(), self.parent_path().parent_path() / "batonctl"}) {
+      const auto p = dir / program;
+      if (std::filesystem::exists(p, ec)) return p.string();
+    }
+  return program;
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   std::string config_path;
@@ -129,6 +149,23 @@ int main(int argc, char** argv) {
   // idle = "spin" (dedicated cores): the commit thread never sleeps either,
   // so no application ever pays a wake-up.
   if (cfg->engine.idle == baton::IdlePolicy::kSpin) sc.idle_spin_us = UINT32_MAX;
+  // Service groups (issue #12): the failover manager, if the config has any.
+  std::unique_ptr<baton::failover::Manager> failover;
+  if (!cfg->groups.empty()) {
+    baton::failover::ManagerConfig mc;
+    mc.node = cfg->engine.node_id;
+    mc.caps = baton::failover::NodeCaps{cfg->cores, cfg->memory_mib, cfg->tags, cfg->spare};
+    mc.groups = cfg->groups;
+    mc.socket = cfg->socket_path;
+    mc.batonctl = sibling("batonctl");
+    auto m = baton::failover::Manager::start(**engine, std::move(mc));
+    if (!m) {
+      BT_ERROR("%s", m.error().to_string().c_str());
+      return 1;
+    }
+    failover = std::move(*m);
+    sc.groups = [&failover] { return failover->status().dump(-1, ' ', false, nlohmann::json::error_handler_t::replace); };
+  }
   auto server = baton::ipc::Server::start(**engine, sc);
   if (!server) {
     BT_ERROR("%s", server.error().to_string().c_str());
@@ -144,6 +181,7 @@ int main(int argc, char** argv) {
   stop.store(true);
   accept.join();
   server->reset();
+  failover.reset();  // stops the groups running here
   engine->reset();
   return 0;
 }

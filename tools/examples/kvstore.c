@@ -1,6 +1,6 @@
 /* baton-kv: a small key-value service whose state lives in a Baton segment.
  *
- *   baton-kv --socket PATH [--name kv] [--batches N] [--dump DIR] [--hold]
+ *   baton-kv --socket PATH [--name kv] [--batches N] [--every-ms MS] [--dump DIR] [--hold]
  *
  * Start-up follows S11: open the segment by name; if a copy existed anywhere
  * it is restored and the service resumes from its last committed batch, else
@@ -8,7 +8,8 @@
  * run continues the same sequence), commits, and waits until the generation
  * is durable (a majority of the segment's replicas hold it). With --dump, every durable state is written to
  * DIR/committed.bin and a restored one to DIR/restored.bin (for byte-exact
- * checks). --hold keeps serving nothing after the batches, until killed.
+ * checks). --every-ms paces the batches (a service rather than a load
+ * generator). --hold keeps serving nothing after the batches, until killed.
  * One line per event on stdout. */
 #include <baton/baton.h>
 #include <stdint.h>
@@ -19,6 +20,7 @@
 #include <unistd.h>
 
 #define SLOTS 16384
+#define KEYS 12000 /* distinct keys: fewer than SLOTS, so the table never fills */
 
 struct entry {
   uint64_t key;
@@ -61,19 +63,21 @@ int main(int argc, char** argv) {
   const char* name = "kv";
   const char* dump_dir = NULL;
   long batches = 50;
+  long every_ms = 0;
   int hold = 0;
   for (int i = 1; i < argc; ++i) {
     if (!strcmp(argv[i], "--socket") && i + 1 < argc) socket_path = argv[++i];
     else if (!strcmp(argv[i], "--name") && i + 1 < argc) name = argv[++i];
     else if (!strcmp(argv[i], "--batches") && i + 1 < argc) batches = atol(argv[++i]);
     else if (!strcmp(argv[i], "--dump") && i + 1 < argc) dump_dir = argv[++i];
+    else if (!strcmp(argv[i], "--every-ms") && i + 1 < argc) every_ms = atol(argv[++i]);
     else if (!strcmp(argv[i], "--hold")) hold = 1;
     else {
-      fprintf(stderr, "usage: baton-kv --socket PATH [--name kv] [--batches N] [--dump DIR] [--hold]\n");
+      fprintf(stderr, "usage: baton-kv --socket PATH [--name kv] [--batches N] [--every-ms MS] [--dump DIR] [--hold]\n");
       return 64;
     }
   }
-  if (socket_path == NULL || batches < 0) {
+  if (socket_path == NULL || batches < 0 || every_ms < 0) {
     fprintf(stderr, "baton-kv: --socket is required\n");
     return 64;
   }
@@ -102,7 +106,7 @@ int main(int argc, char** argv) {
   for (uint64_t n = first; n < first + (uint64_t)batches; ++n) {
     for (int i = 0; i < 64; ++i) {
       uint64_t u = kv->updates++;
-      put(kv, (u * 2654435761u) % 50000 + 1, u);
+      put(kv, (u * 2654435761u) % KEYS + 1, u);
     }
     kv->batches = n + 1;
     if (baton_commit(seg, &gen) != 0 || baton_wait(seg, gen, BATON_DURABLE, 10000) != 0) {
@@ -111,6 +115,7 @@ int main(int argc, char** argv) {
     }
     if (dump_dir != NULL && dump(dump_dir, "committed.bin", kv, sizeof *kv) != 0) perror("dump");
     printf("batch=%llu generation=%llu durable\n", (unsigned long long)kv->batches, (unsigned long long)gen);
+    if (every_ms > 0) usleep((useconds_t)every_ms * 1000);
   }
   printf("served %ld batches\n", batches);
   while (hold) pause();

@@ -1,0 +1,286 @@
+// Failover decisions (failover/coordinator.h).
+//
+// Thread: the failover manager's.
+
+#include "failover/coordinator.h"
+
+#include <algorithm>
+#include <climits>
+#include <tuple>
+
+namespace baton::failover {
+
+namespace {
+
+std::string node_str(uint16_t n) { return "node " + std::to_string(n); }
+
+int32_t priority_of(const std::vector<ServiceGroup>& groups, const std::string& name) {
+  for (const auto& g : groups)
+    if (g.name == name) return g.priority;
+  return INT32_MAX;  // work this node does not know: never taken
+}
+
+bool works(RunState s) { return s == RunState::kStarting || s == RunState::kRunning || s == RunState::kSlow; }
+
+}  // namespace
+
+std::string Choice::to_string() const {
+  std::string s;
+  for (const auto& [n, why] : rejected) s += (s.empty() ? "" : "; ") + node_str(n) + ": " + why;
+  return s.empty() ? "no candidates" : s;
+}
+
+Choice choose(const ServiceGroup& g, Why why, std::span<const uint16_t> members,
+              const std::map<uint16_t, NodeReport>& reports, const std::vector<ServiceGroup>& groups, uint64_t hash,
+              const std::set<uint16_t>& exclude, std::optional<uint16_t> current,
+              const std::map<uint16_t, int32_t>& taken) {
+  Choice c;
+  const NodeReport* cur = nullptr;
+  if (current) {
+    auto it = reports.find(*current);
+    if (it != reports.end()) cur = &it->second;
+  }
+  using Key = std::tuple<int, int64_t, int64_t, uint16_t>;  // (class, a, b, id): smallest wins
+  std::optional<std::pair<Key, uint16_t>> best;
+  for (uint16_t n : members) {
+    auto reject = [&](std::string why_not) { c.rejected.emplace_back(n, std::move(why_not)); };
+    if (current && n == *current) {
+      reject("runs it now");
+      continue;
+    }
+    auto it = reports.find(n);
+    if (it == reports.end()) {
+      reject("no report from it yet");
+      continue;
+    }
+    const NodeReport& r = it->second;
+    if (r.groups_hash != hash) {
+      reject("its service groups differ from this node's");
+      continue;
+    }
+    if (exclude.count(n) != 0) {
+      reject("failed in this failover already");
+      continue;
+    }
+    if (r.caps.cores < g.min_cores) {
+      reject("has " + std::to_string(r.caps.cores) + " cores, needs " + std::to_string(g.min_cores));
+      continue;
+    }
+    if (r.caps.memory_mib < g.min_memory_mib) {
+      reject("has " + std::to_string(r.caps.memory_mib) + " MiB, needs " + std::to_string(g.min_memory_mib));
+      continue;
+    }
+    if (auto missing = std::find_if(g.tags.begin(), g.tags.end(),
+                                    [&](const std::string& t) {
+                                      return std::find(r.caps.tags.begin(), r.caps.tags.end(), t) == r.caps.tags.end();
+                                    });
+        missing != g.tags.end()) {
+      reject("lacks tag " + *missing);
+      continue;
+    }
+    if (why == Why::kPerformance && cur != nullptr) {
+      const bool better = r.caps.cores > cur->caps.cores ||
+                          (r.caps.cores == cur->caps.cores && r.caps.memory_mib > cur->caps.memory_mib);
+      if (!better) {
+        reject("no better than node " + std::to_string(*current) + " (" + std::to_string(r.caps.cores) + " cores, " +
+               std::to_string(r.caps.memory_mib) + " MiB)");
+        continue;
+      }
+    }
+    // Its work: what it reports, and what this pass gave it.
+    int32_t work = INT32_MIN;
+    std::string work_name;
+    for (const auto& run : r.runs)
+      if (works(run.state) && run.group != g.name) {
+        const int32_t p = priority_of(groups, run.group);
+        if (p > work) {
+          work = p;
+          work_name = run.group;
+        }
+      }
+    if (auto t = taken.find(n); t != taken.end() && t->second > work) {
+      work = t->second;
+      work_name = "work given it just now";
+    }
+    Key key;
+    if (work == INT32_MIN) {
+      const int64_t home = std::find(g.home.begin(), g.home.end(), n) - g.home.begin();
+      switch (why) {
+        case Why::kStart: key = {0, home, r.caps.spare ? 1 : 0, n}; break;
+        case Why::kFailure: key = {0, r.caps.spare ? 0 : 1, 0, n}; break;
+        case Why::kPerformance:
+          key = {0, -int64_t{r.caps.cores}, -static_cast<int64_t>(r.caps.memory_mib), n};
+          break;
+      }
+    } else if (work < g.priority) {
+      key = {1, work, 0, n};
+    } else {
+      reject("runs " + work_name + " (priority " + std::to_string(work) + ", not below " + std::to_string(g.priority) +
+             ")");
+      continue;
+    }
+    if (!best || key < best->first) best = std::make_pair(key, n);
+  }
+  if (best) c.node = best->second;
+  return c;
+}
+
+Coordinator::Coordinator(uint16_t self, std::vector<ServiceGroup> groups)
+    : self_(self), groups_(std::move(groups)), hash_(groups_hash(groups_)) {
+  std::stable_sort(groups_.begin(), groups_.end(),
+                   [](const ServiceGroup& a, const ServiceGroup& b) { return a.priority > b.priority; });
+  for (const auto& g : groups_) tracks_[g.name];
+}
+
+void Coordinator::heard(const Assignment& a) {
+  auto it = tracks_.find(a.group);
+  if (it == tracks_.end() || a.seq <= it->second.seq) return;
+  it->second.seq = a.seq;
+  it->second.node = a.node;
+  it->second.assigned_ns = 0;
+  it->second.running_ns = 0;
+  it->second.heard = true;
+}
+
+std::vector<Assignment> Coordinator::current() const {
+  std::vector<Assignment> out;
+  for (const auto& [name, t] : tracks_)
+    if (t.seq != 0 && t.node != 0) out.push_back(Assignment{name, t.node, t.seq, self_});
+  return out;
+}
+
+void Coordinator::step(uint64_t now, std::span<const uint16_t> members, const std::map<uint16_t, NodeReport>& reports,
+                       Out& out) {
+  auto member = [&](uint16_t n) { return std::binary_search(members.begin(), members.end(), n); };
+  // The newest assignment of each group, as the members report it.
+  for (uint16_t m : members) {
+    auto it = reports.find(m);
+    if (it == reports.end()) continue;
+    for (const auto& run : it->second.runs) {
+      auto t = tracks_.find(run.group);
+      if (t == tracks_.end()) continue;
+      if (run.seq > t->second.seq || (run.seq == t->second.seq && t->second.node == 0)) {
+        t->second.seq = run.seq;
+        t->second.node = m;
+        t->second.assigned_ns = 0;
+        t->second.running_ns = 0;
+      }
+    }
+  }
+  std::map<uint16_t, int32_t> taken;
+  for (const ServiceGroup& g : groups_) {
+    Track& t = tracks_[g.name];
+    if (t.heard) {  // an earlier coordinator's: give its node the start timeout from now
+      t.heard = false;
+      t.assigned_ns = now;
+    }
+    if (t.seq == 0) {
+      place(g, t, Why::kStart, "first start", now, members, reports, std::nullopt, taken, out);
+      continue;
+    }
+    const GroupRun* run = nullptr;
+    if (member(t.node))
+      if (auto it = reports.find(t.node); it != reports.end())
+        for (const auto& r : it->second.runs)
+          if (r.group == g.name && r.seq == t.seq) run = &r;
+    const uint64_t timeout = uint64_t{g.start_timeout_ms} * 1'000'000;
+    const bool in_time = t.assigned_ns != 0 && now - t.assigned_ns < timeout;
+    if (run == nullptr) {
+      if (member(t.node) && (in_time || t.assigned_ns == 0)) {
+        if (t.assigned_ns == 0) t.assigned_ns = now;  // learnt without a report: wait for one
+        taken[t.node] = g.priority;
+        continue;
+      }
+      std::string reason;
+      if (member(t.node)) {
+        t.tried.insert(t.node);
+        reason = node_str(t.node) + " did not take it up within " + std::to_string(g.start_timeout_ms) + " ms";
+      } else {
+        reason = node_str(t.node) + " left the view";
+      }
+      place(g, t, Why::kFailure, reason, now, members, reports, std::nullopt, taken, out);
+      continue;
+    }
+    switch (run->state) {
+      case RunState::kRunning:
+        // A failover ends once the group has run a start timeout long: one
+        // that dies at once keeps its failed nodes out of the next try.
+        if (t.running_ns == 0) t.running_ns = now;
+        if (now - t.running_ns >= timeout) t.tried.clear();
+        t.stuck.clear();
+        t.slow_said = false;
+        taken[t.node] = g.priority;
+        break;
+      case RunState::kStarting:
+        if (t.assigned_ns == 0) t.assigned_ns = now;
+        if (now - t.assigned_ns < timeout) {
+          taken[t.node] = g.priority;
+          break;
+        }
+        t.tried.insert(t.node);
+        place(g, t, Why::kFailure,
+              node_str(t.node) + " did not start it within " + std::to_string(g.start_timeout_ms) + " ms", now,
+              members, reports, std::nullopt, taken, out);
+        break;
+      case RunState::kSlow:
+        taken[t.node] = g.priority;
+        if (on_performance(g))
+          place(g, t, Why::kPerformance,
+                "probe slower than " + std::to_string(g.slow_ms) + " ms for " + std::to_string(g.slow_for_ms) +
+                    " ms on " + node_str(t.node),
+                now, members, reports, t.node, taken, out);
+        break;
+      case RunState::kFailed:
+        t.tried.insert(t.node);
+        if (on_failure(g)) {
+          place(g, t, Why::kFailure, "failed on " + node_str(t.node) + ": " + run->why, now, members, reports,
+                std::nullopt, taken, out);
+        } else if (t.stuck.empty()) {
+          out.events.push_back("group " + g.name + " failed on " + node_str(t.node) + ": " + run->why +
+                               "; it fails over on performance only");
+          t.stuck = run->why;
+        }
+        break;
+      case RunState::kStopped:
+        place(g, t, Why::kFailure, "stopped on " + node_str(t.node) + ": " + run->why, now, members, reports,
+              std::nullopt, taken, out);
+        break;
+    }
+  }
+}
+
+void Coordinator::place(const ServiceGroup& g, Track& t, Why why, const std::string& reason, uint64_t now,
+                        std::span<const uint16_t> members, const std::map<uint16_t, NodeReport>& reports,
+                        std::optional<uint16_t> current, std::map<uint16_t, int32_t>& taken, Out& out) {
+  const Choice c = choose(g, why, members, reports, groups_, hash_, t.tried, current, taken);
+  if (!c.node) {
+    if (why == Why::kPerformance) {
+      if (!t.slow_said)
+        out.events.push_back("group " + g.name + " stays on " + node_str(*current) + " (" + reason +
+                             "): no eligible node with better capabilities (" + c.to_string() + ")");
+      t.slow_said = true;
+      return;
+    }
+    if (t.stuck == reason) return;  // said already
+    t.stuck = reason;
+    out.events.push_back("group " + g.name + ": " + reason + "; no eligible node (" + c.to_string() + ")");
+    if (why == Why::kFailure) out.alerts.push_back(Alert{g.name, reason + "; no eligible node"});
+    return;
+  }
+  t.seq += 1;
+  t.node = *c.node;
+  t.assigned_ns = now;
+  t.running_ns = 0;
+  t.why = why;
+  t.stuck.clear();
+  t.slow_said = false;
+  taken[t.node] = g.priority;
+  out.assign.push_back(Assignment{g.name, t.node, t.seq, self_});
+  const char* kind = why == Why::kStart ? "start" : why == Why::kFailure ? "failover" : "performance move";
+  std::string text = "group " + g.name + " -> " + node_str(t.node) + " (" + kind + ", assignment " +
+                     std::to_string(t.seq) + "): " + reason;
+  if (!c.rejected.empty()) text += "; passed over: " + c.to_string();
+  out.events.push_back(std::move(text));
+}
+
+}  // namespace baton::failover

@@ -1,0 +1,105 @@
+#pragma once
+// Failover decisions (S18, S19, S21; issue #12): which node runs each
+// service group. The coordinator is the lowest node id of a quorate view
+// every member agrees on; it decides from the nodes' reports alone, so a
+// new coordinator picks up where the last one left off. Data safety does
+// not rest on it: two instances of a group that somehow both start meet in
+// the engine, where the later owner epoch fences the other.
+//
+// A node runs one service group at a time. Choosing a node for a group
+// (choose()):
+//  - eligible: in the view, the same group configuration, at least the
+//    group's cores and memory, every tag it asks for, not tried already in
+//    this failover;
+//  - an idle one first: for a first start its home nodes in order, then
+//    nodes outside the spare pool; for a failover the spare pool first; for
+//    a performance move the best capabilities first;
+//  - else the one running the lowest-priority work below the group's own
+//    (that work is stopped there and fails over in turn);
+//  - for a performance move, only nodes with better capabilities than the
+//    one it runs on (more cores, or as many and more memory).
+// Every candidate's verdict is kept, for the event that reports a decision.
+//
+// No I/O and no clock: time is passed in. Thread: the failover manager's.
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <set>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "failover/service_group.h"
+
+namespace baton::failover {
+
+enum class Why : uint8_t {
+  kStart,        ///< never placed yet
+  kFailure,      ///< the application, its node or a step of the failover failed
+  kPerformance,  ///< slow for the whole window
+};
+
+struct Choice {
+  std::optional<uint16_t> node;
+  std::vector<std::pair<uint16_t, std::string>> rejected;  ///< candidate, why not
+  std::string to_string() const;                            ///< "rejected: 2 (has 1 cores, needs 2), ..."
+};
+
+/// Chooses a node for `g` among `members` (sorted) from their reports.
+/// `exclude`: tried in this failover. `current`: the node it runs on (a
+/// performance move must beat it). `taken`: nodes given work in this pass.
+Choice choose(const ServiceGroup& g, Why why, std::span<const uint16_t> members,
+              const std::map<uint16_t, NodeReport>& reports, const std::vector<ServiceGroup>& groups,
+              uint64_t hash, const std::set<uint16_t>& exclude, std::optional<uint16_t> current,
+              const std::map<uint16_t, int32_t>& taken);
+
+class Coordinator {
+ public:
+  struct Alert {
+    std::string group;
+    std::string reason;
+  };
+  struct Out {
+    std::vector<Assignment> assign;  ///< new ones: broadcast them
+    std::vector<std::string> events; ///< each decision with its reasons
+    std::vector<Alert> alerts;       ///< dead ends: run the group's alert hook
+  };
+
+  Coordinator(uint16_t self, std::vector<ServiceGroup> groups);
+
+  /// One pass at `now` as coordinator of `members` (sorted; a quorate,
+  /// agreed view with this node in it) over their latest reports.
+  void step(uint64_t now, std::span<const uint16_t> members, const std::map<uint16_t, NodeReport>& reports, Out& out);
+  /// An assignment heard from another coordinator (an earlier view's):
+  /// later decisions number above it.
+  void heard(const Assignment& a);
+  /// Every group's current assignment, to broadcast again (late joiners,
+  /// lost notes).
+  std::vector<Assignment> current() const;
+  const std::vector<ServiceGroup>& groups() const noexcept { return groups_; }
+  uint64_t hash() const noexcept { return hash_; }
+
+ private:
+  struct Track {
+    uint64_t seq = 0;         ///< the newest assignment known
+    uint16_t node = 0;        ///< whom it named (0: unknown, e.g. heard only from a report)
+    uint64_t assigned_ns = 0; ///< when this coordinator made it (0: not this one)
+    Why why = Why::kStart;
+    std::set<uint16_t> tried; ///< nodes that failed this failover (cleared once it runs steadily)
+    uint64_t running_ns = 0;  ///< since when the current assignment runs (0: it does not)
+    std::string stuck;        ///< the dead end last reported, so it is said once
+    bool slow_said = false;   ///< "stays: no better node" said for this slow spell
+    bool heard = false;       ///< learnt from another coordinator since the last step
+  };
+  void place(const ServiceGroup& g, Track& t, Why why, const std::string& reason, uint64_t now,
+             std::span<const uint16_t> members, const std::map<uint16_t, NodeReport>& reports,
+             std::optional<uint16_t> current, std::map<uint16_t, int32_t>& taken, Out& out);
+
+  uint16_t self_;
+  std::vector<ServiceGroup> groups_;  ///< by priority, highest first
+  uint64_t hash_;
+  std::map<std::string, Track> tracks_;
+};
+
+}  // namespace baton::failover

@@ -1,0 +1,239 @@
+// batond's failover manager (failover/manager.h).
+//
+// Thread: `baton-failover`, but for status().
+
+#include "failover/manager.h"
+
+#include <signal.h>
+#include <spawn.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <time.h>
+
+#include <algorithm>
+
+#include "common/log.h"
+#include "failover/codec.h"
+
+extern char** environ;
+
+namespace baton::failover {
+
+namespace {
+
+constexpr uint64_t kMs = 1'000'000;
+constexpr uint64_t kTickNs = 50 * kMs;
+constexpr uint64_t kReportEveryNs = 250 * kMs;
+constexpr uint64_t kRepeatEveryNs = 1000 * kMs;  ///< assignments again, for late joiners and lost notes
+constexpr uint64_t kReportStaleNs = 2000 * kMs;  ///< a report older than this no longer counts
+constexpr uint64_t kSettleNs = 1000 * kMs;       ///< a new coordinator waits this long at most for every report
+
+uint64_t mono_ns() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<uint64_t>(ts.tv_sec) * 1'000'000'000 + static_cast<uint64_t>(ts.tv_nsec);
+}
+
+}  // namespace
+
+Manager::Manager(Engine& engine, ManagerConfig config)
+    : engine_(engine),
+      config_(std::move(config)),
+      runner_(Runner::Env{config_.node, config_.socket, config_.batonctl}, config_.groups,
+              [this](std::string text) { engine_.add_event(std::move(text)); }),
+      coordinator_(config_.node, config_.groups) {}
+
+Result<std::unique_ptr<Manager>> Manager::start(Engine& engine, ManagerConfig config) {
+  NodeReport probe{config.node, groups_hash(config.groups), config.caps, {}};
+  for (const auto& g : config.groups) probe.runs.push_back(GroupRun{g.name, 1, RunState::kFailed, std::string(120, 'x')});
+  if (auto r = encode_report(probe); !r) return tl::unexpected(r.error());
+  std::unique_ptr<Manager> m(new Manager(engine, std::move(config)));
+  m->thread_ = std::thread([p = m.get()] { p->run(); });
+  return m;
+}
+
+Manager::~Manager() {
+  stop_.store(true);
+  if (thread_.joinable()) thread_.join();
+  for (pid_t p : alerts_) waitpid(p, nullptr, 0);
+}
+
+void Manager::run() noexcept {
+  prctl(PR_SET_NAME, "baton-failover", 0, 0, 0);
+  while (!stop_.load()) {
+    tick(mono_ns());
+    timespec ts{0, static_cast<long>(kTickNs)};
+    nanosleep(&ts, nullptr);
+  }
+}
+
+void Manager::broadcast(const std::string& note) {
+  // Best effort: a note that does not go out now is repeated soon.
+  (void)engine_.send_note(0, std::as_bytes(std::span(note)));
+}
+
+void Manager::take_notes(uint64_t now) {
+  for (const Note& n : engine_.take_notes()) {
+    auto m = decode_note(std::string_view(reinterpret_cast<const char*>(n.bytes.data()), n.bytes.size()));
+    if (!m) {
+      BT_WARN("failover: a note from node %u refused: %s", n.from, m.error().message.c_str());
+      continue;
+    }
+    if (auto* r = std::get_if<NodeReport>(&*m)) {
+      if (r->node != n.from) continue;  // a node speaks for itself only
+      std::lock_guard lock(mu_);
+      reports_[r->node] = std::move(*r);
+      heard_ns_[n.from] = now;
+    } else if (auto* a = std::get_if<Assignment>(&*m)) {
+      if (a->coordinator != n.from) continue;
+      {
+        std::lock_guard lock(mu_);
+        auto& mine = assignments_[a->group];
+        if (a->seq > mine.seq) mine = *a;
+      }
+      coordinator_.heard(*a);
+      runner_.assigned(*a, now);
+    }
+  }
+}
+
+void Manager::decided(std::string text) {
+  engine_.add_event(text);
+  std::lock_guard lock(mu_);
+  decisions_.push_back(std::move(text));
+  if (decisions_.size() > 32) decisions_.pop_front();
+}
+
+void Manager::alert(const Coordinator::Alert& a) {
+  BT_ERROR("failover: group %s: %s; the administrator must act", a.group.c_str(), a.reason.c_str());
+  auto g = std::find_if(config_.groups.begin(), config_.groups.end(),
+                        [&](const ServiceGroup& x) { return x.name == a.group; });
+  if (g == config_.groups.end() || g->alert.empty()) return;
+  std::vector<std::string> env;
+  for (char** e = environ; *e != nullptr; ++e) env.emplace_back(*e);
+  env.push_back("BATON_GROUP=" + a.group);
+  env.push_back("BATON_REASON=" + a.reason);
+  env.push_back("BATON_NODE=" + std::to_string(config_.node));
+  std::vector<char*> envp;
+  for (auto& s : env) envp.push_back(s.data());
+  envp.push_back(nullptr);
+  std::string cmd = g->alert;
+  char sh[] = "/bin/sh", c[] = "-c";
+  char* argv[] = {sh, c, cmd.data(), nullptr};
+  posix_spawnattr_t attr;
+  posix_spawnattr_init(&attr);
+  sigset_t none;
+  sigemptyset(&none);
+  posix_spawnattr_setsigmask(&attr, &none);  // batond blocks SIGTERM and SIGINT
+  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK);
+  pid_t pid;
+  if (posix_spawn(&pid, "/bin/sh", nullptr, &attr, argv, envp.data()) == 0) alerts_.push_back(pid);
+  posix_spawnattr_destroy(&attr);
+}
+
+void Manager::tick(uint64_t now) {
+  take_notes(now);
+  runner_.step(now);
+  std::erase_if(alerts_, [](pid_t p) { return waitpid(p, nullptr, WNOHANG) != 0; });
+
+  NodeReport mine{config_.node, coordinator_.hash(), config_.caps, runner_.runs()};
+  auto note = encode_report(mine);
+  {
+    std::lock_guard lock(mu_);
+    reports_[config_.node] = mine;
+    heard_ns_[config_.node] = now;
+  }
+  if (note && now - last_report_ns_ >= kReportEveryNs) {
+    broadcast(*note);
+    last_report_ns_ = now;
+  }
+
+  // The coordinator: the lowest id of a quorate view every member agrees on.
+  const View v = engine_.view();
+  const bool coordinating = v.quorate && v.agreed && !v.members.empty() && v.members.front() == config_.node;
+  {
+    std::lock_guard lock(mu_);
+    coordinator_id_ = v.quorate && v.agreed && !v.members.empty() ? v.members.front() : 0;
+  }
+  if (!coordinating) {
+    coordinating_ns_ = 0;
+    return;
+  }
+  std::map<uint16_t, NodeReport> fresh;
+  {
+    std::lock_guard lock(mu_);
+    for (const auto& [node, r] : reports_)
+      if (now - heard_ns_[node] < kReportStaleNs) fresh.emplace(node, r);
+  }
+  // A new coordinator hears every member first (or waits a second): its
+  // first decisions see the whole pool.
+  if (coordinating_ns_ == 0) coordinating_ns_ = now;
+  const bool all = std::all_of(v.members.begin(), v.members.end(), [&](uint16_t n) { return fresh.count(n) != 0; });
+  if (!all && now - coordinating_ns_ < kSettleNs) return;
+  Coordinator::Out out;
+  coordinator_.step(now, v.members, fresh, out);
+  for (auto& text : out.events) decided(std::move(text));
+  for (const auto& a : out.alerts) alert(a);
+  for (const auto& a : out.assign) {
+    {
+      std::lock_guard lock(mu_);
+      assignments_[a.group] = a;
+    }
+    broadcast(encode_assignment(a));
+    runner_.assigned(a, now);
+  }
+  if (now - last_repeat_ns_ >= kRepeatEveryNs) {
+    for (const auto& a : coordinator_.current()) broadcast(encode_assignment(a));
+    last_repeat_ns_ = now;
+  }
+}
+
+nlohmann::json Manager::status() const {
+  using nlohmann::json;
+  std::lock_guard lock(mu_);
+  json out;
+  out["node"] = config_.node;
+  out["coordinator"] = coordinator_id_;
+  out["groups"] = json::array();
+  for (const auto& g : config_.groups) {
+    json j = {{"name", g.name}, {"priority", g.priority}, {"segments", g.segments}};
+    auto a = assignments_.find(g.name);
+    uint64_t seq = a != assignments_.end() ? a->second.seq : 0;
+    uint16_t node = a != assignments_.end() ? a->second.node : 0;
+    // What the nodes say: the newest assignment any of them runs.
+    std::string state = seq == 0 ? "unplaced" : "assigned", why;
+    for (const auto& [n, r] : reports_)
+      for (const auto& run : r.runs)
+        if (run.group == g.name && run.seq >= seq) {
+          seq = run.seq;
+          node = n;
+          state = run_state_name(run.state);
+          why = run.why;
+        }
+    j["node"] = node;
+    j["assignment"] = seq;
+    j["state"] = state;
+    if (!why.empty()) j["why"] = why;
+    out["groups"].push_back(j);
+  }
+  out["pool"] = json::array();
+  for (const auto& [n, r] : reports_) {
+    const auto heard = heard_ns_.find(n);
+    json runs = json::array();
+    for (const auto& run : r.runs)
+      if (run.state == RunState::kStarting || run.state == RunState::kRunning || run.state == RunState::kSlow)
+        runs.push_back(run.group);
+    out["pool"].push_back({{"node", n},
+                           {"spare", r.caps.spare},
+                           {"cores", r.caps.cores},
+                           {"memory_mib", r.caps.memory_mib},
+                           {"tags", r.caps.tags},
+                           {"runs", runs},
+                           {"same_groups", r.groups_hash == coordinator_.hash()},
+                           {"heard_ms_ago", heard == heard_ns_.end() ? -1 : static_cast<int64_t>((mono_ns() - heard->second) / kMs)}});
+  }
+  out["decisions"] = decisions_;
+  return out;
+}
+
+}  // namespace baton::failover

@@ -1,0 +1,321 @@
+// Failover decisions (failover/coordinator.h): eligibility, the choice of
+// node (idle first, the spare pool for a failover, the lowest-priority work
+// otherwise, better capabilities for a performance move), retries with the
+// next node, dead ends (a performance move stays, a failure alerts), and
+// the notes that carry reports and assignments (failover/codec.h).
+
+#include <gtest/gtest.h>
+
+#include "failover/codec.h"
+#include "failover/coordinator.h"
+
+namespace baton::failover {
+namespace {
+
+constexpr uint64_t kMs = 1'000'000;
+
+ServiceGroup group(std::string name, int32_t priority = 0) {
+  ServiceGroup g;
+  g.name = std::move(name);
+  g.start = "true";
+  g.priority = priority;
+  g.start_timeout_ms = 1000;
+  return g;
+}
+
+struct World {
+  std::vector<ServiceGroup> groups;
+  std::map<uint16_t, NodeReport> reports;
+  std::vector<uint16_t> members;
+  uint64_t hash = 0;
+
+  explicit World(std::vector<ServiceGroup> g) : groups(std::move(g)), hash(groups_hash(groups)) {}
+  NodeReport& node(uint16_t n, uint32_t cores = 2, uint64_t mib = 4096, bool spare = false,
+                   std::vector<std::string> tags = {}) {
+    NodeReport& r = reports[n];
+    r.node = n;
+    r.groups_hash = hash;
+    r.caps = NodeCaps{cores, mib, std::move(tags), spare};
+    members.push_back(n);
+    std::sort(members.begin(), members.end());
+    return r;
+  }
+  void runs(uint16_t n, const std::string& g, uint64_t seq, RunState s, std::string why = {}) {
+    auto& runs = reports[n].runs;
+    std::erase_if(runs, [&](const GroupRun& r) { return r.group == g; });
+    runs.push_back(GroupRun{g, seq, s, std::move(why)});
+  }
+  void leave(uint16_t n) {
+    std::erase(members, n);
+    reports.erase(n);
+  }
+};
+
+bool mentions(const std::vector<std::string>& events, const std::string& text) {
+  return std::any_of(events.begin(), events.end(), [&](const std::string& e) { return e.find(text) != std::string::npos; });
+}
+
+TEST(Choose, EligibilityAndItsReasons) {
+  ServiceGroup g = group("db", 5);
+  g.min_cores = 4;
+  g.min_memory_mib = 8192;
+  g.tags = {"nic=fast"};
+  World w({g});
+  w.node(1, 2, 16384, false, {"nic=fast"});
+  w.node(2, 8, 4096, false, {"nic=fast"});
+  w.node(3, 8, 16384, false, {});
+  w.node(4, 8, 16384, true, {"nic=fast", "ssd"});
+  w.node(5, 8, 16384, false, {"nic=fast"}).groups_hash = 99;
+  const Choice c = choose(g, Why::kFailure, w.members, w.reports, w.groups, w.hash, {}, std::nullopt, {});
+  ASSERT_EQ(c.node, 4);
+  const std::string why = c.to_string();
+  EXPECT_NE(why.find("node 1: has 2 cores, needs 4"), std::string::npos) << why;
+  EXPECT_NE(why.find("node 2: has 4096 MiB, needs 8192"), std::string::npos) << why;
+  EXPECT_NE(why.find("node 3: lacks tag nic=fast"), std::string::npos) << why;
+  EXPECT_NE(why.find("node 5: its service groups differ"), std::string::npos) << why;
+  // Tried already: nothing left.
+  EXPECT_FALSE(choose(g, Why::kFailure, w.members, w.reports, w.groups, w.hash, {4}, std::nullopt, {}).node);
+}
+
+TEST(Choose, IdleFirstThenTheLowestPriorityWork) {
+  World w({group("gold", 10), group("silver", 5), group("bronze", 1)});
+  w.node(1);
+  w.node(2);
+  w.node(3);
+  w.runs(1, "silver", 1, RunState::kRunning);
+  w.runs(2, "bronze", 1, RunState::kRunning);
+  w.runs(3, "gold", 1, RunState::kFailed);  // failed work is no work: node 3 is idle
+  const auto& gold = w.groups[0];
+  EXPECT_EQ(choose(gold, Why::kFailure, w.members, w.reports, w.groups, w.hash, {3}, std::nullopt, {}).node, 2)
+      << "without the idle node, the one running the lowest-priority work";
+  EXPECT_EQ(choose(gold, Why::kFailure, w.members, w.reports, w.groups, w.hash, {}, std::nullopt, {}).node, 3);
+  // Nothing lower than bronze's own priority to take.
+  w.runs(3, "gold", 2, RunState::kRunning);
+  const Choice c = choose(w.groups[2], Why::kFailure, w.members, w.reports, w.groups, w.hash, {2}, std::nullopt, {});
+  EXPECT_FALSE(c.node);
+  EXPECT_NE(c.to_string().find("node 1: runs silver (priority 5, not below 1)"), std::string::npos) << c.to_string();
+}
+
+TEST(Choose, StartsAtHomeAndFailsOverToTheSparePool) {
+  ServiceGroup g = group("kv");
+  g.home = {3, 2};
+  World w({g});
+  w.node(1, 2, 4096, true);
+  w.node(2);
+  w.node(3);
+  w.node(4, 2, 4096, true);
+  EXPECT_EQ(choose(g, Why::kStart, w.members, w.reports, w.groups, w.hash, {}, std::nullopt, {}).node, 3);
+  EXPECT_EQ(choose(g, Why::kStart, w.members, w.reports, w.groups, w.hash, {3}, std::nullopt, {}).node, 2);
+  g.home.clear();
+  EXPECT_EQ(choose(g, Why::kStart, w.members, w.reports, w.groups, w.hash, {}, std::nullopt, {}).node, 2)
+      << "a first start prefers nodes outside the pool";
+  EXPECT_EQ(choose(g, Why::kFailure, w.members, w.reports, w.groups, w.hash, {}, std::nullopt, {}).node, 1)
+      << "a failover takes a spare first";
+}
+
+TEST(Choose, APerformanceMoveNeedsBetterCapabilities) {
+  World w({group("kv")});
+  w.node(1, 4, 8192);
+  w.node(2, 4, 8192);    // the same: no better
+  w.node(3, 4, 16384);   // as many cores, more memory
+  w.node(4, 8, 4096);    // more cores
+  const auto& g = w.groups[0];
+  EXPECT_EQ(choose(g, Why::kPerformance, w.members, w.reports, w.groups, w.hash, {}, 1, {}).node, 4);
+  const Choice c = choose(g, Why::kPerformance, w.members, w.reports, w.groups, w.hash, {4, 3}, 1, {});
+  EXPECT_FALSE(c.node);
+  EXPECT_NE(c.to_string().find("node 2: no better than node 1"), std::string::npos) << c.to_string();
+}
+
+struct Coord : ::testing::Test {
+  World w{{group("kv", 5)}};
+  Coordinator c{1, w.groups};
+  Coordinator::Out out;
+  uint64_t now = 1'000 * kMs;
+  void step() {
+    out = {};
+    c.step(now, w.members, w.reports, out);
+  }
+};
+
+TEST_F(Coord, StartsThenFailsOverAndRetriesTheNextNode) {
+  w.node(1);
+  w.node(2, 2, 4096, true);
+  w.node(3, 2, 4096, true);
+  step();
+  ASSERT_EQ(out.assign.size(), 1u);
+  EXPECT_EQ(out.assign[0].node, 1u);
+  EXPECT_EQ(out.assign[0].seq, 1u);
+  EXPECT_TRUE(mentions(out.events, "group kv -> node 1 (start, assignment 1): first start")) << out.events[0];
+  step();
+  EXPECT_TRUE(out.assign.empty()) << "it waits for node 1 to report";
+  w.runs(1, "kv", 1, RunState::kRunning);
+  now += 10 * kMs;
+  step();
+  EXPECT_TRUE(out.assign.empty());
+
+  // The application fails on node 1: the spare pool, lowest id first.
+  w.runs(1, "kv", 1, RunState::kFailed, "the application exited with status 1");
+  step();
+  ASSERT_EQ(out.assign.size(), 1u);
+  EXPECT_EQ(out.assign[0].node, 2u);
+  EXPECT_EQ(out.assign[0].seq, 2u);
+  EXPECT_TRUE(mentions(out.events, "failed on node 1: the application exited with status 1"));
+  // Node 2's provision hook fails: the next one, never node 1 again in this failover.
+  w.runs(2, "kv", 2, RunState::kFailed, "the provision hook exited with status 7");
+  step();
+  ASSERT_EQ(out.assign.size(), 1u);
+  EXPECT_EQ(out.assign[0].node, 3u);
+  // Node 3 never reports: after the start timeout, nobody is left.
+  now += 1001 * kMs;
+  step();
+  EXPECT_TRUE(out.assign.empty());
+  ASSERT_EQ(out.alerts.size(), 1u);
+  EXPECT_EQ(out.alerts[0].group, "kv");
+  EXPECT_NE(out.alerts[0].reason.find("node 3 did not take it up within 1000 ms"), std::string::npos)
+      << out.alerts[0].reason;
+  step();
+  EXPECT_TRUE(out.alerts.empty()) << "a dead end alerts once";
+  // A new node joins: it goes there.
+  w.node(4);
+  step();
+  ASSERT_EQ(out.assign.size(), 1u);
+  EXPECT_EQ(out.assign[0].node, 4u);
+}
+
+TEST_F(Coord, ANodeThatLeavesTheViewIsReplaced) {
+  w.node(1);
+  w.node(2);
+  step();
+  w.runs(1, "kv", 1, RunState::kRunning);
+  w.leave(1);
+  step();
+  ASSERT_EQ(out.assign.size(), 1u);
+  EXPECT_EQ(out.assign[0].node, 2u);
+  EXPECT_TRUE(mentions(out.events, "node 1 left the view"));
+}
+
+TEST_F(Coord, APerformanceMoveOrStayingPut) {
+  w.groups[0].slow_ms = 100;
+  w.groups[0].probe = "true";
+  c = Coordinator(1, w.groups);
+  w.hash = c.hash();
+  w.node(1, 2);
+  w.node(2, 2);
+  step();  // start on 1
+  w.runs(1, "kv", 1, RunState::kSlow, "probe took 300 ms");
+  step();
+  EXPECT_TRUE(out.assign.empty());
+  EXPECT_TRUE(mentions(out.events, "stays on node 1")) << (out.events.empty() ? "" : out.events[0]);
+  EXPECT_TRUE(out.alerts.empty()) << "a performance dead end alerts nobody";
+  step();
+  EXPECT_TRUE(out.events.empty()) << "said once per slow spell";
+  w.node(3, 8);
+  w.reports[3].groups_hash = c.hash();
+  step();
+  ASSERT_EQ(out.assign.size(), 1u);
+  EXPECT_EQ(out.assign[0].node, 3u);
+  EXPECT_TRUE(mentions(out.events, "performance move"));
+}
+
+TEST_F(Coord, ANewCoordinatorPicksUpFromTheReports) {
+  w.node(1);
+  w.node(2);
+  w.runs(2, "kv", 7, RunState::kRunning);  // an earlier coordinator's assignment 7
+  step();
+  EXPECT_TRUE(out.assign.empty()) << "it runs: nothing to decide";
+  w.runs(2, "kv", 7, RunState::kFailed, "gone");
+  step();
+  ASSERT_EQ(out.assign.size(), 1u);
+  EXPECT_EQ(out.assign[0].seq, 8u) << "numbered above what it found";
+  EXPECT_EQ(out.assign[0].node, 1u);
+}
+
+TEST_F(Coord, TheHighestPriorityIsPlacedFirst) {
+  World two({group("gold", 10), group("bronze", 1)});
+  Coordinator k(1, two.groups);
+  two.node(1);
+  Coordinator::Out o;
+  k.step(now, two.members, two.reports, o);
+  ASSERT_EQ(o.assign.size(), 1u) << "one node, one group: gold first";
+  EXPECT_EQ(o.assign[0].group, "gold");
+  EXPECT_TRUE(mentions(o.events, "group bronze: first start; no eligible node"));
+  EXPECT_TRUE(o.alerts.empty()) << "a start with nowhere to go is not a failure";
+}
+
+TEST_F(Coord, AHigherPriorityFailoverTakesTheNodeOfLowerPriorityWork) {
+  World two({group("gold", 10), group("bronze", 1)});
+  Coordinator k(1, two.groups);
+  two.node(1);
+  two.node(2);
+  two.runs(1, "gold", 1, RunState::kRunning);
+  two.runs(2, "bronze", 1, RunState::kRunning);
+  Coordinator::Out o;
+  k.step(now, two.members, two.reports, o);
+  EXPECT_TRUE(o.assign.empty());
+  two.runs(1, "gold", 1, RunState::kFailed, "gone");
+  o = {};
+  k.step(now, two.members, two.reports, o);
+  ASSERT_EQ(o.assign.size(), 1u);
+  EXPECT_EQ(o.assign[0].group, "gold");
+  EXPECT_EQ(o.assign[0].node, 2u) << "bronze's node";
+  // Node 2 stops bronze for gold: bronze fails over in turn, to node 1 (idle now).
+  two.runs(2, "bronze", 1, RunState::kStopped, "node 2 taken for group gold");
+  two.runs(2, "gold", 2, RunState::kStarting);
+  o = {};
+  k.step(now, two.members, two.reports, o);
+  ASSERT_EQ(o.assign.size(), 1u);
+  EXPECT_EQ(o.assign[0].group, "bronze");
+  EXPECT_EQ(o.assign[0].node, 1u) << "gold failed on node 1, but that was gold's failover, not bronze's";
+  EXPECT_TRUE(mentions(o.events, "stopped on node 2: node 2 taken for group gold"));
+}
+
+TEST_F(Coord, ARunThatDiesAtOnceKeepsItsFailedNodesOut) {
+  w.node(1);
+  w.node(2);
+  w.node(3);
+  step();  // on 1
+  w.runs(1, "kv", 1, RunState::kFailed, "x");
+  step();  // on 2
+  ASSERT_EQ(out.assign.at(0).node, 2u);
+  w.runs(2, "kv", 2, RunState::kRunning);
+  now += 10 * kMs;
+  step();
+  w.runs(2, "kv", 2, RunState::kFailed, "died at once");
+  step();
+  ASSERT_EQ(out.assign.size(), 1u);
+  EXPECT_EQ(out.assign[0].node, 3u) << "node 1 failed in this failover: still out";
+}
+
+TEST(Codec, ReportsAndAssignmentsRoundTripAndBadNotesAreRefused) {
+  NodeReport r{3, 0xabcdef, NodeCaps{4, 8192, {"nic=fast"}, true},
+               {GroupRun{"kv", 2, RunState::kSlow, "probe took 300 ms"}}};
+  auto text = encode_report(r);
+  ASSERT_TRUE(text) << text.error().message;
+  auto back = decode_note(*text);
+  ASSERT_TRUE(back) << back.error().message;
+  const auto& got = std::get<NodeReport>(*back);
+  EXPECT_EQ(got.node, 3u);
+  EXPECT_EQ(got.groups_hash, 0xabcdefu);
+  EXPECT_EQ(got.caps.tags, std::vector<std::string>{"nic=fast"});
+  EXPECT_TRUE(got.caps.spare);
+  ASSERT_EQ(got.runs.size(), 1u);
+  EXPECT_EQ(got.runs[0].state, RunState::kSlow);
+  EXPECT_EQ(got.runs[0].why, "probe took 300 ms");
+
+  auto a = decode_note(encode_assignment(Assignment{"kv", 2, 9, 1}));
+  ASSERT_TRUE(a);
+  EXPECT_EQ(std::get<Assignment>(*a).seq, 9u);
+
+  for (const char* bad : {"", "[]", "{", R"({"t":"x"})", R"({"t":"a","g":"kv","n":0,"q":1,"c":1})",
+                          R"({"t":"a","g":"kv","n":2,"q":0,"c":1})", R"({"t":"a","g":"","n":2,"q":1,"c":1})",
+                          R"({"t":"r","n":2,"h":1,"c":1,"m":1,"s":false,"tg":[],"g":[["kv",1,9,""]]})",
+                          R"({"t":"r","n":2,"h":1,"c":1,"m":1,"s":"no","tg":[],"g":[]})",
+                          R"({"t":"r","n":70000,"h":1,"c":1,"m":1,"s":false,"tg":[],"g":[]})"})
+    EXPECT_FALSE(decode_note(bad)) << bad;
+  // A report that would not fit in a note is refused when made.
+  r.caps.tags.assign(40, std::string(60, 't'));
+  EXPECT_FALSE(encode_report(r));
+}
+
+}  // namespace
+}  // namespace baton::failover
