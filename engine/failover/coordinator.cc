@@ -149,8 +149,9 @@ std::vector<Assignment> Coordinator::current() const {
   return out;
 }
 
-void Coordinator::step(uint64_t now, std::span<const uint16_t> members, const std::map<uint16_t, NodeReport>& reports,
-                       Out& out) {
+void Coordinator::step(uint64_t now, uint64_t floor, std::span<const uint16_t> members,
+                       const std::map<uint16_t, NodeReport>& reports, Out& out) {
+  floor_ = floor;
   auto member = [&](uint16_t n) { return std::binary_search(members.begin(), members.end(), n); };
   // The newest assignment of each group, as the members report it.
   for (uint16_t m : members) {
@@ -208,6 +209,7 @@ void Coordinator::step(uint64_t now, std::span<const uint16_t> members, const st
         if (t.running_ns == 0) t.running_ns = now;
         if (now - t.running_ns >= timeout) t.tried.clear();
         t.stuck.clear();
+        t.stuck_ns = 0;
         t.slow_said = false;
         taken[t.node] = g.priority;
         break;
@@ -235,10 +237,8 @@ void Coordinator::step(uint64_t now, std::span<const uint16_t> members, const st
         if (on_failure(g)) {
           place(g, t, Why::kFailure, "failed on " + node_str(t.node) + ": " + run->why, now, members, reports,
                 std::nullopt, taken, out);
-        } else if (t.stuck.empty()) {
-          out.events.push_back("group " + g.name + " failed on " + node_str(t.node) + ": " + run->why +
-                               "; it fails over on performance only");
-          t.stuck = run->why;
+        } else {
+          restart_here(g, t, run->why, now, members, reports, taken, out);
         }
         break;
       case RunState::kStopped:
@@ -249,10 +249,42 @@ void Coordinator::step(uint64_t now, std::span<const uint16_t> members, const st
   }
 }
 
+void Coordinator::restart_here(const ServiceGroup& g, Track& t, const std::string& why, uint64_t now,
+                               std::span<const uint16_t> members, const std::map<uint16_t, NodeReport>& reports,
+                               std::map<uint16_t, int32_t>& taken, Out& out) {
+  // Where it failed, unless that node was given work of the same or higher
+  // priority since: then it moves after all.
+  bool busy = taken.count(t.node) != 0 && taken[t.node] >= g.priority;
+  if (auto it = reports.find(t.node); it != reports.end())
+    for (const auto& run : it->second.runs)
+      busy |= run.group != g.name && works(run.state) && priority_of(groups_, run.group) >= g.priority;
+  if (busy) {
+    place(g, t, Why::kFailure, "failed on " + node_str(t.node) + " (" + why + "), which runs other work now", now,
+          members, reports, std::nullopt, taken, out);
+    return;
+  }
+  taken[t.node] = g.priority;
+  // Not faster than once a start timeout: a node whose every start fails
+  // is not hammered.
+  if (t.assigned_ns != 0 && now - t.assigned_ns < uint64_t{g.start_timeout_ms} * 1'000'000) return;
+  t.seq = std::max(t.seq + 1, floor_);
+  t.assigned_ns = now;
+  t.running_ns = 0;
+  out.assign.push_back(Assignment{g.name, t.node, t.seq, self_});
+  out.events.push_back("group " + g.name + " restarts on " + node_str(t.node) + " (assignment " +
+                       std::to_string(t.seq) + "): it failed there (" + why + ") and fails over on performance only");
+}
+
 void Coordinator::place(const ServiceGroup& g, Track& t, Why why, const std::string& reason, uint64_t now,
                         std::span<const uint16_t> members, const std::map<uint16_t, NodeReport>& reports,
                         std::optional<uint16_t> current, std::map<uint16_t, int32_t>& taken, Out& out) {
-  const Choice c = choose(g, why, members, reports, groups_, hash_, t.tried, current, taken);
+  Choice c = choose(g, why, members, reports, groups_, hash_, t.tried, current, taken);
+  // At a dead end for a start timeout: the nodes that failed get another try (S21).
+  if (!c.node && !t.tried.empty() && t.stuck_ns != 0 &&
+      now - t.stuck_ns >= uint64_t{g.start_timeout_ms} * 1'000'000) {
+    t.tried.clear();
+    c = choose(g, why, members, reports, groups_, hash_, t.tried, current, taken);
+  }
   if (!c.node) {
     if (why == Why::kPerformance) {
       if (!t.slow_said)
@@ -263,16 +295,18 @@ void Coordinator::place(const ServiceGroup& g, Track& t, Why why, const std::str
     }
     if (t.stuck == reason) return;  // said already
     t.stuck = reason;
+    t.stuck_ns = now;
     out.events.push_back("group " + g.name + ": " + reason + "; no eligible node (" + c.to_string() + ")");
     if (why == Why::kFailure) out.alerts.push_back(Alert{g.name, reason + "; no eligible node"});
     return;
   }
-  t.seq += 1;
+  t.seq = std::max(t.seq + 1, floor_);
   t.node = *c.node;
   t.assigned_ns = now;
   t.running_ns = 0;
   t.why = why;
   t.stuck.clear();
+  t.stuck_ns = 0;
   t.slow_said = false;
   taken[t.node] = g.priority;
   out.assign.push_back(Assignment{g.name, t.node, t.seq, self_});

@@ -18,6 +18,10 @@
 //    (that work is stopped there and fails over in turn);
 //  - for a performance move, only nodes with better capabilities than the
 //    one it runs on (more cores, or as many and more memory).
+// Nodes that failed in a failover are passed over until the group has run
+// a start timeout long, or, at a dead end, for a start timeout (then each
+// gets another try). A group that fails over on performance only is
+// restarted where it failed, unless that node left.
 // Every candidate's verdict is kept, for the event that reports a decision.
 //
 // No I/O and no clock: time is passed in. Thread: the failover manager's.
@@ -70,7 +74,11 @@ class Coordinator {
 
   /// One pass at `now` as coordinator of `members` (sorted; a quorate,
   /// agreed view with this node in it) over their latest reports.
-  void step(uint64_t now, std::span<const uint16_t> members, const std::map<uint16_t, NodeReport>& reports, Out& out);
+  /// `floor`: the least number a new assignment takes (the wall clock in
+  /// ms): numbers keep growing across coordinators that remember nothing
+  /// of each other (every node restarted), like a hybrid logical clock.
+  void step(uint64_t now, uint64_t floor, std::span<const uint16_t> members,
+            const std::map<uint16_t, NodeReport>& reports, Out& out);
   /// An assignment heard from another coordinator (an earlier view's):
   /// later decisions number above it.
   void heard(const Assignment& a);
@@ -89,9 +97,14 @@ class Coordinator {
     std::set<uint16_t> tried; ///< nodes that failed this failover (cleared once it runs steadily)
     uint64_t running_ns = 0;  ///< since when the current assignment runs (0: it does not)
     std::string stuck;        ///< the dead end last reported, so it is said once
+    uint64_t stuck_ns = 0;    ///< since when it is at a dead end: the failed nodes get another try later
     bool slow_said = false;   ///< "stays: no better node" said for this slow spell
     bool heard = false;       ///< learnt from another coordinator since the last step
   };
+  /// Restarts a group that fails over on performance only where it ran.
+  void restart_here(const ServiceGroup& g, Track& t, const std::string& why, uint64_t now,
+                    std::span<const uint16_t> members, const std::map<uint16_t, NodeReport>& reports,
+                    std::map<uint16_t, int32_t>& taken, Out& out);
   void place(const ServiceGroup& g, Track& t, Why why, const std::string& reason, uint64_t now,
              std::span<const uint16_t> members, const std::map<uint16_t, NodeReport>& reports,
              std::optional<uint16_t> current, std::map<uint16_t, int32_t>& taken, Out& out);
@@ -100,6 +113,7 @@ class Coordinator {
   std::vector<ServiceGroup> groups_;  ///< by priority, highest first
   uint64_t hash_;
   std::map<std::string, Track> tracks_;
+  uint64_t floor_ = 0;  ///< this step's least new number
 };
 
 }  // namespace baton::failover

@@ -171,7 +171,10 @@ void Manager::tick(uint64_t now) {
   const bool all = std::all_of(v.members.begin(), v.members.end(), [&](uint16_t n) { return fresh.count(n) != 0; });
   if (!all && now - coordinating_ns_ < kSettleNs) return;
   Coordinator::Out out;
-  coordinator_.step(now, v.members, fresh, out);
+  timespec wall;
+  clock_gettime(CLOCK_REALTIME, &wall);
+  coordinator_.step(now, static_cast<uint64_t>(wall.tv_sec) * 1000 + static_cast<uint64_t>(wall.tv_nsec) / 1'000'000,
+                    v.members, fresh, out);
   for (auto& text : out.events) decided(std::move(text));
   for (const auto& a : out.alerts) alert(a);
   for (const auto& a : out.assign) {

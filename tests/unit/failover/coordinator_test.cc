@@ -133,7 +133,7 @@ struct Coord : ::testing::Test {
   uint64_t now = 1'000 * kMs;
   void step() {
     out = {};
-    c.step(now, w.members, w.reports, out);
+    c.step(now, 0, w.members, w.reports, out);
   }
 };
 
@@ -235,7 +235,7 @@ TEST_F(Coord, TheHighestPriorityIsPlacedFirst) {
   Coordinator k(1, two.groups);
   two.node(1);
   Coordinator::Out o;
-  k.step(now, two.members, two.reports, o);
+  k.step(now, 0, two.members, two.reports, o);
   ASSERT_EQ(o.assign.size(), 1u) << "one node, one group: gold first";
   EXPECT_EQ(o.assign[0].group, "gold");
   EXPECT_TRUE(mentions(o.events, "group bronze: first start; no eligible node"));
@@ -250,11 +250,11 @@ TEST_F(Coord, AHigherPriorityFailoverTakesTheNodeOfLowerPriorityWork) {
   two.runs(1, "gold", 1, RunState::kRunning);
   two.runs(2, "bronze", 1, RunState::kRunning);
   Coordinator::Out o;
-  k.step(now, two.members, two.reports, o);
+  k.step(now, 0, two.members, two.reports, o);
   EXPECT_TRUE(o.assign.empty());
   two.runs(1, "gold", 1, RunState::kFailed, "gone");
   o = {};
-  k.step(now, two.members, two.reports, o);
+  k.step(now, 0, two.members, two.reports, o);
   ASSERT_EQ(o.assign.size(), 1u);
   EXPECT_EQ(o.assign[0].group, "gold");
   EXPECT_EQ(o.assign[0].node, 2u) << "bronze's node";
@@ -262,7 +262,7 @@ TEST_F(Coord, AHigherPriorityFailoverTakesTheNodeOfLowerPriorityWork) {
   two.runs(2, "bronze", 1, RunState::kStopped, "node 2 taken for group gold");
   two.runs(2, "gold", 2, RunState::kStarting);
   o = {};
-  k.step(now, two.members, two.reports, o);
+  k.step(now, 0, two.members, two.reports, o);
   ASSERT_EQ(o.assign.size(), 1u);
   EXPECT_EQ(o.assign[0].group, "bronze");
   EXPECT_EQ(o.assign[0].node, 1u) << "gold failed on node 1, but that was gold's failover, not bronze's";
