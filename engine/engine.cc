@@ -6,6 +6,7 @@
 #include <immintrin.h>
 #include <pthread.h>
 #include <sched.h>
+#include <sys/eventfd.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -82,6 +83,7 @@ Engine::~Engine() {
   // Views sent and never taken (both threads are gone).
   ControlMsg m;
   while (impl_->to_data.pop(m)) delete m.view;
+  if (impl_->notes_event >= 0) ::close(impl_->notes_event);
 }
 
 uint16_t Engine::node_id() const noexcept { return impl_->config.node_id; }
@@ -193,6 +195,8 @@ Result<std::unique_ptr<Engine>> Engine::start(const EngineConfig& config,
   impl->command_mem.reset(std::aligned_alloc(64, (static_cast<size_t>(ring_bytes) + 63) / 64 * 64));
   if (!impl->command_mem) return fail(Errc::kNoMemory, "command ring");
   impl->commands = static_cast<rte_ring*>(impl->command_mem.get());
+  impl->notes_event = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  if (impl->notes_event < 0) return fail(Errc::kIo, "eventfd: ", std::strerror(errno));
   if (rte_ring_init(impl->commands, "baton_commands", kCommandRingSize, RING_F_SC_DEQ) != 0)
     return fail(Errc::kInternal, "rte_ring_init failed");
   if (raw->sim == nullptr) {

@@ -6,6 +6,8 @@
 // Thread: send_note and add_event any; on_note the poll-token holder;
 // take_notes one consumer at a time.
 
+#include <unistd.h>
+
 #include <cstring>
 
 #include "engine_impl.h"
@@ -44,7 +46,13 @@ void Engine::Impl::on_note(const wire::Frame& f) noexcept {
   slot.from = f.src;
   slot.len = static_cast<uint16_t>(f.payload.size());  // at most kMaxNote: decode checked
   std::memcpy(slot.bytes.data(), f.payload.data(), f.payload.size());
-  bump(notes_in.push(slot) ? counters.notes_rx : counters.notes_dropped);
+  if (!notes_in.push(slot)) {
+    bump(counters.notes_dropped);
+    return;
+  }
+  bump(counters.notes_rx);
+  const uint64_t one = 1;
+  if (notes_event >= 0) (void)!write(notes_event, &one, sizeof one);  // a few a second: the daemon wakes
 }
 
 std::vector<Note> Engine::take_notes() {
@@ -56,5 +64,7 @@ std::vector<Note> Engine::take_notes() {
 }
 
 void Engine::add_event(std::string text) { impl_->record_event(std::move(text)); }
+
+int Engine::notes_fd() const noexcept { return impl_->notes_event; }
 
 }  // namespace baton

@@ -4,11 +4,13 @@
 
 #include "failover/manager.h"
 
+#include <poll.h>
 #include <signal.h>
 #include <spawn.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <algorithm>
 
@@ -22,7 +24,8 @@ namespace baton::failover {
 namespace {
 
 constexpr uint64_t kMs = 1'000'000;
-constexpr uint64_t kTickNs = 50 * kMs;
+constexpr uint64_t kTickNs = 20 * kMs;
+constexpr uint64_t kBusyTickNs = 1 * kMs;  ///< while this node starts a group
 constexpr uint64_t kReportEveryNs = 250 * kMs;
 constexpr uint64_t kRepeatEveryNs = 1000 * kMs;  ///< assignments again, for late joiners and lost notes
 constexpr uint64_t kReportStaleNs = 2000 * kMs;  ///< a report older than this no longer counts
@@ -62,8 +65,16 @@ void Manager::run() noexcept {
   prctl(PR_SET_NAME, "baton-failover", 0, 0, 0);
   while (!stop_.load()) {
     tick(mono_ns());
-    timespec ts{0, static_cast<long>(kTickNs)};
-    nanosleep(&ts, nullptr);
+    // A start under way is stepped along at once, not a tick per step; an
+    // application that ends wakes the thread (its pidfd turns readable).
+    // So does a note from another node (an assignment is to be acted on now).
+    std::vector<pollfd> fds{pollfd{engine_.notes_fd(), POLLIN, 0}};
+    for (int fd : runner_.watch_fds()) fds.push_back(pollfd{fd, POLLIN, 0});
+    if (::poll(fds.data(), fds.size(), static_cast<int>((runner_.busy() ? kBusyTickNs : kTickNs) / kMs)) > 0 &&
+        (fds[0].revents & POLLIN) != 0) {
+      uint64_t n;
+      (void)!read(fds[0].fd, &n, sizeof n);
+    }
   }
 }
 
@@ -143,9 +154,12 @@ void Manager::tick(uint64_t now) {
     reports_[config_.node] = mine;
     heard_ns_[config_.node] = now;
   }
-  if (note && now - last_report_ns_ >= kReportEveryNs) {
+  // Every few hundred ms, and at once when this node's share changed (a
+  // failure here is the coordinator's to act on).
+  if (note && (now - last_report_ns_ >= kReportEveryNs || *note != last_note_)) {
     broadcast(*note);
     last_report_ns_ = now;
+    last_note_ = *note;
   }
 
   // The coordinator: the lowest id of a quorate view every member agrees on.

@@ -75,6 +75,7 @@ class Manager {
   std::deque<std::string> decisions_;        ///< the last 32
   uint16_t coordinator_id_ = 0;              ///< 0: no coordinator (no quorate, agreed view)
   uint64_t last_report_ns_ = 0, last_repeat_ns_ = 0;
+  std::string last_note_;                    ///< the report last sent
   uint64_t coordinating_ns_ = 0;             ///< since when this node coordinates (0: it does not)
   std::vector<pid_t> alerts_;                ///< alert hooks running
 };

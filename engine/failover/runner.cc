@@ -6,6 +6,7 @@
 
 #include <signal.h>
 #include <spawn.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -57,12 +58,14 @@ Runner::~Runner() {
     if (!any) return;
     usleep(20'000);
   }
-  for (auto& [name, l] : locals_)
+  for (auto& [name, l] : locals_) {
     for (pid_t p : {l.app, l.step, l.probe})
       if (p > 0) {
         signal(p, SIGKILL);
         waitpid(p, nullptr, 0);
       }
+    close_fd(l);
+  }
 }
 
 int Runner::reap(pid_t pid) {
@@ -134,18 +137,21 @@ void Runner::assigned(const Assignment& a, uint64_t now) {
   for (auto& [name, l] : locals_)
     if (name != a.group && works(l.state))
       stop(l, RunState::kStopped, "node " + std::to_string(env_.node) + " taken for group " + a.group, now);
-  if (it != locals_.end())  // an earlier instance here is superseded: gone at once
+  if (it != locals_.end()) {  // an earlier instance here is superseded: gone at once
     for (pid_t p : {it->second.app, it->second.step, it->second.probe})
       if (p > 0) {
         signal(p, SIGKILL);
         waitpid(p, nullptr, 0);
       }
+    close_fd(it->second);
+  }
   Local& l = locals_[a.group];
   l = Local{};
   l.g = &*g;
   l.seq = a.seq;
   l.phase = Phase::kProvision;
   l.phase_ns = now;
+  l.heard_ns = now;
   events_("group " + a.group + ": starting here (assignment " + std::to_string(a.seq) + " from node " +
           std::to_string(a.coordinator) + ")");
   advance(l, now);
@@ -208,6 +214,7 @@ void Runner::advance(Local& l, uint64_t now) {
     }
     l.phase = Phase::kLoad;
   }
+  if (l.provisioned_ns == 0) l.provisioned_ns = now;
   if (l.phase == Phase::kLoad) {
     if (l.loaded < l.g->segments.size()) {
       l.step = spawn(l, {env_.batonctl, "load", "--socket", env_.socket, l.g->segments[l.loaded]}, true);
@@ -215,6 +222,7 @@ void Runner::advance(Local& l, uint64_t now) {
       return;
     }
     l.phase = Phase::kApp;
+    l.loaded_ns = now;
   }
   if (l.phase == Phase::kApp && l.app < 0) {
     l.app = spawn(l, {"/bin/sh", "-c", l.g->start}, true);
@@ -222,17 +230,21 @@ void Runner::advance(Local& l, uint64_t now) {
       fail(l, "cannot start the application", now);
       return;
     }
+    l.app_fd = static_cast<int>(syscall(SYS_pidfd_open, l.app, 0));  // -1 on an old kernel: the tick notices
     l.state = RunState::kRunning;
     l.phase_ns = now;
     l.next_probe_ns = now + uint64_t{l.g->probe_interval_ms} * kMs;
+    auto ms = [](uint64_t from, uint64_t to) { return std::to_string((to - from) / 1000) + " us"; };
     events_("group " + l.g->name + " runs here (pid " + std::to_string(l.app) + ", assignment " +
-            std::to_string(l.seq) + ")");
+            std::to_string(l.seq) + "): provisioned in " + ms(l.heard_ns, l.provisioned_ns) + ", segments loaded in " +
+            ms(l.provisioned_ns, l.loaded_ns) + ", started " + ms(l.heard_ns, now) + " after the assignment came");
   }
 }
 
 void Runner::watch(Local& l, uint64_t now) {
   if (const int st = reap(l.app); st != kRunning) {
     l.app = -1;
+    close_fd(l);
     fail(l, "the application " + (st < 0 ? std::string("vanished") : exit_text(st)), now);
     return;
   }
@@ -298,6 +310,7 @@ void Runner::step(uint64_t now) {
           if (reap(*p) != kRunning) *p = -1;
           else left = true;
         }
+        if (l.app < 0) close_fd(l);
         if (!left) l.phase = Phase::kDone;
         else if (now >= l.kill_ns)
           for (pid_t p : {l.app, l.step, l.probe})
@@ -307,6 +320,25 @@ void Runner::step(uint64_t now) {
       case Phase::kDone: break;
     }
   }
+}
+
+void Runner::close_fd(Local& l) {
+  if (l.app_fd >= 0) close(l.app_fd);
+  l.app_fd = -1;
+}
+
+std::vector<int> Runner::watch_fds() const {
+  std::vector<int> fds;
+  for (const auto& [name, l] : locals_)
+    if (l.app_fd >= 0) fds.push_back(l.app_fd);
+  return fds;
+}
+
+bool Runner::busy() const noexcept {
+  return std::any_of(locals_.begin(), locals_.end(), [](const auto& e) {
+    return e.second.phase == Phase::kProvision || e.second.phase == Phase::kLoad ||
+           (e.second.phase == Phase::kApp && e.second.app < 0);
+  });
 }
 
 std::vector<GroupRun> Runner::runs() const {

@@ -52,6 +52,11 @@ class Runner {
   void step(uint64_t now);
   /// What this node says of each group it was assigned.
   std::vector<GroupRun> runs() const;
+  /// Whether a start is under way (hook, load): the manager looks again soon.
+  bool busy() const noexcept;
+  /// pidfds of the applications running here: readable when one ends, so
+  /// the manager notices at once rather than on its next tick.
+  std::vector<int> watch_fds() const;
   /// The application's pid of a group running here, or -1.
   pid_t pid_of(const std::string& group) const;
 
@@ -64,9 +69,13 @@ class Runner {
     std::string why;
     Phase phase = Phase::kProvision;
     uint64_t phase_ns = 0;  ///< when the phase began
+    uint64_t heard_ns = 0;       ///< when the assignment came
+    uint64_t provisioned_ns = 0; ///< when the hook finished
+    uint64_t loaded_ns = 0;      ///< when the last segment was loaded
     size_t loaded = 0;      ///< segments loaded so far
     pid_t step = -1;        ///< the hook or a load in flight
     pid_t app = -1;
+    int app_fd = -1;  ///< pidfd of `app`
     pid_t probe = -1;
     uint64_t probe_ns = 0;  ///< when the probe in flight started
     uint64_t next_probe_ns = 0;
@@ -78,6 +87,7 @@ class Runner {
   void watch(Local& l, uint64_t now);
   void fail(Local& l, std::string why, uint64_t now);
   void stop(Local& l, RunState state, std::string why, uint64_t now);
+  static void close_fd(Local& l);
   pid_t spawn(const Local& l, const std::vector<std::string>& argv, bool own_session);
   /// Exit status of `pid` if it ended (and reaps it), else -2.
   static int reap(pid_t pid);

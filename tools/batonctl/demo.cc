@@ -25,15 +25,6 @@ void on_interrupt(int) { interrupted = 1; }
 
 using Clock = std::chrono::steady_clock;
 
-struct Timeline {
-  Clock::time_point t0 = Clock::now();
-  void at(const char* what, const std::string& detail) const {
-    const double ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
-    std::printf("  %10.3f ms  %-8s %s\n", ms, what, detail.c_str());
-    std::fflush(stdout);
-  }
-};
-
 // An application process with its stdout on a pipe we read line by line.
 struct App {
   pid_t pid = -1;
@@ -195,6 +186,10 @@ int run_demo(const DemoConfig& d) {
   if (interrupted) std::fprintf(stderr, "batonctl demo: interrupted\n");
   cleanup();
   tl.at("down", "every process stopped, every file removed");
+  if (rc == 0 && !interrupted) {
+    std::printf("\nAct 2: the same application as a service group that batond places and moves itself\n");
+    rc = run_groups_demo(d, tl);
+  }
   std::printf(rc == 0 ? "demo: ok\n" : "demo: FAILED\n");
   return rc;
 }

@@ -1,6 +1,6 @@
 /* baton-kv: a small key-value service whose state lives in a Baton segment.
  *
- *   baton-kv --socket PATH [--name kv] [--batches N] [--every-ms MS] [--dump DIR] [--hold]
+ *   baton-kv --socket PATH [--name kv] [--batches N] [--every-ms MS] [--size-kib K] [--dump DIR] [--hold]
  *
  * Start-up follows S11: open the segment by name; if a copy existed anywhere
  * it is restored and the service resumes from its last committed batch, else
@@ -9,7 +9,9 @@
  * is durable (a majority of the segment's replicas hold it). With --dump, every durable state is written to
  * DIR/committed.bin and a restored one to DIR/restored.bin (for byte-exact
  * checks). --every-ms paces the batches (a service rather than a load
- * generator). --hold keeps serving nothing after the batches, until killed.
+ * generator). --size-kib makes the segment larger than the table (the rest
+ * stays zero; a failover still moves all of it). --hold keeps serving
+ * nothing after the batches, until killed.
  * One line per event on stdout. */
 #include <baton/baton.h>
 #include <stdint.h>
@@ -64,6 +66,7 @@ int main(int argc, char** argv) {
   const char* dump_dir = NULL;
   long batches = 50;
   long every_ms = 0;
+  long size_kib = 0;
   int hold = 0;
   for (int i = 1; i < argc; ++i) {
     if (!strcmp(argv[i], "--socket") && i + 1 < argc) socket_path = argv[++i];
@@ -71,13 +74,14 @@ int main(int argc, char** argv) {
     else if (!strcmp(argv[i], "--batches") && i + 1 < argc) batches = atol(argv[++i]);
     else if (!strcmp(argv[i], "--dump") && i + 1 < argc) dump_dir = argv[++i];
     else if (!strcmp(argv[i], "--every-ms") && i + 1 < argc) every_ms = atol(argv[++i]);
+    else if (!strcmp(argv[i], "--size-kib") && i + 1 < argc) size_kib = atol(argv[++i]);
     else if (!strcmp(argv[i], "--hold")) hold = 1;
     else {
-      fprintf(stderr, "usage: baton-kv --socket PATH [--name kv] [--batches N] [--every-ms MS] [--dump DIR] [--hold]\n");
+      fprintf(stderr, "usage: baton-kv --socket PATH [--name kv] [--batches N] [--every-ms MS] [--size-kib K] [--dump DIR] [--hold]\n");
       return 64;
     }
   }
-  if (socket_path == NULL || batches < 0 || every_ms < 0) {
+  if (socket_path == NULL || batches < 0 || every_ms < 0 || size_kib < 0) {
     fprintf(stderr, "baton-kv: --socket is required\n");
     return 64;
   }
@@ -88,7 +92,8 @@ int main(int argc, char** argv) {
   uint64_t gen = 0;
   double t0 = now_ms();
   if (baton_connect(socket_path, &b) != 0 ||
-      baton_open(b, name, sizeof(struct kv), &seg, &restored, &gen) != 0) {
+      baton_open(b, name, (uint64_t)size_kib * 1024 > sizeof(struct kv) ? (uint64_t)size_kib * 1024 : sizeof(struct kv),
+                 &seg, &restored, &gen) != 0) {
     fprintf(stderr, "baton-kv: %s\n", baton_last_error());
     return 1;
   }

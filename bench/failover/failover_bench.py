@@ -1,0 +1,183 @@
+#!/usr/bin/env python3
+"""Failover time of a service group (issue #12), split into its phases.
+
+    python3 bench/failover/failover_bench.py [--build build] [--rounds 5] [--sizes-kib 256,65536]
+
+A 4-blade chassis (memif) runs group kv (baton-kv, committing a durable
+batch every 20 ms) with blades 3 and 4 as the spare pool. Each round
+SIGKILLs the application wherever it runs and measures, from the daemons'
+own event timestamps and the application's log:
+
+  detection   kill -> the node's failover manager sees the application gone
+  decision    -> the coordinator assigns the group to another node
+  dispatch    -> the chosen node has the assignment (a daemon note)
+  provision   -> its provision hook ran (here: mkdir)
+  load        -> `batonctl load` took the segment over and fetched it
+  start       -> the application runs and has opened (restored) its state
+  total       kill -> the application holds its restored state
+
+Baselines measured in the same run: spawning /bin/true and waiting for it
+(what any process start costs here), and reading a file of the segment's
+size (what getting the state back from a local disk's page cache costs).
+No hot standby exists yet (issue #10), so that column is absent.
+"""
+import argparse
+import json
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+
+def sh(*args, **kw):
+    return subprocess.run(args, check=True, capture_output=True, text=True, **kw).stdout
+
+
+def events(batonctl, sock):
+    out = sh(batonctl, "events", "--json", "--socket", sock)
+    return [(e["unix_us"] / 1e6, e["event"]) for e in json.loads(out)]
+
+
+def wait(pred, timeout=30.0, what="condition"):
+    end = time.time() + timeout
+    while time.time() < end:
+        v = pred()
+        if v:
+            return v
+        time.sleep(0.005)
+    raise SystemExit(f"failover_bench: timed out waiting for {what}")
+
+
+def kv_pid(chassis, blade):
+    try:
+        out = sh("pgrep", "-f", f"baton-kv --socket {chassis}/blade{blade}.sock")
+        return int(out.split()[0])
+    except subprocess.CalledProcessError:
+        return None
+
+
+def where(batonctl, chassis):
+    for b in (1, 2, 3, 4):
+        try:
+            g = json.loads(sh(batonctl, "groups", "--json", "--socket", f"{chassis}/blade{b}.sock"))["groups"][0]
+            if g["state"] == "running":
+                return g["node"]
+        except Exception:
+            pass
+    return None
+
+
+def baselines(size):
+    t = []
+    for _ in range(20):
+        t0 = time.perf_counter()
+        subprocess.run(["/bin/true"], check=True)
+        t.append((time.perf_counter() - t0) * 1e3)
+    spawn = statistics.median(t)
+    with tempfile.NamedTemporaryFile(dir="/dev/shm", delete=True) as f:
+        f.write(os.urandom(1 << 20) * max(1, size // (1 << 20)) if size >= (1 << 20) else os.urandom(size))
+        f.flush()
+        t = []
+        for _ in range(20):
+            t0 = time.perf_counter()
+            with open(f.name, "rb") as r:
+                while r.read(1 << 20):
+                    pass
+            t.append((time.perf_counter() - t0) * 1e3)
+    return spawn, statistics.median(t)
+
+
+def run_size(args, size_kib):
+    build = os.path.abspath(args.build)
+    batonctl, kv = f"{build}/tools/batonctl", f"{build}/tools/baton-kv"
+    work = tempfile.mkdtemp(prefix="baton-fobench-")
+    chassis = f"{work}/chassis"
+    with open(f"{work}/groups.toml", "w") as g:
+        g.write(f"""[[group]]
+name = "kv"
+segments = ["kv"]
+start = "exec {kv} --socket $BATON_SOCKET --name kv --batches 1000000 --every-ms 20 --size-kib {size_kib} >{work}/kv-$BATON_NODE-$BATON_ASSIGNMENT.log 2>&1"
+provision = "mkdir -p {work}/n$BATON_NODE"
+home = [1]
+start_timeout_ms = 20000
+""")
+    rows = []
+    try:
+        sh(batonctl, "chassis", "up", "--blades", "4", "--replicas", "2", "--dir", chassis, "--groups",
+           f"{work}/groups.toml", "--spares", "3,4")
+        for r in range(args.rounds):
+            node = wait(lambda: where(batonctl, chassis), what="the group to run")
+            pid = wait(lambda: kv_pid(chassis, node), what="the application's pid")
+            time.sleep(0.3)  # a few durable batches
+            logs_before = set(os.listdir(work))
+            t_kill = time.time()
+            os.kill(pid, signal.SIGKILL)
+            newlog = wait(lambda: [f for f in set(os.listdir(work)) - logs_before if f.startswith("kv-")],
+                          what="a new instance")[0]
+            target = int(newlog.split("-")[1])
+            line = wait(lambda: re.search(r"restored generation=\d+ batches=\d+ in ([\d.]+) ms",
+                                          open(f"{work}/{newlog}").read()), what="the restore")
+            open_ms = float(line.group(1))
+            time.sleep(0.1)
+            ev = {}
+            for b in (1, 2, 3, 4):
+                for ts, text in events(batonctl, f"{chassis}/blade{b}.sock"):
+                    if ts < t_kill:
+                        continue
+                    if b == node and text.startswith("group kv failed here"):
+                        ev.setdefault("detected", ts)
+                    if text.startswith(f"group kv -> node {target} (failover"):
+                        ev.setdefault("decided", ts)
+                    if b == target and text.startswith("group kv: starting here"):
+                        ev.setdefault("heard", ts)
+                    m = re.match(r"group kv runs here .*provisioned in (\d+) us, segments loaded in (\d+) us", text)
+                    if b == target and m:
+                        ev.setdefault("running", ts)
+                        ev["provision_us"], ev["load_us"] = int(m.group(1)), int(m.group(2))
+            if len(ev) < 6:
+                print(f"  round {r}: events missing ({sorted(ev)}), skipped", file=sys.stderr)
+                continue
+            ready = ev["running"] + open_ms / 1e3
+            rows.append({
+                "detection": (ev["detected"] - t_kill) * 1e3,
+                "decision": (ev["decided"] - ev["detected"]) * 1e3,
+                "dispatch": (ev["heard"] - ev["decided"]) * 1e3,
+                "provision": ev["provision_us"] / 1e3,
+                "load": ev["load_us"] / 1e3,
+                "start": (ready - ev["heard"]) * 1e3 - (ev["provision_us"] + ev["load_us"]) / 1e3,
+                "total": (ready - t_kill) * 1e3,
+            })
+    finally:
+        subprocess.run([batonctl, "chassis", "down", "--dir", chassis], capture_output=True)
+        subprocess.run(["pkill", "-KILL", "-f", f"baton-kv --socket {chassis}/"], capture_output=True)
+        subprocess.run(["rm", "-rf", work])
+    return rows
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--build", default="build")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--sizes-kib", default="256,65536")
+    args = p.parse_args()
+    phases = ["detection", "decision", "dispatch", "provision", "load", "start", "total"]
+    print("| segment | " + " | ".join(phases) + " | spawn /bin/true | read the state from /dev/shm | total / (spawn + read) |")
+    print("|---" * (len(phases) + 4) + "|")
+    for kib in (int(x) for x in args.sizes_kib.split(",")):
+        rows = run_size(args, kib)
+        if not rows:
+            print(f"| {kib} KiB | no complete round |")
+            continue
+        spawn, read = baselines(max(kib, 256) * 1024)
+        med = {k: statistics.median(r[k] for r in rows) for k in phases}
+        cells = " | ".join(f"{med[k]:.1f}" for k in phases)
+        size = f"{kib // 1024} MiB" if kib >= 1024 else f"{kib} KiB"
+        print(f"| {size} ({len(rows)} rounds) | {cells} | {spawn:.2f} | {read:.2f} | {med['total'] / (spawn + read):.1f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,205 @@
+// The demo's second act (demo.h, run_groups_demo): a service group that
+// batond places and moves itself (issue #12).
+
+#include <signal.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <set>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "chassis.h"
+#include "demo.h"
+#include "ipc/client.h"
+
+namespace baton::ctl {
+namespace {
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+std::string read_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string((std::istreambuf_iterator<char>(in)), {});
+}
+
+/// Batches in an instance's last durable dump (the first u64 of kv's state).
+uint64_t durable_batches(const std::string& dump_dir) {
+  const std::string s = read_file(dump_dir + "/committed.bin");
+  uint64_t b = 0;
+  if (s.size() >= sizeof b) std::memcpy(&b, s.data(), sizeof b);
+  return b;
+}
+
+/// The newest log of the group's instance on `blade` (kv-<blade>-<assignment>.log).
+std::string newest_log(const std::string& dir, int blade) {
+  std::string best;
+  fs::file_time_type when{};
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(dir, ec)) {
+    const std::string name = e.path().filename();
+    if (name.rfind("kv-" + std::to_string(blade) + "-", 0) != 0) continue;
+    if (best.empty() || e.last_write_time() > when) {
+      best = e.path();
+      when = e.last_write_time();
+    }
+  }
+  return best;
+}
+
+/// Waits until `pred` holds (checked every 20 ms) or `ms` pass.
+template <typename F>
+bool wait_until(F pred, int ms) {
+  const auto deadline = Clock::now() + std::chrono::milliseconds(ms);
+  while (Clock::now() < deadline) {
+    if (pred()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return pred();
+}
+
+/// Prints, once each, the coordinator's failover decisions so far.
+void show_decisions(const std::vector<Blade>& blades, std::set<std::string>& shown, const Timeline& tl) {
+  for (const auto& b : blades) {
+    auto c = ipc::Client::connect(b.socket);
+    if (!c) continue;
+    auto ev = (*c)->events();
+    if (!ev) continue;
+    std::istringstream in(*ev);
+    for (std::string line; std::getline(in, line);) {
+      const std::string text = line.substr(line.find(' ') + 1);
+      if (text.rfind("group kv -> ", 0) != 0 && text.find("group kv stays") == std::string::npos) continue;
+      // Printed when it was decided, by the daemon's own clock.
+      if (shown.insert(text).second)
+        tl.at_unix(std::stoull(line.substr(0, line.find(' '))), "decide",
+                   "blade " + std::to_string(b.id) + " (coordinator): " + text);
+    }
+  }
+}
+
+}  // namespace
+
+int run_groups_demo(const DemoConfig& d, const Timeline& tl) {
+  ChassisConfig c;
+  c.dir = (d.dir.empty() ? "/tmp/baton-demo-" + std::to_string(getpid()) : d.dir) + "-groups";
+  c.blades = std::max(4, d.blades);
+  c.replication_factor = 2;
+  c.transport = d.transport;
+  c.batond = sibling("batond");
+  c.spares = {3, 4};
+  c.cores.assign(static_cast<size_t>(c.blades), 2);
+  c.cores[3] = 8;
+  const std::string work = c.dir + ".work";
+  std::error_code ec;
+  fs::create_directories(work, ec);
+  c.groups_file = work + "/groups.toml";
+  std::ofstream(c.groups_file)
+      << "[[group]]\nname = \"kv\"\nsegments = [\"kv\"]\n"
+      << "start = \"exec " << sibling("baton-kv") << " --socket $BATON_SOCKET --name kv --batches 1000000 --every-ms 20"
+      << " --dump " << work << "/n$BATON_NODE >" << work << "/kv-$BATON_NODE-$BATON_ASSIGNMENT.log 2>&1\"\n"
+      << "provision = \"mkdir -p " << work << "/n$BATON_NODE\"\n"
+      << "probe = \"test ! -f " << work << "/slow-$BATON_NODE || sleep 0.3\"\n"
+      << "home = [1]\npriority = 5\nmin_cores = 2\nprobe_interval_ms = 100\nslow_ms = 200\nslow_for_ms = 1000\n";
+  auto cleanup = [&] {
+    (void)chassis_down(c.dir);
+    fs::remove_all(work, ec);
+    fs::remove(c.dir, ec);
+  };
+  int rc = 1;
+  std::set<std::string> shown;
+  do {
+    auto blades = chassis_up(c);
+    if (!blades) {
+      std::fprintf(stderr, "batonctl demo: %s\n", blades.error().message.c_str());
+      break;
+    }
+    tl.at("up", std::to_string(c.blades) +
+                    " blades; blades 3 and 4 are the spare pool, blade 4 has 8 cores, the others 2; group kv's home "
+                    "is blade 1");
+    auto runs_on = [&](int blade, uint64_t past) {
+      return wait_until([&] { return durable_batches(work + "/n" + std::to_string(blade)) > past; }, 20000);
+    };
+    if (!runs_on(1, 20)) {
+      std::fprintf(stderr, "batonctl demo: the group did not start on blade 1\n");
+      break;
+    }
+    show_decisions(*blades, shown, tl);
+    tl.at("commit", "blade 1: kv commits a durable batch every 20 ms (batch " +
+                        std::to_string(durable_batches(work + "/n1")) + ")");
+
+    // A failure: the application dies.
+    const uint64_t before_kill = durable_batches(work + "/n1");
+    (void)!system(("pkill -KILL -f 'baton-kv --socket " + (*blades)[0].socket + "'").c_str());
+    tl.at("kill", "SIGKILL the application on blade 1 (last durable batch " + std::to_string(before_kill) + ")");
+    auto resumed = [&](int blade) -> std::string {
+      std::string line;
+      wait_until(
+          [&] {
+            const std::string log = newest_log(work, blade);
+            if (log.empty()) return false;
+            const std::string text = read_file(log);
+            const auto at = text.find("restored ");
+            if (at == std::string::npos) return false;
+            line = text.substr(at, text.find('\n', at) - at);
+            return true;
+          },
+          20000);
+      return line;
+    };
+    std::string r3 = resumed(3);
+    show_decisions(*blades, shown, tl);
+    if (r3.empty()) {
+      std::fprintf(stderr, "batonctl demo: the group did not resume on the spare (blade 3)\n");
+      break;
+    }
+    tl.at("resume", "blade 3 (spare): " + r3);
+    const uint64_t got3 = std::stoull(r3.substr(r3.find("batches=") + 8));
+    if (got3 < before_kill) {
+      std::fprintf(stderr, "batonctl demo: resumed at batch %llu, but batch %llu was durable\n",
+                   static_cast<unsigned long long>(got3), static_cast<unsigned long long>(before_kill));
+      break;
+    }
+    if (got3 == before_kill) {
+      if (read_file(work + "/n1/committed.bin") != read_file(work + "/n3/restored.bin")) {
+        std::fprintf(stderr, "batonctl demo: the restored state differs from the last durable commit\n");
+        break;
+      }
+      tl.at("verify", "byte-exact: the state equals blade 1's last durable commit");
+    }
+    if (!runs_on(3, got3)) break;
+
+    // Slowness: blade 3's probe answers in 300 ms against a 200 ms threshold.
+    std::ofstream(work + "/slow-3") << "slow\n";
+    tl.at("slow", "blade 3's probe now takes 300 ms (threshold 200 ms, window 1 s)");
+    std::string r4 = resumed(4);
+    show_decisions(*blades, shown, tl);
+    if (r4.empty()) {
+      std::fprintf(stderr, "batonctl demo: the group did not move to blade 4\n");
+      break;
+    }
+    tl.at("resume", "blade 4 (8 cores): " + r4);
+    const uint64_t got4 = std::stoull(r4.substr(r4.find("batches=") + 8));
+    const uint64_t before_move = durable_batches(work + "/n3");
+    if (got4 < before_move) {
+      std::fprintf(stderr, "batonctl demo: resumed at batch %llu, but batch %llu was durable\n",
+                   static_cast<unsigned long long>(got4), static_cast<unsigned long long>(before_move));
+      break;
+    }
+    if (!runs_on(4, got4)) break;
+    tl.at("commit", "blade 4: batch " + std::to_string(durable_batches(work + "/n4")) + " durable");
+    rc = 0;
+  } while (false);
+  cleanup();
+  tl.at("down", "every process stopped, every file removed");
+  return rc;
+}
+
+}  // namespace baton::ctl
