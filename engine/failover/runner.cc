@@ -200,10 +200,19 @@ void Runner::advance(Local& l, uint64_t now) {
       // starts fresh), 4 already here.
       const int code = st >= 0 && WIFEXITED(st) ? WEXITSTATUS(st) : -1;
       if (code != 0 && code != 3 && code != 4) {
-        fail(l, "loading segment " + l.g->segments[l.loaded] + " " + (st < 0 ? "vanished" : exit_text(st)), now);
+        // Twice more, 100 ms apart, within the start timeout: a view still
+        // settling or a round without enough answers passes.
+        if (++l.load_failures < 3 && now - l.phase_ns + 100 * kMs < timeout) {
+          l.retry_ns = now + 100 * kMs;
+          return;
+        }
+        fail(l, "loading segment " + l.g->segments[l.loaded] + " " + (st < 0 ? "vanished" : exit_text(st)) +
+                    (l.load_failures > 1 ? " (" + std::to_string(l.load_failures) + " tries)" : ""),
+             now);
         return;
       }
       ++l.loaded;
+      l.load_failures = 0;
     }
   }
   if (l.phase == Phase::kProvision) {
@@ -216,6 +225,7 @@ void Runner::advance(Local& l, uint64_t now) {
   }
   if (l.provisioned_ns == 0) l.provisioned_ns = now;
   if (l.phase == Phase::kLoad) {
+    if (now < l.retry_ns) return;
     if (l.loaded < l.g->segments.size()) {
       l.step = spawn(l, {env_.batonctl, "load", "--socket", env_.socket, l.g->segments[l.loaded]}, true);
       if (l.step < 0) fail(l, "cannot run " + env_.batonctl, now);

@@ -73,6 +73,8 @@ class Runner {
     uint64_t provisioned_ns = 0; ///< when the hook finished
     uint64_t loaded_ns = 0;      ///< when the last segment was loaded
     size_t loaded = 0;      ///< segments loaded so far
+    int load_failures = 0;  ///< of the segment in hand: a transient one (no quorum yet) is tried again
+    uint64_t retry_ns = 0;  ///< not before then
     pid_t step = -1;        ///< the hook or a load in flight
     pid_t app = -1;
     int app_fd = -1;  ///< pidfd of `app`

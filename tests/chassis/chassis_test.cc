@@ -37,6 +37,13 @@ void expect_failed_over(const std::string& out, int status, int batches) {
   EXPECT_NE(out.find("restored generation=" + n + " batches=" + n), std::string::npos) << out;
   EXPECT_NE(out.find("byte-exact"), std::string::npos) << out;
   EXPECT_NE(out.find("batch=" + next + " generation=" + next + " durable"), std::string::npos) << out;
+  // Act 2: the service group fails over to the spare pool after a kill,
+  // then moves to the better node when slow, each decision with its reason.
+  EXPECT_NE(out.find("group kv -> node 3 (failover"), std::string::npos) << out;
+  EXPECT_NE(out.find("failed on node 1: the application killed by signal 9"), std::string::npos) << out;
+  EXPECT_NE(out.find("group kv -> node 4 (performance move"), std::string::npos) << out;
+  EXPECT_NE(out.find("resume   blade 4 (8 cores): restored"), std::string::npos) << out;
+  EXPECT_NE(out.find("demo: ok"), std::string::npos) << out;
 }
 
 TEST(Chassis, KilledBladeFailsOverByteExact) {

@@ -127,8 +127,20 @@ int run_groups_demo(const DemoConfig& d, const Timeline& tl) {
     auto runs_on = [&](int blade, uint64_t past) {
       return wait_until([&] { return durable_batches(work + "/n" + std::to_string(blade)) > past; }, 20000);
     };
+    // What went wrong, if something does: every blade's group events.
+    auto explain = [&] {
+      for (const auto& b : *blades)
+        if (auto cl = ipc::Client::connect(b.socket))
+          if (auto ev = (*cl)->events()) {
+            std::istringstream in(*ev);
+            for (std::string line; std::getline(in, line);)
+              if (line.find(" group kv") != std::string::npos)
+                std::fprintf(stderr, "  blade %d: %s\n", b.id, line.substr(line.find(' ') + 1).c_str());
+          }
+    };
     if (!runs_on(1, 20)) {
       std::fprintf(stderr, "batonctl demo: the group did not start on blade 1\n");
+      explain();
       break;
     }
     show_decisions(*blades, shown, tl);
@@ -158,6 +170,7 @@ int run_groups_demo(const DemoConfig& d, const Timeline& tl) {
     show_decisions(*blades, shown, tl);
     if (r3.empty()) {
       std::fprintf(stderr, "batonctl demo: the group did not resume on the spare (blade 3)\n");
+      explain();
       break;
     }
     tl.at("resume", "blade 3 (spare): " + r3);
@@ -174,7 +187,11 @@ int run_groups_demo(const DemoConfig& d, const Timeline& tl) {
       }
       tl.at("verify", "byte-exact: the state equals blade 1's last durable commit");
     }
-    if (!runs_on(3, got3)) break;
+    if (!runs_on(3, got3)) {
+      std::fprintf(stderr, "batonctl demo: the group does not commit on blade 3\n");
+      explain();
+      break;
+    }
 
     // Slowness: blade 3's probe answers in 300 ms against a 200 ms threshold.
     std::ofstream(work + "/slow-3") << "slow\n";
@@ -183,6 +200,7 @@ int run_groups_demo(const DemoConfig& d, const Timeline& tl) {
     show_decisions(*blades, shown, tl);
     if (r4.empty()) {
       std::fprintf(stderr, "batonctl demo: the group did not move to blade 4\n");
+      explain();
       break;
     }
     tl.at("resume", "blade 4 (8 cores): " + r4);
@@ -193,7 +211,11 @@ int run_groups_demo(const DemoConfig& d, const Timeline& tl) {
                    static_cast<unsigned long long>(got4), static_cast<unsigned long long>(before_move));
       break;
     }
-    if (!runs_on(4, got4)) break;
+    if (!runs_on(4, got4)) {
+      std::fprintf(stderr, "batonctl demo: the group does not commit on blade 4\n");
+      explain();
+      break;
+    }
     tl.at("commit", "blade 4: batch " + std::to_string(durable_batches(work + "/n4")) + " durable");
     rc = 0;
   } while (false);
