@@ -176,7 +176,12 @@ void Coordinator::step(uint64_t now, uint64_t floor, std::span<const uint16_t> m
       t.assigned_ns = now;
     }
     if (t.seq == 0) {
-      place(g, t, Why::kStart, "first start", now, members, reports, std::nullopt, taken, out);
+      if (t.unplaced_ns == 0) t.unplaced_ns = now;
+      const bool home_here = std::any_of(g.home.begin(), g.home.end(), [&](uint16_t h) { return member(h); });
+      if (!g.home.empty() && !home_here && now - t.unplaced_ns < uint64_t{g.start_timeout_ms} * 1'000'000)
+        continue;  // its home may be coming up
+      place(g, t, Why::kStart, home_here || g.home.empty() ? "first start" : "first start (no home node in the view)",
+            now, members, reports, std::nullopt, taken, out);
       continue;
     }
     const GroupRun* run = nullptr;

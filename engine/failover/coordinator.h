@@ -18,6 +18,9 @@
 //    (that work is stopped there and fails over in turn);
 //  - for a performance move, only nodes with better capabilities than the
 //    one it runs on (more cores, or as many and more memory).
+// A first start waits up to a start timeout for one of the group's home
+// nodes to join the view (a cluster still coming up), as VCS's AutoStartList
+// does, then takes any eligible node.
 // Nodes that failed in a failover are passed over until the group has run
 // a start timeout long, or, at a dead end, for a start timeout (then each
 // gets another try). A group that fails over on performance only is
@@ -100,6 +103,7 @@ class Coordinator {
     uint64_t stuck_ns = 0;    ///< since when it is at a dead end: the failed nodes get another try later
     bool slow_said = false;   ///< "stays: no better node" said for this slow spell
     bool heard = false;       ///< learnt from another coordinator since the last step
+    uint64_t unplaced_ns = 0; ///< never placed: since when this coordinator waits to start it
   };
   /// Restarts a group that fails over on performance only where it ran.
   void restart_here(const ServiceGroup& g, Track& t, const std::string& why, uint64_t now,

@@ -182,6 +182,36 @@ TEST_F(Coord, StartsThenFailsOverAndRetriesTheNextNode) {
   EXPECT_EQ(out.assign[0].node, 4u);
 }
 
+TEST_F(Coord, AFirstStartWaitsAWhileForItsHome) {
+  w.groups[0].home = {3};
+  c = Coordinator(1, w.groups);
+  w.hash = c.hash();
+  w.node(1);
+  w.node(2);
+  step();
+  EXPECT_TRUE(out.assign.empty()) << "node 3, its home, may be coming up";
+  now += 500 * kMs;
+  w.node(3);
+  step();
+  ASSERT_EQ(out.assign.size(), 1u);
+  EXPECT_EQ(out.assign[0].node, 3u);
+}
+
+TEST_F(Coord, AFirstStartWithoutItsHomeGoesElsewhereAfterTheStartTimeout) {
+  w.groups[0].home = {3};
+  c = Coordinator(1, w.groups);
+  w.hash = c.hash();
+  w.node(1);
+  w.node(2);
+  step();
+  EXPECT_TRUE(out.assign.empty());
+  now += 1001 * kMs;
+  step();
+  ASSERT_EQ(out.assign.size(), 1u);
+  EXPECT_EQ(out.assign[0].node, 1u);
+  EXPECT_TRUE(mentions(out.events, "no home node in the view"));
+}
+
 TEST_F(Coord, ANodeThatLeavesTheViewIsReplaced) {
   w.node(1);
   w.node(2);
