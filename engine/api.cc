@@ -324,6 +324,13 @@ int baton_delete(baton_t* b, const char* name) {
   return ok();
 }
 
+int baton_report(baton_t* b, const char* name, double value) {
+  if (b == nullptr || name == nullptr) return set_error(Errc::kInvalidArgument, "null argument");
+  if (!b->client) return set_error(Errc::kInvalidArgument, "metrics go to a batond: this is an embedded engine");
+  if (auto r = b->client->report(name, value); !r) return set_error(r.error());
+  return ok();
+}
+
 const char* baton_strerror(int err) {
   if (err > 0 || err < BATON_EINTERNAL) return "unknown error";
   return baton::errc_name(static_cast<Errc>(-err));

@@ -270,7 +270,7 @@ Result<DaemonConfig> parse_daemon_config(std::string_view text, std::string_view
       if (t == nullptr) return tl::unexpected(r.error(where, "must be a table"));
       if (auto ok = r.only(*t, where,
                            {"name", "segments", "start", "probe", "provision", "alert", "probe_interval_ms",
-                            "probe_timeout_ms", "slow_ms", "slow_for_ms", "failover_on", "priority", "min_cores",
+                            "probe_timeout_ms", "slow_ms", "slow_for_ms", "metric", "slow_above", "failover_on", "priority", "min_cores",
                             "min_memory_mib", "tags", "home", "start_timeout_ms"});
           !ok)
         return tl::unexpected(ok.error());
@@ -305,6 +305,16 @@ Result<DaemonConfig> parse_daemon_config(std::string_view text, std::string_view
       g.slow_for_ms = static_cast<uint32_t>(slow_for);
       if (g.slow_ms > 0 && g.probe.empty())
         return tl::unexpected(r.error(where + ".slow_ms", "needs a probe (its response time is what is measured)"));
+      TRY(metric, r.string(gv["metric"], where + ".metric", ""));
+      if (metric.size() > 63) return tl::unexpected(r.error(where + ".metric", "must be 1..63 characters"));
+      g.metric = metric;
+      if (const auto above = gv["slow_above"]; above) {
+        if (!above.is_number()) return tl::unexpected(r.error(where + ".slow_above", "must be a number"));
+        g.slow_above = above.is_integer() ? static_cast<double>(*above.value<int64_t>()) : *above.value<double>();
+        if (g.metric.empty()) return tl::unexpected(r.error(where + ".slow_above", "needs a metric"));
+      }
+      if (!g.metric.empty() && g.slow_ms > 0)
+        return tl::unexpected(r.error(where + ".metric", "slowness is judged by slow_ms (the probe) or by a metric, not both"));
       TRY(on, r.string(gv["failover_on"], where + ".failover_on", "either"));
       if (on == "failure") g.failover_on = failover::ServiceGroup::On::kFailure;
       else if (on == "performance") g.failover_on = failover::ServiceGroup::On::kPerformance;

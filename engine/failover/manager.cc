@@ -142,8 +142,19 @@ void Manager::alert(const Coordinator::Alert& a) {
   posix_spawnattr_destroy(&attr);
 }
 
+void Manager::metric(pid_t pid, const std::string& name, double value) {
+  std::lock_guard lock(mu_);
+  if (metrics_.size() < 1024) metrics_.push_back(Metric{pid, name, value});  // a flood is cut, not queued
+}
+
 void Manager::tick(uint64_t now) {
   take_notes(now);
+  std::vector<Metric> metrics;
+  {
+    std::lock_guard lock(mu_);
+    metrics.swap(metrics_);
+  }
+  for (const auto& m : metrics) runner_.metric(m.pid, m.name, m.value, now);
   runner_.step(now);
   std::erase_if(alerts_, [](pid_t p) { return waitpid(p, nullptr, WNOHANG) != 0; });
 

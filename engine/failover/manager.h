@@ -51,6 +51,9 @@ class Manager {
 
   /// Groups, pool and the last decisions, for `batonctl groups`.
   nlohmann::json status() const;
+  /// A metric an application reported (baton_report); taken on the
+  /// manager's thread. Thread: any (a session thread).
+  void metric(pid_t pid, const std::string& name, double value);
 
  private:
   Manager(Engine& engine, ManagerConfig config);
@@ -78,6 +81,12 @@ class Manager {
   std::string last_note_;                    ///< the report last sent
   uint64_t coordinating_ns_ = 0;             ///< since when this node coordinates (0: it does not)
   std::vector<pid_t> alerts_;                ///< alert hooks running
+  struct Metric {
+    pid_t pid;
+    std::string name;
+    double value;
+  };
+  std::vector<Metric> metrics_;              ///< reported, not yet taken; mu_
 };
 
 }  // namespace baton::failover

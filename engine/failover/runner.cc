@@ -284,23 +284,40 @@ void Runner::watch(Local& l, uint64_t now) {
     return;
   }
   l.probe_failures = 0;
-  // The performance window: every response slower than slow_ms for slow_for_ms.
-  if (l.g->slow_ms == 0) return;
-  if (took > uint64_t{l.g->slow_ms} * kMs) {
-    if (l.slow_since_ns == 0) l.slow_since_ns = l.probe_ns;
+  // The performance window, from the probe's response time (unless a
+  // reported metric judges it).
+  if (l.g->slow_ms == 0 || !l.g->metric.empty()) return;
+  observe(l, took > uint64_t{l.g->slow_ms} * kMs, "probe took " + std::to_string(took / kMs) + " ms", now);
+}
+
+void Runner::observe(Local& l, bool slow, const std::string& what, uint64_t now) {
+  if (slow) {
+    if (l.slow_since_ns == 0) l.slow_since_ns = now;
     if (l.state == RunState::kRunning && now - l.slow_since_ns >= uint64_t{l.g->slow_for_ms} * kMs) {
       l.state = RunState::kSlow;
-      l.why = "probe took " + std::to_string(took / kMs) + " ms";
-      events_("group " + l.g->name + " is slow here: every probe slower than " + std::to_string(l.g->slow_ms) +
-              " ms for " + std::to_string(l.g->slow_for_ms) + " ms (last " + std::to_string(took / kMs) + " ms)");
+      l.why = what;
+      events_("group " + l.g->name + " is slow here: " +
+              (l.g->metric.empty() ? "every probe slower than " + std::to_string(l.g->slow_ms) + " ms"
+                                   : "every " + l.g->metric + " report above " + std::to_string(l.g->slow_above)) +
+              " for " + std::to_string(l.g->slow_for_ms) + " ms (last: " + what + ")");
     }
   } else {
     l.slow_since_ns = 0;
     if (l.state == RunState::kSlow) {
       l.state = RunState::kRunning;
       l.why.clear();
-      events_("group " + l.g->name + " is fast again here (probe " + std::to_string(took / kMs) + " ms)");
+      events_("group " + l.g->name + " is fast again here (" + what + ")");
     }
+  }
+}
+
+void Runner::metric(pid_t pid, const std::string& name, double value, uint64_t now) {
+  for (auto& [group, l] : locals_) {
+    if (l.app <= 0 || l.phase != Phase::kApp || l.g->metric != name) continue;
+    if (pid != l.app && getpgid(pid) != l.app) continue;  // the application, or a process it started
+    char text[96];
+    std::snprintf(text, sizeof text, "%s %.3g", name.c_str(), value);
+    observe(l, value > l.g->slow_above, text, now);
   }
 }
 

@@ -48,6 +48,10 @@ class Runner {
   /// An assignment heard from a coordinator: start the group here, or stop
   /// it here if it moved on. Older or repeated ones change nothing.
   void assigned(const Assignment& a, uint64_t now);
+  /// A metric process `pid` reported (baton_report): it counts for the
+  /// group whose application is that process or leads its process group,
+  /// if the group judges slowness by that metric.
+  void metric(pid_t pid, const std::string& name, double value, uint64_t now);
   /// Reaps children, advances starts, probes, stops. `now`: CLOCK_MONOTONIC ns.
   void step(uint64_t now);
   /// What this node says of each group it was assigned.
@@ -87,6 +91,8 @@ class Runner {
   };
   void advance(Local& l, uint64_t now);
   void watch(Local& l, uint64_t now);
+  /// One observation for the slow window: `slow` or not, and what it was.
+  void observe(Local& l, bool slow, const std::string& what, uint64_t now);
   void fail(Local& l, std::string why, uint64_t now);
   void stop(Local& l, RunState state, std::string why, uint64_t now);
   static void close_fd(Local& l);

@@ -29,6 +29,8 @@ uint64_t groups_hash(const std::vector<ServiceGroup>& groups) {
     add(g.probe);
     add(g.provision);
     add(g.alert);
+    add(g.metric);
+    add(std::to_string(g.slow_above));
     for (uint64_t v : {uint64_t{g.probe_interval_ms}, uint64_t{g.probe_timeout_ms}, uint64_t{g.slow_ms},
                        uint64_t{g.slow_for_ms}, uint64_t(g.failover_on), uint64_t(uint32_t(g.priority)),
                        uint64_t{g.min_cores}, g.min_memory_mib, uint64_t{g.start_timeout_ms}})

@@ -24,6 +24,11 @@ struct ServiceGroup {
   uint32_t probe_timeout_ms = 2000;   ///< a probe this slow fails
   uint32_t slow_ms = 0;               ///< probe responses slower than this are slow (0: no performance moves)
   uint32_t slow_for_ms = 5000;        ///< slow this long (every probe): a performance failover
+  /// Optional: a metric the application reports (baton_report) that
+  /// judges slowness instead of the probe's response time: slow while
+  /// every report is above `slow_above`, for slow_for_ms.
+  std::string metric;
+  double slow_above = 0;
   enum class On : uint8_t { kFailure, kPerformance, kEither };
   On failover_on = On::kEither;
   int32_t priority = 0;               ///< a node running lower-priority work may be taken for this
@@ -37,7 +42,7 @@ struct ServiceGroup {
 /// Whether `g` moves on failures / on slowness.
 inline bool on_failure(const ServiceGroup& g) { return g.failover_on != ServiceGroup::On::kPerformance; }
 inline bool on_performance(const ServiceGroup& g) {
-  return g.failover_on != ServiceGroup::On::kFailure && g.slow_ms > 0;
+  return g.failover_on != ServiceGroup::On::kFailure && (g.slow_ms > 0 || !g.metric.empty());
 }
 
 /// A node's capabilities, from its [node] table.

@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <cmath>
 #include <cstring>
 #include <utility>
 
@@ -286,6 +287,23 @@ Result<void> Client::remove(std::string_view name) {
   r.magic = kMagic;
   r.version = kVersion;
   r.op = static_cast<uint16_t>(Op::kDelete);
+  r.name_len = static_cast<uint8_t>(name.size());
+  std::memcpy(r.name, name.data(), name.size());
+  auto rep = call(r, nullptr);
+  if (!rep) return tl::unexpected(rep.error());
+  if (rep->status != 0) return tl::unexpected(from_status(rep->status, rep->message));
+  return {};
+}
+
+Result<void> Client::report(std::string_view name, double value) {
+  if (name.empty() || name.size() > kMaxName)
+    return fail(Errc::kInvalidArgument, "a metric's name has 1..", std::to_string(kMaxName), " characters");
+  if (!std::isfinite(value)) return fail(Errc::kInvalidArgument, "a metric's value must be finite");
+  Request r{};
+  r.magic = kMagic;
+  r.version = kVersion;
+  r.op = static_cast<uint16_t>(Op::kMetric);
+  std::memcpy(&r.generation, &value, sizeof value);
   r.name_len = static_cast<uint8_t>(name.size());
   std::memcpy(r.name, name.data(), name.size());
   auto rep = call(r, nullptr);

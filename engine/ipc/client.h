@@ -60,6 +60,8 @@ class Client {
   Result<std::string> status();
   /// Recent events: `unix_us text` lines, oldest first.
   Result<std::string> events();
+  /// A performance metric of this application (kMetric).
+  Result<void> report(std::string_view name, double value);
   /// Service groups, the spare pool and the last decisions: a JSON object.
   Result<std::string> groups();
   bool owns(const ClientSegment* s) const noexcept;

@@ -42,6 +42,7 @@ enum class Op : uint16_t {
   kEvents = 7,    ///< recent events: `unix_us text` lines after the Reply
   kDelete = 8,    ///< delete a segment everywhere (S11's clean exit); EBUSY while an application holds it here
   kGroups = 9,    ///< service groups, the spare pool and the last failover decisions: a JSON object after the Reply
+  kMetric = 10,   ///< a performance metric of the application: `name`, the value (a double) in `generation`'s bits
 };
 
 struct Request {
@@ -49,7 +50,7 @@ struct Request {
   uint16_t version;
   uint16_t op;
   uint64_t size;        ///< kOpen/kCreate
-  uint64_t generation;  ///< kWait
+  uint64_t generation;  ///< kWait; kMetric: the value's bits (a double)
   uint32_t k;           ///< kWait
   uint32_t timeout_ms;  ///< kWait
   uint32_t handle;      ///< kWait/kClose: from the open reply

@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cmath>
 #include <chrono>
 #include <cstring>
 #include <system_error>
@@ -298,6 +299,22 @@ void Server::on_request(Session& s, const char* buf, size_t n) {
       text = static_cast<Op>(r.op) == Op::kStatus ? to_text(status_json(kMaxReply - sizeof(Reply))) : events();
       rep.text_len = static_cast<uint32_t>(text.size());
       break;
+    case Op::kMetric: {
+      double value;
+      std::memcpy(&value, &r.generation, sizeof value);
+      const std::string name(r.name, r.name_len);
+      bool printable = !name.empty();
+      for (unsigned char ch : name) printable &= ch > 0x20 && ch < 0x7f;
+      if (!printable || !std::isfinite(value)) {
+        ++counters_.bad_requests;
+        rep = reply_error(BATON_EINVAL, "a metric needs a printable name and a finite value");
+        break;
+      }
+      if (config_.metric) config_.metric(s.pid, name, value);
+      rep = Reply{};
+      rep.magic = kMagic;
+      break;
+    }
     case Op::kGroups:
       rep = Reply{};
       rep.magic = kMagic;

@@ -72,6 +72,10 @@ struct ServerConfig {
   /// The failover manager's state for Op::kGroups (null: no service groups
   /// here). Called on a session thread.
   std::function<std::string()> groups;
+  /// A metric an application reported (Op::kMetric), with its pid (as the
+  /// kernel says: SO_PEERCRED). Null: metrics are accepted and dropped.
+  /// Called on the application's session thread.
+  std::function<void(pid_t, const std::string&, double)> metric;
 };
 
 struct ServerCounters {

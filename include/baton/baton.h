@@ -131,6 +131,14 @@ int baton_unregister(baton_segment_t* segment);
  * deleted on some: call it again). */
 int baton_delete(baton_t* baton, const char* name);
 
+/* Reports a performance metric of this application to its node's batond
+ * (S17): `name` (1..63 printable characters) and a finite `value`, e.g. a
+ * request's latency in ms. A service group whose `metric` is `name` fails
+ * over when the value stays above its `slow_above` for `slow_for_ms`
+ * (docs/operations.md). Daemon mode only (BATON_EINVAL embedded); cheap
+ * enough for a few reports a second, not per request. */
+int baton_report(baton_t* baton, const char* name, double value);
+
 /* A static string naming an error code. */
 const char* baton_strerror(int err);
 

@@ -5,6 +5,8 @@
 
 #include <fcntl.h>
 #include <gtest/gtest.h>
+
+#include <cmath>
 #include <poll.h>
 #include <signal.h>
 #include <sys/mman.h>
@@ -320,6 +322,28 @@ TEST(Hostile, AnotherApplicationsHandleIsNotYours) {
   c.handle = rep.handle;
   got = owner.call(c);
   EXPECT_EQ(got.status, 0) << got.message;
+}
+
+TEST(Hostile, BadMetricsAreRefusedAndHarmNothing) {
+  TempDir dir;
+  Batond d(1, dir.path);
+  Raw app(d.socket());
+  auto metric = [&](const std::string& name, double value) {
+    Request r = request(Op::kMetric, name);
+    std::memcpy(&r.generation, &value, sizeof value);
+    return app.call(r);
+  };
+  EXPECT_EQ(metric("latency_ms", 1.5).status, 0);  // no service groups here: taken and dropped
+  EXPECT_EQ(metric("latency_ms", std::nan("")).status, BATON_EINVAL);
+  EXPECT_EQ(metric("latency_ms", INFINITY).status, BATON_EINVAL);
+  EXPECT_EQ(metric("", 1).status, BATON_EINVAL);
+  EXPECT_EQ(metric("two words", 1).status, BATON_EINVAL);
+  EXPECT_EQ(metric(std::string(1, '\x01'), 1).status, BATON_EINVAL);
+  // The session and the daemon serve on.
+  std::vector<int> fds;
+  Reply rep = app.call(request(Op::kOpen, "after", 4096), &fds);
+  EXPECT_EQ(rep.status, 0) << rep.message;
+  for (int fd : fds) close(fd);
 }
 
 TEST(Hostile, SizesAreCheckedTheSameWayWhateverTheBladeHolds) {

@@ -165,6 +165,7 @@ int main(int argc, char** argv) {
     }
     failover = std::move(*m);
     sc.groups = [&failover] { return failover->status().dump(-1, ' ', false, nlohmann::json::error_handler_t::replace); };
+    sc.metric = [&failover](pid_t pid, const std::string& name, double value) { failover->metric(pid, name, value); };
   }
   auto server = baton::ipc::Server::start(**engine, sc);
   if (!server) {

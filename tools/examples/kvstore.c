@@ -1,6 +1,7 @@
 /* baton-kv: a small key-value service whose state lives in a Baton segment.
  *
  *   baton-kv --socket PATH [--name kv] [--batches N] [--every-ms MS] [--size-kib K] [--dump DIR] [--hold]
+ *            [--report-metric NAME [--slow-file F]]
  *
  * Start-up follows S11: open the segment by name; if a copy existed anywhere
  * it is restored and the service resumes from its last committed batch, else
@@ -11,8 +12,11 @@
  * checks). --every-ms paces the batches (a service rather than a load
  * generator). --size-kib makes the segment larger than the table (the rest
  * stays zero; a failover still moves all of it). --hold keeps serving
- * nothing after the batches, until killed.
- * One line per event on stdout. */
+ * nothing after the batches, until killed. --report-metric reports each
+ * batch's time (update, commit, durable wait) in ms to batond under NAME
+ * (baton_report); while file F exists each batch takes 100 ms longer (an
+ * application slowed down, for tests and the demo). One line per event on
+ * stdout. */
 #include <baton/baton.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -67,6 +71,8 @@ int main(int argc, char** argv) {
   long batches = 50;
   long every_ms = 0;
   long size_kib = 0;
+  const char* metric = NULL;
+  const char* slow_file = NULL;
   int hold = 0;
   for (int i = 1; i < argc; ++i) {
     if (!strcmp(argv[i], "--socket") && i + 1 < argc) socket_path = argv[++i];
@@ -75,9 +81,12 @@ int main(int argc, char** argv) {
     else if (!strcmp(argv[i], "--dump") && i + 1 < argc) dump_dir = argv[++i];
     else if (!strcmp(argv[i], "--every-ms") && i + 1 < argc) every_ms = atol(argv[++i]);
     else if (!strcmp(argv[i], "--size-kib") && i + 1 < argc) size_kib = atol(argv[++i]);
+    else if (!strcmp(argv[i], "--report-metric") && i + 1 < argc) metric = argv[++i];
+    else if (!strcmp(argv[i], "--slow-file") && i + 1 < argc) slow_file = argv[++i];
     else if (!strcmp(argv[i], "--hold")) hold = 1;
     else {
-      fprintf(stderr, "usage: baton-kv --socket PATH [--name kv] [--batches N] [--every-ms MS] [--size-kib K] [--dump DIR] [--hold]\n");
+      fprintf(stderr, "usage: baton-kv --socket PATH [--name kv] [--batches N] [--every-ms MS] [--size-kib K] [--dump DIR] [--hold] "
+              "[--report-metric NAME [--slow-file F]]\n");
       return 64;
     }
   }
@@ -109,6 +118,8 @@ int main(int argc, char** argv) {
   }
   uint64_t first = kv->batches;
   for (uint64_t n = first; n < first + (uint64_t)batches; ++n) {
+    const double batch_t0 = now_ms();
+    if (slow_file != NULL && access(slow_file, F_OK) == 0) usleep(100 * 1000);
     for (int i = 0; i < 64; ++i) {
       uint64_t u = kv->updates++;
       put(kv, (u * 2654435761u) % KEYS + 1, u);
@@ -120,6 +131,8 @@ int main(int argc, char** argv) {
     }
     if (dump_dir != NULL && dump(dump_dir, "committed.bin", kv, sizeof *kv) != 0) perror("dump");
     printf("batch=%llu generation=%llu durable\n", (unsigned long long)kv->batches, (unsigned long long)gen);
+    if (metric != NULL && baton_report(b, metric, now_ms() - batch_t0) != 0)
+      fprintf(stderr, "baton-kv: report: %s\n", baton_last_error());
     if (every_ms > 0) usleep((useconds_t)every_ms * 1000);
   }
   printf("served %ld batches\n", batches);

@@ -131,6 +131,11 @@ TEST_F(CApi, LocalLifecycleAndErrors) {
   EXPECT_EQ(restored, 0);
   EXPECT_EQ(static_cast<unsigned char*>(baton_segment_data(s))[0], 0);
   EXPECT_EQ(baton_unregister(s), 0);
+  // Metrics go to a batond: an embedded engine refuses them, clearly.
+  EXPECT_EQ(baton_report(b, "latency_ms", 1.5), BATON_EINVAL);
+  EXPECT_NE(std::string(baton_last_error()).find("batond"), std::string::npos) << baton_last_error();
+  EXPECT_EQ(baton_report(nullptr, "latency_ms", 1.5), BATON_EINVAL);
+  EXPECT_EQ(baton_report(b, nullptr, 1.5), BATON_EINVAL);
 }
 
 TEST(CApiStrings, StrerrorCoversEveryCode) {

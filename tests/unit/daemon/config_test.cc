@@ -141,6 +141,58 @@ TEST(DaemonConfig, MinimalFileGetsDefaults) {
   EXPECT_EQ(c->engine.power_domain, 0u);
   EXPECT_EQ(c->engine.expected_votes, 0u);
   EXPECT_EQ(c->engine.membership, MembershipKind::kBackplane);
+  EXPECT_FALSE(c->spare);
+  EXPECT_TRUE(c->groups.empty());
+}
+
+TEST(DaemonConfig, ServiceGroupsParse) {
+  auto c = parse_daemon_config(R"([node]
+id = 4
+spare = true
+[client]
+socket = "/tmp/b.sock"
+[[group]]
+name = "kv"
+segments = ["kv", "kv-index"]
+start = "baton-kv --socket $BATON_SOCKET"
+probe = "kv-ping"
+provision = "prep"
+alert = "page-someone"
+home = [1, 2]
+priority = 7
+min_cores = 2
+min_memory_mib = 512
+tags = ["nic=fast"]
+probe_interval_ms = 250
+slow_ms = 200
+slow_for_ms = 3000
+failover_on = "performance"
+start_timeout_ms = 9000
+[[group]]
+name = "batch"
+start = "run-batch"
+metric = "queue_ms"
+slow_above = 12.5
+)", "groups.toml");
+  ASSERT_TRUE(c) << c.error().message;
+  EXPECT_TRUE(c->spare);
+  ASSERT_EQ(c->groups.size(), 2u);
+  const auto& g = c->groups[0];
+  EXPECT_EQ(g.name, "kv");
+  EXPECT_EQ(g.segments, (std::vector<std::string>{"kv", "kv-index"}));
+  EXPECT_EQ(g.home, (std::vector<uint16_t>{1, 2}));
+  EXPECT_EQ(g.priority, 7);
+  EXPECT_EQ(g.min_cores, 2u);
+  EXPECT_EQ(g.min_memory_mib, 512u);
+  EXPECT_EQ(g.tags, std::vector<std::string>{"nic=fast"});
+  EXPECT_EQ(g.probe_interval_ms, 250u);
+  EXPECT_EQ(g.slow_ms, 200u);
+  EXPECT_EQ(g.slow_for_ms, 3000u);
+  EXPECT_EQ(g.failover_on, failover::ServiceGroup::On::kPerformance);
+  EXPECT_EQ(g.start_timeout_ms, 9000u);
+  EXPECT_EQ(c->groups[1].metric, "queue_ms");
+  EXPECT_DOUBLE_EQ(c->groups[1].slow_above, 12.5);
+  EXPECT_EQ(c->groups[1].failover_on, failover::ServiceGroup::On::kEither);
 }
 
 struct Bad {
@@ -190,6 +242,21 @@ INSTANTIATE_TEST_SUITE_P(
         Bad{NODE_AND("[membership]\nsource = \"gossip\"\n"), "membership.source: must be backplane or corosync"},
         Bad{NODE_AND("[membership]\ngroup = \"\"\n"), "membership.group: must be 1..128 bytes"},
         Bad{NODE_AND("[membership]\nquorum = 3\n"), "membership.quorum: unknown key"},
+        Bad{NODE_AND("[[group]]\nstart = \"x\"\n"), "group[0].name: is required"},
+        Bad{NODE_AND("[[group]]\nname = \"a b\"\nstart = \"x\"\n"), "group[0].name: must be 1..63 printable"},
+        Bad{NODE_AND("[[group]]\nname = \"a\"\n"), "group[0].start: is required"},
+        Bad{NODE_AND("[[group]]\nname = \"a\"\nstart = \"x\"\n[[group]]\nname = \"a\"\nstart = \"y\"\n"),
+            "group[1].name: \"a\" is used twice"},
+        Bad{NODE_AND("[[group]]\nname = \"a\"\nstart = \"x\"\nslow_ms = 100\n"), "group[0].slow_ms: needs a probe"},
+        Bad{NODE_AND("[[group]]\nname = \"a\"\nstart = \"x\"\nslow_above = 5\n"), "group[0].slow_above: needs a metric"},
+        Bad{NODE_AND("[[group]]\nname = \"a\"\nstart = \"x\"\nprobe = \"p\"\nslow_ms = 9\nmetric = \"m\"\n"),
+            "group[0].metric: slowness is judged by slow_ms (the probe) or by a metric, not both"},
+        Bad{NODE_AND("[[group]]\nname = \"a\"\nstart = \"x\"\nfailover_on = \"never\"\n"),
+            "group[0].failover_on: must be failure, performance or either"},
+        Bad{NODE_AND("[[group]]\nname = \"a\"\nstart = \"x\"\nhome = [0]\n"), "group[0].home: must be an array of node ids"},
+        Bad{NODE_AND("[[group]]\nname = \"a\"\nstart = \"x\"\nsegments = [\"no good\"]\n"),
+            "group[0].segments: \"no good\" is not a segment name"},
+        Bad{NODE_AND("[[group]]\nname = \"a\"\nstart = \"x\"\nsurprise = 1\n"), "group[0].surprise: unknown key"},
         Bad{NODE_AND("[surprise]\nx = 1\n"), "surprise: unknown key"}));
 
 TEST(DaemonConfig, UnreadableFile) {

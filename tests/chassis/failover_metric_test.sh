@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# A performance failover judged by a metric the application reports itself
+# (baton_report; issue #12 item 2): a 3-blade chassis, blade 3 with 8 cores;
+# group kv (home blade 1) fails over when its reported batch_ms stays above
+# 50 for half a second. Blade 1's application slows down (each batch 100 ms
+# longer): the group moves to blade 3 and resumes from its last durable
+# batch; the coordinator's decision names the metric.
+# Needs BATONCTL and BATON_KV (meson passes them).
+set -euo pipefail
+dir=$(mktemp -d /tmp/baton-fom-XXXXXX)
+chassis=$dir/chassis
+cleanup() {
+  set +e
+  "$BATONCTL" chassis down --dir "$chassis" >/dev/null 2>&1
+  pkill -KILL -f "baton-kv --socket $chassis/" 2>/dev/null
+  rm -rf "$dir"
+}
+trap cleanup EXIT
+fail() {
+  echo "FAIL: $*"
+  for b in 1 2 3; do
+    echo "--- blade $b"
+    "$BATONCTL" events --socket "$chassis/blade$b.sock" 2>&1 | grep -i "group" | tail -8
+  done
+  exit 1
+}
+cat >"$dir/groups.toml" <<TOML
+[[group]]
+name = "kv"
+segments = ["kv"]
+start = "exec $BATON_KV --socket \$BATON_SOCKET --name kv --batches 1000000 --every-ms 20 --report-metric batch_ms --slow-file $dir/slow-\$BATON_NODE >$dir/kv-\$BATON_NODE-\$BATON_ASSIGNMENT.log 2>&1"
+home = [1]
+metric = "batch_ms"
+slow_above = 50
+slow_for_ms = 500
+TOML
+"$BATONCTL" chassis up --blades 3 --replicas 2 --dir "$chassis" --groups "$dir/groups.toml" --cores 2,2,8 >/dev/null ||
+  fail "chassis up"
+where() {
+  "$BATONCTL" groups --json --socket "$chassis/blade2.sock" 2>/dev/null |
+    python3 -c 'import json,sys; g=json.load(sys.stdin)["groups"][0]; print(g["node"], g["state"])'
+}
+expect_at() {
+  local got
+  for _ in $(seq 1 200); do
+    got=$(where || true)
+    [[ $got == "$1 running" ]] && return 0
+    sleep 0.1
+  done
+  fail "kv is '$got', expected '$1 running'"
+}
+durable() { grep -o "^batch=[0-9]* generation=[0-9]* durable" "$1" | tail -1 | sed 's/batch=\([0-9]*\).*/\1/;s/^$/0/'; }
+
+expect_at 1
+old=$(ls "$dir"/kv-1-*.log | head -1)
+for _ in $(seq 1 100); do (($(durable "$old") >= 10)) && break; sleep 0.1; done
+echo "1. fast on blade 1: it stays"
+sleep 1
+[[ "$(where)" == "1 running" ]] || fail "kv moved while fast"
+echo "2. blade 1's application slows down: batch_ms above 50 for 500 ms moves it to blade 3"
+touch "$dir/slow-1"
+expect_at 3
+last=$(durable "$old")
+new=$(ls -t "$dir"/kv-3-*.log | head -1)
+for _ in $(seq 1 100); do grep -q "^restored" "$new" && break; sleep 0.1; done
+got=$(grep -o "^restored generation=[0-9]* batches=[0-9]*" "$new" | sed 's/.*batches=//')
+[[ -n $got ]] || fail "kv on blade 3 did not restore"
+((got >= last)) || fail "kv resumed at batch $got; batch $last was durable"
+"$BATONCTL" events --socket "$chassis/blade1.sock" | grep -q "group kv is slow here: every batch_ms report above 50" ||
+  fail "blade 1 did not say why it is slow"
+"$BATONCTL" events --socket "$chassis/blade1.sock" | grep -q "group kv -> node 3 (performance move" ||
+  fail "no performance move decided"
+echo "   resumed at batch $got (last durable $last)"
+echo "PASS"
