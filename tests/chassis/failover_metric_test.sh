@@ -80,4 +80,9 @@ got=$(grep -o "^restored generation=[0-9]* batches=[0-9]*" "$new" | sed 's/.*bat
 "$BATONCTL" events --socket "$chassis/blade1.sock" | grep -q "group kv -> node 3 (performance move" ||
   fail "no performance move decided"
 echo "   resumed at batch $got (last durable $last)"
+# Newer than the old instance printed (it was stopped between a commit and
+# its line): show how the group moved, for whoever reads the log.
+if ((got != last)); then
+  for b in 1 2 3; do "$BATONCTL" events --socket "$chassis/blade$b.sock" | grep "group kv" | sed "s/^/   blade $b: /"; done
+fi
 echo "PASS"
