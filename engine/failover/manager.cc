@@ -96,7 +96,11 @@ void Manager::take_notes(uint64_t now) {
       reports_[r->node] = std::move(*r);
       heard_ns_[n.from] = now;
     } else if (auto* a = std::get_if<Assignment>(&*m)) {
+      // From its coordinator itself, a member of this node's view: a node
+      // cut off from it, or one that only claims to be it, is not obeyed.
       if (a->coordinator != n.from) continue;
+      const View v = engine_.view();
+      if (!std::binary_search(v.members.begin(), v.members.end(), a->coordinator)) continue;
       {
         std::lock_guard lock(mu_);
         auto& mine = assignments_[a->group];
