@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <climits>
+#include <cstdio>
 #include <tuple>
 
 namespace baton::failover {
@@ -231,11 +232,15 @@ void Coordinator::step(uint64_t now, uint64_t floor, std::span<const uint16_t> m
         break;
       case RunState::kSlow:
         taken[t.node] = g.priority;
-        if (on_performance(g))
+        if (on_performance(g)) {
+          char above[32];
+          std::snprintf(above, sizeof above, "%g", g.slow_above);
           place(g, t, Why::kPerformance,
-                "probe slower than " + std::to_string(g.slow_ms) + " ms for " + std::to_string(g.slow_for_ms) +
-                    " ms on " + node_str(t.node),
+                (g.metric.empty() ? "probe slower than " + std::to_string(g.slow_ms) + " ms"
+                                  : g.metric + " above " + above) +
+                    " for " + std::to_string(g.slow_for_ms) + " ms on " + node_str(t.node),
                 now, members, reports, t.node, taken, out);
+        }
         break;
       case RunState::kFailed:
         t.tried.insert(t.node);

@@ -77,8 +77,8 @@ got=$(grep -o "^restored generation=[0-9]* batches=[0-9]*" "$new" | sed 's/.*bat
 ((got >= last)) || fail "kv resumed at batch $got; batch $last was durable"
 "$BATONCTL" events --socket "$chassis/blade1.sock" | grep -q "group kv is slow here: every batch_ms report above 50" ||
   fail "blade 1 did not say why it is slow"
-"$BATONCTL" events --socket "$chassis/blade1.sock" | grep -q "group kv -> node 3 (performance move" ||
-  fail "no performance move decided"
+"$BATONCTL" events --socket "$chassis/blade1.sock" | grep -q "group kv -> node 3 (performance move, assignment [0-9]*): batch_ms above 50 for 500 ms on node 1" ||
+  fail "no performance move decided, naming the metric"
 echo "   resumed at batch $got (last durable $last)"
 # Newer than the old instance printed (it was stopped between a commit and
 # its line): show how the group moved, for whoever reads the log.
