@@ -21,7 +21,6 @@ int32_t priority_of(const std::vector<ServiceGroup>& groups, const std::string& 
   return INT32_MAX;  // work this node does not know: never taken
 }
 
-bool works(RunState s) { return s == RunState::kStarting || s == RunState::kRunning || s == RunState::kSlow; }
 
 }  // namespace
 

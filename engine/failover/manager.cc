@@ -5,8 +5,6 @@
 #include "failover/manager.h"
 
 #include <poll.h>
-#include <signal.h>
-#include <spawn.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -16,8 +14,6 @@
 
 #include "common/log.h"
 #include "failover/codec.h"
-
-extern char** environ;
 
 namespace baton::failover {
 
@@ -124,26 +120,11 @@ void Manager::alert(const Coordinator::Alert& a) {
   auto g = std::find_if(config_.groups.begin(), config_.groups.end(),
                         [&](const ServiceGroup& x) { return x.name == a.group; });
   if (g == config_.groups.end() || g->alert.empty()) return;
-  std::vector<std::string> env;
-  for (char** e = environ; *e != nullptr; ++e) env.emplace_back(*e);
-  env.push_back("BATON_GROUP=" + a.group);
-  env.push_back("BATON_REASON=" + a.reason);
-  env.push_back("BATON_NODE=" + std::to_string(config_.node));
-  std::vector<char*> envp;
-  for (auto& s : env) envp.push_back(s.data());
-  envp.push_back(nullptr);
-  std::string cmd = g->alert;
-  char sh[] = "/bin/sh", c[] = "-c";
-  char* argv[] = {sh, c, cmd.data(), nullptr};
-  posix_spawnattr_t attr;
-  posix_spawnattr_init(&attr);
-  sigset_t none;
-  sigemptyset(&none);
-  posix_spawnattr_setsigmask(&attr, &none);  // batond blocks SIGTERM and SIGINT
-  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK);
-  pid_t pid;
-  if (posix_spawn(&pid, "/bin/sh", nullptr, &attr, argv, envp.data()) == 0) alerts_.push_back(pid);
-  posix_spawnattr_destroy(&attr);
+  const pid_t pid = spawn_child({"/bin/sh", "-c", g->alert},
+                                {"BATON_GROUP=" + a.group, "BATON_REASON=" + a.reason,
+                                 "BATON_NODE=" + std::to_string(config_.node)},
+                                false);
+  if (pid > 0) alerts_.push_back(pid);
 }
 
 void Manager::metric(pid_t pid, const std::string& name, double value) {
@@ -253,8 +234,7 @@ nlohmann::json Manager::status() const {
     const auto heard = heard_ns_.find(n);
     json runs = json::array();
     for (const auto& run : r.runs)
-      if (run.state == RunState::kStarting || run.state == RunState::kRunning || run.state == RunState::kSlow)
-        runs.push_back(run.group);
+      if (works(run.state)) runs.push_back(run.group);
     out["pool"].push_back({{"node", n},
                            {"spare", r.caps.spare},
                            {"cores", r.caps.cores},

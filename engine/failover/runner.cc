@@ -25,7 +25,6 @@ constexpr int kRunning = -2;               // reap(): not ended yet
 constexpr uint64_t kStopGraceNs = 5'000'000'000;  // SIGTERM, then SIGKILL after this
 constexpr uint64_t kMs = 1'000'000;
 
-bool works(RunState s) { return s == RunState::kStarting || s == RunState::kRunning || s == RunState::kSlow; }
 
 /// Signals the process group `pid` leads (it was spawned in a session of
 /// its own), or the process alone if that fails.
@@ -76,20 +75,14 @@ int Runner::reap(pid_t pid) {
   return status;
 }
 
-pid_t Runner::spawn(const Local& l, const std::vector<std::string>& argv, bool own_session) {
+pid_t spawn_child(const std::vector<std::string>& argv, const std::vector<std::string>& baton_env, bool own_session) {
   std::vector<std::string> env_strings;
   for (char** e = environ; *e != nullptr; ++e) {
     const std::string_view v(*e);
     if (v.rfind("BATON_", 0) == 0) continue;  // ours are set below
     env_strings.emplace_back(v);
   }
-  std::string segments;
-  for (const auto& s : l.g->segments) segments += (segments.empty() ? "" : " ") + s;
-  env_strings.push_back("BATON_SOCKET=" + env_.socket);
-  env_strings.push_back("BATON_NODE=" + std::to_string(env_.node));
-  env_strings.push_back("BATON_GROUP=" + l.g->name);
-  env_strings.push_back("BATON_SEGMENTS=" + segments);
-  env_strings.push_back("BATON_ASSIGNMENT=" + std::to_string(l.seq));
+  env_strings.insert(env_strings.end(), baton_env.begin(), baton_env.end());
   std::vector<char*> envp, args;
   for (auto& s : env_strings) envp.push_back(s.data());
   envp.push_back(nullptr);
@@ -98,15 +91,12 @@ pid_t Runner::spawn(const Local& l, const std::vector<std::string>& argv, bool o
   args.push_back(nullptr);
   posix_spawnattr_t attr;
   posix_spawnattr_init(&attr);
-  // batond blocks SIGTERM and SIGINT in every thread (it sigwaits for
-  // them) and ignores SIGPIPE: a child starts with neither.
   sigset_t none, defaults;
   sigemptyset(&none);
   sigemptyset(&defaults);
   for (int sig : {SIGTERM, SIGINT, SIGPIPE, SIGHUP}) sigaddset(&defaults, sig);
   posix_spawnattr_setsigmask(&attr, &none);
   posix_spawnattr_setsigdefault(&attr, &defaults);
-  // Its own session and process group, so a stop reaches everything it started.
   posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF |
                                       (own_session ? POSIX_SPAWN_SETSID : 0));
   pid_t pid = -1;
@@ -117,6 +107,16 @@ pid_t Runner::spawn(const Local& l, const std::vector<std::string>& argv, bool o
     return -1;
   }
   return pid;
+}
+
+pid_t Runner::spawn(const Local& l, const std::vector<std::string>& argv, bool own_session) {
+  std::string segments;
+  for (const auto& s : l.g->segments) segments += (segments.empty() ? "" : " ") + s;
+  return spawn_child(argv,
+                     {"BATON_SOCKET=" + env_.socket, "BATON_NODE=" + std::to_string(env_.node),
+                      "BATON_GROUP=" + l.g->name, "BATON_SEGMENTS=" + segments,
+                      "BATON_ASSIGNMENT=" + std::to_string(l.seq)},
+                     own_session);
 }
 
 void Runner::assigned(const Assignment& a, uint64_t now) {

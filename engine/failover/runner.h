@@ -110,4 +110,12 @@ class Runner {
 /// "exited with status 3" / "killed by signal 9", from a waitpid status.
 std::string exit_text(int status);
 
+/// Starts `argv` (argv[0] a path) with batond's environment, its BATON_*
+/// variables replaced by `baton_env` ("BATON_X=..."), no signal blocked and
+/// SIGTERM, SIGINT, SIGPIPE, SIGHUP at their defaults (batond blocks the
+/// first two in every thread and ignores SIGPIPE); with `own_session`, in a
+/// session and process group of its own. posix_spawn: batond has many
+/// threads. Returns the pid, or -1 (logged).
+pid_t spawn_child(const std::vector<std::string>& argv, const std::vector<std::string>& baton_env, bool own_session);
+
 }  // namespace baton::failover

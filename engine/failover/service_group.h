@@ -61,6 +61,10 @@ enum class RunState : uint8_t {
   kStopped,   ///< stopped here (moved elsewhere, or taken for higher-priority work)
 };
 const char* run_state_name(RunState s) noexcept;
+/// Whether a group in state `s` occupies its node (it is starting, running or slow).
+inline bool works(RunState s) noexcept {
+  return s == RunState::kStarting || s == RunState::kRunning || s == RunState::kSlow;
+}
 
 /// What a node says of one group it was assigned.
 struct GroupRun {

@@ -18,7 +18,6 @@ namespace {
 
 constexpr uint64_t kStepNs = 50'000'000;
 
-bool works(RunState s) { return s == RunState::kStarting || s == RunState::kRunning || s == RunState::kSlow; }
 
 struct Run {
   uint64_t seq = 0;
@@ -306,7 +305,7 @@ class World {
   std::map<uint16_t, NodeReport> last_reports_;
   std::vector<std::string> schedule_;
   uint64_t step_ = 0;
-  int loss_ = 0;
+  uint64_t loss_ = 0;  // percent of notes lost
   uint64_t assignments_ = 0, failovers_ = 0, perf_ = 0, alerts_ = 0, kills_ = 0, crashes_ = 0;
 };
 
