@@ -8,23 +8,8 @@
 # which metric made it slow.
 # Needs BATONCTL and BATON_KV (meson passes them).
 set -euo pipefail
-dir=$(mktemp -d /tmp/baton-fom-XXXXXX)
-chassis=$dir/chassis
-cleanup() {
-  set +e
-  "$BATONCTL" chassis down --dir "$chassis" >/dev/null 2>&1
-  pkill -KILL -f "baton-kv --socket $chassis/" 2>/dev/null
-  rm -rf "$dir"
-}
-trap cleanup EXIT
-fail() {
-  echo "FAIL: $*"
-  for b in 1 2 3; do
-    echo "--- blade $b"
-    "$BATONCTL" events --socket "$chassis/blade$b.sock" 2>&1 | grep -i "group" | tail -8
-  done
-  exit 1
-}
+source "$(dirname "$0")/failover_lib.sh"
+fo_begin baton-fom 3
 cat >"$dir/groups.toml" <<TOML
 [[group]]
 name = "kv"
@@ -37,32 +22,17 @@ slow_for_ms = 500
 TOML
 "$BATONCTL" chassis up --blades 3 --replicas 2 --dir "$chassis" --groups "$dir/groups.toml" --cores 2,2,8 >/dev/null ||
   fail "chassis up"
-where() {
-  "$BATONCTL" groups --json --socket "$chassis/blade2.sock" 2>/dev/null |
-    python3 -c 'import json,sys; g=json.load(sys.stdin)["groups"][0]; print(g["node"], g["state"])'
-}
-expect_at() {
-  local got
-  for _ in $(seq 1 200); do
-    got=$(where || true)
-    [[ $got == "$1 running" ]] && return 0
-    sleep 0.1
-  done
-  fail "kv is '$got', expected '$1 running'"
-}
-durable() { grep -o "^batch=[0-9]* generation=[0-9]* durable" "$1" | tail -1 | sed 's/batch=\([0-9]*\).*/\1/;s/^$/0/'; }
-
 expect_at 1
 old=$(ls "$dir"/kv-1-*.log | head -1)
 for _ in $(seq 1 100); do (($(durable "$old") >= 10)) && break; sleep 0.1; done
 echo "1. fast on blade 1: it stays; a dip shorter than the window moves nothing"
 sleep 1
-[[ "$(where)" == "1 running" ]] || fail "kv moved while fast"
+[[ "$(where 2)" == "1 running" ]] || fail "kv moved while fast"
 touch "$dir/slow-1"
 sleep 0.25
 rm -f "$dir/slow-1"
 sleep 1.5
-[[ "$(where)" == "1 running" ]] || fail "a dip shorter than the window moved kv"
+[[ "$(where 2)" == "1 running" ]] || fail "a dip shorter than the window moved kv"
 if "$BATONCTL" events --socket "$chassis/blade1.sock" | grep -q "group kv is slow here"; then
   fail "a dip shorter than the window counted as slow"
 fi

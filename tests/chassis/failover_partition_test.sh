@@ -17,25 +17,8 @@ ip netns add "$probe" 2>/dev/null || skip "network namespaces cannot be created 
 ip netns del "$probe"
 command -v nft >/dev/null || skip "nftables is not installed (tools/setup.sh installs it)"
 
-dir=$(mktemp -d /tmp/baton-fop-XXXXXX)
-chassis=$dir/chassis
-cleanup() {
-  set +e
-  "$BATONCTL" chassis heal --dir "$chassis" >/dev/null 2>&1
-  "$BATONCTL" chassis down --dir "$chassis" >/dev/null 2>&1
-  pkill -KILL -f "baton-kv --socket $chassis/" 2>/dev/null
-  rm -rf "$dir"
-}
-trap cleanup EXIT
-fail() {
-  echo "FAIL: $*"
-  for b in 1 2 3 4; do
-    echo "--- blade $b"
-    "$BATONCTL" events --socket "$chassis/blade$b.sock" 2>&1 | grep -i "group\|view\|fenced\|ownership" | tail -10
-  done
-  for f in "$dir"/kv-*.log; do echo "--- $f"; tail -3 "$f"; done
-  exit 1
-}
+source "$(dirname "$0")/failover_lib.sh"
+fo_begin baton-fop 4
 
 cat >"$dir/groups.toml" <<TOML
 [[group]]
@@ -48,16 +31,7 @@ TOML
 "$BATONCTL" chassis up --blades 4 --replicas 2 --transport af_packet --dir "$chassis" \
   --groups "$dir/groups.toml" --spares 3,4 >/dev/null || fail "chassis up"
 
-# where BLADE: "node state" of kv as BLADE sees the cluster.
-where() {
-  "$BATONCTL" groups --json --socket "$chassis/blade$1.sock" 2>/dev/null |
-    python3 -c 'import json,sys; g=json.load(sys.stdin)["groups"][0]; print(g["node"], g["state"])'
-}
-# durable LOG: the last batch LOG's instance was told is durable (0: none).
-durable() { grep -o "^batch=[0-9]* generation=[0-9]* durable" "$1" | tail -1 | sed 's/batch=\([0-9]*\).*/\1/;s/^$/0/'; }
-
-for _ in $(seq 1 200); do [[ "$(where 2 || true)" == "1 running" ]] && break; sleep 0.1; done
-[[ "$(where 2)" == "1 running" ]] || fail "kv did not start on blade 1"
+expect_at 1
 old=$(ls "$dir"/kv-1-*.log | head -1)
 for _ in $(seq 1 200); do (($(durable "$old") >= 20)) && break; sleep 0.1; done
 (($(durable "$old") >= 20)) || fail "kv on blade 1 did not commit"

@@ -17,24 +17,8 @@
 #
 # Needs BATONCTL and BATON_KV (meson passes them).
 set -euo pipefail
-dir=$(mktemp -d /tmp/baton-fo-XXXXXX)
-chassis=$dir/chassis
-cleanup() {
-  set +e
-  "$BATONCTL" chassis down --dir "$chassis" >/dev/null 2>&1
-  pkill -KILL -f "baton-kv --socket $chassis/" 2>/dev/null
-  rm -rf "$dir"
-}
-trap cleanup EXIT
-fail() {
-  echo "FAIL: $*"
-  for b in 1 2 3 4; do
-    echo "--- blade $b"
-    "$BATONCTL" events --socket "$chassis/blade$b.sock" 2>&1 | grep -i "group\|node . down" | tail -12
-  done
-  tail -3 "$dir"/kv-*.log 2>/dev/null
-  exit 1
-}
+source "$(dirname "$0")/failover_lib.sh"
+fo_begin baton-fo 4
 
 cat >"$dir/groups.toml" <<TOML
 [[group]]
@@ -55,21 +39,6 @@ TOML
 "$BATONCTL" chassis up --blades 4 --replicas 2 --dir "$chassis" --groups "$dir/groups.toml" --spares 3,4 \
   --cores 2,2,2,8 >/dev/null || fail "chassis up"
 
-# where SOCKET: "node state" of group kv as that blade reports the cluster.
-where() {
-  "$BATONCTL" groups --json --socket "$1" 2>/dev/null |
-    python3 -c 'import json,sys; g=json.load(sys.stdin)["groups"][0]; print(g["node"], g["state"])'
-}
-# expect_at BLADE: kv runs on BLADE within 20 s (as blade ASK, default 2, sees it).
-expect_at() {
-  local got
-  for _ in $(seq 1 200); do
-    got=$(where "$chassis/blade${2:-2}.sock" || true)
-    [[ $got == "$1 running" ]] && return 0
-    sleep 0.1
-  done
-  fail "kv is '$got', expected '$1 running'"
-}
 # batches N: the batch count in blade N's last durable dump.
 batches() { od -An -t u8 -N 8 "$dir/n$1/committed.bin" | tr -d ' '; }
 # commits_past BLADE N: blade BLADE's instance commits beyond batch N.
