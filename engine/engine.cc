@@ -118,12 +118,26 @@ Result<std::unique_ptr<Engine>> Engine::start(const EngineConfig& config,
     return fail(Errc::kInvalidArgument, "worker_cpu ", std::to_string(config.worker_cpu), " does not exist here");
   if (config.simulation && (!config.simulation->now || !config.simulation->step))
     return fail(Errc::kInvalidArgument, "simulation hooks need both now and step");
+  for (const auto& sb : config.standbys) {
+    if (auto ok = check_name(sb.segment); !ok) return fail(Errc::kInvalidArgument, "standby: ", ok.error().message);
+    if (sb.nodes.empty() || sb.nodes.size() > wire::kMaxReplicaSet)
+      return fail(Errc::kInvalidArgument, "standby of ", sb.segment, ": 1..", std::to_string(wire::kMaxReplicaSet),
+                  " nodes");
+    for (uint16_t n : sb.nodes)
+      if (n == 0 || n == wire::kBroadcast)
+        return fail(Errc::kInvalidArgument, "standby of ", sb.segment, ": node ids are 1..65534");
+  }
   if (config.track_writes && !DirtyTracker::unavailable_reason().empty())
     BT_INFO("commits copy whole segments: this kernel cannot track writes (%s)",
             DirtyTracker::unavailable_reason().c_str());
   auto impl = std::make_unique<Impl>();
   impl->config = config;
   impl->sim = impl->config.simulation.get();
+  for (const auto& sb : config.standbys) {
+    auto& nodes = impl->standby_nodes[wire::segment_id(sb.segment)];
+    for (uint16_t n : sb.nodes)
+      if (std::find(nodes.begin(), nodes.end(), n) == nodes.end()) nodes.push_back(n);
+  }
   if (impl->sim != nullptr && !config.global_dir.empty())
     return fail(Errc::kInvalidArgument, "global storage runs its own thread: not under simulation");
   // Segments live on the NUMA node the engine runs on unless told otherwise.
@@ -364,9 +378,23 @@ Result<SegmentStatus> Engine::status(Segment* segment) const {
     st.durable = seg->durable.load();
     if (st.durable != 0) st.durable_age_us = elapsed(impl_->clock_ns(), seg->durable_at_ns.load()) / 1000;
     st.writes_tracked = seg->tracked.load(std::memory_order_relaxed);
+    if (auto it = impl_->standby_nodes.find(seg->id); it != impl_->standby_nodes.end()) st.standbys = it->second;
     return st;
   });
 }
+
+namespace {
+
+ReplicaStatus replica_status_of(const ReplicaStore& store) {
+  ReplicaStatus st{store.name(), store.size(), store.owner(), store.epoch(), store.generations()};
+  const ReplicaStore::HotStatus hot = store.hot_status();
+  st.standby = hot.on;
+  st.standby_generation = hot.generation;
+  st.standby_behind_bytes = hot.behind_bytes;
+  return st;
+}
+
+}  // namespace
 
 Result<ReplicaStatus> Engine::replica_status(std::string_view name) const {
   if (auto ok = check_name(name); !ok) return tl::unexpected(ok.error());
@@ -377,12 +405,21 @@ Result<ReplicaStatus> Engine::replica_status(std::string_view name) const {
     auto it = impl_->stores.find(id);
     if (it == impl_->stores.end()) return;
     found = true;
-    st = ReplicaStatus{it->second->name(), it->second->size(), it->second->owner(), it->second->epoch(),
-                       it->second->generations()};
+    st = replica_status_of(*it->second);
   });
   if (!done) return tl::unexpected(done.error());
   if (!found) return fail(Errc::kNotFound, "no replica of ", name, " here");
   return st;
+}
+
+Result<std::vector<ReplicaStatus>> Engine::replicas() const {
+  std::vector<ReplicaStatus> out;
+  auto done = impl_->call([&] {
+    for (const auto& [id, store] : impl_->stores) out.push_back(replica_status_of(*store));
+  });
+  if (!done) return tl::unexpected(done.error());
+  std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.name < b.name; });
+  return out;
 }
 
 Result<RecordStatus> Engine::record(std::string_view name) const {
@@ -476,6 +513,7 @@ EngineStats Engine::stats() const noexcept {
   s.deltas_published = c.deltas_published.load();
   s.notes_rx = c.notes_rx.load();
   s.notes_dropped = c.notes_dropped.load();
+  s.standby_promotions = c.standby_promotions.load();
   for (size_t i = 0; i < c.decode.size(); ++i) s.decode_errors[i] = c.decode[i].load();
   return s;
 }

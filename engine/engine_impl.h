@@ -182,6 +182,26 @@ struct Engine::Impl {
   /// next frame is answered NO_ROOM). Poll-token holder.
   std::unique_ptr<SlotAllocator> allocator;
   std::unordered_set<uint64_t> allocating, allocation_failed;
+  /// Hot standbys (EngineConfig::standbys): segment id -> its standby
+  /// nodes. Set at start, read-only after (any thread).
+  std::unordered_map<uint64_t, std::vector<uint16_t>> standby_nodes;
+  /// Whether this node keeps a hot copy of segment `id`.
+  bool standby_here(uint64_t id) const noexcept {
+    auto it = standby_nodes.find(id);
+    return it != standby_nodes.end() &&
+           std::find(it->second.begin(), it->second.end(), config.node_id) != it->second.end();
+  }
+  /// What a replica store of `f`'s segment is made from here.
+  ReplicaStore::Origin store_origin(const wire::Frame& f) const {
+    ReplicaStore::Origin o = ReplicaStore::Origin::of(f);
+    o.hot = standby_here(f.seg_id);
+    o.hot_pages = app_pages();
+    return o;
+  }
+  /// Replica stores whose hot copy lags the latest generation: the worker
+  /// copies a slice of each per poll (advance_hot). Poll-token holder.
+  std::vector<uint64_t> hot_behind;
+  bool advance_hot_copies() noexcept;
   std::unordered_map<uint64_t, SetRecord> records;                     ///< by segment id
   /// After `stores`: destroyed first, so queued writes finish from live slots.
   std::unique_ptr<GlobalStore> global;
@@ -203,7 +223,8 @@ struct Engine::Impl {
     std::atomic<uint64_t> frames_rx{0}, frames_tx{0}, misdirected{0}, retransmits{0}, duplicates{0},
         stale_epoch{0}, published{0}, corrupt_generations{0}, tx_dropped{0}, no_slot{0}, bad_input{0}, stalls{0},
         longest_stall_us{0}, snapshot_chunks_copied{0}, snapshot_chunks_skipped{0}, deltas_sent{0},
-        wholes_sent{0}, deltas_published{0}, notes_rx{0}, notes_dropped{0};
+        wholes_sent{0}, deltas_published{0}, notes_rx{0}, notes_dropped{0},
+        standby_promotions{0};
     std::array<std::atomic<uint64_t>, static_cast<size_t>(wire::DecodeError::kCount)> decode{};
   } counters;
 

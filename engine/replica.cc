@@ -67,10 +67,10 @@ void Engine::Impl::on_data(Link& link, wire::Frame& f) noexcept {
         send_error(link, f, wire::ErrorCode::kNoRoom, 0);
         return;
       }
-      if (allocating.insert(f.seg_id).second) allocator->submit(ReplicaStore::Origin::of(f));
+      if (allocating.insert(f.seg_id).second) allocator->submit(store_origin(f));
       return;
     }
-    auto store = ReplicaStore::create(f, config.retain, config.numa_node);
+    auto store = ReplicaStore::create(store_origin(f), config.retain, config.numa_node);
     if (!store) {
       BT_WARN("cannot hold replica of %.*s: %s", int(f.name.size()), f.name.data(),
                store.error().message.c_str());
@@ -108,6 +108,8 @@ void Engine::Impl::on_data(Link& link, wire::Frame& f) noexcept {
     case ReplicaStore::Accept::kPublished:
       bump(counters.published);
       if (st.latest()->delta_of != 0) bump(counters.deltas_published);
+      if (st.hot_behind() && std::find(hot_behind.begin(), hot_behind.end(), st.id()) == hot_behind.end())
+        hot_behind.push_back(st.id());
       BT_DEBUG("published %s generation %lu", st.name().c_str(), static_cast<unsigned long>(f.generation));
       if (global) {  // S7: the slot stays pinned until the file is safe
         ReplicaStore::Slot& slot = *st.latest();

@@ -179,10 +179,23 @@ bool Engine::Impl::poll_once(uint64_t now) noexcept {
   if (link_changed) wake_control();
   busy |= pump_senders(now);
   busy |= step_ops(now);
+  busy |= advance_hot_copies();
   step_records();
   if (!segment_news_backlog.empty()) flush_segment_news();
   for (auto& link : links) busy |= link->service(now);
   return busy;
+}
+
+bool Engine::Impl::advance_hot_copies() noexcept {
+  // A slice per store per poll, like a delta's shadow (ReplicaStore::
+  // kPrepareSlice): a 64 MiB copy spreads over 16 polls, and heartbeats
+  // go on meanwhile.
+  if (hot_behind.empty()) return false;
+  std::erase_if(hot_behind, [this](uint64_t id) {
+    auto it = stores.find(id);
+    return it == stores.end() || it->second->advance_hot(ReplicaStore::kPrepareSlice);
+  });
+  return true;
 }
 
 bool Engine::Impl::drain_commands() noexcept {

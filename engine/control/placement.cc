@@ -64,7 +64,8 @@ void Engine::Impl::apply_placement(const ControlMsg& m, uint64_t now) noexcept {
   const auto reason = static_cast<Placement::Reason>(m.flags);
   // Decided on slots that have changed since, or a move of a segment that
   // is not settled: the control thread decides again from what it is told.
-  if (replica_set(seg) != m.expect || (reason == Placement::kBetter && !settled(seg))) {
+  if (replica_set(seg) != m.expect ||
+      ((reason == Placement::kBetter || reason == Placement::kStandby) && !settled(seg))) {
     tell_control(SegmentNews{SegmentNews::Kind::kSlots, 0, seg.id, replica_set(seg)});
     return;
   }
@@ -87,6 +88,9 @@ void Engine::Impl::apply_placement(const ControlMsg& m, uint64_t now) noexcept {
     else if (reason == Placement::kBetter)
       record_event("segment " + seg.name + ": replica moves from node " + std::to_string(old) + " to node " + to +
                    " (more failure domains)");
+    else if (reason == Placement::kStandby && next[i] != 0)
+      record_event("segment " + seg.name + ": replica moves from node " + std::to_string(old) + " to node " + to +
+                   " (its hot standby)");
     if (stage != nullptr && next[i] != 0) r.sender.start(stage_source(seg, *stage), tuning(), now);
   }
   if (reason == Placement::kInitial && filled < config.replication_factor)
@@ -137,8 +141,15 @@ Placer::Diversity Placer::diversity(const wire::ReplicaSet& nodes, uint16_t cand
   return {new_blade, new_power, new_numa};
 }
 
+bool Placer::standby(uint64_t seg_id, uint16_t node) const noexcept {
+  auto it = e_.standby_nodes.find(seg_id);
+  return it != e_.standby_nodes.end() && std::find(it->second.begin(), it->second.end(), node) != it->second.end();
+}
+
 uint16_t Placer::pick_replica(uint64_t seg_id, const wire::ReplicaSet& nodes, bool live_only) const noexcept {
-  auto score = [&](uint16_t cand) { return std::make_pair(diversity(nodes, cand, 0), replica_rank(seg_id, cand)); };
+  auto score = [&](uint16_t cand) {
+    return std::make_tuple(standby(seg_id, cand), diversity(nodes, cand, 0), replica_rank(seg_id, cand));
+  };
   uint16_t best = 0;
   for (const uint16_t cand : e_.peer_nodes) {
     if (!(live_only ? detector_.alive(cand) : detector_.reachable(cand)) || contains(nodes, cand)) continue;
@@ -173,15 +184,19 @@ void Placer::step(uint64_t now, Rounds& rounds, std::vector<ControlMsg>& out) no
         break;
     }
   }
-  // A new segment is placed at once: after a takeover, the live replicas of
-  // the set taken over first (they hold the state already), then by
-  // failure domains and rank among live peers, then among peers not known
-  // to be gone. A slot left empty is filled when a peer comes up.
+  // A new segment is placed at once: its live hot standbys first (S16),
+  // then after a takeover the live replicas of the set taken over (they
+  // hold the state already), then by failure domains and rank among live
+  // peers, then among peers not known to be gone. A slot left empty is
+  // filled when a peer comes up.
   for (auto& [id, pl] : placements_) {
     if (pl.placed) continue;
     wire::ReplicaSet next{};
     for (size_t i = 0; i < pl.slots && i < next.size(); ++i) {
       uint16_t pick = 0;
+      if (auto sb = e_.standby_nodes.find(id); sb != e_.standby_nodes.end())
+        for (const uint16_t p : sb->second)
+          if (pick == 0 && p != e_.config.node_id && detector_.alive(p) && !contains(next, p)) pick = p;
       for (const uint16_t p : pl.preferred)
         if (pick == 0 && detector_.alive(p) && !contains(next, p)) pick = p;
       if (pick == 0) pick = pick_replica(id, next, true);
@@ -215,12 +230,28 @@ void Placer::step(uint64_t now, Rounds& rounds, std::vector<ControlMsg>& out) no
       place(id, pl, next, Placement::kLost, out);
       continue;
     }
+    // A hot standby (S16) that is alive but holds no replica (it was down
+    // when the set was chosen) takes the place of a replica that is not
+    // one: the last such slot.
+    if (auto sb = e_.standby_nodes.find(id); sb != e_.standby_nodes.end()) {
+      uint16_t want = 0;
+      for (const uint16_t p : sb->second)
+        if (want == 0 && p != e_.config.node_id && detector_.alive(p) && !contains(next, p)) want = p;
+      size_t slot = next.size();
+      for (size_t i = 0; want != 0 && i < pl.slots && i < next.size(); ++i)
+        if (!standby(id, next[i])) slot = i;
+      if (want != 0 && slot < next.size()) {
+        next[slot] = want;
+        place(id, pl, next, Placement::kStandby, out);
+        continue;
+      }
+    }
     // A peer that spreads the replicas over more failure domains than one of
     // them does: that one moves (one move at a time; the data path applies
-    // it only to a settled segment).
+    // it only to a settled segment). A hot standby stays.
     for (size_t i = 0; i < pl.slots && i < next.size(); ++i) {
       const uint16_t cur = next[i];
-      if (cur == 0 || !detector_.alive(cur)) continue;
+      if (cur == 0 || !detector_.alive(cur) || standby(id, cur)) continue;
       Diversity have = diversity(next, cur, cur);
       uint16_t better = 0;
       for (const uint16_t p : e_.peer_nodes) {

@@ -49,7 +49,7 @@ struct PeerTags {
 
 /// Placement's view of one segment this node owns. Control thread.
 struct Placement {
-  enum Reason : uint16_t { kInitial = 0, kLost = 1, kBetter = 2 };
+  enum Reason : uint16_t { kInitial = 0, kLost = 1, kBetter = 2, kStandby = 3 };
   uint8_t slots = 0;
   wire::ReplicaSet nodes{};          ///< as the data path last reported (0: an empty slot)
   std::vector<uint16_t> preferred;   ///< until the first placement: the set taken over
@@ -75,8 +75,10 @@ class Placer {
   /// The peer to hold a replica of `seg_id` next, not in `nodes`: alive
   /// (`live_only`) or at least not known to be gone, on another blade /
   /// power domain / NUMA node than this node and the other replicas where
-  /// possible, then by rendezvous rank; 0 if none.
+  /// possible, then by rendezvous rank; a hot standby before all; 0 if none.
   uint16_t pick_replica(uint64_t seg_id, const wire::ReplicaSet& nodes, bool live_only) const noexcept;
+  /// Whether `node` is one of `seg_id`'s hot standbys (EngineConfig::standbys).
+  bool standby(uint64_t seg_id, uint16_t node) const noexcept;
   /// Failure domains `cand` would add: another blade, power domain, NUMA
   /// node than this node and the reachable nodes in `nodes` but `skip`.
   /// Compared as a tuple: a new blade first.

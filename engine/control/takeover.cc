@@ -338,10 +338,30 @@ Result<OpenResult> Engine::Impl::load_from(const QueryOp& q, std::string_view na
   });
   Error last{Errc::kNotFound, "no replica could deliver " + std::string(name)};
   for (const ClaimAnswer* a : sources) {
-    auto dest = LocalStorage::create(std::string(name), a->total_len, config.numa_node, app_pages());
-    if (!dest) return tl::unexpected(dest.error());
     uint64_t got = 0;
-    if (a->peer == config.node_id) {  // our own replica store: a local copy
+    bool promoted = false;
+    Result<LocalStorage> dest = fail(Errc::kInternal, "no copy");
+    if (a->peer == config.node_id) {
+      // A hot standby here (S16) hands over its ready copy of the newest
+      // generation: no allocation, no copy.
+      auto took = call([&] {
+        auto it = stores.find(q.id);
+        if (it == stores.end() || it->second->size() != a->total_len) return;
+        if (auto hot = it->second->take_hot(a->generation, a->data_epoch)) {
+          dest = std::move(*hot);
+          got = a->generation;
+          promoted = true;
+        }
+      });
+      if (!took) return tl::unexpected(took.error());
+    }
+    if (!promoted) {
+      dest = LocalStorage::create(std::string(name), a->total_len, config.numa_node, app_pages());
+      if (!dest) return tl::unexpected(dest.error());
+    }
+    if (promoted) {
+      bump(counters.standby_promotions);
+    } else if (a->peer == config.node_id) {  // our own replica store: a local copy
       auto copied = call([&] {
         auto it = stores.find(q.id);
         ReplicaStore::Slot* slot = it == stores.end() ? nullptr : it->second->find(a->generation);
@@ -380,8 +400,9 @@ Result<OpenResult> Engine::Impl::load_from(const QueryOp& q, std::string_view na
     record_event("segment " + std::string(name) + ": ownership taken at epoch " + std::to_string(c->epoch) + " (" +
                  std::to_string(accepted) + " of " + std::to_string(set.size()) + " replicas of " +
                  set_string(set) + " accepted); generation " + std::to_string(got) + " loaded from " +
-                 (a->peer == config.node_id ? std::string("this node's replica")
-                                            : "node " + std::to_string(a->peer)));
+                 (promoted ? std::string("this node's hot standby copy (no fetch, no copy)")
+                  : a->peer == config.node_id ? std::string("this node's replica")
+                                              : "node " + std::to_string(a->peer)));
     return OpenResult{*seg, OpenOutcome::kRestored, got};
   }
   return tl::unexpected(last);

@@ -58,6 +58,23 @@ class Reader {
     return out;
   }
 
+  // An array of node ids (1..65534), each once.
+  Result<std::vector<uint16_t>> nodes(const toml::node_view<const toml::node>& n, const std::string& field) const {
+    std::vector<uint16_t> out;
+    if (!n) return out;
+    const toml::array* arr = n.as_array();
+    if (arr == nullptr) return tl::unexpected(error(field, "must be an array of node ids"));
+    for (const auto& e : *arr) {
+      auto v = e.value<int64_t>();
+      if (!e.is_integer() || !v || *v < 1 || *v > 65534)
+        return tl::unexpected(error(field, "must be an array of node ids (1..65534)"));
+      if (std::find(out.begin(), out.end(), *v) != out.end())
+        return tl::unexpected(error(field, "names node " + std::to_string(*v) + " twice"));
+      out.push_back(static_cast<uint16_t>(*v));
+    }
+    return out;
+  }
+
   // Unknown keys are mistakes (a typo would otherwise silently keep a default).
   Result<void> only(const toml::table& t, const std::string& where, std::initializer_list<std::string_view> keys) const {
     for (const auto& [k, v] : t) {
@@ -91,7 +108,7 @@ Result<DaemonConfig> parse_daemon_config(std::string_view text, std::string_view
   const toml::table& root = parsed;  // const views all the way down
   Reader r(source);
   DaemonConfig c;
-  if (auto ok = r.only(root, "", {"node", "engine", "client", "log", "eal", "link", "storage", "membership", "group"}); !ok)
+  if (auto ok = r.only(root, "", {"node", "engine", "client", "log", "eal", "link", "storage", "membership", "group", "standby"}); !ok)
     return tl::unexpected(ok.error());
 
   const auto node = root["node"];
@@ -271,7 +288,7 @@ Result<DaemonConfig> parse_daemon_config(std::string_view text, std::string_view
       if (auto ok = r.only(*t, where,
                            {"name", "segments", "start", "probe", "provision", "alert", "probe_interval_ms",
                             "probe_timeout_ms", "slow_ms", "slow_for_ms", "metric", "slow_above", "failover_on", "priority", "min_cores",
-                            "min_memory_mib", "tags", "home", "start_timeout_ms"});
+                            "min_memory_mib", "tags", "home", "standby", "start_timeout_ms"});
           !ok)
         return tl::unexpected(ok.error());
       const toml::node_view<const toml::node> gv(t);
@@ -329,21 +346,44 @@ Result<DaemonConfig> parse_daemon_config(std::string_view text, std::string_view
       g.min_memory_mib = static_cast<uint64_t>(min_mem);
       TRY(gtags, r.strings(gv["tags"], where + ".tags"));
       g.tags = gtags;
-      if (const auto home = gv["home"]; home) {
-        const toml::array* h = home.as_array();
-        if (h == nullptr) return tl::unexpected(r.error(where + ".home", "must be an array of node ids"));
-        for (const auto& e : *h) {
-          auto v = e.value<int64_t>();
-          if (!e.is_integer() || !v || *v < 1 || *v > 65534)
-            return tl::unexpected(r.error(where + ".home", "must be an array of node ids (1..65534)"));
-          g.home.push_back(static_cast<uint16_t>(*v));
-        }
-      }
+      TRY(home, r.nodes(gv["home"], where + ".home"));
+      g.home = home;
+      TRY(standby, r.nodes(gv["standby"], where + ".standby"));
+      if (standby.size() > wire::kMaxReplicaSet)
+        return tl::unexpected(r.error(where + ".standby", "at most " + std::to_string(wire::kMaxReplicaSet) + " nodes"));
+      if (!standby.empty() && g.segments.empty())
+        return tl::unexpected(r.error(where + ".standby", "needs segments (what a standby keeps ready)"));
+      g.standby = standby;
       TRY(st, r.integer(gv["start_timeout_ms"], where + ".start_timeout_ms", 100, 3'600'000, 15000));
       g.start_timeout_ms = static_cast<uint32_t>(st);
       c.groups.push_back(std::move(g));
     }
     if (c.groups.size() > 16) return tl::unexpected(r.error("group", "at most 16 service groups"));
+  }
+  // Hot standbys (S16): a group's standby nodes keep its segments ready;
+  // [[standby]] tables name them for other segments.
+  for (const auto& g : c.groups)
+    for (const auto& seg : g.segments)
+      if (!g.standby.empty()) c.engine.standbys.push_back(EngineConfig::Standby{seg, g.standby});
+  if (const auto standbys = root["standby"]; standbys) {
+    const toml::array* arr = standbys.as_array();
+    if (arr == nullptr) return tl::unexpected(r.error("standby", "must be an array of tables ([[standby]])"));
+    for (size_t i = 0; i < arr->size(); ++i) {
+      const std::string where = "standby[" + std::to_string(i) + "]";
+      const toml::table* t = (*arr)[i].as_table();
+      if (t == nullptr) return tl::unexpected(r.error(where, "must be a table"));
+      if (auto ok = r.only(*t, where, {"segment", "nodes"}); !ok) return tl::unexpected(ok.error());
+      const toml::node_view<const toml::node> sv(t);
+      TRY(seg, r.string(sv["segment"], where + ".segment", std::nullopt));
+      if (!wire::valid_name(seg)) return tl::unexpected(r.error(where + ".segment", "\"" + seg + "\" is not a segment name"));
+      TRY(nodes, r.nodes(sv["nodes"], where + ".nodes"));
+      if (nodes.empty() || nodes.size() > wire::kMaxReplicaSet)
+        return tl::unexpected(r.error(where + ".nodes", "1.." + std::to_string(wire::kMaxReplicaSet) + " node ids"));
+      for (const auto& other : c.engine.standbys)
+        if (other.segment == seg)
+          return tl::unexpected(r.error(where + ".segment", "\"" + seg + "\" has standbys already (here or in its group)"));
+      c.engine.standbys.push_back(EngineConfig::Standby{seg, nodes});
+    }
   }
   return c;
 }

@@ -107,7 +107,11 @@ Choice choose(const ServiceGroup& g, Why why, std::span<const uint16_t> members,
       const int64_t home = std::find(g.home.begin(), g.home.end(), n) - g.home.begin();
       switch (why) {
         case Why::kStart: key = {0, home, r.caps.spare ? 1 : 0, n}; break;
-        case Why::kFailure: key = {0, r.caps.spare ? 0 : 1, 0, n}; break;
+        case Why::kFailure: {  // a hot standby first (its state is ready), then the spare pool
+          const bool standby = std::find(g.standby.begin(), g.standby.end(), n) != g.standby.end();
+          key = {0, standby ? 0 : 1, r.caps.spare ? 0 : 1, n};
+          break;
+        }
         case Why::kPerformance:
           key = {0, -int64_t{r.caps.cores}, -static_cast<int64_t>(r.caps.memory_mib), n};
           break;
@@ -320,8 +324,9 @@ void Coordinator::place(const ServiceGroup& g, Track& t, Why why, const std::str
   taken[t.node] = g.priority;
   out.assign.push_back(Assignment{g.name, t.node, t.seq, self_});
   const char* kind = why == Why::kStart ? "start" : why == Why::kFailure ? "failover" : "performance move";
-  std::string text = "group " + g.name + " -> " + node_str(t.node) + " (" + kind + ", assignment " +
-                     std::to_string(t.seq) + "): " + reason;
+  const bool standby = std::find(g.standby.begin(), g.standby.end(), t.node) != g.standby.end();
+  std::string text = "group " + g.name + " -> " + node_str(t.node) + (standby ? " (hot standby" : " (") +
+                     (standby ? ", " : "") + kind + ", assignment " + std::to_string(t.seq) + "): " + reason;
   if (!c.rejected.empty()) text += "; passed over: " + c.to_string();
   out.events.push_back(std::move(text));
 }

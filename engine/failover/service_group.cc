@@ -37,6 +37,8 @@ uint64_t groups_hash(const std::vector<ServiceGroup>& groups) {
       add(std::to_string(v));
     for (const auto& t : g.tags) add(t);
     for (uint16_t h : g.home) add(std::to_string(h));
+    add("standby");
+    for (uint16_t n : g.standby) add(std::to_string(n));
     text += ';';
   }
   uint64_t h = 0xcbf29ce484222325ull;

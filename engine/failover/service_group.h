@@ -36,6 +36,10 @@ struct ServiceGroup {
   uint64_t min_memory_mib = 0;
   std::vector<std::string> tags;      ///< a node must carry every one
   std::vector<uint16_t> home;         ///< where it starts first, in order (default: any eligible node)
+  /// Hot standbys (S16): nodes that keep the group's segments ready in
+  /// memory; a failover goes to an idle eligible one first (its load takes
+  /// that memory over: no fetch).
+  std::vector<uint16_t> standby;
   uint32_t start_timeout_ms = 15000;  ///< from assignment to running, else the next node
 };
 

@@ -4,6 +4,8 @@
 // Thread: any session thread; reads the engine's and the server's state
 // under their own locks.
 
+#include <algorithm>
+
 #include <nlohmann/json.hpp>
 
 #include "baton/baton.h"
@@ -85,7 +87,9 @@ nlohmann::json Server::status_json(size_t limit) const {
       seg["replicas"].push_back({{"node", node},
                                  {"generation", gen},
                                  {"lag", st->generation - std::min(gen, st->generation)},
-                                 {"alive", alive(node)}});
+                                 {"alive", alive(node)},
+                                 {"standby", std::find(st->standbys.begin(), st->standbys.end(), node) !=
+                                                 st->standbys.end()}});
     const size_t more = to_text(seg).size() + 1;
     if (size + more + 64 > limit) {
       ++omitted;
@@ -95,6 +99,25 @@ nlohmann::json Server::status_json(size_t limit) const {
     out["segments"].push_back(std::move(seg));
   }
   out["segments_omitted"] = omitted;
+  // Hot standbys kept here (S16): how far each ready copy is behind the
+  // newest generation this node holds of it.
+  out["standbys"] = json::array();
+  if (auto held_here = engine_.replicas())
+    for (const auto& r : *held_here) {
+      if (!r.standby) continue;
+      const uint64_t newest = r.generations.empty() ? 0 : r.generations.front();
+      json sb = {{"name", r.name},
+                 {"owner", r.owner},
+                 {"epoch", r.epoch},
+                 {"newest", newest},
+                 {"ready", r.standby_generation},
+                 {"lag", newest - std::min(newest, r.standby_generation)},
+                 {"behind_bytes", r.standby_behind_bytes}};
+      const size_t more = to_text(sb).size() + 1;
+      if (size + more + 64 > limit) break;
+      size += more;
+      out["standbys"].push_back(std::move(sb));
+    }
   return out;
 }
 

@@ -20,6 +20,12 @@ Result<std::unique_ptr<ReplicaStore>> ReplicaStore::create(const Origin& first, 
     slot.mem = std::move(*mem);
     slot.delta_chunks.reserve(kDeltaReserve);
   }
+  if (first.hot) {
+    auto mem = LocalStorage::create(store->name_, first.size, numa_node, first.hot_pages);
+    if (!mem) return tl::unexpected(mem.error());
+    store->hot_ = std::make_unique<Hot>();
+    store->hot_->mem = std::move(*mem);
+  }
   // Deltas of up to this many chunks are tracked without allocating on
   // the worker (more grow these once).
   store->shadow_delta_.reserve(kDeltaReserve);
@@ -161,6 +167,70 @@ void ReplicaStore::publish() noexcept {
   last_published_ = s.generation;
   shadow_ = -1;
   assembler_.stop();
+  hot_published(s);
+}
+
+// --- hot standby ---------------------------------------------------------------
+
+void ReplicaStore::hot_published(const Slot& s) noexcept {
+  if (hot_ == nullptr) return;
+  Hot& h = *hot_;
+  const uint32_t chunks = wire::chunk_count_for(size_, s.chunk_size);
+  // A delta of the generation the copy follows changes only its chunks;
+  // anything else may change every chunk.
+  if (s.delta_of != 0 && s.delta_of == h.follows && s.epoch == h.follows_epoch && s.chunk_size == h.chunk_size &&
+      h.stale.count() == chunks) {
+    for (uint32_t c : s.delta_chunks) h.stale_count += h.stale.set(c);
+  } else {
+    h.stale.reset(chunks);
+    h.stale.set_all();
+    h.stale_count = chunks;
+    h.chunk_size = s.chunk_size;
+    h.next = 0;
+  }
+  h.follows = s.generation;
+  h.follows_epoch = s.epoch;
+  if (h.stale_count == 0) h.equals = s.generation;
+}
+
+bool ReplicaStore::advance_hot(uint64_t budget) noexcept {
+  if (hot_ == nullptr) return false;
+  Hot& h = *hot_;
+  if (h.stale_count == 0) return true;
+  const Slot* from = latest();  // the generation the copy follows
+  if (from == nullptr || from->generation != h.follows) return false;
+  uint64_t copied = 0;
+  for (uint32_t c = h.stale.next_set(h.next); h.stale_count != 0 && copied < std::max<uint64_t>(budget, 1);) {
+    if (c >= h.stale.count()) c = h.stale.next_set(0);  // wrapped: what was marked behind the cursor
+    const uint64_t off = uint64_t{c} * h.chunk_size;
+    const uint32_t len = wire::chunk_len(size_, h.chunk_size, c);
+    std::memcpy(h.mem.data() + off, from->mem.data() + off, len);
+    h.stale.clear(c);
+    --h.stale_count;
+    copied += len;
+    h.next = c + 1;
+    c = h.stale.next_set(h.next);
+  }
+  if (h.stale_count != 0) return false;
+  h.equals = h.follows;
+  h.next = 0;
+  return true;
+}
+
+ReplicaStore::HotStatus ReplicaStore::hot_status() const noexcept {
+  if (hot_ == nullptr) return {};
+  return HotStatus{true, hot_->equals, uint64_t{hot_->stale_count} * hot_->chunk_size};
+}
+
+std::optional<LocalStorage> ReplicaStore::take_hot(uint64_t generation, uint64_t epoch) noexcept {
+  const Slot* l = latest();
+  if (hot_ == nullptr || l == nullptr || l->generation != generation || l->epoch != epoch ||
+      hot_->follows != generation || hot_->follows_epoch != epoch)
+    return std::nullopt;
+  if (!advance_hot(size_)) return std::nullopt;
+  std::optional<LocalStorage> out(std::move(hot_->mem));
+  hot_.reset();
+  return out;
 }
 
 void ReplicaStore::fill_ack(wire::Frame& ack) const noexcept {

@@ -41,13 +41,17 @@ class ReplicaStore {
     std::vector<uint32_t> delta_chunks;
   };
 
-  /// What a store is made from: the first frame of its segment.
+  /// What a store is made from: the first frame of its segment, and
+  /// whether this node is one of its hot standbys.
   struct Origin {
     std::string name;
     uint64_t id = 0;
     uint64_t size = 0;
     uint64_t epoch = 0;
     uint16_t owner = 0;
+    /// Keep a hot copy (below) too, on pages of this kind.
+    bool hot = false;
+    LocalStorage::Pages hot_pages = LocalStorage::Pages::kAny;
     static Origin of(const wire::Frame& first) {
       return Origin{std::string(first.name), first.seg_id, first.total_len, first.epoch, first.src};
     }
@@ -55,7 +59,7 @@ class ReplicaStore {
 
   /// Creates a store for `first`'s segment (size and name from the frame),
   /// allocating 2 + retain slots: up to (2 + retain) x the segment size,
-  /// faulted in. Thread: any (the slot allocator's, or the worker in a
+  /// faulted in, and one more for a hot standby. Thread: any (the slot allocator's, or the worker in a
   /// simulation).
   static Result<std::unique_ptr<ReplicaStore>> create(const Origin& first, uint32_t retain, int numa_node);
   static Result<std::unique_ptr<ReplicaStore>> create(const wire::Frame& first, uint32_t retain, int numa_node) {
@@ -97,6 +101,34 @@ class ReplicaStore {
       if (writer_pins_[i].load() != 0) return true;
     return false;
   }
+
+  // --- Hot standby (S16) ---------------------------------------------------
+  // A hot standby keeps, beside its slots, a copy of the latest published
+  // generation as the application's memory: a takeover on this node hands
+  // that memory over (Engine's load) instead of allocating, faulting and
+  // copying the segment. The copy follows the latest slot: each publish
+  // marks the chunks that changed (a delta's, or all), and advance_hot()
+  // copies them from the slot, a bounded slice per call, so the worker's
+  // poll stays short. The latest slot is never a shadow, so it holds still
+  // while it is copied. Thread: worker.
+
+  /// What the hot copy holds.
+  struct HotStatus {
+    bool on = false;           ///< this store keeps one
+    uint64_t generation = 0;   ///< the generation it equals (0: none yet)
+    uint64_t behind_bytes = 0; ///< still to copy from the latest published generation
+  };
+  HotStatus hot_status() const noexcept;
+  /// Whether the hot copy lags the latest published generation.
+  bool hot_behind() const noexcept { return hot_ != nullptr && hot_->stale_count != 0; }
+  /// Copies up to `budget` bytes (at least one chunk) of what the hot copy
+  /// lacks; returns whether it is current now.
+  bool advance_hot(uint64_t budget) noexcept;
+  /// Hands the hot copy over if the latest published generation is
+  /// `generation` of owner epoch `epoch`, bringing it current first (the
+  /// caller is loading it and waits anyway). The store keeps no hot copy
+  /// after that.
+  std::optional<LocalStorage> take_hot(uint64_t generation, uint64_t epoch) noexcept;
 
   const std::string& name() const noexcept { return name_; }
   uint64_t id() const noexcept { return id_; }
@@ -142,6 +174,22 @@ class ReplicaStore {
   int prepare_from_ = -1;
   std::vector<uint32_t> shadow_delta_;  ///< the chunks of the delta being built
   std::vector<uint32_t> hops_;          ///< scratch: the chunks a shadow copies from the base
+
+  /// The hot copy: chunks in `stale` may differ from the latest published
+  /// slot (generation `follows`); the rest equal it. `equals`: the last
+  /// generation it was wholly a copy of.
+  struct Hot {
+    LocalStorage mem;
+    ChunkBitmap stale;
+    uint32_t stale_count = 0;
+    uint32_t chunk_size = 0;
+    uint64_t follows = 0;
+    uint64_t follows_epoch = 0;
+    uint64_t equals = 0;
+    uint32_t next = 0;  ///< where advance_hot() looks first
+  };
+  std::unique_ptr<Hot> hot_;
+  void hot_published(const Slot& s) noexcept;
 
   Accept begin_delta(wire::Frame& f) noexcept;
   void publish() noexcept;

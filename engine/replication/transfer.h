@@ -31,12 +31,21 @@ class ChunkBitmap {
     words_[i >> 6] |= bit;
     return was_clear;
   }
+  /// Clears bit i; returns true if it was set.
+  bool clear(uint32_t i) noexcept {
+    uint64_t bit = uint64_t{1} << (i & 63);
+    bool was_set = (words_[i >> 6] & bit) != 0;
+    words_[i >> 6] &= ~bit;
+    return was_set;
+  }
   /// Sets bits [first, last] (last < count()).
   void set_range(uint32_t first, uint32_t last) noexcept;
   void set_all() noexcept { set_range(0, count_ - 1); }
   void clear_all() noexcept { std::fill(words_.begin(), words_.end(), 0); }
   /// How many bits are set.
   uint32_t popcount() const noexcept;
+  /// First set index at or after `from` (count() if none).
+  uint32_t next_set(uint32_t from) const noexcept;
   /// First clear index at or after `from` (count() if none).
   uint32_t next_clear(uint32_t from) const noexcept;
   uint32_t count() const noexcept { return count_; }

@@ -93,6 +93,19 @@ struct EngineConfig {
   /// memory to another process, every chunk is copied. A commit that
   /// finds most of the segment written stops tracking for a few commits.
   bool track_writes = true;
+  /// Hot standbys (S16): per segment name, the nodes that keep a current,
+  /// ready-to-run copy of it. Give every node of a cluster the same list.
+  /// An owner places the segment's replicas on its live standby nodes
+  /// first (and moves one there when a standby node comes up); a standby
+  /// node keeps, beside its replica slots, the latest generation as
+  /// application memory, brought up to date after every generation (only
+  /// the chunks a delta changed), so that a load there takes that memory
+  /// over: no fetch, no allocation, no copy.
+  struct Standby {
+    std::string segment;
+    std::vector<uint16_t> nodes;
+  };
+  std::vector<Standby> standbys;
   /// Set only by a simulation (see SimulationHooks); null in production.
   std::shared_ptr<const SimulationHooks> simulation;
 };
@@ -180,6 +193,7 @@ struct SegmentStatus {
   uint64_t durable = 0;  ///< newest generation a majority of the replica set holds (kDurable)
   uint64_t durable_age_us = 0;  ///< since `durable` reached its value (0 while nothing is durable)
   bool writes_tracked = false;  ///< commits copy only the chunks written since (EngineConfig::track_writes)
+  std::vector<uint16_t> standbys;  ///< its hot standby nodes (EngineConfig::standbys)
 };
 
 struct ReplicaStatus {
@@ -188,6 +202,11 @@ struct ReplicaStatus {
   uint16_t owner = 0;
   uint64_t epoch = 0;
   std::vector<uint64_t> generations;  ///< newest first
+  /// A hot standby (EngineConfig::standbys): the generation its ready copy
+  /// equals, and the bytes it still has to copy to equal the newest one.
+  bool standby = false;
+  uint64_t standby_generation = 0;
+  uint64_t standby_behind_bytes = 0;
 };
 
 /// A node's record of a segment's replica set (docs/architecture.md,
@@ -227,6 +246,7 @@ struct EngineStats {
   uint64_t deltas_published = 0;   ///< generations this node's replica stores built from a delta
   uint64_t notes_rx = 0;           ///< daemon notes received (Engine::take_notes)
   uint64_t notes_dropped = 0;      ///< received while the inbox was full: lost
+  uint64_t standby_promotions = 0; ///< loads that took over this node's hot standby copy (no fetch, no copy)
 };
 
 /// A note from another node's daemon (Engine::send_note).
@@ -313,6 +333,9 @@ class Engine {
   Result<SegmentStatus> status(Segment* segment) const;
   /// What this node holds as a replica of `name`. kNotFound if nothing.
   Result<ReplicaStatus> replica_status(std::string_view name) const;
+  /// Everything this node holds as a replica, by name (hot standbys among
+  /// them).
+  Result<std::vector<ReplicaStatus>> replicas() const;
   /// This node's record of `name`'s replica set. kNotFound if it has none.
   Result<RecordStatus> record(std::string_view name) const;
   /// Copies a replica generation this node holds (0: latest) into a vector.

@@ -30,25 +30,26 @@ void Stats::add(const Stats& o) {
   past_tolerance += o.past_tolerance;
   partial_snapshots += o.partial_snapshots;
   delta_generations += o.delta_generations;
+  standby_promotions += o.standby_promotions;
   records_lost += o.records_lost;
   deletes += o.deletes;
   failed_deletes += o.failed_deletes;
 }
 
 std::string Stats::to_string() const {
-  char b[512];
+  char b[640];
   std::snprintf(b, sizeof b,
                 "seeds=%lu steps=%lu commits=%lu durable_acks=%lu restores=%lu fresh_starts=%lu kills=%lu "
                 "restarts=%lu partitions=%lu stalls=%lu failed_opens=%lu lost_with_every_copy=%lu "
                 "acks_in_detection_window=%lu past_tolerance=%lu records_lost=%lu deletes=%lu failed_deletes=%lu "
-                "partial_snapshots=%lu delta_generations=%lu",
+                "partial_snapshots=%lu delta_generations=%lu standby_promotions=%lu",
                 (unsigned long)seeds, (unsigned long)steps, (unsigned long)commits, (unsigned long)durable_acks,
                 (unsigned long)restores, (unsigned long)fresh_starts, (unsigned long)kills, (unsigned long)restarts,
                 (unsigned long)partitions, (unsigned long)stalls, (unsigned long)failed_opens,
                 (unsigned long)lost_with_every_copy, (unsigned long)acks_in_detection_window,
                 (unsigned long)past_tolerance, (unsigned long)records_lost, (unsigned long)deletes,
                 (unsigned long)failed_deletes, (unsigned long)partial_snapshots,
-                (unsigned long)delta_generations);
+                (unsigned long)delta_generations, (unsigned long)standby_promotions);
   return b;
 }
 
@@ -98,6 +99,16 @@ class World {
  public:
   World(uint64_t seed, const Options& o) : o_(o), rng_(seed) {
     hooks_ = std::make_shared<SimulationHooks>();
+    // Hot standbys (S16) on some seeds: segment i's standby is a node
+    // picked from the seed (its own generator: the schedule stays the
+    // seed's), so that agent loads there take the ready copy over.
+    if (o.standbys) {
+      std::mt19937_64 pick(seed ^ 0x9e3779b97f4a7c15ull);
+      for (int i = 0; i < o.segments; ++i)
+        if (pick() % 2 == 0)
+          standbys_.push_back(EngineConfig::Standby{"seg" + std::to_string(i),
+                                                    {static_cast<uint16_t>(1 + pick() % o.nodes)}});
+    }
     hooks_->now = [this] { return now_; };
     hooks_->step = [this] { step(); };
     engines_.resize(o.nodes);
@@ -133,7 +144,7 @@ class World {
           for (const auto& e : engine(n)->events()) schedule_ += "  events of node " + std::to_string(n) + ": " + e.text + "\n";
     }
     for (int n = 1; n <= o_.nodes; ++n)
-      if (alive(n)) stats_.delta_generations += engine(n)->stats().deltas_published;
+      if (alive(n)) count_stats(*engine(n));
     stats_.seeds = 1;
     out.stats = stats_;
     out.schedule = schedule_;
@@ -156,7 +167,14 @@ class World {
     c.failure_timeout_us = 10'000;
     c.expected_votes = static_cast<uint32_t>(o_.nodes);
     c.simulation = hooks_;
+    c.standbys = standbys_;
     return c;
+  }
+
+  void count_stats(const Engine& e) {
+    const EngineStats st = e.stats();
+    stats_.delta_generations += st.deltas_published;
+    stats_.standby_promotions += st.standby_promotions;
   }
 
   void start(int n, std::vector<std::unique_ptr<Link>> links) {
@@ -280,7 +298,7 @@ class World {
   }
 
   void kill(int n, const std::string& when) {
-    if (engines_[n - 1] != nullptr) stats_.delta_generations += engines_[n - 1]->stats().deltas_published;
+    if (engines_[n - 1] != nullptr) count_stats(*engines_[n - 1]);
     engines_[n - 1].reset();
     killed_at_[n - 1] = now_;
     held_[n - 1].clear();
@@ -859,6 +877,7 @@ class World {
 
   Options o_;
   std::mt19937_64 rng_;
+  std::vector<EngineConfig::Standby> standbys_;
   uint64_t now_ = 1'000'000'000;
   std::shared_ptr<SimulationHooks> hooks_;
   std::vector<std::unique_ptr<Engine>> engines_;  ///< engines_[n-1] is node n; null while dead

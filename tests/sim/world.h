@@ -37,6 +37,7 @@ struct Options {
   int actions = 60;       ///< scheduler decisions per seed
   bool faults_in_calls = true;  ///< kills, stalls and partitions also strike while a call waits
   bool print = false;     ///< print the schedule as it runs
+  bool standbys = true;   ///< give some segments a hot standby node (picked from the seed)
 };
 
 struct Stats {
@@ -44,7 +45,8 @@ struct Stats {
            restarts = 0, partitions = 0, stalls = 0, failed_opens = 0, lost_with_every_copy = 0,
            acks_in_detection_window = 0, past_tolerance = 0, records_lost = 0, deletes = 0, failed_deletes = 0,
            partial_snapshots = 0,  ///< commits that copied only the chunks written since (write tracking)
-           delta_generations = 0;  ///< generations replicas built from a delta (only what changed travelled)
+           delta_generations = 0,  ///< generations replicas built from a delta (only what changed travelled)
+           standby_promotions = 0;  ///< loads that took a hot standby's ready copy over
   void add(const Stats& o);
   std::string to_string() const;
 };

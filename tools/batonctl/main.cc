@@ -112,7 +112,8 @@ int status(const std::string& socket, bool as_json, bool segments_only) {
       if (rep.value("node", 0) == 0) reps += "(empty)  ";  // no live peer to hold it yet
       else
         reps += std::to_string(rep.value("node", 0)) + ":" + std::to_string(rep.value("generation", 0ull)) + " (" +
-                std::to_string(rep.value("lag", 0ull)) + ")" + (dead ? " DEAD" : "") + "  ";
+                std::to_string(rep.value("lag", 0ull)) + ")" + (rep.value("standby", false) ? " standby" : "") +
+                (dead ? " DEAD" : "") + "  ";
     }
     if (reps.empty() || under) reps += "UNDER-REPLICATED";
     std::printf("%-20s %12llu %10llu %8llu %6llu %-5s %s%s\n", seg.value("name", "").c_str(),
@@ -122,6 +123,15 @@ int status(const std::string& socket, bool as_json, bool segments_only) {
   }
   if (j.value("segments_omitted", 0) != 0)
     std::printf("(%d more segments: the reply has no room for them)\n", j.value("segments_omitted", 0));
+  const json standbys = j.value("standbys", json::array());
+  if (!segments_only && !standbys.empty()) {
+    std::printf("\n%-20s %6s %6s %10s %10s %6s %12s\n", "HOT STANDBY OF", "OWNER", "EPOCH", "NEWEST", "READY", "LAG",
+                "BEHIND BYTES");
+    for (const auto& sb : standbys)
+      std::printf("%-20s %6d %6llu %10llu %10llu %6llu %12llu\n", sb.value("name", "").c_str(), sb.value("owner", 0),
+                  sb.value("epoch", 0ull), sb.value("newest", 0ull), sb.value("ready", 0ull), sb.value("lag", 0ull),
+                  sb.value("behind_bytes", 0ull));
+  }
   return 0;
 }
 

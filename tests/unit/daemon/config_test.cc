@@ -159,6 +159,7 @@ probe = "kv-ping"
 provision = "prep"
 alert = "page-someone"
 home = [1, 2]
+standby = [3]
 priority = 7
 min_cores = 2
 min_memory_mib = 512
@@ -193,6 +194,27 @@ slow_above = 12.5
   EXPECT_EQ(c->groups[1].metric, "queue_ms");
   EXPECT_DOUBLE_EQ(c->groups[1].slow_above, 12.5);
   EXPECT_EQ(c->groups[1].failover_on, failover::ServiceGroup::On::kEither);
+  // A group's standbys keep each of its segments ready.
+  EXPECT_EQ(g.standby, std::vector<uint16_t>{3});
+  ASSERT_EQ(c->engine.standbys.size(), 2u);
+  EXPECT_EQ(c->engine.standbys[0].segment, "kv");
+  EXPECT_EQ(c->engine.standbys[1].segment, "kv-index");
+  EXPECT_EQ(c->engine.standbys[1].nodes, std::vector<uint16_t>{3});
+}
+
+TEST(DaemonConfig, StandbyTablesNameOtherSegments) {
+  auto c = parse_daemon_config(R"([node]
+id = 1
+[client]
+socket = "/tmp/b.sock"
+[[standby]]
+segment = "orders"
+nodes = [2, 3]
+)", "standby.toml");
+  ASSERT_TRUE(c) << c.error().message;
+  ASSERT_EQ(c->engine.standbys.size(), 1u);
+  EXPECT_EQ(c->engine.standbys[0].segment, "orders");
+  EXPECT_EQ(c->engine.standbys[0].nodes, (std::vector<uint16_t>{2, 3}));
 }
 
 struct Bad {
@@ -257,6 +279,14 @@ INSTANTIATE_TEST_SUITE_P(
         Bad{NODE_AND("[[group]]\nname = \"a\"\nstart = \"x\"\nsegments = [\"no good\"]\n"),
             "group[0].segments: \"no good\" is not a segment name"},
         Bad{NODE_AND("[[group]]\nname = \"a\"\nstart = \"x\"\nsurprise = 1\n"), "group[0].surprise: unknown key"},
+        Bad{NODE_AND("[[group]]\nname = \"a\"\nstart = \"x\"\nstandby = [2]\n"), "group[0].standby: needs segments"},
+        Bad{NODE_AND("[[group]]\nname = \"a\"\nstart = \"x\"\nsegments = [\"s\"]\nstandby = [2, 2]\n"),
+            "group[0].standby: names node 2 twice"},
+        Bad{NODE_AND("[[standby]]\nnodes = [2]\n"), "standby[0].segment: is required"},
+        Bad{NODE_AND("[[standby]]\nsegment = \"s\"\n"), "standby[0].nodes: 1..4 node ids"},
+        Bad{NODE_AND("[[standby]]\nsegment = \"s\"\nnodes = [70000]\n"), "standby[0].nodes: must be an array of node ids"},
+        Bad{NODE_AND("[[standby]]\nsegment = \"s\"\nnodes = [2]\n[[standby]]\nsegment = \"s\"\nnodes = [3]\n"),
+            "standby[1].segment: \"s\" has standbys already"},
         Bad{NODE_AND("[surprise]\nx = 1\n"), "surprise: unknown key"}));
 
 TEST(DaemonConfig, UnreadableFile) {

@@ -111,6 +111,15 @@ TEST(Choose, StartsAtHomeAndFailsOverToTheSparePool) {
       << "a first start prefers nodes outside the pool";
   EXPECT_EQ(choose(g, Why::kFailure, w.members, w.reports, w.groups, w.hash, {}, std::nullopt, {}).node, 1)
       << "a failover takes a spare first";
+  // A hot standby (its state is ready) before the spare pool, spare or not;
+  // busy, it is passed over like any node.
+  g.standby = {3};
+  World ws({g});
+  ws.node(1, 2, 4096, true);
+  ws.node(3);
+  ws.node(4, 2, 4096, true);
+  EXPECT_EQ(choose(g, Why::kFailure, ws.members, ws.reports, ws.groups, ws.hash, {}, std::nullopt, {}).node, 3);
+  EXPECT_EQ(choose(g, Why::kFailure, ws.members, ws.reports, ws.groups, ws.hash, {3}, std::nullopt, {}).node, 1);
 }
 
 TEST(Choose, APerformanceMoveNeedsBetterCapabilities) {

@@ -417,6 +417,79 @@ TEST(Delta, AStoreBuildsAGenerationFromItsBaseAndRefusesAnotherBase) {
   EXPECT_EQ(store->latest()->generation, 3u);
 }
 
+// A hot standby's copy (S16) follows 300 generations, deltas and whole
+// ones mixed, advanced by random slices (sometimes not at all before the
+// next generation): whenever it says it is current it equals the newest
+// generation byte for byte, and taking it over hands exactly that.
+TEST(HotStandby, TheReadyCopyFollowsEveryGenerationAndIsHandedOverExact) {
+  constexpr uint32_t kCs = 1024, kChunks = 40;
+  std::mt19937 rng(7);
+  Source cur(kChunks * kCs, kCs, 1);
+  ReplicaStore::Origin origin = ReplicaStore::Origin::of(cur.frame(1, 0));
+  origin.hot = true;
+  auto store = std::move(*ReplicaStore::create(origin, 1, -1));
+  EXPECT_TRUE(store->hot_status().on);
+  EXPECT_EQ(store->hot_status().generation, 0u);
+  for (uint32_t i = 0; i < kChunks; ++i) store->accept(*std::make_unique<wire::Frame>(cur.frame(1, i)));
+  ASSERT_EQ(store->latest()->generation, 1u);
+  EXPECT_TRUE(store->hot_behind());
+  EXPECT_EQ(store->hot_status().behind_bytes, uint64_t{kChunks} * kCs);
+  uint32_t deltas = 0;
+  for (uint64_t gen = 2; gen <= 300; ++gen) {
+    // Advance by a random slice (0: not at all) before the next generation.
+    if (const uint64_t budget = rng() % 4 * 5 * kCs; budget != 0) store->advance_hot(budget);
+    Source next = cur;
+    std::vector<uint32_t> changed;
+    for (uint32_t k = rng() % 4 + 1; k > 0; --k) changed.push_back(rng() % kChunks);
+    std::sort(changed.begin(), changed.end());
+    changed.erase(std::unique(changed.begin(), changed.end()), changed.end());
+    for (uint32_t c : changed) {
+      for (uint32_t i = 0; i < kCs; ++i) next.data[c * kCs + i] = std::byte(static_cast<uint8_t>(rng()));
+      next.crcs[c] = crc32c(next.data.data() + uint64_t{c} * kCs, kCs);
+    }
+    next.gen_crc = wire::generation_crc(next.crcs);
+    if (rng() % 5 != 0) {  // a delta of the previous generation
+      for (uint32_t pos = 0; pos < changed.size(); ++pos) {
+        wire::Frame f = delta_frame(next, gen, gen - 1, pos, changed[pos], static_cast<uint32_t>(changed.size()));
+        store->accept(f);
+      }
+      ++deltas;
+    } else {  // whole
+      for (uint32_t i = 0; i < kChunks; ++i) store->accept(*std::make_unique<wire::Frame>(next.frame(gen, i)));
+    }
+    ASSERT_EQ(store->latest()->generation, gen);
+    cur = next;
+    if (rng() % 3 == 0) {
+      while (!store->advance_hot(rng() % 3 * kCs)) {
+      }
+      const auto st = store->hot_status();
+      ASSERT_EQ(st.generation, gen);
+      ASSERT_EQ(st.behind_bytes, 0u);
+    }
+  }
+  EXPECT_GT(deltas, 150u);
+  // The wrong generation or epoch is not handed over; the right one is,
+  // brought current first, and the store keeps no copy after.
+  EXPECT_FALSE(store->take_hot(299, 1).has_value());
+  EXPECT_FALSE(store->take_hot(300, 2).has_value());
+  auto mem = store->take_hot(300, 1);
+  ASSERT_TRUE(mem.has_value());
+  ASSERT_EQ(mem->size(), cur.data.size());
+  EXPECT_TRUE(std::equal(cur.data.begin(), cur.data.end(), mem->data()));
+  EXPECT_FALSE(store->hot_status().on);
+  EXPECT_FALSE(store->take_hot(300, 1).has_value());
+}
+
+// A store that is not a standby keeps no copy and hands none over.
+TEST(HotStandby, AnOrdinaryReplicaKeepsNoCopy) {
+  Source s(4 * 1024, 1024, 2);
+  auto store = std::move(*ReplicaStore::create(s.frame(1, 0), 0, -1));
+  for (uint32_t i = 0; i < 4; ++i) store->accept(*std::make_unique<wire::Frame>(s.frame(1, i)));
+  EXPECT_FALSE(store->hot_status().on);
+  EXPECT_FALSE(store->hot_behind());
+  EXPECT_FALSE(store->take_hot(1, 1).has_value());
+}
+
 TEST(Delta, TheSenderSendsOnlyTheDeltaAndIgnoresAcksOfTheOtherKind) {
   Source s(16 * 1024, 1024, 4);
   const std::vector<uint32_t> chunks = {2, 5, 11};
