@@ -159,6 +159,24 @@ Result<void> Engine::Impl::snapshot(Segment& seg, uint64_t generation, const Com
   return {};
 }
 
+void Engine::Impl::post_ready_stage(Segment& seg, Stage& stage, uint64_t generation) {
+  // What snapshot() does, but the copy and the checksums are done: the
+  // stage is the replica slot this node held the generation in.
+  mark_written(seg, {});
+  acquire_token();
+  stage.generation = generation;
+  stage.delta.clear();
+  stage.delta_base = 0;  // a new owner epoch: every replica gets it whole
+  seg.written_chunks.clear_all();
+  seg.written_unknown = false;
+  seg.committed.store(generation);
+  stage.ready.store(wire::chunk_count_for(seg.size, seg.chunk_size), std::memory_order_release);
+  stage.state.store(Stage::kPosted, std::memory_order_release);
+  start_replication(seg, stage, clock_ns());
+  release_token();
+  stage.stale.clear_all();
+}
+
 Result<void> Engine::wait_replicated(Segment* segment, uint64_t generation, uint32_t k,
                                      std::chrono::milliseconds timeout) {
   Segment* seg = nullptr;

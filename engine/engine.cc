@@ -286,7 +286,7 @@ Result<Segment*> Engine::Impl::add_segment(std::unique_ptr<Segment> seg, const s
 
 Result<Segment*> Engine::Impl::make_segment(std::string_view name, uint64_t size, LocalStorage* restored,
                                             uint64_t epoch, uint64_t generation, std::vector<uint16_t> preferred,
-                                            std::vector<uint16_t> stale) {
+                                            std::vector<uint16_t> stale, ReplicaStore::Promotion* promoted) {
   auto seg = std::make_unique<Segment>();
   seg->release_to = std::move(stale);
   for (uint16_t n : preferred) seg->release_to.push_back(n);  // those kept are members: not released
@@ -304,13 +304,36 @@ Result<Segment*> Engine::Impl::make_segment(std::string_view name, uint64_t size
     seg->mem = std::move(*mem);
   }
   const uint32_t chunks = wire::chunk_count_for(size, seg->chunk_size);
-  for (auto& stage : seg->stages) {
-    auto mem = LocalStorage::create(seg->name + "@stage", size, config.numa_node);
-    if (!mem) return tl::unexpected(mem.error());
-    stage.mem = std::move(*mem);
-    stage.chunk_crcs.resize(chunks);
+  // A promoted standby's latest slot is the first stage as it is when its
+  // chunks are this node's chunks; any other slot memory it brought is
+  // reused for a stage's copy.
+  bool ready_stage = false;
+  std::vector<LocalStorage*> reuse;
+  if (promoted != nullptr) {
+    ready_stage = promoted->stage.data() != nullptr && promoted->stage.size() == size &&
+                  promoted->chunk_size == seg->chunk_size && promoted->chunk_crcs.size() == chunks;
+    for (LocalStorage* m : {&promoted->stage, &promoted->spare})
+      if (m->data() != nullptr && m->size() == size && !(ready_stage && m == &promoted->stage)) reuse.push_back(m);
+  }
+  for (size_t i = 0; i < seg->stages.size(); ++i) {
+    Stage& stage = seg->stages[i];
     stage.stale.reset(static_cast<uint32_t>((size + Stage::kStalePage - 1) / Stage::kStalePage));
     stage.stale.set_all();
+    if (i == 0 && ready_stage) {
+      stage.mem = std::move(promoted->stage);
+      stage.chunk_crcs = std::move(promoted->chunk_crcs);
+      stage.gen_crc = promoted->gen_crc;
+      stage.stale.clear_all();  // it holds what the application's memory holds
+    } else if (!reuse.empty()) {
+      stage.mem = std::move(*reuse.back());
+      reuse.pop_back();
+      stage.chunk_crcs.resize(chunks);
+    } else {
+      auto mem = LocalStorage::create(seg->name + "@stage", size, config.numa_node);
+      if (!mem) return tl::unexpected(mem.error());
+      stage.mem = std::move(*mem);
+      stage.chunk_crcs.resize(chunks);
+    }
     stage.delta.reserve(std::min<uint32_t>(chunks, 256));  // no allocation per commit
   }
   seg->written_chunks.reset(chunks);
@@ -327,6 +350,10 @@ Result<Segment*> Engine::Impl::make_segment(std::string_view name, uint64_t size
   // The restored generation goes to the new replica set as it is (same
   // number, new epoch): the set is recorded once a majority holds it.
   std::lock_guard lock((*added)->mu);
+  if (ready_stage) {
+    post_ready_stage(**added, (*added)->stages[0], generation);
+    return added;
+  }
   if (auto ok = snapshot(**added, generation, {}); !ok) return tl::unexpected(ok.error());
   return added;
 }

@@ -347,9 +347,16 @@ struct Engine::Impl {
   /// members are kept as replicas. A restored segment's generation is
   /// replicated to the new set at once, and the set recorded. `stale`:
   /// nodes holding older copies, told to drop them once it is (Segment::release_to).
+  /// `promoted`: a hot standby's memory (ReplicaStore::promote): the
+  /// application's memory, and the slots that become the stages (the
+  /// first holds `generation` already: it is replicated as it is).
   Result<Segment*> make_segment(std::string_view name, uint64_t size, LocalStorage* restored, uint64_t epoch,
                                 uint64_t generation, std::vector<uint16_t> preferred = {},
-                                std::vector<uint16_t> stale = {});
+                                std::vector<uint16_t> stale = {}, ReplicaStore::Promotion* promoted = nullptr);
+  /// Replicates `stage`, which holds `generation` with its checksums
+  /// already (a promoted standby's slot), as the segment's snapshot of it.
+  /// The caller holds seg.mu. Thread: control.
+  void post_ready_stage(Segment& seg, Stage& stage, uint64_t generation);
   /// Snapshots `seg` as `generation` and starts replicating it; the caller
   /// holds seg.mu. Thread: control.
   Result<void> snapshot(Segment& seg, uint64_t generation, const CommitOptions& options);

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Failover time of a service group (issue #12), split into its phases.
 
-    python3 bench/failover/failover_bench.py [--build build] [--rounds 5] [--sizes-kib 256,65536]
+    python3 bench/failover/failover_bench.py [--build build] [--rounds 5] [--sizes-kib 256,65536] [--standby]
 
 A 4-blade chassis (memif) runs group kv (baton-kv, committing a durable
 batch every 20 ms) with blades 3 and 4 as the spare pool. Each round
@@ -19,7 +19,9 @@ own event timestamps and the application's log:
 Baselines measured in the same run: spawning /bin/true and waiting for it
 (what any process start costs here), and reading a file of the segment's
 size (what getting the state back from a local disk's page cache costs).
-No hot standby exists yet (issue #10), so that column is absent.
+With --standby, blades 3 and 4 are also the group's hot standbys (S16):
+each keeps the segment's newest generation ready in memory, and the load
+on the one chosen takes that memory over instead of fetching it.
 """
 import argparse
 import json
@@ -104,6 +106,7 @@ start = "exec {kv} --socket $BATON_SOCKET --name kv --batches 1000000 --every-ms
 provision = "mkdir -p {work}/n$BATON_NODE"
 home = [1]
 start_timeout_ms = 20000
+{"standby = [3, 4]" if args.standby else ""}
 """)
     rows = []
     try:
@@ -112,7 +115,14 @@ start_timeout_ms = 20000
         for r in range(args.rounds):
             node = wait(lambda: where(batonctl, chassis), what="the group to run")
             pid = wait(lambda: kv_pid(chassis, node), what="the application's pid")
-            time.sleep(0.3)  # a few durable batches
+
+            def durable_here():
+                logs = sorted(f for f in os.listdir(work) if f.startswith(f"kv-{node}-"))
+                return logs and "durable" in open(f"{work}/{logs[-1]}").read()
+
+            # A failover restores what was durable: kill once there is some.
+            wait(durable_here, what="a durable batch")
+            time.sleep(0.3)  # a few more
             logs_before = set(os.listdir(work))
             t_kill = time.time()
             os.kill(pid, signal.SIGKILL)
@@ -130,7 +140,7 @@ start_timeout_ms = 20000
                         continue
                     if b == node and text.startswith("group kv failed here"):
                         ev.setdefault("detected", ts)
-                    if text.startswith(f"group kv -> node {target} (failover"):
+                    if re.match(rf"group kv -> node {target} \((hot standby, )?failover", text):
                         ev.setdefault("decided", ts)
                     if b == target and text.startswith("group kv: starting here"):
                         ev.setdefault("heard", ts)
@@ -163,6 +173,7 @@ def main():
     p.add_argument("--build", default="build")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--sizes-kib", default="256,65536")
+    p.add_argument("--standby", action="store_true", help="blades 3 and 4 keep hot standbys of the segment")
     args = p.parse_args()
     phases = ["detection", "decision", "dispatch", "provision", "load", "start", "total"]
     print("| segment | " + " | ".join(phases) + " | spawn /bin/true | read the state from /dev/shm | total / (spawn + read) |")
@@ -176,6 +187,8 @@ def main():
         med = {k: statistics.median(r[k] for r in rows) for k in phases}
         cells = " | ".join(f"{med[k]:.1f}" for k in phases)
         size = f"{kib // 1024} MiB" if kib >= 1024 else f"{kib} KiB"
+        if args.standby:
+            size += ", hot standby"
         print(f"| {size} ({len(rows)} rounds) | {cells} | {spawn:.2f} | {read:.2f} | {med['total'] / (spawn + read):.1f} |")
 
 

@@ -232,6 +232,13 @@ Result<OpenResult> Engine::Impl::load_from(const QueryOp& q, std::string_view na
       return load_from_global(name, max_epoch, deleted);
     if (deleted != 0)
       return fail(Errc::kNotFound, "segment ", name, " was deleted (at owner epoch ", std::to_string(deleted), ")");
+    // Its live owner holds the only copy: no replica has published a
+    // generation yet (the first is on its way). Not "nothing anywhere":
+    // an application started here would find that owner.
+    for (const auto& a : q.answers)
+      if (a.found && a.owner && a.epoch >= max_epoch && a.peer != config.node_id)
+        return fail(Errc::kUnavailable, "segment ", name, " is held only by its live owner, node ",
+                    std::to_string(a.peer), ": no replica holds a generation of it yet (try again)");
     return fail(Errc::kNotFound, "no live replica holds ", name);
   }
   // Members of the recorded set are asked too, whatever they answered.
@@ -340,15 +347,20 @@ Result<OpenResult> Engine::Impl::load_from(const QueryOp& q, std::string_view na
   for (const ClaimAnswer* a : sources) {
     uint64_t got = 0;
     bool promoted = false;
+    ReplicaStore::Promotion promotion;
     Result<LocalStorage> dest = fail(Errc::kInternal, "no copy");
     if (a->peer == config.node_id) {
       // A hot standby here (S16) hands over its ready copy of the newest
-      // generation: no allocation, no copy.
+      // generation, and its slots become the new owner's stages: no
+      // allocation, no copy. This node's copy as a replica ends there
+      // (the owner holds the generation now, in its first stage).
       auto took = call([&] {
         auto it = stores.find(q.id);
         if (it == stores.end() || it->second->size() != a->total_len) return;
-        if (auto hot = it->second->take_hot(a->generation, a->data_epoch)) {
-          dest = std::move(*hot);
+        if (auto p = it->second->promote(a->generation, a->data_epoch)) {
+          promotion = std::move(*p);
+          drop_store(q.id);
+          dest = std::move(promotion.app);
           got = a->generation;
           promoted = true;
         }
@@ -392,7 +404,7 @@ Result<OpenResult> Engine::Impl::load_from(const QueryOp& q, std::string_view na
       }
       got = op.got_generation;
     }
-    auto seg = make_segment(name, a->total_len, &*dest, c->epoch, got, keep, stale);
+    auto seg = make_segment(name, a->total_len, &*dest, c->epoch, got, keep, stale, promoted ? &promotion : nullptr);
     if (!seg) return tl::unexpected(seg.error());
     {
       table.clear_unused_claim(q.id);

@@ -36,8 +36,9 @@ Result<std::unique_ptr<ReplicaStore>> ReplicaStore::create(const Origin& first, 
 int ReplicaStore::pick_shadow() noexcept {
   // An empty slot first, else the oldest published one that is neither the
   // latest nor pinned by a reader.
+  // (A slot whose memory a promotion took has none.)
   for (size_t i = 0; i < slots_.size(); ++i)
-    if (slots_[i].generation == 0) return static_cast<int>(i);
+    if (slots_[i].generation == 0 && slots_[i].mem.data() != nullptr) return static_cast<int>(i);
   for (size_t k = published_.size(); k-- > 1;) {
     int i = published_[k];
     if (!in_use(i)) {
@@ -215,6 +216,34 @@ bool ReplicaStore::advance_hot(uint64_t budget) noexcept {
   h.equals = h.follows;
   h.next = 0;
   return true;
+}
+
+std::optional<ReplicaStore::Promotion> ReplicaStore::promote(uint64_t generation, uint64_t epoch) noexcept {
+  auto app = take_hot(generation, epoch);
+  if (!app) return std::nullopt;
+  Promotion p;
+  p.app = std::move(*app);
+  const int latest_slot = published_.front();  // take_hot checked there is one
+  Slot& l = slots_[latest_slot];
+  if (!in_use(latest_slot)) {
+    p.stage = std::move(l.mem);
+    p.chunk_crcs = std::move(l.chunk_crcs);
+    p.gen_crc = l.gen_crc;
+    p.chunk_size = l.chunk_size;
+  }
+  for (size_t i = 0; i < slots_.size(); ++i)
+    if (static_cast<int>(i) != latest_slot && !in_use(static_cast<int>(i)) && slots_[i].mem.data() != nullptr) {
+      p.spare = std::move(slots_[i].mem);
+      break;
+    }
+  // What is left is not a store any more: nothing is published, and a
+  // frame that still arrives finds no shadow.
+  for (auto& s : slots_)
+    if (s.mem.data() == nullptr) s.generation = 0;
+  std::erase_if(published_, [this](int i) { return slots_[i].mem.data() == nullptr; });
+  assembler_.stop();
+  shadow_ = -1;
+  return p;
 }
 
 ReplicaStore::HotStatus ReplicaStore::hot_status() const noexcept {

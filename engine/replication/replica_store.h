@@ -130,6 +130,22 @@ class ReplicaStore {
   /// after that.
   std::optional<LocalStorage> take_hot(uint64_t generation, uint64_t epoch) noexcept;
 
+  /// What a hot standby hands a load that takes the segment over here: the
+  /// ready copy as the application's memory and, unless a reader holds it,
+  /// the latest slot (the same generation, its CRCs known) as the new
+  /// owner's first snapshot, plus a free slot's memory for its second: no
+  /// allocation, no copy, no checksum. Empty `stage` / `spare`: none free.
+  struct Promotion {
+    LocalStorage app;
+    LocalStorage stage;
+    std::vector<uint32_t> chunk_crcs;
+    uint32_t gen_crc = 0;
+    uint32_t chunk_size = 0;
+    LocalStorage spare;
+  };
+  /// take_hot(), taking the slots too: the store must be dropped after.
+  std::optional<Promotion> promote(uint64_t generation, uint64_t epoch) noexcept;
+
   const std::string& name() const noexcept { return name_; }
   uint64_t id() const noexcept { return id_; }
   uint64_t size() const noexcept { return size_; }

@@ -39,7 +39,10 @@ void expect_failed_over(const std::string& out, int status, int batches) {
   EXPECT_NE(out.find("batch=" + next + " generation=" + next + " durable"), std::string::npos) << out;
   // Act 2: the service group fails over to the spare pool after a kill,
   // then moves to the better node when slow, each decision with its reason.
-  EXPECT_NE(out.find("group kv -> node 3 (failover"), std::string::npos) << out;
+  // Blade 3 is kv's hot standby: the failover goes there, and its load
+  // takes the ready copy over.
+  EXPECT_NE(out.find("group kv -> node 3 (hot standby, failover"), std::string::npos) << out;
+  EXPECT_NE(out.find("loaded from this node's hot standby copy (no fetch, no copy)"), std::string::npos) << out;
   EXPECT_NE(out.find("failed on node 1: the application killed by signal 9"), std::string::npos) << out;
   EXPECT_NE(out.find("group kv -> node 4 (performance move"), std::string::npos) << out;
   EXPECT_NE(out.find("resume   blade 4 (8 cores): restored"), std::string::npos) << out;

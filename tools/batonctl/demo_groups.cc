@@ -76,11 +76,15 @@ void show_decisions(const std::vector<Blade>& blades, std::set<std::string>& sho
     std::istringstream in(*ev);
     for (std::string line; std::getline(in, line);) {
       const std::string text = line.substr(line.find(' ') + 1);
-      if (text.rfind("group kv -> ", 0) != 0 && text.find("group kv stays") == std::string::npos) continue;
-      // Printed when it was decided, by the daemon's own clock.
+      // Decisions, and where each new owner got the state from (a hot
+      // standby's ready copy, or a replica).
+      const bool decision = text.rfind("group kv -> ", 0) == 0 || text.find("group kv stays") != std::string::npos;
+      const bool load = text.rfind("segment kv: ownership taken", 0) == 0;
+      if (!decision && !load) continue;
+      // Printed when it happened, by the daemon's own clock.
       if (shown.insert(text).second)
-        tl.at_unix(std::stoull(line.substr(0, line.find(' '))), "decide",
-                   "blade " + std::to_string(b.id) + " (coordinator): " + text);
+        tl.at_unix(std::stoull(line.substr(0, line.find(' '))), decision ? "decide" : "load",
+                   "blade " + std::to_string(b.id) + (decision ? " (coordinator): " : ": ") + text);
     }
   }
 }
@@ -107,7 +111,8 @@ int run_groups_demo(const DemoConfig& d, const Timeline& tl) {
       << " --dump " << work << "/n$BATON_NODE >" << work << "/kv-$BATON_NODE-$BATON_ASSIGNMENT.log 2>&1\"\n"
       << "provision = \"mkdir -p " << work << "/n$BATON_NODE\"\n"
       << "probe = \"test ! -f " << work << "/slow-$BATON_NODE || sleep 0.3\"\n"
-      << "home = [1]\npriority = 5\nmin_cores = 2\nprobe_interval_ms = 100\nslow_ms = 200\nslow_for_ms = 1000\n";
+      << "home = [1]\nstandby = [3]\npriority = 5\nmin_cores = 2\nprobe_interval_ms = 100\nslow_ms = 200\n"
+      << "slow_for_ms = 1000\n";
   auto cleanup = [&] {
     (void)chassis_down(c.dir);
     fs::remove_all(work, ec);
@@ -122,8 +127,8 @@ int run_groups_demo(const DemoConfig& d, const Timeline& tl) {
       break;
     }
     tl.at("up", std::to_string(c.blades) +
-                    " blades; blades 3 and 4 are the spare pool, blade 4 has 8 cores, the others 2; group kv's home "
-                    "is blade 1");
+                    " blades; blades 3 and 4 are the spare pool, blade 3 keeps a hot standby of kv, blade 4 has 8 "
+                    "cores, the others 2; group kv's home is blade 1");
     auto runs_on = [&](int blade, uint64_t past) {
       return wait_until([&] { return durable_batches(work + "/n" + std::to_string(blade)) > past; }, 20000);
     };
@@ -173,7 +178,7 @@ int run_groups_demo(const DemoConfig& d, const Timeline& tl) {
       explain();
       break;
     }
-    tl.at("resume", "blade 3 (spare): " + r3);
+    tl.at("resume", "blade 3 (spare, hot standby): " + r3);
     const uint64_t got3 = std::stoull(r3.substr(r3.find("batches=") + 8));
     if (got3 < before_kill) {
       std::fprintf(stderr, "batonctl demo: resumed at batch %llu, but batch %llu was durable\n",
