@@ -50,6 +50,7 @@ class World {
       g.min_cores = static_cast<uint32_t>(rng_() % 3) * 2;
       if (rng_() % 4 == 0) g.tags = {tags[rng_() % tags.size()]};
       if (rng_() % 3 == 0) g.home = {static_cast<uint16_t>(1 + rng_() % n)};
+      if (rng_() % 3 == 0) g.standby = {static_cast<uint16_t>(1 + rng_() % n)};  // a hot standby: failovers go there first
       g.failover_on = static_cast<ServiceGroup::On>(rng_() % 3);
       g.probe = "p";
       g.slow_ms = rng_() % 2 == 0 ? 100 : 0;
@@ -71,6 +72,7 @@ class World {
     for (const auto& g : groups_)
       log("  " + g.name + " priority " + std::to_string(g.priority) + " min_cores " + std::to_string(g.min_cores) +
           (g.tags.empty() ? "" : " tag " + g.tags[0]) + (g.home.empty() ? "" : " home " + std::to_string(g.home[0])) +
+          (g.standby.empty() ? "" : " standby " + std::to_string(g.standby[0])) +
           " on " + std::to_string(int(g.failover_on)) + (g.slow_ms ? " perf" : ""));
     for (const auto& x : nodes_)
       log("  node " + std::to_string(x.id) + " cores " + std::to_string(x.caps.cores) +
