@@ -195,11 +195,13 @@ void ReplicaStore::hot_published(const Slot& s) noexcept {
 }
 
 bool ReplicaStore::advance_hot(uint64_t budget) noexcept {
-  if (hot_ == nullptr) return false;
+  if (hot_ == nullptr) return true;  // nothing to do (none, or handed over)
   Hot& h = *hot_;
   if (h.stale_count == 0) return true;
-  const Slot* from = latest();  // the generation the copy follows
-  if (from == nullptr || from->generation != h.follows) return false;
+  // The copy follows the latest slot (every publish says so); should the
+  // two ever disagree, stop until the next publish rather than copy.
+  const Slot* from = latest();
+  if (from == nullptr || from->generation != h.follows) return true;
   uint64_t copied = 0;
   for (uint32_t c = h.stale.next_set(h.next); h.stale_count != 0 && copied < std::max<uint64_t>(budget, 1);) {
     if (c >= h.stale.count()) c = h.stale.next_set(0);  // wrapped: what was marked behind the cursor
@@ -219,23 +221,27 @@ bool ReplicaStore::advance_hot(uint64_t budget) noexcept {
 }
 
 std::optional<ReplicaStore::Promotion> ReplicaStore::promote(uint64_t generation, uint64_t epoch) noexcept {
+  // All or nothing: the latest slot and another one must be free of
+  // readers, so that the new owner needs no memory it could fail to get
+  // after this store gave its copy away (with one replica it may be the
+  // only copy of the newest generation). Else the caller copies instead.
+  if (published_.empty() || in_use(published_.front())) return std::nullopt;
+  const int latest_slot = published_.front();
+  int spare_slot = -1;
+  for (size_t i = 0; i < slots_.size() && spare_slot < 0; ++i)
+    if (static_cast<int>(i) != latest_slot && !in_use(static_cast<int>(i)) && slots_[i].mem.data() != nullptr)
+      spare_slot = static_cast<int>(i);
+  if (spare_slot < 0) return std::nullopt;
   auto app = take_hot(generation, epoch);
   if (!app) return std::nullopt;
   Promotion p;
   p.app = std::move(*app);
-  const int latest_slot = published_.front();  // take_hot checked there is one
   Slot& l = slots_[latest_slot];
-  if (!in_use(latest_slot)) {
-    p.stage = std::move(l.mem);
-    p.chunk_crcs = std::move(l.chunk_crcs);
-    p.gen_crc = l.gen_crc;
-    p.chunk_size = l.chunk_size;
-  }
-  for (size_t i = 0; i < slots_.size(); ++i)
-    if (static_cast<int>(i) != latest_slot && !in_use(static_cast<int>(i)) && slots_[i].mem.data() != nullptr) {
-      p.spare = std::move(slots_[i].mem);
-      break;
-    }
+  p.stage = std::move(l.mem);
+  p.chunk_crcs = std::move(l.chunk_crcs);
+  p.gen_crc = l.gen_crc;
+  p.chunk_size = l.chunk_size;
+  p.spare = std::move(slots_[spare_slot].mem);
   // What is left is not a store any more: nothing is published, and a
   // frame that still arrives finds no shadow.
   for (auto& s : slots_)
@@ -256,7 +262,8 @@ std::optional<LocalStorage> ReplicaStore::take_hot(uint64_t generation, uint64_t
   if (hot_ == nullptr || l == nullptr || l->generation != generation || l->epoch != epoch ||
       hot_->follows != generation || hot_->follows_epoch != epoch)
     return std::nullopt;
-  if (!advance_hot(size_)) return std::nullopt;
+  advance_hot(size_);  // the budget covers all of it
+  if (hot_->stale_count != 0) return std::nullopt;
   std::optional<LocalStorage> out(std::move(hot_->mem));
   hot_.reset();
   return out;

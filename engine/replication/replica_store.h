@@ -122,7 +122,7 @@ class ReplicaStore {
   /// Whether the hot copy lags the latest published generation.
   bool hot_behind() const noexcept { return hot_ != nullptr && hot_->stale_count != 0; }
   /// Copies up to `budget` bytes (at least one chunk) of what the hot copy
-  /// lacks; returns whether it is current now.
+  /// lacks; returns false while there is more to copy.
   bool advance_hot(uint64_t budget) noexcept;
   /// Hands the hot copy over if the latest published generation is
   /// `generation` of owner epoch `epoch`, bringing it current first (the
@@ -134,7 +134,8 @@ class ReplicaStore {
   /// ready copy as the application's memory and, unless a reader holds it,
   /// the latest slot (the same generation, its CRCs known) as the new
   /// owner's first snapshot, plus a free slot's memory for its second: no
-  /// allocation, no copy, no checksum. Empty `stage` / `spare`: none free.
+  /// allocation, no copy, no checksum. Nothing unless all three are there
+  /// (a reader holds no slot of them).
   struct Promotion {
     LocalStorage app;
     LocalStorage stage;
