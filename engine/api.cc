@@ -252,7 +252,7 @@ uint64_t baton_segment_size(baton_segment_t* s) {
   if (!live(s)) return 0;
   if (s->remote != nullptr) return s->remote->size;
 #ifndef BATON_CLIENT_ONLY
-  return s->owner->engine->data(s->segment).size();
+  return s->owner->engine->size(s->segment);
 #endif
   return 0;
 }

@@ -345,6 +345,8 @@ Result<Segment*> Engine::Impl::make_segment(std::string_view name, uint64_t size
       BT_WARN("segment %s: writes not tracked, every commit copies it whole: %s", seg->name.c_str(), why.c_str());
     seg->tracked.store(seg->watch != nullptr, std::memory_order_relaxed);
   }
+  // Nothing has written the memory: it is the generation (or zeroes).
+  seg->pristine.store(true);
   auto added = add_segment(std::move(seg), preferred);
   if (!added || generation == 0) return added;
   // The restored generation goes to the new replica set as it is (same
@@ -360,14 +362,21 @@ Result<Segment*> Engine::Impl::make_segment(std::string_view name, uint64_t size
 
 std::span<std::byte> Engine::data(Segment* segment) const noexcept {
   return impl_->table.with(segment, [](Segment* seg) {
-    return seg == nullptr ? std::span<std::byte>() : seg->mem.bytes();
+    if (seg == nullptr) return std::span<std::byte>();
+    seg->pristine.store(false);  // the caller may write it
+    return seg->mem.bytes();
   });
+}
+
+uint64_t Engine::size(Segment* segment) const noexcept {
+  return impl_->table.with(segment, [](Segment* seg) { return seg == nullptr ? uint64_t{0} : seg->size; });
 }
 
 int Engine::memory_fd(Segment* segment) const noexcept {
   return impl_->table.with(segment, [](Segment* seg) {
     if (seg == nullptr) return -1;
     seg->shared_out.store(true);  // before anyone can map it: the next commit stops tracking
+    seg->pristine.store(false);
     return seg->mem.fd();
   });
 }

@@ -560,7 +560,10 @@ Result<OpenResult> Engine::reopen(Segment* segment, bool take_over) {
   uint64_t generation;
   {
     std::lock_guard seg_lock(seg->mu);  // no commit of it meanwhile (one may still be returning)
-    generation = impl_->restore_committed(*seg);
+    // Memory nobody was given since it was made from the last generation
+    // (a load for an agent, then the application's first open) needs
+    // nothing put back.
+    generation = seg->pristine.load() ? seg->committed.load() : impl_->restore_committed(*seg);
   }
   return OpenResult{seg, generation > 0 ? OpenOutcome::kRestored : OpenOutcome::kCreated, generation};
 }
@@ -569,12 +572,17 @@ uint64_t Engine::Impl::restore_committed(Segment& seg) {
   // The stage of the newest generation is complete once commit() returned
   // (the snapshot is taken under the poll token); it stays while the
   // replicas receive it, and until the next commit.
+  // Which stage is current is the poll-token holder's to say; the copy
+  // runs without the token (a large segment would stop the worker's polls
+  // for its length): the stage changes only in a commit, under seg.mu,
+  // which the caller holds.
   acquire_token();
+  const Stage* stage = seg.current_stage >= 0 ? &seg.stages[seg.current_stage] : nullptr;
+  release_token();
   uint64_t generation = 0;
-  if (seg.current_stage >= 0) {
-    const Stage& stage = seg.stages[seg.current_stage];
-    std::memcpy(seg.mem.data(), stage.mem.data(), seg.size);
-    generation = stage.generation;
+  if (stage != nullptr) {
+    std::memcpy(seg.mem.data(), stage->mem.data(), seg.size);
+    generation = stage->generation;
   } else {
     std::memset(seg.mem.data(), 0, seg.size);
   }
@@ -583,7 +591,6 @@ uint64_t Engine::Impl::restore_committed(Segment& seg) {
   // snapshot copies everything.
   for (auto& s : seg.stages) s.stale.set_all();
   seg.rewritten = true;  // and no delta of it
-  release_token();
   return generation;
 }
 

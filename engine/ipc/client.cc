@@ -281,6 +281,22 @@ Result<void> Client::close(ClientSegment* s) {
   return {};
 }
 
+Result<Client::Loaded> Client::take_over(std::string_view name) {
+  if (name.size() > kMaxName) return fail(Errc::kInvalidArgument, "segment name longer than ", std::to_string(kMaxName));
+  Request r{};
+  r.magic = kMagic;
+  r.version = kVersion;
+  r.op = static_cast<uint16_t>(Op::kTakeOver);
+  r.name_len = static_cast<uint8_t>(name.size());
+  std::memcpy(r.name, name.data(), name.size());
+  std::vector<int> fds;
+  auto rep = call(r, &fds);
+  for (int fd : fds) ::close(fd);  // none expected
+  if (!rep) return tl::unexpected(rep.error());
+  if (rep->status != 0) return tl::unexpected(from_status(rep->status, rep->message));
+  return Loaded{rep->generation, rep->size, rep->restored != 0};
+}
+
 Result<void> Client::remove(std::string_view name) {
   if (name.size() > kMaxName) return fail(Errc::kInvalidArgument, "segment name longer than ", std::to_string(kMaxName));
   Request r{};

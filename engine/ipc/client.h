@@ -54,6 +54,16 @@ class Client {
   Result<uint64_t> commit(ClientSegment* s, std::span<const std::pair<uint64_t, uint64_t>> written = {});
   Result<void> wait(ClientSegment* s, uint64_t generation, uint32_t k, uint32_t timeout_ms);
   Result<void> close(ClientSegment* s);
+  /// What a take-over loaded: the generation (0: none, created) and size.
+  struct Loaded {
+    uint64_t generation = 0;
+    uint64_t size = 0;
+    bool restored = false;
+  };
+  /// Loads `name` onto this node for an agent (kTakeOver): ownership moves
+  /// here and batond keeps the segment for the application to open; no
+  /// memory is mapped into this process.
+  Result<Loaded> take_over(std::string_view name);
   /// Deletes segment `name` everywhere (kDelete).
   Result<void> remove(std::string_view name);
   /// The daemon's status report: `kind key=value ...` lines.

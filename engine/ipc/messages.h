@@ -43,6 +43,7 @@ enum class Op : uint16_t {
   kDelete = 8,    ///< delete a segment everywhere (S11's clean exit); EBUSY while an application holds it here
   kGroups = 9,    ///< service groups, the spare pool and the last failover decisions: a JSON object after the Reply
   kMetric = 10,   ///< a performance metric of the application: `name`, the value (a double) in `generation`'s bits
+  kTakeOver = 11, ///< kLoad for an agent (batonctl load): no memory handed out; the segment stays, free, for the application
 };
 
 struct Request {

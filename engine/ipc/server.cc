@@ -288,7 +288,8 @@ void Server::on_request(Session& s, const char* buf, size_t n) {
   switch (static_cast<Op>(r.op)) {
     case Op::kOpen:
     case Op::kCreate:
-    case Op::kLoad: rep = open_segment(s, r, fds); break;
+    case Op::kLoad:
+    case Op::kTakeOver: rep = open_segment(s, r, fds); break;
     case Op::kWait: rep = wait(s, r); break;
     case Op::kClose: rep = close_segment(s, r); break;
     case Op::kDelete: rep = delete_segment(s, r); break;
@@ -333,10 +334,13 @@ Reply Server::open_segment(Session& s, const Request& r, std::vector<int>& fds) 
   const std::string name(r.name, r.name_len);
   if (!wire::valid_name(name)) return reply_error(BATON_EINVAL, "bad segment name");
   const Op op = static_cast<Op>(r.op);
+  // kTakeOver is a load for an agent (batonctl load): nothing is handed
+  // out, and the segment stays here, free, for the application.
+  const bool load = op == Op::kLoad || op == Op::kTakeOver;
   // The size is checked the same way whether or not this blade holds the
   // name (a load takes the recorded size and ignores it).
   const uint64_t max_size = engine_.max_segment_size();
-  if (op != Op::kLoad && (r.size == 0 || r.size > max_size))
+  if (!load && (r.size == 0 || r.size > max_size))
     return reply_error(BATON_EINVAL, "size must be 1.." + std::to_string(max_size));
   auto over_limit = [&](uint64_t bytes) -> std::optional<Reply> {
     if (s.held + 1 > config_.max_segments)
@@ -369,7 +373,8 @@ Reply Server::open_segment(Session& s, const Request& r, std::vector<int>& fds) 
                                            (seg.holder == &s ? "already open in this application"
                                                              : "held by another application"));
     if (op == Op::kCreate) return reply_error(BATON_EEXIST, "segment " + name + " already exists on this node");
-    if (auto refused = over_limit(seg.size)) return *refused;
+    if (op != Op::kTakeOver)
+      if (auto refused = over_limit(seg.size)) return *refused;
     // The application restarted: it gets its segment back as last committed
     // (not as it left it: bytes written after the last commit are no
     // generation), or, if ownership moved meanwhile, the newer state from
@@ -380,7 +385,7 @@ Reply Server::open_segment(Session& s, const Request& r, std::vector<int>& fds) 
     lock.unlock();
     // A load (an agent moving the segment here) takes it over from a live
     // owner elsewhere if ownership moved away meanwhile; an open does not.
-    auto reopened = engine_.reopen(handle, op == Op::kLoad);
+    auto reopened = engine_.reopen(handle, load);
     lock.lock();
     if (!reopened) {
       seg.holder = nullptr;
@@ -392,7 +397,7 @@ Reply Server::open_segment(Session& s, const Request& r, std::vector<int>& fds) 
     rep.restored = reopened->outcome == OpenOutcome::kRestored ? 1 : 0;
     rep.generation = reopened->generation;
   } else {
-    if (op != Op::kLoad)
+    if (!load)
       if (auto refused = over_limit(r.size)) return *refused;
     // Reserve the name (no handle yet) while the engine opens it unlocked.
     auto fresh = std::make_unique<Segment>();
@@ -410,7 +415,7 @@ Reply Server::open_segment(Session& s, const Request& r, std::vector<int>& fds) 
       auto created = engine_.create(name, r.size);
       if (created) opened = OpenResult{*created, OpenOutcome::kCreated, 0};
       else opened = tl::unexpected(created.error());
-    } else if (op == Op::kLoad) {
+    } else if (load) {
       opened = engine_.load(name);
     } else {
       opened = engine_.open(name, r.size);
@@ -423,7 +428,7 @@ Reply Server::open_segment(Session& s, const Request& r, std::vector<int>& fds) 
       return reply_error(opened.error());
     }
     it->second->handle = opened->segment;
-    it->second->size = engine_.data(opened->segment).size();
+    it->second->size = engine_.size(opened->segment);
     rep.restored = opened->outcome == OpenOutcome::kRestored ? 1 : 0;
     rep.generation = opened->generation;
     if (op == Op::kLoad)
@@ -435,8 +440,14 @@ Reply Server::open_segment(Session& s, const Request& r, std::vector<int>& fds) 
       }
   }
   Segment& seg = *it->second;
+  seg.size = engine_.size(seg.handle);
+  if (op == Op::kTakeOver) {
+    seg.holder = nullptr;
+    registry_cv_.notify_all();
+    rep.size = seg.size;
+    return rep;
+  }
   seg.holder = &s;
-  seg.size = engine_.data(seg.handle).size();
   ++s.held;
   s.held_bytes += seg.size;
   attach(seg);

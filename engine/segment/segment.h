@@ -79,6 +79,11 @@ struct Segment {
   /// The memfd was handed out (Engine::memory_fd): writes through another
   /// mapping are invisible to the tracker, so the next commit drops it.
   std::atomic<bool> shared_out{false};
+  /// The memory is exactly the last committed generation (zeroes if none):
+  /// made from it and handed to no one since (Engine::data or memory_fd
+  /// clears it; once handed out, a mapping may outlive any reopen).
+  /// Engine::reopen then has nothing to put back. Anyone reads and writes.
+  std::atomic<bool> pristine{false};
   /// Whether the next commit copies only written chunks (the tracker is
   /// armed): committer writes, anyone reads (SegmentStatus).
   std::atomic<bool> tracked{false};

@@ -300,6 +300,8 @@ class Engine {
 
   /// The segment's memory: the application writes its state here.
   std::span<std::byte> data(Segment* segment) const noexcept;
+  /// Its size in bytes (0: unknown handle), without handing the memory out.
+  uint64_t size(Segment* segment) const noexcept;
   /// The memfd behind data(), to share the segment with another process
   /// (batond hands it to applications); -1 for an unknown handle. Borrowed.
   int memory_fd(Segment* segment) const noexcept;

@@ -139,7 +139,8 @@ int main(int argc, char** argv) {
   write(dir / "engine_frames" / "burst", burst.data(), burst.size());
   using baton::ipc::Op;
   int n = 0;
-  for (Op op : {Op::kOpen, Op::kCreate, Op::kLoad, Op::kWait, Op::kClose, Op::kStatus, Op::kEvents, Op::kDelete}) {
+  for (Op op : {Op::kOpen, Op::kCreate, Op::kLoad, Op::kWait, Op::kClose, Op::kStatus, Op::kEvents, Op::kDelete,
+                Op::kGroups, Op::kMetric, Op::kTakeOver}) {
     baton::ipc::Request r{};
     r.magic = baton::ipc::kMagic;
     r.version = baton::ipc::kVersion;

@@ -270,21 +270,21 @@ int main(int argc, char** argv) {
     return 0;
   }
   if (*load) {
-    baton_t* b = nullptr;
-    baton_segment_t* s = nullptr;
-    uint64_t gen = 0;
-    if (baton_connect(socket.c_str(), &b) != 0) return die(baton_last_error());
-    if (const int rc = baton_load(b, name.c_str(), &s, &gen); rc != 0) {
-      std::string e = baton_last_error();
-      baton_stop(b);
-      die("load " + name + ": " + e);
+    // Ownership moves here and batond keeps the segment for the
+    // application; nothing is mapped into this process, so the
+    // application's open finds the memory exactly as loaded.
+    auto c = baton::ipc::Client::connect(socket);
+    if (!c) return die(c.error().message);
+    auto got = (*c)->take_over(name);
+    if (!got) {
+      die("load " + name + ": " + got.error().message);
       // Distinct exit codes for what a cluster manager's agent acts on
       // (tools/ocf/baton): nothing to load, or it is already here.
-      return rc == BATON_ENOENT ? 3 : rc == BATON_EEXIST ? 4 : 1;
+      const baton::Errc code = got.error().code;
+      return code == baton::Errc::kNotFound ? 3 : code == baton::Errc::kExists ? 4 : 1;
     }
     std::printf("loaded %s generation %llu (%llu bytes) onto this node\n", name.c_str(),
-                static_cast<unsigned long long>(gen), static_cast<unsigned long long>(baton_segment_size(s)));
-    baton_stop(b);  // the daemon keeps the segment for the application
+                static_cast<unsigned long long>(got->generation), static_cast<unsigned long long>(got->size));
     return 0;
   }
   if (*del) {

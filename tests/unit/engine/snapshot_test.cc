@@ -245,6 +245,43 @@ TEST(Snapshot, ReopenPutsBackTheCommittedGenerationAndTheNextCommitIsExact) {
   EXPECT_TRUE(test::must(cl.node(2).read_replica("reopened", g2)) == want);
 }
 
+// A segment loaded here and handed to no one is the loaded generation as it
+// is: the application's first open gets it without a copy back. Once its
+// memory was handed out (memory_fd), a reopen puts the committed
+// generation back whatever was written through that mapping.
+TEST(Snapshot, ReopenAfterALoadGivesTheLoadedGenerationAndAHandedOutMappingCannotLeak) {
+  Cluster cl(3, [] {
+    EngineConfig c = test::fast_detector();
+    c.replication_factor = 2;
+    return c;
+  }());
+  auto seg = test::must(cl.node(1).create("loaded", 1 << 20));
+  auto mem = cl.node(1).data(seg);
+  test::fill_pattern(mem, 8);
+  const uint64_t g = test::must(cl.node(1).commit(seg));
+  ASSERT_TRUE(test::ok(cl.node(1).wait_replicated(seg, g, kDurable, 10s)));
+  const auto want = std::vector<std::byte>(mem.begin(), mem.end());
+  cl.kill(1);
+  ASSERT_TRUE(test::eventually([&] { return !test::peer_alive(cl.node(2), 1); }));
+  const OpenResult loaded = test::must(cl.node(2).load("loaded"));
+  EXPECT_EQ(cl.node(2).size(loaded.segment), want.size());
+  const OpenResult first = test::must(cl.node(2).reopen(loaded.segment));
+  EXPECT_EQ(first.generation, g);
+  auto got = cl.node(2).data(first.segment);
+  EXPECT_TRUE(std::equal(want.begin(), want.end(), got.begin()));
+  // Written through a mapping of the handed-out memfd, never committed.
+  const int fd = cl.node(2).memory_fd(first.segment);
+  ASSERT_GE(fd, 0);
+  void* p = mmap(nullptr, want.size(), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  ASSERT_NE(p, MAP_FAILED);
+  std::memset(static_cast<std::byte*>(p) + 8192, 0x5a, 50'000);
+  munmap(p, want.size());
+  const OpenResult again = test::must(cl.node(2).reopen(first.segment));
+  EXPECT_EQ(again.generation, g);
+  got = cl.node(2).data(again.segment);
+  EXPECT_TRUE(std::equal(want.begin(), want.end(), got.begin())) << "the uncommitted writes were put back";
+}
+
 TEST(Snapshot, WrittenRangesAreValidated) {
   Cluster cl(2);
   auto seg = test::must(cl.node(1).create("ranges", 64 * 1024));
