@@ -40,6 +40,17 @@ void unmap(ClientSegment& s) {
   s.event_fd = -1;
 }
 
+/// A request of `op` about `name` (its length checked by the caller).
+Request named_request(Op op, std::string_view name) {
+  Request r{};
+  r.magic = kMagic;
+  r.version = kVersion;
+  r.op = static_cast<uint16_t>(op);
+  r.name_len = static_cast<uint8_t>(name.size());
+  std::memcpy(r.name, name.data(), name.size());
+  return r;
+}
+
 }  // namespace
 
 Result<std::unique_ptr<Client>> Client::connect(const std::string& path) {
@@ -106,13 +117,8 @@ Result<Reply> Client::call(const Request& r, std::vector<int>* fds, std::string*
 
 Result<ClientSegment*> Client::open(Op op, std::string_view name, uint64_t size) {
   if (!wire::valid_name(name)) return fail(Errc::kInvalidArgument, "segment name must be 1..63 printable characters");
-  Request r{};
-  r.magic = kMagic;
-  r.version = kVersion;
-  r.op = static_cast<uint16_t>(op);
+  Request r = named_request(op, name);
   r.size = size;
-  r.name_len = static_cast<uint8_t>(name.size());
-  std::memcpy(r.name, name.data(), name.size());
   std::vector<int> fds;
   auto rep = call(r, &fds);
   if (!rep) return tl::unexpected(rep.error());
@@ -283,14 +289,8 @@ Result<void> Client::close(ClientSegment* s) {
 
 Result<Client::Loaded> Client::take_over(std::string_view name) {
   if (name.size() > kMaxName) return fail(Errc::kInvalidArgument, "segment name longer than ", std::to_string(kMaxName));
-  Request r{};
-  r.magic = kMagic;
-  r.version = kVersion;
-  r.op = static_cast<uint16_t>(Op::kTakeOver);
-  r.name_len = static_cast<uint8_t>(name.size());
-  std::memcpy(r.name, name.data(), name.size());
   std::vector<int> fds;
-  auto rep = call(r, &fds);
+  auto rep = call(named_request(Op::kTakeOver, name), &fds);
   for (int fd : fds) ::close(fd);  // none expected
   if (!rep) return tl::unexpected(rep.error());
   if (rep->status != 0) return tl::unexpected(from_status(rep->status, rep->message));
@@ -299,13 +299,7 @@ Result<Client::Loaded> Client::take_over(std::string_view name) {
 
 Result<void> Client::remove(std::string_view name) {
   if (name.size() > kMaxName) return fail(Errc::kInvalidArgument, "segment name longer than ", std::to_string(kMaxName));
-  Request r{};
-  r.magic = kMagic;
-  r.version = kVersion;
-  r.op = static_cast<uint16_t>(Op::kDelete);
-  r.name_len = static_cast<uint8_t>(name.size());
-  std::memcpy(r.name, name.data(), name.size());
-  auto rep = call(r, nullptr);
+  auto rep = call(named_request(Op::kDelete, name), nullptr);
   if (!rep) return tl::unexpected(rep.error());
   if (rep->status != 0) return tl::unexpected(from_status(rep->status, rep->message));
   return {};
@@ -315,13 +309,8 @@ Result<void> Client::report(std::string_view name, double value) {
   if (name.empty() || name.size() > kMaxName)
     return fail(Errc::kInvalidArgument, "a metric's name has 1..", std::to_string(kMaxName), " characters");
   if (!std::isfinite(value)) return fail(Errc::kInvalidArgument, "a metric's value must be finite");
-  Request r{};
-  r.magic = kMagic;
-  r.version = kVersion;
-  r.op = static_cast<uint16_t>(Op::kMetric);
+  Request r = named_request(Op::kMetric, name);
   std::memcpy(&r.generation, &value, sizeof value);
-  r.name_len = static_cast<uint8_t>(name.size());
-  std::memcpy(r.name, name.data(), name.size());
   auto rep = call(r, nullptr);
   if (!rep) return tl::unexpected(rep.error());
   if (rep->status != 0) return tl::unexpected(from_status(rep->status, rep->message));
