@@ -21,6 +21,11 @@
 //
 //   baton-campaign [--cycles 30] [--transport memif|af_packet|shm] [--blades 4]
 //                  [--size BYTES] [--writes sparse|full] [--seed S] [--dir D]
+//                  [--standby BLADE]
+//
+// --standby: that blade keeps a hot standby of the segment (S16), so the
+// restores and agent loads there promote its ready copy; the campaign
+// counts the promotions from the blades' events.
 
 #include <signal.h>
 #include <sys/mman.h>
@@ -115,6 +120,27 @@ uint64_t chunks_skipped(const std::string& socket, uint64_t last) {
   return j["clients"].value("chunks_skipped", last);
 }
 
+/// Events on `socket` since `since_us` (unix microseconds) whose text
+/// contains `what`; `*latest` becomes the newest event's time seen.
+int count_events(const std::string& socket, uint64_t since_us, const std::string& what, uint64_t* latest) {
+  auto c = baton::ipc::Client::connect(socket);
+  if (!c) return 0;
+  auto text = (*c)->events();
+  if (!text) return 0;
+  int n = 0;
+  size_t at = 0;
+  while (at < text->size()) {
+    const size_t end = std::min(text->find('\n', at), text->size());
+    const std::string line = text->substr(at, end - at);
+    at = end + 1;
+    const uint64_t ts = std::strtoull(line.c_str(), nullptr, 10);
+    if (ts <= since_us) continue;
+    *latest = std::max(*latest, ts);
+    n += line.find(what) != std::string::npos;
+  }
+  return n;
+}
+
 /// The application: opens the segment on `socket` (retrying while the
 /// cluster settles), reports the restore, then writes until killed.
 [[noreturn]] void writer(Shared* sh, const std::string& socket, const char* name, uint64_t size) {
@@ -179,7 +205,7 @@ double pct(std::vector<double> v, double p) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  int cycles = 30, blades = 4;
+  int cycles = 30, blades = 4, standby = 0;
   uint64_t size = 1 << 20, seed = static_cast<uint64_t>(time(nullptr));
   baton::ctl::ChassisConfig cc;
   cc.dir = "/tmp/baton-campaign-" + std::to_string(getpid());
@@ -197,16 +223,30 @@ int main(int argc, char** argv) {
     else if (a == "--seed") seed = std::strtoull(v, nullptr, 10);
     else if (a == "--transport") cc.transport = v;
     else if (a == "--dir") cc.dir = v;
+    else if (a == "--standby") standby = std::atoi(v);
     else if (a == "--writes" && (std::string(v) == "sparse" || std::string(v) == "full")) g_sparse = std::string(v) == "sparse";
     else {
       std::fprintf(stderr, "usage: baton-campaign [--cycles N] [--transport memif|af_packet|shm] [--blades N] "
-                           "[--size BYTES] [--writes sparse|full] [--seed S] [--dir D]\n");
+                           "[--size BYTES] [--writes sparse|full] [--seed S] [--dir D] [--standby BLADE]\n");
       return 2;
     }
   }
-  if (cycles < 1 || blades < 3 || blades > 8 || size < 4096 || size % 8 != 0 || size > (1ull << 30)) {
-    std::fprintf(stderr, "baton-campaign: --cycles >= 1, --blades 3..8, --size 4096..1 GiB, a multiple of 8\n");
+  if (cycles < 1 || blades < 3 || blades > 8 || size < 4096 || size % 8 != 0 || size > (1ull << 30) ||
+      standby < 0 || standby > blades) {
+    std::fprintf(stderr, "baton-campaign: --cycles >= 1, --blades 3..8, --size 4096..1 GiB, a multiple of 8, "
+                         "--standby a blade\n");
     return 2;
+  }
+  const char* name = "campaign";
+  if (standby != 0) {  // appended to every blade's config
+    cc.groups_file = cc.dir + ".standby.toml";
+    std::FILE* f = std::fopen(cc.groups_file.c_str(), "w");
+    if (f == nullptr) {
+      std::perror(cc.groups_file.c_str());
+      return 1;
+    }
+    std::fprintf(f, "[[standby]]\nsegment = \"%s\"\nnodes = [%d]\n", name, standby);
+    std::fclose(f);
   }
   cc.blades = blades;
   cc.replication_factor = 2;
@@ -222,7 +262,8 @@ int main(int argc, char** argv) {
     return 1;
   }
   auto* sh = static_cast<Shared*>(mmap(nullptr, sizeof(Shared), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0));
-  const char* name = "campaign";
+  int promotions = 0;
+  uint64_t events_seen_us = 0;  // promotions are counted from events after this
   auto pid_of = [&](int blade) {
     for (const auto& b : baton::ctl::chassis_blades(cc.dir))
       if (b.id == blade) return b.alive ? b.pid : -1;
@@ -277,6 +318,14 @@ int main(int argc, char** argv) {
       waitpid(w, nullptr, 0);
       blade = 1 + static_cast<int>(rng() % blades);
       continue;
+    }
+    // The loads since the last look (this restore, an agent's before it)
+    // that took the standby's ready copy over.
+    if (standby != 0) {
+      uint64_t latest = events_seen_us;
+      for (int k = 1; k <= blades; ++k)
+        promotions += count_events(socket_of(k), events_seen_us, "hot standby copy", &latest);
+      events_seen_us = latest;
     }
     // Let it write for a while, then strike.
     std::this_thread::sleep_for(std::chrono::milliseconds(50 + rng() % 400));
@@ -347,6 +396,10 @@ int main(int argc, char** argv) {
   }
   for (int k = 1; k <= blades; ++k) skipped_banked += chunks_skipped(socket_of(k), skipped_now[k]);
   (void)baton::ctl::chassis_down(cc.dir);
+  if (standby != 0) {
+    std::remove(cc.groups_file.c_str());
+    std::printf("campaign: blade %d kept a hot standby; %d loads took its ready copy over\n", standby, promotions);
+  }
   std::printf("campaign: %d cycles over %s: %d lost, %d torn, %d failed restores, %d resurrected after a delete "
               "(%d deletes, %d failed); restore p50 %.2f ms, p99 %.2f ms; %llu chunks left alone by commits "
               "(unchanged)\n",
