@@ -30,27 +30,15 @@ uint32_t ChunkBitmap::popcount() const noexcept {
   return n;
 }
 
-uint32_t ChunkBitmap::next_set(uint32_t from) const noexcept {
+uint32_t ChunkBitmap::next_where(uint32_t from, uint64_t flip) const noexcept {
+  // `flip` all ones looks for a clear bit, zero for a set one.
   if (from >= count_) return count_;
   size_t w = from >> 6;
-  uint64_t word = words_[w] & (~uint64_t{0} << (from & 63));
+  uint64_t word = (words_[w] ^ flip) & (~uint64_t{0} << (from & 63));
   const size_t words = (size_t{count_} + 63) / 64;
   while (word == 0) {
     if (++w >= words) return count_;
-    word = words_[w];
-  }
-  uint32_t i = static_cast<uint32_t>(w * 64 + std::countr_zero(word));
-  return std::min(i, count_);
-}
-
-uint32_t ChunkBitmap::next_clear(uint32_t from) const noexcept {
-  if (from >= count_) return count_;
-  size_t w = from >> 6;
-  uint64_t word = ~words_[w] & (~uint64_t{0} << (from & 63));
-  const size_t words = (size_t{count_} + 63) / 64;
-  while (word == 0) {
-    if (++w >= words) return count_;
-    word = ~words_[w];
+    word = words_[w] ^ flip;
   }
   uint32_t i = static_cast<uint32_t>(w * 64 + std::countr_zero(word));
   return std::min(i, count_);

@@ -45,12 +45,13 @@ class ChunkBitmap {
   /// How many bits are set.
   uint32_t popcount() const noexcept;
   /// First set index at or after `from` (count() if none).
-  uint32_t next_set(uint32_t from) const noexcept;
+  uint32_t next_set(uint32_t from) const noexcept { return next_where(from, 0); }
   /// First clear index at or after `from` (count() if none).
-  uint32_t next_clear(uint32_t from) const noexcept;
+  uint32_t next_clear(uint32_t from) const noexcept { return next_where(from, ~uint64_t{0}); }
   uint32_t count() const noexcept { return count_; }
 
  private:
+  uint32_t next_where(uint32_t from, uint64_t flip) const noexcept;
   std::vector<uint64_t> words_;
   uint32_t count_ = 0;
 };
