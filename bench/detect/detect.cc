@@ -99,9 +99,8 @@ int main(int argc, char** argv) {
   // False alarms: blade 2 was never killed; did blade 1 ever call it dead?
   int false_alarms = 0;
   if (auto cl = baton::ipc::Client::connect(observer)) {
-    if (auto ev = (*cl)->events()) {
-      for (size_t at = 0; (at = ev->find("node 2 down", at)) != std::string::npos; ++at) ++false_alarms;
-    }
+    if (auto ev = (*cl)->events())
+      for (const auto& e : *ev) false_alarms += e.text.find("node 2 down") != std::string::npos;
   }
   (void)baton::ctl::chassis_down(c.dir);
   if (ms.empty()) return 1;

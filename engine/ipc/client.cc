@@ -318,7 +318,18 @@ Result<void> Client::report(std::string_view name, double value) {
 }
 
 Result<std::string> Client::status() { return text_request(Op::kStatus); }
-Result<std::string> Client::events() { return text_request(Op::kEvents); }
+Result<std::vector<Event>> Client::events() {
+  auto text = text_request(Op::kEvents);
+  if (!text) return tl::unexpected(text.error());
+  std::vector<Event> out;
+  for (size_t at = 0; at < text->size();) {
+    const size_t end = std::min(text->find('\n', at), text->size());
+    const size_t sp = text->find(' ', at);
+    if (sp < end) out.push_back(Event{std::strtoull(text->c_str() + at, nullptr, 10), text->substr(sp + 1, end - sp - 1)});
+    at = end + 1;
+  }
+  return out;
+}
 Result<std::string> Client::groups() { return text_request(Op::kGroups); }
 
 Result<std::string> Client::text_request(Op op) {

@@ -10,6 +10,7 @@
 #include <string_view>
 #include <vector>
 
+#include "baton/engine.h"
 #include "baton/result.h"
 #include "ipc/messages.h"
 #include "segment/dirty_tracker.h"
@@ -68,8 +69,8 @@ class Client {
   Result<void> remove(std::string_view name);
   /// The daemon's status report: `kind key=value ...` lines.
   Result<std::string> status();
-  /// Recent events: `unix_us text` lines, oldest first.
-  Result<std::string> events();
+  /// Recent events, oldest first (the daemon sends `unix_us text` lines).
+  Result<std::vector<Event>> events();
   /// A performance metric of this application (kMetric).
   Result<void> report(std::string_view name, double value);
   /// Service groups, the spare pool and the last decisions: a JSON object.

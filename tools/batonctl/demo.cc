@@ -10,7 +10,6 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -164,12 +163,9 @@ int run_demo(const DemoConfig& d) {
     tl.at("load", "blade 3: " + restored);
     // What blade 3's control thread did: the claim and the new replica set.
     if (auto c = ipc::Client::connect((*blades)[2].socket)) {
-      if (auto ev = (*c)->events()) {
-        std::istringstream in(*ev);
-        for (std::string line; std::getline(in, line);)
-          if (line.find("orderbook: ownership taken") != std::string::npos)
-            tl.at("epoch", "blade 3:" + line.substr(line.find(' ')));
-      }
+      if (auto ev = (*c)->events())
+        for (const auto& e : *ev)
+          if (e.text.find("orderbook: ownership taken") != std::string::npos) tl.at("epoch", "blade 3: " + e.text);
     }
     size_t bytes = 0;
     if (!same_bytes(dump1 + "/committed.bin", dump3 + "/restored.bin", &bytes)) {

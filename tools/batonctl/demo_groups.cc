@@ -11,7 +11,6 @@
 #include <filesystem>
 #include <fstream>
 #include <set>
-#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -73,9 +72,7 @@ void show_decisions(const std::vector<Blade>& blades, std::set<std::string>& sho
     if (!c) continue;
     auto ev = (*c)->events();
     if (!ev) continue;
-    std::istringstream in(*ev);
-    for (std::string line; std::getline(in, line);) {
-      const std::string text = line.substr(line.find(' ') + 1);
+    for (const auto& [unix_us, text] : *ev) {
       // Decisions, and where each new owner got the state from (a hot
       // standby's ready copy, or a replica).
       const bool decision = text.rfind("group kv -> ", 0) == 0 || text.find("group kv stays") != std::string::npos;
@@ -83,7 +80,7 @@ void show_decisions(const std::vector<Blade>& blades, std::set<std::string>& sho
       if (!decision && !load) continue;
       // Printed when it happened, by the daemon's own clock.
       if (shown.insert(text).second)
-        tl.at_unix(std::stoull(line.substr(0, line.find(' '))), decision ? "decide" : "load",
+        tl.at_unix(unix_us, decision ? "decide" : "load",
                    "blade " + std::to_string(b.id) + (decision ? " (coordinator): " : ": ") + text);
     }
   }
@@ -136,12 +133,10 @@ int run_groups_demo(const DemoConfig& d, const Timeline& tl) {
     auto explain = [&] {
       for (const auto& b : *blades)
         if (auto cl = ipc::Client::connect(b.socket))
-          if (auto ev = (*cl)->events()) {
-            std::istringstream in(*ev);
-            for (std::string line; std::getline(in, line);)
-              if (line.find(" group kv") != std::string::npos)
-                std::fprintf(stderr, "  blade %d: %s\n", b.id, line.substr(line.find(' ') + 1).c_str());
-          }
+          if (auto ev = (*cl)->events())
+            for (const auto& e : *ev)
+              if (e.text.find("group kv") != std::string::npos)
+                std::fprintf(stderr, "  blade %d: %s\n", b.id, e.text.c_str());
     };
     if (!runs_on(1, 20)) {
       std::fprintf(stderr, "batonctl demo: the group did not start on blade 1\n");

@@ -20,7 +20,6 @@
 #include <cstdlib>
 #include <ctime>
 #include <nlohmann/json.hpp>
-#include <sstream>
 
 #include "baton/baton.h"
 #include "chassis.h"
@@ -248,15 +247,10 @@ int main(int argc, char** argv) {
   if (*ev) {
     auto c = baton::ipc::Client::connect(socket);
     if (!c) return die(c.error().message);
-    auto text = (*c)->events();
-    if (!text) return die(text.error().message);
-    std::istringstream in(*text);
+    auto events = (*c)->events();
+    if (!events) return die(events.error().message);
     json list = json::array();
-    for (std::string line; std::getline(in, line);) {
-      const auto sp = line.find(' ');
-      if (sp == std::string::npos) continue;
-      const uint64_t us = std::strtoull(line.substr(0, sp).c_str(), nullptr, 10);
-      const std::string what = line.substr(sp + 1);
+    for (const auto& [us, what] : *events) {
       if (json_out) {
         list.push_back({{"unix_us", us}, {"event", what}});
       } else {

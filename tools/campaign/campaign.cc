@@ -125,18 +125,13 @@ uint64_t chunks_skipped(const std::string& socket, uint64_t last) {
 int count_events(const std::string& socket, uint64_t since_us, const std::string& what, uint64_t* latest) {
   auto c = baton::ipc::Client::connect(socket);
   if (!c) return 0;
-  auto text = (*c)->events();
-  if (!text) return 0;
+  auto events = (*c)->events();
+  if (!events) return 0;
   int n = 0;
-  size_t at = 0;
-  while (at < text->size()) {
-    const size_t end = std::min(text->find('\n', at), text->size());
-    const std::string line = text->substr(at, end - at);
-    at = end + 1;
-    const uint64_t ts = std::strtoull(line.c_str(), nullptr, 10);
-    if (ts <= since_us) continue;
-    *latest = std::max(*latest, ts);
-    n += line.find(what) != std::string::npos;
+  for (const auto& e : *events) {
+    if (e.unix_us <= since_us) continue;
+    *latest = std::max(*latest, e.unix_us);
+    n += e.text.find(what) != std::string::npos;
   }
   return n;
 }
