@@ -346,6 +346,52 @@ TEST(Hostile, BadMetricsAreRefusedAndHarmNothing) {
   for (int fd : fds) close(fd);
 }
 
+// An agent's take-over (kTakeOver, batonctl load): bad names are refused,
+// no descriptor is handed out, and the segment it took stays free for the
+// application, whose open gets the same generation.
+TEST(Hostile, ATakeOverHandsOutNothingAndRefusesBadNames) {
+  TempDir dir;
+  Batond d(1, dir.path);
+  Raw agent(d.socket());
+  for (const std::string bad : {std::string(), std::string("two words"), std::string(1, '\x01')}) {
+    std::vector<int> fds;
+    const Reply rep = agent.call(request(Op::kTakeOver, bad), &fds);
+    EXPECT_EQ(rep.status, BATON_EINVAL) << "\"" << bad << "\": " << rep.message;
+    EXPECT_TRUE(fds.empty());
+  }
+  // A name nobody holds: nothing to take over (batonctl load's exit 3).
+  std::vector<int> none;
+  EXPECT_EQ(agent.call(request(Op::kTakeOver, "nowhere"), &none).status, BATON_ENOENT);
+  EXPECT_TRUE(none.empty());
+  // A segment this node holds, free: taken over, nothing handed out, and
+  // still free for an application.
+  baton_t* a = nullptr;
+  ASSERT_EQ(baton_connect(d.socket().c_str(), &a), 0);
+  baton_segment_t* s = nullptr;
+  ASSERT_EQ(baton_open(a, "kept", 4096, &s, nullptr, nullptr), 0) << baton_last_error();
+  uint64_t gen = 0;
+  ASSERT_EQ(baton_commit(s, &gen), 0) << baton_last_error();
+  baton_stop(a);
+  std::vector<int> fds;
+  Reply rep{};
+  for (int i = 0; i < 200; ++i) {  // the application's session winds down first
+    fds.clear();
+    rep = agent.call(request(Op::kTakeOver, "kept"), &fds);
+    if (rep.status != BATON_EEXIST) break;
+    usleep(10000);
+  }
+  EXPECT_EQ(rep.status, 0) << rep.message;
+  EXPECT_EQ(rep.generation, gen);
+  EXPECT_TRUE(fds.empty()) << "a take-over maps nothing into the agent";
+  baton_t* b = nullptr;
+  ASSERT_EQ(baton_connect(d.socket().c_str(), &b), 0);
+  int restored = 0;
+  uint64_t got = 0;
+  EXPECT_EQ(baton_open(b, "kept", 4096, &s, &restored, &got), 0) << baton_last_error();
+  EXPECT_EQ(got, gen);
+  baton_stop(b);
+}
+
 TEST(Hostile, SizesAreCheckedTheSameWayWhateverTheBladeHolds) {
   TempDir dir;
   Batond d(1, dir.path);
