@@ -194,6 +194,7 @@ int baton_start(const baton_config_t* config, const char* const* links, size_t n
   c.max_segment_size = config->max_segment_size;
   c.idle = config->spin ? baton::IdlePolicy::kSpin : baton::IdlePolicy::kAdaptive;
   c.track_writes = config->no_write_tracking == 0 && baton::ipc::track_writes_allowed();
+  if (config->copy_on_write != 0) c.snapshot_mode = baton::EngineConfig::SnapshotMode::kCopyOnWrite;
   std::vector<std::unique_ptr<baton::Link>> ls;
   for (size_t i = 0; i < n_links; ++i) {
     auto l = parse_link(links[i]);

@@ -33,7 +33,8 @@ Result<uint64_t> Engine::commit(Segment* segment, CommitOptions options) {
   return generation;
 }
 
-void Engine::Impl::mark_written(Segment& seg, std::span<const std::pair<uint64_t, uint64_t>> ranges) {
+void Engine::Impl::mark_written(Segment& seg, std::span<const std::pair<uint64_t, uint64_t>> ranges,
+                                CopyOnWrite::Freeze* freeze) {
   // What changed since the last snapshot, for every stage. Untracked (or
   // the tracker failed, or is resting): everything, unless the application
   // said what it wrote.
@@ -52,7 +53,10 @@ void Engine::Impl::mark_written(Segment& seg, std::span<const std::pair<uint64_t
     seg.watch.reset();
   }
   bool all = ranges.empty();
-  if (seg.watch != nullptr) {
+  if (freeze != nullptr) {  // copy-on-write: every write faulted once and was noted
+    freeze->take_written(mark);
+    all = false;
+  } else if (seg.watch != nullptr) {
     std::string error;
     all = !seg.watch->collect(mark, &error);
     if (!error.empty()) BT_WARN("segment %s: write tracking stopped: %s", seg.name.c_str(), error.c_str());
@@ -60,7 +64,7 @@ void Engine::Impl::mark_written(Segment& seg, std::span<const std::pair<uint64_t
   if (all)
     for (auto& stage : seg.stages) stage.stale.set_all();
   if (all || std::exchange(seg.rewritten, false)) seg.written_unknown = true;
-  seg.tracked.store(seg.watch != nullptr && seg.watch->tracking(), std::memory_order_relaxed);
+  seg.tracked.store(freeze != nullptr || (seg.watch != nullptr && seg.watch->tracking()), std::memory_order_relaxed);
 }
 
 Result<void> Engine::Impl::snapshot(Segment& seg, uint64_t generation, const CommitOptions& options) {
@@ -76,8 +80,14 @@ Result<void> Engine::Impl::snapshot(Segment& seg, uint64_t generation, const Com
   // without it, taking it back between batches only when nobody else
   // holds it, so that commit does not wait out this copy. With `share`
   // it lets go after every batch: a copy preempted while holding the token
-  // would hold up everyone (CommitOptions). Copy-on-write snapshots will
-  // replace the copy (S14).
+  // would hold up everyone (CommitOptions). A copy-on-write segment
+  // copies nothing here (snapshot_cow).
+  if (seg.cow != nullptr && seg.shared_out.load()) {
+    acquire_token();
+    drop_cow(seg, "its memory was handed out");
+    release_token();
+  }
+  if (seg.cow != nullptr) return snapshot_cow(seg, generation, options);
   mark_written(seg, options.written);
   acquire_token();
   Stage* stage = nullptr;
@@ -90,19 +100,7 @@ Result<void> Engine::Impl::snapshot(Segment& seg, uint64_t generation, const Com
   const uint32_t cs = seg.chunk_size;
   const uint32_t chunks = wire::chunk_count_for(seg.size, cs);
   constexpr uint32_t kChunksPerPoll = 8;
-  stage->generation = generation;
-  // What changed since the previous generation, for replicas that hold it.
-  stage->delta.clear();
-  stage->delta_base = 0;
-  if (!seg.written_unknown && generation > 1) {
-    for (uint32_t c = 0; c < seg.written_chunks.count(); ++c)
-      if (seg.written_chunks.test(c)) stage->delta.push_back(c);
-    if (stage->delta.empty()) stage->delta.push_back(0);  // nothing changed: a delta of one chunk
-    if (stage->delta.size() < seg.written_chunks.count()) stage->delta_base = generation - 1;
-  }
-  seg.written_chunks.clear_all();  // taken: what is written from now on is the next delta
-  seg.written_unknown = false;
-  seg.committed.store(generation);
+  prepare_stage(seg, *stage, generation);
   stage->ready.store(0, std::memory_order_relaxed);
   stage->state.store(Stage::kPosted, std::memory_order_release);
   start_replication(seg, *stage, clock_ns());
@@ -157,6 +155,22 @@ Result<void> Engine::Impl::snapshot(Segment& seg, uint64_t generation, const Com
   bump(counters.snapshot_chunks_copied, copied);
   bump(counters.snapshot_chunks_skipped, chunks - copied);
   return {};
+}
+
+void Engine::Impl::prepare_stage(Segment& seg, Stage& stage, uint64_t generation) {
+  stage.generation = generation;
+  stage.delta.clear();
+  stage.delta_base = 0;
+  if (!seg.written_unknown && generation > 1) {
+    for (uint32_t c = seg.written_chunks.next_set(0); c < seg.written_chunks.count();
+         c = seg.written_chunks.next_set(c + 1))
+      stage.delta.push_back(c);
+    if (stage.delta.empty()) stage.delta.push_back(0);  // nothing changed: a delta of one chunk
+    if (stage.delta.size() < seg.written_chunks.count()) stage.delta_base = generation - 1;
+  }
+  seg.written_chunks.clear_all();  // taken: what is written from now on is the next delta
+  seg.written_unknown = false;
+  seg.committed.store(generation);
 }
 
 void Engine::Impl::post_ready_stage(Segment& seg, Stage& stage, uint64_t generation) {

@@ -337,8 +337,22 @@ Result<Segment*> Engine::Impl::make_segment(std::string_view name, uint64_t size
     stage.delta.reserve(std::min<uint32_t>(chunks, 256));  // no allocation per commit
   }
   seg->written_chunks.reset(chunks);
+  // Copy-on-write where asked and possible (else the stage copy below).
+  if (snapshot_mode_for(seg->name) == EngineConfig::SnapshotMode::kCopyOnWrite) {
+    std::string why = CopyOnWrite::unavailable_reason();
+    if (why.empty() && seg->mem.huge_pages()) why = "the memory is on huge pages";
+    if (why.empty()) {
+      auto cow = CopyOnWrite::attach(seg->mem.data(), seg->mem.mapped_size());
+      if (cow) seg->cow = std::move(*cow);
+      else why = cow.error().message;
+    }
+    if (!why.empty())
+      BT_WARN("segment %s: no copy-on-write, commits copy it: %s", seg->name.c_str(), why.c_str());
+    seg->copy_on_write.store(seg->cow != nullptr);
+    seg->tracked.store(seg->cow != nullptr, std::memory_order_relaxed);
+  }
   // A segment of one chunk is copied whole anyway: no scan, no faults.
-  if (tracks_writes() && chunks > 1) {
+  if (seg->cow == nullptr && tracks_writes() && chunks > 1) {
     std::string why;
     seg->watch = WriteWatch::start(seg->mem.data(), seg->mem.mapped_size(), &why);
     if (seg->watch == nullptr)
@@ -373,10 +387,16 @@ uint64_t Engine::size(Segment* segment) const noexcept {
 }
 
 int Engine::memory_fd(Segment* segment) const noexcept {
-  return impl_->table.with(segment, [](Segment* seg) {
+  return impl_->table.with(segment, [this](Segment* seg) {
     if (seg == nullptr) return -1;
     seg->shared_out.store(true);  // before anyone can map it: the next commit stops tracking
     seg->pristine.store(false);
+    if (seg->cow != nullptr) {  // writes through another mapping would bypass it: stop it now
+      std::lock_guard lock(seg->mu);
+      impl_->acquire_token();
+      impl_->drop_cow(*seg, "its memory was handed out");
+      impl_->release_token();
+    }
     return seg->mem.fd();
   });
 }
@@ -414,6 +434,14 @@ Result<SegmentStatus> Engine::status(Segment* segment) const {
     st.durable = seg->durable.load();
     if (st.durable != 0) st.durable_age_us = elapsed(impl_->clock_ns(), seg->durable_at_ns.load()) / 1000;
     st.writes_tracked = seg->tracked.load(std::memory_order_relaxed);
+    // The committer drops `cow` holding seg->mu: hold it to read through it
+    // (but never wait out a commit's copy for a status: counts then stay 0).
+    st.copy_on_write = seg->copy_on_write.load(std::memory_order_relaxed);
+    std::unique_lock lock(seg->mu, std::try_to_lock);
+    if (lock.owns_lock() && seg->cow != nullptr) {
+      st.cow_faults = seg->cow->faults();
+      st.cow_copied_aside = seg->cow->copied_aside();
+    }
     if (auto it = impl_->standby_nodes.find(seg->id); it != impl_->standby_nodes.end()) st.standbys = it->second;
     return st;
   });
@@ -550,6 +578,8 @@ EngineStats Engine::stats() const noexcept {
   s.notes_rx = c.notes_rx.load();
   s.notes_dropped = c.notes_dropped.load();
   s.standby_promotions = c.standby_promotions.load();
+  s.cow_snapshots = c.cow_snapshots.load();
+  s.cow_pages_settled = c.cow_pages_settled.load();
   for (size_t i = 0; i < c.decode.size(); ++i) s.decode_errors[i] = c.decode[i].load();
   return s;
 }

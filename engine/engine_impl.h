@@ -202,6 +202,10 @@ struct Engine::Impl {
   /// copies a slice of each per poll (advance_hot). Poll-token holder.
   std::vector<uint64_t> hot_behind;
   bool advance_hot_copies() noexcept;
+  /// Owned segments with a copy-on-write snapshot still being taken: the
+  /// worker settles a slice of each per poll. Poll-token holder.
+  std::vector<uint64_t> cow_behind;
+  bool advance_cow_snapshots() noexcept;
   std::unordered_map<uint64_t, SetRecord> records;                     ///< by segment id
   /// After `stores`: destroyed first, so queued writes finish from live slots.
   std::unique_ptr<GlobalStore> global;
@@ -224,7 +228,7 @@ struct Engine::Impl {
         stale_epoch{0}, published{0}, corrupt_generations{0}, tx_dropped{0}, no_slot{0}, bad_input{0}, stalls{0},
         longest_stall_us{0}, snapshot_chunks_copied{0}, snapshot_chunks_skipped{0}, deltas_sent{0},
         wholes_sent{0}, deltas_published{0}, notes_rx{0}, notes_dropped{0},
-        standby_promotions{0};
+        standby_promotions{0}, cow_snapshots{0}, cow_pages_settled{0};
     std::array<std::atomic<uint64_t>, static_cast<size_t>(wire::DecodeError::kCount)> decode{};
   } counters;
 
@@ -363,7 +367,24 @@ struct Engine::Impl {
   /// Marks the pages written since the last snapshot stale in both
   /// stages: those the tracker found, those the application named, or all.
   /// Committer (under seg.mu).
-  void mark_written(Segment& seg, std::span<const std::pair<uint64_t, uint64_t>> ranges);
+  void mark_written(Segment& seg, std::span<const std::pair<uint64_t, uint64_t>> ranges,
+                    CopyOnWrite::Freeze* freeze = nullptr);
+  /// snapshot() for a copy-on-write segment: protects, posts, returns.
+  Result<void> snapshot_cow(Segment& seg, uint64_t generation, const CommitOptions& options);
+  /// What a snapshot sends: the chunks changed since the previous
+  /// generation, for replicas that hold it. Committer, token held.
+  void prepare_stage(Segment& seg, Stage& stage, uint64_t generation);
+  /// Settles up to `budget` bytes of chunks of `stage`'s copy-on-write
+  /// snapshot, raising `ready`; true once it is complete. Token holder.
+  bool advance_cow(Segment& seg, Stage& stage, uint64_t budget) noexcept;
+  /// Completes every copy-on-write snapshot of `seg` still being taken.
+  /// Token holder.
+  void settle_cow(Segment& seg) noexcept;
+  /// Stops copy-on-write for `seg` (its snapshots complete first): commits
+  /// copy from now on. The caller holds seg.mu and the token.
+  void drop_cow(Segment& seg, const char* why);
+  /// The snapshot mode configured for segment `name`.
+  EngineConfig::SnapshotMode snapshot_mode_for(std::string_view name) const;
   /// Whether segments' writes are tracked (EngineConfig::track_writes, and
   /// the kernel can). Thread: any.
   bool tracks_writes() const { return config.track_writes && DirtyTracker::unavailable_reason().empty(); }

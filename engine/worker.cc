@@ -180,6 +180,7 @@ bool Engine::Impl::poll_once(uint64_t now) noexcept {
   busy |= pump_senders(now);
   busy |= step_ops(now);
   busy |= advance_hot_copies();
+  busy |= advance_cow_snapshots();
   step_records();
   if (!segment_news_backlog.empty()) flush_segment_news();
   for (auto& link : links) busy |= link->service(now);

@@ -570,15 +570,25 @@ Result<OpenResult> Engine::reopen(Segment* segment, bool take_over) {
 
 uint64_t Engine::Impl::restore_committed(Segment& seg) {
   // The stage of the newest generation is complete once commit() returned
-  // (the snapshot is taken under the poll token); it stays while the
+  // (the snapshot is taken under the poll token), or once a copy-on-write
+  // snapshot is settled (below); it stays while the
   // replicas receive it, and until the next commit.
   // Which stage is current is the poll-token holder's to say; the copy
   // runs without the token (a large segment would stop the worker's polls
   // for its length): the stage changes only in a commit, under seg.mu,
   // which the caller holds.
   acquire_token();
+  settle_cow(seg);  // a copy-on-write snapshot is in its stage once settled
   const Stage* stage = seg.current_stage >= 0 ? &seg.stages[seg.current_stage] : nullptr;
   release_token();
+  // The whole memory is rewritten: no fault per page (every page counts
+  // as written for the next commit).
+  if (seg.cow != nullptr)
+    if (auto ok = seg.cow->release_all(); !ok) {
+      acquire_token();
+      drop_cow(seg, ok.error().message.c_str());
+      release_token();
+    }
   uint64_t generation = 0;
   if (stage != nullptr) {
     std::memcpy(seg.mem.data(), stage->mem.data(), seg.size);

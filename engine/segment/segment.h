@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "replication/transfer.h"
+#include "segment/copy_on_write.h"
 #include "segment/dirty_tracker.h"
 #include "segment/local_storage.h"
 
@@ -41,6 +42,12 @@ struct Stage {
   /// committer before the stage is posted, read by the token holder.
   std::vector<uint32_t> delta;
   uint64_t delta_base = 0;
+  /// A copy-on-write snapshot still being taken (S14): its stale pages are
+  /// copied from the segment (or were, by a writer's fault handler) and
+  /// checksummed chunk by chunk by the poll-token holder
+  /// (Engine::Impl::advance_cow), which raises `ready` as it goes and
+  /// clears this at the end. Token holder only.
+  bool cow = false;
 };
 
 /// A replica slot of one of our segments. The set of slots is fixed when the
@@ -69,6 +76,14 @@ struct Segment {
   /// only their chunks (S15); null: untracked, every chunk counts as
   /// written. Committer (under mu) only.
   std::unique_ptr<WriteWatch> watch;
+  /// Copy-on-write snapshots (EngineConfig::SnapshotMode::kCopyOnWrite),
+  /// instead of `watch`; null: commits copy. Created with the segment,
+  /// dropped by the committer holding mu and the poll token; pages settled
+  /// by the token holder; its fault handler runs in any writing thread.
+  /// Declared after `stages`: destroyed first, so no handler copies into
+  /// a stage that is gone.
+  std::unique_ptr<CopyOnWrite> cow;
+  std::atomic<bool> copy_on_write{false};  ///< cow != null: committer writes, anyone reads
   /// Chunks written since the last generation, and whether that may not
   /// be all that changed (the tracker rested or failed, nothing was said,
   /// the engine wrote the memory itself, or there is no generation yet).

@@ -50,6 +50,10 @@ typedef struct baton_config {
   uint32_t spin;               /* 1: worker never sleeps (dedicated core) */
   uint32_t no_write_tracking;  /* 1: commits copy whole segments (something other than this
                                   process's writes through baton_segment_data() changes them: DMA) */
+  uint32_t copy_on_write;      /* 1: copy-on-write commits (S14): a commit write-protects what was
+                                  written and returns; the engine copies the snapshot while the
+                                  application writes on (a SIGBUS handler copies a page aside on its
+                                  first write). read(2) into a protected page fails with EFAULT. */
 } baton_config_t;
 
 /* Fills *config with defaults. */

@@ -93,6 +93,30 @@ struct EngineConfig {
   /// memory to another process, every chunk is copied. A commit that
   /// finds most of the segment written stops tracking for a few commits.
   bool track_writes = true;
+  /// How a commit takes its snapshot (issue #10 item 6; the trade-offs are
+  /// measured in docs/performance.md):
+  ///  - kStageCopy: the committing thread copies what was written into a
+  ///    stage before the call returns (found as track_writes says; the
+  ///    application may also name its ranges: CommitOptions::written).
+  ///  - kCopyOnWrite (S14): the commit write-protects what was written and
+  ///    returns; the worker copies the snapshot while the application goes
+  ///    on, and a write to a page not copied yet copies it aside first, in
+  ///    the writing thread (a SIGBUS handler this process installs: about
+  ///    4 us per first write to a page after each commit). Traps: a
+  ///    write the kernel makes into the segment (read(2) into it) fails
+  ///    with EFAULT while its page is protected; an application's own
+  ///    SIGBUS handler must be installed before the engine starts (the
+  ///    engine's chains to it). Where the kernel cannot (or the memory is
+  ///    on huge pages, or memory_fd() hands it out) the segment falls back
+  ///    to kStageCopy, with the reason logged.
+  enum class SnapshotMode : uint8_t { kStageCopy, kCopyOnWrite };
+  SnapshotMode snapshot_mode = SnapshotMode::kStageCopy;
+  /// Per segment name, a mode other than snapshot_mode.
+  struct SegmentSnapshot {
+    std::string segment;
+    SnapshotMode mode = SnapshotMode::kStageCopy;
+  };
+  std::vector<SegmentSnapshot> snapshot_modes;
   /// Hot standbys (S16): per segment name, the nodes that keep a current,
   /// ready-to-run copy of it. Give every node of a cluster the same list.
   /// An owner places the segment's replicas on its live standby nodes
@@ -193,6 +217,12 @@ struct SegmentStatus {
   uint64_t durable = 0;  ///< newest generation a majority of the replica set holds (kDurable)
   uint64_t durable_age_us = 0;  ///< since `durable` reached its value (0 while nothing is durable)
   bool writes_tracked = false;  ///< commits copy only the chunks written since (EngineConfig::track_writes)
+  /// Commits take copy-on-write snapshots (EngineConfig::snapshot_mode);
+  /// writes that faulted on a protected page, and of those the pages
+  /// copied aside for a snapshot still being taken.
+  bool copy_on_write = false;
+  uint64_t cow_faults = 0;
+  uint64_t cow_copied_aside = 0;
   std::vector<uint16_t> standbys;  ///< its hot standby nodes (EngineConfig::standbys)
 };
 
@@ -247,6 +277,8 @@ struct EngineStats {
   uint64_t notes_rx = 0;           ///< daemon notes received (Engine::take_notes)
   uint64_t notes_dropped = 0;      ///< received while the inbox was full: lost
   uint64_t standby_promotions = 0; ///< loads that took over this node's hot standby copy (no fetch, no copy)
+  uint64_t cow_snapshots = 0;      ///< commits that took a copy-on-write snapshot (S14)
+  uint64_t cow_pages_settled = 0;  ///< snapshot pages the engine copied (the rest the writers copied aside)
 };
 
 /// A note from another node's daemon (Engine::send_note).

@@ -33,10 +33,11 @@ int main(int argc, char** argv) {
     else if (a == "--actions") o.actions = static_cast<int>(next());
     else if (a == "--no-faults-in-calls") o.faults_in_calls = false;
     else if (a == "--no-standbys") o.standbys = false;
+    else if (a == "--no-cow") o.cow = false;
     else if (a == "--print") o.print = true;
     else {
       std::fprintf(stderr, "usage: baton-sim [--seeds N] [--first S] [--seed S] [--nodes N] [--rf R] "
-                           "[--actions A] [--no-faults-in-calls] [--no-standbys] [--print]\n");
+                           "[--actions A] [--no-faults-in-calls] [--no-standbys] [--no-cow] [--print]\n");
       return 2;
     }
   }

@@ -31,6 +31,7 @@ void Stats::add(const Stats& o) {
   partial_snapshots += o.partial_snapshots;
   delta_generations += o.delta_generations;
   standby_promotions += o.standby_promotions;
+  cow_snapshots += o.cow_snapshots;
   records_lost += o.records_lost;
   deletes += o.deletes;
   failed_deletes += o.failed_deletes;
@@ -42,14 +43,15 @@ std::string Stats::to_string() const {
                 "seeds=%lu steps=%lu commits=%lu durable_acks=%lu restores=%lu fresh_starts=%lu kills=%lu "
                 "restarts=%lu partitions=%lu stalls=%lu failed_opens=%lu lost_with_every_copy=%lu "
                 "acks_in_detection_window=%lu past_tolerance=%lu records_lost=%lu deletes=%lu failed_deletes=%lu "
-                "partial_snapshots=%lu delta_generations=%lu standby_promotions=%lu",
+                "partial_snapshots=%lu delta_generations=%lu standby_promotions=%lu cow_snapshots=%lu",
                 (unsigned long)seeds, (unsigned long)steps, (unsigned long)commits, (unsigned long)durable_acks,
                 (unsigned long)restores, (unsigned long)fresh_starts, (unsigned long)kills, (unsigned long)restarts,
                 (unsigned long)partitions, (unsigned long)stalls, (unsigned long)failed_opens,
                 (unsigned long)lost_with_every_copy, (unsigned long)acks_in_detection_window,
                 (unsigned long)past_tolerance, (unsigned long)records_lost, (unsigned long)deletes,
                 (unsigned long)failed_deletes, (unsigned long)partial_snapshots,
-                (unsigned long)delta_generations, (unsigned long)standby_promotions);
+                (unsigned long)delta_generations, (unsigned long)standby_promotions,
+                (unsigned long)cow_snapshots);
   return b;
 }
 
@@ -108,6 +110,15 @@ class World {
         if (pick() % 2 == 0)
           standbys_.push_back(EngineConfig::Standby{"seg" + std::to_string(i),
                                                     {static_cast<uint16_t>(1 + pick() % o.nodes)}});
+    }
+    // Copy-on-write snapshots (S14) for some segments, picked likewise:
+    // the engines' workers then settle those snapshots in their polls
+    // while the world's writes race them.
+    if (o.cow) {
+      std::mt19937_64 pick(seed ^ 0x632be59bd9b4e019ull);
+      for (int i = 0; i < o.segments; ++i)
+        if (pick() % 2 == 0)
+          cow_modes_.push_back({"seg" + std::to_string(i), EngineConfig::SnapshotMode::kCopyOnWrite});
     }
     hooks_->now = [this] { return now_; };
     hooks_->step = [this] { step(); };
@@ -168,6 +179,7 @@ class World {
     c.expected_votes = static_cast<uint32_t>(o_.nodes);
     c.simulation = hooks_;
     c.standbys = standbys_;
+    c.snapshot_modes = cow_modes_;
     return c;
   }
 
@@ -175,6 +187,7 @@ class World {
     const EngineStats st = e.stats();
     stats_.delta_generations += st.deltas_published;
     stats_.standby_promotions += st.standby_promotions;
+    stats_.cow_snapshots += st.cow_snapshots;
   }
 
   void start(int n, std::vector<std::unique_ptr<Link>> links) {
@@ -878,6 +891,7 @@ class World {
   Options o_;
   std::mt19937_64 rng_;
   std::vector<EngineConfig::Standby> standbys_;
+  std::vector<EngineConfig::SegmentSnapshot> cow_modes_;
   uint64_t now_ = 1'000'000'000;
   std::shared_ptr<SimulationHooks> hooks_;
   std::vector<std::unique_ptr<Engine>> engines_;  ///< engines_[n-1] is node n; null while dead

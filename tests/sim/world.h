@@ -38,6 +38,7 @@ struct Options {
   bool faults_in_calls = true;  ///< kills, stalls and partitions also strike while a call waits
   bool print = false;     ///< print the schedule as it runs
   bool standbys = true;   ///< give some segments a hot standby node (picked from the seed)
+  bool cow = true;        ///< some segments take copy-on-write snapshots (picked from the seed)
 };
 
 struct Stats {
@@ -46,7 +47,8 @@ struct Stats {
            acks_in_detection_window = 0, past_tolerance = 0, records_lost = 0, deletes = 0, failed_deletes = 0,
            partial_snapshots = 0,  ///< commits that copied only the chunks written since (write tracking)
            delta_generations = 0,  ///< generations replicas built from a delta (only what changed travelled)
-           standby_promotions = 0;  ///< loads that took a hot standby's ready copy over
+           standby_promotions = 0,  ///< loads that took a hot standby's ready copy over
+           cow_snapshots = 0;       ///< commits that took a copy-on-write snapshot (S14)
   void add(const Stats& o);
   std::string to_string() const;
 };

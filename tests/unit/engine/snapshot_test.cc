@@ -17,6 +17,7 @@
 
 #include "../../common/cluster.h"
 #include "../../common/ok.h"
+#include "segment/copy_on_write.h"
 #include "segment/dirty_tracker.h"
 
 namespace baton {
@@ -103,6 +104,7 @@ struct Mode {
   const char* name;
   bool track;         // EngineConfig::track_writes
   bool pass_ranges;   // the test names what it wrote (CommitOptions::written)
+  bool cow = false;   // EngineConfig::SnapshotMode::kCopyOnWrite (cow_test.cc has more)
 };
 
 class SnapshotModes : public ::testing::TestWithParam<Mode> {};
@@ -115,11 +117,13 @@ TEST_P(SnapshotModes, EveryGenerationIsByteExact) {
   const Mode mode = GetParam();
   EngineConfig c;
   c.track_writes = mode.track;
+  if (mode.cow) c.snapshot_mode = EngineConfig::SnapshotMode::kCopyOnWrite;
   Cluster cl(2, c);
   constexpr uint64_t kSize = 1 << 20;  // 64+ chunks; small enough for ThreadSanitizer
   auto seg = test::must(cl.node(1).create("incremental", kSize));
   auto mem = cl.node(1).data(seg);
-  const bool tracked = mode.track && DirtyTracker::unavailable_reason().empty();
+  const bool tracked = mode.cow ? CopyOnWrite::unavailable_reason().empty()
+                                : mode.track && DirtyTracker::unavailable_reason().empty();
   EXPECT_EQ(test::must(cl.node(1).status(seg)).writes_tracked, tracked);
   std::mt19937_64 rng(7);
   const auto before = cl.node(1).stats();
@@ -202,7 +206,9 @@ TEST(Snapshot, DeltasStayExactAcrossRestartsAndReplacements) {
 
 INSTANTIATE_TEST_SUITE_P(Snapshot, SnapshotModes,
                          ::testing::Values(Mode{"tracked", true, false}, Mode{"untracked", false, false},
-                                           Mode{"ranges", false, true}, Mode{"tracked_and_ranges", true, true}),
+                                           Mode{"ranges", false, true}, Mode{"tracked_and_ranges", true, true},
+                                           Mode{"copy_on_write", true, false, true},
+                                           Mode{"copy_on_write_and_ranges", true, true, true}),
                          [](const auto& info) { return std::string(info.param.name); });
 
 TEST(Snapshot, HandingOutTheMemfdStopsTracking) {

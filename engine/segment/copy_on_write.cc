@@ -1,0 +1,348 @@
+#include "segment/copy_on_write.h"
+
+#include <fcntl.h>
+#include <linux/userfaultfd.h>
+#include <signal.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <mutex>
+
+#include "replication/transfer.h"
+
+namespace baton {
+namespace {
+
+constexpr uint64_t kWpUnpopulated = uint64_t{1} << 13;  // UFFD_FEATURE_WP_UNPOPULATED (Linux 6.7)
+
+std::string errno_text(const char* what) { return std::string(what) + ": " + std::strerror(errno); }
+
+inline void cpu_relax() noexcept {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#endif
+}
+
+uint64_t monotonic_ns() noexcept {  // clock_gettime is async-signal-safe
+  timespec ts{};
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<uint64_t>(ts.tv_sec) * 1'000'000'000 + static_cast<uint64_t>(ts.tv_nsec);
+}
+
+}  // namespace
+
+/// The process-wide part: which regions exist, the SIGBUS handler that
+/// finds them, and what SIGBUS did before it (chained to for any other
+/// address). A slot is read by handlers with `users` held (Dekker-style,
+/// sequentially consistent), so a region leaves only once no handler
+/// looks at it.
+struct CopyOnWrite::Handler {
+  struct Slot {
+    std::atomic<CopyOnWrite*> cow{nullptr};
+    std::atomic<uint32_t> users{0};
+  };
+  /// A region that just left: a fault raised before its protection was
+  /// lifted may reach the handler after; retrying the write is right for
+  /// a short while (then the address may be someone else's).
+  struct Gone {
+    std::atomic<uintptr_t> begin{0}, end{0};
+    std::atomic<uint64_t> at_ns{0};
+  };
+  static constexpr uint64_t kGoneRetryNs = 1'000'000'000;
+  static constexpr uint32_t kGone = 16;
+
+  static Slot slots[kMaxRegions];
+  static std::atomic<uint32_t> high;  ///< slots [0, high) may be in use
+  static Gone gone[kGone];
+  static std::atomic<uint32_t> gone_next;
+  static std::mutex mu;  ///< attach and detach (never taken by the handler)
+  static bool installed;
+  static struct sigaction previous;
+
+  static void on_signal(int sig, siginfo_t* info, void* uc) {
+    const int saved = errno;
+    const auto addr = reinterpret_cast<uintptr_t>(info->si_addr);
+    const uint32_t n = high.load(std::memory_order_acquire);
+    for (uint32_t i = 0; i < n; ++i) {
+      Slot& s = slots[i];
+      if (s.cow.load(std::memory_order_relaxed) == nullptr) continue;
+      s.users.fetch_add(1);
+      CopyOnWrite* c = s.cow.load();
+      const bool mine = c != nullptr && addr >= reinterpret_cast<uintptr_t>(c->base_) &&
+                        addr < reinterpret_cast<uintptr_t>(c->base_) + c->len_;
+      const bool ok = mine && c->on_fault(addr);
+      s.users.fetch_sub(1);
+      if (ok) {
+        errno = saved;
+        return;  // the write runs again, on a writable page
+      }
+      if (mine) {
+        static const char msg[] = "baton: copy-on-write could not lift a page's write protection\n";
+        (void)!write(STDERR_FILENO, msg, sizeof msg - 1);
+        break;
+      }
+    }
+    const uint64_t now = monotonic_ns();
+    for (auto& g : gone)
+      if (addr >= g.begin.load() && addr < g.end.load() && now - g.at_ns.load() < kGoneRetryNs) {
+        errno = saved;
+        return;
+      }
+    errno = saved;
+    chain(sig, info, uc);
+  }
+
+  static void chain(int sig, siginfo_t* info, void* uc) {
+    if ((previous.sa_flags & SA_SIGINFO) != 0 && previous.sa_sigaction != nullptr) {
+      previous.sa_sigaction(sig, info, uc);
+    } else if (previous.sa_handler != SIG_DFL && previous.sa_handler != SIG_IGN) {
+      previous.sa_handler(sig);
+    } else {
+      signal(sig, SIG_DFL);  // the faulting access runs again and takes the default action
+    }
+  }
+
+  static int add(CopyOnWrite* cow, std::string& why) {
+    std::lock_guard lock(mu);
+    if (!installed) {
+      struct sigaction sa{};
+      sa.sa_sigaction = &on_signal;
+      sa.sa_flags = SA_SIGINFO | SA_NODEFER | SA_RESTART;
+      sigemptyset(&sa.sa_mask);
+      if (sigaction(SIGBUS, &sa, &previous) != 0) {
+        why = errno_text("sigaction(SIGBUS)");
+        return -1;
+      }
+      installed = true;
+    }
+    for (uint32_t i = 0; i < kMaxRegions; ++i) {
+      if (slots[i].cow.load() != nullptr) continue;
+      slots[i].cow.store(cow);
+      if (i >= high.load()) high.store(i + 1, std::memory_order_release);
+      return static_cast<int>(i);
+    }
+    why = "more than " + std::to_string(kMaxRegions) + " copy-on-write segments in one process";
+    return -1;
+  }
+
+  static void remove(int slot, uintptr_t begin, uintptr_t end) {
+    std::lock_guard lock(mu);
+    Gone& g = gone[gone_next.fetch_add(1) % kGone];
+    g.at_ns.store(monotonic_ns());
+    g.begin.store(begin);
+    g.end.store(end);
+    slots[slot].cow.store(nullptr);
+    while (slots[slot].users.load() != 0) cpu_relax();
+  }
+};
+
+CopyOnWrite::Handler::Slot CopyOnWrite::Handler::slots[kMaxRegions];
+std::atomic<uint32_t> CopyOnWrite::Handler::high{0};
+CopyOnWrite::Handler::Gone CopyOnWrite::Handler::gone[kGone];
+std::atomic<uint32_t> CopyOnWrite::Handler::gone_next{0};
+std::mutex CopyOnWrite::Handler::mu;
+bool CopyOnWrite::Handler::installed = false;
+struct sigaction CopyOnWrite::Handler::previous{};
+
+const std::string& CopyOnWrite::unavailable_reason() {
+  static const std::string reason = [] {
+    if (sysconf(_SC_PAGESIZE) != static_cast<long>(kPage)) return std::string("the page size is not 4 KiB");
+    constexpr uint64_t kLen = 4 * kPage;
+    const int fd = memfd_create("baton-cow-probe", MFD_CLOEXEC);
+    if (fd < 0) return errno_text("memfd_create");
+    std::string why;
+    void* p = MAP_FAILED;
+    if (ftruncate(fd, kLen) != 0) why = errno_text("ftruncate");
+    else p = mmap(nullptr, kLen, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0);
+    close(fd);
+    if (p == MAP_FAILED) return why.empty() ? errno_text("mmap") : why;
+    std::vector<std::byte> aside(kLen);
+    {
+      auto* mem = static_cast<std::byte*>(p);
+      mem[kPage] = std::byte{7};
+      auto cow = attach(mem, kLen);
+      if (!cow) {
+        why = cow.error().message;
+      } else {
+        ChunkBitmap pages;
+        pages.reset(4);
+        pages.set(1);
+        {
+          Freeze fz(**cow);
+          fz.take_written([](uint64_t, uint64_t) {});
+          fz.pend(aside.data(), pages);
+          if (auto ok = fz.protect(); !ok) why = ok.error().message;
+        }
+        if (why.empty()) {
+          mem[kPage] = std::byte{9};  // faults: the handler copies the page aside first
+          if ((*cow)->faults() != 1 || aside[kPage] != std::byte{7} || mem[kPage] != std::byte{9})
+            why = "a write to a write-protected page did not reach the SIGBUS handler";
+        }
+      }
+    }
+    munmap(p, kLen);
+    return why;
+  }();
+  return reason;
+}
+
+Result<std::unique_ptr<CopyOnWrite>> CopyOnWrite::attach(std::byte* base, uint64_t len) {
+  if (len == 0 || len % kPage != 0 || reinterpret_cast<uintptr_t>(base) % kPage != 0)
+    return fail(Errc::kInvalidArgument, "copy-on-write needs a page-aligned range");
+  std::unique_ptr<CopyOnWrite> c(new CopyOnWrite);
+  c->base_ = base;
+  c->len_ = len;
+  c->pages_ = static_cast<uint32_t>(len / kPage);
+  const uint32_t words = (c->pages_ + 63) / 64;
+  c->written_ = std::make_unique<std::atomic<uint64_t>[]>(words);
+  for (uint32_t i = 0; i < words; ++i) c->written_[i].store(~uint64_t{0}, std::memory_order_relaxed);
+  if (c->pages_ % 64 != 0) c->written_[words - 1].store((uint64_t{1} << (c->pages_ % 64)) - 1);
+  c->state_ = std::make_unique<std::atomic<uint8_t>[]>(c->pages_);
+  for (uint32_t i = 0; i < c->pages_; ++i) c->state_[i].store(kIdle, std::memory_order_relaxed);
+  c->runs_.reserve(64);
+  c->uffd_ = static_cast<int>(syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY));
+  if (c->uffd_ < 0) {
+    std::string why = errno_text("userfaultfd");
+    if (errno == EPERM) why += " (vm.unprivileged_userfaultfd=0 and no CAP_SYS_PTRACE)";
+    return fail(Errc::kUnavailable, why);
+  }
+  uffdio_api api{};
+  api.api = UFFD_API;
+  api.features = UFFD_FEATURE_SIGBUS | UFFD_FEATURE_WP_HUGETLBFS_SHMEM | kWpUnpopulated;
+  if (ioctl(c->uffd_, UFFDIO_API, &api) != 0)
+    return fail(Errc::kUnavailable, errno_text("UFFDIO_API with SIGBUS | WP_HUGETLBFS_SHMEM | WP_UNPOPULATED"));
+  uffdio_register reg{};
+  reg.range.start = reinterpret_cast<uintptr_t>(base);
+  reg.range.len = len;
+  reg.mode = UFFDIO_REGISTER_MODE_WP;
+  if (ioctl(c->uffd_, UFFDIO_REGISTER, &reg) != 0)
+    return fail(Errc::kUnavailable, errno_text("UFFDIO_REGISTER for write-protect"));
+  std::string why;
+  c->slot_ = Handler::add(c.get(), why);
+  if (c->slot_ < 0) return fail(Errc::kUnavailable, why);
+  return c;
+}
+
+CopyOnWrite::~CopyOnWrite() {
+  if (slot_ >= 0) {
+    lock_writer();
+    protect_range(0, len_, false);  // no new faults from here on
+    unlock_writer();
+    Handler::remove(slot_, reinterpret_cast<uintptr_t>(base_), reinterpret_cast<uintptr_t>(base_) + len_);
+  }
+  if (uffd_ >= 0) close(uffd_);  // unregisters the range
+}
+
+void CopyOnWrite::lock_writer() noexcept {
+  for (;;) {
+    uint32_t v = gate_.load(std::memory_order_relaxed);
+    if ((v & kWriter) == 0 && gate_.compare_exchange_weak(v, v | kWriter, std::memory_order_acquire)) break;
+    cpu_relax();
+  }
+  while (gate_.load(std::memory_order_acquire) != kWriter) cpu_relax();  // handlers in flight finish
+}
+
+void CopyOnWrite::unlock_writer() noexcept { gate_.fetch_and(~kWriter, std::memory_order_release); }
+
+bool CopyOnWrite::protect_range(uint64_t off, uint64_t len, bool on) noexcept {
+  uffdio_writeprotect wp{};
+  wp.range.start = reinterpret_cast<uintptr_t>(base_) + off;
+  wp.range.len = len;
+  wp.mode = on ? UFFDIO_WRITEPROTECT_MODE_WP : UFFDIO_WRITEPROTECT_MODE_DONTWAKE;
+  return ioctl(uffd_, UFFDIO_WRITEPROTECT, &wp) == 0;
+}
+
+bool CopyOnWrite::claim(uint32_t page) noexcept {
+  std::atomic<uint8_t>& s = state_[page];
+  for (;;) {
+    uint8_t v = s.load(std::memory_order_acquire);
+    if (v == kIdle) return false;
+    if (v == kCopying) {  // the other side is copying it: 4 KiB, soon done
+      cpu_relax();
+      continue;
+    }
+    if (s.compare_exchange_weak(v, kCopying, std::memory_order_acquire)) {
+      const uint64_t off = uint64_t{page} * kPage;
+      std::memcpy(aside_.load(std::memory_order_relaxed) + off, base_ + off, kPage);
+      s.store(kIdle, std::memory_order_release);
+      return true;
+    }
+  }
+}
+
+bool CopyOnWrite::on_fault(uintptr_t addr) noexcept {
+  const auto page = static_cast<uint32_t>((addr - reinterpret_cast<uintptr_t>(base_)) / kPage);
+  for (;;) {  // a reader of the gate: no freeze is half done while we look
+    uint32_t v = gate_.load(std::memory_order_relaxed);
+    if ((v & kWriter) == 0 && gate_.compare_exchange_weak(v, v + 1, std::memory_order_acquire)) break;
+    cpu_relax();
+  }
+  written_[page / 64].fetch_or(uint64_t{1} << (page % 64), std::memory_order_relaxed);
+  if (claim(page)) copied_aside_.fetch_add(1, std::memory_order_relaxed);
+  faults_.fetch_add(1, std::memory_order_relaxed);
+  const bool ok = protect_range(uint64_t{page} * kPage, kPage, false);
+  gate_.fetch_sub(1, std::memory_order_release);
+  return ok;
+}
+
+void CopyOnWrite::settle(uint32_t page) noexcept { claim(page); }
+
+bool CopyOnWrite::pending(uint32_t page) const noexcept {
+  return state_[page].load(std::memory_order_acquire) != kIdle;
+}
+
+void CopyOnWrite::take_runs() {
+  runs_.clear();
+  const uint32_t words = (pages_ + 63) / 64;
+  uint64_t run_begin = 0, run_len = 0;
+  for (uint32_t w = 0; w < words; ++w) {
+    uint64_t bits = written_[w].exchange(0, std::memory_order_relaxed);
+    while (bits != 0) {
+      const unsigned b = static_cast<unsigned>(__builtin_ctzll(bits));
+      bits &= bits - 1;
+      const uint64_t off = (uint64_t{w} * 64 + b) * kPage;
+      if (run_len != 0 && run_begin + run_len == off) {
+        run_len += kPage;
+        continue;
+      }
+      if (run_len != 0) runs_.emplace_back(run_begin, run_len);
+      run_begin = off;
+      run_len = kPage;
+    }
+  }
+  if (run_len != 0) runs_.emplace_back(run_begin, run_len);
+}
+
+Result<void> CopyOnWrite::release_all() {
+  lock_writer();
+  const uint32_t words = (pages_ + 63) / 64;
+  for (uint32_t w = 0; w < words; ++w) written_[w].store(~uint64_t{0}, std::memory_order_relaxed);
+  if (pages_ % 64 != 0) written_[words - 1].store((uint64_t{1} << (pages_ % 64)) - 1, std::memory_order_relaxed);
+  const bool ok = protect_range(0, len_, false);
+  unlock_writer();
+  if (!ok) return fail(Errc::kIo, errno_text("UFFDIO_WRITEPROTECT (lift)"));
+  return {};
+}
+
+CopyOnWrite::Freeze::Freeze(CopyOnWrite& cow) : cow_(cow) { cow_.lock_writer(); }
+CopyOnWrite::Freeze::~Freeze() { cow_.unlock_writer(); }
+
+void CopyOnWrite::Freeze::pend(std::byte* aside, const ChunkBitmap& pages) {
+  cow_.aside_.store(aside, std::memory_order_relaxed);  // published by the gate's release
+  const uint32_t n = std::min(pages.count(), cow_.pages_);
+  for (uint32_t p = pages.next_set(0); p < n; p = pages.next_set(p + 1))
+    cow_.state_[p].store(kPending, std::memory_order_relaxed);
+}
+
+Result<void> CopyOnWrite::Freeze::protect() {
+  for (const auto& [off, len] : cow_.runs_)
+    if (!cow_.protect_range(off, len, true)) return fail(Errc::kIo, errno_text("UFFDIO_WRITEPROTECT"));
+  return {};
+}
+
+}  // namespace baton

@@ -1,0 +1,139 @@
+// Copy-on-write snapshots (S14, issue #10 item 1; segment/copy_on_write.h
+// has the mechanism). A commit freezes the segment: it takes the pages
+// written since the previous commit, marks the pages this stage must
+// refresh as pending, and write-protects what was written, then posts the
+// stage empty and returns. The poll-token holder (the worker, or a caller
+// holding the token) settles the stage chunk by chunk: copies each pending
+// page from the segment (still protected, so still the commit's contents)
+// or finds it already copied aside by a writer's fault, checksums the
+// chunk and raises `ready`, which is what the senders wait on. The
+// application's thread copies nothing.
+//
+// Threads: snapshot_cow is the committer's (seg.mu held; it takes the
+// token); advance_cow and settle_cow the token holder's.
+
+#include <algorithm>
+
+#include "common/crc32c.h"
+#include "common/log.h"
+#include "engine_impl.h"
+#include "engine_util.h"
+
+namespace baton {
+
+namespace {
+/// Bytes of chunks the worker settles per segment per poll: a 64 MiB
+/// snapshot spreads over 16 polls, and heartbeats go on meanwhile.
+constexpr uint64_t kCowSlice = 4u << 20;
+}  // namespace
+
+EngineConfig::SnapshotMode Engine::Impl::snapshot_mode_for(std::string_view name) const {
+  for (const auto& m : config.snapshot_modes)
+    if (m.segment == name) return m.mode;
+  return config.snapshot_mode;
+}
+
+Result<void> Engine::Impl::snapshot_cow(Segment& seg, uint64_t generation, const CommitOptions& options) {
+  acquire_token();
+  // The previous snapshot must be whole before its pages can pend again
+  // (the worker has usually finished it long since).
+  settle_cow(seg);
+  Stage* stage = nullptr;
+  for (auto& s : seg.stages)
+    if (s.state.load(std::memory_order_acquire) == Stage::kFree) stage = &s;
+  if (stage == nullptr) {  // cannot happen: starting a stage frees the other
+    release_token();
+    return fail(Errc::kInternal, "no free snapshot stage");
+  }
+  Result<void> protected_ok;
+  {
+    CopyOnWrite::Freeze freeze(*seg.cow);
+    mark_written(seg, options.written, &freeze);
+    freeze.pend(stage->mem.data(), stage->stale);
+    protected_ok = freeze.protect();
+  }
+  prepare_stage(seg, *stage, generation);
+  stage->ready.store(0, std::memory_order_relaxed);
+  stage->cow = true;
+  stage->state.store(Stage::kPosted, std::memory_order_release);
+  start_replication(seg, *stage, clock_ns());
+  bump(counters.cow_snapshots);
+  if (!protected_ok) {
+    // Some written pages may not be protected: copy the snapshot now, as
+    // a stage copy would, and commit by copying from now on.
+    BT_WARN("segment %s: %s", seg.name.c_str(), protected_ok.error().message.c_str());
+    drop_cow(seg, "write-protection failed");
+  } else if (std::find(cow_behind.begin(), cow_behind.end(), seg.id) == cow_behind.end()) {
+    cow_behind.push_back(seg.id);
+  }
+  release_token();
+  return {};
+}
+
+bool Engine::Impl::advance_cow(Segment& seg, Stage& stage, uint64_t budget) noexcept {
+  if (!stage.cow) return true;
+  constexpr uint64_t kPage = Stage::kStalePage;
+  const uint32_t cs = seg.chunk_size;
+  const uint32_t chunks = wire::chunk_count_for(seg.size, cs);
+  const uint32_t pages = stage.stale.count();
+  uint32_t i = stage.ready.load(std::memory_order_relaxed);
+  uint64_t done = 0;
+  uint32_t copied = 0, skipped = 0, settled = 0;
+  while (i < chunks && done < budget) {
+    const uint64_t off = uint64_t{i} * cs;
+    const uint32_t len = wire::chunk_len(seg.size, cs, i);
+    const auto last_page = static_cast<uint32_t>((off + len - 1) / kPage);
+    uint32_t p = stage.stale.next_set(static_cast<uint32_t>(off / kPage));
+    if (p > last_page) {  // unchanged since this stage's last snapshot: skip to the next stale chunk
+      const uint32_t from = i;
+      i = p >= pages ? chunks : std::max(i + 1, static_cast<uint32_t>(uint64_t{p} * kPage / cs));
+      skipped += i - from;
+      if (i < chunks) stage.ready.store(i, std::memory_order_release);
+      continue;
+    }
+    for (; p <= last_page && p < pages; p = stage.stale.next_set(p + 1)) {
+      if (seg.cow != nullptr) seg.cow->settle(p);
+      ++settled;
+    }
+    stage.chunk_crcs[i] = crc32c(stage.mem.data() + off, len);
+    ++copied;
+    done += len;
+    if (++i < chunks) stage.ready.store(i, std::memory_order_release);
+  }
+  bump(counters.snapshot_chunks_copied, copied);
+  bump(counters.snapshot_chunks_skipped, skipped);
+  bump(counters.cow_pages_settled, settled);
+  if (i < chunks) return false;
+  stage.gen_crc = wire::generation_crc(stage.chunk_crcs);
+  stage.stale.clear_all();
+  stage.cow = false;
+  stage.ready.store(chunks, std::memory_order_release);  // after gen_crc: senders read it then
+  return true;
+}
+
+void Engine::Impl::settle_cow(Segment& seg) noexcept {
+  for (auto& stage : seg.stages) advance_cow(seg, stage, UINT64_MAX);
+}
+
+void Engine::Impl::drop_cow(Segment& seg, const char* why) {
+  if (seg.cow == nullptr) return;
+  settle_cow(seg);
+  seg.cow.reset();
+  seg.copy_on_write.store(false);
+  seg.tracked.store(false, std::memory_order_relaxed);
+  BT_INFO("segment %s: copy-on-write stopped (%s); commits copy it whole from now on", seg.name.c_str(), why);
+}
+
+bool Engine::Impl::advance_cow_snapshots() noexcept {
+  if (cow_behind.empty()) return false;
+  std::erase_if(cow_behind, [this](uint64_t id) {
+    auto it = owned.find(id);
+    if (it == owned.end()) return true;
+    bool done = true;
+    for (auto& stage : it->second->stages) done &= advance_cow(*it->second, stage, kCowSlice);
+    return done;
+  });
+  return true;
+}
+
+}  // namespace baton
