@@ -30,6 +30,7 @@ Result<uint64_t> Engine::commit(Segment* segment, CommitOptions options) {
                   ") is past the end of ", seg->name, " (", std::to_string(seg->size), " bytes)");
   const uint64_t generation = seg->committed.load() + 1;
   if (auto ok = impl_->snapshot(*seg, generation, options); !ok) return tl::unexpected(ok.error());
+  if (seg->commit_every_ns != 0) seg->next_periodic_ns = impl_->clock_ns() + seg->commit_every_ns;
   return generation;
 }
 

@@ -74,6 +74,14 @@ void Engine::Impl::release_token() noexcept {
 Engine::Engine(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
 Engine::~Engine() {
+  if (impl_->periodic.joinable()) {  // first: it commits, which needs the worker
+    {
+      std::lock_guard lock(impl_->periodic_mu);
+      impl_->periodic_stop = true;
+    }
+    impl_->periodic_cv.notify_all();
+    impl_->periodic.join();
+  }
   impl_->control->stop();
   impl_->running.store(false);
   impl_->wake.fetch_add(1);
@@ -126,6 +134,13 @@ Result<std::unique_ptr<Engine>> Engine::start(const EngineConfig& config,
     for (uint16_t n : sb.nodes)
       if (n == 0 || n == wire::kBroadcast)
         return fail(Errc::kInvalidArgument, "standby of ", sb.segment, ": node ids are 1..65534");
+  }
+  for (size_t i = 0; i < config.snapshot_modes.size(); ++i) {
+    const auto& m = config.snapshot_modes[i];
+    if (auto ok = check_name(m.segment); !ok) return fail(Errc::kInvalidArgument, "snapshot mode: ", ok.error().message);
+    for (size_t j = 0; j < i; ++j)
+      if (config.snapshot_modes[j].segment == m.segment)
+        return fail(Errc::kInvalidArgument, "snapshot mode of ", m.segment, " given twice");
   }
   if (config.track_writes && !DirtyTracker::unavailable_reason().empty())
     BT_INFO("commits copy whole segments: this kernel cannot track writes (%s)",
@@ -216,6 +231,9 @@ Result<std::unique_ptr<Engine>> Engine::start(const EngineConfig& config,
   if (raw->sim == nullptr) {
     impl->worker = std::thread([raw] { raw->run_worker(); });
     impl->control->start();
+    bool periodic = config.commit_every_ms != 0;
+    for (const auto& m : config.snapshot_modes) periodic |= m.commit_every_ms.value_or(0) != 0;
+    if (periodic) impl->periodic = std::thread([raw] { raw->run_periodic(); });
   }
   if (config.worker_cpu >= 0 && raw->sim == nullptr) {
     cpu_set_t set;
@@ -350,6 +368,15 @@ Result<Segment*> Engine::Impl::make_segment(std::string_view name, uint64_t size
       BT_WARN("segment %s: no copy-on-write, commits copy it: %s", seg->name.c_str(), why.c_str());
     seg->copy_on_write.store(seg->cow != nullptr);
     seg->tracked.store(seg->cow != nullptr, std::memory_order_relaxed);
+  }
+  if (const uint32_t every = commit_every_ms_for(seg->name); every != 0) {
+    if (seg->cow != nullptr && sim == nullptr) {
+      seg->commit_every_ns = uint64_t{every} * 1'000'000;
+      seg->next_periodic_ns = clock_ns() + seg->commit_every_ns;
+    } else {
+      BT_WARN("segment %s: no periodic commits (every %u ms asked): %s", seg->name.c_str(), every,
+              sim != nullptr ? "not in a simulation" : "they need copy-on-write snapshots");
+    }
   }
   // A segment of one chunk is copied whole anyway: no scan, no faults.
   if (seg->cow == nullptr && tracks_writes() && chunks > 1) {
@@ -580,6 +607,7 @@ EngineStats Engine::stats() const noexcept {
   s.standby_promotions = c.standby_promotions.load();
   s.cow_snapshots = c.cow_snapshots.load();
   s.cow_pages_settled = c.cow_pages_settled.load();
+  s.periodic_commits = c.periodic_commits.load();
   for (size_t i = 0; i < c.decode.size(); ++i) s.decode_errors[i] = c.decode[i].load();
   return s;
 }

@@ -100,6 +100,20 @@ struct Engine::Impl {
   std::atomic<bool> sleeping{false};
   std::atomic<bool> running{true};
   std::thread worker;
+  /// Periodic commits (EngineConfig::commit_every_ms): a thread that
+  /// sleeps until the next one is due; started only when some segment may
+  /// have a period, never in a simulation. `periodic_mu` guards
+  /// `periodic_stop` for the condition variable.
+  std::thread periodic;
+  std::mutex periodic_mu;
+  std::condition_variable periodic_cv;
+  bool periodic_stop = false;
+  void run_periodic();
+  /// Commits `handle` if its period is due and something was written;
+  /// returns when it is due next (UINT64_MAX: never). Thread: periodic.
+  uint64_t periodic_commit(Segment* handle, uint64_t now);
+  /// The period configured for segment `name` (0: none).
+  uint32_t commit_every_ms_for(std::string_view name) const;
 
   // The control plane (control/control.h) runs on a thread of its own and
   // talks to the data path only through these rings and what the data path
@@ -228,7 +242,8 @@ struct Engine::Impl {
         stale_epoch{0}, published{0}, corrupt_generations{0}, tx_dropped{0}, no_slot{0}, bad_input{0}, stalls{0},
         longest_stall_us{0}, snapshot_chunks_copied{0}, snapshot_chunks_skipped{0}, deltas_sent{0},
         wholes_sent{0}, deltas_published{0}, notes_rx{0}, notes_dropped{0},
-        standby_promotions{0}, cow_snapshots{0}, cow_pages_settled{0};
+        standby_promotions{0}, cow_snapshots{0}, cow_pages_settled{0},
+        periodic_commits{0};
     std::array<std::atomic<uint64_t>, static_cast<size_t>(wire::DecodeError::kCount)> decode{};
   } counters;
 
@@ -377,9 +392,11 @@ struct Engine::Impl {
   /// Settles up to `budget` bytes of chunks of `stage`'s copy-on-write
   /// snapshot, raising `ready`; true once it is complete. Token holder.
   bool advance_cow(Segment& seg, Stage& stage, uint64_t budget) noexcept;
-  /// Completes every copy-on-write snapshot of `seg` still being taken.
-  /// Token holder.
-  void settle_cow(Segment& seg) noexcept;
+  /// Completes every copy-on-write snapshot of `seg` still being taken;
+  /// with `poll`, a slice at a time with a poll iteration between slices
+  /// (heartbeats and sends go on: only where a poll may run, i.e. not
+  /// under the segment table's mutex). Token holder.
+  void settle_cow(Segment& seg, bool poll) noexcept;
   /// Stops copy-on-write for `seg` (its snapshots complete first): commits
   /// copy from now on. The caller holds seg.mu and the token.
   void drop_cow(Segment& seg, const char* why);

@@ -36,8 +36,10 @@ EngineConfig::SnapshotMode Engine::Impl::snapshot_mode_for(std::string_view name
 Result<void> Engine::Impl::snapshot_cow(Segment& seg, uint64_t generation, const CommitOptions& options) {
   acquire_token();
   // The previous snapshot must be whole before its pages can pend again
-  // (the worker has usually finished it long since).
-  settle_cow(seg);
+  // (the worker has usually finished it long since). If not, this thread
+  // settles the rest a slice at a time, and runs the poll loop between
+  // slices (it holds the token), so heartbeats and sends go on.
+  settle_cow(seg, true);
   Stage* stage = nullptr;
   for (auto& s : seg.stages)
     if (s.state.load(std::memory_order_acquire) == Stage::kFree) stage = &s;
@@ -111,17 +113,65 @@ bool Engine::Impl::advance_cow(Segment& seg, Stage& stage, uint64_t budget) noex
   return true;
 }
 
-void Engine::Impl::settle_cow(Segment& seg) noexcept {
-  for (auto& stage : seg.stages) advance_cow(seg, stage, UINT64_MAX);
+void Engine::Impl::settle_cow(Segment& seg, bool poll) noexcept {
+  for (auto& stage : seg.stages)
+    while (!advance_cow(seg, stage, poll ? kCowSlice : UINT64_MAX)) poll_once(clock_ns());
 }
 
 void Engine::Impl::drop_cow(Segment& seg, const char* why) {
   if (seg.cow == nullptr) return;
-  settle_cow(seg);
+  settle_cow(seg, false);
   seg.cow.reset();
   seg.copy_on_write.store(false);
   seg.tracked.store(false, std::memory_order_relaxed);
   BT_INFO("segment %s: copy-on-write stopped (%s); commits copy it whole from now on", seg.name.c_str(), why);
+}
+
+uint32_t Engine::Impl::commit_every_ms_for(std::string_view name) const {
+  for (const auto& m : config.snapshot_modes)
+    if (m.segment == name && m.commit_every_ms.has_value()) return *m.commit_every_ms;
+  return config.commit_every_ms;
+}
+
+// --- periodic commits (S5) ---------------------------------------------------
+// The application keeps running: a copy-on-write commit protects what was
+// written and returns, and a write to a page already protected meanwhile
+// waits in the fault handler until the commit point is complete, so the
+// snapshot is a point in the application's run (see engine.h).
+
+void Engine::Impl::run_periodic() {
+  std::unique_lock lock(periodic_mu);
+  while (!periodic_stop) {
+    lock.unlock();
+    const uint64_t now = clock_ns();
+    uint64_t next = now + 100'000'000;  // new segments are noticed within 100 ms
+    for (Segment* handle : table.handles()) next = std::min(next, periodic_commit(handle, now));
+    lock.lock();
+    if (periodic_stop) break;
+    const uint64_t wait_ns = next > clock_ns() ? next - clock_ns() : 0;
+    periodic_cv.wait_for(lock, std::chrono::nanoseconds(wait_ns));
+  }
+}
+
+uint64_t Engine::Impl::periodic_commit(Segment* handle, uint64_t now) {
+  Segment* seg = handle;
+  auto lock = table.lock(seg);  // closed meanwhile: null
+  if (seg == nullptr || seg->commit_every_ns == 0) return UINT64_MAX;
+  if (seg->cow == nullptr || seg->fenced.load()) {
+    BT_INFO("segment %s: periodic commits stopped (%s)", seg->name.c_str(),
+            seg->fenced.load() ? "moved to a newer owner" : "no copy-on-write any more");
+    seg->commit_every_ns = 0;
+    return UINT64_MAX;
+  }
+  if (now < seg->next_periodic_ns) return seg->next_periodic_ns;
+  seg->next_periodic_ns = now + seg->commit_every_ns;
+  if (!seg->cow->any_written()) return seg->next_periodic_ns;  // nothing new to keep
+  const uint64_t generation = seg->committed.load() + 1;
+  if (auto ok = snapshot(*seg, generation, {}); !ok)
+    BT_WARN("segment %s: periodic commit failed: %s", seg->name.c_str(), ok.error().message.c_str());
+  else
+    bump(counters.periodic_commits);
+  return seg->next_periodic_ns;
 }
 
 bool Engine::Impl::advance_cow_snapshots() noexcept {

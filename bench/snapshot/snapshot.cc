@@ -22,6 +22,10 @@
 //
 // Usage: baton-snapshot [--sizes-mib 64,256,1024] [--dirty 1] [--commits 20] [--contiguous]
 // (--contiguous: the written pages are one run, not scattered)
+//        baton-snapshot --periodic-ms 10 [--sizes-mib 64,1024]
+// (instead: a writer's stores per second with the engine committing the
+// segment by itself every 10 ms, copy-on-write, against none; S5; the
+// stores fall on a hot 1% of the pages, then on all of them)
 // Prints one JSON line per size.
 
 #include <algorithm>
@@ -29,6 +33,7 @@
 #include <cstdio>
 #include <cstring>
 #include <random>
+#include <span>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -139,6 +144,59 @@ EngineRun run_engine(Mode mode, uint64_t size, double dirty, int commits) {
   return r;
 }
 
+/// Application slowdown under periodic commits (S5): a writer stores one
+/// word at a random page for `seconds`, in a segment that the engine
+/// commits by itself every `every_ms` (copy-on-write), against the same
+/// loop with no commits. Returns writes per second of both, and the
+/// commits taken.
+struct PeriodicRun {
+  double quiet_wps = 0, periodic_wps = 0;
+  uint64_t commits = 0;
+};
+
+double write_for(std::span<std::byte> mem, double seconds, uint64_t seed, double hot_pct) {
+  std::mt19937_64 rng(seed);
+  // The writes fall on the first hot_pct percent of the pages (a hot set).
+  const uint64_t pages = std::max<uint64_t>(1, static_cast<uint64_t>(mem.size() / 4096 * hot_pct / 100));
+  uint64_t n = 0;
+  const uint64_t end = now_ns() + static_cast<uint64_t>(seconds * 1e9);
+  while (true) {
+    for (int i = 0; i < 1024; ++i) mem[(rng() % pages) * 4096 + 8] = std::byte(static_cast<uint8_t>(n + i));
+    n += 1024;
+    if (now_ns() >= end) break;
+  }
+  return n / seconds;
+}
+
+PeriodicRun run_periodic(uint64_t size, uint32_t every_ms, double seconds, double hot_pct) {
+  PeriodicRun r;
+  {
+    Pair p = start_pair(Mode::kCow);  // no period: nothing commits while it writes
+    auto seg = p.a->create("quiet", size);
+    if (!seg) std::fprintf(stderr, "baton-snapshot: %s\n", seg.error().to_string().c_str()), std::exit(1);
+    r.quiet_wps = write_for(p.a->data(*seg), seconds, 3, hot_pct);
+  }
+  auto l = baton::loopback::make_pair(1, 2);
+  std::unique_ptr<baton::Engine> e[2];
+  for (int n = 1; n <= 2; ++n) {
+    baton::EngineConfig c;
+    c.node_id = static_cast<uint16_t>(n);
+    c.snapshot_mode = baton::EngineConfig::SnapshotMode::kCopyOnWrite;
+    c.commit_every_ms = every_ms;
+    c.max_segment_size = uint64_t{4} << 30;
+    std::vector<std::unique_ptr<baton::Link>> links;
+    links.push_back(n == 1 ? std::move(l.a) : std::move(l.b));
+    auto started = baton::Engine::start(c, std::move(links));
+    if (!started) std::fprintf(stderr, "baton-snapshot: %s\n", started.error().to_string().c_str()), std::exit(1);
+    e[n - 1] = std::move(*started);
+  }
+  auto seg = e[0]->create("periodic", size);
+  if (!seg) std::fprintf(stderr, "baton-snapshot: %s\n", seg.error().to_string().c_str()), std::exit(1);
+  r.periodic_wps = write_for(e[0]->data(*seg), seconds, 3, hot_pct);
+  r.commits = e[0]->stats().periodic_commits;
+  return r;
+}
+
 /// The lean baselines on two buffers the way the engine allocates them.
 void run_memcpy(uint64_t size, double dirty, int commits, std::vector<double>& whole, std::vector<double>& part) {
   auto src = baton::LocalStorage::create("bench-src", size, -1, baton::LocalStorage::Pages::kSmall);
@@ -162,6 +220,7 @@ int main(int argc, char** argv) {
   std::vector<uint64_t> sizes_mib = {64, 256, 1024};
   double dirty = 1;
   int commits = 20;
+  uint32_t periodic_ms = 0;
   for (int i = 1; i < argc; i += 2) {
     const std::string a = argv[i];
     if (a == "--contiguous") {
@@ -176,17 +235,33 @@ int main(int argc, char** argv) {
       for (std::string t; std::getline(ss, t, ',');) sizes_mib.push_back(std::stoull(t));
     } else if (a == "--dirty") {
       dirty = std::atof(argv[i + 1]);
+    } else if (a == "--periodic-ms") {
+      periodic_ms = static_cast<uint32_t>(std::atoi(argv[i + 1]));
     } else if (a == "--commits") {
       commits = std::atoi(argv[i + 1]);
     } else {
       std::fprintf(stderr,
-                   "usage: baton-snapshot [--sizes-mib 64,256,1024] [--dirty PCT] [--commits N] [--contiguous]\n");
+                   "usage: baton-snapshot [--sizes-mib 64,256,1024] [--dirty PCT] [--commits N] [--contiguous]"
+                   " [--periodic-ms MS]\n");
       return 2;
     }
   }
   if (!baton::DirtyTracker::unavailable_reason().empty())
     std::fprintf(stderr, "baton-snapshot: writes cannot be tracked here (%s): tracked = untracked\n",
                  baton::DirtyTracker::unavailable_reason().c_str());
+  if (periodic_ms != 0) {
+    for (uint64_t mib : sizes_mib)
+      for (double hot : {1.0, 100.0}) {
+        const PeriodicRun r = run_periodic(mib << 20, periodic_ms, 2.0, hot);
+        std::printf("{\"size_mib\": %llu, \"hot_pct\": %.0f, \"commit_every_ms\": %u, \"seconds\": 2, "
+                    "\"periodic_commits\": %llu, \"quiet_writes_per_s\": %.0f, \"periodic_writes_per_s\": %.0f, "
+                    "\"slowdown\": %.3f}\n",
+                    static_cast<unsigned long long>(mib), hot, periodic_ms, static_cast<unsigned long long>(r.commits),
+                    r.quiet_wps, r.periodic_wps, r.quiet_wps / r.periodic_wps);
+        std::fflush(stdout);
+      }
+    return 0;
+  }
   for (uint64_t mib : sizes_mib) {
     const uint64_t size = mib << 20;
     std::vector<double> whole, part;

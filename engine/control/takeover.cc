@@ -578,7 +578,7 @@ uint64_t Engine::Impl::restore_committed(Segment& seg) {
   // for its length): the stage changes only in a commit, under seg.mu,
   // which the caller holds.
   acquire_token();
-  settle_cow(seg);  // a copy-on-write snapshot is in its stage once settled
+  settle_cow(seg, true);  // a copy-on-write snapshot is in its stage once settled
   const Stage* stage = seg.current_stage >= 0 ? &seg.stages[seg.current_stage] : nullptr;
   release_token();
   // The whole memory is rewritten: no fault per page (every page counts

@@ -1,6 +1,7 @@
 #include "segment/copy_on_write.h"
 
 #include <fcntl.h>
+#include <sched.h>
 #include <linux/userfaultfd.h>
 #include <signal.h>
 #include <sys/ioctl.h>
@@ -26,6 +27,14 @@ inline void cpu_relax() noexcept {
 #if defined(__x86_64__) || defined(__i386__)
   __builtin_ia32_pause();
 #endif
+}
+
+/// A spin that gives its core away after a while: on shared cores the
+/// thread it waits for may need this very core (sched_yield is
+/// async-signal-safe).
+inline void backoff(uint32_t& spins) noexcept {
+  if (++spins < 128) cpu_relax();
+  else sched_yield();
 }
 
 uint64_t monotonic_ns() noexcept {  // clock_gettime is async-signal-safe
@@ -239,12 +248,13 @@ CopyOnWrite::~CopyOnWrite() {
 }
 
 void CopyOnWrite::lock_writer() noexcept {
+  uint32_t spins = 0;
   for (;;) {
     uint32_t v = gate_.load(std::memory_order_relaxed);
     if ((v & kWriter) == 0 && gate_.compare_exchange_weak(v, v | kWriter, std::memory_order_acquire)) break;
-    cpu_relax();
+    backoff(spins);
   }
-  while (gate_.load(std::memory_order_acquire) != kWriter) cpu_relax();  // handlers in flight finish
+  while (gate_.load(std::memory_order_acquire) != kWriter) backoff(spins);  // handlers in flight finish
 }
 
 void CopyOnWrite::unlock_writer() noexcept { gate_.fetch_and(~kWriter, std::memory_order_release); }
@@ -259,11 +269,12 @@ bool CopyOnWrite::protect_range(uint64_t off, uint64_t len, bool on) noexcept {
 
 bool CopyOnWrite::claim(uint32_t page) noexcept {
   std::atomic<uint8_t>& s = state_[page];
+  uint32_t spins = 0;
   for (;;) {
     uint8_t v = s.load(std::memory_order_acquire);
     if (v == kIdle) return false;
     if (v == kCopying) {  // the other side is copying it: 4 KiB, soon done
-      cpu_relax();
+      backoff(spins);
       continue;
     }
     if (s.compare_exchange_weak(v, kCopying, std::memory_order_acquire)) {
@@ -277,10 +288,11 @@ bool CopyOnWrite::claim(uint32_t page) noexcept {
 
 bool CopyOnWrite::on_fault(uintptr_t addr) noexcept {
   const auto page = static_cast<uint32_t>((addr - reinterpret_cast<uintptr_t>(base_)) / kPage);
+  uint32_t spins = 0;
   for (;;) {  // a reader of the gate: no freeze is half done while we look
     uint32_t v = gate_.load(std::memory_order_relaxed);
     if ((v & kWriter) == 0 && gate_.compare_exchange_weak(v, v + 1, std::memory_order_acquire)) break;
-    cpu_relax();
+    backoff(spins);
   }
   written_[page / 64].fetch_or(uint64_t{1} << (page % 64), std::memory_order_relaxed);
   if (claim(page)) copied_aside_.fetch_add(1, std::memory_order_relaxed);
@@ -294,6 +306,12 @@ void CopyOnWrite::settle(uint32_t page) noexcept { claim(page); }
 
 bool CopyOnWrite::pending(uint32_t page) const noexcept {
   return state_[page].load(std::memory_order_acquire) != kIdle;
+}
+
+bool CopyOnWrite::any_written() const noexcept {
+  for (uint32_t w = 0; w < (pages_ + 63) / 64; ++w)
+    if (written_[w].load(std::memory_order_relaxed) != 0) return true;
+  return false;
 }
 
 void CopyOnWrite::take_runs() {

@@ -106,6 +106,10 @@ class CopyOnWrite {
   /// page). Nothing may be pending. Errors: kIo.
   Result<void> release_all();
 
+  /// Whether any page was written since the last freeze. Thread: the
+  /// committer (a write racing it may or may not be seen).
+  bool any_written() const noexcept;
+
   /// Faults handled (writes that reached a protected page), and pages the
   /// handler copied aside for a snapshot. Thread: any.
   uint64_t faults() const noexcept { return faults_.load(std::memory_order_relaxed); }

@@ -84,6 +84,11 @@ struct Segment {
   /// a stage that is gone.
   std::unique_ptr<CopyOnWrite> cow;
   std::atomic<bool> copy_on_write{false};  ///< cow != null: committer writes, anyone reads
+  /// Periodic commits (EngineConfig::commit_every_ms): the period (0:
+  /// none), and when the next one is due on the engine's clock (an
+  /// application's commit pushes it back). Under mu.
+  uint64_t commit_every_ns = 0;
+  uint64_t next_periodic_ns = 0;
   /// Chunks written since the last generation, and whether that may not
   /// be all that changed (the tracker rested or failed, nothing was said,
   /// the engine wrote the memory itself, or there is no generation yet).

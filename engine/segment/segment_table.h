@@ -12,6 +12,7 @@
 #include <string_view>
 #include <unordered_map>
 #include <unordered_set>
+#include <vector>
 
 #include "segment/segment.h"
 
@@ -79,6 +80,12 @@ class SegmentTable {
     std::lock_guard lock(mu_);
     seg = find(seg);
     return seg == nullptr ? std::unique_lock<std::mutex>() : std::unique_lock(seg->mu);
+  }
+  /// The live handles now (each may be closed by the time it is used:
+  /// pass it back through lock() or with()).
+  std::vector<Segment*> handles() const {
+    std::lock_guard lock(mu_);
+    return {handles_.begin(), handles_.end()};
   }
   /// `seg` stops being a live handle: no new call finds it.
   void retire(Segment* seg) {

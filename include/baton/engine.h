@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -111,10 +112,22 @@ struct EngineConfig {
   ///    to kStageCopy, with the reason logged.
   enum class SnapshotMode : uint8_t { kStageCopy, kCopyOnWrite };
   SnapshotMode snapshot_mode = SnapshotMode::kStageCopy;
-  /// Per segment name, a mode other than snapshot_mode.
+  /// Periodic commits (S5): the engine commits each copy-on-write segment
+  /// by itself every this many milliseconds, when anything was written
+  /// since its last commit (an application's own commit restarts the
+  /// period). The snapshot is as consistent as a fork's: a point in the
+  /// application's run where every write before it is in, none after (a
+  /// write to a page already protected waits while the commit protects
+  /// the rest). Generations so taken are ordinary ones (wait on them,
+  /// load them). A stage-copy segment cannot be snapshotted while it is
+  /// written: it commits on the application's call only (logged).
+  /// 0: on the application's call only.
+  uint32_t commit_every_ms = 0;
+  /// Per segment name, a mode (and a period) other than the engine's.
   struct SegmentSnapshot {
     std::string segment;
     SnapshotMode mode = SnapshotMode::kStageCopy;
+    std::optional<uint32_t> commit_every_ms;  ///< unset: EngineConfig::commit_every_ms
   };
   std::vector<SegmentSnapshot> snapshot_modes;
   /// Hot standbys (S16): per segment name, the nodes that keep a current,
@@ -279,6 +292,7 @@ struct EngineStats {
   uint64_t standby_promotions = 0; ///< loads that took over this node's hot standby copy (no fetch, no copy)
   uint64_t cow_snapshots = 0;      ///< commits that took a copy-on-write snapshot (S14)
   uint64_t cow_pages_settled = 0;  ///< snapshot pages the engine copied (the rest the writers copied aside)
+  uint64_t periodic_commits = 0;   ///< commits the engine took by itself (EngineConfig::commit_every_ms)
 };
 
 /// A note from another node's daemon (Engine::send_note).

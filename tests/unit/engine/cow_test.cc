@@ -182,6 +182,10 @@ __attribute__((no_sanitize("thread"))) void app_write(std::byte* p, uint64_t len
   for (uint64_t i = 0; i < len; ++i) p[i] = std::byte(static_cast<uint8_t>(b + i));
 }
 
+__attribute__((no_sanitize("thread"))) void app_write_u64(std::byte* p, uint64_t v) {
+  std::memcpy(p, &v, sizeof v);
+}
+
 EngineConfig cow_config() {
   EngineConfig c;
   c.snapshot_mode = EngineConfig::SnapshotMode::kCopyOnWrite;
@@ -297,6 +301,90 @@ TEST(CopyOnWrite, GenerationsStayExactAcrossRestartsReopenAndHandingOut) {
   const auto st = cl.node(1).stats();
   EXPECT_GT(st.cow_snapshots, 120u);
   EXPECT_GT(st.deltas_sent, 200u);
+}
+
+// Periodic commits (S5): the engine commits by itself every few ms while
+// the application's writer never stops. The writer stamps a counter into
+// 64 pages spread over the segment, always from the last to the first (the
+// commit protects in ascending order: the writer runs into it), so at any
+// instant the pages read k-1, ..., k-1, k, ..., k (one step, upwards). A
+// snapshot of one instant has that shape; a copy taken while the writer
+// runs (the stage copy would be one), or a commit point a write could
+// cross, would not. And nothing is committed while nothing is written.
+TEST(CopyOnWrite, PeriodicCommitsAreSnapshotsOfOneInstantWhileTheApplicationRuns) {
+  SKIP_WITHOUT_COW();
+  EngineConfig c = cow_config();
+  c.commit_every_ms = 3;
+  c.retain = 8;
+  Cluster cl(2, c);
+  constexpr uint64_t kSize = 2 << 20;
+  constexpr int kStamps = 64;
+  auto seg = test::must(cl.node(1).create("periodic", kSize));
+  auto mem = cl.node(1).data(seg);
+  auto at = [&](int i) { return mem.data() + (kSize / kStamps) * static_cast<uint64_t>(i) + 40; };
+  std::atomic<bool> stop{false};
+  std::thread writer([&] {
+    for (uint64_t k = 1; !stop.load(std::memory_order_relaxed); ++k)
+      for (int i = kStamps - 1; i >= 0; --i) app_write_u64(at(i), k);
+  });
+  int checked = 0;
+  uint64_t last = 0;
+  for (int spins = 0; checked < 20 && spins < 2000; ++spins) {
+    std::this_thread::sleep_for(2ms);
+    const uint64_t g = test::must(cl.node(1).status(seg)).generation;
+    if (g == last) continue;
+    last = g;
+    if (!test::ok(cl.node(1).wait_replicated(seg, g, 1, 10s))) continue;
+    auto rep = cl.node(2).read_replica("periodic", g);
+    if (!rep) continue;  // superseded and dropped meanwhile
+    std::vector<uint64_t> k(kStamps);
+    for (int i = 0; i < kStamps; ++i) std::memcpy(&k[i], rep->data() + (at(i) - mem.data()), 8);
+    int steps = 0;
+    for (int i = 1; i < kStamps; ++i) {
+      ASSERT_TRUE(k[i] == k[i - 1] || k[i] == k[i - 1] + 1)
+          << "generation " << g << ": stamp " << i << " is " << k[i] << " after " << k[i - 1];
+      steps += k[i] != k[i - 1];
+    }
+    ASSERT_LE(steps, 1) << "generation " << g;
+    ++checked;
+  }
+  stop.store(true);
+  writer.join();
+  EXPECT_GE(checked, 20);
+  const uint64_t periodic = cl.node(1).stats().periodic_commits;
+  EXPECT_GE(periodic, 20u);
+  // Quiet memory: no more generations.
+  std::this_thread::sleep_for(20ms);
+  const uint64_t settled = test::must(cl.node(1).status(seg)).generation;
+  std::this_thread::sleep_for(30ms);
+  EXPECT_EQ(test::must(cl.node(1).status(seg)).generation, settled) << "nothing written, nothing committed";
+  // The application's own commits go on beside them.
+  mem[5] = std::byte{1};
+  EXPECT_EQ(test::must(cl.node(1).commit(seg)), settled + 1);
+}
+
+// A stage-copy segment cannot be snapshotted while it runs: a period asked
+// for one is refused (logged) and only the application commits.
+TEST(CopyOnWrite, NoPeriodicCommitsWithoutCopyOnWrite) {
+  EngineConfig c;
+  c.commit_every_ms = 2;
+  Cluster cl(2, c);
+  auto seg = test::must(cl.node(1).create("no-periodic", 1 << 20));
+  cl.node(1).data(seg)[0] = std::byte{1};
+  std::this_thread::sleep_for(30ms);
+  EXPECT_EQ(test::must(cl.node(1).status(seg)).generation, 0u);
+  EXPECT_EQ(cl.node(1).stats().periodic_commits, 0u);
+}
+
+TEST(CopyOnWrite, SnapshotModesAreValidated) {
+  EngineConfig c;
+  c.snapshot_modes = {{"bad name", EngineConfig::SnapshotMode::kCopyOnWrite, {}}};
+  EXPECT_EQ(Engine::start(c, {}).error().code, Errc::kInvalidArgument);
+  c.snapshot_modes = {{"a", EngineConfig::SnapshotMode::kCopyOnWrite, {}},
+                      {"a", EngineConfig::SnapshotMode::kStageCopy, 5u}};
+  auto e = Engine::start(c, {});
+  ASSERT_FALSE(e);
+  EXPECT_NE(e.error().message.find("twice"), std::string::npos) << e.error().message;
 }
 
 }  // namespace
