@@ -10,6 +10,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <mutex>
@@ -260,11 +261,19 @@ void CopyOnWrite::lock_writer() noexcept {
 void CopyOnWrite::unlock_writer() noexcept { gate_.fetch_and(~kWriter, std::memory_order_release); }
 
 bool CopyOnWrite::protect_range(uint64_t off, uint64_t len, bool on) noexcept {
-  uffdio_writeprotect wp{};
-  wp.range.start = reinterpret_cast<uintptr_t>(base_) + off;
-  wp.range.len = len;
-  wp.mode = on ? UFFDIO_WRITEPROTECT_MODE_WP : UFFDIO_WRITEPROTECT_MODE_DONTWAKE;
-  return ioctl(uffd_, UFFDIO_WRITEPROTECT, &wp) == 0;
+  // At most kProtectStep per call: the kernel holds the process's mmap
+  // lock for the whole walk (~40 ms for 1 GiB), and every page fault and
+  // mmap in the process (the engine's other threads: its links, its
+  // replica slots) queues behind it. One more ioctl per 1 MiB costs ~1%.
+  constexpr uint64_t kProtectStep = 1u << 20;
+  for (uint64_t at = off; at < off + len; at += kProtectStep) {
+    uffdio_writeprotect wp{};
+    wp.range.start = reinterpret_cast<uintptr_t>(base_) + at;
+    wp.range.len = std::min(kProtectStep, off + len - at);
+    wp.mode = on ? UFFDIO_WRITEPROTECT_MODE_WP : UFFDIO_WRITEPROTECT_MODE_DONTWAKE;
+    if (ioctl(uffd_, UFFDIO_WRITEPROTECT, &wp) != 0) return false;
+  }
+  return true;
 }
 
 bool CopyOnWrite::claim(uint32_t page) noexcept {

@@ -224,7 +224,8 @@ TEST(CopyOnWrite, EveryGenerationIsTheMemoryAtItsCommitWhileAWriterHammers) {
     }
   });
   const auto before = cl.node(1).stats();
-  for (int g = 1; g <= 60; ++g) {
+  const int kGenerations = test::kSanitizerPatience > 1 ? 25 : 60;  // a sanitizer build is 10-50x slower
+  for (int g = 1; g <= kGenerations; ++g) {
     std::this_thread::sleep_for(std::chrono::microseconds(200 + g * 37 % 900));
     pause.store(1);
     while (!paused.load()) std::this_thread::yield();
@@ -240,8 +241,8 @@ TEST(CopyOnWrite, EveryGenerationIsTheMemoryAtItsCommitWhileAWriterHammers) {
   writer.join();
   const auto after = cl.node(1).stats();
   const auto st = test::must(cl.node(1).status(seg));
-  EXPECT_EQ(after.cow_snapshots - before.cow_snapshots, 60u);
-  EXPECT_GT(st.cow_faults, 60u) << writes.load() << " writes";
+  EXPECT_EQ(after.cow_snapshots - before.cow_snapshots, static_cast<uint64_t>(kGenerations));
+  EXPECT_GT(st.cow_faults, static_cast<uint64_t>(kGenerations)) << writes.load() << " writes";
   EXPECT_GT(after.cow_pages_settled - before.cow_pages_settled, 0u) << "the worker copied pages";
   EXPECT_GT(st.cow_copied_aside, 0u) << "and the writer raced it for some (a write before the worker got there)";
   std::printf("%llu writes, %llu faults, %llu pages settled by the worker, %llu copied aside by the writer\n",
@@ -259,7 +260,7 @@ TEST(CopyOnWrite, GenerationsStayExactAcrossRestartsReopenAndHandingOut) {
   EngineConfig c = cow_config();
   c.replication_factor = 2;
   Cluster cl(4, c);
-  constexpr uint64_t kSize = 1 << 20;
+  const uint64_t kSize = test::kSanitizerPatience > 1 ? 256 << 10 : 1 << 20;
   auto seg = test::must(cl.node(1).create("cow-deltas", kSize));
   auto mem = cl.node(1).data(seg);
   std::mt19937_64 rng(5);
@@ -267,7 +268,7 @@ TEST(CopyOnWrite, GenerationsStayExactAcrossRestartsReopenAndHandingOut) {
   std::byte* other = nullptr;
   for (int g = 1; g <= 160; ++g) {
     for (int w = 1 + static_cast<int>(rng() % 4); w > 0; --w) {
-      const uint64_t len = 1 + rng() % 20000, off = rng() % (kSize - len);
+      const uint64_t len = 1 + rng() % (kSize / 50), off = rng() % (kSize - len);
       std::byte* dst = other != nullptr && rng() % 2 == 0 ? other : mem.data();
       for (uint64_t i = 0; i < len; i += 61) dst[off + i] = std::byte(static_cast<uint8_t>(rng()));
     }
@@ -313,8 +314,12 @@ TEST(CopyOnWrite, GenerationsStayExactAcrossRestartsReopenAndHandingOut) {
 // cross, would not. And nothing is committed while nothing is written.
 TEST(CopyOnWrite, PeriodicCommitsAreSnapshotsOfOneInstantWhileTheApplicationRuns) {
   SKIP_WITHOUT_COW();
+  // A sanitizer build checksums an order of magnitude slower: a longer
+  // period, fewer generations looked at.
+  const bool slow = test::kSanitizerPatience > 1;
+  const int kChecks = slow ? 3 : 20;
   EngineConfig c = cow_config();
-  c.commit_every_ms = 3;
+  c.commit_every_ms = slow ? 60 : 3;
   c.retain = 8;
   Cluster cl(2, c);
   constexpr uint64_t kSize = 2 << 20;
@@ -329,7 +334,7 @@ TEST(CopyOnWrite, PeriodicCommitsAreSnapshotsOfOneInstantWhileTheApplicationRuns
   });
   int checked = 0;
   uint64_t last = 0;
-  for (int spins = 0; checked < 20 && spins < 2000; ++spins) {
+  for (int spins = 0; checked < kChecks && spins < 2000; ++spins) {
     std::this_thread::sleep_for(2ms);
     const uint64_t g = test::must(cl.node(1).status(seg)).generation;
     if (g == last) continue;
@@ -350,13 +355,13 @@ TEST(CopyOnWrite, PeriodicCommitsAreSnapshotsOfOneInstantWhileTheApplicationRuns
   }
   stop.store(true);
   writer.join();
-  EXPECT_GE(checked, 20);
+  EXPECT_GE(checked, kChecks);
   const uint64_t periodic = cl.node(1).stats().periodic_commits;
-  EXPECT_GE(periodic, 20u);
+  EXPECT_GE(periodic, static_cast<uint64_t>(kChecks));
   // Quiet memory: no more generations.
-  std::this_thread::sleep_for(20ms);
+  std::this_thread::sleep_for(std::chrono::milliseconds(7 * c.commit_every_ms));
   const uint64_t settled = test::must(cl.node(1).status(seg)).generation;
-  std::this_thread::sleep_for(30ms);
+  std::this_thread::sleep_for(std::chrono::milliseconds(10 * c.commit_every_ms));
   EXPECT_EQ(test::must(cl.node(1).status(seg)).generation, settled) << "nothing written, nothing committed";
   // The application's own commits go on beside them.
   mem[5] = std::byte{1};
