@@ -91,10 +91,8 @@ Result<void> Engine::Impl::snapshot(Segment& seg, uint64_t generation, const Com
   if (seg.cow != nullptr) return snapshot_cow(seg, generation, options);
   mark_written(seg, options.written);
   acquire_token();
-  Stage* stage = nullptr;
-  for (auto& s : seg.stages)
-    if (s.state.load(std::memory_order_acquire) == Stage::kFree) stage = &s;
-  if (stage == nullptr) {  // cannot happen: starting a stage frees the other
+  Stage* stage = seg.free_stage();
+  if (stage == nullptr) {
     release_token();
     return fail(Errc::kInternal, "no free snapshot stage");
   }

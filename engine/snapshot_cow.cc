@@ -40,10 +40,8 @@ Result<void> Engine::Impl::snapshot_cow(Segment& seg, uint64_t generation, const
   // settles the rest a slice at a time, and runs the poll loop between
   // slices (it holds the token), so heartbeats and sends go on.
   settle_cow(seg, true);
-  Stage* stage = nullptr;
-  for (auto& s : seg.stages)
-    if (s.state.load(std::memory_order_acquire) == Stage::kFree) stage = &s;
-  if (stage == nullptr) {  // cannot happen: starting a stage frees the other
+  Stage* stage = seg.free_stage();
+  if (stage == nullptr) {
     release_token();
     return fail(Errc::kInternal, "no free snapshot stage");
   }

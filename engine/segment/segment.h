@@ -112,6 +112,14 @@ struct Segment {
   std::atomic<bool> fenced{false};
   std::vector<std::unique_ptr<ReplicaTarget>> replicas;  ///< fixed once the worker added it
   int current_stage = -1;               ///< worker: stage being replicated
+  /// The stage the next snapshot goes into (null: none free, which
+  /// cannot happen: starting one frees the other). Token holder.
+  Stage* free_stage() noexcept {
+    Stage* free = nullptr;
+    for (auto& s : stages)
+      if (s.state.load(std::memory_order_acquire) == Stage::kFree) free = &s;
+    return free;
+  }
   // The replica set as recorded at a quorum of nodes (see "Fencing" in
   // docs/architecture.md). Durability counts only a recorded set: the newest
   // generation a majority of it holds under this epoch. A new set (the

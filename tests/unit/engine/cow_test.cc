@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "../../common/cluster.h"
+#include "../../common/mapping.h"
 #include "../../common/ok.h"
 #include "replication/transfer.h"
 #include "segment/copy_on_write.h"
@@ -37,19 +38,9 @@ constexpr uint64_t kPage = CopyOnWrite::kPage;
   if (!CopyOnWrite::unavailable_reason().empty())          \
   GTEST_SKIP() << "no copy-on-write here: " << CopyOnWrite::unavailable_reason()
 
-struct Mapping {
-  explicit Mapping(size_t len) : len(len) {
-    fd = memfd_create("cow-test", MFD_CLOEXEC);
-    EXPECT_EQ(ftruncate(fd, static_cast<off_t>(len)), 0);
-    p = static_cast<std::byte*>(mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0));
-  }
-  ~Mapping() {
-    munmap(p, len);
-    close(fd);
-  }
-  size_t len;
-  int fd;
-  std::byte* p;
+/// A shared memfd mapping, every page populated.
+struct Mapping : test::SharedMapping {
+  explicit Mapping(size_t len) : test::SharedMapping(len, true) {}
 };
 
 using Runs = std::vector<std::pair<uint64_t, uint64_t>>;
@@ -112,14 +103,24 @@ TEST(CopyOnWrite, AWriteToAPendingPageCopiesItAsideFirst) {
   EXPECT_EQ(m.p[10 * kPage], std::byte{7});
 }
 
+/// `pages` pages under copy-on-write, past their first freeze (every page
+/// protected, none pending), and a buffer to copy pages aside into.
+struct Armed {
+  explicit Armed(uint32_t pages) : m(pages * kPage), aside(pages * kPage) {
+    cow = test::must(CopyOnWrite::attach(m.p, m.len));
+    pend.reset(pages);
+    freeze(*cow, aside.data(), pend);
+  }
+  Mapping m;
+  std::vector<std::byte> aside;
+  std::unique_ptr<CopyOnWrite> cow;
+  ChunkBitmap pend;
+};
+
 TEST(CopyOnWrite, ReleaseAllLiftsEveryPageAndCountsItWritten) {
   SKIP_WITHOUT_COW();
-  Mapping m(8 * kPage);
-  std::vector<std::byte> aside(8 * kPage);
-  auto cow = test::must(CopyOnWrite::attach(m.p, m.len));
-  ChunkBitmap pend;
-  pend.reset(8);
-  freeze(*cow, aside.data(), pend);
+  Armed a(8);
+  auto& [m, aside, cow, pend] = a;
   ASSERT_TRUE(test::ok(cow->release_all()));
   std::memset(m.p, 3, m.len);
   EXPECT_EQ(cow->faults(), 0u);
@@ -131,12 +132,8 @@ TEST(CopyOnWrite, ReleaseAllLiftsEveryPageAndCountsItWritten) {
 // trap, kept honest.
 TEST(CopyOnWrite, AKernelWriteIntoAProtectedPageFailsWithEfault) {
   SKIP_WITHOUT_COW();
-  Mapping m(4 * kPage);
-  std::vector<std::byte> aside(4 * kPage);
-  auto cow = test::must(CopyOnWrite::attach(m.p, m.len));
-  ChunkBitmap pend;
-  pend.reset(4);
-  freeze(*cow, aside.data(), pend);
+  Armed a(4);
+  auto& m = a.m;
   int fds[2];
   ASSERT_EQ(pipe(fds), 0);
   ASSERT_EQ(write(fds[1], "kernel", 6), 6);

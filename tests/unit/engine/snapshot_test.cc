@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "../../common/cluster.h"
+#include "../../common/mapping.h"
 #include "../../common/ok.h"
 #include "segment/copy_on_write.h"
 #include "segment/dirty_tracker.h"
@@ -33,20 +34,7 @@ const long kPage = sysconf(_SC_PAGESIZE);
   GTEST_SKIP() << "this kernel cannot track writes: " << DirtyTracker::unavailable_reason()
 
 /// A fresh shared memfd mapping, never touched (no page populated yet).
-struct Mapping {
-  explicit Mapping(size_t len) : len(len) {
-    fd = memfd_create("dirty-test", MFD_CLOEXEC);
-    EXPECT_EQ(ftruncate(fd, static_cast<off_t>(len)), 0);
-    p = static_cast<std::byte*>(mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0));
-  }
-  ~Mapping() {
-    munmap(p, len);
-    close(fd);
-  }
-  size_t len;
-  int fd;
-  std::byte* p;
-};
+using Mapping = test::SharedMapping;
 
 std::vector<std::pair<uint64_t, uint64_t>> collect(DirtyTracker& t) {
   std::vector<std::pair<uint64_t, uint64_t>> got;
