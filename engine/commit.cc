@@ -83,11 +83,6 @@ Result<void> Engine::Impl::snapshot(Segment& seg, uint64_t generation, const Com
   // it lets go after every batch: a copy preempted while holding the token
   // would hold up everyone (CommitOptions). A copy-on-write segment
   // copies nothing here (snapshot_cow).
-  if (seg.cow != nullptr && seg.shared_out.load()) {
-    acquire_token();
-    drop_cow(seg, "its memory was handed out");
-    release_token();
-  }
   if (seg.cow != nullptr) return snapshot_cow(seg, generation, options);
   mark_written(seg, options.written);
   acquire_token();

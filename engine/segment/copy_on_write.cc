@@ -1,8 +1,9 @@
 #include "segment/copy_on_write.h"
 
 #include <fcntl.h>
-#include <sched.h>
+#include <immintrin.h>
 #include <linux/userfaultfd.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
@@ -16,25 +17,18 @@
 #include <mutex>
 
 #include "replication/transfer.h"
+#include "segment/uffd.h"
 
 namespace baton {
 namespace {
 
-constexpr uint64_t kWpUnpopulated = uint64_t{1} << 13;  // UFFD_FEATURE_WP_UNPOPULATED (Linux 6.7)
-
-std::string errno_text(const char* what) { return std::string(what) + ": " + std::strerror(errno); }
-
-inline void cpu_relax() noexcept {
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_ia32_pause();
-#endif
-}
+using uffd::errno_text;
 
 /// A spin that gives its core away after a while: on shared cores the
 /// thread it waits for may need this very core (sched_yield is
 /// async-signal-safe).
 inline void backoff(uint32_t& spins) noexcept {
-  if (++spins < 128) cpu_relax();
+  if (++spins < 128) _mm_pause();
   else sched_yield();
 }
 
@@ -147,7 +141,7 @@ struct CopyOnWrite::Handler {
     g.begin.store(begin);
     g.end.store(end);
     slots[slot].cow.store(nullptr);
-    while (slots[slot].users.load() != 0) cpu_relax();
+    while (slots[slot].users.load() != 0) _mm_pause();
   }
 };
 
@@ -208,30 +202,16 @@ Result<std::unique_ptr<CopyOnWrite>> CopyOnWrite::attach(std::byte* base, uint64
   c->base_ = base;
   c->len_ = len;
   c->pages_ = static_cast<uint32_t>(len / kPage);
-  const uint32_t words = (c->pages_ + 63) / 64;
-  c->written_ = std::make_unique<std::atomic<uint64_t>[]>(words);
-  for (uint32_t i = 0; i < words; ++i) c->written_[i].store(~uint64_t{0}, std::memory_order_relaxed);
-  if (c->pages_ % 64 != 0) c->written_[words - 1].store((uint64_t{1} << (c->pages_ % 64)) - 1);
+  c->written_ = std::make_unique<std::atomic<uint64_t>[]>((c->pages_ + 63) / 64);
+  c->mark_all_written();
   c->state_ = std::make_unique<std::atomic<uint8_t>[]>(c->pages_);
   for (uint32_t i = 0; i < c->pages_; ++i) c->state_[i].store(kIdle, std::memory_order_relaxed);
   c->runs_.reserve(64);
-  c->uffd_ = static_cast<int>(syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY));
-  if (c->uffd_ < 0) {
-    std::string why = errno_text("userfaultfd");
-    if (errno == EPERM) why += " (vm.unprivileged_userfaultfd=0 and no CAP_SYS_PTRACE)";
-    return fail(Errc::kUnavailable, why);
-  }
-  uffdio_api api{};
-  api.api = UFFD_API;
-  api.features = UFFD_FEATURE_SIGBUS | UFFD_FEATURE_WP_HUGETLBFS_SHMEM | kWpUnpopulated;
-  if (ioctl(c->uffd_, UFFDIO_API, &api) != 0)
-    return fail(Errc::kUnavailable, errno_text("UFFDIO_API with SIGBUS | WP_HUGETLBFS_SHMEM | WP_UNPOPULATED"));
-  uffdio_register reg{};
-  reg.range.start = reinterpret_cast<uintptr_t>(base);
-  reg.range.len = len;
-  reg.mode = UFFDIO_REGISTER_MODE_WP;
-  if (ioctl(c->uffd_, UFFDIO_REGISTER, &reg) != 0)
-    return fail(Errc::kUnavailable, errno_text("UFFDIO_REGISTER for write-protect"));
+  auto fd = uffd::open_write_protect(base, len,
+                                     UFFD_FEATURE_SIGBUS | UFFD_FEATURE_WP_HUGETLBFS_SHMEM | uffd::kWpUnpopulated,
+                                     "SIGBUS | WP_HUGETLBFS_SHMEM | WP_UNPOPULATED");
+  if (!fd) return tl::unexpected(fd.error());
+  c->uffd_ = *fd;
   std::string why;
   c->slot_ = Handler::add(c.get(), why);
   if (c->slot_ < 0) return fail(Errc::kUnavailable, why);
@@ -317,6 +297,12 @@ bool CopyOnWrite::pending(uint32_t page) const noexcept {
   return state_[page].load(std::memory_order_acquire) != kIdle;
 }
 
+void CopyOnWrite::mark_all_written() noexcept {
+  const uint32_t words = (pages_ + 63) / 64;
+  for (uint32_t w = 0; w < words; ++w) written_[w].store(~uint64_t{0}, std::memory_order_relaxed);
+  if (pages_ % 64 != 0) written_[words - 1].store((uint64_t{1} << (pages_ % 64)) - 1, std::memory_order_relaxed);
+}
+
 bool CopyOnWrite::any_written() const noexcept {
   for (uint32_t w = 0; w < (pages_ + 63) / 64; ++w)
     if (written_[w].load(std::memory_order_relaxed) != 0) return true;
@@ -347,9 +333,7 @@ void CopyOnWrite::take_runs() {
 
 Result<void> CopyOnWrite::release_all() {
   lock_writer();
-  const uint32_t words = (pages_ + 63) / 64;
-  for (uint32_t w = 0; w < words; ++w) written_[w].store(~uint64_t{0}, std::memory_order_relaxed);
-  if (pages_ % 64 != 0) written_[words - 1].store((uint64_t{1} << (pages_ % 64)) - 1, std::memory_order_relaxed);
+  mark_all_written();
   const bool ok = protect_range(0, len_, false);
   unlock_writer();
   if (!ok) return fail(Errc::kIo, errno_text("UFFDIO_WRITEPROTECT (lift)"));

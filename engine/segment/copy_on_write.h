@@ -123,6 +123,8 @@ class CopyOnWrite {
 
   CopyOnWrite() = default;
   void take_runs();
+  /// Sets every page's written bit (under the gate, or before any handler).
+  void mark_all_written() noexcept;
   bool protect_range(uint64_t off, uint64_t len, bool on) noexcept;
   /// Copies `page` aside if it is pending (or waits for whoever copies it).
   bool claim(uint32_t page) noexcept;

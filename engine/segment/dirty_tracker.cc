@@ -4,20 +4,20 @@
 #include <linux/userfaultfd.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
-#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <array>
 #include <cerrno>
 #include <cstring>
 
+#include "segment/uffd.h"
+
 namespace baton {
 namespace {
 
 // Debian 12's kernel headers predate these (Linux 6.7); the kernel is
-// probed for them at run time.
-constexpr uint64_t kWpUnpopulated = uint64_t{1} << 13;  // UFFD_FEATURE_WP_UNPOPULATED
-constexpr uint64_t kWpAsync = uint64_t{1} << 15;        // UFFD_FEATURE_WP_ASYNC
+// probed for it at run time.
+constexpr uint64_t kWpAsync = uint64_t{1} << 15;  // UFFD_FEATURE_WP_ASYNC
 
 struct PageRegion {  // struct page_region
   uint64_t start, end, categories;
@@ -31,25 +31,7 @@ constexpr uint64_t kPageIsWritten = 1 << 1;
 constexpr uint64_t kScanWpMatching = 1 << 0;  // write-protect what matched
 constexpr uint64_t kScanCheckWpAsync = 1 << 1;  // fail on a page not registered for it
 
-std::string errno_text(const char* what) { return std::string(what) + ": " + std::strerror(errno); }
-
-int open_uffd(std::string& why) {
-  int fd = static_cast<int>(syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY));
-  if (fd < 0) {
-    why = errno_text("userfaultfd");
-    if (errno == EPERM) why += " (vm.unprivileged_userfaultfd=0 and no CAP_SYS_PTRACE)";
-    return -1;
-  }
-  uffdio_api api{};
-  api.api = UFFD_API;
-  api.features = kWpAsync | kWpUnpopulated;
-  if (ioctl(fd, UFFDIO_API, &api) != 0) {
-    why = errno_text("UFFDIO_API with WP_ASYNC | WP_UNPOPULATED (Linux 6.7 or newer)");
-    close(fd);
-    return -1;
-  }
-  return fd;
-}
+using uffd::errno_text;
 
 }  // namespace
 
@@ -83,15 +65,10 @@ Result<std::unique_ptr<DirtyTracker>> DirtyTracker::attach(std::byte* base, uint
   std::unique_ptr<DirtyTracker> t(new DirtyTracker);
   t->base_ = base;
   t->len_ = len;
-  std::string why;
-  t->uffd_ = open_uffd(why);
-  if (t->uffd_ < 0) return fail(Errc::kUnavailable, why);
-  uffdio_register reg{};
-  reg.range.start = reinterpret_cast<uintptr_t>(base);
-  reg.range.len = len;
-  reg.mode = UFFDIO_REGISTER_MODE_WP;
-  if (ioctl(t->uffd_, UFFDIO_REGISTER, &reg) != 0)
-    return fail(Errc::kUnavailable, errno_text("UFFDIO_REGISTER for write-protect"));
+  auto fd = uffd::open_write_protect(base, len, kWpAsync | uffd::kWpUnpopulated,
+                                     "WP_ASYNC | WP_UNPOPULATED (Linux 6.7 or newer)");
+  if (!fd) return tl::unexpected(fd.error());
+  t->uffd_ = *fd;
   t->pagemap_ = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
   if (t->pagemap_ < 0) return fail(Errc::kUnavailable, errno_text("/proc/self/pagemap"));
   if (auto ok = t->arm(); !ok) return tl::unexpected(ok.error());
