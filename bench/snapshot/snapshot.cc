@@ -59,7 +59,8 @@ struct Pair {
 
 enum class Mode { kUntracked, kTracked, kCow };
 
-Pair start_pair(Mode mode) {
+/// Two engines on a loopback link; `commit_every_ms`: periodic commits (S5).
+Pair start_pair(Mode mode, uint32_t commit_every_ms = 0) {
   auto l = baton::loopback::make_pair(1, 2);
   Pair p;
   for (int n = 1; n <= 2; ++n) {
@@ -67,6 +68,7 @@ Pair start_pair(Mode mode) {
     c.node_id = static_cast<uint16_t>(n);
     c.track_writes = mode != Mode::kUntracked;
     if (mode == Mode::kCow) c.snapshot_mode = baton::EngineConfig::SnapshotMode::kCopyOnWrite;
+    c.commit_every_ms = commit_every_ms;
     c.max_segment_size = uint64_t{4} << 30;
     std::vector<std::unique_ptr<baton::Link>> links;
     links.push_back(n == 1 ? std::move(l.a) : std::move(l.b));
@@ -170,30 +172,13 @@ double write_for(std::span<std::byte> mem, double seconds, uint64_t seed, double
 
 PeriodicRun run_periodic(uint64_t size, uint32_t every_ms, double seconds, double hot_pct) {
   PeriodicRun r;
-  {
-    Pair p = start_pair(Mode::kCow);  // no period: nothing commits while it writes
-    auto seg = p.a->create("quiet", size);
+  for (const uint32_t period : {uint32_t{0}, every_ms}) {  // 0: nothing commits while it writes
+    Pair p = start_pair(Mode::kCow, period);
+    auto seg = p.a->create("periodic", size);
     if (!seg) std::fprintf(stderr, "baton-snapshot: %s\n", seg.error().to_string().c_str()), std::exit(1);
-    r.quiet_wps = write_for(p.a->data(*seg), seconds, 3, hot_pct);
+    (period == 0 ? r.quiet_wps : r.periodic_wps) = write_for(p.a->data(*seg), seconds, 3, hot_pct);
+    if (period != 0) r.commits = p.a->stats().periodic_commits;
   }
-  auto l = baton::loopback::make_pair(1, 2);
-  std::unique_ptr<baton::Engine> e[2];
-  for (int n = 1; n <= 2; ++n) {
-    baton::EngineConfig c;
-    c.node_id = static_cast<uint16_t>(n);
-    c.snapshot_mode = baton::EngineConfig::SnapshotMode::kCopyOnWrite;
-    c.commit_every_ms = every_ms;
-    c.max_segment_size = uint64_t{4} << 30;
-    std::vector<std::unique_ptr<baton::Link>> links;
-    links.push_back(n == 1 ? std::move(l.a) : std::move(l.b));
-    auto started = baton::Engine::start(c, std::move(links));
-    if (!started) std::fprintf(stderr, "baton-snapshot: %s\n", started.error().to_string().c_str()), std::exit(1);
-    e[n - 1] = std::move(*started);
-  }
-  auto seg = e[0]->create("periodic", size);
-  if (!seg) std::fprintf(stderr, "baton-snapshot: %s\n", seg.error().to_string().c_str()), std::exit(1);
-  r.periodic_wps = write_for(e[0]->data(*seg), seconds, 3, hot_pct);
-  r.commits = e[0]->stats().periodic_commits;
   return r;
 }
 
