@@ -6,6 +6,7 @@
 #include <sched.h>
 #include <signal.h>
 #include <sys/ioctl.h>
+#include <sys/stat.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
 #include <time.h>
@@ -15,8 +16,8 @@
 #include <cerrno>
 #include <cstring>
 #include <mutex>
+#include <utility>
 
-#include "replication/transfer.h"
 #include "segment/uffd.h"
 
 namespace baton {
@@ -166,6 +167,10 @@ const std::string& CopyOnWrite::unavailable_reason() {
     close(fd);
     if (p == MAP_FAILED) return why.empty() ? errno_text("mmap") : why;
     std::vector<std::byte> aside(kLen);
+    struct OnePage {  // the pages to pend: page 1 of 4
+      uint32_t count() const { return 4; }
+      uint32_t next_set(uint32_t from) const { return from <= 1 ? 1 : 4; }
+    };
     {
       auto* mem = static_cast<std::byte*>(p);
       mem[kPage] = std::byte{7};
@@ -173,13 +178,10 @@ const std::string& CopyOnWrite::unavailable_reason() {
       if (!cow) {
         why = cow.error().message;
       } else {
-        ChunkBitmap pages;
-        pages.reset(4);
-        pages.set(1);
         {
           Freeze fz(**cow);
           fz.take_written([](uint64_t, uint64_t) {});
-          fz.pend(aside.data(), pages);
+          fz.pend(aside.data(), OnePage{});
           if (auto ok = fz.protect(); !ok) why = ok.error().message;
         }
         if (why.empty()) {
@@ -195,17 +197,99 @@ const std::string& CopyOnWrite::unavailable_reason() {
   return reason;
 }
 
-Result<std::unique_ptr<CopyOnWrite>> CopyOnWrite::attach(std::byte* base, uint64_t len) {
+// --- the shared memory of daemon mode ---------------------------------------
+
+uint64_t CowShare::size_for(uint64_t len) noexcept {
+  const uint64_t pages = len / CopyOnWrite::kPage;
+  const uint64_t aside = (kStatesOffset + pages + CopyOnWrite::kPage - 1) / CopyOnWrite::kPage * CopyOnWrite::kPage;
+  return aside + len;
+}
+
+Result<CowShare> CowShare::create(uint64_t len) {
+  if (len == 0 || len % CopyOnWrite::kPage != 0) return fail(Errc::kInvalidArgument, "a share needs whole pages");
+  CowShare s;
+  s.size_ = size_for(len);
+  s.aside_offset_ = s.size_ - len;
+  s.fd_ = memfd_create("baton-cow-share", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+  if (s.fd_ < 0) return fail(Errc::kNoMemory, errno_text("memfd_create"));
+  // Sealed like the segment's memory: a client that could shrink it would
+  // make batond fault on its mapping.
+  if (ftruncate(s.fd_, static_cast<off_t>(s.size_)) != 0 ||
+      fcntl(s.fd_, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) != 0)
+    return fail(Errc::kNoMemory, errno_text("sizing the copy-on-write share"));
+  void* p = mmap(nullptr, s.size_, PROT_READ | PROT_WRITE, MAP_SHARED, s.fd_, 0);
+  if (p == MAP_FAILED) return fail(Errc::kNoMemory, errno_text("mmap (copy-on-write share)"));
+  s.base_ = static_cast<std::byte*>(p);
+  s.header().magic = kMagic;
+  s.header().pages = static_cast<uint32_t>(len / CopyOnWrite::kPage);
+  return s;
+}
+
+Result<CowShare> CowShare::map(int fd, uint64_t len) {
+  CowShare s;
+  s.fd_ = fd;
+  if (len == 0 || len % CopyOnWrite::kPage != 0) return fail(Errc::kInvalidArgument, "a share needs whole pages");
+  s.size_ = size_for(len);
+  s.aside_offset_ = s.size_ - len;
+  struct stat st{};
+  const int seals = fcntl(fd, F_GET_SEALS);
+  if (fstat(fd, &st) != 0 || static_cast<uint64_t>(st.st_size) != s.size_ || seals < 0 ||
+      (seals & (F_SEAL_SHRINK | F_SEAL_GROW)) != (F_SEAL_SHRINK | F_SEAL_GROW))
+    return fail(Errc::kInvalidArgument, "not a sealed copy-on-write share for ", std::to_string(len), " bytes");
+  void* p = mmap(nullptr, s.size_, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  if (p == MAP_FAILED) return fail(Errc::kIo, errno_text("mmap (copy-on-write share)"));
+  s.base_ = static_cast<std::byte*>(p);
+  if (s.header().magic != kMagic || s.header().pages != len / CopyOnWrite::kPage)
+    return fail(Errc::kInvalidArgument, "the copy-on-write share is for other memory");
+  return s;
+}
+
+CowShare& CowShare::operator=(CowShare&& o) noexcept {
+  if (this != &o) {
+    this->~CowShare();
+    base_ = std::exchange(o.base_, nullptr);
+    size_ = std::exchange(o.size_, 0);
+    aside_offset_ = std::exchange(o.aside_offset_, 0);
+    fd_ = std::exchange(o.fd_, -1);
+  }
+  return *this;
+}
+
+CowShare::~CowShare() {
+  if (base_ != nullptr) munmap(base_, size_);
+  if (fd_ >= 0) close(fd_);
+  base_ = nullptr;
+  fd_ = -1;
+}
+
+// --- attaching ----------------------------------------------------------------
+
+Result<std::unique_ptr<CopyOnWrite>> CopyOnWrite::make(Role role, std::byte* base, uint64_t len,
+                                                       std::unique_ptr<CowShare> share) {
   if (len == 0 || len % kPage != 0 || reinterpret_cast<uintptr_t>(base) % kPage != 0)
     return fail(Errc::kInvalidArgument, "copy-on-write needs a page-aligned range");
+  if (len / kPage > UINT32_MAX) return fail(Errc::kInvalidArgument, "copy-on-write of more than 16 TiB");
   std::unique_ptr<CopyOnWrite> c(new CopyOnWrite);
+  c->role_ = role;
   c->base_ = base;
   c->len_ = len;
   c->pages_ = static_cast<uint32_t>(len / kPage);
+  if (share != nullptr) {
+    if (share->header().pages != c->pages_)
+      return fail(Errc::kInvalidArgument, "the copy-on-write share is for other memory");
+    c->state_ = share->states();
+    c->faults_ = &share->header().faults;
+    c->copied_aside_ = &share->header().copied_aside;
+    if (role == Role::kClient) c->aside_.store(share->aside());
+    c->share_ = std::move(share);
+  } else {
+    c->own_state_ = std::make_unique<std::atomic<uint8_t>[]>(c->pages_);
+    c->state_ = c->own_state_.get();
+  }
+  for (uint32_t i = 0; i < c->pages_; ++i) c->state_[i].store(kIdle, std::memory_order_relaxed);
+  if (role == Role::kSettler) return c;  // nothing protected in this process
   c->written_ = std::make_unique<std::atomic<uint64_t>[]>((c->pages_ + 63) / 64);
   c->mark_all_written();
-  c->state_ = std::make_unique<std::atomic<uint8_t>[]>(c->pages_);
-  for (uint32_t i = 0; i < c->pages_; ++i) c->state_[i].store(kIdle, std::memory_order_relaxed);
   c->runs_.reserve(64);
   auto fd = uffd::open_write_protect(base, len,
                                      UFFD_FEATURE_SIGBUS | UFFD_FEATURE_WP_HUGETLBFS_SHMEM | uffd::kWpUnpopulated,
@@ -216,6 +300,19 @@ Result<std::unique_ptr<CopyOnWrite>> CopyOnWrite::attach(std::byte* base, uint64
   c->slot_ = Handler::add(c.get(), why);
   if (c->slot_ < 0) return fail(Errc::kUnavailable, why);
   return c;
+}
+
+Result<std::unique_ptr<CopyOnWrite>> CopyOnWrite::attach(std::byte* base, uint64_t len) {
+  return make(Role::kLocal, base, len, nullptr);
+}
+
+Result<std::unique_ptr<CopyOnWrite>> CopyOnWrite::attach_client(std::byte* base, uint64_t len, CowShare share) {
+  if (const auto& why = unavailable_reason(); !why.empty()) return fail(Errc::kUnavailable, why);
+  return make(Role::kClient, base, len, std::make_unique<CowShare>(std::move(share)));
+}
+
+Result<std::unique_ptr<CopyOnWrite>> CopyOnWrite::settler(std::byte* base, uint64_t len, CowShare share) {
+  return make(Role::kSettler, base, len, std::make_unique<CowShare>(std::move(share)));
 }
 
 CopyOnWrite::~CopyOnWrite() {
@@ -257,20 +354,68 @@ bool CopyOnWrite::protect_range(uint64_t off, uint64_t len, bool on) noexcept {
 }
 
 bool CopyOnWrite::claim(uint32_t page) noexcept {
+  // kLocal (the handler or the settler) and kClient (the handler): a
+  // pending page is copied to aside_; kClient leaves it kAside for batond.
   std::atomic<uint8_t>& s = state_[page];
   uint32_t spins = 0;
   for (;;) {
     uint8_t v = s.load(std::memory_order_acquire);
-    if (v == kIdle) return false;
-    if (v == kCopying) {  // the other side is copying it: 4 KiB, soon done
+    if (v == kCopying || v == kSettling) {  // the other side is copying it: 4 KiB, soon done
       backoff(spins);
       continue;
     }
+    if (v != kPending) return false;  // kIdle, kAside (or a client's garbage, in batond's share)
     if (s.compare_exchange_weak(v, kCopying, std::memory_order_acquire)) {
       const uint64_t off = uint64_t{page} * kPage;
       std::memcpy(aside_.load(std::memory_order_relaxed) + off, base_ + off, kPage);
-      s.store(kIdle, std::memory_order_release);
+      if (role_ != Role::kClient) {
+        s.store(kIdle, std::memory_order_release);
+        return true;
+      }
+      // batond may have given up waiting and taken the page from the
+      // segment (still protected: still as at the commit): let it finish
+      // before the protection is lifted.
+      uint8_t copying = kCopying;
+      if (!s.compare_exchange_strong(copying, kAside, std::memory_order_acq_rel))
+        while (s.load(std::memory_order_acquire) == kSettling) backoff(spins);
       return true;
+    }
+  }
+}
+
+void CopyOnWrite::settle_shared(uint32_t page) noexcept {
+  // batond's side. The client can write every state byte: whatever it
+  // wrote, this copies 4 KiB into batond's own stage and waits for it at
+  // most patience_ns_ per snapshot.
+  std::atomic<uint8_t>& s = state_[page];
+  const uint64_t off = uint64_t{page} * kPage;
+  std::byte* const stage = aside_.load(std::memory_order_relaxed);
+  uint64_t waiting_since = 0;
+  uint32_t spins = 0;
+  for (;;) {
+    uint8_t v = s.load(std::memory_order_acquire);
+    if (v == kIdle) return;  // settled (by this side: a client never makes a page idle)
+    if (v == kAside) {       // the client's handler copied it before the application wrote it
+      std::memcpy(stage + off, share_->aside() + off, kPage);
+      s.compare_exchange_strong(v, kIdle, std::memory_order_acq_rel);
+      return;
+    }
+    if (v == kCopying && patience_ns_ > 0) {  // a handler is copying it aside
+      const uint64_t now = monotonic_ns();
+      if (waiting_since == 0) waiting_since = now;
+      if (now - waiting_since < patience_ns_) {
+        backoff(spins);
+        continue;
+      }
+      patience_ns_ = 0;  // no more waiting for this snapshot
+    }
+    // Pending (or a handler that takes too long, or garbage): the page is
+    // still protected in the client's mapping, so the segment still holds
+    // it as at the commit.
+    if (s.compare_exchange_weak(v, kSettling, std::memory_order_acquire)) {
+      std::memcpy(stage + off, base_ + off, kPage);
+      s.store(kIdle, std::memory_order_release);
+      return;
     }
   }
 }
@@ -284,14 +429,17 @@ bool CopyOnWrite::on_fault(uintptr_t addr) noexcept {
     backoff(spins);
   }
   written_[page / 64].fetch_or(uint64_t{1} << (page % 64), std::memory_order_relaxed);
-  if (claim(page)) copied_aside_.fetch_add(1, std::memory_order_relaxed);
-  faults_.fetch_add(1, std::memory_order_relaxed);
+  if (claim(page)) copied_aside_->fetch_add(1, std::memory_order_relaxed);
+  faults_->fetch_add(1, std::memory_order_relaxed);
   const bool ok = protect_range(uint64_t{page} * kPage, kPage, false);
   gate_.fetch_sub(1, std::memory_order_release);
   return ok;
 }
 
-void CopyOnWrite::settle(uint32_t page) noexcept { claim(page); }
+void CopyOnWrite::settle(uint32_t page) noexcept {
+  if (role_ == Role::kSettler) settle_shared(page);
+  else claim(page);
+}
 
 bool CopyOnWrite::pending(uint32_t page) const noexcept {
   return state_[page].load(std::memory_order_acquire) != kIdle;
@@ -304,6 +452,7 @@ void CopyOnWrite::mark_all_written() noexcept {
 }
 
 bool CopyOnWrite::any_written() const noexcept {
+  if (written_ == nullptr) return false;  // kSettler: the client knows
   for (uint32_t w = 0; w < (pages_ + 63) / 64; ++w)
     if (written_[w].load(std::memory_order_relaxed) != 0) return true;
   return false;
@@ -332,6 +481,7 @@ void CopyOnWrite::take_runs() {
 }
 
 Result<void> CopyOnWrite::release_all() {
+  if (role_ == Role::kSettler) return {};
   lock_writer();
   mark_all_written();
   const bool ok = protect_range(0, len_, false);
@@ -342,13 +492,6 @@ Result<void> CopyOnWrite::release_all() {
 
 CopyOnWrite::Freeze::Freeze(CopyOnWrite& cow) : cow_(cow) { cow_.lock_writer(); }
 CopyOnWrite::Freeze::~Freeze() { cow_.unlock_writer(); }
-
-void CopyOnWrite::Freeze::pend(std::byte* aside, const ChunkBitmap& pages) {
-  cow_.aside_.store(aside, std::memory_order_relaxed);  // published by the gate's release
-  const uint32_t n = std::min(pages.count(), cow_.pages_);
-  for (uint32_t p = pages.next_set(0); p < n; p = pages.next_set(p + 1))
-    cow_.state_[p].store(kPending, std::memory_order_relaxed);
-}
 
 Result<void> CopyOnWrite::Freeze::protect() {
   for (const auto& [off, len] : cow_.runs_)

@@ -6,26 +6,41 @@
 // copied yet lands in this process's SIGBUS handler (userfaultfd
 // write-protect with UFFD_FEATURE_SIGBUS: the fault is handled in the
 // writing thread, ~4 us, not by a handler thread on the other core), which
-// copies that page into the stage first, notes the page as written for the
-// next commit, lifts the protection, and lets the write go on. So the
-// stage receives exactly the memory as it was at the commit.
+// copies that page aside first, notes the page as written for the next
+// commit, lifts the protection, and lets the write go on. So the stage
+// receives exactly the memory as it was at the commit.
 //
 // Every page stays write-protected between commits (the first write to
 // each page after a commit faults once): that is also how the written
 // pages are found, without PAGEMAP_SCAN, since the kernel's asynchronous
 // write-protect (dirty_tracker.h) cannot also stop a write.
 //
+// Three roles (Role):
+//  - kLocal (embedded mode): one process writes, protects and settles; a
+//    page copied aside goes straight into the stage.
+//  - kClient and kSettler (daemon mode): the application's client library
+//    protects its own mapping and runs the handler (kClient); batond keeps
+//    the stage and settles from its mapping of the same memory
+//    (kSettler). They share the page states and an aside buffer
+//    (CowShare): the handler copies a page into the aside buffer and marks
+//    it so; the settler copies it from there into its stage, which no
+//    client can write. batond trusts nothing the client writes there:
+//    a page a client left "copying" is waited for at most
+//    kClientPatienceNs per snapshot, then taken from the segment as it is
+//    (only that client's own snapshot can suffer).
+//
 // Traps (docs/user-guide.md): a write the kernel makes into a protected
 // page on the process's behalf (read(2) into the segment, for instance)
 // fails with EFAULT instead of faulting into the handler; writes through
 // another mapping of the memory (a memfd handed out) or by a device are
 // not seen at all. The engine drops copy-on-write for a segment whose
-// memory it hands out.
+// memory it hands out (but to a client library that protects its own).
 //
 // Threads: the handler runs in any thread that writes the memory; the
-// committer calls freeze() (Segment::mu and the poll token held); the
-// poll-token holder calls settle(). The three meet only in a per-page
-// state word and a reader-writer gate, both lock-free and signal safe.
+// committer holds a Freeze (Segment::mu and the poll token held, or the
+// client library's commit); the poll-token holder calls settle(). They
+// meet only in a per-page state byte and a reader-writer gate, both
+// lock-free and signal safe.
 
 #include <atomic>
 #include <cstddef>
@@ -38,22 +53,80 @@
 
 namespace baton {
 
-class ChunkBitmap;
+/// The memory a client library and batond share for one segment's
+/// copy-on-write snapshots (daemon mode): a header, a state byte per page,
+/// and an aside buffer as large as the segment, in a sealed memfd that
+/// batond creates for each client that opens the segment. Sparse: only the
+/// pages a handler copies aside ever take memory. Thread: its owner's.
+class CowShare {
+ public:
+  static constexpr uint32_t kMagic = 0xBA70C0C0;
+  struct Header {
+    uint32_t magic;
+    uint32_t pages;
+    /// The client's counters, for batond's status (untrusted: shown only).
+    std::atomic<uint64_t> faults;
+    std::atomic<uint64_t> copied_aside;
+  };
+  static constexpr uint64_t kStatesOffset = 64;
+
+  /// batond: a new share for `len` bytes of memory (a multiple of 4 KiB).
+  /// Errors: kNoMemory, kIo.
+  static Result<CowShare> create(uint64_t len);
+  /// The client library: maps the share batond sent for `len` bytes of
+  /// memory, after checking its size, seals and header. Takes `fd`.
+  /// Errors: kInvalidArgument (not a share for this length), kIo.
+  static Result<CowShare> map(int fd, uint64_t len);
+  /// Bytes of a share for `len` bytes of memory.
+  static uint64_t size_for(uint64_t len) noexcept;
+
+  CowShare() = default;
+  CowShare(CowShare&& o) noexcept { *this = std::move(o); }
+  CowShare& operator=(CowShare&& o) noexcept;
+  CowShare(const CowShare&) = delete;
+  CowShare& operator=(const CowShare&) = delete;
+  ~CowShare();
+
+  Header& header() const noexcept { return *reinterpret_cast<Header*>(base_); }
+  std::atomic<uint8_t>* states() const noexcept {
+    return reinterpret_cast<std::atomic<uint8_t>*>(base_ + kStatesOffset);
+  }
+  std::byte* aside() const noexcept { return base_ + aside_offset_; }
+  int fd() const noexcept { return fd_; }
+
+ private:
+  std::byte* base_ = nullptr;
+  uint64_t size_ = 0;
+  uint64_t aside_offset_ = 0;
+  int fd_ = -1;
+};
 
 class CopyOnWrite {
  public:
   static constexpr uint64_t kPage = 4096;
+  enum class Role : uint8_t { kLocal, kClient, kSettler };
+  /// How long, in all, a settler waits per snapshot for pages a client
+  /// left "copying" (a client preempted in its handler, or dead, or
+  /// hostile), before it takes them from the segment as they are.
+  static constexpr uint64_t kClientPatienceNs = 2'000'000;
 
   /// Why this kernel or process cannot (userfaultfd with SIGBUS and
   /// write-protect of shared memory, Linux 5.19; "" when it can): probed
   /// once, on a small memfd of its own. Thread: any.
   static const std::string& unavailable_reason();
 
-  /// Write-protects [base, base + len) (page aligned, mapped shared by this
-  /// process, 4 KiB pages) and starts counting writes. Every page counts as
-  /// written until the first freeze(). Errors: kUnavailable (with the
-  /// reason; at most kMaxRegions regions per process), kIo.
+  /// kLocal: write-protects [base, base + len) (page aligned, mapped shared
+  /// by this process, 4 KiB pages) and starts counting writes. Every page
+  /// counts as written until the first freeze(). Errors: kUnavailable
+  /// (with the reason; at most kMaxRegions regions per process), kIo.
   static Result<std::unique_ptr<CopyOnWrite>> attach(std::byte* base, uint64_t len);
+  /// kClient: as attach(), with the page states and the aside buffer in
+  /// `share` (batond's, for this memory's length).
+  static Result<std::unique_ptr<CopyOnWrite>> attach_client(std::byte* base, uint64_t len, CowShare share);
+  /// kSettler: batond's side of a client's copy-on-write: nothing is
+  /// protected here; settle() copies pending pages from [base, base + len)
+  /// (batond's mapping of the memory) or from the aside buffer.
+  static Result<std::unique_ptr<CopyOnWrite>> settler(std::byte* base, uint64_t len, CowShare share);
   static constexpr uint32_t kMaxRegions = 1024;
 
   /// Lifts the protection and stops handling faults: every write after it
@@ -62,10 +135,14 @@ class CopyOnWrite {
   CopyOnWrite(const CopyOnWrite&) = delete;
   CopyOnWrite& operator=(const CopyOnWrite&) = delete;
 
-  /// The commit point. Held by the committer while it takes the written
-  /// pages, says which pages the new snapshot must copy and protects what
-  /// was written again; the fault handler waits meanwhile (it never sees
-  /// half a commit).
+  Role role() const noexcept { return role_; }
+  /// kSettler: the share, to send to the client. Thread: any.
+  const CowShare* share() const noexcept { return share_.get(); }
+
+  /// The commit point (kLocal, kClient). Held by the committer while it
+  /// takes the written pages, says which pages the new snapshot must copy
+  /// and protects what was written again; the fault handler waits
+  /// meanwhile (it never sees half a commit).
   class Freeze {
    public:
     explicit Freeze(CopyOnWrite& cow);
@@ -81,29 +158,50 @@ class CopyOnWrite {
       cow_.take_runs();
       for (const auto& [off, len] : cow_.runs_) written(off, len);
     }
-    /// The pages set in `pages` (one bit per kPage) hold the snapshot only
-    /// until they are written: each is copied to the same offset of `aside`
-    /// first, by settle() or by the fault handler. Every page set must be
-    /// protected: unwritten since the last freeze, or among those taken.
-    void pend(std::byte* aside, const ChunkBitmap& pages);
+    /// kLocal: the pages set in `pages` (one bit per kPage: anything with
+    /// count() and next_set()) hold the snapshot only until they are
+    /// written: each is copied to the same offset of `aside` first, by
+    /// settle() or by the fault handler. Every page set must be protected:
+    /// unwritten since the last freeze, or among those taken.
+    template <typename Bits>
+    void pend(std::byte* aside, const Bits& pages) {
+      cow_.pend(aside, pages);
+    }
     /// Write-protects the pages take_written() reported. Errors: kIo (the
     /// snapshot cannot be trusted; the caller stops copy-on-write).
     Result<void> protect();
+    /// The commit did not happen after all: every page counts as written
+    /// again (the next freeze takes them all).
+    void untake() noexcept { cow_.mark_all_written(); }
 
    private:
     CopyOnWrite& cow_;
   };
 
-  /// Makes sure page `page` of the snapshot is in the aside buffer: copies
-  /// it there if it is still pending, or waits out the fault handler that
-  /// is copying it. Thread: the poll-token holder.
+  /// kSettler (batond; the client holds its Freeze meanwhile): as
+  /// Freeze::pend, with `stage` as where settle() puts the pages.
+  template <typename Bits>
+  void pend(std::byte* stage, const Bits& pages) {
+    aside_.store(stage, std::memory_order_relaxed);  // published by the gate's release (kLocal)
+    patience_ns_ = kClientPatienceNs;
+    const uint32_t n = pages.count() < pages_ ? pages.count() : pages_;
+    for (uint32_t p = pages.next_set(0); p < n; p = pages.next_set(p + 1))
+      state_[p].store(kPending, std::memory_order_relaxed);
+    std::atomic_thread_fence(std::memory_order_release);  // kSettler: before the client opens its gate
+  }
+
+  /// Makes sure page `page` of the snapshot is in the stage: copies it
+  /// there if it is still pending, or waits out the fault handler that is
+  /// copying it (kSettler: takes it from the aside buffer where the client
+  /// put it). Thread: the poll-token holder.
   void settle(uint32_t page) noexcept;
   /// Whether a page is still to be copied. Thread: the poll-token holder.
   bool pending(uint32_t page) const noexcept;
 
   /// Every page counts as written and is left unprotected until the next
   /// freeze (for a caller about to rewrite the whole memory: no fault per
-  /// page). Nothing may be pending. Errors: kIo.
+  /// page). Nothing may be pending. kSettler: nothing to do (a client
+  /// that opens the memory next gets a share of its own). Errors: kIo.
   Result<void> release_all();
 
   /// Whether any page was written since the last freeze. Thread: the
@@ -111,28 +209,37 @@ class CopyOnWrite {
   bool any_written() const noexcept;
 
   /// Faults handled (writes that reached a protected page), and pages the
-  /// handler copied aside for a snapshot. Thread: any.
-  uint64_t faults() const noexcept { return faults_.load(std::memory_order_relaxed); }
-  uint64_t copied_aside() const noexcept { return copied_aside_.load(std::memory_order_relaxed); }
+  /// handler copied aside for a snapshot (kSettler: as the client counts
+  /// them). Thread: any.
+  uint64_t faults() const noexcept { return faults_->load(std::memory_order_relaxed); }
+  uint64_t copied_aside() const noexcept { return copied_aside_->load(std::memory_order_relaxed); }
 
  private:
   struct Handler;
   friend struct Handler;
-  enum PageState : uint8_t { kIdle = 0, kPending = 1, kCopying = 2 };
+  /// kCopying: the fault handler (or a kLocal settler) is copying the
+  /// page; kSettling: a kSettler is; kAside: a kClient's handler put it in
+  /// the aside buffer, for the settler to take.
+  enum PageState : uint8_t { kIdle = 0, kPending = 1, kCopying = 2, kSettling = 3, kAside = 4 };
   static constexpr uint32_t kWriter = 1u << 31;
 
   CopyOnWrite() = default;
+  static Result<std::unique_ptr<CopyOnWrite>> make(Role role, std::byte* base, uint64_t len,
+                                                   std::unique_ptr<CowShare> share);
   void take_runs();
   /// Sets every page's written bit (under the gate, or before any handler).
   void mark_all_written() noexcept;
   bool protect_range(uint64_t off, uint64_t len, bool on) noexcept;
   /// Copies `page` aside if it is pending (or waits for whoever copies it).
   bool claim(uint32_t page) noexcept;
+  /// kSettler's settle().
+  void settle_shared(uint32_t page) noexcept;
   /// The fault path: in the writing thread, in signal context.
   bool on_fault(uintptr_t addr) noexcept;
   void lock_writer() noexcept;
   void unlock_writer() noexcept;
 
+  Role role_ = Role::kLocal;
   std::byte* base_ = nullptr;
   uint64_t len_ = 0;
   uint32_t pages_ = 0;
@@ -143,16 +250,26 @@ class CopyOnWrite {
   /// One bit per page written since the last freeze: set by the handler
   /// (any thread), taken by the committer under the gate.
   std::unique_ptr<std::atomic<uint64_t>[]> written_;
-  /// A PageState per page: the committer sets kPending under the gate; the
-  /// handler or the settler moves kPending -> kCopying -> kIdle.
-  std::unique_ptr<std::atomic<uint8_t>[]> state_;
-  /// Where pending pages go: written under the gate, read by the handler
-  /// and the settler.
+  /// A PageState per page (own_state_, or the share's): the committer (or
+  /// the settler) sets kPending under the gate; the handler or the settler
+  /// moves it on to kIdle.
+  std::atomic<uint8_t>* state_ = nullptr;
+  std::unique_ptr<std::atomic<uint8_t>[]> own_state_;
+  /// kClient, kSettler: the memory shared with the other side.
+  std::unique_ptr<CowShare> share_;
+  /// Where this process copies pending pages: the stage (kLocal, kSettler)
+  /// or the share's aside buffer (kClient). Written under the gate, read
+  /// by the handler and the settler.
   std::atomic<std::byte*> aside_{nullptr};
+  /// kSettler: what is left of kClientPatienceNs for this snapshot
+  /// (poll-token holder).
+  uint64_t patience_ns_ = kClientPatienceNs;
   /// The runs the last take_written() reported: committer only.
   std::vector<std::pair<uint64_t, uint64_t>> runs_;
-  std::atomic<uint64_t> faults_{0};
-  std::atomic<uint64_t> copied_aside_{0};
+  std::atomic<uint64_t> own_faults_{0};
+  std::atomic<uint64_t> own_copied_aside_{0};
+  std::atomic<uint64_t>* faults_ = &own_faults_;
+  std::atomic<uint64_t>* copied_aside_ = &own_copied_aside_;
 };
 
 }  // namespace baton

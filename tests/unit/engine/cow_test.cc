@@ -183,6 +183,102 @@ __attribute__((no_sanitize("thread"))) void app_write_u64(std::byte* p, uint64_t
   std::memcpy(p, &v, sizeof v);
 }
 
+// Daemon mode's two sides in one process: the client library's
+// CopyOnWrite protects one mapping and runs the handler; batond's settler
+// copies from a second mapping of the same memory into a stage of its own.
+// A writer hammers the client's mapping between commits; every stage must
+// equal the memory at its commit.
+TEST(CopyOnWrite, ClientAndSettlerShareEachSnapshotExactly) {
+  SKIP_WITHOUT_COW();
+  constexpr uint32_t kPages = 512;
+  Mapping m(kPages * kPage);
+  auto* batond_view = static_cast<std::byte*>(mmap(nullptr, m.len, PROT_READ | PROT_WRITE, MAP_SHARED, m.fd, 0));
+  ASSERT_NE(batond_view, MAP_FAILED);
+  auto share = test::must(CowShare::create(m.len));
+  auto client_share = test::must(CowShare::map(dup(share.fd()), m.len));
+  auto client = test::must(CopyOnWrite::attach_client(m.p, m.len, std::move(client_share)));
+  auto settler = test::must(CopyOnWrite::settler(batond_view, m.len, std::move(share)));
+  std::vector<std::byte> stage(m.len), reference(m.len);
+  ChunkBitmap stale;  // the stage's pages written since its last snapshot
+  stale.reset(kPages);
+  std::atomic<bool> pause{false}, paused{false}, stop{false};
+  std::thread writer([&] {
+    std::mt19937_64 rng(7);
+    uint64_t n = 0;
+    while (!stop.load()) {
+      if (pause.load()) {
+        paused.store(true);
+        while (pause.load()) std::this_thread::yield();
+        paused.store(false);
+      }
+      const uint64_t page = rng() % kPages;
+      app_write(m.p + page * kPage + rng() % (kPage - 64), 64, static_cast<uint8_t>(++n));
+    }
+  });
+  const int kGenerations = test::kSanitizerPatience > 1 ? 20 : 60;
+  for (int g = 0; g < kGenerations; ++g) {
+    pause.store(true);
+    while (!paused.load()) std::this_thread::yield();
+    {
+      CopyOnWrite::Freeze f(*client);  // the client library's commit
+      f.take_written([&](uint64_t off, uint64_t len) {
+        stale.set_range(static_cast<uint32_t>(off / kPage), static_cast<uint32_t>((off + len) / kPage - 1));
+      });
+      ASSERT_TRUE(test::ok(f.protect()));
+      settler->pend(stage.data(), stale);  // batond, before it answers the commit
+      std::memcpy(reference.data(), m.p, m.len);
+    }
+    pause.store(false);
+    std::this_thread::sleep_for(200us);  // the writer runs into pending pages
+    for (uint32_t p = stale.next_set(0); p < kPages; p = stale.next_set(p + 1)) settler->settle(p);
+    stale.clear_all();
+    ASSERT_EQ(std::memcmp(stage.data(), reference.data(), m.len), 0) << "generation " << g;
+  }
+  stop.store(true);
+  writer.join();
+  EXPECT_GT(settler->copied_aside(), 0u) << "the client's counters reach batond through the share";
+  EXPECT_EQ(settler->faults(), client->faults());
+  client.reset();
+  munmap(batond_view, m.len);
+}
+
+// batond trusts nothing in the share: a client that marks pages "being
+// copied" and never finishes, or writes garbage, costs the settler at most
+// its patience once per snapshot, and the pages come from the segment.
+TEST(CopyOnWrite, ASettlerOutlastsAClientThatScribblesOnTheStates) {
+  SKIP_WITHOUT_COW();
+  constexpr uint32_t kPages = 256;
+  Mapping m(kPages * kPage);
+  std::memset(m.p, 5, m.len);
+  auto share = test::must(CowShare::create(m.len));
+  std::atomic<uint8_t>* states = share.states();
+  auto settler = test::must(CopyOnWrite::settler(m.p, m.len, std::move(share)));
+  std::vector<std::byte> stage(m.len);
+  ChunkBitmap all;
+  all.reset(kPages);
+  all.set_all();
+  settler->pend(stage.data(), all);
+  for (uint32_t p = 0; p < kPages; ++p) states[p].store(p % 2 == 0 ? 2 /* copying */ : 77);
+  const auto start = std::chrono::steady_clock::now();
+  for (uint32_t p = 0; p < kPages; ++p) settler->settle(p);
+  const auto took = std::chrono::steady_clock::now() - start;
+  EXPECT_LT(took, 1s) << "waited more than its patience";
+  EXPECT_EQ(std::memcmp(stage.data(), m.p, m.len), 0);
+  for (uint32_t p = 0; p < kPages; ++p) EXPECT_FALSE(settler->pending(p));
+}
+
+TEST(CopyOnWrite, AShareIsCheckedBeforeAClientUsesIt) {
+  auto share = test::must(CowShare::create(16 * kPage));
+  auto wrong_len = CowShare::map(dup(share.fd()), 32 * kPage);
+  ASSERT_FALSE(wrong_len);
+  EXPECT_EQ(wrong_len.error().code, Errc::kInvalidArgument);
+  EXPECT_NE(ftruncate(share.fd(), 0), 0) << "sealed against shrinking";
+  test::SharedMapping unsealed(CowShare::size_for(16 * kPage));
+  auto bad = CowShare::map(dup(unsealed.fd), 16 * kPage);
+  ASSERT_FALSE(bad);
+  EXPECT_EQ(bad.error().code, Errc::kInvalidArgument);
+}
+
 EngineConfig cow_config() {
   EngineConfig c;
   c.snapshot_mode = EngineConfig::SnapshotMode::kCopyOnWrite;
