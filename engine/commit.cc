@@ -83,7 +83,15 @@ Result<void> Engine::Impl::snapshot(Segment& seg, uint64_t generation, const Com
   // it lets go after every batch: a copy preempted while holding the token
   // would hold up everyone (CommitOptions). A copy-on-write segment
   // copies nothing here (snapshot_cow).
-  if (seg.cow != nullptr) return snapshot_cow(seg, generation, options);
+  if (seg.cow != nullptr) {
+    if (seg.cow->role() != CopyOnWrite::Role::kSettler || options.frozen)
+      return snapshot_cow(seg, generation, options);
+    // A client that could not protect its mapping commits by copying:
+    // whatever it left pending is settled first.
+    acquire_token();
+    settle_cow(seg, true);
+    release_token();
+  }
   mark_written(seg, options.written);
   acquire_token();
   Stage* stage = seg.free_stage();

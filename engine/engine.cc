@@ -356,7 +356,9 @@ Result<Segment*> Engine::Impl::make_segment(std::string_view name, uint64_t size
   }
   seg->written_chunks.reset(chunks);
   // Copy-on-write where asked and possible (else the stage copy below).
-  if (snapshot_mode_for(seg->name) == EngineConfig::SnapshotMode::kCopyOnWrite) {
+  // (In daemon mode the client library takes the snapshot of its own
+  // mapping: share_copy_on_write.)
+  if (snapshot_mode_for(seg->name) == EngineConfig::SnapshotMode::kCopyOnWrite && !config.shared_with_clients) {
     std::string why = CopyOnWrite::unavailable_reason();
     if (why.empty() && seg->mem.huge_pages()) why = "the memory is on huge pages";
     if (why.empty()) {
@@ -369,7 +371,7 @@ Result<Segment*> Engine::Impl::make_segment(std::string_view name, uint64_t size
     seg->copy_on_write.store(seg->cow != nullptr);
     seg->tracked.store(seg->cow != nullptr, std::memory_order_relaxed);
   }
-  if (const uint32_t every = commit_every_ms_for(seg->name); every != 0) {
+  if (const uint32_t every = commit_every_ms_for(seg->name); every != 0 && !config.shared_with_clients) {
     if (seg->cow != nullptr && sim == nullptr) {
       seg->commit_every_ns = uint64_t{every} * 1'000'000;
       seg->next_periodic_ns = clock_ns() + seg->commit_every_ns;
@@ -418,7 +420,9 @@ int Engine::memory_fd(Segment* segment) const noexcept {
     if (seg == nullptr) return -1;
     seg->shared_out.store(true);  // before anyone can map it: the next commit stops tracking
     seg->pristine.store(false);
-    if (seg->cow != nullptr) {  // writes through another mapping would bypass it: stop it now
+    // Writes through another mapping would bypass copy-on-write: stop it
+    // now (unless a client library protects its own mapping).
+    if (seg->cow != nullptr && seg->cow->role() != CopyOnWrite::Role::kSettler) {
       std::lock_guard lock(seg->mu);
       impl_->acquire_token();
       impl_->drop_cow(*seg, "its memory was handed out");
@@ -426,6 +430,35 @@ int Engine::memory_fd(Segment* segment) const noexcept {
     }
     return seg->mem.fd();
   });
+}
+
+Result<std::optional<ClientCopyOnWrite>> Engine::share_copy_on_write(Segment* segment) {
+  Segment* seg = segment;
+  auto lock = impl_->table.lock(seg);
+  if (seg == nullptr) return fail(Errc::kInvalidArgument, "unknown segment handle");
+  if (impl_->snapshot_mode_for(seg->name) != EngineConfig::SnapshotMode::kCopyOnWrite)
+    return std::optional<ClientCopyOnWrite>{};
+  if (const auto& why = CopyOnWrite::unavailable_reason(); !why.empty()) return fail(Errc::kUnavailable, why);
+  if (seg->mem.huge_pages()) return fail(Errc::kUnavailable, "the memory is on huge pages");
+  if (seg->cow != nullptr) {  // the previous client's: its snapshot is settled first
+    impl_->acquire_token();
+    impl_->settle_cow(*seg, true);
+    seg->cow.reset();
+    impl_->release_token();
+  }
+  const uint64_t len = seg->mem.mapped_size();
+  auto share = CowShare::create(len);
+  if (!share) return tl::unexpected(share.error());
+  const int fd = dup(share->fd());
+  if (fd < 0) return fail(Errc::kIo, "dup: ", std::strerror(errno));
+  auto cow = CopyOnWrite::settler(seg->mem.data(), len, std::move(*share));
+  if (!cow) {
+    ::close(fd);
+    return tl::unexpected(cow.error());
+  }
+  seg->cow = std::move(*cow);
+  seg->copy_on_write.store(true);
+  return ClientCopyOnWrite{fd, impl_->commit_every_ms_for(seg->name)};
 }
 
 Result<void> Engine::close(Segment* segment) {

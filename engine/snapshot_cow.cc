@@ -46,7 +46,13 @@ Result<void> Engine::Impl::snapshot_cow(Segment& seg, uint64_t generation, const
     return fail(Errc::kInternal, "no free snapshot stage");
   }
   Result<void> protected_ok;
-  {
+  if (seg.cow->role() == CopyOnWrite::Role::kSettler) {
+    // Daemon mode: the client library froze its mapping and holds it
+    // frozen until this returns; `written` is what it took.
+    mark_written(seg, options.written);
+    seg.tracked.store(true, std::memory_order_relaxed);
+    seg.cow->pend(stage->mem.data(), stage->stale);
+  } else {
     CopyOnWrite::Freeze freeze(*seg.cow);
     mark_written(seg, options.written, &freeze);
     freeze.pend(stage->mem.data(), stage->stale);

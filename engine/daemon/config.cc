@@ -108,7 +108,7 @@ Result<DaemonConfig> parse_daemon_config(std::string_view text, std::string_view
   const toml::table& root = parsed;  // const views all the way down
   Reader r(source);
   DaemonConfig c;
-  if (auto ok = r.only(root, "", {"node", "engine", "client", "log", "eal", "link", "storage", "membership", "group", "standby"}); !ok)
+  if (auto ok = r.only(root, "", {"node", "engine", "client", "log", "eal", "link", "storage", "membership", "group", "standby", "snapshots"}); !ok)
     return tl::unexpected(ok.error());
 
   const auto node = root["node"];
@@ -383,6 +383,50 @@ Result<DaemonConfig> parse_daemon_config(std::string_view text, std::string_view
         if (other.segment == seg)
           return tl::unexpected(r.error(where + ".segment", "\"" + seg + "\" has standbys already (here or in its group)"));
       c.engine.standbys.push_back(EngineConfig::Standby{seg, nodes});
+    }
+  }
+  // How commits take their snapshots (issue #10): a mode and a period for
+  // every segment, and per segment name.
+  if (const auto snaps = root["snapshots"]; snaps) {
+    if (!snaps.is_table()) return tl::unexpected(r.error("snapshots", "must be a table"));
+    if (auto ok = r.only(*snaps.as_table(), "snapshots", {"mode", "commit_every_ms", "segment"}); !ok)
+      return tl::unexpected(ok.error());
+    auto mode_of = [&r](const toml::node_view<const toml::node>& v, const std::string& where,
+                        std::optional<std::string> fallback) -> Result<EngineConfig::SnapshotMode> {
+      TRY(mode, r.string(v, where, std::move(fallback)));
+      if (mode == "stage-copy") return EngineConfig::SnapshotMode::kStageCopy;
+      if (mode == "copy-on-write") return EngineConfig::SnapshotMode::kCopyOnWrite;
+      return tl::unexpected(r.error(where, "must be \"stage-copy\" or \"copy-on-write\" (got \"" + mode + "\")"));
+    };
+    TRY(mode, mode_of(snaps["mode"], "snapshots.mode", "stage-copy"));
+    c.engine.snapshot_mode = mode;
+    TRY(every, r.integer(snaps["commit_every_ms"], "snapshots.commit_every_ms", 0, 3'600'000, 0));
+    c.engine.commit_every_ms = static_cast<uint32_t>(every);
+    if (const auto segs = snaps["segment"]; segs) {
+      const toml::array* arr = segs.as_array();
+      if (arr == nullptr) return tl::unexpected(r.error("snapshots.segment", "must be an array of tables ([[snapshots.segment]])"));
+      for (size_t i = 0; i < arr->size(); ++i) {
+        const std::string where = "snapshots.segment[" + std::to_string(i) + "]";
+        const toml::table* t = (*arr)[i].as_table();
+        if (t == nullptr) return tl::unexpected(r.error(where, "must be a table"));
+        if (auto ok = r.only(*t, where, {"name", "mode", "commit_every_ms"}); !ok) return tl::unexpected(ok.error());
+        const toml::node_view<const toml::node> sv(t);
+        EngineConfig::SegmentSnapshot m;
+        TRY(name, r.string(sv["name"], where + ".name", std::nullopt));
+        if (!wire::valid_name(name))
+          return tl::unexpected(r.error(where + ".name", "\"" + name + "\" is not a segment name"));
+        for (const auto& other : c.engine.snapshot_modes)
+          if (other.segment == name) return tl::unexpected(r.error(where + ".name", "\"" + name + "\" appears twice"));
+        m.segment = name;
+        TRY(seg_mode, mode_of(sv["mode"], where + ".mode", mode == EngineConfig::SnapshotMode::kCopyOnWrite
+                                                                ? "copy-on-write" : "stage-copy"));
+        m.mode = seg_mode;
+        if (sv["commit_every_ms"]) {
+          TRY(seg_every, r.integer(sv["commit_every_ms"], where + ".commit_every_ms", 0, 3'600'000, 0));
+          m.commit_every_ms = static_cast<uint32_t>(seg_every);
+        }
+        c.engine.snapshot_modes.push_back(std::move(m));
+      }
     }
   }
   return c;

@@ -12,6 +12,8 @@
 //   [log]     level = "info", syslog = false
 //   [storage] dir = "/shared/baton", keep = 2 (global storage, S7; optional)
 //   [eal]     args = ["--log-level=5"]
+//   [snapshots] mode = "stage-copy" | "copy-on-write", commit_every_ms = 0 (periodic commits, S5; copy-on-write only)
+//   [[snapshots.segment]] name = "kv", mode = ..., commit_every_ms = ... (per segment; unset: as [snapshots])
 //   [[group]] name = "kv", segments = ["kv"], start = "...", probe = "...", provision = "...", alert = "...",
 //             probe_interval_ms, probe_timeout_ms, slow_ms, slow_for_ms, failover_on = "either",
 //             priority = 0, min_cores, min_memory_mib, tags = [...], home = [1], start_timeout_ms

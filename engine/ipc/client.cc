@@ -17,6 +17,7 @@
 #include <utility>
 
 #include "baton/baton.h"
+#include "common/log.h"
 #include "protocol/wire.h"
 #include "runtime/futex.h"
 
@@ -32,6 +33,8 @@ Error from_status(int status, const char* message) {
 }
 
 void unmap(ClientSegment& s) {
+  s.cow.reset();  // lifts its protection before the mapping goes
+  s.watch.reset();
   if (s.data != nullptr) munmap(s.data, s.mapped);
   if (s.channel != nullptr) munmap(s.channel, sizeof(CommitChannel));
   if (s.event_fd >= 0) ::close(s.event_fd);
@@ -129,9 +132,11 @@ Result<ClientSegment*> Client::open(Op op, std::string_view name, uint64_t size)
     close_all();
     return tl::unexpected(from_status(rep->status, rep->message));
   }
-  if (fds.size() != 3) {
+  const size_t expected = rep->copy_on_write != 0 ? 4 : 3;
+  if (fds.size() != expected) {
     close_all();
-    return fail(Errc::kInternal, "batond sent ", std::to_string(fds.size()), " descriptors, expected 3");
+    return fail(Errc::kInternal, "batond sent ", std::to_string(fds.size()), " descriptors, expected ",
+                std::to_string(expected));
   }
   auto s = std::make_unique<ClientSegment>();
   s->handle = rep->handle;
@@ -157,8 +162,29 @@ Result<ClientSegment*> Client::open(Op op, std::string_view name, uint64_t size)
   }
   s->data = static_cast<std::byte*>(data);
   s->channel = static_cast<CommitChannel*>(ch);
+  if (fds.size() == 4) {
+    // Copy-on-write: this mapping is protected and this process's handler
+    // copies pages aside for batond. Not where the application said its
+    // memory changes by other means (BATON_TRACK_WRITES=0).
+    std::string why = track_writes_allowed() ? "" : "BATON_TRACK_WRITES=0";
+    if (why.empty()) {
+      auto share = CowShare::map(fds[3], s->mapped);  // takes the descriptor
+      auto cow = share ? CopyOnWrite::attach_client(s->data, s->mapped, std::move(*share))
+                       : Result<std::unique_ptr<CopyOnWrite>>(tl::unexpected(share.error()));
+      if (cow) s->cow = std::move(*cow);
+      else why = cow.error().message;
+    } else {
+      ::close(fds[3]);
+    }
+    if (s->cow == nullptr)
+      BT_WARN("segment %.*s: no copy-on-write in this process, commits copy it: %s", static_cast<int>(name.size()),
+              name.data(), why.c_str());
+    else
+      s->commit_every_ms = rep->commit_every_ms;
+  }
   // A segment of a chunk or two is copied whole anyway: no scan, no faults.
-  if (s->size > kMinTrackedSize && track_writes_allowed()) s->watch = WriteWatch::start(s->data, s->mapped, nullptr);
+  if (s->cow == nullptr && s->size > kMinTrackedSize && track_writes_allowed())
+    s->watch = WriteWatch::start(s->data, s->mapped, nullptr);
   segments_.push_back(std::move(s));
   return segments_.back().get();
 }
@@ -170,20 +196,13 @@ bool track_writes_allowed() {
 
 namespace {
 
-/// Tells batond what was written since the previous commit: the ranges the
-/// application named and those the watch found, or everything. Past
-/// kMaxWritten ranges, they are widened to fit (copying more is safe).
-void say_written(ClientSegment& s, std::span<const std::pair<uint64_t, uint64_t>> named) {
+/// Tells batond what was written since the previous commit: `s.ranges`, or
+/// everything (`all`). Past kMaxWritten ranges, they are widened to fit
+/// (copying more is safe; under copy-on-write, a page not written since
+/// the previous commit is still protected, so pending it is too).
+void put_written(ClientSegment& s, bool all) {
   CommitChannel& ch = *s.channel;
   auto& ranges = s.ranges;
-  ranges.assign(named.begin(), named.end());
-  bool all = named.empty() && s.watch == nullptr;
-  // The mapping is page-rounded: writes past the segment's end are no one's.
-  auto found = [&](uint64_t off, uint64_t len) {
-    if (off < s.size) ranges.emplace_back(off, std::min(len, s.size - off));
-  };
-  if (s.watch != nullptr && !s.watch->collect(found)) all = true;
-  if (std::exchange(s.resend_all, false)) all = true;
   if (!all && ranges.size() > kMaxWritten) {
     // Round each out to a grain that makes kMaxWritten enough, and merge.
     const uint64_t grain = std::max<uint64_t>(4096, (s.size / kMaxWritten + 4095) & ~uint64_t{4095}) * 2;
@@ -215,12 +234,20 @@ void say_written(ClientSegment& s, std::span<const std::pair<uint64_t, uint64_t>
   ch.written_count.store(static_cast<uint32_t>(ranges.size()), std::memory_order_relaxed);
 }
 
-}  // namespace
+/// The ranges the application named, then `found` adds what a watch or
+/// copy-on-write found (the mapping is page-rounded: writes past the
+/// segment's end are no one's).
+auto start_ranges(ClientSegment& s, std::span<const std::pair<uint64_t, uint64_t>> named) {
+  s.ranges.assign(named.begin(), named.end());
+  return [&s](uint64_t off, uint64_t len) {
+    if (off < s.size) s.ranges.emplace_back(off, std::min(len, s.size - off));
+  };
+}
 
-Result<uint64_t> Client::commit(ClientSegment* s, std::span<const std::pair<uint64_t, uint64_t>> written) {
-  CommitChannel& ch = *s->channel;
-  say_written(*s, written);  // published by the request's store below
-  s->resend_all = true;      // until this commit is known to have succeeded
+/// Posts the commit request in the channel (what it says is stored
+/// already) and waits for batond's answer.
+Result<uint64_t> post(ClientSegment& s) {
+  CommitChannel& ch = *s.channel;
   const uint32_t seq = ch.request.load(std::memory_order_relaxed) + 1;  // we are the only writer
   ch.request.store(seq);  // seq_cst: pairs with the daemon's daemon_sleeping store
   // A sleeping daemon is rung, and then this thread sleeps too rather than
@@ -230,7 +257,7 @@ Result<uint64_t> Client::commit(ClientSegment* s, std::span<const std::pair<uint
   bool rang = false;
   if (ch.daemon_sleeping.load()) {
     const uint64_t one = 1;
-    (void)!write(s->event_fd, &one, sizeof one);
+    (void)!write(s.event_fd, &one, sizeof one);
     rang = true;
   }
   const uint64_t start = now_ns();
@@ -251,8 +278,50 @@ Result<uint64_t> Client::commit(ClientSegment* s, std::span<const std::pair<uint
   }
   const int32_t status = ch.status.load(std::memory_order_relaxed);
   if (status != 0) return tl::unexpected(Error{static_cast<Errc>(-status), "commit refused by batond"});
-  s->resend_all = false;
   return ch.generation.load(std::memory_order_relaxed);
+}
+
+}  // namespace
+
+Result<uint64_t> Client::commit(ClientSegment* s, std::span<const std::pair<uint64_t, uint64_t>> written) {
+  CommitChannel& ch = *s->channel;
+  if (s->cow != nullptr) {
+    // The commit point: the written pages are taken and protected, and
+    // this mapping's fault handler waits until batond has marked what the
+    // snapshot needs; then the application writes on while batond's
+    // worker copies it.
+    bool frozen = false;
+    Result<uint64_t> g = 0;
+    {
+      CopyOnWrite::Freeze freeze(*s->cow);
+      freeze.take_written(start_ranges(*s, written));
+      auto protect = freeze.protect();
+      if (!protect)
+        BT_WARN("segment handle %u: copy-on-write stops, commits copy it: %s", s->handle,
+                protect.error().message.c_str());
+      frozen = static_cast<bool>(protect);
+      put_written(*s, !frozen);  // a failed protect: batond copies everything
+      ch.frozen.store(frozen ? 1 : 0, std::memory_order_relaxed);
+      g = post(*s);
+      if (!g) freeze.untake();  // its pages may not have been applied: all again next time
+    }
+    // batond settled everything before its copy: the protection can go.
+    if (!frozen && g) {
+      s->cow.reset();
+      if (s->size > kMinTrackedSize) s->watch = WriteWatch::start(s->data, s->mapped, nullptr);
+    }
+    return g;
+  }
+  auto found = start_ranges(*s, written);
+  bool all = written.empty() && s->watch == nullptr;
+  if (s->watch != nullptr && !s->watch->collect(found)) all = true;
+  if (std::exchange(s->resend_all, false)) all = true;
+  put_written(*s, all);  // published by the request's store
+  ch.frozen.store(0, std::memory_order_relaxed);
+  s->resend_all = true;  // until this commit is known to have succeeded
+  auto g = post(*s);
+  if (g) s->resend_all = false;
+  return g;
 }
 
 Result<void> Client::wait(ClientSegment* s, uint64_t generation, uint32_t k, uint32_t timeout_ms) {

@@ -13,6 +13,7 @@
 #include "baton/engine.h"
 #include "baton/result.h"
 #include "ipc/messages.h"
+#include "segment/copy_on_write.h"
 #include "segment/dirty_tracker.h"
 
 namespace baton::ipc {
@@ -29,6 +30,11 @@ struct ClientSegment {
   /// The application's writes through `data`, which batond cannot see
   /// (null: untracked, every commit says "everything").
   std::unique_ptr<WriteWatch> watch;
+  /// A copy-on-write segment (batond sent a share): a commit freezes this
+  /// mapping and returns once batond has marked the snapshot's pages; the
+  /// writes after it fault once per page (and replace `watch`).
+  std::unique_ptr<CopyOnWrite> cow;
+  uint32_t commit_every_ms = 0;  ///< batond's period for it (S5): the library commits by itself
   /// The last commit failed: its ranges may not have been applied, so the
   /// next one says "everything".
   bool resend_all = false;

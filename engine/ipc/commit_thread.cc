@@ -73,6 +73,7 @@ bool Server::poll_commits(CommitLane& lane) {
       // "Nothing written" is a range of nothing, not "everything".
       if (n == 0) lane.written.emplace_back(0, 0);
       options.written = lane.written;
+      options.frozen = ch.frozen.load(std::memory_order_relaxed) == 1;
       g = engine_.commit(seg->handle, options);
     }
     ch.status.store(g ? 0 : -static_cast<int32_t>(g.error().code), std::memory_order_relaxed);

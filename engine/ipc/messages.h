@@ -6,7 +6,10 @@
 // (one request, one reply). Opening a segment returns three descriptors with
 // SCM_RIGHTS: the segment's memfd (the application maps it and writes its
 // state there), a memfd holding this segment's CommitChannel, and the
-// daemon's doorbell eventfd.
+// daemon's doorbell eventfd; a fourth, for a copy-on-write segment
+// (Reply::copy_on_write), is the share of page states and aside buffer
+// (segment/copy_on_write.h) with which the client library snapshots its
+// own mapping.
 //
 // A commit does not use the socket: the application bumps `request` in the
 // CommitChannel; the daemon's commit thread, which polls every held channel
@@ -27,7 +30,7 @@
 namespace baton::ipc {
 
 inline constexpr uint32_t kMagic = 0xBA7017C0;
-inline constexpr uint16_t kVersion = 2;
+inline constexpr uint16_t kVersion = 3;
 inline constexpr size_t kMaxMessage = 512;     ///< requests
 inline constexpr size_t kMaxReply = 64 * 1024;  ///< a reply with its trailing text
 inline constexpr size_t kMaxName = 63;
@@ -66,8 +69,10 @@ struct Reply {
   uint64_t generation;  ///< restored/current generation
   uint32_t handle;
   uint8_t restored;     ///< kOpen: 1 if loaded from a copy
-  uint8_t pad[3];
+  uint8_t copy_on_write;  ///< kOpen: 1 if a fourth descriptor, the copy-on-write share, comes with it
+  uint8_t pad[2];
   uint32_t text_len;    ///< kStatus: bytes of text after this struct
+  uint32_t commit_every_ms;  ///< kOpen, copy-on-write: the period the library commits at by itself (S5); 0: none
   char message[400];    ///< error text
 };
 
@@ -90,6 +95,10 @@ struct alignas(64) CommitChannel {
   /// out before it looks at them, and a range past the segment's end fails
   /// that commit (EINVAL): a client can only harm its own snapshots.
   alignas(64) std::atomic<uint32_t> written_count{kWrittenAll};
+  /// 1: the library froze its mapping for this commit (copy-on-write: the
+  /// written pages are protected and its handler waits until `done`);
+  /// 0: batond copies. Stored with `written_count`.
+  std::atomic<uint32_t> frozen{0};
   std::atomic<uint64_t> written[2 * kMaxWritten];
 };
 

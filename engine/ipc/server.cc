@@ -328,6 +328,7 @@ void Server::on_request(Session& s, const char* buf, size_t n) {
       rep = reply_error(BATON_EINVAL, "unknown request " + std::to_string(r.op));
   }
   send_reply(s.fd, rep, rep.status == 0 ? fds : std::vector<int>{}, text);
+  if (fds.size() == 4) ::close(fds[3]);  // the copy-on-write share: a dup of the engine's
 }
 
 Reply Server::open_segment(Session& s, const Request& r, std::vector<int>& fds) {
@@ -454,6 +455,14 @@ Reply Server::open_segment(Session& s, const Request& r, std::vector<int>& fds) 
   rep.handle = seg.id;
   rep.size = seg.size;
   fds = {engine_.memory_fd(seg.handle), seg.channel_mem.fd(), lane_of(seg).event_fd};
+  // A copy-on-write segment: the library snapshots its own mapping.
+  if (auto cow = engine_.share_copy_on_write(seg.handle); !cow) {
+    BT_WARN("segment %s: no copy-on-write, commits copy it: %s", name.c_str(), cow.error().message.c_str());
+  } else if (cow->has_value()) {
+    fds.push_back((*cow)->fd);  // a dup: closed once sent (on_request)
+    rep.copy_on_write = 1;
+    rep.commit_every_ms = (*cow)->commit_every_ms;
+  }
   return rep;
 }
 

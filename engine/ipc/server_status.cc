@@ -32,7 +32,9 @@ nlohmann::json Server::status_json(size_t limit) const {
                     {"disconnects", counters.disconnects},
                     // chunks commits copied, and left alone as unchanged (what the applications wrote)
                     {"chunks_copied", stats.snapshot_chunks_copied},
-                    {"chunks_skipped", stats.snapshot_chunks_skipped}};
+                    {"chunks_skipped", stats.snapshot_chunks_skipped},
+                    // commits that copied nothing (copy-on-write: the worker settled them)
+                    {"cow_snapshots", stats.cow_snapshots}};
   const auto peers = engine_.peers();
   auto peer = [&](uint16_t node) {
     for (const auto& p : peers)
@@ -81,7 +83,12 @@ nlohmann::json Server::status_json(size_t limit) const {
     if (!st) continue;
     json seg = {{"name", name},       {"size", st->size},   {"generation", st->generation},
                 {"durable", st->durable}, {"epoch", st->epoch}, {"held", app},
-                {"fenced", st->fenced},   {"durable_age_ms", st->durable_age_us / 1000}};
+                {"fenced", st->fenced},   {"durable_age_ms", st->durable_age_us / 1000},
+                {"snapshots", st->copy_on_write ? "copy-on-write" : "stage-copy"}};
+    if (st->copy_on_write) {  // as the application's client library counts them
+      seg["cow_faults"] = st->cow_faults;
+      seg["cow_copied_aside"] = st->cow_copied_aside;
+    }
     seg["replicas"] = json::array();
     for (auto& [node, gen] : st->replicas)
       seg["replicas"].push_back({{"node", node},

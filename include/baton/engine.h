@@ -111,6 +111,13 @@ struct EngineConfig {
   ///    on huge pages, or memory_fd() hands it out) the segment falls back
   ///    to kStageCopy, with the reason logged.
   enum class SnapshotMode : uint8_t { kStageCopy, kCopyOnWrite };
+  /// Daemon mode (batond sets it): every segment's memory is handed to an
+  /// application process (memory_fd()), whose client library tracks its
+  /// writes and, for a copy-on-write segment, freezes its own mapping at
+  /// each commit (share_copy_on_write(), CommitOptions::frozen). The
+  /// engine attaches no copy-on-write of its own and runs no periodic
+  /// commits: the client library does.
+  bool shared_with_clients = false;
   SnapshotMode snapshot_mode = SnapshotMode::kStageCopy;
   /// Periodic commits (S5): the engine commits each copy-on-write segment
   /// by itself every this many milliseconds, when anything was written
@@ -206,6 +213,20 @@ struct CommitOptions {
   /// Empty: the engine finds out (EngineConfig::track_writes) or copies
   /// everything. A range past the segment's end is kInvalidArgument.
   std::span<const std::pair<uint64_t, uint64_t>> written;
+  /// Daemon mode, a segment shared by share_copy_on_write(): the client
+  /// library froze its mapping for this commit (it took the pages written
+  /// since its previous commit, gave them as `written`, protected them,
+  /// and keeps its fault handler waiting until the call returns). The
+  /// commit then copies nothing: the worker settles the snapshot from the
+  /// memory while the application goes on. False: a stage copy.
+  bool frozen = false;
+};
+
+/// What a client library needs to take copy-on-write snapshots of its own
+/// mapping of a segment (Engine::share_copy_on_write).
+struct ClientCopyOnWrite {
+  int fd = -1;                   ///< the share (CowShare): the caller's, to send and close
+  uint32_t commit_every_ms = 0;  ///< the segment's period (S5), for the library to keep
 };
 
 enum class OpenOutcome : uint8_t {
@@ -351,6 +372,14 @@ class Engine {
   /// The memfd behind data(), to share the segment with another process
   /// (batond hands it to applications); -1 for an unknown handle. Borrowed.
   int memory_fd(Segment* segment) const noexcept;
+  /// Daemon mode (EngineConfig::shared_with_clients), a copy-on-write
+  /// segment: a fresh share of page states and aside buffer for the client
+  /// library that maps the memory next (any previous client's snapshot is
+  /// settled first). Its commits then say `frozen`. Nothing (no error)
+  /// when the segment takes stage copies by the config. Errors:
+  /// kInvalidArgument (unknown handle), kUnavailable (copy-on-write asked
+  /// for, but this kernel or this memory cannot: the reason), kNoMemory.
+  Result<std::optional<ClientCopyOnWrite>> share_copy_on_write(Segment* segment);
 
   /// Takes a snapshot and replicates it as a new generation (S5). Returns
   /// the generation once the snapshot is taken; replication goes on.

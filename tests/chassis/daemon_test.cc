@@ -11,7 +11,12 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <random>
+#include <thread>
+#include <poll.h>
+#include <atomic>
+#include <chrono>
 #include <string>
 
 #include "../common/batond.h"
@@ -378,6 +383,131 @@ TEST(Daemon, WriteTrackingCanBeTurnedOff) {
   }
   EXPECT_EQ(chunks_skipped(d), 0u) << "untracked commits copy everything";
   baton_stop(app);
+}
+
+// Copy-on-write in daemon mode (issue #10, S14): the client library
+// freezes its own mapping at each commit and batond's worker settles the
+// snapshot while the application writes on. A writer thread hammers the
+// segment all the time but for the instant of each commit, when the
+// application takes a stop-the-world reference of it and tells the test
+// its hash; the test SIGKILLs the application at a random moment (often
+// with pages still pending in batond), and the next session must restore
+// exactly the last generation a commit returned (or the one in flight).
+TEST(Daemon, CopyOnWriteCommitsAreExactWhileTheApplicationWrites) {
+  TempDir dir;
+  Batond d(1, dir.path, "", "[snapshots]\nmode = \"copy-on-write\"\n");
+  constexpr size_t kSize = (4 << 20) + 1000;
+  auto hash = [](const unsigned char* p, size_t n) {
+    return std::hash<std::string_view>()(std::string_view(reinterpret_cast<const char*>(p), n));
+  };
+  struct Note {
+    uint64_t generation;
+    uint64_t hash;
+    uint32_t kind;  // 0 restored, 1 about to commit, 2 committed
+  };
+  std::map<uint64_t, uint64_t> hash_of;  // generation -> its bytes' hash
+  uint64_t committed = 0, in_flight = 0;
+  std::mt19937_64 rng(5);
+  for (int session = 0; session < 5; ++session) {
+    int pipefd[2];
+    ASSERT_EQ(pipe(pipefd), 0);
+    const pid_t child = fork();
+    if (child == 0) {
+      close(pipefd[0]);
+      auto note = [&](uint64_t g, uint64_t h, uint32_t kind) {
+        const Note n{g, h, kind};
+        if (write(pipefd[1], &n, sizeof n) != static_cast<ssize_t>(sizeof n)) _exit(3);
+      };
+      baton_t* b = nullptr;
+      baton_segment_t* s = nullptr;
+      uint64_t gen = 0;
+      int rc = BATON_EEXIST;  // the previous session's holder goes once batond sees it dead
+      for (int i = 0; i < 200 && rc == BATON_EEXIST; ++i) {
+        if (b == nullptr && baton_connect(d.socket().c_str(), &b) != 0) _exit(1);
+        rc = baton_open(b, "cow", kSize, &s, nullptr, &gen);
+        if (rc == BATON_EEXIST) usleep(10000);
+      }
+      if (rc != 0) _exit(2);
+      auto* mem = static_cast<unsigned char*>(baton_segment_data(s));
+      note(gen, hash(mem, kSize), 0);
+      std::atomic<bool> pause{true}, paused{false};
+      std::thread writer([&] {
+        std::mt19937_64 wrng(static_cast<uint64_t>(getpid()));
+        for (uint64_t n = 0;; ++n) {
+          if (pause.load()) {
+            paused.store(true);
+            while (pause.load()) std::this_thread::yield();
+            paused.store(false);
+          }
+          const size_t off = wrng() % (kSize - 300), len = 1 + wrng() % 300;
+          for (size_t i = 0; i < len; ++i) mem[off + i] = static_cast<unsigned char>(n + i);
+        }
+      });
+      std::vector<unsigned char> reference(kSize);
+      for (;;) {
+        pause.store(true);
+        while (!paused.load()) std::this_thread::yield();
+        note(gen + 1, hash(mem, kSize), 1);  // what the commit must hold
+        if (baton_commit(s, &gen) != 0) _exit(4);
+        pause.store(false);
+        note(gen, 0, 2);
+        usleep(300);  // the writer runs into pages batond has not settled yet
+      }
+    }
+    close(pipefd[1]);
+    // Let it run a while, then kill it wherever it is.
+    const auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(150 + rng() % 400);
+    Note n{};
+    bool restored_seen = false;
+    while (std::chrono::steady_clock::now() < until) {
+      pollfd pf{pipefd[0], POLLIN, 0};
+      if (poll(&pf, 1, 10) != 1) continue;
+      if (read(pipefd[0], &n, sizeof n) != static_cast<ssize_t>(sizeof n)) break;
+      if (n.kind == 0) {
+        restored_seen = true;
+        EXPECT_TRUE(n.generation == committed || (in_flight != 0 && n.generation == in_flight))
+            << "session " << session << " restored generation " << n.generation << "; committed " << committed;
+        if (n.generation != 0) {
+          ASSERT_TRUE(hash_of.count(n.generation)) << "restored generation " << n.generation << " never committed";
+          EXPECT_EQ(n.hash, hash_of[n.generation])
+              << "session " << session << ": generation " << n.generation << " restored torn";
+        }
+        committed = n.generation;
+        in_flight = 0;
+      } else if (n.kind == 1) {
+        hash_of[n.generation] = n.hash;
+        in_flight = n.generation;
+      } else {
+        committed = n.generation;
+        in_flight = 0;
+      }
+    }
+    kill(child, SIGKILL);
+    int status = 0;
+    waitpid(child, &status, 0);
+    ASSERT_TRUE(WIFSIGNALED(status)) << "the application exited by itself: " << WEXITSTATUS(status);
+    // Notes written before the kill.
+    while (read(pipefd[0], &n, sizeof n) == static_cast<ssize_t>(sizeof n)) {
+      if (n.kind == 1) hash_of[n.generation] = n.hash, in_flight = n.generation;
+      else if (n.kind == 2) committed = n.generation, in_flight = 0;
+    }
+    close(pipefd[0]);
+    EXPECT_TRUE(restored_seen);
+    EXPECT_GT(committed, 0u);
+  }
+  const char* ctl = std::getenv("BATONCTL");
+  if (ctl != nullptr) {
+    FILE* p = popen((std::string(ctl) + " status --json --socket " + d.socket()).c_str(), "r");
+    std::string out;
+    char buf[4096];
+    for (size_t k; (k = fread(buf, 1, sizeof buf, p)) > 0;) out.append(buf, k);
+    pclose(p);
+    EXPECT_NE(out.find("\"snapshots\":\"copy-on-write\""), std::string::npos) << out;
+    const std::string key = "\"cow_snapshots\":";
+    const auto at = out.find(key);
+    ASSERT_NE(at, std::string::npos) << out;
+    EXPECT_GT(std::strtoull(out.c_str() + at + key.size(), nullptr, 10), 10u) << "commits did not use copy-on-write";
+  }
 }
 
 }  // namespace

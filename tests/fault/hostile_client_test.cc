@@ -353,7 +353,7 @@ TEST(Hostile, ATakeOverHandsOutNothingAndRefusesBadNames) {
   TempDir dir;
   Batond d(1, dir.path);
   Raw agent(d.socket());
-  for (const std::string bad : {std::string(), std::string("two words"), std::string(1, '\x01')}) {
+  for (const std::string& bad : {std::string(), std::string("two words"), std::string(1, '\x01')}) {
     std::vector<int> fds;
     const Reply rep = agent.call(request(Op::kTakeOver, bad), &fds);
     EXPECT_EQ(rep.status, BATON_EINVAL) << "\"" << bad << "\": " << rep.message;

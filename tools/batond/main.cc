@@ -130,6 +130,7 @@ int main(int argc, char** argv) {
   // engine cannot see: the application's client library tracks them and
   // says what it wrote with each commit (docs/architecture.md, Daemon mode).
   cfg->engine.track_writes = false;
+  cfg->engine.shared_with_clients = true;  // and snapshots it, for a copy-on-write segment
   auto engine = baton::Engine::start(cfg->engine, std::move(links));
   if (!engine) {
     BT_ERROR("%s", engine.error().to_string().c_str());
