@@ -10,7 +10,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <pthread.h>
+
 #include <algorithm>
+#include <chrono>
 #include <cstdlib>
 #include <cmath>
 #include <cstring>
@@ -71,6 +74,14 @@ Result<std::unique_ptr<Client>> Client::connect(const std::string& path) {
 }
 
 Client::~Client() {
+  if (periodic_.joinable()) {
+    {
+      std::lock_guard lock(periodic_mu_);
+      periodic_stop_ = true;
+    }
+    periodic_cv_.notify_all();
+    periodic_.join();
+  }
   for (auto& s : segments_) unmap(*s);
   if (fd_ >= 0) ::close(fd_);
 }
@@ -185,8 +196,17 @@ Result<ClientSegment*> Client::open(Op op, std::string_view name, uint64_t size)
   // A segment of a chunk or two is copied whole anyway: no scan, no faults.
   if (s->cow == nullptr && s->size > kMinTrackedSize && track_writes_allowed())
     s->watch = WriteWatch::start(s->data, s->mapped, nullptr);
-  segments_.push_back(std::move(s));
-  return segments_.back().get();
+  ClientSegment* opened = s.get();
+  {
+    std::lock_guard lock(periodic_mu_);
+    if (s->commit_every_ms != 0) {
+      s->next_periodic_ns = now_ns() + uint64_t{s->commit_every_ms} * 1'000'000;
+      if (!periodic_.joinable()) periodic_ = std::thread([this] { run_periodic(); });
+    }
+    segments_.push_back(std::move(s));
+  }
+  periodic_cv_.notify_all();
+  return opened;
 }
 
 bool track_writes_allowed() {
@@ -284,6 +304,42 @@ Result<uint64_t> post(ClientSegment& s) {
 }  // namespace
 
 Result<uint64_t> Client::commit(ClientSegment* s, std::span<const std::pair<uint64_t, uint64_t>> written) {
+  std::lock_guard lock(s->commit_mu);
+  auto g = commit_locked(s, written);
+  // A commit of the application's restarts the period.
+  if (s->commit_every_ms != 0) s->next_periodic_ns = now_ns() + uint64_t{s->commit_every_ms} * 1'000'000;
+  return g;
+}
+
+// --- periodic commits (S5) ---------------------------------------------------
+// batond gave the segment a period: the library commits it by itself when
+// anything was written since its last commit. The snapshot is a point in
+// the application's run, as an application commit's is (copy-on-write: a
+// write to a page already protected waits while the rest is protected).
+
+void Client::run_periodic() {
+  pthread_setname_np(pthread_self(), "baton-periodic");
+  std::unique_lock lock(periodic_mu_);
+  while (!periodic_stop_) {
+    const uint64_t now = now_ns();
+    uint64_t next = now + 100'000'000;
+    for (auto& s : segments_) {
+      std::lock_guard commit_lock(s->commit_mu);
+      if (s->commit_every_ms == 0 || s->cow == nullptr) continue;
+      if (now >= s->next_periodic_ns) {
+        s->next_periodic_ns = now + uint64_t{s->commit_every_ms} * 1'000'000;
+        if (s->cow->any_written())
+          if (auto g = commit_locked(s.get(), {}); !g)
+            BT_WARN("segment handle %u: periodic commit failed: %s", s->handle, g.error().message.c_str());
+      }
+      next = std::min(next, s->next_periodic_ns);
+    }
+    const uint64_t after = now_ns();
+    periodic_cv_.wait_for(lock, std::chrono::nanoseconds(next > after ? next - after : 0));
+  }
+}
+
+Result<uint64_t> Client::commit_locked(ClientSegment* s, std::span<const std::pair<uint64_t, uint64_t>> written) {
   CommitChannel& ch = *s->channel;
   if (s->cow != nullptr) {
     // The commit point: the written pages are taken and protected, and
@@ -340,6 +396,9 @@ Result<void> Client::wait(ClientSegment* s, uint64_t generation, uint32_t k, uin
 }
 
 Result<void> Client::close(ClientSegment* s) {
+  // Under periodic_mu_ from the request on: a periodic commit after batond
+  // let go of the channel would wait for an answer that never comes.
+  std::lock_guard lock(periodic_mu_);
   Request r{};
   r.magic = kMagic;
   r.version = kVersion;

@@ -3,8 +3,11 @@
 // libbaton-client does under baton_connect(). No DPDK.
 
 #include <cstddef>
+#include <condition_variable>
 #include <cstdint>
 #include <memory>
+#include <mutex>
+#include <thread>
 #include <span>
 #include <string>
 #include <string_view>
@@ -35,6 +38,9 @@ struct ClientSegment {
   /// writes after it fault once per page (and replace `watch`).
   std::unique_ptr<CopyOnWrite> cow;
   uint32_t commit_every_ms = 0;  ///< batond's period for it (S5): the library commits by itself
+  uint64_t next_periodic_ns = 0;  ///< when the periodic thread commits it next; commit_mu
+  /// Held by a commit: the application's and the periodic thread's.
+  std::mutex commit_mu;
   /// The last commit failed: its ranges may not have been applied, so the
   /// next one says "everything".
   bool resend_all = false;
@@ -46,6 +52,11 @@ struct ClientSegment {
 /// changes it (DMA, a child process), so commits copy whole segments.
 bool track_writes_allowed();
 
+/// Thread: the application's (one Client is not for concurrent use), and
+/// the client's own `baton-periodic` thread, started at the first segment
+/// batond gives a commit period: it commits such segments by itself
+/// (S5), under each segment's `commit_mu`; the segment list changes
+/// under `periodic_mu_`.
 class Client {
  public:
   /// Connects to batond's socket. Errors: kUnavailable (no daemon), kInvalidArgument.
@@ -86,8 +97,14 @@ class Client {
  private:
   Result<Reply> call(const Request& r, std::vector<int>* fds, std::string* text = nullptr);
   Result<std::string> text_request(Op op);
+  Result<uint64_t> commit_locked(ClientSegment* s, std::span<const std::pair<uint64_t, uint64_t>> written);
+  void run_periodic();
   int fd_ = -1;
-  std::vector<std::unique_ptr<ClientSegment>> segments_;
+  std::vector<std::unique_ptr<ClientSegment>> segments_;  ///< periodic_mu_ (written; the application reads)
+  std::mutex periodic_mu_;
+  std::condition_variable periodic_cv_;
+  bool periodic_stop_ = false;
+  std::thread periodic_;
 };
 
 }  // namespace baton::ipc

@@ -510,4 +510,69 @@ TEST(Daemon, CopyOnWriteCommitsAreExactWhileTheApplicationWrites) {
   }
 }
 
+// Periodic commits in daemon mode (S5): batond gives the segment a period
+// and the client library commits it by itself while the application only
+// writes. The application stamps a counter into 64 places, in an order
+// the protection runs into; it never commits and is SIGKILLed. Each
+// restore must be one instant of its run: every stamp equal, or one step
+// between two rounds. The restored generation is one the library took.
+TEST(Daemon, PeriodicCommitsAreInstantsOfTheApplicationsRun) {
+  TempDir dir;
+  Batond d(1, dir.path, "", "[snapshots]\nmode = \"copy-on-write\"\ncommit_every_ms = 5\n");
+  constexpr size_t kSize = 2 << 20;
+  constexpr int kStamps = 64;
+  uint64_t last_restored = 0, last_stamp = 0;
+  for (int session = 0; session < 3; ++session) {
+    int pipefd[2];
+    ASSERT_EQ(pipe(pipefd), 0);
+    const pid_t child = fork();
+    if (child == 0) {
+      close(pipefd[0]);
+      baton_t* b = nullptr;
+      baton_segment_t* s = nullptr;
+      int rc = BATON_EEXIST;
+      uint64_t gen = 0;
+      for (int i = 0; i < 200 && rc == BATON_EEXIST; ++i) {
+        if (b == nullptr && baton_connect(d.socket().c_str(), &b) != 0) _exit(1);
+        rc = baton_open(b, "ticker", kSize, &s, nullptr, &gen);
+        if (rc == BATON_EEXIST) usleep(10000);
+      }
+      if (rc != 0) _exit(2);
+      auto* mem = static_cast<unsigned char*>(baton_segment_data(s));
+      std::vector<uint64_t> k(kStamps);
+      for (int i = 0; i < kStamps; ++i) std::memcpy(&k[i], mem + (kSize / kStamps) * i + 40, 8);
+      (void)!write(pipefd[1], &gen, sizeof gen);
+      (void)!write(pipefd[1], k.data(), k.size() * 8);
+      for (uint64_t n = k[0] + 1;; ++n)  // on from where the restore left off
+        for (int i = kStamps - 1; i >= 0; --i) {
+          std::atomic_ref<uint64_t>(*reinterpret_cast<uint64_t*>(mem + (kSize / kStamps) * i + 40))
+              .store(n, std::memory_order_relaxed);
+        }
+    }
+    close(pipefd[1]);
+    uint64_t gen = 0;
+    std::vector<uint64_t> k(kStamps);
+    ASSERT_EQ(read(pipefd[0], &gen, sizeof gen), static_cast<ssize_t>(sizeof gen));
+    ASSERT_EQ(read(pipefd[0], k.data(), k.size() * 8), static_cast<ssize_t>(k.size() * 8));
+    close(pipefd[0]);
+    if (session > 0) {
+      EXPECT_GT(gen, last_restored) << "session " << session << ": the library committed nothing by itself";
+      EXPECT_GT(k[0], last_stamp);
+    }
+    int steps = 0;
+    for (int i = 1; i < kStamps; ++i) {
+      EXPECT_TRUE(k[i] == k[i - 1] || k[i] == k[i - 1] + 1)
+          << "session " << session << ", generation " << gen << ": stamp " << i << " is " << k[i] << " after "
+          << k[i - 1];
+      steps += k[i] != k[i - 1];
+    }
+    EXPECT_LE(steps, 1) << "session " << session << ", generation " << gen;
+    last_restored = gen;
+    last_stamp = k[0];
+    usleep(200'000);  // the application writes; the library commits every 5 ms
+    kill(child, SIGKILL);
+    waitpid(child, nullptr, 0);
+  }
+}
+
 }  // namespace

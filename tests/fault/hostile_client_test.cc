@@ -10,6 +10,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -166,6 +167,77 @@ TEST(Hostile, ResizingTheSharedMemoryIsRefusedAndCannotFaultTheDaemon) {
   for (int fd : fds) close(fd);
   EXPECT_TRUE(alive(d));
   expect_serves(d, "bystander");
+}
+
+// Copy-on-write in daemon mode hands each client a share of page states
+// and an aside buffer that batond reads while it settles a snapshot. A
+// client that resizes it, scribbles on every byte of it, marks pages
+// "being copied" forever and claims its commits are frozen harms only its
+// own snapshots: batond waits for it at most 2 ms per snapshot.
+TEST(Hostile, ACopyOnWriteShareCannotHarmTheDaemon) {
+  TempDir dir;
+  Batond d(1, dir.path, "", "[snapshots]\nmode = \"copy-on-write\"\n");
+  Raw evil(d.socket());
+  std::vector<int> fds;
+  constexpr uint64_t kSize = 4 << 20;
+  Reply rep = evil.call(request(Op::kOpen, "cowvictim", kSize), &fds);
+  ASSERT_EQ(rep.status, 0) << rep.message;
+  ASSERT_EQ(rep.copy_on_write, 1);
+  ASSERT_EQ(fds.size(), 4u);
+  struct stat st{};
+  ASSERT_EQ(fstat(fds[3], &st), 0);
+  EXPECT_EQ(ftruncate(fds[3], 0), -1);
+  EXPECT_EQ(errno, EPERM);
+  EXPECT_EQ(ftruncate(fds[3], st.st_size * 2), -1);
+  EXPECT_EQ(errno, EPERM);
+  auto* share = static_cast<uint8_t*>(mmap(nullptr, st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED, fds[3], 0));
+  ASSERT_NE(share, MAP_FAILED);
+  auto* ch = static_cast<CommitChannel*>(
+      mmap(nullptr, sizeof(CommitChannel), PROT_READ | PROT_WRITE, MAP_SHARED, fds[1], 0));
+  ASSERT_NE(ch, MAP_FAILED);
+  std::mt19937 rng(3);
+  const size_t states = 64 + kSize / 4096;
+  for (int round = 0; round < 20; ++round) {
+    ch->written_count.store(round % 2 == 0 ? baton::ipc::kWrittenAll : 0);
+    ch->frozen.store(round % 3 == 0 ? 7 : 1);  // a lie either way: nothing is protected
+    const auto start = std::chrono::steady_clock::now();
+    EXPECT_EQ(commit_through(ch, fds[2]), 0);
+    // Every page pending now: mark them all "being copied", or garbage.
+    for (size_t i = 64; i < states; ++i) share[i] = round % 2 == 0 ? 2 : static_cast<uint8_t>(rng());
+    std::memset(share, static_cast<int>(rng()), 64);  // the header too
+    if (round == 10) (void)fallocate(fds[3], FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, st.st_size);
+    EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(2)) << "round " << round;
+  }
+  // Settling the last one, and the next open's new share, wait no longer.
+  munmap(ch, sizeof(CommitChannel));
+  munmap(share, st.st_size);
+  for (int fd : fds) close(fd);
+  close(evil.fd);  // the hostile application leaves
+  evil.fd = -1;
+  EXPECT_TRUE(alive(d));
+  expect_serves(d, "bystander");
+  // The segment itself serves the next, honest application: its share is
+  // a new one, and what it commits comes back exactly.
+  std::vector<unsigned char> want(kSize);
+  for (int session = 0; session < 2; ++session) {
+    baton_t* b = nullptr;
+    ASSERT_EQ(baton_connect(d.socket().c_str(), &b), 0) << baton_last_error();
+    baton_segment_t* seg = nullptr;
+    int rc = BATON_EEXIST;
+    for (int i = 0; i < 200 && rc == BATON_EEXIST; ++i)
+      if ((rc = baton_open(b, "cowvictim", kSize, &seg, nullptr, nullptr)) == BATON_EEXIST) usleep(10000);
+    ASSERT_EQ(rc, 0) << baton_last_error();
+    auto* mem = static_cast<unsigned char*>(baton_segment_data(seg));
+    if (session == 1) {
+      EXPECT_EQ(std::memcmp(mem, want.data(), kSize), 0) << "the honest application's generation came back torn";
+    } else {
+      for (auto& byte : want) byte = static_cast<unsigned char>(rng());
+      std::memcpy(mem, want.data(), kSize);
+      ASSERT_EQ(baton_commit(seg, nullptr), 0) << baton_last_error();
+      mem[12345] ^= 0xff;  // after the commit: no generation
+    }
+    baton_stop(b);
+  }
 }
 
 TEST(Hostile, GarbageInTheCommitChannelHarmsOnlyItsWriter) {

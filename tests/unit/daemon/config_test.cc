@@ -217,6 +217,35 @@ nodes = [2, 3]
   EXPECT_EQ(c->engine.standbys[0].nodes, (std::vector<uint16_t>{2, 3}));
 }
 
+TEST(DaemonConfig, SnapshotModesParse) {
+  auto c = parse_daemon_config(R"([node]
+id = 1
+[client]
+socket = "/tmp/b.sock"
+[snapshots]
+mode = "copy-on-write"
+commit_every_ms = 20
+[[snapshots.segment]]
+name = "big"
+mode = "stage-copy"
+[[snapshots.segment]]
+name = "hot"
+commit_every_ms = 5
+)", "snapshots.toml");
+  ASSERT_TRUE(c) << c.error().message;
+  EXPECT_EQ(c->engine.snapshot_mode, EngineConfig::SnapshotMode::kCopyOnWrite);
+  EXPECT_EQ(c->engine.commit_every_ms, 20u);
+  ASSERT_EQ(c->engine.snapshot_modes.size(), 2u);
+  EXPECT_EQ(c->engine.snapshot_modes[0].segment, "big");
+  EXPECT_EQ(c->engine.snapshot_modes[0].mode, EngineConfig::SnapshotMode::kStageCopy);
+  EXPECT_FALSE(c->engine.snapshot_modes[0].commit_every_ms.has_value());
+  EXPECT_EQ(c->engine.snapshot_modes[1].mode, EngineConfig::SnapshotMode::kCopyOnWrite) << "as [snapshots] says";
+  EXPECT_EQ(c->engine.snapshot_modes[1].commit_every_ms, 5u);
+  auto plain = parse_daemon_config("[node]\nid = 1\n[client]\nsocket = \"/tmp/b.sock\"\n", "plain.toml");
+  ASSERT_TRUE(plain);
+  EXPECT_EQ(plain->engine.snapshot_mode, EngineConfig::SnapshotMode::kStageCopy) << "the default";
+}
+
 struct Bad {
   const char* text;
   const char* expect;  // substring of the message
@@ -287,6 +316,12 @@ INSTANTIATE_TEST_SUITE_P(
         Bad{NODE_AND("[[standby]]\nsegment = \"s\"\nnodes = [70000]\n"), "standby[0].nodes: must be an array of node ids"},
         Bad{NODE_AND("[[standby]]\nsegment = \"s\"\nnodes = [2]\n[[standby]]\nsegment = \"s\"\nnodes = [3]\n"),
             "standby[1].segment: \"s\" has standbys already"},
+        Bad{NODE_AND("[snapshots]\nmode = \"fork\"\n"), "snapshots.mode: must be \"stage-copy\" or \"copy-on-write\""},
+        Bad{NODE_AND("[snapshots]\ncommit_every_ms = -1\n"), "snapshots.commit_every_ms: must be 0..3600000"},
+        Bad{NODE_AND("[snapshots]\nevery = 1\n"), "snapshots.every: unknown key"},
+        Bad{NODE_AND("[[snapshots.segment]]\nmode = \"stage-copy\"\n"), "snapshots.segment[0].name: is required"},
+        Bad{NODE_AND("[[snapshots.segment]]\nname = \"a\"\n[[snapshots.segment]]\nname = \"a\"\n"),
+            "snapshots.segment[1].name: \"a\" appears twice"},
         Bad{NODE_AND("[surprise]\nx = 1\n"), "surprise: unknown key"}));
 
 TEST(DaemonConfig, UnreadableFile) {
