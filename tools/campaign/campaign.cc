@@ -21,7 +21,12 @@
 //
 //   baton-campaign [--cycles 30] [--transport memif|af_packet|shm] [--blades 4]
 //                  [--size BYTES] [--writes sparse|full] [--seed S] [--dir D]
-//                  [--standby BLADE]
+//                  [--standby BLADE] [--snapshots stage-copy|copy-on-write]
+//
+// --snapshots copy-on-write: every blade snapshots the segment by
+// copy-on-write (S14): the writer's client library freezes its mapping at
+// each commit and goes on writing while its blade settles the snapshot, so
+// kills land with pages pending and copied aside.
 //
 // --standby: that blade keeps a hot standby of the segment (S16), so the
 // restores and agent loads there promote its ready copy; the campaign
@@ -108,16 +113,26 @@ bool holds(const void* p, uint64_t size, uint64_t gen) {
   return true;
 }
 
-/// A blade's count of chunks commits left alone as unchanged (batonctl
-/// status); `last` if it cannot be asked.
-uint64_t chunks_skipped(const std::string& socket, uint64_t last) {
+/// A blade's counts (batonctl status): chunks commits left alone as
+/// unchanged, and commits taken by copy-on-write.
+struct Counts {
+  uint64_t skipped = 0, cow = 0;
+  Counts& operator+=(const Counts& o) {
+    skipped += o.skipped;
+    cow += o.cow;
+    return *this;
+  }
+};
+
+/// `last` if the blade cannot be asked.
+Counts blade_counts(const std::string& socket, Counts last) {
   auto c = baton::ipc::Client::connect(socket);
   if (!c) return last;
   auto text = (*c)->status();
   if (!text) return last;
   auto j = nlohmann::json::parse(*text, nullptr, false);
   if (j.is_discarded() || !j.contains("clients")) return last;
-  return j["clients"].value("chunks_skipped", last);
+  return Counts{j["clients"].value("chunks_skipped", last.skipped), j["clients"].value("cow_snapshots", last.cow)};
 }
 
 /// Events on `socket` since `since_us` (unix microseconds) whose text
@@ -201,6 +216,7 @@ double pct(std::vector<double> v, double p) {
 
 int main(int argc, char** argv) {
   int cycles = 30, blades = 4, standby = 0;
+  std::string snapshots = "stage-copy";
   uint64_t size = 1 << 20, seed = static_cast<uint64_t>(time(nullptr));
   baton::ctl::ChassisConfig cc;
   cc.dir = "/tmp/baton-campaign-" + std::to_string(getpid());
@@ -219,10 +235,12 @@ int main(int argc, char** argv) {
     else if (a == "--transport") cc.transport = v;
     else if (a == "--dir") cc.dir = v;
     else if (a == "--standby") standby = std::atoi(v);
+    else if (a == "--snapshots" && (std::string(v) == "stage-copy" || std::string(v) == "copy-on-write")) snapshots = v;
     else if (a == "--writes" && (std::string(v) == "sparse" || std::string(v) == "full")) g_sparse = std::string(v) == "sparse";
     else {
       std::fprintf(stderr, "usage: baton-campaign [--cycles N] [--transport memif|af_packet|shm] [--blades N] "
-                           "[--size BYTES] [--writes sparse|full] [--seed S] [--dir D] [--standby BLADE]\n");
+                           "[--size BYTES] [--writes sparse|full] [--seed S] [--dir D] [--standby BLADE] "
+                           "[--snapshots stage-copy|copy-on-write]\n");
       return 2;
     }
   }
@@ -233,27 +251,32 @@ int main(int argc, char** argv) {
     return 2;
   }
   const char* name = "campaign";
-  if (standby != 0) {  // appended to every blade's config
-    cc.groups_file = cc.dir + ".standby.toml";
+  std::string extra;  // appended to every blade's config
+  if (standby != 0) extra += "[[standby]]\nsegment = \"" + std::string(name) + "\"\nnodes = [" + std::to_string(standby) + "]\n";
+  if (snapshots != "stage-copy") extra += "[snapshots]\nmode = \"" + snapshots + "\"\n";
+  if (!extra.empty()) {
+    cc.groups_file = cc.dir + ".extra.toml";
     std::FILE* f = std::fopen(cc.groups_file.c_str(), "w");
     if (f == nullptr) {
       std::perror(cc.groups_file.c_str());
       return 1;
     }
-    std::fprintf(f, "[[standby]]\nsegment = \"%s\"\nnodes = [%d]\n", name, standby);
+    std::fputs(extra.c_str(), f);
     std::fclose(f);
   }
   cc.blades = blades;
   cc.replication_factor = 2;
   cc.batond = baton::ctl::sibling("batond");
   std::mt19937_64 rng(seed);
-  std::printf("campaign: %d cycles, %d blades over %s, RF 2, %llu-byte segment, seed %llu\n", cycles, blades,
-              cc.transport.c_str(), static_cast<unsigned long long>(size), static_cast<unsigned long long>(seed));
+  std::printf("campaign: %d cycles, %d blades over %s, RF 2, %llu-byte segment, %s snapshots, seed %llu\n", cycles,
+              blades, cc.transport.c_str(), static_cast<unsigned long long>(size), snapshots.c_str(),
+              static_cast<unsigned long long>(seed));
   auto up = baton::ctl::chassis_up(cc);
   if (!up) {
     std::fprintf(stderr, "baton-campaign: chassis up: %s (a campaign killed earlier may have left its chassis: "
                          "batonctl chassis down --dir %s)\n", up.error().message.c_str(), cc.dir.c_str());
     (void)baton::ctl::chassis_down(cc.dir);
+    if (!cc.groups_file.empty()) std::remove(cc.groups_file.c_str());
     return 1;
   }
   auto* sh = static_cast<Shared*>(mmap(nullptr, sizeof(Shared), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0));
@@ -267,8 +290,8 @@ int main(int argc, char** argv) {
   auto socket_of = [&](int blade) { return cc.dir + "/blade" + std::to_string(blade) + ".sock"; };
   // Chunks the blades' commits left alone (the writer's sparse writes at
   // work), per blade incarnation: banked when a blade is killed.
-  std::vector<uint64_t> skipped_now(blades + 1, 0);
-  uint64_t skipped_banked = 0;
+  std::vector<Counts> counts_now(blades + 1);
+  Counts banked;
   Result r;
   uint64_t durable = 0;  // what the application was told, across cycles
   bool expect_fresh = false;  // the last cycle ended in a delete that returned
@@ -324,7 +347,7 @@ int main(int argc, char** argv) {
     }
     // Let it write for a while, then strike.
     std::this_thread::sleep_for(std::chrono::milliseconds(50 + rng() % 400));
-    for (int k = 1; k <= blades; ++k) skipped_now[k] = chunks_skipped(socket_of(k), skipped_now[k]);
+    for (int k = 1; k <= blades; ++k) counts_now[k] = blade_counts(socket_of(k), counts_now[k]);
     expect_fresh = false;
     const int fault = static_cast<int>(rng() % 5);
     int next = blade;
@@ -381,7 +404,7 @@ int main(int argc, char** argv) {
     }
     if (fault != 4) waitpid(w, nullptr, 0);
     durable = std::max(durable, sh->durable.load());
-    for (int k : killed) skipped_banked += std::exchange(skipped_now[k], 0);  // its counters die with it
+    for (int k : killed) banked += std::exchange(counts_now[k], Counts{});  // its counters die with it
     for (int k : killed) {  // a new, empty incarnation
       for (int i = 0; i < 200 && pid_of(k) > 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(5));
       if (auto p = baton::ctl::chassis_restart_blade(cc, k); !p)
@@ -389,16 +412,21 @@ int main(int argc, char** argv) {
     }
     blade = next;
   }
-  for (int k = 1; k <= blades; ++k) skipped_banked += chunks_skipped(socket_of(k), skipped_now[k]);
+  for (int k = 1; k <= blades; ++k) banked += blade_counts(socket_of(k), counts_now[k]);
   (void)baton::ctl::chassis_down(cc.dir);
+  if (!cc.groups_file.empty()) std::remove(cc.groups_file.c_str());
   if (standby != 0) {
-    std::remove(cc.groups_file.c_str());
     std::printf("campaign: blade %d kept a hot standby; %d loads took its ready copy over\n", standby, promotions);
   }
   std::printf("campaign: %d cycles over %s: %d lost, %d torn, %d failed restores, %d resurrected after a delete "
               "(%d deletes, %d failed); restore p50 %.2f ms, p99 %.2f ms; %llu chunks left alone by commits "
-              "(unchanged)\n",
+              "(unchanged); %llu commits by copy-on-write\n",
               r.cycles, cc.transport.c_str(), r.lost, r.torn, r.failed, r.resurrected, r.deletes, r.failed_deletes,
-              pct(r.restore_ms, 0.5), pct(r.restore_ms, 0.99), static_cast<unsigned long long>(skipped_banked));
+              pct(r.restore_ms, 0.5), pct(r.restore_ms, 0.99), static_cast<unsigned long long>(banked.skipped),
+              static_cast<unsigned long long>(banked.cow));
+  if (snapshots == "copy-on-write" && banked.cow == 0) {
+    std::fprintf(stderr, "baton-campaign: no commit took its snapshot by copy-on-write\n");
+    return 1;
+  }
   return r.lost + r.torn + r.failed + r.resurrected == 0 ? 0 : 1;
 }
