@@ -24,6 +24,16 @@
 //                       that sleep in poll(): what a sleeping daemon costs
 //   wakeup-spinning     the same with the sender spinning for the answer:
 //                       the partner wakes on the other (idle) vCPU
+//
+//   baton-daemon-bench --pause [--sizes-mib 64,1024] [--dirty 1] [--rounds N] [--commits N]
+//
+// instead measures the application's pause per commit under batond when it
+// wrote `dirty` percent of a large segment's pages (issue #10, S14): the
+// baton_commit call with [snapshots] stage-copy (batond copies what the
+// client library says was written while the application waits) and
+// copy-on-write (the library protects what was written; batond's worker
+// copies it afterwards), beside memcpy of the whole segment and of only
+// the written pages, in the same run.
 
 #include <immintrin.h>
 #include <poll.h>
@@ -40,6 +50,8 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <random>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -76,13 +88,16 @@ void pace(Clock::time_point& next, int gap_us) {
 }
 
 /// A batond in a scratch directory; stopped at the end of the scope.
+/// `extra` is appended to its config.
 class Daemon {
  public:
-  Daemon(const std::string& idle, int id) : dir_("/tmp/baton-daemon-bench-" + std::to_string(getpid()) + "-" + std::to_string(id)) {
+  Daemon(const std::string& idle, int id, const std::string& extra = "")
+      : dir_("/tmp/baton-daemon-bench-" + std::to_string(getpid()) + "-" + std::to_string(id)) {
     std::filesystem::create_directories(dir_);
     socket_ = dir_ + "/d.sock";
-    std::ofstream(dir_ + "/d.toml") << "[node]\nid = 1\n[engine]\nidle = \"" << idle << "\"\n"
-                                    << "[client]\nsocket = \"" << socket_ << "\"\n[log]\nlevel = \"error\"\n";
+    std::ofstream(dir_ + "/d.toml") << "[node]\nid = 1\n[engine]\nidle = \"" << idle << "\"\nmax_segment_mib = 4096\n"
+                                    << "[client]\nsocket = \"" << socket_ << "\"\nmax_mib = 8192\n"
+                                    << "[log]\nlevel = \"error\"\n" << extra;
     proc_ = std::make_unique<baton::test::Process>(
         std::vector<std::string>{self_dir() + "/../tools/batond", "--config", dir_ + "/d.toml"});
     struct stat st;
@@ -204,10 +219,88 @@ std::vector<double> wakeup_case(int n, int gap_us, bool spin) {
   return us;
 }
 
+// --- --pause ------------------------------------------------------------------
+
+/// `dirty` percent of a segment's pages, at random, sorted.
+std::vector<uint64_t> pick_pages(uint64_t size, double dirty, std::mt19937_64& rng) {
+  const uint64_t pages = size / 4096, n = std::max<uint64_t>(1, static_cast<uint64_t>(pages * dirty / 100));
+  std::vector<uint64_t> all(pages);
+  for (uint64_t i = 0; i < pages; ++i) all[i] = i;
+  std::shuffle(all.begin(), all.end(), rng);
+  all.resize(n);
+  std::sort(all.begin(), all.end());
+  return all;
+}
+
+/// The baton_commit call's time (us) after writing one word into each of
+/// `pages`, `commits` times (new pages each time).
+std::vector<double> pause_case(const std::string& socket, const char* name, uint64_t size, double dirty,
+                               int commits, std::mt19937_64& rng) {
+  std::vector<double> us;
+  baton_t* b = nullptr;
+  baton_segment_t* s = nullptr;
+  if (baton_connect(socket.c_str(), &b) != 0 || baton_open(b, name, size, &s, nullptr, nullptr) != 0) {
+    std::fprintf(stderr, "baton-daemon-bench: %s\n", baton_last_error());
+    return us;
+  }
+  auto* mem = static_cast<unsigned char*>(baton_segment_data(s));
+  std::memset(mem, 1, size);
+  uint64_t g = 0;
+  (void)baton_commit(s, &g);  // the first commit takes everything
+  usleep(200'000);            // and batond settles it
+  for (int i = 0; i < commits; ++i) {
+    for (uint64_t p : pick_pages(size, dirty, rng)) mem[p * 4096 + 8] = static_cast<unsigned char>(i);
+    const auto t0 = Clock::now();
+    if (baton_commit(s, &g) != 0) break;
+    us.push_back(std::chrono::duration<double, std::micro>(Clock::now() - t0).count());
+    usleep(20'000);  // batond settles (copy-on-write) before the next
+  }
+  baton_stop(b);
+  return us;
+}
+
+int pause_main(const std::vector<uint64_t>& sizes_mib, double dirty, int rounds, int commits) {
+  std::mt19937_64 rng(1);
+  const std::string extra = "[[snapshots.segment]]\nname = \"cow\"\nmode = \"copy-on-write\"\n";
+  std::printf("application's pause per commit under batond, %.2f%% of the pages written at random, "
+              "median of %d rounds (p50 of %d commits each)\n", dirty, rounds, commits);
+  std::printf("%8s %14s %14s %14s %14s %10s\n", "MiB", "memcpy whole", "memcpy dirty", "stage copy", "copy-on-write",
+              "cow/dirty");
+  for (uint64_t mib : sizes_mib) {
+    const uint64_t size = mib << 20;
+    std::vector<double> whole, part, stage, cow;
+    std::vector<unsigned char> a(size, 1), b(size, 2);
+    for (int r = 0; r < rounds; ++r) {
+      {
+        auto t0 = Clock::now();
+        std::memcpy(b.data(), a.data(), size);
+        whole.push_back(std::chrono::duration<double, std::micro>(Clock::now() - t0).count());
+        const auto pages = pick_pages(size, dirty, rng);
+        t0 = Clock::now();
+        for (uint64_t p : pages) std::memcpy(b.data() + p * 4096, a.data() + p * 4096, 4096);
+        part.push_back(std::chrono::duration<double, std::micro>(Clock::now() - t0).count());
+      }
+      Daemon d("adaptive", 100 + r, extra);
+      stage.push_back(stats(pause_case(d.socket(), "stage", size, dirty, commits, rng)).p50);
+      cow.push_back(stats(pause_case(d.socket(), "cow", size, dirty, commits, rng)).p50);
+      std::printf("{\"round\":%d,\"mib\":%llu,\"memcpy_whole_us\":%.1f,\"memcpy_dirty_us\":%.1f,"
+                  "\"stage_copy_us\":%.1f,\"cow_us\":%.1f}\n", r, static_cast<unsigned long long>(mib), whole.back(),
+                  part.back(), stage.back(), cow.back());
+      std::fflush(stdout);
+    }
+    std::printf("%8llu %14.1f %14.1f %14.1f %14.1f %10.2f\n", static_cast<unsigned long long>(mib), median(whole),
+                median(part), median(stage), median(cow), median(cow) / median(part));
+  }
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   int rounds = 5, commits = 400, gap_us = 1000;
+  bool pause = false;
+  double dirty = 1;
+  std::vector<uint64_t> sizes_mib = {64, 1024};
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--neighbour" && i + 1 < argc) return neighbour(argv[i + 1]);
@@ -215,10 +308,25 @@ int main(int argc, char** argv) {
     if (a == "--rounds" && i + 1 < argc) rounds = std::stoi(argv[++i]);
     else if (a == "--commits" && i + 1 < argc) commits = std::stoi(argv[++i]);
     else if (a == "--gap-us" && i + 1 < argc) gap_us = std::stoi(argv[++i]);
-    else {
-      std::fprintf(stderr, "usage: baton-daemon-bench [--rounds N] [--commits N] [--gap-us N]\n");
+    else if (a == "--pause") pause = true;
+    else if (a == "--dirty" && i + 1 < argc) dirty = std::stod(argv[++i]);
+    else if (a == "--sizes-mib" && i + 1 < argc) {
+      sizes_mib.clear();
+      std::stringstream ss(argv[++i]);
+      for (std::string t; std::getline(ss, t, ',');) sizes_mib.push_back(std::stoull(t));
+    } else {
+      std::fprintf(stderr, "usage: baton-daemon-bench [--rounds N] [--commits N] [--gap-us N]\n"
+                           "       baton-daemon-bench --pause [--sizes-mib 64,1024] [--dirty 1] [--rounds N] [--commits N]\n");
       return 64;
     }
+  }
+  if (pause) {
+    for (uint64_t m : sizes_mib)
+      if (m == 0 || m > 4096 || dirty <= 0 || dirty > 100 || rounds < 1 || commits < 1) {
+        std::fprintf(stderr, "baton-daemon-bench: --sizes-mib 1..4096, --dirty (0, 100]\n");
+        return 64;
+      }
+    return pause_main(sizes_mib, dirty, rounds, std::min(commits, 50));
   }
   signal(SIGPIPE, SIG_IGN);
   baton::EngineConfig c;
