@@ -45,6 +45,11 @@ static double now_ms(void) {
   return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
 }
 
+static int by_value(const void* a, const void* b) {
+  const double x = *(const double*)a, y = *(const double*)b;
+  return (x > y) - (x < y);
+}
+
 static void put(struct kv* kv, uint64_t key, uint64_t value) {
   uint64_t i = (key * 0x9E3779B97F4A7C15ull) % SLOTS;
   while (kv->slots[i].key != 0 && kv->slots[i].key != key) i = (i + 1) % SLOTS;
@@ -117,6 +122,8 @@ int main(int argc, char** argv) {
     printf("fresh start (no copy anywhere)\n");
   }
   uint64_t first = kv->batches;
+  static double commit_us[4096]; /* the last 4096 commit calls */
+  const size_t timed = batches < 4096 ? (size_t)batches : 4096;
   for (uint64_t n = first; n < first + (uint64_t)batches; ++n) {
     const double batch_t0 = now_ms();
     if (slow_file != NULL && access(slow_file, F_OK) == 0) usleep(100 * 1000);
@@ -125,7 +132,10 @@ int main(int argc, char** argv) {
       put(kv, (u * 2654435761u) % KEYS + 1, u);
     }
     kv->batches = n + 1;
-    if (baton_commit(seg, &gen) != 0 || baton_wait(seg, gen, BATON_DURABLE, 10000) != 0) {
+    const double commit_t0 = now_ms();
+    const int committed = baton_commit(seg, &gen);
+    commit_us[(n - first) % 4096] = (now_ms() - commit_t0) * 1e3; /* the pause: the call until the snapshot is taken */
+    if (committed != 0 || baton_wait(seg, gen, BATON_DURABLE, 10000) != 0) {
       fprintf(stderr, "baton-kv: commit: %s\n", baton_last_error());
       return 1;
     }
@@ -135,7 +145,9 @@ int main(int argc, char** argv) {
       fprintf(stderr, "baton-kv: report: %s\n", baton_last_error());
     if (every_ms > 0) usleep((useconds_t)every_ms * 1000);
   }
-  printf("served %ld batches\n", batches);
+  qsort(commit_us, timed, sizeof(double), by_value);
+  printf("served %ld batches; commit call p50 %.1f us, longest %.1f us\n", batches,
+         timed > 0 ? commit_us[timed / 2] : 0.0, timed > 0 ? commit_us[timed - 1] : 0.0);
   while (hold) pause();
   baton_stop(b);
   return 0;
