@@ -1,5 +1,8 @@
 #include "world.h"
 
+#include <sys/mman.h>
+#include <sys/stat.h>
+
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
@@ -10,6 +13,7 @@
 #include <span>
 
 #include "common/log.h"
+#include "segment/copy_on_write.h"
 
 namespace baton::sim {
 
@@ -32,18 +36,19 @@ void Stats::add(const Stats& o) {
   delta_generations += o.delta_generations;
   standby_promotions += o.standby_promotions;
   cow_snapshots += o.cow_snapshots;
+  client_cow_opens += o.client_cow_opens;
   records_lost += o.records_lost;
   deletes += o.deletes;
   failed_deletes += o.failed_deletes;
 }
 
 std::string Stats::to_string() const {
-  char b[640];
+  char b[704];
   std::snprintf(b, sizeof b,
                 "seeds=%lu steps=%lu commits=%lu durable_acks=%lu restores=%lu fresh_starts=%lu kills=%lu "
                 "restarts=%lu partitions=%lu stalls=%lu failed_opens=%lu lost_with_every_copy=%lu "
                 "acks_in_detection_window=%lu past_tolerance=%lu records_lost=%lu deletes=%lu failed_deletes=%lu "
-                "partial_snapshots=%lu delta_generations=%lu standby_promotions=%lu cow_snapshots=%lu",
+                "partial_snapshots=%lu delta_generations=%lu standby_promotions=%lu cow_snapshots=%lu client_cow_opens=%lu",
                 (unsigned long)seeds, (unsigned long)steps, (unsigned long)commits, (unsigned long)durable_acks,
                 (unsigned long)restores, (unsigned long)fresh_starts, (unsigned long)kills, (unsigned long)restarts,
                 (unsigned long)partitions, (unsigned long)stalls, (unsigned long)failed_opens,
@@ -51,7 +56,7 @@ std::string Stats::to_string() const {
                 (unsigned long)past_tolerance, (unsigned long)records_lost, (unsigned long)deletes,
                 (unsigned long)failed_deletes, (unsigned long)partial_snapshots,
                 (unsigned long)delta_generations, (unsigned long)standby_promotions,
-                (unsigned long)cow_snapshots);
+                (unsigned long)cow_snapshots, (unsigned long)client_cow_opens);
   return b;
 }
 
@@ -73,10 +78,27 @@ struct Violation {
 };
 
 /// One application, using one segment, wherever it runs now.
+/// Daemon mode's application side of a copy-on-write segment: its own
+/// mapping of the memory, protected by a kClient CopyOnWrite whose handler
+/// runs in the world's thread when a write faults (deterministic: the
+/// settler never finds a page mid-copy).
+struct ClientView {
+  std::byte* mem = nullptr;
+  uint64_t len = 0;
+  std::unique_ptr<CopyOnWrite> cow;
+  ~ClientView() {
+    cow.reset();  // lifts its protection before the mapping goes
+    if (mem != nullptr) munmap(mem, len);
+  }
+};
+
 struct App {
   std::string name;
   int node = 0;  ///< where it runs; 0: not running (crashed, or its node died)
   Segment* handle = nullptr;
+  /// Set when it runs as a daemon-mode client would (ClientView), on
+  /// copy-on-write segments picked from the seed.
+  std::unique_ptr<ClientView> client;
   std::map<uint64_t, std::set<uint64_t>> committed;  ///< every commit ever: generation -> content hashes
   std::map<uint64_t, uint64_t> mine;                 ///< this run's commits: generation -> hash
   uint64_t last = 0;                                 ///< this run's newest commit
@@ -114,6 +136,7 @@ class World {
     // Copy-on-write snapshots (S14) for some segments, picked likewise:
     // the engines' workers then settle those snapshots in their polls
     // while the world's writes race them.
+    client_pick_.seed(seed ^ 0x2545f4914f6cdd1dull);
     if (o.cow) {
       std::mt19937_64 pick(seed ^ 0x632be59bd9b4e019ull);
       for (int i = 0; i < o.segments; ++i)
@@ -318,8 +341,7 @@ class World {
     stalled_[n - 1] = false;
     for (auto& a : apps_)
       if (a.node == n) {
-        a.node = 0;
-        a.handle = nullptr;
+        stop(a);
       }
     ++stats_.kills;
     note("kill node " + std::to_string(n) + when);
@@ -351,8 +373,7 @@ class World {
       if (r < 65) return scribble(a);
       if (r < 70) {
         note("app " + a.name + " on node " + std::to_string(a.node) + " crashes");
-        a.node = 0;
-        a.handle = nullptr;
+        stop(a);
         return;
       }
       if (r < 72) return delete_segment(a, a.node);  // a clean exit: "start fresh next time"
@@ -377,18 +398,81 @@ class World {
     return r;
   }
 
+  /// The application is gone from its node (crashed, exited, fenced, or
+  /// the node died): its mapping and protection with it.
+  void stop(App& a) {
+    a.client.reset();
+    a.node = 0;
+    a.handle = nullptr;
+  }
+
+  /// Where the application writes: its own mapping in daemon mode, else
+  /// the engine's.
+  std::span<std::byte> app_memory(App& a) {
+    Engine& e = *engine(a.node);
+    if (a.client != nullptr) return {a.client->mem, e.size(a.handle)};
+    return e.data(a.handle);
+  }
+
+  /// Half of the copy-on-write segments' applications run as batond's
+  /// clients do (picked from the seed, on their own generator): the engine
+  /// shares the page states (share_copy_on_write) and settles what the
+  /// application's own CopyOnWrite freezes at each commit.
+  void attach_client(App& a, int n) {
+    if (std::none_of(cow_modes_.begin(), cow_modes_.end(), [&](const auto& m) { return m.segment == a.name; }))
+      return;
+    if (client_pick_() % 2 != 0) return;
+    Engine& e = *engine(n);
+    const int fd = e.memory_fd(a.handle);
+    auto share = e.share_copy_on_write(a.handle);
+    if (fd < 0 || !share || !share->has_value()) return;  // the engine could not: a stage copy
+    struct stat st{};
+    auto view = std::make_unique<ClientView>();
+    if (fstat(fd, &st) != 0) throw Violation{"fstat of a segment's memory failed"};
+    view->len = static_cast<uint64_t>(st.st_size);
+    void* p = mmap(nullptr, view->len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (p == MAP_FAILED) throw Violation{"cannot map a segment's memory as a client would"};
+    view->mem = static_cast<std::byte*>(p);
+    auto mapped = CowShare::map((*share)->fd, view->len);
+    if (!mapped) throw Violation{"the engine's copy-on-write share: " + mapped.error().message};
+    auto cow = CopyOnWrite::attach_client(view->mem, view->len, std::move(*mapped));
+    if (!cow) {
+      note("app " + a.name + ": no client copy-on-write here: " + cow.error().message);
+      return;
+    }
+    view->cow = std::move(*cow);
+    a.client = std::move(view);
+    ++stats_.client_cow_opens;
+  }
+
+  /// The commit call as the client library makes it: frozen (copy-on-write
+  /// in the application's mapping), or a plain engine commit.
+  Result<uint64_t> commit_call(App& a, Engine& en) {
+    if (a.client == nullptr) return en.commit(a.handle);
+    std::vector<std::pair<uint64_t, uint64_t>> written;
+    const uint64_t size = en.size(a.handle);
+    CopyOnWrite::Freeze freeze(*a.client->cow);
+    freeze.take_written([&](uint64_t off, uint64_t len) {
+      if (off < size) written.emplace_back(off, std::min(len, size - off));
+    });
+    if (auto ok = freeze.protect(); !ok) throw Violation{"client write-protect failed: " + ok.error().message};
+    if (written.empty()) written.emplace_back(0, 0);  // nothing written: a range of nothing
+    auto g = en.commit(a.handle, CommitOptions{.written = written, .frozen = true});
+    if (!g) freeze.untake();
+    return g;
+  }
+
   void commit(App& a) {
     Engine& e = *engine(a.node);
-    write_next(e.data(a.handle), ++content_);
+    write_next(app_memory(a), ++content_);
     const uint64_t h = content_hash(e.data(a.handle));
     const uint64_t skipped = e.stats().snapshot_chunks_skipped;
-    auto g = call_on(a.node, [&](Engine& en) { return en.commit(a.handle); });
+    auto g = call_on(a.node, [&](Engine& en) { return commit_call(a, en); });
     if (engine(a.node) == &e && e.stats().snapshot_chunks_skipped > skipped) ++stats_.partial_snapshots;
     if (!g) {
       note("app " + a.name + " on node " + std::to_string(a.node) + ": commit failed: " + g.error().to_string());
       if (g.error().code == Errc::kFenced) {  // the application learns it lost the segment and exits
-        a.node = 0;
-        a.handle = nullptr;
+        stop(a);
       }
       return;
     }
@@ -401,7 +485,7 @@ class World {
   }
 
   void scribble(App& a) {  // writes part of the next generation in place, uncommitted
-    auto mem = engine(a.node)->data(a.handle);
+    auto mem = app_memory(a);
     test_fill(mem.first(mem.size() / 2), ++content_);
     note("app " + a.name + " on node " + std::to_string(a.node) + " writes half of its next generation");
   }
@@ -416,8 +500,7 @@ class World {
       note("app " + a.name + " on node " + std::to_string(n) + ": wait durable " + std::to_string(g) + ": " +
            w.error().to_string());
       if (w.error().code == Errc::kFenced) {
-        a.node = 0;
-        a.handle = nullptr;
+        stop(a);
       }
       return;
     }
@@ -668,8 +751,7 @@ class World {
       held_[n - 1].erase(h);
     }
     if (own) {
-      a.node = 0;
-      a.handle = nullptr;
+      stop(a);
     }
     const std::string who = own ? "app " + a.name + " on node " + std::to_string(n) + " exits and deletes it"
                                 : "operator on node " + std::to_string(n) + ": delete " + a.name;
@@ -728,6 +810,7 @@ class World {
     check_restore(a, n, *r, how);
     a.node = n;
     a.handle = r->segment;
+    attach_client(a, n);
   }
 
   void check_restore(App& a, int n, const OpenResult& r, const char* how) {
@@ -813,8 +896,7 @@ class World {
     run_for(300'000'000);
     for (auto& a : apps_) {
       if (a.node != 0) {
-        a.node = 0;
-        a.handle = nullptr;
+        stop(a);
       }
       if (a.durable == 0) continue;
       // Loadable again only where a majority's worth of copies survived:
@@ -892,6 +974,7 @@ class World {
   std::mt19937_64 rng_;
   std::vector<EngineConfig::Standby> standbys_;
   std::vector<EngineConfig::SegmentSnapshot> cow_modes_;
+  std::mt19937_64 client_pick_;  ///< which starts run as a daemon-mode client (attach_client)
   uint64_t now_ = 1'000'000'000;
   std::shared_ptr<SimulationHooks> hooks_;
   std::vector<std::unique_ptr<Engine>> engines_;  ///< engines_[n-1] is node n; null while dead
