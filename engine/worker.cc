@@ -145,6 +145,7 @@ bool Engine::Impl::poll_once(uint64_t now) noexcept {
     Link* link = links[li].get();
     RxFrame rx[kBurst];
     const uint16_t n = link->rx_burst(rx, kBurst);
+    uint16_t work = 0;  // frames other than heartbeats (see apply_control)
     for (uint16_t i = 0; i < n; ++i) {
       wire::Frame f;
       // Payload CRCs are checked later, in the pass that copies each payload
@@ -156,13 +157,14 @@ bool Engine::Impl::poll_once(uint64_t now) noexcept {
         continue;
       }
       if (f.src == link->peer()) heard_from(li, now);  // any valid frame is a sign of life
+      work += f.type != wire::MsgType::kHeartbeat;
       on_frame(*link, f, now);
     }
     if (n > 0) {
       link->release_rx(rx, n);
       bump(counters.frames_rx, n);
       flush_acks();
-      busy = true;
+      busy |= work > 0;
     }
   }
   // What the failure detector reads: the devices' states, and that every

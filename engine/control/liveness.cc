@@ -48,10 +48,13 @@ bool Engine::Impl::unreachable(uint16_t peer) const noexcept {
 }
 
 bool Engine::Impl::apply_control() noexcept {
+  // Heartbeats going out are chatter, not work: they do not keep an
+  // adaptive worker spinning (it would spin after every one, several
+  // hundred times a second, on cores it shares).
   bool any = false;
   ControlMsg m;
   while (to_data.pop(m)) {
-    any = true;
+    any |= m.kind != ControlMsg::Kind::kHeartbeat;
     switch (m.kind) {
       case ControlMsg::Kind::kHeartbeat: {
         if (m.link >= links.size()) break;
