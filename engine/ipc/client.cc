@@ -2,6 +2,7 @@
 
 #include <immintrin.h>
 #include <linux/futex.h>
+#include <poll.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -29,7 +30,6 @@ namespace {
 
 constexpr uint64_t kMinTrackedSize = 32 * 1024;     // smaller segments are copied whole
 constexpr uint64_t kSpinNs = 200'000;               // before sleeping on `done`
-constexpr uint64_t kCommitTimeoutNs = 30'000'000'000;  // a daemon that never answers
 
 Error from_status(int status, const char* message) {
   return Error{static_cast<Errc>(-status), message};
@@ -70,6 +70,8 @@ Result<std::unique_ptr<Client>> Client::connect(const std::string& path) {
   std::strncpy(addr.sun_path, path.c_str(), sizeof addr.sun_path - 1);
   if (::connect(c->fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0)
     return fail(Errc::kUnavailable, "no batond at ", path, ": ", std::strerror(errno));
+  if (const char* t = std::getenv("BATON_COMMIT_TIMEOUT_MS"); t != nullptr && std::strtoull(t, nullptr, 10) > 0)
+    c->commit_timeout_ns_ = std::strtoull(t, nullptr, 10) * 1'000'000;
   return c;
 }
 
@@ -264,11 +266,21 @@ auto start_ranges(ClientSegment& s, std::span<const std::pair<uint64_t, uint64_t
   };
 }
 
+/// Whether batond closed its end of the socket (it died or stopped).
+bool daemon_gone(int fd) {
+  pollfd p{fd, POLLRDHUP, 0};
+  return poll(&p, 1, 0) == 1 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR)) != 0;
+}
+
 /// Posts the commit request in the channel (what it says is stored
-/// already) and waits for batond's answer.
-Result<uint64_t> post(ClientSegment& s) {
+/// already) and waits for batond's answer. After `timeout_ns` the request
+/// is withdrawn, unless batond has taken it (CommitChannel::claim): then
+/// the answer is awaited for as long as batond lives, since what it took
+/// becomes a generation.
+Result<uint64_t> post(ClientSegment& s, uint64_t timeout_ns, int socket_fd) {
   CommitChannel& ch = *s.channel;
   const uint32_t seq = ch.request.load(std::memory_order_relaxed) + 1;  // we are the only writer
+  ch.claim.store(kPosted, std::memory_order_relaxed);  // published by the request's store
   ch.request.store(seq);  // seq_cst: pairs with the daemon's daemon_sleeping store
   // A sleeping daemon is rung, and then this thread sleeps too rather than
   // spin: the kernel can then run the daemon's commit thread on this vCPU
@@ -283,7 +295,14 @@ Result<uint64_t> post(ClientSegment& s) {
   const uint64_t start = now_ns();
   while (ch.done.load(std::memory_order_acquire) != seq) {
     const uint64_t waited = now_ns() - start;
-    if (waited > kCommitTimeoutNs) return fail(Errc::kUnavailable, "batond did not take the snapshot");
+    if (waited > timeout_ns) {
+      uint32_t posted = kPosted;
+      if (ch.claim.compare_exchange_strong(posted, kWithdrawn))
+        return fail(Errc::kUnavailable, "batond did not take the snapshot in ", std::to_string(timeout_ns / 1'000'000),
+                    " ms; the commit was withdrawn and will not become a generation");
+      if (daemon_gone(socket_fd))
+        return fail(Errc::kUnavailable, "batond went away during the commit (it may or may not have become a generation)");
+    }
     if (!rang && waited < kSpinNs) {
       _mm_pause();
       continue;
@@ -358,7 +377,7 @@ Result<uint64_t> Client::commit_locked(ClientSegment* s, std::span<const std::pa
       frozen = static_cast<bool>(protect);
       put_written(*s, !frozen);  // a failed protect: batond copies everything
       ch.frozen.store(frozen ? 1 : 0, std::memory_order_relaxed);
-      g = post(*s);
+      g = post(*s, commit_timeout_ns_, fd_);
       if (!g) freeze.untake();  // its pages may not have been applied: all again next time
     }
     // batond settled everything before its copy: the protection can go.
@@ -375,7 +394,7 @@ Result<uint64_t> Client::commit_locked(ClientSegment* s, std::span<const std::pa
   put_written(*s, all);  // published by the request's store
   ch.frozen.store(0, std::memory_order_relaxed);
   s->resend_all = true;  // until this commit is known to have succeeded
-  auto g = post(*s);
+  auto g = post(*s, commit_timeout_ns_, fd_);
   if (g) s->resend_all = false;
   return g;
 }

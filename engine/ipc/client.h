@@ -100,6 +100,9 @@ class Client {
   Result<uint64_t> commit_locked(ClientSegment* s, std::span<const std::pair<uint64_t, uint64_t>> written);
   void run_periodic();
   int fd_ = -1;
+  /// How long a commit waits for batond to take it before withdrawing it
+  /// (BATON_COMMIT_TIMEOUT_MS; 30 s).
+  uint64_t commit_timeout_ns_ = 30'000'000'000;
   std::vector<std::unique_ptr<ClientSegment>> segments_;  ///< periodic_mu_ (written; the application reads)
   std::mutex periodic_mu_;
   std::condition_variable periodic_cv_;

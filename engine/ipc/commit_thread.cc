@@ -57,6 +57,15 @@ bool Server::poll_commits(CommitLane& lane) {
     if (req == seg->seen) continue;
     busy = true;
     seg->seen = req;
+    // Taken, unless the application stopped waiting for it first (or wrote
+    // something else there: then only its own commit is lost).
+    uint32_t posted = kPosted;
+    if (!ch.claim.compare_exchange_strong(posted, kTaken)) {
+      ch.status.store(-static_cast<int32_t>(Errc::kUnavailable), std::memory_order_relaxed);
+      ch.done.store(req, std::memory_order_release);
+      ++counters_.withdrawn_commits;
+      continue;
+    }
     // The large lane shares the engine: its copies never hold up a small
     // commit, even when preempted (CommitOptions::share).
     CommitOptions options{.share = &lane == &lanes_[1]};

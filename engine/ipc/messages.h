@@ -81,6 +81,9 @@ inline constexpr uint32_t kMaxWritten = 4096;
 /// CommitChannel::written_count: the application wrote anything (copy all).
 inline constexpr uint32_t kWrittenAll = UINT32_MAX;
 
+/// CommitChannel::claim.
+inline constexpr uint32_t kPosted = 0, kTaken = 1, kWithdrawn = 2;
+
 /// One per open segment, in its own shared pages.
 struct alignas(64) CommitChannel {
   std::atomic<uint32_t> request{0};          ///< bumped by the application
@@ -99,6 +102,12 @@ struct alignas(64) CommitChannel {
   /// written pages are protected and its handler waits until `done`);
   /// 0: batond copies. Stored with `written_count`.
   std::atomic<uint32_t> frozen{0};
+  /// Who has the posted request in hand (kPosted, stored by the
+  /// application before it bumps `request`): batond takes it (kTaken) by
+  /// compare-and-swap before it commits, or the application withdraws it
+  /// (kWithdrawn) when it stops waiting. So a commit the library reports
+  /// as timed out never becomes a generation later.
+  std::atomic<uint32_t> claim{0};
   std::atomic<uint64_t> written[2 * kMaxWritten];
 };
 

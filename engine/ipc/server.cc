@@ -143,7 +143,8 @@ void Server::shutdown() {
 ServerCounters Server::counters() const noexcept {
   return ServerCounters{counters_.accepted.load(),      counters_.refused_credentials.load(),
                         counters_.refused_limit.load(), counters_.bad_requests.load(),
-                        counters_.commits.load(),       counters_.disconnects.load()};
+                        counters_.commits.load(),       counters_.disconnects.load(),
+                        counters_.withdrawn_commits.load()};
 }
 
 bool Server::allowed(uid_t uid, gid_t gid) const {

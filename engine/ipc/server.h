@@ -80,7 +80,8 @@ struct ServerConfig {
 
 struct ServerCounters {
   uint64_t accepted = 0, refused_credentials = 0, refused_limit = 0, bad_requests = 0, commits = 0,
-           disconnects = 0;
+           disconnects = 0,
+           withdrawn_commits = 0;  ///< requests their application stopped waiting for before batond took them
 };
 
 class Server {
@@ -164,7 +165,7 @@ class Server {
 
   struct Counters {
     std::atomic<uint64_t> accepted{0}, refused_credentials{0}, refused_limit{0}, bad_requests{0}, commits{0},
-        disconnects{0};
+        disconnects{0}, withdrawn_commits{0};
   } counters_;
 };
 

@@ -29,6 +29,7 @@ nlohmann::json Server::status_json(size_t limit) const {
                     {"refused_limit", counters.refused_limit},
                     {"bad_requests", counters.bad_requests},
                     {"commits", counters.commits},
+                    {"withdrawn_commits", counters.withdrawn_commits},
                     {"disconnects", counters.disconnects},
                     // chunks commits copied, and left alone as unchanged (what the applications wrote)
                     {"chunks_copied", stats.snapshot_chunks_copied},

@@ -5,6 +5,7 @@
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <sys/wait.h>
+#include <signal.h>
 
 #include <algorithm>
 #include <cstdlib>
@@ -572,6 +573,76 @@ TEST(Daemon, PeriodicCommitsAreInstantsOfTheApplicationsRun) {
     usleep(200'000);  // the application writes; the library commits every 5 ms
     kill(child, SIGKILL);
     waitpid(child, nullptr, 0);
+  }
+}
+
+// A commit batond never took (it was stopped) is withdrawn when the
+// library stops waiting, and never becomes a generation later, when
+// batond resumes and finds the request: the next commit is the next
+// generation, and a restore gets exactly what that one held. Both
+// snapshot modes.
+/// Waits until every thread of `pid` is stopped (state T), up to 5 s.
+bool stopped(pid_t pid) {
+  for (int i = 0; i < 500; ++i) {
+    bool all = true;
+    for (const auto& t : std::filesystem::directory_iterator("/proc/" + std::to_string(pid) + "/task")) {
+      std::ifstream stat(t.path() / "stat");
+      std::string line;
+      std::getline(stat, line);
+      const auto paren = line.rfind(')');
+      all &= paren != std::string::npos && paren + 2 < line.size() && line[paren + 2] == 'T';
+    }
+    if (all) return true;
+    usleep(10000);
+  }
+  return false;
+}
+
+TEST(Daemon, ACommitBatondNeverTookIsWithdrawnAndNeverBecomesAGeneration) {
+  for (const char* mode : {"stage-copy", "copy-on-write"}) {
+    SCOPED_TRACE(mode);
+    TempDir dir;
+    Batond d(1, dir.path, "", std::string("[snapshots]\nmode = \"") + mode + "\"\n");
+    setenv("BATON_COMMIT_TIMEOUT_MS", "300", 1);
+    baton_t* b = connect_to(d);
+    unsetenv("BATON_COMMIT_TIMEOUT_MS");
+    ASSERT_NE(b, nullptr);
+    constexpr size_t kSize = 256 * 1024;
+    baton_segment_t* s = nullptr;
+    ASSERT_EQ(baton_open(b, "withdrawn", kSize, &s, nullptr, nullptr), 0) << baton_last_error();
+    auto* mem = static_cast<unsigned char*>(baton_segment_data(s));
+    uint64_t g = 0;
+    fill(mem, kSize, 1);
+    ASSERT_EQ(baton_commit(s, &g), 0) << baton_last_error();
+    ASSERT_EQ(g, 1u);
+    ASSERT_EQ(kill(d.pid(), SIGSTOP), 0);
+    // kill() returns before every thread of batond has stopped; its commit
+    // thread (spinning after the first commit) could still take the next.
+    ASSERT_TRUE(stopped(d.pid()));
+    fill(mem, kSize, 2);
+    const auto t0 = std::chrono::steady_clock::now();
+    EXPECT_EQ(baton_commit(s, &g), BATON_EUNAVAIL);
+    const auto took = std::chrono::steady_clock::now() - t0;
+    EXPECT_GE(took, std::chrono::milliseconds(300));
+    EXPECT_LT(took, std::chrono::seconds(5));
+    EXPECT_NE(std::string(baton_last_error()).find("withdrawn"), std::string::npos) << baton_last_error();
+    ASSERT_EQ(kill(d.pid(), SIGCONT), 0);
+    usleep(200'000);  // batond finds the withdrawn request
+    fill(mem, kSize, 3);
+    ASSERT_EQ(baton_commit(s, &g), 0) << baton_last_error();
+    EXPECT_EQ(g, 2u) << "the withdrawn commit became a generation";
+    baton_stop(b);
+    b = connect_to(d);
+    uint64_t restored = 0;
+    int rc = BATON_EEXIST;
+    for (int i = 0; i < 200 && rc == BATON_EEXIST; ++i)
+      if ((rc = baton_open(b, "withdrawn", kSize, &s, nullptr, &restored)) == BATON_EEXIST) usleep(10000);
+    ASSERT_EQ(rc, 0) << baton_last_error();
+    EXPECT_EQ(restored, 2u);
+    std::vector<unsigned char> want(kSize);
+    fill(want.data(), kSize, 3);
+    EXPECT_EQ(std::memcmp(baton_segment_data(s), want.data(), kSize), 0);
+    baton_stop(b);
   }
 }
 
