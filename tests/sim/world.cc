@@ -77,7 +77,6 @@ struct Violation {
   std::string what;
 };
 
-/// One application, using one segment, wherever it runs now.
 /// Daemon mode's application side of a copy-on-write segment: its own
 /// mapping of the memory, protected by a kClient CopyOnWrite whose handler
 /// runs in the world's thread when a write faults (deterministic: the
@@ -92,6 +91,7 @@ struct ClientView {
   }
 };
 
+/// One application, using one segment, wherever it runs now.
 struct App {
   std::string name;
   int node = 0;  ///< where it runs; 0: not running (crashed, or its node died)
