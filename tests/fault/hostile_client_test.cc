@@ -125,11 +125,13 @@ void expect_serves(const Batond& d, const std::string& name) {
 
 bool alive(const Batond& d) { return kill(d.pid(), 0) == 0; }
 
-/// Commits through a mapped channel as the client library would (bump the
-/// request, ring the doorbell), waits up to 3 s for batond's answer and
-/// returns its status.
-int32_t commit_through(CommitChannel* ch, int doorbell) {
+/// Commits through a mapped channel as the client library would (post the
+/// claim, bump the request, ring the doorbell), waits up to 3 s for
+/// batond's answer and returns its status. `post = false` leaves the claim
+/// as the previous commit left it.
+int32_t commit_through(CommitChannel* ch, int doorbell, bool post = true) {
   const uint32_t seq = ch->request.load() + 1;
+  if (post) ch->claim.store(baton::ipc::kPosted);
   ch->request.store(seq);
   const uint64_t one = 1;
   EXPECT_EQ(write(doorbell, &one, sizeof one), static_cast<ssize_t>(sizeof one));
@@ -287,6 +289,10 @@ TEST(Hostile, LyingAboutWhatWasWrittenFailsOnlyThatCommit) {
   EXPECT_EQ(commit(baton::ipc::kMaxWritten, 4096, 1), 0) << "many ranges, all fine";
   EXPECT_EQ(commit(0, 0, 0), 0) << "nothing written";
   EXPECT_EQ(commit(baton::ipc::kWrittenAll, 0, 0), 0) << "everything written";
+  // A request whose claim was not posted (still "taken" from the last
+  // one) is not taken again: only this client's commit is lost.
+  EXPECT_EQ(commit_through(ch, fds[2], false), BATON_EUNAVAIL);
+  EXPECT_EQ(commit(baton::ipc::kWrittenAll, 0, 0), 0) << "posted properly again";
   munmap(ch, sizeof(CommitChannel));
   for (int fd : fds) close(fd);
   EXPECT_TRUE(alive(d));

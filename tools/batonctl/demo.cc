@@ -157,17 +157,19 @@ int run_demo(const DemoConfig& d) {
     // The commit did not stop the application: what its call cost, and
     // what blade 1 did after each call returned.
     const std::string served = first.wait_for("served");
-    std::string snapshot = "copy-on-write commits, " + (served.empty() ? std::string("?") : served.substr(served.find(';') + 2));
+    const std::string call = served.empty() ? std::string("?") : served.substr(served.find(';') + 2);
+    std::string snapshot = "stage-copy commits (copy-on-write is unavailable here: blade 1's log says why), " + call;
     if (auto cl = ipc::Client::connect((*blades)[0].socket))
       if (auto text = (*cl)->status()) {
         auto j = nlohmann::json::parse(*text, nullptr, false);
         if (!j.is_discarded() && j.contains("segments"))
           for (const auto& seg : j["segments"])
-            if (seg.value("name", "") == "orderbook")
-              snapshot += " (the call write-protects what the batch wrote; blade 1 copied the " +
-                          std::to_string(j["clients"].value("cow_snapshots", 0)) +
-                          " snapshots after the calls returned, while the application wrote on: " +
-                          std::to_string(seg.value("cow_faults", 0)) + " first writes to a page faulted once)";
+            if (seg.value("name", "") == "orderbook" && seg.value("snapshots", "") == "copy-on-write" &&
+                j["clients"].value("cow_snapshots", 0) > 0)
+              snapshot = "copy-on-write commits, " + call + " (the call write-protects what the batch wrote; blade 1 copied the " +
+                         std::to_string(j["clients"].value("cow_snapshots", 0)) +
+                         " snapshots after the calls returned, while the application wrote on: " +
+                         std::to_string(seg.value("cow_faults", 0)) + " first writes to a page faulted once)";
       }
     tl.at("snapshot", "blade 1: " + snapshot);
 
