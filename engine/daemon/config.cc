@@ -75,6 +75,23 @@ class Reader {
     return out;
   }
 
+  // An array of tables ([[field]]): each with its place for messages,
+  // "field[i]"; none when absent.
+  Result<std::vector<std::pair<std::string, const toml::table*>>> tables(const toml::node_view<const toml::node>& n,
+                                                                        const std::string& field) const {
+    std::vector<std::pair<std::string, const toml::table*>> out;
+    if (!n) return out;
+    const toml::array* arr = n.as_array();
+    if (arr == nullptr) return tl::unexpected(error(field, "must be an array of tables ([[" + field + "]])"));
+    for (size_t i = 0; i < arr->size(); ++i) {
+      std::string where = field + "[" + std::to_string(i) + "]";
+      const toml::table* t = (*arr)[i].as_table();
+      if (t == nullptr) return tl::unexpected(error(where, "must be a table"));
+      out.emplace_back(std::move(where), t);
+    }
+    return out;
+  }
+
   // Unknown keys are mistakes (a typo would otherwise silently keep a default).
   Result<void> only(const toml::table& t, const std::string& where, std::initializer_list<std::string_view> keys) const {
     for (const auto& [k, v] : t) {
@@ -255,14 +272,10 @@ Result<DaemonConfig> parse_daemon_config(std::string_view text, std::string_view
     c.eal_args = args;
   }
 
-  if (const auto links = root["link"]; links) {
-    const toml::array* arr = links.as_array();
-    if (arr == nullptr) return tl::unexpected(r.error("link", "must be an array of tables ([[link]])"));
+  {
+    TRY(link_tables, r.tables(root["link"], "link"));
     std::set<std::string> devices;  // several links may reach one peer (two backplanes), each its own port
-    for (size_t i = 0; i < arr->size(); ++i) {
-      const std::string where = "link[" + std::to_string(i) + "]";
-      const toml::table* t = (*arr)[i].as_table();
-      if (t == nullptr) return tl::unexpected(r.error(where, "must be a table"));
+    for (const auto& [where, t] : link_tables) {
       if (auto ok = r.only(*t, where, {"peer", "driver", "device", "max_frame"}); !ok) return tl::unexpected(ok.error());
       const toml::node_view<const toml::node> lv(t);
       TRY(peer, r.integer(lv["peer"], where + ".peer", 1, 65534, std::nullopt));
@@ -278,13 +291,9 @@ Result<DaemonConfig> parse_daemon_config(std::string_view text, std::string_view
       c.links.push_back(LinkSpec{static_cast<uint16_t>(peer), driver, device, static_cast<uint32_t>(max_frame)});
     }
   }
-  if (const auto groups = root["group"]; groups) {
-    const toml::array* arr = groups.as_array();
-    if (arr == nullptr) return tl::unexpected(r.error("group", "must be an array of tables ([[group]])"));
-    for (size_t i = 0; i < arr->size(); ++i) {
-      const std::string where = "group[" + std::to_string(i) + "]";
-      const toml::table* t = (*arr)[i].as_table();
-      if (t == nullptr) return tl::unexpected(r.error(where, "must be a table"));
+  {
+    TRY(group_tables, r.tables(root["group"], "group"));
+    for (const auto& [where, t] : group_tables) {
       if (auto ok = r.only(*t, where,
                            {"name", "segments", "start", "probe", "provision", "alert", "probe_interval_ms",
                             "probe_timeout_ms", "slow_ms", "slow_for_ms", "metric", "slow_above", "failover_on", "priority", "min_cores",
@@ -365,13 +374,9 @@ Result<DaemonConfig> parse_daemon_config(std::string_view text, std::string_view
   for (const auto& g : c.groups)
     for (const auto& seg : g.segments)
       if (!g.standby.empty()) c.engine.standbys.push_back(EngineConfig::Standby{seg, g.standby});
-  if (const auto standbys = root["standby"]; standbys) {
-    const toml::array* arr = standbys.as_array();
-    if (arr == nullptr) return tl::unexpected(r.error("standby", "must be an array of tables ([[standby]])"));
-    for (size_t i = 0; i < arr->size(); ++i) {
-      const std::string where = "standby[" + std::to_string(i) + "]";
-      const toml::table* t = (*arr)[i].as_table();
-      if (t == nullptr) return tl::unexpected(r.error(where, "must be a table"));
+  {
+    TRY(standby_tables, r.tables(root["standby"], "standby"));
+    for (const auto& [where, t] : standby_tables) {
       if (auto ok = r.only(*t, where, {"segment", "nodes"}); !ok) return tl::unexpected(ok.error());
       const toml::node_view<const toml::node> sv(t);
       TRY(seg, r.string(sv["segment"], where + ".segment", std::nullopt));
@@ -402,13 +407,9 @@ Result<DaemonConfig> parse_daemon_config(std::string_view text, std::string_view
     c.engine.snapshot_mode = mode;
     TRY(every, r.integer(snaps["commit_every_ms"], "snapshots.commit_every_ms", 0, 3'600'000, 0));
     c.engine.commit_every_ms = static_cast<uint32_t>(every);
-    if (const auto segs = snaps["segment"]; segs) {
-      const toml::array* arr = segs.as_array();
-      if (arr == nullptr) return tl::unexpected(r.error("snapshots.segment", "must be an array of tables ([[snapshots.segment]])"));
-      for (size_t i = 0; i < arr->size(); ++i) {
-        const std::string where = "snapshots.segment[" + std::to_string(i) + "]";
-        const toml::table* t = (*arr)[i].as_table();
-        if (t == nullptr) return tl::unexpected(r.error(where, "must be a table"));
+    {
+      TRY(segment_tables, r.tables(snaps["segment"], "snapshots.segment"));
+      for (const auto& [where, t] : segment_tables) {
         if (auto ok = r.only(*t, where, {"name", "mode", "commit_every_ms"}); !ok) return tl::unexpected(ok.error());
         const toml::node_view<const toml::node> sv(t);
         EngineConfig::SegmentSnapshot m;
