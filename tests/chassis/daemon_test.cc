@@ -138,12 +138,7 @@ TEST(Daemon, ApplicationKilledLosesNothing) {
   int restored = 0;
   uint64_t gen = 0;
   // The holder is released once the daemon sees the dead connection.
-  int rc = BATON_EEXIST;
-  for (int i = 0; i < 100 && rc == BATON_EEXIST; ++i) {
-    rc = baton_open(b, "crashy", 65536, &s, &restored, &gen);
-    if (rc == BATON_EEXIST) usleep(10000);
-  }
-  ASSERT_EQ(rc, 0) << baton_last_error();
+  ASSERT_EQ(baton::test::open_when_free(b, "crashy", 65536, &s, &restored, &gen, 100), 0) << baton_last_error();
   EXPECT_EQ(restored, 1);
   EXPECT_EQ(gen, committed);
   // The memory is the daemon's, but what the dead application wrote after
@@ -422,13 +417,9 @@ TEST(Daemon, CopyOnWriteCommitsAreExactWhileTheApplicationWrites) {
       baton_t* b = nullptr;
       baton_segment_t* s = nullptr;
       uint64_t gen = 0;
-      int rc = BATON_EEXIST;  // the previous session's holder goes once batond sees it dead
-      for (int i = 0; i < 200 && rc == BATON_EEXIST; ++i) {
-        if (b == nullptr && baton_connect(d.socket().c_str(), &b) != 0) _exit(1);
-        rc = baton_open(b, "cow", kSize, &s, nullptr, &gen);
-        if (rc == BATON_EEXIST) usleep(10000);
-      }
-      if (rc != 0) _exit(2);
+      if (baton_connect(d.socket().c_str(), &b) != 0) _exit(1);
+      // The previous session's holder goes once batond sees it dead.
+      if (baton::test::open_when_free(b, "cow", kSize, &s, nullptr, &gen) != 0) _exit(2);
       auto* mem = static_cast<unsigned char*>(baton_segment_data(s));
       note(gen, hash(mem, kSize), 0);
       std::atomic<bool> pause{true}, paused{false};
@@ -531,14 +522,9 @@ TEST(Daemon, PeriodicCommitsAreInstantsOfTheApplicationsRun) {
       close(pipefd[0]);
       baton_t* b = nullptr;
       baton_segment_t* s = nullptr;
-      int rc = BATON_EEXIST;
       uint64_t gen = 0;
-      for (int i = 0; i < 200 && rc == BATON_EEXIST; ++i) {
-        if (b == nullptr && baton_connect(d.socket().c_str(), &b) != 0) _exit(1);
-        rc = baton_open(b, "ticker", kSize, &s, nullptr, &gen);
-        if (rc == BATON_EEXIST) usleep(10000);
-      }
-      if (rc != 0) _exit(2);
+      if (baton_connect(d.socket().c_str(), &b) != 0) _exit(1);
+      if (baton::test::open_when_free(b, "ticker", kSize, &s, nullptr, &gen) != 0) _exit(2);
       auto* mem = static_cast<unsigned char*>(baton_segment_data(s));
       std::vector<uint64_t> k(kStamps);
       for (int i = 0; i < kStamps; ++i) std::memcpy(&k[i], mem + (kSize / kStamps) * i + 40, 8);
@@ -634,10 +620,7 @@ TEST(Daemon, ACommitBatondNeverTookIsWithdrawnAndNeverBecomesAGeneration) {
     baton_stop(b);
     b = connect_to(d);
     uint64_t restored = 0;
-    int rc = BATON_EEXIST;
-    for (int i = 0; i < 200 && rc == BATON_EEXIST; ++i)
-      if ((rc = baton_open(b, "withdrawn", kSize, &s, nullptr, &restored)) == BATON_EEXIST) usleep(10000);
-    ASSERT_EQ(rc, 0) << baton_last_error();
+    ASSERT_EQ(baton::test::open_when_free(b, "withdrawn", kSize, &s, nullptr, &restored), 0) << baton_last_error();
     EXPECT_EQ(restored, 2u);
     std::vector<unsigned char> want(kSize);
     fill(want.data(), kSize, 3);

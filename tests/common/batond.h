@@ -9,6 +9,7 @@
 #include <string>
 #include <thread>
 
+#include "baton/baton.h"
 #include "process.h"
 
 namespace baton::test {
@@ -34,6 +35,17 @@ class Batond {
   std::string socket_, config_;
   std::unique_ptr<Process> process_;
 };
+
+/// baton_open, tried again every 10 ms (up to `tries` times) while the name
+/// is still held: batond lets go of a dead or departed application's
+/// segments a moment after it notices. Returns the last result.
+inline int open_when_free(baton_t* b, const char* name, uint64_t size, baton_segment_t** s, int* restored,
+                          uint64_t* generation, int tries = 200) {
+  int rc = BATON_EEXIST;
+  for (int i = 0; i < tries && rc == BATON_EEXIST; ++i)
+    if ((rc = baton_open(b, name, size, s, restored, generation)) == BATON_EEXIST) usleep(10000);
+  return rc;
+}
 
 /// A scratch directory removed at the end of the scope.
 struct TempDir {
