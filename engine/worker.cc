@@ -75,11 +75,24 @@ void Engine::Impl::run_worker() noexcept {
 }
 
 void Engine::Impl::park_worker() noexcept {
+  // A caller polls meanwhile; the worker only has to take over once nobody
+  // does. release_token() wakes it when work would otherwise wait, and the
+  // control thread when it has news; otherwise it looks again by itself.
+  // Each look that finds a caller still polling doubles the next nap, up to
+  // kMaxParkNaps x max_idle_sleep_us: every wake-up preempts whatever runs
+  // on that vCPU (the polling caller, or another process's poll loop), and
+  // at one every 200 us a tight commit loop paid it at its p99
+  // (docs/performance.md). The price: frames that arrive after a long
+  // poll by a caller ends wait up to one nap (1.6 ms by default), once.
+  constexpr uint64_t kMaxParkNaps = 8;
+  const uint64_t first = uint64_t{config.max_idle_sleep_us} * 1000;
+  uint64_t nap = first;
   parked.store(true);
   for (;;) {
     const uint32_t h = token.wanting_now();
     if (h == 0 || !running.load()) break;
-    futex_wait(token.wanting(), h, uint64_t{config.max_idle_sleep_us} * 1000);
+    futex_wait(token.wanting(), h, nap);
+    nap = std::min(nap * 2, first * kMaxParkNaps);
   }
   parked.store(false);
 }

@@ -102,6 +102,9 @@ bool Control::step(uint64_t now) noexcept {
     e_.wake.fetch_add(1);
     if (e_.sim == nullptr) futex_wake_all(e_.wake);
   }
+  // A parked worker naps longer while a caller polls (park_worker): it
+  // looks at once, in case that caller has let go since.
+  if (news && e_.parked.load() && e_.sim == nullptr) futex_wake_all(e_.token.wanting());
   return sent;
 }
 
