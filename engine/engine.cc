@@ -638,6 +638,7 @@ EngineStats Engine::stats() const noexcept {
   s.notes_rx = c.notes_rx.load();
   s.notes_dropped = c.notes_dropped.load();
   s.standby_promotions = c.standby_promotions.load();
+  s.replica_promotions = c.replica_promotions.load();
   s.cow_snapshots = c.cow_snapshots.load();
   s.cow_pages_settled = c.cow_pages_settled.load();
   s.periodic_commits = c.periodic_commits.load();

@@ -371,17 +371,36 @@ Result<OpenResult> Engine::Impl::load_from(const QueryOp& q, std::string_view na
       dest = LocalStorage::create(std::string(name), a->total_len, config.numa_node, app_pages());
       if (!dest) return tl::unexpected(dest.error());
     }
+    bool slots_taken = false;
     if (promoted) {
       bump(counters.standby_promotions);
     } else if (a->peer == config.node_id) {  // our own replica store: a local copy
+      // Its slots become the new owner's stages, as a standby's do: the
+      // latest one is the first snapshot with its checksums (no stage to
+      // allocate and fault in, no copy and CRC pass to re-replicate it),
+      // and the application's memory, which this node has already, is
+      // copied from it off the worker. Unless a reader holds a slot: then
+      // a copy from the slot, the store staying.
       auto copied = call([&] {
         auto it = stores.find(q.id);
-        ReplicaStore::Slot* slot = it == stores.end() ? nullptr : it->second->find(a->generation);
-        if (slot == nullptr || it->second->size() != dest->size()) return;
+        if (it == stores.end() || it->second->size() != dest->size()) return;
+        if (auto p = it->second->promote(a->generation, a->data_epoch, false)) {
+          promotion = std::move(*p);
+          drop_store(q.id);
+          got = a->generation;
+          slots_taken = true;
+          return;
+        }
+        ReplicaStore::Slot* slot = it->second->find(a->generation);
+        if (slot == nullptr) return;
         std::memcpy(dest->data(), slot->mem.data(), dest->size());
         got = slot->generation;
       });
       if (!copied || got == 0) continue;  // published over meanwhile: try the next copy
+      if (slots_taken) {
+        std::memcpy(dest->data(), promotion.stage.data(), dest->size());
+        bump(counters.replica_promotions);
+      }
     } else {
       FetchOp op;
       op.name = std::string(name);
@@ -404,7 +423,8 @@ Result<OpenResult> Engine::Impl::load_from(const QueryOp& q, std::string_view na
       }
       got = op.got_generation;
     }
-    auto seg = make_segment(name, a->total_len, &*dest, c->epoch, got, keep, stale, promoted ? &promotion : nullptr);
+    auto seg = make_segment(name, a->total_len, &*dest, c->epoch, got, keep, stale,
+                            promoted || slots_taken ? &promotion : nullptr);
     if (!seg) return tl::unexpected(seg.error());
     {
       table.clear_unused_claim(q.id);
@@ -413,6 +433,7 @@ Result<OpenResult> Engine::Impl::load_from(const QueryOp& q, std::string_view na
                  std::to_string(accepted) + " of " + std::to_string(set.size()) + " replicas of " +
                  set_string(set) + " accepted); generation " + std::to_string(got) + " loaded from " +
                  (promoted ? std::string("this node's hot standby copy (no fetch, no copy)")
+                  : slots_taken ? std::string("this node's replica (its slots are the new stages)")
                   : a->peer == config.node_id ? std::string("this node's replica")
                                               : "node " + std::to_string(a->peer)));
     return OpenResult{*seg, OpenOutcome::kRestored, got};

@@ -220,22 +220,27 @@ bool ReplicaStore::advance_hot(uint64_t budget) noexcept {
   return true;
 }
 
-std::optional<ReplicaStore::Promotion> ReplicaStore::promote(uint64_t generation, uint64_t epoch) noexcept {
+std::optional<ReplicaStore::Promotion> ReplicaStore::promote(uint64_t generation, uint64_t epoch,
+                                                            bool with_app) noexcept {
   // All or nothing: the latest slot and another one must be free of
   // readers, so that the new owner needs no memory it could fail to get
   // after this store gave its copy away (with one replica it may be the
   // only copy of the newest generation). Else the caller copies instead.
   if (published_.empty() || in_use(published_.front())) return std::nullopt;
   const int latest_slot = published_.front();
+  const Slot& newest = slots_[latest_slot];
+  if (newest.generation != generation || newest.epoch != epoch) return std::nullopt;
   int spare_slot = -1;
   for (size_t i = 0; i < slots_.size() && spare_slot < 0; ++i)
     if (static_cast<int>(i) != latest_slot && !in_use(static_cast<int>(i)) && slots_[i].mem.data() != nullptr)
       spare_slot = static_cast<int>(i);
   if (spare_slot < 0) return std::nullopt;
-  auto app = take_hot(generation, epoch);
-  if (!app) return std::nullopt;
   Promotion p;
-  p.app = std::move(*app);
+  if (with_app) {
+    auto app = take_hot(generation, epoch);
+    if (!app) return std::nullopt;
+    p.app = std::move(*app);
+  }
   Slot& l = slots_[latest_slot];
   p.stage = std::move(l.mem);
   p.chunk_crcs = std::move(l.chunk_crcs);

@@ -145,7 +145,12 @@ class ReplicaStore {
     LocalStorage spare;
   };
   /// take_hot(), taking the slots too: the store must be dropped after.
-  std::optional<Promotion> promote(uint64_t generation, uint64_t epoch) noexcept;
+  /// Without `with_app`, only the slots (any replica, hot or not: the
+  /// caller copies the stage into memory of its own, which it has before
+  /// it asks, so nothing can fail once the store gave its copy away).
+  /// Nothing if the latest published generation is not `generation` of
+  /// owner epoch `epoch`.
+  std::optional<Promotion> promote(uint64_t generation, uint64_t epoch, bool with_app = true) noexcept;
 
   const std::string& name() const noexcept { return name_; }
   uint64_t id() const noexcept { return id_; }

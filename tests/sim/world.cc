@@ -35,6 +35,7 @@ void Stats::add(const Stats& o) {
   partial_snapshots += o.partial_snapshots;
   delta_generations += o.delta_generations;
   standby_promotions += o.standby_promotions;
+  replica_promotions += o.replica_promotions;
   cow_snapshots += o.cow_snapshots;
   client_cow_opens += o.client_cow_opens;
   records_lost += o.records_lost;
@@ -43,19 +44,19 @@ void Stats::add(const Stats& o) {
 }
 
 std::string Stats::to_string() const {
-  char b[704];
+  char b[768];
   std::snprintf(b, sizeof b,
                 "seeds=%lu steps=%lu commits=%lu durable_acks=%lu restores=%lu fresh_starts=%lu kills=%lu "
                 "restarts=%lu partitions=%lu stalls=%lu failed_opens=%lu lost_with_every_copy=%lu "
                 "acks_in_detection_window=%lu past_tolerance=%lu records_lost=%lu deletes=%lu failed_deletes=%lu "
-                "partial_snapshots=%lu delta_generations=%lu standby_promotions=%lu cow_snapshots=%lu client_cow_opens=%lu",
+                "partial_snapshots=%lu delta_generations=%lu standby_promotions=%lu replica_promotions=%lu cow_snapshots=%lu client_cow_opens=%lu",
                 (unsigned long)seeds, (unsigned long)steps, (unsigned long)commits, (unsigned long)durable_acks,
                 (unsigned long)restores, (unsigned long)fresh_starts, (unsigned long)kills, (unsigned long)restarts,
                 (unsigned long)partitions, (unsigned long)stalls, (unsigned long)failed_opens,
                 (unsigned long)lost_with_every_copy, (unsigned long)acks_in_detection_window,
                 (unsigned long)past_tolerance, (unsigned long)records_lost, (unsigned long)deletes,
                 (unsigned long)failed_deletes, (unsigned long)partial_snapshots,
-                (unsigned long)delta_generations, (unsigned long)standby_promotions,
+                (unsigned long)delta_generations, (unsigned long)standby_promotions, (unsigned long)replica_promotions,
                 (unsigned long)cow_snapshots, (unsigned long)client_cow_opens);
   return b;
 }
@@ -210,6 +211,7 @@ class World {
     const EngineStats st = e.stats();
     stats_.delta_generations += st.deltas_published;
     stats_.standby_promotions += st.standby_promotions;
+    stats_.replica_promotions += st.replica_promotions;
     stats_.cow_snapshots += st.cow_snapshots;
   }
 

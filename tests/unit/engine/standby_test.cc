@@ -88,6 +88,49 @@ TEST(Standby, TakesOverTheNewestGenerationWithoutAFetchOrACopy) {
   EXPECT_TRUE(std::equal(got.begin(), got.end(), rep.begin()));
 }
 
+TEST(Standby, APlainReplicaHandsItsSlotsToALoadThere) {
+  // No standby: node 3 is a plain replica. A load there still takes its
+  // slots as the new owner's stages (the latest one with its checksums)
+  // and copies only the application's memory; the state is exactly the
+  // newest generation, and the new owner's next one is durable and equal
+  // on the other replica.
+  Cluster cl(3, with_standbys({}, 2));
+  constexpr uint64_t kSize = (2 << 20) + 12345;  // a short last chunk
+  Segment* seg = test::must(cl.node(1).create("kv", kSize));
+  auto mem = cl.node(1).data(seg);
+  std::mt19937_64 rng(17);
+  test::fill_pattern(mem, 9);
+  uint64_t gen = 0;
+  for (int g = 0; g < 20; ++g) {
+    scribble(mem, rng);
+    gen = test::must(cl.node(1).commit(seg));
+    ASSERT_TRUE(test::ok(cl.node(1).wait_replicated(seg, gen, 2, 20s))) << cl.events();
+  }
+  const std::vector<std::byte> want(mem.begin(), mem.end());
+  EXPECT_FALSE(test::must(cl.node(3).replica_status("kv")).standby);
+  cl.kill(1);
+  ASSERT_TRUE(test::eventually([&] { return !test::peer_alive(cl.node(3), 1); }));
+  const OpenResult r = test::must(cl.node(3).load("kv"));
+  EXPECT_EQ(r.outcome, OpenOutcome::kRestored);
+  EXPECT_EQ(r.generation, gen);
+  auto got = cl.node(3).data(r.segment);
+  ASSERT_EQ(got.size(), want.size());
+  EXPECT_TRUE(std::equal(want.begin(), want.end(), got.begin())) << "the load is the newest generation";
+  EXPECT_EQ(cl.node(3).stats().replica_promotions, 1u);
+  EXPECT_EQ(cl.node(3).stats().standby_promotions, 0u);
+  EXPECT_TRUE(test::has_event(cl.node(3), "its slots are the new stages")) << cl.events();
+  // The promoted stage is what node 2 gets under the new epoch, and the
+  // generations after it build on it.
+  for (int g = 0; g < 3; ++g) {
+    scribble(got, rng);
+    const uint64_t next = test::must(cl.node(3).commit(r.segment));
+    EXPECT_GT(next, gen);
+    ASSERT_TRUE(test::ok(cl.node(3).wait_replicated(r.segment, next, kDurable, 20s))) << cl.events();
+    const auto rep = test::must(cl.node(2).read_replica("kv", next));
+    EXPECT_TRUE(std::equal(got.begin(), got.end(), rep.begin())) << "generation " << next;
+  }
+}
+
 TEST(Standby, AStandbyThatIsNotCurrentIsNotPromoted) {
   // Node 3 is the standby, but the segment's newest generation was written
   // after node 3 was cut off: node 2 loads it the usual way, and a load on
