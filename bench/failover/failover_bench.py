@@ -148,11 +148,14 @@ start_timeout_ms = 20000
                         ev.setdefault("heard", ts)
                     if b == target and text.startswith("segment kv: ownership taken"):
                         ev["promoted"] = "hot standby copy" in text
+                        ev["source"] = ("hot standby" if "hot standby copy" in text
+                                        else "own replica" if "this node's replica" in text else "fetched")
                     m = re.match(r"group kv runs here .*provisioned in (\d+) us, segments loaded in (\d+) us", text)
                     if b == target and m:
                         ev.setdefault("running", ts)
                         ev["provision_us"], ev["load_us"] = int(m.group(1)), int(m.group(2))
             promoted = ev.pop("promoted", False)
+            source = ev.pop("source", "?")
             if len(ev) < 6:
                 print(f"  round {r}: events missing ({sorted(ev)}), skipped", file=sys.stderr)
                 continue
@@ -167,6 +170,9 @@ start_timeout_ms = 20000
                 "total": (ready - t_kill) * 1e3,
                 "promoted": promoted,
             })
+            print(json.dumps({"size_kib": size_kib, "round": r, "source": source,
+                              **{k: round(v, 2) for k, v in rows[-1].items() if k != "promoted"}}),
+                  file=sys.stderr)
     finally:
         subprocess.run([batonctl, "chassis", "down", "--dir", chassis], capture_output=True)
         subprocess.run(["pkill", "-KILL", "-f", f"baton-kv --socket {chassis}/"], capture_output=True)
