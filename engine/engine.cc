@@ -7,6 +7,7 @@
 #include <pthread.h>
 #include <sched.h>
 #include <sys/eventfd.h>
+#include <sys/prctl.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -347,13 +348,22 @@ Result<Segment*> Engine::Impl::make_segment(std::string_view name, uint64_t size
       reuse.pop_back();
       stage.chunk_crcs.resize(chunks);
     } else {
-      auto mem = LocalStorage::create(seg->name + "@stage", size, config.numa_node);
+      // The first stage takes this generation's snapshot below (or the
+      // first commit): faulted in now. The second is only needed by the
+      // commit after that: faulted in on a thread of its own (prefault).
+      const auto when = i == 0 || sim != nullptr ? LocalStorage::Populate::kNow : LocalStorage::Populate::kLater;
+      auto mem = LocalStorage::create(seg->name + "@stage", size, config.numa_node, LocalStorage::Pages::kAny, when);
       if (!mem) return tl::unexpected(mem.error());
       stage.mem = std::move(*mem);
       stage.chunk_crcs.resize(chunks);
     }
     stage.delta.reserve(std::min<uint32_t>(chunks, 256));  // no allocation per commit
   }
+  if (!seg->stages[1].mem.populated())
+    seg->prefault = std::jthread([mem = &seg->stages[1].mem] {
+      prctl(PR_SET_NAME, "baton-prefault", 0, 0, 0);
+      mem->populate();
+    });
   seg->written_chunks.reset(chunks);
   // Copy-on-write where asked and possible (else the stage copy below).
   // (In daemon mode the client library takes the snapshot of its own
@@ -399,7 +409,12 @@ Result<Segment*> Engine::Impl::make_segment(std::string_view name, uint64_t size
     post_ready_stage(**added, (*added)->stages[0], generation);
     return added;
   }
-  if (auto ok = snapshot(**added, generation, {}); !ok) return tl::unexpected(ok.error());
+  // It copies without holding the poll token: the worker sends to the new
+  // set meanwhile, and the load returns once the copy is whole, not once
+  // the caller has also pushed the first of it to every replica.
+  CommitOptions copy_only;
+  copy_only.share = true;
+  if (auto ok = snapshot(**added, generation, copy_only); !ok) return tl::unexpected(ok.error());
   return added;
 }
 

@@ -44,6 +44,7 @@ LocalStorage& LocalStorage::operator=(LocalStorage&& o) noexcept {
     fd_ = std::exchange(o.fd_, -1);
     node_ = o.node_;
     huge_ = o.huge_;
+    populated_ = o.populated_;
   }
   return *this;
 }
@@ -55,9 +56,10 @@ LocalStorage::~LocalStorage() {
   fd_ = -1;
 }
 
-// Maps `size` bytes of a new memfd, binds it to `node` and faults it in.
-// Returns false (and leaves nothing open) if any step fails.
-bool LocalStorage::map_memfd(const std::string& label, uint64_t size, int node, bool huge) {
+// Maps `size` bytes of a new memfd, binds it to `node` and faults it in
+// (huge pages always). Returns false (and leaves nothing open) if any step
+// fails.
+bool LocalStorage::map_memfd(const std::string& label, uint64_t size, int node, bool huge, bool populate) {
   const uint64_t page = huge ? kHugePage : kPage;
   int fd = memfd_create(label.c_str(), MFD_CLOEXEC | MFD_ALLOW_SEALING | (huge ? MFD_HUGETLB : 0));
   if (fd < 0) return false;
@@ -80,7 +82,8 @@ bool LocalStorage::map_memfd(const std::string& label, uint64_t size, int node, 
   }
   // Fault everything in now: the first commit must not pay for page faults,
   // and a short hugetlb pool must show here (ENOMEM), not as SIGBUS later.
-  if (madvise(p, mapped, MADV_POPULATE_WRITE) != 0) {
+  populate |= huge;
+  if (populate && madvise(p, mapped, MADV_POPULATE_WRITE) != 0) {
     munmap(p, mapped);
     close(fd);
     return false;
@@ -89,18 +92,25 @@ bool LocalStorage::map_memfd(const std::string& label, uint64_t size, int node, 
   mapped_ = mapped;
   fd_ = fd;
   huge_ = huge;
+  populated_ = populate;
   return true;
 }
 
-Result<LocalStorage> LocalStorage::create(const std::string& name, uint64_t size, int numa_node, Pages pages) {
+void LocalStorage::populate() const noexcept {
+  // A failure leaves the pages to fault in on first touch, as before.
+  if (!populated_ && data_ != nullptr) (void)madvise(data_, mapped_, MADV_POPULATE_WRITE);
+}
+
+Result<LocalStorage> LocalStorage::create(const std::string& name, uint64_t size, int numa_node, Pages pages,
+                                          Populate populate) {
   if (size == 0) return fail(Errc::kInvalidArgument, "segment size is 0");
   LocalStorage s;
   s.size_ = size;
   s.node_ = numa_node >= 0 ? numa_node : current_numa_node();
   const std::string label = "baton:" + name;
   // Huge pages only pay off (and only fit) for segments of at least one page.
-  if (pages == Pages::kAny && size >= kHugePage && s.map_memfd(label, size, s.node_, true)) return s;
-  if (s.map_memfd(label, size, s.node_, false)) return s;
+  if (pages == Pages::kAny && size >= kHugePage && s.map_memfd(label, size, s.node_, true, true)) return s;
+  if (s.map_memfd(label, size, s.node_, false, populate == Populate::kNow)) return s;
   return fail(Errc::kNoMemory, "cannot map ", std::to_string(size), " bytes for ", name, ": ",
               std::strerror(errno));
 }

@@ -8,6 +8,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "replication/transfer.h"
@@ -83,6 +84,11 @@ struct Segment {
   /// Declared after `stages`: destroyed first, so no handler copies into
   /// a stage that is gone.
   std::unique_ptr<CopyOnWrite> cow;
+  /// Faults the second stage in on its own thread while the segment starts
+  /// (a load's or create's caller does not wait for it; the first commit
+  /// into that stage touches what it has not reached yet). Declared after
+  /// `stages`: joined before they are unmapped. Thread: its own.
+  std::jthread prefault;
   std::atomic<bool> copy_on_write{false};  ///< cow != null: committer writes, anyone reads
   /// Periodic commits (EngineConfig::commit_every_ms): the period (0:
   /// none), and when the next one is due on the engine's clock (an

@@ -20,6 +20,7 @@
 #include "../../common/ok.h"
 #include "segment/copy_on_write.h"
 #include "segment/dirty_tracker.h"
+#include "segment/local_storage.h"
 
 namespace baton {
 namespace {
@@ -289,6 +290,28 @@ TEST(Snapshot, WrittenRangesAreValidated) {
   const std::pair<uint64_t, uint64_t> edge[] = {{64 * 1024 - 10, 10}, {0, 0}};
   o.written = edge;
   EXPECT_TRUE(test::ok(cl.node(1).commit(seg, o)));
+}
+
+// A segment's second stage is created unfaulted and faulted in on a
+// thread of its own (Segment::prefault): what that relies on.
+TEST(LocalStorage, MemoryLeftToFaultInLaterIsZeroAndPopulatedOnRequest) {
+  constexpr uint64_t kSize = 4 << 20;
+  auto resident = [](const LocalStorage& m) {
+    std::vector<unsigned char> v(m.mapped_size() / kPage);
+    EXPECT_EQ(mincore(m.data(), m.mapped_size(), v.data()), 0);
+    return std::count_if(v.begin(), v.end(), [](unsigned char c) { return (c & 1) != 0; });
+  };
+  auto later = test::must(LocalStorage::create("later", kSize, -1, LocalStorage::Pages::kSmall,
+                                               LocalStorage::Populate::kLater));
+  EXPECT_FALSE(later.populated());
+  EXPECT_EQ(resident(later), 0) << "nothing faulted in yet";
+  later.populate();
+  EXPECT_EQ(resident(later), static_cast<long>(later.mapped_size() / kPage)) << "every page faulted in";
+  EXPECT_TRUE(std::all_of(later.bytes().begin(), later.bytes().end(), [](std::byte b) { return b == std::byte{0}; }));
+  later.data()[kSize - 1] = std::byte{7};  // writable
+  auto now = test::must(LocalStorage::create("now", kSize, -1, LocalStorage::Pages::kSmall));
+  EXPECT_TRUE(now.populated());
+  EXPECT_EQ(resident(now), static_cast<long>(now.mapped_size() / kPage));
 }
 
 }  // namespace
