@@ -275,7 +275,17 @@ void Engine::Impl::on_fetch_data(wire::Frame& f, uint64_t now) noexcept {
         bump(counters.decode[static_cast<size_t>(wire::DecodeError::kChecksum)]);
         return;
     }
-    acks_due.push_back({link_to(op.peer), nullptr, &op, f.generation, restart});
+    // One ack per burst, as for replication: it says what the assembler
+    // holds when it goes out (flush_acks), so later frames only update it.
+    bool merged = false;
+    for (auto& a : acks_due)
+      if (a.fetch == &op) {
+        a.restart |= restart;
+        a.generation = f.generation;
+        merged = true;
+        break;
+      }
+    if (!merged) acks_due.push_back({link_to(op.peer), nullptr, &op, f.generation, restart});
     if (op.got_generation != 0) {
       // The final ack goes out with this burst's flush; the op ends now.
       fetches.erase(it);
