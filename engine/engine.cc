@@ -348,10 +348,12 @@ Result<Segment*> Engine::Impl::make_segment(std::string_view name, uint64_t size
       reuse.pop_back();
       stage.chunk_crcs.resize(chunks);
     } else {
-      // The first stage takes this generation's snapshot below (or the
-      // first commit): faulted in now. The second is only needed by the
-      // commit after that: faulted in on a thread of its own (prefault).
-      const auto when = i == 0 || sim != nullptr ? LocalStorage::Populate::kNow : LocalStorage::Populate::kLater;
+      // free_stage() takes the last free stage: the second one takes this
+      // generation's snapshot below (or the first commit) and is faulted
+      // in now. The first is only needed by the commit after that: it is
+      // faulted in on a thread of its own (prefault).
+      const bool next = i + 1 == seg->stages.size();
+      const auto when = next || sim != nullptr ? LocalStorage::Populate::kNow : LocalStorage::Populate::kLater;
       auto mem = LocalStorage::create(seg->name + "@stage", size, config.numa_node, LocalStorage::Pages::kAny, when);
       if (!mem) return tl::unexpected(mem.error());
       stage.mem = std::move(*mem);
@@ -359,8 +361,8 @@ Result<Segment*> Engine::Impl::make_segment(std::string_view name, uint64_t size
     }
     stage.delta.reserve(std::min<uint32_t>(chunks, 256));  // no allocation per commit
   }
-  if (!seg->stages[1].mem.populated())
-    seg->prefault = std::jthread([mem = &seg->stages[1].mem] {
+  if (!seg->stages[0].mem.populated())
+    seg->prefault = std::jthread([mem = &seg->stages[0].mem] {
       prctl(PR_SET_NAME, "baton-prefault", 0, 0, 0);
       mem->populate();
     });

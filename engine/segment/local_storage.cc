@@ -80,8 +80,9 @@ bool LocalStorage::map_memfd(const std::string& label, uint64_t size, int node, 
     std::lock_guard lock(numa_mu);
     numa_tonode_memory(p, mapped, node);
   }
-  // Fault everything in now: the first commit must not pay for page faults,
-  // and a short hugetlb pool must show here (ENOMEM), not as SIGBUS later.
+  // Fault everything in now (small pages: unless the caller has it done
+  // later, populate()): the first commit must not pay for page faults, and
+  // a short hugetlb pool must show here (ENOMEM), not as SIGBUS later.
   populate |= huge;
   if (populate && madvise(p, mapped, MADV_POPULATE_WRITE) != 0) {
     munmap(p, mapped);

@@ -84,10 +84,11 @@ struct Segment {
   /// Declared after `stages`: destroyed first, so no handler copies into
   /// a stage that is gone.
   std::unique_ptr<CopyOnWrite> cow;
-  /// Faults the second stage in on its own thread while the segment starts
-  /// (a load's or create's caller does not wait for it; the first commit
-  /// into that stage touches what it has not reached yet). Declared after
-  /// `stages`: joined before they are unmapped. Thread: its own.
+  /// Faults in, on a thread of its own, the stage that the second snapshot
+  /// takes, while the segment starts: a load's or a create's caller does
+  /// not wait for it, and a commit into that stage before it is done
+  /// touches what it has not reached yet. Declared after `stages`: joined
+  /// before they are unmapped. Thread: its own.
   std::jthread prefault;
   std::atomic<bool> copy_on_write{false};  ///< cow != null: committer writes, anyone reads
   /// Periodic commits (EngineConfig::commit_every_ms): the period (0:
