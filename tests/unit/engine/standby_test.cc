@@ -42,6 +42,25 @@ void scribble(std::span<std::byte> mem, std::mt19937_64& rng) {
   }
 }
 
+/// Scribbles over segment "kv" on `node` and commits, `n` times, each
+/// generation newer than the last and held by `k` replicas (kDurable: a
+/// majority); with `replica`, each must equal that node's copy. `gen`:
+/// the generation before (0: none) and, after, the last one.
+void commit_scribbled(Cluster& cl, uint16_t node, Segment* seg, std::mt19937_64& rng, int n, uint32_t k,
+                      uint64_t& gen, uint16_t replica = 0) {
+  auto mem = cl.node(node).data(seg);
+  for (int g = 0; g < n; ++g) {
+    scribble(mem, rng);
+    const uint64_t next = test::must(cl.node(node).commit(seg));
+    EXPECT_GT(next, gen);
+    gen = next;
+    ASSERT_TRUE(test::ok(cl.node(node).wait_replicated(seg, gen, k, 20s))) << cl.events();
+    if (replica == 0) continue;
+    const auto rep = test::must(cl.node(replica).read_replica("kv", gen));
+    EXPECT_TRUE(std::equal(mem.begin(), mem.end(), rep.begin())) << "generation " << gen;
+  }
+}
+
 TEST(Standby, TakesOverTheNewestGenerationWithoutAFetchOrACopy) {
   Cluster cl(3, with_standbys({{"kv", {3}}}, 2));
   constexpr uint64_t kSize = 2 << 20;
@@ -50,11 +69,7 @@ TEST(Standby, TakesOverTheNewestGenerationWithoutAFetchOrACopy) {
   std::mt19937_64 rng(11);
   test::fill_pattern(mem, 3);
   uint64_t gen = 0;
-  for (int g = 0; g < 40; ++g) {
-    scribble(mem, rng);
-    gen = test::must(cl.node(1).commit(seg));
-    ASSERT_TRUE(test::ok(cl.node(1).wait_replicated(seg, gen, 2, 20s))) << cl.events();
-  }
+  ASSERT_NO_FATAL_FAILURE(commit_scribbled(cl, 1, seg, rng, 40, 2, gen));
   ASSERT_TRUE(test::ok(cl.node(1).wait_replicated(seg, gen, kDurable, 20s))) << cl.events();
   const std::vector<std::byte> want(mem.begin(), mem.end());
   const auto st = test::must(cl.node(1).status(seg));
@@ -80,12 +95,7 @@ TEST(Standby, TakesOverTheNewestGenerationWithoutAFetchOrACopy) {
   EXPECT_EQ(cl.node(3).stats().standby_promotions, 1u);
   EXPECT_TRUE(test::has_event(cl.node(3), "hot standby copy")) << cl.events();
   // The new owner carries on: its next generation is durable.
-  scribble(got, rng);
-  const uint64_t next = test::must(cl.node(3).commit(r.segment));
-  EXPECT_GT(next, gen);
-  ASSERT_TRUE(test::ok(cl.node(3).wait_replicated(r.segment, next, kDurable, 20s))) << cl.events();
-  const auto rep = test::must(cl.node(2).read_replica("kv", next));
-  EXPECT_TRUE(std::equal(got.begin(), got.end(), rep.begin()));
+  ASSERT_NO_FATAL_FAILURE(commit_scribbled(cl, 3, r.segment, rng, 1, kDurable, gen, 2));
 }
 
 TEST(Standby, APlainReplicaHandsItsSlotsToALoadThere) {
@@ -101,11 +111,7 @@ TEST(Standby, APlainReplicaHandsItsSlotsToALoadThere) {
   std::mt19937_64 rng(17);
   test::fill_pattern(mem, 9);
   uint64_t gen = 0;
-  for (int g = 0; g < 20; ++g) {
-    scribble(mem, rng);
-    gen = test::must(cl.node(1).commit(seg));
-    ASSERT_TRUE(test::ok(cl.node(1).wait_replicated(seg, gen, 2, 20s))) << cl.events();
-  }
+  ASSERT_NO_FATAL_FAILURE(commit_scribbled(cl, 1, seg, rng, 20, 2, gen));
   const std::vector<std::byte> want(mem.begin(), mem.end());
   EXPECT_FALSE(test::must(cl.node(3).replica_status("kv")).standby);
   cl.kill(1);
@@ -121,14 +127,7 @@ TEST(Standby, APlainReplicaHandsItsSlotsToALoadThere) {
   EXPECT_TRUE(test::has_event(cl.node(3), "its slots are the new stages")) << cl.events();
   // The promoted stage is what node 2 gets under the new epoch, and the
   // generations after it build on it.
-  for (int g = 0; g < 3; ++g) {
-    scribble(got, rng);
-    const uint64_t next = test::must(cl.node(3).commit(r.segment));
-    EXPECT_GT(next, gen);
-    ASSERT_TRUE(test::ok(cl.node(3).wait_replicated(r.segment, next, kDurable, 20s))) << cl.events();
-    const auto rep = test::must(cl.node(2).read_replica("kv", next));
-    EXPECT_TRUE(std::equal(got.begin(), got.end(), rep.begin())) << "generation " << next;
-  }
+  ASSERT_NO_FATAL_FAILURE(commit_scribbled(cl, 3, r.segment, rng, 3, kDurable, gen, 2));
 }
 
 TEST(Standby, AStandbyThatIsNotCurrentIsNotPromoted) {
