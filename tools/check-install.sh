@@ -26,6 +26,6 @@ fi
 # The Pacemaker resource agent is installed, executable, and says what it is.
 agent=$(find "$scratch/root" -path '*/ocf/resource.d/baton/baton' | head -1)
 [[ -x "$agent" ]] || { echo "install check: the OCF agent (ocf/resource.d/baton/baton) is not installed"; exit 1; }
-OCF_ROOT=/usr/lib/ocf "$agent" meta-data | grep -q '<resource-agent name="baton"' ||
+OCF_ROOT=/usr/lib/ocf "$agent" meta-data | grep '<resource-agent name="baton"' >/dev/null ||
   { echo "install check: the OCF agent's meta-data is wrong"; exit 1; }
 echo "install check: ok (static libbaton.a via pkg-config; batond@.service; the OCF agent)"

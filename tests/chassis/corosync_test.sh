@@ -41,7 +41,7 @@ fail() {
     echo "--- blade $b"
     "$BATONCTL" events --socket "$chassis/blade$b.sock" 2>&1 | tail -8
   done
-  tail -5 "$dir/corosync.log"
+  tail -n 5 "$dir/corosync.log"
   exit 1
 }
 
@@ -70,8 +70,8 @@ CONF
 start_corosync() {
   corosync -f -c "$dir/corosync.conf" >>"$dir/corosync.log" 2>&1 &
   coro=$!
-  for _ in $(seq 1 60); do corosync-quorumtool -s 2>/dev/null | grep -q "Quorate: *Yes" && return 0; sleep 0.25; done
-  tail -20 "$dir/corosync.log"
+  for _ in $(seq 1 60); do corosync-quorumtool -s 2>/dev/null | grep "Quorate: *Yes" >/dev/null && return 0; sleep 0.25; done
+  tail -n 20 "$dir/corosync.log"
   skip "corosync did not come up here"
 }
 stop_corosync() {
@@ -118,7 +118,7 @@ pids=$(corosync-cpgtool -e 2>/dev/null | awk -v g="baton:$chassis" '$0 == g {on 
 for b in 1 2 3; do
   grep -qx "$(cat "$chassis/blade$b.pid")" <<<"$pids" || { corosync-cpgtool -e; fail "blade $b's batond is not in the group"; }
 done
-"$BATONCTL" events --socket "$chassis/blade1.sock" | grep -q "corosync: joined process group baton:$chassis as node 1" ||
+"$BATONCTL" events --socket "$chassis/blade1.sock" | grep "corosync: joined process group baton:$chassis as node 1" >/dev/null ||
   fail "blade 1 did not report joining the group"
 "$BATON_KV" --socket "$chassis/blade1.sock" --name kv --batches 3 >"$dir/kv1.log" 2>&1 ||
   { cat "$dir/kv1.log"; fail "the application could not commit in a quorate view"; }
@@ -129,7 +129,7 @@ expect_alone 1 2 3
 "$BATONCTL" status --json --socket "$chassis/blade1.sock" |
   python3 -c 'import json,sys; l=json.load(sys.stdin)["links"]; sys.exit(0 if l and all(x["alive"] for x in l) else 1)' ||
   fail "the backplane should still hear every blade"
-"$BATONCTL" events --socket "$chassis/blade2.sock" | grep -q "corosync: connection lost" ||
+"$BATONCTL" events --socket "$chassis/blade2.sock" | grep "corosync: connection lost" >/dev/null ||
   fail "blade 2 did not report losing corosync"
 if "$BATON_KV" --socket "$chassis/blade2.sock" --name fresh --batches 1 >"$dir/kv2.log" 2>&1; then
   cat "$dir/kv2.log"
@@ -147,7 +147,7 @@ grep -q "batch=5 generation=" "$dir/kv3.log" || { cat "$dir/kv3.log"; fail "the 
 # Corosync's outage and return never stalled the heartbeats (the Corosync
 # calls run on a thread of their own, not the control thread's).
 for b in 1 2 3; do
-  if "$BATONCTL" events --socket "$chassis/blade$b.sock" | grep -q "down (silent"; then
+  if "$BATONCTL" events --socket "$chassis/blade$b.sock" | grep "down (silent" >/dev/null; then
     fail "blade $b saw a peer fall silent while corosync went and came back"
   fi
 done

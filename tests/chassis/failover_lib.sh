@@ -27,7 +27,7 @@ fail() {
     echo "--- blade $b"
     "$BATONCTL" events --socket "$chassis/blade$b.sock" 2>&1 | grep -i "group\|node . down\|view\|fenced\|ownership" | tail -12
   done
-  for f in "$dir"/kv-*.log; do [[ -f $f ]] && { echo "--- $f"; tail -3 "$f"; }; done
+  for f in "$dir"/kv-*.log; do [[ -f $f ]] && { echo "--- $f"; tail -n 3 "$f"; }; done
   exit 1
 }
 # where BLADE: "node state" of group kv as BLADE reports the cluster.

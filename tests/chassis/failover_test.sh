@@ -60,7 +60,7 @@ resumed() {
   echo "   resumed at batch $got (last durable seen: $2)"
 }
 decided() {  # decided TEXT: the coordinator (blade ${2:-1}) logged a decision with TEXT
-  "$BATONCTL" events --socket "$chassis/blade${2:-1}.sock" | grep -q -- "$1" || fail "no decision mentions '$1'"
+  "$BATONCTL" events --socket "$chassis/blade${2:-1}.sock" | grep -- "$1" >/dev/null || fail "no decision mentions '$1'"
 }
 
 echo "1. starts at home (blade 1)"
