@@ -2,6 +2,7 @@
 
 #include <nmmintrin.h>
 
+#include <algorithm>
 #include <array>
 #include <cstring>
 
@@ -41,56 +42,57 @@ const ShiftTables& tables() noexcept {
   return tables;
 }
 
-template <bool kCopy>
-uint32_t crc_impl(unsigned char* d, const unsigned char* s, size_t len, uint32_t crc) noexcept {
+uint32_t crc_impl(const unsigned char* s, size_t len, uint32_t crc) noexcept {
   if (len >= 3 * kBlock) {
     const ShiftTables& sh = tables();
     do {
       uint64_t a = crc, b = 0, c = 0;
       for (size_t i = 0; i < kBlock; i += 8) {
         const uint64_t va = load64(s + i), vb = load64(s + kBlock + i), vc = load64(s + 2 * kBlock + i);
-        if constexpr (kCopy) {
-          std::memcpy(d + i, &va, 8);
-          std::memcpy(d + kBlock + i, &vb, 8);
-          std::memcpy(d + 2 * kBlock + i, &vc, 8);
-        }
         a = _mm_crc32_u64(a, va);
         b = _mm_crc32_u64(b, vb);
         c = _mm_crc32_u64(c, vc);
       }
       crc = sh.shift(sh.shift(static_cast<uint32_t>(a)) ^ static_cast<uint32_t>(b)) ^ static_cast<uint32_t>(c);
       s += 3 * kBlock;
-      if constexpr (kCopy) d += 3 * kBlock;
       len -= 3 * kBlock;
     } while (len >= 3 * kBlock);
   }
   uint64_t c = crc;
   while (len >= 8) {
-    const uint64_t v = load64(s);
-    if constexpr (kCopy) {
-      std::memcpy(d, &v, 8);
-      d += 8;
-    }
-    c = _mm_crc32_u64(c, v);
+    c = _mm_crc32_u64(c, load64(s));
     s += 8;
     len -= 8;
   }
   crc = static_cast<uint32_t>(c);
-  while (len--) {
-    if constexpr (kCopy) *d++ = *s;
-    crc = _mm_crc32_u8(crc, *s++);
-  }
+  while (len--) crc = _mm_crc32_u8(crc, *s++);
   return crc;
 }
 
 }  // namespace
 
 uint32_t crc32c_extend(uint32_t crc, const void* data, size_t len) noexcept {
-  return crc_impl<false>(nullptr, static_cast<const unsigned char*>(data), len, crc);
+  return crc_impl(static_cast<const unsigned char*>(data), len, crc);
 }
 
 uint32_t copy_crc32c(void* dst, const void* src, size_t len, uint32_t crc) noexcept {
-  return crc_impl<true>(static_cast<unsigned char*>(dst), static_cast<const unsigned char*>(src), len, crc);
+  // memcpy, then the CRC over what it wrote (still in L1), a piece at a
+  // time: libc's vector copy stores 64 bytes at a time where the fused
+  // loop stores 8, and on a cold destination that is worth more than the
+  // second read (16 KiB chunks into 64 MiB, this machine: 4.0-4.5 GB/s
+  // fused, 4.8-5.9 GB/s so; memcpy alone 6.2-8.3).
+  constexpr size_t kPiece = 16 << 10;
+  auto* d = static_cast<unsigned char*>(dst);
+  const auto* s = static_cast<const unsigned char*>(src);
+  while (len > 0) {
+    const size_t n = std::min(len, kPiece);
+    std::memcpy(d, s, n);
+    crc = crc_impl(d, n, crc);
+    d += n;
+    s += n;
+    len -= n;
+  }
+  return crc;
 }
 
 }  // namespace baton

@@ -18,8 +18,10 @@ inline uint32_t crc32c(const void* data, size_t len) noexcept {
   return crc32c_final(crc32c_extend(crc32c_init(), data, len));
 }
 
-/// Copies `len` bytes and returns their CRC32C state extended from `state`,
-/// reading the source once. Thread: any.
+/// Copies `len` bytes and returns their CRC32C state extended from `state`.
+/// The CRC is of what was written (each piece is checksummed in the
+/// destination, still in L1): a source that another process changes
+/// meanwhile cannot make the two disagree. Thread: any.
 uint32_t copy_crc32c(void* dst, const void* src, size_t len, uint32_t state) noexcept;
 
 }  // namespace baton
