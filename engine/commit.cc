@@ -216,7 +216,9 @@ Result<void> Engine::wait_replicated(Segment* segment, uint64_t generation, uint
   auto done = [&] {
     return k == kDurable ? seg->durable.load(std::memory_order_acquire) >= generation : held() >= k;
   };
-  impl_->poll_until([&] { return done() || seg->fenced.load(); }, deadline);
+  // done() reads atomics only (a segment's replica list is fixed once the
+  // worker added it): a long wait sleeps without the poll token.
+  impl_->poll_until([&] { return done() || seg->fenced.load(); }, deadline, Impl::Token::kNotNeeded);
   if (done()) return {};
   if (seg->fenced.load()) return fail(Errc::kFenced, "segment ", seg->name, " moved to a newer owner");
   if (k == kDurable)

@@ -98,7 +98,7 @@ void Engine::Impl::park_worker() noexcept {
 }
 
 bool Engine::Impl::has_pending_work() const noexcept {
-  if (!fetches.empty() || !allocating.empty() ||
+  if (!fetches.empty() || !allocating.empty() || !cow_behind.empty() ||
       queued.load() != 0 || !to_data.empty())
     return true;
   for (const auto& [id, seg] : owned)
@@ -106,6 +106,15 @@ bool Engine::Impl::has_pending_work() const noexcept {
       if (r->sender.has_unsent()) return true;
   for (const auto& s : serves)
     if (s->sender.has_unsent()) return true;
+  return false;
+}
+
+bool Engine::Impl::has_transfers_in_flight() const noexcept {
+  for (const auto& [id, seg] : owned)
+    for (const auto& r : seg->replicas)
+      if (r->sender.in_flight()) return true;
+  for (const auto& s : serves)
+    if (s->sender.in_flight()) return true;
   return false;
 }
 
@@ -351,6 +360,7 @@ void Engine::Impl::on_ack(const wire::Frame& f, uint64_t now) noexcept {
         f.generation > r->held.load(std::memory_order_relaxed)) {
       r->held.store(f.generation, std::memory_order_release);
       update_durable(seg);
+      note_progress();  // a wait for k replicas (update_durable announces durability)
     }
     return;
   }

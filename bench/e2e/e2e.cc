@@ -62,6 +62,7 @@ std::unique_ptr<Link> open_link(const std::string& dev, uint16_t peer) {
 
 // This process's engine: node `node` with one memif link (role as given) to the other.
 bool use_shm = false;
+constexpr const char* kCowSegment = "e2e-throughput-cow";
 
 // The engines' shm region: in /dev/shm (memory), named after their socket.
 std::string shm_path(const std::string& sock) { return "/dev/shm/" + sock.substr(sock.rfind('/') + 1) + ".shm"; }
@@ -82,6 +83,9 @@ std::unique_ptr<baton::Engine> start_engine(uint16_t node, const std::string& ro
   baton::EngineConfig c;
   c.node_id = node;
   if (spin) c.idle = baton::IdlePolicy::kSpin;
+  // The copy-on-write twin of the throughput segment (S14): the commit
+  // protects the pages, and the worker copies them out while it sends.
+  c.snapshot_modes.push_back({kCowSegment, baton::EngineConfig::SnapshotMode::kCopyOnWrite, std::nullopt});
   auto engine = baton::Engine::start(c, std::move(links));
   if (!engine) {
     std::fprintf(stderr, "baton-e2e: %s\n", engine.error().to_string().c_str());
@@ -272,14 +276,18 @@ int main(int argc, char** argv) {
   for (int i = 0; i < 3000 && engine.view().members.size() < 2; ++i) std::this_thread::sleep_for(10ms);
   auto lat = engine.create("e2e-latency", 4096);
   auto bulk = engine.create("e2e-throughput", big);
-  if (!lat || !bulk) {
-    std::fprintf(stderr, "baton-e2e: create: %s\n", (!lat ? lat : bulk).error().to_string().c_str());
+  auto cow = engine.create(kCowSegment, big);
+  if (!lat || !bulk || !cow) {
+    std::fprintf(stderr, "baton-e2e: create: %s\n",
+                 (!lat ? lat : !bulk ? bulk : cow).error().to_string().c_str());
     return 1;
   }
   auto lat_seg = *lat;
   auto big_seg = *bulk;
+  auto cow_seg = *cow;
   std::memset(engine.data(lat_seg).data(), 1, 4096);
   std::memset(engine.data(big_seg).data(), 2, big);
+  std::memset(engine.data(cow_seg).data(), 2, big);
   // The raw baseline moves 64 MiB of distinct memory, as Baton must, not one
   // cache-hot buffer over and over.
   std::vector<std::byte> raw_src(big + kFrame, std::byte{'T'});
@@ -289,7 +297,7 @@ int main(int argc, char** argv) {
   // Warm up: both links connected, both segments replicated once.
   do send_all(*raw, ping.data(), ping.size());
   while (!wait_ack(*raw, baton::now_ns() + 100'000'000));  // frames sent before connect are lost
-  for (auto s : {lat_seg, big_seg}) {
+  for (auto s : {lat_seg, big_seg, cow_seg}) {
     auto g = engine.commit(s);
     if (!g || !engine.wait_replicated(s, *g, 1, 60s)) {
       std::fprintf(stderr, "baton-e2e: warm-up replication failed\n");
@@ -297,7 +305,7 @@ int main(int argc, char** argv) {
     }
   }
 
-  Stats raw_lat, baton_lat, raw_tput, baton_tput, memcpy_tput, snapshot_ms;
+  Stats raw_lat, baton_lat, raw_tput, baton_tput, memcpy_tput, snapshot_ms, cow_tput, cow_ms;
   using clk = std::chrono::steady_clock;
   auto us = [](clk::duration d) { return std::chrono::duration<double, std::micro>(d).count(); };
   // Each latency loop first plays 200 ms unmeasured, as the lean program
@@ -350,6 +358,16 @@ int main(int argc, char** argv) {
       baton_tput.v.push_back(static_cast<double>(big) / (us(clk::now() - t0) / 1e6) / 1e9);
     }
     {
+      // Every page written since the last commit (untimed: the writes
+      // fault on protected pages), so every chunk travels again.
+      for (uint64_t off = 0; off < big; off += 4096) engine.data(cow_seg)[off] = std::byte(r + 1);
+      auto t0 = clk::now();
+      auto g = engine.commit(cow_seg);
+      cow_ms.v.push_back(us(clk::now() - t0) / 1000);
+      if (!g || !engine.wait_replicated(cow_seg, *g, 1, 60s)) return 1;
+      cow_tput.v.push_back(static_cast<double>(big) / (us(clk::now() - t0) / 1e6) / 1e9);
+    }
+    {
       auto t0 = clk::now();
       std::memcpy(copy_dst.data(), copy_src.data(), big);
       memcpy_tput.v.push_back(static_cast<double>(big) / (us(clk::now() - t0) / 1e6) / 1e9);
@@ -373,8 +391,10 @@ int main(int argc, char** argv) {
   print_json("throughput", "raw_memif", rt, "GB/s");
   print_json("throughput", "baton_commit", bt, "GB/s");
   print_json("throughput", "memcpy", mt, "GB/s");
-  const double snap = snapshot_ms.median();
+  const double snap = snapshot_ms.median(), ct = cow_tput.median(), cow_snap = cow_ms.median();
   print_json("snapshot_time", "baton_commit", snap, "ms");
+  print_json("throughput", "baton_commit_cow", ct, "GB/s");
+  print_json("snapshot_time", "baton_commit_cow", cow_snap, "ms");
   std::printf("\n%-34s %10s %10s %10s\n", "4 KiB commit, 1 replica (us)", "p50", "p99", "p99.9");
   std::printf("%-34s %10.1f %10.1f %10.1f\n", "raw memif 4 KiB + 64 B ack", rl50, rl99, rl999);
   std::printf("%-34s %10.1f %10.1f %10.1f\n", "Baton replicated commit", bl50, bl99, bl999);
@@ -385,6 +405,9 @@ int main(int argc, char** argv) {
   std::printf("%-34s %10.2f %9.2fx\n", "Baton replicated commit", bt, bt / rt);
   std::printf("%-34s %10.1f ms of %.1f ms\n", "  of which snapshot (commit call)", snap,
               static_cast<double>(big) / bt / 1e6);
+  std::printf("%-34s %10.2f %9.2fx\n", "Baton, copy-on-write", ct, ct / rt);
+  std::printf("%-34s %10.1f ms of %.1f ms\n", "  of which the commit call", cow_snap,
+              static_cast<double>(big) / ct / 1e6);
   if (!lean_p50.v.empty()) {
     // Per round, the lean program's percentiles; their medians over rounds.
     const double l50 = lean_p50.median(), l99 = lean_p99.median(), lt = lean_tput.median();
@@ -395,6 +418,8 @@ int main(int argc, char** argv) {
     std::printf("%-34s %10.1f %10.1f %10.2f\n", "lean memif (no Baton code)", l50, l99, lt);
     std::printf("%-34s %10.1f %10.1f %10.2f\n", "Baton replicated commit", bl50, bl99, bt);
     std::printf("%-34s %9.2fx %9.2fx %9.2fx\n", "ratio Baton / lean", bl50 / l50, bl99 / l99, bt / lt);
+    print_json("ratio", "baton_commit_cow_over_lean", ct / lt, "x");
+    std::printf("%-34s %10s %10s %9.2fx\n", "  copy-on-write / lean", "", "", ct / lt);
   }
   std::printf("\n(%d rounds x %d latency samples; %lu MiB)\n", rounds, iters, (unsigned long)mib);
   return 0;

@@ -45,6 +45,7 @@ void Engine::Impl::update_durable(Segment& seg) noexcept {
   if (d <= seg.durable.load(std::memory_order_relaxed)) return;
   seg.durable_at_ns.store(clock_ns(), std::memory_order_relaxed);
   seg.durable.store(d, std::memory_order_release);
+  note_progress();
 }
 
 //

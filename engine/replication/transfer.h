@@ -89,6 +89,8 @@ class ChunkSender {
   bool active() const noexcept { return active_; }
   bool complete() const noexcept { return complete_; }
   const SendSource& source() const noexcept { return src_; }
+  /// Started and not yet acknowledged whole: chunks to send, or acks to wait for.
+  bool in_flight() const noexcept { return active_ && !complete_; }
   /// Chunks that could go out now (new and ready, or being resent); acks
   /// and timeouts alone do not count.
   bool has_unsent() const noexcept {
