@@ -19,9 +19,11 @@ inline uint32_t crc32c(const void* data, size_t len) noexcept {
 }
 
 /// Copies `len` bytes and returns their CRC32C state extended from `state`.
-/// The CRC is of what was written (each piece is checksummed in the
-/// destination, still in L1): a source that another process changes
-/// meanwhile cannot make the two disagree. Thread: any.
+/// The CRC is of what was written (the same registers, or the destination
+/// read back): a source that another process changes meanwhile cannot make
+/// the two disagree. From 8 KiB up the copy bypasses the cache
+/// (non-temporal stores, fenced before returning): for bulk copies nobody
+/// reads soon. Thread: any.
 uint32_t copy_crc32c(void* dst, const void* src, size_t len, uint32_t state) noexcept;
 
 }  // namespace baton

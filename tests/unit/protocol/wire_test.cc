@@ -96,6 +96,22 @@ TEST(Crc32c, MatchesReferenceAtEveryShape) {
     }
 }
 
+TEST(Crc32c, StreamingCopyFromAMisalignedSource) {
+  // From 8 KiB up, an 8-byte aligned destination takes non-temporal stores;
+  // the source may sit anywhere.
+  auto data = bytes_of(40000, 11);
+  std::vector<uint64_t> room(40000 / 8 + 2);
+  auto* dst = reinterpret_cast<std::byte*>(room.data());
+  for (size_t len : {size_t{8192}, size_t{8199}, size_t{16384}, size_t{33333}})
+    for (size_t soff : {size_t{0}, size_t{1}, size_t{5}}) {
+      std::memset(dst, 0, room.size() * 8);
+      const uint32_t want = reference_crc32c(data.data() + soff, len);
+      EXPECT_EQ(crc32c_final(copy_crc32c(dst, data.data() + soff, len, crc32c_init())), want) << len << "+" << soff;
+      EXPECT_EQ(std::memcmp(dst, data.data() + soff, len), 0) << len << "+" << soff;
+      EXPECT_EQ(dst[len], std::byte{0}) << "wrote past the end";
+    }
+}
+
 TEST(Crc32c, CopyMatchesSeparatePasses) {
   auto src = bytes_of(12345, 9);
   std::vector<std::byte> dst(src.size());
