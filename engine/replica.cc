@@ -104,7 +104,6 @@ void Engine::Impl::on_data(Link& link, wire::Frame& f) noexcept {
     case ReplicaStore::Accept::kStale: break;
     case ReplicaStore::Accept::kDuplicate: bump(counters.duplicates); break;
     case ReplicaStore::Accept::kNeedFull: need_full = true; break;
-    case ReplicaStore::Accept::kPreparing: return;  // dropped: it is resent once the shadow is ready
     case ReplicaStore::Accept::kPublished:
       bump(counters.published);
       if (st.latest()->delta_of != 0) bump(counters.deltas_published);

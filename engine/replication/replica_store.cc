@@ -81,7 +81,9 @@ ReplicaStore::Accept ReplicaStore::begin_delta(wire::Frame& f) noexcept {
     at = prev;
   }
   sh.content = 0;  // rewritten from here on
-  if (chained) {
+  if (f.chunk_count == chunks) {
+    prepared_ = size_;  // the delta carries every chunk: nothing of the base survives
+  } else if (chained) {
     for (uint32_t c : hops) {
       const uint64_t off = uint64_t{c} * f.chunk_size;
       std::memcpy(sh.mem.data() + off, base->mem.data() + off, wire::chunk_len(size_, f.chunk_size, c));
@@ -89,6 +91,7 @@ ReplicaStore::Accept ReplicaStore::begin_delta(wire::Frame& f) noexcept {
     prepared_ = size_;
   } else {
     prepared_ = 0;
+    received_.reset(chunks);
   }
   assembler_.begin(sh.mem.data(), f, base->chunk_crcs);
   shadow_set_ = f.sack;
@@ -116,15 +119,15 @@ ReplicaStore::Accept ReplicaStore::accept(wire::Frame& f) noexcept {
       prepared_ = size_;
     }
   }
-  if (prepared_ < size_) {  // a delta's shadow still becoming a copy of its base
-    const uint64_t n = std::min(kPrepareSlice, size_ - prepared_);
-    std::memcpy(slots_[shadow_].mem.data() + prepared_, slots_[prepare_from_].mem.data() + prepared_, n);
-    prepared_ += n;
-    if (prepared_ < size_) return Accept::kPreparing;
-  }
+  // A delta's shadow still becoming a copy of its base: a slice per frame,
+  // and the frame is kept (its chunk is not copied over later).
+  if (prepared_ < size_) prepare(kPrepareSlice);
   switch (assembler_.accept(f)) {
     case ChunkAssembler::Outcome::kStored:
-      if (delta) shadow_delta_.push_back(f.chunk());
+      if (delta) {
+        shadow_delta_.push_back(f.chunk());
+        if (prepared_ < size_) received_.set(f.chunk());
+      }
       return Accept::kStored;
     case ChunkAssembler::Outcome::kDuplicate: return Accept::kDuplicate;
     case ChunkAssembler::Outcome::kCorrupt:
@@ -136,11 +139,33 @@ ReplicaStore::Accept ReplicaStore::accept(wire::Frame& f) noexcept {
       return Accept::kCorrupt;
     case ChunkAssembler::Outcome::kBadFrame: return Accept::kBadFrame;
     case ChunkAssembler::Outcome::kComplete:
-      if (delta) shadow_delta_.push_back(f.chunk());
+      if (delta) {
+        shadow_delta_.push_back(f.chunk());
+        if (prepared_ < size_) {
+          // Fewer frames than slices: the rest of the base now, once.
+          received_.set(f.chunk());
+          prepare(UINT64_MAX);
+        }
+      }
       break;
   }
   publish();
   return Accept::kPublished;
+}
+
+void ReplicaStore::prepare(uint64_t budget) noexcept {
+  // Whole chunks from the base, but those the delta already brought.
+  const uint32_t cs = assembler_.chunk_size();
+  std::byte* const to = slots_[shadow_].mem.data();
+  const std::byte* const from = slots_[prepare_from_].mem.data();
+  uint64_t done = 0;
+  while (prepared_ < size_ && done < budget) {
+    const auto c = static_cast<uint32_t>(prepared_ / cs);
+    const uint32_t len = wire::chunk_len(size_, cs, c);
+    if (!received_.test(c)) std::memcpy(to + prepared_, from + prepared_, len);
+    prepared_ += len;
+    done += len;
+  }
 }
 
 void ReplicaStore::publish() noexcept {

@@ -67,15 +67,19 @@ class ReplicaStore {
   }
 
   enum class Accept : uint8_t {
-    kStored, kDuplicate, kPublished, kStale, kCorrupt, kNoSlot, kBadFrame, kNeedFull, kPreparing };
+    kStored, kDuplicate, kPublished, kStale, kCorrupt, kNoSlot, kBadFrame, kNeedFull };
 
   /// Takes one chunk (verifying it if decode did not). kStale: older than
   /// what is published (ack it as held). kNoSlot: every non-latest slot is
   /// pinned by a reader; drop (it is resent). kBadFrame: CRC mismatch.
   /// A delta (kFlagDelta): kNeedFull when this store does not hold its base
   /// (or the delta did not check out against it): ask for the generation
-  /// whole; kPreparing while the shadow is being made a copy of the base
-  /// (a bounded slice per frame): drop, it is resent.
+  /// whole. When the shadow must become a copy of the base first (the
+  /// chain of deltas back to what it holds is broken, as after a whole
+  /// generation), each frame copies a slice of the base besides keeping its
+  /// own chunk, and the last one copies what is left. (Frames used to be
+  /// dropped until the copy was done: each resent after a backed-off
+  /// timeout, a 64 MiB delta took a second.)
   Accept accept(wire::Frame& f) noexcept;
   /// Bytes of the base a delta's shadow copies per frame, when it must copy
   /// all of it (the worker's poll stays short; a 64 MiB base takes 16 frames).
@@ -194,6 +198,9 @@ class ReplicaStore {
   /// (`size_`: done). The base slot is `prepare_from_`.
   uint64_t prepared_ = 0;
   int prepare_from_ = -1;
+  ChunkBitmap received_;  ///< while preparing: the chunks the delta brought (not copied from the base)
+  /// Copies up to `budget` bytes more of the base into the shadow.
+  void prepare(uint64_t budget) noexcept;
   std::vector<uint32_t> shadow_delta_;  ///< the chunks of the delta being built
   std::vector<uint32_t> hops_;          ///< scratch: the chunks a shadow copies from the base
 

@@ -417,6 +417,52 @@ TEST(Delta, AStoreBuildsAGenerationFromItsBaseAndRefusesAnotherBase) {
   EXPECT_EQ(store->latest()->generation, 3u);
 }
 
+// A delta whose shadow must first become a copy of the whole base (nothing
+// to chain from: a fresh store), on a segment of several preparation
+// slices: no frame is dropped meanwhile, chunks that arrive ahead of the
+// copy are not overwritten by it, and the last frame copies what is left.
+TEST(Delta, AShadowPreparedFromTheWholeBaseKeepsEveryFrame) {
+  constexpr uint32_t kCs = 64 << 10;
+  constexpr uint32_t kChunks = 144;  // 9 MiB: three slices of ReplicaStore::kPrepareSlice
+  static_assert(uint64_t{kChunks} * kCs > 2 * ReplicaStore::kPrepareSlice);
+  Source g1(uint64_t{kChunks} * kCs, kCs, 4);
+  auto changed = [](const Source& from, std::vector<uint32_t> chunks, uint8_t v) {
+    Source g = from;
+    for (uint32_t c : chunks) {
+      std::fill_n(g.data.begin() + uint64_t{c} * kCs, kCs, std::byte{v});
+      g.crcs[c] = crc32c(g.data.data() + uint64_t{c} * kCs, kCs);
+    }
+    g.gen_crc = wire::generation_crc(g.crcs);
+    return g;
+  };
+  auto store = std::move(*ReplicaStore::create(g1.frame(1, 0), 0, -1));
+  for (uint32_t i = 0; i < kChunks; ++i) store->accept(*std::make_unique<wire::Frame>(g1.frame(1, i)));
+  ASSERT_EQ(store->latest()->generation, 1u);
+  // Chunk 100 arrives before the copy reaches it, 2 after, 140 last.
+  const Source g2 = changed(g1, {100, 2, 140}, 0x22);
+  const uint32_t order[] = {100, 2, 140};
+  for (uint32_t pos = 0; pos < 3; ++pos) {
+    wire::Frame f = delta_frame(g2, 2, 1, pos, order[pos], 3);
+    EXPECT_EQ(store->accept(f), pos < 2 ? ReplicaStore::Accept::kStored : ReplicaStore::Accept::kPublished) << pos;
+  }
+  ASSERT_EQ(store->latest()->generation, 2u);
+  EXPECT_TRUE(std::equal(g2.data.begin(), g2.data.end(), store->latest()->mem.data()));
+  // One frame: the whole copy happens with it.
+  const Source g3 = changed(g2, {143}, 0x33);
+  wire::Frame one = delta_frame(g3, 3, 2, 0, 143, 1);
+  EXPECT_EQ(store->accept(one), ReplicaStore::Accept::kPublished);
+  EXPECT_TRUE(std::equal(g3.data.begin(), g3.data.end(), store->latest()->mem.data()));
+  // A delta of every chunk copies nothing of the base.
+  std::vector<uint32_t> all(kChunks);
+  for (uint32_t c = 0; c < kChunks; ++c) all[c] = c;
+  const Source g4 = changed(g3, all, 0x44);
+  for (uint32_t c = 0; c < kChunks; ++c) {
+    wire::Frame f = delta_frame(g4, 4, 3, c, c, kChunks);
+    EXPECT_EQ(store->accept(f), c + 1 < kChunks ? ReplicaStore::Accept::kStored : ReplicaStore::Accept::kPublished);
+  }
+  EXPECT_TRUE(std::equal(g4.data.begin(), g4.data.end(), store->latest()->mem.data()));
+}
+
 // A hot standby's copy (S16) follows 300 generations, deltas and whole
 // ones mixed, advanced by random slices (sometimes not at all before the
 // next generation): whenever it says it is current it equals the newest
