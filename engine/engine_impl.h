@@ -577,6 +577,9 @@ struct Engine::Impl {
   /// A transfer started and not yet acknowledged whole: its acks open the
   /// window and its timer resends. Thread: poll-token holder.
   bool has_transfers_in_flight() const noexcept;
+  /// Whether `pred` holds for the sender of any replica or fetch being served.
+  template <typename Pred>
+  bool any_sender(Pred&& pred) const noexcept;
   void send_control(Link& link, const wire::Frame& f) noexcept;
   void send_error(Link& link, const wire::Frame& about, wire::ErrorCode code, uint64_t epoch) noexcept;
   void send_fetch_request(FetchOp& op, uint64_t now) noexcept;

@@ -97,25 +97,25 @@ void Engine::Impl::park_worker() noexcept {
   parked.store(false);
 }
 
+template <typename Pred>
+bool Engine::Impl::any_sender(Pred&& pred) const noexcept {
+  for (const auto& [id, seg] : owned)
+    for (const auto& r : seg->replicas)
+      if (pred(r->sender)) return true;
+  for (const auto& s : serves)
+    if (pred(s->sender)) return true;
+  return false;
+}
+
 bool Engine::Impl::has_pending_work() const noexcept {
   if (!fetches.empty() || !allocating.empty() || !cow_behind.empty() ||
       queued.load() != 0 || !to_data.empty())
     return true;
-  for (const auto& [id, seg] : owned)
-    for (const auto& r : seg->replicas)
-      if (r->sender.has_unsent()) return true;
-  for (const auto& s : serves)
-    if (s->sender.has_unsent()) return true;
-  return false;
+  return any_sender([](const ChunkSender& s) { return s.has_unsent(); });
 }
 
 bool Engine::Impl::has_transfers_in_flight() const noexcept {
-  for (const auto& [id, seg] : owned)
-    for (const auto& r : seg->replicas)
-      if (r->sender.in_flight()) return true;
-  for (const auto& s : serves)
-    if (s->sender.in_flight()) return true;
-  return false;
+  return any_sender([](const ChunkSender& s) { return s.in_flight(); });
 }
 
 void Engine::Impl::note_poll_gap(uint64_t now) noexcept {

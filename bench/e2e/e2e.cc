@@ -324,6 +324,20 @@ int main(int argc, char** argv) {
     auto g = engine.commit(lat_seg);
     return g && engine.wait_replicated(lat_seg, *g, 1, 10s);
   };
+  // One 64 MiB commit and its wait for the replica, after writing every
+  // page (untimed): every chunk travels each round. Unwritten, the write
+  // tracker re-arms after eight whole commits and the next ones copy and
+  // send nothing; on the copy-on-write segment the writes fault on
+  // protected pages. Records the commit call (ms) and the whole (GB/s).
+  auto replicate_whole = [&](baton::Segment* s, int r, Stats& call_ms, Stats& gbps) {
+    for (uint64_t off = 0; off < big; off += 4096) engine.data(s)[off] = std::byte(r + 1);
+    const auto t0 = clk::now();
+    auto g = engine.commit(s);
+    call_ms.v.push_back(us(clk::now() - t0) / 1000);
+    if (!g || !engine.wait_replicated(s, *g, 1, 60s)) return false;
+    gbps.v.push_back(static_cast<double>(big) / (us(clk::now() - t0) / 1e6) / 1e9);
+    return true;
+  };
   for (int r = 0; r < rounds; ++r) {
     warm(ping_once);
     for (int i = 0; i < iters; ++i) {
@@ -350,27 +364,8 @@ int main(int argc, char** argv) {
                                                    (unsigned long)counted, (unsigned long)(frames * kFrame));
       raw_tput.v.push_back(static_cast<double>(frames * kFrame) / secs / 1e9);
     }
-    {
-      // Every page written since the last commit (untimed), as for the
-      // copy-on-write twin: unwritten, the write tracker re-arms after
-      // eight whole commits and the next ones copy and send nothing.
-      for (uint64_t off = 0; off < big; off += 4096) engine.data(big_seg)[off] = std::byte(r + 1);
-      auto t0 = clk::now();
-      auto g = engine.commit(big_seg);
-      snapshot_ms.v.push_back(us(clk::now() - t0) / 1000);
-      if (!g || !engine.wait_replicated(big_seg, *g, 1, 60s)) return 1;
-      baton_tput.v.push_back(static_cast<double>(big) / (us(clk::now() - t0) / 1e6) / 1e9);
-    }
-    {
-      // Every page written since the last commit (untimed: the writes
-      // fault on protected pages), so every chunk travels again.
-      for (uint64_t off = 0; off < big; off += 4096) engine.data(cow_seg)[off] = std::byte(r + 1);
-      auto t0 = clk::now();
-      auto g = engine.commit(cow_seg);
-      cow_ms.v.push_back(us(clk::now() - t0) / 1000);
-      if (!g || !engine.wait_replicated(cow_seg, *g, 1, 60s)) return 1;
-      cow_tput.v.push_back(static_cast<double>(big) / (us(clk::now() - t0) / 1e6) / 1e9);
-    }
+    if (!replicate_whole(big_seg, r, snapshot_ms, baton_tput) || !replicate_whole(cow_seg, r, cow_ms, cow_tput))
+      return 1;
     {
       auto t0 = clk::now();
       std::memcpy(copy_dst.data(), copy_src.data(), big);
