@@ -398,7 +398,8 @@ int main(int argc, char** argv) {
   std::printf("%-34s %10.1f %10.1f %10.1f\n", "raw memif 4 KiB + 64 B ack", rl50, rl99, rl999);
   std::printf("%-34s %10.1f %10.1f %10.1f\n", "Baton replicated commit", bl50, bl99, bl999);
   std::printf("%-34s %9.2fx %9.2fx %9.2fx\n", "ratio Baton / raw", bl50 / rl50, bl99 / rl99, bl999 / rl999);
-  std::printf("\n%-34s %10s %10s\n", "64 MiB, median of rounds", "GB/s", "ratio");
+  const std::string big_label = std::to_string(mib) + " MiB, median of rounds";
+  std::printf("\n%-34s %10s %10s\n", big_label.c_str(), "GB/s", "ratio");
   std::printf("%-34s %10.2f %10s\n", "memcpy", mt, "");
   std::printf("%-34s %10.2f %10s\n", "raw memif one-way", rt, "1.00x");
   std::printf("%-34s %10.2f %9.2fx\n", "Baton replicated commit", bt, bt / rt);
