@@ -104,6 +104,51 @@ bool Engine::poll() {
   return impl_->poll_once(impl_->clock_ns());
 }
 const Topology& Engine::topology() const noexcept { return impl_->topology; }
+NodePlace Engine::place() const noexcept {
+  const EngineConfig& c = impl_->config;
+  return NodePlace{c.blade != 0 ? c.blade : c.node_id, c.power_domain, impl_->package, c.numa_node,
+                   impl_->memory_node};
+}
+
+Result<void> Engine::Impl::place_on_topology(const std::vector<std::unique_ptr<Link>>& links) {
+  auto loaded = Topology::load(config.topology);
+  if (!loaded) return tl::unexpected(loaded.error());
+  topology = std::move(*loaded);
+  auto cpus = [this] {
+    std::string s;
+    for (const auto& n : topology.numa_nodes)
+      for (int c : n.cpus) s += (s.empty() ? "" : ",") + std::to_string(c);
+    return s;
+  };
+  if (config.worker_cpu >= 0 && !topology.has_cpu(config.worker_cpu))
+    return fail(Errc::kInvalidArgument, "worker_cpu ", std::to_string(config.worker_cpu),
+                " does not exist here (CPUs ", cpus(), ")");
+  if (config.numa_node >= 0 && !topology.has_numa_node(config.numa_node))
+    return fail(Errc::kInvalidArgument, "numa_node ", std::to_string(config.numa_node), " does not exist here (",
+                topology.summary(), ")");
+  int node = config.numa_node;
+  if (node < 0 && config.worker_cpu >= 0) node = topology.numa_node_of_cpu(config.worker_cpu);
+  if (node < 0) {
+    // The NUMA node most links' devices sit on (a vdev, memif or shm says
+    // none), so the worker's frames and the segments meet in one node.
+    std::unordered_map<int, int> votes;
+    for (const auto& l : links)
+      if (l != nullptr && topology.has_numa_node(l->caps().numa_node)) ++votes[l->caps().numa_node];
+    int best = 0;
+    for (const auto& [n, v] : votes)
+      if (v > best || (v == best && n < node)) node = n, best = v;
+  }
+  if (node < 0) node = topology.numa_node_of_this_thread();
+  if (node < 0 && !topology.numa_nodes.empty()) node = topology.numa_nodes.front().os_index;
+  config.numa_node = node;
+  package = topology.package_of(node);
+  memory_node = node;
+  if (topology.described) {
+    auto here = Topology::discover();
+    if (!here || !here->has_numa_node(node)) memory_node = -1;
+  }
+  return {};
+}
 
 Result<std::unique_ptr<Engine>> Engine::start(const EngineConfig& config,
                                               std::vector<std::unique_ptr<Link>> links) {
@@ -123,7 +168,7 @@ Result<std::unique_ptr<Engine>> Engine::start(const EngineConfig& config,
   if (config.window == 0 || config.window > 65536) return fail(Errc::kInvalidArgument, "window must be 1..65536");
   if (config.max_segment_size == 0 || config.max_segment_size > wire::kMaxSegmentSize)
     return fail(Errc::kInvalidArgument, "max_segment_size out of range");
-  if (config.worker_cpu >= CPU_SETSIZE || (config.worker_cpu >= 0 && config.worker_cpu >= sysconf(_SC_NPROCESSORS_CONF)))
+  if (config.worker_cpu >= CPU_SETSIZE || config.worker_cpu < -1)
     return fail(Errc::kInvalidArgument, "worker_cpu ", std::to_string(config.worker_cpu), " does not exist here");
   if (config.simulation && (!config.simulation->now || !config.simulation->step))
     return fail(Errc::kInvalidArgument, "simulation hooks need both now and step");
@@ -156,11 +201,7 @@ Result<std::unique_ptr<Engine>> Engine::start(const EngineConfig& config,
   }
   if (impl->sim != nullptr && !config.global_dir.empty())
     return fail(Errc::kInvalidArgument, "global storage runs its own thread: not under simulation");
-  // Segments live on the NUMA node the engine runs on unless told otherwise.
-  auto topology = Topology::discover();
-  if (!topology) return tl::unexpected(topology.error());
-  impl->topology = std::move(*topology);
-  if (impl->config.numa_node < 0) impl->config.numa_node = impl->topology.numa_node_of_this_thread();
+  if (auto placed = impl->place_on_topology(links); !placed) return tl::unexpected(placed.error());
   for (auto& link : links) {
     if (!link) return fail(Errc::kInvalidArgument, "null link");
     if (link->peer() == config.node_id) return fail(Errc::kInvalidArgument, "link ", link->name(), " leads to this node");
@@ -188,7 +229,7 @@ Result<std::unique_ptr<Engine>> Engine::start(const EngineConfig& config,
   }
   // Replica slots are allocated off the worker; a simulation (one thread,
   // deterministic) allocates them in place.
-  if (impl->sim == nullptr) impl->allocator = std::make_unique<SlotAllocator>(config.retain, config.numa_node);
+  if (impl->sim == nullptr) impl->allocator = std::make_unique<SlotAllocator>(config.retain, impl->memory_node);
   // Several links may reach one peer (S17: it is dead only when all are silent).
   std::vector<Detector::LinkInfo> detector_links;
   for (auto& l : impl->links) {
@@ -236,15 +277,19 @@ Result<std::unique_ptr<Engine>> Engine::start(const EngineConfig& config,
     for (const auto& m : config.snapshot_modes) periodic |= m.commit_every_ms.value_or(0) != 0;
     if (periodic) impl->periodic = std::thread([raw] { raw->run_periodic(); });
   }
-  if (config.worker_cpu >= 0 && raw->sim == nullptr) {
+  if (config.worker_cpu >= 0 && raw->sim == nullptr && raw->topology.described) {
+    BT_INFO("worker_cpu %d is a CPU of the described topology, not of this machine: the worker floats",
+            config.worker_cpu);
+  } else if (config.worker_cpu >= 0 && raw->sim == nullptr) {
     cpu_set_t set;
     CPU_ZERO(&set);
     CPU_SET(config.worker_cpu, &set);
     if (pthread_setaffinity_np(impl->worker.native_handle(), sizeof set, &set) != 0)
       BT_WARN("cannot pin the worker to CPU %d; it floats", config.worker_cpu);
   }
-  BT_INFO("engine node %u started with %zu links; %s; segments on NUMA node %d", config.node_id,
-           raw->links.size(), raw->topology.summary().c_str(), raw->config.numa_node);
+  BT_INFO("engine node %u started with %zu links; %s; segments on NUMA node %d (package %d)%s", config.node_id,
+          raw->links.size(), raw->topology.summary().c_str(), raw->config.numa_node, raw->package,
+          raw->memory_node == raw->config.numa_node ? "" : ", memory where the kernel puts it");
   return std::unique_ptr<Engine>(new Engine(std::move(impl)));
 }
 
@@ -318,7 +363,7 @@ Result<Segment*> Engine::Impl::make_segment(std::string_view name, uint64_t size
   if (restored != nullptr) {
     seg->mem = std::move(*restored);
   } else {
-    auto mem = LocalStorage::create(seg->name, size, config.numa_node, app_pages());
+    auto mem = LocalStorage::create(seg->name, size, memory_node, app_pages());
     if (!mem) return tl::unexpected(mem.error());
     seg->mem = std::move(*mem);
   }
@@ -354,7 +399,7 @@ Result<Segment*> Engine::Impl::make_segment(std::string_view name, uint64_t size
       // faulted in on a thread of its own (prefault).
       const bool next = i + 1 == seg->stages.size();
       const auto when = next || sim != nullptr ? LocalStorage::Populate::kNow : LocalStorage::Populate::kLater;
-      auto mem = LocalStorage::create(seg->name + "@stage", size, config.numa_node, LocalStorage::Pages::kAny, when);
+      auto mem = LocalStorage::create(seg->name + "@stage", size, memory_node, LocalStorage::Pages::kAny, when);
       if (!mem) return tl::unexpected(mem.error());
       stage.mem = std::move(*mem);
       stage.chunk_crcs.resize(chunks);
@@ -607,7 +652,8 @@ std::vector<PeerStatus> Engine::peers() const {
       uint64_t heard = 0;
       for (const LinkState* l : p.links) heard = std::max(heard, l->heard_ns.load(std::memory_order_relaxed));
       out.push_back(PeerStatus{p.node, p.alive, p.ever_heard, p.ever_heard ? (now - std::min(now, heard)) / 1000 : 0,
-                               p.incarnation, p.incarnation != 0 ? elapsed(now, p.incarnation_seen_ns) / 1000 : 0});
+                               p.incarnation, p.incarnation != 0 ? elapsed(now, p.incarnation_seen_ns) / 1000 : 0,
+                               p.package, p.numa_node});
     }
   });
   if (!done) return {};

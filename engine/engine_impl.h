@@ -66,7 +66,21 @@ struct Engine::Impl {
   const SimulationHooks* sim = nullptr;  ///< config.simulation, or null: real time and a worker
   /// The engine's clock: CLOCK_MONOTONIC, or the simulation's. Thread: any.
   uint64_t clock_ns() const { return sim != nullptr ? sim->now() : now_ns(); }
+  /// This machine's topology, or the one EngineConfig::topology describes.
   Topology topology;
+  /// Where this node stands (fixed at start; any thread): config.numa_node
+  /// as resolved by place_on_topology(), its package (a placement tag
+  /// beside it, S12; -1: none known), and the NUMA node memory is bound
+  /// to: the same, unless the topology is described and this machine has
+  /// no such node (-1: wherever the kernel puts it).
+  int package = -1;
+  int memory_node = -1;
+  /// Loads the topology and resolves where this node's memory lives: the
+  /// configured NUMA node; else the one of the worker's CPU; else the one
+  /// most links' devices sit on; else the starting thread's. Errors:
+  /// kInvalidArgument (a CPU or node the topology lacks, a bad
+  /// description). Thread: Engine::start.
+  Result<void> place_on_topology(const std::vector<std::unique_ptr<Link>>& links);
   uint64_t incarnation = 0;  ///< start time: tells a restarted peer from the old one
   uint64_t heartbeat_ns = 0, failure_ns = 0;
   std::deque<LinkState> link_states;   ///< parallel to links, fixed at start; fields say who writes them

@@ -48,6 +48,7 @@ struct PeerState {
   // Its placement tags, from its heartbeats (passed on to the control thread).
   uint32_t blade = 0;
   uint32_t power_domain = 0;
+  int32_t package = -1;
   int32_t numa_node = -1;
 };
 

@@ -70,7 +70,7 @@ void Engine::Impl::on_data(Link& link, wire::Frame& f) noexcept {
       if (allocating.insert(f.seg_id).second) allocator->submit(store_origin(f));
       return;
     }
-    auto store = ReplicaStore::create(store_origin(f), config.retain, config.numa_node);
+    auto store = ReplicaStore::create(store_origin(f), config.retain, memory_node);
     if (!store) {
       BT_WARN("cannot hold replica of %.*s: %s", int(f.name.size()), f.name.data(),
                store.error().message.c_str());

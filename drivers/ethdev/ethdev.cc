@@ -96,7 +96,10 @@ class EthdevLink final : public Link {
 
   const std::string& name() const noexcept override { return name_; }
   uint16_t peer() const noexcept override { return peer_; }
-  LinkCaps caps() const noexcept override { return {max_frame_, zero_copy_}; }
+  LinkCaps caps() const noexcept override {
+    // A vdev (memif, af_packet, net_ring) sits on no socket in particular: -1.
+    return {max_frame_, zero_copy_, rte_eth_dev_socket_id(port_)};
+  }
   bool up() noexcept override { return up_; }
 
   uint16_t rx_burst(RxFrame* out, uint16_t n) noexcept override {

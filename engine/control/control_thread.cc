@@ -61,7 +61,7 @@ bool Control::step(uint64_t now) noexcept {
   while (e_.to_control.pop(hb)) {
     detector_->on_heartbeat(hb, out_);
     if (hb.link < e_.links.size())  // links are fixed at start
-      placer_.on_tags(e_.links[hb.link]->peer(), PeerTags{hb.blade, hb.power_domain, hb.numa_node});
+      placer_.on_tags(e_.links[hb.link]->peer(), PeerTags{hb.blade, hb.power_domain, hb.package, hb.numa_node});
   }
   // Read polled_ns first (acquire): every heard_ns of that poll is then visible.
   const uint64_t polled = e_.polled_ns.load(std::memory_order_acquire);

@@ -36,6 +36,7 @@ struct HeartbeatSeen {
   // The sender's placement tags (fixed for an incarnation), for placement.
   uint32_t blade = 0;
   uint32_t power_domain = 0;
+  int32_t package = -1;
   int32_t numa_node = -1;
 };
 

@@ -72,7 +72,9 @@ bool Engine::Impl::apply_control() noexcept {
         if (m.quorate) hb.flags = wire::kFlagQuorate;
         hb.chunk_index = config.blade != 0 ? config.blade : config.node_id;
         hb.chunk_count = config.power_domain;
-        hb.chunk_size = static_cast<uint32_t>(config.numa_node + 1);
+        // NUMA node and package, each + 1 (0: unknown), in 16 bits apiece.
+        hb.chunk_size = static_cast<uint32_t>(config.numa_node + 1) & 0xffff;
+        hb.chunk_size |= (static_cast<uint32_t>(package + 1) & 0xffff) << 16;
         send_control(link, hb);
         break;
       }
@@ -147,7 +149,8 @@ void Engine::Impl::on_heartbeat(Link& link, const wire::Frame& f, uint64_t now) 
   }
   p.blade = f.chunk_index;
   p.power_domain = f.chunk_count;
-  p.numa_node = static_cast<int>(f.chunk_size) - 1;
+  p.numa_node = static_cast<int>(f.chunk_size & 0xffff) - 1;
+  p.package = static_cast<int>(f.chunk_size >> 16) - 1;
   // Only news goes to the control thread: a new incarnation or view.
   for (size_t i = 0; i < link_states.size(); ++i) {
     LinkState& ls = link_states[i];
@@ -156,7 +159,7 @@ void Engine::Impl::on_heartbeat(Link& link, const wire::Frame& f, uint64_t now) 
     if (ls.forwarded && !ls.restart_unreported && ls.forwarded_incarnation == f.epoch && ls.forwarded_digest == f.seg_id)
       return;
     if (!to_control.push(HeartbeatSeen{static_cast<uint16_t>(i), ls.restart_unreported, f.seg_id, p.blade,
-                                       p.power_domain, p.numa_node}))
+                                       p.power_domain, p.package, p.numa_node}))
       return;  // next one
     ls.restart_unreported = false;
     ls.forwarded = true;

@@ -119,8 +119,9 @@ void Placer::place(uint64_t id, Placement& pl, const wire::ReplicaSet& next, Pla
 
 Placer::Diversity Placer::diversity(const wire::ReplicaSet& nodes, uint16_t cand,
                                                uint16_t skip) const noexcept {
-  // Does `cand` add a blade, a power domain, a NUMA node that neither this
-  // node nor the other reachable replicas (but `skip`) already use?
+  // Does `cand` add a blade, a power domain, a package, a NUMA node that
+  // neither this node nor the other reachable replicas (but `skip`)
+  // already use? Packages and NUMA nodes are numbered per blade.
   static const PeerTags kUnknown;
   auto tags = [this](uint16_t n) -> const PeerTags& {
     auto it = peer_tags_.find(n);
@@ -130,15 +131,17 @@ Placer::Diversity Placer::diversity(const wire::ReplicaSet& nodes, uint16_t cand
   const uint32_t my_blade = e_.config.blade != 0 ? e_.config.blade : e_.config.node_id;
   bool new_blade = c.blade == 0 || c.blade != my_blade;
   bool new_power = c.power_domain != 0 && c.power_domain != e_.config.power_domain;
-  bool new_numa = c.numa_node >= 0 && c.numa_node != e_.config.numa_node;
+  bool new_package = c.package >= 0 && (c.blade != my_blade || c.package != e_.package);
+  bool new_numa = c.numa_node >= 0 && (c.blade != my_blade || c.numa_node != e_.config.numa_node);
   for (const uint16_t n : nodes) {
     if (n == 0 || n == skip || n == cand || !detector_.reachable(n)) continue;  // a lost replica shares nothing
     const PeerTags& other = tags(n);
     new_blade &= other.blade == 0 || other.blade != c.blade;
     new_power &= other.power_domain == 0 || other.power_domain != c.power_domain;
-    new_numa &= other.numa_node < 0 || other.numa_node != c.numa_node;
+    new_package &= other.package < 0 || other.blade != c.blade || other.package != c.package;
+    new_numa &= other.numa_node < 0 || other.blade != c.blade || other.numa_node != c.numa_node;
   }
-  return {new_blade, new_power, new_numa};
+  return {new_blade, new_power, new_package, new_numa};
 }
 
 bool Placer::standby(uint64_t seg_id, uint16_t node) const noexcept {

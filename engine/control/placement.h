@@ -44,6 +44,7 @@ struct SegmentNews {
 struct PeerTags {
   uint32_t blade = 0;  ///< 0: unknown
   uint32_t power_domain = 0;
+  int32_t package = -1;  ///< on its blade; -1: unknown
   int32_t numa_node = -1;
 };
 
@@ -74,15 +75,16 @@ class Placer {
  private:
   /// The peer to hold a replica of `seg_id` next, not in `nodes`: alive
   /// (`live_only`) or at least not known to be gone, on another blade /
-  /// power domain / NUMA node than this node and the other replicas where
+  /// power domain / package / NUMA node than this node and the other replicas where
   /// possible, then by rendezvous rank; a hot standby before all; 0 if none.
   uint16_t pick_replica(uint64_t seg_id, const wire::ReplicaSet& nodes, bool live_only) const noexcept;
   /// Whether `node` is one of `seg_id`'s hot standbys (EngineConfig::standbys).
   bool standby(uint64_t seg_id, uint16_t node) const noexcept;
-  /// Failure domains `cand` would add: another blade, power domain, NUMA
-  /// node than this node and the reachable nodes in `nodes` but `skip`.
+  /// Failure domains `cand` would add: another blade, power domain,
+  /// package, NUMA node than this node and the reachable nodes in `nodes`
+  /// but `skip` (a package or NUMA node is another one on another blade).
   /// Compared as a tuple: a new blade first.
-  using Diversity = std::tuple<bool, bool, bool>;
+  using Diversity = std::tuple<bool, bool, bool, bool>;
   Diversity diversity(const wire::ReplicaSet& nodes, uint16_t cand, uint16_t skip) const noexcept;
   void place(uint64_t id, Placement& pl, const wire::ReplicaSet& next, Placement::Reason why,
              std::vector<ControlMsg>& out) noexcept;

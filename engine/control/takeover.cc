@@ -368,7 +368,7 @@ Result<OpenResult> Engine::Impl::load_from(const QueryOp& q, std::string_view na
       if (!took) return tl::unexpected(took.error());
     }
     if (!promoted) {
-      dest = LocalStorage::create(std::string(name), a->total_len, config.numa_node, app_pages());
+      dest = LocalStorage::create(std::string(name), a->total_len, memory_node, app_pages());
       if (!dest) return tl::unexpected(dest.error());
     }
     bool slots_taken = false;
@@ -447,7 +447,7 @@ Result<OpenResult> Engine::Impl::load_from_global(std::string_view name, uint64_
   // after it).
   auto copy = GlobalStore::newest(config.global_dir, name, config.max_segment_size, deleted + 1);
   if (!copy) return fail(Errc::kNotFound, "no live replica and no copy in global storage holds ", name);
-  auto dest = LocalStorage::create(std::string(name), copy->size, config.numa_node, app_pages());
+  auto dest = LocalStorage::create(std::string(name), copy->size, memory_node, app_pages());
   if (!dest) return tl::unexpected(dest.error());
   if (auto ok = GlobalStore::read(*copy, dest->bytes()); !ok) return tl::unexpected(ok.error());
   const uint64_t epoch = std::max(max_epoch, copy->epoch) + 1;

@@ -164,12 +164,16 @@ Result<DaemonConfig> parse_daemon_config(std::string_view text, std::string_view
   if (const auto eng = root["engine"]; eng) {
     if (!eng.is_table()) return tl::unexpected(r.error("engine", "must be a table"));
     if (auto ok = r.only(*eng.as_table(), "engine",
-                         {"replication_factor", "retain", "idle", "max_segment_mib", "worker_cpu", "heartbeat_us",
-                          "failure_timeout_us", "expected_votes"});
+                         {"replication_factor", "retain", "idle", "max_segment_mib", "worker_cpu", "numa_node",
+                          "topology", "heartbeat_us", "failure_timeout_us", "expected_votes"});
         !ok)
       return tl::unexpected(ok.error());
     TRY(cpu, r.integer(eng["worker_cpu"], "engine.worker_cpu", -1, 4095, -1));
     c.engine.worker_cpu = static_cast<int>(cpu);
+    TRY(numa, r.integer(eng["numa_node"], "engine.numa_node", -1, 1023, -1));
+    c.engine.numa_node = static_cast<int>(numa);
+    TRY(topology, r.string(eng["topology"], "engine.topology", ""));
+    c.engine.topology = topology;
     TRY(hb, r.integer(eng["heartbeat_us"], "engine.heartbeat_us", 0, 10'000'000, 0));
     c.engine.heartbeat_interval_us = static_cast<uint32_t>(hb);
     TRY(ft, r.integer(eng["failure_timeout_us"], "engine.failure_timeout_us", 0, 600'000'000, 0));

@@ -5,6 +5,8 @@
 //   [node]    id = 1, name = "blade1", cores = 2, memory_mib = 4096, tags = ["slot=1"], spare = false
 //   [engine]  replication_factor = 2, retain = 0, idle = "adaptive" | "spin", max_segment_mib = 1024,
 //             worker_cpu = 1 (pin the poll loop; default: float),
+//             numa_node = 0 (where memory lives; default: worker_cpu's node),
+//             topology = "synthetic:package:2 numa:2 core:8 pu:1" (default: discovered),
 //             heartbeat_us = 5000, failure_timeout_us = 150000 (0: by idle policy)
 //   [client]  socket = "/run/baton/blade1.sock", user = "root", group = "baton", mode = "0660",
 //             max_clients = 256, max_segments = 64 (per application), max_mib = 4096 (per application),

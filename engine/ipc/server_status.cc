@@ -19,8 +19,13 @@ nlohmann::json Server::status_json(size_t limit) const {
   const EngineStats stats = engine_.stats();
   const ServerCounters counters = this->counters();
   json out;
+  const NodePlace place = engine_.place();
+  auto or_null = [](int v) { return v < 0 ? json(nullptr) : json(v); };
   out["node"] = {{"id", engine_.node_id()},
                  {"name", config_.node_name},
+                 {"package", or_null(place.package)},
+                 {"numa_node", or_null(place.numa_node)},
+                 {"memory_node", or_null(place.memory_node)},
                  {"stalls", stats.stalls},
                  {"longest_stall_ms", stats.longest_stall_us / 1000},
                  {"telemetry", config_.telemetry_prefix.empty() ? json(nullptr) : json(config_.telemetry_prefix)}};
@@ -61,6 +66,8 @@ nlohmann::json Server::status_json(size_t limit) const {
                             // known it: a young one is a restart.
                             {"incarnation", p.incarnation},
                             {"incarnation_age_s", p.incarnation_age_us / 1'000'000},
+                            {"package", or_null(p.package)},
+                            {"numa_node", or_null(p.numa_node)},
                             {"up", l.up},
                             {"rx", l.counters.rx_frames},
                             {"tx", l.counters.tx_frames},

@@ -18,6 +18,9 @@ namespace baton {
 struct LinkCaps {
   uint32_t max_frame = 0;     ///< largest frame (Baton header + name + payload) the link carries
   bool zero_copy_tx = false;  ///< payload is referenced, not copied, until the device is done
+  /// The NUMA node the device and its buffers sit on; -1: none in
+  /// particular (a virtual device, a shared-memory ring).
+  int numa_node = -1;
 };
 
 /// A frame to send: a small header and an optional payload the driver joins.

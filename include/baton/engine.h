@@ -55,8 +55,20 @@ struct EngineConfig {
   IdlePolicy idle = IdlePolicy::kAdaptive;
   uint32_t idle_spin_us = 100;        ///< adaptive: how long an idle worker spins before it sleeps
   uint32_t max_idle_sleep_us = 200;   ///< adaptive: longest sleep between polls
-  int numa_node = -1;                 ///< where segments live; -1: the NUMA node the engine runs on
+  /// Where segments, stages and replica slots live (a NUMA node's OS
+  /// index), and this node's NUMA placement tag (S12). -1: the node of
+  /// worker_cpu; else the one most links' devices sit on; else the one the
+  /// engine starts on.
+  int numa_node = -1;
   int worker_cpu = -1;                ///< pin the worker thread to this CPU; -1: let it float
+  /// The machine's topology: "" discovers it (hwloc); "synthetic:DESC" is
+  /// an hwloc synthetic description ("synthetic:package:2 numa:2 core:8
+  /// pu:1"); anything else the path of an hwloc XML export. A described
+  /// topology stands in for a bigger machine: worker_cpu and numa_node
+  /// name its CPUs and nodes, which give the placement tags (package,
+  /// NUMA node); the worker is then not pinned and memory is bound only to
+  /// nodes this machine has.
+  std::string topology;
   /// Heartbeats on every link (S17). 0 picks by idle policy: 100 us when
   /// spinning on dedicated cores, 5 ms in adaptive mode.
   uint32_t heartbeat_interval_us = 0;
@@ -187,6 +199,19 @@ struct PeerStatus {
   /// holds nothing it held before); 0: not heard yet.
   uint64_t incarnation = 0;
   uint64_t incarnation_age_us = 0;  ///< since this node first heard that incarnation
+  /// Its failure domains, from its heartbeats (NodePlace; -1: unknown).
+  int package = -1;
+  int numa_node = -1;
+};
+
+/// Where a node stands, for placement (S12) and memory: resolved at start
+/// from EngineConfig (numa_node, worker_cpu, topology) and the links.
+struct NodePlace {
+  uint32_t blade = 0;         ///< EngineConfig::blade, or the node id when 0
+  uint32_t power_domain = 0;  ///< 0: unknown
+  int package = -1;           ///< the NUMA node's package on this blade; -1: none known
+  int numa_node = -1;         ///< segments, stages and replica slots are bound here
+  int memory_node = -1;       ///< where memory really goes: numa_node, or -1 when a described topology's node is not here
 };
 
 struct Event {
@@ -450,8 +475,11 @@ class Engine {
   uint64_t incarnation() const noexcept;
   /// The largest segment this engine creates or accepts (EngineConfig::max_segment_size).
   uint64_t max_segment_size() const noexcept;
-  /// The machine as hwloc saw it at start (runtime/topology.h).
+  /// The machine as hwloc saw it at start, or as EngineConfig::topology
+  /// described it (runtime/topology.h).
   const Topology& topology() const noexcept;
+  /// Where this node stands (fixed at start). Thread: any.
+  NodePlace place() const noexcept;
   /// One iteration of the poll loop; returns whether it did work. Only for
   /// an engine started with EngineConfig::simulation (it has no worker).
   /// Thread: the simulation's.

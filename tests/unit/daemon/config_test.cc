@@ -22,6 +22,8 @@ retain = 1
 idle = "spin"
 max_segment_mib = 256
 worker_cpu = 1
+numa_node = 0
+topology = "synthetic:package:2 numa:2 core:4 pu:1"
 heartbeat_us = 500
 failure_timeout_us = 5000
 expected_votes = 5
@@ -67,6 +69,8 @@ TEST(DaemonConfig, GoodFileParses) {
   EXPECT_EQ(c->engine.idle, IdlePolicy::kSpin);
   EXPECT_EQ(c->engine.max_segment_size, 256ull << 20);
   EXPECT_EQ(c->engine.worker_cpu, 1);
+  EXPECT_EQ(c->engine.numa_node, 0);
+  EXPECT_EQ(c->engine.topology, "synthetic:package:2 numa:2 core:4 pu:1");
   EXPECT_EQ(c->engine.heartbeat_interval_us, 500u);
   EXPECT_EQ(c->engine.failure_timeout_us, 5000u);
   EXPECT_EQ(c->engine.expected_votes, 5u);
@@ -278,6 +282,8 @@ INSTANTIATE_TEST_SUITE_P(
         Bad{NODE_AND("[engine]\nreplication_factor = 0\n"), "engine.replication_factor: must be 1..4"},
         Bad{NODE_AND("[engine]\nidle = \"lazy\"\n"), "engine.idle: must be \"spin\" or \"adaptive\""},
         Bad{NODE_AND("[engine]\nworker_cpu = -2\n"), "engine.worker_cpu: must be -1..4095"},
+        Bad{NODE_AND("[engine]\nnuma_node = 1024\n"), "engine.numa_node: must be -1..1023"},
+        Bad{NODE_AND("[engine]\ntopology = 2\n"), "engine.topology: must be a string"},
         Bad{"[node]\nid = 1\n[client]\nsocket = \"/tmp/b.sock\"\nuser = \"no-such-user-xyz\"\n",
             "client.user: no such user"},
         Bad{"[node]\nid = 1\n[client]\nsocket = \"/tmp/b.sock\"\nmode = \"0999\"\n", "client.mode: must be an octal"},

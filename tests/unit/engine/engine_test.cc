@@ -4,12 +4,15 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <fstream>
+#include <set>
 #include <chrono>
 #include <thread>
 
 #include "../../common/cluster.h"
 #include "../../common/ok.h"
 #include "protocol/wire.h"
+#include "runtime/topology.h"
 
 namespace baton {
 namespace {
@@ -288,6 +291,96 @@ TEST(Engine, RejectsBadArguments) {
   EngineConfig pinned;
   pinned.worker_cpu = 0;
   EXPECT_TRUE(Engine::start(pinned, {}));
+  bad = EngineConfig{};
+  bad.numa_node = 1000;  // no such NUMA node here
+  auto no_node = Engine::start(bad, {});
+  ASSERT_FALSE(no_node);
+  EXPECT_EQ(no_node.error().code, Errc::kInvalidArgument);
+  EXPECT_NE(no_node.error().message.find("numa_node 1000 does not exist"), std::string::npos) << no_node.error().message;
+  bad = EngineConfig{};
+  bad.topology = "synthetic:package:lots";
+  EXPECT_EQ(Engine::start(bad, {}).error().code, Errc::kInvalidArgument);
+}
+
+// #11 item 1: every buffer of the engine's (the application's segment, its
+// stages, a replica's slots) is bound to the node's NUMA node before its
+// first touch, and its pages are there: /proc/self/numa_maps shows each
+// mapping's policy and where its pages are, as the kernel sees them.
+TEST(Engine, EveryBufferIsBoundToItsNumaNode) {
+  Cluster cl(2);
+  const int node = cl.node(1).place().numa_node;
+  ASSERT_GE(node, 0);
+  ASSERT_EQ(cl.node(2).place().numa_node, node);
+  auto seg = test::must(cl.node(1).create("bound", 4 << 20));
+  test::fill_pattern(cl.node(1).data(seg), 3);
+  const uint64_t g = test::must(cl.node(1).commit(seg));
+  ASSERT_TRUE(test::ok(cl.node(1).wait_replicated(seg, g, kDurable, 10s)));
+  std::ifstream maps("/proc/self/numa_maps");
+  ASSERT_TRUE(maps);
+  std::set<std::string> kinds;
+  const std::string bind = " bind:" + std::to_string(node) + " ";
+  const std::string on_node = " N" + std::to_string(node) + "=";
+  for (std::string line; std::getline(maps, line);) {
+    if (line.find("memfd:baton:bound") == std::string::npos) continue;
+    const auto name = line.find("memfd:baton:bound");
+    kinds.insert(line.substr(name, line.find('\\', name) - name));
+    EXPECT_NE(line.find(bind), std::string::npos) << "not bound to node " << node << ": " << line;
+    // Pages present are on that node, and on no other.
+    for (size_t at = line.find(" N"); at != std::string::npos; at = line.find(" N", at + 1))
+      EXPECT_EQ(line.compare(at, on_node.size(), on_node), 0) << line;
+  }
+  // The segment, its stages, the replica's slots.
+  EXPECT_TRUE(kinds.count("memfd:baton:bound")) << testing::PrintToString(kinds);
+  EXPECT_TRUE(kinds.count("memfd:baton:bound@stage")) << testing::PrintToString(kinds);
+  EXPECT_TRUE(kinds.count("memfd:baton:bound@replica")) << testing::PrintToString(kinds);
+}
+
+// #11 item 4: where a node stands comes from its worker's CPU on the
+// topology (described here: a two-socket server), or is configured; memory
+// goes only to NUMA nodes this machine has.
+TEST(Engine, ItsPlaceFollowsTheWorkersCpuOnTheTopology) {
+  const std::string two_sockets = "synthetic:package:2 numa:2 core:4 pu:1";
+  EngineConfig c;
+  c.topology = two_sockets;
+  c.worker_cpu = 13;  // package 1, NUMA node 3
+  auto e = Engine::start(c, {});
+  ASSERT_TRUE(e) << e.error().to_string();
+  NodePlace p = (*e)->place();
+  EXPECT_EQ(p.numa_node, 3);
+  EXPECT_EQ(p.package, 1);
+  EXPECT_EQ(p.blade, 1u);  // its own blade: the node id
+  EXPECT_EQ(p.memory_node, -1) << "this machine has no NUMA node 3";
+  EXPECT_TRUE((*e)->topology().described);
+  // A segment still gets memory, wherever the kernel puts it.
+  auto seg = (*e)->create("placed-on-3", 8192);
+  ASSERT_TRUE(seg) << seg.error().to_string();
+  EXPECT_TRUE((*e)->commit(*seg));
+  e->reset();
+
+  c.numa_node = 0;  // configured wins over the CPU's node
+  e = Engine::start(c, {});
+  ASSERT_TRUE(e) << e.error().to_string();
+  p = (*e)->place();
+  EXPECT_EQ(p.numa_node, 0);
+  EXPECT_EQ(p.package, 0);
+  EXPECT_EQ(p.memory_node, 0) << "this machine has NUMA node 0";
+  e->reset();
+
+  c = EngineConfig{};
+  c.topology = two_sockets;
+  c.worker_cpu = 16;  // the described server has CPUs 0..15
+  auto bad = Engine::start(c, {});
+  ASSERT_FALSE(bad);
+  EXPECT_NE(bad.error().message.find("worker_cpu 16 does not exist here (CPUs 0,1,2"), std::string::npos)
+      << bad.error().message;
+
+  // This machine: its own node, bound for real.
+  auto here = Engine::start(EngineConfig{}, {});
+  ASSERT_TRUE(here);
+  p = (*here)->place();
+  EXPECT_GE(p.numa_node, 0);
+  EXPECT_EQ(p.memory_node, p.numa_node);
+  EXPECT_FALSE((*here)->topology().described);
 }
 
 }  // namespace

@@ -244,6 +244,44 @@ TEST(Placement, ReplicasAvoidTheOwnersPowerDomain) {
         << "replica left on node " << test::must(cl.node(1).status(seg)).replicas.at(0).first;
 }
 
+// #11 item 4, S12 on a CC-NUMA server: four nodes of one blade on a
+// two-socket machine (described: 2 packages x 2 NUMA nodes x 4 cores), one
+// per NUMA node. Replicas go to the other package first, then to another
+// NUMA node; tags travel in the heartbeats.
+TEST(Placement, OnATwoSocketServerReplicasGoToTheOtherPackageFirst) {
+  EngineConfig c = fast_detector();
+  c.topology = "synthetic:package:2 numa:2 core:4 pu:1";
+  c.blade = 7;  // one server
+  // node 1: CPU 0 (package 0, node 0); 2: CPU 4 (0, 1); 3: CPU 8 (1, 2); 4: CPU 12 (1, 3)
+  Cluster cl(4, c, 16384, [](int node, EngineConfig& cfg) { cfg.worker_cpu = (node - 1) * 4; });
+  ASSERT_TRUE(eventually([&] { return cl.node(1).view().members.size() == 4 && cl.node(1).view().agreed; }));
+  for (int n = 1; n <= 4; ++n) {
+    EXPECT_EQ(cl.node(n).place().package, (n - 1) / 2) << n;
+    EXPECT_EQ(cl.node(n).place().numa_node, n - 1) << n;
+  }
+  // The tags reach the peers.
+  ASSERT_TRUE(eventually([&] {
+    for (const auto& p : cl.node(1).peers())
+      if (p.package != (p.node - 1) / 2 || p.numa_node != p.node - 1) return false;
+    return true;
+  }));
+  std::vector<Segment*> segs;
+  for (int i = 0; i < 8; ++i) {
+    auto seg = cl.node(1).create("socket-" + std::to_string(i), 4096);
+    ASSERT_TRUE(seg) << seg.error().to_string();
+    const uint16_t replica = test::must(cl.node(1).status(*seg)).replicas.at(0).first;
+    EXPECT_TRUE(replica == 3 || replica == 4) << "segment " << i << " placed on node " << replica
+                                              << ", in the owner's package";
+    segs.push_back(*seg);
+  }
+  // Node 3 dies: its segments go to node 4 (the other package), not node 2.
+  cl.kill(3);
+  for (Segment* seg : segs)
+    ASSERT_TRUE(eventually([&] { return test::must(cl.node(1).status(seg)).replicas.at(0).first == 4; }))
+        << "replica left on node " << test::must(cl.node(1).status(seg)).replicas.at(0).first;
+  // (Node 4 dying too would leave 2 of 4 votes: no quorum, no moves.)
+}
+
 // S12, a node joining: a segment placed in its owner's power domain (the
 // other domain was down) moves its replica there once a node of it joins.
 TEST(Placement, AJoiningNodeInAnotherPowerDomainTakesTheReplica) {
