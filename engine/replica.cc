@@ -104,6 +104,12 @@ void Engine::Impl::on_data(Link& link, wire::Frame& f) noexcept {
     case ReplicaStore::Accept::kStale: break;
     case ReplicaStore::Accept::kDuplicate: bump(counters.duplicates); break;
     case ReplicaStore::Accept::kNeedFull: need_full = true; break;
+    case ReplicaStore::Accept::kRestamped:
+      bump(counters.restamped);
+      record_event("segment " + st.name() + ": generation " + std::to_string(f.generation) +
+                   " held already; relabelled with node " + std::to_string(f.src) + "'s epoch " +
+                   std::to_string(f.epoch) + ", not received again");
+      break;
     case ReplicaStore::Accept::kPublished:
       bump(counters.published);
       if (st.latest()->delta_of != 0) bump(counters.deltas_published);

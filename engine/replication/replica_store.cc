@@ -99,9 +99,34 @@ ReplicaStore::Accept ReplicaStore::begin_delta(wire::Frame& f) noexcept {
   return Accept::kStored;
 }
 
+bool ReplicaStore::same_as_latest(wire::Frame& f) noexcept {
+  const Slot* held = latest();
+  if (held == nullptr || held->generation != f.generation || held->epoch >= epoch_ || held->gen_crc != f.gen_crc ||
+      held->chunk_size != f.chunk_size || f.total_len != size_ ||
+      held->chunk_crcs.size() != wire::chunk_count_for(size_, f.chunk_size))
+    return false;
+  // Number and generation checksum agree; so must this chunk's bytes (the
+  // frame's own checksum first: it may be corrupt).
+  const uint32_t c = f.chunk();
+  return wire::verify_payload(f) && c < held->chunk_crcs.size() && f.payload_crc == held->chunk_crcs[c];
+}
+
 ReplicaStore::Accept ReplicaStore::accept(wire::Frame& f) noexcept {
   if (f.generation <= last_published_) return Accept::kStale;
   const bool delta = (f.flags & wire::kFlagDelta) != 0;
+  if (!delta && (f.flags & wire::kFlagGenCrc) != 0 && same_as_latest(f)) {
+    // Relabel what is held; a copy of it begun meanwhile is dropped. It
+    // chains to nothing older: those slots are of the old epoch.
+    Slot& s = *latest();
+    assembler_.stop();
+    s.epoch = epoch_;
+    s.set = f.sack;
+    s.content_epoch = epoch_;
+    s.delta_of = 0;
+    s.delta_chunks.clear();
+    last_published_ = s.generation;
+    return Accept::kRestamped;
+  }
   if (!assembler_.matches(f)) {
     // A newer generation supersedes a half-built one (the sender moved on).
     if (assembler_.active() && f.generation < assembler_.generation()) return Accept::kStale;

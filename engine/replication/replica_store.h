@@ -67,7 +67,7 @@ class ReplicaStore {
   }
 
   enum class Accept : uint8_t {
-    kStored, kDuplicate, kPublished, kStale, kCorrupt, kNoSlot, kBadFrame, kNeedFull };
+    kStored, kDuplicate, kPublished, kStale, kCorrupt, kNoSlot, kBadFrame, kNeedFull, kRestamped };
 
   /// Takes one chunk (verifying it if decode did not). kStale: older than
   /// what is published (ack it as held). kNoSlot: every non-latest slot is
@@ -80,6 +80,14 @@ class ReplicaStore {
   /// own chunk, and the last one copies what is left. (Frames used to be
   /// dropped until the copy was done: each resent after a backed-off
   /// timeout, a 64 MiB delta took a second.)
+  ///
+  /// kRestamped: a new owner (after adopt_epoch) sends, whole, the very
+  /// generation this store published last under the old epoch (a
+  /// takeover loads the newest generation and re-replicates it under its
+  /// own epoch). Its number, generation checksum and this frame's chunk
+  /// checksum match: the published slot is relabelled with the new epoch
+  /// and owner's set instead of received again, and the generation is
+  /// acked whole. The rest of the sender's window arrives as kStale.
   Accept accept(wire::Frame& f) noexcept;
   /// Bytes of the base a delta's shadow copies per frame, when it must copy
   /// all of it (the worker's poll stays short; a 64 MiB base takes 16 frames).
@@ -178,6 +186,9 @@ class ReplicaStore {
 
  private:
   int pick_shadow() noexcept;
+  /// Whether `f` (whole, with its generation checksum) is the latest
+  /// published generation again, under a newer epoch. Verifies `f`.
+  bool same_as_latest(wire::Frame& f) noexcept;
   bool in_use(int i) const noexcept { return slots_[i].pins != 0 || writer_pins_[i].load() != 0; }
 
   std::string name_;

@@ -333,6 +333,9 @@ struct EngineStats {
   uint64_t deltas_sent = 0;        ///< generations sent to a replica as only what changed (S15)
   uint64_t wholes_sent = 0;        ///< generations sent to a replica whole
   uint64_t deltas_published = 0;   ///< generations this node's replica stores built from a delta
+  /// Generations a new owner re-replicated under its epoch that this
+  /// node's replica already held: relabelled, not received again.
+  uint64_t restamped = 0;
   uint64_t notes_rx = 0;           ///< daemon notes received (Engine::take_notes)
   uint64_t notes_dropped = 0;      ///< received while the inbox was full: lost
   uint64_t standby_promotions = 0; ///< loads that took over this node's hot standby copy (no fetch, no copy)

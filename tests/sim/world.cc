@@ -37,6 +37,7 @@ void Stats::add(const Stats& o) {
   standby_promotions += o.standby_promotions;
   replica_promotions += o.replica_promotions;
   cow_snapshots += o.cow_snapshots;
+  restamped += o.restamped;
   client_cow_opens += o.client_cow_opens;
   records_lost += o.records_lost;
   deletes += o.deletes;
@@ -44,12 +45,12 @@ void Stats::add(const Stats& o) {
 }
 
 std::string Stats::to_string() const {
-  char b[768];
+  char b[896];
   std::snprintf(b, sizeof b,
                 "seeds=%lu steps=%lu commits=%lu durable_acks=%lu restores=%lu fresh_starts=%lu kills=%lu "
                 "restarts=%lu partitions=%lu stalls=%lu failed_opens=%lu lost_with_every_copy=%lu "
                 "acks_in_detection_window=%lu past_tolerance=%lu records_lost=%lu deletes=%lu failed_deletes=%lu "
-                "partial_snapshots=%lu delta_generations=%lu standby_promotions=%lu replica_promotions=%lu cow_snapshots=%lu client_cow_opens=%lu",
+                "partial_snapshots=%lu delta_generations=%lu standby_promotions=%lu replica_promotions=%lu cow_snapshots=%lu client_cow_opens=%lu restamped=%lu",
                 (unsigned long)seeds, (unsigned long)steps, (unsigned long)commits, (unsigned long)durable_acks,
                 (unsigned long)restores, (unsigned long)fresh_starts, (unsigned long)kills, (unsigned long)restarts,
                 (unsigned long)partitions, (unsigned long)stalls, (unsigned long)failed_opens,
@@ -57,7 +58,7 @@ std::string Stats::to_string() const {
                 (unsigned long)past_tolerance, (unsigned long)records_lost, (unsigned long)deletes,
                 (unsigned long)failed_deletes, (unsigned long)partial_snapshots,
                 (unsigned long)delta_generations, (unsigned long)standby_promotions, (unsigned long)replica_promotions,
-                (unsigned long)cow_snapshots, (unsigned long)client_cow_opens);
+                (unsigned long)cow_snapshots, (unsigned long)client_cow_opens, (unsigned long)restamped);
   return b;
 }
 
@@ -213,6 +214,7 @@ class World {
     stats_.standby_promotions += st.standby_promotions;
     stats_.replica_promotions += st.replica_promotions;
     stats_.cow_snapshots += st.cow_snapshots;
+    stats_.restamped += st.restamped;
   }
 
   void start(int n, std::vector<std::unique_ptr<Link>> links) {

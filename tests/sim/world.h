@@ -50,6 +50,7 @@ struct Stats {
            standby_promotions = 0,  ///< loads that took a hot standby's ready copy over
            replica_promotions = 0,  ///< loads whose node's own replica slots became the stages
            cow_snapshots = 0,       ///< commits that took a copy-on-write snapshot (S14)
+           restamped = 0,           ///< takeovers' generations a replica held already: relabelled, not resent
            client_cow_opens = 0;    ///< starts that ran as a daemon-mode client (its own mapping, frozen commits)
   void add(const Stats& o);
   std::string to_string() const;

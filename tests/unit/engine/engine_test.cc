@@ -20,6 +20,7 @@ namespace {
 using namespace std::chrono_literals;
 using test::Cluster;
 using test::fill_pattern;
+using test::has_event;
 
 std::vector<std::byte> copy_of(std::span<std::byte> s) { return {s.begin(), s.end()}; }
 
@@ -46,6 +47,41 @@ TEST(Engine, ReplicatesAndLoadsByteExactAfterPrimaryStops) {
   auto got = cl.node(3).data(loaded->segment);
   ASSERT_EQ(got.size(), want.size());
   EXPECT_TRUE(std::equal(want.begin(), want.end(), got.begin()));
+}
+
+// A takeover re-replicates the loaded generation under the new owner's
+// epoch; a replica that holds it already relabels it rather than receiving
+// 16 MiB again, and the next commit reaches it as a delta on it.
+TEST(Engine, AReplicaThatHoldsTheLoadedGenerationIsNotSentItAgain) {
+  EngineConfig c;
+  c.replication_factor = 2;
+  Cluster cl(3, c);
+  auto seg = test::must(cl.node(1).create("kept", 16 << 20));
+  auto mem = cl.node(1).data(seg);
+  fill_pattern(mem, 5);
+  const uint64_t g = test::must(cl.node(1).commit(seg));
+  ASSERT_TRUE(test::ok(cl.node(1).wait_replicated(seg, g, 2, 10s)));
+  cl.kill(1);
+  auto loaded = cl.node(3).load("kept");
+  ASSERT_TRUE(loaded) << loaded.error().to_string();
+  ASSERT_EQ(loaded->generation, g);
+  // Node 2 (the other replica of the set taken over) holds it under epoch 2 now.
+  ASSERT_TRUE(test::ok(cl.node(3).wait_replicated(loaded->segment, g, 1, 10s)));
+  EXPECT_EQ(cl.node(2).stats().restamped, 1u);
+  EXPECT_TRUE(has_event(cl.node(2), "held already; relabelled with node 3's epoch 2")) << cl.events();
+  auto copy = cl.node(2).read_replica("kept");
+  ASSERT_TRUE(copy);
+  auto got = cl.node(3).data(loaded->segment);
+  EXPECT_TRUE(std::equal(got.begin(), got.end(), copy->begin(), copy->end()));
+  // The next generation goes to it as a delta on the relabelled one.
+  const uint64_t deltas = cl.node(2).stats().deltas_published;
+  got[12345] = std::byte{0x77};
+  const uint64_t g2 = test::must(cl.node(3).commit(loaded->segment));
+  ASSERT_TRUE(test::ok(cl.node(3).wait_replicated(loaded->segment, g2, 1, 10s)));
+  EXPECT_EQ(cl.node(2).stats().deltas_published, deltas + 1);
+  copy = cl.node(2).read_replica("kept");
+  ASSERT_TRUE(copy);
+  EXPECT_TRUE(std::equal(got.begin(), got.end(), copy->begin(), copy->end()));
 }
 
 TEST(Engine, LoadsFromItsOwnReplicaWhenNoPeerHasOne) {

@@ -317,6 +317,98 @@ TEST(ReplicaStore, StaleGenerationIsAcknowledgedAsHeld) {
   EXPECT_TRUE(ack.flags & wire::kFlagComplete);
 }
 
+// A takeover re-replicates the newest generation under the new owner's
+// epoch. A replica that holds it already relabels it on the first frame
+// (number, generation checksum and that chunk's bytes agree) instead of
+// receiving it again; anything else is received as before.
+TEST(ReplicaStore, TheSameGenerationUnderANewEpochIsRelabelledNotReceivedAgain) {
+  const uint32_t cs = 512;
+  Source s(4 * cs, cs, 21);
+  auto store = std::move(*ReplicaStore::create(s.frame(3, 0), 0, -1));
+  for (uint32_t i = 0; i < 4; ++i) {
+    auto f = s.frame(3, i);
+    store->accept(f);
+  }
+  ASSERT_NE(store->latest(), nullptr);
+  ASSERT_EQ(store->latest()->epoch, 1u);
+
+  store->adopt_epoch(2, 2);  // node 2 took over at epoch 2
+  auto again = s.frame(3, 2);
+  again.src = 2;
+  again.epoch = 2;
+  again.sack = 0x55;
+  EXPECT_EQ(store->accept(again), ReplicaStore::Accept::kRestamped);
+  const ReplicaStore::Slot* held = store->latest();
+  ASSERT_NE(held, nullptr);
+  EXPECT_EQ(held->generation, 3u);
+  EXPECT_EQ(held->epoch, 2u);
+  EXPECT_EQ(held->set, 0x55u);
+  EXPECT_TRUE(std::equal(s.data.begin(), s.data.end(), held->mem.data()));
+  wire::Frame ack;
+  store->fill_ack(ack);
+  EXPECT_EQ(ack.generation, 3u);
+  EXPECT_TRUE(ack.flags & wire::kFlagComplete);
+  auto rest = s.frame(3, 0);  // the rest of the sender's window
+  rest.epoch = 2;
+  EXPECT_EQ(store->accept(rest), ReplicaStore::Accept::kStale);
+  // The next generation may be a delta on it: it is of this epoch now.
+  Source next = s;
+  next.data[cs] = std::byte{0x42};
+  next.crcs[1] = crc32c(next.data.data() + cs, cs);
+  next.gen_crc = wire::generation_crc(next.crcs);
+  wire::Frame d;
+  d.type = wire::MsgType::kData;
+  d.name = "seg";
+  d.seg_id = wire::segment_id("seg");
+  d.src = 2;
+  d.epoch = 2;
+  d.generation = 4;
+  d.total_len = next.data.size();
+  d.chunk_size = cs;
+  d.flags = wire::kFlagDelta | wire::kFlagGenCrc;
+  d.delta_base = 3;
+  d.chunk_count = 1;
+  d.chunk_index = 0;
+  d.delta_chunk = 1;
+  d.gen_crc = next.gen_crc;
+  d.payload = {next.data.data() + cs, cs};
+  d.payload_crc = next.crcs[1];
+  EXPECT_EQ(store->accept(d), ReplicaStore::Accept::kPublished);
+  ASSERT_EQ(store->latest()->generation, 4u);
+  EXPECT_TRUE(std::equal(next.data.begin(), next.data.end(), store->latest()->mem.data()));
+}
+
+TEST(ReplicaStore, AnotherGenerationOfTheSameNumberIsReceivedWhole) {
+  const uint32_t cs = 512;
+  Source old_history(4 * cs, cs, 21), new_history(4 * cs, cs, 22);
+  auto store = std::move(*ReplicaStore::create(old_history.frame(3, 0), 0, -1));
+  for (uint32_t i = 0; i < 4; ++i) {
+    auto f = old_history.frame(3, i);
+    store->accept(f);
+  }
+  store->adopt_epoch(2, 2);
+  // Same number, other bytes: a copy begins.
+  auto other = new_history.frame(3, 0);
+  other.src = 2;
+  other.epoch = 2;
+  EXPECT_EQ(store->accept(other), ReplicaStore::Accept::kStored);
+  // Same checksum claimed, but this chunk's bytes differ: received, not relabelled.
+  auto liar = new_history.frame(3, 1);
+  liar.src = 2;
+  liar.epoch = 2;
+  liar.gen_crc = old_history.gen_crc;
+  EXPECT_NE(liar.gen_crc, new_history.gen_crc);
+  EXPECT_NE(store->accept(liar), ReplicaStore::Accept::kRestamped);
+  // A corrupt frame of the held generation relabels nothing either.
+  auto held = old_history.frame(3, 2);
+  held.src = 2;
+  held.epoch = 2;
+  WireFrame corrupt(held);
+  corrupt.bytes[corrupt.bytes.size() - 1] ^= std::byte{1};
+  EXPECT_EQ(store->accept(corrupt.f), ReplicaStore::Accept::kBadFrame);
+  EXPECT_EQ(store->latest()->epoch, 1u);
+}
+
 TEST(ChunkBitmap, SetRangeSetsExactlyTheRange) {
   ChunkBitmap b;
   b.reset(200);
