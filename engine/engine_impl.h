@@ -233,7 +233,7 @@ struct Engine::Impl {
   ReplicaStore::Origin store_origin(const wire::Frame& f) const {
     ReplicaStore::Origin o = ReplicaStore::Origin::of(f);
     o.hot = standby_here(f.seg_id);
-    o.hot_pages = app_pages();
+    o.pages = app_pages();
     return o;
   }
   /// Replica stores whose hot copy lags the latest generation: the worker

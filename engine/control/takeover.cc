@@ -346,7 +346,7 @@ Result<OpenResult> Engine::Impl::load_from(const QueryOp& q, std::string_view na
   Error last{Errc::kNotFound, "no replica could deliver " + std::string(name)};
   for (const ClaimAnswer* a : sources) {
     uint64_t got = 0;
-    bool promoted = false;
+    bool promoted = false, in_place = false;
     ReplicaStore::Promotion promotion;
     Result<LocalStorage> dest = fail(Errc::kInternal, "no copy");
     if (a->peer == config.node_id) {
@@ -354,10 +354,20 @@ Result<OpenResult> Engine::Impl::load_from(const QueryOp& q, std::string_view na
       // generation, and its slots become the new owner's stages: no
       // allocation, no copy. This node's copy as a replica ends there
       // (the owner holds the generation now, in its first stage).
+      // Any other replica here hands over the slot that holds it, mapped
+      // in place as the application's memory (issue #11, zero-copy
+      // takeover), and a free slot for the first stage, which is filled
+      // below before the application can write; only the second stage is
+      // allocated.
       auto took = call([&] {
         auto it = stores.find(q.id);
         if (it == stores.end() || it->second->size() != a->total_len) return;
-        if (auto p = it->second->promote(a->generation, a->data_epoch)) {
+        auto p = it->second->promote(a->generation, a->data_epoch);
+        if (!p) {
+          p = it->second->promote(a->generation, a->data_epoch, ReplicaStore::Hand::kInPlace);
+          in_place = p.has_value();
+        }
+        if (p) {
           promotion = std::move(*p);
           drop_store(q.id);
           dest = std::move(promotion.app);
@@ -371,36 +381,25 @@ Result<OpenResult> Engine::Impl::load_from(const QueryOp& q, std::string_view na
       dest = LocalStorage::create(std::string(name), a->total_len, memory_node, app_pages());
       if (!dest) return tl::unexpected(dest.error());
     }
-    bool slots_taken = false;
-    if (promoted) {
+    if (in_place) {
+      // The stage gets the generation the application's memory holds (its
+      // CRCs came with it), off the worker: the only copy of this load.
+      std::memcpy(promotion.stage.data(), dest->data(), dest->size());
+      bump(counters.replica_promotions);
+    } else if (promoted) {
       bump(counters.standby_promotions);
-    } else if (a->peer == config.node_id) {  // our own replica store: a local copy
-      // Its slots become the new owner's stages, as a standby's do: the
-      // latest one is the first snapshot with its checksums (no stage to
-      // allocate and fault in, no copy and CRC pass to re-replicate it),
-      // and the application's memory, which this node has already, is
-      // copied from it off the worker. Unless a reader holds a slot: then
-      // a copy from the slot, the store staying.
+    } else if (a->peer == config.node_id) {
+      // Our own replica store, a slot of which a reader holds (a fetch
+      // served, a global-storage write): a copy of it, the store staying.
       auto copied = call([&] {
         auto it = stores.find(q.id);
         if (it == stores.end() || it->second->size() != dest->size()) return;
-        if (auto p = it->second->promote(a->generation, a->data_epoch, false)) {
-          promotion = std::move(*p);
-          drop_store(q.id);
-          got = a->generation;
-          slots_taken = true;
-          return;
-        }
         ReplicaStore::Slot* slot = it->second->find(a->generation);
         if (slot == nullptr) return;
         std::memcpy(dest->data(), slot->mem.data(), dest->size());
         got = slot->generation;
       });
       if (!copied || got == 0) continue;  // published over meanwhile: try the next copy
-      if (slots_taken) {
-        std::memcpy(dest->data(), promotion.stage.data(), dest->size());
-        bump(counters.replica_promotions);
-      }
     } else {
       FetchOp op;
       op.name = std::string(name);
@@ -424,7 +423,7 @@ Result<OpenResult> Engine::Impl::load_from(const QueryOp& q, std::string_view na
       got = op.got_generation;
     }
     auto seg = make_segment(name, a->total_len, &*dest, c->epoch, got, keep, stale,
-                            promoted || slots_taken ? &promotion : nullptr);
+                            promoted ? &promotion : nullptr);
     if (!seg) return tl::unexpected(seg.error());
     {
       table.clear_unused_claim(q.id);
@@ -432,8 +431,8 @@ Result<OpenResult> Engine::Impl::load_from(const QueryOp& q, std::string_view na
     record_event("segment " + std::string(name) + ": ownership taken at epoch " + std::to_string(c->epoch) + " (" +
                  std::to_string(accepted) + " of " + std::to_string(set.size()) + " replicas of " +
                  set_string(set) + " accepted); generation " + std::to_string(got) + " loaded from " +
-                 (promoted ? std::string("this node's hot standby copy (no fetch, no copy)")
-                  : slots_taken ? std::string("this node's replica (its slots are the new stages)")
+                 (in_place ? std::string("this node's replica, mapped in place (no fetch)")
+                  : promoted ? std::string("this node's hot standby copy (no fetch, no copy)")
                   : a->peer == config.node_id ? std::string("this node's replica")
                                               : "node " + std::to_string(a->peer)));
     return OpenResult{*seg, OpenOutcome::kRestored, got};

@@ -7,6 +7,7 @@ namespace baton {
 Result<std::unique_ptr<ReplicaStore>> ReplicaStore::create(const Origin& first, uint32_t retain, int numa_node) {
   auto store = std::make_unique<ReplicaStore>();
   store->name_ = first.name;
+  store->pages_ = first.pages;
   store->id_ = first.id;
   store->size_ = first.size;
   store->epoch_ = first.epoch;
@@ -15,13 +16,13 @@ Result<std::unique_ptr<ReplicaStore>> ReplicaStore::create(const Origin& first, 
   store->slots_.resize(2 + retain);
   store->writer_pins_ = std::make_unique<std::atomic<uint32_t>[]>(2 + retain);
   for (auto& slot : store->slots_) {
-    auto mem = LocalStorage::create(store->name_ + "@replica", first.size, numa_node);
+    auto mem = LocalStorage::create(store->name_ + "@replica", first.size, numa_node, first.pages);
     if (!mem) return tl::unexpected(mem.error());
     slot.mem = std::move(*mem);
     slot.delta_chunks.reserve(kDeltaReserve);
   }
   if (first.hot) {
-    auto mem = LocalStorage::create(store->name_, first.size, numa_node, first.hot_pages);
+    auto mem = LocalStorage::create(store->name_, first.size, numa_node, first.pages);
     if (!mem) return tl::unexpected(mem.error());
     store->hot_ = std::make_unique<Hot>();
     store->hot_->mem = std::move(*mem);
@@ -271,7 +272,7 @@ bool ReplicaStore::advance_hot(uint64_t budget) noexcept {
 }
 
 std::optional<ReplicaStore::Promotion> ReplicaStore::promote(uint64_t generation, uint64_t epoch,
-                                                            bool with_app) noexcept {
+                                                            Hand hand) noexcept {
   // All or nothing: the latest slot and another one must be free of
   // readers, so that the new owner needs no memory it could fail to get
   // after this store gave its copy away (with one replica it may be the
@@ -285,18 +286,27 @@ std::optional<ReplicaStore::Promotion> ReplicaStore::promote(uint64_t generation
     if (static_cast<int>(i) != latest_slot && !in_use(static_cast<int>(i)) && slots_[i].mem.data() != nullptr)
       spare_slot = static_cast<int>(i);
   if (spare_slot < 0) return std::nullopt;
+  Slot& l = slots_[latest_slot];
+  const auto app_may_use = [this](const LocalStorage& m) {
+    return pages_ == LocalStorage::Pages::kAny || !m.huge_pages();
+  };
+  if (hand == Hand::kInPlace && (!app_may_use(l.mem) || !app_may_use(slots_[spare_slot].mem))) return std::nullopt;
   Promotion p;
-  if (with_app) {
+  if (hand == Hand::kHotCopy) {
     auto app = take_hot(generation, epoch);
     if (!app) return std::nullopt;
     p.app = std::move(*app);
   }
-  Slot& l = slots_[latest_slot];
-  p.stage = std::move(l.mem);
   p.chunk_crcs = std::move(l.chunk_crcs);
   p.gen_crc = l.gen_crc;
   p.chunk_size = l.chunk_size;
-  p.spare = std::move(slots_[spare_slot].mem);
+  if (hand == Hand::kInPlace) {
+    p.app = std::move(l.mem);
+    p.stage = std::move(slots_[spare_slot].mem);
+  } else {
+    p.stage = std::move(l.mem);
+    p.spare = std::move(slots_[spare_slot].mem);
+  }
   // What is left is not a store any more: nothing is published, and a
   // frame that still arrives finds no shadow.
   for (auto& s : slots_)

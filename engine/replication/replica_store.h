@@ -49,9 +49,12 @@ class ReplicaStore {
     uint64_t size = 0;
     uint64_t epoch = 0;
     uint16_t owner = 0;
-    /// Keep a hot copy (below) too, on pages of this kind.
+    /// Keep a hot copy (below) too.
     bool hot = false;
-    LocalStorage::Pages hot_pages = LocalStorage::Pages::kAny;
+    /// The kind of pages an application's memory is on here: the slots' and
+    /// the hot copy's, so that a takeover on this node can hand a slot (or
+    /// the hot copy) to the application as its memory (promote()).
+    LocalStorage::Pages pages = LocalStorage::Pages::kAny;
     static Origin of(const wire::Frame& first) {
       return Origin{std::string(first.name), first.seg_id, first.total_len, first.epoch, first.src};
     }
@@ -142,12 +145,10 @@ class ReplicaStore {
   /// after that.
   std::optional<LocalStorage> take_hot(uint64_t generation, uint64_t epoch) noexcept;
 
-  /// What a hot standby hands a load that takes the segment over here: the
-  /// ready copy as the application's memory and, unless a reader holds it,
-  /// the latest slot (the same generation, its CRCs known) as the new
-  /// owner's first snapshot, plus a free slot's memory for its second: no
-  /// allocation, no copy, no checksum. Nothing unless all three are there
-  /// (a reader holds no slot of them).
+  /// What a replica hands a load that takes the segment over here
+  /// (promote()): the application's memory, the new owner's first snapshot
+  /// stage with the generation's CRCs, and (a hot standby's) a free slot's
+  /// memory for its second stage. No allocation, no checksum.
   struct Promotion {
     LocalStorage app;
     LocalStorage stage;
@@ -156,13 +157,25 @@ class ReplicaStore {
     uint32_t chunk_size = 0;
     LocalStorage spare;
   };
-  /// take_hot(), taking the slots too: the store must be dropped after.
-  /// Without `with_app`, only the slots (any replica, hot or not: the
-  /// caller copies the stage into memory of its own, which it has before
-  /// it asks, so nothing can fail once the store gave its copy away).
-  /// Nothing if the latest published generation is not `generation` of
-  /// owner epoch `epoch`.
-  std::optional<Promotion> promote(uint64_t generation, uint64_t epoch, bool with_app = true) noexcept;
+  /// What promote() hands over.
+  enum class Hand : uint8_t {
+    /// A hot standby's: take_hot() as the application's memory, the
+    /// latest slot as the first stage, a free slot for the second.
+    kHotCopy,
+    /// Zero-copy takeover (issue #11): the latest slot itself, mapped in
+    /// place, as the application's memory (`app`), and a free slot as the
+    /// first stage (`stage`, with the generation's CRCs), which the caller
+    /// fills from `app` before the application may write.
+    /// Only where both slots are on pages an application's memory may be
+    /// on here (Origin::pages: the slots are allocated so), so nothing
+    /// needs allocating once the store gave its copy away.
+    kInPlace,
+  };
+  /// Hands this store's copy over to a load that takes the segment over
+  /// here; the store must be dropped after. Nothing if the latest
+  /// published generation is not `generation` of owner epoch `epoch`, or
+  /// a reader holds a slot it needs.
+  std::optional<Promotion> promote(uint64_t generation, uint64_t epoch, Hand hand = Hand::kHotCopy) noexcept;
 
   const std::string& name() const noexcept { return name_; }
   uint64_t id() const noexcept { return id_; }
@@ -192,6 +205,7 @@ class ReplicaStore {
   bool in_use(int i) const noexcept { return slots_[i].pins != 0 || writer_pins_[i].load() != 0; }
 
   std::string name_;
+  LocalStorage::Pages pages_ = LocalStorage::Pages::kAny;  ///< Origin::pages
   uint64_t id_ = 0;
   uint64_t size_ = 0;
   uint64_t epoch_ = 0;

@@ -339,7 +339,11 @@ struct EngineStats {
   uint64_t notes_rx = 0;           ///< daemon notes received (Engine::take_notes)
   uint64_t notes_dropped = 0;      ///< received while the inbox was full: lost
   uint64_t standby_promotions = 0; ///< loads that took over this node's hot standby copy (no fetch, no copy)
-  uint64_t replica_promotions = 0; ///< loads from this node's replica whose slots became the stages (one copy, no CRC)
+  /// Loads that mapped this node's replica slot in place as the
+  /// application's memory and took a free slot for the first stage
+  /// (issue #11, zero-copy takeover: no allocation; one copy, into the
+  /// stage; no checksum pass).
+  uint64_t replica_promotions = 0;
   uint64_t cow_snapshots = 0;      ///< commits that took a copy-on-write snapshot (S14)
   uint64_t cow_pages_settled = 0;  ///< snapshot pages the engine copied (the rest the writers copied aside)
   uint64_t periodic_commits = 0;   ///< commits the engine took by itself (EngineConfig::commit_every_ms)

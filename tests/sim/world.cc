@@ -594,7 +594,17 @@ class World {
     for (int n = 1; n <= o_.nodes; ++n) {
       if (!alive(n)) continue;
       auto st = engine(n)->replica_status(a.name);
-      if (st && st->epoch >= epoch && !st->generations.empty() && st->generations.front() >= g) ++k;
+      if (st && st->epoch >= epoch && !st->generations.empty() && st->generations.front() >= g) {
+        ++k;
+        continue;
+      }
+      // A replica that took the segment over since (its copy became the
+      // new owner's first snapshot stage: a hot standby's or a plain
+      // replica's promotion) holds it as that owner, whether or not an
+      // application runs there now (seed 220526, 2 nodes: the old owner,
+      // split off, asked after its replica had taken over).
+      if (auto h = held_[n - 1].find(a.name); h != held_[n - 1].end())
+        if (auto o = engine(n)->status(h->second); o && !o->fenced && o->epoch >= epoch && o->generation >= g) ++k;
     }
     checking_ = false;
     return k;

@@ -48,7 +48,7 @@ struct Stats {
            partial_snapshots = 0,  ///< commits that copied only the chunks written since (write tracking)
            delta_generations = 0,  ///< generations replicas built from a delta (only what changed travelled)
            standby_promotions = 0,  ///< loads that took a hot standby's ready copy over
-           replica_promotions = 0,  ///< loads whose node's own replica slots became the stages
+           replica_promotions = 0,  ///< loads that mapped their node's own replica slot in place
            cow_snapshots = 0,       ///< commits that took a copy-on-write snapshot (S14)
            restamped = 0,           ///< takeovers' generations a replica held already: relabelled, not resent
            client_cow_opens = 0;    ///< starts that ran as a daemon-mode client (its own mapping, frozen commits)

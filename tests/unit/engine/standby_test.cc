@@ -99,11 +99,11 @@ TEST(Standby, TakesOverTheNewestGenerationWithoutAFetchOrACopy) {
 }
 
 TEST(Standby, APlainReplicaHandsItsSlotsToALoadThere) {
-  // No standby: node 3 is a plain replica. A load there still takes its
-  // slots as the new owner's stages (the latest one with its checksums)
-  // and copies only the application's memory; the state is exactly the
-  // newest generation, and the new owner's next one is durable and equal
-  // on the other replica.
+  // No standby: node 3 is a plain replica. A load there maps the slot that
+  // holds the newest generation in place as the application's memory and
+  // takes a free slot for the first stage (with the checksums it came
+  // with); the state is exactly the newest generation, and the new owner's
+  // next one is durable and equal on the other replica.
   Cluster cl(3, with_standbys({}, 2));
   constexpr uint64_t kSize = (2 << 20) + 12345;  // a short last chunk
   Segment* seg = test::must(cl.node(1).create("kv", kSize));
@@ -124,7 +124,7 @@ TEST(Standby, APlainReplicaHandsItsSlotsToALoadThere) {
   EXPECT_TRUE(std::equal(want.begin(), want.end(), got.begin())) << "the load is the newest generation";
   EXPECT_EQ(cl.node(3).stats().replica_promotions, 1u);
   EXPECT_EQ(cl.node(3).stats().standby_promotions, 0u);
-  EXPECT_TRUE(test::has_event(cl.node(3), "its slots are the new stages")) << cl.events();
+  EXPECT_TRUE(test::has_event(cl.node(3), "this node's replica, mapped in place")) << cl.events();
   // The promoted stage is what node 2 gets under the new epoch, and the
   // generations after it build on it.
   ASSERT_NO_FATAL_FAILURE(commit_scribbled(cl, 3, r.segment, rng, 3, kDurable, gen, 2));
