@@ -13,7 +13,10 @@
 #include <cstdio>
 #include <filesystem>
 #include <functional>
+#include <map>
 #include <string>
+
+#include <nlohmann/json.hpp>
 
 #include "../common/process.h"
 
@@ -85,6 +88,41 @@ TEST(Chassis, KilledBladeFailsOverByteExactOverShm) {
   std::snprintf(prefix, sizeof prefix, "bt%04x", static_cast<unsigned>(std::hash<std::string>{}(dir) & 0xFFFF));
   const std::string left = run("ls /dev/shm", &status);
   EXPECT_EQ(left.find(std::string("baton-") + prefix + "-"), std::string::npos) << "regions left behind:\n" << left;
+}
+
+// Mixed links (issue #11 item 5): blades two by two are the NUMA nodes of
+// one server, linked by shm; servers are linked by memif. The engine takes
+// each peer's link as it comes; the demo fails over across both.
+TEST(Chassis, MixedLinksShmInsideAServerMemifBetween) {
+  const std::string dir = "/tmp/baton-chassis-mixed-" + std::to_string(getpid());
+  const std::string ctl = baton::test::helper("BATONCTL");
+  int status = 0;
+  std::string out = run(ctl + " chassis up --blades 4 --transport mixed --dir " + dir, &status);
+  ASSERT_EQ(status, 0) << out;
+  out = run(ctl + " status --json --socket " + dir + "/blade2.sock", &status);
+  EXPECT_EQ(status, 0) << out;
+  auto doc = nlohmann::json::parse(out, nullptr, false);
+  ASSERT_FALSE(doc.is_discarded()) << out;
+  // Blade 2 is its server's second NUMA node, in the second package.
+  EXPECT_EQ(doc["node"]["numa_node"], 1) << out;
+  EXPECT_EQ(doc["node"]["package"], 1) << out;
+  std::map<int, std::string> link_to;
+  for (const auto& l : doc["links"]) {
+    link_to[l["peer"].get<int>()] = l["name"].get<std::string>();
+    EXPECT_TRUE(l["up"].get<bool>()) << l.dump();
+    EXPECT_TRUE(l["alive"].get<bool>()) << l.dump();
+  }
+  ASSERT_EQ(link_to.size(), 3u) << out;
+  EXPECT_NE(link_to[1].find("/dev/shm/"), std::string::npos) << link_to[1];
+  EXPECT_NE(link_to[3].find("net_memif"), std::string::npos) << link_to[3];
+  EXPECT_NE(link_to[4].find("net_memif"), std::string::npos) << link_to[4];
+  out = run(ctl + " chassis down --dir " + dir, &status);
+  EXPECT_EQ(status, 0) << out;
+  EXPECT_FALSE(std::filesystem::exists(dir)) << "files left in " << dir;
+
+  out = run(ctl + " demo --blades 4 --batches 20 --transport mixed", &status);
+  expect_failed_over(out, status, 20);
+  EXPECT_NE(out.find("shm inside each two-blade server and memif between servers"), std::string::npos) << out;
 }
 
 TEST(Chassis, UpStatusDownLeavesNothing) {

@@ -19,6 +19,9 @@ struct ChassisConfig {
   int blades = 4;
   /// "memif": shared-memory links between processes. "af_packet": each blade
   /// in its own network namespace, joined by veth pairs (real Ethernet).
+  /// "shm": regions in /dev/shm (the CC-NUMA driver). "mixed": blades two
+  /// by two are the NUMA nodes of one server, shm between them, memif
+  /// between servers (issue #11 item 5).
   std::string transport = "memif";
   uint32_t replication_factor = 2;
   /// af_packet: veth pairs per blade pair, each its own link (two

@@ -126,6 +126,7 @@ int run_demo(const DemoConfig& d) {
   std::printf("Baton chassis demo: %d blades (batond processes) linked by %s, replication factor 2\n", c.blades,
               c.transport == "af_packet" ? "af_packet on veth pairs between network namespaces"
               : c.transport == "shm"     ? "shared-memory regions in /dev/shm"
+              : c.transport == "mixed"   ? "shm inside each two-blade server and memif between servers"
                                          : "memif");
   Timeline tl;
   auto blades = chassis_up(c);

@@ -5,12 +5,12 @@
 //   batonctl events   [--socket PATH] [--json]     membership changes and failures, timestamped
 //   batonctl groups   [--socket PATH] [--json]     service groups, the spare pool, the last failover decisions
 //   batonctl load NAME [--socket PATH]             S9: load NAME onto this node (agent for a cluster manager)
-//   batonctl chassis up [--blades N] [--replicas K] [--dir D] [--transport memif|af_packet|shm]
+//   batonctl chassis up [--blades N] [--replicas K] [--dir D] [--transport memif|af_packet|shm|mixed]
 //                       [--membership backplane|corosync] [--groups FILE] [--spares 3,4] [--cores 2,2,2,8]
 //   batonctl chassis status [--dir D] [--json]
 //   batonctl chassis down [--dir D]
 //   batonctl chassis restart --blade N [--dir D]
-//   batonctl demo [--blades N] [--batches N] [--transport memif|af_packet|shm]   the failover demo
+//   batonctl demo [--blades N] [--batches N] [--transport memif|af_packet|shm|mixed]   the failover demo
 //
 // Tables for people, --json for scripts (typed JSON: numbers are numbers,
 // booleans booleans, lists lists); errors on stderr with a non-zero status.
@@ -175,7 +175,8 @@ int main(int argc, char** argv) {
   up->add_option("--replicas", chassis.replication_factor, "replication factor");
   up->add_option("--dir", chassis.dir, "where configs, sockets, pids and logs go");
   up->add_option("--transport", chassis.transport,
-                 "memif, af_packet (veth pairs between network namespaces), or shm (regions in /dev/shm)");
+                 "memif, af_packet (veth pairs between network namespaces), shm (regions in /dev/shm), or mixed "
+                 "(blades two by two one server: shm inside, memif between)");
   up->add_option("--groups", chassis.groups_file, "a file of [[group]] tables (service groups) for every blade");
   up->add_option("--spares", chassis.spares, "blades in the spare pool")->delimiter(',');
   up->add_option("--cores", chassis.cores, "each blade's cores, for service groups' minimums")->delimiter(',');
@@ -207,7 +208,8 @@ int main(int argc, char** argv) {
   dm->add_option("--blades", demo.blades, "number of blades (3..16)");
   dm->add_option("--batches", demo.batches, "batches committed before the kill");
   dm->add_option("--transport", demo.transport,
-                 "memif, af_packet (veth pairs between network namespaces), or shm (regions in /dev/shm)");
+                 "memif, af_packet (veth pairs between network namespaces), shm (regions in /dev/shm), or mixed "
+                 "(blades two by two one server: shm inside, memif between)");
 
   CLI11_PARSE(app, argc, argv);
 

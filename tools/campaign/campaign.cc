@@ -19,7 +19,7 @@
 // TORN; no restore within the deadline is FAILED; a restore after a
 // delete returned is RESURRECTED.
 //
-//   baton-campaign [--cycles 30] [--transport memif|af_packet|shm] [--blades 4]
+//   baton-campaign [--cycles 30] [--transport memif|af_packet|shm|mixed] [--blades 4]
 //                  [--size BYTES] [--writes sparse|full] [--seed S] [--dir D]
 //                  [--standby BLADE] [--snapshots stage-copy|copy-on-write]
 //
@@ -238,7 +238,7 @@ int main(int argc, char** argv) {
     else if (a == "--snapshots" && (std::string(v) == "stage-copy" || std::string(v) == "copy-on-write")) snapshots = v;
     else if (a == "--writes" && (std::string(v) == "sparse" || std::string(v) == "full")) g_sparse = std::string(v) == "sparse";
     else {
-      std::fprintf(stderr, "usage: baton-campaign [--cycles N] [--transport memif|af_packet|shm] [--blades N] "
+      std::fprintf(stderr, "usage: baton-campaign [--cycles N] [--transport memif|af_packet|shm|mixed] [--blades N] "
                            "[--size BYTES] [--writes sparse|full] [--seed S] [--dir D] [--standby BLADE] "
                            "[--snapshots stage-copy|copy-on-write]\n");
       return 2;
