@@ -120,6 +120,9 @@ ReplicaStore::Accept ReplicaStore::accept(wire::Frame& f) noexcept {
     // chains to nothing older: those slots are of the old epoch.
     Slot& s = *latest();
     assembler_.stop();
+    // A hot copy of it (S16) is of it still, under the new epoch too.
+    if (hot_ != nullptr && hot_->follows == s.generation && hot_->follows_epoch == s.epoch)
+      hot_->follows_epoch = epoch_;
     s.epoch = epoch_;
     s.set = f.sack;
     s.content_epoch = epoch_;

@@ -324,13 +324,19 @@ TEST(ReplicaStore, StaleGenerationIsAcknowledgedAsHeld) {
 TEST(ReplicaStore, TheSameGenerationUnderANewEpochIsRelabelledNotReceivedAgain) {
   const uint32_t cs = 512;
   Source s(4 * cs, cs, 21);
-  auto store = std::move(*ReplicaStore::create(s.frame(3, 0), 0, -1));
+  // A hot standby's store: its ready copy stays ready through the relabel.
+  ReplicaStore::Origin origin = ReplicaStore::Origin::of(s.frame(3, 0));
+  origin.hot = true;
+  auto store = std::move(*ReplicaStore::create(origin, 0, -1));
   for (uint32_t i = 0; i < 4; ++i) {
     auto f = s.frame(3, i);
     store->accept(f);
   }
   ASSERT_NE(store->latest(), nullptr);
   ASSERT_EQ(store->latest()->epoch, 1u);
+  while (!store->advance_hot(UINT64_MAX)) {
+  }
+  ASSERT_EQ(store->hot_status().generation, 3u);
 
   store->adopt_epoch(2, 2);  // node 2 took over at epoch 2
   auto again = s.frame(3, 2);
@@ -376,6 +382,11 @@ TEST(ReplicaStore, TheSameGenerationUnderANewEpochIsRelabelledNotReceivedAgain) 
   EXPECT_EQ(store->accept(d), ReplicaStore::Accept::kPublished);
   ASSERT_EQ(store->latest()->generation, 4u);
   EXPECT_TRUE(std::equal(next.data.begin(), next.data.end(), store->latest()->mem.data()));
+  // The hot copy followed the delta chunk by chunk and is handed over exact.
+  EXPECT_EQ(store->hot_status().behind_bytes, cs) << "only the delta's chunk, not everything";
+  auto hot = store->take_hot(4, 2);
+  ASSERT_TRUE(hot.has_value());
+  EXPECT_TRUE(std::equal(next.data.begin(), next.data.end(), hot->data()));
 }
 
 TEST(ReplicaStore, AnotherGenerationOfTheSameNumberIsReceivedWhole) {
