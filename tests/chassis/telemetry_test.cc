@@ -86,6 +86,11 @@ TEST(Telemetry, BatondAnswersDpdkTelemetryAndTypedJson) {
   ASSERT_TRUE(stats.is_object());
   EXPECT_GE(stats["client_commits"].get<uint64_t>(), 3u) << stats.dump();
   EXPECT_GT(stats["frames_tx"].get<uint64_t>(), 0u);
+  // The replication counters are there, as numbers; the commits went somewhere.
+  for (const char* k : {"deltas_sent", "wholes_sent", "deltas_published", "restamped", "standby_promotions",
+                        "replica_promotions"})
+    EXPECT_TRUE(stats.contains(k) && stats[k].is_number_unsigned()) << k << ": " << stats.dump();
+  EXPECT_GT(stats["deltas_sent"].get<uint64_t>() + stats["wholes_sent"].get<uint64_t>(), 0u) << stats.dump();
 
   // A blade that dies shows as dead to its peers, in both views.
   ::kill(ch.pid(3), SIGKILL);

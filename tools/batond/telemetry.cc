@@ -101,7 +101,14 @@ int stats(const char*, const char*, rte_tel_data* d) {
       {"longest_stall_us", s.longest_stall_us}, {"clients_accepted", c.accepted},
       {"clients_refused_credentials", c.refused_credentials}, {"clients_refused_limit", c.refused_limit},
       {"client_bad_requests", c.bad_requests}, {"client_commits", c.commits},
-      {"client_disconnects", c.disconnects}};
+      {"client_disconnects", c.disconnects},
+      // Replication: what travelled whole or as a delta, generations a
+      // takeover's kept replicas relabelled instead of receiving again,
+      // and loads that took a local copy over (a hot standby's, or a
+      // replica's slot mapped in place).
+      {"deltas_sent", s.deltas_sent},       {"wholes_sent", s.wholes_sent},
+      {"deltas_published", s.deltas_published}, {"restamped", s.restamped},
+      {"standby_promotions", s.standby_promotions}, {"replica_promotions", s.replica_promotions}};
   for (const auto& [k, v] : values) rte_tel_data_add_dict_u64(d, k, v);
   uint64_t decode_errors = 0;
   for (uint64_t e : s.decode_errors) decode_errors += e;
