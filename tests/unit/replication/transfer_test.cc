@@ -317,6 +317,23 @@ TEST(ReplicaStore, StaleGenerationIsAcknowledgedAsHeld) {
   EXPECT_TRUE(ack.flags & wire::kFlagComplete);
 }
 
+wire::Frame delta_frame(const Source& s, uint64_t gen, uint64_t base, uint32_t pos, uint32_t chunk, uint32_t count) {
+  wire::Frame f = s.frame(gen, chunk);
+  f.flags |= wire::kFlagDelta;
+  f.delta_base = base;
+  f.delta_chunk = chunk;
+  f.chunk_index = pos;
+  f.chunk_count = count;
+  return f;
+}
+
+// A frame as node 2 sends it, owner at epoch 2 since it took over.
+wire::Frame from_new_owner(wire::Frame f) {
+  f.src = 2;
+  f.epoch = 2;
+  return f;
+}
+
 // A takeover re-replicates the newest generation under the new owner's
 // epoch. A replica that holds it already relabels it on the first frame
 // (number, generation checksum and that chunk's bytes agree) instead of
@@ -339,9 +356,7 @@ TEST(ReplicaStore, TheSameGenerationUnderANewEpochIsRelabelledNotReceivedAgain) 
   ASSERT_EQ(store->hot_status().generation, 3u);
 
   store->adopt_epoch(2, 2);  // node 2 took over at epoch 2
-  auto again = s.frame(3, 2);
-  again.src = 2;
-  again.epoch = 2;
+  auto again = from_new_owner(s.frame(3, 2));
   again.sack = 0x55;
   EXPECT_EQ(store->accept(again), ReplicaStore::Accept::kRestamped);
   const ReplicaStore::Slot* held = store->latest();
@@ -354,31 +369,14 @@ TEST(ReplicaStore, TheSameGenerationUnderANewEpochIsRelabelledNotReceivedAgain) 
   store->fill_ack(ack);
   EXPECT_EQ(ack.generation, 3u);
   EXPECT_TRUE(ack.flags & wire::kFlagComplete);
-  auto rest = s.frame(3, 0);  // the rest of the sender's window
-  rest.epoch = 2;
+  auto rest = from_new_owner(s.frame(3, 0));  // the rest of the sender's window
   EXPECT_EQ(store->accept(rest), ReplicaStore::Accept::kStale);
   // The next generation may be a delta on it: it is of this epoch now.
   Source next = s;
   next.data[cs] = std::byte{0x42};
   next.crcs[1] = crc32c(next.data.data() + cs, cs);
   next.gen_crc = wire::generation_crc(next.crcs);
-  wire::Frame d;
-  d.type = wire::MsgType::kData;
-  d.name = "seg";
-  d.seg_id = wire::segment_id("seg");
-  d.src = 2;
-  d.epoch = 2;
-  d.generation = 4;
-  d.total_len = next.data.size();
-  d.chunk_size = cs;
-  d.flags = wire::kFlagDelta | wire::kFlagGenCrc;
-  d.delta_base = 3;
-  d.chunk_count = 1;
-  d.chunk_index = 0;
-  d.delta_chunk = 1;
-  d.gen_crc = next.gen_crc;
-  d.payload = {next.data.data() + cs, cs};
-  d.payload_crc = next.crcs[1];
+  auto d = from_new_owner(delta_frame(next, 4, 3, 0, 1, 1));  // chunk 1 only
   EXPECT_EQ(store->accept(d), ReplicaStore::Accept::kPublished);
   ASSERT_EQ(store->latest()->generation, 4u);
   EXPECT_TRUE(std::equal(next.data.begin(), next.data.end(), store->latest()->mem.data()));
@@ -399,22 +397,15 @@ TEST(ReplicaStore, AnotherGenerationOfTheSameNumberIsReceivedWhole) {
   }
   store->adopt_epoch(2, 2);
   // Same number, other bytes: a copy begins.
-  auto other = new_history.frame(3, 0);
-  other.src = 2;
-  other.epoch = 2;
+  auto other = from_new_owner(new_history.frame(3, 0));
   EXPECT_EQ(store->accept(other), ReplicaStore::Accept::kStored);
   // Same checksum claimed, but this chunk's bytes differ: received, not relabelled.
-  auto liar = new_history.frame(3, 1);
-  liar.src = 2;
-  liar.epoch = 2;
+  auto liar = from_new_owner(new_history.frame(3, 1));
   liar.gen_crc = old_history.gen_crc;
   EXPECT_NE(liar.gen_crc, new_history.gen_crc);
   EXPECT_NE(store->accept(liar), ReplicaStore::Accept::kRestamped);
   // A corrupt frame of the held generation relabels nothing either.
-  auto held = old_history.frame(3, 2);
-  held.src = 2;
-  held.epoch = 2;
-  WireFrame corrupt(held);
+  WireFrame corrupt(from_new_owner(old_history.frame(3, 2)));
   corrupt.bytes[corrupt.bytes.size() - 1] ^= std::byte{1};
   EXPECT_EQ(store->accept(corrupt.f), ReplicaStore::Accept::kBadFrame);
   EXPECT_EQ(store->latest()->epoch, 1u);
@@ -434,16 +425,6 @@ TEST(ChunkBitmap, SetRangeSetsExactlyTheRange) {
 
 // A delta frame: the generation `gen` of `s`, position `pos` carrying chunk
 // `chunk`, over base `base`, with `count` chunks in all.
-wire::Frame delta_frame(const Source& s, uint64_t gen, uint64_t base, uint32_t pos, uint32_t chunk, uint32_t count) {
-  wire::Frame f = s.frame(gen, chunk);
-  f.flags |= wire::kFlagDelta;
-  f.delta_base = base;
-  f.delta_chunk = chunk;
-  f.chunk_index = pos;
-  f.chunk_count = count;
-  return f;
-}
-
 TEST(Delta, FramesRoundTripAndBadOnesAreRefused) {
   Source s(10 * 1024, 1024, 3);
   std::vector<std::byte> buf(wire::kMaxFrameSize);
