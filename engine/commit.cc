@@ -18,10 +18,12 @@
 namespace baton {
 
 Result<uint64_t> Engine::commit(Segment* segment, CommitOptions options) {
+  Impl* impl = shard_holding(segment);
+  if (impl == nullptr) return fail(Errc::kInvalidArgument, "unknown segment handle");
   // Only this segment's mutex is held while it is copied: another
   // application's commit, or an open waiting on the network, goes on.
   Segment* seg = segment;
-  auto lock = impl_->table.lock(seg);
+  auto lock = impl->table.lock(seg);
   if (seg == nullptr) return fail(Errc::kInvalidArgument, "unknown segment handle");
   if (seg->fenced.load()) return fail(Errc::kFenced, "segment ", seg->name, " moved to a newer owner");
   for (const auto& [off, len] : options.written)
@@ -29,8 +31,8 @@ Result<uint64_t> Engine::commit(Segment* segment, CommitOptions options) {
       return fail(Errc::kInvalidArgument, "written range [", std::to_string(off), ", +", std::to_string(len),
                   ") is past the end of ", seg->name, " (", std::to_string(seg->size), " bytes)");
   const uint64_t generation = seg->committed.load() + 1;
-  if (auto ok = impl_->snapshot(*seg, generation, options); !ok) return tl::unexpected(ok.error());
-  if (seg->commit_every_ns != 0) seg->next_periodic_ns = impl_->clock_ns() + seg->commit_every_ns;
+  if (auto ok = impl->snapshot(*seg, generation, options); !ok) return tl::unexpected(ok.error());
+  if (seg->commit_every_ns != 0) seg->next_periodic_ns = impl->clock_ns() + seg->commit_every_ns;
   return generation;
 }
 
@@ -195,8 +197,10 @@ void Engine::Impl::post_ready_stage(Segment& seg, Stage& stage, uint64_t generat
 
 Result<void> Engine::wait_replicated(Segment* segment, uint64_t generation, uint32_t k,
                                      std::chrono::milliseconds timeout) {
+  Impl* impl = shard_holding(segment);
+  if (impl == nullptr) return fail(Errc::kInvalidArgument, "unknown segment handle");
   Segment* seg = nullptr;
-  auto valid = impl_->table.with(segment, [&](Segment* s) -> Result<void> {
+  auto valid = impl->table.with(segment, [&](Segment* s) -> Result<void> {
     if (s == nullptr) return fail(Errc::kInvalidArgument, "unknown segment handle");
     if (k != kDurable && k > s->replicas.size())
       return fail(Errc::kInvalidArgument, "asked for ", std::to_string(k), " replicas; the segment has ",
@@ -206,7 +210,7 @@ Result<void> Engine::wait_replicated(Segment* segment, uint64_t generation, uint
     return {};
   });
   if (!valid) return valid;
-  const uint64_t deadline = impl_->clock_ns() + static_cast<uint64_t>(timeout.count()) * 1'000'000;
+  const uint64_t deadline = impl->clock_ns() + static_cast<uint64_t>(timeout.count()) * 1'000'000;
   auto held = [seg, generation] {
     uint32_t n = 0;
     for (auto& r : seg->replicas)
@@ -218,7 +222,7 @@ Result<void> Engine::wait_replicated(Segment* segment, uint64_t generation, uint
   };
   // done() reads atomics only (a segment's replica list is fixed once the
   // worker added it): a long wait sleeps without the poll token.
-  impl_->poll_until([&] { return done() || seg->fenced.load(); }, deadline, Impl::Token::kNotNeeded);
+  impl->poll_until([&] { return done() || seg->fenced.load(); }, deadline, Impl::Token::kNotNeeded);
   if (done()) return {};
   if (seg->fenced.load()) return fail(Errc::kFenced, "segment ", seg->name, " moved to a newer owner");
   if (k == kDurable)

@@ -72,27 +72,45 @@ void Engine::Impl::release_token(bool caller_sleeps) noexcept {
   }
 }
 
-Engine::Engine(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Engine::Engine(std::vector<std::unique_ptr<Impl>> shards) : shards_(std::move(shards)), impl_(shards_.front().get()) {}
 
 Engine::~Engine() {
-  if (impl_->periodic.joinable()) {  // first: it commits, which needs the worker
-    {
-      std::lock_guard lock(impl_->periodic_mu);
-      impl_->periodic_stop = true;
+  for (auto& shard : shards_) {
+    Impl* impl = shard.get();
+    if (impl->periodic.joinable()) {  // first: it commits, which needs the worker
+      {
+        std::lock_guard lock(impl->periodic_mu);
+        impl->periodic_stop = true;
+      }
+      impl->periodic_cv.notify_all();
+      impl->periodic.join();
     }
-    impl_->periodic_cv.notify_all();
-    impl_->periodic.join();
   }
-  impl_->control->stop();
-  impl_->running.store(false);
-  impl_->wake.fetch_add(1);
-  futex_wake_all(impl_->wake);
-  if (impl_->worker.joinable()) impl_->worker.join();
-  impl_->control->abort();
-  // Views sent and never taken (both threads are gone).
-  ControlMsg m;
-  while (impl_->to_data.pop(m)) delete m.view;
-  if (impl_->notes_event >= 0) ::close(impl_->notes_event);
+  for (auto& shard : shards_) {
+    Impl* impl = shard.get();
+    impl->control->stop();
+    impl->running.store(false);
+    impl->wake.fetch_add(1);
+    futex_wake_all(impl->wake);
+    if (impl->worker.joinable()) impl->worker.join();
+    impl->control->abort();
+    // Views sent and never taken (both threads are gone).
+    ControlMsg m;
+    while (impl->to_data.pop(m)) delete m.view;
+    if (impl->notes_event >= 0) ::close(impl->notes_event);
+  }
+}
+
+size_t Engine::shards() const noexcept { return shards_.size(); }
+size_t Engine::shard_of(std::string_view name) const noexcept {
+  return shard_index(wire::segment_id(name), shards_.size());
+}
+Engine::Impl& Engine::shard_for(std::string_view name) const noexcept { return *shards_[shard_of(name)]; }
+Engine::Impl* Engine::shard_holding(const Segment* segment) const noexcept {
+  if (shards_.size() == 1) return impl_;  // its table tells a stranger
+  for (const auto& shard : shards_)
+    if (shard->table.lookup(const_cast<Segment*>(segment)) != nullptr) return shard.get();
+  return nullptr;
 }
 
 uint16_t Engine::node_id() const noexcept { return impl_->config.node_id; }
@@ -100,14 +118,16 @@ uint64_t Engine::incarnation() const noexcept { return impl_->incarnation; }
 uint64_t Engine::max_segment_size() const noexcept { return impl_->config.max_segment_size; }
 
 bool Engine::poll() {
-  if (impl_->sim == nullptr) return false;  // the worker polls
-  return impl_->poll_once(impl_->clock_ns());
+  if (impl_->sim == nullptr) return false;  // the workers poll
+  bool any = false;
+  for (auto& shard : shards_) any |= shard->poll_once(shard->clock_ns());
+  return any;
 }
 const Topology& Engine::topology() const noexcept { return impl_->topology; }
-NodePlace Engine::place() const noexcept {
-  const EngineConfig& c = impl_->config;
-  return NodePlace{c.blade != 0 ? c.blade : c.node_id, c.power_domain, impl_->package, c.numa_node,
-                   impl_->memory_node};
+NodePlace Engine::place(size_t shard) const noexcept {
+  const Impl& impl = *shards_[std::min(shard, shards_.size() - 1)];
+  const EngineConfig& c = impl.config;
+  return NodePlace{c.blade != 0 ? c.blade : c.node_id, c.power_domain, impl.package, c.numa_node, impl.memory_node};
 }
 
 Result<void> Engine::Impl::place_on_topology(const std::vector<std::unique_ptr<Link>>& links) {
@@ -152,6 +172,51 @@ Result<void> Engine::Impl::place_on_topology(const std::vector<std::unique_ptr<L
 
 Result<std::unique_ptr<Engine>> Engine::start(const EngineConfig& config,
                                               std::vector<std::unique_ptr<Link>> links) {
+  if (config.workers.size() > 1)
+    return fail(Errc::kInvalidArgument, std::to_string(config.workers.size()),
+                " workers take links per shard: Engine::start_sharded");
+  std::vector<std::vector<std::unique_ptr<Link>>> shards;
+  shards.push_back(std::move(links));
+  return start_sharded(config, std::move(shards));
+}
+
+Result<std::unique_ptr<Engine>> Engine::start_sharded(const EngineConfig& config,
+                                                      std::vector<std::vector<std::unique_ptr<Link>>> links) {
+  const size_t count = std::max<size_t>(1, config.workers.size());
+  if (links.size() != count)
+    return fail(Errc::kInvalidArgument, std::to_string(links.size()), " shards of links for ", std::to_string(count),
+                count == 1 ? " worker" : " workers");
+  if (count > kMaxShards) return fail(Errc::kInvalidArgument, "at most ", std::to_string(kMaxShards), " workers");
+  if (count > 1 && config.membership == MembershipKind::kCorosync)
+    return fail(Errc::kInvalidArgument, "Corosync membership runs one shard (one CPG member per node)");
+  // Shard k of one node talks to shard k of each peer: every shard reaches
+  // the same peers.
+  auto peers_of = [](const std::vector<std::unique_ptr<Link>>& ls) {
+    std::vector<uint16_t> p;
+    for (const auto& l : ls)
+      if (l != nullptr) p.push_back(l->peer());
+    std::sort(p.begin(), p.end());
+    p.erase(std::unique(p.begin(), p.end()), p.end());
+    return p;
+  };
+  for (size_t k = 1; k < count; ++k)
+    if (peers_of(links[k]) != peers_of(links[0]))
+      return fail(Errc::kInvalidArgument, "shard ", std::to_string(k), " does not reach the peers shard 0 reaches");
+  std::vector<std::unique_ptr<Impl>> shards;
+  for (size_t k = 0; k < count; ++k) {
+    EngineConfig c = config;
+    if (!config.workers.empty()) c.worker_cpu = config.workers[k];
+    auto shard = Impl::prepare(c, std::move(links[k]), k, count);
+    if (!shard) return tl::unexpected(shard.error());
+    shards.push_back(std::move(*shard));
+  }
+  for (auto& shard : shards) shard->launch();
+  return std::unique_ptr<Engine>(new Engine(std::move(shards)));
+}
+
+Result<std::unique_ptr<Engine::Impl>> Engine::Impl::prepare(const EngineConfig& config,
+                                                            std::vector<std::unique_ptr<Link>> links, size_t shard,
+                                                            size_t shards) {
   if (config.node_id == 0 || config.node_id == wire::kBroadcast)
     return fail(Errc::kInvalidArgument, "node_id must be 1..65534");
   if (config.replication_factor == 0 || config.replication_factor > wire::kMaxReplicaSet)
@@ -270,27 +335,33 @@ Result<std::unique_ptr<Engine>> Engine::start(const EngineConfig& config,
   if (impl->notes_event < 0) return fail(Errc::kIo, "eventfd: ", std::strerror(errno));
   if (rte_ring_init(impl->commands, "baton_commands", kCommandRingSize, RING_F_SC_DEQ) != 0)
     return fail(Errc::kInternal, "rte_ring_init failed");
-  if (raw->sim == nullptr) {
-    impl->worker = std::thread([raw] { raw->run_worker(); });
-    impl->control->start();
-    bool periodic = config.commit_every_ms != 0;
-    for (const auto& m : config.snapshot_modes) periodic |= m.commit_every_ms.value_or(0) != 0;
-    if (periodic) impl->periodic = std::thread([raw] { raw->run_periodic(); });
+  impl->shard = static_cast<uint16_t>(shard);
+  impl->shard_count = static_cast<uint16_t>(shards);
+  if (shard > 0) impl->event_prefix = "shard " + std::to_string(shard) + ": ";
+  return impl;
+}
+
+void Engine::Impl::launch() {
+  if (sim == nullptr) {
+    worker = std::thread([this] { run_worker(); });
+    control->start();
+    bool periodic_commits = config.commit_every_ms != 0;
+    for (const auto& m : config.snapshot_modes) periodic_commits |= m.commit_every_ms.value_or(0) != 0;
+    if (periodic_commits) periodic = std::thread([this] { run_periodic(); });
   }
-  if (config.worker_cpu >= 0 && raw->sim == nullptr && raw->topology.described) {
+  if (config.worker_cpu >= 0 && sim == nullptr && topology.described) {
     BT_INFO("worker_cpu %d is a CPU of the described topology, not of this machine: the worker floats",
             config.worker_cpu);
-  } else if (config.worker_cpu >= 0 && raw->sim == nullptr) {
+  } else if (config.worker_cpu >= 0 && sim == nullptr) {
     cpu_set_t set;
     CPU_ZERO(&set);
     CPU_SET(config.worker_cpu, &set);
-    if (pthread_setaffinity_np(impl->worker.native_handle(), sizeof set, &set) != 0)
+    if (pthread_setaffinity_np(worker.native_handle(), sizeof set, &set) != 0)
       BT_WARN("cannot pin the worker to CPU %d; it floats", config.worker_cpu);
   }
-  BT_INFO("engine node %u started with %zu links; %s; segments on NUMA node %d (package %d)%s", config.node_id,
-          raw->links.size(), raw->topology.summary().c_str(), raw->config.numa_node, raw->package,
-          raw->memory_node == raw->config.numa_node ? "" : ", memory where the kernel puts it");
-  return std::unique_ptr<Engine>(new Engine(std::move(impl)));
+  BT_INFO("engine node %u shard %u of %u started with %zu links; %s; segments on NUMA node %d (package %d)%s",
+          config.node_id, shard + 1u, shard_count + 0u, links.size(), topology.summary().c_str(), config.numa_node,
+          package, memory_node == config.numa_node ? "" : ", memory where the kernel puts it");
 }
 
 void Engine::Impl::post(void* item) {
@@ -466,7 +537,9 @@ Result<Segment*> Engine::Impl::make_segment(std::string_view name, uint64_t size
 }
 
 std::span<std::byte> Engine::data(Segment* segment) const noexcept {
-  return impl_->table.with(segment, [](Segment* seg) {
+  Impl* impl = shard_holding(segment);
+  if (impl == nullptr) return {};
+  return impl->table.with(segment, [](Segment* seg) {
     if (seg == nullptr) return std::span<std::byte>();
     seg->pristine.store(false);  // the caller may write it
     return seg->mem.bytes();
@@ -474,11 +547,15 @@ std::span<std::byte> Engine::data(Segment* segment) const noexcept {
 }
 
 uint64_t Engine::size(Segment* segment) const noexcept {
-  return impl_->table.with(segment, [](Segment* seg) { return seg == nullptr ? uint64_t{0} : seg->size; });
+  Impl* impl = shard_holding(segment);
+  if (impl == nullptr) return 0;
+  return impl->table.with(segment, [](Segment* seg) { return seg == nullptr ? uint64_t{0} : seg->size; });
 }
 
 int Engine::memory_fd(Segment* segment) const noexcept {
-  return impl_->table.with(segment, [this](Segment* seg) {
+  Impl* impl = shard_holding(segment);
+  if (impl == nullptr) return -1;
+  return impl->table.with(segment, [impl](Segment* seg) {
     if (seg == nullptr) return -1;
     seg->shared_out.store(true);  // before anyone can map it: the next commit stops tracking
     seg->pristine.store(false);
@@ -486,27 +563,29 @@ int Engine::memory_fd(Segment* segment) const noexcept {
     // now (unless a client library protects its own mapping).
     if (seg->cow != nullptr && seg->cow->role() != CopyOnWrite::Role::kSettler) {
       std::lock_guard lock(seg->mu);
-      impl_->acquire_token();
-      impl_->drop_cow(*seg, "its memory was handed out");
-      impl_->release_token();
+      impl->acquire_token();
+      impl->drop_cow(*seg, "its memory was handed out");
+      impl->release_token();
     }
     return seg->mem.fd();
   });
 }
 
 Result<std::optional<ClientCopyOnWrite>> Engine::share_copy_on_write(Segment* segment) {
+  Impl* impl = shard_holding(segment);
+  if (impl == nullptr) return fail(Errc::kInvalidArgument, "unknown segment handle");
   Segment* seg = segment;
-  auto lock = impl_->table.lock(seg);
+  auto lock = impl->table.lock(seg);
   if (seg == nullptr) return fail(Errc::kInvalidArgument, "unknown segment handle");
-  if (impl_->snapshot_mode_for(seg->name) != EngineConfig::SnapshotMode::kCopyOnWrite)
+  if (impl->snapshot_mode_for(seg->name) != EngineConfig::SnapshotMode::kCopyOnWrite)
     return std::optional<ClientCopyOnWrite>{};
   if (const auto& why = CopyOnWrite::unavailable_reason(); !why.empty()) return fail(Errc::kUnavailable, why);
   if (seg->mem.huge_pages()) return fail(Errc::kUnavailable, "the memory is on huge pages");
   if (seg->cow != nullptr) {  // the previous client's: its snapshot is settled first
-    impl_->acquire_token();
-    impl_->settle_cow(*seg, true);
+    impl->acquire_token();
+    impl->settle_cow(*seg, true);
     seg->cow.reset();
-    impl_->release_token();
+    impl->release_token();
   }
   const uint64_t len = seg->mem.mapped_size();
   auto share = CowShare::create(len);
@@ -520,16 +599,18 @@ Result<std::optional<ClientCopyOnWrite>> Engine::share_copy_on_write(Segment* se
   }
   seg->cow = std::move(*cow);
   seg->copy_on_write.store(true);
-  return ClientCopyOnWrite{fd, impl_->commit_every_ms_for(seg->name)};
+  return ClientCopyOnWrite{fd, impl->commit_every_ms_for(seg->name)};
 }
 
 Result<void> Engine::close(Segment* segment) {
-  const std::string name = impl_->table.name_of(segment);
+  Impl* impl = shard_holding(segment);
+  if (impl == nullptr) return fail(Errc::kInvalidArgument, "unknown segment handle");
+  const std::string name = impl->table.name_of(segment);
   if (name.empty()) return fail(Errc::kInvalidArgument, "unknown segment handle");
-  SegmentTable::NameGuard guard(impl_->table, name);
-  Segment* seg = impl_->table.lookup(segment);  // closed meanwhile?
+  SegmentTable::NameGuard guard(impl->table, name);
+  Segment* seg = impl->table.lookup(segment);  // closed meanwhile?
   if (seg == nullptr) return fail(Errc::kInvalidArgument, "unknown segment handle");
-  return impl_->remove_segment(seg);
+  return impl->remove_segment(seg);
 }
 
 Result<void> Engine::Impl::remove_segment(Segment* seg) {
@@ -549,12 +630,14 @@ Result<void> Engine::Impl::remove_segment(Segment* seg) {
 }
 
 Result<SegmentStatus> Engine::status(Segment* segment) const {
-  return impl_->table.with(segment, [this](Segment* seg) -> Result<SegmentStatus> {
+  Impl* impl = shard_holding(segment);
+  if (impl == nullptr) return fail(Errc::kInvalidArgument, "unknown segment handle");
+  return impl->table.with(segment, [impl](Segment* seg) -> Result<SegmentStatus> {
     if (seg == nullptr) return fail(Errc::kInvalidArgument, "unknown segment handle");
     SegmentStatus st{seg->name, seg->id, seg->size, seg->committed.load(), seg->epoch.load(), seg->fenced.load(), {}};
     for (auto& r : seg->replicas) st.replicas.emplace_back(r->node.load(), r->held.load());
     st.durable = seg->durable.load();
-    if (st.durable != 0) st.durable_age_us = elapsed(impl_->clock_ns(), seg->durable_at_ns.load()) / 1000;
+    if (st.durable != 0) st.durable_age_us = elapsed(impl->clock_ns(), seg->durable_at_ns.load()) / 1000;
     st.writes_tracked = seg->tracked.load(std::memory_order_relaxed);
     // The committer drops `cow` holding seg->mu: hold it to read through it
     // (but never wait out a commit's copy for a status: counts then stay 0).
@@ -564,7 +647,7 @@ Result<SegmentStatus> Engine::status(Segment* segment) const {
       st.cow_faults = seg->cow->faults();
       st.cow_copied_aside = seg->cow->copied_aside();
     }
-    if (auto it = impl_->standby_nodes.find(seg->id); it != impl_->standby_nodes.end()) st.standbys = it->second;
+    if (auto it = impl->standby_nodes.find(seg->id); it != impl->standby_nodes.end()) st.standbys = it->second;
     return st;
   });
 }
@@ -587,9 +670,10 @@ Result<ReplicaStatus> Engine::replica_status(std::string_view name) const {
   ReplicaStatus st;
   bool found = false;
   const uint64_t id = wire::segment_id(name);
-  auto done = impl_->call([&] {
-    auto it = impl_->stores.find(id);
-    if (it == impl_->stores.end()) return;
+  Impl* impl = &shard_for(name);
+  auto done = impl->call([&] {
+    auto it = impl->stores.find(id);
+    if (it == impl->stores.end()) return;
     found = true;
     st = replica_status_of(*it->second);
   });
@@ -600,10 +684,13 @@ Result<ReplicaStatus> Engine::replica_status(std::string_view name) const {
 
 Result<std::vector<ReplicaStatus>> Engine::replicas() const {
   std::vector<ReplicaStatus> out;
-  auto done = impl_->call([&] {
-    for (const auto& [id, store] : impl_->stores) out.push_back(replica_status_of(*store));
-  });
-  if (!done) return tl::unexpected(done.error());
+  for (const auto& shard : shards_) {
+    Impl* impl = shard.get();
+    auto done = impl->call([&] {
+      for (const auto& [id, store] : impl->stores) out.push_back(replica_status_of(*store));
+    });
+    if (!done) return tl::unexpected(done.error());
+  }
   std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.name < b.name; });
   return out;
 }
@@ -613,9 +700,10 @@ Result<RecordStatus> Engine::record(std::string_view name) const {
   RecordStatus st;
   bool found = false;
   const uint64_t id = wire::segment_id(name);
-  auto done = impl_->call([&] {
-    auto it = impl_->records.find(id);
-    if (it == impl_->records.end()) return;
+  Impl* impl = &shard_for(name);
+  auto done = impl->call([&] {
+    auto it = impl->records.find(id);
+    if (it == impl->records.end()) return;
     found = true;
     st = RecordStatus{it->second.epoch, it->second.version, it->second.owner, {}};
     for (uint16_t n : wire::unpack_set(it->second.set))
@@ -631,9 +719,10 @@ Result<std::vector<std::byte>> Engine::read_replica(std::string_view name, uint6
   std::vector<std::byte> out;
   bool found = false;
   const uint64_t id = wire::segment_id(name);
-  auto done = impl_->call([&] {
-    auto it = impl_->stores.find(id);
-    if (it == impl_->stores.end()) return;
+  Impl* impl = &shard_for(name);
+  auto done = impl->call([&] {
+    auto it = impl->stores.find(id);
+    if (it == impl->stores.end()) return;
     ReplicaStore::Slot* slot = it->second->find(generation);
     if (slot == nullptr) return;
     found = true;
@@ -663,50 +752,61 @@ std::vector<PeerStatus> Engine::peers() const {
 View Engine::view() const { return impl_->current_view(); }
 
 std::vector<Event> Engine::events() const {
-  std::lock_guard lock(impl_->events_mu);
-  return {impl_->event_log.begin(), impl_->event_log.end()};
+  std::vector<Event> out;
+  for (const auto& shard : shards_) {
+    std::lock_guard lock(shard->events_mu);
+    out.insert(out.end(), shard->event_log.begin(), shard->event_log.end());
+  }
+  std::stable_sort(out.begin(), out.end(), [](const Event& a, const Event& b) { return a.unix_us < b.unix_us; });
+  return out;
 }
 
 std::vector<LinkStatus> Engine::link_status() const {
   std::vector<LinkStatus> out;
-  // up() is the token holder's to call; the worker answers.
-  auto done = impl_->call([&] {
-    for (auto& l : impl_->links) out.push_back(LinkStatus{l->name(), l->peer(), l->up(), l->counters()});
-  });
-  if (!done) return {};
+  // up() is the token holder's to call; each shard's worker answers.
+  for (const auto& shard : shards_) {
+    Impl* impl = shard.get();
+    auto done = impl->call([&] {
+      for (auto& l : impl->links)
+        out.push_back(LinkStatus{l->name(), l->peer(), l->up(), l->counters(), impl->shard});
+    });
+    if (!done) return {};
+  }
   return out;
 }
 
 EngineStats Engine::stats() const noexcept {
-  const auto& c = impl_->counters;
   EngineStats s;
-  s.frames_rx = c.frames_rx.load();
-  s.frames_tx = c.frames_tx.load();
-  s.misdirected = c.misdirected.load();
-  s.retransmits = c.retransmits.load();
-  s.duplicates = c.duplicates.load();
-  s.stale_epoch = c.stale_epoch.load();
-  s.published = c.published.load();
-  s.corrupt_generations = c.corrupt_generations.load();
-  s.tx_dropped = c.tx_dropped.load();
-  s.no_slot = c.no_slot.load();
-  s.bad_input = c.bad_input.load();
-  s.stalls = c.stalls.load();
-  s.longest_stall_us = c.longest_stall_us.load();
-  s.snapshot_chunks_copied = c.snapshot_chunks_copied.load();
-  s.snapshot_chunks_skipped = c.snapshot_chunks_skipped.load();
-  s.deltas_sent = c.deltas_sent.load();
-  s.wholes_sent = c.wholes_sent.load();
-  s.deltas_published = c.deltas_published.load();
-  s.restamped = c.restamped.load();
-  s.notes_rx = c.notes_rx.load();
-  s.notes_dropped = c.notes_dropped.load();
-  s.standby_promotions = c.standby_promotions.load();
-  s.replica_promotions = c.replica_promotions.load();
-  s.cow_snapshots = c.cow_snapshots.load();
-  s.cow_pages_settled = c.cow_pages_settled.load();
-  s.periodic_commits = c.periodic_commits.load();
-  for (size_t i = 0; i < c.decode.size(); ++i) s.decode_errors[i] = c.decode[i].load();
+  for (const auto& shard : shards_) {
+    const auto& c = shard->counters;
+    s.frames_rx += c.frames_rx.load();
+    s.frames_tx += c.frames_tx.load();
+    s.misdirected += c.misdirected.load();
+    s.retransmits += c.retransmits.load();
+    s.duplicates += c.duplicates.load();
+    s.stale_epoch += c.stale_epoch.load();
+    s.published += c.published.load();
+    s.corrupt_generations += c.corrupt_generations.load();
+    s.tx_dropped += c.tx_dropped.load();
+    s.no_slot += c.no_slot.load();
+    s.bad_input += c.bad_input.load();
+    s.stalls += c.stalls.load();
+    s.longest_stall_us = std::max(s.longest_stall_us, c.longest_stall_us.load());
+    s.snapshot_chunks_copied += c.snapshot_chunks_copied.load();
+    s.snapshot_chunks_skipped += c.snapshot_chunks_skipped.load();
+    s.deltas_sent += c.deltas_sent.load();
+    s.wholes_sent += c.wholes_sent.load();
+    s.deltas_published += c.deltas_published.load();
+    s.restamped += c.restamped.load();
+    s.notes_rx += c.notes_rx.load();
+    s.notes_dropped += c.notes_dropped.load();
+    s.standby_promotions += c.standby_promotions.load();
+    s.replica_promotions += c.replica_promotions.load();
+    s.cow_snapshots += c.cow_snapshots.load();
+    s.cow_pages_settled += c.cow_pages_settled.load();
+    s.periodic_commits += c.periodic_commits.load();
+    for (size_t i = 0; i < c.decode.size(); ++i) s.decode_errors[i] += c.decode[i].load();
+  }
   return s;
 }
 

@@ -61,7 +61,23 @@
 
 namespace baton {
 
+/// The most shards (workers) one engine runs.
+inline constexpr size_t kMaxShards = 64;
+
+/// One shard of an engine: a whole data path (worker, links, replica
+/// stores, owned segments) with its own control plane. An engine of one
+/// shard is the classic engine; with several (EngineConfig::workers) each
+/// owns the segments shard_index() gives it and talks only to the same
+/// shard of its peers.
 struct Engine::Impl {
+  /// Validates `config` and builds shard `shard` of `shards` over `links`;
+  /// starts no thread. Thread: Engine::start_sharded.
+  static Result<std::unique_ptr<Impl>> prepare(const EngineConfig& config, std::vector<std::unique_ptr<Link>> links,
+                                               size_t shard, size_t shards);
+  /// Starts the worker, control and periodic threads and pins the worker.
+  void launch();
+  uint16_t shard = 0, shard_count = 1;  ///< fixed at start
+  std::string event_prefix;             ///< "shard K: " for shards after the first; fixed at start
   EngineConfig config;
   const SimulationHooks* sim = nullptr;  ///< config.simulation, or null: real time and a worker
   /// The engine's clock: CLOCK_MONOTONIC, or the simulation's. Thread: any.

@@ -136,8 +136,10 @@ void Control::run() noexcept {
 void Engine::Impl::wake_control() noexcept { control->wake(); }
 
 bool Engine::poll_control() {
-  if (impl_->sim == nullptr) return false;  // the control thread runs it
-  return impl_->control->step(impl_->clock_ns());
+  if (impl_->sim == nullptr) return false;  // the control threads run it
+  bool any = false;
+  for (auto& shard : shards_) any |= shard->control->step(shard->clock_ns());
+  return any;
 }
 
 }  // namespace baton

@@ -12,9 +12,10 @@
 namespace baton {
 
 Result<void> Engine::remove(std::string_view name) {
+  Impl* impl = &shard_for(name);
   if (auto ok = check_name(name); !ok) return tl::unexpected(ok.error());
-  SegmentTable::NameGuard guard(impl_->table, name);
-  return impl_->remove_locked(name);
+  SegmentTable::NameGuard guard(impl->table, name);
+  return impl->remove_locked(name);
 }
 
 Result<void> Engine::Impl::remove_locked(std::string_view name) {

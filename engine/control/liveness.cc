@@ -18,6 +18,7 @@
 namespace baton {
 
 void Engine::Impl::record_event(std::string text) noexcept {
+  if (!event_prefix.empty()) text.insert(0, event_prefix);
   BT_INFO("event: %s", text.c_str());
   timespec ts;
   clock_gettime(CLOCK_REALTIME, &ts);

@@ -84,13 +84,14 @@ Result<std::unique_ptr<QueryOp>> Engine::Impl::query(std::string_view name) {
 }
 
 Result<Segment*> Engine::create(std::string_view name, uint64_t size) {
+  Impl* impl = &shard_for(name);
   if (auto ok = check_name(name); !ok) return tl::unexpected(ok.error());
-  if (size == 0 || size > impl_->config.max_segment_size)
-    return fail(Errc::kInvalidArgument, "size must be 1..", std::to_string(impl_->config.max_segment_size));
-  SegmentTable::NameGuard guard(impl_->table, name);
-  if (impl_->table.by_name(name) != nullptr) return fail(Errc::kExists, "segment ", name, " is open here");
-  if (auto ok = impl_->require_quorum("create a segment"); !ok) return tl::unexpected(ok.error());
-  auto q = impl_->query(name);
+  if (size == 0 || size > impl->config.max_segment_size)
+    return fail(Errc::kInvalidArgument, "size must be 1..", std::to_string(impl->config.max_segment_size));
+  SegmentTable::NameGuard guard(impl->table, name);
+  if (impl->table.by_name(name) != nullptr) return fail(Errc::kExists, "segment ", name, " is open here");
+  if (auto ok = impl->require_quorum("create a segment"); !ok) return tl::unexpected(ok.error());
+  auto q = impl->query(name);
   if (!q) return tl::unexpected(q.error());
   const uint64_t deleted = deleted_at(**q);
   for (const auto& a : (*q)->answers) {
@@ -104,8 +105,8 @@ Result<Segment*> Engine::create(std::string_view name, uint64_t size) {
       return fail(Errc::kExists, "segment ", name, " is recorded at epoch ", std::to_string(a.record.epoch),
                   " (node ", std::to_string(a.peer), " holds its record); load it instead");
   }
-  if (deleted != 0) impl_->repair_tombstone(**q);
-  return impl_->create_fresh(name, size, **q);
+  if (deleted != 0) impl->repair_tombstone(**q);
+  return impl->create_fresh(name, size, **q);
 }
 
 Result<Segment*> Engine::Impl::create_fresh(std::string_view name, uint64_t size, const QueryOp& q) {
@@ -458,17 +459,19 @@ Result<OpenResult> Engine::Impl::load_from_global(std::string_view name, uint64_
 }
 
 Result<OpenResult> Engine::load(std::string_view name) {
+  Impl* impl = &shard_for(name);
   if (auto ok = check_name(name); !ok) return tl::unexpected(ok.error());
-  SegmentTable::NameGuard guard(impl_->table, name);
-  return impl_->open_locked(name, 0, true);
+  SegmentTable::NameGuard guard(impl->table, name);
+  return impl->open_locked(name, 0, true);
 }
 
 Result<OpenResult> Engine::open(std::string_view name, uint64_t size) {
+  Impl* impl = &shard_for(name);
   if (auto ok = check_name(name); !ok) return tl::unexpected(ok.error());
-  if (size == 0 || size > impl_->config.max_segment_size)
-    return fail(Errc::kInvalidArgument, "size must be 1..", std::to_string(impl_->config.max_segment_size));
-  SegmentTable::NameGuard guard(impl_->table, name);
-  return impl_->open_locked(name, size, false);
+  if (size == 0 || size > impl->config.max_segment_size)
+    return fail(Errc::kInvalidArgument, "size must be 1..", std::to_string(impl->config.max_segment_size));
+  SegmentTable::NameGuard guard(impl->table, name);
+  return impl->open_locked(name, size, false);
 }
 
 Result<OpenResult> Engine::Impl::open_locked(std::string_view name, uint64_t size, bool load_only, bool again) {
@@ -557,33 +560,35 @@ Result<OpenResult> Engine::Impl::open_locked(std::string_view name, uint64_t siz
 }
 
 Result<OpenResult> Engine::reopen(Segment* segment, bool take_over) {
-  const std::string name = impl_->table.name_of(segment);
+  Impl* impl = shard_holding(segment);
+  if (impl == nullptr) return fail(Errc::kInvalidArgument, "unknown segment handle");
+  const std::string name = impl->table.name_of(segment);
   if (name.empty()) return fail(Errc::kInvalidArgument, "unknown segment handle");
-  SegmentTable::NameGuard guard(impl_->table, name);
-  Segment* seg = impl_->table.lookup(segment);  // closed meanwhile?
+  SegmentTable::NameGuard guard(impl->table, name);
+  Segment* seg = impl->table.lookup(segment);  // closed meanwhile?
   if (seg == nullptr) return fail(Errc::kInvalidArgument, "unknown segment handle");
   if (!seg->fenced.load()) {
     // While the application was gone the node may have been cut off (or
     // stopped) and another taken over: ask a quorum before trusting the
     // local copy. A newer epoch anywhere, or another live owner, fences it.
-    if (auto ok = impl_->require_quorum("confirm ownership"); !ok) return tl::unexpected(ok.error());
-    auto q = impl_->query(seg->name);
+    if (auto ok = impl->require_quorum("confirm ownership"); !ok) return tl::unexpected(ok.error());
+    auto q = impl->query(seg->name);
     if (!q) return tl::unexpected(q.error());
     const uint64_t epoch = seg->epoch.load();
     bool superseded = false;
     for (const auto& a : (*q)->answers)
       superseded |= a.record.epoch > epoch || (a.found && a.epoch > epoch) ||
                     (a.found && a.owner && a.epoch >= epoch);  // an older owner that has not heard is no one
-    if (superseded) (void)impl_->call([this, seg] { impl_->fence(*seg); });
+    if (superseded) (void)impl->call([impl, seg] { impl->fence(*seg); });
   }
-  if (seg->fenced.load()) return impl_->open_locked(std::string(seg->name), seg->size, take_over);
+  if (seg->fenced.load()) return impl->open_locked(std::string(seg->name), seg->size, take_over);
   uint64_t generation;
   {
     std::lock_guard seg_lock(seg->mu);  // no commit of it meanwhile (one may still be returning)
     // Memory nobody was given since it was made from the last generation
     // (a load for an agent, then the application's first open) needs
     // nothing put back.
-    generation = seg->pristine.load() ? seg->committed.load() : impl_->restore_committed(*seg);
+    generation = seg->pristine.load() ? seg->committed.load() : impl->restore_committed(*seg);
   }
   return OpenResult{seg, generation > 0 ? OpenOutcome::kRestored : OpenOutcome::kCreated, generation};
 }

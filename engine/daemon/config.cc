@@ -58,6 +58,22 @@ class Reader {
     return out;
   }
 
+  // [engine] workers: CPUs (-1: float), one shard each.
+  Result<std::vector<int>> cpus(const toml::node_view<const toml::node>& n, const std::string& field) const {
+    std::vector<int> out;
+    if (!n) return out;
+    const toml::array* arr = n.as_array();
+    if (arr == nullptr || arr->empty() || arr->size() > 64)
+      return tl::unexpected(error(field, "must be an array of 1..64 CPU numbers (-1: the worker floats)"));
+    for (const auto& e : *arr) {
+      auto v = e.value<int64_t>();
+      if (!e.is_integer() || !v || *v < -1 || *v > 4095)
+        return tl::unexpected(error(field, "must be an array of CPU numbers (0..4095, or -1: the worker floats)"));
+      out.push_back(static_cast<int>(*v));
+    }
+    return out;
+  }
+
   // An array of node ids (1..65534), each once.
   Result<std::vector<uint16_t>> nodes(const toml::node_view<const toml::node>& n, const std::string& field) const {
     std::vector<uint16_t> out;
@@ -164,12 +180,17 @@ Result<DaemonConfig> parse_daemon_config(std::string_view text, std::string_view
   if (const auto eng = root["engine"]; eng) {
     if (!eng.is_table()) return tl::unexpected(r.error("engine", "must be a table"));
     if (auto ok = r.only(*eng.as_table(), "engine",
-                         {"replication_factor", "retain", "idle", "max_segment_mib", "worker_cpu", "numa_node",
-                          "topology", "heartbeat_us", "failure_timeout_us", "expected_votes"});
+                         {"replication_factor", "retain", "idle", "max_segment_mib", "worker_cpu", "workers",
+                          "numa_node", "topology", "heartbeat_us", "failure_timeout_us", "expected_votes"});
         !ok)
       return tl::unexpected(ok.error());
     TRY(cpu, r.integer(eng["worker_cpu"], "engine.worker_cpu", -1, 4095, -1));
     c.engine.worker_cpu = static_cast<int>(cpu);
+    TRY(workers, r.cpus(eng["workers"], "engine.workers"));
+    if (!workers.empty() && eng["worker_cpu"])
+      return tl::unexpected(
+          r.error("engine.workers", "and engine.worker_cpu both given: workers names every worker's CPU"));
+    c.engine.workers = workers;
     TRY(numa, r.integer(eng["numa_node"], "engine.numa_node", -1, 1023, -1));
     c.engine.numa_node = static_cast<int>(numa);
     TRY(topology, r.string(eng["topology"], "engine.topology", ""));
@@ -280,7 +301,8 @@ Result<DaemonConfig> parse_daemon_config(std::string_view text, std::string_view
     TRY(link_tables, r.tables(root["link"], "link"));
     std::set<std::string> devices;  // several links may reach one peer (two backplanes), each its own port
     for (const auto& [where, t] : link_tables) {
-      if (auto ok = r.only(*t, where, {"peer", "driver", "device", "max_frame"}); !ok) return tl::unexpected(ok.error());
+      if (auto ok = r.only(*t, where, {"peer", "driver", "device", "max_frame", "shard"}); !ok)
+        return tl::unexpected(ok.error());
       const toml::node_view<const toml::node> lv(t);
       TRY(peer, r.integer(lv["peer"], where + ".peer", 1, 65534, std::nullopt));
       if (peer == id) return tl::unexpected(r.error(where + ".peer", "is this node's own id"));
@@ -292,7 +314,14 @@ Result<DaemonConfig> parse_daemon_config(std::string_view text, std::string_view
       if (!devices.insert(device).second)
         return tl::unexpected(r.error(where + ".device", "is already another link's device"));
       TRY(max_frame, r.integer(lv["max_frame"], where + ".max_frame", 1024, 65000, 0));
-      c.links.push_back(LinkSpec{static_cast<uint16_t>(peer), driver, device, static_cast<uint32_t>(max_frame)});
+      const int64_t shards = std::max<int64_t>(1, static_cast<int64_t>(c.engine.workers.size()));
+      TRY(shard, r.integer(lv["shard"], where + ".shard", -1, 63, -1));
+      if (shard >= shards)
+        return tl::unexpected(r.error(where + ".shard", "is " + std::to_string(shard) + "; engine.workers makes " +
+                                                            std::to_string(shards) +
+                                                            (shards == 1 ? " shard" : " shards")));
+      c.links.push_back(LinkSpec{static_cast<uint16_t>(peer), driver, device, static_cast<uint32_t>(max_frame),
+                                 static_cast<int>(shard)});
     }
   }
   {

@@ -5,6 +5,8 @@
 //   [node]    id = 1, name = "blade1", cores = 2, memory_mib = 4096, tags = ["slot=1"], spare = false
 //   [engine]  replication_factor = 2, retain = 0, idle = "adaptive" | "spin", max_segment_mib = 1024,
 //             worker_cpu = 1 (pin the poll loop; default: float),
+//             workers = [0, 1] (per-core shards: one worker each, pinned to that CPU, -1 floats;
+//             default: one worker on worker_cpu; every node of a cluster runs as many),
 //             numa_node = 0 (where memory lives; default: worker_cpu's node),
 //             topology = "synthetic:package:2 numa:2 core:8 pu:1" (default: discovered),
 //             heartbeat_us = 5000, failure_timeout_us = 150000 (0: by idle policy)
@@ -21,7 +23,9 @@
 //             priority = 0, min_cores, min_memory_mib, tags = [...], home = [1], start_timeout_ms
 //             (service groups, issue #12: failover/service_group.h; the same on every node)
 //   [[link]]  peer = 2, driver = "ethdev", device = "net_memif0,role=server,socket=/run/baton/1-2.sock",
-//             max_frame = 9000 (optional: what the medium carries, e.g. the veth MTU)
+//             max_frame = 9000 (optional: what the medium carries, e.g. the veth MTU),
+//             shard = 1 (optional: this device serves that shard alone; default: every shard, a memif
+//             or net_ring port opened with a queue pair per shard, a shm region per shard)
 //             or driver = "shm", device = "/dev/shm/baton-1-2" (a region shared with the peer on this
 //             machine; the lower node id is its side 0)
 
@@ -46,6 +50,9 @@ struct LinkSpec {
   /// (the lower node id is side 0 of it).
   std::string device;
   uint32_t max_frame = 0;  ///< Baton bytes per frame; 0: the driver's default
+  /// The shard this device serves alone; -1: every shard (a queue pair, or
+  /// for shm a region `device`.K, per shard K > 0).
+  int shard = -1;
 };
 
 struct DaemonConfig {

@@ -29,6 +29,16 @@ nlohmann::json Server::status_json(size_t limit) const {
                  {"stalls", stats.stalls},
                  {"longest_stall_ms", stats.longest_stall_us / 1000},
                  {"telemetry", config_.telemetry_prefix.empty() ? json(nullptr) : json(config_.telemetry_prefix)}};
+  // Per-core shards: where each one's memory lives.
+  out["node"]["shards"] = json::array();
+  for (size_t k = 0; k < engine_.shards(); ++k) {
+    const NodePlace p = engine_.place(k);
+    out["node"]["shards"].push_back(
+        {{"shard", k},
+         {"package", or_null(p.package)},
+         {"numa_node", or_null(p.numa_node)},
+         {"memory_node", or_null(p.memory_node)}});
+  }
   out["clients"] = {{"accepted", counters.accepted},
                     {"refused_credentials", counters.refused_credentials},
                     {"refused_limit", counters.refused_limit},
@@ -72,6 +82,7 @@ nlohmann::json Server::status_json(size_t limit) const {
                             {"rx", l.counters.rx_frames},
                             {"tx", l.counters.tx_frames},
                             {"reconnects", l.counters.reconnects},
+                            {"shard", l.shard},
                             {"name", l.name.substr(0, l.name.find(' '))}});
   }
   // The registry is copied out first: the engine's answers may wait behind

@@ -61,6 +61,14 @@ struct EngineConfig {
   /// engine starts on.
   int numa_node = -1;
   int worker_cpu = -1;                ///< pin the worker thread to this CPU; -1: let it float
+  /// Per-core shards (Engine::start_sharded): one shard per entry, its
+  /// worker pinned to that CPU (-1: it floats). Empty: one shard, its
+  /// worker on worker_cpu. Each shard is a whole data path of its own
+  /// (worker, queue pair on every port, replica stores, control plane)
+  /// and owns the segments whose id falls to it (Engine::shard_of); every
+  /// node of a cluster runs the same number of shards. numa_node, when
+  /// set, binds every shard's memory; else each shard's follows its CPU.
+  std::vector<int> workers;
   /// The machine's topology: "" discovers it (hwloc); "synthetic:DESC" is
   /// an hwloc synthetic description ("synthetic:package:2 numa:2 core:8
   /// pu:1"); anything else the path of an hwloc XML export. A described
@@ -312,6 +320,7 @@ struct LinkStatus {
   uint16_t peer = 0;
   bool up = false;  ///< as the device reports it (a dead af_packet peer still looks up)
   LinkCounters counters;
+  uint16_t shard = 0;  ///< the shard (worker) it serves
 };
 
 struct EngineStats {
@@ -361,6 +370,20 @@ class Engine {
   /// Errors: kInvalidArgument (bad config, duplicate peer), kIo. Thread: control.
   static Result<std::unique_ptr<Engine>> start(const EngineConfig& config,
                                                std::vector<std::unique_ptr<Link>> links);
+  /// Starts an engine of per-core shards, one per EngineConfig::workers
+  /// entry (one when it is empty): shard k runs over `links[k]`, its own
+  /// queue pair (or device) to every peer, and every shard reaches the same
+  /// peers. Shard k of one node talks only to shard k of the others, so the
+  /// protocol runs per shard exactly as it runs per engine. Errors:
+  /// kInvalidArgument (a shard count that does not match the workers,
+  /// shards reaching different peers, Corosync membership with more than
+  /// one shard), and those of start(). Thread: control.
+  static Result<std::unique_ptr<Engine>> start_sharded(const EngineConfig& config,
+                                                       std::vector<std::vector<std::unique_ptr<Link>>> links);
+  /// The number of shards (1 unless started with several workers).
+  size_t shards() const noexcept;
+  /// The shard that owns segment `name` on every node of the cluster.
+  size_t shard_of(std::string_view name) const noexcept;
   ~Engine();
   Engine(const Engine&) = delete;
   Engine& operator=(const Engine&) = delete;
@@ -451,15 +474,18 @@ class Engine {
   /// Copies a replica generation this node holds (0: latest) into a vector.
   Result<std::vector<std::byte>> read_replica(std::string_view name, uint64_t generation = 0) const;
 
+  /// Counters summed over the shards (longest_stall_us: the longest).
   EngineStats stats() const noexcept;
-  /// Every link's state and counters.
+  /// Every link's state and counters, shard by shard.
   std::vector<LinkStatus> link_status() const;
-  /// What the failure detector believes of each peer.
+  /// What the failure detector believes of each peer (the first shard's:
+  /// each shard's control plane watches its own queue pairs).
   std::vector<PeerStatus> peers() const;
-  /// The current membership view.
+  /// The current membership view (the first shard's).
   View view() const;
   /// The most recent events (membership changes, fencing, the daemon's
-  /// failover decisions), oldest first.
+  /// failover decisions), oldest first; every shard's, those of shards
+  /// after the first marked "shard K: ".
   std::vector<Event> events() const;
   /// Adds a line to events() (and the log): for the daemon's own decisions.
   /// Thread: any.
@@ -485,8 +511,10 @@ class Engine {
   /// The machine as hwloc saw it at start, or as EngineConfig::topology
   /// described it (runtime/topology.h).
   const Topology& topology() const noexcept;
-  /// Where this node stands (fixed at start). Thread: any.
-  NodePlace place() const noexcept;
+  /// Where this node stands (fixed at start): its first shard's place, or
+  /// shard `shard`'s (each shard's memory sits on its worker's NUMA node).
+  /// Thread: any.
+  NodePlace place(size_t shard = 0) const noexcept;
   /// One iteration of the poll loop; returns whether it did work. Only for
   /// an engine started with EngineConfig::simulation (it has no worker).
   /// Thread: the simulation's.
@@ -499,8 +527,13 @@ class Engine {
   struct Impl;
 
  private:
-  explicit Engine(std::unique_ptr<Impl> impl);
-  std::unique_ptr<Impl> impl_;
+  explicit Engine(std::vector<std::unique_ptr<Impl>> shards);
+  /// The shard owning `name`, and the one whose table holds `segment`
+  /// (null: an unknown handle). Thread: any.
+  Impl& shard_for(std::string_view name) const noexcept;
+  Impl* shard_holding(const Segment* segment) const noexcept;
+  std::vector<std::unique_ptr<Impl>> shards_;  ///< fixed at start
+  Impl* impl_;  ///< shards_[0]: node-wide state (view, peers, notes, events) is read from it
 };
 
 }  // namespace baton

@@ -46,22 +46,30 @@ struct Cluster {
   std::vector<std::unique_ptr<Engine>> engines;          // engines[i] is node i+1
   std::map<std::pair<int, int>, std::shared_ptr<loopback::Wire>> wires;
   std::map<std::pair<int, int>, std::shared_ptr<loopback::Wire>> second_wires;  ///< with two links per pair
+  /// With several shards (base.workers): shard_wires[k - 1] joins the
+  /// pairs' shard k (a queue pair of its own); `wires` is shard 0's.
+  std::vector<std::map<std::pair<int, int>, std::shared_ptr<loopback::Wire>>> shard_wires;
 
   /// `tweak(node, config)` adjusts one node's config (placement tags, ...).
   /// `links_per_pair` 2: every pair is joined by two links (two backplanes).
   explicit Cluster(int n, EngineConfig base = {}, uint32_t max_frame = 16384,
                    const std::function<void(int, EngineConfig&)>& tweak = {}, int links_per_pair = 1) {
-    std::vector<std::vector<std::unique_ptr<Link>>> links(n);
+    const size_t shards = std::max<size_t>(1, base.workers.size());
+    shard_wires.resize(shards - 1);
+    std::vector<std::vector<std::vector<std::unique_ptr<Link>>>> links(n);
+    for (auto& l : links) l.resize(shards);
     for (int a = 0; a < n; ++a)
       for (int b = a + 1; b < n; ++b) {
-        auto p = loopback::make_pair(a + 1, b + 1, max_frame, 1024, 1000 + a * 31 + b);
-        links[a].push_back(std::move(p.a));
-        links[b].push_back(std::move(p.b));
-        wires[{a + 1, b + 1}] = p.wire;
+        for (size_t k = 0; k < shards; ++k) {
+          auto p = loopback::make_pair(a + 1, b + 1, max_frame, 1024, 1000 + a * 31 + b + 7919 * k);
+          links[a][k].push_back(std::move(p.a));
+          links[b][k].push_back(std::move(p.b));
+          (k == 0 ? wires : shard_wires[k - 1])[{a + 1, b + 1}] = p.wire;
+        }
         if (links_per_pair > 1) {
           auto q = loopback::make_pair(a + 1, b + 1, max_frame, 1024, 5000 + a * 31 + b);
-          links[a].push_back(std::move(q.a));
-          links[b].push_back(std::move(q.b));
+          links[a][0].push_back(std::move(q.a));
+          links[b][0].push_back(std::move(q.b));
           second_wires[{a + 1, b + 1}] = q.wire;
         }
       }
@@ -72,7 +80,7 @@ struct Cluster {
       c.node_id = static_cast<uint16_t>(i + 1);
       if (tweak) tweak(i + 1, c);
       configs.push_back(c);
-      auto e = Engine::start(c, std::move(links[i]));
+      auto e = Engine::start_sharded(c, std::move(links[i]));
       if (!e) throw std::runtime_error(e.error().to_string());
       engines.push_back(std::move(*e));
     }
@@ -105,12 +113,19 @@ struct Cluster {
   loopback::Wire& second_wire(int a, int b) { return *second_wires.at({std::min(a, b), std::max(a, b)}); }
   void set_all_faults(const loopback::Faults& f) {
     for (auto& [k, w] : wires) w->set_faults(f);
+    for (auto& ws : shard_wires)
+      for (auto& [k, w] : ws) w->set_faults(f);
   }
   /// Cuts node `id` off from every other node.
   void isolate(int id, bool cut) {
-    for (auto* ws : {&wires, &second_wires})
+    for (auto* ws : all_wires())
       for (auto& [k, w] : *ws)
         if (k.first == id || k.second == id) w->set_partitioned(cut);
+  }
+  std::vector<std::map<std::pair<int, int>, std::shared_ptr<loopback::Wire>>*> all_wires() {
+    std::vector<std::map<std::pair<int, int>, std::shared_ptr<loopback::Wire>>*> all{&wires, &second_wires};
+    for (auto& ws : shard_wires) all.push_back(&ws);
+    return all;
   }
   /// Stops node `id`'s engine (its memory and replicas are gone).
   void kill(int id) { engines.at(id - 1).reset(); }
@@ -118,11 +133,14 @@ struct Cluster {
   /// wires, holding nothing. Returns at once; the peers notice it by its
   /// heartbeats.
   Engine& restart(int id) {
-    std::vector<std::unique_ptr<Link>> links;
+    std::vector<std::vector<std::unique_ptr<Link>>> links(1 + shard_wires.size());
     for (auto* ws : {&wires, &second_wires})
       for (auto& [k, w] : *ws)
-        if (k.first == id || k.second == id) links.push_back(w->reconnect(static_cast<uint16_t>(id)));
-    auto e = Engine::start(configs.at(id - 1), std::move(links));
+        if (k.first == id || k.second == id) links[0].push_back(w->reconnect(static_cast<uint16_t>(id)));
+    for (size_t s = 0; s < shard_wires.size(); ++s)
+      for (auto& [k, w] : shard_wires[s])
+        if (k.first == id || k.second == id) links[s + 1].push_back(w->reconnect(static_cast<uint16_t>(id)));
+    auto e = Engine::start_sharded(configs.at(id - 1), std::move(links));
     if (!e) throw std::runtime_error(e.error().to_string());
     engines.at(id - 1) = std::move(*e);
     return node(id);

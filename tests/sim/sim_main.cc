@@ -1,7 +1,7 @@
 // baton-sim: the deterministic simulation as a command, for long campaigns
 // and for replaying one seed with its schedule.
 //
-//   baton-sim --seeds 100000 [--first 1] [--nodes 4] [--rf 2] [--actions 60]
+//   baton-sim --seeds 100000 [--first 1] [--nodes 4] [--rf 2] [--actions 60] [--shards 1] [--segments 2]
 //   baton-sim --seed 1234 --print
 
 #include <chrono>
@@ -31,18 +31,22 @@ int main(int argc, char** argv) {
     else if (a == "--nodes") o.nodes = static_cast<int>(next());
     else if (a == "--rf") o.replication_factor = static_cast<uint32_t>(next());
     else if (a == "--actions") o.actions = static_cast<int>(next());
+    else if (a == "--shards") o.shards = static_cast<int>(next());
+    else if (a == "--segments") o.segments = static_cast<int>(next());
     else if (a == "--no-faults-in-calls") o.faults_in_calls = false;
     else if (a == "--no-standbys") o.standbys = false;
     else if (a == "--no-cow") o.cow = false;
     else if (a == "--print") o.print = true;
     else {
       std::fprintf(stderr, "usage: baton-sim [--seeds N] [--first S] [--seed S] [--nodes N] [--rf R] "
-                           "[--actions A] [--no-faults-in-calls] [--no-standbys] [--no-cow] [--print]\n");
+                           "[--actions A] [--shards K] [--segments S] [--no-faults-in-calls] [--no-standbys] "
+                           "[--no-cow] [--print]\n");
       return 2;
     }
   }
-  if (o.nodes < 2 || o.nodes > 16 || o.replication_factor < 1 || o.replication_factor > 4) {
-    std::fprintf(stderr, "baton-sim: --nodes 2..16, --rf 1..4\n");
+  if (o.nodes < 2 || o.nodes > 16 || o.replication_factor < 1 || o.replication_factor > 4 || o.shards < 1 ||
+      o.shards > 8 || o.segments < 1 || o.segments > 16) {
+    std::fprintf(stderr, "baton-sim: --nodes 2..16, --rf 1..4, --shards 1..8, --segments 1..16\n");
     return 2;
   }
   baton::sim::Stats total;

@@ -25,7 +25,8 @@ void run_range(const Options& o, uint64_t first, uint64_t count) {
     total.add(out.stats);
     ASSERT_TRUE(out.ok) << "seed " << seed << ": " << out.violation << "\nschedule:\n"
                         << out.schedule << "\nreplay: build/tests/baton-sim --seed " << seed << " --nodes "
-                        << o.nodes << " --rf " << o.replication_factor << " --print";
+                        << o.nodes << " --rf " << o.replication_factor << " --shards " << o.shards
+                        << " --segments " << o.segments << " --print";
   }
   std::printf("%s\n", total.to_string().c_str());
 }
@@ -50,6 +51,15 @@ TEST(Simulation, TwoNodes) {
   o.nodes = 2;
   o.replication_factor = 1;
   run_range(o, env_or("BATON_SIM_FIRST", 1), env_or("BATON_SIM_SEEDS", 2000) / 2);
+}
+
+// Two per-core shards per node, four segments over them: each shard's
+// wires fail on their own (one shard of a node cut off, the other not).
+TEST(Simulation, FourNodesTwoShards) {
+  Options o;
+  o.shards = 2;
+  o.segments = 4;
+  run_range(o, env_or("BATON_SIM_FIRST", 1), env_or("BATON_SIM_SEEDS", 2000) / 8);
 }
 
 // A seed is a schedule: running it twice gives the same steps, decisions

@@ -152,13 +152,15 @@ class World {
     stalled_.assign(o.nodes, false);
     killed_at_.assign(o.nodes, 0);
     links_.resize(o.nodes);
+    for (auto& l : links_) l.resize(static_cast<size_t>(o.shards));
     for (int a = 1; a <= o.nodes; ++a)
-      for (int b = a + 1; b <= o.nodes; ++b) {
-        auto p = loopback::make_pair(a, b, 16384, 1024, rng_(), hooks_->now);
-        links_[a - 1].push_back(std::move(p.a));
-        links_[b - 1].push_back(std::move(p.b));
-        wires_[{a, b}] = p.wire;
-      }
+      for (int b = a + 1; b <= o.nodes; ++b)
+        for (int k = 0; k < o.shards; ++k) {
+          auto p = loopback::make_pair(a, b, 16384, 1024, rng_(), hooks_->now);
+          links_[a - 1][k].push_back(std::move(p.a));
+          links_[b - 1][k].push_back(std::move(p.b));
+          wires_[{a, b, k}] = p.wire;
+        }
     for (int n = 1; n <= o.nodes; ++n) start(n, std::move(links_[n - 1]));
     for (int i = 0; i < o.segments; ++i) apps_.push_back(App{"seg" + std::to_string(i)});
   }
@@ -205,6 +207,7 @@ class World {
     c.simulation = hooks_;
     c.standbys = standbys_;
     c.snapshot_modes = cow_modes_;
+    if (o_.shards > 1) c.workers.assign(static_cast<size_t>(o_.shards), -1);
     return c;
   }
 
@@ -217,8 +220,8 @@ class World {
     stats_.restamped += st.restamped;
   }
 
-  void start(int n, std::vector<std::unique_ptr<Link>> links) {
-    auto e = Engine::start(config(n), std::move(links));
+  void start(int n, std::vector<std::vector<std::unique_ptr<Link>>> links) {
+    auto e = Engine::start_sharded(config(n), std::move(links));
     if (!e) throw Violation{"engine " + std::to_string(n) + " did not start: " + e.error().to_string()};
     engines_[n - 1] = std::move(*e);
   }
@@ -299,8 +302,7 @@ class World {
         f.partitioned = cut;
         it->second->set_faults(f);
         if (cut) ++stats_.partitions;
-        note(std::string(cut ? "cut" : "heal") + " wire " + std::to_string(it->first.first) + "-" +
-             std::to_string(it->first.second) + when);
+        note(std::string(cut ? "cut" : "heal") + " wire " + wire_name(it->first) + when);
         return;
       }
       case 3: {  // stall (SIGSTOP) or resume a node
@@ -319,7 +321,7 @@ class World {
         f.reorder = 0.1;
         f.reorder_delay_us = 200;
         it->second->set_faults(f);
-        note("lossy wire " + std::to_string(it->first.first) + "-" + std::to_string(it->first.second) + when);
+        note("lossy wire " + wire_name(it->first) + when);
         return;
       }
       default: {  // heal everything
@@ -352,9 +354,10 @@ class World {
   }
 
   void restart(int n, const std::string& when) {
-    std::vector<std::unique_ptr<Link>> links;
+    std::vector<std::vector<std::unique_ptr<Link>>> links(static_cast<size_t>(o_.shards));
     for (auto& [k, w] : wires_)
-      if (k.first == n || k.second == n) links.push_back(w->reconnect(static_cast<uint16_t>(n)));
+      if (k.first == n || k.second == n)
+        links[static_cast<size_t>(k.shard)].push_back(w->reconnect(static_cast<uint16_t>(n)));
     start(n, std::move(links));
     ++stats_.restarts;
     note("restart node " + std::to_string(n) + " (empty)" + when);
@@ -992,8 +995,17 @@ class World {
   uint64_t now_ = 1'000'000'000;
   std::shared_ptr<SimulationHooks> hooks_;
   std::vector<std::unique_ptr<Engine>> engines_;  ///< engines_[n-1] is node n; null while dead
-  std::vector<std::vector<std::unique_ptr<Link>>> links_;
-  std::map<std::pair<int, int>, std::shared_ptr<loopback::Wire>> wires_;
+  std::vector<std::vector<std::vector<std::unique_ptr<Link>>>> links_;  ///< by node, then shard
+  /// A node pair's wire of one shard (shard 0 alone without shards).
+  struct WireKey {
+    int first, second, shard;
+    auto operator<=>(const WireKey&) const = default;
+  };
+  std::string wire_name(const WireKey& k) const {
+    return std::to_string(k.first) + "-" + std::to_string(k.second) +
+           (o_.shards > 1 ? " of shard " + std::to_string(k.shard) : "");
+  }
+  std::map<WireKey, std::shared_ptr<loopback::Wire>> wires_;
   std::vector<std::map<std::string, Segment*>> held_;  ///< handles each engine has open, by name
   std::vector<bool> stalled_;
   std::vector<uint64_t> killed_at_;  ///< when each node was last killed (0: never)

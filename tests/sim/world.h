@@ -39,6 +39,9 @@ struct Options {
   bool print = false;     ///< print the schedule as it runs
   bool standbys = true;   ///< give some segments a hot standby node (picked from the seed)
   bool cow = true;        ///< some segments take copy-on-write snapshots (picked from the seed)
+  /// Per-core shards per node (EngineConfig::workers): shard k of every
+  /// node pair has a wire of its own, which faults strike one at a time.
+  int shards = 1;
 };
 
 struct Stats {
