@@ -71,15 +71,46 @@ rte_mempool* pool_for(int socket, uint32_t room, uint32_t mbufs) {
   return p;
 }
 
+/// A started port: shared by the links of its queue pairs (one per shard);
+/// stopped and closed with the last of them. Its start flag, restart and
+/// reconnect count are the port's, whichever queue's link notices it down.
+struct Port {
+  Port(uint16_t id, bool memif, bool memif_client, bool started)
+      : id(id), memif(memif), memif_client(memif_client), started(started) {}
+  ~Port() {
+    // Cancel waits for a running callback, so none can touch a closed port.
+    rte_eal_alarm_cancel(&Port::restart_on_interrupt_thread, this);
+    rte_eth_dev_stop(id);
+    rte_eth_dev_close(id);
+  }
+  /// Thread: EAL interrupt thread (alarm callback).
+  static void restart_on_interrupt_thread(void* arg) {
+    auto* self = static_cast<Port*>(arg);
+    self->started = false;
+    rte_eth_dev_stop(self->id);
+    if (rte_eth_dev_start(self->id) == 0) {
+      rte_eth_promiscuous_enable(self->id);
+      self->reconnects.fetch_add(1);
+      self->started = true;
+    }
+    self->restart_pending = false;
+  }
+  const uint16_t id;
+  const bool memif, memif_client;
+  std::atomic<bool> started;  // bursts on a stopped port only log noise
+  std::atomic<bool> restart_pending{false};
+  std::atomic<uint64_t> reconnects{0};
+};
+
+/// One queue pair of a port. Thread: its shard's poll-token holder (the
+/// port's other queues belong to other shards).
 class EthdevLink final : public Link {
  public:
-  EthdevLink(uint16_t port, uint16_t peer, uint32_t max_frame, rte_mempool* pool, std::string device, bool memif,
-             bool memif_client, bool started, bool zero_copy)
-      : started_(started),
-        zero_copy_(zero_copy),
-        port_(port), peer_(peer), max_frame_(max_frame), pool_(pool), memif_(memif), memif_client_(memif_client) {
-    rte_eth_macaddr_get(port, &mac_);
-    name_ = device + " -> node " + std::to_string(peer);
+  EthdevLink(std::shared_ptr<Port> port, uint16_t queue, uint16_t peer, uint32_t max_frame, rte_mempool* pool,
+             std::string name, bool zero_copy)
+      : port_(std::move(port)), id_(port_->id), queue_(queue), zero_copy_(zero_copy), peer_(peer),
+        max_frame_(max_frame), pool_(pool), name_(std::move(name)) {
+    rte_eth_macaddr_get(id_, &mac_);
     down_since_ns_ = now_ns();
     // Payloads attached as external buffers belong to the engine: DPDK must
     // never free them. The base reference keeps the count above zero.
@@ -87,32 +118,26 @@ class EthdevLink final : public Link {
     shinfo_.fcb_opaque = nullptr;
     rte_mbuf_ext_refcnt_set(&shinfo_, 1);
   }
-  ~EthdevLink() override {
-    // Cancel waits for a running callback, so none can touch a closed port.
-    rte_eal_alarm_cancel(&EthdevLink::restart_on_interrupt_thread, this);
-    rte_eth_dev_stop(port_);
-    rte_eth_dev_close(port_);
-  }
 
   const std::string& name() const noexcept override { return name_; }
   uint16_t peer() const noexcept override { return peer_; }
   LinkCaps caps() const noexcept override {
     // A vdev (memif, af_packet, net_ring) sits on no socket in particular: -1.
-    return {max_frame_, zero_copy_, rte_eth_dev_socket_id(port_)};
+    return {max_frame_, zero_copy_, rte_eth_dev_socket_id(id_)};
   }
   bool up() noexcept override { return up_; }
 
   uint16_t rx_burst(RxFrame* out, uint16_t n) noexcept override {
     rte_mbuf* ms[kBurst];
     n = std::min<uint16_t>(n, kBurst);
-    if (!started_.load(std::memory_order_relaxed)) return 0;
+    if (!port_->started.load(std::memory_order_relaxed)) return 0;
     uint16_t got;
-    if (memif_) {
+    if (port_->memif) {
       if (!MemifGuard::enter()) return 0;
-      got = rte_eth_rx_burst(port_, 0, ms, n);
+      got = rte_eth_rx_burst(id_, queue_, ms, n);
       MemifGuard::exit();
     } else {
-      got = rte_eth_rx_burst(port_, 0, ms, n);
+      got = rte_eth_rx_burst(id_, queue_, ms, n);
     }
     uint16_t k = 0;
     for (uint16_t i = 0; i < got; ++i) {
@@ -143,7 +168,7 @@ class EthdevLink final : public Link {
     rte_mbuf* ms[kBurst];
     rte_mbuf* attached[kBurst];
     n = std::min<uint16_t>(n, kBurst);
-    if (!started_.load(std::memory_order_relaxed)) return 0;
+    if (!port_->started.load(std::memory_order_relaxed)) return 0;
     if (n == 0 || rte_pktmbuf_alloc_bulk(pool_, ms, n) != 0) return 0;
     if (zero_copy_ && rte_pktmbuf_alloc_bulk(pool_, attached, n) != 0) {
       rte_pktmbuf_free_bulk(ms, n);
@@ -186,13 +211,13 @@ class EthdevLink final : public Link {
         if (attached[i] != nullptr) rte_pktmbuf_free(attached[i]);
     uint16_t sent = 0;
     if (built > 0) {
-      if (memif_) {
+      if (port_->memif) {
         if (MemifGuard::enter()) {
-          sent = rte_eth_tx_burst(port_, 0, ms, built);
+          sent = rte_eth_tx_burst(id_, queue_, ms, built);
           MemifGuard::exit();
         }
       } else {
-        sent = rte_eth_tx_burst(port_, 0, ms, built);
+        sent = rte_eth_tx_burst(id_, queue_, ms, built);
       }
     }
     if (sent < n) rte_pktmbuf_free_bulk(ms + sent, n - sent);
@@ -205,7 +230,7 @@ class EthdevLink final : public Link {
     if (now - last_poll_ns_ < kLinkPollNs) return false;
     last_poll_ns_ = now;
     rte_eth_link link{};
-    if (rte_eth_link_get_nowait(port_, &link) != 0) return false;
+    if (rte_eth_link_get_nowait(id_, &link) != 0) return false;
     const bool up = link.link_status == RTE_ETH_LINK_UP;
     if (up != up_) {
       BT_INFO("%s: link %s", name_.c_str(), up ? "up" : "down");
@@ -217,52 +242,40 @@ class EthdevLink final : public Link {
     // driven by the EAL interrupt thread, and a stop from this thread while
     // that thread handles a message crashes the PMD. An alarm callback runs
     // on the interrupt thread, serialised with memif's own handlers.
-    if (!up_ && memif_client_ && now - down_since_ns_ >= kReconnectNs && !restart_pending_.exchange(true)) {
+    // (One restart per port, whichever of its queues' links asks first.)
+    if (!up_ && port_->memif_client && now - down_since_ns_ >= kReconnectNs &&
+        !port_->restart_pending.exchange(true)) {
       down_since_ns_ = now;
-      if (rte_eal_alarm_set(1, &EthdevLink::restart_on_interrupt_thread, this) != 0) restart_pending_ = false;
+      if (rte_eal_alarm_set(1, &Port::restart_on_interrupt_thread, port_.get()) != 0) port_->restart_pending = false;
       return true;
     }
     return false;
   }
 
-  /// Thread: EAL interrupt thread (alarm callback).
-  static void restart_on_interrupt_thread(void* arg) {
-    auto* self = static_cast<EthdevLink*>(arg);
-    self->started_ = false;
-    rte_eth_dev_stop(self->port_);
-    if (rte_eth_dev_start(self->port_) == 0) {
-      rte_eth_promiscuous_enable(self->port_);
-      self->reconnects_.fetch_add(1);
-      self->started_ = true;
-    }
-    self->restart_pending_ = false;
-  }
-
   LinkCounters counters() const noexcept override {
     LinkCounters c = counters_;
-    c.reconnects = reconnects_.load();
+    c.reconnects = port_->reconnects.load();
     return c;
   }
 
  private:
-  std::atomic<bool> started_;  // bursts on a stopped port only log noise
+  std::shared_ptr<Port> port_;
+  uint16_t id_;     ///< port_->id
+  uint16_t queue_;  ///< this link's rx/tx queue pair
   bool zero_copy_;
   rte_mbuf_ext_shared_info shinfo_{};
-  uint16_t port_;
   uint16_t peer_;
   uint32_t max_frame_;
   rte_mempool* pool_;
-  bool memif_;
-  bool memif_client_;
   rte_ether_addr mac_{};
   std::string name_;
   bool up_ = false;
   uint64_t last_poll_ns_ = 0;
   uint64_t down_since_ns_ = 0;
-  std::atomic<bool> restart_pending_{false};
-  std::atomic<uint64_t> reconnects_{0};
   LinkCounters counters_;
 };
+
+
 
 Result<uint16_t> find_port(const std::string& name) {
   uint16_t port;
@@ -270,27 +283,38 @@ Result<uint16_t> find_port(const std::string& name) {
   return fail(Errc::kInvalidArgument, "no DPDK port named ", name);
 }
 
-Result<std::unique_ptr<Link>> start_port(uint16_t port, const PortConfig& c, const std::string& name) {
+Result<std::vector<std::unique_ptr<Link>>> start_port(uint16_t port, const PortConfig& c, const std::string& name) {
   rte_eth_dev_info info{};
   if (int rc = rte_eth_dev_info_get(port, &info); rc != 0)
     return fail(Errc::kIo, name, ": dev_info: ", rte_strerror(-rc));
+  const uint16_t queues = c.queues;
+  if (queues > info.max_rx_queues || queues > info.max_tx_queues)
+    return fail(Errc::kInvalidArgument, name, ": ", std::to_string(queues), " queue pairs asked, the device has ",
+                std::to_string(std::min(info.max_rx_queues, info.max_tx_queues)));
+  const bool af_packet = std::strcmp(info.driver_name, "net_af_packet") == 0;
+  if (queues > 1 && af_packet)
+    return fail(Errc::kInvalidArgument, name,
+                ": af_packet spreads frames over its queues by flow hash, not by shard: give each shard a device "
+                "of its own");
   const int socket = rte_eth_dev_socket_id(port);
   // Slack beyond the frame: af_packet wants each of its ring frames (the
   // frame plus its own header) to fit one mbuf.
   constexpr uint32_t kSlack = 256;
   const uint32_t room = c.max_frame + sizeof(rte_ether_hdr) + RTE_PKTMBUF_HEADROOM + kSlack;
   if (room > UINT16_MAX) return fail(Errc::kInvalidArgument, "max_frame too large for an mbuf");
-  rte_mempool* pool = pool_for(socket, room, c.mbufs);
+  rte_mempool* pool = pool_for(socket, room, c.mbufs * queues);
   if (pool == nullptr) return fail(Errc::kNoMemory, name, ": mbuf pool: ", rte_strerror(rte_errno));
   rte_eth_conf conf{};
-  if (int rc = rte_eth_dev_configure(port, 1, 1, &conf); rc != 0)
+  if (int rc = rte_eth_dev_configure(port, queues, queues, &conf); rc != 0)
     return fail(Errc::kIo, name, ": configure: ", rte_strerror(-rc));
   uint16_t rxd = c.descriptors, txd = c.descriptors;
   rte_eth_dev_adjust_nb_rx_tx_desc(port, &rxd, &txd);
-  if (int rc = rte_eth_rx_queue_setup(port, 0, rxd, socket, nullptr, pool); rc != 0)
-    return fail(Errc::kIo, name, ": rx queue: ", rte_strerror(-rc));
-  if (int rc = rte_eth_tx_queue_setup(port, 0, txd, socket, nullptr); rc != 0)
-    return fail(Errc::kIo, name, ": tx queue: ", rte_strerror(-rc));
+  for (uint16_t q = 0; q < queues; ++q) {
+    if (int rc = rte_eth_rx_queue_setup(port, q, rxd, socket, nullptr, pool); rc != 0)
+      return fail(Errc::kIo, name, ": rx queue ", std::to_string(q), ": ", rte_strerror(-rc));
+    if (int rc = rte_eth_tx_queue_setup(port, q, txd, socket, nullptr); rc != 0)
+      return fail(Errc::kIo, name, ": tx queue ", std::to_string(q), ": ", rte_strerror(-rc));
+  }
   const bool memif = std::strcmp(info.driver_name, "net_memif") == 0;
   const bool client = memif && c.device.find("role=client") != std::string::npos;
   // A memif client cannot start before its server's socket exists; the link
@@ -305,9 +329,15 @@ Result<std::unique_ptr<Link>> start_port(uint16_t port, const PortConfig& c, con
   // Zero-copy transmit only where the PMD copies the frame into its own ring
   // within tx_burst (memif in copy mode, af_packet): the payload must not be
   // referenced after the call. A NIC would DMA later and needs IOVAs.
-  const bool zero_copy = memif || std::strcmp(info.driver_name, "net_af_packet") == 0;
-  return std::unique_ptr<Link>(
-      new EthdevLink(port, c.peer, c.max_frame, pool, name, memif, client, rc == 0, zero_copy));
+  const bool zero_copy = memif || af_packet;
+  auto shared = std::make_shared<Port>(port, memif, client, rc == 0);
+  std::vector<std::unique_ptr<Link>> links;
+  for (uint16_t q = 0; q < queues; ++q) {
+    std::string link_name = name + (queues > 1 ? " q" + std::to_string(q) : "") + " -> node " + std::to_string(c.peer);
+    links.push_back(
+        std::make_unique<EthdevLink>(shared, q, c.peer, c.max_frame, pool, std::move(link_name), zero_copy));
+  }
+  return links;
 }
 
 // Each process's EAL leaves a runtime directory (/var/run/dpdk/PREFIX: its
@@ -365,7 +395,16 @@ Result<void> init_eal(const std::vector<std::string>& extra, const std::string& 
 bool eal_uses_huge_pages() noexcept { return eal_huge; }
 
 Result<std::unique_ptr<Link>> open_port(const PortConfig& c) {
+  if (c.queues != 1) return fail(Errc::kInvalidArgument, "open_port opens one queue pair: open_port_queues");
+  auto links = open_port_queues(c);
+  if (!links) return tl::unexpected(links.error());
+  return std::move(links->front());
+}
+
+Result<std::vector<std::unique_ptr<Link>>> open_port_queues(const PortConfig& c) {
   if (c.device.empty()) return fail(Errc::kInvalidArgument, "empty device");
+  if (c.queues == 0 || c.queues > kMaxQueues)
+    return fail(Errc::kInvalidArgument, "queues must be 1..", std::to_string(kMaxQueues));
   if (c.peer == 0 || c.peer == 0xFFFF) return fail(Errc::kInvalidArgument, "peer must be 1..65534");
   if (c.max_frame < 1024) return fail(Errc::kInvalidArgument, "max_frame below 1024");
   if (auto ok = init_eal(); !ok) return tl::unexpected(ok.error());
@@ -389,19 +428,34 @@ Result<std::unique_ptr<Link>> open_port(const PortConfig& c) {
 
 Result<std::pair<std::unique_ptr<Link>, std::unique_ptr<Link>>> ring_pair(uint16_t node_a, uint16_t node_b,
                                                                           uint32_t max_frame) {
+  auto queues = ring_pair_queues(node_a, node_b, 1, max_frame);
+  if (!queues) return tl::unexpected(queues.error());
+  return std::pair{std::move(queues->first.front()), std::move(queues->second.front())};
+}
+
+Result<std::pair<std::vector<std::unique_ptr<Link>>, std::vector<std::unique_ptr<Link>>>> ring_pair_queues(
+    uint16_t node_a, uint16_t node_b, uint16_t queues, uint32_t max_frame) {
+  if (queues == 0 || queues > kMaxQueues)
+    return fail(Errc::kInvalidArgument, "queues must be 1..", std::to_string(kMaxQueues));
   if (auto ok = init_eal(); !ok) return tl::unexpected(ok.error());
   static std::atomic<int> seq{0};
   const int id = seq.fetch_add(1);
-  const std::string ab = "bt_r" + std::to_string(id) + "ab", ba = "bt_r" + std::to_string(id) + "ba";
-  rte_ring* r_ab = rte_ring_create(ab.c_str(), 4096, SOCKET_ID_ANY, RING_F_SP_ENQ | RING_F_SC_DEQ);
-  rte_ring* r_ba = rte_ring_create(ba.c_str(), 4096, SOCKET_ID_ANY, RING_F_SP_ENQ | RING_F_SC_DEQ);
-  if (r_ab == nullptr || r_ba == nullptr) return fail(Errc::kNoMemory, "ring_pair rings: ", rte_strerror(rte_errno));
+  // Queue q of a carries what queue q of b receives, and back.
+  std::vector<rte_ring*> ab(queues), ba(queues);
+  for (uint16_t q = 0; q < queues; ++q) {
+    const std::string tag = "bt_r" + std::to_string(id) + "q" + std::to_string(q);
+    ab[q] = rte_ring_create((tag + "ab").c_str(), 4096, SOCKET_ID_ANY, RING_F_SP_ENQ | RING_F_SC_DEQ);
+    ba[q] = rte_ring_create((tag + "ba").c_str(), 4096, SOCKET_ID_ANY, RING_F_SP_ENQ | RING_F_SC_DEQ);
+    if (ab[q] == nullptr || ba[q] == nullptr)
+      return fail(Errc::kNoMemory, "ring_pair rings: ", rte_strerror(rte_errno));
+  }
   const std::string na = "net_ring_bt" + std::to_string(id) + "a", nb = "net_ring_bt" + std::to_string(id) + "b";
-  const int pa = rte_eth_from_rings(na.c_str(), &r_ba, 1, &r_ab, 1, SOCKET_ID_ANY);
-  const int pb = rte_eth_from_rings(nb.c_str(), &r_ab, 1, &r_ba, 1, SOCKET_ID_ANY);
+  const int pa = rte_eth_from_rings(na.c_str(), ba.data(), queues, ab.data(), queues, SOCKET_ID_ANY);
+  const int pb = rte_eth_from_rings(nb.c_str(), ab.data(), queues, ba.data(), queues, SOCKET_ID_ANY);
   if (pa < 0 || pb < 0) return fail(Errc::kIo, "rte_eth_from_rings: ", rte_strerror(rte_errno));
   PortConfig ca{na, node_b, max_frame};
   PortConfig cb{nb, node_a, max_frame};
+  ca.queues = cb.queues = queues;
   auto la = start_port(static_cast<uint16_t>(pa), ca, na);
   if (!la) return tl::unexpected(la.error());
   auto lb = start_port(static_cast<uint16_t>(pb), cb, nb);

@@ -36,16 +36,34 @@ struct PortConfig {
   uint32_t max_frame = kDefaultMaxFrame;   ///< Baton bytes per frame (without the Ethernet header)
   uint16_t descriptors = 1024;             ///< per rx/tx queue
   uint32_t mbufs = 4095;                   ///< per-socket pool, shared by ports of the same frame size
+                                           ///< (times `queues` when the first such port creates it)
+  /// Queue pairs: one link each, for one shard each (EngineConfig::workers).
+  /// memif and net_ring pair queue q with the peer's queue q (both ends
+  /// must ask for the same number); af_packet, which spreads frames over
+  /// its queues by flow hash, takes one (give each shard a device).
+  uint16_t queues = 1;
 };
+
+/// The most queue pairs open_port_queues opens on one port.
+inline constexpr uint16_t kMaxQueues = 64;
 
 /// Opens (probing if needed), configures and starts a port, one rx and one tx
 /// queue on the port's NUMA socket. For memif, `bsize` is set to hold a whole
 /// frame unless the devargs set it. Errors: kInvalidArgument, kIo. Thread: control.
 Result<std::unique_ptr<Link>> open_port(const PortConfig& config);
+/// open_port with config.queues queue pairs: one link per queue, in queue
+/// order, each for one shard's worker. The port stops and closes with the
+/// last of them. Errors: as open_port; kInvalidArgument for more queues
+/// than the device has, or several on af_packet.
+Result<std::vector<std::unique_ptr<Link>>> open_port_queues(const PortConfig& config);
 
 /// Two net_ring ports joined back to back inside this process (tests, demo):
 /// first is on node_a and reaches node_b. Thread: control.
 Result<std::pair<std::unique_ptr<Link>, std::unique_ptr<Link>>> ring_pair(uint16_t node_a, uint16_t node_b,
                                                                           uint32_t max_frame = kDefaultMaxFrame);
+/// ring_pair with `queues` queue pairs: first[q] on node_a reaches second[q]
+/// on node_b.
+Result<std::pair<std::vector<std::unique_ptr<Link>>, std::vector<std::unique_ptr<Link>>>> ring_pair_queues(
+    uint16_t node_a, uint16_t node_b, uint16_t queues, uint32_t max_frame = kDefaultMaxFrame);
 
 }  // namespace baton::ethdev

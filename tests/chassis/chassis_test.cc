@@ -14,6 +14,7 @@
 #include <filesystem>
 #include <functional>
 #include <map>
+#include <set>
 #include <string>
 
 #include <nlohmann/json.hpp>
@@ -93,6 +94,39 @@ TEST(Chassis, KilledBladeFailsOverByteExactOverShm) {
 // Mixed links (issue #11 item 5): blades two by two are the NUMA nodes of
 // one server, linked by shm; servers are linked by memif. The engine takes
 // each peer's link as it comes; the demo fails over across both.
+TEST(Chassis, ShardsRunOverAQueuePairOfEveryMemifLink) {
+  const std::string dir = "/tmp/baton-chassis-shards-" + std::to_string(getpid());
+  const std::string ctl = baton::test::helper("BATONCTL");
+  int status = 0;
+  std::string out = run(ctl + " chassis up --blades 3 --workers 2 --dir " + dir, &status);
+  ASSERT_EQ(status, 0) << out;
+  out = run(ctl + " status --json --socket " + dir + "/blade1.sock", &status);
+  EXPECT_EQ(status, 0) << out;
+  auto doc = nlohmann::json::parse(out, nullptr, false);
+  ASSERT_FALSE(doc.is_discarded()) << out;
+  EXPECT_EQ(doc["node"]["shards"].size(), 2u) << out;
+  // Two peers, a queue pair of each memif port per shard.
+  std::map<int, std::set<int>> peers_of_shard;
+  for (const auto& l : doc["links"]) {
+    EXPECT_NE(l["name"].get<std::string>().find("net_memif"), std::string::npos) << l.dump();
+    peers_of_shard[l["shard"].get<int>()].insert(l["peer"].get<int>());
+    EXPECT_TRUE(l["up"].get<bool>()) << l.dump();
+  }
+  EXPECT_EQ(peers_of_shard, (std::map<int, std::set<int>>{{0, {2, 3}}, {1, {2, 3}}})) << out;
+  out = run(ctl + " chassis down --dir " + dir, &status);
+  EXPECT_EQ(status, 0) << out;
+  EXPECT_FALSE(std::filesystem::exists(dir)) << "files left in " << dir;
+
+  // The failover demo, its segment in the second shard of every blade.
+  out = run(ctl + " demo --blades 4 --batches 20 --workers 2", &status);
+  expect_failed_over(out, status, 20);
+  EXPECT_NE(out.find("2 per-core shards"), std::string::npos) << out;
+  EXPECT_NE(out.find("shard 1: segment orderbook"), std::string::npos) << out;
+  // And over shm, a region per shard.
+  out = run(ctl + " demo --blades 3 --batches 10 --workers 2 --transport shm", &status);
+  expect_failed_over(out, status, 10);
+}
+
 TEST(Chassis, MixedLinksShmInsideAServerMemifBetween) {
   const std::string dir = "/tmp/baton-chassis-mixed-" + std::to_string(getpid());
   const std::string ctl = baton::test::helper("BATONCTL");

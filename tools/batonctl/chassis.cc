@@ -113,6 +113,11 @@ std::string config_for(const ChassisConfig& c, int id) {
     << "heartbeat_us = " << c.heartbeat_us << "\nfailure_timeout_us = " << c.failure_timeout_us << "\n";
   if (mixed)
     o << "topology = \"synthetic:package:2 numa:1 core:1 pu:1\"\nnuma_node = " << (id - 1) % 2 << "\n";
+  if (c.workers > 1) {
+    o << "workers = [";
+    for (int w = 0; w < c.workers; ++w) o << (w == 0 ? "" : ", ") << -1;
+    o << "]\n";
+  }
   o
     << "[client]\nsocket = \"" << blade_path(c.dir, id, ".sock") << "\"\n";
   if (c.membership == "corosync")
@@ -212,6 +217,13 @@ Result<std::vector<Blade>> chassis_up(const ChassisConfig& c) {
                 "of their own, out of reach of this host's corosync)");
   if (c.backplanes < 1 || c.backplanes > 2 || (c.backplanes == 2 && c.transport != "af_packet"))
     return fail(Errc::kInvalidArgument, "--backplanes must be 1, or 2 with --transport af_packet");
+  if (c.workers < 1 || c.workers > 8) return fail(Errc::kInvalidArgument, "--workers must be 1..8");
+  if (c.workers > 1 && c.transport == "af_packet")
+    return fail(Errc::kInvalidArgument,
+                "--workers above 1 needs --transport memif, shm or mixed (af_packet spreads frames over its queues "
+                "by flow hash, not by shard)");
+  if (c.workers > 1 && c.membership == "corosync")
+    return fail(Errc::kInvalidArgument, "--workers above 1 runs backplane membership (one CPG member per node)");
   std::error_code ec;
   fs::create_directories(c.dir, ec);
   if (ec) return fail(Errc::kIo, "cannot create ", c.dir, ": ", ec.message());
@@ -422,6 +434,7 @@ Result<void> chassis_down(const std::string& dir) {
     for (int b = a + 1; b <= 16; ++b) {
       fs::remove(pair_socket(dir, a, b), ec);
       fs::remove(pair_region(dir, a, b), ec);
+      for (int shard = 1; shard < 8; ++shard) fs::remove(pair_region(dir, a, b) + "." + std::to_string(shard), ec);
     }
   fs::remove(dir, ec);  // only if empty
   return {};

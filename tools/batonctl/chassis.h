@@ -27,6 +27,11 @@ struct ChassisConfig {
   /// af_packet: veth pairs per blade pair, each its own link (two
   /// backplanes: a node is dead only when both are silent).
   int backplanes = 1;
+  /// Per-core shards per blade (issue #11): each blade's engine runs this
+  /// many workers, floating, each with a queue pair of every memif link or
+  /// a shm region of its own (not af_packet, which spreads frames over its
+  /// queues by flow hash).
+  int workers = 1;
   uint32_t heartbeat_us = 0;        ///< 0: the daemons' default
   uint32_t failure_timeout_us = 0;  ///< 0: the daemons' default
   /// Where the blades' views come from: "backplane" (heartbeats) or

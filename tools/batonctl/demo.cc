@@ -103,6 +103,7 @@ int run_demo(const DemoConfig& d) {
   c.blades = d.blades;
   c.replication_factor = 2;
   c.transport = d.transport;
+  c.workers = d.workers;
   c.batond = sibling("batond");
   // Copy-on-write snapshots (S14): the application's commit call only
   // write-protects what it wrote; its blade copies the snapshot after.
@@ -128,6 +129,8 @@ int run_demo(const DemoConfig& d) {
               : c.transport == "shm"     ? "shared-memory regions in /dev/shm"
               : c.transport == "mixed"   ? "shm inside each two-blade server and memif between servers"
                                          : "memif");
+  if (c.workers > 1)
+    std::printf("Each blade's engine runs %d per-core shards (a queue pair or region each)\n", c.workers);
   Timeline tl;
   auto blades = chassis_up(c);
   if (!blades) {

@@ -29,6 +29,7 @@ struct DemoConfig {
   int blades = 4;
   int batches = 40;
   std::string transport = "memif";
+  int workers = 1;  ///< per-core shards per blade (ChassisConfig::workers)
   std::string dir;  ///< empty: a fresh directory under /tmp
 };
 

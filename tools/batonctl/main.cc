@@ -5,7 +5,7 @@
 //   batonctl events   [--socket PATH] [--json]     membership changes and failures, timestamped
 //   batonctl groups   [--socket PATH] [--json]     service groups, the spare pool, the last failover decisions
 //   batonctl load NAME [--socket PATH]             S9: load NAME onto this node (agent for a cluster manager)
-//   batonctl chassis up [--blades N] [--replicas K] [--dir D] [--transport memif|af_packet|shm|mixed]
+//   batonctl chassis up [--blades N] [--replicas K] [--dir D] [--transport memif|af_packet|shm|mixed] [--workers N]
 //                       [--membership backplane|corosync] [--groups FILE] [--spares 3,4] [--cores 2,2,2,8]
 //   batonctl chassis status [--dir D] [--json]
 //   batonctl chassis down [--dir D]
@@ -183,6 +183,8 @@ int main(int argc, char** argv) {
   up->add_option("--membership", chassis.membership,
                  "where views come from: backplane (heartbeats, default) or corosync (this host's corosync)");
   up->add_option("--backplanes", chassis.backplanes, "af_packet: 1 or 2 veth pairs (links) per pair of blades");
+  up->add_option("--workers", chassis.workers,
+                 "per-core shards per blade (1..8; memif, shm or mixed): a queue pair or region per shard");
   auto* down = ch->add_subcommand("down", "stop the blades and remove their files");
   down->add_option("--dir", chassis.dir, "the chassis directory");
   int fault_blade = 0, loss = 100, backplane = 0;
@@ -210,6 +212,7 @@ int main(int argc, char** argv) {
   dm->add_option("--transport", demo.transport,
                  "memif, af_packet (veth pairs between network namespaces), shm (regions in /dev/shm), or mixed "
                  "(blades two by two one server: shm inside, memif between)");
+  dm->add_option("--workers", demo.workers, "per-core shards per blade (1..8; memif, shm or mixed)");
 
   CLI11_PARSE(app, argc, argv);
 

@@ -88,7 +88,6 @@ int main(int argc, char** argv) {
   sigaddset(&sigs, SIGINT);
   pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
 
-  std::vector<std::unique_ptr<baton::Link>> links;
   // With links, DPDK's EAL runs, and with it the telemetry socket, under a
   // prefix unique to this process (two blades of one node id may share a
   // machine): `batonctl status` names it for dpdk-telemetry.py -f.
@@ -102,36 +101,50 @@ int main(int argc, char** argv) {
       return 1;
     }
   }
+  // Per-core shards: each gets a queue pair of every device (memif,
+  // net_ring), a region of its own (shm: `device`, then `device`.K for shard
+  // K), or the devices the config gives it alone (`shard = K`).
+  const size_t shards = std::max<size_t>(1, cfg->engine.workers.size());
+  std::vector<std::vector<std::unique_ptr<baton::Link>>> links(shards);
   // The lower node id is side 0 of a shm region; ethdev devices are DPDK's.
-  auto open_link = [&](const baton::LinkSpec& spec) -> baton::Result<std::unique_ptr<baton::Link>> {
+  auto open_link = [&](const baton::LinkSpec& spec,
+                       uint16_t queues) -> baton::Result<std::vector<std::unique_ptr<baton::Link>>> {
     if (spec.driver == "shm") {
-      baton::shm::Config sc;
-      sc.path = spec.device;
-      sc.side = cfg->engine.node_id < spec.peer ? 0 : 1;
-      sc.peer = spec.peer;
-      if (spec.max_frame != 0) sc.max_frame = spec.max_frame;
-      return baton::shm::open(sc);
+      std::vector<std::unique_ptr<baton::Link>> out;
+      for (uint16_t q = 0; q < queues; ++q) {
+        baton::shm::Config sc;
+        sc.path = spec.device + (q == 0 ? "" : "." + std::to_string(q));
+        sc.side = cfg->engine.node_id < spec.peer ? 0 : 1;
+        sc.peer = spec.peer;
+        if (spec.max_frame != 0) sc.max_frame = spec.max_frame;
+        auto l = baton::shm::open(sc);
+        if (!l) return tl::unexpected(l.error());
+        out.push_back(std::move(*l));
+      }
+      return out;
     }
     baton::ethdev::PortConfig pc;
     pc.device = spec.device;
     pc.peer = spec.peer;
+    pc.queues = queues;
     if (spec.max_frame != 0) pc.max_frame = spec.max_frame;
-    return baton::ethdev::open_port(pc);
+    return baton::ethdev::open_port_queues(pc);
   };
   for (const auto& spec : cfg->links) {
-    auto link = open_link(spec);
-    if (!link) {
-      BT_ERROR("link to node %u: %s", spec.peer, link.error().to_string().c_str());
+    auto opened = open_link(spec, spec.shard >= 0 ? 1 : static_cast<uint16_t>(shards));
+    if (!opened) {
+      BT_ERROR("link to node %u: %s", spec.peer, opened.error().to_string().c_str());
       return 1;
     }
-    links.push_back(std::move(*link));
+    for (size_t q = 0; q < opened->size(); ++q)
+      links[spec.shard >= 0 ? static_cast<size_t>(spec.shard) : q].push_back(std::move((*opened)[q]));
   }
   // Every segment's memory is handed to an application, whose writes the
   // engine cannot see: the application's client library tracks them and
   // says what it wrote with each commit (docs/architecture.md, Daemon mode).
   cfg->engine.track_writes = false;
   cfg->engine.shared_with_clients = true;  // and snapshots it, for a copy-on-write segment
-  auto engine = baton::Engine::start(cfg->engine, std::move(links));
+  auto engine = baton::Engine::start_sharded(cfg->engine, std::move(links));
   if (!engine) {
     BT_ERROR("%s", engine.error().to_string().c_str());
     return 1;

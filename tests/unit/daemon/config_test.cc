@@ -133,6 +133,33 @@ device = "/dev/shm/baton-1-3"
   EXPECT_EQ(c->links[0].device, "/dev/shm/baton-1-3");
 }
 
+TEST(DaemonConfig, WorkersMakeShardsAndALinkMayServeOne) {
+  auto c = parse_daemon_config(R"([node]
+id = 1
+[engine]
+workers = [0, -1]
+[client]
+socket = "/tmp/b.sock"
+[[link]]
+peer = 2
+device = "net_memif0,role=server,socket=/tmp/a.sock"
+[[link]]
+peer = 3
+device = "net_af_packet0,iface=veth0"
+shard = 0
+[[link]]
+peer = 3
+device = "net_af_packet1,iface=veth1"
+shard = 1
+)", "shards.toml");
+  ASSERT_TRUE(c) << c.error().message;
+  EXPECT_EQ(c->engine.workers, (std::vector<int>{0, -1}));
+  ASSERT_EQ(c->links.size(), 3u);
+  EXPECT_EQ(c->links[0].shard, -1) << "every shard: a queue pair each";
+  EXPECT_EQ(c->links[1].shard, 0);
+  EXPECT_EQ(c->links[2].shard, 1);
+}
+
 TEST(DaemonConfig, MinimalFileGetsDefaults) {
   auto c = parse_daemon_config("[node]\nid = 1\n[client]\nsocket = \"/tmp/b.sock\"\n", "min.toml");
   ASSERT_TRUE(c) << c.error().message;
@@ -283,6 +310,13 @@ INSTANTIATE_TEST_SUITE_P(
         Bad{NODE_AND("[engine]\nidle = \"lazy\"\n"), "engine.idle: must be \"spin\" or \"adaptive\""},
         Bad{NODE_AND("[engine]\nworker_cpu = -2\n"), "engine.worker_cpu: must be -1..4095"},
         Bad{NODE_AND("[engine]\nnuma_node = 1024\n"), "engine.numa_node: must be -1..1023"},
+        Bad{NODE_AND("[engine]\nworkers = []\n"), "engine.workers: must be an array of 1..64 CPU numbers"},
+        Bad{NODE_AND("[engine]\nworkers = [0, -2]\n"), "engine.workers: must be an array of CPU numbers"},
+        Bad{NODE_AND("[engine]\nworkers = \"all\"\n"), "engine.workers: must be an array"},
+        Bad{NODE_AND("[engine]\nworkers = [0, 1]\nworker_cpu = 1\n"), "engine.workers: and engine.worker_cpu both"},
+        Bad{NODE_AND("[[link]]\npeer = 2\ndevice = \"x\"\nshard = 1\n"),
+            "link[0].shard: is 1; engine.workers makes 1 shard"},
+        Bad{NODE_AND("[[link]]\npeer = 2\ndevice = \"x\"\nshard = -2\n"), "link[0].shard: must be -1..63"},
         Bad{NODE_AND("[engine]\ntopology = 2\n"), "engine.topology: must be a string"},
         Bad{"[node]\nid = 1\n[client]\nsocket = \"/tmp/b.sock\"\nuser = \"no-such-user-xyz\"\n",
             "client.user: no such user"},
