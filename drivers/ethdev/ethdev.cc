@@ -242,8 +242,11 @@ class EthdevLink final : public Link {
     // driven by the EAL interrupt thread, and a stop from this thread while
     // that thread handles a message crashes the PMD. An alarm callback runs
     // on the interrupt thread, serialised with memif's own handlers.
-    // (One restart per port, whichever of its queues' links asks first.)
-    if (!up_ && port_->memif_client && now - down_since_ns_ >= kReconnectNs &&
+    // The link of queue 0 alone restarts the port: each queue's link keeps
+    // its own clock, and a second restart a millisecond after the first
+    // cuts the handshake it started (the server's PMD then sees a broken
+    // pipe, and its interrupt thread may panic on the fd it closed).
+    if (!up_ && queue_ == 0 && port_->memif_client && now - down_since_ns_ >= kReconnectNs &&
         !port_->restart_pending.exchange(true)) {
       down_since_ns_ = now;
       if (rte_eal_alarm_set(1, &Port::restart_on_interrupt_thread, port_.get()) != 0) port_->restart_pending = false;

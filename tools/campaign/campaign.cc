@@ -21,12 +21,16 @@
 //
 //   baton-campaign [--cycles 30] [--transport memif|af_packet|shm|mixed] [--blades 4]
 //                  [--size BYTES] [--writes sparse|full] [--seed S] [--dir D]
-//                  [--standby BLADE] [--snapshots stage-copy|copy-on-write]
+//                  [--standby BLADE] [--snapshots stage-copy|copy-on-write] [--workers N]
 //
 // --snapshots copy-on-write: every blade snapshots the segment by
 // copy-on-write (S14): the writer's client library freezes its mapping at
 // each commit and goes on writing while its blade settles the snapshot, so
 // kills land with pages pending and copied aside.
+//
+// --workers N: every blade's engine runs N per-core shards (issue #11), a
+// queue pair of every memif link (a region per shm link) each; the
+// segment, "campaign", falls to shard 1 of 2.
 //
 // --standby: that blade keeps a hot standby of the segment (S16), so the
 // restores and agent loads there promote its ready copy; the campaign
@@ -235,12 +239,13 @@ int main(int argc, char** argv) {
     else if (a == "--transport") cc.transport = v;
     else if (a == "--dir") cc.dir = v;
     else if (a == "--standby") standby = std::atoi(v);
+    else if (a == "--workers") cc.workers = std::atoi(v);
     else if (a == "--snapshots" && (std::string(v) == "stage-copy" || std::string(v) == "copy-on-write")) snapshots = v;
     else if (a == "--writes" && (std::string(v) == "sparse" || std::string(v) == "full")) g_sparse = std::string(v) == "sparse";
     else {
       std::fprintf(stderr, "usage: baton-campaign [--cycles N] [--transport memif|af_packet|shm|mixed] [--blades N] "
                            "[--size BYTES] [--writes sparse|full] [--seed S] [--dir D] [--standby BLADE] "
-                           "[--snapshots stage-copy|copy-on-write]\n");
+                           "[--snapshots stage-copy|copy-on-write] [--workers N]\n");
       return 2;
     }
   }
@@ -268,9 +273,9 @@ int main(int argc, char** argv) {
   cc.replication_factor = 2;
   cc.batond = baton::ctl::sibling("batond");
   std::mt19937_64 rng(seed);
-  std::printf("campaign: %d cycles, %d blades over %s, RF 2, %llu-byte segment, %s snapshots, seed %llu\n", cycles,
-              blades, cc.transport.c_str(), static_cast<unsigned long long>(size), snapshots.c_str(),
-              static_cast<unsigned long long>(seed));
+  std::printf("campaign: %d cycles, %d blades over %s, RF 2, %llu-byte segment, %s snapshots, %d shard%s, seed %llu\n",
+              cycles, blades, cc.transport.c_str(), static_cast<unsigned long long>(size), snapshots.c_str(),
+              cc.workers, cc.workers == 1 ? "" : "s", static_cast<unsigned long long>(seed));
   auto up = baton::ctl::chassis_up(cc);
   if (!up) {
     std::fprintf(stderr, "baton-campaign: chassis up: %s (a campaign killed earlier may have left its chassis: "
