@@ -15,10 +15,26 @@ namespace {
 
 std::string node_str(uint16_t n) { return "node " + std::to_string(n); }
 
-int32_t priority_of(const std::vector<ServiceGroup>& groups, const std::string& name) {
+const ServiceGroup* find_group(const std::vector<ServiceGroup>& groups, const std::string& name) {
   for (const auto& g : groups)
-    if (g.name == name) return g.priority;
-  return INT32_MAX;  // work this node does not know: never taken
+    if (g.name == name) return &g;
+  return nullptr;
+}
+
+/// What works on node `r` now besides `g`: what it reports, and what this
+/// pass gave it. False if it runs a group this node does not know.
+bool running_on(const NodeReport& r, const ServiceGroup& g, const std::vector<ServiceGroup>& groups,
+                const Given& taken, std::vector<const ServiceGroup*>& out) {
+  for (const auto& run : r.runs)
+    if (works(run.state) && run.group != g.name) {
+      const ServiceGroup* o = find_group(groups, run.group);
+      if (o == nullptr) return false;
+      out.push_back(o);
+    }
+  if (auto t = taken.find(r.node); t != taken.end())
+    for (const ServiceGroup* o : t->second)
+      if (o->name != g.name && std::find(out.begin(), out.end(), o) == out.end()) out.push_back(o);
+  return true;
 }
 
 
@@ -33,7 +49,7 @@ std::string Choice::to_string() const {
 Choice choose(const ServiceGroup& g, Why why, std::span<const uint16_t> members,
               const std::map<uint16_t, NodeReport>& reports, const std::vector<ServiceGroup>& groups, uint64_t hash,
               const std::set<uint16_t>& exclude, std::optional<uint16_t> current,
-              const std::map<uint16_t, int32_t>& taken) {
+              const Given& taken) {
   Choice c;
   const NodeReport* cur = nullptr;
   if (current) {
@@ -87,23 +103,20 @@ Choice choose(const ServiceGroup& g, Why why, std::span<const uint16_t> members,
         continue;
       }
     }
-    // Its work: what it reports, and what this pass gave it.
-    int32_t work = INT32_MIN;
-    std::string work_name;
-    for (const auto& run : r.runs)
-      if (works(run.state) && run.group != g.name) {
-        const int32_t p = priority_of(groups, run.group);
-        if (p > work) {
-          work = p;
-          work_name = run.group;
-        }
-      }
-    if (auto t = taken.find(n); t != taken.end() && t->second > work) {
-      work = t->second;
-      work_name = "work given it just now";
+    // Its work: what it reports, and what this pass gave it; what would
+    // have to stop there for `g` to fit.
+    std::vector<const ServiceGroup*> running;
+    if (!running_on(r, g, groups, taken, running)) {
+      reject("runs a group this node does not know");
+      continue;
+    }
+    const auto stop = make_room(r.caps, g, running);
+    if (!stop) {  // (the minimums were checked above)
+      reject("cannot hold it");
+      continue;
     }
     Key key;
-    if (work == INT32_MIN) {
+    if (running.empty()) {
       const int64_t home = std::find(g.home.begin(), g.home.end(), n) - g.home.begin();
       switch (why) {
         case Why::kStart: key = {0, home, r.caps.spare ? 1 : 0, n}; break;
@@ -116,12 +129,17 @@ Choice choose(const ServiceGroup& g, Why why, std::span<const uint16_t> members,
           key = {0, -int64_t{r.caps.cores}, -static_cast<int64_t>(r.caps.memory_mib), n};
           break;
       }
-    } else if (work < g.priority) {
-      key = {1, work, 0, n};
+    } else if (stop->empty()) {
+      key = {1, static_cast<int64_t>(running.size()), 0, n};  // room beside its work
     } else {
-      reject("runs " + work_name + " (priority " + std::to_string(work) + ", not below " + std::to_string(g.priority) +
-             ")");
-      continue;
+      const ServiceGroup* top = *std::max_element(
+          stop->begin(), stop->end(), [](const ServiceGroup* a, const ServiceGroup* b) { return a->priority < b->priority; });
+      if (top->priority >= g.priority) {
+        reject("runs " + top->name + " (priority " + std::to_string(top->priority) + ", not below " +
+               std::to_string(g.priority) + ")" + (stop->size() < running.size() ? ", and has no room beside it" : ""));
+        continue;
+      }
+      key = {2, top->priority, static_cast<int64_t>(stop->size()), n};
     }
     if (!best || key < best->first) best = std::make_pair(key, n);
   }
@@ -172,7 +190,7 @@ void Coordinator::step(uint64_t now, uint64_t floor, std::span<const uint16_t> m
       }
     }
   }
-  std::map<uint16_t, int32_t> taken;
+  Given taken;
   for (const ServiceGroup& g : groups_) {
     Track& t = tracks_[g.name];
     if (t.heard) {  // an earlier coordinator's: give its node the start timeout from now
@@ -198,7 +216,7 @@ void Coordinator::step(uint64_t now, uint64_t floor, std::span<const uint16_t> m
     if (run == nullptr) {
       if (member(t.node) && (in_time || t.assigned_ns == 0)) {
         if (t.assigned_ns == 0) t.assigned_ns = now;  // learnt without a report: wait for one
-        taken[t.node] = g.priority;
+        taken[t.node].push_back(&g);
         continue;
       }
       std::string reason;
@@ -220,12 +238,12 @@ void Coordinator::step(uint64_t now, uint64_t floor, std::span<const uint16_t> m
         t.stuck.clear();
         t.stuck_ns = 0;
         t.slow_said = false;
-        taken[t.node] = g.priority;
+        taken[t.node].push_back(&g);
         break;
       case RunState::kStarting:
         if (t.assigned_ns == 0) t.assigned_ns = now;
         if (now - t.assigned_ns < timeout) {
-          taken[t.node] = g.priority;
+          taken[t.node].push_back(&g);
           break;
         }
         t.tried.insert(t.node);
@@ -234,7 +252,7 @@ void Coordinator::step(uint64_t now, uint64_t floor, std::span<const uint16_t> m
               members, reports, std::nullopt, taken, out);
         break;
       case RunState::kSlow:
-        taken[t.node] = g.priority;
+        taken[t.node].push_back(&g);
         if (on_performance(g)) {
           char above[32];
           std::snprintf(above, sizeof above, "%g", g.slow_above);
@@ -264,19 +282,23 @@ void Coordinator::step(uint64_t now, uint64_t floor, std::span<const uint16_t> m
 
 void Coordinator::restart_here(const ServiceGroup& g, Track& t, const std::string& why, uint64_t now,
                                std::span<const uint16_t> members, const std::map<uint16_t, NodeReport>& reports,
-                               std::map<uint16_t, int32_t>& taken, Out& out) {
-  // Where it failed, unless that node was given work of the same or higher
-  // priority since: then it moves after all.
-  bool busy = taken.count(t.node) != 0 && taken[t.node] >= g.priority;
-  if (auto it = reports.find(t.node); it != reports.end())
-    for (const auto& run : it->second.runs)
-      busy |= run.group != g.name && works(run.state) && priority_of(groups_, run.group) >= g.priority;
+                               Given& taken, Out& out) {
+  // Where it failed, unless that node took work of the same or higher
+  // priority since that leaves no room for it: then it moves after all.
+  bool busy = false;
+  if (auto it = reports.find(t.node); it != reports.end()) {
+    std::vector<const ServiceGroup*> running;
+    const bool known = running_on(it->second, g, groups_, taken, running);
+    const auto stop = make_room(it->second.caps, g, running);
+    busy = !known || !stop ||
+           std::any_of(stop->begin(), stop->end(), [&](const ServiceGroup* o) { return o->priority >= g.priority; });
+  }
   if (busy) {
     place(g, t, Why::kFailure, "failed on " + node_str(t.node) + " (" + why + "), which runs other work now", now,
           members, reports, std::nullopt, taken, out);
     return;
   }
-  taken[t.node] = g.priority;
+  taken[t.node].push_back(&g);
   // Not faster than once a start timeout: a node whose every start fails
   // is not hammered.
   if (t.assigned_ns != 0 && now - t.assigned_ns < uint64_t{g.start_timeout_ms} * 1'000'000) return;
@@ -290,7 +312,7 @@ void Coordinator::restart_here(const ServiceGroup& g, Track& t, const std::strin
 
 void Coordinator::place(const ServiceGroup& g, Track& t, Why why, const std::string& reason, uint64_t now,
                         std::span<const uint16_t> members, const std::map<uint16_t, NodeReport>& reports,
-                        std::optional<uint16_t> current, std::map<uint16_t, int32_t>& taken, Out& out) {
+                        std::optional<uint16_t> current, Given& taken, Out& out) {
   Choice c = choose(g, why, members, reports, groups_, hash_, t.tried, current, taken);
   // At a dead end for a start timeout: the nodes that failed get another try (S21).
   if (!c.node && !t.tried.empty() && t.stuck_ns != 0 &&
@@ -321,7 +343,7 @@ void Coordinator::place(const ServiceGroup& g, Track& t, Why why, const std::str
   t.stuck.clear();
   t.stuck_ns = 0;
   t.slow_said = false;
-  taken[t.node] = g.priority;
+  taken[t.node].push_back(&g);
   out.assign.push_back(Assignment{g.name, t.node, t.seq, self_});
   const char* kind = why == Why::kStart ? "start" : why == Why::kFailure ? "failover" : "performance move";
   const bool standby = std::find(g.standby.begin(), g.standby.end(), t.node) != g.standby.end();

@@ -6,16 +6,19 @@
 // not rest on it: two instances of a group that somehow both start meet in
 // the engine, where the later owner epoch fences the other.
 //
-// A node runs one service group at a time. Choosing a node for a group
-// (choose()):
+// A node runs the groups its capabilities cover (make_room(): summed
+// minimums within its cores and memory; a group that declares no minimums
+// runs alone). Choosing a node for a group (choose()):
 //  - eligible: in the view, the same group configuration, at least the
 //    group's cores and memory, every tag it asks for, not tried already in
 //    this failover;
 //  - an idle one first: for a first start its home nodes in order, then
 //    nodes outside the spare pool; for a failover the spare pool first; for
 //    a performance move the best capabilities first;
-//  - else the one running the lowest-priority work below the group's own
-//    (that work is stopped there and fails over in turn);
+//  - else one with room beside its work, the least busy first;
+//  - else the one where what must stop to make room is of the lowest
+//    priority, all below the group's own (that work is stopped there and
+//    fails over in turn);
 //  - for a performance move, only nodes with better capabilities than the
 //    one it runs on (more cores, or as many and more memory).
 // A first start waits up to a start timeout for one of the group's home
@@ -53,13 +56,16 @@ struct Choice {
   std::string to_string() const;                            ///< "rejected: 2 (has 1 cores, needs 2), ..."
 };
 
+/// Groups given to nodes in one pass of the coordinator, beside what they report.
+using Given = std::map<uint16_t, std::vector<const ServiceGroup*>>;
+
 /// Chooses a node for `g` among `members` (sorted) from their reports.
 /// `exclude`: tried in this failover. `current`: the node it runs on (a
-/// performance move must beat it). `taken`: nodes given work in this pass.
+/// performance move must beat it). `taken`: groups given to nodes in this pass.
 Choice choose(const ServiceGroup& g, Why why, std::span<const uint16_t> members,
               const std::map<uint16_t, NodeReport>& reports, const std::vector<ServiceGroup>& groups,
               uint64_t hash, const std::set<uint16_t>& exclude, std::optional<uint16_t> current,
-              const std::map<uint16_t, int32_t>& taken);
+              const Given& taken);
 
 class Coordinator {
  public:
@@ -108,10 +114,10 @@ class Coordinator {
   /// Restarts a group that fails over on performance only where it ran.
   void restart_here(const ServiceGroup& g, Track& t, const std::string& why, uint64_t now,
                     std::span<const uint16_t> members, const std::map<uint16_t, NodeReport>& reports,
-                    std::map<uint16_t, int32_t>& taken, Out& out);
+                    Given& taken, Out& out);
   void place(const ServiceGroup& g, Track& t, Why why, const std::string& reason, uint64_t now,
              std::span<const uint16_t> members, const std::map<uint16_t, NodeReport>& reports,
-             std::optional<uint16_t> current, std::map<uint16_t, int32_t>& taken, Out& out);
+             std::optional<uint16_t> current, Given& taken, Out& out);
 
   uint16_t self_;
   std::vector<ServiceGroup> groups_;  ///< by priority, highest first

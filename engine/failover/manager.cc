@@ -38,7 +38,7 @@ uint64_t mono_ns() {
 Manager::Manager(Engine& engine, ManagerConfig config)
     : engine_(engine),
       config_(std::move(config)),
-      runner_(Runner::Env{config_.node, config_.socket, config_.batonctl}, config_.groups,
+      runner_(Runner::Env{config_.node, config_.socket, config_.batonctl, config_.caps}, config_.groups,
               [this](std::string text) { engine_.add_event(std::move(text)); }),
       coordinator_(config_.node, config_.groups) {}
 

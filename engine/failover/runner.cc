@@ -133,9 +133,15 @@ void Runner::assigned(const Assignment& a, uint64_t now) {
            "moved to node " + std::to_string(a.node) + " (assignment " + std::to_string(a.seq) + ")", now);
     return;
   }
-  // One group at a time: whatever else runs here makes room.
+  // What must make room for it (make_room: the coordinator chose by the
+  // same rule, so this is what it meant to stop).
+  std::vector<const ServiceGroup*> running;
   for (auto& [name, l] : locals_)
-    if (name != a.group && works(l.state))
+    if (name != a.group && works(l.state)) running.push_back(l.g);
+  const auto room = make_room(env_.caps, *g, running);
+  for (auto& [name, l] : locals_)
+    if (name != a.group && works(l.state) &&
+        (!room || std::find(room->begin(), room->end(), l.g) != room->end()))
       stop(l, RunState::kStopped, "node " + std::to_string(env_.node) + " taken for group " + a.group, now);
   if (it != locals_.end()) {  // an earlier instance here is superseded: gone at once
     for (pid_t p : {it->second.app, it->second.step, it->second.probe})

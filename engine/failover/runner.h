@@ -36,6 +36,7 @@ class Runner {
     uint16_t node = 0;
     std::string socket;    ///< batond's, for the application and batonctl
     std::string batonctl;  ///< the batonctl binary that loads segments
+    NodeCaps caps;         ///< this node's, for what may run beside what (make_room)
   };
   using Events = std::function<void(std::string)>;
 

@@ -2,6 +2,8 @@
 
 #include "failover/service_group.h"
 
+#include <algorithm>
+
 namespace baton::failover {
 
 const char* run_state_name(RunState s) noexcept {
@@ -44,6 +46,30 @@ uint64_t groups_hash(const std::vector<ServiceGroup>& groups) {
   uint64_t h = 0xcbf29ce484222325ull;
   for (unsigned char c : text) h = (h ^ c) * 0x100000001b3ull;
   return h;
+}
+
+std::optional<std::vector<const ServiceGroup*>> make_room(const NodeCaps& caps, const ServiceGroup& g,
+                                                          std::vector<const ServiceGroup*> running) {
+  if (caps.cores < g.min_cores || caps.memory_mib < g.min_memory_mib) return std::nullopt;
+  std::sort(running.begin(), running.end(), [](const ServiceGroup* a, const ServiceGroup* b) {
+    return a->priority != b->priority ? a->priority < b->priority : a->name < b->name;
+  });
+  std::vector<const ServiceGroup*> stop;
+  // Who has to run alone, or beside whom `g` cannot run, goes first.
+  std::erase_if(running, [&](const ServiceGroup* r) {
+    if (!runs_alone(g) && !runs_alone(*r)) return false;
+    stop.push_back(r);
+    return true;
+  });
+  uint64_t cores = g.min_cores, memory = g.min_memory_mib;
+  for (const ServiceGroup* r : running) cores += r->min_cores, memory += r->min_memory_mib;
+  for (const ServiceGroup* r : running) {
+    if (cores <= caps.cores && memory <= caps.memory_mib) break;
+    stop.push_back(r);
+    cores -= r->min_cores;
+    memory -= r->min_memory_mib;
+  }
+  return stop;
 }
 
 }  // namespace baton::failover

@@ -4,6 +4,7 @@
 // failover manager's parts pass around. No I/O.
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -42,6 +43,9 @@ struct ServiceGroup {
   std::vector<uint16_t> standby;
   uint32_t start_timeout_ms = 15000;  ///< from assignment to running, else the next node
 };
+
+/// Whether `g` has its node to itself: it declares no minimums to pack by.
+inline bool runs_alone(const ServiceGroup& g) { return g.min_cores == 0 && g.min_memory_mib == 0; }
 
 /// Whether `g` moves on failures / on slowness.
 inline bool on_failure(const ServiceGroup& g) { return g.failover_on != ServiceGroup::On::kPerformance; }
@@ -94,6 +98,19 @@ struct Assignment {
   uint64_t seq = 0;
   uint16_t coordinator = 0;
 };
+
+/// Capacity (S18, like Pacemaker's utilization or VCS's Limits): a node
+/// runs any set of groups whose summed minimums (cores, memory) its
+/// capabilities cover. A group that declares neither minimum has its node
+/// to itself (nothing runs beside it). To take `g` beside `running` (the
+/// groups that work there now, `g` not among them), a node stops what it
+/// must: every group that has to run alone, then the rest lowest priority
+/// first (then by name) until `g` fits. Those are returned, in that order;
+/// none when `g` fits beside them all. nullopt: `g` does not fit on this
+/// node even alone. The coordinator (choosing) and the runner (making
+/// room) both go by it, so they agree on what an assignment stops.
+std::optional<std::vector<const ServiceGroup*>> make_room(const NodeCaps& caps, const ServiceGroup& g,
+                                                          std::vector<const ServiceGroup*> running);
 
 /// A hash of the group configuration, the same on every node that has the
 /// same groups (FNV-1a over a canonical text).

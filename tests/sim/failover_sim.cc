@@ -48,6 +48,8 @@ class World {
       g.start = "x";
       g.priority = static_cast<int32_t>(rng_() % 3) * 5;
       g.min_cores = static_cast<uint32_t>(rng_() % 3) * 2;
+      // Those that declare minimums share a node by capacity; the others run alone.
+      if (g.min_cores != 0 && rng_() % 2 == 0) g.min_memory_mib = 512u << (rng_() % 3);
       if (rng_() % 4 == 0) g.tags = {tags[rng_() % tags.size()]};
       if (rng_() % 3 == 0) g.home = {static_cast<uint16_t>(1 + rng_() % n)};
       if (rng_() % 3 == 0) g.standby = {static_cast<uint16_t>(1 + rng_() % n)};  // a hot standby: failovers go there first
@@ -71,11 +73,13 @@ class World {
     log("world: " + std::to_string(n) + " nodes, " + std::to_string(ngroups) + " groups");
     for (const auto& g : groups_)
       log("  " + g.name + " priority " + std::to_string(g.priority) + " min_cores " + std::to_string(g.min_cores) +
+          " min_mib " + std::to_string(g.min_memory_mib) +
           (g.tags.empty() ? "" : " tag " + g.tags[0]) + (g.home.empty() ? "" : " home " + std::to_string(g.home[0])) +
           (g.standby.empty() ? "" : " standby " + std::to_string(g.standby[0])) +
           " on " + std::to_string(int(g.failover_on)) + (g.slow_ms ? " perf" : ""));
     for (const auto& x : nodes_)
-      log("  node " + std::to_string(x.id) + " cores " + std::to_string(x.caps.cores) +
+      log("  node " + std::to_string(x.id) + " cores " + std::to_string(x.caps.cores) + " mib " +
+          std::to_string(x.caps.memory_mib) +
           (x.caps.spare ? " spare" : "") + (x.caps.tags.empty() ? "" : " tags " + x.caps.tags[0]));
   }
 
@@ -102,6 +106,7 @@ class World {
       stats->alerts += alerts_;
       stats->kills += kills_;
       stats->crashes += crashes_;
+      stats->packed += packed_;
     }
     return std::nullopt;
   }
@@ -174,8 +179,15 @@ class World {
       if (it != x.runs.end() && works(it->second.state)) it->second.state = RunState::kStopped;
       return;
     }
+    // Room for it (Runner::assigned): what make_room names stops.
+    std::vector<const ServiceGroup*> running;
     for (auto& [g, run] : x.runs)
-      if (g != a.group && works(run.state)) run.state = RunState::kStopped;
+      if (g != a.group && works(run.state)) running.push_back(&group(g));
+    const auto room = make_room(x.caps, group(a.group), running);
+    for (auto& [g, run] : x.runs)
+      if (g != a.group && works(run.state) &&
+          (!room || std::find(room->begin(), room->end(), &group(g)) != room->end()))
+        run.state = RunState::kStopped;
     // Some starts take longer than the start timeout (20 steps).
     x.runs[a.group] = Run{a.seq, RunState::kStarting, step_ + 1 + r(r(8) == 0 ? 40 : 6)};
   }
@@ -235,15 +247,22 @@ class World {
     if (!std::binary_search(members.begin(), members.end(), a.node))
       return "F2: " + a.group + " assigned to node " + std::to_string(a.node) + ", which is not in the view";
     const NodeReport& rep = reports.at(a.node);
-    if (rep.caps.cores < g.min_cores ||
+    if (rep.caps.cores < g.min_cores || rep.caps.memory_mib < g.min_memory_mib ||
         std::any_of(g.tags.begin(), g.tags.end(), [&](const std::string& t) {
           return std::find(rep.caps.tags.begin(), rep.caps.tags.end(), t) == rep.caps.tags.end();
         }))
       return "F2: " + a.group + " assigned to node " + std::to_string(a.node) + ", which does not qualify";
+    // What it reported working must make room only by stopping lower-priority work.
+    std::vector<const ServiceGroup*> running;
     for (const auto& run : rep.runs)
-      if (run.group != a.group && works(run.state) && group(run.group).priority >= g.priority)
-        return "F2: " + a.group + " assigned to node " + std::to_string(a.node) + ", which runs " + run.group +
-               " of priority " + std::to_string(group(run.group).priority);
+      if (run.group != a.group && works(run.state)) running.push_back(&group(run.group));
+    if (const auto stop = make_room(rep.caps, g, running)) {
+      for (const ServiceGroup* o : *stop)
+        if (o->priority >= g.priority)
+          return "F2: " + a.group + " assigned to node " + std::to_string(a.node) + ", which would stop " + o->name +
+                 " of priority " + std::to_string(o->priority) + " for it";
+      if (stop->size() < running.size()) ++packed_;
+    }
     if (!placed_.insert(a.group).second) ++failovers_;
     log("assign " + a.group + " #" + std::to_string(a.seq) + " -> node " + std::to_string(a.node));
     return std::nullopt;
@@ -254,9 +273,22 @@ class World {
     for (const auto& [key, n] : numbered_) newest[key.first] = std::max(newest[key.first], key.second);
     for (const auto& x : nodes_) {
       if (!x.alive) continue;
-      int working = 0;
-      for (const auto& [g, run] : x.runs) working += works(run.state) ? 1 : 0;
-      if (working > 1) return "F3: node " + std::to_string(x.id) + " works " + std::to_string(working) + " groups";
+      // What works on a node fits it: summed minimums within its
+      // capabilities, and a group without minimums alone.
+      int working = 0, alone = 0;
+      uint64_t cores = 0, mib = 0;
+      for (const auto& [g, run] : x.runs)
+        if (works(run.state)) {
+          ++working;
+          alone += runs_alone(group(g)) ? 1 : 0;
+          cores += group(g).min_cores;
+          mib += group(g).min_memory_mib;
+        }
+      if ((alone > 0 && working > 1) || cores > x.caps.cores || mib > x.caps.memory_mib)
+        return "F3: node " + std::to_string(x.id) + " (" + std::to_string(x.caps.cores) + " cores, " +
+               std::to_string(x.caps.memory_mib) + " MiB) works " + std::to_string(working) + " groups (" +
+               std::to_string(alone) + " that run alone) needing " + std::to_string(cores) + " cores, " +
+               std::to_string(mib) + " MiB";
     }
     for (const auto& g : groups_) {
       int at_newest = 0;
@@ -272,26 +304,27 @@ class World {
 
   std::optional<std::string> settled() {
     // Which node runs what now.
-    std::map<uint16_t, const ServiceGroup*> runs_on;
+    std::map<uint16_t, std::vector<const ServiceGroup*>> runs_on;
     std::set<std::string> running;
     for (const auto& x : nodes_)
       for (const auto& [g, run] : x.runs)
         if (run.state == RunState::kRunning) {
-          runs_on[x.id] = &group(g);
+          runs_on[x.id].push_back(&group(g));
           running.insert(g);
         }
     for (const auto& g : groups_) {
       if (running.count(g.name)) continue;
       for (const auto& x : nodes_) {
-        const bool qualifies = x.caps.cores >= g.min_cores &&
-                               std::all_of(g.tags.begin(), g.tags.end(), [&](const std::string& t) {
-                                 return std::find(x.caps.tags.begin(), x.caps.tags.end(), t) != x.caps.tags.end();
-                               });
-        if (!qualifies) continue;
-        auto it = runs_on.find(x.id);
-        if (it == runs_on.end() || it->second->priority < g.priority)
+        const bool tagged = std::all_of(g.tags.begin(), g.tags.end(), [&](const std::string& t) {
+          return std::find(x.caps.tags.begin(), x.caps.tags.end(), t) != x.caps.tags.end();
+        });
+        const auto stop = make_room(x.caps, g, runs_on[x.id]);
+        if (!tagged || !stop) continue;
+        if (std::all_of(stop->begin(), stop->end(), [&](const ServiceGroup* o) { return o->priority < g.priority; }))
           return "F4: " + g.name + " does not run, though node " + std::to_string(x.id) + " qualifies and " +
-                 (it == runs_on.end() ? std::string("is idle") : "runs lower-priority " + it->second->name);
+                 (runs_on[x.id].empty() ? std::string("is idle")
+                  : stop->empty()       ? "has room beside what it runs"
+                                        : "runs lower-priority " + stop->front()->name);
       }
     }
     return std::nullopt;
@@ -308,7 +341,7 @@ class World {
   std::vector<std::string> schedule_;
   uint64_t step_ = 0;
   uint64_t loss_ = 0;  // percent of notes lost
-  uint64_t assignments_ = 0, failovers_ = 0, perf_ = 0, alerts_ = 0, kills_ = 0, crashes_ = 0;
+  uint64_t assignments_ = 0, failovers_ = 0, perf_ = 0, alerts_ = 0, kills_ = 0, crashes_ = 0, packed_ = 0;
 };
 
 }  // namespace

@@ -30,6 +30,7 @@ struct Options {
 
 struct Stats {
   uint64_t assignments = 0, failovers = 0, performance_moves = 0, alerts = 0, kills = 0, crashes = 0;
+  uint64_t packed = 0;  ///< assignments to a node that kept other work running beside (capacity)
 };
 
 /// Runs one seed. Returns the failed invariant with the schedule, or nullopt.

@@ -40,11 +40,12 @@ int main(int argc, char** argv) {
       ++failed;
     }
   std::printf("seeds %llu-%llu: %llu failed; assignments %llu, failovers %llu, performance moves %llu, alerts %llu, "
-              "kills %llu, crashes %llu\n",
+              "kills %llu, crashes %llu, packed beside other work %llu\n",
               static_cast<unsigned long long>(first), static_cast<unsigned long long>(first + count - 1),
               static_cast<unsigned long long>(failed), static_cast<unsigned long long>(stats.assignments),
               static_cast<unsigned long long>(stats.failovers), static_cast<unsigned long long>(stats.performance_moves),
               static_cast<unsigned long long>(stats.alerts),
-              static_cast<unsigned long long>(stats.kills), static_cast<unsigned long long>(stats.crashes));
+              static_cast<unsigned long long>(stats.kills), static_cast<unsigned long long>(stats.crashes),
+              static_cast<unsigned long long>(stats.packed));
   return failed == 0 ? 0 : 1;
 }

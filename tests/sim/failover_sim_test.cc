@@ -16,6 +16,7 @@ TEST(FailoverSimulation, TwoThousandSeeds) {
   }
   EXPECT_GT(stats.failovers, 1000u);
   EXPECT_GT(stats.kills, 1000u);
+  EXPECT_GT(stats.packed, 100u) << "groups with minimums share nodes by capacity";
   std::printf("assignments %llu, failovers %llu, alerts %llu, kills %llu, crashes %llu\n",
               static_cast<unsigned long long>(stats.assignments), static_cast<unsigned long long>(stats.failovers),
               static_cast<unsigned long long>(stats.alerts), static_cast<unsigned long long>(stats.kills),

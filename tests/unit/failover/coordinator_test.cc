@@ -122,6 +122,65 @@ TEST(Choose, StartsAtHomeAndFailsOverToTheSparePool) {
   EXPECT_EQ(choose(g, Why::kFailure, ws.members, ws.reports, ws.groups, ws.hash, {3}, std::nullopt, {}).node, 1);
 }
 
+TEST(MakeRoom, GroupsWithMinimumsShareANodeGroupsWithoutRunAlone) {
+  ServiceGroup a = group("a", 1), b = group("b", 5), c = group("c", 3), alone = group("alone", 0);
+  a.min_cores = 2;
+  b.min_cores = 2;
+  b.min_memory_mib = 2048;
+  c.min_cores = 3;
+  const NodeCaps four{4, 4096, {}, false};
+  // Room beside a: nothing stops.
+  auto stop = make_room(four, b, {&a});
+  ASSERT_TRUE(stop);
+  EXPECT_TRUE(stop->empty());
+  // c needs 3 of 4 cores beside a and b: the lowest priority goes first,
+  // then the next, until it fits.
+  stop = make_room(four, c, {&b, &a});
+  ASSERT_TRUE(stop);
+  EXPECT_EQ(*stop, (std::vector<const ServiceGroup*>{&a, &b}));
+  // A group without minimums runs alone, and nothing runs beside it.
+  stop = make_room(four, alone, {&a});
+  ASSERT_TRUE(stop);
+  EXPECT_EQ(*stop, (std::vector<const ServiceGroup*>{&a}));
+  stop = make_room(four, a, {&alone});
+  ASSERT_TRUE(stop);
+  EXPECT_EQ(*stop, (std::vector<const ServiceGroup*>{&alone}));
+  // Too big for the node even alone.
+  c.min_memory_mib = 8192;
+  EXPECT_FALSE(make_room(four, c, {}));
+}
+
+TEST(Choose, AnIdleNodeFirstThenRoomBesideWorkThenLowerPriorityWorkStops) {
+  ServiceGroup a = group("a", 0), b = group("b", 0), big = group("big", 10), top = group("top", 20);
+  a.min_cores = b.min_cores = 2;
+  big.min_cores = 4;
+  top.min_cores = 2;
+  World w({a, b, big, top});
+  w.node(1, 4);
+  w.node(2, 4);
+  w.node(3, 4);
+  w.runs(1, "a", 1, RunState::kRunning);
+  const auto& gb = w.groups[1];
+  // Node 2 and 3 are idle: b goes to one of them, not beside a.
+  EXPECT_EQ(choose(gb, Why::kFailure, w.members, w.reports, w.groups, w.hash, {}, std::nullopt, {}).node, 2);
+  // Without them, beside a on node 1 (two cores each, four there).
+  EXPECT_EQ(choose(gb, Why::kFailure, w.members, w.reports, w.groups, w.hash, {2, 3}, std::nullopt, {}).node, 1);
+  // What this pass gave a node counts: top given node 1 beside a leaves no
+  // room for b, and a (b's own priority) would have to stop.
+  Given given{{1, {&w.groups[3]}}};
+  const Choice full = choose(gb, Why::kFailure, w.members, w.reports, w.groups, w.hash, {2, 3}, std::nullopt, given);
+  EXPECT_FALSE(full.node);
+  EXPECT_NE(full.to_string().find("node 1: runs a (priority 0, not below 0), and has no room beside it"),
+            std::string::npos)
+      << full.to_string();
+  // big needs the whole node: a (priority 0) stops for it on node 1; with
+  // two nodes busy, the one where less must stop.
+  w.runs(2, "a", 2, RunState::kRunning);
+  w.runs(2, "b", 1, RunState::kRunning);
+  const auto& gbig = w.groups[2];
+  EXPECT_EQ(choose(gbig, Why::kFailure, w.members, w.reports, w.groups, w.hash, {3}, std::nullopt, {}).node, 1);
+}
+
 TEST(Choose, APerformanceMoveNeedsBetterCapabilities) {
   World w({group("kv")});
   w.node(1, 4, 8192);
