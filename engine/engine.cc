@@ -273,6 +273,10 @@ Result<std::unique_ptr<Engine::Impl>> Engine::Impl::prepare(const EngineConfig& 
     if (link->caps().max_frame < wire::kMaxHeadSize + wire::kMinChunkSize)
       return fail(Errc::kInvalidArgument, "link ", link->name(), " carries frames too small for Baton");
   }
+  // Drivers bind their own buffers next to the shard's memory (a shm ring
+  // its side writes).
+  if (impl->memory_node >= 0)
+    for (auto& link : links) link->place(impl->memory_node);
   impl->links = std::move(links);
   const bool spin = config.idle == IdlePolicy::kSpin;
   impl->heartbeat_ns = uint64_t{config.heartbeat_interval_us ? config.heartbeat_interval_us : (spin ? 100u : 5000u)} * 1000;

@@ -6,6 +6,10 @@
 //               vs raw memif: 4 KiB frame out, 64 B ack back, same driver
 //   throughput  64 MiB replicated commit vs raw memif one-way copy of 64 MiB
 //               (distinct memory, frames of the same size), and vs memcpy
+//   cache line  a core-to-core cache-line round trip between two threads
+//               (each spins for the other's store): the floor of any
+//               hand-off through shared memory, what the 4 KiB commit over
+//               --shm is held against (issue #11)
 //   lean        both again against baton-lean-memif (bench/lean): two DPDK
 //               processes calling rx/tx_burst themselves, no Baton code, run
 //               first (rounds of their own, before any Baton process starts).
@@ -20,7 +24,10 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <immintrin.h>
+
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -46,6 +53,31 @@ volatile sig_atomic_t stop_flag = 0;
 void on_term(int) { stop_flag = 1; }
 
 constexpr size_t kAckBytes = 64;
+
+// One cache line bouncing between two threads, `n` round trips, in us each.
+std::vector<double> cacheline_round_trips(int n) {
+  struct alignas(64) Line {
+    std::atomic<uint64_t> v{0};
+  };
+  static Line line;
+  line.v.store(0);
+  std::thread echo([n] {
+    for (uint64_t i = 1; i <= static_cast<uint64_t>(n); ++i) {
+      while (line.v.load(std::memory_order_acquire) != 2 * i - 1) _mm_pause();
+      line.v.store(2 * i, std::memory_order_release);
+    }
+  });
+  std::vector<double> us;
+  us.reserve(static_cast<size_t>(n));
+  for (uint64_t i = 1; i <= static_cast<uint64_t>(n); ++i) {
+    const uint64_t t0 = baton::now_ns();
+    line.v.store(2 * i - 1, std::memory_order_release);
+    while (line.v.load(std::memory_order_acquire) != 2 * i) _mm_pause();
+    us.push_back((baton::now_ns() - t0) / 1e3);
+  }
+  echo.join();
+  return us;
+}
 constexpr uint32_t kFrame = 16384;  // raw throughput frame payload, like a Baton chunk
 
 std::unique_ptr<Link> open_link(const std::string& dev, uint16_t peer) {
@@ -305,7 +337,7 @@ int main(int argc, char** argv) {
     }
   }
 
-  Stats raw_lat, baton_lat, raw_tput, baton_tput, memcpy_tput, snapshot_ms, cow_tput, cow_ms;
+  Stats line_lat, raw_lat, baton_lat, raw_tput, baton_tput, memcpy_tput, snapshot_ms, cow_tput, cow_ms;
   using clk = std::chrono::steady_clock;
   auto us = [](clk::duration d) { return std::chrono::duration<double, std::micro>(d).count(); };
   // Each latency loop first plays 200 ms unmeasured, as the lean program
@@ -339,6 +371,10 @@ int main(int argc, char** argv) {
     return true;
   };
   for (int r = 0; r < rounds; ++r) {
+    {
+      auto line = cacheline_round_trips(iters + 20000);  // the first 20 000 settle the two threads
+      line_lat.v.insert(line_lat.v.end(), line.begin() + 20000, line.end());
+    }
     warm(ping_once);
     for (int i = 0; i < iters; ++i) {
       auto t0 = clk::now();
@@ -398,6 +434,11 @@ int main(int argc, char** argv) {
   std::printf("%-34s %10.1f %10.1f %10.1f\n", "raw memif 4 KiB + 64 B ack", rl50, rl99, rl999);
   std::printf("%-34s %10.1f %10.1f %10.1f\n", "Baton replicated commit", bl50, bl99, bl999);
   std::printf("%-34s %9.2fx %9.2fx %9.2fx\n", "ratio Baton / raw", bl50 / rl50, bl99 / rl99, bl999 / rl999);
+  const double ll50 = line_lat.pct(0.5), ll99 = line_lat.pct(0.99), ll999 = line_lat.pct(0.999);
+  print_json("latency_p50", "cacheline_round_trip", ll50, "us");
+  print_json("latency_p99", "cacheline_round_trip", ll99, "us");
+  std::printf("%-34s %10.2f %10.2f %10.2f\n", "cache line core to core and back", ll50, ll99, ll999);
+  std::printf("%-34s %9.0fx %9.0fx %9.0fx\n", "ratio Baton / cache line", bl50 / ll50, bl99 / ll99, bl999 / ll999);
   const std::string big_label = std::to_string(mib) + " MiB, median of rounds";
   std::printf("\n%-34s %10s %10s\n", big_label.c_str(), "GB/s", "ratio");
   std::printf("%-34s %10.2f %10s\n", "memcpy", mt, "");

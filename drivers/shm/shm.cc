@@ -9,6 +9,7 @@
 #include "baton/shm.h"
 
 #include <fcntl.h>
+#include <numaif.h>
 #include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -118,7 +119,27 @@ class ShmLink final : public Link {
 
   const std::string& name() const noexcept override { return name_; }
   uint16_t peer() const noexcept override { return peer_; }
-  LinkCaps caps() const noexcept override { return LinkCaps{max_frame_, false}; }
+
+  /// Binds the ring this side writes to its node (moving pages already
+  /// there): the peer's worker then reads remote and writes its replica
+  /// slots local, as a destination's bulk copy should. Whole pages inside
+  /// the ring only; a failure leaves the ring where it is (logged by the
+  /// caller's status, not fatal: it is placement, not correctness).
+  void place(int numa_node) noexcept override {
+    if (numa_node < 0 || numa_node >= 1024) return;
+    const uintptr_t page = 4096;
+    const auto first = reinterpret_cast<uintptr_t>(out_.head);
+    const auto end = reinterpret_cast<uintptr_t>(out_.slots) + uint64_t{out_.count} * out_.stride;
+    const uintptr_t from = (first + page - 1) / page * page, to = end / page * page;
+    if (to <= from) return;
+    unsigned long mask[1024 / (8 * sizeof(unsigned long))] = {};
+    mask[numa_node / (8 * sizeof(unsigned long))] = 1ul << (numa_node % (8 * sizeof(unsigned long)));
+    if (mbind(reinterpret_cast<void*>(from), to - from, MPOL_BIND, mask, 1024, MPOL_MF_MOVE) == 0)
+      bound_ = numa_node;
+  }
+
+  /// Its buffers sit on no node in particular until place() bound the ring it writes.
+  LinkCaps caps() const noexcept override { return LinkCaps{max_frame_, false, bound_}; }
 
   bool up() noexcept override {
     const int32_t pid = header()->pid[1 - side_].load(std::memory_order_acquire);
@@ -186,6 +207,7 @@ class ShmLink final : public Link {
   std::byte* base_;
   size_t len_;
   int side_;
+  int bound_ = -1;  ///< the node place() bound the outgoing ring to
   uint16_t peer_;
   uint32_t max_frame_;
   std::string name_;

@@ -65,6 +65,11 @@ class Link {
   /// were not sent and may be offered again. Thread: worker.
   virtual uint16_t tx_burst(const TxFrame* frames, uint16_t n) noexcept = 0;
 
+  /// The NUMA node the engine (this link's shard) keeps its memory on, told
+  /// once at start before any burst: a driver may bind its own buffers
+  /// there. Thread: control (Engine::start).
+  virtual void place(int numa_node) noexcept { (void)numa_node; }
+
   /// Upkeep between bursts: reconnects, deferred device events. `now_ns` is
   /// the poll's CLOCK_MONOTONIC time. Returns true if it did work. Thread: worker.
   virtual bool service(uint64_t now_ns) noexcept { return false; }

@@ -21,6 +21,8 @@
 // the chassis demo and the campaign.
 
 #include <gtest/gtest.h>
+
+#include <fstream>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -362,6 +364,38 @@ TEST(Shm, AProcessThatDiesIsSeenGoneAndItsSuccessorReconnects) {
   kill(second, SIGKILL);
   waitpid(second, nullptr, 0);
   unlink(path.c_str());
+}
+
+// #11 item 2: the ring a side writes sits on that side's NUMA node (the
+// engine tells the link its shard's node at start), so the peer's worker
+// reads remote and writes its replica slots local. /proc/self/numa_maps
+// shows the region's mapping split, the bound part with its policy.
+TEST(Shm, TheRingASideWritesIsBoundToItsEnginesNode) {
+  const std::string path = "/dev/shm/baton-shm-bind-" + std::to_string(getpid());
+  auto p = shm::pair(path, 1, 2);
+  ASSERT_TRUE(p) << p.error().to_string();
+  EXPECT_EQ(p->first->caps().numa_node, -1) << "no node in particular before place()";
+  auto bound_lines = [&] {
+    std::ifstream maps("/proc/self/numa_maps");
+    std::vector<std::string> out;
+    for (std::string line; std::getline(maps, line);)
+      if (line.find(path) != std::string::npos && line.find(" bind:0") != std::string::npos) out.push_back(line);
+    return out;
+  };
+  EXPECT_TRUE(bound_lines().empty());
+  // The engine does it at start, with its shard's memory node.
+  EngineConfig c;
+  c.node_id = 1;
+  std::vector<std::unique_ptr<Link>> links;
+  links.push_back(std::move(p->first));
+  auto e = Engine::start(c, std::move(links));
+  ASSERT_TRUE(e) << e.error().to_string();
+  ASSERT_EQ((*e)->place().memory_node, 0) << "this machine's one NUMA node";
+  const auto lines = bound_lines();
+  ASSERT_EQ(lines.size(), 1u) << "one bound range: the ring side 0 writes";
+  p->second->place(0);
+  EXPECT_EQ(p->second->caps().numa_node, 0);
+  EXPECT_EQ(bound_lines().size(), 2u) << "and side 1's ring";
 }
 
 TEST(Shm, RejectsBadConfigAndASecondHolderOfOneSide) {
