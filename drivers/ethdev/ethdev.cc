@@ -404,6 +404,17 @@ Result<std::unique_ptr<Link>> open_port(const PortConfig& c) {
   return std::move(links->front());
 }
 
+Result<int> device_numa_node(const std::string& device) {
+  if (device.empty()) return fail(Errc::kInvalidArgument, "empty device");
+  const std::string name = device.substr(0, device.find(','));
+  if (device.find(',') != std::string::npos || name.rfind("net_", 0) == 0) return -1;  // a vdev
+  if (auto ok = init_eal(); !ok) return tl::unexpected(ok.error());
+  auto port = find_port(name);
+  if (!port) return tl::unexpected(port.error());
+  const int socket = rte_eth_dev_socket_id(*port);
+  return socket < 0 ? -1 : socket;
+}
+
 Result<std::vector<std::unique_ptr<Link>>> open_port_queues(const PortConfig& c) {
   if (c.device.empty()) return fail(Errc::kInvalidArgument, "empty device");
   if (c.queues == 0 || c.queues > kMaxQueues)

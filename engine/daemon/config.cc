@@ -9,6 +9,7 @@
 #include <toml++/toml.h>
 
 #include "protocol/wire.h"
+#include "runtime/topology.h"
 
 namespace baton {
 namespace {
@@ -472,6 +473,19 @@ Result<DaemonConfig> load_daemon_config(const std::string& path) {
   std::stringstream ss;
   ss << in.rdbuf();
   return parse_daemon_config(ss.str(), path);
+}
+
+std::vector<int> default_workers(const Topology& topology, const std::vector<int>& link_nodes) {
+  std::set<int> nodes;
+  for (int n : link_nodes)
+    if (topology.has_numa_node(n)) nodes.insert(n);
+  std::vector<int> workers;
+  if (nodes.size() < 2) return workers;
+  for (int n : nodes)
+    for (const auto& numa : topology.numa_nodes)
+      if (numa.os_index == n && !numa.cpus.empty()) workers.push_back(numa.cpus.front());
+  if (workers.size() < 2) workers.clear();
+  return workers;
 }
 
 }  // namespace baton

@@ -84,4 +84,12 @@ Result<DaemonConfig> parse_daemon_config(std::string_view text, std::string_view
 /// Reads and parses a config file. Errors: kIo (unreadable), kInvalidArgument.
 Result<DaemonConfig> load_daemon_config(const std::string& path);
 
+struct Topology;
+/// batond's default shards when the config names no workers (issue #11):
+/// one per NUMA node that has a link (`link_nodes`: each link's device's
+/// node, -1 for none in particular), each pinned to that node's first CPU
+/// on `topology`. Empty (one floating worker) unless links sit on two
+/// nodes or more.
+std::vector<int> default_workers(const Topology& topology, const std::vector<int>& link_nodes);
+
 }  // namespace baton

@@ -51,6 +51,12 @@ inline constexpr uint16_t kMaxQueues = 64;
 /// queue on the port's NUMA socket. For memif, `bsize` is set to hold a whole
 /// frame unless the devargs set it. Errors: kInvalidArgument, kIo. Thread: control.
 Result<std::unique_ptr<Link>> open_port(const PortConfig& config);
+/// The NUMA node of `device`'s port (DPDK devargs or a port name), before
+/// it is configured: -1 for a virtual device (memif, af_packet, net_ring:
+/// no node in particular) or a port whose node is unknown. Errors: kIo
+/// (the EAL), kInvalidArgument (no such port).
+Result<int> device_numa_node(const std::string& device);
+
 /// open_port with config.queues queue pairs: one link per queue, in queue
 /// order, each for one shard's worker. The port stops and closes with the
 /// last of them. Errors: as open_port; kInvalidArgument for more queues

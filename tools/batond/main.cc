@@ -23,6 +23,7 @@
 #include "baton/shm.h"
 #include "common/log.h"
 #include "daemon/config.h"
+#include "runtime/topology.h"
 #include "ipc/server.h"
 #include <filesystem>
 
@@ -100,6 +101,21 @@ int main(int argc, char** argv) {
       BT_ERROR("%s", ok.error().to_string().c_str());
       return 1;
     }
+  }
+  // No workers named: one per NUMA node that has a link (issue #11), pinned
+  // to a CPU of it; a single floating worker when the links sit on one
+  // node or none in particular (memif, af_packet, shm).
+  if (cfg->engine.workers.empty() && cfg->engine.worker_cpu < 0) {
+    std::vector<int> link_nodes;
+    for (const auto& spec : cfg->links)
+      if (spec.driver == "ethdev")
+        if (auto n = baton::ethdev::device_numa_node(spec.device)) link_nodes.push_back(*n);
+    if (std::any_of(link_nodes.begin(), link_nodes.end(), [](int n) { return n >= 0; }))
+      if (auto topology = baton::Topology::load(cfg->engine.topology)) {
+        cfg->engine.workers = baton::default_workers(*topology, link_nodes);
+        if (!cfg->engine.workers.empty())
+          BT_INFO("links on %zu NUMA nodes: one worker on each", cfg->engine.workers.size());
+      }
   }
   // Per-core shards: each gets a queue pair of every device (memif,
   // net_ring), a region of its own (shm: `device`, then `device`.K for shard

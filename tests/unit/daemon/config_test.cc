@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include "daemon/config.h"
+#include "runtime/topology.h"
 
 namespace baton {
 namespace {
@@ -158,6 +159,17 @@ shard = 1
   EXPECT_EQ(c->links[0].shard, -1) << "every shard: a queue pair each";
   EXPECT_EQ(c->links[1].shard, 0);
   EXPECT_EQ(c->links[2].shard, 1);
+}
+
+// batond's default shards: one per NUMA node that has a link, on a CPU of it.
+TEST(DaemonConfig, DefaultWorkersOnePerNumaNodeWithALink) {
+  auto t = Topology::load("synthetic:package:2 numa:2 core:4 pu:1");  // nodes 0-3, CPUs 0-3, 4-7, ...
+  ASSERT_TRUE(t) << t.error().message;
+  EXPECT_TRUE(default_workers(*t, {}).empty());
+  EXPECT_TRUE(default_workers(*t, {-1, -1}).empty()) << "virtual devices: one floating worker";
+  EXPECT_TRUE(default_workers(*t, {2, 2, -1}).empty()) << "every link on one node: one worker";
+  EXPECT_EQ(default_workers(*t, {3, 0, 3, -1}), (std::vector<int>{0, 12})) << "nodes 0 and 3";
+  EXPECT_TRUE(default_workers(*t, {0, 9}).empty()) << "node 9 is not on this machine";
 }
 
 TEST(DaemonConfig, MinimalFileGetsDefaults) {
