@@ -12,13 +12,13 @@
 //   and a driver that can tell (memif) reports the link down;
 // - two engines over the pair replicate 4 KiB to 256 MiB byte-exact.
 //
-// Drivers: loopback, net_ring, shm (both ends of one region), af_packet (a
-// veth pair made here; skipped where it cannot be). Not memif: both ends of
-// a memif pair in one process share the EAL interrupt thread, and a client
-// reconnecting to a server of this process connects, blocking, on the very
-// thread that would accept it (this suite hung there once, in a local run
-// of tools/run-tests.sh). memif is tested between processes: memif_test,
-// the chassis demo and the campaign.
+// Drivers: loopback, net_ring, shm (both ends of one region), memif, af_packet
+// (a veth pair made here; skipped where it cannot be). memif's two ends are
+// servers in this process joined by baton-memif-relay, the clients of both
+// in a process of its own: both ends of a memif pair in one process share
+// the EAL interrupt thread, and a client reconnecting to a server of this
+// process connects, blocking, on the very thread that would accept it (the
+// suite hung there once, when it ran memif that way).
 
 #include <gtest/gtest.h>
 
@@ -34,6 +34,7 @@
 
 #include "../common/cluster.h"
 #include "../common/ok.h"
+#include "../common/process.h"
 #include "baton/ethdev.h"
 #include "baton/loopback.h"
 #include "baton/shm.h"
@@ -46,6 +47,9 @@ using namespace std::chrono_literals;
 
 struct LinkPair {
   std::unique_ptr<Link> a, b;
+  /// How `a`'s peer goes away (default: b is closed). memif's peer is the
+  /// relay process: it is SIGKILLed, as a peer process dies.
+  std::function<void(LinkPair&)> lose_peer = [](LinkPair& p) { p.b.reset(); };
 };
 
 struct Driver {
@@ -98,6 +102,31 @@ const std::vector<Driver>& drivers() {
        [] {
          const std::string path = "/dev/shm/baton-conf-" + std::to_string(getpid()) + "-" + std::to_string(next_id());
          return must_pair(shm::pair(path, 1, 2));
+       }},
+      // memif: two servers here, joined by baton-memif-relay (the clients of
+      // both, in a process of its own: see the top of this file).
+      {"memif", true, true, []() -> LinkPair {
+         const int id = next_id();
+         const std::string dir = "/tmp/baton-conf-" + std::to_string(getpid()) + "-" + std::to_string(id);
+         ethdev::PortConfig pa, pb;
+         pa.device = "net_memif" + std::to_string(200 + 2 * id) + ",role=server,socket=" + dir + "a.sock";
+         pa.peer = 2;
+         pb.device = "net_memif" + std::to_string(201 + 2 * id) + ",role=server,socket=" + dir + "b.sock";
+         pb.peer = 1;
+         auto a = ethdev::open_port(pa);
+         auto b = ethdev::open_port(pb);
+         if (!a || !b) throw std::runtime_error((!a ? a : b).error().to_string());
+         static std::vector<std::shared_ptr<test::Process>> relays;  // killed at exit, if still running
+         auto relay = std::make_shared<test::Process>(std::vector<std::string>{
+             test::helper("BATON_MEMIF_RELAY"), "--a", "net_memif0,role=client,socket=" + dir + "a.sock", "--b",
+             "net_memif1,role=client,socket=" + dir + "b.sock"});
+         relays.push_back(relay);
+         LinkPair p{std::move(*a), std::move(*b)};
+         p.lose_peer = [relay](LinkPair&) {
+           relay->kill(SIGKILL);
+           relay->wait();
+         };
+         return p;
        }},
       // The kernel may drop frames between two af_packet sockets: lossy.
       {"af_packet", false, false,
@@ -252,7 +281,7 @@ TEST_P(Conformance, BackPressureLosesNothingATakenFrameCarried) {
 TEST_P(Conformance, ThePeerGoingAwayNeitherBlocksNorCrashes) {
   MAKE_OR_SKIP(p, driver());
   ASSERT_TRUE(wait_up(p));
-  p.b.reset();
+  p.lose_peer(p);
   const auto f = frame_bytes(4096, 1);
   const auto until = std::chrono::steady_clock::now() + 2s;
   bool down = false;
