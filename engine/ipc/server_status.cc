@@ -51,6 +51,17 @@ nlohmann::json Server::status_json(size_t limit) const {
                     {"chunks_skipped", stats.snapshot_chunks_skipped},
                     // commits that copied nothing (copy-on-write: the worker settled them)
                     {"cow_snapshots", stats.cow_snapshots}};
+  // What replication did (this node as owner and as replica), summed over shards.
+  out["replication"] = {{"wholes_sent", stats.wholes_sent},
+                        {"deltas_sent", stats.deltas_sent},
+                        {"retransmits", stats.retransmits},
+                        {"published", stats.published},
+                        {"deltas_published", stats.deltas_published},
+                        {"restamped", stats.restamped},
+                        {"corrupt_generations", stats.corrupt_generations},
+                        {"stale_epoch", stats.stale_epoch},
+                        {"standby_promotions", stats.standby_promotions},
+                        {"replica_promotions", stats.replica_promotions}};
   const auto peers = engine_.peers();
   auto peer = [&](uint16_t node) {
     for (const auto& p : peers)

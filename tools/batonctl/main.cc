@@ -83,18 +83,33 @@ int status(const std::string& socket, bool as_json, bool segments_only) {
                 v.value("quorate", false) ? "quorate" : "NO QUORUM: no ownership or placement changes here",
                 v.value("agreed", false) ? ", agreed" : ", not yet agreed");
     const json& cl = j["clients"];
-    std::printf("clients: %llu accepted, %llu refused, %llu bad requests, %llu commits\n\n",
+    std::printf("clients: %llu accepted, %llu refused, %llu bad requests, %llu commits\n",
                 cl.value("accepted", 0ull), cl.value("refused_credentials", 0ull) + cl.value("refused_limit", 0ull),
                 cl.value("bad_requests", 0ull), cl.value("commits", 0ull));
-    std::printf("%-16s %-5s %-6s %-6s %10s %10s %10s %10s %10s\n", "LINK", "PEER", "NODE", "LINK", "RX", "TX",
-                "RECONNECTS", "SILENT ms", "STARTED s");
+    if (j.contains("replication") && j["replication"].is_object()) {
+      const json& r = j["replication"];
+      std::printf("replication: sent %llu generations whole, %llu as deltas (%llu chunks resent); held %llu "
+                  "(%llu from deltas, %llu relabelled); loads that took this node's copy over: %llu standby, %llu "
+                  "replica\n",
+                  r.value("wholes_sent", 0ull), r.value("deltas_sent", 0ull), r.value("retransmits", 0ull),
+                  r.value("published", 0ull), r.value("deltas_published", 0ull), r.value("restamped", 0ull),
+                  r.value("standby_promotions", 0ull), r.value("replica_promotions", 0ull));
+      if (r.value("corrupt_generations", 0ull) != 0)
+        std::printf("  WARNING: %llu received generations failed their checksum (sent again)\n",
+                    r.value("corrupt_generations", 0ull));
+    }
+    const size_t shards = node.value("shards", json::array()).size();
+    if (shards > 1) std::printf("shards: %zu (per-core workers; the SHARD column says whose link)\n", shards);
+    std::printf("\n");
+    std::printf("%-16s %-5s %-5s %-6s %-6s %10s %10s %10s %10s %10s\n", "LINK", "SHARD", "PEER", "NODE", "LINK", "RX",
+                "TX", "RECONNECTS", "SILENT ms", "STARTED s");
     for (const auto& l : j.value("links", json::array())) {
       // How long ago this node first heard the peer's current incarnation:
       // small after the peer restarted (it lost what it held).
       const std::string started =
           l.value("incarnation", 0ull) != 0 ? std::to_string(l.value("incarnation_age_s", 0ull)) : "-";
-      std::printf("%-16s %-5d %-6s %-6s %10llu %10llu %10llu %10llu %10s\n", l.value("name", "").c_str(),
-                  l.value("peer", 0), l.value("alive", false) ? "alive" : "dead", l.value("up", false) ? "up" : "down",
+      std::printf("%-16s %-5d %-5d %-6s %-6s %10llu %10llu %10llu %10llu %10s\n", l.value("name", "").c_str(),
+                  l.value("shard", 0), l.value("peer", 0), l.value("alive", false) ? "alive" : "dead", l.value("up", false) ? "up" : "down",
                   l.value("rx", 0ull), l.value("tx", 0ull), l.value("reconnects", 0ull), l.value("silent_ms", 0ull),
                   started.c_str());
     }
