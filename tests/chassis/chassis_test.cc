@@ -105,6 +105,8 @@ TEST(Chassis, ShardsRunOverAQueuePairOfEveryMemifLink) {
   auto doc = nlohmann::json::parse(out, nullptr, false);
   ASSERT_FALSE(doc.is_discarded()) << out;
   EXPECT_EQ(doc["node"]["shards"].size(), 2u) << out;
+  ASSERT_TRUE(doc["replication"].is_object()) << out;
+  EXPECT_TRUE(doc["replication"]["wholes_sent"].is_number()) << out;
   // Two peers, a queue pair of each memif port per shard.
   std::map<int, std::set<int>> peers_of_shard;
   for (const auto& l : doc["links"]) {
