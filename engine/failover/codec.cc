@@ -12,7 +12,8 @@ using nlohmann::json;
 
 namespace {
 
-constexpr size_t kMaxText = 63;  // group names, tags, reasons (cut)
+constexpr size_t kMaxText = 63;     // group names, tags
+constexpr size_t kMaxReason = 640;  // an assignment's reason (cut): with the rest, within a note
 
 std::string cut(const std::string& s, size_t n) { return s.size() <= n ? s : s.substr(0, n); }
 
@@ -38,8 +39,14 @@ Result<std::string> encode_report(const NodeReport& r) {
 }
 
 std::string encode_assignment(const Assignment& a) {
-  return json{{"t", "a"}, {"g", a.group}, {"n", a.node}, {"q", a.seq}, {"c", a.coordinator}}.dump(
-      -1, ' ', false, json::error_handler_t::replace);
+  json j = {{"t", "a"}, {"g", a.group}, {"n", a.node}, {"q", a.seq}, {"c", a.coordinator}};
+  if (!a.reason.empty()) {
+    j["r"] = cut(a.reason, kMaxReason);
+    std::string out = j.dump(-1, ' ', false, json::error_handler_t::replace);
+    if (out.size() <= wire::kMaxNote) return out;
+    j.erase("r");  // escaped past a note's size: the decision goes without its reason
+  }
+  return j.dump(-1, ' ', false, json::error_handler_t::replace);
 }
 
 Result<Message> decode_note(std::string_view bytes) {
@@ -61,6 +68,10 @@ Result<Message> decode_note(std::string_view bytes) {
     a.node = j["n"].get<uint16_t>();
     a.coordinator = j["c"].get<uint16_t>();
     a.seq = j["q"].get<uint64_t>();
+    if (j.contains("r")) {
+      if (!j["r"].is_string() || j["r"].get_ref<const std::string&>().size() > kMaxReason) return bad("r");
+      a.reason = j["r"].get<std::string>();
+    }
     return Message{a};
   }
   if (*t != "r") return fail(Errc::kInvalidArgument, "unknown note kind");

@@ -159,6 +159,7 @@ void Coordinator::heard(const Assignment& a) {
   if (it == tracks_.end() || a.seq <= it->second.seq) return;
   it->second.seq = a.seq;
   it->second.node = a.node;
+  it->second.reason = a.reason;
   it->second.assigned_ns = 0;
   it->second.running_ns = 0;
   it->second.heard = true;
@@ -167,7 +168,7 @@ void Coordinator::heard(const Assignment& a) {
 std::vector<Assignment> Coordinator::current() const {
   std::vector<Assignment> out;
   for (const auto& [name, t] : tracks_)
-    if (t.seq != 0 && t.node != 0) out.push_back(Assignment{name, t.node, t.seq, self_});
+    if (t.seq != 0 && t.node != 0) out.push_back(Assignment{name, t.node, t.seq, self_, t.reason});
   return out;
 }
 
@@ -185,6 +186,7 @@ void Coordinator::step(uint64_t now, uint64_t floor, std::span<const uint16_t> m
       if (run.seq > t->second.seq || (run.seq == t->second.seq && t->second.node == 0)) {
         t->second.seq = run.seq;
         t->second.node = m;
+        t->second.reason.clear();
         t->second.assigned_ns = 0;
         t->second.running_ns = 0;
       }
@@ -305,9 +307,11 @@ void Coordinator::restart_here(const ServiceGroup& g, Track& t, const std::strin
   t.seq = std::max(t.seq + 1, floor_);
   t.assigned_ns = now;
   t.running_ns = 0;
-  out.assign.push_back(Assignment{g.name, t.node, t.seq, self_});
-  out.events.push_back("group " + g.name + " restarts on " + node_str(t.node) + " (assignment " +
-                       std::to_string(t.seq) + "): it failed there (" + why + ") and fails over on performance only");
+  std::string text = "group " + g.name + " restarts on " + node_str(t.node) + " (assignment " + std::to_string(t.seq) +
+                     "): it failed there (" + why + ") and fails over on performance only";
+  t.reason = text;
+  out.assign.push_back(Assignment{g.name, t.node, t.seq, self_, text});
+  out.events.push_back(std::move(text));
 }
 
 void Coordinator::place(const ServiceGroup& g, Track& t, Why why, const std::string& reason, uint64_t now,
@@ -344,12 +348,13 @@ void Coordinator::place(const ServiceGroup& g, Track& t, Why why, const std::str
   t.stuck_ns = 0;
   t.slow_said = false;
   taken[t.node].push_back(&g);
-  out.assign.push_back(Assignment{g.name, t.node, t.seq, self_});
   const char* kind = why == Why::kStart ? "start" : why == Why::kFailure ? "failover" : "performance move";
   const bool standby = std::find(g.standby.begin(), g.standby.end(), t.node) != g.standby.end();
   std::string text = "group " + g.name + " -> " + node_str(t.node) + (standby ? " (hot standby" : " (") +
                      (standby ? ", " : "") + kind + ", assignment " + std::to_string(t.seq) + "): " + reason;
   if (!c.rejected.empty()) text += "; passed over: " + c.to_string();
+  t.reason = text;
+  out.assign.push_back(Assignment{g.name, t.node, t.seq, self_, text});
   out.events.push_back(std::move(text));
 }
 

@@ -110,6 +110,7 @@ class Coordinator {
     bool slow_said = false;   ///< "stays: no better node" said for this slow spell
     bool heard = false;       ///< learnt from another coordinator since the last step
     uint64_t unplaced_ns = 0; ///< never placed: since when this coordinator waits to start it
+    std::string reason;       ///< the decision behind `seq`, repeated with it (empty: another coordinator's)
   };
   /// Restarts a group that fails over on performance only where it ran.
   void restart_here(const ServiceGroup& g, Track& t, const std::string& why, uint64_t now,

@@ -158,8 +158,9 @@ void Runner::assigned(const Assignment& a, uint64_t now) {
   l.phase = Phase::kProvision;
   l.phase_ns = now;
   l.heard_ns = now;
+  // The coordinator's reasons, so this node's events say why it was chosen.
   events_("group " + a.group + ": starting here (assignment " + std::to_string(a.seq) + " from node " +
-          std::to_string(a.coordinator) + ")");
+          std::to_string(a.coordinator) + ")" + (a.reason.empty() ? "" : "; the decision: " + a.reason));
   advance(l, now);
 }
 

@@ -97,6 +97,9 @@ struct Assignment {
   uint16_t node = 0;
   uint64_t seq = 0;
   uint16_t coordinator = 0;
+  /// Why: the decision as the coordinator's event says it (the reason, the
+  /// nodes passed over and why), cut to fit a note; empty in a repeat.
+  std::string reason;
 };
 
 /// Capacity (S18, like Pacemaker's utilization or VCS's Limits): a node

@@ -8,6 +8,7 @@
 
 #include "failover/codec.h"
 #include "failover/coordinator.h"
+#include "protocol/wire.h"
 
 namespace baton::failover {
 namespace {
@@ -403,6 +404,22 @@ TEST(Codec, ReportsAndAssignmentsRoundTripAndBadNotesAreRefused) {
   auto a = decode_note(encode_assignment(Assignment{"kv", 2, 9, 1}));
   ASSERT_TRUE(a);
   EXPECT_EQ(std::get<Assignment>(*a).seq, 9u);
+  EXPECT_EQ(std::get<Assignment>(*a).reason, "");
+  // The decision's reasons travel with it (cut to fit a note), so the chosen
+  // node's events say why.
+  a = decode_note(encode_assignment(Assignment{"kv", 2, 10, 1, "group kv -> node 2 (failover): failed on node 1"}));
+  ASSERT_TRUE(a);
+  EXPECT_EQ(std::get<Assignment>(*a).reason, "group kv -> node 2 (failover): failed on node 1");
+  const std::string long_reason(5000, 'x'), quoted(1000, '"');
+  for (const std::string& why : {long_reason, quoted}) {
+    const std::string note = encode_assignment(Assignment{"kv", 2, 11, 1, why});
+    EXPECT_LE(note.size(), wire::kMaxNote);
+    a = decode_note(note);
+    ASSERT_TRUE(a) << a.error().message;
+    EXPECT_EQ(std::get<Assignment>(*a).seq, 11u);
+    EXPECT_LE(std::get<Assignment>(*a).reason.size(), 640u);
+  }
+  EXPECT_FALSE(decode_note(R"({"t":"a","g":"kv","n":2,"q":1,"c":1,"r":7})")) << "a reason is text";
 
   for (const char* bad : {"", "[]", "{", R"({"t":"x"})", R"({"t":"a","g":"kv","n":0,"q":1,"c":1})",
                           R"({"t":"a","g":"kv","n":2,"q":0,"c":1})", R"({"t":"a","g":"","n":2,"q":1,"c":1})",
