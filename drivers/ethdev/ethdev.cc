@@ -278,8 +278,6 @@ class EthdevLink final : public Link {
   LinkCounters counters_;
 };
 
-
-
 Result<uint16_t> find_port(const std::string& name) {
   uint16_t port;
   if (rte_eth_dev_get_port_by_name(name.c_str(), &port) == 0) return port;
