@@ -278,6 +278,13 @@ class EthdevLink final : public Link {
   LinkCounters counters_;
 };
 
+/// The port name in `device` (DPDK devargs or a port name), and whether it
+/// is a virtual device (devargs, or a net_* name) that is probed, not found.
+std::string port_name(const std::string& device) { return device.substr(0, device.find(',')); }
+bool is_vdev(const std::string& device) {
+  return device.find(',') != std::string::npos || port_name(device).rfind("net_", 0) == 0;
+}
+
 Result<uint16_t> find_port(const std::string& name) {
   uint16_t port;
   if (rte_eth_dev_get_port_by_name(name.c_str(), &port) == 0) return port;
@@ -404,10 +411,9 @@ Result<std::unique_ptr<Link>> open_port(const PortConfig& c) {
 
 Result<int> device_numa_node(const std::string& device) {
   if (device.empty()) return fail(Errc::kInvalidArgument, "empty device");
-  const std::string name = device.substr(0, device.find(','));
-  if (device.find(',') != std::string::npos || name.rfind("net_", 0) == 0) return -1;  // a vdev
+  if (is_vdev(device)) return -1;
   if (auto ok = init_eal(); !ok) return tl::unexpected(ok.error());
-  auto port = find_port(name);
+  auto port = find_port(port_name(device));
   if (!port) return tl::unexpected(port.error());
   const int socket = rte_eth_dev_socket_id(*port);
   return socket < 0 ? -1 : socket;
@@ -420,10 +426,9 @@ Result<std::vector<std::unique_ptr<Link>>> open_port_queues(const PortConfig& c)
   if (c.peer == 0 || c.peer == 0xFFFF) return fail(Errc::kInvalidArgument, "peer must be 1..65534");
   if (c.max_frame < 1024) return fail(Errc::kInvalidArgument, "max_frame below 1024");
   if (auto ok = init_eal(); !ok) return tl::unexpected(ok.error());
-  const std::string name = c.device.substr(0, c.device.find(','));
+  const std::string name = port_name(c.device);
   std::string devargs = c.device;
-  const bool is_vdev = devargs.find(',') != std::string::npos || name.rfind("net_", 0) == 0;
-  if (is_vdev) {
+  if (is_vdev(c.device)) {
     // memif's default 2 KiB buffers silently cut bigger frames: size them.
     if (name.rfind("net_memif", 0) == 0 && devargs.find("bsize=") == std::string::npos)
       devargs += ",bsize=" + std::to_string(c.max_frame + sizeof(rte_ether_hdr));
