@@ -282,14 +282,13 @@ std::optional<ReplicaStore::Promotion> ReplicaStore::promote(uint64_t generation
   // only copy of the newest generation). Else the caller copies instead.
   if (published_.empty() || in_use(published_.front())) return std::nullopt;
   const int latest_slot = published_.front();
-  const Slot& newest = slots_[latest_slot];
-  if (newest.generation != generation || newest.epoch != epoch) return std::nullopt;
+  Slot& l = slots_[latest_slot];
+  if (l.generation != generation || l.epoch != epoch) return std::nullopt;
   int spare_slot = -1;
   for (size_t i = 0; i < slots_.size() && spare_slot < 0; ++i)
     if (static_cast<int>(i) != latest_slot && !in_use(static_cast<int>(i)) && slots_[i].mem.data() != nullptr)
       spare_slot = static_cast<int>(i);
   if (spare_slot < 0) return std::nullopt;
-  Slot& l = slots_[latest_slot];
   const auto app_may_use = [this](const LocalStorage& m) {
     return pages_ == LocalStorage::Pages::kAny || !m.huge_pages();
   };
