@@ -15,13 +15,13 @@ namespace baton {
 inline constexpr uint64_t kFetchRequestRetryNs = 50'000'000;
 inline constexpr uint64_t kQueryRetryNs = 20'000'000;  // a lost query or answer must not read as "not found"
 
-/// Time since `since`, zero if `since` is later (stamped after this poll began).
 /// The shard of `shards` that owns segment `id` on every node (its id is a
 /// hash of its name; the high half is folded in so both halves count).
 inline size_t shard_index(uint64_t id, size_t shards) noexcept {
   return shards <= 1 ? 0 : static_cast<size_t>((id ^ (id >> 32)) % shards);
 }
 
+/// Time since `since`, zero if `since` is later (stamped after this poll began).
 inline uint64_t elapsed(uint64_t now, uint64_t since) noexcept { return now > since ? now - since : 0; }
 
 /// Adds to a counter only the poll-token holder writes (others read it).

@@ -123,8 +123,8 @@ class ShmLink final : public Link {
   /// Binds the ring this side writes to its node (moving pages already
   /// there): the peer's worker then reads remote and writes its replica
   /// slots local, as a destination's bulk copy should. Whole pages inside
-  /// the ring only; a failure leaves the ring where it is (logged by the
-  /// caller's status, not fatal: it is placement, not correctness).
+  /// the ring only; a failure leaves the ring where it was and caps() saying
+  /// no node (placement, not correctness: nothing else depends on it).
   void place(int numa_node) noexcept override {
     if (numa_node < 0 || numa_node >= 1024) return;
     const uintptr_t page = 4096;
