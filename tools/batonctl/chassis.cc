@@ -217,7 +217,8 @@ Result<std::vector<Blade>> chassis_up(const ChassisConfig& c) {
                 "of their own, out of reach of this host's corosync)");
   if (c.backplanes < 1 || c.backplanes > 2 || (c.backplanes == 2 && c.transport != "af_packet"))
     return fail(Errc::kInvalidArgument, "--backplanes must be 1, or 2 with --transport af_packet");
-  if (c.workers < 1 || c.workers > 8) return fail(Errc::kInvalidArgument, "--workers must be 1..8");
+  if (c.workers < 1 || c.workers > kMaxChassisWorkers)
+    return fail(Errc::kInvalidArgument, "--workers must be 1..", std::to_string(kMaxChassisWorkers));
   if (c.workers > 1 && c.transport == "af_packet")
     return fail(Errc::kInvalidArgument,
                 "--workers above 1 needs --transport memif, shm or mixed (af_packet spreads frames over its queues "
@@ -434,7 +435,8 @@ Result<void> chassis_down(const std::string& dir) {
     for (int b = a + 1; b <= 16; ++b) {
       fs::remove(pair_socket(dir, a, b), ec);
       fs::remove(pair_region(dir, a, b), ec);
-      for (int shard = 1; shard < 8; ++shard) fs::remove(pair_region(dir, a, b) + "." + std::to_string(shard), ec);
+      for (int shard = 1; shard < kMaxChassisWorkers; ++shard)
+        fs::remove(pair_region(dir, a, b) + "." + std::to_string(shard), ec);
     }
   fs::remove(dir, ec);  // only if empty
   return {};

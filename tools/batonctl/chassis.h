@@ -14,6 +14,10 @@
 
 namespace baton::ctl {
 
+/// The most per-core shards `chassis up --workers` gives a blade (and the
+/// shm regions per blade pair `chassis down` removes).
+inline constexpr int kMaxChassisWorkers = 8;
+
 struct ChassisConfig {
   std::string dir = "/run/baton/chassis";
   int blades = 4;
@@ -31,7 +35,7 @@ struct ChassisConfig {
   /// many workers, floating, each with a queue pair of every memif link or
   /// a shm region of its own (not af_packet, which spreads frames over its
   /// queues by flow hash).
-  int workers = 1;
+  int workers = 1;  ///< 1..kMaxChassisWorkers
   uint32_t heartbeat_us = 0;        ///< 0: the daemons' default
   uint32_t failure_timeout_us = 0;  ///< 0: the daemons' default
   /// Where the blades' views come from: "backplane" (heartbeats) or
