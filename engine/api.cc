@@ -1,8 +1,16 @@
 // The C API over the embedding API. Handles are checked against a registry of
 // live ones, so a stale or made-up pointer gets BATON_EINVAL, not a crash.
 
+#include <fcntl.h>
+#include <poll.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
 #include <charconv>
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
 #include <mutex>
 #include <string>
@@ -330,6 +338,41 @@ int baton_report(baton_t* b, const char* name, double value) {
   if (!b->client) return set_error(Errc::kInvalidArgument, "metrics go to a batond: this is an embedded engine");
   if (auto r = b->client->report(name, value); !r) return set_error(r.error());
   return ok();
+}
+
+int baton_await_promotion(int timeout_ms) {
+  // The runner (failover/runner.cc) writes one byte to the pipe it handed
+  // this process when it promotes it, and closes its end when it retires it.
+  static std::atomic<bool> promoted{false};
+  if (promoted.load()) return ok();
+  const char* env = std::getenv("BATON_PROMOTE_FD");
+  if (env == nullptr || *env == '\0') return ok();  // not a standby instance
+  int fd = -1;
+  const auto [end, ec] = std::from_chars(env, env + std::strlen(env), fd);
+  if (ec != std::errc{} || *end != '\0' || fd < 0 || fcntl(fd, F_GETFD) < 0)
+    return set_error(Errc::kInvalidArgument, std::string("BATON_PROMOTE_FD=") + env + " is not an open descriptor");
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(std::max(timeout_ms, 0));
+  for (;;) {
+    int wait_ms = -1;
+    if (timeout_ms >= 0)
+      wait_ms = static_cast<int>(std::max<int64_t>(
+          std::chrono::ceil<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now()).count(), 0));
+    pollfd p{fd, POLLIN, 0};
+    const int n = ::poll(&p, 1, wait_ms);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return set_error(Errc::kIo, std::string("waiting for promotion: ") + std::strerror(errno));
+    if (n == 0) return set_error(Errc::kTimeout, "not promoted within " + std::to_string(timeout_ms) + " ms");
+    char byte = 0;
+    const ssize_t got = ::read(fd, &byte, 1);
+    if (got < 0 && (errno == EINTR || errno == EAGAIN)) continue;
+    if (got == 1 && byte == 'P') {
+      ::close(fd);
+      promoted.store(true);
+      unsetenv("BATON_PROMOTE_FD");  // nor do the processes it starts wait
+      return ok();
+    }
+    return set_error(Errc::kUnavailable, "batond retired this standby instance (or went away)");
+  }
 }
 
 const char* baton_strerror(int err) {

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Failover time of a service group (issue #12), split into its phases.
 
-    python3 bench/failover/failover_bench.py [--build build] [--rounds 5] [--sizes-kib 256,65536] [--standby]
+    python3 bench/failover/failover_bench.py [--build build] [--rounds 5] [--sizes-kib 256,65536]
+                                             [--standby | --standby-instances]
 
 A 4-blade chassis (memif) runs group kv (baton-kv, committing a durable
 batch every 20 ms) with blades 3 and 4 as the spare pool. Each round
@@ -12,7 +13,8 @@ own event timestamps and the application's log:
   decision    -> the coordinator assigns the group to another node
   dispatch    -> the chosen node has the assignment (a daemon note)
   provision   -> its provision hook ran (here: mkdir)
-  load        -> `batonctl load` took the segment over and fetched it
+  load        -> the load (the request `batonctl load` makes) took the segment
+                 over and fetched it
   start       -> the application runs and has opened (restored) its state
   total       kill -> the application holds its restored state
 
@@ -23,7 +25,10 @@ With --standby, blades 3 and 4 are also the group's hot standbys (S16):
 each keeps the segment's newest generation ready in memory, and the load
 on the one chosen takes that memory over instead of fetching it; only the
 rounds whose load did so count (a failover goes elsewhere once both
-standbys failed within the start timeout).
+standbys failed within the start timeout). With --standby-instances, the
+application also runs ahead of time on blades 3 and 4, waiting to be
+promoted (S16's standby instance): only the rounds that promoted one count,
+and "start" is the promoted instance's open.
 """
 import argparse
 import json
@@ -108,7 +113,8 @@ start = "exec {kv} --socket $BATON_SOCKET --name kv --batches 1000000 --every-ms
 provision = "mkdir -p {work}/n$BATON_NODE"
 home = [1]
 start_timeout_ms = 20000
-{"standby = [3, 4]" if args.standby else ""}
+{"standby = [3, 4]" if args.standby or args.standby_instances else ""}
+{"standby_instances = true" if args.standby_instances else ""}
 """)
     rows = []
     try:
@@ -118,21 +124,34 @@ start_timeout_ms = 20000
             node = wait(lambda: where(batonctl, chassis), what="the group to run")
             pid = wait(lambda: kv_pid(chassis, node), what="the application's pid")
 
+            def newest_log():
+                logs = [f"{work}/{f}" for f in os.listdir(work) if f.startswith(f"kv-{node}-")]
+                return max(logs, key=os.path.getmtime) if logs else None
+
             def durable_here():
-                logs = sorted(f for f in os.listdir(work) if f.startswith(f"kv-{node}-"))
-                return logs and "durable" in open(f"{work}/{logs[-1]}").read()
+                log = newest_log()
+                return log and "durable" in open(log).read()
 
             # A failover restores what was durable: kill once there is some.
             wait(durable_here, what="a durable batch")
             time.sleep(0.3)  # a few more
-            logs_before = set(os.listdir(work))
             t_kill = time.time()
             os.kill(pid, signal.SIGKILL)
-            newlog = wait(lambda: [f for f in set(os.listdir(work)) - logs_before if f.startswith("kv-")],
-                          what="a new instance")[0]
+
+            # The instance that takes over writes its restore to its log: a
+            # new one, or a standby instance's, written since the kill (the
+            # killed instance writes nothing more; waiting ones only wait).
+            def restored():
+                for f in os.listdir(work):
+                    path = f"{work}/{f}"
+                    if f.startswith("kv-") and os.path.getmtime(path) >= t_kill:
+                        m = re.search(r"restored generation=\d+ batches=\d+ in ([\d.]+) ms", open(path).read())
+                        if m:
+                            return f, m
+                return None
+
+            newlog, line = wait(restored, what="the restore")
             target = int(newlog.split("-")[1])
-            line = wait(lambda: re.search(r"restored generation=\d+ batches=\d+ in ([\d.]+) ms",
-                                          open(f"{work}/{newlog}").read()), what="the restore")
             open_ms = float(line.group(1))
             time.sleep(0.1)
             ev = {}
@@ -146,6 +165,7 @@ start_timeout_ms = 20000
                         ev.setdefault("decided", ts)
                     if b == target and text.startswith("group kv: starting here"):
                         ev.setdefault("heard", ts)
+                        ev["instance"] = "its standby instance" in text
                     if b == target and text.startswith("segment kv: ownership taken"):
                         ev["promoted"] = "hot standby copy" in text
                         ev["source"] = ("hot standby" if "hot standby copy" in text
@@ -155,7 +175,8 @@ start_timeout_ms = 20000
                         ev.setdefault("running", ts)
                         ev["provision_us"], ev["load_us"] = int(m.group(1)), int(m.group(2))
             promoted = ev.pop("promoted", False)
-            source = ev.pop("source", "?")
+            instance = ev.pop("instance", False)
+            source = ev.pop("source", "?") + (", standby instance" if instance else "")
             if len(ev) < 6:
                 print(f"  round {r}: events missing ({sorted(ev)}), skipped", file=sys.stderr)
                 continue
@@ -168,7 +189,7 @@ start_timeout_ms = 20000
                 "load": ev["load_us"] / 1e3,
                 "start": (ready - ev["heard"]) * 1e3 - (ev["provision_us"] + ev["load_us"]) / 1e3,
                 "total": (ready - t_kill) * 1e3,
-                "promoted": promoted,
+                "promoted": promoted and (instance or not args.standby_instances),
             })
             print(json.dumps({"size_kib": size_kib, "round": r, "source": source,
                               **{k: round(v, 2) for k, v in rows[-1].items() if k != "promoted"}}),
@@ -186,13 +207,15 @@ def main():
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--sizes-kib", default="256,65536")
     p.add_argument("--standby", action="store_true", help="blades 3 and 4 keep hot standbys of the segment")
+    p.add_argument("--standby-instances", action="store_true",
+                   help="blades 3 and 4 keep hot standbys and a waiting instance of the application")
     args = p.parse_args()
     phases = ["detection", "decision", "dispatch", "provision", "load", "start", "total"]
     print("| segment | " + " | ".join(phases) + " | spawn /bin/true | read the state from /dev/shm | total / (spawn + read) |")
     print("|---" * (len(phases) + 4) + "|")
     for kib in (int(x) for x in args.sizes_kib.split(",")):
         rows = run_size(args, kib)
-        if args.standby:
+        if args.standby or args.standby_instances:
             # Only the failovers that went to a standby and took its copy
             # over (once both standbys failed, one goes to another node).
             rows = [r for r in rows if r["promoted"]]
@@ -203,7 +226,9 @@ def main():
         med = {k: statistics.median(r[k] for r in rows) for k in phases}
         cells = " | ".join(f"{med[k]:.1f}" for k in phases)
         size = f"{kib // 1024} MiB" if kib >= 1024 else f"{kib} KiB"
-        if args.standby:
+        if args.standby_instances:
+            size += ", standby instance"
+        elif args.standby:
             size += ", hot standby"
         print(f"| {size} ({len(rows)} rounds) | {cells} | {spawn:.2f} | {read:.2f} | {med['total'] / (spawn + read):.1f} |")
 

@@ -331,7 +331,7 @@ Result<DaemonConfig> parse_daemon_config(std::string_view text, std::string_view
       if (auto ok = r.only(*t, where,
                            {"name", "segments", "start", "probe", "provision", "alert", "probe_interval_ms",
                             "probe_timeout_ms", "slow_ms", "slow_for_ms", "metric", "slow_above", "failover_on", "priority", "min_cores",
-                            "min_memory_mib", "tags", "home", "standby", "start_timeout_ms"});
+                            "min_memory_mib", "tags", "home", "standby", "standby_instances", "start_timeout_ms"});
           !ok)
         return tl::unexpected(ok.error());
       const toml::node_view<const toml::node> gv(t);
@@ -397,6 +397,12 @@ Result<DaemonConfig> parse_daemon_config(std::string_view text, std::string_view
       if (!standby.empty() && g.segments.empty())
         return tl::unexpected(r.error(where + ".standby", "needs segments (what a standby keeps ready)"));
       g.standby = standby;
+      if (const auto si = gv["standby_instances"]; si) {
+        if (!si.is_boolean()) return tl::unexpected(r.error(where + ".standby_instances", "must be true or false"));
+        g.standby_instances = *si.value<bool>();
+        if (g.standby_instances && g.standby.empty())
+          return tl::unexpected(r.error(where + ".standby_instances", "needs standby nodes (where the instances wait)"));
+      }
       TRY(st, r.integer(gv["start_timeout_ms"], where + ".start_timeout_ms", 100, 3'600'000, 15000));
       g.start_timeout_ms = static_cast<uint32_t>(st);
       c.groups.push_back(std::move(g));

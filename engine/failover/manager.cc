@@ -38,7 +38,7 @@ uint64_t mono_ns() {
 Manager::Manager(Engine& engine, ManagerConfig config)
     : engine_(engine),
       config_(std::move(config)),
-      runner_(Runner::Env{config_.node, config_.socket, config_.batonctl, config_.caps}, config_.groups,
+      runner_(Runner::Env{config_.node, config_.socket, config_.caps}, config_.groups,
               [this](std::string text) { engine_.add_event(std::move(text)); }),
       coordinator_(config_.node, config_.groups) {}
 
@@ -62,15 +62,17 @@ void Manager::run() noexcept {
   while (!stop_.load()) {
     tick(mono_ns());
     // A start under way is stepped along at once, not a tick per step; an
-    // application that ends wakes the thread (its pidfd turns readable).
-    // So does a note from another node (an assignment is to be acted on now).
-    std::vector<pollfd> fds{pollfd{engine_.notes_fd(), POLLIN, 0}};
+    // application that ends wakes the thread (its pidfd turns readable), so
+    // does a finished load (the runner's eventfd) and a note from another
+    // node (an assignment is to be acted on now).
+    std::vector<pollfd> fds{pollfd{engine_.notes_fd(), POLLIN, 0}, pollfd{runner_.wake_fd(), POLLIN, 0}};
     for (int fd : runner_.watch_fds()) fds.push_back(pollfd{fd, POLLIN, 0});
-    if (::poll(fds.data(), fds.size(), static_cast<int>((runner_.busy() ? kBusyTickNs : kTickNs) / kMs)) > 0 &&
-        (fds[0].revents & POLLIN) != 0) {
-      uint64_t n;
-      (void)!read(fds[0].fd, &n, sizeof n);
-    }
+    if (::poll(fds.data(), fds.size(), static_cast<int>((runner_.busy() ? kBusyTickNs : kTickNs) / kMs)) > 0)
+      for (size_t i = 0; i < 2; ++i)
+        if ((fds[i].revents & POLLIN) != 0) {
+          uint64_t n;
+          (void)!read(fds[i].fd, &n, sizeof n);
+        }
   }
 }
 
@@ -141,6 +143,11 @@ void Manager::tick(uint64_t now) {
   }
   for (const auto& m : metrics) runner_.metric(m.pid, m.name, m.value, now);
   runner_.step(now);
+  {
+    auto standbys = runner_.standbys(now);
+    std::lock_guard lock(mu_);
+    standbys_ = std::move(standbys);
+  }
   std::erase_if(alerts_, [](pid_t p) { return waitpid(p, nullptr, WNOHANG) != 0; });
 
   NodeReport mine{config_.node, coordinator_.hash(), config_.caps, runner_.runs()};
@@ -245,6 +252,9 @@ nlohmann::json Manager::status() const {
                            {"heard_ms_ago", heard == heard_ns_.end() ? -1 : static_cast<int64_t>((mono_ns() - heard->second) / kMs)}});
   }
   out["decisions"] = decisions_;
+  // This node's standby instances (the runner's; under mu_, as it is copied
+  // there on the manager's thread).
+  out["standby_instances"] = standbys_;
   return out;
 }
 

@@ -37,8 +37,7 @@ struct ManagerConfig {
   uint16_t node = 0;
   NodeCaps caps;
   std::vector<ServiceGroup> groups;
-  std::string socket;    ///< batond's
-  std::string batonctl;  ///< the binary that loads segments
+  std::string socket;    ///< batond's: the runner's loads go through it
 };
 
 class Manager {
@@ -81,6 +80,7 @@ class Manager {
   std::string last_note_;                    ///< the report last sent
   uint64_t coordinating_ns_ = 0;             ///< since when this node coordinates (0: it does not)
   std::vector<pid_t> alerts_;                ///< alert hooks running
+  std::map<std::string, std::string> standbys_;  ///< this node's standby instances (Runner::standbys)
   struct Metric {
     pid_t pid;
     std::string name;

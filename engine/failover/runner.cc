@@ -4,16 +4,22 @@
 
 #include "failover/runner.h"
 
+#include <fcntl.h>
 #include <signal.h>
 #include <spawn.h>
+#include <sys/eventfd.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
+#include <optional>
+#include <thread>
 
 #include "common/log.h"
+#include "ipc/client.h"
 
 extern char** environ;
 
@@ -24,7 +30,9 @@ namespace {
 constexpr int kRunning = -2;               // reap(): not ended yet
 constexpr uint64_t kStopGraceNs = 5'000'000'000;  // SIGTERM, then SIGKILL after this
 constexpr uint64_t kMs = 1'000'000;
-
+constexpr uint64_t kStandbyRetryNs = 1000 * kMs;  // a standby instance that ended: again after this,
+constexpr uint32_t kStandbyRetryDoublings = 5;    // doubling while it keeps ending (at most 32 s)
+constexpr uint64_t kStandbyHealthyNs = 60'000 * kMs;  // one that lived this long starts the count anew
 
 /// Signals the process group `pid` leads (it was spawned in a session of
 /// its own), or the process alone if that fails.
@@ -34,6 +42,22 @@ void signal(pid_t pid, int sig) {
 
 }  // namespace
 
+/// A segment load in flight. Its thread sets `error` (if it failed), then
+/// `done`, then signals the runner's eventfd; it may outlive the run it
+/// served (a load past the start timeout is abandoned, not interrupted:
+/// batond bounds its rounds), hence shared.
+struct Runner::Load {
+  std::atomic<bool> done{false};
+  std::optional<Error> error;
+};
+
+struct Runner::Wake {
+  int fd = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  ~Wake() {
+    if (fd >= 0) ::close(fd);
+  }
+};
+
 std::string exit_text(int status) {
   if (WIFEXITED(status)) return "exited with status " + std::to_string(WEXITSTATUS(status));
   if (WIFSIGNALED(status)) return "killed by signal " + std::to_string(WTERMSIG(status));
@@ -41,29 +65,33 @@ std::string exit_text(int status) {
 }
 
 Runner::Runner(Env env, std::vector<ServiceGroup> groups, Events events)
-    : env_(std::move(env)), groups_(std::move(groups)), events_(std::move(events)) {}
+    : env_(std::move(env)), groups_(std::move(groups)), events_(std::move(events)), wake_(std::make_shared<Wake>()) {
+  if (wake_->fd < 0) BT_WARN("failover: no eventfd (%s): loads are noticed on the next tick", strerror(errno));
+}
 
 Runner::~Runner() {
-  for (auto& [name, l] : locals_)
-    for (pid_t p : {l.app, l.step, l.probe})
-      if (p > 0) signal(p, SIGTERM);
-  // A short grace, then whatever is left goes.
-  for (int i = 0; i < 50; ++i) {
-    bool any = false;
-    for (auto& [name, l] : locals_)
-      for (pid_t* p : {&l.app, &l.step, &l.probe})
-        if (*p > 0 && reap(*p) == kRunning) any = true;
-        else *p = -1;
-    if (!any) return;
-    usleep(20'000);
-  }
+  // Every process it started: SIGTERM (a waiting standby instance also sees
+  // its pipe close), a short grace, then SIGKILL for whatever is left.
+  std::vector<pid_t> left;
   for (auto& [name, l] : locals_) {
     for (pid_t p : {l.app, l.step, l.probe})
-      if (p > 0) {
-        signal(p, SIGKILL);
-        waitpid(p, nullptr, 0);
-      }
+      if (p > 0) left.push_back(p);
     close_fd(l);
+    if (l.promote_fd >= 0) ::close(l.promote_fd);
+  }
+  for (auto& [name, s] : standbys_) {
+    for (pid_t p : {s.hook, s.app})
+      if (p > 0) left.push_back(p);
+    if (s.promote_fd >= 0) ::close(s.promote_fd);
+  }
+  for (pid_t p : left) signal(p, SIGTERM);
+  for (int i = 0; i < 50 && !left.empty(); ++i) {
+    std::erase_if(left, [](pid_t p) { return reap(p) != kRunning; });
+    if (!left.empty()) usleep(20'000);
+  }
+  for (pid_t p : left) {
+    signal(p, SIGKILL);
+    waitpid(p, nullptr, 0);
   }
 }
 
@@ -75,7 +103,8 @@ int Runner::reap(pid_t pid) {
   return status;
 }
 
-pid_t spawn_child(const std::vector<std::string>& argv, const std::vector<std::string>& baton_env, bool own_session) {
+pid_t spawn_child(const std::vector<std::string>& argv, const std::vector<std::string>& baton_env, bool own_session,
+                  int pass_fd) {
   std::vector<std::string> env_strings;
   for (char** e = environ; *e != nullptr; ++e) {
     const std::string_view v(*e);
@@ -99,8 +128,14 @@ pid_t spawn_child(const std::vector<std::string>& argv, const std::vector<std::s
   posix_spawnattr_setsigdefault(&attr, &defaults);
   posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF |
                                       (own_session ? POSIX_SPAWN_SETSID : 0));
+  // The descriptor to pass becomes 3 in the child (dup2 clears its
+  // close-on-exec there); every other descriptor of batond's is O_CLOEXEC.
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  if (pass_fd >= 0) posix_spawn_file_actions_adddup2(&fa, pass_fd, 3);
   pid_t pid = -1;
-  const int rc = posix_spawn(&pid, args[0], nullptr, &attr, args.data(), envp.data());
+  const int rc = posix_spawn(&pid, args[0], &fa, &attr, args.data(), envp.data());
+  posix_spawn_file_actions_destroy(&fa);
   posix_spawnattr_destroy(&attr);
   if (rc != 0) {
     BT_ERROR("failover: cannot start %s: %s", argv[0].c_str(), strerror(rc));
@@ -109,14 +144,15 @@ pid_t spawn_child(const std::vector<std::string>& argv, const std::vector<std::s
   return pid;
 }
 
-pid_t Runner::spawn(const Local& l, const std::vector<std::string>& argv, bool own_session) {
+pid_t Runner::spawn(const ServiceGroup& g, uint64_t seq, const std::vector<std::string>& argv, int pass_fd) {
   std::string segments;
-  for (const auto& s : l.g->segments) segments += (segments.empty() ? "" : " ") + s;
-  return spawn_child(argv,
-                     {"BATON_SOCKET=" + env_.socket, "BATON_NODE=" + std::to_string(env_.node),
-                      "BATON_GROUP=" + l.g->name, "BATON_SEGMENTS=" + segments,
-                      "BATON_ASSIGNMENT=" + std::to_string(l.seq)},
-                     own_session);
+  for (const auto& s : g.segments) segments += (segments.empty() ? "" : " ") + s;
+  std::vector<std::string> env{"BATON_SOCKET=" + env_.socket, "BATON_NODE=" + std::to_string(env_.node),
+                               "BATON_GROUP=" + g.name, "BATON_SEGMENTS=" + segments,
+                               "BATON_ASSIGNMENT=" + std::to_string(seq),
+                               std::string("BATON_ROLE=") + (seq == 0 ? "standby" : "active")};
+  if (pass_fd >= 0) env.push_back("BATON_PROMOTE_FD=3");
+  return spawn_child(argv, env, true, pass_fd);
 }
 
 void Runner::assigned(const Assignment& a, uint64_t now) {
@@ -150,6 +186,7 @@ void Runner::assigned(const Assignment& a, uint64_t now) {
         waitpid(p, nullptr, 0);
       }
     close_fd(it->second);
+    if (it->second.promote_fd >= 0) ::close(it->second.promote_fd);
   }
   Local& l = locals_[a.group];
   l = Local{};
@@ -158,9 +195,27 @@ void Runner::assigned(const Assignment& a, uint64_t now) {
   l.phase = Phase::kProvision;
   l.phase_ns = now;
   l.heard_ns = now;
+  // A standby instance waiting here takes the group: it was provisioned
+  // when it started; the loads run, then it is promoted. One still being
+  // provisioned, or gone, makes way for an ordinary start.
+  std::string standby;
+  if (auto s = standbys_.find(a.group); s != standbys_.end()) {
+    if (s->second.app > 0 && reap(s->second.app) == kRunning) {
+      l.app = s->second.app;
+      l.app_fd = static_cast<int>(syscall(SYS_pidfd_open, l.app, 0));
+      l.promote_fd = s->second.promote_fd;
+      l.phase = Phase::kLoad;
+      l.provisioned_ns = now;
+      standby = "; its standby instance (pid " + std::to_string(l.app) + ") takes it";
+    } else {
+      if (s->second.app > 0) s->second.app = -1;  // reaped above
+      drop(s->second);
+    }
+    standbys_.erase(s);
+  }
   // The coordinator's reasons, so this node's events say why it was chosen.
   events_("group " + a.group + ": starting here (assignment " + std::to_string(a.seq) + " from node " +
-          std::to_string(a.coordinator) + ")" + (a.reason.empty() ? "" : "; the decision: " + a.reason));
+          std::to_string(a.coordinator) + ")" + standby + (a.reason.empty() ? "" : "; the decision: " + a.reason));
   advance(l, now);
 }
 
@@ -176,55 +231,63 @@ void Runner::stop(Local& l, RunState state, std::string why, uint64_t now) {
   l.phase = Phase::kStopping;
   l.phase_ns = now;
   l.kill_ns = now + kStopGraceNs;
+  l.load.reset();  // abandoned: its thread ends when batond answers
+  if (l.promote_fd >= 0) ::close(l.promote_fd);  // a standby instance not yet promoted: retired
+  l.promote_fd = -1;
   for (pid_t p : {l.app, l.step, l.probe})
     if (p > 0) signal(p, SIGTERM);
 }
 
 void Runner::advance(Local& l, uint64_t now) {
   const uint64_t timeout = uint64_t{l.g->start_timeout_ms} * kMs;
-  if (l.step > 0) {
+  if (l.phase == Phase::kProvision && l.step > 0) {
     const int st = reap(l.step);
     if (st == kRunning) {
       if (now - l.phase_ns > timeout) {
         signal(l.step, SIGKILL);
         waitpid(l.step, nullptr, 0);
         l.step = -1;
-        fail(l, std::string(l.phase == Phase::kProvision ? "the provision hook" : "a segment load") +
-                    " took longer than " + std::to_string(l.g->start_timeout_ms) + " ms",
-             now);
+        fail(l, "the provision hook took longer than " + std::to_string(l.g->start_timeout_ms) + " ms", now);
       }
       return;
     }
     l.step = -1;
-    if (l.phase == Phase::kProvision) {
-      if (st < 0 || !WIFEXITED(st) || WEXITSTATUS(st) != 0) {
-        fail(l, "the provision hook " + (st < 0 ? std::string("vanished") : exit_text(st)), now);
-        return;
-      }
-      l.phase = Phase::kLoad;
-    } else {
-      // batonctl load: 0 loaded, 3 no copy anywhere (the application
-      // starts fresh), 4 already here.
-      const int code = st >= 0 && WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-      if (code != 0 && code != 3 && code != 4) {
-        // Twice more, 100 ms apart, within the start timeout: a view still
-        // settling or a round without enough answers passes.
-        if (++l.load_failures < 3 && now - l.phase_ns + 100 * kMs < timeout) {
-          l.retry_ns = now + 100 * kMs;
-          return;
-        }
-        fail(l, "loading segment " + l.g->segments[l.loaded] + " " + (st < 0 ? "vanished" : exit_text(st)) +
-                    (l.load_failures > 1 ? " (" + std::to_string(l.load_failures) + " tries)" : ""),
-             now);
-        return;
-      }
-      ++l.loaded;
-      l.load_failures = 0;
+    if (st < 0 || !WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+      fail(l, "the provision hook " + (st < 0 ? std::string("vanished") : exit_text(st)), now);
+      return;
     }
+    l.phase = Phase::kLoad;
+  }
+  if (l.phase == Phase::kLoad && l.load) {
+    if (!l.load->done.load(std::memory_order_acquire)) {
+      if (now - l.phase_ns > timeout) {
+        l.load.reset();  // abandoned: its thread ends when batond answers
+        fail(l, "a segment load took longer than " + std::to_string(l.g->start_timeout_ms) + " ms", now);
+      }
+      return;
+    }
+    const std::optional<Error> error = l.load->error;
+    l.load.reset();
+    // Nothing to load (no copy anywhere: the application starts fresh) or
+    // already here count as loaded, as `batonctl load`'s exit 3 and 4 do.
+    if (error && error->code != Errc::kNotFound && error->code != Errc::kExists) {
+      // Twice more, 100 ms apart, within the start timeout: a view still
+      // settling or a round without enough answers passes.
+      if (++l.load_failures < 3 && now - l.phase_ns + 100 * kMs < timeout) {
+        l.retry_ns = now + 100 * kMs;
+        return;
+      }
+      fail(l, "loading segment " + l.g->segments[l.loaded] + ": " + error->message +
+                  (l.load_failures > 1 ? " (" + std::to_string(l.load_failures) + " tries)" : ""),
+           now);
+      return;
+    }
+    ++l.loaded;
+    l.load_failures = 0;
   }
   if (l.phase == Phase::kProvision) {
     if (!l.g->provision.empty()) {
-      l.step = spawn(l, {"/bin/sh", "-c", l.g->provision}, true);
+      l.step = spawn(*l.g, l.seq, {"/bin/sh", "-c", l.g->provision});
       if (l.step < 0) fail(l, "cannot run the provision hook", now);
       return;
     }
@@ -234,28 +297,64 @@ void Runner::advance(Local& l, uint64_t now) {
   if (l.phase == Phase::kLoad) {
     if (now < l.retry_ns) return;
     if (l.loaded < l.g->segments.size()) {
-      l.step = spawn(l, {env_.batonctl, "load", "--socket", env_.socket, l.g->segments[l.loaded]}, true);
-      if (l.step < 0) fail(l, "cannot run " + env_.batonctl, now);
+      start_load(l);
+      if (!l.load) fail(l, "cannot start a thread to load segment " + l.g->segments[l.loaded], now);
       return;
     }
     l.phase = Phase::kApp;
     l.loaded_ns = now;
   }
-  if (l.phase == Phase::kApp && l.app < 0) {
-    l.app = spawn(l, {"/bin/sh", "-c", l.g->start}, true);
-    if (l.app < 0) {
-      fail(l, "cannot start the application", now);
-      return;
+  if (l.phase == Phase::kApp && !l.started) {
+    std::string how;
+    if (l.promote_fd >= 0) {
+      // The standby instance waiting here takes over: one byte down its pipe.
+      const char promote = 'P';
+      const bool told = ::write(l.promote_fd, &promote, 1) == 1;
+      ::close(l.promote_fd);
+      l.promote_fd = -1;
+      if (!told) {
+        fail(l, std::string("cannot promote the standby instance: ") + strerror(errno), now);
+        return;
+      }
+      how = "the standby instance promoted";
+    } else {
+      l.app = spawn(*l.g, l.seq, {"/bin/sh", "-c", l.g->start});
+      if (l.app < 0) {
+        fail(l, "cannot start the application", now);
+        return;
+      }
+      l.app_fd = static_cast<int>(syscall(SYS_pidfd_open, l.app, 0));  // -1 on an old kernel: the tick notices
+      how = "started";
     }
-    l.app_fd = static_cast<int>(syscall(SYS_pidfd_open, l.app, 0));  // -1 on an old kernel: the tick notices
+    l.started = true;
     l.state = RunState::kRunning;
     l.phase_ns = now;
     l.next_probe_ns = now + uint64_t{l.g->probe_interval_ms} * kMs;
     auto ms = [](uint64_t from, uint64_t to) { return std::to_string((to - from) / 1000) + " us"; };
     events_("group " + l.g->name + " runs here (pid " + std::to_string(l.app) + ", assignment " +
             std::to_string(l.seq) + "): provisioned in " + ms(l.heard_ns, l.provisioned_ns) + ", segments loaded in " +
-            ms(l.provisioned_ns, l.loaded_ns) + ", started " + ms(l.heard_ns, now) + " after the assignment came");
+            ms(l.provisioned_ns, l.loaded_ns) + ", " + how + " " + ms(l.heard_ns, now) + " after the assignment came");
   }
+}
+
+void Runner::start_load(Local& l) {
+  auto load = std::make_shared<Load>();
+  try {
+    std::thread([load, wake = wake_, socket = env_.socket, name = l.g->segments[l.loaded]] {
+      // What `batonctl load` asks: ownership moves here, batond keeps the
+      // segment for the application, nothing is mapped into this thread.
+      auto c = ipc::Client::connect(socket);
+      if (!c) load->error = c.error();
+      else if (auto got = (*c)->take_over(name); !got) load->error = got.error();
+      load->done.store(true, std::memory_order_release);
+      const uint64_t one = 1;
+      (void)!::write(wake->fd, &one, sizeof one);
+    }).detach();
+  } catch (const std::system_error& e) {
+    BT_ERROR("failover: no thread for a load: %s", e.what());
+    return;
+  }
+  l.load = std::move(load);
 }
 
 void Runner::watch(Local& l, uint64_t now) {
@@ -268,7 +367,7 @@ void Runner::watch(Local& l, uint64_t now) {
   if (l.g->probe.empty()) return;
   if (l.probe < 0) {
     if (now >= l.next_probe_ns) {
-      l.probe = spawn(l, {"/bin/sh", "-c", l.g->probe}, true);
+      l.probe = spawn(*l.g, l.seq, {"/bin/sh", "-c", l.g->probe});
       l.probe_ns = now;
     }
     return;
@@ -334,7 +433,7 @@ void Runner::step(uint64_t now) {
       case Phase::kProvision:
       case Phase::kLoad: advance(l, now); break;
       case Phase::kApp:
-        if (l.app < 0) advance(l, now);
+        if (!l.started) advance(l, now);
         else watch(l, now);
         break;
       case Phase::kStopping: {
@@ -354,7 +453,100 @@ void Runner::step(uint64_t now) {
       case Phase::kDone: break;
     }
   }
+  keep_standbys(now);
 }
+
+void Runner::keep_standbys(uint64_t now) {
+  for (const auto& g : groups_) {
+    if (!g.standby_instances || std::find(g.standby.begin(), g.standby.end(), env_.node) == g.standby.end()) continue;
+    // Not while the group itself runs here (or is being stopped here).
+    if (auto it = locals_.find(g.name); it != locals_.end() && it->second.phase != Phase::kDone) continue;
+    Standby& s = standbys_[g.name];
+    if (s.hook > 0) {
+      const int st = reap(s.hook);
+      if (st == kRunning) {
+        if (now - s.since_ns > uint64_t{g.start_timeout_ms} * kMs) {
+          signal(s.hook, SIGKILL);
+          waitpid(s.hook, nullptr, 0);
+          s.hook = -1;
+          standby_ended(g, s, "its provision hook took longer than " + std::to_string(g.start_timeout_ms) + " ms", now);
+        }
+        continue;
+      }
+      s.hook = -1;
+      if (st < 0 || !WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+        standby_ended(g, s, "its provision hook " + (st < 0 ? std::string("vanished") : exit_text(st)), now);
+        continue;
+      }
+    } else if (s.app > 0) {
+      if (const int st = reap(s.app); st != kRunning) {
+        s.app = -1;
+        ::close(s.promote_fd);
+        s.promote_fd = -1;
+        standby_ended(g, s, "it " + (st < 0 ? std::string("vanished") : exit_text(st)), now);
+      }
+      continue;
+    } else {
+      if (now < s.retry_ns) continue;
+      s.since_ns = now;
+      if (!g.provision.empty()) {
+        s.hook = spawn(g, 0, {"/bin/sh", "-c", g.provision});
+        if (s.hook < 0) standby_ended(g, s, "its provision hook could not run", now);
+        continue;
+      }
+    }
+    // Provisioned: the instance, with the read end of its pipe as fd 3.
+    int ends[2];
+    if (::pipe2(ends, O_CLOEXEC) != 0) {
+      standby_ended(g, s, std::string("no pipe: ") + strerror(errno), now);
+      continue;
+    }
+    s.app = spawn(g, 0, {"/bin/sh", "-c", g.start}, ends[0]);
+    ::close(ends[0]);
+    if (s.app < 0) {
+      ::close(ends[1]);
+      standby_ended(g, s, "it could not be started", now);
+      continue;
+    }
+    s.promote_fd = ends[1];
+    s.since_ns = now;
+    events_("group " + g.name + ": a standby instance waits here (pid " + std::to_string(s.app) + ")");
+  }
+}
+
+void Runner::standby_ended(const ServiceGroup& g, Standby& s, std::string why, uint64_t now) {
+  if (now - s.since_ns >= kStandbyHealthyNs) s.failures = 0;
+  const uint64_t wait = kStandbyRetryNs << std::min(s.failures, kStandbyRetryDoublings);
+  ++s.failures;
+  s.retry_ns = now + wait;
+  s.why = std::move(why);
+  events_("group " + g.name + ": its standby instance here ended: " + s.why + "; again in " +
+          std::to_string(wait / kMs) + " ms");
+}
+
+void Runner::drop(Standby& s) {
+  for (pid_t* p : {&s.hook, &s.app})
+    if (*p > 0) {
+      signal(*p, SIGKILL);
+      waitpid(*p, nullptr, 0);
+      *p = -1;
+    }
+  if (s.promote_fd >= 0) ::close(s.promote_fd);
+  s.promote_fd = -1;
+}
+
+std::map<std::string, std::string> Runner::standbys(uint64_t now) const {
+  std::map<std::string, std::string> out;
+  for (const auto& [name, s] : standbys_) {
+    if (s.app > 0) out[name] = "ready (pid " + std::to_string(s.app) + ")";
+    else if (s.hook > 0) out[name] = "provisioning";
+    else if (!s.why.empty())
+      out[name] = "down: " + s.why + "; again in " + std::to_string(s.retry_ns > now ? (s.retry_ns - now) / kMs : 0) + " ms";
+  }
+  return out;
+}
+
+int Runner::wake_fd() const noexcept { return wake_->fd; }
 
 void Runner::close_fd(Local& l) {
   if (l.app_fd >= 0) close(l.app_fd);
@@ -371,8 +563,8 @@ std::vector<int> Runner::watch_fds() const {
 bool Runner::busy() const noexcept {
   return std::any_of(locals_.begin(), locals_.end(), [](const auto& e) {
     return e.second.phase == Phase::kProvision || e.second.phase == Phase::kLoad ||
-           (e.second.phase == Phase::kApp && e.second.app < 0);
-  });
+           (e.second.phase == Phase::kApp && !e.second.started);
+  }) || std::any_of(standbys_.begin(), standbys_.end(), [](const auto& e) { return e.second.hook > 0; });
 }
 
 std::vector<GroupRun> Runner::runs() const {

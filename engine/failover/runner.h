@@ -2,10 +2,19 @@
 // This node's share of the service groups (S17, S20; issue #12): starts
 // what the coordinator assigns here, watches it, stops what moved away.
 //
-// Starting a group is three steps, each a child process: the provision
-// hook, `batonctl load` of each segment (the new owner epoch fences the old
-// owner wherever it still runs; the newest durable generation comes from a
-// replica), then the application, in a session of its own. Watching it:
+// Starting a group is three steps: the provision hook (a child process),
+// the load of each segment (the request `batonctl load` makes, sent to this
+// node's batond from a thread: the new owner epoch fences the old owner
+// wherever it still runs; the newest durable generation comes from a
+// replica or this node's ready copy), then the application, in a session of
+// its own. A group with standby instances (ServiceGroup::standby_instances)
+// has its application running ahead of time on each of its standby nodes
+// that does not run it: provisioned, started with BATON_ROLE=standby, and
+// waiting in baton_await_promotion() on a pipe (BATON_PROMOTE_FD). When the
+// group comes to such a node, the loads run and the waiting instance is
+// promoted (one byte down its pipe) instead of a process started. A
+// standby instance that ends is started again, after 1 s doubling to 32 s
+// while it keeps ending. Watching the application:
 // the application's exit, and its probe every probe_interval_ms, whose
 // response time is measured; two failed or timed-out probes in a row are a
 // failure, and responses slower than slow_ms for slow_for_ms make it slow
@@ -14,7 +23,8 @@
 //
 // Children are spawned with posix_spawn (batond has many threads) and
 // never waited on: step() reaps them. Commands get BATON_SOCKET,
-// BATON_NODE, BATON_GROUP, BATON_SEGMENTS and BATON_ASSIGNMENT.
+// BATON_NODE, BATON_GROUP, BATON_SEGMENTS, BATON_ASSIGNMENT (0 for a
+// standby instance) and BATON_ROLE (active or standby).
 //
 // Thread: the failover manager's.
 
@@ -23,6 +33,7 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -34,8 +45,7 @@ class Runner {
  public:
   struct Env {
     uint16_t node = 0;
-    std::string socket;    ///< batond's, for the application and batonctl
-    std::string batonctl;  ///< the batonctl binary that loads segments
+    std::string socket;    ///< batond's, for the application and the loads
     NodeCaps caps;         ///< this node's, for what may run beside what (make_room)
   };
   using Events = std::function<void(std::string)>;
@@ -62,11 +72,19 @@ class Runner {
   /// pidfds of the applications running here: readable when one ends, so
   /// the manager notices at once rather than on its next tick.
   std::vector<int> watch_fds() const;
+  /// An eventfd that turns readable when a load finishes: the manager
+  /// polls it and drains it (one 8-byte read) before step().
+  int wake_fd() const noexcept;
+  /// This node's standby instances, by group: "ready (pid N)",
+  /// "provisioning", or "down: why; again in K ms".
+  std::map<std::string, std::string> standbys(uint64_t now) const;
   /// The application's pid of a group running here, or -1.
   pid_t pid_of(const std::string& group) const;
 
  private:
   enum class Phase : uint8_t { kProvision, kLoad, kApp, kStopping, kDone };
+  struct Load;  ///< a segment load in flight, shared with its thread
+  struct Wake;  ///< the eventfd loads signal, shared with their threads
   struct Local {
     const ServiceGroup* g = nullptr;
     uint64_t seq = 0;
@@ -80,9 +98,12 @@ class Runner {
     size_t loaded = 0;      ///< segments loaded so far
     int load_failures = 0;  ///< of the segment in hand: a transient one (no quorum yet) is tried again
     uint64_t retry_ns = 0;  ///< not before then
-    pid_t step = -1;        ///< the hook or a load in flight
+    pid_t step = -1;        ///< the hook in flight
+    std::shared_ptr<Load> load;  ///< the load in flight
     pid_t app = -1;
     int app_fd = -1;  ///< pidfd of `app`
+    bool started = false;   ///< `app` spawned, or the standby instance it is promoted
+    int promote_fd = -1;    ///< a standby instance taken over: its pipe, written once the loads are done
     pid_t probe = -1;
     uint64_t probe_ns = 0;  ///< when the probe in flight started
     uint64_t next_probe_ns = 0;
@@ -90,14 +111,32 @@ class Runner {
     uint64_t slow_since_ns = 0;  ///< first of the current run of slow responses (0: none)
     uint64_t kill_ns = 0;        ///< stopping: when SIGKILL follows
   };
+  /// A standby instance: its hook, then the application waiting to be promoted.
+  struct Standby {
+    pid_t hook = -1;
+    pid_t app = -1;
+    int promote_fd = -1;      ///< write end of the pipe `app` waits on
+    uint64_t since_ns = 0;    ///< when the hook or `app` started
+    uint32_t failures = 0;    ///< ended in a row: the wait before the next start doubles
+    uint64_t retry_ns = 0;    ///< not started again before then
+    std::string why;          ///< the last end
+  };
   void advance(Local& l, uint64_t now);
+  void start_load(Local& l);
+  /// Starts, watches and restarts the standby instances this node keeps.
+  void keep_standbys(uint64_t now);
+  void standby_ended(const ServiceGroup& g, Standby& s, std::string why, uint64_t now);
+  /// Ends a standby instance at once (SIGKILL): its group starts here anew.
+  static void drop(Standby& s);
   void watch(Local& l, uint64_t now);
   /// One observation for the slow window: `slow` or not, and what it was.
   void observe(Local& l, bool slow, const std::string& what, uint64_t now);
   void fail(Local& l, std::string why, uint64_t now);
   void stop(Local& l, RunState state, std::string why, uint64_t now);
   static void close_fd(Local& l);
-  pid_t spawn(const Local& l, const std::vector<std::string>& argv, bool own_session);
+  /// Starts a command of group `g` (assignment `seq`; 0: a standby
+  /// instance, which gets `pass_fd` as its descriptor 3).
+  pid_t spawn(const ServiceGroup& g, uint64_t seq, const std::vector<std::string>& argv, int pass_fd = -1);
   /// Exit status of `pid` if it ended (and reaps it), else -2.
   static int reap(pid_t pid);
 
@@ -106,6 +145,8 @@ class Runner {
   Events events_;
   std::map<std::string, Local> locals_;    ///< by group
   std::map<std::string, uint64_t> latest_; ///< newest assignment heard, by group
+  std::map<std::string, Standby> standbys_; ///< this node's standby instances, by group
+  std::shared_ptr<Wake> wake_;
 };
 
 /// "exited with status 3" / "killed by signal 9", from a waitpid status.
@@ -115,8 +156,10 @@ std::string exit_text(int status);
 /// variables replaced by `baton_env` ("BATON_X=..."), no signal blocked and
 /// SIGTERM, SIGINT, SIGPIPE, SIGHUP at their defaults (batond blocks the
 /// first two in every thread and ignores SIGPIPE); with `own_session`, in a
-/// session and process group of its own. posix_spawn: batond has many
-/// threads. Returns the pid, or -1 (logged).
-pid_t spawn_child(const std::vector<std::string>& argv, const std::vector<std::string>& baton_env, bool own_session);
+/// session and process group of its own; `pass_fd` (>= 0) becomes the
+/// child's descriptor 3. posix_spawn: batond has many threads. Returns the
+/// pid, or -1 (logged).
+pid_t spawn_child(const std::vector<std::string>& argv, const std::vector<std::string>& baton_env, bool own_session,
+                  int pass_fd = -1);
 
 }  // namespace baton::failover

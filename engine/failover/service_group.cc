@@ -41,6 +41,7 @@ uint64_t groups_hash(const std::vector<ServiceGroup>& groups) {
     for (uint16_t h : g.home) add(std::to_string(h));
     add("standby");
     for (uint16_t n : g.standby) add(std::to_string(n));
+    if (g.standby_instances) add("standby_instances");
     text += ';';
   }
   uint64_t h = 0xcbf29ce484222325ull;

@@ -41,6 +41,14 @@ struct ServiceGroup {
   /// memory; a failover goes to an idle eligible one first (its load takes
   /// that memory over: no fetch).
   std::vector<uint16_t> standby;
+  /// Standby instances (S16's standby instance, like a Pacemaker
+  /// promotable clone's unpromoted copies): on each `standby` node that
+  /// does not run the group, the application runs in advance (provision
+  /// hook, then `start` with BATON_ROLE=standby and BATON_PROMOTE_FD) and
+  /// waits in baton_await_promotion(). A failover to that node loads the
+  /// segments there and promotes it: no process starts. Standby instances
+  /// take no capacity (make_room counts only what works).
+  bool standby_instances = false;
   uint32_t start_timeout_ms = 15000;  ///< from assignment to running, else the next node
 };
 

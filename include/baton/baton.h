@@ -143,6 +143,21 @@ int baton_delete(baton_t* baton, const char* name);
  * enough for a few reports a second, not per request. */
 int baton_report(baton_t* baton, const char* name, double value);
 
+/* Standby instances (S16). A service group with standby_instances = true
+ * starts its application ahead of time on its standby nodes, with
+ * BATON_ROLE=standby and BATON_PROMOTE_FD in its environment. Such an
+ * instance prepares what it can (connect to batond, load its code, warm
+ * caches), then calls baton_await_promotion() before it opens any segment:
+ * it returns 0 once the group has failed over to this node and its
+ * segments are loaded here; the instance then opens them as usual (the open
+ * takes the node's ready copy over: no fetch) and serves. In a process not
+ * started as a standby it returns 0 at once, so an application calls it
+ * unconditionally. BATON_EUNAVAIL: batond retired this instance or went
+ * away (exit); BATON_ETIMEDOUT after timeout_ms (negative: no limit);
+ * BATON_EINVAL: BATON_PROMOTE_FD is not a descriptor. Opening a segment
+ * before promotion would take it away from the active instance. */
+int baton_await_promotion(int timeout_ms);
+
 /* A static string naming an error code. */
 const char* baton_strerror(int err);
 

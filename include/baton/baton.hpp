@@ -54,6 +54,13 @@ class Segment {
   baton_segment_t* s_;
 };
 
+/// A standby instance waits here until promoted (baton_await_promotion):
+/// at once outside one; `timeout_ms` < 0 waits without limit.
+inline Result<void> await_promotion(int timeout_ms = -1) {
+  if (int rc = baton_await_promotion(timeout_ms); rc != 0) return detail::error(rc);
+  return {};
+}
+
 class Node {
  public:
   static Result<Node> start(const baton_config_t& config, const std::vector<std::string>& links) {

@@ -23,29 +23,10 @@
 #include "baton/shm.h"
 #include "common/log.h"
 #include "daemon/config.h"
-#include "runtime/topology.h"
-#include "ipc/server.h"
-#include <filesystem>
-
 #include "failover/manager.h"
+#include "ipc/server.h"
+#include "runtime/topology.h"
 #include "telemetry.h"
-
-namespace {
-
-/// batonctl, beside this batond (installed or in the build tree), else
-/// from PATH: the failover manager loads segments with it.
-std::string sibling(const std::string& program) {
-  std::error_code ec;
-  const std::filesystem::path self = std::filesystem::read_symlink("/proc/self/exe", ec);
-  if (!ec)
-    for (const auto& dir : {self.parent_path(), self.parent_path().parent_path() / "batonctl"}) {
-      const auto p = dir / program;
-      if (std::filesystem::exists(p, ec)) return p.string();
-    }
-  return program;
-}
-
-}  // namespace
 
 int main(int argc, char** argv) {
   std::string config_path;
@@ -187,7 +168,6 @@ int main(int argc, char** argv) {
     mc.caps = baton::failover::NodeCaps{cfg->cores, cfg->memory_mib, cfg->tags, cfg->spare};
     mc.groups = cfg->groups;
     mc.socket = cfg->socket_path;
-    mc.batonctl = sibling("batonctl");
     auto m = baton::failover::Manager::start(**engine, std::move(mc));
     if (!m) {
       BT_ERROR("%s", m.error().to_string().c_str());

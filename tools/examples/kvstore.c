@@ -16,7 +16,12 @@
  * batch's time (update, commit, durable wait) in ms to batond under NAME
  * (baton_report); while file F exists each batch takes 100 ms longer (an
  * application slowed down, for tests and the demo). One line per event on
- * stdout. */
+ * stdout.
+ *
+ * Started as a standby instance (a group with standby_instances; batond
+ * sets BATON_ROLE=standby) it connects, then waits in
+ * baton_await_promotion() and opens its segment only once promoted; it
+ * exits quietly when retired. */
 #include <baton/baton.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -104,9 +109,22 @@ int main(int argc, char** argv) {
   baton_segment_t* seg;
   int restored = 0;
   uint64_t gen = 0;
+  if (baton_connect(socket_path, &b) != 0) {
+    fprintf(stderr, "baton-kv: %s\n", baton_last_error());
+    return 1;
+  }
+  const char* role = getenv("BATON_ROLE");
+  if (role != NULL && strcmp(role, "standby") == 0) {
+    printf("standby: waiting to be promoted\n");
+    if (baton_await_promotion(-1) != 0) {
+      printf("standby: retired (%s)\n", baton_last_error());
+      baton_stop(b);
+      return 0;
+    }
+    printf("standby: promoted\n");
+  }
   double t0 = now_ms();
-  if (baton_connect(socket_path, &b) != 0 ||
-      baton_open(b, name, (uint64_t)size_kib * 1024 > sizeof(struct kv) ? (uint64_t)size_kib * 1024 : sizeof(struct kv),
+  if (baton_open(b, name, (uint64_t)size_kib * 1024 > sizeof(struct kv) ? (uint64_t)size_kib * 1024 : sizeof(struct kv),
                  &seg, &restored, &gen) != 0) {
     fprintf(stderr, "baton-kv: %s\n", baton_last_error());
     return 1;

@@ -1,10 +1,15 @@
 // C API input validation: every public function refuses bad input with a
 // clear error and keeps working afterwards. Engines here have no links.
 
+#include <fcntl.h>
 #include <gtest/gtest.h>
+#include <unistd.h>
 
+#include <chrono>
+#include <cstdlib>
 #include <cstring>
 #include <string>
+#include <thread>
 
 #include "baton/baton.h"
 #include "baton/baton.hpp"
@@ -194,3 +199,39 @@ TEST(CppWrapper, RaiiAndResults) {
 }
 
 }  // namespace
+
+// A standby instance waits on the pipe batond hands it (BATON_PROMOTE_FD):
+// one byte promotes it; the pipe closing retires it. One test, in order:
+// a promotion is once per process.
+TEST(CApiStandby, AwaitPromotion) {
+  unsetenv("BATON_PROMOTE_FD");
+  EXPECT_EQ(baton_await_promotion(0), 0) << "not a standby instance: at once";
+
+  setenv("BATON_PROMOTE_FD", "x3", 1);
+  EXPECT_EQ(baton_await_promotion(0), BATON_EINVAL);
+  EXPECT_NE(std::string(baton_last_error()).find("BATON_PROMOTE_FD=x3"), std::string::npos) << baton_last_error();
+  setenv("BATON_PROMOTE_FD", "1000000", 1);
+  EXPECT_EQ(baton_await_promotion(0), BATON_EINVAL) << "not an open descriptor";
+
+  int retired[2];
+  ASSERT_EQ(pipe(retired), 0);
+  setenv("BATON_PROMOTE_FD", std::to_string(retired[0]).c_str(), 1);
+  EXPECT_EQ(baton_await_promotion(30), BATON_ETIMEDOUT) << "nothing said yet";
+  close(retired[1]);
+  EXPECT_EQ(baton_await_promotion(-1), BATON_EUNAVAIL) << "batond closed its end: retired";
+  close(retired[0]);
+
+  int fds[2];
+  ASSERT_EQ(pipe(fds), 0);
+  setenv("BATON_PROMOTE_FD", std::to_string(fds[0]).c_str(), 1);
+  std::thread promoter([w = fds[1]] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    ASSERT_EQ(write(w, "P", 1), 1);
+  });
+  EXPECT_EQ(baton_await_promotion(-1), 0);
+  promoter.join();
+  EXPECT_EQ(getenv("BATON_PROMOTE_FD"), nullptr) << "what it starts does not wait";
+  EXPECT_EQ(fcntl(fds[0], F_GETFD), -1) << "its end of the pipe is closed";
+  EXPECT_EQ(baton_await_promotion(0), 0) << "promoted once: at once after";
+  close(fds[1]);
+}

@@ -203,6 +203,7 @@ provision = "prep"
 alert = "page-someone"
 home = [1, 2]
 standby = [3]
+standby_instances = true
 priority = 7
 min_cores = 2
 min_memory_mib = 512
@@ -239,6 +240,8 @@ slow_above = 12.5
   EXPECT_EQ(c->groups[1].failover_on, failover::ServiceGroup::On::kEither);
   // A group's standbys keep each of its segments ready.
   EXPECT_EQ(g.standby, std::vector<uint16_t>{3});
+  EXPECT_TRUE(g.standby_instances);
+  EXPECT_FALSE(c->groups[1].standby_instances) << "the default";
   ASSERT_EQ(c->engine.standbys.size(), 2u);
   EXPECT_EQ(c->engine.standbys[0].segment, "kv");
   EXPECT_EQ(c->engine.standbys[1].segment, "kv-index");
@@ -361,6 +364,10 @@ INSTANTIATE_TEST_SUITE_P(
             "group[0].segments: \"no good\" is not a segment name"},
         Bad{NODE_AND("[[group]]\nname = \"a\"\nstart = \"x\"\nsurprise = 1\n"), "group[0].surprise: unknown key"},
         Bad{NODE_AND("[[group]]\nname = \"a\"\nstart = \"x\"\nstandby = [2]\n"), "group[0].standby: needs segments"},
+        Bad{NODE_AND("[[group]]\nname = \"a\"\nstart = \"x\"\nstandby_instances = true\n"),
+            "group[0].standby_instances: needs standby nodes"},
+        Bad{NODE_AND("[[group]]\nname = \"a\"\nsegments = [\"a\"]\nstart = \"x\"\nstandby = [2]\nstandby_instances = 1\n"),
+            "group[0].standby_instances: must be true or false"},
         Bad{NODE_AND("[[group]]\nname = \"a\"\nstart = \"x\"\nsegments = [\"s\"]\nstandby = [2, 2]\n"),
             "group[0].standby: names node 2 twice"},
         Bad{NODE_AND("[[standby]]\nnodes = [2]\n"), "standby[0].segment: is required"},
