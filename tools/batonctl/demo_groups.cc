@@ -77,9 +77,18 @@ void show_decisions(const std::vector<Blade>& blades, std::set<std::string>& sho
       // standby's ready copy, or a replica).
       const bool decision = text.rfind("group kv -> ", 0) == 0 || text.find("group kv stays") != std::string::npos;
       const bool load = text.rfind("segment kv: ownership taken", 0) == 0;
-      if (!decision && !load) continue;
+      // A standby instance taking the group over (its runner's event).
+      const auto standby = text.rfind("group kv: starting here", 0) == 0 ? text.find("its standby instance (pid ")
+                                                                        : std::string::npos;
+      if (!decision && !load && standby == std::string::npos) continue;
+      if (!shown.insert(text).second) continue;
       // Printed when it happened, by the daemon's own clock.
-      if (shown.insert(text).second)
+      if (standby != std::string::npos)
+        tl.at_unix(unix_us, "promote",
+                   "blade " + std::to_string(b.id) + ": " +
+                       text.substr(standby, text.find(')', standby) + 1 - standby) +
+                       ", waiting since the chassis came up, takes group kv over: no process starts");
+      else
         tl.at_unix(unix_us, decision ? "decide" : "load",
                    "blade " + std::to_string(b.id) + (decision ? " (coordinator): " : ": ") + text);
     }
@@ -108,7 +117,7 @@ int run_groups_demo(const DemoConfig& d, const Timeline& tl) {
       << " --dump " << work << "/n$BATON_NODE >" << work << "/kv-$BATON_NODE-$BATON_ASSIGNMENT.log 2>&1\"\n"
       << "provision = \"mkdir -p " << work << "/n$BATON_NODE\"\n"
       << "probe = \"test ! -f " << work << "/slow-$BATON_NODE || sleep 0.3\"\n"
-      << "home = [1]\nstandby = [3]\npriority = 5\nmin_cores = 2\nprobe_interval_ms = 100\nslow_ms = 200\n"
+      << "home = [1]\nstandby = [3]\nstandby_instances = true\npriority = 5\nmin_cores = 2\nprobe_interval_ms = 100\nslow_ms = 200\n"
       << "slow_for_ms = 1000\n";
   auto cleanup = [&] {
     (void)chassis_down(c.dir);
@@ -125,7 +134,8 @@ int run_groups_demo(const DemoConfig& d, const Timeline& tl) {
     }
     tl.at("up", std::to_string(c.blades) +
                     " blades; blades 3 and 4 are the spare pool, blade 3 keeps a hot standby of kv, blade 4 has 8 "
-                    "cores, the others 2; group kv's home is blade 1");
+                    "cores, the others 2; group kv's home is blade 1, and its application waits on blade 3 as a "
+                    "standby instance");
     auto runs_on = [&](int blade, uint64_t past) {
       return wait_until([&] { return durable_batches(work + "/n" + std::to_string(blade)) > past; }, 20000);
     };
@@ -173,7 +183,7 @@ int run_groups_demo(const DemoConfig& d, const Timeline& tl) {
       explain();
       break;
     }
-    tl.at("resume", "blade 3 (spare, hot standby): " + r3);
+    tl.at("resume", "blade 3 (spare, hot standby, standby instance): " + r3);
     const uint64_t got3 = std::stoull(r3.substr(r3.find("batches=") + 8));
     if (got3 < before_kill) {
       std::fprintf(stderr, "batonctl demo: resumed at batch %llu, but batch %llu was durable\n",
