@@ -259,6 +259,10 @@ int main(int argc, char** argv) {
                   p.value("cores", 0), static_cast<unsigned long long>(p.value("memory_mib", uint64_t{0})),
                   runs.empty() ? "-" : runs.c_str(), tags.c_str());
     }
+    const auto standbys = j.value("standby_instances", json::object());
+    if (!standbys.empty()) std::printf("\nstandby instances on this node:\n");
+    for (const auto& [group, state] : standbys.items())
+      std::printf("  %-16s %s\n", group.c_str(), state.is_string() ? state.get<std::string>().c_str() : "?");
     const auto decisions = j.value("decisions", json::array());
     if (!decisions.empty()) std::printf("\nlast decisions (this node's, as coordinator):\n");
     for (const auto& d : decisions) std::printf("  %s\n", d.get<std::string>().c_str());
