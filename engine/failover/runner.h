@@ -14,7 +14,8 @@
 // group comes to such a node, the loads run and the waiting instance is
 // promoted (one byte down its pipe) instead of a process started. A
 // standby instance that ends is started again, after 1 s doubling to 32 s
-// while it keeps ending. Watching the application:
+// while it keeps ending; where the group itself stopped, 1 s after (its
+// failover elsewhere is under way). Watching the application:
 // the application's exit, and its probe every probe_interval_ms, whose
 // response time is measured; two failed or timed-out probes in a row are a
 // failure, and responses slower than slow_ms for slow_for_ms make it slow
