@@ -77,6 +77,18 @@ s3=$(ready 3)
 grep -q "^standby: waiting to be promoted" "$dir/kv-2-0.log" || fail "blade 2's instance does not wait"
 [[ -f $dir/provisioned-2-standby && -f $dir/provisioned-3-standby ]] || fail "the standby instances were not provisioned"
 echo "   standby instances: blade 2 pid $s2, blade 3 pid $s3"
+# DPDK telemetry says the same (/baton/groups), read with the field's own tool.
+if command -v dpdk-telemetry.py >/dev/null; then
+  prefix=$("$BATONCTL" status --json --socket "$chassis/blade2.sock" | python3 -c 'import json,sys; print(json.load(sys.stdin)["node"]["telemetry"])')
+  tel=$(echo /baton/groups | timeout 20 dpdk-telemetry.py -f "$prefix" 2>/dev/null | python3 -c '
+import json, sys
+text = sys.stdin.read()
+g = json.loads(text[text.index("{\"/baton/groups\""):].split("\n")[0])["/baton/groups"]
+print(g["coordinator"], g["groups"], g["group_0"]["name"], g["group_0"]["node"], g["group_0"]["state"],
+      g["group_0"]["standby_instance_here"], g["node_3"]["runs"] or "-")') || fail "no /baton/groups answer"
+  [[ $tel == "1 1 kv 1 running ready (pid $s2) -" ]] || fail "/baton/groups says: $tel"
+  echo "   /baton/groups: $tel"
+fi
 
 echo "2. kv is killed on blade 1: a standby instance is promoted"
 pkill -KILL -f "baton-kv --socket $chassis/blade1.sock"

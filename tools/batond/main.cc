@@ -182,7 +182,7 @@ int main(int argc, char** argv) {
     BT_ERROR("%s", server.error().to_string().c_str());
     return 1;
   }
-  if (!telemetry_prefix.empty()) baton::batond::register_telemetry(**server, **engine);
+  if (!telemetry_prefix.empty()) baton::batond::register_telemetry(**server, **engine, sc.groups);
   BT_INFO("batond node %u \"%s\" serving %s", cfg->engine.node_id, cfg->name.c_str(), cfg->socket_path.c_str());
   std::atomic<bool> stop{false};
   std::thread accept([&] { (*server)->serve(stop); });

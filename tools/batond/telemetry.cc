@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <functional>
 #include <string>
 
 #include <nlohmann/json.hpp>
@@ -15,6 +16,7 @@ using nlohmann::json;
 
 ipc::Server* g_server = nullptr;  // set once before the first command can arrive
 Engine* g_engine = nullptr;
+std::function<std::string()> g_groups;  // the failover manager's status (JSON text); empty: no groups
 
 constexpr size_t kSegmentsPerPage = 40;
 
@@ -116,16 +118,68 @@ int stats(const char*, const char*, rte_tel_data* d) {
   return 0;
 }
 
+/// A list of strings as one comma-separated string (telemetry has no
+/// string arrays in a dict).
+std::string joined(const json& list) {
+  std::string out;
+  for (const auto& x : list)
+    if (x.is_string()) out += (out.empty() ? "" : ",") + x.get<std::string>();
+    else if (x.is_number()) out += (out.empty() ? "" : ",") + x.dump();
+  return out;
+}
+
+int groups(const char*, const char*, rte_tel_data* d) {
+  const json j = g_groups ? json::parse(g_groups(), nullptr, false) : json::object();
+  if (j.is_discarded()) return -1;
+  rte_tel_data_start_dict(d);
+  rte_tel_data_add_dict_u64(d, "coordinator", j.value("coordinator", uint64_t{0}));
+  const json gs = j.value("groups", json::array());
+  rte_tel_data_add_dict_u64(d, "groups", gs.size());
+  // Keys are indices: a group's name may hold characters a telemetry key
+  // may not. At most 16 groups and a chassis of nodes: far below 16 KiB.
+  for (size_t i = 0; i < gs.size(); ++i) {
+    rte_tel_data* c = rte_tel_data_alloc();
+    if (c == nullptr) return -1;
+    rte_tel_data_start_dict(c);
+    for (const char* k : {"name", "node", "assignment", "state", "priority"})
+      if (gs[i].contains(k)) put(c, k, gs[i][k]);
+    put(c, "why", gs[i].value("why", std::string()).substr(0, 200));
+    put(c, "segments", joined(gs[i].value("segments", json::array())));
+    const json standby = j.value("standby_instances", json::object());
+    if (auto it = standby.find(gs[i].value("name", std::string())); it != standby.end())
+      put(c, "standby_instance_here", *it);
+    rte_tel_data_add_dict_container(d, ("group_" + std::to_string(i)).c_str(), c, 0);
+  }
+  for (const auto& p : j.value("pool", json::array())) {
+    rte_tel_data* c = rte_tel_data_alloc();
+    if (c == nullptr) return -1;
+    rte_tel_data_start_dict(c);
+    for (const char* k : {"spare", "cores", "memory_mib", "same_groups", "heard_ms_ago"})
+      if (p.contains(k)) put(c, k, p[k]);
+    put(c, "runs", joined(p.value("runs", json::array())));
+    put(c, "tags", joined(p.value("tags", json::array())));
+    rte_tel_data_add_dict_container(d, ("node_" + std::to_string(p.value("node", 0))).c_str(), c, 0);
+  }
+  const json decisions = j.value("decisions", json::array());
+  if (!decisions.empty() && decisions.back().is_string())
+    put(d, "last_decision", decisions.back().get<std::string>().substr(0, 400));
+  return 0;
+}
+
 }  // namespace
 
-void register_telemetry(ipc::Server& server, Engine& engine) {
+void register_telemetry(ipc::Server& server, Engine& engine, std::function<std::string()> groups_json) {
   g_server = &server;
   g_engine = &engine;
+  g_groups = std::move(groups_json);
   rte_telemetry_register_cmd("/baton/status", status, "Node, membership view and client counters. No parameters");
   rte_telemetry_register_cmd("/baton/segments", segments,
                              "Segments held here, 40 per page. Parameter: page number (default 0)");
   rte_telemetry_register_cmd("/baton/peers", peers, "Per peer: alive, link up, frames, reconnects. No parameters");
   rte_telemetry_register_cmd("/baton/stats", stats, "Engine and client counters. No parameters");
+  rte_telemetry_register_cmd("/baton/groups", groups,
+                             "Service groups (group_N), the pool (node_N), the coordinator and its last decision. "
+                             "No parameters");
 }
 
 }  // namespace baton::batond
