@@ -489,7 +489,8 @@ void Runner::keep_standbys(uint64_t now) {
         s.app = -1;
         ::close(s.promote_fd);
         s.promote_fd = -1;
-        standby_ended(g, s, "it " + (st < 0 ? std::string("vanished") : exit_text(st)), now);
+        standby_ended(g, s, st < 0 ? std::string("it vanished") : (WIFSIGNALED(st) ? "it was " : "it ") + exit_text(st),
+                      now);
       }
       continue;
     } else {

@@ -121,7 +121,7 @@ for _ in $(seq 1 100); do
   sleep 0.1
 done
 [[ -n $new && $new != "$old" ]] || fail "blade $other did not start its standby instance again"
-"$BATONCTL" events --socket "$chassis/blade$other.sock" | grep -q "its standby instance here ended: it killed by signal 9" ||
+"$BATONCTL" events --socket "$chassis/blade$other.sock" | grep -q "its standby instance here ended: it was killed by signal 9" ||
   fail "blade $other's events do not say its standby instance ended"
 echo "   blade $other: pid $old killed, pid $new waits"
 
