@@ -134,6 +134,7 @@ int groups(const char*, const char*, rte_tel_data* d) {
   rte_tel_data_start_dict(d);
   rte_tel_data_add_dict_u64(d, "coordinator", j.value("coordinator", uint64_t{0}));
   const json gs = j.value("groups", json::array());
+  const json standby = j.value("standby_instances", json::object());  // this node's, by group
   rte_tel_data_add_dict_u64(d, "groups", gs.size());
   // Keys are indices: a group's name may hold characters a telemetry key
   // may not. At most 16 groups and a chassis of nodes: far below 16 KiB.
@@ -145,7 +146,6 @@ int groups(const char*, const char*, rte_tel_data* d) {
       if (gs[i].contains(k)) put(c, k, gs[i][k]);
     put(c, "why", gs[i].value("why", std::string()).substr(0, 200));
     put(c, "segments", joined(gs[i].value("segments", json::array())));
-    const json standby = j.value("standby_instances", json::object());
     if (auto it = standby.find(gs[i].value("name", std::string())); it != standby.end())
       put(c, "standby_instance_here", *it);
     rte_tel_data_add_dict_container(d, ("group_" + std::to_string(i)).c_str(), c, 0);
