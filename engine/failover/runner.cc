@@ -34,6 +34,13 @@ constexpr uint64_t kStandbyRetryNs = 1000 * kMs;  // a standby instance that end
 constexpr uint32_t kStandbyRetryDoublings = 5;    // doubling while it keeps ending (at most 32 s)
 constexpr uint64_t kStandbyHealthyNs = 60'000 * kMs;  // one that lived this long starts the count anew
 
+/// Whether a child reap() returned for exited with status 0.
+bool succeeded(int status) { return status >= 0 && WIFEXITED(status) && WEXITSTATUS(status) == 0; }
+
+/// How a child reap() returned for ended: exit_text, or "vanished" (-1: not
+/// ours any more).
+std::string ended(int status) { return status < 0 ? "vanished" : exit_text(status); }
+
 /// Signals the process group `pid` leads (it was spawned in a session of
 /// its own), or the process alone if that fails.
 void signal(pid_t pid, int sig) {
@@ -252,8 +259,8 @@ void Runner::advance(Local& l, uint64_t now) {
       return;
     }
     l.step = -1;
-    if (st < 0 || !WIFEXITED(st) || WEXITSTATUS(st) != 0) {
-      fail(l, "the provision hook " + (st < 0 ? std::string("vanished") : exit_text(st)), now);
+    if (!succeeded(st)) {
+      fail(l, "the provision hook " + ended(st), now);
       return;
     }
     l.phase = Phase::kLoad;
@@ -361,7 +368,7 @@ void Runner::watch(Local& l, uint64_t now) {
   if (const int st = reap(l.app); st != kRunning) {
     l.app = -1;
     close_fd(l);
-    fail(l, "the application " + (st < 0 ? std::string("vanished") : exit_text(st)), now);
+    fail(l, "the application " + ended(st), now);
     return;
   }
   if (l.g->probe.empty()) return;
@@ -380,8 +387,8 @@ void Runner::watch(Local& l, uint64_t now) {
     signal(l.probe, SIGKILL);
     waitpid(l.probe, nullptr, 0);
     failed = "timed out after " + std::to_string(l.g->probe_timeout_ms) + " ms";
-  } else if (st < 0 || !WIFEXITED(st) || WEXITSTATUS(st) != 0) {
-    failed = st < 0 ? "vanished" : exit_text(st);
+  } else if (!succeeded(st)) {
+    failed = ended(st);
   }
   l.probe = -1;
   l.next_probe_ns = now + uint64_t{l.g->probe_interval_ms} * kMs;
@@ -480,8 +487,8 @@ void Runner::keep_standbys(uint64_t now) {
         continue;
       }
       s.hook = -1;
-      if (st < 0 || !WIFEXITED(st) || WEXITSTATUS(st) != 0) {
-        standby_ended(g, s, "its provision hook " + (st < 0 ? std::string("vanished") : exit_text(st)), now);
+      if (!succeeded(st)) {
+        standby_ended(g, s, "its provision hook " + ended(st), now);
         continue;
       }
     } else if (s.app > 0) {
@@ -489,8 +496,7 @@ void Runner::keep_standbys(uint64_t now) {
         s.app = -1;
         ::close(s.promote_fd);
         s.promote_fd = -1;
-        standby_ended(g, s, st < 0 ? std::string("it vanished") : (WIFSIGNALED(st) ? "it was " : "it ") + exit_text(st),
-                      now);
+        standby_ended(g, s, std::string(st >= 0 && WIFSIGNALED(st) ? "it was " : "it ") + ended(st), now);
       }
       continue;
     } else {

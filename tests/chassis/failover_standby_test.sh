@@ -129,13 +129,7 @@ echo "4. the promoted instance is killed: blade $other's is promoted; blade $to 
 last=$(durable "$dir/kv-$to-0.log")
 cp "$dir/kv-$to-0.log" "$dir/first-promoted.log"
 kill -KILL "$promoted"
-got=""
-for _ in $(seq 1 200); do
-  got=$(where "$other" || true)
-  [[ $got == "$other running" ]] && break
-  sleep 0.1
-done
-[[ $got == "$other running" ]] || fail "kv is '$got', expected '$other running'"
+expect_at "$other" "$other"
 [[ $(running_pid "$other") == "$new" ]] || fail "blade $other runs pid $(running_pid "$other"), not its standby instance $new"
 resumed_from "$dir/kv-$other-0.log" "$last"
 commits_in "$dir/kv-$other-0.log" "$last"
