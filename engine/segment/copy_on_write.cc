@@ -360,7 +360,7 @@ bool CopyOnWrite::claim(uint32_t page) noexcept {
   uint32_t spins = 0;
   for (;;) {
     uint8_t v = s.load(std::memory_order_acquire);
-    if (v == kCopying || v == kSettling) {  // the other side is copying it: 4 KiB, soon done
+    if (v == kCopying) {  // another thread of this process is copying it: 4 KiB, soon done
       backoff(spins);
       continue;
     }
@@ -368,31 +368,33 @@ bool CopyOnWrite::claim(uint32_t page) noexcept {
     if (s.compare_exchange_weak(v, kCopying, std::memory_order_acquire)) {
       const uint64_t off = uint64_t{page} * kPage;
       std::memcpy(aside_.load(std::memory_order_relaxed) + off, base_ + off, kPage);
-      if (role_ != Role::kClient) {
-        s.store(kIdle, std::memory_order_release);
-        return true;
-      }
-      // batond may have given up waiting and taken the page from the
-      // segment (still protected: still as at the commit): let it finish
-      // before the protection is lifted.
+      // kClient: batond may have given up waiting, copied the page from
+      // the segment (still protected: still as at the commit) and made it
+      // idle; then its copy stands and this one is not needed.
       uint8_t copying = kCopying;
-      if (!s.compare_exchange_strong(copying, kAside, std::memory_order_acq_rel))
-        while (s.load(std::memory_order_acquire) == kSettling) backoff(spins);
+      s.compare_exchange_strong(copying, role_ == Role::kClient ? kAside : kIdle, std::memory_order_acq_rel);
       return true;
     }
   }
 }
 
 void CopyOnWrite::settle_shared(uint32_t page) noexcept {
-  // batond's side. The client can write every state byte: whatever it
-  // wrote, this copies 4 KiB into batond's own stage and waits for it at
-  // most patience_ns_ per snapshot.
+  // batond's side. It never makes the client wait: it copies the page from
+  // its mapping of the segment, then claims it (-> kIdle) in one
+  // compare-and-swap from the state it saw. The page stays protected in
+  // the client's mapping until the client's handler has moved its state
+  // on (pending -> copying -> aside), so a copy the swap confirms is the
+  // page as at the commit; if the swap fails, the client's handler got
+  // there first, and its aside copy is taken. The client can write every
+  // state byte: whatever it writes, this waits at most patience_ns_ per
+  // snapshot and copies a few pages (only that client's snapshot can
+  // suffer).
   std::atomic<uint8_t>& s = state_[page];
   const uint64_t off = uint64_t{page} * kPage;
   std::byte* const stage = aside_.load(std::memory_order_relaxed);
   uint64_t waiting_since = 0;
   uint32_t spins = 0;
-  for (;;) {
+  for (int tries = 0;; ++tries) {
     uint8_t v = s.load(std::memory_order_acquire);
     if (v == kIdle) return;  // settled (by this side: a client never makes a page idle)
     if (v == kAside) {       // the client's handler copied it before the application wrote it
@@ -409,11 +411,12 @@ void CopyOnWrite::settle_shared(uint32_t page) noexcept {
       }
       patience_ns_ = 0;  // no more waiting for this snapshot
     }
-    // Pending (or a handler that takes too long, or garbage): the page is
-    // still protected in the client's mapping, so the segment still holds
-    // it as at the commit.
-    if (s.compare_exchange_weak(v, kSettling, std::memory_order_acquire)) {
-      std::memcpy(stage + off, base_ + off, kPage);
+    // Pending (or a handler that takes too long, or garbage).
+    std::memcpy(stage + off, base_ + off, kPage);
+    if (s.compare_exchange_strong(v, kIdle, std::memory_order_acq_rel)) return;
+    // An honest client moves a page on at most twice (pending -> copying
+    // -> aside); one that keeps rewriting it spoils only its own snapshot.
+    if (tries >= 4) {
       s.store(kIdle, std::memory_order_release);
       return;
     }

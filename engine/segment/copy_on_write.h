@@ -27,7 +27,12 @@
 //    client can write. batond trusts nothing the client writes there:
 //    a page a client left "copying" is waited for at most
 //    kClientPatienceNs per snapshot, then taken from the segment as it is
-//    (only that client's own snapshot can suffer).
+//    (only that client's own snapshot can suffer). And the client never
+//    waits for batond: the settler copies a page from the segment first
+//    and claims it after, in one compare-and-swap that fails if the
+//    client's handler got there first (then the aside copy is taken). A
+//    batond stopped or descheduled in the middle of a page holds nothing
+//    the application's writes need.
 //
 // Traps (docs/user-guide.md): a write the kernel makes into a protected
 // page on the process's behalf (read(2) into the segment, for instance)
@@ -218,9 +223,11 @@ class CopyOnWrite {
   struct Handler;
   friend struct Handler;
   /// kCopying: the fault handler (or a kLocal settler) is copying the
-  /// page; kSettling: a kSettler is; kAside: a kClient's handler put it in
-  /// the aside buffer, for the settler to take.
-  enum PageState : uint8_t { kIdle = 0, kPending = 1, kCopying = 2, kSettling = 3, kAside = 4 };
+  /// page; kAside: a kClient's handler put it in the aside buffer, for the
+  /// settler to take. A kSettler never marks a page it is copying (3 was
+  /// that, once: a batond stopped mid-copy stopped the application's next
+  /// write to the page).
+  enum PageState : uint8_t { kIdle = 0, kPending = 1, kCopying = 2, kAside = 4 };
   static constexpr uint32_t kWriter = 1u << 31;
 
   CopyOnWrite() = default;
