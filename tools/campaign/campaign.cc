@@ -13,7 +13,10 @@
 // 0-400 us into a commit), only the writer, a replica blade, or the writer
 // with an agent moving the segment to another blade (baton_load); or no
 // fault: the writer exits cleanly, deleting the segment (baton_delete), and
-// the next start must be a fresh one. Killed blades restart empty (a new
+// the next start must be a fresh one; or the owner blade's batond stalls
+// (SIGSTOP for 50-1000 ms, past its failure timeout, while the writer
+// writes and commits), goes on, and then the writer is killed and starts
+// again there. Killed blades restart empty (a new
 // incarnation). A restore that returns an older generation than the last
 // durable one is LOST; bytes that are not that generation's content are
 // TORN; no restore within the deadline is FAILED; a restore after a
@@ -206,7 +209,7 @@ int count_events(const std::string& socket, uint64_t since_us, const std::string
 }
 
 struct Result {
-  int cycles = 0, lost = 0, torn = 0, failed = 0, resurrected = 0, deletes = 0, failed_deletes = 0;
+  int cycles = 0, lost = 0, torn = 0, failed = 0, resurrected = 0, deletes = 0, failed_deletes = 0, stalls = 0;
   std::vector<double> restore_ms;
 };
 
@@ -354,7 +357,7 @@ int main(int argc, char** argv) {
     std::this_thread::sleep_for(std::chrono::milliseconds(50 + rng() % 400));
     for (int k = 1; k <= blades; ++k) counts_now[k] = blade_counts(socket_of(k), counts_now[k]);
     expect_fresh = false;
-    const int fault = static_cast<int>(rng() % 5);
+    const int fault = static_cast<int>(rng() % 6);
     int next = blade;
     std::vector<int> killed;
     if (fault == 0) {  // the owner blade and its application
@@ -376,6 +379,14 @@ int main(int argc, char** argv) {
       if (victim >= blade) ++victim;
       if (pid_t p = pid_of(victim); p > 0) kill(p, SIGKILL);
       killed.push_back(victim);
+      std::this_thread::sleep_for(std::chrono::milliseconds(100 + rng() % 300));
+      kill(w, SIGKILL);
+    } else if (fault == 5) {  // the owner blade stalls, then goes on; then the application dies
+      if (pid_t p = pid_of(blade); p > 0 && kill(p, SIGSTOP) == 0) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(50 + rng() % 950));
+        kill(p, SIGCONT);
+        ++r.stalls;
+      }
       std::this_thread::sleep_for(std::chrono::milliseconds(100 + rng() % 300));
       kill(w, SIGKILL);
     } else if (fault == 4) {  // no fault: the application exits cleanly and deletes its segment
@@ -424,9 +435,10 @@ int main(int argc, char** argv) {
     std::printf("campaign: blade %d kept a hot standby; %d loads took its ready copy over\n", standby, promotions);
   }
   std::printf("campaign: %d cycles over %s: %d lost, %d torn, %d failed restores, %d resurrected after a delete "
-              "(%d deletes, %d failed); restore p50 %.2f ms, p99 %.2f ms; %llu chunks left alone by commits "
-              "(unchanged); %llu commits by copy-on-write\n",
+              "(%d deletes, %d failed; %d owner stalls); restore p50 %.2f ms, p99 %.2f ms; %llu chunks left alone "
+              "by commits (unchanged); %llu commits by copy-on-write\n",
               r.cycles, cc.transport.c_str(), r.lost, r.torn, r.failed, r.resurrected, r.deletes, r.failed_deletes,
+              r.stalls,
               pct(r.restore_ms, 0.5), pct(r.restore_ms, 0.99), static_cast<unsigned long long>(banked.skipped),
               static_cast<unsigned long long>(banked.cow));
   if (snapshots == "copy-on-write" && banked.cow == 0) {
