@@ -92,7 +92,40 @@ bool Client::owns(const ClientSegment* s) const noexcept {
   return std::any_of(segments_.begin(), segments_.end(), [s](const auto& p) { return p.get() == s; });
 }
 
-Result<Reply> Client::call(const Request& r, std::vector<int>* fds, std::string* text) {
+namespace {
+
+/// Waits until `fd` is readable or `deadline_ns` (now_ns() time; 0: no
+/// limit) passes. Returns false on the deadline.
+bool readable_by(int fd, uint64_t deadline_ns) {
+  for (;;) {
+    int wait_ms = -1;
+    if (deadline_ns != 0) {
+      const uint64_t now = now_ns();
+      if (now >= deadline_ns) return false;
+      wait_ms = static_cast<int>(std::min<uint64_t>((deadline_ns - now + 999'999) / 1'000'000, 1'000'000));
+    }
+    pollfd p{fd, POLLIN, 0};
+    const int n = poll(&p, 1, wait_ms);
+    if (n > 0) return true;  // readable, or hung up: recvmsg says which
+    if (n < 0 && errno != EINTR) return true;
+  }
+}
+
+}  // namespace
+
+Result<Reply> Client::call(const Request& r, std::vector<int>* fds, std::string* text, uint64_t patience_ns) {
+  const uint64_t deadline = patience_ns == 0 ? 0 : now_ns() + patience_ns;
+  // Answers to calls that gave up on a stalled batond come first (batond
+  // answers a connection's requests in order, each once): read and drop
+  // them, with whatever descriptors they carry.
+  while (unanswered_ > 0) {
+    if (!readable_by(fd_, deadline))
+      return fail(Errc::kTimeout, "batond has not answered an earlier request in ", std::to_string(patience_ns / 1'000'000),
+                  " ms (it may be stopped or overloaded)");
+    auto late = receive(nullptr, nullptr);
+    if (!late) return late;
+    --unanswered_;
+  }
   if (send(fd_, &r, sizeof r, MSG_NOSIGNAL) != static_cast<ssize_t>(sizeof r)) {
     const int err = errno;
     // A daemon that refused this connection (credentials, too many
@@ -105,6 +138,15 @@ Result<Reply> Client::call(const Request& r, std::vector<int>* fds, std::string*
     }
     return fail(Errc::kUnavailable, "batond went away: ", std::strerror(err));
   }
+  if (!readable_by(fd_, deadline)) {
+    ++unanswered_;
+    return fail(Errc::kTimeout, "batond did not answer in ", std::to_string(patience_ns / 1'000'000),
+                " ms (it may be stopped or overloaded)");
+  }
+  return receive(fds, text);
+}
+
+Result<Reply> Client::receive(std::vector<int>* fds, std::string* text) {
   Reply rep{};
   std::string tail(kMaxReply - sizeof rep, '\0');
   iovec iov[2] = {{&rep, sizeof rep}, {tail.data(), tail.size()}};
@@ -115,18 +157,19 @@ Result<Reply> Client::call(const Request& r, std::vector<int>* fds, std::string*
   msg.msg_control = control;
   msg.msg_controllen = sizeof control;
   const ssize_t n = recvmsg(fd_, &msg, MSG_CMSG_CLOEXEC);
-  if (n < static_cast<ssize_t>(sizeof rep) || rep.magic != kMagic ||
-      static_cast<size_t>(n) != sizeof rep + rep.text_len)
-    return fail(Errc::kUnavailable, "batond went away or sent a malformed reply");
-  if (text != nullptr) *text = tail.substr(0, rep.text_len);
-  for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
+  std::vector<int> got;
+  for (cmsghdr* c = CMSG_FIRSTHDR(&msg); n >= 0 && c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
     if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
     const size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-    std::vector<int> got(count);
-    std::memcpy(got.data(), CMSG_DATA(c), count * sizeof(int));
-    if (fds != nullptr) fds->insert(fds->end(), got.begin(), got.end());
-    else for (int fd : got) ::close(fd);
+    got.resize(got.size() + count);
+    std::memcpy(got.data() + got.size() - count, CMSG_DATA(c), count * sizeof(int));
   }
+  const bool whole = n >= static_cast<ssize_t>(sizeof rep) && rep.magic == kMagic &&
+                     static_cast<size_t>(n) == sizeof rep + rep.text_len;
+  if (whole && fds != nullptr) fds->insert(fds->end(), got.begin(), got.end());
+  else for (int fd : got) ::close(fd);
+  if (!whole) return fail(Errc::kUnavailable, "batond went away or sent a malformed reply");
+  if (text != nullptr) *text = tail.substr(0, rep.text_len);
   rep.message[sizeof rep.message - 1] = '\0';
   return rep;
 }
@@ -408,7 +451,9 @@ Result<void> Client::wait(ClientSegment* s, uint64_t generation, uint32_t k, uin
   r.generation = generation;
   r.k = k;
   r.timeout_ms = timeout_ms;
-  auto rep = call(r, nullptr);
+  // batond answers by the timeout; one that does not answer a second
+  // after it is stopped or overloaded, and the application hears so.
+  auto rep = call(r, nullptr, nullptr, (uint64_t{timeout_ms} + kWaitSlackMs) * 1'000'000);
   if (!rep) return tl::unexpected(rep.error());
   if (rep->status != 0) return tl::unexpected(from_status(rep->status, rep->message));
   return {};

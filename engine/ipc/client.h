@@ -95,11 +95,20 @@ class Client {
   bool owns(const ClientSegment* s) const noexcept;
 
  private:
-  Result<Reply> call(const Request& r, std::vector<int>* fds, std::string* text = nullptr);
+  /// Sends `r` and returns batond's answer. After `patience_ns` (0: as
+  /// long as batond lives) it gives up with kTimeout; the answer, when it
+  /// comes, is dropped by the next call. Thread: the caller's.
+  Result<Reply> call(const Request& r, std::vector<int>* fds, std::string* text = nullptr, uint64_t patience_ns = 0);
+  /// Reads one answer; its descriptors go to `fds` (closed if null).
+  Result<Reply> receive(std::vector<int>* fds, std::string* text);
+  /// How long past its own timeout a wait gives batond to answer.
+  static constexpr uint64_t kWaitSlackMs = 1000;
   Result<std::string> text_request(Op op);
   Result<uint64_t> commit_locked(ClientSegment* s, std::span<const std::pair<uint64_t, uint64_t>> written);
   void run_periodic();
   int fd_ = -1;
+  /// Answers still owed by batond to calls that stopped waiting for them.
+  uint32_t unanswered_ = 0;
   /// How long a commit waits for batond to take it before withdrawing it
   /// (BATON_COMMIT_TIMEOUT_MS; 30 s).
   uint64_t commit_timeout_ns_ = 30'000'000'000;

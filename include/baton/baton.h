@@ -119,7 +119,9 @@ int baton_commit_ranges(baton_segment_t* segment, const baton_range_t* ranges, s
  * epoch. k = BATON_DURABLE waits for a majority of the segment's replica set,
  * and never fewer than a majority of the replication factor (a set left short
  * of peers acknowledges nothing until it is filled): a generation acknowledged
- * so survives any failover (see docs/architecture.md). */
+ * so survives any failover (see docs/architecture.md). BATON_ETIMEDOUT after
+ * timeout_ms; with batond (daemon mode), also when batond has not answered a
+ * second after it (stopped or overloaded: its late answer is dropped). */
 #define BATON_DURABLE UINT32_MAX
 int baton_wait(baton_segment_t* segment, uint64_t generation, uint32_t k, uint32_t timeout_ms);
 

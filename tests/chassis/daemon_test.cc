@@ -629,4 +629,36 @@ TEST(Daemon, ACommitBatondNeverTookIsWithdrawnAndNeverBecomesAGeneration) {
   }
 }
 
+// A wait whose batond is stopped ends at its timeout (plus a second's
+// slack) instead of hanging; batond's late answer to it is dropped, so the
+// next call gets its own answer.
+TEST(Daemon, AWaitOnAStoppedBatondEndsAtItsTimeout) {
+  TempDir dir;
+  Batond d(1, dir.path);
+  baton_t* b = connect_to(d);
+  ASSERT_NE(b, nullptr);
+  baton_segment_t* s = nullptr;
+  ASSERT_EQ(baton_open(b, "stalled", 4096, &s, nullptr, nullptr), 0) << baton_last_error();
+  uint64_t g = 0;
+  ASSERT_EQ(baton_commit(s, &g), 0) << baton_last_error();
+  ASSERT_EQ(baton_wait(s, g, 0, 1000), 0) << baton_last_error();
+  ASSERT_EQ(kill(d.pid(), SIGSTOP), 0);
+  ASSERT_TRUE(stopped(d.pid()));
+  const auto t0 = std::chrono::steady_clock::now();
+  // A generation never committed: batond answers "not committed yet" when it
+  // goes on, which the next wait must not take for its own answer.
+  EXPECT_EQ(baton_wait(s, 99, 0, 200), BATON_ETIMEDOUT);
+  const auto took = std::chrono::steady_clock::now() - t0;
+  EXPECT_GE(took, std::chrono::milliseconds(1200));
+  EXPECT_LT(took, std::chrono::seconds(5));
+  EXPECT_NE(std::string(baton_last_error()).find("did not answer"), std::string::npos) << baton_last_error();
+  ASSERT_EQ(kill(d.pid(), SIGCONT), 0);
+  EXPECT_EQ(baton_wait(s, g, 0, 1000), 0) << "got the stalled wait's answer: " << baton_last_error();
+  fill(static_cast<unsigned char*>(baton_segment_data(s)), 4096, 7);
+  ASSERT_EQ(baton_commit(s, &g), 0) << baton_last_error();
+  EXPECT_EQ(g, 2u);
+  EXPECT_EQ(baton_wait(s, g, 0, 1000), 0) << baton_last_error();
+  baton_stop(b);
+}
+
 }  // namespace
