@@ -58,7 +58,8 @@ void ChunkSender::start(const SendSource& src, const SenderTuning& tuning, uint6
   resend_cursor_ = 0;
   resending_ = false;
   last_progress_ns_ = now_ns;
-  rto_ns_ = tuning.rto_min_ns;
+  timed_ = kNotTimed;
+  rto_ns_ = base_rto();
   active_ = true;
   complete_ = false;
 }
@@ -102,6 +103,11 @@ uint16_t ChunkSender::plan(uint64_t now_ns, uint32_t* out, uint16_t n) noexcept 
   return k;
 }
 
+uint64_t ChunkSender::base_rto() const noexcept {
+  if (srtt_ns_ == 0) return tuning_.rto_min_ns;
+  return std::clamp(srtt_ns_ + 4 * rttvar_ns_, tuning_.rto_min_ns, tuning_.rto_max_ns);
+}
+
 void ChunkSender::sent(const uint32_t* idx, uint16_t k, uint64_t now_ns) noexcept {
   // The retransmit timer runs from the first send after an idle window.
   if (k > 0 && next_new_ == acked_count_) last_progress_ns_ = now_ns;
@@ -109,8 +115,13 @@ void ChunkSender::sent(const uint32_t* idx, uint16_t k, uint64_t now_ns) noexcep
     if (idx[i] < next_new_) {
       ++retransmits_;
       resend_cursor_ = idx[i] + 1;
+      if (idx[i] == timed_) timed_ = kNotTimed;  // Karn: its ack would time neither send
     } else {
       next_new_ = idx[i] + 1;
+      if (timed_ == kNotTimed) {
+        timed_ = idx[i];
+        timed_at_ = now_ns;
+      }
     }
   }
   if (resending_ && acked_.next_clear(resend_cursor_) >= next_new_) resending_ = false;
@@ -139,8 +150,22 @@ bool ChunkSender::on_ack(const wire::Frame& ack, uint64_t now_ns) noexcept {
   }
   cum_ = acked_.next_clear(cum_);
   if (acked_count_ == before) return false;
+  if (timed_ != kNotTimed && timed_ < chunk_count_ && acked_.test(timed_)) {
+    const uint64_t rtt = now_ns > timed_at_ ? now_ns - timed_at_ : 0;
+    if (srtt_ns_ == 0) {
+      srtt_ns_ = std::max<uint64_t>(rtt, 1);
+      rttvar_ns_ = rtt / 2;
+    } else {
+      const uint64_t err = rtt > srtt_ns_ ? rtt - srtt_ns_ : srtt_ns_ - rtt;
+      rttvar_ns_ = (3 * rttvar_ns_ + err) / 4;
+      srtt_ns_ = std::max<uint64_t>((7 * srtt_ns_ + rtt) / 8, 1);
+    }
+    timed_ = kNotTimed;
+  }
   last_progress_ns_ = now_ns;
-  rto_ns_ = tuning_.rto_min_ns;
+  // Until a round trip is measured, a timeout's backoff stands (RFC 6298
+  // 5.7): a floor below the true round trip would fire again at once.
+  if (srtt_ns_ != 0) rto_ns_ = base_rto();
   return true;
 }
 

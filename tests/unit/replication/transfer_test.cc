@@ -239,6 +239,48 @@ TEST(ChunkSender, TimesOutAgainAfterAWalkThatAcksCutShort) {
   EXPECT_EQ(idx[0], 0u);
 }
 
+// The retransmit timeout follows the round trip the acks show: a receiver
+// that always answers 5 us after a send (a loaded peer, a full window
+// ahead of the chunk) is not timed out at the 1 us floor, so nothing is
+// resent while it is merely slow; one that goes silent is, after the
+// measured timeout, and a resend's ack is not taken for a round trip.
+TEST(ChunkSender, TheTimeoutFollowsTheMeasuredRoundTrip) {
+  Source s(64 * 1024, 1024, 7);
+  ChunkSender tx;
+  SenderTuning t;
+  t.window = 4;
+  t.rto_min_ns = 1000;
+  t.rto_max_ns = 1'000'000;
+  tx.start(s.src(1), t, 0);
+  EXPECT_EQ(tx.rto_ns(), 1000u) << "no round trip measured yet: the floor";
+  uint32_t idx[8];
+  wire::Frame ack;
+  ack.type = wire::MsgType::kAck;
+  ack.generation = 1;
+  uint64_t now = 0;
+  for (uint32_t acked = 4; acked <= 32; acked += 4) {  // four chunks a round, acked 5 us after they went
+    ASSERT_EQ(tx.plan(now, idx, 8), 4);
+    tx.sent(idx, 4, now);
+    now += 5000;
+    ack.chunk_index = acked;
+    ASSERT_TRUE(tx.on_ack(ack, now));
+  }
+  EXPECT_EQ(tx.srtt_ns(), 5000u);
+  EXPECT_GE(tx.rto_ns(), 5000u);
+  ASSERT_EQ(tx.plan(now, idx, 8), 4);
+  tx.sent(idx, 4, now);
+  EXPECT_EQ(tx.plan(now + 3000, idx, 8), 0) << "resent within the measured round trip";
+  EXPECT_EQ(tx.retransmits(), 0u);
+  // Silence: the timeout fires, and the resends' late ack is no sample.
+  const uint64_t fire = now + tx.rto_ns();
+  ASSERT_EQ(tx.plan(fire, idx, 8), 4);
+  tx.sent(idx, 4, fire);
+  EXPECT_EQ(tx.retransmits(), 4u);
+  ack.chunk_index = 36;
+  ASSERT_TRUE(tx.on_ack(ack, fire + 900'000));
+  EXPECT_EQ(tx.srtt_ns(), 5000u) << "an ack after a resend measured a round trip";
+}
+
 TEST(ChunkSender, ResendsTheLastChunkWhenAllAckedButNotComplete) {
   Source s(4 * 1024, 1024, 3);
   ChunkSender tx;
