@@ -30,7 +30,9 @@
 namespace baton::ipc {
 
 inline constexpr uint32_t kMagic = 0xBA7017C0;
-inline constexpr uint16_t kVersion = 3;
+/// 4: batond no longer marks a copy-on-write page it is copying (the page
+/// states in the share mean something else to a version-3 library).
+inline constexpr uint16_t kVersion = 4;
 inline constexpr size_t kMaxMessage = 512;     ///< requests
 inline constexpr size_t kMaxReply = 64 * 1024;  ///< a reply with its trailing text
 inline constexpr size_t kMaxName = 63;
