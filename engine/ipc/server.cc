@@ -278,7 +278,14 @@ void Server::on_request(Session& s, const char* buf, size_t n) {
     return;
   }
   std::memcpy(&r, buf, sizeof r);
-  if (r.magic != kMagic || r.version != kVersion || r.name_len > kMaxName) {
+  if (r.magic == kMagic && r.version != kVersion) {
+    ++counters_.bad_requests;
+    send_reply(s.fd, reply_error(BATON_EINVAL, "the application's libbaton speaks protocol version " +
+                                                   std::to_string(r.version) + ", this batond " +
+                                                   std::to_string(kVersion) + ": use the library batond came with"));
+    return;
+  }
+  if (r.magic != kMagic || r.name_len > kMaxName) {
     ++counters_.bad_requests;
     send_reply(s.fd, reply_error(BATON_EINVAL, "malformed request (magic, version or name length)"));
     return;

@@ -421,6 +421,26 @@ TEST(Hostile, BadMetricsAreRefusedAndHarmNothing) {
   for (int fd : fds) close(fd);
 }
 
+// A library of another protocol version (an application not rebuilt after
+// batond was upgraded) hears which versions differ, and the session serves
+// on for a request of the right one.
+TEST(Hostile, AnotherProtocolVersionIsRefusedByName) {
+  TempDir dir;
+  Batond d(1, dir.path);
+  Raw app(d.socket());
+  Request old = request(Op::kOpen, "versioned", 4096);
+  old.version = baton::ipc::kVersion - 1;
+  Reply rep = app.call(old);
+  EXPECT_EQ(rep.status, BATON_EINVAL);
+  EXPECT_NE(std::string(rep.message).find("protocol version " + std::to_string(baton::ipc::kVersion - 1)),
+            std::string::npos)
+      << rep.message;
+  std::vector<int> fds;
+  rep = app.call(request(Op::kOpen, "versioned", 4096), &fds);
+  EXPECT_EQ(rep.status, 0) << rep.message;
+  for (int fd : fds) close(fd);
+}
+
 // An agent's take-over (kTakeOver, batonctl load): bad names are refused,
 // no descriptor is handed out, and the segment it took stays free for the
 // application, whose open gets the same generation.
