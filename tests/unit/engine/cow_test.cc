@@ -277,7 +277,7 @@ TEST(CopyOnWrite, ASettlerOutlastsAClientThatScribblesOnTheStates) {
 // a daemon test hung on that for ten minutes.)
 TEST(CopyOnWrite, AStoppedSettlerNeverStopsTheApplicationsWrites) {
   SKIP_WITHOUT_COW();
-  constexpr uint32_t kPages = 1024;  // ~1 ms to settle: most stops land inside it
+  constexpr uint32_t kPages = 4096;  // 16 MiB: a millisecond or more of copying, where the stops land
   Mapping m(kPages * kPage);
   struct Control {
     std::atomic<uint32_t> go{0}, pended{0}, done{0};
@@ -288,7 +288,7 @@ TEST(CopyOnWrite, AStoppedSettlerNeverStopsTheApplicationsWrites) {
   ASSERT_NE(stage, MAP_FAILED);
   new (ctl) Control;
   auto share = test::must(CowShare::create(m.len));
-  const int kGenerations = test::kSanitizerPatience > 1 ? 8 : 24;
+  const int kGenerations = test::kSanitizerPatience > 1 ? 6 : 16;
   const pid_t batond = fork();
   ASSERT_GE(batond, 0);
   if (batond == 0) {  // batond's side: pend every page, then settle them all
@@ -327,15 +327,15 @@ TEST(CopyOnWrite, AStoppedSettlerNeverStopsTheApplicationsWrites) {
   int stopped_while_settling = 0;
   for (uint32_t g = 1; g <= static_cast<uint32_t>(kGenerations); ++g) {
     SCOPED_TRACE(g);
+    std::memcpy(reference.data(), m.p, m.len);  // nothing writes until the commit is done
     {
       CopyOnWrite::Freeze f(*client);  // the client library's commit
       f.take_written([](uint64_t, uint64_t) {});
       ASSERT_TRUE(test::ok(f.protect()));
       ctl->go.store(g);
       ASSERT_TRUE(wait_for(ctl->pended, g)) << "the settler never pended the snapshot";
-      std::memcpy(reference.data(), m.p, m.len);
     }
-    std::this_thread::sleep_for(std::chrono::microseconds(rng() % 600));
+    std::this_thread::sleep_for(std::chrono::microseconds(rng() % 200));
     ASSERT_EQ(kill(batond, SIGSTOP), 0);
     int status = 0;
     ASSERT_EQ(waitpid(batond, &status, WUNTRACED), batond);
@@ -362,6 +362,7 @@ TEST(CopyOnWrite, AStoppedSettlerNeverStopsTheApplicationsWrites) {
   reaper.pid = 0;
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
   EXPECT_GT(stopped_while_settling, 0) << "no stop landed while batond settled: the test proved nothing";
+  std::printf("%d of %d stops landed while batond settled\n", stopped_while_settling, kGenerations);
   client.reset();
   munmap(stage, m.len);
   munmap(ctl, sizeof(Control));
