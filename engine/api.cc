@@ -2,7 +2,6 @@
 // live ones, so a stale or made-up pointer gets BATON_EINVAL, not a crash.
 
 #include <fcntl.h>
-#include <poll.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -22,6 +21,7 @@
 #include "baton/engine.h"  // declarations only: no DPDK
 #include "ipc/client.h"
 #include "protocol/wire.h"
+#include "runtime/readable.h"
 #ifndef BATON_CLIENT_ONLY
 #include "baton/ethdev.h"
 #endif
@@ -351,17 +351,13 @@ int baton_await_promotion(int timeout_ms) {
   const auto [end, ec] = std::from_chars(env, env + std::strlen(env), fd);
   if (ec != std::errc{} || *end != '\0' || fd < 0 || fcntl(fd, F_GETFD) < 0)
     return set_error(Errc::kInvalidArgument, std::string("BATON_PROMOTE_FD=") + env + " is not an open descriptor");
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(std::max(timeout_ms, 0));
+  const uint64_t deadline = timeout_ms < 0 ? 0 : baton::now_ns() + uint64_t(timeout_ms) * 1'000'000;
   for (;;) {
-    int wait_ms = -1;
-    if (timeout_ms >= 0)
-      wait_ms = static_cast<int>(std::max<int64_t>(
-          std::chrono::ceil<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now()).count(), 0));
-    pollfd p{fd, POLLIN, 0};
-    const int n = ::poll(&p, 1, wait_ms);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) return set_error(Errc::kIo, std::string("waiting for promotion: ") + std::strerror(errno));
-    if (n == 0) return set_error(Errc::kTimeout, "not promoted within " + std::to_string(timeout_ms) + " ms");
+    const baton::Readable r = baton::wait_readable(fd, deadline);
+    if (r == baton::Readable::kError)
+      return set_error(Errc::kIo, std::string("waiting for promotion: ") + std::strerror(errno));
+    if (r == baton::Readable::kTimeout)
+      return set_error(Errc::kTimeout, "not promoted within " + std::to_string(timeout_ms) + " ms");
     char byte = 0;
     const ssize_t got = ::read(fd, &byte, 1);
     if (got < 0 && (errno == EINTR || errno == EAGAIN)) continue;

@@ -24,6 +24,7 @@
 #include "common/log.h"
 #include "protocol/wire.h"
 #include "runtime/futex.h"
+#include "runtime/readable.h"
 
 namespace baton::ipc {
 namespace {
@@ -92,34 +93,13 @@ bool Client::owns(const ClientSegment* s) const noexcept {
   return std::any_of(segments_.begin(), segments_.end(), [s](const auto& p) { return p.get() == s; });
 }
 
-namespace {
-
-/// Waits until `fd` is readable or `deadline_ns` (now_ns() time; 0: no
-/// limit) passes. Returns false on the deadline.
-bool readable_by(int fd, uint64_t deadline_ns) {
-  for (;;) {
-    int wait_ms = -1;
-    if (deadline_ns != 0) {
-      const uint64_t now = now_ns();
-      if (now >= deadline_ns) return false;
-      wait_ms = static_cast<int>(std::min<uint64_t>((deadline_ns - now + 999'999) / 1'000'000, 1'000'000));
-    }
-    pollfd p{fd, POLLIN, 0};
-    const int n = poll(&p, 1, wait_ms);
-    if (n > 0) return true;  // readable, or hung up: recvmsg says which
-    if (n < 0 && errno != EINTR) return true;
-  }
-}
-
-}  // namespace
-
 Result<Reply> Client::call(const Request& r, std::vector<int>* fds, std::string* text, uint64_t patience_ns) {
   const uint64_t deadline = patience_ns == 0 ? 0 : now_ns() + patience_ns;
   // Answers to calls that gave up on a stalled batond come first (batond
   // answers a connection's requests in order, each once): read and drop
   // them, with whatever descriptors they carry.
   while (unanswered_ > 0) {
-    if (!readable_by(fd_, deadline))
+    if (wait_readable(fd_, deadline) == Readable::kTimeout)  // an error: receive() says which
       return fail(Errc::kTimeout, "batond has not answered an earlier request in ", std::to_string(patience_ns / 1'000'000),
                   " ms (it may be stopped or overloaded)");
     auto late = receive(nullptr, nullptr);
@@ -138,7 +118,7 @@ Result<Reply> Client::call(const Request& r, std::vector<int>* fds, std::string*
     }
     return fail(Errc::kUnavailable, "batond went away: ", std::strerror(err));
   }
-  if (!readable_by(fd_, deadline)) {
+  if (wait_readable(fd_, deadline) == Readable::kTimeout) {
     ++unanswered_;
     return fail(Errc::kTimeout, "batond did not answer in ", std::to_string(patience_ns / 1'000'000),
                 " ms (it may be stopped or overloaded)");

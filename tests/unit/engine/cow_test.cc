@@ -316,6 +316,8 @@ TEST(CopyOnWrite, AStoppedSettlerNeverStopsTheApplicationsWrites) {
   } reaper{batond};
   auto client = test::must(CopyOnWrite::attach_client(m.p, m.len, test::must(CowShare::map(dup(share.fd()), m.len))));
   share = CowShare{};
+  // Spins (test::eventually looks every 10 ms, and a stop must land in the
+  // copy that starts the moment the settler has pended).
   const auto wait_for = [](const std::atomic<uint32_t>& v, uint32_t want) {
     for (auto until = std::chrono::steady_clock::now() + 10s; v.load() != want;)
       if (std::chrono::steady_clock::now() > until) return false;
