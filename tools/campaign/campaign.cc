@@ -16,15 +16,26 @@
 // the next start must be a fresh one; or the owner blade's batond stalls
 // (SIGSTOP for 50-1000 ms, past its failure timeout, while the writer
 // writes and commits), goes on, and then the writer is killed and starts
-// again there. Killed blades restart empty (a new
-// incarnation). A restore that returns an older generation than the last
-// durable one is LOST; bytes that are not that generation's content are
-// TORN; no restore within the deadline is FAILED; a restore after a
-// delete returned is RESURRECTED.
+// again there; or (af_packet only: nftables rules on the veths) the owner
+// blade is cut off from every other blade (or, with another blade beside
+// it, from the rest), and either its writer goes on on its side until the
+// partition heals and is then killed, or the next writer starts on the
+// majority side (a takeover) while the old one still runs in the
+// minority, and the partition heals after the new writer's restore: the
+// old owner must be fenced, and nothing the old writer was told was
+// durable may be missing from what the new one restored. Killed blades
+// restart empty (a new incarnation). A restore that returns an older
+// generation than the last durable one is LOST; bytes that are not that
+// generation's content are TORN; no restore within the deadline is
+// FAILED; a restore after a delete returned is RESURRECTED.
 //
 //   baton-campaign [--cycles 30] [--transport memif|af_packet|shm|mixed] [--blades 4]
 //                  [--size BYTES] [--writes sparse|full] [--seed S] [--dir D]
 //                  [--standby BLADE] [--snapshots stage-copy|copy-on-write] [--workers N]
+//                  [--faults owner,application,replica,move,delete,stall,partition]
+//
+// --faults: only these kinds of fault (default: all; partition only with
+// af_packet).
 //
 // --snapshots copy-on-write: every blade snapshots the segment by
 // copy-on-write (S14): the writer's client library freezes its mapping at
@@ -210,6 +221,7 @@ int count_events(const std::string& socket, uint64_t since_us, const std::string
 
 struct Result {
   int cycles = 0, lost = 0, torn = 0, failed = 0, resurrected = 0, deletes = 0, failed_deletes = 0, stalls = 0;
+  int partitions = 0, splits = 0, unfenced = 0;
   std::vector<double> restore_ms;
 };
 
@@ -224,6 +236,7 @@ double pct(std::vector<double> v, double p) {
 int main(int argc, char** argv) {
   int cycles = 30, blades = 4, standby = 0;
   std::string snapshots = "stage-copy";
+  std::string faults_arg;  // empty: every kind the transport allows
   uint64_t size = 1 << 20, seed = static_cast<uint64_t>(time(nullptr));
   baton::ctl::ChassisConfig cc;
   cc.dir = "/tmp/baton-campaign-" + std::to_string(getpid());
@@ -243,12 +256,14 @@ int main(int argc, char** argv) {
     else if (a == "--dir") cc.dir = v;
     else if (a == "--standby") standby = std::atoi(v);
     else if (a == "--workers") cc.workers = std::atoi(v);
+    else if (a == "--faults") faults_arg = v;
     else if (a == "--snapshots" && (std::string(v) == "stage-copy" || std::string(v) == "copy-on-write")) snapshots = v;
     else if (a == "--writes" && (std::string(v) == "sparse" || std::string(v) == "full")) g_sparse = std::string(v) == "sparse";
     else {
       std::fprintf(stderr, "usage: baton-campaign [--cycles N] [--transport memif|af_packet|shm|mixed] [--blades N] "
                            "[--size BYTES] [--writes sparse|full] [--seed S] [--dir D] [--standby BLADE] "
-                           "[--snapshots stage-copy|copy-on-write] [--workers N]\n");
+                           "[--snapshots stage-copy|copy-on-write] [--workers N] [--faults owner,application,replica,"
+                           "move,delete,stall,partition]\n");
       return 2;
     }
   }
@@ -257,6 +272,33 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "baton-campaign: --cycles >= 1, --blades 3..8, --size 4096..1 GiB, a multiple of 8, "
                          "--standby a blade\n");
     return 2;
+  }
+  // The kinds of fault, by number (the branches below). Partitions need
+  // nftables on veths: af_packet chassis only. By default the other
+  // transports draw from the first six, as before partitions were added,
+  // so their seeds replay the same campaigns.
+  static constexpr const char* kFaultNames[] = {"owner", "application", "replica", "move",
+                                                "delete", "stall", "partition"};
+  std::vector<int> kinds;
+  if (faults_arg.empty()) {
+    for (int k = 0; k < (cc.transport == "af_packet" ? 7 : 6); ++k) kinds.push_back(k);
+  } else {
+    for (size_t at = 0; at <= faults_arg.size();) {
+      const size_t comma = std::min(faults_arg.find(',', at), faults_arg.size());
+      const std::string f = faults_arg.substr(at, comma - at);
+      const auto* it = std::find(std::begin(kFaultNames), std::end(kFaultNames), f);
+      if (it == std::end(kFaultNames)) {
+        std::fprintf(stderr, "baton-campaign: no fault '%s' (owner, application, replica, move, delete, stall, "
+                             "partition)\n", f.c_str());
+        return 2;
+      }
+      kinds.push_back(static_cast<int>(it - std::begin(kFaultNames)));
+      at = comma + 1;
+    }
+    if (std::count(kinds.begin(), kinds.end(), 6) != 0 && cc.transport != "af_packet") {
+      std::fprintf(stderr, "baton-campaign: partitions need --transport af_packet (nftables rules on veths)\n");
+      return 2;
+    }
   }
   const char* name = "campaign";
   std::string extra;  // appended to every blade's config
@@ -276,9 +318,12 @@ int main(int argc, char** argv) {
   cc.replication_factor = 2;
   cc.batond = baton::ctl::sibling("batond");
   std::mt19937_64 rng(seed);
-  std::printf("campaign: %d cycles, %d blades over %s, RF 2, %llu-byte segment, %s snapshots, %d shard%s, seed %llu\n",
+  std::string kinds_text;
+  for (int k : kinds) kinds_text += (kinds_text.empty() ? "" : ",") + std::string(kFaultNames[k]);
+  std::printf("campaign: %d cycles, %d blades over %s, RF 2, %llu-byte segment, %s snapshots, %d shard%s, seed %llu, "
+              "faults %s\n",
               cycles, blades, cc.transport.c_str(), static_cast<unsigned long long>(size), snapshots.c_str(),
-              cc.workers, cc.workers == 1 ? "" : "s", static_cast<unsigned long long>(seed));
+              cc.workers, cc.workers == 1 ? "" : "s", static_cast<unsigned long long>(seed), kinds_text.c_str());
   auto up = baton::ctl::chassis_up(cc);
   if (!up) {
     std::fprintf(stderr, "baton-campaign: chassis up: %s (a campaign killed earlier may have left its chassis: "
@@ -287,7 +332,21 @@ int main(int argc, char** argv) {
     if (!cc.groups_file.empty()) std::remove(cc.groups_file.c_str());
     return 1;
   }
-  auto* sh = static_cast<Shared*>(mmap(nullptr, sizeof(Shared), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0));
+  // One per writer alive at once: a writer left running in a minority
+  // keeps its own while the next cycle's writer starts.
+  auto* shared = static_cast<Shared*>(
+      mmap(nullptr, 2 * sizeof(Shared), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0));
+  if (shared == MAP_FAILED) {
+    std::perror("mmap");
+    return 1;
+  }
+  /// The writer left running in a cut-off blade while the next one takes
+  /// over on the majority side (0: none).
+  struct Minority {
+    pid_t writer = 0;
+    Shared* sh = nullptr;
+    int blade = 0;
+  } minority;
   int promotions = 0;
   uint64_t events_seen_us = 0;  // promotions are counted from events after this
   auto pid_of = [&](int blade) {
@@ -309,6 +368,7 @@ int main(int argc, char** argv) {
   sigaction(SIGINT, &sa, nullptr);
   sigaction(SIGTERM, &sa, nullptr);
   for (int cycle = 1; cycle <= cycles && !stop_requested; ++cycle) {
+    Shared* sh = &shared[cycle % 2];
     new (sh) Shared{};
     const pid_t w = fork();
     if (w == 0) {
@@ -340,6 +400,35 @@ int main(int argc, char** argv) {
                 static_cast<unsigned long long>(sh->restored), static_cast<unsigned long long>(durable),
                 sh->restore_us / 1000.0, verdict, sh->state == 3 ? ": " : "", sh->state == 3 ? sh->error : "");
     std::fflush(stdout);
+    if (minority.writer != 0) {
+      // The new writer restored on the majority side while the old one
+      // ran cut off. Heal; the old owner must learn it was superseded.
+      std::this_thread::sleep_for(std::chrono::milliseconds(100 + rng() % 500));
+      if (auto ok = baton::ctl::chassis_heal(cc.dir); !ok)
+        std::fprintf(stderr, "heal: %s\n", ok.error().message.c_str());
+      const auto until = Clock::now() + std::chrono::seconds(15);
+      while (minority.sh->error[0] == 0 && Clock::now() < until)
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      kill(minority.writer, SIGKILL);
+      waitpid(minority.writer, nullptr, 0);
+      const uint64_t told = minority.sh->durable.load();
+      const bool fenced = std::strstr(minority.sh->error, "fenced") != nullptr ||
+                          std::strstr(minority.sh->error, "newer owner") != nullptr;
+      // (Unless the takeover failed: then the old owner may still own it.)
+      if (!fenced && sh->state != 3) ++r.unfenced;
+      std::printf("           blade %d's writer, cut off: %s\n", minority.blade,
+                  minority.sh->error[0] != 0 ? minority.sh->error : "still running 15 s after the heal");
+      // Its last durable acknowledgement came before the cut (the majority
+      // detects a blade's death only after its links are gone), so this
+      // cycle's restore, checked above, already covers it.
+      if (sh->state != 3 && told > sh->restored) {
+        ++r.lost;
+        std::printf("           LOST: blade %d's writer was told generation %llu was durable; the majority restored "
+                    "%llu\n", minority.blade, static_cast<unsigned long long>(told),
+                    static_cast<unsigned long long>(sh->restored.load()));
+      }
+      minority = {};
+    }
     if (sh->state == 3) {  // carry on from wherever the state is
       waitpid(w, nullptr, 0);
       blade = 1 + static_cast<int>(rng() % blades);
@@ -357,7 +446,7 @@ int main(int argc, char** argv) {
     std::this_thread::sleep_for(std::chrono::milliseconds(50 + rng() % 400));
     for (int k = 1; k <= blades; ++k) counts_now[k] = blade_counts(socket_of(k), counts_now[k]);
     expect_fresh = false;
-    const int fault = static_cast<int>(rng() % 6);
+    const int fault = kinds[rng() % kinds.size()];
     int next = blade;
     std::vector<int> killed;
     if (fault == 0) {  // the owner blade and its application
@@ -389,6 +478,34 @@ int main(int argc, char** argv) {
       }
       std::this_thread::sleep_for(std::chrono::milliseconds(100 + rng() % 300));
       kill(w, SIGKILL);
+    } else if (fault == 6) {  // the owner blade is cut off from every other blade
+      ++r.partitions;
+      const int how = static_cast<int>(rng() % 3);
+      std::vector<int> others;  // the blades across the cut
+      int partner = 0;  // how == 2: a second blade on the owner's side (of four: no quorum on either)
+      if (how == 2) {
+        partner = 1 + static_cast<int>(rng() % (blades - 1));
+        if (partner >= blade) ++partner;
+      }
+      for (int k = 1; k <= blades; ++k)
+        if (k != blade && k != partner) others.push_back(k);
+      for (int side : {blade, partner})
+        if (side != 0)
+          if (auto ok = baton::ctl::chassis_fault(cc.dir, side, others, 100); !ok)
+            std::fprintf(stderr, "partition blade %d: %s\n", side, ok.error().message.c_str());
+      if (how != 1) {  // the writer goes on on its side, then the partition heals
+        std::this_thread::sleep_for(std::chrono::milliseconds(200 + rng() % 1300));
+        if (auto ok = baton::ctl::chassis_heal(cc.dir); !ok)
+          std::fprintf(stderr, "heal: %s\n", ok.error().message.c_str());
+        std::this_thread::sleep_for(std::chrono::milliseconds(100 + rng() % 300));
+        kill(w, SIGKILL);
+      } else {  // the next writer takes over on the majority side while this one runs on
+        ++r.splits;
+        std::this_thread::sleep_for(std::chrono::milliseconds(rng() % 300));
+        minority = Minority{w, sh, blade};
+        next = 1 + static_cast<int>(rng() % (blades - 1));
+        if (next >= blade) ++next;
+      }
     } else if (fault == 4) {  // no fault: the application exits cleanly and deletes its segment
       kill(w, SIGUSR1);
       waitpid(w, nullptr, 0);
@@ -418,7 +535,7 @@ int main(int argc, char** argv) {
       }
       if (agent != nullptr) baton_stop(agent);
     }
-    if (fault != 4) waitpid(w, nullptr, 0);
+    if (fault != 4 && minority.writer != w) waitpid(w, nullptr, 0);
     durable = std::max(durable, sh->durable.load());
     for (int k : killed) banked += std::exchange(counts_now[k], Counts{});  // its counters die with it
     for (int k : killed) {  // a new, empty incarnation
@@ -428,6 +545,10 @@ int main(int argc, char** argv) {
     }
     blade = next;
   }
+  if (minority.writer != 0) {  // stopped before the next writer started
+    kill(minority.writer, SIGKILL);
+    waitpid(minority.writer, nullptr, 0);
+  }
   for (int k = 1; k <= blades; ++k) banked += blade_counts(socket_of(k), counts_now[k]);
   (void)baton::ctl::chassis_down(cc.dir);
   if (!cc.groups_file.empty()) std::remove(cc.groups_file.c_str());
@@ -435,15 +556,16 @@ int main(int argc, char** argv) {
     std::printf("campaign: blade %d kept a hot standby; %d loads took its ready copy over\n", standby, promotions);
   }
   std::printf("campaign: %d cycles over %s: %d lost, %d torn, %d failed restores, %d resurrected after a delete "
-              "(%d deletes, %d failed; %d owner stalls); restore p50 %.2f ms, p99 %.2f ms; %llu chunks left alone "
-              "by commits (unchanged); %llu commits by copy-on-write\n",
+              "(%d deletes, %d failed; %d owner stalls; %d owner partitions, %d with a takeover beside a live "
+              "owner, %d of those not fenced after the heal); restore p50 %.2f ms, p99 %.2f ms; %llu chunks left "
+              "alone by commits (unchanged); %llu commits by copy-on-write\n",
               r.cycles, cc.transport.c_str(), r.lost, r.torn, r.failed, r.resurrected, r.deletes, r.failed_deletes,
-              r.stalls,
+              r.stalls, r.partitions, r.splits, r.unfenced,
               pct(r.restore_ms, 0.5), pct(r.restore_ms, 0.99), static_cast<unsigned long long>(banked.skipped),
               static_cast<unsigned long long>(banked.cow));
   if (snapshots == "copy-on-write" && banked.cow == 0) {
     std::fprintf(stderr, "baton-campaign: no commit took its snapshot by copy-on-write\n");
     return 1;
   }
-  return r.lost + r.torn + r.failed + r.resurrected == 0 ? 0 : 1;
+  return r.lost + r.torn + r.failed + r.resurrected + r.unfenced == 0 ? 0 : 1;
 }
