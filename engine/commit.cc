@@ -31,6 +31,11 @@ Result<uint64_t> Engine::commit(Segment* segment, CommitOptions options) {
       return fail(Errc::kInvalidArgument, "written range [", std::to_string(off), ", +", std::to_string(len),
                   ") is past the end of ", seg->name, " (", std::to_string(seg->size), " bytes)");
   const uint64_t generation = seg->committed.load() + 1;
+  if (options.expect_generation != 0 && options.expect_generation != generation)
+    return fail(Errc::kInvalidArgument, "a commit of ", seg->name, " as generation ",
+                std::to_string(options.expect_generation), " where the next is ", std::to_string(generation));
+  if (options.source != nullptr && seg->cow != nullptr)
+    return fail(Errc::kInvalidArgument, "segment ", seg->name, " takes copy-on-write snapshots: no other source");
   if (auto ok = impl->snapshot(*seg, generation, options); !ok) return tl::unexpected(ok.error());
   if (seg->commit_every_ns != 0) seg->next_periodic_ns = impl->clock_ns() + seg->commit_every_ns;
   return generation;
@@ -115,6 +120,7 @@ Result<void> Engine::Impl::snapshot(Segment& seg, uint64_t generation, const Com
   // it copies what changed without the token and leaves the sending to
   // the worker.
   const bool pipelined = stage->stale.popcount() == stage->stale.count();
+  const std::byte* const source = options.source != nullptr ? options.source : seg.mem.data();
   if (!pipelined) {
     release_token();
     holding = false;
@@ -127,14 +133,14 @@ Result<void> Engine::Impl::snapshot(Segment& seg, uint64_t generation, const Com
     if (pipelined) {
       // memcpy moves 64 bytes per instruction; the CRC then reads the chunk
       // back from cache, faster than one fused 8-byte loop.
-      std::memcpy(stage->mem.data() + off, seg.mem.data() + off, len);
+      std::memcpy(stage->mem.data() + off, source + off, len);
       copy = true;
     } else {
       // Only the stale pages of the chunk (chunks need not be page aligned).
       for (uint64_t p = off / kPage; p * kPage < off + len; ++p) {
         if (!stage->stale.test(static_cast<uint32_t>(p))) continue;
         const uint64_t from = std::max(off, p * kPage), to = std::min(off + len, (p + 1) * kPage);
-        std::memcpy(stage->mem.data() + from, seg.mem.data() + from, to - from);
+        std::memcpy(stage->mem.data() + from, source + from, to - from);
         copy = true;
       }
     }

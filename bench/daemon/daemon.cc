@@ -11,9 +11,13 @@
 // commits a 4 KiB segment `commits` times, `gap-us` apart (the issue's
 // load: one commit a millisecond). Cases:
 //   embedded            Engine::commit in this process (single node)
-//   daemon              baton_commit through a batond with idle = "adaptive"
+//   daemon              baton_commit through a batond with idle = "adaptive":
+//                       the commit is posted (the library copies the 4 KiB
+//                       into a log slot and returns; batond takes it after)
 //   daemon+neighbour    the same while another application commits 16 MiB
 //                       and waits for durability (up to 20 ms) in a loop
+//   waiting / waiting+neighbour   the same with BATON_POST_COMMITS=0: each
+//                       call waits until batond has taken its snapshot
 //   daemon+cow-neighbour   the same neighbour with its segment in
 //                       copy-on-write mode ([[snapshots.segment]]): its
 //                       commit protects what it wrote and returns; batond's
@@ -346,7 +350,7 @@ int main(int argc, char** argv) {
     return 1;
   }
   const char* names[] = {"embedded", "embedded+hog", "wakeup", "wakeup-spinning", "daemon", "daemon+neighbour",
-                         "daemon+cow-neighbour", "spin", "spin+neighbour"};
+                         "daemon+cow-neighbour", "waiting", "waiting+neighbour", "spin", "spin+neighbour"};
   std::map<std::string, std::vector<double>> p50s, p99s;
   for (int r = 0; r < rounds; ++r) {
     std::map<std::string, std::vector<double>> samples;
@@ -366,6 +370,13 @@ int main(int argc, char** argv) {
     {
       Daemon d("adaptive", 2 * rounds + r, "[[snapshots.segment]]\nname = \"neighbour\"\nmode = \"copy-on-write\"\n");
       samples["daemon+cow-neighbour"] = daemon_case(d.socket(), commits, gap_us, true);
+    }
+    {
+      Daemon d("adaptive", 4 * rounds + r);
+      setenv("BATON_POST_COMMITS", "0", 1);  // read by the open in this process (the neighbour posts nothing anyway)
+      samples["waiting"] = daemon_case(d.socket(), commits, gap_us, false);
+      samples["waiting+neighbour"] = daemon_case(d.socket(), commits, gap_us, true);
+      unsetenv("BATON_POST_COMMITS");
     }
     {
       Daemon d("spin", 2 * r + 1);
@@ -388,10 +399,11 @@ int main(int argc, char** argv) {
   std::printf("\ndaemon p50 / embedded p50: adaptive %.2fx, spin %.2fx; one wake-up is %.2f us (%.2f us to the other vCPU)\n",
               median(p50s["daemon"]) / emb, median(p50s["spin"]) / emb, median(p50s["wakeup"]),
               median(p50s["wakeup-spinning"]));
-  std::printf("neighbour raises p99: adaptive %.2fx (copy-on-write neighbour %.2fx), spin %.2fx; the same CPU work raises "
-              "the embedded call's %.2fx\n",
+  std::printf("neighbour raises p99: adaptive %.2fx (copy-on-write neighbour %.2fx, waiting commits %.2fx), spin %.2fx; "
+              "the same CPU work raises the embedded call's %.2fx\n",
               median(p99s["daemon+neighbour"]) / median(p99s["daemon"]),
               median(p99s["daemon+cow-neighbour"]) / median(p99s["daemon"]),
+              median(p99s["waiting+neighbour"]) / median(p99s["waiting"]),
               median(p99s["spin+neighbour"]) / median(p99s["spin"]),
               median(p99s["embedded+hog"]) / median(p99s["embedded"]));
   return 0;

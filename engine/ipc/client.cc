@@ -185,6 +185,10 @@ Result<ClientSegment*> Client::open(Op op, std::string_view name, uint64_t size)
     return fail(Errc::kInternal, "segment descriptor smaller than the segment");
   }
   s->mapped = static_cast<uint64_t>(st.st_size);
+  if (fstat(fds[1], &st) != 0 || static_cast<uint64_t>(st.st_size) < sizeof(CommitChannel)) {
+    close_all();
+    return fail(Errc::kInternal, "commit channel descriptor smaller than a channel");
+  }
   void* data = mmap(nullptr, s->mapped, PROT_READ | PROT_WRITE, MAP_SHARED, fds[0], 0);
   void* ch = mmap(nullptr, sizeof(CommitChannel), PROT_READ | PROT_WRITE, MAP_SHARED, fds[1], 0);
   ::close(fds[0]);
@@ -198,6 +202,12 @@ Result<ClientSegment*> Client::open(Op op, std::string_view name, uint64_t size)
   }
   s->data = static_cast<std::byte*>(data);
   s->channel = static_cast<CommitChannel*>(ch);
+  // Posted commits count on from the generation batond has, in the log as
+  // batond left it at the open.
+  s->posts = fds.size() == 3 && s->size <= kLogMaxSegment && post_commits_allowed();
+  s->last_generation = s->channel->log.committed.load();
+  s->log_head = s->channel->log.head.load();
+  s->failures_seen = s->channel->log.failures.load();
   if (fds.size() == 4) {
     // Copy-on-write: this mapping is protected and this process's handler
     // copies pages aside for batond. Not where the application said its
@@ -232,6 +242,11 @@ Result<ClientSegment*> Client::open(Op op, std::string_view name, uint64_t size)
   }
   periodic_cv_.notify_all();
   return opened;
+}
+
+bool post_commits_allowed() {
+  const char* v = std::getenv("BATON_POST_COMMITS");
+  return v == nullptr || std::strcmp(v, "0") != 0;
 }
 
 bool track_writes_allowed() {
@@ -343,7 +358,116 @@ Result<uint64_t> post(ClientSegment& s, uint64_t timeout_ns, int socket_fd) {
   return ch.generation.load(std::memory_order_relaxed);
 }
 
+/// Waits until batond's tail of `s`'s log reaches `target` (slots it
+/// took), ringing its doorbell if it sleeps. False after `timeout_ns`,
+/// or when batond has gone.
+bool wait_tail(ClientSegment& s, uint32_t target, uint64_t timeout_ns, int socket_fd) {
+  CommitLog& log = s.channel->log;
+  auto reached = [&] { return static_cast<int32_t>(log.tail.load(std::memory_order_acquire) - target) >= 0; };
+  if (reached()) return true;
+  if (s.channel->daemon_sleeping.load()) {
+    const uint64_t one = 1;
+    (void)!write(s.event_fd, &one, sizeof one);
+  }
+  const uint64_t start = now_ns();
+  while (!reached()) {
+    const uint64_t waited = now_ns() - start;
+    if (waited > timeout_ns || (waited > 10'000'000 && daemon_gone(socket_fd))) return false;
+    if (waited < kSpinNs) {
+      _mm_pause();
+      continue;
+    }
+    log.app_sleeping.store(1);
+    const uint32_t seen = log.tail.load();
+    if (static_cast<int32_t>(seen - target) < 0) {
+      timespec ts{0, 10'000'000};
+      syscall(SYS_futex, reinterpret_cast<uint32_t*>(&log.tail), FUTEX_WAIT, seen, &ts, nullptr, 0);
+    }
+    log.app_sleeping.store(0);
+  }
+  return true;
+}
+
+/// Posts a commit of `ranges` (they fit a slot) as the next generation
+/// and returns it, without waiting for batond, unless every slot is still
+/// untaken (then it waits for one, up to `timeout_ns`).
+Result<uint64_t> post_log(ClientSegment& s, std::span<const std::pair<uint64_t, uint64_t>> ranges,
+                          uint64_t timeout_ns, int socket_fd) {
+  CommitLog& log = s.channel->log;
+  if (!wait_tail(s, s.log_head + 1 - kLogSlots, timeout_ns, socket_fd))
+    return fail(Errc::kUnavailable, "batond took none of the ", std::to_string(kLogSlots),
+                " commits posted before this one in ", std::to_string(timeout_ns / 1'000'000),
+                " ms; this one was not posted");
+  LogSlot& slot = log.slots[s.log_head % kLogSlots];
+  uint64_t at = 0;
+  for (size_t i = 0; i < ranges.size(); ++i) {
+    const auto [off, len] = ranges[i];
+    std::memcpy(slot.data + at, s.data + off, len);
+    slot.ranges[2 * i].store(off, std::memory_order_relaxed);
+    slot.ranges[2 * i + 1].store(len, std::memory_order_relaxed);
+    at += len;
+  }
+  const uint64_t generation = s.last_generation + 1;
+  slot.generation.store(generation, std::memory_order_relaxed);
+  slot.count.store(static_cast<uint32_t>(ranges.size()), std::memory_order_relaxed);
+  slot.bytes.store(static_cast<uint32_t>(at), std::memory_order_relaxed);
+  log.head.store(++s.log_head);  // seq_cst: publishes the slot; pairs with daemon_sleeping
+  if (s.channel->daemon_sleeping.load()) {
+    const uint64_t one = 1;
+    (void)!write(s.event_fd, &one, sizeof one);
+  }
+  s.last_generation = generation;
+  return generation;
+}
+
+/// The ranges of a post: `ranges` sorted and merged (or the whole
+/// segment), if they fit a log slot.
+bool fit_slot(ClientSegment& s, bool all) {
+  auto& r = s.ranges;
+  if (all) {
+    r.assign(1, {0, s.size});
+  } else {
+    std::erase_if(r, [](const auto& x) { return x.second == 0; });
+    std::sort(r.begin(), r.end());
+    size_t n = 0;
+    for (const auto& x : r) {
+      if (n > 0 && x.first <= r[n - 1].first + r[n - 1].second)
+        r[n - 1].second = std::max(r[n - 1].first + r[n - 1].second, x.first + x.second) - r[n - 1].first;
+      else
+        r[n++] = x;
+    }
+    r.resize(n);
+  }
+  if (r.size() > kLogRanges) return false;
+  uint64_t bytes = 0;
+  for (const auto& x : r) bytes += x.second;
+  return bytes <= kLogSlotBytes;
+}
+
 }  // namespace
+
+Result<void> Client::drain_posts(ClientSegment& s, uint64_t timeout_ns) {
+  if (!s.posts) return {};
+  CommitLog& log = s.channel->log;
+  if (timeout_ns == 0) timeout_ns = commit_timeout_ns_;
+  if (!wait_tail(s, s.log_head, timeout_ns, fd_))
+    return fail(Errc::kTimeout, "batond did not take this segment's posted commits in ",
+                std::to_string(timeout_ns / 1'000'000), " ms");
+  const uint32_t failures = log.failures.load(std::memory_order_relaxed);
+  if (failures == s.failures_seen) return {};
+  // Refused: count from batond's generation again, and send everything
+  // next (what the refused slots carried is in no generation).
+  s.failures_seen = failures;
+  s.last_generation = log.committed.load(std::memory_order_relaxed);
+  s.resend_all = true;
+  const int32_t status = log.status.load(std::memory_order_relaxed);
+  s.fenced |= status == -static_cast<int32_t>(Errc::kFenced);
+  const uint64_t generation = log.failed_generation.load(std::memory_order_relaxed);
+  return tl::unexpected(Error{status < 0 ? static_cast<Errc>(-status) : Errc::kInternal,
+                              "batond refused the posted commit of generation " + std::to_string(generation) +
+                                  " (it and the commits posted after it are no generation; the last is " +
+                                  std::to_string(s.last_generation) + ")"});
+}
 
 Result<uint64_t> Client::commit(ClientSegment* s, std::span<const std::pair<uint64_t, uint64_t>> written) {
   std::lock_guard lock(s->commit_mu);
@@ -414,15 +538,38 @@ Result<uint64_t> Client::commit_locked(ClientSegment* s, std::span<const std::pa
   bool all = written.empty() && s->watch == nullptr;
   if (s->watch != nullptr && !s->watch->collect(found)) all = true;
   if (std::exchange(s->resend_all, false)) all = true;
+  if (s->posts) {
+    if (s->fenced) return fail(Errc::kFenced, "the segment moved to a newer owner (a posted commit was refused)");
+    // A refusal of an earlier post fails this commit (it was counted on).
+    if (s->failures_seen != ch.log.failures.load(std::memory_order_relaxed))
+      if (auto drained = drain_posts(*s); !drained) return tl::unexpected(drained.error());
+    if (fit_slot(*s, all)) {
+      auto g = post_log(*s, s->ranges, commit_timeout_ns_, fd_);
+      if (!g) s->resend_all = true;
+      return g;
+    }
+    // Too much for a slot: the waiting commit, after every post.
+    s->resend_all = true;
+    if (auto drained = drain_posts(*s); !drained) return tl::unexpected(drained.error());
+  }
   put_written(*s, all);  // published by the request's store
   ch.frozen.store(0, std::memory_order_relaxed);
   s->resend_all = true;  // until this commit is known to have succeeded
   auto g = post(*s, commit_timeout_ns_, fd_);
-  if (g) s->resend_all = false;
+  if (g) {
+    s->resend_all = false;
+    s->last_generation = *g;
+  }
   return g;
 }
 
 Result<void> Client::wait(ClientSegment* s, uint64_t generation, uint32_t k, uint32_t timeout_ms) {
+  {
+    // batond must have taken the posted commits before it can wait on them.
+    std::lock_guard lock(s->commit_mu);
+    if (auto drained = drain_posts(*s, (uint64_t{timeout_ms} + kWaitSlackMs) * 1'000'000); !drained)
+      return tl::unexpected(drained.error());
+  }
   Request r{};
   r.magic = kMagic;
   r.version = kVersion;
@@ -443,6 +590,12 @@ Result<void> Client::close(ClientSegment* s) {
   // Under periodic_mu_ from the request on: a periodic commit after batond
   // let go of the channel would wait for an answer that never comes.
   std::lock_guard lock(periodic_mu_);
+  {
+    // What was posted becomes generations before the segment is let go of.
+    std::lock_guard commit_lock(s->commit_mu);
+    if (auto drained = drain_posts(*s); !drained)
+      BT_WARN("segment handle %u: closing: %s", s->handle, drained.error().message.c_str());
+  }
   Request r{};
   r.magic = kMagic;
   r.version = kVersion;

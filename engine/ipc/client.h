@@ -44,6 +44,16 @@ struct ClientSegment {
   /// The last commit failed: its ranges may not have been applied, so the
   /// next one says "everything".
   bool resend_all = false;
+  /// Posted commits (CommitLog): the generation of the last commit as
+  /// this library counts (the next post is one more), slots posted, and
+  /// batond's refusals already reported. commit_mu.
+  bool posts = false;  ///< batond takes posted commits of it (small, and no copy-on-write)
+  /// batond refused a post as fenced: a newer owner exists, and every
+  /// later commit fails at once (as batond would refuse it). commit_mu.
+  bool fenced = false;
+  uint64_t last_generation = 0;
+  uint32_t log_head = 0;
+  uint32_t failures_seen = 0;
   std::vector<std::pair<uint64_t, uint64_t>> ranges;  ///< a commit's, kept to save an allocation each time
 };
 
@@ -51,6 +61,11 @@ struct ClientSegment {
 /// says something other than its own writes through the segment's mapping
 /// changes it (DMA, a child process), so commits copy whole segments.
 bool track_writes_allowed();
+
+/// False when BATON_POST_COMMITS=0 is in the environment: every commit
+/// waits until batond has taken it (and so fails at once, not at the
+/// next call, when batond refuses it).
+bool post_commits_allowed();
 
 /// Thread: the application's (one Client is not for concurrent use), and
 /// the client's own `baton-periodic` thread, started at the first segment
@@ -105,6 +120,11 @@ class Client {
   static constexpr uint64_t kWaitSlackMs = 1000;
   Result<std::string> text_request(Op op);
   Result<uint64_t> commit_locked(ClientSegment* s, std::span<const std::pair<uint64_t, uint64_t>> written);
+  /// Waits until batond has taken every commit `s` posted, then reports
+  /// the first refusal it has not reported yet (and counts from batond's
+  /// generation again). commit_mu.
+  /// Gives up after `timeout_ns` (0: the commit timeout) with kUnavailable.
+  Result<void> drain_posts(ClientSegment& s, uint64_t timeout_ns = 0);
   void run_periodic();
   int fd_ = -1;
   /// Answers still owed by batond to calls that stopped waiting for them.

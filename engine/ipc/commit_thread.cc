@@ -4,7 +4,8 @@
 // (the applications' doorbell) when idle.
 //
 // Thread: the lane's commit thread, but for attach() and detach() (session
-// threads), which take the lane's mutex.
+// threads), which take the lane's mutex (detach() also takes the posted
+// commits the lane has not taken yet, on the session's thread).
 
 #include <immintrin.h>
 #include <linux/futex.h>
@@ -14,6 +15,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstring>
 
 #include "baton/baton.h"
 #include "common/log.h"
@@ -25,12 +27,27 @@ namespace baton::ipc {
 
 Server::CommitLane& Server::lane_of(const Segment& seg) { return lanes_[seg.size > kLargeSegment ? 1 : 0]; }
 
-void Server::attach(Segment& seg) {
+void Server::attach(Segment& seg, bool posts) {
   CommitLane& lane = lane_of(seg);
   {
     std::lock_guard lock(lane.mu);
     seg.seen = seg.channel->request.load();
     seg.channel->done.store(seg.seen);
+    // Posted commits start from here: whatever a previous holder left
+    // untaken is dropped (it never became a generation), and the shadow is
+    // the memory as the open or reopen left it, the last committed
+    // generation.
+    CommitLog& log = seg.channel->log;
+    seg.log_tail = log.head.load();
+    log.tail.store(seg.log_tail);
+    seg.shadow.clear();
+    seg.shadow_stale = false;
+    if (posts && seg.size <= kLogMaxSegment) {
+      const std::span<std::byte> mem = engine_.data(seg.handle);
+      seg.shadow.assign(mem.begin(), mem.begin() + std::min<uint64_t>(mem.size(), seg.size));
+      if (seg.shadow.size() != seg.size) seg.shadow.clear();
+    }
+    if (auto st = engine_.status(seg.handle)) log.committed.store(st->generation);
     // The commit thread may be asleep: until it has looked at this channel,
     // the application rings the doorbell.
     seg.channel->daemon_sleeping.store(1);
@@ -45,7 +62,81 @@ void Server::detach(Segment& seg) {
   // in a commit of this segment and will not start one.
   CommitLane& lane = lane_of(seg);
   std::lock_guard lock(lane.mu);
+  // What the application posted and was told is a commit becomes one,
+  // even when it exits (or dies) without waiting for it.
+  if (const uint32_t head = seg.channel->log.head.load(); head != seg.log_tail) take_log(lane, seg, head);
   lane.active.erase(std::remove(lane.active.begin(), lane.active.end(), &seg), lane.active.end());
+}
+
+void Server::take_log(CommitLane& lane, Segment& seg, uint32_t head) {
+  CommitLog& log = seg.channel->log;
+  auto refuse = [&](uint64_t generation, Errc code, const char* why) {
+    log.status.store(-static_cast<int32_t>(code), std::memory_order_relaxed);
+    log.failed_generation.store(generation, std::memory_order_relaxed);
+    log.failures.fetch_add(1, std::memory_order_relaxed);  // published by the tail's store
+    ++counters_.refused_posts;
+    BT_DEBUG("segment %s: posted commit of generation %llu refused: %s", seg.name.c_str(),
+             static_cast<unsigned long long>(generation), why);
+  };
+  if (head - seg.log_tail > kLogSlots) {
+    // More slots than the log has: not a library's doing. Nothing in it is
+    // taken (only this application's own commits are lost).
+    refuse(0, Errc::kInvalidArgument, "more posted commits than log slots");
+    seg.log_tail = head;
+  }
+  for (; seg.log_tail != head; ++seg.log_tail) {
+    LogSlot& slot = log.slots[seg.log_tail % kLogSlots];
+    const uint64_t generation = slot.generation.load(std::memory_order_relaxed);
+    const uint32_t count = slot.count.load(std::memory_order_relaxed);
+    const uint32_t bytes = slot.bytes.load(std::memory_order_relaxed);
+    // Everything is copied out and checked before any of it is used: the
+    // application may change the slot meanwhile (then only its own
+    // generation suffers).
+    lane.written.clear();
+    uint64_t sum = 0;
+    bool whole = false;
+    const char* bad = seg.shadow.empty() ? "the segment is too large to post commits" : nullptr;
+    if (bad == nullptr && (count > kLogRanges || bytes > kLogSlotBytes)) bad = "a bad range count or size";
+    for (uint32_t i = 0; bad == nullptr && i < count; ++i) {
+      const uint64_t off = slot.ranges[2 * i].load(std::memory_order_relaxed);
+      const uint64_t len = slot.ranges[2 * i + 1].load(std::memory_order_relaxed);
+      if (off > seg.size || len > seg.size - off || len > bytes - sum) bad = "a range past the segment or its bytes";
+      else {
+        lane.written.emplace_back(off, len);
+        sum += len;
+        whole |= off == 0 && len == seg.size;
+      }
+    }
+    if (bad == nullptr && sum != bytes) bad = "ranges that do not add up to the slot's bytes";
+    if (bad == nullptr && seg.shadow_stale && !whole) bad = "an earlier posted commit failed: the whole segment must come";
+    if (bad != nullptr) {
+      refuse(generation, Errc::kInvalidArgument, bad);
+      continue;
+    }
+    uint64_t at = 0;
+    for (const auto& [off, len] : lane.written) {
+      std::memcpy(seg.shadow.data() + off, slot.data + at, len);
+      at += len;
+    }
+    if (count == 0) lane.written.emplace_back(0, 0);  // nothing written: a range of nothing
+    CommitOptions options{.share = &lane == &lanes_[1]};
+    options.written = lane.written;
+    options.source = seg.shadow.data();
+    options.expect_generation = generation;
+    auto g = engine_.commit(seg.handle, options);
+    seg.shadow_stale = !g;  // the shadow holds bytes that are no generation
+    if (!g) {
+      refuse(generation, g.error().code, g.error().message.c_str());
+      if (auto st = engine_.status(seg.handle)) log.committed.store(st->generation, std::memory_order_relaxed);
+      continue;
+    }
+    log.committed.store(*g, std::memory_order_relaxed);
+    ++counters_.commits;
+    ++counters_.posted_commits;
+  }
+  log.tail.store(head, std::memory_order_release);
+  if (log.app_sleeping.load())
+    syscall(SYS_futex, reinterpret_cast<uint32_t*>(&log.tail), FUTEX_WAKE, INT32_MAX, nullptr, nullptr, 0);
 }
 
 bool Server::poll_commits(CommitLane& lane) {
@@ -53,6 +144,12 @@ bool Server::poll_commits(CommitLane& lane) {
   std::lock_guard lock(lane.mu);
   for (Segment* seg : lane.active) {
     CommitChannel& ch = *seg->channel;
+    // Posted commits first: a waiting commit comes after the ones its
+    // application posted before it.
+    if (const uint32_t head = ch.log.head.load(); head != seg->log_tail) {
+      busy = true;
+      take_log(lane, *seg, head);
+    }
     const uint32_t req = ch.request.load();  // seq_cst: pairs with the daemon_sleeping handshake
     if (req == seg->seen) continue;
     busy = true;
@@ -84,9 +181,21 @@ bool Server::poll_commits(CommitLane& lane) {
       options.written = lane.written;
       options.frozen = ch.frozen.load(std::memory_order_relaxed) == 1;
       g = engine_.commit(seg->handle, options);
+      // The application waits meanwhile, so its memory is this generation:
+      // the shadow takes what it wrote (or all of it).
+      if (g && !seg->shadow.empty()) {
+        const std::byte* mem = engine_.data(seg->handle).data();
+        if (n == kWrittenAll || seg->shadow_stale) {
+          std::memcpy(seg->shadow.data(), mem, seg->size);
+        } else {
+          for (const auto& [off, len] : lane.written) std::memcpy(seg->shadow.data() + off, mem + off, len);
+        }
+        seg->shadow_stale = false;
+      }
     }
     ch.status.store(g ? 0 : -static_cast<int32_t>(g.error().code), std::memory_order_relaxed);
     if (g) ch.generation.store(*g, std::memory_order_relaxed);
+    if (g) ch.log.committed.store(*g, std::memory_order_relaxed);
     ch.done.store(req, std::memory_order_release);
     if (ch.app_sleeping.load())  // shared memory between processes: not a private futex
       syscall(SYS_futex, reinterpret_cast<uint32_t*>(&ch.done), FUTEX_WAKE, INT32_MAX, nullptr, nullptr, 0);

@@ -22,6 +22,19 @@
 // commit (CommitChannel::written): batond cannot see writes through the
 // application's mapping, so the client library tracks them (WriteWatch)
 // and batond copies only those chunks.
+//
+// Posted commits (CommitLog): a commit of a small segment whose written
+// bytes fit a log slot does not wait for batond at all. The library copies
+// those bytes into the next slot of the channel's log, numbers the
+// generation itself (one more than the last), publishes the slot and
+// returns; batond's commit thread applies the slots in order onto a copy
+// of the segment as last committed (its shadow, which no client can
+// touch) and commits from there. A slot batond refuses (a bad range, a
+// fenced owner, a generation that does not follow) is counted in
+// `failures`: the library reports it at the next commit, wait or close of
+// the segment and counts from batond's generation again. A wait, a close
+// and a commit that takes the waiting path first wait until batond has
+// taken every posted slot.
 
 #include <atomic>
 #include <cstddef>
@@ -32,7 +45,8 @@ namespace baton::ipc {
 inline constexpr uint32_t kMagic = 0xBA7017C0;
 /// 4: batond no longer marks a copy-on-write page it is copying (the page
 /// states in the share mean something else to a version-3 library).
-inline constexpr uint16_t kVersion = 4;
+/// 5: the commit channel carries a log of posted commits (CommitLog).
+inline constexpr uint16_t kVersion = 5;
 inline constexpr size_t kMaxMessage = 512;     ///< requests
 inline constexpr size_t kMaxReply = 64 * 1024;  ///< a reply with its trailing text
 inline constexpr size_t kMaxName = 63;
@@ -86,6 +100,41 @@ inline constexpr uint32_t kWrittenAll = UINT32_MAX;
 /// CommitChannel::claim.
 inline constexpr uint32_t kPosted = 0, kTaken = 1, kWithdrawn = 2;
 
+/// Posted commits: slots in the log, ranges and bytes one slot holds, and
+/// the largest segment that posts (batond keeps a shadow copy of each).
+inline constexpr uint32_t kLogSlots = 16;
+inline constexpr uint32_t kLogRanges = 64;
+inline constexpr uint64_t kLogSlotBytes = 64 * 1024;
+inline constexpr uint64_t kLogMaxSegment = 1 << 20;
+
+/// One posted commit: `count` (offset, length) ranges of the segment, whose
+/// bytes follow each other in `data` (`bytes` in all), as generation
+/// `generation`. Written by the application before it moves the log's
+/// head past the slot; batond copies everything out before it trusts any
+/// of it.
+struct alignas(64) LogSlot {
+  std::atomic<uint64_t> generation{0};
+  std::atomic<uint32_t> count{0};
+  std::atomic<uint32_t> bytes{0};
+  std::atomic<uint64_t> ranges[2 * kLogRanges];
+  alignas(64) std::byte data[kLogSlotBytes];
+};
+
+/// The posted commits of one segment (a ring of kLogSlots; indices only
+/// grow). `head`: slots the application posted; `tail`: slots batond
+/// took (applied or refused), a futex word the application sleeps on when
+/// the log is full or it drains it.
+struct alignas(64) CommitLog {
+  std::atomic<uint32_t> head{0};
+  alignas(64) std::atomic<uint32_t> tail{0};
+  std::atomic<uint32_t> app_sleeping{0};  ///< the application sleeps on `tail`
+  std::atomic<uint32_t> failures{0};      ///< slots batond refused, ever (set before `tail` passes them)
+  std::atomic<int32_t> status{0};         ///< the last refusal's negative BATON_E* code
+  std::atomic<uint64_t> failed_generation{0};  ///< the generation the last refused slot claimed
+  std::atomic<uint64_t> committed{0};     ///< the segment's last committed generation, as of `tail`
+  LogSlot slots[kLogSlots];
+};
+
 /// One per open segment, in its own shared pages.
 struct alignas(64) CommitChannel {
   std::atomic<uint32_t> request{0};          ///< bumped by the application
@@ -111,6 +160,7 @@ struct alignas(64) CommitChannel {
   /// as timed out never becomes a generation later.
   std::atomic<uint32_t> claim{0};
   std::atomic<uint64_t> written[2 * kMaxWritten];
+  CommitLog log;
 };
 
 static_assert(sizeof(Request) <= kMaxMessage && sizeof(Reply) <= kMaxMessage);

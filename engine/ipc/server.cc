@@ -144,7 +144,8 @@ ServerCounters Server::counters() const noexcept {
   return ServerCounters{counters_.accepted.load(),      counters_.refused_credentials.load(),
                         counters_.refused_limit.load(), counters_.bad_requests.load(),
                         counters_.commits.load(),       counters_.disconnects.load(),
-                        counters_.withdrawn_commits.load()};
+                        counters_.withdrawn_commits.load(), counters_.posted_commits.load(),
+                        counters_.refused_posts.load()};
 }
 
 bool Server::allowed(uid_t uid, gid_t gid) const {
@@ -413,10 +414,15 @@ Reply Server::open_segment(Session& s, const Request& r, std::vector<int>& fds) 
     fresh->name = name;
     fresh->holder = &s;
     fresh->id = next_handle_++;
-    auto mem = LocalStorage::create(name + "@channel", sizeof(CommitChannel), -1);
+    // Faulted in as used: most of it is the log's slots, of which a small
+    // segment's posts touch a page or two each.
+    auto mem = LocalStorage::create(name + "@channel", sizeof(CommitChannel), -1, LocalStorage::Pages::kSmall,
+                                    LocalStorage::Populate::kLater);
     if (!mem) return reply_error(mem.error());
     fresh->channel_mem = std::move(*mem);
-    fresh->channel = new (fresh->channel_mem.data()) CommitChannel();
+    // Default-initialised: the memfd is zeros already, and the log slots'
+    // bytes are left untouched (not faulted in).
+    fresh->channel = new (fresh->channel_mem.data()) CommitChannel;
     segments_.emplace(name, std::move(fresh));
     lock.unlock();
     Result<OpenResult> opened = fail(Errc::kInternal, "");
@@ -459,11 +465,11 @@ Reply Server::open_segment(Session& s, const Request& r, std::vector<int>& fds) 
   seg.holder = &s;
   ++s.held;
   s.held_bytes += seg.size;
-  attach(seg);
   rep.handle = seg.id;
   rep.size = seg.size;
   fds = {engine_.memory_fd(seg.handle), seg.channel_mem.fd(), lane_of(seg).event_fd};
-  // A copy-on-write segment: the library snapshots its own mapping.
+  // A copy-on-write segment: the library snapshots its own mapping (and
+  // posts no commits: its snapshots are taken in place).
   if (auto cow = engine_.share_copy_on_write(seg.handle); !cow) {
     BT_WARN("segment %s: no copy-on-write, commits copy it: %s", name.c_str(), cow.error().message.c_str());
   } else if (cow->has_value()) {
@@ -471,6 +477,7 @@ Reply Server::open_segment(Session& s, const Request& r, std::vector<int>& fds) 
     rep.copy_on_write = 1;
     rep.commit_every_ms = (*cow)->commit_every_ms;
   }
+  attach(seg, rep.copy_on_write == 0);
   return rep;
 }
 

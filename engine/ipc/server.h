@@ -81,7 +81,9 @@ struct ServerConfig {
 struct ServerCounters {
   uint64_t accepted = 0, refused_credentials = 0, refused_limit = 0, bad_requests = 0, commits = 0,
            disconnects = 0,
-           withdrawn_commits = 0;  ///< requests their application stopped waiting for before batond took them
+           withdrawn_commits = 0,  ///< requests their application stopped waiting for before batond took them
+           posted_commits = 0,     ///< commits that came through a log slot (CommitLog), not a request
+           refused_posts = 0;      ///< log slots refused (bad contents, a failed commit)
 };
 
 class Server {
@@ -127,7 +129,9 @@ class Server {
   Reply close_segment(Session& s, const Request& r);
   Reply delete_segment(Session& s, const Request& r);
   std::string events() const;
-  void attach(Segment& seg);
+  /// Puts the segment's channel on its commit lane; `posts`: it may post
+  /// commits (CommitLog), so the lane keeps a shadow of it.
+  void attach(Segment& seg, bool posts);
   void detach(Segment& seg);
   /// A commit thread and the channels it serves. Thread: the lane's own
   /// ("baton-commit" / "baton-commit-l"); `active` changes under `mu`.
@@ -146,6 +150,8 @@ class Server {
   static constexpr int kLargeLaneNice = 10;  ///< the large lane's thread runs at this nice value
   void commit_loop(CommitLane& lane, const char* thread_name);
   bool poll_commits(CommitLane& lane);
+  /// Applies the posted commits of `seg` up to `head` (CommitLog).
+  void take_log(CommitLane& lane, Segment& seg, uint32_t head);
   CommitLane& lane_of(const Segment& seg);
   void shutdown();
 
@@ -165,7 +171,7 @@ class Server {
 
   struct Counters {
     std::atomic<uint64_t> accepted{0}, refused_credentials{0}, refused_limit{0}, bad_requests{0}, commits{0},
-        disconnects{0}, withdrawn_commits{0};
+        disconnects{0}, withdrawn_commits{0}, posted_commits{0}, refused_posts{0};
   } counters_;
 };
 

@@ -8,6 +8,7 @@
 #include <atomic>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -26,6 +27,15 @@ struct Server::Segment {
   LocalStorage channel_mem;          ///< the CommitChannel page
   CommitChannel* channel = nullptr;
   uint32_t seen = 0;                 ///< last request answered; its commit lane's thread (lane mutex)
+  /// Posted commits (CommitLog), its commit lane's thread (lane mutex):
+  /// slots taken so far, and the segment as last committed, onto which
+  /// they apply (empty for a segment above kLogMaxSegment: it posts
+  /// nothing). `shadow_stale`: a commit from it failed after it changed,
+  /// so only a post of the whole segment or a waiting commit (which
+  /// refreshes it from the memory) may post again.
+  uint32_t log_tail = 0;
+  std::vector<std::byte> shadow;
+  bool shadow_stale = false;
 };
 
 struct Server::Session {

@@ -45,6 +45,9 @@ nlohmann::json Server::status_json(size_t limit) const {
                     {"bad_requests", counters.bad_requests},
                     {"commits", counters.commits},
                     {"withdrawn_commits", counters.withdrawn_commits},
+                    // commits posted to a log slot (no wait for batond), and slots refused
+                    {"posted_commits", counters.posted_commits},
+                    {"refused_posts", counters.refused_posts},
                     {"disconnects", counters.disconnects},
                     // chunks commits copied, and left alone as unchanged (what the applications wrote)
                     {"chunks_copied", stats.snapshot_chunks_copied},

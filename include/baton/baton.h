@@ -93,7 +93,23 @@ int baton_load(baton_t* baton, const char* name, baton_segment_t** out, uint64_t
 void* baton_segment_data(baton_segment_t* segment);
 uint64_t baton_segment_size(baton_segment_t* segment);
 
-/* Snapshots the segment as a new generation and replicates it (S5). */
+/* Snapshots the segment as a new generation and replicates it (S5). On
+ * return the generation is the memory as it was at the call: the
+ * application may write on at once. Durability is baton_wait's.
+ *
+ * Daemon mode, a segment of at most 1 MiB whose commit wrote at most 64 KiB
+ * (in at most 64 ranges): the commit is posted. The library copies what was
+ * written into a slot of a log it shares with batond, numbers the
+ * generation itself and returns without waiting for batond (up to 16
+ * posted commits may be untaken; the 17th waits for a slot, and fails with
+ * BATON_EUNAVAIL, not posted, after BATON_COMMIT_TIMEOUT_MS). If batond
+ * refuses a posted commit (a newer owner: BATON_EFENCED), the next
+ * baton_commit or baton_wait of the segment returns that error; the
+ * generations posted from the refused one on are no generations. A posted
+ * commit outlives its application: batond takes it even when the process
+ * exits or dies right after the call. BATON_POST_COMMITS=0 in the
+ * environment makes every commit wait until batond has taken it, so that
+ * a refusal fails that call. */
 int baton_commit(baton_segment_t* segment, uint64_t* generation);
 
 /* Only what changed is copied: a commit copies the chunks written since the

@@ -253,6 +253,16 @@ struct CommitOptions {
   /// commit then copies nothing: the worker settles the snapshot from the
   /// memory while the application goes on. False: a stage copy.
   bool frozen = false;
+  /// A stage copy takes the bytes from here (as many as the segment has)
+  /// instead of from the segment's memory: batond's copy of a segment as
+  /// last committed, onto which it applied a posted commit (ipc/messages.h,
+  /// CommitLog). Null: the segment's memory. Not with copy-on-write
+  /// (kInvalidArgument).
+  const std::byte* source = nullptr;
+  /// Nonzero: the commit must become exactly this generation (the client
+  /// library numbered a posted commit itself), else it fails with
+  /// kInvalidArgument and takes nothing.
+  uint64_t expect_generation = 0;
 };
 
 /// What a client library needs to take copy-on-write snapshots of its own

@@ -298,8 +298,8 @@ TEST(Daemon, StopsCleanlyOnSigterm) {
   EXPECT_NE(stat(d.socket().c_str(), &st), 0) << "socket left behind";
 }
 
-/// batond's count of chunks commits left alone as unchanged (batonctl status).
-uint64_t chunks_skipped(const Batond& d) {
+/// One of batond's counters (batonctl status --json), 0 if not found.
+uint64_t counter(const Batond& d, const std::string& name) {
   const char* ctl = std::getenv("BATONCTL");
   if (ctl == nullptr) return 0;
   FILE* p = popen((std::string(ctl) + " status --json --socket " + d.socket()).c_str(), "r");
@@ -308,10 +308,13 @@ uint64_t chunks_skipped(const Batond& d) {
   char buf[4096];
   for (size_t n; (n = fread(buf, 1, sizeof buf, p)) > 0;) out.append(buf, n);
   pclose(p);
-  const std::string key = "\"chunks_skipped\":";
+  const std::string key = "\"" + name + "\":";
   const auto at = out.find(key);
   return at == std::string::npos ? 0 : std::strtoull(out.c_str() + at + key.size(), nullptr, 10);
 }
+
+/// batond's count of chunks commits left alone as unchanged.
+uint64_t chunks_skipped(const Batond& d) { return counter(d, "chunks_skipped"); }
 
 // The client library tracks the application's writes (batond cannot see
 // them) and batond copies only their chunks. Every committed generation
@@ -658,6 +661,165 @@ TEST(Daemon, AWaitOnAStoppedBatondEndsAtItsTimeout) {
   ASSERT_EQ(baton_commit(s, &g), 0) << baton_last_error();
   EXPECT_EQ(g, 2u);
   EXPECT_EQ(baton_wait(s, g, 0, 1000), 0) << baton_last_error();
+  baton_stop(b);
+}
+
+// A small segment's commit is posted (ipc/messages.h, CommitLog): the
+// library copies what was written into a log slot, numbers the generation
+// and returns without waiting for batond. Each generation is exactly the
+// memory at its commit, however the application scribbles right after;
+// they come in order; with batond stopped the log's 16 slots take 16
+// commits and the 17th says it was not posted; after it resumes every
+// posted commit is a generation and the last one is what a restart gets.
+TEST(Daemon, PostedCommitsAreTheMemoryAtTheirCommitInOrder) {
+  TempDir dir;
+  Batond d(1, dir.path);
+  setenv("BATON_COMMIT_TIMEOUT_MS", "300", 1);
+  baton_t* b = connect_to(d);
+  unsetenv("BATON_COMMIT_TIMEOUT_MS");
+  ASSERT_NE(b, nullptr);
+  constexpr size_t kSize = 4096;
+  baton_segment_t* s = nullptr;
+  ASSERT_EQ(baton_open(b, "posted", kSize, &s, nullptr, nullptr), 0) << baton_last_error();
+  auto* mem = static_cast<unsigned char*>(baton_segment_data(s));
+  uint64_t g = 0;
+  const uint64_t before = counter(d, "posted_commits");
+  for (uint32_t i = 1; i <= 300; ++i) {
+    fill(mem, kSize, i);
+    ASSERT_EQ(baton_commit(s, &g), 0) << baton_last_error();
+    ASSERT_EQ(g, i);
+    std::memset(mem, 0xEE, kSize);  // at once: no part of generation i
+  }
+  ASSERT_EQ(baton_wait(s, g, 0, 5000), 0) << baton_last_error();
+  if (std::getenv("BATONCTL") != nullptr) EXPECT_GE(counter(d, "posted_commits") - before, 300u);
+
+  ASSERT_EQ(kill(d.pid(), SIGSTOP), 0);
+  ASSERT_TRUE(stopped(d.pid()));
+  for (uint32_t i = 301; i <= 316; ++i) {
+    fill(mem, kSize, i);
+    const auto t0 = std::chrono::steady_clock::now();
+    ASSERT_EQ(baton_commit(s, &g), 0) << baton_last_error();
+    EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::milliseconds(100)) << "a post waited for batond";
+    ASSERT_EQ(g, i);
+    std::memset(mem, 0xEE, kSize);
+  }
+  fill(mem, kSize, 317);
+  EXPECT_EQ(baton_commit(s, &g), BATON_EUNAVAIL) << "the log is full";
+  EXPECT_NE(std::string(baton_last_error()).find("not posted"), std::string::npos) << baton_last_error();
+  EXPECT_EQ(g, 316u);
+  ASSERT_EQ(kill(d.pid(), SIGCONT), 0);
+  ASSERT_EQ(baton_wait(s, 316, 0, 5000), 0) << baton_last_error();
+  fill(mem, kSize, 317);
+  ASSERT_EQ(baton_commit(s, &g), 0) << baton_last_error();
+  EXPECT_EQ(g, 317u) << "the commit that was not posted took a generation";
+  std::memset(mem, 0xEE, kSize);
+  baton_stop(b);  // closing waits until batond took what was posted
+
+  b = connect_to(d);
+  uint64_t restored = 0;
+  ASSERT_EQ(baton::test::open_when_free(b, "posted", kSize, &s, nullptr, &restored), 0) << baton_last_error();
+  EXPECT_EQ(restored, 317u);
+  std::vector<unsigned char> want(kSize);
+  fill(want.data(), kSize, 317);
+  EXPECT_EQ(std::memcmp(baton_segment_data(s), want.data(), kSize), 0) << "generation 317 is not its commit's memory";
+  baton_stop(b);
+}
+
+// A posted commit is a commit: an application that exits (or dies) right
+// after it, before batond took it, still leaves that generation behind
+// (the session's release takes what its commit thread has not). The child
+// opens with batond running, posts while batond is stopped and exits; on
+// SIGCONT batond's session and commit threads race for the posts.
+TEST(Daemon, APostedCommitOutlivesItsApplication) {
+  TempDir dir;
+  Batond d(1, dir.path);
+  constexpr size_t kSize = 4096;
+  for (int round = 0; round < 5; ++round) {
+    SCOPED_TRACE(round);
+    int go[2], ready[2];
+    ASSERT_EQ(pipe(go), 0);
+    ASSERT_EQ(pipe(ready), 0);
+    const std::string name = "leaver" + std::to_string(round);
+    const pid_t child = fork();
+    if (child == 0) {
+      baton_t* b = nullptr;
+      baton_segment_t* s = nullptr;
+      if (baton_connect(d.socket().c_str(), &b) != 0 || baton_open(b, name.c_str(), kSize, &s, nullptr, nullptr) != 0)
+        _exit(2);
+      char c = 0;
+      if (write(ready[1], &c, 1) != 1 || read(go[0], &c, 1) != 1) _exit(4);
+      uint64_t g = 0;
+      for (uint32_t i = 1; i <= 5; ++i) {
+        fill(baton_segment_data(s), kSize, 100 + i);
+        if (baton_commit(s, &g) != 0 || g != i) _exit(3);
+      }
+      _exit(0);  // no wait, no close
+    }
+    char c = 0;
+    ASSERT_EQ(read(ready[0], &c, 1), 1);
+    ASSERT_EQ(kill(d.pid(), SIGSTOP), 0);
+    ASSERT_TRUE(stopped(d.pid()));
+    ASSERT_EQ(write(go[1], &c, 1), 1);
+    int status = 0;
+    ASSERT_EQ(waitpid(child, &status, 0), child);
+    ASSERT_EQ(kill(d.pid(), SIGCONT), 0);
+    for (int fd : {go[0], go[1], ready[0], ready[1]}) close(fd);
+    ASSERT_TRUE(WIFEXITED(status));
+    ASSERT_EQ(WEXITSTATUS(status), 0);
+    baton_t* b = connect_to(d);
+    baton_segment_t* s = nullptr;
+    uint64_t restored = 0;
+    ASSERT_EQ(baton::test::open_when_free(b, name.c_str(), kSize, &s, nullptr, &restored), 0) << baton_last_error();
+    EXPECT_EQ(restored, 5u);
+    std::vector<unsigned char> want(kSize);
+    fill(want.data(), kSize, 105);
+    EXPECT_EQ(std::memcmp(baton_segment_data(s), want.data(), kSize), 0);
+    baton_stop(b);
+  }
+}
+
+// A segment too large for one slot's 64 KiB posts what fits (a few
+// written pages) and waits for batond when all of it changed; both
+// kinds interleave, and every restore is exactly the last commit.
+TEST(Daemon, PostedAndWaitingCommitsInterleaveExactly) {
+  TempDir dir;
+  Batond d(1, dir.path);
+  baton_t* b = connect_to(d);
+  ASSERT_NE(b, nullptr);
+  constexpr size_t kSize = 512 * 1024;
+  baton_segment_t* s = nullptr;
+  ASSERT_EQ(baton_open(b, "mixed", kSize, &s, nullptr, nullptr), 0) << baton_last_error();
+  auto* mem = static_cast<unsigned char*>(baton_segment_data(s));
+  std::vector<unsigned char> want(kSize);
+  std::mt19937 rng(11);
+  uint64_t g = 0;
+  const uint64_t posted0 = counter(d, "posted_commits");
+  for (uint32_t i = 1; i <= 120; ++i) {
+    if (i % 30 == 0) {
+      fill(want.data(), kSize, i);  // everything: a waiting commit
+      std::memcpy(mem, want.data(), kSize);
+    } else {
+      for (int k = 0; k < 3; ++k) {  // a few pages: posted
+        const size_t off = rng() % (kSize - 100);
+        for (size_t j = 0; j < 100; ++j) mem[off + j] = want[off + j] = static_cast<unsigned char>(rng());
+      }
+    }
+    ASSERT_EQ(baton_commit(s, &g), 0) << baton_last_error();
+    ASSERT_EQ(g, i);
+  }
+  if (std::getenv("BATONCTL") != nullptr) {
+    const uint64_t posted = counter(d, "posted_commits") - posted0;
+    // (After a whole rewrite the write tracker rests for 8 commits, which
+    // then count as "everything": WriteWatch::kRest.)
+    EXPECT_GE(posted, 60u) << "the small commits were not posted";
+    EXPECT_LT(posted, 120u) << "the whole-segment commits cannot fit a slot";
+  }
+  baton_stop(b);
+  b = connect_to(d);
+  uint64_t restored = 0;
+  ASSERT_EQ(baton::test::open_when_free(b, "mixed", kSize, &s, nullptr, &restored), 0) << baton_last_error();
+  EXPECT_EQ(restored, 120u);
+  EXPECT_EQ(std::memcmp(baton_segment_data(s), want.data(), kSize), 0);
   baton_stop(b);
 }
 

@@ -15,6 +15,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstring>
@@ -120,6 +121,7 @@ void expect_serves(const Batond& d, const std::string& name) {
   uint64_t g = 0;
   EXPECT_EQ(baton_commit(s, &g), 0) << baton_last_error();
   EXPECT_GE(g, 1u);
+  EXPECT_EQ(baton_wait(s, g, 0, 5000), 0) << baton_last_error();  // (a posted commit: taken)
   baton_stop(b);
 }
 
@@ -294,6 +296,94 @@ TEST(Hostile, LyingAboutWhatWasWrittenFailsOnlyThatCommit) {
   for (int fd : fds) close(fd);
   EXPECT_TRUE(alive(d));
   expect_serves(d, "bystander");
+}
+
+// Posted commits (CommitLog): the slots are the client's memory, and batond
+// copies everything out and checks it before it uses any of it. Ranges
+// past the segment, more ranges or bytes than a slot holds, bytes that do
+// not add up, a generation that does not follow, a head moved far past
+// the tail: each refuses that slot alone (counted in `failures`, the
+// generation batond has in `committed`); after a refused commit that had
+// already changed batond's copy, only a post of the whole segment is taken.
+TEST(Hostile, LiesInPostedCommitsRefuseOnlyThoseCommits) {
+  using baton::ipc::kLogSlots;
+  TempDir dir;
+  Batond d(1, dir.path);
+  Raw evil(d.socket());
+  std::vector<int> fds;
+  constexpr uint64_t kSize = 64 * 1024;
+  Reply rep = evil.call(request(Op::kOpen, "poster", kSize), &fds);
+  ASSERT_EQ(rep.status, 0) << rep.message;
+  ASSERT_EQ(fds.size(), 3u);
+  auto* ch = static_cast<CommitChannel*>(
+      mmap(nullptr, sizeof(CommitChannel), PROT_READ | PROT_WRITE, MAP_SHARED, fds[1], 0));
+  ASSERT_NE(ch, MAP_FAILED);
+  auto& log = ch->log;
+  const uint64_t one = 1;
+  // Posts one slot (or moves the head by `advance`) and waits for batond
+  // to take it; returns whether it was refused.
+  auto post = [&](uint64_t gen, std::vector<std::pair<uint64_t, uint64_t>> ranges, uint32_t bytes,
+                  uint32_t advance = 1) {
+    const uint32_t head = log.head.load();
+    auto& slot = log.slots[head % kLogSlots];
+    slot.generation.store(gen);
+    slot.count.store(static_cast<uint32_t>(ranges.size()));
+    for (size_t i = 0; i < ranges.size() && i < baton::ipc::kLogRanges; ++i) {
+      slot.ranges[2 * i].store(ranges[i].first);
+      slot.ranges[2 * i + 1].store(ranges[i].second);
+    }
+    slot.bytes.store(bytes);
+    std::memset(slot.data, static_cast<int>(gen), std::min<uint64_t>(bytes, baton::ipc::kLogSlotBytes));
+    const uint32_t failures = log.failures.load();
+    log.head.store(head + advance);
+    EXPECT_EQ(write(fds[2], &one, sizeof one), static_cast<ssize_t>(sizeof one));
+    for (int i = 0; i < 3000 && log.tail.load() != head + advance; ++i) usleep(1000);
+    EXPECT_EQ(log.tail.load(), head + advance) << "batond did not take the post";
+    return log.failures.load() != failures;
+  };
+  EXPECT_FALSE(post(1, {{0, 4096}}, 4096)) << "a good post";
+  EXPECT_EQ(log.committed.load(), 1u);
+  EXPECT_TRUE(post(2, {{kSize - 1, 2}}, 2)) << "a range past the end";
+  EXPECT_TRUE(post(2, {{UINT64_MAX, 2}}, 2)) << "a range that wraps";
+  EXPECT_TRUE(post(2, {{0, 4096}}, 4000)) << "ranges longer than the bytes";
+  EXPECT_TRUE(post(2, {{0, 4096}}, 8192)) << "bytes beyond the ranges";
+  EXPECT_TRUE(post(2, std::vector<std::pair<uint64_t, uint64_t>>(baton::ipc::kLogRanges + 1, {0, 1}),
+                   baton::ipc::kLogRanges + 1))
+      << "more ranges than a slot holds";
+  EXPECT_TRUE(post(2, {{0, kSize}}, UINT32_MAX)) << "more bytes than a slot holds";
+  EXPECT_TRUE(post(2, {{0, 4096}}, 4096, 1000)) << "a head far past the tail";
+  EXPECT_EQ(log.committed.load(), 1u) << "a refused post became a generation";
+  EXPECT_FALSE(post(2, {{4096, 4096}}, 4096)) << "a good post after all that";
+  EXPECT_TRUE(post(7, {{0, 4096}}, 4096)) << "a generation that does not follow";
+  EXPECT_TRUE(post(3, {{0, 4096}}, 4096)) << "batond's copy took the refused bytes: only all of it now";
+  EXPECT_FALSE(post(3, {{0, kSize}}, kSize)) << "the whole segment";
+  EXPECT_EQ(log.committed.load(), 3u);
+  // Garbage in every field of the log, while batond takes it.
+  std::mt19937 rng(5);
+  auto* words = reinterpret_cast<uint32_t*>(&log);
+  for (int i = 0; i < 20000; ++i) {
+    words[rng() % (sizeof log / 4)] = rng();
+    if (i % 16 == 0) (void)!write(fds[2], &one, sizeof one);
+  }
+  munmap(ch, sizeof(CommitChannel));
+  for (int fd : fds) close(fd);
+  close(evil.fd);
+  evil.fd = -1;
+  EXPECT_TRUE(alive(d));
+  expect_serves(d, "bystander");
+  // The next, honest application gets generation 3 back, exactly (its
+  // first 4 KiB from post 2, the rest from the whole post 3 ... all 3s).
+  baton_t* b = nullptr;
+  ASSERT_EQ(baton_connect(d.socket().c_str(), &b), 0) << baton_last_error();
+  baton_segment_t* seg = nullptr;
+  uint64_t restored = 0;
+  ASSERT_EQ(baton::test::open_when_free(b, "poster", kSize, &seg, nullptr, &restored), 0) << baton_last_error();
+  EXPECT_GE(restored, 3u);
+  if (restored == 3) {
+    const auto* mem = static_cast<const unsigned char*>(baton_segment_data(seg));
+    EXPECT_EQ(std::count(mem, mem + kSize, 3), static_cast<long>(kSize));
+  }
+  baton_stop(b);
 }
 
 TEST(Hostile, AWaitDelaysNoOtherApplicationAndEndsWhenItsClientLeaves) {
