@@ -365,15 +365,22 @@ bool wait_tail(ClientSegment& s, uint32_t target, uint64_t timeout_ns, int socke
   CommitLog& log = s.channel->log;
   auto reached = [&] { return static_cast<int32_t>(log.tail.load(std::memory_order_acquire) - target) >= 0; };
   if (reached()) return true;
+  // batond is behind: ring it if it sleeps, and then sleep at once (as a
+  // waiting commit does); else spin only briefly, since a commit thread
+  // that is behind while awake has usually lost its vCPU, and spinning
+  // here would keep it off this one.
+  bool rang = false;
   if (s.channel->daemon_sleeping.load()) {
     const uint64_t one = 1;
     (void)!write(s.event_fd, &one, sizeof one);
+    rang = true;
   }
+  constexpr uint64_t kBehindSpinNs = 20'000;
   const uint64_t start = now_ns();
   while (!reached()) {
     const uint64_t waited = now_ns() - start;
     if (waited > timeout_ns || (waited > 10'000'000 && daemon_gone(socket_fd))) return false;
-    if (waited < kSpinNs) {
+    if (!rang && waited < kBehindSpinNs) {
       _mm_pause();
       continue;
     }
@@ -412,7 +419,9 @@ Result<uint64_t> post_log(ClientSegment& s, std::span<const std::pair<uint64_t, 
   slot.count.store(static_cast<uint32_t>(ranges.size()), std::memory_order_relaxed);
   slot.bytes.store(static_cast<uint32_t>(at), std::memory_order_relaxed);
   log.head.store(++s.log_head);  // seq_cst: publishes the slot; pairs with daemon_sleeping
-  if (s.channel->daemon_sleeping.load()) {
+  // A napping commit thread takes it within kNapNs without a doorbell: no
+  // system call, and no wake-up that could run batond on this vCPU.
+  if (s.channel->daemon_sleeping.load() == kAsleep) {
     const uint64_t one = 1;
     (void)!write(s.event_fd, &one, sizeof one);
   }

@@ -50,7 +50,7 @@ void Server::attach(Segment& seg, bool posts) {
     if (auto st = engine_.status(seg.handle)) log.committed.store(st->generation);
     // The commit thread may be asleep: until it has looked at this channel,
     // the application rings the doorbell.
-    seg.channel->daemon_sleeping.store(1);
+    seg.channel->daemon_sleeping.store(kAsleep);
     lane.active.push_back(&seg);
   }
   const uint64_t one = 1;
@@ -139,20 +139,20 @@ void Server::take_log(CommitLane& lane, Segment& seg, uint32_t head) {
     syscall(SYS_futex, reinterpret_cast<uint32_t*>(&log.tail), FUTEX_WAKE, INT32_MAX, nullptr, nullptr, 0);
 }
 
-bool Server::poll_commits(CommitLane& lane) {
-  bool busy = false;
+Server::Polled Server::poll_commits(CommitLane& lane) {
+  Polled busy = Polled::kNothing;
   std::lock_guard lock(lane.mu);
   for (Segment* seg : lane.active) {
     CommitChannel& ch = *seg->channel;
     // Posted commits first: a waiting commit comes after the ones its
     // application posted before it.
     if (const uint32_t head = ch.log.head.load(); head != seg->log_tail) {
-      busy = true;
+      busy = std::max(busy, Polled::kPosts);
       take_log(lane, *seg, head);
     }
     const uint32_t req = ch.request.load();  // seq_cst: pairs with the daemon_sleeping handshake
     if (req == seg->seen) continue;
-    busy = true;
+    busy = Polled::kRequests;
     seg->seen = req;
     // Taken, unless the application stopped waiting for it first (or wrote
     // something else there: then only its own commit is lost).
@@ -212,26 +212,39 @@ void Server::commit_loop(CommitLane& lane, const char* thread_name) {
     std::lock_guard lock(lane.mu);
     for (Segment* seg : lane.active) seg->channel->daemon_sleeping.store(v);
   };
+  // After posted commits only, nobody waits for an answer: spin briefly
+  // (more may follow at once) and then sleep. A long spin here mostly kept
+  // the application that rang the doorbell off its own vCPU, where the
+  // kernel had run this thread: its commit call's p99 was the spin.
+  const uint64_t posts_spin_ns = std::min<uint64_t>(spin_ns, kPostsSpinNs);
+  uint64_t window = spin_ns;
+  uint64_t posts_at = 0;  // when posted commits last came
   while (!stopping_.load(std::memory_order_relaxed)) {
-    if (poll_commits(lane)) {
+    if (const Polled polled = poll_commits(lane); polled != Polled::kNothing) {
       idle_since = now_ns();
+      if (polled == Polled::kPosts) posts_at = idle_since;
+      window = polled == Polled::kRequests || spin_ns == uint64_t{UINT32_MAX} * 1000 ? spin_ns : posts_spin_ns;
       continue;
     }
-    if (now_ns() - idle_since < spin_ns) {
+    const uint64_t now = now_ns();
+    if (now - idle_since < window) {
       _mm_pause();
       continue;
     }
-    // Sleep, telling every application to ring the doorbell; a commit
-    // posted before an application saw the flag is taken first.
-    set_sleeping(1);
-    if (!poll_commits(lane)) {
+    // Sleep, telling every application to ring the doorbell (a commit
+    // posted before an application saw the flag is taken first). While
+    // applications post, only nap: they then post without a doorbell.
+    const bool nap = now - posts_at < kNapWindowNs;
+    set_sleeping(nap ? kNapping : kAsleep);
+    if (poll_commits(lane) == Polled::kNothing) {
       pollfd p{lane.event_fd, POLLIN, 0};
-      if (poll(&p, 1, 100) == 1) {
+      const timespec timeout{0, static_cast<long>(nap ? kNapNs : 100'000'000)};
+      if (ppoll(&p, 1, &timeout, nullptr) == 1) {
         uint64_t v;
         (void)!read(lane.event_fd, &v, sizeof v);
       }
     }
-    set_sleeping(0);
+    set_sleeping(kAwake);
     idle_since = now_ns();
   }
 }

@@ -100,6 +100,11 @@ inline constexpr uint32_t kWrittenAll = UINT32_MAX;
 /// CommitChannel::claim.
 inline constexpr uint32_t kPosted = 0, kTaken = 1, kWithdrawn = 2;
 
+/// CommitChannel::daemon_sleeping.
+inline constexpr uint32_t kAwake = 0, kAsleep = 1, kNapping = 2;
+/// How soon a napping commit thread looks at its channels again.
+inline constexpr uint64_t kNapNs = 500'000;
+
 /// Posted commits: slots in the log, ranges and bytes one slot holds, and
 /// the largest segment that posts (batond keeps a shadow copy of each).
 inline constexpr uint32_t kLogSlots = 16;
@@ -142,7 +147,10 @@ struct alignas(64) CommitChannel {
   std::atomic<int32_t> status{0};             ///< of the last commit
   std::atomic<uint64_t> generation{0};        ///< of the last commit
   std::atomic<uint32_t> app_sleeping{0};      ///< the application sleeps on `done`
-  std::atomic<uint32_t> daemon_sleeping{0};   ///< the commit thread sleeps: ring the eventfd
+  /// The commit thread sleeps: ring the eventfd (kAsleep); or it naps and
+  /// looks again within kNapNs (kNapping): ring it for a waiting commit or
+  /// a drain, not for a post.
+  std::atomic<uint32_t> daemon_sleeping{0};
   /// What the application wrote since its previous commit: `written_count`
   /// (offset, length) pairs in `written`, or kWrittenAll. Stored before
   /// `request` is bumped (which publishes them); the daemon copies them

@@ -149,7 +149,18 @@ class Server {
   static constexpr uint64_t kLargeSegment = 1 << 20;
   static constexpr int kLargeLaneNice = 10;  ///< the large lane's thread runs at this nice value
   void commit_loop(CommitLane& lane, const char* thread_name);
-  bool poll_commits(CommitLane& lane);
+  /// What one look at every channel of a lane found: nothing, posted
+  /// commits only, or a waiting commit (whose application spins or sleeps
+  /// for the answer).
+  enum class Polled : uint8_t { kNothing, kPosts, kRequests };
+  Polled poll_commits(CommitLane& lane);
+  /// How long a lane spins after taking only posted commits (idle =
+  /// "spin" spins on regardless).
+  static constexpr uint64_t kPostsSpinNs = 10'000;
+  /// A lane that took posted commits this recently naps (kNapping: looks
+  /// again within kNapNs, no doorbell needed for a post) instead of
+  /// sleeping until a doorbell.
+  static constexpr uint64_t kNapWindowNs = 50'000'000;
   /// Applies the posted commits of `seg` up to `head` (CommitLog).
   void take_log(CommitLane& lane, Segment& seg, uint32_t head);
   CommitLane& lane_of(const Segment& seg);
