@@ -211,7 +211,12 @@ Result<void> Engine::wait_replicated(Segment* segment, uint64_t generation, uint
     if (k != kDurable && k > s->replicas.size())
       return fail(Errc::kInvalidArgument, "asked for ", std::to_string(k), " replicas; the segment has ",
                   std::to_string(s->replicas.size()));
-    if (generation > s->committed.load()) return fail(Errc::kInvalidArgument, "generation not committed yet");
+    if (generation > s->committed.load()) {
+      // A fenced owner's application may wait on a generation it posted
+      // and batond refused: what it needs to hear is why.
+      if (s->fenced.load()) return fail(Errc::kFenced, "segment ", s->name, " moved to a newer owner");
+      return fail(Errc::kInvalidArgument, "generation not committed yet");
+    }
     seg = s;
     return {};
   });

@@ -459,9 +459,11 @@ Result<void> Client::drain_posts(ClientSegment& s, uint64_t timeout_ns) {
   if (!s.posts) return {};
   CommitLog& log = s.channel->log;
   if (timeout_ns == 0) timeout_ns = commit_timeout_ns_;
-  if (!wait_tail(s, s.log_head, timeout_ns, fd_))
+  if (!wait_tail(s, s.log_head, timeout_ns, fd_)) {
+    if (daemon_gone(fd_)) return fail(Errc::kUnavailable, "batond went away before it took this segment's posted commits");
     return fail(Errc::kTimeout, "batond did not take this segment's posted commits in ",
                 std::to_string(timeout_ns / 1'000'000), " ms");
+  }
   const uint32_t failures = log.failures.load(std::memory_order_relaxed);
   if (failures == s.failures_seen) return {};
   // Refused: count from batond's generation again, and send everything
@@ -470,9 +472,10 @@ Result<void> Client::drain_posts(ClientSegment& s, uint64_t timeout_ns) {
   s.last_generation = log.committed.load(std::memory_order_relaxed);
   s.resend_all = true;
   const int32_t status = log.status.load(std::memory_order_relaxed);
-  s.fenced |= status == -static_cast<int32_t>(Errc::kFenced);
+  s.fenced |= status == -static_cast<int32_t>(Errc::kFenced) || log.fenced.load(std::memory_order_relaxed) != 0;
   const uint64_t generation = log.failed_generation.load(std::memory_order_relaxed);
-  return tl::unexpected(Error{status < 0 ? static_cast<Errc>(-status) : Errc::kInternal,
+  const Errc code = s.fenced ? Errc::kFenced : status < 0 ? static_cast<Errc>(-status) : Errc::kInternal;
+  return tl::unexpected(Error{code,
                               "batond refused the posted commit of generation " + std::to_string(generation) +
                                   " (it and the commits posted after it are no generation; the last is " +
                                   std::to_string(s.last_generation) + ")"});

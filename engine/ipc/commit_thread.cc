@@ -42,6 +42,7 @@ void Server::attach(Segment& seg, bool posts) {
     log.tail.store(seg.log_tail);
     seg.shadow.clear();
     seg.shadow_stale = false;
+    seg.refusing = false;
     if (posts && seg.size <= kLogMaxSegment) {
       const std::span<std::byte> mem = engine_.data(seg.handle);
       seg.shadow.assign(mem.begin(), mem.begin() + std::min<uint64_t>(mem.size(), seg.size));
@@ -66,13 +67,20 @@ void Server::detach(Segment& seg) {
   // even when it exits (or dies) without waiting for it.
   if (const uint32_t head = seg.channel->log.head.load(); head != seg.log_tail) take_log(lane, seg, head);
   lane.active.erase(std::remove(lane.active.begin(), lane.active.end(), &seg), lane.active.end());
+  std::vector<std::byte>().swap(seg.shadow);  // the next holder's attach makes its own
 }
 
 void Server::take_log(CommitLane& lane, Segment& seg, uint32_t head) {
   CommitLog& log = seg.channel->log;
   auto refuse = [&](uint64_t generation, Errc code, const char* why) {
-    log.status.store(-static_cast<int32_t>(code), std::memory_order_relaxed);
-    log.failed_generation.store(generation, std::memory_order_relaxed);
+    // The first refusal of a run is the one to report: the ones after it
+    // follow from it (a generation that no longer follows, a stale shadow).
+    if (!seg.refusing) {
+      log.status.store(-static_cast<int32_t>(code), std::memory_order_relaxed);
+      log.failed_generation.store(generation, std::memory_order_relaxed);
+    }
+    seg.refusing = true;
+    if (code == Errc::kFenced) log.fenced.store(1, std::memory_order_relaxed);
     log.failures.fetch_add(1, std::memory_order_relaxed);  // published by the tail's store
     ++counters_.refused_posts;
     BT_DEBUG("segment %s: posted commit of generation %llu refused: %s", seg.name.c_str(),
@@ -131,10 +139,11 @@ void Server::take_log(CommitLane& lane, Segment& seg, uint32_t head) {
       continue;
     }
     log.committed.store(*g, std::memory_order_relaxed);
+    seg.refusing = false;
     ++counters_.commits;
     ++counters_.posted_commits;
   }
-  log.tail.store(head, std::memory_order_release);
+  log.tail.store(head);  // seq_cst: publishes the slots' outcome; pairs with app_sleeping
   if (log.app_sleeping.load())
     syscall(SYS_futex, reinterpret_cast<uint32_t*>(&log.tail), FUTEX_WAKE, INT32_MAX, nullptr, nullptr, 0);
 }
@@ -192,11 +201,12 @@ Server::Polled Server::poll_commits(CommitLane& lane) {
         }
         seg->shadow_stale = false;
       }
+      if (g) seg->refusing = false;
     }
     ch.status.store(g ? 0 : -static_cast<int32_t>(g.error().code), std::memory_order_relaxed);
     if (g) ch.generation.store(*g, std::memory_order_relaxed);
     if (g) ch.log.committed.store(*g, std::memory_order_relaxed);
-    ch.done.store(req, std::memory_order_release);
+    ch.done.store(req);  // seq_cst: pairs with the application's app_sleeping store
     if (ch.app_sleeping.load())  // shared memory between processes: not a private futex
       syscall(SYS_futex, reinterpret_cast<uint32_t*>(&ch.done), FUTEX_WAKE, INT32_MAX, nullptr, nullptr, 0);
     ++counters_.commits;

@@ -134,9 +134,12 @@ struct alignas(64) CommitLog {
   alignas(64) std::atomic<uint32_t> tail{0};
   std::atomic<uint32_t> app_sleeping{0};  ///< the application sleeps on `tail`
   std::atomic<uint32_t> failures{0};      ///< slots batond refused, ever (set before `tail` passes them)
-  std::atomic<int32_t> status{0};         ///< the last refusal's negative BATON_E* code
-  std::atomic<uint64_t> failed_generation{0};  ///< the generation the last refused slot claimed
+  std::atomic<int32_t> status{0};         ///< a refusal's negative BATON_E* code
+  std::atomic<uint64_t> failed_generation{0};  ///< the generation the refused slot claimed
   std::atomic<uint64_t> committed{0};     ///< the segment's last committed generation, as of `tail`
+  std::atomic<uint32_t> fenced{0};        ///< a post was refused as fenced: every later one will be
+  /// `status` and `failed_generation` are those of the first refusal of a
+  /// run of them (the later ones follow from it).
   LogSlot slots[kLogSlots];
 };
 

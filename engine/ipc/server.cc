@@ -259,13 +259,19 @@ void Server::answer_once(int fd, const char* request, size_t n) {
 
 void Server::release(Session& s) {
   // The application is gone (exit, crash, disconnect): its segments stay
-  // here with their replicas (S3) and can be opened again.
-  std::lock_guard lock(registry_mu_);
-  for (auto& [name, seg] : segments_) {
-    if (seg->holder != &s) continue;
-    if (seg->handle != nullptr) detach(*seg);
-    seg->holder = nullptr;
+  // here with their replicas (S3) and can be opened again. Detaching takes
+  // what it posted (engine commits): outside the registry, the segments
+  // still held meanwhile, so that nobody opens, closes or deletes them.
+  std::vector<Segment*> held;
+  {
+    std::lock_guard lock(registry_mu_);
+    for (auto& [name, seg] : segments_)
+      if (seg->holder == &s && seg->handle != nullptr) held.push_back(seg.get());
   }
+  for (Segment* seg : held) detach(*seg);
+  std::lock_guard lock(registry_mu_);
+  for (auto& [name, seg] : segments_)
+    if (seg->holder == &s) seg->holder = nullptr;
   s.held = 0;
   s.held_bytes = 0;
   registry_cv_.notify_all();
@@ -414,15 +420,6 @@ Reply Server::open_segment(Session& s, const Request& r, std::vector<int>& fds) 
     fresh->name = name;
     fresh->holder = &s;
     fresh->id = next_handle_++;
-    // Faulted in as used: most of it is the log's slots, of which a small
-    // segment's posts touch a page or two each.
-    auto mem = LocalStorage::create(name + "@channel", sizeof(CommitChannel), -1, LocalStorage::Pages::kSmall,
-                                    LocalStorage::Populate::kLater);
-    if (!mem) return reply_error(mem.error());
-    fresh->channel_mem = std::move(*mem);
-    // Default-initialised: the memfd is zeros already, and the log slots'
-    // bytes are left untouched (not faulted in).
-    fresh->channel = new (fresh->channel_mem.data()) CommitChannel;
     segments_.emplace(name, std::move(fresh));
     lock.unlock();
     Result<OpenResult> opened = fail(Errc::kInternal, "");
@@ -462,6 +459,22 @@ Reply Server::open_segment(Session& s, const Request& r, std::vector<int>& fds) 
     rep.size = seg.size;
     return rep;
   }
+  // A commit channel of its own for each application that holds the
+  // segment: one that held it before and kept its mapping of the old
+  // channel can post or request nothing in the new holder's name.
+  // Faulted in as used: most of it is the log's slots, of which a small
+  // segment's posts touch a page or two each.
+  auto channel = LocalStorage::create(name + "@channel", sizeof(CommitChannel), -1, LocalStorage::Pages::kSmall,
+                                      LocalStorage::Populate::kLater);
+  if (!channel) {
+    seg.holder = nullptr;
+    registry_cv_.notify_all();
+    return reply_error(channel.error());
+  }
+  seg.channel_mem = std::move(*channel);
+  // Default-initialised: the memfd is zeros already, and the log slots'
+  // bytes are left untouched (not faulted in).
+  seg.channel = new (seg.channel_mem.data()) CommitChannel;
   seg.holder = &s;
   ++s.held;
   s.held_bytes += seg.size;
@@ -517,21 +530,28 @@ Reply Server::wait(Session& s, const Request& r) {
 
 Reply Server::close_segment(Session& s, const Request& r) {
   std::unique_ptr<Segment> gone;
+  Segment* closing = nullptr;
   {
     std::lock_guard lock(registry_mu_);
-    for (auto it = segments_.begin(); it != segments_.end(); ++it) {
-      Segment& seg = *it->second;
-      if (seg.id != r.handle || seg.handle == nullptr) continue;
-      if (seg.holder != &s) return reply_error(BATON_EINVAL, "segment not held by this application");
-      detach(seg);
-      --s.held;
-      s.held_bytes -= seg.size;
-      gone = std::move(it->second);
-      segments_.erase(it);
+    for (auto& [name, seg] : segments_) {
+      if (seg->id != r.handle || seg->handle == nullptr) continue;
+      if (seg->holder != &s) return reply_error(BATON_EINVAL, "segment not held by this application");
+      closing = seg.get();
       break;
     }
   }
-  if (!gone) return reply_error(BATON_EINVAL, "unknown segment handle");
+  if (closing == nullptr) return reply_error(BATON_EINVAL, "unknown segment handle");
+  // Outside the registry (it takes what was posted: engine commits); the
+  // segment stays held meanwhile, so nobody else touches it.
+  detach(*closing);
+  {
+    std::lock_guard lock(registry_mu_);
+    auto it = segments_.find(closing->name);
+    --s.held;
+    s.held_bytes -= closing->size;
+    gone = std::move(it->second);
+    segments_.erase(it);
+  }
   auto ok = engine_.close(gone->handle);
   if (!ok) return reply_error(ok.error());
   Reply rep{};

@@ -21,7 +21,9 @@
 // the sessions under registry_mu_; a commit thread's list of channels is
 // changed by the sessions under its lane's mutex. Lock order: registry_mu_,
 // then a lane's mutex, then the engine's locks. Opens, loads, reopens,
-// closes and waits run with registry_mu_ released; only the engine's quick
+// closes, waits and a departing application's release (which takes the
+// commits it posted) run with registry_mu_ released, the segments they
+// concern held meanwhile; only the engine's quick
 // lookups of one handle (status, data, memory_fd) are made under it, and
 // those take only the engine's table lock, never one held for a network
 // round (docs/architecture.md).

@@ -36,6 +36,9 @@ struct Server::Segment {
   uint32_t log_tail = 0;
   std::vector<std::byte> shadow;
   bool shadow_stale = false;
+  /// A post was refused and none taken since: later refusals keep the
+  /// first one's status in the log (it is the cause).
+  bool refusing = false;
 };
 
 struct Server::Session {

@@ -691,7 +691,9 @@ TEST(Daemon, PostedCommitsAreTheMemoryAtTheirCommitInOrder) {
     std::memset(mem, 0xEE, kSize);  // at once: no part of generation i
   }
   ASSERT_EQ(baton_wait(s, g, 0, 5000), 0) << baton_last_error();
-  if (std::getenv("BATONCTL") != nullptr) EXPECT_GE(counter(d, "posted_commits") - before, 300u);
+  if (std::getenv("BATONCTL") != nullptr) {
+    EXPECT_GE(counter(d, "posted_commits") - before, 300u);
+  }
 
   ASSERT_EQ(kill(d.pid(), SIGSTOP), 0);
   ASSERT_TRUE(stopped(d.pid()));

@@ -386,6 +386,72 @@ TEST(Hostile, LiesInPostedCommitsRefuseOnlyThoseCommits) {
   baton_stop(b);
 }
 
+// An application that held a segment and left keeps its mappings: its old
+// commit channel is no longer the one batond reads, so what it posts or
+// requests there after the next application opened the name never becomes
+// a generation of that application's.
+TEST(Hostile, AFormerHolderCannotCommitInTheNewHoldersName) {
+  using baton::ipc::kLogSlots;
+  TempDir dir;
+  Batond d(1, dir.path);
+  constexpr uint64_t kSize = 4096;
+  CommitChannel* old = nullptr;
+  int doorbell = -1;
+  {
+    Raw first(d.socket());
+    std::vector<int> fds;
+    Reply rep = first.call(request(Op::kOpen, "handed", kSize), &fds);
+    ASSERT_EQ(rep.status, 0) << rep.message;
+    ASSERT_EQ(fds.size(), 3u);
+    old = static_cast<CommitChannel*>(
+        mmap(nullptr, sizeof(CommitChannel), PROT_READ | PROT_WRITE, MAP_SHARED, fds[1], 0));
+    ASSERT_NE(old, MAP_FAILED);
+    doorbell = fds[2];
+    close(fds[0]);
+    close(fds[1]);
+  }  // the first application leaves (its connection closes), keeping the mapping
+  baton_t* b = nullptr;
+  ASSERT_EQ(baton_connect(d.socket().c_str(), &b), 0) << baton_last_error();
+  baton_segment_t* seg = nullptr;
+  ASSERT_EQ(baton::test::open_when_free(b, "handed", kSize, &seg, nullptr, nullptr), 0) << baton_last_error();
+  auto* mem = static_cast<unsigned char*>(baton_segment_data(seg));
+  std::memset(mem, 0x11, kSize);
+  uint64_t g = 0;
+  ASSERT_EQ(baton_commit(seg, &g), 0) << baton_last_error();
+  ASSERT_EQ(baton_wait(seg, g, 0, 5000), 0) << baton_last_error();
+  // The former holder posts the next generation, and requests a commit.
+  auto& log = old->log;
+  auto& slot = log.slots[log.head.load() % kLogSlots];
+  slot.generation.store(g + 1);
+  slot.count.store(1);
+  slot.ranges[0].store(0);
+  slot.ranges[1].store(kSize);
+  slot.bytes.store(kSize);
+  std::memset(slot.data, 0x66, kSize);
+  log.head.fetch_add(1);
+  old->claim.store(baton::ipc::kPosted);
+  old->written_count.store(baton::ipc::kWrittenAll);
+  old->request.fetch_add(1);
+  const uint64_t one = 1;
+  (void)!write(doorbell, &one, sizeof one);
+  usleep(100'000);
+  // The new holder's next commit is the next generation, and its bytes.
+  std::memset(mem, 0x22, kSize);
+  ASSERT_EQ(baton_commit(seg, &g), 0) << baton_last_error();
+  EXPECT_EQ(baton_wait(seg, g, 0, 5000), 0) << baton_last_error();
+  baton_stop(b);
+  ASSERT_EQ(baton_connect(d.socket().c_str(), &b), 0) << baton_last_error();
+  uint64_t restored = 0;
+  ASSERT_EQ(baton::test::open_when_free(b, "handed", kSize, &seg, nullptr, &restored), 0) << baton_last_error();
+  EXPECT_EQ(restored, g);
+  const auto* back = static_cast<const unsigned char*>(baton_segment_data(seg));
+  EXPECT_EQ(std::count(back, back + kSize, 0x22), static_cast<long>(kSize)) << "the former holder's bytes came back";
+  baton_stop(b);
+  munmap(old, sizeof(CommitChannel));
+  close(doorbell);
+  EXPECT_TRUE(alive(d));
+}
+
 TEST(Hostile, AWaitDelaysNoOtherApplicationAndEndsWhenItsClientLeaves) {
   TempDir dir;
   Batond d(1, dir.path);

@@ -8,6 +8,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <chrono>
 #include <cstdio>
@@ -72,6 +73,59 @@ TEST(Sigstop, CutOffOwnerIsFencedAndCannotOverwriteTheNewOwner) {
   EXPECT_EQ(loaded, gen);
   std::vector<unsigned char> want(kSize, 4);
   EXPECT_EQ(std::memcmp(c.mem(), want.data(), kSize), 0) << "first byte " << int(c.mem()[0]);
+}
+
+// The same with posted commits (a 4 KiB segment): the stale owner's
+// application goes on posting after SIGCONT, while its blade learns it was
+// superseded. Every answer it gets is success (posted before the news) or
+// EFENCED, never another error, and once EFENCED, every later commit and
+// wait is EFENCED too. The new owner's bytes are what a restore gets.
+TEST(Sigstop, AStaleOwnersPostedCommitsAreAllRefusedAsFenced) {
+  Chassis ch(3);
+  ASSERT_TRUE(ch.up) << ch.out;
+  constexpr uint64_t kSmall = 4096;
+  App a(ch.socket(1));
+  ASSERT_TRUE(eventually([&] {
+    return baton_open(a.b, "ticker", kSmall, &a.seg, nullptr, nullptr) != BATON_EUNAVAIL;
+  }));
+  ASSERT_NE(a.seg, nullptr) << baton_last_error();
+  uint64_t gen = 0;
+  std::memset(a.mem(), 1, kSmall);
+  ASSERT_EQ(baton_commit(a.seg, &gen), 0) << baton_last_error();
+  ASSERT_EQ(baton_wait(a.seg, gen, BATON_DURABLE, 5000), 0) << baton_last_error();
+
+  ASSERT_EQ(::kill(ch.pid(1), SIGSTOP), 0);
+  ASSERT_TRUE(eventually([&] { return ch.sees_dead(2, 1); })) << ch.status(2);
+  App b(ch.socket(2));
+  uint64_t loaded = 0;
+  ASSERT_EQ(baton_load(b.b, "ticker", &b.seg, &loaded), 0) << baton_last_error();
+  std::memset(b.mem(), 2, kSmall);
+  uint64_t newer = 0;
+  ASSERT_EQ(baton_commit(b.seg, &newer), 0) << baton_last_error();
+  ASSERT_EQ(baton_wait(b.seg, newer, BATON_DURABLE, 5000), 0) << baton_last_error();
+
+  ASSERT_EQ(::kill(ch.pid(1), SIGCONT), 0);
+  int rc = 0;
+  const auto until = std::chrono::steady_clock::now() + 10s;
+  for (unsigned i = 0; rc != BATON_EFENCED && std::chrono::steady_clock::now() < until; ++i) {
+    a.mem()[i % kSmall] = static_cast<unsigned char>(i);
+    rc = baton_commit(a.seg, &gen);
+    ASSERT_TRUE(rc == 0 || rc == BATON_EFENCED) << rc << ": " << baton_last_error();
+    if (i % 8 == 7 && rc == 0) {
+      rc = baton_wait(a.seg, gen, BATON_DURABLE, 1000);
+      ASSERT_TRUE(rc == BATON_EFENCED || rc == BATON_ETIMEDOUT) << rc << ": " << baton_last_error();
+    }
+    std::this_thread::sleep_for(200us);
+  }
+  ASSERT_EQ(rc, BATON_EFENCED) << "the stale owner was never told";
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(baton_commit(a.seg, &gen), BATON_EFENCED) << baton_last_error();
+  EXPECT_EQ(baton_wait(a.seg, gen, BATON_DURABLE, 1000), BATON_EFENCED) << baton_last_error();
+
+  App c(ch.socket(3));
+  uint64_t restored = 0;
+  ASSERT_EQ(baton_load(c.b, "ticker", &c.seg, &restored), 0) << baton_last_error();
+  EXPECT_EQ(restored, newer);
+  EXPECT_EQ(std::count(c.mem(), c.mem() + kSmall, 2), static_cast<long>(kSmall)) << "the stale owner's bytes won";
 }
 
 }  // namespace
