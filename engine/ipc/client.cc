@@ -430,12 +430,15 @@ Result<uint64_t> post_log(ClientSegment& s, std::span<const std::pair<uint64_t, 
 }
 
 /// The ranges of a post: `ranges` sorted and merged (or the whole
-/// segment), if they fit a log slot.
+/// segment), if they fit a log slot. One past the segment's end does not
+/// (the waiting commit then says so: batond refuses it).
 bool fit_slot(ClientSegment& s, bool all) {
   auto& r = s.ranges;
   if (all) {
     r.assign(1, {0, s.size});
   } else {
+    for (const auto& [off, len] : r)
+      if (off > s.size || len > s.size - off) return false;
     std::erase_if(r, [](const auto& x) { return x.second == 0; });
     std::sort(r.begin(), r.end());
     size_t n = 0;
