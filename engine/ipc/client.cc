@@ -310,6 +310,38 @@ bool daemon_gone(int fd) {
   return poll(&p, 1, 0) == 1 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR)) != 0;
 }
 
+/// Rings batond's doorbell: wakes the commit thread of `s`'s lane.
+void ring(const ClientSegment& s) {
+  const uint64_t one = 1;
+  (void)!write(s.event_fd, &one, sizeof one);
+}
+
+/// Waits until `done(word)` holds, where batond moves `word` and, when
+/// `sleeping` is set, wakes it as a futex in shared memory. Spins
+/// `spin_ns` first, then sleeps in futex waits of up to 10 ms. Each round
+/// asks `give_up(waited_ns)` first: true ends the wait (returns false).
+template <typename Done, typename GiveUp>
+bool await_daemon(std::atomic<uint32_t>& word, std::atomic<uint32_t>& sleeping, uint64_t spin_ns, Done done,
+                  GiveUp give_up) {
+  const uint64_t start = now_ns();
+  while (!done(word.load(std::memory_order_acquire))) {
+    const uint64_t waited = now_ns() - start;
+    if (give_up(waited)) return false;
+    if (waited < spin_ns) {
+      _mm_pause();
+      continue;
+    }
+    sleeping.store(1);
+    const uint32_t seen = word.load();
+    if (!done(seen)) {
+      timespec ts{0, 10'000'000};
+      syscall(SYS_futex, reinterpret_cast<uint32_t*>(&word), FUTEX_WAIT, seen, &ts, nullptr, 0);
+    }
+    sleeping.store(0);
+  }
+  return true;
+}
+
 /// Posts the commit request in the channel (what it says is stored
 /// already) and waits for batond's answer. After `timeout_ns` the request
 /// is withdrawn, unless batond has taken it (CommitChannel::claim): then
@@ -326,33 +358,25 @@ Result<uint64_t> post(ClientSegment& s, uint64_t timeout_ns, int socket_fd) {
   // one spins costs a cross-vCPU wake-up of ~100 us on these machines.
   bool rang = false;
   if (ch.daemon_sleeping.load()) {
-    const uint64_t one = 1;
-    (void)!write(s.event_fd, &one, sizeof one);
+    ring(s);
     rang = true;
   }
-  const uint64_t start = now_ns();
-  while (ch.done.load(std::memory_order_acquire) != seq) {
-    const uint64_t waited = now_ns() - start;
-    if (waited > timeout_ns) {
-      uint32_t posted = kPosted;
-      if (ch.claim.compare_exchange_strong(posted, kWithdrawn))
-        return fail(Errc::kUnavailable, "batond did not take the snapshot in ", std::to_string(timeout_ns / 1'000'000),
-                    " ms; the commit was withdrawn and will not become a generation");
-      if (daemon_gone(socket_fd))
-        return fail(Errc::kUnavailable, "batond went away during the commit (it may or may not have become a generation)");
-    }
-    if (!rang && waited < kSpinNs) {
-      _mm_pause();
-      continue;
-    }
-    ch.app_sleeping.store(1);
-    const uint32_t seen = ch.done.load();
-    if (seen != seq) {
-      timespec ts{0, 10'000'000};
-      syscall(SYS_futex, reinterpret_cast<uint32_t*>(&ch.done), FUTEX_WAIT, seen, &ts, nullptr, 0);
-    }
-    ch.app_sleeping.store(0);
-  }
+  Result<uint64_t> failed;
+  const bool answered = await_daemon(
+      ch.done, ch.app_sleeping, rang ? 0 : kSpinNs, [seq](uint32_t done) { return done == seq; },
+      [&](uint64_t waited) {
+        if (waited <= timeout_ns) return false;
+        uint32_t posted = kPosted;
+        if (ch.claim.compare_exchange_strong(posted, kWithdrawn))
+          failed = fail(Errc::kUnavailable, "batond did not take the snapshot in ",
+                        std::to_string(timeout_ns / 1'000'000),
+                        " ms; the commit was withdrawn and will not become a generation");
+        else if (daemon_gone(socket_fd))
+          failed = fail(Errc::kUnavailable,
+                        "batond went away during the commit (it may or may not have become a generation)");
+        return !failed;
+      });
+  if (!answered) return failed;
   const int32_t status = ch.status.load(std::memory_order_relaxed);
   if (status != 0) return tl::unexpected(Error{static_cast<Errc>(-status), "commit refused by batond"});
   return ch.generation.load(std::memory_order_relaxed);
@@ -363,36 +387,21 @@ Result<uint64_t> post(ClientSegment& s, uint64_t timeout_ns, int socket_fd) {
 /// or when batond has gone.
 bool wait_tail(ClientSegment& s, uint32_t target, uint64_t timeout_ns, int socket_fd) {
   CommitLog& log = s.channel->log;
-  auto reached = [&] { return static_cast<int32_t>(log.tail.load(std::memory_order_acquire) - target) >= 0; };
-  if (reached()) return true;
+  auto reached = [target](uint32_t tail) { return static_cast<int32_t>(tail - target) >= 0; };
+  if (reached(log.tail.load(std::memory_order_acquire))) return true;
   // batond is behind: ring it if it sleeps, and then sleep at once (as a
   // waiting commit does); else spin only briefly, since a commit thread
   // that is behind while awake has usually lost its vCPU, and spinning
   // here would keep it off this one.
   bool rang = false;
   if (s.channel->daemon_sleeping.load()) {
-    const uint64_t one = 1;
-    (void)!write(s.event_fd, &one, sizeof one);
+    ring(s);
     rang = true;
   }
   constexpr uint64_t kBehindSpinNs = 20'000;
-  const uint64_t start = now_ns();
-  while (!reached()) {
-    const uint64_t waited = now_ns() - start;
-    if (waited > timeout_ns || (waited > 10'000'000 && daemon_gone(socket_fd))) return false;
-    if (!rang && waited < kBehindSpinNs) {
-      _mm_pause();
-      continue;
-    }
-    log.app_sleeping.store(1);
-    const uint32_t seen = log.tail.load();
-    if (static_cast<int32_t>(seen - target) < 0) {
-      timespec ts{0, 10'000'000};
-      syscall(SYS_futex, reinterpret_cast<uint32_t*>(&log.tail), FUTEX_WAIT, seen, &ts, nullptr, 0);
-    }
-    log.app_sleeping.store(0);
-  }
-  return true;
+  return await_daemon(log.tail, log.app_sleeping, rang ? 0 : kBehindSpinNs, reached, [&](uint64_t waited) {
+    return waited > timeout_ns || (waited > 10'000'000 && daemon_gone(socket_fd));
+  });
 }
 
 /// Posts a commit of `ranges` (they fit a slot) as the next generation
@@ -421,10 +430,7 @@ Result<uint64_t> post_log(ClientSegment& s, std::span<const std::pair<uint64_t, 
   log.head.store(++s.log_head);  // seq_cst: publishes the slot; pairs with daemon_sleeping
   // A napping commit thread takes it within kNapNs without a doorbell: no
   // system call, and no wake-up that could run batond on this vCPU.
-  if (s.channel->daemon_sleeping.load() == kAsleep) {
-    const uint64_t one = 1;
-    (void)!write(s.event_fd, &one, sizeof one);
-  }
+  if (s.channel->daemon_sleeping.load() == kAsleep) ring(s);
   s.last_generation = generation;
   return generation;
 }

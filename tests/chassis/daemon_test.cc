@@ -41,6 +41,20 @@ baton_t* connect_to(const Batond& d) {
   return b;
 }
 
+/// A new application opens `name` and gets exactly generation `generation`
+/// holding `want` (what the last one committed, restored).
+void expect_restores(const Batond& d, const char* name, uint64_t generation, const std::vector<unsigned char>& want) {
+  baton_t* b = connect_to(d);
+  ASSERT_NE(b, nullptr);
+  baton_segment_t* s = nullptr;
+  uint64_t restored = 0;
+  ASSERT_EQ(baton::test::open_when_free(b, name, want.size(), &s, nullptr, &restored), 0) << baton_last_error();
+  EXPECT_EQ(restored, generation);
+  EXPECT_EQ(std::memcmp(baton_segment_data(s), want.data(), want.size()), 0)
+      << "generation " << restored << " is not the memory its commit saw";
+  baton_stop(b);
+}
+
 TEST(Daemon, OpenCommitAndReopenAfterDisconnect) {
   TempDir dir;
   Batond d(1, dir.path);
@@ -621,14 +635,9 @@ TEST(Daemon, ACommitBatondNeverTookIsWithdrawnAndNeverBecomesAGeneration) {
     ASSERT_EQ(baton_commit(s, &g), 0) << baton_last_error();
     EXPECT_EQ(g, 2u) << "the withdrawn commit became a generation";
     baton_stop(b);
-    b = connect_to(d);
-    uint64_t restored = 0;
-    ASSERT_EQ(baton::test::open_when_free(b, "withdrawn", kSize, &s, nullptr, &restored), 0) << baton_last_error();
-    EXPECT_EQ(restored, 2u);
     std::vector<unsigned char> want(kSize);
     fill(want.data(), kSize, 3);
-    EXPECT_EQ(std::memcmp(baton_segment_data(s), want.data(), kSize), 0);
-    baton_stop(b);
+    expect_restores(d, "withdrawn", 2, want);
   }
 }
 
@@ -717,14 +726,9 @@ TEST(Daemon, PostedCommitsAreTheMemoryAtTheirCommitInOrder) {
   std::memset(mem, 0xEE, kSize);
   baton_stop(b);  // closing waits until batond took what was posted
 
-  b = connect_to(d);
-  uint64_t restored = 0;
-  ASSERT_EQ(baton::test::open_when_free(b, "posted", kSize, &s, nullptr, &restored), 0) << baton_last_error();
-  EXPECT_EQ(restored, 317u);
   std::vector<unsigned char> want(kSize);
   fill(want.data(), kSize, 317);
-  EXPECT_EQ(std::memcmp(baton_segment_data(s), want.data(), kSize), 0) << "generation 317 is not its commit's memory";
-  baton_stop(b);
+  expect_restores(d, "posted", 317, want);
 }
 
 // A posted commit is a commit: an application that exits (or dies) right
@@ -768,15 +772,9 @@ TEST(Daemon, APostedCommitOutlivesItsApplication) {
     for (int fd : {go[0], go[1], ready[0], ready[1]}) close(fd);
     ASSERT_TRUE(WIFEXITED(status));
     ASSERT_EQ(WEXITSTATUS(status), 0);
-    baton_t* b = connect_to(d);
-    baton_segment_t* s = nullptr;
-    uint64_t restored = 0;
-    ASSERT_EQ(baton::test::open_when_free(b, name.c_str(), kSize, &s, nullptr, &restored), 0) << baton_last_error();
-    EXPECT_EQ(restored, 5u);
     std::vector<unsigned char> want(kSize);
     fill(want.data(), kSize, 105);
-    EXPECT_EQ(std::memcmp(baton_segment_data(s), want.data(), kSize), 0);
-    baton_stop(b);
+    expect_restores(d, name.c_str(), 5, want);
   }
 }
 
@@ -817,12 +815,7 @@ TEST(Daemon, PostedAndWaitingCommitsInterleaveExactly) {
     EXPECT_LT(posted, 120u) << "the whole-segment commits cannot fit a slot";
   }
   baton_stop(b);
-  b = connect_to(d);
-  uint64_t restored = 0;
-  ASSERT_EQ(baton::test::open_when_free(b, "mixed", kSize, &s, nullptr, &restored), 0) << baton_last_error();
-  EXPECT_EQ(restored, 120u);
-  EXPECT_EQ(std::memcmp(baton_segment_data(s), want.data(), kSize), 0);
-  baton_stop(b);
+  expect_restores(d, "mixed", 120, want);
 }
 
 }  // namespace
