@@ -806,6 +806,9 @@ EngineStats Engine::stats() const noexcept {
     s.notes_dropped += c.notes_dropped.load();
     s.standby_promotions += c.standby_promotions.load();
     s.replica_promotions += c.replica_promotions.load();
+    s.slots_lent += c.slots_lent.load();
+    s.direct_reads += c.direct_reads.load();
+    s.direct_read_failures += c.direct_read_failures.load();
     s.cow_snapshots += c.cow_snapshots.load();
     s.cow_pages_settled += c.cow_pages_settled.load();
     s.periodic_commits += c.periodic_commits.load();

@@ -282,7 +282,7 @@ struct Engine::Impl {
         stale_epoch{0}, published{0}, corrupt_generations{0}, tx_dropped{0}, no_slot{0}, bad_input{0}, stalls{0},
         longest_stall_us{0}, snapshot_chunks_copied{0}, snapshot_chunks_skipped{0}, deltas_sent{0},
         wholes_sent{0}, deltas_published{0}, restamped{0}, notes_rx{0}, notes_dropped{0},
-        standby_promotions{0}, replica_promotions{0}, cow_snapshots{0}, cow_pages_settled{0},
+        standby_promotions{0}, replica_promotions{0}, slots_lent{0}, direct_reads{0}, direct_read_failures{0}, cow_snapshots{0}, cow_pages_settled{0},
         periodic_commits{0};
     std::array<std::atomic<uint64_t>, static_cast<size_t>(wire::DecodeError::kCount)> decode{};
   } counters;
@@ -516,6 +516,17 @@ struct Engine::Impl {
            static_cast<uint32_t>(it->second->incarnation) == f.gen_crc;
   }
   void on_fetch_request(Link& link, const wire::Frame& f, uint64_t now) noexcept;
+  /// A replica lent the slot a fetch asked for (FETCH_META + kFlagDirect):
+  /// the fetch finishes with it, for the loader to read (read_lent).
+  void on_lent_slot(const wire::Frame& f) noexcept;
+  /// Reads a slot a replica lent into `dest`: maps the lender's file
+  /// read-only through /proc/PID/fd, copies it chunk by chunk with each
+  /// chunk's CRC, and accepts it only if they make the generation checksum
+  /// the lender named. Errors: kIo (not the file lent), kCorrupt. Thread:
+  /// the loader, without the poll token (a 64 MiB copy must not stop polls).
+  Result<void> read_lent(const FetchOp::Lent& lent, LocalStorage& dest) noexcept;
+  /// Tells `peer` the lent slot of `generation` may be rewritten. Thread: token holder.
+  void send_lent_done(uint16_t peer, uint64_t id, uint64_t generation) noexcept;
   void on_fetch_meta(const wire::Frame& f) noexcept;
   void on_error(const wire::Frame& f) noexcept;
   void on_claim(Link& link, const wire::Frame& f) noexcept;

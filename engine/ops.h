@@ -146,6 +146,17 @@ struct FetchOp : Op {
   uint64_t last_request_ns = 0;
   uint64_t got_generation = 0;
   uint64_t got_epoch = 0;
+  /// Ask the replica to lend its slot rather than stream it (the link to
+  /// it says caps().direct_read). Set by the loader before posting.
+  bool ask_direct = false;
+  /// The slot the replica lent (FETCH_META + kFlagDirect; generation 0:
+  /// none): the op finishes with it set, and the loader's thread maps and
+  /// reads it (Engine::Impl::read_lent), then says it is done.
+  struct Lent {
+    uint32_t pid = 0, fd = 0;
+    uint64_t inode = 0, epoch = 0, generation = 0;
+    uint32_t chunk_size = 0, gen_crc = 0;
+  } lent;
 };
 
 /// A replica serving a fetch from one of its published slots.
@@ -156,6 +167,10 @@ struct FetchServe {
   ReplicaStore::Slot* slot = nullptr;
   ChunkSender sender;
   uint64_t last_progress_ns = 0;
+  /// The slot is lent (a direct read), not streamed: it stays pinned until
+  /// the loader's done-ack, or `lease_ns` without one.
+  bool lent = false;
+  uint64_t lease_ns = 0;
 };
 
 }  // namespace baton

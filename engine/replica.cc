@@ -5,6 +5,9 @@
 //
 // Thread: the poll-token holder. Never blocks, never throws.
 
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <algorithm>
 
 #include "common/log.h"
@@ -243,9 +246,62 @@ void Engine::Impl::on_fetch_request(Link& link, const wire::Frame& f, uint64_t n
   serve->slot = slot;
   slot->pins++;
   serve->last_progress_ns = now;
+  // Direct read (issue #11): a loader that shares this host's memory maps
+  // the slot itself. It stays pinned (never rewritten) until the loader
+  // says it is done, or for a lease long enough to copy it at 100 MB/s; a
+  // reader that takes longer finds the generation checksum wrong and asks
+  // for a stream.
+  if ((f.flags & wire::kFlagDirect) != 0 && link.caps().direct_read && slot->mem.fd() >= 0) {
+    struct stat sb{};
+    if (::fstat(slot->mem.fd(), &sb) == 0) {
+      serve->sender.stop();
+      serve->lent = true;
+      serve->lease_ns = uint64_t{config.fetch_timeout_ms} * 1'000'000 + st->size() * 10;
+      wire::Frame meta;
+      meta.type = wire::MsgType::kFetchMeta;
+      meta.flags = wire::kFlagDirect | wire::kFlagFound | wire::kFlagGenCrc;
+      meta.src = config.node_id;
+      meta.dst = f.src;
+      meta.seg_id = f.seg_id;
+      meta.name = f.name;
+      meta.epoch = st->epoch();
+      meta.generation = slot->generation;
+      meta.total_len = st->size();
+      meta.chunk_size = slot->chunk_size;
+      meta.gen_crc = slot->gen_crc;
+      wire::set_direct(meta, static_cast<uint32_t>(::getpid()), static_cast<uint32_t>(slot->mem.fd()), sb.st_ino);
+      send_control(link, meta);
+      bump(counters.slots_lent);
+      return;
+    }
+  }
+  serve->lent = false;
   SendSource src{slot->mem.data(), st->size(), slot->chunk_size, slot->chunk_crcs, slot->gen_crc,
                  slot->generation};
   serve->sender.start(src, tuning(), now);
+}
+
+void Engine::Impl::on_lent_slot(const wire::Frame& f) noexcept {
+  for (auto it = fetches.begin(); it != fetches.end(); ++it) {
+    FetchOp& op = **it;
+    if (op.id != f.seg_id || op.peer != f.src) continue;
+    // A late answer to an earlier request of this load (resent, or before
+    // it fell back to a stream) is no longer wanted.
+    if (!op.ask_direct || op.assembler.active()) return;
+    // Only what was asked for: the size and generation the load expects,
+    // over a link that says the peer shares this memory.
+    Link* l = link_to(op.peer);
+    if (l == nullptr || !l->caps().direct_read || f.total_len != op.dest->size() ||
+        (op.generation != 0 && f.generation != op.generation)) {
+      bump(counters.bad_input);
+      return;
+    }
+    op.lent = FetchOp::Lent{wire::direct_pid(f), wire::direct_fd(f), wire::direct_inode(f), f.epoch, f.generation,
+                            f.chunk_size, f.gen_crc};
+    fetches.erase(it);
+    completed_fetches.push_back(&op);
+    return;
+  }
 }
 
 void Engine::Impl::on_fetch_data(wire::Frame& f, uint64_t now) noexcept {

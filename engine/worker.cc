@@ -319,6 +319,14 @@ void Engine::Impl::on_ack(const wire::Frame& f, uint64_t now) noexcept {
     for (auto it = serves.begin(); it != serves.end(); ++it) {
       FetchServe& s = **it;
       if (s.id != f.seg_id || s.requester != f.src) continue;
+      if (s.lent) {  // the loader is done with the lent slot (or a stray ack)
+        if ((f.flags & wire::kFlagDirect) != 0 && f.generation == s.slot->generation) {
+          s.slot->pins--;
+          serves.erase(it);
+        }
+        return;
+      }
+      if ((f.flags & wire::kFlagDirect) != 0) return;
       if (s.sender.on_ack(f, now)) s.last_progress_ns = now;
       if (s.sender.complete()) {
         s.slot->pins--;
@@ -494,7 +502,7 @@ bool Engine::Impl::step_ops(uint64_t now) noexcept {
     ++it;
   }
   for (auto it = serves.begin(); it != serves.end();) {
-    if (elapsed(now, (*it)->last_progress_ns) >= timeout) {
+    if (elapsed(now, (*it)->last_progress_ns) >= ((*it)->lent ? (*it)->lease_ns : timeout)) {
       (*it)->slot->pins--;
       it = serves.erase(it);
     } else {
@@ -512,7 +520,9 @@ void Engine::Impl::send_fetch_request(FetchOp& op, uint64_t now) noexcept {
   req.seg_id = op.id;
   req.generation = op.generation;
   req.name = op.name;
-  if (Link* l = link_to(op.peer)) send_control(*l, req);
+  Link* l = link_to(op.peer);
+  if (l != nullptr && op.ask_direct && l->caps().direct_read) req.flags = wire::kFlagDirect;
+  if (l != nullptr) send_control(*l, req);
   op.last_request_ns = now;
 }
 

@@ -3,8 +3,9 @@
 
     python3 bench/failover/failover_bench.py [--build build] [--rounds 5] [--sizes-kib 256,65536]
                                              [--standby | --standby-instances]
+                                             [--transport memif|shm|mixed [--stream-fetches]]
 
-A 4-blade chassis (memif) runs group kv (baton-kv, committing a durable
+A 4-blade chassis (memif unless --transport says otherwise) runs group kv (baton-kv, committing a durable
 batch every 20 ms) with blades 3 and 4 as the spare pool. Each round
 SIGKILLs the application wherever it runs (once it has run 3 s, the
 group's start timeout, so every round is a failover of its own) and
@@ -121,7 +122,8 @@ start_timeout_ms = 3000
     rows = []
     try:
         sh(batonctl, "chassis", "up", "--blades", "4", "--replicas", "2", "--dir", chassis, "--groups",
-           f"{work}/groups.toml", "--spares", "3,4")
+           f"{work}/groups.toml", "--spares", "3,4", "--transport", args.transport,
+           *(["--stream-fetches"] if args.stream_fetches else []))
         for r in range(args.rounds):
             node = wait(lambda: where(batonctl, chassis), what="the group to run")
             pid = wait(lambda: kv_pid(chassis, node), what="the application's pid")
@@ -175,7 +177,8 @@ start_timeout_ms = 3000
                     if b == target and text.startswith("segment kv: ownership taken"):
                         ev["promoted"] = "hot standby copy" in text
                         ev["source"] = ("hot standby" if "hot standby copy" in text
-                                        else "own replica" if "this node's replica" in text else "fetched")
+                                        else "own replica" if "this node's replica" in text
+                                        else "read directly" if "read directly" in text else "fetched")
                     m = re.match(r"group kv runs here .*provisioned in (\d+) us, segments loaded in (\d+) us", text)
                     if b == target and m:
                         ev.setdefault("running", ts)
@@ -213,6 +216,9 @@ def main():
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--sizes-kib", default="256,65536")
     p.add_argument("--standby", action="store_true", help="blades 3 and 4 keep hot standbys of the segment")
+    p.add_argument("--transport", default="memif", help="memif (default), shm or mixed")
+    p.add_argument("--stream-fetches", action="store_true",
+                   help="shm links: stream fetches through the rings instead of reading lent slots directly")
     p.add_argument("--standby-instances", action="store_true",
                    help="blades 3 and 4 keep hot standbys and a waiting instance of the application")
     args = p.parse_args()

@@ -13,7 +13,14 @@
 // cannot avoid: allocating and faulting in N MiB (4 KiB pages, as an
 // application's memory is) and copying N MiB into it; and memcpy alone.
 //
-// Usage: baton-takeover [--moves N] [--mib N]   (prints a JSON line)
+// With --remote (and --mib) the nodes are joined by shm links (real
+// regions in /dev/shm, as the nodes of one CC-NUMA server are), the
+// segment has one replica, and every move is a load on the node that holds
+// no copy: the replica lends its slot and the loader reads it directly
+// (issue #11, direct reads), or with --stream has it streamed through the
+// rings as over any link. The same baselines are measured beside it.
+//
+// Usage: baton-takeover [--moves N] [--mib N] [--remote [--stream]]   (prints a JSON line)
 
 #include <sys/mman.h>
 #include <unistd.h>
@@ -29,6 +36,7 @@
 
 #include "baton/engine.h"
 #include "baton/loopback.h"
+#include "baton/shm.h"
 #include "runtime/futex.h"
 #include "../stats.h"
 
@@ -88,18 +96,33 @@ CopyFloor copy_floor(const std::byte* from, size_t len) {
 int main(int argc, char** argv) {
   int moves = 200;
   uint64_t mib = 0;
+  bool remote = false, stream = false;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--moves" && i + 1 < argc) moves = std::atoi(argv[++i]);
     else if (a == "--mib" && i + 1 < argc) mib = std::strtoull(argv[++i], nullptr, 10);
-    else return std::fprintf(stderr, "usage: baton-takeover [--moves N] [--mib N]\n"), 2;
+    else if (a == "--remote") remote = true;
+    else if (a == "--stream") stream = true;
+    else return std::fprintf(stderr, "usage: baton-takeover [--moves N] [--mib N] [--remote [--stream]]\n"), 2;
   }
-  if (moves < 1 || mib > 4096) return std::fprintf(stderr, "baton-takeover: moves >= 1, mib <= 4096\n"), 2;
+  if (moves < 1 || mib > 4096 || (remote && mib == 0) || (stream && !remote))
+    return std::fprintf(stderr, "baton-takeover: moves >= 1, mib <= 4096; --remote needs --mib, --stream --remote\n"), 2;
   const uint64_t size = mib == 0 ? 4096 : mib << 20;
   constexpr int kNodes = 3;
   std::vector<std::vector<std::unique_ptr<baton::Link>>> links(kNodes);
   for (int a = 0; a < kNodes; ++a)
     for (int b = a + 1; b < kNodes; ++b) {
+      if (remote) {
+        // A region per pair, gone from /dev/shm once both ends have it mapped.
+        const std::string path = "/dev/shm/baton-takeover-" + std::to_string(getpid()) + "-" + std::to_string(a) +
+                                 std::to_string(b);
+        auto p = baton::shm::pair(path, static_cast<uint16_t>(a + 1), static_cast<uint16_t>(b + 1));
+        ::unlink(path.c_str());
+        if (!p) return std::fprintf(stderr, "baton-takeover: %s\n", p.error().to_string().c_str()), 1;
+        links[a].push_back(std::move(p->first));
+        links[b].push_back(std::move(p->second));
+        continue;
+      }
       auto p = baton::loopback::make_pair(a + 1, b + 1);
       links[a].push_back(std::move(p.a));
       links[b].push_back(std::move(p.b));
@@ -108,7 +131,8 @@ int main(int argc, char** argv) {
   for (int i = 0; i < kNodes; ++i) {
     baton::EngineConfig c;
     c.node_id = static_cast<uint16_t>(i + 1);
-    c.replication_factor = 2;
+    c.replication_factor = remote ? 1 : 2;
+    c.direct_reads = !stream;
     if (mib != 0) c.max_segment_size = std::max<uint64_t>(c.max_segment_size, size);
     auto e = baton::Engine::start(c, std::move(links[i]));
     if (!e) {
@@ -137,11 +161,16 @@ int main(int argc, char** argv) {
   }
   baton::Segment* held = *seg;
   int owner = 0;
+  // --remote: the one replica keeps its copy; the two others take turns.
+  int replica = -1;
+  for (int n = 1; remote && n < kNodes; ++n)
+    if (engines[n]->read_replica("moving")) replica = n;
+  if (remote && replica < 0) return std::fprintf(stderr, "baton-takeover: no replica\n"), 1;
   std::vector<double> move_us, pp_us;
   uint64_t in_place = 0;
   for (int i = 0; i < moves; ++i) {
     // The next owner: another node (a replica, so the copy is local or one hop).
-    const int next = (owner + 1 + i % 2) % kNodes;
+    const int next = remote ? kNodes - owner - replica : (owner + 1 + i % 2) % kNodes;
     const uint64_t t0 = baton::now_ns();
     auto r = engines[next]->load("moving");
     const uint64_t t1 = baton::now_ns();
@@ -158,8 +187,18 @@ int main(int argc, char** argv) {
     auto pp = ping_pong(20);
     pp_us.insert(pp_us.end(), pp.begin(), pp.end());
   }
+  uint64_t direct = 0;
   for (auto& e : engines)
-    if (e) in_place += e->stats().replica_promotions;
+    if (e) in_place += e->stats().replica_promotions, direct += e->stats().direct_reads;
+  if (remote) {
+    std::printf("{\"mib\": %lu, \"moves\": %d, \"from\": \"%s\", \"direct_reads\": %lu, \"move_p50_ms\": %.2f, "
+                "\"alloc_and_copy_p50_ms\": %.2f, \"memcpy_p50_ms\": %.2f, \"ratio_to_alloc_and_copy\": %.2f, "
+                "\"ratio_to_memcpy\": %.2f}\n",
+                static_cast<unsigned long>(mib), moves, stream ? "stream over shm" : "lent slot, read directly",
+                static_cast<unsigned long>(direct), median(move_us) / 1e3, median(floor_ms), median(copy_ms),
+                median(move_us) / 1e3 / median(floor_ms), median(move_us) / 1e3 / median(copy_ms));
+    return 0;
+  }
   if (mib != 0) {
     std::printf("{\"mib\": %lu, \"moves\": %d, \"in_place\": %lu, \"move_p50_ms\": %.2f, "
                 "\"alloc_and_copy_p50_ms\": %.2f, \"memcpy_p50_ms\": %.2f, \"ratio_to_alloc_and_copy\": %.2f, "

@@ -1,5 +1,6 @@
 #include "baton/loopback.h"
 
+#include <atomic>
 #include <cstring>
 #include <map>
 #include <mutex>
@@ -36,6 +37,8 @@ class WireImpl final : public Wire, public std::enable_shared_from_this<WireImpl
     std::lock_guard lock(mu_);
     faults_.partitioned = p;
   }
+  void set_direct_read(bool on) override { direct_read_.store(on, std::memory_order_relaxed); }
+  bool direct_read() const noexcept { return direct_read_.load(std::memory_order_relaxed); }
 
   // Returns how many of `n` frames the lane took (full lane: fewer).
   uint16_t send(int lane, const TxFrame* frames, uint16_t n) {
@@ -88,6 +91,7 @@ class WireImpl final : public Wire, public std::enable_shared_from_this<WireImpl
   uint32_t capacity_;
   std::mt19937_64 rng_;
   Lane lanes_[2];
+  std::atomic<bool> direct_read_{false};
 };
 
 class LoopbackLink final : public Link {
@@ -98,7 +102,7 @@ class LoopbackLink final : public Link {
 
   const std::string& name() const noexcept override { return name_; }
   uint16_t peer() const noexcept override { return peer_; }
-  LinkCaps caps() const noexcept override { return {max_frame_, false}; }
+  LinkCaps caps() const noexcept override { return {max_frame_, false, -1, wire_->direct_read()}; }
   bool up() noexcept override { return true; }
 
   uint16_t rx_burst(RxFrame* out, uint16_t n) noexcept override {

@@ -139,7 +139,7 @@ class ShmLink final : public Link {
   }
 
   /// Its buffers sit on no node in particular until place() bound the ring it writes.
-  LinkCaps caps() const noexcept override { return LinkCaps{max_frame_, false, bound_}; }
+  LinkCaps caps() const noexcept override { return LinkCaps{max_frame_, false, bound_, true}; }
 
   bool up() noexcept override {
     const int32_t pid = header()->pid[1 - side_].load(std::memory_order_acquire);

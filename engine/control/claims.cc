@@ -65,6 +65,7 @@ void Engine::Impl::on_claim(Link& link, const wire::Frame& f) noexcept {
 // An answer to one of our queries or claims: for the control thread, which
 // asks them (control/rounds.cc).
 void Engine::Impl::on_fetch_meta(const wire::Frame& f) noexcept {
+  if ((f.flags & wire::kFlagDirect) != 0) return on_lent_slot(f);  // a fetch's answer, not a round's
   forward_answer((f.flags & wire::kFlagGranted) != 0 ? RoundEvent::Kind::kGranted : RoundEvent::Kind::kFound, f);
 }
 

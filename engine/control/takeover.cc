@@ -5,9 +5,15 @@
 //
 // Thread: control (an API caller), holding the name busy (NameGuard).
 
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <cstring>
 
+#include "common/crc32c.h"
 #include "common/log.h"
 #include "engine_impl.h"
 #include "engine_util.h"
@@ -347,7 +353,7 @@ Result<OpenResult> Engine::Impl::load_from(const QueryOp& q, std::string_view na
   Error last{Errc::kNotFound, "no replica could deliver " + std::string(name)};
   for (const ClaimAnswer* a : sources) {
     uint64_t got = 0;
-    bool promoted = false, in_place = false;
+    bool promoted = false, in_place = false, lent = false;
     ReplicaStore::Promotion promotion;
     Result<LocalStorage> dest = fail(Errc::kInternal, "no copy");
     if (a->peer == config.node_id) {
@@ -402,26 +408,47 @@ Result<OpenResult> Engine::Impl::load_from(const QueryOp& q, std::string_view na
       });
       if (!copied || got == 0) continue;  // published over meanwhile: try the next copy
     } else {
-      FetchOp op;
-      op.name = std::string(name);
-      op.id = q.id;
-      op.peer = a->peer;
-      op.generation = a->generation;
-      op.dest = &*dest;
-      op.run = [this, &op] {
-        op.last_progress_ns = clock_ns();
-        fetches.push_back(&op);
-        send_fetch_request(op, op.last_progress_ns);
-      };
-      post(&op);
-      await(op);
-      if (!op.ok) {
-        BT_WARN("load %.*s from node %u failed: %s", int(name.size()), name.data(), a->peer,
-                op.error.message.c_str());
-        last = op.error;
-        continue;
+      // A peer that shares this host's memory (caps().direct_read) is
+      // asked to lend its slot, which this thread then reads; if it
+      // streams instead, or the read fails, it is a fetch as over any link.
+      for (bool direct : {config.direct_reads, false}) {
+        FetchOp op;
+        op.name = std::string(name);
+        op.id = q.id;
+        op.peer = a->peer;
+        op.generation = a->generation;
+        op.dest = &*dest;
+        op.ask_direct = direct;
+        op.run = [this, &op] {
+          op.last_progress_ns = clock_ns();
+          fetches.push_back(&op);
+          send_fetch_request(op, op.last_progress_ns);
+        };
+        post(&op);
+        await(op);
+        if (!op.ok) {
+          BT_WARN("load %.*s from node %u failed: %s", int(name.size()), name.data(), a->peer,
+                  op.error.message.c_str());
+          last = op.error;
+          break;
+        }
+        if (op.lent.generation == 0) {
+          got = op.got_generation;
+          break;
+        }
+        auto read = read_lent(op.lent, *dest);
+        (void)call([&] { send_lent_done(op.peer, op.id, op.lent.generation); });
+        if (read) {
+          bump(counters.direct_reads);
+          got = op.lent.generation;
+          lent = true;
+          break;
+        }
+        bump(counters.direct_read_failures);
+        BT_WARN("load %.*s: node %u's lent slot: %s; streaming it instead", int(name.size()), name.data(), a->peer,
+                read.error().message.c_str());
       }
-      got = op.got_generation;
+      if (got == 0) continue;
     }
     auto seg = make_segment(name, a->total_len, &*dest, c->epoch, got, keep, stale,
                             promoted ? &promotion : nullptr);
@@ -435,10 +462,60 @@ Result<OpenResult> Engine::Impl::load_from(const QueryOp& q, std::string_view na
                  (in_place ? std::string("this node's replica, mapped in place (no fetch)")
                   : promoted ? std::string("this node's hot standby copy (no fetch, no copy)")
                   : a->peer == config.node_id ? std::string("this node's replica")
-                                              : "node " + std::to_string(a->peer)));
+                  : lent ? "node " + std::to_string(a->peer) + " (its slot read directly, through shared memory)"
+                         : "node " + std::to_string(a->peer)));
     return OpenResult{*seg, OpenOutcome::kRestored, got};
   }
   return tl::unexpected(last);
+}
+
+Result<void> Engine::Impl::read_lent(const FetchOp::Lent& lent, LocalStorage& dest) noexcept {
+  char path[64];
+  std::snprintf(path, sizeof path, "/proc/%u/fd/%u", lent.pid, lent.fd);
+  const int fd = ::open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return fail(Errc::kIo, "cannot open ", path, ": ", std::strerror(errno));
+  struct stat sb{};
+  const bool same = ::fstat(fd, &sb) == 0 && sb.st_ino == lent.inode && S_ISREG(sb.st_mode);
+  // A file that may shrink could take pages from under the mapping (SIGBUS):
+  // a slot's size is sealed.
+  const int seals = same ? ::fcntl(fd, F_GET_SEALS) : 0;
+  if (!same || seals < 0 || (seals & F_SEAL_SHRINK) == 0 || uint64_t(sb.st_size) < dest.size()) {
+    ::close(fd);
+    return fail(Errc::kIo, path, " is not the lent slot (another file, or not sealed at its size)");
+  }
+  // Only the segment's bytes (rounded to a huge page, which a slot on huge
+  // pages is sized in), populated in one call: cheaper than a fault per
+  // 4 KiB page.
+  const uint64_t huge = uint64_t{2} << 20;
+  const auto len = static_cast<size_t>(std::min<uint64_t>(sb.st_size, (dest.size() + huge - 1) / huge * huge));
+  void* map = ::mmap(nullptr, len, PROT_READ, MAP_SHARED | MAP_POPULATE, fd, 0);
+  ::close(fd);
+  if (map == MAP_FAILED) return fail(Errc::kIo, "cannot map ", path, ": ", std::strerror(errno));
+  // Read remote, write local, one pass: each chunk's CRC is of the bytes
+  // written, and together they must make the lender's generation checksum.
+  const auto* src = static_cast<const std::byte*>(map);
+  const uint32_t chunks = wire::chunk_count_for(dest.size(), lent.chunk_size);
+  std::vector<uint32_t> crcs(chunks);
+  for (uint32_t i = 0; i < chunks; ++i) {
+    const uint64_t off = uint64_t{i} * lent.chunk_size;
+    const uint32_t len = wire::chunk_len(dest.size(), lent.chunk_size, i);
+    crcs[i] = crc32c_final(copy_crc32c(dest.data() + off, src + off, len, crc32c_init()));
+  }
+  ::munmap(map, len);
+  if (wire::generation_crc(crcs) != lent.gen_crc)
+    return fail(Errc::kCorrupt, "generation ", std::to_string(lent.generation), " read from ", path, " fails its checksum");
+  return {};
+}
+
+void Engine::Impl::send_lent_done(uint16_t peer, uint64_t id, uint64_t generation) noexcept {
+  wire::Frame ack;
+  ack.type = wire::MsgType::kAck;
+  ack.flags = wire::kFlagDirect | wire::kFlagFetch | wire::kFlagComplete;
+  ack.src = config.node_id;
+  ack.dst = peer;
+  ack.seg_id = id;
+  ack.generation = generation;
+  if (Link* l = link_to(peer)) send_control(*l, ack);
 }
 
 Result<OpenResult> Engine::Impl::load_from_global(std::string_view name, uint64_t max_epoch, uint64_t deleted) {

@@ -182,7 +182,8 @@ Result<DaemonConfig> parse_daemon_config(std::string_view text, std::string_view
     if (!eng.is_table()) return tl::unexpected(r.error("engine", "must be a table"));
     if (auto ok = r.only(*eng.as_table(), "engine",
                          {"replication_factor", "retain", "idle", "max_segment_mib", "worker_cpu", "workers",
-                          "numa_node", "topology", "heartbeat_us", "failure_timeout_us", "expected_votes"});
+                          "numa_node", "topology", "heartbeat_us", "failure_timeout_us", "expected_votes",
+                          "direct_reads"});
         !ok)
       return tl::unexpected(ok.error());
     TRY(cpu, r.integer(eng["worker_cpu"], "engine.worker_cpu", -1, 4095, -1));
@@ -212,6 +213,10 @@ Result<DaemonConfig> parse_daemon_config(std::string_view text, std::string_view
     else return tl::unexpected(r.error("engine.idle", "must be \"spin\" or \"adaptive\" (got \"" + idle + "\")"));
     TRY(maxmib, r.integer(eng["max_segment_mib"], "engine.max_segment_mib", 1, 1 << 20, 1024));
     c.engine.max_segment_size = static_cast<uint64_t>(maxmib) << 20;
+    if (const auto direct = eng["direct_reads"]; direct) {
+      if (!direct.is_boolean()) return tl::unexpected(r.error("engine.direct_reads", "must be true or false"));
+      c.engine.direct_reads = *direct.value<bool>();
+    }
   }
 
   const auto client = root["client"];

@@ -64,7 +64,10 @@ nlohmann::json Server::status_json(size_t limit) const {
                         {"corrupt_generations", stats.corrupt_generations},
                         {"stale_epoch", stats.stale_epoch},
                         {"standby_promotions", stats.standby_promotions},
-                        {"replica_promotions", stats.replica_promotions}};
+                        {"replica_promotions", stats.replica_promotions},
+                        {"slots_lent", stats.slots_lent},
+                        {"direct_reads", stats.direct_reads},
+                        {"direct_read_failures", stats.direct_read_failures}};
   const auto peers = engine_.peers();
   auto peer = [&](uint16_t node) {
     for (const auto& p : peers)

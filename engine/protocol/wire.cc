@@ -31,7 +31,7 @@ bool has_payload(MsgType t) noexcept {
 
 constexpr uint16_t kKnownFlags =
     kFlagComplete | kFlagRestart | kFlagQuery | kFlagFound | kFlagFetch | kFlagOwner | kFlagGenCrc | kFlagGranted |
-    kFlagQuorate | kFlagRecord | kFlagDeleted | kFlagRelease | kFlagDelta | kFlagNeedFull;
+    kFlagQuorate | kFlagRecord | kFlagDeleted | kFlagRelease | kFlagDelta | kFlagNeedFull | kFlagDirect;
 
 // Bytes after the name: a delta's extension.
 size_t ext_len(MsgType t, uint16_t flags) noexcept {
@@ -43,10 +43,14 @@ DecodeError validate_fields(const Frame& f) noexcept {
   if ((f.flags & ~kKnownFlags) != 0) return DecodeError::kBadField;
   if ((f.flags & (kFlagDelta | kFlagNeedFull)) != 0 && f.type != MsgType::kData && f.type != MsgType::kAck)
     return DecodeError::kBadField;
+  if ((f.flags & kFlagDirect) != 0 && f.type != MsgType::kFetchRequest && f.type != MsgType::kFetchMeta &&
+      f.type != MsgType::kAck)
+    return DecodeError::kBadField;
   // Owner epochs stay far from overflow (a heartbeat's field is its
   // sender's incarnation, not an epoch).
   if (f.type != MsgType::kHeartbeat && f.epoch > kMaxEpoch) return DecodeError::kBadField;
-  if (f.type == MsgType::kFetchMeta && aux_epoch(f) > kMaxEpoch) return DecodeError::kBadField;
+  if (f.type == MsgType::kFetchMeta && (f.flags & kFlagDirect) == 0 && aux_epoch(f) > kMaxEpoch)
+    return DecodeError::kBadField;
   if (has_name(f.type)) {
     if (!valid_name(f.name)) return DecodeError::kBadName;
     if (segment_id(f.name) != f.seg_id) return DecodeError::kBadName;
@@ -74,10 +78,24 @@ DecodeError validate_fields(const Frame& f) noexcept {
     case MsgType::kAck:
       if (f.generation == 0 || f.chunk_index > f.chunk_count) return DecodeError::kBadField;
       if ((f.flags & kFlagNeedFull) != 0 && (f.flags & kFlagDelta) == 0) return DecodeError::kBadField;
+      // A loader done with a lent slot says only that.
+      if ((f.flags & kFlagDirect) != 0 && f.flags != (kFlagDirect | kFlagFetch | kFlagComplete))
+        return DecodeError::kBadField;
       return DecodeError::kNone;
     case MsgType::kFetchRequest:
-      return (f.flags & ~kFlagQuery) == 0 ? DecodeError::kNone : DecodeError::kBadField;
+      if ((f.flags & ~(kFlagQuery | kFlagDirect)) != 0) return DecodeError::kBadField;
+      return f.flags == (kFlagQuery | kFlagDirect) ? DecodeError::kBadField : DecodeError::kNone;
     case MsgType::kFetchMeta:
+      if ((f.flags & kFlagDirect) != 0) {
+        // A lent slot: exactly the generation it holds and where it is.
+        if (f.flags != (kFlagDirect | kFlagFound | kFlagGenCrc)) return DecodeError::kBadField;
+        if (f.generation == 0 || f.epoch == 0 || f.sack == 0) return DecodeError::kBadField;
+        if (direct_pid(f) == 0 || direct_pid(f) > uint32_t{INT32_MAX} || direct_fd(f) > uint32_t{INT32_MAX})
+          return DecodeError::kBadField;
+        if (f.total_len == 0 || f.total_len > kMaxSegmentSize) return DecodeError::kOffsetOverflow;
+        if (f.chunk_size < kMinChunkSize || f.chunk_size > kMaxChunkSize) return DecodeError::kOffsetOverflow;
+        return DecodeError::kNone;
+      }
       // A tombstone is a kind of set record.
       if ((f.flags & kFlagDeleted) != 0 && (f.flags & kFlagRecord) == 0) return DecodeError::kBadField;
       return (f.flags & (kFlagRelease | kFlagQuery | kFlagFetch | kFlagQuorate)) == 0 ? DecodeError::kNone

@@ -93,6 +93,11 @@ inline constexpr uint16_t kFlagDeleted = 1 << 10;  // SET_RECORD / FETCH_META's 
 inline constexpr uint16_t kFlagRelease = 1 << 11;  // SET_RECORD: a set recorded at a quorum; non-members drop their copy
 inline constexpr uint16_t kFlagDelta = 1 << 12;    // DATA: a delta (see the extension above); ACK: of a delta's positions
 inline constexpr uint16_t kFlagNeedFull = 1 << 13; // ACK: the receiver lacks the delta's base: send the generation whole
+// Direct reads (issue #11, links whose caps() say direct_read):
+// FETCH_REQUEST: the loader can map a lent slot; FETCH_META (with FOUND and
+// GEN_CRC): the slot is lent, where it is (direct_pid/fd/inode below);
+// ACK (with FETCH and COMPLETE): the loader is done with the lent slot.
+inline constexpr uint16_t kFlagDirect = 1 << 14;
 
 /// The replica set of a segment travels in the 64-bit `sack` field of DATA
 /// and FETCH_META frames: up to four node ids, 16 bits each, 0 = empty.
@@ -179,6 +184,21 @@ inline void set_aux_epoch(Frame& f, uint64_t epoch) noexcept {
   f.chunk_count = static_cast<uint32_t>(epoch >> 32);
 }
 inline uint64_t aux_epoch(const Frame& f) noexcept { return f.chunk_index | (uint64_t{f.chunk_count} << 32); }
+
+/// FETCH_META + kFlagDirect lends a published slot: the lender's process id
+/// in the chunk index field, the slot's file descriptor there in the chunk
+/// count field, and the file's inode number in `sack` (a reader that opens
+/// /proc/PID/fd/FD and finds another inode has reached another file: a
+/// process id reused, another pid namespace). The epoch, generation, total
+/// length, chunk size and generation checksum are the slot's.
+inline void set_direct(Frame& f, uint32_t pid, uint32_t fd, uint64_t inode) noexcept {
+  f.chunk_index = pid;
+  f.chunk_count = fd;
+  f.sack = inode;
+}
+inline uint32_t direct_pid(const Frame& f) noexcept { return f.chunk_index; }
+inline uint32_t direct_fd(const Frame& f) noexcept { return f.chunk_count; }
+inline uint64_t direct_inode(const Frame& f) noexcept { return f.sack; }
 
 /// 64-bit segment id derived from the name (FNV-1a). Thread: any.
 uint64_t segment_id(std::string_view name) noexcept;

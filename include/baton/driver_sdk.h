@@ -21,6 +21,12 @@ struct LinkCaps {
   /// The NUMA node the device and its buffers sit on; -1: none in
   /// particular (a virtual device, a shared-memory ring).
   int numa_node = -1;
+  /// The peer runs on this host's memory (a CC-NUMA shared region): it may
+  /// lend a published replica slot by its file descriptor, which a loader
+  /// here maps and reads directly instead of having it streamed as frames
+  /// (protocol, "Direct reads"). Backplane links (memif, af_packet) stand
+  /// for blades that share no memory and say false.
+  bool direct_read = false;
 };
 
 /// A frame to send: a small header and an optional payload the driver joins.

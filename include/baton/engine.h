@@ -52,6 +52,10 @@ struct EngineConfig {
   uint64_t max_segment_size = 1ull << 30;
   uint32_t query_timeout_ms = 200;    ///< how long a load waits for peers to say what they hold
   uint32_t fetch_timeout_ms = 2000;   ///< a fetch without progress this long tries another replica
+  /// A load from a peer whose link says caps().direct_read (a CC-NUMA
+  /// shared region) asks it to lend its slot and reads it directly (one
+  /// copy at memory speed) instead of having it streamed. False: stream.
+  bool direct_reads = true;
   IdlePolicy idle = IdlePolicy::kAdaptive;
   uint32_t idle_spin_us = 100;        ///< adaptive: how long an idle worker spins before it sleeps
   uint32_t max_idle_sleep_us = 200;   ///< adaptive: longest sleep between polls
@@ -363,6 +367,14 @@ struct EngineStats {
   /// (issue #11, zero-copy takeover: no allocation; one copy, into the
   /// stage; no checksum pass).
   uint64_t replica_promotions = 0;
+  /// Direct reads (issue #11; links with caps().direct_read): published
+  /// slots this node lent to a loader instead of streaming them; loads
+  /// that read a peer's lent slot themselves (one copy, at memory speed);
+  /// and lent reads that failed (the file gone or another one, the
+  /// checksum wrong) and were streamed instead.
+  uint64_t slots_lent = 0;
+  uint64_t direct_reads = 0;
+  uint64_t direct_read_failures = 0;
   uint64_t cow_snapshots = 0;      ///< commits that took a copy-on-write snapshot (S14)
   uint64_t cow_pages_settled = 0;  ///< snapshot pages the engine copied (the rest the writers copied aside)
   uint64_t periodic_commits = 0;   ///< commits the engine took by itself (EngineConfig::commit_every_ms)

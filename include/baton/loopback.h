@@ -30,6 +30,10 @@ class Wire {
   /// Thread: any.
   virtual void set_faults(const Faults& f) = 0;
   virtual void set_partitioned(bool p) = 0;
+  /// Whether both links say caps().direct_read (the two nodes share this
+  /// process's memory, as they do): loads over this wire then read a
+  /// replica's slot directly. Off by default. Thread: any.
+  virtual void set_direct_read(bool on) = 0;
   /// A new link for the end at `node` (one of the two nodes this wire
   /// joins), for a node that restarted: frames still queued towards that
   /// end were for the old incarnation and vanish. The old link of that end

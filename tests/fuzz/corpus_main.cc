@@ -74,6 +74,25 @@ std::vector<std::vector<std::byte>> frames() {
   m.total_len = 4096;
   set_aux_epoch(m, 1);
   add(m);
+  // Direct reads: a request for a lent slot, a slot lent, the loader done.
+  Frame qd;
+  qd.type = MsgType::kFetchRequest;
+  qd.flags = kFlagDirect;
+  add(qd);
+  Frame lent;
+  lent.type = MsgType::kFetchMeta;
+  lent.flags = kFlagDirect | kFlagFound | kFlagGenCrc;
+  lent.epoch = 1;
+  lent.generation = 3;
+  lent.total_len = 4096;
+  lent.chunk_size = 4096;
+  set_direct(lent, 1, 3, 12345);
+  add(lent);
+  Frame done;
+  done.type = MsgType::kAck;
+  done.flags = kFlagDirect | kFlagFetch | kFlagComplete;
+  done.generation = 3;
+  add(done);
   Frame h;
   h.type = MsgType::kHeartbeat;
   h.epoch = 12345;

@@ -89,6 +89,7 @@ struct Harness {
       return c;
     };
     auto pair = baton::loopback::make_pair(1, 2, 16384, 1024, 1, hooks->now);
+    pair.wire->set_direct_read(true);  // requests for lent slots are served too
     auto t = std::make_unique<TapLink>(std::move(pair.a));
     tap = t.get();
     std::vector<std::unique_ptr<baton::Link>> l1, l2;

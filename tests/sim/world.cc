@@ -38,6 +38,7 @@ void Stats::add(const Stats& o) {
   replica_promotions += o.replica_promotions;
   cow_snapshots += o.cow_snapshots;
   restamped += o.restamped;
+  direct_reads += o.direct_reads;
   client_cow_opens += o.client_cow_opens;
   records_lost += o.records_lost;
   deletes += o.deletes;
@@ -45,12 +46,12 @@ void Stats::add(const Stats& o) {
 }
 
 std::string Stats::to_string() const {
-  char b[896];
+  char b[1024];
   std::snprintf(b, sizeof b,
                 "seeds=%lu steps=%lu commits=%lu durable_acks=%lu restores=%lu fresh_starts=%lu kills=%lu "
                 "restarts=%lu partitions=%lu stalls=%lu failed_opens=%lu lost_with_every_copy=%lu "
                 "acks_in_detection_window=%lu past_tolerance=%lu records_lost=%lu deletes=%lu failed_deletes=%lu "
-                "partial_snapshots=%lu delta_generations=%lu standby_promotions=%lu replica_promotions=%lu cow_snapshots=%lu client_cow_opens=%lu restamped=%lu",
+                "partial_snapshots=%lu delta_generations=%lu standby_promotions=%lu replica_promotions=%lu cow_snapshots=%lu client_cow_opens=%lu restamped=%lu direct_reads=%lu",
                 (unsigned long)seeds, (unsigned long)steps, (unsigned long)commits, (unsigned long)durable_acks,
                 (unsigned long)restores, (unsigned long)fresh_starts, (unsigned long)kills, (unsigned long)restarts,
                 (unsigned long)partitions, (unsigned long)stalls, (unsigned long)failed_opens,
@@ -58,7 +59,8 @@ std::string Stats::to_string() const {
                 (unsigned long)past_tolerance, (unsigned long)records_lost, (unsigned long)deletes,
                 (unsigned long)failed_deletes, (unsigned long)partial_snapshots,
                 (unsigned long)delta_generations, (unsigned long)standby_promotions, (unsigned long)replica_promotions,
-                (unsigned long)cow_snapshots, (unsigned long)client_cow_opens, (unsigned long)restamped);
+                (unsigned long)cow_snapshots, (unsigned long)client_cow_opens, (unsigned long)restamped,
+                (unsigned long)direct_reads);
   return b;
 }
 
@@ -153,10 +155,15 @@ class World {
     killed_at_.assign(o.nodes, 0);
     links_.resize(o.nodes);
     for (auto& l : links_) l.resize(static_cast<size_t>(o.shards));
+    // Node pairs that share memory (a CC-NUMA server's nodes), picked
+    // without drawing from the world's generator, so the rest of a seed's
+    // schedule stays what it was.
+    std::mt19937_64 shared_memory(seed ^ 0x853c49e6748fea9bull);
     for (int a = 1; a <= o.nodes; ++a)
       for (int b = a + 1; b <= o.nodes; ++b)
         for (int k = 0; k < o.shards; ++k) {
           auto p = loopback::make_pair(a, b, 16384, 1024, rng_(), hooks_->now);
+          if (o.direct && shared_memory() % 2 == 0) p.wire->set_direct_read(true);
           links_[a - 1][k].push_back(std::move(p.a));
           links_[b - 1][k].push_back(std::move(p.b));
           wires_[{a, b, k}] = p.wire;
@@ -218,6 +225,7 @@ class World {
     stats_.replica_promotions += st.replica_promotions;
     stats_.cow_snapshots += st.cow_snapshots;
     stats_.restamped += st.restamped;
+    stats_.direct_reads += st.direct_reads;
   }
 
   void start(int n, std::vector<std::vector<std::unique_ptr<Link>>> links) {

@@ -39,6 +39,9 @@ struct Options {
   bool print = false;     ///< print the schedule as it runs
   bool standbys = true;   ///< give some segments a hot standby node (picked from the seed)
   bool cow = true;        ///< some segments take copy-on-write snapshots (picked from the seed)
+  /// Some node pairs share memory (picked from the seed): their wires say
+  /// caps().direct_read, so loads there read a lent slot directly.
+  bool direct = true;
   /// Per-core shards per node (EngineConfig::workers): shard k of every
   /// node pair has a wire of its own, which faults strike one at a time.
   int shards = 1;
@@ -54,6 +57,7 @@ struct Stats {
            replica_promotions = 0,  ///< loads that mapped their node's own replica slot in place
            cow_snapshots = 0,       ///< commits that took a copy-on-write snapshot (S14)
            restamped = 0,           ///< takeovers' generations a replica held already: relabelled, not resent
+           direct_reads = 0,        ///< loads that read a peer's lent slot through shared memory
            client_cow_opens = 0;    ///< starts that ran as a daemon-mode client (its own mapping, frozen commits)
   void add(const Stats& o);
   std::string to_string() const;

@@ -113,6 +113,7 @@ std::string config_for(const ChassisConfig& c, int id) {
     << "heartbeat_us = " << c.heartbeat_us << "\nfailure_timeout_us = " << c.failure_timeout_us << "\n";
   if (mixed)
     o << "topology = \"synthetic:package:2 numa:1 core:1 pu:1\"\nnuma_node = " << (id - 1) % 2 << "\n";
+  if (!c.direct_reads) o << "direct_reads = false\n";
   if (c.workers > 1) {
     o << "workers = [";
     for (int w = 0; w < c.workers; ++w) o << (w == 0 ? "" : ", ") << -1;

@@ -36,6 +36,9 @@ struct ChassisConfig {
   /// a shm region of its own (not af_packet, which spreads frames over its
   /// queues by flow hash).
   int workers = 1;  ///< 1..kMaxChassisWorkers
+  /// Loads over shm links read a peer's lent slot directly (engine
+  /// direct_reads); false: every fetch is streamed, as over a backplane.
+  bool direct_reads = true;
   uint32_t heartbeat_us = 0;        ///< 0: the daemons' default
   uint32_t failure_timeout_us = 0;  ///< 0: the daemons' default
   /// Where the blades' views come from: "backplane" (heartbeats) or

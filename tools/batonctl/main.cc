@@ -94,6 +94,10 @@ int status(const std::string& socket, bool as_json, bool segments_only) {
                   r.value("wholes_sent", 0ull), r.value("deltas_sent", 0ull), r.value("retransmits", 0ull),
                   r.value("published", 0ull), r.value("deltas_published", 0ull), r.value("restamped", 0ull),
                   r.value("standby_promotions", 0ull), r.value("replica_promotions", 0ull));
+      if (r.value("slots_lent", 0ull) + r.value("direct_reads", 0ull) != 0)
+        std::printf("  direct reads (shared memory): %llu slots lent to loaders, %llu loads read a lent slot "
+                    "(%llu failed and were streamed)\n",
+                    r.value("slots_lent", 0ull), r.value("direct_reads", 0ull), r.value("direct_read_failures", 0ull));
       if (r.value("corrupt_generations", 0ull) != 0)
         std::printf("  WARNING: %llu received generations failed their checksum (sent again)\n",
                     r.value("corrupt_generations", 0ull));
@@ -200,6 +204,9 @@ int main(int argc, char** argv) {
   up->add_option("--backplanes", chassis.backplanes, "af_packet: 1 or 2 veth pairs (links) per pair of blades");
   up->add_option("--workers", chassis.workers,
                  "per-core shards per blade (1..8; memif, shm or mixed): a queue pair or region per shard");
+  bool stream_fetches = false;
+  up->add_flag("--stream-fetches", stream_fetches,
+               "shm links: stream every fetch through the rings instead of reading a peer's lent slot directly");
   auto* down = ch->add_subcommand("down", "stop the blades and remove their files");
   down->add_option("--dir", chassis.dir, "the chassis directory");
   int fault_blade = 0, loss = 100, backplane = 0;
@@ -317,6 +324,7 @@ int main(int argc, char** argv) {
   }
   if (*up) {
     chassis.batond = baton::ctl::sibling("batond");
+    chassis.direct_reads = !stream_fetches;
     auto blades = baton::ctl::chassis_up(chassis);
     if (!blades) return die(blades.error().message);
     std::printf("%-6s %-8s %s\n", "blade", "pid", "socket");

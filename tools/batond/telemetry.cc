@@ -110,7 +110,9 @@ int stats(const char*, const char*, rte_tel_data* d) {
       // replica's slot mapped in place).
       {"deltas_sent", s.deltas_sent},       {"wholes_sent", s.wholes_sent},
       {"deltas_published", s.deltas_published}, {"restamped", s.restamped},
-      {"standby_promotions", s.standby_promotions}, {"replica_promotions", s.replica_promotions}};
+      {"standby_promotions", s.standby_promotions}, {"replica_promotions", s.replica_promotions},
+      {"slots_lent", s.slots_lent}, {"direct_reads", s.direct_reads},
+      {"direct_read_failures", s.direct_read_failures}};
   for (const auto& [k, v] : values) rte_tel_data_add_dict_u64(d, k, v);
   uint64_t decode_errors = 0;
   for (uint64_t e : s.decode_errors) decode_errors += e;

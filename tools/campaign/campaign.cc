@@ -132,13 +132,15 @@ bool holds(const void* p, uint64_t size, uint64_t gen) {
 }
 
 /// A blade's counts (batonctl status): chunks commits left alone as
-/// unchanged, and commits taken by copy-on-write.
+/// unchanged, commits taken by copy-on-write, commits posted, and loads
+/// that read a peer's lent slot directly (shm links).
 struct Counts {
-  uint64_t skipped = 0, cow = 0, posted = 0;
+  uint64_t skipped = 0, cow = 0, posted = 0, direct = 0;
   Counts& operator+=(const Counts& o) {
     skipped += o.skipped;
     cow += o.cow;
     posted += o.posted;
+    direct += o.direct;
     return *this;
   }
 };
@@ -151,8 +153,9 @@ Counts blade_counts(const std::string& socket, Counts last) {
   if (!text) return last;
   auto j = nlohmann::json::parse(*text, nullptr, false);
   if (j.is_discarded() || !j.contains("clients")) return last;
+  const auto& rep = j.contains("replication") ? j["replication"] : nlohmann::json::object();
   return Counts{j["clients"].value("chunks_skipped", last.skipped), j["clients"].value("cow_snapshots", last.cow),
-                j["clients"].value("posted_commits", last.posted)};
+                j["clients"].value("posted_commits", last.posted), rep.value("direct_reads", last.direct)};
 }
 
 /// Events on `socket` since `since_us` (unix microseconds) whose text
@@ -560,11 +563,13 @@ int main(int argc, char** argv) {
   std::printf("campaign: %d cycles over %s: %d lost, %d torn, %d failed restores, %d resurrected after a delete "
               "(%d deletes, %d failed; %d owner stalls; %d owner partitions, %d with a takeover beside a live "
               "owner, %d of those not fenced after the heal); restore p50 %.2f ms, p99 %.2f ms; %llu chunks left "
-              "alone by commits (unchanged); %llu commits by copy-on-write, %llu posted\n",
+              "alone by commits (unchanged); %llu commits by copy-on-write, %llu posted; %llu loads read a lent "
+              "slot directly\n",
               r.cycles, cc.transport.c_str(), r.lost, r.torn, r.failed, r.resurrected, r.deletes, r.failed_deletes,
               r.stalls, r.partitions, r.splits, r.unfenced,
               pct(r.restore_ms, 0.5), pct(r.restore_ms, 0.99), static_cast<unsigned long long>(banked.skipped),
-              static_cast<unsigned long long>(banked.cow), static_cast<unsigned long long>(banked.posted));
+              static_cast<unsigned long long>(banked.cow), static_cast<unsigned long long>(banked.posted),
+              static_cast<unsigned long long>(banked.direct));
   if (snapshots == "copy-on-write" && banked.cow == 0) {
     std::fprintf(stderr, "baton-campaign: no commit took its snapshot by copy-on-write\n");
     return 1;

@@ -28,6 +28,7 @@ topology = "synthetic:package:2 numa:2 core:4 pu:1"
 heartbeat_us = 500
 failure_timeout_us = 5000
 expected_votes = 5
+direct_reads = false
 
 [client]
 socket = "/run/baton/blade3.sock"
@@ -75,6 +76,7 @@ TEST(DaemonConfig, GoodFileParses) {
   EXPECT_EQ(c->engine.heartbeat_interval_us, 500u);
   EXPECT_EQ(c->engine.failure_timeout_us, 5000u);
   EXPECT_EQ(c->engine.expected_votes, 5u);
+  EXPECT_FALSE(c->engine.direct_reads);
   EXPECT_EQ(c->engine.membership, MembershipKind::kCorosync);
   EXPECT_EQ(c->engine.corosync_group, "rack7");
   // Placement tags become failure domains: another slot, another blade;
@@ -183,6 +185,7 @@ TEST(DaemonConfig, MinimalFileGetsDefaults) {
   EXPECT_EQ(c->engine.blade, 0u);  // untagged: its own blade, unknown power domain
   EXPECT_EQ(c->engine.power_domain, 0u);
   EXPECT_EQ(c->engine.expected_votes, 0u);
+  EXPECT_TRUE(c->engine.direct_reads);
   EXPECT_EQ(c->engine.membership, MembershipKind::kBackplane);
   EXPECT_FALSE(c->spare);
   EXPECT_TRUE(c->groups.empty());
@@ -328,6 +331,7 @@ INSTANTIATE_TEST_SUITE_P(
         Bad{NODE_AND("[engine]\nworkers = []\n"), "engine.workers: must be an array of 1..64 CPU numbers"},
         Bad{NODE_AND("[engine]\nworkers = [0, -2]\n"), "engine.workers: must be an array of CPU numbers"},
         Bad{NODE_AND("[engine]\nworkers = \"all\"\n"), "engine.workers: must be an array"},
+        Bad{NODE_AND("[engine]\ndirect_reads = 1\n"), "engine.direct_reads: must be true or false"},
         Bad{NODE_AND("[engine]\nworkers = [0, 1]\nworker_cpu = 1\n"), "engine.workers: and engine.worker_cpu both"},
         Bad{NODE_AND("[[link]]\npeer = 2\ndevice = \"x\"\nshard = 1\n"),
             "link[0].shard: is 1; engine.workers makes 1 shard"},

@@ -226,6 +226,78 @@ TEST(Wire, NoteRoundTripAndRejects) {
   EXPECT_EQ(decode(encoded(note), out), DecodeError::kBadField);
 }
 
+// Direct reads (issue #11): a request for a lent slot, the slot lent (its
+// process, descriptor and inode), and the loader's done; each exactly so.
+TEST(Wire, DirectReadFramesRoundTripAndRejects) {
+  Frame out;
+  Frame req;
+  req.type = MsgType::kFetchRequest;
+  req.name = "seg";
+  req.seg_id = segment_id("seg");
+  req.flags = kFlagDirect;
+  ASSERT_EQ(decode(encoded(req), out), DecodeError::kNone);
+  EXPECT_EQ(out.flags, kFlagDirect);
+  req.flags = kFlagDirect | kFlagQuery;  // a query lends nothing
+  EXPECT_EQ(decode(encoded(req), out), DecodeError::kBadField);
+
+  Frame lent;
+  lent.type = MsgType::kFetchMeta;
+  lent.name = "seg";
+  lent.seg_id = segment_id("seg");
+  lent.flags = kFlagDirect | kFlagFound | kFlagGenCrc;
+  lent.epoch = 3;
+  lent.generation = 9;
+  lent.total_len = 1 << 20;
+  lent.chunk_size = 16384;
+  lent.gen_crc = 0xabcdef01;
+  set_direct(lent, 4242, 17, 0x123456789ull);
+  ASSERT_EQ(decode(encoded(lent), out), DecodeError::kNone);
+  EXPECT_EQ(direct_pid(out), 4242u);
+  EXPECT_EQ(direct_fd(out), 17u);
+  EXPECT_EQ(direct_inode(out), 0x123456789ull);
+  EXPECT_EQ(out.gen_crc, 0xabcdef01u);
+  auto rejects = [&](auto change, DecodeError want) {
+    Frame bad = lent;
+    change(bad);
+    EXPECT_EQ(decode(encoded(bad), out), want);
+  };
+  rejects([](Frame& f) { f.flags &= ~kFlagGenCrc; }, DecodeError::kBadField);       // no checksum to check against
+  rejects([](Frame& f) { f.flags |= kFlagRecord; }, DecodeError::kBadField);        // a record is a query's answer
+  rejects([](Frame& f) { f.flags |= kFlagGranted; }, DecodeError::kBadField);
+  rejects([](Frame& f) { f.generation = 0; }, DecodeError::kBadField);
+  rejects([](Frame& f) { f.sack = 0; }, DecodeError::kBadField);                     // no inode
+  rejects([](Frame& f) { f.chunk_index = 0; }, DecodeError::kBadField);              // no process
+  rejects([](Frame& f) { f.chunk_index = 0x80000000u; }, DecodeError::kBadField);    // not a pid
+  rejects([](Frame& f) { f.chunk_count = 0x80000000u; }, DecodeError::kBadField);    // not a descriptor
+  rejects([](Frame& f) { f.total_len = 0; }, DecodeError::kOffsetOverflow);
+  rejects([](Frame& f) { f.total_len = kMaxSegmentSize + 1; }, DecodeError::kOffsetOverflow);
+  rejects([](Frame& f) { f.chunk_size = 100; }, DecodeError::kOffsetOverflow);
+
+  Frame done;
+  done.type = MsgType::kAck;
+  done.seg_id = 5;
+  done.generation = 9;
+  done.flags = kFlagDirect | kFlagFetch | kFlagComplete;
+  ASSERT_EQ(decode(encoded(done), out), DecodeError::kNone);
+  done.flags = kFlagDirect | kFlagFetch;
+  EXPECT_EQ(decode(encoded(done), out), DecodeError::kBadField);
+  done.flags = kFlagDirect | kFlagComplete;
+  EXPECT_EQ(decode(encoded(done), out), DecodeError::kBadField);
+
+  // No other message says it.
+  Frame hb;
+  hb.type = MsgType::kHeartbeat;
+  hb.flags = kFlagDirect;
+  EXPECT_EQ(decode(encoded(hb), out), DecodeError::kBadField);
+  Frame claim;
+  claim.type = MsgType::kClaim;
+  claim.name = "seg";
+  claim.seg_id = segment_id("seg");
+  claim.epoch = 2;
+  claim.flags = kFlagDirect;
+  EXPECT_EQ(decode(encoded(claim), out), DecodeError::kBadField);
+}
+
 TEST(Wire, ClaimAndSetRecordRoundTripAndRejects) {
   Frame claim;
   claim.type = MsgType::kClaim;
