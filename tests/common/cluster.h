@@ -27,6 +27,8 @@ inline void fill_pattern(std::span<std::byte> s, uint32_t seed) {
   for (size_t i = s.size() & ~size_t{3}; i < s.size(); ++i) s[i] = std::byte(static_cast<uint8_t>(rng()));
 }
 
+inline std::vector<std::byte> copy_of(std::span<std::byte> s) { return {s.begin(), s.end()}; }
+
 /// The test suites share two cores with each other (and CI with whatever
 /// else runs): a 50 ms silence is then a scheduling hiccup, not a death, and
 /// sanitizer builds run several times slower still. These tests are about

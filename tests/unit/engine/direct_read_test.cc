@@ -26,7 +26,7 @@ using test::Cluster;
 using test::fill_pattern;
 using test::has_event;
 
-std::vector<std::byte> copy_of(std::span<std::byte> s) { return {s.begin(), s.end()}; }
+using test::copy_of;
 
 void share_memory(Cluster& cl) {
   for (auto& [pair, wire] : cl.wires) wire->set_direct_read(true);
@@ -94,22 +94,35 @@ TEST(DirectRead, ALoadReadsTheLentSlotThroughSharedMemory) {
   }
 }
 
+// Three nodes, one replica: node 1 commits `name` (1 MiB) durably and is
+// killed; returns the generation, its bytes, and the node without a copy.
+struct Orphan {
+  uint64_t generation = 0;
+  std::vector<std::byte> want;
+  int loader = 0;
+};
+Orphan commit_and_kill_owner(Cluster& cl, const std::string& name, uint32_t seed) {
+  Orphan o;
+  auto seg = test::must(cl.node(1).create(name, 1 << 20));
+  auto mem = cl.node(1).data(seg);
+  fill_pattern(mem, seed);
+  o.generation = test::must(cl.node(1).commit(seg));
+  EXPECT_TRUE(test::ok(cl.node(1).wait_replicated(seg, o.generation, kDurable, 10s)));
+  o.want = copy_of(mem);
+  o.loader = without_replica(cl, {2, 3}, name);
+  cl.kill(1);
+  await_death(cl, 1, {2, 3});
+  return o;
+}
+
 TEST(DirectRead, IsStreamedWhenTurnedOff) {
   EngineConfig c;
   c.replication_factor = 1;
   c.direct_reads = false;
   Cluster cl(3, c);
   share_memory(cl);
-  auto seg = test::must(cl.node(1).create("streamed", 1 << 20));
-  auto mem = cl.node(1).data(seg);
-  fill_pattern(mem, 9);
-  const uint64_t g = test::must(cl.node(1).commit(seg));
-  ASSERT_TRUE(test::ok(cl.node(1).wait_replicated(seg, g, kDurable, 10s)));
-  const auto want = copy_of(mem);
-  const int loader = without_replica(cl, {2, 3}, "streamed");
+  const auto [g, want, loader] = commit_and_kill_owner(cl, "streamed", 9);
   ASSERT_NE(loader, 0);
-  cl.kill(1);
-  await_death(cl, 1, {2, 3});
   auto loaded = cl.node(loader).load("streamed");
   ASSERT_TRUE(loaded) << loaded.error().to_string();
   auto got = cl.node(loader).data(loaded->segment);
@@ -157,16 +170,8 @@ TEST(DirectRead, ACorruptedLentSlotIsNeverRestored) {
   c.fetch_timeout_ms = 300;
   Cluster cl(3, c);
   share_memory(cl);
-  auto seg = test::must(cl.node(1).create("corrupt", 1 << 20));
-  auto mem = cl.node(1).data(seg);
-  fill_pattern(mem, 21);
-  const uint64_t g = test::must(cl.node(1).commit(seg));
-  ASSERT_TRUE(test::ok(cl.node(1).wait_replicated(seg, g, kDurable, 10s)));
-  const auto want = copy_of(mem);
-  const int loader = without_replica(cl, {2, 3}, "corrupt");
+  const auto [g, want, loader] = commit_and_kill_owner(cl, "corrupt", 21);
   ASSERT_NE(loader, 0);
-  cl.kill(1);
-  await_death(cl, 1, {2, 3});
   const auto slots = slots_holding("corrupt@replica", want);
   ASSERT_EQ(slots.size(), 1u);
   flip(slots[0], 777777);

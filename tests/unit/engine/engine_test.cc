@@ -22,7 +22,7 @@ using test::Cluster;
 using test::fill_pattern;
 using test::has_event;
 
-std::vector<std::byte> copy_of(std::span<std::byte> s) { return {s.begin(), s.end()}; }
+using test::copy_of;
 
 TEST(Engine, ReplicatesAndLoadsByteExactAfterPrimaryStops) {
   EngineConfig c;
