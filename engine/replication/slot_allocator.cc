@@ -24,10 +24,14 @@ void SlotAllocator::submit(ReplicaStore::Origin origin) {
   cv_.notify_one();
 }
 
-void SlotAllocator::free(std::unique_ptr<ReplicaStore> store) {
+void SlotAllocator::free(std::shared_ptr<void> doomed, std::chrono::milliseconds after) {
+  if (doomed == nullptr) return;
   {
     std::lock_guard lock(mu_);
-    to_free_.push_back(std::move(store));
+    if (after.count() > 0)
+      later_.emplace_back(std::chrono::steady_clock::now() + after, std::move(doomed));
+    else
+      to_free_.push_back(std::move(doomed));
   }
   cv_.notify_one();
 }
@@ -46,10 +50,22 @@ void SlotAllocator::run() {
   prctl(PR_SET_NAME, "baton-alloc", 0, 0, 0);
   std::unique_lock lock(mu_);
   for (;;) {
-    cv_.wait(lock, [this] { return stop_ || !todo_.empty() || !to_free_.empty(); });
+    auto due = [this] { return !later_.empty() && later_.front().first <= std::chrono::steady_clock::now(); };
+    auto work = [this] { return stop_ || !todo_.empty() || !to_free_.empty(); };
+    // Nothing held back: sleep until there is anything (a first one held
+    // back too, to wait for its time). Else sleep until its time.
+    if (later_.empty())
+      cv_.wait(lock, [&] { return work() || !later_.empty(); });
+    else
+      cv_.wait_until(lock, later_.front().first, [&] { return work() || due(); });
     if (stop_) return;
+    while (due()) {
+      to_free_.push_back(std::move(later_.front().second));
+      later_.pop_front();
+    }
+    if (todo_.empty() && to_free_.empty()) continue;
     if (!to_free_.empty()) {
-      std::unique_ptr<ReplicaStore> dead = std::move(to_free_.front());
+      std::shared_ptr<void> dead = std::move(to_free_.front());
       to_free_.pop_front();
       lock.unlock();
       dead.reset();

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <filesystem>
 #include <fstream>
 #include <set>
 #include <chrono>
@@ -143,6 +144,42 @@ TEST(Engine, LoadsFromItsOwnReplicaWhenNoPeerHasOne) {
   auto got = cl.node(2).data(opened->segment);
   EXPECT_TRUE(std::equal(want.begin(), want.end(), got.begin(), got.end()));
   EXPECT_EQ(test::must(cl.node(2).status(opened->segment)).epoch, 2u);
+}
+
+// How many descriptors of this process are memfds labelled exactly `label`.
+size_t memfds_named(const std::string& label) {
+  size_t n = 0;
+  for (const auto& e : std::filesystem::directory_iterator("/proc/self/fd")) {
+    std::error_code ec;
+    const auto target = std::filesystem::read_symlink(e.path(), ec).string();
+    n += !ec && target == "/memfd:baton:" + label + " (deleted)";
+  }
+  return n;
+}
+
+// A removed segment's memory (the application's and both stages) goes
+// back on the allocator's thread, after a quiet moment, not on the
+// caller's: a load that finds a fenced copy of the name removes it first,
+// on a failover's critical path. It goes all the same, and with the engine
+// at the latest.
+TEST(Engine, AClosedSegmentsMemoryIsReturnedInTheBackground) {
+  EngineConfig c;
+  c.replication_factor = 1;
+  Cluster cl(2, c);
+  auto commit_and_close = [&](const std::string& name) {
+    auto seg = test::must(cl.node(1).create(name, 1 << 20));
+    fill_pattern(cl.node(1).data(seg), 5);
+    ASSERT_TRUE(test::ok(cl.node(1).wait_replicated(seg, test::must(cl.node(1).commit(seg)), kDurable, 10s)));
+    ASSERT_EQ(memfds_named(name), 1u);  // node 2's replica slots are NAME@replica
+    ASSERT_TRUE(test::eventually([&] { return memfds_named(name + "@stage") == 2; }));
+    ASSERT_TRUE(test::ok(cl.node(1).close(seg)));
+  };
+  commit_and_close("returned");
+  EXPECT_TRUE(test::eventually(
+      [&] { return memfds_named("returned") == 0 && memfds_named("returned@stage") == 0; }));
+  commit_and_close("with-the-engine");
+  cl.kill(1);
+  EXPECT_EQ(memfds_named("with-the-engine") + memfds_named("with-the-engine@stage"), 0u);
 }
 
 TEST(Engine, LatestOfManyGenerationsWins) {
