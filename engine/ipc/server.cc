@@ -81,7 +81,8 @@ void refuse(int fd, const Reply& r) {
 
 }  // namespace
 
-Server::Server(Engine& engine, const ServerConfig& config) : engine_(engine), config_(config) {}
+Server::Server(Engine& engine, const ServerConfig& config)
+    : engine_(engine), config_(config), dropping_(std::make_unique<Session>()) {}
 
 Result<std::unique_ptr<Server>> Server::start(Engine& engine, const ServerConfig& config) {
   if (config.socket_path.empty() || config.socket_path.size() >= sizeof(sockaddr_un::sun_path))
@@ -145,7 +146,7 @@ ServerCounters Server::counters() const noexcept {
                         counters_.refused_limit.load(), counters_.bad_requests.load(),
                         counters_.commits.load(),       counters_.disconnects.load(),
                         counters_.withdrawn_commits.load(), counters_.posted_commits.load(),
-                        counters_.refused_posts.load()};
+                        counters_.refused_posts.load(), counters_.dropped_fenced.load()};
 }
 
 bool Server::allowed(uid_t uid, gid_t gid) const {
@@ -214,8 +215,49 @@ void Server::serve(const std::atomic<bool>& stop) {
     pollfd p{listen_fd_, POLLIN, 0};
     if (poll(&p, 1, 100) == 1) accept_clients();
     reap_sessions();
+    if (const uint64_t now = now_ns(); now - dropped_at_ns_ >= 1'000'000'000) {
+      dropped_at_ns_ = now;
+      drop_fenced();
+    }
   }
   shutdown();
+}
+
+void Server::drop_fenced() {
+  std::vector<std::pair<std::string, baton::Segment*>> unheld;
+  {
+    std::lock_guard lock(registry_mu_);
+    for (const auto& [name, seg] : segments_)
+      if (seg->holder == nullptr && seg->handle != nullptr) unheld.emplace_back(name, seg->handle);
+  }
+  for (const auto& [name, handle] : unheld) {
+    auto st = engine_.status(handle);
+    if (!st || !st->fenced) continue;
+    // Take it out of the registry unless someone opened it meanwhile; its
+    // name stays reserved (held by dropping_) while the engine closes it.
+    std::unique_ptr<Segment> gone;
+    {
+      std::lock_guard lock(registry_mu_);
+      auto it = segments_.find(name);
+      if (it == segments_.end() || it->second->holder != nullptr || it->second->handle != handle) continue;
+      gone = std::move(it->second);
+      it->second = std::make_unique<Segment>();
+      it->second->name = name;
+      it->second->holder = dropping_.get();
+      it->second->id = next_handle_++;
+    }
+    auto closed = engine_.close(handle);
+    {
+      std::lock_guard lock(registry_mu_);
+      segments_.erase(name);
+      registry_cv_.notify_all();
+    }
+    ++counters_.dropped_fenced;
+    if (closed)
+      BT_INFO("segment %s: fenced here and held by no application: dropped (its memory goes back)", name.c_str());
+    else
+      BT_WARN("segment %s: fenced here, dropping it: %s", name.c_str(), closed.error().message.c_str());
+  }
 }
 
 void Server::reap_sessions() {
@@ -374,7 +416,7 @@ Reply Server::open_segment(Session& s, const Request& r, std::vector<int>& fds) 
   if (it != segments_.end() && it->second->holder != nullptr && it->second->holder != &s) {
     // The holder may be gone already, its session not yet done: give it a
     // moment to let go. (Its descriptor stays open until it has.)
-    if (hung_up(it->second->holder->fd))
+    if (it->second->holder == dropping_.get() || hung_up(it->second->holder->fd))
       registry_cv_.wait_for(lock, std::chrono::seconds(2), [&] {
         it = segments_.find(name);
         return it == segments_.end() || it->second->holder == nullptr;

@@ -85,7 +85,8 @@ struct ServerCounters {
            disconnects = 0,
            withdrawn_commits = 0,  ///< requests their application stopped waiting for before batond took them
            posted_commits = 0,     ///< commits that came through a log slot (CommitLog), not a request
-           refused_posts = 0;      ///< log slots refused (bad contents, a failed commit)
+           refused_posts = 0,      ///< log slots refused (bad contents, a failed commit)
+           dropped_fenced = 0;     ///< segments another node took over, closed here once unheld (drop_fenced)
 };
 
 class Server {
@@ -122,6 +123,12 @@ class Server {
   Server(Engine& engine, const ServerConfig& config);
   void accept_clients();
   void reap_sessions();
+  /// Closes the segments this node no longer owns (fenced: another node
+  /// took the name over, or it was deleted elsewhere) that no application
+  /// holds, so their memory goes back now, not at the next open of the
+  /// name here, which may never come. Thread: the accept thread, about
+  /// once a second.
+  void drop_fenced();
   bool allowed(uid_t uid, gid_t gid) const;
   void run_session(Session& s);
   void on_request(Session& s, const char* buf, size_t n);
@@ -179,12 +186,16 @@ class Server {
   std::condition_variable registry_cv_;  ///< a holder let go of a segment
   std::unordered_map<std::string, std::unique_ptr<Segment>> segments_;  ///< registry_mu_
   uint32_t next_handle_ = 1;                                            ///< registry_mu_
+  /// The holder of a name drop_fenced() is closing: an open of that name
+  /// waits for it as for a departing application.
+  std::unique_ptr<Session> dropping_;
+  uint64_t dropped_at_ns_ = 0;  ///< the last drop_fenced(); accept thread
 
   std::array<CommitLane, 2> lanes_;  ///< [0]: segments up to kLargeSegment; [1]: larger ones
 
   struct Counters {
     std::atomic<uint64_t> accepted{0}, refused_credentials{0}, refused_limit{0}, bad_requests{0}, commits{0},
-        disconnects{0}, withdrawn_commits{0}, posted_commits{0}, refused_posts{0};
+        disconnects{0}, withdrawn_commits{0}, posted_commits{0}, refused_posts{0}, dropped_fenced{0};
   } counters_;
 };
 

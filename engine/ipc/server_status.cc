@@ -49,6 +49,8 @@ nlohmann::json Server::status_json(size_t limit) const {
                     {"posted_commits", counters.posted_commits},
                     {"refused_posts", counters.refused_posts},
                     {"disconnects", counters.disconnects},
+                    // segments another node took over, closed here once no application held them
+                    {"dropped_fenced", counters.dropped_fenced},
                     // chunks commits copied, and left alone as unchanged (what the applications wrote)
                     {"chunks_copied", stats.snapshot_chunks_copied},
                     {"chunks_skipped", stats.snapshot_chunks_skipped},

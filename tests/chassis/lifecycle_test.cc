@@ -28,6 +28,43 @@ bool listed(const Chassis& ch, const std::string& name) {
   return false;
 }
 
+// Whether blade `b`'s status lists `name`.
+bool listed_on(const Chassis& ch, int b, const std::string& name) {
+  for (const auto& s : ch.status_json(b).value("segments", nlohmann::json::array()))
+    if (s.value("name", "") == name) return true;
+  return false;
+}
+
+// A blade keeps a segment whose application left, for its restart; once
+// another blade has taken the name over, that copy is of a history the
+// cluster moved past. With no application holding it, batond closes it
+// (its memory goes back) rather than keep it until the name is opened
+// there again, which may never come.
+TEST(Lifecycle, ACopyTakenOverElsewhereIsDroppedOnceNoApplicationHoldsIt) {
+  Chassis ch(3);
+  ASSERT_TRUE(ch.up) << ch.out;
+  uint64_t gen = 0;
+  {
+    App a(ch.socket(1));
+    ASSERT_EQ(a.open("ledger"), 0) << baton_last_error();
+    ASSERT_EQ(a.write(7, &gen), std::make_pair(0, 0)) << baton_last_error();
+  }  // the application leaves: blade 1 keeps the segment
+  ASSERT_TRUE(listed_on(ch, 1, "ledger")) << ch.status(1);
+  int status = 0;
+  const std::string out = run(ch.ctl + " load ledger --socket " + ch.socket(2), &status);
+  ASSERT_EQ(status, 0) << out << ch.events(2);
+  EXPECT_TRUE(eventually([&] { return !listed_on(ch, 1, "ledger"); })) << ch.status(1) << ch.events(1);
+  EXPECT_GE(ch.status_json(1)["clients"].value("dropped_fenced", 0), 1) << ch.status(1);
+  // The state is where it went, and blade 1 can still take it back later.
+  App b(ch.socket(2));
+  int restored = -1;
+  uint64_t got = 0;
+  ASSERT_EQ(baton_open(b.b, "ledger", App::kSize, &b.seg, &restored, &got), 0) << baton_last_error();
+  EXPECT_EQ(restored, 1);
+  EXPECT_EQ(got, gen);
+  EXPECT_EQ(b.mem()[0], 7);
+}
+
 TEST(Lifecycle, DeleteEverywhereThenStartFresh) {
   Chassis ch(4, "memif", 2);
   ASSERT_TRUE(ch.up) << ch.out;
