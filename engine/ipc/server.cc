@@ -252,11 +252,14 @@ void Server::drop_fenced() {
       segments_.erase(name);
       registry_cv_.notify_all();
     }
-    ++counters_.dropped_fenced;
-    if (closed)
+    if (closed) {
+      ++counters_.dropped_fenced;
       BT_INFO("segment %s: fenced here and held by no application: dropped (its memory goes back)", name.c_str());
-    else
+    } else {
+      // The engine stops, or the handle went meanwhile: an open of the name
+      // finds whatever is left and loads it afresh.
       BT_WARN("segment %s: fenced here, dropping it: %s", name.c_str(), closed.error().message.c_str());
+    }
   }
 }
 
