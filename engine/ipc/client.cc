@@ -580,6 +580,8 @@ Result<uint64_t> Client::commit_locked(ClientSegment* s, std::span<const std::pa
   if (g) {
     s->resend_all = false;
     s->last_generation = *g;
+  } else if (g.error().code == Errc::kFenced) {
+    s->fenced = true;  // as a refused post would: every later commit is refused
   }
   return g;
 }
@@ -603,8 +605,17 @@ Result<void> Client::wait(ClientSegment* s, uint64_t generation, uint32_t k, uin
   // after it is stopped or overloaded, and the application hears so.
   auto rep = call(r, nullptr, nullptr, (uint64_t{timeout_ms} + kWaitSlackMs) * 1'000'000);
   if (!rep) return tl::unexpected(rep.error());
-  if (rep->status != 0) return tl::unexpected(from_status(rep->status, rep->message));
-  return {};
+  if (rep->status == 0) return {};
+  Error e = from_status(rep->status, rep->message);
+  if (e.code == Errc::kFenced) {
+    // Ownership moved on: the next commits are refused at once too, not
+    // only after batond has refused a post of one (a commit posted
+    // meanwhile returned success: sigstop_test saw three on a loaded
+    // machine).
+    std::lock_guard lock(s->commit_mu);
+    s->fenced = true;
+  }
+  return tl::unexpected(std::move(e));
 }
 
 Result<void> Client::close(ClientSegment* s) {

@@ -48,8 +48,9 @@ struct ClientSegment {
   /// this library counts (the next post is one more), slots posted, and
   /// batond's refusals already reported. commit_mu.
   bool posts = false;  ///< batond takes posted commits of it (small, and no copy-on-write)
-  /// batond refused a post as fenced: a newer owner exists, and every
-  /// later commit fails at once (as batond would refuse it). commit_mu.
+  /// batond refused a post as fenced, or answered a commit or a wait so:
+  /// a newer owner exists, and every later commit fails at once (as
+  /// batond would refuse it). commit_mu.
   bool fenced = false;
   uint64_t last_generation = 0;
   uint32_t log_head = 0;
