@@ -55,7 +55,7 @@ TEST(Lifecycle, ACopyTakenOverElsewhereIsDroppedOnceNoApplicationHoldsIt) {
   ASSERT_EQ(status, 0) << out << ch.events(2);
   EXPECT_TRUE(eventually([&] { return !listed_on(ch, 1, "ledger"); })) << ch.status(1) << ch.events(1);
   EXPECT_GE(ch.status_json(1)["clients"].value("dropped_fenced", 0), 1) << ch.status(1);
-  // The state is where it went, and blade 1 can still take it back later.
+  // The state is where it went.
   App b(ch.socket(2));
   int restored = -1;
   uint64_t got = 0;
