@@ -480,9 +480,10 @@ int main(int argc, char** argv) {
   // its vCPU meanwhile: at a rate r per thread, about 2 r T of round trips
   // of length T. Past 1%, the p99 is such a gap, not the round trip.
   const double gr = gap_rate.median(), gm = gap_mean.median();
+  auto held_up_pct = [gr](double round_trip_us) { return 2 * gr * round_trip_us / 1e6 * 100; };
   print_json("rate", "spin_gaps_over_10us", gr, "per_s");
   std::printf("%-34s %7.0f/s, mean %.0f us: %.2f%% of round trips as long as Baton's p50\n",
-              "a spinning thread loses the CPU", gr, gm, 2 * gr * bl50 / 1e6 * 100);
+              "a spinning thread loses the CPU", gr, gm, held_up_pct(bl50));
   const std::string big_label = std::to_string(mib) + " MiB, median of rounds";
   std::printf("\n%-34s %10s %10s\n", big_label.c_str(), "GB/s", "ratio");
   std::printf("%-34s %10.2f %10s\n", "memcpy", mt, "");
@@ -508,7 +509,7 @@ int main(int argc, char** argv) {
     print_json("ratio", "baton_commit_cow_over_lean", ct / lt, "x");
     std::printf("%-34s %10s %10s %9.2fx\n", "  copy-on-write / lean", "", "", ct / lt);
     std::printf("%-34s %.2f%% of the lean program's round trips, %.2f%% of Baton's\n",
-                "  held up by a lost CPU (see above)", 2 * gr * l50 / 1e6 * 100, 2 * gr * bl50 / 1e6 * 100);
+                "  held up by a lost CPU (see above)", held_up_pct(l50), held_up_pct(bl50));
   }
   std::printf("\n(%d rounds x %d latency samples; %lu MiB)\n", rounds, iters, (unsigned long)mib);
   return 0;

@@ -223,6 +223,14 @@ void Server::serve(const std::atomic<bool>& stop) {
   shutdown();
 }
 
+std::unique_ptr<Server::Segment> Server::reserved(const std::string& name, Session* holder) {
+  auto seg = std::make_unique<Segment>();
+  seg->name = name;
+  seg->holder = holder;
+  seg->id = next_handle_++;
+  return seg;
+}
+
 void Server::drop_fenced() {
   std::vector<std::pair<std::string, baton::Segment*>> unheld;
   {
@@ -241,10 +249,7 @@ void Server::drop_fenced() {
       auto it = segments_.find(name);
       if (it == segments_.end() || it->second->holder != nullptr || it->second->handle != handle) continue;
       gone = std::move(it->second);
-      it->second = std::make_unique<Segment>();
-      it->second->name = name;
-      it->second->holder = dropping_.get();
-      it->second->id = next_handle_++;
+      it->second = reserved(name, dropping_.get());
     }
     auto closed = engine_.close(handle);
     {
@@ -461,11 +466,7 @@ Reply Server::open_segment(Session& s, const Request& r, std::vector<int>& fds) 
     if (!load)
       if (auto refused = over_limit(r.size)) return *refused;
     // Reserve the name (no handle yet) while the engine opens it unlocked.
-    auto fresh = std::make_unique<Segment>();
-    fresh->name = name;
-    fresh->holder = &s;
-    fresh->id = next_handle_++;
-    segments_.emplace(name, std::move(fresh));
+    segments_.emplace(name, reserved(name, &s));
     lock.unlock();
     Result<OpenResult> opened = fail(Errc::kInternal, "");
     if (op == Op::kCreate) {
@@ -621,11 +622,7 @@ Reply Server::delete_segment(Session& s, const Request& r) {
       kept = std::move(it->second);
       segments_.erase(it);
     }
-    auto placeholder = std::make_unique<Segment>();
-    placeholder->name = name;
-    placeholder->holder = &s;
-    placeholder->id = next_handle_++;
-    segments_.emplace(name, std::move(placeholder));
+    segments_.emplace(name, reserved(name, &s));
   }
   Result<void> ok{};
   const bool had_copy = kept && kept->handle != nullptr;

@@ -129,6 +129,9 @@ class Server {
   /// name here, which may never come. Thread: the accept thread, about
   /// once a second.
   void drop_fenced();
+  /// A registry entry that reserves `name` for `holder` while the engine
+  /// opens, deletes or closes it unlocked (no handle yet). registry_mu_.
+  std::unique_ptr<Segment> reserved(const std::string& name, Session* holder);
   bool allowed(uid_t uid, gid_t gid) const;
   void run_session(Session& s);
   void on_request(Session& s, const char* buf, size_t n);

@@ -20,18 +20,17 @@ using baton::test::Chassis;
 using baton::test::eventually;
 using baton::test::run;
 
-// Whether any blade's status still lists `name` (owned or held).
-bool listed(const Chassis& ch, const std::string& name) {
-  for (int b = 1; b <= ch.blades; ++b)
-    for (const auto& s : ch.status_json(b).value("segments", nlohmann::json::array()))
-      if (s.value("name", "") == name) return true;
-  return false;
-}
-
-// Whether blade `b`'s status lists `name`.
+// Whether blade `b`'s status lists `name` (owned or held).
 bool listed_on(const Chassis& ch, int b, const std::string& name) {
   for (const auto& s : ch.status_json(b).value("segments", nlohmann::json::array()))
     if (s.value("name", "") == name) return true;
+  return false;
+}
+
+// Whether any blade's status still lists `name`.
+bool listed(const Chassis& ch, const std::string& name) {
+  for (int b = 1; b <= ch.blades; ++b)
+    if (listed_on(ch, b, name)) return true;
   return false;
 }
 

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstring>
+#include <filesystem>
 #include <functional>
 #include <map>
 #include <memory>
@@ -178,6 +179,19 @@ inline bool has_event(Engine& e, const std::string& text, uint64_t since_unix_us
   for (const auto& ev : e.events())
     if (ev.unix_us >= since_unix_us && ev.text.find(text) != std::string::npos) return true;
   return false;
+}
+
+/// The /proc/self/fd paths of this process's memfds labelled exactly
+/// `label` (LocalStorage names them "baton:LABEL": a segment NAME, its
+/// stages NAME@stage, a replica's slots NAME@replica).
+inline std::vector<std::string> memfds_labelled(const std::string& label) {
+  std::vector<std::string> found;
+  for (const auto& e : std::filesystem::directory_iterator("/proc/self/fd")) {
+    std::error_code ec;
+    const auto target = std::filesystem::read_symlink(e.path(), ec).string();
+    if (!ec && target == "/memfd:baton:" + label + " (deleted)") found.push_back(e.path().string());
+  }
+  return found;
 }
 
 /// Polls `cond` for up to 10 s (the detector decides within its timeout; the

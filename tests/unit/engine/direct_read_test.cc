@@ -9,7 +9,6 @@
 #include <unistd.h>
 
 #include <chrono>
-#include <filesystem>
 #include <string>
 #include <vector>
 
@@ -134,16 +133,13 @@ TEST(DirectRead, IsStreamedWhenTurnedOff) {
 // Every slot of this process whose memfd is named `label` and holds `want`.
 std::vector<std::string> slots_holding(const std::string& label, const std::vector<std::byte>& want) {
   std::vector<std::string> found;
-  for (const auto& e : std::filesystem::directory_iterator("/proc/self/fd")) {
-    std::error_code ec;
-    const auto target = std::filesystem::read_symlink(e.path(), ec).string();
-    if (ec || target.find("memfd:baton:" + label + " ") == std::string::npos) continue;
-    const int fd = ::open(e.path().c_str(), O_RDONLY);
+  for (const auto& path : test::memfds_labelled(label)) {
+    const int fd = ::open(path.c_str(), O_RDONLY);
     if (fd < 0) continue;
     void* p = ::mmap(nullptr, want.size(), PROT_READ, MAP_SHARED, fd, 0);
     ::close(fd);
     if (p == MAP_FAILED) continue;
-    if (std::memcmp(p, want.data(), want.size()) == 0) found.push_back(e.path().string());
+    if (std::memcmp(p, want.data(), want.size()) == 0) found.push_back(path);
     ::munmap(p, want.size());
   }
   return found;

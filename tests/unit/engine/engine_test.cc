@@ -4,7 +4,6 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
-#include <filesystem>
 #include <fstream>
 #include <set>
 #include <chrono>
@@ -146,16 +145,7 @@ TEST(Engine, LoadsFromItsOwnReplicaWhenNoPeerHasOne) {
   EXPECT_EQ(test::must(cl.node(2).status(opened->segment)).epoch, 2u);
 }
 
-// How many descriptors of this process are memfds labelled exactly `label`.
-size_t memfds_named(const std::string& label) {
-  size_t n = 0;
-  for (const auto& e : std::filesystem::directory_iterator("/proc/self/fd")) {
-    std::error_code ec;
-    const auto target = std::filesystem::read_symlink(e.path(), ec).string();
-    n += !ec && target == "/memfd:baton:" + label + " (deleted)";
-  }
-  return n;
-}
+size_t memfds_named(const std::string& label) { return test::memfds_labelled(label).size(); }
 
 // A removed segment's memory (the application's and both stages) goes
 // back on the allocator's thread, after a quiet moment, not on the
