@@ -347,12 +347,19 @@ void Runner::advance(Local& l, uint64_t now) {
 void Runner::start_load(Local& l) {
   auto load = std::make_shared<Load>();
   try {
-    std::thread([load, wake = wake_, socket = env_.socket, name = l.g->segments[l.loaded]] {
+    // A standby instance about to be promoted gets the segment opened in
+    // its name (its open then takes it as it stands).
+    const pid_t instance = l.promote_fd >= 0 ? l.app : 0;
+    std::thread([load, wake = wake_, socket = env_.socket, name = l.g->segments[l.loaded], instance] {
       // What `batonctl load` asks: ownership moves here, batond keeps the
       // segment for the application, nothing is mapped into this thread.
       auto c = ipc::Client::connect(socket);
-      if (!c) load->error = c.error();
-      else if (auto got = (*c)->take_over(name); !got) load->error = got.error();
+      if (!c) {
+        load->error = c.error();
+      } else {
+        auto got = instance > 0 ? (*c)->load_for(name, instance) : (*c)->take_over(name);
+        if (!got) load->error = got.error();
+      }
       load->done.store(true, std::memory_order_release);
       const uint64_t one = 1;
       (void)!::write(wake->fd, &one, sizeof one);

@@ -654,6 +654,19 @@ Result<Client::Loaded> Client::take_over(std::string_view name) {
   return Loaded{rep->generation, rep->size, rep->restored != 0};
 }
 
+Result<Client::Loaded> Client::load_for(std::string_view name, pid_t pid) {
+  if (name.size() > kMaxName) return fail(Errc::kInvalidArgument, "segment name longer than ", std::to_string(kMaxName));
+  if (pid <= 0) return fail(Errc::kInvalidArgument, "not a process id: ", std::to_string(pid));
+  Request r = named_request(Op::kLoadFor, name);
+  r.size = static_cast<uint64_t>(pid);
+  std::vector<int> fds;
+  auto rep = call(r, &fds);
+  for (int fd : fds) ::close(fd);  // none expected
+  if (!rep) return tl::unexpected(rep.error());
+  if (rep->status != 0) return tl::unexpected(from_status(rep->status, rep->message));
+  return Loaded{rep->generation, rep->size, rep->restored != 0};
+}
+
 Result<void> Client::remove(std::string_view name) {
   if (name.size() > kMaxName) return fail(Errc::kInvalidArgument, "segment name longer than ", std::to_string(kMaxName));
   auto rep = call(named_request(Op::kDelete, name), nullptr);

@@ -98,6 +98,10 @@ class Client {
   /// here and batond keeps the segment for the application to open; no
   /// memory is mapped into this process.
   Result<Loaded> take_over(std::string_view name);
+  /// take_over() for the application with pid `pid`, a standby instance
+  /// about to be promoted (kLoadFor): its own open of `name` then gets the
+  /// segment as this load left it. Only root or batond's user may ask.
+  Result<Loaded> load_for(std::string_view name, pid_t pid);
   /// Deletes segment `name` everywhere (kDelete).
   Result<void> remove(std::string_view name);
   /// The daemon's status report: `kind key=value ...` lines.

@@ -63,13 +63,18 @@ enum class Op : uint16_t {
   kGroups = 9,    ///< service groups, the spare pool and the last failover decisions: a JSON object after the Reply
   kMetric = 10,   ///< a performance metric of the application: `name`, the value (a double) in `generation`'s bits
   kTakeOver = 11, ///< kLoad for an agent (batonctl load): no memory handed out; the segment stays, free, for the application
+  /// kLoad for the application whose pid is in `size`, a standby instance
+  /// about to be promoted (batond's own failover manager, or a client of
+  /// root or batond's user): its open of the name, when it comes soon,
+  /// gets this one's result at once.
+  kLoadFor = 12,
 };
 
 struct Request {
   uint32_t magic;
   uint16_t version;
   uint16_t op;
-  uint64_t size;        ///< kOpen/kCreate
+  uint64_t size;        ///< kOpen/kCreate; kLoadFor: the pid of the application it loads for
   uint64_t generation;  ///< kWait; kMetric: the value's bits (a double)
   uint32_t k;           ///< kWait
   uint32_t timeout_ms;  ///< kWait

@@ -28,6 +28,13 @@
 // those take only the engine's table lock, never one held for a network
 // round (docs/architecture.md).
 //
+// A load for a standby instance (Op::kLoadFor, the failover manager's) is
+// opened in that process's name and held for it by a Pledge (no session
+// of its own) until the instance's open takes it as it stands: fresh
+// (kPledgeFreshNs) and not fenced since, else the open runs as any open
+// does. The accept thread lets go of pledges whose process is gone or that
+// nobody took within kPledgeKeepNs.
+//
 // Segments belong to the daemon, not to the connection: when an application
 // crashes or disconnects, its segments and their replicas stay (S3), and the
 // next application that opens the name gets them back. One application holds
@@ -86,7 +93,8 @@ struct ServerCounters {
            withdrawn_commits = 0,  ///< requests their application stopped waiting for before batond took them
            posted_commits = 0,     ///< commits that came through a log slot (CommitLog), not a request
            refused_posts = 0,      ///< log slots refused (bad contents, a failed commit)
-           dropped_fenced = 0;     ///< segments another node took over, closed here once unheld (drop_fenced)
+           dropped_fenced = 0,     ///< segments another node took over, closed here once unheld (drop_fenced)
+           handed_over = 0;        ///< opens that took what a load for them left (Op::kLoadFor)
 };
 
 class Server {
@@ -119,6 +127,7 @@ class Server {
  private:
   struct Segment;  // a segment this daemon owns locally, held or not
   struct Session;  // one connected application
+  struct Pledge;   // a load for a standby instance, waiting for its open
 
   Server(Engine& engine, const ServerConfig& config);
   void accept_clients();
@@ -137,6 +146,28 @@ class Server {
   void on_request(Session& s, const char* buf, size_t n);
   void release(Session& s);
   Reply open_segment(Session& s, const Request& r, std::vector<int>& fds);
+  /// Op::kLoadFor: loads the name and opens it for the application with
+  /// pid `r.size` (a Pledge), so that its own open needs no round of its
+  /// own. Only root or batond's user (its failover manager) may ask.
+  /// Thread: a session's.
+  Reply load_for(Session& s, const Request& r);
+  /// The pledge of `name` to this application, if there is one still good
+  /// (fresh, its segment not fenced): its reply, `fds` its descriptors,
+  /// the segment now held by `s`. With registry_mu_ held (`lock`, which a
+  /// pledge let go of releases and takes again).
+  std::optional<Reply> take_pledge(Session& s, const std::string& name, std::vector<int>& fds,
+                                   std::unique_lock<std::mutex>& lock);
+  /// Lets go of pledges whose application is gone or which waited longer
+  /// than kPledgeKeepNs (`all`: every one): the segment stays here, free,
+  /// for whoever opens it. Thread: the accept thread; a session's for one
+  /// found stale.
+  void drop_pledges(bool all);
+  /// A new CommitChannel in its own memfd. Thread: any.
+  Result<LocalStorage> make_channel();
+  /// Makes the next open's channel ahead if none is. Thread: the accept
+  /// thread (at start), a session's (after an open).
+  void make_spare_channel();
+  void let_go(Pledge& p);
   Reply wait(Session& s, const Request& r);
   Reply close_segment(Session& s, const Request& r);
   Reply delete_segment(Session& s, const Request& r);
@@ -192,13 +223,23 @@ class Server {
   /// The holder of a name drop_fenced() is closing: an open of that name
   /// waits for it as for a departing application.
   std::unique_ptr<Session> dropping_;
+  std::vector<std::unique_ptr<Pledge>> pledges_;  ///< registry_mu_
+  /// The next open's commit channel, made ahead (at start, then after each
+  /// open has answered), so that an open does not make one under
+  /// registry_mu_. registry_mu_.
+  std::optional<LocalStorage> spare_channel_;
+  /// A pledge is handed over only this soon after its load: a later open
+  /// confirms ownership with a round of its own, as any open does.
+  static constexpr uint64_t kPledgeFreshNs = 100'000'000;
+  /// A pledge nobody took is let go after this.
+  static constexpr uint64_t kPledgeKeepNs = 2'000'000'000;
   uint64_t dropped_at_ns_ = 0;  ///< the last drop_fenced(); accept thread
 
   std::array<CommitLane, 2> lanes_;  ///< [0]: segments up to kLargeSegment; [1]: larger ones
 
   struct Counters {
     std::atomic<uint64_t> accepted{0}, refused_credentials{0}, refused_limit{0}, bad_requests{0}, commits{0},
-        disconnects{0}, withdrawn_commits{0}, posted_commits{0}, refused_posts{0}, dropped_fenced{0};
+        disconnects{0}, withdrawn_commits{0}, posted_commits{0}, refused_posts{0}, dropped_fenced{0}, handed_over{0};
   } counters_;
 };
 

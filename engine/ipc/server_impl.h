@@ -51,6 +51,21 @@ struct Server::Session {
   std::thread thread;
 };
 
+/// A segment batond's failover manager loaded for a standby instance it is
+/// about to promote (Op::kLoadFor), opened in that instance's name: the
+/// open's reply and descriptors wait for the instance's own open of the
+/// name. `holder` holds the segment meanwhile, as a session would.
+/// registry_mu_ (Server::pledges_).
+struct Server::Pledge {
+  pid_t pid = 0;  ///< the instance (or a process it started: a shell that did not exec) may take it
+  std::string name;
+  std::unique_ptr<Session> holder;
+  Reply reply{};
+  std::vector<int> fds;  ///< the last of four, the copy-on-write share, is this pledge's own (a dup)
+  uint64_t at_ns = 0;    ///< when the load ended
+  uint64_t view = 0;     ///< the membership view's id when the load began
+};
+
 /// JSON as text; a string that is not UTF-8 is replaced, never thrown on.
 inline std::string to_text(const nlohmann::json& j) {
   return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);

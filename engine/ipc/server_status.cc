@@ -51,6 +51,8 @@ nlohmann::json Server::status_json(size_t limit) const {
                     {"disconnects", counters.disconnects},
                     // segments another node took over, closed here once no application held them
                     {"dropped_fenced", counters.dropped_fenced},
+                    // opens that took a load made for them (a promoted standby instance's)
+                    {"handed_over", counters.handed_over},
                     // chunks commits copied, and left alone as unchanged (what the applications wrote)
                     {"chunks_copied", stats.snapshot_chunks_copied},
                     {"chunks_skipped", stats.snapshot_chunks_skipped},

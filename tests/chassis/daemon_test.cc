@@ -818,4 +818,198 @@ TEST(Daemon, PostedAndWaitingCommitsInterleaveExactly) {
   expect_restores(d, "mixed", 120, want);
 }
 
+/// batond's answer to one raw request (no descriptors expected), or a
+/// reply with status 1 if none came.
+baton::ipc::Reply raw_call(const Batond& d, baton::ipc::Op op, const std::string& name, uint64_t size) {
+  baton::ipc::Request r{};
+  r.magic = baton::ipc::kMagic;
+  r.version = baton::ipc::kVersion;
+  r.op = static_cast<uint16_t>(op);
+  r.size = size;
+  r.name_len = static_cast<uint8_t>(name.size());
+  std::memcpy(r.name, name.data(), name.size());
+  baton::ipc::Reply rep{};
+  rep.status = 1;
+  const int fd = raw_connect(d.socket());
+  if (fd < 0) return rep;
+  std::vector<char> buf(baton::ipc::kMaxReply);
+  if (send(fd, &r, sizeof r, MSG_NOSIGNAL) == sizeof r &&
+      recv(fd, buf.data(), buf.size(), 0) >= static_cast<ssize_t>(sizeof rep))
+    std::memcpy(&rep, buf.data(), sizeof rep);
+  close(fd);
+  return rep;
+}
+
+/// A standby instance of an application (a process of its own): connected
+/// to batond, it waits for a byte on a pipe, then opens `name` and reports
+/// what it got, and stays until killed.
+struct Instance {
+  struct Got {
+    int rc = -1;
+    int restored = -1;
+    uint64_t generation = 0;
+    int same = 0;  ///< the memory is `want`, byte for byte
+  };
+  pid_t pid = -1;
+  int go = -1, result = -1;
+  Instance(const Batond& d, const char* name, const std::vector<unsigned char>& want) {
+    int g[2], r[2];
+    if (pipe(g) != 0 || pipe(r) != 0) return;
+    pid = fork();
+    if (pid == 0) {
+      close(g[1]);
+      close(r[0]);
+      baton_t* b = nullptr;
+      Got got;
+      if (baton_connect(d.socket().c_str(), &b) == 0) {
+        char c;
+        if (read(g[0], &c, 1) == 1) {
+          baton_segment_t* s = nullptr;
+          got.rc = baton_open(b, name, want.size(), &s, &got.restored, &got.generation);
+          got.same = got.rc == 0 && std::memcmp(baton_segment_data(s), want.data(), want.size()) == 0;
+        }
+      }
+      (void)!write(r[1], &got, sizeof got);
+      pause();
+      _exit(0);
+    }
+    close(g[0]);
+    close(r[1]);
+    go = g[1];
+    result = r[0];
+  }
+  /// Promotes it; returns what its open got.
+  Got promote() {
+    Got got;
+    if (write(go, "P", 1) != 1 || read(result, &got, sizeof got) != static_cast<ssize_t>(sizeof got)) got.rc = -2;
+    return got;
+  }
+  void end() {
+    if (pid > 0) {
+      kill(pid, SIGKILL);
+      waitpid(pid, nullptr, 0);  // reaped: no zombie keeps the pid
+      pid = -1;
+    }
+  }
+  ~Instance() {
+    end();
+    close(go);
+    close(result);
+  }
+};
+
+// A failover to a node where a standby instance waits loads the segment
+// in the instance's name (Op::kLoadFor, what batond's failover manager
+// asks), so that the instance's open, once it is promoted, takes the
+// segment as the load left it instead of confirming ownership with a
+// round of its own: the same generation, byte for byte. Opened too late
+// (the load's claim is no longer fresh), it opens as any open does, with
+// the same result; and until then no other application may take it.
+TEST(Daemon, AStandbyInstanceTakesWhatWasLoadedForIt) {
+  if (std::getenv("BATONCTL") == nullptr) GTEST_SKIP() << "needs BATONCTL for batond's counters";
+  TempDir dir;
+  Batond d(1, dir.path);
+  using baton::ipc::Op;
+  std::vector<unsigned char> want(65536);
+  fill(want.data(), want.size(), 5);
+  uint64_t committed = 0;
+  {
+    baton_t* b = connect_to(d);
+    baton_segment_t* s = nullptr;
+    ASSERT_EQ(baton_open(b, "ledger", want.size(), &s, nullptr, nullptr), 0) << baton_last_error();
+    std::memcpy(baton_segment_data(s), want.data(), want.size());
+    ASSERT_EQ(baton_commit(s, &committed), 0) << baton_last_error();
+    baton_stop(b);
+  }
+  // Handed over: the load's result, at once.
+  {
+    Instance inst(d, "ledger", want);
+    ASSERT_GT(inst.pid, 0);
+    baton::ipc::Reply rep{};
+    for (int i = 0; i < 200; ++i) {  // the first application's session winds down first
+      rep = raw_call(d, Op::kLoadFor, "ledger", static_cast<uint64_t>(inst.pid));
+      if (rep.status != BATON_EEXIST) break;
+      usleep(10000);
+    }
+    ASSERT_EQ(rep.status, 0) << rep.message;
+    EXPECT_EQ(rep.generation, committed);
+    const Instance::Got got = inst.promote();
+    EXPECT_EQ(got.rc, 0);
+    EXPECT_EQ(got.restored, 1);
+    EXPECT_EQ(got.generation, committed);
+    EXPECT_TRUE(got.same) << "the instance's memory is not the committed generation";
+    EXPECT_EQ(counter(d, "handed_over"), 1u);
+  }
+  // Opened too late: opened afresh (a round first), the same state.
+  {
+    Instance inst(d, "ledger", want);
+    ASSERT_GT(inst.pid, 0);
+    baton::ipc::Reply rep{};
+    for (int i = 0; i < 200; ++i) {
+      rep = raw_call(d, Op::kLoadFor, "ledger", static_cast<uint64_t>(inst.pid));
+      if (rep.status != BATON_EEXIST) break;
+      usleep(10000);
+    }
+    ASSERT_EQ(rep.status, 0) << rep.message;
+    // Held for the instance: another application's open waits its turn.
+    baton_t* other = connect_to(d);
+    baton_segment_t* s = nullptr;
+    EXPECT_EQ(baton_open(other, "ledger", want.size(), &s, nullptr, nullptr), BATON_EEXIST);
+    baton_stop(other);
+    usleep(300'000);  // past kPledgeFreshNs, within kPledgeKeepNs
+    const Instance::Got got = inst.promote();
+    EXPECT_EQ(got.rc, 0);
+    EXPECT_EQ(got.generation, committed);
+    EXPECT_TRUE(got.same);
+    EXPECT_EQ(counter(d, "handed_over"), 1u) << "a stale load was handed over as it stood";
+  }
+  // The instance dies before it opens: the segment is free again soon.
+  {
+    Instance inst(d, "ledger", want);
+    ASSERT_GT(inst.pid, 0);
+    baton::ipc::Reply rep{};
+    for (int i = 0; i < 200; ++i) {
+      rep = raw_call(d, Op::kLoadFor, "ledger", static_cast<uint64_t>(inst.pid));
+      if (rep.status != BATON_EEXIST) break;
+      usleep(10000);
+    }
+    ASSERT_EQ(rep.status, 0) << rep.message;
+    inst.end();
+    // Let go of within a tick of batond's accept loop (100 ms), not at
+    // kPledgeKeepNs (2 s).
+    baton_t* b = connect_to(d);
+    baton_segment_t* s = nullptr;
+    uint64_t generation = 0;
+    ASSERT_EQ(baton::test::open_when_free(b, "ledger", want.size(), &s, nullptr, &generation, 100), 0)
+        << baton_last_error();
+    EXPECT_EQ(generation, committed);
+    EXPECT_EQ(std::memcmp(baton_segment_data(s), want.data(), want.size()), 0);
+    baton_stop(b);
+  }
+  EXPECT_EQ(counter(d, "handed_over"), 1u);
+}
+
+// Loading for another process is for batond's failover manager and its
+// administrators; bad requests get a clear error.
+TEST(Daemon, ALoadForAnotherApplicationIsRefusedToApplicationsAndBadRequests) {
+  TempDir dir;
+  chmod(dir.path.c_str(), 0755);
+  Batond d(1, dir.path, "mode = \"0666\"\nuser = \"nobody\"\n");
+  using baton::ipc::Op;
+  EXPECT_EQ(raw_call(d, Op::kLoadFor, "ledger", 0).status, BATON_EINVAL) << "pid 0";
+  EXPECT_EQ(raw_call(d, Op::kLoadFor, "ledger", uint64_t{1} << 40).status, BATON_EINVAL) << "not a pid";
+  EXPECT_EQ(raw_call(d, Op::kLoadFor, "two words", getpid()).status, BATON_EINVAL) << "bad name";
+  EXPECT_EQ(raw_call(d, Op::kLoadFor, "nowhere", getpid()).status, BATON_ENOENT);
+  const pid_t child = fork();
+  if (child == 0) {
+    if (setgid(65534) != 0 || setuid(65534) != 0) _exit(3);  // nobody: an allowed application
+    const baton::ipc::Reply rep = raw_call(d, Op::kLoadFor, "ledger", getpid());
+    _exit(rep.status == BATON_EINVAL ? 0 : rep.status == 1 ? 4 : 2);
+  }
+  int status = 0;
+  waitpid(child, &status, 0);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 0) << "an application loaded for another process";
+}
+
 }  // namespace

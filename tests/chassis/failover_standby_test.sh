@@ -7,7 +7,8 @@
 #     (batonctl groups shows them ready).
 #  2. The application is SIGKILLed on blade 1: the group goes to a standby
 #     blade, whose waiting instance is promoted (the same pid: no process
-#     starts) and resumes from the last durable batch.
+#     starts) and resumes from the last durable batch; its open takes the
+#     load batond made in its name (clients.handed_over).
 #  3. The other standby instance is SIGKILLed: it is started again.
 #  4. The promoted instance is SIGKILLed: the group goes to the other
 #     standby blade, promoted again, and resumes; the blade it left starts
@@ -109,7 +110,10 @@ resumed_from "$dir/kv-$to-0.log" "$last"
 commits_in "$dir/kv-$to-0.log" "$last"
 "$BATONCTL" events --socket "$chassis/blade$to.sock" | grep -q "its standby instance (pid $promoted) takes it" ||
   fail "blade $to's events do not say its standby instance took the group"
-echo "   blade $to promoted pid $promoted"
+# The load was made in the instance's name: its open took it as it stood.
+handed=$("$BATONCTL" status --json --socket "$chassis/blade$to.sock" | python3 -c 'import json,sys; print(json.load(sys.stdin)["clients"]["handed_over"])')
+((handed >= 1)) || fail "blade $to's promoted instance opened afresh (clients.handed_over = $handed)"
+echo "   blade $to promoted pid $promoted (its open handed over the load)"
 
 echo "3. blade $other's standby instance is killed: it starts again"
 old=$(standby "$other")

@@ -159,7 +159,7 @@ int main(int argc, char** argv) {
   using baton::ipc::Op;
   int n = 0;
   for (Op op : {Op::kOpen, Op::kCreate, Op::kLoad, Op::kWait, Op::kClose, Op::kStatus, Op::kEvents, Op::kDelete,
-                Op::kGroups, Op::kMetric, Op::kTakeOver}) {
+                Op::kGroups, Op::kMetric, Op::kTakeOver, Op::kLoadFor}) {
     baton::ipc::Request r{};
     r.magic = baton::ipc::kMagic;
     r.version = baton::ipc::kVersion;
