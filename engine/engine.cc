@@ -330,6 +330,7 @@ Result<std::unique_ptr<Engine::Impl>> Engine::Impl::prepare(const EngineConfig& 
       *impl, std::make_unique<Detector>(DetectorConfig{config.node_id, impl->heartbeat_ns, impl->failure_ns, votes},
                                         std::move(detector_links), event, std::move(membership)));
   impl->view = impl->data_view = impl->control->view();
+  impl->data_quorate.store(impl->data_view.quorate);
   const ssize_t ring_bytes = rte_ring_get_memsize(kCommandRingSize);
   if (ring_bytes < 0) return fail(Errc::kInternal, "rte_ring_get_memsize failed");
   impl->command_mem.reset(std::aligned_alloc(64, (static_cast<size_t>(ring_bytes) + 63) / 64 * 64));

@@ -103,6 +103,10 @@ struct Engine::Impl {
   std::vector<PeerState> peer_states;  ///< one per peer, fixed at start; poll-token holder only
   /// The view as the control thread last sent it (kView). Token holder.
   View data_view;
+  /// data_view.quorate, for require_quorum() to read without the token
+  /// (taking it waits for the worker's poll: up to 2 ms of an open on two
+  /// busy vCPUs). Written by the token holder with data_view; any reader.
+  std::atomic<bool> data_quorate{false};
   mutable std::mutex view_mu;
   View view;  ///< the control thread's view as last published (under view_mu), for API callers
   mutable std::mutex events_mu;

@@ -91,7 +91,10 @@ bool Engine::Impl::apply_control() noexcept {
       }
       case ControlMsg::Kind::kView: {
         std::unique_ptr<View> v(m.view);
-        if (v) data_view = std::move(*v);
+        if (v) {
+          data_view = std::move(*v);
+          data_quorate.store(data_view.quorate, std::memory_order_release);
+        }
         break;
       }
       case ControlMsg::Kind::kPlace: apply_placement(m, clock_ns()); break;
