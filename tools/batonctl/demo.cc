@@ -184,7 +184,7 @@ int run_demo(const DemoConfig& d) {
 
     second = App::start({kv, "--socket", (*blades)[2].socket, "--name", "orderbook", "--batches", "5", "--dump",
                          dump3});
-    const std::string restored = second.wait_for("restored");
+    const std::string restored = second.wait_for("restored ");
     if (restored.empty()) {
       std::fprintf(stderr, "batonctl demo: the application on blade 3 did not restore its state\n");
       break;
