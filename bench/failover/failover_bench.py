@@ -201,8 +201,10 @@ start_timeout_ms = 3000
                 "total": (ready - t_kill) * 1e3,
                 "promoted": promoted and (instance or not args.standby_instances),
             })
+            open_ms = float(line.group(2))  # of the start: the application's open alone
             print(json.dumps({"size_kib": size_kib, "round": r, "source": source,
-                              **{k: round(v, 2) for k, v in rows[-1].items() if k != "promoted"}}),
+                              **{k: round(v, 2) for k, v in rows[-1].items() if k != "promoted"},
+                              "open": round(open_ms, 2)}),
                   file=sys.stderr)
     finally:
         subprocess.run([batonctl, "chassis", "down", "--dir", chassis], capture_output=True)
