@@ -266,14 +266,23 @@ Result<LocalStorage> Server::make_channel() {
 }
 
 void Server::make_spare_channel() {
+  bool channel, shadow;
   {
     std::lock_guard lock(registry_mu_);
-    if (spare_channel_) return;
+    channel = !spare_channel_;
+    shadow = spare_shadow_.capacity() < kLogMaxSegment;
   }
-  auto made = make_channel();
-  if (!made) return;  // an open makes its own, and says why if it cannot
+  std::optional<LocalStorage> made;
+  if (channel)
+    if (auto c = make_channel()) made = std::move(*c);  // else an open makes its own, and says why if it cannot
+  std::vector<std::byte> buffer;
+  if (shadow) {
+    buffer.resize(kLogMaxSegment);  // written: its pages are faulted in now
+    buffer.clear();                 // and kept (the capacity stays)
+  }
   std::lock_guard lock(registry_mu_);
-  if (!spare_channel_) spare_channel_ = std::move(*made);
+  if (made && !spare_channel_) spare_channel_ = std::move(made);
+  if (shadow && spare_shadow_.capacity() < kLogMaxSegment) spare_shadow_.swap(buffer);
 }
 
 std::unique_ptr<Server::Segment> Server::reserved(const std::string& name, Session* holder) {
@@ -600,6 +609,13 @@ Reply Server::open_segment(Session& s, const Request& r, std::vector<int>& fds) 
     rep.copy_on_write = 1;
     rep.commit_every_ms = (*cow)->commit_every_ms;
   }
+  // The posted commits' shadow (attach) of a segment of many pages goes
+  // into memory made ahead too: a fresh 256 KiB vector faulted in page by
+  // page took up to 7 ms here. (A small one is quick to make, and would
+  // hold a megabyte for a few pages.)
+  if (rep.copy_on_write == 0 && seg.size >= kSpareShadowMin && seg.size <= kLogMaxSegment &&
+      seg.shadow.capacity() < seg.size)
+    seg.shadow.swap(spare_shadow_);
   attach(seg, rep.copy_on_write == 0);
   return rep;
 }

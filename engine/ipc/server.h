@@ -164,7 +164,7 @@ class Server {
   void drop_pledges(bool all);
   /// A new CommitChannel in its own memfd. Thread: any.
   Result<LocalStorage> make_channel();
-  /// Makes the next open's channel ahead if none is. Thread: the accept
+  /// Makes the next open's channel (and shadow) ahead if none is. Thread: the accept
   /// thread (at start), a session's (after an open).
   void make_spare_channel();
   void let_go(Pledge& p);
@@ -228,6 +228,11 @@ class Server {
   /// open has answered), so that an open does not make one under
   /// registry_mu_. registry_mu_.
   std::optional<LocalStorage> spare_channel_;
+  /// The next shadow of posted commits (Segment::shadow), kLogMaxSegment
+  /// bytes of capacity faulted in ahead, made with the spare channel.
+  /// registry_mu_.
+  std::vector<std::byte> spare_shadow_;
+  static constexpr uint64_t kSpareShadowMin = 64 * 1024;  ///< smaller segments make their own shadow
   /// A pledge is handed over only this soon after its load: a later open
   /// confirms ownership with a round of its own, as any open does.
   static constexpr uint64_t kPledgeFreshNs = 100'000'000;
