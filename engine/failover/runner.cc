@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <mutex>
 #include <cstring>
 #include <optional>
 #include <thread>
@@ -56,6 +57,18 @@ void signal(pid_t pid, int sig) {
 struct Runner::Load {
   std::atomic<bool> done{false};
   std::optional<Error> error;
+  /// The last load for a standby instance promotes it itself, the moment
+  /// the segment is loaded in its name (no wait for the manager's thread
+  /// to wake): a dup of its pipe, closed by whichever of the two comes
+  /// first, the load or the manager abandoning it. Under `mu`.
+  std::mutex mu;
+  int promote_fd = -1;
+  bool promoted = false;
+  void abandon() {
+    std::lock_guard lock(mu);
+    if (promote_fd >= 0) ::close(promote_fd);
+    promote_fd = -1;
+  }
 };
 
 struct Runner::Wake {
@@ -84,6 +97,7 @@ Runner::~Runner() {
     for (pid_t p : {l.app, l.step, l.probe})
       if (p > 0) left.push_back(p);
     close_fd(l);
+    if (l.load) l.load->abandon();
     if (l.promote_fd >= 0) ::close(l.promote_fd);
   }
   for (auto& [name, s] : standbys_) {
@@ -238,6 +252,7 @@ void Runner::stop(Local& l, RunState state, std::string why, uint64_t now) {
   l.phase = Phase::kStopping;
   l.phase_ns = now;
   l.kill_ns = now + kStopGraceNs;
+  if (l.load) l.load->abandon();
   l.load.reset();  // abandoned: its thread ends when batond answers
   if (l.promote_fd >= 0) ::close(l.promote_fd);  // a standby instance not yet promoted: retired
   l.promote_fd = -1;
@@ -268,12 +283,14 @@ void Runner::advance(Local& l, uint64_t now) {
   if (l.phase == Phase::kLoad && l.load) {
     if (!l.load->done.load(std::memory_order_acquire)) {
       if (now - l.phase_ns > timeout) {
+        l.load->abandon();
         l.load.reset();  // abandoned: its thread ends when batond answers
         fail(l, "a segment load took longer than " + std::to_string(l.g->start_timeout_ms) + " ms", now);
       }
       return;
     }
     const std::optional<Error> error = l.load->error;
+    l.promoted |= l.load->promoted;
     l.load.reset();
     // Nothing to load (no copy anywhere: the application starts fresh) or
     // already here count as loaded, as `batonctl load`'s exit 3 and 4 do.
@@ -314,9 +331,10 @@ void Runner::advance(Local& l, uint64_t now) {
   if (l.phase == Phase::kApp && !l.started) {
     std::string how;
     if (l.promote_fd >= 0) {
-      // The standby instance waiting here takes over: one byte down its pipe.
+      // The standby instance waiting here takes over: one byte down its
+      // pipe (unless the last load wrote it already).
       const char promote = 'P';
-      const bool told = ::write(l.promote_fd, &promote, 1) == 1;
+      const bool told = l.promoted || ::write(l.promote_fd, &promote, 1) == 1;
       ::close(l.promote_fd);
       l.promote_fd = -1;
       if (!told) {
@@ -350,6 +368,9 @@ void Runner::start_load(Local& l) {
     // A standby instance about to be promoted gets the segment opened in
     // its name (its open then takes it as it stands).
     const pid_t instance = l.promote_fd >= 0 ? l.app : 0;
+    if (instance > 0 && l.loaded + 1 == l.g->segments.size()) {
+      load->promote_fd = ::fcntl(l.promote_fd, F_DUPFD_CLOEXEC, 0);  // -1: the manager promotes it
+    }
     std::thread([load, wake = wake_, socket = env_.socket, name = l.g->segments[l.loaded], instance] {
       // What `batonctl load` asks: ownership moves here, batond keeps the
       // segment for the application, nothing is mapped into this thread.
@@ -359,6 +380,16 @@ void Runner::start_load(Local& l) {
       } else {
         auto got = instance > 0 ? (*c)->load_for(name, instance) : (*c)->take_over(name);
         if (!got) load->error = got.error();
+      }
+      {
+        // Loaded (or nothing to load, as the manager counts it): promote.
+        std::lock_guard lock(load->mu);
+        const bool loaded =
+            !load->error || load->error->code == Errc::kNotFound || load->error->code == Errc::kExists;
+        const char promote = 'P';
+        if (load->promote_fd >= 0 && loaded) load->promoted = ::write(load->promote_fd, &promote, 1) == 1;
+        if (load->promote_fd >= 0) ::close(load->promote_fd);
+        load->promote_fd = -1;
       }
       load->done.store(true, std::memory_order_release);
       const uint64_t one = 1;

@@ -31,8 +31,8 @@
 // A load for a standby instance (Op::kLoadFor, the failover manager's) is
 // opened in that process's name and held for it by a Pledge (no session
 // of its own) until the instance's open takes it as it stands: fresh
-// (kPledgeFreshNs) and not fenced since, else the open runs as any open
-// does. The accept thread lets go of pledges whose process is gone or that
+// (kPledgeFreshNs), in the same membership view and not fenced since, else
+// the open runs as any open does. The accept thread lets go of pledges whose process is gone or that
 // nobody took within kPledgeKeepNs.
 //
 // Segments belong to the daemon, not to the connection: when an application
@@ -152,7 +152,7 @@ class Server {
   /// Thread: a session's.
   Reply load_for(Session& s, const Request& r);
   /// The pledge of `name` to this application, if there is one still good
-  /// (fresh, its segment not fenced): its reply, `fds` its descriptors,
+  /// (fresh, the same view, its segment not fenced): its reply, `fds` its descriptors,
   /// the segment now held by `s`. With registry_mu_ held (`lock`, which a
   /// pledge let go of releases and takes again).
   std::optional<Reply> take_pledge(Session& s, const std::string& name, std::vector<int>& fds,
