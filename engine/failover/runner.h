@@ -149,6 +149,8 @@ class Runner {
   std::map<std::string, uint64_t> latest_; ///< newest assignment heard, by group
   std::map<std::string, Standby> standbys_; ///< this node's standby instances, by group
   std::shared_ptr<Wake> wake_;
+  struct Connections;  ///< to batond, for the loads, shared with their threads
+  std::shared_ptr<Connections> connections_;
 };
 
 /// "exited with status 3" / "killed by signal 9", from a waitpid status.
