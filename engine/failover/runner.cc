@@ -14,8 +14,8 @@
 
 #include <algorithm>
 #include <atomic>
-#include <mutex>
 #include <cstring>
+#include <mutex>
 #include <optional>
 #include <thread>
 
@@ -237,6 +237,7 @@ void Runner::assigned(const Assignment& a, uint64_t now) {
         waitpid(p, nullptr, 0);
       }
     close_fd(it->second);
+    if (it->second.load) it->second.load->abandon();
     if (it->second.promote_fd >= 0) ::close(it->second.promote_fd);
   }
   Local& l = locals_[a.group];

@@ -63,6 +63,12 @@ int main(int argc, char** argv) {
     baton::set_log_syslog(true);
   }
 
+  // A write to a pipe nobody reads any more (a standby instance that
+  // closed its promotion pipe, a hook's) fails with EPIPE instead of
+  // killing the daemon: SIGPIPE's default action ended batond, found by
+  // failover_deaf_standby. (Sockets already send with MSG_NOSIGNAL; the
+  // processes batond starts get SIGPIPE's default back, runner.cc.)
+  signal(SIGPIPE, SIG_IGN);
   // Signals are taken by sigwait below, not by handlers.
   sigset_t sigs;
   sigemptyset(&sigs);
