@@ -32,9 +32,8 @@ rounds whose load did so count (a failover goes elsewhere once both
 standbys failed within the start timeout). With --standby-instances, the
 application also runs ahead of time on blades 3 and 4, waiting to be
 promoted (S16's standby instance): only the rounds that promoted one count,
-and "start" is the promoted instance's open. The last load's own thread
-promotes the instance before the manager notices that the load ended, so
-a round's "start" can come out near zero or below; "total" is what counts.
+and "start" is the promoted instance's open (from when batond answered
+the last load: its thread promotes the instance then).
 """
 import argparse
 import json

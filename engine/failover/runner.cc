@@ -56,6 +56,7 @@ void signal(pid_t pid, int sig) {
 /// batond bounds its rounds), hence shared.
 struct Runner::Load {
   std::atomic<bool> done{false};
+  uint64_t done_ns = 0;  ///< CLOCK_MONOTONIC when batond answered (before `done`), as the manager's clock
   std::optional<Error> error;
   /// The last load for a standby instance promotes it itself, the moment
   /// the segment is loaded in its name (no wait for the manager's thread
@@ -322,6 +323,7 @@ void Runner::advance(Local& l, uint64_t now) {
     }
     const std::optional<Error> error = l.load->error;
     l.promoted |= l.load->promoted;
+    l.load_done_ns = l.load->done_ns;
     l.load.reset();
     // Nothing to load (no copy anywhere: the application starts fresh) or
     // already here count as loaded, as `batonctl load`'s exit 3 and 4 do.
@@ -357,7 +359,10 @@ void Runner::advance(Local& l, uint64_t now) {
       return;
     }
     l.phase = Phase::kApp;
-    l.loaded_ns = now;
+    // When batond answered the last load, not when this thread woke to
+    // see it (the instance may be promoted already: Load::promote_fd).
+    l.loaded_ns = l.load_done_ns != 0 && l.load_done_ns <= now && l.load_done_ns >= l.provisioned_ns ? l.load_done_ns
+                                                                                                       : now;
   }
   if (l.phase == Phase::kApp && !l.started) {
     std::string how;
@@ -423,6 +428,9 @@ void Runner::start_load(Local& l) {
         if (load->promote_fd >= 0) ::close(load->promote_fd);
         load->promote_fd = -1;
       }
+      timespec ts{};
+      clock_gettime(CLOCK_MONOTONIC, &ts);
+      load->done_ns = static_cast<uint64_t>(ts.tv_sec) * 1'000'000'000 + static_cast<uint64_t>(ts.tv_nsec);
       load->done.store(true, std::memory_order_release);
       const uint64_t one = 1;
       (void)!::write(wake->fd, &one, sizeof one);

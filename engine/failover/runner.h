@@ -106,6 +106,7 @@ class Runner {
     bool started = false;   ///< `app` spawned, or the standby instance it is promoted
     int promote_fd = -1;    ///< a standby instance taken over: its pipe, written once the loads are done
     bool promoted = false;  ///< the last load wrote it already (Load::promote_fd)
+    uint64_t load_done_ns = 0;  ///< when batond answered the last load (manager's clock)
     pid_t probe = -1;
     uint64_t probe_ns = 0;  ///< when the probe in flight started
     uint64_t next_probe_ns = 0;
