@@ -14,6 +14,7 @@
 
 #include "common/log.h"
 #include "failover/codec.h"
+#include "runtime/futex.h"
 
 namespace baton::failover {
 
@@ -26,12 +27,6 @@ constexpr uint64_t kReportEveryNs = 250 * kMs;
 constexpr uint64_t kRepeatEveryNs = 1000 * kMs;  ///< assignments again, for late joiners and lost notes
 constexpr uint64_t kReportStaleNs = 2000 * kMs;  ///< a report older than this no longer counts
 constexpr uint64_t kSettleNs = 1000 * kMs;       ///< a new coordinator waits this long at most for every report
-
-uint64_t mono_ns() {
-  timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<uint64_t>(ts.tv_sec) * 1'000'000'000 + static_cast<uint64_t>(ts.tv_nsec);
-}
 
 }  // namespace
 
@@ -60,7 +55,7 @@ Manager::~Manager() {
 void Manager::run() noexcept {
   prctl(PR_SET_NAME, "baton-failover", 0, 0, 0);
   while (!stop_.load()) {
-    tick(mono_ns());
+    tick(now_ns());
     // A start under way is stepped along at once, not a tick per step; an
     // application that ends wakes the thread (its pidfd turns readable), so
     // does a finished load (the runner's eventfd) and a note from another
@@ -249,7 +244,7 @@ nlohmann::json Manager::status() const {
                            {"tags", r.caps.tags},
                            {"runs", runs},
                            {"same_groups", r.groups_hash == coordinator_.hash()},
-                           {"heard_ms_ago", heard == heard_ns_.end() ? -1 : static_cast<int64_t>((mono_ns() - heard->second) / kMs)}});
+                           {"heard_ms_ago", heard == heard_ns_.end() ? -1 : static_cast<int64_t>((now_ns() - heard->second) / kMs)}});
   }
   out["decisions"] = decisions_;
   // This node's standby instances (the runner's; under mu_, as it is copied

@@ -21,6 +21,7 @@
 
 #include "common/log.h"
 #include "ipc/client.h"
+#include "runtime/futex.h"
 
 extern char** environ;
 
@@ -34,6 +35,13 @@ constexpr uint64_t kMs = 1'000'000;
 constexpr uint64_t kStandbyRetryNs = 1000 * kMs;  // a standby instance that ended: again after this,
 constexpr uint32_t kStandbyRetryDoublings = 5;    // doubling while it keeps ending (at most 32 s)
 constexpr uint64_t kStandbyHealthyNs = 60'000 * kMs;  // one that lived this long starts the count anew
+
+/// Whether a load's outcome counts as loaded: done, or nothing to load (no
+/// copy anywhere: the application starts fresh) or already here, as
+/// `batonctl load`'s exit 3 and 4 do.
+bool loaded(const std::optional<Error>& error) {
+  return !error || error->code == Errc::kNotFound || error->code == Errc::kExists;
+}
 
 /// Whether a child reap() returned for exited with status 0.
 bool succeeded(int status) { return status >= 0 && WIFEXITED(status) && WEXITSTATUS(status) == 0; }
@@ -325,9 +333,7 @@ void Runner::advance(Local& l, uint64_t now) {
     l.promoted |= l.load->promoted;
     l.load_done_ns = l.load->done_ns;
     l.load.reset();
-    // Nothing to load (no copy anywhere: the application starts fresh) or
-    // already here count as loaded, as `batonctl load`'s exit 3 and 4 do.
-    if (error && error->code != Errc::kNotFound && error->code != Errc::kExists) {
+    if (!loaded(error)) {
       // Twice more, 100 ms apart, within the start timeout: a view still
       // settling or a round without enough answers passes.
       if (++l.load_failures < 3 && now - l.phase_ns + 100 * kMs < timeout) {
@@ -421,16 +427,12 @@ void Runner::start_load(Local& l) {
       {
         // Loaded (or nothing to load, as the manager counts it): promote.
         std::lock_guard lock(load->mu);
-        const bool loaded =
-            !load->error || load->error->code == Errc::kNotFound || load->error->code == Errc::kExists;
         const char promote = 'P';
-        if (load->promote_fd >= 0 && loaded) load->promoted = ::write(load->promote_fd, &promote, 1) == 1;
+        if (load->promote_fd >= 0 && loaded(load->error)) load->promoted = ::write(load->promote_fd, &promote, 1) == 1;
         if (load->promote_fd >= 0) ::close(load->promote_fd);
         load->promote_fd = -1;
       }
-      timespec ts{};
-      clock_gettime(CLOCK_MONOTONIC, &ts);
-      load->done_ns = static_cast<uint64_t>(ts.tv_sec) * 1'000'000'000 + static_cast<uint64_t>(ts.tv_nsec);
+      load->done_ns = now_ns();
       load->done.store(true, std::memory_order_release);
       const uint64_t one = 1;
       (void)!::write(wake->fd, &one, sizeof one);

@@ -639,19 +639,7 @@ Reply Server::load_for(Session& s, const Request& r) {
   if (!wire::valid_name(name)) return reply_error(BATON_EINVAL, "bad segment name");
   if (r.size == 0 || r.size > INT_MAX) return reply_error(BATON_EINVAL, "not a process id: " + std::to_string(r.size));
   // A pledge of the name not taken yet (an earlier failover here) goes.
-  std::vector<std::unique_ptr<Pledge>> old;
-  {
-    std::lock_guard lock(registry_mu_);
-    for (auto it = pledges_.begin(); it != pledges_.end();) {
-      if ((*it)->name != name) {
-        ++it;
-        continue;
-      }
-      old.push_back(std::move(*it));
-      it = pledges_.erase(it);
-    }
-  }
-  for (auto& p : old) let_go(*p);
+  for (auto& p : take_pledges([&](const Pledge& p) { return p.name == name; })) let_go(*p);
   auto p = std::make_unique<Pledge>();
   p->pid = static_cast<pid_t>(r.size);
   p->name = name;
@@ -718,22 +706,25 @@ void Server::let_go(Pledge& p) {
   p.fds.clear();
 }
 
-void Server::drop_pledges(bool all) {
-  std::vector<std::unique_ptr<Pledge>> gone;
-  {
-    std::lock_guard lock(registry_mu_);
-    if (pledges_.empty()) return;
-    const uint64_t now = now_ns();
-    for (auto it = pledges_.begin(); it != pledges_.end();) {
-      const bool dead = ::kill((*it)->pid, 0) != 0 && errno == ESRCH;
-      if (!all && !dead && now - (*it)->at_ns <= kPledgeKeepNs) {
-        ++it;
-        continue;
-      }
-      gone.push_back(std::move(*it));
-      it = pledges_.erase(it);
+std::vector<std::unique_ptr<Server::Pledge>> Server::take_pledges(const std::function<bool(const Pledge&)>& which) {
+  std::vector<std::unique_ptr<Pledge>> taken;
+  std::lock_guard lock(registry_mu_);
+  for (auto it = pledges_.begin(); it != pledges_.end();) {
+    if (!which(**it)) {
+      ++it;
+      continue;
     }
+    taken.push_back(std::move(*it));
+    it = pledges_.erase(it);
   }
+  return taken;
+}
+
+void Server::drop_pledges(bool all) {
+  const uint64_t now = now_ns();
+  auto gone = take_pledges([&](const Pledge& p) {
+    return all || now - p.at_ns > kPledgeKeepNs || (::kill(p.pid, 0) != 0 && errno == ESRCH);
+  });
   for (auto& p : gone) {
     if (!all)
       BT_INFO("segment %s: loaded for pid %d, never opened by it: free here", p->name.c_str(),

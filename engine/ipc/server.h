@@ -162,6 +162,9 @@ class Server {
   /// for whoever opens it. Thread: the accept thread; a session's for one
   /// found stale.
   void drop_pledges(bool all);
+  /// Takes out of pledges_ (under registry_mu_) those `which` names, for
+  /// the caller to let_go() unlocked.
+  std::vector<std::unique_ptr<Pledge>> take_pledges(const std::function<bool(const Pledge&)>& which);
   /// A new CommitChannel in its own memfd. Thread: any.
   Result<LocalStorage> make_channel();
   /// Makes the next open's channel (and shadow) ahead if none is. Thread: the accept

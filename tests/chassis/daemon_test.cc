@@ -21,6 +21,7 @@
 #include <string>
 
 #include "../common/batond.h"
+#include "../common/raw_request.h"
 #include "baton/baton.h"
 #include "ipc/messages.h"
 
@@ -205,14 +206,7 @@ TEST(Daemon, SurvivesMalformedAndAbandonedRequestsWithoutLeaking) {
   auto attempt = [&](int i) {
     int fd = raw_connect(d.socket());
     ASSERT_GE(fd, 0);
-    baton::ipc::Request r{};
-    r.magic = baton::ipc::kMagic;
-    r.version = baton::ipc::kVersion;
-    r.op = static_cast<uint16_t>(baton::ipc::Op::kOpen);
-    r.size = 4096;
-    std::string name = "abandon" + std::to_string(i % 7);
-    r.name_len = static_cast<uint8_t>(name.size());
-    std::memcpy(r.name, name.data(), name.size());
+    baton::ipc::Request r = baton::test::request(baton::ipc::Op::kOpen, "abandon" + std::to_string(i % 7), 4096);
     char junk[600];
     std::memset(junk, i, sizeof junk);
     switch (i % 6) {
@@ -821,13 +815,7 @@ TEST(Daemon, PostedAndWaitingCommitsInterleaveExactly) {
 /// batond's answer to one raw request (no descriptors expected), or a
 /// reply with status 1 if none came.
 baton::ipc::Reply raw_call(const Batond& d, baton::ipc::Op op, const std::string& name, uint64_t size) {
-  baton::ipc::Request r{};
-  r.magic = baton::ipc::kMagic;
-  r.version = baton::ipc::kVersion;
-  r.op = static_cast<uint16_t>(op);
-  r.size = size;
-  r.name_len = static_cast<uint8_t>(name.size());
-  std::memcpy(r.name, name.data(), name.size());
+  const baton::ipc::Request r = baton::test::request(op, name, size);
   baton::ipc::Reply rep{};
   rep.status = 1;
   const int fd = raw_connect(d.socket());
@@ -921,16 +909,22 @@ TEST(Daemon, AStandbyInstanceTakesWhatWasLoadedForIt) {
     ASSERT_EQ(baton_commit(s, &committed), 0) << baton_last_error();
     baton_stop(b);
   }
-  // Handed over: the load's result, at once.
-  {
-    Instance inst(d, "ledger", want);
-    ASSERT_GT(inst.pid, 0);
+  // batond loads "ledger" for the instance, as its failover manager does
+  // (the previous holder's session may still be winding down: EEXIST).
+  auto load_for = [&](const Instance& inst) {
     baton::ipc::Reply rep{};
-    for (int i = 0; i < 200; ++i) {  // the first application's session winds down first
+    for (int i = 0; i < 200; ++i) {
       rep = raw_call(d, Op::kLoadFor, "ledger", static_cast<uint64_t>(inst.pid));
       if (rep.status != BATON_EEXIST) break;
       usleep(10000);
     }
+    return rep;
+  };
+  // Handed over: the load's result, at once.
+  {
+    Instance inst(d, "ledger", want);
+    ASSERT_GT(inst.pid, 0);
+    const baton::ipc::Reply rep = load_for(inst);
     ASSERT_EQ(rep.status, 0) << rep.message;
     EXPECT_EQ(rep.generation, committed);
     const Instance::Got got = inst.promote();
@@ -944,12 +938,7 @@ TEST(Daemon, AStandbyInstanceTakesWhatWasLoadedForIt) {
   {
     Instance inst(d, "ledger", want);
     ASSERT_GT(inst.pid, 0);
-    baton::ipc::Reply rep{};
-    for (int i = 0; i < 200; ++i) {
-      rep = raw_call(d, Op::kLoadFor, "ledger", static_cast<uint64_t>(inst.pid));
-      if (rep.status != BATON_EEXIST) break;
-      usleep(10000);
-    }
+    const baton::ipc::Reply rep = load_for(inst);
     ASSERT_EQ(rep.status, 0) << rep.message;
     // Held for the instance: another application's open waits its turn.
     baton_t* other = connect_to(d);
@@ -967,12 +956,7 @@ TEST(Daemon, AStandbyInstanceTakesWhatWasLoadedForIt) {
   {
     Instance inst(d, "ledger", want);
     ASSERT_GT(inst.pid, 0);
-    baton::ipc::Reply rep{};
-    for (int i = 0; i < 200; ++i) {
-      rep = raw_call(d, Op::kLoadFor, "ledger", static_cast<uint64_t>(inst.pid));
-      if (rep.status != BATON_EEXIST) break;
-      usleep(10000);
-    }
+    const baton::ipc::Reply rep = load_for(inst);
     ASSERT_EQ(rep.status, 0) << rep.message;
     inst.end();
     // Let go of within a tick of batond's accept loop (100 ms), not at

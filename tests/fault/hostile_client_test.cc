@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "../common/batond.h"
+#include "../common/raw_request.h"
 #include "../common/recv_reply.h"
 #include "baton/baton.h"
 #include "ipc/messages.h"
@@ -37,6 +38,7 @@ using baton::ipc::Op;
 using baton::ipc::Reply;
 using baton::ipc::Request;
 using baton::test::Batond;
+using baton::test::request;
 using baton::test::TempDir;
 
 size_t fd_count(pid_t pid) {
@@ -54,17 +56,6 @@ size_t settle_fds(pid_t pid, size_t want) {
     now = fd_count(pid);
   }
   return now;
-}
-
-Request request(Op op, const std::string& name = "", uint64_t size = 0) {
-  Request r{};
-  r.magic = baton::ipc::kMagic;
-  r.version = baton::ipc::kVersion;
-  r.op = static_cast<uint16_t>(op);
-  r.size = size;
-  r.name_len = static_cast<uint8_t>(name.size());
-  std::memcpy(r.name, name.data(), name.size());
-  return r;
 }
 
 /// A client on the raw socket protocol: it can do what the library never would.
