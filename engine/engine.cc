@@ -495,7 +495,7 @@ Result<Segment*> Engine::Impl::make_segment(std::string_view name, uint64_t size
     std::string why = CopyOnWrite::unavailable_reason();
     if (why.empty() && seg->mem.huge_pages()) why = "the memory is on huge pages";
     if (why.empty()) {
-      auto cow = CopyOnWrite::attach(seg->mem.data(), seg->mem.mapped_size());
+      auto cow = CopyOnWrite::attach(seg->mem.data(), seg->mem.mapped_size(), config.cow_protect_ahead);
       if (cow) seg->cow = std::move(*cow);
       else why = cow.error().message;
     }
@@ -604,7 +604,7 @@ Result<std::optional<ClientCopyOnWrite>> Engine::share_copy_on_write(Segment* se
   }
   seg->cow = std::move(*cow);
   seg->copy_on_write.store(true);
-  return ClientCopyOnWrite{fd, impl->commit_every_ms_for(seg->name)};
+  return ClientCopyOnWrite{fd, impl->commit_every_ms_for(seg->name), impl->config.cow_protect_ahead};
 }
 
 Result<void> Engine::close(Segment* segment) {
@@ -660,6 +660,8 @@ Result<SegmentStatus> Engine::status(Segment* segment) const {
     if (lock.owns_lock() && seg->cow != nullptr) {
       st.cow_faults = seg->cow->faults();
       st.cow_copied_aside = seg->cow->copied_aside();
+      st.cow_protected_ahead = seg->cow->protected_ahead();
+      st.cow_protected_at_commit = seg->cow->protected_at_commit();
     }
     if (auto it = impl->standby_nodes.find(seg->id); it != impl->standby_nodes.end()) st.standbys = it->second;
     return st;

@@ -57,7 +57,9 @@ struct Pair {
   std::unique_ptr<baton::Engine> a, b;
 };
 
-enum class Mode { kUntracked, kTracked, kCow };
+/// kCowAtCommit: copy-on-write with every written page protected by the
+/// commit itself (EngineConfig::cow_protect_ahead off).
+enum class Mode { kUntracked, kTracked, kCow, kCowAtCommit };
 
 /// Two engines on a loopback link; `commit_every_ms`: periodic commits (S5).
 Pair start_pair(Mode mode, uint32_t commit_every_ms = 0) {
@@ -67,7 +69,9 @@ Pair start_pair(Mode mode, uint32_t commit_every_ms = 0) {
     baton::EngineConfig c;
     c.node_id = static_cast<uint16_t>(n);
     c.track_writes = mode != Mode::kUntracked;
-    if (mode == Mode::kCow) c.snapshot_mode = baton::EngineConfig::SnapshotMode::kCopyOnWrite;
+    if (mode == Mode::kCow || mode == Mode::kCowAtCommit)
+      c.snapshot_mode = baton::EngineConfig::SnapshotMode::kCopyOnWrite;
+    c.cow_protect_ahead = mode != Mode::kCowAtCommit;
     c.commit_every_ms = commit_every_ms;
     c.max_segment_size = uint64_t{4} << 30;
     std::vector<std::unique_ptr<baton::Link>> links;
@@ -102,8 +106,9 @@ std::vector<uint64_t> pick_pages(uint64_t size, double dirty, std::mt19937_64& r
 }
 
 struct EngineRun {
-  std::vector<double> write_us, commit_us, replicated_us;
+  std::vector<double> write_us, commit_us, replicated_us, cycle_us;
   uint64_t copied = 0, skipped = 0;
+  double protected_at_commit = 0, protected_ahead = 0;  ///< pages per measured commit (copy-on-write)
 };
 
 EngineRun run_engine(Mode mode, uint64_t size, double dirty, int commits) {
@@ -126,6 +131,7 @@ EngineRun run_engine(Mode mode, uint64_t size, double dirty, int commits) {
       std::fprintf(stderr, "baton-snapshot: warm-up commit failed\n"), std::exit(1);
   }
   const auto before = p.a->stats();
+  const auto cow_before = p.a->status(*seg);
   for (int c = 0; c < commits; ++c) {
     const auto pages = pick_pages(size, dirty, rng);
     const uint64_t t0 = now_ns();
@@ -139,8 +145,13 @@ EngineRun run_engine(Mode mode, uint64_t size, double dirty, int commits) {
     r.write_us.push_back((t1 - t0) / 1e3);
     r.commit_us.push_back((t2 - t1) / 1e3);
     r.replicated_us.push_back((t3 - t1) / 1e3);
+    r.cycle_us.push_back((t2 - t0) / 1e3);
   }
   const auto after = p.a->stats();
+  if (const auto cow_after = p.a->status(*seg); cow_before && cow_after) {
+    r.protected_at_commit = double(cow_after->cow_protected_at_commit - cow_before->cow_protected_at_commit) / commits;
+    r.protected_ahead = double(cow_after->cow_protected_ahead - cow_before->cow_protected_ahead) / commits;
+  }
   r.copied = after.snapshot_chunks_copied - before.snapshot_chunks_copied;
   r.skipped = after.snapshot_chunks_skipped - before.snapshot_chunks_skipped;
   return r;
@@ -170,14 +181,15 @@ double write_for(std::span<std::byte> mem, double seconds, uint64_t seed, double
   return n / seconds;
 }
 
-PeriodicRun run_periodic(uint64_t size, uint32_t every_ms, double seconds, double hot_pct) {
+PeriodicRun run_periodic(uint64_t size, uint32_t every_ms, double seconds, double hot_pct, Mode mode) {
   PeriodicRun r;
   for (const uint32_t period : {uint32_t{0}, every_ms}) {  // 0: nothing commits while it writes
-    Pair p = start_pair(Mode::kCow, period);
+    Pair p = start_pair(mode, period);
     auto seg = p.a->create("periodic", size);
     if (!seg) std::fprintf(stderr, "baton-snapshot: %s\n", seg.error().to_string().c_str()), std::exit(1);
     (period == 0 ? r.quiet_wps : r.periodic_wps) = write_for(p.a->data(*seg), seconds, 3, hot_pct);
     if (period != 0) r.commits = p.a->stats().periodic_commits;
+
   }
   return r;
 }
@@ -236,13 +248,15 @@ int main(int argc, char** argv) {
                  baton::DirtyTracker::unavailable_reason().c_str());
   if (periodic_ms != 0) {
     for (uint64_t mib : sizes_mib)
-      for (double hot : {1.0, 100.0}) {
-        const PeriodicRun r = run_periodic(mib << 20, periodic_ms, 2.0, hot);
-        std::printf("{\"size_mib\": %llu, \"hot_pct\": %.0f, \"commit_every_ms\": %u, \"seconds\": 2, "
-                    "\"periodic_commits\": %llu, \"quiet_writes_per_s\": %.0f, \"periodic_writes_per_s\": %.0f, "
-                    "\"slowdown\": %.3f}\n",
-                    static_cast<unsigned long long>(mib), hot, periodic_ms, static_cast<unsigned long long>(r.commits),
-                    r.quiet_wps, r.periodic_wps, r.quiet_wps / r.periodic_wps);
+      for (double hot : {1.0, 100.0})
+        for (const Mode mode : {Mode::kCow, Mode::kCowAtCommit}) {
+        const PeriodicRun r = run_periodic(mib << 20, periodic_ms, 2.0, hot, mode);
+        std::printf("{\"size_mib\": %llu, \"hot_pct\": %.0f, \"protect_ahead\": %s, \"commit_every_ms\": %u, "
+                    "\"seconds\": 2, \"periodic_commits\": %llu, \"quiet_writes_per_s\": %.0f, "
+                    "\"periodic_writes_per_s\": %.0f, \"slowdown\": %.3f}\n",
+                    static_cast<unsigned long long>(mib), hot, mode == Mode::kCow ? "true" : "false", periodic_ms,
+                    static_cast<unsigned long long>(r.commits), r.quiet_wps, r.periodic_wps,
+                    r.quiet_wps / r.periodic_wps);
         std::fflush(stdout);
       }
     return 0;
@@ -254,6 +268,7 @@ int main(int argc, char** argv) {
     const EngineRun u = run_engine(Mode::kUntracked, size, dirty, commits);
     const EngineRun t = run_engine(Mode::kTracked, size, dirty, commits);
     const EngineRun w = run_engine(Mode::kCow, size, dirty, commits);
+    const EngineRun a = run_engine(Mode::kCowAtCommit, size, dirty, commits);
     std::printf(
         "{\"size_mib\": %llu, \"dirty_pct\": %.2f, \"contiguous\": %s, \"commits\": %d, "
         "\"memcpy_whole_p50_us\": %.0f, \"memcpy_dirty_p50_us\": %.0f, "
@@ -265,14 +280,19 @@ int main(int argc, char** argv) {
         "\"tracked_commit_over_memcpy_whole\": %.3f, \"tracked_commit_over_memcpy_dirty\": %.1f, "
         "\"cow_commit_p50_us\": %.0f, \"cow_commit_p99_us\": %.0f, \"cow_write_p50_us\": %.0f, "
         "\"cow_replicated_p50_us\": %.0f, \"cow_commit_over_memcpy_whole\": %.4f, "
-        "\"cow_commit_over_memcpy_dirty\": %.2f}\n",
+        "\"cow_commit_over_memcpy_dirty\": %.2f, \"cow_cycle_p50_us\": %.0f, "
+        "\"cow_pages_protected_ahead\": %.1f, \"cow_pages_protected_at_commit\": %.1f, "
+        "\"cow_at_commit_commit_p50_us\": %.0f, \"cow_at_commit_commit_p99_us\": %.0f, "
+        "\"cow_at_commit_write_p50_us\": %.0f, \"cow_at_commit_cycle_p50_us\": %.0f, "
+        "\"cow_at_commit_pages_protected_at_commit\": %.1f}\n",
         static_cast<unsigned long long>(mib), dirty, g_contiguous ? "true" : "false", commits, median(whole), median(part), median(u.commit_us),
         pct(u.commit_us, 0.99), median(t.commit_us), pct(t.commit_us, 0.99),
         static_cast<unsigned long long>(t.copied), static_cast<unsigned long long>(t.skipped), median(u.write_us),
         median(t.write_us), median(u.replicated_us), median(t.replicated_us),
         median(t.commit_us) / median(whole), median(t.commit_us) / median(part), median(w.commit_us),
         pct(w.commit_us, 0.99), median(w.write_us), median(w.replicated_us), median(w.commit_us) / median(whole),
-        median(w.commit_us) / median(part));
+        median(w.commit_us) / median(part), median(w.cycle_us), w.protected_ahead, w.protected_at_commit,
+        median(a.commit_us), pct(a.commit_us, 0.99), median(a.write_us), median(a.cycle_us), a.protected_at_commit);
     std::fflush(stdout);
   }
   return 0;

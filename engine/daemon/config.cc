@@ -439,7 +439,7 @@ Result<DaemonConfig> parse_daemon_config(std::string_view text, std::string_view
   // every segment, and per segment name.
   if (const auto snaps = root["snapshots"]; snaps) {
     if (!snaps.is_table()) return tl::unexpected(r.error("snapshots", "must be a table"));
-    if (auto ok = r.only(*snaps.as_table(), "snapshots", {"mode", "commit_every_ms", "segment"}); !ok)
+    if (auto ok = r.only(*snaps.as_table(), "snapshots", {"mode", "commit_every_ms", "protect_ahead", "segment"}); !ok)
       return tl::unexpected(ok.error());
     auto mode_of = [&r](const toml::node_view<const toml::node>& v, const std::string& where,
                         std::optional<std::string> fallback) -> Result<EngineConfig::SnapshotMode> {
@@ -452,6 +452,10 @@ Result<DaemonConfig> parse_daemon_config(std::string_view text, std::string_view
     c.engine.snapshot_mode = mode;
     TRY(every, r.integer(snaps["commit_every_ms"], "snapshots.commit_every_ms", 0, 3'600'000, 0));
     c.engine.commit_every_ms = static_cast<uint32_t>(every);
+    if (const auto ahead = snaps["protect_ahead"]; ahead) {
+      if (!ahead.is_boolean()) return tl::unexpected(r.error("snapshots.protect_ahead", "must be true or false"));
+      c.engine.cow_protect_ahead = ahead.value_or(false);
+    }
     {
       TRY(segment_tables, r.tables(snaps["segment"], "snapshots.segment"));
       for (const auto& [where, t] : segment_tables) {

@@ -215,7 +215,7 @@ Result<ClientSegment*> Client::open(Op op, std::string_view name, uint64_t size)
     std::string why = track_writes_allowed() ? "" : "BATON_TRACK_WRITES=0";
     if (why.empty()) {
       auto share = CowShare::map(fds[3], s->mapped);  // takes the descriptor
-      auto cow = share ? CopyOnWrite::attach_client(s->data, s->mapped, std::move(*share))
+      auto cow = share ? CopyOnWrite::attach_client(s->data, s->mapped, std::move(*share), rep->protect_ahead == 1)
                        : Result<std::unique_ptr<CopyOnWrite>>(tl::unexpected(share.error()));
       if (cow) s->cow = std::move(*cow);
       else why = cow.error().message;

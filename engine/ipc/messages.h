@@ -91,7 +91,8 @@ struct Reply {
   uint32_t handle;
   uint8_t restored;     ///< kOpen: 1 if loaded from a copy
   uint8_t copy_on_write;  ///< kOpen: 1 if a fourth descriptor, the copy-on-write share, comes with it
-  uint8_t pad[2];
+  uint8_t protect_ahead;  ///< kOpen, copy-on-write: 1 to protect written pages ahead of commits (EngineConfig::cow_protect_ahead)
+  uint8_t pad;
   uint32_t text_len;    ///< kStatus: bytes of text after this struct
   uint32_t commit_every_ms;  ///< kOpen, copy-on-write: the period the library commits at by itself (S5); 0: none
   char message[400];    ///< error text

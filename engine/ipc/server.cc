@@ -608,6 +608,7 @@ Reply Server::open_segment(Session& s, const Request& r, std::vector<int>& fds) 
     fds.push_back((*cow)->fd);  // a dup: closed once sent (on_request)
     rep.copy_on_write = 1;
     rep.commit_every_ms = (*cow)->commit_every_ms;
+    rep.protect_ahead = (*cow)->protect_ahead ? 1 : 0;
   }
   // The posted commits' shadow (attach) of a segment of many pages goes
   // into memory made ahead too: a fresh 256 KiB vector faulted in page by

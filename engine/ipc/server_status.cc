@@ -128,6 +128,8 @@ nlohmann::json Server::status_json(size_t limit) const {
     if (st->copy_on_write) {  // as the application's client library counts them
       seg["cow_faults"] = st->cow_faults;
       seg["cow_copied_aside"] = st->cow_copied_aside;
+      seg["cow_protected_ahead"] = st->cow_protected_ahead;
+      seg["cow_protected_at_commit"] = st->cow_protected_at_commit;
     }
     seg["replicas"] = json::array();
     for (auto& [node, gen] : st->replicas)

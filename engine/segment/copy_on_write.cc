@@ -2,10 +2,12 @@
 
 #include <fcntl.h>
 #include <immintrin.h>
+#include <linux/futex.h>
 #include <linux/userfaultfd.h>
 #include <sched.h>
 #include <signal.h>
 #include <sys/ioctl.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
@@ -16,6 +18,8 @@
 #include <cerrno>
 #include <cstring>
 #include <mutex>
+#include <system_error>
+#include <thread>
 #include <utility>
 
 #include "segment/uffd.h"
@@ -68,6 +72,80 @@ struct CopyOnWrite::Handler {
   static std::mutex mu;  ///< attach and detach (never taken by the handler)
   static bool installed;
   static struct sigaction previous;
+  /// The protector: the process it runs in (a forked child starts its
+  /// own), a futex word it sleeps on, and whether it does (a handler that
+  /// finds it asleep with work piling up wakes it: one syscall per wake).
+  static pid_t protector_pid;
+  static std::atomic<uint32_t> wake_word;
+  static std::atomic<uint32_t> sleeping;
+
+  /// From a handler (signal context: atomics and futex(2) only).
+  static void nudge() noexcept {
+    if (sleeping.load(std::memory_order_relaxed) == 0 || sleeping.exchange(0) == 0) return;
+    wake_word.fetch_add(1);
+    syscall(SYS_futex, &wake_word, FUTEX_WAKE_PRIVATE, 1, nullptr, nullptr, 0);
+  }
+
+  /// Calls fn(region) for each region process `self` attached (a forked
+  /// child's copies of its parent's are not its own), with the slot held
+  /// as a handler holds it (so the region cannot go meanwhile).
+  template <typename Fn>
+  static void each_region(pid_t self, Fn&& fn) {
+    const uint32_t n = high.load(std::memory_order_acquire);
+    for (uint32_t i = 0; i < n; ++i) {
+      Slot& s = slots[i];
+      if (s.cow.load(std::memory_order_relaxed) == nullptr) continue;
+      s.users.fetch_add(1);
+      if (CopyOnWrite* c = s.cow.load(); c != nullptr && c->ahead_on_ && c->owner_ == self) fn(*c);
+      s.users.fetch_sub(1);
+    }
+  }
+
+  static void protector_main() {
+    prctl(PR_SET_NAME, "baton-protect", 0, 0, 0);
+    // Woken (kAheadAfter pages lifted), it passes over the regions every
+    // 50 us while there is work (a page is protected on the pass after the
+    // one that saw it lifted), lingers a while after (writes come in
+    // bursts: no wake-up per kAheadAfter faults), then sleeps until a
+    // handler wakes it. Awake, it takes every page, however few.
+    constexpr uint32_t kLingerRounds = 20;
+    const pid_t self = getpid();
+    uint32_t idle = kLingerRounds;
+    for (;;) {
+      const uint32_t seen = wake_word.load();
+      bool worked = false;
+      each_region(self, [&](CopyOnWrite& c) {
+        if (c.seen_any_ || c.backlog_.load(std::memory_order_relaxed) != 0) worked |= c.protect_ahead();
+      });
+      if (worked) idle = 0;
+      if (worked || ++idle < kLingerRounds) {
+        timespec nap{0, 50'000};
+        nanosleep(&nap, nullptr);
+        continue;
+      }
+      sleeping.store(1);
+      // A handler that counted before it could see `sleeping` did not
+      // wake us: look once more (Dekker, sequentially consistent).
+      bool backlog = false;
+      each_region(self, [&](CopyOnWrite& c) { backlog |= c.backlog_.load() >= kAheadAfter; });
+      if (!backlog) syscall(SYS_futex, &wake_word, FUTEX_WAIT_PRIVATE, seen, nullptr, nullptr, 0);
+      sleeping.store(0);
+      idle = kLingerRounds;  // lingers only once it finds work
+    }
+  }
+
+  /// Under mu.
+  static bool start_protector(std::string& why) {
+    if (protector_pid == getpid()) return true;
+    try {
+      std::thread(protector_main).detach();
+    } catch (const std::system_error& e) {
+      why = std::string("no protector thread: ") + e.what();
+      return false;
+    }
+    protector_pid = getpid();
+    return true;
+  }
 
   static void on_signal(int sig, siginfo_t* info, void* uc) {
     const int saved = errno;
@@ -125,6 +203,7 @@ struct CopyOnWrite::Handler {
       }
       installed = true;
     }
+    if (cow->ahead_on_ && !start_protector(why)) cow->ahead_on_ = false;  // the commits protect all
     for (uint32_t i = 0; i < kMaxRegions; ++i) {
       if (slots[i].cow.load() != nullptr) continue;
       slots[i].cow.store(cow);
@@ -153,6 +232,9 @@ std::atomic<uint32_t> CopyOnWrite::Handler::gone_next{0};
 std::mutex CopyOnWrite::Handler::mu;
 bool CopyOnWrite::Handler::installed = false;
 struct sigaction CopyOnWrite::Handler::previous{};
+pid_t CopyOnWrite::Handler::protector_pid = 0;
+std::atomic<uint32_t> CopyOnWrite::Handler::wake_word{0};
+std::atomic<uint32_t> CopyOnWrite::Handler::sleeping{0};
 
 const std::string& CopyOnWrite::unavailable_reason() {
   static const std::string reason = [] {
@@ -174,7 +256,7 @@ const std::string& CopyOnWrite::unavailable_reason() {
     {
       auto* mem = static_cast<std::byte*>(p);
       mem[kPage] = std::byte{7};
-      auto cow = attach(mem, kLen);
+      auto cow = attach(mem, kLen, false);
       if (!cow) {
         why = cow.error().message;
       } else {
@@ -265,7 +347,7 @@ CowShare::~CowShare() {
 // --- attaching ----------------------------------------------------------------
 
 Result<std::unique_ptr<CopyOnWrite>> CopyOnWrite::make(Role role, std::byte* base, uint64_t len,
-                                                       std::unique_ptr<CowShare> share) {
+                                                       std::unique_ptr<CowShare> share, bool ahead) {
   if (len == 0 || len % kPage != 0 || reinterpret_cast<uintptr_t>(base) % kPage != 0)
     return fail(Errc::kInvalidArgument, "copy-on-write needs a page-aligned range");
   if (len / kPage > UINT32_MAX) return fail(Errc::kInvalidArgument, "copy-on-write of more than 16 TiB");
@@ -280,6 +362,8 @@ Result<std::unique_ptr<CopyOnWrite>> CopyOnWrite::make(Role role, std::byte* bas
     c->state_ = share->states();
     c->faults_ = &share->header().faults;
     c->copied_aside_ = &share->header().copied_aside;
+    c->protected_ahead_ = &share->header().protected_ahead;
+    c->protected_at_commit_ = &share->header().protected_at_commit;
     if (role == Role::kClient) c->aside_.store(share->aside());
     c->share_ = std::move(share);
   } else {
@@ -288,8 +372,19 @@ Result<std::unique_ptr<CopyOnWrite>> CopyOnWrite::make(Role role, std::byte* bas
   }
   for (uint32_t i = 0; i < c->pages_; ++i) c->state_[i].store(kIdle, std::memory_order_relaxed);
   if (role == Role::kSettler) return c;  // nothing protected in this process
-  c->written_ = std::make_unique<std::atomic<uint64_t>[]>((c->pages_ + 63) / 64);
+  const uint32_t words = (c->pages_ + 63) / 64;
+  c->written_ = std::make_unique<std::atomic<uint64_t>[]>(words);
+  c->unprotected_ = std::make_unique<std::atomic<uint64_t>[]>(words);
+  c->ahead_ = std::make_unique<std::atomic<uint64_t>[]>(words);
+  c->hot_ = std::make_unique<std::atomic<uint64_t>[]>(words);
+  c->seen_ = std::make_unique<uint64_t[]>(words);  // zeroed
+  for (uint32_t w = 0; w < words; ++w) {
+    c->ahead_[w].store(0, std::memory_order_relaxed);
+    c->hot_[w].store(0, std::memory_order_relaxed);
+  }
   c->mark_all_written();
+  c->ahead_on_ = ahead;
+  c->owner_ = getpid();
   c->runs_.reserve(64);
   auto fd = uffd::open_write_protect(base, len,
                                      UFFD_FEATURE_SIGBUS | UFFD_FEATURE_WP_HUGETLBFS_SHMEM | uffd::kWpUnpopulated,
@@ -302,22 +397,24 @@ Result<std::unique_ptr<CopyOnWrite>> CopyOnWrite::make(Role role, std::byte* bas
   return c;
 }
 
-Result<std::unique_ptr<CopyOnWrite>> CopyOnWrite::attach(std::byte* base, uint64_t len) {
-  return make(Role::kLocal, base, len, nullptr);
+Result<std::unique_ptr<CopyOnWrite>> CopyOnWrite::attach(std::byte* base, uint64_t len, bool ahead) {
+  return make(Role::kLocal, base, len, nullptr, ahead);
 }
 
-Result<std::unique_ptr<CopyOnWrite>> CopyOnWrite::attach_client(std::byte* base, uint64_t len, CowShare share) {
+Result<std::unique_ptr<CopyOnWrite>> CopyOnWrite::attach_client(std::byte* base, uint64_t len, CowShare share,
+                                                                bool ahead) {
   if (const auto& why = unavailable_reason(); !why.empty()) return fail(Errc::kUnavailable, why);
-  return make(Role::kClient, base, len, std::make_unique<CowShare>(std::move(share)));
+  return make(Role::kClient, base, len, std::make_unique<CowShare>(std::move(share)), ahead);
 }
 
 Result<std::unique_ptr<CopyOnWrite>> CopyOnWrite::settler(std::byte* base, uint64_t len, CowShare share) {
-  return make(Role::kSettler, base, len, std::make_unique<CowShare>(std::move(share)));
+  return make(Role::kSettler, base, len, std::make_unique<CowShare>(std::move(share)), false);
 }
 
 CopyOnWrite::~CopyOnWrite() {
   if (slot_ >= 0) {
     lock_writer();
+    going_ = true;                  // the protector leaves it from here on
     protect_range(0, len_, false);  // no new faults from here on
     unlock_writer();
     Handler::remove(slot_, reinterpret_cast<uintptr_t>(base_), reinterpret_cast<uintptr_t>(base_) + len_);
@@ -336,6 +433,73 @@ void CopyOnWrite::lock_writer() noexcept {
 }
 
 void CopyOnWrite::unlock_writer() noexcept { gate_.fetch_and(~kWriter, std::memory_order_release); }
+
+bool CopyOnWrite::try_read() noexcept {
+  uint32_t v = gate_.load(std::memory_order_relaxed);
+  do {
+    if ((v & kWriter) != 0) return false;
+  } while (!gate_.compare_exchange_weak(v, v + 1, std::memory_order_acquire));
+  if (going_ || wholesale_) {
+    gate_.fetch_sub(1, std::memory_order_release);
+    return false;
+  }
+  return true;
+}
+
+bool CopyOnWrite::protect_ahead() noexcept {
+  // One run per hold of the gate, at most kRun pages: a freeze that comes
+  // meanwhile waits for one call, then protects whatever is left itself.
+  // A page's bit is cleared before its protection, inside the hold, so a
+  // freeze sees either the bit or the page protected; a handler sets it
+  // only after it lifted the protection, so a bit seen here is a page
+  // that is writable (or was made so and protected again: harmless).
+  constexpr unsigned kRun = 16;
+  backlog_.store(0, std::memory_order_relaxed);
+  // Out of the gate whenever a freeze waits (it protects all there is),
+  // or the region goes, or is to be rewritten whole: nothing to come back
+  // for until the next backlog.
+  bool any = false;
+  auto give_up = [&] {
+    seen_any_ = false;
+    return any;
+  };
+  if (!try_read()) return give_up();
+  gate_.fetch_sub(1, std::memory_order_release);
+  const uint32_t words = (pages_ + 63) / 64;
+  auto candidates = [&](uint32_t w) {
+    return unprotected_[w].load(std::memory_order_acquire) & ~ahead_[w].load(std::memory_order_relaxed) &
+           ~hot_[w].load(std::memory_order_relaxed);
+  };
+  seen_any_ = false;
+  for (uint32_t w = 0; w < words; ++w) {
+    const uint64_t now = candidates(w);
+    const uint64_t aged = now & seen_[w];  // seen on the last pass too
+    seen_[w] = now & ~aged;
+    seen_any_ |= seen_[w] != 0;
+    any |= seen_[w] != 0;
+    while ((candidates(w) & aged) != 0) {
+      if (!try_read()) return give_up();
+      const uint64_t cand = candidates(w) & aged;  // again, inside the hold
+      if (cand == 0) {
+        gate_.fetch_sub(1, std::memory_order_release);
+        break;
+      }
+      const auto b = static_cast<unsigned>(__builtin_ctzll(cand));
+      const uint64_t from_b = cand >> b;
+      const unsigned len = std::min<unsigned>(kRun, ~from_b == 0 ? 64 - b : static_cast<unsigned>(__builtin_ctzll(~from_b)));
+      const uint64_t mask = (len == 64 ? ~uint64_t{0} : (uint64_t{1} << len) - 1) << b;
+      unprotected_[w].fetch_and(~mask, std::memory_order_acq_rel);
+      ahead_[w].fetch_or(mask, std::memory_order_relaxed);
+      const bool ok = protect_range((uint64_t{w} * 64 + b) * kPage, uint64_t{len} * kPage, true);
+      if (!ok) unprotected_[w].fetch_or(mask, std::memory_order_relaxed);  // the freeze tries, and reports
+      else protected_ahead_->fetch_add(len, std::memory_order_relaxed);  // inside the hold: a freeze sees it
+      gate_.fetch_sub(1, std::memory_order_release);
+      if (!ok) return give_up();  // the freeze tries again, and reports
+      any = true;
+    }
+  }
+  return any;
+}
 
 bool CopyOnWrite::protect_range(uint64_t off, uint64_t len, bool on) noexcept {
   // At most kProtectStep per call: the kernel holds the process's mmap
@@ -431,10 +595,17 @@ bool CopyOnWrite::on_fault(uintptr_t addr) noexcept {
     if ((v & kWriter) == 0 && gate_.compare_exchange_weak(v, v + 1, std::memory_order_acquire)) break;
     backoff(spins);
   }
-  written_[page / 64].fetch_or(uint64_t{1} << (page % 64), std::memory_order_relaxed);
+  const uint32_t w = page / 64;
+  const uint64_t bit = uint64_t{1} << (page % 64);
+  written_[w].fetch_or(bit, std::memory_order_relaxed);
+  if (!wholesale_ && (ahead_[w].load(std::memory_order_relaxed) & bit) != 0)
+    hot_[w].fetch_or(bit, std::memory_order_relaxed);
+  const bool hot = (hot_[w].load(std::memory_order_relaxed) & bit) != 0;  // the commit protects it: no nudge
   if (claim(page)) copied_aside_->fetch_add(1, std::memory_order_relaxed);
   faults_->fetch_add(1, std::memory_order_relaxed);
   const bool ok = protect_range(uint64_t{page} * kPage, kPage, false);
+  unprotected_[w].fetch_or(bit, std::memory_order_release);  // after the lift: see protect_ahead()
+  if (ahead_on_ && !hot && backlog_.fetch_add(1) + 1 >= kAheadAfter) Handler::nudge();
   gate_.fetch_sub(1, std::memory_order_release);
   return ok;
 }
@@ -450,8 +621,12 @@ bool CopyOnWrite::pending(uint32_t page) const noexcept {
 
 void CopyOnWrite::mark_all_written() noexcept {
   const uint32_t words = (pages_ + 63) / 64;
-  for (uint32_t w = 0; w < words; ++w) written_[w].store(~uint64_t{0}, std::memory_order_relaxed);
-  if (pages_ % 64 != 0) written_[words - 1].store((uint64_t{1} << (pages_ % 64)) - 1, std::memory_order_relaxed);
+  for (uint32_t w = 0; w < words; ++w) {
+    const uint64_t all = w + 1 == words && pages_ % 64 != 0 ? (uint64_t{1} << (pages_ % 64)) - 1 : ~uint64_t{0};
+    written_[w].store(all, std::memory_order_relaxed);
+    unprotected_[w].store(all, std::memory_order_relaxed);  // protecting one twice is harmless
+  }
+  wholesale_ = true;
 }
 
 bool CopyOnWrite::any_written() const noexcept {
@@ -461,26 +636,45 @@ bool CopyOnWrite::any_written() const noexcept {
   return false;
 }
 
-void CopyOnWrite::take_runs() {
-  runs_.clear();
-  const uint32_t words = (pages_ + 63) / 64;
+namespace {
+/// The runs of set bits of `bits` (taken: zeroed), as (offset, length)
+/// pairs of pages of `page` bytes.
+void take_bit_runs(std::atomic<uint64_t>* bits, uint32_t words, uint64_t page,
+                   std::vector<std::pair<uint64_t, uint64_t>>& runs) {
+  runs.clear();
   uint64_t run_begin = 0, run_len = 0;
   for (uint32_t w = 0; w < words; ++w) {
-    uint64_t bits = written_[w].exchange(0, std::memory_order_relaxed);
-    while (bits != 0) {
-      const unsigned b = static_cast<unsigned>(__builtin_ctzll(bits));
-      bits &= bits - 1;
-      const uint64_t off = (uint64_t{w} * 64 + b) * kPage;
+    if (bits[w].load(std::memory_order_relaxed) == 0) continue;
+    uint64_t b64 = bits[w].exchange(0, std::memory_order_relaxed);
+    while (b64 != 0) {
+      const auto b = static_cast<unsigned>(__builtin_ctzll(b64));
+      b64 &= b64 - 1;
+      const uint64_t off = (uint64_t{w} * 64 + b) * page;
       if (run_len != 0 && run_begin + run_len == off) {
-        run_len += kPage;
+        run_len += page;
         continue;
       }
-      if (run_len != 0) runs_.emplace_back(run_begin, run_len);
+      if (run_len != 0) runs.emplace_back(run_begin, run_len);
       run_begin = off;
-      run_len = kPage;
+      run_len = page;
     }
   }
-  if (run_len != 0) runs_.emplace_back(run_begin, run_len);
+  if (run_len != 0) runs.emplace_back(run_begin, run_len);
+}
+}  // namespace
+
+void CopyOnWrite::take_runs() {
+  // Under the gate (a Freeze): no handler or protector is in.
+  const uint32_t words = (pages_ + 63) / 64;
+  take_bit_runs(written_.get(), words, kPage, runs_);
+  take_bit_runs(unprotected_.get(), words, kPage, protect_runs_);
+  const bool cool = ++freezes_ % kHotFreezes == 0;
+  for (uint32_t w = 0; w < words; ++w) {
+    if (ahead_[w].load(std::memory_order_relaxed) != 0) ahead_[w].store(0, std::memory_order_relaxed);
+    if (cool && hot_[w].load(std::memory_order_relaxed) != 0) hot_[w].store(0, std::memory_order_relaxed);
+  }
+  backlog_.store(0, std::memory_order_relaxed);
+  wholesale_ = false;
 }
 
 Result<void> CopyOnWrite::release_all() {
@@ -497,9 +691,17 @@ CopyOnWrite::Freeze::Freeze(CopyOnWrite& cow) : cow_(cow) { cow_.lock_writer(); 
 CopyOnWrite::Freeze::~Freeze() { cow_.unlock_writer(); }
 
 Result<void> CopyOnWrite::Freeze::protect() {
-  for (const auto& [off, len] : cow_.runs_)
+  for (const auto& [off, len] : cow_.protect_runs_) {
     if (!cow_.protect_range(off, len, true)) return fail(Errc::kIo, errno_text("UFFDIO_WRITEPROTECT"));
+    cow_.protected_at_commit_->fetch_add(len / kPage, std::memory_order_relaxed);
+  }
   return {};
+}
+
+uint32_t CopyOnWrite::Freeze::to_protect() const noexcept {
+  uint64_t pages = 0;
+  for (const auto& [off, len] : cow_.protect_runs_) pages += len / kPage;
+  return static_cast<uint32_t>(pages);
 }
 
 }  // namespace baton

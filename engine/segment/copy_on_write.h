@@ -15,6 +15,23 @@
 // pages are found, without PAGEMAP_SCAN, since the kernel's asynchronous
 // write-protect (dirty_tracker.h) cannot also stop a write.
 //
+// Protection ahead of the commit. Protecting a written page again costs
+// one kernel call per run of pages (1.2-2.7 us on some hosts, 15-45 us
+// under shadow paging, where every change of a page-table entry traps),
+// and the commit would pay it for every page written since the last one.
+// With `ahead` (EngineConfig::cow_protect_ahead), a thread of this
+// process (the protector, one for all regions, started with the first)
+// protects written pages again as they pile up, while the application
+// writes on, so the commit finds only the last few still to protect: the
+// commit's pause no longer grows with how many pages were written. A page
+// protected ahead still counts as written (its delta must travel); a
+// write to it faults once more, and a page that does (a hot page) is left
+// to the commits for the next kHotFreezes: each page costs at most one
+// extra fault per commit, and a hot set none most of the time. The
+// protector does the kernel work the commit would have done, on another
+// core; where page-table changes are slow, the writes lose more than the
+// pause gains (docs/performance.md), hence off by default.
+//
 // Three roles (Role):
 //  - kLocal (embedded mode): one process writes, protects and settles; a
 //    page copied aside goes straight into the stage.
@@ -43,14 +60,16 @@
 //
 // Threads: the handler runs in any thread that writes the memory; the
 // committer holds a Freeze (Segment::mu and the poll token held, or the
-// client library's commit); the poll-token holder calls settle(). They
-// meet only in a per-page state byte and a reader-writer gate, both
-// lock-free and signal safe.
+// client library's commit); the poll-token holder calls settle(); the
+// protector protects ahead. They meet only in per-page state bytes and
+// bitmaps and a reader-writer gate (handlers and the protector read, a
+// freeze writes), all lock-free and signal safe.
 
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <sys/types.h>
 #include <string>
 #include <vector>
 
@@ -72,6 +91,8 @@ class CowShare {
     /// The client's counters, for batond's status (untrusted: shown only).
     std::atomic<uint64_t> faults;
     std::atomic<uint64_t> copied_aside;
+    std::atomic<uint64_t> protected_ahead;
+    std::atomic<uint64_t> protected_at_commit;
   };
   static constexpr uint64_t kStatesOffset = 64;
 
@@ -114,6 +135,13 @@ class CopyOnWrite {
   /// left "copying" (a client preempted in its handler, or dead, or
   /// hostile), before it takes them from the segment as they are.
   static constexpr uint64_t kClientPatienceNs = 2'000'000;
+  /// A handler wakes a sleeping protector once this many pages were
+  /// unprotected since it last looked (fewer wait for it to wake, or for
+  /// the commit).
+  static constexpr uint32_t kAheadAfter = 4;
+  /// A page written again after it was protected ahead is left to the
+  /// commit this many commits long.
+  static constexpr uint32_t kHotFreezes = 16;
 
   /// Why this kernel or process cannot (userfaultfd with SIGBUS and
   /// write-protect of shared memory, Linux 5.19; "" when it can): probed
@@ -122,12 +150,15 @@ class CopyOnWrite {
 
   /// kLocal: write-protects [base, base + len) (page aligned, mapped shared
   /// by this process, 4 KiB pages) and starts counting writes. Every page
-  /// counts as written until the first freeze(). Errors: kUnavailable
-  /// (with the reason; at most kMaxRegions regions per process), kIo.
-  static Result<std::unique_ptr<CopyOnWrite>> attach(std::byte* base, uint64_t len);
+  /// counts as written until the first freeze(). `ahead`: the protector
+  /// protects written pages again before the commit (off: the commit
+  /// protects them all). Errors: kUnavailable (with the reason; at most
+  /// kMaxRegions regions per process), kIo.
+  static Result<std::unique_ptr<CopyOnWrite>> attach(std::byte* base, uint64_t len, bool ahead);
   /// kClient: as attach(), with the page states and the aside buffer in
   /// `share` (batond's, for this memory's length).
-  static Result<std::unique_ptr<CopyOnWrite>> attach_client(std::byte* base, uint64_t len, CowShare share);
+  static Result<std::unique_ptr<CopyOnWrite>> attach_client(std::byte* base, uint64_t len, CowShare share,
+                                                            bool ahead);
   /// kSettler: batond's side of a client's copy-on-write: nothing is
   /// protected here; settle() copies pending pages from [base, base + len)
   /// (batond's mapping of the memory) or from the aside buffer.
@@ -163,6 +194,9 @@ class CopyOnWrite {
       cow_.take_runs();
       for (const auto& [off, len] : cow_.runs_) written(off, len);
     }
+    /// Pages protect() will protect: those written since the previous
+    /// freeze that the protector has not protected again already.
+    uint32_t to_protect() const noexcept;
     /// kLocal: the pages set in `pages` (one bit per kPage: anything with
     /// count() and next_set()) hold the snapshot only until they are
     /// written: each is copied to the same offset of `aside` first, by
@@ -218,6 +252,10 @@ class CopyOnWrite {
   /// them). Thread: any.
   uint64_t faults() const noexcept { return faults_->load(std::memory_order_relaxed); }
   uint64_t copied_aside() const noexcept { return copied_aside_->load(std::memory_order_relaxed); }
+  /// Pages the protector protected again before a commit needed it, and
+  /// pages the commits protected themselves. Thread: any.
+  uint64_t protected_ahead() const noexcept { return protected_ahead_->load(std::memory_order_relaxed); }
+  uint64_t protected_at_commit() const noexcept { return protected_at_commit_->load(std::memory_order_relaxed); }
 
  private:
   struct Handler;
@@ -232,8 +270,19 @@ class CopyOnWrite {
 
   CopyOnWrite() = default;
   static Result<std::unique_ptr<CopyOnWrite>> make(Role role, std::byte* base, uint64_t len,
-                                                   std::unique_ptr<CowShare> share);
+                                                   std::unique_ptr<CowShare> share, bool ahead);
   void take_runs();
+  /// The protector's pass over this region: protects the pages unprotected
+  /// since they were last protected (but hot ones, and those it protected
+  /// once since the last freeze) that it saw so on its previous pass too
+  /// (a page just lifted has a write about to run again: protected at
+  /// once, it would fault twice), one run per hold of the gate, so a
+  /// freeze waits for one call at most. Returns whether it protected any
+  /// or saw any to protect next time.
+  bool protect_ahead() noexcept;
+  /// Whether to enter the gate as a reader: false once a freeze waits, the
+  /// region is going, or every page waits for the next freeze.
+  bool try_read() noexcept;
   /// Sets every page's written bit (under the gate, or before any handler).
   void mark_all_written() noexcept;
   bool protect_range(uint64_t off, uint64_t len, bool on) noexcept;
@@ -271,12 +320,47 @@ class CopyOnWrite {
   /// kSettler: what is left of kClientPatienceNs for this snapshot
   /// (poll-token holder).
   uint64_t patience_ns_ = kClientPatienceNs;
-  /// The runs the last take_written() reported: committer only.
+  /// One bit per page whose protection a handler lifted since it was last
+  /// protected: set by the handler after it lifted it (so the protector
+  /// never sees the bit of a page still about to be lifted), cleared by
+  /// whoever protects the page again (the protector, or a freeze), under
+  /// the gate.
+  std::unique_ptr<std::atomic<uint64_t>[]> unprotected_;
+  /// Pages the protector protected since the last freeze (set by the
+  /// protector, read by the handler, cleared by a freeze).
+  std::unique_ptr<std::atomic<uint64_t>[]> ahead_;
+  /// Pages written again after the protector protected them: it leaves
+  /// them to the commits until kHotFreezes freezes have cleared them.
+  std::unique_ptr<std::atomic<uint64_t>[]> hot_;
+  /// Pages unprotected since the protector last looked (the handler counts,
+  /// the protector zeroes).
+  std::atomic<uint32_t> backlog_{0};
+  /// The protector's own: pages it saw to protect on its last pass, and
+  /// whether there are any.
+  std::unique_ptr<uint64_t[]> seen_;
+  bool seen_any_ = false;
+  bool ahead_on_ = false;  ///< protects ahead (set before the region is published)
+  pid_t owner_ = 0;  ///< the process that attached it (a forked child's protector leaves it)
+  /// Set under the gate by the destructor: the protector leaves it.
+  bool going_ = false;
+  /// Every page counts as written and unprotected until the next freeze,
+  /// which protects them all at once (mark_all_written): the protector
+  /// leaves the region alone meanwhile. Written under the gate.
+  bool wholesale_ = false;
+  uint32_t freezes_ = 0;  ///< committer only
+  /// The runs the last take_written() reported, and those protect() is to
+  /// protect: committer only.
   std::vector<std::pair<uint64_t, uint64_t>> runs_;
+  std::vector<std::pair<uint64_t, uint64_t>> protect_runs_;
+
   std::atomic<uint64_t> own_faults_{0};
   std::atomic<uint64_t> own_copied_aside_{0};
+  std::atomic<uint64_t> own_protected_ahead_{0};
+  std::atomic<uint64_t> own_protected_at_commit_{0};
   std::atomic<uint64_t>* faults_ = &own_faults_;
   std::atomic<uint64_t>* copied_aside_ = &own_copied_aside_;
+  std::atomic<uint64_t>* protected_ahead_ = &own_protected_ahead_;
+  std::atomic<uint64_t>* protected_at_commit_ = &own_protected_at_commit_;
 };
 
 }  // namespace baton

@@ -143,6 +143,15 @@ struct EngineConfig {
   /// commits: the client library does.
   bool shared_with_clients = false;
   SnapshotMode snapshot_mode = SnapshotMode::kStageCopy;
+  /// Copy-on-write: a thread of the process protects written pages again
+  /// while the application writes on, so that a commit protects only the
+  /// few written last and its pause does not grow with how many pages
+  /// were written (copy_on_write.h). The kernel work is the same, moved
+  /// off the commit into the writing phase; where page-table changes are
+  /// slow (shadow paging) the writes slow down by more than the pause
+  /// shrinks (docs/performance.md). Off: each commit protects every page
+  /// written since the last.
+  bool cow_protect_ahead = false;
   /// Periodic commits (S5): the engine commits each copy-on-write segment
   /// by itself every this many milliseconds, when anything was written
   /// since its last commit (an application's own commit restarts the
@@ -274,6 +283,7 @@ struct CommitOptions {
 struct ClientCopyOnWrite {
   int fd = -1;                   ///< the share (CowShare): the caller's, to send and close
   uint32_t commit_every_ms = 0;  ///< the segment's period (S5), for the library to keep
+  bool protect_ahead = false;    ///< EngineConfig::cow_protect_ahead, for the library's CopyOnWrite
 };
 
 enum class OpenOutcome : uint8_t {
@@ -300,10 +310,14 @@ struct SegmentStatus {
   bool writes_tracked = false;  ///< commits copy only the chunks written since (EngineConfig::track_writes)
   /// Commits take copy-on-write snapshots (EngineConfig::snapshot_mode);
   /// writes that faulted on a protected page, and of those the pages
-  /// copied aside for a snapshot still being taken.
+  /// copied aside for a snapshot still being taken; written pages
+  /// protected again ahead of the commit (EngineConfig::cow_protect_ahead)
+  /// and by the commits themselves.
   bool copy_on_write = false;
   uint64_t cow_faults = 0;
   uint64_t cow_copied_aside = 0;
+  uint64_t cow_protected_ahead = 0;
+  uint64_t cow_protected_at_commit = 0;
   std::vector<uint16_t> standbys;  ///< its hot standby nodes (EngineConfig::standbys)
 };
 

@@ -400,9 +400,13 @@ TEST(Daemon, WriteTrackingCanBeTurnedOff) {
 // its hash; the test SIGKILLs the application at a random moment (often
 // with pages still pending in batond), and the next session must restore
 // exactly the last generation a commit returned (or the one in flight).
-TEST(Daemon, CopyOnWriteCommitsAreExactWhileTheApplicationWrites) {
+// `protect_ahead`: the library's protector races the writer and the
+// commits too ([snapshots] protect_ahead).
+void copy_on_write_sessions(bool protect_ahead) {
   TempDir dir;
-  Batond d(1, dir.path, "", "[snapshots]\nmode = \"copy-on-write\"\n");
+  Batond d(1, dir.path, "",
+           std::string("[snapshots]\nmode = \"copy-on-write\"\nprotect_ahead = ") + (protect_ahead ? "true" : "false") +
+               "\n");
   constexpr size_t kSize = (4 << 20) + 1000;
   auto hash = [](const unsigned char* p, size_t n) {
     return std::hash<std::string_view>()(std::string_view(reinterpret_cast<const char*>(p), n));
@@ -510,8 +514,18 @@ TEST(Daemon, CopyOnWriteCommitsAreExactWhileTheApplicationWrites) {
     const auto at = out.find(key);
     ASSERT_NE(at, std::string::npos) << out;
     EXPECT_GT(std::strtoull(out.c_str() + at + key.size(), nullptr, 10), 10u) << "commits did not use copy-on-write";
+    const std::string ahead = "\"cow_protected_ahead\":";
+    const auto at_ahead = out.find(ahead);
+    ASSERT_NE(at_ahead, std::string::npos) << out;
+    const uint64_t pages = std::strtoull(out.c_str() + at_ahead + ahead.size(), nullptr, 10);
+    if (protect_ahead) EXPECT_GT(pages, 0u) << "the library protected nothing ahead";
+    else EXPECT_EQ(pages, 0u);
   }
 }
+
+TEST(Daemon, CopyOnWriteCommitsAreExactWhileTheApplicationWrites) { copy_on_write_sessions(false); }
+
+TEST(Daemon, CopyOnWriteCommitsAreExactWhileTheLibraryProtectsAhead) { copy_on_write_sessions(true); }
 
 // Periodic commits in daemon mode (S5): batond gives the segment a period
 // and the client library commits it by itself while the application only

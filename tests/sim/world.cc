@@ -450,7 +450,9 @@ class World {
     view->mem = static_cast<std::byte*>(p);
     auto mapped = CowShare::map((*share)->fd, view->len);
     if (!mapped) throw Violation{"the engine's copy-on-write share: " + mapped.error().message};
-    auto cow = CopyOnWrite::attach_client(view->mem, view->len, std::move(*mapped));
+    // Every other client protects ahead of its commits (no draw from the
+    // schedule's random numbers: seeds replay as before).
+    auto cow = CopyOnWrite::attach_client(view->mem, view->len, std::move(*mapped), stats_.client_cow_opens % 2 == 0);
     if (!cow) {
       note("app " + a.name + ": no client copy-on-write here: " + cow.error().message);
       return;

@@ -274,6 +274,7 @@ socket = "/tmp/b.sock"
 [snapshots]
 mode = "copy-on-write"
 commit_every_ms = 20
+protect_ahead = true
 [[snapshots.segment]]
 name = "big"
 mode = "stage-copy"
@@ -284,6 +285,7 @@ commit_every_ms = 5
   ASSERT_TRUE(c) << c.error().message;
   EXPECT_EQ(c->engine.snapshot_mode, EngineConfig::SnapshotMode::kCopyOnWrite);
   EXPECT_EQ(c->engine.commit_every_ms, 20u);
+  EXPECT_TRUE(c->engine.cow_protect_ahead);
   ASSERT_EQ(c->engine.snapshot_modes.size(), 2u);
   EXPECT_EQ(c->engine.snapshot_modes[0].segment, "big");
   EXPECT_EQ(c->engine.snapshot_modes[0].mode, EngineConfig::SnapshotMode::kStageCopy);
@@ -293,6 +295,7 @@ commit_every_ms = 5
   auto plain = parse_daemon_config("[node]\nid = 1\n[client]\nsocket = \"/tmp/b.sock\"\n", "plain.toml");
   ASSERT_TRUE(plain);
   EXPECT_EQ(plain->engine.snapshot_mode, EngineConfig::SnapshotMode::kStageCopy) << "the default";
+  EXPECT_FALSE(plain->engine.cow_protect_ahead) << "the default";
 }
 
 struct Bad {
@@ -381,6 +384,7 @@ INSTANTIATE_TEST_SUITE_P(
             "standby[1].segment: \"s\" has standbys already"},
         Bad{NODE_AND("[snapshots]\nmode = \"fork\"\n"), "snapshots.mode: must be \"stage-copy\" or \"copy-on-write\""},
         Bad{NODE_AND("[snapshots]\ncommit_every_ms = -1\n"), "snapshots.commit_every_ms: must be 0..3600000"},
+        Bad{NODE_AND("[snapshots]\nprotect_ahead = \"yes\"\n"), "snapshots.protect_ahead: must be true or false"},
         Bad{NODE_AND("[snapshots]\nevery = 1\n"), "snapshots.every: unknown key"},
         Bad{NODE_AND("[[snapshots.segment]]\nmode = \"stage-copy\"\n"), "snapshots.segment[0].name: is required"},
         Bad{NODE_AND("[[snapshots.segment]]\nname = \"a\"\n[[snapshots.segment]]\nname = \"a\"\n"),
