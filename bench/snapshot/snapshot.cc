@@ -9,9 +9,13 @@
 //                  pages written (into a second buffer, same offsets)
 //   untracked      Engine::commit with track_writes = false (copies all)
 //   tracked        Engine::commit with write tracking (copies written chunks)
-//   cow            Engine::commit with copy-on-write snapshots (S14): the
-//                  application's pause is the write-protection of what it
-//                  wrote; the worker copies the snapshot after the call
+//   cow            Engine::commit with copy-on-write snapshots (S14),
+//                  written pages protected ahead of the commit
+//                  (EngineConfig::cow_protect_ahead): the application's
+//                  pause is the write-protection of what the protector has
+//                  not reached; the worker copies the snapshot after the call
+//   cow_at_commit  the same with the commit protecting every page written
+//                  (cow_protect_ahead off, the default)
 //
 // plus, for each engine, the application's own writes (tracked pays an
 // asynchronous write-protect fault on a page's first write after a commit,
@@ -25,7 +29,8 @@
 //        baton-snapshot --periodic-ms 10 [--sizes-mib 64,1024]
 // (instead: a writer's stores per second with the engine committing the
 // segment by itself every 10 ms, copy-on-write, against none; S5; the
-// stores fall on a hot 1% of the pages, then on all of them)
+// stores fall on a hot 1% of the pages, then on all of them; with and
+// without protection ahead)
 // Prints one JSON line per size.
 
 #include <algorithm>
@@ -189,7 +194,6 @@ PeriodicRun run_periodic(uint64_t size, uint32_t every_ms, double seconds, doubl
     if (!seg) std::fprintf(stderr, "baton-snapshot: %s\n", seg.error().to_string().c_str()), std::exit(1);
     (period == 0 ? r.quiet_wps : r.periodic_wps) = write_for(p.a->data(*seg), seconds, 3, hot_pct);
     if (period != 0) r.commits = p.a->stats().periodic_commits;
-
   }
   return r;
 }
@@ -250,15 +254,15 @@ int main(int argc, char** argv) {
     for (uint64_t mib : sizes_mib)
       for (double hot : {1.0, 100.0})
         for (const Mode mode : {Mode::kCow, Mode::kCowAtCommit}) {
-        const PeriodicRun r = run_periodic(mib << 20, periodic_ms, 2.0, hot, mode);
-        std::printf("{\"size_mib\": %llu, \"hot_pct\": %.0f, \"protect_ahead\": %s, \"commit_every_ms\": %u, "
-                    "\"seconds\": 2, \"periodic_commits\": %llu, \"quiet_writes_per_s\": %.0f, "
-                    "\"periodic_writes_per_s\": %.0f, \"slowdown\": %.3f}\n",
-                    static_cast<unsigned long long>(mib), hot, mode == Mode::kCow ? "true" : "false", periodic_ms,
-                    static_cast<unsigned long long>(r.commits), r.quiet_wps, r.periodic_wps,
-                    r.quiet_wps / r.periodic_wps);
-        std::fflush(stdout);
-      }
+          const PeriodicRun r = run_periodic(mib << 20, periodic_ms, 2.0, hot, mode);
+          std::printf("{\"size_mib\": %llu, \"hot_pct\": %.0f, \"protect_ahead\": %s, \"commit_every_ms\": %u, "
+                      "\"seconds\": 2, \"periodic_commits\": %llu, \"quiet_writes_per_s\": %.0f, "
+                      "\"periodic_writes_per_s\": %.0f, \"slowdown\": %.3f}\n",
+                      static_cast<unsigned long long>(mib), hot, mode == Mode::kCow ? "true" : "false", periodic_ms,
+                      static_cast<unsigned long long>(r.commits), r.quiet_wps, r.periodic_wps,
+                      r.quiet_wps / r.periodic_wps);
+          std::fflush(stdout);
+        }
     return 0;
   }
   for (uint64_t mib : sizes_mib) {
