@@ -103,11 +103,12 @@ TEST(CopyOnWrite, AWriteToAPendingPageCopiesItAsideFirst) {
   EXPECT_EQ(m.p[10 * kPage], std::byte{7});
 }
 
-/// `pages` pages under copy-on-write, past their first freeze (every page
-/// protected, none pending), and a buffer to copy pages aside into.
+/// `pages` pages under copy-on-write (`ahead`: protected ahead of the
+/// commits), past their first freeze (every page protected, none pending),
+/// and a buffer to copy pages aside into.
 struct Armed {
-  explicit Armed(uint32_t pages) : m(pages * kPage), aside(pages * kPage) {
-    cow = test::must(CopyOnWrite::attach(m.p, m.len, false));
+  explicit Armed(uint32_t pages, bool ahead = false) : m(pages * kPage), aside(pages * kPage) {
+    cow = test::must(CopyOnWrite::attach(m.p, m.len, ahead));
     pend.reset(pages);
     freeze(*cow, aside.data(), pend);
   }
@@ -141,12 +142,8 @@ bool protected_ahead_reaches(const CopyOnWrite& cow, uint64_t pages) {
 TEST(CopyOnWrite, TheProtectorProtectsWrittenPagesAheadOfTheCommit) {
   SKIP_WITHOUT_COW();
   constexpr uint32_t kPages = 256, kWritten = 32;
-  Mapping m(kPages * kPage);
-  std::vector<std::byte> aside(m.len);
-  auto cow = test::must(CopyOnWrite::attach(m.p, m.len, true));
-  ChunkBitmap pend;
-  pend.reset(kPages);
-  freeze(*cow, aside.data(), pend);  // the first commit protects everything at once
+  Armed a(kPages, true);  // the first commit protected everything at once
+  auto& [m, aside, cow, pend] = a;
   EXPECT_EQ(cow->protected_ahead(), 0u) << "nothing to protect ahead before the first freeze";
 
   Runs written;
@@ -189,12 +186,8 @@ TEST(CopyOnWrite, TheProtectorProtectsWrittenPagesAheadOfTheCommit) {
 TEST(CopyOnWrite, AHotPageIsLeftToTheCommitsAndAReleaseToTheNextFreeze) {
   SKIP_WITHOUT_COW();
   constexpr uint32_t kPages = 64, kHot = 8;
-  Mapping m(kPages * kPage);
-  std::vector<std::byte> aside(m.len);
-  auto cow = test::must(CopyOnWrite::attach(m.p, m.len, true));
-  ChunkBitmap pend;
-  pend.reset(kPages);
-  freeze(*cow, aside.data(), pend);
+  Armed a(kPages, true);
+  auto& [m, aside, cow, pend] = a;
   for (uint32_t p = 0; p < kHot; ++p) m.p[p * kPage] = std::byte{1};
   ASSERT_TRUE(protected_ahead_reaches(*cow, kHot - (CopyOnWrite::kAheadAfter - 1)));
   freeze(*cow, aside.data(), pend);  // every page protected again
