@@ -202,7 +202,12 @@ int baton_start(const baton_config_t* config, const char* const* links, size_t n
   c.max_segment_size = config->max_segment_size;
   c.idle = config->spin ? baton::IdlePolicy::kSpin : baton::IdlePolicy::kAdaptive;
   c.track_writes = config->no_write_tracking == 0 && baton::ipc::track_writes_allowed();
+  if (config->copy_on_write > BATON_COW_PROTECT_AHEAD)
+    return set_error(Errc::kInvalidArgument,
+                     "copy_on_write must be 0, BATON_COW (1) or BATON_COW_PROTECT_AHEAD (2), not " +
+                         std::to_string(config->copy_on_write));
   if (config->copy_on_write != 0) c.snapshot_mode = baton::EngineConfig::SnapshotMode::kCopyOnWrite;
+  c.cow_protect_ahead = config->copy_on_write == BATON_COW_PROTECT_AHEAD;
   std::vector<std::unique_ptr<baton::Link>> ls;
   for (size_t i = 0; i < n_links; ++i) {
     auto l = parse_link(links[i]);

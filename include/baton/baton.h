@@ -50,11 +50,19 @@ typedef struct baton_config {
   uint32_t spin;               /* 1: worker never sleeps (dedicated core) */
   uint32_t no_write_tracking;  /* 1: commits copy whole segments (something other than this
                                   process's writes through baton_segment_data() changes them: DMA) */
-  uint32_t copy_on_write;      /* 1: copy-on-write commits (S14): a commit write-protects what was
-                                  written and returns; the engine copies the snapshot while the
-                                  application writes on (a SIGBUS handler copies a page aside on its
-                                  first write). read(2) into a protected page fails with EFAULT. */
+  uint32_t copy_on_write;      /* BATON_COW (1): copy-on-write commits (S14): a commit
+                                  write-protects what was written and returns; the engine copies the
+                                  snapshot while the application writes on (a SIGBUS handler copies a
+                                  page aside on its first write). read(2) into a protected page fails
+                                  with EFAULT. BATON_COW_PROTECT_AHEAD (2): the same, and a thread of
+                                  the process protects written pages again between commits, so a
+                                  commit's pause stays short however much was written (the writes
+                                  pay for it). 0: the stage copy (default); other values: BATON_EINVAL.
+                                  (Daemon mode: batond's [snapshots] section decides.) */
 } baton_config_t;
+
+#define BATON_COW 1
+#define BATON_COW_PROTECT_AHEAD 2
 
 /* Fills *config with defaults. */
 void baton_config_init(baton_config_t* config);

@@ -8,6 +8,8 @@
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
 #include <string>
 #include <thread>
 
@@ -170,6 +172,43 @@ TEST(CApiCopyOnWrite, CommitsAndWritesOn) {
     EXPECT_EQ(gen, static_cast<uint64_t>(g));
     EXPECT_EQ(mem[0], g) << "the memory is the application's, as it wrote it";
   }
+  EXPECT_EQ(baton_unregister(s), 0);
+  baton_stop(b);
+}
+
+// BATON_COW_PROTECT_AHEAD: the same commits, and the process gains the
+// thread that protects written pages again between them; any other value
+// past it is refused.
+TEST(CApiCopyOnWrite, ProtectAheadStartsTheProtectorAndOtherValuesAreRefused) {
+  baton_config_t c;
+  baton_config_init(&c);
+  c.node_id = 9;
+  c.copy_on_write = BATON_COW_PROTECT_AHEAD + 1;
+  baton_t* b = nullptr;
+  EXPECT_EQ(baton_start(&c, nullptr, 0, &b), BATON_EINVAL);
+  EXPECT_NE(std::string(baton_last_error()).find("copy_on_write"), std::string::npos) << baton_last_error();
+  EXPECT_EQ(b, nullptr);
+  c.copy_on_write = BATON_COW_PROTECT_AHEAD;
+  ASSERT_EQ(baton_start(&c, nullptr, 0, &b), 0) << baton_last_error();
+  baton_segment_t* s = nullptr;
+  ASSERT_EQ(baton_open(b, "cow-ahead", 1 << 20, &s, nullptr, nullptr), 0) << baton_last_error();
+  auto* mem = static_cast<unsigned char*>(baton_segment_data(s));
+  uint64_t gen = 0;
+  for (int g = 1; g <= 5; ++g) {
+    for (size_t i = 0; i < (1 << 20); i += 4096) app_store(mem + i, static_cast<unsigned char>(g));
+    ASSERT_EQ(baton_commit(s, &gen), 0) << baton_last_error();
+    EXPECT_EQ(gen, static_cast<uint64_t>(g));
+    EXPECT_EQ(mem[4096 * 100], g);
+  }
+  auto protector_runs = [] {
+    for (const auto& task : std::filesystem::directory_iterator("/proc/self/task")) {
+      std::ifstream comm(task.path() / "comm");
+      std::string name;
+      if (std::getline(comm, name) && name == "baton-protect") return true;
+    }
+    return false;
+  };
+  EXPECT_TRUE(protector_runs()) << "no baton-protect thread: the switch did not reach the engine";
   EXPECT_EQ(baton_unregister(s), 0);
   baton_stop(b);
 }
