@@ -278,9 +278,18 @@ Result<std::vector<Blade>> chassis_up(const ChassisConfig& c) {
         if (all_up) break;
       }
       if (std::chrono::steady_clock::now() > deadline) {
+        // Both ends' logs say why: this blade's status and log, and the log
+        // of each peer whose link is down.
+        std::string peers = "\nits log ends:\n" + tail(b.log);
+        if (report)
+          if (const auto j = nlohmann::json::parse(*report, nullptr, false); j.is_object() && j.contains("links"))
+            for (const auto& l : j["links"])
+              if (!l.value("up", false) && l.value("peer", 0) >= 1 && l.value("peer", 0) <= c.blades)
+                peers += "\nblade " + std::to_string(l.value("peer", 0)) + "'s log ends:\n" +
+                         tail(blade_path(c.dir, l.value("peer", 0), ".log"));
         (void)chassis_down(c.dir);
         return fail(Errc::kIo, "blade ", std::to_string(b.id), "'s links did not all come up:\n",
-                    report ? *report : report.error().message);
+                    report ? *report : report.error().message, peers);
       }
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
     }
