@@ -1,8 +1,24 @@
 #include "control/detector.h"
 
 #include <algorithm>
+#include <cstdio>
+#include <string>
 
 namespace baton {
+
+namespace {
+
+// "12", "1.4", "0.35": what a silence in ns was, in ms, to two significant
+// digits below 10 ms (sub-millisecond timeouts are the spinning default).
+std::string ms_string(uint64_t ns) {
+  char b[32];
+  if (ns >= 10'000'000) std::snprintf(b, sizeof b, "%lu", static_cast<unsigned long>(ns / 1'000'000));
+  else if (ns >= 1'000'000) std::snprintf(b, sizeof b, "%.1f", static_cast<double>(ns) / 1e6);
+  else std::snprintf(b, sizeof b, "%.2f", static_cast<double>(ns) / 1e6);
+  return b;
+}
+
+}  // namespace
 
 Detector::Detector(const DetectorConfig& config, std::vector<LinkInfo> links, EventSink event,
                    std::unique_ptr<MembershipSource> membership)
@@ -108,8 +124,7 @@ void Detector::step(uint64_t now, uint64_t polled_ns, std::span<const LinkObserv
       dirty_ = true;
       const bool any_up = std::any_of(p.links.begin(), p.links.end(), [&](size_t k) { return obs[k].up; });
       event_("node " + std::to_string(p.node) + " down (" +
-             (any_up ? "silent for " + std::to_string((polled_ns - std::min(polled_ns, p.last_heard_ns)) / 1'000'000) +
-                           " ms"
+             (any_up ? "silent for " + ms_string(polled_ns - std::min(polled_ns, p.last_heard_ns)) + " ms"
                      : std::string(p.links.size() > 1 ? "every link down" : "link down")) +
              ")");
     }

@@ -13,9 +13,12 @@
 #include <cstdio>
 #include <filesystem>
 #include <functional>
+#include <fstream>
+#include <iterator>
 #include <map>
 #include <set>
 #include <string>
+#include <thread>
 
 #include <nlohmann/json.hpp>
 
@@ -127,6 +130,36 @@ TEST(Chassis, ShardsRunOverAQueuePairOfEveryMemifLink) {
   // And over shm, a region per shard.
   out = run(ctl + " demo --blades 3 --batches 10 --workers 2 --transport shm", &status);
   expect_failed_over(out, status, 10);
+}
+
+// --spin: each blade's one worker spins on a CPU of its own (blade N on CPU
+// N-1); a chassis that cannot give every blade one, or asks for shards too,
+// is refused before anything starts.
+TEST(Chassis, SpinningBladesArePinnedOnePerCpu) {
+  const std::string dir = "/tmp/baton-chassis-spin-" + std::to_string(getpid());
+  const std::string ctl = baton::test::helper("BATONCTL");
+  int status = 0;
+  std::string out = run(ctl + " chassis up --blades 2 --replicas 1 --spin --workers 2 --dir " + dir, &status);
+  EXPECT_NE(status, 0) << out;
+  EXPECT_NE(out.find("--spin pins one worker per blade"), std::string::npos) << out;
+  const unsigned cpus = std::thread::hardware_concurrency();
+  out = run(ctl + " chassis up --blades " + std::to_string(cpus + 1) + " --replicas 1 --spin --dir " + dir, &status);
+  EXPECT_NE(status, 0) << out;
+  EXPECT_NE(out.find("needs a CPU per blade"), std::string::npos) << out;
+  EXPECT_FALSE(std::filesystem::exists(dir + "/blade1.pid")) << "a refused chassis started blades";
+  if (cpus < 2) GTEST_SKIP() << "one CPU: no two blades can spin apart";
+  out = run(ctl + " chassis up --blades 2 --replicas 1 --spin --dir " + dir, &status);
+  ASSERT_EQ(status, 0) << out;
+  for (int id = 1; id <= 2; ++id) {
+    std::ifstream in(dir + "/blade" + std::to_string(id) + ".toml");
+    const std::string config((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    EXPECT_NE(config.find("idle = \"spin\""), std::string::npos) << config;
+    EXPECT_NE(config.find("worker_cpu = " + std::to_string(id - 1) + "\n"), std::string::npos) << config;
+  }
+  out = run(ctl + " status --json --socket " + dir + "/blade2.sock", &status);
+  EXPECT_EQ(status, 0) << out;
+  out = run(ctl + " chassis down --dir " + dir, &status);
+  EXPECT_EQ(status, 0) << out;
 }
 
 TEST(Chassis, MixedLinksShmInsideAServerMemifBetween) {

@@ -109,11 +109,13 @@ std::string config_for(const ChassisConfig& c, int id) {
   if (std::find(c.spares.begin(), c.spares.end(), id) != c.spares.end()) o << "spare = true\n";
   if (static_cast<size_t>(id) <= c.cores.size()) o << "cores = " << c.cores[id - 1] << "\n";
   o
-    << "[engine]\nreplication_factor = " << c.replication_factor << "\nidle = \"adaptive\"\n"
+    << "[engine]\nreplication_factor = " << c.replication_factor << "\nidle = \"" << (c.spin ? "spin" : "adaptive")
+    << "\"\n"
     << "heartbeat_us = " << c.heartbeat_us << "\nfailure_timeout_us = " << c.failure_timeout_us << "\n";
   if (mixed)
     o << "topology = \"synthetic:package:2 numa:1 core:1 pu:1\"\nnuma_node = " << (id - 1) % 2 << "\n";
   if (!c.direct_reads) o << "direct_reads = false\n";
+  if (c.spin) o << "worker_cpu = " << id - 1 << "\n";
   if (c.workers > 1) {
     o << "workers = [";
     for (int w = 0; w < c.workers; ++w) o << (w == 0 ? "" : ", ") << -1;
@@ -224,6 +226,11 @@ Result<std::vector<Blade>> chassis_up(const ChassisConfig& c) {
     return fail(Errc::kInvalidArgument,
                 "--workers above 1 needs --transport memif, shm or mixed (af_packet spreads frames over its queues "
                 "by flow hash, not by shard)");
+  if (c.spin && c.workers > 1)
+    return fail(Errc::kInvalidArgument, "--spin pins one worker per blade: it takes no --workers");
+  if (c.spin && static_cast<unsigned>(c.blades) > std::thread::hardware_concurrency())
+    return fail(Errc::kInvalidArgument, "--spin needs a CPU per blade: ", std::to_string(c.blades), " blades, ",
+                std::to_string(std::thread::hardware_concurrency()), " CPUs");
   if (c.workers > 1 && c.membership == "corosync")
     return fail(Errc::kInvalidArgument, "--workers above 1 runs backplane membership (one CPG member per node)");
   std::error_code ec;

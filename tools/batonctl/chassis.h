@@ -39,6 +39,11 @@ struct ChassisConfig {
   /// Loads over shm links read a peer's lent slot directly (engine
   /// direct_reads); false: every fetch is streamed, as over a backplane.
   bool direct_reads = true;
+  /// Workers spin (`idle = "spin"`), each blade's pinned to a CPU of its
+  /// own: blade N's to CPU N-1 (one worker per blade). For a machine with a
+  /// core per blade; the daemons' default detector is then 100 us
+  /// heartbeats and a 500 us timeout.
+  bool spin = false;
   uint32_t heartbeat_us = 0;        ///< 0: the daemons' default
   uint32_t failure_timeout_us = 0;  ///< 0: the daemons' default
   /// Where the blades' views come from: "backplane" (heartbeats) or

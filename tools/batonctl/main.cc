@@ -204,6 +204,8 @@ int main(int argc, char** argv) {
   up->add_option("--backplanes", chassis.backplanes, "af_packet: 1 or 2 veth pairs (links) per pair of blades");
   up->add_option("--workers", chassis.workers,
                  "per-core shards per blade (1..8; memif, shm or mixed): a queue pair or region per shard");
+  up->add_flag("--spin", chassis.spin,
+               "workers never sleep, blade N's pinned to CPU N-1 (a CPU per blade; detector 100 us / 500 us)");
   bool stream_fetches = false;
   up->add_flag("--stream-fetches", stream_fetches,
                "shm links: stream every fetch through the rings instead of reading a peer's lent slot directly");
