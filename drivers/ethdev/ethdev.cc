@@ -13,12 +13,14 @@
 #include <atomic>
 #include <cerrno>
 #include <csignal>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <map>
 #include <mutex>
 #include <optional>
+#include <string_view>
 
 #include "common/log.h"
 #include "ethdev/memif_guard.h"
@@ -377,17 +379,24 @@ Result<void> init_eal(const std::vector<std::string>& extra, const std::string& 
   if (eal_started) return {};
   if (eal_error) return tl::unexpected(*eal_error);
   sweep_runtime_dirs();
-  std::vector<std::string> args = {"baton", "--no-pci", "--in-memory", "--log-level=5",
-                                   "--lcores=0@(" + allowed_cpus() + ")"};
+  std::vector<std::string> args = {"baton", "--no-pci", "--log-level=5", "--lcores=0@(" + allowed_cpus() + ")"};
   if (telemetry_prefix.empty()) {
     args.push_back("--no-telemetry");
     args.push_back("--file-prefix=baton" + std::to_string(getpid()));
   } else {
     args.push_back("--file-prefix=" + telemetry_prefix);
   }
-  // Huge pages when the kernel has some free, else plain memory.
-  eal_huge = free_huge_pages() >= 64;
-  if (!eal_huge) {
+  // Huge pages when the kernel has some free, else plain memory. No files
+  // of huge pages or shared config either way: --in-memory with huge pages;
+  // --no-huge is already anonymous memory, and DPDK refuses it beside
+  // --in-memory (it implies --legacy-mem), so with too few huge pages free
+  // no daemon with a DPDK link could start.
+  // BATON_NO_HUGE_PAGES=1 asks for plain memory whatever is free.
+  const char* no_huge = std::getenv("BATON_NO_HUGE_PAGES");
+  eal_huge = (no_huge == nullptr || std::string_view(no_huge) != "1") && free_huge_pages() >= 64;
+  if (eal_huge) {
+    args.push_back("--in-memory");
+  } else {
     args.push_back("--no-huge");
     args.push_back("-m");
     args.push_back("512");

@@ -162,6 +162,25 @@ TEST(Chassis, SpinningBladesArePinnedOnePerCpu) {
   EXPECT_EQ(status, 0) << out;
 }
 
+// With too few huge pages free (or BATON_NO_HUGE_PAGES=1), DPDK runs on
+// plain memory. It once could not start at all then (--no-huge beside
+// --in-memory, which DPDK refuses): a machine whose huge pages other
+// programs had taken could run no daemon with a link.
+TEST(Chassis, BladesStartAndLinkWithoutHugePages) {
+  const std::string dir = "/tmp/baton-chassis-nohuge-" + std::to_string(getpid());
+  const std::string ctl = baton::test::helper("BATONCTL");
+  int status = 0;
+  std::string out = run("BATON_NO_HUGE_PAGES=1 " + ctl + " chassis up --blades 3 --dir " + dir, &status);
+  ASSERT_EQ(status, 0) << out;
+  for (int id = 1; id <= 3; ++id) {
+    std::ifstream in(dir + "/blade" + std::to_string(id) + ".log");
+    const std::string log((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    EXPECT_NE(log.find("EAL started (no huge pages)"), std::string::npos) << log;
+  }
+  out = run(ctl + " chassis down --dir " + dir, &status);
+  EXPECT_EQ(status, 0) << out;
+}
+
 TEST(Chassis, MixedLinksShmInsideAServerMemifBetween) {
   const std::string dir = "/tmp/baton-chassis-mixed-" + std::to_string(getpid());
   const std::string ctl = baton::test::helper("BATONCTL");
