@@ -21,6 +21,7 @@
 
 #include "common/log.h"
 #include "ipc/client.h"
+#include "ipc/liveness.h"
 #include "runtime/futex.h"
 
 extern char** environ;
@@ -143,6 +144,7 @@ Runner::~Runner() {
     for (pid_t p : {s.hook, s.app})
       if (p > 0) left.push_back(p);
     if (s.promote_fd >= 0) ::close(s.promote_fd);
+    if (s.live) s.live->stop();
   }
   for (pid_t p : left) signal(p, SIGTERM);
   for (int i = 0; i < 50 && !left.empty(); ++i) {
@@ -164,7 +166,7 @@ int Runner::reap(pid_t pid) {
 }
 
 pid_t spawn_child(const std::vector<std::string>& argv, const std::vector<std::string>& baton_env, bool own_session,
-                  int pass_fd) {
+                  int pass_fd, int live_fd) {
   std::vector<std::string> env_strings;
   for (char** e = environ; *e != nullptr; ++e) {
     const std::string_view v(*e);
@@ -188,11 +190,12 @@ pid_t spawn_child(const std::vector<std::string>& argv, const std::vector<std::s
   posix_spawnattr_setsigdefault(&attr, &defaults);
   posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF |
                                       (own_session ? POSIX_SPAWN_SETSID : 0));
-  // The descriptor to pass becomes 3 in the child (dup2 clears its
+  // The descriptors to pass become 3 and 4 in the child (dup2 clears their
   // close-on-exec there); every other descriptor of batond's is O_CLOEXEC.
   posix_spawn_file_actions_t fa;
   posix_spawn_file_actions_init(&fa);
   if (pass_fd >= 0) posix_spawn_file_actions_adddup2(&fa, pass_fd, 3);
+  if (live_fd >= 0) posix_spawn_file_actions_adddup2(&fa, live_fd, 4);
   pid_t pid = -1;
   const int rc = posix_spawn(&pid, args[0], &fa, &attr, args.data(), envp.data());
   posix_spawn_file_actions_destroy(&fa);
@@ -204,7 +207,8 @@ pid_t spawn_child(const std::vector<std::string>& argv, const std::vector<std::s
   return pid;
 }
 
-pid_t Runner::spawn(const ServiceGroup& g, uint64_t seq, const std::vector<std::string>& argv, int pass_fd) {
+pid_t Runner::spawn(const ServiceGroup& g, uint64_t seq, const std::vector<std::string>& argv, int pass_fd,
+                    LivenessWatch* live) {
   std::string segments;
   for (const auto& s : g.segments) segments += (segments.empty() ? "" : " ") + s;
   std::vector<std::string> env{"BATON_SOCKET=" + env_.socket, "BATON_NODE=" + std::to_string(env_.node),
@@ -212,7 +216,19 @@ pid_t Runner::spawn(const ServiceGroup& g, uint64_t seq, const std::vector<std::
                                "BATON_ASSIGNMENT=" + std::to_string(seq),
                                std::string("BATON_ROLE=") + (seq == 0 ? "standby" : "active")};
   if (pass_fd >= 0) env.push_back("BATON_PROMOTE_FD=3");
-  return spawn_child(argv, env, true, pass_fd);
+  if (live != nullptr) env.push_back(std::string(ipc::kLivenessEnv) + "=4");
+  const pid_t pid = spawn_child(argv, env, true, pass_fd, live != nullptr ? live->fd() : -1);
+  if (pid > 0 && live != nullptr) live->start(pid, wake_->fd);
+  return pid;
+}
+
+std::shared_ptr<LivenessWatch> Runner::liveness() {
+  auto w = LivenessWatch::create();
+  if (!w) {
+    BT_WARN("failover: %s: the application's pidfd alone says when it ends", w.error().message.c_str());
+    return nullptr;
+  }
+  return std::move(*w);
 }
 
 void Runner::assigned(const Assignment& a, uint64_t now) {
@@ -265,6 +281,7 @@ void Runner::assigned(const Assignment& a, uint64_t now) {
       l.app = s->second.app;
       l.app_fd = static_cast<int>(syscall(SYS_pidfd_open, l.app, 0));
       l.promote_fd = s->second.promote_fd;
+      l.live = std::move(s->second.live);
       l.phase = Phase::kLoad;
       l.provisioned_ns = now;
       standby = "; its standby instance (pid " + std::to_string(l.app) + ") takes it";
@@ -385,7 +402,8 @@ void Runner::advance(Local& l, uint64_t now) {
       }
       how = "the standby instance promoted";
     } else {
-      l.app = spawn(*l.g, l.seq, {"/bin/sh", "-c", l.g->start});
+      l.live = liveness();
+      l.app = spawn(*l.g, l.seq, {"/bin/sh", "-c", l.g->start}, -1, l.live.get());
       if (l.app < 0) {
         fail(l, "cannot start the application", now);
         return;
@@ -445,6 +463,15 @@ void Runner::start_load(Local& l) {
 }
 
 void Runner::watch(Local& l, uint64_t now) {
+  if (l.live && l.live->died()) {
+    // Seen going down the moment it did; its pidfd turns readable only once
+    // its memory is torn down. It is reaped while the group stops here.
+    l.live->stop();
+    l.live.reset();
+    fail(l, "the application (pid " + std::to_string(l.app) + ") ended: its liveness lock was released as it exited",
+         now);
+    return;
+  }
   if (const int st = reap(l.app); st != kRunning) {
     l.app = -1;
     close_fd(l);
@@ -574,6 +601,8 @@ void Runner::keep_standbys(uint64_t now) {
     } else if (s.app > 0) {
       if (const int st = reap(s.app); st != kRunning) {
         s.app = -1;
+        if (s.live) s.live->stop();
+        s.live.reset();
         ::close(s.promote_fd);
         s.promote_fd = -1;
         standby_ended(g, s, std::string(st >= 0 && WIFSIGNALED(st) ? "it was " : "it ") + ended(st), now);
@@ -594,7 +623,8 @@ void Runner::keep_standbys(uint64_t now) {
       standby_ended(g, s, std::string("no pipe: ") + strerror(errno), now);
       continue;
     }
-    s.app = spawn(g, 0, {"/bin/sh", "-c", g.start}, ends[0]);
+    s.live = liveness();
+    s.app = spawn(g, 0, {"/bin/sh", "-c", g.start}, ends[0], s.live.get());
     ::close(ends[0]);
     if (s.app < 0) {
       ::close(ends[1]);
@@ -626,6 +656,8 @@ void Runner::drop(Standby& s) {
     }
   if (s.promote_fd >= 0) ::close(s.promote_fd);
   s.promote_fd = -1;
+  if (s.live) s.live->stop();
+  s.live.reset();
 }
 
 std::map<std::string, std::string> Runner::standbys(uint64_t now) const {
@@ -644,6 +676,8 @@ int Runner::wake_fd() const noexcept { return wake_->fd; }
 void Runner::close_fd(Local& l) {
   if (l.app_fd >= 0) close(l.app_fd);
   l.app_fd = -1;
+  if (l.live) l.live->stop();
+  l.live.reset();
 }
 
 std::vector<int> Runner::watch_fds() const {

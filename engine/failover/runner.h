@@ -38,6 +38,7 @@
 #include <string>
 #include <vector>
 
+#include "failover/liveness_watch.h"
 #include "failover/service_group.h"
 
 namespace baton::failover {
@@ -103,6 +104,7 @@ class Runner {
     std::shared_ptr<Load> load;  ///< the load in flight
     pid_t app = -1;
     int app_fd = -1;  ///< pidfd of `app`
+    std::shared_ptr<LivenessWatch> live;  ///< `app`'s liveness lock, watched (none: the pidfd alone)
     bool started = false;   ///< `app` spawned, or the standby instance it is promoted
     int promote_fd = -1;    ///< a standby instance taken over: its pipe, written once the loads are done
     bool promoted = false;  ///< the last load wrote it already (Load::promote_fd)
@@ -119,6 +121,7 @@ class Runner {
     pid_t hook = -1;
     pid_t app = -1;
     int promote_fd = -1;      ///< write end of the pipe `app` waits on
+    std::shared_ptr<LivenessWatch> live;  ///< `app`'s liveness lock, watched once it is promoted
     uint64_t since_ns = 0;    ///< when the hook or `app` started
     uint32_t failures = 0;    ///< ended in a row: the wait before the next start doubles
     uint64_t retry_ns = 0;    ///< not started again before then
@@ -138,8 +141,14 @@ class Runner {
   void stop(Local& l, RunState state, std::string why, uint64_t now);
   static void close_fd(Local& l);
   /// Starts a command of group `g` (assignment `seq`; 0: a standby
-  /// instance, which gets `pass_fd` as its descriptor 3).
-  pid_t spawn(const ServiceGroup& g, uint64_t seq, const std::vector<std::string>& argv, int pass_fd = -1);
+  /// instance, which gets `pass_fd` as its descriptor 3). With `live`, the
+  /// application itself: it gets the liveness page as its descriptor 4
+  /// (BATON_LIVENESS_FD), and the watch starts on its pid.
+  pid_t spawn(const ServiceGroup& g, uint64_t seq, const std::vector<std::string>& argv, int pass_fd = -1,
+              LivenessWatch* live = nullptr);
+  /// A liveness page for an application about to start (none if it cannot
+  /// be made: logged, and the pidfd alone watches it).
+  static std::shared_ptr<LivenessWatch> liveness();
   /// Exit status of `pid` if it ended (and reaps it), else -2.
   static int reap(pid_t pid);
 
@@ -162,9 +171,9 @@ std::string exit_text(int status);
 /// SIGTERM, SIGINT, SIGPIPE, SIGHUP at their defaults (batond blocks the
 /// first two in every thread and ignores SIGPIPE); with `own_session`, in a
 /// session and process group of its own; `pass_fd` (>= 0) becomes the
-/// child's descriptor 3. posix_spawn: batond has many threads. Returns the
-/// pid, or -1 (logged).
+/// child's descriptor 3, `live_fd` its descriptor 4. posix_spawn: batond
+/// has many threads. Returns the pid, or -1 (logged).
 pid_t spawn_child(const std::vector<std::string>& argv, const std::vector<std::string>& baton_env, bool own_session,
-                  int pass_fd = -1);
+                  int pass_fd = -1, int live_fd = -1);
 
 }  // namespace baton::failover

@@ -1,4 +1,5 @@
 #include "ipc/client.h"
+#include "ipc/liveness.h"
 
 #include <immintrin.h>
 #include <linux/futex.h>
@@ -71,6 +72,7 @@ Result<std::unique_ptr<Client>> Client::connect(const std::string& path) {
   std::strncpy(addr.sun_path, path.c_str(), sizeof addr.sun_path - 1);
   if (::connect(c->fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0)
     return fail(Errc::kUnavailable, "no batond at ", path, ": ", std::strerror(errno));
+  hold_liveness();  // an application the failover runner started: its death is seen at once
   if (const char* t = std::getenv("BATON_COMMIT_TIMEOUT_MS"); t != nullptr && std::strtoull(t, nullptr, 10) > 0)
     c->commit_timeout_ns_ = std::strtoull(t, nullptr, 10) * 1'000'000;
   return c;

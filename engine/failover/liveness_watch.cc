@@ -1,0 +1,185 @@
+// Waiting on an application's liveness lock (failover/liveness_watch.h).
+//
+// Thread: the watcher thread of each watch (`baton-live`), which alone
+// reads the lock word after start(); the runner's thread makes the page
+// and asks died() / lost().
+
+#include "failover/liveness_watch.h"
+
+#include <fcntl.h>
+#include <linux/futex.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <csignal>
+#include <climits>
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <thread>
+
+#include "common/log.h"
+#include "ipc/liveness.h"
+#include "runtime/futex.h"
+
+namespace baton::failover {
+
+namespace {
+
+constexpr uint32_t kOwnerDied = FUTEX_OWNER_DIED;
+constexpr uint32_t kWaiters = FUTEX_WAITERS;
+constexpr uint32_t kTidMask = FUTEX_TID_MASK;
+constexpr uint64_t kConfirmNs = 20'000'000;  // an ended holder, the process not seen going down: an exec
+
+/// A shared (not private) futex wait: the word is in a memfd page the
+/// application maps too, and the kernel's robust-list walk wakes it by the
+/// page's key.
+void shared_wait(uint32_t* word, uint32_t expected, uint64_t timeout_ns) {
+  timespec ts{static_cast<time_t>(timeout_ns / 1'000'000'000), static_cast<long>(timeout_ns % 1'000'000'000)};
+  syscall(SYS_futex, word, FUTEX_WAIT, expected, &ts, nullptr, 0);
+}
+
+uint32_t load(const uint32_t* word) { return __atomic_load_n(word, __ATOMIC_ACQUIRE); }
+
+}  // namespace
+
+Result<std::shared_ptr<LivenessWatch>> LivenessWatch::create() {
+  std::shared_ptr<LivenessWatch> w(new LivenessWatch());
+  w->fd_ = static_cast<int>(syscall(SYS_memfd_create, "baton-liveness", MFD_CLOEXEC | MFD_ALLOW_SEALING));
+  if (w->fd_ < 0) return fail(Errc::kIo, "memfd_create: ", std::strerror(errno));
+  // Sealed at its size: an application that truncated it would otherwise
+  // make batond's reads of the word fault (SIGBUS).
+  if (ftruncate(w->fd_, 4096) != 0 || fcntl(w->fd_, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) != 0)
+    return fail(Errc::kIo, "liveness page: ", std::strerror(errno));
+  void* p = mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, w->fd_, 0);
+  if (p == MAP_FAILED) return fail(Errc::kIo, "liveness page: mmap: ", std::strerror(errno));
+  w->page_ = static_cast<ipc::LivenessPage*>(p);
+  pthread_mutexattr_t a;
+  pthread_mutexattr_init(&a);
+  pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
+  pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
+  const int r = pthread_mutex_init(&w->page_->lock, &a);
+  pthread_mutexattr_destroy(&a);
+  if (r != 0) return fail(Errc::kIo, "liveness page: pthread_mutex_init: ", std::strerror(r));
+  w->page_->pid.store(0);
+  w->page_->magic.store(ipc::kLivenessMagic);
+  return w;
+}
+
+LivenessWatch::~LivenessWatch() {
+  // The mutex is never destroyed: the application's mapping outlives this one.
+  if (page_ != nullptr) munmap(page_, 4096);
+  if (fd_ >= 0) ::close(fd_);
+}
+
+void LivenessWatch::start(pid_t pid, int wake_fd) {
+  if (started_ || pid <= 0) return;
+  started_ = true;
+  page_->pid.store(pid);
+  try {
+    // The thread keeps the page mapped until it ends (it holds a reference).
+    std::thread([self = std::shared_ptr<LivenessWatch>(shared_from_this()), pid, wake_fd] {
+      self->run(pid, wake_fd);
+    }).detach();
+  } catch (const std::system_error& e) {
+    BT_WARN("failover: no liveness thread for pid %d (%s): its pidfd alone says when it ends", pid, e.what());
+  }
+}
+
+void LivenessWatch::stop() noexcept {
+  stop_.store(true, std::memory_order_release);
+  if (page_ != nullptr) syscall(SYS_futex, ipc::liveness_word(*page_), FUTEX_WAKE, INT_MAX, nullptr, nullptr, 0);
+}
+
+bool LivenessWatch::going_down(pid_t pid) noexcept {
+  char path[64];
+  std::snprintf(path, sizeof path, "/proc/%d/stat", pid);
+  FILE* f = std::fopen(path, "re");
+  if (f == nullptr) return errno == ENOENT;
+  char buf[1024];
+  const size_t n = std::fread(buf, 1, sizeof buf - 1, f);
+  std::fclose(f);
+  buf[n] = '\0';
+  // "pid (comm) state ppid pgrp session tty_nr tpgid flags ...": comm may
+  // hold anything, so fields are counted from its closing parenthesis.
+  const char* rp = std::strrchr(buf, ')');
+  if (rp == nullptr) return false;
+  char state = 0;
+  unsigned long flags = 0;
+  int ppid, pgrp, session, tty, tpgid;
+  if (std::sscanf(rp + 1, " %c %d %d %d %d %d %lu", &state, &ppid, &pgrp, &session, &tty, &tpgid, &flags) != 7)
+    return false;
+  constexpr unsigned long kPfExiting = 0x4;
+  if (state == 'Z' || state == 'X' || state == 'x' || (flags & kPfExiting) != 0) return true;
+  // A group exit (SIGKILL, a crash, exit()) queues SIGKILL to every thread
+  // before any of them runs its exit.
+  std::snprintf(path, sizeof path, "/proc/%d/status", pid);
+  f = std::fopen(path, "re");
+  if (f == nullptr) return errno == ENOENT;
+  bool kill_pending = false;
+  char line[256];
+  while (std::fgets(line, sizeof line, f) != nullptr) {
+    unsigned long long mask = 0;
+    if ((std::sscanf(line, "SigPnd: %llx", &mask) == 1 || std::sscanf(line, "ShdPnd: %llx", &mask) == 1) &&
+        (mask & (1ull << (SIGKILL - 1))) != 0)
+      kill_pending = true;
+  }
+  std::fclose(f);
+  return kill_pending;
+}
+
+void LivenessWatch::run(pid_t pid, int wake_fd) noexcept {
+  prctl(PR_SET_NAME, "baton-live", 0, 0, 0);
+  uint32_t* word = ipc::liveness_word(*page_);
+  uint32_t changes = 0;
+  auto decide = [&](bool died) {
+    (died ? died_ : lost_).store(true, std::memory_order_release);
+    if (wake_fd >= 0) {
+      const uint64_t one = 1;
+      (void)!::write(wake_fd, &one, sizeof one);
+    }
+  };
+  while (!stop_.load(std::memory_order_acquire)) {
+    uint32_t v = load(word);
+    if ((v & kOwnerDied) != 0) {
+      // Its holder ended. A process going down shows it within moments
+      // (SIGKILL queued to every thread before any exits); an exec ends
+      // the holder too, and the process runs on.
+      const uint64_t until = now_ns() + kConfirmNs;
+      bool down = going_down(pid);
+      while (!down && now_ns() < until) {
+        usleep(100);
+        down = going_down(pid);
+      }
+      if (!down)
+        BT_WARN("failover: pid %d released its liveness lock but is not going down (an exec?): watching its pidfd only",
+                pid);
+      decide(down);
+      return;
+    }
+    if ((v & kTidMask) == 0) {
+      // Not taken yet (the application has not connected), or let go: the
+      // client library wakes this wait once it holds the lock.
+      shared_wait(word, v, 100'000'000);
+    } else if ((v & kWaiters) == 0) {
+      // The kernel wakes a waiter of a dead holder's lock only if the word
+      // says there is one.
+      uint32_t expected = v;
+      if (!__atomic_compare_exchange_n(word, &expected, v | kWaiters, false, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE) &&
+          ++changes > 64)
+        usleep(1000);
+      continue;
+    } else {
+      shared_wait(word, v, 100'000'000);
+    }
+    // A word that keeps changing (an application writing it) is looked at
+    // at most a thousand times a second.
+    if (load(word) != v && ++changes > 64) usleep(1000);
+  }
+}
+
+}  // namespace baton::failover

@@ -1,0 +1,148 @@
+// An application's liveness lock (ipc/liveness.h, failover/liveness_watch.h):
+// real processes, forked here, hold the lock as the client library would;
+// the watch must call a SIGKILLed holder dead, and neither an exec, nor a
+// word the application garbles, nor a process that was not started with
+// the page.
+
+#include <gtest/gtest.h>
+#include <linux/futex.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <string>
+#include <thread>
+
+#include "failover/liveness_watch.h"
+#include "ipc/liveness.h"
+
+namespace {
+
+using baton::failover::LivenessWatch;
+using baton::ipc::LivenessPage;
+using namespace std::chrono_literals;
+
+template <typename Pred>
+bool eventually(Pred p, std::chrono::milliseconds within = 5000ms) {
+  const auto until = std::chrono::steady_clock::now() + within;
+  while (!p()) {
+    if (std::chrono::steady_clock::now() > until) return false;
+    std::this_thread::sleep_for(1ms);
+  }
+  return true;
+}
+
+struct Fixture {
+  std::shared_ptr<LivenessWatch> watch;
+  LivenessPage* page = nullptr;  ///< the test's own mapping of the page
+  int wake = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  Fixture() {
+    auto w = LivenessWatch::create();
+    if (!w) ADD_FAILURE() << w.error().message;
+    watch = std::move(*w);
+    page = static_cast<LivenessPage*>(mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, watch->fd(), 0));
+  }
+  ~Fixture() {
+    watch->stop();
+    munmap(page, 4096);
+    close(wake);
+  }
+  uint32_t word() const { return __atomic_load_n(baton::ipc::liveness_word(*page), __ATOMIC_ACQUIRE); }
+  bool woken() const {
+    pollfd p{wake, POLLIN, 0};
+    return poll(&p, 1, 0) == 1;
+  }
+  /// A child that takes the lock as the client library does (the page as
+  /// BATON_LIVENESS_FD), then runs `then`.
+  template <typename Then>
+  pid_t holder(Then then) {
+    const pid_t pid = fork();
+    if (pid == 0) {
+      setenv(baton::ipc::kLivenessEnv, std::to_string(watch->fd()).c_str(), 1);
+      baton::ipc::hold_liveness();
+      then();
+      for (;;) pause();
+    }
+    return pid;
+  }
+};
+
+TEST(Liveness, AKilledHolderIsSeenDeadAtOnce) {
+  Fixture f;
+  const pid_t child = f.holder([] {});
+  ASSERT_GT(child, 0);
+  f.watch->start(child, f.wake);
+  ASSERT_TRUE(eventually([&] { return (f.word() & FUTEX_TID_MASK) != 0; })) << "the child never took the lock";
+  // The kernel wakes a waiter of a dead holder's lock only if the word says
+  // there is one.
+  ASSERT_TRUE(eventually([&] { return (f.word() & FUTEX_WAITERS) != 0; })) << "the watch does not wait on the lock";
+  EXPECT_FALSE(f.watch->died());
+  kill(child, SIGKILL);
+  ASSERT_TRUE(eventually([&] { return f.watch->died(); })) << "word " << std::hex << f.word();
+  EXPECT_FALSE(f.watch->lost());
+  EXPECT_TRUE(f.woken()) << "the runner's eventfd was not written";
+  EXPECT_NE(f.word() & FUTEX_OWNER_DIED, 0u);
+  waitpid(child, nullptr, 0);
+}
+
+TEST(Liveness, AnExecReleasesTheLockButIsNoDeath) {
+  Fixture f;
+  const pid_t child = f.holder([&] {
+    // Once the lock is held (by the library's thread), the process turns
+    // into another program: that thread ends, the process runs on.
+    while ((f.word() & FUTEX_TID_MASK) == 0) usleep(100);
+    execl("/bin/sleep", "sleep", "30", static_cast<char*>(nullptr));
+    _exit(127);
+  });
+  ASSERT_GT(child, 0);
+  f.watch->start(child, f.wake);
+  ASSERT_TRUE(eventually([&] { return f.watch->lost() || f.watch->died(); }));
+  EXPECT_TRUE(f.watch->lost());
+  EXPECT_FALSE(f.watch->died()) << "an exec was taken for a death";
+  EXPECT_FALSE(LivenessWatch::going_down(child));
+  kill(child, SIGKILL);
+  waitpid(child, nullptr, 0);
+  EXPECT_TRUE(LivenessWatch::going_down(child)) << "a reaped process is gone";
+}
+
+TEST(Liveness, AGarbledWordIsNoDeath) {
+  Fixture f;
+  const pid_t child = f.holder([] {});
+  ASSERT_GT(child, 0);
+  f.watch->start(child, f.wake);
+  ASSERT_TRUE(eventually([&] { return (f.word() & FUTEX_TID_MASK) != 0; }));
+  // What a hostile application could write: "my holder died".
+  __atomic_store_n(baton::ipc::liveness_word(*f.page), FUTEX_OWNER_DIED, __ATOMIC_RELEASE);
+  syscall(SYS_futex, baton::ipc::liveness_word(*f.page), FUTEX_WAKE, 1, nullptr, nullptr, 0);
+  ASSERT_TRUE(eventually([&] { return f.watch->lost() || f.watch->died(); }));
+  EXPECT_FALSE(f.watch->died());
+  kill(child, SIGKILL);
+  waitpid(child, nullptr, 0);
+}
+
+TEST(Liveness, OnlyTheProcessStartedWithThePageHoldsIt) {
+  Fixture f;
+  // The page names another process (a child that never holds anything):
+  // a process that merely inherited the variable leaves the lock alone.
+  const pid_t started = fork();
+  if (started == 0) {
+    for (;;) pause();
+  }
+  f.watch->start(started, f.wake);
+  const pid_t inheritor = f.holder([] {});
+  ASSERT_GT(inheritor, 0);
+  std::this_thread::sleep_for(300ms);
+  EXPECT_EQ(f.word(), 0u) << "a process that was not started with the page took its lock";
+  for (pid_t p : {started, inheritor}) {
+    kill(p, SIGKILL);
+    waitpid(p, nullptr, 0);
+  }
+  EXPECT_FALSE(f.watch->died()) << "the lock was never taken";
+}
+
+}  // namespace
