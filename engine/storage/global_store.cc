@@ -52,7 +52,23 @@ bool parse_name(const std::string& file, uint64_t* epoch, uint64_t* gen, unsigne
          file.size() > 4 && file.compare(file.size() - 4, 4, ".seg") == 0;
 }
 
-std::string segment_dir(const std::string& dir, std::string_view name) { return dir + "/" + std::string(name); }
+// A segment's directory: its name, with '/' and '%' escaped (%2F, %25) and
+// a leading '.' too (%2E), so that every name is one entry of `dir` of its
+// own: "a/." or "../x" once named another segment's directory, or one
+// outside `dir` (an adversarial client's find). Other names are as given.
+std::string path_component(std::string_view name) {
+  std::string out;
+  for (size_t i = 0; i < name.size(); ++i) {
+    const char c = name[i];
+    if (c == '/') out += "%2F";
+    else if (c == '%') out += "%25";
+    else if (c == '.' && i == 0) out += "%2E";
+    else out += c;
+  }
+  return out;
+}
+
+std::string segment_dir(const std::string& dir, std::string_view name) { return dir + "/" + path_component(name); }
 
 // "deleted-e<epoch>": a delete marker (see the header).
 bool parse_marker(const std::string& file, uint64_t* epoch) {
@@ -205,6 +221,7 @@ std::optional<GlobalCopy> GlobalStore::newest(const std::string& dir, std::strin
     }
     if (!parse_name(file, &c.epoch, &c.generation, &node)) continue;  // temp files too
     c.path = e.path().string();
+    c.name = std::string(name);
     const uint64_t bytes = fs::file_size(e.path(), ec);
     if (ec || bytes < sizeof(Header)) continue;
     c.size = bytes - sizeof(Header);
@@ -288,6 +305,11 @@ Result<void> GlobalStore::read(const GlobalCopy& c, std::span<std::byte> dest) {
   if (std::memcmp(h.magic, kMagic, sizeof kMagic) != 0 || h.version != 1 || h.size != c.size ||
       h.epoch != c.epoch || h.generation != c.generation)
     return fail(Errc::kCorrupt, c.path, ": bad header");
+  // A copy is of the segment it was written for, wherever the file lies.
+  if (!c.name.empty() &&
+      (h.name_len != c.name.size() || h.name_len > sizeof h.name || std::memcmp(h.name, c.name.data(), h.name_len) != 0))
+    return fail(Errc::kCorrupt, c.path, ": a copy of another segment (",
+                std::string(h.name, std::min<size_t>(h.name_len, sizeof h.name)), ")");
   if (crc32c(dest.data(), dest.size()) != h.crc) return fail(Errc::kCorrupt, c.path, ": checksum mismatch");
   return {};
 }

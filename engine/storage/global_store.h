@@ -38,6 +38,7 @@ struct GlobalCopy {
   uint64_t epoch = 0;
   uint64_t generation = 0;
   uint64_t size = 0;
+  std::string name;  ///< the segment's (newest() sets it): read() checks the file's header says so
 };
 
 class GlobalStore {

@@ -5,8 +5,11 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <set>
 #include <thread>
 
 #include "../../common/cluster.h"
@@ -111,6 +114,53 @@ TEST(GlobalStorage, AHalfWrittenOrCorruptCopyNeverHidesThePreviousGeneration) {
   EXPECT_EQ(bytes[100], std::byte{1});
   GlobalCopy bad{sdir + "e1-g3-n2.seg", 1, 3, copy->size};
   auto r = GlobalStore::read(bad, bytes);
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().code, Errc::kCorrupt);
+}
+
+// Names are not paths. "victim/.", "./victim" and "../escape" were once
+// taken as they stand: the first wrote into (and pruned, and deleted)
+// segment victim's directory, the second read it, the third wrote outside
+// the storage directory. Each name now has a directory of its own, and a
+// copy whose header names another segment is not read as this one.
+TEST(GlobalStorage, EveryNameHasADirectoryOfItsOwnAndNoneEscapes) {
+  ScratchDir root;
+  const std::string dir = root.path + "/store";
+  fs::create_directories(dir);
+  Cluster cl(2, with_global(dir));
+  const std::vector<std::string> names{"victim", "victim/.", "./victim", "../escape", "%2Fx", "/x", ".", ".."};
+  std::vector<uint64_t> gens;
+  for (size_t i = 0; i < names.size(); ++i) {
+    auto seg = test::must(cl.node(1).create(names[i], 4096));
+    std::memset(cl.node(1).data(seg).data(), static_cast<int>(i + 1), 4096);
+    gens.push_back(test::must(cl.node(1).commit(seg)));
+    ASSERT_TRUE(test::ok(cl.node(1).wait_replicated(seg, gens.back(), 1, 10s)));
+  }
+  std::vector<std::byte> bytes(4096);
+  for (size_t i = 0; i < names.size(); ++i) {
+    std::optional<GlobalCopy> copy;
+    ASSERT_TRUE(eventually([&] { return (copy = GlobalStore::newest(dir, names[i], 1 << 20)).has_value(); }))
+        << names[i];
+    ASSERT_TRUE(GlobalStore::read(*copy, bytes)) << names[i];
+    EXPECT_EQ(bytes[0], std::byte(i + 1)) << names[i] << " read another segment's copy";
+  }
+  // Nothing but the store's own directories, one per name, all inside it.
+  std::set<std::string> inside;
+  for (const auto& e : fs::directory_iterator(dir)) inside.insert(e.path().filename().string());
+  EXPECT_EQ(inside.size(), names.size());
+  for (const auto& e : fs::directory_iterator(root.path))
+    EXPECT_EQ(e.path().filename().string(), "store") << "written outside the store: " << e.path();
+  // A file moved under another name's directory is refused by its header.
+  std::string victim_file;
+  for (const auto& e : fs::directory_iterator(dir + "/victim")) victim_file = e.path().filename().string();
+  std::string other_dir;
+  for (const auto& e : fs::directory_iterator(dir))
+    if (e.path().filename() != "victim") other_dir = e.path().string();
+  unsigned long epoch = 0, generation = 0;
+  ASSERT_EQ(std::sscanf(victim_file.c_str(), "e%lu-g%lu", &epoch, &generation), 2) << victim_file;
+  fs::copy_file(dir + "/victim/" + victim_file, other_dir + "/" + victim_file, fs::copy_options::overwrite_existing);
+  GlobalCopy moved{other_dir + "/" + victim_file, epoch, generation, 4096, "somebody-else"};
+  auto r = GlobalStore::read(moved, bytes);
   ASSERT_FALSE(r);
   EXPECT_EQ(r.error().code, Errc::kCorrupt);
 }
