@@ -222,7 +222,8 @@ Result<DaemonConfig> parse_daemon_config(std::string_view text, std::string_view
   const auto client = root["client"];
   if (!client.is_table()) return tl::unexpected(r.error("client", "the [client] table is required"));
   if (auto ok = r.only(*client.as_table(), "client",
-                       {"socket", "user", "group", "mode", "max_clients", "max_segments", "max_mib", "max_wait_ms"}); !ok)
+                       {"socket", "user", "group", "mode", "max_clients", "max_clients_per_process", "max_segments",
+                        "max_mib", "max_wait_ms"}); !ok)
     return tl::unexpected(ok.error());
   TRY(sock, r.string(client["socket"], "client.socket", std::nullopt));
   if (sock.empty() || sock[0] != '/' || sock.size() > 100)
@@ -249,6 +250,8 @@ Result<DaemonConfig> parse_daemon_config(std::string_view text, std::string_view
   // Per-application limits: one application cannot take the blade from the others.
   TRY(max_clients, r.integer(client["max_clients"], "client.max_clients", 1, 4096, 256));
   c.max_clients = static_cast<uint32_t>(max_clients);
+  TRY(per_process, r.integer(client["max_clients_per_process"], "client.max_clients_per_process", 1, 4096, 16));
+  c.max_clients_per_process = static_cast<uint32_t>(per_process);
   TRY(max_segments, r.integer(client["max_segments"], "client.max_segments", 1, 65536, 64));
   c.max_segments = static_cast<uint32_t>(max_segments);
   TRY(max_mib, r.integer(client["max_mib"], "client.max_mib", 1, int64_t{1} << 30, 4096));

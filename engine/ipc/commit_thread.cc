@@ -10,6 +10,7 @@
 #include <immintrin.h>
 #include <linux/futex.h>
 #include <poll.h>
+#include <sys/epoll.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -53,6 +54,12 @@ void Server::attach(Segment& seg, bool posts) {
     // the application rings the doorbell.
     seg.channel->daemon_sleeping.store(kAsleep);
     lane.active.push_back(&seg);
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    ev.data.fd = seg.bell_fd;
+    if (seg.bell_fd >= 0 && epoll_ctl(lane.epoll_fd, EPOLL_CTL_ADD, seg.bell_fd, &ev) != 0)
+      BT_WARN("segment %s: its doorbell is not watched (%s): commits wait for the lane's next look",
+              seg.name.c_str(), std::strerror(errno));
   }
   const uint64_t one = 1;
   (void)!write(lane.event_fd, &one, sizeof one);
@@ -68,6 +75,13 @@ void Server::detach(Segment& seg) {
   if (const uint32_t head = seg.channel->log.head.load(); head != seg.log_tail) take_log(lane, seg, head);
   lane.active.erase(std::remove(lane.active.begin(), lane.active.end(), &seg), lane.active.end());
   std::vector<std::byte>().swap(seg.shadow);  // the next holder's attach makes its own
+  // Out of the set before it closes: the application's copy keeps the
+  // eventfd, and with it a registration, alive.
+  if (seg.bell_fd >= 0) {
+    epoll_ctl(lane.epoll_fd, EPOLL_CTL_DEL, seg.bell_fd, nullptr);
+    ::close(seg.bell_fd);
+    seg.bell_fd = -1;
+  }
 }
 
 void Server::take_log(CommitLane& lane, Segment& seg, uint32_t head) {
@@ -247,11 +261,19 @@ void Server::commit_loop(CommitLane& lane, const char* thread_name) {
     const bool nap = now - posts_at < kNapWindowNs;
     set_sleeping(nap ? kNapping : kAsleep);
     if (poll_commits(lane) == Polled::kNothing) {
-      pollfd p{lane.event_fd, POLLIN, 0};
+      pollfd p{lane.epoll_fd, POLLIN, 0};
       const timespec timeout{0, static_cast<long>(nap ? kNapNs : 100'000'000)};
       if (ppoll(&p, 1, &timeout, nullptr) == 1) {
-        uint64_t v;
-        (void)!read(lane.event_fd, &v, sizeof v);
+        // Each application rings its own bell: one that reads its copy
+        // only silences itself. Under the lane's mutex: detach closes a
+        // bell under it, so no descriptor read here is a reused number.
+        std::lock_guard lock(lane.mu);
+        epoll_event ready[32];
+        const int n = epoll_wait(lane.epoll_fd, ready, 32, 0);
+        for (int i = 0; i < n; ++i) {
+          uint64_t v;
+          (void)!read(ready[i].data.fd, &v, sizeof v);
+        }
       }
     }
     set_sleeping(kAwake);

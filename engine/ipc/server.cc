@@ -3,6 +3,7 @@
 #include <immintrin.h>
 #include <linux/futex.h>
 #include <poll.h>
+#include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
@@ -140,6 +141,12 @@ Result<std::unique_ptr<Server>> Server::start(Engine& engine, const ServerConfig
   for (auto& lane : s->lanes_) {
     lane.event_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (lane.event_fd < 0) return fail(Errc::kIo, "eventfd: ", std::strerror(errno));
+    lane.epoll_fd = epoll_create1(EPOLL_CLOEXEC);
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    ev.data.fd = lane.event_fd;
+    if (lane.epoll_fd < 0 || epoll_ctl(lane.epoll_fd, EPOLL_CTL_ADD, lane.event_fd, &ev) != 0)
+      return fail(Errc::kIo, "epoll: ", std::strerror(errno));
   }
   return s;
 }
@@ -150,8 +157,10 @@ Server::~Server() {
     close(listen_fd_);
     unlink(config_.socket_path.c_str());
   }
-  for (auto& lane : lanes_)
+  for (auto& lane : lanes_) {
     if (lane.event_fd >= 0) close(lane.event_fd);
+    if (lane.epoll_fd >= 0) close(lane.epoll_fd);
+  }
 }
 
 void Server::shutdown() {
@@ -201,6 +210,19 @@ void Server::accept_clients() {
     for (int i = 0; i < 20 && sessions_.size() >= config_.max_clients; ++i) {
       reap_sessions();
       if (sessions_.size() >= config_.max_clients) usleep(5000);
+    }
+    // One process cannot take every slot (batond's own failover manager,
+    // which loads over connections of its own, excepted).
+    uint32_t of_process = 0;
+    for (const auto& other : sessions_) of_process += other->pid == cred.pid && !other->done.load();
+    if (cred.pid != getpid() && of_process >= config_.max_clients_per_process) {
+      ++counters_.refused_limit;
+      BT_WARN("refused client pid %d uid %u: it has %u connections (client.max_clients_per_process)", cred.pid,
+              cred.uid, of_process);
+      refuse(fd, reply_error(BATON_EBUSY, "this process has " + std::to_string(of_process) +
+                                             " connections to batond already (client.max_clients_per_process = " +
+                                             std::to_string(config_.max_clients_per_process) + ")"));
+      continue;
     }
     if (sessions_.size() >= config_.max_clients) {
       ++counters_.refused_limit;
@@ -289,8 +311,37 @@ std::unique_ptr<Server::Segment> Server::reserved(const std::string& name, Sessi
   auto seg = std::make_unique<Segment>();
   seg->name = name;
   seg->holder = holder;
+  if (holder != nullptr) seg->uid = holder->uid;
   seg->id = next_handle_++;
   return seg;
+}
+
+std::optional<Reply> Server::over_kept(const Session& s, uint64_t bytes) const {
+  // batond's own failover manager is not bounded here (nor are agents'
+  // loads: what they leave is kept for no user, kNoUser).
+  if (s.pid == getpid()) return std::nullopt;
+  // Segments no application holds stay here for their user's next open
+  // (S3). Without a bound, a client that hung up after each open made
+  // batond keep any number of them. They count against a new name as if
+  // the opener held them: a user keeps at most max_segments / max_mib
+  // worth that nobody holds.
+  uint32_t kept = 0;
+  uint64_t kept_bytes = 0;
+  // (One whose holder hung up counts already: its session lets go of it
+  // a moment later, and an open right after must not slip in meanwhile.)
+  for (const auto& [name, seg] : segments_)
+    if (seg->uid == s.uid && seg->holder != &s &&
+        (seg->holder == nullptr || seg->holder == dropping_.get() || hung_up(seg->holder->fd))) {
+      ++kept;
+      kept_bytes += seg->size;
+    }
+  if (kept == 0) return std::nullopt;
+  if (s.held + kept + 1 > config_.max_segments || s.held_bytes + kept_bytes + bytes > config_.max_bytes)
+    return reply_error(BATON_EBUSY, "batond keeps " + std::to_string(kept) + " segments (" +
+                                        std::to_string(kept_bytes >> 20) + " MiB) of this user that no application "
+                                        "holds, which count against client.max_segments / client.max_mib: open "
+                                        "or delete them first");
+  return std::nullopt;
 }
 
 void Server::drop_fenced() {
@@ -520,6 +571,7 @@ Reply Server::open_segment(Session& s, const Request& r, std::vector<int>& fds) 
     // the cluster under a new engine handle. The name is held meanwhile, so
     // no other application can take it; the engine call runs unlocked.
     seg.holder = &s;
+    if (op != Op::kTakeOver) seg.uid = s.uid;
     baton::Segment* const handle = seg.handle;
     lock.unlock();
     // A load (an agent moving the segment here) takes it over from a live
@@ -538,8 +590,11 @@ Reply Server::open_segment(Session& s, const Request& r, std::vector<int>& fds) 
   } else {
     if (!load)
       if (auto refused = over_limit(r.size)) return *refused;
+    if (op != Op::kTakeOver)
+      if (auto refused = over_kept(s, load ? 0 : r.size)) return *refused;
     // Reserve the name (no handle yet) while the engine opens it unlocked.
     segments_.emplace(name, reserved(name, &s));
+    if (op == Op::kTakeOver) segments_[name]->uid = kNoUser;  // loaded for an application to come
     lock.unlock();
     Result<OpenResult> opened = fail(Errc::kInternal, "");
     if (op == Op::kCreate) {
@@ -592,14 +647,23 @@ Reply Server::open_segment(Session& s, const Request& r, std::vector<int>& fds) 
     }
     channel = std::move(*made);
   }
+  if (seg.bell_fd >= 0) ::close(seg.bell_fd);  // (detach closes a holder's; none should be left)
+  seg.bell_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (seg.bell_fd < 0) {
+    const int err = errno;
+    seg.holder = nullptr;
+    registry_cv_.notify_all();
+    return reply_error(Error{Errc::kIo, std::string("eventfd: ") + std::strerror(err)});
+  }
   seg.channel_mem = std::move(*channel);
   seg.channel = std::launder(reinterpret_cast<CommitChannel*>(seg.channel_mem.data()));
   seg.holder = &s;
+  seg.uid = s.uid;
   ++s.held;
   s.held_bytes += seg.size;
   rep.handle = seg.id;
   rep.size = seg.size;
-  fds = {engine_.memory_fd(seg.handle), seg.channel_mem.fd(), lane_of(seg).event_fd};
+  fds = {engine_.memory_fd(seg.handle), seg.channel_mem.fd(), seg.bell_fd};
   // A copy-on-write segment: the library snapshots its own mapping (and
   // posts no commits: its snapshots are taken in place).
   if (auto cow = engine_.share_copy_on_write(seg.handle); !cow) {
@@ -686,6 +750,7 @@ std::optional<Reply> Server::take_pledge(Session& s, const std::string& name, st
     why = "over this application's limits";
   if (why.empty()) {
     seg->second->holder = &s;
+    seg->second->uid = s.uid;
     ++s.held;
     s.held_bytes += seg->second->size;
     fds = std::move(p->fds);

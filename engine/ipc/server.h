@@ -15,8 +15,8 @@
 //     (the fast path: shared memory, no socket): one for segments up to
 //     kLargeSegment, one for larger ones, so that copying a large snapshot
 //     does not hold up a small commit. Each never waits for an application;
-//     it spins idle_spin_us after a commit, then sleeps on its own doorbell
-//     eventfd (the one handed to the applications of its segments).
+//     it spins idle_spin_us after a commit, then sleeps on an epoll set of
+//     the doorbells of its segments' holders (an eventfd each).
 // The segment registry (name -> Segment, and who holds each) is shared by
 // the sessions under registry_mu_; a commit thread's list of channels is
 // changed by the sessions under its lane's mutex. Lock order: registry_mu_,
@@ -74,6 +74,7 @@ struct ServerConfig {
   std::optional<gid_t> allow_gid;
   uint32_t idle_spin_us = 100;          ///< how long the commit thread polls channels before it sleeps
   uint32_t max_clients = 256;           ///< connected applications; one more is refused (kBusy)
+  uint32_t max_clients_per_process = 16;  ///< connections of one process (batond's own exempt)
   uint32_t max_segments = 64;           ///< segments one application may hold at once
   uint64_t max_bytes = uint64_t{4} << 30;  ///< bytes of segments one application may hold at once
   uint32_t max_wait_ms = 60'000;        ///< a wait asked for longer ends (kTimeout) after this
@@ -138,6 +139,10 @@ class Server {
   /// name here, which may never come. Thread: the accept thread, about
   /// once a second.
   void drop_fenced();
+  /// An open of a name batond does not have, by `s`, for `bytes` more: refused
+  /// (kBusy) if the segments kept for its user that nobody holds, with what
+  /// it holds, would pass its limits. Under registry_mu_.
+  std::optional<Reply> over_kept(const Session& s, uint64_t bytes) const;
   /// A registry entry that reserves `name` for `holder` while the engine
   /// opens, deletes or closes it unlocked (no handle yet). registry_mu_.
   std::unique_ptr<Segment> reserved(const std::string& name, Session* holder);
@@ -182,7 +187,8 @@ class Server {
   /// A commit thread and the channels it serves. Thread: the lane's own
   /// ("baton-commit" / "baton-commit-l"); `active` changes under `mu`.
   struct CommitLane {
-    int event_fd = -1;              ///< its doorbell
+    int event_fd = -1;              ///< wakes its thread (an attach, the shutdown); never handed out
+    int epoll_fd = -1;              ///< what its thread sleeps on: event_fd and each held segment's doorbell
     std::mutex mu;
     std::vector<Segment*> active;   ///< held segments whose channels it polls; mu
     std::thread thread;

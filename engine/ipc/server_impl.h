@@ -4,6 +4,7 @@
 // the records behind Server's opaque Segment and Session.
 
 #include <sys/types.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <string>
@@ -18,14 +19,28 @@
 
 namespace baton::ipc {
 
+inline constexpr uid_t kNoUser = static_cast<uid_t>(-1);
+
 struct Server::Segment {
   std::string name;
   baton::Segment* handle = nullptr;  ///< the engine's; registry_mu_
   uint32_t id = 0;                   ///< the handle applications use
   uint64_t size = 0;
   Session* holder = nullptr;         ///< the application holding it; registry_mu_
+  /// Its last holder's user: what batond keeps for a user that nobody
+  /// holds is bounded (over_kept). kNoUser: loaded by an agent for an
+  /// application to come. registry_mu_.
+  uid_t uid = kNoUser;
   LocalStorage channel_mem;          ///< the CommitChannel page
   CommitChannel* channel = nullptr;
+  /// The holder's doorbell: an eventfd of its own (a doorbell shared by
+  /// every application let one that read it swallow the others' rings),
+  /// in its commit lane's epoll set from attach to detach. Made by the
+  /// open (session thread), closed by detach.
+  int bell_fd = -1;
+  ~Segment() {
+    if (bell_fd >= 0) ::close(bell_fd);
+  }
   uint32_t seen = 0;                 ///< last request answered; its commit lane's thread (lane mutex)
   /// Posted commits (CommitLog), its commit lane's thread (lane mutex):
   /// slots taken so far, and the segment as last committed, onto which

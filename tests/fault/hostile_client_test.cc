@@ -5,21 +5,24 @@
 
 #include <fcntl.h>
 #include <gtest/gtest.h>
-
-#include <cmath>
+#include <linux/kcmp.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/mman.h>
-#include <sys/stat.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <cstring>
 #include <filesystem>
+#include <memory>
 #include <random>
 #include <string>
 #include <thread>
@@ -162,6 +165,46 @@ TEST(Hostile, ResizingTheSharedMemoryIsRefusedAndCannotFaultTheDaemon) {
   for (int fd : fds) close(fd);
   EXPECT_TRUE(alive(d));
   expect_serves(d, "bystander");
+}
+
+// Each holder gets a doorbell of its own. With one eventfd for every
+// application, a client that read it in a loop swallowed the others'
+// rings, and their waiting commits took up to the commit thread's 100 ms
+// nap each (an adversarial client's find). Now a thief silences only itself.
+TEST(Hostile, ReadingItsDoorbellSilencesOnlyTheReader) {
+  TempDir dir;
+  Batond d(1, dir.path);
+  Raw thief(d.socket()), honest(d.socket());
+  std::vector<int> tf, hf;
+  ASSERT_EQ(thief.call(request(Op::kOpen, "thief", 65536), &tf).status, 0);
+  ASSERT_EQ(honest.call(request(Op::kOpen, "honest", 65536), &hf).status, 0);
+  ASSERT_EQ(tf.size(), 3u);
+  ASSERT_EQ(hf.size(), 3u);
+  // Not the same open file: kcmp (where the kernel has it) says so.
+  const long same = syscall(SYS_kcmp, getpid(), getpid(), KCMP_FILE, tf[2], hf[2]);
+  if (same >= 0) EXPECT_NE(same, 0) << "two applications were handed one doorbell";
+  // And the thief's reads never see the honest client's rings.
+  std::atomic<bool> stop{false};
+  std::atomic<uint64_t> stolen{0};
+  std::thread steal([&] {
+    const int flags = fcntl(tf[2], F_GETFL);
+    fcntl(tf[2], F_SETFL, flags | O_NONBLOCK);
+    while (!stop.load()) {
+      uint64_t v = 0;
+      if (read(tf[2], &v, sizeof v) == static_cast<ssize_t>(sizeof v)) stolen += v;
+    }
+  });
+  auto* ch = static_cast<CommitChannel*>(
+      mmap(nullptr, sizeof(CommitChannel), PROT_READ | PROT_WRITE, MAP_SHARED, hf[1], 0));
+  ASSERT_NE(ch, MAP_FAILED);
+  for (int i = 0; i < 20; ++i) EXPECT_EQ(commit_through(ch, hf[2]), 0);
+  stop = true;
+  steal.join();
+  EXPECT_EQ(stolen.load(), 0u) << "the thief read the honest client's doorbell";
+  munmap(ch, sizeof(CommitChannel));
+  for (int fd : tf) close(fd);
+  for (int fd : hf) close(fd);
+  EXPECT_TRUE(alive(d));
 }
 
 // Copy-on-write in daemon mode hands each client a share of page states
@@ -712,6 +755,77 @@ TEST(Hostile, PerApplicationLimitsGiveAClearError) {
   baton_stop(again);
   baton_stop(b);
   baton_stop(a);
+}
+
+// Limits once counted per connection only. One process that hung up after
+// each open made batond keep any number of segments (40 x 16 MiB past a
+// 4-segment limit), and one that opened connections took every client
+// slot (an adversarial client's finds). Both are bounded now.
+TEST(Hostile, HangingUpAfterEachOpenCannotMakeBatondKeepMore) {
+  TempDir dir;
+  Batond d(1, dir.path, "max_segments = 3\nmax_mib = 64\n");
+  int refused_at = -1;
+  for (int i = 0; i < 8 && refused_at < 0; ++i) {
+    baton_t* b = nullptr;
+    ASSERT_EQ(baton_connect(d.socket().c_str(), &b), 0);
+    baton_segment_t* s = nullptr;
+    const std::string name = "kept-" + std::to_string(i);
+    const int rc = baton_open(b, name.c_str(), 1 << 20, &s, nullptr, nullptr);
+    if (rc == BATON_EBUSY) {
+      refused_at = i;
+      EXPECT_NE(std::string(baton_last_error()).find("no application holds"), std::string::npos) << baton_last_error();
+    } else {
+      EXPECT_EQ(rc, 0) << baton_last_error();
+    }
+    baton_stop(b);  // hangs up: batond keeps the segment for the next open
+  }
+  EXPECT_EQ(refused_at, 3) << "batond kept more than max_segments segments nobody holds";
+  // What is kept is still the user's: opening a kept name is no new one.
+  baton_t* b = nullptr;
+  ASSERT_EQ(baton_connect(d.socket().c_str(), &b), 0);
+  baton_segment_t* s = nullptr;
+  EXPECT_EQ(baton_open(b, "kept-0", 1 << 20, &s, nullptr, nullptr), 0) << baton_last_error();
+  // And deleting one makes room for a new name.
+  EXPECT_EQ(baton_unregister(s), 0);
+  baton_stop(b);
+  ASSERT_EQ(baton_connect(d.socket().c_str(), &b), 0);
+  int rc = baton_delete(b, "kept-1");
+  for (int i = 0; i < 100 && rc == BATON_EBUSY; ++i) {  // its last holder's session may be winding down
+    usleep(20000);
+    rc = baton_delete(b, "kept-1");
+  }
+  EXPECT_EQ(rc, 0) << baton_last_error();
+  EXPECT_EQ(baton_open(b, "new-name", 1 << 20, &s, nullptr, nullptr), 0) << baton_last_error();
+  baton_stop(b);
+}
+
+TEST(Hostile, OneProcessCannotTakeEveryConnection) {
+  TempDir dir;
+  Batond d(1, dir.path, "max_clients = 8\nmax_clients_per_process = 3\n");
+  std::vector<std::unique_ptr<Raw>> hog;
+  for (int i = 0; i < 6; ++i) hog.push_back(std::make_unique<Raw>(d.socket()));
+  int refused = 0;
+  for (auto& r : hog) {
+    Reply rep = r->receive(nullptr, 500);  // a refused connection is told why at once
+    if (rep.status == BATON_EBUSY) {
+      ++refused;
+      EXPECT_NE(std::string(rep.message).find("max_clients_per_process"), std::string::npos) << rep.message;
+    }
+  }
+  EXPECT_EQ(refused, 3);
+  // Another process is served meanwhile.
+  const pid_t other = fork();
+  if (other == 0) {
+    baton_t* b = nullptr;
+    baton_segment_t* s = nullptr;
+    uint64_t g = 0;
+    const bool ok = baton_connect(d.socket().c_str(), &b) == 0 &&
+                    baton_open(b, "bystander", 4096, &s, nullptr, nullptr) == 0 && baton_commit(s, &g) == 0;
+    _exit(ok ? 0 : 1);
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(other, &status, 0), other);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "another process was not served";
 }
 
 TEST(Hostile, FloodsAndSmuggledDescriptorsLeakNothing) {

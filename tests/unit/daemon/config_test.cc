@@ -181,6 +181,7 @@ TEST(DaemonConfig, MinimalFileGetsDefaults) {
   EXPECT_EQ(c->engine.replication_factor, 1u);
   EXPECT_EQ(c->engine.idle, IdlePolicy::kAdaptive);
   EXPECT_EQ(c->socket_mode, 0660u);
+  EXPECT_EQ(c->max_clients_per_process, 16u);
   EXPECT_TRUE(c->links.empty());
   EXPECT_EQ(c->engine.blade, 0u);  // untagged: its own blade, unknown power domain
   EXPECT_EQ(c->engine.power_domain, 0u);
@@ -327,6 +328,8 @@ INSTANTIATE_TEST_SUITE_P(
         Bad{"[node]\nid = 1\nidd = 2\n[client]\nsocket = \"/tmp/b.sock\"\n", "node.idd: unknown key"},
         Bad{"[node]\nid = 1\n", "client: the [client] table is required"},
         Bad{"[node]\nid = 1\n[client]\nsocket = \"relative.sock\"\n", "client.socket: must be an absolute path"},
+        Bad{"[node]\nid = 1\n[client]\nsocket = \"/tmp/b.sock\"\nmax_clients_per_process = 0\n",
+            "client.max_clients_per_process: must be 1..4096"},
         Bad{NODE_AND("[engine]\nreplication_factor = 0\n"), "engine.replication_factor: must be 1..4"},
         Bad{NODE_AND("[engine]\nidle = \"lazy\"\n"), "engine.idle: must be \"spin\" or \"adaptive\""},
         Bad{NODE_AND("[engine]\nworker_cpu = -2\n"), "engine.worker_cpu: must be -1..4095"},
