@@ -24,6 +24,8 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <iterator>
+#include <set>
 #include <chrono>
 #include <cstdio>
 #include <string>
@@ -108,29 +110,38 @@ int main(int argc, char** argv) {
   const int victim_id = c.blades;
   pid_t victim = blades->back().pid;
   std::vector<double> ms;
-  size_t declared = 0;  // the observer's "down" events so far
+  // Every "node K down" the observer logged, by timestamp (its log keeps
+  // the last 256 events: gathered after each kill).
+  std::set<uint64_t> downs;
+  auto gather = [&] {
+    for (uint64_t at : declared_dead(observer, victim_id)) downs.insert(at);
+  };
+  std::vector<uint64_t> kills_at;
   for (int k = 0; k < kills; ++k) {
     // Alive first (after a restart the detector must have seen it again).
     const auto wait_until = Clock::now() + std::chrono::seconds(10);
     while (!believes_alive(observer, victim_id) && Clock::now() < wait_until)
       std::this_thread::sleep_for(std::chrono::milliseconds(5));
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    declared = declared_dead(observer, victim_id).size();
+    gather();
     const uint64_t t0 = unix_us();
     kill(victim, SIGKILL);
-    std::vector<uint64_t> at;
+    kills_at.push_back(t0);
+    uint64_t at = 0;
     for (;;) {  // poll gently: the observer's own timestamp is the measurement
       std::this_thread::sleep_for(std::chrono::milliseconds(2));
-      at = declared_dead(observer, victim_id);
-      if (at.size() > declared) break;
+      gather();
+      if (auto it = downs.lower_bound(t0); it != downs.end()) {
+        at = *it;
+        break;
+      }
       if (unix_us() - t0 > 10'000'000) {
         std::fprintf(stderr, "baton-detect: blade %d never declared dead\n", victim_id);
         (void)baton::ctl::chassis_down(c.dir);
         return 1;
       }
     }
-    ms.push_back(static_cast<double>(static_cast<int64_t>(at[declared] - t0)) / 1e3);
-    declared = at.size();
+    ms.push_back(static_cast<double>(at - t0) / 1e3);
     std::printf("{\"metric\":\"detection\",\"transport\":\"%s\",\"spin\":%s,\"kill\":%d,\"value\":%.3f,\"unit\":\"ms\"}\n",
                 c.transport.c_str(), c.spin ? "true" : "false", k, ms.back());
     waitpid(victim, nullptr, 0);
@@ -141,12 +152,17 @@ int main(int argc, char** argv) {
     }
     victim = *pid;
   }
-  // False alarms: a blade declared dead that was not killed (blades 2..N-1,
-  // never killed), or the victim declared dead more often than it died.
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  gather();
+  // False alarms: a blade declared dead that was never killed (blades
+  // 2..N-1), or the victim declared dead when no kill of it came in the
+  // second before (a flap while it ran).
   int false_alarms = 0;
   for (int peer = 2; peer < victim_id; ++peer) false_alarms += static_cast<int>(declared_dead(observer, peer).size());
-  std::this_thread::sleep_for(std::chrono::milliseconds(200));
-  false_alarms += static_cast<int>(declared_dead(observer, victim_id).size()) - static_cast<int>(ms.size());
+  for (uint64_t at : downs) {
+    auto k = std::upper_bound(kills_at.begin(), kills_at.end(), at);
+    if (k == kills_at.begin() || at - *std::prev(k) > 1'000'000) ++false_alarms;
+  }
   (void)baton::ctl::chassis_down(c.dir);
   if (ms.empty()) return 1;
   std::printf("{\"metric\":\"false_alarms\",\"transport\":\"%s\",\"value\":%d}\n", c.transport.c_str(), false_alarms);

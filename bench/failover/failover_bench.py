@@ -4,6 +4,7 @@
     python3 bench/failover/failover_bench.py [--build build] [--rounds 5] [--sizes-kib 256,65536]
                                              [--standby | --standby-instances]
                                              [--transport memif|shm|mixed [--stream-fetches]]
+                                             [--app-heap-mib M] [--no-liveness]
 
 A 4-blade chassis (memif unless --transport says otherwise) runs group kv (baton-kv, committing a durable
 batch every 20 ms) with blades 3 and 4 as the spare pool. Each round
@@ -114,7 +115,7 @@ def run_size(args, size_kib):
         g.write(f"""[[group]]
 name = "kv"
 segments = ["kv"]
-start = "exec {kv} --socket $BATON_SOCKET --name kv --batches 1000000 --every-ms 20 --size-kib {size_kib} >{work}/kv-$BATON_NODE-$BATON_ASSIGNMENT.log 2>&1"
+start = "exec {kv} --socket $BATON_SOCKET --name kv --batches 1000000 --every-ms 20 --size-kib {size_kib} --heap-mib {args.app_heap_mib} >{work}/kv-$BATON_NODE-$BATON_ASSIGNMENT.log 2>&1"
 provision = "mkdir -p {work}/n$BATON_NODE"
 home = [1]
 start_timeout_ms = 3000
@@ -125,7 +126,8 @@ start_timeout_ms = 3000
     try:
         sh(batonctl, "chassis", "up", "--blades", "4", "--replicas", "2", "--dir", chassis, "--groups",
            f"{work}/groups.toml", "--spares", "3,4", "--transport", args.transport,
-           *(["--stream-fetches"] if args.stream_fetches else []))
+           *(["--stream-fetches"] if args.stream_fetches else []),
+           env=dict(os.environ, BATON_LIVENESS="0" if args.no_liveness else "1"))
         for r in range(args.rounds):
             node = wait(lambda: where(batonctl, chassis), what="the group to run")
             pid = wait(lambda: kv_pid(chassis, node), what="the application's pid")
@@ -225,6 +227,10 @@ def main():
                    help="shm links: stream fetches through the rings instead of reading lent slots directly")
     p.add_argument("--standby-instances", action="store_true",
                    help="blades 3 and 4 keep hot standbys and a waiting instance of the application")
+    p.add_argument("--app-heap-mib", type=int, default=0,
+                   help="the application also holds this much private memory (baton-kv --heap-mib)")
+    p.add_argument("--no-liveness", action="store_true",
+                   help="batond watches the application's pidfd only (BATON_LIVENESS=0), not its liveness lock")
     args = p.parse_args()
     phases = ["detection", "decision", "dispatch", "provision", "load", "start", "total"]
     print("| segment | " + " | ".join(phases) + " | spawn /bin/true | read the state from /dev/shm | total / (spawn + read) |")

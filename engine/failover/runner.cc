@@ -223,6 +223,9 @@ pid_t Runner::spawn(const ServiceGroup& g, uint64_t seq, const std::vector<std::
 }
 
 std::shared_ptr<LivenessWatch> Runner::liveness() {
+  // BATON_LIVENESS=0 in batond's environment: pidfds alone (an application
+  // that execs itself after connecting would be taken for dead).
+  if (const char* v = std::getenv("BATON_LIVENESS"); v != nullptr && std::string_view(v) == "0") return nullptr;
   auto w = LivenessWatch::create();
   if (!w) {
     BT_WARN("failover: %s: the application's pidfd alone says when it ends", w.error().message.c_str());

@@ -81,6 +81,7 @@ int main(int argc, char** argv) {
   long batches = 50;
   long every_ms = 0;
   long size_kib = 0;
+  long heap_mib = 0;
   const char* metric = NULL;
   const char* slow_file = NULL;
   int hold = 0;
@@ -91,20 +92,31 @@ int main(int argc, char** argv) {
     else if (!strcmp(argv[i], "--dump") && i + 1 < argc) dump_dir = argv[++i];
     else if (!strcmp(argv[i], "--every-ms") && i + 1 < argc) every_ms = atol(argv[++i]);
     else if (!strcmp(argv[i], "--size-kib") && i + 1 < argc) size_kib = atol(argv[++i]);
+    else if (!strcmp(argv[i], "--heap-mib") && i + 1 < argc) heap_mib = atol(argv[++i]);
     else if (!strcmp(argv[i], "--report-metric") && i + 1 < argc) metric = argv[++i];
     else if (!strcmp(argv[i], "--slow-file") && i + 1 < argc) slow_file = argv[++i];
     else if (!strcmp(argv[i], "--hold")) hold = 1;
     else {
-      fprintf(stderr, "usage: baton-kv --socket PATH [--name kv] [--batches N] [--every-ms MS] [--size-kib K] [--dump DIR] [--hold] "
+      fprintf(stderr, "usage: baton-kv --socket PATH [--name kv] [--batches N] [--every-ms MS] [--size-kib K] [--heap-mib M] [--dump DIR] [--hold] "
               "[--report-metric NAME [--slow-file F]]\n");
       return 64;
     }
   }
-  if (socket_path == NULL || batches < 0 || every_ms < 0 || size_kib < 0) {
+  if (socket_path == NULL || batches < 0 || every_ms < 0 || size_kib < 0 || heap_mib < 0) {
     fprintf(stderr, "baton-kv: --socket is required\n");
     return 64;
   }
   setvbuf(stdout, NULL, _IOLBF, 0);
+  // --heap-mib: private memory beside the checkpointed state, as a real
+  // application's working set (its teardown at death is what a pidfd waits for).
+  if (heap_mib > 0) {
+    char* heap = malloc((size_t)heap_mib << 20);
+    if (heap == NULL) {
+      fprintf(stderr, "baton-kv: no %ld MiB of heap\n", heap_mib);
+      return 1;
+    }
+    memset(heap, 1, (size_t)heap_mib << 20);
+  }
   baton_t* b;
   baton_segment_t* seg;
   int restored = 0;
