@@ -647,7 +647,12 @@ Reply Server::open_segment(Session& s, const Request& r, std::vector<int>& fds) 
     }
     channel = std::move(*made);
   }
-  if (seg.bell_fd >= 0) ::close(seg.bell_fd);  // (detach closes a holder's; none should be left)
+  if (seg.bell_fd >= 0) {  // (detach closes a holder's; none should be left)
+    CommitLane& lane = lane_of(seg);
+    std::lock_guard lane_lock(lane.mu);  // lock order: registry, lane (as detach's readers assume)
+    epoll_ctl(lane.epoll_fd, EPOLL_CTL_DEL, seg.bell_fd, nullptr);
+    ::close(seg.bell_fd);
+  }
   seg.bell_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   if (seg.bell_fd < 0) {
     const int err = errno;
