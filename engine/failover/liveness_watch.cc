@@ -80,17 +80,23 @@ void LivenessWatch::start(pid_t pid, int wake_fd) {
   if (started_ || pid <= 0) return;
   started_ = true;
   page_->pid.store(pid);
+  {
+    std::lock_guard lock(wake_mu_);
+    wake_fd_ = wake_fd;
+  }
   try {
     // The thread keeps the page mapped until it ends (it holds a reference).
-    std::thread([self = std::shared_ptr<LivenessWatch>(shared_from_this()), pid, wake_fd] {
-      self->run(pid, wake_fd);
-    }).detach();
+    std::thread([self = std::shared_ptr<LivenessWatch>(shared_from_this()), pid] { self->run(pid); }).detach();
   } catch (const std::system_error& e) {
     BT_WARN("failover: no liveness thread for pid %d (%s): its pidfd alone says when it ends", pid, e.what());
   }
 }
 
 void LivenessWatch::stop() noexcept {
+  {
+    std::lock_guard lock(wake_mu_);  // no write to the runner's eventfd after this returns
+    wake_fd_ = -1;
+  }
   stop_.store(true, std::memory_order_release);
   if (page_ != nullptr) syscall(SYS_futex, ipc::liveness_word(*page_), FUTEX_WAKE, INT_MAX, nullptr, nullptr, 0);
 }
@@ -132,15 +138,16 @@ bool LivenessWatch::going_down(pid_t pid) noexcept {
   return kill_pending;
 }
 
-void LivenessWatch::run(pid_t pid, int wake_fd) noexcept {
+void LivenessWatch::run(pid_t pid) noexcept {
   prctl(PR_SET_NAME, "baton-live", 0, 0, 0);
   uint32_t* word = ipc::liveness_word(*page_);
   uint32_t changes = 0;
   auto decide = [&](bool died) {
     (died ? died_ : lost_).store(true, std::memory_order_release);
-    if (wake_fd >= 0) {
+    std::lock_guard lock(wake_mu_);
+    if (wake_fd_ >= 0) {
       const uint64_t one = 1;
-      (void)!::write(wake_fd, &one, sizeof one);
+      (void)!::write(wake_fd_, &one, sizeof one);
     }
   };
   while (!stop_.load(std::memory_order_acquire)) {

@@ -8,6 +8,7 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 
 #include "baton/result.h"
 
@@ -49,11 +50,15 @@ class LivenessWatch : public std::enable_shared_from_this<LivenessWatch> {
 
  private:
   LivenessWatch() = default;
-  void run(pid_t pid, int wake_fd) noexcept;
+  void run(pid_t pid) noexcept;
 
   int fd_ = -1;
   ipc::LivenessPage* page_ = nullptr;  ///< mapped; written only before start(), then watched
   std::atomic<bool> stop_{false};
+  /// The runner's eventfd, written once a decision is made; -1 once
+  /// stopped (the runner may close it then). wake_mu_.
+  std::mutex wake_mu_;
+  int wake_fd_ = -1;
   std::atomic<bool> died_{false};
   std::atomic<bool> lost_{false};
   bool started_ = false;  ///< runner's thread
