@@ -25,7 +25,7 @@ Result<uint64_t> Engine::commit(Segment* segment, CommitOptions options) {
   Segment* seg = segment;
   auto lock = impl->table.lock(seg);
   if (seg == nullptr) return fail(Errc::kInvalidArgument, "unknown segment handle");
-  if (seg->fenced.load()) return fail(Errc::kFenced, "segment ", seg->name, " moved to a newer owner");
+  if (seg->fenced.load()) return fail(Errc::kFenced, "segment ", seg->name, " moved to a newer owner, or was deleted");
   for (const auto& [off, len] : options.written)
     if (off > seg->size || len > seg->size - off)
       return fail(Errc::kInvalidArgument, "written range [", std::to_string(off), ", +", std::to_string(len),
@@ -214,7 +214,7 @@ Result<void> Engine::wait_replicated(Segment* segment, uint64_t generation, uint
     if (generation > s->committed.load()) {
       // A fenced owner's application may wait on a generation it posted
       // and batond refused: what it needs to hear is why.
-      if (s->fenced.load()) return fail(Errc::kFenced, "segment ", s->name, " moved to a newer owner");
+      if (s->fenced.load()) return fail(Errc::kFenced, "segment ", s->name, " moved to a newer owner, or was deleted");
       return fail(Errc::kInvalidArgument, "generation not committed yet");
     }
     seg = s;
@@ -235,7 +235,7 @@ Result<void> Engine::wait_replicated(Segment* segment, uint64_t generation, uint
   // worker added it): a long wait sleeps without the poll token.
   impl->poll_until([&] { return done() || seg->fenced.load(); }, deadline, Impl::Token::kNotNeeded);
   if (done()) return {};
-  if (seg->fenced.load()) return fail(Errc::kFenced, "segment ", seg->name, " moved to a newer owner");
+  if (seg->fenced.load()) return fail(Errc::kFenced, "segment ", seg->name, " moved to a newer owner, or was deleted");
   if (k == kDurable)
     return fail(Errc::kTimeout, "generation ", std::to_string(generation), " is not durable: ",
                 std::to_string(held()), " of ", std::to_string(seg->replicas.size()),

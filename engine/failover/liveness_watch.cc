@@ -6,6 +6,7 @@
 
 #include "failover/liveness_watch.h"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <linux/futex.h>
 #include <sys/mman.h>
@@ -101,11 +102,13 @@ void LivenessWatch::stop() noexcept {
   if (page_ != nullptr) syscall(SYS_futex, ipc::liveness_word(*page_), FUTEX_WAKE, INT_MAX, nullptr, nullptr, 0);
 }
 
-bool LivenessWatch::going_down(pid_t pid) noexcept {
-  char path[64];
-  std::snprintf(path, sizeof path, "/proc/%d/stat", pid);
-  FILE* f = std::fopen(path, "re");
-  if (f == nullptr) return errno == ENOENT;
+namespace {
+
+// One task of a process (a thread): whether it is going down. 1: yes
+// (gone, a zombie, exiting, or with SIGKILL pending); 0: no; -1: unreadable.
+int task_going_down(const std::string& dir) {
+  FILE* f = std::fopen((dir + "/stat").c_str(), "re");
+  if (f == nullptr) return errno == ENOENT || errno == ESRCH ? 1 : -1;
   char buf[1024];
   const size_t n = std::fread(buf, 1, sizeof buf - 1, f);
   std::fclose(f);
@@ -113,29 +116,49 @@ bool LivenessWatch::going_down(pid_t pid) noexcept {
   // "pid (comm) state ppid pgrp session tty_nr tpgid flags ...": comm may
   // hold anything, so fields are counted from its closing parenthesis.
   const char* rp = std::strrchr(buf, ')');
-  if (rp == nullptr) return false;
   char state = 0;
   unsigned long flags = 0;
   int ppid, pgrp, session, tty, tpgid;
-  if (std::sscanf(rp + 1, " %c %d %d %d %d %d %lu", &state, &ppid, &pgrp, &session, &tty, &tpgid, &flags) != 7)
-    return false;
+  if (rp == nullptr ||
+      std::sscanf(rp + 1, " %c %d %d %d %d %d %lu", &state, &ppid, &pgrp, &session, &tty, &tpgid, &flags) != 7)
+    return -1;
   constexpr unsigned long kPfExiting = 0x4;
-  if (state == 'Z' || state == 'X' || state == 'x' || (flags & kPfExiting) != 0) return true;
+  if (state == 'Z' || state == 'X' || state == 'x' || (flags & kPfExiting) != 0) return 1;
   // A group exit (SIGKILL, a crash, exit()) queues SIGKILL to every thread
   // before any of them runs its exit.
-  std::snprintf(path, sizeof path, "/proc/%d/status", pid);
-  f = std::fopen(path, "re");
-  if (f == nullptr) return errno == ENOENT;
-  bool kill_pending = false;
+  f = std::fopen((dir + "/status").c_str(), "re");
+  if (f == nullptr) return errno == ENOENT || errno == ESRCH ? 1 : -1;
+  int down = 0;
   char line[256];
   while (std::fgets(line, sizeof line, f) != nullptr) {
     unsigned long long mask = 0;
-    if ((std::sscanf(line, "SigPnd: %llx", &mask) == 1 || std::sscanf(line, "ShdPnd: %llx", &mask) == 1) &&
-        (mask & (1ull << (SIGKILL - 1))) != 0)
-      kill_pending = true;
+    if (std::sscanf(line, "SigPnd: %llx", &mask) == 1 && (mask & (1ull << (SIGKILL - 1))) != 0) down = 1;
   }
   std::fclose(f);
-  return kill_pending;
+  return down;
+}
+
+}  // namespace
+
+bool LivenessWatch::going_down(pid_t pid) noexcept {
+  // Every task of it. An exec from any thread kills the others (the
+  // leader too, if another thread execs: it shows SIGKILL pending, then
+  // exits) while the thread that execs runs on; only a process whose every
+  // task is going down is.
+  const std::string proc = "/proc/" + std::to_string(pid);
+  DIR* d = opendir((proc + "/task").c_str());
+  if (d == nullptr) return errno == ENOENT || errno == ESRCH;
+  bool all = true, any = false;
+  while (dirent* e = readdir(d)) {
+    if (e->d_name[0] == '.') continue;
+    any = true;
+    if (task_going_down(proc + "/task/" + e->d_name) != 1) {
+      all = false;
+      break;
+    }
+  }
+  closedir(d);
+  return all && (any || ::access(proc.c_str(), F_OK) != 0);
 }
 
 void LivenessWatch::run(pid_t pid) noexcept {

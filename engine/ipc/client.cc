@@ -562,7 +562,7 @@ Result<uint64_t> Client::commit_locked(ClientSegment* s, std::span<const std::pa
   if (s->watch != nullptr && !s->watch->collect(found)) all = true;
   if (std::exchange(s->resend_all, false)) all = true;
   if (s->posts) {
-    if (s->fenced) return fail(Errc::kFenced, "the segment moved to a newer owner (a posted commit was refused)");
+    if (s->fenced) return fail(Errc::kFenced, "the segment moved to a newer owner, or was deleted (a posted commit was refused)");
     // A refusal of an earlier post fails this commit (it was counted on).
     if (s->failures_seen != ch.log.failures.load(std::memory_order_relaxed))
       if (auto drained = drain_posts(*s); !drained) return tl::unexpected(drained.error());

@@ -54,8 +54,11 @@ void Server::attach(Segment& seg, bool posts) {
     // the application rings the doorbell.
     seg.channel->daemon_sleeping.store(kAsleep);
     lane.active.push_back(&seg);
+    // Edge-triggered, and never read: every ring (a write) is an edge of
+    // its own. Reading it would let its application block this thread
+    // (the descriptor is the application's too: it can clear O_NONBLOCK).
     epoll_event ev{};
-    ev.events = EPOLLIN;
+    ev.events = EPOLLIN | EPOLLET;
     ev.data.fd = seg.bell_fd;
     if (seg.bell_fd >= 0 && epoll_ctl(lane.epoll_fd, EPOLL_CTL_ADD, seg.bell_fd, &ev) != 0)
       BT_WARN("segment %s: its doorbell is not watched (%s): commits wait for the lane's next look",
@@ -265,14 +268,10 @@ void Server::commit_loop(CommitLane& lane, const char* thread_name) {
       const timespec timeout{0, static_cast<long>(nap ? kNapNs : 100'000'000)};
       if (ppoll(&p, 1, &timeout, nullptr) == 1) {
         // Each application rings its own bell: one that reads its copy
-        // only silences itself. Under the lane's mutex: detach closes a
-        // bell under it, so no descriptor read here is a reused number.
-        std::lock_guard lock(lane.mu);
+        // only silences itself. The bells are edge-triggered and never
+        // read: taking the events is all there is to do.
         epoll_event ready[32];
-        const int n = epoll_wait(lane.epoll_fd, ready, 32, 0);
-        for (int i = 0; i < n; ++i) {
-          uint64_t v;
-          (void)!read(ready[i].data.fd, &v, sizeof v);
+        while (epoll_wait(lane.epoll_fd, ready, 32, 0) == 32) {
         }
       }
     }

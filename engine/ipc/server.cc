@@ -143,7 +143,7 @@ Result<std::unique_ptr<Server>> Server::start(Engine& engine, const ServerConfig
     if (lane.event_fd < 0) return fail(Errc::kIo, "eventfd: ", std::strerror(errno));
     lane.epoll_fd = epoll_create1(EPOLL_CLOEXEC);
     epoll_event ev{};
-    ev.events = EPOLLIN;
+    ev.events = EPOLLIN | EPOLLET;  // never read, as the applications' doorbells (commit_loop)
     ev.data.fd = lane.event_fd;
     if (lane.epoll_fd < 0 || epoll_ctl(lane.epoll_fd, EPOLL_CTL_ADD, lane.event_fd, &ev) != 0)
       return fail(Errc::kIo, "epoll: ", std::strerror(errno));
@@ -215,7 +215,9 @@ void Server::accept_clients() {
     // which loads over connections of its own, excepted).
     uint32_t of_process = 0;
     for (const auto& other : sessions_) of_process += other->pid == cred.pid && !other->done.load();
-    if (cred.pid != getpid() && of_process >= config_.max_clients_per_process) {
+    // (A client in a pid namespace batond cannot see reports pid 0: no
+    // process to count it against.)
+    if (cred.pid != 0 && cred.pid != getpid() && of_process >= config_.max_clients_per_process) {
       ++counters_.refused_limit;
       BT_WARN("refused client pid %d uid %u: it has %u connections (client.max_clients_per_process)", cred.pid,
               cred.uid, of_process);
@@ -319,7 +321,7 @@ std::unique_ptr<Server::Segment> Server::reserved(const std::string& name, Sessi
 std::optional<Reply> Server::over_kept(const Session& s, uint64_t bytes) const {
   // batond's own failover manager is not bounded here (nor are agents'
   // loads: what they leave is kept for no user, kNoUser).
-  if (s.pid == getpid()) return std::nullopt;
+  if (s.internal || s.pid == getpid()) return std::nullopt;
   // Segments no application holds stay here for their user's next open
   // (S3). Without a bound, a client that hung up after each open made
   // batond keep any number of them. They count against a new name as if
@@ -335,13 +337,14 @@ std::optional<Reply> Server::over_kept(const Session& s, uint64_t bytes) const {
       ++kept;
       kept_bytes += seg->size;
     }
-  if (kept == 0) return std::nullopt;
-  if (s.held + kept + 1 > config_.max_segments || s.held_bytes + kept_bytes + bytes > config_.max_bytes)
-    return reply_error(BATON_EBUSY, "batond keeps " + std::to_string(kept) + " segments (" +
-                                        std::to_string(kept_bytes >> 20) + " MiB) of this user that no application "
-                                        "holds, which count against client.max_segments / client.max_mib: open "
-                                        "or delete them first");
-  return std::nullopt;
+  // Bounded on their own (what each application holds has its own
+  // limits): a user may leave behind one application's worth.
+  (void)bytes;
+  if (kept < config_.max_segments && kept_bytes < config_.max_bytes) return std::nullopt;
+  return reply_error(BATON_EBUSY, "batond keeps " + std::to_string(kept) + " segments (" +
+                                      std::to_string(kept_bytes >> 20) + " MiB) of this user that no application "
+                                      "holds, as many as client.max_segments / client.max_mib allow: open or "
+                                      "delete one of them first");
 }
 
 void Server::drop_fenced() {
@@ -467,8 +470,19 @@ void Server::on_request(Session& s, const char* buf, size_t n) {
   switch (static_cast<Op>(r.op)) {
     case Op::kOpen:
     case Op::kCreate:
-    case Op::kLoad:
-    case Op::kTakeOver: rep = open_segment(s, r, fds); break;
+    case Op::kLoad: rep = open_segment(s, r, fds); break;
+    case Op::kTakeOver:
+      // An agent's load (batonctl load): the segment moves here and stays,
+      // held by no application and counted for no user, so only an
+      // administrator (root, batond's user) may ask for one.
+      if (s.uid != 0 && s.uid != geteuid()) {
+        ++counters_.bad_requests;
+        rep = reply_error(BATON_EINVAL, "only an administrator (root or batond's user) takes a segment over for an "
+                                        "application (batonctl load); an application loads with baton_load");
+      } else {
+        rep = open_segment(s, r, fds);
+      }
+      break;
     case Op::kLoadFor: rep = load_for(s, r); break;
     case Op::kWait: rep = wait(s, r); break;
     case Op::kClose: rep = close_segment(s, r); break;
@@ -715,6 +729,8 @@ Reply Server::load_for(Session& s, const Request& r) {
   p->name = name;
   p->holder = std::make_unique<Session>();
   p->holder->pid = p->pid;
+  p->holder->internal = true;  // batond's own load: not bounded by what is kept for a user
+  p->holder->uid = kNoUser;    // nor counted for one, if the instance never takes it
   Request load = r;
   load.op = static_cast<uint16_t>(Op::kLoad);
   load.size = 0;

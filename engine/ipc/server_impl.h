@@ -60,6 +60,7 @@ struct Server::Session {
   int fd = -1;
   uid_t uid = 0;
   pid_t pid = 0;
+  bool internal = false;    ///< batond's own (a pledge's holder): not bounded by what is kept for a user
   uint32_t held = 0;        ///< segments it holds; registry_mu_
   uint64_t held_bytes = 0;  ///< their bytes; registry_mu_
   std::atomic<bool> done{false};  ///< its thread has finished (the accept thread joins it)

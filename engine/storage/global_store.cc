@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cstring>
 #include <filesystem>
+#include <optional>
 #include <vector>
 
 #include "common/crc32c.h"
@@ -69,6 +70,35 @@ std::string path_component(std::string_view name) {
 }
 
 std::string segment_dir(const std::string& dir, std::string_view name) { return dir + "/" + path_component(name); }
+
+// Where a name that is escaped now kept its copies before (the name as a
+// path), if that stays inside `dir` (no empty, "." or ".." component) and
+// can be no other name's directory now: a path of two components or more,
+// or one that begins with '.' (a name with '%' alone, "x%2Fy", was at what
+// is now "x/y"'s directory: not looked at). Still read, since a header
+// says whose copy it is, and marked by a delete, so that nothing stored
+// before the escaping is lost or brought back. Writes go to
+// segment_dir() only.
+std::optional<std::string> legacy_dir(const std::string& dir, std::string_view name) {
+  if (path_component(name) == name) return std::nullopt;
+  if (name.find('/') == std::string_view::npos && name.front() != '.') return std::nullopt;
+  for (size_t start = 0;;) {
+    const size_t end = name.find('/', start);
+    const std::string_view part = name.substr(start, end == std::string_view::npos ? end : end - start);
+    if (part.empty() || part == "." || part == "..") return std::nullopt;
+    if (end == std::string_view::npos) break;
+    start = end + 1;
+  }
+  return dir + "/" + std::string(name);
+}
+
+// The directories a name's copies and markers may be in: its own, and the
+// one it had before the escaping.
+std::vector<std::string> dirs_of(const std::string& dir, std::string_view name) {
+  std::vector<std::string> dirs{segment_dir(dir, name)};
+  if (auto legacy = legacy_dir(dir, name)) dirs.push_back(*legacy);
+  return dirs;
+}
 
 // "deleted-e<epoch>": a delete marker (see the header).
 bool parse_marker(const std::string& file, uint64_t* epoch) {
@@ -211,23 +241,24 @@ std::optional<GlobalCopy> GlobalStore::newest(const std::string& dir, std::strin
   if (dir.empty() || !wire::valid_name(name)) return std::nullopt;
   std::vector<GlobalCopy> copies;
   std::error_code ec;
-  for (const auto& e : fs::directory_iterator(segment_dir(dir, name), ec)) {
-    GlobalCopy c;
-    unsigned node;
-    const std::string file = e.path().filename().string();
-    if (uint64_t marked; parse_marker(file, &marked)) {  // a delete: copies at or below it do not count
-      min_epoch = std::max(min_epoch, marked + 1);
-      continue;
+  for (const std::string& sdir : dirs_of(dir, name))
+    for (const auto& e : fs::directory_iterator(sdir, ec)) {
+      GlobalCopy c;
+      unsigned node;
+      const std::string file = e.path().filename().string();
+      if (uint64_t marked; parse_marker(file, &marked)) {  // a delete: copies at or below it do not count
+        min_epoch = std::max(min_epoch, marked + 1);
+        continue;
+      }
+      if (!parse_name(file, &c.epoch, &c.generation, &node)) continue;  // temp files too
+      c.path = e.path().string();
+      c.name = std::string(name);
+      const uint64_t bytes = fs::file_size(e.path(), ec);
+      if (ec || bytes < sizeof(Header)) continue;
+      c.size = bytes - sizeof(Header);
+      if (c.size == 0 || c.size > max_size) continue;
+      copies.push_back(std::move(c));
     }
-    if (!parse_name(file, &c.epoch, &c.generation, &node)) continue;  // temp files too
-    c.path = e.path().string();
-    c.name = std::string(name);
-    const uint64_t bytes = fs::file_size(e.path(), ec);
-    if (ec || bytes < sizeof(Header)) continue;
-    c.size = bytes - sizeof(Header);
-    if (c.size == 0 || c.size > max_size) continue;
-    copies.push_back(std::move(c));
-  }
   std::erase_if(copies, [&](const GlobalCopy& c) { return c.epoch < min_epoch; });
   std::sort(copies.begin(), copies.end(),
             [](auto& a, auto& b) { return std::tie(a.epoch, a.generation) > std::tie(b.epoch, b.generation); });
@@ -244,47 +275,56 @@ uint64_t GlobalStore::deleted_epoch(const std::string& dir, std::string_view nam
   if (dir.empty() || !wire::valid_name(name)) return 0;
   uint64_t newest = 0;
   std::error_code ec;
-  for (const auto& e : fs::directory_iterator(segment_dir(dir, name), ec)) {
-    uint64_t epoch;
-    if (parse_marker(e.path().filename().string(), &epoch)) newest = std::max(newest, epoch);
-  }
+  for (const std::string& sdir : dirs_of(dir, name))
+    for (const auto& e : fs::directory_iterator(sdir, ec)) {
+      uint64_t epoch;
+      if (parse_marker(e.path().filename().string(), &epoch)) newest = std::max(newest, epoch);
+    }
   return newest;
 }
 
 Result<void> GlobalStore::remove(const std::string& dir, std::string_view name, uint64_t epoch) {
   if (dir.empty() || !wire::valid_name(name) || epoch == 0)
     return fail(Errc::kInvalidArgument, "bad global storage name or epoch");
-  const std::string sdir = segment_dir(dir, name);
-  std::error_code ec;
-  fs::create_directories(sdir, ec);
-  if (ec) return fail(Errc::kIo, "cannot create ", sdir, ": ", ec.message());
-  // The marker first, durably: from here on no copy at or below `epoch` is
-  // read, whatever the removal below leaves (a crash, a write in flight).
-  if (deleted_epoch(dir, name) < epoch) {
-    const std::string marker = sdir + "/deleted-e" + std::to_string(epoch), tmp = marker + ".tmp";
-    const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0) return fail(Errc::kIo, "open ", tmp, ": ", std::strerror(errno));
-    const bool synced = ::fsync(fd) == 0;
-    ::close(fd);
-    if (!synced || ::rename(tmp.c_str(), marker.c_str()) != 0) {
-      ::unlink(tmp.c_str());
-      return fail(Errc::kIo, "global storage: cannot write ", marker, ": ", std::strerror(errno));
+  const bool marked = deleted_epoch(dir, name) >= epoch;
+  // Its own directory, made if need be; the one it had before the
+  // escaping only if it is there.
+  for (const std::string& sdir : dirs_of(dir, name)) {
+    std::error_code ec;
+    if (sdir == segment_dir(dir, name)) {
+      fs::create_directories(sdir, ec);
+      if (ec) return fail(Errc::kIo, "cannot create ", sdir, ": ", ec.message());
+    } else if (!fs::is_directory(sdir, ec)) {
+      continue;
     }
-    fsync_dir(sdir);
+    // The marker first, durably: from here on no copy at or below `epoch`
+    // is read, whatever the removal below leaves (a crash, a write in flight).
+    if (!marked) {
+      const std::string marker = sdir + "/deleted-e" + std::to_string(epoch), tmp = marker + ".tmp";
+      const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+      if (fd < 0) return fail(Errc::kIo, "open ", tmp, ": ", std::strerror(errno));
+      const bool synced = ::fsync(fd) == 0;
+      ::close(fd);
+      if (!synced || ::rename(tmp.c_str(), marker.c_str()) != 0) {
+        ::unlink(tmp.c_str());
+        return fail(Errc::kIo, "global storage: cannot write ", marker, ": ", std::strerror(errno));
+      }
+      fsync_dir(sdir);
+    }
+    for (const auto& e : fs::directory_iterator(sdir, ec)) {
+      const std::string file = e.path().filename().string();
+      GlobalCopy c;
+      unsigned node;
+      uint64_t marked_at;
+      const bool old_copy = parse_name(file, &c.epoch, &c.generation, &node) && c.epoch <= epoch;
+      const bool old_marker = parse_marker(file, &marked_at) && marked_at < epoch;
+      if (!old_copy && !old_marker) continue;
+      std::error_code rm;
+      if (!fs::remove(e.path(), rm) && rm)
+        return fail(Errc::kIo, "global storage: cannot remove ", e.path().string(), ": ", rm.message());
+    }
+    if (ec) return fail(Errc::kIo, "global storage: cannot list ", sdir, ": ", ec.message());
   }
-  for (const auto& e : fs::directory_iterator(sdir, ec)) {
-    const std::string file = e.path().filename().string();
-    GlobalCopy c;
-    unsigned node;
-    uint64_t marked;
-    const bool old_copy = parse_name(file, &c.epoch, &c.generation, &node) && c.epoch <= epoch;
-    const bool old_marker = parse_marker(file, &marked) && marked < epoch;
-    if (!old_copy && !old_marker) continue;
-    std::error_code rm;
-    if (!fs::remove(e.path(), rm) && rm)
-      return fail(Errc::kIo, "global storage: cannot remove ", e.path().string(), ": ", rm.message());
-  }
-  if (ec) return fail(Errc::kIo, "global storage: cannot list ", sdir, ": ", ec.message());
   return {};
 }
 

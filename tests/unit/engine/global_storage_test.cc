@@ -144,6 +144,16 @@ TEST(GlobalStorage, EveryNameHasADirectoryOfItsOwnAndNoneEscapes) {
     ASSERT_TRUE(GlobalStore::read(*copy, bytes)) << names[i];
     EXPECT_EQ(bytes[0], std::byte(i + 1)) << names[i] << " read another segment's copy";
   }
+  // Deleting one name leaves every other's copies: "%2Fx" once named the
+  // directory that "/x" has now.
+  {
+    auto gone = GlobalStore::newest(dir, "%2Fx", 1 << 20);
+    ASSERT_TRUE(gone);
+    ASSERT_TRUE(GlobalStore::remove(dir, "%2Fx", gone->epoch));
+    EXPECT_FALSE(GlobalStore::newest(dir, "%2Fx", 1 << 20));
+    for (const std::string& other : names)
+      if (other != "%2Fx") EXPECT_TRUE(GlobalStore::newest(dir, other, 1 << 20)) << other << " went with %2Fx";
+  }
   // Nothing but the store's own directories, one per name, all inside it.
   std::set<std::string> inside;
   for (const auto& e : fs::directory_iterator(dir)) inside.insert(e.path().filename().string());
@@ -163,6 +173,41 @@ TEST(GlobalStorage, EveryNameHasADirectoryOfItsOwnAndNoneEscapes) {
   auto r = GlobalStore::read(moved, bytes);
   ASSERT_FALSE(r);
   EXPECT_EQ(r.error().code, Errc::kCorrupt);
+}
+
+// A name that is escaped now kept its copies under the name as a path
+// before: they are still read (their header says whose they are), and a
+// delete marks that directory too.
+TEST(GlobalStorage, CopiesStoredBeforeTheEscapingAreStillFoundAndDeleted) {
+  ScratchDir root;
+  const std::string dir = root.path + "/store";
+  fs::create_directories(dir);
+  {
+    Cluster cl(2, with_global(dir));
+    auto seg = test::must(cl.node(1).create("orders/eu", 4096));
+    std::memset(cl.node(1).data(seg).data(), 7, 4096);
+    const uint64_t g = test::must(cl.node(1).commit(seg));
+    ASSERT_TRUE(test::ok(cl.node(1).wait_replicated(seg, g, 1, 10s)));
+    ASSERT_TRUE(eventually([&] { return GlobalStore::newest(dir, "orders/eu", 1 << 20).has_value(); }));
+  }
+  // Where the version before the escaping put it.
+  fs::create_directories(dir + "/orders/eu");
+  for (const auto& e : fs::directory_iterator(dir + "/orders%2Feu"))
+    fs::copy_file(e.path(), dir + "/orders/eu/" + e.path().filename().string());
+  fs::remove_all(dir + "/orders%2Feu");
+  auto copy = GlobalStore::newest(dir, "orders/eu", 1 << 20);
+  ASSERT_TRUE(copy) << "a copy stored before the escaping was lost";
+  std::vector<std::byte> bytes(4096);
+  ASSERT_TRUE(GlobalStore::read(*copy, bytes));
+  EXPECT_EQ(bytes[0], std::byte{7});
+  EXPECT_FALSE(GlobalStore::newest(dir, "orders", 1 << 20)) << "segment orders read a copy of orders/eu";
+  ASSERT_TRUE(GlobalStore::remove(dir, "orders/eu", copy->epoch));
+  EXPECT_FALSE(GlobalStore::newest(dir, "orders/eu", 1 << 20)) << "a deleted copy came back";
+  EXPECT_GE(GlobalStore::deleted_epoch(dir, "orders/eu"), copy->epoch);
+  size_t marks = 0;
+  for (const auto& e : fs::directory_iterator(dir + "/orders/eu"))
+    marks += e.path().filename().string().rfind("deleted-e", 0) == 0;
+  EXPECT_EQ(marks, 1u) << "the old directory was not marked";
 }
 
 TEST(GlobalStorage, KeepsTheNewestNAndOpenRestoresFromIt) {

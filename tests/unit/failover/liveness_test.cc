@@ -110,6 +110,27 @@ TEST(Liveness, AnExecReleasesTheLockButIsNoDeath) {
   EXPECT_TRUE(LivenessWatch::going_down(child)) << "a reaped process is gone";
 }
 
+// The same from a thread other than the main one: the exec kills the
+// main thread too (it shows SIGKILL pending, then a zombie) while the
+// process runs on in the thread that exec'd.
+TEST(Liveness, AnExecFromAnotherThreadIsNoDeathEither) {
+  Fixture f;
+  const pid_t child = f.holder([&] {
+    while ((f.word() & FUTEX_TID_MASK) == 0) usleep(100);
+    std::thread([] {
+      execl("/bin/sleep", "sleep", "30", static_cast<char*>(nullptr));
+      _exit(127);
+    }).join();
+  });
+  ASSERT_GT(child, 0);
+  f.watch->start(child, f.wake);
+  ASSERT_TRUE(eventually([&] { return f.watch->lost() || f.watch->died(); }));
+  EXPECT_TRUE(f.watch->lost());
+  EXPECT_FALSE(f.watch->died()) << "an exec from a thread was taken for a death";
+  kill(child, SIGKILL);
+  waitpid(child, nullptr, 0);
+}
+
 TEST(Liveness, AGarbledWordIsNoDeath) {
   Fixture f;
   const pid_t child = f.holder([] {});
