@@ -290,17 +290,16 @@ Result<std::vector<Blade>> chassis_up(const ChassisConfig& c) {
         std::string peers = "\nits log ends:\n" + tail(b.log);
         if (report)
           if (const auto j = nlohmann::json::parse(*report, nullptr, false); j.is_object() && j.contains("links"))
-            for (const auto& l : j["links"])
-              if (!l.value("up", false) && l.value("peer", 0) >= 1 && l.value("peer", 0) <= c.blades)
-              {
-                const int peer = l.value("peer", 0);
-                peers += "\nblade " + std::to_string(peer) + "'s log ends:\n" + tail(blade_path(c.dir, peer, ".log"));
-                // And its links as it sees them (a client's reconnects).
-                if (auto pc = ipc::Client::connect(blade_path(c.dir, peer, ".sock")))
-                  if (auto ps = (*pc)->status())
-                    if (const auto pj = nlohmann::json::parse(*ps, nullptr, false); pj.is_object() && pj.contains("links"))
-                      peers += "\nblade " + std::to_string(peer) + "'s links: " + pj["links"].dump();
-              }
+            for (const auto& l : j["links"]) {
+              const int peer = l.value("peer", 0);
+              if (l.value("up", false) || peer < 1 || peer > c.blades) continue;
+              peers += "\nblade " + std::to_string(peer) + "'s log ends:\n" + tail(blade_path(c.dir, peer, ".log"));
+              // And its links as it sees them (a memif client's reconnects).
+              if (auto pc = ipc::Client::connect(blade_path(c.dir, peer, ".sock")))
+                if (auto ps = (*pc)->status())
+                  if (const auto pj = nlohmann::json::parse(*ps, nullptr, false); pj.is_object() && pj.contains("links"))
+                    peers += "\nblade " + std::to_string(peer) + "'s links: " + pj["links"].dump();
+            }
         (void)chassis_down(c.dir);
         return fail(Errc::kIo, "blade ", std::to_string(b.id), "'s links did not all come up:\n",
                     report ? *report : report.error().message, peers);
