@@ -9,6 +9,10 @@
 #include <rte_mbuf.h>
 #include <rte_ring.h>
 #include <sched.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <cerrno>
@@ -21,6 +25,7 @@
 #include <mutex>
 #include <optional>
 #include <string_view>
+#include <tuple>
 
 #include "common/log.h"
 #include "ethdev/memif_guard.h"
@@ -60,14 +65,42 @@ std::string allowed_cpus() {
   return out.empty() ? "0" : out;
 }
 
-// One pool per (socket, frame size), shared by every port that fits it.
-rte_mempool* pool_for(int socket, uint32_t room, uint32_t mbufs) {
+/// mbufs for every memif and af_packet port of a frame size: they allocate
+/// one per frame received and free one per frame sent within the burst
+/// call, and the engine releases a received burst before its next one, so
+/// at most a few bursts per worker are ever out (no worker is an EAL lcore:
+/// no per-lcore caches hold any). 2047 mbufs of the default frame size take
+/// 34 MiB of huge pages, where the 4095 per queue pair sized for a NIC's
+/// descriptor rings took 140 MiB a blade: two chassis of four such blades
+/// did not fit in 1 GiB of huge pages.
+constexpr uint32_t kCopyingPortMbufs = 2047;
+
+/// Whether the PMD copies frames in and out of its own rings (memif in copy
+/// mode, af_packet), holding no mbufs between bursts.
+bool copies_frames(const char* driver) {
+  return std::strcmp(driver, "net_memif") == 0 || std::strcmp(driver, "net_af_packet") == 0;
+}
+
+/// How many mbufs a port's pool needs: `mbufs` per queue pair when given;
+/// else for a copying PMD, kCopyingPortMbufs for all of them; else each
+/// queue pair's rx and tx descriptors (a NIC keeps its rx ring filled) and
+/// bursts in flight.
+uint32_t pool_mbufs(const PortConfig& c, bool copying) {
+  if (c.mbufs != 0) return c.mbufs * c.queues;
+  if (copying) return kCopyingPortMbufs;
+  return (2u * c.descriptors + 4u * 32u) * c.queues + 511u;
+}
+
+// One pool per (socket, frame size, kind: copying PMD or not), shared by
+// every port that fits it.
+rte_mempool* pool_for(int socket, uint32_t room, bool copying, uint32_t mbufs) {
   static std::mutex mu;
-  static std::map<std::pair<int, uint32_t>, rte_mempool*> pools;
+  static std::map<std::tuple<int, uint32_t, bool>, rte_mempool*> pools;
   std::lock_guard lock(mu);
-  auto& p = pools[{socket, room}];
+  auto& p = pools[{socket, room, copying}];
   if (p == nullptr) {
-    std::string name = "baton_s" + std::to_string(socket < 0 ? 0 : socket) + "_" + std::to_string(room);
+    std::string name = std::string(copying ? "baton_c" : "baton_s") + std::to_string(socket < 0 ? 0 : socket) + "_" +
+                       std::to_string(room);
     p = rte_pktmbuf_pool_create(name.c_str(), mbufs, 256, 0, static_cast<uint16_t>(room), socket);
   }
   return p;
@@ -292,6 +325,46 @@ bool is_vdev(const std::string& device) {
   return device.find(',') != std::string::npos || port_name(device).rfind("net_", 0) == 0;
 }
 
+/// The value of `key=` in devargs, or nullopt.
+std::optional<std::string> devarg(const std::string& devargs, const std::string& key) {
+  for (size_t at = devargs.find(','); at != std::string::npos; at = devargs.find(',', at + 1)) {
+    if (devargs.compare(at + 1, key.size() + 1, key + "=") != 0) continue;
+    const size_t from = at + key.size() + 2;
+    return devargs.substr(from, devargs.find(',', from) - from);
+  }
+  return std::nullopt;
+}
+
+/// A memif server on a file socket (`socket-abstract=no`) binds its path;
+/// one left behind by a server that was killed makes the bind fail. Removes
+/// it when nothing listens there; refuses when something does. (Abstract
+/// sockets, DPDK's default, have no file, and no permissions either: any
+/// local process can connect to them.)
+Result<void> clear_stale_memif_socket(const std::string& devargs) {
+  if (devarg(devargs, "role").value_or("server") != "server" || devarg(devargs, "socket-abstract") != "no")
+    return {};
+  const auto path = devarg(devargs, "socket");
+  if (!path) return {};
+  struct stat st{};
+  if (lstat(path->c_str(), &st) != 0) return {};
+  if (!S_ISSOCK(st.st_mode)) return fail(Errc::kInvalidArgument, "memif socket ", *path, " exists and is no socket");
+  sockaddr_un sun{};
+  sun.sun_family = AF_UNIX;
+  if (path->size() >= sizeof sun.sun_path) return fail(Errc::kInvalidArgument, "memif socket path too long: ", *path);
+  std::memcpy(sun.sun_path, path->c_str(), path->size());
+  const int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+  if (fd < 0) return fail(Errc::kIo, "socket: ", std::strerror(errno));
+  const bool listening = connect(fd, reinterpret_cast<sockaddr*>(&sun), sizeof sun) == 0;
+  const int err = errno;
+  close(fd);
+  if (listening) return fail(Errc::kInvalidArgument, "a memif server already listens on ", *path);
+  if (err != ECONNREFUSED) return {};  // let the bind report it
+  if (unlink(path->c_str()) != 0 && errno != ENOENT)
+    return fail(Errc::kIo, "remove stale memif socket ", *path, ": ", std::strerror(errno));
+  BT_INFO("removed the stale memif socket %s (nothing listened on it)", path->c_str());
+  return {};
+}
+
 Result<uint16_t> find_port(const std::string& name) {
   uint16_t port;
   if (rte_eth_dev_get_port_by_name(name.c_str(), &port) == 0) return port;
@@ -317,7 +390,8 @@ Result<std::vector<std::unique_ptr<Link>>> start_port(uint16_t port, const PortC
   constexpr uint32_t kSlack = 256;
   const uint32_t room = c.max_frame + sizeof(rte_ether_hdr) + RTE_PKTMBUF_HEADROOM + kSlack;
   if (room > UINT16_MAX) return fail(Errc::kInvalidArgument, "max_frame too large for an mbuf");
-  rte_mempool* pool = pool_for(socket, room, c.mbufs * queues);
+  const bool copying = copies_frames(info.driver_name);
+  rte_mempool* pool = pool_for(socket, room, copying, pool_mbufs(c, copying));
   if (pool == nullptr) return fail(Errc::kNoMemory, name, ": mbuf pool: ", rte_strerror(rte_errno));
   rte_eth_conf conf{};
   if (int rc = rte_eth_dev_configure(port, queues, queues, &conf); rc != 0)
@@ -448,6 +522,9 @@ Result<std::vector<std::unique_ptr<Link>>> open_port_queues(const PortConfig& c)
       devargs += ",bsize=" + std::to_string(c.max_frame + sizeof(rte_ether_hdr));
     uint16_t existing;
     if (rte_eth_dev_get_port_by_name(name.c_str(), &existing) != 0) {
+      if (name.rfind("net_memif", 0) == 0) {
+        if (auto ok = clear_stale_memif_socket(devargs); !ok) return tl::unexpected(ok.error());
+      }
       if (int rc = rte_dev_probe(devargs.c_str()); rc != 0)
         return fail(Errc::kIo, "probe ", devargs, ": ", rte_strerror(-rc));
     }

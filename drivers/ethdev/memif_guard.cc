@@ -1,14 +1,37 @@
 #include "ethdev/memif_guard.h"
 
+#include <errno.h>
 #include <immintrin.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <unistd.h>
+
+#include <cstring>
 
 namespace baton::ethdev {
 
 std::atomic<int> MemifGuard::bursts{0};
 std::atomic<int> MemifGuard::unmaps{0};
+
+namespace {
+
+/// Whether the calling thread is the EAL interrupt thread, which runs the
+/// memif PMD's control channel (its name in DPDK 22.11; "dpdk-intr" later).
+bool on_eal_interrupt_thread() noexcept {
+  char name[16] = {};
+  if (prctl(PR_GET_NAME, name) != 0) return false;
+  return std::strcmp(name, "eal-intr-thread") == 0 || std::strcmp(name, "dpdk-intr") == 0;
+}
+
+bool is_seqpacket(int fd) noexcept {
+  int type = 0;
+  socklen_t len = sizeof type;
+  return getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) == 0 && type == SOCK_SEQPACKET;
+}
+
+}  // namespace
 
 }  // namespace baton::ethdev
 
@@ -23,4 +46,36 @@ extern "C" int munmap(void* addr, size_t len) noexcept {
   const long r = syscall(SYS_munmap, addr, len);
   MemifGuard::unmaps.fetch_sub(1);
   return static_cast<int>(r);
+}
+
+// Interposes libc's sendmsg for the whole process, to survive a peer that
+// hangs up before the memif server greets it.
+//
+// The memif PMD's listener (DPDK 22.11 to this day) accepts a connection,
+// registers the new socket with the EAL interrupt thread, then sends its
+// hello; if that send fails, it closes the socket and frees the channel
+// without unregistering it. The interrupt thread then rebuilds its epoll set
+// with the closed descriptor and rte_panic()s ("Error adding fd N
+// epoll_ctl, Bad file descriptor"), or, had the number been reused, calls
+// the freed channel. A memif client killed while connecting, or any local
+// process connecting to the (abstract, unpermissioned by default) socket and
+// hanging up at once, took the server's batond down.
+//
+// So a send on the interrupt thread to a SOCK_SEQPACKET peer that has gone
+// (EPIPE, ECONNRESET) reports success: the message was for a peer that no
+// longer reads. The socket stays registered, turns readable at its end of
+// file, and the PMD's own receive path unregisters and closes it. Every other
+// call, and every other error, is libc's.
+extern "C" ssize_t sendmsg(int fd, const struct msghdr* msg, int flags) {
+  const long r = syscall(SYS_sendmsg, fd, msg, flags);
+  if (r >= 0) return r;
+  const int err = errno;
+  if ((err == EPIPE || err == ECONNRESET) && baton::ethdev::on_eal_interrupt_thread() &&
+      baton::ethdev::is_seqpacket(fd)) {
+    size_t len = 0;
+    for (size_t i = 0; i < msg->msg_iovlen; ++i) len += msg->msg_iov[i].iov_len;
+    return static_cast<ssize_t>(len);
+  }
+  errno = err;
+  return -1;
 }

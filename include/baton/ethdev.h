@@ -35,8 +35,11 @@ struct PortConfig {
   uint16_t peer = 0;                       ///< node id at the other end
   uint32_t max_frame = kDefaultMaxFrame;   ///< Baton bytes per frame (without the Ethernet header)
   uint16_t descriptors = 1024;             ///< per rx/tx queue
-  uint32_t mbufs = 4095;                   ///< per-socket pool, shared by ports of the same frame size
-                                           ///< (times `queues` when the first such port creates it)
+  /// mbufs per queue pair in the pool that ports of this frame size share
+  /// (sized when the first of them creates it). 0: as the PMD needs
+  /// (memif and af_packet copy frames and hold none: 2047 for all such
+  /// ports; another PMD: its rx and tx descriptors and bursts in flight).
+  uint32_t mbufs = 0;
   /// Queue pairs: one link each, for one shard each (EngineConfig::workers).
   /// memif and net_ring pair queue q with the peer's queue q (both ends
   /// must ask for the same number); af_packet, which spreads frames over

@@ -7,9 +7,15 @@
 // chassis up/status/down.
 
 #include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <array>
+#include <chrono>
+#include <cstring>
 #include <cstdio>
 #include <filesystem>
 #include <functional>
@@ -245,6 +251,60 @@ TEST(Chassis, UpStatusDownLeavesNothing) {
   out = run(ctl + " status --socket " + dir + "/blade2.sock", &status);
   EXPECT_NE(status, 0);
   EXPECT_NE(out.find("batonctl: "), std::string::npos) << out;
+}
+
+// DPDK's memif listener, when its hello to a new connection fails, closes
+// the socket without unregistering it, and the EAL interrupt thread then
+// panics on the closed descriptor: a peer that connected and hung up at once
+// (a blade killed while connecting, or any local process) took the server's
+// batond down. batond now survives it, its sockets are files only those who
+// may write them can connect to, and a server killed and restarted binds
+// again over the file it left behind.
+TEST(Chassis, AMemifServerOutlivesPeersThatHangUpAtOnce) {
+  const std::string dir = "/tmp/baton-hangup-test-" + std::to_string(getpid());
+  const std::string ctl = baton::test::helper("BATONCTL");
+  int status = 0;
+  std::string out = run(ctl + " chassis up --blades 2 --replicas 1 --dir " + dir, &status);
+  ASSERT_EQ(status, 0) << out;
+  const std::string link = dir + "/link-1-2.sock";
+  struct stat st{};
+  ASSERT_EQ(lstat(link.c_str(), &st), 0) << "the memif socket is no file: " << link;
+  EXPECT_TRUE(S_ISSOCK(st.st_mode));
+  EXPECT_EQ(st.st_mode & S_IWOTH, 0u) << "anyone may connect to " << link;
+
+  sockaddr_un sun{};
+  sun.sun_family = AF_UNIX;
+  std::memcpy(sun.sun_path, link.c_str(), link.size());
+  int connected = 0;
+  for (int i = 0; i < 300; ++i) {
+    const int fd = socket(AF_UNIX, SOCK_SEQPACKET, 0);
+    ASSERT_GE(fd, 0);
+    connected += connect(fd, reinterpret_cast<sockaddr*>(&sun), sizeof sun) == 0;
+    close(fd);
+  }
+  EXPECT_GT(connected, 0);
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  out = run(ctl + " chassis status --json --dir " + dir, &status);
+  EXPECT_EQ(out.find("\"alive\":false"), std::string::npos) << out << run("tail -20 " + dir + "/blade1.log", &status);
+
+  // Killed, the server leaves its socket file; restarted, it binds again.
+  std::ifstream pid_file(dir + "/blade1.pid");
+  pid_t pid = 0;
+  pid_file >> pid;
+  ASSERT_GT(pid, 0);
+  kill(pid, SIGKILL);
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  out = run(ctl + " chassis restart --blade 1 --dir " + dir, &status);
+  EXPECT_EQ(status, 0) << out;
+  bool linked = false;
+  for (int i = 0; i < 100 && !linked; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    out = run(ctl + " status --socket " + dir + "/blade1.sock", &status);
+    linked = status == 0 && out.find("net_memif2") != std::string::npos && out.find(" down ") == std::string::npos;
+  }
+  EXPECT_TRUE(linked) << out << run("tail -20 " + dir + "/blade1.log", &status);
+  out = run(ctl + " chassis down --dir " + dir, &status);
+  EXPECT_EQ(status, 0) << out;
 }
 
 }  // namespace
