@@ -26,6 +26,7 @@
 #include "common/log.h"
 #include "ipc/liveness.h"
 #include "runtime/futex.h"
+#include "runtime/proc_stat.h"
 
 namespace baton::failover {
 
@@ -35,14 +36,6 @@ constexpr uint32_t kOwnerDied = FUTEX_OWNER_DIED;
 constexpr uint32_t kWaiters = FUTEX_WAITERS;
 constexpr uint32_t kTidMask = FUTEX_TID_MASK;
 constexpr uint64_t kConfirmNs = 20'000'000;  // an ended holder, the process not seen going down: an exec
-
-/// A shared (not private) futex wait: the word is in a memfd page the
-/// application maps too, and the kernel's robust-list walk wakes it by the
-/// page's key.
-void shared_wait(uint32_t* word, uint32_t expected, uint64_t timeout_ns) {
-  timespec ts{static_cast<time_t>(timeout_ns / 1'000'000'000), static_cast<long>(timeout_ns % 1'000'000'000)};
-  syscall(SYS_futex, word, FUTEX_WAIT, expected, &ts, nullptr, 0);
-}
 
 uint32_t load(const uint32_t* word) { return __atomic_load_n(word, __ATOMIC_ACQUIRE); }
 
@@ -107,26 +100,13 @@ namespace {
 // One task of a process (a thread): whether it is going down. 1: yes
 // (gone, a zombie, exiting, or with SIGKILL pending); 0: no; -1: unreadable.
 int task_going_down(const std::string& dir) {
-  FILE* f = std::fopen((dir + "/stat").c_str(), "re");
-  if (f == nullptr) return errno == ENOENT || errno == ESRCH ? 1 : -1;
-  char buf[1024];
-  const size_t n = std::fread(buf, 1, sizeof buf - 1, f);
-  std::fclose(f);
-  buf[n] = '\0';
-  // "pid (comm) state ppid pgrp session tty_nr tpgid flags ...": comm may
-  // hold anything, so fields are counted from its closing parenthesis.
-  const char* rp = std::strrchr(buf, ')');
-  char state = 0;
-  unsigned long flags = 0;
-  int ppid, pgrp, session, tty, tpgid;
-  if (rp == nullptr ||
-      std::sscanf(rp + 1, " %c %d %d %d %d %d %lu", &state, &ppid, &pgrp, &session, &tty, &tpgid, &flags) != 7)
-    return -1;
+  const auto st = read_proc_stat(dir);
+  if (!st) return errno == ENOENT || errno == ESRCH ? 1 : -1;
   constexpr unsigned long kPfExiting = 0x4;
-  if (state == 'Z' || state == 'X' || state == 'x' || (flags & kPfExiting) != 0) return 1;
+  if (st->state == 'Z' || st->state == 'X' || st->state == 'x' || (st->flags & kPfExiting) != 0) return 1;
   // A group exit (SIGKILL, a crash, exit()) queues SIGKILL to every thread
   // before any of them runs its exit.
-  f = std::fopen((dir + "/status").c_str(), "re");
+  FILE* f = std::fopen((dir + "/status").c_str(), "re");
   if (f == nullptr) return errno == ENOENT || errno == ESRCH ? 1 : -1;
   int down = 0;
   char line[256];
@@ -194,7 +174,7 @@ void LivenessWatch::run(pid_t pid) noexcept {
     if ((v & kTidMask) == 0) {
       // Not taken yet (the application has not connected), or let go: the
       // client library wakes this wait once it holds the lock.
-      shared_wait(word, v, 100'000'000);
+      futex_wait_shared(word, v, 100'000'000);
     } else if ((v & kWaiters) == 0) {
       // The kernel wakes a waiter of a dead holder's lock only if the word
       // says there is one.
@@ -204,7 +184,7 @@ void LivenessWatch::run(pid_t pid) noexcept {
         usleep(1000);
       continue;
     } else {
-      shared_wait(word, v, 100'000'000);
+      futex_wait_shared(word, v, 100'000'000);
     }
     // A word that keeps changing (an application writing it) is looked at
     // at most a thousand times a second.

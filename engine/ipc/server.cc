@@ -33,6 +33,7 @@
 #include "ipc/server_impl.h"
 #include "protocol/wire.h"
 #include "runtime/futex.h"
+#include "runtime/proc_stat.h"
 
 namespace baton::ipc {
 
@@ -49,19 +50,9 @@ bool hung_up(int fd) {
 bool descends_from(pid_t pid, pid_t ancestor) {
   for (int depth = 0; depth < 8 && pid > 1; ++depth) {
     if (pid == ancestor) return true;
-    char path[32];
-    std::snprintf(path, sizeof path, "/proc/%d/stat", static_cast<int>(pid));
-    FILE* f = std::fopen(path, "re");
-    if (f == nullptr) return false;
-    char stat[512];
-    const size_t n = std::fread(stat, 1, sizeof stat - 1, f);
-    std::fclose(f);
-    stat[n] = '\0';
-    // "pid (comm) state ppid ...": comm may hold spaces and parentheses.
-    const char* close = std::strrchr(stat, ')');
-    int parent = 0;
-    if (close == nullptr || std::sscanf(close + 1, " %*c %d", &parent) != 1) return false;
-    pid = parent;
+    const auto st = read_proc_stat("/proc/" + std::to_string(pid));
+    if (!st) return false;
+    pid = st->ppid;
   }
   return false;
 }
