@@ -4,6 +4,7 @@
 // application, and holds no more descriptors than before.
 
 #include <fcntl.h>
+#include <grp.h>
 #include <gtest/gtest.h>
 #include <linux/kcmp.h>
 #include <poll.h>
@@ -675,6 +676,63 @@ TEST(Hostile, ATakeOverHandsOutNothingAndRefusesBadNames) {
   EXPECT_EQ(baton_open(b, "kept", 4096, &s, &restored, &got), 0) << baton_last_error();
   EXPECT_EQ(got, gen);
   baton_stop(b);
+}
+
+// A take-over keeps the segment on this node for no user, past every
+// per-user bound: only an administrator may ask for one. The tests run as
+// root, so the asking client drops to nobody first.
+TEST(Hostile, OnlyAnAdministratorTakesASegmentOver) {
+  TempDir dir;
+  Batond d(1, dir.path, "user = \"nobody\"\n");  // an application may run as nobody
+  baton_t* a = nullptr;
+  ASSERT_EQ(baton_connect(d.socket().c_str(), &a), 0);
+  baton_segment_t* s = nullptr;
+  ASSERT_EQ(baton_open(a, "kept", 4096, &s, nullptr, nullptr), 0) << baton_last_error();
+  uint64_t gen = 0;
+  ASSERT_EQ(baton_commit(s, &gen), 0) << baton_last_error();
+  baton_stop(a);
+  // Let nobody connect at all: through the directory, onto the socket.
+  ASSERT_EQ(chmod(dir.path.c_str(), 0711), 0);
+  ASSERT_EQ(chmod(d.socket().c_str(), 0666), 0);
+  int pipe_fds[2];
+  ASSERT_EQ(pipe(pipe_fds), 0);
+  const pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    close(pipe_fds[0]);
+    if (setgroups(0, nullptr) != 0 || setgid(65534) != 0 || setuid(65534) != 0) _exit(2);
+    Raw agent(d.socket());
+    if (agent.fd < 0) _exit(3);
+    std::vector<int> fds;
+    const Reply rep = agent.call(request(Op::kTakeOver, "kept"), &fds);
+    // As an application, it is served.
+    std::vector<int> own_fds;
+    const Reply own = agent.call(request(Op::kOpen, "its-own", 4096), &own_fds);
+    const int32_t out[3] = {rep.status, static_cast<int32_t>(fds.size()), own.status};
+    _exit(write(pipe_fds[1], out, sizeof out) == sizeof out ? 0 : 4);
+  }
+  close(pipe_fds[1]);
+  int32_t got[3] = {1, -1, 1};
+  const ssize_t n = read(pipe_fds[0], got, sizeof got);
+  close(pipe_fds[0]);
+  int status = 0;
+  ASSERT_EQ(waitpid(child, &status, 0), child);
+  ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "the unprivileged client could not ask: " << status;
+  ASSERT_EQ(n, static_cast<ssize_t>(sizeof got));
+  EXPECT_EQ(got[0], BATON_EINVAL) << "a take-over by nobody";
+  EXPECT_EQ(got[1], 0) << "descriptors handed to nobody's take-over";
+  EXPECT_EQ(got[2], 0) << "nobody's own open";
+  // Root may: the segment is still there and free.
+  Raw root(d.socket());
+  Reply rep{};
+  for (int i = 0; i < 200; ++i) {  // the application's session winds down first
+    rep = root.call(request(Op::kTakeOver, "kept"));
+    if (rep.status != BATON_EEXIST) break;
+    usleep(10000);
+  }
+  EXPECT_EQ(rep.status, 0) << rep.message;
+  EXPECT_EQ(rep.generation, gen);
+  EXPECT_TRUE(alive(d));
 }
 
 TEST(Hostile, SizesAreCheckedTheSameWayWhateverTheBladeHolds) {
