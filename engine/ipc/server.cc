@@ -398,8 +398,12 @@ void Server::run_session(Session& s) {
     // taken in: an open registers the segment even if nobody reads the reply).
     if ((p.revents & POLLIN) == 0 && (p.revents & (POLLHUP | POLLERR | POLLRDHUP)) != 0) break;
     const ssize_t n = recv(s.fd, buf, sizeof buf, MSG_DONTWAIT);
-    if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) break;
-    if (n > 0) on_request(s, buf, static_cast<size_t>(n));
+    if (n < 0 && errno != EAGAIN && errno != EINTR) break;
+    // 0 is the end of the stream, or an empty datagram (SOCK_SEQPACKET
+    // reads both alike): only a client that has not hung up sent one, and
+    // it is answered as the malformed request it is.
+    if (n == 0 && hung_up(s.fd)) break;
+    if (n >= 0) on_request(s, buf, static_cast<size_t>(n));
   }
   release(s);
   close(s.fd);

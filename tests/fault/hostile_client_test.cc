@@ -735,6 +735,31 @@ TEST(Hostile, OnlyAnAdministratorTakesASegmentOver) {
   EXPECT_TRUE(alive(d));
 }
 
+// SOCK_SEQPACKET reads an empty message as it reads the end of the
+// stream; batond tells them apart by whether the client hung up.
+TEST(Hostile, AnEmptyMessageIsAnsweredNotTakenForAHangUp) {
+  TempDir dir;
+  Batond d(1, dir.path);
+  Raw client(d.socket());
+  ASSERT_GE(client.fd, 0);
+  std::vector<int> fds;
+  ASSERT_EQ(client.call(request(Op::kOpen, "mine", 4096), &fds).status, 0);
+  for (int f : fds) close(f);
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_EQ(send(client.fd, "", 0, MSG_NOSIGNAL), 0);
+    const Reply rep = client.receive(nullptr, 5000);
+    EXPECT_EQ(rep.status, BATON_EINVAL) << rep.message;
+    EXPECT_NE(std::string(rep.message).find("size 0"), std::string::npos) << rep.message;
+  }
+  // Still its session: the segment is still held by it.
+  fds.clear();
+  const Reply again = client.call(request(Op::kOpen, "mine", 4096), &fds);
+  for (int f : fds) close(f);
+  EXPECT_EQ(again.status, BATON_EEXIST) << again.message;
+  EXPECT_NE(std::string(again.message).find("already open in this application"), std::string::npos) << again.message;
+  EXPECT_TRUE(alive(d));
+}
+
 TEST(Hostile, SizesAreCheckedTheSameWayWhateverTheBladeHolds) {
   TempDir dir;
   Batond d(1, dir.path);
