@@ -19,10 +19,15 @@ namespace {
 
 /// Whether the calling thread is the EAL interrupt thread, which runs the
 /// memif PMD's control channel (its name in DPDK 22.11; "dpdk-intr" later).
+/// Looked up once per thread: that thread is named when it is created, long
+/// before a handler of it sends anything.
 bool on_eal_interrupt_thread() noexcept {
-  char name[16] = {};
-  if (prctl(PR_GET_NAME, name) != 0) return false;
-  return std::strcmp(name, "eal-intr-thread") == 0 || std::strcmp(name, "dpdk-intr") == 0;
+  thread_local const bool intr = [] {
+    char name[16] = {};
+    if (prctl(PR_GET_NAME, name) != 0) return false;
+    return std::strcmp(name, "eal-intr-thread") == 0 || std::strcmp(name, "dpdk-intr") == 0;
+  }();
+  return intr;
 }
 
 bool is_seqpacket(int fd) noexcept {
@@ -64,14 +69,16 @@ extern "C" int munmap(void* addr, size_t len) noexcept {
 // So a send on the interrupt thread to a SOCK_SEQPACKET peer that has gone
 // (EPIPE, ECONNRESET) reports success: the message was for a peer that no
 // longer reads. The socket stays registered, turns readable at its end of
-// file, and the PMD's own receive path unregisters and closes it. Every other
-// call, and every other error, is libc's.
+// file, and the PMD's own receive path unregisters and closes it. Sends on
+// that thread also never raise SIGPIPE (the PMD passes no MSG_NOSIGNAL, and
+// an application that embeds the engine may not ignore SIGPIPE as batond
+// does). Every other call, and every other error, is libc's.
 extern "C" ssize_t sendmsg(int fd, const struct msghdr* msg, int flags) {
-  const long r = syscall(SYS_sendmsg, fd, msg, flags);
+  const bool intr = baton::ethdev::on_eal_interrupt_thread();
+  const long r = syscall(SYS_sendmsg, fd, msg, intr ? flags | MSG_NOSIGNAL : flags);
   if (r >= 0) return r;
   const int err = errno;
-  if ((err == EPIPE || err == ECONNRESET) && baton::ethdev::on_eal_interrupt_thread() &&
-      baton::ethdev::is_seqpacket(fd)) {
+  if (intr && (err == EPIPE || err == ECONNRESET) && baton::ethdev::is_seqpacket(fd)) {
     size_t len = 0;
     for (size_t i = 0; i < msg->msg_iovlen; ++i) len += msg->msg_iov[i].iov_len;
     return static_cast<ssize_t>(len);

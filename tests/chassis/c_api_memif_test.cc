@@ -1,7 +1,12 @@
 // The C API end to end between two processes over memif: register, commit,
-// wait for the replica, drop the local copy, load it back byte-exact.
+// wait for the replica, drop the local copy, load it back byte-exact. First,
+// local processes connect to the embedded memif server and hang up at once:
+// the application (whose SIGPIPE is at its default) lives on.
 
 #include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <cstring>
@@ -23,6 +28,20 @@ TEST(CApiMemif, RoundTripThroughAPeerProcess) {
   c.node_id = 1;
   baton_t* b = nullptr;
   ASSERT_EQ(baton_start(&c, links, 1, &b), 0) << baton_last_error();
+  ASSERT_EQ(signal(SIGPIPE, SIG_DFL), SIG_DFL) << "the test must run with SIGPIPE at its default";
+  sockaddr_un sun{};  // DPDK's default: an abstract socket
+  sun.sun_family = AF_UNIX;
+  std::memcpy(sun.sun_path + 1, sock.c_str(), sock.size());
+  const socklen_t len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + 1 + sock.size());
+  int connected = 0;
+  for (int i = 0; i < 300; ++i) {
+    const int fd = socket(AF_UNIX, SOCK_SEQPACKET, 0);
+    ASSERT_GE(fd, 0);
+    connected += connect(fd, reinterpret_cast<sockaddr*>(&sun), len) == 0;
+    close(fd);
+  }
+  EXPECT_GT(connected, 0);
+  usleep(300000);  // the EAL interrupt thread greets, and meets their ends of file
   baton::test::Process peer({baton::test::helper("BATON_PEER"), "--node", "2", "--peer", "1", "--device",
                              "net_memif0,role=client,socket=" + sock});
 
