@@ -37,6 +37,11 @@ namespace {
 constexpr uint16_t kBurst = 32;
 constexpr uint64_t kLinkPollNs = 1'000'000;
 constexpr uint64_t kReconnectNs = 100'000'000;  // a failed connect is cheap; the peer may be starting
+/// The longest a memif client lets a handshake it started run before it
+/// restarts the port (the wait doubles from kReconnectNs while handshakes
+/// do not finish: on a starved machine one can take longer than 100 ms, and
+/// a restart cuts it, again and again).
+constexpr uint64_t kMaxHandshakeNs = 1'600'000'000;
 constexpr size_t kAttachMinBytes = 8192;
 
 std::mutex eal_mu;
@@ -124,9 +129,14 @@ struct Port {
     self->started = false;
     rte_eth_dev_stop(self->id);
     if (rte_eth_dev_start(self->id) == 0) {
+      // Connected: a handshake is under way. Should the link still be down
+      // at the next look, the next one gets twice as long.
       rte_eth_promiscuous_enable(self->id);
       self->reconnects.fetch_add(1);
       self->started = true;
+      self->retry_ns = std::min(self->retry_ns.load() * 2, kMaxHandshakeNs);
+    } else {
+      self->retry_ns = kReconnectNs;  // nobody listens yet
     }
     self->restart_pending = false;
   }
@@ -135,6 +145,8 @@ struct Port {
   std::atomic<bool> started;  // bursts on a stopped port only log noise
   std::atomic<bool> restart_pending{false};
   std::atomic<uint64_t> reconnects{0};
+  /// How long a memif client's link may stay down before the port restarts.
+  std::atomic<uint64_t> retry_ns{kReconnectNs};
 };
 
 /// One queue pair of a port. Thread: its shard's poll-token holder (the
@@ -276,6 +288,7 @@ class EthdevLink final : public Link {
       BT_INFO("%s: link %s", name_.c_str(), up ? "up" : "down");
       up_ = up;
       down_since_ns_ = now;
+      if (up) port_->retry_ns = kReconnectNs;
     }
     // A memif client whose server went away never reconnects by itself: it
     // needs stop/start. That must not run here: memif's control channel is
@@ -286,7 +299,7 @@ class EthdevLink final : public Link {
     // its own clock, and a second restart a millisecond after the first
     // cuts the handshake it started (the server's PMD then sees a broken
     // pipe, and its interrupt thread may panic on the fd it closed).
-    if (!up_ && queue_ == 0 && port_->memif_client && now - down_since_ns_ >= kReconnectNs &&
+    if (!up_ && queue_ == 0 && port_->memif_client && now - down_since_ns_ >= port_->retry_ns.load() &&
         !port_->restart_pending.exchange(true)) {
       down_since_ns_ = now;
       if (rte_eal_alarm_set(1, &Port::restart_on_interrupt_thread, port_.get()) != 0) port_->restart_pending = false;

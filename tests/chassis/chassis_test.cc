@@ -7,6 +7,7 @@
 // chassis up/status/down.
 
 #include <gtest/gtest.h>
+#include <poll.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -14,6 +15,7 @@
 #include <unistd.h>
 
 #include <array>
+#include <atomic>
 #include <chrono>
 #include <cstring>
 #include <cstdio>
@@ -305,6 +307,61 @@ TEST(Chassis, AMemifServerOutlivesPeersThatHangUpAtOnce) {
   EXPECT_TRUE(linked) << out << run("tail -20 " + dir + "/blade1.log", &status);
   out = run(ctl + " chassis down --dir " + dir, &status);
   EXPECT_EQ(status, 0) << out;
+}
+
+// A memif client whose handshake does not finish restarts its port, which
+// cuts the handshake; on a starved machine one can take longer than the
+// first 100 ms, so each restart after a connect that got nowhere waits
+// twice as long (up to 1.6 s). A server that accepts and never greets
+// stands for one too slow to finish.
+TEST(Chassis, AMemifClientGivesASlowHandshakeLongerEachTime) {
+  const std::string dir = "/tmp/baton-handshake-test-" + std::to_string(getpid());
+  std::filesystem::create_directories(dir);
+  const std::string path = dir + "/silent.sock";
+  const int listener = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+  ASSERT_GE(listener, 0);
+  sockaddr_un sun{};
+  sun.sun_family = AF_UNIX;
+  std::memcpy(sun.sun_path, path.c_str(), path.size());
+  ASSERT_EQ(bind(listener, reinterpret_cast<sockaddr*>(&sun), sizeof sun), 0);
+  ASSERT_EQ(listen(listener, 64), 0);
+  std::atomic<bool> stop{false};
+  std::atomic<int> accepted{0};
+  std::thread server([&] {
+    std::vector<int> held;  // accepted and never answered
+    while (!stop.load()) {
+      pollfd p{listener, POLLIN, 0};
+      if (poll(&p, 1, 50) != 1) continue;
+      const int fd = accept4(listener, nullptr, nullptr, SOCK_CLOEXEC);
+      if (fd >= 0) held.push_back(fd), ++accepted;
+    }
+    for (int fd : held) close(fd);
+  });
+  const std::string socket_path = dir + "/node1.sock", config = dir + "/node1.toml";
+  std::ofstream(config) << "[node]\nid = 1\nname = \"blade1\"\n[client]\nsocket = \"" << socket_path
+                        << "\"\n[log]\nlevel = \"warn\"\n[[link]]\npeer = 2\ndevice = \"net_memif2,role=client,socket="
+                        << path << ",socket-abstract=no\"\n";
+  const auto started = std::chrono::steady_clock::now();
+  std::string out;
+  int status = 0;
+  {
+    baton::test::Process batond({baton::test::helper("BATOND"), "--config", config});
+    std::this_thread::sleep_until(started + std::chrono::milliseconds(3500));
+    out = run(baton::test::helper("BATONCTL") + " status --json --socket " + socket_path, &status);
+  }
+  stop = true;
+  server.join();
+  close(listener);
+  std::filesystem::remove_all(dir);
+  ASSERT_EQ(status, 0) << out;
+  const auto j = nlohmann::json::parse(out.substr(out.find('{')), nullptr, false);
+  ASSERT_FALSE(j.is_discarded()) << out;
+  uint64_t reconnects = 0;
+  for (const auto& l : j.value("links", nlohmann::json::array())) reconnects += l.value("reconnects", 0ull);
+  // Restarts at about 0.1, 0.3, 0.7, 1.5 and 3.1 s; every 100 ms would be ~34.
+  EXPECT_GE(accepted.load(), 3) << "the client kept trying";
+  EXPECT_LE(accepted.load(), 9) << "the client restarted the port every 100 ms (reconnects " << reconnects << ")";
+  EXPECT_LE(reconnects, 8u) << out;
 }
 
 }  // namespace
