@@ -533,6 +533,10 @@ Result<std::vector<std::unique_ptr<Link>>> open_port_queues(const PortConfig& c)
     // memif's default 2 KiB buffers silently cut bigger frames: size them.
     if (name.rfind("net_memif", 0) == 0 && devargs.find("bsize=") == std::string::npos)
       devargs += ",bsize=" + std::to_string(c.max_frame + sizeof(rte_ether_hdr));
+    // memif's default socket is abstract: no file, no permissions, any
+    // local process may connect and pose as the peer. A file unless asked.
+    if (name.rfind("net_memif", 0) == 0 && !devarg(devargs, "socket-abstract"))
+      devargs += ",socket-abstract=no";
     uint16_t existing;
     if (rte_eth_dev_get_port_by_name(name.c_str(), &existing) != 0) {
       if (name.rfind("net_memif", 0) == 0) {

@@ -29,10 +29,10 @@ TEST(CApiMemif, RoundTripThroughAPeerProcess) {
   baton_t* b = nullptr;
   ASSERT_EQ(baton_start(&c, links, 1, &b), 0) << baton_last_error();
   ASSERT_EQ(signal(SIGPIPE, SIG_DFL), SIG_DFL) << "the test must run with SIGPIPE at its default";
-  sockaddr_un sun{};  // DPDK's default: an abstract socket
+  sockaddr_un sun{};  // a file (the engine asks memif for one unless told socket-abstract=yes)
   sun.sun_family = AF_UNIX;
-  std::memcpy(sun.sun_path + 1, sock.c_str(), sock.size());
-  const socklen_t len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + 1 + sock.size());
+  std::memcpy(sun.sun_path, sock.c_str(), sock.size());
+  const socklen_t len = sizeof sun;
   int connected = 0;
   for (int i = 0; i < 300; ++i) {
     const int fd = socket(AF_UNIX, SOCK_SEQPACKET, 0);

@@ -143,8 +143,7 @@ std::string config_for(const ChassisConfig& c, int id) {
       o << "[[link]]\npeer = " << peer << "\ndriver = \"shm\"\ndevice = \"" << pair_region(c.dir, id, peer) << "\"\n";
     } else {
       o << "[[link]]\npeer = " << peer << "\ndevice = \"net_memif" << peer << ",role="
-        << (id < peer ? "server" : "client") << ",socket=" << pair_socket(c.dir, id, peer)
-        << ",socket-abstract=no\"\n";  // a file: only those who may write it connect
+        << (id < peer ? "server" : "client") << ",socket=" << pair_socket(c.dir, id, peer) << "\"\n";
     }
   }
   return o.str();
