@@ -359,7 +359,7 @@ TEST(Chassis, AMemifClientGivesASlowHandshakeLongerEachTime) {
   uint64_t reconnects = 0;
   for (const auto& l : j.value("links", nlohmann::json::array())) reconnects += l.value("reconnects", 0ull);
   // Restarts at about 0.1, 0.3, 0.7, 1.5 and 3.1 s; every 100 ms would be ~34.
-  EXPECT_GE(accepted.load(), 3) << "the client kept trying";
+  EXPECT_GE(accepted.load(), 2) << "the client kept trying";
   EXPECT_LE(accepted.load(), 9) << "the client restarted the port every 100 ms (reconnects " << reconnects << ")";
   EXPECT_LE(reconnects, 8u) << out;
 }
