@@ -191,13 +191,26 @@ pid_t spawn_child(const std::vector<std::string>& argv, const std::vector<std::s
   posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF |
                                       (own_session ? POSIX_SPAWN_SETSID : 0));
   // The descriptors to pass become 3 and 4 in the child (dup2 clears their
-  // close-on-exec there); every other descriptor of batond's is O_CLOEXEC.
+  // close-on-exec there), and every other one above 2 is closed: DPDK opens
+  // its sockets, memfds and eventfds without O_CLOEXEC, and an application
+  // that inherited them could read the memif regions and DPDK's memory, or
+  // hold a memif listening socket so that a restarted batond cannot bind it.
+  // (Copied above 4 first, so that neither dup2 overwrites the other's source.)
+  const int pass = pass_fd >= 0 ? ::fcntl(pass_fd, F_DUPFD_CLOEXEC, 5) : -1;
+  const int live = live_fd >= 0 ? ::fcntl(live_fd, F_DUPFD_CLOEXEC, 5) : -1;
   posix_spawn_file_actions_t fa;
   posix_spawn_file_actions_init(&fa);
-  if (pass_fd >= 0) posix_spawn_file_actions_adddup2(&fa, pass_fd, 3);
-  if (live_fd >= 0) posix_spawn_file_actions_adddup2(&fa, live_fd, 4);
+  if (pass >= 0) posix_spawn_file_actions_adddup2(&fa, pass, 3);
+  else posix_spawn_file_actions_addclose(&fa, 3);
+  if (live >= 0) posix_spawn_file_actions_adddup2(&fa, live, 4);
+  else posix_spawn_file_actions_addclose(&fa, 4);
+  posix_spawn_file_actions_addclosefrom_np(&fa, 5);
   pid_t pid = -1;
-  const int rc = posix_spawn(&pid, args[0], &fa, &attr, args.data(), envp.data());
+  const int rc = (pass_fd >= 0 && pass < 0) || (live_fd >= 0 && live < 0)
+                     ? errno
+                     : posix_spawn(&pid, args[0], &fa, &attr, args.data(), envp.data());
+  if (pass >= 0) ::close(pass);
+  if (live >= 0) ::close(live);
   posix_spawn_file_actions_destroy(&fa);
   posix_spawnattr_destroy(&attr);
   if (rc != 0) {

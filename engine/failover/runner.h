@@ -171,8 +171,9 @@ std::string exit_text(int status);
 /// SIGTERM, SIGINT, SIGPIPE, SIGHUP at their defaults (batond blocks the
 /// first two in every thread and ignores SIGPIPE); with `own_session`, in a
 /// session and process group of its own; `pass_fd` (>= 0) becomes the
-/// child's descriptor 3, `live_fd` its descriptor 4. posix_spawn: batond
-/// has many threads. Returns the pid, or -1 (logged).
+/// child's descriptor 3, `live_fd` its descriptor 4, and no other
+/// descriptor above 2 is inherited. posix_spawn: batond has many threads.
+/// Returns the pid, or -1 (logged).
 pid_t spawn_child(const std::vector<std::string>& argv, const std::vector<std::string>& baton_env, bool own_session,
                   int pass_fd = -1, int live_fd = -1);
 
