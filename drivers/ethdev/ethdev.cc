@@ -120,8 +120,28 @@ struct Port {
   ~Port() {
     // Cancel waits for a running callback, so none can touch a closed port.
     rte_eal_alarm_cancel(&Port::restart_on_interrupt_thread, this);
-    rte_eth_dev_stop(id);
-    rte_eth_dev_close(id);
+    if (memif) close_on_interrupt_thread();
+    else close_here(this);
+  }
+  static void close_here(void* arg) {
+    auto* self = static_cast<Port*>(arg);
+    rte_eth_dev_stop(self->id);
+    rte_eth_dev_close(self->id);
+    self->closed.store(1);
+    futex_wake_all(self->closed);
+  }
+  /// A memif port is stopped and closed where its control channel runs:
+  /// closed from another thread while the interrupt thread handled one of
+  /// its messages (a handshake in flight), the PMD freed what that handler
+  /// used, and batond died of SIGSEGV (seen on a start that failed on a
+  /// later link, 7 times in 40, and at exit). As an alarm it runs between
+  /// two of memif's handlers. Waits for it; if the alarm did not run within
+  /// 5 s (the interrupt thread stuck, or gone), closes here.
+  void close_on_interrupt_thread() {
+    if (rte_eal_alarm_set(1, &Port::close_here, this) != 0) return close_here(this);
+    const uint64_t until = now_ns() + 5'000'000'000ull;
+    while (closed.load() == 0 && now_ns() < until) futex_wait(closed, 0, 10'000'000);
+    if (closed.load() == 0 && rte_eal_alarm_cancel(&Port::close_here, this) > 0) close_here(this);
   }
   /// Thread: EAL interrupt thread (alarm callback).
   static void restart_on_interrupt_thread(void* arg) {
@@ -147,6 +167,7 @@ struct Port {
   std::atomic<uint64_t> reconnects{0};
   /// How long a memif client's link may stay down before the port restarts.
   std::atomic<uint64_t> retry_ns{kReconnectNs};
+  std::atomic<uint32_t> closed{0};  ///< set once stopped and closed (a futex word)
 };
 
 /// One queue pair of a port. Thread: its shard's poll-token holder (the

@@ -364,4 +364,42 @@ TEST(Chassis, AMemifClientGivesASlowHandshakeLongerEachTime) {
   EXPECT_LE(reconnects, 8u) << out;
 }
 
+// A blade whose start fails on a later link (here: something else listens
+// on its memif server's socket) exits with that error, not a crash. Its
+// memif client ports, handshaking with live peers, were closed from the
+// main thread while the EAL interrupt thread handled their messages: 7
+// SIGSEGVs in 40 starts. They are closed on the interrupt thread now.
+TEST(Chassis, AStartThatFailsOnALaterLinkExitsCleanly) {
+  const std::string dir = "/tmp/baton-failstart-test-" + std::to_string(getpid());
+  const std::string ctl = baton::test::helper("BATONCTL");
+  int status = 0;
+  std::string out = run(ctl + " chassis up --blades 4 --replicas 1 --dir " + dir, &status);
+  ASSERT_EQ(status, 0) << out;
+  std::ifstream pid_file(dir + "/blade3.pid");
+  pid_t pid = 0;
+  pid_file >> pid;
+  ASSERT_GT(pid, 0);
+  kill(pid, SIGKILL);
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  // Blade 3 is the memif server of its link to blade 4: hold that socket.
+  const std::string path = dir + "/link-3-4.sock";
+  unlink(path.c_str());
+  const int listener = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+  ASSERT_GE(listener, 0);
+  sockaddr_un sun{};
+  sun.sun_family = AF_UNIX;
+  std::memcpy(sun.sun_path, path.c_str(), path.size());
+  ASSERT_EQ(bind(listener, reinterpret_cast<sockaddr*>(&sun), sizeof sun), 0);
+  ASSERT_EQ(listen(listener, 64), 0);
+  for (int i = 0; i < 12; ++i) {
+    out = run(ctl + " chassis restart --blade 3 --dir " + dir, &status);
+    EXPECT_NE(status, 0) << out;
+    EXPECT_NE(out.find("exited with status 1"), std::string::npos) << "restart " << i << ": " << out;
+  }
+  close(listener);
+  unlink(path.c_str());
+  out = run(ctl + " chassis down --dir " + dir, &status);
+  EXPECT_EQ(status, 0) << out;
+}
+
 }  // namespace
