@@ -69,6 +69,31 @@ void expect_failed_over(const std::string& out, int status, int batches) {
   EXPECT_NE(out.find("demo: ok"), std::string::npos) << out;
 }
 
+// A path's unix socket address.
+sockaddr_un unix_address(const std::string& path) {
+  sockaddr_un sun{};
+  sun.sun_family = AF_UNIX;
+  std::memcpy(sun.sun_path, path.c_str(), std::min(path.size(), sizeof sun.sun_path - 1));
+  return sun;
+}
+
+// A SOCK_SEQPACKET socket listening at `path` (as a memif server's), or -1.
+int listen_at(const std::string& path) {
+  const int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+  const sockaddr_un sun = unix_address(path);
+  if (fd >= 0 && bind(fd, reinterpret_cast<const sockaddr*>(&sun), sizeof sun) == 0 && listen(fd, 64) == 0) return fd;
+  if (fd >= 0) close(fd);
+  return -1;
+}
+
+// The pid in a chassis blade's pid file (0 if none).
+pid_t blade_pid(const std::string& dir, int blade) {
+  std::ifstream in(dir + "/blade" + std::to_string(blade) + ".pid");
+  pid_t pid = 0;
+  in >> pid;
+  return pid;
+}
+
 TEST(Chassis, KilledBladeFailsOverByteExact) {
   int status = 0;
   const std::string out = run(baton::test::helper("BATONCTL") + " demo --blades 4 --batches 25", &status);
@@ -274,14 +299,12 @@ TEST(Chassis, AMemifServerOutlivesPeersThatHangUpAtOnce) {
   EXPECT_TRUE(S_ISSOCK(st.st_mode));
   EXPECT_EQ(st.st_mode & S_IWOTH, 0u) << "anyone may connect to " << link;
 
-  sockaddr_un sun{};
-  sun.sun_family = AF_UNIX;
-  std::memcpy(sun.sun_path, link.c_str(), link.size());
+  const sockaddr_un sun = unix_address(link);
   int connected = 0;
   for (int i = 0; i < 300; ++i) {
     const int fd = socket(AF_UNIX, SOCK_SEQPACKET, 0);
     ASSERT_GE(fd, 0);
-    connected += connect(fd, reinterpret_cast<sockaddr*>(&sun), sizeof sun) == 0;
+    connected += connect(fd, reinterpret_cast<const sockaddr*>(&sun), sizeof sun) == 0;
     close(fd);
   }
   EXPECT_GT(connected, 0);
@@ -290,9 +313,7 @@ TEST(Chassis, AMemifServerOutlivesPeersThatHangUpAtOnce) {
   EXPECT_EQ(out.find("\"alive\":false"), std::string::npos) << out << run("tail -20 " + dir + "/blade1.log", &status);
 
   // Killed, the server leaves its socket file; restarted, it binds again.
-  std::ifstream pid_file(dir + "/blade1.pid");
-  pid_t pid = 0;
-  pid_file >> pid;
+  const pid_t pid = blade_pid(dir, 1);
   ASSERT_GT(pid, 0);
   kill(pid, SIGKILL);
   std::this_thread::sleep_for(std::chrono::milliseconds(200));
@@ -318,13 +339,8 @@ TEST(Chassis, AMemifClientGivesASlowHandshakeLongerEachTime) {
   const std::string dir = "/tmp/baton-handshake-test-" + std::to_string(getpid());
   std::filesystem::create_directories(dir);
   const std::string path = dir + "/silent.sock";
-  const int listener = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
-  ASSERT_GE(listener, 0);
-  sockaddr_un sun{};
-  sun.sun_family = AF_UNIX;
-  std::memcpy(sun.sun_path, path.c_str(), path.size());
-  ASSERT_EQ(bind(listener, reinterpret_cast<sockaddr*>(&sun), sizeof sun), 0);
-  ASSERT_EQ(listen(listener, 64), 0);
+  const int listener = listen_at(path);
+  ASSERT_GE(listener, 0) << path;
   std::atomic<bool> stop{false};
   std::atomic<int> accepted{0};
   std::thread server([&] {
@@ -375,22 +391,15 @@ TEST(Chassis, AStartThatFailsOnALaterLinkExitsCleanly) {
   int status = 0;
   std::string out = run(ctl + " chassis up --blades 4 --replicas 1 --dir " + dir, &status);
   ASSERT_EQ(status, 0) << out;
-  std::ifstream pid_file(dir + "/blade3.pid");
-  pid_t pid = 0;
-  pid_file >> pid;
+  const pid_t pid = blade_pid(dir, 3);
   ASSERT_GT(pid, 0);
   kill(pid, SIGKILL);
   std::this_thread::sleep_for(std::chrono::milliseconds(200));
   // Blade 3 is the memif server of its link to blade 4: hold that socket.
   const std::string path = dir + "/link-3-4.sock";
   unlink(path.c_str());
-  const int listener = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
-  ASSERT_GE(listener, 0);
-  sockaddr_un sun{};
-  sun.sun_family = AF_UNIX;
-  std::memcpy(sun.sun_path, path.c_str(), path.size());
-  ASSERT_EQ(bind(listener, reinterpret_cast<sockaddr*>(&sun), sizeof sun), 0);
-  ASSERT_EQ(listen(listener, 64), 0);
+  const int listener = listen_at(path);
+  ASSERT_GE(listener, 0) << path;
   for (int i = 0; i < 12; ++i) {
     out = run(ctl + " chassis restart --blade 3 --dir " + dir, &status);
     EXPECT_NE(status, 0) << out;

@@ -635,6 +635,29 @@ TEST(Hostile, AnotherProtocolVersionIsRefusedByName) {
 // An agent's take-over (kTakeOver, batonctl load): bad names are refused,
 // no descriptor is handed out, and the segment it took stays free for the
 // application, whose open gets the same generation.
+/// An application opens `name` (4 KiB), commits it once (`*gen`) and leaves.
+void commit_once_and_leave(const Batond& d, const char* name, uint64_t* gen) {
+  baton_t* a = nullptr;
+  ASSERT_EQ(baton_connect(d.socket().c_str(), &a), 0);
+  baton_segment_t* s = nullptr;
+  ASSERT_EQ(baton_open(a, name, 4096, &s, nullptr, nullptr), 0) << baton_last_error();
+  ASSERT_EQ(baton_commit(s, gen), 0) << baton_last_error();
+  baton_stop(a);
+}
+
+/// A take-over of `name`, asked again every 10 ms (up to 2 s) while the
+/// application that held it is still winding down (EEXIST).
+Reply take_over_when_free(Raw& agent, const std::string& name, std::vector<int>* fds = nullptr) {
+  Reply rep{};
+  for (int i = 0; i < 200; ++i) {
+    if (fds != nullptr) fds->clear();
+    rep = agent.call(request(Op::kTakeOver, name), fds);
+    if (rep.status != BATON_EEXIST) break;
+    usleep(10000);
+  }
+  return rep;
+}
+
 TEST(Hostile, ATakeOverHandsOutNothingAndRefusesBadNames) {
   TempDir dir;
   Batond d(1, dir.path);
@@ -651,26 +674,16 @@ TEST(Hostile, ATakeOverHandsOutNothingAndRefusesBadNames) {
   EXPECT_TRUE(none.empty());
   // A segment this node holds, free: taken over, nothing handed out, and
   // still free for an application.
-  baton_t* a = nullptr;
-  ASSERT_EQ(baton_connect(d.socket().c_str(), &a), 0);
-  baton_segment_t* s = nullptr;
-  ASSERT_EQ(baton_open(a, "kept", 4096, &s, nullptr, nullptr), 0) << baton_last_error();
   uint64_t gen = 0;
-  ASSERT_EQ(baton_commit(s, &gen), 0) << baton_last_error();
-  baton_stop(a);
+  ASSERT_NO_FATAL_FAILURE(commit_once_and_leave(d, "kept", &gen));
   std::vector<int> fds;
-  Reply rep{};
-  for (int i = 0; i < 200; ++i) {  // the application's session winds down first
-    fds.clear();
-    rep = agent.call(request(Op::kTakeOver, "kept"), &fds);
-    if (rep.status != BATON_EEXIST) break;
-    usleep(10000);
-  }
+  const Reply rep = take_over_when_free(agent, "kept", &fds);
   EXPECT_EQ(rep.status, 0) << rep.message;
   EXPECT_EQ(rep.generation, gen);
   EXPECT_TRUE(fds.empty()) << "a take-over maps nothing into the agent";
   baton_t* b = nullptr;
   ASSERT_EQ(baton_connect(d.socket().c_str(), &b), 0);
+  baton_segment_t* s = nullptr;
   int restored = 0;
   uint64_t got = 0;
   EXPECT_EQ(baton_open(b, "kept", 4096, &s, &restored, &got), 0) << baton_last_error();
@@ -684,13 +697,8 @@ TEST(Hostile, ATakeOverHandsOutNothingAndRefusesBadNames) {
 TEST(Hostile, OnlyAnAdministratorTakesASegmentOver) {
   TempDir dir;
   Batond d(1, dir.path, "user = \"nobody\"\n");  // an application may run as nobody
-  baton_t* a = nullptr;
-  ASSERT_EQ(baton_connect(d.socket().c_str(), &a), 0);
-  baton_segment_t* s = nullptr;
-  ASSERT_EQ(baton_open(a, "kept", 4096, &s, nullptr, nullptr), 0) << baton_last_error();
   uint64_t gen = 0;
-  ASSERT_EQ(baton_commit(s, &gen), 0) << baton_last_error();
-  baton_stop(a);
+  ASSERT_NO_FATAL_FAILURE(commit_once_and_leave(d, "kept", &gen));
   // Let nobody connect at all: through the directory, onto the socket.
   ASSERT_EQ(chmod(dir.path.c_str(), 0711), 0);
   ASSERT_EQ(chmod(d.socket().c_str(), 0666), 0);
@@ -724,12 +732,7 @@ TEST(Hostile, OnlyAnAdministratorTakesASegmentOver) {
   EXPECT_EQ(got[2], 0) << "nobody's own open";
   // Root may: the segment is still there and free.
   Raw root(d.socket());
-  Reply rep{};
-  for (int i = 0; i < 200; ++i) {  // the application's session winds down first
-    rep = root.call(request(Op::kTakeOver, "kept"));
-    if (rep.status != BATON_EEXIST) break;
-    usleep(10000);
-  }
+  const Reply rep = take_over_when_free(root, "kept");
   EXPECT_EQ(rep.status, 0) << rep.message;
   EXPECT_EQ(rep.generation, gen);
   EXPECT_TRUE(alive(d));
