@@ -135,13 +135,15 @@ struct Port {
   /// its messages (a handshake in flight), the PMD freed what that handler
   /// used, and batond died of SIGSEGV (seen on a start that failed on a
   /// later link, 7 times in 40, and at exit). As an alarm it runs between
-  /// two of memif's handlers. Waits for it; if the alarm did not run within
-  /// 5 s (the interrupt thread stuck, or gone), closes here.
+  /// two of memif's handlers. Waits for it, 5 s at most; then the cancel
+  /// either waits for the callback to return (it wakes `closed` after
+  /// setting it, so the port must outlive that) or removes it, had the
+  /// interrupt thread not run it (stuck, or gone), and the port closes here.
   void close_on_interrupt_thread() {
     if (rte_eal_alarm_set(1, &Port::close_here, this) != 0) return close_here(this);
     const uint64_t until = now_ns() + 5'000'000'000ull;
     while (closed.load() == 0 && now_ns() < until) futex_wait(closed, 0, 10'000'000);
-    if (closed.load() == 0 && rte_eal_alarm_cancel(&Port::close_here, this) > 0) close_here(this);
+    if (rte_eal_alarm_cancel(&Port::close_here, this) > 0) close_here(this);
   }
   /// Thread: EAL interrupt thread (alarm callback).
   static void restart_on_interrupt_thread(void* arg) {
@@ -439,7 +441,7 @@ Result<std::vector<std::unique_ptr<Link>>> start_port(uint16_t port, const PortC
       return fail(Errc::kIo, name, ": tx queue ", std::to_string(q), ": ", rte_strerror(-rc));
   }
   const bool memif = std::strcmp(info.driver_name, "net_memif") == 0;
-  const bool client = memif && c.device.find("role=client") != std::string::npos;
+  const bool client = memif && devarg(c.device, "role") == "client";
   // A memif client cannot start before its server's socket exists; the link
   // keeps trying from service() (as it does after the server dies).
   const int rc = rte_eth_dev_start(port);
@@ -552,7 +554,7 @@ Result<std::vector<std::unique_ptr<Link>>> open_port_queues(const PortConfig& c)
   std::string devargs = c.device;
   if (is_vdev(c.device)) {
     // memif's default 2 KiB buffers silently cut bigger frames: size them.
-    if (name.rfind("net_memif", 0) == 0 && devargs.find("bsize=") == std::string::npos)
+    if (name.rfind("net_memif", 0) == 0 && !devarg(devargs, "bsize"))
       devargs += ",bsize=" + std::to_string(c.max_frame + sizeof(rte_ether_hdr));
     // memif's default socket is abstract: no file, no permissions, any
     // local process may connect and pose as the peer. A file unless asked.
