@@ -86,14 +86,17 @@ bool copies_frames(const char* driver) {
   return std::strcmp(driver, "net_memif") == 0 || std::strcmp(driver, "net_af_packet") == 0;
 }
 
+/// mbufs per queue pair for other PMDs: a NIC keeps its rx ring filled,
+/// and net_ring holds what was sent until the peer's queue reads it.
+constexpr uint32_t kQueuePairMbufs = 4095;
+
 /// How many mbufs a port's pool needs: `mbufs` per queue pair when given;
-/// else for a copying PMD, kCopyingPortMbufs for all of them; else each
-/// queue pair's rx and tx descriptors (a NIC keeps its rx ring filled) and
-/// bursts in flight.
+/// else for a copying PMD, kCopyingPortMbufs for all of them; else
+/// kQueuePairMbufs per queue pair.
 uint32_t pool_mbufs(const PortConfig& c, bool copying) {
   if (c.mbufs != 0) return c.mbufs * c.queues;
   if (copying) return kCopyingPortMbufs;
-  return (2u * c.descriptors + 4u * 32u) * c.queues + 511u;
+  return kQueuePairMbufs * c.queues;
 }
 
 // One pool per (socket, frame size, kind: copying PMD or not), shared by

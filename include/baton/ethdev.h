@@ -38,7 +38,7 @@ struct PortConfig {
   /// mbufs per queue pair in the pool that ports of this frame size share
   /// (sized when the first of them creates it). 0: as the PMD needs
   /// (memif and af_packet copy frames and hold none: 2047 for all such
-  /// ports; another PMD: its rx and tx descriptors and bursts in flight).
+  /// ports; another PMD: 4095 per queue pair).
   uint32_t mbufs = 0;
   /// Queue pairs: one link each, for one shard each (EngineConfig::workers).
   /// memif and net_ring pair queue q with the peer's queue q (both ends
