@@ -104,6 +104,37 @@ struct QueryOp : RoundOp<QueryAnswer> {
   uint64_t global_deleted = 0;
 };
 
+/// What a query says was deleted: every copy and record at or below the
+/// returned owner epoch belongs to a deleted history (0: none). That is the
+/// newest tombstone any answer carries, or global storage's delete marker,
+/// with one exception. A delete and a load (or a create) that queried at
+/// once pick the same epoch T, and each node keeps whichever of the two
+/// reached it first. Only one of them can get what it needs from the
+/// replica set (a claim is granted only by a copy, which a tombstone
+/// drops), so when the owner at T got far enough to record its replica set,
+/// the delete failed and said so: the tombstone at T then removes what is
+/// below T only, and the owner's copies and records at T live on. Without
+/// that exception the owner's durable generations would read as deleted
+/// wherever a later query met the tombstone.
+inline uint64_t deleted_at(const QueryOp& q) noexcept {
+  uint64_t tomb = 0;
+  for (const auto& a : q.answers)
+    if (a.record.deleted) tomb = std::max(tomb, a.record.epoch);
+  for (const auto& a : q.answers)
+    if (tomb != 0 && a.record.epoch == tomb && !a.record.deleted) {
+      --tomb;  // beaten by an owner of its epoch: what is below it is deleted
+      break;
+    }
+  return std::max(tomb, q.global_deleted);
+}
+
+/// A copy (replica or owner) above what was deleted.
+inline bool live_copy(const QueryAnswer& a, uint64_t deleted) noexcept { return a.found && a.epoch > deleted; }
+/// A set record above what was deleted.
+inline bool live_record(const QueryAnswer& a, uint64_t deleted) noexcept {
+  return a.record.epoch != 0 && !a.record.deleted && a.record.epoch > deleted;
+}
+
 /// A node's answer to a tombstone.
 struct TombstoneAnswer {
   uint16_t peer = 0;

@@ -51,9 +51,11 @@ void Engine::Impl::on_data(Link& link, wire::Frame& f) noexcept {
   if (it == stores.end()) {
     if (!verified(f)) return;
     // A record of a newer epoch (a tombstone, or a newer owner's set):
-    // the sender was superseded.
-    if (auto r = records.find(f.seg_id);
-        r != records.end() && (r->second.epoch > f.epoch || (r->second.deleted && r->second.epoch == f.epoch))) {
+    // the sender was superseded. A tombstone of the sender's own epoch is
+    // not: the sender claimed that epoch while a delete ran, and its claim
+    // was granted where the tombstone was refused, so the delete failed
+    // (deleted_at() in ops.h). Its data is taken here as anywhere.
+    if (auto r = records.find(f.seg_id); r != records.end() && r->second.epoch > f.epoch) {
       bump(counters.stale_epoch);
       send_error(link, f, wire::ErrorCode::kStaleEpoch, r->second.epoch);
       return;

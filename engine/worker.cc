@@ -146,7 +146,7 @@ bool Engine::Impl::install_allocated() noexcept {
     if (stores.count(d.origin.id) != 0) continue;
     // Deleted while its slots were being allocated: nobody sends it again.
     if (auto r = records.find(d.origin.id);
-        r != records.end() && r->second.deleted && r->second.epoch >= d.origin.epoch) {
+        r != records.end() && r->second.deleted && r->second.epoch > d.origin.epoch) {
       allocator->free(std::move(*d.store));
       continue;
     }

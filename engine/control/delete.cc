@@ -28,18 +28,16 @@ Result<void> Engine::Impl::remove_locked(std::string_view name) {
   if (auto ok = require_quorum("delete a segment"); !ok) return tl::unexpected(ok.error());
   auto q = query(name);
   if (!q) return tl::unexpected(q.error());
-  // What the delete must cover: copies and records above the newest
-  // tombstone, and files in global storage.
-  uint64_t deleted = (*q)->global_deleted, newest = (*q)->global_deleted;
-  for (const auto& a : (*q)->answers) {
-    if (a.record.deleted) deleted = std::max(deleted, a.record.epoch);
-    newest = std::max({newest, a.epoch, a.record.epoch});
-  }
+  // What the delete must cover: copies and records above what was
+  // deleted before, and files in global storage.
+  const uint64_t deleted = deleted_at(**q);
+  uint64_t newest = (*q)->global_deleted;
+  for (const auto& a : (*q)->answers) newest = std::max({newest, a.epoch, a.record.epoch});
   SetRecord record;  // the newest recorded set: a majority of it must store the tombstone
   bool exists = false;
   for (const auto& a : (*q)->answers) {
-    exists |= a.found && a.epoch > deleted;
-    if (a.record.epoch > deleted && !a.record.deleted) {
+    exists |= live_copy(a, deleted);
+    if (live_record(a, deleted)) {
       exists = true;
       if (a.record.newer_than(record)) record = a.record;
     }
@@ -108,7 +106,9 @@ Result<void> Engine::Impl::write_tombstone(std::string_view name, uint64_t epoch
 
 void Engine::Impl::repair_tombstone(const QueryOp& q) {
   // The newest tombstone, and who answered without it (an older record or
-  // a copy at or below its epoch): they missed the delete.
+  // a copy below its epoch): they missed the delete. A copy at its epoch is
+  // of an owner that claimed that epoch while the delete ran: it refuses
+  // the tombstone (deleted_at()).
   SetRecord tomb;
   for (const auto& a : q.answers)
     if (a.record.deleted && a.record.newer_than(tomb)) tomb = a.record;
@@ -116,7 +116,7 @@ void Engine::Impl::repair_tombstone(const QueryOp& q) {
   std::vector<uint16_t> missed;
   for (const auto& a : q.answers)
     if (a.answered && !(a.record.deleted && a.record.epoch == tomb.epoch) &&
-        ((a.found && a.epoch <= tomb.epoch) || (a.record.epoch != 0 && a.record.epoch < tomb.epoch)))
+        ((a.found && a.epoch < tomb.epoch) || (a.record.epoch != 0 && a.record.epoch < tomb.epoch)))
       missed.push_back(a.peer);
   if (missed.empty()) return;
   const uint64_t id = q.id;

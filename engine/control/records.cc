@@ -83,6 +83,10 @@ void Engine::Impl::propose_set(Segment& seg, uint64_t need) noexcept {
 
 bool Engine::Impl::store_record(uint64_t seg_id, const SetRecord& r) noexcept {
   auto& stored = records[seg_id];
+  if (stored.deleted && stored.epoch == r.epoch) {  // a delete that raced this owner's claim (on_set_record)
+    stored = r;
+    return true;
+  }
   if (stored.epoch == r.epoch && stored.owner != r.owner && stored.owner != 0) return false;
   if (r.newer_than(stored)) stored = r;
   return true;
@@ -197,13 +201,16 @@ void Engine::Impl::on_set_record(Link& link, const wire::Frame& f) noexcept {
   const SetRecord proposed{f.epoch, f.generation, f.sack, f.src};
   // A record from an older owner epoch, or from a second owner of the same
   // one (two nodes creating one new name at once), is refused like its
-  // data: the sender learns it was superseded.
-  if (f.epoch < it->second.epoch || (f.epoch == it->second.epoch && f.src != it->second.owner)) {
+  // data: the sender learns it was superseded. A tombstone of the same
+  // epoch gives way: its delete raced the sender's claim of that epoch and
+  // failed (deleted_at() in ops.h).
+  const bool beats_tombstone = it->second.deleted && f.epoch == it->second.epoch;
+  if (f.epoch < it->second.epoch || (f.epoch == it->second.epoch && f.src != it->second.owner && !beats_tombstone)) {
     bump(counters.stale_epoch);
     send_error(link, f, wire::ErrorCode::kStaleEpoch, it->second.epoch);
     return;
   }
-  if (proposed.newer_than(it->second)) it->second = proposed;
+  if (beats_tombstone || proposed.newer_than(it->second)) it->second = proposed;
   fence_if_superseded(f.seg_id, f.epoch);
   wire::Frame ack = f;
   ack.src = config.node_id;

@@ -31,23 +31,6 @@ uint64_t newest_epoch(const QueryOp& q) {
   return e;
 }
 
-// The epoch of the newest tombstone any answer carries, or of global
-// storage's delete marker (0: none). Copies and records at or below it
-// belong to a deleted history.
-uint64_t deleted_at(const QueryOp& q) {
-  uint64_t e = q.global_deleted;
-  for (const auto& a : q.answers)
-    if (a.record.deleted) e = std::max(e, a.record.epoch);
-  return e;
-}
-
-// A copy (replica or owner) above the newest tombstone.
-bool live_copy(const QueryAnswer& a, uint64_t deleted) { return a.found && a.epoch > deleted; }
-// A set record above the newest tombstone.
-bool live_record(const QueryAnswer& a, uint64_t deleted) {
-  return a.record.epoch != 0 && !a.record.deleted && a.record.epoch > deleted;
-}
-
 }  // namespace
 
 Result<std::unique_ptr<QueryOp>> Engine::Impl::query(std::string_view name) {

@@ -37,11 +37,12 @@ int main(int argc, char** argv) {
     else if (a == "--no-standbys") o.standbys = false;
     else if (a == "--no-cow") o.cow = false;
     else if (a == "--no-direct") o.direct = false;
+    else if (a == "--no-races") o.races = false;
     else if (a == "--print") o.print = true;
     else {
       std::fprintf(stderr, "usage: baton-sim [--seeds N] [--first S] [--seed S] [--nodes N] [--rf R] "
                            "[--actions A] [--shards K] [--segments S] [--no-faults-in-calls] [--no-standbys] "
-                           "[--no-cow] [--no-direct] [--print]\n");
+                           "[--no-cow] [--no-direct] [--no-races] [--print]\n");
       return 2;
     }
   }

@@ -41,6 +41,7 @@ void Stats::add(const Stats& o) {
   direct_reads += o.direct_reads;
   client_cow_opens += o.client_cow_opens;
   records_lost += o.records_lost;
+  races += o.races;
   deletes += o.deletes;
   failed_deletes += o.failed_deletes;
 }
@@ -51,7 +52,7 @@ std::string Stats::to_string() const {
                 "seeds=%lu steps=%lu commits=%lu durable_acks=%lu restores=%lu fresh_starts=%lu kills=%lu "
                 "restarts=%lu partitions=%lu stalls=%lu failed_opens=%lu lost_with_every_copy=%lu "
                 "acks_in_detection_window=%lu past_tolerance=%lu records_lost=%lu deletes=%lu failed_deletes=%lu "
-                "partial_snapshots=%lu delta_generations=%lu standby_promotions=%lu replica_promotions=%lu cow_snapshots=%lu client_cow_opens=%lu restamped=%lu direct_reads=%lu",
+                "partial_snapshots=%lu delta_generations=%lu standby_promotions=%lu replica_promotions=%lu cow_snapshots=%lu client_cow_opens=%lu restamped=%lu direct_reads=%lu races=%lu",
                 (unsigned long)seeds, (unsigned long)steps, (unsigned long)commits, (unsigned long)durable_acks,
                 (unsigned long)restores, (unsigned long)fresh_starts, (unsigned long)kills, (unsigned long)restarts,
                 (unsigned long)partitions, (unsigned long)stalls, (unsigned long)failed_opens,
@@ -60,7 +61,7 @@ std::string Stats::to_string() const {
                 (unsigned long)failed_deletes, (unsigned long)partial_snapshots,
                 (unsigned long)delta_generations, (unsigned long)standby_promotions, (unsigned long)replica_promotions,
                 (unsigned long)cow_snapshots, (unsigned long)client_cow_opens, (unsigned long)restamped,
-                (unsigned long)direct_reads);
+                (unsigned long)direct_reads, (unsigned long)races);
   return b;
 }
 
@@ -125,7 +126,7 @@ struct App {
 
 class World {
  public:
-  World(uint64_t seed, const Options& o) : o_(o), rng_(seed) {
+  World(uint64_t seed, const Options& o) : o_(o), rng_(seed), race_rng_(seed ^ 0x5bd1e9955bd1e995ull) {
     hooks_ = std::make_shared<SimulationHooks>();
     // Hot standbys (S16) on some seeds: segment i's standby is a node
     // picked from the seed (its own generator: the schedule stays the
@@ -242,6 +243,7 @@ class World {
   void step() {
     if (++stats_.steps > 20'000'000) throw Violation{"livelock: over 20M steps"};
     if (o_.faults_in_calls && !checking_ && !finishing_ && on_stack_ != 0 && rng_() % 2000 == 0) fault(true);
+    if (race_in_ != 0 && !checking_ && --race_in_ == 0) race();
     // Every engine's data path (n) and control thread (-n) as separate
     // components, in a random order; a control thread sometimes lags a step.
     order_.clear();
@@ -270,10 +272,10 @@ class World {
     if (o_.print) std::fprintf(stderr, "%s%s\n", t, s.c_str());
   }
 
-  int pick_alive(int except = 0) {
+  int pick_alive(int except = 0, int except_too = 0) {
     std::vector<int> c;
     for (int n = 1; n <= o_.nodes; ++n)
-      if (alive(n) && n != except) c.push_back(n);
+      if (alive(n) && n != except && n != except_too) c.push_back(n);
     return c.empty() ? 0 : c[rng_() % c.size()];
   }
 
@@ -285,14 +287,14 @@ class World {
     const std::string when = in_call ? " (during a call on node " + std::to_string(on_stack_) + ")" : "";
     switch (rng_() % 7) {
       case 0: {  // SIGKILL a node
-        const int n = pick_alive(in_call ? on_stack_ : 0);
+        const int n = pick_alive(in_call ? on_stack_ : 0, outer_stack_);
         if (n == 0 || live_count() <= 1) return;
         kill(n, when);
         return;
       }
       case 6: {  // SIGKILL a node and restart it at once (a supervisor's
                  // restart): back, empty, before its peers notice it died
-        const int n = pick_alive(in_call ? on_stack_ : 0);
+        const int n = pick_alive(in_call ? on_stack_ : 0, outer_stack_);
         if (n == 0 || live_count() <= 1) return;
         kill(n, when);
         restart(n, when);
@@ -315,7 +317,7 @@ class World {
       }
       case 3: {  // stall (SIGSTOP) or resume a node
         const int n = 1 + static_cast<int>(rng_() % o_.nodes);
-        if (n == on_stack_) return;
+        if (n == on_stack_ || n == outer_stack_) return;
         stalled_[n - 1] = !stalled_[n - 1];
         if (stalled_[n - 1]) ++stats_.stalls;
         note(std::string(stalled_[n - 1] ? "stall" : "resume") + " node " + std::to_string(n) + when);
@@ -384,7 +386,10 @@ class World {
     }
     if (a.node != 0) {
       if (r < 35) return commit(a);
-      if (r < 60) return wait_durable(a);
+      if (r < 60) {
+        (void)wait_durable(a);
+        return;
+      }
       if (r < 65) return scribble(a);
       if (r < 70) {
         note("app " + a.name + " on node " + std::to_string(a.node) + " crashes");
@@ -407,10 +412,41 @@ class World {
   /// Calls `fn` as node `n`'s API call (faults in the world spare that node).
   template <typename F>
   auto call_on(int n, F fn) {
+    const int caller = on_stack_;  // a race's second call runs inside the first's wait
     on_stack_ = n;
     auto r = fn(*engine(n));
-    on_stack_ = 0;
+    on_stack_ = caller;
     return r;
+  }
+
+  /// Maybe lets a race join the load (or delete) of `a` about to start:
+  /// some steps into its wait, the other call runs on another node.
+  /// Returns whether it did (the caller disarms it when its call returns).
+  bool arm_race(App& a, bool load) {
+    if (!o_.races || racing_ != nullptr || finishing_ || race_rng_() % 4 != 0) return false;
+    racing_ = &a;
+    racing_load_ = load;
+    race_in_ = 1 + race_rng_() % 60;  // through the query, the claim or tombstone, and the fetch
+    return true;
+  }
+  void disarm_race(bool armed) {
+    if (!armed) return;
+    racing_ = nullptr;
+    race_in_ = 0;
+  }
+
+  /// The second call of a race, on a node other than the waiting one.
+  void race() {
+    App& a = *racing_;
+    const int n = pick_alive(on_stack_);
+    if (n == 0) return;
+    ++stats_.races;
+    outer_stack_ = on_stack_;
+    note("race: while node " + std::to_string(on_stack_) + (racing_load_ ? " loads " : " deletes ") + a.name +
+         ", node " + std::to_string(n) + (racing_load_ ? " deletes it" : " loads it"));
+    if (racing_load_) delete_segment(a, n);
+    else start_app(a, true, n);
+    outer_stack_ = 0;
   }
 
   /// The application is gone from its node (crashed, exited, fenced, or
@@ -507,19 +543,24 @@ class World {
     note("app " + a.name + " on node " + std::to_string(a.node) + " writes half of its next generation");
   }
 
-  void wait_durable(App& a) {
-    if (a.last == 0) return;
+  /// Waits for the newest commit to be durable (`timeout` 0: a short
+  /// one drawn from the schedule) and checks the acknowledgement. False
+  /// when it did not come, unless the application learnt it lost the
+  /// segment (fenced).
+  bool wait_durable(App& a, std::chrono::milliseconds timeout = {}) {
+    if (a.last == 0) return true;
     const int n = a.node;
     const uint64_t g = a.last;
-    const auto timeout = std::chrono::milliseconds(2 + rng_() % 40);
+    if (timeout.count() == 0) timeout = std::chrono::milliseconds(2 + rng_() % 40);
     auto w = call_on(n, [&](Engine& en) { return en.wait_replicated(a.handle, g, kDurable, timeout); });
     if (!w) {
       note("app " + a.name + " on node " + std::to_string(n) + ": wait durable " + std::to_string(g) + ": " +
            w.error().to_string());
       if (w.error().code == Errc::kFenced) {
         stop(a);
+        return true;
       }
-      return;
+      return false;
     }
     ++stats_.durable_acks;
     auto st = engine(n)->status(a.handle);
@@ -551,7 +592,7 @@ class World {
     // acks from before). Not protected, nor checked.
     if (auto c = a.committed_at.find(g); c != a.committed_at.end() && c->second <= a.delete_tried_at) {
       note("  (generation " + std::to_string(g) + " was committed before a delete that may have removed it)");
-      return;
+      return true;
     }
     if (g > a.durable) {
       // A majority of the replication factor, or of the peers the owner's
@@ -598,6 +639,7 @@ class World {
       checking_ = false;
       a.record_holders_at = now_;
     }
+    return true;
   }
 
   /// Live nodes whose replica store holds `g` or newer at `epoch`.
@@ -782,10 +824,21 @@ class World {
     }
     const std::string who = own ? "app " + a.name + " on node " + std::to_string(n) + " exits and deletes it"
                                 : "operator on node " + std::to_string(n) + ": delete " + a.name;
+    const bool armed = arm_race(a, false);
     auto r = call_on(n, [&](Engine& e) { return e.remove(a.name); });
+    disarm_race(armed);
     if (r) {
       ++stats_.deletes;
       note(who + ": deleted");
+      // A load elsewhere that raced this delete and returned first took the
+      // name before the delete did: the delete fences it, and the
+      // application there stops. Its handle stays, as a crashed
+      // application's does, so a reopen there is checked like any restore.
+      if (a.node != 0) {
+        note("  (app " + a.name + ", loaded on node " + std::to_string(a.node) +
+             " while the delete ran, stops: the delete came after its load)");
+        stop(a);
+      }
       // Every generation committed so far belongs to a deleted history:
       // no restore may return one again.
       for (auto& [g, hashes] : a.committed) a.deleted_content.insert(hashes.begin(), hashes.end());
@@ -812,8 +865,8 @@ class World {
 
   /// The application starts on a node: reopen where that node still holds
   /// the segment (batond's path), else open; or an agent's load.
-  void start_app(App& a, bool agent) {
-    const int n = pick_alive();
+  void start_app(App& a, bool agent, int node = 0) {
+    const int n = node != 0 ? node : pick_alive();
     if (n == 0) return;
     ++a.attempts;
     auto& held = held_[n - 1];
@@ -822,15 +875,33 @@ class World {
     Segment* old = it != held.end() ? it->second : nullptr;
     heard_before_node_ = n;
     heard_before_ = heard_by(n);
+    const uint64_t started = now_;
+    const bool armed = agent && arm_race(a, true);
     auto r = call_on(n, [&](Engine& e) {
       if (agent) return e.load(a.name);
       if (old != nullptr) return e.reopen(old);
       return e.open(a.name, o_.segment_size);
     });
+    disarm_race(armed);
     if (old != nullptr && !engine(n)->status(old)) held.erase(a.name);  // dropped as superseded
     if (!r) {
       ++stats_.failed_opens;
       note("app " + a.name + " on node " + std::to_string(n) + ": " + how + " failed: " + r.error().to_string());
+      return;
+    }
+    if (a.deleted_at > started) {
+      // A delete that raced this load returned first, yet the load got the
+      // name: it took it before the delete did, so it restored the history
+      // the delete then removed (and the delete fenced it). Exactly one of
+      // that history's commits (I2); the application does not run on, and
+      // its handle stays for a reopen, which I5 checks.
+      const uint64_t h = content_hash(engine(n)->data(r->segment));
+      note("app " + a.name + " on node " + std::to_string(n) + ": " + how + " -> restored generation " +
+           std::to_string(r->generation) + ", taken before the delete that raced it");
+      if (r->outcome == OpenOutcome::kCreated || a.deleted_content.count(h) == 0)
+        throw Violation{"I2: a load of " + a.name + " that raced a delete gave generation " +
+                        std::to_string(r->generation) + ", which no commit before the delete wrote"};
+      held[a.name] = r->segment;
       return;
     }
     held[a.name] = r->segment;
@@ -922,6 +993,16 @@ class World {
       if (!alive(n)) restart(n, "");
     run_for(300'000'000);
     for (auto& a : apps_) {
+      if (a.node != 0) {
+        // I6: healed, a running application's commit becomes durable, or
+        // it learns that it lost the segment (a newer owner fenced it).
+        // Past what in-memory records tolerate, two histories may hold the
+        // name at one epoch: not required.
+        commit(a);
+        if (a.node != 0 && !a.forked && a.last != 0 && !wait_durable(a, 3s))
+          throw Violation{"I6: with every fault healed, generation " + std::to_string(a.last) + " of " + a.name +
+                          " on node " + std::to_string(a.node) + " does not become durable"};
+      }
       if (a.node != 0) {
         stop(a);
       }
@@ -1022,6 +1103,11 @@ class World {
   std::vector<int> order_;
   std::vector<App> apps_;
   int on_stack_ = 0;       ///< the node whose API call is running (0: none)
+  int outer_stack_ = 0;    ///< during a race's second call, the node whose first call waits
+  std::mt19937_64 race_rng_;  ///< races' own generator: seeds whose calls never race keep their schedules
+  App* racing_ = nullptr;     ///< the application whose load or delete a race may join
+  bool racing_load_ = false;  ///< that call is a load (else a delete)
+  uint64_t race_in_ = 0;      ///< steps until the race joins it (0: none armed)
   bool checking_ = false;  ///< the checker is looking: no faults meanwhile
   std::string holders_;     ///< who copies() found holding the generation, for the message
   bool finishing_ = false; ///< every fault healed for the final check: no new ones

@@ -13,7 +13,10 @@
 //   I4 epochs stay bounded, and at the end, with every fault healed, every
 //      segment whose state some node holds loads again;
 //   I5 once a delete returned, no restore gives a generation committed
-//      before it (applications delete on a clean exit, operators at any time).
+//      before it (applications delete on a clean exit, operators at any time,
+//      also while a load of the name runs elsewhere);
+//   I6 with every fault healed, a running application's commit becomes
+//      durable, or it learns that it lost the segment.
 // The same seed gives the same schedule, step for step.
 
 #include <cstdint>
@@ -36,6 +39,10 @@ struct Options {
   int segments = 2;
   int actions = 60;       ///< scheduler decisions per seed
   bool faults_in_calls = true;  ///< kills, stalls and partitions also strike while a call waits
+  /// While an agent's load of a name waits, an operator's delete of it on
+  /// another node runs now and then, or a load while a delete waits: the
+  /// two race (the second call runs inside the first's wait).
+  bool races = true;
   bool print = false;     ///< print the schedule as it runs
   bool standbys = true;   ///< give some segments a hot standby node (picked from the seed)
   bool cow = true;        ///< some segments take copy-on-write snapshots (picked from the seed)
@@ -58,6 +65,7 @@ struct Stats {
            cow_snapshots = 0,       ///< commits that took a copy-on-write snapshot (S14)
            restamped = 0,           ///< takeovers' generations a replica held already: relabelled, not resent
            direct_reads = 0,        ///< loads that read a peer's lent slot through shared memory
+           races = 0,               ///< a delete and a load of one name that ran at once
            client_cow_opens = 0;    ///< starts that ran as a daemon-mode client (its own mapping, frozen commits)
   void add(const Stats& o);
   std::string to_string() const;
