@@ -19,6 +19,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <ctime>
+#include <filesystem>
 #include <nlohmann/json.hpp>
 
 #include "baton/baton.h"
@@ -239,6 +240,15 @@ int main(int argc, char** argv) {
   dm->add_option("--workers", demo.workers, "per-core shards per blade (1..8; memif, shm or mixed)");
 
   CLI11_PARSE(app, argc, argv);
+  // A chassis directory given relative to where batonctl runs: the blades'
+  // configs name their sockets and files by absolute path.
+  if (!chassis.dir.empty()) {
+    std::error_code ec;
+    const auto abs = std::filesystem::absolute(chassis.dir, ec);
+    if (ec) return die("--dir " + chassis.dir + ": " + ec.message());
+    chassis.dir = abs.lexically_normal().string();
+    if (chassis.dir.size() > 1 && chassis.dir.back() == '/') chassis.dir.pop_back();
+  }
 
   if (*st) return status(socket, json_out, false);
   if (*segs) return status(socket, json_out, true);
