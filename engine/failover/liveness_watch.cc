@@ -60,6 +60,7 @@ Result<std::shared_ptr<LivenessWatch>> LivenessWatch::create() {
   pthread_mutexattr_destroy(&a);
   if (r != 0) return fail(Errc::kIo, "liveness page: pthread_mutex_init: ", std::strerror(r));
   w->page_->pid.store(0);
+  w->page_->daemon.store(getpid());
   w->page_->magic.store(ipc::kLivenessMagic);
   return w;
 }

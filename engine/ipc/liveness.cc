@@ -4,6 +4,7 @@
 #include "ipc/liveness.h"
 
 #include <linux/futex.h>
+#include <poll.h>
 #include <signal.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
@@ -32,6 +33,21 @@ void hold(LivenessPage* page) {
   }
   // The runner's watcher may be waiting for the lock to be taken.
   syscall(SYS_futex, liveness_word(*page), FUTEX_WAKE, INT_MAX, nullptr, nullptr, 0);
+  // Then follow the batond that started this process. Its pid is safe to
+  // open while it is this process's parent (a pid is not reused while its
+  // process lives); a parent that is already another one means it died.
+  const pid_t daemon = page->daemon.load();
+  const int pidfd = daemon > 0 && getppid() == daemon ? static_cast<int>(syscall(SYS_pidfd_open, daemon, 0)) : -1;
+  if (daemon > 0 && (pidfd >= 0 || getppid() != daemon)) {
+    pollfd p{pidfd, POLLIN, 0};
+    while (pidfd >= 0 && poll(&p, 1, -1) < 0 && errno == EINTR) {
+    }
+    static constexpr char kSaid[] =
+        "baton: the batond that started this application ended; the application ends with it "
+        "(nothing it commits could become durable, and the failover starts it elsewhere)\n";
+    (void)!write(STDERR_FILENO, kSaid, sizeof kSaid - 1);
+    kill(getpid(), SIGKILL);
+  }
   for (;;) pause();  // every signal blocked: only the process's end ends this
 }
 

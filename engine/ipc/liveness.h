@@ -33,6 +33,7 @@ struct LivenessPage {
   pthread_mutex_t lock;  ///< robust, process-shared; locked by the application, never unlocked
   alignas(64) std::atomic<uint32_t> magic;
   std::atomic<int32_t> pid;  ///< the process that is to hold `lock` (the one the runner started)
+  std::atomic<int32_t> daemon;  ///< the batond that started it: the application dies with it
 };
 static_assert(sizeof(LivenessPage) <= 4096);
 
@@ -46,8 +47,12 @@ inline uint32_t* liveness_word(LivenessPage& p) noexcept {
 /// once per process, and only in the process the runner started with
 /// `BATON_LIVENESS_FD` (its children inherit the variable and are left
 /// out). Starts the `baton-alive` thread, which locks the page's mutex and
-/// sleeps, every signal blocked, until the process ends. Never fails: a
-/// missing or foreign page only leaves the runner its pidfd. Thread: any.
+/// waits, every signal blocked, for the batond that started the process
+/// (its parent, `daemon`) to end, and then kills the process: without its
+/// batond nothing it commits can become durable, and the failover starts
+/// it elsewhere, so it must not serve on as a second active instance.
+/// Never fails: a missing or foreign page only leaves the runner its pidfd
+/// (and the process its life). Thread: any.
 void hold_liveness() noexcept;
 
 }  // namespace baton::ipc

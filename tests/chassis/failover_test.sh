@@ -91,10 +91,11 @@ decided "failed on node 3: the provision hook exited with status 1"
 decided "group kv -> node 1 (failover"
 commits_past 1 "$last"
 
-echo "4. blade 1's batond is killed: the next coordinator (blade 2) moves it to blade 4"
+echo "4. blade 1's batond is killed: its application ends with it, and the next coordinator (blade 2) moves it to blade 4"
 last=$(batches 1)
 kill -KILL "$(cat "$chassis/blade1.pid")"
-pkill -KILL -f "baton-kv --socket $chassis/blade1.sock" || true
+for _ in $(seq 1 100); do pgrep -f "baton-kv --socket $chassis/blade1.sock" >/dev/null || break; sleep 0.1; done
+! pgrep -f "baton-kv --socket $chassis/blade1.sock" >/dev/null || fail "the application on blade 1 outlived its batond by 10 s"
 expect_at 4
 resumed 4 "$last"
 decided "node 1 left the view" 2

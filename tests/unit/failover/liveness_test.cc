@@ -10,6 +10,7 @@
 #include <signal.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -164,6 +165,48 @@ TEST(Liveness, OnlyTheProcessStartedWithThePageHoldsIt) {
     waitpid(p, nullptr, 0);
   }
   EXPECT_FALSE(f.watch->died()) << "the lock was never taken";
+}
+
+// Session 27's campaign saw an application outlive its SIGKILLed batond
+// by seconds, serving as a second active instance while the failover
+// started it elsewhere. The process the runner started follows its batond
+// and ends with it; while batond lives, it runs on.
+TEST(Liveness, AnApplicationEndsWithTheBatondThatStartedIt) {
+  int pids[2];
+  ASSERT_EQ(pipe(pids), 0);
+  const pid_t daemon = fork();
+  if (daemon == 0) {  // batond's part: the page, and an application started with it
+    auto w = LivenessWatch::create();
+    if (!w) _exit(1);
+    const pid_t app = fork();
+    if (app == 0) {
+      setenv(baton::ipc::kLivenessEnv, std::to_string((*w)->fd()).c_str(), 1);
+      baton::ipc::hold_liveness();
+      for (;;) pause();
+    }
+    auto* page = static_cast<LivenessPage*>(mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, (*w)->fd(), 0));
+    page->pid.store(app);
+    while ((__atomic_load_n(baton::ipc::liveness_word(*page), __ATOMIC_ACQUIRE) & FUTEX_TID_MASK) == 0) usleep(100);
+    (void)!write(pids[1], &app, sizeof app);
+    for (;;) pause();
+  }
+  ASSERT_GT(daemon, 0);
+  close(pids[1]);
+  pid_t app = 0;
+  ASSERT_EQ(read(pids[0], &app, sizeof app), static_cast<ssize_t>(sizeof app)) << "the application never held its lock";
+  close(pids[0]);
+  const int app_fd = static_cast<int>(syscall(SYS_pidfd_open, app, 0));
+  ASSERT_GE(app_fd, 0);
+  auto ended = [&](int ms) {
+    pollfd p{app_fd, POLLIN, 0};
+    return poll(&p, 1, ms) == 1;
+  };
+  EXPECT_FALSE(ended(300)) << "the application ended while its batond lived";
+  kill(daemon, SIGKILL);
+  waitpid(daemon, nullptr, 0);
+  EXPECT_TRUE(ended(10'000)) << "the application outlived its batond";
+  if (!ended(0)) kill(app, SIGKILL);
+  close(app_fd);
 }
 
 }  // namespace
