@@ -183,7 +183,9 @@ TEST(Hostile, ReadingItsDoorbellSilencesOnlyTheReader) {
   ASSERT_EQ(hf.size(), 3u);
   // Not the same open file: kcmp (where the kernel has it) says so.
   const long same = syscall(SYS_kcmp, getpid(), getpid(), KCMP_FILE, tf[2], hf[2]);
-  if (same >= 0) EXPECT_NE(same, 0) << "two applications were handed one doorbell";
+  if (same >= 0) {
+    EXPECT_NE(same, 0) << "two applications were handed one doorbell";
+  }
   // And the thief's reads never see the honest client's rings.
   std::atomic<bool> stop{false};
   std::atomic<uint64_t> stolen{0};

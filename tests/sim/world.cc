@@ -419,7 +419,7 @@ class World {
     return r;
   }
 
-  /// Maybe lets a race join the load (or delete) of `a` about to start:
+  /// Maybe lets a race join the open or load (or delete) of `a` about to start:
   /// some steps into its wait, the other call runs on another node.
   /// Returns whether it did (the caller disarms it when its call returns).
   bool arm_race(App& a, bool load) {
@@ -433,19 +433,30 @@ class World {
     if (!armed) return;
     racing_ = nullptr;
     race_in_ = 0;
+    if (deferred_) {
+      const Violation v = *deferred_;
+      deferred_.reset();
+      throw v;
+    }
   }
 
-  /// The second call of a race, on a node other than the waiting one.
+  /// The second call of a race, on a node other than the waiting one. A
+  /// violation it finds waits for the first call to return: thrown from
+  /// here, it would unwind through that call's engine frames.
   void race() {
     App& a = *racing_;
     const int n = pick_alive(on_stack_);
-    if (n == 0) return;
+    if (n == 0 || deferred_) return;
     ++stats_.races;
     outer_stack_ = on_stack_;
-    note("race: while node " + std::to_string(on_stack_) + (racing_load_ ? " loads " : " deletes ") + a.name +
-         ", node " + std::to_string(n) + (racing_load_ ? " deletes it" : " loads it"));
-    if (racing_load_) delete_segment(a, n);
-    else start_app(a, true, n);
+    try {
+    note("race: while node " + std::to_string(on_stack_) + (racing_load_ ? " opens " : " deletes ") + a.name +
+         ", node " + std::to_string(n) + (racing_load_ ? " deletes it" : " opens it"));
+      if (racing_load_) delete_segment(a, n);
+      else start_app(a, race_rng_() % 2 == 0, n);  // an agent's load, or the application's open
+    } catch (const Violation& v) {
+      deferred_ = v;
+    }
     outer_stack_ = 0;
   }
 
@@ -876,7 +887,7 @@ class World {
     heard_before_node_ = n;
     heard_before_ = heard_by(n);
     const uint64_t started = now_;
-    const bool armed = agent && arm_race(a, true);
+    const bool armed = arm_race(a, true);
     auto r = call_on(n, [&](Engine& e) {
       if (agent) return e.load(a.name);
       if (old != nullptr) return e.reopen(old);
@@ -889,16 +900,17 @@ class World {
       note("app " + a.name + " on node " + std::to_string(n) + ": " + how + " failed: " + r.error().to_string());
       return;
     }
-    if (a.deleted_at > started) {
+    if (a.deleted_at > started && r->outcome != OpenOutcome::kCreated) {
       // A delete that raced this load returned first, yet the load got the
       // name: it took it before the delete did, so it restored the history
       // the delete then removed (and the delete fenced it). Exactly one of
       // that history's commits (I2); the application does not run on, and
-      // its handle stays for a reopen, which I5 checks.
+      // its handle stays for a reopen, which I5 checks. (A fresh start
+      // came after the delete: the application runs on it.)
       const uint64_t h = content_hash(engine(n)->data(r->segment));
       note("app " + a.name + " on node " + std::to_string(n) + ": " + how + " -> restored generation " +
            std::to_string(r->generation) + ", taken before the delete that raced it");
-      if (r->outcome == OpenOutcome::kCreated || a.deleted_content.count(h) == 0)
+      if (a.deleted_content.count(h) == 0)
         throw Violation{"I2: a load of " + a.name + " that raced a delete gave generation " +
                         std::to_string(r->generation) + ", which no commit before the delete wrote"};
       held[a.name] = r->segment;
@@ -950,7 +962,15 @@ class World {
     }
     if (st) a.taken_at.emplace(st->epoch, now_);
     const bool older = g < a.durable || (g == a.durable && g != 0 && h != a.durable_hash);
-    if (older) {
+    // Inside a race with a delete of the name still waiting: the delete
+    // may already have taken effect where this open looked (it then comes
+    // first), and if it fails, what was durable before it need not survive
+    // it either (delete_segment). Not I1's to judge.
+    const bool deleting = racing_ == &a && !racing_load_;
+    if (older && deleting) {
+      note("  (a delete of " + a.name + " is under way: generation " + std::to_string(a.durable) +
+           ", durable before it, need not survive it)");
+    } else if (older) {
       const bool held = anyone_holds(a, a.durable);
       const std::string holders = holders_;
       if (held && records_lost(a, n)) {
@@ -973,6 +993,8 @@ class World {
         ++stats_.lost_with_every_copy;  // every copy died: beyond what replication can survive
         note("  (every copy of durable generation " + std::to_string(a.durable) + " died with its nodes)");
       }
+    }
+    if (older) {
       a.durable = g;
       a.durable_hash = g == 0 ? 0 : h;
       a.durable_epoch = st ? st->epoch : 0;
@@ -1106,8 +1128,9 @@ class World {
   int outer_stack_ = 0;    ///< during a race's second call, the node whose first call waits
   std::mt19937_64 race_rng_;  ///< races' own generator: seeds whose calls never race keep their schedules
   App* racing_ = nullptr;     ///< the application whose load or delete a race may join
-  bool racing_load_ = false;  ///< that call is a load (else a delete)
+  bool racing_load_ = false;  ///< that call is an open or a load (else a delete)
   uint64_t race_in_ = 0;      ///< steps until the race joins it (0: none armed)
+  std::optional<Violation> deferred_;  ///< found by a race's second call, thrown when the first returns
   bool checking_ = false;  ///< the checker is looking: no faults meanwhile
   std::string holders_;     ///< who copies() found holding the generation, for the message
   bool finishing_ = false; ///< every fault healed for the final check: no new ones

@@ -39,9 +39,10 @@ struct Options {
   int segments = 2;
   int actions = 60;       ///< scheduler decisions per seed
   bool faults_in_calls = true;  ///< kills, stalls and partitions also strike while a call waits
-  /// While an agent's load of a name waits, an operator's delete of it on
-  /// another node runs now and then, or a load while a delete waits: the
-  /// two race (the second call runs inside the first's wait).
+  /// While an open or an agent's load of a name waits, an operator's
+  /// delete of it on another node runs now and then, or an open or load
+  /// while a delete waits: the two race (the second call runs inside the
+  /// first's wait).
   bool races = true;
   bool print = false;     ///< print the schedule as it runs
   bool standbys = true;   ///< give some segments a hot standby node (picked from the seed)

@@ -330,10 +330,14 @@ void client_and_settler(bool protect_ahead) {
   writer.join();
   // (With protection ahead the writer is slower, and on a loaded machine
   // may never run into a page before the settler: not asked for then.)
-  if (!protect_ahead) EXPECT_GT(settler->copied_aside(), 0u) << "the client's counters reach batond through the share";
+  if (!protect_ahead) {
+    EXPECT_GT(settler->copied_aside(), 0u) << "the client's counters reach batond through the share";
+  }
   EXPECT_EQ(settler->faults(), client->faults());
   EXPECT_EQ(settler->protected_ahead(), client->protected_ahead());
-  if (protect_ahead) EXPECT_GT(client->protected_ahead(), 0u);
+  if (protect_ahead) {
+    EXPECT_GT(client->protected_ahead(), 0u);
+  }
   client.reset();
   munmap(batond_view, m.len);
 }

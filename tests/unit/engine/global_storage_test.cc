@@ -152,7 +152,9 @@ TEST(GlobalStorage, EveryNameHasADirectoryOfItsOwnAndNoneEscapes) {
     ASSERT_TRUE(GlobalStore::remove(dir, "%2Fx", gone->epoch));
     EXPECT_FALSE(GlobalStore::newest(dir, "%2Fx", 1 << 20));
     for (const std::string& other : names)
-      if (other != "%2Fx") EXPECT_TRUE(GlobalStore::newest(dir, other, 1 << 20)) << other << " went with %2Fx";
+      if (other != "%2Fx") {
+        EXPECT_TRUE(GlobalStore::newest(dir, other, 1 << 20)) << other << " went with %2Fx";
+      }
   }
   // Nothing but the store's own directories, one per name, all inside it.
   std::set<std::string> inside;
