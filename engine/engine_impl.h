@@ -563,7 +563,12 @@ struct Engine::Impl {
   /// A tombstone at `epoch` from `owner` (a delete): stores it unless a
   /// newer owner epoch is known here (returns that epoch then), drops the
   /// replica copy, fences a local owner. Thread: token holder.
-  uint64_t apply_tombstone(uint64_t seg_id, uint64_t epoch, uint16_t owner) noexcept;
+  /// Stores a tombstone here, or returns the newer epoch that refuses it
+  /// (0: stored). `by_owner`, when refused: whether by an owner that took
+  /// the name above the tombstone (a live owner, its set record, or a copy
+  /// of data written at a newer epoch), not by a copy of the deleted
+  /// history that adopted a claim's epoch.
+  uint64_t apply_tombstone(uint64_t seg_id, uint64_t epoch, uint16_t owner, bool* by_owner = nullptr) noexcept;
   /// Sends `peer` the tombstone of segment `id` at `epoch`. Thread: token holder.
   void send_tombstone_to(uint16_t peer, uint64_t id, std::string_view name, uint64_t epoch) noexcept;
   /// SET_RECORD with kFlagDeleted: a tombstone, or (with kFlagComplete)
@@ -626,7 +631,8 @@ struct Engine::Impl {
   template <typename Pred>
   bool any_sender(Pred&& pred) const noexcept;
   void send_control(Link& link, const wire::Frame& f) noexcept;
-  void send_error(Link& link, const wire::Frame& about, wire::ErrorCode code, uint64_t epoch) noexcept;
+  void send_error(Link& link, const wire::Frame& about, wire::ErrorCode code, uint64_t epoch,
+                  uint16_t flags = 0) noexcept;
   void send_fetch_request(FetchOp& op, uint64_t now) noexcept;
   void flush_acks() noexcept;
   void fence(Segment& seg) noexcept;

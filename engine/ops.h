@@ -141,6 +141,7 @@ struct TombstoneAnswer {
   bool answered = false;
   bool stored = false;          ///< it stored the tombstone (and dropped its copy)
   uint64_t refused_epoch = 0;   ///< it holds a newer owner epoch than the tombstone's
+  bool refused_by_owner = false;  ///< refused by an owner above the tombstone (apply_tombstone)
   bool asked = false;
 };
 
@@ -163,7 +164,19 @@ struct TombstoneOp : RoundOp<TombstoneAnswer> {
   bool refused() const noexcept {
     return std::any_of(answers.begin(), answers.end(), [](auto& a) { return a.refused_epoch != 0; });
   }
-  bool enough() const noexcept { return stored() >= need && set_stored() >= set.size() / 2 + (set.empty() ? 0 : 1); }
+  bool enough() const noexcept { return stored() >= need && set_stored() >= set_majority(); }
+  /// Whether enough could still be stored: counting every node that has
+  /// not answered yet as storing it.
+  bool reachable_enough() const noexcept {
+    uint32_t maybe = 0, set_maybe = 0;
+    for (const auto& a : answers) {
+      if (a.answered && !a.stored) continue;
+      ++maybe;
+      set_maybe += std::find(set.begin(), set.end(), a.peer) != set.end();
+    }
+    return maybe >= need && set_maybe >= set_majority();
+  }
+  uint32_t set_majority() const noexcept { return static_cast<uint32_t>(set.size() / 2 + (set.empty() ? 0 : 1)); }
 };
 
 struct FetchOp : Op {

@@ -271,16 +271,18 @@ void Engine::Impl::send_control(Link& link, const wire::Frame& f) noexcept {
   else bump(counters.frames_tx);
 }
 
-void Engine::Impl::send_error(Link& link, const wire::Frame& about, wire::ErrorCode code,
-                              uint64_t epoch) noexcept {
+void Engine::Impl::send_error(Link& link, const wire::Frame& about, wire::ErrorCode code, uint64_t epoch,
+                              uint16_t flags) noexcept {
   wire::Frame e;
   e.type = wire::MsgType::kError;
+  e.flags = flags;
   e.src = config.node_id;
   e.dst = about.src;
   e.seg_id = about.seg_id;
   e.epoch = epoch;
   e.generation = about.generation;
   e.code = static_cast<uint16_t>(code);
+  wire::set_aux_epoch(e, about.epoch);  // which claim or tombstone (or frame) this answers
   send_control(link, e);
 }
 

@@ -71,7 +71,7 @@ Result<void> Engine::Impl::write_tombstone(std::string_view name, uint64_t epoch
   TombstoneOp* raw = t.get();
   t->run = [this, raw] {
     TombstoneAnswer self{config.node_id, true};
-    if (const uint64_t newer = apply_tombstone(raw->id, raw->epoch, config.node_id); newer != 0)
+    if (const uint64_t newer = apply_tombstone(raw->id, raw->epoch, config.node_id, &self.refused_by_owner); newer != 0)
       self.refused_epoch = newer;
     else
       self.stored = true;
@@ -90,11 +90,35 @@ Result<void> Engine::Impl::write_tombstone(std::string_view name, uint64_t epoch
   await_round(*raw);
   if (!raw->ok) return tl::unexpected(raw->error);
   uint64_t refused = 0;
-  for (const auto& a : t->answers) refused = std::max(refused, a.refused_epoch);
+  uint16_t refuser = 0;
+  bool only_owners = true;
+  for (const auto& a : t->answers)
+    if (a.refused_epoch != 0) {
+      only_owners &= a.refused_by_owner;
+      if (a.refused_epoch > refused) {
+        refused = a.refused_epoch;
+        refuser = a.peer;
+      }
+    }
+  // Stored where it must be, the tombstone holds against owners that took
+  // the name above it meanwhile (an open that started afresh after the
+  // delete began): a majority W of the set dropped their copies, so no
+  // claim can get the R grants it needs from the rest (R + W > |S|), and
+  // those owners' state is not of the deleted history. A copy of that
+  // history that took a claim's epoch refuses it too; then the delete says
+  // so and fails (it would otherwise stay, above the tombstone).
+  if (t->enough() && only_owners) {
+    if (refused != 0)
+      record_event("segment " + std::string(name) + " deleted at owner epoch " + std::to_string(epoch) +
+                   " while node " + std::to_string(refuser) + " took epoch " + std::to_string(refused) +
+                   " (a new owner, above the deleted history)");
+    return {};
+  }
   if (refused != 0)
-    return fail(Errc::kBusy, "segment ", name, " was taken at owner epoch ", std::to_string(refused),
-                " while it was being deleted; it was not deleted everywhere (try again)");
-  if (!t->enough()) {
+    return fail(Errc::kBusy, "segment ", name, " was taken at owner epoch ", std::to_string(refused), " by node ",
+                std::to_string(refuser), " while it was being deleted: it lives on there (deleting it again "
+                "deletes that owner's state), and copies the delete reached are gone");
+  {
     std::string set_text;
     for (uint16_t n : t->set) set_text += (set_text.empty() ? "" : ",") + std::to_string(n);
     return fail(Errc::kUnavailable, "delete of ", name, " reached ", std::to_string(t->stored()), " nodes (",

@@ -219,13 +219,18 @@ void Rounds::step(uint64_t now, std::vector<ControlMsg>& out) noexcept {
         // another owner's record of it (two nodes creating one name at once).
         for (RecordRound& r : set_records_)
           if (r.seg_id == e.seg_id && r.epoch == e.epoch && !answered(r, e.src)) r.refused.push_back(e.src);
+        // A claim's or tombstone's refusal names the epoch it refuses: one
+        // of an earlier claim, or of a data frame of this node's from
+        // before, arriving late (a lossy or reordering link) is not this
+        // round's. (A peer of a version that leaves it 0 is taken at its word.)
         auto refused = [&e](auto& rounds) {
           for (auto* op : rounds)
-            if (op->id == e.seg_id)
+            if (op->id == e.seg_id && (e.aux_epoch == op->epoch || (e.aux_epoch == 0 && e.epoch >= op->epoch)))
               for (auto& a : op->answers)
                 if (a.peer == e.src && !a.answered) {
                   a.answered = true;
                   a.refused_epoch = e.epoch;
+                  if constexpr (requires { a.refused_by_owner; }) a.refused_by_owner = (e.flags & wire::kFlagOwner) != 0;
                 }
         };
         refused(tombstones_);
@@ -260,9 +265,13 @@ void Rounds::step(uint64_t now, std::vector<ControlMsg>& out) noexcept {
   };
   finished |= settle_or_ask(queries_, now, settled, reachable, ask_query);
   finished |= settle_or_ask(claims_, now, settled, reachable, ask_claim);
-  // A tombstone round ends early when a newer owner refuses it.
+  // A tombstone round that a newer owner refused ends once what it needs
+  // is stored, or can no longer be (a delete that got it succeeds anyway:
+  // delete.cc), or at its soft deadline.
   finished |= settle_or_ask(tombstones_, now, [&](const TombstoneOp& t) {
-    return t.refused() || (t.enough() && (everyone(t) || now >= t.deadline_ns)) || now >= t.hard_deadline_ns;
+    if (t.enough()) return everyone(t) || now >= t.deadline_ns;
+    return (t.refused() && (!t.reachable_enough() || everyone(t) || now >= t.deadline_ns)) ||
+           now >= t.hard_deadline_ns;
   }, reachable, ask_tombstone);
   if (finished) e_.wake_round_waiters();
   step_set_records(now, out);

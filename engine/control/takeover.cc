@@ -271,8 +271,22 @@ Result<OpenResult> Engine::Impl::load_from(const QueryOp& q, std::string_view na
     if (a.granted && a.generation > 0 && a.data_epoch > deleted &&
         (best == nullptr || std::tie(a.data_epoch, a.generation) > std::tie(best->data_epoch, best->generation)))
       best = &a;
-  if (best == nullptr)
+  if (best == nullptr) {
+    // Every copy it asked went meanwhile: a delete that ran at the same
+    // time (exit 3 to batonctl, "no copy anywhere", as for any load of a
+    // deleted name), or a claim that failed for now (try again). Only a
+    // second query tells them apart.
+    if (auto again = query(name); again) {
+      const uint64_t gone = deleted_at(**again);
+      bool live = !config.global_dir.empty() &&
+                  GlobalStore::newest(config.global_dir, name, config.max_segment_size, gone + 1).has_value();
+      for (const auto& a : (*again)->answers) live |= live_copy(a, gone) || live_record(a, gone);
+      if (gone != 0 && !live)
+        return fail(Errc::kNotFound, "segment ", name, " was deleted while it was being loaded (at owner epoch ",
+                    std::to_string(gone), ")");
+    }
     return fail(Errc::kUnavailable, "no replica of ", name, " accepted owner epoch ", std::to_string(c->epoch));
+  }
   // The set that must accept: the newest recorded one. Without any record
   // (its creator died before recording one) nothing was ever durable, and
   // the set stamped on the newest generation serves. Two records of one

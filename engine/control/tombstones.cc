@@ -45,18 +45,24 @@ void Engine::Impl::free_retired() noexcept {
   }
 }
 
-uint64_t Engine::Impl::apply_tombstone(uint64_t seg_id, uint64_t epoch, uint16_t owner) noexcept {
+uint64_t Engine::Impl::apply_tombstone(uint64_t seg_id, uint64_t epoch, uint16_t owner, bool* by_owner) noexcept {
   // A newer owner epoch known here (a load or a new segment after the
   // delete began) wins over the tombstone: the deleter is told.
   auto rec = records.find(seg_id);
+  if (by_owner != nullptr) *by_owner = true;
   // (The same tombstone may come from its writer and from a node repairing
   // one that missed it: same epoch, another sender.)
   if (rec != records.end() &&
       (rec->second.epoch > epoch || (rec->second.epoch == epoch && rec->second.owner != owner && !rec->second.deleted)))
     return rec->second.epoch;
   if (auto st = stores.find(seg_id);
-      st != stores.end() && (st->second->epoch() > epoch || (st->second->epoch() == epoch && st->second->owner() != owner)))
+      st != stores.end() && (st->second->epoch() > epoch || (st->second->epoch() == epoch && st->second->owner() != owner))) {
+    // A copy of the deleted history that took a claim's epoch is not an
+    // owner's: that claim may yet fail (delete.cc).
+    const ReplicaStore::Slot* latest = st->second->latest();
+    if (by_owner != nullptr) *by_owner = latest == nullptr || latest->epoch > epoch;
     return st->second->epoch();
+  }
   if (auto o = owned.find(seg_id); o != owned.end() && !o->second->fenced.load() && o->second->epoch.load() >= epoch)
     return o->second->epoch.load();
   if (rec == records.end()) {
@@ -97,9 +103,10 @@ void Engine::Impl::on_tombstone(Link& link, const wire::Frame& f) noexcept {
     forward_answer(RoundEvent::Kind::kStored, f);
     return;
   }
-  if (const uint64_t newer = apply_tombstone(f.seg_id, f.epoch, f.src); newer != 0) {
+  bool by_owner = false;
+  if (const uint64_t newer = apply_tombstone(f.seg_id, f.epoch, f.src, &by_owner); newer != 0) {
     bump(counters.stale_epoch);
-    send_error(link, f, wire::ErrorCode::kStaleEpoch, newer);
+    send_error(link, f, wire::ErrorCode::kStaleEpoch, newer, by_owner ? wire::kFlagOwner : 0);
     return;
   }
   wire::Frame ack = f;

@@ -84,7 +84,8 @@ inline constexpr uint16_t kFlagRestart = 1 << 1;   // ACK: checksum failed, send
 inline constexpr uint16_t kFlagQuery = 1 << 2;     // FETCH_REQUEST: metadata only
 inline constexpr uint16_t kFlagFound = 1 << 3;     // FETCH_META: the name is held here
 inline constexpr uint16_t kFlagFetch = 1 << 4;     // ACK: acknowledges kFetchData, not kData
-inline constexpr uint16_t kFlagOwner = 1 << 5;     // FETCH_META: the sender owns the segment (live primary)
+inline constexpr uint16_t kFlagOwner = 1 << 5;     // FETCH_META: the sender owns the segment (live primary);
+                                                   // ERROR refusing a tombstone: an owner above it refuses
 inline constexpr uint16_t kFlagGenCrc = 1 << 6;    // DATA/FETCH_DATA: the generation checksum field is set
 inline constexpr uint16_t kFlagGranted = 1 << 7;   // FETCH_META: answers a CLAIM; the replica accepted its epoch
 inline constexpr uint16_t kFlagQuorate = 1 << 8;   // HEARTBEAT: the sender's view holds a majority
@@ -179,6 +180,9 @@ struct Frame {
 /// epoch its latest generation was written under (`epoch` is the claim's);
 /// answering a query with kFlagRecord, the epoch of the set record, whose
 /// version is in the generation checksum field and set in `sack`.
+/// ERROR carries the epoch of the frame it answers there (a STALE_EPOCH
+/// refusal's own `epoch` is the newer one the refuser holds), so that a late
+/// refusal of an earlier claim or frame is not taken for this claim's.
 inline void set_aux_epoch(Frame& f, uint64_t epoch) noexcept {
   f.chunk_index = static_cast<uint32_t>(epoch);
   f.chunk_count = static_cast<uint32_t>(epoch >> 32);
