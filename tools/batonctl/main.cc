@@ -37,7 +37,18 @@ using baton::fail;
 std::string to_text(const nlohmann::json& j) { return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace); }
 
 int die(const std::string& what) {
-  std::fprintf(stderr, "batonctl: %s\n", what.c_str());
+  // What a caller typed comes back in messages: control bytes are shown, not sent to the terminal.
+  std::string shown;
+  for (unsigned char c : what) {
+    if ((c < 0x20 && c != '\n' && c != '\t') || c == 0x7f) {
+      char hex[8];
+      std::snprintf(hex, sizeof hex, "\\x%02x", c);
+      shown += hex;
+    } else {
+      shown += static_cast<char>(c);
+    }
+  }
+  std::fprintf(stderr, "batonctl: %s\n", shown.c_str());
   return 1;
 }
 
@@ -344,6 +355,10 @@ int main(int argc, char** argv) {
     return 0;
   }
   if (*down) {
+    if (std::error_code ec; !std::filesystem::exists(chassis.dir, ec)) {
+      std::fprintf(stderr, "batonctl: no chassis in %s: nothing to stop\n", chassis.dir.c_str());
+      return 0;  // down stays safe to run twice
+    }
     auto ok = baton::ctl::chassis_down(chassis.dir);
     return ok ? 0 : die(ok.error().message);
   }
