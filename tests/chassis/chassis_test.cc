@@ -277,6 +277,9 @@ TEST(Chassis, UpStatusDownLeavesNothing) {
   out = run(ctl + " chassis down --dir " + dir, &status);
   EXPECT_EQ(status, 0) << out;
   EXPECT_FALSE(std::filesystem::exists(dir)) << "files left in " << dir;
+  out = run(ctl + " chassis down --dir " + dir, &status);
+  EXPECT_EQ(status, 0) << "a second down: " << out;
+  EXPECT_NE(out.find("nothing to stop"), std::string::npos) << out;
   out = run(ctl + " status --socket " + dir + "/blade2.sock", &status);
   EXPECT_NE(status, 0);
   EXPECT_NE(out.find("batonctl: "), std::string::npos) << out;
