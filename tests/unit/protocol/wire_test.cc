@@ -176,6 +176,14 @@ TEST(Wire, AckAndControlRoundTrip) {
   err.epoch = 12;
   ASSERT_EQ(decode(encoded(err), out), DecodeError::kNone);
   EXPECT_EQ(out.epoch, 12u);
+  // A refusal names the epoch of what it refuses (which claim or tombstone
+  // it answers) and whether an owner above the tombstone refused it.
+  err.flags = kFlagOwner;
+  set_aux_epoch(err, 0x100000009ull);
+  ASSERT_EQ(decode(encoded(err), out), DecodeError::kNone);
+  EXPECT_EQ(aux_epoch(out), 0x100000009ull);
+  EXPECT_EQ(out.flags, kFlagOwner);
+  EXPECT_EQ(out.epoch, 12u);
 
   Frame hb;
   hb.type = MsgType::kHeartbeat;
