@@ -115,9 +115,10 @@ Result<void> Engine::Impl::write_tombstone(std::string_view name, uint64_t epoch
     return {};
   }
   if (refused != 0)
-    return fail(Errc::kBusy, "segment ", name, " was taken at owner epoch ", std::to_string(refused), " by node ",
-                std::to_string(refuser), " while it was being deleted: it lives on there (deleting it again "
-                "deletes that owner's state), and copies the delete reached are gone");
+    return fail(Errc::kBusy, "segment ", name, " was taken at owner epoch ", std::to_string(refused),
+                " while it was being deleted (node ", std::to_string(refuser),
+                " holds that epoch and refused the delete): it lives on under its new owner (deleting it again "
+                "deletes the new owner's state), and copies the delete reached are gone");
   {
     std::string set_text;
     for (uint16_t n : t->set) set_text += (set_text.empty() ? "" : ",") + std::to_string(n);
