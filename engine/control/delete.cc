@@ -110,8 +110,8 @@ Result<void> Engine::Impl::write_tombstone(std::string_view name, uint64_t epoch
   if (t->enough() && only_owners) {
     if (refused != 0)
       record_event("segment " + std::string(name) + " deleted at owner epoch " + std::to_string(epoch) +
-                   " while node " + std::to_string(refuser) + " took epoch " + std::to_string(refused) +
-                   " (a new owner, above the deleted history)");
+                   " while node " + std::to_string(refuser) + " held epoch " + std::to_string(refused) +
+                   " (a new owner's, above the deleted history)");
     return {};
   }
   if (refused != 0)
@@ -119,14 +119,11 @@ Result<void> Engine::Impl::write_tombstone(std::string_view name, uint64_t epoch
                 " while it was being deleted (node ", std::to_string(refuser),
                 " holds that epoch and refused the delete): it lives on under its new owner (deleting it again "
                 "deletes the new owner's state), and copies the delete reached are gone");
-  {
-    std::string set_text;
-    for (uint16_t n : t->set) set_text += (set_text.empty() ? "" : ",") + std::to_string(n);
-    return fail(Errc::kUnavailable, "delete of ", name, " reached ", std::to_string(t->stored()), " nodes (",
-                std::to_string(t->need), " must) and ", std::to_string(t->set_stored()), " of its replica set {",
-                set_text, "} (a majority must); it may have been deleted on some nodes (try again)");
-  }
-  return {};
+  std::string set_text;
+  for (uint16_t n : t->set) set_text += (set_text.empty() ? "" : ",") + std::to_string(n);
+  return fail(Errc::kUnavailable, "delete of ", name, " reached ", std::to_string(t->stored()), " nodes (",
+              std::to_string(t->need), " must) and ", std::to_string(t->set_stored()), " of its replica set {",
+              set_text, "} (a majority must); it may have been deleted on some nodes (try again)");
 }
 
 void Engine::Impl::repair_tombstone(const QueryOp& q) {

@@ -36,9 +36,12 @@ void hold(LivenessPage* page) {
   // Then follow the batond that started this process. Its pid is safe to
   // open while it is this process's parent (a pid is not reused while its
   // process lives); a parent that is already another one means it died.
+  // (No pidfd while it is still the parent, on a kernel without them:
+  // then the process follows nobody.)
   const pid_t daemon = page->daemon.load();
-  const int pidfd = daemon > 0 && getppid() == daemon ? static_cast<int>(syscall(SYS_pidfd_open, daemon, 0)) : -1;
-  if (daemon > 0 && (pidfd >= 0 || getppid() != daemon)) {
+  const bool parent = daemon > 0 && getppid() == daemon;
+  const int pidfd = parent ? static_cast<int>(syscall(SYS_pidfd_open, daemon, 0)) : -1;
+  if (daemon > 0 && (pidfd >= 0 || !parent)) {
     pollfd p{pidfd, POLLIN, 0};
     while (pidfd >= 0 && poll(&p, 1, -1) < 0 && errno == EINTR) {
     }

@@ -450,8 +450,8 @@ class World {
     ++stats_.races;
     outer_stack_ = on_stack_;
     try {
-    note("race: while node " + std::to_string(on_stack_) + (racing_load_ ? " opens " : " deletes ") + a.name +
-         ", node " + std::to_string(n) + (racing_load_ ? " deletes it" : " opens it"));
+      note("race: while node " + std::to_string(on_stack_) + (racing_load_ ? " opens " : " deletes ") + a.name +
+           ", node " + std::to_string(n) + (racing_load_ ? " deletes it" : " opens it"));
       if (racing_load_) delete_segment(a, n);
       else start_app(a, race_rng_() % 2 == 0, n);  // an agent's load, or the application's open
     } catch (const Violation& v) {
