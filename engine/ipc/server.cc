@@ -803,9 +803,12 @@ std::vector<std::unique_ptr<Server::Pledge>> Server::take_pledges(const std::fun
 }
 
 void Server::drop_pledges(bool all) {
-  const uint64_t now = now_ns();
+  // The clock is read under the registry lock, which take_pledges holds,
+  // never before it: a pledge made in between is younger than that time,
+  // and its unsigned age wrapped to a huge one (a fresh pledge dropped at
+  // once, about one standby open in thirty).
   auto gone = take_pledges([&](const Pledge& p) {
-    return all || now - p.at_ns > kPledgeKeepNs || (::kill(p.pid, 0) != 0 && errno == ESRCH);
+    return all || now_ns() - p.at_ns > kPledgeKeepNs || (::kill(p.pid, 0) != 0 && errno == ESRCH);
   });
   for (auto& p : gone) {
     if (!all)

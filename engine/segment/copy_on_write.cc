@@ -172,7 +172,7 @@ struct CopyOnWrite::Handler {
     }
     const uint64_t now = monotonic_ns();
     for (auto& g : gone)
-      if (addr >= g.begin.load() && addr < g.end.load() && now - g.at_ns.load() < kGoneRetryNs) {
+      if (addr >= g.begin.load() && addr < g.end.load() && now < g.at_ns.load() + kGoneRetryNs) {
         errno = saved;
         return;
       }
