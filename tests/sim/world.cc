@@ -42,6 +42,9 @@ void Stats::add(const Stats& o) {
   client_cow_opens += o.client_cow_opens;
   records_lost += o.records_lost;
   races += o.races;
+  start_races += o.start_races;
+  zombie_commits += o.zombie_commits;
+  zombie_durable += o.zombie_durable;
   deletes += o.deletes;
   failed_deletes += o.failed_deletes;
 }
@@ -52,7 +55,7 @@ std::string Stats::to_string() const {
                 "seeds=%lu steps=%lu commits=%lu durable_acks=%lu restores=%lu fresh_starts=%lu kills=%lu "
                 "restarts=%lu partitions=%lu stalls=%lu failed_opens=%lu lost_with_every_copy=%lu "
                 "acks_in_detection_window=%lu past_tolerance=%lu records_lost=%lu deletes=%lu failed_deletes=%lu "
-                "partial_snapshots=%lu delta_generations=%lu standby_promotions=%lu replica_promotions=%lu cow_snapshots=%lu client_cow_opens=%lu restamped=%lu direct_reads=%lu races=%lu",
+                "partial_snapshots=%lu delta_generations=%lu standby_promotions=%lu replica_promotions=%lu cow_snapshots=%lu client_cow_opens=%lu restamped=%lu direct_reads=%lu races=%lu start_races=%lu zombie_commits=%lu zombie_durable=%lu",
                 (unsigned long)seeds, (unsigned long)steps, (unsigned long)commits, (unsigned long)durable_acks,
                 (unsigned long)restores, (unsigned long)fresh_starts, (unsigned long)kills, (unsigned long)restarts,
                 (unsigned long)partitions, (unsigned long)stalls, (unsigned long)failed_opens,
@@ -61,7 +64,8 @@ std::string Stats::to_string() const {
                 (unsigned long)failed_deletes, (unsigned long)partial_snapshots,
                 (unsigned long)delta_generations, (unsigned long)standby_promotions, (unsigned long)replica_promotions,
                 (unsigned long)cow_snapshots, (unsigned long)client_cow_opens, (unsigned long)restamped,
-                (unsigned long)direct_reads, (unsigned long)races);
+                (unsigned long)direct_reads, (unsigned long)races, (unsigned long)start_races,
+                (unsigned long)zombie_commits, (unsigned long)zombie_durable);
   return b;
 }
 
@@ -449,11 +453,21 @@ class World {
     if (n == 0 || deferred_) return;
     ++stats_.races;
     outer_stack_ = on_stack_;
+    // Against an open or a load: a delete, or a second open or load (two
+    // agents taking the name over at once, or an agent and a restarted
+    // application). Of two starts, the one that returns last is where the
+    // application runs; the other's handle stays on its node, fenced by
+    // the winner's epoch or fencing it, as after any takeover.
+    const bool deletes = !racing_load_ || race_rng_() % 2 == 0;
     try {
       note("race: while node " + std::to_string(on_stack_) + (racing_load_ ? " opens " : " deletes ") + a.name +
-           ", node " + std::to_string(n) + (racing_load_ ? " deletes it" : " opens it"));
-      if (racing_load_) delete_segment(a, n);
-      else start_app(a, race_rng_() % 2 == 0, n);  // an agent's load, or the application's open
+           ", node " + std::to_string(n) + (deletes ? " deletes it" : " opens it"));
+      if (racing_load_ && deletes) {
+        delete_segment(a, n);
+      } else {
+        if (racing_load_) ++stats_.start_races;
+        start_app(a, race_rng_() % 2 == 0, n);  // an agent's load, or the application's open
+      }
     } catch (const Violation& v) {
       deferred_ = v;
     }
@@ -917,10 +931,38 @@ class World {
       return;
     }
     held[a.name] = r->segment;
+    // A start that raced this one returned first and left the application
+    // running on its node: that instance, superseded in the model by this
+    // one, commits once more, as a stale instance would before it learns.
+    const int zombie = a.node != 0 && a.node != n ? a.node : 0;
+    auto zombie_mine = a.mine;
+    uint64_t zombie_last = a.last;
     check_restore(a, n, *r, how);
+    if (zombie != 0) {
+      std::swap(a.mine, zombie_mine);
+      std::swap(a.last, zombie_last);
+      const uint64_t before = now_;
+      zombie_commit(a);
+      a.mine = std::move(zombie_mine);
+      a.last = zombie_last;
+      if (killed_at_[n - 1] >= before) return;  // this node died meanwhile, and its instance with it
+    }
     a.node = n;
     a.handle = r->segment;
     attach_client(a, n);
+  }
+
+  /// The instance of two racing starts that returned first commits and
+  /// waits a little: acknowledged durable only if it is the owner (I3: one
+  /// owner per epoch; I1 at a later restore: the winner's history holds
+  /// it). Then it is no longer the model's application.
+  void zombie_commit(App& a) {
+    ++stats_.zombie_commits;
+    note("app " + a.name + " on node " + std::to_string(a.node) + ": the start that raced it returned later; " +
+         "this instance commits once more");
+    commit(a);
+    if (a.node != 0 && wait_durable(a, std::chrono::milliseconds(30))) ++stats_.zombie_durable;
+    if (a.node != 0) stop(a);
   }
 
   void check_restore(App& a, int n, const OpenResult& r, const char* how) {

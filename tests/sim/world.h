@@ -40,9 +40,9 @@ struct Options {
   int actions = 60;       ///< scheduler decisions per seed
   bool faults_in_calls = true;  ///< kills, stalls and partitions also strike while a call waits
   /// While an open or an agent's load of a name waits, an operator's
-  /// delete of it on another node runs now and then, or an open or load
-  /// while a delete waits: the two race (the second call runs inside the
-  /// first's wait).
+  /// delete of it, or another open or load, on another node runs now and
+  /// then, or an open or load while a delete waits: the two race (the
+  /// second call runs inside the first's wait).
   bool races = true;
   bool print = false;     ///< print the schedule as it runs
   bool standbys = true;   ///< give some segments a hot standby node (picked from the seed)
@@ -66,7 +66,10 @@ struct Stats {
            cow_snapshots = 0,       ///< commits that took a copy-on-write snapshot (S14)
            restamped = 0,           ///< takeovers' generations a replica held already: relabelled, not resent
            direct_reads = 0,        ///< loads that read a peer's lent slot through shared memory
-           races = 0,               ///< a delete and a load of one name that ran at once
+           races = 0,               ///< two calls of one name that ran at once (a delete and a load, or two loads)
+           start_races = 0,         ///< of which two opens or loads
+           zombie_commits = 0,      ///< commits by the instance of two racing starts that returned first
+           zombie_durable = 0,      ///< of which acknowledged durable (its start won)
            client_cow_opens = 0;    ///< starts that ran as a daemon-mode client (its own mapping, frozen commits)
   void add(const Stats& o);
   std::string to_string() const;
