@@ -458,11 +458,11 @@ class World {
     // application). Of two starts, the one that returns last is where the
     // application runs; the other's handle stays on its node, fenced by
     // the winner's epoch or fencing it, as after any takeover.
-    const bool deletes = !racing_load_ || race_rng_() % 2 == 0;
+    const bool deletes = racing_load_ && race_rng_() % 2 == 0;
     try {
       note("race: while node " + std::to_string(on_stack_) + (racing_load_ ? " opens " : " deletes ") + a.name +
            ", node " + std::to_string(n) + (deletes ? " deletes it" : " opens it"));
-      if (racing_load_ && deletes) {
+      if (deletes) {
         delete_segment(a, n);
       } else {
         if (racing_load_) ++stats_.start_races;
