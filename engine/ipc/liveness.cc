@@ -39,8 +39,15 @@ void hold(LivenessPage* page) {
   // (No pidfd while it is still the parent, on a kernel without them:
   // then the process follows nobody.)
   const pid_t daemon = page->daemon.load();
-  const bool parent = daemon > 0 && getppid() == daemon;
-  const int pidfd = parent ? static_cast<int>(syscall(SYS_pidfd_open, daemon, 0)) : -1;
+  bool parent = daemon > 0 && getppid() == daemon;
+  int pidfd = parent ? static_cast<int>(syscall(SYS_pidfd_open, daemon, 0)) : -1;
+  if (pidfd >= 0 && getppid() != daemon) {
+    // It ended between the two looks, and its pid may be another's by now:
+    // still the parent after the open means the pidfd is batond's.
+    close(pidfd);
+    pidfd = -1;
+    parent = false;
+  }
   if (daemon > 0 && (pidfd >= 0 || !parent)) {
     pollfd p{pidfd, POLLIN, 0};
     while (pidfd >= 0 && poll(&p, 1, -1) < 0 && errno == EINTR) {
