@@ -60,6 +60,23 @@ void Engine::Impl::on_data(Link& link, wire::Frame& f) noexcept {
       send_error(link, f, wire::ErrorCode::kStaleEpoch, r->second.epoch);
       return;
     }
+    // Nor may it write here when this node claimed the segment at a newer
+    // epoch: it owns it at that epoch (fenced since or not), or its load
+    // is turning the claim into ownership. A load that promoted this
+    // node's own replica or standby copy took that copy, with the epoch it
+    // had accepted, out of the stores: a copy made afresh for the older
+    // owner would ack its generations, and the older owner, which recorded
+    // a new set before this node's claim superseded it, counted them
+    // durable (simulation seeds 3274 and 4886: two loads at once, the
+    // stale one's commit acknowledged by this node after it had taken
+    // ownership above it).
+    uint64_t claimed = table.unused_claim(f.seg_id);
+    if (auto o = owned.find(f.seg_id); o != owned.end()) claimed = std::max(claimed, o->second->epoch.load());
+    if (claimed > f.epoch) {
+      bump(counters.stale_epoch);
+      send_error(link, f, wire::ErrorCode::kStaleEpoch, claimed);
+      return;
+    }
     if (f.total_len > config.max_segment_size) {
       send_error(link, f, wire::ErrorCode::kNoRoom, 0);
       return;

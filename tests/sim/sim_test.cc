@@ -62,6 +62,21 @@ TEST(Simulation, FourNodesTwoShards) {
   run_range(o, env_or("BATON_SIM_FIRST", 1), env_or("BATON_SIM_SEEDS", 2000) / 8);
 }
 
+// Seeds that found engine bugs, replayed on every run (4 nodes, RF 2).
+// A change to the simulator's schedules moves what they exercise; the
+// ranges above keep covering such schedules at large.
+// - 3274, 4886 (session 29): two loads at once; the one that returned
+//   first had promoted its own replica in place above the other's epoch,
+//   and acked the other's commit into a copy made afresh (replica.cc).
+TEST(Simulation, SeedsThatOnceFailed) {
+  Options o;
+  for (uint64_t seed : {3274u, 4886u}) {
+    const Outcome out = run_seed(seed, o);
+    EXPECT_TRUE(out.ok) << "seed " << seed << ": " << out.violation << "\nreplay: build/tests/baton-sim --seed " << seed
+                        << " --print";
+  }
+}
+
 // A seed is a schedule: running it twice gives the same steps, decisions
 // and faults, to the simulated nanosecond.
 TEST(Simulation, ASeedReplaysExactly) {
