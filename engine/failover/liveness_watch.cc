@@ -160,11 +160,16 @@ void LivenessWatch::run(pid_t pid) noexcept {
       // Its holder ended. A process going down shows it within moments
       // (SIGKILL queued to every thread before any exits); an exec ends
       // the holder too, and the process runs on.
+      // Down twice in a row: /proc is read a task at a time, and an exec
+      // from a thread other than the leader, caught mid-way, looked like a
+      // whole process going down once in 40-100 such execs here (the
+      // leader killed, the thread that execs between its two tids). A
+      // process that is going down stays so.
       const uint64_t until = now_ns() + kConfirmNs;
-      bool down = going_down(pid);
+      bool down = going_down(pid) && going_down(pid);
       while (!down && now_ns() < until) {
         usleep(100);
-        down = going_down(pid);
+        down = going_down(pid) && going_down(pid);
       }
       if (!down)
         BT_WARN("failover: pid %d released its liveness lock but is not going down (an exec?): watching its pidfd only",
