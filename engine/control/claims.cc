@@ -26,6 +26,14 @@ void Engine::Impl::on_claim(Link& link, const wire::Frame& f) noexcept {
       return;
     }
     fence(seg);
+  } else if (const uint64_t mine = table.unused_claim(f.seg_id); mine != 0 && f.epoch <= mine) {
+    // A load here won this epoch or a newer one and is turning it into
+    // ownership: one owner per epoch, as above. (Its own copy, promoted,
+    // has left the stores meanwhile: answered "no copy" before, and two
+    // loads at once both owned epoch 2; simulation seed 8474.)
+    bump(counters.stale_epoch);
+    send_error(link, f, wire::ErrorCode::kStaleEpoch, mine);
+    return;
   }
   auto it = stores.find(f.seg_id);
   if (it == stores.end() || it->second->name() != f.name) {

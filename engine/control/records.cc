@@ -191,6 +191,17 @@ void Engine::Impl::on_set_record(Link& link, const wire::Frame& f) noexcept {
       records.erase(it);
     return;
   }
+  // A record from below an epoch this node claimed (it owns the segment
+  // at it, or its load is turning the claim into ownership), before its
+  // own record of that epoch is stored: the sender was superseded, as for
+  // its data (on_data).
+  uint64_t claimed = table.unused_claim(f.seg_id);
+  if (auto o = owned.find(f.seg_id); o != owned.end()) claimed = std::max(claimed, o->second->epoch.load());
+  if (claimed > f.epoch) {
+    bump(counters.stale_epoch);
+    send_error(link, f, wire::ErrorCode::kStaleEpoch, claimed);
+    return;
+  }
   if (it == records.end()) {
     if (records.size() >= 65536) {  // a bound on what peers can make this node keep
       bump(counters.bad_input);
