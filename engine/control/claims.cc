@@ -29,8 +29,7 @@ void Engine::Impl::on_claim(Link& link, const wire::Frame& f) noexcept {
   } else if (const uint64_t mine = table.unused_claim(f.seg_id); mine != 0 && f.epoch <= mine) {
     // A load here won this epoch or a newer one and is turning it into
     // ownership: one owner per epoch, as above. (Its own copy, promoted,
-    // has left the stores meanwhile: answered "no copy" before, and two
-    // loads at once both owned epoch 2; simulation seed 8474.)
+    // may have left the stores meanwhile, which answered "no copy".)
     bump(counters.stale_epoch);
     send_error(link, f, wire::ErrorCode::kStaleEpoch, mine);
     return;

@@ -162,8 +162,7 @@ void LivenessWatch::run(pid_t pid) noexcept {
       // the holder too, and the process runs on.
       // Down twice in a row: /proc is read a task at a time, and an exec
       // from a thread other than the leader, caught mid-way, looked like a
-      // whole process going down once in 40-100 such execs here (the
-      // leader killed, the thread that execs between its two tids). A
+      // whole process going down once in 40-100 such execs here. A
       // process that is going down stays so.
       const uint64_t until = now_ns() + kConfirmNs;
       bool down = going_down(pid) && going_down(pid);
