@@ -367,13 +367,19 @@ Result<uint64_t> post(ClientSegment& s, uint64_t timeout_ns, int socket_fd) {
   const bool answered = await_daemon(
       ch.done, ch.app_sleeping, rang ? 0 : kSpinNs, [seq](uint32_t done) { return done == seq; },
       [&](uint64_t waited) {
-        if (waited <= timeout_ns) return false;
+        // A batond that went away answers nothing: the wait ends then, not
+        // at its timeout (looked at every futex slice, past the spin).
+        const bool gone = waited > 10'000'000 && daemon_gone(socket_fd);
+        if (waited <= timeout_ns && !gone) return false;
         uint32_t posted = kPosted;
         if (ch.claim.compare_exchange_strong(posted, kWithdrawn))
-          failed = fail(Errc::kUnavailable, "batond did not take the snapshot in ",
-                        std::to_string(timeout_ns / 1'000'000),
-                        " ms; the commit was withdrawn and will not become a generation");
-        else if (daemon_gone(socket_fd))
+          failed = gone ? fail(Errc::kUnavailable,
+                               "batond went away before it took the snapshot; the commit was withdrawn and will "
+                               "not become a generation")
+                        : fail(Errc::kUnavailable, "batond did not take the snapshot in ",
+                               std::to_string(timeout_ns / 1'000'000),
+                               " ms; the commit was withdrawn and will not become a generation");
+        else if (gone || daemon_gone(socket_fd))
           failed = fail(Errc::kUnavailable,
                         "batond went away during the commit (it may or may not have become a generation)");
         return !failed;
@@ -412,10 +418,17 @@ bool wait_tail(ClientSegment& s, uint32_t target, uint64_t timeout_ns, int socke
 Result<uint64_t> post_log(ClientSegment& s, std::span<const std::pair<uint64_t, uint64_t>> ranges,
                           uint64_t timeout_ns, int socket_fd) {
   CommitLog& log = s.channel->log;
-  if (!wait_tail(s, s.log_head + 1 - kLogSlots, timeout_ns, socket_fd))
+  // Half the log behind: a batond that went away takes nothing more, so
+  // this commit is not posted (it would never become a generation).
+  // Looked at only then, since a poll costs more than a post.
+  if (s.log_head - log.tail.load(std::memory_order_acquire) > kLogSlots / 2 && daemon_gone(socket_fd))
+    return fail(Errc::kUnavailable, "batond went away; this commit was not posted");
+  if (!wait_tail(s, s.log_head + 1 - kLogSlots, timeout_ns, socket_fd)) {
+    if (daemon_gone(socket_fd)) return fail(Errc::kUnavailable, "batond went away; this commit was not posted");
     return fail(Errc::kUnavailable, "batond took none of the ", std::to_string(kLogSlots),
                 " commits posted before this one in ", std::to_string(timeout_ns / 1'000'000),
                 " ms; this one was not posted");
+  }
   LogSlot& slot = log.slots[s.log_head % kLogSlots];
   uint64_t at = 0;
   for (size_t i = 0; i < ranges.size(); ++i) {

@@ -681,6 +681,41 @@ TEST(Daemon, AWaitOnAStoppedBatondEndsAtItsTimeout) {
   baton_stop(b);
 }
 
+// A commit waits for batond's answer. A batond that went away answers
+// nothing: the commit ends then, with a clear error, not at its timeout
+// (an independent campaign saw each such commit take the whole 30 s), and
+// posted commits stop being posted once batond is half the log behind.
+TEST(Daemon, ACommitEndsWhenItsBatondDies) {
+  TempDir dir;
+  Batond d(1, dir.path);
+  setenv("BATON_COMMIT_TIMEOUT_MS", "20000", 1);
+  baton_t* b = connect_to(d);
+  unsetenv("BATON_COMMIT_TIMEOUT_MS");
+  ASSERT_NE(b, nullptr);
+  constexpr size_t kBig = 1 << 20;  // more than a log slot: its commits wait
+  baton_segment_t* big = nullptr;
+  baton_segment_t* small = nullptr;
+  ASSERT_EQ(baton_open(b, "big", kBig, &big, nullptr, nullptr), 0) << baton_last_error();
+  ASSERT_EQ(baton_open(b, "small", 4096, &small, nullptr, nullptr), 0) << baton_last_error();
+  uint64_t g = 0;
+  fill(static_cast<unsigned char*>(baton_segment_data(big)), kBig, 1);
+  ASSERT_EQ(baton_commit(big, &g), 0) << baton_last_error();
+  ASSERT_EQ(baton_commit(small, &g), 0) << baton_last_error();
+  ASSERT_EQ(baton_wait(small, g, 0, 5000), 0) << baton_last_error();
+  ASSERT_EQ(kill(d.pid(), SIGKILL), 0);
+  fill(static_cast<unsigned char*>(baton_segment_data(big)), kBig, 2);
+  const auto t0 = std::chrono::steady_clock::now();
+  EXPECT_EQ(baton_commit(big, &g), BATON_EUNAVAIL);
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(10)) << "the commit waited out its timeout";
+  EXPECT_NE(std::string(baton_last_error()).find("went away"), std::string::npos) << baton_last_error();
+  int posted = 0, rc = 0;
+  for (int i = 0; i < 16 && (rc = baton_commit(small, &g)) == 0; ++i) ++posted;
+  EXPECT_EQ(rc, BATON_EUNAVAIL) << "every commit was posted to a batond that is gone";
+  EXPECT_LE(posted, 9);
+  EXPECT_NE(std::string(baton_last_error()).find("went away"), std::string::npos) << baton_last_error();
+  baton_stop(b);
+}
+
 // A small segment's commit is posted (ipc/messages.h, CommitLog): the
 // library copies what was written into a log slot, numbers the generation
 // and returns without waiting for batond. Each generation is exactly the
