@@ -641,6 +641,12 @@ struct Engine::Impl {
   /// may not have been asked: its replicas may have restarted and forgotten
   /// the newer epoch). Thread: token holder.
   void fence_if_superseded(uint64_t seg_id, uint64_t epoch) noexcept;
+  /// The newest epoch this node claimed segment `seg_id` at: the epoch it
+  /// owns it at (fenced since or not), or of a claim its load is turning
+  /// into ownership (SegmentTable::unused_claim); 0 if none. Data and set
+  /// records from below it are refused even where no copy is held here.
+  /// Thread: token holder.
+  uint64_t claimed_epoch(uint64_t seg_id) const noexcept;
   SenderTuning tuning() const noexcept;
 };
 

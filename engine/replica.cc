@@ -70,9 +70,7 @@ void Engine::Impl::on_data(Link& link, wire::Frame& f) noexcept {
     // durable (simulation seeds 3274 and 4886: two loads at once, the
     // stale one's commit acknowledged by this node after it had taken
     // ownership above it).
-    uint64_t claimed = table.unused_claim(f.seg_id);
-    if (auto o = owned.find(f.seg_id); o != owned.end()) claimed = std::max(claimed, o->second->epoch.load());
-    if (claimed > f.epoch) {
+    if (const uint64_t claimed = claimed_epoch(f.seg_id); claimed > f.epoch) {
       bump(counters.stale_epoch);
       send_error(link, f, wire::ErrorCode::kStaleEpoch, claimed);
       return;

@@ -195,9 +195,7 @@ void Engine::Impl::on_set_record(Link& link, const wire::Frame& f) noexcept {
   // at it, or its load is turning the claim into ownership), before its
   // own record of that epoch is stored: the sender was superseded, as for
   // its data (on_data).
-  uint64_t claimed = table.unused_claim(f.seg_id);
-  if (auto o = owned.find(f.seg_id); o != owned.end()) claimed = std::max(claimed, o->second->epoch.load());
-  if (claimed > f.epoch) {
+  if (const uint64_t claimed = claimed_epoch(f.seg_id); claimed > f.epoch) {
     bump(counters.stale_epoch);
     send_error(link, f, wire::ErrorCode::kStaleEpoch, claimed);
     return;
@@ -234,6 +232,12 @@ void Engine::Impl::on_set_record(Link& link, const wire::Frame& f) noexcept {
 void Engine::Impl::fence_if_superseded(uint64_t seg_id, uint64_t epoch) noexcept {
   if (auto it = owned.find(seg_id); it != owned.end() && epoch > it->second->epoch.load(std::memory_order_relaxed))
     fence(*it->second);
+}
+
+uint64_t Engine::Impl::claimed_epoch(uint64_t seg_id) const noexcept {
+  uint64_t claimed = table.unused_claim(seg_id);
+  if (auto it = owned.find(seg_id); it != owned.end()) claimed = std::max(claimed, it->second->epoch.load());
+  return claimed;
 }
 
 void Engine::Impl::fence(Segment& seg) noexcept {
