@@ -208,7 +208,14 @@ TEST(CApiCopyOnWrite, ProtectAheadStartsTheProtectorAndOtherValuesAreRefused) {
     }
     return false;
   };
-  EXPECT_TRUE(protector_runs()) << "no baton-protect thread: the switch did not reach the engine";
+  // The thread names itself once it runs, which on a loaded machine may
+  // be a moment after the commits.
+  bool runs = protector_runs();
+  for (int i = 0; i < 500 && !runs; ++i) {
+    usleep(10'000);
+    runs = protector_runs();
+  }
+  EXPECT_TRUE(runs) << "no baton-protect thread: the switch did not reach the engine";
   EXPECT_EQ(baton_unregister(s), 0);
   baton_stop(b);
 }
