@@ -19,6 +19,7 @@ using Bytes = std::vector<std::byte>;
 struct Lane {
   std::mutex mu;
   std::multimap<uint64_t, Bytes> queue;
+  std::atomic<bool> stalled{false};  ///< hold what is queued (Wire::set_stalled)
 };
 
 class WireImpl final : public Wire, public std::enable_shared_from_this<WireImpl> {
@@ -36,6 +37,11 @@ class WireImpl final : public Wire, public std::enable_shared_from_this<WireImpl
   void set_partitioned(bool p) override {
     std::lock_guard lock(mu_);
     faults_.partitioned = p;
+  }
+  void set_stalled(uint16_t to, bool on) override {
+    // Lane 0 carries nodes_[0] -> nodes_[1].
+    if (to == nodes_[1]) lanes_[0].stalled.store(on, std::memory_order_relaxed);
+    if (to == nodes_[0]) lanes_[1].stalled.store(on, std::memory_order_relaxed);
   }
   void set_direct_read(bool on) override { direct_read_.store(on, std::memory_order_relaxed); }
   bool direct_read() const noexcept { return direct_read_.load(std::memory_order_relaxed); }
@@ -67,7 +73,7 @@ class WireImpl final : public Wire, public std::enable_shared_from_this<WireImpl
     std::lock_guard lock(l.mu);
     const uint64_t now = clock_ ? clock_() : now_ns();
     uint16_t k = 0;
-    while (k < n && !l.queue.empty() && l.queue.begin()->first <= now) {
+    while (k < n && !l.stalled.load(std::memory_order_relaxed) && !l.queue.empty() && l.queue.begin()->first <= now) {
       held.push_back(std::move(l.queue.begin()->second));
       l.queue.erase(l.queue.begin());
       ++k;

@@ -83,10 +83,18 @@ bool Engine::Impl::apply_control() noexcept {
         auto it = peer_by_node.find(m.node);
         if (it == peer_by_node.end() || m.link >= links.size()) break;
         PeerState& p = *it->second;
+        const bool back = m.alive && !p.alive;
         p.alive = m.alive;
         p.ever_heard = m.ever_heard;
         p.link = links[m.link].get();
         for (LinkState* l : p.links) l->nudged = false;
+        // Its acknowledgements read while it was held for gone counted for
+        // nothing (update_durable): they count now. What it holds is still
+        // there, or it would have come back as a new incarnation, whose
+        // first heartbeat cleared it (on_heartbeat).
+        if (back)
+          for (auto& [id, seg] : owned)
+            if (!seg->fenced.load(std::memory_order_relaxed)) update_durable(*seg);
         break;
       }
       case ControlMsg::Kind::kView: {

@@ -30,6 +30,10 @@ class Wire {
   /// Thread: any.
   virtual void set_faults(const Faults& f) = 0;
   virtual void set_partitioned(bool p) = 0;
+  /// While on, nothing arrives at node `to` over this wire, but nothing is
+  /// lost: frames wait and arrive in order once it clears (a peer stopped
+  /// with SIGSTOP, one direction at a time). Thread: any.
+  virtual void set_stalled(uint16_t to, bool on) = 0;
   /// Whether both links say caps().direct_read (the two nodes share this
   /// process's memory, as they do): loads over this wire then read a
   /// replica's slot directly. Off by default. Thread: any.

@@ -166,6 +166,48 @@ TEST(Durability, AReplicaThatRestartedEmptyDoesNotCount) {
   }
 }
 
+// Found by a campaign (session 29): a replica stalled (SIGSTOP) while the
+// owner committed. On SIGCONT its acknowledgement reached the owner's data
+// path before its heartbeat had made the control thread count it alive
+// again, so it counted for nothing; and nothing counted it once the replica
+// was back. The durable wait timed out saying "2 of 2 replicas hold it".
+TEST(Durability, AnAcknowledgementReadWhileItsSenderWasSuspectedCountsOnceItIsBack) {
+  // Sparse heartbeats: few wait in the stalled lane ahead of the
+  // acknowledgement, so the owner reads it before it counts b alive again.
+  EngineConfig c = config(2);
+  c.heartbeat_interval_us = 20'000;
+  c.failure_timeout_us = 60'000;
+  Cluster cl(3, c);
+  Segment* seg = test::must(cl.node(1).create("late", 64 * 1024));
+  commit_durable(cl.node(1), seg, 1);
+  const auto set = replica_set(cl.node(1), seg);
+  ASSERT_EQ(set.size(), 2u);
+  const int b = set[0] != 1 ? set[0] : set[1];
+  // b stops: nothing reaches it, and it sends nothing the owner reads.
+  cl.wire(1, b).set_stalled(static_cast<uint16_t>(b), true);
+  cl.wire(1, b).set_stalled(1, true);
+  write_generation(cl.node(1), seg, 2);
+  auto g = test::must(cl.node(1).commit(seg));
+  ASSERT_TRUE(eventually([&] { return !peer_alive(cl.node(1), static_cast<uint16_t>(b)); }));
+  // It continues: it takes generation 2 and acknowledges it, and the owner
+  // reads that acknowledgement in the same bursts as b's first heartbeats.
+  cl.wire(1, b).set_stalled(static_cast<uint16_t>(b), false);
+  ASSERT_TRUE(eventually([&] {
+    auto st = cl.node(b).replica_status("late");
+    return st && !st->generations.empty() && st->generations.front() == g;
+  }));
+  std::this_thread::sleep_for(20ms);  // its acknowledgement is sent
+  cl.wire(1, b).set_stalled(1, false);
+  ASSERT_TRUE(eventually([&] { return peer_alive(cl.node(1), static_cast<uint16_t>(b)); }));
+  auto held = [&] {
+    for (auto& [n, h] : test::must(cl.node(1).status(seg)).replicas)
+      if (n == b && h < g) return false;
+    return true;
+  };
+  ASSERT_TRUE(eventually(held)) << cl.events();
+  EXPECT_TRUE(test::ok(cl.node(1).wait_replicated(seg, g, kDurable, 3s))) << cl.events();
+}
+
 // Bug 4: the owner is cut off while its writer commits; another node takes
 // over. The old owner must not restore its own divergent generation.
 TEST(Durability, AFencedOwnerDoesNotRestoreItsDivergentHistory) {
