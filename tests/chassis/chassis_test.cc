@@ -318,6 +318,8 @@ TEST(Chassis, AMemifServerOutlivesPeersThatHangUpAtOnce) {
   EXPECT_EQ(out.find("\"alive\":false"), std::string::npos) << out << run("tail -20 " + dir + "/blade1.log", &status);
 
   // Killed, the server leaves its socket file; restarted, it binds again.
+  const std::string first_log = run("cat " + dir + "/blade1.log", &status);
+  ASSERT_FALSE(first_log.empty());
   const pid_t pid = blade_pid(dir, 1);
   ASSERT_GT(pid, 0);
   kill(pid, SIGKILL);
@@ -331,6 +333,11 @@ TEST(Chassis, AMemifServerOutlivesPeersThatHangUpAtOnce) {
     linked = status == 0 && out.find("net_memif2") != std::string::npos && out.find(" down ") == std::string::npos;
   }
   EXPECT_TRUE(linked) << out << run("tail -20 " + dir + "/blade1.log", &status);
+  // The restarted blade's log goes on below its predecessor's.
+  const std::string log = run("cat " + dir + "/blade1.log", &status);
+  EXPECT_EQ(log.substr(0, first_log.size()), first_log);
+  EXPECT_NE(log.find("chassis restart: a new incarnation", first_log.size() > 0 ? first_log.size() - 1 : 0),
+            std::string::npos) << log;
   out = run(ctl + " chassis down --dir " + dir, &status);
   EXPECT_EQ(status, 0) << out;
 }

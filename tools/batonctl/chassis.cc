@@ -149,8 +149,10 @@ std::string config_for(const ChassisConfig& c, int id) {
   return o.str();
 }
 
+// `restart`: the log is appended to, below a line saying so (what the dead
+// incarnation said last is what its operator wants to read).
 pid_t spawn_daemon(const std::string& batond, const std::string& config, const std::string& log,
-                   const std::string& netns) {
+                   const std::string& netns, bool restart = false) {
   const pid_t pid = fork();
   if (pid != 0) return pid;
   setsid();  // a blade outlives the batonctl that started it
@@ -158,7 +160,11 @@ pid_t spawn_daemon(const std::string& batond, const std::string& config, const s
     const int ns = open(("/run/netns/" + netns).c_str(), O_RDONLY | O_CLOEXEC);
     if (ns < 0 || setns(ns, CLONE_NEWNET) != 0) _exit(126);
   }
-  const int fd = open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  const int fd = open(log.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC | (restart ? O_APPEND : O_TRUNC), 0644);
+  if (fd >= 0 && restart) {
+    const std::string line = "--- batonctl chassis restart: a new incarnation of this blade starts here ---\n";
+    (void)!write(fd, line.data(), line.size());
+  }
   const int null = open("/dev/null", O_RDONLY);
   if (fd >= 0) {
     dup2(fd, STDOUT_FILENO);
@@ -315,7 +321,7 @@ Result<pid_t> chassis_restart_blade(const ChassisConfig& c, int id) {
   std::error_code ec;
   fs::remove(socket, ec);
   const pid_t pid = spawn_daemon(c.batond, blade_path(c.dir, id, ".toml"), blade_path(c.dir, id, ".log"),
-                                 c.transport == "af_packet" ? netns_name(c.dir, id) : "");
+                                 c.transport == "af_packet" ? netns_name(c.dir, id) : "", true);
   std::ofstream(blade_path(c.dir, id, ".pid")) << pid << "\n";
   struct stat st;
   std::string how = "it did not serve within 20 s";

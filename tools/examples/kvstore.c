@@ -23,6 +23,7 @@
  * baton_await_promotion() and opens its segment only once promoted; it
  * exits quietly when retired. */
 #include <baton/baton.h>
+#include <errno.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -74,6 +75,14 @@ static int dump(const char* dir, const char* file, const void* p, size_t n) {
   return ok && rename(tmp, path) == 0 ? 0 : -1;
 }
 
+/* A whole non-negative decimal number, or -1. */
+static long number(const char* s) {
+  char* end;
+  errno = 0;
+  const long v = strtol(s, &end, 10);
+  return errno == 0 && end != s && *end == '\0' && v >= 0 ? v : -1;
+}
+
 int main(int argc, char** argv) {
   const char* socket_path = NULL;
   const char* name = "kv";
@@ -88,11 +97,11 @@ int main(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     if (!strcmp(argv[i], "--socket") && i + 1 < argc) socket_path = argv[++i];
     else if (!strcmp(argv[i], "--name") && i + 1 < argc) name = argv[++i];
-    else if (!strcmp(argv[i], "--batches") && i + 1 < argc) batches = atol(argv[++i]);
+    else if (!strcmp(argv[i], "--batches") && i + 1 < argc) batches = number(argv[++i]);
     else if (!strcmp(argv[i], "--dump") && i + 1 < argc) dump_dir = argv[++i];
-    else if (!strcmp(argv[i], "--every-ms") && i + 1 < argc) every_ms = atol(argv[++i]);
-    else if (!strcmp(argv[i], "--size-kib") && i + 1 < argc) size_kib = atol(argv[++i]);
-    else if (!strcmp(argv[i], "--heap-mib") && i + 1 < argc) heap_mib = atol(argv[++i]);
+    else if (!strcmp(argv[i], "--every-ms") && i + 1 < argc) every_ms = number(argv[++i]);
+    else if (!strcmp(argv[i], "--size-kib") && i + 1 < argc) size_kib = number(argv[++i]);
+    else if (!strcmp(argv[i], "--heap-mib") && i + 1 < argc) heap_mib = number(argv[++i]);
     else if (!strcmp(argv[i], "--report-metric") && i + 1 < argc) metric = argv[++i];
     else if (!strcmp(argv[i], "--slow-file") && i + 1 < argc) slow_file = argv[++i];
     else if (!strcmp(argv[i], "--hold")) hold = 1;
@@ -102,8 +111,12 @@ int main(int argc, char** argv) {
       return 64;
     }
   }
-  if (socket_path == NULL || batches < 0 || every_ms < 0 || size_kib < 0 || heap_mib < 0) {
+  if (socket_path == NULL) {
     fprintf(stderr, "baton-kv: --socket is required\n");
+    return 64;
+  }
+  if (batches < 0 || every_ms < 0 || size_kib < 0 || heap_mib < 0) {
+    fprintf(stderr, "baton-kv: --batches, --every-ms, --size-kib and --heap-mib take a whole number >= 0\n");
     return 64;
   }
   setvbuf(stdout, NULL, _IOLBF, 0);
