@@ -436,6 +436,7 @@ Result<Segment*> Engine::Impl::make_segment(std::string_view name, uint64_t size
   seg->chunk_size = effective_chunk_size();
   seg->epoch.store(epoch);
   seg->committed.store(generation);
+  seg->creating.store(restored == nullptr && generation == 0);  // create_fresh's
   if (restored != nullptr) {
     seg->mem = std::move(*restored);
   } else {

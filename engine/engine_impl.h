@@ -635,7 +635,15 @@ struct Engine::Impl {
                   uint16_t flags = 0) noexcept;
   void send_fetch_request(FetchOp& op, uint64_t now) noexcept;
   void flush_acks() noexcept;
-  void fence(Segment& seg) noexcept;
+  /// `why`: what superseded it (default: a newer owner epoch).
+  void fence(Segment& seg, const std::string& why = {}) noexcept;
+  /// Another owner of `seg`'s own `epoch` proposed a replica set
+  /// (`evidence` says how this node learnt it): if this owner's set is not
+  /// recorded yet, it steps down (records.cc).
+  void step_down_if_rivalled(Segment& seg, uint64_t epoch, const std::string& evidence) noexcept;
+  /// kFlagRecord for a kStaleEpoch refusal of `f` when this node holds
+  /// another owner's set record of f's epoch, else 0.
+  uint16_t rival_record_flag(const wire::Frame& f) const noexcept;
   /// Another node wrote data or a set record of segment `seg_id` under
   /// `epoch`: if this node owns it at an older epoch, it was superseded (it
   /// may not have been asked: its replicas may have restarted and forgotten

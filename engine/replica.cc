@@ -75,6 +75,15 @@ void Engine::Impl::on_data(Link& link, wire::Frame& f) noexcept {
       send_error(link, f, wire::ErrorCode::kStaleEpoch, claimed);
       return;
     }
+    // Nor when this node owns it at that very epoch: two loads claimed it
+    // at once (records.cc, on_set_record). A node is never a replica of
+    // what it owns (once it stepped down, it may be).
+    if (auto o = owned.find(f.seg_id);
+        o != owned.end() && o->second->epoch.load() == f.epoch && !o->second->fenced.load()) {
+      bump(counters.stale_epoch);
+      send_error(link, f, wire::ErrorCode::kStaleEpoch, f.epoch, rival_record_flag(f) | wire::kFlagOwner);
+      return;
+    }
     if (f.total_len > config.max_segment_size) {
       send_error(link, f, wire::ErrorCode::kNoRoom, 0);
       return;
@@ -112,7 +121,7 @@ void Engine::Impl::on_data(Link& link, wire::Frame& f) noexcept {
     // epoch superseded it. A newer epoch means ownership moved: adopt it.
     if (f.epoch <= st.epoch()) {
       bump(counters.stale_epoch);
-      send_error(link, f, wire::ErrorCode::kStaleEpoch, st.epoch());
+      send_error(link, f, wire::ErrorCode::kStaleEpoch, st.epoch(), rival_record_flag(f));
       return;
     }
     st.adopt_epoch(f.src, f.epoch);

@@ -385,6 +385,34 @@ void Engine::Impl::on_error(const wire::Frame& f) noexcept {
       forward_answer(RoundEvent::Kind::kRefused, f);
       auto it = owned.find(f.seg_id);
       if (it != owned.end() && f.epoch > it->second->epoch.load()) fence(*it->second);
+      // Of this owner's own epoch, by a node holding another owner's set
+      // record of it: two loads claimed the epoch at once.
+      else if (it != owned.end() && (f.flags & wire::kFlagRecord) != 0)
+        step_down_if_rivalled(*it->second, f.epoch,
+                              "node " + std::to_string(f.src) + " holds the other's replica set record");
+      // By the other owner itself, and neither proposed a set: each may
+      // wait forever for replicas the other holds (a small cluster). The
+      // higher node id yields; the lower one's set then fills, through
+      // this node too.
+      else if (it != owned.end() && (f.flags & wire::kFlagOwner) != 0 && f.src < config.node_id)
+        step_down_if_rivalled(*it->second, f.epoch,
+                              "node " + std::to_string(f.src) + " owns it at that epoch too and has the lower id");
+      // A member refusing this owner's own epoch holds the other owner's
+      // copy (or is it): it never will take this one's data, so it is
+      // replaced, or neither owner might ever fill its set and propose it.
+      if (it != owned.end() && f.epoch == it->second->epoch.load() && !it->second->fenced.load()) {
+        Segment& seg = *it->second;
+        const bool member = std::any_of(seg.replicas.begin(), seg.replicas.end(), [&](const auto& r) {
+          return r->node.load(std::memory_order_relaxed) == f.src;
+        });
+        if (member && std::find(seg.refusing.begin(), seg.refusing.end(), f.src) == seg.refusing.end() &&
+            seg.refusing.size() < 64) {
+          seg.refusing.push_back(f.src);
+          record_event("segment " + seg.name + ": node " + std::to_string(f.src) + " refuses owner epoch " +
+                       std::to_string(f.epoch) + " (another owner took it too); its replica goes elsewhere");
+          tell_control(SegmentNews{SegmentNews::Kind::kRefusing, 0, seg.id, f.src});
+        }
+      }
       return;
     }
     case wire::ErrorCode::kNoSuchSegment:

@@ -153,9 +153,15 @@ uint16_t Placer::pick_replica(uint64_t seg_id, const wire::ReplicaSet& nodes, bo
   auto score = [&](uint16_t cand) {
     return std::make_tuple(standby(seg_id, cand), diversity(nodes, cand, 0), replica_rank(seg_id, cand));
   };
+  const auto pl = placements_.find(seg_id);
+  auto refusing = [&](uint16_t n) {
+    return pl != placements_.end() && std::find(pl->second.refusing.begin(), pl->second.refusing.end(), n) !=
+                                          pl->second.refusing.end();
+  };
   uint16_t best = 0;
   for (const uint16_t cand : e_.peer_nodes) {
-    if (!(live_only ? detector_.alive(cand) : detector_.reachable(cand)) || contains(nodes, cand)) continue;
+    if (!(live_only ? detector_.alive(cand) : detector_.reachable(cand)) || contains(nodes, cand) || refusing(cand))
+      continue;
     if (best == 0 || score(cand) > score(best)) best = cand;
   }
   return best;
@@ -180,6 +186,13 @@ void Placer::step(uint64_t now, Rounds& rounds, std::vector<ControlMsg>& out) no
         break;
       case SegmentNews::Kind::kFenced:
         if (auto it = placements_.find(n.seg_id); it != placements_.end()) it->second.fenced = true;
+        break;
+      case SegmentNews::Kind::kRefusing:
+        if (auto it = placements_.find(n.seg_id); it != placements_.end()) {
+          const auto node = static_cast<uint16_t>(n.set);
+          auto& r = it->second.refusing;
+          if (std::find(r.begin(), r.end(), node) == r.end()) r.push_back(node);
+        }
         break;
       case SegmentNews::Kind::kGone:
         placements_.erase(n.seg_id);
@@ -219,11 +232,14 @@ void Placer::step(uint64_t now, Rounds& rounds, std::vector<ControlMsg>& out) no
   for (auto& [id, pl] : placements_) {
     if (!pl.placed || pl.waiting || pl.fenced) continue;
     // S12: a replica on a node that is gone (or a slot never filled) goes
-    // to the best live peer.
+    // to the best live peer; so does one on a node that refuses this
+    // owner's epoch (it holds another owner's copy of it).
     wire::ReplicaSet next = pl.nodes;
     bool changed = false;
     for (size_t i = 0; i < pl.slots && i < next.size(); ++i) {
-      if (next[i] != 0 && detector_.reachable(next[i])) continue;
+      const bool refuses = std::find(pl.refusing.begin(), pl.refusing.end(), next[i]) != pl.refusing.end();
+      if (next[i] != 0 && detector_.reachable(next[i]) && !refuses) continue;
+      if (refuses) next[i] = 0;  // not a candidate for its own slot either
       if (const uint16_t best = pick_replica(id, next, true); best != 0) {
         next[i] = best;
         changed = true;

@@ -33,6 +33,7 @@ struct SegmentNews {
     kSlots,   ///< its slots hold `set` now (after a kPlace, applied or not)
     kFenced,  ///< superseded: no more placement
     kGone,    ///< no longer owned here
+    kRefusing,  ///< the node in `set` (alone) refuses this owner's epoch: it holds another owner's copy of it
   };
   Kind kind = Kind::kAdded;
   uint8_t slots = 0;
@@ -57,6 +58,9 @@ struct Placement {
   bool placed = false;               ///< the first placement was sent
   bool fenced = false;
   bool waiting = false;              ///< a decision is on its way: none other until the data path reports
+  /// Nodes that refused this owner's own epoch (another owner of the same
+  /// epoch holds them, records.cc): replaced like lost ones, never picked.
+  std::vector<uint16_t> refusing;
 };
 
 /// Decides where the replicas of the segments this node owns go. Thread:

@@ -154,7 +154,11 @@ void Engine::Impl::apply_recorded(const ControlMsg& m) noexcept {
       seg.fenced.load(std::memory_order_relaxed))
     return;
   if (!m.alive) {
-    p.failed = true;  // the creator gives up (Engine::create) and withdraws it
+    p.failed = true;
+    if (seg.creating.load()) return;  // the creator gives up (create_fresh) and withdraws it
+    // Too many nodes hold another owner's record of this very epoch for
+    // this one to reach a quorum (they refused it): see step_down_if_rivalled.
+    step_down_if_rivalled(seg, seg.epoch.load(), "too many nodes refused its replica set record");
     return;
   }
   // Members of the set recorded before that this one leaves out hold copies
@@ -200,6 +204,12 @@ void Engine::Impl::on_set_record(Link& link, const wire::Frame& f) noexcept {
     send_error(link, f, wire::ErrorCode::kStaleEpoch, claimed);
     return;
   }
+  // Another owner's record of the very epoch this node owns the segment
+  // at: two loads claimed it at once, each granted by its own copy (a set
+  // of two, R = 1) while they could not hear each other.
+  if (auto o = owned.find(f.seg_id); o != owned.end() && f.src != config.node_id) {
+    step_down_if_rivalled(*o->second, f.epoch, "node " + std::to_string(f.src) + " proposed its replica set");
+  }
   if (it == records.end()) {
     if (records.size() >= 65536) {  // a bound on what peers can make this node keep
       bump(counters.bad_input);
@@ -216,7 +226,7 @@ void Engine::Impl::on_set_record(Link& link, const wire::Frame& f) noexcept {
   const bool beats_tombstone = it->second.deleted && f.epoch == it->second.epoch;
   if (f.epoch < it->second.epoch || (f.epoch == it->second.epoch && f.src != it->second.owner && !beats_tombstone)) {
     bump(counters.stale_epoch);
-    send_error(link, f, wire::ErrorCode::kStaleEpoch, it->second.epoch);
+    send_error(link, f, wire::ErrorCode::kStaleEpoch, it->second.epoch, rival_record_flag(f));
     return;
   }
   if (beats_tombstone || proposed.newer_than(it->second)) it->second = proposed;
@@ -227,6 +237,30 @@ void Engine::Impl::on_set_record(Link& link, const wire::Frame& f) noexcept {
   ack.flags = wire::kFlagComplete;
   ack.gen_crc = static_cast<uint32_t>(incarnation);  // see from_known_incarnation()
   send_control(link, ack);
+}
+
+uint16_t Engine::Impl::rival_record_flag(const wire::Frame& f) const noexcept {
+  auto it = records.find(f.seg_id);
+  return it != records.end() && !it->second.deleted && it->second.epoch == f.epoch && it->second.owner != f.src &&
+                 it->second.owner != 0
+             ? wire::kFlagRecord
+             : 0;
+}
+
+void Engine::Impl::step_down_if_rivalled(Segment& seg, uint64_t epoch, const std::string& evidence) noexcept {
+  // Only an owner whose own set is not recorded yet: at most one owner of
+  // an epoch gets its set recorded at a quorum (each node stores one
+  // owner's record of an epoch), and one that did is the owner. The other
+  // learnt that its rival proposed a set, which happens only once a
+  // majority of the rival's set holds every generation that may be
+  // durable: stepping down loses nothing. (Both may step down, if both
+  // proposed: then both sets hold it, and the next load claims above.)
+  if (seg.epoch.load() != epoch || !seg.recorded_set.empty() || seg.creating.load() || seg.fenced.load()) return;
+  // Its proposal, if it made one, stays where it is stored: a majority of
+  // that set holds every generation that may be durable too, and if both
+  // step down, a later load needs a record of this epoch to claim from
+  // (the older one names the two owners, whose copies left their stores).
+  fence(seg, "another node took it at owner epoch " + std::to_string(epoch) + " too (" + evidence + ")");
 }
 
 void Engine::Impl::fence_if_superseded(uint64_t seg_id, uint64_t epoch) noexcept {
@@ -240,10 +274,11 @@ uint64_t Engine::Impl::claimed_epoch(uint64_t seg_id) const noexcept {
   return claimed;
 }
 
-void Engine::Impl::fence(Segment& seg) noexcept {
+void Engine::Impl::fence(Segment& seg, const std::string& why) noexcept {
   if (seg.fenced.exchange(true)) return;
-  record_event("segment " + seg.name + " fenced: owner epoch " + std::to_string(seg.epoch.load()) +
-               " was superseded; this node no longer owns it");
+  record_event("segment " + seg.name + " fenced: " +
+               (why.empty() ? "owner epoch " + std::to_string(seg.epoch.load()) + " was superseded" : why) +
+               "; this node no longer owns it");
   for (auto& r : seg.replicas) r->sender.stop();
   tell_control(SegmentNews{SegmentNews::Kind::kFenced, 0, seg.id, 0});  // placement stops
 }

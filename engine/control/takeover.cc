@@ -127,7 +127,10 @@ Result<Segment*> Engine::Impl::create_fresh(std::string_view name, uint64_t size
         return failed || (seg->placed && !seg->pending.active);
       },
       deadline);
-  if (settled && !failed) return seg;
+  if (settled && !failed) {
+    seg->creating.store(false);
+    return seg;
+  }
   (void)call([this, seg] { withdraw_record(*seg); });
   (void)remove_segment(seg);
   if (failed) return fail(Errc::kExists, "segment ", name, " is being created by another node");

@@ -89,7 +89,9 @@ inline constexpr uint16_t kFlagOwner = 1 << 5;     // FETCH_META: the sender own
 inline constexpr uint16_t kFlagGenCrc = 1 << 6;    // DATA/FETCH_DATA: the generation checksum field is set
 inline constexpr uint16_t kFlagGranted = 1 << 7;   // FETCH_META: answers a CLAIM; the replica accepted its epoch
 inline constexpr uint16_t kFlagQuorate = 1 << 8;   // HEARTBEAT: the sender's view holds a majority
-inline constexpr uint16_t kFlagRecord = 1 << 9;    // FETCH_META: carries the sender's set record for the name
+inline constexpr uint16_t kFlagRecord = 1 << 9;    // FETCH_META: carries the sender's set record for the name;
+                                                   // ERROR kStaleEpoch of the refused frame's own epoch: the
+                                                   // sender holds another owner's set record of that epoch
 inline constexpr uint16_t kFlagDeleted = 1 << 10;  // SET_RECORD / FETCH_META's record: a tombstone (the name was deleted)
 inline constexpr uint16_t kFlagRelease = 1 << 11;  // SET_RECORD: a set recorded at a quorum; non-members drop their copy
 inline constexpr uint16_t kFlagDelta = 1 << 12;    // DATA: a delta (see the extension above); ACK: of a delta's positions

@@ -146,6 +146,13 @@ struct Segment {
     std::vector<uint16_t> set;
     bool failed = false;                ///< refused by too many nodes for a quorum
   } pending;
+  /// Engine::create_fresh waits for the first record: a refused one is its
+  /// to withdraw (a lost race to create the name), not a fence. Set when
+  /// made, cleared by the creator once it returns; read by the token holder.
+  std::atomic<bool> creating{false};
+  /// Members that refused this owner's own epoch, told to the control
+  /// thread once each (SegmentNews::kRefusing). Token holder only.
+  std::vector<uint16_t> refusing;
   std::atomic<uint64_t> durable{0};
   /// When `durable` last rose (the engine's clock): token holder writes
   /// (before `durable`), anyone reads.

@@ -68,9 +68,12 @@ TEST(Simulation, FourNodesTwoShards) {
 // - 3274, 4886 (session 29): two loads at once; the one that returned
 //   first had promoted its own replica in place above the other's epoch,
 //   and acked the other's commit into a copy made afresh (replica.cc).
+// - 8474 (session 30): two loads at once across a cut wire, each granted
+//   by its own copy of a set of two, owned one epoch; the one whose set
+//   was not recorded waited forever instead of stepping down (records.cc).
 TEST(Simulation, SeedsThatOnceFailed) {
   Options o;
-  for (uint64_t seed : {3274u, 4886u}) {
+  for (uint64_t seed : {3274u, 4886u, 8474u}) {
     const Outcome out = run_seed(seed, o);
     EXPECT_TRUE(out.ok) << "seed " << seed << ": " << out.violation << "\nreplay: build/tests/baton-sim --seed " << seed
                         << " --print";

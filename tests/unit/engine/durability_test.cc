@@ -208,6 +208,74 @@ TEST(Durability, AnAcknowledgementReadWhileItsSenderWasSuspectedCountsOnceItIsBa
   EXPECT_TRUE(test::ok(cl.node(1).wait_replicated(seg, g, kDurable, 3s))) << cl.events();
 }
 
+// Found by the simulator (seed 8474, session 30): the owner of a set of two
+// dies, and both members load the name at once while the wire between them
+// is cut. Each grants its own claim (R = 1 of a set of two) and owns the
+// same epoch; at most one can get its new set recorded at a quorum. The
+// other waited forever, its commits never durable. It steps down now, and
+// its application hears it was fenced.
+TEST(Durability, TwoLoadsAcrossACutOwnOneEpochAndOneStepsDown) {
+  Cluster cl(5, config(2));
+  constexpr size_t kSize = 64 * 1024;
+  Segment* seg = test::must(cl.node(1).create("twice", kSize));
+  commit_durable(cl.node(1), seg, 2);
+  const auto set = replica_set(cl.node(1), seg);
+  ASSERT_EQ(set.size(), 2u);
+  const int a = set[0], b = set[1];
+  cl.kill(1);
+  cl.wire(a, b).set_partitioned(true);
+  ASSERT_TRUE(eventually([&] {
+    return !peer_alive(cl.node(a), 1) && !peer_alive(cl.node(b), 1) && !peer_alive(cl.node(a), b) &&
+           !peer_alive(cl.node(b), a) && cl.node(a).view().quorate && cl.node(b).view().quorate;
+  }));
+  Result<OpenResult> got[2] = {fail(Errc::kTimeout, "not run"), fail(Errc::kTimeout, "not run")};
+  {
+    std::jthread ta([&] { got[0] = cl.node(a).load("twice"); });
+    std::jthread tb([&] { got[1] = cl.node(b).load("twice"); });
+  }
+  const int nodes[2] = {a, b};
+  // Each commits a generation of its own (at most one becomes durable; one
+  // that stepped down already is refused).
+  uint64_t gens[2] = {0, 0};
+  int fenced = 0;
+  for (int i = 0; i < 2; ++i) {
+    if (!got[i]) continue;
+    EXPECT_EQ(got[i]->generation, 2u);
+    write_generation(cl.node(nodes[i]), got[i]->segment, 3);
+    auto g = cl.node(nodes[i]).commit(got[i]->segment);
+    if (g) {
+      gens[i] = *g;
+      continue;
+    }
+    EXPECT_EQ(g.error().code, Errc::kFenced) << g.error().to_string();
+    ++fenced;
+  }
+  cl.wire(a, b).set_partitioned(false);
+  int durable = 0;
+  for (int i = 0; i < 2; ++i) {
+    if (!got[i] || gens[i] == 0) continue;
+    auto w = cl.node(nodes[i]).wait_replicated(got[i]->segment, gens[i], kDurable, 5s);
+    if (w) {
+      ++durable;
+      continue;
+    }
+    EXPECT_EQ(w.error().code, Errc::kFenced) << "node " << nodes[i] << ": " << w.error().to_string() << cl.events();
+    ++fenced;
+  }
+  EXPECT_LE(durable, 1);
+  EXPECT_GE(fenced, 1) << "two owners of one epoch, neither stepped down" << cl.events();
+  // Whoever owns it now serves generation 3 or 2, never a torn one; and
+  // the name is usable: a node that loads it after gets a committed state.
+  for (int i = 0; i < 2; ++i)
+    if (got[i]) (void)cl.node(nodes[i]).close(got[i]->segment);
+  int other = 2;
+  while (other == a || other == b) ++other;
+  Result<OpenResult> later = fail(Errc::kTimeout, "not run");
+  ASSERT_TRUE(eventually([&] { return (later = cl.node(other).load("twice")).has_value(); })) << cl.events();
+  EXPECT_EQ(later->generation, durable == 1 ? 3u : later->generation);
+  EXPECT_TRUE(equals_generation(cl.node(other), later->segment, later->generation));
+}
+
 // Bug 4: the owner is cut off while its writer commits; another node takes
 // over. The old owner must not restore its own divergent generation.
 TEST(Durability, AFencedOwnerDoesNotRestoreItsDivergentHistory) {
