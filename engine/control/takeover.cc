@@ -296,9 +296,13 @@ Result<OpenResult> Engine::Impl::load_from(const QueryOp& q, std::string_view na
   // (epoch, version) from different owners are left by a lost race to
   // create the name whose loser could not withdraw its own: then each must.
   std::vector<uint64_t> sets{record.epoch != 0 ? record.set : best->set};
+  // (A tombstone of that epoch is no such record: a delete that the
+  // owner's claim beat, deleted_at(). Taken for one, its empty set made
+  // every later load fail, "0 of 0 replicas of set {}": seed 15871.)
   for (const auto& a : q.answers)
-    if (a.record.epoch == record.epoch && a.record.version == record.version && a.record.owner != record.owner &&
-        record.epoch != 0 && std::find(sets.begin(), sets.end(), a.record.set) == sets.end())
+    if (live_record(a, deleted) && a.record.epoch == record.epoch && a.record.version == record.version &&
+        a.record.owner != record.owner && record.epoch != 0 &&
+        std::find(sets.begin(), sets.end(), a.record.set) == sets.end())
       sets.push_back(a.record.set);
   // How many must accept: durable means held by a majority W = |S|/2 + 1 of
   // the set, so R = |S| - W + 1 acceptances (a) leave the old owner fewer

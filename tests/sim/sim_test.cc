@@ -71,9 +71,12 @@ TEST(Simulation, FourNodesTwoShards) {
 // - 8474 (session 30): two loads at once across a cut wire, each granted
 //   by its own copy of a set of two, owned one epoch; the one whose set
 //   was not recorded waited forever instead of stepping down (records.cc).
+// - 15871 (session 30): a delete beaten by a load left a tombstone of the
+//   load's epoch; later loads took it for a second owner's set record, of
+//   no members, and the name never loaded again (takeover.cc).
 TEST(Simulation, SeedsThatOnceFailed) {
   Options o;
-  for (uint64_t seed : {3274u, 4886u, 8474u}) {
+  for (uint64_t seed : {3274u, 4886u, 8474u, 15871u}) {
     const Outcome out = run_seed(seed, o);
     EXPECT_TRUE(out.ok) << "seed " << seed << ": " << out.violation << "\nreplay: build/tests/baton-sim --seed " << seed
                         << " --print";
