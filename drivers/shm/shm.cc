@@ -106,10 +106,18 @@ class ShmLink final : public Link {
         out_(ring_at(base, side, max_frame, slots)), in_(ring_at(base, 1 - side, max_frame, slots)) {
     header()->start[side_].store(process_start(getpid()), std::memory_order_relaxed);
     header()->pid[side_].store(getpid(), std::memory_order_release);
-    // Frames a previous incarnation of this side left unreleased are read
-    // again (the engine tells stale frames apart); where it left off writing
-    // is where this one goes on.
-    rx_next_ = in_.head->value.load(std::memory_order_acquire);
+    // Frames queued for this side before it attached were written for a
+    // previous incarnation (or for nobody yet): this one starts after them,
+    // as a memif reconnection starts on fresh rings. Read, they reached the
+    // new incarnation as news: a restarted coordinator took its dead
+    // predecessor's queued reports, seconds old, for current ones and
+    // failed a group over to the node already running it (a campaign,
+    // session 30). Frames the peer writes once it sees this side attached
+    // come after the tail read here. Where the previous incarnation left
+    // off writing is where this one goes on.
+    const uint64_t queued = in_.tail->value.load(std::memory_order_acquire);
+    in_.head->value.store(queued, std::memory_order_release);
+    rx_next_ = queued;
     tx_next_ = out_.tail->value.load(std::memory_order_acquire);
   }
   ~ShmLink() override {

@@ -261,6 +261,21 @@ void Runner::assigned(const Assignment& a, uint64_t now) {
            "moved to node " + std::to_string(a.node) + " (assignment " + std::to_string(a.seq) + ")", now);
     return;
   }
+  // Working here already: a coordinator that decided from reports older
+  // than this run (a stall, or a restart that read queued notes) chose the
+  // node it runs on. It goes on under the new number; starting it again
+  // would only stop a healthy instance. (A restart where it failed names a
+  // failed run, not a working one: Coordinator::restart_here.)
+  if (it != locals_.end() && works(it->second.state)) {
+    Local& l = it->second;
+    events_("group " + a.group + ": assignment " + std::to_string(a.seq) + " from node " +
+            std::to_string(a.coordinator) + " names this node, where it " +
+            (l.state == RunState::kStarting ? "is starting" : "runs") + " already (assignment " +
+            std::to_string(l.seq) + (l.app > 0 ? ", pid " + std::to_string(l.app) : std::string()) +
+            "): it goes on under the new number" + (a.reason.empty() ? "" : "; the decision: " + a.reason));
+    l.seq = a.seq;
+    return;
+  }
   // What must make room for it (make_room: the coordinator chose by the
   // same rule, so this is what it meant to stop).
   std::vector<const ServiceGroup*> running;

@@ -1,0 +1,95 @@
+// The runner's side of assignments (failover/runner.h), with real child
+// processes: what a node does with a decision that names it.
+
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <time.h>
+
+#include <chrono>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "failover/runner.h"
+
+namespace baton::failover {
+namespace {
+
+uint64_t now_ns() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<uint64_t>(ts.tv_sec) * 1'000'000'000 + static_cast<uint64_t>(ts.tv_nsec);
+}
+
+ServiceGroup sleeper() {
+  ServiceGroup g;
+  g.name = "app";
+  g.start = "exec sleep 60";  // no segments: no batond needed
+  return g;
+}
+
+// Steps the runner until `done` or 5 s.
+template <class F>
+bool step_until(Runner& r, F done) {
+  for (int i = 0; i < 500; ++i) {
+    r.step(now_ns());
+    if (done()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return false;
+}
+
+RunState state_of(const Runner& r) {
+  for (const auto& run : r.runs())
+    if (run.group == "app") return run.state;
+  return RunState::kStopped;
+}
+
+// A campaign (session 30) saw a restarted coordinator decide from queued,
+// seconds-old reports: it failed a group over to the very node that ran it
+// since, and that node killed its healthy instance to start another. A
+// newer assignment for a group working here keeps the instance.
+TEST(Runner, ANewAssignmentForAGroupRunningHereKeepsItsInstance) {
+  std::vector<std::string> events;
+  Runner r(Runner::Env{1, "/nonexistent.sock", NodeCaps{}}, {sleeper()},
+           [&](std::string e) { events.push_back(std::move(e)); });
+  r.assigned(Assignment{"app", 1, 100, 2, "first start"}, now_ns());
+  ASSERT_TRUE(step_until(r, [&] { return state_of(r) == RunState::kRunning; }));
+  const pid_t pid = r.pid_of("app");
+  ASSERT_GT(pid, 0);
+  r.assigned(Assignment{"app", 1, 200, 3, "failed on node 2: a report from before"}, now_ns());
+  for (int i = 0; i < 20; ++i) {
+    r.step(now_ns());
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  EXPECT_EQ(r.pid_of("app"), pid) << "the running instance was replaced";
+  EXPECT_EQ(kill(pid, 0), 0) << "the running instance was stopped";
+  ASSERT_EQ(r.runs().size(), 1u);
+  EXPECT_EQ(r.runs()[0].seq, 200u);  // reported under the new number
+  EXPECT_EQ(r.runs()[0].state, RunState::kRunning);
+  bool said = false;
+  for (const auto& e : events) said |= e.find("runs already") != std::string::npos;
+  EXPECT_TRUE(said);
+  // An older or repeated one changes nothing; one naming another node stops it.
+  r.assigned(Assignment{"app", 1, 150, 2, ""}, now_ns());
+  EXPECT_EQ(r.runs()[0].seq, 200u);
+  r.assigned(Assignment{"app", 2, 300, 3, "moved"}, now_ns());
+  EXPECT_TRUE(step_until(r, [&] { return kill(pid, 0) != 0 || state_of(r) != RunState::kRunning; }));
+}
+
+// A group that failed here and is restarted here (it fails over on
+// performance only: Coordinator::restart_here) does start again.
+TEST(Runner, ARestartWhereItFailedStartsItAgain) {
+  Runner r(Runner::Env{1, "/nonexistent.sock", NodeCaps{}}, {sleeper()}, [](std::string) {});
+  r.assigned(Assignment{"app", 1, 100, 2, ""}, now_ns());
+  ASSERT_TRUE(step_until(r, [&] { return state_of(r) == RunState::kRunning; }));
+  const pid_t first = r.pid_of("app");
+  kill(first, SIGKILL);
+  ASSERT_TRUE(step_until(r, [&] { return state_of(r) == RunState::kFailed; }));
+  r.assigned(Assignment{"app", 1, 200, 2, "restarts here"}, now_ns());
+  ASSERT_TRUE(step_until(r, [&] { return state_of(r) == RunState::kRunning && r.pid_of("app") > 0; }));
+  EXPECT_NE(r.pid_of("app"), first);
+}
+
+}  // namespace
+}  // namespace baton::failover
