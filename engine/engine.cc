@@ -750,11 +750,15 @@ Result<std::vector<std::byte>> Engine::read_replica(std::string_view name, uint6
   return out;
 }
 
-std::vector<PeerStatus> Engine::peers() const {
+std::vector<PeerStatus> Engine::peers() const { return peers_of(*impl_); }
+
+std::vector<PeerStatus> Engine::peers(std::string_view name) const { return peers_of(shard_for(name)); }
+
+std::vector<PeerStatus> Engine::peers_of(Impl& impl) const {
   std::vector<PeerStatus> out;
-  auto done = impl_->call([&] {
-    const uint64_t now = impl_->clock_ns();
-    for (const auto& p : impl_->peer_states) {
+  auto done = impl.call([&] {
+    const uint64_t now = impl.clock_ns();
+    for (const auto& p : impl.peer_states) {
       uint64_t heard = 0;
       for (const LinkState* l : p.links) heard = std::max(heard, l->heard_ns.load(std::memory_order_relaxed));
       out.push_back(PeerStatus{p.node, p.alive, p.ever_heard, p.ever_heard ? (now - std::min(now, heard)) / 1000 : 0,

@@ -517,6 +517,10 @@ class Engine {
   /// What the failure detector believes of each peer (the first shard's:
   /// each shard's control plane watches its own queue pairs).
   std::vector<PeerStatus> peers() const;
+  /// The same, as the shard that owns segment `name` sees them: each shard
+  /// has links and a failure detector of its own (EngineConfig::shards),
+  /// and a wire of one shard may be down while another's is up.
+  std::vector<PeerStatus> peers(std::string_view name) const;
   /// The current membership view (the first shard's).
   View view() const;
   /// The most recent events (membership changes, fencing, the daemon's
@@ -567,6 +571,7 @@ class Engine {
   /// The shard owning `name`, and the one whose table holds `segment`
   /// (null: an unknown handle). Thread: any.
   Impl& shard_for(std::string_view name) const noexcept;
+  std::vector<PeerStatus> peers_of(Impl& shard) const;
   Impl* shard_holding(const Segment* segment) const noexcept;
   std::vector<std::unique_ptr<Impl>> shards_;  ///< fixed at start
   Impl* impl_;  ///< shards_[0]: node-wide state (view, peers, notes, events) is read from it

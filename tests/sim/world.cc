@@ -624,7 +624,7 @@ class World {
       // failure detector holds alive when fewer are (the engine degrades).
       checking_ = true;
       uint32_t reachable = 0;
-      const auto peers = engine(n)->peers();
+      const auto peers = engine(n)->peers(a.name);  // its shard's detector, as update_durable counts
       for (const auto& p : peers) reachable += p.alive;
       checking_ = false;
       const uint32_t majority = std::min<uint32_t>(o_.replication_factor, reachable) / 2 + 1;
@@ -763,19 +763,22 @@ class World {
     // A node it could hear only since the call began (a heal during it)
     // may have come too late for its query: it counts only if it was heard
     // at the start as well.
-    std::vector<bool> heard = heard_by(opener);
+    std::vector<bool> heard = heard_by(opener, a.name);
     if (heard_before_node_ == opener)
       for (size_t m = 0; m < heard.size(); ++m) heard[m] = heard[m] && heard_before_[m];
     const int reachable = copies(a, a.durable, false, true, &heard);
     return reachable == 0;
   }
 
-  /// The nodes `opener`'s failure detector holds alive now (and itself).
-  std::vector<bool> heard_by(int opener) {
+  /// The nodes `opener`'s failure detector holds alive now (and itself):
+  /// the detector of the shard that owns segment `name` (each shard has
+  /// wires of its own; one may be cut while another is not: seed 1202 with
+  /// 2 shards took a holder for heard through the first shard's detector).
+  std::vector<bool> heard_by(int opener, const std::string& name) {
     checking_ = true;
     std::vector<bool> heard(o_.nodes + 1, false);
     heard[opener] = true;
-    for (const auto& p : engine(opener)->peers()) heard[p.node] = p.alive;
+    for (const auto& p : engine(opener)->peers(name)) heard[p.node] = p.alive;
     checking_ = false;
     return heard;
   }
@@ -899,7 +902,7 @@ class World {
     const char* how = agent ? "agent load" : it != held.end() ? "reopen" : "open";
     Segment* old = it != held.end() ? it->second : nullptr;
     heard_before_node_ = n;
-    heard_before_ = heard_by(n);
+    heard_before_ = heard_by(n, a.name);
     const uint64_t started = now_;
     const bool armed = arm_race(a, true);
     auto r = call_on(n, [&](Engine& e) {
@@ -1090,7 +1093,7 @@ class World {
         Segment* old = n != 0 && held_[n - 1].count(a.name) ? held_[n - 1][a.name] : nullptr;
         ++a.attempts;
         heard_before_node_ = n;
-        heard_before_ = heard_by(n);
+        heard_before_ = heard_by(n, a.name);
         auto r = call_on(n, [&](Engine& e) { return old ? e.reopen(old) : e.open(a.name, o_.segment_size); });
         if (old != nullptr && !engine(n)->status(old)) held_[n - 1].erase(a.name);
         if (r) {
