@@ -31,6 +31,8 @@ Result<std::string> encode_report(const NodeReport& r) {
             {"s", r.caps.spare},
             {"tg", r.caps.tags},
             {"g", runs}};
+  if (r.ask != 0) j["a"] = r.ask;
+  if (r.answer != 0) j["k"] = r.answer;
   std::string out = j.dump(-1, ' ', false, json::error_handler_t::replace);
   if (out.size() > wire::kMaxNote)
     return fail(Errc::kInvalidArgument, "this node's report takes ", std::to_string(out.size()),
@@ -83,8 +85,12 @@ Result<Message> decode_note(std::string_view bytes) {
   if (!j.contains("s") || !j["s"].is_boolean()) return bad("s");
   if (!j.contains("tg") || !j["tg"].is_array()) return bad("tg");
   if (!j.contains("g") || !j["g"].is_array()) return bad("g");
+  for (const char* f : {"a", "k"})
+    if (j.contains(f) && !j[f].is_number_unsigned()) return bad(f);
   r.node = j["n"].get<uint16_t>();
   r.groups_hash = j["h"].get<uint64_t>();
+  r.ask = j.value("a", uint64_t{0});
+  r.answer = j.value("k", uint64_t{0});
   r.caps.cores = j["c"].get<uint32_t>();
   r.caps.memory_mib = j["m"].get<uint64_t>();
   r.caps.spare = j["s"].get<bool>();

@@ -147,6 +147,25 @@ Choice choose(const ServiceGroup& g, Why why, std::span<const uint16_t> members,
   return c;
 }
 
+uint64_t ReportRound::start(uint64_t now, uint16_t self) {
+  ask_ = ask_ + 1 + (now & 0xffff);  // grows: an answer to an earlier round never counts
+  since_ = now;
+  answered_ = {self};
+  return ask_;
+}
+
+void ReportRound::answered(uint16_t node, uint64_t answer) {
+  if (ask_ != 0 && answer == ask_) answered_.insert(node);
+}
+
+bool ReportRound::all(std::span<const uint16_t> members) const {
+  return std::all_of(members.begin(), members.end(), [&](uint16_t n) { return answered_.count(n) != 0; });
+}
+
+bool ReportRound::ready(uint64_t now, std::span<const uint16_t> members, uint64_t settle_ns) const {
+  return now - since_ >= settle_ns || all(members);
+}
+
 Coordinator::Coordinator(uint16_t self, std::vector<ServiceGroup> groups)
     : self_(self), groups_(std::move(groups)), hash_(groups_hash(groups_)) {
   std::stable_sort(groups_.begin(), groups_.end(),

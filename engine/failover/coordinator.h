@@ -67,6 +67,30 @@ Choice choose(const ServiceGroup& g, Why why, std::span<const uint16_t> members,
               uint64_t hash, const std::set<uint16_t>& exclude, std::optional<uint16_t> current,
               const Given& taken);
 
+/// A coordinator that starts, or resumes after a stall, asks every member
+/// for its report and decides on the answers (or, if some do not come, once
+/// `settle_ns` passed): reports received before may have waited in a link
+/// meanwhile, seconds old (a SIGSTOPped coordinator reads them on SIGCONT).
+/// No I/O and no clock. Thread: the failover manager's.
+class ReportRound {
+ public:
+  /// A new round at `now`: the number to ask with (never 0). `self` has
+  /// answered.
+  uint64_t start(uint64_t now, uint16_t self);
+  /// A report that answered round `answer`.
+  void answered(uint16_t node, uint64_t answer);
+  /// Every member answered this round, or it began `settle_ns` ago.
+  bool ready(uint64_t now, std::span<const uint16_t> members, uint64_t settle_ns) const;
+  /// Every member answered this round.
+  bool all(std::span<const uint16_t> members) const;
+  uint64_t since() const noexcept { return since_; }
+
+ private:
+  uint64_t ask_ = 0;
+  uint64_t since_ = 0;
+  std::set<uint16_t> answered_;
+};
+
 class Coordinator {
  public:
   struct Alert {

@@ -27,6 +27,7 @@ constexpr uint64_t kReportEveryNs = 250 * kMs;
 constexpr uint64_t kRepeatEveryNs = 1000 * kMs;  ///< assignments again, for late joiners and lost notes
 constexpr uint64_t kReportStaleNs = 2000 * kMs;  ///< a report older than this no longer counts
 constexpr uint64_t kSettleNs = 1000 * kMs;       ///< a new coordinator waits this long at most for every report
+constexpr uint64_t kStallNs = 500 * kMs;         ///< a gap between ticks this long: the thread was stalled
 
 }  // namespace
 
@@ -85,6 +86,14 @@ void Manager::take_notes(uint64_t now) {
     }
     if (auto* r = std::get_if<NodeReport>(&*m)) {
       if (r->node != n.from) continue;  // a node speaks for itself only
+      // A coordinator asks for a report now: the answer goes to it alone,
+      // behind whatever waited in the link before.
+      if (r->ask != 0) {
+        NodeReport mine{config_.node, coordinator_.hash(), config_.caps, runner_.runs()};
+        mine.answer = r->ask;
+        if (auto note = encode_report(mine)) (void)engine_.send_note(n.from, std::as_bytes(std::span(*note)));
+      }
+      if (r->answer != 0) round_.answered(r->node, r->answer);
       std::lock_guard lock(mu_);
       reports_[r->node] = std::move(*r);
       heard_ns_[n.from] = now;
@@ -145,21 +154,6 @@ void Manager::tick(uint64_t now) {
   }
   std::erase_if(alerts_, [](pid_t p) { return waitpid(p, nullptr, WNOHANG) != 0; });
 
-  NodeReport mine{config_.node, coordinator_.hash(), config_.caps, runner_.runs()};
-  auto note = encode_report(mine);
-  {
-    std::lock_guard lock(mu_);
-    reports_[config_.node] = mine;
-    heard_ns_[config_.node] = now;
-  }
-  // Every few hundred ms, and at once when this node's share changed (a
-  // failure here is the coordinator's to act on).
-  if (note && (now - last_report_ns_ >= kReportEveryNs || *note != last_note_)) {
-    broadcast(*note);
-    last_report_ns_ = now;
-    last_note_ = *note;
-  }
-
   // The coordinator: the lowest id of a quorate view every member agrees on.
   const View v = engine_.view();
   const bool coordinating = v.quorate && v.agreed && !v.members.empty() && v.members.front() == config_.node;
@@ -167,21 +161,55 @@ void Manager::tick(uint64_t now) {
     std::lock_guard lock(mu_);
     coordinator_id_ = v.quorate && v.agreed && !v.members.empty() ? v.members.front() : 0;
   }
+  // A new coordinator, or one whose thread stood still (SIGSTOP, a starved
+  // machine), asks every member for its report and decides on the answers
+  // (or waits a second): its first decisions see the whole pool as it is
+  // now. What it read before may have waited in a link: a coordinator
+  // restarted on shm once read its predecessor's queued reports, seconds
+  // old, and failed a group over to the node already running it.
+  const bool stalled = last_tick_ns_ != 0 && now - last_tick_ns_ >= kStallNs;
+  last_tick_ns_ = now;
+  uint64_t ask = 0;
   if (!coordinating) {
     coordinating_ns_ = 0;
-    return;
+  } else if (coordinating_ns_ == 0 || stalled) {
+    coordinating_ns_ = now;
+    ask = round_.start(now, config_.node);
+    round_said_ = false;
   }
+
+  NodeReport mine{config_.node, coordinator_.hash(), config_.caps, runner_.runs()};
+  {
+    std::lock_guard lock(mu_);
+    reports_[config_.node] = mine;
+    heard_ns_[config_.node] = now;
+  }
+  mine.ask = ask;
+  auto note = encode_report(mine);
+  // Every few hundred ms, and at once when this node's share changed (a
+  // failure here is the coordinator's to act on) or it asks for reports.
+  if (note && (ask != 0 || now - last_report_ns_ >= kReportEveryNs || *note != last_note_)) {
+    broadcast(*note);
+    last_report_ns_ = now;
+    last_note_ = *note;
+  }
+  if (!coordinating) return;
   std::map<uint16_t, NodeReport> fresh;
   {
     std::lock_guard lock(mu_);
     for (const auto& [node, r] : reports_)
       if (now - heard_ns_[node] < kReportStaleNs) fresh.emplace(node, r);
   }
-  // A new coordinator hears every member first (or waits a second): its
-  // first decisions see the whole pool.
-  if (coordinating_ns_ == 0) coordinating_ns_ = now;
-  const bool all = std::all_of(v.members.begin(), v.members.end(), [&](uint16_t n) { return fresh.count(n) != 0; });
-  if (!all && now - coordinating_ns_ < kSettleNs) return;
+  if (!round_.ready(now, v.members, kSettleNs)) return;
+  if (!round_said_) {
+    round_said_ = true;
+    if (round_.all(v.members))
+      BT_INFO("failover: coordinating %s; every member's report answered in %lu ms", v.to_string().c_str(),
+              static_cast<unsigned long>((now - round_.since()) / kMs));
+    else
+      BT_WARN("failover: coordinating %s; not every member answered within %lu ms: deciding on the reports at hand",
+              v.to_string().c_str(), static_cast<unsigned long>(kSettleNs / kMs));
+  }
   Coordinator::Out out;
   timespec wall;
   clock_gettime(CLOCK_REALTIME, &wall);

@@ -79,6 +79,9 @@ class Manager {
   uint64_t last_report_ns_ = 0, last_repeat_ns_ = 0;
   std::string last_note_;                    ///< the report last sent
   uint64_t coordinating_ns_ = 0;             ///< since when this node coordinates (0: it does not)
+  uint64_t last_tick_ns_ = 0;                ///< a long gap since: this thread was stalled
+  ReportRound round_;                        ///< the reports asked for when it began or resumed coordinating
+  bool round_said_ = true;                   ///< the round's outcome was logged
   std::vector<pid_t> alerts_;                ///< alert hooks running
   std::map<std::string, std::string> standbys_;  ///< this node's standby instances (Runner::standbys)
   struct Metric {

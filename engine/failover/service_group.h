@@ -96,6 +96,12 @@ struct NodeReport {
   uint64_t groups_hash = 0;  ///< of its group configuration: nodes must agree
   NodeCaps caps;
   std::vector<GroupRun> runs;
+  /// A coordinator that starts or resumes asks every node for its report
+  /// (`ask`: a number of its own) and decides on the answers (`answer`:
+  /// the number answered), not on reports that may have waited in a link
+  /// meanwhile. 0: neither.
+  uint64_t ask = 0;
+  uint64_t answer = 0;
 };
 
 /// The coordinator's decision: `group` runs on `node` from assignment `seq`

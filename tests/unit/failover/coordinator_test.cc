@@ -385,6 +385,30 @@ TEST_F(Coord, ARunThatDiesAtOnceKeepsItsFailedNodesOut) {
   EXPECT_EQ(out.assign[0].node, 3u) << "node 1 failed in this failover: still out";
 }
 
+// A coordinator that starts or resumes decides on reports asked for then:
+// answers to this round, from every member, or whatever it has once the
+// settle time passed.
+TEST(ReportRound, DecidesOnAnswersToThisRoundOrAfterTheSettleTime) {
+  ReportRound round;
+  const std::vector<uint16_t> members{1, 2, 3};
+  const uint64_t first = round.start(1'000, 1);
+  EXPECT_NE(first, 0u);
+  EXPECT_FALSE(round.ready(1'000, members, 500));
+  round.answered(2, first);
+  EXPECT_FALSE(round.ready(1'100, members, 500));
+  round.answered(3, first + 1);  // not this round's
+  EXPECT_FALSE(round.ready(1'100, members, 500));
+  round.answered(3, first);
+  EXPECT_TRUE(round.ready(1'100, members, 500));
+  // Resumed after a stall: a new round, and the old answers count for nothing.
+  const uint64_t second = round.start(5'000, 1);
+  EXPECT_GT(second, first);
+  round.answered(2, first);
+  round.answered(3, first);
+  EXPECT_FALSE(round.ready(5'100, members, 500));
+  EXPECT_TRUE(round.ready(5'500, members, 500)) << "an answer lost: it decides once the settle time passed";
+}
+
 TEST(Codec, ReportsAndAssignmentsRoundTripAndBadNotesAreRefused) {
   NodeReport r{3, 0xabcdef, NodeCaps{4, 8192, {"nic=fast"}, true},
                {GroupRun{"kv", 2, RunState::kSlow, "probe took 300 ms"}}};
@@ -400,6 +424,16 @@ TEST(Codec, ReportsAndAssignmentsRoundTripAndBadNotesAreRefused) {
   ASSERT_EQ(got.runs.size(), 1u);
   EXPECT_EQ(got.runs[0].state, RunState::kSlow);
   EXPECT_EQ(got.runs[0].why, "probe took 300 ms");
+  EXPECT_EQ(got.ask, 0u);
+  EXPECT_EQ(got.answer, 0u);
+  // A coordinator's request for reports, and an answer to one.
+  r.ask = 77;
+  r.answer = 1ull << 60;
+  back = decode_note(*encode_report(r));
+  ASSERT_TRUE(back) << back.error().message;
+  EXPECT_EQ(std::get<NodeReport>(*back).ask, 77u);
+  EXPECT_EQ(std::get<NodeReport>(*back).answer, 1ull << 60);
+  r.ask = r.answer = 0;
 
   auto a = decode_note(encode_assignment(Assignment{"kv", 2, 9, 1}));
   ASSERT_TRUE(a);
@@ -425,7 +459,9 @@ TEST(Codec, ReportsAndAssignmentsRoundTripAndBadNotesAreRefused) {
                           R"({"t":"a","g":"kv","n":2,"q":0,"c":1})", R"({"t":"a","g":"","n":2,"q":1,"c":1})",
                           R"({"t":"r","n":2,"h":1,"c":1,"m":1,"s":false,"tg":[],"g":[["kv",1,9,""]]})",
                           R"({"t":"r","n":2,"h":1,"c":1,"m":1,"s":"no","tg":[],"g":[]})",
-                          R"({"t":"r","n":70000,"h":1,"c":1,"m":1,"s":false,"tg":[],"g":[]})"})
+                          R"({"t":"r","n":70000,"h":1,"c":1,"m":1,"s":false,"tg":[],"g":[]})",
+                          R"({"t":"r","n":2,"h":1,"c":1,"m":1,"s":false,"tg":[],"g":[],"a":-1})",
+                          R"({"t":"r","n":2,"h":1,"c":1,"m":1,"s":false,"tg":[],"g":[],"k":"x"})"})
     EXPECT_FALSE(decode_note(bad)) << bad;
   // A report that would not fit in a note is refused when made.
   r.caps.tags.assign(40, std::string(60, 't'));
