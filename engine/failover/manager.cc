@@ -89,7 +89,7 @@ void Manager::take_notes(uint64_t now) {
       // A coordinator asks for a report now: the answer goes to it alone,
       // behind whatever waited in the link before.
       if (r->ask != 0) {
-        NodeReport mine{config_.node, coordinator_.hash(), config_.caps, runner_.runs()};
+        NodeReport mine = own_report();
         mine.answer = r->ask;
         if (auto note = encode_report(mine)) (void)engine_.send_note(n.from, std::as_bytes(std::span(*note)));
       }
@@ -112,6 +112,10 @@ void Manager::take_notes(uint64_t now) {
       runner_.assigned(*a, now);
     }
   }
+}
+
+NodeReport Manager::own_report() const {
+  return NodeReport{config_.node, coordinator_.hash(), config_.caps, runner_.runs()};
 }
 
 void Manager::decided(std::string text) {
@@ -170,15 +174,13 @@ void Manager::tick(uint64_t now) {
   const bool stalled = last_tick_ns_ != 0 && now - last_tick_ns_ >= kStallNs;
   last_tick_ns_ = now;
   uint64_t ask = 0;
-  if (!coordinating) {
-    coordinating_ns_ = 0;
-  } else if (coordinating_ns_ == 0 || stalled) {
-    coordinating_ns_ = now;
+  if (coordinating && (!coordinating_ || stalled)) {
     ask = round_.start(now, config_.node);
     round_said_ = false;
   }
+  coordinating_ = coordinating;
 
-  NodeReport mine{config_.node, coordinator_.hash(), config_.caps, runner_.runs()};
+  NodeReport mine = own_report();
   {
     std::lock_guard lock(mu_);
     reports_[config_.node] = mine;

@@ -59,6 +59,8 @@ class Manager {
   void run() noexcept;
   void tick(uint64_t now);
   void take_notes(uint64_t now);
+  /// This node's report as it stands (capabilities, the groups it runs).
+  NodeReport own_report() const;
   void broadcast(const std::string& note);
   void decided(std::string text);
   void alert(const Coordinator::Alert& a);
@@ -78,7 +80,7 @@ class Manager {
   uint16_t coordinator_id_ = 0;              ///< 0: no coordinator (no quorate, agreed view)
   uint64_t last_report_ns_ = 0, last_repeat_ns_ = 0;
   std::string last_note_;                    ///< the report last sent
-  uint64_t coordinating_ns_ = 0;             ///< since when this node coordinates (0: it does not)
+  bool coordinating_ = false;                ///< it coordinated at the last tick
   uint64_t last_tick_ns_ = 0;                ///< a long gap since: this thread was stalled
   ReportRound round_;                        ///< the reports asked for when it began or resumed coordinating
   bool round_said_ = true;                   ///< the round's outcome was logged
