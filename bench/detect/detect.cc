@@ -1,12 +1,14 @@
 // baton-detect: how long from SIGKILL of a blade's batond until another
 // blade's failure detector declares it dead, on a simulated chassis.
 //
-//   baton-detect [--transport af_packet|memif] [--kills N] [--heartbeat-us N --timeout-us N]
+//   baton-detect [--transport af_packet|memif|shm|mixed] [--kills N] [--heartbeat-us N --timeout-us N]
 //                [--blades N] [--spin]
 //
 // af_packet (the default here) is the interesting case: its link stays up
-// when the peer dies, so only the heartbeat timeout decides; memif links go
-// down at once. The last blade is killed (and restarted) N times; blade 1
+// when the peer dies, so only the heartbeat timeout decides. memif and shm
+// links are between processes of one host: each end holds a robust lock
+// the other reads, which shows the death as the killed batond's threads
+// end (runtime/peer_lock.h), before its memory is gone. The last blade is killed (and restarted) N times; blade 1
 // observes. The time is from just before the kill to the timestamp of
 // blade 1's own "node K down" event (its control thread's clock reading
 // when it decided), so the measuring does not load the observer. Prints
@@ -80,7 +82,7 @@ int main(int argc, char** argv) {
   c.replication_factor = 1;
   int kills = 10;
   const char* usage =
-      "usage: baton-detect [--transport af_packet|memif] [--kills N] [--heartbeat-us N --timeout-us N] "
+      "usage: baton-detect [--transport af_packet|memif|shm|mixed] [--kills N] [--heartbeat-us N --timeout-us N] "
       "[--blades N] [--spin]\n";
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];

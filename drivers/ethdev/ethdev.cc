@@ -29,6 +29,7 @@
 
 #include "common/log.h"
 #include "ethdev/memif_guard.h"
+#include "runtime/peer_lock.h"
 #include "runtime/futex.h"
 
 namespace baton::ethdev {
@@ -173,6 +174,12 @@ struct Port {
   /// How long a memif client's link may stay down before the port restarts.
   std::atomic<uint64_t> retry_ns{kReconnectNs};
   std::atomic<uint32_t> closed{0};  ///< set once stopped and closed (a futex word)
+  /// memif on a file socket: this end's robust lock beside the socket
+  /// (`<socket>.alive`; server side 0, client side 1), whose other side
+  /// says the peer died before its memory is torn down and its control
+  /// socket closes (runtime/peer_lock.h). Null elsewhere, or if it could
+  /// not be had.
+  std::unique_ptr<PeerLockFile> peer_lock;
 };
 
 /// One queue pair of a port. Thread: its shard's poll-token holder (the
@@ -198,7 +205,7 @@ class EthdevLink final : public Link {
     // A vdev (memif, af_packet, net_ring) sits on no socket in particular: -1.
     return {max_frame_, zero_copy_, rte_eth_dev_socket_id(id_)};
   }
-  bool up() noexcept override { return up_; }
+  bool up() noexcept override { return up_ && (port_->peer_lock == nullptr || !port_->peer_lock->peer_gone()); }
 
   uint16_t rx_burst(RxFrame* out, uint16_t n) noexcept override {
     rte_mbuf* ms[kBurst];
@@ -445,6 +452,14 @@ Result<std::vector<std::unique_ptr<Link>>> start_port(uint16_t port, const PortC
   }
   const bool memif = std::strcmp(info.driver_name, "net_memif") == 0;
   const bool client = memif && devarg(c.device, "role") == "client";
+  // Taken before the port connects: a successor's peer sees it hold the
+  // lock by the time the link is up again.
+  std::unique_ptr<PeerLockFile> peer_lock;
+  if (const auto socket = devarg(c.device, "socket"); memif && socket && devarg(c.device, "socket-abstract") != "yes") {
+    auto l = PeerLockFile::open(*socket + ".alive", client ? 1 : 0);
+    if (l) peer_lock = std::move(*l);
+    else BT_WARN("%s: %s; the peer sees this end die when its socket closes", name.c_str(), l.error().to_string().c_str());
+  }
   // A memif client cannot start before its server's socket exists; the link
   // keeps trying from service() (as it does after the server dies).
   const int rc = rte_eth_dev_start(port);
@@ -459,6 +474,7 @@ Result<std::vector<std::unique_ptr<Link>>> start_port(uint16_t port, const PortC
   // referenced after the call. A NIC would DMA later and needs IOVAs.
   const bool zero_copy = memif || af_packet;
   auto shared = std::make_shared<Port>(port, memif, client, rc == 0);
+  shared->peer_lock = std::move(peer_lock);
   std::vector<std::unique_ptr<Link>> links;
   for (uint16_t q = 0; q < queues; ++q) {
     std::string link_name = name + (queues > 1 ? " q" + std::to_string(q) : "") + " -> node " + std::to_string(c.peer);

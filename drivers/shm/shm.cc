@@ -1,7 +1,8 @@
 // shm driver (include/baton/shm.h): two SPSC rings of frame slots in a
 // shared file mapping.
 //
-// Layout: a header page (format, geometry, each side's process id), then
+// Layout: a header page (format, geometry, each side's process id and
+// peer lock), then
 // ring 0 (side 0 -> side 1), then ring 1. A ring is a head (the consumer's,
 // on its own cache line), a tail (the producer's, on its own) and `slots`
 // slots of (length, max_frame bytes). Indices only grow; slot = index % slots.
@@ -21,12 +22,14 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "common/log.h"
 #include "runtime/futex.h"
+#include "runtime/peer_lock.h"
 
 namespace baton::shm {
 namespace {
 
-constexpr uint64_t kMagic = 0x62746f6e73686d31ull;  // "btonshm1"
+constexpr uint64_t kMagic = 0x62746f6e73686d32ull;  // "btonshm2"
 constexpr uint64_t kCheckNs = 10'000'000;            // how often the peer's process is looked at
 
 struct alignas(64) Header {
@@ -35,7 +38,11 @@ struct alignas(64) Header {
   uint32_t slots;
   std::atomic<int32_t> pid[2];     ///< 0: that side is not attached
   std::atomic<uint64_t> start[2];  ///< the process's start time (/proc/PID/stat): a reused pid is another process
+  /// Each side's robust mutex, held while it is attached: its holder's
+  /// death shows there before the process is torn down (runtime/peer_lock.h).
+  LockPair alive;
 };
+static_assert(sizeof(Header) <= 4096, "the header page");
 
 struct alignas(64) RingIndex {
   std::atomic<uint64_t> value;
@@ -104,6 +111,10 @@ class ShmLink final : public Link {
   ShmLink(std::byte* base, size_t len, int side, uint16_t peer, uint32_t max_frame, uint32_t slots, std::string name)
       : base_(base), len_(len), side_(side), peer_(peer), max_frame_(max_frame), name_(std::move(name)),
         out_(ring_at(base, side, max_frame, slots)), in_(ring_at(base, 1 - side, max_frame, slots)) {
+    // The lock first: the peer takes this side for attached once its pid
+    // is there, and for gone if the lock is free after it was held.
+    if (auto l = PeerLock::hold(&header()->alive, side_)) lock_ = std::move(*l);
+    else BT_WARN("%s: %s; the peer sees this side die by its process alone", name_.c_str(), l.error().to_string().c_str());
     header()->start[side_].store(process_start(getpid()), std::memory_order_relaxed);
     header()->pid[side_].store(getpid(), std::memory_order_release);
     // Frames queued for this side before it attached were written for a
@@ -122,6 +133,7 @@ class ShmLink final : public Link {
   }
   ~ShmLink() override {
     header()->pid[side_].store(0, std::memory_order_release);
+    lock_.release();  // in the mapping
     munmap(base_, len_);
   }
 
@@ -152,6 +164,9 @@ class ShmLink final : public Link {
   bool up() noexcept override {
     const int32_t pid = header()->pid[1 - side_].load(std::memory_order_acquire);
     if (pid == 0) return false;
+    // Its holder's death, seen before the process's memory is torn down
+    // (which the /proc look below waits for: a zombie comes after it).
+    if (lock_.peer_gone()) return false;
     // Another process's death leaves its pid behind: look every kCheckNs.
     const uint64_t now = now_ns();
     if (pid != checked_pid_ || now - checked_ns_ >= kCheckNs) {
@@ -225,6 +240,7 @@ class ShmLink final : public Link {
   int32_t checked_pid_ = 0;
   uint64_t checked_ns_ = 0;
   bool peer_alive_ = false;
+  PeerLock lock_;  ///< this side's hold on its mutex in the header
   LinkCounters counters_{};
 };
 
@@ -263,6 +279,12 @@ Result<std::unique_ptr<Link>> open(const Config& c) {
   // config): start the region afresh.
   if (h->magic.load(std::memory_order_acquire) != kMagic || h->max_frame != c.max_frame || h->slots != c.slots) {
     std::memset(base, 0, len);
+    if (auto ok = init_lock_pair(&h->alive); !ok) {
+      munmap(m, len);
+      flock(fd, LOCK_UN);
+      ::close(fd);
+      return fail(Errc::kIo, "shm: ", c.path, ": ", ok.error().message);
+    }
     h->max_frame = c.max_frame;
     h->slots = c.slots;
     h->magic.store(kMagic, std::memory_order_release);

@@ -463,6 +463,7 @@ Result<void> chassis_down(const std::string& dir) {
   for (int a = 1; a <= 16; ++a)
     for (int b = a + 1; b <= 16; ++b) {
       fs::remove(pair_socket(dir, a, b), ec);
+      fs::remove(pair_socket(dir, a, b) + ".alive", ec);  // the ends' peer locks
       fs::remove(pair_region(dir, a, b), ec);
       for (int shard = 1; shard < kMaxChassisWorkers; ++shard)
         fs::remove(pair_region(dir, a, b) + "." + std::to_string(shard), ec);

@@ -1,0 +1,175 @@
+// Same-host peer locks (runtime/peer_lock.h): the other side's robust
+// mutex says its holder is gone as the holder ends, whatever the rest of
+// its process does.
+
+#include <gtest/gtest.h>
+#include <pthread.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <thread>
+
+#include "runtime/peer_lock.h"
+#include "runtime/proc_stat.h"
+
+namespace baton {
+namespace {
+
+/// A LockPair in memory a forked child shares.
+struct SharedPair {
+  SharedPair() {
+    void* m = mmap(nullptr, sizeof(LockPair), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (m == MAP_FAILED) std::abort();
+    pair = static_cast<LockPair*>(m);
+    if (!init_lock_pair(pair)) std::abort();
+  }
+  ~SharedPair() { munmap(pair, sizeof(LockPair)); }
+  LockPair* pair;
+};
+
+char read_byte(int fd) {
+  char c = 0;
+  return read(fd, &c, 1) == 1 ? c : 0;
+}
+
+TEST(PeerLock, ASideNeverHeldSaysNothingAndOneLetGoIsGone) {
+  SharedPair s;
+  auto a = PeerLock::hold(s.pair, 0);
+  ASSERT_TRUE(a) << a.error().to_string();
+  EXPECT_TRUE(a->holding());
+  EXPECT_FALSE(a->peer_gone()) << "a side never held is no death: the peer may be an older build, or not started";
+  {
+    auto b = PeerLock::hold(s.pair, 1);
+    ASSERT_TRUE(b) << b.error().to_string();
+    EXPECT_FALSE(a->peer_gone());
+    EXPECT_FALSE(b->peer_gone());
+    auto again = PeerLock::hold(s.pair, 1);
+    ASSERT_FALSE(again);
+    EXPECT_EQ(again.error().code, Errc::kInvalidArgument) << "a side is held once";
+  }
+  EXPECT_TRUE(a->peer_gone()) << "held, then let go: the peer detached";
+  auto b = PeerLock::hold(s.pair, 1);
+  ASSERT_TRUE(b) << "a side let go is taken again";
+  EXPECT_FALSE(a->peer_gone()) << "a successor holds it";
+  EXPECT_EQ(PeerLock::hold(s.pair, 2).error().code, Errc::kInvalidArgument);
+  EXPECT_EQ(PeerLock::hold(nullptr, 0).error().code, Errc::kInvalidArgument);
+  EXPECT_FALSE(PeerLock().peer_gone()) << "an empty lock holds nothing and says nothing";
+}
+
+// The point of the lock: the holder's end shows while its process still
+// lives (a dying batond's memory takes milliseconds to go, and its sockets
+// close, and /proc shows a zombie, only after that). Here the holding
+// thread ends and the process goes on: gone all the same.
+TEST(PeerLock, AHolderThatEndsIsGoneWhileItsProcessStillLives) {
+  SharedPair s;
+  auto a = PeerLock::hold(s.pair, 0);
+  ASSERT_TRUE(a) << a.error().to_string();
+  int to_child[2], to_parent[2];
+  ASSERT_EQ(pipe(to_child), 0);
+  ASSERT_EQ(pipe(to_parent), 0);
+  const pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    // The other side's protocol is a robust mutex: taken by a thread that
+    // then ends holding it.
+    std::thread([&] {
+      if (pthread_mutex_lock(&s.pair->side[1]) != 0) _exit(1);
+      (void)!write(to_parent[1], "L", 1);
+      read_byte(to_child[0]);
+    }).join();
+    (void)!write(to_parent[1], "E", 1);
+    read_byte(to_child[0]);
+    _exit(0);
+  }
+  ASSERT_EQ(read_byte(to_parent[0]), 'L');
+  EXPECT_FALSE(a->peer_gone()) << "held by a live thread";
+  ASSERT_EQ(write(to_child[1], "1", 1), 1);
+  ASSERT_EQ(read_byte(to_parent[0]), 'E');
+  EXPECT_TRUE(a->peer_gone()) << "its holder ended holding it";
+  const auto st = read_proc_stat("/proc/" + std::to_string(pid));
+  ASSERT_TRUE(st);
+  EXPECT_NE(st->state, 'Z') << "and its process lives on";
+  ASSERT_EQ(write(to_child[1], "2", 1), 1);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  for (int fd : {to_child[0], to_child[1], to_parent[0], to_parent[1]}) close(fd);
+}
+
+TEST(PeerLock, AKilledHolderIsGoneAndItsSuccessorTakesTheSideOver) {
+  SharedPair s;
+  auto a = PeerLock::hold(s.pair, 0);
+  ASSERT_TRUE(a) << a.error().to_string();
+  int to_parent[2];
+  ASSERT_EQ(pipe(to_parent), 0);
+  const pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    auto b = PeerLock::hold(s.pair, 1);  // this child's own holder thread
+    (void)!write(to_parent[1], b ? "H" : "-", 1);
+    for (;;) pause();
+  }
+  ASSERT_EQ(read_byte(to_parent[0]), 'H');
+  EXPECT_FALSE(a->peer_gone());
+  kill(pid, SIGKILL);
+  waitpid(pid, nullptr, 0);
+  EXPECT_TRUE(a->peer_gone()) << "the kernel marked the dead holder's mutex";
+  auto successor = PeerLock::hold(s.pair, 1);
+  ASSERT_TRUE(successor) << "a side whose holder died is taken over: " << successor.error().to_string();
+  EXPECT_FALSE(a->peer_gone()) << "a successor holds it";
+  EXPECT_FALSE(successor->peer_gone());
+  close(to_parent[0]);
+  close(to_parent[1]);
+}
+
+TEST(PeerLockFile, TwoEndsShareAFileAndABadOneIsSetUpAfresh) {
+  const std::string path = "/tmp/baton-peerlock-" + std::to_string(getpid()) + ".alive";
+  {
+    std::ofstream(path) << "not a lock file";
+  }
+  auto server = PeerLockFile::open(path, 0);
+  ASSERT_TRUE(server) << server.error().to_string();
+  EXPECT_FALSE((*server)->peer_gone());
+  {
+    auto client = PeerLockFile::open(path, 1);
+    ASSERT_TRUE(client) << client.error().to_string();
+    EXPECT_FALSE((*server)->peer_gone());
+    EXPECT_FALSE((*client)->peer_gone());
+    EXPECT_EQ(PeerLockFile::open(path, 1).error().code, Errc::kInvalidArgument) << "one holder per end";
+  }
+  EXPECT_TRUE((*server)->peer_gone()) << "the client end went away";
+  auto again = PeerLockFile::open(path, 1);
+  ASSERT_TRUE(again) << again.error().to_string();
+  EXPECT_FALSE((*server)->peer_gone());
+  EXPECT_EQ(PeerLockFile::open(path, 2).error().code, Errc::kInvalidArgument);
+  EXPECT_EQ(PeerLockFile::open("/nonexistent-dir/x.alive", 0).error().code, Errc::kIo);
+  again->reset();
+  EXPECT_TRUE(std::filesystem::exists(path)) << "the server end still holds it";
+  server->reset();
+  EXPECT_FALSE(std::filesystem::exists(path)) << "the last end to let go removes the file";
+  // Removed under an end that still holds it (an operator's clean-up): the
+  // end lets go without making it again, and the next ends make a new one.
+  auto a = PeerLockFile::open(path, 0);
+  ASSERT_TRUE(a) << a.error().to_string();
+  unlink(path.c_str());
+  a->reset();
+  EXPECT_FALSE(std::filesystem::exists(path));
+  auto b = PeerLockFile::open(path, 1);
+  ASSERT_TRUE(b) << b.error().to_string();
+  auto c = PeerLockFile::open(path, 0);
+  ASSERT_TRUE(c) << c.error().to_string();
+  EXPECT_FALSE((*c)->peer_gone());
+  b->reset();
+  EXPECT_TRUE((*c)->peer_gone());
+  c->reset();
+  EXPECT_FALSE(std::filesystem::exists(path));
+}
+
+}  // namespace
+}  // namespace baton
