@@ -183,7 +183,7 @@ struct Engine::Impl {
     std::array<std::byte, wire::kMaxNote> bytes;
   };
   SpscRing<NoteSlot, 64> notes_in;
-  int notes_event = -1;  ///< eventfd: written when a note arrives (Engine::notes_fd); closed by ~Impl
+  int notes_event = -1;  ///< eventfd: written when a note arrives or the view changes (Engine::notes_fd); closed by ~Impl
   /// A NOTE frame: into notes_in, or dropped and counted. Thread: token holder.
   void on_note(const wire::Frame& f) noexcept;
   std::deque<SegmentNews> segment_news_backlog;

@@ -4,7 +4,7 @@
     python3 bench/failover/failover_bench.py [--build build] [--rounds 5] [--sizes-kib 256,65536]
                                              [--standby | --standby-instances]
                                              [--transport memif|shm|mixed [--stream-fetches]]
-                                             [--app-heap-mib M] [--no-liveness]
+                                             [--app-heap-mib M] [--no-liveness] [--kill-blade]
 
 A 4-blade chassis (memif unless --transport says otherwise) runs group kv (baton-kv, committing a durable
 batch every 20 ms) with blades 3 and 4 as the spare pool. Each round
@@ -22,6 +22,12 @@ log:
   start       -> the application runs and has opened (restored) its state
                  (its own clock reading then: baton-kv's serving_at_us)
   total       kill -> the application holds its restored state
+
+With --kill-blade each round SIGKILLs the batond of the blade the group
+runs on instead (its application ends with it), and "detection" ends at
+the first other blade's "node N down"; the blade is restarted (empty)
+after the round. When the killed blade was the coordinator, the decision
+includes a new coordinator's report round.
 
 Baselines measured in the same run: spawning /bin/true and waiting for it
 (what any process start costs here), and reading a file of the segment's
@@ -147,6 +153,12 @@ start_timeout_ms = 3000
             # again (else, with every node killed once, the coordinator
             # finds none and waits a start timeout for one).
             time.sleep(3.2)
+            if args.kill_blade:
+                pid = int(open(f"{chassis}/blade{node}.pid").read())
+            # What the logs held before the kill: a restore is looked for
+            # after it (a killed blade's application writes its last words
+            # to a log that already holds its own restore).
+            before = {f: os.path.getsize(f"{work}/{f}") for f in os.listdir(work) if f.startswith("kv-")}
             t_kill = time.time()
             os.kill(pid, signal.SIGKILL)
 
@@ -157,7 +169,9 @@ start_timeout_ms = 3000
                 for f in os.listdir(work):
                     path = f"{work}/{f}"
                     if f.startswith("kv-") and os.path.getmtime(path) >= t_kill:
-                        text = open(path).read()
+                        with open(path) as log:
+                            log.seek(before.get(f, 0))
+                            text = log.read()
                         m = re.search(r"serving_at_us=(\d+)\nrestored generation=\d+ batches=\d+ in ([\d.]+) ms", text)
                         if m:
                             return f, m
@@ -169,11 +183,15 @@ start_timeout_ms = 3000
             time.sleep(0.1)
             ev = {}
             for b in (1, 2, 3, 4):
+                if args.kill_blade and b == node:
+                    continue  # dead
                 for ts, text in events(batonctl, f"{chassis}/blade{b}.sock"):
                     if ts < t_kill:
                         continue
                     if b == node and text.startswith("group kv failed here"):
                         ev.setdefault("detected", ts)
+                    if args.kill_blade and text.startswith(f"node {node} down"):
+                        ev["detected"] = min(ts, ev.get("detected", ts))
                     if re.match(rf"group kv -> node {target} \((hot standby, )?failover", text):
                         ev.setdefault("decided", ts)
                     if b == target and text.startswith("group kv: starting here"):
@@ -192,7 +210,9 @@ start_timeout_ms = 3000
             instance = ev.pop("instance", False)
             source = ev.pop("source", "?") + (", standby instance" if instance else "")
             if len(ev) < 6:
-                print(f"  round {r}: events missing ({sorted(ev)}), skipped", file=sys.stderr)
+                print(f"  round {r}: events missing (found only {sorted(ev)}), skipped", file=sys.stderr)
+                if args.kill_blade:
+                    sh(batonctl, "chassis", "restart", "--blade", str(node), "--dir", chassis)
                 continue
             rows.append({
                 "detection": (ev["detected"] - t_kill) * 1e3,
@@ -209,6 +229,14 @@ start_timeout_ms = 3000
                               **{k: round(v, 2) for k, v in rows[-1].items() if k != "promoted"},
                               "open": round(open_ms, 2)}),
                   file=sys.stderr)
+            if args.kill_blade:
+                # Back, empty, before the next round: every other blade has heard it.
+                t_restart = time.time()
+                sh(batonctl, "chassis", "restart", "--blade", str(node), "--dir", chassis)
+                others = [b for b in (1, 2, 3, 4) if b != node]
+                wait(lambda: all(any(ts >= t_restart and text.startswith(f"node {node} up")
+                                     for ts, text in events(batonctl, f"{chassis}/blade{b}.sock"))
+                                 for b in others), what=f"blade {node} to rejoin")
     finally:
         subprocess.run([batonctl, "chassis", "down", "--dir", chassis], capture_output=True)
         subprocess.run(["pkill", "-KILL", "-f", f"baton-kv --socket {chassis}/"], capture_output=True)
@@ -231,6 +259,9 @@ def main():
                    help="the application also holds this much private memory (baton-kv --heap-mib)")
     p.add_argument("--no-liveness", action="store_true",
                    help="batond watches the application's pidfd only (BATON_LIVENESS=0), not its liveness lock")
+    p.add_argument("--kill-blade", action="store_true",
+                   help="SIGKILL the batond of the blade the group runs on (its application ends with it), "
+                        "not the application alone; the blade restarts after each round")
     args = p.parse_args()
     phases = ["detection", "decision", "dispatch", "provision", "load", "start", "total"]
     print("| segment | " + " | ".join(phases) + " | spawn /bin/true | read the state from /dev/shm | total / (spawn + read) |")

@@ -8,6 +8,7 @@
 // Engine::poll_control), but for start, stop and wake.
 
 #include <sys/prctl.h>
+#include <unistd.h>
 
 #include "common/log.h"
 #include "control/control.h"
@@ -97,6 +98,12 @@ bool Control::step(uint64_t now) noexcept {
   // enough for a heartbeat; anything else is worth waking it for. (Unless
   // it is configured to sleep long enough to delay heartbeats.)
   bool news = view_changed || (sent && uint64_t{e_.config.max_idle_sleep_us} * 1000 > e_.heartbeat_ns / 4);
+  // A daemon's failover thread decides on views: it wakes now, not at its
+  // next tick.
+  if (view_changed && e_.notes_event >= 0) {
+    const uint64_t one = 1;
+    (void)!write(e_.notes_event, &one, sizeof one);
+  }
   for (const ControlMsg& m : out_) news |= m.kind != ControlMsg::Kind::kHeartbeat;
   if (news && e_.sleeping.load()) {
     e_.wake.fetch_add(1);

@@ -161,6 +161,11 @@ void Detector::view_changed(std::vector<ControlMsg>& out) {
   // is back reports again only when its view changes, so feed it the last.
   for (const auto& p : peers_)
     if (p.alive && p.digest != 0) membership_->reported(p.node, p.digest);
+  // Tell every peer the new view now, not at its next heartbeat: the view
+  // is agreed (and a coordinator may act) once each member has heard every
+  // other's, which took up to a heartbeat interval (5 ms adaptive) after
+  // the last member saw the change.
+  for (auto& l : links_) l.last_sent_ns = 0;
   emit_view(out);
   event_(membership_->view().to_string());
 }

@@ -539,8 +539,9 @@ class Engine {
   /// more are dropped (EngineStats::notes_dropped). Thread: one caller at a
   /// time (the daemon's failover thread).
   std::vector<Note> take_notes();
-  /// An eventfd that turns readable when a note arrives (read it to clear
-  /// it), for a daemon that polls. Thread: any.
+  /// An eventfd that turns readable when a note arrives or the membership
+  /// view changes (read it to clear it), for a daemon that polls. Thread:
+  /// any.
   int notes_fd() const noexcept;
   uint16_t node_id() const noexcept;
   /// This engine's incarnation: its start time, which peers see in its

@@ -113,6 +113,31 @@ TEST(Detector, APeerIsDeadOnlyWhenEveryLinkToItIs) {
   EXPECT_FALSE(f.peer(2)->alive);
 }
 
+// A view is agreed once every member has heard every other's: each tells
+// its peers the new view at once (its next step, at the same time), not at
+// its next heartbeat, which was up to an interval after the change.
+TEST(Detector, AViewChangeIsToldOnEveryLinkAtOnce) {
+  Fixture f;
+  f.obs[0].heard_ns = f.obs[1].heard_ns = f.obs[2].heard_ns = 100 * kMs;
+  f.step(100 * kMs, 100 * kMs);  // the first view: {1,2,3}
+  f.step(100 * kMs, 100 * kMs);
+  EXPECT_EQ(f.count(ControlMsg::Kind::kHeartbeat), 3) << "told at once";
+  f.step(101 * kMs, 101 * kMs);
+  EXPECT_EQ(f.count(ControlMsg::Kind::kHeartbeat), 0) << "not due again yet";
+  // Node 3's link goes down 1 ms after the last heartbeats: a new view.
+  f.obs[2].up = false;
+  f.obs[0].heard_ns = f.obs[1].heard_ns = 101 * kMs;
+  f.step(101 * kMs, 101 * kMs);
+  ASSERT_EQ(f.count(ControlMsg::Kind::kView), 1);
+  EXPECT_EQ(f.d.view().members, (std::vector<uint16_t>{1, 2}));
+  EXPECT_LE(f.d.next_due_ns(), 101 * kMs) << "heartbeats are due now, 4 ms early";
+  f.step(101 * kMs, 101 * kMs);
+  EXPECT_EQ(f.count(ControlMsg::Kind::kHeartbeat), 3);
+  for (const ControlMsg& m : f.out)
+    if (m.kind == ControlMsg::Kind::kHeartbeat) EXPECT_EQ(m.view_digest, f.d.view().digest());
+  EXPECT_EQ(f.d.next_due_ns(), 106 * kMs) << "then every interval again";
+}
+
 TEST(Detector, AgreementNeedsEveryMembersReportAndSurvivesAPeerComingBack) {
   Fixture f;
   f.obs[0].heard_ns = f.obs[2].heard_ns = 100 * kMs;
