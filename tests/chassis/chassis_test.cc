@@ -296,7 +296,11 @@ TEST(Chassis, AMemifServerOutlivesPeersThatHangUpAtOnce) {
   const std::string dir = "/tmp/baton-hangup-test-" + std::to_string(getpid());
   const std::string ctl = baton::test::helper("BATONCTL");
   int status = 0;
-  std::string out = run(ctl + " chassis up --blades 2 --replicas 1 --dir " + dir, &status);
+  std::string out = run(ctl + " chassis up --blades 2 --replicas 2 --dir " + dir, &status);
+  EXPECT_NE(status, 0) << "two blades cannot hold two replicas: " << out;
+  EXPECT_NE(out.find("--replicas must be 1..blades-1"), std::string::npos) << out;
+  // Without --replicas, two blades take one (the default of 2 needs three).
+  out = run(ctl + " chassis up --blades 2 --dir " + dir, &status);
   ASSERT_EQ(status, 0) << out;
   const std::string link = dir + "/link-1-2.sock";
   struct stat st{};

@@ -203,7 +203,7 @@ int main(int argc, char** argv) {
   ch->require_subcommand(1);
   auto* up = ch->add_subcommand("up", "start the blades");
   up->add_option("--blades", chassis.blades, "number of blades (2..16)");
-  up->add_option("--replicas", chassis.replication_factor, "replication factor");
+  auto* replicas = up->add_option("--replicas", chassis.replication_factor, "replication factor (default 2, 1 with two blades)");
   up->add_option("--dir", chassis.dir, "where configs, sockets, pids and logs go");
   up->add_option("--transport", chassis.transport,
                  "memif, af_packet (veth pairs between network namespaces), shm (regions in /dev/shm), or mixed "
@@ -346,6 +346,9 @@ int main(int argc, char** argv) {
     return 0;
   }
   if (*up) {
+    // Two blades hold one replica each of the other's: the default factor
+    // of 2 needs three.
+    if (replicas->count() == 0 && chassis.blades == 2) chassis.replication_factor = 1;
     chassis.batond = baton::ctl::sibling("batond");
     chassis.direct_reads = !stream_fetches;
     auto blades = baton::ctl::chassis_up(chassis);
