@@ -205,6 +205,10 @@ Result<std::unique_ptr<PeerLockFile>> PeerLockFile::open(const std::string& path
   auto set_up = [&]() -> Result<void> {
     struct stat st{};
     if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) return fail(Errc::kIo, "peer lock file ", path, ": not a file");
+    // Made by another user (a directory others may write to): whoever owns
+    // it could say this end's peer is gone, or alive. Not used.
+    if (st.st_uid != geteuid())
+      return fail(Errc::kIo, "peer lock file ", path, ": owned by uid ", std::to_string(st.st_uid), ", not this user");
     if (static_cast<size_t>(st.st_size) != kFileBytes && ftruncate(fd, kFileBytes) != 0)
       return fail(Errc::kIo, "peer lock file ", path, ": size: ", std::strerror(errno));
     void* m = mmap(nullptr, kFileBytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);

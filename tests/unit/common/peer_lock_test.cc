@@ -149,6 +149,17 @@ TEST(PeerLockFile, TwoEndsShareAFileAndABadOneIsSetUpAfresh) {
   EXPECT_FALSE((*server)->peer_gone());
   EXPECT_EQ(PeerLockFile::open(path, 2).error().code, Errc::kInvalidArgument);
   EXPECT_EQ(PeerLockFile::open("/nonexistent-dir/x.alive", 0).error().code, Errc::kIo);
+  if (geteuid() == 0) {  // giving a file away takes root
+    // Another user's file (one who could write the other end's word) is not used.
+    const std::string theirs = path + ".theirs";
+    std::ofstream(theirs) << "";
+    ASSERT_EQ(chown(theirs.c_str(), 65534, 65534), 0);
+    auto refused = PeerLockFile::open(theirs, 0);
+    ASSERT_FALSE(refused);
+    EXPECT_EQ(refused.error().code, Errc::kIo);
+    EXPECT_NE(refused.error().message.find("owned by uid 65534"), std::string::npos) << refused.error().message;
+    unlink(theirs.c_str());
+  }
   again->reset();
   EXPECT_TRUE(std::filesystem::exists(path)) << "the server end still holds it";
   server->reset();
