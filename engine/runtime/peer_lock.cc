@@ -170,16 +170,23 @@ static_assert(sizeof(LockFile) <= kFileBytes);
 
 namespace {
 
-/// `path` opened (made if missing and `create`) and flocked, or -1 with errno. The file
+/// `path` opened (made if missing and `create`) and flocked within
+/// `patience_ms`, or -1 with errno. The file
 /// the path names when the flock is had: an end that let go last unlinks
 /// the file under the flock, and one that opened it meanwhile must not go
 /// on with a file nobody else will find.
-int open_locked(const std::string& path, bool create) {
+int open_locked(const std::string& path, bool create, uint64_t patience_ms) {
   for (int attempt = 0; attempt < 100; ++attempt) {
     const int fd = ::open(path.c_str(), O_RDWR | O_CLOEXEC | O_NOFOLLOW | (create ? O_CREAT : 0), 0600);
     if (fd < 0) return -1;
+    // The other end holds the flock for microseconds; one that holds it
+    // for long (stopped, or not an end at all) does not hold this one up.
+    int rc;
+    for (uint64_t waited = 0; (rc = flock(fd, LOCK_EX | LOCK_NB)) != 0 && errno == EWOULDBLOCK && waited < patience_ms;
+         ++waited)
+      usleep(1000);
     struct stat by_fd{}, by_path{};
-    if (flock(fd, LOCK_EX) != 0 || fstat(fd, &by_fd) != 0) {
+    if (rc != 0 || fstat(fd, &by_fd) != 0) {
       const int err = errno;
       ::close(fd);
       errno = err;
@@ -198,7 +205,7 @@ int open_locked(const std::string& path, bool create) {
 Result<std::unique_ptr<PeerLockFile>> PeerLockFile::open(const std::string& path, int side) {
   if (side != 0 && side != 1) return fail(Errc::kInvalidArgument, "peer lock file: bad side");
   // One end sets the file up at a time; the other waits for the flock.
-  const int fd = open_locked(path, true);
+  const int fd = open_locked(path, true, 1000);
   if (fd < 0) return fail(Errc::kIo, "peer lock file ", path, ": ", std::strerror(errno));
   std::unique_ptr<PeerLockFile> out(new PeerLockFile);
   out->path_ = path;
@@ -240,7 +247,7 @@ PeerLockFile::~PeerLockFile() {
   // opening it meanwhile sees it unlinked and makes a new one). A side
   // whose holder died is held by nobody: a successor that took it over
   // would hold it.
-  const int fd = map_ == nullptr ? -1 : open_locked(path_, false);
+  const int fd = map_ == nullptr ? -1 : open_locked(path_, false, 50);
   lock_.release();  // in the mapping
   struct stat st{};
   if (fd >= 0 && fstat(fd, &st) == 0 && st.st_ino == inode_) {

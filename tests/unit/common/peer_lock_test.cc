@@ -3,7 +3,9 @@
 // its process does.
 
 #include <gtest/gtest.h>
+#include <fcntl.h>
 #include <pthread.h>
+#include <sys/file.h>
 #include <signal.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
@@ -149,6 +151,23 @@ TEST(PeerLockFile, TwoEndsShareAFileAndABadOneIsSetUpAfresh) {
   EXPECT_FALSE((*server)->peer_gone());
   EXPECT_EQ(PeerLockFile::open(path, 2).error().code, Errc::kInvalidArgument);
   EXPECT_EQ(PeerLockFile::open("/nonexistent-dir/x.alive", 0).error().code, Errc::kIo);
+  {
+    // Someone holding the file's flock for long does not hold an end up:
+    // it goes on without the lock (the link then works as without one).
+    const std::string held = path + ".held";
+    const int fd = ::open(held.c_str(), O_RDWR | O_CREAT, 0600);
+    ASSERT_GE(fd, 0);
+    ASSERT_EQ(flock(fd, LOCK_EX), 0);
+    auto refused = PeerLockFile::open(held, 0);
+    ASSERT_FALSE(refused);
+    EXPECT_EQ(refused.error().code, Errc::kIo);
+    flock(fd, LOCK_UN);
+    auto taken = PeerLockFile::open(held, 0);
+    ASSERT_TRUE(taken) << taken.error().to_string();
+    close(fd);
+    taken->reset();
+    EXPECT_FALSE(std::filesystem::exists(held));
+  }
   if (geteuid() == 0) {  // giving a file away takes root
     // Another user's file (one who could write the other end's word) is not used.
     const std::string theirs = path + ".theirs";
