@@ -149,7 +149,9 @@ bool PeerLock::peer_gone() noexcept {
   const uint32_t word = lock_word(&pair_->side[1 - side_]);
   if ((word & FUTEX_OWNER_DIED) != 0) return true;  // its holder died holding it (and no successor yet)
   if ((word & FUTEX_TID_MASK) != 0) {
-    seen_held_.store(true, std::memory_order_relaxed);
+    // Written once: the links of a port's queues (several workers) read
+    // this every poll, and a store each time would bounce its cache line.
+    if (!seen_held_.load(std::memory_order_relaxed)) seen_held_.store(true, std::memory_order_relaxed);
     return false;
   }
   return seen_held_.load(std::memory_order_relaxed);  // free: let go, or never held yet
