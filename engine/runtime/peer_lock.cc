@@ -15,6 +15,7 @@
 #include <cstring>
 #include <deque>
 #include <mutex>
+#include <system_error>
 #include <thread>
 
 namespace baton {
@@ -28,6 +29,9 @@ namespace {
 /// parent's thread was not copied into it.
 class Holder {
  public:
+  /// Throws std::system_error when the thread cannot be made. (A fork
+  /// while another thread is inside leaves `mu` held in the child; batond's
+  /// children exec.)
   static Holder& get() {
     static std::mutex mu;
     static Holder* holder = nullptr;
@@ -114,7 +118,12 @@ Result<void> init_lock_pair(LockPair* pair) noexcept {
 
 Result<PeerLock> PeerLock::hold(LockPair* pair, int side) {
   if (pair == nullptr || (side != 0 && side != 1)) return fail(Errc::kInvalidArgument, "peer lock: bad side");
-  const int rc = Holder::get().run(&pair->side[side], true);
+  int rc;
+  try {
+    rc = Holder::get().run(&pair->side[side], true);
+  } catch (const std::system_error& e) {  // no thread to hold it
+    return fail(Errc::kIo, "peer lock: ", e.what());
+  }
   if (rc == EBUSY) return fail(Errc::kInvalidArgument, "peer lock: side ", std::to_string(side), " is held");
   if (rc != 0) return fail(Errc::kIo, "peer lock: side ", std::to_string(side), ": ", std::strerror(rc));
   PeerLock l;
@@ -167,10 +176,6 @@ struct LockFile {
   LockPair pair;
 };
 static_assert(sizeof(LockFile) <= kFileBytes);
-
-}  // namespace
-
-namespace {
 
 /// `path` opened (made if missing and `create`) and flocked within
 /// `patience_ms`, or -1 with errno. The file
