@@ -11,6 +11,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -23,21 +24,90 @@
 namespace baton {
 namespace {
 
-/// A LockPair in memory a forked child shares.
+/// A LockPair in a memfd a child process maps too.
 struct SharedPair {
   SharedPair() {
-    void* m = mmap(nullptr, sizeof(LockPair), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    fd = memfd_create("peer-lock-test", 0);  // inherited across the child's exec
+    if (fd < 0 || ftruncate(fd, sizeof(LockPair)) != 0) std::abort();
+    void* m = mmap(nullptr, sizeof(LockPair), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     if (m == MAP_FAILED) std::abort();
     pair = static_cast<LockPair*>(m);
     if (!init_lock_pair(pair)) std::abort();
   }
-  ~SharedPair() { munmap(pair, sizeof(LockPair)); }
+  ~SharedPair() {
+    munmap(pair, sizeof(LockPair));
+    close(fd);
+  }
+  int fd = -1;
   LockPair* pair;
 };
 
 char read_byte(int fd) {
   char c = 0;
   return read(fd, &c, 1) == 1 ? c : 0;
+}
+
+// The other side, a process of its own: this test binary run again with
+// BATON_PEER_LOCK_CHILD=<mode>,<memfd>,<read fd>,<write fd>. (Not a plain
+// fork: a child that starts threads after a multithreaded fork is not
+// supported, and ThreadSanitizer kills it.)
+//   thread-ends: a thread takes side 1, says 'L', waits, ends holding it;
+//                then the process says 'E' and waits.
+//   holds:       PeerLock::hold(side 1), says 'H', and waits to be killed.
+[[noreturn]] void child_main(const char* spec) {
+  char mode[32] = {};
+  int mem = -1, rd = -1, wr = -1;
+  if (std::sscanf(spec, "%31[^,],%d,%d,%d", mode, &mem, &rd, &wr) != 4) _exit(2);
+  void* m = mmap(nullptr, sizeof(LockPair), PROT_READ | PROT_WRITE, MAP_SHARED, mem, 0);
+  if (m == MAP_FAILED) _exit(3);
+  auto* pair = static_cast<LockPair*>(m);
+  if (std::string(mode) == "thread-ends") {
+    std::thread([&] {
+      if (pthread_mutex_lock(&pair->side[1]) != 0) _exit(1);
+      (void)!write(wr, "L", 1);
+      read_byte(rd);
+    }).join();
+    (void)!write(wr, "E", 1);
+    read_byte(rd);
+    _exit(0);
+  }
+  if (std::string(mode) == "holds") {
+    auto b = PeerLock::hold(pair, 1);  // this process's own holder thread
+    (void)!write(wr, b ? "H" : "-", 1);
+    for (;;) pause();
+  }
+  _exit(4);
+}
+
+[[maybe_unused]] const bool kIsChild = [] {
+  if (const char* spec = std::getenv("BATON_PEER_LOCK_CHILD")) child_main(spec);
+  return false;
+}();
+
+/// Starts the other side in `mode`; `to_child` / `to_parent` are this
+/// process's ends of two pipes (the child's ends are closed here, so a child
+/// that dies reads as the end of its pipe, not a hang).
+pid_t spawn_child(const char* mode, const SharedPair& s, int* to_child, int* to_parent) {
+  int down[2], up[2];
+  if (pipe(down) != 0 || pipe(up) != 0) return -1;
+  const std::string spec = "BATON_PEER_LOCK_CHILD=" + std::string(mode) + "," + std::to_string(s.fd) + "," +
+                           std::to_string(down[0]) + "," + std::to_string(up[1]);
+  char self[4096];
+  const ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+  if (n <= 0) return -1;
+  self[n] = 0;
+  char* argv[] = {self, nullptr};
+  char* envp[] = {const_cast<char*>(spec.c_str()), nullptr};
+  const pid_t pid = fork();
+  if (pid == 0) {
+    execve(self, argv, envp);
+    _exit(127);
+  }
+  close(down[0]);
+  close(up[1]);
+  *to_child = down[1];
+  *to_parent = up[0];
+  return pid;
 }
 
 TEST(PeerLock, ASideNeverHeldSaysNothingAndOneLetGoIsGone) {
@@ -72,52 +142,38 @@ TEST(PeerLock, AHolderThatEndsIsGoneWhileItsProcessStillLives) {
   SharedPair s;
   auto a = PeerLock::hold(s.pair, 0);
   ASSERT_TRUE(a) << a.error().to_string();
-  int to_child[2], to_parent[2];
-  ASSERT_EQ(pipe(to_child), 0);
-  ASSERT_EQ(pipe(to_parent), 0);
-  const pid_t pid = fork();
-  ASSERT_GE(pid, 0);
-  if (pid == 0) {
-    // The other side's protocol is a robust mutex: taken by a thread that
-    // then ends holding it.
-    std::thread([&] {
-      if (pthread_mutex_lock(&s.pair->side[1]) != 0) _exit(1);
-      (void)!write(to_parent[1], "L", 1);
-      read_byte(to_child[0]);
-    }).join();
-    (void)!write(to_parent[1], "E", 1);
-    read_byte(to_child[0]);
-    _exit(0);
-  }
-  ASSERT_EQ(read_byte(to_parent[0]), 'L');
+  int to_child = -1, to_parent = -1;
+  const pid_t pid = spawn_child("thread-ends", s, &to_child, &to_parent);
+  ASSERT_GT(pid, 0);
+  ASSERT_EQ(read_byte(to_parent), 'L');
   EXPECT_FALSE(a->peer_gone()) << "held by a live thread";
-  ASSERT_EQ(write(to_child[1], "1", 1), 1);
-  ASSERT_EQ(read_byte(to_parent[0]), 'E');
+  ASSERT_EQ(write(to_child, "1", 1), 1);
+  ASSERT_EQ(read_byte(to_parent), 'E');
   EXPECT_TRUE(a->peer_gone()) << "its holder ended holding it";
   const auto st = read_proc_stat("/proc/" + std::to_string(pid));
   ASSERT_TRUE(st);
   EXPECT_NE(st->state, 'Z') << "and its process lives on";
-  ASSERT_EQ(write(to_child[1], "2", 1), 1);
+  ASSERT_EQ(write(to_child, "2", 1), 1);
   int status = 0;
   waitpid(pid, &status, 0);
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
-  for (int fd : {to_child[0], to_child[1], to_parent[0], to_parent[1]}) close(fd);
+  close(to_child);
+  close(to_parent);
 }
 
 TEST(PeerLock, AKilledHolderIsGoneAndItsSuccessorTakesTheSideOver) {
   SharedPair s;
   auto a = PeerLock::hold(s.pair, 0);
   ASSERT_TRUE(a) << a.error().to_string();
-  int to_parent[2];
-  ASSERT_EQ(pipe(to_parent), 0);
-  const pid_t pid = fork();
-  ASSERT_GE(pid, 0);
-  if (pid == 0) {
-    auto b = PeerLock::hold(s.pair, 1);  // this child's own holder thread
-    (void)!write(to_parent[1], b ? "H" : "-", 1);
-    for (;;) pause();
+  int to_child = -1, to_parent = -1;
+  const pid_t pid = spawn_child("holds", s, &to_child, &to_parent);
+  ASSERT_GT(pid, 0);
+  const char said = read_byte(to_parent);
+  if (said != 'H') {
+    kill(pid, SIGKILL);
+    waitpid(pid, nullptr, 0);
   }
-  ASSERT_EQ(read_byte(to_parent[0]), 'H');
+  ASSERT_EQ(said, 'H');
   EXPECT_FALSE(a->peer_gone());
   kill(pid, SIGKILL);
   waitpid(pid, nullptr, 0);
@@ -126,8 +182,8 @@ TEST(PeerLock, AKilledHolderIsGoneAndItsSuccessorTakesTheSideOver) {
   ASSERT_TRUE(successor) << "a side whose holder died is taken over: " << successor.error().to_string();
   EXPECT_FALSE(a->peer_gone()) << "a successor holds it";
   EXPECT_FALSE(successor->peer_gone());
-  close(to_parent[0]);
-  close(to_parent[1]);
+  close(to_child);
+  close(to_parent);
 }
 
 TEST(PeerLockFile, TwoEndsShareAFileAndABadOneIsSetUpAfresh) {
