@@ -65,6 +65,7 @@ TEST(CApiMemif, RoundTripThroughAPeerProcess) {
   EXPECT_EQ(std::memcmp(baton_segment_data(s), want.data(), want.size()), 0);
   baton_stop(b);
   unlink(sock.c_str());
+  unlink((sock + ".alive").c_str());  // the ends' peer lock (its ports close at exit, not before)
 }
 
 }  // namespace
