@@ -258,11 +258,9 @@ PeerLockFile::~PeerLockFile() {
   lock_.release();  // in the mapping
   struct stat st{};
   if (fd >= 0 && fstat(fd, &st) == 0 && st.st_ino == inode_) {
-    const auto* f = static_cast<const LockFile*>(map_);
-    const auto word = [&](int side) {
-      return std::atomic_ref<const int>(f->pair.side[side].__data.__lock).load(std::memory_order_acquire);
-    };
-    if ((word(0) & FUTEX_TID_MASK) == 0 && (word(1) & FUTEX_TID_MASK) == 0) ::unlink(path_.c_str());
+    auto* f = static_cast<LockFile*>(map_);
+    if ((lock_word(&f->pair.side[0]) & FUTEX_TID_MASK) == 0 && (lock_word(&f->pair.side[1]) & FUTEX_TID_MASK) == 0)
+      ::unlink(path_.c_str());
   }
   if (fd >= 0) {
     flock(fd, LOCK_UN);
