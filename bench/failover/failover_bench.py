@@ -92,6 +92,16 @@ def where(batonctl, chassis):
     return None
 
 
+def restart_blade(batonctl, chassis, node):
+    """Back, empty, before the next round: every other blade has heard it."""
+    t_restart = time.time()
+    sh(batonctl, "chassis", "restart", "--blade", str(node), "--dir", chassis)
+    others = [b for b in (1, 2, 3, 4) if b != node]
+    wait(lambda: all(any(ts >= t_restart and text.startswith(f"node {node} up")
+                         for ts, text in events(batonctl, f"{chassis}/blade{b}.sock"))
+                     for b in others), what=f"blade {node} to rejoin")
+
+
 def baselines(size):
     t = []
     for _ in range(20):
@@ -212,7 +222,7 @@ start_timeout_ms = 3000
             if len(ev) < 6:
                 print(f"  round {r}: events missing (found only {sorted(ev)}), skipped", file=sys.stderr)
                 if args.kill_blade:
-                    sh(batonctl, "chassis", "restart", "--blade", str(node), "--dir", chassis)
+                    restart_blade(batonctl, chassis, node)
                 continue
             rows.append({
                 "detection": (ev["detected"] - t_kill) * 1e3,
@@ -230,13 +240,7 @@ start_timeout_ms = 3000
                               "open": round(open_ms, 2)}),
                   file=sys.stderr)
             if args.kill_blade:
-                # Back, empty, before the next round: every other blade has heard it.
-                t_restart = time.time()
-                sh(batonctl, "chassis", "restart", "--blade", str(node), "--dir", chassis)
-                others = [b for b in (1, 2, 3, 4) if b != node]
-                wait(lambda: all(any(ts >= t_restart and text.startswith(f"node {node} up")
-                                     for ts, text in events(batonctl, f"{chassis}/blade{b}.sock"))
-                                 for b in others), what=f"blade {node} to rejoin")
+                restart_blade(batonctl, chassis, node)
     finally:
         subprocess.run([batonctl, "chassis", "down", "--dir", chassis], capture_output=True)
         subprocess.run(["pkill", "-KILL", "-f", f"baton-kv --socket {chassis}/"], capture_output=True)
