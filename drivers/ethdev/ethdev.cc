@@ -8,6 +8,8 @@
 #include <rte_ether.h>
 #include <rte_mbuf.h>
 #include <rte_ring.h>
+#include <rte_version.h>
+#include <immintrin.h>
 #include <sched.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -17,6 +19,7 @@
 #include <atomic>
 #include <cerrno>
 #include <csignal>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -26,6 +29,7 @@
 #include <optional>
 #include <string_view>
 #include <tuple>
+#include <vector>
 
 #include "common/log.h"
 #include "ethdev/memif_guard.h"
@@ -91,28 +95,117 @@ bool copies_frames(const char* driver) {
 /// and net_ring holds what was sent until the peer's queue reads it.
 constexpr uint32_t kQueuePairMbufs = 4095;
 
+std::optional<std::string> devarg(const std::string& devargs, const std::string& key);
+
+/// How a port uses its pool's mbufs.
+enum class PoolKind : char {
+  kCopying = 'c',    ///< memif in copy mode, af_packet: none held between bursts
+  kHolding = 's',    ///< a NIC or net_ring: its rings hold them
+  kZeroCopy = 'z',   ///< a memif zero-copy client: its rings hold them, and its peer reads them
+};
+
+/// memif's ring size when `rsize` is not given (log2: 1024 slots).
+constexpr uint32_t kMemifDefaultLog2Ring = 10;
+
 /// How many mbufs a port's pool needs: `mbufs` per queue pair when given;
-/// else for a copying PMD, kCopyingPortMbufs for all of them; else
-/// kQueuePairMbufs per queue pair.
-uint32_t pool_mbufs(const PortConfig& c, bool copying) {
+/// else for a copying PMD, kCopyingPortMbufs for all of them; for a memif
+/// zero-copy client, its rx rings full (the server copies into them) and
+/// its tx rings full (each frame is held until the server has read it),
+/// and a margin for the bursts out; else kQueuePairMbufs per queue pair.
+uint32_t pool_mbufs(const PortConfig& c, PoolKind kind) {
   if (c.mbufs != 0) return c.mbufs * c.queues;
-  if (copying) return kCopyingPortMbufs;
+  switch (kind) {
+    case PoolKind::kCopying: return kCopyingPortMbufs;
+    case PoolKind::kZeroCopy: {
+      uint32_t log2 = kMemifDefaultLog2Ring;
+      if (auto r = devarg(c.device, "rsize")) log2 = static_cast<uint32_t>(std::strtoul(r->c_str(), nullptr, 10));
+      return (2u * (1u << std::min<uint32_t>(log2, 14)) + 128) * c.queues;
+    }
+    case PoolKind::kHolding: break;
+  }
   return kQueuePairMbufs * c.queues;
 }
 
-// One pool per (socket, frame size, kind: copying PMD or not), shared by
-// every port that fits it.
-rte_mempool* pool_for(int socket, uint32_t room, bool copying, uint32_t mbufs) {
+// One pool per (socket, frame size, kind), shared by every port that fits
+// it; a memif zero-copy client's is its own (`owner`: the port's name),
+// as its rings hold a pool's worth.
+rte_mempool* pool_for(int socket, uint32_t room, PoolKind kind, uint32_t mbufs, const std::string& owner) {
   static std::mutex mu;
-  static std::map<std::tuple<int, uint32_t, bool>, rte_mempool*> pools;
+  static std::map<std::tuple<int, uint32_t, char, std::string>, rte_mempool*> pools;
   std::lock_guard lock(mu);
-  auto& p = pools[{socket, room, copying}];
+  const std::string key = kind == PoolKind::kZeroCopy ? owner : std::string();
+  auto& p = pools[{socket, room, static_cast<char>(kind), key}];
   if (p == nullptr) {
-    std::string name = std::string(copying ? "baton_c" : "baton_s") + std::to_string(socket < 0 ? 0 : socket) + "_" +
-                       std::to_string(room);
-    p = rte_pktmbuf_pool_create(name.c_str(), mbufs, 256, 0, static_cast<uint16_t>(room), socket);
+    static int zero_copy_pools = 0;
+    std::string name = std::string("baton_") + static_cast<char>(kind) +
+                       (kind == PoolKind::kZeroCopy ? std::to_string(zero_copy_pools++) + "_" : std::string()) +
+                       std::to_string(socket < 0 ? 0 : socket) + "_" + std::to_string(room);
+    // No per-lcore cache in a zero-copy pool: reset_pool() finds every
+    // free mbuf in the pool's own ring.
+    const unsigned cache = kind == PoolKind::kZeroCopy ? 0 : 256;
+    p = rte_pktmbuf_pool_create(name.c_str(), mbufs, cache, 0, static_cast<uint16_t>(room), socket);
   }
   return p;
+}
+
+/// Keeps the EAL's memory-list files open (MemifGuard::keep_open): a memif
+/// zero-copy client hands them to its server at every connection.
+void keep_memory_files_open() {
+  rte_memseg_walk(
+      [](const rte_memseg_list*, const rte_memseg* ms, void*) {
+        MemifGuard::keep_open(rte_memseg_get_fd_thread_unsafe(ms));
+        return 0;
+      },
+      nullptr);
+}
+
+/// Whether all of `pool`'s memory lies in DPDK's first memory list that
+/// holds any: memif's zero-copy client exposes that list to its server as
+/// its region 1 and describes every buffer by its offset there (the PMD
+/// does not look up the region of a buffer).
+bool pool_in_first_memory_list(rte_mempool* pool) {
+  const rte_memseg_list* first = nullptr;
+  rte_memseg_list_walk(
+      [](const rte_memseg_list* msl, void* arg) {
+        if (msl->memseg_arr.count == 0 || msl->external) return 0;
+        *static_cast<const rte_memseg_list**>(arg) = msl;
+        return 1;
+      },
+      &first);
+  struct Check {
+    const rte_memseg_list* first;
+    bool ok = true;
+  } check{first};
+  rte_mempool_mem_iter(
+      pool,
+      [](rte_mempool*, void* arg, rte_mempool_memhdr* hdr, unsigned) {
+        auto* c = static_cast<Check*>(arg);
+        c->ok = c->ok && c->first != nullptr && rte_mem_virt2memseg_list(hdr->addr) == c->first;
+      },
+      &check);
+  return check.ok;
+}
+
+/// Puts every mbuf of `pool` back in it. For a memif zero-copy client's own
+/// pool between two connections: the PMD (DPDK 22.11 to this day) never
+/// frees the mbufs its rings held when a connection ends, and allocates a
+/// fresh ring's worth at the next, so without this each reconnection lost
+/// about 500 and the third found the pool empty. The caller makes sure
+/// nothing else holds any (Port::hold).
+void reset_pool(rte_mempool* pool) {
+  std::vector<void*> free_ones;
+  for (void* obj; rte_mempool_get(pool, &obj) == 0;) free_ones.push_back(obj);
+  std::vector<void*> all;
+  all.reserve(pool->size);
+  rte_mempool_obj_iter(
+      pool, [](rte_mempool*, void* arg, void* obj, unsigned) { static_cast<std::vector<void*>*>(arg)->push_back(obj); },
+      &all);
+  for (void* obj : all) {
+    auto* m = static_cast<rte_mbuf*>(obj);
+    rte_pktmbuf_reset(m);
+    rte_mbuf_refcnt_set(m, 1);
+  }
+  rte_mempool_put_bulk(pool, all.data(), static_cast<unsigned>(all.size()));
 }
 
 /// A started port: shared by the links of its queue pairs (one per shard);
@@ -149,11 +242,38 @@ struct Port {
     while (closed.load() == 0 && now_ns() < until) futex_wait(closed, 0, 10'000'000);
     if (rte_eal_alarm_cancel(&Port::close_here, this) > 0) close_here(this);
   }
+  /// A memif client's burst (a transmit, or `n` received frames until they
+  /// are released) holds the port: its restart waits until none does, and
+  /// no burst starts meanwhile (false: the burst does nothing). So no burst
+  /// runs on a stopped port (DPDK's stand-in burst of a stopped port logs a
+  /// stack trace), and none holds an mbuf of a zero-copy client's pool when
+  /// it is reset. Dekker-style on two seq_cst atomics, as MemifGuard.
+  /// Thread: worker.
+  bool hold(int n) noexcept {
+    if (!memif_client) return true;
+    holding.fetch_add(n);
+    if (!restarting.load()) return true;
+    holding.fetch_sub(n);
+    return false;
+  }
+  void let_go(int n) noexcept {
+    if (memif_client) holding.fetch_sub(n);
+  }
   /// Thread: EAL interrupt thread (alarm callback).
   static void restart_on_interrupt_thread(void* arg) {
     auto* self = static_cast<Port*>(arg);
     self->started = false;
+    self->restarting.store(true);
+    while (self->holding.load() > 0) _mm_pause();
     rte_eth_dev_stop(self->id);
+    if (self->zero_copy_pool != nullptr) {
+      reset_pool(self->zero_copy_pool);
+      keep_memory_files_open();  // a memory list made since has a file of its own
+    }
+    struct Resume {
+      Port* p;
+      ~Resume() { p->restarting.store(false); }
+    } resume{self};
     if (rte_eth_dev_start(self->id) == 0) {
       // Connected: a handshake is under way. Should the link still be down
       // at the next look, the next one gets twice as long.
@@ -166,6 +286,11 @@ struct Port {
     }
     self->restart_pending = false;
   }
+  /// A memif zero-copy client's own pool (else null), set before any link
+  /// exists; reset at each restart.
+  rte_mempool* zero_copy_pool = nullptr;
+  std::atomic<int> holding{0};        ///< bursts (and received frames) in flight: hold()
+  std::atomic<bool> restarting{false};
   const uint16_t id;
   const bool memif, memif_client;
   std::atomic<bool> started;  // bursts on a stopped port only log noise
@@ -211,9 +336,13 @@ class EthdevLink final : public Link {
     rte_mbuf* ms[kBurst];
     n = std::min<uint16_t>(n, kBurst);
     if (!port_->started.load(std::memory_order_relaxed)) return 0;
+    if (!port_->hold(n)) return 0;
     uint16_t got;
     if (port_->memif) {
-      if (!MemifGuard::enter()) return 0;
+      if (!MemifGuard::enter()) {
+        port_->let_go(n);
+        return 0;
+      }
       got = rte_eth_rx_burst(id_, queue_, ms, n);
       MemifGuard::exit();
     } else {
@@ -235,6 +364,7 @@ class EthdevLink final : public Link {
       counters_.rx_bytes += m->data_len;
     }
     counters_.rx_frames += k;
+    port_->let_go(n - k);  // the frames handed out are let go as they are released
     return k;
   }
 
@@ -242,6 +372,7 @@ class EthdevLink final : public Link {
     rte_mbuf* ms[kBurst];
     for (uint16_t i = 0; i < n; ++i) ms[i] = static_cast<rte_mbuf*>(frames[i].token);
     rte_pktmbuf_free_bulk(ms, n);
+    port_->let_go(n);
   }
 
   uint16_t tx_burst(const TxFrame* frames, uint16_t n) noexcept override {
@@ -254,7 +385,12 @@ class EthdevLink final : public Link {
     // them unused cost every such burst ~100 ns).
     bool attaching = false;
     for (uint16_t i = 0; zero_copy_ && i < n && !attaching; ++i) attaching = frames[i].payload.size() >= kAttachMinBytes;
-    if (n == 0 || rte_pktmbuf_alloc_bulk(pool_, ms, n) != 0) return 0;
+    if (n == 0 || !port_->hold(1)) return 0;
+    struct LetGo {
+      Port& p;
+      ~LetGo() { p.let_go(1); }
+    } let_go{*port_};
+    if (rte_pktmbuf_alloc_bulk(pool_, ms, n) != 0) return 0;
     if (attaching && rte_pktmbuf_alloc_bulk(pool_, attached, n) != 0) {
       rte_pktmbuf_free_bulk(ms, n);
       return 0;
@@ -381,6 +517,29 @@ std::optional<std::string> devarg(const std::string& devargs, const std::string&
   return std::nullopt;
 }
 
+/// devargs without any `key=` of it.
+std::string without_devarg(const std::string& devargs, const std::string& key) {
+  std::string out = devargs.substr(0, devargs.find(','));
+  for (size_t at = devargs.find(','); at != std::string::npos;) {
+    const size_t end = devargs.find(',', at + 1);
+    const std::string part = devargs.substr(at, end - at);
+    if (part.compare(1, key.size() + 1, key + "=") != 0) out += part;
+    at = end;
+  }
+  return out;
+}
+
+/// Whether this DPDK's memif zero-copy receive is sound. Before 22.11.7
+/// (24.07 on the main line) its refill wrote past the end of its array of
+/// mbufs whenever it wrapped around the ring, handing out one mbuf twice
+/// (DPDK b92b18b7, "net/memif: fix buffer overflow in zero copy Rx").
+bool memif_zero_copy_sound() {
+  int year = 0, month = 0, release = 0;
+  if (std::sscanf(rte_version(), "DPDK %d.%d.%d", &year, &month, &release) < 2) return false;
+  if (year == 22 && month == 11) return release >= 7;
+  return year > 24 || (year == 24 && month >= 7);
+}
+
 /// A memif server on a file socket (`socket-abstract=no`) binds its path;
 /// one left behind by a server that was killed makes the bind fail. Removes
 /// it when nothing listens there; refuses when something does. (Abstract
@@ -436,9 +595,26 @@ Result<std::vector<std::unique_ptr<Link>>> start_port(uint16_t port, const PortC
   constexpr uint32_t kSlack = 256;
   const uint32_t room = c.max_frame + sizeof(rte_ether_hdr) + RTE_PKTMBUF_HEADROOM + kSlack;
   if (room > UINT16_MAX) return fail(Errc::kInvalidArgument, "max_frame too large for an mbuf");
-  const bool copying = copies_frames(info.driver_name);
-  rte_mempool* pool = pool_for(socket, room, copying, pool_mbufs(c, copying));
+  const bool memif = std::strcmp(info.driver_name, "net_memif") == 0;
+  const bool client = memif && devarg(c.device, "role") == "client";
+  // A memif client in zero-copy mode: its server copies frames straight
+  // into this process's mbufs and reads the ones it sends, so a received
+  // frame is not copied out of memif's ring (operations, "memif
+  // zero-copy").
+  const bool memif_zero_copy = client && devarg(c.device, "zero-copy") == "yes";
+  const PoolKind kind = memif_zero_copy                    ? PoolKind::kZeroCopy
+                        : copies_frames(info.driver_name) ? PoolKind::kCopying
+                                                          : PoolKind::kHolding;
+  rte_mempool* pool = pool_for(socket, room, kind, pool_mbufs(c, kind), name);
   if (pool == nullptr) return fail(Errc::kNoMemory, name, ": mbuf pool: ", rte_strerror(rte_errno));
+  if (memif_zero_copy && !pool_in_first_memory_list(pool))
+    return fail(Errc::kInvalidArgument, name,
+                ": memif zero-copy needs its mbuf pool in DPDK's first memory list, and it is not there "
+                "(drop zero-copy=yes)");
+  if (memif_zero_copy) {
+    keep_memory_files_open();
+    reset_pool(pool);  // reopened: the port's last connection left its rings' mbufs out
+  }
   rte_eth_conf conf{};
   if (int rc = rte_eth_dev_configure(port, queues, queues, &conf); rc != 0)
     return fail(Errc::kIo, name, ": configure: ", rte_strerror(-rc));
@@ -450,8 +626,6 @@ Result<std::vector<std::unique_ptr<Link>>> start_port(uint16_t port, const PortC
     if (int rc = rte_eth_tx_queue_setup(port, q, txd, socket, nullptr); rc != 0)
       return fail(Errc::kIo, name, ": tx queue ", std::to_string(q), ": ", rte_strerror(-rc));
   }
-  const bool memif = std::strcmp(info.driver_name, "net_memif") == 0;
-  const bool client = memif && devarg(c.device, "role") == "client";
   // Taken before the port connects: a successor's peer sees it hold the
   // lock by the time the link is up again.
   std::unique_ptr<PeerLockFile> peer_lock;
@@ -471,9 +645,12 @@ Result<std::vector<std::unique_ptr<Link>>> start_port(uint16_t port, const PortC
   }
   // Zero-copy transmit only where the PMD copies the frame into its own ring
   // within tx_burst (memif in copy mode, af_packet): the payload must not be
-  // referenced after the call. A NIC would DMA later and needs IOVAs.
-  const bool zero_copy = memif || af_packet;
+  // referenced after the call. A NIC would DMA later and needs IOVAs; a
+  // memif zero-copy client hands its server the mbuf itself, which must
+  // lie in the memory it shares (so the frame is copied into it).
+  const bool zero_copy = (memif && !memif_zero_copy) || af_packet;
   auto shared = std::make_shared<Port>(port, memif, client, rc == 0);
+  if (memif_zero_copy) shared->zero_copy_pool = pool;
   shared->peer_lock = std::move(peer_lock);
   std::vector<std::unique_ptr<Link>> links;
   for (uint16_t q = 0; q < queues; ++q) {
@@ -523,6 +700,9 @@ Result<void> init_eal(const std::vector<std::string>& extra, const std::string& 
   // BATON_NO_HUGE_PAGES=1 asks for plain memory whatever is free.
   const char* no_huge = std::getenv("BATON_NO_HUGE_PAGES");
   eal_huge = (no_huge == nullptr || std::string_view(no_huge) != "1") && free_huge_pages() >= 64;
+  // One file per memory list: memif's zero-copy client shares its memory
+  // with its server by that file (operations, "memif zero-copy").
+  args.push_back("--single-file-segments");
   if (eal_huge) {
     args.push_back("--in-memory");
   } else {
@@ -579,6 +759,20 @@ Result<std::vector<std::unique_ptr<Link>>> open_port_queues(const PortConfig& c)
     // local process may connect and pose as the peer. A file unless asked.
     if (name.rfind("net_memif", 0) == 0 && !devarg(devargs, "socket-abstract"))
       devargs += ",socket-abstract=no";
+    // A zero-copy client's rings hold mbufs of its own pool, which is sized
+    // to fill them twice: 256 slots a ring unless asked (4 MiB of frames in
+    // flight) keeps it at 11 MiB a queue pair; memif's default of 1024
+    // would take 37.
+    if (name.rfind("net_memif", 0) == 0 && devarg(devargs, "zero-copy") == "yes") {
+      if (!memif_zero_copy_sound()) {
+        BT_WARN("%s: memif zero-copy asked, but %s's zero-copy receive can hand out one buffer twice (fixed in "
+                "22.11.7 and 24.07): copy mode",
+                name.c_str(), rte_version());
+        devargs = without_devarg(devargs, "zero-copy");
+      } else if (!devarg(devargs, "rsize")) {
+        devargs += ",rsize=8";
+      }
+    }
     uint16_t existing;
     if (rte_eth_dev_get_port_by_name(name.c_str(), &existing) != 0) {
       if (name.rfind("net_memif", 0) == 0) {
@@ -590,7 +784,9 @@ Result<std::vector<std::unique_ptr<Link>>> open_port_queues(const PortConfig& c)
   }
   auto port = find_port(name);
   if (!port) return tl::unexpected(port.error());
-  return start_port(*port, c, name);
+  PortConfig probed = c;
+  probed.device = devargs;
+  return start_port(*port, probed, name);
 }
 
 Result<std::pair<std::unique_ptr<Link>, std::unique_ptr<Link>>> ring_pair(uint16_t node_a, uint16_t node_b,

@@ -16,6 +16,29 @@ std::atomic<int> MemifGuard::bursts{0};
 std::atomic<int> MemifGuard::unmaps{0};
 
 namespace {
+constexpr int kKeptMax = 64;
+std::atomic<int> kept[kKeptMax];  ///< 0: free (a kept descriptor is never 0)
+}  // namespace
+
+void MemifGuard::keep_open(int fd) noexcept {
+  if (fd <= 0 || kept_open(fd)) return;
+  for (auto& k : kept) {
+    int free_slot = 0;
+    if (k.compare_exchange_strong(free_slot, fd)) return;
+  }
+}
+
+bool MemifGuard::kept_open(int fd) noexcept {
+  if (fd <= 0) return false;
+  for (const auto& k : kept) {
+    const int v = k.load(std::memory_order_acquire);
+    if (v == 0) return false;  // slots fill in order and are never freed
+    if (v == fd) return true;
+  }
+  return false;
+}
+
+namespace {
 
 /// Whether the calling thread is the EAL interrupt thread, which runs the
 /// memif PMD's control channel (its name in DPDK 22.11; "dpdk-intr" later).
@@ -51,6 +74,13 @@ extern "C" int munmap(void* addr, size_t len) noexcept {
   const long r = syscall(SYS_munmap, addr, len);
   MemifGuard::unmaps.fetch_sub(1);
   return static_cast<int>(r);
+}
+
+// Interposes libc's close for the whole process: a kept descriptor
+// (MemifGuard::keep_open) stays open; every other goes to the kernel.
+extern "C" int close(int fd) {
+  if (baton::ethdev::MemifGuard::kept_open(fd)) return 0;
+  return static_cast<int>(syscall(SYS_close, fd));
 }
 
 // Interposes libc's sendmsg for the whole process, to survive a peer that

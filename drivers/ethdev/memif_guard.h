@@ -27,6 +27,16 @@ struct MemifGuard {
     return false;
   }
   static void exit() noexcept { bursts.fetch_sub(1); }
+
+  /// Keeps `fd` open whatever closes it through libc: DPDK's own file of a
+  /// memory list, which a memif zero-copy client hands its server. The PMD
+  /// (DPDK 22.11 to this day) closes that descriptor once connected, though
+  /// it is the EAL's, and a reconnection then sends the server its stale
+  /// number: whatever file took it since (a segment's memfd, here), which
+  /// the server maps as the client's memory and dies of SIGBUS reading.
+  /// Thread: any.
+  static void keep_open(int fd) noexcept;
+  static bool kept_open(int fd) noexcept;
 };
 
 }  // namespace baton::ethdev

@@ -30,12 +30,12 @@ bool eventually_link(Engine& e, bool up) {
   return false;
 }
 
-void survive_kills(bool survivor_is_server, int kills) {
+void survive_kills(bool survivor_is_server, int kills, const std::string& client_args = {}) {
   static int port_seq = 0;
   const std::string my_role = survivor_is_server ? "server" : "client";
   EngineConfig c;
   c.fetch_timeout_ms = 500;
-  auto node = test::start_memif_node("net_memif" + std::to_string(port_seq++), my_role, c);
+  auto node = test::start_memif_node("net_memif" + std::to_string(port_seq++), my_role, c, client_args);
   ASSERT_TRUE(node) << node.error().to_string();
   Engine& e = *node->engine;
   const std::vector<std::string> peer_cmd = node->peer_command();
@@ -45,7 +45,7 @@ void survive_kills(bool survivor_is_server, int kills) {
     // other; it stays so when the peer dies (votequorum's two_node).
     test::Process first(peer_cmd);
     ASSERT_TRUE(test::eventually([&] { return e.view().quorate; })) << e.view().to_string();
-    seg = e.create("survivor-" + my_role, 16 << 20);
+    seg = e.create("survivor-" + my_role + client_args, 16 << 20);
     ASSERT_TRUE(seg) << seg.error().to_string();
     first.kill(SIGKILL);
     first.wait();
@@ -74,7 +74,7 @@ void survive_kills(bool survivor_is_server, int kills) {
   ASSERT_TRUE(held) << held.error().to_string();
   std::vector<std::byte> want(mem.begin(), mem.end());
   ASSERT_TRUE(e.close(*seg));
-  auto back = e.load("survivor-" + my_role);
+  auto back = e.load("survivor-" + my_role + client_args);
   ASSERT_TRUE(back) << back.error().to_string();
   auto got = e.data(back->segment);
   EXPECT_TRUE(std::equal(want.begin(), want.end(), got.begin(), got.end()));
@@ -83,6 +83,10 @@ void survive_kills(bool survivor_is_server, int kills) {
 
 TEST(MemifKill, ServerSurvivesPeerKills) { survive_kills(true, 30); }
 TEST(MemifKill, ClientSurvivesPeerKillsAndReconnects) { survive_kills(false, 10); }
+// The client end in memif's zero-copy mode: its server copies into, and
+// reads from, the client's own mbufs, which each reconnection shares anew.
+TEST(MemifKill, ServerSurvivesZeroCopyClientKills) { survive_kills(true, 30, ",zero-copy=yes"); }
+TEST(MemifKill, ZeroCopyClientSurvivesPeerKillsAndReconnects) { survive_kills(false, 10, ",zero-copy=yes"); }
 
 }  // namespace
 }  // namespace baton
