@@ -143,7 +143,8 @@ std::string config_for(const ChassisConfig& c, int id) {
       o << "[[link]]\npeer = " << peer << "\ndriver = \"shm\"\ndevice = \"" << pair_region(c.dir, id, peer) << "\"\n";
     } else {
       o << "[[link]]\npeer = " << peer << "\ndevice = \"net_memif" << peer << ",role="
-        << (id < peer ? "server" : "client") << ",socket=" << pair_socket(c.dir, id, peer) << "\"\n";
+        << (id < peer ? "server" : "client") << ",socket=" << pair_socket(c.dir, id, peer)
+        << (id > peer && c.memif_zero_copy ? ",zero-copy=yes" : "") << "\"\n";
     }
   }
   return o.str();

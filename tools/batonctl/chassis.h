@@ -44,6 +44,10 @@ struct ChassisConfig {
   /// core per blade; the daemons' default detector is then 100 us
   /// heartbeats and a 500 us timeout.
   bool spin = false;
+  /// memif links: the client end (the higher node id) in memif's zero-copy
+  /// mode, its server copying straight into its mbufs (operations, "memif
+  /// zero-copy").
+  bool memif_zero_copy = true;
   uint32_t heartbeat_us = 0;        ///< 0: the daemons' default
   uint32_t failure_timeout_us = 0;  ///< 0: the daemons' default
   /// Where the blades' views come from: "backplane" (heartbeats) or
