@@ -16,10 +16,14 @@
 //               The "raw memif" lines above go through Baton's driver and
 //               flatter Baton; the lean ratios are the ones to quote.
 //
-// Usage: baton-e2e [--rounds N] [--iters N] [--mib N] [--spin] [--shm]   (prints JSON lines and a table)
+// Usage: baton-e2e [--rounds N] [--iters N] [--mib N] [--spin] [--shm] [--memif-copy]   (prints JSON lines and a table)
 //   --spin: both engines' workers never sleep (dedicated cores)
 //   --shm:  the engines' link is a shm region instead of memif (the
 //           baselines stay memif's)
+//   --memif-copy: the engines' memif link in copy mode at both ends (by
+//           default the replica's end is a zero-copy client, as in a
+//           chassis: its server copies straight into its mbufs); the lean
+//           program then runs in copy mode only
 
 #include <signal.h>
 #include <sys/mman.h>
@@ -112,6 +116,7 @@ std::unique_ptr<Link> open_link(const std::string& dev, uint16_t peer) {
 
 // This process's engine: node `node` with one memif link (role as given) to the other.
 bool use_shm = false;
+bool memif_zero_copy = true;  // the replica's end of the engines' memif link is a zero-copy client (as in a chassis)
 constexpr const char* kCowSegment = "e2e-throughput-cow";
 
 // The engines' shm region: in /dev/shm (memory), named after their socket.
@@ -128,7 +133,9 @@ std::unique_ptr<baton::Engine> start_engine(uint16_t node, const std::string& ro
     }
     links.push_back(std::move(*l));
   } else {
-    links.push_back(open_link("net_memif1,role=" + role + ",socket=" + sock, node == 1 ? 2 : 1));
+    links.push_back(open_link("net_memif1,role=" + role + ",socket=" + sock +
+                                  (memif_zero_copy && role == "client" ? ",zero-copy=yes" : ""),
+                              node == 1 ? 2 : 1));
   }
   baton::EngineConfig c;
   c.node_id = node;
@@ -209,9 +216,9 @@ struct Lean {
 };
 
 // One round of baton-lean-memif (next to this binary), or nothing if it failed.
-std::optional<Lean> run_lean(const std::string& dir, int iters, uint64_t mib) {
+std::optional<Lean> run_lean(const std::string& dir, int iters, uint64_t mib, bool zero_copy) {
   const std::string cmd = dir + "/baton-lean-memif --rounds 1 --iters " + std::to_string(iters) + " --mib " +
-                          std::to_string(mib) + " 2>/dev/null";
+                          std::to_string(mib) + (zero_copy ? " --zero-copy" : "") + " 2>/dev/null";
   FILE* p = popen(cmd.c_str(), "r");
   if (p == nullptr) return std::nullopt;
   Lean l;
@@ -269,10 +276,11 @@ int main(int argc, char** argv) {
     else if (a == "--peer") peer = true;
     else if (a == "--spin") spin = true;
     else if (a == "--shm") use_shm = true;
+    else if (a == "--memif-copy") memif_zero_copy = false;
     else if (a == "--raw-sock") raw_sock = next();
     else if (a == "--eng-sock") eng_sock = next();
     else {
-      std::fprintf(stderr, "usage: baton-e2e [--rounds N] [--iters N] [--mib N] [--spin] [--shm]\n");
+      std::fprintf(stderr, "usage: baton-e2e [--rounds N] [--iters N] [--mib N] [--spin] [--shm] [--memif-copy]\n");
       return 64;
     }
   }
@@ -286,6 +294,7 @@ int main(int argc, char** argv) {
   // processes spin, and anything else awake on two vCPUs (the peer's raw
   // loop, idle engines' ticks) would be measured as its cost.
   Stats lean_p50, lean_p99, lean_tput;
+  Stats zc_p50, zc_p99, zc_tput;  // the lean program's receiving end a zero-copy client too
   {
     char exe[4096];
     const ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
@@ -293,12 +302,20 @@ int main(int argc, char** argv) {
     exe[n] = 0;
     const std::string dir = std::string(exe).substr(0, std::string(exe).rfind('/'));
     for (int r = 0; r < rounds; ++r) {
-      if (auto lean = run_lean(dir, iters, mib)) {
+      if (auto lean = run_lean(dir, iters, mib, false)) {
         lean_p50.v.push_back(lean->p50);
         lean_p99.v.push_back(lean->p99);
         lean_tput.v.push_back(lean->gbps);
       } else {
         std::fprintf(stderr, "baton-e2e: baton-lean-memif failed (round %d)\n", r);
+      }
+      if (!memif_zero_copy || use_shm) continue;
+      if (auto lean = run_lean(dir, iters, mib, true)) {
+        zc_p50.v.push_back(lean->p50);
+        zc_p99.v.push_back(lean->p99);
+        zc_tput.v.push_back(lean->gbps);
+      } else {
+        std::fprintf(stderr, "baton-e2e: baton-lean-memif --zero-copy failed (round %d)\n", r);
       }
     }
   }
@@ -319,6 +336,7 @@ int main(int argc, char** argv) {
   std::vector<std::string> peer_args = {self, "--peer", "--raw-sock", raw_sock, "--eng-sock", eng_sock};
   if (spin) peer_args.push_back("--spin");
   if (use_shm) peer_args.push_back("--shm");
+  if (!memif_zero_copy) peer_args.push_back("--memif-copy");
   baton::test::Process peer_proc(peer_args);
 
   const uint64_t big = mib << 20;
@@ -510,6 +528,17 @@ int main(int argc, char** argv) {
     std::printf("%-34s %10s %10s %9.2fx\n", "  copy-on-write / lean", "", "", ct / lt);
     std::printf("%-34s %.2f%% of the lean program's round trips, %.2f%% of Baton's\n",
                 "  held up by a lost CPU (see above)", held_up_pct(l50), held_up_pct(bl50));
+  }
+  if (!zc_p50.v.empty()) {
+    // The same program with its receiver a zero-copy client, as Baton's
+    // replica is here: its receive copies nothing, and it does not read
+    // the 4 KiB it is sent either (a replica must keep them).
+    const double z50 = zc_p50.median(), z99 = zc_p99.median(), zt = zc_tput.median();
+    print_json("latency_p50", "lean_memif_zero_copy_4k_ack", z50, "us");
+    print_json("latency_p99", "lean_memif_zero_copy_4k_ack", z99, "us");
+    print_json("throughput", "lean_memif_zero_copy", zt, "GB/s");
+    std::printf("%-34s %10.1f %10.1f %10.2f\n", "lean memif, zero-copy receiver", z50, z99, zt);
+    std::printf("%-34s %9.2fx %9.2fx %9.2fx\n", "ratio Baton / lean zero-copy", bl50 / z50, bl99 / z99, bt / zt);
   }
   std::printf("\n(%d rounds x %d latency samples; %lu MiB)\n", rounds, iters, (unsigned long)mib);
   return 0;
