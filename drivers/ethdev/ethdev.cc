@@ -186,6 +186,26 @@ bool pool_in_first_memory_list(rte_mempool* pool) {
   return check.ok;
 }
 
+/// Whether DPDK's first memory list that holds any (memif's zero-copy
+/// region) has no hole below its last page in use. The PMD sizes that
+/// region as the sum of its pages, and its server maps that much of the
+/// file from its start: with a hole, buffers past the sum lie beyond the
+/// server's mapping, and it dies reading them. batond frees no DPDK memory
+/// once started, so there is none; this checks.
+bool first_memory_list_whole() {
+  bool whole = true;
+  rte_memseg_list_walk(
+      [](const rte_memseg_list* msl, void* arg) {
+        if (msl->memseg_arr.count == 0 || msl->external) return 0;
+        auto* arr = const_cast<rte_fbarray*>(&msl->memseg_arr);
+        const int last = rte_fbarray_find_prev_used(arr, arr->len - 1);
+        *static_cast<bool*>(arg) = last + 1 == static_cast<int>(arr->count);
+        return 1;
+      },
+      &whole);
+  return whole;
+}
+
 /// Puts every mbuf of `pool` back in it. For a memif zero-copy client's own
 /// pool between two connections: the PMD (DPDK 22.11 to this day) never
 /// frees the mbufs its rings held when a connection ends, and allocates a
@@ -269,6 +289,16 @@ struct Port {
     if (self->zero_copy_pool != nullptr) {
       reset_pool(self->zero_copy_pool);
       keep_memory_files_open();  // a memory list made since has a file of its own
+      if (!first_memory_list_whole()) {
+        // Connecting would kill the server: the link stays down, and says why.
+        BT_ERROR("memif port %u: a hole in DPDK's first memory list; a zero-copy client cannot share it (the "
+                 "link stays down: restart this batond, or run the link with zero-copy=no)",
+                 self->id);
+        self->restarting.store(false);
+        self->retry_ns = kMaxHandshakeNs;
+        self->restart_pending = false;
+        return;
+      }
     }
     struct Resume {
       Port* p;
@@ -611,6 +641,9 @@ Result<std::vector<std::unique_ptr<Link>>> start_port(uint16_t port, const PortC
     return fail(Errc::kInvalidArgument, name,
                 ": memif zero-copy needs its mbuf pool in DPDK's first memory list, and it is not there "
                 "(drop zero-copy=yes)");
+  if (memif_zero_copy && !first_memory_list_whole())
+    return fail(Errc::kInvalidArgument, name,
+                ": memif zero-copy cannot share DPDK's first memory list, which has a hole (drop zero-copy=yes)");
   if (memif_zero_copy) {
     keep_memory_files_open();
     reset_pool(pool);  // reopened: the port's last connection left its rings' mbufs out

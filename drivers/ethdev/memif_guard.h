@@ -32,8 +32,9 @@ struct MemifGuard {
   /// memory list, which a memif zero-copy client hands its server. The PMD
   /// (DPDK 22.11 to this day) closes that descriptor once connected, though
   /// it is the EAL's, and a reconnection then sends the server its stale
-  /// number: whatever file took it since (a segment's memfd, here), which
-  /// the server maps as the client's memory and dies of SIGBUS reading.
+  /// number: whatever file took it since (a segment's memfd, say), which
+  /// the server maps as the client's memory (a restarted server died of
+  /// SIGBUS at its next connection in the kill test).
   /// Thread: any.
   static void keep_open(int fd) noexcept;
   static bool kept_open(int fd) noexcept;

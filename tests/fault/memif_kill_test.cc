@@ -33,6 +33,7 @@ bool eventually_link(Engine& e, bool up) {
 void survive_kills(bool survivor_is_server, int kills, const std::string& client_args = {}) {
   static int port_seq = 0;
   const std::string my_role = survivor_is_server ? "server" : "client";
+  const std::string name = "survivor-" + my_role + (client_args.empty() ? "" : "-zero-copy");
   EngineConfig c;
   c.fetch_timeout_ms = 500;
   auto node = test::start_memif_node("net_memif" + std::to_string(port_seq++), my_role, c, client_args);
@@ -45,7 +46,7 @@ void survive_kills(bool survivor_is_server, int kills, const std::string& client
     // other; it stays so when the peer dies (votequorum's two_node).
     test::Process first(peer_cmd);
     ASSERT_TRUE(test::eventually([&] { return e.view().quorate; })) << e.view().to_string();
-    seg = e.create("survivor-" + my_role + client_args, 16 << 20);
+    seg = e.create(name, 16 << 20);
     ASSERT_TRUE(seg) << seg.error().to_string();
     first.kill(SIGKILL);
     first.wait();
@@ -74,7 +75,7 @@ void survive_kills(bool survivor_is_server, int kills, const std::string& client
   ASSERT_TRUE(held) << held.error().to_string();
   std::vector<std::byte> want(mem.begin(), mem.end());
   ASSERT_TRUE(e.close(*seg));
-  auto back = e.load("survivor-" + my_role + client_args);
+  auto back = e.load(name);
   ASSERT_TRUE(back) << back.error().to_string();
   auto got = e.data(back->segment);
   EXPECT_TRUE(std::equal(want.begin(), want.end(), got.begin(), got.end()));
