@@ -1,5 +1,6 @@
 #include "ethdev/memif_guard.h"
 
+#include <dlfcn.h>
 #include <errno.h>
 #include <immintrin.h>
 #include <sys/mman.h>
@@ -76,10 +77,23 @@ extern "C" int munmap(void* addr, size_t len) noexcept {
   return static_cast<int>(r);
 }
 
+namespace {
+/// The close() this one stands in front of (libc's, or a sanitizer's,
+/// which tracks descriptors: ThreadSanitizer took a descriptor that a
+/// thread had closed behind its back and another reused for a race).
+/// Looked up before main(); a close() before that goes to the kernel.
+using CloseFn = int (*)(int);
+CloseFn next_close = nullptr;
+__attribute__((constructor)) void find_next_close() {
+  next_close = reinterpret_cast<CloseFn>(dlsym(RTLD_NEXT, "close"));
+}
+}  // namespace
+
 // Interposes libc's close for the whole process: a kept descriptor
-// (MemifGuard::keep_open) stays open; every other goes to the kernel.
+// (MemifGuard::keep_open) stays open; every other is closed.
 extern "C" int close(int fd) {
   if (baton::ethdev::MemifGuard::kept_open(fd)) return 0;
+  if (next_close != nullptr) return next_close(fd);
   return static_cast<int>(syscall(SYS_close, fd));
 }
 
