@@ -21,9 +21,10 @@
 //   --shm:  the engines' link is a shm region instead of memif (the
 //           baselines stay memif's)
 //   --memif-copy: the engines' memif link in copy mode at both ends (by
-//           default the replica's end is a zero-copy client, as in a
-//           chassis: its server copies straight into its mbufs); the lean
-//           program then runs in copy mode only
+//           default the replica's end is a zero-copy client, as `batonctl
+//           chassis up --memif-zero-copy` makes a chassis's client ends:
+//           its server copies straight into its mbufs); the lean program
+//           then runs in copy mode only
 
 #include <signal.h>
 #include <sys/mman.h>
@@ -116,7 +117,7 @@ std::unique_ptr<Link> open_link(const std::string& dev, uint16_t peer) {
 
 // This process's engine: node `node` with one memif link (role as given) to the other.
 bool use_shm = false;
-bool memif_zero_copy = true;  // the replica's end of the engines' memif link is a zero-copy client (as in a chassis)
+bool memif_zero_copy = true;  // the replica's end of the engines' memif link is a zero-copy client
 constexpr const char* kCowSegment = "e2e-throughput-cow";
 
 // The engines' shm region: in /dev/shm (memory), named after their socket.

@@ -3,7 +3,7 @@
 
     python3 bench/failover/failover_bench.py [--build build] [--rounds 5] [--sizes-kib 256,65536]
                                              [--standby | --standby-instances]
-                                             [--transport memif|shm|mixed [--stream-fetches]] [--memif-copy]
+                                             [--transport memif|shm|mixed [--stream-fetches]] [--memif-zero-copy]
                                              [--app-heap-mib M] [--no-liveness] [--kill-blade]
 
 A 4-blade chassis (memif unless --transport says otherwise) runs group kv (baton-kv, committing a durable
@@ -143,7 +143,7 @@ start_timeout_ms = 3000
         sh(batonctl, "chassis", "up", "--blades", "4", "--replicas", "2", "--dir", chassis, "--groups",
            f"{work}/groups.toml", "--spares", "3,4", "--transport", args.transport,
            *(["--stream-fetches"] if args.stream_fetches else []),
-           *(["--memif-copy"] if args.memif_copy else []),
+           *(["--memif-zero-copy"] if args.memif_zero_copy else []),
            env=dict(os.environ, BATON_LIVENESS="0" if args.no_liveness else "1"))
         for r in range(args.rounds):
             node = wait(lambda: where(batonctl, chassis), what="the group to run")
@@ -256,8 +256,8 @@ def main():
     p.add_argument("--sizes-kib", default="256,65536")
     p.add_argument("--standby", action="store_true", help="blades 3 and 4 keep hot standbys of the segment")
     p.add_argument("--transport", default="memif", help="memif (default), shm or mixed")
-    p.add_argument("--memif-copy", action="store_true",
-                   help="memif links in copy mode at both ends (default: the client end in zero-copy mode)")
+    p.add_argument("--memif-zero-copy", action="store_true",
+                   help="memif links' client ends in zero-copy mode (default: copy mode at both ends)")
     p.add_argument("--stream-fetches", action="store_true",
                    help="shm links: stream fetches through the rings instead of reading lent slots directly")
     p.add_argument("--standby-instances", action="store_true",

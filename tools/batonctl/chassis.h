@@ -46,8 +46,9 @@ struct ChassisConfig {
   bool spin = false;
   /// memif links: the client end (the higher node id) in memif's zero-copy
   /// mode, its server copying straight into its mbufs (operations, "memif
-  /// zero-copy").
-  bool memif_zero_copy = true;
+  /// zero-copy"). Off by default: a restarted blade with such links once
+  /// did not come back in the kill campaign (reliability, session 32).
+  bool memif_zero_copy = false;
   uint32_t heartbeat_us = 0;        ///< 0: the daemons' default
   uint32_t failure_timeout_us = 0;  ///< 0: the daemons' default
   /// Where the blades' views come from: "backplane" (heartbeats) or

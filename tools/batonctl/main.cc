@@ -218,9 +218,9 @@ int main(int argc, char** argv) {
                  "per-core shards per blade (1..8; memif, shm or mixed): a queue pair or region per shard");
   up->add_flag("--spin", chassis.spin,
                "workers never sleep, blade N's pinned to CPU N-1 (a CPU per blade; detector 100 us / 500 us)");
-  bool memif_copy = false;
-  up->add_flag("--memif-copy", memif_copy,
-               "memif links in copy mode at both ends (default: the client end in zero-copy mode)");
+  bool memif_zero_copy = false;
+  up->add_flag("--memif-zero-copy", memif_zero_copy,
+               "memif links' client ends (the higher node id) in zero-copy mode (default: copy mode at both ends)");
   bool stream_fetches = false;
   up->add_flag("--stream-fetches", stream_fetches,
                "shm links: stream every fetch through the rings instead of reading a peer's lent slot directly");
@@ -354,7 +354,7 @@ int main(int argc, char** argv) {
     if (replicas->count() == 0 && chassis.blades == 2) chassis.replication_factor = 1;
     chassis.batond = baton::ctl::sibling("batond");
     chassis.direct_reads = !stream_fetches;
-    chassis.memif_zero_copy = !memif_copy;
+    chassis.memif_zero_copy = memif_zero_copy;
     auto blades = baton::ctl::chassis_up(chassis);
     if (!blades) return die(blades.error().message);
     std::printf("%-6s %-8s %s\n", "blade", "pid", "socket");
