@@ -263,6 +263,8 @@ int main(int argc, char** argv) {
     else if (a == "--dir") cc.dir = v;
     else if (a == "--standby") standby = std::atoi(v);
     else if (a == "--workers") cc.workers = std::atoi(v);
+    else if (a == "--memif-zero-copy" && (std::string(v) == "yes" || std::string(v) == "no"))
+      cc.memif_zero_copy = std::string(v) == "yes";
     else if (a == "--faults") faults_arg = v;
     else if (a == "--snapshots" && (std::string(v) == "stage-copy" || std::string(v) == "copy-on-write" ||
                                     std::string(v) == "copy-on-write-ahead"))
@@ -271,7 +273,8 @@ int main(int argc, char** argv) {
     else {
       std::fprintf(stderr, "usage: baton-campaign [--cycles N] [--transport memif|af_packet|shm|mixed] [--blades N] "
                            "[--size BYTES] [--writes sparse|full] [--seed S] [--dir D] [--standby BLADE] "
-                           "[--snapshots stage-copy|copy-on-write|copy-on-write-ahead] [--workers N] [--faults owner,application,replica,"
+                           "[--snapshots stage-copy|copy-on-write|copy-on-write-ahead] [--workers N] [--memif-zero-copy yes|no] "
+                           "[--faults owner,application,replica,"
                            "move,delete,stall,partition]\n");
       return 2;
     }
