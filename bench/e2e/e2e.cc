@@ -237,6 +237,21 @@ std::optional<Lean> run_lean(const std::string& dir, int iters, uint64_t mib, bo
   return l;
 }
 
+// The lean program's rounds in one mode, a Stats per figure.
+struct LeanRounds {
+  Stats p50, p99, tput;
+  void run(const std::string& dir, int iters, uint64_t mib, bool zero_copy, int round) {
+    auto lean = run_lean(dir, iters, mib, zero_copy);
+    if (!lean) {
+      std::fprintf(stderr, "baton-e2e: baton-lean-memif%s failed (round %d)\n", zero_copy ? " --zero-copy" : "", round);
+      return;
+    }
+    p50.v.push_back(lean->p50);
+    p99.v.push_back(lean->p99);
+    tput.v.push_back(lean->gbps);
+  }
+};
+
 // The count an ack carries, or nothing by the deadline.
 std::optional<uint64_t> wait_ack(Link& l, uint64_t deadline_ns = UINT64_MAX) {
   while (baton::now_ns() < deadline_ns) {
@@ -294,8 +309,8 @@ int main(int argc, char** argv) {
   // The lean program first, with no Baton process running: its two
   // processes spin, and anything else awake on two vCPUs (the peer's raw
   // loop, idle engines' ticks) would be measured as its cost.
-  Stats lean_p50, lean_p99, lean_tput;
-  Stats zc_p50, zc_p99, zc_tput;  // the lean program's receiving end a zero-copy client too
+  LeanRounds lean;
+  LeanRounds lean_zc;  // the lean program's receiving end a zero-copy client too
   {
     char exe[4096];
     const ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
@@ -303,21 +318,8 @@ int main(int argc, char** argv) {
     exe[n] = 0;
     const std::string dir = std::string(exe).substr(0, std::string(exe).rfind('/'));
     for (int r = 0; r < rounds; ++r) {
-      if (auto lean = run_lean(dir, iters, mib, false)) {
-        lean_p50.v.push_back(lean->p50);
-        lean_p99.v.push_back(lean->p99);
-        lean_tput.v.push_back(lean->gbps);
-      } else {
-        std::fprintf(stderr, "baton-e2e: baton-lean-memif failed (round %d)\n", r);
-      }
-      if (!memif_zero_copy || use_shm) continue;
-      if (auto lean = run_lean(dir, iters, mib, true)) {
-        zc_p50.v.push_back(lean->p50);
-        zc_p99.v.push_back(lean->p99);
-        zc_tput.v.push_back(lean->gbps);
-      } else {
-        std::fprintf(stderr, "baton-e2e: baton-lean-memif --zero-copy failed (round %d)\n", r);
-      }
+      lean.run(dir, iters, mib, false, r);
+      if (memif_zero_copy && !use_shm) lean_zc.run(dir, iters, mib, true, r);
     }
   }
 
@@ -515,9 +517,9 @@ int main(int argc, char** argv) {
   std::printf("%-34s %10.2f %9.2fx\n", "Baton, copy-on-write", ct, ct / rt);
   std::printf("%-34s %10.1f ms of %.1f ms\n", "  of which the commit call", cow_snap,
               static_cast<double>(big) / ct / 1e6);
-  if (!lean_p50.v.empty()) {
+  if (!lean.p50.v.empty()) {
     // Per round, the lean program's percentiles; their medians over rounds.
-    const double l50 = lean_p50.median(), l99 = lean_p99.median(), lt = lean_tput.median();
+    const double l50 = lean.p50.median(), l99 = lean.p99.median(), lt = lean.tput.median();
     print_json("latency_p50", "lean_memif_4k_ack", l50, "us");
     print_json("latency_p99", "lean_memif_4k_ack", l99, "us");
     print_json("throughput", "lean_memif", lt, "GB/s");
@@ -530,11 +532,11 @@ int main(int argc, char** argv) {
     std::printf("%-34s %.2f%% of the lean program's round trips, %.2f%% of Baton's\n",
                 "  held up by a lost CPU (see above)", held_up_pct(l50), held_up_pct(bl50));
   }
-  if (!zc_p50.v.empty()) {
+  if (!lean_zc.p50.v.empty()) {
     // The same program with its receiver a zero-copy client, as Baton's
     // replica is here: its receive copies nothing, and it does not read
     // the 4 KiB it is sent either (a replica must keep them).
-    const double z50 = zc_p50.median(), z99 = zc_p99.median(), zt = zc_tput.median();
+    const double z50 = lean_zc.p50.median(), z99 = lean_zc.p99.median(), zt = lean_zc.tput.median();
     print_json("latency_p50", "lean_memif_zero_copy_4k_ack", z50, "us");
     print_json("latency_p99", "lean_memif_zero_copy_4k_ack", z99, "us");
     print_json("throughput", "lean_memif_zero_copy", zt, "GB/s");

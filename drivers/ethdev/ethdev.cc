@@ -159,11 +159,9 @@ void keep_memory_files_open() {
       nullptr);
 }
 
-/// Whether all of `pool`'s memory lies in DPDK's first memory list that
-/// holds any: memif's zero-copy client exposes that list to its server as
-/// its region 1 and describes every buffer by its offset there (the PMD
-/// does not look up the region of a buffer).
-bool pool_in_first_memory_list(rte_mempool* pool) {
+/// DPDK's first memory list that holds any (null: none): what memif's
+/// zero-copy client shares with its server as its region 1.
+const rte_memseg_list* first_memory_list() {
   const rte_memseg_list* first = nullptr;
   rte_memseg_list_walk(
       [](const rte_memseg_list* msl, void* arg) {
@@ -172,10 +170,17 @@ bool pool_in_first_memory_list(rte_mempool* pool) {
         return 1;
       },
       &first);
+  return first;
+}
+
+/// Whether all of `pool`'s memory lies in first_memory_list(): the client
+/// describes every buffer by its offset there (the PMD does not look up
+/// the region of a buffer).
+bool pool_in_first_memory_list(rte_mempool* pool) {
   struct Check {
     const rte_memseg_list* first;
     bool ok = true;
-  } check{first};
+  } check{first_memory_list()};
   rte_mempool_mem_iter(
       pool,
       [](rte_mempool*, void* arg, rte_mempool_memhdr* hdr, unsigned) {
@@ -186,24 +191,16 @@ bool pool_in_first_memory_list(rte_mempool* pool) {
   return check.ok;
 }
 
-/// Whether DPDK's first memory list that holds any (memif's zero-copy
-/// region) has no hole below its last page in use. The PMD sizes that
-/// region as the sum of its pages, and its server maps that much of the
-/// file from its start: with a hole, buffers past the sum lie beyond the
-/// server's mapping, and it dies reading them. batond frees no DPDK memory
-/// once started, so there is none; this checks.
+/// Whether first_memory_list() has no hole below its last page in use.
+/// The PMD sizes that region as the sum of its pages, and its server maps
+/// that much of the file from its start: with a hole, buffers past the sum
+/// lie beyond the server's mapping, and it dies reading them. batond frees
+/// no DPDK memory once started, so there is none; this checks.
 bool first_memory_list_whole() {
-  bool whole = true;
-  rte_memseg_list_walk(
-      [](const rte_memseg_list* msl, void* arg) {
-        if (msl->memseg_arr.count == 0 || msl->external) return 0;
-        auto* arr = const_cast<rte_fbarray*>(&msl->memseg_arr);
-        const int last = rte_fbarray_find_prev_used(arr, arr->len - 1);
-        *static_cast<bool*>(arg) = last + 1 == static_cast<int>(arr->count);
-        return 1;
-      },
-      &whole);
-  return whole;
+  const rte_memseg_list* first = first_memory_list();
+  if (first == nullptr) return true;
+  auto* arr = const_cast<rte_fbarray*>(&first->memseg_arr);
+  return rte_fbarray_find_prev_used(arr, arr->len - 1) + 1 == static_cast<int>(arr->count);
 }
 
 /// Puts every mbuf of `pool` back in it. For a memif zero-copy client's own
@@ -213,8 +210,8 @@ bool first_memory_list_whole() {
 /// about 500 and the third found the pool empty. The caller makes sure
 /// nothing else holds any (Port::hold).
 void reset_pool(rte_mempool* pool) {
-  std::vector<void*> free_ones;
-  for (void* obj; rte_mempool_get(pool, &obj) == 0;) free_ones.push_back(obj);
+  // Empty the pool's ring: every object, free or not, goes back below once.
+  for (void* obj; rte_mempool_get(pool, &obj) == 0;) continue;
   std::vector<void*> all;
   all.reserve(pool->size);
   rte_mempool_obj_iter(
