@@ -148,6 +148,15 @@ rte_mempool* pool_for(int socket, uint32_t room, PoolKind kind, uint32_t mbufs, 
   return p;
 }
 
+/// rte_eth_dev_start for a memif client: its connect to the server's
+/// socket fails at once instead of waiting on a full backlog
+/// (MemifGuard::NoWaitConnect), and the start is retried like one whose
+/// server is not there yet.
+int start_memif_client(uint16_t port) {
+  MemifGuard::NoWaitConnect no_wait;
+  return rte_eth_dev_start(port);
+}
+
 /// Keeps the EAL's memory-list files open (MemifGuard::keep_open): a memif
 /// zero-copy client hands them to its server at every connection.
 void keep_memory_files_open() {
@@ -301,7 +310,7 @@ struct Port {
       Port* p;
       ~Resume() { p->restarting.store(false); }
     } resume{self};
-    if (rte_eth_dev_start(self->id) == 0) {
+    if (start_memif_client(self->id) == 0) {
       // Connected: a handshake is under way. Should the link still be down
       // at the next look, the next one gets twice as long.
       rte_eth_promiscuous_enable(self->id);
@@ -666,12 +675,13 @@ Result<std::vector<std::unique_ptr<Link>>> start_port(uint16_t port, const PortC
   }
   // A memif client cannot start before its server's socket exists; the link
   // keeps trying from service() (as it does after the server dies).
-  const int rc = rte_eth_dev_start(port);
+  const int rc = client ? start_memif_client(port) : rte_eth_dev_start(port);
   if (rc != 0) {
     if (!client) return fail(Errc::kIo, name, ": start: ", rte_strerror(-rc));
     BT_INFO("%s: no memif server yet (%s); will retry", name.c_str(), rte_strerror(-rc));
   } else {
     rte_eth_promiscuous_enable(port);
+    BT_INFO("%s: started%s", name.c_str(), memif_zero_copy ? " (memif zero-copy client)" : "");
   }
   // Zero-copy transmit only where the PMD copies the frame into its own ring
   // within tx_burst (memif in copy mode, af_packet): the payload must not be

@@ -2,6 +2,7 @@
 
 #include <dlfcn.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <immintrin.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
@@ -15,6 +16,7 @@ namespace baton::ethdev {
 
 std::atomic<int> MemifGuard::bursts{0};
 std::atomic<int> MemifGuard::unmaps{0};
+thread_local bool MemifGuard::NoWaitConnect::active = false;
 
 namespace {
 constexpr int kKeptMax = 64;
@@ -83,9 +85,12 @@ namespace {
 /// thread had closed behind its back and another reused for a race).
 /// Looked up before main(); a close() before that goes to the kernel.
 using CloseFn = int (*)(int);
+using ConnectFn = int (*)(int, const struct sockaddr*, socklen_t);
 CloseFn next_close = nullptr;
+ConnectFn next_connect = nullptr;  ///< likewise, for connect()
 __attribute__((constructor)) void find_next_close() {
   next_close = reinterpret_cast<CloseFn>(dlsym(RTLD_NEXT, "close"));
+  next_connect = reinterpret_cast<ConnectFn>(dlsym(RTLD_NEXT, "connect"));
 }
 }  // namespace
 
@@ -95,6 +100,27 @@ extern "C" int close(int fd) {
   if (baton::ethdev::MemifGuard::kept_open(fd)) return 0;
   if (next_close != nullptr) return next_close(fd);
   return static_cast<int>(syscall(SYS_close, fd));
+}
+
+// Interposes libc's connect for the whole process: within a
+// MemifGuard::NoWaitConnect, a blocking socket connects without waiting. A
+// unix socket whose listener's backlog is full then fails at once with
+// EAGAIN instead of waiting for an accept that may never come (the memif
+// PMD takes any failure as "no server", and batond retries). Every other
+// call is the next connect's (libc's or a sanitizer's).
+extern "C" int connect(int fd, const struct sockaddr* addr, socklen_t len) {
+  const auto forward = [&] {
+    return next_connect != nullptr ? next_connect(fd, addr, len)
+                                   : static_cast<int>(syscall(SYS_connect, fd, addr, len));
+  };
+  if (!baton::ethdev::MemifGuard::NoWaitConnect::active) return forward();
+  const int flags = fcntl(fd, F_GETFL);
+  if (flags < 0 || (flags & O_NONBLOCK) != 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) != 0) return forward();
+  const int r = forward();
+  const int err = errno;
+  fcntl(fd, F_SETFL, flags);
+  errno = err;
+  return r;
 }
 
 // Interposes libc's sendmsg for the whole process, to survive a peer that

@@ -38,6 +38,23 @@ struct MemifGuard {
   /// Thread: any.
   static void keep_open(int fd) noexcept;
   static bool kept_open(int fd) noexcept;
+
+  /// While one is in scope on a thread, that thread's connects do not wait
+  /// (the interposed connect(), memif_guard.cc): a memif client's start
+  /// connects to its server's socket with a blocking connect(), which waits
+  /// for as long as the server's backlog (one connection: DPDK listens with
+  /// 1) stays full, i.e. while its EAL interrupt thread does not accept.
+  /// On the interrupt thread (a restart) that froze every memif channel of
+  /// the process; at start-up, batond never got to serve. Now such a start
+  /// fails as one whose server is not there yet, and is retried.
+  /// Thread: the one that starts the port.
+  struct NoWaitConnect {
+    NoWaitConnect() noexcept { active = true; }
+    ~NoWaitConnect() { active = false; }
+    NoWaitConnect(const NoWaitConnect&) = delete;
+    NoWaitConnect& operator=(const NoWaitConnect&) = delete;
+    static thread_local bool active;
+  };
 };
 
 }  // namespace baton::ethdev

@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include <array>
+#include <cerrno>
 #include <atomic>
 #include <chrono>
 #include <cstring>
@@ -27,6 +28,7 @@
 #include <set>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -78,10 +80,10 @@ sockaddr_un unix_address(const std::string& path) {
 }
 
 // A SOCK_SEQPACKET socket listening at `path` (as a memif server's), or -1.
-int listen_at(const std::string& path) {
+int listen_at(const std::string& path, int backlog = 64) {
   const int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
   const sockaddr_un sun = unix_address(path);
-  if (fd >= 0 && bind(fd, reinterpret_cast<const sockaddr*>(&sun), sizeof sun) == 0 && listen(fd, 64) == 0) return fd;
+  if (fd >= 0 && bind(fd, reinterpret_cast<const sockaddr*>(&sun), sizeof sun) == 0 && listen(fd, backlog) == 0) return fd;
   if (fd >= 0) close(fd);
   return -1;
 }
@@ -421,6 +423,98 @@ TEST(Chassis, AStartThatFailsOnALaterLinkExitsCleanly) {
     EXPECT_NE(status, 0) << out;
     EXPECT_NE(out.find("exited with status 1"), std::string::npos) << "restart " << i << ": " << out;
   }
+  close(listener);
+  unlink(path.c_str());
+  out = run(ctl + " chassis down --dir " + dir, &status);
+  EXPECT_EQ(status, 0) << out;
+}
+
+// A memif client's start connects to its server's socket. DPDK's server
+// listens with a backlog of one and accepts on its EAL interrupt thread; a
+// server that does not accept (here: stopped) leaves the backlog full, and
+// a blocking connect waited there: the restarted blade never served, and a
+// port restarting on the interrupt thread froze every memif channel of its
+// batond. The connect no longer waits; the link comes up once the server
+// accepts again.
+TEST(Chassis, AMemifClientStartsWhileItsServerDoesNotAccept) {
+  const std::string dir = "/tmp/baton-backlog-test-" + std::to_string(getpid());
+  const std::string ctl = baton::test::helper("BATONCTL");
+  int status = 0;
+  std::string out = run(ctl + " chassis up --blades 2 --dir " + dir, &status);
+  ASSERT_EQ(status, 0) << out;
+  const pid_t server = blade_pid(dir, 1), client = blade_pid(dir, 2);
+  ASSERT_GT(server, 0);
+  ASSERT_GT(client, 0);
+  kill(client, SIGKILL);
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  kill(server, SIGSTOP);
+  // Fill the stopped server's backlog.
+  const sockaddr_un sun = unix_address(dir + "/link-1-2.sock");
+  std::vector<int> queued;
+  for (int i = 0; i < 16; ++i) {
+    const int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK, 0);
+    ASSERT_GE(fd, 0);
+    const int rc = connect(fd, reinterpret_cast<const sockaddr*>(&sun), sizeof sun);
+    const int err = errno;
+    if (rc != 0) {
+      close(fd);
+      ASSERT_EQ(err, EAGAIN) << std::strerror(err);
+      break;
+    }
+    queued.push_back(fd);
+  }
+  out = run(ctl + " chassis restart --blade 2 --dir " + dir, &status);
+  EXPECT_EQ(status, 0) << out;
+  kill(server, SIGCONT);
+  for (int fd : queued) close(fd);
+  bool linked = false;
+  for (int i = 0; i < 100 && !linked; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    out = run(ctl + " status --socket " + dir + "/blade2.sock", &status);
+    linked = status == 0 && out.find("net_memif1") != std::string::npos && out.find(" down ") == std::string::npos;
+  }
+  EXPECT_TRUE(linked) << out << run("tail -20 " + dir + "/blade2.log", &status);
+  out = run(ctl + " chassis down --dir " + dir, &status);
+  EXPECT_EQ(status, 0) << out;
+}
+
+// The same connect, made by a client port restarting on the EAL interrupt
+// thread, froze that thread, and with it the batond's memif servers: blade
+// 2 (client of 1, server of 3) restarts its link to a "blade 1" that never
+// accepts; blade 3, restarted, must still link to blade 2.
+TEST(Chassis, AMemifClientRestartingTowardsADeafServerStillServesItsOwnClients) {
+  const std::string dir = "/tmp/baton-deaf-test-" + std::to_string(getpid());
+  const std::string ctl = baton::test::helper("BATONCTL");
+  int status = 0;
+  std::string out = run(ctl + " chassis up --blades 3 --replicas 1 --dir " + dir, &status);
+  ASSERT_EQ(status, 0) << out;
+  const pid_t one = blade_pid(dir, 1), three = blade_pid(dir, 3);
+  ASSERT_GT(one, 0);
+  ASSERT_GT(three, 0);
+  kill(one, SIGKILL);
+  kill(three, SIGKILL);
+  // Blade 1's socket: a listener whose backlog is full and that never accepts.
+  const std::string path = dir + "/link-1-2.sock";
+  unlink(path.c_str());
+  const int listener = listen_at(path, 0);
+  ASSERT_GE(listener, 0) << path;
+  const sockaddr_un sun = unix_address(path);
+  const int queued = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK, 0);
+  ASSERT_EQ(connect(queued, reinterpret_cast<const sockaddr*>(&sun), sizeof sun), 0) << std::strerror(errno);
+  // Blade 2 sees blade 1 gone and restarts its port towards it, again and again.
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  out = run(ctl + " chassis restart --blade 3 --dir " + dir, &status);
+  EXPECT_EQ(status, 0) << out;
+  bool linked = false;
+  for (int i = 0; i < 50 && !linked; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    out = run(ctl + " status --socket " + dir + "/blade3.sock", &status);
+    const size_t row = out.find("\nnet_memif2 ");
+    linked = status == 0 && row != std::string::npos &&
+             out.substr(row, out.find('\n', row + 1) - row).find(" up ") != std::string::npos;
+  }
+  EXPECT_TRUE(linked) << out << run("tail -20 " + dir + "/blade2.log", &status);
+  close(queued);
   close(listener);
   unlink(path.c_str());
   out = run(ctl + " chassis down --dir " + dir, &status);
