@@ -26,6 +26,7 @@
 #include "failover/manager.h"
 #include "ipc/server.h"
 #include "runtime/topology.h"
+#include "startup_watch.h"
 #include "telemetry.h"
 
 int main(int argc, char** argv) {
@@ -75,6 +76,10 @@ int main(int argc, char** argv) {
   sigaddset(&sigs, SIGTERM);
   sigaddset(&sigs, SIGINT);
   pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
+  // Opening links (a memif client connects, a server's peer may be slow to
+  // answer) and starting the engine can block: if start-up takes long, say
+  // where it is.
+  baton::batond::StartupWatch watch(std::chrono::seconds(5));
 
   // With links, DPDK's EAL runs, and with it the telemetry socket, under a
   // prefix unique to this process (two blades of one node id may share a
@@ -190,6 +195,7 @@ int main(int argc, char** argv) {
     return 1;
   }
   if (!telemetry_prefix.empty()) baton::batond::register_telemetry(**server, **engine, sc.groups);
+  watch.serving();
   BT_INFO("batond node %u \"%s\" serving %s", cfg->engine.node_id, cfg->name.c_str(), cfg->socket_path.c_str());
   std::atomic<bool> stop{false};
   std::thread accept([&] { (*server)->serve(stop); });

@@ -51,6 +51,10 @@
 // --standby: that blade keeps a hot standby of the segment (S16), so the
 // restores and agent loads there promote its ready copy; the campaign
 // counts the promotions from the blades' events.
+//
+// A failed restore keeps its evidence: every blade's log and, where gdb is
+// installed, every thread's stack of every live blade, in
+// DIR-cycleN/ beside the chassis directory (which goes at the end).
 
 #include <signal.h>
 #include <sys/mman.h>
@@ -64,6 +68,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <random>
 #include <string>
 #include <thread>
@@ -224,6 +229,24 @@ int count_events(const std::string& socket, uint64_t since_us, const std::string
   std::snprintf(sh->error, sizeof sh->error, "writer stopped: %s", baton_last_error());
   pause();
   _exit(0);
+}
+
+/// Keeps what a failed cycle leaves: each blade's log, and the stacks of
+/// every thread of each live blade (gdb, if installed), in `into`.
+void keep_evidence(const std::string& dir, const std::string& into) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  fs::create_directories(into, ec);
+  const bool gdb = fs::exists("/usr/bin/gdb", ec);
+  for (const auto& b : baton::ctl::chassis_blades(dir)) {
+    const std::string stem = into + "/blade" + std::to_string(b.id);
+    fs::copy_file(b.log, stem + ".log", fs::copy_options::overwrite_existing, ec);
+    if (!gdb || !b.alive) continue;
+    const std::string cmd = "/usr/bin/gdb -p " + std::to_string(b.pid) +
+                            " -batch -nx -ex 'thread apply all bt' > " + stem + ".stacks 2>&1";
+    if (std::system(cmd.c_str()) != 0) std::fprintf(stderr, "gdb on blade %d failed\n", b.id);
+  }
+  std::fprintf(stderr, "evidence kept in %s\n", into.c_str());
 }
 
 struct Result {
@@ -396,6 +419,7 @@ int main(int argc, char** argv) {
     if (sh->state == 3) {
       ++r.failed;
       verdict = "FAILED";
+      keep_evidence(cc.dir, cc.dir + "-cycle" + std::to_string(cycle));
     } else {
       r.restore_ms.push_back(sh->restore_us / 1000.0);
       if (expect_fresh && sh->restored != 0) {
