@@ -2,7 +2,10 @@
 // libbaton-client (no DPDK) and talks to a real batond process.
 
 #include <gtest/gtest.h>
+#include <fcntl.h>
+#include <sys/file.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <signal.h>
@@ -1043,6 +1046,47 @@ TEST(Daemon, ALoadForAnotherApplicationIsRefusedToApplicationsAndBadRequests) {
   waitpid(child, &status, 0);
   ASSERT_TRUE(WIFEXITED(status));
   EXPECT_EQ(WEXITSTATUS(status), 0) << "an application loaded for another process";
+}
+
+// batond says where a start-up hangs: a shm link whose region file another
+// process holds locked (as a peer does while it sets the region up) keeps
+// the start waiting; after 5 s its log names the wait, and once the lock
+// goes, it serves.
+TEST(Daemon, AStartThatHangsSaysWhere) {
+  TempDir dir;
+  const std::string region = dir.path + "/region", config = dir.path + "/node1.toml",
+                    log = dir.path + "/node1.log", socket = dir.path + "/node1.sock";
+  const int fd = open(region.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(flock(fd, LOCK_EX), 0);
+  std::ofstream(config) << "[node]\nid = 1\nname = \"blade1\"\n[client]\nsocket = \"" << socket
+                        << "\"\n[log]\nlevel = \"warn\"\n[[link]]\npeer = 2\ndriver = \"shm\"\ndevice = \"" << region
+                        << "\"\n";
+  baton::test::Process batond({"/bin/sh", "-c", "exec " + baton::test::helper("BATOND") + " --config " + config + " 2>" + log});
+  auto read_log = [&] {
+    std::ifstream in(log);
+    return std::string(std::istreambuf_iterator<char>(in), {});
+  };
+  std::string text;
+  for (int i = 0; i < 150 && text.find("start-up stack:") == std::string::npos; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    text = read_log();
+  }
+  struct stat st{};
+  EXPECT_NE(stat(socket.c_str(), &st), 0) << "batond served while its region was locked";
+  ASSERT_NE(text.find("still starting after 5000 ms"), std::string::npos) << text;
+  // Wait for the stack's last frame (its caller, main) to be written.
+  for (int i = 0; i < 20 && text.find("(main+", text.find("start-up stack:")) == std::string::npos; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    text = read_log();
+  }
+  const std::string stack = text.substr(text.find("start-up stack:"));
+  EXPECT_NE(stack.find("(flock+"), std::string::npos) << stack;
+  EXPECT_NE(stack.find("shm4open"), std::string::npos) << "the frame of baton::shm::open: " << stack;
+  flock(fd, LOCK_UN);
+  close(fd);
+  for (int i = 0; i < 100 && stat(socket.c_str(), &st) != 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  EXPECT_EQ(stat(socket.c_str(), &st), 0) << "batond did not serve once the lock was gone: " << read_log();
 }
 
 }  // namespace
