@@ -343,6 +343,53 @@ struct Port {
   std::unique_ptr<PeerLockFile> peer_lock;
 };
 
+/// Holds the EAL interrupt thread in an alarm callback of ours while a port
+/// opens, so that no memif handler runs meanwhile. A memif zero-copy
+/// client, on its server's hello (a handler on that thread), walks DPDK's
+/// memory lists under their read lock and allocates from DPDK's heap
+/// inside the walk (memif_region_init_zc, DPDK 22.11 to this day). An
+/// allocation on another thread that grows the heap holds the heap's lock
+/// and then waits for the lists' write lock: each thread waits for the
+/// other, for good. Opening a port allocates (the device, its queues, its
+/// mbuf pool: a zero-copy client's own 11 MiB grows the heap), and the
+/// ports opened before it handshake meanwhile: a restarted blade of the
+/// kill campaign hung so, in rte_pktmbuf_pool_create, 1 start in about 20
+/// with three zero-copy links. Gives up waiting for the thread after 5 s
+/// (a handler stuck elsewhere) and says so. Thread: any; on the interrupt
+/// thread itself (a restart) there is nothing to hold.
+class InterruptThreadHeld {
+ public:
+  InterruptThreadHeld() {
+    if (MemifGuard::on_interrupt_thread() || rte_eal_alarm_set(1, &park, this) != 0) return;
+    armed_ = true;
+    const uint64_t until = now_ns() + 5'000'000'000ull;
+    while (state_.load() == kWaiting && now_ns() < until) futex_wait(state_, kWaiting, 10'000'000);
+    if (state_.load() != kParked)
+      BT_WARN("the EAL interrupt thread did not come within 5 s: a port opens while memif handlers may run");
+  }
+  ~InterruptThreadHeld() {
+    if (!armed_) return;
+    state_.store(kReleased);
+    futex_wake_all(state_);
+    // Removes the callback had it not run; else waits until it returned.
+    rte_eal_alarm_cancel(&park, this);
+  }
+  InterruptThreadHeld(const InterruptThreadHeld&) = delete;
+  InterruptThreadHeld& operator=(const InterruptThreadHeld&) = delete;
+
+ private:
+  static void park(void* arg) {
+    auto* self = static_cast<InterruptThreadHeld*>(arg);
+    uint32_t waiting = kWaiting;
+    if (!self->state_.compare_exchange_strong(waiting, kParked)) return;  // given up on already
+    futex_wake_all(self->state_);
+    while (self->state_.load() == kParked) futex_wait(self->state_, kParked, 100'000'000);
+  }
+  enum : uint32_t { kWaiting, kParked, kReleased };
+  std::atomic<uint32_t> state_{kWaiting};
+  bool armed_ = false;
+};
+
 /// One queue pair of a port. Thread: its shard's poll-token holder (the
 /// port's other queues belong to other shards).
 class EthdevLink final : public Link {
@@ -789,6 +836,7 @@ Result<std::vector<std::unique_ptr<Link>>> open_port_queues(const PortConfig& c)
   if (c.peer == 0 || c.peer == 0xFFFF) return fail(Errc::kInvalidArgument, "peer must be 1..65534");
   if (c.max_frame < 1024) return fail(Errc::kInvalidArgument, "max_frame below 1024");
   if (auto ok = init_eal(); !ok) return tl::unexpected(ok.error());
+  InterruptThreadHeld held;  // until the port is open: it allocates
   const std::string name = port_name(c.device);
   std::string devargs = c.device;
   if (is_vdev(c.device)) {
@@ -841,6 +889,7 @@ Result<std::pair<std::vector<std::unique_ptr<Link>>, std::vector<std::unique_ptr
   if (queues == 0 || queues > kMaxQueues)
     return fail(Errc::kInvalidArgument, "queues must be 1..", std::to_string(kMaxQueues));
   if (auto ok = init_eal(); !ok) return tl::unexpected(ok.error());
+  InterruptThreadHeld held;  // as open_port_queues
   static std::atomic<int> seq{0};
   const int id = seq.fetch_add(1);
   // Queue q of a carries what queue q of b receives, and back.

@@ -56,6 +56,12 @@ bool on_eal_interrupt_thread() noexcept {
   return intr;
 }
 
+}  // namespace
+
+bool MemifGuard::on_interrupt_thread() noexcept { return on_eal_interrupt_thread(); }
+
+namespace {
+
 bool is_seqpacket(int fd) noexcept {
   int type = 0;
   socklen_t len = sizeof type;

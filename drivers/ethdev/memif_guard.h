@@ -39,6 +39,10 @@ struct MemifGuard {
   static void keep_open(int fd) noexcept;
   static bool kept_open(int fd) noexcept;
 
+  /// Whether the calling thread is the EAL interrupt thread, which runs
+  /// memif's control channel and EAL alarms.
+  static bool on_interrupt_thread() noexcept;
+
   /// While one is in scope on a thread, that thread's connects do not wait
   /// (the interposed connect(), memif_guard.cc): a memif client's start
   /// connects to its server's socket with a blocking connect(), which waits

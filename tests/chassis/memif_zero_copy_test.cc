@@ -5,13 +5,25 @@
 // sized as the sum of its pages: with a hole below the pool, the server
 // would map too little and die reading buffers past it. Such a client must
 // not start.
+//
+// And on its server's hello (a handler on the EAL interrupt thread) the
+// client walks DPDK's memory lists under their read lock and allocates
+// inside the walk: a port opened meanwhile on another thread, whose pool
+// grows DPDK's heap, deadlocked with it. A port holds that thread while it
+// opens.
 
 #include <gtest/gtest.h>
+#include <rte_alarm.h>
 #include <rte_malloc.h>
 #include <rte_memory.h>
 #include <unistd.h>
 
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
 #include <string>
+#include <thread>
 
 #include "baton/ethdev.h"
 
@@ -31,6 +43,46 @@ bool first_list_has_hole() {
       },
       &hole);
   return hole;
+}
+
+// What the zero-copy client's region setup does on the interrupt thread
+// (memif_region_init_zc): a walk of the memory lists that allocates inside
+// it, here held open 300 ms, so that a port opened meanwhile meets it.
+std::atomic<int> in_walk{0};
+void walk_and_allocate(void*) {
+  rte_memseg_walk(
+      [](const rte_memseg_list*, const rte_memseg*, void*) {
+        in_walk = 1;
+        std::this_thread::sleep_for(std::chrono::milliseconds(300));
+        rte_free(rte_zmalloc("walk", 64, 0));
+        return 1;
+      },
+      nullptr);
+}
+
+// In a child process of its own (a death test, re-executed): EAL starts
+// there, and a deadlock ends in SIGALRM, not in a hung test.
+[[noreturn]] void open_a_port_beside_a_walk() {
+  alarm(20);
+  if (!ethdev::init_eal()) std::_Exit(2);
+  if (!ethdev::eal_uses_huge_pages()) {
+    // Without huge pages DPDK's memory is all reserved at start: no
+    // allocation grows the heap, and nothing can deadlock.
+    std::fprintf(stderr, "no huge pages: nothing to show\n");
+    std::_Exit(0);
+  }
+  if (rte_eal_alarm_set(1, &walk_and_allocate, nullptr) != 0) std::_Exit(3);
+  while (in_walk.load() == 0) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  ethdev::PortConfig pc;
+  pc.device = "net_memif0,role=client,socket=/tmp/baton-test-" + std::to_string(getpid()) + "-none.sock,zero-copy=yes";
+  pc.peer = 2;
+  auto link = ethdev::open_port(pc);  // no server: it opens, and retries to connect later
+  std::_Exit(link ? 0 : 4);
+}
+
+TEST(MemifZeroCopyDeathTest, APortOpensWhileTheInterruptThreadAllocatesInAMemoryWalk) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_EXIT(open_a_port_beside_a_walk(), ::testing::ExitedWithCode(0), "");
 }
 
 TEST(MemifZeroCopy, AClientWhoseMemoryHasAHoleDoesNotStart) {
