@@ -34,7 +34,7 @@ constexpr uint64_t kStallNs = 500 * kMs;         ///< a gap between ticks this l
 Manager::Manager(Engine& engine, ManagerConfig config)
     : engine_(engine),
       config_(std::move(config)),
-      runner_(Runner::Env{config_.node, config_.socket, config_.caps}, config_.groups,
+      runner_(Runner::Env{config_.node, config_.socket, config_.caps, config_.local}, config_.groups,
               [this](std::string text) { engine_.add_event(std::move(text)); }),
       coordinator_(config_.node, config_.groups) {}
 

@@ -38,6 +38,7 @@ struct ManagerConfig {
   NodeCaps caps;
   std::vector<ServiceGroup> groups;
   std::string socket;    ///< batond's: the runner's loads go through it
+  std::shared_ptr<LocalLoads> local;  ///< or, once set, inside batond (Runner::Env::local)
 };
 
 class Manager {

@@ -462,11 +462,16 @@ void Runner::start_load(Local& l) {
     if (instance > 0 && l.loaded + 1 == l.g->segments.size()) {
       load->promote_fd = ::fcntl(l.promote_fd, F_DUPFD_CLOEXEC, 0);  // -1: the manager promotes it
     }
-    std::thread([load, wake = wake_, connections = connections_, name = l.g->segments[l.loaded], instance] {
+    std::thread([load, wake = wake_, connections = connections_, local = env_.local, name = l.g->segments[l.loaded],
+                 instance] {
       // What `batonctl load` asks: ownership moves here, batond keeps the
       // segment for the application, nothing is mapped into this thread.
-      auto c = connections->take();
-      if (!c) {
+      // Inside batond where it can, else through its socket.
+      bool inside = false;
+      if (auto here = local ? local->run(name, instance) : std::nullopt) {
+        inside = true;
+        if (!*here) load->error = here->error();
+      } else if (auto c = connections->take(); !c) {
         load->error = c.error();
       } else {
         auto got = instance > 0 ? (*c)->load_for(name, instance) : (*c)->take_over(name);
@@ -485,6 +490,7 @@ void Runner::start_load(Local& l) {
       load->done.store(true, std::memory_order_release);
       const uint64_t one = 1;
       (void)!::write(wake->fd, &one, sizeof one);
+      if (inside) local->after();
     }).detach();
   } catch (const std::system_error& e) {
     BT_ERROR("failover: no thread for a load: %s", e.what());

@@ -3,8 +3,9 @@
 // what the coordinator assigns here, watches it, stops what moved away.
 //
 // Starting a group is three steps: the provision hook (a child process),
-// the load of each segment (the request `batonctl load` makes, sent to this
-// node's batond from a thread: the new owner epoch fences the old owner
+// the load of each segment (the request `batonctl load` makes, run from a
+// thread inside this node's batond, or sent to its socket where the runner
+// has no LocalLoads: the new owner epoch fences the old owner
 // wherever it still runs; the newest durable generation comes from a
 // replica or this node's ready copy), then the application, in a session of
 // its own. A group with standby instances (ServiceGroup::standby_instances)
@@ -35,13 +36,50 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
+#include <shared_mutex>
 #include <string>
 #include <vector>
+
+#include "baton/result.h"
 
 #include "failover/liveness_watch.h"
 #include "failover/service_group.h"
 
 namespace baton::failover {
+
+/// Loads done inside batond (ipc::Server::load_here) instead of over its
+/// socket: no connection, and no session thread to wake and be woken by,
+/// a thread hand-off each way on a busy machine. Until a function is set,
+/// and once it is taken away, the runner's loads go over the socket.
+/// Thread: any; set() waits for the loads under way (so that the server
+/// can go once set(nullptr) returned).
+class LocalLoads {
+ public:
+  using Fn = std::function<Result<void>(const std::string& name, pid_t instance)>;
+  /// `load` does a load; `after` what the server does once a load's result
+  /// has been acted on (the next open's channel, made ahead).
+  void set(Fn load, std::function<void()> after) {
+    std::unique_lock lock(mu_);
+    load_ = std::move(load);
+    after_ = std::move(after);
+  }
+  /// The load's result, or nullopt when no function is set.
+  std::optional<Result<void>> run(const std::string& name, pid_t instance) {
+    std::shared_lock lock(mu_);
+    if (!load_) return std::nullopt;
+    return load_(name, instance);
+  }
+  void after() {
+    std::shared_lock lock(mu_);
+    if (after_) after_();
+  }
+
+ private:
+  std::shared_mutex mu_;
+  Fn load_;                     ///< mu_
+  std::function<void()> after_;  ///< mu_
+};
 
 class Runner {
  public:
@@ -49,6 +87,8 @@ class Runner {
     uint16_t node = 0;
     std::string socket;    ///< batond's, for the application and the loads
     NodeCaps caps;         ///< this node's, for what may run beside what (make_room)
+    /// The loads in batond's own process, where set (else over `socket`).
+    std::shared_ptr<LocalLoads> local;
   };
   using Events = std::function<void(std::string)>;
 

@@ -411,6 +411,33 @@ void Server::run_session(Session& s) {
   s.done.store(true);
 }
 
+Result<void> Server::load_here(const std::string& name, pid_t instance) {
+  if (name.size() > kMaxName) return fail(Errc::kInvalidArgument, "segment name too long: ", name);
+  if (instance < 0) return fail(Errc::kInvalidArgument, "not a process id: ", std::to_string(instance));
+  Request r{};
+  r.magic = kMagic;
+  r.version = kVersion;
+  r.op = static_cast<uint16_t>(instance > 0 ? Op::kLoadFor : Op::kTakeOver);
+  r.name_len = static_cast<uint8_t>(name.size());
+  std::memcpy(r.name, name.data(), name.size());
+  r.size = static_cast<uint64_t>(instance);
+  Session s;  // batond's user; it holds nothing once the call returns
+  s.uid = geteuid();
+  s.pid = getpid();
+  s.internal = true;
+  std::vector<int> fds;  // a take-over hands none out
+  const Reply rep = instance > 0 ? load_for(s, r) : open_segment(s, r, fds);
+  for (int fd : fds) ::close(fd);
+  if (rep.status != 0) {
+    Reply copy = rep;
+    copy.message[sizeof copy.message - 1] = '\0';
+    return tl::unexpected(Error{static_cast<Errc>(-copy.status), copy.message});
+  }
+  return {};
+}
+
+void Server::prepare_open() { make_spare_channel(); }
+
 void Server::answer_once(int fd, const char* request, size_t n) {
   Session s;
   s.fd = fd;

@@ -119,6 +119,19 @@ class Server {
   /// error_handler_t::replace: a string that is not UTF-8 must not throw. Thread: any.
   nlohmann::json status_json(size_t limit = SIZE_MAX) const;
 
+  /// batond's own failover manager's load, in this process: what a
+  /// kLoadFor request for the standby instance `instance` (> 0), or a
+  /// kTakeOver one (0), from batond's user does, without a connection and
+  /// a session thread to wake (a thread hand-off each way on a busy
+  /// machine). The commit channel that a socket's open makes ahead for the
+  /// next one after it has answered is left to prepare_open(), for the
+  /// caller to run once it has acted on the answer. Errors: the request's.
+  /// Thread: any (a load's thread).
+  Result<void> load_here(const std::string& name, pid_t instance);
+  /// Makes the next open's commit channel ahead if none is (after a
+  /// load_here). Thread: any.
+  void prepare_open();
+
   /// Answers one request from an application connected on `fd` exactly as
   /// its session thread would, then lets go of what it opened (as when an
   /// application leaves). For the IPC fuzzer (tests/fuzz/). Thread: one
@@ -154,7 +167,7 @@ class Server {
   /// Op::kLoadFor: loads the name and opens it for the application with
   /// pid `r.size` (a Pledge), so that its own open needs no round of its
   /// own. Only root or batond's user (its failover manager) may ask.
-  /// Thread: a session's.
+  /// Thread: a session's, or a failover load's (load_here).
   Reply load_for(Session& s, const Request& r);
   /// The pledge of `name` to this application, if there is one still good
   /// (fresh, the same view, its segment not fenced): its reply, `fds` its descriptors,
@@ -173,7 +186,7 @@ class Server {
   /// A new CommitChannel in its own memfd. Thread: any.
   Result<LocalStorage> make_channel();
   /// Makes the next open's channel (and shadow) ahead if none is. Thread: the accept
-  /// thread (at start), a session's (after an open).
+  /// thread (at start), a session's (after an open), a failover load's (prepare_open).
   void make_spare_channel();
   void let_go(Pledge& p);
   Reply wait(Session& s, const Request& r);

@@ -174,12 +174,16 @@ int main(int argc, char** argv) {
   if (cfg->engine.idle == baton::IdlePolicy::kSpin) sc.idle_spin_us = UINT32_MAX;
   // Service groups (issue #12): the failover manager, if the config has any.
   std::unique_ptr<baton::failover::Manager> failover;
+  // Its loads run inside batond once the server is up (before that, and
+  // while it stops, through the socket).
+  auto local_loads = std::make_shared<baton::failover::LocalLoads>();
   if (!cfg->groups.empty()) {
     baton::failover::ManagerConfig mc;
     mc.node = cfg->engine.node_id;
     mc.caps = baton::failover::NodeCaps{cfg->cores, cfg->memory_mib, cfg->tags, cfg->spare};
     mc.groups = cfg->groups;
     mc.socket = cfg->socket_path;
+    mc.local = local_loads;
     auto m = baton::failover::Manager::start(**engine, std::move(mc));
     if (!m) {
       BT_ERROR("%s", m.error().to_string().c_str());
@@ -195,6 +199,8 @@ int main(int argc, char** argv) {
     return 1;
   }
   if (!telemetry_prefix.empty()) baton::batond::register_telemetry(**server, **engine, sc.groups);
+  local_loads->set([&srv = **server](const std::string& name, pid_t instance) { return srv.load_here(name, instance); },
+                   [&srv = **server] { srv.prepare_open(); });
   watch.serving();
   BT_INFO("batond node %u \"%s\" serving %s", cfg->engine.node_id, cfg->name.c_str(), cfg->socket_path.c_str());
   std::atomic<bool> stop{false};
@@ -204,6 +210,7 @@ int main(int argc, char** argv) {
   BT_INFO("batond: %s, stopping", strsignal(sig));
   stop.store(true);
   accept.join();
+  local_loads->set(nullptr, nullptr);  // waits for the loads inside the server
   server->reset();
   failover.reset();  // stops the groups running here
   engine->reset();

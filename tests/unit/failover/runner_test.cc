@@ -5,7 +5,10 @@
 #include <signal.h>
 #include <time.h>
 
+#include <atomic>
 #include <chrono>
+#include <memory>
+#include <utility>
 #include <string>
 #include <thread>
 #include <vector>
@@ -89,6 +92,53 @@ TEST(Runner, ARestartWhereItFailedStartsItAgain) {
   r.assigned(Assignment{"app", 1, 200, 2, "restarts here"}, now_ns());
   ASSERT_TRUE(step_until(r, [&] { return state_of(r) == RunState::kRunning && r.pid_of("app") > 0; }));
   EXPECT_NE(r.pid_of("app"), first);
+}
+
+// Inside batond the runner's loads call the server directly (LocalLoads,
+// set by batond once its server is up): the segment's name and no
+// instance for a fresh start, the server's `after` once the load's result
+// was acted on, and a failed load fails the start with its reason.
+TEST(Runner, LoadsGoThroughLocalLoadsWhereSet) {
+  ServiceGroup g = sleeper();
+  g.segments = {"kv-state"};
+  auto local = std::make_shared<LocalLoads>();
+  std::vector<std::pair<std::string, pid_t>> loads;
+  std::atomic<int> afters{0};
+  std::atomic<bool> refuse{false};
+  local->set(
+      [&](const std::string& name, pid_t instance) -> Result<void> {
+        loads.emplace_back(name, instance);
+        if (refuse) return fail(Errc::kUnavailable, "no quorum here");
+        return {};
+      },
+      [&] { ++afters; });
+  std::vector<std::string> events;
+  Runner r(Runner::Env{1, "/nonexistent.sock", NodeCaps{}, local}, {g},
+           [&](std::string e) { events.push_back(std::move(e)); });
+  r.assigned(Assignment{"app", 1, 100, 2, ""}, now_ns());
+  ASSERT_TRUE(step_until(r, [&] { return state_of(r) == RunState::kRunning; }));
+  ASSERT_EQ(loads.size(), 1u);
+  EXPECT_EQ(loads[0].first, "kv-state");
+  EXPECT_EQ(loads[0].second, 0);
+  EXPECT_TRUE(step_until(r, [&] { return afters.load() == 1; }));
+  // Moved away, then back with the loads refused: tried three times, the
+  // start fails, saying why.
+  r.assigned(Assignment{"app", 2, 200, 2, "moved"}, now_ns());
+  ASSERT_TRUE(step_until(r, [&] { return state_of(r) != RunState::kRunning && r.pid_of("app") <= 0; }));
+  refuse = true;
+  r.assigned(Assignment{"app", 1, 300, 2, "back"}, now_ns());
+  ASSERT_TRUE(step_until(r, [&] { return state_of(r) == RunState::kFailed; }));
+  bool said = false;
+  for (const auto& e : events) said |= e.find("no quorum here") != std::string::npos;
+  EXPECT_TRUE(said);
+  ASSERT_EQ(loads.size(), 4u);
+  EXPECT_EQ(afters.load(), 4) << "after() runs once each load inside batond ended, failed or not";
+  // Taken away (batond stopping), loads go to the socket, which is not there.
+  local->set(nullptr, nullptr);
+  refuse = false;
+  r.assigned(Assignment{"app", 1, 400, 2, "again"}, now_ns());
+  ASSERT_TRUE(step_until(r, [&] { return state_of(r) == RunState::kFailed && r.runs()[0].seq == 400; }));
+  EXPECT_EQ(loads.size(), 4u);
 }
 
 }  // namespace
