@@ -1,4 +1,9 @@
 #pragma once
+// Works around defects of DPDK's memif PMD that batond cannot fix in DPDK:
+// the munmap() guard below, and (each described where it is declared)
+// descriptors kept open, connects that do not wait, and the interposers
+// of memif_guard.cc behind them.
+//
 // Guards data-path bursts against the memif PMD unmapping its shared regions
 // underneath them.
 //

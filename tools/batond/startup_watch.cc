@@ -38,7 +38,7 @@ StartupWatch::StartupWatch(std::chrono::milliseconds every, int max_reports) : t
   sa.sa_handler = &on_signal;
   sa.sa_flags = SA_RESTART;  // a blocking call the report interrupts carries on
   sigemptyset(&sa.sa_mask);
-  if (sigaction(kSignal, &sa, nullptr) != 0) {
+  if (sigaction(kSignal, &sa, &previous_) != 0) {
     BT_WARN("batond: no start-up watch (sigaction: %s)", std::strerror(errno));
     return;
   }
@@ -51,7 +51,11 @@ void StartupWatch::serving() {
     done_ = true;
   }
   cv_.notify_all();
-  if (thread_.joinable()) thread_.join();
+  if (!thread_.joinable()) return;
+  thread_.join();
+  // A report sent just before lands either in the handler or, after this,
+  // in SIGURG's default: ignored.
+  sigaction(kSignal, &previous_, nullptr);
 }
 
 void StartupWatch::watch(std::chrono::milliseconds every, int max_reports) {

@@ -1,6 +1,7 @@
 #pragma once
 
 #include <pthread.h>
+#include <signal.h>
 
 #include <chrono>
 #include <condition_variable>
@@ -35,6 +36,7 @@ class StartupWatch {
   std::condition_variable cv_;
   bool done_ = false;  ///< guarded by mu_
   std::thread thread_;
+  struct sigaction previous_{};  ///< the signal's disposition before the watch
 };
 
 }  // namespace baton::batond

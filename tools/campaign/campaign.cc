@@ -413,7 +413,15 @@ int main(int argc, char** argv) {
       signal(SIGUSR1, on_exit_request);
       writer(sh, socket_of(blade), name, size);
     }
-    while (sh->state == 0) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    // Until it reports; a writer killed from outside (a SIGTERM to every
+    // process of the campaign's name, say) never does.
+    while (sh->state == 0) {
+      if (waitpid(w, nullptr, WNOHANG) == w && sh->state == 0) {
+        std::snprintf(sh->error, sizeof sh->error, "the writer died before its open ended");
+        sh->state = 3;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
     ++r.cycles;
     const char* verdict = "ok";
     if (sh->state == 3) {
