@@ -234,6 +234,60 @@ void reset_pool(rte_mempool* pool) {
   rte_mempool_put_bulk(pool, all.data(), static_cast<unsigned>(all.size()));
 }
 
+/// Holds the EAL interrupt thread in an alarm callback of ours while a port
+/// opens, so that no memif handler runs meanwhile. A memif zero-copy
+/// client, on its server's hello (a handler on that thread), walks DPDK's
+/// memory lists under their read lock and allocates from DPDK's heap
+/// inside the walk (memif_region_init_zc, DPDK 22.11 to this day). An
+/// allocation on another thread that grows the heap holds the heap's lock
+/// and then waits for the lists' write lock: each thread waits for the
+/// other, for good. Opening a port allocates (the device, its queues, its
+/// mbuf pool: a zero-copy client's own 11 MiB grows the heap), and the
+/// ports opened before it handshake meanwhile: a restarted blade of the
+/// kill campaign hung so, in rte_pktmbuf_pool_create, 1 start in about 20
+/// with three zero-copy links. (Freeing can shrink the heap and take the
+/// locks in the same order: a port that is not memif's closes under one
+/// too; memif's close on that thread.) Gives up waiting for the thread after 5 s
+/// (a handler stuck elsewhere) and says so. Thread: any; on the interrupt
+/// thread itself (a restart) there is nothing to hold.
+class InterruptThreadHeld {
+ public:
+  InterruptThreadHeld() {
+    // Held already by this thread (a port closed while another opens): as is.
+    if (held_here || MemifGuard::on_interrupt_thread() || rte_eal_alarm_set(1, &park, this) != 0) return;
+    armed_ = true;
+    held_here = true;
+    const uint64_t until = now_ns() + 5'000'000'000ull;
+    while (state_.load() == kWaiting && now_ns() < until) futex_wait(state_, kWaiting, 10'000'000);
+    if (state_.load() != kParked)
+      BT_WARN("the EAL interrupt thread did not come within 5 s: a port opens or closes while memif handlers may run");
+  }
+  ~InterruptThreadHeld() {
+    if (!armed_) return;
+    held_here = false;
+    state_.store(kReleased);
+    futex_wake_all(state_);
+    // Removes the callback had it not run; else waits until it returned.
+    rte_eal_alarm_cancel(&park, this);
+  }
+  InterruptThreadHeld(const InterruptThreadHeld&) = delete;
+  InterruptThreadHeld& operator=(const InterruptThreadHeld&) = delete;
+
+ private:
+  static void park(void* arg) {
+    auto* self = static_cast<InterruptThreadHeld*>(arg);
+    uint32_t waiting = kWaiting;
+    if (!self->state_.compare_exchange_strong(waiting, kParked)) return;  // given up on already
+    futex_wake_all(self->state_);
+    while (self->state_.load() == kParked) futex_wait(self->state_, kParked, 100'000'000);
+  }
+  enum : uint32_t { kWaiting, kParked, kReleased };
+  std::atomic<uint32_t> state_{kWaiting};
+  bool armed_ = false;
+  static thread_local bool held_here;  ///< this thread holds it (an armed one is in scope)
+};
+thread_local bool InterruptThreadHeld::held_here = false;
+
 /// A started port: shared by the links of its queue pairs (one per shard);
 /// stopped and closed with the last of them. Its start flag, restart and
 /// reconnect count are the port's, whichever queue's link notices it down.
@@ -243,8 +297,14 @@ struct Port {
   ~Port() {
     // Cancel waits for a running callback, so none can touch a closed port.
     rte_eal_alarm_cancel(&Port::restart_on_interrupt_thread, this);
-    if (memif) close_on_interrupt_thread();
-    else close_here(this);
+    if (memif) {
+      close_on_interrupt_thread();
+    } else {
+      // Closing frees DPDK memory, which can shrink the heap: the lock
+      // order of a growing one (InterruptThreadHeld).
+      InterruptThreadHeld held;
+      close_here(this);
+    }
   }
   static void close_here(void* arg) {
     auto* self = static_cast<Port*>(arg);
@@ -290,7 +350,9 @@ struct Port {
     auto* self = static_cast<Port*>(arg);
     self->started = false;
     self->restarting.store(true);
-    while (self->holding.load() > 0) _mm_pause();
+    // A burst holds it for microseconds, unless its thread lost the CPU:
+    // then give that thread the CPU rather than spin against it.
+    for (int spins = 0; self->holding.load() > 0; ++spins) spins < 1000 ? _mm_pause() : (void)sched_yield();
     rte_eth_dev_stop(self->id);
     if (self->zero_copy_pool != nullptr) {
       reset_pool(self->zero_copy_pool);
@@ -341,53 +403,6 @@ struct Port {
   /// socket closes (runtime/peer_lock.h). Null elsewhere, or if it could
   /// not be had.
   std::unique_ptr<PeerLockFile> peer_lock;
-};
-
-/// Holds the EAL interrupt thread in an alarm callback of ours while a port
-/// opens, so that no memif handler runs meanwhile. A memif zero-copy
-/// client, on its server's hello (a handler on that thread), walks DPDK's
-/// memory lists under their read lock and allocates from DPDK's heap
-/// inside the walk (memif_region_init_zc, DPDK 22.11 to this day). An
-/// allocation on another thread that grows the heap holds the heap's lock
-/// and then waits for the lists' write lock: each thread waits for the
-/// other, for good. Opening a port allocates (the device, its queues, its
-/// mbuf pool: a zero-copy client's own 11 MiB grows the heap), and the
-/// ports opened before it handshake meanwhile: a restarted blade of the
-/// kill campaign hung so, in rte_pktmbuf_pool_create, 1 start in about 20
-/// with three zero-copy links. Gives up waiting for the thread after 5 s
-/// (a handler stuck elsewhere) and says so. Thread: any; on the interrupt
-/// thread itself (a restart) there is nothing to hold.
-class InterruptThreadHeld {
- public:
-  InterruptThreadHeld() {
-    if (MemifGuard::on_interrupt_thread() || rte_eal_alarm_set(1, &park, this) != 0) return;
-    armed_ = true;
-    const uint64_t until = now_ns() + 5'000'000'000ull;
-    while (state_.load() == kWaiting && now_ns() < until) futex_wait(state_, kWaiting, 10'000'000);
-    if (state_.load() != kParked)
-      BT_WARN("the EAL interrupt thread did not come within 5 s: a port opens while memif handlers may run");
-  }
-  ~InterruptThreadHeld() {
-    if (!armed_) return;
-    state_.store(kReleased);
-    futex_wake_all(state_);
-    // Removes the callback had it not run; else waits until it returned.
-    rte_eal_alarm_cancel(&park, this);
-  }
-  InterruptThreadHeld(const InterruptThreadHeld&) = delete;
-  InterruptThreadHeld& operator=(const InterruptThreadHeld&) = delete;
-
- private:
-  static void park(void* arg) {
-    auto* self = static_cast<InterruptThreadHeld*>(arg);
-    uint32_t waiting = kWaiting;
-    if (!self->state_.compare_exchange_strong(waiting, kParked)) return;  // given up on already
-    futex_wake_all(self->state_);
-    while (self->state_.load() == kParked) futex_wait(self->state_, kParked, 100'000'000);
-  }
-  enum : uint32_t { kWaiting, kParked, kReleased };
-  std::atomic<uint32_t> state_{kWaiting};
-  bool armed_ = false;
 };
 
 /// One queue pair of a port. Thread: its shard's poll-token holder (the

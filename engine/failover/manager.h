@@ -37,7 +37,7 @@ struct ManagerConfig {
   uint16_t node = 0;
   NodeCaps caps;
   std::vector<ServiceGroup> groups;
-  std::string socket;    ///< batond's: the runner's loads go through it
+  std::string socket;    ///< batond's: the runner's loads go through it, until `local` is set
   std::shared_ptr<LocalLoads> local;  ///< or, once set, inside batond (Runner::Env::local)
 };
 

@@ -83,7 +83,8 @@ sockaddr_un unix_address(const std::string& path) {
 int listen_at(const std::string& path, int backlog = 64) {
   const int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
   const sockaddr_un sun = unix_address(path);
-  if (fd >= 0 && bind(fd, reinterpret_cast<const sockaddr*>(&sun), sizeof sun) == 0 && listen(fd, backlog) == 0) return fd;
+  if (fd >= 0 && bind(fd, reinterpret_cast<const sockaddr*>(&sun), sizeof sun) == 0 && listen(fd, backlog) == 0)
+    return fd;
   if (fd >= 0) close(fd);
   return -1;
 }
@@ -294,6 +295,22 @@ TEST(Chassis, UpStatusDownLeavesNothing) {
 // batond down. batond now survives it, its sockets are files only those who
 // may write them can connect to, and a server killed and restarted binds
 // again over the file it left behind.
+// Whether the link `device` (net_memifN) of the blade serving `socket`
+// shows up within 10 s; `out`: the last status seen.
+bool link_comes_up(const std::string& ctl, const std::string& socket, const std::string& device,
+                   std::string* out) {
+  int status = 0;
+  for (int i = 0; i < 100; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    *out = run(ctl + " status --socket " + socket, &status);
+    const size_t row = out->find("\n" + device + " ");
+    if (status == 0 && row != std::string::npos &&
+        out->substr(row, out->find('\n', row + 1) - row).find(" up ") != std::string::npos)
+      return true;
+  }
+  return false;
+}
+
 TEST(Chassis, AMemifServerOutlivesPeersThatHangUpAtOnce) {
   const std::string dir = "/tmp/baton-hangup-test-" + std::to_string(getpid());
   const std::string ctl = baton::test::helper("BATONCTL");
@@ -332,13 +349,8 @@ TEST(Chassis, AMemifServerOutlivesPeersThatHangUpAtOnce) {
   std::this_thread::sleep_for(std::chrono::milliseconds(200));
   out = run(ctl + " chassis restart --blade 1 --dir " + dir, &status);
   EXPECT_EQ(status, 0) << out;
-  bool linked = false;
-  for (int i = 0; i < 100 && !linked; ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    out = run(ctl + " status --socket " + dir + "/blade1.sock", &status);
-    linked = status == 0 && out.find("net_memif2") != std::string::npos && out.find(" down ") == std::string::npos;
-  }
-  EXPECT_TRUE(linked) << out << run("tail -20 " + dir + "/blade1.log", &status);
+  EXPECT_TRUE(link_comes_up(ctl, dir + "/blade1.sock", "net_memif2", &out))
+      << out << run("tail -20 " + dir + "/blade1.log", &status);
   // The restarted blade's log goes on below its predecessor's.
   const std::string log = run("cat " + dir + "/blade1.log", &status);
   EXPECT_EQ(log.substr(0, first_log.size()), first_log);
@@ -467,13 +479,8 @@ TEST(Chassis, AMemifClientStartsWhileItsServerDoesNotAccept) {
   EXPECT_EQ(status, 0) << out;
   kill(server, SIGCONT);
   for (int fd : queued) close(fd);
-  bool linked = false;
-  for (int i = 0; i < 100 && !linked; ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    out = run(ctl + " status --socket " + dir + "/blade2.sock", &status);
-    linked = status == 0 && out.find("net_memif1") != std::string::npos && out.find(" down ") == std::string::npos;
-  }
-  EXPECT_TRUE(linked) << out << run("tail -20 " + dir + "/blade2.log", &status);
+  EXPECT_TRUE(link_comes_up(ctl, dir + "/blade2.sock", "net_memif1", &out))
+      << out << run("tail -20 " + dir + "/blade2.log", &status);
   out = run(ctl + " chassis down --dir " + dir, &status);
   EXPECT_EQ(status, 0) << out;
 }
@@ -505,15 +512,8 @@ TEST(Chassis, AMemifClientRestartingTowardsADeafServerStillServesItsOwnClients) 
   std::this_thread::sleep_for(std::chrono::milliseconds(500));
   out = run(ctl + " chassis restart --blade 3 --dir " + dir, &status);
   EXPECT_EQ(status, 0) << out;
-  bool linked = false;
-  for (int i = 0; i < 50 && !linked; ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    out = run(ctl + " status --socket " + dir + "/blade3.sock", &status);
-    const size_t row = out.find("\nnet_memif2 ");
-    linked = status == 0 && row != std::string::npos &&
-             out.substr(row, out.find('\n', row + 1) - row).find(" up ") != std::string::npos;
-  }
-  EXPECT_TRUE(linked) << out << run("tail -20 " + dir + "/blade2.log", &status);
+  EXPECT_TRUE(link_comes_up(ctl, dir + "/blade3.sock", "net_memif2", &out))
+      << out << run("tail -20 " + dir + "/blade2.log", &status);
   close(queued);
   close(listener);
   unlink(path.c_str());

@@ -1062,7 +1062,8 @@ TEST(Daemon, AStartThatHangsSaysWhere) {
   std::ofstream(config) << "[node]\nid = 1\nname = \"blade1\"\n[client]\nsocket = \"" << socket
                         << "\"\n[log]\nlevel = \"warn\"\n[[link]]\npeer = 2\ndriver = \"shm\"\ndevice = \"" << region
                         << "\"\n";
-  baton::test::Process batond({"/bin/sh", "-c", "exec " + baton::test::helper("BATOND") + " --config " + config + " 2>" + log});
+  const std::string command = "exec " + baton::test::helper("BATOND") + " --config " + config + " 2>" + log;
+  baton::test::Process batond({"/bin/sh", "-c", command});
   auto read_log = [&] {
     std::ifstream in(log);
     return std::string(std::istreambuf_iterator<char>(in), {});
@@ -1085,7 +1086,8 @@ TEST(Daemon, AStartThatHangsSaysWhere) {
   EXPECT_NE(stack.find("shm4open"), std::string::npos) << "the frame of baton::shm::open: " << stack;
   flock(fd, LOCK_UN);
   close(fd);
-  for (int i = 0; i < 100 && stat(socket.c_str(), &st) != 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  for (int i = 0; i < 100 && stat(socket.c_str(), &st) != 0; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
   EXPECT_EQ(stat(socket.c_str(), &st), 0) << "batond did not serve once the lock was gone: " << read_log();
 }
 
