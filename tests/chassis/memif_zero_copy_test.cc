@@ -73,10 +73,12 @@ void walk_and_allocate(void*) {
   }
   if (rte_eal_alarm_set(1, &walk_and_allocate, nullptr) != 0) std::_Exit(3);
   while (in_walk.load() == 0) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  const std::string sock = "/tmp/baton-test-" + std::to_string(getpid()) + "-none.sock";
   ethdev::PortConfig pc;
-  pc.device = "net_memif0,role=client,socket=/tmp/baton-test-" + std::to_string(getpid()) + "-none.sock,zero-copy=yes";
+  pc.device = "net_memif0,role=client,socket=" + sock + ",zero-copy=yes";
   pc.peer = 2;
   auto link = ethdev::open_port(pc);  // no server: it opens, and retries to connect later
+  unlink((sock + ".alive").c_str());  // the client end's lock file: _Exit leaves it
   std::_Exit(link ? 0 : 4);
 }
 
