@@ -15,8 +15,8 @@
 #include <unistd.h>
 
 #include <array>
-#include <cerrno>
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <cstring>
 #include <cstdio>
@@ -288,13 +288,6 @@ TEST(Chassis, UpStatusDownLeavesNothing) {
   EXPECT_NE(out.find("batonctl: "), std::string::npos) << out;
 }
 
-// DPDK's memif listener, when its hello to a new connection fails, closes
-// the socket without unregistering it, and the EAL interrupt thread then
-// panics on the closed descriptor: a peer that connected and hung up at once
-// (a blade killed while connecting, or any local process) took the server's
-// batond down. batond now survives it, its sockets are files only those who
-// may write them can connect to, and a server killed and restarted binds
-// again over the file it left behind.
 // Whether the link `device` (net_memifN) of the blade serving `socket`
 // shows up within 10 s; `out`: the last status seen.
 bool link_comes_up(const std::string& ctl, const std::string& socket, const std::string& device,
@@ -311,6 +304,13 @@ bool link_comes_up(const std::string& ctl, const std::string& socket, const std:
   return false;
 }
 
+// DPDK's memif listener, when its hello to a new connection fails, closes
+// the socket without unregistering it, and the EAL interrupt thread then
+// panics on the closed descriptor: a peer that connected and hung up at once
+// (a blade killed while connecting, or any local process) took the server's
+// batond down. batond now survives it, its sockets are files only those who
+// may write them can connect to, and a server killed and restarted binds
+// again over the file it left behind.
 TEST(Chassis, AMemifServerOutlivesPeersThatHangUpAtOnce) {
   const std::string dir = "/tmp/baton-hangup-test-" + std::to_string(getpid());
   const std::string ctl = baton::test::helper("BATONCTL");
