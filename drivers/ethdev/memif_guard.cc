@@ -41,13 +41,10 @@ bool MemifGuard::kept_open(int fd) noexcept {
   return false;
 }
 
-namespace {
-
-/// Whether the calling thread is the EAL interrupt thread, which runs the
-/// memif PMD's control channel (its name in DPDK 22.11; "dpdk-intr" later).
-/// Looked up once per thread: that thread is named when it is created, long
-/// before a handler of it sends anything.
-bool on_eal_interrupt_thread() noexcept {
+// Looked up once per thread by its name (DPDK 22.11's; "dpdk-intr"
+// later): that thread is named when it is created, long before a handler
+// of it sends anything.
+bool MemifGuard::on_interrupt_thread() noexcept {
   thread_local const bool intr = [] {
     char name[16] = {};
     if (prctl(PR_GET_NAME, name) != 0) return false;
@@ -55,10 +52,6 @@ bool on_eal_interrupt_thread() noexcept {
   }();
   return intr;
 }
-
-}  // namespace
-
-bool MemifGuard::on_interrupt_thread() noexcept { return on_eal_interrupt_thread(); }
 
 namespace {
 
@@ -150,7 +143,7 @@ extern "C" int connect(int fd, const struct sockaddr* addr, socklen_t len) {
 // an application that embeds the engine may not ignore SIGPIPE as batond
 // does). Every other call, and every other error, is libc's.
 extern "C" ssize_t sendmsg(int fd, const struct msghdr* msg, int flags) {
-  const bool intr = baton::ethdev::on_eal_interrupt_thread();
+  const bool intr = baton::ethdev::MemifGuard::on_interrupt_thread();
   const long r = syscall(SYS_sendmsg, fd, msg, intr ? flags | MSG_NOSIGNAL : flags);
   if (r >= 0) return r;
   const int err = errno;
