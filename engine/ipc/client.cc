@@ -33,10 +33,6 @@ namespace {
 constexpr uint64_t kMinTrackedSize = 32 * 1024;     // smaller segments are copied whole
 constexpr uint64_t kSpinNs = 200'000;               // before sleeping on `done`
 
-Error from_status(int status, const char* message) {
-  return Error{static_cast<Errc>(-status), message};
-}
-
 void unmap(ClientSegment& s) {
   s.cow.reset();  // lifts its protection before the mapping goes
   s.watch.reset();
@@ -115,8 +111,7 @@ Result<Reply> Client::call(const Request& r, std::vector<int>* fds, std::string*
     Reply refusal{};
     if (recv(fd_, &refusal, sizeof refusal, MSG_DONTWAIT) == static_cast<ssize_t>(sizeof refusal) &&
         refusal.magic == kMagic && refusal.status != 0) {
-      refusal.message[sizeof refusal.message - 1] = '\0';
-      return tl::unexpected(from_status(refusal.status, refusal.message));
+      return tl::unexpected(error_of(refusal));
     }
     return fail(Errc::kUnavailable, "batond went away: ", std::strerror(err));
   }
@@ -168,7 +163,7 @@ Result<ClientSegment*> Client::open(Op op, std::string_view name, uint64_t size)
   };
   if (rep->status != 0) {
     close_all();
-    return tl::unexpected(from_status(rep->status, rep->message));
+    return tl::unexpected(error_of(*rep));
   }
   const size_t expected = rep->copy_on_write != 0 ? 4 : 3;
   if (fds.size() != expected) {
@@ -621,7 +616,7 @@ Result<void> Client::wait(ClientSegment* s, uint64_t generation, uint32_t k, uin
   auto rep = call(r, nullptr, nullptr, (uint64_t{timeout_ms} + kWaitSlackMs) * 1'000'000);
   if (!rep) return tl::unexpected(rep.error());
   if (rep->status == 0) return {};
-  Error e = from_status(rep->status, rep->message);
+  Error e = error_of(*rep);
   if (e.code == Errc::kFenced) {
     // Ownership moved on: the next commits are refused at once too, not
     // only after batond has refused a post of one (a commit posted
@@ -655,7 +650,7 @@ Result<void> Client::close(ClientSegment* s) {
     segments_.erase(it);
   }
   if (!rep) return tl::unexpected(rep.error());
-  if (rep->status != 0) return tl::unexpected(from_status(rep->status, rep->message));
+  if (rep->status != 0) return tl::unexpected(error_of(*rep));
   return {};
 }
 
@@ -665,7 +660,7 @@ Result<Client::Loaded> Client::take_over(std::string_view name) {
   auto rep = call(named_request(Op::kTakeOver, name), &fds);
   for (int fd : fds) ::close(fd);  // none expected
   if (!rep) return tl::unexpected(rep.error());
-  if (rep->status != 0) return tl::unexpected(from_status(rep->status, rep->message));
+  if (rep->status != 0) return tl::unexpected(error_of(*rep));
   return Loaded{rep->generation, rep->size, rep->restored != 0};
 }
 
@@ -678,7 +673,7 @@ Result<Client::Loaded> Client::load_for(std::string_view name, pid_t pid) {
   auto rep = call(r, &fds);
   for (int fd : fds) ::close(fd);  // none expected
   if (!rep) return tl::unexpected(rep.error());
-  if (rep->status != 0) return tl::unexpected(from_status(rep->status, rep->message));
+  if (rep->status != 0) return tl::unexpected(error_of(*rep));
   return Loaded{rep->generation, rep->size, rep->restored != 0};
 }
 
@@ -686,7 +681,7 @@ Result<void> Client::remove(std::string_view name) {
   if (name.size() > kMaxName) return fail(Errc::kInvalidArgument, "segment name longer than ", std::to_string(kMaxName));
   auto rep = call(named_request(Op::kDelete, name), nullptr);
   if (!rep) return tl::unexpected(rep.error());
-  if (rep->status != 0) return tl::unexpected(from_status(rep->status, rep->message));
+  if (rep->status != 0) return tl::unexpected(error_of(*rep));
   return {};
 }
 
@@ -698,7 +693,7 @@ Result<void> Client::report(std::string_view name, double value) {
   std::memcpy(&r.generation, &value, sizeof value);
   auto rep = call(r, nullptr);
   if (!rep) return tl::unexpected(rep.error());
-  if (rep->status != 0) return tl::unexpected(from_status(rep->status, rep->message));
+  if (rep->status != 0) return tl::unexpected(error_of(*rep));
   return {};
 }
 
@@ -725,7 +720,7 @@ Result<std::string> Client::text_request(Op op) {
   std::string text;
   auto rep = call(r, nullptr, &text);
   if (!rep) return tl::unexpected(rep.error());
-  if (rep->status != 0) return tl::unexpected(from_status(rep->status, rep->message));
+  if (rep->status != 0) return tl::unexpected(error_of(*rep));
   return text;
 }
 

@@ -39,6 +39,10 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
+#include <string>
+
+#include "baton/result.h"
 
 namespace baton::ipc {
 
@@ -97,6 +101,13 @@ struct Reply {
   uint32_t commit_every_ms;  ///< kOpen, copy-on-write: the period the library commits at by itself (S5); 0: none
   char message[400];    ///< error text
 };
+
+/// The error a refusal carries: its status (a BATON_E* code: an Errc,
+/// negated) and its message, read no further than the field (the sender
+/// need not end it).
+inline Error error_of(const Reply& r) {
+  return Error{static_cast<Errc>(-r.status), std::string(r.message, strnlen(r.message, sizeof r.message))};
+}
 
 /// Ranges a commit request carries at most; more are coarsened to fit.
 inline constexpr uint32_t kMaxWritten = 4096;

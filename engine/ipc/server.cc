@@ -428,11 +428,7 @@ Result<void> Server::load_here(const std::string& name, pid_t instance) {
   std::vector<int> fds;  // a take-over hands none out
   const Reply rep = instance > 0 ? load_for(s, r) : open_segment(s, r, fds);
   for (int fd : fds) ::close(fd);
-  if (rep.status != 0) {
-    Reply copy = rep;
-    copy.message[sizeof copy.message - 1] = '\0';
-    return tl::unexpected(Error{static_cast<Errc>(-copy.status), copy.message});
-  }
+  if (rep.status != 0) return tl::unexpected(error_of(rep));
   return {};
 }
 
