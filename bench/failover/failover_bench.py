@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Failover time of a service group (issue #12), split into its phases.
 
-    python3 bench/failover/failover_bench.py [--build build] [--rounds 5] [--sizes-kib 256,65536]
+    python3 bench/failover/failover_bench.py [--build build] [--rounds 5] [--sizes-kib 4,256,65536]
                                              [--standby | --standby-instances]
                                              [--transport memif|shm|mixed [--stream-fetches]] [--memif-zero-copy]
                                              [--app-heap-mib M] [--no-liveness] [--kill-blade]
@@ -127,11 +127,14 @@ def run_size(args, size_kib):
     batonctl, kv = f"{build}/tools/batonctl", f"{build}/tools/baton-kv"
     work = tempfile.mkdtemp(prefix="baton-fobench-")
     chassis = f"{work}/chassis"
+    # baton-kv's table is 256 KiB unless told fewer slots (16 bytes each,
+    # beside a 16-byte header): a smaller segment is a smaller table.
+    slots = 16384 if size_kib >= 256 else (size_kib * 1024 - 16) // 16
     with open(f"{work}/groups.toml", "w") as g:
         g.write(f"""[[group]]
 name = "kv"
 segments = ["kv"]
-start = "exec {kv} --socket $BATON_SOCKET --name kv --batches 1000000 --every-ms 20 --size-kib {size_kib} --heap-mib {args.app_heap_mib} >{work}/kv-$BATON_NODE-$BATON_ASSIGNMENT.log 2>&1"
+start = "exec {kv} --socket $BATON_SOCKET --name kv --batches 1000000 --every-ms 20 --size-kib {size_kib} --slots {slots} --heap-mib {args.app_heap_mib} >{work}/kv-$BATON_NODE-$BATON_ASSIGNMENT.log 2>&1"
 provision = "mkdir -p {work}/n$BATON_NODE"
 home = [1]
 start_timeout_ms = 3000
@@ -253,7 +256,7 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--build", default="build")
     p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--sizes-kib", default="256,65536")
+    p.add_argument("--sizes-kib", default="4,256,65536")
     p.add_argument("--standby", action="store_true", help="blades 3 and 4 keep hot standbys of the segment")
     p.add_argument("--transport", default="memif", help="memif (default), shm or mixed")
     p.add_argument("--memif-zero-copy", action="store_true",
@@ -282,7 +285,7 @@ def main():
         if not rows:
             print(f"| {kib} KiB | no complete round |")
             continue
-        spawn, read = baselines(max(kib, 256) * 1024)
+        spawn, read = baselines(kib * 1024)
         med = {k: statistics.median(r[k] for r in rows) for k in phases}
         cells = " | ".join(f"{med[k]:.1f}" for k in phases)
         size = f"{kib // 1024} MiB" if kib >= 1024 else f"{kib} KiB"

@@ -1,7 +1,7 @@
 /* baton-kv: a small key-value service whose state lives in a Baton segment.
  *
- *   baton-kv --socket PATH [--name kv] [--batches N] [--every-ms MS] [--size-kib K] [--dump DIR] [--hold]
- *            [--report-metric NAME [--slow-file F]]
+ *   baton-kv --socket PATH [--name kv] [--batches N] [--every-ms MS] [--size-kib K] [--slots S]
+ *            [--dump DIR] [--hold] [--report-metric NAME [--slow-file F]]
  *
  * Start-up follows S11: open the segment by name; if a copy existed anywhere
  * it is restored and the service resumes from its last committed batch, else
@@ -11,7 +11,9 @@
  * DIR/committed.bin and a restored one to DIR/restored.bin (for byte-exact
  * checks). --every-ms paces the batches (a service rather than a load
  * generator). --size-kib makes the segment larger than the table (the rest
- * stays zero; a failover still moves all of it). --hold keeps serving
+ * stays zero; a failover still moves all of it). --slots sizes the table
+ * itself (16384 slots of 16 bytes, 256 KiB, by default; 255 make the whole
+ * state 4 KiB), and the keys it holds are three quarters of that. --hold keeps serving
  * nothing after the batches, until killed. --report-metric reports each
  * batch's time (update, commit, durable wait) in ms to batond under NAME
  * (baton_report); while file F exists each batch takes 100 ms longer (an
@@ -31,8 +33,10 @@
 #include <time.h>
 #include <unistd.h>
 
-#define SLOTS 16384
-#define KEYS 12000 /* distinct keys: fewer than SLOTS, so the table never fills */
+/* The table's size (--slots), and how many distinct keys go into it:
+ * three quarters, so that it never fills. */
+static uint64_t slots = 16384;
+static uint64_t keys = 12288;
 
 struct entry {
   uint64_t key;
@@ -42,7 +46,7 @@ struct entry {
 struct kv {
   uint64_t batches;  /* committed batches so far */
   uint64_t updates;
-  struct entry slots[SLOTS];
+  struct entry slot[]; /* `slots` of them */
 };
 
 static double now_ms(void) {
@@ -57,10 +61,10 @@ static int by_value(const void* a, const void* b) {
 }
 
 static void put(struct kv* kv, uint64_t key, uint64_t value) {
-  uint64_t i = (key * 0x9E3779B97F4A7C15ull) % SLOTS;
-  while (kv->slots[i].key != 0 && kv->slots[i].key != key) i = (i + 1) % SLOTS;
-  kv->slots[i].key = key;
-  kv->slots[i].value = value;
+  uint64_t i = (key * 0x9E3779B97F4A7C15ull) % slots;
+  while (kv->slot[i].key != 0 && kv->slot[i].key != key) i = (i + 1) % slots;
+  kv->slot[i].key = key;
+  kv->slot[i].value = value;
 }
 
 static int dump(const char* dir, const char* file, const void* p, size_t n) {
@@ -91,6 +95,7 @@ int main(int argc, char** argv) {
   long every_ms = 0;
   long size_kib = 0;
   long heap_mib = 0;
+  long slot_count = (long)slots;
   const char* metric = NULL;
   const char* slow_file = NULL;
   int hold = 0;
@@ -102,11 +107,12 @@ int main(int argc, char** argv) {
     else if (!strcmp(argv[i], "--every-ms") && i + 1 < argc) every_ms = number(argv[++i]);
     else if (!strcmp(argv[i], "--size-kib") && i + 1 < argc) size_kib = number(argv[++i]);
     else if (!strcmp(argv[i], "--heap-mib") && i + 1 < argc) heap_mib = number(argv[++i]);
+    else if (!strcmp(argv[i], "--slots") && i + 1 < argc) slot_count = number(argv[++i]);
     else if (!strcmp(argv[i], "--report-metric") && i + 1 < argc) metric = argv[++i];
     else if (!strcmp(argv[i], "--slow-file") && i + 1 < argc) slow_file = argv[++i];
     else if (!strcmp(argv[i], "--hold")) hold = 1;
     else {
-      fprintf(stderr, "usage: baton-kv --socket PATH [--name kv] [--batches N] [--every-ms MS] [--size-kib K] [--heap-mib M] [--dump DIR] [--hold] "
+      fprintf(stderr, "usage: baton-kv --socket PATH [--name kv] [--batches N] [--every-ms MS] [--size-kib K] [--slots S] [--heap-mib M] [--dump DIR] [--hold] "
               "[--report-metric NAME [--slow-file F]]\n");
       return 64;
     }
@@ -119,6 +125,13 @@ int main(int argc, char** argv) {
     fprintf(stderr, "baton-kv: --batches, --every-ms, --size-kib and --heap-mib take a whole number >= 0\n");
     return 64;
   }
+  if (slot_count < 4 || slot_count > (1l << 24)) {
+    fprintf(stderr, "baton-kv: --slots takes a whole number from 4 to %ld\n", 1l << 24);
+    return 64;
+  }
+  slots = (uint64_t)slot_count;
+  keys = slots * 3 / 4;
+  const size_t state = sizeof(struct kv) + slots * sizeof(struct entry);
   setvbuf(stdout, NULL, _IOLBF, 0);
   // --heap-mib: private memory beside the checkpointed state, as a real
   // application's working set (its teardown at death is what a pidfd waits for).
@@ -149,7 +162,7 @@ int main(int argc, char** argv) {
     printf("standby: promoted\n");
   }
   double t0 = now_ms();
-  if (baton_open(b, name, (uint64_t)size_kib * 1024 > sizeof(struct kv) ? (uint64_t)size_kib * 1024 : sizeof(struct kv),
+  if (baton_open(b, name, (uint64_t)size_kib * 1024 > state ? (uint64_t)size_kib * 1024 : state,
                  &seg, &restored, &gen) != 0) {
     fprintf(stderr, "baton-kv: %s\n", baton_last_error());
     return 1;
@@ -161,7 +174,7 @@ int main(int argc, char** argv) {
     struct timespec wall;
     clock_gettime(CLOCK_REALTIME, &wall);
     /* The file first: whoever reads the line may look at it at once. */
-    if (dump_dir != NULL && dump(dump_dir, "restored.bin", kv, sizeof *kv) != 0) perror("dump");
+    if (dump_dir != NULL && dump(dump_dir, "restored.bin", kv, state) != 0) perror("dump");
     printf("serving_at_us=%llu\n",
            (unsigned long long)wall.tv_sec * 1000000ull + (unsigned long long)wall.tv_nsec / 1000);
     printf("restored generation=%llu batches=%llu in %.3f ms\n", (unsigned long long)gen,
@@ -177,7 +190,7 @@ int main(int argc, char** argv) {
     if (slow_file != NULL && access(slow_file, F_OK) == 0) usleep(100 * 1000);
     for (int i = 0; i < 64; ++i) {
       uint64_t u = kv->updates++;
-      put(kv, (u * 2654435761u) % KEYS + 1, u);
+      put(kv, (u * 2654435761u) % keys + 1, u);
     }
     kv->batches = n + 1;
     const double commit_t0 = now_ms();
@@ -187,7 +200,7 @@ int main(int argc, char** argv) {
       fprintf(stderr, "baton-kv: commit: %s\n", baton_last_error());
       return 1;
     }
-    if (dump_dir != NULL && dump(dump_dir, "committed.bin", kv, sizeof *kv) != 0) perror("dump");
+    if (dump_dir != NULL && dump(dump_dir, "committed.bin", kv, state) != 0) perror("dump");
     printf("batch=%llu generation=%llu durable\n", (unsigned long long)kv->batches, (unsigned long long)gen);
     if (metric != NULL && baton_report(b, metric, now_ms() - batch_t0) != 0)
       fprintf(stderr, "baton-kv: report: %s\n", baton_last_error());
