@@ -49,7 +49,7 @@ std::string Choice::to_string() const {
 Choice choose(const ServiceGroup& g, Why why, std::span<const uint16_t> members,
               const std::map<uint16_t, NodeReport>& reports, const std::vector<ServiceGroup>& groups, uint64_t hash,
               const std::set<uint16_t>& exclude, std::optional<uint16_t> current,
-              const Given& taken) {
+              const Given& taken, const std::set<uint16_t>& holders) {
   Choice c;
   const NodeReport* cur = nullptr;
   if (current) {
@@ -120,9 +120,10 @@ Choice choose(const ServiceGroup& g, Why why, std::span<const uint16_t> members,
       const int64_t home = std::find(g.home.begin(), g.home.end(), n) - g.home.begin();
       switch (why) {
         case Why::kStart: key = {0, home, r.caps.spare ? 1 : 0, n}; break;
-        case Why::kFailure: {  // a hot standby first (its state is ready), then the spare pool
+        case Why::kFailure: {  // a hot standby first (its state is ready), then the spare pool;
+                               // within each, a node that holds a copy (no fetch)
           const bool standby = std::find(g.standby.begin(), g.standby.end(), n) != g.standby.end();
-          key = {0, standby ? 0 : 1, r.caps.spare ? 0 : 1, n};
+          key = {0, standby ? 0 : 1, (r.caps.spare ? 0 : 2) + (holders.count(n) != 0 ? 0 : 1), n};
           break;
         }
         case Why::kPerformance:
@@ -336,12 +337,14 @@ void Coordinator::restart_here(const ServiceGroup& g, Track& t, const std::strin
 void Coordinator::place(const ServiceGroup& g, Track& t, Why why, const std::string& reason, uint64_t now,
                         std::span<const uint16_t> members, const std::map<uint16_t, NodeReport>& reports,
                         std::optional<uint16_t> current, Given& taken, Out& out) {
-  Choice c = choose(g, why, members, reports, groups_, hash_, t.tried, current, taken);
+  std::set<uint16_t> holders;
+  if (why == Why::kFailure && holders_) holders = holders_(g);
+  Choice c = choose(g, why, members, reports, groups_, hash_, t.tried, current, taken, holders);
   // At a dead end for a start timeout: the nodes that failed get another try (S21).
   if (!c.node && !t.tried.empty() && t.stuck_ns != 0 &&
       now - t.stuck_ns >= uint64_t{g.start_timeout_ms} * 1'000'000) {
     t.tried.clear();
-    c = choose(g, why, members, reports, groups_, hash_, t.tried, current, taken);
+    c = choose(g, why, members, reports, groups_, hash_, t.tried, current, taken, holders);
   }
   if (!c.node) {
     if (why == Why::kPerformance) {
@@ -369,8 +372,9 @@ void Coordinator::place(const ServiceGroup& g, Track& t, Why why, const std::str
   taken[t.node].push_back(&g);
   const char* kind = why == Why::kStart ? "start" : why == Why::kFailure ? "failover" : "performance move";
   const bool standby = std::find(g.standby.begin(), g.standby.end(), t.node) != g.standby.end();
-  std::string text = "group " + g.name + " -> " + node_str(t.node) + (standby ? " (hot standby" : " (") +
-                     (standby ? ", " : "") + kind + ", assignment " + std::to_string(t.seq) + "): " + reason;
+  const bool holds = !standby && holders.count(t.node) != 0;
+  std::string text = "group " + g.name + " -> " + node_str(t.node) + (standby ? " (hot standby, " : " (") + kind +
+                     (holds ? ", holds its state" : "") + ", assignment " + std::to_string(t.seq) + "): " + reason;
   if (!c.rejected.empty()) text += "; passed over: " + c.to_string();
   t.reason = text;
   out.assign.push_back(Assignment{g.name, t.node, t.seq, self_, text});

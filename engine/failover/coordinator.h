@@ -13,8 +13,11 @@
 //    group's cores and memory, every tag it asks for, not tried already in
 //    this failover;
 //  - an idle one first: for a first start its home nodes in order, then
-//    nodes outside the spare pool; for a failover the spare pool first; for
-//    a performance move the best capabilities first;
+//    nodes outside the spare pool; for a failover its hot standbys, then the
+//    spare pool, each first the nodes that hold a copy of the group's
+//    segments (their replica sets as this node's records say: the load
+//    there takes its own replica over instead of fetching); for a
+//    performance move the best capabilities first;
 //  - else one with room beside its work, the least busy first;
 //  - else the one where what must stop to make room is of the lowest
 //    priority, all below the group's own (that work is stopped there and
@@ -33,6 +36,7 @@
 // No I/O and no clock: time is passed in. Thread: the failover manager's.
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <optional>
 #include <set>
@@ -59,13 +63,19 @@ struct Choice {
 /// Groups given to nodes in one pass of the coordinator, beside what they report.
 using Given = std::map<uint16_t, std::vector<const ServiceGroup*>>;
 
+/// The nodes that hold a copy of every segment of a group (a hint for a
+/// failover's choice; empty when unknown).
+using Holders = std::function<std::set<uint16_t>(const ServiceGroup&)>;
+
 /// Chooses a node for `g` among `members` (sorted) from their reports.
 /// `exclude`: tried in this failover. `current`: the node it runs on (a
 /// performance move must beat it). `taken`: groups given to nodes in this pass.
+/// `holders`: nodes that hold a copy of `g`'s segments, preferred by a
+/// failover among otherwise equal idle nodes.
 Choice choose(const ServiceGroup& g, Why why, std::span<const uint16_t> members,
               const std::map<uint16_t, NodeReport>& reports, const std::vector<ServiceGroup>& groups,
               uint64_t hash, const std::set<uint16_t>& exclude, std::optional<uint16_t> current,
-              const Given& taken);
+              const Given& taken, const std::set<uint16_t>& holders = {});
 
 /// A coordinator that starts, or resumes after a stall, asks every member
 /// for its report and decides on the answers (or, if some do not come, once
@@ -120,6 +130,9 @@ class Coordinator {
   std::vector<Assignment> current() const;
   const std::vector<ServiceGroup>& groups() const noexcept { return groups_; }
   uint64_t hash() const noexcept { return hash_; }
+  /// Where a group's state already is, asked when a failover chooses a
+  /// node (none set: nowhere known).
+  void set_holders(Holders holders) { holders_ = std::move(holders); }
 
  private:
   struct Track {
@@ -149,6 +162,7 @@ class Coordinator {
   uint64_t hash_;
   std::map<std::string, Track> tracks_;
   uint64_t floor_ = 0;  ///< this step's least new number
+  Holders holders_;
 };
 
 }  // namespace baton::failover

@@ -11,6 +11,8 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <iterator>
+#include <set>
 
 #include "common/log.h"
 #include "failover/codec.h"
@@ -36,7 +38,29 @@ Manager::Manager(Engine& engine, ManagerConfig config)
       config_(std::move(config)),
       runner_(Runner::Env{config_.node, config_.socket, config_.caps, config_.local}, config_.groups,
               [this](std::string text) { engine_.add_event(std::move(text)); }),
-      coordinator_(config_.node, config_.groups) {}
+      coordinator_(config_.node, config_.groups) {
+  // A failover prefers, among equals, a node that holds the group's state:
+  // the replica set of each of its segments as this node's records say
+  // (every node stores every set record). A hint only: the load there
+  // still claims and takes the newest generation wherever it is.
+  coordinator_.set_holders([this](const ServiceGroup& g) {
+    std::set<uint16_t> holders;
+    for (size_t i = 0; i < g.segments.size(); ++i) {
+      auto r = engine_.record(g.segments[i]);
+      if (!r) return std::set<uint16_t>{};
+      std::set<uint16_t> set(r->set.begin(), r->set.end());
+      if (i == 0) {
+        holders = std::move(set);
+      } else {
+        std::set<uint16_t> both;
+        std::set_intersection(holders.begin(), holders.end(), set.begin(), set.end(),
+                              std::inserter(both, both.begin()));
+        holders = std::move(both);
+      }
+    }
+    return holders;
+  });
+}
 
 Result<std::unique_ptr<Manager>> Manager::start(Engine& engine, ManagerConfig config) {
   NodeReport probe{config.node, groups_hash(config.groups), config.caps, {}};

@@ -8,7 +8,8 @@
 #  2. Its probe turns slow: after the window it moves to the only node with
 #     better capabilities (blade 4), and resumes from the last durable batch.
 #  3. Its application is SIGKILLed there: it fails over to the spare pool
-#     (blade 3), whose provision hook fails, so to the next node (blade 1),
+#     (blade 3), whose provision hook fails, so to the next node (blade 1;
+#     blade 2's hook fails too, as it may come first if it holds a replica),
 #     and resumes from the last durable batch.
 #  4. Blade 1's batond is SIGKILLed: a new coordinator moves it to blade 4.
 #  5. Every other node is made to fail: the application is killed with no
@@ -78,7 +79,7 @@ commits_past 4 "$last"
 rm -f "$dir/slow-1"
 
 echo "3. the application is killed on blade 4: the spare pool's blade 3 fails to provision, blade 1 takes it"
-touch "$dir/broken-3"
+touch "$dir/broken-3" "$dir/broken-2"
 last=$(batches 4)
 pkill -KILL -f "baton-kv --socket $chassis/blade4.sock"
 expect_at 1
@@ -89,6 +90,7 @@ decided "group kv -> node 3 (failover"
 decided "failed on node 4: the application (pid [0-9]*) \(ended: its liveness lock was released as it exited\|was killed by signal 9\)"
 decided "failed on node 3: the provision hook exited with status 1"
 decided "group kv -> node 1 (failover"
+rm -f "$dir/broken-2"
 commits_past 1 "$last"
 
 echo "4. blade 1's batond is killed: its application ends with it, and the next coordinator (blade 2) moves it to blade 4"

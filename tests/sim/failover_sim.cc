@@ -33,6 +33,7 @@ struct Node {
   bool slow = false;    ///< groups that run here turn slow
   std::map<std::string, Run> runs;
   std::map<std::string, uint64_t> latest;
+  std::map<std::string, std::set<uint16_t>> holders;  ///< what its records say of each group's state
   std::unique_ptr<Coordinator> coord;
 };
 
@@ -69,6 +70,7 @@ class World {
         if (rng_() % 3 == 0) x.caps.tags.push_back(t);
       x.caps.spare = rng_() % 3 == 0;
       x.coord = std::make_unique<Coordinator>(x.id, groups_);
+      give_holders(x);
     }
     log("world: " + std::to_string(n) + " nodes, " + std::to_string(ngroups) + " groups");
     for (const auto& g : groups_)
@@ -133,6 +135,7 @@ class World {
     x.runs.clear();
     x.latest.clear();
     x.coord = std::make_unique<Coordinator>(x.id, groups_);  // a new incarnation knows nothing
+    give_holders(x);
     log("node " + std::to_string(x.id) + " restarts");
   }
 
@@ -164,7 +167,28 @@ class World {
     } else if (k < 12) {
       loss_ = r(4) == 0 ? 50 : 0;
       log(std::string("notes ") + (loss_ ? "lost half the time" : "arrive"));
+    } else if (k < 15) {
+      // Where a group's state is, as a node's records say (a hint to the
+      // choice only: a stale or wrong one must not break an invariant).
+      const ServiceGroup& g = groups_[r(groups_.size())];
+      std::set<uint16_t> holders;
+      for (const auto& y : nodes_)
+        if (r(3) == 0) holders.insert(y.id);
+      x.holders[g.name] = holders;
+      std::string list;
+      for (uint16_t n : holders) list += " " + std::to_string(n);
+      log("node " + std::to_string(x.id) + " records " + g.name + " held by" + (list.empty() ? " none" : list));
     }
+  }
+
+  /// The coordinator at `x` asks `x`'s own idea of where each group's state is.
+  void give_holders(Node& x) {
+    x.holders.clear();
+    x.coord->set_holders([this, id = x.id](const ServiceGroup& g) {
+      const auto& held = node(id).holders;
+      auto it = held.find(g.name);
+      return it == held.end() ? std::set<uint16_t>{} : it->second;
+    });
   }
 
   /// One node hears an assignment (Runner::assigned, modelled).

@@ -123,6 +123,36 @@ TEST(Choose, StartsAtHomeAndFailsOverToTheSparePool) {
   EXPECT_EQ(choose(g, Why::kFailure, ws.members, ws.reports, ws.groups, ws.hash, {3}, std::nullopt, {}).node, 1);
 }
 
+TEST(Choose, AFailoverPrefersASpareThatHoldsTheState) {
+  ServiceGroup g = group("kv");
+  World w({g});
+  w.node(1);
+  w.node(2);
+  w.node(3, 2, 4096, true);
+  w.node(4, 2, 4096, true);
+  w.node(5, 2, 4096, true);
+  EXPECT_EQ(choose(g, Why::kFailure, w.members, w.reports, w.groups, w.hash, {}, 1, {}).node, 3)
+      << "nothing known: the lowest spare";
+  EXPECT_EQ(choose(g, Why::kFailure, w.members, w.reports, w.groups, w.hash, {}, 1, {}, {2, 4}).node, 4)
+      << "a spare that holds a copy before one that does not";
+  EXPECT_EQ(choose(g, Why::kFailure, w.members, w.reports, w.groups, w.hash, {4}, 1, {}, {2, 4}).node, 3)
+      << "the pool still before a node outside it that holds a copy";
+  EXPECT_EQ(choose(g, Why::kFailure, w.members, w.reports, w.groups, w.hash, {3, 4, 5}, 1, {}, {2, 4}).node, 2)
+      << "outside the pool, the holder before the lower id";
+  World busy({g, group("other", 1)});
+  for (uint16_t n : {1, 2, 3, 4}) busy.node(n, 2, 4096, n >= 3);
+  busy.runs(4, "other", 1, RunState::kRunning);
+  EXPECT_EQ(choose(g, Why::kFailure, busy.members, busy.reports, busy.groups, busy.hash, {}, 1, {}, {4}).node, 3)
+      << "an idle node before a busy one that holds a copy";
+  // A hot standby before a holder; a first start and a performance move do
+  // not look at holders.
+  g.standby = {5};
+  World ws({g});
+  for (uint16_t n : {1, 2, 3, 4, 5}) ws.node(n, 2, 4096, n >= 3);
+  EXPECT_EQ(choose(g, Why::kFailure, ws.members, ws.reports, ws.groups, ws.hash, {}, 1, {}, {4}).node, 5);
+  EXPECT_EQ(choose(g, Why::kStart, ws.members, ws.reports, ws.groups, ws.hash, {}, std::nullopt, {}, {4}).node, 1);
+}
+
 TEST(MakeRoom, GroupsWithMinimumsShareANodeGroupsWithoutRunAlone) {
   ServiceGroup a = group("a", 1), b = group("b", 5), c = group("c", 3), alone = group("alone", 0);
   a.min_cores = 2;
@@ -249,6 +279,27 @@ TEST_F(Coord, StartsThenFailsOverAndRetriesTheNextNode) {
   step();
   ASSERT_EQ(out.assign.size(), 1u);
   EXPECT_EQ(out.assign[0].node, 4u);
+}
+
+TEST_F(Coord, AFailoverToAHolderSaysSo) {
+  w.node(1);
+  w.node(2, 2, 4096, true);
+  w.node(3, 2, 4096, true);
+  std::vector<std::string> asked;
+  c.set_holders([&](const ServiceGroup& g) {
+    asked.push_back(g.name);
+    return std::set<uint16_t>{3};
+  });
+  step();
+  ASSERT_EQ(out.assign.size(), 1u);
+  EXPECT_EQ(out.assign[0].node, 1u);
+  EXPECT_TRUE(asked.empty()) << "a first start does not ask where the state is";
+  w.runs(1, "kv", 1, RunState::kFailed, "the application exited with status 1");
+  step();
+  ASSERT_EQ(out.assign.size(), 1u);
+  EXPECT_EQ(out.assign[0].node, 3u) << "the spare that holds the state, not the lowest";
+  EXPECT_EQ(asked, std::vector<std::string>{"kv"});
+  EXPECT_TRUE(mentions(out.events, "group kv -> node 3 (failover, holds its state, assignment 2)")) << out.events[0];
 }
 
 TEST_F(Coord, AFirstStartWaitsAWhileForItsHome) {
