@@ -712,6 +712,20 @@ Result<std::vector<ReplicaStatus>> Engine::replicas() const {
   return out;
 }
 
+void Engine::prefer_replicas_on(std::vector<uint16_t> nodes) {
+  std::sort(nodes.begin(), nodes.end());
+  nodes.erase(std::unique(nodes.begin(), nodes.end()), nodes.end());
+  for (auto& shard : shards_) {
+    auto& pref = shard->replica_preference;
+    {
+      std::lock_guard lock(pref.mu);
+      if (pref.nodes == nodes) continue;
+      pref.nodes = nodes;
+    }
+    pref.version.fetch_add(1, std::memory_order_release);
+  }
+}
+
 Result<RecordStatus> Engine::record(std::string_view name) const {
   if (auto ok = check_name(name); !ok) return tl::unexpected(ok.error());
   RecordStatus st;

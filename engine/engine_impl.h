@@ -243,6 +243,14 @@ struct Engine::Impl {
   /// Hot standbys (EngineConfig::standbys): segment id -> its standby
   /// nodes. Set at start, read-only after (any thread).
   std::unordered_map<uint64_t, std::vector<uint16_t>> standby_nodes;
+  /// Engine::prefer_replicas_on: written by any thread under its mutex,
+  /// the version bumped after; the control thread (Placer) copies the
+  /// nodes when the version moved.
+  struct ReplicaPreference {
+    std::mutex mu;
+    std::vector<uint16_t> nodes;
+    std::atomic<uint64_t> version{0};
+  } replica_preference;
   /// Whether this node keeps a hot copy of segment `id`.
   bool standby_here(uint64_t id) const noexcept {
     auto it = standby_nodes.find(id);

@@ -151,7 +151,8 @@ bool Placer::standby(uint64_t seg_id, uint16_t node) const noexcept {
 
 uint16_t Placer::pick_replica(uint64_t seg_id, const wire::ReplicaSet& nodes, bool live_only) const noexcept {
   auto score = [&](uint16_t cand) {
-    return std::make_tuple(standby(seg_id, cand), diversity(nodes, cand, 0), replica_rank(seg_id, cand));
+    return std::make_tuple(standby(seg_id, cand), diversity(nodes, cand, 0), preferred(cand),
+                           replica_rank(seg_id, cand));
   };
   const auto pl = placements_.find(seg_id);
   auto refusing = [&](uint16_t n) {
@@ -168,6 +169,11 @@ uint16_t Placer::pick_replica(uint64_t seg_id, const wire::ReplicaSet& nodes, bo
 }
 
 void Placer::step(uint64_t now, Rounds& rounds, std::vector<ControlMsg>& out) noexcept {
+  if (const uint64_t v = e_.replica_preference.version.load(std::memory_order_acquire); v != preferred_version_) {
+    std::lock_guard lock(e_.replica_preference.mu);
+    preferred_ = e_.replica_preference.nodes;
+    preferred_version_ = v;
+  }
   SegmentNews n;
   while (e_.segment_news.pop(n)) {
     switch (n.kind) {

@@ -11,6 +11,7 @@
 // and the set records' durability gate; it proposes a set record whenever
 // the slots change.
 
+#include <algorithm>
 #include <cstdint>
 #include <tuple>
 #include <unordered_map>
@@ -80,7 +81,8 @@ class Placer {
   /// The peer to hold a replica of `seg_id` next, not in `nodes`: alive
   /// (`live_only`) or at least not known to be gone, on another blade /
   /// power domain / package / NUMA node than this node and the other replicas where
-  /// possible, then by rendezvous rank; a hot standby before all; 0 if none.
+  /// possible, then a preferred one (Engine::prefer_replicas_on), then by
+  /// rendezvous rank; a hot standby before all; 0 if none.
   uint16_t pick_replica(uint64_t seg_id, const wire::ReplicaSet& nodes, bool live_only) const noexcept;
   /// Whether `node` is one of `seg_id`'s hot standbys (EngineConfig::standbys).
   bool standby(uint64_t seg_id, uint16_t node) const noexcept;
@@ -97,6 +99,11 @@ class Placer {
   const Detector& detector_;
   std::unordered_map<uint64_t, Placement> placements_;  ///< the segments this node owns, as reported
   std::unordered_map<uint16_t, PeerTags> peer_tags_;
+  std::vector<uint16_t> preferred_;  ///< Engine::prefer_replicas_on, sorted, as of `preferred_version_`
+  uint64_t preferred_version_ = 0;
+  bool preferred(uint16_t node) const noexcept {
+    return std::binary_search(preferred_.begin(), preferred_.end(), node);
+  }
   uint64_t last_ns_ = 0;  ///< the last look for replacements and moves
 };
 

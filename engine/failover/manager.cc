@@ -205,10 +205,19 @@ void Manager::tick(uint64_t now) {
   coordinating_ = coordinating;
 
   NodeReport mine = own_report();
+  std::vector<uint16_t> spares;
   {
     std::lock_guard lock(mu_);
     reports_[config_.node] = mine;
     heard_ns_[config_.node] = now;
+    for (const auto& [node, r] : reports_)
+      if (r.caps.spare) spares.push_back(node);
+  }
+  // Replicas go to the spare pool first (among peers as good for failure
+  // domains): a failover to a spare then takes its own replica over.
+  if (spares != spares_) {
+    spares_ = spares;
+    engine_.prefer_replicas_on(std::move(spares));
   }
   mine.ask = ask;
   auto note = encode_report(mine);

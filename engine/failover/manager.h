@@ -87,6 +87,7 @@ class Manager {
   bool round_said_ = true;                   ///< the round's outcome was logged
   std::vector<pid_t> alerts_;                ///< alert hooks running
   std::map<std::string, std::string> standbys_;  ///< this node's standby instances (Runner::standbys)
+  std::vector<uint16_t> spares_;             ///< the spare pool as last given to Engine::prefer_replicas_on; the thread's
   struct Metric {
     pid_t pid;
     std::string name;

@@ -530,6 +530,12 @@ class Engine {
   /// Adds a line to events() (and the log): for the daemon's own decisions.
   /// Thread: any.
   void add_event(std::string text);
+  /// Peers to put replicas on before others that spread them over as many
+  /// failure domains (hot standbys still first): batond gives its service
+  /// groups' spare pool, so that a failover there takes its own replica
+  /// over instead of fetching. A hint for sets chosen from now on; no set
+  /// moves for it. Thread: any.
+  void prefer_replicas_on(std::vector<uint16_t> nodes);
   /// Sends `bytes` (1..1024) to `peer`'s daemon, or to every peer's (0),
   /// over the backplane links: best effort, unordered, unacknowledged (a
   /// daemon's protocol on top repeats what matters). Errors:

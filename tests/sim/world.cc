@@ -146,6 +146,7 @@ class World {
     // the engines' workers then settle those snapshots in their polls
     // while the world's writes race them.
     client_pick_.seed(seed ^ 0x2545f4914f6cdd1dull);
+    prefer_pick_.seed(seed ^ 0x4cf5ad432745937full);
     if (o.cow) {
       std::mt19937_64 pick(seed ^ 0x632be59bd9b4e019ull);
       for (int i = 0; i < o.segments; ++i)
@@ -236,6 +237,12 @@ class World {
   void start(int n, std::vector<std::vector<std::unique_ptr<Link>>> links) {
     auto e = Engine::start_sharded(config(n), std::move(links));
     if (!e) throw Violation{"engine " + std::to_string(n) + " did not start: " + e.error().to_string()};
+    // batond's failover manager names its spare pool (Engine::prefer_replicas_on):
+    // a random one per incarnation, from a generator of its own.
+    std::vector<uint16_t> preferred;
+    for (int p = 1; p <= o_.nodes; ++p)
+      if (prefer_pick_() % 3 == 0) preferred.push_back(static_cast<uint16_t>(p));
+    (*e)->prefer_replicas_on(std::move(preferred));
     engines_[n - 1] = std::move(*e);
   }
 
@@ -1147,6 +1154,7 @@ class World {
 
   Options o_;
   std::mt19937_64 rng_;
+  std::mt19937_64 prefer_pick_;  ///< each incarnation's preferred replica holders
   std::vector<EngineConfig::Standby> standbys_;
   std::vector<EngineConfig::SegmentSnapshot> cow_modes_;
   std::mt19937_64 client_pick_;  ///< which starts run as a daemon-mode client (attach_client)

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <map>
 #include <thread>
 
 #include "../../common/cluster.h"
@@ -242,6 +243,35 @@ TEST(Placement, ReplicasAvoidTheOwnersPowerDomain) {
   for (Segment* seg : segs)
     ASSERT_TRUE(eventually([&] { return test::must(cl.node(1).status(seg)).replicas.at(0).first == 4; }))
         << "replica left on node " << test::must(cl.node(1).status(seg)).replicas.at(0).first;
+}
+
+// A failover's spare pool (Engine::prefer_replicas_on): among peers that
+// spread the replicas as well, the preferred ones first, whatever the
+// rendezvous rank says; failure domains still come before it.
+TEST(Placement, PreferredPeersTakeReplicasAmongEquals) {
+  EngineConfig c = fast_detector();
+  c.replication_factor = 1;
+  Cluster cl(4, c, 16384, [](int node, EngineConfig& cfg) { cfg.power_domain = node <= 2 ? 1 : 2; });
+  ASSERT_TRUE(eventually([&] { return cl.node(1).view().members.size() == 4 && cl.node(1).view().agreed; }));
+  std::map<uint16_t, int> before;
+  for (int i = 0; i < 16; ++i) {
+    auto seg = test::must(cl.node(1).create("ranked-" + std::to_string(i), 4096));
+    ++before[test::must(cl.node(1).status(seg)).replicas.at(0).first];
+  }
+  ASSERT_GT(before[3], 0) << "the rank alone puts some on node 3 (else this proves nothing)";
+  ASSERT_GT(before[4], 0) << "the rank alone puts some on node 4 (else this proves nothing)";
+  cl.node(1).prefer_replicas_on({4});
+  for (int i = 0; i < 16; ++i) {
+    auto seg = test::must(cl.node(1).create("preferred-" + std::to_string(i), 4096));
+    EXPECT_EQ(test::must(cl.node(1).status(seg)).replicas.at(0).first, 4) << "segment " << i;
+  }
+  // A preferred peer in the owner's power domain does not beat the other domain.
+  cl.node(1).prefer_replicas_on({2});
+  for (int i = 0; i < 8; ++i) {
+    auto seg = test::must(cl.node(1).create("domain-" + std::to_string(i), 4096));
+    const uint16_t replica = test::must(cl.node(1).status(seg)).replicas.at(0).first;
+    EXPECT_TRUE(replica == 3 || replica == 4) << "segment " << i << " placed on node " << replica;
+  }
 }
 
 // #11 item 4, S12 on a CC-NUMA server: four nodes of one blade on a
