@@ -377,7 +377,7 @@ int baton_await_promotion(int timeout_ms) {
 }
 
 const char* baton_strerror(int err) {
-  if (err > 0 || err < BATON_EINTERNAL) return "unknown error";
+  if (err > 0 || err < BATON_EPERM) return "unknown error";
   return baton::errc_name(static_cast<Errc>(-err));
 }
 

@@ -16,6 +16,7 @@ const char* errc_name(Errc code) noexcept {
     case Errc::kFenced: return "fenced (ownership moved to a newer epoch)";
     case Errc::kBusy: return "busy";
     case Errc::kInternal: return "internal error";
+    case Errc::kPermission: return "permission denied";
   }
   return "unknown error";
 }

@@ -68,6 +68,23 @@ Result<std::unique_ptr<Client>> Client::connect(const std::string& path) {
   std::strncpy(addr.sun_path, path.c_str(), sizeof addr.sun_path - 1);
   if (::connect(c->fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0)
     return fail(Errc::kUnavailable, "no batond at ", path, ": ", std::strerror(errno));
+  // batond accepts every connection and refuses some at once (a user it
+  // does not let in, too many applications), saying why: ask now, so that
+  // a refusal is this call's error rather than the first request's. A
+  // batond too busy or stopped to answer within a moment lets the
+  // connection go ahead; its answer is read before the next request's,
+  // and a refusal then is every later call's error.
+  Request hello{};
+  hello.magic = kMagic;
+  hello.version = kVersion;
+  hello.op = static_cast<uint16_t>(Op::kHello);
+  auto greeted = c->call(hello, nullptr, nullptr, kHelloPatienceNs);
+  if (!greeted) {
+    if (greeted.error().code != Errc::kTimeout) return tl::unexpected(greeted.error());
+    c->hello_unanswered_ = true;
+  } else if (greeted->status != 0 && greeted->status != BATON_EINVAL) {  // (EINVAL: a batond older than kHello)
+    return tl::unexpected(error_of(*greeted));
+  }
   hold_liveness();  // an application the failover runner started: its death is seen at once
   if (const char* t = std::getenv("BATON_COMMIT_TIMEOUT_MS"); t != nullptr && std::strtoull(t, nullptr, 10) > 0)
     c->commit_timeout_ns_ = std::strtoull(t, nullptr, 10) * 1'000'000;
@@ -93,6 +110,7 @@ bool Client::owns(const ClientSegment* s) const noexcept {
 
 Result<Reply> Client::call(const Request& r, std::vector<int>* fds, std::string* text, uint64_t patience_ns) {
   const uint64_t deadline = patience_ns == 0 ? 0 : now_ns() + patience_ns;
+  if (refused_) return tl::unexpected(*refused_);
   // Answers to calls that gave up on a stalled batond come first (batond
   // answers a connection's requests in order, each once): read and drop
   // them, with whatever descriptors they carry.
@@ -103,6 +121,13 @@ Result<Reply> Client::call(const Request& r, std::vector<int>* fds, std::string*
     auto late = receive(nullptr, nullptr);
     if (!late) return late;
     --unanswered_;
+    if (hello_unanswered_) {  // the first owed answer: the connection's own
+      hello_unanswered_ = false;
+      if (late->status != 0 && late->status != BATON_EINVAL) {
+        refused_ = error_of(*late);
+        return tl::unexpected(*refused_);
+      }
+    }
   }
   if (send(fd_, &r, sizeof r, MSG_NOSIGNAL) != static_cast<ssize_t>(sizeof r)) {
     const int err = errno;
@@ -111,7 +136,8 @@ Result<Reply> Client::call(const Request& r, std::vector<int>* fds, std::string*
     Reply refusal{};
     if (recv(fd_, &refusal, sizeof refusal, MSG_DONTWAIT) == static_cast<ssize_t>(sizeof refusal) &&
         refusal.magic == kMagic && refusal.status != 0) {
-      return tl::unexpected(error_of(refusal));
+      refused_ = error_of(refusal);
+      return tl::unexpected(*refused_);
     }
     return fail(Errc::kUnavailable, "batond went away: ", std::strerror(err));
   }

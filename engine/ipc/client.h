@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <thread>
 #include <span>
 #include <string>
@@ -134,6 +135,12 @@ class Client {
   int fd_ = -1;
   /// Answers still owed by batond to calls that stopped waiting for them.
   uint32_t unanswered_ = 0;
+  /// How long connect() waits for batond to let the connection in.
+  static constexpr uint64_t kHelloPatienceNs = 2'000'000'000;
+  /// The first of those is connect()'s hello: a refusal there is kept.
+  bool hello_unanswered_ = false;
+  /// batond refused this connection: every call's error.
+  std::optional<Error> refused_;
   /// How long a commit waits for batond to take it before withdrawing it
   /// (BATON_COMMIT_TIMEOUT_MS; 30 s).
   uint64_t commit_timeout_ns_ = 30'000'000'000;

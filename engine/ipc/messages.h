@@ -72,6 +72,10 @@ enum class Op : uint16_t {
   /// root or batond's user): its open of the name, when it comes soon,
   /// gets this one's result at once.
   kLoadFor = 12,
+  /// A connection's first request (Client::connect): answered at once, so
+  /// that a connection batond refuses (client.user / client.group, too
+  /// many applications) fails at connect with the reason.
+  kHello = 13,
 };
 
 struct Request {

@@ -193,7 +193,8 @@ void Server::accept_clients() {
     if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0 || !allowed(cred.uid, cred.gid)) {
       ++counters_.refused_credentials;
       BT_WARN("refused client pid %d uid %u: not allowed by client.user/client.group", cred.pid, cred.uid);
-      refuse(fd, reply_error(BATON_EINVAL, "permission denied: uid not allowed by this daemon"));
+      refuse(fd, reply_error(BATON_EPERM, "uid " + std::to_string(cred.uid) +
+                                              " is not let in by this batond (client.user / client.group)"));
       continue;
     }
     // At the limit, sessions of applications that just left may still be
@@ -495,13 +496,17 @@ void Server::on_request(Session& s, const char* buf, size_t n) {
       // administrator (root, batond's user) may ask for one.
       if (s.uid != 0 && s.uid != geteuid()) {
         ++counters_.bad_requests;
-        rep = reply_error(BATON_EINVAL, "only an administrator (root or batond's user) takes a segment over for an "
+        rep = reply_error(BATON_EPERM, "only an administrator (root or batond's user) takes a segment over for an "
                                         "application (batonctl load); an application loads with baton_load");
       } else {
         rep = open_segment(s, r, fds);
       }
       break;
     case Op::kLoadFor: rep = load_for(s, r); break;
+    case Op::kHello:
+      rep = Reply{};
+      rep.magic = kMagic;
+      break;
     case Op::kWait: rep = wait(s, r); break;
     case Op::kClose: rep = close_segment(s, r); break;
     case Op::kDelete: rep = delete_segment(s, r); break;
@@ -734,7 +739,7 @@ Reply Server::load_for(Session& s, const Request& r) {
   // user): an application may load only for itself.
   if (s.uid != 0 && s.uid != geteuid()) {
     ++counters_.bad_requests;
-    return reply_error(BATON_EINVAL, "only batond's failover manager or an administrator loads a segment for "
+    return reply_error(BATON_EPERM, "only batond's failover manager or an administrator loads a segment for "
                                      "another application");
   }
   const std::string name(r.name, r.name_len);

@@ -35,6 +35,8 @@ enum baton_error {
   BATON_EFENCED = -9,    /* ownership moved to a newer owner epoch */
   BATON_EBUSY = -10,
   BATON_EINTERNAL = -11,
+  BATON_EPERM = -12,     /* this user may not: not let in by batond's client.user / client.group, or a request
+                            only an administrator (root, batond's user) may make */
 };
 
 #define BATON_NAME_MAX 63

@@ -23,6 +23,7 @@ enum class Errc : int {
   kFenced = 9,           ///< a newer owner epoch exists: this node lost ownership
   kBusy = 10,            ///< the resource is in use; try again
   kInternal = 11,
+  kPermission = 12,      ///< this user may not: batond's client.user / client.group, or an administrator's request
 };
 
 /// A short name for an error code ("invalid argument").

@@ -729,7 +729,7 @@ TEST(Hostile, OnlyAnAdministratorTakesASegmentOver) {
   ASSERT_EQ(waitpid(child, &status, 0), child);
   ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "the unprivileged client could not ask: " << status;
   ASSERT_EQ(n, static_cast<ssize_t>(sizeof got));
-  EXPECT_EQ(got[0], BATON_EINVAL) << "a take-over by nobody";
+  EXPECT_EQ(got[0], BATON_EPERM) << "a take-over by nobody";
   EXPECT_EQ(got[1], 0) << "descriptors handed to nobody's take-over";
   EXPECT_EQ(got[2], 0) << "nobody's own open";
   // Root may: the segment is still there and free.
@@ -738,6 +738,65 @@ TEST(Hostile, OnlyAnAdministratorTakesASegmentOver) {
   EXPECT_EQ(rep.status, 0) << rep.message;
   EXPECT_EQ(rep.generation, gen);
   EXPECT_TRUE(alive(d));
+}
+
+// A user batond does not let in (client.user / client.group) is refused at
+// connect, with its own code and the reason; root is served meanwhile.
+TEST(Hostile, AUserNotLetInIsRefusedAtConnect) {
+  TempDir dir;
+  Batond d(1, dir.path);  // no client.user: root and batond's user only
+  ASSERT_EQ(chmod(dir.path.c_str(), 0711), 0);
+  ASSERT_EQ(chmod(d.socket().c_str(), 0666), 0);
+  int pipe_fds[2];
+  ASSERT_EQ(pipe(pipe_fds), 0);
+  const pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    close(pipe_fds[0]);
+    if (setgroups(0, nullptr) != 0 || setgid(65534) != 0 || setuid(65534) != 0) _exit(2);
+    baton_t* b = nullptr;
+    const int rc = baton_connect(d.socket().c_str(), &b);
+    char out[200] = {};
+    std::snprintf(out, sizeof out, "%d %d %s", rc, b == nullptr, baton_last_error());
+    _exit(write(pipe_fds[1], out, sizeof out) == sizeof out ? 0 : 4);
+  }
+  close(pipe_fds[1]);
+  char got[200] = {};
+  const ssize_t n = read(pipe_fds[0], got, sizeof got);
+  close(pipe_fds[0]);
+  int status = 0;
+  ASSERT_EQ(waitpid(child, &status, 0), child);
+  ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "the unprivileged client could not ask: " << status;
+  ASSERT_EQ(n, static_cast<ssize_t>(sizeof got));
+  const std::string said(got);
+  EXPECT_EQ(said.rfind(std::to_string(BATON_EPERM) + " 1 ", 0), 0u) << said;
+  EXPECT_NE(said.find("client.user"), std::string::npos) << said;
+  EXPECT_STREQ(baton_strerror(BATON_EPERM), "permission denied");
+  expect_serves(d, "roots");
+}
+
+// A batond stopped (SIGSTOP) when an application connects: the connect
+// goes ahead after a moment instead of waiting for it, and once batond
+// runs again the connection serves (its late greeting is not taken for
+// the first request's answer).
+TEST(Hostile, AConnectToAStoppedBatondGoesAheadAndServesOnceItRuns) {
+  TempDir dir;
+  Batond d(1, dir.path);
+  ASSERT_EQ(kill(d.pid(), SIGSTOP), 0);
+  baton_t* b = nullptr;
+  const auto t0 = std::chrono::steady_clock::now();
+  const int rc = baton_connect(d.socket().c_str(), &b);
+  const auto waited = std::chrono::steady_clock::now() - t0;
+  ASSERT_EQ(kill(d.pid(), SIGCONT), 0);
+  ASSERT_EQ(rc, 0) << baton_last_error();
+  EXPECT_LT(waited, std::chrono::seconds(10)) << "the connect waited for the stopped batond";
+  baton_segment_t* s = nullptr;
+  ASSERT_EQ(baton_open(b, "after-stop", 4096, &s, nullptr, nullptr), 0) << baton_last_error();
+  std::memset(baton_segment_data(s), 7, 4096);
+  uint64_t g = 0;
+  EXPECT_EQ(baton_commit(s, &g), 0) << baton_last_error();
+  EXPECT_EQ(g, 1u);
+  baton_stop(b);
 }
 
 // SOCK_SEQPACKET reads an empty message as it reads the end of the
@@ -820,23 +879,22 @@ TEST(Hostile, PerApplicationLimitsGiveAClearError) {
   baton_t* c = nullptr;
   ASSERT_EQ(baton_connect(d.socket().c_str(), &c), 0);
   baton_t* extra = nullptr;
-  ASSERT_EQ(baton_connect(d.socket().c_str(), &extra), 0);  // connect succeeds; the daemon refuses it
-  baton_segment_t* t = nullptr;
-  EXPECT_EQ(baton_open(extra, "four", 4096, &t, nullptr, nullptr), BATON_EBUSY);
+  // The daemon refuses the connection, and the connect says so.
+  EXPECT_EQ(baton_connect(d.socket().c_str(), &extra), BATON_EBUSY);
+  EXPECT_EQ(extra, nullptr);
   EXPECT_NE(std::string(baton_last_error()).find("max_clients"), std::string::npos) << baton_last_error();
-  baton_stop(extra);
   baton_stop(c);
-  // A slot freed is a slot usable.
+  // A slot freed is a slot usable (once batond has seen it go).
   baton_t* again = nullptr;
-  ASSERT_EQ(baton_connect(d.socket().c_str(), &again), 0);
   baton_segment_t* u = nullptr;
   int rc = BATON_EBUSY;
   for (int i = 0; i < 100 && rc == BATON_EBUSY; ++i) {
-    rc = baton_open(again, "four", 4096, &u, nullptr, nullptr);
+    rc = baton_connect(d.socket().c_str(), &again);
+    if (rc == 0) rc = baton_open(again, "four", 4096, &u, nullptr, nullptr);
     if (rc == BATON_EBUSY) {
       baton_stop(again);
+      again = nullptr;
       usleep(10000);
-      ASSERT_EQ(baton_connect(d.socket().c_str(), &again), 0);
     }
   }
   EXPECT_EQ(rc, 0) << baton_last_error();
