@@ -278,9 +278,8 @@ Result<std::unique_ptr<Engine::Impl>> Engine::Impl::prepare(const EngineConfig& 
   if (impl->memory_node >= 0)
     for (auto& link : links) link->place(impl->memory_node);
   impl->links = std::move(links);
-  const bool spin = config.idle == IdlePolicy::kSpin;
-  impl->heartbeat_ns = uint64_t{config.heartbeat_interval_us ? config.heartbeat_interval_us : (spin ? 100u : 5000u)} * 1000;
-  impl->failure_ns = uint64_t{config.failure_timeout_us ? config.failure_timeout_us : (spin ? 500u : 150'000u)} * 1000;
+  impl->heartbeat_ns = uint64_t{config.heartbeat_us()} * 1000;
+  impl->failure_ns = uint64_t{config.failure_us()} * 1000;
   if (impl->failure_ns < 2 * impl->heartbeat_ns)
     return fail(Errc::kInvalidArgument, "failure_timeout_us must be at least twice heartbeat_interval_us");
   impl->incarnation = impl->clock_ns();

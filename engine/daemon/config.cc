@@ -3,6 +3,8 @@
 #include <grp.h>
 #include <pwd.h>
 
+#include <algorithm>
+#include <filesystem>
 #include <fstream>
 #include <set>
 #include <sstream>
@@ -152,7 +154,9 @@ Result<DaemonConfig> parse_daemon_config(std::string_view text, std::string_view
   TRY(id, r.integer(node["id"], "node.id", 1, 65534, std::nullopt));
   c.engine.node_id = static_cast<uint16_t>(id);
   TRY(name, r.string(node["name"], "node.name", "node" + std::to_string(id)));
-  if (name.empty() || name.size() > 63) return tl::unexpected(r.error("node.name", "must be 1..63 characters"));
+  if (name.empty() || name.size() > 63 ||
+      !std::all_of(name.begin(), name.end(), [](unsigned char ch) { return ch >= 0x20 && ch < 0x7f; }))
+    return tl::unexpected(r.error("node.name", "must be 1..63 printable characters"));
   c.name = name;
   TRY(cores, r.integer(node["cores"], "node.cores", 0, 4096, 0));
   c.cores = static_cast<uint32_t>(cores);
@@ -218,6 +222,13 @@ Result<DaemonConfig> parse_daemon_config(std::string_view text, std::string_view
       c.engine.direct_reads = *direct.value<bool>();
     }
   }
+  // As the engine takes them (0: by idle policy): a peer must be able to
+  // miss a heartbeat before it counts as dead.
+  if (c.engine.failure_us() < 2 * uint64_t{c.engine.heartbeat_us()})
+    return tl::unexpected(r.error("engine.failure_timeout_us",
+                                  "is " + std::to_string(c.engine.failure_us()) +
+                                      " us; it must be at least twice engine.heartbeat_us (" +
+                                      std::to_string(c.engine.heartbeat_us()) + " us)"));
 
   const auto client = root["client"];
   if (!client.is_table()) return tl::unexpected(r.error("client", "the [client] table is required"));
@@ -486,11 +497,43 @@ Result<DaemonConfig> parse_daemon_config(std::string_view text, std::string_view
 }
 
 Result<DaemonConfig> load_daemon_config(const std::string& path) {
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec)) return fail(Errc::kInvalidArgument, path, ": is a directory, not a config file");
   std::ifstream in(path);
   if (!in) return fail(Errc::kIo, path, ": cannot read");
   std::stringstream ss;
   ss << in.rdbuf();
   return parse_daemon_config(ss.str(), path);
+}
+
+Result<void> check_daemon_host(const DaemonConfig& c, std::string_view source) {
+  auto error = [&](const std::string& field, const std::string& why) {
+    return fail(Errc::kInvalidArgument, std::string(source), ": ", field, ": ", why);
+  };
+  auto topology = Topology::load(c.engine.topology);
+  if (!topology)
+    return error(c.engine.topology.empty() ? "engine" : "engine.topology",
+                 "cannot read this machine's topology: " + topology.error().message);
+  auto cpus = [&] {
+    std::string s;
+    for (const auto& n : topology->numa_nodes)
+      for (int cpu : n.cpus) s += (s.empty() ? "" : ",") + std::to_string(cpu);
+    return s;
+  };
+  for (int cpu : c.engine.workers)
+    if (cpu >= 0 && !topology->has_cpu(cpu))
+      return error("engine.workers", "CPU " + std::to_string(cpu) + " does not exist here (CPUs " + cpus() + ")");
+  if (c.engine.worker_cpu >= 0 && !topology->has_cpu(c.engine.worker_cpu))
+    return error("engine.worker_cpu",
+                 "CPU " + std::to_string(c.engine.worker_cpu) + " does not exist here (CPUs " + cpus() + ")");
+  if (c.engine.numa_node >= 0 && !topology->has_numa_node(c.engine.numa_node))
+    return error("engine.numa_node", "NUMA node " + std::to_string(c.engine.numa_node) + " does not exist here (" +
+                                         topology->summary() + ")");
+  const std::filesystem::path dir = std::filesystem::path(c.socket_path).parent_path();
+  std::error_code ec;
+  if (!std::filesystem::is_directory(dir, ec))
+    return error("client.socket", "its directory " + dir.string() + " does not exist");
+  return {};
 }
 
 std::vector<int> default_workers(const Topology& topology, const std::vector<int>& link_nodes) {

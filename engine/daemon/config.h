@@ -86,6 +86,12 @@ Result<DaemonConfig> parse_daemon_config(std::string_view text, std::string_view
 /// Reads and parses a config file. Errors: kIo (unreadable), kInvalidArgument.
 Result<DaemonConfig> load_daemon_config(const std::string& path);
 
+/// What a config asks of this machine, checked without starting anything
+/// (batond --check, and batond before it starts): its topology readable,
+/// the worker CPUs and NUMA node present, the client socket's directory
+/// there. Errors: kInvalidArgument with "source: field: reason". Thread: any.
+Result<void> check_daemon_host(const DaemonConfig& config, std::string_view source);
+
 struct Topology;
 /// batond's default shards when the config names no workers (issue #11):
 /// one per NUMA node that has a link (`link_nodes`: each link's device's

@@ -88,6 +88,14 @@ struct EngineConfig {
   /// policy: 500 us when spinning (sub-millisecond detection), 150 ms in
   /// adaptive mode (no false alarms when engines share cores and sleep).
   uint32_t failure_timeout_us = 0;
+  /// The two as the engine takes them (0 picked by idle policy); the
+  /// failure timeout must be at least twice the heartbeat.
+  uint32_t heartbeat_us() const noexcept {
+    return heartbeat_interval_us != 0 ? heartbeat_interval_us : idle == IdlePolicy::kSpin ? 100u : 5000u;
+  }
+  uint32_t failure_us() const noexcept {
+    return failure_timeout_us != 0 ? failure_timeout_us : idle == IdlePolicy::kSpin ? 500u : 150'000u;
+  }
   /// Global storage (S7): replicas also write every published generation
   /// here (a shared file system in production); a load falls back to it when
   /// no replica is alive. Empty: off.

@@ -204,7 +204,7 @@ int main(int argc, char** argv) {
   auto* up = ch->add_subcommand("up", "start the blades");
   up->add_option("--blades", chassis.blades, "number of blades (2..16)");
   auto* replicas = up->add_option("--replicas", chassis.replication_factor, "replication factor (default 2, 1 with two blades)");
-  up->add_option("--dir", chassis.dir, "where configs, sockets, pids and logs go");
+  up->add_option("--dir", chassis.dir, "where configs, sockets, pids and logs go")->capture_default_str();
   up->add_option("--transport", chassis.transport,
                  "memif, af_packet (veth pairs between network namespaces), shm (regions in /dev/shm), or mixed "
                  "(blades two by two one server: shm inside, memif between)");
@@ -225,23 +225,23 @@ int main(int argc, char** argv) {
   up->add_flag("--stream-fetches", stream_fetches,
                "shm links: stream every fetch through the rings instead of reading a peer's lent slot directly");
   auto* down = ch->add_subcommand("down", "stop the blades and remove their files");
-  down->add_option("--dir", chassis.dir, "the chassis directory");
+  down->add_option("--dir", chassis.dir, "the chassis directory")->capture_default_str();
   int fault_blade = 0, loss = 100, backplane = 0;
   std::vector<int> fault_peers;
   auto* cfault = ch->add_subcommand("fault", "drop frames between a blade and its peers (af_packet chassis; nftables)");
-  cfault->add_option("--dir", chassis.dir, "the chassis directory");
+  cfault->add_option("--dir", chassis.dir, "the chassis directory")->capture_default_str();
   cfault->add_option("--blade", fault_blade, "the blade whose links fail")->required();
   cfault->add_option("--peer", fault_peers, "only the links to these blades (default: all)");
   cfault->add_option("--loss", loss, "percent of frames dropped each way; 100 (default) partitions");
   cfault->add_option("--backplane", backplane, "only this backplane (1 or 2; default: every one)");
   int restart_blade = 0;
   auto* crestart = ch->add_subcommand("restart", "start a blade whose batond died (a new, empty incarnation)");
-  crestart->add_option("--dir", chassis.dir, "the chassis directory");
+  crestart->add_option("--dir", chassis.dir, "the chassis directory")->capture_default_str();
   crestart->add_option("--blade", restart_blade, "the blade to start")->required();
   auto* cheal = ch->add_subcommand("heal", "remove every fault");
-  cheal->add_option("--dir", chassis.dir, "the chassis directory");
+  cheal->add_option("--dir", chassis.dir, "the chassis directory")->capture_default_str();
   auto* cst = ch->add_subcommand("status", "which blades run");
-  cst->add_option("--dir", chassis.dir, "the chassis directory");
+  cst->add_option("--dir", chassis.dir, "the chassis directory")->capture_default_str();
   cst->add_flag("--json", json_out, "machine-readable output");
 
   baton::ctl::DemoConfig demo;

@@ -50,6 +50,10 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "batond: %s\n", cfg.error().message.c_str());
     return 2;
   }
+  if (auto host = baton::check_daemon_host(*cfg, config_path); !host) {
+    std::fprintf(stderr, "batond: %s\n", host.error().message.c_str());
+    return 2;
+  }
   if (check) {
     std::printf("%s: ok (node %u \"%s\", %zu links)\n", config_path.c_str(), cfg->engine.node_id, cfg->name.c_str(),
                 cfg->links.size());

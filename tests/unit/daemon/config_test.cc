@@ -327,6 +327,12 @@ INSTANTIATE_TEST_SUITE_P(
         Bad{"[node]\nid = \"one\"\n[client]\nsocket = \"/tmp/b.sock\"\n", "node.id: must be an integer"},
         Bad{"[node]\nid = 1\nidd = 2\n[client]\nsocket = \"/tmp/b.sock\"\n", "node.idd: unknown key"},
         Bad{"[node]\nid = 1\n", "client: the [client] table is required"},
+        Bad{"[node]\nid = 1\nname = \"blade\\n\\u0007\"\n[client]\nsocket = \"/tmp/b.sock\"\n",
+            "node.name: must be 1..63 printable characters"},
+        Bad{NODE_AND("[engine]\nheartbeat_us = 100000\nfailure_timeout_us = 1000\n"),
+            "engine.failure_timeout_us: is 1000 us; it must be at least twice engine.heartbeat_us (100000 us)"},
+        Bad{NODE_AND("[engine]\nheartbeat_us = 100000\n"),
+            "engine.failure_timeout_us: is 150000 us; it must be at least twice engine.heartbeat_us (100000 us)"},
         Bad{"[node]\nid = 1\n[client]\nsocket = \"relative.sock\"\n", "client.socket: must be an absolute path"},
         Bad{"[node]\nid = 1\n[client]\nsocket = \"/tmp/b.sock\"\nmax_clients_per_process = 0\n",
             "client.max_clients_per_process: must be 1..4096"},
@@ -398,6 +404,38 @@ TEST(DaemonConfig, UnreadableFile) {
   auto c = load_daemon_config("/nonexistent/baton.toml");
   ASSERT_FALSE(c);
   EXPECT_EQ(c.error().code, Errc::kIo);
+  auto dir = load_daemon_config("/tmp");
+  ASSERT_FALSE(dir);
+  EXPECT_NE(dir.error().message.find("/tmp: is a directory"), std::string::npos) << dir.error().message;
+}
+
+// batond --check also checks what a config asks of this machine, which
+// batond would otherwise find only as it starts.
+TEST(DaemonConfig, TheHostCheckNamesWhatThisMachineLacks) {
+  auto check = [](const std::string& rest) {
+    auto c = parse_daemon_config("[node]\nid = 1\n[client]\nsocket = \"/tmp/b.sock\"\n" + rest, "host.toml");
+    EXPECT_TRUE(c) << c.error().message;
+    return check_daemon_host(*c, "host.toml");
+  };
+  EXPECT_TRUE(check("")) << "the minimal file on this machine";
+  EXPECT_TRUE(check("[engine]\nworkers = [0]\nnuma_node = 0\n"));
+  auto expect = [&](const std::string& rest, const std::string& says) {
+    auto r = check(rest);
+    ASSERT_FALSE(r) << rest;
+    EXPECT_EQ(r.error().code, Errc::kInvalidArgument);
+    EXPECT_NE(r.error().message.find(says), std::string::npos) << r.error().message;
+    EXPECT_EQ(r.error().message.rfind("host.toml: ", 0), 0u) << r.error().message;
+  };
+  expect("[engine]\nworkers = [0, 999]\n", "engine.workers: CPU 999 does not exist here (CPUs ");
+  expect("[engine]\nworker_cpu = 999\n", "engine.worker_cpu: CPU 999 does not exist here");
+  expect("[engine]\nnuma_node = 77\n", "engine.numa_node: NUMA node 77 does not exist here");
+  expect("[engine]\ntopology = \"garbage:::\"\n", "engine.topology: cannot read this machine's topology");
+  auto c = parse_daemon_config("[node]\nid = 1\n[client]\nsocket = \"/nonexistent/dir/b.sock\"\n", "host.toml");
+  ASSERT_TRUE(c);
+  auto r = check_daemon_host(*c, "host.toml");
+  ASSERT_FALSE(r);
+  EXPECT_NE(r.error().message.find("client.socket: its directory /nonexistent/dir does not exist"), std::string::npos)
+      << r.error().message;
 }
 
 }  // namespace

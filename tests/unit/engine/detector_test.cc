@@ -133,8 +133,11 @@ TEST(Detector, AViewChangeIsToldOnEveryLinkAtOnce) {
   EXPECT_LE(f.d.next_due_ns(), 101 * kMs) << "heartbeats are due now, 4 ms early";
   f.step(101 * kMs, 101 * kMs);
   EXPECT_EQ(f.count(ControlMsg::Kind::kHeartbeat), 3);
-  for (const ControlMsg& m : f.out)
-    if (m.kind == ControlMsg::Kind::kHeartbeat) EXPECT_EQ(m.view_digest, f.d.view().digest());
+  for (const ControlMsg& m : f.out) {
+    if (m.kind == ControlMsg::Kind::kHeartbeat) {
+      EXPECT_EQ(m.view_digest, f.d.view().digest());
+    }
+  }
   EXPECT_EQ(f.d.next_due_ns(), 106 * kMs) << "then every interval again";
 }
 
