@@ -331,6 +331,9 @@ Result<DaemonConfig> parse_daemon_config(std::string_view text, std::string_view
         return tl::unexpected(r.error(where + ".driver", "unknown driver \"" + driver + "\" (ethdev or shm)"));
       TRY(device, r.string(lv["device"], where + ".device", std::nullopt));
       if (device.empty()) return tl::unexpected(r.error(where + ".device", "is empty"));
+      if (driver == "shm" && device.front() != '/')
+        return tl::unexpected(r.error(where + ".device", "a shm link's region must be an absolute path (got \"" +
+                                                             device + "\")"));
       if (!devices.insert(device).second)
         return tl::unexpected(r.error(where + ".device", "is already another link's device"));
       TRY(max_frame, r.integer(lv["max_frame"], where + ".max_frame", 1024, 65000, 0));

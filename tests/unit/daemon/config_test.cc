@@ -359,6 +359,8 @@ INSTANTIATE_TEST_SUITE_P(
             "link[1].device: is already another link's device"},
         Bad{NODE_AND("[[link]]\npeer = 2\ndriver = \"pigeon\"\ndevice = \"x\"\n"), "link[0].driver: unknown driver"},
         Bad{NODE_AND("[[link]]\npeer = 2\n"), "link[0].device: is required"},
+        Bad{NODE_AND("[[link]]\npeer = 2\ndriver = \"shm\"\ndevice = \"region\"\n"),
+            "link[0].device: a shm link's region must be an absolute path"},
         Bad{NODE_AND("[storage]\ndir = \"relative\"\n"), "storage.dir: must be an absolute path"},
         Bad{NODE_AND("[storage]\ndir = \"/x\"\nkeep = 0\n"), "storage.keep: must be 1..1000"},
         Bad{NODE_AND("[membership]\nsource = \"gossip\"\n"), "membership.source: must be backplane or corosync"},
