@@ -33,7 +33,9 @@
 // restarted where it failed, unless that node left.
 // Every candidate's verdict is kept, for the event that reports a decision.
 //
-// No I/O and no clock: time is passed in. Thread: the failover manager's.
+// No I/O and no clock: time is passed in, and where a group's state lies is
+// asked of the Holders it was given (set_holders). Thread: the failover
+// manager's.
 
 #include <cstdint>
 #include <functional>
