@@ -208,11 +208,6 @@ Result<void> Engine::wait_replicated(Segment* segment, uint64_t generation, uint
   Segment* seg = nullptr;
   auto valid = impl->table.with(segment, [&](Segment* s) -> Result<void> {
     if (s == nullptr) return fail(Errc::kInvalidArgument, "unknown segment handle");
-    // A node with no peers makes segments with no replica slots: nothing
-    // of them can ever be held by a majority.
-    if (k == kDurable && s->replicas.empty())
-      return fail(Errc::kUnavailable, "segment ", s->name,
-                  " has no replicas (this node had no peers when it was made): no generation of it can be durable");
     if (k != kDurable && k > s->replicas.size())
       return fail(Errc::kInvalidArgument, "asked for ", std::to_string(k), " replicas; the segment has ",
                   std::to_string(s->replicas.size()));

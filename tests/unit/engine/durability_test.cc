@@ -420,24 +420,6 @@ TEST(DurabilityApi, NewCallsRefuseBadInput) {
   EXPECT_EQ(rec.set, std::vector<uint16_t>{2});
 }
 
-// A lone node (no peers) commits, but nothing of it can become durable:
-// a durable wait says so at once instead of waiting out its timeout.
-TEST(DurabilityApi, ALoneNodesDurableWaitFailsAtOnce) {
-  EngineConfig c;
-  c.node_id = 1;
-  auto e = test::must(Engine::start(c, {}));
-  auto seg = test::must(e->create("alone", 4096));
-  const uint64_t g = test::must(e->commit(seg));
-  const auto t0 = std::chrono::steady_clock::now();
-  auto r = e->wait_replicated(seg, g, kDurable, std::chrono::seconds(60));
-  ASSERT_FALSE(r);
-  EXPECT_EQ(r.error().code, Errc::kUnavailable);
-  EXPECT_NE(r.error().message.find("no generation of it can be durable"), std::string::npos) << r.error().message;
-  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(30)) << "it waited for what cannot come";
-  EXPECT_EQ(e->wait_replicated(seg, g, 1, std::chrono::seconds(1)).error().code, Errc::kInvalidArgument)
-      << "one replica of none";
-}
-
 TEST(DurabilityApi, SimulationHooksMustBeComplete) {
   auto hooks = std::make_shared<SimulationHooks>();
   hooks->now = [] { return uint64_t{1}; };  // no step
