@@ -24,8 +24,9 @@
 // the replica holds the generation (tracked and cow: only the changed
 // chunks travel).
 //
-// Usage: baton-snapshot [--sizes-mib 64,256,1024] [--dirty 1] [--commits 20] [--contiguous]
-// (--contiguous: the written pages are one run, not scattered)
+// Usage: baton-snapshot [--sizes-mib 64,256,1024] [--dirty 1] [--commits 20] [--contiguous] [--chunk-kib 16]
+// (--contiguous: the written pages are one run, not scattered; --chunk-kib:
+// EngineConfig::chunk_size, the unit a commit copies, checksums and sends)
 //        baton-snapshot --periodic-ms 10 [--sizes-mib 64,1024]
 // (instead: a writer's stores per second with the engine committing the
 // segment by itself every 10 ms, copy-on-write, against none; S5; the
@@ -58,6 +59,8 @@ using baton::now_ns;
 using baton::bench::median;
 using baton::bench::pct;
 
+uint32_t g_chunk_bytes = 0;  ///< --chunk-kib (0: the engine's default)
+
 struct Pair {
   std::unique_ptr<baton::Engine> a, b;
 };
@@ -79,6 +82,7 @@ Pair start_pair(Mode mode, uint32_t commit_every_ms = 0) {
     c.cow_protect_ahead = mode != Mode::kCowAtCommit;
     c.commit_every_ms = commit_every_ms;
     c.max_segment_size = uint64_t{4} << 30;
+    if (g_chunk_bytes != 0) c.chunk_size = g_chunk_bytes;
     std::vector<std::unique_ptr<baton::Link>> links;
     links.push_back(n == 1 ? std::move(l.a) : std::move(l.b));
     auto e = baton::Engine::start(c, std::move(links));
@@ -240,10 +244,12 @@ int main(int argc, char** argv) {
       periodic_ms = static_cast<uint32_t>(std::atoi(argv[i + 1]));
     } else if (a == "--commits") {
       commits = std::atoi(argv[i + 1]);
+    } else if (a == "--chunk-kib") {
+      g_chunk_bytes = static_cast<uint32_t>(std::atoi(argv[i + 1])) * 1024;
     } else {
       std::fprintf(stderr,
                    "usage: baton-snapshot [--sizes-mib 64,256,1024] [--dirty PCT] [--commits N] [--contiguous]"
-                   " [--periodic-ms MS]\n");
+                   " [--chunk-kib K] [--periodic-ms MS]\n");
       return 2;
     }
   }

@@ -346,6 +346,12 @@ Result<DaemonConfig> parse_daemon_config(std::string_view text, std::string_view
       c.links.push_back(LinkSpec{static_cast<uint16_t>(peer), driver, device, static_cast<uint32_t>(max_frame),
                                  static_cast<int>(shard)});
     }
+    std::set<uint16_t> nodes{c.engine.node_id};
+    for (const auto& l : c.links) nodes.insert(l.peer);
+    if (c.engine.expected_votes != 0 && c.engine.expected_votes < nodes.size())
+      return tl::unexpected(r.error("engine.expected_votes", "is " + std::to_string(c.engine.expected_votes) +
+                                                                 ", below the " + std::to_string(nodes.size()) +
+                                                                 " nodes this one links to (itself included)"));
   }
   {
     TRY(group_tables, r.tables(root["group"], "group"));

@@ -359,6 +359,8 @@ INSTANTIATE_TEST_SUITE_P(
             "link[1].device: is already another link's device"},
         Bad{NODE_AND("[[link]]\npeer = 2\ndriver = \"pigeon\"\ndevice = \"x\"\n"), "link[0].driver: unknown driver"},
         Bad{NODE_AND("[[link]]\npeer = 2\n"), "link[0].device: is required"},
+        Bad{NODE_AND("[engine]\nexpected_votes = 1\n[[link]]\npeer = 2\ndevice = \"x\"\n"),
+            "engine.expected_votes: is 1, below the 2 nodes this one links to (itself included)"},
         Bad{NODE_AND("[[link]]\npeer = 2\ndriver = \"shm\"\ndevice = \"region\"\n"),
             "link[0].device: a shm link's region must be an absolute path"},
         Bad{NODE_AND("[storage]\ndir = \"relative\"\n"), "storage.dir: must be an absolute path"},
