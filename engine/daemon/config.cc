@@ -187,7 +187,7 @@ Result<DaemonConfig> parse_daemon_config(std::string_view text, std::string_view
     if (auto ok = r.only(*eng.as_table(), "engine",
                          {"replication_factor", "retain", "idle", "max_segment_mib", "worker_cpu", "workers",
                           "numa_node", "topology", "heartbeat_us", "failure_timeout_us", "expected_votes",
-                          "direct_reads"});
+                          "direct_reads", "chunk_kib"});
         !ok)
       return tl::unexpected(ok.error());
     TRY(cpu, r.integer(eng["worker_cpu"], "engine.worker_cpu", -1, 4095, -1));
@@ -217,6 +217,8 @@ Result<DaemonConfig> parse_daemon_config(std::string_view text, std::string_view
     else return tl::unexpected(r.error("engine.idle", "must be \"spin\" or \"adaptive\" (got \"" + idle + "\")"));
     TRY(maxmib, r.integer(eng["max_segment_mib"], "engine.max_segment_mib", 1, 1 << 20, 1024));
     c.engine.max_segment_size = static_cast<uint64_t>(maxmib) << 20;
+    TRY(chunk, r.integer(eng["chunk_kib"], "engine.chunk_kib", 1, 60, 16));
+    c.engine.chunk_size = static_cast<uint32_t>(chunk) * 1024;
     if (const auto direct = eng["direct_reads"]; direct) {
       if (!direct.is_boolean()) return tl::unexpected(r.error("engine.direct_reads", "must be true or false"));
       c.engine.direct_reads = *direct.value<bool>();

@@ -29,6 +29,7 @@ heartbeat_us = 500
 failure_timeout_us = 5000
 expected_votes = 5
 direct_reads = false
+chunk_kib = 4
 
 [client]
 socket = "/run/baton/blade3.sock"
@@ -77,6 +78,7 @@ TEST(DaemonConfig, GoodFileParses) {
   EXPECT_EQ(c->engine.failure_timeout_us, 5000u);
   EXPECT_EQ(c->engine.expected_votes, 5u);
   EXPECT_FALSE(c->engine.direct_reads);
+  EXPECT_EQ(c->engine.chunk_size, 4096u);
   EXPECT_EQ(c->engine.membership, MembershipKind::kCorosync);
   EXPECT_EQ(c->engine.corosync_group, "rack7");
   // Placement tags become failure domains: another slot, another blade;
@@ -187,6 +189,7 @@ TEST(DaemonConfig, MinimalFileGetsDefaults) {
   EXPECT_EQ(c->engine.power_domain, 0u);
   EXPECT_EQ(c->engine.expected_votes, 0u);
   EXPECT_TRUE(c->engine.direct_reads);
+  EXPECT_EQ(c->engine.chunk_size, 16384u);
   EXPECT_EQ(c->engine.membership, MembershipKind::kBackplane);
   EXPECT_FALSE(c->spare);
   EXPECT_TRUE(c->groups.empty());
@@ -344,6 +347,7 @@ INSTANTIATE_TEST_SUITE_P(
         Bad{NODE_AND("[engine]\nworkers = [0, -2]\n"), "engine.workers: must be an array of CPU numbers"},
         Bad{NODE_AND("[engine]\nworkers = \"all\"\n"), "engine.workers: must be an array"},
         Bad{NODE_AND("[engine]\ndirect_reads = 1\n"), "engine.direct_reads: must be true or false"},
+        Bad{NODE_AND("[engine]\nchunk_kib = 61\n"), "engine.chunk_kib: must be 1..60"},
         Bad{NODE_AND("[engine]\nworkers = [0, 1]\nworker_cpu = 1\n"), "engine.workers: and engine.worker_cpu both"},
         Bad{NODE_AND("[[link]]\npeer = 2\ndevice = \"x\"\nshard = 1\n"),
             "link[0].shard: is 1; engine.workers makes 1 shard"},
