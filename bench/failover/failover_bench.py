@@ -5,6 +5,7 @@
                                              [--standby | --standby-instances]
                                              [--transport memif|shm|mixed [--stream-fetches]] [--memif-zero-copy]
                                              [--app-heap-mib M] [--no-liveness] [--kill-blade]
+                                             [--blades N] [--spin]
 
 A 4-blade chassis (memif unless --transport says otherwise) runs group kv (baton-kv, committing a durable
 batch every 20 ms) with blades 3 and 4 as the spare pool. Each round
@@ -81,8 +82,11 @@ def kv_pid(chassis, blade):
         return None
 
 
+BLADES = 4  # --blades
+
+
 def where(batonctl, chassis):
-    for b in (1, 2, 3, 4):
+    for b in range(1, BLADES + 1):
         try:
             g = json.loads(sh(batonctl, "groups", "--json", "--socket", f"{chassis}/blade{b}.sock"))["groups"][0]
             if g["state"] == "running":
@@ -96,7 +100,7 @@ def restart_blade(batonctl, chassis, node):
     """Back, empty, before the next round: every other blade has heard it."""
     t_restart = time.time()
     sh(batonctl, "chassis", "restart", "--blade", str(node), "--dir", chassis)
-    others = [b for b in (1, 2, 3, 4) if b != node]
+    others = [b for b in range(1, BLADES + 1) if b != node]
     wait(lambda: all(any(ts >= t_restart and text.startswith(f"node {node} up")
                          for ts, text in events(batonctl, f"{chassis}/blade{b}.sock"))
                      for b in others), what=f"blade {node} to rejoin")
@@ -122,6 +126,16 @@ def baselines(size):
     return spawn, statistics.median(t)
 
 
+def spares(args):
+    """The spare pool: blades 3 and 4 of four (the last blade of fewer)."""
+    return [BLADES - 1, BLADES] if BLADES >= 4 else [BLADES]
+
+
+def standbys(args):
+    """Hot standbys: the spares; with two blades both, so that every failover finds one."""
+    return [1, 2] if BLADES == 2 else spares(args)
+
+
 def run_size(args, size_kib):
     build = os.path.abspath(args.build)
     batonctl, kv = f"{build}/tools/batonctl", f"{build}/tools/baton-kv"
@@ -138,13 +152,14 @@ start = "exec {kv} --socket $BATON_SOCKET --name kv --batches 1000000 --every-ms
 provision = "mkdir -p {work}/n$BATON_NODE"
 home = [1]
 start_timeout_ms = 3000
-{"standby = [3, 4]" if args.standby or args.standby_instances else ""}
+{f"standby = {standbys(args)}" if args.standby or args.standby_instances else ""}
 {"standby_instances = true" if args.standby_instances else ""}
 """)
     rows = []
     try:
-        sh(batonctl, "chassis", "up", "--blades", "4", "--replicas", "2", "--dir", chassis, "--groups",
-           f"{work}/groups.toml", "--spares", "3,4", "--transport", args.transport,
+        sh(batonctl, "chassis", "up", "--blades", str(BLADES), "--replicas", "2" if BLADES > 2 else "1",
+           "--dir", chassis, "--groups", f"{work}/groups.toml", "--spares", ",".join(map(str, spares(args))),
+           "--transport", args.transport, *(["--spin"] if args.spin else []),
            *(["--stream-fetches"] if args.stream_fetches else []),
            *(["--memif-zero-copy"] if args.memif_zero_copy else []),
            env=dict(os.environ, BATON_LIVENESS="0" if args.no_liveness else "1"))
@@ -196,7 +211,7 @@ start_timeout_ms = 3000
             ready = int(line.group(1)) / 1e6  # the application's own clock reading (CLOCK_REALTIME)
             time.sleep(0.1)
             ev = {}
-            for b in (1, 2, 3, 4):
+            for b in range(1, BLADES + 1):
                 if args.kill_blade and b == node:
                     continue  # dead
                 for ts, text in events(batonctl, f"{chassis}/blade{b}.sock"):
@@ -269,10 +284,15 @@ def main():
                    help="the application also holds this much private memory (baton-kv --heap-mib)")
     p.add_argument("--no-liveness", action="store_true",
                    help="batond watches the application's pidfd only (BATON_LIVENESS=0), not its liveness lock")
+    p.add_argument("--blades", type=int, default=4, help="blades in the chassis (2..16; default 4)")
+    p.add_argument("--spin", action="store_true",
+                   help="chassis up --spin: workers never sleep, blade N pinned to CPU N-1 (a CPU per blade)")
     p.add_argument("--kill-blade", action="store_true",
                    help="SIGKILL the batond of the blade the group runs on (its application ends with it), "
                         "not the application alone; the blade restarts after each round")
     args = p.parse_args()
+    global BLADES
+    BLADES = args.blades
     phases = ["detection", "decision", "dispatch", "provision", "load", "start", "total"]
     print("| segment | " + " | ".join(phases) + " | spawn /bin/true | read the state from /dev/shm | total / (spawn + read) |")
     print("|---" * (len(phases) + 4) + "|")
