@@ -189,7 +189,11 @@ start_timeout_ms = 3000
             # to a log that already holds its own restore).
             before = {f: os.path.getsize(f"{work}/{f}") for f in os.listdir(work) if f.startswith("kv-")}
             t_kill = time.time()
-            os.kill(pid, signal.SIGKILL)
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:  # it ended by itself meanwhile: no round to time
+                print(f"  round {r}: the application (pid {pid}) ended before the kill, skipped", file=sys.stderr)
+                continue
 
             # The instance that takes over writes its restore to its log: a
             # new one, or a standby instance's, written since the kill (the
