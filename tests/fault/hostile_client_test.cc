@@ -23,6 +23,7 @@
 #include <cmath>
 #include <cstring>
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <random>
 #include <string>
@@ -105,6 +106,37 @@ struct Raw {
     return receive(fds);
   }
 };
+
+/// Runs `ask` in a child process dropped to nobody (uid and gid 65534, no
+/// groups) and returns what it returned; a failure if the child could not
+/// drop its privileges or report.
+std::string as_nobody(const std::function<std::string()>& ask) {
+  int p[2];
+  if (pipe(p) != 0) {
+    ADD_FAILURE() << "pipe: " << std::strerror(errno);
+    return "";
+  }
+  const pid_t child = fork();
+  if (child < 0) {
+    ADD_FAILURE() << "fork: " << std::strerror(errno);
+    return "";
+  }
+  if (child == 0) {
+    close(p[0]);
+    if (setgroups(0, nullptr) != 0 || setgid(65534) != 0 || setuid(65534) != 0) _exit(2);
+    const std::string out = ask();
+    _exit(write(p[1], out.data(), out.size()) == static_cast<ssize_t>(out.size()) ? 0 : 4);
+  }
+  close(p[1]);
+  std::string got;
+  char buf[512];
+  for (ssize_t n; (n = read(p[0], buf, sizeof buf)) > 0;) got.append(buf, static_cast<size_t>(n));
+  close(p[0]);
+  int status = 0;
+  EXPECT_EQ(waitpid(child, &status, 0), child);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "the unprivileged client could not ask: " << status;
+  return got;
+}
 
 /// Another application, on the public API, opens and commits: the daemon serves.
 void expect_serves(const Batond& d, const std::string& name) {
@@ -704,13 +736,7 @@ TEST(Hostile, OnlyAnAdministratorTakesASegmentOver) {
   // Let nobody connect at all: through the directory, onto the socket.
   ASSERT_EQ(chmod(dir.path.c_str(), 0711), 0);
   ASSERT_EQ(chmod(d.socket().c_str(), 0666), 0);
-  int pipe_fds[2];
-  ASSERT_EQ(pipe(pipe_fds), 0);
-  const pid_t child = fork();
-  ASSERT_GE(child, 0);
-  if (child == 0) {
-    close(pipe_fds[0]);
-    if (setgroups(0, nullptr) != 0 || setgid(65534) != 0 || setuid(65534) != 0) _exit(2);
+  const std::string said = as_nobody([&] {
     Raw agent(d.socket());
     if (agent.fd < 0) _exit(3);
     std::vector<int> fds;
@@ -719,16 +745,11 @@ TEST(Hostile, OnlyAnAdministratorTakesASegmentOver) {
     std::vector<int> own_fds;
     const Reply own = agent.call(request(Op::kOpen, "its-own", 4096), &own_fds);
     const int32_t out[3] = {rep.status, static_cast<int32_t>(fds.size()), own.status};
-    _exit(write(pipe_fds[1], out, sizeof out) == sizeof out ? 0 : 4);
-  }
-  close(pipe_fds[1]);
+    return std::string(reinterpret_cast<const char*>(out), sizeof out);
+  });
   int32_t got[3] = {1, -1, 1};
-  const ssize_t n = read(pipe_fds[0], got, sizeof got);
-  close(pipe_fds[0]);
-  int status = 0;
-  ASSERT_EQ(waitpid(child, &status, 0), child);
-  ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "the unprivileged client could not ask: " << status;
-  ASSERT_EQ(n, static_cast<ssize_t>(sizeof got));
+  ASSERT_EQ(said.size(), sizeof got);
+  std::memcpy(got, said.data(), sizeof got);
   EXPECT_EQ(got[0], BATON_EPERM) << "a take-over by nobody";
   EXPECT_EQ(got[1], 0) << "descriptors handed to nobody's take-over";
   EXPECT_EQ(got[2], 0) << "nobody's own open";
@@ -747,28 +768,11 @@ TEST(Hostile, AUserNotLetInIsRefusedAtConnect) {
   Batond d(1, dir.path);  // no client.user: root and batond's user only
   ASSERT_EQ(chmod(dir.path.c_str(), 0711), 0);
   ASSERT_EQ(chmod(d.socket().c_str(), 0666), 0);
-  int pipe_fds[2];
-  ASSERT_EQ(pipe(pipe_fds), 0);
-  const pid_t child = fork();
-  ASSERT_GE(child, 0);
-  if (child == 0) {
-    close(pipe_fds[0]);
-    if (setgroups(0, nullptr) != 0 || setgid(65534) != 0 || setuid(65534) != 0) _exit(2);
+  const std::string said = as_nobody([&] {
     baton_t* b = nullptr;
     const int rc = baton_connect(d.socket().c_str(), &b);
-    char out[200] = {};
-    std::snprintf(out, sizeof out, "%d %d %s", rc, b == nullptr, baton_last_error());
-    _exit(write(pipe_fds[1], out, sizeof out) == sizeof out ? 0 : 4);
-  }
-  close(pipe_fds[1]);
-  char got[200] = {};
-  const ssize_t n = read(pipe_fds[0], got, sizeof got);
-  close(pipe_fds[0]);
-  int status = 0;
-  ASSERT_EQ(waitpid(child, &status, 0), child);
-  ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "the unprivileged client could not ask: " << status;
-  ASSERT_EQ(n, static_cast<ssize_t>(sizeof got));
-  const std::string said(got);
+    return std::to_string(rc) + " " + std::to_string(b == nullptr) + " " + baton_last_error();
+  });
   EXPECT_EQ(said.rfind(std::to_string(BATON_EPERM) + " 1 ", 0), 0u) << said;
   EXPECT_NE(said.find("client.user"), std::string::npos) << said;
   EXPECT_STREQ(baton_strerror(BATON_EPERM), "permission denied");
