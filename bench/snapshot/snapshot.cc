@@ -25,8 +25,11 @@
 // chunks travel).
 //
 // Usage: baton-snapshot [--sizes-mib 64,256,1024] [--dirty 1] [--commits 20] [--contiguous] [--chunk-kib 16]
+//                       [--modes untracked,tracked,cow,cow_at_commit]
 // (--contiguous: the written pages are one run, not scattered; --chunk-kib:
-// EngineConfig::chunk_size, the unit a commit copies, checksums and sends)
+// EngineConfig::chunk_size, the unit a commit copies, checksums and sends;
+// --modes: which engines to run, all by default; each one's figures are
+// keyed by its name: cow_commit_p50_us, tracked_replicated_p50_us, ...)
 //        baton-snapshot --periodic-ms 10 [--sizes-mib 64,1024]
 // (instead: a writer's stores per second with the engine committing the
 // segment by itself every 10 ms, copy-on-write, against none; S5; the
@@ -38,10 +41,12 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <optional>
 #include <random>
 #include <span>
 #include <sstream>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -68,6 +73,23 @@ struct Pair {
 /// kCowAtCommit: copy-on-write with every written page protected by the
 /// commit itself (EngineConfig::cow_protect_ahead off).
 enum class Mode { kUntracked, kTracked, kCow, kCowAtCommit };
+
+/// The mode's name in --modes and in the output's keys.
+const char* mode_name(Mode m) {
+  switch (m) {
+    case Mode::kUntracked: return "untracked";
+    case Mode::kTracked: return "tracked";
+    case Mode::kCow: return "cow";
+    case Mode::kCowAtCommit: return "cow_at_commit";
+  }
+  return "?";
+}
+
+std::optional<Mode> mode_named(std::string_view name) {
+  for (const Mode m : {Mode::kUntracked, Mode::kTracked, Mode::kCow, Mode::kCowAtCommit})
+    if (name == mode_name(m)) return m;
+  return std::nullopt;
+}
 
 /// Two engines on a loopback link; `commit_every_ms`: periodic commits (S5).
 Pair start_pair(Mode mode, uint32_t commit_every_ms = 0) {
@@ -226,6 +248,7 @@ int main(int argc, char** argv) {
   double dirty = 1;
   int commits = 20;
   uint32_t periodic_ms = 0;
+  std::vector<Mode> modes = {Mode::kUntracked, Mode::kTracked, Mode::kCow, Mode::kCowAtCommit};
   for (int i = 1; i < argc; i += 2) {
     const std::string a = argv[i];
     if (a == "--contiguous") {
@@ -246,10 +269,21 @@ int main(int argc, char** argv) {
       commits = std::atoi(argv[i + 1]);
     } else if (a == "--chunk-kib") {
       g_chunk_bytes = static_cast<uint32_t>(std::atoi(argv[i + 1])) * 1024;
+    } else if (a == "--modes") {
+      modes.clear();
+      std::stringstream ss(argv[i + 1]);
+      for (std::string t; std::getline(ss, t, ',');) {
+        const auto m = mode_named(t);
+        if (!m) {
+          std::fprintf(stderr, "baton-snapshot: no mode %s (untracked, tracked, cow, cow_at_commit)\n", t.c_str());
+          return 2;
+        }
+        modes.push_back(*m);
+      }
     } else {
       std::fprintf(stderr,
                    "usage: baton-snapshot [--sizes-mib 64,256,1024] [--dirty PCT] [--commits N] [--contiguous]"
-                   " [--chunk-kib K] [--periodic-ms MS]\n");
+                   " [--chunk-kib K] [--modes untracked,tracked,cow,cow_at_commit] [--periodic-ms MS]\n");
       return 2;
     }
   }
@@ -275,34 +309,40 @@ int main(int argc, char** argv) {
     const uint64_t size = mib << 20;
     std::vector<double> whole, part;
     run_memcpy(size, dirty, commits, whole, part);
-    const EngineRun u = run_engine(Mode::kUntracked, size, dirty, commits);
-    const EngineRun t = run_engine(Mode::kTracked, size, dirty, commits);
-    const EngineRun w = run_engine(Mode::kCow, size, dirty, commits);
-    const EngineRun a = run_engine(Mode::kCowAtCommit, size, dirty, commits);
-    std::printf(
-        "{\"size_mib\": %llu, \"dirty_pct\": %.2f, \"contiguous\": %s, \"commits\": %d, "
-        "\"memcpy_whole_p50_us\": %.0f, \"memcpy_dirty_p50_us\": %.0f, "
-        "\"untracked_commit_p50_us\": %.0f, \"untracked_commit_p99_us\": %.0f, "
-        "\"tracked_commit_p50_us\": %.0f, \"tracked_commit_p99_us\": %.0f, "
-        "\"tracked_chunks_copied\": %llu, \"tracked_chunks_skipped\": %llu, "
-        "\"untracked_write_p50_us\": %.0f, \"tracked_write_p50_us\": %.0f, "
-        "\"untracked_replicated_p50_us\": %.0f, \"tracked_replicated_p50_us\": %.0f, "
-        "\"tracked_commit_over_memcpy_whole\": %.3f, \"tracked_commit_over_memcpy_dirty\": %.1f, "
-        "\"cow_commit_p50_us\": %.0f, \"cow_commit_p99_us\": %.0f, \"cow_write_p50_us\": %.0f, "
-        "\"cow_replicated_p50_us\": %.0f, \"cow_commit_over_memcpy_whole\": %.4f, "
-        "\"cow_commit_over_memcpy_dirty\": %.2f, \"cow_cycle_p50_us\": %.0f, "
-        "\"cow_pages_protected_ahead\": %.1f, \"cow_pages_protected_at_commit\": %.1f, "
-        "\"cow_at_commit_commit_p50_us\": %.0f, \"cow_at_commit_commit_p99_us\": %.0f, "
-        "\"cow_at_commit_write_p50_us\": %.0f, \"cow_at_commit_cycle_p50_us\": %.0f, "
-        "\"cow_at_commit_pages_protected_at_commit\": %.1f}\n",
-        static_cast<unsigned long long>(mib), dirty, g_contiguous ? "true" : "false", commits, median(whole), median(part), median(u.commit_us),
-        pct(u.commit_us, 0.99), median(t.commit_us), pct(t.commit_us, 0.99),
-        static_cast<unsigned long long>(t.copied), static_cast<unsigned long long>(t.skipped), median(u.write_us),
-        median(t.write_us), median(u.replicated_us), median(t.replicated_us),
-        median(t.commit_us) / median(whole), median(t.commit_us) / median(part), median(w.commit_us),
-        pct(w.commit_us, 0.99), median(w.write_us), median(w.replicated_us), median(w.commit_us) / median(whole),
-        median(w.commit_us) / median(part), median(w.cycle_us), w.protected_ahead, w.protected_at_commit,
-        median(a.commit_us), pct(a.commit_us, 0.99), median(a.write_us), median(a.cycle_us), a.protected_at_commit);
+    std::string line;
+    auto field = [&line](const char* key, double v, const char* format = "%.0f") {
+      char buf[96];
+      std::snprintf(buf, sizeof buf, format, v);
+      line += std::string(line.empty() ? "{" : ", ") + "\"" + key + "\": " + buf;
+    };
+    field("size_mib", static_cast<double>(mib));
+    field("dirty_pct", dirty, "%.2f");
+    line += std::string(", \"contiguous\": ") + (g_contiguous ? "true" : "false");
+    field("commits", commits);
+    field("chunk_kib", g_chunk_bytes / 1024.0);
+    field("memcpy_whole_p50_us", median(whole));
+    field("memcpy_dirty_p50_us", median(part));
+    for (const Mode mode : modes) {
+      const EngineRun r = run_engine(mode, size, dirty, commits);
+      const std::string m = mode_name(mode);
+      auto key = [&m](const char* what) { return m + "_" + what; };
+      field(key("commit_p50_us").c_str(), median(r.commit_us));
+      field(key("commit_p99_us").c_str(), pct(r.commit_us, 0.99));
+      field(key("write_p50_us").c_str(), median(r.write_us));
+      field(key("replicated_p50_us").c_str(), median(r.replicated_us));
+      field(key("cycle_p50_us").c_str(), median(r.cycle_us));
+      field(key("commit_over_memcpy_whole").c_str(), median(r.commit_us) / median(whole), "%.4f");
+      field(key("commit_over_memcpy_dirty").c_str(), median(r.commit_us) / median(part), "%.2f");
+      if (mode == Mode::kTracked) {
+        field("tracked_chunks_copied", static_cast<double>(r.copied));
+        field("tracked_chunks_skipped", static_cast<double>(r.skipped));
+      }
+      if (mode == Mode::kCow || mode == Mode::kCowAtCommit) {
+        field(key("pages_protected_ahead").c_str(), r.protected_ahead, "%.1f");
+        field(key("pages_protected_at_commit").c_str(), r.protected_at_commit, "%.1f");
+      }
+    }
+    std::printf("%s}\n", line.c_str());
     std::fflush(stdout);
   }
   return 0;

@@ -147,6 +147,7 @@ class World {
     // while the world's writes race them.
     client_pick_.seed(seed ^ 0x2545f4914f6cdd1dull);
     prefer_pick_.seed(seed ^ 0x4cf5ad432745937full);
+    chunk_pick_.seed(seed ^ 0x94d049bb133111ebull);
     if (o.cow) {
       std::mt19937_64 pick(seed ^ 0x632be59bd9b4e019ull);
       for (int i = 0; i < o.segments; ++i)
@@ -205,11 +206,11 @@ class World {
  private:
   // --- the world -------------------------------------------------------------
 
-  EngineConfig config(int n) const {
+  EngineConfig config(int n, uint32_t chunk_size) const {
     EngineConfig c;
     c.node_id = static_cast<uint16_t>(n);
     c.replication_factor = o_.replication_factor;
-    c.chunk_size = 4096;
+    c.chunk_size = chunk_size;
     c.window = 16;
     c.max_segment_size = 1 << 20;
     c.query_timeout_ms = 20;
@@ -234,8 +235,20 @@ class World {
     stats_.direct_reads += st.direct_reads;
   }
 
+  /// Chunk sizes an incarnation may take (Options::mixed_chunks): below,
+  /// at and above a page, not all page multiples, one that holds the whole
+  /// default segment, one larger than it. Nodes that disagree stand for a
+  /// cluster whose `chunk_kib` is changed one batond at a time.
+  uint32_t pick_chunk_size() {
+    static constexpr uint32_t kSizes[] = {512, 1536, 4096, 5120, 12288, 16384};
+    if (!o_.mixed_chunks) return 4096;
+    return kSizes[chunk_pick_() % std::size(kSizes)];
+  }
+
   void start(int n, std::vector<std::vector<std::unique_ptr<Link>>> links) {
-    auto e = Engine::start_sharded(config(n), std::move(links));
+    const uint32_t chunk_size = pick_chunk_size();
+    if (o_.mixed_chunks) note("node " + std::to_string(n) + " runs with " + std::to_string(chunk_size) + "-byte chunks");
+    auto e = Engine::start_sharded(config(n, chunk_size), std::move(links));
     if (!e) throw Violation{"engine " + std::to_string(n) + " did not start: " + e.error().to_string()};
     // batond's failover manager names its spare pool (Engine::prefer_replicas_on):
     // a random one per incarnation, from a generator of its own.
@@ -1155,6 +1168,7 @@ class World {
   Options o_;
   std::mt19937_64 rng_;
   std::mt19937_64 prefer_pick_;  ///< each incarnation's preferred replica holders
+  std::mt19937_64 chunk_pick_;   ///< each incarnation's chunk size (Options::mixed_chunks)
   std::vector<EngineConfig::Standby> standbys_;
   std::vector<EngineConfig::SegmentSnapshot> cow_modes_;
   std::mt19937_64 client_pick_;  ///< which starts run as a daemon-mode client (attach_client)

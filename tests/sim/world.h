@@ -53,6 +53,10 @@ struct Options {
   /// Per-core shards per node (EngineConfig::workers): shard k of every
   /// node pair has a wire of its own, which faults strike one at a time.
   int shards = 1;
+  /// Each engine incarnation takes a chunk size of its own (picked from the
+  /// seed; EngineConfig::chunk_size): owners and replicas then disagree
+  /// about the chunking now and then, as after a changed `chunk_kib`.
+  bool mixed_chunks = true;
 };
 
 struct Stats {

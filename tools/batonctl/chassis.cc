@@ -115,6 +115,7 @@ std::string config_for(const ChassisConfig& c, int id) {
   if (mixed)
     o << "topology = \"synthetic:package:2 numa:1 core:1 pu:1\"\nnuma_node = " << (id - 1) % 2 << "\n";
   if (!c.direct_reads) o << "direct_reads = false\n";
+  if (!c.chunk_kib.empty()) o << "chunk_kib = " << c.chunk_kib[c.chunk_kib.size() == 1 ? 0 : id - 1] << "\n";
   if (c.spin) o << "worker_cpu = " << id - 1 << "\n";
   if (c.workers > 1) {
     o << "workers = [";
@@ -219,6 +220,10 @@ Result<std::vector<Blade>> chassis_up(const ChassisConfig& c) {
     if (s < 1 || s > c.blades) return fail(Errc::kInvalidArgument, "--spares: no blade ", std::to_string(s));
   if (!c.cores.empty() && c.cores.size() != static_cast<size_t>(c.blades))
     return fail(Errc::kInvalidArgument, "--cores needs one count per blade");
+  if (c.chunk_kib.size() > 1 && c.chunk_kib.size() != static_cast<size_t>(c.blades))
+    return fail(Errc::kInvalidArgument, "--chunk-kib needs one size for every blade or one per blade");
+  for (uint32_t k : c.chunk_kib)
+    if (k < 1 || k > 60) return fail(Errc::kInvalidArgument, "--chunk-kib: ", std::to_string(k), " is not 1..60");
   if (c.membership != "backplane" && c.membership != "corosync")
     return fail(Errc::kInvalidArgument, "--membership must be backplane or corosync");
   if (c.membership == "corosync" && c.transport == "af_packet")

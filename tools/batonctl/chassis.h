@@ -62,6 +62,11 @@ struct ChassisConfig {
   std::string groups_file;
   std::vector<int> spares;
   std::vector<uint32_t> cores;
+  /// Each blade's `[engine] chunk_kib` (the unit commits copy, checksum
+  /// and send): one value for every blade, or one per blade (a chassis
+  /// whose blades disagree, as while a changed chunk size rolls out);
+  /// empty: the daemons' default.
+  std::vector<uint32_t> chunk_kib;
   std::string batond;  ///< path of the batond binary
 };
 

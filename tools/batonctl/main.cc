@@ -211,6 +211,9 @@ int main(int argc, char** argv) {
   up->add_option("--groups", chassis.groups_file, "a file of [[group]] tables (service groups) for every blade");
   up->add_option("--spares", chassis.spares, "blades in the spare pool")->delimiter(',');
   up->add_option("--cores", chassis.cores, "each blade's cores, for service groups' minimums")->delimiter(',');
+  up->add_option("--chunk-kib", chassis.chunk_kib,
+                 "chunk size in KiB (1..60): one for every blade, or one per blade (default: the daemons' 16)")
+      ->delimiter(',');
   up->add_option("--membership", chassis.membership,
                  "where views come from: backplane (heartbeats, default) or corosync (this host's corosync)");
   up->add_option("--backplanes", chassis.backplanes, "af_packet: 1 or 2 veth pairs (links) per pair of blades");

@@ -33,6 +33,7 @@
 //                  [--size BYTES] [--writes sparse|full] [--seed S] [--dir D]
 //                  [--standby BLADE] [--snapshots stage-copy|copy-on-write|copy-on-write-ahead] [--workers N]
 //                  [--faults owner,application,replica,move,delete,stall,partition]
+//                  [--chunk-kib K | K1,K2,...]
 //
 // --faults: only these kinds of fault (default: all; partition only with
 // af_packet).
@@ -47,6 +48,10 @@
 // --workers N: every blade's engine runs N per-core shards (issue #11), a
 // queue pair of every memif link (a region per shm link) each; the
 // segment, "campaign", falls to shard 1 of 2.
+//
+// --chunk-kib: the blades' chunk size ([engine] chunk_kib), one for all or
+// one per blade: blades that disagree send full copies where a delta's
+// chunking does not match the base a replica holds.
 //
 // --standby: that blade keeps a hot standby of the segment (S16), so the
 // restores and agent loads there promote its ready copy; the campaign
@@ -289,6 +294,15 @@ int main(int argc, char** argv) {
     else if (a == "--memif-zero-copy" && (std::string(v) == "yes" || std::string(v) == "no"))
       cc.memif_zero_copy = std::string(v) == "yes";
     else if (a == "--faults") faults_arg = v;
+    else if (a == "--chunk-kib") {
+      cc.chunk_kib.clear();
+      for (const char* p = v; *p != '\0';) {
+        char* end = nullptr;
+        cc.chunk_kib.push_back(static_cast<uint32_t>(std::strtoul(p, &end, 10)));
+        p = *end == ',' ? end + 1 : end;
+        if (end == p && *p != '\0') break;  // not a number: chassis up refuses what came before
+      }
+    }
     else if (a == "--snapshots" && (std::string(v) == "stage-copy" || std::string(v) == "copy-on-write" ||
                                     std::string(v) == "copy-on-write-ahead"))
       snapshots = v;
@@ -298,7 +312,7 @@ int main(int argc, char** argv) {
                            "[--size BYTES] [--writes sparse|full] [--seed S] [--dir D] [--standby BLADE] "
                            "[--snapshots stage-copy|copy-on-write|copy-on-write-ahead] [--workers N] [--memif-zero-copy yes|no] "
                            "[--faults owner,application,replica,"
-                           "move,delete,stall,partition]\n");
+                           "move,delete,stall,partition] [--chunk-kib K[,K...]]\n");
       return 2;
     }
   }
@@ -356,10 +370,14 @@ int main(int argc, char** argv) {
   std::mt19937_64 rng(seed);
   std::string kinds_text;
   for (int k : kinds) kinds_text += (kinds_text.empty() ? "" : ",") + std::string(kFaultNames[k]);
-  std::printf("campaign: %d cycles, %d blades over %s, RF 2, %llu-byte segment, %s snapshots, %d shard%s, seed %llu, "
-              "faults %s\n",
+  std::string chunks_text = "default";
+  for (size_t i = 0; i < cc.chunk_kib.size(); ++i)
+    chunks_text = (i == 0 ? "" : chunks_text + ",") + std::to_string(cc.chunk_kib[i]);
+  std::printf("campaign: %d cycles, %d blades over %s, RF 2, %llu-byte segment, %s snapshots, %d shard%s, %s KiB "
+              "chunks, seed %llu, faults %s\n",
               cycles, blades, cc.transport.c_str(), static_cast<unsigned long long>(size), snapshots.c_str(),
-              cc.workers, cc.workers == 1 ? "" : "s", static_cast<unsigned long long>(seed), kinds_text.c_str());
+              cc.workers, cc.workers == 1 ? "" : "s", chunks_text.c_str(), static_cast<unsigned long long>(seed),
+              kinds_text.c_str());
   auto up = baton::ctl::chassis_up(cc);
   if (!up) {
     std::fprintf(stderr, "baton-campaign: chassis up: %s (a campaign killed earlier may have left its chassis: "

@@ -193,6 +193,64 @@ TEST(Snapshot, DeltasStayExactAcrossRestartsAndReplacements) {
   EXPECT_GE(st.wholes_sent, 4u) << "the first generation, and one per replica that lost or never had its base";
 }
 
+// Nodes that chunk differently (EngineConfig::chunk_size; batond's
+// `chunk_kib` changed one daemon at a time): node 2 cuts 12 KiB chunks,
+// the others 4 KiB. A replica whose base is chunked otherwise than a delta
+// cannot apply it and takes the generation whole; every generation on
+// every replica is still the memory at its commit, through a takeover by
+// node 2 and a new replica that chunks like the first owner.
+TEST(Snapshot, NodesThatChunkDifferentlyStayExact) {
+  EngineConfig c;
+  c.replication_factor = 2;
+  c.chunk_size = 4096;
+  Cluster cl(3, c, 32768, [](int node, EngineConfig& n) {
+    if (node == 2) n.chunk_size = 12288;
+  });
+  constexpr uint64_t kSize = 1 << 20;
+  std::mt19937_64 rng(11);
+  const auto write_some = [&rng](std::span<std::byte> mem) {
+    for (int w = 0; w < 3; ++w) {
+      const uint64_t len = 1 + rng() % 9000, off = rng() % (mem.size() - len);
+      for (uint64_t i = 0; i < len; i += 37) mem[off + i] = std::byte(static_cast<uint8_t>(rng()));
+    }
+  };
+  uint32_t replicas = 2;
+  const auto commit_and_check = [&cl, &replicas](int owner, Segment* seg, const char* name, int round) {
+    auto mem = cl.node(owner).data(seg);
+    const auto want = std::vector<std::byte>(mem.begin(), mem.end());
+    const uint64_t gen = test::must(cl.node(owner).commit(seg));
+    ASSERT_TRUE(test::ok(cl.node(owner).wait_replicated(seg, gen, replicas, 20s))) << "round " << round << cl.events();
+    for (const auto& [node, held] : test::must(cl.node(owner).status(seg)).replicas) {
+      if (held != gen || cl.engines.at(node - 1) == nullptr) continue;  // a killed replica, not yet out of the set
+      auto rep = test::must(cl.node(node).read_replica(name, gen));
+      ASSERT_TRUE(rep == want) << "round " << round << ": generation " << gen << " differs on node " << node;
+    }
+  };
+  auto seg = test::must(cl.node(1).create("rechunk", kSize));
+  for (int r = 0; r < 20; ++r) {
+    write_some(cl.node(1).data(seg));
+    ASSERT_NO_FATAL_FAILURE(commit_and_check(1, seg, "rechunk", r));
+  }
+  EXPECT_GT(cl.node(1).stats().deltas_sent, 20u) << "node 1 sends deltas to both replicas";
+  const auto before = std::vector<std::byte>(cl.node(1).data(seg).begin(), cl.node(1).data(seg).end());
+  cl.kill(1);
+  auto moved = test::must(cl.node(2).load("rechunk"));
+  auto mem = cl.node(2).data(moved.segment);
+  ASSERT_TRUE(std::vector<std::byte>(mem.begin(), mem.end()) == before) << "the load is the last generation";
+  cl.restart(1);  // back empty, 4 KiB chunks: the second replica
+  for (int r = 20; r < 60; ++r) {
+    write_some(cl.node(2).data(moved.segment));
+    ASSERT_NO_FATAL_FAILURE(commit_and_check(2, moved.segment, "rechunk", r));
+    if (r == 40) {  // node 1 is the one replica left
+      cl.kill(3);
+      replicas = 1;
+    }
+  }
+  const auto st = cl.node(2).stats();
+  EXPECT_GE(st.wholes_sent, 2u) << "node 3's base and node 1's are chunked otherwise, or absent";
+  EXPECT_GT(st.deltas_sent, 20u) << "after a whole copy, deltas in node 2's own chunking";
+}
+
 INSTANTIATE_TEST_SUITE_P(Snapshot, SnapshotModes,
                          ::testing::Values(Mode{"tracked", true, false}, Mode{"untracked", false, false},
                                            Mode{"ranges", false, true}, Mode{"tracked_and_ranges", true, true},
