@@ -15,10 +15,15 @@ namespace {
 
 using Bytes = std::vector<std::byte>;
 
+/// Frame buffers a lane keeps for reuse once the receiver released them:
+/// a transfer then allocates nothing per frame after its first window.
+constexpr size_t kSpareBuffers = 128;
+
 // One direction: frames ordered by the time they become visible.
 struct Lane {
   std::mutex mu;
   std::multimap<uint64_t, Bytes> queue;
+  std::vector<Bytes> spare;          ///< released buffers, for the next frames sent
   std::atomic<bool> stalled{false};  ///< hold what is queued (Wire::set_stalled)
 };
 
@@ -26,7 +31,9 @@ class WireImpl final : public Wire, public std::enable_shared_from_this<WireImpl
  public:
   WireImpl(uint16_t node_a, uint16_t node_b, uint32_t max_frame, uint32_t capacity, uint64_t seed,
            std::function<uint64_t()> clock)
-      : nodes_{node_a, node_b}, max_frame_(max_frame), clock_(std::move(clock)), capacity_(capacity), rng_(seed) {}
+      : nodes_{node_a, node_b}, max_frame_(max_frame), clock_(std::move(clock)), capacity_(capacity), rng_(seed) {
+    for (Lane& l : lanes_) l.spare.reserve(kSpareBuffers);  // recycle() never allocates
+  }
 
   std::unique_ptr<Link> reconnect(uint16_t node) override;
 
@@ -56,7 +63,12 @@ class WireImpl final : public Wire, public std::enable_shared_from_this<WireImpl
       if (l.queue.size() >= capacity_) break;
       const TxFrame& f = frames[taken];
       if (faults_.partitioned || chance(faults_.drop)) continue;
-      Bytes b(f.head.size() + f.payload.size());
+      Bytes b;
+      if (!l.spare.empty()) {
+        b = std::move(l.spare.back());
+        l.spare.pop_back();
+      }
+      b.resize(f.head.size() + f.payload.size());
       std::memcpy(b.data(), f.head.data(), f.head.size());
       if (!f.payload.empty()) std::memcpy(b.data() + f.head.size(), f.payload.data(), f.payload.size());
       if (chance(faults_.corrupt)) b[rng_() % b.size()] ^= std::byte{static_cast<unsigned char>(1 + rng_() % 255)};
@@ -84,6 +96,16 @@ class WireImpl final : public Wire, public std::enable_shared_from_this<WireImpl
       out[i] = RxFrame{{b.data(), b.size()}, nullptr};
     }
     return k;
+  }
+
+  /// The receiver of `lane` is done with `held`: its buffers serve later
+  /// frames of the lane (up to kSpareBuffers). Empties `held`.
+  void recycle(int lane, std::vector<Bytes>& held) {
+    Lane& l = lanes_[lane];
+    std::lock_guard lock(l.mu);
+    for (Bytes& b : held)
+      if (l.spare.size() < kSpareBuffers) l.spare.push_back(std::move(b));
+    held.clear();
   }
 
  private:
@@ -116,7 +138,7 @@ class LoopbackLink final : public Link {
     counters_.rx_frames += k;
     return k;
   }
-  void release_rx(RxFrame*, uint16_t) noexcept override { held_.clear(); }
+  void release_rx(RxFrame*, uint16_t) noexcept override { wire_->recycle(1 - tx_lane_, held_); }
   uint16_t tx_burst(const TxFrame* frames, uint16_t n) noexcept override {
     for (uint16_t i = 0; i < n; ++i)
       if (frames[i].head.size() + frames[i].payload.size() > max_frame_) return i;  // oversize: refuse

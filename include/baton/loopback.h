@@ -2,7 +2,8 @@
 // Loopback driver: two in-process Links joined by queues, with fault
 // injection (drop, duplicate, reorder, corrupt, delay, partition). For tests:
 // this kernel has no netem, so delay and reordering come from here. It copies
-// and allocates per frame; it is a test transport, not a data path.
+// every frame and queues it in a node of its own (its buffers are reused);
+// it is a test transport, not a data path.
 
 #include <cstdint>
 #include <functional>
