@@ -504,7 +504,13 @@ Result<Segment*> Engine::Impl::make_segment(std::string_view name, uint64_t size
     seg->copy_on_write.store(seg->cow != nullptr);
     seg->tracked.store(seg->cow != nullptr, std::memory_order_relaxed);
   }
-  if (const uint32_t every = commit_every_ms_for(seg->name); every != 0 && !config.shared_with_clients) {
+  if (const uint32_t every = commit_every_ms_for(seg->name); every != 0 && config.shared_with_clients) {
+    // The client library takes them, of a copy-on-write segment only.
+    if (snapshot_mode_for(seg->name) != EngineConfig::SnapshotMode::kCopyOnWrite)
+      BT_WARN("segment %s: no periodic commits (every %u ms asked): they need copy-on-write snapshots "
+              "([snapshots] mode = \"copy-on-write\"); only the application's commits make generations",
+              seg->name.c_str(), every);
+  } else if (every != 0) {
     if (seg->cow != nullptr && sim == nullptr) {
       seg->commit_every_ns = uint64_t{every} * 1'000'000;
       seg->next_periodic_ns = clock_ns() + seg->commit_every_ns;
@@ -662,6 +668,7 @@ Result<SegmentStatus> Engine::status(Segment* segment) const {
       st.cow_copied_aside = seg->cow->copied_aside();
       st.cow_protected_ahead = seg->cow->protected_ahead();
       st.cow_protected_at_commit = seg->cow->protected_at_commit();
+      if (seg->cow->declined()) st.copy_on_write = false;  // the application's library commits by copying
     }
     if (auto it = impl->standby_nodes.find(seg->id); it != impl->standby_nodes.end()) st.standbys = it->second;
     return st;

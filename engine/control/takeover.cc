@@ -21,6 +21,16 @@
 namespace baton {
 
 namespace {
+/// An open (S11) whose restore would bring another size than it asked for.
+tl::unexpected<Error> size_differs(std::string_view name, uint64_t held, uint64_t asked) {
+  return tl::unexpected(Error{Errc::kInvalidArgument,
+                              "segment " + std::string(name) + " was committed with " + std::to_string(held) +
+                                  " bytes, not the " + std::to_string(asked) +
+                                  " asked for: open it with its size, or delete it to start afresh"});
+}
+}  // namespace
+
+namespace {
 
 // The newest owner epoch any answer mentions (held or recorded), or global
 // storage's delete marker: a new owner starts above it, so stale replicas,
@@ -554,8 +564,18 @@ Result<OpenResult> Engine::open(std::string_view name, uint64_t size) {
   if (size == 0 || size > impl->config.max_segment_size)
     return fail(Errc::kInvalidArgument, "size must be 1..", std::to_string(impl->config.max_segment_size));
   SegmentTable::NameGuard guard(impl->table, name);
-  return impl->open_locked(name, size, false);
+  auto r = impl->open_locked(name, size, false);
+  if (r && r->outcome == OpenOutcome::kRestored && r->segment->size != size) {
+    // A newer copy of another size turned up between the question and the
+    // load (a delete and a create elsewhere): this node owns it now, and
+    // its replicas keep it; the application gets no handle.
+    const uint64_t held = r->segment->size;
+    (void)impl->remove_segment(r->segment);
+    return size_differs(name, held, size);
+  }
+  return r;
 }
+
 
 Result<OpenResult> Engine::Impl::open_locked(std::string_view name, uint64_t size, bool load_only, bool again) {
   Segment* local = table.by_name(name);
@@ -578,12 +598,27 @@ Result<OpenResult> Engine::Impl::open_locked(std::string_view name, uint64_t siz
       return fail(Errc::kExists, "segment ", name, " is owned by live node ", std::to_string(a.peer));
     any_replica |= live_copy(a, deleted);
   }
-  if (any_replica) return load_from(**q, name);
+  if (any_replica) {
+    // The restore would bring the segment in the size it was committed
+    // in: an application that asked for another would read or write past
+    // its end. Said before anything is claimed (Engine::open checks the
+    // result too).
+    const QueryAnswer* newest_copy = nullptr;
+    for (const auto& a : (*q)->answers)
+      if (live_copy(a, deleted) && a.total_len != 0 &&
+          (newest_copy == nullptr || std::pair(a.epoch, a.generation) > std::pair(newest_copy->epoch, newest_copy->generation)))
+        newest_copy = &a;
+    if (newest_copy != nullptr && newest_copy->total_len != size)
+      return size_differs(name, newest_copy->total_len, size);
+    return load_from(**q, name);
+  }
   // No replica anywhere: global storage may still hold it (S7); only when it
   // does not either is this a first run.
-  if (!config.global_dir.empty() &&
-      GlobalStore::newest(config.global_dir, name, config.max_segment_size, deleted + 1))
-    return load_from_global(name, newest, deleted);
+  if (!config.global_dir.empty())
+    if (auto copy = GlobalStore::newest(config.global_dir, name, config.max_segment_size, deleted + 1)) {
+      if (copy->size != size) return size_differs(name, copy->size, size);
+      return load_from_global(name, newest, deleted);
+    }
   // A record but no copy anywhere. If every member of the newest recorded
   // set, and the owner that wrote it, answered that it holds nothing, all
   // replicas are gone (S11's third case: they restarted, or the segment

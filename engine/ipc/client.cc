@@ -235,19 +235,26 @@ Result<ClientSegment*> Client::open(Op op, std::string_view name, uint64_t size)
     // Copy-on-write: this mapping is protected and this process's handler
     // copies pages aside for batond. Not where the application said its
     // memory changes by other means (BATON_TRACK_WRITES=0).
-    std::string why = track_writes_allowed() ? "" : "BATON_TRACK_WRITES=0";
-    if (why.empty()) {
-      auto share = CowShare::map(fds[3], s->mapped);  // takes the descriptor
-      auto cow = share ? CopyOnWrite::attach_client(s->data, s->mapped, std::move(*share), rep->protect_ahead == 1)
-                       : Result<std::unique_ptr<CopyOnWrite>>(tl::unexpected(share.error()));
+    std::string why = track_writes_allowed() ? CopyOnWrite::unavailable_reason() : "BATON_TRACK_WRITES=0";
+    auto share = CowShare::map(fds[3], s->mapped);  // takes the descriptor
+    if (!share) {
+      why = share.error().message;
+    } else if (!why.empty()) {
+      share->header().declined.store(1, std::memory_order_relaxed);  // batond's status says so
+    } else {
+      auto cow = CopyOnWrite::attach_client(s->data, s->mapped, std::move(*share), rep->protect_ahead == 1);
       if (cow) s->cow = std::move(*cow);
       else why = cow.error().message;
-    } else {
-      ::close(fds[3]);
     }
     if (s->cow == nullptr)
-      BT_WARN("segment %.*s: no copy-on-write in this process, commits copy it: %s", static_cast<int>(name.size()),
-              name.data(), why.c_str());
+      BT_WARN("segment %.*s: no copy-on-write in this process, commits copy it%s: %s", static_cast<int>(name.size()),
+              name.data(),
+              rep->commit_every_ms != 0
+                  ? (", and batond's periodic commits (every " + std::to_string(rep->commit_every_ms) +
+                     " ms) are not taken: only the application's own")
+                        .c_str()
+                  : "",
+              why.c_str());
     else
       s->commit_every_ms = rep->commit_every_ms;
   }
@@ -407,7 +414,16 @@ Result<uint64_t> post(ClientSegment& s, uint64_t timeout_ns, int socket_fd) {
       });
   if (!answered) return failed;
   const int32_t status = ch.status.load(std::memory_order_relaxed);
-  if (status != 0) return tl::unexpected(Error{static_cast<Errc>(-status), "commit refused by batond"});
+  if (status != 0) {
+    const auto code = static_cast<Errc>(-status);
+    const char* why = code == Errc::kFenced      ? ": fenced, the segment moved to a newer owner or was deleted"
+                      : code == Errc::kTimeout   ? ": batond timed out taking the snapshot"
+                      : code == Errc::kNoMemory  ? ": batond is out of memory"
+                      : code == Errc::kInvalidArgument ? ": a written range is past the segment's end"
+                                                 : nullptr;
+    return tl::unexpected(
+        Error{code, std::string("commit refused by batond") + (why != nullptr ? why : std::string(": ") + errc_name(code))});
+  }
   return ch.generation.load(std::memory_order_relaxed);
 }
 
@@ -551,9 +567,23 @@ void Client::run_periodic() {
       if (s->commit_every_ms == 0 || s->cow == nullptr) continue;
       if (now >= s->next_periodic_ns) {
         s->next_periodic_ns = now + uint64_t{s->commit_every_ms} * 1'000'000;
-        if (s->cow->any_written())
-          if (auto g = commit_locked(s.get(), {}); !g)
-            BT_WARN("segment handle %u: periodic commit failed: %s", s->handle, g.error().message.c_str());
+        if (s->cow->any_written()) {
+          auto g = commit_locked(s.get(), {});
+          if (!g && g.error().code == Errc::kFenced) {
+            // Not the owner any more: no commit of it can succeed again.
+            BT_WARN("segment handle %u: periodic commits stop: %s", s->handle, g.error().message.c_str());
+            s->commit_every_ms = 0;
+            continue;
+          }
+          if (!g && s->periodic_failures++ == 0)
+            BT_WARN("segment handle %u: periodic commit failed: %s (retried every %u ms; logged again once one "
+                    "succeeds)", s->handle, g.error().message.c_str(), s->commit_every_ms);
+          if (g && s->periodic_failures != 0) {
+            BT_WARN("segment handle %u: periodic commits succeed again, after %u failed", s->handle,
+                    s->periodic_failures);
+            s->periodic_failures = 0;
+          }
+        }
       }
       next = std::min(next, s->next_periodic_ns);
     }
@@ -564,6 +594,8 @@ void Client::run_periodic() {
 
 Result<uint64_t> Client::commit_locked(ClientSegment* s, std::span<const std::pair<uint64_t, uint64_t>> written) {
   CommitChannel& ch = *s->channel;
+  if (s->cow != nullptr && s->fenced)
+    return fail(Errc::kFenced, "fenced: the segment moved to a newer owner, or was deleted (a commit was refused)");
   if (s->cow != nullptr) {
     // The commit point: the written pages are taken and protected, and
     // this mapping's fault handler waits until batond has marked what the
@@ -583,6 +615,7 @@ Result<uint64_t> Client::commit_locked(ClientSegment* s, std::span<const std::pa
       ch.frozen.store(frozen ? 1 : 0, std::memory_order_relaxed);
       g = post(*s, commit_timeout_ns_, fd_);
       if (!g) freeze.untake();  // its pages may not have been applied: all again next time
+      if (!g && g.error().code == Errc::kFenced) s->fenced = true;  // every later commit is refused too
     }
     // batond settled everything before its copy: the protection can go.
     if (!frozen && g) {
@@ -596,7 +629,7 @@ Result<uint64_t> Client::commit_locked(ClientSegment* s, std::span<const std::pa
   if (s->watch != nullptr && !s->watch->collect(found)) all = true;
   if (std::exchange(s->resend_all, false)) all = true;
   if (s->posts) {
-    if (s->fenced) return fail(Errc::kFenced, "the segment moved to a newer owner, or was deleted (a posted commit was refused)");
+    if (s->fenced) return fail(Errc::kFenced, "fenced: the segment moved to a newer owner, or was deleted (a posted commit was refused)");
     // A refusal of an earlier post fails this commit (it was counted on).
     if (s->failures_seen != ch.log.failures.load(std::memory_order_relaxed))
       if (auto drained = drain_posts(*s); !drained) return tl::unexpected(drained.error());

@@ -554,6 +554,16 @@ void Server::on_request(Session& s, const char* buf, size_t n) {
     make_spare_channel();
 }
 
+namespace {
+/// An open (S11) of a segment committed in another size than it asks for
+/// (Engine::open says the same of a restore from the cluster).
+Reply size_differs(const std::string& name, uint64_t held, uint64_t asked) {
+  return reply_error(BATON_EINVAL, "segment " + name + " was committed with " + std::to_string(held) +
+                                       " bytes, not the " + std::to_string(asked) +
+                                       " asked for: open it with its size, or delete it to start afresh");
+}
+}  // namespace
+
 Reply Server::open_segment(Session& s, const Request& r, std::vector<int>& fds) {
   const std::string name(r.name, r.name_len);
   if (!wire::valid_name(name)) return reply_error(BATON_EINVAL, "bad segment name");
@@ -580,7 +590,7 @@ Reply Server::open_segment(Session& s, const Request& r, std::vector<int>& fds) 
   std::unique_lock lock(registry_mu_);
   // A standby instance's open of what the failover manager loaded for it.
   if (op == Op::kOpen || op == Op::kLoad)
-    if (auto pledged = take_pledge(s, name, fds, lock)) return *pledged;
+    if (auto pledged = take_pledge(s, name, op == Op::kOpen ? r.size : 0, fds, lock)) return *pledged;
   auto it = segments_.find(name);
   if (it != segments_.end() && it->second->holder != nullptr && it->second->holder != &s) {
     // The holder may be gone already, its session not yet done: give it a
@@ -600,6 +610,7 @@ Reply Server::open_segment(Session& s, const Request& r, std::vector<int>& fds) 
                                            (seg.holder == &s ? "already open in this application"
                                                              : "held by another application"));
     if (op == Op::kCreate) return reply_error(BATON_EEXIST, "segment " + name + " already exists on this node");
+    if (op == Op::kOpen && r.size != seg.size) return size_differs(name, seg.size, r.size);
     if (op != Op::kTakeOver)
       if (auto refused = over_limit(seg.size)) return *refused;
     // The application restarted: it gets its segment back as last committed
@@ -664,6 +675,13 @@ Reply Server::open_segment(Session& s, const Request& r, std::vector<int>& fds) 
   }
   Segment& seg = *it->second;
   seg.size = engine_.size(seg.handle);
+  if (op == Op::kOpen && r.size != seg.size) {
+    // Newer state of another size came from the cluster at the reopen:
+    // it stays on this blade, free, as a load leaves it.
+    seg.holder = nullptr;
+    registry_cv_.notify_all();
+    return size_differs(name, seg.size, r.size);
+  }
   if (op == Op::kTakeOver) {
     seg.holder = nullptr;
     registry_cv_.notify_all();
@@ -772,7 +790,7 @@ Reply Server::load_for(Session& s, const Request& r) {
   return loaded;
 }
 
-std::optional<Reply> Server::take_pledge(Session& s, const std::string& name, std::vector<int>& fds,
+std::optional<Reply> Server::take_pledge(Session& s, const std::string& name, uint64_t size, std::vector<int>& fds,
                                          std::unique_lock<std::mutex>& lock) {
   auto it = std::find_if(pledges_.begin(), pledges_.end(),
                          [&](const auto& p) { return p->name == name && descends_from(s.pid, p->pid); });
@@ -790,6 +808,8 @@ std::optional<Reply> Server::take_pledge(Session& s, const std::string& name, st
     why = "another node took it over since its load";
   else if (engine_.view().id != p->view)
     why = "the membership view changed since its load";
+  else if (size != 0 && size != seg->second->size)
+    why = "it asks for another size";
   else if (s.held + 1 > config_.max_segments || s.held_bytes + seg->second->size > config_.max_bytes)
     why = "over this application's limits";
   if (why.empty()) {

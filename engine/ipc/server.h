@@ -173,7 +173,7 @@ class Server {
   /// (fresh, the same view, its segment not fenced): its reply, `fds` its descriptors,
   /// the segment now held by `s`. With registry_mu_ held (`lock`, which a
   /// pledge let go of releases and takes again).
-  std::optional<Reply> take_pledge(Session& s, const std::string& name, std::vector<int>& fds,
+  std::optional<Reply> take_pledge(Session& s, const std::string& name, uint64_t size, std::vector<int>& fds,
                                    std::unique_lock<std::mutex>& lock);
   /// Lets go of pledges whose application is gone or which waited longer
   /// than kPledgeKeepNs (`all`: every one): the segment stays here, free,

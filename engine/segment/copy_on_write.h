@@ -93,8 +93,12 @@ class CowShare {
     std::atomic<uint64_t> copied_aside;
     std::atomic<uint64_t> protected_ahead;
     std::atomic<uint64_t> protected_at_commit;
+    /// The client library did not take copy-on-write (BATON_TRACK_WRITES=0,
+    /// or this kernel cannot): its commits copy. Shown in batond's status.
+    std::atomic<uint32_t> declined;
   };
   static constexpr uint64_t kStatesOffset = 64;
+  static_assert(sizeof(Header) <= kStatesOffset);
 
   /// batond: a new share for `len` bytes of memory (a multiple of 4 KiB).
   /// Errors: kNoMemory, kIo.
@@ -251,6 +255,11 @@ class CopyOnWrite {
   /// handler copied aside for a snapshot (kSettler: as the client counts
   /// them). Thread: any.
   uint64_t faults() const noexcept { return faults_->load(std::memory_order_relaxed); }
+  /// kSettler: the client library said it did not take copy-on-write
+  /// (CowShare::Header::declined). Thread: any.
+  bool declined() const noexcept {
+    return share_ != nullptr && share_->header().declined.load(std::memory_order_relaxed) != 0;
+  }
   uint64_t copied_aside() const noexcept { return copied_aside_->load(std::memory_order_relaxed); }
   /// Pages the protector protected again before a commit needed it, and
   /// pages the commits protected themselves. Thread: any.

@@ -5,7 +5,12 @@
 
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
 #include <algorithm>
+#include <cstdio>
+#include <fstream>
+#include <iterator>
 #include <string>
 
 #include <nlohmann/json.hpp>
@@ -62,6 +67,74 @@ TEST(Lifecycle, ACopyTakenOverElsewhereIsDroppedOnceNoApplicationHoldsIt) {
   EXPECT_EQ(restored, 1);
   EXPECT_EQ(got, gen);
   EXPECT_EQ(b.mem()[0], 7);
+}
+
+// Periodic commits (S5) through the client library: only what the
+// application wrote makes a generation (an open that only reads makes
+// none), and once another blade has taken the segment over, the library
+// stops committing it (one warning, not one per period) and the
+// application's own commit says it is fenced. An open that asks for
+// another size than the one committed is refused, naming both.
+TEST(Lifecycle, PeriodicCommitsTakeOnlyWritesAndStopOnceFenced) {
+  const std::string groups = "/tmp/baton-test-periodic-" + std::to_string(getpid()) + ".toml";
+  std::ofstream(groups) << "[snapshots]\nmode = \"copy-on-write\"\ncommit_every_ms = 5\n";
+  Chassis ch(3, "memif", 2, 1, "--groups " + groups);
+  std::remove(groups.c_str());
+  ASSERT_TRUE(ch.up) << ch.out;
+  const auto generation = [&](int blade) -> uint64_t {
+    for (const auto& seg : ch.status_json(blade).value("segments", nlohmann::json::array()))
+      if (seg.value("name", "") == "ticks") return seg.value("generation", uint64_t{0});
+    return 0;
+  };
+  App a(ch.socket(1));
+  ASSERT_EQ(a.open("ticks"), 0) << baton_last_error();
+  usleep(300'000);  // 60 periods, nothing written
+  EXPECT_EQ(generation(1), 0u) << "a period with nothing written made a generation";
+  a.mem()[100] = 7;
+  ASSERT_TRUE(eventually([&] { return generation(1) >= 1; })) << ch.status(1);
+  usleep(300'000);
+  const uint64_t after_write = generation(1);
+  usleep(300'000);
+  EXPECT_EQ(generation(1), after_write) << "periods with nothing written since made generations";
+  // Blade 2 takes it over; the application on blade 1 goes on writing.
+  int status = 0;
+  const std::string out = run(ch.ctl + " load ticks --socket " + ch.socket(2), &status);
+  ASSERT_EQ(status, 0) << out << ch.events(2);
+  char log[] = "/tmp/baton-test-periodic-log-XXXXXX";
+  const int log_fd = mkstemp(log);
+  ASSERT_GE(log_fd, 0);
+  const int saved = dup(2);
+  dup2(log_fd, 2);  // the library's warnings, counted below
+  for (int i = 0; i < 60; ++i) {
+    a.mem()[100 + 4096 * (i % 200)] = static_cast<unsigned char>(i);
+    usleep(5'000);
+  }
+  uint64_t g = 0;
+  const int rc = baton_commit(a.seg, &g);
+  const std::string why = baton_last_error();
+  dup2(saved, 2);
+  close(saved);
+  close(log_fd);
+  std::ifstream in(log);
+  const std::string said((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  std::remove(log);
+  EXPECT_EQ(rc, BATON_EFENCED) << why;
+  EXPECT_NE(why.find("fenced"), std::string::npos) << why;
+  size_t periodic = 0;
+  for (size_t at = said.find("periodic commit"); at != std::string::npos; at = said.find("periodic commit", at + 1))
+    ++periodic;
+  EXPECT_EQ(periodic, 1u) << said;
+  EXPECT_NE(said.find("periodic commits stop"), std::string::npos) << said;
+  // Blade 2 holds it, free: an open of another size is refused there.
+  App b(ch.socket(2));
+  baton_segment_t* s = nullptr;
+  EXPECT_EQ(baton_open(b.b, "ticks", 4096, &s, nullptr, nullptr), BATON_EINVAL);
+  EXPECT_NE(std::string(baton_last_error()).find("committed with 1048576 bytes, not the 4096"), std::string::npos)
+      << baton_last_error();
+  int restored = -1;
+  ASSERT_EQ(baton_open(b.b, "ticks", App::kSize, &s, &restored, nullptr), 0) << baton_last_error();
+  EXPECT_EQ(restored, 1);
+  EXPECT_EQ(static_cast<unsigned char*>(baton_segment_data(s))[100], 7);
 }
 
 TEST(Lifecycle, DeleteEverywhereThenStartFresh) {

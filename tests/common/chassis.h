@@ -38,11 +38,14 @@ struct Chassis {
   int blades;
   bool up = false;
   std::string out;  ///< what `chassis up` said
-  explicit Chassis(int n, const std::string& transport = "memif", int replicas = 1, int backplanes = 1)
+  /// `more`: further `chassis up` options (--groups FILE, --chunk-kib K, ...).
+  explicit Chassis(int n, const std::string& transport = "memif", int replicas = 1, int backplanes = 1,
+                   const std::string& more = "")
       : blades(n) {
     int status = 0;
     out = run(ctl + " chassis up --blades " + std::to_string(n) + " --replicas " + std::to_string(replicas) +
-                  " --transport " + transport + " --backplanes " + std::to_string(backplanes) + " --dir " + dir,
+                  " --transport " + transport + " --backplanes " + std::to_string(backplanes) + " --dir " + dir +
+                  " " + more,
               &status);
     up = status == 0;
   }

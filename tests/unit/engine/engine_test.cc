@@ -208,6 +208,19 @@ TEST(Engine, OpenRestoresAfterFailover) {
   auto gen = test::must(cl.node(1).commit(first->segment));
   ASSERT_TRUE(test::ok(cl.node(1).wait_replicated(first->segment, gen, 1, 10s)));
   cl.kill(1);
+  // Asking for another size than the committed one is an error, and
+  // takes nothing over: the size the application would read and write
+  // past is not what it gets back.
+  for (const uint64_t other : {uint64_t{4096}, uint64_t{16384}}) {
+    auto wrong = cl.node(2).open("kv", other);
+    ASSERT_FALSE(wrong) << "opened with " << other << " bytes";
+    EXPECT_EQ(wrong.error().code, Errc::kInvalidArgument);
+    EXPECT_NE(wrong.error().message.find("committed with 8192 bytes, not the " + std::to_string(other)),
+              std::string::npos)
+        << wrong.error().message;
+  }
+  for (const auto& e : cl.node(2).events())
+    EXPECT_EQ(e.text.find("ownership taken"), std::string::npos) << "taken for a refused open: " << e.text;
   auto again = cl.node(2).open("kv", 8192);
   ASSERT_TRUE(again) << again.error().to_string() << cl.events();
   EXPECT_EQ(again->outcome, OpenOutcome::kRestored);
