@@ -103,9 +103,10 @@ void insert(baton_t* b) {
 // register, open and load: the same checks, then the daemon or the engine.
 int open_segment(baton_t* b, baton::ipc::Op op, const char* name, uint64_t size, baton_segment_t** out,
                  int* restored, uint64_t* generation) {
+  // *out is written on success only: a caller that reuses the variable of
+  // a handle it holds keeps that handle when the call fails.
   if (!live(b)) return set_error(Errc::kInvalidArgument, "unknown baton handle");
   if (out == nullptr) return set_error(Errc::kInvalidArgument, "out is NULL");
-  *out = nullptr;
   if (int rc = check_name(name); rc != 0) return rc;
   if (b->client) {
     auto s = b->client->open(op, name, size);
@@ -276,11 +277,16 @@ int baton_commit(baton_segment_t* s, uint64_t* generation) { return baton_commit
 int baton_commit_ranges(baton_segment_t* s, const baton_range_t* ranges, size_t n, uint64_t* generation) {
   if (!live(s)) return set_error(Errc::kInvalidArgument, "unknown segment handle");
   if (ranges == nullptr && n > 0) return set_error(Errc::kInvalidArgument, "ranges is NULL but n is not 0");
+  // More ranges than bytes in the largest segment can only be a mistake.
+  constexpr size_t kMaxRanges = size_t{1} << 30;
+  if (n > kMaxRanges)
+    return set_error(Errc::kInvalidArgument, "too many ranges: " + std::to_string(n) + " (at most " +
+                                                 std::to_string(kMaxRanges) + ")");
   std::vector<std::pair<uint64_t, uint64_t>> written;
   try {
     written.reserve(n);
   } catch (const std::exception&) {
-    return set_error(Errc::kNoMemory, "too many ranges");
+    return set_error(Errc::kNoMemory, "no memory for " + std::to_string(n) + " ranges");
   }
   for (size_t i = 0; i < n; ++i) written.emplace_back(ranges[i].offset, ranges[i].length);
   // A commit that names ranges but none at all still says "nothing else changed".

@@ -460,6 +460,24 @@ Result<DaemonConfig> parse_daemon_config(std::string_view text, std::string_view
       c.engine.standbys.push_back(EngineConfig::Standby{seg, nodes});
     }
   }
+  {
+    // A standby receives every generation over a link: a node this one
+    // has none to never could (nor could the config's other nodes, which
+    // share these tables, be told apart from a typo).
+    std::set<uint16_t> known{c.engine.node_id};
+    for (const auto& l : c.links) known.insert(l.peer);
+    for (const auto& sb : c.engine.standbys) {
+      for (uint16_t n : sb.nodes)
+        if (known.count(n) == 0)
+          return tl::unexpected(r.error("standby", "segment \"" + sb.segment + "\": node " + std::to_string(n) +
+                                                       " is neither this node nor one it has a link to"));
+      if (sb.nodes.size() > c.engine.replication_factor)
+        c.warnings.push_back("standby: segment \"" + sb.segment + "\" names " + std::to_string(sb.nodes.size()) +
+                             " standby nodes, but engine.replication_factor is " +
+                             std::to_string(c.engine.replication_factor) + ": at most " +
+                             std::to_string(c.engine.replication_factor) + " of them keep a copy");
+    }
+  }
   // How commits take their snapshots (issue #10): a mode and a period for
   // every segment, and per segment name.
   if (const auto snaps = root["snapshots"]; snaps) {
@@ -503,6 +521,14 @@ Result<DaemonConfig> parse_daemon_config(std::string_view text, std::string_view
         c.engine.snapshot_modes.push_back(std::move(m));
       }
     }
+    // Periods are taken only by copy-on-write snapshots.
+    if (mode == EngineConfig::SnapshotMode::kStageCopy && c.engine.commit_every_ms != 0)
+      c.warnings.push_back("snapshots.commit_every_ms: stage-copy segments take no periodic commits (they need "
+                           "mode = \"copy-on-write\")");
+    for (const auto& m : c.engine.snapshot_modes)
+      if (m.mode == EngineConfig::SnapshotMode::kStageCopy && m.commit_every_ms.value_or(0) != 0)
+        c.warnings.push_back("snapshots.segment \"" + m.segment +
+                             "\": commit_every_ms is ignored: a stage-copy segment takes no periodic commits");
   }
   return c;
 }

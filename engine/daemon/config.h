@@ -77,6 +77,10 @@ struct DaemonConfig {
   LogLevel log_level = LogLevel::kInfo;
   bool syslog = false;
   std::vector<std::string> eal_args;
+  /// Settings that are valid but likely not what was meant (a period on a
+  /// stage-copy segment, more standby nodes than replicas): batond logs
+  /// them at start, and `--check` prints them.
+  std::vector<std::string> warnings;
 };
 
 /// Parses and validates a config. `source` names it in error messages.

@@ -84,6 +84,8 @@ int baton_connect(const char* socket_path, baton_t** out);
  * invalid. NULL is ignored. */
 void baton_stop(baton_t* baton);
 
+/* baton_register, baton_open and baton_load write *out on success only. */
+
 /* Registers a new segment (S1). BATON_EEXIST if any reachable node holds the name. */
 int baton_register(baton_t* baton, const char* name, uint64_t size, baton_segment_t** out);
 
@@ -91,7 +93,9 @@ int baton_register(baton_t* baton, const char* name, uint64_t size, baton_segmen
  * (*restored = 1), else creates a zeroed segment (*restored = 0). `restored`
  * and `generation` may be NULL. A restored segment holds exactly generation
  * *generation as committed: after an application crash on the same node,
- * bytes the dead application wrote after its last commit are gone. */
+ * bytes the dead application wrote after its last commit are gone. A
+ * segment committed in another size than `size` is not restored:
+ * BATON_EINVAL, naming both (baton_load takes it in its own size). */
 int baton_open(baton_t* baton, const char* name, uint64_t size, baton_segment_t** out, int* restored,
                uint64_t* generation);
 
@@ -130,7 +134,8 @@ int baton_commit(baton_segment_t* segment, uint64_t* generation);
  * since its previous commit of this segment, added to what tracking found.
  * It promises nothing else changed (n = 0 with ranges not NULL: nothing
  * changed; ranges NULL: the same as baton_commit()). BATON_EINVAL for a
- * range past the segment's end, or ranges NULL with n > 0. See docs/user-guide.md, "What a
+ * range past the segment's end, ranges NULL with n > 0, or n above 2^30;
+ * BATON_ENOMEM when the list cannot be held. See docs/user-guide.md, "What a
  * commit copies". Set BATON_TRACK_WRITES=0 in the environment (or
  * no_write_tracking in baton_config_t) when something other than this
  * process's writes through baton_segment_data() changes a segment (DMA, a

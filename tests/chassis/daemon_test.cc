@@ -362,6 +362,8 @@ TEST(Daemon, CommitsCopyOnlyWhatTheApplicationWrote) {
         const baton_range_t bad{kSize - 1, 2};
         EXPECT_EQ(baton_commit_ranges(seg, &bad, 1, nullptr), BATON_EINVAL);
         EXPECT_EQ(baton_commit_ranges(seg, nullptr, 1, nullptr), BATON_EINVAL);
+        EXPECT_EQ(baton_commit_ranges(seg, &bad, SIZE_MAX, nullptr), BATON_EINVAL);
+        EXPECT_NE(std::string(baton_last_error()).find("too many ranges"), std::string::npos) << baton_last_error();
       }
       ASSERT_EQ(baton_commit(seg, &gen), 0) << baton_last_error();
     }

@@ -576,7 +576,7 @@ TEST(Hostile, TheDaemonBoundsEveryWait) {
   expect_serves(d, "bounded");  // generation 1, never durable on a single node
   Raw c(d.socket());
   std::vector<int> fds;
-  Reply rep = c.call(request(Op::kOpen, "bounded", 4096), &fds);
+  Reply rep = c.call(request(Op::kOpen, "bounded", 65536), &fds);  // the size expect_serves committed
   ASSERT_EQ(rep.status, 0) << rep.message;
   ASSERT_EQ(rep.generation, 1u);
   for (int fd : fds) close(fd);

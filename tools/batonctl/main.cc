@@ -208,7 +208,9 @@ int main(int argc, char** argv) {
   up->add_option("--transport", chassis.transport,
                  "memif, af_packet (veth pairs between network namespaces), shm (regions in /dev/shm), or mixed "
                  "(blades two by two one server: shm inside, memif between)");
-  up->add_option("--groups", chassis.groups_file, "a file of [[group]] tables (service groups) for every blade");
+  up->add_option("--groups", chassis.groups_file,
+                 "a TOML file appended to every blade's config: [[group]] tables (service groups), [snapshots], "
+                 "[[standby]], ...");
   up->add_option("--spares", chassis.spares, "blades in the spare pool")->delimiter(',');
   up->add_option("--cores", chassis.cores, "each blade's cores, for service groups' minimums")->delimiter(',');
   up->add_option("--chunk-kib", chassis.chunk_kib,

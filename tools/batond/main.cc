@@ -55,6 +55,7 @@ int main(int argc, char** argv) {
     return 2;
   }
   if (check) {
+    for (const auto& w : cfg->warnings) std::fprintf(stderr, "batond: %s: warning: %s\n", config_path.c_str(), w.c_str());
     std::printf("%s: ok (node %u \"%s\", %zu links)\n", config_path.c_str(), cfg->engine.node_id, cfg->name.c_str(),
                 cfg->links.size());
     return 0;
@@ -67,6 +68,7 @@ int main(int argc, char** argv) {
     openlog("batond", LOG_PID, LOG_DAEMON);
     baton::set_log_syslog(true);
   }
+  for (const auto& w : cfg->warnings) BT_WARN("%s: %s", config_path.c_str(), w.c_str());
 
   // A write to a pipe nobody reads any more (a standby instance that
   // closed its promotion pipe, a hook's) fails with EPIPE instead of

@@ -68,6 +68,10 @@ TEST_F(CApi, NamesAreValidated) {
   EXPECT_EQ(baton_load(b, nullptr, &s, nullptr), BATON_EINVAL);
   EXPECT_EQ(s, nullptr);
   EXPECT_EQ(baton_register(b, std::string(63, 'a').c_str(), 64, &s), 0) << baton_last_error();
+  baton_segment_t* const held = s;
+  EXPECT_NE(baton_open(b, std::string(63, 'a').c_str(), 64, &s, nullptr, nullptr), 0) << "open here already";
+  EXPECT_NE(baton_register(b, "", 64, &s), 0);
+  EXPECT_EQ(s, held) << "a failed call leaves the caller's handle alone";
   EXPECT_EQ(baton_unregister(s), 0);
 }
 

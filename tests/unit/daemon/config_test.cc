@@ -201,6 +201,9 @@ id = 4
 spare = true
 [client]
 socket = "/tmp/b.sock"
+[[link]]
+peer = 3
+device = "net_memif0,role=client,socket=/tmp/a.sock"
 [[group]]
 name = "kv"
 segments = ["kv", "kv-index"]
@@ -256,10 +259,19 @@ slow_above = 12.5
 }
 
 TEST(DaemonConfig, StandbyTablesNameOtherSegments) {
-  auto c = parse_daemon_config(R"([node]
+  const std::string links = R"([node]
 id = 1
 [client]
 socket = "/tmp/b.sock"
+[[link]]
+peer = 2
+device = "net_memif0,role=server,socket=/tmp/a.sock"
+[[link]]
+peer = 3
+device = "net_memif1,role=server,socket=/tmp/c.sock"
+)";
+  auto c = parse_daemon_config(links + R"([engine]
+replication_factor = 2
 [[standby]]
 segment = "orders"
 nodes = [2, 3]
@@ -268,6 +280,19 @@ nodes = [2, 3]
   ASSERT_EQ(c->engine.standbys.size(), 1u);
   EXPECT_EQ(c->engine.standbys[0].segment, "orders");
   EXPECT_EQ(c->engine.standbys[0].nodes, (std::vector<uint16_t>{2, 3}));
+  EXPECT_TRUE(c->warnings.empty()) << c->warnings.front();
+  // This node may be named (every blade's config carries the same tables);
+  // more standbys than replicas is allowed, and said.
+  auto more = parse_daemon_config(links + "[[standby]]\nsegment = \"orders\"\nnodes = [1, 2, 3]\n", "more.toml");
+  ASSERT_TRUE(more) << more.error().message;
+  ASSERT_EQ(more->warnings.size(), 1u);
+  EXPECT_NE(more->warnings[0].find("names 3 standby nodes, but engine.replication_factor is 1"), std::string::npos)
+      << more->warnings[0];
+  // A node no link reaches could never receive the segment.
+  auto unknown = parse_daemon_config(links + "[[standby]]\nsegment = \"orders\"\nnodes = [99]\n", "unknown.toml");
+  ASSERT_FALSE(unknown);
+  EXPECT_NE(unknown.error().message.find("node 99 is neither this node nor one it has a link to"), std::string::npos)
+      << unknown.error().message;
 }
 
 TEST(DaemonConfig, SnapshotModesParse) {
@@ -296,8 +321,18 @@ commit_every_ms = 5
   EXPECT_FALSE(c->engine.snapshot_modes[0].commit_every_ms.has_value());
   EXPECT_EQ(c->engine.snapshot_modes[1].mode, EngineConfig::SnapshotMode::kCopyOnWrite) << "as [snapshots] says";
   EXPECT_EQ(c->engine.snapshot_modes[1].commit_every_ms, 5u);
+  ASSERT_EQ(c->warnings.size(), 0u) << "the stage-copy segment has no period of its own";
   auto plain = parse_daemon_config("[node]\nid = 1\n[client]\nsocket = \"/tmp/b.sock\"\n", "plain.toml");
   ASSERT_TRUE(plain);
+  // A period only copy-on-write segments can take: valid, and said.
+  auto ignored = parse_daemon_config(
+      "[node]\nid = 1\n[client]\nsocket = \"/tmp/b.sock\"\n[snapshots]\ncommit_every_ms = 10\n"
+      "[[snapshots.segment]]\nname = \"s\"\nmode = \"stage-copy\"\ncommit_every_ms = 5\n",
+      "ignored.toml");
+  ASSERT_TRUE(ignored) << ignored.error().message;
+  ASSERT_EQ(ignored->warnings.size(), 2u);
+  EXPECT_NE(ignored->warnings[0].find("stage-copy segments take no periodic commits"), std::string::npos);
+  EXPECT_NE(ignored->warnings[1].find("snapshots.segment \"s\": commit_every_ms is ignored"), std::string::npos);
   EXPECT_EQ(plain->engine.snapshot_mode, EngineConfig::SnapshotMode::kStageCopy) << "the default";
   EXPECT_FALSE(plain->engine.cow_protect_ahead) << "the default";
 }
