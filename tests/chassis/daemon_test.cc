@@ -325,6 +325,47 @@ uint64_t counter(const Batond& d, const std::string& name) {
 /// batond's count of chunks commits left alone as unchanged.
 uint64_t chunks_skipped(const Batond& d) { return counter(d, "chunks_skipped"); }
 
+/// `batonctl status --json` of `d`.
+std::string status_of(const Batond& d) {
+  const char* ctl = std::getenv("BATONCTL");
+  if (ctl == nullptr) return "";
+  FILE* p = popen((std::string(ctl) + " status --json --socket " + d.socket()).c_str(), "r");
+  if (p == nullptr) return "";
+  std::string out;
+  char buf[4096];
+  for (size_t n; (n = fread(buf, 1, sizeof buf, p)) > 0;) out.append(buf, n);
+  pclose(p);
+  return out;
+}
+
+// An application whose library does not take copy-on-write (here
+// BATON_TRACK_WRITES=0) commits by copying: batond's status says
+// stage-copy for its segment, not the configured mode, and its commits
+// are byte-exact all the same.
+TEST(Daemon, AnApplicationThatDeclinesCopyOnWriteIsShownCopying) {
+  TempDir dir;
+  Batond d(1, dir.path, "", "[snapshots]\nmode = \"copy-on-write\"\ncommit_every_ms = 5\n");
+  baton_t* b = nullptr;
+  ASSERT_EQ(baton_connect(d.socket().c_str(), &b), 0) << baton_last_error();
+  baton_segment_t* s = nullptr;
+  setenv("BATON_TRACK_WRITES", "0", 1);
+  const int rc = baton_open(b, "declined", 1 << 20, &s, nullptr, nullptr);
+  unsetenv("BATON_TRACK_WRITES");
+  ASSERT_EQ(rc, 0) << baton_last_error();
+  EXPECT_NE(status_of(d).find("\"snapshots\":\"stage-copy\""), std::string::npos) << status_of(d);
+  std::memset(baton_segment_data(s), 3, 1 << 20);
+  uint64_t g = 0;
+  ASSERT_EQ(baton_commit(s, &g), 0) << baton_last_error();
+  EXPECT_EQ(g, 1u) << "the library took no periodic commit of it";
+  baton_stop(b);  // gone without unregistering: batond keeps the segment for the next (S3)
+  // The next application takes copy-on-write: shown so again.
+  ASSERT_EQ(baton_connect(d.socket().c_str(), &b), 0) << baton_last_error();
+  ASSERT_EQ(baton::test::open_when_free(b, "declined", 1 << 20, &s, nullptr, nullptr), 0) << baton_last_error();
+  EXPECT_NE(status_of(d).find("\"snapshots\":\"copy-on-write\""), std::string::npos) << status_of(d);
+  EXPECT_EQ(static_cast<unsigned char*>(baton_segment_data(s))[12345], 3);
+  baton_stop(b);
+}
+
 // The client library tracks the application's writes (batond cannot see
 // them) and batond copies only their chunks. Every committed generation
 // comes back byte-exact: across reconnects (batond puts the memory back
