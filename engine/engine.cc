@@ -514,6 +514,10 @@ Result<Segment*> Engine::Impl::make_segment(std::string_view name, uint64_t size
     if (seg->cow != nullptr && sim == nullptr) {
       seg->commit_every_ns = uint64_t{every} * 1'000'000;
       seg->next_periodic_ns = clock_ns() + seg->commit_every_ns;
+      // Only what the application writes from now on counts (CopyOnWrite::protect_all).
+      if (auto ok = seg->cow->protect_all(); !ok)
+        BT_WARN("segment %s: %s: the first periodic commit takes it whole", seg->name.c_str(),
+                ok.error().message.c_str());
     } else {
       BT_WARN("segment %s: no periodic commits (every %u ms asked): %s", seg->name.c_str(), every,
               sim != nullptr ? "not in a simulation" : "they need copy-on-write snapshots");

@@ -257,6 +257,12 @@ Result<ClientSegment*> Client::open(Op op, std::string_view name, uint64_t size)
               why.c_str());
     else
       s->commit_every_ms = rep->commit_every_ms;
+    // With a period, only what the application writes from now on counts:
+    // an open that only reads makes no generation.
+    if (s->cow != nullptr && s->commit_every_ms != 0)
+      if (auto ok = s->cow->protect_all(); !ok)
+        BT_WARN("segment %.*s: %s: the first periodic commit takes it whole", static_cast<int>(name.size()),
+                name.data(), ok.error().message.c_str());
   }
   // A segment of a chunk or two is copied whole anyway: no scan, no faults.
   if (s->cow == nullptr && s->size > kMinTrackedSize && track_writes_allowed())

@@ -394,19 +394,23 @@ Result<std::unique_ptr<CopyOnWrite>> CopyOnWrite::make(Role role, std::byte* bas
   std::string why;
   c->slot_ = Handler::add(c.get(), why);
   if (c->slot_ < 0) return fail(Errc::kUnavailable, why);
-  // Protected from the start, so that only what is written from now on
-  // counts as written: a periodic commit of a segment that was opened and
-  // only read is no new generation. (The engine does not rely on it: its
-  // stages take whole what they never held, and a restore marks them.)
-  // Where that fails, every page counts as written until the first freeze.
-  if (c->protect_range(0, len, true)) {
-    for (uint32_t w = 0; w < words; ++w) {
-      c->written_[w].store(0, std::memory_order_relaxed);
-      c->unprotected_[w].store(0, std::memory_order_relaxed);
-    }
-    c->wholesale_ = false;
-  }
   return c;
+}
+
+Result<void> CopyOnWrite::protect_all() {
+  if (role_ == Role::kSettler) return {};
+  lock_writer();
+  const bool ok = protect_range(0, len_, true);
+  if (ok) {
+    for (uint32_t w = 0; w < (pages_ + 63) / 64; ++w) {
+      written_[w].store(0, std::memory_order_relaxed);
+      unprotected_[w].store(0, std::memory_order_relaxed);
+    }
+    wholesale_ = false;
+  }
+  unlock_writer();
+  if (!ok) return fail(Errc::kIo, errno_text("UFFDIO_WRITEPROTECT"));  // every page still counts as written
+  return {};
 }
 
 Result<std::unique_ptr<CopyOnWrite>> CopyOnWrite::attach(std::byte* base, uint64_t len, bool ahead) {

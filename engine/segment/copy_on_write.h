@@ -251,6 +251,15 @@ class CopyOnWrite {
   /// committer (a write racing it may or may not be seen).
   bool any_written() const noexcept;
 
+  /// Protects every page now, so that from here on only what is written
+  /// counts as written (until then every page does: the first freeze
+  /// protects them all). For a segment committed by a period: a periodic
+  /// commit of one that was opened and only read is then no generation.
+  /// Its price is a fault at each page's first write, instead of a minor
+  /// fault, until the first commit. Not for kSettler. Thread: the
+  /// committer, before the application writes. Errors: kIo.
+  Result<void> protect_all();
+
   /// Faults handled (writes that reached a protected page), and pages the
   /// handler copied aside for a snapshot (kSettler: as the client counts
   /// them). Thread: any.

@@ -62,8 +62,7 @@ TEST(CopyOnWrite, AWriteToAPendingPageCopiesItAsideFirst) {
   auto cow = test::must(CopyOnWrite::attach(m.p, m.len, false));
   ChunkBitmap pend;
   pend.reset(64);
-  EXPECT_EQ(freeze(*cow, aside.data(), pend), Runs{})
-      << "protected from the start: nothing counts as written before a write";
+  EXPECT_EQ(freeze(*cow, aside.data(), pend), (Runs{{0, 64 * kPage}})) << "everything counts as written at first";
 
   m.p[3 * kPage] = std::byte{2};
   m.p[4 * kPage + 9] = std::byte{2};  // joins page 3's run
@@ -102,6 +101,24 @@ TEST(CopyOnWrite, AWriteToAPendingPageCopiesItAsideFirst) {
   cow.reset();
   m.p[10 * kPage] = std::byte{7};
   EXPECT_EQ(m.p[10 * kPage], std::byte{7});
+}
+
+// protect_all() (a segment with a period): from then on only writes
+// count, each page's first one a fault.
+TEST(CopyOnWrite, ProtectAllCountsOnlyWhatIsWrittenAfterIt) {
+  SKIP_WITHOUT_COW();
+  Mapping m(16 * kPage);
+  std::vector<std::byte> aside(16 * kPage);
+  auto cow = test::must(CopyOnWrite::attach(m.p, m.len, false));
+  EXPECT_TRUE(cow->any_written()) << "every page, before anything is protected";
+  ASSERT_TRUE(test::ok(cow->protect_all()));
+  EXPECT_FALSE(cow->any_written());
+  m.p[5 * kPage] = std::byte{1};
+  EXPECT_EQ(cow->faults(), 1u);
+  EXPECT_TRUE(cow->any_written());
+  ChunkBitmap pend;
+  pend.reset(16);
+  EXPECT_EQ(freeze(*cow, aside.data(), pend), (Runs{{5 * kPage, kPage}}));
 }
 
 /// `pages` pages under copy-on-write (`ahead`: protected ahead of the
