@@ -744,6 +744,11 @@ uint64_t Engine::Impl::restore_committed(Segment& seg) {
   // snapshot copies everything.
   for (auto& s : seg.stages) s.stale.set_all();
   seg.rewritten = true;  // and no delta of it
+  // With a period, what the application writes from now on is what counts
+  // (the memory is the committed generation again): as at the open.
+  if (seg.cow != nullptr && seg.commit_every_ns != 0)
+    if (auto ok = seg.cow->protect_all(); !ok)
+      BT_WARN("segment %s: %s: the next periodic commit takes it whole", seg.name.c_str(), ok.error().message.c_str());
   return generation;
 }
 

@@ -714,6 +714,34 @@ TEST(CopyOnWrite, PeriodicCommitsAreSnapshotsOfOneInstantWhileTheApplicationRuns
   EXPECT_EQ(test::must(cl.node(1).commit(seg)), settled + 1);
 }
 
+// With a period, only writes make generations: none after the create
+// while nothing is written, one once something is, and none after a
+// reopen (the memory is the committed generation again) until the next
+// write.
+TEST(CopyOnWrite, APeriodCommitsOnlyWhatIsWritten) {
+  SKIP_WITHOUT_COW();
+  EngineConfig c = cow_config();
+  c.commit_every_ms = 2;
+  Cluster cl(2, c);
+  auto seg = test::must(cl.node(1).create("quiet", 1 << 20));
+  std::this_thread::sleep_for(40ms);
+  EXPECT_EQ(test::must(cl.node(1).status(seg)).generation, 0u) << "nothing written since the create";
+  cl.node(1).data(seg)[4096 * 7] = std::byte{7};
+  for (int i = 0; i < 500 && test::must(cl.node(1).status(seg)).generation == 0; ++i)
+    std::this_thread::sleep_for(2ms);
+  const uint64_t written = test::must(cl.node(1).status(seg)).generation;
+  ASSERT_EQ(written, 1u) << "one write, one generation";
+  auto again = test::must(cl.node(1).reopen(seg));
+  EXPECT_EQ(again.generation, written);
+  std::this_thread::sleep_for(40ms);
+  EXPECT_EQ(test::must(cl.node(1).status(again.segment)).generation, written) << "nothing written since the reopen";
+  EXPECT_EQ(cl.node(1).data(again.segment)[4096 * 7], std::byte{7});
+  cl.node(1).data(again.segment)[0] = std::byte{1};
+  for (int i = 0; i < 500 && test::must(cl.node(1).status(again.segment)).generation == written; ++i)
+    std::this_thread::sleep_for(2ms);
+  EXPECT_EQ(test::must(cl.node(1).status(again.segment)).generation, written + 1);
+}
+
 // A stage-copy segment cannot be snapshotted while it runs: a period asked
 // for one is refused (logged) and only the application commits.
 TEST(CopyOnWrite, NoPeriodicCommitsWithoutCopyOnWrite) {
