@@ -373,8 +373,18 @@ Result<DaemonConfig> parse_daemon_config(std::string_view text, std::string_view
         if (other.name == name) return tl::unexpected(r.error(where + ".name", "\"" + name + "\" is used twice"));
       g.name = name;
       TRY(segments, r.strings(gv["segments"], where + ".segments"));
-      for (const auto& seg : segments)
+      for (size_t i = 0; i < segments.size(); ++i) {
+        const std::string& seg = segments[i];
         if (!wire::valid_name(seg)) return tl::unexpected(r.error(where + ".segments", "\"" + seg + "\" is not a segment name"));
+        if (std::find(segments.begin(), segments.begin() + static_cast<std::ptrdiff_t>(i), seg) !=
+            segments.begin() + static_cast<std::ptrdiff_t>(i))
+          return tl::unexpected(r.error(where + ".segments", "names \"" + seg + "\" twice"));
+        // Two groups with one segment would take it from each other for ever.
+        for (const auto& other : c.groups)
+          if (std::find(other.segments.begin(), other.segments.end(), seg) != other.segments.end())
+            return tl::unexpected(r.error(where + ".segments", "\"" + seg + "\" is group \"" + other.name +
+                                                                   "\"'s already (a segment has one owner)"));
+      }
       g.segments = segments;
       TRY(start, r.string(gv["start"], where + ".start", std::nullopt));
       if (start.empty()) return tl::unexpected(r.error(where + ".start", "is empty"));

@@ -5,6 +5,7 @@
 #include "failover/manager.h"
 
 #include <poll.h>
+#include <signal.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -23,6 +24,9 @@ namespace baton::failover {
 namespace {
 
 constexpr uint64_t kMs = 1'000'000;
+/// An alert hook's longest run: a hung one is killed (session and all), so
+/// that dead ends that recur do not pile hooks up.
+constexpr uint64_t kAlertTimeoutNs = 60'000 * kMs;
 constexpr uint64_t kTickNs = 20 * kMs;
 constexpr uint64_t kBusyTickNs = 1 * kMs;  ///< while this node starts a group
 constexpr uint64_t kReportEveryNs = 250 * kMs;
@@ -74,7 +78,10 @@ Result<std::unique_ptr<Manager>> Manager::start(Engine& engine, ManagerConfig co
 Manager::~Manager() {
   stop_.store(true);
   if (thread_.joinable()) thread_.join();
-  for (pid_t p : alerts_) waitpid(p, nullptr, 0);
+  for (const auto& a : alerts_) {  // a hung hook must not hold batond's exit
+    kill(-a.pid, SIGKILL);
+    waitpid(a.pid, nullptr, 0);
+  }
 }
 
 void Manager::run() noexcept {
@@ -157,8 +164,9 @@ void Manager::alert(const Coordinator::Alert& a) {
   const pid_t pid = spawn_child({"/bin/sh", "-c", g->alert},
                                 {"BATON_GROUP=" + a.group, "BATON_REASON=" + a.reason,
                                  "BATON_NODE=" + std::to_string(config_.node)},
-                                false);
-  if (pid > 0) alerts_.push_back(pid);
+                                true);
+  if (pid > 0) alerts_.push_back(RunningAlert{pid, now_ns(), a.group});
+  else BT_ERROR("failover: group %s: the alert hook did not start", a.group.c_str());
 }
 
 void Manager::metric(pid_t pid, const std::string& name, double value) {
@@ -180,7 +188,20 @@ void Manager::tick(uint64_t now) {
     std::lock_guard lock(mu_);
     standbys_ = std::move(standbys);
   }
-  std::erase_if(alerts_, [](pid_t p) { return waitpid(p, nullptr, WNOHANG) != 0; });
+  std::erase_if(alerts_, [now](const RunningAlert& a) {
+    int status = 0;
+    const pid_t got = waitpid(a.pid, &status, WNOHANG);
+    if (got == 0 && now - a.started_ns < kAlertTimeoutNs) return false;
+    if (got == 0) {  // hung: the next dead end starts another; this one goes, with what it started
+      kill(-a.pid, SIGKILL);
+      waitpid(a.pid, nullptr, 0);
+      BT_ERROR("failover: group %s: the alert hook ran %llu s and was killed", a.group.c_str(),
+               static_cast<unsigned long long>(kAlertTimeoutNs / 1'000'000'000));
+    } else if (got > 0 && !(WIFEXITED(status) && WEXITSTATUS(status) == 0)) {
+      BT_ERROR("failover: group %s: the alert hook failed (%s)", a.group.c_str(), exit_text(status).c_str());
+    }
+    return true;
+  });
 
   // The coordinator: the lowest id of a quorate view every member agrees on.
   const View v = engine_.view();
@@ -295,8 +316,11 @@ nlohmann::json Manager::status() const {
     out["groups"].push_back(j);
   }
   out["pool"] = json::array();
+  const View view = engine_.view();
   for (const auto& [n, r] : reports_) {
     const auto heard = heard_ns_.find(n);
+    // A node out of this node's view: its last report, not its state now.
+    const bool up = std::find(view.members.begin(), view.members.end(), n) != view.members.end();
     json runs = json::array();
     for (const auto& run : r.runs)
       if (works(run.state)) runs.push_back(run.group);
@@ -306,6 +330,7 @@ nlohmann::json Manager::status() const {
                            {"memory_mib", r.caps.memory_mib},
                            {"tags", r.caps.tags},
                            {"runs", runs},
+                           {"up", up},
                            {"same_groups", r.groups_hash == coordinator_.hash()},
                            {"heard_ms_ago", heard == heard_ns_.end() ? -1 : static_cast<int64_t>((now_ns() - heard->second) / kMs)}});
   }

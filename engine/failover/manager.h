@@ -85,7 +85,15 @@ class Manager {
   uint64_t last_tick_ns_ = 0;                ///< a long gap since: this thread was stalled
   ReportRound round_;                        ///< the reports asked for when it began or resumed coordinating
   bool round_said_ = true;                   ///< the round's outcome was logged
-  std::vector<pid_t> alerts_;                ///< alert hooks running
+  /// Alert hooks running (each in a session of its own), and when each
+  /// started: one still running after kAlertTimeoutNs is killed, session
+  /// and all, and so are all of them when the manager stops. Manager thread.
+  struct RunningAlert {
+    pid_t pid;
+    uint64_t started_ns;
+    std::string group;
+  };
+  std::vector<RunningAlert> alerts_;
   std::map<std::string, std::string> standbys_;  ///< this node's standby instances (Runner::standbys)
   std::vector<uint16_t> spares_;             ///< the spare pool as last given to Engine::prefer_replicas_on; the thread's
   struct Metric {

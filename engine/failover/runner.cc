@@ -502,15 +502,20 @@ void Runner::start_load(Local& l) {
 void Runner::watch(Local& l, uint64_t now) {
   if (l.live && l.live->died()) {
     // Seen going down the moment it did; its pidfd turns readable only once
-    // its memory is torn down. It is reaped while the group stops here.
+    // its memory is torn down. It is reaped while the group stops here;
+    // what it left running in its session goes now.
     l.live->stop();
     l.live.reset();
+    if (l.app > 0) kill(-l.app, SIGKILL);
     fail(l, "the application (pid " + std::to_string(l.app) + ") ended: its liveness lock was released as it exited",
          now);
     return;
   }
   if (const int st = reap(l.app); st != kRunning) {
     // Its pidfd (or a wait) told first: the lock's watcher had not run yet.
+    // What it left running in its session (a start command that put the
+    // application in the background and exited) goes with it.
+    if (l.app > 0) kill(-l.app, SIGKILL);
     const std::string pid = std::to_string(l.app);
     l.app = -1;
     close_fd(l);

@@ -288,14 +288,19 @@ int main(int argc, char** argv) {
       std::printf("%-16s %-6d %-10llu %-10s %-8d %s\n", g.value("name", "").c_str(), g.value("node", 0),
                   static_cast<unsigned long long>(g.value("assignment", uint64_t{0})), g.value("state", "").c_str(),
                   g.value("priority", 0), g.value("why", "").c_str());
-    std::printf("\n%-6s %-6s %-6s %-10s %-12s %s\n", "node", "spare", "cores", "memory_mib", "runs", "tags");
+    std::printf("\n%-6s %-5s %-6s %-6s %-10s %-12s %s\n", "node", "up", "spare", "cores", "memory_mib", "runs", "tags");
     for (const auto& p : j.value("pool", json::array())) {
       std::string runs, tags;
       for (const auto& r : p.value("runs", json::array())) runs += (runs.empty() ? "" : ",") + r.get<std::string>();
       for (const auto& t : p.value("tags", json::array())) tags += (tags.empty() ? "" : ",") + t.get<std::string>();
-      std::printf("%-6d %-6s %-6d %-10llu %-12s %s\n", p.value("node", 0), p.value("spare", false) ? "yes" : "no",
-                  p.value("cores", 0), static_cast<unsigned long long>(p.value("memory_mib", uint64_t{0})),
-                  runs.empty() ? "-" : runs.c_str(), tags.c_str());
+      const bool up = p.value("up", true);
+      // A node that is down shows what it last reported running.
+      if (!up && !runs.empty()) runs = "(" + runs + ")";
+      if (!p.value("same_groups", true)) tags += "  [its [[group]] tables differ from this node's: not eligible]";
+      std::printf("%-6d %-5s %-6s %-6d %-10llu %-12s %s\n", p.value("node", 0), up ? "yes" : "DOWN",
+                  p.value("spare", false) ? "yes" : "no", p.value("cores", 0),
+                  static_cast<unsigned long long>(p.value("memory_mib", uint64_t{0})), runs.empty() ? "-" : runs.c_str(),
+                  tags.c_str());
     }
     const auto standbys = j.value("standby_instances", json::object());
     if (!standbys.empty()) std::printf("\nstandby instances on this node:\n");

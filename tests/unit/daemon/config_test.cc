@@ -429,6 +429,11 @@ INSTANTIATE_TEST_SUITE_P(
             "group[0].standby_instances: must be true or false"},
         Bad{NODE_AND("[[group]]\nname = \"a\"\nstart = \"x\"\nsegments = [\"s\"]\nstandby = [2, 2]\n"),
             "group[0].standby: names node 2 twice"},
+        Bad{NODE_AND("[[group]]\nname = \"a\"\nstart = \"x\"\nsegments = [\"s\", \"s\"]\n"),
+            "group[0].segments: names \"s\" twice"},
+        Bad{NODE_AND("[[group]]\nname = \"a\"\nstart = \"x\"\nsegments = [\"s\"]\n"
+                     "[[group]]\nname = \"b\"\nstart = \"y\"\nsegments = [\"t\", \"s\"]\n"),
+            "group[1].segments: \"s\" is group \"a\"'s already"},
         Bad{NODE_AND("[[standby]]\nnodes = [2]\n"), "standby[0].segment: is required"},
         Bad{NODE_AND("[[standby]]\nsegment = \"s\"\n"), "standby[0].nodes: 1..4 node ids"},
         Bad{NODE_AND("[[standby]]\nsegment = \"s\"\nnodes = [70000]\n"), "standby[0].nodes: must be an array of node ids"},
