@@ -283,9 +283,9 @@ int main(int argc, char** argv) {
       return 0;
     }
     std::printf("coordinator: %s\n", j.value("coordinator", 0) ? ("node " + std::to_string(j.value("coordinator", 0))).c_str() : "none (no quorate, agreed view)");
-    std::printf("%-16s %-6s %-10s %-10s %-8s %s\n", "group", "node", "assignment", "state", "priority", "why");
+    std::printf("%-16s %-6s %-14s %-10s %-8s %s\n", "group", "node", "assignment", "state", "priority", "why");
     for (const auto& g : j.value("groups", json::array()))
-      std::printf("%-16s %-6d %-10llu %-10s %-8d %s\n", g.value("name", "").c_str(), g.value("node", 0),
+      std::printf("%-16s %-6d %-14llu %-10s %-8d %s\n", g.value("name", "").c_str(), g.value("node", 0),
                   static_cast<unsigned long long>(g.value("assignment", uint64_t{0})), g.value("state", "").c_str(),
                   g.value("priority", 0), g.value("why", "").c_str());
     std::printf("\n%-6s %-5s %-6s %-6s %-10s %-12s %s\n", "node", "up", "spare", "cores", "memory_mib", "runs", "tags");

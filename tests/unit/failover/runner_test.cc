@@ -3,6 +3,10 @@
 
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include <cstdio>
 #include <time.h>
 
 #include <atomic>
@@ -92,6 +96,39 @@ TEST(Runner, ARestartWhereItFailedStartsItAgain) {
   r.assigned(Assignment{"app", 1, 200, 2, "restarts here"}, now_ns());
   ASSERT_TRUE(step_until(r, [&] { return state_of(r) == RunState::kRunning && r.pid_of("app") > 0; }));
   EXPECT_NE(r.pid_of("app"), first);
+}
+
+// A start command that puts the application in the background and exits
+// (a daemonizing script) has ended as far as the runner can tell: the
+// group fails here, and what it left in its session is killed with it,
+// not left running on every node the group is tried on (a new-user trial,
+// session 35: 52 strays).
+TEST(Runner, WhatAnEndedApplicationLeftInItsSessionIsKilled) {
+  ServiceGroup g = sleeper();
+  char marker[] = "/tmp/baton-test-stray-XXXXXX";
+  const int fd = mkstemp(marker);
+  ASSERT_GE(fd, 0);
+  close(fd);
+  // The stray writes its pid where the test can find it.
+  g.start = std::string("sh -c 'echo $$ > ") + marker + "; exec sleep 60' & sleep 0.2; exit 0";
+  Runner r(Runner::Env{1, "/nonexistent.sock", NodeCaps{}}, {g}, [](std::string) {});
+  r.assigned(Assignment{"app", 1, 100, 2, ""}, now_ns());
+  ASSERT_TRUE(step_until(r, [&] { return state_of(r) == RunState::kFailed; }));
+  pid_t stray = 0;
+  FILE* f = std::fopen(marker, "r");
+  ASSERT_NE(f, nullptr);
+  ASSERT_EQ(std::fscanf(f, "%d", &stray), 1);
+  std::fclose(f);
+  std::remove(marker);
+  ASSERT_GT(stray, 0);
+  // Killed (and, its parent gone, reaped by init): gone within a moment.
+  bool gone = false;
+  for (int i = 0; i < 200 && !gone; ++i) {
+    gone = kill(stray, 0) != 0;
+    if (!gone) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_TRUE(gone) << "pid " << stray << " outlived the application that started it";
+  if (!gone) kill(stray, SIGKILL);
 }
 
 // Inside batond the runner's loads call the server directly (LocalLoads,
