@@ -177,10 +177,11 @@ int run_demo(const DemoConfig& d) {
       }
     tl.at("snapshot", "blade 1: " + snapshot);
 
+    const auto killed_at = std::chrono::steady_clock::now();
     kill((*blades)[0].pid, SIGKILL);
     first.kill_now();
     waitpid((*blades)[0].pid, nullptr, 0);
-    tl.at("kill", "SIGKILL blade 1's batond and the application");
+    tl.at(killed_at, "kill", "SIGKILL blade 1's batond and the application");
 
     second = App::start({kv, "--socket", (*blades)[2].socket, "--name", "orderbook", "--batches", "5", "--dump",
                          dump3});
@@ -215,8 +216,14 @@ int run_demo(const DemoConfig& d) {
     std::printf("\nAct 2: the same application as a service group that batond places and moves itself\n");
     rc = run_groups_demo(d, tl);
   }
+  if (interrupted) {
+    std::printf("demo: interrupted\n");
+    return 130;
+  }
   std::printf(rc == 0 ? "demo: ok\n" : "demo: FAILED\n");
   return rc;
 }
+
+bool demo_interrupted() noexcept { return interrupted != 0; }
 
 }  // namespace baton::ctl

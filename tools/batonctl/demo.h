@@ -10,8 +10,11 @@ namespace baton::ctl {
 struct Timeline {
   std::chrono::steady_clock::time_point t0 = std::chrono::steady_clock::now();
   std::chrono::system_clock::time_point wall0 = std::chrono::system_clock::now();
-  void at(const char* what, const std::string& detail) const {
-    print(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count(), what, detail);
+  void at(const char* what, const std::string& detail) const { at(std::chrono::steady_clock::now(), what, detail); }
+  /// Something that happened at `when` (taken before the act, such as a
+  /// kill, whose consequences the daemons' events then show after it).
+  void at(std::chrono::steady_clock::time_point when, const char* what, const std::string& detail) const {
+    print(std::chrono::duration<double, std::milli>(when - t0).count(), what, detail);
   }
   /// Something that happened at `unix_us` (a daemon's event), on the same scale.
   void at_unix(uint64_t unix_us, const char* what, const std::string& detail) const {
@@ -48,5 +51,8 @@ int run_demo(const DemoConfig& d);
 /// timeline, and each resumption is checked against the last durable
 /// batch (byte-exact when it is that batch). Returns the exit status.
 int run_groups_demo(const DemoConfig& d, const Timeline& tl);
+/// Whether the demo was interrupted (SIGINT, SIGTERM): it stops at the next
+/// wait, cleans up and says so.
+bool demo_interrupted() noexcept;
 
 }  // namespace baton::ctl

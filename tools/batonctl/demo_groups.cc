@@ -58,11 +58,11 @@ std::string newest_log(const std::string& dir, int blade) {
 template <typename F>
 bool wait_until(F pred, int ms) {
   const auto deadline = Clock::now() + std::chrono::milliseconds(ms);
-  while (Clock::now() < deadline) {
+  while (Clock::now() < deadline && !demo_interrupted()) {
     if (pred()) return true;
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
-  return pred();
+  return !demo_interrupted() && pred();
 }
 
 /// Prints, once each, the coordinator's failover decisions so far.
@@ -129,7 +129,7 @@ int run_groups_demo(const DemoConfig& d, const Timeline& tl) {
   do {
     auto blades = chassis_up(c);
     if (!blades) {
-      std::fprintf(stderr, "batonctl demo: %s\n", blades.error().message.c_str());
+      if (!demo_interrupted()) std::fprintf(stderr, "batonctl demo: %s\n", blades.error().message.c_str());
       break;
     }
     tl.at("up", std::to_string(c.blades) +
@@ -149,8 +149,8 @@ int run_groups_demo(const DemoConfig& d, const Timeline& tl) {
                 std::fprintf(stderr, "  blade %d: %s\n", b.id, e.text.c_str());
     };
     if (!runs_on(1, 20)) {
-      std::fprintf(stderr, "batonctl demo: the group did not start on blade 1\n");
-      explain();
+      if (!demo_interrupted()) std::fprintf(stderr, "batonctl demo: the group did not start on blade 1\n");
+      if (!demo_interrupted()) explain();
       break;
     }
     show_decisions(*blades, shown, tl);
@@ -159,8 +159,9 @@ int run_groups_demo(const DemoConfig& d, const Timeline& tl) {
 
     // A failure: the application dies.
     const uint64_t before_kill = durable_batches(work + "/n1");
+    const auto killed_at = Clock::now();
     (void)!system(("pkill -KILL -f 'baton-kv --socket " + (*blades)[0].socket + "'").c_str());
-    tl.at("kill", "SIGKILL the application on blade 1 (last durable batch " + std::to_string(before_kill) + ")");
+    tl.at(killed_at, "kill", "SIGKILL the application on blade 1 (batch " + std::to_string(before_kill) + " durable, or a later one)");
     auto resumed = [&](int blade) -> std::string {
       std::string line;
       wait_until(
@@ -179,27 +180,27 @@ int run_groups_demo(const DemoConfig& d, const Timeline& tl) {
     std::string r3 = resumed(3);
     show_decisions(*blades, shown, tl);
     if (r3.empty()) {
-      std::fprintf(stderr, "batonctl demo: the group did not resume on the spare (blade 3)\n");
-      explain();
+      if (!demo_interrupted()) std::fprintf(stderr, "batonctl demo: the group did not resume on the spare (blade 3)\n");
+      if (!demo_interrupted()) explain();
       break;
     }
     tl.at("resume", "blade 3 (spare, hot standby, standby instance): " + r3);
     const uint64_t got3 = std::stoull(r3.substr(r3.find("batches=") + 8));
     if (got3 < before_kill) {
-      std::fprintf(stderr, "batonctl demo: resumed at batch %llu, but batch %llu was durable\n",
+      if (!demo_interrupted()) std::fprintf(stderr, "batonctl demo: resumed at batch %llu, but batch %llu was durable\n",
                    static_cast<unsigned long long>(got3), static_cast<unsigned long long>(before_kill));
       break;
     }
     if (got3 == before_kill) {
       if (read_file(work + "/n1/committed.bin") != read_file(work + "/n3/restored.bin")) {
-        std::fprintf(stderr, "batonctl demo: the restored state differs from the last durable commit\n");
+        if (!demo_interrupted()) std::fprintf(stderr, "batonctl demo: the restored state differs from the last durable commit\n");
         break;
       }
       tl.at("verify", "byte-exact: the state equals blade 1's last durable commit");
     }
     if (!runs_on(3, got3)) {
-      std::fprintf(stderr, "batonctl demo: the group does not commit on blade 3\n");
-      explain();
+      if (!demo_interrupted()) std::fprintf(stderr, "batonctl demo: the group does not commit on blade 3\n");
+      if (!demo_interrupted()) explain();
       break;
     }
 
@@ -209,21 +210,21 @@ int run_groups_demo(const DemoConfig& d, const Timeline& tl) {
     std::string r4 = resumed(4);
     show_decisions(*blades, shown, tl);
     if (r4.empty()) {
-      std::fprintf(stderr, "batonctl demo: the group did not move to blade 4\n");
-      explain();
+      if (!demo_interrupted()) std::fprintf(stderr, "batonctl demo: the group did not move to blade 4\n");
+      if (!demo_interrupted()) explain();
       break;
     }
     tl.at("resume", "blade 4 (8 cores): " + r4);
     const uint64_t got4 = std::stoull(r4.substr(r4.find("batches=") + 8));
     const uint64_t before_move = durable_batches(work + "/n3");
     if (got4 < before_move) {
-      std::fprintf(stderr, "batonctl demo: resumed at batch %llu, but batch %llu was durable\n",
+      if (!demo_interrupted()) std::fprintf(stderr, "batonctl demo: resumed at batch %llu, but batch %llu was durable\n",
                    static_cast<unsigned long long>(got4), static_cast<unsigned long long>(before_move));
       break;
     }
     if (!runs_on(4, got4)) {
-      std::fprintf(stderr, "batonctl demo: the group does not commit on blade 4\n");
-      explain();
+      if (!demo_interrupted()) std::fprintf(stderr, "batonctl demo: the group does not commit on blade 4\n");
+      if (!demo_interrupted()) explain();
       break;
     }
     tl.at("commit", "blade 4: batch " + std::to_string(durable_batches(work + "/n4")) + " durable");
