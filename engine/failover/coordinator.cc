@@ -75,7 +75,7 @@ Choice choose(const ServiceGroup& g, Why why, std::span<const uint16_t> members,
       continue;
     }
     if (exclude.count(n) != 0) {
-      reject("failed in this failover already");
+      reject("the group failed there, and has not run a start timeout long since");
       continue;
     }
     if (r.caps.cores < g.min_cores) {
