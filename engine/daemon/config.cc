@@ -421,6 +421,15 @@ Result<DaemonConfig> parse_daemon_config(std::string_view text, std::string_view
       else if (on == "either") g.failover_on = failover::ServiceGroup::On::kEither;
       else
         return tl::unexpected(r.error(where + ".failover_on", "must be failure, performance or either (got \"" + on + "\")"));
+      if (g.failover_on == failover::ServiceGroup::On::kPerformance && g.slow_ms == 0 && g.metric.empty())
+        return tl::unexpected(r.error(where + ".failover_on",
+                                      "\"performance\" needs slow_ms (and a probe) or a metric: else the group never moves"));
+      if (g.slow_ms > 0 && g.slow_ms >= g.probe_timeout_ms)
+        c.warnings.push_back(where + ".slow_ms: " + std::to_string(g.slow_ms) + " ms is not below probe_timeout_ms (" +
+                             std::to_string(g.probe_timeout_ms) +
+                             " ms): a probe that slow times out and counts as a failure, never as slowness");
+      if (g.slow_ms > 0 && g.slow_for_ms == 0)
+        c.warnings.push_back(where + ".slow_for_ms: 0: one slow probe moves the group");
       TRY(priority, r.integer(gv["priority"], where + ".priority", -1'000'000, 1'000'000, 0));
       g.priority = static_cast<int32_t>(priority);
       TRY(min_cores, r.integer(gv["min_cores"], where + ".min_cores", 0, 4096, 0));

@@ -434,6 +434,8 @@ INSTANTIATE_TEST_SUITE_P(
         Bad{NODE_AND("[[group]]\nname = \"a\"\nstart = \"x\"\nsegments = [\"s\"]\n"
                      "[[group]]\nname = \"b\"\nstart = \"y\"\nsegments = [\"t\", \"s\"]\n"),
             "group[1].segments: \"s\" is group \"a\"'s already"},
+        Bad{NODE_AND("[[group]]\nname = \"a\"\nstart = \"x\"\nfailover_on = \"performance\"\n"),
+            "group[0].failover_on: \"performance\" needs slow_ms"},
         Bad{NODE_AND("[[standby]]\nnodes = [2]\n"), "standby[0].segment: is required"},
         Bad{NODE_AND("[[standby]]\nsegment = \"s\"\n"), "standby[0].nodes: 1..4 node ids"},
         Bad{NODE_AND("[[standby]]\nsegment = \"s\"\nnodes = [70000]\n"), "standby[0].nodes: must be an array of node ids"},
