@@ -309,6 +309,12 @@ nlohmann::json Manager::status() const {
           state = run_state_name(run.state);
           why = run.why;
         }
+    // Never placed: this node's last decision about it says why (on the
+    // coordinator; "no eligible node (...)" with each node's reason).
+    if (seq == 0 && why.empty())
+      for (auto d = decisions_.rbegin(); d != decisions_.rend() && why.empty(); ++d)
+        if (d->find("group " + g.name + " ") != std::string::npos || d->find("group " + g.name + ":") != std::string::npos)
+          why = *d;
     j["node"] = node;
     j["assignment"] = seq;
     j["state"] = state;
