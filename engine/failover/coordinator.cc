@@ -355,8 +355,14 @@ void Coordinator::place(const ServiceGroup& g, Track& t, Why why, const std::str
       return;
     }
     if (t.stuck == reason) return;  // said already
+    // The same assignment failing again in other words (its start timed
+    // out, then its node reported why) is the same dead end, until the
+    // failed nodes' next try.
+    if (!t.stuck.empty() && t.stuck_seq == t.seq && now - t.stuck_ns < uint64_t{g.start_timeout_ms} * 1'000'000)
+      return;
     t.stuck = reason;
     t.stuck_ns = now;
+    t.stuck_seq = t.seq;
     out.events.push_back("group " + g.name + ": " + reason + "; no eligible node (" + c.to_string() + ")");
     if (why == Why::kFailure) out.alerts.push_back(Alert{g.name, reason + "; no eligible node"});
     return;

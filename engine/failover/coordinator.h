@@ -146,6 +146,7 @@ class Coordinator {
     uint64_t running_ns = 0;  ///< since when the current assignment runs (0: it does not)
     std::string stuck;        ///< the dead end last reported, so it is said once
     uint64_t stuck_ns = 0;    ///< since when it is at a dead end: the failed nodes get another try later
+    uint64_t stuck_seq = 0;   ///< the assignment that ended there: one dead end per assignment and try
     bool slow_said = false;   ///< "stays: no better node" said for this slow spell
     bool heard = false;       ///< learnt from another coordinator since the last step
     uint64_t unplaced_ns = 0; ///< never placed: since when this coordinator waits to start it
