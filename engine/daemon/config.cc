@@ -440,6 +440,11 @@ Result<DaemonConfig> parse_daemon_config(std::string_view text, std::string_view
       g.tags = gtags;
       TRY(home, r.nodes(gv["home"], where + ".home"));
       g.home = home;
+      for (uint16_t n : home)
+        if (n != c.engine.node_id &&
+            std::none_of(c.links.begin(), c.links.end(), [n](const LinkSpec& l) { return l.peer == n; }))
+          c.warnings.push_back(where + ".home: node " + std::to_string(n) +
+                               " is neither this node nor one it has a link to: the group never starts there");
       TRY(standby, r.nodes(gv["standby"], where + ".standby"));
       if (standby.size() > wire::kMaxReplicaSet)
         return tl::unexpected(r.error(where + ".standby", "at most " + std::to_string(wire::kMaxReplicaSet) + " nodes"));

@@ -256,6 +256,11 @@ slow_above = 12.5
   EXPECT_EQ(c->engine.standbys[0].segment, "kv");
   EXPECT_EQ(c->engine.standbys[1].segment, "kv-index");
   EXPECT_EQ(c->engine.standbys[1].nodes, std::vector<uint16_t>{3});
+  // Home nodes 1 and 2: node 4 links to neither (only to 3).
+  ASSERT_EQ(c->warnings.size(), 2u);
+  EXPECT_NE(c->warnings[0].find("group[0].home: node 1 is neither this node nor one it has a link to"),
+            std::string::npos)
+      << c->warnings[0];
 }
 
 TEST(DaemonConfig, StandbyTablesNameOtherSegments) {
