@@ -78,8 +78,11 @@ TEST(Lifecycle, ACopyTakenOverElsewhereIsDroppedOnceNoApplicationHoldsIt) {
 TEST(Lifecycle, PeriodicCommitsTakeOnlyWritesAndStopOnceFenced) {
   const std::string groups = "/tmp/baton-test-periodic-" + std::to_string(getpid()) + ".toml";
   std::ofstream(groups) << "[snapshots]\nmode = \"copy-on-write\"\ncommit_every_ms = 5\n";
+  struct Removed {
+    std::string path;
+    ~Removed() { std::remove(path.c_str()); }
+  } removed{groups};  // also when the chassis throws
   Chassis ch(3, "memif", 2, 1, "--groups " + groups);
-  std::remove(groups.c_str());
   ASSERT_TRUE(ch.up) << ch.out;
   const auto generation = [&](int blade) -> uint64_t {
     for (const auto& seg : ch.status_json(blade).value("segments", nlohmann::json::array()))
