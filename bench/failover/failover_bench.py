@@ -126,14 +126,14 @@ def baselines(size):
     return spawn, statistics.median(t)
 
 
-def spares(args):
+def spares():
     """The spare pool: blades 3 and 4 of four (the last blade of fewer)."""
     return [BLADES - 1, BLADES] if BLADES >= 4 else [BLADES]
 
 
-def standbys(args):
+def standbys():
     """Hot standbys: the spares; with two blades both, so that every failover finds one."""
-    return [1, 2] if BLADES == 2 else spares(args)
+    return [1, 2] if BLADES == 2 else spares()
 
 
 def run_size(args, size_kib):
@@ -152,13 +152,13 @@ start = "exec {kv} --socket $BATON_SOCKET --name kv --batches 1000000 --every-ms
 provision = "mkdir -p {work}/n$BATON_NODE"
 home = [1]
 start_timeout_ms = 3000
-{f"standby = {standbys(args)}" if args.standby or args.standby_instances else ""}
+{f"standby = {standbys()}" if args.standby or args.standby_instances else ""}
 {"standby_instances = true" if args.standby_instances else ""}
 """)
     rows = []
     try:
         sh(batonctl, "chassis", "up", "--blades", str(BLADES), "--replicas", "2" if BLADES > 2 else "1",
-           "--dir", chassis, "--groups", f"{work}/groups.toml", "--spares", ",".join(map(str, spares(args))),
+           "--dir", chassis, "--groups", f"{work}/groups.toml", "--spares", ",".join(map(str, spares())),
            "--transport", args.transport, *(["--spin"] if args.spin else []),
            *(["--stream-fetches"] if args.stream_fetches else []),
            *(["--memif-zero-copy"] if args.memif_zero_copy else []),

@@ -15,6 +15,7 @@
 
 #include "common/crc32c.h"
 #include "common/log.h"
+#include "common/messages.h"
 #include "engine_impl.h"
 #include "engine_util.h"
 
@@ -23,10 +24,7 @@ namespace baton {
 namespace {
 /// An open (S11) whose restore would bring another size than it asked for.
 tl::unexpected<Error> size_differs(std::string_view name, uint64_t held, uint64_t asked) {
-  return tl::unexpected(Error{Errc::kInvalidArgument,
-                              "segment " + std::string(name) + " was committed with " + std::to_string(held) +
-                                  " bytes, not the " + std::to_string(asked) +
-                                  " asked for: open it with its size, or delete it to start afresh"});
+  return tl::unexpected(Error{Errc::kInvalidArgument, size_differs_text(name, held, asked)});
 }
 }  // namespace
 

@@ -319,6 +319,9 @@ Result<DaemonConfig> parse_daemon_config(std::string_view text, std::string_view
     c.eal_args = args;
   }
 
+  // This node and every peer it has a link to: the nodes it can exchange
+  // anything with (a vote, a replica, a group's start).
+  std::set<uint16_t> linked{c.engine.node_id};
   {
     TRY(link_tables, r.tables(root["link"], "link"));
     std::set<std::string> devices;  // several links may reach one peer (two backplanes), each its own port
@@ -348,11 +351,10 @@ Result<DaemonConfig> parse_daemon_config(std::string_view text, std::string_view
       c.links.push_back(LinkSpec{static_cast<uint16_t>(peer), driver, device, static_cast<uint32_t>(max_frame),
                                  static_cast<int>(shard)});
     }
-    std::set<uint16_t> nodes{c.engine.node_id};
-    for (const auto& l : c.links) nodes.insert(l.peer);
-    if (c.engine.expected_votes != 0 && c.engine.expected_votes < nodes.size())
+    for (const auto& l : c.links) linked.insert(l.peer);
+    if (c.engine.expected_votes != 0 && c.engine.expected_votes < linked.size())
       return tl::unexpected(r.error("engine.expected_votes", "is " + std::to_string(c.engine.expected_votes) +
-                                                                 ", below the " + std::to_string(nodes.size()) +
+                                                                 ", below the " + std::to_string(linked.size()) +
                                                                  " nodes this one links to (itself included)"));
   }
   {
@@ -441,8 +443,7 @@ Result<DaemonConfig> parse_daemon_config(std::string_view text, std::string_view
       TRY(home, r.nodes(gv["home"], where + ".home"));
       g.home = home;
       for (uint16_t n : home)
-        if (n != c.engine.node_id &&
-            std::none_of(c.links.begin(), c.links.end(), [n](const LinkSpec& l) { return l.peer == n; }))
+        if (linked.count(n) == 0)
           c.warnings.push_back(where + ".home: node " + std::to_string(n) +
                                " is neither this node nor one it has a link to: the group never starts there");
       TRY(standby, r.nodes(gv["standby"], where + ".standby"));
@@ -488,11 +489,9 @@ Result<DaemonConfig> parse_daemon_config(std::string_view text, std::string_view
     // A standby receives every generation over a link: a node this one
     // has none to never could (nor could the config's other nodes, which
     // share these tables, be told apart from a typo).
-    std::set<uint16_t> known{c.engine.node_id};
-    for (const auto& l : c.links) known.insert(l.peer);
     for (const auto& sb : c.engine.standbys) {
       for (uint16_t n : sb.nodes)
-        if (known.count(n) == 0)
+        if (linked.count(n) == 0)
           return tl::unexpected(r.error("standby", "segment \"" + sb.segment + "\": node " + std::to_string(n) +
                                                        " is neither this node nor one it has a link to"));
       if (sb.nodes.size() > c.engine.replication_factor)

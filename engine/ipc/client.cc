@@ -32,6 +32,8 @@ namespace {
 
 constexpr uint64_t kMinTrackedSize = 32 * 1024;     // smaller segments are copied whole
 constexpr uint64_t kSpinNs = 200'000;               // before sleeping on `done`
+/// What every commit refused as fenced says, before how it was refused.
+constexpr const char* kFencedText = "fenced: the segment moved to a newer owner, or was deleted";
 
 void unmap(ClientSegment& s) {
   s.cow.reset();  // lifts its protection before the mapping goes
@@ -422,13 +424,12 @@ Result<uint64_t> post(ClientSegment& s, uint64_t timeout_ns, int socket_fd) {
   const int32_t status = ch.status.load(std::memory_order_relaxed);
   if (status != 0) {
     const auto code = static_cast<Errc>(-status);
-    const char* why = code == Errc::kFenced      ? ": fenced, the segment moved to a newer owner or was deleted"
-                      : code == Errc::kTimeout   ? ": batond timed out taking the snapshot"
-                      : code == Errc::kNoMemory  ? ": batond is out of memory"
-                      : code == Errc::kInvalidArgument ? ": a written range is past the segment's end"
-                                                 : nullptr;
-    return tl::unexpected(
-        Error{code, std::string("commit refused by batond") + (why != nullptr ? why : std::string(": ") + errc_name(code))});
+    const char* why = code == Errc::kFenced            ? kFencedText
+                      : code == Errc::kTimeout           ? "batond timed out taking the snapshot"
+                      : code == Errc::kNoMemory          ? "batond is out of memory"
+                      : code == Errc::kInvalidArgument   ? "a written range is past the segment's end"
+                                                         : errc_name(code);
+    return tl::unexpected(Error{code, std::string("commit refused by batond: ") + why});
   }
   return ch.generation.load(std::memory_order_relaxed);
 }
@@ -601,7 +602,7 @@ void Client::run_periodic() {
 Result<uint64_t> Client::commit_locked(ClientSegment* s, std::span<const std::pair<uint64_t, uint64_t>> written) {
   CommitChannel& ch = *s->channel;
   if (s->cow != nullptr && s->fenced)
-    return fail(Errc::kFenced, "fenced: the segment moved to a newer owner, or was deleted (a commit was refused)");
+    return fail(Errc::kFenced, kFencedText, " (a commit was refused)");
   if (s->cow != nullptr) {
     // The commit point: the written pages are taken and protected, and
     // this mapping's fault handler waits until batond has marked what the
@@ -635,7 +636,7 @@ Result<uint64_t> Client::commit_locked(ClientSegment* s, std::span<const std::pa
   if (s->watch != nullptr && !s->watch->collect(found)) all = true;
   if (std::exchange(s->resend_all, false)) all = true;
   if (s->posts) {
-    if (s->fenced) return fail(Errc::kFenced, "fenced: the segment moved to a newer owner, or was deleted (a posted commit was refused)");
+    if (s->fenced) return fail(Errc::kFenced, kFencedText, " (a posted commit was refused)");
     // A refusal of an earlier post fails this commit (it was counted on).
     if (s->failures_seen != ch.log.failures.load(std::memory_order_relaxed))
       if (auto drained = drain_posts(*s); !drained) return tl::unexpected(drained.error());

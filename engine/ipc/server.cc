@@ -30,6 +30,7 @@
 
 #include "baton/baton.h"
 #include "common/log.h"
+#include "common/messages.h"
 #include "ipc/server_impl.h"
 #include "protocol/wire.h"
 #include "runtime/futex.h"
@@ -558,9 +559,7 @@ namespace {
 /// An open (S11) of a segment committed in another size than it asks for
 /// (Engine::open says the same of a restore from the cluster).
 Reply size_differs(const std::string& name, uint64_t held, uint64_t asked) {
-  return reply_error(BATON_EINVAL, "segment " + name + " was committed with " + std::to_string(held) +
-                                       " bytes, not the " + std::to_string(asked) +
-                                       " asked for: open it with its size, or delete it to start afresh");
+  return reply_error(BATON_EINVAL, size_differs_text(name, held, asked));
 }
 }  // namespace
 

@@ -167,11 +167,6 @@ int main(int argc, char** argv) {
     fprintf(stderr, "baton-kv: %s\n", baton_last_error());
     return 1;
   }
-  if (baton_segment_size(seg) < state) { /* restored from a run with fewer --slots */
-    fprintf(stderr, "baton-kv: segment %s holds %llu bytes, fewer than a table of %llu slots needs\n", name,
-            (unsigned long long)baton_segment_size(seg), (unsigned long long)slots);
-    return 1;
-  }
   struct kv* kv = baton_segment_data(seg);
   if (restored) {
     const double ms = now_ms() - t0;
