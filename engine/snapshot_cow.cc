@@ -171,8 +171,16 @@ uint64_t Engine::Impl::periodic_commit(Segment* handle, uint64_t now) {
     return UINT64_MAX;
   }
   if (now < seg->next_periodic_ns) return seg->next_periodic_ns;
+  if (!seg->cow->any_written()) {  // nothing new to keep
+    seg->next_periodic_ns = now + seg->commit_every_ns;
+    return seg->next_periodic_ns;
+  }
+  if (!seg->periodic_waited && seg->cow->write_in_flight()) {  // let it land: one generation, not two
+    seg->periodic_waited = true;
+    return now + CopyOnWrite::kWriteLandsNs;
+  }
+  seg->periodic_waited = false;
   seg->next_periodic_ns = now + seg->commit_every_ns;
-  if (!seg->cow->any_written()) return seg->next_periodic_ns;  // nothing new to keep
   const uint64_t generation = seg->committed.load() + 1;
   if (auto ok = snapshot(*seg, generation, {}); !ok)
     BT_WARN("segment %s: periodic commit failed: %s", seg->name.c_str(), ok.error().message.c_str());

@@ -573,6 +573,12 @@ void Client::run_periodic() {
       std::lock_guard commit_lock(s->commit_mu);
       if (s->commit_every_ms == 0 || s->cow == nullptr) continue;
       if (now >= s->next_periodic_ns) {
+        if (s->cow->any_written() && !s->periodic_waited && s->cow->write_in_flight()) {
+          s->periodic_waited = true;  // let it land: one generation, not two
+          next = std::min(next, now + CopyOnWrite::kWriteLandsNs);
+          continue;
+        }
+        s->periodic_waited = false;
         s->next_periodic_ns = now + uint64_t{s->commit_every_ms} * 1'000'000;
         if (s->cow->any_written()) {
           auto g = commit_locked(s.get(), {});

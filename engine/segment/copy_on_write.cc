@@ -622,8 +622,14 @@ bool CopyOnWrite::on_fault(uintptr_t addr) noexcept {
   const bool ok = protect_range(uint64_t{page} * kPage, kPage, false);
   unprotected_[w].fetch_or(bit, std::memory_order_release);  // after the lift: see protect_ahead()
   if (ahead_on_ && !hot && backlog_.fetch_add(1) + 1 >= kAheadAfter) Handler::nudge();
+  last_fault_ns_.store(monotonic_ns(), std::memory_order_relaxed);
   gate_.fetch_sub(1, std::memory_order_release);
   return ok;
+}
+
+bool CopyOnWrite::write_in_flight() const noexcept {
+  if ((gate_.load(std::memory_order_relaxed) & ~kWriter) != 0) return true;  // a handler (or the protector)
+  return monotonic_ns() - last_fault_ns_.load(std::memory_order_relaxed) < kWriteLandsNs;
 }
 
 void CopyOnWrite::settle(uint32_t page) noexcept {

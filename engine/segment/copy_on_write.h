@@ -251,6 +251,17 @@ class CopyOnWrite {
   /// committer (a write racing it may or may not be seen).
   bool any_written() const noexcept;
 
+  /// Whether a write may be on its way into the memory: a fault handler
+  /// runs, or one returned less than kWriteLandsNs ago. The write that
+  /// faulted lands only after its handler returns, so a freeze just then
+  /// takes the page as written without the write, protects it again, and
+  /// the write faults a second time: two generations for one write, the
+  /// first of nothing new. A periodic commit waits this out once (an
+  /// application's own commit needs not: its thread's writes have
+  /// landed). Thread: any.
+  bool write_in_flight() const noexcept;
+  static constexpr uint64_t kWriteLandsNs = 50'000;
+
   /// Protects every page now, so that from here on only what is written
   /// counts as written (until then every page does: the first freeze
   /// protects them all). For a segment committed by a period: a periodic
@@ -350,6 +361,8 @@ class CopyOnWrite {
   /// Pages written again after the protector protected them: it leaves
   /// them to the commits until kHotFreezes freezes have cleared them.
   std::unique_ptr<std::atomic<uint64_t>[]> hot_;
+  /// CLOCK_MONOTONIC when a fault handler last returned (write_in_flight).
+  std::atomic<uint64_t> last_fault_ns_{0};
   /// Pages unprotected since the protector last looked (the handler counts,
   /// the protector zeroes).
   std::atomic<uint32_t> backlog_{0};
