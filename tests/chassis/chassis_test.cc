@@ -288,6 +288,30 @@ TEST(Chassis, UpStatusDownLeavesNothing) {
   EXPECT_NE(out.find("batonctl: "), std::string::npos) << out;
 }
 
+// A --groups file batond refuses: the error names that file and its own
+// line, not the generated blade config (removed with the chassis). A
+// session 35 new-user trial found it named the removed file.
+TEST(Chassis, AGroupsFileErrorNamesTheFileAndItsLine) {
+  const std::string dir = "/tmp/baton-chassis-groups-" + std::to_string(getpid());
+  const std::string groups = dir + ".groups.toml";
+  const std::string ctl = baton::test::helper("BATONCTL");
+  int status = 0;
+  struct Case {
+    std::string text, says;
+  };
+  for (const Case& k : {Case{"[[group]]\nname = \"a\"\nstart = = \"sleep 9\"\n", groups + ":3:"},
+                        Case{"[[group]]\nname = \"a\"\nsegments = [\"x\"\n", groups + ", at its end"},
+                        Case{"[[group]]\nname = \"a\"\nstartt = \"sleep 9\"\n",
+                             "(generated from the chassis options and --groups " + groups + "): group[0].startt"}}) {
+    std::ofstream(groups) << k.text;
+    const std::string out = run(ctl + " chassis up --blades 2 --dir " + dir + " --groups " + groups, &status);
+    EXPECT_NE(status, 0) << out;
+    EXPECT_NE(out.find(k.says), std::string::npos) << k.text << out;
+    EXPECT_FALSE(std::filesystem::exists(dir)) << "files left in " << dir;
+  }
+  std::filesystem::remove(groups);
+}
+
 // Whether the link `device` (net_memifN) of the blade serving `socket`
 // shows up within 10 s; `out`: the last status seen.
 bool link_comes_up(const std::string& ctl, const std::string& socket, const std::string& device,

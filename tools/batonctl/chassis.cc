@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
@@ -183,6 +184,52 @@ std::string tail(const std::string& path, size_t bytes = 600) {
   return s.size() > bytes ? s.substr(s.size() - bytes) : s;
 }
 
+/// batond's complaint about the config chassis up generated for a blade
+/// (`text`, at `path`), told in the words of what the user wrote: a line
+/// in the --groups file's part of it names that file and its own line,
+/// and the generated file, removed with the chassis, is said to be so.
+std::string in_user_terms(const ChassisConfig& c, const std::string& path, const std::string& text, std::string why) {
+  if (c.groups_file.empty()) return why;
+  const size_t mark = text.find("# Service groups, from ");
+  if (mark == std::string::npos) return why;
+  const auto first = static_cast<size_t>(std::count(text.begin(), text.begin() + mark, '\n')) + 2;  // 1-based
+  std::string out;
+  for (size_t at = 0;;) {
+    const size_t hit = why.find(path, at);
+    if (hit == std::string::npos) {
+      out += why.substr(at);
+      break;
+    }
+    out += why.substr(at, hit - at);
+    at = hit + path.size();
+    size_t line = 0, digits = 0;
+    if (at < why.size() && why[at] == ':')
+      while (at + 1 + digits < why.size() && std::isdigit(static_cast<unsigned char>(why[at + 1 + digits])) != 0)
+        line = line * 10 + static_cast<size_t>(why[at + 1 + digits++] - '0');
+    if (digits != 0 && line >= first) {
+      at += 1 + digits;
+      // Past its last line: a table it left open ran into the generated
+      // tables after it.
+      std::ifstream in(c.groups_file);
+      const std::string own((std::istreambuf_iterator<char>(in)), {});
+      const auto lines = static_cast<size_t>(std::count(own.begin(), own.end(), '\n')) +
+                         (own.empty() || own.back() == '\n' ? 0 : 1);
+      if (line - first + 1 <= lines) {
+        out += c.groups_file + ":" + std::to_string(line - first + 1);
+      } else {
+        out += c.groups_file + ", at its end";
+        while (at + 1 < why.size() && (why[at] == ':' && std::isdigit(static_cast<unsigned char>(why[at + 1])) != 0)) {
+          ++at;
+          while (at < why.size() && std::isdigit(static_cast<unsigned char>(why[at])) != 0) ++at;
+        }
+      }
+    } else {
+      out += path + " (generated from the chassis options and --groups " + c.groups_file + ")";
+    }
+  }
+  return out;
+}
+
 // A killed daemon whose parent is gone stays a zombie until init reaps it,
 // and some containers' init never does: a zombie is not alive.
 bool alive(pid_t pid) {
@@ -275,7 +322,7 @@ Result<std::vector<Blade>> chassis_up(const ChassisConfig& c) {
     while (stat(b.socket.c_str(), &st) != 0) {
       int status;
       if (waitpid(b.pid, &status, WNOHANG) == b.pid || std::chrono::steady_clock::now() > deadline) {
-        std::string why = tail(b.log);
+        std::string why = in_user_terms(c, b.config, config_for(c, b.id), tail(b.log));
         (void)chassis_down(c.dir);
         return fail(Errc::kIo, "blade ", std::to_string(b.id), " did not start; its log ends:\n", why);
       }
