@@ -33,7 +33,7 @@
 //                  [--size BYTES] [--writes sparse|full] [--seed S] [--dir D]
 //                  [--standby BLADE] [--snapshots stage-copy|copy-on-write|copy-on-write-ahead] [--workers N]
 //                  [--faults owner,application,replica,move,delete,stall,partition]
-//                  [--chunk-kib K | K1,K2,...]
+//                  [--chunk-kib K | K1,K2,...] [--period-ms N]
 //
 // --faults: only these kinds of fault (default: all; partition only with
 // af_packet).
@@ -52,6 +52,16 @@
 // --chunk-kib: the blades' chunk size ([engine] chunk_kib), one for all or
 // one per blade: blades that disagree send full copies where a delta's
 // chunking does not match the base a replica holds.
+//
+// --period-ms N (with --snapshots copy-on-write*): batond asks for a
+// commit every N ms as well (S5, [snapshots] commit_every_ms), which the
+// writer's client library takes by itself, between and in the middle of
+// the writer's own steps. A generation is then the memory at any point of
+// the writer's run, not only after a step: the writer stores each step
+// in order, a word at a time (volatile stores), and its words say which
+// step wrote them, so a restore is checked to be the memory at some
+// point of that run (a prefix of a step) at or after the last step
+// acknowledged durable. The writer redoes a step a restore caught midway.
 //
 // --standby: that blade keeps a hot standby of the segment (S16), so the
 // restores and agent loads there promote its ready copy; the campaign
@@ -101,6 +111,10 @@ struct Shared {
   std::atomic<int> restored_ok;         ///< 1: its bytes are that generation's content
   std::atomic<uint64_t> restore_us;     ///< how long the open took
   std::atomic<uint64_t> durable;        ///< newest generation acknowledged durable
+  std::atomic<uint64_t> durable_step;   ///< --period-ms: the step that generation completed
+  std::atomic<uint64_t> restored_step;  ///< --period-ms: the step the restore was in, or had completed
+  std::atomic<uint64_t> periodic;       ///< --period-ms: generations the library took between the writer's
+  std::atomic<int> midway;              ///< --period-ms: the restore caught a step midway
   std::atomic<int> committing;          ///< inside baton_commit
   std::atomic<uint64_t> commits;
   std::atomic<int> deleted;             ///< after a clean exit: 1 deleted, -1 the delete failed
@@ -139,6 +153,49 @@ bool holds(const void* p, uint64_t size, uint64_t gen) {
   for (uint64_t i = 0; i < size / 8; ++i) {
     const uint64_t g = last_write(gen, i);
     if (w[i] != (g == 0 ? 0 : word(g, i))) return false;
+  }
+  return true;
+}
+
+// --period-ms: step j's word i is (j << 32 | tag(i)), stored in order of i,
+// so any point of the writer's run can be told from the memory.
+bool g_periodic = false;
+uint64_t tag(uint64_t i) { return ((i + 1) * 0xBF58476D1CE4E5B9ull) >> 32; }
+bool in_step(uint64_t step, uint64_t i) { return !g_sparse || stripe_of(i) == step % kStripes; }
+/// Step `step` (of the run), in order, a word at a time.
+void store_step(void* p, uint64_t size, uint64_t step) {
+  auto* w = static_cast<volatile uint64_t*>(p);
+  for (uint64_t i = 0; i < size / 8; ++i)
+    if (in_step(step, i)) w[i] = step << 32 | tag(i);
+}
+/// Where in the writer's run memory `p` is: the newest step it holds
+/// (`*complete`: the whole of it), or false if it is no point of the run
+/// (a word no step wrote, or not a prefix of the newest step over what
+/// the steps before it left).
+bool point_of_run(const void* p, uint64_t size, uint64_t* step, bool* complete) {
+  const auto* w = static_cast<const uint64_t*>(p);
+  uint64_t k = 0;
+  for (uint64_t i = 0; i < size / 8; ++i) {
+    if (w[i] != 0 && (w[i] & 0xffffffffull) != tag(i)) return false;
+    k = std::max(k, w[i] >> 32);
+  }
+  *step = k;
+  *complete = true;
+  if (k == 0) return std::all_of(w, w + size / 8, [](uint64_t x) { return x == 0; });
+  bool prefix = true;  // still in the part of step k already stored
+  for (uint64_t i = 0; i < size / 8; ++i) {
+    const uint64_t before = last_write(k - 1, i);
+    const uint64_t old = before == 0 ? 0 : before << 32 | tag(i);
+    const uint64_t now = k << 32 | tag(i);
+    if (!in_step(k, i)) {
+      if (w[i] != old) return false;
+    } else if (w[i] == now) {
+      if (!prefix) return false;  // step k's words are stored in order
+    } else {
+      if (w[i] != old) return false;
+      prefix = false;
+      *complete = false;
+    }
   }
   return true;
 }
@@ -210,7 +267,17 @@ int count_events(const std::string& socket, uint64_t since_us, const std::string
   }
   sh->restore_us = static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - t0).count());
   sh->restored = restored ? gen : 0;
-  sh->restored_ok = holds(baton_segment_data(seg), size, restored ? gen : 0) ? 1 : 0;
+  uint64_t step = 0;  // --period-ms: the next step to store
+  if (g_periodic) {
+    bool complete = false;
+    uint64_t k = 0;
+    sh->restored_ok = point_of_run(baton_segment_data(seg), size, &k, &complete) && (restored || k == 0) ? 1 : 0;
+    sh->restored_step = complete ? k : k - 1;
+    sh->midway = complete ? 0 : 1;
+    step = complete ? k + 1 : k;  // a step caught midway is stored again, whole
+  } else {
+    sh->restored_ok = holds(baton_segment_data(seg), size, restored ? gen : 0) ? 1 : 0;
+  }
   sh->state = 1;
   for (uint64_t g = restored ? gen : 0;;) {
     if (exit_requested) {  // a clean exit: "start fresh next time" (S11)
@@ -220,16 +287,24 @@ int count_events(const std::string& socket, uint64_t since_us, const std::string
       sh->deleted = d == 0 ? 1 : -1;
       _exit(0);
     }
-    fill(baton_segment_data(seg), size, g + 1);
+    if (g_periodic) store_step(baton_segment_data(seg), size, step);
+    else fill(baton_segment_data(seg), size, g + 1);
+    const uint64_t was = g;
     sh->committing = 1;
     rc = baton_commit(seg, &g);
     sh->committing = 0;
     if (rc != 0) break;
     sh->commits.fetch_add(1);
+    if (g > was + 1) sh->periodic.fetch_add(g - was - 1);  // taken by the library meanwhile
     sh->state = 2;
     rc = baton_wait(seg, g, BATON_DURABLE, 5000);
-    if (rc == 0) sh->durable = g;
-    else if (rc != BATON_ETIMEDOUT) break;
+    if (rc == 0) {
+      sh->durable_step = step;  // (before the generation: the campaign reads them the other way round)
+      sh->durable = g;
+    } else if (rc != BATON_ETIMEDOUT) {
+      break;
+    }
+    ++step;
   }
   std::snprintf(sh->error, sizeof sh->error, "writer stopped: %s", baton_last_error());
   pause();
@@ -269,7 +344,7 @@ double pct(std::vector<double> v, double p) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  int cycles = 30, blades = 4, standby = 0;
+  int cycles = 30, blades = 4, standby = 0, period_ms = 0;
   std::string snapshots = "stage-copy";
   std::string faults_arg;  // empty: every kind the transport allows
   uint64_t size = 1 << 20, seed = static_cast<uint64_t>(time(nullptr));
@@ -294,6 +369,7 @@ int main(int argc, char** argv) {
     else if (a == "--memif-zero-copy" && (std::string(v) == "yes" || std::string(v) == "no"))
       cc.memif_zero_copy = std::string(v) == "yes";
     else if (a == "--faults") faults_arg = v;
+    else if (a == "--period-ms") period_ms = std::atoi(v);
     else if (a == "--chunk-kib") {
       cc.chunk_kib.clear();
       for (const char* p = v; *p != '\0';) {
@@ -312,7 +388,7 @@ int main(int argc, char** argv) {
                            "[--size BYTES] [--writes sparse|full] [--seed S] [--dir D] [--standby BLADE] "
                            "[--snapshots stage-copy|copy-on-write|copy-on-write-ahead] [--workers N] [--memif-zero-copy yes|no] "
                            "[--faults owner,application,replica,"
-                           "move,delete,stall,partition] [--chunk-kib K[,K...]]\n");
+                           "move,delete,stall,partition] [--chunk-kib K[,K...]] [--period-ms N]\n");
       return 2;
     }
   }
@@ -322,6 +398,12 @@ int main(int argc, char** argv) {
                          "--standby a blade\n");
     return 2;
   }
+  if (period_ms < 0 || period_ms > 60'000 || (period_ms != 0 && snapshots == "stage-copy")) {
+    std::fprintf(stderr, "baton-campaign: --period-ms 1..60000, with --snapshots copy-on-write or "
+                         "copy-on-write-ahead (periodic commits need copy-on-write)\n");
+    return 2;
+  }
+  g_periodic = period_ms != 0;
   // The kinds of fault, by number (the branches below). Partitions need
   // nftables on veths: af_packet chassis only. By default the other
   // transports draw from the first six, as before partitions were added,
@@ -354,6 +436,7 @@ int main(int argc, char** argv) {
   if (standby != 0) extra += "[[standby]]\nsegment = \"" + std::string(name) + "\"\nnodes = [" + std::to_string(standby) + "]\n";
   if (snapshots == "copy-on-write") extra += "[snapshots]\nmode = \"copy-on-write\"\n";
   if (snapshots == "copy-on-write-ahead") extra += "[snapshots]\nmode = \"copy-on-write\"\nprotect_ahead = true\n";
+  if (period_ms != 0) extra += "commit_every_ms = " + std::to_string(period_ms) + "\n";
   if (!extra.empty()) {
     cc.groups_file = cc.dir + ".extra.toml";
     std::FILE* f = std::fopen(cc.groups_file.c_str(), "w");
@@ -373,9 +456,11 @@ int main(int argc, char** argv) {
   std::string chunks_text = "default";
   for (size_t i = 0; i < cc.chunk_kib.size(); ++i)
     chunks_text = (i == 0 ? "" : chunks_text + ",") + std::to_string(cc.chunk_kib[i]);
-  std::printf("campaign: %d cycles, %d blades over %s, RF 2, %llu-byte segment, %s snapshots, %d shard%s, %s KiB "
+  const std::string period_text = period_ms != 0 ? " (and every " + std::to_string(period_ms) + " ms)" : "";
+  std::printf("campaign: %d cycles, %d blades over %s, RF 2, %llu-byte segment, %s snapshots%s, %d shard%s, %s KiB "
               "chunks, seed %llu, faults %s\n",
               cycles, blades, cc.transport.c_str(), static_cast<unsigned long long>(size), snapshots.c_str(),
+              period_text.c_str(),
               cc.workers, cc.workers == 1 ? "" : "s", chunks_text.c_str(), static_cast<unsigned long long>(seed),
               kinds_text.c_str());
   auto up = baton::ctl::chassis_up(cc);
@@ -415,6 +500,9 @@ int main(int argc, char** argv) {
   Counts banked;
   Result r;
   uint64_t durable = 0;  // what the application was told, across cycles
+  uint64_t durable_step = 0;  // --period-ms: the step that generation completed
+  uint64_t periodic = 0;  // --period-ms: generations the writers' libraries took by themselves
+  int midway = 0;  // --period-ms: restores of a generation taken in the middle of a step
   bool expect_fresh = false;  // the last cycle ended in a delete that returned
   int blade = 1;
   struct sigaction sa {};
@@ -451,7 +539,7 @@ int main(int argc, char** argv) {
       if (expect_fresh && sh->restored != 0) {
         ++r.resurrected;
         verdict = "RESURRECTED";
-      } else if (sh->restored < durable) {
+      } else if (sh->restored < durable || (g_periodic && sh->restored_ok && sh->restored_step < durable_step)) {
         ++r.lost;
         verdict = "LOST";
       } else if (!sh->restored_ok) {
@@ -459,8 +547,12 @@ int main(int argc, char** argv) {
         verdict = "TORN";
       }
     }
-    std::printf("cycle %3d  blade %d  restored %6llu (durable was %6llu) in %7.2f ms  %s%s%s\n", cycle, blade,
-                static_cast<unsigned long long>(sh->restored), static_cast<unsigned long long>(durable),
+    char steps[64] = "";
+    if (g_periodic)
+      std::snprintf(steps, sizeof steps, ", step %llu (%llu)", static_cast<unsigned long long>(sh->restored_step),
+                    static_cast<unsigned long long>(durable_step));
+    std::printf("cycle %3d  blade %d  restored %6llu (durable was %6llu%s) in %7.2f ms  %s%s%s\n", cycle, blade,
+                static_cast<unsigned long long>(sh->restored), static_cast<unsigned long long>(durable), steps,
                 sh->restore_us / 1000.0, verdict, sh->state == 3 ? ": " : "", sh->state == 3 ? sh->error : "");
     std::fflush(stdout);
     if (minority.writer != 0) {
@@ -484,7 +576,8 @@ int main(int argc, char** argv) {
       // Its last durable acknowledgement came before the cut (the majority
       // detects a blade's death only after its links are gone), so this
       // cycle's restore, checked above, already covers it.
-      if (sh->state != 3 && told > sh->restored) {
+      if (sh->state != 3 &&
+          (told > sh->restored || (g_periodic && minority.sh->durable_step.load() > sh->restored_step.load()))) {
         ++r.lost;
         std::printf("           LOST: blade %d's writer was told generation %llu was durable; the majority restored "
                     "%llu\n", minority.blade, static_cast<unsigned long long>(told),
@@ -583,6 +676,8 @@ int main(int argc, char** argv) {
       // nodes): nothing before it need be restored.
       durable = 0;
       sh->durable = 0;
+      durable_step = 0;
+      sh->durable_step = 0;
     } else {  // the application dies; an agent moves the segment elsewhere
       kill(w, SIGKILL);
       next = 1 + static_cast<int>(rng() % (blades - 1));
@@ -600,6 +695,9 @@ int main(int argc, char** argv) {
     }
     if (fault != 4 && minority.writer != w) waitpid(w, nullptr, 0);
     durable = std::max(durable, sh->durable.load());
+    durable_step = std::max(durable_step, sh->durable_step.load());
+    periodic += sh->periodic.load();
+    midway += sh->midway.load();
     for (int k : killed) banked += std::exchange(counts_now[k], Counts{});  // its counters die with it
     for (int k : killed) {  // a new, empty incarnation
       for (int i = 0; i < 200 && pid_of(k) > 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(5));
@@ -628,6 +726,15 @@ int main(int argc, char** argv) {
               pct(r.restore_ms, 0.5), pct(r.restore_ms, 0.99), static_cast<unsigned long long>(banked.skipped),
               static_cast<unsigned long long>(banked.cow), static_cast<unsigned long long>(banked.posted),
               static_cast<unsigned long long>(banked.direct));
+  if (g_periodic) {
+    std::printf("campaign: %llu generations taken by the writers' periodic commits (every %d ms) between their "
+                "own; %d restores caught a step midway\n", static_cast<unsigned long long>(periodic), period_ms,
+                midway);
+    if (periodic == 0) {
+      std::fprintf(stderr, "baton-campaign: no periodic commit took a generation\n");
+      return 1;
+    }
+  }
   if (snapshots != "stage-copy" && banked.cow == 0) {
     std::fprintf(stderr, "baton-campaign: no commit took its snapshot by copy-on-write\n");
     return 1;
