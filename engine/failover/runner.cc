@@ -709,7 +709,8 @@ std::map<std::string, std::string> Runner::standbys(uint64_t now) const {
   std::map<std::string, std::string> out;
   for (const auto& [name, s] : standbys_) {
     if (s.app > 0) out[name] = "ready (pid " + std::to_string(s.app) + ")";
-    else if (s.hook > 0) out[name] = "provisioning";
+    else if (s.hook > 0)
+      out[name] = "provisioning for " + std::to_string(now > s.since_ns ? (now - s.since_ns) / kMs : 0) + " ms";
     else if (!s.why.empty())
       out[name] = "down: " + s.why + "; again in " + std::to_string(s.retry_ns > now ? (s.retry_ns - now) / kMs : 0) + " ms";
   }

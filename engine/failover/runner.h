@@ -118,7 +118,8 @@ class Runner {
   /// polls it and drains it (one 8-byte read) before step().
   int wake_fd() const noexcept;
   /// This node's standby instances, by group: "ready (pid N)",
-  /// "provisioning", or "down: why; again in K ms".
+  /// "provisioning for K ms" (its hook is killed past the group's start
+  /// timeout), or "down: why; again in K ms".
   std::map<std::string, std::string> standbys(uint64_t now) const;
   /// The application's pid of a group running here, or -1.
   pid_t pid_of(const std::string& group) const;

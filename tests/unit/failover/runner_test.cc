@@ -131,6 +131,29 @@ TEST(Runner, WhatAnEndedApplicationLeftInItsSessionIsKilled) {
   if (!gone) kill(stray, SIGKILL);
 }
 
+// A standby instance whose provision hook hangs: shown provisioning with
+// how long it has been at it, and killed at the group's start timeout,
+// then tried again later (a session 35 trial read "provisioning", for
+// ever as far as it could tell).
+TEST(Runner, AHungStandbyProvisionHookIsShownAndKilledAtTheStartTimeout) {
+  ServiceGroup g = sleeper();
+  g.standby = {1};
+  g.standby_instances = true;
+  g.provision = "exec sleep 60";
+  g.start_timeout_ms = 300;
+  Runner r(Runner::Env{1, "/nonexistent.sock", NodeCaps{}}, {g}, [](std::string) {});
+  const uint64_t t0 = now_ns();
+  ASSERT_TRUE(step_until(r, [&] { return r.standbys(now_ns()).count("app") != 0; }));
+  const std::string first = r.standbys(now_ns())["app"];
+  EXPECT_EQ(first.rfind("provisioning for ", 0), 0u) << first;
+  EXPECT_NE(first.find(" ms"), std::string::npos) << first;
+  ASSERT_TRUE(step_until(r, [&] { return r.standbys(now_ns())["app"].rfind("down: ", 0) == 0; }));
+  EXPECT_GE(now_ns() - t0, 300'000'000u);
+  const std::string down = r.standbys(now_ns())["app"];
+  EXPECT_NE(down.find("its provision hook took longer than 300 ms"), std::string::npos) << down;
+  EXPECT_NE(down.find("again in"), std::string::npos) << down;
+}
+
 // Inside batond the runner's loads call the server directly (LocalLoads,
 // set by batond once its server is up): the segment's name and no
 // instance for a fresh start, the server's `after` once the load's result
