@@ -2,12 +2,14 @@
 // live ones, so a stale or made-up pointer gets BATON_EINVAL, not a crash.
 
 #include <fcntl.h>
+#include <pthread.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <charconv>
+#include <condition_variable>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
@@ -33,12 +35,19 @@ struct baton_engine {
   std::unique_ptr<baton::Engine> engine;
 #endif
   std::unique_ptr<baton::ipc::Client> client;
+  /// The fork count when it was made (a fork's child connects or starts
+  /// its own: the connection and the engine's threads are the parent's).
+  uint64_t forks = 0;
+  /// Calls in flight on it and its segments, from any thread: baton_stop
+  /// waits for them before it frees what they use. Registry::mu.
+  uint32_t calls = 0;
 };
 
 struct baton_segment {
   baton_t* owner;
   baton::Segment* segment;              ///< embedded mode
   baton::ipc::ClientSegment* remote;    ///< daemon mode
+  uint32_t calls = 0;                   ///< in flight on it (baton_unregister waits); Registry::mu
 };
 
 namespace {
@@ -51,12 +60,22 @@ thread_local std::string last_error;
 // API cannot otherwise tell a live handle from a freed one.
 struct Registry {
   std::mutex mu;
+  std::condition_variable calls_ended;  ///< a Call ended (stop and unregister wait on it)
   std::unordered_set<baton_t*> batons;
   std::unordered_set<baton_segment_t*> segments;
 };
 Registry& registry() {
   static Registry r;
   return r;
+}
+
+/// fork()s this process has made (counted in the child): a handle made
+/// before one is the parent's.
+std::atomic<uint64_t> g_forks{0};
+uint64_t forks_now() {
+  static const bool counting = [] { return pthread_atfork(nullptr, nullptr, [] { g_forks.fetch_add(1); }) == 0; }();
+  (void)counting;
+  return g_forks.load(std::memory_order_relaxed);
 }
 
 int set_error(Errc code, std::string message) {
@@ -69,14 +88,59 @@ int ok() {
   return 0;
 }
 
-bool live(baton_t* b) {
-  std::lock_guard lock(registry().mu);
-  return b != nullptr && registry().batons.count(b) != 0;
+int forked() {
+  return set_error(Errc::kInvalidArgument,
+                   "the handle was made before this process forked: a child connects (or starts) its own");
 }
-bool live(baton_segment_t* s) {
-  std::lock_guard lock(registry().mu);
-  return s != nullptr && registry().segments.count(s) != 0;
-}
+
+/// A call on a live handle, from any thread, for as long as it runs:
+/// baton_stop and baton_unregister wait for the calls on what they free.
+/// A handle not alive, or made before this process was forked, is refused
+/// (error(): the call's return, with the message set).
+class Call {
+ public:
+  explicit Call(baton_t* b) {
+    std::lock_guard lock(registry().mu);
+    if (b == nullptr || registry().batons.count(b) == 0) {
+      rc_ = set_error(Errc::kInvalidArgument, "unknown baton handle");
+    } else if (b->forks != forks_now()) {
+      rc_ = forked();
+    } else {
+      b_ = b;
+      ++b->calls;
+    }
+  }
+  explicit Call(baton_segment_t* s) {
+    std::lock_guard lock(registry().mu);
+    if (s == nullptr || registry().segments.count(s) == 0) {
+      rc_ = set_error(Errc::kInvalidArgument, "unknown segment handle");
+    } else if (s->owner->forks != forks_now()) {
+      rc_ = forked();
+    } else {
+      s_ = s;
+      b_ = s->owner;
+      ++s->calls;
+      ++b_->calls;
+    }
+  }
+  ~Call() {
+    if (b_ == nullptr) return;
+    {
+      std::lock_guard lock(registry().mu);
+      --b_->calls;
+      if (s_ != nullptr) --s_->calls;
+    }
+    registry().calls_ended.notify_all();
+  }
+  Call(const Call&) = delete;
+  Call& operator=(const Call&) = delete;
+  int error() const { return rc_; }
+
+ private:
+  baton_t* b_ = nullptr;
+  baton_segment_t* s_ = nullptr;
+  int rc_ = 0;
+};
 
 int check_name(const char* name) {
   if (name == nullptr) return set_error(Errc::kInvalidArgument, "name is NULL");
@@ -96,6 +160,7 @@ baton_segment_t* track(baton_t* b, baton::Segment* seg, baton::ipc::ClientSegmen
 }
 
 void insert(baton_t* b) {
+  b->forks = forks_now();
   std::lock_guard lock(registry().mu);
   registry().batons.insert(b);
 }
@@ -105,7 +170,8 @@ int open_segment(baton_t* b, baton::ipc::Op op, const char* name, uint64_t size,
                  int* restored, uint64_t* generation) {
   // *out is written on success only: a caller that reuses the variable of
   // a handle it holds keeps that handle when the call fails.
-  if (!live(b)) return set_error(Errc::kInvalidArgument, "unknown baton handle");
+  const Call call(b);
+  if (call.error() != 0) return call.error();
   if (out == nullptr) return set_error(Errc::kInvalidArgument, "out is NULL");
   if (int rc = check_name(name); rc != 0) return rc;
   if (b->client) {
@@ -226,18 +292,28 @@ int baton_start(const baton_config_t* config, const char* const* links, size_t n
 }
 
 void baton_stop(baton_t* b) {
+  std::vector<baton_segment_t*> segments;
   {
     std::lock_guard lock(registry().mu);
-    if (b == nullptr || registry().batons.erase(b) == 0) return;
+    if (b == nullptr || registry().batons.erase(b) == 0) return;  // from here on, new calls are refused
     for (auto it = registry().segments.begin(); it != registry().segments.end();) {
       if ((*it)->owner == b) {
-        delete *it;
+        segments.push_back(*it);
         it = registry().segments.erase(it);
       } else {
         ++it;
       }
     }
   }
+  // Calls in flight on other threads end before what they use is freed:
+  // in daemon mode at once (the connection is shut, as if batond had
+  // gone), an embedded engine's when they return (a wait, by its timeout).
+  if (b->client) b->client->interrupt();
+  {
+    std::unique_lock lock(registry().mu);
+    registry().calls_ended.wait(lock, [b] { return b->calls == 0; });
+  }
+  for (baton_segment_t* s : segments) delete s;
   delete b;
 }
 
@@ -255,7 +331,8 @@ int baton_load(baton_t* b, const char* name, baton_segment_t** out, uint64_t* ge
 }
 
 void* baton_segment_data(baton_segment_t* s) {
-  if (!live(s)) return nullptr;
+  const Call call(s);
+  if (call.error() != 0) return nullptr;
   if (s->remote != nullptr) return s->remote->data;
 #ifndef BATON_CLIENT_ONLY
   return s->owner->engine->data(s->segment).data();
@@ -264,7 +341,8 @@ void* baton_segment_data(baton_segment_t* s) {
 }
 
 uint64_t baton_segment_size(baton_segment_t* s) {
-  if (!live(s)) return 0;
+  const Call call(s);
+  if (call.error() != 0) return 0;
   if (s->remote != nullptr) return s->remote->size;
 #ifndef BATON_CLIENT_ONLY
   return s->owner->engine->size(s->segment);
@@ -275,7 +353,8 @@ uint64_t baton_segment_size(baton_segment_t* s) {
 int baton_commit(baton_segment_t* s, uint64_t* generation) { return baton_commit_ranges(s, nullptr, 0, generation); }
 
 int baton_commit_ranges(baton_segment_t* s, const baton_range_t* ranges, size_t n, uint64_t* generation) {
-  if (!live(s)) return set_error(Errc::kInvalidArgument, "unknown segment handle");
+  const Call call(s);
+  if (call.error() != 0) return call.error();
   if (ranges == nullptr && n > 0) return set_error(Errc::kInvalidArgument, "ranges is NULL but n is not 0");
   // More ranges than bytes in the largest segment can only be a mistake.
   constexpr size_t kMaxRanges = size_t{1} << 30;
@@ -307,7 +386,8 @@ int baton_commit_ranges(baton_segment_t* s, const baton_range_t* ranges, size_t 
 }
 
 int baton_wait(baton_segment_t* s, uint64_t generation, uint32_t k, uint32_t timeout_ms) {
-  if (!live(s)) return set_error(Errc::kInvalidArgument, "unknown segment handle");
+  const Call call(s);
+  if (call.error() != 0) return call.error();
   baton::Result<void> r = baton::fail(Errc::kInternal, "no engine");
   if (s->remote != nullptr) r = s->owner->client->wait(s->remote, generation, k, timeout_ms);
 #ifndef BATON_CLIENT_ONLY
@@ -318,23 +398,37 @@ int baton_wait(baton_segment_t* s, uint64_t generation, uint32_t k, uint32_t tim
 }
 
 int baton_unregister(baton_segment_t* s) {
+  baton_t* b = nullptr;
   {
-    std::lock_guard lock(registry().mu);
-    if (s == nullptr || registry().segments.erase(s) == 0)
+    std::unique_lock lock(registry().mu);
+    if (s == nullptr || registry().segments.count(s) == 0)
       return set_error(Errc::kInvalidArgument, "unknown segment handle");
+    if (s->owner->forks != forks_now()) return forked();
+    registry().segments.erase(s);  // new calls on it are refused from here on
+    b = s->owner;
+    ++b->calls;  // a call on the baton_t: baton_stop waits for it
+    // The calls on it in flight (a commit, a wait) end first.
+    registry().calls_ended.wait(lock, [s] { return s->calls == 0; });
   }
   baton::Result<void> r = baton::fail(Errc::kInternal, "no engine");
-  if (s->remote != nullptr) r = s->owner->client->close(s->remote);
+  if (s->remote != nullptr) r = b->client->close(s->remote);
 #ifndef BATON_CLIENT_ONLY
-  else r = s->owner->engine->close(s->segment);
+  else r = b->engine->close(s->segment);
 #endif
   delete s;
+  {
+    std::lock_guard lock(registry().mu);
+    --b->calls;
+  }
+  registry().calls_ended.notify_all();
   if (!r) return set_error(r.error());
   return ok();
 }
 
 int baton_delete(baton_t* b, const char* name) {
-  if (b == nullptr || name == nullptr) return set_error(Errc::kInvalidArgument, "null argument");
+  const Call call(b);
+  if (call.error() != 0) return call.error();
+  if (int rc = check_name(name); rc != 0) return rc;
   baton::Result<void> r = baton::fail(Errc::kInternal, "no engine");
   if (b->client) r = b->client->remove(name);
 #ifndef BATON_CLIENT_ONLY
@@ -345,7 +439,9 @@ int baton_delete(baton_t* b, const char* name) {
 }
 
 int baton_report(baton_t* b, const char* name, double value) {
-  if (b == nullptr || name == nullptr) return set_error(Errc::kInvalidArgument, "null argument");
+  const Call call(b);
+  if (call.error() != 0) return call.error();
+  if (name == nullptr) return set_error(Errc::kInvalidArgument, "metric name is NULL");
   if (!b->client) return set_error(Errc::kInvalidArgument, "metrics go to a batond: this is an embedded engine");
   if (auto r = b->client->report(name, value); !r) return set_error(r.error());
   return ok();

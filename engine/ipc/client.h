@@ -60,6 +60,8 @@ struct ClientSegment {
   /// batond would refuse it). commit_mu.
   bool fenced = false;
   uint64_t last_generation = 0;
+  /// When a post last looked whether batond is gone (post_log). commit_mu.
+  uint64_t gone_checked_ns = 0;
   uint32_t log_head = 0;
   uint32_t failures_seen = 0;
   std::vector<std::pair<uint64_t, uint64_t>> ranges;  ///< a commit's, kept to save an allocation each time
@@ -75,15 +77,18 @@ bool track_writes_allowed();
 /// next call, when batond refuses it).
 bool post_commits_allowed();
 
-/// Thread: the application's (one Client is not for concurrent use), and
-/// the client's own `baton-periodic` thread, started at the first segment
-/// batond gives a commit period: it commits such segments by itself
-/// (S5), under each segment's `commit_mu`; the segment list changes
-/// under `periodic_mu_`.
+/// Thread: any of the application's, at once (the C API promises it):
+/// requests on the socket go one at a time (`call_mu_`: a long wait holds
+/// back the other requests on this connection, not commits), a segment's
+/// commits under its `commit_mu`; and the client's own `baton-periodic`
+/// thread, started at the first segment batond gives a commit period: it
+/// commits such segments by itself (S5), under each segment's
+/// `commit_mu`; the segment list changes under `periodic_mu_`. The C API
+/// keeps a segment's close (and the Client's end) from racing calls on it.
 class Client {
  public:
   /// Connects to batond's socket. Errors: kUnavailable (no daemon), kInvalidArgument.
-  /// Thread: any; one Client is not for concurrent use.
+  /// Thread: any.
   static Result<std::unique_ptr<Client>> connect(const std::string& socket_path);
   ~Client();
 
@@ -119,7 +124,9 @@ class Client {
   Result<void> report(std::string_view name, double value);
   /// Service groups, the spare pool and the last decisions: a JSON object.
   Result<std::string> groups();
-  bool owns(const ClientSegment* s) const noexcept;
+  /// Shuts the connection: calls in flight on other threads end at once,
+  /// as when batond goes away, and every later one fails. Thread: any.
+  void interrupt() noexcept;
 
  private:
   /// Sends `r` and returns batond's answer. After `patience_ns` (0: as
@@ -139,7 +146,11 @@ class Client {
   Result<void> drain_posts(ClientSegment& s, uint64_t timeout_ns = 0);
   void run_periodic();
   int fd_ = -1;
+  /// One request and its answer at a time on the socket (batond answers a
+  /// connection's requests in order): held by call().
+  std::mutex call_mu_;
   /// Answers still owed by batond to calls that stopped waiting for them.
+  /// call_mu_, as are hello_unanswered_ and refused_.
   uint32_t unanswered_ = 0;
   /// How long connect() waits for batond to let the connection in.
   static constexpr uint64_t kHelloPatienceNs = 2'000'000'000;

@@ -9,8 +9,13 @@
  * BATON_E* code; baton_strerror() names it, baton_last_error() explains the
  * most recent failure on the calling thread. No function aborts on bad input.
  *
- * Thread safety: calls on one baton_t may come from any thread; a segment's
- * memory is the application's to synchronise.
+ * Thread safety: calls on one baton_t may come from any thread, at once; a
+ * segment's memory is the application's to synchronise. With batond, a
+ * baton_t's requests are answered one at a time (a long baton_wait holds
+ * back other threads' requests on it, not their commits). baton_stop ends
+ * the calls other threads are in; baton_unregister waits for the calls on
+ * its segment. After fork() the child's calls on its parent's handles are
+ * refused (BATON_EINVAL): a child connects or starts its own.
  */
 #ifndef BATON_BATON_H
 #define BATON_BATON_H
@@ -164,7 +169,8 @@ int baton_unregister(baton_segment_t* segment);
  * baton_open of the name starts fresh (restored = 0): an application calls
  * it on a clean exit (S11). Unregister the segment first: BATON_EBUSY while
  * an application on this node holds it. BATON_ENOENT if there is no such
- * segment; BATON_EUNAVAIL if too few nodes could be reached (it may be
+ * segment (a clean exit counts that as done: on a node without replicas
+ * the unregister already let go of everything); BATON_EUNAVAIL if too few nodes could be reached (it may be
  * deleted on some: call it again). */
 int baton_delete(baton_t* baton, const char* name);
 

@@ -1132,4 +1132,214 @@ TEST(Daemon, AStartThatHangsSaysWhere) {
   EXPECT_EQ(stat(socket.c_str(), &st), 0) << "batond did not serve once the lock was gone: " << read_log();
 }
 
+// "Calls on one baton_t may come from any thread" (baton.h). A session 36
+// new-user trial found two threads on one connection got each other's
+// answers: a durability wait that must time out returned 0 (the answer to
+// the other thread's unregister), an open's answer went to a wait and the
+// open's caller got a timeout while batond made the segment. Each call now
+// gets its own answer, and the queued one's patience starts at its turn.
+TEST(Daemon, CallsFromTwoThreadsOnOneConnectionGetTheirOwnAnswers) {
+  TempDir dir;
+  Batond d(1, dir.path);  // no peers: a durability wait times out
+  baton_t* b = connect_to(d);
+  ASSERT_NE(b, nullptr);
+  for (int round = 0; round < 3; ++round) {
+    const std::string a_name = "thread-a" + std::to_string(round), b_name = "thread-b" + std::to_string(round);
+    baton_segment_t* sa = nullptr;
+    baton_segment_t* sb = nullptr;
+    ASSERT_EQ(baton_open(b, a_name.c_str(), 4096, &sa, nullptr, nullptr), 0) << baton_last_error();
+    ASSERT_EQ(baton_open(b, b_name.c_str(), 4096, &sb, nullptr, nullptr), 0) << baton_last_error();
+    uint64_t ga = 0;
+    ASSERT_EQ(baton_commit(sa, &ga), 0) << baton_last_error();
+    std::atomic<int> waited{1};
+    std::string wait_error;
+    std::thread waiter([&] {
+      waited = baton_wait(sa, ga, BATON_DURABLE, 600);
+      wait_error = baton_last_error();
+    });
+    std::this_thread::sleep_for(std::chrono::milliseconds(150));  // the wait is with batond
+    EXPECT_EQ(baton_unregister(sb), 0) << baton_last_error();
+    baton_segment_t* sc = nullptr;
+    const std::string c_name = "thread-c" + std::to_string(round);
+    EXPECT_EQ(baton_open(b, c_name.c_str(), 4096, &sc, nullptr, nullptr), 0) << baton_last_error();
+    EXPECT_EQ(baton_delete(b, "no-such-segment"), BATON_ENOENT) << baton_last_error();
+    waiter.join();
+    EXPECT_EQ(waited.load(), BATON_ETIMEDOUT) << "the wait got another call's answer: " << wait_error;
+    EXPECT_NE(wait_error.find("not durable"), std::string::npos) << wait_error;
+    if (sc != nullptr) {
+      EXPECT_EQ(baton_unregister(sc), 0) << baton_last_error();
+    }
+    EXPECT_EQ(baton_unregister(sa), 0) << baton_last_error();
+  }
+  baton_stop(b);
+}
+
+// baton_stop while other threads are inside calls on the same baton_t: the
+// calls end (refused, or "went away"), and nothing is used after it was
+// freed (a session 36 trial crashed here in 2 runs of 3; ASan CI runs it).
+TEST(Daemon, StoppingAConnectionEndsTheCallsOtherThreadsAreIn) {
+  TempDir dir;
+  Batond d(1, dir.path);
+  for (int round = 0; round < 4; ++round) {
+    baton_t* b = connect_to(d);
+    ASSERT_NE(b, nullptr);
+    baton_segment_t* small = nullptr;
+    baton_segment_t* big = nullptr;
+    const std::string small_name = "stop-small" + std::to_string(round), big_name = "stop-big" + std::to_string(round);
+    ASSERT_EQ(baton_open(b, small_name.c_str(), 4096, &small, nullptr, nullptr), 0) << baton_last_error();
+    ASSERT_EQ(baton_open(b, big_name.c_str(), 4 << 20, &big, nullptr, nullptr), 0) << baton_last_error();
+    uint64_t g0 = 0;
+    ASSERT_EQ(baton_commit(small, &g0), 0) << baton_last_error();
+    std::atomic<int> ended{0};
+    std::vector<std::thread> threads;
+    std::vector<int> last(3, 0);
+    threads.emplace_back([&] {  // posted commits
+      uint64_t g = 0;
+      while ((last[0] = baton_commit(small, &g)) == 0) {
+      }
+      ++ended;
+    });
+    threads.emplace_back([&] {  // waiting commits
+      uint64_t g = 0;
+      while ((last[1] = baton_commit(big, &g)) == 0) {
+      }
+      ++ended;
+    });
+    threads.emplace_back([&] {  // a wait that would take seconds
+      last[2] = baton_wait(small, g0, BATON_DURABLE, 5000);
+      ++ended;
+    });
+    std::this_thread::sleep_for(std::chrono::milliseconds(100 + 50 * round));
+    const auto t0 = std::chrono::steady_clock::now();
+    baton_stop(b);
+    EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(3)) << "the stop waited out the wait";
+    for (auto& t : threads) t.join();
+    EXPECT_EQ(ended.load(), 3);
+    for (int rc : last) EXPECT_TRUE(rc == BATON_EINVAL || rc == BATON_EUNAVAIL) << rc;
+  }
+  // batond is unharmed: another application is served.
+  baton_t* b = connect_to(d);
+  ASSERT_NE(b, nullptr);
+  baton_segment_t* s = nullptr;
+  EXPECT_EQ(baton::test::open_when_free(b, "stop-small0", 4096, &s, nullptr, nullptr), 0) << baton_last_error();
+  baton_stop(b);
+}
+
+// Every call on a stopped or made-up baton_t is refused; baton_delete and
+// baton_report used to dereference it (SIGSEGV; a session 36 trial).
+TEST(Daemon, CallsOnAStoppedOrMadeUpConnectionAreRefused) {
+  TempDir dir;
+  Batond d(1, dir.path);
+  baton_t* b = connect_to(d);
+  ASSERT_NE(b, nullptr);
+  baton_stop(b);
+  alignas(64) unsigned char junk[256];
+  std::memset(junk, 0x41, sizeof junk);
+  for (baton_t* bad : {b, reinterpret_cast<baton_t*>(junk), reinterpret_cast<baton_t*>(uintptr_t{0x1234}),
+                       static_cast<baton_t*>(nullptr)}) {
+    EXPECT_EQ(baton_delete(bad, "x"), BATON_EINVAL);
+    EXPECT_NE(std::string(baton_last_error()).find("unknown baton handle"), std::string::npos) << baton_last_error();
+    EXPECT_EQ(baton_report(bad, "latency", 1.0), BATON_EINVAL);
+    baton_segment_t* s = nullptr;
+    EXPECT_EQ(baton_open(bad, "x", 4096, &s, nullptr, nullptr), BATON_EINVAL);
+  }
+}
+
+// A fork's child gets the parent's baton_t and segment handles in its
+// copy of memory, but not the connection's state: its calls on them are
+// refused, so the parent's go on unharmed (a session 36 trial saw the
+// parent's commit hang for good once the child had used the handle).
+TEST(Daemon, AForkedChildCannotUseItsParentsHandles) {
+  TempDir dir;
+  Batond d(1, dir.path);
+  baton_t* b = connect_to(d);
+  ASSERT_NE(b, nullptr);
+  baton_segment_t* s = nullptr;
+  ASSERT_EQ(baton_open(b, "forked", 4 << 20, &s, nullptr, nullptr), 0) << baton_last_error();
+  uint64_t g = 0;
+  ASSERT_EQ(baton_commit(s, &g), 0) << baton_last_error();
+  const pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    uint64_t cg = 0;
+    int code = 0;
+    if (baton_commit(s, &cg) != BATON_EINVAL || std::strstr(baton_last_error(), "forked") == nullptr) code |= 1;
+    if (baton_wait(s, g, 0, 100) != BATON_EINVAL) code |= 2;
+    if (baton_unregister(s) != BATON_EINVAL) code |= 4;
+    if (baton_delete(b, "forked") != BATON_EINVAL) code |= 8;
+    baton_t* own = nullptr;  // its own connection works
+    if (baton_connect(d.socket().c_str(), &own) != 0) code |= 16;
+    baton_stop(own);
+    _exit(code);
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(child, &status, 0), child);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 0) << "bits: 1 commit, 2 wait, 4 unregister, 8 delete, 16 own connect";
+  for (int i = 0; i < 20; ++i) {
+    static_cast<unsigned char*>(baton_segment_data(s))[i] = static_cast<unsigned char>(i + 1);
+    ASSERT_EQ(baton_commit(s, &g), 0) << baton_last_error();
+  }
+  EXPECT_EQ(baton_wait(s, g, 0, 5000), 0) << baton_last_error();
+  baton_stop(b);
+}
+
+// A posted commit (a small segment: the library copies it into the log
+// and returns) to a batond that went away seconds ago fails at once; it
+// returned success until the log was half full (a session 36 trial).
+TEST(Daemon, APostedCommitToABatondGoneAwayFails) {
+  TempDir dir;
+  Batond d(1, dir.path);
+  baton_t* b = connect_to(d);
+  ASSERT_NE(b, nullptr);
+  baton_segment_t* s = nullptr;
+  ASSERT_EQ(baton_open(b, "posted-gone", 4096, &s, nullptr, nullptr), 0) << baton_last_error();
+  uint64_t g = 0;
+  ASSERT_EQ(baton_commit(s, &g), 0) << baton_last_error();
+  ASSERT_EQ(kill(d.pid(), SIGKILL), 0);
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  EXPECT_EQ(baton_commit(s, &g), BATON_EUNAVAIL);
+  EXPECT_NE(std::string(baton_last_error()).find("went away"), std::string::npos) << baton_last_error();
+  baton_stop(b);
+}
+
+// batond gone (killed): the library's periodic commits stop, with one
+// warning, instead of trying again every period for as long as the
+// application lives (a session 36 trial).
+TEST(Daemon, PeriodicCommitsStopOnceBatondIsGone) {
+  TempDir dir;
+  Batond d(1, dir.path, "", "[snapshots]\nmode = \"copy-on-write\"\ncommit_every_ms = 5\n");
+  const std::string log = dir.path + "/app.stderr";
+  const int saved = dup(2);
+  const int to = open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  ASSERT_GE(to, 0);
+  ASSERT_EQ(dup2(to, 2), 2);
+  close(to);
+  baton_t* b = connect_to(d);
+  baton_segment_t* s = nullptr;
+  bool opened = b != nullptr && baton_open(b, "periodic-gone", 1 << 20, &s, nullptr, nullptr) == 0;
+  if (opened) {
+    auto* mem = static_cast<unsigned char*>(baton_segment_data(s));
+    mem[0] = 1;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));  // a periodic generation or two
+    kill(d.pid(), SIGKILL);
+    for (int i = 0; i < 150; ++i) {  // writes on: every period has something to commit
+      mem[4096 * (i % 200)] = static_cast<unsigned char>(i);
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    }
+  }
+  dup2(saved, 2);
+  close(saved);
+  ASSERT_TRUE(opened);
+  std::ifstream in(log);
+  const std::string text((std::istreambuf_iterator<char>(in)), {});
+  size_t stops = 0;
+  for (size_t at = text.find("periodic commits stop"); at != std::string::npos;
+       at = text.find("periodic commits stop", at + 1))
+    ++stops;
+  EXPECT_EQ(stops, 1u) << text;
+  EXPECT_EQ(text.find("periodic commit failed"), std::string::npos) << text;
+  baton_stop(b);
+}
+
 }  // namespace
