@@ -70,10 +70,17 @@ Registry& registry() {
 }
 
 /// fork()s this process has made (counted in the child): a handle made
-/// before one is the parent's.
+/// before one is the parent's. The registry's mutex is held across the
+/// fork, so a child never inherits it locked by a thread it does not have.
 std::atomic<uint64_t> g_forks{0};
 uint64_t forks_now() {
-  static const bool counting = [] { return pthread_atfork(nullptr, nullptr, [] { g_forks.fetch_add(1); }) == 0; }();
+  static const bool counting = [] {
+    return pthread_atfork([] { registry().mu.lock(); }, [] { registry().mu.unlock(); },
+                          [] {
+                            g_forks.fetch_add(1);
+                            registry().mu.unlock();
+                          }) == 0;
+  }();
   (void)counting;
   return g_forks.load(std::memory_order_relaxed);
 }
@@ -295,7 +302,10 @@ void baton_stop(baton_t* b) {
   std::vector<baton_segment_t*> segments;
   {
     std::lock_guard lock(registry().mu);
-    if (b == nullptr || registry().batons.erase(b) == 0) return;  // from here on, new calls are refused
+    // A fork's child leaves its parent's alone: shutting the connection
+    // would shut the parent's.
+    if (b == nullptr || registry().batons.count(b) == 0 || b->forks != forks_now()) return;
+    registry().batons.erase(b);  // from here on, new calls are refused
     for (auto it = registry().segments.begin(); it != registry().segments.end();) {
       if ((*it)->owner == b) {
         segments.push_back(*it);
