@@ -90,6 +90,8 @@ Result<std::unique_ptr<Client>> Client::connect(const std::string& path) {
   hold_liveness();  // an application the failover runner started: its death is seen at once
   if (const char* t = std::getenv("BATON_COMMIT_TIMEOUT_MS"); t != nullptr && std::strtoull(t, nullptr, 10) > 0)
     c->commit_timeout_ns_ = std::strtoull(t, nullptr, 10) * 1'000'000;
+  if (const char* t = std::getenv("BATON_STATUS_TIMEOUT_MS"); t != nullptr && std::strtoull(t, nullptr, 10) > 0)
+    c->text_patience_ns_ = std::strtoull(t, nullptr, 10) * 1'000'000;
   return c;
 }
 
@@ -798,7 +800,10 @@ Result<std::string> Client::text_request(Op op) {
   r.version = kVersion;
   r.op = static_cast<uint16_t>(op);
   std::string text;
-  auto rep = call(r, nullptr, &text);
+  // batond answers these at once: a batond stopped (SIGSTOP) or a socket
+  // that is not batond's must not hold `batonctl status` (or an OCF
+  // monitor) for ever.
+  auto rep = call(r, nullptr, &text, text_patience_ns_);
   if (!rep) return tl::unexpected(rep.error());
   if (rep->status != 0) return tl::unexpected(error_of(*rep));
   return text;

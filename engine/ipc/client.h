@@ -137,6 +137,9 @@ class Client {
   Result<Reply> receive(std::vector<int>* fds, std::string* text);
   /// How long past its own timeout a wait gives batond to answer.
   static constexpr uint64_t kWaitSlackMs = 1000;
+  /// How long status, events and groups wait for batond's answer
+  /// (BATON_STATUS_TIMEOUT_MS; 10 s).
+  uint64_t text_patience_ns_ = 10'000'000'000;
   Result<std::string> text_request(Op op);
   Result<uint64_t> commit_locked(ClientSegment* s, std::span<const std::pair<uint64_t, uint64_t>> written);
   /// Waits until batond has taken every commit `s` posted, then reports

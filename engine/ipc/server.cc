@@ -103,9 +103,26 @@ void refuse(int fd, const Reply& r) {
 Server::Server(Engine& engine, const ServerConfig& config)
     : engine_(engine), config_(config), dropping_(std::make_unique<Session>()) {}
 
+bool socket_served(const std::string& path) {
+  if (path.empty() || path.size() >= sizeof(sockaddr_un::sun_path)) return false;
+  const int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  if (fd < 0) return false;
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::strncpy(addr.sun_path, path.c_str(), sizeof addr.sun_path - 1);
+  // A listener accepts (or its backlog is full: EAGAIN); a stale file
+  // refuses (ECONNREFUSED), no file is ENOENT.
+  const bool served = connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0 || errno == EAGAIN;
+  close(fd);
+  return served;
+}
+
 Result<std::unique_ptr<Server>> Server::start(Engine& engine, const ServerConfig& config) {
   if (config.socket_path.empty() || config.socket_path.size() >= sizeof(sockaddr_un::sun_path))
     return fail(Errc::kInvalidArgument, "socket path empty or too long");
+  if (socket_served(config.socket_path))
+    return fail(Errc::kExists, "a batond already serves ", config.socket_path,
+                " (the same config started twice, or two configs naming one socket)");
   if (config.max_clients == 0 || config.max_segments == 0 || config.max_bytes == 0)
     return fail(Errc::kInvalidArgument, "client limits must be at least 1");
   std::unique_ptr<Server> s(new Server(engine, config));
@@ -130,6 +147,11 @@ Result<std::unique_ptr<Server>> Server::start(Engine& engine, const ServerConfig
     unlink(temp.c_str());
     return fail(Errc::kIo, "socket ", config.socket_path, ": ", std::strerror(err));
   }
+  struct stat st{};
+  if (stat(config.socket_path.c_str(), &st) == 0) {
+    s->socket_dev_ = st.st_dev;
+    s->socket_ino_ = st.st_ino;
+  }
   for (auto& lane : s->lanes_) {
     lane.event_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (lane.event_fd < 0) return fail(Errc::kIo, "eventfd: ", std::strerror(errno));
@@ -147,7 +169,11 @@ Server::~Server() {
   shutdown();
   if (listen_fd_ >= 0) {
     close(listen_fd_);
-    unlink(config_.socket_path.c_str());
+    // Not another batond's that replaced it meanwhile (an operator who
+    // removed this one's file and started another).
+    struct stat st{};
+    if (stat(config_.socket_path.c_str(), &st) == 0 && st.st_dev == socket_dev_ && st.st_ino == socket_ino_)
+      unlink(config_.socket_path.c_str());
   }
   for (auto& lane : lanes_) {
     if (lane.event_fd >= 0) close(lane.event_fd);

@@ -98,10 +98,16 @@ struct ServerCounters {
            handed_over = 0;        ///< opens that took what a load for them left (Op::kLoadFor)
 };
 
+/// Whether a live process listens on the unix socket `path` (a batond
+/// already serving it: a second one must not take its clients, nor unlink
+/// its socket when it stops). A stale socket file is not served. Thread: any.
+bool socket_served(const std::string& path);
+
 class Server {
  public:
   /// Binds the socket (replacing a stale one) with the configured mode.
-  /// Errors: kIo, kInvalidArgument. Thread: control.
+  /// Errors: kExists (a live process serves it: socket_served), kIo,
+  /// kInvalidArgument. Thread: control.
   static Result<std::unique_ptr<Server>> start(Engine& engine, const ServerConfig& config);
   /// Ends every session and the commit thread if serve() has not.
   ~Server();
@@ -234,6 +240,10 @@ class Server {
   Engine& engine_;
   ServerConfig config_;
   int listen_fd_ = -1;  ///< accept thread
+  /// The socket file this server made (st_dev, st_ino): it is unlinked at
+  /// the end only if the path still names it.
+  dev_t socket_dev_ = 0;
+  ino_t socket_ino_ = 0;
   std::atomic<bool> stopping_{false};
 
   std::list<std::unique_ptr<Session>> sessions_;  ///< accept thread

@@ -26,6 +26,7 @@
 #include "../common/batond.h"
 #include "../common/raw_request.h"
 #include "baton/baton.h"
+#include "ipc/client.h"
 #include "ipc/messages.h"
 
 namespace {
@@ -1341,6 +1342,81 @@ TEST(Daemon, PeriodicCommitsStopOnceBatondIsGone) {
   EXPECT_EQ(stops, 1u) << text;
   EXPECT_EQ(text.find("periodic commit failed"), std::string::npos) << text;
   baton_stop(b);
+}
+
+// SIGHUP (a closed terminal, an operator's "reload") is logged and
+// ignored: its default action ended batond unlogged, its socket left
+// behind (a session 36 operator trial).
+TEST(Daemon, SighupDoesNotStopIt) {
+  TempDir dir;
+  Batond d(1, dir.path);
+  ASSERT_EQ(kill(d.pid(), SIGHUP), 0);
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  int status = 0;
+  EXPECT_EQ(waitpid(d.pid(), &status, WNOHANG), 0) << "batond ended on SIGHUP";
+  baton_t* b = connect_to(d);
+  ASSERT_NE(b, nullptr);
+  baton_stop(b);
+}
+
+// A second batond on a socket a live one serves is refused before it
+// starts anything, and the first keeps its clients and its socket (the
+// second took the socket over, and unlinked it when it stopped: the first
+// ran on unreachable; a session 36 operator trial).
+TEST(Daemon, ASecondBatondOnALiveSocketIsRefused) {
+  TempDir dir;
+  Batond d(1, dir.path);
+  const std::string other = dir.path + "/other.toml";
+  std::ofstream(other) << "[node]\nid = 3\nname = \"intruder\"\n[client]\nsocket = \"" << d.socket()
+                       << "\"\n[log]\nlevel = \"warn\"\n";
+  for (const char* check : {"--check", ""}) {
+    std::vector<std::string> args{baton::test::helper("BATOND"), "--config", other};
+    if (*check != '\0') args.push_back(check);
+    baton::test::Process second(args);
+    EXPECT_EQ(second.wait(), 2) << (*check != '\0' ? "--check" : "a start");
+  }
+  auto c = baton::ipc::Client::connect(d.socket());
+  ASSERT_TRUE(c) << c.error().message;
+  auto text = (*c)->status();
+  ASSERT_TRUE(text) << text.error().message;
+  EXPECT_NE(text->find("\"name\":\"blade1\""), std::string::npos) << *text;
+  // A stale socket (its batond killed) is taken over as before.
+  ASSERT_EQ(kill(d.pid(), SIGKILL), 0);
+  waitpid(d.pid(), nullptr, 0);
+  baton::test::Process third({baton::test::helper("BATOND"), "--config", other});
+  bool up = false;
+  for (int i = 0; i < 300 && !up; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    auto probe = baton::ipc::Client::connect(d.socket());
+    up = probe && (*probe)->status().has_value();
+  }
+  EXPECT_TRUE(up) << "a batond did not take over a stale socket";
+}
+
+// `batonctl status` (and events, groups: an OCF monitor's) against a
+// batond that does not answer (stopped, SIGSTOP) ends with an error
+// after BATON_STATUS_TIMEOUT_MS (10 s by default); it waited for as long
+// as the stop lasted.
+TEST(Daemon, StatusOfABatondThatDoesNotAnswerTimesOut) {
+  TempDir dir;
+  Batond d(1, dir.path);
+  ASSERT_EQ(kill(d.pid(), SIGSTOP), 0);
+  setenv("BATON_STATUS_TIMEOUT_MS", "500", 1);
+  const auto t0 = std::chrono::steady_clock::now();
+  auto c = baton::ipc::Client::connect(d.socket());  // its hello waits 2 s, then goes ahead
+  std::string why;
+  if (c) {
+    auto text = (*c)->status();
+    EXPECT_FALSE(text);
+    if (!text) why = text.error().message;
+  } else {
+    why = c.error().message;
+  }
+  unsetenv("BATON_STATUS_TIMEOUT_MS");
+  const auto took = std::chrono::steady_clock::now() - t0;
+  kill(d.pid(), SIGCONT);
+  EXPECT_LT(took, std::chrono::seconds(5));
+  EXPECT_NE(why.find("it may be stopped or overloaded"), std::string::npos) << why;
 }
 
 }  // namespace

@@ -282,7 +282,14 @@ int main(int argc, char** argv) {
       std::printf("%s\n", to_text(j).c_str());
       return 0;
     }
-    std::printf("coordinator: %s\n", j.value("coordinator", 0) ? ("node " + std::to_string(j.value("coordinator", 0))).c_str() : "none (no quorate, agreed view)");
+    // No coordinator: no quorate, agreed view, or no groups to decide on
+    // (the failover manager does not run then).
+    const int coordinator = j.value("coordinator", 0);
+    const std::string who = coordinator != 0 ? "node " + std::to_string(coordinator)
+                            : j.value("groups", json::array()).empty()
+                                ? "none (no [[group]] tables in this node's config)"
+                                : "none (no quorate, agreed view)";
+    std::printf("coordinator: %s\n", who.c_str());
     std::printf("%-16s %-6s %-14s %-10s %-8s %s\n", "group", "node", "assignment", "state", "priority", "why");
     for (const auto& g : j.value("groups", json::array()))
       std::printf("%-16s %-6d %-14llu %-10s %-8d %s\n", g.value("name", "").c_str(), g.value("node", 0),

@@ -54,6 +54,13 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "batond: %s\n", host.error().message.c_str());
     return 2;
   }
+  // Before anything starts (links, a second engine of this node): a
+  // batond that serves this socket already keeps it.
+  if (baton::ipc::socket_served(cfg->socket_path)) {
+    std::fprintf(stderr, "batond: %s: client.socket: a batond already serves %s (the same config started twice, "
+                         "or two configs naming one socket)\n", config_path.c_str(), cfg->socket_path.c_str());
+    return 2;
+  }
   if (check) {
     for (const auto& w : cfg->warnings) std::fprintf(stderr, "batond: %s: warning: %s\n", config_path.c_str(), w.c_str());
     std::printf("%s: ok (node %u \"%s\", %zu links)\n", config_path.c_str(), cfg->engine.node_id, cfg->name.c_str(),
@@ -81,6 +88,7 @@ int main(int argc, char** argv) {
   sigemptyset(&sigs);
   sigaddset(&sigs, SIGTERM);
   sigaddset(&sigs, SIGINT);
+  sigaddset(&sigs, SIGHUP);  // a closed terminal, or a "reload": not a stop (its default ended batond unlogged)
   pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
   // Opening links (a memif client connects, a server's peer may be slow to
   // answer) and starting the engine can block: if start-up takes long, say
@@ -212,7 +220,12 @@ int main(int argc, char** argv) {
   std::atomic<bool> stop{false};
   std::thread accept([&] { (*server)->serve(stop); });
   int sig = 0;
-  sigwait(&sigs, &sig);
+  for (;;) {
+    sigwait(&sigs, &sig);
+    if (sig != SIGHUP) break;
+    BT_WARN("batond: SIGHUP ignored: batond does not reload its config (a change takes a restart; "
+            "docs/operations.md)");
+  }
   BT_INFO("batond: %s, stopping", strsignal(sig));
   stop.store(true);
   accept.join();
