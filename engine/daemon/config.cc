@@ -9,6 +9,8 @@
 #include <set>
 #include <sstream>
 #include <toml++/toml.h>
+#include <cstring>
+#include <unistd.h>
 
 #include "protocol/wire.h"
 #include "runtime/topology.h"
@@ -593,6 +595,20 @@ Result<void> check_daemon_host(const DaemonConfig& c, std::string_view source) {
   std::error_code ec;
   if (!std::filesystem::is_directory(dir, ec))
     return error("client.socket", "its directory " + dir.string() + " does not exist");
+  if (access(dir.c_str(), W_OK | X_OK) != 0)
+    return error("client.socket", "cannot make a socket in " + dir.string() + ": " + std::strerror(errno));
+  // Global storage: a directory this batond can write, or one it can make.
+  if (!c.engine.global_dir.empty()) {
+    std::filesystem::path at = c.engine.global_dir;
+    if (std::filesystem::exists(at, ec) && !std::filesystem::is_directory(at, ec))
+      return error("storage.dir", at.string() + " is not a directory");
+    while (!std::filesystem::exists(at, ec) && at.has_parent_path() && at != at.parent_path()) at = at.parent_path();
+    if (access(at.c_str(), W_OK | X_OK) != 0)
+      return error("storage.dir", "cannot write " + (at == c.engine.global_dir ? at.string()
+                                                                                : "in " + at.string() + " to make " +
+                                                                                      c.engine.global_dir) +
+                                      ": " + std::strerror(errno));
+  }
   return {};
 }
 

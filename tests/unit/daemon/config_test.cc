@@ -2,6 +2,10 @@
 // a message that names the field.
 
 #include <gtest/gtest.h>
+#include <unistd.h>
+#include <sys/stat.h>
+#include <filesystem>
+#include <fstream>
 
 #include "daemon/config.h"
 #include "runtime/topology.h"
@@ -491,6 +495,20 @@ TEST(DaemonConfig, TheHostCheckNamesWhatThisMachineLacks) {
   ASSERT_FALSE(r);
   EXPECT_NE(r.error().message.find("client.socket: its directory /nonexistent/dir does not exist"), std::string::npos)
       << r.error().message;
+  // Global storage that cannot be written, found before the start (a
+  // session 36 operator trial: --check said ok, the start failed naming
+  // no field, or started and only logged every generation's failure).
+  char tmpl[] = "/tmp/baton-host-XXXXXX";
+  const std::string scratch = mkdtemp(tmpl);
+  std::ofstream(scratch + "/file") << "x";
+  EXPECT_TRUE(check("[storage]\ndir = \"" + scratch + "/to/be/made\"\n")) << "a directory it can make";
+  expect("[storage]\ndir = \"" + scratch + "/file\"\n", "storage.dir: " + scratch + "/file is not a directory");
+  if (geteuid() != 0) {  // root writes anything
+    chmod(scratch.c_str(), 0500);
+    expect("[storage]\ndir = \"" + scratch + "/sub\"\n", "storage.dir: cannot write in " + scratch);
+    chmod(scratch.c_str(), 0700);
+  }
+  std::filesystem::remove_all(scratch);
 }
 
 }  // namespace
