@@ -175,11 +175,7 @@ uint64_t Engine::Impl::periodic_commit(Segment* handle, uint64_t now) {
     seg->next_periodic_ns = now + seg->commit_every_ns;
     return seg->next_periodic_ns;
   }
-  if (!seg->periodic_waited && seg->cow->write_in_flight()) {  // let it land: one generation, not two
-    seg->periodic_waited = true;
-    return now + CopyOnWrite::kWriteLandsNs;
-  }
-  seg->periodic_waited = false;
+  if (seg->cow->let_write_land()) return now + CopyOnWrite::kWriteLandsNs;  // one generation, not two
   seg->next_periodic_ns = now + seg->commit_every_ns;
   const uint64_t generation = seg->committed.load() + 1;
   if (auto ok = snapshot(*seg, generation, {}); !ok)

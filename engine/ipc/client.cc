@@ -46,6 +46,13 @@ void unmap(ClientSegment& s) {
   s.event_fd = -1;
 }
 
+/// Nanoseconds from a variable of milliseconds, if it is set above 0.
+uint64_t ms_from_env(const char* name, uint64_t otherwise_ns) {
+  const char* t = std::getenv(name);
+  const uint64_t ms = t != nullptr ? std::strtoull(t, nullptr, 10) : 0;
+  return ms > 0 ? ms * 1'000'000 : otherwise_ns;
+}
+
 /// A request of `op` about `name` (its length checked by the caller).
 Request named_request(Op op, std::string_view name) {
   Request r{};
@@ -88,10 +95,8 @@ Result<std::unique_ptr<Client>> Client::connect(const std::string& path) {
     return tl::unexpected(error_of(*greeted));
   }
   hold_liveness();  // an application the failover runner started: its death is seen at once
-  if (const char* t = std::getenv("BATON_COMMIT_TIMEOUT_MS"); t != nullptr && std::strtoull(t, nullptr, 10) > 0)
-    c->commit_timeout_ns_ = std::strtoull(t, nullptr, 10) * 1'000'000;
-  if (const char* t = std::getenv("BATON_STATUS_TIMEOUT_MS"); t != nullptr && std::strtoull(t, nullptr, 10) > 0)
-    c->text_patience_ns_ = std::strtoull(t, nullptr, 10) * 1'000'000;
+  c->commit_timeout_ns_ = ms_from_env("BATON_COMMIT_TIMEOUT_MS", c->commit_timeout_ns_);
+  c->text_patience_ns_ = ms_from_env("BATON_STATUS_TIMEOUT_MS", c->text_patience_ns_);
   return c;
 }
 
@@ -581,12 +586,10 @@ void Client::run_periodic() {
       std::lock_guard commit_lock(s->commit_mu);
       if (s->commit_every_ms == 0 || s->cow == nullptr) continue;
       if (now >= s->next_periodic_ns) {
-        if (s->cow->any_written() && !s->periodic_waited && s->cow->write_in_flight()) {
-          s->periodic_waited = true;  // let it land: one generation, not two
+        if (s->cow->any_written() && s->cow->let_write_land()) {  // one generation, not two
           next = std::min(next, now + CopyOnWrite::kWriteLandsNs);
           continue;
         }
-        s->periodic_waited = false;
         s->next_periodic_ns = now + uint64_t{s->commit_every_ms} * 1'000'000;
         if (s->cow->any_written()) {
           auto g = commit_locked(s.get(), {});

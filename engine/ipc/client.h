@@ -40,9 +40,6 @@ struct ClientSegment {
   std::unique_ptr<CopyOnWrite> cow;
   uint32_t commit_every_ms = 0;  ///< batond's period for it (S5): the library commits by itself
   uint64_t next_periodic_ns = 0;  ///< when the periodic thread commits it next; commit_mu
-  /// The due periodic commit waited once for a write in flight
-  /// (CopyOnWrite::write_in_flight). commit_mu.
-  bool periodic_waited = false;
   /// Periodic commits that failed in a row (their first is logged, and
   /// the end of the streak). commit_mu.
   uint32_t periodic_failures = 0;

@@ -632,6 +632,11 @@ bool CopyOnWrite::write_in_flight() const noexcept {
   return monotonic_ns() - last_fault_ns_.load(std::memory_order_relaxed) < kWriteLandsNs;
 }
 
+bool CopyOnWrite::let_write_land() noexcept {
+  waited_for_landing_ = !waited_for_landing_ && write_in_flight();
+  return waited_for_landing_;
+}
+
 void CopyOnWrite::settle(uint32_t page) noexcept {
   if (role_ == Role::kSettler) settle_shared(page);
   else claim(page);

@@ -256,11 +256,15 @@ class CopyOnWrite {
   /// faulted lands only after its handler returns, so a freeze just then
   /// takes the page as written without the write, protects it again, and
   /// the write faults a second time: two generations for one write, the
-  /// first of nothing new. A periodic commit waits this out once (an
-  /// application's own commit needs not: its thread's writes have
-  /// landed). Thread: any.
+  /// first of nothing new. A periodic commit waits this out once
+  /// (let_write_land); an application's own commit needs not: its
+  /// thread's writes have landed. Thread: any.
   bool write_in_flight() const noexcept;
   static constexpr uint64_t kWriteLandsNs = 50'000;
+  /// A periodic commit's question before it freezes: true, once, while a
+  /// write is in flight (come back in kWriteLandsNs); false after that
+  /// (commit now, whatever is in flight). Thread: the periodic committer.
+  bool let_write_land() noexcept;
 
   /// Protects every page now, so that from here on only what is written
   /// counts as written (until then every page does: the first freeze
@@ -363,6 +367,9 @@ class CopyOnWrite {
   std::unique_ptr<std::atomic<uint64_t>[]> hot_;
   /// CLOCK_MONOTONIC when a fault handler last returned (write_in_flight).
   std::atomic<uint64_t> last_fault_ns_{0};
+  /// The due periodic commit waited once already (let_write_land): the
+  /// periodic committer's.
+  bool waited_for_landing_ = false;
   /// Pages unprotected since the protector last looked (the handler counts,
   /// the protector zeroes).
   std::atomic<uint32_t> backlog_{0};

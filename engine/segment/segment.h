@@ -96,9 +96,6 @@ struct Segment {
   /// application's commit pushes it back). Under mu.
   uint64_t commit_every_ns = 0;
   uint64_t next_periodic_ns = 0;
-  /// The due periodic commit already waited for a write in flight
-  /// (CopyOnWrite::write_in_flight): it waits once. Under mu.
-  bool periodic_waited = false;
   /// Chunks written since the last generation, and whether that may not
   /// be all that changed (the tracker rested or failed, nothing was said,
   /// the engine wrote the memory itself, or there is no generation yet).

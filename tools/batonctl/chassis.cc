@@ -193,6 +193,12 @@ std::string in_user_terms(const ChassisConfig& c, const std::string& path, const
   const size_t mark = text.find("# Service groups, from ");
   if (mark == std::string::npos) return why;
   const auto first = static_cast<size_t>(std::count(text.begin(), text.begin() + mark, '\n')) + 2;  // 1-based
+  // Its own lines: past the last, a table it left open ran into the
+  // generated tables after it.
+  std::ifstream in(c.groups_file);
+  const std::string own((std::istreambuf_iterator<char>(in)), {});
+  const auto lines = static_cast<size_t>(std::count(own.begin(), own.end(), '\n')) +
+                     (own.empty() || own.back() == '\n' ? 0 : 1);
   std::string out;
   for (size_t at = 0;;) {
     const size_t hit = why.find(path, at);
@@ -208,12 +214,6 @@ std::string in_user_terms(const ChassisConfig& c, const std::string& path, const
         line = line * 10 + static_cast<size_t>(why[at + 1 + digits++] - '0');
     if (digits != 0 && line >= first) {
       at += 1 + digits;
-      // Past its last line: a table it left open ran into the generated
-      // tables after it.
-      std::ifstream in(c.groups_file);
-      const std::string own((std::istreambuf_iterator<char>(in)), {});
-      const auto lines = static_cast<size_t>(std::count(own.begin(), own.end(), '\n')) +
-                         (own.empty() || own.back() == '\n' ? 0 : 1);
       if (line - first + 1 <= lines) {
         out += c.groups_file + ":" + std::to_string(line - first + 1);
       } else {

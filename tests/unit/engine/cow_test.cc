@@ -137,8 +137,9 @@ TEST(CopyOnWrite, AWriteThatJustFaultedIsInFlight) {
   const bool in_flight = cow->write_in_flight();
   const auto took = std::chrono::steady_clock::now() - before;
   ASSERT_EQ(cow->faults(), 1u);
-  if (took < std::chrono::nanoseconds(CopyOnWrite::kWriteLandsNs))  // else descheduled meanwhile: no verdict
+  if (took < std::chrono::nanoseconds(CopyOnWrite::kWriteLandsNs)) {  // else descheduled meanwhile: no verdict
     EXPECT_TRUE(in_flight);
+  }
   std::this_thread::sleep_for(std::chrono::nanoseconds(2 * CopyOnWrite::kWriteLandsNs));
   EXPECT_FALSE(cow->write_in_flight());
   m.p[3 * kPage + 1] = std::byte{2};  // unprotected now: no fault, nothing in flight
