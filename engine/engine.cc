@@ -820,6 +820,37 @@ std::vector<LinkStatus> Engine::link_status() const {
   return out;
 }
 
+std::optional<StorageStatus> Engine::storage() const {
+  std::optional<StorageStatus> out;
+  const uint64_t now = now_ns();
+  uint64_t newest_error = 0, newest_write = 0, failing_since = 0;
+  for (const auto& shard : shards_) {
+    if (!shard->global) continue;
+    if (!out) {
+      out.emplace();
+      out->dir = shard->config.global_dir;
+    }
+    const GlobalStore::Health h = shard->global->health();
+    out->written += h.written;
+    out->failed += h.failed;
+    out->skipped += h.skipped;
+    out->dropped += h.dropped;
+    out->failing |= h.failing;
+    if (h.failing && (failing_since == 0 || h.failing_since_ns < failing_since)) failing_since = h.failing_since_ns;
+    if (h.last_error_ns > newest_error) {
+      newest_error = h.last_error_ns;
+      out->last_error = h.last_error;
+    }
+    newest_write = std::max(newest_write, h.last_write_ns);
+  }
+  if (out) {
+    out->last_error_age_ms = newest_error == 0 ? 0 : std::max<uint64_t>((now - std::min(now, newest_error)) / 1'000'000, 1);
+    out->failing_for_ms = failing_since == 0 ? 0 : (now - std::min(now, failing_since)) / 1'000'000;
+    out->last_write_age_ms = newest_write == 0 ? UINT64_MAX : (now - std::min(now, newest_write)) / 1'000'000;
+  }
+  return out;
+}
+
 EngineStats Engine::stats() const noexcept {
   EngineStats s;
   for (const auto& shard : shards_) {
@@ -837,6 +868,11 @@ EngineStats Engine::stats() const noexcept {
     s.bad_input += c.bad_input.load();
     s.stalls += c.stalls.load();
     s.longest_stall_us = std::max(s.longest_stall_us, c.longest_stall_us.load());
+    if (const uint64_t at = c.last_stall_ns.load(); at != 0) {  // the newest stall of any shard
+      const uint64_t now = shard->clock_ns();
+      const uint64_t age = std::max<uint64_t>((now - std::min(now, at)) / 1'000'000, 1);  // 0 means none
+      s.last_stall_age_ms = s.last_stall_age_ms == 0 ? age : std::min(s.last_stall_age_ms, age);
+    }
     s.snapshot_chunks_copied += c.snapshot_chunks_copied.load();
     s.snapshot_chunks_skipped += c.snapshot_chunks_skipped.load();
     s.deltas_sent += c.deltas_sent.load();

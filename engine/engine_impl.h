@@ -292,7 +292,7 @@ struct Engine::Impl {
   struct Counters {
     std::atomic<uint64_t> frames_rx{0}, frames_tx{0}, misdirected{0}, retransmits{0}, duplicates{0},
         stale_epoch{0}, published{0}, corrupt_generations{0}, tx_dropped{0}, no_slot{0}, bad_input{0}, stalls{0},
-        longest_stall_us{0}, snapshot_chunks_copied{0}, snapshot_chunks_skipped{0}, deltas_sent{0},
+        longest_stall_us{0}, last_stall_ns{0}, snapshot_chunks_copied{0}, snapshot_chunks_skipped{0}, deltas_sent{0},
         wholes_sent{0}, deltas_published{0}, restamped{0}, notes_rx{0}, notes_dropped{0},
         standby_promotions{0}, replica_promotions{0}, slots_lent{0}, direct_reads{0}, direct_read_failures{0}, cow_snapshots{0}, cow_pages_settled{0},
         periodic_commits{0};
@@ -436,6 +436,13 @@ struct Engine::Impl {
   }
   /// S7: restores `name` from the newest intact copy in global storage.
   /// Only files written above epoch `deleted` (the newest tombstone) count.
+  /// kUnavailable while this node, started less than fresh_start_wait_ms
+  /// ago, has not heard from every peer since: one may hold `name`.
+  /// `what` says what it refuses. Thread: control.
+  Result<void> heard_every_peer(std::string_view name, const char* what);
+  /// kCorrupt when global storage holds copies of `name` above `deleted`
+  /// and none of them is intact. Thread: control.
+  Result<void> no_unreadable_copies(std::string_view name, uint64_t deleted) const;
   Result<OpenResult> load_from_global(std::string_view name, uint64_t max_epoch, uint64_t deleted);
   /// Makes `seg` owned here and asks the control thread to place its
   /// replicas (`preferred` first, where alive). Thread: an API caller.

@@ -126,6 +126,7 @@ void Engine::Impl::note_poll_gap(uint64_t now) noexcept {
   const uint64_t us = gap / 1000;
   if (us > counters.longest_stall_us.load(std::memory_order_relaxed))
     counters.longest_stall_us.store(us, std::memory_order_relaxed);
+  counters.last_stall_ns.store(now, std::memory_order_relaxed);
   BT_WARN("node %u: no poll for %lu ms (failure timeout %lu ms): peers may suspect this node; is the machine "
           "overloaded?",
           config.node_id, static_cast<unsigned long>(us / 1000), static_cast<unsigned long>(failure_ns / 1'000'000));

@@ -14,6 +14,7 @@ PKG_CONFIG_PATH="$pcdir" meson setup "$scratch/consumer" tests/install >/dev/nul
 ninja -C "$scratch/consumer" >/dev/null
 "$scratch/consumer/consumer"
 "$scratch/consumer/client"
+"$scratch/consumer/embedded"
 # The systemd unit is installed, names the installed batond, and passes
 # systemd's own check (where systemd-analyze exists; --root resolves paths).
 unit=$(find "$scratch/root" -name 'batond@.service' | head -1)
@@ -29,4 +30,4 @@ agent=$(find "$scratch/root" -path '*/ocf/resource.d/baton/baton' | head -1)
 [[ -x "$agent" ]] || { echo "install check: the OCF agent (ocf/resource.d/baton/baton) is not installed"; exit 1; }
 OCF_ROOT=/usr/lib/ocf "$agent" meta-data | grep '<resource-agent name="baton"' >/dev/null ||
   { echo "install check: the OCF agent's meta-data is wrong"; exit 1; }
-echo "install check: ok (static libbaton.a and libbaton-client.a via pkg-config; batond@.service; the OCF agent)"
+echo "install check: ok (static libbaton.a from C++ and C, and libbaton-client.a, via pkg-config; batond@.service; the OCF agent)"

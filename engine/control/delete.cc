@@ -18,6 +18,17 @@ Result<void> Engine::remove(std::string_view name) {
   return impl->remove_locked(name);
 }
 
+namespace {
+
+// The nodes dropped their copies, global storage could not be marked.
+tl::unexpected<Error> storage_failed(std::string_view name, const Error& e) {
+  return fail(e.code, e.message, " (", name,
+              " is deleted on the nodes, not yet in global storage: delete it again once the directory can be "
+              "written, or its copies there come back after every node has restarted)");
+}
+
+}  // namespace
+
 Result<void> Engine::Impl::remove_locked(std::string_view name) {
   Segment* local = table.by_name(name);
   if (local != nullptr) {
@@ -42,10 +53,21 @@ Result<void> Engine::Impl::remove_locked(std::string_view name) {
       if (a.record.newer_than(record)) record = a.record;
     }
   }
-  const bool in_global = !config.global_dir.empty() &&
-                         GlobalStore::newest(config.global_dir, name, config.max_segment_size, deleted + 1);
-  if (!exists && !in_global) {
-    if (deleted != 0) repair_tombstone(**q);
+  // Global storage's copies, intact or not, by their names: after every
+  // node restarted they may be all there is, at epochs no node remembers.
+  const GlobalStore::Listing stored =
+      config.global_dir.empty() ? GlobalStore::Listing{} : GlobalStore::list(config.global_dir, name, deleted + 1);
+  newest = std::max(newest, stored.newest_epoch);
+  if (!exists && stored.copies == 0) {
+    if (deleted != 0) {
+      repair_tombstone(**q);
+      // A delete that stored its tombstone but not its global-storage
+      // marker (the directory failed, or too few nodes answered and it
+      // stopped before) left the deleted history's copies there: marked
+      // now, or they come back once every node has restarted.
+      if (!config.global_dir.empty() && GlobalStore::list(config.global_dir, name).copies != 0)
+        if (auto ok = GlobalStore::remove(config.global_dir, name, deleted); !ok) return storage_failed(name, ok.error());
+    }
     return fail(Errc::kNotFound, "no segment ", name, deleted != 0 ? " (it was deleted already)" : "");
   }
   // One above every epoch seen: the tombstone supersedes every owner and
@@ -56,7 +78,7 @@ Result<void> Engine::Impl::remove_locked(std::string_view name) {
     if (n != 0) set.push_back(n);
   if (auto ok = write_tombstone(name, epoch, set); !ok) return ok;
   if (!config.global_dir.empty())
-    if (auto ok = GlobalStore::remove(config.global_dir, name, epoch); !ok) return ok;
+    if (auto ok = GlobalStore::remove(config.global_dir, name, epoch); !ok) return storage_failed(name, ok.error());
   record_event("segment " + std::string(name) + " deleted at owner epoch " + std::to_string(epoch));
   return {};
 }

@@ -106,7 +106,31 @@ Result<Segment*> Engine::create(std::string_view name, uint64_t size) {
   return impl->create_fresh(name, size, **q);
 }
 
+Result<void> Engine::Impl::heard_every_peer(std::string_view name, const char* what) {
+  // Having just started, this node knows nothing of what its peers hold,
+  // and two nodes that restarted at once are a quorum of three: a peer it
+  // has not heard from since may hold the name (alive, its link not up
+  // yet, or stopped for a moment). A session 37 embedded trial killed an
+  // owner and one replica; restarted, one of them opened the name before
+  // the third node's memif link was back, started it afresh, and the
+  // third node then dropped the durable generation it held for the new
+  // history. Bounded (fresh_start_wait_ms): a peer that never comes back
+  // does not stop new names for good.
+  const uint64_t up_ms = (clock_ns() - std::min(clock_ns(), incarnation)) / 1'000'000;
+  if (up_ms >= config.fresh_start_wait_ms) return {};
+  uint16_t unheard = 0;
+  (void)call([&] {
+    for (const auto& p : peer_states)
+      if (!p.ever_heard) unheard = p.node;
+  });
+  if (unheard == 0) return {};
+  return fail(Errc::kUnavailable, "this node started ", std::to_string(up_ms), " ms ago and has not heard from node ",
+              std::to_string(unheard), " yet, which may hold ", name, ": not ", what, " (for ",
+              std::to_string(config.fresh_start_wait_ms - up_ms), " ms more; try again)");
+}
+
 Result<Segment*> Engine::Impl::create_fresh(std::string_view name, uint64_t size, const QueryOp& q) {
+  if (auto ok = heard_every_peer(name, "starting it afresh"); !ok) return tl::unexpected(ok.error());
   // A new name has no replica set to fence through, so its creation rests
   // on the view alone. Two nodes split apart are each quorate (two_node);
   // only the tie-breaker (the lowest node id) creates names then, as
@@ -233,6 +257,7 @@ Result<OpenResult> Engine::Impl::load_from(const QueryOp& q, std::string_view na
   if (holders.empty()) {
     if (!config.global_dir.empty() && GlobalStore::newest(config.global_dir, name, config.max_segment_size, deleted + 1))
       return load_from_global(name, max_epoch, deleted);
+    if (auto ok = no_unreadable_copies(name, deleted); !ok) return tl::unexpected(ok.error());
     if (deleted != 0)
       return fail(Errc::kNotFound, "segment ", name, " was deleted (at owner epoch ", std::to_string(deleted), ")");
     // Its live owner holds the only copy: no replica has published a
@@ -242,6 +267,7 @@ Result<OpenResult> Engine::Impl::load_from(const QueryOp& q, std::string_view na
       if (a.found && a.owner && a.epoch >= max_epoch && a.peer != config.node_id)
         return fail(Errc::kUnavailable, "segment ", name, " is held only by its live owner, node ",
                     std::to_string(a.peer), ": no replica holds a generation of it yet (try again)");
+    if (auto ok = heard_every_peer(name, "saying it is held nowhere"); !ok) return tl::unexpected(ok.error());
     return fail(Errc::kNotFound, "no live replica holds ", name);
   }
   // Members of the recorded set are asked too, whatever they answered.
@@ -532,6 +558,20 @@ void Engine::Impl::send_lent_done(uint16_t peer, uint64_t id, uint64_t generatio
   if (Link* l = link_to(peer)) send_control(*l, ack);
 }
 
+Result<void> Engine::Impl::no_unreadable_copies(std::string_view name, uint64_t deleted) const {
+  // Copies global storage holds but cannot read (every one corrupt, of
+  // another segment, unreadable): the state exists and is damaged. Starting
+  // afresh would lose it without a word, and the fresh history's files
+  // would rank below the damaged ones; the operator decides (a delete
+  // removes them).
+  if (config.global_dir.empty()) return {};
+  const GlobalStore::Listing stored = GlobalStore::list(config.global_dir, name, deleted + 1);
+  if (stored.copies == 0) return {};
+  return fail(Errc::kCorrupt, "global storage holds ", std::to_string(stored.copies), " copies of ", name,
+              " (up to owner epoch ", std::to_string(stored.newest_epoch),
+              ") and none is intact (the log says why): not starting it afresh; delete the segment to start over");
+}
+
 Result<OpenResult> Engine::Impl::load_from_global(std::string_view name, uint64_t max_epoch, uint64_t deleted) {
   // Files written under the newest tombstone's epoch or before are of the
   // deleted history (a replica's write queued before the delete may land
@@ -617,6 +657,7 @@ Result<OpenResult> Engine::Impl::open_locked(std::string_view name, uint64_t siz
       if (copy->size != size) return size_differs(name, copy->size, size);
       return load_from_global(name, newest, deleted);
     }
+  if (auto ok = no_unreadable_copies(name, deleted); !ok) return tl::unexpected(ok.error());
   // A record but no copy anywhere. If every member of the newest recorded
   // set, and the owner that wrote it, answered that it holds nothing, all
   // replicas are gone (S11's third case: they restarted, or the segment

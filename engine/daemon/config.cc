@@ -1,5 +1,7 @@
 #include "daemon/config.h"
 
+#include <fcntl.h>
+#include <sys/stat.h>
 #include <grp.h>
 #include <pwd.h>
 
@@ -603,11 +605,23 @@ Result<void> check_daemon_host(const DaemonConfig& c, std::string_view source) {
     if (std::filesystem::exists(at, ec) && !std::filesystem::is_directory(at, ec))
       return error("storage.dir", at.string() + " is not a directory");
     while (!std::filesystem::exists(at, ec) && at.has_parent_path() && at != at.parent_path()) at = at.parent_path();
+    const std::string what =
+        at == c.engine.global_dir ? at.string() : "in " + at.string() + " to make " + c.engine.global_dir;
     if (access(at.c_str(), W_OK | X_OK) != 0)
-      return error("storage.dir", "cannot write " + (at == c.engine.global_dir ? at.string()
-                                                                                : "in " + at.string() + " to make " +
-                                                                                      c.engine.global_dir) +
-                                      ": " + std::strerror(errno));
+      return error("storage.dir", "cannot write " + what + ": " + std::strerror(errno));
+    // access() says yes to root where the file system says no (/proc,
+    // /sys): a probe is made there and removed.
+    const std::string probe = (at / (".baton-check-" + std::to_string(getpid()))).string();
+    const bool made = at == c.engine.global_dir
+                          ? [&] {
+                              const int fd = ::open(probe.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+                              if (fd >= 0) ::close(fd);
+                              return fd >= 0;
+                            }()
+                          : ::mkdir(probe.c_str(), 0700) == 0;
+    if (!made) return error("storage.dir", "cannot write " + what + ": " + std::strerror(errno));
+    if (at == c.engine.global_dir) ::unlink(probe.c_str());
+    else ::rmdir(probe.c_str());
   }
   return {};
 }

@@ -28,6 +28,8 @@ nlohmann::json Server::status_json(size_t limit) const {
                  {"memory_node", or_null(place.memory_node)},
                  {"stalls", stats.stalls},
                  {"longest_stall_ms", stats.longest_stall_us / 1000},
+                 // null: no stall since batond started
+                 {"last_stall_s_ago", stats.last_stall_age_ms == 0 ? json(nullptr) : json(stats.last_stall_age_ms / 1000)},
                  {"telemetry", config_.telemetry_prefix.empty() ? json(nullptr) : json(config_.telemetry_prefix)}};
   // Per-core shards: where each one's memory lives.
   out["node"]["shards"] = json::array();
@@ -72,6 +74,22 @@ nlohmann::json Server::status_json(size_t limit) const {
                         {"slots_lent", stats.slots_lent},
                         {"direct_reads", stats.direct_reads},
                         {"direct_read_failures", stats.direct_read_failures}};
+  // Global storage (S7): null when it is off.
+  if (const auto st = engine_.storage()) {
+    out["storage"] = {{"dir", st->dir},
+                      {"written", st->written},
+                      {"failed", st->failed},
+                      {"skipped", st->skipped},
+                      {"dropped_deleted", st->dropped},
+                      {"failing", st->failing},
+                      {"failing_for_s", st->failing_for_ms / 1000},
+                      {"last_error", st->last_error.empty() ? json(nullptr) : json(st->last_error)},
+                      {"last_error_s_ago", st->last_error_age_ms == 0 ? json(nullptr) : json(st->last_error_age_ms / 1000)},
+                      {"last_write_s_ago",
+                       st->last_write_age_ms == UINT64_MAX ? json(nullptr) : json(st->last_write_age_ms / 1000)}};
+  } else {
+    out["storage"] = nullptr;
+  }
   const auto peers = engine_.peers();
   auto peer = [&](uint16_t node) {
     for (const auto& p : peers)

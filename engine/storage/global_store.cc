@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 #include <filesystem>
 #include <optional>
@@ -14,6 +15,7 @@
 #include "common/crc32c.h"
 #include "common/log.h"
 #include "protocol/wire.h"
+#include "runtime/futex.h"
 
 namespace baton {
 namespace fs = std::filesystem;
@@ -123,7 +125,8 @@ Result<std::unique_ptr<GlobalStore>> GlobalStore::open(const std::string& dir, u
   fs::create_directories(dir, ec);
   if (ec) return fail(Errc::kIo, "cannot create ", dir, ": ", ec.message());
   std::unique_ptr<GlobalStore> s(new GlobalStore(dir, keep, node));
-  s->thread_ = std::thread([raw = s.get()] { raw->run(); });
+  s->copier_ = std::thread([raw = s.get()] { raw->copy_loop(); });
+  s->writer_ = std::thread([raw = s.get()] { raw->write_loop(); });
   return s;
 }
 
@@ -133,7 +136,9 @@ GlobalStore::~GlobalStore() {
     stopping_ = true;
   }
   cv_.notify_all();
-  if (thread_.joinable()) thread_.join();
+  written_cv_.notify_all();
+  if (copier_.joinable()) copier_.join();
+  if (writer_.joinable()) writer_.join();
 }
 
 bool GlobalStore::Job::set_name(std::string_view n) noexcept {
@@ -147,7 +152,12 @@ bool GlobalStore::submit(Job job) {
   if (job.name_len == 0 || job.pin == nullptr || job.data == nullptr) return false;
   {
     std::lock_guard lock(mu_);
-    if (count_ == queue_.size() || stopping_) return false;
+    if (stopping_) return false;
+    if (count_ == queue_.size()) {  // the writer logs it (the caller is the poll loop)
+      skipped_.fetch_add(1);
+      ++skips_unlogged_;
+      return false;
+    }
     queue_[(head_ + count_) % queue_.size()] = job;
     ++count_;
   }
@@ -155,35 +165,180 @@ bool GlobalStore::submit(Job job) {
   return true;
 }
 
-void GlobalStore::run() {
+void GlobalStore::copy_loop() {
   // Named, so `top -H` tells file I/O from polling (and tests can tell its
   // allocations, which are allowed, from the data path's, which are not).
-  prctl(PR_SET_NAME, "baton-global", 0, 0, 0);
+  prctl(PR_SET_NAME, "baton-global-c", 0, 0, 0);
   for (;;) {
     Job job;
     {
       std::unique_lock lock(mu_);
       cv_.wait(lock, [&] { return stopping_ || count_ != 0; });
-      if (count_ == 0) return;  // stopping, and every queued write is done
+      if (count_ == 0) {  // stopping, and every queued slot is copied
+        copier_done_ = true;
+        written_cv_.notify_all();
+        return;
+      }
       job = queue_[head_];
       head_ = (head_ + 1) % queue_.size();
       --count_;
+      // Room for it: it replaces a waiting copy of its segment, or the
+      // copies waiting stay within the budget (the larger of kMaxBuffered
+      // and two of this size: the one being written and this one).
+      uint64_t replaced = 0;
+      for (const Copy& w : waiting_)
+        if (w.job.name() == job.name()) replaced = w.job.size;
+      if (waiting_bytes_ - replaced + job.size > std::max(kMaxBuffered, 2 * job.size)) {
+        skipped_.fetch_add(1);
+        ++skips_unlogged_;
+        job.pin->fetch_sub(1);
+        continue;
+      }
+      waiting_bytes_ += job.size;  // reserved: the copy is made outside the lock
     }
-    auto ok = write(job);
+    Copy c;
+    c.bytes.reset(new std::byte[job.size]);
+    std::memcpy(c.bytes.get(), job.data, job.size);
     job.pin->fetch_sub(1);  // the slot may be reused from here on
+    c.crc = crc32c(c.bytes.get(), job.size);
+    c.job = job;
+    c.job.data = nullptr;
+    c.job.pin = nullptr;
+    std::lock_guard lock(mu_);
+    auto same = std::find_if(waiting_.begin(), waiting_.end(), [&](const Copy& w) { return w.job.name() == job.name(); });
+    if (same == waiting_.end()) {
+      waiting_.push_back(std::move(c));
+    } else if (std::tie(same->job.epoch, same->job.generation) > std::tie(job.epoch, job.generation)) {
+      waiting_bytes_ -= job.size;  // a newer one waits already (another epoch's)
+    } else {
+      waiting_bytes_ -= same->job.size;
+      *same = std::move(c);  // the newest generation of a segment is what counts
+    }
+    written_cv_.notify_one();
+  }
+}
+
+void GlobalStore::write_loop() {
+  prctl(PR_SET_NAME, "baton-global", 0, 0, 0);
+  std::unique_lock lock(mu_);
+  for (;;) {
+    // The oldest copy whose time has come; at the stop, a copy that failed
+    // before is given up (its next try could be 30 s away).
+    const uint64_t now = now_ns();
+    uint64_t next = UINT64_MAX;
+    auto ready = waiting_.end();
+    for (auto it = waiting_.begin(); it != waiting_.end();) {
+      if (stopping_ && it->failures != 0) {
+        waiting_bytes_ -= it->job.size;
+        it = waiting_.erase(it);
+        continue;
+      }
+      if (it->not_before_ns <= now) {
+        ready = it;
+        break;
+      }
+      next = std::min(next, it->not_before_ns);
+      ++it;
+    }
+    if (ready == waiting_.end()) {
+      if (copier_done_ && waiting_.empty()) return;  // stopping, and everything copied is written
+      if (next == UINT64_MAX) written_cv_.wait(lock);
+      else written_cv_.wait_for(lock, std::chrono::nanoseconds(next - now));
+      continue;
+    }
+    Copy c = std::move(*ready);
+    waiting_.erase(ready);
+    lock.unlock();
+    auto ok = write(c);
     if (ok && *ok) {
       written_.fetch_add(1);
-      prune(job.name());
+      prune(c.job.name());
     } else if (ok) {
       dropped_.fetch_add(1);
     } else {
       failed_.fetch_add(1);
-      BT_WARN("global storage: %s", ok.error().to_string().c_str());
+    }
+    note(ok ? std::nullopt : std::optional<std::string>(ok.error().to_string()));
+    lock.lock();
+    const bool newer = std::any_of(waiting_.begin(), waiting_.end(),
+                                   [&](const Copy& w) { return w.job.name() == c.job.name(); });
+    if (!ok && !newer && !stopping_) {  // tried again later, unless a newer generation came meanwhile
+      c.failures = std::min(c.failures + 1, 16u);
+      c.not_before_ns = now_ns() + std::min<uint64_t>(uint64_t{1'000'000'000} << (c.failures - 1), 30'000'000'000);
+      waiting_.push_back(std::move(c));
+    } else {
+      waiting_bytes_ -= c.job.size;
     }
   }
 }
 
-Result<bool> GlobalStore::write(const Job& job) {
+void GlobalStore::note(const std::optional<std::string>& error) {
+  // A failing directory fails every generation of every segment: the log
+  // says so when it starts, once a minute while it lasts, and when it ends
+  // (the counts and the newest error are in `batonctl status`).
+  constexpr uint64_t kEvery = 60'000'000'000;
+  const uint64_t now = now_ns();
+  std::unique_lock lock(mu_);
+  if (error) {
+    const bool started = !failing_;
+    failing_ = true;
+    if (started) failing_since_ns_ = now;
+    last_error_ = *error;
+    last_error_ns_ = now;
+    ++failures_unlogged_;
+    if (started || now - last_warned_ns_ >= kEvery) {
+      const uint64_t n = failures_unlogged_;
+      failures_unlogged_ = 0;
+      last_warned_ns_ = now;
+      lock.unlock();
+      if (started)
+        BT_WARN("global storage: %s (generations are not stored until it works again; batonctl status shows it)",
+                error->c_str());
+      else
+        BT_WARN("global storage: still failing, %lu more writes failed: %s", static_cast<unsigned long>(n),
+                error->c_str());
+      lock.lock();
+    }
+  } else if (failing_) {
+    failing_ = false;
+    last_write_ns_ = now;
+    const uint64_t n = failures_unlogged_;
+    failures_unlogged_ = 0;
+    lock.unlock();
+    BT_INFO("global storage: writing again in %s (%lu failed writes since the last warning)", dir_.c_str(),
+            static_cast<unsigned long>(n));
+    lock.lock();
+  } else {
+    last_write_ns_ = now;
+  }
+  if (skips_unlogged_ != 0 && now - last_skip_warned_ns_ >= kEvery) {
+    const uint64_t n = skips_unlogged_;
+    skips_unlogged_ = 0;
+    last_skip_warned_ns_ = now;
+    lock.unlock();
+    BT_WARN("global storage: %lu generations not stored, %zu writes already waiting (%s is slower than the "
+            "commits; newer generations are stored)",
+            static_cast<unsigned long>(n), kMaxQueued, dir_.c_str());
+  }
+}
+
+GlobalStore::Health GlobalStore::health() const {
+  Health h;
+  h.written = written_.load();
+  h.failed = failed_.load();
+  h.skipped = skipped_.load();
+  h.dropped = dropped_.load();
+  std::lock_guard lock(mu_);
+  h.failing = failing_;
+  h.failing_since_ns = failing_ ? failing_since_ns_ : 0;
+  h.last_error = last_error_;
+  h.last_error_ns = last_error_ns_;
+  h.last_write_ns = last_write_ns_;
+  return h;
+}
+
+Result<bool> GlobalStore::write(const Copy& c) {
+  const Job& job = c.job;
   const std::string sdir = segment_dir(dir_, job.name());
   if (deleted_epoch(dir_, job.name()) >= job.epoch) return false;  // deleted while queued
   std::error_code ec;
@@ -196,7 +351,7 @@ Result<bool> GlobalStore::write(const Job& job) {
   Header h{};
   std::memcpy(h.magic, kMagic, sizeof kMagic);
   h.version = 1;
-  h.crc = crc32c(job.data, job.size);
+  h.crc = c.crc;
   h.epoch = job.epoch;
   h.generation = job.generation;
   h.size = job.size;
@@ -205,7 +360,7 @@ Result<bool> GlobalStore::write(const Job& job) {
   std::memcpy(h.name, job.name_buf, job.name_len);
   const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) return fail(Errc::kIo, "open ", tmp, ": ", std::strerror(errno));
-  const bool ok = write_all(fd, &h, sizeof h) && write_all(fd, job.data, job.size) && ::fsync(fd) == 0;
+  const bool ok = write_all(fd, &h, sizeof h) && write_all(fd, c.bytes.get(), job.size) && ::fsync(fd) == 0;
   ::close(fd);
   if (!ok || ::rename(tmp.c_str(), final_path.c_str()) != 0) {
     ::unlink(tmp.c_str());
@@ -229,8 +384,15 @@ void GlobalStore::prune(std::string_view name) {
   for (const auto& e : fs::directory_iterator(segment_dir(dir_, name), ec)) {
     uint64_t epoch, gen;
     unsigned node;
-    if (parse_name(e.path().filename().string(), &epoch, &gen, &node) && node == node_)
-      mine.push_back({{epoch, gen}, e.path().string()});
+    const std::string file = e.path().filename().string();
+    if (parse_name(file, &epoch, &gen, &node) && node == node_) mine.push_back({{epoch, gen}, e.path().string()});
+    // A temp file of this node's is a write killed half-way (this thread
+    // is the only writer of this node's files here).
+    if (file.size() > 4 && file.compare(file.size() - 4, 4, ".tmp") == 0 &&
+        parse_name(file.substr(0, file.size() - 4), &epoch, &gen, &node) && node == node_) {
+      std::error_code rm;
+      fs::remove(e.path(), rm);
+    }
   }
   std::sort(mine.begin(), mine.end(), [](auto& a, auto& b) { return a.first > b.first; });
   for (size_t i = keep_; i < mine.size(); ++i) fs::remove(mine[i].second, ec);
@@ -269,6 +431,22 @@ std::optional<GlobalCopy> GlobalStore::newest(const std::string& dir, std::strin
     BT_WARN("global storage: skipping %s (corrupt)", c.path.c_str());
   }
   return std::nullopt;
+}
+
+GlobalStore::Listing GlobalStore::list(const std::string& dir, std::string_view name, uint64_t min_epoch) {
+  Listing out;
+  if (dir.empty() || !wire::valid_name(name)) return out;
+  min_epoch = std::max(min_epoch, deleted_epoch(dir, name) + 1);
+  std::error_code ec;
+  for (const std::string& sdir : dirs_of(dir, name))
+    for (const auto& e : fs::directory_iterator(sdir, ec)) {
+      uint64_t epoch, gen;
+      unsigned node;
+      if (!parse_name(e.path().filename().string(), &epoch, &gen, &node) || epoch < min_epoch) continue;
+      ++out.copies;
+      out.newest_epoch = std::max(out.newest_epoch, epoch);
+    }
+  return out;
 }
 
 uint64_t GlobalStore::deleted_epoch(const std::string& dir, std::string_view name) {

@@ -13,9 +13,14 @@
 // write that was still in flight removes its own file when it lands under
 // the marker. A new history of the name starts above the marker's epoch.
 //
-// Writes happen on the store's own thread, never on the poll loop: the poll
-// loop submits a pinned replica slot and the thread releases the pin when the
-// file is safe.
+// Writes happen on the store's own threads, never on the poll loop: the poll
+// loop submits a pinned replica slot; the copier thread copies it into a
+// buffer of its own and releases the pin at once, so a slow or hung file
+// system never holds a replica's slots (durability is the replicas', S7
+// comes after); the writer thread writes the buffers. Per segment only the
+// newest unwritten generation is kept (a newer one replaces it), and a
+// write that fails is tried again (every second, backing off to 30 s)
+// until it succeeds or a newer generation replaces it.
 
 #include <array>
 #include <atomic>
@@ -28,6 +33,7 @@
 #include <string>
 #include <string_view>
 #include <thread>
+#include <vector>
 
 #include "baton/result.h"
 
@@ -55,15 +61,19 @@ class GlobalStore {
     /// False (and nothing set) for a name longer than 63 bytes.
     bool set_name(std::string_view n) noexcept;
   };
-  static constexpr size_t kMaxQueued = 16;  ///< writes waiting; more are skipped
+  static constexpr size_t kMaxQueued = 16;  ///< slots waiting for the copier; more are skipped
+  /// Bytes of copies waiting for the writer (one per segment at most);
+  /// a copy that would go past it is skipped (at least one always fits).
+  static constexpr uint64_t kMaxBuffered = uint64_t{256} << 20;
 
   /// Creates `dir` if needed and starts the writer. Errors: kIo. Thread: control.
   static Result<std::unique_ptr<GlobalStore>> open(const std::string& dir, uint32_t keep, uint16_t node);
   ~GlobalStore();  ///< finishes queued writes, then stops
 
-  /// Queues a write; the job's pin is released when done. Returns false (and
-  /// releases nothing) when the writer is far behind: that generation is
-  /// skipped, the next one will be written. Thread: poll-token holder.
+  /// Queues a write; the job's pin is released once its bytes are copied
+  /// (a memory copy: no file I/O holds it). Returns false (and releases
+  /// nothing) when the copier is far behind: that generation is skipped,
+  /// the next one will be written. Thread: poll-token holder.
   bool submit(Job job);
 
   /// The newest intact copy of `name` in `dir`, written by any node.
@@ -77,6 +87,13 @@ class GlobalStore {
   /// removes every copy written under that epoch or below. Errors: kIo,
   /// kInvalidArgument. Thread: any.
   static Result<void> remove(const std::string& dir, std::string_view name, uint64_t epoch);
+  /// What `dir` holds of `name` above its delete marker and below
+  /// `min_epoch` not, intact or not (the file names only: nothing is read).
+  struct Listing {
+    size_t copies = 0;
+    uint64_t newest_epoch = 0;  ///< the highest epoch among them (0: none)
+  };
+  static Listing list(const std::string& dir, std::string_view name, uint64_t min_epoch = 0);
   /// The owner epoch of the newest delete marker of `name` (0: none).
   /// Thread: any.
   static uint64_t deleted_epoch(const std::string& dir, std::string_view name);
@@ -88,25 +105,62 @@ class GlobalStore {
   uint64_t failed() const noexcept { return failed_.load(); }
   /// Writes dropped because the name was deleted at or above their epoch.
   uint64_t dropped() const noexcept { return dropped_.load(); }
+  /// Generations not written because the writer was kMaxQueued behind.
+  uint64_t skipped() const noexcept { return skipped_.load(); }
+
+  /// What an operator needs to see (`batonctl status`): whether the last
+  /// write failed, why, and when (steady clock, ns; 0: never).
+  struct Health {
+    uint64_t written = 0, failed = 0, skipped = 0, dropped = 0;
+    bool failing = false;        ///< the last write failed
+    uint64_t failing_since_ns = 0;  ///< the first failure of this spell (while failing)
+    std::string last_error;      ///< the newest failure's message ("" if none)
+    uint64_t last_error_ns = 0;  ///< when it failed
+    uint64_t last_write_ns = 0;  ///< when a file was last made safe
+  };
+  Health health() const;
 
  private:
+  /// A generation copied out of its slot, waiting for the writer.
+  struct Copy {
+    Job job;                       ///< data and pin unset: the bytes are `bytes`
+    std::unique_ptr<std::byte[]> bytes;  ///< job.size of them (not zeroed first)
+    uint32_t crc = 0;
+    uint64_t not_before_ns = 0;    ///< a failed write's next try
+    uint32_t failures = 0;
+  };
+
   GlobalStore(std::string dir, uint32_t keep, uint16_t node) : dir_(std::move(dir)), keep_(keep), node_(node) {}
-  void run();
-  /// Writes the job's file; false (nothing left behind) when the name was
-  /// deleted at or above the job's epoch, before or while it was written.
-  Result<bool> write(const Job& job);
+  void copy_loop();
+  void write_loop();
+  /// Writes the copy's file; false (nothing left behind) when the name was
+  /// deleted at or above its epoch, before or while it was written.
+  Result<bool> write(const Copy& c);
   void prune(std::string_view name);
+  /// Records a write's outcome (nullopt: written or dropped) and logs,
+  /// rate-limited. Thread: the writer.
+  void note(const std::optional<std::string>& error);
 
   std::string dir_;
   uint32_t keep_;
   uint16_t node_;
-  std::mutex mu_;
+  mutable std::mutex mu_;
   std::condition_variable cv_;
   std::array<Job, kMaxQueued> queue_{};  ///< a ring: head_ is the oldest, count_ queued
   size_t head_ = 0, count_ = 0;
-  bool stopping_ = false;
-  std::thread thread_;
-  std::atomic<uint64_t> written_{0}, failed_{0}, dropped_{0};
+  bool stopping_ = false;   ///< the copier ends once the queue is empty
+  bool copier_done_ = false;  ///< the writer ends once it is and nothing is waiting
+  std::condition_variable written_cv_;  ///< the writer's: a copy waits, or the copier ended
+  std::vector<Copy> waiting_;  ///< copies for the writer, one per segment name, oldest first
+  uint64_t waiting_bytes_ = 0;  ///< theirs and the one being written
+  std::thread copier_, writer_;
+  std::atomic<uint64_t> written_{0}, failed_{0}, dropped_{0}, skipped_{0};
+  // Guarded by mu_; written by the writer thread (skips: the submitter and the copier).
+  bool failing_ = false;
+  std::string last_error_;
+  uint64_t last_error_ns_ = 0, last_write_ns_ = 0, failing_since_ns_ = 0;
+  uint64_t failures_unlogged_ = 0, last_warned_ns_ = 0;  ///< the warning's rate limit
+  uint64_t skips_unlogged_ = 0, last_skip_warned_ns_ = 0;
 };
 
 }  // namespace baton

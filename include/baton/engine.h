@@ -52,6 +52,11 @@ struct EngineConfig {
   uint64_t max_segment_size = 1ull << 30;
   uint32_t query_timeout_ms = 200;    ///< how long a load waits for peers to say what they hold
   uint32_t fetch_timeout_ms = 2000;   ///< a fetch without progress this long tries another replica
+  /// For this long after it starts, a node starts no name afresh (a create,
+  /// or an open that finds nothing) while a peer it links to has not been
+  /// heard from since: having just started, it knows nothing of what that
+  /// peer holds (votequorum's wait_for_all, bounded). kUnavailable meanwhile.
+  uint32_t fresh_start_wait_ms = 10'000;
   /// A load from a peer whose link says caps().direct_read (a CC-NUMA
   /// shared region) asks it to lend its slot and reads it directly (one
   /// copy at memory speed) instead of having it streamed. False: stream.
@@ -373,6 +378,7 @@ struct EngineStats {
   uint64_t bad_input = 0;           ///< well-formed frames that made no sense here
   uint64_t stalls = 0;              ///< gaps between polls of half the failure timeout or more
   uint64_t longest_stall_us = 0;    ///< the longest such gap
+  uint64_t last_stall_age_ms = 0;   ///< how long ago the newest one ended (0 with none)
   uint64_t snapshot_chunks_copied = 0;   ///< chunks commits copied into a snapshot
   uint64_t snapshot_chunks_skipped = 0;  ///< chunks unchanged since the stage's last snapshot
   uint64_t deltas_sent = 0;        ///< generations sent to a replica as only what changed (S15)
@@ -400,6 +406,21 @@ struct EngineStats {
   uint64_t cow_snapshots = 0;      ///< commits that took a copy-on-write snapshot (S14)
   uint64_t cow_pages_settled = 0;  ///< snapshot pages the engine copied (the rest the writers copied aside)
   uint64_t periodic_commits = 0;   ///< commits the engine took by itself (EngineConfig::commit_every_ms)
+};
+
+/// Global storage (S7) on this node, summed over its shards: what its
+/// replicas wrote there, and whether it is failing now.
+struct StorageStatus {
+  std::string dir;
+  uint64_t written = 0;   ///< generations made safe in `dir`
+  uint64_t failed = 0;    ///< writes that failed (the directory unwritable, full, gone)
+  uint64_t skipped = 0;   ///< generations not written: the writer was behind (a newer one was)
+  uint64_t dropped = 0;   ///< writes of a name deleted meanwhile
+  bool failing = false;   ///< the last write (of some shard) failed
+  uint64_t failing_for_ms = 0;     ///< since its first failure in a row (while failing)
+  std::string last_error; ///< the newest failure's message
+  uint64_t last_error_age_ms = 0;  ///< how long ago it failed (0 with no failure)
+  uint64_t last_write_age_ms = 0;  ///< how long ago a file was last written (UINT64_MAX: never)
 };
 
 /// A note from another node's daemon (Engine::send_note).
@@ -520,6 +541,8 @@ class Engine {
 
   /// Counters summed over the shards (longest_stall_us: the longest).
   EngineStats stats() const noexcept;
+  /// Global storage's state; nullopt when it is off.
+  std::optional<StorageStatus> storage() const;
   /// Every link's state and counters, shard by shard.
   std::vector<LinkStatus> link_status() const;
   /// What the failure detector believes of each peer (the first shard's:

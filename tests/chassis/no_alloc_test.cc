@@ -18,14 +18,14 @@
 namespace {
 std::atomic<uint64_t> allocations{0};
 
-// The global-storage writer (S7) does file I/O on its own thread, off the
-// data path: paths, directory listings. Its allocations are not counted.
+// The global-storage threads (S7) do file I/O and copies off the
+// data path: paths, directory listings, buffers. Their allocations are not counted.
 bool on_global_writer() {
   thread_local int writer = -1;
   if (writer < 0) {
     char name[16] = {};
     prctl(PR_GET_NAME, name, 0, 0, 0);
-    writer = std::strcmp(name, "baton-global") == 0;
+    writer = std::strncmp(name, "baton-global", 12) == 0;  // its writer and its copier
   }
   return writer == 1;
 }

@@ -197,11 +197,12 @@ inline std::vector<std::string> memfds_labelled(const std::string& label) {
 /// Polls `cond` for up to 10 s (the detector decides within its timeout; the
 /// slack is for a loaded two-core machine, not a speed claim).
 template <typename F>
-bool eventually(F cond) {
-  for (int i = 0; i < 1000; ++i) {
+bool eventually(F cond, std::chrono::milliseconds limit = std::chrono::seconds(10)) {
+  const auto end = std::chrono::steady_clock::now() + limit;
+  do {
     if (cond()) return true;
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
+  } while (std::chrono::steady_clock::now() < end);
   return false;
 }
 

@@ -62,6 +62,7 @@ TEST(Sigstop, CutOffOwnerIsFencedAndCannotOverwriteTheNewOwner) {
   // And it says why its peers gave up on it: its polls stalled.
   ASSERT_TRUE(st.contains("node")) << st.dump();
   EXPECT_GE(st["node"].value("stalls", 0), 1) << st.dump();
+  EXPECT_TRUE(st["node"]["last_stall_s_ago"].is_number()) << "how long ago, so that an old stall is not news";
 
   // The new owner's state is intact: it keeps committing durably, and after
   // it dies too, blade 3 loads exactly what it wrote last.

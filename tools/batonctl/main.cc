@@ -71,6 +71,26 @@ std::string members_text(const json& members) {
   return "{" + out + "}";
 }
 
+/// What counts as recent for a stall or a storage failure in `status`.
+constexpr unsigned long long kRecentS = 300;
+
+// Global storage (S7): what the replicas wrote there, and a warning while it fails.
+void print_storage(const json& st) {
+  auto num = [&](const char* key) { return st.value(key, 0ull); };
+  std::printf("global storage %s: %llu generations written", st.value("dir", "").c_str(), num("written"));
+  if (st["last_write_s_ago"].is_number()) std::printf(" (the last %llu s ago)", num("last_write_s_ago"));
+  std::printf(", %llu failed, %llu skipped (the writer behind)\n", num("failed"), num("skipped"));
+  const bool failing = st.value("failing", false);
+  if (!st["last_error"].is_string()) return;
+  const std::string error = st["last_error"].get<std::string>();
+  if (failing)
+    std::printf("  WARNING: failing for %llu s: %s\n  generations committed meanwhile are only in memory: a "
+                "restore after every node lost its memory may be older\n",
+                num("failing_for_s"), error.c_str());
+  else if (num("last_error_s_ago") < kRecentS)
+    std::printf("  the last failure %llu s ago, writing again since: %s\n", num("last_error_s_ago"), error.c_str());
+}
+
 int status(const std::string& socket, bool as_json, bool segments_only) {
   auto got = fetch_status(socket);
   if (!got) return die(got.error().message);
@@ -82,10 +102,19 @@ int status(const std::string& socket, bool as_json, bool segments_only) {
   if (!segments_only) {
     const json& node = j["node"];
     std::printf("node %d (%s)\n", node.value("id", 0), node.value("name", "").c_str());
-    // Polls that came late enough for peers to start suspecting this node.
-    if (node.value("stalls", 0) != 0)
-      std::printf("  WARNING: %llu poll stalls, longest %llu ms: this node looks dead to its peers meanwhile\n",
-                  node.value("stalls", 0ull), node.value("longest_stall_ms", 0ull));
+    // Polls that came late enough for peers to start suspecting this node:
+    // a warning while they are recent, a note once they are past.
+    if (node.value("stalls", 0) != 0) {
+      const json& ago = node["last_stall_s_ago"];
+      const unsigned long long secs = ago.is_number() ? ago.get<unsigned long long>() : 0;
+      if (!ago.is_number() || secs < kRecentS)
+        std::printf("  WARNING: %llu poll stalls, longest %llu ms, the last %llu s ago: this node looks dead to its "
+                    "peers meanwhile\n",
+                    node.value("stalls", 0ull), node.value("longest_stall_ms", 0ull), secs);
+      else
+        std::printf("  %llu poll stalls since batond started, longest %llu ms, none in the last %llu s\n",
+                    node.value("stalls", 0ull), node.value("longest_stall_ms", 0ull), secs);
+    }
     if (node.contains("telemetry") && node["telemetry"].is_string())
       std::printf("  telemetry: dpdk-telemetry.py -f %s\n", node["telemetry"].get<std::string>().c_str());
     const json& v = j["view"];
@@ -114,6 +143,7 @@ int status(const std::string& socket, bool as_json, bool segments_only) {
         std::printf("  WARNING: %llu received generations failed their checksum (sent again)\n",
                     r.value("corrupt_generations", 0ull));
     }
+    if (j.contains("storage") && j["storage"].is_object()) print_storage(j["storage"]);
     const size_t shards = node.value("shards", json::array()).size();
     if (shards > 1) std::printf("shards: %zu (per-core workers; the SHARD column says whose link)\n", shards);
     std::printf("\n");

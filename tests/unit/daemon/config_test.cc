@@ -508,6 +508,12 @@ TEST(DaemonConfig, TheHostCheckNamesWhatThisMachineLacks) {
     expect("[storage]\ndir = \"" + scratch + "/sub\"\n", "storage.dir: cannot write in " + scratch);
     chmod(scratch.c_str(), 0700);
   }
+  // Where access() says yes to root and the file system no (a session 37
+  // storage trial: --check said ok, the start failed naming no field).
+  expect("[storage]\ndir = \"/proc/baton-store\"\n", "storage.dir: cannot write in /proc to make /proc/baton-store");
+  expect("[storage]\ndir = \"/proc/self\"\n", "storage.dir: cannot write /proc/self");
+  EXPECT_TRUE(check("[storage]\ndir = \"" + scratch + "\"\n")) << "an existing directory";
+  EXPECT_EQ(std::distance(std::filesystem::directory_iterator(scratch), {}), 1) << "the probe is removed";
   std::filesystem::remove_all(scratch);
 }
 

@@ -3,6 +3,8 @@
 
 #include <gtest/gtest.h>
 
+#include <fstream>
+
 #include <algorithm>
 #include <chrono>
 #include <cstring>
@@ -217,6 +219,97 @@ TEST(Delete, AGlobalDeleteOutlivesEveryNode) {
   EXPECT_EQ(r->outcome, OpenOutcome::kRestored);
   EXPECT_EQ(r->generation, g);
   EXPECT_EQ((*lone)->data(r->segment)[100], std::byte{9});
+}
+
+// A delete whose global-storage marker cannot be written (here the
+// marker's temp name is taken by a directory) fails saying so, and the
+// next delete finishes it. Before (a session 37 storage trial), the nodes
+// had dropped their copies, the retry said "deleted already" without
+// marking storage, and after every node restarted the deleted state came
+// back from it.
+TEST(Delete, ADeleteThatCouldNotMarkGlobalStorageIsFinishedByTheNext) {
+  test::ScratchDir dir;
+  Cluster cl(3, config(1), 16384, [&](int, EngineConfig& c) { c.global_dir = dir.path; });
+  Segment* seg = test::must(cl.node(1).create("stubborn", 8192));
+  commit_durable(cl.node(1), seg, 2);
+  ASSERT_TRUE(eventually([&] { return GlobalStore::newest(dir.path, "stubborn", 1 << 20).has_value(); }));
+  ASSERT_TRUE(test::ok(cl.node(1).close(seg)));
+  const std::string blocker = dir.path + "/stubborn/deleted-e2.tmp";
+  ASSERT_TRUE(std::filesystem::create_directory(blocker));
+  auto failed = cl.node(2).remove("stubborn");
+  ASSERT_FALSE(failed);
+  EXPECT_EQ(failed.error().code, Errc::kIo);
+  EXPECT_NE(failed.error().message.find("delete it again"), std::string::npos) << failed.error().message;
+  EXPECT_TRUE(GlobalStore::newest(dir.path, "stubborn", 1 << 20)) << "storage still holds it";
+  std::filesystem::remove(blocker);
+  auto again = cl.node(3).remove("stubborn");
+  ASSERT_FALSE(again);
+  EXPECT_EQ(again.error().code, Errc::kNotFound) << again.error().to_string();
+  EXPECT_FALSE(GlobalStore::newest(dir.path, "stubborn", 1 << 20)) << "the retry left the copies readable";
+  EXPECT_GE(GlobalStore::deleted_epoch(dir.path, "stubborn"), 2u);
+}
+
+// After every node restarted, global storage is all there is of a name,
+// at epochs no node remembers: a delete marks above them (it marked at 1,
+// and a copy written at epoch 2, after a failover, came back).
+TEST(Delete, ADeleteOfWhatOnlyGlobalStorageHoldsCoversItsEpochs) {
+  test::ScratchDir dir;
+  {
+    Cluster cl(3, config(1), 16384, [&](int, EngineConfig& c) { c.global_dir = dir.path; });
+    Segment* seg = test::must(cl.node(1).create("moved", 8192));
+    commit_durable(cl.node(1), seg, 1);
+    const uint16_t replica = replicas_of(cl.node(1), seg).at(0);
+    cl.kill(1);
+    const int other = replica == 2 ? 3 : 2;
+    Segment* moved = nullptr;
+    ASSERT_TRUE(eventually([&] {
+      auto r = cl.node(other).load("moved");
+      if (r) moved = r->segment;
+      return r.has_value();
+    })) << cl.events();
+    ASSERT_EQ(test::must(cl.node(other).status(moved)).epoch, 2u);
+    commit_durable(cl.node(other), moved, 1, 7);
+    ASSERT_TRUE(eventually([&] {
+      auto c = GlobalStore::newest(dir.path, "moved", 1 << 20);
+      return c && c->epoch == 2;
+    }));
+  }
+  Cluster cl(3, config(1), 16384, [&](int, EngineConfig& c) { c.global_dir = dir.path; });
+  ASSERT_TRUE(test::ok(cl.node(1).remove("moved")));
+  EXPECT_FALSE(GlobalStore::newest(dir.path, "moved", 1 << 20)) << "a copy above the marker is readable";
+  auto r = test::must(cl.node(2).open("moved", 8192));
+  EXPECT_EQ(r.outcome, OpenOutcome::kCreated) << "the deleted state came back";
+}
+
+// Global storage holds the name but no copy of it is intact (every file
+// damaged). The state exists: an open says so (ECORRUPT) instead of
+// starting afresh, which lost every durable generation without a word and
+// put the new history's files below the damaged ones (a session 37
+// storage trial). A delete clears the way.
+TEST(Delete, CopiesNoneOfWhichIsIntactAreNotStartedAfresh) {
+  test::ScratchDir dir;
+  {
+    Cluster cl(2, config(1), 16384, [&](int, EngineConfig& c) { c.global_dir = dir.path; });
+    Segment* seg = test::must(cl.node(1).create("damaged", 8192));
+    commit_durable(cl.node(1), seg, 3);
+    ASSERT_TRUE(eventually([&] { return GlobalStore::list(dir.path, "damaged").copies >= 1; }));
+  }
+  for (const auto& e : std::filesystem::directory_iterator(dir.path + "/damaged")) {
+    std::fstream f(e.path(), std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(-10, std::ios::end);
+    f.put('\x7f');
+  }
+  Cluster cl(2, config(1), 16384, [&](int, EngineConfig& c) { c.global_dir = dir.path; });
+  auto open = cl.node(1).open("damaged", 8192);
+  ASSERT_FALSE(open) << "started afresh over damaged state";
+  EXPECT_EQ(open.error().code, Errc::kCorrupt);
+  EXPECT_NE(open.error().message.find("none is intact"), std::string::npos) << open.error().message;
+  auto load = cl.node(2).load("damaged");
+  ASSERT_FALSE(load);
+  EXPECT_EQ(load.error().code, Errc::kCorrupt) << load.error().to_string();
+  ASSERT_TRUE(test::ok(cl.node(2).remove("damaged")));
+  auto fresh = test::must(cl.node(1).open("damaged", 8192));
+  EXPECT_EQ(fresh.outcome, OpenOutcome::kCreated);
 }
 
 // S11's third case: every replica is gone (here: nothing was ever

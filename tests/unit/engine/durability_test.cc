@@ -166,6 +166,56 @@ TEST(Durability, AReplicaThatRestartedEmptyDoesNotCount) {
   }
 }
 
+// Two of three nodes die at once, the owner and one replica, and come back
+// empty: a quorum of the three that knows nothing. The third node holds
+// the durable generation, and they have not heard from it yet (its link is
+// not back: here cut). An open on a restarted node must not start the name
+// afresh (a session 37 embedded trial: it did, and the third node then
+// dropped its copy for the new history): it says to try again, and once
+// the third node is heard it restores the durable generation. After
+// fresh_start_wait_ms a node that never comes back stops nothing.
+TEST(Durability, NodesThatRestartedTogetherWaitForThePeerTheyHaveNotHeard) {
+  EngineConfig c = config(2);
+  c.fresh_start_wait_ms = 3000;
+  Cluster cl(3, c);
+  constexpr size_t kSize = 64 * 1024;
+  Segment* seg = test::must(cl.node(1).create("amnesia", kSize));
+  commit_durable(cl.node(1), seg, 3);
+  const auto set = replica_set(cl.node(1), seg);
+  ASSERT_EQ(set.size(), 2u);
+  const int lost = set[0], keeper = set[1];
+  cl.isolate(keeper, true);
+  cl.kill(1);
+  cl.kill(lost);
+  cl.restart(1);
+  cl.restart(lost);
+  ASSERT_TRUE(eventually([&] { return peer_alive(cl.node(1), static_cast<uint16_t>(lost)); }));
+  auto early = cl.node(1).open("amnesia", kSize);
+  ASSERT_FALSE(early) << "started afresh while node " << keeper << " held generation 3";
+  EXPECT_EQ(early.error().code, Errc::kUnavailable);
+  EXPECT_NE(early.error().message.find("has not heard from node " + std::to_string(keeper)), std::string::npos)
+      << early.error().message;
+  auto load = cl.node(lost).load("amnesia");
+  ASSERT_FALSE(load);
+  EXPECT_EQ(load.error().code, Errc::kUnavailable) << "not ENOENT: the unheard node may hold it";
+  cl.isolate(keeper, false);
+  Result<OpenResult> r = tl::unexpected(Error{});
+  ASSERT_TRUE(eventually([&] { return (r = cl.node(1).open("amnesia", kSize)).has_value(); })) << r.error().to_string();
+  EXPECT_EQ(r->outcome, OpenOutcome::kRestored);
+  EXPECT_EQ(r->generation, 3u);
+  EXPECT_TRUE(equals_generation(cl.node(1), r->segment, 3));
+  // A name nobody holds, with a peer gone for good: refused at first, made
+  // once the wait is over.
+  cl.kill(keeper);
+  cl.kill(lost);
+  cl.restart(lost);
+  ASSERT_TRUE(eventually([&] { return peer_alive(cl.node(lost), 1); }));
+  auto fresh = cl.node(lost).create("brand-new", 4096);
+  ASSERT_FALSE(fresh);
+  EXPECT_EQ(fresh.error().code, Errc::kUnavailable);
+  ASSERT_TRUE(eventually([&] { return test::ok(cl.node(lost).create("brand-new", 4096)); }));
+}
+
 // Found by a campaign (session 29): a replica stalled (SIGSTOP) while the
 // owner committed. On SIGCONT its acknowledgement reached the owner's data
 // path before its heartbeat had made the control thread count it alive

@@ -3,6 +3,11 @@
 // or a corrupt file never hides the previous generation.
 
 #include <gtest/gtest.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <cstdio>
@@ -116,6 +121,120 @@ TEST(GlobalStorage, AHalfWrittenOrCorruptCopyNeverHidesThePreviousGeneration) {
   auto r = GlobalStore::read(bad, bytes);
   ASSERT_FALSE(r);
   EXPECT_EQ(r.error().code, Errc::kCorrupt);
+}
+
+// A directory that stops taking writes is shown, not only logged once per
+// generation: the replica's storage status says it is failing, since when
+// and why, and that it works again once the directory does.
+TEST(GlobalStorage, AFailingDirectoryIsShownUntilItWorksAgain) {
+  ScratchDir dir;
+  Cluster cl(2, with_global(dir.path));
+  auto seg = test::must(cl.node(1).create("watched", 8192));
+  auto mem = cl.node(1).data(seg);
+  auto commit = [&](int v) {
+    std::memset(mem.data(), v, mem.size());
+    auto g = test::must(cl.node(1).commit(seg));
+    EXPECT_TRUE(test::ok(cl.node(1).wait_replicated(seg, g, 1, 10s)));
+    return g;
+  };
+  EXPECT_FALSE(cl.node(1).storage()->failing);
+  commit(1);
+  ASSERT_TRUE(eventually_files(dir.path, "watched", 1));
+  auto healthy = cl.node(2).storage();
+  ASSERT_TRUE(healthy);
+  EXPECT_EQ(healthy->dir, dir.path);
+  EXPECT_GE(healthy->written, 1u);
+  EXPECT_FALSE(healthy->failing);
+  EXPECT_EQ(healthy->failed, 0u);
+  EXPECT_TRUE(healthy->last_error.empty());
+  EXPECT_LT(healthy->last_write_age_ms, 10'000u);
+
+  // The segment's directory becomes a file: every write fails.
+  fs::remove_all(dir.path + "/watched");
+  std::ofstream(dir.path + "/watched") << "not a directory";
+  commit(2);
+  ASSERT_TRUE(eventually([&] { return cl.node(2).storage()->failed >= 1; }));
+  auto failing = cl.node(2).storage();
+  EXPECT_TRUE(failing->failing);
+  EXPECT_NE(failing->last_error.find(dir.path + "/watched"), std::string::npos) << failing->last_error;
+  EXPECT_GE(failing->last_error_age_ms, 1u);
+  commit(3);
+  ASSERT_TRUE(eventually([&] { return cl.node(2).storage()->failed >= 2; }));
+  EXPECT_TRUE(cl.node(2).storage()->failing);
+
+  // Fixed: the newest generation is written without another commit (the
+  // failed write is tried again), and the failure is history.
+  fs::remove(dir.path + "/watched");
+  ASSERT_TRUE(test::eventually([&] { return !cl.node(2).storage()->failing; }, 40s));
+  auto again = cl.node(2).storage();
+  EXPECT_EQ(again->failing_for_ms, 0u);
+  EXPECT_FALSE(again->last_error.empty()) << "the last failure stays visible";
+  auto copy = GlobalStore::newest(dir.path, "watched", 1 << 20);
+  ASSERT_TRUE(copy);
+  EXPECT_EQ(copy->generation, 3u) << "the newest committed generation, tried again";
+  EXPECT_EQ(cl.node(1).storage()->failed, 0u) << "the owner writes nothing: its replicas do";
+}
+
+// A storage write that hangs (an NFS server gone, simulated by a FIFO
+// where the writer makes its temp file: its open blocks until someone
+// reads) holds no replica slot: durability is the replicas' and goes on.
+// Once the write ends, the newest generation is written. Before, each
+// queued write pinned its slot, and with two slots per replica the third
+// generation found none: no generation was durable again until the file
+// system answered (a session 37 storage trial).
+TEST(GlobalStorage, AHungWriteNeverStopsDurability) {
+  ScratchDir dir;
+  Cluster cl(2, with_global(dir.path));
+  auto seg = test::must(cl.node(1).create("patient", 64 * 1024));
+  auto mem = cl.node(1).data(seg);
+  std::memset(mem.data(), 1, mem.size());
+  const uint64_t g1 = test::must(cl.node(1).commit(seg));
+  ASSERT_TRUE(test::ok(cl.node(1).wait_replicated(seg, g1, 1, 10s)));
+  ASSERT_TRUE(eventually_files(dir.path, "patient", 1));
+  const std::string fifo = dir.path + "/patient/e1-g" + std::to_string(g1 + 1) + "-n2.seg.tmp";
+  ASSERT_EQ(mkfifo(fifo.c_str(), 0600), 0);
+  // The file system answers again (at the latest when the test ends, so
+  // that the engine can stop): a reader takes what the stuck write wrote.
+  // Opened read-write, it never blocks nor leaves the writer without a
+  // reader; it stops once nothing came for 2 s.
+  signal(SIGPIPE, SIG_IGN);
+  struct Drain {
+    std::string path;
+    std::thread reader;
+    void start() {
+      if (reader.joinable()) return;
+      reader = std::thread([p = path] {
+        const int fd = ::open(p.c_str(), O_RDWR | O_CLOEXEC);
+        char buf[65536];
+        pollfd pfd{fd, POLLIN, 0};
+        while (fd >= 0 && ::poll(&pfd, 1, 2000) > 0 && ::read(fd, buf, sizeof buf) > 0) {
+        }
+        if (fd >= 0) ::close(fd);
+      });
+    }
+    ~Drain() {
+      start();
+      reader.join();
+    }
+  } drain{fifo, {}};
+  uint64_t last = 0;
+  for (int i = 2; i <= 40; ++i) {
+    std::memset(mem.data(), i, mem.size());
+    last = test::must(cl.node(1).commit(seg));
+    ASSERT_TRUE(test::ok(cl.node(1).wait_replicated(seg, last, 1, 10s))) << "generation " << last;
+  }
+  EXPECT_EQ(cl.node(2).storage()->written, 1u) << "the writer is stuck in the FIFO's open";
+  // The stuck write ends (it fails: a FIFO cannot be synced), and the
+  // newest generation follows.
+  drain.start();
+  ASSERT_TRUE(test::eventually([&] {
+    auto copy = GlobalStore::newest(dir.path, "patient", 1 << 20);
+    return copy && copy->generation == last;
+  }, 30s));
+  std::vector<std::byte> bytes(mem.size());
+  auto copy = GlobalStore::newest(dir.path, "patient", 1 << 20);
+  ASSERT_TRUE(GlobalStore::read(*copy, bytes));
+  EXPECT_EQ(bytes[0], std::byte{40});
 }
 
 // Names are not paths. "victim/.", "./victim" and "../escape" were once
@@ -265,14 +384,14 @@ TEST(GlobalStorage, AWriteUnderADeleteMarkerLeavesNoFile) {
     job.data = bytes.data();
     job.pin = &pin;
     ASSERT_TRUE((*store)->submit(job));
-    ASSERT_TRUE(eventually([&] { return pin.load() == 0; }));
+    ASSERT_TRUE(eventually([&] { return pin.load() == 0; })) << "the slot is let go once copied";
   };
   write(5, 1);  // the deleted history's last generation
-  EXPECT_EQ((*store)->dropped(), 1u);
+  EXPECT_TRUE(eventually([&] { return (*store)->dropped() == 1; }));
   EXPECT_EQ(files_of(dir.path, "late", ".seg"), 0u);
   EXPECT_FALSE(GlobalStore::newest(dir.path, "late", 1 << 20));
   write(6, 1);  // the name's next history
-  EXPECT_EQ((*store)->written(), 1u);
+  EXPECT_TRUE(eventually([&] { return (*store)->written() == 1; }));
   auto copy = GlobalStore::newest(dir.path, "late", 1 << 20);
   ASSERT_TRUE(copy);
   EXPECT_EQ(copy->epoch, 6u);
