@@ -427,8 +427,9 @@ std::optional<GlobalCopy> GlobalStore::newest(const std::string& dir, std::strin
   // The newest whose header and checksum hold; a corrupt file is passed over.
   for (auto& c : copies) {
     std::vector<std::byte> probe(c.size);
-    if (read(c, probe)) return c;
-    BT_WARN("global storage: skipping %s (corrupt)", c.path.c_str());
+    auto ok = read(c, probe);
+    if (ok) return c;
+    BT_WARN("global storage: skipping %s: %s", c.path.c_str(), ok.error().to_string().c_str());
   }
   return std::nullopt;
 }

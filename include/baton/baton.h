@@ -153,8 +153,10 @@ int baton_commit_ranges(baton_segment_t* segment, const baton_range_t* ranges, s
 
 /* Waits until k replicas hold `generation` or newer under the current owner
  * epoch. k = BATON_DURABLE waits for a majority of the segment's replica set,
- * and never fewer than a majority of the replication factor (a set left short
- * of peers acknowledges nothing until it is filled): a generation acknowledged
+ * and never fewer than a majority of the replication factor while that many
+ * peers are reachable (a set left short while peers could fill it
+ * acknowledges nothing until it is filled; with fewer peers reachable, say a
+ * node not up yet, a majority of what there is): a generation acknowledged
  * so survives any failover (see docs/architecture.md). BATON_ETIMEDOUT after
  * timeout_ms; with batond (daemon mode), also when batond has not answered a
  * second after it (stopped or overloaded: its late answer is dropped). */
@@ -171,7 +173,9 @@ int baton_unregister(baton_segment_t* segment);
  * an application on this node holds it. BATON_ENOENT if there is no such
  * segment (a clean exit counts that as done: on a node without replicas
  * the unregister already let go of everything); BATON_EUNAVAIL if too few nodes could be reached (it may be
- * deleted on some: call it again). */
+ * deleted on some: call it again); BATON_EIO if global storage could not be
+ * marked (deleted on the nodes: call it again once the directory can be
+ * written, or its copies there come back after every node restarted). */
 int baton_delete(baton_t* baton, const char* name);
 
 /* Reports a performance metric of this application to its node's batond
