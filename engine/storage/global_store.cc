@@ -316,9 +316,9 @@ void GlobalStore::note(const std::optional<std::string>& error) {
     skips_unlogged_ = 0;
     last_skip_warned_ns_ = now;
     lock.unlock();
-    BT_WARN("global storage: %lu generations not stored, %zu writes already waiting (%s is slower than the "
-            "commits; newer generations are stored)",
-            static_cast<unsigned long>(n), kMaxQueued, dir_.c_str());
+    BT_WARN("global storage: %lu generations not stored: the writer is behind (%s is slower than the commits, "
+            "or hangs); newer generations are stored",
+            static_cast<unsigned long>(n), dir_.c_str());
   }
 }
 
