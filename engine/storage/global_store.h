@@ -87,8 +87,9 @@ class GlobalStore {
   /// removes every copy written under that epoch or below. Errors: kIo,
   /// kInvalidArgument. Thread: any.
   static Result<void> remove(const std::string& dir, std::string_view name, uint64_t epoch);
-  /// What `dir` holds of `name` above its delete marker and below
-  /// `min_epoch` not, intact or not (the file names only: nothing is read).
+  /// The copies of `name` in `dir` at owner epoch `min_epoch` or above and
+  /// above its delete marker, intact or not (their file names: nothing is
+  /// read). Thread: any.
   struct Listing {
     size_t copies = 0;
     uint64_t newest_epoch = 0;  ///< the highest epoch among them (0: none)
@@ -105,7 +106,8 @@ class GlobalStore {
   uint64_t failed() const noexcept { return failed_.load(); }
   /// Writes dropped because the name was deleted at or above their epoch.
   uint64_t dropped() const noexcept { return dropped_.load(); }
-  /// Generations not written because the writer was kMaxQueued behind.
+  /// Generations not written because the copier was kMaxQueued behind, or
+  /// the copies waiting for the writer filled their budget.
   uint64_t skipped() const noexcept { return skipped_.load(); }
 
   /// What an operator needs to see (`batonctl status`): whether the last

@@ -77,11 +77,14 @@ constexpr unsigned long long kRecentS = 300;
 // Global storage (S7): what the replicas wrote there, and a warning while it fails.
 void print_storage(const json& st) {
   auto num = [&](const char* key) { return st.value(key, 0ull); };
+  // (A key another batond's version lacks is missing, not null.)
+  auto is = [&](const char* key, auto test) { return st.contains(key) && test(st[key]); };
   std::printf("global storage %s: %llu generations written", st.value("dir", "").c_str(), num("written"));
-  if (st["last_write_s_ago"].is_number()) std::printf(" (the last %llu s ago)", num("last_write_s_ago"));
+  if (is("last_write_s_ago", [](const json& v) { return v.is_number(); }))
+    std::printf(" (the last %llu s ago)", num("last_write_s_ago"));
   std::printf(", %llu failed, %llu skipped (the writer behind)\n", num("failed"), num("skipped"));
   const bool failing = st.value("failing", false);
-  if (!st["last_error"].is_string()) return;
+  if (!is("last_error", [](const json& v) { return v.is_string(); })) return;
   const std::string error = st["last_error"].get<std::string>();
   if (failing)
     std::printf("  WARNING: failing for %llu s: %s\n  generations committed meanwhile are only in memory: a "
@@ -105,12 +108,12 @@ int status(const std::string& socket, bool as_json, bool segments_only) {
     // Polls that came late enough for peers to start suspecting this node:
     // a warning while they are recent, a note once they are past.
     if (node.value("stalls", 0) != 0) {
-      const json& ago = node["last_stall_s_ago"];
-      const unsigned long long secs = ago.is_number() ? ago.get<unsigned long long>() : 0;
-      if (!ago.is_number() || secs < kRecentS)
-        std::printf("  WARNING: %llu poll stalls, longest %llu ms, the last %llu s ago: this node looks dead to its "
-                    "peers meanwhile\n",
-                    node.value("stalls", 0ull), node.value("longest_stall_ms", 0ull), secs);
+      const bool known = node.contains("last_stall_s_ago") && node["last_stall_s_ago"].is_number();
+      const unsigned long long secs = known ? node["last_stall_s_ago"].get<unsigned long long>() : 0;
+      if (!known || secs < kRecentS)
+        std::printf("  WARNING: %llu poll stalls, longest %llu ms%s: this node looks dead to its peers meanwhile\n",
+                    node.value("stalls", 0ull), node.value("longest_stall_ms", 0ull),
+                    known ? (", the last " + std::to_string(secs) + " s ago").c_str() : "");
       else
         std::printf("  %llu poll stalls since batond started, longest %llu ms, none in the last %llu s\n",
                     node.value("stalls", 0ull), node.value("longest_stall_ms", 0ull), secs);
