@@ -93,6 +93,9 @@ Engine::~Engine() {
     impl->wake.fetch_add(1);
     futex_wake_all(impl->wake);
     if (impl->worker.joinable()) impl->worker.join();
+    // Global storage first: a queued write may still read a store's slot,
+    // and the retired stores go before it in ~Impl.
+    impl->global.reset();
     impl->control->abort();
     // Views sent and never taken (both threads are gone).
     ControlMsg m;

@@ -145,7 +145,7 @@ void Engine::Impl::on_data(Link& link, wire::Frame& f) noexcept {
       if (st.hot_behind() && std::find(hot_behind.begin(), hot_behind.end(), st.id()) == hot_behind.end())
         hot_behind.push_back(st.id());
       BT_DEBUG("published %s generation %lu", st.name().c_str(), static_cast<unsigned long>(f.generation));
-      if (global) {  // S7: the slot stays pinned until the file is safe
+      if (global) {  // S7: the slot stays pinned until the store's copier has copied it
         ReplicaStore::Slot& slot = *st.latest();
         auto& pin = st.writer_pin(slot);
         pin.fetch_add(1);

@@ -255,6 +255,8 @@ Result<OpenResult> Engine::Impl::load_from(const QueryOp& q, std::string_view na
   }
   if (deleted != 0) repair_tombstone(q);
   if (holders.empty()) {
+    // A peer not heard yet may hold a copy, and a newer one than storage's.
+    if (auto ok = heard_every_peer(name, "saying no replica holds it"); !ok) return tl::unexpected(ok.error());
     if (!config.global_dir.empty() && GlobalStore::newest(config.global_dir, name, config.max_segment_size, deleted + 1))
       return load_from_global(name, max_epoch, deleted);
     if (auto ok = no_unreadable_copies(name, deleted); !ok) return tl::unexpected(ok.error());
@@ -267,7 +269,6 @@ Result<OpenResult> Engine::Impl::load_from(const QueryOp& q, std::string_view na
       if (a.found && a.owner && a.epoch >= max_epoch && a.peer != config.node_id)
         return fail(Errc::kUnavailable, "segment ", name, " is held only by its live owner, node ",
                     std::to_string(a.peer), ": no replica holds a generation of it yet (try again)");
-    if (auto ok = heard_every_peer(name, "saying it is held nowhere"); !ok) return tl::unexpected(ok.error());
     return fail(Errc::kNotFound, "no live replica holds ", name);
   }
   // Members of the recorded set are asked too, whatever they answered.
@@ -565,7 +566,7 @@ Result<void> Engine::Impl::no_unreadable_copies(std::string_view name, uint64_t 
   // would rank below the damaged ones; the operator decides (a delete
   // removes them).
   if (config.global_dir.empty()) return {};
-  const GlobalStore::Listing stored = GlobalStore::list(config.global_dir, name, deleted + 1);
+  const GlobalStore::Listing stored = GlobalStore::list(config.global_dir, name, deleted + 1, config.max_segment_size);
   if (stored.copies == 0) return {};
   return fail(Errc::kCorrupt, "global storage holds ", std::to_string(stored.copies), " copies of ", name,
               " (up to owner epoch ", std::to_string(stored.newest_epoch),
@@ -655,6 +656,10 @@ Result<OpenResult> Engine::Impl::open_locked(std::string_view name, uint64_t siz
   if (!config.global_dir.empty())
     if (auto copy = GlobalStore::newest(config.global_dir, name, config.max_segment_size, deleted + 1)) {
       if (copy->size != size) return size_differs(name, copy->size, size);
+      // Storage is behind the replicas by design: a peer not heard yet may
+      // hold a newer durable generation (and would drop it for the epoch
+      // this restore takes).
+      if (auto ok = heard_every_peer(name, "restoring it from global storage"); !ok) return tl::unexpected(ok.error());
       return load_from_global(name, newest, deleted);
     }
   if (auto ok = no_unreadable_copies(name, deleted); !ok) return tl::unexpected(ok.error());

@@ -9,6 +9,7 @@
 #include <chrono>
 #include <cstring>
 #include <filesystem>
+#include <new>
 #include <optional>
 #include <vector>
 
@@ -124,7 +125,7 @@ Result<std::unique_ptr<GlobalStore>> GlobalStore::open(const std::string& dir, u
   std::error_code ec;
   fs::create_directories(dir, ec);
   if (ec) return fail(Errc::kIo, "cannot create ", dir, ": ", ec.message());
-  std::unique_ptr<GlobalStore> s(new GlobalStore(dir, keep, node));
+  std::unique_ptr<GlobalStore> s(new GlobalStore(dir, keep, node));  // and its copier and writer
   s->copier_ = std::thread([raw = s.get()] { raw->copy_loop(); });
   s->writer_ = std::thread([raw = s.get()] { raw->write_loop(); });
   return s;
@@ -197,7 +198,15 @@ void GlobalStore::copy_loop() {
       waiting_bytes_ += job.size;  // reserved: the copy is made outside the lock
     }
     Copy c;
-    c.bytes.reset(new std::byte[job.size]);
+    c.bytes.reset(new (std::nothrow) std::byte[job.size]);
+    if (!c.bytes) {  // no memory for it now: skipped, as when the budget is full
+      job.pin->fetch_sub(1);
+      std::lock_guard lock(mu_);
+      waiting_bytes_ -= job.size;
+      skipped_.fetch_add(1);
+      ++skips_unlogged_;
+      continue;
+    }
     std::memcpy(c.bytes.get(), job.data, job.size);
     job.pin->fetch_sub(1);  // the slot may be reused from here on
     c.crc = crc32c(c.bytes.get(), job.size);
@@ -251,8 +260,8 @@ void GlobalStore::write_loop() {
     lock.unlock();
     auto ok = write(c);
     if (ok && *ok) {
-      written_.fetch_add(1);
       prune(c.job.name());
+      written_.fetch_add(1);
     } else if (ok) {
       dropped_.fetch_add(1);
     } else {
@@ -317,7 +326,7 @@ void GlobalStore::note(const std::optional<std::string>& error) {
     last_skip_warned_ns_ = now;
     lock.unlock();
     BT_WARN("global storage: %lu generations not stored: the writer is behind (%s is slower than the commits, "
-            "or hangs); newer generations are stored",
+            "or hangs); a segment's next commit is stored, a segment that commits no more keeps an older copy",
             static_cast<unsigned long>(n), dir_.c_str());
   }
 }
@@ -434,7 +443,8 @@ std::optional<GlobalCopy> GlobalStore::newest(const std::string& dir, std::strin
   return std::nullopt;
 }
 
-GlobalStore::Listing GlobalStore::list(const std::string& dir, std::string_view name, uint64_t min_epoch) {
+GlobalStore::Listing GlobalStore::list(const std::string& dir, std::string_view name, uint64_t min_epoch,
+                                       uint64_t max_size) {
   Listing out;
   if (dir.empty() || !wire::valid_name(name)) return out;
   min_epoch = std::max(min_epoch, deleted_epoch(dir, name) + 1);
@@ -444,6 +454,11 @@ GlobalStore::Listing GlobalStore::list(const std::string& dir, std::string_view 
       uint64_t epoch, gen;
       unsigned node;
       if (!parse_name(e.path().filename().string(), &epoch, &gen, &node) || epoch < min_epoch) continue;
+      if (max_size != UINT64_MAX) {  // as newest() sees them
+        std::error_code size_ec;
+        const uint64_t bytes = fs::file_size(e.path(), size_ec);
+        if (size_ec || bytes <= sizeof(Header) || bytes - sizeof(Header) > max_size) continue;
+      }
       ++out.copies;
       out.newest_epoch = std::max(out.newest_epoch, epoch);
     }

@@ -66,7 +66,7 @@ class GlobalStore {
   /// a copy that would go past it is skipped (at least one always fits).
   static constexpr uint64_t kMaxBuffered = uint64_t{256} << 20;
 
-  /// Creates `dir` if needed and starts the writer. Errors: kIo. Thread: control.
+  /// Creates `dir` if needed and starts the copier and the writer. Errors: kIo. Thread: control.
   static Result<std::unique_ptr<GlobalStore>> open(const std::string& dir, uint32_t keep, uint16_t node);
   ~GlobalStore();  ///< finishes queued writes, then stops
 
@@ -94,7 +94,9 @@ class GlobalStore {
     size_t copies = 0;
     uint64_t newest_epoch = 0;  ///< the highest epoch among them (0: none)
   };
-  static Listing list(const std::string& dir, std::string_view name, uint64_t min_epoch = 0);
+  /// With `max_size`, only copies newest() would read (1..max_size bytes).
+  static Listing list(const std::string& dir, std::string_view name, uint64_t min_epoch = 0,
+                      uint64_t max_size = UINT64_MAX);
   /// The owner epoch of the newest delete marker of `name` (0: none).
   /// Thread: any.
   static uint64_t deleted_epoch(const std::string& dir, std::string_view name);

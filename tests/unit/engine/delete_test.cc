@@ -296,8 +296,10 @@ TEST(Delete, CopiesNoneOfWhichIsIntactAreNotStartedAfresh) {
   }
   for (const auto& e : std::filesystem::directory_iterator(dir.path + "/damaged")) {
     std::fstream f(e.path(), std::ios::in | std::ios::out | std::ios::binary);
+    f.seekg(-10, std::ios::end);
+    const char was = static_cast<char>(f.get());
     f.seekp(-10, std::ios::end);
-    f.put('\x7f');
+    f.put(static_cast<char>(was ^ 0x5a));  // a different byte, whatever it was
   }
   Cluster cl(2, config(1), 16384, [&](int, EngineConfig& c) { c.global_dir = dir.path; });
   auto open = cl.node(1).open("damaged", 8192);

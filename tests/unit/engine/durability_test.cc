@@ -176,7 +176,7 @@ TEST(Durability, AReplicaThatRestartedEmptyDoesNotCount) {
 // fresh_start_wait_ms a node that never comes back stops nothing.
 TEST(Durability, NodesThatRestartedTogetherWaitForThePeerTheyHaveNotHeard) {
   EngineConfig c = config(2);
-  c.fresh_start_wait_ms = 3000;
+  c.fresh_start_wait_ms = 6000;  // room for a loaded (sanitizer) run's restarts and queries
   Cluster cl(3, c);
   constexpr size_t kSize = 64 * 1024;
   Segment* seg = test::must(cl.node(1).create("amnesia", kSize));
@@ -213,7 +213,7 @@ TEST(Durability, NodesThatRestartedTogetherWaitForThePeerTheyHaveNotHeard) {
   auto fresh = cl.node(lost).create("brand-new", 4096);
   ASSERT_FALSE(fresh);
   EXPECT_EQ(fresh.error().code, Errc::kUnavailable);
-  ASSERT_TRUE(eventually([&] { return test::ok(cl.node(lost).create("brand-new", 4096)); }));
+  ASSERT_TRUE(eventually([&] { return test::ok(cl.node(lost).create("brand-new", 4096)); }, 20s));
 }
 
 // Found by a campaign (session 29): a replica stalled (SIGSTOP) while the
