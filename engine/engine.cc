@@ -823,6 +823,11 @@ std::vector<LinkStatus> Engine::link_status() const {
   return out;
 }
 
+namespace {
+/// Milliseconds from `then` to `now` (0 if `then` is later).
+uint64_t ms_since(uint64_t now, uint64_t then) { return (now - std::min(now, then)) / 1'000'000; }
+}  // namespace
+
 std::optional<StorageStatus> Engine::storage() const {
   std::optional<StorageStatus> out;
   const uint64_t now = now_ns();
@@ -847,9 +852,9 @@ std::optional<StorageStatus> Engine::storage() const {
     newest_write = std::max(newest_write, h.last_write_ns);
   }
   if (out) {
-    out->last_error_age_ms = newest_error == 0 ? 0 : std::max<uint64_t>((now - std::min(now, newest_error)) / 1'000'000, 1);
-    out->failing_for_ms = failing_since == 0 ? 0 : (now - std::min(now, failing_since)) / 1'000'000;
-    out->last_write_age_ms = newest_write == 0 ? UINT64_MAX : (now - std::min(now, newest_write)) / 1'000'000;
+    out->last_error_age_ms = newest_error == 0 ? 0 : std::max<uint64_t>(ms_since(now, newest_error), 1);
+    out->failing_for_ms = failing_since == 0 ? 0 : ms_since(now, failing_since);
+    out->last_write_age_ms = newest_write == 0 ? UINT64_MAX : ms_since(now, newest_write);
   }
   return out;
 }
@@ -872,8 +877,7 @@ EngineStats Engine::stats() const noexcept {
     s.stalls += c.stalls.load();
     s.longest_stall_us = std::max(s.longest_stall_us, c.longest_stall_us.load());
     if (const uint64_t at = c.last_stall_ns.load(); at != 0) {  // the newest stall of any shard
-      const uint64_t now = shard->clock_ns();
-      const uint64_t age = std::max<uint64_t>((now - std::min(now, at)) / 1'000'000, 1);  // 0 means none
+      const uint64_t age = std::max<uint64_t>(ms_since(shard->clock_ns(), at), 1);  // 0 means none
       s.last_stall_age_ms = s.last_stall_age_ms == 0 ? age : std::min(s.last_stall_age_ms, age);
     }
     s.snapshot_chunks_copied += c.snapshot_chunks_copied.load();

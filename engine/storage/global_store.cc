@@ -109,6 +109,15 @@ bool parse_marker(const std::string& file, uint64_t* epoch) {
   return std::sscanf(file.c_str(), "deleted-e%lu%n", epoch, &end) == 1 && static_cast<size_t>(end) == file.size();
 }
 
+// The bytes of segment a copy's file holds (its size less the header), if
+// it can be one newest() reads: 1..max_size of them.
+std::optional<uint64_t> stored_size(const fs::path& file, uint64_t max_size) {
+  std::error_code ec;
+  const uint64_t bytes = fs::file_size(file, ec);
+  if (ec || bytes <= sizeof(Header) || bytes - sizeof(Header) > max_size) return std::nullopt;
+  return bytes - sizeof(Header);
+}
+
 void fsync_dir(const std::string& d) {
   const int dfd = ::open(d.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (dfd >= 0) {
@@ -155,8 +164,7 @@ bool GlobalStore::submit(Job job) {
     std::lock_guard lock(mu_);
     if (stopping_) return false;
     if (count_ == queue_.size()) {  // the writer logs it (the caller is the poll loop)
-      skipped_.fetch_add(1);
-      ++skips_unlogged_;
+      skip_locked();
       return false;
     }
     queue_[(head_ + count_) % queue_.size()] = job;
@@ -186,12 +194,10 @@ void GlobalStore::copy_loop() {
       // Room for it: it replaces a waiting copy of its segment, or the
       // copies waiting stay within the budget (the larger of kMaxBuffered
       // and two of this size: the one being written and this one).
-      uint64_t replaced = 0;
-      for (const Copy& w : waiting_)
-        if (w.job.name() == job.name()) replaced = w.job.size;
+      const auto same = waiting_for(job.name());
+      const uint64_t replaced = same != waiting_.end() ? same->job.size : 0;
       if (waiting_bytes_ - replaced + job.size > std::max(kMaxBuffered, 2 * job.size)) {
-        skipped_.fetch_add(1);
-        ++skips_unlogged_;
+        skip_locked();
         job.pin->fetch_sub(1);
         continue;
       }
@@ -203,8 +209,7 @@ void GlobalStore::copy_loop() {
       job.pin->fetch_sub(1);
       std::lock_guard lock(mu_);
       waiting_bytes_ -= job.size;
-      skipped_.fetch_add(1);
-      ++skips_unlogged_;
+      skip_locked();
       continue;
     }
     std::memcpy(c.bytes.get(), job.data, job.size);
@@ -214,7 +219,7 @@ void GlobalStore::copy_loop() {
     c.job.data = nullptr;
     c.job.pin = nullptr;
     std::lock_guard lock(mu_);
-    auto same = std::find_if(waiting_.begin(), waiting_.end(), [&](const Copy& w) { return w.job.name() == job.name(); });
+    const auto same = waiting_for(job.name());
     if (same == waiting_.end()) {
       waiting_.push_back(std::move(c));
     } else if (std::tie(same->job.epoch, same->job.generation) > std::tie(job.epoch, job.generation)) {
@@ -225,6 +230,15 @@ void GlobalStore::copy_loop() {
     }
     written_cv_.notify_one();
   }
+}
+
+std::vector<GlobalStore::Copy>::iterator GlobalStore::waiting_for(std::string_view name) {
+  return std::find_if(waiting_.begin(), waiting_.end(), [&](const Copy& w) { return w.job.name() == name; });
+}
+
+void GlobalStore::skip_locked() {
+  skipped_.fetch_add(1);
+  ++skips_unlogged_;
 }
 
 void GlobalStore::write_loop() {
@@ -269,8 +283,7 @@ void GlobalStore::write_loop() {
     }
     note(ok ? std::nullopt : std::optional<std::string>(ok.error().to_string()));
     lock.lock();
-    const bool newer = std::any_of(waiting_.begin(), waiting_.end(),
-                                   [&](const Copy& w) { return w.job.name() == c.job.name(); });
+    const bool newer = waiting_for(c.job.name()) != waiting_.end();
     if (!ok && !newer && !stopping_) {  // tried again later, unless a newer generation came meanwhile
       c.failures = std::min(c.failures + 1, 16u);
       c.not_before_ns = now_ns() + std::min<uint64_t>(uint64_t{1'000'000'000} << (c.failures - 1), 30'000'000'000);
@@ -422,12 +435,11 @@ std::optional<GlobalCopy> GlobalStore::newest(const std::string& dir, std::strin
         continue;
       }
       if (!parse_name(file, &c.epoch, &c.generation, &node)) continue;  // temp files too
+      const auto size = stored_size(e.path(), max_size);
+      if (!size) continue;
       c.path = e.path().string();
       c.name = std::string(name);
-      const uint64_t bytes = fs::file_size(e.path(), ec);
-      if (ec || bytes < sizeof(Header)) continue;
-      c.size = bytes - sizeof(Header);
-      if (c.size == 0 || c.size > max_size) continue;
+      c.size = *size;
       copies.push_back(std::move(c));
     }
   std::erase_if(copies, [&](const GlobalCopy& c) { return c.epoch < min_epoch; });
@@ -454,11 +466,7 @@ GlobalStore::Listing GlobalStore::list(const std::string& dir, std::string_view 
       uint64_t epoch, gen;
       unsigned node;
       if (!parse_name(e.path().filename().string(), &epoch, &gen, &node) || epoch < min_epoch) continue;
-      if (max_size != UINT64_MAX) {  // as newest() sees them
-        std::error_code size_ec;
-        const uint64_t bytes = fs::file_size(e.path(), size_ec);
-        if (size_ec || bytes <= sizeof(Header) || bytes - sizeof(Header) > max_size) continue;
-      }
+      if (max_size != UINT64_MAX && !stored_size(e.path(), max_size)) continue;  // as newest() sees them
       ++out.copies;
       out.newest_epoch = std::max(out.newest_epoch, epoch);
     }

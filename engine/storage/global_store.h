@@ -137,6 +137,10 @@ class GlobalStore {
   GlobalStore(std::string dir, uint32_t keep, uint16_t node) : dir_(std::move(dir)), keep_(keep), node_(node) {}
   void copy_loop();
   void write_loop();
+  /// The copy of segment `name` waiting for the writer (at most one), or end. mu_ held.
+  std::vector<Copy>::iterator waiting_for(std::string_view name);
+  /// Counts a generation not stored (the writer logs it). mu_ held.
+  void skip_locked();
   /// Writes the copy's file; false (nothing left behind) when the name was
   /// deleted at or above its epoch, before or while it was written.
   Result<bool> write(const Copy& c);
