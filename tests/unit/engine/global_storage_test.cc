@@ -256,7 +256,10 @@ TEST(GlobalStorage, ARestartedNodeRestoresFromStorageOnlyOnceItHeardEveryPeer) {
   EngineConfig c = with_global(dir.path);
   c.replication_factor = 2;
   c.fresh_start_wait_ms = 6000;
-  c.query_timeout_ms = 300;  // as the durability tests (with 200 the early query here took 20 s: not understood)
+  // A peer never heard whose link is up may be starting: a query waits for
+  // it up to the soft deadline. fast_detector's is 20 s (so that a test
+  // waiting for the dead shows); the isolated keeper is such a peer.
+  c.query_timeout_ms = 300;
   Cluster cl(3, c);
   auto seg = test::must(cl.node(1).create("behind", 8192));
   uint64_t g = 0;
