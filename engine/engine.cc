@@ -94,8 +94,9 @@ Engine::~Engine() {
     futex_wake_all(impl->wake);
     if (impl->worker.joinable()) impl->worker.join();
     // Global storage first: a queued write may still read a store's slot,
-    // and the retired stores go before it in ~Impl.
-    impl->global.reset();
+    // and the retired stores go before it in ~Impl. A hung file system
+    // does not hold the stop (its writer is left behind).
+    (void)GlobalStore::shut_down(std::move(impl->global), uint64_t{impl->config.global_stop_wait_ms} * 1'000'000);
     impl->control->abort();
     // Views sent and never taken (both threads are gone).
     ControlMsg m;

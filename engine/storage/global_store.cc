@@ -38,14 +38,18 @@ struct Header {
   char name[64];
 };
 
-bool write_all(int fd, const void* p, size_t n) {
+// In pieces of at most 8 MiB, each one progress (GlobalStore::shut_down
+// tells a slow file system from a hung one by it).
+bool write_all(int fd, const void* p, size_t n, std::atomic<uint64_t>& progress_ns) {
+  constexpr size_t kPiece = size_t{8} << 20;
   auto* b = static_cast<const char*>(p);
   while (n > 0) {
-    const ssize_t w = ::write(fd, b, n);
+    const ssize_t w = ::write(fd, b, std::min(n, kPiece));
     if (w < 0 && errno == EINTR) continue;
     if (w <= 0) return false;
     b += w;
     n -= static_cast<size_t>(w);
+    progress_ns.store(now_ns(), std::memory_order_relaxed);
   }
   return true;
 }
@@ -149,6 +153,38 @@ GlobalStore::~GlobalStore() {
   written_cv_.notify_all();
   if (copier_.joinable()) copier_.join();
   if (writer_.joinable()) writer_.join();
+}
+
+bool GlobalStore::shut_down(std::unique_ptr<GlobalStore> store, uint64_t patience_ns) {
+  if (!store) return true;
+  {
+    std::lock_guard lock(store->mu_);
+    store->stopping_ = true;
+  }
+  store->cv_.notify_all();
+  store->written_cv_.notify_all();
+  // The copier only copies memory (and must be done before the slots it
+  // reads go): it is always waited for.
+  if (store->copier_.joinable()) store->copier_.join();
+  store->progress_ns_.store(now_ns());
+  for (;;) {
+    {
+      std::lock_guard lock(store->mu_);
+      if (store->writer_done_) break;
+      if (now_ns() - store->progress_ns_.load() > patience_ns) {
+        // Left to the writer, which deletes the store if it ever returns.
+        store->abandoned_ = true;
+        BT_ERROR("global storage: a write to %s made no progress for %lu ms: stopping without it (its thread is left "
+                 "behind, blocked in the file system; what it had not written is not stored)",
+                 store->dir_.c_str(), static_cast<unsigned long>(patience_ns / 1'000'000));
+        store->writer_.detach();
+        (void)store.release();
+        return false;
+      }
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return true;  // ~GlobalStore joins the writer, which has returned
 }
 
 bool GlobalStore::Job::set_name(std::string_view n) noexcept {
@@ -264,7 +300,13 @@ void GlobalStore::write_loop() {
       ++it;
     }
     if (ready == waiting_.end()) {
-      if (copier_done_ && waiting_.empty()) return;  // stopping, and everything copied is written
+      if (copier_done_ && waiting_.empty()) {  // stopping, and everything copied is written
+        writer_done_ = true;
+        if (!abandoned_) return;
+        lock.unlock();
+        delete this;  // shut_down gave up on this thread and left the store to it
+        return;
+      }
       if (next == UINT64_MAX) written_cv_.wait(lock);
       else written_cv_.wait_for(lock, std::chrono::nanoseconds(next - now));
       continue;
@@ -272,6 +314,7 @@ void GlobalStore::write_loop() {
     Copy c = std::move(*ready);
     waiting_.erase(ready);
     lock.unlock();
+    progress_ns_.store(now_ns(), std::memory_order_relaxed);
     auto ok = write(c);
     if (ok && *ok) {
       prune(c.job.name());
@@ -382,8 +425,10 @@ Result<bool> GlobalStore::write(const Copy& c) {
   std::memcpy(h.name, job.name_buf, job.name_len);
   const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) return fail(Errc::kIo, "open ", tmp, ": ", std::strerror(errno));
-  const bool ok = write_all(fd, &h, sizeof h) && write_all(fd, c.bytes.get(), job.size) && ::fsync(fd) == 0;
+  const bool ok = write_all(fd, &h, sizeof h, progress_ns_) && write_all(fd, c.bytes.get(), job.size, progress_ns_) &&
+                  ::fsync(fd) == 0;
   ::close(fd);
+  progress_ns_.store(now_ns(), std::memory_order_relaxed);
   if (!ok || ::rename(tmp.c_str(), final_path.c_str()) != 0) {
     ::unlink(tmp.c_str());
     return fail(Errc::kIo, "write ", final_path, ": ", std::strerror(errno));

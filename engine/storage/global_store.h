@@ -68,7 +68,17 @@ class GlobalStore {
 
   /// Creates `dir` if needed and starts the copier and the writer. Errors: kIo. Thread: control.
   static Result<std::unique_ptr<GlobalStore>> open(const std::string& dir, uint32_t keep, uint16_t node);
-  ~GlobalStore();  ///< finishes queued writes, then stops
+  ~GlobalStore();  ///< finishes queued writes, however long they take, then stops
+
+  /// Stops `store`: what was queued is copied, and the copies waiting are
+  /// written for as long as the writer makes progress (a slow file system
+  /// still gets the last generations: after a whole-cluster stop they are
+  /// all there is). A write that makes none for `patience_ns` (an NFS
+  /// server gone, a FIFO at a temp name) is abandoned: the writer thread is
+  /// detached and left the store, which it deletes if its system call ever
+  /// returns. Returns false then (and logs it).
+  /// Thread: the owner's, instead of destroying the store.
+  static bool shut_down(std::unique_ptr<GlobalStore> store, uint64_t patience_ns);
 
   /// Queues a write; the job's pin is released once its bytes are copied
   /// (a memory copy: no file I/O holds it). Returns false (and releases
@@ -162,6 +172,12 @@ class GlobalStore {
   std::vector<Copy> waiting_;  ///< copies for the writer, one per segment name, oldest first
   uint64_t waiting_bytes_ = 0;  ///< theirs and the one being written
   std::thread copier_, writer_;
+  /// When the writer last got somewhere (started a write, wrote a chunk,
+  /// synced, finished): shut_down() gives up on it when this stands still.
+  /// Steady clock, ns. Written by the writer, read by the owner.
+  std::atomic<uint64_t> progress_ns_{0};
+  bool writer_done_ = false;  ///< the writer returned (or is about to). Guarded by mu_.
+  bool abandoned_ = false;    ///< shut_down gave up on the writer, which deletes the store. Guarded by mu_.
   std::atomic<uint64_t> written_{0}, failed_{0}, dropped_{0}, skipped_{0};
   // Guarded by mu_; written by the writer thread (skips: the submitter and the copier).
   bool failing_ = false;

@@ -106,6 +106,10 @@ struct EngineConfig {
   /// no replica is alive. Empty: off.
   std::string global_dir;
   uint32_t global_keep = 2;  ///< newest generations kept per segment and node
+  /// A stop writes the generations still waiting for global storage while
+  /// its writes make progress; one that makes none for this long (a hung
+  /// file system) is abandoned, so that the stop ends.
+  uint32_t global_stop_wait_ms = 10'000;
   /// Votes in the cluster for quorum: a view decides only with a strict
   /// majority of them (two nodes: see View). 0: one per link plus this node.
   uint32_t expected_votes = 0;
