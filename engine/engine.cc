@@ -295,7 +295,8 @@ Result<std::unique_ptr<Engine::Impl>> Engine::Impl::prepare(const EngineConfig& 
                 std::to_string(nodes.size()), " nodes this one links to");
   impl->tie_breaker = *std::min_element(nodes.begin(), nodes.end());
   if (!config.global_dir.empty()) {
-    auto global = GlobalStore::open(config.global_dir, config.global_keep, config.node_id);
+    auto global = GlobalStore::open(config.global_dir, config.global_keep, config.node_id,
+                                   std::max<uint64_t>(config.global_buffer_mib, 1) << 20);
     if (!global) return tl::unexpected(global.error());
     impl->global = std::move(*global);
   }

@@ -275,6 +275,15 @@ struct Engine::Impl {
   std::unordered_map<uint64_t, SetRecord> records;                     ///< by segment id
   /// After `stores`: destroyed first, so queued writes finish from live slots.
   std::unique_ptr<GlobalStore> global;
+  /// Offers replica `st`'s newest generation to global storage; false if
+  /// it was skipped (GlobalStore::submit). Poll-token holder.
+  bool offer_to_global(ReplicaStore& st) noexcept;
+  /// Offers again the newest generation of each segment global storage
+  /// skipped, every kGlobalRetryNs: without it, a generation skipped
+  /// while the file system was behind stayed unstored until the next
+  /// commit, for good if none came. Poll-token holder.
+  void offer_skipped_to_global(uint64_t now) noexcept;
+  uint64_t global_offered_ns = 0;  ///< the last offer_skipped_to_global. Poll-token holder.
   std::vector<FetchOp*> fetches;
   std::vector<std::unique_ptr<FetchServe>> serves;
   std::vector<FetchOp*> completed_fetches;  ///< finished after this poll's acks went out

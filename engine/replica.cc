@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 
 #include "common/log.h"
 #include "engine_impl.h"
@@ -145,19 +146,7 @@ void Engine::Impl::on_data(Link& link, wire::Frame& f) noexcept {
       if (st.hot_behind() && std::find(hot_behind.begin(), hot_behind.end(), st.id()) == hot_behind.end())
         hot_behind.push_back(st.id());
       BT_DEBUG("published %s generation %lu", st.name().c_str(), static_cast<unsigned long>(f.generation));
-      if (global) {  // S7: the slot stays pinned until the store's copier has copied it
-        ReplicaStore::Slot& slot = *st.latest();
-        auto& pin = st.writer_pin(slot);
-        pin.fetch_add(1);
-        GlobalStore::Job job;
-        job.set_name(st.name());  // a valid wire name always fits
-        job.epoch = st.epoch();
-        job.generation = slot.generation;
-        job.size = st.size();
-        job.data = slot.mem.data();
-        job.pin = &pin;
-        if (!global->submit(job)) pin.fetch_sub(1);  // the writer is behind: this generation is skipped
-      }
+      if (global) (void)offer_to_global(st);
       break;
     case ReplicaStore::Accept::kCorrupt:
       bump(counters.corrupt_generations);
@@ -380,6 +369,38 @@ void Engine::Impl::on_fetch_data(wire::Frame& f, uint64_t now) noexcept {
     }
     return;
   }
+}
+
+bool Engine::Impl::offer_to_global(ReplicaStore& st) noexcept {
+  // S7: the slot stays pinned until the store's copier has copied it.
+  ReplicaStore::Slot* slot = st.latest();
+  if (slot == nullptr) return true;
+  auto& pin = st.writer_pin(*slot);
+  pin.fetch_add(1);
+  GlobalStore::Job job;
+  job.set_name(st.name());  // a valid wire name always fits
+  job.epoch = st.epoch();
+  job.generation = slot->generation;
+  job.size = st.size();
+  job.data = slot->mem.data();
+  job.pin = &pin;
+  if (global->submit(job, st.id())) return true;
+  pin.fetch_sub(1);  // the copier is behind: skipped (offered again by offer_skipped_to_global)
+  return false;
+}
+
+void Engine::Impl::offer_skipped_to_global(uint64_t now) noexcept {
+  if (!global || !global->has_skipped() || elapsed(now, global_offered_ns) < kGlobalRetryNs) return;
+  global_offered_ns = now;
+  std::array<uint64_t, GlobalStore::kMaxSkipped> ids;
+  bool all = false;
+  const size_t n = global->skipped_segments(ids, all);
+  if (all) {
+    for (auto& [id, st] : stores) (void)offer_to_global(*st);
+    return;
+  }
+  for (size_t i = 0; i < n; ++i)
+    if (auto it = stores.find(ids[i]); it != stores.end()) (void)offer_to_global(*it->second);
 }
 
 }  // namespace baton

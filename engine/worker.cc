@@ -207,6 +207,7 @@ bool Engine::Impl::poll_once(uint64_t now) noexcept {
   busy |= step_ops(now);
   busy |= advance_hot_copies();
   busy |= advance_cow_snapshots();
+  offer_skipped_to_global(now);
   step_records();
   if (!segment_news_backlog.empty()) flush_segment_news();
   for (auto& link : links) busy |= link->service(now);

@@ -293,7 +293,7 @@ Result<DaemonConfig> parse_daemon_config(std::string_view text, std::string_view
 
   if (const auto storage = root["storage"]; storage) {
     if (!storage.is_table()) return tl::unexpected(r.error("storage", "must be a table"));
-    if (auto ok = r.only(*storage.as_table(), "storage", {"dir", "keep", "stop_wait_ms"}); !ok)
+    if (auto ok = r.only(*storage.as_table(), "storage", {"dir", "keep", "stop_wait_ms", "buffer_mib"}); !ok)
       return tl::unexpected(ok.error());
     TRY(dir, r.string(storage["dir"], "storage.dir", std::nullopt));
     if (dir.empty() || dir[0] != '/') return tl::unexpected(r.error("storage.dir", "must be an absolute path"));
@@ -302,6 +302,8 @@ Result<DaemonConfig> parse_daemon_config(std::string_view text, std::string_view
     c.engine.global_keep = static_cast<uint32_t>(keep);
     TRY(stop_wait, r.integer(storage["stop_wait_ms"], "storage.stop_wait_ms", 0, 3'600'000, 10'000));
     c.engine.global_stop_wait_ms = static_cast<uint32_t>(stop_wait);
+    TRY(buffer, r.integer(storage["buffer_mib"], "storage.buffer_mib", 1, 1 << 20, 256));
+    c.engine.global_buffer_mib = static_cast<uint32_t>(buffer);
   }
 
   if (const auto mem = root["membership"]; mem) {

@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <new>
 #include <optional>
+#include <tuple>
 #include <vector>
 
 #include "common/crc32c.h"
@@ -132,13 +133,14 @@ void fsync_dir(const std::string& d) {
 
 }  // namespace
 
-Result<std::unique_ptr<GlobalStore>> GlobalStore::open(const std::string& dir, uint32_t keep, uint16_t node) {
+Result<std::unique_ptr<GlobalStore>> GlobalStore::open(const std::string& dir, uint32_t keep, uint16_t node,
+                                                       uint64_t max_buffered) {
   if (dir.empty()) return fail(Errc::kInvalidArgument, "global storage directory is empty");
   if (keep == 0) return fail(Errc::kInvalidArgument, "global storage must keep at least 1 generation");
   std::error_code ec;
   fs::create_directories(dir, ec);
   if (ec) return fail(Errc::kIo, "cannot create ", dir, ": ", ec.message());
-  std::unique_ptr<GlobalStore> s(new GlobalStore(dir, keep, node));  // and its copier and writer
+  std::unique_ptr<GlobalStore> s(new GlobalStore(dir, keep, node, max_buffered));  // and its copier and writer
   s->copier_ = std::thread([raw = s.get()] { raw->copy_loop(); });
   s->writer_ = std::thread([raw = s.get()] { raw->write_loop(); });
   return s;
@@ -194,13 +196,14 @@ bool GlobalStore::Job::set_name(std::string_view n) noexcept {
   return true;
 }
 
-bool GlobalStore::submit(Job job) {
+bool GlobalStore::submit(Job job, uint64_t seg_id) {
   if (job.name_len == 0 || job.pin == nullptr || job.data == nullptr) return false;
+  job.seg_id = seg_id;
   {
     std::lock_guard lock(mu_);
     if (stopping_) return false;
     if (count_ == queue_.size()) {  // the writer logs it (the caller is the poll loop)
-      skip_locked();
+      skip_locked(job);
       return false;
     }
     queue_[(head_ + count_) % queue_.size()] = job;
@@ -228,16 +231,17 @@ void GlobalStore::copy_loop() {
       head_ = (head_ + 1) % queue_.size();
       --count_;
       // Room for it: it replaces a waiting copy of its segment, or the
-      // copies waiting stay within the budget (the larger of kMaxBuffered
+      // copies waiting stay within the budget (the larger of max_buffered_
       // and two of this size: the one being written and this one).
       const auto same = waiting_for(job.name());
       const uint64_t replaced = same != waiting_.end() ? same->job.size : 0;
-      if (waiting_bytes_ - replaced + job.size > std::max(kMaxBuffered, 2 * job.size)) {
-        skip_locked();
+      if (waiting_bytes_ - replaced + job.size > std::max(max_buffered_, 2 * job.size)) {
+        skip_locked(job);
         job.pin->fetch_sub(1);
         continue;
       }
       waiting_bytes_ += job.size;  // reserved: the copy is made outside the lock
+      unskip_locked(job);
     }
     Copy c;
     c.bytes.reset(new (std::nothrow) std::byte[job.size]);
@@ -245,7 +249,7 @@ void GlobalStore::copy_loop() {
       job.pin->fetch_sub(1);
       std::lock_guard lock(mu_);
       waiting_bytes_ -= job.size;
-      skip_locked();
+      skip_locked(job);
       continue;
     }
     std::memcpy(c.bytes.get(), job.data, job.size);
@@ -272,9 +276,42 @@ std::vector<GlobalStore::Copy>::iterator GlobalStore::waiting_for(std::string_vi
   return std::find_if(waiting_.begin(), waiting_.end(), [&](const Copy& w) { return w.job.name() == name; });
 }
 
-void GlobalStore::skip_locked() {
+void GlobalStore::skip_locked(const Job& job) {
   skipped_.fetch_add(1);
   ++skips_unlogged_;
+  const auto end = skipped_ids_.begin() + static_cast<ptrdiff_t>(skipped_count_);
+  const auto it = std::find_if(skipped_ids_.begin(), end, [&](const Skip& k) { return k.seg_id == job.seg_id; });
+  if (it != end) {
+    if (std::tie(job.epoch, job.generation) > std::tie(it->epoch, it->generation)) *it = {job.seg_id, job.epoch, job.generation};
+  } else if (skipped_count_ < skipped_ids_.size()) {
+    skipped_ids_[skipped_count_++] = {job.seg_id, job.epoch, job.generation};
+  } else {
+    skipped_overflow_ = true;
+  }
+  has_skipped_.store(true, std::memory_order_relaxed);
+}
+
+void GlobalStore::unskip_locked(const Job& job) {
+  const auto end = skipped_ids_.begin() + static_cast<ptrdiff_t>(skipped_count_);
+  const auto it = std::find_if(skipped_ids_.begin(), end, [&](const Skip& k) { return k.seg_id == job.seg_id; });
+  if (it == end || std::tie(job.epoch, job.generation) < std::tie(it->epoch, it->generation)) return;
+  *it = *(end - 1);
+  --skipped_count_;
+  has_skipped_.store(skipped_count_ != 0 || skipped_overflow_, std::memory_order_relaxed);
+}
+
+size_t GlobalStore::skipped_segments(std::span<uint64_t> out, bool& all) {
+  std::lock_guard lock(mu_);
+  all = skipped_overflow_;
+  skipped_overflow_ = false;
+  const size_t n = std::min(out.size(), skipped_count_);
+  for (size_t i = 0; i < n; ++i) out[i] = skipped_ids_[i].seg_id;
+  // Those that did not fit in `out` stay for the next call.
+  std::copy(skipped_ids_.begin() + static_cast<ptrdiff_t>(n),
+            skipped_ids_.begin() + static_cast<ptrdiff_t>(skipped_count_), skipped_ids_.begin());
+  skipped_count_ -= n;
+  has_skipped_.store(skipped_count_ != 0, std::memory_order_relaxed);
+  return n;
 }
 
 void GlobalStore::write_loop() {

@@ -53,6 +53,7 @@ class GlobalStore {
   struct Job {
     char name_buf[64] = {};  ///< a segment name (wire::kMaxNameLen = 63)
     uint8_t name_len = 0;
+    uint64_t seg_id = 0;  ///< the submitter's id of the segment (skipped_segments())
     uint64_t epoch = 0, generation = 0, size = 0;
     const std::byte* data = nullptr;
     std::atomic<uint32_t>* pin = nullptr;  ///< decremented once the bytes are no longer needed
@@ -62,12 +63,17 @@ class GlobalStore {
     bool set_name(std::string_view n) noexcept;
   };
   static constexpr size_t kMaxQueued = 16;  ///< slots waiting for the copier; more are skipped
-  /// Bytes of copies waiting for the writer (one per segment at most);
-  /// a copy that would go past it is skipped (at least one always fits).
+  /// Bytes of copies waiting for the writer (one per segment at most) by
+  /// default; a copy that would go past them is skipped (two of the
+  /// segment's size always fit: the one being written and this one).
   static constexpr uint64_t kMaxBuffered = uint64_t{256} << 20;
+  /// Segments with a skipped generation remembered for skipped_segments();
+  /// past this many, every segment counts as skipped.
+  static constexpr size_t kMaxSkipped = 64;
 
   /// Creates `dir` if needed and starts the copier and the writer. Errors: kIo. Thread: control.
-  static Result<std::unique_ptr<GlobalStore>> open(const std::string& dir, uint32_t keep, uint16_t node);
+  static Result<std::unique_ptr<GlobalStore>> open(const std::string& dir, uint32_t keep, uint16_t node,
+                                                   uint64_t max_buffered = kMaxBuffered);
   ~GlobalStore();  ///< finishes queued writes, however long they take, then stops
 
   /// Stops `store`: what was queued is copied, and the copies waiting are
@@ -82,9 +88,20 @@ class GlobalStore {
 
   /// Queues a write; the job's pin is released once its bytes are copied
   /// (a memory copy: no file I/O holds it). Returns false (and releases
-  /// nothing) when the copier is far behind: that generation is skipped,
-  /// the next one will be written. Thread: poll-token holder.
-  bool submit(Job job);
+  /// nothing) when the copier is far behind: that generation is skipped.
+  /// `seg_id` names the segment in skipped_segments(). Thread: poll-token holder.
+  bool submit(Job job, uint64_t seg_id);
+
+  /// The segments (their ids) whose newest submitted generation was
+  /// skipped (the copier behind, the buffer full, no memory) and has not
+  /// been replaced by a newer one since: the submitter offers their newest
+  /// generation again, or it would never be stored if no commit followed.
+  /// Fills `out` and forgets them; sets `all` when more than kMaxSkipped
+  /// were (every segment is then to be offered again). Returns how many.
+  /// Allocates nothing. Thread: poll-token holder.
+  size_t skipped_segments(std::span<uint64_t> out, bool& all);
+  /// Whether skipped_segments() has anything: one atomic load. Thread: any.
+  bool has_skipped() const noexcept { return has_skipped_.load(std::memory_order_relaxed); }
 
   /// The newest intact copy of `name` in `dir`, written by any node.
   /// Thread: any (reads the directory).
@@ -144,13 +161,18 @@ class GlobalStore {
     uint32_t failures = 0;
   };
 
-  GlobalStore(std::string dir, uint32_t keep, uint16_t node) : dir_(std::move(dir)), keep_(keep), node_(node) {}
+  GlobalStore(std::string dir, uint32_t keep, uint16_t node, uint64_t max_buffered)
+      : dir_(std::move(dir)), keep_(keep), node_(node), max_buffered_(max_buffered) {}
   void copy_loop();
   void write_loop();
   /// The copy of segment `name` waiting for the writer (at most one), or end. mu_ held.
   std::vector<Copy>::iterator waiting_for(std::string_view name);
-  /// Counts a generation not stored (the writer logs it). mu_ held.
-  void skip_locked();
+  /// Counts `job`'s generation as not stored (the writer logs it) and
+  /// remembers its segment for skipped_segments(). mu_ held.
+  void skip_locked(const Job& job);
+  /// `job`'s generation was taken: a skip of it or an older one is made
+  /// good. mu_ held.
+  void unskip_locked(const Job& job);
   /// Writes the copy's file; false (nothing left behind) when the name was
   /// deleted at or above its epoch, before or while it was written.
   Result<bool> write(const Copy& c);
@@ -162,6 +184,7 @@ class GlobalStore {
   std::string dir_;
   uint32_t keep_;
   uint16_t node_;
+  uint64_t max_buffered_;
   mutable std::mutex mu_;
   std::condition_variable cv_;
   std::array<Job, kMaxQueued> queue_{};  ///< a ring: head_ is the oldest, count_ queued
@@ -185,6 +208,13 @@ class GlobalStore {
   uint64_t last_error_ns_ = 0, last_write_ns_ = 0, failing_since_ns_ = 0;
   uint64_t failures_unlogged_ = 0, last_warned_ns_ = 0;  ///< the warning's rate limit
   uint64_t skips_unlogged_ = 0, last_skip_warned_ns_ = 0;
+  struct Skip {
+    uint64_t seg_id = 0, epoch = 0, generation = 0;  ///< the newest generation of the segment skipped
+  };
+  std::array<Skip, kMaxSkipped> skipped_ids_{};  ///< guarded by mu_
+  size_t skipped_count_ = 0;                     ///< guarded by mu_
+  bool skipped_overflow_ = false;                    ///< guarded by mu_
+  std::atomic<bool> has_skipped_{false};
 };
 
 }  // namespace baton

@@ -110,6 +110,10 @@ struct EngineConfig {
   /// its writes make progress; one that makes none for this long (a hung
   /// file system) is abandoned, so that the stop ends.
   uint32_t global_stop_wait_ms = 10'000;
+  /// Memory for generations copied out and waiting for the file system
+  /// (one per segment at most; two of a segment's size always fit). A
+  /// generation past it is skipped, and offered again shortly after.
+  uint32_t global_buffer_mib = 256;
   /// Votes in the cluster for quorum: a view decides only with a strict
   /// majority of them (two nodes: see View). 0: one per link plus this node.
   uint32_t expected_votes = 0;

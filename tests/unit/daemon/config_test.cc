@@ -47,6 +47,7 @@ level = "debug"
 dir = "/srv/baton"
 keep = 3
 stop_wait_ms = 2500
+buffer_mib = 64
 
 [eal]
 args = ["--log-level=4"]
@@ -102,6 +103,7 @@ socket = "/tmp/b.sock"
   EXPECT_EQ(c->engine.global_dir, "/srv/baton");
   EXPECT_EQ(c->engine.global_keep, 3u);
   EXPECT_EQ(c->engine.global_stop_wait_ms, 2500u);
+  EXPECT_EQ(c->engine.global_buffer_mib, 64u);
   EXPECT_EQ(c->socket_path, "/run/baton/blade3.sock");
   EXPECT_EQ(c->allow_uid, 0u);
   EXPECT_EQ(c->socket_mode, 0600u);
@@ -416,6 +418,7 @@ INSTANTIATE_TEST_SUITE_P(
         Bad{NODE_AND("[storage]\ndir = \"relative\"\n"), "storage.dir: must be an absolute path"},
         Bad{NODE_AND("[storage]\ndir = \"/x\"\nkeep = 0\n"), "storage.keep: must be 1..1000"},
         Bad{NODE_AND("[storage]\ndir = \"/x\"\nstop_wait_ms = -1\n"), "storage.stop_wait_ms: must be 0..3600000"},
+        Bad{NODE_AND("[storage]\ndir = \"/x\"\nbuffer_mib = 0\n"), "storage.buffer_mib: must be 1..1048576"},
         Bad{NODE_AND("[membership]\nsource = \"gossip\"\n"), "membership.source: must be backplane or corosync"},
         Bad{NODE_AND("[membership]\ngroup = \"\"\n"), "membership.group: must be 1..128 bytes"},
         Bad{NODE_AND("[membership]\nquorum = 3\n"), "membership.quorum: unknown key"},
