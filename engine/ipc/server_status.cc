@@ -166,10 +166,29 @@ nlohmann::json Server::status_json(size_t limit) const {
     out["segments"].push_back(std::move(seg));
   }
   out["segments_omitted"] = omitted;
-  // Hot standbys kept here (S16): how far each ready copy is behind the
+  // Every replica copy this node holds (its owner elsewhere), and among
+  // them the hot standbys (S16): how far each ready copy is behind the
   // newest generation this node holds of it.
+  out["copies"] = json::array();
   out["standbys"] = json::array();
-  if (auto held_here = engine_.replicas())
+  const auto held_here = engine_.replicas();
+  if (held_here)
+    for (const auto& r : *held_here) {
+      json copy = {{"name", r.name},
+                   {"size", r.size},
+                   {"owner", r.owner},
+                   {"epoch", r.epoch},
+                   {"generation", r.generations.empty() ? 0 : r.generations.front()},
+                   {"standby", r.standby}};
+      const size_t more = to_text(copy).size() + 1;
+      if (size + more + 64 > limit) {
+        out["copies_omitted"] = out.value("copies_omitted", 0) + 1;
+        continue;
+      }
+      size += more;
+      out["copies"].push_back(std::move(copy));
+    }
+  if (held_here)
     for (const auto& r : *held_here) {
       if (!r.standby) continue;
       const uint64_t newest = r.generations.empty() ? 0 : r.generations.front();

@@ -58,6 +58,24 @@ TEST(Telemetry, BatondAnswersDpdkTelemetryAndTypedJson) {
     EXPECT_NE(l["incarnation"].get<uint64_t>(), 0u) << "its heartbeats name it: " << l.dump();
     EXPECT_TRUE(l["incarnation_age_s"].is_number_integer()) << l.dump();
   }
+  // A replica node lists the copy it keeps for node 1 (batonctl status
+  // listed only segments owned here: a replica node looked empty).
+  for (int blade : {2, 3}) {
+    json copy;
+    EXPECT_TRUE(eventually([&] {
+      const json rs = ch.status_json(blade);
+      for (const auto& c : rs.value("copies", json::array()))
+        if (c.value("name", "") == "ledger") copy = c;
+      return copy.is_object() && copy["generation"] == gen;
+    })) << ch.status(blade);
+    EXPECT_EQ(copy["owner"], 1) << copy.dump();
+    EXPECT_TRUE(copy["size"].is_number_integer()) << copy.dump();
+    EXPECT_FALSE(copy["standby"].get<bool>()) << copy.dump();
+    const std::string text = run(ch.ctl + " segments --socket " + ch.socket(blade));
+    EXPECT_NE(text.find("COPY HELD HERE OF"), std::string::npos) << text;
+    EXPECT_NE(text.find("ledger"), std::string::npos) << text;
+  }
+  EXPECT_TRUE(ch.status_json(1)["copies"].empty()) << "the owner keeps no copy of its own";
   ASSERT_TRUE(st["node"]["telemetry"].is_string()) << st.dump();
   const std::string prefix = st["node"]["telemetry"];
 

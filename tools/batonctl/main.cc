@@ -186,6 +186,18 @@ int status(const std::string& socket, bool as_json, bool segments_only) {
   }
   if (j.value("segments_omitted", 0) != 0)
     std::printf("(%d more segments: the reply has no room for them)\n", j.value("segments_omitted", 0));
+  // The copies this node keeps for owners elsewhere: what a load here, or
+  // a restart of every other node, would start from.
+  const json copies = j.value("copies", json::array());
+  if (!copies.empty()) {
+    std::printf("\n%-20s %12s %10s %6s %6s %s\n", "COPY HELD HERE OF", "SIZE", "GENERATION", "EPOCH", "OWNER", "");
+    for (const auto& c : copies)
+      std::printf("%-20s %12llu %10llu %6llu %6d %s\n", c.value("name", "").c_str(), c.value("size", 0ull),
+                  c.value("generation", 0ull), c.value("epoch", 0ull), c.value("owner", 0),
+                  c.value("standby", false) ? "hot standby" : "");
+    if (j.value("copies_omitted", 0) != 0)
+      std::printf("(%d more copies: the reply has no room for them)\n", j.value("copies_omitted", 0));
+  }
   const json standbys = j.value("standbys", json::array());
   if (!segments_only && !standbys.empty()) {
     std::printf("\n%-20s %6s %6s %10s %10s %6s %12s\n", "HOT STANDBY OF", "OWNER", "EPOCH", "NEWEST", "READY", "LAG",
