@@ -4,7 +4,8 @@
     python3 bench/failover/failover_bench.py [--build build] [--rounds 5] [--sizes-kib 4,256,65536]
                                              [--standby | --standby-instances]
                                              [--transport memif|shm|mixed [--stream-fetches]] [--memif-zero-copy]
-                                             [--app-heap-mib M] [--no-liveness] [--kill-blade]
+                                             [--app-heap-mib M] [--provision mkdir|none]
+                                             [--no-liveness] [--kill-blade]
                                              [--blades N] [--spin]
 
 A 4-blade chassis (memif unless --transport says otherwise) runs group kv (baton-kv, committing a durable
@@ -17,11 +18,13 @@ log:
   detection   kill -> the node's failover manager sees the application gone
   decision    -> the coordinator assigns the group to another node
   dispatch    -> the chosen node has the assignment (a daemon note)
-  provision   -> its provision hook ran (here: mkdir)
-  load        -> the load (the request `batonctl load` makes) took the segment
-                 over and fetched it
+  provision   -> its provision hook ran (here: mkdir; --provision none: no hook)
+  load        -> the load (the request `batonctl load` makes, in the name of
+                 the application, which starts at the same moment) took the
+                 segment over and fetched it
   start       -> the application runs and has opened (restored) its state
-                 (its own clock reading then: baton-kv's serving_at_us)
+                 (its own clock reading then: baton-kv's serving_at_us): what
+                 its start took beyond the load it overlaps
   total       kill -> the application holds its restored state
 
 With --kill-blade each round SIGKILLs the batond of the blade the group
@@ -149,7 +152,7 @@ def run_size(args, size_kib):
 name = "kv"
 segments = ["kv"]
 start = "exec {kv} --socket $BATON_SOCKET --name kv --batches 1000000 --every-ms 20 --size-kib {size_kib} --slots {slots} --heap-mib {args.app_heap_mib} >{work}/kv-$BATON_NODE-$BATON_ASSIGNMENT.log 2>&1"
-provision = "mkdir -p {work}/n$BATON_NODE"
+{f'provision = "mkdir -p {work}/n$BATON_NODE"' if args.provision == "mkdir" else ""}
 home = [1]
 start_timeout_ms = 3000
 {f"standby = {standbys()}" if args.standby or args.standby_instances else ""}
@@ -284,6 +287,8 @@ def main():
                    help="shm links: stream fetches through the rings instead of reading lent slots directly")
     p.add_argument("--standby-instances", action="store_true",
                    help="blades 3 and 4 keep hot standbys and a waiting instance of the application")
+    p.add_argument("--provision", choices=["mkdir", "none"], default="mkdir",
+                   help="the group's provision hook: mkdir (a shell and mkdir, the default) or none")
     p.add_argument("--app-heap-mib", type=int, default=0,
                    help="the application also holds this much private memory (baton-kv --heap-mib)")
     p.add_argument("--no-liveness", action="store_true",

@@ -613,9 +613,19 @@ Reply Server::open_segment(Session& s, const Request& r, std::vector<int>& fds) 
   };
 
   std::unique_lock lock(registry_mu_);
-  // A standby instance's open of what the failover manager loaded for it.
-  if (op == Op::kOpen || op == Op::kLoad)
-    if (auto pledged = take_pledge(s, name, op == Op::kOpen ? r.size : 0, fds, lock)) return *pledged;
+  // An open of what the failover manager loaded in this application's
+  // name (a standby instance promoted, or an application started while
+  // its segments load: load_for). One that comes while that load is still
+  // under way waits for it: the start and the load overlap.
+  if (op == Op::kOpen || op == Op::kLoad) {
+    const uint64_t deadline = now_ns() + kLoadForWaitNs;
+    for (;;) {
+      if (auto pledged = take_pledge(s, name, op == Op::kOpen ? r.size : 0, fds, lock)) return *pledged;
+      const auto loading = segments_.find(name);
+      if (loading == segments_.end() || !loading_for(s, *loading->second) || now_ns() >= deadline) break;
+      registry_cv_.wait_for(lock, std::chrono::milliseconds(50));
+    }
+  }
   auto it = segments_.find(name);
   if (it != segments_.end() && it->second->holder != nullptr && it->second->holder != &s) {
     // The holder may be gone already, its session not yet done: give it a
@@ -810,9 +820,19 @@ Reply Server::load_for(Session& s, const Request& r) {
   loaded.size = rep.size;
   loaded.generation = rep.generation;
   loaded.restored = rep.restored;
-  std::lock_guard lock(registry_mu_);
-  pledges_.push_back(std::move(p));
+  {
+    std::lock_guard lock(registry_mu_);
+    pledges_.push_back(std::move(p));
+  }
+  registry_cv_.notify_all();  // the application's open may be waiting for it (open_segment)
   return loaded;
+}
+
+bool Server::loading_for(const Session& s, const Segment& seg) const {
+  // Reserved (no handle yet) by a load_for's session in the name of this
+  // application or one of its ancestors (the shell that started it).
+  return seg.handle == nullptr && seg.holder != nullptr && seg.holder != &s && seg.holder->internal &&
+         seg.holder->pid > 0 && s.pid > 0 && descends_from(s.pid, seg.holder->pid);
 }
 
 std::optional<Reply> Server::take_pledge(Session& s, const std::string& name, uint64_t size, std::vector<int>& fds,

@@ -24,6 +24,7 @@
 #include <string>
 
 #include "../common/batond.h"
+#include "../common/chassis.h"
 #include "../common/raw_request.h"
 #include "baton/baton.h"
 #include "ipc/client.h"
@@ -308,11 +309,11 @@ TEST(Daemon, StopsCleanlyOnSigterm) {
   EXPECT_NE(stat(d.socket().c_str(), &st), 0) << "socket left behind";
 }
 
-/// One of batond's counters (batonctl status --json), 0 if not found.
-uint64_t counter(const Batond& d, const std::string& name) {
+/// One of a batond's counters (batonctl status --json), 0 if not found.
+uint64_t counter(const std::string& socket, const std::string& name) {
   const char* ctl = std::getenv("BATONCTL");
   if (ctl == nullptr) return 0;
-  FILE* p = popen((std::string(ctl) + " status --json --socket " + d.socket()).c_str(), "r");
+  FILE* p = popen((std::string(ctl) + " status --json --socket " + socket).c_str(), "r");
   if (p == nullptr) return 0;
   std::string out;
   char buf[4096];
@@ -322,6 +323,7 @@ uint64_t counter(const Batond& d, const std::string& name) {
   const auto at = out.find(key);
   return at == std::string::npos ? 0 : std::strtoull(out.c_str() + at + key.size(), nullptr, 10);
 }
+uint64_t counter(const Batond& d, const std::string& name) { return counter(d.socket(), name); }
 
 /// batond's count of chunks commits left alone as unchanged.
 uint64_t chunks_skipped(const Batond& d) { return counter(d, "chunks_skipped"); }
@@ -908,11 +910,11 @@ TEST(Daemon, PostedAndWaitingCommitsInterleaveExactly) {
 
 /// batond's answer to one raw request (no descriptors expected), or a
 /// reply with status 1 if none came.
-baton::ipc::Reply raw_call(const Batond& d, baton::ipc::Op op, const std::string& name, uint64_t size) {
+baton::ipc::Reply raw_call(const std::string& socket, baton::ipc::Op op, const std::string& name, uint64_t size) {
   const baton::ipc::Request r = baton::test::request(op, name, size);
   baton::ipc::Reply rep{};
   rep.status = 1;
-  const int fd = raw_connect(d.socket());
+  const int fd = raw_connect(socket);
   if (fd < 0) return rep;
   std::vector<char> buf(baton::ipc::kMaxReply);
   if (send(fd, &r, sizeof r, MSG_NOSIGNAL) == sizeof r &&
@@ -920,6 +922,9 @@ baton::ipc::Reply raw_call(const Batond& d, baton::ipc::Op op, const std::string
     std::memcpy(&rep, buf.data(), sizeof rep);
   close(fd);
   return rep;
+}
+baton::ipc::Reply raw_call(const Batond& d, baton::ipc::Op op, const std::string& name, uint64_t size) {
+  return raw_call(d.socket(), op, name, size);
 }
 
 /// A standby instance of an application (a process of its own): connected
@@ -934,7 +939,9 @@ struct Instance {
   };
   pid_t pid = -1;
   int go = -1, result = -1;
-  Instance(const Batond& d, const char* name, const std::vector<unsigned char>& want) {
+  Instance(const Batond& d, const char* name, const std::vector<unsigned char>& want)
+      : Instance(d.socket(), name, want) {}
+  Instance(const std::string& socket, const char* name, const std::vector<unsigned char>& want) {
     int g[2], r[2];
     if (pipe(g) != 0 || pipe(r) != 0) return;
     pid = fork();
@@ -943,7 +950,7 @@ struct Instance {
       close(r[0]);
       baton_t* b = nullptr;
       Got got;
-      if (baton_connect(d.socket().c_str(), &b) == 0) {
+      if (baton_connect(socket.c_str(), &b) == 0) {
         char c;
         if (read(g[0], &c, 1) == 1) {
           baton_segment_t* s = nullptr;
@@ -1065,6 +1072,49 @@ TEST(Daemon, AStandbyInstanceTakesWhatWasLoadedForIt) {
     baton_stop(b);
   }
   EXPECT_EQ(counter(d, "handed_over"), 1u);
+}
+
+// batond's failover manager starts an application as soon as its node is
+// provisioned and loads its segments in its name (Op::kLoadFor) while it
+// starts, so an open can come while that load is still fetching: it waits
+// for the load and takes what it loaded (handed over, no round of its
+// own). Before, a name reserved by another session answered EEXIST.
+TEST(Daemon, AnOpenDuringTheLoadInItsNameWaitsForIt) {
+  if (std::getenv("BATONCTL") == nullptr) GTEST_SKIP() << "needs BATONCTL for batond's counters";
+  baton::test::Chassis ch(3, "memif", 1);
+  ASSERT_TRUE(ch.up) << ch.out;
+  using baton::ipc::Op;
+  constexpr size_t kSize = 64u << 20;  // a fetch of some tens of milliseconds over memif
+  std::vector<unsigned char> want(kSize);
+  fill(want.data(), want.size(), 9);
+  uint64_t committed = 0;
+  baton_t* owner = nullptr;
+  ASSERT_EQ(baton_connect(ch.socket(1).c_str(), &owner), 0) << baton_last_error();
+  baton_segment_t* seg = nullptr;
+  ASSERT_EQ(baton_open(owner, "bulky", kSize, &seg, nullptr, nullptr), 0) << baton_last_error();
+  std::memcpy(baton_segment_data(seg), want.data(), kSize);
+  ASSERT_EQ(baton_commit(seg, &committed), 0) << baton_last_error();
+  ASSERT_EQ(baton_wait(seg, committed, BATON_DURABLE, 20000), 0) << baton_last_error();
+  // The blade without the one replica: its load fetches.
+  int target = 0;
+  for (int b : {2, 3})
+    if (ch.status_json(b).value("copies", nlohmann::json::array()).empty()) target = b;
+  ASSERT_NE(target, 0) << ch.status(2) << ch.status(3);
+  Instance inst(ch.socket(target), "bulky", want);
+  ASSERT_GT(inst.pid, 0);
+  baton::ipc::Reply rep{};
+  std::thread loader([&] { rep = raw_call(ch.socket(target), Op::kLoadFor, "bulky", static_cast<uint64_t>(inst.pid)); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(10));  // the load has reserved the name, and fetches
+  const Instance::Got got = inst.promote();
+  loader.join();
+  ASSERT_EQ(rep.status, 0) << rep.message;
+  EXPECT_EQ(rep.generation, committed);
+  EXPECT_EQ(got.rc, 0) << "the open during the load failed";
+  EXPECT_EQ(got.restored, 1);
+  EXPECT_EQ(got.generation, committed);
+  EXPECT_TRUE(got.same) << "the instance's memory is not the committed generation";
+  EXPECT_EQ(counter(ch.socket(target), "handed_over"), 1u) << "opened with a round of its own";
+  baton_stop(owner);
 }
 
 // Loading for another process is for batond's failover manager and its
