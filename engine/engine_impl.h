@@ -284,6 +284,7 @@ struct Engine::Impl {
   /// commit, for good if none came. Poll-token holder.
   void offer_skipped_to_global(uint64_t now) noexcept;
   uint64_t global_offered_ns = 0;  ///< the last offer_skipped_to_global. Poll-token holder.
+  size_t global_sweep_at = 0;      ///< where a sweep of every store goes on. Poll-token holder.
   std::vector<FetchOp*> fetches;
   std::vector<std::unique_ptr<FetchServe>> serves;
   std::vector<FetchOp*> completed_fetches;  ///< finished after this poll's acks went out

@@ -395,12 +395,22 @@ void Engine::Impl::offer_skipped_to_global(uint64_t now) noexcept {
   std::array<uint64_t, GlobalStore::kMaxSkipped> ids;
   bool all = false;
   const size_t n = global->skipped_segments(ids, all);
-  if (all) {
-    for (auto& [id, st] : stores) (void)offer_to_global(*st);
-    return;
-  }
   for (size_t i = 0; i < n; ++i)
     if (auto it = stores.find(ids[i]); it != stores.end()) (void)offer_to_global(*it->second);
+  if (!all) return;
+  // More segments skipped than remembered: every one is offered, as many
+  // per round as the copier's queue takes (the sweep goes on from there
+  // next round), so that it ends rather than skipping most again.
+  size_t i = 0;
+  for (auto& [id, st] : stores) {
+    if (i++ < global_sweep_at) continue;
+    if (!offer_to_global(*st)) {
+      global_sweep_at = i - 1;  // from that one on, next round
+      global->sweep_again();
+      return;
+    }
+  }
+  global_sweep_at = 0;
 }
 
 }  // namespace baton

@@ -19,12 +19,10 @@ log:
   decision    -> the coordinator assigns the group to another node
   dispatch    -> the chosen node has the assignment (a daemon note)
   provision   -> its provision hook ran (here: mkdir; --provision none: no hook)
-  load        -> the load (the request `batonctl load` makes, in the name of
-                 the application, which starts at the same moment) took the
-                 segment over and fetched it
+  load        -> the load (the request `batonctl load` makes) took the segment
+                 over and fetched it
   start       -> the application runs and has opened (restored) its state
-                 (its own clock reading then: baton-kv's serving_at_us): what
-                 its start took beyond the load it overlaps
+                 (its own clock reading then: baton-kv's serving_at_us)
   total       kill -> the application holds its restored state
 
 With --kill-blade each round SIGKILLs the batond of the blade the group

@@ -300,7 +300,7 @@ Result<DaemonConfig> parse_daemon_config(std::string_view text, std::string_view
     c.engine.global_dir = dir;
     TRY(keep, r.integer(storage["keep"], "storage.keep", 1, 1000, 2));
     c.engine.global_keep = static_cast<uint32_t>(keep);
-    TRY(stop_wait, r.integer(storage["stop_wait_ms"], "storage.stop_wait_ms", 0, 3'600'000, 10'000));
+    TRY(stop_wait, r.integer(storage["stop_wait_ms"], "storage.stop_wait_ms", 100, 3'600'000, 10'000));
     c.engine.global_stop_wait_ms = static_cast<uint32_t>(stop_wait);
     TRY(buffer, r.integer(storage["buffer_mib"], "storage.buffer_mib", 1, 1 << 20, 256));
     c.engine.global_buffer_mib = static_cast<uint32_t>(buffer);

@@ -368,10 +368,6 @@ void Runner::advance(Local& l, uint64_t now) {
     }
     l.phase = Phase::kLoad;
   }
-  // The application started before its loads (below) may end meanwhile
-  // (its own open failed, or it crashed): the run fails now, not at the
-  // start timeout.
-  if (l.phase == Phase::kLoad && l.spawned_ns != 0 && app_ended(l, now, " while its segments were loaded")) return;
   if (l.phase == Phase::kLoad && l.load) {
     if (!l.load->done.load(std::memory_order_acquire)) {
       if (now - l.phase_ns > timeout) {
@@ -409,12 +405,6 @@ void Runner::advance(Local& l, uint64_t now) {
     l.phase = Phase::kLoad;
   }
   if (l.provisioned_ns == 0) l.provisioned_ns = now;
-  // Provisioned: the application starts now, unless a standby instance
-  // waits, and the loads that follow are made in its name (load_for): its
-  // open waits for them, then takes what they loaded as it stands. Its
-  // start (a shell and the program: 15-20 ms on these two vCPUs) overlaps
-  // the load instead of following it.
-  if (l.phase == Phase::kLoad && l.app <= 0 && !start_app(l, now)) return;
   if (l.phase == Phase::kLoad) {
     if (now < l.retry_ns) return;
     if (l.loaded < l.g->segments.size()) {
@@ -443,8 +433,14 @@ void Runner::advance(Local& l, uint64_t now) {
       }
       how = "the standby instance promoted";
     } else {
-      // Started once provisioned; its loads were made in its name.
-      how = "started with the loads, in its name; running";
+      l.live = liveness();
+      l.app = spawn(*l.g, l.seq, {"/bin/sh", "-c", l.g->start}, -1, l.live.get());
+      if (l.app < 0) {
+        fail(l, "cannot start the application", now);
+        return;
+      }
+      l.app_fd = static_cast<int>(syscall(SYS_pidfd_open, l.app, 0));  // -1 on an old kernel: the tick notices
+      how = "started";
     }
     l.started = true;
     l.state = RunState::kRunning;
@@ -457,53 +453,12 @@ void Runner::advance(Local& l, uint64_t now) {
   }
 }
 
-bool Runner::start_app(Local& l, uint64_t now) {
-  l.live = liveness();
-  l.app = spawn(*l.g, l.seq, {"/bin/sh", "-c", l.g->start}, -1, l.live.get());
-  if (l.app < 0) {
-    fail(l, "cannot start the application", now);
-    return false;
-  }
-  l.app_fd = static_cast<int>(syscall(SYS_pidfd_open, l.app, 0));  // -1 on an old kernel: the tick notices
-  l.spawned_ns = now;
-  return true;
-}
-
-bool Runner::app_ended(Local& l, uint64_t now, const char* doing) {
-  if (l.live && l.live->died()) {
-    // Seen going down the moment it did; its pidfd turns readable only once
-    // its memory is torn down. It is reaped while the group stops here;
-    // what it left running in its session goes now.
-    l.live->stop();
-    l.live.reset();
-    if (l.app > 0) kill(-l.app, SIGKILL);
-    fail(l, "the application (pid " + std::to_string(l.app) + ") ended" + doing +
-                ": its liveness lock was released as it exited",
-         now);
-    return true;
-  }
-  if (const int st = reap(l.app); st != kRunning) {
-    // Its pidfd (or a wait) told first: the lock's watcher had not run yet.
-    // What it left running in its session (a start command that put the
-    // application in the background and exited) goes with it.
-    if (l.app > 0) kill(-l.app, SIGKILL);
-    const std::string pid = std::to_string(l.app);
-    l.app = -1;
-    close_fd(l);
-    const bool signaled = st >= 0 && WIFSIGNALED(st);
-    fail(l, "the application (pid " + pid + ") " + (signaled ? "was " : "") + ended(st) + doing, now);
-    return true;
-  }
-  return false;
-}
-
 void Runner::start_load(Local& l) {
   auto load = std::make_shared<Load>();
   try {
-    // The application (a standby instance about to be promoted, or one
-    // started for this run) gets the segment opened in its name: its open
-    // then takes it as it stands.
-    const pid_t instance = l.app > 0 ? l.app : 0;
+    // A standby instance about to be promoted gets the segment opened in
+    // its name (its open then takes it as it stands).
+    const pid_t instance = l.promote_fd >= 0 ? l.app : 0;
     if (instance > 0 && l.loaded + 1 == l.g->segments.size()) {
       load->promote_fd = ::fcntl(l.promote_fd, F_DUPFD_CLOEXEC, 0);  // -1: the manager promotes it
     }
@@ -545,7 +500,29 @@ void Runner::start_load(Local& l) {
 }
 
 void Runner::watch(Local& l, uint64_t now) {
-  if (app_ended(l, now, "")) return;
+  if (l.live && l.live->died()) {
+    // Seen going down the moment it did; its pidfd turns readable only once
+    // its memory is torn down. It is reaped while the group stops here;
+    // what it left running in its session goes now.
+    l.live->stop();
+    l.live.reset();
+    if (l.app > 0) kill(-l.app, SIGKILL);
+    fail(l, "the application (pid " + std::to_string(l.app) + ") ended: its liveness lock was released as it exited",
+         now);
+    return;
+  }
+  if (const int st = reap(l.app); st != kRunning) {
+    // Its pidfd (or a wait) told first: the lock's watcher had not run yet.
+    // What it left running in its session (a start command that put the
+    // application in the background and exited) goes with it.
+    if (l.app > 0) kill(-l.app, SIGKILL);
+    const std::string pid = std::to_string(l.app);
+    l.app = -1;
+    close_fd(l);
+    const bool signaled = st >= 0 && WIFSIGNALED(st);
+    fail(l, "the application (pid " + pid + ") " + (signaled ? "was " : "") + ended(st), now);
+    return;
+  }
   if (l.g->probe.empty()) return;
   if (l.probe < 0) {
     if (now >= l.next_probe_ns) {

@@ -146,8 +146,7 @@ class Runner {
     pid_t app = -1;
     int app_fd = -1;  ///< pidfd of `app`
     std::shared_ptr<LivenessWatch> live;  ///< `app`'s liveness lock, watched (none: the pidfd alone)
-    bool started = false;   ///< running: `app` spawned and its segments loaded, or the standby instance promoted
-    uint64_t spawned_ns = 0;  ///< when `app` was spawned (0: a standby instance, or not yet)
+    bool started = false;   ///< `app` spawned, or the standby instance it is promoted
     int promote_fd = -1;    ///< a standby instance taken over: its pipe, written once the loads are done
     bool promoted = false;  ///< the last load wrote it already (Load::promote_fd)
     uint64_t load_done_ns = 0;  ///< when batond answered the last load (manager's clock)
@@ -177,12 +176,6 @@ class Runner {
   /// Ends a standby instance at once (SIGKILL): its group starts here anew.
   static void drop(Standby& s);
   void watch(Local& l, uint64_t now);
-  /// Starts the application of a run that has no standby instance. False
-  /// (the run failed) if it could not be started.
-  bool start_app(Local& l, uint64_t now);
-  /// Whether the run's application ended; if so, the run failed (`doing`
-  /// says what it was in the middle of).
-  bool app_ended(Local& l, uint64_t now, const char* doing);
   /// One observation for the slow window: `slow` or not, and what it was.
   void observe(Local& l, bool slow, const std::string& what, uint64_t now);
   void fail(Local& l, std::string why, uint64_t now);

@@ -614,15 +614,18 @@ Reply Server::open_segment(Session& s, const Request& r, std::vector<int>& fds) 
 
   std::unique_lock lock(registry_mu_);
   // An open of what the failover manager loaded in this application's
-  // name (a standby instance promoted, or an application started while
-  // its segments load: load_for). One that comes while that load is still
-  // under way waits for it: the start and the load overlap.
+  // name (a standby instance promoted: load_for). One that comes while
+  // batond's own load of the name is still under way (the failover
+  // manager starts the application with its loads) waits for that load,
+  // then opens what it left: the start and the load overlap.
   if (op == Op::kOpen || op == Op::kLoad) {
-    const uint64_t deadline = now_ns() + kLoadForWaitNs;
+    const uint64_t deadline = now_ns() + kLoadWaitNs;
     for (;;) {
       if (auto pledged = take_pledge(s, name, op == Op::kOpen ? r.size : 0, fds, lock)) return *pledged;
       const auto loading = segments_.find(name);
-      if (loading == segments_.end() || !loading_for(s, *loading->second) || now_ns() >= deadline) break;
+      if (loading == segments_.end() || !loading_for(s, *loading->second) || now_ns() >= deadline ||
+          stopping_.load() || hung_up(s.fd))
+        break;
       registry_cv_.wait_for(lock, std::chrono::milliseconds(50));
     }
   }
@@ -655,6 +658,7 @@ Reply Server::open_segment(Session& s, const Request& r, std::vector<int>& fds) 
     // no other application can take it; the engine call runs unlocked.
     seg.holder = &s;
     if (op != Op::kTakeOver) seg.uid = s.uid;
+    seg.taking_over = op == Op::kTakeOver;
     baton::Segment* const handle = seg.handle;
     lock.unlock();
     // A load (an agent moving the segment here) takes it over from a live
@@ -663,6 +667,7 @@ Reply Server::open_segment(Session& s, const Request& r, std::vector<int>& fds) 
     lock.lock();
     if (!reopened) {
       seg.holder = nullptr;
+      seg.taking_over = false;
       registry_cv_.notify_all();
       if (!engine_.status(handle)) segments_.erase(name);  // the fenced local copy is gone
       return reply_error(reopened.error());
@@ -677,7 +682,10 @@ Reply Server::open_segment(Session& s, const Request& r, std::vector<int>& fds) 
       if (auto refused = over_kept(s, load ? 0 : r.size)) return *refused;
     // Reserve the name (no handle yet) while the engine opens it unlocked.
     segments_.emplace(name, reserved(name, &s));
-    if (op == Op::kTakeOver) segments_[name]->uid = kNoUser;  // loaded for an application to come
+    if (op == Op::kTakeOver) {  // loaded for an application to come
+      segments_[name]->uid = kNoUser;
+      segments_[name]->taking_over = true;
+    }
     lock.unlock();
     Result<OpenResult> opened = fail(Errc::kInternal, "");
     if (op == Op::kCreate) {
@@ -719,6 +727,7 @@ Reply Server::open_segment(Session& s, const Request& r, std::vector<int>& fds) 
   }
   if (op == Op::kTakeOver) {
     seg.holder = nullptr;
+    seg.taking_over = false;
     registry_cv_.notify_all();
     rep.size = seg.size;
     return rep;
@@ -829,10 +838,12 @@ Reply Server::load_for(Session& s, const Request& r) {
 }
 
 bool Server::loading_for(const Session& s, const Segment& seg) const {
-  // Reserved (no handle yet) by a load_for's session in the name of this
-  // application or one of its ancestors (the shell that started it).
-  return seg.handle == nullptr && seg.holder != nullptr && seg.holder != &s && seg.holder->internal &&
-         seg.holder->pid > 0 && s.pid > 0 && descends_from(s.pid, seg.holder->pid);
+  // Held by a take-over (it leaves the name free for any application), or
+  // by a load_for in the name of this application or an ancestor of it
+  // (the shell that started it) whose pledge is not made yet.
+  if (seg.holder == nullptr || seg.holder == &s) return false;
+  if (seg.taking_over) return true;
+  return seg.holder->internal && seg.holder->pid > 0 && s.pid > 0 && descends_from(s.pid, seg.holder->pid);
 }
 
 std::optional<Reply> Server::take_pledge(Session& s, const std::string& name, uint64_t size, std::vector<int>& fds,

@@ -181,8 +181,9 @@ class Server {
   /// pledge let go of releases and takes again).
   std::optional<Reply> take_pledge(Session& s, const std::string& name, uint64_t size, std::vector<int>& fds,
                                    std::unique_lock<std::mutex>& lock);
-  /// Whether `seg` is reserved by a load_for still under way in the name
-  /// of `s`'s application (or an ancestor of it). registry_mu_ held.
+  /// Whether `seg` is held by batond's own load still under way (a
+  /// take-over, or a load_for in the name of `s`'s application or an
+  /// ancestor of it whose pledge is not made yet). registry_mu_ held.
   bool loading_for(const Session& s, const Segment& seg) const;
   /// Lets go of pledges whose application is gone or which waited longer
   /// than kPledgeKeepNs (`all`: every one): the segment stays here, free,
@@ -271,9 +272,9 @@ class Server {
   /// A pledge is handed over only this soon after its load: a later open
   /// confirms ownership with a round of its own, as any open does.
   static constexpr uint64_t kPledgeFreshNs = 100'000'000;
-  /// An open that finds a load under way in its application's name waits
+  /// An open that finds batond's own load of the name under way waits
   /// this long at most for it (the engine's rounds end well before).
-  static constexpr uint64_t kLoadForWaitNs = 30'000'000'000;
+  static constexpr uint64_t kLoadWaitNs = 30'000'000'000;
   /// A pledge nobody took is let go after this.
   static constexpr uint64_t kPledgeKeepNs = 2'000'000'000;
   uint64_t dropped_at_ns_ = 0;  ///< the last drop_fenced(); accept thread

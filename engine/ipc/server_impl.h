@@ -27,6 +27,10 @@ struct Server::Segment {
   uint32_t id = 0;                   ///< the handle applications use
   uint64_t size = 0;
   Session* holder = nullptr;         ///< the application holding it; registry_mu_
+  /// A take-over (batonctl load, the failover manager's load) holds it,
+  /// leaving it free for the application to come: an open waits for it
+  /// (Server::loading_for). registry_mu_.
+  bool taking_over = false;
   /// Its last holder's user: what batond keeps for a user that nobody
   /// holds is bounded (over_kept). kNoUser: loaded by an agent for an
   /// application to come. registry_mu_.

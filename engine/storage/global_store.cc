@@ -173,7 +173,10 @@ bool GlobalStore::shut_down(std::unique_ptr<GlobalStore> store, uint64_t patienc
     {
       std::lock_guard lock(store->mu_);
       if (store->writer_done_) break;
-      if (now_ns() - store->progress_ns_.load() > patience_ns) {
+      // The writer's mark first, then the clock: a mark made in between
+      // is older than that reading, never newer (no wrap-around).
+      const uint64_t progress = store->progress_ns_.load();
+      if (const uint64_t now = now_ns(); now > progress && now - progress > patience_ns) {
         // Left to the writer, which deletes the store if it ever returns.
         store->abandoned_ = true;
         BT_ERROR("global storage: a write to %s made no progress for %lu ms: stopping without it (its thread is left "
@@ -300,6 +303,12 @@ void GlobalStore::unskip_locked(const Job& job) {
   has_skipped_.store(skipped_count_ != 0 || skipped_overflow_, std::memory_order_relaxed);
 }
 
+void GlobalStore::sweep_again() {
+  std::lock_guard lock(mu_);
+  skipped_overflow_ = true;
+  has_skipped_.store(true, std::memory_order_relaxed);
+}
+
 size_t GlobalStore::skipped_segments(std::span<uint64_t> out, bool& all) {
   std::lock_guard lock(mu_);
   all = skipped_overflow_;
@@ -419,7 +428,7 @@ void GlobalStore::note(const std::optional<std::string>& error) {
     last_skip_warned_ns_ = now;
     lock.unlock();
     BT_WARN("global storage: %lu generations not stored: the writer is behind (%s is slower than the commits, "
-            "or hangs); a segment's next commit is stored, a segment that commits no more keeps an older copy",
+            "or hangs); each such segment's newest generation is offered again until it is taken",
             static_cast<unsigned long>(n), dir_.c_str());
   }
 }

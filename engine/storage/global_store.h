@@ -100,6 +100,9 @@ class GlobalStore {
   /// were (every segment is then to be offered again). Returns how many.
   /// Allocates nothing. Thread: poll-token holder.
   size_t skipped_segments(std::span<uint64_t> out, bool& all);
+  /// Makes the next skipped_segments() say `all` again: a sweep over every
+  /// segment that stopped part-way (the copier's queue full). Thread: poll-token holder.
+  void sweep_again();
   /// Whether skipped_segments() has anything: one atomic load. Thread: any.
   bool has_skipped() const noexcept { return has_skipped_.load(std::memory_order_relaxed); }
 

@@ -189,7 +189,7 @@ int status(const std::string& socket, bool as_json, bool segments_only) {
   // The copies this node keeps for owners elsewhere: what a load here, or
   // a restart of every other node, would start from.
   const json copies = j.value("copies", json::array());
-  if (!copies.empty()) {
+  if (!copies.empty() || j.value("copies_omitted", 0) != 0) {
     std::printf("\n%-20s %12s %10s %6s %6s %s\n", "COPY HELD HERE OF", "SIZE", "GENERATION", "EPOCH", "OWNER", "");
     for (const auto& c : copies)
       std::printf("%-20s %12llu %10llu %6llu %6d %s\n", c.value("name", "").c_str(), c.value("size", 0ull),

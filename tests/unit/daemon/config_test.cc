@@ -417,7 +417,7 @@ INSTANTIATE_TEST_SUITE_P(
             "link[0].device: a shm link's region must be an absolute path"},
         Bad{NODE_AND("[storage]\ndir = \"relative\"\n"), "storage.dir: must be an absolute path"},
         Bad{NODE_AND("[storage]\ndir = \"/x\"\nkeep = 0\n"), "storage.keep: must be 1..1000"},
-        Bad{NODE_AND("[storage]\ndir = \"/x\"\nstop_wait_ms = -1\n"), "storage.stop_wait_ms: must be 0..3600000"},
+        Bad{NODE_AND("[storage]\ndir = \"/x\"\nstop_wait_ms = 0\n"), "storage.stop_wait_ms: must be 100..3600000"},
         Bad{NODE_AND("[storage]\ndir = \"/x\"\nbuffer_mib = 0\n"), "storage.buffer_mib: must be 1..1048576"},
         Bad{NODE_AND("[membership]\nsource = \"gossip\"\n"), "membership.source: must be backplane or corosync"},
         Bad{NODE_AND("[membership]\ngroup = \"\"\n"), "membership.group: must be 1..128 bytes"},
