@@ -614,10 +614,10 @@ Reply Server::open_segment(Session& s, const Request& r, std::vector<int>& fds) 
 
   std::unique_lock lock(registry_mu_);
   // An open of what the failover manager loaded in this application's
-  // name (a standby instance promoted: load_for). One that comes while
-  // batond's own load of the name is still under way (the failover
-  // manager starts the application with its loads) waits for that load,
-  // then opens what it left: the start and the load overlap.
+  // name (a standby instance promoted: load_for). One that comes while a
+  // take-over of the name (batonctl load, the failover manager's load) is
+  // still under way waits for it, then opens what it left: before, it was
+  // refused with EEXIST although the take-over leaves the name for it.
   if (op == Op::kOpen || op == Op::kLoad) {
     const uint64_t deadline = now_ns() + kLoadWaitNs;
     for (;;) {

@@ -285,7 +285,8 @@ void GlobalStore::skip_locked(const Job& job) {
   const auto end = skipped_ids_.begin() + static_cast<ptrdiff_t>(skipped_count_);
   const auto it = std::find_if(skipped_ids_.begin(), end, [&](const Skip& k) { return k.seg_id == job.seg_id; });
   if (it != end) {
-    if (std::tie(job.epoch, job.generation) > std::tie(it->epoch, it->generation)) *it = {job.seg_id, job.epoch, job.generation};
+    if (std::tie(job.epoch, job.generation) > std::tie(it->epoch, it->generation))
+      *it = {job.seg_id, job.epoch, job.generation};
   } else if (skipped_count_ < skipped_ids_.size()) {
     skipped_ids_[skipped_count_++] = {job.seg_id, job.epoch, job.generation};
   } else {

@@ -1074,14 +1074,13 @@ TEST(Daemon, AStandbyInstanceTakesWhatWasLoadedForIt) {
   EXPECT_EQ(counter(d, "handed_over"), 1u);
 }
 
-// batond's failover manager starts an application as soon as its node is
-// provisioned and takes its segments over at the same time (what
-// `batonctl load` does: the segment is left free for the application), so
-// an open can come while that load is still fetching: it waits for the
-// load and opens what it left, the committed generation. Before, a name
-// held by a take-over answered EEXIST ("held by another application").
-// The application here is no child of batond (as under a container
-// runtime), and the take-over comes over the socket, as batonctl's does.
+// A take-over (`batonctl load`, or batond's failover manager's load)
+// leaves the segment free for the application to come; an open that comes
+// while it is still fetching waits for it and opens what it left, the
+// committed generation. Before, a name held by a take-over answered
+// EEXIST ("held by another application"). The application here is no
+// child of batond (as under a container runtime), and the take-over comes
+// over the socket, as batonctl's does.
 TEST(Daemon, AnOpenDuringATakeOverWaitsForIt) {
   baton::test::Chassis ch(3, "memif", 1);
   ASSERT_TRUE(ch.up) << ch.out;
