@@ -32,6 +32,15 @@ struct RingMesh {
       if (!e) throw std::runtime_error(e.error().to_string());
       nodes.push_back(std::move(*e));
     }
+    // Formed before the test creates anything: a node that has not heard
+    // every peer yet refuses to start a name afresh (fresh_start_wait_ms),
+    // and a CI run once created 3 ms after the start.
+    const bool formed = test::eventually([&] {
+      for (auto& e : nodes)
+        if (const View v = e->view(); v.members.size() != nodes.size() || !v.agreed) return false;
+      return true;
+    });
+    if (!formed) throw std::runtime_error("the ring mesh did not form a view of every node in 10 s");
   }
 };
 
