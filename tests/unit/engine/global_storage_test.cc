@@ -159,8 +159,13 @@ TEST(GlobalStorage, AFailingDirectoryIsShownUntilItWorksAgain) {
   fs::remove_all(dir.path + "/watched");
   std::ofstream(dir.path + "/watched") << "not a directory";
   commit(2);
-  ASSERT_TRUE(eventually([&] { return cl.node(2).storage()->failed >= 1; }));
-  auto failing = cl.node(2).storage();
+  // Counted, then noted (failing, why): wait for both (an ASan run looked
+  // between the two).
+  std::optional<StorageStatus> failing;
+  ASSERT_TRUE(eventually([&] {
+    failing = cl.node(2).storage();
+    return failing && failing->failed >= 1 && failing->failing;
+  }));
   EXPECT_TRUE(failing->failing);
   EXPECT_NE(failing->last_error.find(dir.path + "/watched"), std::string::npos) << failing->last_error;
   EXPECT_GE(failing->last_error_age_ms, 1u);
