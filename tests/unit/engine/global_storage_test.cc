@@ -58,6 +58,22 @@ bool eventually_files(const std::string& dir, const std::string& name, size_t n)
   return false;
 }
 
+// The file system answers a write hung in a FIFO's open: reads what the
+// writer writes until nothing came for half a second. False if the FIFO
+// cannot be opened.
+bool answer_fifo(const std::string& fifo) {
+  signal(SIGPIPE, SIG_IGN);
+  const int rd = ::open(fifo.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+  if (rd < 0) return false;
+  char buf[65536];
+  for (int quiet = 0; quiet < 50;) {
+    quiet = ::read(rd, buf, sizeof buf) > 0 ? 0 : quiet + 1;
+    std::this_thread::sleep_for(10ms);
+  }
+  ::close(rd);
+  return true;
+}
+
 TEST(GlobalStorage, LoadsWhenEveryReplicaIsGone) {
   ScratchDir dir;
   EngineConfig c = with_global(dir.path);
@@ -288,15 +304,7 @@ TEST(GlobalStorage, AStopDoesNotWaitForAHungWrite) {
   EXPECT_EQ(stopped.wait_for(5s), std::future_status::ready) << "the stop waits for the hung write";
   // The file system answers: the writer left behind gets a reader, fails
   // its sync on the FIFO, and ends (and so does a stop that waited for it).
-  signal(SIGPIPE, SIG_IGN);
-  const int rd = ::open(fifo.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
-  ASSERT_GE(rd, 0);
-  char buf[65536];
-  for (int quiet = 0; quiet < 50;) {  // until nothing came for half a second
-    quiet = ::read(rd, buf, sizeof buf) > 0 ? 0 : quiet + 1;
-    std::this_thread::sleep_for(10ms);
-  }
-  ::close(rd);
+  ASSERT_TRUE(answer_fifo(fifo));
   stopped.wait();
   // The other node, and everything it holds, goes on.
   std::memset(mem.data(), 3, mem.size());
@@ -329,15 +337,7 @@ TEST(GlobalStorage, AGenerationSkippedForWantOfRoomIsStoredLater) {
   ASSERT_TRUE(eventually([&] { return cl.node(2).storage()->skipped >= 1; })) << "c's copy had no room";
   // The file system answers: a's write fails on the FIFO (tried again
   // later), b's goes, and c is offered again, with no commit to bring it.
-  signal(SIGPIPE, SIG_IGN);
-  const int rd = ::open(fifo.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
-  ASSERT_GE(rd, 0);
-  char buf[65536];
-  for (int quiet = 0; quiet < 50;) {  // until nothing came for half a second
-    quiet = ::read(rd, buf, sizeof buf) > 0 ? 0 : quiet + 1;
-    std::this_thread::sleep_for(10ms);
-  }
-  ::close(rd);
+  ASSERT_TRUE(answer_fifo(fifo));
   for (const char* name : {"a", "b", "c"}) {
     std::optional<GlobalCopy> copy;
     EXPECT_TRUE(eventually([&] { return (copy = GlobalStore::newest(dir.path, name, 1 << 20)).has_value(); }, 15s))
