@@ -99,8 +99,8 @@ Result<void> Engine::Impl::snapshot(Segment& seg, uint64_t generation, const Com
     settle_cow(seg, true);
     release_token();
   }
+  acquire_token();  // a free stage's stale pages are the token holder's
   mark_written(seg, options.written);
-  acquire_token();
   Stage* stage = seg.free_stage();
   if (stage == nullptr) {
     release_token();
@@ -186,8 +186,8 @@ void Engine::Impl::prepare_stage(Segment& seg, Stage& stage, uint64_t generation
 void Engine::Impl::post_ready_stage(Segment& seg, Stage& stage, uint64_t generation) {
   // What snapshot() does, but the copy and the checksums are done: the
   // stage is the replica slot this node held the generation in.
-  mark_written(seg, {});
   acquire_token();
+  mark_written(seg, {});
   stage.generation = generation;
   stage.delta.clear();
   stage.delta_base = 0;  // a new owner epoch: every replica gets it whole

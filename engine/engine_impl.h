@@ -264,14 +264,23 @@ struct Engine::Impl {
     o.pages = app_pages();
     return o;
   }
-  /// Replica stores whose hot copy lags the latest generation: the worker
-  /// copies a slice of each per poll (advance_hot). Poll-token holder.
-  std::vector<uint64_t> hot_behind;
-  bool advance_hot_copies() noexcept;
+  /// Replica stores with copying to do between generations (a hot copy
+  /// behind the latest, the next delta's shadow: ReplicaStore::behind):
+  /// the worker copies a slice of each per poll. Poll-token holder.
+  std::vector<uint64_t> stores_behind;
+  bool advance_stores() noexcept;
   /// Owned segments with a copy-on-write snapshot still being taken: the
   /// worker settles a slice of each per poll. Poll-token holder.
   std::vector<uint64_t> cow_behind;
   bool advance_cow_snapshots() noexcept;
+  /// Owned segments whose free stage may be brought up to the current one
+  /// before the next commit (catch_up_stage). Poll-token holder.
+  std::vector<uint64_t> stages_behind;
+  bool catch_up_stages() noexcept;
+  /// Copies into `seg`'s free stage, up to `budget` bytes, the stale pages
+  /// the current (complete) stage holds newer; returns true when there is
+  /// nothing more to do for this generation.
+  bool catch_up_stage(Segment& seg, uint64_t budget, bool& copied) noexcept;
   std::unordered_map<uint64_t, SetRecord> records;                     ///< by segment id
   /// After `stores`: destroyed first, so queued writes finish from live slots.
   std::unique_ptr<GlobalStore> global;

@@ -143,8 +143,8 @@ void Engine::Impl::on_data(Link& link, wire::Frame& f) noexcept {
     case ReplicaStore::Accept::kPublished:
       bump(counters.published);
       if (st.latest()->delta_of != 0) bump(counters.deltas_published);
-      if (st.hot_behind() && std::find(hot_behind.begin(), hot_behind.end(), st.id()) == hot_behind.end())
-        hot_behind.push_back(st.id());
+      if (st.behind() && std::find(stores_behind.begin(), stores_behind.end(), st.id()) == stores_behind.end())
+        stores_behind.push_back(st.id());
       BT_DEBUG("published %s generation %lu", st.name().c_str(), static_cast<unsigned long>(f.generation));
       if (global) (void)offer_to_global(st);
       break;

@@ -786,7 +786,10 @@ uint64_t Engine::Impl::restore_committed(Segment& seg) {
   // Written here, perhaps through a mapping no tracker watches (batond's,
   // while the application's client library tracks its own): the next
   // snapshot copies everything.
+  acquire_token();  // a free stage's stale pages are the token holder's
   for (auto& s : seg.stages) s.stale.set_all();
+  seg.catch_up_to = 0;  // nothing to bring over: the next commit copies it whole
+  release_token();
   seg.rewritten = true;  // and no delta of it
   // With a period, what the application writes from now on is what counts
   // (the memory is the committed generation again): as at the open.

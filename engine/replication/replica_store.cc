@@ -56,6 +56,7 @@ ReplicaStore::Accept ReplicaStore::begin_delta(wire::Frame& f) noexcept {
   // the same shape.
   Slot* base = latest();
   const uint32_t chunks = wire::chunk_count_for(size_, f.chunk_size);
+  ahead_ = -1;  // what the copy ahead did not reach, the hops below take
   if (base == nullptr || base->generation != f.delta_base || base->epoch != epoch_ ||
       base->chunk_size != f.chunk_size || f.total_len != size_ || base->chunk_crcs.size() != chunks)
     return Accept::kNeedFull;
@@ -120,6 +121,7 @@ ReplicaStore::Accept ReplicaStore::accept(wire::Frame& f) noexcept {
     // chains to nothing older: those slots are of the old epoch.
     Slot& s = *latest();
     assembler_.stop();
+    ahead_ = -1;
     // A hot copy of it (S16) is of it still, under the new epoch too.
     if (hot_ != nullptr && hot_->follows == s.generation && hot_->follows_epoch == s.epoch)
       hot_->follows_epoch = epoch_;
@@ -139,6 +141,7 @@ ReplicaStore::Accept ReplicaStore::accept(wire::Frame& f) noexcept {
     if (delta) {
       if (const Accept a = begin_delta(f); a != Accept::kStored) return a;
     } else {
+      ahead_ = -1;
       if (shadow_ < 0) shadow_ = pick_shadow();
       if (shadow_ < 0) return Accept::kNoSlot;
       slots_[shadow_].content = 0;
@@ -223,6 +226,53 @@ void ReplicaStore::publish() noexcept {
   shadow_ = -1;
   assembler_.stop();
   hot_published(s);
+  plan_ahead();
+}
+
+void ReplicaStore::plan_ahead() noexcept {
+  // Only a slot nobody can read (not published, no pin) that the latest
+  // generation is one delta away from; with retain > 0 the slot the next
+  // delta takes is still published (a reader may want it) until then.
+  ahead_ = -1;
+  const Slot* l = latest();
+  if (l == nullptr || l->delta_of == 0 || l->delta_chunks.empty()) return;
+  for (size_t i = 0; i < slots_.size(); ++i) {
+    const Slot& s = slots_[i];
+    if (&s == l || s.generation != 0 || s.mem.data() == nullptr || in_use(static_cast<int>(i))) continue;
+    if (s.content != l->delta_of || s.content_epoch != l->epoch || s.chunk_size != l->chunk_size) continue;
+    ahead_ = static_cast<int>(i);
+    ahead_from_ = published_.front();
+    ahead_generation_ = l->generation;
+    ahead_next_ = 0;
+    return;
+  }
+}
+
+bool ReplicaStore::advance_shadow(uint64_t budget) noexcept {
+  if (ahead_ < 0) return true;
+  Slot& to = slots_[ahead_];
+  const Slot* from = latest();
+  // Whatever happened since (a shadow taken, a publish, a promotion) ends
+  // it: the slot still says what it held before, and that stays true
+  // enough for a chain (above).
+  if (from == nullptr || from != &slots_[ahead_from_] || from->generation != ahead_generation_ ||
+      to.generation != 0 || to.mem.data() == nullptr || in_use(ahead_) || ahead_ == shadow_) {
+    ahead_ = -1;
+    return true;
+  }
+  const uint32_t cs = from->chunk_size;
+  uint64_t copied = 0;
+  while (ahead_next_ < from->delta_chunks.size() && copied < std::max<uint64_t>(budget, 1)) {
+    const uint32_t c = from->delta_chunks[ahead_next_++];
+    const uint64_t off = uint64_t{c} * cs;
+    const uint32_t len = wire::chunk_len(size_, cs, c);
+    std::memcpy(to.mem.data() + off, from->mem.data() + off, len);
+    copied += len;
+  }
+  if (ahead_next_ < from->delta_chunks.size()) return false;
+  to.content = from->generation;  // content_epoch and chunk_size agree (plan_ahead)
+  ahead_ = -1;
+  return true;
 }
 
 // --- hot standby ---------------------------------------------------------------
@@ -316,6 +366,7 @@ std::optional<ReplicaStore::Promotion> ReplicaStore::promote(uint64_t generation
   std::erase_if(published_, [this](int i) { return slots_[i].mem.data() == nullptr; });
   assembler_.stop();
   shadow_ = -1;
+  ahead_ = -1;
   return p;
 }
 

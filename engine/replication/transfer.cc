@@ -129,16 +129,21 @@ void ChunkSender::sent(const uint32_t* idx, uint16_t k, uint64_t now_ns) noexcep
 
 bool ChunkSender::on_ack(const wire::Frame& ack, uint64_t now_ns) noexcept {
   if (!active_ || ack.generation != src_.generation) return false;
-  if (((ack.flags & wire::kFlagDelta) != 0) != src_.is_delta()) return false;
-  if ((ack.flags & wire::kFlagRestart) != 0) {
+  const bool same_kind = ((ack.flags & wire::kFlagDelta) != 0) == src_.is_delta();
+  if ((ack.flags & wire::kFlagRestart) != 0 && same_kind) {
     start(src_, tuning_, now_ns);
     return true;
   }
+  // Published, however it was sent: the ack of a delta's last frame comes
+  // from the store that published it, which no longer says it was a
+  // delta. (Until 2026-12-05 a delta's sender ignored it and resent its
+  // last frame, backing off, until the next generation.)
   if ((ack.flags & wire::kFlagComplete) != 0) {
     complete_ = true;
     active_ = false;
     return true;
   }
+  if (!same_kind) return false;
   const uint32_t cum = std::min(ack.chunk_index, next_new_);
   uint32_t before = acked_count_;
   for (uint32_t i = cum_; i < cum; ++i)

@@ -33,8 +33,11 @@ struct Stage {
   /// Pages (kStalePage bytes) whose copy here may differ from the
   /// segment's memory as last seen by a commit (written since this stage's
   /// snapshot): the next snapshot into this stage copies only these, and
-  /// checksums again only the chunks they touch. Committer (under
-  /// Segment::mu) only.
+  /// checksums again only the chunks they touch. A free stage's: written
+  /// under the poll token, by the committer (which also holds
+  /// Segment::mu) and, between commits, by Engine::Impl::catch_up_stage,
+  /// which copies from the current stage what it holds newer. A posted
+  /// stage's: its committer's.
   static constexpr uint64_t kStalePage = 4096;
   ChunkBitmap stale;
   /// The chunks written since the previous generation (ascending), for
@@ -119,6 +122,11 @@ struct Segment {
   std::atomic<bool> fenced{false};
   std::vector<std::unique_ptr<ReplicaTarget>> replicas;  ///< fixed once the worker added it
   int current_stage = -1;               ///< worker: stage being replicated
+  /// The free stage being brought up to the current one between commits
+  /// (Engine::Impl::catch_up_stage): the generation it is brought to (0:
+  /// none yet), and the chunk it goes on from. Token holder only.
+  uint64_t catch_up_to = 0;
+  uint32_t catch_up_chunk = 0;
   /// The stage the next snapshot goes into (null: none free, which
   /// cannot happen: starting one frees the other). Token holder.
   Stage* free_stage() noexcept {

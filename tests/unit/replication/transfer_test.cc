@@ -693,5 +693,90 @@ TEST(Delta, TheSenderSendsOnlyTheDeltaAndIgnoresAcksOfTheOtherKind) {
   EXPECT_EQ(tx.acked(), 3u);
 }
 
+TEST(Delta, ASenderIsDoneWhenTheReplicaPublishedTheDelta) {
+  // The receiving end as a replica runs it: the ack after the last frame
+  // comes from the store, which has published the generation and says so
+  // without saying it was a delta. The sender must stop there, not resend
+  // its last frame until the next generation.
+  constexpr uint32_t kCs = 1024;
+  Source g1(16 * kCs, kCs, 1);
+  Source g2 = g1;
+  for (uint32_t c : {3u, 9u}) {
+    for (uint32_t i = 0; i < kCs; ++i) g2.data[c * kCs + i] = std::byte(static_cast<uint8_t>(i * 5 + c));
+    g2.crcs[c] = crc32c(g2.data.data() + uint64_t{c} * kCs, kCs);
+  }
+  g2.gen_crc = wire::generation_crc(g2.crcs);
+  auto store = std::move(*ReplicaStore::create(g1.frame(1, 0), 0, -1));
+  for (uint32_t i = 0; i < 16; ++i) store->accept(*std::make_unique<wire::Frame>(g1.frame(1, i)));
+  ASSERT_EQ(store->latest()->generation, 1u);
+  const std::vector<uint32_t> chunks = {3, 9};
+  SendSource src = g2.src(2);
+  src.delta = chunks;
+  src.base = 1;
+  ChunkSender tx;
+  tx.start(src, SenderTuning{}, 0);
+  uint32_t idx[8];
+  const uint16_t n = tx.plan(0, idx, 8);
+  ASSERT_EQ(n, 2);
+  tx.sent(idx, n, 0);
+  for (uint16_t i = 0; i < n; ++i) {
+    wire::Frame f = delta_frame(g2, 2, 1, idx[i], tx.chunk_at(idx[i]), n);
+    store->accept(f);
+  }
+  ASSERT_EQ(store->latest()->generation, 2u);
+  wire::Frame ack;
+  ack.type = wire::MsgType::kAck;
+  store->fill_ack(ack);
+  EXPECT_TRUE(tx.on_ack(ack, 1));
+  EXPECT_TRUE(tx.complete());
+  EXPECT_FALSE(tx.in_flight());
+  EXPECT_EQ(tx.plan(1'000'000'000, idx, 8), 0) << "nothing is resent once the replica published it";
+}
+
+// After a delta is published, the slot the next delta takes is brought up
+// to it between generations (ReplicaStore::advance_background); the next
+// delta is exact whether that copy finished, stopped half way, or never ran.
+TEST(Delta, TheNextShadowIsBroughtUpToDateBetweenGenerations) {
+  constexpr uint32_t kCs = 1024;
+  auto change = [](Source g, std::initializer_list<uint32_t> chunks, uint8_t v) {
+    for (uint32_t c : chunks) {
+      for (uint32_t i = 0; i < kCs; ++i) g.data[c * kCs + i] = std::byte(static_cast<uint8_t>(v + i));
+      g.crcs[c] = crc32c(g.data.data() + uint64_t{c} * kCs, kCs);
+    }
+    g.gen_crc = wire::generation_crc(g.crcs);
+    return g;
+  };
+  for (const uint64_t budget : {uint64_t{0}, uint64_t{1}, uint64_t{1} << 20}) {
+    SCOPED_TRACE("budget " + std::to_string(budget));
+    Source g1(16 * kCs, kCs, 1);
+    auto store = std::move(*ReplicaStore::create(g1.frame(1, 0), 0, -1));
+    for (uint32_t i = 0; i < 16; ++i) store->accept(*std::make_unique<wire::Frame>(g1.frame(1, i)));
+    EXPECT_FALSE(store->behind()) << "a whole generation leaves nothing to copy ahead";
+    // Generation 2 changes chunks 2, 4 and 6; 3 changes 4 and 7; 4 changes 2.
+    Source g2 = change(g1, {2, 4, 6}, 20), g3 = change(g2, {4, 7}, 30), g4 = change(g3, {2}, 40);
+    uint32_t pos = 0;
+    for (uint32_t c : {2u, 4u, 6u}) {
+      wire::Frame f = delta_frame(g2, 2, 1, pos++, c, 3);
+      store->accept(f);
+    }
+    ASSERT_EQ(store->latest()->generation, 2u);
+    EXPECT_TRUE(store->behind()) << "the slot that held 1 lacks 2's chunks";
+    if (budget != 0) store->advance_background(budget);
+    if (budget > 3 * kCs) EXPECT_FALSE(store->behind());
+    pos = 0;
+    for (uint32_t c : {4u, 7u}) {
+      wire::Frame f = delta_frame(g3, 3, 2, pos++, c, 2);
+      store->accept(f);
+    }
+    ASSERT_EQ(store->latest()->generation, 3u);
+    EXPECT_TRUE(std::equal(g3.data.begin(), g3.data.end(), store->latest()->mem.data()));
+    while (budget != 0 && !store->advance_background(budget)) {
+    }
+    wire::Frame f = delta_frame(g4, 4, 3, 0, 2, 1);
+    EXPECT_EQ(store->accept(f), ReplicaStore::Accept::kPublished);
+    EXPECT_TRUE(std::equal(g4.data.begin(), g4.data.end(), store->latest()->mem.data()));
+  }
+}
+
 }  // namespace
 }  // namespace baton
