@@ -355,11 +355,11 @@ bool Engine::Impl::catch_up_stage(Segment& seg, uint64_t budget, bool& copied) n
   const uint32_t cs = seg.chunk_size;
   const uint32_t chunks = wire::chunk_count_for(seg.size, cs);
   // Not before the current snapshot is whole (its pages and checksums are
-  // final then), nor while frames of it wait to go out: the copy would
-  // delay them, and it can wait.
+  // final then), nor while a replica that can be reached still receives
+  // it: the copy would hold up its frames and acks, and it can wait.
   if (from.cow || from.ready.load(std::memory_order_acquire) < chunks) return false;
   for (const auto& r : seg.replicas)
-    if (r->sender.has_unsent()) return false;
+    if (r->sender.in_flight() && !unreachable(r->node.load(std::memory_order_relaxed))) return false;
   if (to.state.load(std::memory_order_acquire) != Stage::kFree || to.mem.data() == nullptr ||
       to.chunk_crcs.size() != chunks || from.chunk_crcs.size() != chunks)
     return true;

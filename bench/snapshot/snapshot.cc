@@ -22,7 +22,12 @@
 // about 1 us; cow a SIGBUS fault, about 4 us, plus a page copy if the
 // worker had not copied it yet) and the time from the commit call until
 // the replica holds the generation (tracked and cow: only the changed
-// chunks travel).
+// chunks travel). Beside that wall time, the CPU time each engine's worker
+// spent in the same interval (primary_cpu, replica_cpu: from
+// /proc/self/task/*/schedstat): on two shared vCPUs the wall time is mostly
+// scheduling (a worker that waits for a frame naps, and so does the other),
+// the CPU time is what the replication costs, and on dedicated cores the
+// wall time comes down towards the larger of the two.
 //
 // Usage: baton-snapshot [--sizes-mib 64,256,1024] [--dirty 1] [--commits 20] [--contiguous] [--chunk-kib 16]
 //                       [--modes untracked,tracked,cow,cow_at_commit]
@@ -41,6 +46,8 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
 #include <optional>
 #include <random>
 #include <span>
@@ -136,8 +143,30 @@ std::vector<uint64_t> pick_pages(uint64_t size, double dirty, std::mt19937_64& r
   return v;
 }
 
+/// CPU time (ns) so far of this process's threads named `comm`, by thread
+/// id (ascending: threads started earlier first). Thread: any.
+std::vector<uint64_t> thread_cpu_ns(std::string_view comm) {
+  std::vector<std::pair<long, uint64_t>> found;
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator("/proc/self/task", ec)) {
+    std::ifstream c(e.path() / "comm");
+    std::string name;
+    if (!std::getline(c, name) || name != comm) continue;
+    std::ifstream s(e.path() / "schedstat");
+    uint64_t ns = 0;
+    if (s >> ns) found.emplace_back(std::stol(e.path().filename().string()), ns);
+  }
+  std::sort(found.begin(), found.end());
+  std::vector<uint64_t> out;
+  for (const auto& [tid, ns] : found) out.push_back(ns);
+  return out;
+}
+
 struct EngineRun {
   std::vector<double> write_us, commit_us, replicated_us, cycle_us;
+  /// Per commit, from the call until the replica holds it: the CPU time of
+  /// the primary's worker and of the replica's.
+  std::vector<double> primary_cpu_us, replica_cpu_us;
   uint64_t copied = 0, skipped = 0;
   double protected_at_commit = 0, protected_ahead = 0;  ///< pages per measured commit (copy-on-write)
 };
@@ -167,12 +196,18 @@ EngineRun run_engine(Mode mode, uint64_t size, double dirty, int commits) {
     const auto pages = pick_pages(size, dirty, rng);
     const uint64_t t0 = now_ns();
     for (uint64_t off : pages) mem[off + 8] = std::byte(static_cast<uint8_t>(c + 1));
+    const std::vector<uint64_t> cpu0 = thread_cpu_ns("baton-worker");
     const uint64_t t1 = now_ns();
     g = p.a->commit(*seg);
     const uint64_t t2 = now_ns();
     if (!g || !p.a->wait_replicated(*seg, *g, 1, std::chrono::seconds(60)))
       std::fprintf(stderr, "baton-snapshot: commit failed\n"), std::exit(1);
     const uint64_t t3 = now_ns();
+    const std::vector<uint64_t> cpu1 = thread_cpu_ns("baton-worker");
+    if (cpu0.size() == 2 && cpu1.size() == 2) {  // engine a's worker started first
+      r.primary_cpu_us.push_back((cpu1[0] - cpu0[0]) / 1e3);
+      r.replica_cpu_us.push_back((cpu1[1] - cpu0[1]) / 1e3);
+    }
     r.write_us.push_back((t1 - t0) / 1e3);
     r.commit_us.push_back((t2 - t1) / 1e3);
     r.replicated_us.push_back((t3 - t1) / 1e3);
@@ -330,6 +365,10 @@ int main(int argc, char** argv) {
       field(key("commit_p99_us").c_str(), pct(r.commit_us, 0.99));
       field(key("write_p50_us").c_str(), median(r.write_us));
       field(key("replicated_p50_us").c_str(), median(r.replicated_us));
+      if (!r.primary_cpu_us.empty()) {
+        field(key("primary_cpu_p50_us").c_str(), median(r.primary_cpu_us));
+        field(key("replica_cpu_p50_us").c_str(), median(r.replica_cpu_us));
+      }
       field(key("cycle_p50_us").c_str(), median(r.cycle_us));
       field(key("commit_over_memcpy_whole").c_str(), median(r.commit_us) / median(whole), "%.4f");
       field(key("commit_over_memcpy_dirty").c_str(), median(r.commit_us) / median(part), "%.2f");
