@@ -438,7 +438,10 @@ struct Engine::Impl {
   /// Engine::open / Engine::load with the name held busy. A local segment of
   /// that name that is fenced is forgotten first (the cluster has newer
   /// state); a live one is kExists. Thread: control.
-  Result<OpenResult> open_locked(std::string_view name, uint64_t size, bool load_only, bool again = false);
+  /// `asks_left`: how many more times it may ask the cluster again (a peer
+  /// just heard, a silent one, a copy arriving meanwhile) before it says
+  /// to try again.
+  Result<OpenResult> open_locked(std::string_view name, uint64_t size, bool load_only, int asks_left = 2);
   /// Copies the last committed generation back over the segment's memory
   /// (zeroes it if nothing was committed); returns that generation. Thread: control.
   uint64_t restore_committed(Segment& seg);
@@ -459,6 +462,11 @@ struct Engine::Impl {
   /// ago, has not heard from every peer since: one may hold `name`.
   /// `what` says what it refuses. Thread: control.
   Result<void> heard_every_peer(std::string_view name, const char* what);
+  /// Started less than fresh_start_wait_ms ago with a peer not heard from
+  /// yet: waits up to a second (within that window) for every peer to be
+  /// heard. True if one was unheard and every one is now: the caller asks
+  /// again who holds the name. Thread: control (an API caller).
+  bool waited_to_hear_peers();
   /// kCorrupt when global storage holds copies of `name` above `deleted`
   /// and none of them is intact. Thread: control.
   Result<void> no_unreadable_copies(std::string_view name, uint64_t deleted) const;

@@ -90,6 +90,12 @@ Result<Segment*> Engine::create(std::string_view name, uint64_t size) {
   if (auto ok = impl->require_quorum("create a segment"); !ok) return tl::unexpected(ok.error());
   auto q = impl->query(name);
   if (!q) return tl::unexpected(q.error());
+  // Just started, with a peer not heard yet (it may hold the name): once
+  // it is heard, ask again rather than refuse (create_fresh would).
+  if (impl->waited_to_hear_peers()) {
+    q = impl->query(name);
+    if (!q) return tl::unexpected(q.error());
+  }
   const uint64_t deleted = deleted_at(**q);
   for (const auto& a : (*q)->answers) {
     if (live_copy(a, deleted))
@@ -104,6 +110,35 @@ Result<Segment*> Engine::create(std::string_view name, uint64_t size) {
   }
   if (deleted != 0) impl->repair_tombstone(**q);
   return impl->create_fresh(name, size, **q);
+}
+
+bool Engine::Impl::waited_to_hear_peers() {
+  // An application that opens a new name right after its node started
+  // would otherwise be refused (heard_every_peer) while a peer's first
+  // heartbeat is on its way, a few milliseconds. Waiting is bounded: a
+  // peer that is down does not hold up the open for long.
+  constexpr uint64_t kHearPeersWaitNs = 1'000'000'000;
+  const uint64_t now = clock_ns();
+  const uint64_t up_ns = now - std::min(now, incarnation);
+  const uint64_t window_ns = uint64_t{config.fresh_start_wait_ms} * 1'000'000;
+  if (up_ns >= window_ns) return false;
+  // PeerState is the token holder's: poll_until looks with the token held.
+  // Heard is not enough: the next query asks only the peers the control
+  // thread counts alive, so it waits for that too.
+  std::vector<uint16_t> unheard;
+  (void)call([&] {
+    for (const auto& p : peer_states)
+      if (!p.ever_heard) unheard.push_back(p.node);
+  });
+  if (unheard.empty()) return false;
+  return poll_until(
+      [&] {
+        return std::all_of(unheard.begin(), unheard.end(), [&](uint16_t n) {
+          auto it = peer_by_node.find(n);
+          return it != peer_by_node.end() && it->second->alive;
+        });
+      },
+      now + std::min(kHearPeersWaitNs, window_ns - up_ns));
 }
 
 Result<void> Engine::Impl::heard_every_peer(std::string_view name, const char* what) {
@@ -616,7 +651,7 @@ Result<OpenResult> Engine::open(std::string_view name, uint64_t size) {
 }
 
 
-Result<OpenResult> Engine::Impl::open_locked(std::string_view name, uint64_t size, bool load_only, bool again) {
+Result<OpenResult> Engine::Impl::open_locked(std::string_view name, uint64_t size, bool load_only, int asks_left) {
   Segment* local = table.by_name(name);
   if (local != nullptr) {
     if (!local->fenced.load()) return fail(Errc::kExists, "segment ", name, " is open here");
@@ -651,6 +686,10 @@ Result<OpenResult> Engine::Impl::open_locked(std::string_view name, uint64_t siz
       return size_differs(name, newest_copy->total_len, size);
     return load_from(**q, name);
   }
+  // Nothing found, but this node just started and has not heard from a
+  // peer that may hold it: once every peer is heard, ask again (else the
+  // fresh start or the restore from storage below would be refused).
+  if (asks_left > 0 && waited_to_hear_peers()) return open_locked(name, size, load_only, asks_left - 1);
   // No replica anywhere: global storage may still hold it (S7); only when it
   // does not either is this a first run.
   if (!config.global_dir.empty())
@@ -708,11 +747,14 @@ Result<OpenResult> Engine::Impl::open_locked(std::string_view name, uint64_t siz
     arrived = (st != stores.end() && st->second->latest() != nullptr && (self == nullptr || !self->found)) ||
               (rec != records.end() && (self == nullptr || rec->second.newer_than(self->record)));
   });
-  if (silent != 0)
+  if (silent != 0) {
+    // Perhaps back a moment ago (its answer on the way): ask it once more.
+    if (asks_left > 0) return open_locked(name, size, false, asks_left - 1);
     return fail(Errc::kUnavailable, "node ", std::to_string(silent), " is alive but did not say what it holds of ",
                 name, "; not starting it afresh (try again)");
+  }
   if (arrived) {
-    if (!again) return open_locked(name, size, false, true);
+    if (asks_left > 0) return open_locked(name, size, false, asks_left - 1);
     return fail(Errc::kUnavailable, "segment ", name, " is arriving at this node; try again");
   }
   if (deleted != 0) repair_tombstone(**q);

@@ -216,6 +216,39 @@ TEST(Durability, NodesThatRestartedTogetherWaitForThePeerTheyHaveNotHeard) {
   ASSERT_TRUE(eventually([&] { return test::ok(cl.node(lost).create("brand-new", 4096)); }, 20s));
 }
 
+// A new name right after a node started, while a peer is not heard yet
+// (its first heartbeat on the way; here its links come back 300 ms
+// later): the create, and an open that finds the name nowhere, wait for
+// the peer and go ahead, instead of refusing with "try again".
+TEST(Durability, ANewNameRightAfterAStartWaitsForAPeerAboutToBeHeard) {
+  EngineConfig c = config(2);
+  c.fresh_start_wait_ms = 6000;
+  Cluster cl(3, c);
+  for (const bool by_open : {false, true}) {
+    SCOPED_TRACE(by_open ? "open" : "create");
+    cl.isolate(3, true);
+    cl.kill(1);
+    cl.restart(1);
+    ASSERT_TRUE(eventually([&] { return peer_alive(cl.node(1), 2); }));
+    std::thread heal([&] {
+      std::this_thread::sleep_for(300ms);
+      cl.isolate(3, false);
+    });
+    const char* name = by_open ? "opened-early" : "created-early";
+    Result<Segment*> seg = tl::unexpected(Error{});
+    if (by_open) {
+      auto r = cl.node(1).open(name, 4096);
+      if (r) seg = r->segment;
+      else seg = tl::unexpected(r.error());
+      if (r) EXPECT_EQ(r->outcome, OpenOutcome::kCreated);
+    } else {
+      seg = cl.node(1).create(name, 4096);
+    }
+    heal.join();
+    ASSERT_TRUE(seg) << seg.error().to_string();
+  }
+}
+
 // Found by a campaign (session 29): a replica stalled (SIGSTOP) while the
 // owner committed. On SIGCONT its acknowledgement reached the owner's data
 // path before its heartbeat had made the control thread count it alive
