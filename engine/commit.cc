@@ -43,16 +43,17 @@ Result<uint64_t> Engine::commit(Segment* segment, CommitOptions options) {
 
 void Engine::Impl::mark_written(Segment& seg, std::span<const std::pair<uint64_t, uint64_t>> ranges,
                                 CopyOnWrite::Freeze* freeze) {
-  // What changed since the last snapshot, for every stage. Untracked (or
-  // the tracker failed, or is resting): everything, unless the application
-  // said what it wrote.
-  constexpr uint64_t kPage = Stage::kStalePage;
+  // What changed since the last snapshot. Untracked (or the tracker
+  // failed, or is resting): everything, unless the application said what
+  // it wrote. The stages learn it in apply_marks(), under the poll token
+  // (a free stage's stale pages are the token holder's); the scan runs
+  // without it.
   const uint64_t cs = seg.chunk_size;
+  seg.marks.clear();
   auto mark = [&](uint64_t off, uint64_t len) {
     if (len == 0 || off >= seg.size) return;
     const uint64_t end = off + std::min(len, seg.size - off) - 1;  // the last byte written
-    for (auto& stage : seg.stages)
-      stage.stale.set_range(static_cast<uint32_t>(off / kPage), static_cast<uint32_t>(end / kPage));
+    seg.marks.emplace_back(off, end);  // keeps its room: no allocation once warm
     seg.written_chunks.set_range(static_cast<uint32_t>(off / cs), static_cast<uint32_t>(end / cs));
   };
   for (const auto& [off, len] : ranges) mark(off, len);
@@ -69,10 +70,25 @@ void Engine::Impl::mark_written(Segment& seg, std::span<const std::pair<uint64_t
     all = !seg.watch->collect(mark, &error);
     if (!error.empty()) BT_WARN("segment %s: write tracking stopped: %s", seg.name.c_str(), error.c_str());
   }
-  if (all)
-    for (auto& stage : seg.stages) stage.stale.set_all();
+  seg.marks_all = all;
   if (all || std::exchange(seg.rewritten, false)) seg.written_unknown = true;
   seg.tracked.store(freeze != nullptr || (seg.watch != nullptr && seg.watch->tracking()), std::memory_order_relaxed);
+}
+
+void Engine::Impl::apply_marks(Segment& seg) noexcept {
+  constexpr uint64_t kPage = Stage::kStalePage;
+  for (auto& stage : seg.stages) {
+    if (seg.marks_all) {
+      stage.stale.set_all();
+      continue;
+    }
+    for (const auto& [off, end] : seg.marks)
+      stage.stale.set_range(static_cast<uint32_t>(off / kPage), static_cast<uint32_t>(end / kPage));
+  }
+  // Pages written since the current stage's snapshot differ from it: a
+  // catch-up must not copy them from there (the next stage's start lets
+  // it go on).
+  seg.catch_up_to = Segment::kCatchUpStopped;
 }
 
 Result<void> Engine::Impl::snapshot(Segment& seg, uint64_t generation, const CommitOptions& options) {
@@ -99,8 +115,9 @@ Result<void> Engine::Impl::snapshot(Segment& seg, uint64_t generation, const Com
     settle_cow(seg, true);
     release_token();
   }
-  acquire_token();  // a free stage's stale pages are the token holder's
   mark_written(seg, options.written);
+  acquire_token();
+  apply_marks(seg);
   Stage* stage = seg.free_stage();
   if (stage == nullptr) {
     release_token();
@@ -186,8 +203,9 @@ void Engine::Impl::prepare_stage(Segment& seg, Stage& stage, uint64_t generation
 void Engine::Impl::post_ready_stage(Segment& seg, Stage& stage, uint64_t generation) {
   // What snapshot() does, but the copy and the checksums are done: the
   // stage is the replica slot this node held the generation in.
-  acquire_token();
   mark_written(seg, {});
+  acquire_token();
+  apply_marks(seg);
   stage.generation = generation;
   stage.delta.clear();
   stage.delta_base = 0;  // a new owner epoch: every replica gets it whole

@@ -493,6 +493,7 @@ Result<Segment*> Engine::Impl::make_segment(std::string_view name, uint64_t size
       mem->populate();
     });
   seg->written_chunks.reset(chunks);
+  seg->marks.reserve(256);  // mark_written's runs: no allocation per commit
   // Copy-on-write where asked and possible (else the stage copy below).
   // (In daemon mode the client library takes the snapshot of its own
   // mapping: share_copy_on_write.)

@@ -467,6 +467,11 @@ struct Engine::Impl {
   /// heard. True if one was unheard and every one is now: the caller asks
   /// again who holds the name. Thread: control (an API caller).
   bool waited_to_hear_peers();
+  /// Started less than fresh_start_wait_ms ago. Thread: any.
+  bool just_started() const;
+  /// A peer the data path counts alive that did not answer `q` (0: none).
+  /// Thread: control (an API caller).
+  uint16_t silent_peer(const QueryOp& q);
   /// kCorrupt when global storage holds copies of `name` above `deleted`
   /// and none of them is intact. Thread: control.
   Result<void> no_unreadable_copies(std::string_view name, uint64_t deleted) const;
@@ -494,6 +499,9 @@ struct Engine::Impl {
   /// Marks the pages written since the last snapshot stale in both
   /// stages: those the tracker found, those the application named, or all.
   /// Committer (under seg.mu).
+  /// Sets the stale pages of both stages from what mark_written() found.
+  /// Token holder.
+  void apply_marks(Segment& seg) noexcept;
   void mark_written(Segment& seg, std::span<const std::pair<uint64_t, uint64_t>> ranges,
                     CopyOnWrite::Freeze* freeze = nullptr);
   /// snapshot() for a copy-on-write segment: protects, posts, returns.

@@ -53,11 +53,13 @@ Result<void> Engine::Impl::snapshot_cow(Segment& seg, uint64_t generation, const
     // Daemon mode: the client library froze its mapping and holds it
     // frozen until this returns; `written` is what it took.
     mark_written(seg, options.written);
+    apply_marks(seg);
     seg.tracked.store(true, std::memory_order_relaxed);
     seg.cow->pend(stage->mem.data(), stage->stale);
   } else {
     CopyOnWrite::Freeze freeze(*seg.cow);
     mark_written(seg, options.written, &freeze);
+    apply_marks(seg);
     freeze.pend(stage->mem.data(), stage->stale);
     protected_ok = freeze.protect();
   }

@@ -318,6 +318,7 @@ void Engine::Impl::start_replication(Segment& seg, Stage& stage, uint64_t now) n
     r->sender.start(base_held ? delta : whole, tuning(), now);
     bump(base_held ? counters.deltas_sent : counters.wholes_sent);
   }
+  seg.catch_up_to = 0;  // a new current stage: the free one may catch up with it
   if (std::find(stages_behind.begin(), stages_behind.end(), seg.id) == stages_behind.end())
     stages_behind.push_back(seg.id);
 }
@@ -363,6 +364,7 @@ bool Engine::Impl::catch_up_stage(Segment& seg, uint64_t budget, bool& copied) n
   if (to.state.load(std::memory_order_acquire) != Stage::kFree || to.mem.data() == nullptr ||
       to.chunk_crcs.size() != chunks || from.chunk_crcs.size() != chunks)
     return true;
+  if (seg.catch_up_to == Segment::kCatchUpStopped) return true;
   if (seg.catch_up_to != from.generation) {
     // Most of the segment stale (the first commits, untracked writes): the
     // next commit copies it whole anyway, sending as it goes.
@@ -453,7 +455,10 @@ void Engine::Impl::on_ack(const wire::Frame& f, uint64_t now) noexcept {
       }
       return;
     }
-    r->sender.on_ack(f, now);
+    // A "published" from before this epoch says nothing of what this
+    // owner sends (it ends a transfer, of whatever kind).
+    if ((f.flags & wire::kFlagComplete) == 0 || f.epoch == seg.epoch.load(std::memory_order_relaxed))
+      r->sender.on_ack(f, now);
     // Only a replica that accepted this epoch holds anything for it.
     if ((f.flags & wire::kFlagComplete) != 0 && f.epoch == seg.epoch.load(std::memory_order_relaxed) &&
         f.generation > r->held.load(std::memory_order_relaxed)) {

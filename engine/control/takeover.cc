@@ -90,26 +90,51 @@ Result<Segment*> Engine::create(std::string_view name, uint64_t size) {
   if (auto ok = impl->require_quorum("create a segment"); !ok) return tl::unexpected(ok.error());
   auto q = impl->query(name);
   if (!q) return tl::unexpected(q.error());
-  // Just started, with a peer not heard yet (it may hold the name): once
-  // it is heard, ask again rather than refuse (create_fresh would).
-  if (impl->waited_to_hear_peers()) {
-    q = impl->query(name);
-    if (!q) return tl::unexpected(q.error());
+  for (int asks_left = 2;; --asks_left) {
+    const uint64_t deleted = deleted_at(**q);
+    for (const auto& a : (*q)->answers) {
+      if (live_copy(a, deleted))
+        return fail(Errc::kExists, "segment ", name, " already exists on node ", std::to_string(a.peer),
+                    a.owner ? " (its owner)" : " (a replica); load it instead");
+      // A record without a copy: an owner wrote it (perhaps creating this very
+      // name right now, or it is cut off): creating again would make a second
+      // owner without a claim.
+      if (live_record(a, deleted))
+        return fail(Errc::kExists, "segment ", name, " is recorded at epoch ", std::to_string(a.record.epoch),
+                    " (node ", std::to_string(a.peer), " holds its record); load it instead");
+    }
+    // Found nowhere. Just started, a node knows no records: a peer not
+    // heard yet, or one alive now that did not answer (heard just after
+    // the question went out), may hold the name. Ask again once it is
+    // heard (create_fresh would refuse) or its answer can come; a later
+    // node is covered by the quorum that holds the name's set record.
+    const uint16_t silent = impl->just_started() ? impl->silent_peer(**q) : 0;
+    if (asks_left > 0 && (impl->waited_to_hear_peers() || silent != 0)) {
+      q = impl->query(name);
+      if (!q) return tl::unexpected(q.error());
+      continue;
+    }
+    if (silent != 0)
+      return fail(Errc::kUnavailable, "node ", std::to_string(silent), " is alive but did not say what it holds of ",
+                  name, "; not creating it (try again)");
+    if (deleted != 0) impl->repair_tombstone(**q);
+    return impl->create_fresh(name, size, **q);
   }
-  const uint64_t deleted = deleted_at(**q);
-  for (const auto& a : (*q)->answers) {
-    if (live_copy(a, deleted))
-      return fail(Errc::kExists, "segment ", name, " already exists on node ", std::to_string(a.peer),
-                  a.owner ? " (its owner)" : " (a replica); load it instead");
-    // A record without a copy: an owner wrote it (perhaps creating this very
-    // name right now, or it is cut off): creating again would make a second
-    // owner without a claim.
-    if (live_record(a, deleted))
-      return fail(Errc::kExists, "segment ", name, " is recorded at epoch ", std::to_string(a.record.epoch),
-                  " (node ", std::to_string(a.peer), " holds its record); load it instead");
-  }
-  if (deleted != 0) impl->repair_tombstone(**q);
-  return impl->create_fresh(name, size, **q);
+}
+
+bool Engine::Impl::just_started() const {
+  const uint64_t now = clock_ns();
+  return now - std::min(now, incarnation) < uint64_t{config.fresh_start_wait_ms} * 1'000'000;
+}
+
+uint16_t Engine::Impl::silent_peer(const QueryOp& q) {
+  uint16_t silent = 0;
+  (void)call([&] {
+    for (const auto& a : q.answers)
+      if (auto it = peer_by_node.find(a.peer); !a.answered && it != peer_by_node.end() && it->second->alive)
+        silent = a.peer;
+  });
+  return silent;
 }
 
 bool Engine::Impl::waited_to_hear_peers() {
@@ -733,15 +758,12 @@ Result<OpenResult> Engine::Impl::open_locked(std::string_view name, uint64_t siz
   // on it while a live node that did not answer in time holds the state.
   // Nor may this node have received a copy or a record while it asked (its
   // own answer was taken when the round began): then ask once more.
-  uint16_t silent = 0;
+  const uint16_t silent = silent_peer(**q);
   bool arrived = false;
   const QueryAnswer* self = nullptr;
   for (const auto& a : (*q)->answers)
     if (a.peer == config.node_id) self = &a;
   (void)call([&] {
-    for (const auto& a : (*q)->answers)
-      if (auto it = peer_by_node.find(a.peer); !a.answered && it != peer_by_node.end() && it->second->alive)
-        silent = a.peer;
     auto rec = records.find((*q)->id);
     auto st = stores.find((*q)->id);
     arrived = (st != stores.end() && st->second->latest() != nullptr && (self == nullptr || !self->found)) ||
@@ -830,7 +852,7 @@ uint64_t Engine::Impl::restore_committed(Segment& seg) {
   // snapshot copies everything.
   acquire_token();  // a free stage's stale pages are the token holder's
   for (auto& s : seg.stages) s.stale.set_all();
-  seg.catch_up_to = 0;  // nothing to bring over: the next commit copies it whole
+  seg.catch_up_to = Segment::kCatchUpStopped;  // nothing to bring over: the next commit copies it whole
   release_token();
   seg.rewritten = true;  // and no delta of it
   // With a period, what the application writes from now on is what counts

@@ -130,7 +130,8 @@ void ChunkSender::sent(const uint32_t* idx, uint16_t k, uint64_t now_ns) noexcep
 bool ChunkSender::on_ack(const wire::Frame& ack, uint64_t now_ns) noexcept {
   if (!active_ || ack.generation != src_.generation) return false;
   const bool same_kind = ((ack.flags & wire::kFlagDelta) != 0) == src_.is_delta();
-  if ((ack.flags & wire::kFlagRestart) != 0 && same_kind) {
+  if ((ack.flags & wire::kFlagRestart) != 0) {
+    if (!same_kind) return false;
     start(src_, tuning_, now_ns);
     return true;
   }

@@ -33,11 +33,12 @@ struct Stage {
   /// Pages (kStalePage bytes) whose copy here may differ from the
   /// segment's memory as last seen by a commit (written since this stage's
   /// snapshot): the next snapshot into this stage copies only these, and
-  /// checksums again only the chunks they touch. A free stage's: written
-  /// under the poll token, by the committer (which also holds
-  /// Segment::mu) and, between commits, by Engine::Impl::catch_up_stage,
-  /// which copies from the current stage what it holds newer. A posted
-  /// stage's: its committer's.
+  /// checksums again only the chunks they touch. Written under the poll
+  /// token: by the committer's apply_marks (it also holds Segment::mu)
+  /// and, between commits, by Engine::Impl::catch_up_stage, which copies
+  /// into the free stage what the current one holds newer. A posted
+  /// stage's is also its committer's (the copy, which may run without the
+  /// token) or, copy-on-write, the token holder's (advance_cow).
   static constexpr uint64_t kStalePage = 4096;
   ChunkBitmap stale;
   /// The chunks written since the previous generation (ascending), for
@@ -124,9 +125,15 @@ struct Segment {
   int current_stage = -1;               ///< worker: stage being replicated
   /// The free stage being brought up to the current one between commits
   /// (Engine::Impl::catch_up_stage): the generation it is brought to (0:
-  /// none yet), and the chunk it goes on from. Token holder only.
+  /// none yet; kCatchUpStopped: not for this generation, the stages were
+  /// marked since), and the chunk it goes on from. Token holder only.
+  static constexpr uint64_t kCatchUpStopped = UINT64_MAX;
   uint64_t catch_up_to = 0;
   uint32_t catch_up_chunk = 0;
+  /// What mark_written() found written, for apply_marks(): (first byte,
+  /// last byte) runs, or everything. Committer (under mu).
+  std::vector<std::pair<uint64_t, uint64_t>> marks;
+  bool marks_all = false;
   /// The stage the next snapshot goes into (null: none free, which
   /// cannot happen: starting one frees the other). Token holder.
   Stage* free_stage() noexcept {
