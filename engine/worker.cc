@@ -328,11 +328,11 @@ void Engine::Impl::start_replication(Segment& seg, Stage& stage, uint64_t now) n
 // A commit copies into the free stage the pages written since that
 // stage's own snapshot: two commits' writes, since the stages alternate.
 // Those of the previous commit are in the current stage already. Once its
-// snapshot is complete, the token holder copies them over between
-// commits, with their chunks' checksums, so the next commit copies (or,
-// copy-on-write, settles) only what was written since the last one. At
-// 1 GiB with 1% of the pages written each time, that halved a commit's
-// settling (docs/performance.md).
+// snapshot is complete and every reachable replica holds it, the token
+// holder copies them over between commits, with their chunks' checksums,
+// so the next commit copies (or, copy-on-write, settles) only what was
+// written since the last one. At 1 GiB with 1% of the pages written each
+// time, that halved a commit's settling (docs/performance.md).
 
 namespace {
 /// Bytes a poll copies into a segment's free stage: heartbeats go on.

@@ -316,7 +316,11 @@ Result<std::vector<Blade>> chassis_up(const ChassisConfig& c) {
     blades.push_back(b);
   }
   // Up when every blade serves its socket (its links connect on their own).
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  // A blade that fails exits, and is reported at once; one that is slow
+  // gets a minute: CI once saw a blade of a spinning chassis (each worker
+  // pinned to one of two vCPUs, another test's blades beside them) still
+  // starting after 20 s.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
   for (auto& b : blades) {
     struct stat st;
     while (stat(b.socket.c_str(), &st) != 0) {
