@@ -467,7 +467,9 @@ struct Engine::Impl {
   /// heard. True if one was unheard and every one is now: the caller asks
   /// again who holds the name. Thread: control (an API caller).
   bool waited_to_hear_peers();
-  /// Started less than fresh_start_wait_ms ago. Thread: any.
+  /// How long ago this incarnation started, and whether that is less than
+  /// fresh_start_wait_ms. Thread: any.
+  uint64_t up_ns() const;
   bool just_started() const;
   /// A peer the data path counts alive that did not answer `q` (0: none).
   /// Thread: control (an API caller).

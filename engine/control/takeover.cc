@@ -122,10 +122,12 @@ Result<Segment*> Engine::create(std::string_view name, uint64_t size) {
   }
 }
 
-bool Engine::Impl::just_started() const {
+uint64_t Engine::Impl::up_ns() const {
   const uint64_t now = clock_ns();
-  return now - std::min(now, incarnation) < uint64_t{config.fresh_start_wait_ms} * 1'000'000;
+  return now - std::min(now, incarnation);
 }
+
+bool Engine::Impl::just_started() const { return up_ns() < uint64_t{config.fresh_start_wait_ms} * 1'000'000; }
 
 uint16_t Engine::Impl::silent_peer(const QueryOp& q) {
   uint16_t silent = 0;
@@ -143,10 +145,10 @@ bool Engine::Impl::waited_to_hear_peers() {
   // heartbeat is on its way, a few milliseconds. Waiting is bounded: a
   // peer that is down does not hold up the open for long.
   constexpr uint64_t kHearPeersWaitNs = 1'000'000'000;
+  const uint64_t up = up_ns(), window_ns = uint64_t{config.fresh_start_wait_ms} * 1'000'000;
+  if (up >= window_ns) return false;
   const uint64_t now = clock_ns();
-  const uint64_t up_ns = now - std::min(now, incarnation);
-  const uint64_t window_ns = uint64_t{config.fresh_start_wait_ms} * 1'000'000;
-  if (up_ns >= window_ns) return false;
+  const uint64_t left_ns = window_ns - up;
   // PeerState is the token holder's: poll_until looks with the token held.
   // Heard is not enough: the next query asks only the peers the control
   // thread counts alive, so it waits for that too.
@@ -163,7 +165,7 @@ bool Engine::Impl::waited_to_hear_peers() {
           return it != peer_by_node.end() && it->second->alive;
         });
       },
-      now + std::min(kHearPeersWaitNs, window_ns - up_ns));
+      now + std::min(kHearPeersWaitNs, left_ns));
 }
 
 Result<void> Engine::Impl::heard_every_peer(std::string_view name, const char* what) {
@@ -176,7 +178,7 @@ Result<void> Engine::Impl::heard_every_peer(std::string_view name, const char* w
   // third node then dropped the durable generation it held for the new
   // history. Bounded (fresh_start_wait_ms): a peer that never comes back
   // does not stop new names for good.
-  const uint64_t up_ms = (clock_ns() - std::min(clock_ns(), incarnation)) / 1'000'000;
+  const uint64_t up_ms = up_ns() / 1'000'000;
   if (up_ms >= config.fresh_start_wait_ms) return {};
   uint16_t unheard = 0;
   (void)call([&] {

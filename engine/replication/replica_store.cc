@@ -4,6 +4,17 @@
 
 namespace baton {
 
+namespace {
+/// Copies chunk `c` of a segment of `size` bytes in `cs`-byte chunks from
+/// one copy of it to another; returns the chunk's length.
+uint32_t copy_chunk(std::byte* to, const std::byte* from, uint64_t size, uint32_t cs, uint32_t c) noexcept {
+  const uint64_t off = uint64_t{c} * cs;
+  const uint32_t len = wire::chunk_len(size, cs, c);
+  std::memcpy(to + off, from + off, len);
+  return len;
+}
+}  // namespace
+
 Result<std::unique_ptr<ReplicaStore>> ReplicaStore::create(const Origin& first, uint32_t retain, int numa_node) {
   auto store = std::make_unique<ReplicaStore>();
   store->name_ = first.name;
@@ -86,10 +97,7 @@ ReplicaStore::Accept ReplicaStore::begin_delta(wire::Frame& f) noexcept {
   if (f.chunk_count == chunks) {
     prepared_ = size_;  // the delta carries every chunk: nothing of the base survives
   } else if (chained) {
-    for (uint32_t c : hops) {
-      const uint64_t off = uint64_t{c} * f.chunk_size;
-      std::memcpy(sh.mem.data() + off, base->mem.data() + off, wire::chunk_len(size_, f.chunk_size, c));
-    }
+    for (uint32_t c : hops) copy_chunk(sh.mem.data(), base->mem.data(), size_, f.chunk_size, c);
     prepared_ = size_;
   } else {
     prepared_ = 0;
@@ -260,15 +268,9 @@ bool ReplicaStore::advance_shadow(uint64_t budget) noexcept {
     ahead_ = -1;
     return true;
   }
-  const uint32_t cs = from->chunk_size;
   uint64_t copied = 0;
-  while (ahead_next_ < from->delta_chunks.size() && copied < std::max<uint64_t>(budget, 1)) {
-    const uint32_t c = from->delta_chunks[ahead_next_++];
-    const uint64_t off = uint64_t{c} * cs;
-    const uint32_t len = wire::chunk_len(size_, cs, c);
-    std::memcpy(to.mem.data() + off, from->mem.data() + off, len);
-    copied += len;
-  }
+  while (ahead_next_ < from->delta_chunks.size() && copied < std::max<uint64_t>(budget, 1))
+    copied += copy_chunk(to.mem.data(), from->mem.data(), size_, from->chunk_size, from->delta_chunks[ahead_next_++]);
   if (ahead_next_ < from->delta_chunks.size()) return false;
   to.content = from->generation;  // content_epoch and chunk_size agree (plan_ahead)
   ahead_ = -1;
@@ -309,12 +311,9 @@ bool ReplicaStore::advance_hot(uint64_t budget) noexcept {
   uint64_t copied = 0;
   for (uint32_t c = h.stale.next_set(h.next); h.stale_count != 0 && copied < std::max<uint64_t>(budget, 1);) {
     if (c >= h.stale.count()) c = h.stale.next_set(0);  // wrapped: what was marked behind the cursor
-    const uint64_t off = uint64_t{c} * h.chunk_size;
-    const uint32_t len = wire::chunk_len(size_, h.chunk_size, c);
-    std::memcpy(h.mem.data() + off, from->mem.data() + off, len);
+    copied += copy_chunk(h.mem.data(), from->mem.data(), size_, h.chunk_size, c);
     h.stale.clear(c);
     --h.stale_count;
-    copied += len;
     h.next = c + 1;
     c = h.stale.next_set(h.next);
   }
