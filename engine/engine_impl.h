@@ -34,6 +34,7 @@
 #include <string>
 #include <thread>
 #include <tuple>
+#include <map>
 #include <unordered_map>
 #include <unordered_set>
 #include <vector>
@@ -281,7 +282,9 @@ struct Engine::Impl {
   /// the current (complete) stage holds newer; returns true when there is
   /// nothing more to do for this generation.
   bool catch_up_stage(Segment& seg, uint64_t budget, bool& copied) noexcept;
-  std::unordered_map<uint64_t, SetRecord> records;                     ///< by segment id
+  /// By segment id, in order: a node that started is handed them in
+  /// batches from an id on (answer_records).
+  std::map<uint64_t, SetRecord> records;
   /// After `stores`: destroyed first, so queued writes finish from live slots.
   std::unique_ptr<GlobalStore> global;
   /// Offers replica `st`'s newest generation to global storage; false if
@@ -467,6 +470,9 @@ struct Engine::Impl {
   /// heard. True if one was unheard and every one is now: the caller asks
   /// again who holds the name. Thread: control (an API caller).
   bool waited_to_hear_peers();
+  /// Whether a copy or a record of q's name reached this node after its own
+  /// answer to `q` was taken. Thread: control (an API caller).
+  bool arrived_since(const QueryOp& q);
   /// How long ago this incarnation started, and whether that is less than
   /// fresh_start_wait_ms. Thread: any.
   uint64_t up_ns() const;
@@ -620,12 +626,24 @@ struct Engine::Impl {
   /// the name above the tombstone (a live owner, its set record, or a copy
   /// of data written at a newer epoch), not by a copy of the deleted
   /// history that adopted a claim's epoch.
-  uint64_t apply_tombstone(uint64_t seg_id, uint64_t epoch, uint16_t owner, bool* by_owner = nullptr) noexcept;
+  uint64_t apply_tombstone(uint64_t seg_id, std::string_view name, uint64_t epoch, uint16_t owner, bool* by_owner = nullptr) noexcept;
   /// Sends `peer` the tombstone of segment `id` at `epoch`. Thread: token holder.
   void send_tombstone_to(uint16_t peer, uint64_t id, std::string_view name, uint64_t epoch) noexcept;
   /// SET_RECORD with kFlagDeleted: a tombstone, or (with kFlagComplete)
   /// the answer to ours. Thread: token holder.
   void on_tombstone(Link& link, const wire::Frame& f) noexcept;
+  /// Records for a node that started (docs/architecture.md, "Load"): it
+  /// asks every peer once for its set records and tombstones, in batches
+  /// (RECORDS), and counts a peer heard for new names only once it has
+  /// them (heard_every_peer), so that two nodes that restarted together
+  /// and heard the third before it fell silent know what it holds.
+  /// Thread: token holder.
+  void ask_for_records(uint64_t now) noexcept;
+  void on_records(Link& link, wire::Frame& f) noexcept;
+  void answer_records(Link& link, const wire::Frame& f) noexcept;
+  /// Stores a record a peer handed over as the frame of its writer would
+  /// have been stored (on_set_record, apply_tombstone), saying nothing back.
+  void take_handed_record(const wire::RecordEntry& e) noexcept;
   /// SET_RECORD with kFlagRelease: a set recorded without this node: its
   /// copy is dropped. Thread: token holder.
   void on_release(const wire::Frame& f) noexcept;

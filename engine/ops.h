@@ -39,6 +39,9 @@ struct SetRecord {
   uint64_t set = 0;  ///< wire::pack_set
   uint16_t owner = 0;  ///< who wrote it (one owner per epoch)
   bool deleted = false;  ///< a tombstone: the name was deleted at `epoch` (no set)
+  /// The segment's name, where the node storing it knows it: records are
+  /// handed on by name to a node that started (hand_records).
+  std::string name;
   bool newer_than(const SetRecord& o) const noexcept {
     return epoch != o.epoch ? epoch > o.epoch : version > o.version;
   }

@@ -45,6 +45,14 @@ struct PeerState {
   uint64_t incarnation_seen_ns = 0;  ///< when this node first heard that incarnation
   bool alive = false;
   bool ever_heard = false;
+  // Its set records and tombstones, asked for once after this node started
+  // (Engine::Impl::ask_for_records): whether this node has them all, the
+  // incarnation of the peer asked, the segment id the next batch starts
+  // at, and when the question last went out (0: ask now).
+  bool records_had = false;
+  uint64_t records_incarnation = 0;
+  uint64_t records_cursor = 0;
+  uint64_t records_asked_ns = 0;
   // Its placement tags, from its heartbeats (passed on to the control thread).
   uint32_t blade = 0;
   uint32_t power_domain = 0;

@@ -211,6 +211,7 @@ bool Engine::Impl::poll_once(uint64_t now) noexcept {
   busy |= catch_up_stages();
   offer_skipped_to_global(now);
   step_records();
+  ask_for_records(now);
   if (!segment_news_backlog.empty()) flush_segment_news();
   for (auto& link : links) busy |= link->service(now);
   return busy;
@@ -264,6 +265,7 @@ void Engine::Impl::on_frame(Link& link, wire::Frame& f, uint64_t now) noexcept {
     case wire::MsgType::kNote:
       if (verified(f)) on_note(f);
       break;
+    case wire::MsgType::kRecords: on_records(link, f); break;
   }
 }
 

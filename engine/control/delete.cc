@@ -93,7 +93,7 @@ Result<void> Engine::Impl::write_tombstone(std::string_view name, uint64_t epoch
   TombstoneOp* raw = t.get();
   t->run = [this, raw] {
     TombstoneAnswer self{config.node_id, true};
-    if (const uint64_t newer = apply_tombstone(raw->id, raw->epoch, config.node_id, &self.refused_by_owner); newer != 0)
+    if (const uint64_t newer = apply_tombstone(raw->id, raw->name, raw->epoch, config.node_id, &self.refused_by_owner); newer != 0)
       self.refused_epoch = newer;
     else
       self.stored = true;
@@ -168,7 +168,7 @@ void Engine::Impl::repair_tombstone(const QueryOp& q) {
   (void)call([&] {
     for (uint16_t n : missed) {
       if (n == config.node_id) {
-        (void)apply_tombstone(id, tomb.epoch, tomb.owner);
+        (void)apply_tombstone(id, name, tomb.epoch, tomb.owner);
         continue;
       }
       // The tombstone as its writer sent it: the receiver stores it (or

@@ -135,7 +135,7 @@ void Engine::Impl::step_records() noexcept {
     e.sack = wire::pack_nodes(p.set);
     // This node's own answer first, as any node's: stored unless another
     // node wrote this epoch here first.
-    if (store_record(id, SetRecord{e.epoch, p.version, e.sack, config.node_id})) e.flags = wire::kFlagComplete;
+    if (store_record(id, SetRecord{e.epoch, p.version, e.sack, config.node_id, false, seg.name})) e.flags = wire::kFlagComplete;
     if (!round_starts.push(e)) return;  // the ring is full: handed over at a later poll
     p.sent = true;
     wake_control();
@@ -217,7 +217,7 @@ void Engine::Impl::on_set_record(Link& link, const wire::Frame& f) noexcept {
     }
     it = records.emplace(f.seg_id, SetRecord{}).first;
   }
-  const SetRecord proposed{f.epoch, f.generation, f.sack, f.src};
+  const SetRecord proposed{f.epoch, f.generation, f.sack, f.src, false, std::string(f.name)};
   // A record from an older owner epoch, or from a second owner of the same
   // one (two nodes creating one new name at once), is refused like its
   // data: the sender learns it was superseded. A tombstone of the same
@@ -281,6 +281,117 @@ void Engine::Impl::fence(Segment& seg, const std::string& why) noexcept {
                "; this node no longer owns it");
   for (auto& r : seg.replicas) r->sender.stop();
   tell_control(SegmentNews{SegmentNews::Kind::kFenced, 0, seg.id, 0});  // placement stops
+}
+
+//
+// Records for a node that started. Records live in memory: a node that
+// restarts knows none, and two of three that restarted together are a
+// quorum that knows nothing. Waiting to hear every peer (heard_every_peer)
+// is not enough if the third falls silent right after its first
+// heartbeat: so each node asks every peer once for all it has recorded,
+// and counts the peer heard only once it has it. A record handed on is the
+// writer's frame delivered late: it is stored as that would have been.
+
+namespace {
+/// Asked again when a batch did not come: a frame lost, the peer busy.
+constexpr uint64_t kRecordsAskAgainNs = 20'000'000;
+}  // namespace
+
+void Engine::Impl::ask_for_records(uint64_t now) noexcept {
+  for (auto& p : peer_states) {
+    if (p.records_had || !p.alive || p.incarnation == 0 || p.link == nullptr) continue;
+    if (p.records_incarnation != p.incarnation) {  // (again) from the start: it restarted meanwhile
+      p.records_incarnation = p.incarnation;
+      p.records_cursor = 0;
+      p.records_asked_ns = 0;
+    }
+    if (p.records_asked_ns != 0 && now - p.records_asked_ns < kRecordsAskAgainNs) continue;
+    wire::Frame q;
+    q.type = wire::MsgType::kRecords;
+    q.flags = wire::kFlagQuery;
+    q.src = config.node_id;
+    q.dst = p.node;
+    q.epoch = incarnation;  // echoed: an answer meant for an earlier incarnation of this node is not taken
+    q.generation = p.records_cursor;
+    send_control(*p.link, q);
+    p.records_asked_ns = now;
+  }
+}
+
+void Engine::Impl::on_records(Link& link, wire::Frame& f) noexcept {
+  if (!verified(f)) return;
+  if ((f.flags & wire::kFlagQuery) != 0) return answer_records(link, f);
+  auto it = peer_by_node.find(f.src);
+  if (it == peer_by_node.end()) return;
+  PeerState& p = *it->second;
+  // Only the batch asked for last, by this incarnation.
+  if (p.records_had || f.epoch != incarnation || f.generation != p.records_cursor) return;
+  const bool last = (f.flags & wire::kFlagComplete) != 0;
+  if (!last && f.total_len <= p.records_cursor) {  // it must move on
+    bump(counters.bad_input);
+    return;
+  }
+  if (!wire::parse_record_entries(f.payload, [this](const wire::RecordEntry& e) { take_handed_record(e); })) {
+    bump(counters.bad_input);
+    return;
+  }
+  p.records_asked_ns = 0;  // the next batch at once
+  if (!last) {
+    p.records_cursor = f.total_len;
+    return;
+  }
+  p.records_had = true;
+}
+
+void Engine::Impl::answer_records(Link& link, const wire::Frame& f) noexcept {
+  std::byte payload[wire::kMaxNote];
+  size_t len = 0;
+  auto it = records.lower_bound(f.generation);
+  for (; it != records.end(); ++it) {
+    const SetRecord& r = it->second;
+    if (r.name.empty() || r.epoch == 0) continue;  // nothing to hand on
+    if (len + wire::kRecordEntryHead + r.name.size() > sizeof payload) break;
+    len = wire::put_record_entry(payload, len, wire::RecordEntry{r.name, r.epoch, r.version, r.set, r.owner, r.deleted});
+  }
+  wire::Frame a;
+  a.type = wire::MsgType::kRecords;
+  a.flags = it == records.end() ? wire::kFlagComplete : 0;
+  a.src = config.node_id;
+  a.dst = f.src;
+  a.epoch = f.epoch;
+  a.generation = f.generation;
+  a.total_len = it == records.end() ? 0 : it->first;
+  a.payload = std::span<const std::byte>(payload, len);
+  std::byte buf[wire::kHeaderSize + wire::kMaxNote];
+  const size_t n = wire::encode(a, buf);
+  TxFrame tx{{buf, n}, {}};
+  if (n == 0 || link.tx_burst(&tx, 1) != 1) bump(counters.tx_dropped);
+  else bump(counters.frames_tx);
+}
+
+void Engine::Impl::take_handed_record(const wire::RecordEntry& e) noexcept {
+  const uint64_t id = wire::segment_id(e.name);
+  if (e.deleted) {
+    (void)apply_tombstone(id, e.name, e.epoch, e.owner);  // refused for a newer epoch known here: kept
+    return;
+  }
+  auto it = records.find(id);
+  if (it == records.end()) {
+    if (records.size() >= 65536) {  // the bound on_set_record keeps
+      bump(counters.bad_input);
+      return;
+    }
+    it = records.emplace(id, SetRecord{}).first;
+  }
+  SetRecord& stored = it->second;
+  // As on_set_record: an older epoch, or a second owner of the stored one,
+  // is not taken; a tombstone of the same epoch gives way.
+  const bool beats_tombstone = stored.deleted && e.epoch == stored.epoch;
+  if (stored.epoch != 0 && (e.epoch < stored.epoch || (e.epoch == stored.epoch && e.owner != stored.owner && !beats_tombstone)))
+    return;
+  SetRecord r{e.epoch, e.version, e.set, e.owner, false, std::string(e.name)};
+  if (beats_tombstone || r.newer_than(stored)) stored = std::move(r);
+  fence_if_superseded(id, e.epoch);
 }
 
 }  // namespace baton

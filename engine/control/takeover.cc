@@ -117,6 +117,17 @@ Result<Segment*> Engine::create(std::string_view name, uint64_t size) {
     if (silent != 0)
       return fail(Errc::kUnavailable, "node ", std::to_string(silent), " is alive but did not say what it holds of ",
                   name, "; not creating it (try again)");
+    // As open: every peer's records here, then none of them names it (its
+    // own answer was taken when the round began).
+    if (auto ok = impl->heard_every_peer(name, "creating it"); !ok) return tl::unexpected(ok.error());
+    if (impl->arrived_since(**q)) {
+      if (asks_left > 0) {
+        q = impl->query(name);
+        if (!q) return tl::unexpected(q.error());
+        continue;
+      }
+      return fail(Errc::kUnavailable, "segment ", name, " is arriving at this node; try again");
+    }
     if (deleted != 0) impl->repair_tombstone(**q);
     return impl->create_fresh(name, size, **q);
   }
@@ -151,18 +162,19 @@ bool Engine::Impl::waited_to_hear_peers() {
   const uint64_t left_ns = window_ns - up;
   // PeerState is the token holder's: poll_until looks with the token held.
   // Heard is not enough: the next query asks only the peers the control
-  // thread counts alive, so it waits for that too.
+  // thread counts alive, and this node must have the peer's records
+  // (ask_for_records), so it waits for both.
   std::vector<uint16_t> unheard;
   (void)call([&] {
     for (const auto& p : peer_states)
-      if (!p.ever_heard) unheard.push_back(p.node);
+      if (!p.records_had) unheard.push_back(p.node);
   });
   if (unheard.empty()) return false;
   return poll_until(
       [&] {
         return std::all_of(unheard.begin(), unheard.end(), [&](uint16_t n) {
           auto it = peer_by_node.find(n);
-          return it != peer_by_node.end() && it->second->alive;
+          return it != peer_by_node.end() && it->second->alive && it->second->records_had;
         });
       },
       now + std::min(kHearPeersWaitNs, left_ns));
@@ -176,19 +188,41 @@ Result<void> Engine::Impl::heard_every_peer(std::string_view name, const char* w
   // owner and one replica; restarted, one of them opened the name before
   // the third node's memif link was back, started it afresh, and the
   // third node then dropped the durable generation it held for the new
-  // history. Bounded (fresh_start_wait_ms): a peer that never comes back
-  // does not stop new names for good.
+  // history. Heard means this node has the peer's set records too
+  // (ask_for_records): a peer that falls silent right after its first
+  // heartbeat leaves behind what it recorded, and a name it holds is then
+  // not started afresh (its record names it). Bounded
+  // (fresh_start_wait_ms): a peer that never comes back does not stop new
+  // names for good.
   const uint64_t up_ms = up_ns() / 1'000'000;
   if (up_ms >= config.fresh_start_wait_ms) return {};
   uint16_t unheard = 0;
+  bool heard = false;
   (void)call([&] {
     for (const auto& p : peer_states)
-      if (!p.ever_heard) unheard = p.node;
+      if (!p.records_had) {
+        unheard = p.node;
+        heard = p.ever_heard;
+      }
   });
   if (unheard == 0) return {};
   return fail(Errc::kUnavailable, "this node started ", std::to_string(up_ms), " ms ago and has not heard from node ",
-              std::to_string(unheard), " yet, which may hold ", name, ": not ", what, " (for ",
-              std::to_string(config.fresh_start_wait_ms - up_ms), " ms more; try again)");
+              std::to_string(unheard), heard ? " what it has recorded" : "", " yet, which may hold ", name, ": not ",
+              what, " (for ", std::to_string(config.fresh_start_wait_ms - up_ms), " ms more; try again)");
+}
+
+bool Engine::Impl::arrived_since(const QueryOp& q) {
+  const QueryAnswer* self = nullptr;
+  for (const auto& a : q.answers)
+    if (a.peer == config.node_id) self = &a;
+  bool arrived = false;
+  (void)call([&] {
+    auto rec = records.find(q.id);
+    auto st = stores.find(q.id);
+    arrived = (st != stores.end() && st->second->latest() != nullptr && (self == nullptr || !self->found)) ||
+              (rec != records.end() && (self == nullptr || rec->second.newer_than(self->record)));
+  });
+  return arrived;
 }
 
 Result<Segment*> Engine::Impl::create_fresh(std::string_view name, uint64_t size, const QueryOp& q) {
@@ -761,23 +795,16 @@ Result<OpenResult> Engine::Impl::open_locked(std::string_view name, uint64_t siz
   // Nor may this node have received a copy or a record while it asked (its
   // own answer was taken when the round began): then ask once more.
   const uint16_t silent = silent_peer(**q);
-  bool arrived = false;
-  const QueryAnswer* self = nullptr;
-  for (const auto& a : (*q)->answers)
-    if (a.peer == config.node_id) self = &a;
-  (void)call([&] {
-    auto rec = records.find((*q)->id);
-    auto st = stores.find((*q)->id);
-    arrived = (st != stores.end() && st->second->latest() != nullptr && (self == nullptr || !self->found)) ||
-              (rec != records.end() && (self == nullptr || rec->second.newer_than(self->record)));
-  });
   if (silent != 0) {
     // Perhaps back a moment ago (its answer on the way): ask it once more.
     if (asks_left > 0) return open_locked(name, size, false, asks_left - 1);
     return fail(Errc::kUnavailable, "node ", std::to_string(silent), " is alive but did not say what it holds of ",
                 name, "; not starting it afresh (try again)");
   }
-  if (arrived) {
+  // Every peer's records here first, then whether one of them names this
+  // name: in the other order a record handed over in between is missed.
+  if (auto ok = heard_every_peer(name, "starting it afresh"); !ok) return tl::unexpected(ok.error());
+  if (arrived_since(**q)) {
     if (asks_left > 0) return open_locked(name, size, false, asks_left - 1);
     return fail(Errc::kUnavailable, "segment ", name, " is arriving at this node; try again");
   }

@@ -45,7 +45,7 @@ void Engine::Impl::free_retired() noexcept {
   }
 }
 
-uint64_t Engine::Impl::apply_tombstone(uint64_t seg_id, uint64_t epoch, uint16_t owner, bool* by_owner) noexcept {
+uint64_t Engine::Impl::apply_tombstone(uint64_t seg_id, std::string_view name, uint64_t epoch, uint16_t owner, bool* by_owner) noexcept {
   // A newer owner epoch known here (a load or a new segment after the
   // delete began) wins over the tombstone: the deleter is told.
   auto rec = records.find(seg_id);
@@ -73,7 +73,7 @@ uint64_t Engine::Impl::apply_tombstone(uint64_t seg_id, uint64_t epoch, uint16_t
     rec = records.emplace(seg_id, SetRecord{}).first;
   }
   if (!rec->second.deleted || rec->second.epoch != epoch) {
-    rec->second = SetRecord{epoch, 1, 0, owner, true};
+    rec->second = SetRecord{epoch, 1, 0, owner, true, std::string(name)};
     if (stores.count(seg_id) != 0)
       record_event("segment " + stores[seg_id]->name() + " deleted at epoch " + std::to_string(epoch) + " by node " +
                    std::to_string(owner) + ": replica copy dropped");
@@ -104,7 +104,7 @@ void Engine::Impl::on_tombstone(Link& link, const wire::Frame& f) noexcept {
     return;
   }
   bool by_owner = false;
-  if (const uint64_t newer = apply_tombstone(f.seg_id, f.epoch, f.src, &by_owner); newer != 0) {
+  if (const uint64_t newer = apply_tombstone(f.seg_id, f.name, f.epoch, f.src, &by_owner); newer != 0) {
     bump(counters.stale_epoch);
     send_error(link, f, wire::ErrorCode::kStaleEpoch, newer, by_owner ? wire::kFlagOwner : 0);
     return;

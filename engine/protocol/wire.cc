@@ -26,7 +26,7 @@ bool has_name(MsgType t) noexcept {
          t == MsgType::kFetchMeta || t == MsgType::kClaim || t == MsgType::kSetRecord;
 }
 bool has_payload(MsgType t) noexcept {
-  return t == MsgType::kData || t == MsgType::kFetchData || t == MsgType::kNote;
+  return t == MsgType::kData || t == MsgType::kFetchData || t == MsgType::kNote || t == MsgType::kRecords;
 }
 
 constexpr uint16_t kKnownFlags =
@@ -48,7 +48,8 @@ DecodeError validate_fields(const Frame& f) noexcept {
     return DecodeError::kBadField;
   // Owner epochs stay far from overflow (a heartbeat's field is its
   // sender's incarnation, not an epoch).
-  if (f.type != MsgType::kHeartbeat && f.epoch > kMaxEpoch) return DecodeError::kBadField;
+  // (A RECORDS frame's is its asker's incarnation.)
+  if (f.type != MsgType::kHeartbeat && f.type != MsgType::kRecords && f.epoch > kMaxEpoch) return DecodeError::kBadField;
   if (f.type == MsgType::kFetchMeta && (f.flags & kFlagDirect) == 0 && aux_epoch(f) > kMaxEpoch)
     return DecodeError::kBadField;
   if (has_name(f.type)) {
@@ -118,6 +119,18 @@ DecodeError validate_fields(const Frame& f) noexcept {
         return DecodeError::kBadField;
       if ((f.flags & kFlagRelease) != 0 && (f.flags & (kFlagComplete | kFlagRestart)) != 0) return DecodeError::kBadField;
       return f.epoch >= 1 && f.generation >= 1 ? DecodeError::kNone : DecodeError::kBadField;
+    case MsgType::kRecords:
+      // A question (QUERY, no payload) or an answer (a batch, COMPLETE on the
+      // last); the batch is checked entry by entry once its CRC is
+      // (parse_record_entries). `epoch`: the asker's incarnation, echoed.
+      if ((f.flags & ~(kFlagQuery | kFlagComplete)) != 0 || f.flags == (kFlagQuery | kFlagComplete))
+        return DecodeError::kBadField;
+      if ((f.flags & kFlagQuery) != 0 && !f.payload.empty()) return DecodeError::kBadLength;
+      if (f.payload.size() > kMaxNote) return DecodeError::kBadLength;
+      return f.seg_id == 0 && f.chunk_index == 0 && f.chunk_count == 0 && f.chunk_size == 0 && f.gen_crc == 0 &&
+                     f.sack == 0 && f.code == 0
+                 ? DecodeError::kNone
+                 : DecodeError::kBadField;
     case MsgType::kNote:
       if (f.payload.empty() || f.payload.size() > kMaxNote) return DecodeError::kBadLength;
       return f.flags == 0 && f.seg_id == 0 && f.epoch == 0 && f.generation == 0 && f.total_len == 0 &&
@@ -146,6 +159,54 @@ const char* decode_error_name(DecodeError e) noexcept {
     case DecodeError::kCount: break;
   }
   return "unknown";
+}
+
+size_t put_record_entry(std::span<std::byte> out, size_t at, const RecordEntry& e) noexcept {
+  if (!valid_name(e.name) || e.epoch == 0 || e.version == 0 || e.owner == 0 || (e.deleted && e.set != 0)) return at;
+  const size_t len = kRecordEntryHead + e.name.size();
+  if (at > out.size() || out.size() - at < len) return at;
+  std::byte* b = out.data() + at;
+  put<uint64_t>(b, 0, e.epoch);
+  put<uint64_t>(b, 8, e.version);
+  put<uint64_t>(b, 16, e.set);
+  put<uint16_t>(b, 24, e.owner);
+  put<uint8_t>(b, 26, e.deleted ? 1 : 0);
+  put<uint8_t>(b, 27, static_cast<uint8_t>(e.name.size()));
+  std::memcpy(b + kRecordEntryHead, e.name.data(), e.name.size());
+  return at + len;
+}
+
+namespace {
+// One entry at `at`, or false if what is there is not one.
+bool get_record_entry(std::span<const std::byte> p, size_t& at, RecordEntry& e) noexcept {
+  if (p.size() - at < kRecordEntryHead) return false;
+  const std::byte* b = p.data() + at;
+  e.epoch = get<uint64_t>(b, 0);
+  e.version = get<uint64_t>(b, 8);
+  e.set = get<uint64_t>(b, 16);
+  e.owner = get<uint16_t>(b, 24);
+  const uint8_t flags = get<uint8_t>(b, 26);
+  const size_t name_len = get<uint8_t>(b, 27);
+  if (flags > 1 || p.size() - at - kRecordEntryHead < name_len) return false;
+  e.deleted = flags == 1;
+  e.name = std::string_view(reinterpret_cast<const char*>(b + kRecordEntryHead), name_len);
+  if (!valid_name(e.name) || e.epoch == 0 || e.epoch > kMaxEpoch || e.version == 0 || e.owner == 0 ||
+      e.owner == kBroadcast || (e.deleted && e.set != 0))
+    return false;
+  at += kRecordEntryHead + name_len;
+  return true;
+}
+}  // namespace
+
+bool parse_record_entries(std::span<const std::byte> payload, const std::function<void(const RecordEntry&)>& each) {
+  RecordEntry e;
+  for (size_t at = 0; at < payload.size();)
+    if (!get_record_entry(payload, at, e)) return false;
+  for (size_t at = 0; at < payload.size();) {
+    (void)get_record_entry(payload, at, e);
+    each(e);
+  }
+  return true;
 }
 
 uint64_t segment_id(std::string_view name) noexcept {

@@ -37,6 +37,7 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <span>
 #include <string_view>
 
@@ -73,8 +74,11 @@ enum class MsgType : uint8_t {
                       ///< kFlagDeleted: a tombstone; kFlagRelease: recorded, non-members drop their copy
   kNote = 10,         ///< daemon -> daemon: an opaque payload of at most kMaxNote bytes (the failover
                       ///< manager's states and assignments); no name, every other field zero
+  kRecords = 11,      ///< a node that started -> each peer (kFlagQuery): hand me your set records and
+                      ///< tombstones from segment id `generation` on; the answer carries a batch of
+                      ///< them (RecordEntry) and where the next starts (`total_len`), kFlagComplete on the last
 };
-inline constexpr uint8_t kMaxMsgType = 10;
+inline constexpr uint8_t kMaxMsgType = 11;
 /// The most a NOTE carries: fits every link's smallest frame.
 inline constexpr size_t kMaxNote = 1024;
 
@@ -205,6 +209,29 @@ inline void set_direct(Frame& f, uint32_t pid, uint32_t fd, uint64_t inode) noex
 inline uint32_t direct_pid(const Frame& f) noexcept { return f.chunk_index; }
 inline uint32_t direct_fd(const Frame& f) noexcept { return f.chunk_count; }
 inline uint64_t direct_inode(const Frame& f) noexcept { return f.sack; }
+
+/// One set record or tombstone as a RECORDS answer carries it (docs/
+/// protocol.md, "Records for a node that started"): packed little-endian,
+/// u64 epoch, u64 version, u64 set (pack_set), u16 owner, u8 flags (bit 0:
+/// a tombstone, whose set is 0), u8 name length, the name. The segment id
+/// is the name's.
+struct RecordEntry {
+  std::string_view name;
+  uint64_t epoch = 0;
+  uint64_t version = 0;
+  uint64_t set = 0;
+  uint16_t owner = 0;
+  bool deleted = false;
+};
+inline constexpr size_t kRecordEntryHead = 28;
+/// Appends `e` to `out` at `at`; returns the new end, or `at` unchanged if
+/// it does not fit or `e` is not well formed. Thread: any.
+size_t put_record_entry(std::span<std::byte> out, size_t at, const RecordEntry& e) noexcept;
+/// Checks that a RECORDS payload is a whole number of well-formed entries
+/// (a valid name, epoch and version at least 1 and at most kMaxEpoch, an
+/// owner, no set on a tombstone and no more than kMaxReplicaSet nodes);
+/// then, only if all are, calls `each` for every one in order. Thread: any.
+bool parse_record_entries(std::span<const std::byte> payload, const std::function<void(const RecordEntry&)>& each);
 
 /// 64-bit segment id derived from the name (FNV-1a). Thread: any.
 uint64_t segment_id(std::string_view name) noexcept;

@@ -28,10 +28,11 @@ std::vector<std::vector<std::byte>> frames() {
   auto add = [&](Frame f) {
     f.src = 2;
     f.dst = 1;
+    const bool nameless = f.type == MsgType::kNote || f.type == MsgType::kRecords;  // and no segment id
     if (f.name.empty() && f.type != MsgType::kAck && f.type != MsgType::kHeartbeat && f.type != MsgType::kError &&
-        f.type != MsgType::kNote)
+        !nameless)
       f.name = "s1";
-    f.seg_id = segment_id(f.name);
+    f.seg_id = nameless ? 0 : segment_id(f.name);
     std::vector<std::byte> b(kMaxFrameSize);
     b.resize(encode(f, b));
     out.push_back(b);
@@ -129,6 +130,18 @@ std::vector<std::vector<std::byte>> frames() {
   static const std::string text = R"({"t":"s","n":2,"g":[]})";
   note.payload = std::as_bytes(std::span(text));
   add(note);
+  Frame ask;  // a node that started asks for the records
+  ask.type = MsgType::kRecords;
+  ask.flags = kFlagQuery;
+  ask.epoch = 777;
+  add(ask);
+  static std::vector<std::byte> entries(kMaxNote);
+  size_t len = put_record_entry(entries, 0, RecordEntry{"s1", 1, 1, 0x0002000100000000ull, 2, false});
+  len = put_record_entry(entries, len, RecordEntry{"s2", 3, 1, 0, 2, true});
+  Frame handed = ask;  // and is handed them
+  handed.flags = kFlagComplete;
+  handed.payload = std::span(entries).first(len);
+  add(handed);
   return out;
 }
 

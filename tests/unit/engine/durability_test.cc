@@ -7,6 +7,7 @@
 
 #include <chrono>
 #include <cstring>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -214,6 +215,64 @@ TEST(Durability, NodesThatRestartedTogetherWaitForThePeerTheyHaveNotHeard) {
   ASSERT_FALSE(fresh);
   EXPECT_EQ(fresh.error().code, Errc::kUnavailable);
   ASSERT_TRUE(eventually([&] { return test::ok(cl.node(lost).create("brand-new", 4096)); }, 20s));
+}
+
+// The same two nodes restart together, and this time hear the third before
+// it falls silent (cut off right after: a stall, a partition). Heard is not
+// enough: they know nothing of what it holds unless it handed them its set
+// records. Before, the open on a restarted node found the name nowhere
+// among the nodes it could hear, counted every peer heard, and started it
+// afresh; the third node's durable generation lost to the new history once
+// it came back. Now each asks every peer for its records after a start (in
+// batches: forty more names here than one frame carries), so the record
+// names the silent member: the open waits for it, and a create is refused.
+TEST(Durability, NodesThatRestartedTogetherKnowWhatAPeerHeardOnceHolds) {
+  EngineConfig c = config(2);
+  c.fresh_start_wait_ms = 6000;
+  Cluster cl(3, c);
+  constexpr size_t kSize = 64 * 1024;
+  Segment* seg = test::must(cl.node(1).create("amnesia", kSize));
+  commit_durable(cl.node(1), seg, 3);
+  std::vector<std::string> others;
+  for (int i = 0; i < 40; ++i) {
+    others.push_back("other-segment-" + std::to_string(i));
+    (void)test::must(cl.node(1).create(others.back(), 4096));
+  }
+  const auto set = replica_set(cl.node(1), seg);
+  ASSERT_EQ(set.size(), 2u);
+  const int lost = set[0], keeper = set[1];
+  cl.kill(1);
+  cl.kill(lost);
+  cl.restart(1);
+  cl.restart(lost);
+  // Both hear the keeper, and have its records, before it falls silent.
+  for (int n : {1, lost})
+    ASSERT_TRUE(eventually([&] {
+      if (!peer_alive(cl.node(n), static_cast<uint16_t>(keeper))) return false;
+      for (const auto& name : others)
+        if (!cl.node(n).record(name)) return false;
+      return cl.node(n).record("amnesia").has_value();
+    })) << "node " << n << " was not handed node " << keeper << "'s records" << cl.events();
+  cl.isolate(keeper, true);
+  ASSERT_TRUE(eventually([&] {
+    return !peer_alive(cl.node(1), static_cast<uint16_t>(keeper)) &&
+           !peer_alive(cl.node(lost), static_cast<uint16_t>(keeper));
+  }));
+  auto early = cl.node(1).open("amnesia", kSize);
+  ASSERT_FALSE(early) << "started afresh while node " << keeper << " held generation 3";
+  EXPECT_EQ(early.error().code, Errc::kNotFound) << early.error().to_string();
+  EXPECT_NE(early.error().message.find("node " + std::to_string(keeper) + " of its replica set did not answer"),
+            std::string::npos)
+      << early.error().message;
+  auto made = cl.node(lost).create("amnesia", kSize);
+  ASSERT_FALSE(made) << "created again while node " << keeper << " held it";
+  EXPECT_EQ(made.error().code, Errc::kExists) << made.error().to_string();
+  cl.isolate(keeper, false);
+  Result<OpenResult> r = tl::unexpected(Error{});
+  ASSERT_TRUE(eventually([&] { return (r = cl.node(1).open("amnesia", kSize)).has_value(); })) << r.error().to_string();
+  EXPECT_EQ(r->outcome, OpenOutcome::kRestored);
+  EXPECT_EQ(r->generation, 3u);
+  EXPECT_TRUE(equals_generation(cl.node(1), r->segment, 3));
 }
 
 // A new name right after a node started, while a peer is not heard yet

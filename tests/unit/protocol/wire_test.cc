@@ -234,6 +234,86 @@ TEST(Wire, NoteRoundTripAndRejects) {
   EXPECT_EQ(decode(encoded(note), out), DecodeError::kBadField);
 }
 
+// Records for a node that started: a question (no payload), and answers
+// carrying whole, well-formed entries only.
+TEST(Wire, RecordsFramesRoundTripAndRejects) {
+  Frame out;
+  Frame ask;
+  ask.type = MsgType::kRecords;
+  ask.flags = kFlagQuery;
+  ask.src = 1;
+  ask.dst = 2;
+  ask.epoch = ~uint64_t{0} >> 1;  // the asker's incarnation, not an owner epoch
+  ask.generation = 0x1234;        // from this segment id on
+  ASSERT_EQ(decode(encoded(ask), out), DecodeError::kNone);
+  EXPECT_EQ(out.generation, 0x1234u);
+  ask.flags = kFlagQuery | kFlagComplete;
+  EXPECT_EQ(decode(encoded(ask), out), DecodeError::kBadField);
+  ask.flags = kFlagQuery | kFlagDeleted;
+  EXPECT_EQ(decode(encoded(ask), out), DecodeError::kBadField);
+  ask.flags = kFlagQuery;
+  ask.seg_id = 5;
+  EXPECT_EQ(decode(encoded(ask), out), DecodeError::kBadField);
+  ask.seg_id = 0;
+  std::vector<std::byte> one(4);
+  ask.payload = one;  // a question carries nothing
+  EXPECT_EQ(decode(encoded(ask), out), DecodeError::kBadLength);
+
+  std::vector<std::byte> body(kMaxNote);
+  size_t len = 0;
+  const RecordEntry set{"seg-a", 3, 2, pack_nodes(std::vector<uint16_t>{2, 4}), 1, false};
+  const RecordEntry tomb{"seg-b", 9, 1, 0, 3, true};
+  len = put_record_entry(body, len, set);
+  len = put_record_entry(body, len, tomb);
+  ASSERT_EQ(len, 2 * kRecordEntryHead + 10);
+  EXPECT_EQ(put_record_entry(body, len, RecordEntry{"bad name", 1, 1, 0, 1, false}), len);
+  EXPECT_EQ(put_record_entry(body, len, RecordEntry{"seg-c", 1, 1, 7, 1, true}), len) << "a tombstone has no set";
+  EXPECT_EQ(put_record_entry(std::span(body).first(len + 10), len, set), len) << "does not fit";
+  Frame answer;
+  answer.type = MsgType::kRecords;
+  answer.flags = kFlagComplete;
+  answer.payload = std::span(body).first(len);
+  const auto bytes = encoded(answer);  // `out` views into it
+  ASSERT_EQ(decode(bytes, out), DecodeError::kNone);
+  std::vector<RecordEntry> got;
+  std::vector<std::string> names;
+  ASSERT_TRUE(parse_record_entries(out.payload, [&](const RecordEntry& e) {
+    got.push_back(e);
+    names.emplace_back(e.name);
+  }));
+  ASSERT_EQ(got.size(), 2u);
+  EXPECT_EQ(names[0], "seg-a");
+  EXPECT_EQ(got[0].epoch, 3u);
+  EXPECT_EQ(got[0].version, 2u);
+  EXPECT_EQ(unpack_set(got[0].set)[1], 4u);
+  EXPECT_EQ(got[0].owner, 1u);
+  EXPECT_FALSE(got[0].deleted);
+  EXPECT_EQ(names[1], "seg-b");
+  EXPECT_TRUE(got[1].deleted);
+  EXPECT_EQ(got[1].owner, 3u);
+  // Anything short of whole, well-formed entries is refused as a whole,
+  // before any entry is handed on.
+  int calls = 0;
+  auto count = [&](const RecordEntry&) { ++calls; };
+  EXPECT_FALSE(parse_record_entries(std::span(body).first(len - 1), count)) << "cut short";
+  std::vector<std::byte> bad(body.begin(), body.begin() + static_cast<std::ptrdiff_t>(len));
+  bad[kRecordEntryHead + 5 + 26] = std::byte{2};  // the second entry's flags
+  EXPECT_FALSE(parse_record_entries(bad, count));
+  bad = std::vector<std::byte>(body.begin(), body.begin() + static_cast<std::ptrdiff_t>(len));
+  bad[27] = std::byte{64};  // the first name's length, past the end
+  EXPECT_FALSE(parse_record_entries(bad, count));
+  bad = std::vector<std::byte>(body.begin(), body.begin() + static_cast<std::ptrdiff_t>(len));
+  bad[24] = std::byte{0};  // the first owner: none
+  EXPECT_FALSE(parse_record_entries(bad, count));
+  EXPECT_EQ(calls, 0);
+  // An answer may be empty (nothing recorded), never larger than a note.
+  answer.payload = {};
+  EXPECT_EQ(decode(encoded(answer), out), DecodeError::kNone);
+  std::vector<std::byte> big(kMaxNote + 1);
+  answer.payload = big;
+  EXPECT_EQ(decode(encoded(answer), out), DecodeError::kBadLength);
+}
+
 // Direct reads (issue #11): a request for a lent slot, the slot lent (its
 // process, descriptor and inode), and the loader's done; each exactly so.
 TEST(Wire, DirectReadFramesRoundTripAndRejects) {
@@ -403,7 +483,7 @@ TEST_F(WireReject, BadMagicAndVersion) {
 }
 
 TEST_F(WireReject, UnknownType) {
-  for (uint8_t t : {uint8_t{0}, uint8_t{11}, uint8_t{255}}) {
+  for (uint8_t t : {uint8_t{0}, uint8_t{kMaxMsgType + 1}, uint8_t{255}}) {
     auto b = good;
     poke<uint8_t>(b, 3, t);
     EXPECT_EQ(decode_it(b), DecodeError::kUnknownType) << int(t);
