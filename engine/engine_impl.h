@@ -283,8 +283,20 @@ struct Engine::Impl {
   /// nothing more to do for this generation.
   bool catch_up_stage(Segment& seg, uint64_t budget, bool& copied) noexcept;
   /// By segment id, in order: a node that started is handed them in
-  /// batches from an id on (answer_records).
+  /// batches from an id on (answer_records). At most kMaxRecords: a bound
+  /// on what peers can make this node keep.
   std::map<uint64_t, SetRecord> records;
+  static constexpr size_t kMaxRecords = 65536;
+  /// Records their writers withdrew (a create that failed), heard while a
+  /// peer's batches may still bring them (read before the withdrawal
+  /// reached that peer): take_handed_record does not take those. Cleared
+  /// once every peer's last batch came; the oldest go past kMaxWithdrawn.
+  struct Withdrawal {
+    uint64_t seg_id = 0, epoch = 0, version = 0;
+    uint16_t owner = 0;
+  };
+  std::vector<Withdrawal> withdrawn;
+  static constexpr size_t kMaxWithdrawn = 1024;
   /// After `stores`: destroyed first, so queued writes finish from live slots.
   std::unique_ptr<GlobalStore> global;
   /// Offers replica `st`'s newest generation to global storage; false if
@@ -633,17 +645,20 @@ struct Engine::Impl {
   /// the answer to ours. Thread: token holder.
   void on_tombstone(Link& link, const wire::Frame& f) noexcept;
   /// Records for a node that started (docs/architecture.md, "Load"): it
-  /// asks every peer once for its set records and tombstones, in batches
-  /// (RECORDS), and counts a peer heard for new names only once it has
-  /// them (heard_every_peer), so that two nodes that restarted together
-  /// and heard the third before it fell silent know what it holds.
+  /// asks each peer, the first time it hears it after its start, for its
+  /// set records and tombstones, in batches (RECORDS), and counts the peer
+  /// heard for new names only once it has them (heard_every_peer), so that
+  /// two nodes that restarted together and heard the third before it fell
+  /// silent know what it holds.
   /// Thread: token holder.
   void ask_for_records(uint64_t now) noexcept;
   void on_records(Link& link, wire::Frame& f) noexcept;
   void answer_records(Link& link, const wire::Frame& f) noexcept;
-  /// Stores a record a peer handed over as the frame of its writer would
-  /// have been stored (on_set_record, apply_tombstone), saying nothing back.
-  void take_handed_record(const wire::RecordEntry& e) noexcept;
+  /// Stores a record a peer handed over as its writer's frame, delivered
+  /// late, would have been stored (on_set_record, apply_tombstone), saying
+  /// nothing back; not one withdrawn since (`withdrawn`). False if this
+  /// node's map had no room for it.
+  bool take_handed_record(const wire::RecordEntry& e) noexcept;
   /// SET_RECORD with kFlagRelease: a set recorded without this node: its
   /// copy is dropped. Thread: token holder.
   void on_release(const wire::Frame& f) noexcept;

@@ -45,11 +45,14 @@ struct PeerState {
   uint64_t incarnation_seen_ns = 0;  ///< when this node first heard that incarnation
   bool alive = false;
   bool ever_heard = false;
-  // Its set records and tombstones, asked for once after this node started
-  // (Engine::Impl::ask_for_records): whether this node has them all, the
-  // incarnation of the peer asked, the segment id the next batch starts
-  // at, and when the question last went out (0: ask now).
+  // Its set records and tombstones, asked for the first time this node
+  // hears it after its start (Engine::Impl::ask_for_records): whether the
+  // last batch came, whether this node stored them all (not if its own
+  // map was full), the incarnation of the peer asked, the segment id the
+  // next batch starts at, and when the question last went out (0: ask now).
+  bool records_done = false;
   bool records_had = false;
+  bool records_lost = false;  ///< a batch held one that found no room here
   uint64_t records_incarnation = 0;
   uint64_t records_cursor = 0;
   uint64_t records_asked_ns = 0;

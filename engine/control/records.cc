@@ -193,6 +193,12 @@ void Engine::Impl::on_set_record(Link& link, const wire::Frame& f) noexcept {
     if (it != records.end() && it->second.owner == f.src && it->second.epoch == f.epoch &&
         it->second.version <= f.generation)
       records.erase(it);
+    // A peer's batch may still hold it, read before the withdrawal reached
+    // that peer: remembered while batches may come (take_handed_record).
+    if (std::any_of(peer_states.begin(), peer_states.end(), [](const PeerState& p) { return !p.records_done; })) {
+      if (withdrawn.size() >= kMaxWithdrawn) withdrawn.erase(withdrawn.begin());
+      withdrawn.push_back(Withdrawal{f.seg_id, f.epoch, f.generation, f.src});
+    }
     return;
   }
   // A record from below an epoch this node claimed (it owns the segment
@@ -211,7 +217,7 @@ void Engine::Impl::on_set_record(Link& link, const wire::Frame& f) noexcept {
     step_down_if_rivalled(*o->second, f.epoch, "node " + std::to_string(f.src) + " proposed its replica set");
   }
   if (it == records.end()) {
-    if (records.size() >= 65536) {  // a bound on what peers can make this node keep
+    if (records.size() >= kMaxRecords) {  // a bound on what peers can make this node keep
       bump(counters.bad_input);
       return;
     }
@@ -299,7 +305,7 @@ constexpr uint64_t kRecordsAskAgainNs = 20'000'000;
 
 void Engine::Impl::ask_for_records(uint64_t now) noexcept {
   for (auto& p : peer_states) {
-    if (p.records_had || !p.alive || p.incarnation == 0 || p.link == nullptr) continue;
+    if (p.records_done || !p.alive || p.incarnation == 0 || p.link == nullptr) continue;
     if (p.records_incarnation != p.incarnation) {  // (again) from the start: it restarted meanwhile
       p.records_incarnation = p.incarnation;
       p.records_cursor = 0;
@@ -325,22 +331,33 @@ void Engine::Impl::on_records(Link& link, wire::Frame& f) noexcept {
   if (it == peer_by_node.end()) return;
   PeerState& p = *it->second;
   // Only the batch asked for last, by this incarnation.
-  if (p.records_had || f.epoch != incarnation || f.generation != p.records_cursor) return;
+  if (p.records_done || f.epoch != incarnation || f.generation != p.records_cursor) return;
   const bool last = (f.flags & wire::kFlagComplete) != 0;
   if (!last && f.total_len <= p.records_cursor) {  // it must move on
     bump(counters.bad_input);
     return;
   }
-  if (!wire::parse_record_entries(f.payload, [this](const wire::RecordEntry& e) { take_handed_record(e); })) {
+  bool all_kept = true;
+  if (!wire::parse_record_entries(f.payload,
+                                  [&](const wire::RecordEntry& e) { all_kept &= take_handed_record(e); })) {
     bump(counters.bad_input);
     return;
   }
   p.records_asked_ns = 0;  // the next batch at once
+  p.records_lost |= !all_kept;
   if (!last) {
     p.records_cursor = f.total_len;
     return;
   }
-  p.records_had = true;
+  p.records_done = true;
+  // A record it handed over that found no room here is not had: this node
+  // then waits out fresh_start_wait_ms before it starts names afresh.
+  p.records_had = !p.records_lost;
+  if (p.records_lost)
+    record_event("node " + std::to_string(p.node) + "'s set records did not all fit here (" +
+                 std::to_string(records.size()) + " kept): new names wait for fresh_start_wait_ms after the start");
+  if (std::all_of(peer_states.begin(), peer_states.end(), [](const PeerState& q) { return q.records_done; }))
+    withdrawn.clear();  // no batch is on its way any more
 }
 
 void Engine::Impl::answer_records(Link& link, const wire::Frame& f) noexcept {
@@ -369,29 +386,29 @@ void Engine::Impl::answer_records(Link& link, const wire::Frame& f) noexcept {
   else bump(counters.frames_tx);
 }
 
-void Engine::Impl::take_handed_record(const wire::RecordEntry& e) noexcept {
+bool Engine::Impl::take_handed_record(const wire::RecordEntry& e) noexcept {
   const uint64_t id = wire::segment_id(e.name);
+  if (records.count(id) == 0 && records.size() >= kMaxRecords) return false;  // the bound on_set_record keeps
   if (e.deleted) {
     (void)apply_tombstone(id, e.name, e.epoch, e.owner);  // refused for a newer epoch known here: kept
-    return;
+    return true;
   }
+  // Withdrawn by its writer since the peer read it (its create failed):
+  // the withdrawal came first here, so the record must not.
+  for (const Withdrawal& w : withdrawn)
+    if (w.seg_id == id && w.owner == e.owner && w.epoch == e.epoch && e.version <= w.version) return true;
   auto it = records.find(id);
-  if (it == records.end()) {
-    if (records.size() >= 65536) {  // the bound on_set_record keeps
-      bump(counters.bad_input);
-      return;
-    }
-    it = records.emplace(id, SetRecord{}).first;
-  }
+  if (it == records.end()) it = records.emplace(id, SetRecord{}).first;
   SetRecord& stored = it->second;
   // As on_set_record: an older epoch, or a second owner of the stored one,
   // is not taken; a tombstone of the same epoch gives way.
   const bool beats_tombstone = stored.deleted && e.epoch == stored.epoch;
   if (stored.epoch != 0 && (e.epoch < stored.epoch || (e.epoch == stored.epoch && e.owner != stored.owner && !beats_tombstone)))
-    return;
+    return true;
   SetRecord r{e.epoch, e.version, e.set, e.owner, false, std::string(e.name)};
   if (beats_tombstone || r.newer_than(stored)) stored = std::move(r);
   fence_if_superseded(id, e.epoch);
+  return true;
 }
 
 }  // namespace baton

@@ -66,7 +66,7 @@ uint64_t Engine::Impl::apply_tombstone(uint64_t seg_id, std::string_view name, u
   if (auto o = owned.find(seg_id); o != owned.end() && !o->second->fenced.load() && o->second->epoch.load() >= epoch)
     return o->second->epoch.load();
   if (rec == records.end()) {
-    if (records.size() >= 65536) {  // a bound on what peers can make this node keep
+    if (records.size() >= kMaxRecords) {  // a bound on what peers can make this node keep
       bump(counters.bad_input);
       return 0;
     }

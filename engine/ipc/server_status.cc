@@ -115,6 +115,9 @@ nlohmann::json Server::status_json(size_t limit) const {
                             // known it: a young one is a restart.
                             {"incarnation", p.incarnation},
                             {"incarnation_age_s", p.incarnation_age_us / 1'000'000},
+                            // Whether this node has the peer's set records (asked for once after
+                            // its start): a new name waits for them.
+                            {"records", p.records_had},
                             {"package", or_null(p.package)},
                             {"numa_node", or_null(p.numa_node)},
                             {"up", l.up},

@@ -228,9 +228,9 @@ inline constexpr size_t kRecordEntryHead = 28;
 /// it does not fit or `e` is not well formed. Thread: any.
 size_t put_record_entry(std::span<std::byte> out, size_t at, const RecordEntry& e) noexcept;
 /// Checks that a RECORDS payload is a whole number of well-formed entries
-/// (a valid name, epoch and version at least 1 and at most kMaxEpoch, an
-/// owner, no set on a tombstone and no more than kMaxReplicaSet nodes);
-/// then, only if all are, calls `each` for every one in order. Thread: any.
+/// (a valid name, an epoch of 1..kMaxEpoch, a version of at least 1, an
+/// owner that is a node id, no set on a tombstone, flags 0 or 1); then,
+/// only if all are, calls `each` for every one in order. Thread: any.
 bool parse_record_entries(std::span<const std::byte> payload, const std::function<void(const RecordEntry&)>& each);
 
 /// 64-bit segment id derived from the name (FNV-1a). Thread: any.

@@ -244,6 +244,10 @@ struct PeerStatus {
   /// Its failure domains, from its heartbeats (NodePlace; -1: unknown).
   int package = -1;
   int numa_node = -1;
+  /// This node has the peer's set records and tombstones (asked for once
+  /// after this node started): until then it starts no name afresh within
+  /// fresh_start_wait_ms of its start (the peer may hold it).
+  bool records_had = false;
 };
 
 /// Where a node stands, for placement (S12) and memory: resolved at start

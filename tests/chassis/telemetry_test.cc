@@ -57,6 +57,7 @@ TEST(Telemetry, BatondAnswersDpdkTelemetryAndTypedJson) {
     EXPECT_LT(l["silent_ms"].get<uint64_t>(), 1000u) << l.dump();
     EXPECT_NE(l["incarnation"].get<uint64_t>(), 0u) << "its heartbeats name it: " << l.dump();
     EXPECT_TRUE(l["incarnation_age_s"].is_number_integer()) << l.dump();
+    EXPECT_TRUE(l["records"].get<bool>()) << "handed the peer's set records after the start: " << l.dump();
   }
   // A replica node lists the copy it keeps for node 1 (batonctl status
   // listed only segments owned here: a replica node looked empty).

@@ -150,17 +150,18 @@ int status(const std::string& socket, bool as_json, bool segments_only) {
     const size_t shards = node.value("shards", json::array()).size();
     if (shards > 1) std::printf("shards: %zu (per-core workers; the SHARD column says whose link)\n", shards);
     std::printf("\n");
-    std::printf("%-16s %-5s %-5s %-6s %-6s %10s %10s %10s %10s %10s\n", "LINK", "SHARD", "PEER", "NODE", "LINK", "RX",
-                "TX", "RECONNECTS", "SILENT ms", "STARTED s");
+    std::printf("%-16s %-5s %-5s %-6s %-6s %10s %10s %10s %10s %10s  %s\n", "LINK", "SHARD", "PEER", "NODE", "LINK", "RX",
+                "TX", "RECONNECTS", "SILENT ms", "STARTED s", "RECORDS");
     for (const auto& l : j.value("links", json::array())) {
       // How long ago this node first heard the peer's current incarnation:
       // small after the peer restarted (it lost what it held).
       const std::string started =
           l.value("incarnation", 0ull) != 0 ? std::to_string(l.value("incarnation_age_s", 0ull)) : "-";
-      std::printf("%-16s %-5d %-5d %-6s %-6s %10llu %10llu %10llu %10llu %10s\n", l.value("name", "").c_str(),
+      // Whether this node was handed the peer's set records since its start.
+      std::printf("%-16s %-5d %-5d %-6s %-6s %10llu %10llu %10llu %10llu %10s  %s\n", l.value("name", "").c_str(),
                   l.value("shard", 0), l.value("peer", 0), l.value("alive", false) ? "alive" : "dead", l.value("up", false) ? "up" : "down",
                   l.value("rx", 0ull), l.value("tx", 0ull), l.value("reconnects", 0ull), l.value("silent_ms", 0ull),
-                  started.c_str());
+                  started.c_str(), l.value("records", false) ? "had" : "asking");
     }
     std::printf("\n");
   }

@@ -5,14 +5,19 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
+#include <deque>
+#include <memory>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "../../common/cluster.h"
 #include "../../common/ok.h"
+#include "baton/loopback.h"
+#include "protocol/wire.h"
 
 namespace baton {
 namespace {
@@ -253,6 +258,10 @@ TEST(Durability, NodesThatRestartedTogetherKnowWhatAPeerHeardOnceHolds) {
         if (!cl.node(n).record(name)) return false;
       return cl.node(n).record("amnesia").has_value();
     })) << "node " << n << " was not handed node " << keeper << "'s records" << cl.events();
+  EXPECT_TRUE(eventually([&] {
+    const auto peers = cl.node(1).peers();
+    return std::all_of(peers.begin(), peers.end(), [](const PeerStatus& p) { return p.records_had; });
+  })) << "node 1 has the records, yet says it lacks some";
   cl.isolate(keeper, true);
   ASSERT_TRUE(eventually([&] {
     return !peer_alive(cl.node(1), static_cast<uint16_t>(keeper)) &&
@@ -273,6 +282,112 @@ TEST(Durability, NodesThatRestartedTogetherKnowWhatAPeerHeardOnceHolds) {
   EXPECT_EQ(r->outcome, OpenOutcome::kRestored);
   EXPECT_EQ(r->generation, 3u);
   EXPECT_TRUE(equals_generation(cl.node(1), r->segment, 3));
+}
+
+// A link that also delivers frames the test queues, as if its peer had
+// sent them.
+class TapLink final : public Link {
+ public:
+  explicit TapLink(std::unique_ptr<Link> inner) : inner_(std::move(inner)) {}
+  const std::string& name() const noexcept override { return inner_->name(); }
+  uint16_t peer() const noexcept override { return inner_->peer(); }
+  LinkCaps caps() const noexcept override { return inner_->caps(); }
+  bool up() noexcept override { return inner_->up(); }
+  uint16_t rx_burst(RxFrame* out, uint16_t n) noexcept override {
+    uint16_t k = 0;
+    while (k < n && !queue.empty()) {
+      held_.push_back(std::move(queue.front()));
+      queue.pop_front();
+      out[k++] = RxFrame{held_.back(), &held_};
+    }
+    return k + inner_->rx_burst(out + k, static_cast<uint16_t>(n - k));
+  }
+  void release_rx(RxFrame* frames, uint16_t n) noexcept override {
+    for (uint16_t i = 0; i < n; ++i) {
+      if (frames[i].token == &held_) held_.pop_front();
+      else inner_->release_rx(&frames[i], 1);
+    }
+  }
+  uint16_t tx_burst(const TxFrame* frames, uint16_t n) noexcept override { return inner_->tx_burst(frames, n); }
+  bool service(uint64_t now_ns) noexcept override { return inner_->service(now_ns); }
+  LinkCounters counters() const noexcept override { return inner_->counters(); }
+  std::deque<std::vector<std::byte>> queue;
+
+ private:
+  std::unique_ptr<Link> inner_;
+  std::deque<std::vector<std::byte>> held_;
+};
+
+// A peer's batch of records can hold one its writer withdrew (a create
+// that lost its race) after the batch was read and before it arrived: the
+// withdrawal reached this node first. Taken then, the record of a name
+// never created would live on here, make creates of it fail with kExists,
+// and be handed to every node that starts later (a review of the hand-off).
+// Frames from node 2 are queued by hand: its withdrawal of "gone", then a
+// batch that still holds "gone", and "kept", which nobody withdrew.
+TEST(Durability, ARecordItsWriterWithdrewIsNotTakenFromALaterBatch) {
+  uint64_t now = 1'000'000'000;
+  std::unique_ptr<Engine> n1, n2;
+  auto hooks = std::make_shared<SimulationHooks>();
+  hooks->now = [&] { return now; };
+  hooks->step = [&] {
+    now += 50'000;
+    n1->poll();
+    n1->poll_control();
+    n2->poll();
+    n2->poll_control();
+  };
+  auto pair = loopback::make_pair(1, 2, 16384, 1024, 1, hooks->now);
+  pair.wire->set_stalled(1, true);  // node 2's own answer waits: the queued one comes first
+  auto tap = std::make_unique<TapLink>(std::move(pair.a));
+  TapLink* t = tap.get();
+  auto config = [&](uint16_t id) {
+    EngineConfig c;
+    c.node_id = id;
+    c.replication_factor = 1;
+    c.heartbeat_interval_us = 1000;
+    c.failure_timeout_us = 10'000;
+    c.simulation = hooks;
+    return c;
+  };
+  std::vector<std::unique_ptr<Link>> l1, l2;
+  l1.push_back(std::move(tap));
+  l2.push_back(std::move(pair.b));
+  n1 = test::must(Engine::start(config(1), std::move(l1)));
+  n2 = test::must(Engine::start(config(2), std::move(l2)));
+  auto frame = [](const wire::Frame& f) {
+    std::vector<std::byte> b(wire::kHeaderSize + wire::kMaxNote + wire::kMaxNameLen);
+    b.resize(wire::encode(f, b));
+    return b;
+  };
+  wire::Frame withdraw;
+  withdraw.type = wire::MsgType::kSetRecord;
+  withdraw.flags = wire::kFlagRestart;
+  withdraw.src = 2;
+  withdraw.dst = 1;
+  withdraw.name = "gone";
+  withdraw.seg_id = wire::segment_id("gone");
+  withdraw.epoch = 1;
+  withdraw.generation = 1;  // the version withdrawn
+  t->queue.push_back(frame(withdraw));
+  std::vector<std::byte> entries(wire::kMaxNote);
+  size_t len = wire::put_record_entry(entries, 0, {"gone", 1, 1, wire::pack_nodes(std::vector<uint16_t>{1}), 2, false});
+  len = wire::put_record_entry(entries, len, {"kept", 1, 1, wire::pack_nodes(std::vector<uint16_t>{1}), 2, false});
+  wire::Frame batch;
+  batch.type = wire::MsgType::kRecords;
+  batch.flags = wire::kFlagComplete;
+  batch.src = 2;
+  batch.dst = 1;
+  batch.epoch = n1->incarnation();  // answers node 1's first question (from segment id 0)
+  batch.payload = std::span(entries).first(len);
+  t->queue.push_back(frame(batch));
+  for (int i = 0; i < 100; ++i) hooks->step();
+  pair.wire->set_stalled(1, false);
+  EXPECT_TRUE(eventually([&] { return n1->record("kept").has_value(); })) << "the batch was not taken";
+  EXPECT_FALSE(n1->record("gone")) << "a withdrawn record came back with a batch read before the withdrawal";
+  const auto peers = n1->peers();
+  ASSERT_EQ(peers.size(), 1u);
+  EXPECT_TRUE(peers[0].records_had);
 }
 
 // A new name right after a node started, while a peer is not heard yet
