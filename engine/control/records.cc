@@ -294,9 +294,11 @@ void Engine::Impl::fence(Segment& seg, const std::string& why) noexcept {
 // restarts knows none, and two of three that restarted together are a
 // quorum that knows nothing. Waiting to hear every peer (heard_every_peer)
 // is not enough if the third falls silent right after its first
-// heartbeat: so each node asks every peer once for all it has recorded,
-// and counts the peer heard only once it has it. A record handed on is the
-// writer's frame delivered late: it is stored as that would have been.
+// heartbeat: so a node asks each peer, the first time it hears it after
+// its start, for all it has recorded, and counts the peer heard only once
+// it has it. A record handed on is the writer's frame delivered late: it
+// is stored much as that would have been, except one its writer withdrew
+// since (`withdrawn`), which a direct link would have delivered first.
 
 namespace {
 /// Asked again when a batch did not come: a frame lost, the peer busy.

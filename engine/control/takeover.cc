@@ -681,8 +681,19 @@ Result<OpenResult> Engine::Impl::load_from_global(std::string_view name, uint64_
   const uint64_t epoch = std::max(max_epoch, copy->epoch) + 1;
   auto seg = make_segment(name, copy->size, &*dest, epoch, copy->generation);
   if (!seg) return tl::unexpected(seg.error());
+  // Storage is behind the replicas by design: say how far, as far as this
+  // node can tell (the copy's age; the generations committed after it
+  // died with every replica).
+  std::string age = "of unknown age";
+  struct stat st;
+  timespec now;
+  if (::stat(copy->path.c_str(), &st) == 0 && clock_gettime(CLOCK_REALTIME, &now) == 0)
+    age = "written " + std::to_string(std::max<int64_t>(0, now.tv_sec - st.st_mtim.tv_sec)) + " s ago";
+  BT_WARN("%s: no live replica; restoring generation %lu from global storage (%s): any generation committed "
+          "after it is not in it",
+          std::string(name).c_str(), static_cast<unsigned long>(copy->generation), age.c_str());
   record_event("loaded " + std::string(name) + " generation " + std::to_string(copy->generation) +
-               " from global storage (no live replica)");
+               " from global storage (no live replica; the copy was " + age + ")");
   return OpenResult{*seg, OpenOutcome::kRestored, copy->generation};
 }
 
