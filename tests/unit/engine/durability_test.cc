@@ -414,7 +414,9 @@ TEST(Durability, ANewNameRightAfterAStartWaitsForAPeerAboutToBeHeard) {
       auto r = cl.node(1).open(name, 4096);
       if (r) seg = r->segment;
       else seg = tl::unexpected(r.error());
-      if (r) EXPECT_EQ(r->outcome, OpenOutcome::kCreated);
+      if (r) {
+        EXPECT_EQ(r->outcome, OpenOutcome::kCreated);
+      }
     } else {
       seg = cl.node(1).create(name, 4096);
     }

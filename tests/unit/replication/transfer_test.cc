@@ -762,7 +762,9 @@ TEST(Delta, TheNextShadowIsBroughtUpToDateBetweenGenerations) {
     ASSERT_EQ(store->latest()->generation, 2u);
     EXPECT_TRUE(store->behind()) << "the slot that held 1 lacks 2's chunks";
     if (budget != 0) store->advance_background(budget);
-    if (budget > 3 * kCs) EXPECT_FALSE(store->behind());
+    if (budget > 3 * kCs) {
+      EXPECT_FALSE(store->behind());
+    }
     pos = 0;
     for (uint32_t c : {4u, 7u}) {
       wire::Frame f = delta_frame(g3, 3, 2, pos++, c, 2);
