@@ -793,7 +793,7 @@ std::vector<PeerStatus> Engine::peers_of(Impl& impl) const {
       for (const LinkState* l : p.links) heard = std::max(heard, l->heard_ns.load(std::memory_order_relaxed));
       out.push_back(PeerStatus{p.node, p.alive, p.ever_heard, p.ever_heard ? (now - std::min(now, heard)) / 1000 : 0,
                                p.incarnation, p.incarnation != 0 ? elapsed(now, p.incarnation_seen_ns) / 1000 : 0,
-                               p.package, p.numa_node, p.records_had});
+                               p.package, p.numa_node, p.records_had()});
     }
   });
   if (!done) return {};

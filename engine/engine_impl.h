@@ -715,6 +715,8 @@ struct Engine::Impl {
   /// Whether `pred` holds for the sender of any replica or fetch being served.
   template <typename Pred>
   bool any_sender(Pred&& pred) const noexcept;
+  /// Encodes `f` (a payload of at most kMaxNote bytes included) and sends
+  /// it alone, counting it sent or dropped. Thread: token holder.
   void send_control(Link& link, const wire::Frame& f) noexcept;
   void send_error(Link& link, const wire::Frame& about, wire::ErrorCode code, uint64_t epoch,
                   uint16_t flags = 0) noexcept;

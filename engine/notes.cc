@@ -23,7 +23,6 @@ Result<void> Engine::send_note(uint16_t peer, std::span<const std::byte> bytes) 
   if (peer != 0 && e.peer_by_node.count(peer) == 0)
     return fail(Errc::kInvalidArgument, "node ", std::to_string(peer), " is not a peer of this node");
   return e.call([&e, peer, bytes] {
-    std::byte buf[wire::kHeaderSize + wire::kMaxNote];
     for (uint16_t node : e.peer_nodes) {
       if (peer != 0 && node != peer) continue;
       Link* link = e.link_to(node);
@@ -33,10 +32,7 @@ Result<void> Engine::send_note(uint16_t peer, std::span<const std::byte> bytes) 
       f.src = e.config.node_id;
       f.dst = node;
       f.payload = bytes;
-      const size_t len = wire::encode(f, buf);
-      TxFrame tx{{buf, len}, {}};
-      if (len == 0 || link->tx_burst(&tx, 1) != 1) bump(e.counters.tx_dropped);
-      else bump(e.counters.frames_tx);
+      e.send_control(*link, f);
     }
   });
 }

@@ -47,12 +47,11 @@ struct PeerState {
   bool ever_heard = false;
   // Its set records and tombstones, asked for the first time this node
   // hears it after its start (Engine::Impl::ask_for_records): whether the
-  // last batch came, whether this node stored them all (not if its own
-  // map was full), the incarnation of the peer asked, the segment id the
-  // next batch starts at, and when the question last went out (0: ask now).
+  // last batch came, whether one found no room here (its own map full),
+  // the incarnation of the peer asked, the segment id the next batch
+  // starts at, and when the question last went out (0: ask now).
   bool records_done = false;
-  bool records_had = false;
-  bool records_lost = false;  ///< a batch held one that found no room here
+  bool records_lost = false;
   uint64_t records_incarnation = 0;
   uint64_t records_cursor = 0;
   uint64_t records_asked_ns = 0;
@@ -61,6 +60,8 @@ struct PeerState {
   uint32_t power_domain = 0;
   int32_t package = -1;
   int32_t numa_node = -1;
+  /// This node has all its records: the last batch came, and each found room.
+  bool records_had() const noexcept { return records_done && !records_lost; }
 };
 
 }  // namespace baton

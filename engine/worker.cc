@@ -270,7 +270,7 @@ void Engine::Impl::on_frame(Link& link, wire::Frame& f, uint64_t now) noexcept {
 }
 
 void Engine::Impl::send_control(Link& link, const wire::Frame& f) noexcept {
-  std::byte buf[wire::kMaxHeadSize];
+  std::byte buf[wire::kMaxHeadSize + wire::kMaxNote];  // a note's or a records batch's payload fits
   const size_t len = wire::encode(f, buf);
   TxFrame tx{{buf, len}, {}};
   if (len == 0 || link.tx_burst(&tx, 1) != 1) bump(counters.tx_dropped);

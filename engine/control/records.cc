@@ -352,9 +352,9 @@ void Engine::Impl::on_records(Link& link, wire::Frame& f) noexcept {
     return;
   }
   p.records_done = true;
-  // A record it handed over that found no room here is not had: this node
-  // then waits out fresh_start_wait_ms before it starts names afresh.
-  p.records_had = !p.records_lost;
+  // A record it handed over that found no room here is not had
+  // (records_had): this node then waits out fresh_start_wait_ms before it
+  // starts names afresh.
   if (p.records_lost)
     record_event("node " + std::to_string(p.node) + "'s set records did not all fit here (" +
                  std::to_string(records.size()) + " kept): new names wait for fresh_start_wait_ms after the start");
@@ -381,11 +381,7 @@ void Engine::Impl::answer_records(Link& link, const wire::Frame& f) noexcept {
   a.generation = f.generation;
   a.total_len = it == records.end() ? 0 : it->first;
   a.payload = std::span<const std::byte>(payload, len);
-  std::byte buf[wire::kHeaderSize + wire::kMaxNote];
-  const size_t n = wire::encode(a, buf);
-  TxFrame tx{{buf, n}, {}};
-  if (n == 0 || link.tx_burst(&tx, 1) != 1) bump(counters.tx_dropped);
-  else bump(counters.frames_tx);
+  send_control(link, a);
 }
 
 bool Engine::Impl::take_handed_record(const wire::RecordEntry& e) noexcept {

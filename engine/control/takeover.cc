@@ -167,14 +167,14 @@ bool Engine::Impl::waited_to_hear_peers() {
   std::vector<uint16_t> unheard;
   (void)call([&] {
     for (const auto& p : peer_states)
-      if (!p.records_had) unheard.push_back(p.node);
+      if (!p.records_had()) unheard.push_back(p.node);
   });
   if (unheard.empty()) return false;
   return poll_until(
       [&] {
         return std::all_of(unheard.begin(), unheard.end(), [&](uint16_t n) {
           auto it = peer_by_node.find(n);
-          return it != peer_by_node.end() && it->second->alive && it->second->records_had;
+          return it != peer_by_node.end() && it->second->alive && it->second->records_had();
         });
       },
       now + std::min(kHearPeersWaitNs, left_ns));
@@ -200,7 +200,7 @@ Result<void> Engine::Impl::heard_every_peer(std::string_view name, const char* w
   bool heard = false;
   (void)call([&] {
     for (const auto& p : peer_states)
-      if (!p.records_had) {
+      if (!p.records_had()) {
         unheard = p.node;
         heard = p.ever_heard;
       }
