@@ -7,8 +7,12 @@
 // thread inside this node's batond, or sent to its socket where the runner
 // has no LocalLoads: the new owner epoch fences the old owner
 // wherever it still runs; the newest durable generation comes from a
-// replica or this node's ready copy), then the application, in a session of
-// its own. A group with standby instances (ServiceGroup::standby_instances)
+// replica or this node's ready copy), and the application, in a session of
+// its own. Inside batond the application starts as soon as the node is
+// provisioned, beside its loads: batond holds the group's names meanwhile
+// (ipc::Server::hold), so its opens wait for the loads, retries included,
+// and the loads are made in its name, so its opens take what they left
+// with no round of their own. Over the socket it starts once they ended. A group with standby instances (ServiceGroup::standby_instances)
 // has its application running ahead of time on each of its standby nodes
 // that does not run it: provisioned, started with BATON_ROLE=standby, and
 // waiting in baton_await_promotion() on a pipe (BATON_PROMOTE_FD). When the
@@ -56,29 +60,43 @@ namespace baton::failover {
 /// can go once set(nullptr) returned).
 class LocalLoads {
  public:
-  using Fn = std::function<Result<void>(const std::string& name, pid_t instance)>;
+  /// A load of `name` in the name of process `instance` (0: a take-over),
+  /// which only it and its descendants may take if `exclusive`.
+  using Fn = std::function<Result<void>(const std::string& name, pid_t instance, bool exclusive)>;
+  /// Holds a name (`on`) or lets go of one hold (ipc::Server::hold).
+  using Hold = std::function<void(const std::string& name, bool on)>;
   /// `load` does a load; `after` what the server does once a load's result
   /// has been acted on (the next open's channel, made ahead).
-  void set(Fn load, std::function<void()> after) {
+  void set(Fn load, std::function<void()> after, Hold hold) {
     std::unique_lock lock(mu_);
     load_ = std::move(load);
     after_ = std::move(after);
+    hold_ = std::move(hold);
   }
   /// The load's result, or nullopt when no function is set.
-  std::optional<Result<void>> run(const std::string& name, pid_t instance) {
+  std::optional<Result<void>> run(const std::string& name, pid_t instance, bool exclusive) {
     std::shared_lock lock(mu_);
     if (!load_) return std::nullopt;
-    return load_(name, instance);
+    return load_(name, instance, exclusive);
   }
   void after() {
     std::shared_lock lock(mu_);
     if (after_) after_();
+  }
+  /// Holds `name` (`on`) or lets go of a hold; false when no function is
+  /// set (no server: a hold made before it went went with it).
+  bool hold(const std::string& name, bool on) {
+    std::shared_lock lock(mu_);
+    if (!hold_) return false;
+    hold_(name, on);
+    return true;
   }
 
  private:
   std::shared_mutex mu_;
   Fn load_;                     ///< mu_
   std::function<void()> after_;  ///< mu_
+  Hold hold_;                    ///< mu_
 };
 
 class Runner {
@@ -146,7 +164,9 @@ class Runner {
     pid_t app = -1;
     int app_fd = -1;  ///< pidfd of `app`
     std::shared_ptr<LivenessWatch> live;  ///< `app`'s liveness lock, watched (none: the pidfd alone)
-    bool started = false;   ///< `app` spawned, or the standby instance it is promoted
+    bool started = false;   ///< running: `app` spawned and its segments loaded, or the standby instance promoted
+    uint64_t spawned_ns = 0;  ///< when `app` was started with its loads (0: a standby instance, or not yet)
+    std::vector<std::string> held;  ///< names held in batond (LocalLoads::hold) while `app`'s loads run
     int promote_fd = -1;    ///< a standby instance taken over: its pipe, written once the loads are done
     bool promoted = false;  ///< the last load wrote it already (Load::promote_fd)
     uint64_t load_done_ns = 0;  ///< when batond answered the last load (manager's clock)
@@ -176,6 +196,15 @@ class Runner {
   /// Ends a standby instance at once (SIGKILL): its group starts here anew.
   static void drop(Standby& s);
   void watch(Local& l, uint64_t now);
+  /// Holds the group's names in batond and starts its application, whose
+  /// loads then run in its name. False where batond cannot hold them (its
+  /// loads go over the socket): the application starts after its loads.
+  bool start_with_loads(Local& l, uint64_t now);
+  /// Lets go of the names `l` holds in batond.
+  void let_go(Local& l);
+  /// Whether the run's application ended; if so, the run failed (`doing`
+  /// says what it was in the middle of).
+  bool app_ended(Local& l, uint64_t now, const char* doing);
   /// One observation for the slow window: `slow` or not, and what it was.
   void observe(Local& l, bool slow, const std::string& what, uint64_t now);
   void fail(Local& l, std::string why, uint64_t now);

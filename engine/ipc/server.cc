@@ -439,7 +439,7 @@ void Server::run_session(Session& s) {
   s.done.store(true);
 }
 
-Result<void> Server::load_here(const std::string& name, pid_t instance) {
+Result<void> Server::load_here(const std::string& name, pid_t instance, bool exclusive) {
   if (name.size() > kMaxName) return fail(Errc::kInvalidArgument, "segment name too long: ", name);
   if (instance < 0) return fail(Errc::kInvalidArgument, "not a process id: ", std::to_string(instance));
   Request r{};
@@ -454,13 +454,25 @@ Result<void> Server::load_here(const std::string& name, pid_t instance) {
   s.pid = getpid();
   s.internal = true;
   std::vector<int> fds;  // a take-over hands none out
-  const Reply rep = instance > 0 ? load_for(s, r) : open_segment(s, r, fds);
+  const Reply rep = instance > 0 ? load_for(s, r, exclusive) : open_segment(s, r, fds);
   for (int fd : fds) ::close(fd);
   if (rep.status != 0) return tl::unexpected(error_of(rep));
   return {};
 }
 
 void Server::prepare_open() { make_spare_channel(); }
+
+void Server::hold(const std::string& name, bool on) {
+  {
+    std::lock_guard lock(registry_mu_);
+    if (on) {
+      ++holds_[name];
+    } else if (auto it = holds_.find(name); it != holds_.end() && --it->second == 0) {
+      holds_.erase(it);
+    }
+  }
+  if (!on) registry_cv_.notify_all();  // opens waiting for the name go on
+}
 
 void Server::answer_once(int fd, const char* request, size_t n) {
   Session s;
@@ -614,18 +626,24 @@ Reply Server::open_segment(Session& s, const Request& r, std::vector<int>& fds) 
 
   std::unique_lock lock(registry_mu_);
   // An open of what the failover manager loaded in this application's
-  // name (a standby instance promoted: load_for). One that comes while a
-  // take-over of the name (batonctl load, the failover manager's load) is
-  // still under way waits for it, then opens what it left: before, it was
-  // refused with EEXIST although the take-over leaves the name for it.
-  if (op == Op::kOpen || op == Op::kLoad) {
+  // name (a standby instance promoted, an application started with its
+  // loads: load_for). One that comes while a take-over of the name
+  // (batonctl load, the failover manager's load) is still under way, or
+  // while the failover manager holds the name (hold(): its loads and their
+  // retries), waits for it, then opens what it left: before, it was
+  // refused with EEXIST although the take-over leaves the name for it, or
+  // ran a round of its own between two tries of a load and failed.
+  // batond's own loads (internal sessions) neither wait for the holds
+  // they run under nor take a pledge.
+  if (op == Op::kOpen || op == Op::kLoad || op == Op::kCreate) {
     const uint64_t deadline = now_ns() + kLoadWaitNs;
     for (;;) {
-      if (auto pledged = take_pledge(s, name, op == Op::kOpen ? r.size : 0, fds, lock)) return *pledged;
+      if (op != Op::kCreate && !s.internal)
+        if (auto pledged = take_pledge(s, name, op == Op::kOpen ? r.size : 0, fds, lock)) return *pledged;
       const auto loading = segments_.find(name);
-      if (loading == segments_.end() || !loading_for(s, *loading->second) || now_ns() >= deadline ||
-          stopping_.load() || hung_up(s.fd))
-        break;
+      const bool waits = (!s.internal && holds_.contains(name)) ||
+                         (op != Op::kCreate && loading != segments_.end() && loading_for(s, *loading->second));
+      if (!waits || now_ns() >= deadline || stopping_.load() || hung_up(s.fd)) break;
       registry_cv_.wait_for(lock, std::chrono::milliseconds(50));
     }
   }
@@ -796,7 +814,7 @@ Reply Server::open_segment(Session& s, const Request& r, std::vector<int>& fds) 
 // 3-12 ms of a 14 ms failover here. The load now opens the segment in the
 // instance's name (the instance asked for it by waiting to be promoted),
 // and the instance's open takes that open's result as it stands.
-Reply Server::load_for(Session& s, const Request& r) {
+Reply Server::load_for(Session& s, const Request& r, bool exclusive) {
   // batond's own failover manager, or an administrator (root or batond's
   // user): an application may load only for itself.
   if (s.uid != 0 && s.uid != geteuid()) {
@@ -811,6 +829,7 @@ Reply Server::load_for(Session& s, const Request& r) {
   for (auto& p : take_pledges([&](const Pledge& p) { return p.name == name; })) let_go(*p);
   auto p = std::make_unique<Pledge>();
   p->pid = static_cast<pid_t>(r.size);
+  p->exclusive = exclusive;
   p->name = name;
   p->holder = std::make_unique<Session>();
   p->holder->pid = p->pid;
@@ -848,15 +867,23 @@ bool Server::loading_for(const Session& s, const Segment& seg) const {
 
 std::optional<Reply> Server::take_pledge(Session& s, const std::string& name, uint64_t size, std::vector<int>& fds,
                                          std::unique_lock<std::mutex>& lock) {
-  auto it = std::find_if(pledges_.begin(), pledges_.end(),
-                         [&](const auto& p) { return p->name == name && descends_from(s.pid, p->pid); });
+  // Another process's open finds an exclusive pledge held for its
+  // process (EEXIST, below); one that is not exclusive, let go of.
+  bool theirs = false;
+  auto it = std::find_if(pledges_.begin(), pledges_.end(), [&](const auto& p) {
+    if (p->name != name) return false;
+    theirs = descends_from(s.pid, p->pid);
+    return theirs || !p->exclusive;
+  });
   if (it == pledges_.end()) return std::nullopt;
   std::unique_ptr<Pledge> p = std::move(*it);
   pledges_.erase(it);
   auto seg = segments_.find(name);
   std::string why;
   const uint64_t age = now_ns() - p->at_ns;
-  if (seg == segments_.end() || seg->second->holder != p->holder.get() || seg->second->handle == nullptr)
+  if (!theirs)
+    why = "loaded for pid " + std::to_string(p->pid) + ", of which this process is no descendant";
+  else if (seg == segments_.end() || seg->second->holder != p->holder.get() || seg->second->handle == nullptr)
     why = "no longer held for it";
   else if (age > kPledgeFreshNs)
     why = "opened " + std::to_string(age / 1'000'000) + " ms after its load";

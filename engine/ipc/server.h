@@ -33,7 +33,10 @@
 // of its own) until the instance's open takes it as it stands: fresh
 // (kPledgeFreshNs), in the same membership view and not fenced since, else
 // the open runs as any open does. The accept thread lets go of pledges whose process is gone or that
-// nobody took within kPledgeKeepNs.
+// nobody took within kPledgeKeepNs. An open of a pledged name from a
+// process that is no descendant of the one it was made for (an
+// application a container runtime or systemd-run started) lets go of the
+// pledge and opens afresh.
 //
 // Segments belong to the daemon, not to the connection: when an application
 // crashes or disconnects, its segments and their replicas stay (S3), and the
@@ -131,12 +134,21 @@ class Server {
   /// a session thread to wake (a thread hand-off each way on a busy
   /// machine). The commit channel that a socket's open makes ahead for the
   /// next one after it has answered is left to prepare_open(), for the
-  /// caller to run once it has acted on the answer. Errors: the request's.
-  /// Thread: any (a load's thread).
-  Result<void> load_here(const std::string& name, pid_t instance);
+  /// caller to run once it has acted on the answer. `exclusive`: only
+  /// `instance` and its descendants may take the load (Pledge::exclusive).
+  /// Errors: the request's. Thread: any (a load's thread).
+  Result<void> load_here(const std::string& name, pid_t instance, bool exclusive = true);
   /// Makes the next open's commit channel ahead if none is (after a
   /// load_here). Thread: any.
   void prepare_open();
+  /// Holds `name` for batond's own loads (`on`), or lets go of one hold of
+  /// it: while a name is held, an application's open, load or create of it
+  /// waits (at most kLoadWaitNs) instead of running its own round, through
+  /// the failover manager's loads and their retries, then takes what they
+  /// left. The failover manager holds a group's names from just before it
+  /// starts the application until its loads have ended. Holds are counted.
+  /// Thread: any.
+  void hold(const std::string& name, bool on);
 
   /// Answers one request from an application connected on `fd` exactly as
   /// its session thread would, then lets go of what it opened (as when an
@@ -174,7 +186,7 @@ class Server {
   /// pid `r.size` (a Pledge), so that its own open needs no round of its
   /// own. Only root or batond's user (its failover manager) may ask.
   /// Thread: a session's, or a failover load's (load_here).
-  Reply load_for(Session& s, const Request& r);
+  Reply load_for(Session& s, const Request& r, bool exclusive = true);
   /// The pledge of `name` to this application, if there is one still good
   /// (fresh, the same view, its segment not fenced): its reply, `fds` its descriptors,
   /// the segment now held by `s`. With registry_mu_ held (`lock`, which a
@@ -260,6 +272,7 @@ class Server {
   /// waits for it as for a departing application.
   std::unique_ptr<Session> dropping_;
   std::vector<std::unique_ptr<Pledge>> pledges_;  ///< registry_mu_
+  std::unordered_map<std::string, uint32_t> holds_;  ///< hold(): holds of each name; registry_mu_
   /// The next open's commit channel, made ahead (at start, then after each
   /// open has answered), so that an open does not make one under
   /// registry_mu_. registry_mu_.

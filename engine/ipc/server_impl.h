@@ -84,6 +84,11 @@ struct Server::Pledge {
   std::vector<int> fds;  ///< the last of four, the copy-on-write share, is this pledge's own (a dup)
   uint64_t at_ns = 0;    ///< when the load ended
   uint64_t view = 0;     ///< the membership view's id when the load began
+  /// Only `pid` and its descendants may take it (a standby instance, which
+  /// asked for it by waiting). Else (an application started with its
+  /// loads, perhaps through a container runtime that is not its parent)
+  /// another process's open lets go of it and opens afresh.
+  bool exclusive = true;
 };
 
 /// JSON as text; a string that is not UTF-8 is replaced, never thrown on.

@@ -213,8 +213,10 @@ int main(int argc, char** argv) {
     return 1;
   }
   if (!telemetry_prefix.empty()) baton::batond::register_telemetry(**server, **engine, sc.groups);
-  local_loads->set([&srv = **server](const std::string& name, pid_t instance) { return srv.load_here(name, instance); },
-                   [&srv = **server] { srv.prepare_open(); });
+  local_loads->set([&srv = **server](const std::string& name, pid_t instance,
+                                     bool exclusive) { return srv.load_here(name, instance, exclusive); },
+                   [&srv = **server] { srv.prepare_open(); },
+                   [&srv = **server](const std::string& name, bool on) { srv.hold(name, on); });
   watch.serving();
   BT_INFO("batond node %u \"%s\" serving %s", cfg->engine.node_id, cfg->name.c_str(), cfg->socket_path.c_str());
   std::atomic<bool> stop{false};
@@ -229,7 +231,7 @@ int main(int argc, char** argv) {
   BT_INFO("batond: %s, stopping", strsignal(sig));
   stop.store(true);
   accept.join();
-  local_loads->set(nullptr, nullptr);  // waits for the loads inside the server
+  local_loads->set(nullptr, nullptr, nullptr);  // waits for the loads inside the server
   server->reset();
   failover.reset();  // stops the groups running here
   engine->reset();

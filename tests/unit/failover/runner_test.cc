@@ -11,6 +11,8 @@
 
 #include <atomic>
 #include <chrono>
+#include <map>
+#include <mutex>
 #include <memory>
 #include <utility>
 #include <string>
@@ -166,12 +168,12 @@ TEST(Runner, LoadsGoThroughLocalLoadsWhereSet) {
   std::atomic<int> afters{0};
   std::atomic<bool> refuse{false};
   local->set(
-      [&](const std::string& name, pid_t instance) -> Result<void> {
+      [&](const std::string& name, pid_t instance, bool) -> Result<void> {
         loads.emplace_back(name, instance);
         if (refuse) return fail(Errc::kUnavailable, "no quorum here");
         return {};
       },
-      [&] { ++afters; });
+      [&] { ++afters; }, nullptr);
   std::vector<std::string> events;
   Runner r(Runner::Env{1, "/nonexistent.sock", NodeCaps{}, local}, {g},
            [&](std::string e) { events.push_back(std::move(e)); });
@@ -194,11 +196,112 @@ TEST(Runner, LoadsGoThroughLocalLoadsWhereSet) {
   ASSERT_EQ(loads.size(), 4u);
   EXPECT_EQ(afters.load(), 4) << "after() runs once each load inside batond ended, failed or not";
   // Taken away (batond stopping), loads go to the socket, which is not there.
-  local->set(nullptr, nullptr);
+  local->set(nullptr, nullptr, nullptr);
   refuse = false;
   r.assigned(Assignment{"app", 1, 400, 2, "again"}, now_ns());
   ASSERT_TRUE(step_until(r, [&] { return state_of(r) == RunState::kFailed && r.runs()[0].seq == 400; }));
   EXPECT_EQ(loads.size(), 4u);
+}
+
+// Where batond can hold the group's names (LocalLoads::hold), the
+// application starts once the node is provisioned, beside its loads: the
+// names are held before it starts and through a load's retries, the loads
+// are made in its name (not exclusively: a container runtime may start
+// it), and the holds go once the loads end, or once the run fails.
+TEST(Runner, TheApplicationStartsWithItsLoadsWhileBatondHoldsItsNames) {
+  ServiceGroup g = sleeper();
+  g.segments = {"kv-a", "kv-b"};
+  auto local = std::make_shared<LocalLoads>();
+  std::mutex mu;  // the loads run on their own threads
+  std::map<std::string, int> holds;
+  struct Seen {
+    std::string name;
+    pid_t instance;
+    bool exclusive;
+    bool held;
+  };
+  std::vector<Seen> loads;
+  std::atomic<int> refusals{0};
+  std::atomic<bool> refuse_all{false};
+  local->set(
+      [&](const std::string& name, pid_t instance, bool exclusive) -> Result<void> {
+        std::lock_guard lock(mu);
+        loads.push_back(Seen{name, instance, exclusive, holds[name] > 0});
+        if (refuse_all || (name == "kv-b" && refusals.fetch_add(1) == 0))
+          return fail(Errc::kUnavailable, "has not heard from node 3 yet");
+        return {};
+      },
+      [] {},
+      [&](const std::string& name, bool on) {
+        std::lock_guard lock(mu);
+        holds[name] += on ? 1 : -1;
+      });
+  auto held = [&] {
+    std::lock_guard lock(mu);
+    int n = 0;
+    for (const auto& [name, count] : holds) n += count;
+    return n;
+  };
+  std::vector<std::string> events;
+  Runner r(Runner::Env{1, "/nonexistent.sock", NodeCaps{}, local}, {g},
+           [&](std::string e) { events.push_back(std::move(e)); });
+  r.assigned(Assignment{"app", 1, 100, 2, ""}, now_ns());
+  ASSERT_TRUE(step_until(r, [&] { return state_of(r) == RunState::kRunning; }));
+  const pid_t app = r.pid_of("app");
+  ASSERT_GT(app, 0);
+  {
+    std::lock_guard lock(mu);
+    ASSERT_EQ(loads.size(), 3u) << "kv-a, kv-b refused once, kv-b again";
+    for (const auto& l : loads) {
+      EXPECT_EQ(l.instance, app) << l.name << " was not loaded in the application's name";
+      EXPECT_FALSE(l.exclusive) << l.name;
+      EXPECT_TRUE(l.held) << l.name << " was loaded while its name was not held";
+    }
+    EXPECT_EQ(loads[2].name, "kv-b");
+  }
+  EXPECT_EQ(held(), 0) << "the names are still held once the loads ended";
+  bool said = false;
+  for (const auto& e : events) said |= e.find("started with its loads") != std::string::npos;
+  EXPECT_TRUE(said);
+  // Moved away, then back with every load refused: the run fails, its
+  // application is stopped and the names are let go of.
+  r.assigned(Assignment{"app", 2, 200, 2, "moved"}, now_ns());
+  ASSERT_TRUE(step_until(r, [&] { return r.pid_of("app") <= 0; }));
+  refuse_all = true;
+  r.assigned(Assignment{"app", 1, 300, 2, "back"}, now_ns());
+  ASSERT_TRUE(step_until(r, [&] { return state_of(r) == RunState::kFailed; }));
+  EXPECT_EQ(held(), 0) << "a failed run left its names held";
+  EXPECT_EQ(r.pid_of("app"), -1);
+  // The application ends while its names are held (its load does not
+  // answer): the run fails at once, saying so, and lets go of them.
+  refuse_all = false;
+  auto release = std::make_shared<std::atomic<bool>>(false);  // the load's thread outlives the runner's run
+  local->set(
+      [release](const std::string&, pid_t, bool) -> Result<void> {
+        while (!*release) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+        return {};
+      },
+      [] {},
+      [&](const std::string& name, bool on) {
+        std::lock_guard lock(mu);
+        holds[name] += on ? 1 : -1;
+      });
+  r.assigned(Assignment{"app", 1, 400, 2, "again"}, now_ns());
+  pid_t started = -1;
+  ASSERT_TRUE(step_until(r, [&] {
+    for (const auto& run : r.runs())
+      if (run.seq == 400) started = r.pid_of("app");
+    return started > 0;
+  }));
+  EXPECT_EQ(held(), 2);
+  kill(started, SIGKILL);
+  ASSERT_TRUE(step_until(r, [&] { return state_of(r) == RunState::kFailed && r.runs()[0].seq == 400; }));
+  EXPECT_EQ(held(), 0);
+  said = false;
+  for (const auto& e : events) said |= e.find("while its segments were loaded") != std::string::npos;
+  EXPECT_TRUE(said);
+  *release = true;
+  local->set(nullptr, nullptr, nullptr);  // waits for that load to end
 }
 
 }  // namespace
