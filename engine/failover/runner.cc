@@ -136,7 +136,6 @@ Runner::~Runner() {
   for (auto& [name, l] : locals_) {
     for (pid_t p : {l.app, l.step, l.probe})
       if (p > 0) left.push_back(p);
-    let_go(l);
     close_fd(l);
     if (l.load) l.load->abandon();
     if (l.promote_fd >= 0) ::close(l.promote_fd);
@@ -156,6 +155,7 @@ Runner::~Runner() {
     signal(p, SIGKILL);
     waitpid(p, nullptr, 0);
   }
+  for (auto& [name, l] : locals_) let_go(l);  // once the applications are gone
 }
 
 int Runner::reap(pid_t pid) {
@@ -294,6 +294,7 @@ void Runner::assigned(const Assignment& a, uint64_t now) {
         waitpid(p, nullptr, 0);
       }
     close_fd(it->second);
+    let_go(it->second);
     if (it->second.load) it->second.load->abandon();
     if (it->second.promote_fd >= 0) ::close(it->second.promote_fd);
   }
@@ -343,7 +344,10 @@ void Runner::stop(Local& l, RunState state, std::string why, uint64_t now) {
   l.kill_ns = now + kStopGraceNs;
   if (l.load) l.load->abandon();
   l.load.reset();  // abandoned: its thread ends when batond answers
-  let_go(l);
+  // The names stay held until the application is gone (step(), kDone):
+  // in its grace, an open it was waiting in must not go on, on a node
+  // the group is leaving.
+  if (l.app <= 0) let_go(l);
   if (l.promote_fd >= 0) ::close(l.promote_fd);  // a standby instance not yet promoted: retired
   l.promote_fd = -1;
   for (pid_t p : {l.app, l.step, l.probe})
@@ -472,8 +476,11 @@ void Runner::advance(Local& l, uint64_t now) {
 
 bool Runner::start_with_loads(Local& l, uint64_t now) {
   if (!env_.local) return false;
+  // For as long as the loads may run (they are abandoned at the start
+  // timeout, and the names let go of), and a second more.
+  const uint64_t for_ns = (uint64_t{l.g->start_timeout_ms} + 1000) * kMs;
   for (const auto& name : l.g->segments) {
-    if (!env_.local->hold(name, true)) {
+    if (!env_.local->hold(name, true, for_ns)) {
       let_go(l);  // no server (batond stopping): the application starts after its loads
       return false;
     }
@@ -655,7 +662,10 @@ void Runner::step(uint64_t now) {
           else left = true;
         }
         if (l.app < 0) close_fd(l);
-        if (!left) l.phase = Phase::kDone;
+        if (!left) {
+          l.phase = Phase::kDone;
+          let_go(l);
+        }
         else if (now >= l.kill_ns)
           for (pid_t p : {l.app, l.step, l.probe})
             if (p > 0) signal(p, SIGKILL);

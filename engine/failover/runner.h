@@ -63,8 +63,9 @@ class LocalLoads {
   /// A load of `name` in the name of process `instance` (0: a take-over),
   /// which only it and its descendants may take if `exclusive`.
   using Fn = std::function<Result<void>(const std::string& name, pid_t instance, bool exclusive)>;
-  /// Holds a name (`on`) or lets go of one hold (ipc::Server::hold).
-  using Hold = std::function<void(const std::string& name, bool on)>;
+  /// Holds a name (`on`) for at most `for_ns`, or lets go of one hold
+  /// (ipc::Server::hold).
+  using Hold = std::function<void(const std::string& name, bool on, uint64_t for_ns)>;
   /// `load` does a load; `after` what the server does once a load's result
   /// has been acted on (the next open's channel, made ahead).
   void set(Fn load, std::function<void()> after, Hold hold) {
@@ -83,12 +84,13 @@ class LocalLoads {
     std::shared_lock lock(mu_);
     if (after_) after_();
   }
-  /// Holds `name` (`on`) or lets go of a hold; false when no function is
-  /// set (no server: a hold made before it went went with it).
-  bool hold(const std::string& name, bool on) {
+  /// Holds `name` (`on`) for at most `for_ns`, or lets go of a hold;
+  /// false when no function is set (no server: a hold made before it went
+  /// went with it).
+  bool hold(const std::string& name, bool on, uint64_t for_ns = 0) {
     std::shared_lock lock(mu_);
     if (!hold_) return false;
-    hold_(name, on);
+    hold_(name, on, for_ns);
     return true;
   }
 

@@ -462,16 +462,23 @@ Result<void> Server::load_here(const std::string& name, pid_t instance, bool exc
 
 void Server::prepare_open() { make_spare_channel(); }
 
-void Server::hold(const std::string& name, bool on) {
+void Server::hold(const std::string& name, bool on, uint64_t for_ns) {
   {
     std::lock_guard lock(registry_mu_);
     if (on) {
-      ++holds_[name];
-    } else if (auto it = holds_.find(name); it != holds_.end() && --it->second == 0) {
+      Hold& h = holds_[name];
+      ++h.count;
+      h.until_ns = std::max(h.until_ns, now_ns() + for_ns);
+    } else if (auto it = holds_.find(name); it != holds_.end() && --it->second.count == 0) {
       holds_.erase(it);
     }
   }
   if (!on) registry_cv_.notify_all();  // opens waiting for the name go on
+}
+
+bool Server::held(const std::string& name) const {
+  const auto it = holds_.find(name);
+  return it != holds_.end() && now_ns() < it->second.until_ns;
 }
 
 void Server::answer_once(int fd, const char* request, size_t n) {
@@ -640,10 +647,13 @@ Reply Server::open_segment(Session& s, const Request& r, std::vector<int>& fds) 
     for (;;) {
       if (op != Op::kCreate && !s.internal)
         if (auto pledged = take_pledge(s, name, op == Op::kOpen ? r.size : 0, fds, lock)) return *pledged;
+      // A hold bounds its wait itself (the group's start timeout, which
+      // may be longer than kLoadWaitNs for a large segment).
       const auto loading = segments_.find(name);
-      const bool waits = (!s.internal && holds_.contains(name)) ||
-                         (op != Op::kCreate && loading != segments_.end() && loading_for(s, *loading->second));
-      if (!waits || now_ns() >= deadline || stopping_.load() || hung_up(s.fd)) break;
+      const bool for_hold = !s.internal && held(name);
+      const bool waits = for_hold || (op != Op::kCreate && loading != segments_.end() &&
+                                      loading_for(s, *loading->second) && now_ns() < deadline);
+      if (!waits || stopping_.load() || hung_up(s.fd)) break;
       registry_cv_.wait_for(lock, std::chrono::milliseconds(50));
     }
   }
@@ -834,6 +844,7 @@ Reply Server::load_for(Session& s, const Request& r, bool exclusive) {
   p->holder = std::make_unique<Session>();
   p->holder->pid = p->pid;
   p->holder->internal = true;  // batond's own load: not bounded by what is kept for a user
+  p->holder->for_anyone = !exclusive;
   p->holder->uid = kNoUser;    // nor counted for one, if the instance never takes it
   Request load = r;
   load.op = static_cast<uint16_t>(Op::kLoad);
@@ -861,7 +872,10 @@ bool Server::loading_for(const Session& s, const Segment& seg) const {
   // by a load_for in the name of this application or an ancestor of it
   // (the shell that started it) whose pledge is not made yet.
   if (seg.holder == nullptr || seg.holder == &s) return false;
-  if (seg.taking_over) return true;
+  // A take-over, or a load for an application that any process may have
+  // started (another one's open, or batond's next load of the name, waits
+  // for it: an abandoned run's load may still be under way).
+  if (seg.taking_over || (seg.holder->internal && seg.holder->for_anyone)) return true;
   return seg.holder->internal && seg.holder->pid > 0 && s.pid > 0 && descends_from(s.pid, seg.holder->pid);
 }
 

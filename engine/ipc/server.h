@@ -141,14 +141,15 @@ class Server {
   /// Makes the next open's commit channel ahead if none is (after a
   /// load_here). Thread: any.
   void prepare_open();
-  /// Holds `name` for batond's own loads (`on`), or lets go of one hold of
-  /// it: while a name is held, an application's open, load or create of it
-  /// waits (at most kLoadWaitNs) instead of running its own round, through
-  /// the failover manager's loads and their retries, then takes what they
-  /// left. The failover manager holds a group's names from just before it
-  /// starts the application until its loads have ended. Holds are counted.
-  /// Thread: any.
-  void hold(const std::string& name, bool on);
+  /// Holds `name` for batond's own loads (`on`), for at most `for_ns`, or
+  /// lets go of one hold of it: while a name is held, an application's
+  /// open, load or create of it waits instead of running its own round,
+  /// through the failover manager's loads and their retries, then takes
+  /// what they left. The failover manager holds a group's names from just
+  /// before it starts the application until its loads have ended (its
+  /// start timeout bounds them, and `for_ns` is a little longer: a hold
+  /// nobody let go of ends by itself). Holds are counted. Thread: any.
+  void hold(const std::string& name, bool on, uint64_t for_ns = 0);
 
   /// Answers one request from an application connected on `fd` exactly as
   /// its session thread would, then lets go of what it opened (as when an
@@ -272,7 +273,13 @@ class Server {
   /// waits for it as for a departing application.
   std::unique_ptr<Session> dropping_;
   std::vector<std::unique_ptr<Pledge>> pledges_;  ///< registry_mu_
-  std::unordered_map<std::string, uint32_t> holds_;  ///< hold(): holds of each name; registry_mu_
+  struct Hold {
+    uint32_t count = 0;
+    uint64_t until_ns = 0;  ///< the latest any of them lasts
+  };
+  std::unordered_map<std::string, Hold> holds_;  ///< hold(), by name; registry_mu_
+  /// Whether an application's open of `name` waits for a hold. registry_mu_.
+  bool held(const std::string& name) const;
   /// The next open's commit channel, made ahead (at start, then after each
   /// open has answered), so that an open does not make one under
   /// registry_mu_. registry_mu_.

@@ -65,6 +65,9 @@ struct Server::Session {
   uid_t uid = 0;
   pid_t pid = 0;
   bool internal = false;    ///< batond's own (a pledge's holder): not bounded by what is kept for a user
+  /// A pledge's holder whose load is not exclusive (Pledge::exclusive):
+  /// any open of the name waits for its load, as for a take-over.
+  bool for_anyone = false;
   uint32_t held = 0;        ///< segments it holds; registry_mu_
   uint64_t held_bytes = 0;  ///< their bytes; registry_mu_
   std::atomic<bool> done{false};  ///< its thread has finished (the accept thread joins it)

@@ -216,7 +216,9 @@ int main(int argc, char** argv) {
   local_loads->set([&srv = **server](const std::string& name, pid_t instance,
                                      bool exclusive) { return srv.load_here(name, instance, exclusive); },
                    [&srv = **server] { srv.prepare_open(); },
-                   [&srv = **server](const std::string& name, bool on) { srv.hold(name, on); });
+                   [&srv = **server](const std::string& name, bool on, uint64_t for_ns) {
+                     srv.hold(name, on, for_ns);
+                   });
   watch.serving();
   BT_INFO("batond node %u \"%s\" serving %s", cfg->engine.node_id, cfg->name.c_str(), cfg->socket_path.c_str());
   std::atomic<bool> stop{false};

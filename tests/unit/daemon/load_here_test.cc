@@ -121,7 +121,7 @@ TEST(LoadHere, AnOpenWaitsWhileTheNameIsHeldThenTakesTheLoad) {
   // Loaded in this process's name while held: the open waits for the
   // hold, then takes the load as it stands (handed over).
   auto took = [&](pid_t pledged_to, bool exclusive) {
-    h.server->hold("kv", true);
+    h.server->hold("kv", true, 60'000'000'000);
     auto opened = std::async(std::launch::async, [&] { return open_as_application(h.socket, "kv", want); });
     EXPECT_EQ(opened.wait_for(std::chrono::milliseconds(300)), std::future_status::timeout)
         << "an open of a held name did not wait";
@@ -148,6 +148,14 @@ TEST(LoadHere, AnOpenWaitsWhileTheNameIsHeldThenTakesTheLoad) {
   EXPECT_EQ(other.generation, committed);
   EXPECT_TRUE(other.same);
   EXPECT_EQ(h.server->counters().handed_over, handed + 1);
+  // A hold nobody lets go of ends by itself, when it said it would.
+  h.server->hold("kv", true, 300'000'000);
+  const auto t0 = std::chrono::steady_clock::now();
+  Opened late = open_as_application(h.socket, "kv", want);
+  EXPECT_GE(std::chrono::steady_clock::now() - t0, std::chrono::milliseconds(250));
+  EXPECT_EQ(late.rc, 0) << late.error;
+  EXPECT_EQ(late.generation, committed);
+  h.server->hold("kv", false);
   // Exclusively (a standby instance's): not this application's to take.
   Opened refused = took(1, true);
   EXPECT_EQ(refused.rc, BATON_EEXIST) << refused.error;

@@ -232,9 +232,10 @@ TEST(Runner, TheApplicationStartsWithItsLoadsWhileBatondHoldsItsNames) {
         return {};
       },
       [] {},
-      [&](const std::string& name, bool on) {
+      [&](const std::string& name, bool on, uint64_t for_ns) {
         std::lock_guard lock(mu);
         holds[name] += on ? 1 : -1;
+        if (on) EXPECT_GE(for_ns, uint64_t{15'000'000'000}) << "held for less than the start timeout";
       });
   auto held = [&] {
     std::lock_guard lock(mu);
@@ -270,7 +271,7 @@ TEST(Runner, TheApplicationStartsWithItsLoadsWhileBatondHoldsItsNames) {
   refuse_all = true;
   r.assigned(Assignment{"app", 1, 300, 2, "back"}, now_ns());
   ASSERT_TRUE(step_until(r, [&] { return state_of(r) == RunState::kFailed; }));
-  EXPECT_EQ(held(), 0) << "a failed run left its names held";
+  EXPECT_TRUE(step_until(r, [&] { return held() == 0; })) << "a failed run left its names held";
   EXPECT_EQ(r.pid_of("app"), -1);
   // The application ends while its names are held (its load does not
   // answer): the run fails at once, saying so, and lets go of them.
@@ -282,9 +283,10 @@ TEST(Runner, TheApplicationStartsWithItsLoadsWhileBatondHoldsItsNames) {
         return {};
       },
       [] {},
-      [&](const std::string& name, bool on) {
+      [&](const std::string& name, bool on, uint64_t for_ns) {
         std::lock_guard lock(mu);
         holds[name] += on ? 1 : -1;
+        if (on) EXPECT_GE(for_ns, uint64_t{15'000'000'000}) << "held for less than the start timeout";
       });
   r.assigned(Assignment{"app", 1, 400, 2, "again"}, now_ns());
   pid_t started = -1;
@@ -296,12 +298,39 @@ TEST(Runner, TheApplicationStartsWithItsLoadsWhileBatondHoldsItsNames) {
   EXPECT_EQ(held(), 2);
   kill(started, SIGKILL);
   ASSERT_TRUE(step_until(r, [&] { return state_of(r) == RunState::kFailed && r.runs()[0].seq == 400; }));
-  EXPECT_EQ(held(), 0);
+  EXPECT_TRUE(step_until(r, [&] { return held() == 0; }));
   said = false;
   for (const auto& e : events) said |= e.find("while its segments were loaded") != std::string::npos;
   EXPECT_TRUE(said);
   *release = true;
   local->set(nullptr, nullptr, nullptr);  // waits for that load to end
+}
+
+// A run that fails while its application is still alive (it ignores
+// SIGTERM, and has 5 s before SIGKILL) keeps its names held until the
+// application is gone: an open it waits in must not go on, on a node the
+// group is leaving.
+TEST(Runner, NamesStayHeldUntilTheApplicationOfAFailedStartIsGone) {
+  ServiceGroup g = sleeper();
+  g.start = "trap '' TERM; exec sleep 60";
+  g.segments = {"kv"};
+  auto local = std::make_shared<LocalLoads>();
+  std::atomic<int> holds{0};
+  local->set([](const std::string&, pid_t, bool) -> Result<void> { return fail(Errc::kUnavailable, "no quorum"); },
+             [] {}, [&](const std::string&, bool on, uint64_t) { holds += on ? 1 : -1; });
+  Runner r(Runner::Env{1, "/nonexistent.sock", NodeCaps{}, local}, {g}, [](std::string) {});
+  r.assigned(Assignment{"app", 1, 100, 2, ""}, now_ns());
+  ASSERT_TRUE(step_until(r, [&] { return state_of(r) == RunState::kFailed; }));
+  const uint64_t failed = now_ns();
+  bool gone = false;
+  while (now_ns() - failed < 8'000'000'000 && !gone) {
+    r.step(now_ns());
+    gone = holds.load() == 0;
+    if (!gone) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_TRUE(gone) << "the names were never let go of";
+  EXPECT_GE(now_ns() - failed, uint64_t{4'000'000'000}) << "let go of while the application still ran";
+  local->set(nullptr, nullptr, nullptr);
 }
 
 }  // namespace
