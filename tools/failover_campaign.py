@@ -20,6 +20,10 @@ one fault from the seed:
   kill-peer         SIGKILL the batond of a blade it does not run on, and
                     restart it 0.2-2 s later (no failover: the owner
                     re-replicates)
+  stall-blade       SIGSTOP the batond it runs under for 0.2-3 s, then
+                    SIGCONT: past the failure timeout the group fails
+                    over while the old owner is frozen, and the old owner
+                    (and its instance) wake up fenced
 
 At most one batond is dead at a time, and the next fault waits until the
 group has committed a durable batch since the last restart (one failure
@@ -299,11 +303,13 @@ start_timeout_ms = 3000
         node = self.settle()
         time.sleep(self.rng.uniform(0.0, 0.5))
         pid = self.app_pid(node)
-        fault = self.rng.choice(["kill-app", "kill-app", "kill-blade", "kill-app-and-peer", "kill-peer"])
+        fault = self.rng.choice(["kill-app", "kill-app", "kill-blade", "kill-app-and-peer", "kill-peer",
+                                 "stall-blade"])
         others = [b for b in range(1, BLADES + 1) if b != node]
         peer = self.rng.choice(others)
         delay = self.rng.uniform(0.0, 0.06)
         back = self.rng.uniform(0.2, 2.0)
+        stall = self.rng.uniform(0.2, 3.0)
         if pid is None:
             print(f"cycle {n}: no application process on blade {node} yet; skipped", flush=True)
             return
@@ -322,6 +328,25 @@ start_timeout_ms = 3000
             time.sleep(delay)
             self.kill_blade(peer)
             restart.append(peer)
+        elif fault == "stall-blade":
+            bpid = int(open(f"{self.chassis}/blade{node}.pid").read())
+            os.kill(bpid, signal.SIGSTOP)
+            time.sleep(stall)
+            os.kill(bpid, signal.SIGCONT)
+            # A failover, if the stall outlasted the failure timeout: its
+            # restore is checked; else the group runs on where it was.
+            try:
+                log, batches = wait(self.new_restore, 5, "a restore")
+            except TimeoutError:
+                self.settle()
+                print(f"cycle {n}: stall-blade {node} for {stall:.2f} s: rode out, the group runs on", flush=True)
+                self.check_durable_once()
+                return
+            self.check_restore(log, batches, durable_before)
+            print(f"cycle {n}: stall-blade {node} for {stall:.2f} s: restored batch {batches} on blade "
+                  f"{os.path.basename(log).split('-')[1]} (durable before: {durable_before})", flush=True)
+            self.check_durable_once()
+            return
         else:  # kill-peer
             self.kill_blade(peer)
             time.sleep(back)
