@@ -12,8 +12,9 @@
 // provisioned, beside its loads: batond holds the group's names meanwhile
 // (ipc::Server::hold), so its opens wait for the loads, retries included,
 // and the loads are made in its name, so its opens take what they left
-// with no round of their own. Over the socket it starts once they ended. A group with standby instances (ServiceGroup::standby_instances)
-// has its application running ahead of time on each of its standby nodes
+// with no round of their own. Over the socket it starts once they ended.
+// A group with standby instances (ServiceGroup::standby_instances) has its
+// application running ahead of time on each of its standby nodes
 // that does not run it: provisioned, started with BATON_ROLE=standby, and
 // waiting in baton_await_promotion() on a pipe (BATON_PROMOTE_FD). When the
 // group comes to such a node, the loads run and the waiting instance is

@@ -33,10 +33,11 @@
 // of its own) until the instance's open takes it as it stands: fresh
 // (kPledgeFreshNs), in the same membership view and not fenced since, else
 // the open runs as any open does. The accept thread lets go of pledges whose process is gone or that
-// nobody took within kPledgeKeepNs. An open of a pledged name from a
-// process that is no descendant of the one it was made for (an
+// nobody took within kPledgeKeepNs. A load for an application the failover
+// manager started beside its loads is not exclusive: an open of the name
+// from a process that is no descendant of the one it was made for (an
 // application a container runtime or systemd-run started) lets go of the
-// pledge and opens afresh.
+// pledge and opens afresh. A standby instance's stays its own.
 //
 // Segments belong to the daemon, not to the connection: when an application
 // crashes or disconnects, its segments and their replicas stay (S3), and the
