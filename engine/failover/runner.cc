@@ -454,13 +454,7 @@ void Runner::advance(Local& l, uint64_t now) {
     } else if (l.spawned_ns != 0) {
       how = "started with its loads, in its name; running";
     } else {
-      l.live = liveness();
-      l.app = spawn(*l.g, l.seq, {"/bin/sh", "-c", l.g->start}, -1, l.live.get());
-      if (l.app < 0) {
-        fail(l, "cannot start the application", now);
-        return;
-      }
-      l.app_fd = static_cast<int>(syscall(SYS_pidfd_open, l.app, 0));  // -1 on an old kernel: the tick notices
+      if (!start_app(l, now)) return;
       how = "started";
     }
     l.started = true;
@@ -486,6 +480,12 @@ bool Runner::start_with_loads(Local& l, uint64_t now) {
     }
     l.held.push_back(name);
   }
+  if (!start_app(l, now)) return false;
+  l.spawned_ns = now;
+  return true;
+}
+
+bool Runner::start_app(Local& l, uint64_t now) {
   l.live = liveness();
   l.app = spawn(*l.g, l.seq, {"/bin/sh", "-c", l.g->start}, -1, l.live.get());
   if (l.app < 0) {
@@ -493,7 +493,6 @@ bool Runner::start_with_loads(Local& l, uint64_t now) {
     return false;
   }
   l.app_fd = static_cast<int>(syscall(SYS_pidfd_open, l.app, 0));  // -1 on an old kernel: the tick notices
-  l.spawned_ns = now;
   return true;
 }
 

@@ -203,6 +203,9 @@ class Runner {
   /// loads then run in its name. False where batond cannot hold them (its
   /// loads go over the socket): the application starts after its loads.
   bool start_with_loads(Local& l, uint64_t now);
+  /// Starts the group's application (its start command, watched by its
+  /// liveness lock and pidfd). False, the run failed, if it could not be.
+  bool start_app(Local& l, uint64_t now);
   /// Lets go of the names `l` holds in batond.
   void let_go(Local& l);
   /// Whether the run's application ended; if so, the run failed (`doing`
