@@ -132,6 +132,7 @@ class Campaign:
         self.checked = set() # (log, where in it) of the restores checked
         self.dead = set()    # blades whose batond is down
         self.read_to = {}    # log -> (bytes read by durable(), the newest durable batch in them)
+        self.reported = {}   # batch -> the logs that reported it durable (durable())
         self.counts = {"faults": 0, "restores": 0, "violations": 0}
 
     # --- the chassis -------------------------------------------------------
@@ -231,8 +232,9 @@ start_timeout_ms = 3000
         return [f"{self.work}/{f}" for f in os.listdir(self.work) if f.startswith("i-") and f.endswith(".log")]
 
     def durable(self):
-        """The newest batch any instance was told was durable (each log read
-        once, from where the last call stopped, at a line's end)."""
+        """The newest batch any instance was told was durable. Each log is
+        read once, from where the last call stopped, to a line's end; the
+        instances that reported each batch are kept (check_durable_once)."""
         for log in self.logs():
             at, best = self.read_to.get(log, (0, 0))
             with open(log) as f:
@@ -241,6 +243,7 @@ start_timeout_ms = 3000
             whole = text[:text.rfind("\n") + 1]
             for m in re.finditer(r"^batch=(\d+) generation=\d+ durable$", whole, re.M):
                 best = max(best, int(m.group(1)))
+                self.reported.setdefault(int(m.group(1)), set()).add(os.path.basename(log))
             self.read_to[log] = (at + len(whole.encode()), best)
         return max((best for _, best in self.read_to.values()), default=0)
 
@@ -297,11 +300,8 @@ start_timeout_ms = 3000
             self.violation(f"{os.path.basename(log)}: not a committed state: {why} (I2)")
 
     def check_durable_once(self):
-        by_batch = {}
-        for log in self.logs():
-            for m in re.finditer(r"^batch=(\d+) generation=(\d+) durable$", open(log).read(), re.M):
-                by_batch.setdefault(int(m.group(1)), set()).add(os.path.basename(log))
-        twice = {b: sorted(ls) for b, ls in by_batch.items() if len(ls) > 1}
+        self.durable()  # reads what the logs gained since
+        twice = {b: sorted(ls) for b, ls in self.reported.items() if len(ls) > 1}
         for b, ls in sorted(twice.items())[:5]:
             self.violation(f"batch {b} reported durable by {', '.join(ls)} (I3)")
 
