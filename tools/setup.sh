@@ -9,6 +9,7 @@ packages=(
   dpdk dpdk-dev libdpdk-dev libhwloc-dev libnuma-dev
   libgtest-dev libgmock-dev googletest libbenchmark-dev
   libexpected-dev libtomlplusplus-dev libcli11-dev libfmt-dev nlohmann-json3-dev
+  libisal-dev  # CRC32C by carry-less multiplication (engine/common/crc32c.cc)
   clang libclang-rt-14-dev
   iproute2 nftables procps
   resource-agents  # ocf-tester and ocf-shellfuncs, for the Pacemaker agent (tools/ocf/baton)

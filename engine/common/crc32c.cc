@@ -8,6 +8,12 @@
 #include <array>
 #include <cstring>
 
+// libbaton-client checksums nothing on a hot path and links no ISA-L.
+#if defined(BATON_HAVE_ISAL) && !defined(BATON_CLIENT_ONLY)
+#include <isa-l/crc.h>
+#define BATON_CRC_FOLD 1
+#endif
+
 namespace baton {
 namespace {
 
@@ -90,10 +96,31 @@ uint32_t crc_impl(unsigned char* d, const unsigned char* s, size_t len, uint32_t
   return crc;
 }
 
+/// CRC32C state extended over [s, s + len), without a copy.
+uint32_t crc_of(const unsigned char* s, size_t len, uint32_t crc) noexcept {
+#ifdef BATON_CRC_FOLD
+  // ISA-L folds 64 bytes at a time with carry-less multiplies (picked at
+  // run time for this CPU: VPCLMULQDQ here) and reduces once at the end:
+  // 4 KiB in ~86 ns against ~185 for three crc32 streams, 16 KiB at ~49
+  // GB/s against ~22. Its fixed cost loses below kFoldMin (a frame
+  // header: 80 bytes in 17 ns against 4), where the crc32 loop stays.
+  // Same state convention as the crc32 instruction: no inversions inside.
+  constexpr size_t kFoldMin = 256;
+  constexpr size_t kFoldMax = size_t{1} << 30;  // its length is an int
+  while (len >= kFoldMin) {
+    const size_t n = std::min(len, kFoldMax);
+    crc = crc32_iscsi(const_cast<unsigned char*>(s), static_cast<int>(n), crc);
+    s += n;
+    len -= n;
+  }
+#endif
+  return crc_impl<false>(nullptr, s, len, crc);
+}
+
 }  // namespace
 
 uint32_t crc32c_extend(uint32_t crc, const void* data, size_t len) noexcept {
-  return crc_impl<false>(nullptr, static_cast<const unsigned char*>(data), len, crc);
+  return crc_of(static_cast<const unsigned char*>(data), len, crc);
 }
 
 uint32_t copy_crc32c(void* dst, const void* src, size_t len, uint32_t crc) noexcept {
@@ -115,7 +142,7 @@ uint32_t copy_crc32c(void* dst, const void* src, size_t len, uint32_t crc) noexc
   while (len > 0) {
     const size_t n = std::min(len, kPiece);
     std::memcpy(d, s, n);
-    crc = crc_impl<false>(nullptr, d, n, crc);
+    crc = crc_of(d, n, crc);
     d += n;
     s += n;
     len -= n;

@@ -1,5 +1,6 @@
 #pragma once
-// CRC32C (Castagnoli) with the SSE4.2 crc32 instruction.
+// CRC32C (Castagnoli): ISA-L's carry-less-multiply folding from 256 bytes
+// up where the build has it, the SSE4.2 crc32 instruction below that.
 
 #include <cstddef>
 #include <cstdint>

@@ -80,8 +80,10 @@ uint32_t reference_crc32c(const std::byte* p, size_t n) {
 TEST(Crc32c, MatchesReferenceAtEveryShape) {
   auto data = bytes_of(20000, 5);
   std::vector<std::byte> dst(20000);
-  // Below, at and around the three-stream block boundaries, odd offsets too.
-  for (size_t len : {size_t{0}, size_t{1}, size_t{7}, size_t{8}, size_t{1535}, size_t{1536}, size_t{1537},
+  // Below, at and around the folding threshold and the three-stream block
+  // boundaries, odd offsets too.
+  for (size_t len : {size_t{0}, size_t{1}, size_t{7}, size_t{8}, size_t{255}, size_t{256}, size_t{257}, size_t{1535},
+                     size_t{1536}, size_t{1537},
                      size_t{3072}, size_t{4099}, size_t{16384}, size_t{19990}})
     for (size_t off : {size_t{0}, size_t{3}}) {
       const uint32_t want = reference_crc32c(data.data() + off, len);
