@@ -47,7 +47,6 @@ the group did not run again within 60 s of a fault. A summary line per
 cycle and a last line with the counts go to stdout.
 """
 import argparse
-import json
 import os
 import random
 import re
@@ -59,24 +58,12 @@ import sys
 import tempfile
 import time
 
+from baton_chassis import group_node, restart_blade, sh, wait
+
 BLADES = 4
 SLOTS = 16384          # baton-kv's default table: 16-byte slots after a 16-byte header
 KEYS = SLOTS * 3 // 4  # the keys it puts into it
 MASK = (1 << 64) - 1
-
-
-def sh(*args, **kw):
-    return subprocess.run(args, check=True, capture_output=True, text=True, **kw).stdout
-
-
-def wait(pred, timeout, what):
-    end = time.time() + timeout
-    while time.time() < end:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.01)
-    raise TimeoutError(what)
 
 
 class Layout:
@@ -154,6 +141,11 @@ start_timeout_ms = 3000
            "--groups", f"{self.work}/groups.toml", "--spares", "3,4", "--transport", self.args.transport)
 
     def down(self):
+        if self.args.keep:  # `chassis down` removes the chassis directory: keep what each blade saw
+            for b in range(1, BLADES + 1):
+                if b not in self.dead:
+                    subprocess.run([self.batonctl, "events", "--json", "--socket", f"{self.chassis}/blade{b}.sock"],
+                                   stdout=open(f"{self.work}/events-blade{b}.json", "w"), stderr=subprocess.DEVNULL)
         subprocess.run([self.batonctl, "chassis", "down", "--dir", self.chassis], capture_output=True)
         subprocess.run(["pkill", "-KILL", "-f", f"{self.kv} --socket {self.chassis}/"], capture_output=True)
         if self.args.keep:
@@ -163,17 +155,7 @@ start_timeout_ms = 3000
 
     def where(self):
         """The blade the group runs on, as any live blade says, or None."""
-        for b in range(1, BLADES + 1):
-            if b in self.dead:
-                continue
-            try:
-                out = sh(self.batonctl, "groups", "--json", "--socket", f"{self.chassis}/blade{b}.sock", timeout=5)
-                g = json.loads(out)["groups"][0]
-                if g["state"] == "running":
-                    return g["node"]
-            except Exception:
-                pass
-        return None
+        return group_node(self.batonctl, self.chassis, BLADES, skip=self.dead)
 
     def app_pid(self, blade):
         try:
@@ -210,21 +192,8 @@ start_timeout_ms = 3000
         self.dead.add(b)
 
     def restart(self, b):
-        t = time.time()
-        sh(self.batonctl, "chassis", "restart", "--blade", str(b), "--dir", self.chassis)
         self.dead.discard(b)
-
-        def heard():
-            for o in range(1, BLADES + 1):
-                if o == b or o in self.dead:
-                    continue
-                out = sh(self.batonctl, "events", "--json", "--socket", f"{self.chassis}/blade{o}.sock")
-                if not any(e["unix_us"] / 1e6 >= t and e["event"].startswith(f"node {b} up")
-                           for e in json.loads(out)):
-                    return False
-            return True
-
-        wait(heard, 30, f"blade {b} to rejoin")
+        restart_blade(self.batonctl, self.chassis, b, BLADES, skip=self.dead)
 
     # --- what the instances said ------------------------------------------
 
@@ -421,7 +390,7 @@ def main():
                    help="blades 3 and 4 keep hot standbys and a waiting instance of the application")
     p.add_argument("--transport", default="memif", help="memif (default), shm or mixed")
     p.add_argument("--size-kib", type=int, default=1024, help="the segment (at least 257: the table and its header)")
-    p.add_argument("--keep", action="store_true", help="keep the chassis directory and the instances' logs")
+    p.add_argument("--keep", action="store_true", help="keep the instances' logs and dumps, and each blade's events (events-bladeN.json)")
     args = p.parse_args()
     if args.size_kib * 1024 < 16 + SLOTS * 16:
         p.error("--size-kib must hold the table (257 or more)")

@@ -55,24 +55,18 @@ import sys
 import tempfile
 import time
 
-
-def sh(*args, **kw):
-    return subprocess.run(args, check=True, capture_output=True, text=True, **kw).stdout
-
-
-def events(batonctl, sock):
-    out = sh(batonctl, "events", "--json", "--socket", sock)
-    return [(e["unix_us"] / 1e6, e["event"]) for e in json.loads(out)]
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tools"))
+from baton_chassis import events, group_node, restart_blade, sh  # noqa: E402
+from baton_chassis import wait as wait_for  # noqa: E402
 
 
-def wait(pred, timeout=30.0, what="condition"):
-    end = time.time() + timeout
-    while time.time() < end:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.005)
-    raise SystemExit(f"failover_bench: timed out waiting for {what}")
+def wait(pred, what="condition"):
+    """wait_for() at a 5 ms step; a timeout ends the bench."""
+    try:
+        return wait_for(pred, 30.0, what, every=0.005)
+    except TimeoutError:
+        raise SystemExit(f"failover_bench: timed out waiting for {what}")
+
 
 
 def kv_pid(chassis, blade):
@@ -84,27 +78,6 @@ def kv_pid(chassis, blade):
 
 
 BLADES = 4  # --blades
-
-
-def where(batonctl, chassis):
-    for b in range(1, BLADES + 1):
-        try:
-            g = json.loads(sh(batonctl, "groups", "--json", "--socket", f"{chassis}/blade{b}.sock"))["groups"][0]
-            if g["state"] == "running":
-                return g["node"]
-        except Exception:
-            pass
-    return None
-
-
-def restart_blade(batonctl, chassis, node):
-    """Back, empty, before the next round: every other blade has heard it."""
-    t_restart = time.time()
-    sh(batonctl, "chassis", "restart", "--blade", str(node), "--dir", chassis)
-    others = [b for b in range(1, BLADES + 1) if b != node]
-    wait(lambda: all(any(ts >= t_restart and text.startswith(f"node {node} up")
-                         for ts, text in events(batonctl, f"{chassis}/blade{b}.sock"))
-                     for b in others), what=f"blade {node} to rejoin")
 
 
 def baselines(size):
@@ -165,7 +138,7 @@ start_timeout_ms = 3000
            *(["--memif-zero-copy"] if args.memif_zero_copy else []),
            env=dict(os.environ, BATON_LIVENESS="0" if args.no_liveness else "1"))
         for r in range(args.rounds):
-            node = wait(lambda: where(batonctl, chassis), what="the group to run")
+            node = wait(lambda: group_node(batonctl, chassis, BLADES), what="the group to run")
             pid = wait(lambda: kv_pid(chassis, node), what="the application's pid")
 
             def newest_log():
@@ -219,7 +192,7 @@ start_timeout_ms = 3000
             for b in range(1, BLADES + 1):
                 if args.kill_blade and b == node:
                     continue  # dead
-                for ts, text in events(batonctl, f"{chassis}/blade{b}.sock"):
+                for ts, text in events(batonctl, chassis, b):
                     if ts < t_kill:
                         continue
                     if b == node and text.startswith("group kv failed here"):
@@ -246,7 +219,7 @@ start_timeout_ms = 3000
             if len(ev) < 6:
                 print(f"  round {r}: events missing (found only {sorted(ev)}), skipped", file=sys.stderr)
                 if args.kill_blade:
-                    restart_blade(batonctl, chassis, node)
+                    restart_blade(batonctl, chassis, node, BLADES)
                 continue
             rows.append({
                 "detection": (ev["detected"] - t_kill) * 1e3,
@@ -264,7 +237,7 @@ start_timeout_ms = 3000
                               "open": round(open_ms, 2)}),
                   file=sys.stderr)
             if args.kill_blade:
-                restart_blade(batonctl, chassis, node)
+                restart_blade(batonctl, chassis, node, BLADES)
     finally:
         subprocess.run([batonctl, "chassis", "down", "--dir", chassis], capture_output=True)
         subprocess.run(["pkill", "-KILL", "-f", f"baton-kv --socket {chassis}/"], capture_output=True)
@@ -304,7 +277,10 @@ def main():
     print("| segment | " + " | ".join(phases) + " | spawn /bin/true | read the state from /dev/shm | total / (spawn + read) |")
     print("|---" * (len(phases) + 4) + "|")
     for kib in (int(x) for x in args.sizes_kib.split(",")):
-        rows = run_size(args, kib)
+        try:
+            rows = run_size(args, kib)
+        except TimeoutError as e:  # restart_blade's
+            raise SystemExit(f"failover_bench: timed out waiting for {e}")
         if args.standby or args.standby_instances:
             # Only the failovers that went to a standby and took its copy
             # over (once both standbys failed, one goes to another node).
