@@ -387,9 +387,11 @@ class CopyOnWrite {
   bool wholesale_ = false;
   uint32_t freezes_ = 0;  ///< committer only
   /// The runs the last take_written() reported, and those protect() is to
-  /// protect: committer only.
+  /// protect (joined across short gaps: take_runs), with the pages in them
+  /// that were writable: committer only.
   std::vector<std::pair<uint64_t, uint64_t>> runs_;
   std::vector<std::pair<uint64_t, uint64_t>> protect_runs_;
+  uint64_t protect_pages_ = 0;
 
   std::atomic<uint64_t> own_faults_{0};
   std::atomic<uint64_t> own_copied_aside_{0};

@@ -103,6 +103,38 @@ TEST(CopyOnWrite, AWriteToAPendingPageCopiesItAsideFirst) {
   EXPECT_EQ(m.p[10 * kPage], std::byte{7});
 }
 
+// The commit protects runs of written pages that lie close together in
+// one call, across the pages between them (already protected): every
+// written page is protected again, those between stay protected, and only
+// the written ones count.
+TEST(CopyOnWrite, ScatteredWritesAreAllProtectedAgainAndOnlyTheyCount) {
+  SKIP_WITHOUT_COW();
+  Mapping m(512 * kPage);
+  std::vector<std::byte> aside(512 * kPage);
+  auto cow = test::must(CopyOnWrite::attach(m.p, m.len, false));
+  ChunkBitmap pend;
+  pend.reset(512);
+  freeze(*cow, aside.data(), pend);  // everything, at first
+  const uint64_t counted = cow->protected_at_commit();
+  // Gaps of 1, 0, 3, 4, 5, 10, 0, 68, 99, 15, 16, 17 and 259 pages: some
+  // joined, some not.
+  const std::vector<uint32_t> written = {1, 3, 4, 8, 13, 19, 30, 31, 100, 200, 216, 233, 251, 511};
+  for (uint32_t p : written) m.p[p * kPage] = std::byte{1};
+  EXPECT_EQ(cow->faults(), written.size());
+  Runs want;
+  for (uint32_t p : written) {
+    if (!want.empty() && want.back().first + want.back().second == p * kPage) want.back().second += kPage;
+    else want.emplace_back(p * kPage, kPage);
+  }
+  EXPECT_EQ(freeze(*cow, aside.data(), pend), want) << "the written runs themselves, not joined";
+  EXPECT_EQ(cow->protected_at_commit() - counted, written.size()) << "only the pages that were writable count";
+  for (uint32_t p : written) m.p[p * kPage + 1] = std::byte{2};
+  EXPECT_EQ(cow->faults(), 2 * written.size()) << "every written page was protected again";
+  const std::vector<uint32_t> between = {2, 5, 9, 12, 15, 25, 150, 225, 240, 300};
+  for (uint32_t p : between) m.p[p * kPage] = std::byte{3};
+  EXPECT_EQ(cow->faults(), 2 * written.size() + between.size()) << "the pages between them stayed protected";
+}
+
 // protect_all() (a segment with a period): from then on only writes
 // count, each page's first one a fault.
 TEST(CopyOnWrite, ProtectAllCountsOnlyWhatIsWrittenAfterIt) {
