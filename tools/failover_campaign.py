@@ -143,9 +143,15 @@ start_timeout_ms = 3000
     def down(self):
         if self.args.keep:  # `chassis down` removes the chassis directory: keep what each blade saw
             for b in range(1, BLADES + 1):
-                if b not in self.dead:
-                    subprocess.run([self.batonctl, "events", "--json", "--socket", f"{self.chassis}/blade{b}.sock"],
-                                   stdout=open(f"{self.work}/events-blade{b}.json", "w"), stderr=subprocess.DEVNULL)
+                if b in self.dead:
+                    continue
+                with open(f"{self.work}/events-blade{b}.json", "w") as out:
+                    try:
+                        subprocess.run([self.batonctl, "events", "--json", "--socket",
+                                        f"{self.chassis}/blade{b}.sock"],
+                                       stdout=out, stderr=subprocess.DEVNULL, timeout=5)
+                    except subprocess.TimeoutExpired:  # a stopped batond: no events from it
+                        pass
         subprocess.run([self.batonctl, "chassis", "down", "--dir", self.chassis], capture_output=True)
         subprocess.run(["pkill", "-KILL", "-f", f"{self.kv} --socket {self.chassis}/"], capture_output=True)
         if self.args.keep:
@@ -192,8 +198,8 @@ start_timeout_ms = 3000
         self.dead.add(b)
 
     def restart(self, b):
-        self.dead.discard(b)
         restart_blade(self.batonctl, self.chassis, b, BLADES, skip=self.dead)
+        self.dead.discard(b)
 
     # --- what the instances said ------------------------------------------
 
