@@ -58,7 +58,7 @@ import sys
 import tempfile
 import time
 
-from baton_chassis import group_node, restart_blade, sh, wait
+from baton_chassis import group_node, restart_blade, sh, sock, wait
 
 BLADES = 4
 SLOTS = 16384          # baton-kv's default table: 16-byte slots after a 16-byte header
@@ -145,13 +145,12 @@ start_timeout_ms = 3000
             for b in range(1, BLADES + 1):
                 if b in self.dead:
                     continue
-                with open(f"{self.work}/events-blade{b}.json", "w") as out:
-                    try:
-                        subprocess.run([self.batonctl, "events", "--json", "--socket",
-                                        f"{self.chassis}/blade{b}.sock"],
-                                       stdout=out, stderr=subprocess.DEVNULL, timeout=5)
-                    except subprocess.TimeoutExpired:  # a stopped batond: no events from it
-                        pass
+                try:
+                    out = sh(self.batonctl, "events", "--json", "--socket", sock(self.chassis, b), timeout=5)
+                except (subprocess.CalledProcessError, subprocess.TimeoutExpired):  # stopped or gone: none
+                    out = ""
+                with open(f"{self.work}/events-blade{b}.json", "w") as f:
+                    f.write(out)
         subprocess.run([self.batonctl, "chassis", "down", "--dir", self.chassis], capture_output=True)
         subprocess.run(["pkill", "-KILL", "-f", f"{self.kv} --socket {self.chassis}/"], capture_output=True)
         if self.args.keep:
@@ -165,7 +164,7 @@ start_timeout_ms = 3000
 
     def app_pid(self, blade):
         try:
-            out = sh("pgrep", "-f", f"{self.kv} --socket {self.chassis}/blade{blade}.sock")
+            out = sh("pgrep", "-f", f"{self.kv} --socket {sock(self.chassis, blade)}")
         except subprocess.CalledProcessError:
             return None
         for pid in map(int, out.split()):

@@ -56,22 +56,18 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tools"))
-from baton_chassis import events, group_node, restart_blade, sh  # noqa: E402
+from baton_chassis import events, group_node, restart_blade, sh, sock  # noqa: E402
 from baton_chassis import wait as wait_for  # noqa: E402
 
 
 def wait(pred, what="condition"):
-    """wait_for() at a 5 ms step; a timeout ends the bench."""
-    try:
-        return wait_for(pred, 30.0, what, every=0.005)
-    except TimeoutError:
-        raise SystemExit(f"failover_bench: timed out waiting for {what}")
-
+    """wait_for() at a 5 ms step; its TimeoutError ends the bench (main)."""
+    return wait_for(pred, 30.0, what, every=0.005)
 
 
 def kv_pid(chassis, blade):
     try:
-        out = sh("pgrep", "-f", f"baton-kv --socket {chassis}/blade{blade}.sock")
+        out = sh("pgrep", "-f", f"baton-kv --socket {sock(chassis, blade)}")
         return int(out.split()[0])
     except subprocess.CalledProcessError:
         return None
@@ -279,7 +275,7 @@ def main():
     for kib in (int(x) for x in args.sizes_kib.split(",")):
         try:
             rows = run_size(args, kib)
-        except TimeoutError as e:  # restart_blade's
+        except TimeoutError as e:  # wait()'s or restart_blade's, after run_size took the chassis down
             raise SystemExit(f"failover_bench: timed out waiting for {e}")
         if args.standby or args.standby_instances:
             # Only the failovers that went to a standby and took its copy
