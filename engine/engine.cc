@@ -678,6 +678,7 @@ Result<SegmentStatus> Engine::status(Segment* segment) const {
       st.cow_copied_aside = seg->cow->copied_aside();
       st.cow_protected_ahead = seg->cow->protected_ahead();
       st.cow_protected_at_commit = seg->cow->protected_at_commit();
+      st.cow_lifted_whole = seg->cow->lifted_whole();
       if (seg->cow->declined()) st.copy_on_write = false;  // the application's library commits by copying
     }
     if (auto it = impl->standby_nodes.find(seg->id); it != impl->standby_nodes.end()) st.standbys = it->second;

@@ -151,6 +151,7 @@ nlohmann::json Server::status_json(size_t limit) const {
       seg["cow_copied_aside"] = st->cow_copied_aside;
       seg["cow_protected_ahead"] = st->cow_protected_ahead;
       seg["cow_protected_at_commit"] = st->cow_protected_at_commit;
+      seg["cow_lifted_whole"] = st->cow_lifted_whole;
     }
     seg["replicas"] = json::array();
     for (auto& [node, gen] : st->replicas)

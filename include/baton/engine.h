@@ -337,12 +337,14 @@ struct SegmentStatus {
   /// writes that faulted on a protected page, and of those the pages
   /// copied aside for a snapshot still being taken; written pages
   /// protected again ahead of the commit (EngineConfig::cow_protect_ahead)
-  /// and by the commits themselves.
+  /// and by the commits themselves; times a dense writer's protection was
+  /// lifted whole (docs/user-guide.md, "Snapshot modes").
   bool copy_on_write = false;
   uint64_t cow_faults = 0;
   uint64_t cow_copied_aside = 0;
   uint64_t cow_protected_ahead = 0;
   uint64_t cow_protected_at_commit = 0;
+  uint64_t cow_lifted_whole = 0;
   std::vector<uint16_t> standbys;  ///< its hot standby nodes (EngineConfig::standbys)
 };
 

@@ -289,6 +289,89 @@ TEST(CopyOnWrite, AHotPageIsLeftToTheCommitsAndAReleaseToTheNextFreeze) {
   EXPECT_EQ(freeze(*cow, aside.data(), pend), (Runs{{0, kPages * kPage}}));
 }
 
+/// Writes byte `b` at the start of every page in [from, to) and returns
+/// the faults they took.
+uint64_t write_pages(CopyOnWrite& cow, std::byte* mem, uint32_t from, uint32_t to, uint8_t b) {
+  const uint64_t before = cow.faults();
+  for (uint32_t p = from; p < to; ++p) mem[p * kPage] = std::byte{b};
+  return cow.faults() - before;
+}
+
+// A writer that rewrites most of the memory between commits: once a
+// snapshot has settled, its next fault lifts every page's protection in
+// one pass, the writes after it run free, and the next freeze takes the
+// whole memory (protected again in one pass) while every snapshot stays
+// the memory at its freeze. After kDenseFreezes such freezes a cycle is
+// counted page by page again; sparse, it stays so.
+TEST(CopyOnWrite, ADenseWriterIsLiftedWholeOnceItsSnapshotSettled) {
+  SKIP_WITHOUT_COW();
+  constexpr uint32_t kPages = 256;
+  Armed a(kPages);
+  auto& [m, aside, cow, pend] = a;
+  auto snapshot = [&](uint32_t pages) {  // a freeze that pends `pages` pages, and what they held
+    pend.clear_all();
+    pend.set_range(0, pages - 1);
+    Runs runs = freeze(*cow, aside.data(), pend);
+    return std::make_pair(runs, std::vector<std::byte>(m.p, m.p + m.len));
+  };
+  auto settle = [&](uint32_t pages) {
+    for (uint32_t p = 0; p < pages; ++p) cow->settle(p);
+  };
+
+  EXPECT_EQ(write_pages(*cow, m.p, 0, kPages / 2, 1), kPages / 2) << "half is not dense: a fault per page";
+  snapshot(kPages);
+  settle(kPages);
+  EXPECT_FALSE(cow->dense());
+  EXPECT_EQ(write_pages(*cow, m.p, 0, kPages / 2 + 1, 2), kPages / 2 + 1);
+  auto [runs, at_freeze] = snapshot(kPages);
+  EXPECT_EQ(runs, (Runs{{0, (kPages / 2 + 1) * kPage}})) << "the pages the faults counted";
+  EXPECT_TRUE(cow->dense()) << "more than half the pages written";
+
+  // Pending pages are copied aside as always. The settler copies in
+  // order: once the first 64 pages are in, a write to one of them lifts
+  // them all; the pages above are still copied aside one by one.
+  EXPECT_EQ(write_pages(*cow, m.p, 10, 12, 3), 2u);
+  for (uint32_t p = 0; p < 64; ++p) cow->settle(p);
+  EXPECT_EQ(write_pages(*cow, m.p, 0, 64, 4), 1u) << "the settled pages below, lifted in one pass";
+  EXPECT_EQ(write_pages(*cow, m.p, 64, 66, 4), 2u) << "pending pages above";
+  EXPECT_EQ(cow->lifted_whole(), 0u);
+  settle(kPages);
+  EXPECT_EQ(std::memcmp(aside.data(), at_freeze.data(), m.len), 0) << "the snapshot is the memory at its freeze";
+  EXPECT_EQ(write_pages(*cow, m.p, 0, kPages, 5), 1u) << "the first write after it settled lifts the rest";
+  EXPECT_EQ(cow->lifted_whole(), 1u);
+
+  // Dense freezes: the whole memory, protected again, pending again.
+  for (uint32_t f = 1; f <= CopyOnWrite::kDenseFreezes; ++f) {
+    auto [taken, frozen] = snapshot(kPages);
+    EXPECT_EQ(taken, (Runs{{0, kPages * kPage}})) << "freeze " << f << ": every page counts as written";
+    EXPECT_EQ(cow->dense(), f < CopyOnWrite::kDenseFreezes) << "freeze " << f;
+    EXPECT_EQ(write_pages(*cow, m.p, 0, 3, uint8_t(10 + f)), 3u) << "pending pages copied aside, one by one";
+    settle(kPages);
+    EXPECT_EQ(std::memcmp(aside.data(), frozen.data(), m.len), 0) << "freeze " << f;
+    EXPECT_EQ(write_pages(*cow, m.p, 3, kPages, uint8_t(20 + f)), f < CopyOnWrite::kDenseFreezes ? 1u : kPages - 3)
+        << "freeze " << f;
+  }
+  EXPECT_EQ(cow->lifted_whole(), uint64_t{CopyOnWrite::kDenseFreezes});
+
+  // That last cycle was counted page by page and wrote every page: dense
+  // again, for twice as long.
+  snapshot(kPages);
+  for (uint32_t f = 0; f < 2 * CopyOnWrite::kDenseFreezes; ++f) {
+    EXPECT_TRUE(cow->dense()) << f;
+    settle(kPages);
+    write_pages(*cow, m.p, 0, 1, 5);
+    snapshot(kPages);
+  }
+  EXPECT_FALSE(cow->dense());
+  // A sparse cycle: counted, not dense; the next one is counted too.
+  settle(kPages);
+  EXPECT_EQ(write_pages(*cow, m.p, 0, 8, 6), 8u);
+  EXPECT_EQ(snapshot(kPages).first, (Runs{{0, 8 * kPage}}));
+  EXPECT_FALSE(cow->dense());
+  settle(kPages);
+  EXPECT_EQ(write_pages(*cow, m.p, 0, kPages, 7), kPages) << "counted page by page";
+}
+
 // The kernel's own writes into a protected page (read(2) into the segment)
 // cannot reach a signal handler: they fail with EFAULT. The documented
 // trap, kept honest.
@@ -349,8 +432,10 @@ __attribute__((no_sanitize("thread"))) void app_write_u64(std::byte* p, uint64_t
 // CopyOnWrite protects one mapping and runs the handler; batond's settler
 // copies from a second mapping of the same memory into a stage of its own.
 // A writer hammers the client's mapping between commits; every stage must
-// equal the memory at its commit.
-void client_and_settler(bool protect_ahead) {
+// equal the memory at its commit. `dense`: it sweeps over the pages in
+// order and writes more than half of them per commit, so the client lifts
+// the protection whole once batond has settled (and the writes race that).
+void client_and_settler(bool protect_ahead, bool dense = false) {
   constexpr uint32_t kPages = 512;
   Mapping m(kPages * kPage);
   auto* batond_view = static_cast<std::byte*>(mmap(nullptr, m.len, PROT_READ | PROT_WRITE, MAP_SHARED, m.fd, 0));
@@ -373,11 +458,12 @@ void client_and_settler(bool protect_ahead) {
         while (pause.load()) std::this_thread::yield();
         paused.store(false);
       }
-      const uint64_t page = rng() % kPages;
+      const uint64_t page = dense ? n % kPages : rng() % kPages;
       app_write(m.p + page * kPage + rng() % (kPage - 64), 64, static_cast<uint8_t>(++n));
       writes.store(n, std::memory_order_relaxed);
     }
   });
+  const uint64_t kWritesPerCommit = dense ? kPages * 3 / 4 : 64;
   const int kGenerations = test::kSanitizerPatience > 1 ? 20 : 60;
   for (int g = 0; g < kGenerations; ++g) {
     pause.store(true);
@@ -396,10 +482,15 @@ void client_and_settler(bool protect_ahead) {
     // (on a loaded machine it may not run at all for a while).
     const uint64_t from = writes.load();
     std::this_thread::sleep_for(200us);
-    for (int i = 0; i < 1000 && writes.load() < from + 64; ++i) std::this_thread::sleep_for(100us);
+    for (int i = 0; i < 1000 && writes.load() < from + kWritesPerCommit; ++i) std::this_thread::sleep_for(100us);
     for (uint32_t p = stale.next_set(0); p < kPages; p = stale.next_set(p + 1)) settler->settle(p);
     stale.clear_all();
     ASSERT_EQ(std::memcmp(stage.data(), reference.data(), m.len), 0) << "generation " << g;
+    if (dense) {  // and writes after it settled: the lift, then writes that run free
+      const uint64_t settled_at = writes.load();
+      for (int i = 0; i < 1000 && writes.load() < settled_at + 2 * kWritesPerCommit; ++i)
+        std::this_thread::sleep_for(100us);
+    }
   }
   stop.store(true);
   writer.join();
@@ -410,9 +501,14 @@ void client_and_settler(bool protect_ahead) {
   }
   EXPECT_EQ(settler->faults(), client->faults());
   EXPECT_EQ(settler->protected_ahead(), client->protected_ahead());
-  if (protect_ahead) {
+  if (protect_ahead && !dense) {
     EXPECT_GT(client->protected_ahead(), 0u);
   }
+  if (dense) {
+    EXPECT_GT(client->lifted_whole(), 0u) << "a dense writer's protection was lifted whole";
+    EXPECT_LT(client->faults(), writes.load() / 2) << "and most of its writes ran free";
+  }
+  EXPECT_EQ(settler->lifted_whole(), client->lifted_whole());
   client.reset();
   munmap(batond_view, m.len);
 }
@@ -425,6 +521,12 @@ TEST(CopyOnWrite, ClientAndSettlerShareEachSnapshotExactly) {
 TEST(CopyOnWrite, ClientAndSettlerShareEachSnapshotExactlyWhileTheClientProtectsAhead) {
   SKIP_WITHOUT_COW();
   client_and_settler(true);
+}
+
+TEST(CopyOnWrite, ClientAndSettlerShareEachSnapshotExactlyWhenTheClientLiftsADenseWriterWhole) {
+  SKIP_WITHOUT_COW();
+  client_and_settler(false, true);
+  client_and_settler(true, true);
 }
 
 // batond trusts nothing in the share: a client that marks pages "being
@@ -580,7 +682,10 @@ EngineConfig cow_config(bool protect_ahead = false) {
 // worker meanwhile copies the snapshot; the writers' faults copy pages
 // aside. Each generation on the replica must equal its reference. With
 // protection ahead, the protector also races the writer and every commit.
-void hammer_generations(bool protect_ahead) {
+// `dense`: the writer sweeps over the pages in order, and each commit
+// waits until it wrote most of them, so the protection is lifted whole
+// once a snapshot has settled, in the middle of the writes.
+void hammer_generations(bool protect_ahead, bool dense = false) {
   Cluster cl(2, cow_config(protect_ahead));
   constexpr uint64_t kSize = (4 << 20) + 1000;  // not a whole number of pages
   auto seg = test::must(cl.node(1).create("hammered", kSize));
@@ -599,7 +704,8 @@ void hammer_generations(bool protect_ahead) {
         continue;
       }
       const uint64_t len = rng() % 4 == 0 ? 1 + rng() % (3 * kPage) : 1;
-      const uint64_t off = rng() % (kSize - len + 1);
+      const uint64_t n = writes.load(std::memory_order_relaxed);
+      const uint64_t off = dense ? (n * kPage + rng() % kPage) % (kSize - len + 1) : rng() % (kSize - len + 1);
       const auto b = static_cast<uint8_t>(rng());
       app_write(mem.data() + off, len, b);
       writes.fetch_add(1, std::memory_order_relaxed);
@@ -607,8 +713,11 @@ void hammer_generations(bool protect_ahead) {
   });
   const auto before = cl.node(1).stats();
   const int kGenerations = test::kSanitizerPatience > 1 ? 25 : 60;  // a sanitizer build is 10-50x slower
+  const uint64_t pages = (kSize + kPage - 1) / kPage;
   for (int g = 1; g <= kGenerations; ++g) {
+    const uint64_t from = writes.load();
     std::this_thread::sleep_for(std::chrono::microseconds(200 + g * 37 % 900));
+    for (int i = 0; dense && i < 20000 && writes.load() < from + pages * 3 / 4; ++i) std::this_thread::sleep_for(100us);
     pause.store(1);
     while (!paused.load()) std::this_thread::yield();
     // The last page is written, so this snapshot copies it; the worker
@@ -633,15 +742,23 @@ void hammer_generations(bool protect_ahead) {
   EXPECT_GT(st.cow_faults, static_cast<uint64_t>(kGenerations)) << writes.load() << " writes";
   EXPECT_GT(after.cow_pages_settled - before.cow_pages_settled, 0u) << "the worker copied pages";
   EXPECT_GT(st.cow_copied_aside, 0u) << "and the writer raced it for some (a write before the worker got there)";
-  if (protect_ahead) EXPECT_GT(st.cow_protected_ahead, 0u) << "the protector protected written pages ahead";
-  else EXPECT_EQ(st.cow_protected_ahead, 0u);
+  if (protect_ahead && !dense) {
+    EXPECT_GT(st.cow_protected_ahead, 0u) << "the protector protected written pages ahead";
+  }
+  if (!protect_ahead) {
+    EXPECT_EQ(st.cow_protected_ahead, 0u);
+  }
+  if (dense) {
+    EXPECT_GT(st.cow_lifted_whole, 0u) << "the dense writer's protection was lifted whole";
+  }
   std::printf("%llu writes, %llu faults, %llu pages settled by the worker, %llu copied aside by the writer, "
-              "%llu protected ahead, %llu by the commits\n",
+              "%llu protected ahead, %llu by the commits, lifted whole %llu times\n",
               static_cast<unsigned long long>(writes.load()), static_cast<unsigned long long>(st.cow_faults),
               static_cast<unsigned long long>(after.cow_pages_settled - before.cow_pages_settled),
               static_cast<unsigned long long>(st.cow_copied_aside),
               static_cast<unsigned long long>(st.cow_protected_ahead),
-              static_cast<unsigned long long>(st.cow_protected_at_commit));
+              static_cast<unsigned long long>(st.cow_protected_at_commit),
+              static_cast<unsigned long long>(st.cow_lifted_whole));
 }
 
 TEST(CopyOnWrite, EveryGenerationIsTheMemoryAtItsCommitWhileAWriterHammers) {
@@ -652,6 +769,11 @@ TEST(CopyOnWrite, EveryGenerationIsTheMemoryAtItsCommitWhileAWriterHammers) {
 TEST(CopyOnWrite, EveryGenerationIsExactWhileTheProtectorRacesTheWriterAndTheCommits) {
   SKIP_WITHOUT_COW();
   hammer_generations(true);
+}
+
+TEST(CopyOnWrite, EveryGenerationIsExactWhileADenseWritersProtectionIsLiftedWhole) {
+  SKIP_WITHOUT_COW();
+  hammer_generations(false, true);
 }
 
 // Deltas and copy-on-write across a replica restart and a new replica
