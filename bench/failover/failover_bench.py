@@ -129,7 +129,7 @@ start_timeout_ms = 3000
     try:
         sh(batonctl, "chassis", "up", "--blades", str(BLADES), "--replicas", "2" if BLADES > 2 else "1",
            "--dir", chassis, "--groups", f"{work}/groups.toml", "--spares", ",".join(map(str, spares())),
-           "--transport", args.transport, *(["--spin"] if args.spin else []),
+           "--transport", args.transport, "--retain", str(args.retain), *(["--spin"] if args.spin else []),
            *(["--stream-fetches"] if args.stream_fetches else []),
            *(["--memif-zero-copy"] if args.memif_zero_copy else []),
            env=dict(os.environ, BATON_LIVENESS="0" if args.no_liveness else "1"))
@@ -261,6 +261,9 @@ def main():
     p.add_argument("--no-liveness", action="store_true",
                    help="batond watches the application's pidfd only (BATON_LIVENESS=0), not its liveness lock")
     p.add_argument("--blades", type=int, default=4, help="blades in the chassis (2..16; default 4)")
+    p.add_argument("--retain", type=int, default=0,
+                   help="older generations each replica keeps (chassis up --retain; with 1 or more a load from "
+                        "its own replica takes a spare slot as its second stage)")
     p.add_argument("--spin", action="store_true",
                    help="chassis up --spin: workers never sleep, blade N pinned to CPU N-1 (a CPU per blade)")
     p.add_argument("--kill-blade", action="store_true",

@@ -354,6 +354,14 @@ std::optional<ReplicaStore::Promotion> ReplicaStore::promote(uint64_t generation
   if (hand == Hand::kInPlace) {
     p.app = std::move(l.mem);
     p.stage = std::move(slots_[spare_slot].mem);
+    // A third slot (retain >= 1) is the second stage: no allocation on the
+    // load's path (3.5-6.5 ms for 64 MiB of huge pages here).
+    for (size_t i = 0; i < slots_.size(); ++i)
+      if (static_cast<int>(i) != latest_slot && static_cast<int>(i) != spare_slot &&
+          !in_use(static_cast<int>(i)) && slots_[i].mem.data() != nullptr) {
+        p.spare = std::move(slots_[i].mem);
+        break;
+      }
   } else {
     p.stage = std::move(l.mem);
     p.spare = std::move(slots_[spare_slot].mem);

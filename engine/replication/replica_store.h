@@ -188,7 +188,9 @@ class ReplicaStore {
     /// Zero-copy takeover (issue #11): the latest slot itself, mapped in
     /// place, as the application's memory (`app`), and a free slot as the
     /// first stage (`stage`, with the generation's CRCs), which the caller
-    /// fills from `app` before the application may write.
+    /// fills from `app` before the application may write; a third free
+    /// slot, where the store keeps one (retain >= 1), as the second
+    /// stage (`spare`).
     /// Only where both slots are on pages an application's memory may be
     /// on here (Origin::pages: the slots are allocated so), so nothing
     /// needs allocating once the store gave its copy away.

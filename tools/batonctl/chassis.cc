@@ -116,6 +116,7 @@ std::string config_for(const ChassisConfig& c, int id) {
   if (mixed)
     o << "topology = \"synthetic:package:2 numa:1 core:1 pu:1\"\nnuma_node = " << (id - 1) % 2 << "\n";
   if (!c.direct_reads) o << "direct_reads = false\n";
+  if (c.retain != 0) o << "retain = " << c.retain << "\n";
   if (!c.chunk_kib.empty()) o << "chunk_kib = " << c.chunk_kib[c.chunk_kib.size() == 1 ? 0 : id - 1] << "\n";
   if (c.spin) o << "worker_cpu = " << id - 1 << "\n";
   if (c.workers > 1) {

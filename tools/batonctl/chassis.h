@@ -28,6 +28,8 @@ struct ChassisConfig {
   /// between servers (issue #11 item 5).
   std::string transport = "memif";
   uint32_t replication_factor = 2;
+  /// Older generations each replica keeps (engine retain, 0..64).
+  uint32_t retain = 0;
   /// af_packet: veth pairs per blade pair, each its own link (two
   /// backplanes: a node is dead only when both are silent).
   int backplanes = 1;

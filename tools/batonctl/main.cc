@@ -250,6 +250,8 @@ int main(int argc, char** argv) {
   auto* up = ch->add_subcommand("up", "start the blades");
   up->add_option("--blades", chassis.blades, "number of blades (2..16)");
   auto* replicas = up->add_option("--replicas", chassis.replication_factor, "replication factor (default 2, 1 with two blades)");
+  up->add_option("--retain", chassis.retain, "older generations each replica keeps (0..64, default 0)")
+      ->check(CLI::Range(0, 64));
   up->add_option("--dir", chassis.dir, "where configs, sockets, pids and logs go")->capture_default_str();
   up->add_option("--transport", chassis.transport,
                  "memif, af_packet (veth pairs between network namespaces), shm (regions in /dev/shm), or mixed "

@@ -7,6 +7,8 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <fstream>
+#include <string>
 #include <random>
 #include <vector>
 
@@ -127,6 +129,42 @@ TEST(Standby, APlainReplicaHandsItsSlotsToALoadThere) {
   EXPECT_TRUE(test::has_event(cl.node(3), "this node's replica, mapped in place")) << cl.events();
   // The promoted stage is what node 2 gets under the new epoch, and the
   // generations after it build on it.
+  ASSERT_NO_FATAL_FAILURE(commit_scribbled(cl, 3, r.segment, rng, 3, kDurable, gen, 2));
+}
+
+/// Mappings of this process whose name holds `what` (/proc/self/maps).
+int mappings_named(const std::string& what) {
+  std::ifstream maps("/proc/self/maps");
+  int n = 0;
+  for (std::string line; std::getline(maps, line);) n += line.find(what) != std::string::npos;
+  return n;
+}
+
+TEST(Standby, AReplicaThatKeepsASpareSlotHandsItOverAsTheSecondStage) {
+  // With a retained generation the store has a third slot: the load takes
+  // it as the second stage instead of allocating one (the first stage is
+  // the free slot, the application's memory the latest, as above).
+  EngineConfig c = with_standbys({}, 2);
+  c.retain = 1;
+  Cluster cl(3, c);
+  constexpr uint64_t kSize = (1 << 20) + 4096;
+  Segment* seg = test::must(cl.node(1).create("kv", kSize));
+  auto mem = cl.node(1).data(seg);
+  std::mt19937_64 rng(23);
+  test::fill_pattern(mem, 5);
+  uint64_t gen = 0;
+  ASSERT_NO_FATAL_FAILURE(commit_scribbled(cl, 1, seg, rng, 10, 2, gen));
+  const std::vector<std::byte> want(mem.begin(), mem.end());
+  cl.kill(1);
+  ASSERT_TRUE(test::eventually([&] { return !test::peer_alive(cl.node(3), 1); }));
+  const int stages = mappings_named("kv@stage");
+  const OpenResult r = test::must(cl.node(3).load("kv"));
+  EXPECT_EQ(r.generation, gen);
+  auto got = cl.node(3).data(r.segment);
+  EXPECT_TRUE(std::equal(want.begin(), want.end(), got.begin(), got.end())) << "the load is the newest generation";
+  EXPECT_EQ(cl.node(3).stats().replica_promotions, 1u);
+  EXPECT_EQ(mappings_named("kv@stage"), stages) << "no stage allocated: both are the store's slots";
+  // Both stages work: the next generations are durable and equal on node 2.
   ASSERT_NO_FATAL_FAILURE(commit_scribbled(cl, 3, r.segment, rng, 3, kDurable, gen, 2));
 }
 
