@@ -50,7 +50,9 @@ inline constexpr uint32_t kMagic = 0xBA7017C0;
 /// 4: batond no longer marks a copy-on-write page it is copying (the page
 /// states in the share mean something else to a version-3 library).
 /// 5: the commit channel carries a log of posted commits (CommitLog).
-inline constexpr uint16_t kVersion = 5;
+/// 6: the copy-on-write share's header counts whole lifts (lifted_whole),
+/// which moved `declined`.
+inline constexpr uint16_t kVersion = 6;
 inline constexpr size_t kMaxMessage = 512;     ///< requests
 inline constexpr size_t kMaxReply = 64 * 1024;  ///< a reply with its trailing text
 inline constexpr size_t kMaxName = 63;

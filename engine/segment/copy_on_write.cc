@@ -636,7 +636,10 @@ bool CopyOnWrite::on_fault(uintptr_t addr) noexcept {
     // a commit does not wait for it: a page a freeze protects meanwhile
     // makes it stop with EFAULT, having written nothing. A kernel without
     // it (before 5.14) says EINVAL: the writes fault then, as without.
-    if (ok && len != 0) madvise(base_ + off, len, kMadvPopulateWrite);
+    if (ok && len != 0) {
+      madvise(base_ + off, len, kMadvPopulateWrite);
+      last_fault_ns_.store(monotonic_ns(), std::memory_order_relaxed);  // the write lands after this
+    }
     return ok;
   }
   written_[w].fetch_or(bit, std::memory_order_relaxed);
@@ -710,7 +713,12 @@ bool CopyOnWrite::lift_settled(uint32_t page, uint64_t& off, uint64_t& len) noex
 }
 
 void CopyOnWrite::decide_dense(uint64_t written_pages) noexcept {
-  if (!wholesale_.load(std::memory_order_relaxed)) {  // the faults counted this cycle's pages
+  // A cycle counts only if nothing was lifted in bulk: lifted pages count
+  // as written whether they were or not (a freeze that came before the
+  // rest was lifted, too).
+  const bool counted =
+      !wholesale_.load(std::memory_order_relaxed) && lifted_below_.load(std::memory_order_relaxed) == 0;
+  if (counted) {  // the faults counted this cycle's pages
     if (written_pages * 2 > pages_) {
       dense_period_ = dense_period_ == 0 ? kDenseFreezes : std::min(dense_period_ * 2, kDenseMaxFreezes);
       dense_left_ = dense_period_;

@@ -55,9 +55,10 @@
 // commits pays a fault for every page it writes first (20-45 us each on
 // this VM's shadow paging: 320-390 ms per cycle for 10 000 pages of
 // 64 MiB), where the stage copy's tracker pays ~1 us. A freeze that finds
-// more than half the pages written (counted by the faults, not taken
-// wholesale) makes the region dense for the next kDenseFreezes freezes
-// (doubling, up to kDenseMaxFreezes, while it stays so). The settler
+// more than half the pages written (counted by the faults: a cycle in
+// which pages were lifted in bulk counts nothing) makes the region dense
+// for the next kDenseFreezes freezes (doubling, up to kDenseMaxFreezes,
+// while it stays so). The settler
 // copies in order from the first page; a fault on a page below the first
 // one still to copy lifts the protection of all the pages below it not
 // lifted yet, in one pass, and they count as written, so the writes to
@@ -65,8 +66,10 @@
 // what is left). The next freeze protects the whole memory again in one
 // pass and the snapshot copies all of it. The application pays a fault
 // per page it writes ahead of the settler and a few passes per cycle,
-// not a fault per page.
-// Once the dense freezes are over, a cycle counts page by page again and
+// not a fault per page. Every lifted page counts as written, so a dense
+// commit copies and sends every page lifted since the last one, usually
+// the whole memory (a writer that turned sparse meanwhile too, until the
+// dense freezes are over). Then a cycle counts page by page again and
 // decides anew.
 //
 // Traps (docs/user-guide.md): a write the kernel makes into a protected

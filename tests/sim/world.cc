@@ -154,6 +154,10 @@ class World {
         if (pick() % 2 == 0)
           cow_modes_.push_back({"seg" + std::to_string(i), EngineConfig::SnapshotMode::kCopyOnWrite});
     }
+    // Replicas that keep an older generation (retain 1) on half the
+    // seeds, picked likewise: a load from a node's own replica then takes
+    // the store's third slot as its second stage.
+    retain_ = static_cast<uint32_t>(std::mt19937_64(seed ^ 0xd6e8feb86659fd93ull)() % 2);
     hooks_->now = [this] { return now_; };
     hooks_->step = [this] { step(); };
     engines_.resize(o.nodes);
@@ -221,6 +225,7 @@ class World {
     c.simulation = hooks_;
     c.standbys = standbys_;
     c.snapshot_modes = cow_modes_;
+    c.retain = retain_;
     if (o_.shards > 1) c.workers.assign(static_cast<size_t>(o_.shards), -1);
     return c;
   }
@@ -1171,6 +1176,7 @@ class World {
   std::mt19937_64 chunk_pick_;   ///< each incarnation's chunk size (Options::mixed_chunks)
   std::vector<EngineConfig::Standby> standbys_;
   std::vector<EngineConfig::SegmentSnapshot> cow_modes_;
+  uint32_t retain_ = 0;
   std::mt19937_64 client_pick_;  ///< which starts run as a daemon-mode client (attach_client)
   uint64_t now_ = 1'000'000'000;
   std::shared_ptr<SimulationHooks> hooks_;

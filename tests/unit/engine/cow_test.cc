@@ -372,6 +372,33 @@ TEST(CopyOnWrite, ADenseWriterIsLiftedWholeOnceItsSnapshotSettled) {
   EXPECT_EQ(write_pages(*cow, m.p, 0, kPages, 7), kPages) << "counted page by page";
 }
 
+// A freeze that comes after only part of a dense region was lifted counts
+// nothing: the lifted pages count as written whether they were or not, so
+// they say nothing of how much the writer wrote (counted, 200 lifted pages
+// of 256 would have renewed and doubled the dense period).
+TEST(CopyOnWrite, AFreezeAfterALiftInBulkIsNoCountOfWhatWasWritten) {
+  SKIP_WITHOUT_COW();
+  constexpr uint32_t kPages = 256;
+  Armed a(kPages);
+  auto& [m, aside, cow, pend] = a;
+  pend.set_range(0, kPages - 1);
+  EXPECT_EQ(write_pages(*cow, m.p, 0, 200, 1), 200u);
+  freeze(*cow, aside.data(), pend);
+  ASSERT_TRUE(cow->dense());
+  for (uint32_t p = 0; p < 200; ++p) cow->settle(p);  // the settler is not done yet
+  EXPECT_EQ(write_pages(*cow, m.p, 0, 1, 2), 1u);     // lifts pages 0-199 in bulk
+  EXPECT_EQ(cow->lifted_whole(), 0u);
+  EXPECT_EQ(freeze(*cow, aside.data(), pend), (Runs{{0, 200 * kPage}}));
+  int dense_freezes = 0;
+  while (cow->dense() && dense_freezes < 40) {
+    for (uint32_t p = 0; p < kPages; ++p) cow->settle(p);
+    write_pages(*cow, m.p, 0, kPages, 3);  // lifted whole: not counted either
+    freeze(*cow, aside.data(), pend);
+    ++dense_freezes;
+  }
+  EXPECT_EQ(dense_freezes, int{CopyOnWrite::kDenseFreezes} - 1) << "the period that was, not a new one";
+}
+
 // The kernel's own writes into a protected page (read(2) into the segment)
 // cannot reach a signal handler: they fail with EFAULT. The documented
 // trap, kept honest.
