@@ -201,15 +201,19 @@ bool point_of_run(const void* p, uint64_t size, uint64_t* step, bool* complete) 
 }
 
 /// A blade's counts (batonctl status): chunks commits left alone as
-/// unchanged, commits taken by copy-on-write, commits posted, and loads
-/// that read a peer's lent slot directly (shm links).
+/// unchanged, commits taken by copy-on-write, commits posted, loads that
+/// read a peer's lent slot directly (shm links), and the times a dense
+/// writer's library lifted its protection whole (as its segments' shares
+/// count them now: a writer's next open starts a share of its own, so a
+/// lower bound).
 struct Counts {
-  uint64_t skipped = 0, cow = 0, posted = 0, direct = 0;
+  uint64_t skipped = 0, cow = 0, posted = 0, direct = 0, lifted = 0;
   Counts& operator+=(const Counts& o) {
     skipped += o.skipped;
     cow += o.cow;
     posted += o.posted;
     direct += o.direct;
+    lifted += o.lifted;
     return *this;
   }
 };
@@ -223,8 +227,12 @@ Counts blade_counts(const std::string& socket, Counts last) {
   auto j = nlohmann::json::parse(*text, nullptr, false);
   if (j.is_discarded() || !j.contains("clients")) return last;
   const auto& rep = j.contains("replication") ? j["replication"] : nlohmann::json::object();
+  uint64_t lifted = 0;
+  if (j.contains("segments") && j["segments"].is_array())
+    for (const auto& seg : j["segments"]) lifted += seg.value("cow_lifted_whole", uint64_t{0});
   return Counts{j["clients"].value("chunks_skipped", last.skipped), j["clients"].value("cow_snapshots", last.cow),
-                j["clients"].value("posted_commits", last.posted), rep.value("direct_reads", last.direct)};
+                j["clients"].value("posted_commits", last.posted), rep.value("direct_reads", last.direct),
+                std::max(lifted, last.lifted)};
 }
 
 /// Events on `socket` since `since_us` (unix microseconds) whose text
@@ -719,12 +727,13 @@ int main(int argc, char** argv) {
   std::printf("campaign: %d cycles over %s: %d lost, %d torn, %d failed restores, %d resurrected after a delete "
               "(%d deletes, %d failed; %d owner stalls; %d owner partitions, %d with a takeover beside a live "
               "owner, %d of those not fenced after the heal); restore p50 %.2f ms, p99 %.2f ms; %llu chunks left "
-              "alone by commits (unchanged); %llu commits by copy-on-write, %llu posted; %llu loads read a lent "
-              "slot directly\n",
+              "alone by commits (unchanged); %llu commits by copy-on-write (a dense writer's protection lifted "
+              "whole at least %llu times), %llu posted; %llu loads read a lent slot directly\n",
               r.cycles, cc.transport.c_str(), r.lost, r.torn, r.failed, r.resurrected, r.deletes, r.failed_deletes,
               r.stalls, r.partitions, r.splits, r.unfenced,
               pct(r.restore_ms, 0.5), pct(r.restore_ms, 0.99), static_cast<unsigned long long>(banked.skipped),
-              static_cast<unsigned long long>(banked.cow), static_cast<unsigned long long>(banked.posted),
+              static_cast<unsigned long long>(banked.cow), static_cast<unsigned long long>(banked.lifted),
+              static_cast<unsigned long long>(banked.posted),
               static_cast<unsigned long long>(banked.direct));
   if (g_periodic) {
     std::printf("campaign: %llu generations taken by the writers' periodic commits (every %d ms) between their "
