@@ -333,10 +333,13 @@ std::optional<ReplicaStore::Promotion> ReplicaStore::promote(uint64_t generation
   const int latest_slot = published_.front();
   Slot& l = slots_[latest_slot];
   if (l.generation != generation || l.epoch != epoch) return std::nullopt;
-  int spare_slot = -1;
-  for (size_t i = 0; i < slots_.size() && spare_slot < 0; ++i)
-    if (static_cast<int>(i) != latest_slot && !in_use(static_cast<int>(i)) && slots_[i].mem.data() != nullptr)
-      spare_slot = static_cast<int>(i);
+  // A slot but `a` and `b` that still has its memory and no reader (-1: none).
+  const auto free_slot_but = [this](int a, int b) {
+    for (size_t i = 0; i < slots_.size(); ++i)
+      if (const int s = static_cast<int>(i); s != a && s != b && !in_use(s) && slots_[i].mem.data() != nullptr) return s;
+    return -1;
+  };
+  const int spare_slot = free_slot_but(latest_slot, latest_slot);
   if (spare_slot < 0) return std::nullopt;
   const auto app_may_use = [this](const LocalStorage& m) {
     return pages_ == LocalStorage::Pages::kAny || !m.huge_pages();
@@ -356,12 +359,7 @@ std::optional<ReplicaStore::Promotion> ReplicaStore::promote(uint64_t generation
     p.stage = std::move(slots_[spare_slot].mem);
     // A third slot (retain >= 1) is the second stage: no allocation on the
     // load's path (3.5-6.5 ms for 64 MiB of huge pages here).
-    for (size_t i = 0; i < slots_.size(); ++i)
-      if (static_cast<int>(i) != latest_slot && static_cast<int>(i) != spare_slot &&
-          !in_use(static_cast<int>(i)) && slots_[i].mem.data() != nullptr) {
-        p.spare = std::move(slots_[i].mem);
-        break;
-      }
+    if (const int third = free_slot_but(latest_slot, spare_slot); third >= 0) p.spare = std::move(slots_[third].mem);
   } else {
     p.stage = std::move(l.mem);
     p.spare = std::move(slots_[spare_slot].mem);

@@ -100,13 +100,25 @@ TEST(Standby, TakesOverTheNewestGenerationWithoutAFetchOrACopy) {
   ASSERT_NO_FATAL_FAILURE(commit_scribbled(cl, 3, r.segment, rng, 1, kDurable, gen, 2));
 }
 
-TEST(Standby, APlainReplicaHandsItsSlotsToALoadThere) {
-  // No standby: node 3 is a plain replica. A load there maps the slot that
-  // holds the newest generation in place as the application's memory and
-  // takes a free slot for the first stage (with the checksums it came
-  // with); the state is exactly the newest generation, and the new owner's
-  // next one is durable and equal on the other replica.
-  Cluster cl(3, with_standbys({}, 2));
+/// Mappings of this process whose name holds `what` (/proc/self/maps).
+int mappings_named(const std::string& what) {
+  std::ifstream maps("/proc/self/maps");
+  int n = 0;
+  for (std::string line; std::getline(maps, line);) n += line.find(what) != std::string::npos;
+  return n;
+}
+
+/// No standby: node 3 is a plain replica keeping `retain` older
+/// generations. A load there maps the slot that holds the newest
+/// generation in place as the application's memory and takes a free slot
+/// for the first stage (with the checksums it came with); with a retained
+/// generation the store has a third slot, taken as the second stage
+/// instead of allocating one. The state is exactly the newest generation,
+/// and the new owner's next one is durable and equal on the other replica.
+void load_in_place(uint32_t retain) {
+  EngineConfig c = with_standbys({}, 2);
+  c.retain = retain;
+  Cluster cl(3, c);
   constexpr uint64_t kSize = (2 << 20) + 12345;  // a short last chunk
   Segment* seg = test::must(cl.node(1).create("kv", kSize));
   auto mem = cl.node(1).data(seg);
@@ -118,6 +130,7 @@ TEST(Standby, APlainReplicaHandsItsSlotsToALoadThere) {
   EXPECT_FALSE(test::must(cl.node(3).replica_status("kv")).standby);
   cl.kill(1);
   ASSERT_TRUE(test::eventually([&] { return !test::peer_alive(cl.node(3), 1); }));
+  const int stages = mappings_named("kv@stage");
   const OpenResult r = test::must(cl.node(3).load("kv"));
   EXPECT_EQ(r.outcome, OpenOutcome::kRestored);
   EXPECT_EQ(r.generation, gen);
@@ -127,46 +140,16 @@ TEST(Standby, APlainReplicaHandsItsSlotsToALoadThere) {
   EXPECT_EQ(cl.node(3).stats().replica_promotions, 1u);
   EXPECT_EQ(cl.node(3).stats().standby_promotions, 0u);
   EXPECT_TRUE(test::has_event(cl.node(3), "this node's replica, mapped in place")) << cl.events();
+  EXPECT_EQ(mappings_named("kv@stage") - stages, retain == 0 ? 1 : 0)
+      << (retain == 0 ? "the second stage allocated" : "no stage allocated: both are the store's slots");
   // The promoted stage is what node 2 gets under the new epoch, and the
-  // generations after it build on it.
+  // generations after it (in both stages) build on it.
   ASSERT_NO_FATAL_FAILURE(commit_scribbled(cl, 3, r.segment, rng, 3, kDurable, gen, 2));
 }
 
-/// Mappings of this process whose name holds `what` (/proc/self/maps).
-int mappings_named(const std::string& what) {
-  std::ifstream maps("/proc/self/maps");
-  int n = 0;
-  for (std::string line; std::getline(maps, line);) n += line.find(what) != std::string::npos;
-  return n;
-}
+TEST(Standby, APlainReplicaHandsItsSlotsToALoadThere) { load_in_place(0); }
 
-TEST(Standby, AReplicaThatKeepsASpareSlotHandsItOverAsTheSecondStage) {
-  // With a retained generation the store has a third slot: the load takes
-  // it as the second stage instead of allocating one (the first stage is
-  // the free slot, the application's memory the latest, as above).
-  EngineConfig c = with_standbys({}, 2);
-  c.retain = 1;
-  Cluster cl(3, c);
-  constexpr uint64_t kSize = (1 << 20) + 4096;
-  Segment* seg = test::must(cl.node(1).create("kv", kSize));
-  auto mem = cl.node(1).data(seg);
-  std::mt19937_64 rng(23);
-  test::fill_pattern(mem, 5);
-  uint64_t gen = 0;
-  ASSERT_NO_FATAL_FAILURE(commit_scribbled(cl, 1, seg, rng, 10, 2, gen));
-  const std::vector<std::byte> want(mem.begin(), mem.end());
-  cl.kill(1);
-  ASSERT_TRUE(test::eventually([&] { return !test::peer_alive(cl.node(3), 1); }));
-  const int stages = mappings_named("kv@stage");
-  const OpenResult r = test::must(cl.node(3).load("kv"));
-  EXPECT_EQ(r.generation, gen);
-  auto got = cl.node(3).data(r.segment);
-  EXPECT_TRUE(std::equal(want.begin(), want.end(), got.begin(), got.end())) << "the load is the newest generation";
-  EXPECT_EQ(cl.node(3).stats().replica_promotions, 1u);
-  EXPECT_EQ(mappings_named("kv@stage"), stages) << "no stage allocated: both are the store's slots";
-  // Both stages work: the next generations are durable and equal on node 2.
-  ASSERT_NO_FATAL_FAILURE(commit_scribbled(cl, 3, r.segment, rng, 3, kDurable, gen, 2));
-}
+TEST(Standby, AReplicaThatKeepsASpareSlotHandsItOverAsTheSecondStage) { load_in_place(1); }
 
 TEST(Standby, AStandbyThatIsNotCurrentIsNotPromoted) {
   // Node 3 is the standby, but the segment's newest generation was written
