@@ -17,6 +17,7 @@ namespace baton::ethdev {
 std::atomic<int> MemifGuard::bursts{0};
 std::atomic<int> MemifGuard::unmaps{0};
 thread_local bool MemifGuard::NoWaitConnect::active = false;
+thread_local int MemifGuard::PortControl::depth = 0;
 
 namespace {
 constexpr int kKeptMax = 64;
@@ -66,11 +67,14 @@ bool is_seqpacket(int fd) noexcept {
 }  // namespace baton::ethdev
 
 // Interposes libc's munmap for the whole process (the PMD is a shared object
-// that calls munmap through the PLT). Cost for everyone else: two atomic ops.
-// A worker that unmaps (dev_stop while reconnecting a memif client) does so
-// between its bursts, so it never waits for itself.
+// that calls munmap through the PLT). An unmap by any other thread than
+// those that can take a memif port's regions (MemifGuard::guards_unmaps)
+// goes straight to the kernel. A thread that stops a port and also bursts
+// (none does: stops run on the interrupt thread) would do so between its
+// bursts, and never wait for itself.
 extern "C" int munmap(void* addr, size_t len) noexcept {
   using baton::ethdev::MemifGuard;
+  if (!MemifGuard::guards_unmaps()) return static_cast<int>(syscall(SYS_munmap, addr, len));
   MemifGuard::unmaps.fetch_add(1);
   while (MemifGuard::bursts.load() > 0) _mm_pause();
   const long r = syscall(SYS_munmap, addr, len);

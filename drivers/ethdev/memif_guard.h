@@ -12,9 +12,20 @@
 // inside eth_memif_rx/tx on the worker still reads them: the survivor gets
 // SIGSEGV in ~8% of peer kills here. The link-state callback never fires for
 // memif, and checking link state before a burst cannot close the window. So
-// the engine interposes munmap(): an unmap from another thread waits until no
-// guarded burst is in flight, and bursts do not start while an unmap is
-// pending. (Dekker-style handshake on two seq_cst atomics.)
+// the engine interposes munmap(): an unmap by a thread that can unmap a
+// memif port's regions waits until no guarded burst is in flight, and bursts
+// do not start while such an unmap is pending. (Dekker-style handshake on
+// two seq_cst atomics.)
+//
+// Only those threads: the PMD unmaps its regions in memif_disconnect alone,
+// which runs in its control-channel handlers (the EAL interrupt thread) and
+// in a port's stop or close (batond runs those on that thread too, or in a
+// PortControl scope). Every other unmap (a segment's memory, a client's
+// channel) goes straight to the kernel: guarded, it had every burst of the
+// process skipped while it ran, and a skipped burst is a lost control
+// frame. A failover manager's report sent as its application died (the
+// session thread unmapping the client's channel meanwhile) was lost so,
+// and the decision waited for the next report, 250 ms later, 1 round in 10.
 
 #include <atomic>
 
@@ -32,6 +43,20 @@ struct MemifGuard {
     return false;
   }
   static void exit() noexcept { bursts.fetch_sub(1); }
+
+  /// While one is in scope on a thread, that thread's unmaps wait for the
+  /// bursts in flight (as the interrupt thread's always do): it stops,
+  /// closes or starts a memif port. Thread: any.
+  struct PortControl {
+    PortControl() noexcept { ++depth; }
+    ~PortControl() { --depth; }
+    PortControl(const PortControl&) = delete;
+    PortControl& operator=(const PortControl&) = delete;
+    static thread_local int depth;
+  };
+  /// Whether an unmap by the calling thread may take a memif port's
+  /// regions, and so must wait for the bursts in flight. Thread: any.
+  static bool guards_unmaps() noexcept { return PortControl::depth > 0 || on_interrupt_thread(); }
 
   /// Keeps `fd` open whatever closes it through libc: DPDK's own file of a
   /// memory list, which a memif zero-copy client hands its server. The PMD

@@ -74,6 +74,20 @@ nlohmann::json Server::status_json(size_t limit) const {
                         {"slots_lent", stats.slots_lent},
                         {"direct_reads", stats.direct_reads},
                         {"direct_read_failures", stats.direct_read_failures}};
+  // The frames on every link: what was refused or lost is counted here.
+  uint64_t decode_errors = 0;
+  for (uint64_t e : stats.decode_errors) decode_errors += e;
+  out["frames"] = {{"rx", stats.frames_rx},
+                   {"tx", stats.frames_tx},
+                   // a control frame (heartbeat, note, ack, claim...) its link did not take
+                   {"tx_dropped", stats.tx_dropped},
+                   {"decode_errors", decode_errors},
+                   {"misdirected", stats.misdirected},
+                   {"bad_input", stats.bad_input},
+                   {"duplicates", stats.duplicates},
+                   // daemon notes (the failover managers' reports and assignments)
+                   {"notes_rx", stats.notes_rx},
+                   {"notes_dropped", stats.notes_dropped}};
   // Global storage (S7): null when it is off.
   if (const auto st = engine_.storage()) {
     out["storage"] = {{"dir", st->dir},

@@ -151,6 +151,12 @@ TEST(Chassis, ShardsRunOverAQueuePairOfEveryMemifLink) {
   EXPECT_EQ(doc["node"]["shards"].size(), 2u) << out;
   ASSERT_TRUE(doc["replication"].is_object()) << out;
   EXPECT_TRUE(doc["replication"]["wholes_sent"].is_number()) << out;
+  // Heartbeats flow both ways, and nothing on a healthy chassis is refused.
+  ASSERT_TRUE(doc["frames"].is_object()) << out;
+  EXPECT_GT(doc["frames"]["rx"].get<uint64_t>(), 0u) << out;
+  EXPECT_GT(doc["frames"]["tx"].get<uint64_t>(), 0u) << out;
+  for (const char* refused : {"decode_errors", "misdirected", "bad_input", "notes_dropped"})
+    EXPECT_EQ(doc["frames"][refused].get<uint64_t>(), 0u) << refused << ": " << out;
   // Two peers, a queue pair of each memif port per shard.
   std::map<int, std::set<int>> peers_of_shard;
   for (const auto& l : doc["links"]) {

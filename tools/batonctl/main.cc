@@ -146,6 +146,15 @@ int status(const std::string& socket, bool as_json, bool segments_only) {
         std::printf("  WARNING: %llu received generations failed their checksum (sent again)\n",
                     r.value("corrupt_generations", 0ull));
     }
+    if (j.contains("frames") && j["frames"].is_object()) {
+      const json& f = j["frames"];
+      std::printf("frames: %llu received, %llu sent; %llu control frames not taken by their link, %llu refused "
+                  "(%llu undecodable, %llu misdirected, %llu bad); notes %llu received, %llu dropped\n",
+                  f.value("rx", 0ull), f.value("tx", 0ull), f.value("tx_dropped", 0ull),
+                  f.value("decode_errors", 0ull) + f.value("misdirected", 0ull) + f.value("bad_input", 0ull),
+                  f.value("decode_errors", 0ull), f.value("misdirected", 0ull), f.value("bad_input", 0ull),
+                  f.value("notes_rx", 0ull), f.value("notes_dropped", 0ull));
+    }
     if (j.contains("storage") && j["storage"].is_object()) print_storage(j["storage"]);
     const size_t shards = node.value("shards", json::array()).size();
     if (shards > 1) std::printf("shards: %zu (per-core workers; the SHARD column says whose link)\n", shards);
