@@ -154,7 +154,6 @@ rte_mempool* pool_for(int socket, uint32_t room, PoolKind kind, uint32_t mbufs, 
 /// server is not there yet.
 int start_memif_client(uint16_t port) {
   MemifGuard::NoWaitConnect no_wait;
-  MemifGuard::PortControl control;  // a failed connect unmaps what it mapped
   return rte_eth_dev_start(port);
 }
 
@@ -309,7 +308,7 @@ struct Port {
   }
   static void close_here(void* arg) {
     auto* self = static_cast<Port*>(arg);
-    MemifGuard::PortControl control;  // on the interrupt thread, or its fallback here
+    MemifGuard::PortControl control;  // a memif stop unmaps: on the interrupt thread, or its fallback here
     rte_eth_dev_stop(self->id);
     rte_eth_dev_close(self->id);
     self->closed.store(1);
@@ -739,7 +738,6 @@ Result<std::vector<std::unique_ptr<Link>>> start_port(uint16_t port, const PortC
   }
   // A memif client cannot start before its server's socket exists; the link
   // keeps trying from service() (as it does after the server dies).
-  MemifGuard::PortControl control;
   const int rc = client ? start_memif_client(port) : rte_eth_dev_start(port);
   if (rc != 0) {
     if (!client) return fail(Errc::kIo, name, ": start: ", rte_strerror(-rc));

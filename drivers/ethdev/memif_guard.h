@@ -17,10 +17,11 @@
 // do not start while such an unmap is pending. (Dekker-style handshake on
 // two seq_cst atomics.)
 //
-// Only those threads: the PMD unmaps its regions in memif_disconnect alone,
-// which runs in its control-channel handlers (the EAL interrupt thread) and
-// in a port's stop or close (batond runs those on that thread too, or in a
-// PortControl scope). Every other unmap (a segment's memory, a client's
+// Only those threads: in a primary process the PMD unmaps its regions in
+// memif_disconnect alone, which runs in its control-channel handlers (the
+// EAL interrupt thread) and in a port's stop (batond stops and closes memif
+// ports in an EAL alarm, i.e. on that thread too, or, should the alarm not
+// run, in a PortControl scope). Every other unmap (a segment's memory, a client's
 // channel) goes straight to the kernel: guarded, it had every burst of the
 // process skipped while it ran, and a skipped burst is a lost control
 // frame. A failover manager's report sent as its application died (the
@@ -45,8 +46,8 @@ struct MemifGuard {
   static void exit() noexcept { bursts.fetch_sub(1); }
 
   /// While one is in scope on a thread, that thread's unmaps wait for the
-  /// bursts in flight (as the interrupt thread's always do): it stops,
-  /// closes or starts a memif port. Thread: any.
+  /// bursts in flight (as the interrupt thread's always do): it stops a
+  /// memif port. Thread: any.
   struct PortControl {
     PortControl() noexcept { ++depth; }
     ~PortControl() { --depth; }
