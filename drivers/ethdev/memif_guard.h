@@ -26,7 +26,8 @@
 // process skipped while it ran, and a skipped burst is a lost control
 // frame. A failover manager's report sent as its application died (the
 // session thread unmapping the client's channel meanwhile) was lost so,
-// and the decision waited for the next report, 250 ms later, 1 round in 10.
+// and the decision waited for the next report, 250 ms later, in about 1
+// failover in 30.
 
 #include <atomic>
 

@@ -79,7 +79,8 @@ nlohmann::json Server::status_json(size_t limit) const {
   for (uint64_t e : stats.decode_errors) decode_errors += e;
   out["frames"] = {{"rx", stats.frames_rx},
                    {"tx", stats.frames_tx},
-                   // a control frame (heartbeat, note, ack, claim...) its link did not take
+                   // control frames (heartbeats, notes, acks, claims...) dropped: their link did
+                   // not take them, or (heartbeats) the queue to the data path was full
                    {"tx_dropped", stats.tx_dropped},
                    {"decode_errors", decode_errors},
                    {"misdirected", stats.misdirected},

@@ -148,7 +148,7 @@ int status(const std::string& socket, bool as_json, bool segments_only) {
     }
     if (j.contains("frames") && j["frames"].is_object()) {
       const json& f = j["frames"];
-      std::printf("frames: %llu received, %llu sent; %llu control frames not taken by their link, %llu refused "
+      std::printf("frames: %llu received, %llu sent; %llu control frames dropped, %llu refused "
                   "(%llu undecodable, %llu misdirected, %llu bad); notes %llu received, %llu dropped\n",
                   f.value("rx", 0ull), f.value("tx", 0ull), f.value("tx_dropped", 0ull),
                   f.value("decode_errors", 0ull) + f.value("misdirected", 0ull) + f.value("bad_input", 0ull),
