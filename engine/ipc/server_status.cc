@@ -75,14 +75,12 @@ nlohmann::json Server::status_json(size_t limit) const {
                         {"direct_reads", stats.direct_reads},
                         {"direct_read_failures", stats.direct_read_failures}};
   // The frames on every link: what was refused or lost is counted here.
-  uint64_t decode_errors = 0;
-  for (uint64_t e : stats.decode_errors) decode_errors += e;
   out["frames"] = {{"rx", stats.frames_rx},
                    {"tx", stats.frames_tx},
                    // control frames (heartbeats, notes, acks, claims...) dropped: their link did
                    // not take them, or (heartbeats) the queue to the data path was full
                    {"tx_dropped", stats.tx_dropped},
-                   {"decode_errors", decode_errors},
+                   {"decode_errors", stats.decode_errors_total()},
                    {"misdirected", stats.misdirected},
                    {"bad_input", stats.bad_input},
                    {"duplicates", stats.duplicates},

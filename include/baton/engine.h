@@ -381,6 +381,12 @@ struct LinkStatus {
 struct EngineStats {
   uint64_t frames_rx = 0, frames_tx = 0;
   uint64_t decode_errors[16] = {};  ///< by wire::DecodeError
+  /// Frames refused as undecodable, whatever the reason.
+  uint64_t decode_errors_total() const noexcept {
+    uint64_t n = 0;
+    for (uint64_t e : decode_errors) n += e;
+    return n;
+  }
   uint64_t misdirected = 0;         ///< frames for another node
   uint64_t retransmits = 0;
   uint64_t duplicates = 0;

@@ -114,9 +114,7 @@ int stats(const char*, const char*, rte_tel_data* d) {
       {"slots_lent", s.slots_lent}, {"direct_reads", s.direct_reads},
       {"direct_read_failures", s.direct_read_failures}};
   for (const auto& [k, v] : values) rte_tel_data_add_dict_u64(d, k, v);
-  uint64_t decode_errors = 0;
-  for (uint64_t e : s.decode_errors) decode_errors += e;
-  rte_tel_data_add_dict_u64(d, "decode_errors", decode_errors);
+  rte_tel_data_add_dict_u64(d, "decode_errors", s.decode_errors_total());
   return 0;
 }
 

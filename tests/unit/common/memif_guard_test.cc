@@ -10,8 +10,8 @@
 #include <atomic>
 #include <chrono>
 #include <functional>
-#include <optional>
 #include <future>
+#include <optional>
 #include <thread>
 
 namespace baton::ethdev {
