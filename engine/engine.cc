@@ -235,6 +235,7 @@ Result<std::unique_ptr<Engine::Impl>> Engine::Impl::prepare(const EngineConfig& 
                   " bytes; Baton needs at least ",
                   std::to_string(wire::kMaxHeadSize + wire::kMinChunkSize));
   if (config.window == 0 || config.window > 65536) return fail(Errc::kInvalidArgument, "window must be 1..65536");
+  if (config.copy_slice == 0) return fail(Errc::kInvalidArgument, "copy_slice must be at least 1 byte");
   if (config.max_segment_size == 0 || config.max_segment_size > wire::kMaxSegmentSize)
     return fail(Errc::kInvalidArgument, "max_segment_size out of range");
   if (config.worker_cpu >= CPU_SETSIZE || config.worker_cpu < -1)

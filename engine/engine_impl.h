@@ -722,6 +722,10 @@ struct Engine::Impl {
                   uint16_t flags = 0) noexcept;
   void send_fetch_request(FetchOp& op, uint64_t now) noexcept;
   void flush_acks() noexcept;
+  /// A replica store published a generation (on a frame, or in
+  /// advance_stores once a delta's base was copied): counters, the copying
+  /// it leaves to do, global storage. Thread: token holder.
+  void on_published(ReplicaStore& st) noexcept;
   /// `why`: what superseded it (default: a newer owner epoch).
   void fence(Segment& seg, const std::string& why = {}) noexcept;
   /// Another owner of `seg`'s own `epoch` proposed a replica set

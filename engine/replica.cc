@@ -107,6 +107,7 @@ void Engine::Impl::on_data(Link& link, wire::Frame& f) noexcept {
       send_error(link, f, wire::ErrorCode::kNoRoom, 0);
       return;
     }
+    (*store)->set_copy_slice(config.copy_slice);
     it = stores.emplace(f.seg_id, std::move(*store)).first;
     fence_if_superseded(f.seg_id, f.epoch);  // another owner writes a segment this node owns
   }
@@ -140,13 +141,10 @@ void Engine::Impl::on_data(Link& link, wire::Frame& f) noexcept {
                    " held already; relabelled with node " + std::to_string(f.src) + "'s epoch " +
                    std::to_string(f.epoch) + ", not received again");
       break;
-    case ReplicaStore::Accept::kPublished:
-      bump(counters.published);
-      if (st.latest()->delta_of != 0) bump(counters.deltas_published);
-      if (st.behind() && std::find(stores_behind.begin(), stores_behind.end(), st.id()) == stores_behind.end())
+    case ReplicaStore::Accept::kPublished: on_published(st); break;
+    case ReplicaStore::Accept::kCompleting:  // published by advance_stores, a slice of its base per poll
+      if (std::find(stores_behind.begin(), stores_behind.end(), st.id()) == stores_behind.end())
         stores_behind.push_back(st.id());
-      BT_DEBUG("published %s generation %lu", st.name().c_str(), static_cast<unsigned long>(f.generation));
-      if (global) (void)offer_to_global(st);
       break;
     case ReplicaStore::Accept::kCorrupt:
       bump(counters.corrupt_generations);
@@ -166,6 +164,15 @@ void Engine::Impl::on_data(Link& link, wire::Frame& f) noexcept {
       return;
     }
   acks_due.push_back({&link, &st, nullptr, f.generation, restart, need_full});
+}
+
+void Engine::Impl::on_published(ReplicaStore& st) noexcept {
+  bump(counters.published);
+  if (st.latest()->delta_of != 0) bump(counters.deltas_published);
+  if (st.behind() && std::find(stores_behind.begin(), stores_behind.end(), st.id()) == stores_behind.end())
+    stores_behind.push_back(st.id());
+  BT_DEBUG("published %s generation %lu", st.name().c_str(), static_cast<unsigned long>(st.latest()->generation));
+  if (global) (void)offer_to_global(st);
 }
 
 void Engine::Impl::flush_acks() noexcept {

@@ -152,6 +152,7 @@ bool Engine::Impl::install_allocated() noexcept {
       allocator->free(std::move(*d.store));
       continue;
     }
+    (*d.store)->set_copy_slice(config.copy_slice);
     stores.emplace(d.origin.id, std::move(*d.store));
     fence_if_superseded(d.origin.id, d.origin.epoch);  // another owner writes a segment this node owns
   }
@@ -218,14 +219,31 @@ bool Engine::Impl::poll_once(uint64_t now) noexcept {
 }
 
 bool Engine::Impl::advance_stores() noexcept {
-  // A slice per store per poll, like a delta's shadow (ReplicaStore::
-  // kPrepareSlice): a 64 MiB copy spreads over 16 polls, and heartbeats
-  // go on meanwhile.
+  // A slice per store per poll (EngineConfig::copy_slice): a 64 MiB copy
+  // spreads over 16 polls, and heartbeats go on meanwhile.
   if (stores_behind.empty()) return false;
-  std::erase_if(stores_behind, [this](uint64_t id) {
-    auto it = stores.find(id);
-    return it == stores.end() || it->second->advance_background(ReplicaStore::kPrepareSlice);
-  });
+  bool acks = false;
+  for (size_t i = 0; i < stores_behind.size();) {
+    auto it = stores.find(stores_behind[i]);
+    if (it == stores.end()) {
+      stores_behind.erase(stores_behind.begin() + static_cast<long>(i));
+      continue;
+    }
+    ReplicaStore& st = *it->second;
+    bool published = false;
+    if (st.advance_background(config.copy_slice, &published))
+      stores_behind.erase(stores_behind.begin() + static_cast<long>(i));
+    else
+      ++i;
+    if (!published) continue;
+    on_published(st);  // may list it again: the next shadow to bring up
+    // A delta finished here, not on a frame: its sender waits for this ack.
+    if (Link* link = link_to(st.owner()); link != nullptr) {
+      acks_due.push_back({link, &st, nullptr, st.latest()->generation, false, false});
+      acks = true;
+    }
+  }
+  if (acks) flush_acks();
   return true;
 }
 

@@ -1,5 +1,6 @@
 #include "replication/replica_store.h"
 
+#include <algorithm>
 #include <cstring>
 
 namespace baton {
@@ -161,7 +162,7 @@ ReplicaStore::Accept ReplicaStore::accept(wire::Frame& f) noexcept {
   }
   // A delta's shadow still becoming a copy of its base: a slice per frame,
   // and the frame is kept (its chunk is not copied over later).
-  if (prepared_ < size_) prepare(kPrepareSlice);
+  if (prepared_ < size_) prepare(slice_);
   switch (assembler_.accept(f)) {
     case ChunkAssembler::Outcome::kStored:
       if (delta) {
@@ -182,15 +183,29 @@ ReplicaStore::Accept ReplicaStore::accept(wire::Frame& f) noexcept {
       if (delta) {
         shadow_delta_.push_back(f.chunk());
         if (prepared_ < size_) {
-          // Fewer frames than slices: the rest of the base now, once.
+          // Fewer frames than slices: the rest of the base a slice per
+          // poll (advance_background), then publish.
           received_.set(f.chunk());
-          prepare(UINT64_MAX);
+          completing_ = assembler_.generation();
+          return Accept::kCompleting;
         }
       }
       break;
   }
   publish();
   return Accept::kPublished;
+}
+
+bool ReplicaStore::finish_delta(uint64_t budget) noexcept {
+  if (!completing()) {
+    completing_ = 0;
+    return false;
+  }
+  prepare(std::max<uint64_t>(budget, 1));
+  if (prepared_ < size_) return false;
+  completing_ = 0;
+  publish();
+  return true;
 }
 
 void ReplicaStore::prepare(uint64_t budget) noexcept {

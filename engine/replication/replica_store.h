@@ -7,8 +7,9 @@
 //
 // Thread: worker (the one that owns the segment id's shard).
 
-#include <cstdint>
+#include <algorithm>
 #include <atomic>
+#include <cstdint>
 #include <memory>
 #include <optional>
 #include <string>
@@ -70,7 +71,8 @@ class ReplicaStore {
   }
 
   enum class Accept : uint8_t {
-    kStored, kDuplicate, kPublished, kStale, kCorrupt, kNoSlot, kBadFrame, kNeedFull, kRestamped };
+    kStored, kDuplicate, kPublished, kStale, kCorrupt, kNoSlot, kBadFrame, kNeedFull, kRestamped,
+    kCompleting };
 
   /// Takes one chunk (verifying it if decode did not). kStale: older than
   /// what is published (ack it as held). kNoSlot: every non-latest slot is
@@ -80,9 +82,13 @@ class ReplicaStore {
   /// whole. When the shadow must become a copy of the base first (the
   /// chain of deltas back to what it holds is broken, as after a whole
   /// generation), each frame copies a slice of the base besides keeping its
-  /// own chunk, and the last one copies what is left. (Frames used to be
-  /// dropped until the copy was done: each resent after a backed-off
-  /// timeout, a 64 MiB delta took a second.)
+  /// own chunk. (Frames used to be dropped until the copy was done: each
+  /// resent after a backed-off timeout, a 64 MiB delta took a second.)
+  /// kCompleting: that was the delta's last chunk, but more of the base is
+  /// left to copy than a slice; advance_background() copies it a slice per
+  /// call and publishes. (The last frame used to copy all of it at once:
+  /// 30-100 ms of one poll for a 128 MiB base, and live peers were
+  /// suspected meanwhile.)
   ///
   /// kRestamped: a new owner (after adopt_epoch) sends, whole, the very
   /// generation this store published last under the old epoch (a
@@ -93,8 +99,11 @@ class ReplicaStore {
   /// acked whole. The rest of the sender's window arrives as kStale.
   Accept accept(wire::Frame& f) noexcept;
   /// Bytes of the base a delta's shadow copies per frame, when it must copy
-  /// all of it (the worker's poll stays short; a 64 MiB base takes 16 frames).
+  /// all of it (the worker's poll stays short; a 64 MiB base takes 16
+  /// frames), unless set_copy_slice() says otherwise (EngineConfig::copy_slice).
   static constexpr uint64_t kPrepareSlice = 4 << 20;
+  void set_copy_slice(uint64_t bytes) noexcept { slice_ = std::max<uint64_t>(bytes, 1); }
+  uint64_t copy_slice() const noexcept { return slice_; }
   static constexpr size_t kDeltaReserve = 256;
 
   /// Ack for the generation in progress or the one just published.
@@ -155,10 +164,13 @@ class ReplicaStore {
 
   /// Whether there is copying to do between generations: the hot copy's
   /// or the next shadow's.
-  bool behind() const noexcept { return hot_behind() || ahead_ >= 0; }
-  /// Copies up to `budget` bytes of either; returns false while there is
-  /// more to copy.
-  bool advance_background(uint64_t budget) noexcept {
+  bool behind() const noexcept { return hot_behind() || ahead_ >= 0 || completing(); }
+  /// Copies up to `budget` bytes of each: a completed delta's base first
+  /// (kCompleting), publishing it once whole (`*published` set: the caller
+  /// acks it as for kPublished). Returns false while there is more to copy.
+  bool advance_background(uint64_t budget, bool* published) noexcept {
+    *published = finish_delta(budget);
+    if (completing()) return false;
     const bool hot_done = advance_hot(budget);
     return advance_shadow(budget) && hot_done;
   }
@@ -249,9 +261,20 @@ class ReplicaStore {
   /// (`size_`: done). The base slot is `prepare_from_`.
   uint64_t prepared_ = 0;
   int prepare_from_ = -1;
+  uint64_t slice_ = kPrepareSlice;  ///< bytes of the base accept() copies per frame
   ChunkBitmap received_;  ///< while preparing: the chunks the delta brought (not copied from the base)
   /// Copies up to `budget` bytes more of the base into the shadow.
   void prepare(uint64_t budget) noexcept;
+  /// A delta whose every chunk is in (kCompleting) waits for the rest of its
+  /// base: the generation it is (0: none). Anything that stops or restarts
+  /// the assembly, or begins another generation, ends the wait.
+  uint64_t completing_ = 0;
+  bool completing() const noexcept {
+    return completing_ != 0 && assembler_.complete() && assembler_.generation() == completing_ && shadow_ >= 0;
+  }
+  /// Copies up to `budget` bytes more of a completing delta's base; publishes
+  /// it once whole (returns true then).
+  bool finish_delta(uint64_t budget) noexcept;
   std::vector<uint32_t> shadow_delta_;  ///< the chunks of the delta being built
   std::vector<uint32_t> hops_;          ///< scratch: the chunks a shadow copies from the base
   /// The slot being brought up to the latest generation ahead of the next

@@ -173,6 +173,9 @@ class ChunkAssembler {
   /// chunk CRCs are `base_crcs`: only the delta's chunks arrive. Thread: worker.
   void begin(std::byte* dest, const wire::Frame& first, std::span<const uint32_t> base_crcs = {});
   bool active() const noexcept { return active_; }
+  /// Every chunk is in and the generation checksum matched (accept()
+  /// returned kComplete), and nothing restarted or stopped it since.
+  bool complete() const noexcept { return active_ && gen_crc_known_ && have_count_ == chunk_count_; }
   void stop() noexcept { active_ = false; }
   /// Whether `f` belongs to the generation being assembled (same shape,
   /// and the same delta or whole).

@@ -52,6 +52,13 @@ struct EngineConfig {
   uint64_t max_segment_size = 1ull << 30;
   uint32_t query_timeout_ms = 200;    ///< how long a load waits for peers to say what they hold
   uint32_t fetch_timeout_ms = 2000;   ///< a fetch without progress this long tries another replica
+  /// Bytes a replica copies from one of its slots to another per poll of
+  /// its worker (at least a chunk), when a delta's base, a hot standby's
+  /// copy or the next delta's shadow must be brought up to date: a 64 MiB
+  /// copy takes 16 polls, and heartbeats and acks go out between them. A
+  /// delta whose last frame comes before its base is copied is published,
+  /// and acked, when the copy is done.
+  uint64_t copy_slice = 4ull << 20;
   /// For this long after it starts, a node starts no name afresh (a create,
   /// or an open that finds nothing) while a peer it links to has not been
   /// heard from since: having just started, it knows nothing of what that

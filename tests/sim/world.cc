@@ -117,6 +117,11 @@ struct App {
   std::map<uint64_t, uint64_t> committed_at;         ///< generation -> when it was last committed
   std::set<uint64_t> deleted_content;                ///< hashes of every commit before a successful delete
   uint64_t deleted_at = 0;                           ///< when the last successful delete returned (0: never)
+  /// When ownership of the deleted history was last taken before it: if
+  /// more nodes than a quorum tolerates lost their memory since, its set
+  /// record may be gone, and the delete can neither see that owner's copies
+  /// nor pick an epoch above it.
+  uint64_t deleted_history_taken_at = 0;
   uint64_t delete_tried_at = 0;                      ///< when the last delete that failed returned (0: never)
   uint64_t durable_epoch = 0;                        ///< the owner epoch `durable` was acknowledged under
   std::map<uint64_t, uint64_t> taken_at;             ///< owner epoch -> when ownership was first taken at it
@@ -226,6 +231,11 @@ class World {
     c.standbys = standbys_;
     c.snapshot_modes = cow_modes_;
     c.retain = retain_;
+    // Slot copies a chunk or two per poll on two nodes in three (a delta
+    // then often completes before its base is copied: published from the
+    // worker's poll), the default (the whole of these small segments at
+    // once) on the third.
+    if (n % 3 != 0) c.copy_slice = uint64_t{chunk_size} * static_cast<uint64_t>(n % 3);
     if (o_.shards > 1) c.workers.assign(static_cast<size_t>(o_.shards), -1);
     return c;
   }
@@ -902,6 +912,8 @@ class World {
       a.durable = 0;
       a.durable_hash = 0;
       a.deleted_at = now_;
+      a.deleted_history_taken_at = 0;
+      for (const auto& [epoch, at] : a.taken_at) a.deleted_history_taken_at = std::max(a.deleted_history_taken_at, at);
       a.forked = false;
       return;
     }
@@ -1017,8 +1029,15 @@ class World {
       if (a.deleted_content.count(h) != 0 && (c == a.committed.end() || c->second.count(h) == 0)) {
         // A tombstone lives in memory at a quorum of nodes, like a set
         // record: past the losses that tolerates, a copy that missed the
-        // delete may come back (counted).
-        if (memory_lost_since(a.deleted_at) <= tolerated_memory_losses())
+        // delete may come back (counted). So may one whose set record was
+        // lost so before the delete (seed 100036: the record of the last
+        // owner's epoch lived on three nodes of four, two of them restarted
+        // empty; the delete, on the other three, saw an older epoch, its
+        // tombstone took the lost owner's epoch, and that owner's copy on
+        // the fourth node, stopped meanwhile, came back as the winner of a
+        // delete-load race at the same epoch).
+        if (memory_lost_since(a.deleted_at) <= tolerated_memory_losses() &&
+            memory_lost_since(a.deleted_history_taken_at) <= tolerated_memory_losses())
           throw Violation{"I5: " + std::string(how) + " on node " + std::to_string(n) + " restored generation " +
                           std::to_string(g) + " of " + a.name + ", which was deleted"};
         ++stats_.records_lost;
