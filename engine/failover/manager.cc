@@ -31,6 +31,10 @@ constexpr uint64_t kTickNs = 20 * kMs;
 constexpr uint64_t kBusyTickNs = 1 * kMs;  ///< while this node starts a group
 constexpr uint64_t kReportEveryNs = 250 * kMs;
 constexpr uint64_t kRepeatEveryNs = 1000 * kMs;  ///< assignments again, for late joiners and lost notes
+/// A changed report and a new assignment go out this many times more, a
+/// tick apart: notes are best effort (a link whose ring is full drops one),
+/// and the periodic ones come 250 ms and 1 s later.
+constexpr int kEchoes = 2;
 constexpr uint64_t kReportStaleNs = 2000 * kMs;  ///< a report older than this no longer counts
 constexpr uint64_t kSettleNs = 1000 * kMs;       ///< a new coordinator waits this long at most for every report
 constexpr uint64_t kStallNs = 500 * kMs;         ///< a gap between ticks this long: the thread was stalled
@@ -243,13 +247,20 @@ void Manager::tick(uint64_t now) {
   mine.ask = ask;
   auto note = encode_report(mine);
   // Every few hundred ms, and at once when this node's share changed (a
-  // failure here is the coordinator's to act on) or it asks for reports.
-  if (note && (ask != 0 || now - last_report_ns_ >= kReportEveryNs || *note != last_note_)) {
+  // failure here is the coordinator's to act on) or it asks for reports;
+  // a change goes out again on the next ticks (kEchoes).
+  const bool changed = note && *note != last_note_;
+  const bool echo = note && report_echoes_ > 0 && now - last_report_ns_ >= kTickNs;
+  if (note && (ask != 0 || changed || echo || now - last_report_ns_ >= kReportEveryNs)) {
     broadcast(*note);
+    report_echoes_ = changed ? kEchoes : echo ? report_echoes_ - 1 : report_echoes_;
     last_report_ns_ = now;
     last_note_ = *note;
   }
-  if (!coordinating) return;
+  if (!coordinating) {
+    assign_echoes_.clear();
+    return;
+  }
   std::map<uint16_t, NodeReport> fresh;
   {
     std::lock_guard lock(mu_);
@@ -279,8 +290,17 @@ void Manager::tick(uint64_t now) {
       assignments_[a.group] = a;
     }
     broadcast(encode_assignment(a));
+    std::erase_if(assign_echoes_, [&a](const Echo& e) { return e.assignment.group == a.group; });
+    assign_echoes_.push_back(Echo{a, kEchoes, now});
     runner_.assigned(a, now);
   }
+  for (auto& e : assign_echoes_)
+    if (now - e.sent_ns >= kTickNs) {
+      broadcast(encode_assignment(e.assignment));
+      --e.left;
+      e.sent_ns = now;
+    }
+  std::erase_if(assign_echoes_, [](const Echo& e) { return e.left <= 0; });
   if (now - last_repeat_ns_ >= kRepeatEveryNs) {
     for (const auto& a : coordinator_.current()) broadcast(encode_assignment(a));
     last_repeat_ns_ = now;

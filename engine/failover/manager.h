@@ -81,6 +81,14 @@ class Manager {
   uint16_t coordinator_id_ = 0;              ///< 0: no coordinator (no quorate, agreed view)
   uint64_t last_report_ns_ = 0, last_repeat_ns_ = 0;
   std::string last_note_;                    ///< the report last sent
+  int report_echoes_ = 0;                    ///< times a changed report is still to go out again (kEchoes)
+  /// New assignments still to go out again, a tick apart (kEchoes).
+  struct Echo {
+    Assignment assignment;
+    int left = 0;
+    uint64_t sent_ns = 0;
+  };
+  std::vector<Echo> assign_echoes_;
   bool coordinating_ = false;                ///< it coordinated at the last tick
   uint64_t last_tick_ns_ = 0;                ///< a long gap since: this thread was stalled
   ReportRound round_;                        ///< the reports asked for when it began or resumed coordinating
