@@ -891,6 +891,7 @@ EngineStats Engine::stats() const noexcept {
     s.wholes_sent += c.wholes_sent.load();
     s.deltas_published += c.deltas_published.load();
     s.restamped += c.restamped.load();
+    s.deltas_published_later += c.deltas_published_later.load();
     s.notes_rx += c.notes_rx.load();
     s.notes_dropped += c.notes_dropped.load();
     s.standby_promotions += c.standby_promotions.load();

@@ -237,6 +237,7 @@ bool Engine::Impl::advance_stores() noexcept {
       ++i;
     if (!published) continue;
     on_published(st);  // may list it again: the next shadow to bring up
+    bump(counters.deltas_published_later);
     // A delta finished here, not on a frame: its sender waits for this ack.
     if (Link* link = link_to(st.owner()); link != nullptr) {
       acks_due.push_back({link, &st, nullptr, st.latest()->generation, false, false});

@@ -411,6 +411,9 @@ struct EngineStats {
   uint64_t deltas_sent = 0;        ///< generations sent to a replica as only what changed (S15)
   uint64_t wholes_sent = 0;        ///< generations sent to a replica whole
   uint64_t deltas_published = 0;   ///< generations this node's replica stores built from a delta
+  /// Of those, published by the worker's poll loop after the rest of their
+  /// base was copied, a slice per poll (their last frame came first).
+  uint64_t deltas_published_later = 0;
   /// Generations a new owner re-replicated under its epoch that this
   /// node's replica already held: relabelled, not received again.
   uint64_t restamped = 0;

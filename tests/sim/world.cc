@@ -34,6 +34,7 @@ void Stats::add(const Stats& o) {
   past_tolerance += o.past_tolerance;
   partial_snapshots += o.partial_snapshots;
   delta_generations += o.delta_generations;
+  deltas_published_later += o.deltas_published_later;
   standby_promotions += o.standby_promotions;
   replica_promotions += o.replica_promotions;
   cow_snapshots += o.cow_snapshots;
@@ -55,14 +56,14 @@ std::string Stats::to_string() const {
                 "seeds=%lu steps=%lu commits=%lu durable_acks=%lu restores=%lu fresh_starts=%lu kills=%lu "
                 "restarts=%lu partitions=%lu stalls=%lu failed_opens=%lu lost_with_every_copy=%lu "
                 "acks_in_detection_window=%lu past_tolerance=%lu records_lost=%lu deletes=%lu failed_deletes=%lu "
-                "partial_snapshots=%lu delta_generations=%lu standby_promotions=%lu replica_promotions=%lu cow_snapshots=%lu client_cow_opens=%lu restamped=%lu direct_reads=%lu races=%lu start_races=%lu zombie_commits=%lu zombie_durable=%lu",
+                "partial_snapshots=%lu delta_generations=%lu deltas_published_later=%lu standby_promotions=%lu replica_promotions=%lu cow_snapshots=%lu client_cow_opens=%lu restamped=%lu direct_reads=%lu races=%lu start_races=%lu zombie_commits=%lu zombie_durable=%lu",
                 (unsigned long)seeds, (unsigned long)steps, (unsigned long)commits, (unsigned long)durable_acks,
                 (unsigned long)restores, (unsigned long)fresh_starts, (unsigned long)kills, (unsigned long)restarts,
                 (unsigned long)partitions, (unsigned long)stalls, (unsigned long)failed_opens,
                 (unsigned long)lost_with_every_copy, (unsigned long)acks_in_detection_window,
                 (unsigned long)past_tolerance, (unsigned long)records_lost, (unsigned long)deletes,
                 (unsigned long)failed_deletes, (unsigned long)partial_snapshots,
-                (unsigned long)delta_generations, (unsigned long)standby_promotions, (unsigned long)replica_promotions,
+                (unsigned long)delta_generations, (unsigned long)deltas_published_later, (unsigned long)standby_promotions, (unsigned long)replica_promotions,
                 (unsigned long)cow_snapshots, (unsigned long)client_cow_opens, (unsigned long)restamped,
                 (unsigned long)direct_reads, (unsigned long)races, (unsigned long)start_races,
                 (unsigned long)zombie_commits, (unsigned long)zombie_durable);
@@ -243,6 +244,7 @@ class World {
   void count_stats(const Engine& e) {
     const EngineStats st = e.stats();
     stats_.delta_generations += st.deltas_published;
+    stats_.deltas_published_later += st.deltas_published_later;
     stats_.standby_promotions += st.standby_promotions;
     stats_.replica_promotions += st.replica_promotions;
     stats_.cow_snapshots += st.cow_snapshots;
@@ -392,6 +394,7 @@ class World {
     if (engines_[n - 1] != nullptr) count_stats(*engines_[n - 1]);
     engines_[n - 1].reset();
     killed_at_[n - 1] = now_;
+    kills_.emplace_back(now_, n);
     held_[n - 1].clear();
     stalled_[n - 1] = false;
     for (auto& a : apps_)
@@ -776,6 +779,13 @@ class World {
   bool anyone_holds(App& a, uint64_t g) { return copies(a, g) > 0; }
 
   /// Nodes killed (their memory gone) at or after simulated time `t`.
+  /// Nodes that lost their memory in [from, to).
+  int memory_lost_between(uint64_t from, uint64_t to) const {
+    std::set<int> nodes;
+    for (const auto& [at, n] : kills_)
+      if (at >= from && at < to) nodes.insert(n);
+    return static_cast<int>(nodes.size());
+  }
   int memory_lost_since(uint64_t t) const {
     int n = 0;
     for (int m = 1; m <= o_.nodes; ++m) n += killed_at_[m - 1] >= t;
@@ -1030,14 +1040,15 @@ class World {
         // A tombstone lives in memory at a quorum of nodes, like a set
         // record: past the losses that tolerates, a copy that missed the
         // delete may come back (counted). So may one whose set record was
-        // lost so before the delete (seed 100036: the record of the last
-        // owner's epoch lived on three nodes of four, two of them restarted
-        // empty; the delete, on the other three, saw an older epoch, its
-        // tombstone took the lost owner's epoch, and that owner's copy on
-        // the fourth node, stopped meanwhile, came back as the winner of a
-        // delete-load race at the same epoch).
+        // lost so between the last ownership take and the delete (seed
+        // 100036: the record of the last owner's epoch lived on three
+        // nodes of four, two of them restarted empty; the delete, on the
+        // other three, saw an older epoch, its tombstone took the lost
+        // owner's epoch, and that owner's copy on the fourth node, stopped
+        // meanwhile, came back as the winner of a delete-load race at the
+        // same epoch).
         if (memory_lost_since(a.deleted_at) <= tolerated_memory_losses() &&
-            memory_lost_since(a.deleted_history_taken_at) <= tolerated_memory_losses())
+            memory_lost_between(a.deleted_history_taken_at, a.deleted_at) <= tolerated_memory_losses())
           throw Violation{"I5: " + std::string(how) + " on node " + std::to_string(n) + " restored generation " +
                           std::to_string(g) + " of " + a.name + ", which was deleted"};
         ++stats_.records_lost;
@@ -1214,6 +1225,7 @@ class World {
   std::vector<std::map<std::string, Segment*>> held_;  ///< handles each engine has open, by name
   std::vector<bool> stalled_;
   std::vector<uint64_t> killed_at_;  ///< when each node was last killed (0: never)
+  std::vector<std::pair<uint64_t, int>> kills_;  ///< every kill: when, which node
   std::vector<int> order_;
   std::vector<App> apps_;
   int on_stack_ = 0;       ///< the node whose API call is running (0: none)

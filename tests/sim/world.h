@@ -65,6 +65,7 @@ struct Stats {
            acks_in_detection_window = 0, past_tolerance = 0, records_lost = 0, deletes = 0, failed_deletes = 0,
            partial_snapshots = 0,  ///< commits that copied only the chunks written since (write tracking)
            delta_generations = 0,  ///< generations replicas built from a delta (only what changed travelled)
+           deltas_published_later = 0,  ///< of those, published by the poll after their base was copied
            standby_promotions = 0,  ///< loads that took a hot standby's ready copy over
            replica_promotions = 0,  ///< loads that mapped their node's own replica slot in place
            cow_snapshots = 0,       ///< commits that took a copy-on-write snapshot (S14)

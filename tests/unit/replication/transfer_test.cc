@@ -546,8 +546,9 @@ TEST(Delta, AStoreBuildsAGenerationFromItsBaseAndRefusesAnotherBase) {
 // A delta whose shadow must first become a copy of the whole base (nothing
 // to chain from: a fresh store), on a segment of several preparation
 // slices: no frame is dropped meanwhile, chunks that arrive ahead of the
-// copy are not overwritten by it, and what is left after the last frame is
-// copied a slice per poll.
+// copy are not overwritten by it, and three frames copy three slices, all
+// of it, so the last one publishes. (Fewer frames than slices: the poll
+// copies the rest, ADeltaCompleteBeforeItsBaseIsCopiedIsPublishedByThePoll.)
 TEST(Delta, AShadowPreparedFromTheWholeBaseKeepsEveryFrame) {
   constexpr uint32_t kCs = 64 << 10;
   constexpr uint32_t kChunks = 144;  // 9 MiB: three slices of ReplicaStore::kPrepareSlice
