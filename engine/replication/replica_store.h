@@ -103,7 +103,6 @@ class ReplicaStore {
   /// frames), unless set_copy_slice() says otherwise (EngineConfig::copy_slice).
   static constexpr uint64_t kPrepareSlice = 4 << 20;
   void set_copy_slice(uint64_t bytes) noexcept { slice_ = std::max<uint64_t>(bytes, 1); }
-  uint64_t copy_slice() const noexcept { return slice_; }
   static constexpr size_t kDeltaReserve = 256;
 
   /// Ack for the generation in progress or the one just published.
@@ -162,8 +161,8 @@ class ReplicaStore {
   // from there to any later base carries every chunk it touched, so the
   // delta copies them again. Thread: worker.
 
-  /// Whether there is copying to do between generations: the hot copy's
-  /// or the next shadow's.
+  /// Whether there is copying to do between generations: a completed
+  /// delta's base (kCompleting), the hot copy's or the next shadow's.
   bool behind() const noexcept { return hot_behind() || ahead_ >= 0 || completing(); }
   /// Copies up to `budget` bytes of each: a completed delta's base first
   /// (kCompleting), publishing it once whole (`*published` set: the caller
