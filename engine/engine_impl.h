@@ -266,8 +266,9 @@ struct Engine::Impl {
     return o;
   }
   /// Replica stores with copying to do between generations (a hot copy
-  /// behind the latest, the next delta's shadow: ReplicaStore::behind):
-  /// the worker copies a slice of each per poll. Poll-token holder.
+  /// behind the latest, the next delta's shadow, a completed delta's base:
+  /// ReplicaStore::behind): the worker copies a slice of each per poll.
+  /// Poll-token holder.
   std::vector<uint64_t> stores_behind;
   bool advance_stores() noexcept;
   /// Owned segments with a copy-on-write snapshot still being taken: the
@@ -726,6 +727,9 @@ struct Engine::Impl {
   /// advance_stores once a delta's base was copied): counters, the copying
   /// it leaves to do, global storage. Thread: token holder.
   void on_published(ReplicaStore& st) noexcept;
+  /// Lists `st` for advance_stores (once) when it has copying to do
+  /// (ReplicaStore::behind). Thread: token holder.
+  void list_if_behind(const ReplicaStore& st) noexcept;
   /// `why`: what superseded it (default: a newer owner epoch).
   void fence(Segment& seg, const std::string& why = {}) noexcept;
   /// Another owner of `seg`'s own `epoch` proposed a replica set

@@ -142,10 +142,7 @@ void Engine::Impl::on_data(Link& link, wire::Frame& f) noexcept {
                    std::to_string(f.epoch) + ", not received again");
       break;
     case ReplicaStore::Accept::kPublished: on_published(st); break;
-    case ReplicaStore::Accept::kCompleting:  // published by advance_stores, a slice of its base per poll
-      if (std::find(stores_behind.begin(), stores_behind.end(), st.id()) == stores_behind.end())
-        stores_behind.push_back(st.id());
-      break;
+    case ReplicaStore::Accept::kCompleting: list_if_behind(st); break;  // advance_stores publishes it
     case ReplicaStore::Accept::kCorrupt:
       bump(counters.corrupt_generations);
       restart = true;
@@ -166,11 +163,15 @@ void Engine::Impl::on_data(Link& link, wire::Frame& f) noexcept {
   acks_due.push_back({&link, &st, nullptr, f.generation, restart, need_full});
 }
 
+void Engine::Impl::list_if_behind(const ReplicaStore& st) noexcept {
+  if (st.behind() && std::find(stores_behind.begin(), stores_behind.end(), st.id()) == stores_behind.end())
+    stores_behind.push_back(st.id());
+}
+
 void Engine::Impl::on_published(ReplicaStore& st) noexcept {
   bump(counters.published);
   if (st.latest()->delta_of != 0) bump(counters.deltas_published);
-  if (st.behind() && std::find(stores_behind.begin(), stores_behind.end(), st.id()) == stores_behind.end())
-    stores_behind.push_back(st.id());
+  list_if_behind(st);
   BT_DEBUG("published %s generation %lu", st.name().c_str(), static_cast<unsigned long>(st.latest()->generation));
   if (global) (void)offer_to_global(st);
 }

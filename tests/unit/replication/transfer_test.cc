@@ -29,6 +29,16 @@ struct Source {
     gen_crc = wire::generation_crc(crcs);
   }
   SendSource src(uint64_t gen) const { return {data.data(), data.size(), chunk_size, crcs, gen_crc, gen}; }
+  /// A copy with each of `chunks` (whole ones) filled with `v`.
+  Source with(const std::vector<uint32_t>& chunks, uint8_t v) const {
+    Source g = *this;
+    for (uint32_t c : chunks) {
+      std::fill_n(g.data.begin() + uint64_t{c} * chunk_size, chunk_size, std::byte{v});
+      g.crcs[c] = crc32c(g.data.data() + uint64_t{c} * chunk_size, chunk_size);
+    }
+    g.gen_crc = wire::generation_crc(g.crcs);
+    return g;
+  }
   wire::Frame frame(uint64_t gen, uint32_t i) const {
     wire::Frame f;
     f.type = wire::MsgType::kData;
@@ -554,20 +564,11 @@ TEST(Delta, AShadowPreparedFromTheWholeBaseKeepsEveryFrame) {
   constexpr uint32_t kChunks = 144;  // 9 MiB: three slices of ReplicaStore::kPrepareSlice
   static_assert(uint64_t{kChunks} * kCs > 2 * ReplicaStore::kPrepareSlice);
   Source g1(uint64_t{kChunks} * kCs, kCs, 4);
-  auto changed = [](const Source& from, std::vector<uint32_t> chunks, uint8_t v) {
-    Source g = from;
-    for (uint32_t c : chunks) {
-      std::fill_n(g.data.begin() + uint64_t{c} * kCs, kCs, std::byte{v});
-      g.crcs[c] = crc32c(g.data.data() + uint64_t{c} * kCs, kCs);
-    }
-    g.gen_crc = wire::generation_crc(g.crcs);
-    return g;
-  };
   auto store = std::move(*ReplicaStore::create(g1.frame(1, 0), 0, -1));
   for (uint32_t i = 0; i < kChunks; ++i) store->accept(*std::make_unique<wire::Frame>(g1.frame(1, i)));
   ASSERT_EQ(store->latest()->generation, 1u);
   // Chunk 100 arrives before the copy reaches it, 2 after, 140 last.
-  const Source g2 = changed(g1, {100, 2, 140}, 0x22);
+  const Source g2 = g1.with({100, 2, 140}, 0x22);
   const uint32_t order[] = {100, 2, 140};
   for (uint32_t pos = 0; pos < 3; ++pos) {
     wire::Frame f = delta_frame(g2, 2, 1, pos, order[pos], 3);
@@ -577,14 +578,14 @@ TEST(Delta, AShadowPreparedFromTheWholeBaseKeepsEveryFrame) {
   EXPECT_TRUE(std::equal(g2.data.begin(), g2.data.end(), store->latest()->mem.data()));
   // One frame: the shadow (the slot that held 1) chains to the base, so
   // only 2's chunks are copied, and it is published with the frame.
-  const Source g3 = changed(g2, {143}, 0x33);
+  const Source g3 = g2.with({143}, 0x33);
   wire::Frame one = delta_frame(g3, 3, 2, 0, 143, 1);
   EXPECT_EQ(store->accept(one), ReplicaStore::Accept::kPublished);
   EXPECT_TRUE(std::equal(g3.data.begin(), g3.data.end(), store->latest()->mem.data()));
   // A delta of every chunk copies nothing of the base.
   std::vector<uint32_t> all(kChunks);
   for (uint32_t c = 0; c < kChunks; ++c) all[c] = c;
-  const Source g4 = changed(g3, all, 0x44);
+  const Source g4 = g3.with(all, 0x44);
   for (uint32_t c = 0; c < kChunks; ++c) {
     wire::Frame f = delta_frame(g4, 4, 3, c, c, kChunks);
     EXPECT_EQ(store->accept(f), c + 1 < kChunks ? ReplicaStore::Accept::kStored : ReplicaStore::Accept::kPublished);
@@ -596,19 +597,10 @@ TEST(Delta, AShadowPreparedFromTheWholeBaseKeepsEveryFrame) {
 // the simulator runs two nodes in three) is not published, nor acked as
 // published, until the copy is done a slice per poll; a frame sent again
 // meanwhile is a duplicate; a newer generation that arrives meanwhile
-// takes the shadow over and is exact; a delta that lost its base to a
-// restamp is not published at all.
+// takes the shadow over and is exact; a delta waiting when the segment
+// moves to a new owner epoch is not published at all.
 TEST(Delta, ADeltaCompleteBeforeItsBaseIsCopiedIsPublishedByThePoll) {
   constexpr uint32_t kCs = 1024, kChunks = 32;
-  auto changed = [](const Source& from, std::vector<uint32_t> chunks, uint8_t v) {
-    Source g = from;
-    for (uint32_t c : chunks) {
-      std::fill_n(g.data.begin() + uint64_t{c} * kCs, kCs, std::byte{v});
-      g.crcs[c] = crc32c(g.data.data() + uint64_t{c} * kCs, kCs);
-    }
-    g.gen_crc = wire::generation_crc(g.crcs);
-    return g;
-  };
   Source g1(uint64_t{kChunks} * kCs, kCs, 9);
   auto store = std::move(*ReplicaStore::create(g1.frame(1, 0), 0, -1));
   store->set_copy_slice(kCs);
@@ -616,7 +608,7 @@ TEST(Delta, ADeltaCompleteBeforeItsBaseIsCopiedIsPublishedByThePoll) {
   ASSERT_EQ(store->latest()->generation, 1u);
 
   // Two frames: each copies one chunk of the base; 30 are left.
-  const Source g2 = changed(g1, {20, 3}, 0x22);
+  const Source g2 = g1.with({20, 3}, 0x22);
   wire::Frame a = delta_frame(g2, 2, 1, 0, 20, 2), b = delta_frame(g2, 2, 1, 1, 3, 2);
   EXPECT_EQ(store->accept(a), ReplicaStore::Accept::kStored);
   EXPECT_EQ(store->accept(b), ReplicaStore::Accept::kCompleting);
@@ -647,15 +639,15 @@ TEST(Delta, ADeltaCompleteBeforeItsBaseIsCopiedIsPublishedByThePoll) {
   // Generation 3 (a whole one: the shadow chain is broken) then a delta of
   // it, complete before its base is copied, superseded by generation 5, a
   // delta of 3 as well, before the poll finishes it.
-  const Source g3 = changed(g2, {0, 31}, 0x33);
+  const Source g3 = g2.with({0, 31}, 0x33);
   for (uint32_t i = 0; i < kChunks; ++i) store->accept(*std::make_unique<wire::Frame>(g3.frame(3, i)));
   ASSERT_EQ(store->latest()->generation, 3u);
-  const Source g4 = changed(g3, {7}, 0x44);
+  const Source g4 = g3.with({7}, 0x44);
   wire::Frame d4 = delta_frame(g4, 4, 3, 0, 7, 1);
   EXPECT_EQ(store->accept(d4), ReplicaStore::Accept::kCompleting);
   store->advance_background(kCs, &published);
   EXPECT_FALSE(published);
-  const Source g5 = changed(g3, {9, 10}, 0x55);
+  const Source g5 = g3.with({9, 10}, 0x55);
   wire::Frame d5a = delta_frame(g5, 5, 3, 0, 9, 2), d5b = delta_frame(g5, 5, 3, 1, 10, 2);
   EXPECT_EQ(store->accept(d5a), ReplicaStore::Accept::kStored);
   EXPECT_EQ(store->accept(d5b), ReplicaStore::Accept::kCompleting);
@@ -672,7 +664,7 @@ TEST(Delta, ADeltaCompleteBeforeItsBaseIsCopiedIsPublishedByThePoll) {
 
   // A delta waiting for its base when a new owner takes the segment over:
   // the wait ends, and the poll publishes nothing.
-  const Source g6 = changed(g5, {1}, 0x66), g7 = changed(g6, {2}, 0x77);
+  const Source g6 = g5.with({1}, 0x66), g7 = g6.with({2}, 0x77);
   for (uint32_t i = 0; i < kChunks; ++i) store->accept(*std::make_unique<wire::Frame>(g6.frame(6, i)));
   ASSERT_EQ(store->latest()->generation, 6u);
   wire::Frame d7 = delta_frame(g7, 7, 6, 0, 2, 1);
