@@ -896,6 +896,7 @@ EngineStats Engine::stats() const noexcept {
     s.notes_dropped += c.notes_dropped.load();
     s.standby_promotions += c.standby_promotions.load();
     s.replica_promotions += c.replica_promotions.load();
+    s.replica_promotions_chained += c.replica_promotions_chained.load();
     s.slots_lent += c.slots_lent.load();
     s.direct_reads += c.direct_reads.load();
     s.direct_read_failures += c.direct_read_failures.load();

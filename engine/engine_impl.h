@@ -329,7 +329,7 @@ struct Engine::Impl {
         stale_epoch{0}, published{0}, corrupt_generations{0}, tx_dropped{0}, no_slot{0}, bad_input{0}, stalls{0},
         longest_stall_us{0}, last_stall_ns{0}, snapshot_chunks_copied{0}, snapshot_chunks_skipped{0}, deltas_sent{0},
         wholes_sent{0}, deltas_published{0}, deltas_published_later{0}, restamped{0}, notes_rx{0}, notes_dropped{0},
-        standby_promotions{0}, replica_promotions{0}, slots_lent{0}, direct_reads{0}, direct_read_failures{0}, cow_snapshots{0}, cow_pages_settled{0},
+        standby_promotions{0}, replica_promotions{0}, replica_promotions_chained{0}, slots_lent{0}, direct_reads{0}, direct_read_failures{0}, cow_snapshots{0}, cow_pages_settled{0},
         periodic_commits{0};
     std::array<std::atomic<uint64_t>, static_cast<size_t>(wire::DecodeError::kCount)> decode{};
   } counters;
@@ -600,6 +600,9 @@ struct Engine::Impl {
   /// the lender named. Errors: kIo (not the file lent), kCorrupt. Thread:
   /// the loader, without the poll token (a 64 MiB copy must not stop polls).
   Result<void> read_lent(const FetchOp::Lent& lent, LocalStorage& dest) noexcept;
+  /// Under the simulator: aborts unless a promotion's first stage, filled
+  /// (fill_stage), matches the generation's chunk checksums.
+  void check_stage(std::string_view name, const ReplicaStore::Promotion& p) const noexcept;
   /// Tells `peer` the lent slot of `generation` may be rewritten. Thread: token holder.
   void send_lent_done(uint16_t peer, uint64_t id, uint64_t generation) noexcept;
   void on_fetch_meta(const wire::Frame& f) noexcept;

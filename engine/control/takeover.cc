@@ -527,9 +527,12 @@ Result<OpenResult> Engine::Impl::load_from(const QueryOp& q, std::string_view na
     }
     if (in_place) {
       // The stage gets the generation the application's memory holds (its
-      // CRCs came with it), off the worker: the only copy of this load.
-      std::memcpy(promotion.stage.data(), dest->data(), dest->size());
+      // CRCs came with it), off the worker: the only copy of this load,
+      // and only of what the stage lacks when the replica kept it close.
+      promotion.fill_stage(*dest);
+      if (sim != nullptr) check_stage(name, promotion);
       bump(counters.replica_promotions);
+      if (promotion.stage_chained) bump(counters.replica_promotions_chained);
     } else if (promoted) {
       bump(counters.standby_promotions);
     } else if (a->peer == config.node_id) {
@@ -604,6 +607,22 @@ Result<OpenResult> Engine::Impl::load_from(const QueryOp& q, std::string_view na
     return OpenResult{*seg, OpenOutcome::kRestored, got};
   }
   return tl::unexpected(last);
+}
+
+void Engine::Impl::check_stage(std::string_view name, const ReplicaStore::Promotion& p) const noexcept {
+  // The simulator's check that a stage taken in place (kept current by the
+  // replica, or a chain of deltas away) holds exactly the generation: every
+  // chunk against the checksums the replica received it with.
+  const uint64_t size = p.stage.size();
+  const uint32_t chunks = wire::chunk_count_for(size, p.chunk_size);
+  bool exact = p.chunk_crcs.size() == chunks;
+  for (uint32_t c = 0; exact && c < chunks; ++c)
+    exact = crc32c(p.stage.data() + uint64_t{c} * p.chunk_size, wire::chunk_len(size, p.chunk_size, c)) ==
+            p.chunk_crcs[c];
+  if (exact) return;
+  BT_ERROR("load %.*s: the first stage taken in place (%s) is not the generation", int(name.size()), name.data(),
+           p.stage_chained ? "chained" : "copied whole");
+  std::abort();
 }
 
 Result<void> Engine::Impl::read_lent(const FetchOp::Lent& lent, LocalStorage& dest) noexcept {

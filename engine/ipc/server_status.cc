@@ -71,6 +71,7 @@ nlohmann::json Server::status_json(size_t limit) const {
                         {"stale_epoch", stats.stale_epoch},
                         {"standby_promotions", stats.standby_promotions},
                         {"replica_promotions", stats.replica_promotions},
+                        {"replica_promotions_chained", stats.replica_promotions_chained},
                         {"slots_lent", stats.slots_lent},
                         {"direct_reads", stats.direct_reads},
                         {"direct_read_failures", stats.direct_read_failures}};

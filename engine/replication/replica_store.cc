@@ -82,18 +82,7 @@ ReplicaStore::Accept ReplicaStore::begin_delta(wire::Frame& f) noexcept {
   // slice per arriving frame (accept()).
   std::vector<uint32_t>& hops = hops_;  // kept: no allocation per generation
   hops.clear();
-  bool chained = sh.content != 0 && sh.content_epoch == epoch_;
-  for (const Slot* at = base; chained && at->generation != sh.content;) {
-    const Slot* prev = at->delta_of != 0 ? find(at->delta_of) : nullptr;
-    if (at->delta_of == sh.content) prev = at;  // the last hop: the shadow itself is its base
-    if (prev == nullptr || at->epoch != epoch_) {
-      chained = false;
-      break;
-    }
-    hops.insert(hops.end(), at->delta_chunks.begin(), at->delta_chunks.end());
-    if (prev == at) break;
-    at = prev;
-  }
+  const bool chained = chains_to(sh, *base, hops);
   sh.content = 0;  // rewritten from here on
   if (f.chunk_count == chunks) {
     prepared_ = size_;  // the delta carries every chunk: nothing of the base survives
@@ -108,6 +97,19 @@ ReplicaStore::Accept ReplicaStore::begin_delta(wire::Frame& f) noexcept {
   shadow_set_ = f.sack;
   shadow_delta_.clear();
   return Accept::kStored;
+}
+
+bool ReplicaStore::chains_to(const Slot& from, const Slot& to, std::vector<uint32_t>& hops) noexcept {
+  if (from.content == 0 || from.content_epoch != to.epoch) return false;
+  for (const Slot* at = &to; at->generation != from.content;) {
+    const Slot* prev = at->delta_of != 0 ? find(at->delta_of) : nullptr;
+    if (at->delta_of == from.content) prev = at;  // the last hop: `from` itself is its base
+    if (prev == nullptr || at->epoch != to.epoch || at->chunk_size != to.chunk_size) return false;
+    hops.insert(hops.end(), at->delta_chunks.begin(), at->delta_chunks.end());
+    if (prev == at) break;
+    at = prev;
+  }
+  return true;
 }
 
 bool ReplicaStore::same_as_latest(wire::Frame& f) noexcept {
@@ -354,8 +356,26 @@ std::optional<ReplicaStore::Promotion> ReplicaStore::promote(uint64_t generation
       if (const int s = static_cast<int>(i); s != a && s != b && !in_use(s) && slots_[i].mem.data() != nullptr) return s;
     return -1;
   };
-  const int spare_slot = free_slot_but(latest_slot, latest_slot);
+  int spare_slot = free_slot_but(latest_slot, latest_slot);
   if (spare_slot < 0) return std::nullopt;
+  // The first stage in place: the free slot fewest chunks away from the
+  // generation (the worker keeps one brought up to the latest between
+  // generations, advance_shadow), so the load copies what it lacks only.
+  bool chained = false;
+  std::vector<uint32_t> behind;
+  if (hand == Hand::kInPlace) {
+    std::vector<uint32_t> hops;
+    for (size_t i = 0; i < slots_.size(); ++i) {
+      const int s = static_cast<int>(i);
+      hops.clear();
+      if (s == latest_slot || in_use(s) || slots_[i].mem.data() == nullptr || !chains_to(slots_[i], l, hops)) continue;
+      if (!chained || hops.size() < behind.size()) {
+        chained = true;
+        spare_slot = s;
+        behind.swap(hops);
+      }
+    }
+  }
   const auto app_may_use = [this](const LocalStorage& m) {
     return pages_ == LocalStorage::Pages::kAny || !m.huge_pages();
   };
@@ -372,6 +392,8 @@ std::optional<ReplicaStore::Promotion> ReplicaStore::promote(uint64_t generation
   if (hand == Hand::kInPlace) {
     p.app = std::move(l.mem);
     p.stage = std::move(slots_[spare_slot].mem);
+    p.stage_chained = chained;
+    p.stage_behind = std::move(behind);
     // A third slot (retain >= 1) is the second stage: no allocation on the
     // load's path (3.5-6.5 ms for 64 MiB of huge pages here).
     if (const int third = free_slot_but(latest_slot, spare_slot); third >= 0) p.spare = std::move(slots_[third].mem);
@@ -388,6 +410,16 @@ std::optional<ReplicaStore::Promotion> ReplicaStore::promote(uint64_t generation
   shadow_ = -1;
   ahead_ = -1;
   return p;
+}
+
+uint64_t ReplicaStore::Promotion::fill_stage(const LocalStorage& app) noexcept {
+  if (!stage_chained) {
+    std::memcpy(stage.data(), app.data(), app.size());
+    return app.size();
+  }
+  uint64_t copied = 0;
+  for (uint32_t c : stage_behind) copied += copy_chunk(stage.data(), app.data(), app.size(), chunk_size, c);
+  return copied;
 }
 
 ReplicaStore::HotStatus ReplicaStore::hot_status() const noexcept {

@@ -190,6 +190,16 @@ class ReplicaStore {
     uint32_t gen_crc = 0;
     uint32_t chunk_size = 0;
     LocalStorage spare;
+    /// kInPlace: whether `stage` already holds the generation but for the
+    /// chunks in `stage_behind` (it was a shadow brought up to it, or a
+    /// chain of deltas away from it); else fill_stage() copies it whole.
+    bool stage_chained = false;
+    std::vector<uint32_t> stage_behind;
+    /// kInPlace: makes `stage` a copy of `app` (the generation; the caller
+    /// may have moved it out of here), copying only what it lacks. The
+    /// caller runs it before the application may write `app`. Returns the
+    /// bytes copied.
+    uint64_t fill_stage(const LocalStorage& app) noexcept;
   };
   /// What promote() hands over.
   enum class Hand : uint8_t {
@@ -199,9 +209,12 @@ class ReplicaStore {
     /// Zero-copy takeover (issue #11): the latest slot itself, mapped in
     /// place, as the application's memory (`app`), and a free slot as the
     /// first stage (`stage`, with the generation's CRCs), which the caller
-    /// fills from `app` before the application may write; a third free
-    /// slot, where the store keeps one (retain >= 1), as the second
-    /// stage (`spare`).
+    /// fills from `app` before the application may write (fill_stage());
+    /// a third free slot, where the store keeps one (retain >= 1), as the
+    /// second stage (`spare`). The stage is the free slot closest to the
+    /// generation: one the worker brought up to it between generations
+    /// (advance_background) needs no copy, one a chain of deltas away
+    /// only their chunks.
     /// Only where both slots are on pages an application's memory may be
     /// on here (Origin::pages: the slots are allocated so), so nothing
     /// needs allocating once the store gave its copy away.
@@ -236,6 +249,12 @@ class ReplicaStore {
 
  private:
   int pick_shadow() noexcept;
+  /// Whether slot `from` holds a generation that published slot `to` is a
+  /// chain of deltas away from (or `to`'s own), every hop under `to`'s
+  /// epoch and chunking; appends the chunks those deltas carried to
+  /// `hops` (possibly some twice). `from` then becomes a copy of `to` by
+  /// copying them from `to`.
+  bool chains_to(const Slot& from, const Slot& to, std::vector<uint32_t>& hops) noexcept;
   /// Whether `f` (whole, with its generation checksum) is the latest
   /// published generation again, under a newer epoch. Verifies `f`.
   bool same_as_latest(wire::Frame& f) noexcept;

@@ -425,6 +425,10 @@ struct EngineStats {
   /// (issue #11, zero-copy takeover: no allocation; one copy, into the
   /// stage; no checksum pass).
   uint64_t replica_promotions = 0;
+  /// Of those, the ones whose first stage was a slot the worker had kept
+  /// a copy of the generation (or a chain of deltas away from it): only
+  /// the chunks it lacked were copied, not the segment.
+  uint64_t replica_promotions_chained = 0;
   /// Direct reads (issue #11; links with caps().direct_read): published
   /// slots this node lent to a loader instead of streaming them; loads
   /// that read a peer's lent slot themselves (one copy, at memory speed);

@@ -37,6 +37,7 @@ void Stats::add(const Stats& o) {
   deltas_published_later += o.deltas_published_later;
   standby_promotions += o.standby_promotions;
   replica_promotions += o.replica_promotions;
+  replica_promotions_chained += o.replica_promotions_chained;
   cow_snapshots += o.cow_snapshots;
   restamped += o.restamped;
   direct_reads += o.direct_reads;
@@ -56,7 +57,7 @@ std::string Stats::to_string() const {
                 "seeds=%lu steps=%lu commits=%lu durable_acks=%lu restores=%lu fresh_starts=%lu kills=%lu "
                 "restarts=%lu partitions=%lu stalls=%lu failed_opens=%lu lost_with_every_copy=%lu "
                 "acks_in_detection_window=%lu past_tolerance=%lu records_lost=%lu deletes=%lu failed_deletes=%lu "
-                "partial_snapshots=%lu delta_generations=%lu deltas_published_later=%lu standby_promotions=%lu replica_promotions=%lu cow_snapshots=%lu client_cow_opens=%lu restamped=%lu direct_reads=%lu races=%lu start_races=%lu zombie_commits=%lu zombie_durable=%lu",
+                "partial_snapshots=%lu delta_generations=%lu deltas_published_later=%lu standby_promotions=%lu replica_promotions=%lu replica_promotions_chained=%lu cow_snapshots=%lu client_cow_opens=%lu restamped=%lu direct_reads=%lu races=%lu start_races=%lu zombie_commits=%lu zombie_durable=%lu",
                 (unsigned long)seeds, (unsigned long)steps, (unsigned long)commits, (unsigned long)durable_acks,
                 (unsigned long)restores, (unsigned long)fresh_starts, (unsigned long)kills, (unsigned long)restarts,
                 (unsigned long)partitions, (unsigned long)stalls, (unsigned long)failed_opens,
@@ -64,6 +65,7 @@ std::string Stats::to_string() const {
                 (unsigned long)past_tolerance, (unsigned long)records_lost, (unsigned long)deletes,
                 (unsigned long)failed_deletes, (unsigned long)partial_snapshots,
                 (unsigned long)delta_generations, (unsigned long)deltas_published_later, (unsigned long)standby_promotions, (unsigned long)replica_promotions,
+                (unsigned long)replica_promotions_chained,
                 (unsigned long)cow_snapshots, (unsigned long)client_cow_opens, (unsigned long)restamped,
                 (unsigned long)direct_reads, (unsigned long)races, (unsigned long)start_races,
                 (unsigned long)zombie_commits, (unsigned long)zombie_durable);
@@ -247,6 +249,7 @@ class World {
     stats_.deltas_published_later += st.deltas_published_later;
     stats_.standby_promotions += st.standby_promotions;
     stats_.replica_promotions += st.replica_promotions;
+    stats_.replica_promotions_chained += st.replica_promotions_chained;
     stats_.cow_snapshots += st.cow_snapshots;
     stats_.restamped += st.restamped;
     stats_.direct_reads += st.direct_reads;

@@ -68,6 +68,7 @@ struct Stats {
            deltas_published_later = 0,  ///< of those, published by the poll after their base was copied
            standby_promotions = 0,  ///< loads that took a hot standby's ready copy over
            replica_promotions = 0,  ///< loads that mapped their node's own replica slot in place
+           replica_promotions_chained = 0,  ///< of those, whose stage the replica had kept close (only chunks copied)
            cow_snapshots = 0,       ///< commits that took a copy-on-write snapshot (S14)
            restamped = 0,           ///< takeovers' generations a replica held already: relabelled, not resent
            direct_reads = 0,        ///< loads that read a peer's lent slot through shared memory

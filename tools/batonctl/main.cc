@@ -134,10 +134,11 @@ int status(const std::string& socket, bool as_json, bool segments_only) {
       const json& r = j["replication"];
       std::printf("replication: sent %llu generations whole, %llu as deltas (%llu chunks resent); held %llu "
                   "(%llu from deltas, %llu relabelled); loads that took this node's copy over: %llu standby, %llu "
-                  "replica\n",
+                  "replica (%llu with a stage kept current)\n",
                   r.value("wholes_sent", 0ull), r.value("deltas_sent", 0ull), r.value("retransmits", 0ull),
                   r.value("published", 0ull), r.value("deltas_published", 0ull), r.value("restamped", 0ull),
-                  r.value("standby_promotions", 0ull), r.value("replica_promotions", 0ull));
+                  r.value("standby_promotions", 0ull), r.value("replica_promotions", 0ull),
+                  r.value("replica_promotions_chained", 0ull));
       if (r.value("slots_lent", 0ull) + r.value("direct_reads", 0ull) != 0)
         std::printf("  direct reads (shared memory): %llu slots lent to loaders, %llu loads read a lent slot "
                     "(%llu failed and were streamed)\n",

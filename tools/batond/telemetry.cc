@@ -111,6 +111,7 @@ int stats(const char*, const char*, rte_tel_data* d) {
       {"deltas_sent", s.deltas_sent},       {"wholes_sent", s.wholes_sent},
       {"deltas_published", s.deltas_published}, {"restamped", s.restamped},
       {"standby_promotions", s.standby_promotions}, {"replica_promotions", s.replica_promotions},
+      {"replica_promotions_chained", s.replica_promotions_chained},
       {"slots_lent", s.slots_lent}, {"direct_reads", s.direct_reads},
       {"direct_read_failures", s.direct_read_failures}};
   for (const auto& [k, v] : values) rte_tel_data_add_dict_u64(d, k, v);

@@ -138,6 +138,8 @@ void load_in_place(uint32_t retain) {
   ASSERT_EQ(got.size(), want.size());
   EXPECT_TRUE(std::equal(want.begin(), want.end(), got.begin())) << "the load is the newest generation";
   EXPECT_EQ(cl.node(3).stats().replica_promotions, 1u);
+  EXPECT_EQ(cl.node(3).stats().replica_promotions_chained, 1u)
+      << "generations that travel as deltas leave a slot the stage needs (nearly) nothing copied into";
   EXPECT_EQ(cl.node(3).stats().standby_promotions, 0u);
   EXPECT_TRUE(test::has_event(cl.node(3), "this node's replica, mapped in place")) << cl.events();
   EXPECT_EQ(mappings_named("kv@stage") - stages, retain == 0 ? 1 : 0)

@@ -871,5 +871,67 @@ TEST(Delta, TheNextShadowIsBroughtUpToDateBetweenGenerations) {
   }
 }
 
+// A load that takes its own replica over in place (Hand::kInPlace) takes
+// for the first stage the free slot closest to the generation. Over 300
+// random histories (deltas and whole generations, retain 0-2, base copies
+// in slices, the copy ahead advanced by random slices or not at all), the
+// stage that fill_stage() fills equals the generation byte for byte, and
+// is copied whole only when no free slot chains to it; a slot the copy
+// ahead finished needs no copy at all.
+TEST(Delta, ALoadInPlaceTakesTheSlotClosestToTheGenerationAsItsStage) {
+  constexpr uint32_t kCs = 1024, kChunks = 24, kSize = kChunks * kCs;
+  std::mt19937 rng(11);
+  int chained = 0, current = 0, whole = 0;
+  for (uint32_t trial = 0; trial < 300; ++trial) {
+    SCOPED_TRACE("trial " + std::to_string(trial));
+    Source cur(kSize, kCs, static_cast<uint8_t>(trial));
+    auto store = std::move(*ReplicaStore::create(cur.frame(1, 0), trial % 3, -1));
+    store->set_copy_slice(uint64_t{1 + rng() % 8} * kCs);
+    for (uint32_t i = 0; i < kChunks; ++i) store->accept(*std::make_unique<wire::Frame>(cur.frame(1, i)));
+    const uint64_t last = 1 + rng() % 8;
+    for (uint64_t gen = 2; gen <= last; ++gen) {
+      const auto v = static_cast<uint8_t>(gen * 37 + trial);
+      if (rng() % 5 == 0) {
+        cur = cur.with({static_cast<uint32_t>(rng() % kChunks)}, v);
+        for (uint32_t i = 0; i < kChunks; ++i) store->accept(*std::make_unique<wire::Frame>(cur.frame(gen, i)));
+      } else {
+        std::vector<uint32_t> chunks;
+        for (uint32_t n = 1 + rng() % 4; chunks.size() < n;)
+          if (const uint32_t c = rng() % kChunks; std::find(chunks.begin(), chunks.end(), c) == chunks.end())
+            chunks.push_back(c);
+        const Source next = cur.with(chunks, v);
+        for (uint32_t pos = 0; pos < chunks.size(); ++pos) {
+          wire::Frame f = delta_frame(next, gen, gen - 1, pos, chunks[pos], static_cast<uint32_t>(chunks.size()));
+          store->accept(f);
+        }
+        for (bool published = store->latest()->generation == gen; !published;)
+          store->advance_background(kCs, &published);
+        cur = next;
+      }
+      ASSERT_EQ(store->latest()->generation, gen);
+      // The worker's copy ahead between generations: a random slice, or none.
+      bool published = false;
+      if (const uint64_t budget = rng() % 3 * 2 * kCs; budget != 0) store->advance_background(budget, &published);
+    }
+    auto p = store->promote(last, 1, ReplicaStore::Hand::kInPlace);
+    ASSERT_TRUE(p);
+    ASSERT_TRUE(std::equal(cur.data.begin(), cur.data.end(), p->app.data())) << "the application's memory";
+    const uint64_t copied = p->fill_stage(p->app);
+    EXPECT_TRUE(std::equal(cur.data.begin(), cur.data.end(), p->stage.data())) << "the first stage";
+    EXPECT_EQ(p->chunk_crcs, cur.crcs);
+    if (p->stage_chained) {
+      ++chained;
+      current += copied == 0;
+      EXPECT_LT(copied, kSize);
+    } else {
+      ++whole;
+      EXPECT_EQ(copied, kSize);
+    }
+  }
+  EXPECT_GT(chained, 0);
+  EXPECT_GT(current, 0);
+  EXPECT_GT(whole, 0);
+}
+
 }  // namespace
 }  // namespace baton
