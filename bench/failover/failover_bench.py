@@ -205,6 +205,9 @@ start_timeout_ms = 3000
                         ev["source"] = ("hot standby" if "hot standby copy" in text
                                         else "own replica" if "this node's replica" in text
                                         else "read directly" if "read directly" in text else "fetched")
+                        m = re.search(r"(\d+) KiB copied into the first stage", text)
+                        if m:
+                            ev["stage_copied_kib"] = int(m.group(1))
                     m = re.match(r"group kv runs here .*provisioned in (\d+) us, segments loaded in (\d+) us", text)
                     if b == target and m:
                         ev.setdefault("running", ts)
@@ -212,6 +215,7 @@ start_timeout_ms = 3000
             promoted = ev.pop("promoted", False)
             instance = ev.pop("instance", False)
             source = ev.pop("source", "?") + (", standby instance" if instance else "")
+            stage_kib = ev.pop("stage_copied_kib", None)  # own replica: what its first stage lacked
             if len(ev) < 6:
                 print(f"  round {r}: events missing (found only {sorted(ev)}), skipped", file=sys.stderr)
                 if args.kill_blade:
@@ -230,20 +234,27 @@ start_timeout_ms = 3000
             open_ms = float(line.group(2))  # of the start: the application's open alone
             print(json.dumps({"size_kib": size_kib, "round": r, "source": source,
                               **{k: round(v, 2) for k, v in rows[-1].items() if k != "promoted"},
-                              "open": round(open_ms, 2)}),
+                              "open": round(open_ms, 2),
+                              **({"stage_copied_kib": stage_kib} if stage_kib is not None else {})}),
                   file=sys.stderr)
             if args.kill_blade:
                 restart_blade(batonctl, chassis, node, BLADES)
     finally:
+        if args.keep:  # the blades' logs (chassis down removes its directory)
+            subprocess.run(f"cp {chassis}/*.log {work}/", shell=True, capture_output=True)
         subprocess.run([batonctl, "chassis", "down", "--dir", chassis], capture_output=True)
         subprocess.run(["pkill", "-KILL", "-f", f"baton-kv --socket {chassis}/"], capture_output=True)
-        subprocess.run(["rm", "-rf", work])
+        if args.keep:
+            print(f"kept: {work} (the blades' logs: blade*.log there)", file=sys.stderr)
+        else:
+            subprocess.run(["rm", "-rf", work])
     return rows
 
 
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--build", default="build")
+    p.add_argument("--keep", action="store_true", help="keep the chassis directory (the blades' logs) afterwards")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--sizes-kib", default="4,256,65536")
     p.add_argument("--standby", action="store_true", help="blades 3 and 4 keep hot standbys of the segment")

@@ -491,6 +491,7 @@ Result<OpenResult> Engine::Impl::load_from(const QueryOp& q, std::string_view na
   for (const ClaimAnswer* a : sources) {
     uint64_t got = 0;
     bool promoted = false, in_place = false, lent = false;
+    uint64_t stage_copied = 0;  // in place: what the first stage lacked
     ReplicaStore::Promotion promotion;
     Result<LocalStorage> dest = fail(Errc::kInternal, "no copy");
     if (a->peer == config.node_id) {
@@ -529,7 +530,7 @@ Result<OpenResult> Engine::Impl::load_from(const QueryOp& q, std::string_view na
       // The stage gets the generation the application's memory holds (its
       // CRCs came with it), off the worker: the only copy of this load,
       // and only of what the stage lacks when the replica kept it close.
-      promotion.fill_stage(*dest);
+      stage_copied = promotion.fill_stage(*dest);
       if (sim != nullptr) check_stage(name, promotion);
       bump(counters.replica_promotions);
       if (promotion.stage_chained) bump(counters.replica_promotions_chained);
@@ -599,7 +600,8 @@ Result<OpenResult> Engine::Impl::load_from(const QueryOp& q, std::string_view na
     record_event("segment " + std::string(name) + ": ownership taken at epoch " + std::to_string(c->epoch) + " (" +
                  std::to_string(accepted) + " of " + std::to_string(set.size()) + " replicas of " +
                  set_string(set) + " accepted); generation " + std::to_string(got) + " loaded from " +
-                 (in_place ? std::string("this node's replica, mapped in place (no fetch)")
+                 (in_place ? "this node's replica, mapped in place (no fetch; " + std::to_string(stage_copied >> 10) +
+                                " KiB copied into the first stage)"
                   : promoted ? std::string("this node's hot standby copy (no fetch, no copy)")
                   : a->peer == config.node_id ? std::string("this node's replica")
                   : lent ? "node " + std::to_string(a->peer) + " (its slot read directly, through shared memory)"
