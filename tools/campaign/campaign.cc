@@ -202,17 +202,21 @@ bool point_of_run(const void* p, uint64_t size, uint64_t* step, bool* complete) 
 
 /// A blade's counts (batonctl status): chunks commits left alone as
 /// unchanged, commits taken by copy-on-write, commits posted, loads that
-/// read a peer's lent slot directly (shm links), and the times a dense
+/// read a peer's lent slot directly (shm links), loads that took the
+/// blade's own replica over in place (and of those, from a slot the
+/// replica kept close to the generation), and the times a dense
 /// writer's library lifted its protection whole (as its segments' shares
 /// count them now: a writer's next open starts a share of its own, so a
 /// lower bound).
 struct Counts {
-  uint64_t skipped = 0, cow = 0, posted = 0, direct = 0, lifted = 0;
+  uint64_t skipped = 0, cow = 0, posted = 0, direct = 0, in_place = 0, chained = 0, lifted = 0;
   Counts& operator+=(const Counts& o) {
     skipped += o.skipped;
     cow += o.cow;
     posted += o.posted;
     direct += o.direct;
+    in_place += o.in_place;
+    chained += o.chained;
     lifted += o.lifted;
     return *this;
   }
@@ -232,6 +236,7 @@ Counts blade_counts(const std::string& socket, Counts last) {
     for (const auto& seg : j["segments"]) lifted += seg.value("cow_lifted_whole", uint64_t{0});
   return Counts{j["clients"].value("chunks_skipped", last.skipped), j["clients"].value("cow_snapshots", last.cow),
                 j["clients"].value("posted_commits", last.posted), rep.value("direct_reads", last.direct),
+                rep.value("replica_promotions", last.in_place), rep.value("replica_promotions_chained", last.chained),
                 std::max(lifted, last.lifted)};
 }
 
@@ -728,13 +733,15 @@ int main(int argc, char** argv) {
               "(%d deletes, %d failed; %d owner stalls; %d owner partitions, %d with a takeover beside a live "
               "owner, %d of those not fenced after the heal); restore p50 %.2f ms, p99 %.2f ms; %llu chunks left "
               "alone by commits (unchanged); %llu commits by copy-on-write (a dense writer's protection lifted "
-              "whole at least %llu times), %llu posted; %llu loads read a lent slot directly\n",
+              "whole at least %llu times), %llu posted; %llu loads read a lent slot directly; %llu took their own "
+              "replica over in place (%llu from a slot kept close)\n",
               r.cycles, cc.transport.c_str(), r.lost, r.torn, r.failed, r.resurrected, r.deletes, r.failed_deletes,
               r.stalls, r.partitions, r.splits, r.unfenced,
               pct(r.restore_ms, 0.5), pct(r.restore_ms, 0.99), static_cast<unsigned long long>(banked.skipped),
               static_cast<unsigned long long>(banked.cow), static_cast<unsigned long long>(banked.lifted),
               static_cast<unsigned long long>(banked.posted),
-              static_cast<unsigned long long>(banked.direct));
+              static_cast<unsigned long long>(banked.direct), static_cast<unsigned long long>(banked.in_place),
+              static_cast<unsigned long long>(banked.chained));
   if (g_periodic) {
     std::printf("campaign: %llu generations taken by the writers' periodic commits (every %d ms) between their "
                 "own; %d restores caught a step midway\n", static_cast<unsigned long long>(periodic), period_ms,
