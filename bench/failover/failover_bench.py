@@ -6,7 +6,7 @@
                                              [--transport memif|shm|mixed [--stream-fetches]] [--memif-zero-copy]
                                              [--app-heap-mib M] [--provision mkdir|none]
                                              [--no-liveness] [--kill-blade]
-                                             [--blades N] [--spin]
+                                             [--blades N] [--spin] [--keep]
 
 A 4-blade chassis (memif unless --transport says otherwise) runs group kv (baton-kv, committing a durable
 batch every 20 ms) with blades 3 and 4 as the spare pool. Each round

@@ -72,6 +72,7 @@ using baton::bench::median;
 using baton::bench::pct;
 
 uint32_t g_chunk_bytes = 0;  ///< --chunk-kib (0: the engine's default)
+uint32_t g_window = 0;       ///< --window: chunks in flight per transfer (0: the engine's default)
 
 struct Pair {
   std::unique_ptr<baton::Engine> a, b;
@@ -112,6 +113,7 @@ Pair start_pair(Mode mode, uint32_t commit_every_ms = 0) {
     c.commit_every_ms = commit_every_ms;
     c.max_segment_size = uint64_t{4} << 30;
     if (g_chunk_bytes != 0) c.chunk_size = g_chunk_bytes;
+    if (g_window != 0) c.window = g_window;
     std::vector<std::unique_ptr<baton::Link>> links;
     links.push_back(n == 1 ? std::move(l.a) : std::move(l.b));
     auto e = baton::Engine::start(c, std::move(links));
@@ -304,6 +306,8 @@ int main(int argc, char** argv) {
       commits = std::atoi(argv[i + 1]);
     } else if (a == "--chunk-kib") {
       g_chunk_bytes = static_cast<uint32_t>(std::atoi(argv[i + 1])) * 1024;
+    } else if (a == "--window") {
+      g_window = static_cast<uint32_t>(std::atoi(argv[i + 1]));
     } else if (a == "--modes") {
       modes.clear();
       std::stringstream ss(argv[i + 1]);
@@ -318,7 +322,7 @@ int main(int argc, char** argv) {
     } else {
       std::fprintf(stderr,
                    "usage: baton-snapshot [--sizes-mib 64,256,1024] [--dirty PCT] [--commits N] [--contiguous]"
-                   " [--chunk-kib K] [--modes untracked,tracked,cow,cow_at_commit] [--periodic-ms MS]\n");
+                   " [--chunk-kib K] [--window CHUNKS] [--modes untracked,tracked,cow,cow_at_commit] [--periodic-ms MS]\n");
       return 2;
     }
   }

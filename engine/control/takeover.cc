@@ -600,7 +600,7 @@ Result<OpenResult> Engine::Impl::load_from(const QueryOp& q, std::string_view na
     record_event("segment " + std::string(name) + ": ownership taken at epoch " + std::to_string(c->epoch) + " (" +
                  std::to_string(accepted) + " of " + std::to_string(set.size()) + " replicas of " +
                  set_string(set) + " accepted); generation " + std::to_string(got) + " loaded from " +
-                 (in_place ? "this node's replica, mapped in place (no fetch; " + std::to_string(stage_copied >> 10) +
+                 (in_place ? "this node's replica, mapped in place (no fetch; " + std::to_string((stage_copied + 1023) >> 10) +
                                 " KiB copied into the first stage)"
                   : promoted ? std::string("this node's hot standby copy (no fetch, no copy)")
                   : a->peer == config.node_id ? std::string("this node's replica")

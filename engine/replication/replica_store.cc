@@ -136,6 +136,12 @@ ReplicaStore::Accept ReplicaStore::accept(wire::Frame& f) noexcept {
     // A hot copy of it (S16) is of it still, under the new epoch too.
     if (hot_ != nullptr && hot_->follows == s.generation && hot_->follows_epoch == s.epoch)
       hot_->follows_epoch = epoch_;
+    // So is a free slot the copy ahead had brought up to it: the next
+    // delta's shadow (or a takeover's first stage) then copies nothing,
+    // where it would copy the whole base.
+    for (Slot& o : slots_)
+      if (&o != &s && o.generation == 0 && o.content == s.generation && o.content_epoch == s.epoch)
+        o.content_epoch = epoch_;
     s.epoch = epoch_;
     s.set = f.sack;
     s.content_epoch = epoch_;
@@ -361,14 +367,20 @@ std::optional<ReplicaStore::Promotion> ReplicaStore::promote(uint64_t generation
   // The first stage in place: the free slot fewest chunks away from the
   // generation (the worker keeps one brought up to the latest between
   // generations, advance_shadow), so the load copies what it lacks only.
+  // (Once per takeover: the vectors are not worth keeping.) A chain whose
+  // deltas between them carried every chunk is no better than a whole copy.
   bool chained = false;
   std::vector<uint32_t> behind;
   if (hand == Hand::kInPlace) {
+    const size_t chunks = l.chunk_crcs.size();
     std::vector<uint32_t> hops;
     for (size_t i = 0; i < slots_.size(); ++i) {
       const int s = static_cast<int>(i);
       hops.clear();
       if (s == latest_slot || in_use(s) || slots_[i].mem.data() == nullptr || !chains_to(slots_[i], l, hops)) continue;
+      std::sort(hops.begin(), hops.end());
+      hops.erase(std::unique(hops.begin(), hops.end()), hops.end());
+      if (hops.size() >= chunks) continue;
       if (!chained || hops.size() < behind.size()) {
         chained = true;
         spare_slot = s;

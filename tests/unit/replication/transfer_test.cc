@@ -439,6 +439,44 @@ TEST(ReplicaStore, TheSameGenerationUnderANewEpochIsRelabelledNotReceivedAgain) 
   EXPECT_TRUE(std::equal(next.data.begin(), next.data.end(), hot->data()));
 }
 
+// A slot the copy ahead brought up to the newest generation is relabelled
+// with it when a new owner's re-replication relabels the generation: the
+// new owner's first delta then finds its shadow current (published with its
+// one frame, not after a copy of the whole base a slice per poll), and a
+// takeover here copies nothing into its first stage.
+TEST(ReplicaStore, ARelabelledGenerationKeepsTheSlotBroughtUpToIt) {
+  const uint32_t cs = 512, chunks = 8;
+  const Source g3(chunks * cs, cs, 23);
+  const Source g4 = g3.with({5}, 0x44), g5 = g4.with({2}, 0x55);
+  for (const bool take_over : {false, true}) {
+    SCOPED_TRACE(take_over ? "a takeover" : "the next delta");
+    auto store = std::move(*ReplicaStore::create(g3.frame(3, 0), 0, -1));
+    store->set_copy_slice(cs);
+    for (uint32_t i = 0; i < chunks; ++i) store->accept(*std::make_unique<wire::Frame>(g3.frame(3, i)));
+    auto d4 = delta_frame(g4, 4, 3, 0, 5, 1);
+    // The first delta after a whole generation copies its base: a slice per poll.
+    EXPECT_EQ(store->accept(d4), ReplicaStore::Accept::kCompleting);
+    bool published = false;
+    for (int polls = 0; !store->advance_background(cs, &published) || store->latest()->generation != 4; ++polls)
+      ASSERT_LT(polls, 100);
+    EXPECT_FALSE(store->behind()) << "the slot that held 3 holds 4 now";
+    store->adopt_epoch(2, 2);
+    auto again = from_new_owner(g4.frame(4, 0));
+    ASSERT_EQ(store->accept(again), ReplicaStore::Accept::kRestamped);
+    if (take_over) {
+      auto p = store->promote(4, 2, ReplicaStore::Hand::kInPlace);
+      ASSERT_TRUE(p);
+      EXPECT_TRUE(p->stage_chained);
+      EXPECT_EQ(p->fill_stage(p->app), 0u);
+      EXPECT_TRUE(std::equal(g4.data.begin(), g4.data.end(), p->stage.data()));
+      continue;
+    }
+    auto d5 = from_new_owner(delta_frame(g5, 5, 4, 0, 2, 1));
+    EXPECT_EQ(store->accept(d5), ReplicaStore::Accept::kPublished) << "no base to copy first";
+    EXPECT_TRUE(std::equal(g5.data.begin(), g5.data.end(), store->latest()->mem.data()));
+  }
+}
+
 TEST(ReplicaStore, AnotherGenerationOfTheSameNumberIsReceivedWhole) {
   const uint32_t cs = 512;
   Source old_history(4 * cs, cs, 21), new_history(4 * cs, cs, 22);
@@ -874,10 +912,11 @@ TEST(Delta, TheNextShadowIsBroughtUpToDateBetweenGenerations) {
 // A load that takes its own replica over in place (Hand::kInPlace) takes
 // for the first stage the free slot closest to the generation. Over 300
 // random histories (deltas and whole generations, retain 0-2, base copies
-// in slices, the copy ahead advanced by random slices or not at all), the
-// stage that fill_stage() fills equals the generation byte for byte, and
-// is copied whole only when no free slot chains to it; a slot the copy
-// ahead finished needs no copy at all.
+// in slices, the copy ahead advanced by random slices or barely), the
+// stage that fill_stage() fills equals the generation byte for byte. When
+// the newest generation came as a delta, the slot that held its base is
+// free (nothing pins a slot here), so the stage is chained and copies at
+// most that delta's chunks; a slot the copy ahead finished needs no copy.
 TEST(Delta, ALoadInPlaceTakesTheSlotClosestToTheGenerationAsItsStage) {
   constexpr uint32_t kCs = 1024, kChunks = 24, kSize = kChunks * kCs;
   std::mt19937 rng(11);
@@ -889,11 +928,13 @@ TEST(Delta, ALoadInPlaceTakesTheSlotClosestToTheGenerationAsItsStage) {
     store->set_copy_slice(uint64_t{1 + rng() % 8} * kCs);
     for (uint32_t i = 0; i < kChunks; ++i) store->accept(*std::make_unique<wire::Frame>(cur.frame(1, i)));
     const uint64_t last = 1 + rng() % 8;
+    uint64_t last_delta_bytes = 0;  // of the newest generation, if a delta (0: whole)
     for (uint64_t gen = 2; gen <= last; ++gen) {
       const auto v = static_cast<uint8_t>(gen * 37 + trial);
       if (rng() % 5 == 0) {
         cur = cur.with({static_cast<uint32_t>(rng() % kChunks)}, v);
         for (uint32_t i = 0; i < kChunks; ++i) store->accept(*std::make_unique<wire::Frame>(cur.frame(gen, i)));
+        last_delta_bytes = 0;
       } else {
         std::vector<uint32_t> chunks;
         for (uint32_t n = 1 + rng() % 4; chunks.size() < n;)
@@ -907,9 +948,11 @@ TEST(Delta, ALoadInPlaceTakesTheSlotClosestToTheGenerationAsItsStage) {
         for (bool published = store->latest()->generation == gen; !published;)
           store->advance_background(kCs, &published);
         cur = next;
+        last_delta_bytes = uint64_t{kCs} * chunks.size();
       }
       ASSERT_EQ(store->latest()->generation, gen);
-      // The worker's copy ahead between generations: a random slice, or none.
+      // The worker's copy ahead between generations: a random slice, or none
+      // (beyond the chunk a delta's publishing poll may have copied).
       bool published = false;
       if (const uint64_t budget = rng() % 3 * 2 * kCs; budget != 0) store->advance_background(budget, &published);
     }
@@ -919,6 +962,10 @@ TEST(Delta, ALoadInPlaceTakesTheSlotClosestToTheGenerationAsItsStage) {
     const uint64_t copied = p->fill_stage(p->app);
     EXPECT_TRUE(std::equal(cur.data.begin(), cur.data.end(), p->stage.data())) << "the first stage";
     EXPECT_EQ(p->chunk_crcs, cur.crcs);
+    if (last_delta_bytes != 0) {
+      EXPECT_TRUE(p->stage_chained) << "the slot that held the delta's base chains to it";
+      EXPECT_LE(copied, last_delta_bytes) << "at most what the last delta changed";
+    }
     if (p->stage_chained) {
       ++chained;
       current += copied == 0;
