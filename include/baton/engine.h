@@ -422,8 +422,8 @@ struct EngineStats {
   uint64_t standby_promotions = 0; ///< loads that took over this node's hot standby copy (no fetch, no copy)
   /// Loads that mapped this node's replica slot in place as the
   /// application's memory and took a free slot for the first stage
-  /// (issue #11, zero-copy takeover: no allocation; one copy, into the
-  /// stage; no checksum pass).
+  /// (issue #11, zero-copy takeover: no allocation; at most one copy,
+  /// into the stage; no checksum pass).
   uint64_t replica_promotions = 0;
   /// Of those, the ones whose first stage was a slot the worker had kept
   /// a copy of the generation (or a chain of deltas away from it): only
