@@ -945,8 +945,11 @@ TEST(Delta, ALoadInPlaceTakesTheSlotClosestToTheGenerationAsItsStage) {
           wire::Frame f = delta_frame(next, gen, gen - 1, pos, chunks[pos], static_cast<uint32_t>(chunks.size()));
           store->accept(f);
         }
-        for (bool published = store->latest()->generation == gen; !published;)
+        bool published = store->latest()->generation == gen;
+        for (int polls = 0; !published; ++polls) {
+          ASSERT_LT(polls, 100) << "generation " << gen << " never published";
           store->advance_background(kCs, &published);
+        }
         cur = next;
         last_delta_bytes = uint64_t{kCs} * chunks.size();
       }
