@@ -10,13 +10,26 @@
 //               (each spins for the other's store): the floor of any
 //               hand-off through shared memory, what the 4 KiB commit over
 //               --shm is held against (issue #11)
+//   delta       with --dirty PCT: a copy-on-write segment of --delta-mib
+//               (1 GiB by default) that the application changes PCT% of,
+//               one word in pages drawn at random, before each commit:
+//               the time from the commit call until the replica holds the
+//               generation (only the changed chunks travel), against the
+//               time the lean program takes to move the whole segment at
+//               its measured throughput (issue #10: at most 3% with 1%)
 //   lean        both again against baton-lean-memif (bench/lean): two DPDK
 //               processes calling rx/tx_burst themselves, no Baton code, run
 //               first (rounds of their own, before any Baton process starts).
 //               The "raw memif" lines above go through Baton's driver and
 //               flatter Baton; the lean ratios are the ones to quote.
 //
-// Usage: baton-e2e [--rounds N] [--iters N] [--mib N] [--spin] [--shm] [--memif-copy]   (prints JSON lines and a table)
+// Usage: baton-e2e [--rounds N] [--iters N] [--mib N] [--spin] [--shm] [--memif-copy]
+//                  [--chunk-kib N]
+//                  [--dirty PCT [--delta-mib N] [--deltas N] [--protect-ahead]]   (prints JSON lines and a table)
+//   --chunk-kib: both engines' chunk size (EngineConfig::chunk_size)
+//   --deltas: delta commits measured per round (5)
+//   --protect-ahead: EngineConfig::cow_protect_ahead (the written pages
+//           protected again while the application runs, not in the commit)
 //   --spin: both engines' workers never sleep (dedicated cores)
 //   --shm:  the engines' link is a shm region instead of memif (the
 //           baselines stay memif's)
@@ -38,11 +51,13 @@
 #include <cstdio>
 #include <cstring>
 #include <optional>
+#include <random>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "../../tests/common/process.h"
+#include "../stats.h"
 #include "baton/engine.h"
 #include "baton/ethdev.h"
 #include "baton/shm.h"
@@ -119,6 +134,9 @@ std::unique_ptr<Link> open_link(const std::string& dev, uint16_t peer) {
 bool use_shm = false;
 bool memif_zero_copy = true;  // the replica's end of the engines' memif link is a zero-copy client
 constexpr const char* kCowSegment = "e2e-throughput-cow";
+constexpr const char* kDeltaSegment = "e2e-delta";
+uint32_t chunk_bytes = 0;  ///< --chunk-kib (0: the engine's default)
+bool protect_ahead = false;  ///< --protect-ahead: EngineConfig::cow_protect_ahead
 
 // The engines' shm region: in /dev/shm (memory), named after their socket.
 std::string shm_path(const std::string& sock) { return "/dev/shm/" + sock.substr(sock.rfind('/') + 1) + ".shm"; }
@@ -144,6 +162,9 @@ std::unique_ptr<baton::Engine> start_engine(uint16_t node, const std::string& ro
   // The copy-on-write twin of the throughput segment (S14): the commit
   // protects the pages, and the worker copies them out while it sends.
   c.snapshot_modes.push_back({kCowSegment, baton::EngineConfig::SnapshotMode::kCopyOnWrite, std::nullopt});
+  c.snapshot_modes.push_back({kDeltaSegment, baton::EngineConfig::SnapshotMode::kCopyOnWrite, std::nullopt});
+  if (chunk_bytes != 0) c.chunk_size = chunk_bytes;
+  c.cow_protect_ahead = protect_ahead;
   auto engine = baton::Engine::start(c, std::move(links));
   if (!engine) {
     std::fprintf(stderr, "baton-e2e: %s\n", engine.error().to_string().c_str());
@@ -280,7 +301,9 @@ void print_json(const char* metric, const char* subject, double value, const cha
 
 int main(int argc, char** argv) {
   int rounds = 5, iters = 2000;
-  uint64_t mib = 64;
+  uint64_t mib = 64, delta_mib = 1024;
+  double dirty = 0;  // --dirty: percent of the delta segment's pages written before each delta (0: no deltas)
+  int deltas = 5;
   std::string raw_sock, eng_sock;
   bool peer = false, spin = false;
   for (int i = 1; i < argc; ++i) {
@@ -293,16 +316,25 @@ int main(int argc, char** argv) {
     else if (a == "--spin") spin = true;
     else if (a == "--shm") use_shm = true;
     else if (a == "--memif-copy") memif_zero_copy = false;
+    else if (a == "--chunk-kib") chunk_bytes = static_cast<uint32_t>(std::stoul(next())) * 1024;
+    else if (a == "--dirty") dirty = std::stod(next());
+    else if (a == "--protect-ahead") protect_ahead = true;
+    else if (a == "--delta-mib") delta_mib = std::stoull(next());
+    else if (a == "--deltas") deltas = std::stoi(next());
     else if (a == "--raw-sock") raw_sock = next();
     else if (a == "--eng-sock") eng_sock = next();
     else {
-      std::fprintf(stderr, "usage: baton-e2e [--rounds N] [--iters N] [--mib N] [--spin] [--shm] [--memif-copy]\n");
+      std::fprintf(stderr,
+                   "usage: baton-e2e [--rounds N] [--iters N] [--mib N] [--spin] [--shm] [--memif-copy] [--chunk-kib N]\n"
+                   "                 [--dirty PCT [--delta-mib N] [--deltas N] [--protect-ahead]]\n");
       return 64;
     }
   }
   if (peer) return run_peer(raw_sock, eng_sock, spin);
-  if (rounds < 1 || iters < 1 || mib < 1 || mib > 1024) {
-    std::fprintf(stderr, "baton-e2e: rounds, iters >= 1; mib in 1..1024\n");
+  if (rounds < 1 || iters < 1 || mib < 1 || mib > 1024 || dirty < 0 || dirty > 100 || delta_mib < 1 ||
+      delta_mib > 4096 || deltas < 2) {
+    std::fprintf(stderr, "baton-e2e: rounds, iters >= 1; mib in 1..1024; dirty in 0..100; delta-mib in 1..4096; "
+                         "deltas >= 2\n");
     return 64;
   }
 
@@ -340,6 +372,7 @@ int main(int argc, char** argv) {
   if (spin) peer_args.push_back("--spin");
   if (use_shm) peer_args.push_back("--shm");
   if (!memif_zero_copy) peer_args.push_back("--memif-copy");
+  if (chunk_bytes != 0) peer_args.insert(peer_args.end(), {"--chunk-kib", std::to_string(chunk_bytes / 1024)});
   baton::test::Process peer_proc(peer_args);
 
   const uint64_t big = mib << 20;
@@ -376,8 +409,96 @@ int main(int argc, char** argv) {
     }
   }
 
+  // The delta segment (--dirty): filled and replicated whole once, then
+  // ten deltas unmeasured. A whole generation's first delta makes the
+  // replica copy the base into its shadow first (nothing chains to a
+  // whole one), and a commit that found most pages written leaves the
+  // region dense for the next few (architecture, "Dense writers"): the
+  // warm-up takes both out of the figures, as a long-running application
+  // that changes a little between commits never sees them.
+  const uint64_t delta_bytes = delta_mib << 20;
+  baton::Segment* delta_seg = nullptr;
+  std::mt19937_64 rng(1);
+  std::vector<uint64_t> delta_pages;  // this delta's page offsets
+  auto pick_pages = [&] {
+    const uint64_t pages = delta_bytes / 4096;
+    const uint64_t n = std::max<uint64_t>(1, static_cast<uint64_t>(static_cast<double>(pages) * dirty / 100));
+    delta_pages.clear();
+    for (uint64_t i = 0; i < n; ++i) delta_pages.push_back(rng() % pages * 4096);
+  };
+  // Writes this delta's pages (untimed), then times its commit until the replica holds it (ms).
+  uint64_t went_as_delta = 0, went_whole = 0, resent = 0;  // how the measured ones travelled (EngineStats)
+  Stats delta_call_ms;  // --dirty: each delta's commit call (the application's pause)
+  // The floor of any snapshot that copies what changed, in the same run:
+  // memcpy of the delta's pages between two buffers of the segment's size
+  // (written whole once, at the start, as the stages were).
+  Stats written_memcpy_ms;
+  std::vector<std::byte> written_src, written_dst;
+  Stats delta_primary_cpu_ms, delta_replica_cpu_ms;  // each worker's CPU time over the same interval
+  auto worker_cpu_ns = [&](pid_t pid) {
+    const auto v = baton::bench::thread_cpu_ns("baton-worker", pid);
+    return v.size() == 1 ? v[0] : 0;  // one shard: one worker
+  };
+  uint64_t settled_pages = 0, chunks_copied = 0;
+  auto delta_once = [&](uint8_t stamp) -> std::optional<double> {
+    const auto at_start = engine.stats();
+    pick_pages();
+    auto mem = engine.data(delta_seg);
+    for (uint64_t off : delta_pages) mem[off + 8] = std::byte{stamp};
+    const auto before = engine.stats();
+    const uint64_t cpu_a = worker_cpu_ns(0), cpu_b = worker_cpu_ns(peer_proc.pid());
+    const uint64_t t0 = baton::now_ns();
+    auto g = engine.commit(delta_seg);
+    const uint64_t t1 = baton::now_ns();
+    if (!g || !engine.wait_replicated(delta_seg, *g, 1, 60s)) return std::nullopt;
+    const double ms = (baton::now_ns() - t0) / 1e6;
+    delta_call_ms.v.push_back((t1 - t0) / 1e6);
+    delta_primary_cpu_ms.v.push_back((worker_cpu_ns(0) - cpu_a) / 1e6);
+    if (!written_src.empty()) {
+      const uint64_t m0 = baton::now_ns();
+      for (uint64_t off : delta_pages) std::memcpy(written_dst.data() + off, written_src.data() + off, 4096);
+      written_memcpy_ms.v.push_back((baton::now_ns() - m0) / 1e6);
+    }
+    delta_replica_cpu_ms.v.push_back((worker_cpu_ns(peer_proc.pid()) - cpu_b) / 1e6);
+    const auto after = engine.stats();
+    went_as_delta += after.deltas_sent - before.deltas_sent;
+    went_whole += after.wholes_sent - before.wholes_sent;
+    resent += after.retransmits - before.retransmits;
+    settled_pages += after.cow_pages_settled - at_start.cow_pages_settled;
+    chunks_copied += after.snapshot_chunks_copied - at_start.snapshot_chunks_copied;
+    return ms;
+  };
+  if (dirty > 0) {
+    auto d = engine.create(kDeltaSegment, delta_bytes);
+    if (!d) {
+      std::fprintf(stderr, "baton-e2e: create: %s\n", d.error().to_string().c_str());
+      return 1;
+    }
+    delta_seg = *d;
+    written_src.assign(delta_bytes, std::byte{4});
+    written_dst.assign(delta_bytes, std::byte{5});
+    auto mem = engine.data(delta_seg);
+    for (uint64_t off = 0; off < delta_bytes; off += 4096) mem[off] = std::byte(static_cast<uint8_t>(rng()));
+    auto g = engine.commit(delta_seg);
+    if (!g || !engine.wait_replicated(delta_seg, *g, 1, 120s)) {
+      std::fprintf(stderr, "baton-e2e: the delta segment's first replication failed\n");
+      return 1;
+    }
+    for (int i = 0; i < 10; ++i)
+      if (!delta_once(static_cast<uint8_t>(i + 1))) {
+        std::fprintf(stderr, "baton-e2e: a warm-up delta failed\n");
+        return 1;
+      }
+  }
+  went_as_delta = went_whole = resent = settled_pages = chunks_copied = 0;
+  delta_call_ms.v.clear();
+  written_memcpy_ms.v.clear();
+  delta_primary_cpu_ms.v.clear();
+  delta_replica_cpu_ms.v.clear();
+
   Stats gap_rate, gap_mean;  // spin_gaps(), once a round
   Stats line_lat, raw_lat, baton_lat, raw_tput, baton_tput, memcpy_tput, cold_tput, snapshot_ms, cow_tput, cow_ms;
+  Stats delta_ms;  // --dirty: each delta, commit call to the replica holding it
   using clk = std::chrono::steady_clock;
   auto us = [](clk::duration d) { return std::chrono::duration<double, std::micro>(d).count(); };
   // Each latency loop first plays 200 ms unmeasured, as the lean program
@@ -438,6 +559,14 @@ int main(int argc, char** argv) {
     }
     if (!replicate_whole(big_seg, r, snapshot_ms, baton_tput) || !replicate_whole(cow_seg, r, cow_ms, cow_tput))
       return 1;
+    for (int i = 0; delta_seg != nullptr && i < deltas; ++i) {
+      auto ms = delta_once(static_cast<uint8_t>(r * deltas + i + 11));
+      if (!ms) {
+        std::fprintf(stderr, "baton-e2e: a delta failed\n");
+        return 1;
+      }
+      delta_ms.v.push_back(*ms);
+    }
     {
       auto t0 = clk::now();
       std::memcpy(copy_dst.data(), copy_src.data(), big);
@@ -531,6 +660,47 @@ int main(int argc, char** argv) {
     std::printf("%-34s %10s %10s %9.2fx\n", "  copy-on-write / lean", "", "", ct / lt);
     std::printf("%-34s %.2f%% of the lean program's round trips, %.2f%% of Baton's\n",
                 "  held up by a lost CPU (see above)", held_up_pct(l50), held_up_pct(bl50));
+  }
+  if (delta_seg != nullptr) {
+    // The delta against moving the whole segment: at the lean program's
+    // throughput (the baseline to quote; --mib's transfer, which runs at
+    // the same rate whatever the size) and at Baton's own whole commit's.
+    const double d50 = delta_ms.median(), d90 = delta_ms.pct(0.9);
+    const double lean_gbps = lean.tput.v.empty() ? 0 : lean.tput.median();
+    const double lean_whole_ms = lean_gbps > 0 ? static_cast<double>(delta_bytes) / lean_gbps / 1e6 : 0;
+    const double baton_whole_ms = static_cast<double>(delta_bytes) / bt / 1e6;
+    print_json("latency_p50", "baton_delta", d50, "ms");
+    print_json("latency_p90", "baton_delta", d90, "ms");
+    if (lean_whole_ms > 0) print_json("ratio", "baton_delta_over_lean_whole", d50 / lean_whole_ms, "x");
+    print_json("ratio", "baton_delta_over_baton_whole", d50 / baton_whole_ms, "x");
+    const std::string label = std::to_string(delta_mib) + " MiB, " + std::to_string(delta_pages.size()) +
+                              " pages written (" + std::to_string(dirty).substr(0, 4) + "%)";
+    std::printf("\n%-34s %10s %10s\n", label.c_str(), "ms", "ratio");
+    if (lean_whole_ms > 0)
+      std::printf("%-34s %10.1f %10s\n", "lean memif, the whole segment", lean_whole_ms, "1.00x");
+    std::printf("%-34s %10.1f %9.3fx\n", "Baton, the whole (stage copy)", baton_whole_ms,
+                lean_whole_ms > 0 ? baton_whole_ms / lean_whole_ms : 0.0);
+    std::printf("%-34s %10.2f %9.3fx   (p90 %.2f ms; %lu of %lu sent as deltas, %lu whole; %lu frames resent)\n",
+                "Baton, copy-on-write delta", d50, lean_whole_ms > 0 ? d50 / lean_whole_ms : 0.0, d90,
+                static_cast<unsigned long>(went_as_delta), static_cast<unsigned long>(delta_ms.v.size()),
+                static_cast<unsigned long>(went_whole), static_cast<unsigned long>(resent));
+    std::printf("  per delta: %.0f pages settled, %.0f chunks checksummed\n",
+                static_cast<double>(settled_pages) / delta_ms.v.size(), static_cast<double>(chunks_copied) / delta_ms.v.size());
+    for (double v : delta_ms.v) std::printf(" %.1f", v);
+    std::printf(" ms\n");
+    std::printf("%-34s %10s %9.3fx\n", "  delta / Baton's whole", "", d50 / baton_whole_ms);
+    const double wm = written_memcpy_ms.median();
+    print_json("latency_p50", "memcpy_written_pages", wm, "ms");
+    std::printf("%-34s %10.2f %9.3fx   (the delta is %.1fx it)\n", "memcpy of the written pages", wm,
+                lean_whole_ms > 0 ? wm / lean_whole_ms : 0.0, d50 / wm);
+    std::printf("%-34s %10.2f ms%s\n", "  of which the commit call", delta_call_ms.median(),
+                protect_ahead ? " (pages protected ahead)" : " (it protects the written pages; --protect-ahead)");
+    print_json("latency_p50", "baton_delta_commit_call", delta_call_ms.median(), "ms");
+    const double pc = delta_primary_cpu_ms.median(), rc = delta_replica_cpu_ms.median();
+    print_json("cpu_p50", "baton_delta_primary_worker", pc, "ms");
+    print_json("cpu_p50", "baton_delta_replica_worker", rc, "ms");
+    std::printf("%-34s %10.2f %9.3fx\n", "  the owner's worker, CPU", pc, lean_whole_ms > 0 ? pc / lean_whole_ms : 0.0);
+    std::printf("%-34s %10.2f %9.3fx\n", "  the replica's worker, CPU", rc, lean_whole_ms > 0 ? rc / lean_whole_ms : 0.0);
   }
   if (!lean_zc.p50.v.empty()) {
     // The same program with its receiver a zero-copy client, as Baton's

@@ -70,6 +70,7 @@ using baton::now_ns;
 
 using baton::bench::median;
 using baton::bench::pct;
+using baton::bench::thread_cpu_ns;
 
 uint32_t g_chunk_bytes = 0;  ///< --chunk-kib (0: the engine's default)
 uint32_t g_window = 0;       ///< --window: chunks in flight per transfer (0: the engine's default)
@@ -143,25 +144,6 @@ std::vector<uint64_t> pick_pages(uint64_t size, double dirty, std::mt19937_64& r
   const uint64_t first = rng() % (pages - n + 1);
   for (uint64_t i = 0; i < n; ++i) v.push_back((g_contiguous ? first + i : rng() % pages) * 4096);
   return v;
-}
-
-/// CPU time (ns) so far of this process's threads named `comm`, by thread
-/// id (ascending: threads started earlier first). Thread: any.
-std::vector<uint64_t> thread_cpu_ns(std::string_view comm) {
-  std::vector<std::pair<long, uint64_t>> found;
-  std::error_code ec;
-  for (const auto& e : std::filesystem::directory_iterator("/proc/self/task", ec)) {
-    std::ifstream c(e.path() / "comm");
-    std::string name;
-    if (!std::getline(c, name) || name != comm) continue;
-    std::ifstream s(e.path() / "schedstat");
-    uint64_t ns = 0;
-    if (s >> ns) found.emplace_back(std::stol(e.path().filename().string()), ns);
-  }
-  std::sort(found.begin(), found.end());
-  std::vector<uint64_t> out;
-  for (const auto& [tid, ns] : found) out.push_back(ns);
-  return out;
 }
 
 struct EngineRun {
