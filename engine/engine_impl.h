@@ -265,11 +265,14 @@ struct Engine::Impl {
     o.pages = app_pages();
     return o;
   }
-  /// Replica stores with copying to do between generations (a hot copy
-  /// behind the latest, the next delta's shadow, a completed delta's base:
-  /// ReplicaStore::behind): the worker copies a slice of each per poll.
-  /// Poll-token holder.
+  /// Replica stores with copying to do (a hot copy behind the latest, the
+  /// next delta's shadow, a delta's base: ReplicaStore::behind): the
+  /// worker copies a slice of each per poll. Poll-token holder.
   std::vector<uint64_t> stores_behind;
+  /// What the frames of one poll may copy of their deltas' bases, all
+  /// together (ReplicaStore::accept): one copy_slice, refilled by each
+  /// poll. Poll-token holder.
+  uint64_t frames_copy_budget = 0;
   bool advance_stores() noexcept;
   /// Owned segments with a copy-on-write snapshot still being taken: the
   /// worker settles a slice of each per poll. Poll-token holder.

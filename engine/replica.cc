@@ -107,7 +107,6 @@ void Engine::Impl::on_data(Link& link, wire::Frame& f) noexcept {
       send_error(link, f, wire::ErrorCode::kNoRoom, 0);
       return;
     }
-    (*store)->set_copy_slice(config.copy_slice);
     it = stores.emplace(f.seg_id, std::move(*store)).first;
     fence_if_superseded(f.seg_id, f.epoch);  // another owner writes a segment this node owns
   }
@@ -130,8 +129,10 @@ void Engine::Impl::on_data(Link& link, wire::Frame& f) noexcept {
     fence_if_superseded(f.seg_id, f.epoch);
   }
   bool restart = false, need_full = false;
-  switch (st.accept(f)) {
-    case ReplicaStore::Accept::kStored: break;
+  switch (st.accept(f, frames_copy_budget)) {
+    case ReplicaStore::Accept::kStored:
+      if (st.preparing()) list_if_behind(st);  // the poll copies the rest of the delta's base
+      break;
     case ReplicaStore::Accept::kStale: break;
     case ReplicaStore::Accept::kDuplicate: bump(counters.duplicates); break;
     case ReplicaStore::Accept::kNeedFull: need_full = true; break;

@@ -152,7 +152,6 @@ bool Engine::Impl::install_allocated() noexcept {
       allocator->free(std::move(*d.store));
       continue;
     }
-    (*d.store)->set_copy_slice(config.copy_slice);
     stores.emplace(d.origin.id, std::move(*d.store));
     fence_if_superseded(d.origin.id, d.origin.epoch);  // another owner writes a segment this node owns
   }
@@ -162,6 +161,7 @@ bool Engine::Impl::install_allocated() noexcept {
 bool Engine::Impl::poll_once(uint64_t now) noexcept {
   assert_token_holder();
   note_poll_gap(now);
+  frames_copy_budget = config.copy_slice;
   bool busy = apply_control();
   busy |= drain_commands();
   busy |= install_allocated();

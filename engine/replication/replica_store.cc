@@ -124,7 +124,7 @@ bool ReplicaStore::same_as_latest(wire::Frame& f) noexcept {
   return wire::verify_payload(f) && c < held->chunk_crcs.size() && f.payload_crc == held->chunk_crcs[c];
 }
 
-ReplicaStore::Accept ReplicaStore::accept(wire::Frame& f) noexcept {
+ReplicaStore::Accept ReplicaStore::accept(wire::Frame& f, uint64_t& budget) noexcept {
   if (f.generation <= last_published_) return Accept::kStale;
   const bool delta = (f.flags & wire::kFlagDelta) != 0;
   if (!delta && (f.flags & wire::kFlagGenCrc) != 0 && same_as_latest(f)) {
@@ -168,9 +168,14 @@ ReplicaStore::Accept ReplicaStore::accept(wire::Frame& f) noexcept {
       prepared_ = size_;
     }
   }
-  // A delta's shadow still becoming a copy of its base: a slice per frame,
-  // and the frame is kept (its chunk is not copied over later).
-  if (prepared_ < size_) prepare(slice_);
+  // A delta's shadow still becoming a copy of its base: a slice per frame
+  // while the poll's budget lasts, and the frame is kept (its chunk is not
+  // copied over later).
+  if (prepared_ < size_ && budget > 0) {
+    const uint64_t before = prepared_;
+    prepare(budget);
+    budget -= std::min(budget, prepared_ - before);
+  }
   switch (assembler_.accept(f)) {
     case ChunkAssembler::Outcome::kStored:
       if (delta) {
@@ -205,11 +210,11 @@ ReplicaStore::Accept ReplicaStore::accept(wire::Frame& f) noexcept {
 }
 
 bool ReplicaStore::finish_delta(uint64_t budget) noexcept {
+  if (preparing()) prepare(std::max<uint64_t>(budget, 1));
   if (!completing()) {
     completing_ = 0;
     return false;
   }
-  prepare(std::max<uint64_t>(budget, 1));
   if (prepared_ < size_) return false;
   completing_ = 0;
   publish();

@@ -82,13 +82,21 @@ class ReplicaStore {
   /// whole. When the shadow must become a copy of the base first (the
   /// chain of deltas back to what it holds is broken, as after a whole
   /// generation), each frame copies a slice of the base besides keeping its
-  /// own chunk. (Frames used to be dropped until the copy was done: each
-  /// resent after a backed-off timeout, a 64 MiB delta took a second.)
-  /// kCompleting: that was the delta's last chunk, but more of the base is
-  /// left to copy than a slice; advance_background() copies it a slice per
-  /// call and publishes. (The last frame used to copy all of it at once:
-  /// 30-100 ms of one poll for a 128 MiB base, and live peers were
-  /// suspected meanwhile.)
+  /// own chunk, drawn from `budget`: the worker gives each poll one slice
+  /// (EngineConfig::copy_slice) for all the frames it receives, and lists
+  /// the store as behind while there is copying left (preparing()).
+  /// (Frames used to be dropped until the copy was done: each resent after
+  /// a backed-off timeout, a 64 MiB delta took a second. Then each frame
+  /// copied a slice of its own: a burst of 32 frames copied 128 MiB in one
+  /// poll, 130-260 ms on a VM whose pages not touched for a while cost
+  /// microseconds each, and live peers were suspected meanwhile.)
+  /// kCompleting: that was the delta's last chunk, but some of the base is
+  /// left to copy; advance_background() copies it a slice per call and
+  /// publishes. (The last frame used to copy all of it at once: 30-100 ms
+  /// of one poll for a 128 MiB base.)
+  Accept accept(wire::Frame& f, uint64_t& budget) noexcept;
+  /// The same with a slice of its own for this frame (copy_slice()): for
+  /// callers that pace nothing.
   ///
   /// kRestamped: a new owner (after adopt_epoch) sends, whole, the very
   /// generation this store published last under the old epoch (a
@@ -97,12 +105,20 @@ class ReplicaStore {
   /// checksum match: the published slot is relabelled with the new epoch
   /// and owner's set instead of received again, and the generation is
   /// acked whole. The rest of the sender's window arrives as kStale.
-  Accept accept(wire::Frame& f) noexcept;
-  /// Bytes of the base a delta's shadow copies per frame, when it must copy
-  /// all of it (the worker's poll stays short; a 64 MiB base takes 16
-  /// frames), unless set_copy_slice() says otherwise (EngineConfig::copy_slice).
+  Accept accept(wire::Frame& f) noexcept {
+    uint64_t budget = slice_;
+    return accept(f, budget);
+  }
+  /// Bytes of the base a delta's shadow copies per frame by accept(f),
+  /// when it must copy all of it, unless set_copy_slice() says otherwise
+  /// (EngineConfig::copy_slice; the worker passes a budget per poll).
   static constexpr uint64_t kPrepareSlice = 4 << 20;
   void set_copy_slice(uint64_t bytes) noexcept { slice_ = std::max<uint64_t>(bytes, 1); }
+  /// A delta's shadow is still becoming a copy of its base (kCompleting
+  /// included): advance_background() has copying to do.
+  bool preparing() const noexcept {
+    return shadow_ >= 0 && assembler_.active() && assembler_.is_delta() && prepared_ < size_;
+  }
   static constexpr size_t kDeltaReserve = 256;
 
   /// Ack for the generation in progress or the one just published.
@@ -161,15 +177,17 @@ class ReplicaStore {
   // from there to any later base carries every chunk it touched, so the
   // delta copies them again. Thread: worker.
 
-  /// Whether there is copying to do between generations: a completed
-  /// delta's base (kCompleting), the hot copy's or the next shadow's.
-  bool behind() const noexcept { return hot_behind() || ahead_ >= 0 || completing(); }
-  /// Copies up to `budget` bytes of each: a completed delta's base first
-  /// (kCompleting), publishing it once whole (`*published` set: the caller
-  /// acks it as for kPublished). Returns false while there is more to copy.
+  /// Whether there is copying to do: a delta's base into its shadow
+  /// (preparing(), kCompleting included), the hot copy's or the next
+  /// shadow's.
+  bool behind() const noexcept { return hot_behind() || ahead_ >= 0 || preparing(); }
+  /// Copies up to `budget` bytes of each: a delta's base first, publishing
+  /// the delta once its base is whole and all its chunks are in
+  /// (kCompleting; `*published` set: the caller acks it as for
+  /// kPublished). Returns false while there is more to copy.
   bool advance_background(uint64_t budget, bool* published) noexcept {
     *published = finish_delta(budget);
-    if (completing()) return false;
+    if (preparing()) return false;
     const bool hot_done = advance_hot(budget);
     return advance_shadow(budget) && hot_done;
   }
@@ -290,8 +308,8 @@ class ReplicaStore {
   bool completing() const noexcept {
     return completing_ != 0 && assembler_.complete() && assembler_.generation() == completing_ && shadow_ >= 0;
   }
-  /// Copies up to `budget` bytes more of a completing delta's base; publishes
-  /// it once whole (returns true then).
+  /// Copies up to `budget` bytes more of a delta's base into its shadow;
+  /// publishes a completing delta once its base is whole (returns true then).
   bool finish_delta(uint64_t budget) noexcept;
   std::vector<uint32_t> shadow_delta_;  ///< the chunks of the delta being built
   std::vector<uint32_t> hops_;          ///< scratch: the chunks a shadow copies from the base

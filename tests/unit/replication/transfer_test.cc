@@ -631,6 +631,41 @@ TEST(Delta, AShadowPreparedFromTheWholeBaseKeepsEveryFrame) {
   EXPECT_TRUE(std::equal(g4.data.begin(), g4.data.end(), store->latest()->mem.data()));
 }
 
+// The frames of one poll share one slice for copying their delta's base
+// (the worker's budget): a burst of 40 frames copies at most that much
+// between them, where each used to copy a slice of its own (32 frames, 128
+// MiB in one poll, 130-260 ms on this VM: live peers suspected). The rest
+// is copied a slice per poll, and the delta is exact.
+TEST(Delta, TheFramesOfOnePollCopyOneSliceOfTheBaseBetweenThem) {
+  constexpr uint32_t kCs = 64 << 10, kChunks = 144;  // 9 MiB
+  constexpr uint64_t kBudget = 1 << 20;              // 16 chunks a poll
+  Source g1(uint64_t{kChunks} * kCs, kCs, 6);
+  auto store = std::move(*ReplicaStore::create(g1.frame(1, 0), 0, -1));
+  for (uint32_t i = 0; i < kChunks; ++i) store->accept(*std::make_unique<wire::Frame>(g1.frame(1, i)));
+  ASSERT_EQ(store->latest()->generation, 1u);
+  std::vector<uint32_t> chunks;
+  for (uint32_t c = 3; c < kChunks; c += 3) chunks.push_back(c);  // 47 chunks, spread over the base
+  const Source g2 = g1.with(chunks, 0x2A);
+  const auto n = static_cast<uint32_t>(chunks.size());
+  uint64_t budget = kBudget;  // one poll's
+  for (uint32_t pos = 0; pos < n; ++pos) {
+    wire::Frame f = delta_frame(g2, 2, 1, pos, chunks[pos], n);
+    EXPECT_EQ(store->accept(f, budget), pos + 1 < n ? ReplicaStore::Accept::kStored : ReplicaStore::Accept::kCompleting)
+        << pos;
+  }
+  EXPECT_EQ(budget, 0u) << "the burst used the poll's slice";
+  EXPECT_TRUE(store->preparing()) << "and no more of the base: 8 of 9 MiB are left";
+  int polls = 0;
+  bool published = false;
+  while (!published) {
+    ASSERT_LT(++polls, 100);
+    store->advance_background(kBudget, &published);
+  }
+  EXPECT_GE(polls, 7) << "a slice per poll";
+  ASSERT_EQ(store->latest()->generation, 2u);
+  EXPECT_TRUE(std::equal(g2.data.begin(), g2.data.end(), store->latest()->mem.data()));
+}
+
 // A delta complete before its base is copied (copy_slice of one chunk, as
 // the simulator runs two nodes in three) is not published, nor acked as
 // published, until the copy is done a slice per poll; a frame sent again
