@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
 """Do large segments, made and deleted, silence a chassis's links?
 
-    python3 bench/failover/alloc_silence.py [--build build] [--mib 512] [--rounds 6]
+    python3 bench/failover/alloc_silence.py [--build build] [--mib 512] [--rounds 6] [--batches 1]
 
 A 3-blade memif chassis (replication factor 2: every blade allocates). A
-client on blade 1 (baton-kv) makes a segment of --mib MiB, commits it once
-and ends; batonctl deletes it; --rounds times, 0.6 s apart. Meanwhile the
+client on blade 1 (baton-kv) makes a segment of --mib MiB, commits it
+--batches times (the first whole, the others deltas: a few slots each) and
+ends; batonctl deletes it; --rounds times, 0.6 s apart. Meanwhile the
 links of blades 1 and 2 are polled (`batonctl status --json`, every few
 ms): the longest silence each saw from each peer. Printed with the "node N
 down" events blade 2 logged (a silence past the failure detector's
@@ -26,6 +27,7 @@ def main():
     p.add_argument("--build", default="build")
     p.add_argument("--mib", type=int, default=512)
     p.add_argument("--rounds", type=int, default=6)
+    p.add_argument("--batches", type=int, default=1)
     a = p.parse_args()
     build = os.path.abspath(a.build)
     ctl, kv = f"{build}/tools/batonctl", f"{build}/tools/baton-kv"
@@ -55,14 +57,14 @@ def main():
         t0 = time.time()
         for r in range(a.rounds):
             subprocess.run([kv, "--socket", f"{d}/blade1.sock", "--name", f"big{r}", "--size-kib", str(a.mib * 1024),
-                            "--batches", "1", "--every-ms", "1"], capture_output=True, timeout=300)
+                            "--batches", str(a.batches), "--every-ms", "1"], capture_output=True, timeout=300)
             subprocess.run([ctl, "delete", "--socket", f"{d}/blade1.sock", f"big{r}"], capture_output=True, timeout=60)
             time.sleep(0.6)
         stop.set()
         t.join()
         events = subprocess.run([ctl, "events", "--socket", f"{d}/blade2.sock"], capture_output=True, text=True).stdout
         down = [e for e in events.splitlines() if " down (silent for " in e]
-        print(f"idle: longest silence {idle} ms; {a.rounds} x {a.mib} MiB made and deleted in {time.time() - t0:.1f} s: "
+        print(f"idle: longest silence {idle} ms; {a.rounds} x {a.mib} MiB made ({a.batches} commits) and deleted in {time.time() - t0:.1f} s: "
               f"longest silence (blade<-peer, ms) {dict(sorted(worst.items()))}; 'node down' events on blade 2: {len(down)}")
         for e in down:
             print("  ", e)
