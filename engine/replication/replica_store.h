@@ -177,17 +177,18 @@ class ReplicaStore {
   // from there to any later base carries every chunk it touched, so the
   // delta copies them again. Thread: worker.
 
-  /// Whether there is copying to do: a delta's base into its shadow
-  /// (preparing(), kCompleting included), the hot copy's or the next
-  /// shadow's.
-  bool behind() const noexcept { return hot_behind() || ahead_ >= 0 || preparing(); }
+  /// Whether there is work for advance_background(): a delta's base to
+  /// copy into its shadow (preparing()), a completed delta to publish
+  /// (kCompleting; a frame sent again may have finished its copy), the
+  /// hot copy's or the next shadow's.
+  bool behind() const noexcept { return hot_behind() || ahead_ >= 0 || preparing() || completing(); }
   /// Copies up to `budget` bytes of each: a delta's base first, publishing
   /// the delta once its base is whole and all its chunks are in
   /// (kCompleting; `*published` set: the caller acks it as for
   /// kPublished). Returns false while there is more to copy.
   bool advance_background(uint64_t budget, bool* published) noexcept {
     *published = finish_delta(budget);
-    if (preparing()) return false;
+    if (preparing() || completing()) return false;
     const bool hot_done = advance_hot(budget);
     return advance_shadow(budget) && hot_done;
   }
