@@ -94,9 +94,6 @@ class ReplicaStore {
   /// left to copy; advance_background() copies it a slice per call and
   /// publishes. (The last frame used to copy all of it at once: 30-100 ms
   /// of one poll for a 128 MiB base.)
-  Accept accept(wire::Frame& f, uint64_t& budget) noexcept;
-  /// The same with a slice of its own for this frame (copy_slice()): for
-  /// callers that pace nothing.
   ///
   /// kRestamped: a new owner (after adopt_epoch) sends, whole, the very
   /// generation this store published last under the old epoch (a
@@ -105,13 +102,16 @@ class ReplicaStore {
   /// checksum match: the published slot is relabelled with the new epoch
   /// and owner's set instead of received again, and the generation is
   /// acked whole. The rest of the sender's window arrives as kStale.
+  Accept accept(wire::Frame& f, uint64_t& budget) noexcept;
+  /// The same with a slice of its own for this frame (set_copy_slice()):
+  /// for callers that pace nothing (tests).
   Accept accept(wire::Frame& f) noexcept {
     uint64_t budget = slice_;
     return accept(f, budget);
   }
-  /// Bytes of the base a delta's shadow copies per frame by accept(f),
-  /// when it must copy all of it, unless set_copy_slice() says otherwise
-  /// (EngineConfig::copy_slice; the worker passes a budget per poll).
+  /// Bytes of the base a delta's shadow copies per frame by accept(f)
+  /// (tests; the engine passes its budget per poll), when it must copy all
+  /// of it, unless set_copy_slice() says otherwise.
   static constexpr uint64_t kPrepareSlice = 4 << 20;
   void set_copy_slice(uint64_t bytes) noexcept { slice_ = std::max<uint64_t>(bytes, 1); }
   /// A delta's shadow is still becoming a copy of its base (kCompleting
@@ -188,9 +188,10 @@ class ReplicaStore {
   /// kPublished). Returns false while there is more to copy.
   bool advance_background(uint64_t budget, bool* published) noexcept {
     *published = finish_delta(budget);
-    if (preparing() || completing()) return false;
-    const bool hot_done = advance_hot(budget);
-    return advance_shadow(budget) && hot_done;
+    if (completing()) return false;
+    const bool hot_done = advance_hot(budget);  // the hot copy goes on while a delta's base is copied
+    const bool shadow_done = advance_shadow(budget);
+    return hot_done && shadow_done && !preparing();
   }
   /// Hands the hot copy over if the latest published generation is
   /// `generation` of owner epoch `epoch`, bringing it current first (the

@@ -632,7 +632,7 @@ TEST(Delta, AShadowPreparedFromTheWholeBaseKeepsEveryFrame) {
 }
 
 // The frames of one poll share one slice for copying their delta's base
-// (the worker's budget): a burst of 40 frames copies at most that much
+// (the worker's budget): a burst of 47 frames copies at most that much
 // between them, where each used to copy a slice of its own (32 frames, 128
 // MiB in one poll, 130-260 ms on this VM: live peers suspected). The rest
 // is copied a slice per poll, and the delta is exact.
@@ -662,6 +662,48 @@ TEST(Delta, TheFramesOfOnePollCopyOneSliceOfTheBaseBetweenThem) {
     store->advance_background(kBudget, &published);
   }
   EXPECT_GE(polls, 7) << "a slice per poll";
+  ASSERT_EQ(store->latest()->generation, 2u);
+  EXPECT_TRUE(std::equal(g2.data.begin(), g2.data.end(), store->latest()->mem.data()));
+}
+
+// The poll copies a delta's base while its frames are still coming
+// (preparing()), not only once the last one is in: frames that arrive
+// behind the copy are laid over it, frames ahead of it are kept from it,
+// and the store stays behind until the delta is published.
+TEST(Delta, ThePollCopiesTheBaseWhileTheFramesAreStillComing) {
+  constexpr uint32_t kCs = 1024, kChunks = 64;
+  Source g1(uint64_t{kChunks} * kCs, kCs, 12);
+  auto store = std::move(*ReplicaStore::create(g1.frame(1, 0), 0, -1));
+  for (uint32_t i = 0; i < kChunks; ++i) store->accept(*std::make_unique<wire::Frame>(g1.frame(1, i)));
+  ASSERT_EQ(store->latest()->generation, 1u);
+  const std::vector<uint32_t> chunks = {50, 5, 60, 10, 33};  // in the order they arrive
+  const Source g2 = g1.with(chunks, 0x3C);
+  const auto n = static_cast<uint32_t>(chunks.size());
+  auto frame = [&](uint32_t pos) { return delta_frame(g2, 2, 1, pos, chunks[pos], n); };
+  uint64_t none = 0;  // a poll whose frames may copy nothing
+  wire::Frame f0 = frame(0);
+  EXPECT_EQ(store->accept(f0, none), ReplicaStore::Accept::kStored);
+  ASSERT_TRUE(store->preparing());
+  EXPECT_TRUE(store->behind());
+  bool published = false;
+  for (int poll = 0; poll < 20; ++poll) {  // chunks 0..19 copied: 5 and 10 are behind the copy now
+    EXPECT_FALSE(store->advance_background(kCs, &published)) << "still preparing";
+    EXPECT_FALSE(published);
+  }
+  for (uint32_t pos = 1; pos + 1 < n; ++pos) {
+    wire::Frame f = frame(pos);
+    EXPECT_EQ(store->accept(f, none), ReplicaStore::Accept::kStored) << pos;
+  }
+  EXPECT_FALSE(store->advance_background(kCs, &published));
+  wire::Frame last = frame(n - 1);
+  EXPECT_EQ(store->accept(last, none), ReplicaStore::Accept::kCompleting);
+  EXPECT_TRUE(store->behind());
+  int polls = 0;
+  while (!published) {
+    ASSERT_LT(++polls, 100);
+    store->advance_background(kCs, &published);
+  }
+  EXPECT_EQ(polls, 64 - 21) << "a chunk per poll, the rest of the base";
   ASSERT_EQ(store->latest()->generation, 2u);
   EXPECT_TRUE(std::equal(g2.data.begin(), g2.data.end(), store->latest()->mem.data()));
 }
