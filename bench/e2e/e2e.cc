@@ -454,12 +454,12 @@ int main(int argc, char** argv) {
     const double ms = (baton::now_ns() - t0) / 1e6;
     delta_call_ms.v.push_back((t1 - t0) / 1e6);
     delta_primary_cpu_ms.v.push_back((worker_cpu_ns(0) - cpu_a) / 1e6);
+    delta_replica_cpu_ms.v.push_back((worker_cpu_ns(peer_proc.pid()) - cpu_b) / 1e6);
     if (!written_src.empty()) {
       const uint64_t m0 = baton::now_ns();
       for (uint64_t off : delta_pages) std::memcpy(written_dst.data() + off, written_src.data() + off, 4096);
       written_memcpy_ms.v.push_back((baton::now_ns() - m0) / 1e6);
     }
-    delta_replica_cpu_ms.v.push_back((worker_cpu_ns(peer_proc.pid()) - cpu_b) / 1e6);
     const auto after = engine.stats();
     went_as_delta += after.deltas_sent - before.deltas_sent;
     went_whole += after.wholes_sent - before.wholes_sent;
@@ -661,6 +661,17 @@ int main(int argc, char** argv) {
     std::printf("%-34s %.2f%% of the lean program's round trips, %.2f%% of Baton's\n",
                 "  held up by a lost CPU (see above)", held_up_pct(l50), held_up_pct(bl50));
   }
+  if (!lean_zc.p50.v.empty()) {
+    // The same program with its receiver a zero-copy client, as Baton's
+    // replica is here: its receive copies nothing, and it does not read
+    // the 4 KiB it is sent either (a replica must keep them).
+    const double z50 = lean_zc.p50.median(), z99 = lean_zc.p99.median(), zt = lean_zc.tput.median();
+    print_json("latency_p50", "lean_memif_zero_copy_4k_ack", z50, "us");
+    print_json("latency_p99", "lean_memif_zero_copy_4k_ack", z99, "us");
+    print_json("throughput", "lean_memif_zero_copy", zt, "GB/s");
+    std::printf("%-34s %10.1f %10.1f %10.2f\n", "lean memif, zero-copy receiver", z50, z99, zt);
+    std::printf("%-34s %9.2fx %9.2fx %9.2fx\n", "ratio Baton / lean zero-copy", bl50 / z50, bl99 / z99, bt / zt);
+  }
   if (delta_seg != nullptr) {
     // The delta against moving the whole segment: at the lean program's
     // throughput (the baseline to quote; --mib's transfer, which runs at
@@ -673,45 +684,34 @@ int main(int argc, char** argv) {
     print_json("latency_p90", "baton_delta", d90, "ms");
     if (lean_whole_ms > 0) print_json("ratio", "baton_delta_over_lean_whole", d50 / lean_whole_ms, "x");
     print_json("ratio", "baton_delta_over_baton_whole", d50 / baton_whole_ms, "x");
-    const std::string label = std::to_string(delta_mib) + " MiB, " + std::to_string(delta_pages.size()) +
-                              " pages written (" + std::to_string(dirty).substr(0, 4) + "%)";
-    std::printf("\n%-34s %10s %10s\n", label.c_str(), "ms", "ratio");
-    if (lean_whole_ms > 0)
-      std::printf("%-34s %10.1f %10s\n", "lean memif, the whole segment", lean_whole_ms, "1.00x");
-    std::printf("%-34s %10.1f %9.3fx\n", "Baton, the whole (stage copy)", baton_whole_ms,
-                lean_whole_ms > 0 ? baton_whole_ms / lean_whole_ms : 0.0);
-    std::printf("%-34s %10.2f %9.3fx   (p90 %.2f ms; %lu of %lu sent as deltas, %lu whole; %lu frames resent)\n",
-                "Baton, copy-on-write delta", d50, lean_whole_ms > 0 ? d50 / lean_whole_ms : 0.0, d90,
-                static_cast<unsigned long>(went_as_delta), static_cast<unsigned long>(delta_ms.v.size()),
-                static_cast<unsigned long>(went_whole), static_cast<unsigned long>(resent));
-    std::printf("  per delta: %.0f pages settled, %.0f chunks checksummed\n",
-                static_cast<double>(settled_pages) / delta_ms.v.size(), static_cast<double>(chunks_copied) / delta_ms.v.size());
-    for (double v : delta_ms.v) std::printf(" %.1f", v);
-    std::printf(" ms\n");
-    std::printf("%-34s %10s %9.3fx\n", "  delta / Baton's whole", "", d50 / baton_whole_ms);
-    const double wm = written_memcpy_ms.median();
-    print_json("latency_p50", "memcpy_written_pages", wm, "ms");
-    std::printf("%-34s %10.2f %9.3fx   (the delta is %.1fx it)\n", "memcpy of the written pages", wm,
-                lean_whole_ms > 0 ? wm / lean_whole_ms : 0.0, d50 / wm);
-    std::printf("%-34s %10.2f ms%s\n", "  of which the commit call", delta_call_ms.median(),
-                protect_ahead ? " (pages protected ahead)" : " (it protects the written pages; --protect-ahead)");
-    print_json("latency_p50", "baton_delta_commit_call", delta_call_ms.median(), "ms");
+    const double wm = written_memcpy_ms.median(), call = delta_call_ms.median();
     const double pc = delta_primary_cpu_ms.median(), rc = delta_replica_cpu_ms.median();
+    print_json("latency_p50", "memcpy_written_pages", wm, "ms");
+    print_json("latency_p50", "baton_delta_commit_call", call, "ms");
     print_json("cpu_p50", "baton_delta_primary_worker", pc, "ms");
     print_json("cpu_p50", "baton_delta_replica_worker", rc, "ms");
-    std::printf("%-34s %10.2f %9.3fx\n", "  the owner's worker, CPU", pc, lean_whole_ms > 0 ? pc / lean_whole_ms : 0.0);
-    std::printf("%-34s %10.2f %9.3fx\n", "  the replica's worker, CPU", rc, lean_whole_ms > 0 ? rc / lean_whole_ms : 0.0);
-  }
-  if (!lean_zc.p50.v.empty()) {
-    // The same program with its receiver a zero-copy client, as Baton's
-    // replica is here: its receive copies nothing, and it does not read
-    // the 4 KiB it is sent either (a replica must keep them).
-    const double z50 = lean_zc.p50.median(), z99 = lean_zc.p99.median(), zt = lean_zc.tput.median();
-    print_json("latency_p50", "lean_memif_zero_copy_4k_ack", z50, "us");
-    print_json("latency_p99", "lean_memif_zero_copy_4k_ack", z99, "us");
-    print_json("throughput", "lean_memif_zero_copy", zt, "GB/s");
-    std::printf("%-34s %10.1f %10.1f %10.2f\n", "lean memif, zero-copy receiver", z50, z99, zt);
-    std::printf("%-34s %9.2fx %9.2fx %9.2fx\n", "ratio Baton / lean zero-copy", bl50 / z50, bl99 / z99, bt / zt);
+    auto of_lean = [&](double ms) { return lean_whole_ms > 0 ? ms / lean_whole_ms : 0.0; };
+    const std::string label = std::to_string(delta_mib) + " MiB, " + std::to_string(delta_pages.size()) +
+                              " pages written (" + std::to_string(dirty).substr(0, 4) + "%)";
+    std::printf("\n%-34s %10s %10s\n", label.c_str(), "ms", "of lean");
+    if (lean_whole_ms > 0) std::printf("%-34s %10.1f %9.3fx\n", "lean memif, the whole segment", lean_whole_ms, 1.0);
+    std::printf("%-34s %10.1f %9.3fx   (--mib's rate)\n", "Baton, the whole (stage copy)", baton_whole_ms,
+                of_lean(baton_whole_ms));
+    std::printf("%-34s %10.2f %9.3fx\n", "memcpy of the written pages", wm, of_lean(wm));
+    std::printf("%-34s %10.2f %9.3fx   (p90 %.2f ms; %.1fx the memcpy)\n", "Baton, copy-on-write delta", d50,
+                of_lean(d50), d90, d50 / wm);
+    std::printf("%-34s %10.2f %9.3fx   %s\n", "  of which the commit call", call, of_lean(call),
+                protect_ahead ? "(pages protected ahead)" : "(it protects the written pages; --protect-ahead)");
+    std::printf("%-34s %10.2f %9.3fx\n", "  the owner's worker, CPU", pc, of_lean(pc));
+    std::printf("%-34s %10.2f %9.3fx\n", "  the replica's worker, CPU", rc, of_lean(rc));
+    std::printf("  %lu of %lu sent as deltas, %lu whole; %lu frames resent; per delta %.0f pages settled, "
+                "%.0f chunks checksummed\n  each (ms):",
+                static_cast<unsigned long>(went_as_delta), static_cast<unsigned long>(delta_ms.v.size()),
+                static_cast<unsigned long>(went_whole), static_cast<unsigned long>(resent),
+                static_cast<double>(settled_pages) / delta_ms.v.size(),
+                static_cast<double>(chunks_copied) / delta_ms.v.size());
+    for (double v : delta_ms.v) std::printf(" %.1f", v);
+    std::printf("\n");
   }
   std::printf("\n(%d rounds x %d latency samples; %lu MiB)\n", rounds, iters, (unsigned long)mib);
   return 0;
