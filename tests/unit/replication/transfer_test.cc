@@ -386,6 +386,19 @@ wire::Frame from_new_owner(wire::Frame f) {
   return f;
 }
 
+/// Runs the worker's poll between generations (advance_background with
+/// `budget`) until the store publishes the delta it is building: the
+/// number of polls it took, or 100 if it never did.
+int polls_to_publish(ReplicaStore& store, uint64_t budget) {
+  bool published = false;
+  int polls = 0;
+  while (!published && polls < 100) {
+    ++polls;
+    store.advance_background(budget, &published);
+  }
+  return published ? polls : 100;
+}
+
 // A takeover re-replicates the newest generation under the new owner's
 // epoch. A replica that holds it already relabels it on the first frame
 // (number, generation checksum and that chunk's bytes agree) instead of
@@ -655,12 +668,8 @@ TEST(Delta, TheFramesOfOnePollCopyOneSliceOfTheBaseBetweenThem) {
   }
   EXPECT_EQ(budget, 0u) << "the burst used the poll's slice";
   EXPECT_TRUE(store->preparing()) << "and no more of the base: 8 of 9 MiB are left";
-  int polls = 0;
-  bool published = false;
-  while (!published) {
-    ASSERT_LT(++polls, 100);
-    store->advance_background(kBudget, &published);
-  }
+  const int polls = polls_to_publish(*store, kBudget);
+  ASSERT_LT(polls, 100) << "never published";
   EXPECT_GE(polls, 7) << "a slice per poll";
   ASSERT_EQ(store->latest()->generation, 2u);
   EXPECT_TRUE(std::equal(g2.data.begin(), g2.data.end(), store->latest()->mem.data()));
@@ -698,12 +707,7 @@ TEST(Delta, ThePollCopiesTheBaseWhileTheFramesAreStillComing) {
   wire::Frame last = frame(n - 1);
   EXPECT_EQ(store->accept(last, none), ReplicaStore::Accept::kCompleting);
   EXPECT_TRUE(store->behind());
-  int polls = 0;
-  while (!published) {
-    ASSERT_LT(++polls, 100);
-    store->advance_background(kCs, &published);
-  }
-  EXPECT_EQ(polls, 64 - 21) << "a chunk per poll, the rest of the base";
+  EXPECT_EQ(polls_to_publish(*store, kCs), 64 - 21) << "a chunk per poll, the rest of the base";
   ASSERT_EQ(store->latest()->generation, 2u);
   EXPECT_TRUE(std::equal(g2.data.begin(), g2.data.end(), store->latest()->mem.data()));
 }
@@ -735,12 +739,8 @@ TEST(Delta, ADeltaCompleteBeforeItsBaseIsCopiedIsPublishedByThePoll) {
   EXPECT_EQ(ack.chunk_index, 2u) << "both positions in";
   wire::Frame again = delta_frame(g2, 2, 1, 1, 3, 2);
   EXPECT_EQ(store->accept(again), ReplicaStore::Accept::kDuplicate);
-  bool published = false;
-  int polls = 0;
-  while (!published) {
-    ASSERT_LT(++polls, 100);
-    store->advance_background(kCs, &published);
-  }
+  const int polls = polls_to_publish(*store, kCs);
+  ASSERT_LT(polls, 100) << "never published";
   EXPECT_GE(polls, 20) << "a chunk per poll (and one per frame)";
   ASSERT_EQ(store->latest()->generation, 2u);
   EXPECT_TRUE(std::equal(g2.data.begin(), g2.data.end(), store->latest()->mem.data()));
@@ -749,6 +749,7 @@ TEST(Delta, ADeltaCompleteBeforeItsBaseIsCopiedIsPublishedByThePoll) {
   store->fill_ack(ack);
   EXPECT_EQ(ack.generation, 2u);
   EXPECT_NE(ack.flags & wire::kFlagComplete, 0);
+  bool published = false;
   while (!store->advance_background(kCs, &published)) EXPECT_FALSE(published);
 
   // Generation 3 (a whole one: the shadow chain is broken) then a delta of
@@ -766,12 +767,7 @@ TEST(Delta, ADeltaCompleteBeforeItsBaseIsCopiedIsPublishedByThePoll) {
   wire::Frame d5a = delta_frame(g5, 5, 3, 0, 9, 2), d5b = delta_frame(g5, 5, 3, 1, 10, 2);
   EXPECT_EQ(store->accept(d5a), ReplicaStore::Accept::kStored);
   EXPECT_EQ(store->accept(d5b), ReplicaStore::Accept::kCompleting);
-  polls = 0;
-  published = false;
-  while (!published) {
-    ASSERT_LT(++polls, 100);
-    store->advance_background(kCs, &published);
-  }
+  ASSERT_LT(polls_to_publish(*store, kCs), 100) << "never published";
   ASSERT_EQ(store->latest()->generation, 5u) << "4 was never published";
   EXPECT_TRUE(std::equal(g5.data.begin(), g5.data.end(), store->latest()->mem.data()))
       << "no chunk of 4 leaked into 5";
