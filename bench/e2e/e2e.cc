@@ -441,7 +441,6 @@ int main(int argc, char** argv) {
   };
   uint64_t settled_pages = 0, chunks_copied = 0;
   auto delta_once = [&](uint8_t stamp) -> std::optional<double> {
-    const auto at_start = engine.stats();
     pick_pages();
     auto mem = engine.data(delta_seg);
     for (uint64_t off : delta_pages) mem[off + 8] = std::byte{stamp};
@@ -464,8 +463,8 @@ int main(int argc, char** argv) {
     went_as_delta += after.deltas_sent - before.deltas_sent;
     went_whole += after.wholes_sent - before.wholes_sent;
     resent += after.retransmits - before.retransmits;
-    settled_pages += after.cow_pages_settled - at_start.cow_pages_settled;
-    chunks_copied += after.snapshot_chunks_copied - at_start.snapshot_chunks_copied;
+    settled_pages += after.cow_pages_settled - before.cow_pages_settled;  // the previous one was settled before it was held
+    chunks_copied += after.snapshot_chunks_copied - before.snapshot_chunks_copied;
     return ms;
   };
   if (dirty > 0) {

@@ -171,11 +171,7 @@ ReplicaStore::Accept ReplicaStore::accept(wire::Frame& f, uint64_t& budget) noex
   // A delta's shadow still becoming a copy of its base: a slice per frame
   // while the poll's budget lasts, and the frame is kept (its chunk is not
   // copied over later).
-  if (prepared_ < size_ && budget > 0) {
-    const uint64_t before = prepared_;
-    prepare(budget);
-    budget -= std::min(budget, prepared_ - before);
-  }
+  if (prepared_ < size_ && budget > 0) budget -= std::min(budget, prepare(budget));
   switch (assembler_.accept(f)) {
     case ChunkAssembler::Outcome::kStored:
       if (delta) {
@@ -221,7 +217,7 @@ bool ReplicaStore::finish_delta(uint64_t budget) noexcept {
   return true;
 }
 
-void ReplicaStore::prepare(uint64_t budget) noexcept {
+uint64_t ReplicaStore::prepare(uint64_t budget) noexcept {
   // Whole chunks from the base, but those the delta already brought.
   const uint32_t cs = assembler_.chunk_size();
   std::byte* const to = slots_[shadow_].mem.data();
@@ -234,6 +230,7 @@ void ReplicaStore::prepare(uint64_t budget) noexcept {
     prepared_ += len;
     done += len;
   }
+  return done;
 }
 
 void ReplicaStore::publish() noexcept {

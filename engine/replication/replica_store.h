@@ -301,8 +301,10 @@ class ReplicaStore {
   int prepare_from_ = -1;
   uint64_t slice_ = kPrepareSlice;  ///< bytes of the base accept() copies per frame
   ChunkBitmap received_;  ///< while preparing: the chunks the delta brought (not copied from the base)
-  /// Copies up to `budget` bytes more of the base into the shadow.
-  void prepare(uint64_t budget) noexcept;
+  /// Copies up to `budget` bytes more of the base into the shadow (whole
+  /// chunks: it may pass the budget by less than one); returns the bytes
+  /// it moved past, copied or kept from the delta.
+  uint64_t prepare(uint64_t budget) noexcept;
   /// A delta whose every chunk is in (kCompleting) waits for the rest of its
   /// base: the generation it is (0: none). Anything that stops or restarts
   /// the assembly, or begins another generation, ends the wait.
