@@ -266,26 +266,32 @@ struct Engine::Impl {
     return o;
   }
   /// Replica stores with copying to do (a hot copy behind the latest, the
-  /// next delta's shadow, a delta's base: ReplicaStore::behind): the
-  /// worker copies a slice of each per poll. Poll-token holder.
+  /// next delta's shadow, a delta's base: ReplicaStore::behind): each poll
+  /// copies one copy_slice of theirs in all, in turns (take_turns), and
+  /// lists those that published a delta meanwhile in published_scratch.
+  /// Poll-token holder.
   std::vector<uint64_t> stores_behind;
+  std::vector<ReplicaStore*> published_scratch;
   /// What the frames of one poll may copy of their deltas' bases, all
   /// together (ReplicaStore::accept): one copy_slice, refilled by each
   /// poll. Poll-token holder.
   uint64_t frames_copy_budget = 0;
   bool advance_stores() noexcept;
-  /// Owned segments with a copy-on-write snapshot still being taken: the
-  /// worker settles a slice of each per poll. Poll-token holder.
+  /// Owned segments with a copy-on-write snapshot still being taken: each
+  /// poll settles a slice of each in turn, one copy_slice in all.
+  /// Poll-token holder.
   std::vector<uint64_t> cow_behind;
   bool advance_cow_snapshots() noexcept;
   /// Owned segments whose free stage may be brought up to the current one
-  /// before the next commit (catch_up_stage). Poll-token holder.
+  /// before the next commit (catch_up_stage): as cow_behind. Poll-token
+  /// holder.
   std::vector<uint64_t> stages_behind;
   bool catch_up_stages() noexcept;
-  /// Copies into `seg`'s free stage, up to `budget` bytes, the stale pages
-  /// the current (complete) stage holds newer; returns true when there is
-  /// nothing more to do for this generation.
-  bool catch_up_stage(Segment& seg, uint64_t budget, bool& copied) noexcept;
+  /// Copies into `seg`'s free stage, up to `budget` bytes (at least a
+  /// chunk, taken from it), the stale pages the current (complete) stage
+  /// holds newer; returns true when there is nothing more to do for this
+  /// generation.
+  bool catch_up_stage(Segment& seg, uint64_t& budget, bool& copied) noexcept;
   /// By segment id, in order: a node that started is handed them in
   /// batches from an id on (answer_records). At most kMaxRecords: a bound
   /// on what peers can make this node keep.
@@ -534,8 +540,9 @@ struct Engine::Impl {
   /// generation, for replicas that hold it. Committer, token held.
   void prepare_stage(Segment& seg, Stage& stage, uint64_t generation);
   /// Settles up to `budget` bytes of chunks of `stage`'s copy-on-write
-  /// snapshot, raising `ready`; true once it is complete. Token holder.
-  bool advance_cow(Segment& seg, Stage& stage, uint64_t budget) noexcept;
+  /// snapshot (at least one, taken from `budget`), raising `ready`; true
+  /// once it is complete. Token holder.
+  bool advance_cow(Segment& seg, Stage& stage, uint64_t& budget) noexcept;
   /// Completes every copy-on-write snapshot of `seg` still being taken;
   /// with `poll`, a slice at a time with a poll iteration between slices
   /// (heartbeats and sends go on: only where a poll may run, i.e. not

@@ -6,6 +6,8 @@
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <vector>
+#include <algorithm>
 
 #include "baton/result.h"
 #include "protocol/wire.h"
@@ -28,6 +30,24 @@ inline uint64_t elapsed(uint64_t now, uint64_t since) noexcept { return now > si
 /// Adds to a counter only the poll-token holder writes (others read it).
 inline void bump(std::atomic<uint64_t>& c, uint64_t n = 1) noexcept {
   c.store(c.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
+}
+
+/// Gives the ids in `ids` turns at one budget, as a poll does with its
+/// background copying: in order, while any budget is left, calls
+/// `visit(id, budget)`, which takes from `budget` what it used and returns
+/// true once the id has nothing more to do (it leaves the list). The ids
+/// visited and not done go to the back, so those the budget did not reach
+/// this time come first next time: however many there are, a poll copies
+/// about one budget, and none waits for ever. A visit must leave the list
+/// alone (it is being reordered). No allocation.
+template <typename Visit>
+void take_turns(std::vector<uint64_t>& ids, uint64_t& budget, Visit&& visit) {
+  size_t kept = 0, next = 0;
+  for (; next < ids.size() && budget > 0; ++next)
+    if (!visit(ids[next], budget)) ids[kept++] = ids[next];
+  // [0, kept): visited, not done; [kept, next): done; [next, end): not reached.
+  ids.erase(ids.begin() + static_cast<std::ptrdiff_t>(kept), ids.begin() + static_cast<std::ptrdiff_t>(next));
+  std::rotate(ids.begin(), ids.begin() + static_cast<std::ptrdiff_t>(kept), ids.end());
 }
 
 /// A segment name as the API takes it: kInvalidArgument with the reason.

@@ -81,7 +81,7 @@ Result<void> Engine::Impl::snapshot_cow(Segment& seg, uint64_t generation, const
   return {};
 }
 
-bool Engine::Impl::advance_cow(Segment& seg, Stage& stage, uint64_t budget) noexcept {
+bool Engine::Impl::advance_cow(Segment& seg, Stage& stage, uint64_t& budget) noexcept {
   if (!stage.cow) return true;
   constexpr uint64_t kPage = Stage::kStalePage;
   const uint32_t cs = seg.chunk_size;
@@ -114,6 +114,7 @@ bool Engine::Impl::advance_cow(Segment& seg, Stage& stage, uint64_t budget) noex
   bump(counters.snapshot_chunks_copied, copied);
   bump(counters.snapshot_chunks_skipped, skipped);
   bump(counters.cow_pages_settled, settled);
+  budget -= std::min(budget, done);
   if (i < chunks) return false;
   stage.gen_crc = wire::generation_crc(stage.chunk_crcs);
   stage.stale.clear_all();
@@ -124,7 +125,10 @@ bool Engine::Impl::advance_cow(Segment& seg, Stage& stage, uint64_t budget) noex
 
 void Engine::Impl::settle_cow(Segment& seg, bool poll) noexcept {
   for (auto& stage : seg.stages)
-    while (!advance_cow(seg, stage, poll ? kCowSlice : UINT64_MAX)) poll_once(clock_ns());
+    for (uint64_t slice = poll ? kCowSlice : UINT64_MAX; !advance_cow(seg, stage, slice);) {
+      poll_once(clock_ns());
+      slice = kCowSlice;
+    }
 }
 
 void Engine::Impl::drop_cow(Segment& seg, const char* why) {
@@ -188,12 +192,18 @@ uint64_t Engine::Impl::periodic_commit(Segment* handle, uint64_t now) {
 }
 
 bool Engine::Impl::advance_cow_snapshots() noexcept {
+  // A slice of each in turn, one copy_slice in all per poll (take_turns):
+  // however many segments commit at once, a poll settles about 4 MiB.
   if (cow_behind.empty()) return false;
-  std::erase_if(cow_behind, [this](uint64_t id) {
+  uint64_t budget = config.copy_slice;
+  take_turns(cow_behind, budget, [this](uint64_t id, uint64_t& left) {
     auto it = owned.find(id);
     if (it == owned.end()) return true;
+    uint64_t slice = std::min(kCowSlice, left);
+    const uint64_t before = slice;
     bool done = true;
-    for (auto& stage : it->second->stages) done &= advance_cow(*it->second, stage, kCowSlice);
+    for (auto& stage : it->second->stages) done &= advance_cow(*it->second, stage, slice);
+    left -= before - slice;
     return done;
   });
   return true;

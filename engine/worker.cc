@@ -219,32 +219,29 @@ bool Engine::Impl::poll_once(uint64_t now) noexcept {
 }
 
 bool Engine::Impl::advance_stores() noexcept {
-  // A slice per store per poll (EngineConfig::copy_slice): a 64 MiB copy
-  // spreads over 16 polls, and heartbeats go on meanwhile.
+  // One copy_slice per poll for all of them (a 64 MiB copy spreads over 16
+  // polls, and heartbeats go on meanwhile), in turns: however many
+  // applications this node holds replicas of, a poll copies about 4 MiB
+  // (take_turns).
   if (stores_behind.empty()) return false;
-  bool acks = false;
-  for (size_t i = 0; i < stores_behind.size();) {
-    auto it = stores.find(stores_behind[i]);
-    if (it == stores.end()) {
-      stores_behind.erase(stores_behind.begin() + static_cast<long>(i));
-      continue;
-    }
-    ReplicaStore& st = *it->second;
+  uint64_t budget = config.copy_slice;
+  published_scratch.clear();
+  take_turns(stores_behind, budget, [&](uint64_t id, uint64_t& left) {
+    auto it = stores.find(id);
+    if (it == stores.end()) return true;
     bool published = false;
-    if (st.advance_background(config.copy_slice, &published))
-      stores_behind.erase(stores_behind.begin() + static_cast<long>(i));
-    else
-      ++i;
-    if (!published) continue;
-    on_published(st);  // may list it again: the next shadow to bring up
+    const bool done = it->second->advance_within(left, &published);
+    if (published) published_scratch.push_back(it->second.get());
+    return done;
+  });
+  for (ReplicaStore* st : published_scratch) {
+    on_published(*st);  // may list it again: the next shadow to bring up
     bump(counters.deltas_published_later);
     // A delta finished here, not on a frame: its sender waits for this ack.
-    if (Link* link = link_to(st.owner()); link != nullptr) {
-      acks_due.push_back({link, &st, nullptr, st.latest()->generation, false, false});
-      acks = true;
-    }
+    if (Link* link = link_to(st->owner()); link != nullptr)
+      acks_due.push_back({link, st, nullptr, st->latest()->generation, false, false});
   }
-  if (acks) flush_acks();
+  if (!acks_due.empty()) flush_acks();
   return true;
 }
 
@@ -361,16 +358,23 @@ constexpr uint64_t kCatchUpSlice = 1u << 20;
 }  // namespace
 
 bool Engine::Impl::catch_up_stages() noexcept {
+  // A slice of each in turn, one copy_slice in all per poll (take_turns).
   if (stages_behind.empty()) return false;
   bool copied = false;
-  std::erase_if(stages_behind, [&](uint64_t id) {
+  uint64_t budget = config.copy_slice;
+  take_turns(stages_behind, budget, [&](uint64_t id, uint64_t& left) {
     auto it = owned.find(id);
-    return it == owned.end() || catch_up_stage(*it->second, kCatchUpSlice, copied);
+    if (it == owned.end()) return true;
+    uint64_t slice = std::min(kCatchUpSlice, left);
+    const uint64_t before = slice;
+    const bool done = catch_up_stage(*it->second, slice, copied);
+    left -= before - slice;
+    return done;
   });
   return copied;
 }
 
-bool Engine::Impl::catch_up_stage(Segment& seg, uint64_t budget, bool& copied) noexcept {
+bool Engine::Impl::catch_up_stage(Segment& seg, uint64_t& budget, bool& copied) noexcept {
   if (seg.current_stage < 0 || seg.fenced.load(std::memory_order_relaxed)) return true;
   const Stage& from = seg.stages[seg.current_stage];
   Stage& to = seg.stages[1 - seg.current_stage];
@@ -408,6 +412,7 @@ bool Engine::Impl::catch_up_stage(Segment& seg, uint64_t budget, bool& copied) n
     if (p >= pages) {
       seg.catch_up_chunk = chunks;
       copied |= done > 0;
+      budget -= std::min(budget, done);
       return true;
     }
     c = std::max(c, static_cast<uint32_t>(uint64_t{p} * kPage / cs));
@@ -425,6 +430,7 @@ bool Engine::Impl::catch_up_stage(Segment& seg, uint64_t budget, bool& copied) n
   }
   seg.catch_up_chunk = c;
   copied |= done > 0;
+  budget -= std::min(budget, done);
   return false;
 }
 

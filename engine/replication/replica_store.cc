@@ -193,7 +193,7 @@ ReplicaStore::Accept ReplicaStore::accept(wire::Frame& f, uint64_t& budget) noex
         shadow_delta_.push_back(f.chunk());
         if (prepared_ < size_) {
           // Fewer frames than slices: the rest of the base a slice per
-          // poll (advance_background), then publish.
+          // poll (advance_within), then publish.
           received_.set(f.chunk());
           completing_ = assembler_.generation();
           return Accept::kCompleting;
@@ -205,8 +205,8 @@ ReplicaStore::Accept ReplicaStore::accept(wire::Frame& f, uint64_t& budget) noex
   return Accept::kPublished;
 }
 
-bool ReplicaStore::finish_delta(uint64_t budget) noexcept {
-  if (preparing()) prepare(std::max<uint64_t>(budget, 1));
+bool ReplicaStore::finish_delta(uint64_t& budget) noexcept {
+  if (preparing()) budget -= std::min(budget, prepare(std::max<uint64_t>(budget, 1)));
   if (!completing()) {
     completing_ = 0;
     return false;
@@ -281,7 +281,7 @@ void ReplicaStore::plan_ahead() noexcept {
   }
 }
 
-bool ReplicaStore::advance_shadow(uint64_t budget) noexcept {
+bool ReplicaStore::advance_shadow(uint64_t& budget) noexcept {
   if (ahead_ < 0) return true;
   Slot& to = slots_[ahead_];
   const Slot* from = latest();
@@ -296,6 +296,7 @@ bool ReplicaStore::advance_shadow(uint64_t budget) noexcept {
   uint64_t copied = 0;
   while (ahead_next_ < from->delta_chunks.size() && copied < std::max<uint64_t>(budget, 1))
     copied += copy_chunk(to.mem.data(), from->mem.data(), size_, from->chunk_size, from->delta_chunks[ahead_next_++]);
+  budget -= std::min(budget, copied);
   if (ahead_next_ < from->delta_chunks.size()) return false;
   to.content = from->generation;  // content_epoch and chunk_size agree (plan_ahead)
   ahead_ = -1;
@@ -325,7 +326,7 @@ void ReplicaStore::hot_published(const Slot& s) noexcept {
   if (h.stale_count == 0) h.equals = s.generation;
 }
 
-bool ReplicaStore::advance_hot(uint64_t budget) noexcept {
+bool ReplicaStore::hot_within(uint64_t& budget) noexcept {
   if (hot_ == nullptr) return true;  // nothing to do (none, or handed over)
   Hot& h = *hot_;
   if (h.stale_count == 0) return true;
@@ -342,6 +343,7 @@ bool ReplicaStore::advance_hot(uint64_t budget) noexcept {
     h.next = c + 1;
     c = h.stale.next_set(h.next);
   }
+  budget -= std::min(budget, copied);
   if (h.stale_count != 0) return false;
   h.equals = h.follows;
   h.next = 0;

@@ -91,7 +91,7 @@ class ReplicaStore {
   /// poll, 130-260 ms on a VM whose pages not touched for a while cost
   /// microseconds each, and live peers were suspected meanwhile.)
   /// kCompleting: that was the delta's last chunk, but some of the base is
-  /// left to copy; advance_background() copies it a slice per call and
+  /// left to copy; advance_within() copies it from the poll's budget and
   /// publishes. (The last frame used to copy all of it at once: 30-100 ms
   /// of one poll for a 128 MiB base.)
   ///
@@ -115,7 +115,7 @@ class ReplicaStore {
   static constexpr uint64_t kPrepareSlice = 4 << 20;
   void set_copy_slice(uint64_t bytes) noexcept { slice_ = std::max<uint64_t>(bytes, 1); }
   /// A delta's shadow is still becoming a copy of its base (kCompleting
-  /// included): advance_background() has copying to do.
+  /// included): advance_within() has copying to do.
   bool preparing() const noexcept {
     return shadow_ >= 0 && assembler_.active() && assembler_.is_delta() && prepared_ < size_;
   }
@@ -162,7 +162,7 @@ class ReplicaStore {
   bool hot_behind() const noexcept { return hot_ != nullptr && hot_->stale_count != 0; }
   /// Copies up to `budget` bytes (at least one chunk) of what the hot copy
   /// lacks; returns false while there is more to copy.
-  bool advance_hot(uint64_t budget) noexcept;
+  bool advance_hot(uint64_t budget) noexcept { return hot_within(budget); }
 
   // --- The next shadow, ahead of time ---------------------------------------
   // A delta is built on a copy of its base: the slot that becomes its
@@ -172,27 +172,33 @@ class ReplicaStore {
   // first frame arrives: at 1 GiB with 1% of the pages written, ~2 ms of
   // each replication. After a delta is published, the slot it replaced is
   // brought up to it between generations instead, a slice per poll
-  // (advance_background), so the next delta finds its shadow current.
+  // (advance_within), so the next delta finds its shadow current.
   // A half-done copy still says it holds its old generation: the chain
   // from there to any later base carries every chunk it touched, so the
   // delta copies them again. Thread: worker.
 
-  /// Whether there is work for advance_background(): a delta's base to
+  /// Whether there is work for advance_within(): a delta's base to
   /// copy into its shadow (preparing()), a completed delta to publish
   /// (kCompleting; a frame sent again may have finished its copy), the
   /// hot copy's or the next shadow's.
   bool behind() const noexcept { return hot_behind() || ahead_ >= 0 || preparing() || completing(); }
-  /// Copies up to `budget` bytes of each: a delta's base first, publishing
-  /// the delta once its base is whole and all its chunks are in
-  /// (kCompleting; `*published` set: the caller acks it as for
-  /// kPublished). Returns false while there is more to copy.
-  bool advance_background(uint64_t budget, bool* published) noexcept {
+  /// Copies up to `budget` bytes in all (at least a chunk; the engine's
+  /// stores share one budget per poll) and takes them from it: a delta's
+  /// base first, publishing the delta once its base is whole and all its
+  /// chunks are in (kCompleting; `*published` set: the caller acks it as
+  /// for kPublished), then the hot copy's and the next shadow's chunks.
+  /// Returns false while there is more to copy.
+  bool advance_within(uint64_t& budget, bool* published) noexcept {
     *published = finish_delta(budget);
     if (completing()) return false;
-    const bool hot_done = advance_hot(budget);  // the hot copy goes on while a delta's base is copied
-    const bool shadow_done = advance_shadow(budget);
+    // The hot copy goes on while a delta's base is copied (a chunk a call,
+    // what is left of the budget).
+    const bool hot_done = hot_within(budget);
+    const bool shadow_done = budget == 0 ? ahead_ < 0 : advance_shadow(budget);
     return hot_done && shadow_done && !preparing();
   }
+  /// The same with a budget of its own (tests).
+  bool advance_background(uint64_t budget, bool* published) noexcept { return advance_within(budget, published); }
   /// Hands the hot copy over if the latest published generation is
   /// `generation` of owner epoch `epoch`, bringing it current first (the
   /// caller is loading it and waits anyway). The store keeps no hot copy
@@ -233,7 +239,7 @@ class ReplicaStore {
     /// a third free slot, where the store keeps one (retain >= 1), as the
     /// second stage (`spare`). The stage is the free slot closest to the
     /// generation: one the worker brought up to it between generations
-    /// (advance_background) needs no copy, one a chain of deltas away
+    /// (advance_within) needs no copy, one a chain of deltas away
     /// only their chunks.
     /// Only where both slots are on pages an application's memory may be
     /// on here (Origin::pages: the slots are allocated so), so nothing
@@ -314,7 +320,7 @@ class ReplicaStore {
   }
   /// Copies up to `budget` bytes more of a delta's base into its shadow;
   /// publishes a completing delta once its base is whole (returns true then).
-  bool finish_delta(uint64_t budget) noexcept;
+  bool finish_delta(uint64_t& budget) noexcept;
   std::vector<uint32_t> shadow_delta_;  ///< the chunks of the delta being built
   std::vector<uint32_t> hops_;          ///< scratch: the chunks a shadow copies from the base
   /// The slot being brought up to the latest generation ahead of the next
@@ -324,7 +330,9 @@ class ReplicaStore {
   int ahead_from_ = -1;
   uint64_t ahead_generation_ = 0;
   size_t ahead_next_ = 0;
-  bool advance_shadow(uint64_t budget) noexcept;
+  bool advance_shadow(uint64_t& budget) noexcept;
+  /// advance_hot(), taking what it copies from `budget`.
+  bool hot_within(uint64_t& budget) noexcept;
   void plan_ahead() noexcept;
 
   /// The hot copy: chunks in `stale` may differ from the latest published

@@ -5,12 +5,14 @@
 
 #include <atomic>
 #include <fstream>
+#include <map>
 #include <set>
 #include <chrono>
 #include <thread>
 
 #include "../../common/cluster.h"
 #include "../../common/ok.h"
+#include "engine_util.h"
 #include "protocol/wire.h"
 #include "runtime/topology.h"
 
@@ -539,6 +541,43 @@ TEST(Concurrency, CommitsDoNotWaitForAnOpenOfAnotherName) {
   EXPECT_FALSE(open_returned.load()) << "the commits waited for the open of another name";
   cl.isolate(1, false);
   opener.join();
+}
+
+// The poll's background copying (replica stores, copy-on-write settles,
+// stage catch-ups) shares one budget among all the segments that have
+// some to do, in turns: a poll copies about one budget however many there
+// are, and every one gets its turn.
+TEST(TakeTurns, OneBudgetAPollAndEveryIdInTurn) {
+  std::vector<uint64_t> ids = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10};
+  std::map<uint64_t, uint64_t> left;  // work each id has to do
+  for (uint64_t id : ids) left[id] = 3 * id;
+  std::vector<uint64_t> visited;
+  auto visit = [&](uint64_t id, uint64_t& budget) {
+    const uint64_t take = std::min({budget, left[id], uint64_t{4}});  // a slice of 4 at most
+    left[id] -= take;
+    budget -= take;
+    visited.push_back(id);
+    return left[id] == 0;
+  };
+  uint64_t budget = 10;
+  take_turns(ids, budget, visit);
+  EXPECT_EQ(budget, 0u);
+  EXPECT_EQ(visited, (std::vector<uint64_t>{1, 2, 3}));  // 3 + 4 + 3 of 10
+  EXPECT_EQ(ids, (std::vector<uint64_t>{4, 5, 6, 7, 8, 9, 10, 2, 3})) << "1 is done; 2 and 3 wait behind the rest";
+  for (int poll = 0; poll < 100 && !ids.empty(); ++poll) {
+    visited.clear();
+    budget = 10;
+    const size_t waiting = ids.size();
+    take_turns(ids, budget, visit);
+    if (budget != 0) EXPECT_EQ(visited.size(), waiting) << "budget left only once every one had its turn";
+    EXPECT_GE(visited.size(), std::min<size_t>(waiting, 3)) << "a slice each: three get a turn";
+  }
+  EXPECT_TRUE(ids.empty());
+  for (const auto& [id, l] : left) EXPECT_EQ(l, 0u) << id;
+  budget = 0;
+  ids = {1, 2};
+  take_turns(ids, budget, [](uint64_t, uint64_t&) -> bool { ADD_FAILURE() << "no budget, no visit"; return true; });
+  EXPECT_EQ(ids, (std::vector<uint64_t>{1, 2}));
 }
 
 }  // namespace

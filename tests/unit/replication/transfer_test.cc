@@ -712,6 +712,48 @@ TEST(Delta, ThePollCopiesTheBaseWhileTheFramesAreStillComing) {
   EXPECT_TRUE(std::equal(g2.data.begin(), g2.data.end(), store->latest()->mem.data()));
 }
 
+// A store's background copying draws on one budget (the engine's poll
+// shares one among all its stores): a delta's base first, then what is
+// left for the hot copy (a chunk at least, so it never waits for the
+// base), where each used to copy a budget of its own.
+TEST(Delta, ABaseAndAHotCopyShareOneBudget) {
+  constexpr uint32_t kCs = 1024, kChunks = 64;
+  constexpr uint64_t kBudget = 8 * kCs;
+  Source g1(uint64_t{kChunks} * kCs, kCs, 14);
+  ReplicaStore::Origin origin = ReplicaStore::Origin::of(g1.frame(1, 0));
+  origin.hot = true;
+  auto store = std::move(*ReplicaStore::create(origin, 1, -1));
+  for (uint32_t i = 0; i < kChunks; ++i) store->accept(*std::make_unique<wire::Frame>(g1.frame(1, i)));
+  ASSERT_EQ(store->latest()->generation, 1u);
+  ASSERT_EQ(store->hot_status().behind_bytes, uint64_t{kChunks} * kCs);
+  const std::vector<uint32_t> chunks = {7, 40};
+  const Source g2 = g1.with(chunks, 0x5A);
+  uint64_t none = 0;
+  wire::Frame f0 = delta_frame(g2, 2, 1, 0, chunks[0], 2);
+  ASSERT_EQ(store->accept(f0, none), ReplicaStore::Accept::kStored);
+  ASSERT_TRUE(store->preparing());
+  uint64_t budget = kBudget;
+  bool published = false;
+  EXPECT_FALSE(store->advance_within(budget, &published));
+  EXPECT_EQ(budget, 0u) << "the base took it all";
+  EXPECT_TRUE(store->preparing());
+  EXPECT_EQ(store->hot_status().behind_bytes, uint64_t{kChunks - 1} * kCs) << "and the hot copy one chunk";
+  // Once the base is copied, the hot copy has the budget.
+  while (store->preparing()) {
+    budget = kBudget;
+    store->advance_within(budget, &published);
+  }
+  const uint64_t behind = store->hot_status().behind_bytes;
+  budget = kBudget;
+  store->advance_within(budget, &published);
+  EXPECT_EQ(budget, 0u);
+  EXPECT_EQ(store->hot_status().behind_bytes, behind - kBudget);
+  wire::Frame f1 = delta_frame(g2, 2, 1, 1, chunks[1], 2);
+  store->accept(f1, none);
+  ASSERT_EQ(store->latest()->generation, 2u);
+  EXPECT_TRUE(std::equal(g2.data.begin(), g2.data.end(), store->latest()->mem.data()));
+}
+
 // A delta complete before its base is copied (copy_slice of one chunk, as
 // the simulator runs two nodes in three) is not published, nor acked as
 // published, until the copy is done a slice per poll; a frame sent again
