@@ -568,11 +568,17 @@ Result<DaemonConfig> parse_daemon_config(std::string_view text, std::string_view
 Result<DaemonConfig> load_daemon_config(const std::string& path) {
   std::error_code ec;
   if (std::filesystem::is_directory(path, ec)) return fail(Errc::kInvalidArgument, path, ": is a directory, not a config file");
-  std::ifstream in(path);
+  std::ifstream in(path, std::ios::binary);
   if (!in) return fail(Errc::kIo, path, ": cannot read");
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return parse_daemon_config(ss.str(), path);
+  // A config is a few KiB: read at most 1 MiB (a device such as /dev/zero
+  // would otherwise be read until memory runs out).
+  constexpr size_t kMaxConfig = 1 << 20;
+  std::string text(kMaxConfig + 1, '\0');
+  in.read(text.data(), static_cast<std::streamsize>(text.size()));
+  if (in.bad()) return fail(Errc::kIo, path, ": cannot read");
+  text.resize(static_cast<size_t>(in.gcount()));
+  if (text.size() > kMaxConfig) return fail(Errc::kInvalidArgument, path, ": longer than 1 MiB, not a config file");
+  return parse_daemon_config(text, path);
 }
 
 Result<void> check_daemon_host(const DaemonConfig& c, std::string_view source) {

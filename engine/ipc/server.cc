@@ -103,26 +103,54 @@ void refuse(int fd, const Reply& r) {
 Server::Server(Engine& engine, const ServerConfig& config)
     : engine_(engine), config_(config), dropping_(std::make_unique<Session>()) {}
 
-bool socket_served(const std::string& path) {
-  if (path.empty() || path.size() >= sizeof(sockaddr_un::sun_path)) return false;
-  const int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-  if (fd < 0) return false;
+Result<void> socket_path_usable(const std::string& path, bool try_bind) {
+  if (path.empty() || path.size() + 2 >= sizeof(sockaddr_un::sun_path))
+    return fail(Errc::kInvalidArgument, "socket path empty or too long: ", path);
+  // batond replaces a stale socket of its own (a batond killed), nothing
+  // else: not a file, a directory or a link someone put there, nor another
+  // program's live socket.
+  struct stat st{};
+  if (lstat(path.c_str(), &st) == 0) {
+    if (!S_ISSOCK(st.st_mode))
+      return fail(Errc::kExists, path, " exists and is not a socket (batond replaces only a stale socket)");
+    const int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd < 0) return fail(Errc::kIo, "socket: ", std::strerror(errno));
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::strncpy(addr.sun_path, path.c_str(), sizeof addr.sun_path - 1);
+    // A listener accepts (or its backlog is full: EAGAIN); a stale file
+    // refuses (ECONNREFUSED); a live socket of another type says
+    // EPROTOTYPE.
+    const int rc = connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
+    const int err = errno;
+    close(fd);
+    if (rc == 0 || err == EAGAIN)
+      return fail(Errc::kExists, "a batond already serves ", path,
+                  " (the same config started twice, or two configs naming one socket)");
+    if (err == EPROTOTYPE) return fail(Errc::kExists, "another program listens on ", path);
+    if (err != ECONNREFUSED) return fail(Errc::kIo, "cannot tell whether ", path, " is in use: ", std::strerror(err));
+  } else if (errno != ENOENT) {
+    return fail(Errc::kIo, path, ": ", std::strerror(errno));
+  }
+  if (!try_bind) return {};
+  // What start() does first: bind its temporary name beside it.
+  const std::string temp = path + ".~";
+  const int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+  if (fd < 0) return fail(Errc::kIo, "socket: ", std::strerror(errno));
   sockaddr_un addr{};
   addr.sun_family = AF_UNIX;
-  std::strncpy(addr.sun_path, path.c_str(), sizeof addr.sun_path - 1);
-  // A listener accepts (or its backlog is full: EAGAIN); a stale file
-  // refuses (ECONNREFUSED), no file is ENOENT.
-  const bool served = connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0 || errno == EAGAIN;
+  std::strncpy(addr.sun_path, temp.c_str(), sizeof addr.sun_path - 1);
+  unlink(temp.c_str());
+  const int rc = bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
+  const int err = errno;
   close(fd);
-  return served;
+  if (rc != 0) return fail(Errc::kIo, "cannot make a socket beside ", path, ": bind ", temp, ": ", std::strerror(err));
+  unlink(temp.c_str());
+  return {};
 }
 
 Result<std::unique_ptr<Server>> Server::start(Engine& engine, const ServerConfig& config) {
-  if (config.socket_path.empty() || config.socket_path.size() >= sizeof(sockaddr_un::sun_path))
-    return fail(Errc::kInvalidArgument, "socket path empty or too long");
-  if (socket_served(config.socket_path))
-    return fail(Errc::kExists, "a batond already serves ", config.socket_path,
-                " (the same config started twice, or two configs naming one socket)");
+  if (auto usable = socket_path_usable(config.socket_path, false); !usable) return tl::unexpected(usable.error());
   if (config.max_clients == 0 || config.max_segments == 0 || config.max_bytes == 0)
     return fail(Errc::kInvalidArgument, "client limits must be at least 1");
   std::unique_ptr<Server> s(new Server(engine, config));
@@ -676,6 +704,11 @@ Reply Server::open_segment(Session& s, const Request& r, std::vector<int>& fds) 
                                            (seg.holder == &s ? "already open in this application"
                                                              : "held by another application"));
     if (op == Op::kCreate) return reply_error(BATON_EEXIST, "segment " + name + " already exists on this node");
+    // Kept for a user (its application left, S3): that user's again, or
+    // an administrator's (root, batond's user). Loaded for no user (an
+    // agent's load, the failover manager's): whoever batond lets in.
+    if (seg.uid != kNoUser && seg.uid != s.uid && s.uid != 0 && s.uid != geteuid())
+      return reply_error(BATON_EPERM, "segment " + name + " belongs to uid " + std::to_string(seg.uid));
     if (op == Op::kOpen && r.size != seg.size) return size_differs(name, seg.size, r.size);
     if (op != Op::kTakeOver)
       if (auto refused = over_limit(seg.size)) return *refused;
@@ -1042,6 +1075,9 @@ Reply Server::delete_segment(Session& s, const Request& r) {
         return reply_error(BATON_EBUSY, "segment " + name + " is open in " +
                                             (it->second->holder == &s ? "this application" : "another application") +
                                             " on this node; unregister it first");
+      const uid_t owner = it->second->uid;
+      if (owner != kNoUser && owner != s.uid && s.uid != 0 && s.uid != geteuid())
+        return reply_error(BATON_EPERM, "segment " + name + " belongs to uid " + std::to_string(owner));
       kept = std::move(it->second);
       segments_.erase(it);
     }

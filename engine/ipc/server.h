@@ -102,15 +102,20 @@ struct ServerCounters {
            handed_over = 0;        ///< opens that took what a load for them left (Op::kLoadFor)
 };
 
-/// Whether a live process listens on the unix socket `path` (a batond
-/// already serving it: a second one must not take its clients, nor unlink
-/// its socket when it stops). A stale socket file is not served. Thread: any.
-bool socket_served(const std::string& path);
+/// Whether batond may take `path` for its socket: nothing is there, or a
+/// stale socket (a batond that was killed). Errors: kExists (a live batond
+/// serves it: a second one must not take its clients, nor unlink its
+/// socket when it stops; another program listens there; or it is not a
+/// socket: a file, a directory or a link batond must not replace),
+/// kInvalidArgument (empty or too long), kIo. `try_bind`: also binds and
+/// removes a socket beside it, as start() does (batond --check).
+/// Thread: any.
+Result<void> socket_path_usable(const std::string& path, bool try_bind);
 
 class Server {
  public:
   /// Binds the socket (replacing a stale one) with the configured mode.
-  /// Errors: kExists (a live process serves it: socket_served), kIo,
+  /// Errors: kExists (socket_path_usable), kIo,
   /// kInvalidArgument. Thread: control.
   static Result<std::unique_ptr<Server>> start(Engine& engine, const ServerConfig& config);
   /// Ends every session and the commit thread if serve() has not.

@@ -23,6 +23,7 @@
 #include <cmath>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <functional>
 #include <memory>
 #include <random>
@@ -759,6 +760,98 @@ TEST(Hostile, OnlyAnAdministratorTakesASegmentOver) {
   EXPECT_EQ(rep.status, 0) << rep.message;
   EXPECT_EQ(rep.generation, gen);
   EXPECT_TRUE(alive(d));
+}
+
+// A segment kept after its application left is its user's: another user
+// batond lets in can neither open, load nor delete it (each gets
+// BATON_EPERM with the owner's uid), and its owner finds it as committed.
+// (It used to be anyone's: nobody read root's data and deleted it.)
+TEST(Hostile, AnotherUsersKeptSegmentIsNotYours) {
+  TempDir dir;
+  Batond d(1, dir.path, "user = \"nobody\"\n");
+  uint64_t gen = 0;
+  ASSERT_NO_FATAL_FAILURE(commit_once_and_leave(d, "roots", &gen));
+  ASSERT_EQ(chmod(dir.path.c_str(), 0711), 0);
+  ASSERT_EQ(chmod(d.socket().c_str(), 0666), 0);
+  const std::string said = as_nobody([&] {
+    baton_t* b = nullptr;
+    if (baton_connect(d.socket().c_str(), &b) != 0) _exit(3);
+    baton_segment_t* s = nullptr;
+    int32_t out[4] = {};
+    for (int i = 0; i < 200 && (out[0] = baton_open(b, "roots", 4096, &s, nullptr, nullptr)) == BATON_EEXIST; ++i)
+      usleep(10000);  // root's application still winding down
+    uint64_t g = 0;
+    out[1] = baton_load(b, "roots", &s, &g);
+    out[2] = baton_delete(b, "roots");
+    out[3] = std::string(baton_last_error()).find("uid 0") != std::string::npos;
+    baton_stop(b);
+    return std::string(reinterpret_cast<const char*>(out), sizeof out);
+  });
+  int32_t got[4] = {1, 1, 1, 0};
+  ASSERT_EQ(said.size(), sizeof got);
+  std::memcpy(got, said.data(), sizeof got);
+  EXPECT_EQ(got[0], BATON_EPERM) << "nobody opened root's segment";
+  EXPECT_EQ(got[1], BATON_EPERM) << "nobody loaded root's segment";
+  EXPECT_EQ(got[2], BATON_EPERM) << "nobody deleted root's segment";
+  EXPECT_EQ(got[3], 1) << "the refusal names the owner";
+  baton_t* a = nullptr;
+  ASSERT_EQ(baton_connect(d.socket().c_str(), &a), 0);
+  baton_segment_t* s = nullptr;
+  int restored = 0;
+  uint64_t g = 0;
+  ASSERT_EQ(baton_open(a, "roots", 4096, &s, &restored, &g), 0) << baton_last_error();
+  EXPECT_EQ(restored, 1);
+  EXPECT_EQ(g, gen);
+  baton_stop(a);
+  EXPECT_TRUE(alive(d));
+}
+
+// batond takes its socket's path only if nothing is there or a stale
+// socket is: a file, a directory or another program's live socket there
+// is refused (exit 2, at --check too) and left as it was. (It used to
+// rename its socket over whatever was there: a user's file, gone.)
+TEST(Hostile, BatondReplacesNothingButAStaleSocket) {
+  TempDir dir;
+  const std::string path = dir.path + "/taken";
+  { std::ofstream(path) << "precious\n"; }
+  const std::string config = dir.path + "/b.toml";
+  { std::ofstream(config) << "[node]\nid = 7\n[client]\nsocket = \"" << path << "\"\n"; }
+  auto run = [&](const char* extra) {
+    // Bounded: a batond that took the path would serve until stopped.
+    const std::string cmd = "timeout -s KILL 20 " + baton::test::helper("BATOND") + " --config " + config + " " +
+                            extra + " > " + dir.path + "/out 2>&1";
+    const int st = std::system(cmd.c_str());
+    std::ifstream in(dir.path + "/out");
+    std::string said((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    return std::make_pair(WIFEXITED(st) ? WEXITSTATUS(st) : -1, said);
+  };
+  for (const char* extra : {"--check", ""}) {
+    const auto [rc, said] = run(extra);
+    EXPECT_EQ(rc, 2) << extra << ": " << said;
+    EXPECT_NE(said.find("is not a socket"), std::string::npos) << said;
+  }
+  std::ifstream in(path);
+  std::string line;
+  std::getline(in, line);
+  EXPECT_EQ(line, "precious") << "the file batond found there";
+  // Another program's live socket (a stream listener): refused, kept.
+  ASSERT_EQ(unlink(path.c_str()), 0);
+  const int l = socket(AF_UNIX, SOCK_STREAM, 0);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::strncpy(addr.sun_path, path.c_str(), sizeof addr.sun_path - 1);
+  ASSERT_EQ(bind(l, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+  ASSERT_EQ(listen(l, 1), 0);
+  const auto [rc, said] = run("--check");
+  EXPECT_EQ(rc, 2) << said;
+  EXPECT_NE(said.find("another program listens"), std::string::npos) << said;
+  const int c = socket(AF_UNIX, SOCK_STREAM, 0);
+  EXPECT_EQ(connect(c, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0) << "its socket is still there";
+  close(c);
+  close(l);
+  // Now stale (nobody listens): batond may take it.
+  const auto [rc2, said2] = run("--check");
+  EXPECT_EQ(rc2, 0) << said2;
 }
 
 // A user batond does not let in (client.user / client.group) is refused at

@@ -242,6 +242,27 @@ bool alive(pid_t pid) {
   return paren == std::string::npos || paren + 2 >= line.size() || line[paren + 2] != 'Z';
 }
 
+/// Whether `pid` is alive and is the batond of the blade whose config is
+/// `config` (its command line: batond --config CONFIG): a pid file that
+/// outlived its daemon (a reboot, a kill) may name any process by now,
+/// which `down` must not kill.
+bool blade_runs(pid_t pid, const std::string& config) {
+  if (!alive(pid)) return false;
+  std::ifstream in("/proc/" + std::to_string(pid) + "/cmdline", std::ios::binary);
+  std::vector<std::string> argv;
+  for (std::string arg; std::getline(in, arg, '\0');) argv.push_back(arg);
+  if (argv.size() < 3 || fs::path(argv[0]).filename() != "batond") return false;
+  // The same file, however each names it (relative to its own directory).
+  std::error_code ec;
+  const fs::path cwd = fs::read_symlink("/proc/" + std::to_string(pid) + "/cwd", ec);
+  for (size_t i = 1; i + 1 < argv.size(); ++i)
+    if (argv[i] == "--config") {
+      const fs::path theirs = fs::path(argv[i + 1]).is_absolute() ? fs::path(argv[i + 1]) : cwd / argv[i + 1];
+      return fs::weakly_canonical(theirs, ec) == fs::weakly_canonical(fs::absolute(config, ec), ec);
+    }
+  return false;
+}
+
 }  // namespace
 
 std::string sibling(const std::string& program) {
@@ -421,9 +442,9 @@ std::vector<Blade> chassis_blades(const std::string& dir) {
     Blade b;
     b.id = id;
     b.pid = pid;
-    b.alive = alive(pid);
     b.socket = blade_path(dir, id, ".sock");
     b.config = blade_path(dir, id, ".toml");
+    b.alive = blade_runs(pid, b.config);
     b.log = blade_path(dir, id, ".log");
     out.push_back(b);
   }
@@ -499,11 +520,12 @@ Result<void> chassis_down(const std::string& dir) {
     if (b.alive) kill(b.pid, SIGTERM);
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(3);
   for (auto& b : blades) {
-    while (alive(b.pid) && std::chrono::steady_clock::now() < deadline) {
+    if (!b.alive) continue;  // its pid names another process now, or none
+    while (blade_runs(b.pid, b.config) && std::chrono::steady_clock::now() < deadline) {
       waitpid(b.pid, nullptr, WNOHANG);  // reaps it if it is our child
       std::this_thread::sleep_for(std::chrono::milliseconds(5));
     }
-    if (alive(b.pid)) {
+    if (blade_runs(b.pid, b.config)) {
       kill(b.pid, SIGKILL);
       waitpid(b.pid, nullptr, 0);
     }

@@ -55,10 +55,10 @@ int main(int argc, char** argv) {
     return 2;
   }
   // Before anything starts (links, a second engine of this node): a
-  // batond that serves this socket already keeps it.
-  if (baton::ipc::socket_served(cfg->socket_path)) {
-    std::fprintf(stderr, "batond: %s: client.socket: a batond already serves %s (the same config started twice, "
-                         "or two configs naming one socket)\n", config_path.c_str(), cfg->socket_path.c_str());
+  // batond that serves this socket already keeps it, and batond replaces
+  // nothing but a stale socket there.
+  if (auto usable = baton::ipc::socket_path_usable(cfg->socket_path, check); !usable) {
+    std::fprintf(stderr, "batond: %s: client.socket: %s\n", config_path.c_str(), usable.error().message.c_str());
     return 2;
   }
   if (check) {
