@@ -100,6 +100,17 @@ void refuse(int fd, const Reply& r) {
 
 }  // namespace
 
+bool Server::log_refusal(uint32_t* more) noexcept {
+  const uint64_t now = now_ns();
+  if (refusal_logged_ns_ != 0 && now - refusal_logged_ns_ < 1'000'000'000) {
+    ++refusals_unlogged_;
+    return false;
+  }
+  refusal_logged_ns_ = now;
+  *more = std::exchange(refusals_unlogged_, 0);
+  return true;
+}
+
 Server::Server(Engine& engine, const ServerConfig& config)
     : engine_(engine), config_(config), dropping_(std::make_unique<Session>()) {}
 
@@ -247,7 +258,9 @@ void Server::accept_clients() {
     socklen_t len = sizeof cred;
     if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0 || !allowed(cred.uid, cred.gid)) {
       ++counters_.refused_credentials;
-      BT_WARN("refused client pid %d uid %u: not allowed by client.user/client.group", cred.pid, cred.uid);
+      if (uint32_t more = 0; log_refusal(&more))
+        BT_WARN("refused client pid %d uid %u: not allowed by client.user/client.group (%u more refused since)",
+                cred.pid, cred.uid, more);
       refuse(fd, reply_error(BATON_EPERM, "uid " + std::to_string(cred.uid) +
                                               " is not let in by this batond (client.user / client.group)"));
       continue;
@@ -266,8 +279,9 @@ void Server::accept_clients() {
     // process to count it against.)
     if (cred.pid != 0 && cred.pid != getpid() && of_process >= config_.max_clients_per_process) {
       ++counters_.refused_limit;
-      BT_WARN("refused client pid %d uid %u: it has %u connections (client.max_clients_per_process)", cred.pid,
-              cred.uid, of_process);
+      if (uint32_t more = 0; log_refusal(&more))
+        BT_WARN("refused client pid %d uid %u: it has %u connections (client.max_clients_per_process; %u more "
+                "refused since)", cred.pid, cred.uid, of_process, more);
       refuse(fd, reply_error(BATON_EBUSY, "this process has " + std::to_string(of_process) +
                                              " connections to batond already (client.max_clients_per_process = " +
                                              std::to_string(config_.max_clients_per_process) + ")"));
@@ -275,8 +289,9 @@ void Server::accept_clients() {
     }
     if (sessions_.size() >= config_.max_clients) {
       ++counters_.refused_limit;
-      BT_WARN("refused client pid %d uid %u: %u applications connected (client.max_clients)", cred.pid, cred.uid,
-              config_.max_clients);
+      if (uint32_t more = 0; log_refusal(&more))
+        BT_WARN("refused client pid %d uid %u: %u applications connected (client.max_clients; %u more refused "
+                "since)", cred.pid, cred.uid, config_.max_clients, more);
       refuse(fd, reply_error(BATON_EBUSY, "too many applications connected (client.max_clients = " +
                                              std::to_string(config_.max_clients) + ")"));
       continue;
@@ -290,7 +305,9 @@ void Server::accept_clients() {
       s.thread = std::thread([this, &s] { run_session(s); });
     } catch (const std::system_error& e) {
       ++counters_.refused_limit;
-      BT_WARN("refused client pid %d: cannot start its session: %s", cred.pid, e.what());
+      if (uint32_t more = 0; log_refusal(&more))
+        BT_WARN("refused client pid %d: cannot start its session: %s (%u more refused since)", cred.pid, e.what(),
+                more);
       refuse(fd, reply_error(BATON_EBUSY, "batond cannot start a session now"));
       continue;
     }
@@ -388,10 +405,13 @@ std::optional<Reply> Server::over_kept(const Session& s, uint64_t bytes) const {
   // limits): a user may leave behind one application's worth.
   (void)bytes;
   if (kept < config_.max_segments && kept_bytes < config_.max_bytes) return std::nullopt;
+  // (kept may pass the bound: several holders of the user's hung up at once.)
   return reply_error(BATON_EBUSY, "batond keeps " + std::to_string(kept) + " segments (" +
                                       std::to_string(kept_bytes >> 20) + " MiB) of this user that no application "
-                                      "holds, as many as client.max_segments / client.max_mib allow: open or "
-                                      "delete one of them first");
+                                      "holds, and keeps at most client.max_segments = " +
+                                      std::to_string(config_.max_segments) + " (client.max_mib = " +
+                                      std::to_string(config_.max_bytes >> 20) +
+                                      "): open or delete one of them first");
 }
 
 void Server::drop_fenced() {

@@ -263,6 +263,13 @@ class Server {
   Engine& engine_;
   ServerConfig config_;
   int listen_fd_ = -1;  ///< accept thread
+  /// Refused connections are logged at most once a second (a client that
+  /// connects in a loop must not flood the log); those in between are
+  /// counted into the next line. Accept thread.
+  uint64_t refusal_logged_ns_ = 0;
+  uint32_t refusals_unlogged_ = 0;
+  /// Whether to log this refusal now; `*more` the ones not logged since.
+  bool log_refusal(uint32_t* more) noexcept;
   /// The socket file this server made (st_dev, st_ino): it is unlinked at
   /// the end only if the path still names it.
   dev_t socket_dev_ = 0;
