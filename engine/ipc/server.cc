@@ -727,7 +727,7 @@ Reply Server::open_segment(Session& s, const Request& r, std::vector<int>& fds) 
     // Kept for a user (its application left, S3): that user's again, or
     // an administrator's (root, batond's user). Loaded for no user (an
     // agent's load, the failover manager's): whoever batond lets in.
-    if (seg.uid != kNoUser && seg.uid != s.uid && s.uid != 0 && s.uid != geteuid())
+    if (seg.uid != kNoUser && seg.uid != s.uid && !s.administrator())
       return reply_error(BATON_EPERM, "segment " + name + " belongs to uid " + std::to_string(seg.uid));
     if (op == Op::kOpen && r.size != seg.size) return size_differs(name, seg.size, r.size);
     if (op != Op::kTakeOver)
@@ -1096,7 +1096,7 @@ Reply Server::delete_segment(Session& s, const Request& r) {
                                             (it->second->holder == &s ? "this application" : "another application") +
                                             " on this node; unregister it first");
       const uid_t owner = it->second->uid;
-      if (owner != kNoUser && owner != s.uid && s.uid != 0 && s.uid != geteuid())
+      if (owner != kNoUser && owner != s.uid && !s.administrator())
         return reply_error(BATON_EPERM, "segment " + name + " belongs to uid " + std::to_string(owner));
       kept = std::move(it->second);
       segments_.erase(it);

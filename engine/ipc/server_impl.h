@@ -65,6 +65,9 @@ struct Server::Session {
   uid_t uid = 0;
   pid_t pid = 0;
   bool internal = false;    ///< batond's own (a pledge's holder): not bounded by what is kept for a user
+  /// Root, batond's own user, or batond itself (its failover manager's
+  /// loads): may open, load or delete a segment kept for another user.
+  bool administrator() const noexcept { return internal || pid == getpid() || uid == 0 || uid == geteuid(); }
   /// A pledge's holder whose load is not exclusive (Pledge::exclusive):
   /// any open of the name waits for its load, as for a take-over.
   bool for_anyone = false;
