@@ -84,7 +84,8 @@ void Engine::Impl::apply_placement(const ControlMsg& m, uint64_t now) noexcept {
     if (reason == Placement::kLost)
       record_event("segment " + seg.name + ": " +
                    (old != 0 ? "replica on node " + std::to_string(old) + " lost" : std::string("replica missing")) +
-                   "; re-replicating to node " + to);
+                   (next[i] != 0 ? "; re-replicating to node " + to
+                                 : std::string("; no live peer to take its place: the set goes on without it")));
     else if (reason == Placement::kBetter)
       record_event("segment " + seg.name + ": replica moves from node " + std::to_string(old) + " to node " + to +
                    " (more failure domains)");
@@ -249,7 +250,16 @@ void Placer::step(uint64_t now, Rounds& rounds, std::vector<ControlMsg>& out) no
       if (const uint16_t best = pick_replica(id, next, true); best != 0) {
         next[i] = best;
         changed = true;
-      }  // else under-replicated until a peer is alive
+      } else if (next[i] != 0) {
+        // No live peer to take it: the slot is emptied, and the smaller set
+        // recorded (once a majority of it holds what may be durable), so
+        // that durability degrades to a majority of what is left instead
+        // of waiting for a node that is gone (a blade lost from a
+        // three-blade chassis: the one left holds it). Filled again when a
+        // peer comes up. Under-replicated meanwhile.
+        next[i] = 0;
+        changed = true;
+      }
     }
     if (changed) {
       place(id, pl, next, Placement::kLost, out);
