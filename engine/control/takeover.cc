@@ -364,7 +364,8 @@ Result<OpenResult> Engine::Impl::load_from(const QueryOp& q, std::string_view na
     for (const auto& a : q.answers)
       if (a.found && a.owner && a.epoch >= max_epoch && a.peer != config.node_id)
         return fail(Errc::kUnavailable, "segment ", name, " is held only by its live owner, node ",
-                    std::to_string(a.peer), ": no replica holds a generation of it yet (try again)");
+                    std::to_string(a.peer), ": no replica holds a generation of it yet (open it there, or try "
+                    "again once its owner has committed and replicated)");
     return fail(Errc::kNotFound, "no live replica holds ", name);
   }
   // Members of the recorded set are asked too, whatever they answered.
