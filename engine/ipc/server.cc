@@ -267,9 +267,16 @@ void Server::accept_clients() {
     }
     // At the limit, sessions of applications that just left may still be
     // winding down: give them a moment before refusing.
+    // Only if one is winding down: at the limit with every application
+    // still there, each refusal waited 100 ms for nothing, and a burst of
+    // connects stalled every other one's accept behind it.
     for (int i = 0; i < 20 && sessions_.size() >= config_.max_clients; ++i) {
       reap_sessions();
-      if (sessions_.size() >= config_.max_clients) usleep(5000);
+      if (sessions_.size() < config_.max_clients) break;
+      bool winding_down = false;
+      for (const auto& other : sessions_) winding_down |= other->done.load() || hung_up(other->fd);
+      if (!winding_down) break;
+      usleep(5000);
     }
     // One process cannot take every slot (batond's own failover manager,
     // which loads over connections of its own, excepted).
