@@ -34,17 +34,23 @@ inline void bump(std::atomic<uint64_t>& c, uint64_t n = 1) noexcept {
 
 /// Gives the ids in `ids` turns at one budget, as a poll does with its
 /// background copying: in order, while any budget is left, calls
-/// `visit(id, budget)`, which takes from `budget` what it used and returns
-/// true once the id has nothing more to do (it leaves the list). The ids
-/// visited and not done go to the back, so those the budget did not reach
-/// this time come first next time: however many there are, a poll copies
-/// about one budget, and none waits for ever. A visit must leave the list
-/// alone (it is being reordered). No allocation.
+/// `visit(id, slice)` with a slice of at most `per_turn` of what is left;
+/// the visit takes from `slice` what it used (that much leaves `budget`)
+/// and returns true once the id has nothing more to do (it leaves the
+/// list). The ids visited and not done go to the back, so those the budget
+/// did not reach this time come first next time: however many there are,
+/// a poll copies about one budget, and none waits for ever. A visit must
+/// leave the list alone (it is being reordered). No allocation.
 template <typename Visit>
-void take_turns(std::vector<uint64_t>& ids, uint64_t& budget, Visit&& visit) {
+void take_turns(std::vector<uint64_t>& ids, uint64_t& budget, uint64_t per_turn, Visit&& visit) {
   size_t kept = 0, next = 0;
-  for (; next < ids.size() && budget > 0; ++next)
-    if (!visit(ids[next], budget)) ids[kept++] = ids[next];
+  for (; next < ids.size() && budget > 0; ++next) {
+    const uint64_t given = std::min(per_turn, budget);
+    uint64_t slice = given;
+    const bool done = visit(ids[next], slice);
+    budget -= given - std::min(slice, given);
+    if (!done) ids[kept++] = ids[next];
+  }
   // [0, kept): visited, not done; [kept, next): done; [next, end): not reached.
   ids.erase(ids.begin() + static_cast<std::ptrdiff_t>(kept), ids.begin() + static_cast<std::ptrdiff_t>(next));
   std::rotate(ids.begin(), ids.begin() + static_cast<std::ptrdiff_t>(kept), ids.end());

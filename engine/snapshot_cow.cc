@@ -196,14 +196,11 @@ bool Engine::Impl::advance_cow_snapshots() noexcept {
   // however many segments commit at once, a poll settles about 4 MiB.
   if (cow_behind.empty()) return false;
   uint64_t budget = config.copy_slice;
-  take_turns(cow_behind, budget, [this](uint64_t id, uint64_t& left) {
+  take_turns(cow_behind, budget, kCowSlice, [this](uint64_t id, uint64_t& slice) {
     auto it = owned.find(id);
     if (it == owned.end()) return true;
-    uint64_t slice = std::min(kCowSlice, left);
-    const uint64_t before = slice;
     bool done = true;
     for (auto& stage : it->second->stages) done &= advance_cow(*it->second, stage, slice);
-    left -= before - slice;
     return done;
   });
   return true;

@@ -226,11 +226,12 @@ bool Engine::Impl::advance_stores() noexcept {
   if (stores_behind.empty()) return false;
   uint64_t budget = config.copy_slice;
   published_scratch.clear();
-  take_turns(stores_behind, budget, [&](uint64_t id, uint64_t& left) {
+  // (No cap per store: each takes what is left, at least a chunk.)
+  take_turns(stores_behind, budget, UINT64_MAX, [&](uint64_t id, uint64_t& slice) {
     auto it = stores.find(id);
     if (it == stores.end()) return true;
     bool published = false;
-    const bool done = it->second->advance_within(left, &published);
+    const bool done = it->second->advance_within(slice, &published);
     if (published) published_scratch.push_back(it->second.get());
     return done;
   });
@@ -362,14 +363,9 @@ bool Engine::Impl::catch_up_stages() noexcept {
   if (stages_behind.empty()) return false;
   bool copied = false;
   uint64_t budget = config.copy_slice;
-  take_turns(stages_behind, budget, [&](uint64_t id, uint64_t& left) {
+  take_turns(stages_behind, budget, kCatchUpSlice, [&](uint64_t id, uint64_t& slice) {
     auto it = owned.find(id);
-    if (it == owned.end()) return true;
-    uint64_t slice = std::min(kCatchUpSlice, left);
-    const uint64_t before = slice;
-    const bool done = catch_up_stage(*it->second, slice, copied);
-    left -= before - slice;
-    return done;
+    return it == owned.end() || catch_up_stage(*it->second, slice, copied);
   });
   return copied;
 }

@@ -552,15 +552,15 @@ TEST(TakeTurns, OneBudgetAPollAndEveryIdInTurn) {
   std::map<uint64_t, uint64_t> left;  // work each id has to do
   for (uint64_t id : ids) left[id] = 3 * id;
   std::vector<uint64_t> visited;
-  auto visit = [&](uint64_t id, uint64_t& budget) {
-    const uint64_t take = std::min({budget, left[id], uint64_t{4}});  // a slice of 4 at most
+  auto visit = [&](uint64_t id, uint64_t& slice) {
+    const uint64_t take = std::min(slice, left[id]);  // take_turns gives a slice of 4 at most
     left[id] -= take;
-    budget -= take;
+    slice -= take;
     visited.push_back(id);
     return left[id] == 0;
   };
   uint64_t budget = 10;
-  take_turns(ids, budget, visit);
+  take_turns(ids, budget, 4, visit);
   EXPECT_EQ(budget, 0u);
   EXPECT_EQ(visited, (std::vector<uint64_t>{1, 2, 3}));  // 3 + 4 + 3 of 10
   EXPECT_EQ(ids, (std::vector<uint64_t>{4, 5, 6, 7, 8, 9, 10, 2, 3})) << "1 is done; 2 and 3 wait behind the rest";
@@ -568,15 +568,17 @@ TEST(TakeTurns, OneBudgetAPollAndEveryIdInTurn) {
     visited.clear();
     budget = 10;
     const size_t waiting = ids.size();
-    take_turns(ids, budget, visit);
-    if (budget != 0) EXPECT_EQ(visited.size(), waiting) << "budget left only once every one had its turn";
+    take_turns(ids, budget, 4, visit);
+    if (budget != 0) {
+      EXPECT_EQ(visited.size(), waiting) << "budget left only once every one had its turn";
+    }
     EXPECT_GE(visited.size(), std::min<size_t>(waiting, 3)) << "a slice each: three get a turn";
   }
   EXPECT_TRUE(ids.empty());
   for (const auto& [id, l] : left) EXPECT_EQ(l, 0u) << id;
   budget = 0;
   ids = {1, 2};
-  take_turns(ids, budget, [](uint64_t, uint64_t&) -> bool { ADD_FAILURE() << "no budget, no visit"; return true; });
+  take_turns(ids, budget, 4, [](uint64_t, uint64_t&) -> bool { ADD_FAILURE() << "no budget, no visit"; return true; });
   EXPECT_EQ(ids, (std::vector<uint64_t>{1, 2}));
 }
 
