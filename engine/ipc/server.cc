@@ -40,6 +40,17 @@ namespace baton::ipc {
 
 namespace {
 
+/// `path` as a unix socket's address (the caller checked its length).
+sockaddr_un unix_address(const std::string& path) {
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::strncpy(addr.sun_path, path.c_str(), sizeof addr.sun_path - 1);
+  return addr;
+}
+
+/// The name start() binds and listens on before renaming it to `path`.
+std::string bind_name(const std::string& path) { return path + ".~"; }
+
 /// Whether the application on `fd` hung up (looks, never waits).
 bool hung_up(int fd) {
   pollfd p{fd, POLLRDHUP, 0};
@@ -66,6 +77,11 @@ Reply reply_error(int status, const std::string& message) {
   return r;
 }
 Reply reply_error(const Error& e) { return reply_error(-static_cast<int>(e.code), e.message); }
+
+/// The refusal of a segment kept for another user.
+Reply belongs_to(const std::string& name, uid_t owner) {
+  return reply_error(BATON_EPERM, "segment " + name + " belongs to uid " + std::to_string(owner));
+}
 
 void send_reply(int fd, const Reply& r, const std::vector<int>& fds = {}, const std::string& text = {}) {
   iovec iov[2] = {{const_cast<Reply*>(&r), sizeof r}, {const_cast<char*>(text.data()), text.size()}};
@@ -126,13 +142,11 @@ Result<void> socket_path_usable(const std::string& path, bool try_bind) {
       return fail(Errc::kExists, path, " exists and is not a socket (batond replaces only a stale socket)");
     const int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
     if (fd < 0) return fail(Errc::kIo, "socket: ", std::strerror(errno));
-    sockaddr_un addr{};
-    addr.sun_family = AF_UNIX;
-    std::strncpy(addr.sun_path, path.c_str(), sizeof addr.sun_path - 1);
+    const sockaddr_un addr = unix_address(path);
     // A listener accepts (or its backlog is full: EAGAIN); a stale file
     // refuses (ECONNREFUSED); a live socket of another type says
     // EPROTOTYPE.
-    const int rc = connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
+    const int rc = connect(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof addr);
     const int err = errno;
     close(fd);
     if (rc == 0 || err == EAGAIN)
@@ -145,14 +159,12 @@ Result<void> socket_path_usable(const std::string& path, bool try_bind) {
   }
   if (!try_bind) return {};
   // What start() does first: bind its temporary name beside it.
-  const std::string temp = path + ".~";
+  const std::string temp = bind_name(path);
   const int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
   if (fd < 0) return fail(Errc::kIo, "socket: ", std::strerror(errno));
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  std::strncpy(addr.sun_path, temp.c_str(), sizeof addr.sun_path - 1);
+  const sockaddr_un addr = unix_address(temp);
   unlink(temp.c_str());
-  const int rc = bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
+  const int rc = bind(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof addr);
   const int err = errno;
   close(fd);
   if (rc != 0) return fail(Errc::kIo, "cannot make a socket beside ", path, ": bind ", temp, ": ", std::strerror(err));
@@ -171,14 +183,11 @@ Result<std::unique_ptr<Server>> Server::start(Engine& engine, const ServerConfig
   // client that sees the socket can connect to it (no ECONNREFUSED window
   // between bind and listen), and a stale socket of a daemon that died is
   // replaced in one step.
-  const std::string temp = config.socket_path + ".~";
-  if (temp.size() >= sizeof(sockaddr_un::sun_path))
-    return fail(Errc::kInvalidArgument, "socket path too long: ", config.socket_path);
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  std::strncpy(addr.sun_path, temp.c_str(), sizeof addr.sun_path - 1);
+  // (socket_path_usable checked that this name fits.)
+  const std::string temp = bind_name(config.socket_path);
+  const sockaddr_un addr = unix_address(temp);
   unlink(temp.c_str());
-  if (bind(s->listen_fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0)
+  if (bind(s->listen_fd_, reinterpret_cast<const sockaddr*>(&addr), sizeof addr) != 0)
     return fail(Errc::kIo, "bind ", temp, ": ", std::strerror(errno));
   if (chmod(temp.c_str(), config.socket_mode) != 0 || listen(s->listen_fd_, 64) != 0 ||
       rename(temp.c_str(), config.socket_path.c_str()) != 0) {
@@ -734,8 +743,7 @@ Reply Server::open_segment(Session& s, const Request& r, std::vector<int>& fds) 
     // Kept for a user (its application left, S3): that user's again, or
     // an administrator's (root, batond's user). Loaded for no user (an
     // agent's load, the failover manager's): whoever batond lets in.
-    if (seg.uid != kNoUser && seg.uid != s.uid && !s.administrator())
-      return reply_error(BATON_EPERM, "segment " + name + " belongs to uid " + std::to_string(seg.uid));
+    if (!s.may_use(seg.uid)) return belongs_to(name, seg.uid);
     if (op == Op::kOpen && r.size != seg.size) return size_differs(name, seg.size, r.size);
     if (op != Op::kTakeOver)
       if (auto refused = over_limit(seg.size)) return *refused;
@@ -1102,9 +1110,7 @@ Reply Server::delete_segment(Session& s, const Request& r) {
         return reply_error(BATON_EBUSY, "segment " + name + " is open in " +
                                             (it->second->holder == &s ? "this application" : "another application") +
                                             " on this node; unregister it first");
-      const uid_t owner = it->second->uid;
-      if (owner != kNoUser && owner != s.uid && !s.administrator())
-        return reply_error(BATON_EPERM, "segment " + name + " belongs to uid " + std::to_string(owner));
+      if (!s.may_use(it->second->uid)) return belongs_to(name, it->second->uid);
       kept = std::move(it->second);
       segments_.erase(it);
     }

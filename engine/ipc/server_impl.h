@@ -68,6 +68,9 @@ struct Server::Session {
   /// Root, batond's own user, or batond itself (its failover manager's
   /// loads): may open, load or delete a segment kept for another user.
   bool administrator() const noexcept { return internal || pid == getpid() || uid == 0 || uid == geteuid(); }
+  /// Whether it may open, load or delete a segment kept for `owner`
+  /// (kNoUser: loaded for no user, whoever comes for it).
+  bool may_use(uid_t owner) const noexcept { return owner == kNoUser || owner == uid || administrator(); }
   /// A pledge's holder whose load is not exclusive (Pledge::exclusive):
   /// any open of the name waits for its load, as for a take-over.
   bool for_anyone = false;
