@@ -641,6 +641,10 @@ Result<void> Engine::Impl::remove_segment(Segment* seg) {
   table.retire(seg);
   std::unique_lock seg_lock(seg->mu);
   auto removed = call([this, seg] {
+    // A fenced owner's copy stays as a replica copy (keep_fenced_copy),
+    // if that was not done yet: its stages go with the segment below.
+    if (seg->fenced.load()) (void)keep_fenced_copy(*seg, true);
+    std::erase(fenced_to_keep, seg->id);
     owned.erase(seg->id);
     seg->current_stage = -1;
     tell_control(SegmentNews{SegmentNews::Kind::kGone, 0, seg->id, 0});
@@ -891,6 +895,8 @@ EngineStats Engine::stats() const noexcept {
     s.wholes_sent += c.wholes_sent.load();
     s.deltas_published += c.deltas_published.load();
     s.restamped += c.restamped.load();
+    s.fenced_copies_kept += c.fenced_copies_kept.load();
+    s.loads_outside_set += c.loads_outside_set.load();
     s.deltas_published_later += c.deltas_published_later.load();
     s.notes_rx += c.notes_rx.load();
     s.notes_dropped += c.notes_dropped.load();

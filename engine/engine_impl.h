@@ -339,7 +339,7 @@ struct Engine::Impl {
         longest_stall_us{0}, last_stall_ns{0}, snapshot_chunks_copied{0}, snapshot_chunks_skipped{0}, deltas_sent{0},
         wholes_sent{0}, deltas_published{0}, deltas_published_later{0}, restamped{0}, notes_rx{0}, notes_dropped{0},
         standby_promotions{0}, replica_promotions{0}, replica_promotions_chained{0}, slots_lent{0}, direct_reads{0}, direct_read_failures{0}, cow_snapshots{0}, cow_pages_settled{0},
-        periodic_commits{0};
+        periodic_commits{0}, fenced_copies_kept{0}, loads_outside_set{0};
     std::array<std::atomic<uint64_t>, static_cast<size_t>(wire::DecodeError::kCount)> decode{};
   } counters;
 
@@ -451,6 +451,15 @@ struct Engine::Impl {
   std::atomic<uint32_t> round_waiters{0};
   Result<std::unique_ptr<QueryOp>> query(std::string_view name);
   Result<OpenResult> load_from(const QueryOp& q, std::string_view name);
+  /// Whether load_from may take ownership from copies outside the sets
+  /// that must accept, because every member of them lost its copy
+  /// (docs/architecture.md, "Fencing": a fenced owner's kept copy).
+  /// `copy_holders`: the nodes that answered `q` with a copy; `c`: the
+  /// claim, which each of them must have granted; `best`: the copy the
+  /// load would take. Thread: control.
+  bool copies_outside_lost_sets(const QueryOp& q, const ClaimOp& c, const SetRecord& record,
+                                const std::vector<uint64_t>& sets, const std::vector<uint16_t>& copy_holders,
+                                const ClaimAnswer& best);
   /// Engine::remove with the name held busy. Thread: control.
   Result<void> remove_locked(std::string_view name);
   /// Writes a tombstone for `name` at `epoch` to every node; kUnavailable
@@ -743,8 +752,31 @@ struct Engine::Impl {
   /// Lists `st` for advance_stores (once) when it has copying to do
   /// (ReplicaStore::behind). Thread: token holder.
   void list_if_behind(const ReplicaStore& st) noexcept;
-  /// `why`: what superseded it (default: a newer owner epoch).
-  void fence(Segment& seg, const std::string& why = {}) noexcept;
+  /// `why`: what superseded it (default: a newer owner epoch). `keep`:
+  /// its last snapshot stays here as a replica copy (keep_fenced_copy);
+  /// not for an owner that yields to a rival of its own epoch, whose data
+  /// that copy (of the same epoch) would refuse.
+  void fence(Segment& seg, const std::string& why = {}, bool keep = true) noexcept;
+  /// A fenced owner's last complete snapshot becomes a replica store of
+  /// its epoch here (ReplicaStore::from_owner: the stages mapped again,
+  /// nothing copied), so it is counted like any copy until the new owner's
+  /// set holds the generation: it answers queries and claims, serves
+  /// fetches, is relabelled or updated by the new owner's data, and goes
+  /// when that owner's set is recorded without this node (a release), or
+  /// with a delete. Without it a durable generation was lost when a load
+  /// moved the segment and the new owner and the other replica died
+  /// before the new set was recorded: the old owner, alive with the
+  /// generation, counted for nothing (docs/reliability.md). Returns false
+  /// to be asked again (the committer holds seg.mu, or a copy-on-write
+  /// snapshot is still settling), true once done with it (kept, or
+  /// nothing to keep: a copy is here already, no complete snapshot, a
+  /// delete). `mu_held`: the caller holds seg.mu (remove_segment).
+  /// Thread: token holder.
+  bool keep_fenced_copy(Segment& seg, bool mu_held) noexcept;
+  /// Owned segments fenced whose copy is still to be kept (by id), tried
+  /// again at each poll. Token holder.
+  std::vector<uint64_t> fenced_to_keep;
+  void keep_fenced_copies() noexcept;
   /// Another owner of `seg`'s own `epoch` proposed a replica set
   /// (`evidence` says how this node learnt it): if this owner's set is not
   /// recorded yet, it steps down (records.cc).

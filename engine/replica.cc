@@ -85,6 +85,15 @@ void Engine::Impl::on_data(Link& link, wire::Frame& f) noexcept {
       send_error(link, f, wire::ErrorCode::kStaleEpoch, f.epoch, rival_record_flag(f) | wire::kFlagOwner);
       return;
     }
+    // A newer owner writes a segment this node owns: fenced, its last
+    // snapshot becomes the copy here (one of another size is of a name
+    // deleted and created again), which this frame updates.
+    if (auto o = owned.find(f.seg_id); o != owned.end() && f.epoch > o->second->epoch.load()) {
+      fence(*o->second, {}, f.total_len == o->second->size);
+      it = stores.find(f.seg_id);
+    }
+  }
+  if (it == stores.end()) {
     if (f.total_len > config.max_segment_size) {
       send_error(link, f, wire::ErrorCode::kNoRoom, 0);
       return;

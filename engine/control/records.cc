@@ -266,7 +266,7 @@ void Engine::Impl::step_down_if_rivalled(Segment& seg, uint64_t epoch, const std
   // that set holds every generation that may be durable too, and if both
   // step down, a later load needs a record of this epoch to claim from
   // (the older one names the two owners, whose copies left their stores).
-  fence(seg, "another node took it at owner epoch " + std::to_string(epoch) + " too (" + evidence + ")");
+  fence(seg, "another node took it at owner epoch " + std::to_string(epoch) + " too (" + evidence + ")", false);
 }
 
 void Engine::Impl::fence_if_superseded(uint64_t seg_id, uint64_t epoch) noexcept {
@@ -280,13 +280,61 @@ uint64_t Engine::Impl::claimed_epoch(uint64_t seg_id) const noexcept {
   return claimed;
 }
 
-void Engine::Impl::fence(Segment& seg, const std::string& why) noexcept {
+void Engine::Impl::fence(Segment& seg, const std::string& why, bool keep) noexcept {
   if (seg.fenced.exchange(true)) return;
   record_event("segment " + seg.name + " fenced: " +
                (why.empty() ? "owner epoch " + std::to_string(seg.epoch.load()) + " was superseded" : why) +
                "; this node no longer owns it");
   for (auto& r : seg.replicas) r->sender.stop();
   tell_control(SegmentNews{SegmentNews::Kind::kFenced, 0, seg.id, 0});  // placement stops
+  if (keep && !keep_fenced_copy(seg, false)) fenced_to_keep.push_back(seg.id);
+}
+
+bool Engine::Impl::keep_fenced_copy(Segment& seg, bool mu_held) noexcept {
+  // (A store being allocated for the newer owner's data gives way to it.)
+  if (!seg.fenced.load() || seg.nothing_to_keep || stores.count(seg.id) != 0 || seg.current_stage < 0) return true;
+  // Fenced by a delete (a tombstone above its epoch): nothing to keep.
+  if (auto r = records.find(seg.id); r != records.end() && r->second.deleted && r->second.epoch > seg.epoch.load())
+    return true;
+  // The stages are the committer's while it holds seg.mu (a stage-copy
+  // commit copies without the poll token); once fenced, no commit takes
+  // them again. (A committer polling mid-copy holds seg.mu itself: its
+  // try_lock finds the mutex busy, and the next poll asks again.)
+  std::unique_lock lock(seg.mu, std::defer_lock);
+  if (!mu_held && !lock.try_lock()) return false;
+  Stage& stage = seg.stages[seg.current_stage];
+  if (stage.cow) {
+    if (!mu_held) return false;  // advance_cow settles it meanwhile
+    settle_cow(seg, false);
+  }
+  const size_t chunks = stage.chunk_crcs.size();
+  if (stage.generation == 0 || chunks == 0 || stage.ready.load(std::memory_order_acquire) < chunks) return true;
+  Stage& other = seg.stages[1 - seg.current_stage];
+  auto latest = stage.mem.share();
+  auto spare = other.mem.share();
+  if (!latest || !spare) {
+    BT_WARN("segment %s: fenced; its generation %lu is not kept as a replica copy: %s", seg.name.c_str(),
+            static_cast<unsigned long>(stage.generation),
+            (!latest ? latest.error() : spare.error()).message.c_str());
+    return true;
+  }
+  ReplicaStore::Origin origin{seg.name, seg.id, seg.size, seg.epoch.load(), config.node_id};
+  origin.pages = app_pages();
+  ReplicaStore::Kept k{std::move(*latest), std::move(*spare), stage.generation, seg.epoch.load(),
+                       wire::pack_nodes(seg.recorded_set), stage.gen_crc, seg.chunk_size, stage.chunk_crcs};
+  stores.emplace(seg.id, ReplicaStore::from_owner(origin, std::move(k)));
+  bump(counters.fenced_copies_kept);
+  record_event("segment " + seg.name + ": generation " + std::to_string(stage.generation) +
+               " kept here as a replica copy of owner epoch " + std::to_string(seg.epoch.load()) +
+               " until the newer owner's replica set holds it");
+  return true;
+}
+
+void Engine::Impl::keep_fenced_copies() noexcept {
+  std::erase_if(fenced_to_keep, [this](uint64_t id) {
+    auto it = owned.find(id);
+    return it == owned.end() || keep_fenced_copy(*it->second, false);
+  });
 }
 
 //

@@ -325,13 +325,58 @@ std::string set_string(const std::vector<uint16_t>& set) {
 
 }  // namespace
 
+bool Engine::Impl::copies_outside_lost_sets(const QueryOp& q, const ClaimOp& c, const SetRecord& record,
+                                            const std::vector<uint64_t>& sets,
+                                            const std::vector<uint16_t>& copy_holders, const ClaimAnswer& best) {
+  auto answer = [&q](uint16_t n) -> const QueryAnswer* {
+    for (const auto& a : q.answers)
+      if (a.peer == n) return &a;
+    return nullptr;
+  };
+  if (record.epoch == 0 || copy_holders.empty()) return false;
+  // Only a copy of that set's own history: written under the record's
+  // epoch or later. One from before it may be of a history deleted since
+  // (a new one then started above the tombstone, whose records took its
+  // place: simulation seed 630200); and a newer owner that recorded its
+  // own set made everything durable there, on members that all lost it.
+  if (best.data_epoch < record.epoch) return false;
+  // Every member of every set that must accept answered that it holds
+  // nothing (each restarted: its memory, and the epochs it accepted, are
+  // gone), and so did the set's owner or it answered with a copy, not as
+  // the live owner: no generation can become durable under that set again.
+  for (uint64_t packed : sets)
+    for (uint16_t n : wire::unpack_set(packed)) {
+      const QueryAnswer* a = n == 0 ? nullptr : answer(n);
+      if (n != 0 && (a == nullptr || !a->answered || a->found)) return false;
+    }
+  if (const QueryAnswer* o = answer(record.owner); o == nullptr || !o->answered) return false;
+  // No live owner anywhere (one would be sending its set the generation
+  // again), and nobody alive that did not say what it holds.
+  for (const auto& a : q.answers)
+    if (a.found && a.owner) return false;
+  if (silent_peer(q) != 0) return false;
+  if (!heard_every_peer(q.name, "loading it from a copy outside its replica set")) return false;
+  // Every node that answered with a copy accepted (the newest of them is
+  // among those the load chooses from), and none refused: a newer epoch
+  // is held somewhere.
+  for (const auto& a : c.answers)
+    if (a.refused_epoch != 0) return false;
+  for (uint16_t n : copy_holders) {
+    bool granted = false;
+    for (const auto& a : c.answers) granted |= a.peer == n && a.granted;
+    if (!granted) return false;
+  }
+  return true;
+}
+
 // Ownership moves in two steps (S9, S22). First a claim: every replica that
 // holds the name, and every member of the newest recorded replica set, is
 // asked to accept owner epoch E+1, above any epoch seen; one that accepts
 // refuses the old owner from then on and hands over what it holds.
-// Ownership is taken only if a majority of that recorded set accepted. Then
-// the newest generation handed over is fetched from a replica that accepted.
-// See docs/architecture.md, "Fencing".
+// Ownership is taken only if a majority of that recorded set accepted (or
+// every member of it lost its copy, and copies outside it are all there is:
+// copies_outside_lost_sets). Then the newest generation handed over is
+// fetched from a replica that accepted. See docs/architecture.md, "Fencing".
 Result<OpenResult> Engine::Impl::load_from(const QueryOp& q, std::string_view name) {
   uint64_t max_epoch = newest_epoch(q);
   // Claim one above the newest epoch seen, or the newest itself if this
@@ -368,6 +413,7 @@ Result<OpenResult> Engine::Impl::load_from(const QueryOp& q, std::string_view na
                     "again once its owner has committed and replicated)");
     return fail(Errc::kNotFound, "no live replica holds ", name);
   }
+  const std::vector<uint16_t> copy_holders = holders;
   // Members of the recorded set are asked too, whatever they answered.
   for (uint16_t n : wire::unpack_set(record.set))
     if (n != 0 && std::find(holders.begin(), holders.end(), n) == holders.end() &&
@@ -465,7 +511,13 @@ Result<OpenResult> Engine::Impl::load_from(const QueryOp& q, std::string_view na
     }
     if (!ok) break;
   }
-  if (!enough(accepted, refusing, set.size())) {
+  if (!enough(accepted, refusing, set.size()) && copies_outside_lost_sets(q, *c, record, sets, copy_holders, *best)) {
+    record_event("segment " + std::string(name) + ": every replica of set " + set_string(set) +
+                 " answered without a copy; loading generation " + std::to_string(best->generation) +
+                 " of owner epoch " + std::to_string(best->data_epoch) + " from node " + std::to_string(best->peer) +
+                 ", which holds it outside the set");
+    bump(counters.loads_outside_set);
+  } else if (!enough(accepted, refusing, set.size())) {
     record_event("segment " + std::string(name) + ": ownership not taken: " + std::to_string(accepted) + " of " +
                  std::to_string(set.size()) + " replicas of set " + set_string(set) + " accepted epoch " +
                  std::to_string(c->epoch));
@@ -872,7 +924,13 @@ Result<OpenResult> Engine::reopen(Segment* segment, bool take_over) {
   if (seg->fenced.load()) return impl->open_locked(std::string(seg->name), seg->size, take_over);
   uint64_t generation;
   {
-    std::lock_guard seg_lock(seg->mu);  // no commit of it meanwhile (one may still be returning)
+    std::unique_lock seg_lock(seg->mu);  // no commit of it meanwhile (one may still be returning)
+    // Fenced since it was asked: its stages may be a replica copy's slots
+    // now (keep_fenced_copy, which waits for this mutex), no restore's.
+    if (seg->fenced.load()) {
+      seg_lock.unlock();
+      return impl->open_locked(std::string(seg->name), seg->size, take_over);
+    }
     // Memory nobody was given since it was made from the last generation
     // (a load for an agent, then the application's first open) needs
     // nothing put back.

@@ -79,6 +79,7 @@ uint64_t Engine::Impl::apply_tombstone(uint64_t seg_id, std::string_view name, u
                    std::to_string(owner) + ": replica copy dropped");
   }
   drop_store(seg_id);
+  if (auto o = owned.find(seg_id); o != owned.end() && o->second->epoch.load() < epoch) o->second->nothing_to_keep = true;
   fence_if_superseded(seg_id, epoch);
   return 0;
 }
@@ -121,6 +122,12 @@ void Engine::Impl::on_release(const wire::Frame& f) noexcept {
   // quorum: a loader claims from that set (or a newer one) only.
   const auto set = wire::unpack_set(f.sack);
   if (std::find(set.begin(), set.end(), config.node_id) != set.end()) return;
+  // An older owner here is superseded, and the new set holds what its
+  // last snapshot holds: nothing of it is kept (keep_fenced_copy).
+  if (auto o = owned.find(f.seg_id); o != owned.end() && o->second->epoch.load() < f.epoch) {
+    o->second->nothing_to_keep = true;
+    fence(*o->second, {}, false);
+  }
   auto st = stores.find(f.seg_id);
   if (st == stores.end() || st->second->epoch() > f.epoch || st->second->name() != f.name) return;
   record_event("segment " + st->second->name() + ": replica copy dropped (node " + std::to_string(f.src) +

@@ -458,7 +458,9 @@ void Server::drop_fenced() {
     }
     if (closed) {
       ++counters_.dropped_fenced;
-      BT_INFO("segment %s: fenced here and held by no application: dropped (its memory goes back)", name.c_str());
+      BT_INFO("segment %s: fenced here and held by no application: dropped (its memory goes back but for its last "
+              "snapshot, kept as a replica copy until the newer owner's replica set holds it)",
+              name.c_str());
     } else {
       // The engine stops, or the handle went meanwhile: an open of the name
       // finds whatever is left and loads it afresh.

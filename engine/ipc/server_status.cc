@@ -67,6 +67,8 @@ nlohmann::json Server::status_json(size_t limit) const {
                         {"published", stats.published},
                         {"deltas_published", stats.deltas_published},
                         {"restamped", stats.restamped},
+                        {"fenced_copies_kept", stats.fenced_copies_kept},
+                        {"loads_outside_set", stats.loads_outside_set},
                         {"corrupt_generations", stats.corrupt_generations},
                         {"stale_epoch", stats.stale_epoch},
                         {"standby_promotions", stats.standby_promotions},

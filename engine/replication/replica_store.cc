@@ -46,6 +46,36 @@ Result<std::unique_ptr<ReplicaStore>> ReplicaStore::create(const Origin& first, 
   return store;
 }
 
+std::unique_ptr<ReplicaStore> ReplicaStore::from_owner(const Origin& origin, Kept k) {
+  auto store = std::make_unique<ReplicaStore>();
+  store->name_ = origin.name;
+  store->pages_ = origin.pages;
+  store->id_ = origin.id;
+  store->size_ = origin.size;
+  store->epoch_ = origin.epoch;
+  store->owner_ = origin.owner;
+  store->retain_ = 0;
+  store->slots_.resize(2);
+  store->writer_pins_ = std::make_unique<std::atomic<uint32_t>[]>(2);
+  Slot& held = store->slots_[0];
+  held.mem = std::move(k.latest);
+  held.generation = k.generation;
+  held.epoch = k.epoch;
+  held.set = k.set;
+  held.gen_crc = k.gen_crc;
+  held.chunk_size = k.chunk_size;
+  held.chunk_crcs = std::move(k.chunk_crcs);
+  held.content = k.generation;
+  held.content_epoch = k.epoch;
+  store->slots_[1].mem = std::move(k.spare);  // content unknown: no delta is built on it
+  for (auto& slot : store->slots_) slot.delta_chunks.reserve(kDeltaReserve);
+  store->published_.push_back(0);
+  store->last_published_ = k.generation;
+  store->shadow_delta_.reserve(kDeltaReserve);
+  store->hops_.reserve(kDeltaReserve * 2);
+  return store;
+}
+
 int ReplicaStore::pick_shadow() noexcept {
   // An empty slot first, else the oldest published one that is neither the
   // latest nor pinned by a reader.

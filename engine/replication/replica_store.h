@@ -70,6 +70,29 @@ class ReplicaStore {
     return create(Origin::of(first), retain, numa_node);
   }
 
+  /// What an owner keeps of its own segment once a newer owner fenced it
+  /// (Engine's keep_fenced_copy): its last complete snapshot, published as
+  /// this store's latest generation under the owner's own epoch, and its
+  /// other stage as the slot the next generation is built in. Both are
+  /// the owner's memory mapped again (LocalStorage::share), so nothing is
+  /// allocated or copied.
+  struct Kept {
+    LocalStorage latest;
+    LocalStorage spare;
+    uint64_t generation = 0;
+    uint64_t epoch = 0;
+    uint64_t set = 0;  ///< the owner's recorded replica set (wire::pack_set)
+    uint32_t gen_crc = 0;
+    uint32_t chunk_size = 0;
+    std::vector<uint32_t> chunk_crcs;
+  };
+  /// A store of `origin`'s segment made of what a fenced owner kept: it
+  /// holds k.generation of owner epoch k.epoch as if it had received it,
+  /// answers queries and claims with it and serves fetches from it, and
+  /// takes a newer owner's data like any replica (the same generation
+  /// whole is relabelled, not received again). Thread: worker.
+  static std::unique_ptr<ReplicaStore> from_owner(const Origin& origin, Kept k);
+
   enum class Accept : uint8_t {
     kStored, kDuplicate, kPublished, kStale, kCorrupt, kNoSlot, kBadFrame, kNeedFull, kRestamped,
     kCompleting };

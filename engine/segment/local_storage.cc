@@ -102,6 +102,27 @@ void LocalStorage::populate() const noexcept {
   if (!populated_ && data_ != nullptr) (void)madvise(data_, mapped_, MADV_POPULATE_WRITE);
 }
 
+Result<LocalStorage> LocalStorage::share() const {
+  if (data_ == nullptr) return fail(Errc::kInvalidArgument, "no memory to share");
+  const int fd = fcntl(fd_, F_DUPFD_CLOEXEC, 0);
+  if (fd < 0) return fail(Errc::kIo, "cannot duplicate a memory descriptor: ", std::strerror(errno));
+  void* p = mmap(nullptr, mapped_, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  if (p == MAP_FAILED) {
+    const int err = errno;
+    close(fd);
+    return fail(Errc::kIo, "cannot map memory again: ", std::strerror(err));
+  }
+  LocalStorage s;
+  s.data_ = static_cast<std::byte*>(p);
+  s.size_ = size_;
+  s.mapped_ = mapped_;
+  s.fd_ = fd;
+  s.node_ = node_;
+  s.huge_ = huge_;
+  s.populated_ = populated_;
+  return s;
+}
+
 Result<LocalStorage> LocalStorage::create(const std::string& name, uint64_t size, int numa_node, Pages pages,
                                           Populate populate) {
   if (size == 0) return fail(Errc::kInvalidArgument, "segment size is 0");

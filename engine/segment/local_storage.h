@@ -40,6 +40,12 @@ class LocalStorage {
   static Result<LocalStorage> create(const std::string& name, uint64_t size, int numa_node,
                                      Pages pages = Pages::kAny, Populate populate = Populate::kNow);
 
+  /// A second mapping of this storage's memory (its descriptor
+  /// duplicated): the bytes are the same, each mapping lives on its own,
+  /// and the memory goes back when both are gone. Errors: kIo.
+  /// Thread: any.
+  Result<LocalStorage> share() const;
+
   /// Whether every page is faulted in (create() with kNow, or huge pages).
   bool populated() const noexcept { return populated_; }
   /// Faults in what is not yet. It changes no byte, so it may run on any

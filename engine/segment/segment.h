@@ -177,6 +177,13 @@ struct Segment {
   /// recorded at a quorum, those outside it are told to drop their copies
   /// (reclamation). Token holder only.
   std::vector<uint16_t> release_to;
+  /// Fenced by a delete, or released by a newer owner (whose set, recorded
+  /// at a quorum, holds the generation): no replica copy is kept of it
+  /// (Engine::Impl::keep_fenced_copy), whatever records arrive later (a
+  /// keep put off until a copy-on-write snapshot settled once found a new
+  /// history's record in the tombstone's place, and kept the deleted
+  /// generation: simulation seed 157). Token holder only.
+  bool nothing_to_keep = false;
 };
 
 /// What a sender streams to a replica of `seg`: the snapshot in `stage`,

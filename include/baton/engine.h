@@ -417,6 +417,12 @@ struct EngineStats {
   /// Generations a new owner re-replicated under its epoch that this
   /// node's replica already held: relabelled, not received again.
   uint64_t restamped = 0;
+  /// Owners fenced here whose last snapshot stayed as a replica copy
+  /// until the newer owner's set held it (it is counted as a copy).
+  uint64_t fenced_copies_kept = 0;
+  /// Loads that took a copy held outside the replica set, because every
+  /// member of the set had lost its copy (a fenced owner's, kept).
+  uint64_t loads_outside_set = 0;
   uint64_t notes_rx = 0;           ///< daemon notes received (Engine::take_notes)
   uint64_t notes_dropped = 0;      ///< received while the inbox was full: lost
   uint64_t standby_promotions = 0; ///< loads that took over this node's hot standby copy (no fetch, no copy)

@@ -71,6 +71,8 @@ struct Stats {
            replica_promotions_chained = 0,  ///< of those, whose stage the replica had kept close (only chunks copied)
            cow_snapshots = 0,       ///< commits that took a copy-on-write snapshot (S14)
            restamped = 0,           ///< takeovers' generations a replica held already: relabelled, not resent
+           fenced_copies_kept = 0,  ///< fenced owners whose last snapshot stayed as a replica copy
+           loads_outside_set = 0,   ///< loads from such a copy: every member of the set had lost its own
            direct_reads = 0,        ///< loads that read a peer's lent slot through shared memory
            races = 0,               ///< two calls of one name that ran at once (a delete and a load, or two loads)
            start_races = 0,         ///< of which two opens or loads

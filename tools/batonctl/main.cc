@@ -143,6 +143,10 @@ int status(const std::string& socket, bool as_json, bool segments_only) {
         std::printf("  direct reads (shared memory): %llu slots lent to loaders, %llu loads read a lent slot "
                     "(%llu failed and were streamed)\n",
                     r.value("slots_lent", 0ull), r.value("direct_reads", 0ull), r.value("direct_read_failures", 0ull));
+      if (r.value("fenced_copies_kept", 0ull) + r.value("loads_outside_set", 0ull) != 0)
+        std::printf("  fenced owners' last snapshots kept as replica copies: %llu; loads that took one (every member "
+                    "of the set had lost its copy): %llu\n",
+                    r.value("fenced_copies_kept", 0ull), r.value("loads_outside_set", 0ull));
       if (r.value("corrupt_generations", 0ull) != 0)
         std::printf("  WARNING: %llu received generations failed their checksum (sent again)\n",
                     r.value("corrupt_generations", 0ull));

@@ -113,7 +113,10 @@ int stats(const char*, const char*, rte_tel_data* d) {
       {"standby_promotions", s.standby_promotions}, {"replica_promotions", s.replica_promotions},
       {"replica_promotions_chained", s.replica_promotions_chained},
       {"slots_lent", s.slots_lent}, {"direct_reads", s.direct_reads},
-      {"direct_read_failures", s.direct_read_failures}};
+      {"direct_read_failures", s.direct_read_failures},
+      // Fenced owners' last snapshots kept as replica copies, and loads
+      // that took one because every member of the set had lost its own.
+      {"fenced_copies_kept", s.fenced_copies_kept}, {"loads_outside_set", s.loads_outside_set}};
   for (const auto& [k, v] : values) rte_tel_data_add_dict_u64(d, k, v);
   rte_tel_data_add_dict_u64(d, "decode_errors", s.decode_errors_total());
   return 0;

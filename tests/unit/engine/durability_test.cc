@@ -563,6 +563,61 @@ TEST(Durability, AFencedOwnerDoesNotRestoreItsDivergentHistory) {
   EXPECT_TRUE(equals_generation(cl.node(1), reopened->segment, 3));
 }
 
+// An independent campaign (docs/reliability.md, session 48): a load moved
+// a segment away, and the new owner and the other replica died before the
+// old owner's copy was counted under the new owner: the old owner, alive
+// and fenced, held the last copy and dropped it, and the next open started
+// afresh. Now a fenced owner keeps its last snapshot as a replica copy, and
+// a load takes a copy outside the newest set when every member of that set
+// answered that it holds nothing. Here node 2, which cannot hear node 1,
+// takes the segment with node 3 as its only replica; node 1's application,
+// still running, commits generation 5 (a commit after the takeover: never
+// durable), node 3 refuses it, and node 1 is fenced with generation 5 in its
+// last snapshot. Then nodes 2 and 3 die, and with them every member of the
+// newest set and every copy of generation 4 but node 1's newer one.
+TEST(Durability, AFencedOwnersCopyOutlivesTheNewOwnerAndItsSet) {
+  Cluster cl(3, config(2));
+  constexpr size_t kSize = 64 * 1024;
+  Segment* old_handle = test::must(cl.node(1).create("kept", kSize));
+  commit_durable(cl.node(1), old_handle, 4);
+  // Nodes 2 and 3 stop hearing node 1 (it still hears them); node 2 takes
+  // the segment over.
+  cl.wire(1, 2).set_stalled(2, true);
+  cl.wire(1, 3).set_stalled(3, true);
+  ASSERT_TRUE(eventually([&] { return !peer_alive(cl.node(2), 1) && !peer_alive(cl.node(3), 1); }));
+  auto moved = test::must(cl.node(2).load("kept"));
+  ASSERT_EQ(moved.generation, 4u);
+  ASSERT_TRUE(eventually([&] { return test::has_event(cl.node(2), "replica set {3} recorded"); })) << cl.events();
+  // Node 3 hears node 1 again and refuses its next generation: fenced.
+  cl.wire(1, 3).set_stalled(3, false);
+  write_generation(cl.node(1), old_handle, 5);
+  ASSERT_EQ(test::must(cl.node(1).commit(old_handle)), 5u);
+  auto refused = cl.node(1).wait_replicated(old_handle, 5, kDurable, 10s);
+  ASSERT_FALSE(refused);
+  EXPECT_EQ(refused.error().code, Errc::kFenced) << refused.error().to_string();
+  ASSERT_TRUE(eventually([&] { return cl.node(1).stats().fenced_copies_kept == 1; })) << cl.events();
+  const auto kept = cl.node(1).read_replica("kept");
+  ASSERT_TRUE(kept) << kept.error().to_string();
+  EXPECT_EQ(*kept, content_of(5, kSize));
+
+  cl.kill(2);
+  cl.kill(3);
+  cl.wire(1, 2).set_stalled(2, false);
+  cl.restart(2);
+  cl.restart(3);
+  ASSERT_TRUE(eventually([&] { return peer_alive(cl.node(1), 2) && peer_alive(cl.node(1), 3); }));
+  auto back = cl.node(1).open("kept", kSize);
+  ASSERT_TRUE(test::ok(back)) << cl.events();
+  EXPECT_EQ(back->outcome, OpenOutcome::kRestored) << cl.events();
+  EXPECT_EQ(back->generation, 5u) << cl.events();
+  EXPECT_TRUE(equals_generation(cl.node(1), back->segment, 5));
+  EXPECT_EQ(cl.node(1).stats().loads_outside_set, 1u) << cl.events();
+  // It owns the segment again: its next commit becomes durable.
+  write_generation(cl.node(1), back->segment, 6);
+  auto g = test::must(cl.node(1).commit(back->segment));
+  EXPECT_TRUE(test::ok(cl.node(1).wait_replicated(back->segment, g, kDurable, 10s))) << cl.events();
+}
+
 // Bug 5: a two-node cluster split by a partition: each side is quorate
 // (two_node), but only the tie-breaker (node 1) creates new names.
 TEST(Durability, ATwoNodeSplitHasOneCreator) {

@@ -452,6 +452,51 @@ TEST(ReplicaStore, TheSameGenerationUnderANewEpochIsRelabelledNotReceivedAgain) 
   EXPECT_TRUE(std::equal(next.data.begin(), next.data.end(), hot->data()));
 }
 
+// A fenced owner's last snapshot becomes a replica store of its epoch
+// (Engine's keep_fenced_copy): its two stages, mapped again, are the
+// store's slots, so nothing is copied; the memory outlives the owner's
+// mappings; the new owner's re-replication of the same generation is a
+// relabel, and its next generation lands in the other stage's memory.
+TEST(ReplicaStore, AFencedOwnersStagesBecomeItsSlotsWithoutACopy) {
+  const uint32_t cs = 512;
+  Source s(4 * cs, cs, 23);
+  auto stage = std::move(*LocalStorage::create("seg@stage", s.data.size(), -1, LocalStorage::Pages::kSmall));
+  auto other = std::move(*LocalStorage::create("seg@stage", s.data.size(), -1, LocalStorage::Pages::kSmall));
+  std::copy(s.data.begin(), s.data.end(), stage.data());
+  auto latest = stage.share();
+  auto spare = other.share();
+  ASSERT_TRUE(latest && spare);
+  EXPECT_NE(latest->data(), stage.data()) << "a mapping of its own";
+  ReplicaStore::Origin origin = ReplicaStore::Origin::of(s.frame(3, 0));
+  origin.owner = 1;  // this node, the old owner
+  auto store = ReplicaStore::from_owner(
+      origin, ReplicaStore::Kept{std::move(*latest), std::move(*spare), 3, 1, 0x22, s.gen_crc, cs, s.crcs});
+  ASSERT_NE(store->latest(), nullptr);
+  EXPECT_EQ(store->latest()->generation, 3u);
+  EXPECT_EQ(store->latest()->epoch, 1u);
+  EXPECT_EQ(store->latest()->set, 0x22u);
+  stage.data()[7] = std::byte{0x5a};
+  EXPECT_EQ(store->latest()->mem.data()[7], std::byte{0x5a}) << "the same memory, not a copy";
+  stage.data()[7] = s.data[7];
+  stage = LocalStorage{};  // the fenced segment goes: its mappings with it
+  other = LocalStorage{};
+  EXPECT_TRUE(std::equal(s.data.begin(), s.data.end(), store->latest()->mem.data()));
+
+  store->adopt_epoch(2, 2);  // node 2 took over at epoch 2
+  auto same = from_new_owner(s.frame(3, 1));
+  EXPECT_EQ(store->accept(same), ReplicaStore::Accept::kRestamped);
+  EXPECT_EQ(store->latest()->epoch, 2u);
+  Source next = s.with({0, 2}, 0x77);
+  for (uint32_t i = 0; i < 4; ++i) {
+    auto f = from_new_owner(next.frame(4, i));
+    const auto r = store->accept(f);
+    EXPECT_EQ(r, i == 3 ? ReplicaStore::Accept::kPublished : ReplicaStore::Accept::kStored) << i;
+  }
+  ASSERT_EQ(store->latest()->generation, 4u);
+  EXPECT_TRUE(std::equal(next.data.begin(), next.data.end(), store->latest()->mem.data()));
+  EXPECT_EQ(store->generations(), std::vector<uint64_t>{4});
+}
+
 // A slot the copy ahead brought up to the newest generation is relabelled
 // with it when a new owner's re-replication relabels the generation: the
 // new owner's first delta then finds its shadow current (published with its
