@@ -239,7 +239,8 @@ Result<DaemonConfig> parse_daemon_config(std::string_view text, std::string_view
   const auto client = root["client"];
   if (!client.is_table()) return tl::unexpected(r.error("client", "the [client] table is required"));
   if (auto ok = r.only(*client.as_table(), "client",
-                       {"socket", "user", "group", "mode", "max_clients", "max_clients_per_process", "max_segments",
+                       {"socket", "user", "group", "mode", "max_clients", "max_clients_per_process", "max_clients_per_user",
+                        "max_segments",
                         "max_mib", "max_wait_ms"}); !ok)
     return tl::unexpected(ok.error());
   TRY(sock, r.string(client["socket"], "client.socket", std::nullopt));
@@ -269,6 +270,10 @@ Result<DaemonConfig> parse_daemon_config(std::string_view text, std::string_view
   c.max_clients = static_cast<uint32_t>(max_clients);
   TRY(per_process, r.integer(client["max_clients_per_process"], "client.max_clients_per_process", 1, 4096, 16));
   c.max_clients_per_process = static_cast<uint32_t>(per_process);
+  // Nor one user's many processes: a quarter of the slots by default.
+  TRY(per_user, r.integer(client["max_clients_per_user"], "client.max_clients_per_user", 1, 4096,
+                          std::max<int64_t>(1, max_clients / 4)));
+  c.max_clients_per_user = static_cast<uint32_t>(per_user);
   TRY(max_segments, r.integer(client["max_segments"], "client.max_segments", 1, 65536, 64));
   c.max_segments = static_cast<uint32_t>(max_segments);
   TRY(max_mib, r.integer(client["max_mib"], "client.max_mib", 1, int64_t{1} << 30, 4096));

@@ -11,7 +11,9 @@
 //             topology = "synthetic:package:2 numa:2 core:8 pu:1" (default: discovered),
 //             heartbeat_us = 5000, failure_timeout_us = 150000 (0: by idle policy)
 //   [client]  socket = "/run/baton/blade1.sock", user = "root", group = "baton", mode = "0660",
-//             max_clients = 256, max_clients_per_process = 16, max_segments = 64 (per application),
+//             max_clients = 256, max_clients_per_process = 16,
+//             max_clients_per_user = 64 (default: a quarter of max_clients; root and batond's user exempt),
+//             max_segments = 64 (per application),
 //             max_mib = 4096 (per application; both also bound what batond keeps for a user),
 //             max_wait_ms = 60000 (a longer wait is cut to this)
 //   [log]     level = "info", syslog = false
@@ -71,6 +73,7 @@ struct DaemonConfig {
   mode_t socket_mode = 0660;
   uint32_t max_clients = 256;          ///< applications connected at once
   uint32_t max_clients_per_process = 16;  ///< connections one process holds at once
+  uint32_t max_clients_per_user = 64;     ///< connections one user's processes hold at once (default max_clients / 4)
   uint32_t max_segments = 64;          ///< segments one application holds at once
   uint64_t max_client_bytes = 4ull << 30;  ///< bytes of segments one application holds at once
   uint32_t max_wait_ms = 60'000;       ///< the longest wait the daemon serves

@@ -303,6 +303,20 @@ void Server::accept_clients() {
                                              std::to_string(config_.max_clients_per_process) + ")"));
       continue;
     }
+    // Nor one user's many processes (root and batond's own user, who may
+    // do anything here anyway, excepted).
+    uint32_t of_user = 0;
+    for (const auto& other : sessions_) of_user += other->uid == cred.uid && !other->done.load();
+    if (cred.uid != 0 && cred.uid != geteuid() && cred.pid != getpid() && of_user >= config_.max_clients_per_user) {
+      ++counters_.refused_limit;
+      if (uint32_t more = 0; log_refusal(&more))
+        BT_WARN("refused client pid %d uid %u: that user has %u connections (client.max_clients_per_user; %u more "
+                "refused since)", cred.pid, cred.uid, of_user, more);
+      refuse(fd, reply_error(BATON_EBUSY, "uid " + std::to_string(cred.uid) + " has " + std::to_string(of_user) +
+                                             " connections to batond already (client.max_clients_per_user = " +
+                                             std::to_string(config_.max_clients_per_user) + ")"));
+      continue;
+    }
     if (sessions_.size() >= config_.max_clients) {
       ++counters_.refused_limit;
       if (uint32_t more = 0; log_refusal(&more))

@@ -79,6 +79,7 @@ struct ServerConfig {
   uint32_t idle_spin_us = 100;          ///< how long the commit thread polls channels before it sleeps
   uint32_t max_clients = 256;           ///< connected applications; one more is refused (kBusy)
   uint32_t max_clients_per_process = 16;  ///< connections of one process (batond's own exempt)
+  uint32_t max_clients_per_user = 64;     ///< connections of one user (root and batond's own user exempt)
   uint32_t max_segments = 64;           ///< segments one application may hold at once
   uint64_t max_bytes = uint64_t{4} << 30;  ///< bytes of segments one application may hold at once
   uint32_t max_wait_ms = 60'000;        ///< a wait asked for longer ends (kTimeout) after this

@@ -1071,6 +1071,35 @@ TEST(Hostile, OneProcessCannotTakeEveryConnection) {
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "another process was not served";
 }
 
+// Nor one user (session 48's hostile pass: one user's processes took
+// every slot, max_clients_per_process notwithstanding). Root and batond's
+// own user are not counted.
+TEST(Hostile, OneUserCannotTakeEveryConnection) {
+  TempDir dir;
+  Batond d(1, dir.path, "user = \"nobody\"\nmax_clients = 8\nmax_clients_per_process = 16\nmax_clients_per_user = 3\n");
+  ASSERT_EQ(chmod(dir.path.c_str(), 0711), 0);
+  ASSERT_EQ(chmod(d.socket().c_str(), 0666), 0);
+  const std::string said = as_nobody([&] {
+    std::vector<std::unique_ptr<Raw>> hog;
+    for (int i = 0; i < 5; ++i) hog.push_back(std::make_unique<Raw>(d.socket()));
+    int refused = 0, named = 0;
+    for (auto& r : hog) {
+      Reply rep = r->receive(nullptr, 500);  // a refused connection is told why at once
+      if (rep.status != BATON_EBUSY) continue;
+      ++refused;
+      named += std::string(rep.message).find("max_clients_per_user") != std::string::npos;
+    }
+    return std::to_string(refused) + " " + std::to_string(named);
+  });
+  EXPECT_EQ(said, "2 2") << "refused, and of those naming max_clients_per_user";
+  // Root is served meanwhile, and not counted against any limit but max_clients.
+  std::vector<std::unique_ptr<Raw>> roots;
+  for (int i = 0; i < 4; ++i) roots.push_back(std::make_unique<Raw>(d.socket()));
+  for (auto& r : roots) EXPECT_NE(r->receive(nullptr, 300).status, BATON_EBUSY);
+  roots.clear();
+  expect_serves(d, "bystander");
+}
+
 TEST(Hostile, FloodsAndSmuggledDescriptorsLeakNothing) {
   TempDir dir;
   Batond d(1, dir.path);

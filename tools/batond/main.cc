@@ -179,6 +179,7 @@ int main(int argc, char** argv) {
   sc.allow_gid = cfg->allow_gid;
   sc.max_clients = cfg->max_clients;
   sc.max_clients_per_process = cfg->max_clients_per_process;
+  sc.max_clients_per_user = cfg->max_clients_per_user;
   sc.max_segments = cfg->max_segments;
   sc.max_bytes = cfg->max_client_bytes;
   sc.max_wait_ms = cfg->max_wait_ms;

@@ -192,6 +192,10 @@ TEST(DaemonConfig, MinimalFileGetsDefaults) {
   EXPECT_EQ(c->engine.idle, IdlePolicy::kAdaptive);
   EXPECT_EQ(c->socket_mode, 0660u);
   EXPECT_EQ(c->max_clients_per_process, 16u);
+  EXPECT_EQ(c->max_clients_per_user, 64u) << "a quarter of max_clients";
+  auto few = parse_daemon_config("[node]\nid = 1\n[client]\nsocket = \"/tmp/b.sock\"\nmax_clients = 2\n", "few.toml");
+  ASSERT_TRUE(few) << few.error().message;
+  EXPECT_EQ(few->max_clients_per_user, 1u);
   EXPECT_TRUE(c->links.empty());
   EXPECT_EQ(c->engine.blade, 0u);  // untagged: its own blade, unknown power domain
   EXPECT_EQ(c->engine.power_domain, 0u);
@@ -387,6 +391,8 @@ INSTANTIATE_TEST_SUITE_P(
         Bad{"[node]\nid = 1\n[client]\nsocket = \"relative.sock\"\n", "client.socket: must be an absolute path"},
         Bad{"[node]\nid = 1\n[client]\nsocket = \"/tmp/b.sock\"\nmax_clients_per_process = 0\n",
             "client.max_clients_per_process: must be 1..4096"},
+        Bad{"[node]\nid = 1\n[client]\nsocket = \"/tmp/b.sock\"\nmax_clients_per_user = 0\n",
+            "client.max_clients_per_user: must be 1..4096"},
         Bad{NODE_AND("[engine]\nreplication_factor = 0\n"), "engine.replication_factor: must be 1..4"},
         Bad{NODE_AND("[engine]\nidle = \"lazy\"\n"), "engine.idle: must be \"spin\" or \"adaptive\""},
         Bad{NODE_AND("[engine]\nworker_cpu = -2\n"), "engine.worker_cpu: must be -1..4095"},
