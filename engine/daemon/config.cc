@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <set>
 #include <sstream>
 #include <toml++/toml.h>
@@ -19,6 +20,48 @@
 
 namespace baton {
 namespace {
+
+/// What is wrong with an ethdev link's DPDK virtual device string, as far
+/// as can be told before DPDK starts (empty: nothing): a name DPDK takes
+/// once per process, a memif end without its role (the default, client,
+/// at both ends links nothing, and says nothing), a memif server twice on
+/// one socket and id, an af_packet port without its interface. Devices
+/// that are not virtual (a PCI address) are DPDK's to judge.
+std::string vdev_problem(const std::string& device, std::set<std::string>& names, std::set<std::string>& servers) {
+  const size_t comma = device.find(',');
+  const std::string name = device.substr(0, comma);
+  if (name.rfind("net_", 0) != 0) return {};
+  if (!names.insert(name).second)
+    return "names DPDK device " + name + ", which another link's device names already (each is one port)";
+  std::map<std::string, std::string> args;
+  for (size_t at = comma; at != std::string::npos && at < device.size();) {
+    const size_t next = device.find(',', at + 1);
+    const std::string kv = device.substr(at + 1, next == std::string::npos ? std::string::npos : next - at - 1);
+    const size_t eq = kv.find('=');
+    if (!kv.empty()) args[kv.substr(0, eq)] = eq == std::string::npos ? "" : kv.substr(eq + 1);
+    at = next;
+  }
+  if (name.rfind("net_memif", 0) == 0) {
+    auto role = args.find("role");
+    if (role == args.end())
+      return "a memif device needs role=server or role=client (one end of the link each; both would default to "
+             "client, and the link would never come up)";
+    if (role->second != "server" && role->second != "client")
+      return "role=" + role->second + ": a memif role is server or client";
+    if (role->second == "server") {
+      auto socket = args.find("socket");
+      auto id = args.find("id");
+      const std::string key = (socket == args.end() ? "/run/memif.sock" : socket->second) + " id " +
+                              (id == args.end() ? "0" : id->second);
+      if (!servers.insert(key).second)
+        return "is a memif server on socket " + key + ", as another link's device is already (give each its own "
+               "socket or id)";
+    }
+  }
+  if (name.rfind("net_af_packet", 0) == 0 && args.count("iface") == 0)
+    return "an af_packet device needs iface=<network interface>";
+  return {};
+}
 
 class Reader {
  public:
@@ -339,6 +382,7 @@ Result<DaemonConfig> parse_daemon_config(std::string_view text, std::string_view
   {
     TRY(link_tables, r.tables(root["link"], "link"));
     std::set<std::string> devices;  // several links may reach one peer (two backplanes), each its own port
+    std::set<std::string> vdev_names, memif_servers;  // what DPDK takes once per process
     for (const auto& [where, t] : link_tables) {
       if (auto ok = r.only(*t, where, {"peer", "driver", "device", "max_frame", "shard"}); !ok)
         return tl::unexpected(ok.error());
@@ -355,6 +399,9 @@ Result<DaemonConfig> parse_daemon_config(std::string_view text, std::string_view
                                                              device + "\")"));
       if (!devices.insert(device).second)
         return tl::unexpected(r.error(where + ".device", "is already another link's device"));
+      if (driver == "ethdev")
+        if (auto bad = vdev_problem(device, vdev_names, memif_servers); !bad.empty())
+          return tl::unexpected(r.error(where + ".device", bad));
       TRY(max_frame, r.integer(lv["max_frame"], where + ".max_frame", 1024, 65000, 0));
       const int64_t shards = std::max<int64_t>(1, static_cast<int64_t>(c.engine.workers.size()));
       TRY(shard, r.integer(lv["shard"], where + ".shard", -1, 63, -1));

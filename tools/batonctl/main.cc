@@ -320,6 +320,21 @@ int main(int argc, char** argv) {
                  "(blades two by two one server: shm inside, memif between)");
   dm->add_option("--workers", demo.workers, "per-core shards per blade (1..8; memif, shm or mixed)");
 
+  // An unknown command: CLI11 says nothing at all for one where a
+  // subcommand is required (exit 106, no message).
+  if (argc > 1 && argv[1][0] != '-') {
+    std::string known;
+    bool found = false;
+    for (const CLI::App* sub : app.get_subcommands([](CLI::App*) { return true; })) {
+      found |= sub->get_name() == argv[1];
+      known += (known.empty() ? "" : ", ") + sub->get_name();
+    }
+    if (!found) {
+      std::fprintf(stderr, "batonctl: no command \"%s\" (the commands: %s; --help says more)\n", argv[1],
+                   known.c_str());
+      return 2;
+    }
+  }
   CLI11_PARSE(app, argc, argv);
   // A chassis directory given relative to where batonctl runs: the blades'
   // configs name their sockets and files by absolute path.

@@ -415,6 +415,19 @@ INSTANTIATE_TEST_SUITE_P(
         Bad{NODE_AND("[[link]]\npeer = 1\ndevice = \"x\"\n"), "link[0].peer: is this node's own id"},
         Bad{NODE_AND("[[link]]\npeer = 2\ndevice = \"x\"\n[[link]]\npeer = 3\ndevice = \"x\"\n"),
             "link[1].device: is already another link's device"},
+        // What DPDK would refuse, or take and never link, said before it starts.
+        Bad{NODE_AND("[[link]]\npeer = 2\ndevice = \"net_memif0,socket=/tmp/a.sock\"\n"),
+            "link[0].device: a memif device needs role=server or role=client"},
+        Bad{NODE_AND("[[link]]\npeer = 2\ndevice = \"net_memif0,role=master,socket=/tmp/a.sock\"\n"),
+            "link[0].device: role=master: a memif role is server or client"},
+        Bad{NODE_AND("[[link]]\npeer = 2\ndevice = \"net_memif0,role=server,socket=/tmp/a.sock\"\n"
+                     "[[link]]\npeer = 3\ndevice = \"net_memif0,role=server,socket=/tmp/b.sock\"\n"),
+            "link[1].device: names DPDK device net_memif0, which another link's device names already"},
+        Bad{NODE_AND("[[link]]\npeer = 2\ndevice = \"net_memif0,role=server,socket=/tmp/a.sock\"\n"
+                     "[[link]]\npeer = 3\ndevice = \"net_memif1,role=server,socket=/tmp/a.sock\"\n"),
+            "link[1].device: is a memif server on socket /tmp/a.sock id 0, as another link's device is already"},
+        Bad{NODE_AND("[[link]]\npeer = 2\ndevice = \"net_af_packet0,qpairs=1\"\n"),
+            "link[0].device: an af_packet device needs iface="},
         Bad{NODE_AND("[[link]]\npeer = 2\ndriver = \"pigeon\"\ndevice = \"x\"\n"), "link[0].driver: unknown driver"},
         Bad{NODE_AND("[[link]]\npeer = 2\n"), "link[0].device: is required"},
         Bad{NODE_AND("[engine]\nexpected_votes = 1\n[[link]]\npeer = 2\ndevice = \"x\"\n"),
