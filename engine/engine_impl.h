@@ -688,6 +688,10 @@ struct Engine::Impl {
   /// Tells the nodes in seg.release_to outside its recorded set to drop
   /// their copies. Thread: token holder.
   void release_copies(Segment& seg) noexcept;
+  /// Tells `peer`, outside `seg`'s recorded set, to drop what it holds of
+  /// it: a copy of an older epoch, and an older owner (fenced, nothing of
+  /// it kept). Thread: token holder.
+  void send_release(const Segment& seg, uint16_t peer) noexcept;
   /// Forgets this node's replica copy of a segment: its serves and pending
   /// acks go, its memory is freed off the worker. Thread: token holder.
   void drop_store(uint64_t seg_id) noexcept;

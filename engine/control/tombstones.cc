@@ -142,21 +142,25 @@ void Engine::Impl::release_copies(Segment& seg) noexcept {
       if (auto st = stores.find(seg.id); st != stores.end() && st->second->epoch() <= seg.epoch.load()) drop_store(seg.id);
       continue;
     }
-    Link* l = link_to(n);
-    if (l == nullptr) continue;
-    wire::Frame f;
-    f.type = wire::MsgType::kSetRecord;
-    f.flags = wire::kFlagRelease;
-    f.src = config.node_id;
-    f.dst = n;
-    f.seg_id = seg.id;
-    f.name = seg.name;
-    f.epoch = seg.epoch.load(std::memory_order_relaxed);
-    f.generation = seg.recorded_version;
-    f.sack = wire::pack_nodes(seg.recorded_set);
-    send_control(*l, f);
+    send_release(seg, n);
   }
   seg.release_to.clear();
+}
+
+void Engine::Impl::send_release(const Segment& seg, uint16_t peer) noexcept {
+  Link* l = link_to(peer);
+  if (l == nullptr) return;
+  wire::Frame f;
+  f.type = wire::MsgType::kSetRecord;
+  f.flags = wire::kFlagRelease;
+  f.src = config.node_id;
+  f.dst = peer;
+  f.seg_id = seg.id;
+  f.name = seg.name;
+  f.epoch = seg.epoch.load(std::memory_order_relaxed);
+  f.generation = seg.recorded_version;
+  f.sack = wire::pack_nodes(seg.recorded_set);
+  send_control(*l, f);
 }
 
 }  // namespace baton

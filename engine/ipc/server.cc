@@ -472,8 +472,8 @@ void Server::drop_fenced() {
     }
     if (closed) {
       ++counters_.dropped_fenced;
-      BT_INFO("segment %s: fenced here and held by no application: dropped (its memory goes back but for its last "
-              "snapshot, kept as a replica copy until the newer owner's replica set holds it)",
+      BT_INFO("segment %s: fenced here and held by no application: dropped (its memory goes back; fenced by a newer "
+              "owner, not a delete, its last generation stays as a replica copy until that owner's set holds it)",
               name.c_str());
     } else {
       // The engine stops, or the handle went meanwhile: an open of the name

@@ -618,6 +618,34 @@ TEST(Durability, AFencedOwnersCopyOutlivesTheNewOwnerAndItsSet) {
   EXPECT_TRUE(test::ok(cl.node(1).wait_replicated(back->segment, g, kDurable, 10s))) << cl.events();
 }
 
+// The other side of a kept copy: an old owner that a takeover's query did
+// not reach (it was cut off) gets no release when the new set is recorded,
+// and its copy, kept once it is fenced, would stay for good. A peer back
+// from a partition is released by every owner whose set it is not in:
+// the old owner learns it is superseded, and keeps nothing.
+TEST(Durability, AnOldOwnerBackFromAPartitionIsReleasedAndKeepsNothing) {
+  Cluster cl(4, config(2));
+  constexpr size_t kSize = 64 * 1024;
+  Segment* old_handle = test::must(cl.node(1).create("cut", kSize));
+  commit_durable(cl.node(1), old_handle, 3);
+  cl.isolate(1, true);
+  ASSERT_TRUE(eventually([&] { return !peer_alive(cl.node(2), 1) && !peer_alive(cl.node(3), 1); }));
+  auto moved = test::must(cl.node(2).load("cut"));
+  ASSERT_EQ(moved.generation, 3u);
+  commit_durable(cl.node(2), moved.segment, 4);
+  const auto set = replica_set(cl.node(2), moved.segment);
+  ASSERT_EQ(std::find(set.begin(), set.end(), 1), set.end()) << "node 1 was cut off: not in the new set";
+  EXPECT_FALSE(test::must(cl.node(1).status(old_handle)).fenced) << "node 1 has heard nothing yet";
+
+  cl.isolate(1, false);
+  ASSERT_TRUE(eventually([&] { return test::must(cl.node(1).status(old_handle)).fenced; })) << cl.events();
+  EXPECT_TRUE(test::has_event(cl.node(1), "fenced")) << cl.events();
+  EXPECT_FALSE(cl.node(1).read_replica("cut")) << "node 1 kept a copy nobody will release";
+  EXPECT_EQ(cl.node(1).stats().fenced_copies_kept, 0u) << cl.events();
+  auto refused = cl.node(1).commit(old_handle);
+  EXPECT_FALSE(refused) << "a fenced owner committed";
+}
+
 // Bug 5: a two-node cluster split by a partition: each side is quorate
 // (two_node), but only the tie-breaker (node 1) creates new names.
 TEST(Durability, ATwoNodeSplitHasOneCreator) {
