@@ -478,8 +478,7 @@ TEST(ReplicaStore, AFencedOwnersStagesBecomeItsSlotsWithoutACopy) {
   stage.data()[7] = std::byte{0x5a};
   EXPECT_EQ(store->latest()->mem.data()[7], std::byte{0x5a}) << "the same memory, not a copy";
   stage.data()[7] = s.data[7];
-  stage = LocalStorage{};  // the fenced segment goes: its mappings with it
-  other = LocalStorage{};
+  stage = LocalStorage{};  // the fenced segment's mapping goes; the memory stays
   EXPECT_TRUE(std::equal(s.data.begin(), s.data.end(), store->latest()->mem.data()));
 
   store->adopt_epoch(2, 2);  // node 2 took over at epoch 2
@@ -494,6 +493,8 @@ TEST(ReplicaStore, AFencedOwnersStagesBecomeItsSlotsWithoutACopy) {
   }
   ASSERT_EQ(store->latest()->generation, 4u);
   EXPECT_TRUE(std::equal(next.data.begin(), next.data.end(), store->latest()->mem.data()));
+  EXPECT_TRUE(std::equal(next.data.begin(), next.data.end(), other.data()))
+      << "built in the other stage's memory itself";
   EXPECT_EQ(store->generations(), std::vector<uint64_t>{4});
 }
 
