@@ -637,6 +637,10 @@ struct Engine::Impl {
   /// Hands proposals a majority of whose set holds `need` to the control
   /// thread (this node's own record stored first). Thread: token holder.
   void step_records() noexcept;
+  /// A SET_RECORD frame to `peer`: a set record (`version`, `set` packed),
+  /// a tombstone or a release (`flags`). Thread: token holder.
+  wire::Frame set_record_frame(uint16_t peer, uint64_t seg_id, std::string_view name, uint64_t epoch, uint64_t version,
+                               uint64_t set, uint16_t flags) const noexcept;
   /// Sends `seg`'s pending set record (its version, its set) to `peer`;
   /// `flags`: wire::kFlagRestart withdraws it. Thread: token holder.
   void send_record(Segment& seg, Link& link, uint16_t peer, uint16_t flags = 0) noexcept;

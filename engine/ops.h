@@ -89,6 +89,11 @@ struct RoundOp : Op {
   uint32_t answered() const noexcept {
     return static_cast<uint32_t>(std::count_if(answers.begin(), answers.end(), [](auto& a) { return a.answered; }));
   }
+  /// The answer slot of `peer` (this node's own too), or null if it was not asked.
+  const Answer* from(uint16_t peer) const noexcept {
+    auto it = std::find_if(answers.begin(), answers.end(), [peer](const Answer& a) { return a.peer == peer; });
+    return it == answers.end() ? nullptr : &*it;
+  }
 };
 
 /// Asks the replicas of a segment to accept a new owner epoch (S22) before

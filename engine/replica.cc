@@ -76,21 +76,23 @@ void Engine::Impl::on_data(Link& link, wire::Frame& f) noexcept {
       send_error(link, f, wire::ErrorCode::kStaleEpoch, claimed);
       return;
     }
-    // Nor when this node owns it at that very epoch: two loads claimed it
-    // at once (records.cc, on_set_record). A node is never a replica of
-    // what it owns (once it stepped down, it may be).
-    if (auto o = owned.find(f.seg_id);
-        o != owned.end() && o->second->epoch.load() == f.epoch && !o->second->fenced.load()) {
-      bump(counters.stale_epoch);
-      send_error(link, f, wire::ErrorCode::kStaleEpoch, f.epoch, rival_record_flag(f) | wire::kFlagOwner);
-      return;
-    }
-    // A newer owner writes a segment this node owns: fenced, its last
-    // snapshot becomes the copy here (one of another size is of a name
-    // deleted and created again), which this frame updates.
-    if (auto o = owned.find(f.seg_id); o != owned.end() && f.epoch > o->second->epoch.load()) {
-      fence(*o->second, {}, f.total_len == o->second->size);
-      it = stores.find(f.seg_id);
+    if (auto o = owned.find(f.seg_id); o != owned.end()) {
+      Segment& seg = *o->second;
+      // Nor when this node owns it at that very epoch: two loads claimed
+      // it at once (records.cc, on_set_record). A node is never a replica
+      // of what it owns (once it stepped down, it may be).
+      if (seg.epoch.load() == f.epoch && !seg.fenced.load()) {
+        bump(counters.stale_epoch);
+        send_error(link, f, wire::ErrorCode::kStaleEpoch, f.epoch, rival_record_flag(f) | wire::kFlagOwner);
+        return;
+      }
+      // A newer owner writes it: fenced, its last snapshot becomes the
+      // copy here (one of another size is of a name deleted and created
+      // again), which this frame updates.
+      if (f.epoch > seg.epoch.load()) {
+        fence(seg, {}, f.total_len == seg.size);
+        it = stores.find(f.seg_id);
+      }
     }
   }
   if (it == stores.end()) {

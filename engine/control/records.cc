@@ -104,18 +104,24 @@ void Engine::Impl::withdraw_record(Segment& seg) noexcept {
   p.active = false;
 }
 
-void Engine::Impl::send_record(Segment& seg, Link& link, uint16_t peer, uint16_t flags) noexcept {
+wire::Frame Engine::Impl::set_record_frame(uint16_t peer, uint64_t seg_id, std::string_view name, uint64_t epoch,
+                                           uint64_t version, uint64_t set, uint16_t flags) const noexcept {
   wire::Frame f;
   f.type = wire::MsgType::kSetRecord;
   f.flags = flags;
   f.src = config.node_id;
   f.dst = peer;
-  f.seg_id = seg.id;
-  f.name = seg.name;
-  f.epoch = seg.epoch.load(std::memory_order_relaxed);
-  f.generation = seg.pending.version;
-  f.sack = wire::pack_nodes(seg.pending.set);
-  send_control(link, f);
+  f.seg_id = seg_id;
+  f.name = name;
+  f.epoch = epoch;
+  f.generation = version;
+  f.sack = set;
+  return f;
+}
+
+void Engine::Impl::send_record(Segment& seg, Link& link, uint16_t peer, uint16_t flags) noexcept {
+  send_control(link, set_record_frame(peer, seg.id, seg.name, seg.epoch.load(std::memory_order_relaxed),
+                                      seg.pending.version, wire::pack_nodes(seg.pending.set), flags));
 }
 
 void Engine::Impl::step_records() noexcept {

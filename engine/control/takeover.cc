@@ -328,11 +328,6 @@ std::string set_string(const std::vector<uint16_t>& set) {
 bool Engine::Impl::copies_outside_lost_sets(const QueryOp& q, const ClaimOp& c, const SetRecord& record,
                                             const std::vector<uint64_t>& sets,
                                             const std::vector<uint16_t>& copy_holders, const ClaimAnswer& best) {
-  auto answer = [&q](uint16_t n) -> const QueryAnswer* {
-    for (const auto& a : q.answers)
-      if (a.peer == n) return &a;
-    return nullptr;
-  };
   if (record.epoch == 0 || copy_holders.empty()) return false;
   // Only a copy of that set's own history: written under the record's
   // epoch or later. One from before it may be of a history deleted since
@@ -346,10 +341,10 @@ bool Engine::Impl::copies_outside_lost_sets(const QueryOp& q, const ClaimOp& c, 
   // the live owner: no generation can become durable under that set again.
   for (uint64_t packed : sets)
     for (uint16_t n : wire::unpack_set(packed)) {
-      const QueryAnswer* a = n == 0 ? nullptr : answer(n);
+      const QueryAnswer* a = n == 0 ? nullptr : q.from(n);
       if (n != 0 && (a == nullptr || !a->answered || a->found)) return false;
     }
-  if (const QueryAnswer* o = answer(record.owner); o == nullptr || !o->answered) return false;
+  if (const QueryAnswer* o = q.from(record.owner); o == nullptr || !o->answered) return false;
   // No live owner anywhere (one would be sending its set the generation
   // again), and nobody alive that did not say what it holds.
   for (const auto& a : q.answers)
@@ -361,11 +356,8 @@ bool Engine::Impl::copies_outside_lost_sets(const QueryOp& q, const ClaimOp& c, 
   // is held somewhere.
   for (const auto& a : c.answers)
     if (a.refused_epoch != 0) return false;
-  for (uint16_t n : copy_holders) {
-    bool granted = false;
-    for (const auto& a : c.answers) granted |= a.peer == n && a.granted;
-    if (!granted) return false;
-  }
+  for (uint16_t n : copy_holders)
+    if (const ClaimAnswer* a = c.from(n); a == nullptr || !a->granted) return false;
   return true;
 }
 
@@ -859,8 +851,7 @@ Result<OpenResult> Engine::Impl::open_locked(std::string_view name, uint64_t siz
     if (live_record(a, deleted) && a.record.newer_than(newest_record)) newest_record = a.record;
   if (newest_record.epoch != 0) {
     auto answered_empty = [&](uint16_t n) {
-      for (const auto& a : (*q)->answers)
-        if (a.peer == n) return a.answered && !a.found;
+      if (const QueryAnswer* a = (*q)->from(n)) return a->answered && !a->found;
       return n == config.node_id;  // this node holds nothing of it (else it would have answered found)
     };
     std::vector<uint16_t> must{newest_record.owner};

@@ -85,18 +85,8 @@ uint64_t Engine::Impl::apply_tombstone(uint64_t seg_id, std::string_view name, u
 }
 
 void Engine::Impl::send_tombstone_to(uint16_t peer, uint64_t id, std::string_view name, uint64_t epoch) noexcept {
-  Link* l = link_to(peer);
-  if (l == nullptr) return;
-  wire::Frame f;
-  f.type = wire::MsgType::kSetRecord;
-  f.flags = wire::kFlagDeleted;
-  f.src = config.node_id;
-  f.dst = peer;
-  f.seg_id = id;
-  f.name = name;
-  f.epoch = epoch;
-  f.generation = 1;  // a tombstone has one version
-  send_control(*l, f);
+  // (A tombstone has one version, and no set.)
+  if (Link* l = link_to(peer)) send_control(*l, set_record_frame(peer, id, name, epoch, 1, 0, wire::kFlagDeleted));
 }
 
 void Engine::Impl::on_tombstone(Link& link, const wire::Frame& f) noexcept {
@@ -148,19 +138,9 @@ void Engine::Impl::release_copies(Segment& seg) noexcept {
 }
 
 void Engine::Impl::send_release(const Segment& seg, uint16_t peer) noexcept {
-  Link* l = link_to(peer);
-  if (l == nullptr) return;
-  wire::Frame f;
-  f.type = wire::MsgType::kSetRecord;
-  f.flags = wire::kFlagRelease;
-  f.src = config.node_id;
-  f.dst = peer;
-  f.seg_id = seg.id;
-  f.name = seg.name;
-  f.epoch = seg.epoch.load(std::memory_order_relaxed);
-  f.generation = seg.recorded_version;
-  f.sack = wire::pack_nodes(seg.recorded_set);
-  send_control(*l, f);
+  if (Link* l = link_to(peer))
+    send_control(*l, set_record_frame(peer, seg.id, seg.name, seg.epoch.load(std::memory_order_relaxed),
+                                      seg.recorded_version, wire::pack_nodes(seg.recorded_set), wire::kFlagRelease));
 }
 
 }  // namespace baton

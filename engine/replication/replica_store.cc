@@ -16,37 +16,7 @@ uint32_t copy_chunk(std::byte* to, const std::byte* from, uint64_t size, uint32_
 }
 }  // namespace
 
-Result<std::unique_ptr<ReplicaStore>> ReplicaStore::create(const Origin& first, uint32_t retain, int numa_node) {
-  auto store = std::make_unique<ReplicaStore>();
-  store->name_ = first.name;
-  store->pages_ = first.pages;
-  store->id_ = first.id;
-  store->size_ = first.size;
-  store->epoch_ = first.epoch;
-  store->owner_ = first.owner;
-  store->retain_ = retain;
-  store->slots_.resize(2 + retain);
-  store->writer_pins_ = std::make_unique<std::atomic<uint32_t>[]>(2 + retain);
-  for (auto& slot : store->slots_) {
-    auto mem = LocalStorage::create(store->name_ + "@replica", first.size, numa_node, first.pages);
-    if (!mem) return tl::unexpected(mem.error());
-    slot.mem = std::move(*mem);
-    slot.delta_chunks.reserve(kDeltaReserve);
-  }
-  if (first.hot) {
-    auto mem = LocalStorage::create(store->name_, first.size, numa_node, first.pages);
-    if (!mem) return tl::unexpected(mem.error());
-    store->hot_ = std::make_unique<Hot>();
-    store->hot_->mem = std::move(*mem);
-  }
-  // Deltas of up to this many chunks are tracked without allocating on
-  // the worker (more grow these once).
-  store->shadow_delta_.reserve(kDeltaReserve);
-  store->hops_.reserve(kDeltaReserve * (2 + retain));
-  return store;
-}
-
-std::unique_ptr<ReplicaStore> ReplicaStore::from_owner(const Origin& origin, Kept k) {
+std::unique_ptr<ReplicaStore> ReplicaStore::shaped(const Origin& origin, uint32_t retain) {
   auto store = std::make_unique<ReplicaStore>();
   store->name_ = origin.name;
   store->pages_ = origin.pages;
@@ -54,9 +24,35 @@ std::unique_ptr<ReplicaStore> ReplicaStore::from_owner(const Origin& origin, Kep
   store->size_ = origin.size;
   store->epoch_ = origin.epoch;
   store->owner_ = origin.owner;
-  store->retain_ = 0;
-  store->slots_.resize(2);
-  store->writer_pins_ = std::make_unique<std::atomic<uint32_t>[]>(2);
+  store->retain_ = retain;
+  store->slots_.resize(2 + retain);
+  store->writer_pins_ = std::make_unique<std::atomic<uint32_t>[]>(2 + retain);
+  // Deltas of up to this many chunks are tracked without allocating on
+  // the worker (more grow these once).
+  for (auto& slot : store->slots_) slot.delta_chunks.reserve(kDeltaReserve);
+  store->shadow_delta_.reserve(kDeltaReserve);
+  store->hops_.reserve(kDeltaReserve * (2 + retain));
+  return store;
+}
+
+Result<std::unique_ptr<ReplicaStore>> ReplicaStore::create(const Origin& first, uint32_t retain, int numa_node) {
+  auto store = shaped(first, retain);
+  for (auto& slot : store->slots_) {
+    auto mem = LocalStorage::create(store->name_ + "@replica", first.size, numa_node, first.pages);
+    if (!mem) return tl::unexpected(mem.error());
+    slot.mem = std::move(*mem);
+  }
+  if (first.hot) {
+    auto mem = LocalStorage::create(store->name_, first.size, numa_node, first.pages);
+    if (!mem) return tl::unexpected(mem.error());
+    store->hot_ = std::make_unique<Hot>();
+    store->hot_->mem = std::move(*mem);
+  }
+  return store;
+}
+
+std::unique_ptr<ReplicaStore> ReplicaStore::from_owner(const Origin& origin, Kept k) {
+  auto store = shaped(origin, 0);
   Slot& held = store->slots_[0];
   held.mem = std::move(k.latest);
   held.generation = k.generation;
@@ -68,11 +64,8 @@ std::unique_ptr<ReplicaStore> ReplicaStore::from_owner(const Origin& origin, Kep
   held.content = k.generation;
   held.content_epoch = k.epoch;
   store->slots_[1].mem = std::move(k.spare);  // content unknown: no delta is built on it
-  for (auto& slot : store->slots_) slot.delta_chunks.reserve(kDeltaReserve);
   store->published_.push_back(0);
   store->last_published_ = k.generation;
-  store->shadow_delta_.reserve(kDeltaReserve);
-  store->hops_.reserve(kDeltaReserve * 2);
   return store;
 }
 

@@ -297,6 +297,9 @@ class ReplicaStore {
   }
 
  private:
+  /// A store of `origin`'s segment with 2 + `retain` slots, their memory
+  /// still to come, and the room deltas are tracked in (create, from_owner).
+  static std::unique_ptr<ReplicaStore> shaped(const Origin& origin, uint32_t retain);
   int pick_shadow() noexcept;
   /// Whether slot `from` holds a generation that published slot `to` is a
   /// chain of deltas away from (or `to`'s own), every hop under `to`'s
