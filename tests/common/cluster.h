@@ -87,12 +87,17 @@ struct Cluster {
       if (!e) throw std::runtime_error(e.error().to_string());
       engines.push_back(std::move(*e));
     }
-    // Every test starts from a formed chassis: each node sees all n and
-    // they agree (a loaded machine may take a while to exchange heartbeats).
+    // Every test starts from a formed chassis: each node sees all n, they
+    // agree, and each has every peer's set records (a loaded machine may
+    // take a while to exchange heartbeats). Without the records a node
+    // refuses new names for fresh_start_wait_ms when a test cuts a peer off
+    // right away: a CI run under ASan did, in AJoiningNodeFillsAnEmptySlot.
     const auto formed = [&] {
       for (auto& e : engines) {
         const View v = e->view();
         if (v.members.size() != engines.size() || !v.agreed) return false;
+        for (const PeerStatus& p : e->peers())
+          if (!p.records_had) return false;
       }
       return true;
     };
