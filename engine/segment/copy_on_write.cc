@@ -581,7 +581,8 @@ void CopyOnWrite::settle_shared(uint32_t page) noexcept {
   std::byte* const stage = aside_.load(std::memory_order_relaxed);
   uint64_t waiting_since = 0;
   uint32_t spins = 0;
-  for (int tries = 0;; ++tries) {
+  int failed_swaps = 0;  // not the waits: only a swap that failed counts against the client
+  for (;;) {
     uint8_t v = s.load(std::memory_order_acquire);
     if (v == kIdle) return;  // settled (by this side: a client never makes a page idle)
     if (v == kAside) {       // the client's handler copied it before the application wrote it
@@ -601,9 +602,17 @@ void CopyOnWrite::settle_shared(uint32_t page) noexcept {
     // Pending (or a handler that takes too long, or garbage).
     std::memcpy(stage + off, base_ + off, kPage);
     if (s.compare_exchange_strong(v, kIdle, std::memory_order_acq_rel)) return;
-    // An honest client moves a page on at most twice (pending -> copying
-    // -> aside); one that keeps rewriting it spoils only its own snapshot.
-    if (tries >= 4) {
+    // The client's handler moved the page on while this copied it: it may
+    // have lifted the protection, and the application written the page
+    // during the copy, so the copy is not trusted; the state is read again
+    // (kAside: the handler's copy is taken). An honest client moves a page
+    // on at most twice (pending -> copying -> aside); one that keeps
+    // rewriting it spoils only its own snapshot. (The waits above once
+    // counted here too: after 2 ms of patience this gave up on the first
+    // failed swap, kept a copy torn by the application's next write, and
+    // dropped the handler's good one; a kill campaign restored such a
+    // generation once, session 48.)
+    if (++failed_swaps >= 4) {
       s.store(kIdle, std::memory_order_release);
       return;
     }

@@ -7,8 +7,12 @@
 #include <gtest/gtest.h>
 
 #include <fcntl.h>
+#include <linux/userfaultfd.h>
+#include <poll.h>
 #include <signal.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -579,6 +583,74 @@ TEST(CopyOnWrite, ASettlerOutlastsAClientThatScribblesOnTheStates) {
   EXPECT_LT(took, 1s) << "waited more than its patience";
   EXPECT_EQ(std::memcmp(stage.data(), m.p, m.len), 0);
   for (uint32_t p = 0; p < kPages; ++p) EXPECT_FALSE(settler->pending(p));
+}
+
+// A settler out of patience copies a page from the segment itself while
+// the client's handler, stalled until then, finishes: it puts its copy
+// aside, lifts the protection, and the application writes the page during
+// the settler's copy. The settler's swap then fails, and the handler's
+// copy, the page as at the commit, must be the one taken. (The settler
+// counted its waits as failed swaps and, past four, kept its own torn
+// copy: a kill campaign restored one such generation, session 48.) The
+// settler's copy is held in a userfaultfd fault on its view of the page
+// while this test plays the client and the application.
+TEST(CopyOnWrite, ASettlerOutOfPatienceTakesTheHandlersCopyWhenItsOwnIsTorn) {
+  SKIP_WITHOUT_COW();
+  constexpr uint32_t kPages = 4;
+  constexpr uint32_t kTorn = 1;
+  auto* seg = static_cast<std::byte*>(
+      mmap(nullptr, kPages * kPage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+  ASSERT_NE(seg, MAP_FAILED);
+  std::memset(seg, 1, kTorn * kPage);  // every page populated but the one the settler will stop in
+  std::memset(seg + (kTorn + 1) * kPage, 1, (kPages - kTorn - 1) * kPage);
+  const int uffd = static_cast<int>(syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK));
+  ASSERT_GE(uffd, 0) << std::strerror(errno);
+  uffdio_api api{};
+  api.api = UFFD_API;
+  ASSERT_EQ(ioctl(uffd, UFFDIO_API, &api), 0) << std::strerror(errno);
+  uffdio_register reg{};
+  reg.range.start = reinterpret_cast<uintptr_t>(seg + kTorn * kPage);
+  reg.range.len = kPage;
+  reg.mode = UFFDIO_REGISTER_MODE_MISSING;
+  ASSERT_EQ(ioctl(uffd, UFFDIO_REGISTER, &reg), 0) << std::strerror(errno);
+
+  auto share = test::must(CowShare::create(kPages * kPage));
+  std::atomic<uint8_t>* states = share.states();
+  std::byte* handlers_aside = share.aside() + kTorn * kPage;
+  auto settler = test::must(CopyOnWrite::settler(seg, kPages * kPage, std::move(share)));
+  std::vector<std::byte> stage(kPages * kPage);
+  ChunkBitmap pend;
+  pend.reset(kPages);
+  pend.set(kTorn);
+  settler->pend(stage.data(), pend);
+  states[kTorn].store(2 /* copying: the client's handler took it and stalls */);
+
+  std::atomic<bool> stopped_in_copy{false};
+  std::thread client([&] {
+    pollfd pfd{uffd, POLLIN, 0};
+    if (poll(&pfd, 1, 10'000) != 1) return;  // the settler never read the page (the test fails below)
+    uffd_msg msg{};
+    if (read(uffd, &msg, sizeof msg) != sizeof msg || msg.event != UFFD_EVENT_PAGEFAULT) return;
+    stopped_in_copy.store(true);
+    std::memset(handlers_aside, 0xA5, kPage);  // the handler's copy: the page as at the commit
+    states[kTorn].store(4 /* aside */);
+    std::vector<std::byte> written(kPage, std::byte{0x5A});  // the application's write, once lifted
+    uffdio_copy copy{};
+    copy.dst = reinterpret_cast<uintptr_t>(seg + kTorn * kPage);
+    copy.src = reinterpret_cast<uintptr_t>(written.data());
+    copy.len = kPage;
+    (void)ioctl(uffd, UFFDIO_COPY, &copy);  // and the settler's copy goes on, over the written page
+  });
+  settler->settle(kTorn);
+  client.join();
+  EXPECT_TRUE(stopped_in_copy.load()) << "the settler never copied the page from the segment";
+  EXPECT_FALSE(settler->pending(kTorn));
+  const std::vector<std::byte> at_commit(kPage, std::byte{0xA5});
+  EXPECT_EQ(std::memcmp(stage.data() + kTorn * kPage, at_commit.data(), kPage), 0)
+      << "the stage holds the settler's torn copy (first byte " << static_cast<int>(stage[kTorn * kPage])
+      << "), not the handler's";
+  close(uffd);
+  munmap(seg, kPages * kPage);
 }
 
 // The other way round: the application never waits for batond. batond's
