@@ -696,6 +696,21 @@ struct Engine::Impl {
   /// it: a copy of an older epoch, and an older owner (fenced, nothing of
   /// it kept). Thread: token holder.
   void send_release(const Segment& seg, uint16_t peer) noexcept;
+  /// Releases still to send: (segment id, peer), a few per poll, each
+  /// checked again when its turn comes (owned, not fenced, a recorded set
+  /// that does not count on the peer, which is alive). A peer back from a
+  /// partition queues every owned segment for it; every
+  /// release_again_ns(), with none queued, every live peer outside each
+  /// set is queued again: a release is one control frame, and one lost
+  /// left an old owner's kept copy there for good. Token holder.
+  std::deque<std::pair<uint64_t, uint16_t>> releases_due;
+  uint64_t releases_queued_ns = 0;  ///< the last periodic queueing. Token holder.
+  uint64_t release_again_ns() const noexcept { return std::max<uint64_t>(20 * failure_ns, 1'000'000'000); }
+  /// Whether `seg`'s owner would release `peer` (see releases_due).
+  bool releases(const Segment& seg, uint16_t peer) const noexcept;
+  /// Sends up to kReleasesPerPoll of releases_due; queues them all again
+  /// when due. Token holder.
+  void send_releases_due(uint64_t now) noexcept;
   /// Forgets this node's replica copy of a segment: its serves and pending
   /// acks go, its memory is freed off the worker. Thread: token holder.
   void drop_store(uint64_t seg_id) noexcept;

@@ -17,6 +17,7 @@ namespace baton {
 inline constexpr uint64_t kFetchRequestRetryNs = 50'000'000;
 inline constexpr uint64_t kQueryRetryNs = 20'000'000;  // a lost query or answer must not read as "not found"
 inline constexpr uint64_t kGlobalRetryNs = 100'000'000;  // a generation global storage skipped is offered again
+inline constexpr size_t kReleasesPerPoll = 16;  // a burst of releases must not fill a link's ring
 
 /// The shard of `shards` that owns segment `id` on every node (its id is a
 /// hash of its name; the high half is folded in so both halves count).

@@ -211,6 +211,7 @@ bool Engine::Impl::poll_once(uint64_t now) noexcept {
   busy |= advance_cow_snapshots();
   busy |= catch_up_stages();
   if (!fenced_to_keep.empty()) keep_fenced_copies();
+  send_releases_due(now);
   offer_skipped_to_global(now);
   step_records();
   ask_for_records(now);

@@ -62,7 +62,7 @@ class WireImpl final : public Wire, public std::enable_shared_from_this<WireImpl
     for (; taken < n; ++taken) {
       if (l.queue.size() >= capacity_) break;
       const TxFrame& f = frames[taken];
-      if (faults_.partitioned || chance(faults_.drop)) continue;
+      if (faults_.partitioned || chance(faults_.drop) || (faults_.drop_if && faults_.drop_if(f.head))) continue;
       Bytes b;
       if (!l.spare.empty()) {
         b = std::move(l.spare.back());

@@ -17,18 +17,6 @@
 
 namespace baton {
 
-namespace {
-/// Whether `seg`'s owner may count on `node`'s copy: a member of its
-/// recorded set, of the set it proposes, or placed in a slot (its
-/// acknowledgements count towards a proposal). Thread: token holder.
-bool counts_on(const Segment& seg, uint16_t node) noexcept {
-  auto in = [node](const std::vector<uint16_t>& set) { return std::find(set.begin(), set.end(), node) != set.end(); };
-  if (in(seg.recorded_set) || (seg.pending.active && in(seg.pending.set))) return true;
-  return std::any_of(seg.replicas.begin(), seg.replicas.end(),
-                     [node](const auto& r) { return r->node.load(std::memory_order_relaxed) == node; });
-}
-}  // namespace
-
 void Engine::Impl::record_event(std::string text) noexcept {
   if (!event_prefix.empty()) text.insert(0, event_prefix);
   BT_INFO("event: %s", text.c_str());
@@ -114,11 +102,12 @@ bool Engine::Impl::apply_control() noexcept {
         // Every recorded set it is neither in nor placed in (where its
         // acknowledgements may count) releases it: a no-op where it holds
         // nothing, or something newer. (Frames keep their order: data a
-        // later placement sends it comes after.)
+        // later placement sends it comes after.) Queued, a few sent per
+        // poll (send_releases_due): a burst of one per segment filled the
+        // link's ring, and control frames are dropped when it is full.
         if (back)
           for (auto& [id, seg] : owned)
-            if (!seg->fenced.load(std::memory_order_relaxed) && !seg->recorded_set.empty() && !counts_on(*seg, m.node))
-              send_release(*seg, m.node);
+            if (releases(*seg, m.node)) releases_due.emplace_back(id, m.node);
         break;
       }
       case ControlMsg::Kind::kView: {

@@ -21,6 +21,18 @@
 
 namespace baton {
 
+namespace {
+/// Whether `seg`'s owner may count on `node`'s copy: a member of its
+/// recorded set, of the set it proposes, or placed in a slot (its
+/// acknowledgements count towards a proposal). Thread: token holder.
+bool counts_on(const Segment& seg, uint16_t node) noexcept {
+  auto in = [node](const std::vector<uint16_t>& set) { return std::find(set.begin(), set.end(), node) != set.end(); };
+  if (in(seg.recorded_set) || (seg.pending.active && in(seg.pending.set))) return true;
+  return std::any_of(seg.replicas.begin(), seg.replicas.end(),
+                     [node](const auto& r) { return r->node.load(std::memory_order_relaxed) == node; });
+}
+}  // namespace
+
 void Engine::Impl::drop_store(uint64_t seg_id) noexcept {
   auto it = stores.find(seg_id);
   allocating.erase(seg_id);
@@ -135,6 +147,31 @@ void Engine::Impl::release_copies(Segment& seg) noexcept {
     send_release(seg, n);
   }
   seg.release_to.clear();
+}
+
+bool Engine::Impl::releases(const Segment& seg, uint16_t peer) const noexcept {
+  if (seg.fenced.load(std::memory_order_relaxed) || seg.recorded_set.empty() || counts_on(seg, peer)) return false;
+  auto it = peer_by_node.find(peer);
+  return it != peer_by_node.end() && it->second->alive;
+}
+
+void Engine::Impl::send_releases_due(uint64_t now) noexcept {
+  // A release is one control frame and is not answered: one lost (a link
+  // that dropped it as the peer came back) left an old owner's kept copy
+  // on that peer for good (a leak: it is older than the recorded set, so
+  // no load takes it). So, now and then, every live peer outside each
+  // recorded set is released again: a no-op where it holds nothing.
+  if (releases_due.empty() && !owned.empty() && elapsed(now, releases_queued_ns) >= release_again_ns()) {
+    releases_queued_ns = now;
+    for (auto& [id, seg] : owned)
+      for (const PeerState& p : peer_states)
+        if (releases(*seg, p.node)) releases_due.emplace_back(id, p.node);
+  }
+  for (size_t n = 0; n < kReleasesPerPoll && !releases_due.empty(); ++n) {
+    const auto [id, peer] = releases_due.front();
+    releases_due.pop_front();
+    if (auto o = owned.find(id); o != owned.end() && releases(*o->second, peer)) send_release(*o->second, peer);
+  }
 }
 
 void Engine::Impl::send_release(const Segment& seg, uint16_t peer) noexcept {

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <span>
 #include <utility>
 
 #include "baton/driver_sdk.h"
@@ -22,6 +23,9 @@ struct Faults {
   uint32_t delay_us = 0; ///< every frame arrives this much later
   uint32_t reorder_delay_us = 300;
   bool partitioned = false;  ///< nothing crosses, either way
+  /// Frames for which it returns true vanish (a test losing one kind of
+  /// frame); it sees the frame's head. Called under the wire's lock.
+  std::function<bool(std::span<const std::byte> head)> drop_if;
 };
 
 /// The wire between two links; shared by both, changeable while they run.

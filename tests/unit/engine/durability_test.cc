@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstring>
 #include <deque>
@@ -644,6 +645,46 @@ TEST(Durability, AnOldOwnerBackFromAPartitionIsReleasedAndKeepsNothing) {
   EXPECT_EQ(cl.node(1).stats().fenced_copies_kept, 0u) << cl.events();
   auto refused = cl.node(1).commit(old_handle);
   EXPECT_FALSE(refused) << "a fenced owner committed";
+}
+
+// A release is one control frame: when the one an old owner back from a
+// partition was sent got lost, and a commit fenced it instead, it kept its
+// last snapshot as a copy for good (older than the new set: no load takes
+// it). The owner releases every live peer outside its set again now and
+// then (release_again_ns: 4 s here), and the copy goes.
+TEST(Durability, AKeptCopyGoesWhenTheReleaseWasLost) {
+  Cluster cl(4, config(2));
+  constexpr size_t kSize = 64 * 1024;
+  Segment* old_handle = test::must(cl.node(1).create("lost-release", kSize));
+  commit_durable(cl.node(1), old_handle, 3);
+  cl.isolate(1, true);
+  ASSERT_TRUE(eventually([&] { return !peer_alive(cl.node(2), 1) && !peer_alive(cl.node(3), 1); }));
+  auto moved = test::must(cl.node(2).load("lost-release"));
+  commit_durable(cl.node(2), moved.segment, 4);
+
+  std::atomic<bool> lose{true};
+  std::atomic<int> lost{0};
+  loopback::Faults f;  // (not partitioned: node 1 is back)
+  f.drop_if = [&](std::span<const std::byte> head) {
+    wire::Frame frame;
+    if (!lose.load() || wire::decode(head, frame, false) != wire::DecodeError::kNone) return false;
+    if (frame.type != wire::MsgType::kSetRecord || (frame.flags & wire::kFlagRelease) == 0) return false;
+    ++lost;
+    return true;
+  };
+  for (int n : {2, 3, 4}) cl.wire(1, n).set_faults(f);
+  ASSERT_TRUE(eventually([&] { return lost.load() > 0; })) << "node 2 released node 1 on its return" << cl.events();
+  // Its next commit reaches its old replicas, which refuse the old epoch:
+  // fenced, and with no release heard it keeps its snapshot.
+  (void)cl.node(1).commit(old_handle);
+  ASSERT_TRUE(eventually([&] { return test::must(cl.node(1).status(old_handle)).fenced; })) << cl.events();
+  ASSERT_TRUE(eventually([&] { return cl.node(1).stats().fenced_copies_kept == 1; })) << cl.events();
+  EXPECT_TRUE(cl.node(1).read_replica("lost-release"));
+  lose.store(false);
+  EXPECT_TRUE(eventually([&] { return !cl.node(1).read_replica("lost-release"); }, 20s))
+      << "the kept copy was never released" << cl.events();
+  auto again = test::must(cl.node(3).load("lost-release"));
+  EXPECT_EQ(again.generation, 4u) << "the release took nothing the set needed";
 }
 
 // Bug 5: a two-node cluster split by a partition: each side is quorate
