@@ -117,6 +117,7 @@ Result<void> Engine::Impl::snapshot(Segment& seg, uint64_t generation, const Com
   }
   mark_written(seg, options.written);
   acquire_token();
+  if (auto fenced = refuse_if_fenced(seg); !fenced) return fenced;
   apply_marks(seg);
   Stage* stage = seg.free_stage();
   if (stage == nullptr) {
@@ -182,6 +183,17 @@ Result<void> Engine::Impl::snapshot(Segment& seg, uint64_t generation, const Com
   bump(counters.snapshot_chunks_copied, copied);
   bump(counters.snapshot_chunks_skipped, chunks - copied);
   return {};
+}
+
+Result<void> Engine::Impl::refuse_if_fenced(Segment& seg) noexcept {
+  // The commit checked the fence before it waited for the token, and the
+  // token holder may have fenced the segment meanwhile (a load elsewhere):
+  // a new snapshot now would take the stage of the last one, which the
+  // fenced owner keeps as a copy of the generation its replicas may have
+  // lost since (keep_fenced_copy).
+  if (!seg.fenced.load()) return {};
+  release_token();
+  return fail(Errc::kFenced, "segment ", seg.name, " moved to a newer owner, or was deleted");
 }
 
 void Engine::Impl::prepare_stage(Segment& seg, Stage& stage, uint64_t generation) {

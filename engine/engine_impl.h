@@ -547,6 +547,9 @@ struct Engine::Impl {
   Result<void> snapshot_cow(Segment& seg, uint64_t generation, const CommitOptions& options);
   /// What a snapshot sends: the chunks changed since the previous
   /// generation, for replicas that hold it. Committer, token held.
+  /// Under the token, before a commit takes a stage: kFenced (the token
+  /// released) if `seg` was fenced since the commit began.
+  Result<void> refuse_if_fenced(Segment& seg) noexcept;
   void prepare_stage(Segment& seg, Stage& stage, uint64_t generation);
   /// Settles up to `budget` bytes of chunks of `stage`'s copy-on-write
   /// snapshot (at least one, taken from `budget`), raising `ready`; true

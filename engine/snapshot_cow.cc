@@ -43,6 +43,7 @@ Result<void> Engine::Impl::snapshot_cow(Segment& seg, uint64_t generation, const
   // settles the rest a slice at a time, and runs the poll loop between
   // slices (it holds the token), so heartbeats and sends go on.
   settle_cow(seg, true);
+  if (auto fenced = refuse_if_fenced(seg); !fenced) return fenced;  // (settle_cow polls)
   Stage* stage = seg.free_stage();
   if (stage == nullptr) {
     release_token();

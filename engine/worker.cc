@@ -152,6 +152,15 @@ bool Engine::Impl::install_allocated() noexcept {
       allocator->free(std::move(*d.store));
       continue;
     }
+    // Claimed at a newer epoch, or owned at this very one, since the frame
+    // that asked for it passed on_data's checks: the older owner's frames
+    // would find a store here and skip them.
+    const auto o = owned.find(d.origin.id);
+    if (claimed_epoch(d.origin.id) > d.origin.epoch ||
+        (o != owned.end() && o->second->epoch.load() == d.origin.epoch && !o->second->fenced.load())) {
+      allocator->free(std::move(*d.store));
+      continue;
+    }
     stores.emplace(d.origin.id, std::move(*d.store));
     fence_if_superseded(d.origin.id, d.origin.epoch);  // another owner writes a segment this node owns
   }
@@ -321,13 +330,15 @@ SenderTuning Engine::Impl::tuning() const noexcept {
 
 void Engine::Impl::start_replication(Segment& seg, Stage& stage, uint64_t now) noexcept {
   const int idx = static_cast<int>(&stage - seg.stages.data());
-  if (seg.current_stage >= 0 && seg.current_stage != idx) seg.stages[seg.current_stage].state.store(Stage::kFree);
-  seg.current_stage = idx;
   if (seg.fenced.load()) {
+    // Not replicated; the current stage stays: it is the last snapshot a
+    // fenced owner keeps as a copy (keep_fenced_copy). (It was dropped
+    // here, and a commit fenced while it waited for the token lost it.)
     stage.state.store(Stage::kFree);
-    seg.current_stage = -1;
     return;
   }
+  if (seg.current_stage >= 0 && seg.current_stage != idx) seg.stages[seg.current_stage].state.store(Stage::kFree);
+  seg.current_stage = idx;
   // Latest wins: a replica still receiving an older generation moves to this one.
   // One that holds the previous generation gets only what changed (S15);
   // if it turns out not to, it says so and gets it whole.
