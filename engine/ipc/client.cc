@@ -4,6 +4,7 @@
 #include <immintrin.h>
 #include <linux/futex.h>
 #include <poll.h>
+#include <signal.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -15,6 +16,7 @@
 #include <pthread.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cstdlib>
 #include <cmath>
@@ -94,6 +96,9 @@ Result<std::unique_ptr<Client>> Client::connect(const std::string& path) {
   } else if (greeted->status != 0 && greeted->status != BATON_EINVAL) {  // (EINVAL: a batond older than kHello)
     return tl::unexpected(error_of(*greeted));
   }
+  ucred cred{};
+  socklen_t cred_len = sizeof cred;
+  if (getsockopt(c->fd_, SOL_SOCKET, SO_PEERCRED, &cred, &cred_len) == 0) c->daemon_pid_ = cred.pid;
   hold_liveness();  // an application the failover runner started: its death is seen at once
   c->commit_timeout_ns_ = ms_from_env("BATON_COMMIT_TIMEOUT_MS", c->commit_timeout_ns_);
   c->text_patience_ns_ = ms_from_env("BATON_STATUS_TIMEOUT_MS", c->text_patience_ns_);
@@ -113,7 +118,10 @@ Client::~Client() {
   if (fd_ >= 0) ::close(fd_);
 }
 
-void Client::interrupt() noexcept { ::shutdown(fd_, SHUT_RDWR); }
+void Client::interrupt() noexcept {
+  interrupted_.store(true);
+  ::shutdown(fd_, SHUT_RDWR);
+}
 
 Result<Reply> Client::call(const Request& r, std::vector<int>* fds, std::string* text, uint64_t patience_ns) {
   // Another thread's request first (a wait may hold it for its timeout):
@@ -356,6 +364,9 @@ bool daemon_gone(int fd) {
   return poll(&p, 1, 0) == 1 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR)) != 0;
 }
 
+/// Whether process `pid` (batond, from the socket) still runs.
+bool daemon_runs(pid_t pid) { return pid > 0 && (kill(pid, 0) == 0 || errno == EPERM); }
+
 /// Rings batond's doorbell: wakes the commit thread of `s`'s lane.
 void ring(const ClientSegment& s) {
   const uint64_t one = 1;
@@ -392,11 +403,16 @@ bool await_daemon(std::atomic<uint32_t>& word, std::atomic<uint32_t>& sleeping, 
 /// already) and waits for batond's answer. After `timeout_ns` the request
 /// is withdrawn, unless batond has taken it (CommitChannel::claim): then
 /// the answer is awaited for as long as batond lives, since what it took
-/// becomes a generation.
-Result<uint64_t> post(ClientSegment& s, uint64_t timeout_ns, int socket_fd) {
+/// becomes a generation. `interrupted`: this process shut the connection
+/// itself (baton_stop on another thread), which reads as batond gone; a
+/// commit batond took is then awaited while batond runs, up to the
+/// timeout, since batond is copying the memory the application would
+/// write as soon as this returned (a generation of neither state).
+Result<uint64_t> post(ClientSegment& s, uint64_t timeout_ns, int socket_fd, const std::atomic<bool>& interrupted,
+                      pid_t daemon_pid) {
   CommitChannel& ch = *s.channel;
   const uint32_t seq = ch.request.load(std::memory_order_relaxed) + 1;  // we are the only writer
-  ch.claim.store(kPosted, std::memory_order_relaxed);  // published by the request's store
+  ch.claim.store(claim_of(seq, kPosted), std::memory_order_relaxed);  // published by the request's store
   ch.request.store(seq);  // seq_cst: pairs with the daemon's daemon_sleeping store
   // A sleeping daemon is rung, and then this thread sleeps too rather than
   // spin: the kernel can then run the daemon's commit thread on this vCPU
@@ -415,17 +431,19 @@ Result<uint64_t> post(ClientSegment& s, uint64_t timeout_ns, int socket_fd) {
         // at its timeout (looked at every futex slice, past the spin).
         const bool gone = waited > 10'000'000 && daemon_gone(socket_fd);
         if (waited <= timeout_ns && !gone) return false;
-        uint32_t posted = kPosted;
-        if (ch.claim.compare_exchange_strong(posted, kWithdrawn))
+        uint32_t posted = claim_of(seq, kPosted);
+        if (ch.claim.compare_exchange_strong(posted, claim_of(seq, kWithdrawn)))
           failed = gone ? fail(Errc::kUnavailable,
                                "batond went away before it took the snapshot; the commit was withdrawn and will "
                                "not become a generation")
                         : fail(Errc::kUnavailable, "batond did not take the snapshot in ",
                                std::to_string(timeout_ns / 1'000'000),
                                " ms; the commit was withdrawn and will not become a generation");
-        else if (gone || daemon_gone(socket_fd))
+        else if (gone || daemon_gone(socket_fd)) {
+          if (interrupted.load() && waited <= timeout_ns && daemon_runs(daemon_pid)) return false;
           failed = fail(Errc::kUnavailable,
                         "batond went away during the commit (it may or may not have become a generation)");
+        }
         return !failed;
       });
   if (!answered) return failed;
@@ -639,7 +657,7 @@ Result<uint64_t> Client::commit_locked(ClientSegment* s, std::span<const std::pa
       frozen = static_cast<bool>(protect);
       put_written(*s, !frozen);  // a failed protect: batond copies everything
       ch.frozen.store(frozen ? 1 : 0, std::memory_order_relaxed);
-      g = post(*s, commit_timeout_ns_, fd_);
+      g = post(*s, commit_timeout_ns_, fd_, interrupted_, daemon_pid_);
       if (!g) freeze.untake();  // its pages may not have been applied: all again next time
       if (!g && g.error().code == Errc::kFenced) s->fenced = true;  // every later commit is refused too
     }
@@ -671,7 +689,7 @@ Result<uint64_t> Client::commit_locked(ClientSegment* s, std::span<const std::pa
   put_written(*s, all);  // published by the request's store
   ch.frozen.store(0, std::memory_order_relaxed);
   s->resend_all = true;  // until this commit is known to have succeeded
-  auto g = post(*s, commit_timeout_ns_, fd_);
+  auto g = post(*s, commit_timeout_ns_, fd_, interrupted_, daemon_pid_);
   if (g) {
     s->resend_all = false;
     s->last_generation = *g;

@@ -2,6 +2,9 @@
 // The application side of the client protocol (messages.h): what
 // libbaton-client does under baton_connect(). No DPDK.
 
+#include <sys/types.h>
+
+#include <atomic>
 #include <cstddef>
 #include <condition_variable>
 #include <cstdint>
@@ -146,6 +149,11 @@ class Client {
   Result<void> drain_posts(ClientSegment& s, uint64_t timeout_ns = 0);
   void run_periodic();
   int fd_ = -1;
+  /// batond's pid, from the socket at connect (0: not known). Read only.
+  pid_t daemon_pid_ = 0;
+  /// interrupt() shut the connection (not batond): a commit batond took
+  /// is still copying the memory, and is waited for (post). Thread: any.
+  std::atomic<bool> interrupted_{false};
   /// One request and its answer at a time on the socket (batond answers a
   /// connection's requests in order): held by call().
   std::mutex call_mu_;

@@ -182,8 +182,8 @@ Server::Polled Server::poll_commits(CommitLane& lane) {
     seg->seen = req;
     // Taken, unless the application stopped waiting for it first (or wrote
     // something else there: then only its own commit is lost).
-    uint32_t posted = kPosted;
-    if (!ch.claim.compare_exchange_strong(posted, kTaken)) {
+    uint32_t posted = claim_of(req, kPosted);
+    if (!ch.claim.compare_exchange_strong(posted, claim_of(req, kTaken))) {
       ch.status.store(-static_cast<int32_t>(Errc::kUnavailable), std::memory_order_relaxed);
       ch.done.store(req, std::memory_order_release);
       ++counters_.withdrawn_commits;

@@ -52,7 +52,8 @@ inline constexpr uint32_t kMagic = 0xBA7017C0;
 /// 5: the commit channel carries a log of posted commits (CommitLog).
 /// 6: the copy-on-write share's header counts whole lifts (lifted_whole),
 /// which moved `declined`.
-inline constexpr uint16_t kVersion = 6;
+/// 7: CommitChannel::claim carries the request number it is for.
+inline constexpr uint16_t kVersion = 7;
 inline constexpr size_t kMaxMessage = 512;     ///< requests
 inline constexpr size_t kMaxReply = 64 * 1024;  ///< a reply with its trailing text
 inline constexpr size_t kMaxName = 63;
@@ -120,8 +121,13 @@ inline constexpr uint32_t kMaxWritten = 4096;
 /// CommitChannel::written_count: the application wrote anything (copy all).
 inline constexpr uint32_t kWrittenAll = UINT32_MAX;
 
-/// CommitChannel::claim.
+/// CommitChannel::claim: the state, for the request numbered `seq`
+/// (claim_of). A batond that read one request and took its claim only
+/// after the application had withdrawn it and posted the next would have
+/// taken the next one under the old number, and the application been told
+/// it failed.
 inline constexpr uint32_t kPosted = 0, kTaken = 1, kWithdrawn = 2;
+constexpr uint32_t claim_of(uint32_t seq, uint32_t state) noexcept { return (seq << 2) | state; }
 
 /// CommitChannel::daemon_sleeping.
 inline constexpr uint32_t kAwake = 0, kAsleep = 1, kNapping = 2;
@@ -191,7 +197,8 @@ struct alignas(64) CommitChannel {
   /// application before it bumps `request`): batond takes it (kTaken) by
   /// compare-and-swap before it commits, or the application withdraws it
   /// (kWithdrawn) when it stops waiting. So a commit the library reports
-  /// as timed out never becomes a generation later.
+  /// as timed out never becomes a generation later. Each state is
+  /// claim_of(request number, state): a swap for another request fails.
   std::atomic<uint32_t> claim{0};
   std::atomic<uint64_t> written[2 * kMaxWritten];
   CommitLog log;

@@ -161,7 +161,7 @@ bool alive(const Batond& d) { return kill(d.pid(), 0) == 0; }
 /// as the previous commit left it.
 int32_t commit_through(CommitChannel* ch, int doorbell, bool post = true) {
   const uint32_t seq = ch->request.load() + 1;
-  if (post) ch->claim.store(baton::ipc::kPosted);
+  if (post) ch->claim.store(baton::ipc::claim_of(seq, baton::ipc::kPosted));
   ch->request.store(seq);
   const uint64_t one = 1;
   EXPECT_EQ(write(doorbell, &one, sizeof one), static_cast<ssize_t>(sizeof one));
@@ -499,7 +499,7 @@ TEST(Hostile, AFormerHolderCannotCommitInTheNewHoldersName) {
   slot.bytes.store(kSize);
   std::memset(slot.data, 0x66, kSize);
   log.head.fetch_add(1);
-  old->claim.store(baton::ipc::kPosted);
+  old->claim.store(baton::ipc::claim_of(old->request.load() + 1, baton::ipc::kPosted));
   old->written_count.store(baton::ipc::kWrittenAll);
   old->request.fetch_add(1);
   const uint64_t one = 1;
