@@ -624,16 +624,24 @@ TEST(Durability, AFencedOwnersCopyOutlivesTheNewOwnerAndItsSet) {
 // and its copy, kept once it is fenced, would stay for good. A peer back
 // from a partition is released by every owner whose set it is not in:
 // the old owner learns it is superseded, and keeps nothing.
-TEST(Durability, AnOldOwnerBackFromAPartitionIsReleasedAndKeepsNothing) {
-  Cluster cl(4, config(2));
-  constexpr size_t kSize = 64 * 1024;
-  Segment* old_handle = test::must(cl.node(1).create("cut", kSize));
+/// Node 1 creates `name` and makes generations 1-3 durable; it is cut
+/// off, and node 2 loads the segment (generation 3) and makes generation
+/// 4 durable. Returns node 1's handle and node 2's load; node 1 stays cut
+/// off.
+std::pair<Segment*, OpenResult> move_away_from_cut_off_owner(Cluster& cl, const std::string& name) {
+  Segment* old_handle = test::must(cl.node(1).create(name, 64 * 1024));
   commit_durable(cl.node(1), old_handle, 3);
   cl.isolate(1, true);
-  ASSERT_TRUE(eventually([&] { return !peer_alive(cl.node(2), 1) && !peer_alive(cl.node(3), 1); }));
-  auto moved = test::must(cl.node(2).load("cut"));
-  ASSERT_EQ(moved.generation, 3u);
+  EXPECT_TRUE(eventually([&] { return !peer_alive(cl.node(2), 1) && !peer_alive(cl.node(3), 1); }));
+  auto moved = test::must(cl.node(2).load(name));
+  EXPECT_EQ(moved.generation, 3u);
   commit_durable(cl.node(2), moved.segment, 4);
+  return {old_handle, moved};
+}
+
+TEST(Durability, AnOldOwnerBackFromAPartitionIsReleasedAndKeepsNothing) {
+  Cluster cl(4, config(2));
+  const auto [old_handle, moved] = move_away_from_cut_off_owner(cl, "cut");
   const auto set = replica_set(cl.node(2), moved.segment);
   ASSERT_EQ(std::find(set.begin(), set.end(), 1), set.end()) << "node 1 was cut off: not in the new set";
   EXPECT_FALSE(test::must(cl.node(1).status(old_handle)).fenced) << "node 1 has heard nothing yet";
@@ -654,13 +662,7 @@ TEST(Durability, AnOldOwnerBackFromAPartitionIsReleasedAndKeepsNothing) {
 // then (release_again_ns: 4 s here), and the copy goes.
 TEST(Durability, AKeptCopyGoesWhenTheReleaseWasLost) {
   Cluster cl(4, config(2));
-  constexpr size_t kSize = 64 * 1024;
-  Segment* old_handle = test::must(cl.node(1).create("lost-release", kSize));
-  commit_durable(cl.node(1), old_handle, 3);
-  cl.isolate(1, true);
-  ASSERT_TRUE(eventually([&] { return !peer_alive(cl.node(2), 1) && !peer_alive(cl.node(3), 1); }));
-  auto moved = test::must(cl.node(2).load("lost-release"));
-  commit_durable(cl.node(2), moved.segment, 4);
+  Segment* const old_handle = move_away_from_cut_off_owner(cl, "lost-release").first;
 
   std::atomic<bool> lose{true};
   std::atomic<int> lost{0};
