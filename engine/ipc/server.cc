@@ -127,6 +127,13 @@ bool Server::log_refusal(uint32_t* more) noexcept {
   return true;
 }
 
+void Server::refuse_busy(int fd, pid_t pid, uid_t uid, const std::string& logged, const std::string& told) {
+  ++counters_.refused_limit;
+  if (uint32_t more = 0; log_refusal(&more))
+    BT_WARN("refused client pid %d uid %u: %s (%u more refused since)", pid, uid, logged.c_str(), more);
+  refuse(fd, reply_error(BATON_EBUSY, told));
+}
+
 Server::Server(Engine& engine, const ServerConfig& config)
     : engine_(engine), config_(config), dropping_(std::make_unique<Session>()) {}
 
@@ -294,13 +301,11 @@ void Server::accept_clients() {
     // (A client in a pid namespace batond cannot see reports pid 0: no
     // process to count it against.)
     if (cred.pid != 0 && cred.pid != getpid() && of_process >= config_.max_clients_per_process) {
-      ++counters_.refused_limit;
-      if (uint32_t more = 0; log_refusal(&more))
-        BT_WARN("refused client pid %d uid %u: it has %u connections (client.max_clients_per_process; %u more "
-                "refused since)", cred.pid, cred.uid, of_process, more);
-      refuse(fd, reply_error(BATON_EBUSY, "this process has " + std::to_string(of_process) +
-                                             " connections to batond already (client.max_clients_per_process = " +
-                                             std::to_string(config_.max_clients_per_process) + ")"));
+      refuse_busy(fd, cred.pid, cred.uid,
+                  "it has " + std::to_string(of_process) + " connections (client.max_clients_per_process)",
+                  "this process has " + std::to_string(of_process) +
+                      " connections to batond already (client.max_clients_per_process = " +
+                      std::to_string(config_.max_clients_per_process) + ")");
       continue;
     }
     // Nor one user's many processes (root and batond's own user, who may
@@ -308,22 +313,18 @@ void Server::accept_clients() {
     uint32_t of_user = 0;
     for (const auto& other : sessions_) of_user += other->uid == cred.uid && !other->done.load();
     if (cred.uid != 0 && cred.uid != geteuid() && cred.pid != getpid() && of_user >= config_.max_clients_per_user) {
-      ++counters_.refused_limit;
-      if (uint32_t more = 0; log_refusal(&more))
-        BT_WARN("refused client pid %d uid %u: that user has %u connections (client.max_clients_per_user; %u more "
-                "refused since)", cred.pid, cred.uid, of_user, more);
-      refuse(fd, reply_error(BATON_EBUSY, "uid " + std::to_string(cred.uid) + " has " + std::to_string(of_user) +
-                                             " connections to batond already (client.max_clients_per_user = " +
-                                             std::to_string(config_.max_clients_per_user) + ")"));
+      refuse_busy(fd, cred.pid, cred.uid,
+                  "that user has " + std::to_string(of_user) + " connections (client.max_clients_per_user)",
+                  "uid " + std::to_string(cred.uid) + " has " + std::to_string(of_user) +
+                      " connections to batond already (client.max_clients_per_user = " +
+                      std::to_string(config_.max_clients_per_user) + ")");
       continue;
     }
     if (sessions_.size() >= config_.max_clients) {
-      ++counters_.refused_limit;
-      if (uint32_t more = 0; log_refusal(&more))
-        BT_WARN("refused client pid %d uid %u: %u applications connected (client.max_clients; %u more refused "
-                "since)", cred.pid, cred.uid, config_.max_clients, more);
-      refuse(fd, reply_error(BATON_EBUSY, "too many applications connected (client.max_clients = " +
-                                             std::to_string(config_.max_clients) + ")"));
+      refuse_busy(fd, cred.pid, cred.uid,
+                  std::to_string(config_.max_clients) + " applications connected (client.max_clients)",
+                  "too many applications connected (client.max_clients = " + std::to_string(config_.max_clients) +
+                      ")");
       continue;
     }
     auto session = std::make_unique<Session>();
@@ -334,11 +335,8 @@ void Server::accept_clients() {
     try {
       s.thread = std::thread([this, &s] { run_session(s); });
     } catch (const std::system_error& e) {
-      ++counters_.refused_limit;
-      if (uint32_t more = 0; log_refusal(&more))
-        BT_WARN("refused client pid %d: cannot start its session: %s (%u more refused since)", cred.pid, e.what(),
-                more);
-      refuse(fd, reply_error(BATON_EBUSY, "batond cannot start a session now"));
+      refuse_busy(fd, cred.pid, cred.uid, std::string("cannot start its session: ") + e.what(),
+                  "batond cannot start a session now");
       continue;
     }
     sessions_.push_back(std::move(session));

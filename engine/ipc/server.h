@@ -271,6 +271,10 @@ class Server {
   uint32_t refusals_unlogged_ = 0;
   /// Whether to log this refusal now; `*more` the ones not logged since.
   bool log_refusal(uint32_t* more) noexcept;
+  /// Refuses connection `fd` of process `pid` (user `uid`) for want of
+  /// room (a limit reached, no session thread): BATON_EBUSY and `told` to
+  /// the client, `logged` to the log (log_refusal), counted. Accept thread.
+  void refuse_busy(int fd, pid_t pid, uid_t uid, const std::string& logged, const std::string& told);
   /// The socket file this server made (st_dev, st_ino): it is unlinked at
   /// the end only if the path still names it.
   dev_t socket_dev_ = 0;
