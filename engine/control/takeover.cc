@@ -503,13 +503,15 @@ Result<OpenResult> Engine::Impl::load_from(const QueryOp& q, std::string_view na
     }
     if (!ok) break;
   }
-  if (!enough(accepted, refusing, set.size()) && copies_outside_lost_sets(q, *c, record, sets, copy_holders, *best)) {
+  if (enough(accepted, refusing, set.size())) {
+    // A majority of the set accepted: the usual load.
+  } else if (copies_outside_lost_sets(q, *c, record, sets, copy_holders, *best)) {
     record_event("segment " + std::string(name) + ": every replica of set " + set_string(set) +
                  " answered without a copy; loading generation " + std::to_string(best->generation) +
                  " of owner epoch " + std::to_string(best->data_epoch) + " from node " + std::to_string(best->peer) +
                  ", which holds it outside the set");
     bump(counters.loads_outside_set);
-  } else if (!enough(accepted, refusing, set.size())) {
+  } else {
     record_event("segment " + std::string(name) + ": ownership not taken: " + std::to_string(accepted) + " of " +
                  std::to_string(set.size()) + " replicas of set " + set_string(set) + " accepted epoch " +
                  std::to_string(c->epoch));
