@@ -31,6 +31,7 @@
 #include <tuple>
 #include <vector>
 
+#include "common/devargs.h"
 #include "common/log.h"
 #include "ethdev/memif_guard.h"
 #include "runtime/peer_lock.h"
@@ -94,8 +95,6 @@ bool copies_frames(const char* driver) {
 /// mbufs per queue pair for other PMDs: a NIC keeps its rx ring filled,
 /// and net_ring holds what was sent until the peer's queue reads it.
 constexpr uint32_t kQueuePairMbufs = 4095;
-
-std::optional<std::string> devarg(const std::string& devargs, const std::string& key);
 
 /// How a port uses its pool's mbufs.
 enum class PoolKind : char {
@@ -599,21 +598,10 @@ class EthdevLink final : public Link {
   LinkCounters counters_;
 };
 
-/// The port name in `device` (DPDK devargs or a port name), and whether it
-/// is a virtual device (devargs, or a net_* name) that is probed, not found.
-std::string port_name(const std::string& device) { return device.substr(0, device.find(',')); }
+/// Whether `device` is a virtual device (devargs, or a net_* name) that
+/// is probed, not found.
 bool is_vdev(const std::string& device) {
   return device.find(',') != std::string::npos || port_name(device).rfind("net_", 0) == 0;
-}
-
-/// The value of `key=` in devargs, or nullopt.
-std::optional<std::string> devarg(const std::string& devargs, const std::string& key) {
-  for (size_t at = devargs.find(','); at != std::string::npos; at = devargs.find(',', at + 1)) {
-    if (devargs.compare(at + 1, key.size() + 1, key + "=") != 0) continue;
-    const size_t from = at + key.size() + 2;
-    return devargs.substr(from, devargs.find(',', from) - from);
-  }
-  return std::nullopt;
 }
 
 /// devargs without any `key=` of it.

@@ -8,13 +8,13 @@
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
-#include <map>
 #include <set>
 #include <sstream>
 #include <toml++/toml.h>
 #include <cstring>
 #include <unistd.h>
 
+#include "common/devargs.h"
 #include "protocol/wire.h"
 #include "runtime/topology.h"
 
@@ -28,37 +28,25 @@ namespace {
 /// one socket and id, an af_packet port without its interface. Devices
 /// that are not virtual (a PCI address) are DPDK's to judge.
 std::string vdev_problem(const std::string& device, std::set<std::string>& names, std::set<std::string>& servers) {
-  const size_t comma = device.find(',');
-  const std::string name = device.substr(0, comma);
+  const std::string name = port_name(device);
   if (name.rfind("net_", 0) != 0) return {};
   if (!names.insert(name).second)
     return "names DPDK device " + name + ", which another link's device names already (each is one port)";
-  std::map<std::string, std::string> args;
-  for (size_t at = comma; at != std::string::npos && at < device.size();) {
-    const size_t next = device.find(',', at + 1);
-    const std::string kv = device.substr(at + 1, next == std::string::npos ? std::string::npos : next - at - 1);
-    const size_t eq = kv.find('=');
-    if (!kv.empty()) args[kv.substr(0, eq)] = eq == std::string::npos ? "" : kv.substr(eq + 1);
-    at = next;
-  }
   if (name.rfind("net_memif", 0) == 0) {
-    auto role = args.find("role");
-    if (role == args.end())
+    const auto role = devarg(device, "role");
+    if (!role)
       return "a memif device needs role=server or role=client (one end of the link each; both would default to "
              "client, and the link would never come up)";
-    if (role->second != "server" && role->second != "client")
-      return "role=" + role->second + ": a memif role is server or client";
-    if (role->second == "server") {
-      auto socket = args.find("socket");
-      auto id = args.find("id");
-      const std::string key = (socket == args.end() ? "/run/memif.sock" : socket->second) + " id " +
-                              (id == args.end() ? "0" : id->second);
+    if (*role != "server" && *role != "client") return "role=" + *role + ": a memif role is server or client";
+    if (*role == "server") {
+      const std::string key =
+          devarg(device, "socket").value_or("/run/memif.sock") + " id " + devarg(device, "id").value_or("0");
       if (!servers.insert(key).second)
         return "is a memif server on socket " + key + ", as another link's device is already (give each its own "
                "socket or id)";
     }
   }
-  if (name.rfind("net_af_packet", 0) == 0 && args.count("iface") == 0)
+  if (name.rfind("net_af_packet", 0) == 0 && !devarg(device, "iface"))
     return "an af_packet device needs iface=<network interface>";
   return {};
 }
