@@ -85,14 +85,19 @@ Result<std::unique_ptr<Client>> Client::connect(const std::string& path) {
   // batond too busy or stopped to answer within a moment lets the
   // connection go ahead; its answer is read before the next request's,
   // and a refusal then is every later call's error.
+  // A status, events or groups request gives up BATON_STATUS_TIMEOUT_MS
+  // after the connect began, the greeting included.
+  c->text_patience_ns_ = ms_from_env("BATON_STATUS_TIMEOUT_MS", c->text_patience_ns_);
   Request hello{};
   hello.magic = kMagic;
   hello.version = kVersion;
   hello.op = static_cast<uint16_t>(Op::kHello);
-  auto greeted = c->call(hello, nullptr, nullptr, kHelloPatienceNs);
+  const uint64_t greeting = now_ns();
+  auto greeted = c->call(hello, nullptr, nullptr, std::min(kHelloPatienceNs, c->text_patience_ns_));
   if (!greeted) {
     if (greeted.error().code != Errc::kTimeout) return tl::unexpected(greeted.error());
     c->hello_unanswered_ = true;
+    c->hello_waited_ns_ = now_ns() - greeting;
   } else if (greeted->status != 0 && greeted->status != BATON_EINVAL) {  // (EINVAL: a batond older than kHello)
     return tl::unexpected(error_of(*greeted));
   }
@@ -101,7 +106,6 @@ Result<std::unique_ptr<Client>> Client::connect(const std::string& path) {
   if (getsockopt(c->fd_, SOL_SOCKET, SO_PEERCRED, &cred, &cred_len) == 0) c->daemon_pid_ = cred.pid;
   hold_liveness();  // an application the failover runner started: its death is seen at once
   c->commit_timeout_ns_ = ms_from_env("BATON_COMMIT_TIMEOUT_MS", c->commit_timeout_ns_);
-  c->text_patience_ns_ = ms_from_env("BATON_STATUS_TIMEOUT_MS", c->text_patience_ns_);
   return c;
 }
 
@@ -824,7 +828,11 @@ Result<std::string> Client::text_request(Op op) {
   // batond answers these at once: a batond stopped (SIGSTOP) or a socket
   // that is not batond's must not hold `batonctl status` (or an OCF
   // monitor) for ever.
-  auto rep = call(r, nullptr, &text, text_patience_ns_);
+  // The first such request on a connection whose greeting went
+  // unanswered has already waited that long.
+  const uint64_t waited = hello_waited_ns_.exchange(0);
+  const uint64_t patience = text_patience_ns_ > waited ? text_patience_ns_ - waited : 1;
+  auto rep = call(r, nullptr, &text, patience);
   if (!rep) return tl::unexpected(rep.error());
   if (rep->status != 0) return tl::unexpected(error_of(*rep));
   return text;

@@ -138,7 +138,7 @@ class Client {
   /// How long past its own timeout a wait gives batond to answer.
   static constexpr uint64_t kWaitSlackMs = 1000;
   /// How long status, events and groups wait for batond's answer
-  /// (BATON_STATUS_TIMEOUT_MS; 10 s).
+  /// (BATON_STATUS_TIMEOUT_MS; 10 s), connect()'s greeting included.
   uint64_t text_patience_ns_ = 10'000'000'000;
   Result<std::string> text_request(Op op);
   Result<uint64_t> commit_locked(ClientSegment* s, std::span<const std::pair<uint64_t, uint64_t>> written);
@@ -164,6 +164,10 @@ class Client {
   static constexpr uint64_t kHelloPatienceNs = 2'000'000'000;
   /// The first of those is connect()'s hello: a refusal there is kept.
   bool hello_unanswered_ = false;
+  /// How long connect() waited for that unanswered hello: taken off the
+  /// first text request's patience (so `batonctl status` gives up
+  /// BATON_STATUS_TIMEOUT_MS after it began). Thread: any (exchanged).
+  std::atomic<uint64_t> hello_waited_ns_{0};
   /// batond refused this connection: every call's error.
   std::optional<Error> refused_;
   /// How long a commit waits for batond to take it before withdrawing it
