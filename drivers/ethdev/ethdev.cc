@@ -14,6 +14,8 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <sys/wait.h>
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -771,11 +773,12 @@ void sweep_runtime_dirs() {
 
 }  // namespace
 
-Result<void> init_eal(const std::vector<std::string>& extra, const std::string& telemetry_prefix) {
-  std::lock_guard lock(eal_mu);
-  if (eal_started) return {};
-  if (eal_error) return tl::unexpected(*eal_error);
-  sweep_runtime_dirs();
+namespace {
+
+/// The EAL's arguments: Baton's own, then `extra` (the config's
+/// `[eal] args`). `huge`: on huge pages (--in-memory), else plain memory.
+std::vector<std::string> eal_arguments(const std::vector<std::string>& extra, const std::string& telemetry_prefix,
+                                       bool huge) {
   std::vector<std::string> args = {"baton", "--no-pci", "--log-level=5", "--lcores=0@(" + allowed_cpus() + ")"};
   if (telemetry_prefix.empty()) {
     args.push_back("--no-telemetry");
@@ -783,18 +786,14 @@ Result<void> init_eal(const std::vector<std::string>& extra, const std::string& 
   } else {
     args.push_back("--file-prefix=" + telemetry_prefix);
   }
-  // Huge pages when the kernel has some free, else plain memory. No files
-  // of huge pages or shared config either way: --in-memory with huge pages;
-  // --no-huge is already anonymous memory, and DPDK refuses it beside
-  // --in-memory (it implies --legacy-mem), so with too few huge pages free
-  // no daemon with a DPDK link could start.
-  // BATON_NO_HUGE_PAGES=1 asks for plain memory whatever is free.
-  const char* no_huge = std::getenv("BATON_NO_HUGE_PAGES");
-  eal_huge = (no_huge == nullptr || std::string_view(no_huge) != "1") && free_huge_pages() >= 64;
+  // No files of huge pages or shared config either way: --in-memory with
+  // huge pages; --no-huge is already anonymous memory, and DPDK refuses it
+  // beside --in-memory (it implies --legacy-mem), so with too few huge
+  // pages free no daemon with a DPDK link could start.
   // One file per memory list: memif's zero-copy client shares its memory
   // with its server by that file (operations, "memif zero-copy").
   args.push_back("--single-file-segments");
-  if (eal_huge) {
+  if (huge) {
     args.push_back("--in-memory");
   } else {
     args.push_back("--no-huge");
@@ -802,16 +801,90 @@ Result<void> init_eal(const std::vector<std::string>& extra, const std::string& 
     args.push_back("512");
   }
   args.insert(args.end(), extra.begin(), extra.end());
+  return args;
+}
+
+/// Huge pages when the kernel has some free, else plain memory.
+/// BATON_NO_HUGE_PAGES=1 asks for plain memory whatever is free.
+bool eal_wants_huge_pages() {
+  const char* no_huge = std::getenv("BATON_NO_HUGE_PAGES");
+  return (no_huge == nullptr || std::string_view(no_huge) != "1") && free_huge_pages() >= 64;
+}
+
+int eal_init(std::vector<std::string>& args) {
   std::vector<char*> argv;
   for (auto& a : args) argv.push_back(a.data());
   argv.push_back(nullptr);
-  if (rte_eal_init(static_cast<int>(args.size()), argv.data()) < 0) {
+  return rte_eal_init(static_cast<int>(args.size()), argv.data());
+}
+
+}  // namespace
+
+Result<void> init_eal(const std::vector<std::string>& extra, const std::string& telemetry_prefix) {
+  std::lock_guard lock(eal_mu);
+  if (eal_started) return {};
+  if (eal_error) return tl::unexpected(*eal_error);
+  sweep_runtime_dirs();
+  eal_huge = eal_wants_huge_pages();
+  auto args = eal_arguments(extra, telemetry_prefix, eal_huge);
+  if (eal_init(args) < 0) {
     eal_error = Error{Errc::kIo, std::string("rte_eal_init: ") + rte_strerror(rte_errno)};
     return tl::unexpected(*eal_error);
   }
   eal_started = true;
   BT_INFO("EAL started (%s)", eal_huge ? "huge pages" : "no huge pages");
   return {};
+}
+
+Result<void> check_eal_args(const std::vector<std::string>& extra) {
+  // The EAL starts once per process and cannot be stopped and started
+  // again: a child process starts it with the arguments a start would use
+  // (plain memory, which may not hide a huge-page option's conflict), and
+  // what it prints is the reason.
+  int out[2];
+  if (pipe2(out, O_CLOEXEC) != 0) return fail(Errc::kIo, "pipe: ", std::strerror(errno));
+  auto args = eal_arguments(extra, {}, false);
+  std::fflush(nullptr);
+  const pid_t pid = fork();
+  if (pid < 0) {
+    ::close(out[0]);
+    ::close(out[1]);
+    return fail(Errc::kIo, "fork: ", std::strerror(errno));
+  }
+  if (pid == 0) {
+    dup2(out[1], STDOUT_FILENO);
+    dup2(out[1], STDERR_FILENO);
+    const bool ok = eal_init(args) >= 0;
+    if (ok) rte_eal_cleanup();
+    std::error_code ec;  // its runtime directory, if it got as far as making one
+    if (const std::string dir = rte_eal_get_runtime_dir(); !dir.empty()) std::filesystem::remove_all(dir, ec);
+    _exit(ok ? 0 : 1);
+  }
+  ::close(out[1]);
+  std::string printed;
+  char buf[4096];
+  for (ssize_t n; (n = ::read(out[0], buf, sizeof buf)) != 0;) {
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) break;
+    if (printed.size() < 65536) printed.append(buf, static_cast<size_t>(n));
+  }
+  ::close(out[0]);
+  int status = 0;
+  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  if (WIFEXITED(status) && WEXITSTATUS(status) == 0) return {};
+  // The first line that says what is wrong (the EAL's usage text follows).
+  std::string why;
+  for (size_t at = 0; at < printed.size() && why.empty();) {
+    const size_t end = std::min(printed.find('\n', at), printed.size());
+    std::string line = printed.substr(at, end - at);
+    at = end + 1;
+    if (line.find("nrecognized") != std::string::npos || line.find("nvalid") != std::string::npos ||
+        line.find("rror") != std::string::npos || line.find("ption") != std::string::npos)
+      why = line;
+  }
+  if (why.empty()) why = WIFEXITED(status) ? "it refused them" : "it crashed on them";
+  return fail(Errc::kInvalidArgument, "DPDK's EAL does not start with them: ", why);
 }
 
 bool eal_uses_huge_pages() noexcept { return eal_huge; }

@@ -25,6 +25,12 @@ inline constexpr uint32_t kDefaultMaxFrame = 16384 + 256;
 /// Thread: control.
 Result<void> init_eal(const std::vector<std::string>& extra = {}, const std::string& telemetry_prefix = {});
 
+/// Whether DPDK's EAL starts with `extra` after Baton's own arguments (as
+/// init_eal() would pass them), tried in a child process; the error names
+/// the EAL's complaint. For `batond --check`. Thread: any, in a process
+/// that has not started the EAL.
+Result<void> check_eal_args(const std::vector<std::string>& extra);
+
 /// Whether init_eal() chose huge pages.
 bool eal_uses_huge_pages() noexcept;
 

@@ -300,6 +300,32 @@ TEST(Daemon, BadConfigIsRefusedNamingTheField) {
   EXPECT_NE(text.find("node.id: must be 1..65534 (got 70000)"), std::string::npos) << text;
 }
 
+// `--check` starts DPDK's EAL with `[eal] args` (in a child) and names
+// what it refused: it said "ok" to any arguments, and the start then
+// failed with the EAL's usage text (a session 49 hostile-input pass).
+TEST(Daemon, CheckNamesTheEalArgumentsDpdkRefuses) {
+  TempDir dir;
+  auto check = [&](const std::string& args, std::string* out) {
+    const std::string cfg = dir.path + "/eal.toml";
+    std::ofstream(cfg) << "[node]\nid = 1\n[client]\nsocket = \"" << dir.path << "/b.sock\"\n"
+                       << "[[link]]\npeer = 2\ndriver = \"ethdev\"\ndevice = \"net_memif0,role=server,socket=" << dir.path
+                       << "/m.sock\"\n[eal]\nargs = " << args << "\n";
+    const std::string path = dir.path + "/out.txt";
+    const int rc = std::system((baton::test::helper("BATOND") + " --config " + cfg + " --check >" + path + " 2>&1").c_str());
+    std::ifstream in(path);
+    out->assign((std::istreambuf_iterator<char>(in)), {});
+    return WEXITSTATUS(rc);
+  };
+  std::string out;
+  EXPECT_EQ(check("[\"--bogus-eal-flag\"]", &out), 2) << out;
+  EXPECT_NE(out.find("eal.args: DPDK's EAL does not start with them"), std::string::npos) << out;
+  EXPECT_NE(out.find("--bogus-eal-flag"), std::string::npos) << out;
+  EXPECT_EQ(check("[\"-l\", \"0\"]", &out), 2) << out;  // Baton gives the EAL its lcores itself
+  EXPECT_NE(out.find("-l is ignored"), std::string::npos) << out;
+  EXPECT_EQ(check("[\"--log-level=4\"]", &out), 0) << out;
+  EXPECT_NE(out.find(": ok (node 1"), std::string::npos) << out;
+}
+
 TEST(Daemon, StopsCleanlyOnSigterm) {
   TempDir dir;
   Batond d(1, dir.path);

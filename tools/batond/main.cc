@@ -61,6 +61,16 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "batond: %s: client.socket: %s\n", config_path.c_str(), usable.error().message.c_str());
     return 2;
   }
+  const bool ethdev = std::any_of(cfg->links.begin(), cfg->links.end(),
+                                  [](const baton::LinkSpec& l) { return l.driver == "ethdev"; });
+  if (!cfg->eal_args.empty() && !ethdev)
+    cfg->warnings.push_back("eal.args: no link is a DPDK device, so the EAL does not run and they are not used");
+  if (check && ethdev && !cfg->eal_args.empty()) {
+    if (auto ok = baton::ethdev::check_eal_args(cfg->eal_args); !ok) {
+      std::fprintf(stderr, "batond: %s: eal.args: %s\n", config_path.c_str(), ok.error().message.c_str());
+      return 2;
+    }
+  }
   if (check) {
     for (const auto& w : cfg->warnings) std::fprintf(stderr, "batond: %s: warning: %s\n", config_path.c_str(), w.c_str());
     std::printf("%s: ok (node %u \"%s\", %zu links)\n", config_path.c_str(), cfg->engine.node_id, cfg->name.c_str(),
@@ -99,12 +109,11 @@ int main(int argc, char** argv) {
   // prefix unique to this process (two blades of one node id may share a
   // machine): `batonctl status` names it for dpdk-telemetry.py -f.
   std::string telemetry_prefix;
-  const bool ethdev = std::any_of(cfg->links.begin(), cfg->links.end(),
-                                  [](const baton::LinkSpec& l) { return l.driver == "ethdev"; });
   if (ethdev) {
     telemetry_prefix = "batond" + std::to_string(cfg->engine.node_id) + "-" + std::to_string(getpid());
     if (auto ok = baton::ethdev::init_eal(cfg->eal_args, telemetry_prefix); !ok) {
-      BT_ERROR("%s", ok.error().to_string().c_str());
+      BT_ERROR("%s%s", ok.error().to_string().c_str(),
+               cfg->eal_args.empty() ? "" : " (with eal.args: `batond --check` names what DPDK refused)");
       return 1;
     }
   }
