@@ -294,8 +294,11 @@ Result<std::unique_ptr<Link>> open(const Config& c) {
     munmap(m, len);
     flock(fd, LOCK_UN);
     ::close(fd);
-    return fail(Errc::kInvalidArgument, "shm: side ", std::to_string(c.side), " of ", c.path,
-                " is held by live process ", std::to_string(other));
+    // The side is the node ids' order: a second node with this one's id
+    // (a copied config), or this node started twice, lands here.
+    return fail(Errc::kInvalidArgument, "shm: side ", std::to_string(c.side), " of ", c.path, " (the ",
+                c.side == 0 ? "lower" : "higher", " node id's, this node's) is held by live process ",
+                std::to_string(other), ": another node with this node's id, or this node started twice?");
   }
   flock(fd, LOCK_UN);
   ::close(fd);  // the mapping stays

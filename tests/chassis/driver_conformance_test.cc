@@ -458,7 +458,12 @@ TEST(Shm, RejectsBadConfigAndASecondHolderOfOneSide) {
   ASSERT_EQ(read(ready[0], &c, 1), 1);
   ASSERT_EQ(c, 'y');
   auto second = shm::open(shm::Config{path, 1, 1});
-  EXPECT_FALSE(second) << "two live processes hold side 1";
+  ASSERT_FALSE(second) << "two live processes hold side 1";
+  // The usual cause, named: a second node with this id (a copied config).
+  EXPECT_NE(second.error().message.find("(the higher node id's, this node's) is held by live process " +
+                                        std::to_string(holder) + ": another node with this node's id"),
+            std::string::npos)
+      << second.error().message;
   kill(holder, SIGKILL);
   waitpid(holder, nullptr, 0);
   auto after = shm::open(shm::Config{path, 1, 1});  // its holder is dead: taken over
