@@ -47,7 +47,13 @@ void Op::fail(Errc code, std::string message) noexcept {
 }
 
 void Engine::Impl::acquire_token() noexcept {
-  if (sim == nullptr) token.acquire();  // under simulation one thread runs everything
+  if (sim == nullptr) {
+    token.acquire();
+    return;
+  }
+  // Under simulation one thread runs everything: the worker's polls that
+  // a real caller would wait out run here, if the simulation says so.
+  if (sim->while_waiting_for_token) sim->while_waiting_for_token();
 }
 
 bool Engine::Impl::try_acquire_token() noexcept {

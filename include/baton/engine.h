@@ -35,6 +35,14 @@ enum class IdlePolicy : uint8_t {
 struct SimulationHooks {
   std::function<uint64_t()> now;
   std::function<void()> step;
+  /// Called when an API call asks for the poll token (unset: nothing
+  /// happens). Outside a simulation the worker may be polling then, and
+  /// the call takes the token only after that poll, while the other nodes
+  /// run on: what the call checked before it asked may have been fenced,
+  /// moved or deleted meanwhile. The simulation may advance its clock and
+  /// poll the engines' data paths here (not their control threads: the
+  /// caller may hold a segment's lock, which they take).
+  std::function<void()> while_waiting_for_token;
 };
 
 /// Where membership views and quorum come from (S17).

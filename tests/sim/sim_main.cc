@@ -39,11 +39,12 @@ int main(int argc, char** argv) {
     else if (a == "--no-direct") o.direct = false;
     else if (a == "--same-chunks") o.mixed_chunks = false;
     else if (a == "--no-races") o.races = false;
+    else if (a == "--token-waits") o.token_waits = true;
     else if (a == "--print") o.print = true;
     else {
       std::fprintf(stderr, "usage: baton-sim [--seeds N] [--first S] [--seed S] [--nodes N] [--rf R] "
                            "[--actions A] [--shards K] [--segments S] [--no-faults-in-calls] [--no-standbys] "
-                           "[--no-cow] [--no-direct] [--same-chunks] [--no-races] [--print]\n");
+                           "[--no-cow] [--no-direct] [--same-chunks] [--no-races] [--token-waits] [--print]\n");
       return 2;
     }
   }

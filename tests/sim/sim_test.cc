@@ -26,7 +26,7 @@ Stats run_range(const Options& o, uint64_t first, uint64_t count) {
     EXPECT_TRUE(out.ok) << "seed " << seed << ": " << out.violation << "\nschedule:\n"
                         << out.schedule << "\nreplay: build/tests/baton-sim --seed " << seed << " --nodes "
                         << o.nodes << " --rf " << o.replication_factor << " --shards " << o.shards
-                        << " --segments " << o.segments << " --print";
+                        << " --segments " << o.segments << (o.token_waits ? " --token-waits" : "") << " --print";
     if (!out.ok) break;
   }
   std::printf("%s\n", total.to_string().c_str());

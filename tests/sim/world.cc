@@ -171,6 +171,10 @@ class World {
     retain_ = static_cast<uint32_t>(std::mt19937_64(seed ^ 0xd6e8feb86659fd93ull)() % 2);
     hooks_->now = [this] { return now_; };
     hooks_->step = [this] { step(); };
+    if (o.token_waits) {
+      token_pick_.seed(seed ^ 0xbf58476d1ce4e5b9ull);
+      hooks_->while_waiting_for_token = [this] { wait_for_token(); };
+    }
     engines_.resize(o.nodes);
     held_.resize(o.nodes);
     stalled_.assign(o.nodes, false);
@@ -307,6 +311,24 @@ class World {
       else engine(-n)->poll_control();
     }
     now_ += 20'000 + rng_() % 100'000;
+  }
+
+  /// An API call waits for its engine's poll token (Options::token_waits):
+  /// a quarter of the time, the worker that holds it polls 1-3 more times
+  /// first, while the other nodes' data paths run on. Control threads do
+  /// not run here (the caller may hold a segment's lock, which theirs
+  /// take); nor do faults (a call's own faults strike in step()).
+  void wait_for_token() {
+    const uint64_t r = token_pick_();
+    if (r % 4 != 0) return;
+    for (uint32_t k = 1 + static_cast<uint32_t>((r >> 8) % 3); k > 0; --k) {
+      std::vector<int> order;  // (not order_: a step may be under way further up)
+      for (int n = 1; n <= o_.nodes; ++n)
+        if (alive(n) && !stalled_[n - 1]) order.push_back(n);
+      std::shuffle(order.begin(), order.end(), token_pick_);
+      for (int n : order) engine(n)->poll();
+      now_ += 5'000 + token_pick_() % 50'000;
+    }
   }
 
   void run_for(uint64_t ns) {
@@ -1212,6 +1234,7 @@ class World {
   std::mt19937_64 rng_;
   std::mt19937_64 prefer_pick_;  ///< each incarnation's preferred replica holders
   std::mt19937_64 chunk_pick_;   ///< each incarnation's chunk size (Options::mixed_chunks)
+  std::mt19937_64 token_pick_;   ///< polls of a worker a call waits out for the token (Options::token_waits)
   std::vector<EngineConfig::Standby> standbys_;
   std::vector<EngineConfig::SegmentSnapshot> cow_modes_;
   uint32_t retain_ = 0;

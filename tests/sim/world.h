@@ -57,6 +57,13 @@ struct Options {
   /// seed; EngineConfig::chunk_size): owners and replicas then disagree
   /// about the chunking now and then, as after a changed `chunk_kib`.
   bool mixed_chunks = true;
+  /// An API call that asks for an engine's poll token now and then finds
+  /// its worker polling, and waits that poll out while the other nodes run
+  /// on (SimulationHooks::while_waiting_for_token). Its own generator: the
+  /// scheduler's draws stay as they were. Off by default until the
+  /// violations it found are fixed (docs/reliability.md, "Polls while a
+  /// call waits for the token"): `baton-sim --token-waits`.
+  bool token_waits = false;
 };
 
 struct Stats {

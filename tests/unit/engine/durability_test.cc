@@ -391,6 +391,80 @@ TEST(Durability, ARecordItsWriterWithdrewIsNotTakenFromALaterBatch) {
   EXPECT_TRUE(peers[0].records_had);
 }
 
+// A commit that finds its segment fenced once it holds the poll token is
+// refused, and the fenced owner keeps its last generation as a copy. The
+// commit checks the fence first, then waits for the token; the worker's
+// poll under way meanwhile may fence it (a newer owner's ack here, queued
+// by hand and taken in that poll: the simulation's token wait). The
+// commit went ahead and took a stage, and the fenced owner then kept no
+// copy of the generation its replicas might have lost since (session 50,
+// found by reading; the simulator now runs such polls too).
+TEST(Durability, ACommitFencedWhileItWaitsForTheTokenIsRefusedAndTheCopyKept) {
+  uint64_t now = 1'000'000'000;
+  std::unique_ptr<Engine> n1, n2;
+  std::function<void()> on_token_wait;
+  auto hooks = std::make_shared<SimulationHooks>();
+  hooks->now = [&] { return now; };
+  hooks->step = [&] {
+    now += 50'000;
+    n1->poll();
+    n1->poll_control();
+    n2->poll();
+    n2->poll_control();
+  };
+  hooks->while_waiting_for_token = [&] {
+    if (auto f = std::exchange(on_token_wait, nullptr)) f();
+  };
+  auto pair = loopback::make_pair(1, 2, 16384, 1024, 1, hooks->now);
+  auto tap = std::make_unique<TapLink>(std::move(pair.a));
+  TapLink* t = tap.get();
+  auto config = [&](uint16_t id) {
+    EngineConfig c;
+    c.node_id = id;
+    c.replication_factor = 1;
+    c.heartbeat_interval_us = 1000;
+    c.failure_timeout_us = 10'000;
+    c.simulation = hooks;
+    return c;
+  };
+  std::vector<std::unique_ptr<Link>> l1, l2;
+  l1.push_back(std::move(tap));
+  l2.push_back(std::move(pair.b));
+  n1 = test::must(Engine::start(config(1), std::move(l1)));
+  n2 = test::must(Engine::start(config(2), std::move(l2)));
+  for (int i = 0; i < 200; ++i) hooks->step();  // heard each other, records exchanged
+  Segment* seg = test::must(n1->open("waits", 8192)).segment;
+  std::memset(n1->data(seg).data(), 0x11, 8192);
+  const uint64_t g1 = test::must(n1->commit(seg));
+  ASSERT_TRUE(n1->wait_replicated(seg, g1, kDurable, 1000ms)) << "generation 1 durable on node 2";
+  const uint64_t epoch = test::must(n1->status(seg)).epoch;
+  on_token_wait = [&] {
+    // A newer owner's ack, taken by the poll the commit waits out.
+    wire::Frame ack;
+    ack.type = wire::MsgType::kAck;
+    ack.src = 2;
+    ack.dst = 1;
+    ack.name = "waits";
+    ack.seg_id = wire::segment_id("waits");
+    ack.epoch = epoch + 1;
+    ack.generation = 1;
+    std::vector<std::byte> b(wire::kHeaderSize + wire::kMaxNote + wire::kMaxNameLen);
+    b.resize(wire::encode(ack, b));
+    t->queue.push_back(std::move(b));
+    n1->poll();
+  };
+  std::memset(n1->data(seg).data(), 0x22, 8192);
+  auto g2 = n1->commit(seg);
+  EXPECT_EQ(on_token_wait, nullptr) << "the commit never waited for the token";
+  EXPECT_FALSE(g2) << "a commit of a segment fenced while it waited was taken as generation " << *g2;
+  if (!g2) {
+    EXPECT_EQ(g2.error().code, Errc::kFenced);
+  }
+  EXPECT_TRUE(test::must(n1->status(seg)).fenced);
+  for (int i = 0; i < 50; ++i) hooks->step();
+  EXPECT_EQ(n1->stats().fenced_copies_kept, 1u) << "the fenced owner kept no copy of generation " << g1;
+}
+
 // A new name right after a node started, while a peer is not heard yet
 // (its first heartbeat on the way; here its links come back 300 ms
 // later): the create, and an open that finds the name nowhere, wait for
