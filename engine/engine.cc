@@ -448,6 +448,8 @@ Result<Segment*> Engine::Impl::make_segment(std::string_view name, uint64_t size
   seg->epoch.store(epoch);
   seg->committed.store(generation);
   seg->creating.store(restored == nullptr && generation == 0);  // create_fresh's
+  // create_fresh takes one above every epoch of the name's deleted history.
+  if (restored == nullptr && generation == 0) seg->deleted_history = epoch - 1;
   if (restored != nullptr) {
     seg->mem = std::move(*restored);
   } else {

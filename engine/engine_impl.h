@@ -699,6 +699,13 @@ struct Engine::Impl {
   /// it: a copy of an older epoch, and an older owner (fenced, nothing of
   /// it kept). Thread: token holder.
   void send_release(const Segment& seg, uint16_t peer) noexcept;
+  /// Tells `peer` to drop what it holds of `seg`'s deleted history
+  /// (Segment::deleted_history): a release at that epoch, naming no set,
+  /// so that a member of the new set drops it too, and nothing of the new
+  /// history (above it) goes. Thread: token holder.
+  void send_history_release(const Segment& seg, uint16_t peer) noexcept;
+  /// Whether `seg`'s owner tells `peer` to drop the deleted history's copies.
+  bool releases_history(const Segment& seg, uint16_t peer) const noexcept;
   /// Releases still to send: (segment id, peer), a few per poll, each
   /// checked again when its turn comes (owned, not fenced, a recorded set
   /// that does not count on the peer, which is alive). A peer back from a

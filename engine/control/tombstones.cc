@@ -147,6 +147,14 @@ void Engine::Impl::release_copies(Segment& seg) noexcept {
     send_release(seg, n);
   }
   seg.release_to.clear();
+  for (const PeerState& p : peer_states)
+    if (releases_history(seg, p.node)) send_history_release(seg, p.node);
+}
+
+bool Engine::Impl::releases_history(const Segment& seg, uint16_t peer) const noexcept {
+  if (seg.deleted_history == 0 || seg.fenced.load(std::memory_order_relaxed) || seg.recorded_set.empty()) return false;
+  auto it = peer_by_node.find(peer);
+  return it != peer_by_node.end() && it->second->alive;
 }
 
 bool Engine::Impl::releases(const Segment& seg, uint16_t peer) const noexcept {
@@ -165,13 +173,23 @@ void Engine::Impl::send_releases_due(uint64_t now) noexcept {
     releases_queued_ns = now;
     for (auto& [id, seg] : owned)
       for (const PeerState& p : peer_states)
-        if (releases(*seg, p.node)) releases_due.emplace_back(id, p.node);
+        if (releases(*seg, p.node) || releases_history(*seg, p.node)) releases_due.emplace_back(id, p.node);
   }
   for (size_t n = 0; n < kReleasesPerPoll && !releases_due.empty(); ++n) {
     const auto [id, peer] = releases_due.front();
     releases_due.pop_front();
-    if (auto o = owned.find(id); o != owned.end() && releases(*o->second, peer)) send_release(*o->second, peer);
+    if (auto o = owned.find(id); o != owned.end()) {
+      if (releases(*o->second, peer)) send_release(*o->second, peer);
+      if (releases_history(*o->second, peer)) send_history_release(*o->second, peer);
+    }
   }
+}
+
+void Engine::Impl::send_history_release(const Segment& seg, uint16_t peer) noexcept {
+  // (on_release: a node outside the set named, none here, drops a copy at
+  // or below the epoch and fences an owner below it.)
+  if (Link* l = link_to(peer))
+    send_control(*l, set_record_frame(peer, seg.id, seg.name, seg.deleted_history, 1, 0, wire::kFlagRelease));
 }
 
 void Engine::Impl::send_release(const Segment& seg, uint16_t peer) noexcept {

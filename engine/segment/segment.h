@@ -177,6 +177,16 @@ struct Segment {
   /// recorded at a quorum, those outside it are told to drop their copies
   /// (reclamation). Token holder only.
   std::vector<uint16_t> release_to;
+  /// A name made again after a delete: the newest epoch of its deleted
+  /// history (the new segment's epoch - 1; 0: none). Every copy at or
+  /// below it, anywhere, is of that history. Once this owner's set is
+  /// recorded, and again with each periodic release, every live peer is
+  /// told to drop such a copy, members of the new set too: a stale copy
+  /// on a member outlived the tombstone, which the new set record
+  /// replaced, and a later load restored it (simulation seed 70 with
+  /// --token-waits). Set before the segment is published; read by the
+  /// token holder.
+  uint64_t deleted_history = 0;
   /// Fenced by a delete, or released by a newer owner (whose set, recorded
   /// at a quorum, holds the generation): no replica copy is kept of it
   /// (Engine::Impl::keep_fenced_copy), whatever records arrive later (a
