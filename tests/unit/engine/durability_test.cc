@@ -319,6 +319,53 @@ class TapLink final : public Link {
   std::deque<std::vector<std::byte>> held_;
 };
 
+// Two engines on a simulated clock of their own, node 1's link to node 2
+// a TapLink: a test queues frames there as if node 2 had sent them.
+// `stall_from_2`: node 2's frames wait on the wire until the test lets
+// them go (wire->set_stalled(1, false)), so queued ones come first.
+struct TappedPair {
+  explicit TappedPair(bool stall_from_2 = false) {
+    hooks->now = [this] { return now; };
+    hooks->step = [this] {
+      now += 50'000;
+      n1->poll();
+      n1->poll_control();
+      n2->poll();
+      n2->poll_control();
+    };
+    auto pair = loopback::make_pair(1, 2, 16384, 1024, 1, hooks->now);
+    wire = pair.wire;
+    if (stall_from_2) wire->set_stalled(1, true);
+    auto t = std::make_unique<TapLink>(std::move(pair.a));
+    tap = t.get();
+    std::vector<std::unique_ptr<Link>> l1, l2;
+    l1.push_back(std::move(t));
+    l2.push_back(std::move(pair.b));
+    n1 = test::must(Engine::start(config(1), std::move(l1)));
+    n2 = test::must(Engine::start(config(2), std::move(l2)));
+  }
+  EngineConfig config(uint16_t id) const {
+    EngineConfig c;
+    c.node_id = id;
+    c.replication_factor = 1;
+    c.heartbeat_interval_us = 1000;
+    c.failure_timeout_us = 10'000;
+    c.simulation = hooks;
+    return c;
+  }
+  /// Queues `f`, encoded, as if node 2 had sent it to node 1.
+  void queue(const wire::Frame& f) {
+    std::vector<std::byte> b(wire::kHeaderSize + wire::kMaxNote + wire::kMaxNameLen);
+    b.resize(wire::encode(f, b));
+    tap->queue.push_back(std::move(b));
+  }
+  uint64_t now = 1'000'000'000;
+  std::shared_ptr<SimulationHooks> hooks = std::make_shared<SimulationHooks>();
+  std::shared_ptr<loopback::Wire> wire;
+  TapLink* tap = nullptr;
+  std::unique_ptr<Engine> n1, n2;
+};
+
 // A peer's batch of records can hold one its writer withdrew (a create
 // that lost its race) after the batch was read and before it arrived: the
 // withdrawal reached this node first. Taken then, the record of a name
@@ -327,40 +374,8 @@ class TapLink final : public Link {
 // Frames from node 2 are queued by hand: its withdrawal of "gone", then a
 // batch that still holds "gone", and "kept", which nobody withdrew.
 TEST(Durability, ARecordItsWriterWithdrewIsNotTakenFromALaterBatch) {
-  uint64_t now = 1'000'000'000;
-  std::unique_ptr<Engine> n1, n2;
-  auto hooks = std::make_shared<SimulationHooks>();
-  hooks->now = [&] { return now; };
-  hooks->step = [&] {
-    now += 50'000;
-    n1->poll();
-    n1->poll_control();
-    n2->poll();
-    n2->poll_control();
-  };
-  auto pair = loopback::make_pair(1, 2, 16384, 1024, 1, hooks->now);
-  pair.wire->set_stalled(1, true);  // node 2's own answer waits: the queued one comes first
-  auto tap = std::make_unique<TapLink>(std::move(pair.a));
-  TapLink* t = tap.get();
-  auto config = [&](uint16_t id) {
-    EngineConfig c;
-    c.node_id = id;
-    c.replication_factor = 1;
-    c.heartbeat_interval_us = 1000;
-    c.failure_timeout_us = 10'000;
-    c.simulation = hooks;
-    return c;
-  };
-  std::vector<std::unique_ptr<Link>> l1, l2;
-  l1.push_back(std::move(tap));
-  l2.push_back(std::move(pair.b));
-  n1 = test::must(Engine::start(config(1), std::move(l1)));
-  n2 = test::must(Engine::start(config(2), std::move(l2)));
-  auto frame = [](const wire::Frame& f) {
-    std::vector<std::byte> b(wire::kHeaderSize + wire::kMaxNote + wire::kMaxNameLen);
-    b.resize(wire::encode(f, b));
-    return b;
-  };
+  TappedPair p(true);  // node 2's own answer waits: the queued one comes first
+  auto& n1 = p.n1;
   wire::Frame withdraw;
   withdraw.type = wire::MsgType::kSetRecord;
   withdraw.flags = wire::kFlagRestart;
@@ -370,7 +385,7 @@ TEST(Durability, ARecordItsWriterWithdrewIsNotTakenFromALaterBatch) {
   withdraw.seg_id = wire::segment_id("gone");
   withdraw.epoch = 1;
   withdraw.generation = 1;  // the version withdrawn
-  t->queue.push_back(frame(withdraw));
+  p.queue(withdraw);
   std::vector<std::byte> entries(wire::kMaxNote);
   size_t len = wire::put_record_entry(entries, 0, {"gone", 1, 1, wire::pack_nodes(std::vector<uint16_t>{1}), 2, false});
   len = wire::put_record_entry(entries, len, {"kept", 1, 1, wire::pack_nodes(std::vector<uint16_t>{1}), 2, false});
@@ -381,9 +396,9 @@ TEST(Durability, ARecordItsWriterWithdrewIsNotTakenFromALaterBatch) {
   batch.dst = 1;
   batch.epoch = n1->incarnation();  // answers node 1's first question (from segment id 0)
   batch.payload = std::span(entries).first(len);
-  t->queue.push_back(frame(batch));
-  for (int i = 0; i < 100; ++i) hooks->step();
-  pair.wire->set_stalled(1, false);
+  p.queue(batch);
+  for (int i = 0; i < 100; ++i) p.hooks->step();
+  p.wire->set_stalled(1, false);
   EXPECT_TRUE(eventually([&] { return n1->record("kept").has_value(); })) << "the batch was not taken";
   EXPECT_FALSE(n1->record("gone")) << "a withdrawn record came back with a batch read before the withdrawal";
   const auto peers = n1->peers();
@@ -400,39 +415,13 @@ TEST(Durability, ARecordItsWriterWithdrewIsNotTakenFromALaterBatch) {
 // copy of the generation its replicas might have lost since (session 50,
 // found by reading; the simulator now runs such polls too).
 TEST(Durability, ACommitFencedWhileItWaitsForTheTokenIsRefusedAndTheCopyKept) {
-  uint64_t now = 1'000'000'000;
-  std::unique_ptr<Engine> n1, n2;
+  TappedPair p;
+  auto& n1 = p.n1;
   std::function<void()> on_token_wait;
-  auto hooks = std::make_shared<SimulationHooks>();
-  hooks->now = [&] { return now; };
-  hooks->step = [&] {
-    now += 50'000;
-    n1->poll();
-    n1->poll_control();
-    n2->poll();
-    n2->poll_control();
-  };
-  hooks->while_waiting_for_token = [&] {
+  p.hooks->while_waiting_for_token = [&] {
     if (auto f = std::exchange(on_token_wait, nullptr)) f();
   };
-  auto pair = loopback::make_pair(1, 2, 16384, 1024, 1, hooks->now);
-  auto tap = std::make_unique<TapLink>(std::move(pair.a));
-  TapLink* t = tap.get();
-  auto config = [&](uint16_t id) {
-    EngineConfig c;
-    c.node_id = id;
-    c.replication_factor = 1;
-    c.heartbeat_interval_us = 1000;
-    c.failure_timeout_us = 10'000;
-    c.simulation = hooks;
-    return c;
-  };
-  std::vector<std::unique_ptr<Link>> l1, l2;
-  l1.push_back(std::move(tap));
-  l2.push_back(std::move(pair.b));
-  n1 = test::must(Engine::start(config(1), std::move(l1)));
-  n2 = test::must(Engine::start(config(2), std::move(l2)));
-  for (int i = 0; i < 200; ++i) hooks->step();  // heard each other, records exchanged
+  for (int i = 0; i < 200; ++i) p.hooks->step();  // heard each other, records exchanged
   Segment* seg = test::must(n1->open("waits", 8192)).segment;
   std::memset(n1->data(seg).data(), 0x11, 8192);
   const uint64_t g1 = test::must(n1->commit(seg));
@@ -448,9 +437,7 @@ TEST(Durability, ACommitFencedWhileItWaitsForTheTokenIsRefusedAndTheCopyKept) {
     ack.seg_id = wire::segment_id("waits");
     ack.epoch = epoch + 1;
     ack.generation = 1;
-    std::vector<std::byte> b(wire::kHeaderSize + wire::kMaxNote + wire::kMaxNameLen);
-    b.resize(wire::encode(ack, b));
-    t->queue.push_back(std::move(b));
+    p.queue(ack);
     n1->poll();
   };
   std::memset(n1->data(seg).data(), 0x22, 8192);
@@ -461,7 +448,7 @@ TEST(Durability, ACommitFencedWhileItWaitsForTheTokenIsRefusedAndTheCopyKept) {
     EXPECT_EQ(g2.error().code, Errc::kFenced);
   }
   EXPECT_TRUE(test::must(n1->status(seg)).fenced);
-  for (int i = 0; i < 50; ++i) hooks->step();
+  for (int i = 0; i < 50; ++i) p.hooks->step();
   EXPECT_EQ(n1->stats().fenced_copies_kept, 1u) << "the fenced owner kept no copy of generation " << g1;
 }
 
