@@ -297,6 +297,29 @@ struct Engine::Impl {
   /// on what peers can make this node keep.
   std::map<uint64_t, SetRecord> records;
   static constexpr size_t kMaxRecords = 65536;
+  /// Claims this node promised: by segment id, the newest owner epoch a
+  /// claim asked of it and the claimant (on_claim). From then on it stores
+  /// no set record of an older epoch, nor another node's of that one
+  /// (promise_refuses): a record counted at a quorum after a claim was
+  /// promised by a quorum cannot exist, and one counted before is in some
+  /// promise's answer (docs/architecture.md, "Fencing"). One per segment
+  /// id, as `records`; at most kMaxRecords. Poll-token holder.
+  struct Promise {
+    uint64_t epoch = 0;
+    uint16_t node = 0;
+  };
+  std::unordered_map<uint64_t, Promise> promises;
+  /// The epoch this node promised that refuses a set record of `epoch`
+  /// written by `owner` (0: none does).
+  uint64_t promise_refuses(uint64_t seg_id, uint64_t epoch, uint16_t owner) const noexcept {
+    auto it = promises.find(seg_id);
+    if (it == promises.end()) return 0;
+    const Promise& p = it->second;
+    return epoch < p.epoch || (epoch == p.epoch && owner != p.node) ? p.epoch : 0;
+  }
+  /// Promises epoch `epoch` of `seg_id` to `node`; false if a newer promise
+  /// refuses it or there is no room for one.
+  bool promise(uint64_t seg_id, uint64_t epoch, uint16_t node) noexcept;
   /// Records their writers withdrew (a create that failed), heard while a
   /// peer's batches may still bring them (read before the withdrawal
   /// reached that peer): take_handed_record does not take those. Cleared
@@ -627,9 +650,15 @@ struct Engine::Impl {
   void check_stage(std::string_view name, const ReplicaStore::Promotion& p) const noexcept;
   /// Tells `peer` the lent slot of `generation` may be rewritten. Thread: token holder.
   void send_lent_done(uint16_t peer, uint64_t id, uint64_t generation) noexcept;
-  void on_fetch_meta(const wire::Frame& f) noexcept;
+  void on_fetch_meta(wire::Frame& f) noexcept;
   void on_error(const wire::Frame& f) noexcept;
   void on_claim(Link& link, const wire::Frame& f) noexcept;
+  /// This node's answer to `claimant`'s claim of owner epoch `epoch` for
+  /// the segment `name` (this node's own claims included): refused if a
+  /// promise or a copy here is of a newer epoch (or of this one, another
+  /// node's); otherwise promised, with the set record held here, and
+  /// granted with what a copy here holds, whose store takes the epoch.
+  ClaimAnswer answer_claim(uint64_t seg_id, std::string_view name, uint64_t epoch, uint16_t claimant) noexcept;
   void on_set_record(Link& link, const wire::Frame& f) noexcept;
   /// Proposes the replica set in `seg`'s slots for recording, once a
   /// majority of it holds `need`; durability waits meanwhile. Thread: token holder.

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <atomic>
 #include <functional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -61,11 +62,16 @@ struct QueryAnswer {
   bool asked = false;  ///< the question went out to it at least once
 };
 
-/// A replica's answer to a claim for a new owner epoch.
+/// A node's answer to a claim for a new owner epoch. Every node is asked:
+/// one that promises stores no set record of an older epoch (nor another
+/// owner's of this one) from then on, and says which record it holds; one
+/// that holds a copy also grants, handing over what it holds.
 struct ClaimAnswer {
   uint16_t peer = 0;
   bool answered = false;
-  bool granted = false;
+  bool promised = false;       ///< it took the claim's epoch (granted or not)
+  bool granted = false;        ///< ... and holds a copy, which it hands over
+  SetRecord record;            ///< its set record or tombstone when it promised (epoch 0: none)
   uint64_t refused_epoch = 0;  ///< it holds a newer epoch than the claim's
   uint64_t data_epoch = 0;     ///< epoch its latest generation was written under
   uint64_t generation = 0;     ///< its latest generation (0: none)
@@ -96,11 +102,14 @@ struct RoundOp : Op {
   }
 };
 
-/// Asks the replicas of a segment to accept a new owner epoch (S22) before
-/// ownership moves; each grant hands over what the replica holds. `need`: a
-/// majority of the recorded set.
+/// Asks every node to accept a new owner epoch for a segment (S22) before
+/// ownership moves; each grant hands over what the replica holds, each
+/// promise says which set record the node holds. `need`: a quorum of nodes.
 struct ClaimOp : RoundOp<ClaimAnswer> {
   uint64_t epoch = 0;
+  uint32_t promised() const noexcept {
+    return static_cast<uint32_t>(std::count_if(answers.begin(), answers.end(), [](auto& a) { return a.promised; }));
+  }
 };
 
 /// Asks every peer (and this node) what it holds of a name. `need`: a quorum
@@ -112,8 +121,8 @@ struct QueryOp : RoundOp<QueryAnswer> {
   uint64_t global_deleted = 0;
 };
 
-/// What a query says was deleted: every copy and record at or below the
-/// returned owner epoch belongs to a deleted history (0: none). That is the
+/// What a round's records say was deleted: every copy and record at or
+/// below the returned owner epoch belongs to a deleted history (0: none). That is the
 /// newest tombstone any answer carries, or global storage's delete marker,
 /// with one exception. A delete and a load (or a create) that queried at
 /// once pick the same epoch T, and each node keeps whichever of the two
@@ -124,16 +133,22 @@ struct QueryOp : RoundOp<QueryAnswer> {
 /// below T only, and the owner's copies and records at T live on. Without
 /// that exception the owner's durable generations would read as deleted
 /// wherever a later query met the tombstone.
-inline uint64_t deleted_at(const QueryOp& q) noexcept {
+inline uint64_t deleted_in(std::span<const SetRecord> records, uint64_t global_deleted) noexcept {
   uint64_t tomb = 0;
-  for (const auto& a : q.answers)
-    if (a.record.deleted) tomb = std::max(tomb, a.record.epoch);
-  for (const auto& a : q.answers)
-    if (tomb != 0 && a.record.epoch == tomb && !a.record.deleted) {
+  for (const auto& r : records)
+    if (r.deleted) tomb = std::max(tomb, r.epoch);
+  for (const auto& r : records)
+    if (tomb != 0 && r.epoch == tomb && !r.deleted) {
       --tomb;  // beaten by an owner of its epoch: what is below it is deleted
       break;
     }
-  return std::max(tomb, q.global_deleted);
+  return std::max(tomb, global_deleted);
+}
+/// What a query's answers say was deleted (deleted_in).
+inline uint64_t deleted_at(const QueryOp& q) noexcept {
+  std::vector<SetRecord> records;
+  for (const auto& a : q.answers) records.push_back(a.record);
+  return deleted_in(records, q.global_deleted);
 }
 
 /// A copy (replica or owner) above what was deleted.

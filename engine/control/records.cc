@@ -82,6 +82,7 @@ void Engine::Impl::propose_set(Segment& seg, uint64_t need) noexcept {
 }
 
 bool Engine::Impl::store_record(uint64_t seg_id, const SetRecord& r) noexcept {
+  if (promise_refuses(seg_id, r.epoch, r.owner) != 0) return false;  // as on_set_record
   auto& stored = records[seg_id];
   if (stored.deleted && stored.epoch == r.epoch) {  // a delete that raced this owner's claim (on_set_record)
     stored = r;
@@ -214,6 +215,15 @@ void Engine::Impl::on_set_record(Link& link, const wire::Frame& f) noexcept {
   if (const uint64_t claimed = claimed_epoch(f.seg_id); claimed > f.epoch) {
     bump(counters.stale_epoch);
     send_error(link, f, wire::ErrorCode::kStaleEpoch, claimed);
+    return;
+  }
+  // Below a claim this node promised, or of its epoch and not the
+  // claimant's: the claimant may have gone by what this node held then, so
+  // this record must not count. (Of the same epoch, the sender is another
+  // owner of it, as below.)
+  if (const uint64_t promised = promise_refuses(f.seg_id, f.epoch, f.src)) {
+    bump(counters.stale_epoch);
+    send_error(link, f, wire::ErrorCode::kStaleEpoch, promised, promised == f.epoch ? wire::kFlagRecord : 0);
     return;
   }
   // Another owner's record of the very epoch this node owns the segment

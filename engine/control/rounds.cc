@@ -53,6 +53,13 @@ void Engine::Impl::forward_answer(RoundEvent::Kind kind, const wire::Frame& f) n
   e.total_len = f.total_len;
   e.sack = f.sack;
   e.aux_epoch = wire::aux_epoch(f);
+  if (wire::RecordEntry r; kind == RoundEvent::Kind::kGranted && (f.flags & wire::kFlagRecord) != 0) {
+    if (!wire::claim_record(f, r)) {  // a claim's answer whose record is not one: not an answer
+      bump(counters.bad_input);
+      return;
+    }
+    e.record = RoundEvent::Record{r.epoch, r.version, r.set, r.owner, r.deleted};
+  }
   // Dropped when the ring is full (a flood of answers nobody asked for):
   // the peer is asked again within kQueryRetryNs, and answers again.
   if (!round_answers.push(e)) return;
@@ -188,7 +195,11 @@ void Rounds::step(uint64_t now, std::vector<ControlMsg>& out) noexcept {
           for (auto& a : c->answers) {
             if (a.peer != e.src || a.answered) continue;
             a.answered = true;
-            a.granted = true;
+            a.promised = true;
+            if (e.record.epoch != 0)
+              a.record = SetRecord{e.record.epoch, e.record.version, e.record.set, e.record.owner, e.record.deleted};
+            a.granted = (e.flags & wire::kFlagFound) != 0;
+            if (!a.granted) continue;  // a promise alone: it holds no copy
             // A copy offered must be one this node could take: a size past
             // what it accepts (or none) is no copy, though the grant stands.
             if (e.generation != 0 && (e.total_len == 0 || e.total_len > e_.config.max_segment_size)) {

@@ -31,7 +31,7 @@ struct RoundEvent {
     kStartClaim,      ///< `op` (a ClaimOp) starts; its own answer is in already
     kStartTombstone,  ///< `op` (a TombstoneOp) starts; its own answer is in already
     kFound,           ///< FETCH_META answering a query
-    kGranted,         ///< FETCH_META granting a claim at `epoch`
+    kGranted,         ///< FETCH_META answering a claim at `epoch`: promised, granted with a copy if kFlagFound
     kRefused,         ///< STALE_EPOCH: `src` holds the newer `epoch` (claims and tombstones of `seg_id`)
     kNoSuchSegment,   ///< NO_SUCH_SEGMENT: `src` holds nothing of `seg_id` (claims)
     kStored,          ///< `src` stored the tombstone at `epoch`
@@ -50,6 +50,12 @@ struct RoundEvent {
   uint64_t total_len = 0;
   uint64_t sack = 0;       ///< a record's or a copy's set
   uint64_t aux_epoch = 0;  ///< a record's epoch (kFound), a copy's data epoch (kGranted)
+  /// The answerer's set record or tombstone (kGranted; epoch 0: none).
+  struct Record {
+    uint64_t epoch = 0, version = 0, set = 0;
+    uint16_t owner = 0;
+    bool deleted = false;
+  } record;
   Op* op = nullptr;        ///< kStart*
 };
 

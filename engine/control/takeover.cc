@@ -284,26 +284,9 @@ Result<std::unique_ptr<ClaimOp>> Engine::Impl::claim(std::string_view name, uint
   for (uint16_t p : peers) c->answers.push_back(ClaimAnswer{p});
   ClaimOp* raw = c.get();
   c->run = [this, raw] {
-    // Our own replica answers here and now, by the same rule as a peer's.
-    for (auto& a : raw->answers) {
-      if (a.peer != config.node_id) continue;
-      a.answered = true;
-      auto it = stores.find(raw->id);
-      if (it == stores.end()) continue;
-      ReplicaStore& st = *it->second;
-      if (raw->epoch < st.epoch() || (raw->epoch == st.epoch() && st.owner() != config.node_id)) {
-        a.refused_epoch = st.epoch();
-        continue;
-      }
-      st.adopt_epoch(config.node_id, raw->epoch);
-      a.granted = true;
-      a.total_len = st.size();
-      if (const ReplicaStore::Slot* slot = st.latest()) {
-        a.data_epoch = slot->epoch;
-        a.generation = slot->generation;
-        a.set = slot->set;
-      }
-    }
+    // This node answers here and now, by the same rule as a peer.
+    for (auto& a : raw->answers)
+      if (a.peer == config.node_id) a = answer_claim(raw->id, raw->name, raw->epoch, config.node_id);
     const uint64_t now = clock_ns();
     raw->deadline_ns = now + round_timeout_ns();
     raw->hard_deadline_ns = now + quorum_patience_ns();
@@ -375,7 +358,7 @@ Result<OpenResult> Engine::Impl::load_from(const QueryOp& q, std::string_view na
   // node won it before without taking ownership (SegmentTable::unused_claim).
   uint64_t claim_epoch = max_epoch + 1;
   if (const uint64_t unused = table.unused_claim(q.id); unused != 0 && unused == max_epoch) claim_epoch = max_epoch;
-  const uint64_t deleted = deleted_at(q);
+  uint64_t deleted = deleted_at(q);
   std::vector<uint16_t> holders, stale;
   SetRecord record;  // the newest record of the replica set any node holds
   for (const auto& a : q.answers) {
@@ -406,21 +389,25 @@ Result<OpenResult> Engine::Impl::load_from(const QueryOp& q, std::string_view na
     return fail(Errc::kNotFound, "no live replica holds ", name);
   }
   const std::vector<uint16_t> copy_holders = holders;
-  // Members of the recorded set are asked too, whatever they answered.
-  for (uint16_t n : wire::unpack_set(record.set))
-    if (n != 0 && std::find(holders.begin(), holders.end(), n) == holders.end() &&
-        (n == config.node_id || peer_by_node.count(n) != 0))
-      holders.push_back(n);
+  // Every node is asked: the replicas to grant, a quorum of nodes to
+  // promise (see below).
+  std::vector<uint16_t> everyone{config.node_id};
+  for (const auto& p : peer_states) everyone.push_back(p.node);
+  const uint32_t quorum = record_quorum(current_view());
   std::unique_ptr<ClaimOp> c;
   for (int attempt = 0;; ++attempt) {
-    size_t recorded = 0;
-    for (uint16_t n : wire::unpack_set(record.set)) recorded += n != 0;
-    auto claimed = claim(name, claim_epoch, holders, static_cast<uint32_t>(std::max<size_t>(1, (recorded + 1) / 2)));
+    auto claimed = claim(name, claim_epoch, everyone, quorum);
     if (!claimed) return tl::unexpected(claimed.error());
     c = std::move(*claimed);
     uint64_t refused = 0;
-    for (const auto& a : c->answers) refused = std::max(refused, a.refused_epoch);
-    // A replica had seen a newer epoch than the query showed (a concurrent
+    for (const auto& a : c->answers) {
+      refused = std::max(refused, a.refused_epoch);
+      // A set record of this epoch or a newer one: another node claimed it.
+      if (a.promised && a.record.epoch >= claim_epoch && !a.record.deleted &&
+          !(a.record.epoch == claim_epoch && a.record.owner == config.node_id))
+        refused = std::max(refused, a.record.epoch);
+    }
+    // A node had seen a newer epoch than the query showed (a concurrent
     // or failed claim): claim above it, a few times at most.
     if (refused == 0 || attempt == 2) break;
     claim_epoch = std::max(claim_epoch, refused + 1);
@@ -439,6 +426,30 @@ Result<OpenResult> Engine::Impl::load_from(const QueryOp& q, std::string_view na
   {
     table.set_unused_claim(q.id, c->epoch);
   }
+  // The query saw every set record stored at a quorum before it; one
+  // stored after it, before this claim, is in the claim's answers: a
+  // quorum of nodes promised, no record below the claim's epoch is stored
+  // at any of them from then on, and a record counts once a quorum stored
+  // it, so any that counted was stored at a node that promised, before it
+  // did (simulation seed 790287: a set recorded between a racing load's
+  // query and its claim, then made durable through, and lost).
+  if (const uint32_t promised = c->promised(); promised < quorum)
+    return fail(Errc::kUnavailable, "only ", std::to_string(promised), " of the ", std::to_string(quorum),
+                " nodes a claim needs took owner epoch ", std::to_string(c->epoch), " of ", name);
+  std::vector<SetRecord> seen;  // every record and tombstone the query and the claim met
+  for (const auto& a : q.answers)
+    if (a.record.epoch != 0) seen.push_back(a.record);
+  for (const auto& a : c->answers)
+    if (a.promised && a.record.epoch != 0) seen.push_back(a.record);
+  // A delete may have been made since the query, too.
+  if (const uint64_t now_deleted = deleted_in(seen, q.global_deleted); now_deleted > deleted) {
+    record_event("segment " + std::string(name) + ": deleted at owner epoch " + std::to_string(now_deleted) +
+                 " while it was being loaded (a tombstone in the claim's answers)");
+    deleted = now_deleted;
+  }
+  record = SetRecord{};
+  for (const auto& r : seen)
+    if (!r.deleted && r.epoch > deleted && r.newer_than(record)) record = r;
   const ClaimAnswer* best = nullptr;
   for (const auto& a : c->answers)
     if (a.granted && a.generation > 0 && a.data_epoch > deleted &&
@@ -469,11 +480,10 @@ Result<OpenResult> Engine::Impl::load_from(const QueryOp& q, std::string_view na
   // (A tombstone of that epoch is no such record: a delete that the
   // owner's claim beat, deleted_at(). Taken for one, its empty set made
   // every later load fail, "0 of 0 replicas of set {}": seed 15871.)
-  for (const auto& a : q.answers)
-    if (live_record(a, deleted) && a.record.epoch == record.epoch && a.record.version == record.version &&
-        a.record.owner != record.owner && record.epoch != 0 &&
-        std::find(sets.begin(), sets.end(), a.record.set) == sets.end())
-      sets.push_back(a.record.set);
+  for (const auto& r : seen)
+    if (!r.deleted && r.epoch > deleted && r.epoch == record.epoch && r.version == record.version &&
+        r.owner != record.owner && record.epoch != 0 && std::find(sets.begin(), sets.end(), r.set) == sets.end())
+      sets.push_back(r.set);
   // How many must accept: durable means held by a majority W = |S|/2 + 1 of
   // the set, so R = |S| - W + 1 acceptances (a) leave the old owner fewer
   // than W members that still take its data, and (b) meet every majority

@@ -26,7 +26,8 @@ bool has_name(MsgType t) noexcept {
          t == MsgType::kFetchMeta || t == MsgType::kClaim || t == MsgType::kSetRecord;
 }
 bool has_payload(MsgType t) noexcept {
-  return t == MsgType::kData || t == MsgType::kFetchData || t == MsgType::kNote || t == MsgType::kRecords;
+  return t == MsgType::kData || t == MsgType::kFetchData || t == MsgType::kNote || t == MsgType::kRecords ||
+         t == MsgType::kFetchMeta;  // a claim's answer: the answerer's set record (one RecordEntry)
 }
 
 constexpr uint16_t kKnownFlags =
@@ -90,6 +91,7 @@ DecodeError validate_fields(const Frame& f) noexcept {
       if ((f.flags & kFlagDirect) != 0) {
         // A lent slot: exactly the generation it holds and where it is.
         if (f.flags != (kFlagDirect | kFlagFound | kFlagGenCrc)) return DecodeError::kBadField;
+        if (!f.payload.empty()) return DecodeError::kBadLength;
         if (f.generation == 0 || f.epoch == 0 || f.sack == 0) return DecodeError::kBadField;
         if (direct_pid(f) == 0 || direct_pid(f) > uint32_t{INT32_MAX} || direct_fd(f) > uint32_t{INT32_MAX})
           return DecodeError::kBadField;
@@ -99,6 +101,18 @@ DecodeError validate_fields(const Frame& f) noexcept {
       }
       // A tombstone is a kind of set record.
       if ((f.flags & kFlagDeleted) != 0 && (f.flags & kFlagRecord) == 0) return DecodeError::kBadField;
+      // A claim's answer carries the answerer's record as its payload (one
+      // entry, checked once the CRC is: claim_record()); nothing else has one.
+      if ((f.flags & kFlagGranted) != 0) {
+        if ((f.flags & (kFlagDeleted | kFlagOwner)) != 0) return DecodeError::kBadField;
+        if (((f.flags & kFlagRecord) != 0) != !f.payload.empty()) return DecodeError::kBadLength;
+        if (f.payload.size() > kRecordEntryHead + kMaxNameLen) return DecodeError::kBadLength;
+        // Found: it granted with a copy; not: it promised, holding none.
+        if ((f.flags & kFlagFound) == 0 && (f.generation != 0 || f.total_len != 0 || aux_epoch(f) != 0))
+          return DecodeError::kBadField;
+      } else if (!f.payload.empty()) {
+        return DecodeError::kBadLength;
+      }
       return (f.flags & (kFlagRelease | kFlagQuery | kFlagFetch | kFlagQuorate)) == 0 ? DecodeError::kNone
                                                                                        : DecodeError::kBadField;
     case MsgType::kError:
@@ -207,6 +221,13 @@ bool parse_record_entries(std::span<const std::byte> payload, const std::functio
     each(e);
   }
   return true;
+}
+
+bool claim_record(const Frame& f, RecordEntry& out) noexcept {
+  if (f.type != MsgType::kFetchMeta || (f.flags & (kFlagGranted | kFlagRecord)) != (kFlagGranted | kFlagRecord))
+    return false;
+  size_t at = 0;
+  return get_record_entry(f.payload, at, out) && at == f.payload.size() && out.name == f.name;
 }
 
 uint64_t segment_id(std::string_view name) noexcept {

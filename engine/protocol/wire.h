@@ -1,5 +1,5 @@
 #pragma once
-// Baton wire format, version 1. Encode, decode, validate; no I/O.
+// Baton wire format, version 2. Encode, decode, validate; no I/O.
 //
 // Every frame starts with the same 80-byte little-endian header, followed by
 // the segment name (DATA, FETCH_*) and then the payload (DATA, FETCH_DATA):
@@ -44,7 +44,7 @@
 namespace baton::wire {
 
 inline constexpr uint16_t kMagic = 0xBA70;
-inline constexpr uint8_t kVersion = 1;
+inline constexpr uint8_t kVersion = 2;  ///< 2: a claim's answers carry records, and non-holders promise
 inline constexpr size_t kHeaderSize = 80;
 inline constexpr size_t kOffCrc = 12;  ///< where the frame checksum sits in the header
 inline constexpr size_t kMaxNameLen = 63;
@@ -232,6 +232,12 @@ size_t put_record_entry(std::span<std::byte> out, size_t at, const RecordEntry& 
 /// owner that is a node id, no set on a tombstone, flags 0 or 1); then,
 /// only if all are, calls `each` for every one in order. Thread: any.
 bool parse_record_entries(std::span<const std::byte> payload, const std::function<void(const RecordEntry&)>& each);
+
+/// The set record (or tombstone) a claim's answer carries: FETCH_META with
+/// GRANTED and RECORD has one RecordEntry as its payload, whose name must
+/// be the frame's. False if there is none or it is not exactly that. Only
+/// on a frame whose checksum was verified. Thread: any.
+bool claim_record(const Frame& f, RecordEntry& out) noexcept;
 
 /// 64-bit segment id derived from the name (FNV-1a). Thread: any.
 uint64_t segment_id(std::string_view name) noexcept;

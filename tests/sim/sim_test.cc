@@ -101,12 +101,16 @@ TEST(Simulation, SeedsThatOnceFailed) {
 //   placed that node in its set and its record replaced the tombstone, and
 //   a load restored the deleted generation (tombstones.cc,
 //   Segment::deleted_history).
+// - 790287, 5 nodes, RF 3 (session 51, fixed in 52): a load queried before
+//   a racing owner recorded its new set and claimed after, from the set
+//   before; the owner's next generation was acknowledged durable through
+//   the new set and lost (claims.cc, answer_claim: claims are promises).
 TEST(Simulation, TokenWaitSeedsThatOnceFailed) {
   Options o;
   o.token_waits = true;
   o.nodes = 5;
   o.replication_factor = 3;
-  for (uint64_t seed : {70u}) {
+  for (uint64_t seed : {70u, 790287u}) {
     const Outcome out = run_seed(seed, o);
     EXPECT_TRUE(out.ok) << "seed " << seed << ": " << out.violation << "\nreplay: build/tests/baton-sim --seed " << seed
                         << " --nodes 5 --rf 3 --token-waits --print";

@@ -309,10 +309,17 @@ class TapLink final : public Link {
       else inner_->release_rx(&frames[i], 1);
     }
   }
-  uint16_t tx_burst(const TxFrame* frames, uint16_t n) noexcept override { return inner_->tx_burst(frames, n); }
+  uint16_t tx_burst(const TxFrame* frames, uint16_t n) noexcept override {
+    for (uint16_t i = 0; i < n; ++i) {
+      auto& b = sent.emplace_back();
+      for (auto part : {frames[i].head, frames[i].payload}) b.insert(b.end(), part.begin(), part.end());
+    }
+    return inner_->tx_burst(frames, n);
+  }
   bool service(uint64_t now_ns) noexcept override { return inner_->service(now_ns); }
   LinkCounters counters() const noexcept override { return inner_->counters(); }
   std::deque<std::vector<std::byte>> queue;
+  std::vector<std::vector<std::byte>> sent;  ///< every frame node 1 sent node 2, as sent
 
  private:
   std::unique_ptr<Link> inner_;
@@ -450,6 +457,75 @@ TEST(Durability, ACommitFencedWhileItWaitsForTheTokenIsRefusedAndTheCopyKept) {
   EXPECT_TRUE(test::must(n1->status(seg)).fenced);
   for (int i = 0; i < 50; ++i) p.hooks->step();
   EXPECT_EQ(n1->stats().fenced_copies_kept, 1u) << "the fenced owner kept no copy of generation " << g1;
+}
+
+// A claim is a promise: a node that took one stores no set record of an
+// older epoch from then on, and its answer says which record it held. A
+// load that queried before a new set was recorded and claimed after (the
+// set's quorum and the claim's grants apart) went by the old set, while
+// the old owner made a generation durable through the new one, which the
+// load then lost (simulation seed 790287 with token waits). Frames from
+// "node 2" are queued by hand: its set record of epoch 2, a claim of
+// epoch 3 from it, and a newer record of epoch 2 after that; node 1 holds
+// no copy and, before claims were promises, answered "no such segment"
+// and stored the late record.
+TEST(Durability, AClaimIsAPromiseThatRefusesOlderRecordsAndNamesTheRecordHeld) {
+  TappedPair p;
+  auto& n1 = p.n1;
+  for (int i = 0; i < 200; ++i) p.hooks->step();  // heard each other, records exchanged
+  const std::string name = "promised";
+  auto frame = [&](wire::MsgType type, uint64_t epoch, uint64_t version) {
+    wire::Frame f;
+    f.type = type;
+    f.src = 2;
+    f.dst = 1;
+    f.name = name;
+    f.seg_id = wire::segment_id(name);
+    f.epoch = epoch;
+    f.generation = version;
+    f.sack = type == wire::MsgType::kSetRecord ? wire::pack_nodes(std::vector<uint16_t>{1}) : 0;
+    return f;
+  };
+  auto settle = [&] {
+    for (int i = 0; i < 5; ++i) p.hooks->step();
+  };
+  p.queue(frame(wire::MsgType::kSetRecord, 2, 1));
+  settle();
+  ASSERT_EQ(test::must(n1->record(name)).epoch, 2u);
+  p.tap->sent.clear();
+  p.queue(frame(wire::MsgType::kClaim, 3, 0));
+  settle();
+  // The answer: a promise (no copy here), carrying record (2, 1) of node 2.
+  bool answered = false;
+  for (const auto& b : p.tap->sent) {
+    wire::Frame f;
+    if (wire::decode(b, f) != wire::DecodeError::kNone || f.type == wire::MsgType::kHeartbeat) continue;
+    ASSERT_EQ(f.type, wire::MsgType::kFetchMeta) << "the claim was refused or not promised";
+    EXPECT_EQ(f.flags & (wire::kFlagGranted | wire::kFlagFound), wire::kFlagGranted);
+    EXPECT_EQ(f.epoch, 3u);
+    wire::RecordEntry r;
+    ASSERT_TRUE(wire::claim_record(f, r)) << "the answer does not name the record held";
+    EXPECT_EQ(r.epoch, 2u);
+    EXPECT_EQ(r.version, 1u);
+    EXPECT_EQ(r.owner, 2);
+    answered = true;
+  }
+  EXPECT_TRUE(answered) << "no answer to the claim";
+  // A newer version of epoch 2's record, after the promise: refused.
+  const uint64_t stale_before = n1->stats().stale_epoch;
+  p.queue(frame(wire::MsgType::kSetRecord, 2, 2));
+  settle();
+  EXPECT_EQ(test::must(n1->record(name)).version, 1u) << "a record below the promised epoch was stored";
+  EXPECT_EQ(n1->stats().stale_epoch, stale_before + 1);
+  // A claim below the promise is refused too; the claimant's own record
+  // of the promised epoch is stored.
+  p.queue(frame(wire::MsgType::kClaim, 2, 0));
+  p.queue(frame(wire::MsgType::kSetRecord, 3, 1));
+  settle();
+  EXPECT_EQ(n1->stats().stale_epoch, stale_before + 2);
+  const RecordStatus r = test::must(n1->record(name));
+  EXPECT_EQ(r.epoch, 3u);
+  EXPECT_EQ(r.owner, 2);
 }
 
 // A new name right after a node started, while a peer is not heard yet

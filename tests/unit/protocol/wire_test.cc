@@ -456,6 +456,95 @@ TEST(Wire, ClaimAndSetRecordRoundTripAndRejects) {
   set_aux_epoch(meta, (uint64_t{7} << 32) | 9);
   ASSERT_EQ(decode(encoded(meta), out), DecodeError::kNone);
   EXPECT_EQ(aux_epoch(out), (uint64_t{7} << 32) | 9);
+  RecordEntry got;
+  EXPECT_FALSE(claim_record(out, got)) << "a query's answer carries its record in the header";
+  std::vector<std::byte> body(64);  // a query's answer has no payload
+  meta.payload = std::span<const std::byte>(body.data(), kRecordEntryHead + 6);
+  EXPECT_EQ(decode(encoded(meta), out), DecodeError::kBadLength);
+}
+
+TEST(Wire, ClaimAnswersCarryTheAnswerersRecord) {
+  Frame grant;  // granted with a copy, and the set record held there
+  grant.type = MsgType::kFetchMeta;
+  grant.src = 2;
+  grant.dst = 3;
+  grant.name = "orders";
+  grant.seg_id = segment_id("orders");
+  grant.epoch = 5;
+  grant.generation = 12;
+  grant.total_len = 4096;
+  grant.sack = pack_set({2, 4, 0, 0});
+  set_aux_epoch(grant, 4);
+  grant.flags = kFlagGranted | kFlagFound | kFlagRecord;
+  std::byte body[kRecordEntryHead + kMaxNameLen + 1];
+  const RecordEntry rec{"orders", 4, 2, pack_set({2, 4, 6, 0}), 7, false};
+  size_t len = put_record_entry(body, 0, rec);
+  ASSERT_EQ(len, kRecordEntryHead + 6);
+  grant.payload = std::span<const std::byte>(body, len);
+  Frame out;
+  auto bytes = encoded(grant);
+  ASSERT_EQ(decode(bytes, out), DecodeError::kNone);
+  RecordEntry got;
+  ASSERT_TRUE(claim_record(out, got));
+  EXPECT_EQ(got.epoch, 4u);
+  EXPECT_EQ(got.version, 2u);
+  EXPECT_EQ(unpack_set(got.set), (ReplicaSet{2, 4, 6, 0}));
+  EXPECT_EQ(got.owner, 7);
+  EXPECT_FALSE(got.deleted);
+  EXPECT_EQ(aux_epoch(out), 4u);
+
+  // A promise from a node that holds no copy: no copy's fields.
+  grant.flags = kFlagGranted | kFlagRecord;
+  EXPECT_EQ(decode(encoded(grant), out), DecodeError::kBadField);
+  grant.generation = grant.total_len = 0;
+  set_aux_epoch(grant, 0);
+  bytes = encoded(grant);
+  ASSERT_EQ(decode(bytes, out), DecodeError::kNone);
+  ASSERT_TRUE(claim_record(out, got));
+  // ... and without a record: no payload.
+  grant.flags = kFlagGranted;
+  grant.payload = {};
+  bytes = encoded(grant);
+  ASSERT_EQ(decode(bytes, out), DecodeError::kNone);
+  EXPECT_FALSE(claim_record(out, got));
+
+  // A record flag and the payload go together.
+  grant.flags = kFlagGranted | kFlagRecord;
+  EXPECT_EQ(decode(encoded(grant), out), DecodeError::kBadLength);
+  grant.flags = kFlagGranted;
+  grant.payload = std::span<const std::byte>(body, len);
+  EXPECT_EQ(decode(encoded(grant), out), DecodeError::kBadLength);
+  // A grant is no tombstone and no owner's answer.
+  grant.flags = kFlagGranted | kFlagRecord | kFlagDeleted;
+  EXPECT_EQ(decode(encoded(grant), out), DecodeError::kBadField);
+  grant.flags = kFlagGranted | kFlagRecord | kFlagOwner;
+  EXPECT_EQ(decode(encoded(grant), out), DecodeError::kBadField);
+  // The record must be of the frame's name, and exactly one entry.
+  grant.flags = kFlagGranted | kFlagRecord;
+  len = put_record_entry(body, 0, RecordEntry{"other", 4, 2, 0, 7, false});
+  grant.payload = std::span<const std::byte>(body, len);
+  bytes = encoded(grant);
+  ASSERT_EQ(decode(bytes, out), DecodeError::kNone);
+  EXPECT_FALSE(claim_record(out, got)) << "another name's record";
+  len = put_record_entry(body, 0, rec);
+  grant.payload = std::span<const std::byte>(body, len + 1);
+  bytes = encoded(grant);
+  ASSERT_EQ(decode(bytes, out), DecodeError::kNone);
+  EXPECT_FALSE(claim_record(out, got)) << "a byte after the entry";
+  body[26] = std::byte{2};  // flags: only bit 0 (a tombstone) is defined
+  grant.payload = std::span<const std::byte>(body, len);
+  bytes = encoded(grant);
+  ASSERT_EQ(decode(bytes, out), DecodeError::kNone);
+  EXPECT_FALSE(claim_record(out, got));
+  body[26] = std::byte{1};  // a tombstone with a set
+  bytes = encoded(grant);
+  ASSERT_EQ(decode(bytes, out), DecodeError::kNone);
+  EXPECT_FALSE(claim_record(out, got));
+  // Corrupted in flight: the checksum covers the record.
+  len = put_record_entry(body, 0, rec);
+  bytes = encoded(grant);
+  bytes[bytes.size() - 3] ^= std::byte{1};
+  EXPECT_EQ(decode(bytes, out), DecodeError::kChecksum);
 }
 
 class WireReject : public ::testing::Test {
@@ -479,9 +568,11 @@ TEST_F(WireReject, BadMagicAndVersion) {
   auto b = good;
   poke<uint16_t>(b, 0, 0x1234);
   EXPECT_EQ(decode_it(b), DecodeError::kBadMagic);
-  b = good;
-  poke<uint8_t>(b, 2, 2);
-  EXPECT_EQ(decode_it(b), DecodeError::kBadVersion);
+  for (uint8_t v : {uint8_t{kVersion - 1}, uint8_t{kVersion + 1}}) {  // 1: claims answered without records
+    b = good;
+    poke<uint8_t>(b, 2, v);
+    EXPECT_EQ(decode_it(b), DecodeError::kBadVersion) << int(v);
+  }
 }
 
 TEST_F(WireReject, UnknownType) {
