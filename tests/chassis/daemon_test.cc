@@ -26,6 +26,7 @@
 #include "../common/batond.h"
 #include "../common/chassis.h"
 #include "../common/raw_request.h"
+#include "../common/writer_gate.h"
 #include "baton/baton.h"
 #include "ipc/client.h"
 #include "ipc/messages.h"
@@ -510,26 +511,21 @@ void copy_on_write_sessions(bool protect_ahead) {
       if (baton::test::open_when_free(b, "cow", kSize, &s, nullptr, &gen) != 0) _exit(2);
       auto* mem = static_cast<unsigned char*>(baton_segment_data(s));
       note(gen, hash(mem, kSize), 0);
-      std::atomic<bool> pause{true}, paused{false};
+      baton::test::WriterGate gate;
       std::thread writer([&] {
         std::mt19937_64 wrng(static_cast<uint64_t>(getpid()));
         for (uint64_t n = 0;; ++n) {
-          if (pause.load()) {
-            paused.store(true);
-            while (pause.load()) std::this_thread::yield();
-            paused.store(false);
-          }
+          gate.checkpoint();
           const size_t off = wrng() % (kSize - 300), len = 1 + wrng() % 300;
           for (size_t i = 0; i < len; ++i) mem[off + i] = static_cast<unsigned char>(n + i);
         }
       });
       std::vector<unsigned char> reference(kSize);
       for (;;) {
-        pause.store(true);
-        while (!paused.load()) std::this_thread::yield();
+        gate.pause();
         note(gen + 1, hash(mem, kSize), 1);  // what the commit must hold
         if (baton_commit(s, &gen) != 0) _exit(4);
-        pause.store(false);
+        gate.resume();
         note(gen, 0, 2);
         usleep(300);  // the writer runs into pages batond has not settled yet
       }

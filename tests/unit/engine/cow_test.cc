@@ -27,6 +27,7 @@
 #include "../../common/cluster.h"
 #include "../../common/mapping.h"
 #include "../../common/ok.h"
+#include "../../common/writer_gate.h"
 #include "replication/transfer.h"
 #include "segment/copy_on_write.h"
 
@@ -479,16 +480,14 @@ void client_and_settler(bool protect_ahead, bool dense = false) {
   ChunkBitmap stale;  // the stage's pages written since its last snapshot
   stale.reset(kPages);
   std::atomic<uint64_t> writes{0};
-  std::atomic<bool> pause{false}, paused{false}, stop{false};
+  std::atomic<bool> stop{false};
+  test::WriterGate gate;
   std::thread writer([&] {
     std::mt19937_64 rng(7);
     uint64_t n = 0;
     while (!stop.load()) {
-      if (pause.load()) {
-        paused.store(true);
-        while (pause.load()) std::this_thread::yield();
-        paused.store(false);
-      }
+      gate.checkpoint(&stop);
+      if (stop.load()) break;
       const uint64_t page = dense ? n % kPages : rng() % kPages;
       app_write(m.p + page * kPage + rng() % (kPage - 64), 64, static_cast<uint8_t>(++n));
       writes.store(n, std::memory_order_relaxed);
@@ -497,8 +496,7 @@ void client_and_settler(bool protect_ahead, bool dense = false) {
   const uint64_t kWritesPerCommit = dense ? kPages * 3 / 4 : 64;
   const int kGenerations = test::kSanitizerPatience > 1 ? 20 : 60;
   for (int g = 0; g < kGenerations; ++g) {
-    pause.store(true);
-    while (!paused.load()) std::this_thread::yield();
+    gate.pause();
     {
       CopyOnWrite::Freeze f(*client);  // the client library's commit
       f.take_written([&](uint64_t off, uint64_t len) {
@@ -508,7 +506,7 @@ void client_and_settler(bool protect_ahead, bool dense = false) {
       settler->pend(stage.data(), stale);  // batond, before it answers the commit
       std::memcpy(reference.data(), m.p, m.len);
     }
-    pause.store(false);
+    gate.resume();
     // The writer runs into pending pages: 200 us, and at least 64 writes
     // (on a loaded machine it may not run at all for a while).
     const uint64_t from = writes.load();
@@ -790,18 +788,14 @@ void hammer_generations(bool protect_ahead, bool dense = false) {
   auto seg = test::must(cl.node(1).create("hammered", kSize));
   ASSERT_TRUE(test::must(cl.node(1).status(seg)).copy_on_write);
   auto mem = cl.node(1).data(seg);
-  std::atomic<bool> stop{false}, paused{false};
-  std::atomic<int> pause{0};
+  std::atomic<bool> stop{false};
+  test::WriterGate gate;
   std::atomic<uint64_t> writes{0};
   std::thread writer([&] {
     std::mt19937_64 rng(11);
     while (!stop.load()) {
-      if (pause.load() != 0) {
-        paused.store(true);
-        while (pause.load() != 0 && !stop.load()) std::this_thread::yield();
-        paused.store(false);
-        continue;
-      }
+      gate.checkpoint(&stop);
+      if (stop.load()) break;
       const uint64_t len = rng() % 4 == 0 ? 1 + rng() % (3 * kPage) : 1;
       const uint64_t n = writes.load(std::memory_order_relaxed);
       const uint64_t off = dense ? (n * kPage + rng() % kPage) % (kSize - len + 1) : rng() % (kSize - len + 1);
@@ -817,8 +811,7 @@ void hammer_generations(bool protect_ahead, bool dense = false) {
     const uint64_t from = writes.load();
     std::this_thread::sleep_for(std::chrono::microseconds(200 + g * 37 % 900));
     for (int i = 0; dense && i < 20000 && writes.load() < from + pages * 3 / 4; ++i) std::this_thread::sleep_for(100us);
-    pause.store(1);
-    while (!paused.load()) std::this_thread::yield();
+    gate.pause();
     // The last page is written, so this snapshot copies it; the worker
     // copies in order and gets there last, so the write straight after the
     // commit nearly always races it (the hammering writer may not: it
@@ -827,7 +820,7 @@ void hammer_generations(bool protect_ahead, bool dense = false) {
     const auto want = std::vector<std::byte>(mem.begin(), mem.end());
     const uint64_t gen = test::must(cl.node(1).commit(seg));
     app_write(mem.data() + kSize - 8, 8, static_cast<uint8_t>(g + 100));
-    pause.store(0);
+    gate.resume();
     ASSERT_EQ(gen, static_cast<uint64_t>(g));
     ASSERT_TRUE(test::ok(cl.node(1).wait_replicated(seg, gen, 1, 20s))) << "generation " << g;
     auto rep = test::must(cl.node(2).read_replica("hammered", gen));
