@@ -39,12 +39,13 @@ int main(int argc, char** argv) {
     else if (a == "--no-direct") o.direct = false;
     else if (a == "--same-chunks") o.mixed_chunks = false;
     else if (a == "--no-races") o.races = false;
-    else if (a == "--token-waits") o.token_waits = true;
+    else if (a == "--token-waits") o.token_waits = true;  // the default since session 52
+    else if (a == "--no-token-waits") o.token_waits = false;
     else if (a == "--print") o.print = true;
     else {
       std::fprintf(stderr, "usage: baton-sim [--seeds N] [--first S] [--seed S] [--nodes N] [--rf R] "
                            "[--actions A] [--shards K] [--segments S] [--no-faults-in-calls] [--no-standbys] "
-                           "[--no-cow] [--no-direct] [--same-chunks] [--no-races] [--token-waits] [--print]\n");
+                           "[--no-cow] [--no-direct] [--same-chunks] [--no-races] [--no-token-waits] [--print]\n");
       return 2;
     }
   }

@@ -60,10 +60,11 @@ struct Options {
   /// An API call that asks for an engine's poll token now and then finds
   /// its worker polling, and waits that poll out while the other nodes run
   /// on (SimulationHooks::while_waiting_for_token). Its own generator: the
-  /// scheduler's draws stay as they were. Off by default until the
-  /// violations it found are fixed (docs/reliability.md, "Polls while a
-  /// call waits for the token"): `baton-sim --token-waits`.
-  bool token_waits = false;
+  /// scheduler's draws stay as they were. On since session 52, once the
+  /// violations it found were fixed (docs/reliability.md, "Polls while a
+  /// call waits for the token"); `baton-sim --no-token-waits` replays a
+  /// seed found without it.
+  bool token_waits = true;
 };
 
 struct Stats {
