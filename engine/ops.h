@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "baton/engine.h"
+#include "protocol/wire.h"
 #include "replication/replica_store.h"
 #include "replication/transfer.h"
 #include "segment/local_storage.h"
@@ -149,6 +150,84 @@ inline uint64_t deleted_at(const QueryOp& q) noexcept {
   std::vector<SetRecord> records;
   for (const auto& a : q.answers) records.push_back(a.record);
   return deleted_in(records, q.global_deleted);
+}
+
+/// What a load goes by once its claim is answered (S22; architecture, "Why
+/// no durable generation is lost"). The query saw every set record stored
+/// at a quorum before it; one stored after it and before the claim is in a
+/// promise's answer: a quorum of nodes promised, none stores a record below
+/// the claim's epoch from then on, and a record counts once a quorum stored
+/// it, so one that counted was stored at a node that promised, before it
+/// did (simulation seed 790287). A delete made since the query shows there
+/// too.
+struct ClaimBasis {
+  std::vector<SetRecord> seen;  ///< every record and tombstone the query and the promises carried
+  uint64_t deleted = 0;         ///< what they say was deleted, no less than the query alone
+  SetRecord record;             ///< the newest live set record among them (epoch 0: none)
+};
+inline ClaimBasis claim_basis(const QueryOp& q, const ClaimOp& c, uint64_t query_deleted) {
+  ClaimBasis b;
+  for (const auto& a : q.answers)
+    if (a.record.epoch != 0) b.seen.push_back(a.record);
+  for (const auto& a : c.answers)
+    if (a.promised && a.record.epoch != 0) b.seen.push_back(a.record);
+  b.deleted = std::max(query_deleted, deleted_in(b.seen, q.global_deleted));
+  for (const auto& r : b.seen)
+    if (!r.deleted && r.epoch > b.deleted && r.newer_than(b.record)) b.record = r;
+  return b;
+}
+
+/// The sets whose members must grant a claim: the newest record's. Without
+/// any record (its creator died before recording one) nothing was ever
+/// durable, and `stamped`, the set on the newest generation handed over,
+/// serves. Two records of one (epoch, version) from different owners are
+/// left by a lost race to create the name whose loser could not withdraw
+/// its own: then each must. (A tombstone of that epoch is no such record: a
+/// delete that the owner's claim beat, deleted_in(). Taken for one, its
+/// empty set made every later load fail, "0 of 0 replicas of set {}": seed
+/// 15871.)
+inline std::vector<uint64_t> sets_to_grant(const ClaimBasis& b, uint64_t stamped) {
+  const SetRecord& rec = b.record;
+  std::vector<uint64_t> sets{rec.epoch != 0 ? rec.set : stamped};
+  for (const auto& r : b.seen)
+    if (!r.deleted && r.epoch > b.deleted && r.epoch == rec.epoch && r.version == rec.version &&
+        r.owner != rec.owner && rec.epoch != 0 && std::find(sets.begin(), sets.end(), r.set) == sets.end())
+      sets.push_back(r.set);
+  return sets;
+}
+
+/// Whether enough members of `sets` granted the claim: in each, R = |S| - W
+/// + 1 of them (W = |S|/2 + 1, rule 1's majority: durable means held by W),
+/// none refusing. R grants (a) leave the old owner fewer than W members
+/// that still take its data, and (b) meet every majority that held a
+/// durable generation (R + W > |S|). Only a member that holds the segment
+/// grants; one that restarted and lost it cannot, and R (not a majority)
+/// keeps the segment loadable when that happens to a member of a set of
+/// two. A member that refuses (it took another claimant's epoch) fails the
+/// claim. `set`, `granted`, `refusing`: the first set, or the one that fails.
+struct Grants {
+  bool enough = false;
+  std::vector<uint16_t> set;
+  size_t granted = 0, refusing = 0;
+};
+inline Grants grants_of(const ClaimOp& c, const std::vector<uint64_t>& sets) {
+  auto enough = [](size_t yes, size_t no, size_t size) { return no == 0 && yes > 0 && yes >= (size + 1) / 2; };
+  Grants g;
+  for (uint64_t packed : sets) {
+    std::vector<uint16_t> members;
+    for (uint16_t n : wire::unpack_set(packed))
+      if (n != 0) members.push_back(n);
+    size_t yes = 0, no = 0;
+    for (const auto& a : c.answers) {
+      if (std::find(members.begin(), members.end(), a.peer) == members.end()) continue;
+      yes += a.granted;
+      no += a.refused_epoch != 0;
+    }
+    const bool ok = enough(yes, no, members.size());
+    if (g.set.empty() || !ok) g = Grants{ok, members, yes, no};
+    if (!ok) break;
+  }
+  return g;
 }
 
 /// A copy (replica or owner) above what was deleted.

@@ -426,30 +426,17 @@ Result<OpenResult> Engine::Impl::load_from(const QueryOp& q, std::string_view na
   {
     table.set_unused_claim(q.id, c->epoch);
   }
-  // The query saw every set record stored at a quorum before it; one
-  // stored after it, before this claim, is in the claim's answers: a
-  // quorum of nodes promised, no record below the claim's epoch is stored
-  // at any of them from then on, and a record counts once a quorum stored
-  // it, so any that counted was stored at a node that promised, before it
-  // did (simulation seed 790287: a set recorded between a racing load's
-  // query and its claim, then made durable through, and lost).
+  // Nothing counts without a quorum of promises (claim_basis says why).
   if (const uint32_t promised = c->promised(); promised < quorum)
     return fail(Errc::kUnavailable, "only ", std::to_string(promised), " of the ", std::to_string(quorum),
                 " nodes a claim needs took owner epoch ", std::to_string(c->epoch), " of ", name);
-  std::vector<SetRecord> seen;  // every record and tombstone the query and the claim met
-  for (const auto& a : q.answers)
-    if (a.record.epoch != 0) seen.push_back(a.record);
-  for (const auto& a : c->answers)
-    if (a.promised && a.record.epoch != 0) seen.push_back(a.record);
-  // A delete may have been made since the query, too.
-  if (const uint64_t now_deleted = deleted_in(seen, q.global_deleted); now_deleted > deleted) {
-    record_event("segment " + std::string(name) + ": deleted at owner epoch " + std::to_string(now_deleted) +
+  // The claim's promises name the records stored since the query (claim_basis).
+  const ClaimBasis basis = claim_basis(q, *c, deleted);
+  if (basis.deleted > deleted)
+    record_event("segment " + std::string(name) + ": deleted at owner epoch " + std::to_string(basis.deleted) +
                  " while it was being loaded (a tombstone in the claim's answers)");
-    deleted = now_deleted;
-  }
-  record = SetRecord{};
-  for (const auto& r : seen)
-    if (!r.deleted && r.epoch > deleted && r.newer_than(record)) record = r;
+  deleted = basis.deleted;
+  record = basis.record;
   const ClaimAnswer* best = nullptr;
   for (const auto& a : c->answers)
     if (a.granted && a.generation > 0 && a.data_epoch > deleted &&
@@ -471,50 +458,12 @@ Result<OpenResult> Engine::Impl::load_from(const QueryOp& q, std::string_view na
     }
     return fail(Errc::kUnavailable, "no replica of ", name, " accepted owner epoch ", std::to_string(c->epoch));
   }
-  // The set that must accept: the newest recorded one. Without any record
-  // (its creator died before recording one) nothing was ever durable, and
-  // the set stamped on the newest generation serves. Two records of one
-  // (epoch, version) from different owners are left by a lost race to
-  // create the name whose loser could not withdraw its own: then each must.
-  std::vector<uint64_t> sets{record.epoch != 0 ? record.set : best->set};
-  // (A tombstone of that epoch is no such record: a delete that the
-  // owner's claim beat, deleted_at(). Taken for one, its empty set made
-  // every later load fail, "0 of 0 replicas of set {}": seed 15871.)
-  for (const auto& r : seen)
-    if (!r.deleted && r.epoch > deleted && r.epoch == record.epoch && r.version == record.version &&
-        r.owner != record.owner && record.epoch != 0 && std::find(sets.begin(), sets.end(), r.set) == sets.end())
-      sets.push_back(r.set);
-  // How many must accept: durable means held by a majority W = |S|/2 + 1 of
-  // the set, so R = |S| - W + 1 acceptances (a) leave the old owner fewer
-  // than W members that still take its data, and (b) meet every majority
-  // that held a durable generation (R + W > |S|). Only a member that holds
-  // the segment accepts; one that restarted and lost it cannot, and R (not
-  // a majority) keeps the segment loadable when that happens to a member of
-  // a set of two. A member that refuses (it took another claimant's epoch)
-  // fails the claim.
-  auto enough = [](size_t yes, size_t no, size_t size) { return no == 0 && yes > 0 && yes >= (size + 1) / 2; };
-  std::vector<uint16_t> set;
-  size_t accepted = 0, refusing = 0;
-  for (uint64_t packed : sets) {
-    std::vector<uint16_t> members;
-    for (uint16_t n : wire::unpack_set(packed))
-      if (n != 0) members.push_back(n);
-    size_t yes = 0, no = 0;
-    for (const auto& a : c->answers) {
-      if (std::find(members.begin(), members.end(), a.peer) == members.end()) continue;
-      yes += a.granted;
-      no += a.refused_epoch != 0;
-    }
-    const bool ok = enough(yes, no, members.size());
-    if (set.empty() || !ok) {  // report the first set, or the one that fails
-      set = members;
-      accepted = yes;
-      refusing = no;
-    }
-    if (!ok) break;
-  }
-  if (enough(accepted, refusing, set.size())) {
-    // A majority of the set accepted: the usual load.
+  const std::vector<uint64_t> sets = sets_to_grant(basis, best->set);
+  const Grants grants = grants_of(*c, sets);
+  const std::vector<uint16_t>& set = grants.set;
+  const size_t accepted = grants.granted, refusing = grants.refusing;
+  if (grants.enough) {
+    // Enough of the set granted: the usual load.
   } else if (copies_outside_lost_sets(q, *c, record, sets, copy_holders, *best)) {
     record_event("segment " + std::string(name) + ": every replica of set " + set_string(set) +
                  " answered without a copy; loading generation " + std::to_string(best->generation) +

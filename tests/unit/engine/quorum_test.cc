@@ -10,6 +10,7 @@
 
 #include "../../common/cluster.h"
 #include "../../common/ok.h"
+#include "ops.h"
 
 namespace baton {
 namespace {
@@ -24,6 +25,98 @@ using test::peer_alive;
 void cut(Cluster& cl, int a, int b, bool on) { cl.wire(a, b).set_partitioned(on); }
 
 bool sees_only(Engine& e, std::vector<uint16_t> members) { return e.view().members == members; }
+
+// A load's decision once its claim is answered (ops.h: claim_basis,
+// sets_to_grant, grants_of), on the answers of simulation seed 790287 with
+// one change: the new set's members did not answer. Node 5 queried when
+// only S0 = {1,4,5} (owner 2, epoch 1) was recorded; node 4 then claimed
+// epoch 2 and recorded S1 = {1,3,2} at nodes 1, 3 and 4. Node 5 claims
+// epoch 3: nodes 1 and 5 (of S0) grant with copies, node 1's promise
+// names S1, nodes 2, 3 and 4 are silent. Going by the query alone, S0's
+// two grants were enough, and node 4's next generation, durable through
+// {2,3}, was lost; by the promises, S1 must grant, and one of three does.
+TEST(Claim, APromiseNamingANewerSetMakesThatSetGrant) {
+  const SetRecord s0{1, 1, wire::pack_nodes(std::vector<uint16_t>{1, 4, 5}), 2, false, "seg1"};
+  const SetRecord s1{2, 1, wire::pack_nodes(std::vector<uint16_t>{1, 3, 2}), 4, false, "seg1"};
+  QueryOp q;
+  for (uint16_t n : {1, 2, 3, 5}) {
+    QueryAnswer a{n, true};
+    if (n == 1 || n == 5) a.record = s0;
+    q.answers.push_back(a);
+  }
+  ClaimOp c;
+  c.epoch = 3;
+  for (uint16_t n : {1, 2, 3, 4, 5}) c.answers.push_back(ClaimAnswer{n});
+  auto grant = [&](uint16_t n, const SetRecord& held) {
+    ClaimAnswer& a = c.answers[n - 1];
+    a.answered = a.promised = a.granted = true;
+    a.record = held;
+    a.data_epoch = 1;
+    a.generation = 5;
+    a.total_len = 4096;
+    a.set = s0.set;
+  };
+  grant(1, s1);
+  grant(5, s0);
+  EXPECT_EQ(c.promised(), 2u);
+
+  const ClaimBasis b = claim_basis(q, c, 0);
+  EXPECT_EQ(b.record.epoch, 2u) << "the claim went by the set the query saw";
+  EXPECT_EQ(b.record.owner, 4);
+  EXPECT_EQ(b.deleted, 0u);
+  const auto sets = sets_to_grant(b, s0.set);
+  ASSERT_EQ(sets.size(), 1u);
+  EXPECT_EQ(sets[0], s1.set);
+  Grants g = grants_of(c, sets);
+  EXPECT_FALSE(g.enough);
+  EXPECT_EQ(g.set, (std::vector<uint16_t>{1, 3, 2}));
+  EXPECT_EQ(g.granted, 1u);
+  // The query's set would have been enough: that was the bug.
+  EXPECT_TRUE(grants_of(c, {s0.set}).enough);
+  // Node 3 answers too, granting: two of S1 are enough.
+  grant(3, s1);
+  EXPECT_TRUE(grants_of(c, sets_to_grant(claim_basis(q, c, 0), s0.set)).enough);
+  // A member of S1 that promised the claim of another node refuses it.
+  c.answers[1].answered = true;
+  c.answers[1].refused_epoch = 4;
+  g = grants_of(c, sets);
+  EXPECT_FALSE(g.enough);
+  EXPECT_EQ(g.refusing, 1u);
+}
+
+// A delete made between the query and the claim shows in the promises: its
+// tombstone puts every copy and record at or below its epoch out of the
+// load's reach, unless an owner of that very epoch recorded its set (the
+// delete then failed: deleted_in()).
+TEST(Claim, ATombstoneInThePromisesIsWhatWasDeleted) {
+  const SetRecord s0{1, 1, wire::pack_nodes(std::vector<uint16_t>{1, 2}), 3, false, "gone"};
+  const SetRecord tomb{2, 1, 0, 3, true, "gone"};
+  QueryOp q;
+  for (uint16_t n : {1, 2, 3}) {
+    QueryAnswer a{n, true};
+    a.record = s0;
+    q.answers.push_back(a);
+  }
+  ClaimOp c;
+  c.epoch = 2;
+  for (uint16_t n : {1, 2, 3}) {
+    ClaimAnswer a{n, true};
+    a.promised = true;
+    a.record = n == 3 ? tomb : s0;
+    c.answers.push_back(a);
+  }
+  ClaimBasis b = claim_basis(q, c, 0);
+  EXPECT_EQ(b.deleted, 2u);
+  EXPECT_EQ(b.record.epoch, 0u) << "a record of the deleted history was gone by";
+  // An owner of the tombstone's epoch recorded its set: only what is below it is deleted.
+  c.answers[0].record = SetRecord{2, 1, wire::pack_nodes(std::vector<uint16_t>{2}), 1, false, "gone"};
+  b = claim_basis(q, c, 0);
+  EXPECT_EQ(b.deleted, 1u);
+  EXPECT_EQ(b.record.epoch, 2u);
+  EXPECT_EQ(b.record.owner, 1);
+  // What the query alone said was deleted stands.
+  EXPECT_EQ(claim_basis(q, c, 5).deleted, 5u);
+}
 
 TEST(Quorum, MinorityMakesNoOwnershipOrPlacementChange) {
   EngineConfig c = fast_detector();
