@@ -29,6 +29,9 @@ struct LinkState {
   uint64_t forwarded_incarnation = 0;
   uint64_t forwarded_digest = 0;
   bool restart_unreported = false;  ///< a restart seen but not yet passed on (the ring was full)
+  /// A frame of another wire version came, and the log said so (once per
+  /// link: a peer of another release sends nothing else). Token holder.
+  bool version_warned = false;
   /// The control thread was woken for a frame from a peer it counts dead;
   /// again only once it says otherwise. Token holder.
   bool nudged = false;

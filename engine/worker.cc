@@ -188,6 +188,10 @@ bool Engine::Impl::poll_once(uint64_t now) noexcept {
       if (err != wire::DecodeError::kNone) {
         bump(counters.decode[static_cast<size_t>(err)]);
         BT_DEBUG("%s: dropped frame: %s", link->name().c_str(), wire::decode_error_name(err));
+        if (err == wire::DecodeError::kBadVersion && !std::exchange(link_states[li].version_warned, true))
+          BT_WARN("%s: node %u speaks wire version %u and this node version %u: it will look down until every node runs "
+                  "one release", link->name().c_str(), link->peer(), wire::frame_version(rx[i].bytes),
+                  unsigned{wire::kVersion});
         continue;
       }
       if (f.src == link->peer()) heard_from(li, now);  // any valid frame is a sign of life

@@ -275,6 +275,12 @@ size_t encode(const Frame& f, std::span<std::byte> out) noexcept;
 /// payload goes. Thread: any.
 DecodeError decode(std::span<const std::byte> bytes, Frame& out, bool verify_payload = true) noexcept;
 
+/// The version byte of a frame that decode() refused with kBadVersion (0
+/// if it is too short to say). Thread: any.
+inline unsigned frame_version(std::span<const std::byte> bytes) noexcept {
+  return bytes.size() > 2 ? std::to_integer<unsigned>(bytes[2]) : 0;
+}
+
 /// Checks the CRC of a frame decoded without it; sets payload_crc. Thread: any.
 bool verify_payload(Frame& f) noexcept;
 

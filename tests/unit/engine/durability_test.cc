@@ -528,6 +528,37 @@ TEST(Durability, AClaimIsAPromiseThatRefusesOlderRecordsAndNamesTheRecordHeld) {
   EXPECT_EQ(r.owner, 2);
 }
 
+// A node of another release (wire version 1: claims answered without
+// records) is not half understood: each of its frames is counted as
+// another version's and dropped, and nothing in it is taken.
+TEST(Durability, AFrameOfAnotherWireVersionIsCountedAndDropped) {
+  TappedPair p;
+  auto& n1 = p.n1;
+  for (int i = 0; i < 200; ++i) p.hooks->step();
+  wire::Frame rec;
+  rec.type = wire::MsgType::kSetRecord;
+  rec.src = 2;
+  rec.dst = 1;
+  rec.name = "older";
+  rec.seg_id = wire::segment_id("older");
+  rec.epoch = 2;
+  rec.generation = 1;
+  rec.sack = wire::pack_nodes(std::vector<uint16_t>{1});
+  std::vector<std::byte> b(wire::kMaxHeadSize);
+  b.resize(wire::encode(rec, b));
+  b[2] = std::byte{wire::kVersion - 1};
+  const uint64_t before = n1->stats().decode_errors[static_cast<size_t>(wire::DecodeError::kBadVersion)];
+  p.tap->queue.push_back(b);
+  for (int i = 0; i < 5; ++i) p.hooks->step();
+  EXPECT_EQ(n1->stats().decode_errors[static_cast<size_t>(wire::DecodeError::kBadVersion)], before + 1);
+  EXPECT_FALSE(n1->record("older")) << "a record in a frame of another version was stored";
+  b[2] = std::byte{wire::kVersion};  // the same frame in this version (its checksum covers the byte)
+  p.tap->queue.push_back(b);
+  for (int i = 0; i < 5; ++i) p.hooks->step();
+  EXPECT_EQ(n1->stats().decode_errors[static_cast<size_t>(wire::DecodeError::kBadVersion)], before + 1);
+  EXPECT_TRUE(n1->record("older")) << "the frame was refused for more than its version";
+}
+
 // A new name right after a node started, while a peer is not heard yet
 // (its first heartbeat on the way; here its links come back 300 ms
 // later): the create, and an open that finds the name nowhere, wait for
