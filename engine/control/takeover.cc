@@ -390,10 +390,14 @@ Result<OpenResult> Engine::Impl::load_from(const QueryOp& q, std::string_view na
   }
   const std::vector<uint16_t> copy_holders = holders;
   // Every node is asked: the replicas to grant, a quorum of nodes to
-  // promise (see below).
+  // promise (see below). With two nodes, one is a quorum (two_node): a set
+  // record there needs every member of the view (record_quorum), this node
+  // among them, so its own promise names any record stored while it saw
+  // the other; and a claim does not wait for a peer that died and is not
+  // yet known dead (the load of its own replica the moment it did).
   std::vector<uint16_t> everyone{config.node_id};
   for (const auto& p : peer_states) everyone.push_back(p.node);
-  const uint32_t quorum = record_quorum(current_view());
+  const uint32_t quorum = current_view().quorum;
   std::unique_ptr<ClaimOp> c;
   for (int attempt = 0;; ++attempt) {
     auto claimed = claim(name, claim_epoch, everyone, quorum);
