@@ -359,18 +359,16 @@ Result<OpenResult> Engine::Impl::load_from(const QueryOp& q, std::string_view na
   uint64_t claim_epoch = max_epoch + 1;
   if (const uint64_t unused = table.unused_claim(q.id); unused != 0 && unused == max_epoch) claim_epoch = max_epoch;
   uint64_t deleted = deleted_at(q);
-  std::vector<uint16_t> holders, stale;
-  SetRecord record;  // the newest record of the replica set any node holds
+  std::vector<uint16_t> copy_holders, stale;
   for (const auto& a : q.answers) {
-    if (live_record(a, deleted) && a.record.newer_than(record)) record = a.record;
     if (!a.found) continue;
     stale.push_back(a.peer);  // released once the new owner's set is recorded
     if (!a.owner && a.generation > 0 && a.total_len > 0 && a.total_len <= config.max_segment_size &&
         a.epoch > deleted)
-      holders.push_back(a.peer);
+      copy_holders.push_back(a.peer);
   }
   if (deleted != 0) repair_tombstone(q);
-  if (holders.empty()) {
+  if (copy_holders.empty()) {
     // A peer not heard yet may hold a copy, and a newer one than storage's.
     if (auto ok = heard_every_peer(name, "saying no replica holds it"); !ok) return tl::unexpected(ok.error());
     if (!config.global_dir.empty() && GlobalStore::newest(config.global_dir, name, config.max_segment_size, deleted + 1))
@@ -388,7 +386,6 @@ Result<OpenResult> Engine::Impl::load_from(const QueryOp& q, std::string_view na
                     "again once its owner has committed and replicated)");
     return fail(Errc::kNotFound, "no live replica holds ", name);
   }
-  const std::vector<uint16_t> copy_holders = holders;
   // Every node is asked: the replicas to grant, a quorum of nodes to
   // promise (see below). With two nodes, one is a quorum (two_node): a set
   // record there needs every member of the view (record_quorum), this node
@@ -440,7 +437,7 @@ Result<OpenResult> Engine::Impl::load_from(const QueryOp& q, std::string_view na
     record_event("segment " + std::string(name) + ": deleted at owner epoch " + std::to_string(basis.deleted) +
                  " while it was being loaded (a tombstone in the claim's answers)");
   deleted = basis.deleted;
-  record = basis.record;
+  const SetRecord& record = basis.record;  // the newest record of the replica set any node holds
   const ClaimAnswer* best = nullptr;
   for (const auto& a : c->answers)
     if (a.granted && a.generation > 0 && a.data_epoch > deleted &&
