@@ -360,12 +360,26 @@ struct TappedPair {
     c.simulation = hooks;
     return c;
   }
-  /// Queues `f`, encoded, as if node 2 had sent it to node 1.
-  void queue(const wire::Frame& f) {
+  /// A frame from node 2 to node 1 about segment `name` (the frame views
+  /// it: a literal, or a string that outlives the frame).
+  static wire::Frame from_2(wire::MsgType type, std::string_view name, uint64_t epoch, uint64_t generation) {
+    wire::Frame f;
+    f.type = type;
+    f.src = 2;
+    f.dst = 1;
+    f.name = name;
+    f.seg_id = wire::segment_id(name);
+    f.epoch = epoch;
+    f.generation = generation;
+    return f;
+  }
+  static std::vector<std::byte> encoded(const wire::Frame& f) {
     std::vector<std::byte> b(wire::kHeaderSize + wire::kMaxNote + wire::kMaxNameLen);
     b.resize(wire::encode(f, b));
-    tap->queue.push_back(std::move(b));
+    return b;
   }
+  /// Queues `f`, encoded, as if node 2 had sent it to node 1.
+  void queue(const wire::Frame& f) { tap->queue.push_back(encoded(f)); }
   uint64_t now = 1'000'000'000;
   std::shared_ptr<SimulationHooks> hooks = std::make_shared<SimulationHooks>();
   std::shared_ptr<loopback::Wire> wire;
@@ -383,15 +397,8 @@ struct TappedPair {
 TEST(Durability, ARecordItsWriterWithdrewIsNotTakenFromALaterBatch) {
   TappedPair p(true);  // node 2's own answer waits: the queued one comes first
   auto& n1 = p.n1;
-  wire::Frame withdraw;
-  withdraw.type = wire::MsgType::kSetRecord;
+  wire::Frame withdraw = TappedPair::from_2(wire::MsgType::kSetRecord, "gone", 1, 1);  // version 1 withdrawn
   withdraw.flags = wire::kFlagRestart;
-  withdraw.src = 2;
-  withdraw.dst = 1;
-  withdraw.name = "gone";
-  withdraw.seg_id = wire::segment_id("gone");
-  withdraw.epoch = 1;
-  withdraw.generation = 1;  // the version withdrawn
   p.queue(withdraw);
   std::vector<std::byte> entries(wire::kMaxNote);
   size_t len = wire::put_record_entry(entries, 0, {"gone", 1, 1, wire::pack_nodes(std::vector<uint16_t>{1}), 2, false});
@@ -436,15 +443,7 @@ TEST(Durability, ACommitFencedWhileItWaitsForTheTokenIsRefusedAndTheCopyKept) {
   const uint64_t epoch = test::must(n1->status(seg)).epoch;
   on_token_wait = [&] {
     // A newer owner's ack, taken by the poll the commit waits out.
-    wire::Frame ack;
-    ack.type = wire::MsgType::kAck;
-    ack.src = 2;
-    ack.dst = 1;
-    ack.name = "waits";
-    ack.seg_id = wire::segment_id("waits");
-    ack.epoch = epoch + 1;
-    ack.generation = 1;
-    p.queue(ack);
+    p.queue(TappedPair::from_2(wire::MsgType::kAck, "waits", epoch + 1, 1));
     n1->poll();
   };
   std::memset(n1->data(seg).data(), 0x22, 8192);
@@ -475,14 +474,7 @@ TEST(Durability, AClaimIsAPromiseThatRefusesOlderRecordsAndNamesTheRecordHeld) {
   for (int i = 0; i < 200; ++i) p.hooks->step();  // heard each other, records exchanged
   const std::string name = "promised";
   auto frame = [&](wire::MsgType type, uint64_t epoch, uint64_t version) {
-    wire::Frame f;
-    f.type = type;
-    f.src = 2;
-    f.dst = 1;
-    f.name = name;
-    f.seg_id = wire::segment_id(name);
-    f.epoch = epoch;
-    f.generation = version;
+    wire::Frame f = TappedPair::from_2(type, name, epoch, version);
     f.sack = type == wire::MsgType::kSetRecord ? wire::pack_nodes(std::vector<uint16_t>{1}) : 0;
     return f;
   };
@@ -535,17 +527,9 @@ TEST(Durability, AFrameOfAnotherWireVersionIsCountedAndDropped) {
   TappedPair p;
   auto& n1 = p.n1;
   for (int i = 0; i < 200; ++i) p.hooks->step();
-  wire::Frame rec;
-  rec.type = wire::MsgType::kSetRecord;
-  rec.src = 2;
-  rec.dst = 1;
-  rec.name = "older";
-  rec.seg_id = wire::segment_id("older");
-  rec.epoch = 2;
-  rec.generation = 1;
+  wire::Frame rec = TappedPair::from_2(wire::MsgType::kSetRecord, "older", 2, 1);
   rec.sack = wire::pack_nodes(std::vector<uint16_t>{1});
-  std::vector<std::byte> b(wire::kMaxHeadSize);
-  b.resize(wire::encode(rec, b));
+  std::vector<std::byte> b = TappedPair::encoded(rec);
   b[2] = std::byte{wire::kVersion - 1};
   const uint64_t before = n1->stats().decode_errors[static_cast<size_t>(wire::DecodeError::kBadVersion)];
   p.tap->queue.push_back(b);
