@@ -62,12 +62,12 @@ bool Engine::Impl::try_acquire_token() noexcept {
   return sim != nullptr || token.try_acquire();
 }
 
-void Engine::Impl::release_token(bool caller_sleeps) noexcept {
+void Engine::Impl::release_token(bool caller_sleeps, bool snapshot_left) noexcept {
   if (sim != nullptr) return;
   // Waking the parked worker costs a system call here and a wake-up on the
   // other vCPU; only pay it when there is work nobody would do meanwhile.
   // Otherwise it resumes by itself within max_idle_sleep_us.
-  const bool work = has_pending_work() || (caller_sleeps && has_transfers_in_flight());
+  const bool work = has_pending_work(!snapshot_left) || (caller_sleeps && has_transfers_in_flight());
   if (token.release() && work) {
     if (parked.load()) {
       futex_wake_all(token.wanting());

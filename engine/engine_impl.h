@@ -444,7 +444,16 @@ struct Engine::Impl {
   /// take the token back (a commit, then its wait) does not wake it for
   /// them: each such wake-up preempted a vCPU (a 4 KiB commit loop's p99
   /// went from 38-51 us to 57-1 566 us when every commit woke it).
-  void release_token(bool caller_sleeps = false) noexcept;
+  ///
+  /// `snapshot_left`: a copy-on-write commit's release. The snapshot it
+  /// leaves to settle is no reason to wake the worker: woken, it took the
+  /// committer's vCPU for 0.3-1.7 ms in 9 of 21 commits of baton-snapshot
+  /// (an involuntary switch inside the release), on a commit whose point
+  /// is a short pause. The worker finds the snapshot when its nap ends
+  /// (idle: at most max_idle_sleep_us; parked: at most 8 of them), or the
+  /// application's wait settles it; a write to a page not settled yet
+  /// copies it aside meanwhile. Other work still wakes it.
+  void release_token(bool caller_sleeps = false, bool snapshot_left = false) noexcept;
   /// Takes the poll token only if nobody holds it (the worker polling, or
   /// another caller); release with release_token(). Thread: control.
   bool try_acquire_token() noexcept;
@@ -793,7 +802,7 @@ struct Engine::Impl {
   /// Work nobody would do while the worker stays parked: unsent chunks,
   /// copy-on-write snapshots to settle, pending loads, queued commands.
   /// Thread: poll-token holder.
-  bool has_pending_work() const noexcept;
+  bool has_pending_work(bool count_snapshots = true) const noexcept;
   /// A transfer started and not yet acknowledged whole: its acks open the
   /// window and its timer resends. Thread: poll-token holder.
   bool has_transfers_in_flight() const noexcept;

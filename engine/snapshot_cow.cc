@@ -78,7 +78,7 @@ Result<void> Engine::Impl::snapshot_cow(Segment& seg, uint64_t generation, const
   } else if (std::find(cow_behind.begin(), cow_behind.end(), seg.id) == cow_behind.end()) {
     cow_behind.push_back(seg.id);
   }
-  release_token();
+  release_token(false, true);
   return {};
 }
 

@@ -108,8 +108,8 @@ bool Engine::Impl::any_sender(Pred&& pred) const noexcept {
   return false;
 }
 
-bool Engine::Impl::has_pending_work() const noexcept {
-  if (!fetches.empty() || !allocating.empty() || !cow_behind.empty() ||
+bool Engine::Impl::has_pending_work(bool count_snapshots) const noexcept {
+  if (!fetches.empty() || !allocating.empty() || (count_snapshots && !cow_behind.empty()) ||
       queued.load() != 0 || !to_data.empty())
     return true;
   return any_sender([](const ChunkSender& s) { return s.has_unsent(); });
