@@ -38,6 +38,8 @@ struct baton_engine {
   /// The fork count when it was made (a fork's child connects or starts
   /// its own: the connection and the engine's threads are the parent's).
   uint64_t forks = 0;
+  /// BATON_COW_QUIESCENT (embedded mode): every commit is quiescent.
+  bool quiescent = false;
   /// Calls in flight on it and its segments, from any thread: baton_stop
   /// waits for them before it frees what they use. Registry::mu.
   uint32_t calls = 0;
@@ -276,12 +278,12 @@ int baton_start(const baton_config_t* config, const char* const* links, size_t n
   c.max_segment_size = config->max_segment_size;
   c.idle = config->spin ? baton::IdlePolicy::kSpin : baton::IdlePolicy::kAdaptive;
   c.track_writes = config->no_write_tracking == 0 && baton::ipc::track_writes_allowed();
-  if (config->copy_on_write > BATON_COW_PROTECT_AHEAD)
+  if (config->copy_on_write > BATON_COW_QUIESCENT)
     return set_error(Errc::kInvalidArgument,
-                     "copy_on_write must be 0, BATON_COW (1) or BATON_COW_PROTECT_AHEAD (2), not " +
-                         std::to_string(config->copy_on_write));
+                     "copy_on_write must be 0, BATON_COW (1), BATON_COW_PROTECT_AHEAD (2) or BATON_COW_QUIESCENT (3), "
+                     "not " + std::to_string(config->copy_on_write));
   if (config->copy_on_write != 0) c.snapshot_mode = baton::EngineConfig::SnapshotMode::kCopyOnWrite;
-  c.cow_protect_ahead = config->copy_on_write == BATON_COW_PROTECT_AHEAD;
+  c.cow_protect_ahead = config->copy_on_write >= BATON_COW_PROTECT_AHEAD;
   std::vector<std::unique_ptr<baton::Link>> ls;
   for (size_t i = 0; i < n_links; ++i) {
     auto l = parse_link(links[i]);
@@ -292,6 +294,7 @@ int baton_start(const baton_config_t* config, const char* const* links, size_t n
   if (!engine) return set_error(engine.error());
   auto* b = new baton_engine{};
   b->engine = std::move(*engine);
+  b->quiescent = config->copy_on_write == BATON_COW_QUIESCENT;
   insert(b);
   *out = b;
   return ok();
@@ -388,7 +391,7 @@ int baton_commit_ranges(baton_segment_t* s, const baton_range_t* ranges, size_t 
     g = s->owner->client->commit(s->remote, written);
   }
 #ifndef BATON_CLIENT_ONLY
-  else g = s->owner->engine->commit(s->segment, baton::CommitOptions{.written = written});
+  else g = s->owner->engine->commit(s->segment, baton::CommitOptions{.written = written, .quiescent = s->owner->quiescent});
 #endif
   if (!g) return set_error(g.error());
   if (generation != nullptr) *generation = *g;

@@ -7,7 +7,8 @@
 // page from the segment (still protected, so still the commit's contents)
 // or finds it already copied aside by a writer's fault, checksums the
 // chunk and raises `ready`, which is what the senders wait on. The
-// application's thread copies nothing.
+// application's thread copies nothing, but in a quiescent commit the few
+// written pages the protector had not protected again yet.
 //
 // Threads: snapshot_cow is the committer's (seg.mu held; it takes the
 // token); advance_cow and settle_cow the token holder's.
@@ -62,7 +63,8 @@ Result<void> Engine::Impl::snapshot_cow(Segment& seg, uint64_t generation, const
     mark_written(seg, options.written, &freeze);
     apply_marks(seg);
     freeze.pend(stage->mem.data(), stage->stale);
-    protected_ok = freeze.protect();
+    if (options.quiescent && freeze.copy_left_pays()) freeze.copy_left();
+    else protected_ok = freeze.protect();
   }
   prepare_stage(seg, *stage, generation);
   stage->ready.store(0, std::memory_order_relaxed);

@@ -16,6 +16,10 @@
 //                  not reached; the worker copies the snapshot after the call
 //   cow_at_commit  the same with the commit protecting every page written
 //                  (cow_protect_ahead off, the default)
+//   cow_quiescent  cow, each commit quiescent (CommitOptions::quiescent:
+//                  this benchmark's one thread writes and commits): the
+//                  pages the protector has not reached are copied into the
+//                  snapshot by the commit instead of protected
 //
 // plus, for each engine, the application's own writes (tracked pays an
 // asynchronous write-protect fault on a page's first write after a commit,
@@ -30,7 +34,7 @@
 // wall time comes down towards the larger of the two.
 //
 // Usage: baton-snapshot [--sizes-mib 64,256,1024] [--dirty 1] [--commits 20] [--contiguous] [--chunk-kib 16]
-//                       [--modes untracked,tracked,cow,cow_at_commit]
+//                       [--modes untracked,tracked,cow,cow_at_commit,cow_quiescent]
 // (--contiguous: the written pages are one run, not scattered; --chunk-kib:
 // EngineConfig::chunk_size, the unit a commit copies, checksums and sends;
 // --modes: which engines to run, all by default; each one's figures are
@@ -78,8 +82,11 @@ struct Pair {
 };
 
 /// kCowAtCommit: copy-on-write with every written page protected by the
-/// commit itself (EngineConfig::cow_protect_ahead off).
-enum class Mode { kUntracked, kTracked, kCow, kCowAtCommit };
+/// commit itself (EngineConfig::cow_protect_ahead off). kCowQuiescent: as
+/// kCow, each commit quiescent (CommitOptions::quiescent: the benchmark's
+/// only writer commits), so the pages the protector has not reached are
+/// copied by the commit, not protected.
+enum class Mode { kUntracked, kTracked, kCow, kCowAtCommit, kCowQuiescent };
 
 /// The mode's name in --modes and in the output's keys.
 const char* mode_name(Mode m) {
@@ -88,12 +95,13 @@ const char* mode_name(Mode m) {
     case Mode::kTracked: return "tracked";
     case Mode::kCow: return "cow";
     case Mode::kCowAtCommit: return "cow_at_commit";
+    case Mode::kCowQuiescent: return "cow_quiescent";
   }
   return "?";
 }
 
 std::optional<Mode> mode_named(std::string_view name) {
-  for (const Mode m : {Mode::kUntracked, Mode::kTracked, Mode::kCow, Mode::kCowAtCommit})
+  for (const Mode m : {Mode::kUntracked, Mode::kTracked, Mode::kCow, Mode::kCowAtCommit, Mode::kCowQuiescent})
     if (name == mode_name(m)) return m;
   return std::nullopt;
 }
@@ -106,7 +114,7 @@ Pair start_pair(Mode mode, uint32_t commit_every_ms = 0) {
     baton::EngineConfig c;
     c.node_id = static_cast<uint16_t>(n);
     c.track_writes = mode != Mode::kUntracked;
-    if (mode == Mode::kCow || mode == Mode::kCowAtCommit)
+    if (mode == Mode::kCow || mode == Mode::kCowAtCommit || mode == Mode::kCowQuiescent)
       c.snapshot_mode = baton::EngineConfig::SnapshotMode::kCopyOnWrite;
     c.cow_protect_ahead = mode != Mode::kCowAtCommit;
     c.commit_every_ms = commit_every_ms;
@@ -150,11 +158,12 @@ struct EngineRun {
   /// the primary's worker and of the replica's.
   std::vector<double> primary_cpu_us, replica_cpu_us;
   uint64_t copied = 0, skipped = 0;
-  double protected_at_commit = 0, protected_ahead = 0;  ///< pages per measured commit (copy-on-write)
+  double protected_at_commit = 0, protected_ahead = 0, copied_at_commit = 0;  ///< pages per measured commit (copy-on-write)
 };
 
 EngineRun run_engine(Mode mode, uint64_t size, double dirty, int commits) {
   Pair p = start_pair(mode);
+  const baton::CommitOptions options{.quiescent = mode == Mode::kCowQuiescent};
   EngineRun r;
   auto seg = p.a->create("snap", size);
   if (!seg) std::fprintf(stderr, "baton-snapshot: %s\n", seg.error().to_string().c_str()), std::exit(1);
@@ -168,7 +177,7 @@ EngineRun run_engine(Mode mode, uint64_t size, double dirty, int commits) {
   // fill above) the tracker rests for a few commits (EngineConfig::track_writes).
   for (int c = 0; c < 10; ++c) {
     for (uint64_t off : pick_pages(size, dirty, rng)) mem[off + 8] = std::byte{1};
-    g = p.a->commit(*seg);
+    g = p.a->commit(*seg, options);
     if (!g || !p.a->wait_replicated(*seg, *g, 1, std::chrono::seconds(60)))
       std::fprintf(stderr, "baton-snapshot: warm-up commit failed\n"), std::exit(1);
   }
@@ -180,7 +189,7 @@ EngineRun run_engine(Mode mode, uint64_t size, double dirty, int commits) {
     for (uint64_t off : pages) mem[off + 8] = std::byte(static_cast<uint8_t>(c + 1));
     const std::vector<uint64_t> cpu0 = thread_cpu_ns("baton-worker");
     const uint64_t t1 = now_ns();
-    g = p.a->commit(*seg);
+    g = p.a->commit(*seg, options);
     const uint64_t t2 = now_ns();
     if (!g || !p.a->wait_replicated(*seg, *g, 1, std::chrono::seconds(60)))
       std::fprintf(stderr, "baton-snapshot: commit failed\n"), std::exit(1);
@@ -199,6 +208,7 @@ EngineRun run_engine(Mode mode, uint64_t size, double dirty, int commits) {
   if (const auto cow_after = p.a->status(*seg); cow_before && cow_after) {
     r.protected_at_commit = double(cow_after->cow_protected_at_commit - cow_before->cow_protected_at_commit) / commits;
     r.protected_ahead = double(cow_after->cow_protected_ahead - cow_before->cow_protected_ahead) / commits;
+    r.copied_at_commit = double(cow_after->cow_copied_at_commit - cow_before->cow_copied_at_commit) / commits;
   }
   r.copied = after.snapshot_chunks_copied - before.snapshot_chunks_copied;
   r.skipped = after.snapshot_chunks_skipped - before.snapshot_chunks_skipped;
@@ -265,7 +275,7 @@ int main(int argc, char** argv) {
   double dirty = 1;
   int commits = 20;
   uint32_t periodic_ms = 0;
-  std::vector<Mode> modes = {Mode::kUntracked, Mode::kTracked, Mode::kCow, Mode::kCowAtCommit};
+  std::vector<Mode> modes = {Mode::kUntracked, Mode::kTracked, Mode::kCow, Mode::kCowAtCommit, Mode::kCowQuiescent};
   for (int i = 1; i < argc; i += 2) {
     const std::string a = argv[i];
     if (a == "--contiguous") {
@@ -294,7 +304,7 @@ int main(int argc, char** argv) {
       for (std::string t; std::getline(ss, t, ',');) {
         const auto m = mode_named(t);
         if (!m) {
-          std::fprintf(stderr, "baton-snapshot: no mode %s (untracked, tracked, cow, cow_at_commit)\n", t.c_str());
+          std::fprintf(stderr, "baton-snapshot: no mode %s (untracked, tracked, cow, cow_at_commit, cow_quiescent)\n", t.c_str());
           return 2;
         }
         modes.push_back(*m);
@@ -302,7 +312,7 @@ int main(int argc, char** argv) {
     } else {
       std::fprintf(stderr,
                    "usage: baton-snapshot [--sizes-mib 64,256,1024] [--dirty PCT] [--commits N] [--contiguous]"
-                   " [--chunk-kib K] [--window CHUNKS] [--modes untracked,tracked,cow,cow_at_commit] [--periodic-ms MS]\n");
+                   " [--chunk-kib K] [--window CHUNKS] [--modes untracked,tracked,cow,cow_at_commit,cow_quiescent] [--periodic-ms MS]\n");
       return 2;
     }
   }
@@ -360,9 +370,10 @@ int main(int argc, char** argv) {
         field("tracked_chunks_copied", static_cast<double>(r.copied));
         field("tracked_chunks_skipped", static_cast<double>(r.skipped));
       }
-      if (mode == Mode::kCow || mode == Mode::kCowAtCommit) {
+      if (mode == Mode::kCow || mode == Mode::kCowAtCommit || mode == Mode::kCowQuiescent) {
         field(key("pages_protected_ahead").c_str(), r.protected_ahead, "%.1f");
         field(key("pages_protected_at_commit").c_str(), r.protected_at_commit, "%.1f");
+        field(key("pages_copied_at_commit").c_str(), r.copied_at_commit, "%.1f");
       }
     }
     std::printf("%s}\n", line.c_str());

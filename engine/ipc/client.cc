@@ -264,7 +264,8 @@ Result<ClientSegment*> Client::open(Op op, std::string_view name, uint64_t size)
     } else if (!why.empty()) {
       share->header().declined.store(1, std::memory_order_relaxed);  // batond's status says so
     } else {
-      auto cow = CopyOnWrite::attach_client(s->data, s->mapped, std::move(*share), rep->protect_ahead == 1);
+      auto cow = CopyOnWrite::attach_client(s->data, s->mapped, std::move(*share),
+                                            rep->protect_ahead == 1 || quiescent_commits_promised());
       if (cow) s->cow = std::move(*cow);
       else why = cow.error().message;
     }
@@ -305,6 +306,11 @@ Result<ClientSegment*> Client::open(Op op, std::string_view name, uint64_t size)
 bool post_commits_allowed() {
   const char* v = std::getenv("BATON_POST_COMMITS");
   return v == nullptr || std::strcmp(v, "0") != 0;
+}
+
+bool quiescent_commits_promised() {
+  const char* v = std::getenv("BATON_QUIESCENT_COMMITS");
+  return v != nullptr && std::strcmp(v, "1") == 0;
 }
 
 bool track_writes_allowed() {
@@ -586,7 +592,7 @@ Result<void> Client::drain_posts(ClientSegment& s, uint64_t timeout_ns) {
 
 Result<uint64_t> Client::commit(ClientSegment* s, std::span<const std::pair<uint64_t, uint64_t>> written) {
   std::lock_guard lock(s->commit_mu);
-  auto g = commit_locked(s, written);
+  auto g = commit_locked(s, written, quiescent_commits_promised());
   // A commit of the application's restarts the period.
   if (s->commit_every_ms != 0) s->next_periodic_ns = now_ns() + uint64_t{s->commit_every_ms} * 1'000'000;
   return g;
@@ -614,7 +620,7 @@ void Client::run_periodic() {
         }
         s->next_periodic_ns = now + uint64_t{s->commit_every_ms} * 1'000'000;
         if (s->cow->any_written()) {
-          auto g = commit_locked(s.get(), {});
+          auto g = commit_locked(s.get(), {}, false);  // other threads write on meanwhile
           if (!g && (g.error().code == Errc::kFenced || daemon_gone(fd_))) {
             // Not the owner any more, or batond went away (this connection
             // is over: the application connects again): no commit of it can
@@ -640,7 +646,8 @@ void Client::run_periodic() {
   }
 }
 
-Result<uint64_t> Client::commit_locked(ClientSegment* s, std::span<const std::pair<uint64_t, uint64_t>> written) {
+Result<uint64_t> Client::commit_locked(ClientSegment* s, std::span<const std::pair<uint64_t, uint64_t>> written,
+                                      bool quiescent) {
   CommitChannel& ch = *s->channel;
   if (s->cow != nullptr && s->fenced)
     return fail(Errc::kFenced, kFencedText, " (a commit was refused)");
@@ -654,7 +661,11 @@ Result<uint64_t> Client::commit_locked(ClientSegment* s, std::span<const std::pa
     {
       CopyOnWrite::Freeze freeze(*s->cow);
       freeze.take_written(start_ranges(*s, written));
-      auto protect = freeze.protect();
+      // Quiescent: the pages left to the commit are copied aside below, once
+      // batond has marked them pending, instead of protected here.
+      const bool copy_left = quiescent && freeze.copy_left_pays();
+      Result<void> protect;
+      if (!copy_left) protect = freeze.protect();
       if (!protect)
         BT_WARN("segment handle %u: copy-on-write stops, commits copy it: %s", s->handle,
                 protect.error().message.c_str());
@@ -662,6 +673,9 @@ Result<uint64_t> Client::commit_locked(ClientSegment* s, std::span<const std::pa
       put_written(*s, !frozen);  // a failed protect: batond copies everything
       ch.frozen.store(frozen ? 1 : 0, std::memory_order_relaxed);
       g = post(*s, commit_timeout_ns_, fd_, interrupted_, daemon_pid_);
+      // Even after a failure: batond may have pended them (a refusal after
+      // it took the commit); a page it did not pend is not copied.
+      if (copy_left) freeze.copy_left();
       if (!g) freeze.untake();  // its pages may not have been applied: all again next time
       if (!g && g.error().code == Errc::kFenced) s->fenced = true;  // every later commit is refused too
     }

@@ -77,6 +77,15 @@ bool track_writes_allowed();
 /// next call, when batond refuses it).
 bool post_commits_allowed();
 
+/// True when BATON_QUIESCENT_COMMITS=1 is in the environment: the
+/// application commits only while nothing but the committing thread writes
+/// its segments (CommitOptions::quiescent). A copy-on-write segment's
+/// commits then copy the few pages not protected again yet instead of
+/// protecting them, and this process protects written pages ahead of the
+/// commits whatever batond's protect_ahead says. Periodic commits are
+/// never quiescent.
+bool quiescent_commits_promised();
+
 /// Thread: any of the application's, at once (the C API promises it):
 /// requests on the socket go one at a time (`call_mu_`: a long wait holds
 /// back the other requests on this connection, not commits), a segment's
@@ -141,7 +150,8 @@ class Client {
   /// (BATON_STATUS_TIMEOUT_MS; 10 s), connect()'s greeting included.
   uint64_t text_patience_ns_ = 10'000'000'000;
   Result<std::string> text_request(Op op);
-  Result<uint64_t> commit_locked(ClientSegment* s, std::span<const std::pair<uint64_t, uint64_t>> written);
+  Result<uint64_t> commit_locked(ClientSegment* s, std::span<const std::pair<uint64_t, uint64_t>> written,
+                                 bool quiescent);
   /// Waits until batond has taken every commit `s` posted, then reports
   /// the first refusal it has not reported yet (and counts from batond's
   /// generation again). commit_mu.

@@ -168,6 +168,7 @@ nlohmann::json Server::status_json(size_t limit) const {
       seg["cow_protected_ahead"] = st->cow_protected_ahead;
       seg["cow_protected_at_commit"] = st->cow_protected_at_commit;
       seg["cow_lifted_whole"] = st->cow_lifted_whole;
+      seg["cow_copied_at_commit"] = st->cow_copied_at_commit;
     }
     seg["replicas"] = json::array();
     for (auto& [node, gen] : st->replicas)

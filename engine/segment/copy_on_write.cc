@@ -115,15 +115,17 @@ struct CopyOnWrite::Handler {
     // bursts: no wake-up per kAheadAfter faults), then sleeps until a
     // handler wakes it. Awake, it takes every page, however few.
     constexpr uint32_t kLingerRounds = 20;
+    constexpr uint32_t kFirstNapMs = 2, kMaxNapMs = 128;
     const pid_t self = getpid();
     uint32_t idle = kLingerRounds;
+    uint32_t nap_ms = kFirstNapMs;
     for (;;) {
       const uint32_t seen = wake_word.load();
       bool worked = false;
       each_region(self, [&](CopyOnWrite& c) {
         if (c.seen_any_ || c.backlog_.load(std::memory_order_relaxed) != 0) worked |= c.protect_ahead();
       });
-      if (worked) idle = 0;
+      if (worked) idle = 0, nap_ms = kFirstNapMs;
       if (worked || ++idle < kLingerRounds) {
         timespec nap{0, 50'000};
         nanosleep(&nap, nullptr);
@@ -134,9 +136,17 @@ struct CopyOnWrite::Handler {
       // wake us: look once more (Dekker, sequentially consistent).
       bool backlog = false;
       each_region(self, [&](CopyOnWrite& c) { backlog |= c.backlog_.load() >= kAheadAfter; });
-      if (!backlog) syscall(SYS_futex, &wake_word, FUTEX_WAIT_PRIVATE, seen, nullptr, nullptr, 0);
+      // Asleep at most `nap`: a quiescent commit leaves pages writable
+      // without waking us (copy_left), and they are to be protected even
+      // if no write faults after it. 2 ms, doubling while there is nothing
+      // to do, up to 128 ms (a look costs a pass over the backlogs).
+      if (!backlog) {
+        const timespec timeout{static_cast<time_t>(nap_ms / 1000), static_cast<long>(nap_ms % 1000) * 1'000'000};
+        syscall(SYS_futex, &wake_word, FUTEX_WAIT_PRIVATE, seen, &timeout, nullptr, 0);
+      }
       sleeping.store(0);
       idle = kLingerRounds;  // lingers only once it finds work
+      nap_ms = std::min<uint32_t>(nap_ms * 2, kMaxNapMs);
     }
   }
 
@@ -371,6 +381,7 @@ Result<std::unique_ptr<CopyOnWrite>> CopyOnWrite::make(Role role, std::byte* bas
     c->protected_ahead_ = &share->header().protected_ahead;
     c->protected_at_commit_ = &share->header().protected_at_commit;
     c->lifted_whole_ = &share->header().lifted_whole;
+    c->copied_at_commit_ = &share->header().copied_at_commit;
     if (role == Role::kClient) c->aside_.store(share->aside());
     c->share_ = std::move(share);
   } else {
@@ -826,6 +837,7 @@ void CopyOnWrite::take_runs() {
   take_bit_runs(unprotected_.get(), words, kPage, protect_runs_);
   protect_pages_ = 0;
   for (const auto& run : protect_runs_) protect_pages_ += run.second / kPage;
+  left_runs_ = protect_runs_;  // (capacity kept: no allocation once it has seen its largest commit)
   // Each call of UFFDIO_WRITEPROTECT costs a walk and a TLB flush: 1.6
   // us alone here, ~17 us inside an engine whose other threads run on the
   // other vCPU (the flush waits for its IPI). Pages written at random
@@ -850,7 +862,10 @@ void CopyOnWrite::take_runs() {
   backlog_.store(0, std::memory_order_relaxed);
   uint64_t written_pages = 0;
   for (const auto& run : runs_) written_pages += run.second / kPage;
-  decide_dense(written_pages);
+  // The pages a quiescent commit left writable count as written whether or
+  // not anything wrote them: not the writer's faults.
+  decide_dense(written_pages - std::min(written_pages, std::exchange(left_pages_, 0)));
+  took_wholesale_ = wholesale_.load(std::memory_order_relaxed);
   wholesale_.store(false, std::memory_order_relaxed);
 }
 
@@ -867,13 +882,63 @@ Result<void> CopyOnWrite::release_all() {
 CopyOnWrite::Freeze::Freeze(CopyOnWrite& cow) : cow_(cow) { cow_.lock_writer(); }
 CopyOnWrite::Freeze::~Freeze() { cow_.unlock_writer(); }
 
+namespace {
+/// A moving average of a cost per page, in ns: `avg` takes a quarter of
+/// each new sample (the first sample whole).
+void note_cost(uint64_t& avg, uint64_t ns, uint64_t pages) noexcept {
+  if (pages == 0) return;
+  const uint64_t sample = std::max<uint64_t>(1, ns / pages);
+  avg = avg == 0 ? sample : (avg * 3 + sample) / 4;
+}
+}  // namespace
+
 Result<void> CopyOnWrite::Freeze::protect() {
+  const uint64_t t0 = monotonic_ns();
   for (const auto& [off, len] : cow_.protect_runs_)
     if (!cow_.protect_range(off, len, true)) return fail(Errc::kIo, errno_text("UFFDIO_WRITEPROTECT"));
   cow_.protected_at_commit_->fetch_add(cow_.protect_pages_, std::memory_order_relaxed);
+  note_cost(cow_.protect_ns_per_page_, monotonic_ns() - t0, cow_.protect_pages_);
   return {};
 }
 
 uint32_t CopyOnWrite::Freeze::to_protect() const noexcept { return static_cast<uint32_t>(cow_.protect_pages_); }
+
+bool CopyOnWrite::Freeze::copy_left_pays() noexcept {
+  if (!cow_.ahead_on_ || cow_.took_wholesale_ || cow_.role_ == Role::kSettler || cow_.protect_pages_ == 0 ||
+      cow_.protect_pages_ > kCopyLeftMax)
+    return false;
+  if (cow_.protect_ns_per_page_ == 0) return false;  // learn what a protection costs first
+  if (cow_.copy_ns_per_page_ == 0) return true;      // then a copy
+  const bool cheaper = cow_.copy_ns_per_page_ < cow_.protect_ns_per_page_;
+  return ++cow_.quiescent_freezes_ % kRetryEvery == 0 ? !cheaper : cheaper;
+}
+
+void CopyOnWrite::Freeze::copy_left() noexcept {
+  // Under the gate: no handler and no protector is in, and the caller
+  // promised no other write. Each page goes into the snapshot as it is
+  // (claim: kLocal into the stage, kClient aside for batond; a page batond
+  // settled already is not pending, and its copy stands), then counts as
+  // written and writable again, for the next freeze and the protector.
+  const uint64_t t0 = monotonic_ns();
+  uint64_t left = 0, copied = 0;
+  for (const auto& [off, len] : cow_.left_runs_) {
+    for (uint64_t at = off; at < off + len; at += kPage) {
+      const auto page = static_cast<uint32_t>(at / kPage);
+      copied += cow_.claim(page) ? 1 : 0;
+      const uint64_t bit = uint64_t{1} << (page % 64);
+      cow_.written_[page / 64].fetch_or(bit, std::memory_order_relaxed);
+      cow_.unprotected_[page / 64].fetch_or(bit, std::memory_order_relaxed);
+      ++left;
+    }
+  }
+  cow_.copied_at_commit_->fetch_add(copied, std::memory_order_relaxed);
+  note_cost(cow_.copy_ns_per_page_, monotonic_ns() - t0, copied);
+  cow_.left_pages_ = left;
+  // The protector visits a region with a backlog: it protects these pages
+  // (but hot ones) on its next passes, once awake. Not woken from here:
+  // a wake-up would cost the commit what it saved (the next fault's nudge
+  // does it, or its own rounds).
+  cow_.backlog_.fetch_add(static_cast<uint32_t>(left), std::memory_order_relaxed);
+}
 
 }  // namespace baton

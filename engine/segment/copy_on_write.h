@@ -32,6 +32,19 @@
 // core; where page-table changes are slow, the writes lose more than the
 // pause gains (docs/performance.md), hence off by default.
 //
+// Quiescent commits. What the protector has not reached by the commit,
+// the commit protects, at the host's price per page. A commit that comes
+// when nothing but its own thread writes the memory (an application
+// checkpointing from its only writer, as Redis forks from its only
+// thread) copies those pages into the snapshot instead (copy_left) and
+// leaves them writable, counted as written for the next freeze; the
+// protector protects them after the commit, and a hot page it leaves to
+// the commits is copied at each one and never faults. It does so where
+// copies have cost less per page than protections in the region's recent
+// commits (copy_left_pays): much less under shadow paging, about the same
+// on hardware paging. A periodic commit is never quiescent: other writes
+// run during it.
+//
 // Three roles (Role):
 //  - kLocal (embedded mode): one process writes, protects and settles; a
 //    page copied aside goes straight into the stage.
@@ -115,6 +128,7 @@ class CowShare {
     std::atomic<uint64_t> protected_ahead;
     std::atomic<uint64_t> protected_at_commit;
     std::atomic<uint64_t> lifted_whole;
+    std::atomic<uint64_t> copied_at_commit;
     /// The client library did not take copy-on-write (BATON_TRACK_WRITES=0,
     /// or this kernel cannot): its commits copy. Shown in batond's status.
     std::atomic<uint32_t> declined;
@@ -173,6 +187,10 @@ class CopyOnWrite {
   /// counted cycle finds it so again.
   static constexpr uint32_t kDenseFreezes = 8;
   static constexpr uint32_t kDenseMaxFreezes = 64;
+  /// copy_left() copies at most this many pages (4 MiB); beyond, the
+  /// commit protects.
+  static constexpr uint32_t kCopyLeftMax = 1024;
+  static constexpr uint32_t kRetryEvery = 16;
 
   /// Why this kernel or process cannot (userfaultfd with SIGBUS and
   /// write-protect of shared memory, Linux 5.19; "" when it can): probed
@@ -240,6 +258,31 @@ class CopyOnWrite {
     /// Write-protects the pages take_written() reported. Errors: kIo (the
     /// snapshot cannot be trusted; the caller stops copy-on-write).
     Result<void> protect();
+    /// For a quiescent commit: whether copy_left() is to stand in for
+    /// protect(). Only with the protector on (it protects the pages left
+    /// writable, after the commit, within its next nap at most), at most
+    /// kCopyLeftMax pages to protect, not the whole region at once (the
+    /// first freeze, or after a release or a dense writer's lift:
+    /// protected in long runs, cheaper per page than copies, and the writes
+    /// would otherwise never fault again), and where a copy has cost less
+    /// per page than a protection in this region's recent commits (a
+    /// protection costs 1.3 us on some hosts, 12-20 us under shadow
+    /// paging; a copy 0.5-1 us, more where the aside buffer's page is new):
+    /// the first such commit protects, the next copies, and then every
+    /// kRetryEvery-th tries the dearer one again.
+    bool copy_left_pays() noexcept;
+    /// A quiescent commit (nothing but the committing thread writes the
+    /// memory until the Freeze ends: CommitOptions::quiescent): copies the
+    /// pages protect() would protect into the snapshot now, instead of
+    /// protecting them, and leaves them writable, counted as written for
+    /// the next freeze. They must be pending first (kLocal: after pend();
+    /// kClient: after batond's pend, so a page batond settled meanwhile
+    /// is left to its copy). A copy costs well under a microsecond a page;
+    /// a protection 1-3 us on hardware paging, 12-40 us under shadow
+    /// paging (docs/performance.md). A write from another thread during
+    /// the copies could land in the snapshot after a later write that
+    /// does not: hence the caller's promise.
+    void copy_left() noexcept;
     /// The commit did not happen after all: every page counts as written
     /// again (the next freeze takes them all).
     void untake() noexcept { cow_.mark_all_written(); }
@@ -316,6 +359,8 @@ class CopyOnWrite {
   /// pages the commits protected themselves. Thread: any.
   uint64_t protected_ahead() const noexcept { return protected_ahead_->load(std::memory_order_relaxed); }
   uint64_t protected_at_commit() const noexcept { return protected_at_commit_->load(std::memory_order_relaxed); }
+  /// Pages quiescent commits copied instead of protecting (copy_left).
+  uint64_t copied_at_commit() const noexcept { return copied_at_commit_->load(std::memory_order_relaxed); }
   /// Times a dense region's protection was lifted whole (above), and
   /// whether the freezes treat it as dense now. Thread: any (dense():
   /// the committer).
@@ -448,17 +493,36 @@ class CopyOnWrite {
   std::vector<std::pair<uint64_t, uint64_t>> runs_;
   std::vector<std::pair<uint64_t, uint64_t>> protect_runs_;
   uint64_t protect_pages_ = 0;
+  /// The writable pages among those taken, before the joining: what
+  /// copy_left() copies; and how many pages the last copy_left() left
+  /// writable and counted as written, which the next freeze does not count
+  /// as the writer's when it decides whether the region is dense
+  /// (committer only).
+  std::vector<std::pair<uint64_t, uint64_t>> left_runs_;
+  uint64_t left_pages_ = 0;
+  /// The last take found the region wholesale (every page writable: the
+  /// first freeze, or after a release or a dense lift): its protection is
+  /// one long run per MiB, not copies (committer only).
+  bool took_wholesale_ = false;
+  /// What protecting and copying a page left to the commit has cost here
+  /// (moving averages, ns; 0: not measured yet), and the quiescent commits
+  /// asked so far (committer only).
+  uint64_t protect_ns_per_page_ = 0;
+  uint64_t copy_ns_per_page_ = 0;
+  uint32_t quiescent_freezes_ = 0;
 
   std::atomic<uint64_t> own_faults_{0};
   std::atomic<uint64_t> own_copied_aside_{0};
   std::atomic<uint64_t> own_protected_ahead_{0};
   std::atomic<uint64_t> own_protected_at_commit_{0};
   std::atomic<uint64_t> own_lifted_whole_{0};
+  std::atomic<uint64_t> own_copied_at_commit_{0};
   std::atomic<uint64_t>* faults_ = &own_faults_;
   std::atomic<uint64_t>* copied_aside_ = &own_copied_aside_;
   std::atomic<uint64_t>* protected_ahead_ = &own_protected_ahead_;
   std::atomic<uint64_t>* protected_at_commit_ = &own_protected_at_commit_;
   std::atomic<uint64_t>* lifted_whole_ = &own_lifted_whole_;
+  std::atomic<uint64_t>* copied_at_commit_ = &own_copied_at_commit_;
 };
 
 }  // namespace baton

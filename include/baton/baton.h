@@ -64,12 +64,20 @@ typedef struct baton_config {
                                   with EFAULT. BATON_COW_PROTECT_AHEAD (2): the same, and a thread of
                                   the process protects written pages again between commits, so a
                                   commit's pause stays short however much was written (the writes
-                                  pay for it). 0: the stage copy (default); other values: BATON_EINVAL.
-                                  (Daemon mode: batond's [snapshots] section decides.) */
+                                  pay for it). BATON_COW_QUIESCENT (3): the same, and the application
+                                  promises that nothing but the committing thread writes a segment
+                                  during its baton_commit: the commit copies the few pages not
+                                  protected again yet instead of protecting them, so its pause is a
+                                  few page copies (a write by another thread during the call can leave
+                                  a snapshot that is no point in the run). 0: the stage copy (default);
+                                  other values: BATON_EINVAL. (Daemon mode: batond's [snapshots]
+                                  section decides the mode; BATON_QUIESCENT_COMMITS=1 in the
+                                  application's environment makes the promise.) */
 } baton_config_t;
 
 #define BATON_COW 1
 #define BATON_COW_PROTECT_AHEAD 2
+#define BATON_COW_QUIESCENT 3
 
 /* Fills *config with defaults. */
 void baton_config_init(baton_config_t* config);

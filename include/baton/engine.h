@@ -312,6 +312,17 @@ struct CommitOptions {
   /// CommitLog). Null: the segment's memory. Not with copy-on-write
   /// (kInvalidArgument).
   const std::byte* source = nullptr;
+  /// The caller promises that nothing but its own thread writes the
+  /// segment until the call returns (an application that commits from its
+  /// only writer, or with its other writers stopped: as the stage copy
+  /// needs anyway). A copy-on-write segment with cow_protect_ahead then
+  /// copies the few written pages the protector has not protected again
+  /// into the snapshot, instead of protecting them: the pause is a few
+  /// page copies, whatever a page-table change costs on the host
+  /// (copy_on_write.h, "Quiescent commits"). A write by another thread
+  /// during such a call can leave a snapshot that is no point in the
+  /// application's run. Periodic commits are never quiescent.
+  bool quiescent = false;
   /// Nonzero: the commit must become exactly this generation (the client
   /// library numbered a posted commit itself), else it fails with
   /// kInvalidArgument and takes nothing.
@@ -360,6 +371,7 @@ struct SegmentStatus {
   uint64_t cow_protected_ahead = 0;
   uint64_t cow_protected_at_commit = 0;
   uint64_t cow_lifted_whole = 0;
+  uint64_t cow_copied_at_commit = 0;  ///< written pages quiescent commits copied instead (CommitOptions::quiescent)
   std::vector<uint16_t> standbys;  ///< its hot standby nodes (EngineConfig::standbys)
 };
 

@@ -475,8 +475,12 @@ TEST(Daemon, WriteTrackingCanBeTurnedOff) {
 // with pages still pending in batond), and the next session must restore
 // exactly the last generation a commit returned (or the one in flight).
 // `protect_ahead`: the library's protector races the writer and the
-// commits too ([snapshots] protect_ahead).
-void copy_on_write_sessions(bool protect_ahead) {
+// commits too ([snapshots] protect_ahead). `quiescent`: the application
+// promises its commits come while nothing else writes (its writer is
+// paused: BATON_QUIESCENT_COMMITS=1), so the library copies the pages its
+// protector had not reached aside instead of protecting them, and leaves
+// them writable: the writer's next writes to them fault nowhere.
+void copy_on_write_sessions(bool protect_ahead, bool quiescent = false) {
   TempDir dir;
   Batond d(1, dir.path, "",
            std::string("[snapshots]\nmode = \"copy-on-write\"\nprotect_ahead = ") + (protect_ahead ? "true" : "false") +
@@ -506,6 +510,7 @@ void copy_on_write_sessions(bool protect_ahead) {
       baton_t* b = nullptr;
       baton_segment_t* s = nullptr;
       uint64_t gen = 0;
+      if (quiescent) setenv("BATON_QUIESCENT_COMMITS", "1", 1);
       if (baton_connect(d.socket().c_str(), &b) != 0) _exit(1);
       // The previous session's holder goes once batond sees it dead.
       if (baton::test::open_when_free(b, "cow", kSize, &s, nullptr, &gen) != 0) _exit(2);
@@ -587,14 +592,24 @@ void copy_on_write_sessions(bool protect_ahead) {
     const auto at_ahead = out.find(ahead);
     ASSERT_NE(at_ahead, std::string::npos) << out;
     const uint64_t pages = std::strtoull(out.c_str() + at_ahead + ahead.size(), nullptr, 10);
-    if (protect_ahead) EXPECT_GT(pages, 0u) << "the library protected nothing ahead";
+    if (protect_ahead || quiescent) EXPECT_GT(pages, 0u) << "the library protected nothing ahead";
     else EXPECT_EQ(pages, 0u);
+    const std::string copied = "\"cow_copied_at_commit\":";
+    const auto at_copied = out.find(copied);
+    ASSERT_NE(at_copied, std::string::npos) << out;
+    const uint64_t copied_pages = std::strtoull(out.c_str() + at_copied + copied.size(), nullptr, 10);
+    if (quiescent) EXPECT_GT(copied_pages, 0u) << "no commit copied the pages left to it";
+    else EXPECT_EQ(copied_pages, 0u);
   }
 }
 
 TEST(Daemon, CopyOnWriteCommitsAreExactWhileTheApplicationWrites) { copy_on_write_sessions(false); }
 
 TEST(Daemon, CopyOnWriteCommitsAreExactWhileTheLibraryProtectsAhead) { copy_on_write_sessions(true); }
+
+TEST(Daemon, QuiescentCopyOnWriteCommitsAreExactWithThePagesLeftToThemCopied) {
+  copy_on_write_sessions(false, true);  // the promise turns the library's protector on by itself
+}
 
 // Periodic commits in daemon mode (S5): batond gives the segment a period
 // and the client library commits it by itself while the application only

@@ -9,7 +9,7 @@
 int main(void) {
   baton_config_t config;
   baton_config_init(&config);
-  config.copy_on_write = 9; /* neither 0, BATON_COW nor BATON_COW_PROTECT_AHEAD */
+  config.copy_on_write = 9; /* none of 0, BATON_COW, BATON_COW_PROTECT_AHEAD, BATON_COW_QUIESCENT */
   baton_t* b = NULL;
   const int rc = baton_start(&config, NULL, 0, &b);
   if (rc != BATON_EINVAL || b != NULL) {

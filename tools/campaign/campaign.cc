@@ -31,7 +31,8 @@
 //
 //   baton-campaign [--cycles 30] [--transport memif|af_packet|shm|mixed] [--blades 4]
 //                  [--size BYTES] [--writes sparse|full] [--seed S] [--dir D]
-//                  [--standby BLADE] [--snapshots stage-copy|copy-on-write|copy-on-write-ahead] [--workers N]
+//                  [--standby BLADE] [--snapshots stage-copy|copy-on-write|copy-on-write-ahead|copy-on-write-quiescent]
+//                  [--workers N]
 //                  [--faults owner,application,replica,move,delete,stall,partition]
 //                  [--chunk-kib K | K1,K2,...] [--period-ms N]
 //
@@ -43,7 +44,10 @@
 // each commit and goes on writing while its blade settles the snapshot, so
 // kills land with pages pending and copied aside. copy-on-write-ahead:
 // the same, with the library's protector protecting written pages again
-// between commits ([snapshots] protect_ahead).
+// between commits ([snapshots] protect_ahead). copy-on-write-quiescent:
+// the writer (one thread: it writes, then commits) makes the quiescent
+// promise (BATON_QUIESCENT_COMMITS=1), so its library protects ahead and
+// its commits copy the pages left to them and leave them writable.
 //
 // --workers N: every blade's engine runs N per-core shards (issue #11), a
 // queue pair of every memif link (a region per shm link) each; the
@@ -160,6 +164,8 @@ bool holds(const void* p, uint64_t size, uint64_t gen) {
 // --period-ms: step j's word i is (j << 32 | tag(i)), stored in order of i,
 // so any point of the writer's run can be told from the memory.
 bool g_periodic = false;
+/// --snapshots copy-on-write-quiescent: the writer promises quiescent commits.
+bool g_quiescent = false;
 uint64_t tag(uint64_t i) { return ((i + 1) * 0xBF58476D1CE4E5B9ull) >> 32; }
 bool in_step(uint64_t step, uint64_t i) { return !g_sparse || stripe_of(i) == step % kStripes; }
 /// Step `step` (of the run), in order, a word at a time.
@@ -205,11 +211,11 @@ bool point_of_run(const void* p, uint64_t size, uint64_t* step, bool* complete) 
 /// read a peer's lent slot directly (shm links), loads that took the
 /// blade's own replica over in place (and of those, from a slot the
 /// replica kept close to the generation), and the times a dense
-/// writer's library lifted its protection whole (as its segments' shares
-/// count them now: a writer's next open starts a share of its own, so a
-/// lower bound).
+/// writer's library lifted its protection whole and the pages its
+/// quiescent commits copied (as its segments' shares count them now: a
+/// writer's next open starts a share of its own, so lower bounds).
 struct Counts {
-  uint64_t skipped = 0, cow = 0, posted = 0, direct = 0, in_place = 0, chained = 0, lifted = 0;
+  uint64_t skipped = 0, cow = 0, posted = 0, direct = 0, in_place = 0, chained = 0, lifted = 0, copied = 0;
   Counts& operator+=(const Counts& o) {
     skipped += o.skipped;
     cow += o.cow;
@@ -218,6 +224,7 @@ struct Counts {
     in_place += o.in_place;
     chained += o.chained;
     lifted += o.lifted;
+    copied += o.copied;
     return *this;
   }
 };
@@ -231,13 +238,16 @@ Counts blade_counts(const std::string& socket, Counts last) {
   auto j = nlohmann::json::parse(*text, nullptr, false);
   if (j.is_discarded() || !j.contains("clients")) return last;
   const auto& rep = j.contains("replication") ? j["replication"] : nlohmann::json::object();
-  uint64_t lifted = 0;
+  uint64_t lifted = 0, copied = 0;
   if (j.contains("segments") && j["segments"].is_array())
-    for (const auto& seg : j["segments"]) lifted += seg.value("cow_lifted_whole", uint64_t{0});
+    for (const auto& seg : j["segments"]) {
+      lifted += seg.value("cow_lifted_whole", uint64_t{0});
+      copied += seg.value("cow_copied_at_commit", uint64_t{0});
+    }
   return Counts{j["clients"].value("chunks_skipped", last.skipped), j["clients"].value("cow_snapshots", last.cow),
                 j["clients"].value("posted_commits", last.posted), rep.value("direct_reads", last.direct),
                 rep.value("replica_promotions", last.in_place), rep.value("replica_promotions_chained", last.chained),
-                std::max(lifted, last.lifted)};
+                std::max(lifted, last.lifted), std::max(copied, last.copied)};
 }
 
 /// Events on `socket` since `since_us` (unix microseconds) whose text
@@ -266,6 +276,7 @@ int count_events(const std::string& socket, uint64_t since_us, const std::string
   const auto deadline = Clock::now() + std::chrono::seconds(20);
   const auto t0 = Clock::now();
   int rc = -1;
+  if (g_quiescent) setenv("BATON_QUIESCENT_COMMITS", "1", 1);  // before the open: the library reads it there
   while (Clock::now() < deadline) {
     if (b == nullptr && baton_connect(socket.c_str(), &b) != 0) b = nullptr;
     if (b != nullptr && (rc = baton_open(b, name, size, &seg, &restored, &gen)) == 0) break;
@@ -393,13 +404,14 @@ int main(int argc, char** argv) {
       }
     }
     else if (a == "--snapshots" && (std::string(v) == "stage-copy" || std::string(v) == "copy-on-write" ||
-                                    std::string(v) == "copy-on-write-ahead"))
+                                    std::string(v) == "copy-on-write-ahead" || std::string(v) == "copy-on-write-quiescent"))
       snapshots = v;
     else if (a == "--writes" && (std::string(v) == "sparse" || std::string(v) == "full")) g_sparse = std::string(v) == "sparse";
     else {
       std::fprintf(stderr, "usage: baton-campaign [--cycles N] [--transport memif|af_packet|shm|mixed] [--blades N] "
                            "[--size BYTES] [--writes sparse|full] [--seed S] [--dir D] [--standby BLADE] "
-                           "[--snapshots stage-copy|copy-on-write|copy-on-write-ahead] [--workers N] [--memif-zero-copy yes|no] "
+                           "[--snapshots stage-copy|copy-on-write|copy-on-write-ahead|copy-on-write-quiescent] [--workers N] "
+                           "[--memif-zero-copy yes|no] "
                            "[--faults owner,application,replica,"
                            "move,delete,stall,partition] [--chunk-kib K[,K...]] [--period-ms N]\n");
       return 2;
@@ -417,6 +429,7 @@ int main(int argc, char** argv) {
     return 2;
   }
   g_periodic = period_ms != 0;
+  g_quiescent = snapshots == "copy-on-write-quiescent";
   // The kinds of fault, by number (the branches below). Partitions need
   // nftables on veths: af_packet chassis only. By default the other
   // transports draw from the first six, as before partitions were added,
@@ -447,7 +460,8 @@ int main(int argc, char** argv) {
   const char* name = "campaign";
   std::string extra;  // appended to every blade's config
   if (standby != 0) extra += "[[standby]]\nsegment = \"" + std::string(name) + "\"\nnodes = [" + std::to_string(standby) + "]\n";
-  if (snapshots == "copy-on-write") extra += "[snapshots]\nmode = \"copy-on-write\"\n";
+  if (snapshots == "copy-on-write" || snapshots == "copy-on-write-quiescent")
+    extra += "[snapshots]\nmode = \"copy-on-write\"\n";
   if (snapshots == "copy-on-write-ahead") extra += "[snapshots]\nmode = \"copy-on-write\"\nprotect_ahead = true\n";
   if (period_ms != 0) extra += "commit_every_ms = " + std::to_string(period_ms) + "\n";
   if (!extra.empty()) {
@@ -754,6 +768,14 @@ int main(int argc, char** argv) {
   if (snapshots != "stage-copy" && banked.cow == 0) {
     std::fprintf(stderr, "baton-campaign: no commit took its snapshot by copy-on-write\n");
     return 1;
+  }
+  if (g_quiescent) {
+    std::printf("campaign: the writers' quiescent commits copied at least %llu pages left to them\n",
+                static_cast<unsigned long long>(banked.copied));
+    if (banked.copied == 0) {
+      std::fprintf(stderr, "baton-campaign: no quiescent commit copied a page\n");
+      return 1;
+    }
   }
   return r.lost + r.torn + r.failed + r.resurrected + r.unfenced == 0 ? 0 : 1;
 }

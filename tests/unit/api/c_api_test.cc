@@ -180,19 +180,15 @@ TEST(CApiCopyOnWrite, CommitsAndWritesOn) {
   baton_stop(b);
 }
 
-// BATON_COW_PROTECT_AHEAD: the same commits, and the process gains the
-// thread that protects written pages again between them; any other value
-// past it is refused.
-TEST(CApiCopyOnWrite, ProtectAheadStartsTheProtectorAndOtherValuesAreRefused) {
+// BATON_COW_PROTECT_AHEAD and BATON_COW_QUIESCENT: the same commits, and
+// the process gains the thread that protects written pages again between
+// them; any other value past them is refused.
+void protector_started_by(uint32_t copy_on_write) {
   baton_config_t c;
   baton_config_init(&c);
   c.node_id = 9;
-  c.copy_on_write = BATON_COW_PROTECT_AHEAD + 1;
+  c.copy_on_write = copy_on_write;
   baton_t* b = nullptr;
-  EXPECT_EQ(baton_start(&c, nullptr, 0, &b), BATON_EINVAL);
-  EXPECT_NE(std::string(baton_last_error()).find("copy_on_write"), std::string::npos) << baton_last_error();
-  EXPECT_EQ(b, nullptr);
-  c.copy_on_write = BATON_COW_PROTECT_AHEAD;
   ASSERT_EQ(baton_start(&c, nullptr, 0, &b), 0) << baton_last_error();
   baton_segment_t* s = nullptr;
   ASSERT_EQ(baton_open(b, "cow-ahead", 1 << 20, &s, nullptr, nullptr), 0) << baton_last_error();
@@ -222,6 +218,19 @@ TEST(CApiCopyOnWrite, ProtectAheadStartsTheProtectorAndOtherValuesAreRefused) {
   EXPECT_TRUE(runs) << "no baton-protect thread: the switch did not reach the engine";
   EXPECT_EQ(baton_unregister(s), 0);
   baton_stop(b);
+}
+
+TEST(CApiCopyOnWrite, ProtectAheadAndQuiescentCommitsStartTheProtectorAndOtherValuesAreRefused) {
+  baton_config_t c;
+  baton_config_init(&c);
+  c.node_id = 9;
+  c.copy_on_write = BATON_COW_QUIESCENT + 1;
+  baton_t* b = nullptr;
+  EXPECT_EQ(baton_start(&c, nullptr, 0, &b), BATON_EINVAL);
+  EXPECT_NE(std::string(baton_last_error()).find("copy_on_write"), std::string::npos) << baton_last_error();
+  EXPECT_EQ(b, nullptr);
+  protector_started_by(BATON_COW_PROTECT_AHEAD);
+  protector_started_by(BATON_COW_QUIESCENT);
 }
 
 TEST(CApiStrings, StrerrorCoversEveryCode) {

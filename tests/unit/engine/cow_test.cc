@@ -467,7 +467,10 @@ __attribute__((no_sanitize("thread"))) void app_write_u64(std::byte* p, uint64_t
 // equal the memory at its commit. `dense`: it sweeps over the pages in
 // order and writes more than half of them per commit, so the client lifts
 // the protection whole once batond has settled (and the writes race that).
-void client_and_settler(bool protect_ahead, bool dense = false) {
+// `quiescent`: the commits come while the writer is paused, so the client
+// copies the pages its protector had not reached aside once batond has
+// marked them pending, and leaves them writable (copy_left).
+void client_and_settler(bool protect_ahead, bool dense = false, bool quiescent = false) {
   constexpr uint32_t kPages = 512;
   Mapping m(kPages * kPage);
   auto* batond_view = static_cast<std::byte*>(mmap(nullptr, m.len, PROT_READ | PROT_WRITE, MAP_SHARED, m.fd, 0));
@@ -502,8 +505,10 @@ void client_and_settler(bool protect_ahead, bool dense = false) {
       f.take_written([&](uint64_t off, uint64_t len) {
         stale.set_range(static_cast<uint32_t>(off / kPage), static_cast<uint32_t>((off + len) / kPage - 1));
       });
-      ASSERT_TRUE(test::ok(f.protect()));
+      const bool copy_left = quiescent && f.copy_left_pays();
+      if (!copy_left) ASSERT_TRUE(test::ok(f.protect()));
       settler->pend(stage.data(), stale);  // batond, before it answers the commit
+      if (copy_left) f.copy_left();
       std::memcpy(reference.data(), m.p, m.len);
     }
     gate.resume();
@@ -533,11 +538,18 @@ void client_and_settler(bool protect_ahead, bool dense = false) {
   if (protect_ahead && !dense) {
     EXPECT_GT(client->protected_ahead(), 0u);
   }
-  if (dense) {
+  if (dense && !quiescent) {  // (quiescent: its hot pages are copied at the commits, and fault no more)
     EXPECT_GT(client->lifted_whole(), 0u) << "a dense writer's protection was lifted whole";
     EXPECT_LT(client->faults(), writes.load() / 2) << "and most of its writes ran free";
   }
   EXPECT_EQ(settler->lifted_whole(), client->lifted_whole());
+  EXPECT_EQ(settler->copied_at_commit(), client->copied_at_commit());
+  if (quiescent && !dense) {
+    EXPECT_GT(client->copied_at_commit(), 0u) << "no commit copied the pages left to it";
+  }
+  if (!quiescent) {
+    EXPECT_EQ(client->copied_at_commit(), 0u);
+  }
   client.reset();
   munmap(batond_view, m.len);
 }
@@ -550,6 +562,12 @@ TEST(CopyOnWrite, ClientAndSettlerShareEachSnapshotExactly) {
 TEST(CopyOnWrite, ClientAndSettlerShareEachSnapshotExactlyWhileTheClientProtectsAhead) {
   SKIP_WITHOUT_COW();
   client_and_settler(true);
+}
+
+TEST(CopyOnWrite, ClientAndSettlerShareEachSnapshotExactlyWhenQuiescentCommitsCopyWhatIsLeft) {
+  SKIP_WITHOUT_COW();
+  client_and_settler(true, false, true);
+  client_and_settler(true, true, true);
 }
 
 TEST(CopyOnWrite, ClientAndSettlerShareEachSnapshotExactlyWhenTheClientLiftsADenseWriterWhole) {
@@ -781,8 +799,12 @@ EngineConfig cow_config(bool protect_ahead = false) {
 // protection ahead, the protector also races the writer and every commit.
 // `dense`: the writer sweeps over the pages in order, and each commit
 // waits until it wrote most of them, so the protection is lifted whole
-// once a snapshot has settled, in the middle of the writes.
-void hammer_generations(bool protect_ahead, bool dense = false) {
+// once a snapshot has settled, in the middle of the writes. `quiescent`:
+// the commits say the writer is paused (CommitOptions::quiescent), so the
+// pages the protector had not reached are copied by the commit and left
+// writable: the writes after it to them fault nowhere, and must still be
+// in the next generation.
+void hammer_generations(bool protect_ahead, bool dense = false, bool quiescent = false) {
   Cluster cl(2, cow_config(protect_ahead));
   constexpr uint64_t kSize = (4 << 20) + 1000;  // not a whole number of pages
   auto seg = test::must(cl.node(1).create("hammered", kSize));
@@ -818,7 +840,7 @@ void hammer_generations(bool protect_ahead, bool dense = false) {
     // waits for the reference copy).
     app_write(mem.data() + kSize - 8, 8, static_cast<uint8_t>(g));
     const auto want = std::vector<std::byte>(mem.begin(), mem.end());
-    const uint64_t gen = test::must(cl.node(1).commit(seg));
+    const uint64_t gen = test::must(cl.node(1).commit(seg, {.quiescent = quiescent}));
     app_write(mem.data() + kSize - 8, 8, static_cast<uint8_t>(g + 100));
     gate.resume();
     ASSERT_EQ(gen, static_cast<uint64_t>(g));
@@ -843,6 +865,11 @@ void hammer_generations(bool protect_ahead, bool dense = false) {
   if (dense) {
     EXPECT_GT(st.cow_lifted_whole, 0u) << "the dense writer's protection was lifted whole";
   }
+  if (quiescent && protect_ahead) {
+    EXPECT_GT(st.cow_copied_at_commit, 0u) << "no commit copied the pages left to it";
+  } else {
+    EXPECT_EQ(st.cow_copied_at_commit, 0u) << "only quiescent commits copy, and only with the protector";
+  }
   std::printf("%llu writes, %llu faults, %llu pages settled by the worker, %llu copied aside by the writer, "
               "%llu protected ahead, %llu by the commits, lifted whole %llu times\n",
               static_cast<unsigned long long>(writes.load()), static_cast<unsigned long long>(st.cow_faults),
@@ -861,6 +888,16 @@ TEST(CopyOnWrite, EveryGenerationIsTheMemoryAtItsCommitWhileAWriterHammers) {
 TEST(CopyOnWrite, EveryGenerationIsExactWhileTheProtectorRacesTheWriterAndTheCommits) {
   SKIP_WITHOUT_COW();
   hammer_generations(true);
+}
+
+TEST(CopyOnWrite, EveryGenerationIsExactWhenQuiescentCommitsCopyWhatTheProtectorLeft) {
+  SKIP_WITHOUT_COW();
+  hammer_generations(true, false, true);
+}
+
+TEST(CopyOnWrite, AQuiescentCommitWithoutTheProtectorProtects) {
+  SKIP_WITHOUT_COW();
+  hammer_generations(false, false, true);
 }
 
 TEST(CopyOnWrite, EveryGenerationIsExactWhileADenseWritersProtectionIsLiftedWhole) {
