@@ -824,6 +824,10 @@ void hammer_generations(bool protect_ahead, bool dense = false, bool quiescent =
       const auto b = static_cast<uint8_t>(rng());
       app_write(mem.data() + off, len, b);
       writes.fetch_add(1, std::memory_order_relaxed);
+      // Quiescent: a sparse writer, so that the commits find scattered
+      // pages left to them, not a dense region protected whole (a sanitizer
+      // build's few generations were all dense once, and copied nothing).
+      if (quiescent) std::this_thread::sleep_for(20us);
     }
   });
   const auto before = cl.node(1).stats();
