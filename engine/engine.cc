@@ -693,6 +693,7 @@ Result<SegmentStatus> Engine::status(Segment* segment) const {
       st.cow_protected_at_commit = seg->cow->protected_at_commit();
       st.cow_lifted_whole = seg->cow->lifted_whole();
       st.cow_copied_at_commit = seg->cow->copied_at_commit();
+      st.cow_settler_gave_up = seg->cow->settler_gave_up();
       if (seg->cow->declined()) st.copy_on_write = false;  // the application's library commits by copying
     }
     if (auto it = impl->standby_nodes.find(seg->id); it != impl->standby_nodes.end()) st.standbys = it->second;

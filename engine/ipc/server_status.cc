@@ -170,6 +170,8 @@ nlohmann::json Server::status_json(size_t limit) const {
       seg["cow_lifted_whole"] = st->cow_lifted_whole;
       seg["cow_copied_at_commit"] = st->cow_copied_at_commit;
     }
+    // batond's own count, shown whatever the client says of itself.
+    if (st->copy_on_write || st->cow_settler_gave_up != 0) seg["cow_settler_gave_up"] = st->cow_settler_gave_up;
     seg["replicas"] = json::array();
     for (auto& [node, gen] : st->replicas)
       seg["replicas"].push_back({{"node", node},

@@ -609,6 +609,7 @@ void CopyOnWrite::settle_shared(uint32_t page) noexcept {
         continue;
       }
       patience_ns_ = 0;  // no more waiting for this snapshot
+      gave_up_.fetch_add(1, std::memory_order_relaxed);
     }
     // Pending (or a handler that takes too long, or garbage).
     std::memcpy(stage + off, base_ + off, kPage);
@@ -624,6 +625,7 @@ void CopyOnWrite::settle_shared(uint32_t page) noexcept {
     // dropped the handler's good one; a kill campaign restored such a
     // generation once, session 48.)
     if (++failed_swaps >= 4) {
+      gave_up_.fetch_add(1, std::memory_order_relaxed);
       s.store(kIdle, std::memory_order_release);
       return;
     }

@@ -361,6 +361,13 @@ class CopyOnWrite {
   uint64_t protected_at_commit() const noexcept { return protected_at_commit_->load(std::memory_order_relaxed); }
   /// Pages quiescent commits copied instead of protecting (copy_left).
   uint64_t copied_at_commit() const noexcept { return copied_at_commit_->load(std::memory_order_relaxed); }
+  /// kSettler: times this settler stopped waiting for the client (its
+  /// patience for a snapshot spent on pages the client's handler held
+  /// "copying", or a page the client kept moving on while it was copied)
+  /// and took pages from the segment as they were: a client preempted in
+  /// its handler, dead, or hostile; only its own snapshots can suffer.
+  /// batond's own count, not the share's. Thread: any.
+  uint64_t settler_gave_up() const noexcept { return gave_up_.load(std::memory_order_relaxed); }
   /// Times a dense region's protection was lifted whole (above), and
   /// whether the freezes treat it as dense now. Thread: any (dense():
   /// the committer).
@@ -443,6 +450,7 @@ class CopyOnWrite {
   /// kSettler: what is left of kClientPatienceNs for this snapshot
   /// (poll-token holder).
   uint64_t patience_ns_ = kClientPatienceNs;
+  std::atomic<uint64_t> gave_up_{0};  ///< settler_gave_up(): the poll-token holder counts
   /// One bit per page whose protection a handler lifted since it was last
   /// protected: set by the handler after it lifted it (so the protector
   /// never sees the bit of a page still about to be lifted), cleared by

@@ -372,6 +372,11 @@ struct SegmentStatus {
   uint64_t cow_protected_at_commit = 0;
   uint64_t cow_lifted_whole = 0;
   uint64_t cow_copied_at_commit = 0;  ///< written pages quiescent commits copied instead (CommitOptions::quiescent)
+  /// Daemon mode: times batond stopped waiting for the application's
+  /// library (a page its fault handler held past the patience of a
+  /// snapshot, or kept moving) and took pages from the segment as they
+  /// were. Nonzero: a client preempted, killed or misbehaving mid-copy.
+  uint64_t cow_settler_gave_up = 0;
   std::vector<uint16_t> standbys;  ///< its hot standby nodes (EngineConfig::standbys)
 };
 

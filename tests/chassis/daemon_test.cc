@@ -600,6 +600,9 @@ void copy_on_write_sessions(bool protect_ahead, bool quiescent = false) {
     const uint64_t copied_pages = std::strtoull(out.c_str() + at_copied + copied.size(), nullptr, 10);
     if (quiescent) EXPECT_GT(copied_pages, 0u) << "no commit copied the pages left to it";
     else EXPECT_EQ(copied_pages, 0u);
+    // batond's own count of the waits it gave up (an honest, if descheduled,
+    // application: any number; shown beside the client's counts).
+    EXPECT_NE(out.find("\"cow_settler_gave_up\":"), std::string::npos) << out;
   }
 }
 

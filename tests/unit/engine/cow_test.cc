@@ -599,6 +599,7 @@ TEST(CopyOnWrite, ASettlerOutlastsAClientThatScribblesOnTheStates) {
   EXPECT_LT(took, 1s) << "waited more than its patience";
   EXPECT_EQ(std::memcmp(stage.data(), m.p, m.len), 0);
   for (uint32_t p = 0; p < kPages; ++p) EXPECT_FALSE(settler->pending(p));
+  EXPECT_EQ(settler->settler_gave_up(), 1u) << "its patience ran out once, for the whole snapshot";
 }
 
 // A settler out of patience copies a page from the segment itself while
@@ -661,6 +662,7 @@ TEST(CopyOnWrite, ASettlerOutOfPatienceTakesTheHandlersCopyWhenItsOwnIsTorn) {
   client.join();
   EXPECT_TRUE(stopped_in_copy.load()) << "the settler never copied the page from the segment";
   EXPECT_FALSE(settler->pending(kTorn));
+  EXPECT_EQ(settler->settler_gave_up(), 1u);
   const std::vector<std::byte> at_commit(kPage, std::byte{0xA5});
   EXPECT_EQ(std::memcmp(stage.data() + kTorn * kPage, at_commit.data(), kPage), 0)
       << "the stage holds the settler's torn copy (first byte " << static_cast<int>(stage[kTorn * kPage])
