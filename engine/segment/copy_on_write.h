@@ -190,6 +190,8 @@ class CopyOnWrite {
   /// copy_left() copies at most this many pages (4 MiB); beyond, the
   /// commit protects.
   static constexpr uint32_t kCopyLeftMax = 1024;
+  /// Every this many quiescent commits, the way that has cost more per
+  /// page is tried again (copy_left_pays): the host's prices change.
   static constexpr uint32_t kRetryEvery = 16;
 
   /// Why this kernel or process cannot (userfaultfd with SIGBUS and
@@ -277,11 +279,9 @@ class CopyOnWrite {
     /// protecting them, and leaves them writable, counted as written for
     /// the next freeze. They must be pending first (kLocal: after pend();
     /// kClient: after batond's pend, so a page batond settled meanwhile
-    /// is left to its copy). A copy costs well under a microsecond a page;
-    /// a protection 1-3 us on hardware paging, 12-40 us under shadow
-    /// paging (docs/performance.md). A write from another thread during
-    /// the copies could land in the snapshot after a later write that
-    /// does not: hence the caller's promise.
+    /// is left to its copy). A write from another thread during the
+    /// copies could land in the snapshot after a later write that does
+    /// not: hence the caller's promise.
     void copy_left() noexcept;
     /// The commit did not happen after all: every page counts as written
     /// again (the next freeze takes them all).
