@@ -391,7 +391,8 @@ int baton_commit_ranges(baton_segment_t* s, const baton_range_t* ranges, size_t 
     g = s->owner->client->commit(s->remote, written);
   }
 #ifndef BATON_CLIENT_ONLY
-  else g = s->owner->engine->commit(s->segment, baton::CommitOptions{.written = written, .quiescent = s->owner->quiescent});
+  else g = s->owner->engine->commit(s->segment,
+                                    baton::CommitOptions{.written = written, .quiescent = s->owner->quiescent});
 #endif
   if (!g) return set_error(g.error());
   if (generation != nullptr) *generation = *g;

@@ -158,7 +158,8 @@ struct EngineRun {
   /// the primary's worker and of the replica's.
   std::vector<double> primary_cpu_us, replica_cpu_us;
   uint64_t copied = 0, skipped = 0;
-  double protected_at_commit = 0, protected_ahead = 0, copied_at_commit = 0;  ///< pages per measured commit (copy-on-write)
+  /// Pages per measured commit (copy-on-write).
+  double protected_at_commit = 0, protected_ahead = 0, copied_at_commit = 0;
 };
 
 EngineRun run_engine(Mode mode, uint64_t size, double dirty, int commits) {
@@ -304,7 +305,8 @@ int main(int argc, char** argv) {
       for (std::string t; std::getline(ss, t, ',');) {
         const auto m = mode_named(t);
         if (!m) {
-          std::fprintf(stderr, "baton-snapshot: no mode %s (untracked, tracked, cow, cow_at_commit, cow_quiescent)\n", t.c_str());
+          std::fprintf(stderr, "baton-snapshot: no mode %s (untracked, tracked, cow, cow_at_commit, cow_quiescent)\n",
+                       t.c_str());
           return 2;
         }
         modes.push_back(*m);
@@ -312,7 +314,8 @@ int main(int argc, char** argv) {
     } else {
       std::fprintf(stderr,
                    "usage: baton-snapshot [--sizes-mib 64,256,1024] [--dirty PCT] [--commits N] [--contiguous]"
-                   " [--chunk-kib K] [--window CHUNKS] [--modes untracked,tracked,cow,cow_at_commit,cow_quiescent] [--periodic-ms MS]\n");
+                   " [--chunk-kib K] [--window CHUNKS] [--modes untracked,tracked,cow,cow_at_commit,cow_quiescent]"
+                   " [--periodic-ms MS]\n");
       return 2;
     }
   }

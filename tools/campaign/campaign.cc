@@ -403,14 +403,16 @@ int main(int argc, char** argv) {
         if (end == p && *p != '\0') break;  // not a number: chassis up refuses what came before
       }
     }
-    else if (a == "--snapshots" && (std::string(v) == "stage-copy" || std::string(v) == "copy-on-write" ||
-                                    std::string(v) == "copy-on-write-ahead" || std::string(v) == "copy-on-write-quiescent"))
+    else if (a == "--snapshots" &&
+             (std::string(v) == "stage-copy" || std::string(v) == "copy-on-write" ||
+              std::string(v) == "copy-on-write-ahead" || std::string(v) == "copy-on-write-quiescent"))
       snapshots = v;
     else if (a == "--writes" && (std::string(v) == "sparse" || std::string(v) == "full")) g_sparse = std::string(v) == "sparse";
     else {
       std::fprintf(stderr, "usage: baton-campaign [--cycles N] [--transport memif|af_packet|shm|mixed] [--blades N] "
                            "[--size BYTES] [--writes sparse|full] [--seed S] [--dir D] [--standby BLADE] "
-                           "[--snapshots stage-copy|copy-on-write|copy-on-write-ahead|copy-on-write-quiescent] [--workers N] "
+                           "[--snapshots stage-copy|copy-on-write|copy-on-write-ahead|copy-on-write-quiescent] "
+                           "[--workers N] "
                            "[--memif-zero-copy yes|no] "
                            "[--faults owner,application,replica,"
                            "move,delete,stall,partition] [--chunk-kib K[,K...]] [--period-ms N]\n");
