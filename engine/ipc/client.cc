@@ -250,6 +250,7 @@ Result<ClientSegment*> Client::open(Op op, std::string_view name, uint64_t size)
   // Posted commits count on from the generation batond has, in the log as
   // batond left it at the open.
   s->posts = fds.size() == 3 && s->size <= kLogMaxSegment && post_commits_allowed();
+  s->quiescent = quiescent_commits_promised();
   s->last_generation = s->channel->log.committed.load();
   s->log_head = s->channel->log.head.load();
   s->failures_seen = s->channel->log.failures.load();
@@ -265,7 +266,7 @@ Result<ClientSegment*> Client::open(Op op, std::string_view name, uint64_t size)
       share->header().declined.store(1, std::memory_order_relaxed);  // batond's status says so
     } else {
       auto cow = CopyOnWrite::attach_client(s->data, s->mapped, std::move(*share),
-                                            rep->protect_ahead == 1 || quiescent_commits_promised());
+                                            rep->protect_ahead == 1 || s->quiescent);
       if (cow) s->cow = std::move(*cow);
       else why = cow.error().message;
     }
@@ -592,7 +593,7 @@ Result<void> Client::drain_posts(ClientSegment& s, uint64_t timeout_ns) {
 
 Result<uint64_t> Client::commit(ClientSegment* s, std::span<const std::pair<uint64_t, uint64_t>> written) {
   std::lock_guard lock(s->commit_mu);
-  auto g = commit_locked(s, written, quiescent_commits_promised());
+  auto g = commit_locked(s, written, s->quiescent);
   // A commit of the application's restarts the period.
   if (s->commit_every_ms != 0) s->next_periodic_ns = now_ns() + uint64_t{s->commit_every_ms} * 1'000'000;
   return g;

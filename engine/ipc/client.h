@@ -55,6 +55,9 @@ struct ClientSegment {
   /// this library counts (the next post is one more), slots posted, and
   /// batond's refusals already reported. commit_mu.
   bool posts = false;  ///< batond takes posted commits of it (small, and no copy-on-write)
+  /// The application promised quiescent commits (BATON_QUIESCENT_COMMITS=1,
+  /// read at the open, as the other switches are, not at every commit).
+  bool quiescent = false;
   /// batond refused a post as fenced, or answered a commit or a wait so:
   /// a newer owner exists, and every later commit fails at once (as
   /// batond would refuse it). commit_mu.
