@@ -924,7 +924,7 @@ void CopyOnWrite::Freeze::copy_left() noexcept {
   // settled already is not pending, and its copy stands), then counts as
   // written and writable again, for the next freeze and the protector.
   const uint64_t t0 = monotonic_ns();
-  uint64_t left = 0, copied = 0;
+  uint64_t copied = 0;
   for (const auto& [off, len] : cow_.left_runs_) {
     for (uint64_t at = off; at < off + len; at += kPage) {
       const auto page = static_cast<uint32_t>(at / kPage);
@@ -932,9 +932,9 @@ void CopyOnWrite::Freeze::copy_left() noexcept {
       const uint64_t bit = uint64_t{1} << (page % 64);
       cow_.written_[page / 64].fetch_or(bit, std::memory_order_relaxed);
       cow_.unprotected_[page / 64].fetch_or(bit, std::memory_order_relaxed);
-      ++left;
     }
   }
+  const uint64_t left = cow_.protect_pages_;  // the pages of left_runs_
   cow_.copied_at_commit_->fetch_add(copied, std::memory_order_relaxed);
   note_cost(cow_.copy_ns_per_page_, monotonic_ns() - t0, copied);
   cow_.left_pages_ = left;
