@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <bit>
 #include <cstddef>
 #include <cstdint>
 #include <span>
@@ -49,6 +50,18 @@ class ChunkBitmap {
   /// First clear index at or after `from` (count() if none).
   uint32_t next_clear(uint32_t from) const noexcept { return next_where(from, ~uint64_t{0}); }
   uint32_t count() const noexcept { return count_; }
+  /// Word w of the set (bits 64 w to 64 w + 63), and setting bits in it:
+  /// for walks a word at a time. w < (count() + 63) / 64; bits past
+  /// count() must not be set.
+  uint64_t word(uint32_t w) const noexcept { return words_[w]; }
+  void or_word(uint32_t w, uint64_t bits) noexcept { words_[w] |= bits; }
+  /// Calls fn(i) for each set bit, in order.
+  template <typename Fn>
+  void for_each_set(Fn&& fn) const {
+    for (uint32_t w = 0; w < (count_ + 63) / 64; ++w)
+      for (uint64_t bits = words_[w]; bits != 0; bits &= bits - 1)
+        fn(w * 64 + static_cast<uint32_t>(std::countr_zero(bits)));
+  }
 
  private:
   uint32_t next_where(uint32_t from, uint64_t flip) const noexcept;

@@ -404,6 +404,8 @@ Result<std::unique_ptr<CopyOnWrite>> CopyOnWrite::make(Role role, std::byte* bas
   c->ahead_on_ = ahead;
   c->owner_ = getpid();
   c->runs_.reserve(64);
+  c->taken_ = std::make_unique<uint64_t[]>(words);  // zeroed
+  c->taken_words_.reserve(words);
   auto fd = uffd::open_write_protect(base, len,
                                      UFFD_FEATURE_SIGBUS | UFFD_FEATURE_WP_HUGETLBFS_SHMEM | uffd::kWpUnpopulated,
                                      "SIGBUS | WP_HUGETLBFS_SHMEM | WP_UNPOPULATED");
@@ -423,6 +425,7 @@ Result<void> CopyOnWrite::protect_all() {
     for (uint32_t w = 0; w < (pages_ + 63) / 64; ++w) {
       written_[w].store(0, std::memory_order_relaxed);
       unprotected_[w].store(0, std::memory_order_relaxed);
+      ahead_[w].store(0, std::memory_order_relaxed);  // (none written: none protected ahead, see take())
     }
     wholesale_.store(false, std::memory_order_relaxed);
   }
@@ -792,15 +795,14 @@ bool CopyOnWrite::any_written() const noexcept {
 }
 
 namespace {
-/// The runs of set bits of `bits` (taken: zeroed), as (offset, length)
-/// pairs of pages of `page` bytes.
-void take_bit_runs(std::atomic<uint64_t>* bits, uint32_t words, uint64_t page,
-                   std::vector<std::pair<uint64_t, uint64_t>>& runs) {
+/// The runs of set bits of the `words` words word(w) returns, as (offset,
+/// length) pairs of pages of `page` bytes.
+template <typename Word>
+void bit_runs(uint32_t words, Word&& word, uint64_t page, std::vector<std::pair<uint64_t, uint64_t>>& runs) {
   runs.clear();
   uint64_t run_begin = 0, run_len = 0;
   for (uint32_t w = 0; w < words; ++w) {
-    if (bits[w].load(std::memory_order_relaxed) == 0) continue;
-    uint64_t b64 = bits[w].exchange(0, std::memory_order_relaxed);
+    uint64_t b64 = word(w);
     while (b64 != 0) {
       const auto b = static_cast<unsigned>(__builtin_ctzll(b64));
       b64 &= b64 - 1;
@@ -832,11 +834,38 @@ void join_runs(std::vector<std::pair<uint64_t, uint64_t>>& runs, uint64_t gap) {
 }
 }  // namespace
 
-void CopyOnWrite::take_runs() {
-  // Under the gate (a Freeze): no handler or protector is in.
+void CopyOnWrite::take() {
+  // Under the gate (a Freeze): no handler or protector is in. Only the
+  // words with pages written are touched (at 1% of 1 GiB, half of them),
+  // and a page protected ahead is one written since the last freeze
+  // (ahead_ is set only from unprotected_, which a handler sets after
+  // written_, and both are taken here), so the protector's marks are
+  // cleared in those words alone.
+  // Nothing else writes the bits while the gate is held (the handlers and
+  // the protector are its readers): a load and a store each, not an
+  // exchange, whose lock would keep the misses of the scan from
+  // overlapping (~20 us of the 1 GiB pause).
   const uint32_t words = (pages_ + 63) / 64;
-  take_bit_runs(written_.get(), words, kPage, runs_);
-  take_bit_runs(unprotected_.get(), words, kPage, protect_runs_);
+  for (const uint32_t w : taken_words_) taken_[w] = 0;
+  taken_words_.clear();
+  uint64_t written_pages = 0;
+  for (uint32_t w = 0; w < words; ++w) {
+    const uint64_t bits = written_[w].load(std::memory_order_relaxed);
+    if (bits == 0) continue;
+    written_[w].store(0, std::memory_order_relaxed);
+    taken_[w] = bits;
+    taken_words_.push_back(w);  // (room for every word: no allocation)
+    written_pages += static_cast<uint64_t>(__builtin_popcountll(bits));
+    if (ahead_[w].load(std::memory_order_relaxed) != 0) ahead_[w].store(0, std::memory_order_relaxed);
+  }
+  bit_runs(
+      words,
+      [&](uint32_t w) {
+        const uint64_t bits = unprotected_[w].load(std::memory_order_relaxed);
+        if (bits != 0) unprotected_[w].store(0, std::memory_order_relaxed);
+        return bits;
+      },
+      kPage, protect_runs_);
   protect_pages_ = 0;
   for (const auto& run : protect_runs_) protect_pages_ += run.second / kPage;
   left_runs_ = protect_runs_;  // (capacity kept: no allocation once it has seen its largest commit)
@@ -856,19 +885,20 @@ void CopyOnWrite::take_runs() {
   // is unchanged (docs/performance.md, "Dense scattered writes").
   constexpr uint64_t kJoinGap = uint64_t{4} * kPage;
   join_runs(protect_runs_, kJoinGap);
-  const bool cool = ++freezes_ % kHotFreezes == 0;
-  for (uint32_t w = 0; w < words; ++w) {
-    if (ahead_[w].load(std::memory_order_relaxed) != 0) ahead_[w].store(0, std::memory_order_relaxed);
-    if (cool && hot_[w].load(std::memory_order_relaxed) != 0) hot_[w].store(0, std::memory_order_relaxed);
+  if (++freezes_ % kHotFreezes == 0) {
+    for (uint32_t w = 0; w < words; ++w)
+      if (hot_[w].load(std::memory_order_relaxed) != 0) hot_[w].store(0, std::memory_order_relaxed);
   }
   backlog_.store(0, std::memory_order_relaxed);
-  uint64_t written_pages = 0;
-  for (const auto& run : runs_) written_pages += run.second / kPage;
   // The pages a quiescent commit left writable count as written whether or
   // not anything wrote them: not the writer's faults.
   decide_dense(written_pages - std::min(written_pages, std::exchange(left_pages_, 0)));
   took_wholesale_ = wholesale_.load(std::memory_order_relaxed);
   wholesale_.store(false, std::memory_order_relaxed);
+}
+
+void CopyOnWrite::taken_runs() {
+  bit_runs((pages_ + 63) / 64, [&](uint32_t w) { return taken_[w]; }, kPage, runs_);
 }
 
 Result<void> CopyOnWrite::release_all() {

@@ -242,8 +242,19 @@ class CopyOnWrite {
     /// protect() protects them again.
     template <typename Fn>
     void take_written(Fn&& written) {
-      cow_.take_runs();
+      cow_.take();
+      cow_.taken_runs();
       for (const auto& [off, len] : cow_.runs_) written(off, len);
+    }
+    /// As take_written(), a word of the written-page bitmap at a time:
+    /// `written(w, bits)` for each word that has pages written (bit b is
+    /// page 64 w + b), in order. No list of runs: the engine's own
+    /// commit, whose pause a list of a run per scattered page cost
+    /// ~20 us at 1% of 1 GiB.
+    template <typename Fn>
+    void take_written_words(Fn&& written) {
+      cow_.take();
+      for (const uint32_t w : cow_.taken_words_) written(w, cow_.taken_[w]);
     }
     /// Pages protect() will protect: those written since the previous
     /// freeze that the protector has not protected again already.
@@ -298,8 +309,17 @@ class CopyOnWrite {
     aside_.store(stage, std::memory_order_relaxed);  // published by the gate's release (kLocal)
     patience_ns_ = kClientPatienceNs;
     const uint32_t n = pages.count() < pages_ ? pages.count() : pages_;
-    for (uint32_t p = pages.next_set(0); p < n; p = pages.next_set(p + 1))
-      state_[p].store(kPending, std::memory_order_relaxed);
+    if constexpr (requires { pages.word(0u); }) {  // a word at a time: no call per page
+      for (uint32_t w = 0; w < (n + 63) / 64; ++w) {
+        for (uint64_t bits = pages.word(w); bits != 0; bits &= bits - 1) {
+          const uint32_t p = w * 64 + static_cast<uint32_t>(__builtin_ctzll(bits));
+          if (p < n) state_[p].store(kPending, std::memory_order_relaxed);
+        }
+      }
+    } else {
+      for (uint32_t p = pages.next_set(0); p < n; p = pages.next_set(p + 1))
+        state_[p].store(kPending, std::memory_order_relaxed);
+    }
     std::atomic_thread_fence(std::memory_order_release);  // kSettler: before the client opens its gate
   }
 
@@ -388,7 +408,11 @@ class CopyOnWrite {
   CopyOnWrite() = default;
   static Result<std::unique_ptr<CopyOnWrite>> make(Role role, std::byte* base, uint64_t len,
                                                    std::unique_ptr<CowShare> share, bool ahead);
-  void take_runs();
+  /// Takes the written pages into taken_ (and what protect() is to
+  /// protect into protect_runs_), under the gate.
+  void take();
+  /// runs_ from taken_.
+  void taken_runs();
   /// The protector's pass over this region: protects the pages unprotected
   /// since they were last protected (but hot ones, and those it protected
   /// once since the last freeze) that it saw so on its previous pass too
@@ -495,8 +519,13 @@ class CopyOnWrite {
   /// lifted_below_ (lift_settled; zeroed by a freeze).
   std::atomic<uint32_t> settled_below_{0};
   std::atomic<uint32_t> lifted_below_{0};
+  /// The pages the last freeze took (one bit each), and the words of it
+  /// that are not zero, in order: committer only (zeroed at the next
+  /// take, word by word).
+  std::unique_ptr<uint64_t[]> taken_;
+  std::vector<uint32_t> taken_words_;
   /// The runs the last take_written() reported, and those protect() is to
-  /// protect (joined across short gaps: take_runs), with the pages in them
+  /// protect (joined across short gaps: take), with the pages in them
   /// that were writable: committer only.
   std::vector<std::pair<uint64_t, uint64_t>> runs_;
   std::vector<std::pair<uint64_t, uint64_t>> protect_runs_;

@@ -131,8 +131,11 @@ struct Segment {
   uint64_t catch_up_to = 0;
   uint32_t catch_up_chunk = 0;
   /// What mark_written() found written, for apply_marks(): (first byte,
-  /// last byte) runs, or everything. Committer (under mu).
+  /// last byte) runs, words of a bitmap of pages (kStalePage: the word's
+  /// index, its bits) from a copy-on-write freeze, or everything.
+  /// Committer (under mu).
   std::vector<std::pair<uint64_t, uint64_t>> marks;
+  std::vector<std::pair<uint32_t, uint64_t>> mark_words;
   bool marks_all = false;
   /// The stage the next snapshot goes into (null: none free, which
   /// cannot happen: starting one frees the other). Token holder.

@@ -506,7 +506,9 @@ void client_and_settler(bool protect_ahead, bool dense = false, bool quiescent =
         stale.set_range(static_cast<uint32_t>(off / kPage), static_cast<uint32_t>((off + len) / kPage - 1));
       });
       const bool copy_left = quiescent && f.copy_left_pays();
-      if (!copy_left) ASSERT_TRUE(test::ok(f.protect()));
+      if (!copy_left) {
+        ASSERT_TRUE(test::ok(f.protect()));
+      }
       settler->pend(stage.data(), stale);  // batond, before it answers the commit
       if (copy_left) f.copy_left();
       std::memcpy(reference.data(), m.p, m.len);
