@@ -77,10 +77,15 @@ last1=$(durable_of kv1 1)
 kill_blade 1
 expect kv1 3 3
 resumed kv1 3 "$last1"
-# The chosen blade's own events say why it was chosen (the decision travels with the assignment).
-"$BATONCTL" events --socket "$chassis/blade3.sock" |
-  grep "group kv1: starting here (assignment [0-9]* from node 2); the decision: group kv1 -> node 3 (failover" \
-    >/dev/null || fail "blade 3 does not say why kv1 came to it"
+# The chosen blade's own events say why it was chosen (the decision travels
+# with the assignment). Whichever node coordinated: node 2 as a rule, but a
+# view in which blade 3 suspected blade 2 for a moment makes it node 3.
+"$BATONCTL" events --socket "$chassis/blade3.sock" >"$dir/blade3-events.txt" || true
+grep "group kv1: starting here (assignment [0-9]* from node [23]); the decision: group kv1 -> node 3 (failover" \
+  "$dir/blade3-events.txt" >/dev/null || {
+  grep "kv1" "$dir/blade3-events.txt" || true
+  fail "blade 3 does not say why kv1 came to it"
+}
 
 echo "3. blade 2 dies: no idle node has a core; kv2 runs beside kv1 on blade 3"
 for _ in $(seq 1 100); do (($(durable_of kv1 3) > last1 + 5)) && break; sleep 0.1; done
