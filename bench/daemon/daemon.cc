@@ -43,7 +43,9 @@
 // copies it afterwards), and copy-on-write with quiescent commits
 // (BATON_QUIESCENT_COMMITS=1: the library protects ahead, and a commit
 // copies what its protector has not reached), beside memcpy of the whole
-// segment and of only the written pages, in the same run.
+// segment and of only the written pages, in the same run. Each round's
+// JSON line also has how many pages per quiescent commit were left to the
+// commit, protected or copied (batond's status).
 
 #include <immintrin.h>
 #include <poll.h>
@@ -52,6 +54,8 @@
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
+
+#include <nlohmann/json.hpp>
 
 #include <algorithm>
 #include <chrono>
@@ -242,10 +246,38 @@ std::vector<uint64_t> pick_pages(uint64_t size, double dirty, std::mt19937_64& r
   return all;
 }
 
+/// How a copy-on-write segment's commits took the pages the library's
+/// protector had not protected again: batond's status, summed over the
+/// segment's commits.
+struct LeftPages {
+  double protected_at_commit = 0, copied_at_commit = 0;
+};
+
+/// `name`'s counts from `batonctl status --json` (zero if it has none).
+LeftPages left_pages(const std::string& socket, const char* name) {
+  LeftPages out;
+  const std::string cmd = self_dir() + "/../tools/batonctl status --json --socket " + socket;
+  FILE* f = popen(cmd.c_str(), "r");
+  if (f == nullptr) return out;
+  std::string text;
+  char buf[4096];
+  for (size_t n; (n = fread(buf, 1, sizeof buf, f)) > 0;) text.append(buf, n);
+  pclose(f);
+  const auto j = nlohmann::json::parse(text, nullptr, false);
+  if (j.is_discarded() || !j.contains("segments")) return out;
+  for (const auto& seg : j["segments"])
+    if (seg.value("name", "") == name) {
+      out.protected_at_commit = seg.value("cow_protected_at_commit", 0.0);
+      out.copied_at_commit = seg.value("cow_copied_at_commit", 0.0);
+    }
+  return out;
+}
+
 /// The baton_commit call's time (us) after writing one word into each of
-/// `pages`, `commits` times (new pages each time).
+/// `pages`, `commits` times (new pages each time). `left`, if given: the
+/// pages per commit protected and copied at the commit (left_pages).
 std::vector<double> pause_case(const std::string& socket, const char* name, uint64_t size, double dirty,
-                               int commits, std::mt19937_64& rng) {
+                               int commits, std::mt19937_64& rng, LeftPages* left = nullptr) {
   std::vector<double> us;
   baton_t* b = nullptr;
   baton_segment_t* s = nullptr;
@@ -258,12 +290,18 @@ std::vector<double> pause_case(const std::string& socket, const char* name, uint
   uint64_t g = 0;
   (void)baton_commit(s, &g);  // the first commit takes everything
   usleep(200'000);            // and batond settles it
+  const LeftPages before = left != nullptr ? left_pages(socket, name) : LeftPages{};
   for (int i = 0; i < commits; ++i) {
     for (uint64_t p : pick_pages(size, dirty, rng)) mem[p * 4096 + 8] = static_cast<unsigned char>(i);
     const auto t0 = Clock::now();
     if (baton_commit(s, &g) != 0) break;
     us.push_back(std::chrono::duration<double, std::micro>(Clock::now() - t0).count());
     usleep(20'000);  // batond settles (copy-on-write) before the next
+  }
+  if (left != nullptr && !us.empty()) {
+    *left = left_pages(socket, name);
+    left->protected_at_commit = (left->protected_at_commit - before.protected_at_commit) / static_cast<double>(us.size());
+    left->copied_at_commit = (left->copied_at_commit - before.copied_at_commit) / static_cast<double>(us.size());
   }
   baton_stop(b);
   return us;
@@ -298,12 +336,14 @@ int pause_main(const std::vector<uint64_t>& sizes_mib, double dirty, int rounds,
       // The application's promise (its only thread writes and commits): the
       // library protects ahead and its commits copy what is left.
       setenv("BATON_QUIESCENT_COMMITS", "1", 1);
-      cowq.push_back(stats(pause_case(d.socket(), "cowq", size, dirty, commits, rng)).p50);
+      LeftPages left;
+      cowq.push_back(stats(pause_case(d.socket(), "cowq", size, dirty, commits, rng, &left)).p50);
       unsetenv("BATON_QUIESCENT_COMMITS");
       std::printf("{\"round\":%d,\"mib\":%llu,\"memcpy_whole_us\":%.1f,\"memcpy_dirty_us\":%.1f,"
-                  "\"stage_copy_us\":%.1f,\"cow_us\":%.1f,\"cow_quiescent_us\":%.1f}\n", r,
-                  static_cast<unsigned long long>(mib), whole.back(), part.back(), stage.back(), cow.back(),
-                  cowq.back());
+                  "\"stage_copy_us\":%.1f,\"cow_us\":%.1f,\"cow_quiescent_us\":%.1f,"
+                  "\"cow_quiescent_pages_protected_at_commit\":%.1f,\"cow_quiescent_pages_copied_at_commit\":%.1f}\n",
+                  r, static_cast<unsigned long long>(mib), whole.back(), part.back(), stage.back(), cow.back(),
+                  cowq.back(), left.protected_at_commit, left.copied_at_commit);
       std::fflush(stdout);
     }
     std::printf("%8llu %14.1f %14.1f %14.1f %14.1f %14.1f %10.2f\n", static_cast<unsigned long long>(mib),
