@@ -17,7 +17,13 @@ namespace baton {
 
 struct LinkCaps {
   uint32_t max_frame = 0;     ///< largest frame (Baton header + name + payload) the link carries
-  bool zero_copy_tx = false;  ///< payload is referenced, not copied, until the device is done
+  /// The device would go on reading a frame's payload after tx_burst()
+  /// returned, until it is done with it. Baton refuses such a link
+  /// (Engine::start: kInvalidArgument): it writes its buffers again as soon
+  /// as the call returns. A driver that sends without copying must finish
+  /// with the bytes inside the call (the ethdev driver attaches the payload
+  /// as an external buffer, and the device copies it into its ring there).
+  bool zero_copy_tx = false;
   /// The NUMA node the device and its buffers sit on; -1: none in
   /// particular (a virtual device, a shared-memory ring).
   int numa_node = -1;
@@ -30,7 +36,7 @@ struct LinkCaps {
 };
 
 /// A frame to send: a small header and an optional payload the driver joins.
-/// Both stay valid only for the duration of tx_burst() unless caps().zero_copy_tx.
+/// Both stay valid only for the duration of tx_burst() (see LinkCaps::zero_copy_tx).
 struct TxFrame {
   std::span<const std::byte> head;
   std::span<const std::byte> payload;

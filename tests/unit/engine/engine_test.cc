@@ -431,6 +431,49 @@ TEST(Engine, RejectsBadArguments) {
   EXPECT_EQ(Engine::start(bad, {}).error().code, Errc::kInvalidArgument);
 }
 
+// A link whose caps Baton cannot work with is refused at the start, with
+// why: frames too small for a chunk, or a device that reads a payload
+// after tx_burst returned (the engine writes the buffer again then).
+class CapsLink final : public Link {
+ public:
+  CapsLink(std::unique_ptr<Link> inner, LinkCaps caps) : inner_(std::move(inner)), caps_(caps) {}
+  const std::string& name() const noexcept override { return inner_->name(); }
+  uint16_t peer() const noexcept override { return inner_->peer(); }
+  LinkCaps caps() const noexcept override { return caps_; }
+  bool up() noexcept override { return inner_->up(); }
+  uint16_t rx_burst(RxFrame* out, uint16_t n) noexcept override { return inner_->rx_burst(out, n); }
+  void release_rx(RxFrame* frames, uint16_t n) noexcept override { inner_->release_rx(frames, n); }
+  uint16_t tx_burst(const TxFrame* frames, uint16_t n) noexcept override { return inner_->tx_burst(frames, n); }
+  bool service(uint64_t now_ns) noexcept override { return inner_->service(now_ns); }
+  LinkCounters counters() const noexcept override { return inner_->counters(); }
+
+ private:
+  std::unique_ptr<Link> inner_;
+  LinkCaps caps_;
+};
+
+TEST(Engine, RefusesALinkWhoseCapsItCannotWorkWith) {
+  auto start_with = [](auto tweak) {
+    auto pair = loopback::make_pair(1, 2);
+    LinkCaps caps = pair.a->caps();
+    tweak(caps);
+    std::vector<std::unique_ptr<Link>> links;
+    links.push_back(std::make_unique<CapsLink>(std::move(pair.a), caps));
+    EngineConfig c;
+    c.node_id = 1;
+    return Engine::start(c, std::move(links));
+  };
+  EXPECT_TRUE(start_with([](LinkCaps&) {}));
+  auto small = start_with([](LinkCaps& c) { c.max_frame = 512; });
+  ASSERT_FALSE(small);
+  EXPECT_EQ(small.error().code, Errc::kInvalidArgument);
+  EXPECT_NE(small.error().message.find("carries frames"), std::string::npos) << small.error().message;
+  auto holds = start_with([](LinkCaps& c) { c.zero_copy_tx = true; });
+  ASSERT_FALSE(holds);
+  EXPECT_EQ(holds.error().code, Errc::kInvalidArgument);
+  EXPECT_NE(holds.error().message.find("after tx_burst returns"), std::string::npos) << holds.error().message;
+}
+
 // #11 item 1: every buffer of the engine's (the application's segment, its
 // stages, a replica's slots) is bound to the node's NUMA node before its
 // first touch, and its pages are there: /proc/self/numa_maps shows each
