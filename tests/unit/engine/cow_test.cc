@@ -515,16 +515,19 @@ void client_and_settler(bool protect_ahead, bool dense = false, bool quiescent =
     }
     gate.resume();
     // The writer runs into pending pages: 200 us, and at least 64 writes
-    // (on a loaded machine it may not run at all for a while).
+    // (on a loaded machine it may not run at all for a while: up to 100 ms,
+    // 400 under a sanitizer, where a dense writer once fell short of half
+    // the pages in every one of 20 cycles while the other suites ran).
     const uint64_t from = writes.load();
+    constexpr int kWaits = 1000 * static_cast<int>(test::kSanitizerPatience);
     std::this_thread::sleep_for(200us);
-    for (int i = 0; i < 1000 && writes.load() < from + kWritesPerCommit; ++i) std::this_thread::sleep_for(100us);
+    for (int i = 0; i < kWaits && writes.load() < from + kWritesPerCommit; ++i) std::this_thread::sleep_for(100us);
     for (uint32_t p = stale.next_set(0); p < kPages; p = stale.next_set(p + 1)) settler->settle(p);
     stale.clear_all();
     ASSERT_EQ(std::memcmp(stage.data(), reference.data(), m.len), 0) << "generation " << g;
     if (dense) {  // and writes after it settled: the lift, then writes that run free
       const uint64_t settled_at = writes.load();
-      for (int i = 0; i < 1000 && writes.load() < settled_at + 2 * kWritesPerCommit; ++i)
+      for (int i = 0; i < kWaits && writes.load() < settled_at + 2 * kWritesPerCommit; ++i)
         std::this_thread::sleep_for(100us);
     }
   }
