@@ -283,13 +283,6 @@ Result<std::unique_ptr<Engine::Impl>> Engine::Impl::prepare(const EngineConfig& 
     if (link->peer() == config.node_id) return fail(Errc::kInvalidArgument, "link ", link->name(), " leads to this node");
     if (link->caps().max_frame < wire::kMaxHeadSize + wire::kMinChunkSize)
       return fail(Errc::kInvalidArgument, "link ", link->name(), " carries frames too small for Baton");
-    // The engine writes a frame's buffers again as soon as tx_burst
-    // returns (the next chunk, the next snapshot into a stage): a device
-    // still reading them then would send what came after.
-    if (link->caps().zero_copy_tx)
-      return fail(Errc::kInvalidArgument, "link ", link->name(),
-                  " keeps reading payloads after tx_burst returns (caps().zero_copy_tx): Baton needs a driver to "
-                  "be done with a frame's bytes by then (copy them, or attach and copy as the ethdev driver does)");
   }
   // Drivers bind their own buffers next to the shard's memory (a shm ring
   // its side writes).

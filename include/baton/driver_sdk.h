@@ -17,12 +17,11 @@ namespace baton {
 
 struct LinkCaps {
   uint32_t max_frame = 0;     ///< largest frame (Baton header + name + payload) the link carries
-  /// The device would go on reading a frame's payload after tx_burst()
-  /// returned, until it is done with it. Baton refuses such a link
-  /// (Engine::start: kInvalidArgument): it writes its buffers again as soon
-  /// as the call returns. A driver that sends without copying must finish
-  /// with the bytes inside the call (the ethdev driver attaches the payload
-  /// as an external buffer, and the device copies it into its ring there).
+  /// The driver hands the payload to its device without copying it (the
+  /// ethdev driver attaches it to an mbuf as an external buffer, and memif
+  /// and af_packet copy it into their rings inside tx_burst). Informational:
+  /// like every driver's, such a device is done with the bytes when
+  /// tx_burst() returns, since the engine writes its buffers again then.
   bool zero_copy_tx = false;
   /// The NUMA node the device and its buffers sit on; -1: none in
   /// particular (a virtual device, a shared-memory ring).
@@ -36,7 +35,8 @@ struct LinkCaps {
 };
 
 /// A frame to send: a small header and an optional payload the driver joins.
-/// Both stay valid only for the duration of tx_burst() (see LinkCaps::zero_copy_tx).
+/// Both stay valid only for the duration of tx_burst(): the driver is done
+/// with them when it returns, zero_copy_tx or not.
 struct TxFrame {
   std::span<const std::byte> head;
   std::span<const std::byte> payload;
