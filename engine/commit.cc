@@ -50,12 +50,38 @@ void Engine::Impl::mark_written(Segment& seg, std::span<const std::pair<uint64_t
   // (a free stage's stale pages are the token holder's); the scan runs
   // without it.
   const uint64_t cs = seg.chunk_size;
+  constexpr uint64_t kPage = Stage::kStalePage;
+  // A chunk is seldom a power of two (a link caps it to its frame), and
+  // two 64-bit divisions a page were half of the copy-on-write loop below:
+  // the quotient from a multiplication, corrected (exact below 2^52 bytes).
+  const double inv = 1.0 / static_cast<double>(cs);
+  auto chunk_of = [&](uint64_t byte) {
+    auto q = static_cast<uint64_t>(static_cast<double>(byte) * inv);
+    if (q * cs > byte) --q;
+    else if ((q + 1) * cs <= byte) ++q;
+    return static_cast<uint32_t>(q);
+  };
   seg.marks.clear();
+  seg.mark_words.clear();
+  // A range of at most 64 pages that comes after the ones before it (the
+  // client library's copy-on-write runs: scattered pages, in order) goes
+  // into the words of pages, which apply_marks ORs in a word at a time;
+  // anything else is a run of its own.
   auto mark = [&](uint64_t off, uint64_t len) {
     if (len == 0 || off >= seg.size) return;
     const uint64_t end = off + std::min(len, seg.size - off) - 1;  // the last byte written
-    seg.marks.emplace_back(off, end);  // keeps its room: no allocation once warm
-    seg.written_chunks.set_range(static_cast<uint32_t>(off / cs), static_cast<uint32_t>(end / cs));
+    seg.written_chunks.set_range(chunk_of(off), chunk_of(end));
+    const uint64_t first = off / kPage, last = end / kPage;
+    if (last - first >= 64 || (!seg.mark_words.empty() && first / 64 < seg.mark_words.back().first)) {
+      seg.marks.emplace_back(off, end);  // keeps its room: no allocation once warm
+      return;
+    }
+    for (uint64_t w = first / 64; w <= last / 64; ++w) {
+      const uint64_t lo = std::max(first, w * 64) % 64, hi = std::min(last, w * 64 + 63) % 64;
+      const uint64_t bits = (~uint64_t{0} >> (63 - hi)) & (~uint64_t{0} << lo);
+      if (!seg.mark_words.empty() && seg.mark_words.back().first == w) seg.mark_words.back().second |= bits;
+      else seg.mark_words.emplace_back(static_cast<uint32_t>(w), bits);
+    }
   };
   for (const auto& [off, len] : ranges) mark(off, len);
   if (seg.watch != nullptr && seg.shared_out.load()) {
@@ -63,22 +89,10 @@ void Engine::Impl::mark_written(Segment& seg, std::span<const std::pair<uint64_t
     seg.watch.reset();
   }
   bool all = ranges.empty();
-  seg.mark_words.clear();
   if (freeze != nullptr) {  // copy-on-write: every write faulted once and was noted
     // A word of pages at a time, not a run per page: 1% of 1 GiB written
     // at random is ~2 600 runs of one page, and the pause is per page.
     static_assert(CopyOnWrite::kPage == Stage::kStalePage);
-    constexpr uint64_t kPage = CopyOnWrite::kPage;
-    // A chunk is seldom a power of two (a link caps it to its frame), and
-    // two 64-bit divisions a page were half of this loop: the quotient from
-    // a multiplication, corrected (exact below 2^52 bytes).
-    const double inv = 1.0 / static_cast<double>(cs);
-    auto chunk_of = [&](uint64_t byte) {
-      auto q = static_cast<uint64_t>(static_cast<double>(byte) * inv);
-      if (q * cs > byte) --q;
-      else if ((q + 1) * cs <= byte) ++q;
-      return static_cast<uint32_t>(q);
-    };
     const uint64_t pages = (seg.size + kPage - 1) / kPage;  // (the memory may run on past the segment)
     uint32_t last_chunk = UINT32_MAX;
     freeze->take_written_words([&](uint32_t w, uint64_t bits) {

@@ -403,7 +403,6 @@ Result<std::unique_ptr<CopyOnWrite>> CopyOnWrite::make(Role role, std::byte* bas
   c->mark_all_written();
   c->ahead_on_ = ahead;
   c->owner_ = getpid();
-  c->runs_.reserve(64);
   c->taken_ = std::make_unique<uint64_t[]>(words);  // zeroed
   c->taken_words_.reserve(words);
   auto fd = uffd::open_write_protect(base, len,
@@ -895,10 +894,6 @@ void CopyOnWrite::take() {
   decide_dense(written_pages - std::min(written_pages, std::exchange(left_pages_, 0)));
   took_wholesale_ = wholesale_.load(std::memory_order_relaxed);
   wholesale_.store(false, std::memory_order_relaxed);
-}
-
-void CopyOnWrite::taken_runs() {
-  bit_runs((pages_ + 63) / 64, [&](uint32_t w) { return taken_[w]; }, kPage, runs_);
 }
 
 Result<void> CopyOnWrite::release_all() {

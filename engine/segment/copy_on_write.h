@@ -243,8 +243,20 @@ class CopyOnWrite {
     template <typename Fn>
     void take_written(Fn&& written) {
       cow_.take();
-      cow_.taken_runs();
-      for (const auto& [off, len] : cow_.runs_) written(off, len);
+      uint64_t begin = 0, len = 0;
+      for (const uint32_t w : cow_.taken_words_) {
+        for (uint64_t bits = cow_.taken_[w]; bits != 0; bits &= bits - 1) {
+          const uint64_t off = (uint64_t{w} * 64 + static_cast<unsigned>(__builtin_ctzll(bits))) * kPage;
+          if (len != 0 && begin + len == off) {
+            len += kPage;
+            continue;
+          }
+          if (len != 0) written(begin, len);
+          begin = off;
+          len = kPage;
+        }
+      }
+      if (len != 0) written(begin, len);
     }
     /// As take_written(), a word of the written-page bitmap at a time:
     /// `written(w, bits)` for each word that has pages written (bit b is
@@ -411,8 +423,6 @@ class CopyOnWrite {
   /// Takes the written pages into taken_ (and what protect() is to
   /// protect into protect_runs_), under the gate.
   void take();
-  /// runs_ from taken_.
-  void taken_runs();
   /// The protector's pass over this region: protects the pages unprotected
   /// since they were last protected (but hot ones, and those it protected
   /// once since the last freeze) that it saw so on its previous pass too
@@ -524,10 +534,8 @@ class CopyOnWrite {
   /// take, word by word).
   std::unique_ptr<uint64_t[]> taken_;
   std::vector<uint32_t> taken_words_;
-  /// The runs the last take_written() reported, and those protect() is to
-  /// protect (joined across short gaps: take), with the pages in them
-  /// that were writable: committer only.
-  std::vector<std::pair<uint64_t, uint64_t>> runs_;
+  /// The runs protect() is to protect (joined across short gaps: take),
+  /// with the pages in them that were writable: committer only.
   std::vector<std::pair<uint64_t, uint64_t>> protect_runs_;
   uint64_t protect_pages_ = 0;
   /// The writable pages among those taken, before the joining: what
