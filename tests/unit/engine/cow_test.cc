@@ -484,6 +484,12 @@ void client_and_settler(bool protect_ahead, bool dense = false, bool quiescent =
   stale.reset(kPages);
   std::atomic<uint64_t> writes{0};
   std::atomic<bool> stop{false};
+  // A dense writer stops at `limit` writes until the test moves it on:
+  // each cycle it writes 3/4 of the pages before batond settles, and the
+  // rest after, into pages settled and still protected (the lift). Left
+  // to run, it wrote all of them before the test thread's first nap had
+  // ended (a sanitizer's build under load), so nothing was ever lifted.
+  std::atomic<uint64_t> limit{dense ? 0 : UINT64_MAX};
   test::WriterGate gate;
   std::thread writer([&] {
     std::mt19937_64 rng(7);
@@ -491,6 +497,10 @@ void client_and_settler(bool protect_ahead, bool dense = false, bool quiescent =
     while (!stop.load()) {
       gate.checkpoint(&stop);
       if (stop.load()) break;
+      if (n >= limit.load()) {
+        std::this_thread::sleep_for(20us);
+        continue;
+      }
       const uint64_t page = dense ? n % kPages : rng() % kPages;
       app_write(m.p + page * kPage + rng() % (kPage - 64), 64, static_cast<uint8_t>(++n));
       writes.store(n, std::memory_order_relaxed);
@@ -513,12 +523,12 @@ void client_and_settler(bool protect_ahead, bool dense = false, bool quiescent =
       if (copy_left) f.copy_left();
       std::memcpy(reference.data(), m.p, m.len);
     }
+    const uint64_t from = writes.load();
+    if (dense) limit.store(from + kWritesPerCommit);
     gate.resume();
     // The writer runs into pending pages: 200 us, and at least 64 writes
     // (on a loaded machine it may not run at all for a while: up to 100 ms,
-    // 400 under a sanitizer, where a dense writer once fell short of half
-    // the pages in every one of 20 cycles while the other suites ran).
-    const uint64_t from = writes.load();
+    // 400 under a sanitizer).
     constexpr int kWaits = 1000 * static_cast<int>(test::kSanitizerPatience);
     std::this_thread::sleep_for(200us);
     for (int i = 0; i < kWaits && writes.load() < from + kWritesPerCommit; ++i) std::this_thread::sleep_for(100us);
@@ -527,6 +537,7 @@ void client_and_settler(bool protect_ahead, bool dense = false, bool quiescent =
     ASSERT_EQ(std::memcmp(stage.data(), reference.data(), m.len), 0) << "generation " << g;
     if (dense) {  // and writes after it settled: the lift, then writes that run free
       const uint64_t settled_at = writes.load();
+      limit.store(settled_at + 2 * kWritesPerCommit);
       for (int i = 0; i < kWaits && writes.load() < settled_at + 2 * kWritesPerCommit; ++i)
         std::this_thread::sleep_for(100us);
     }
