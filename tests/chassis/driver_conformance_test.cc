@@ -108,6 +108,17 @@ const std::vector<Driver>& drivers() {
       {"memif", true, true, []() -> LinkPair {
          const int id = next_id();
          const std::string dir = "/tmp/baton-conf-" + std::to_string(getpid()) + "-" + std::to_string(id);
+         // The ports' peer-lock files (socket + ".alive") outlive them: removed at exit.
+         static std::vector<std::string> locks;
+         static const bool cleanup = [] {
+           std::atexit([] {
+             for (const auto& f : locks) ::unlink(f.c_str());
+           });
+           return true;
+         }();
+         (void)cleanup;
+         locks.push_back(dir + "a.sock.alive");
+         locks.push_back(dir + "b.sock.alive");
          ethdev::PortConfig pa, pb;
          pa.device = "net_memif" + std::to_string(200 + 2 * id) + ",role=server,socket=" + dir + "a.sock";
          pa.peer = 2;
