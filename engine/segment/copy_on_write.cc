@@ -18,6 +18,7 @@
 #include <cerrno>
 #include <cstring>
 #include <mutex>
+#include <ranges>
 #include <system_error>
 #include <thread>
 #include <utility>
@@ -794,30 +795,6 @@ bool CopyOnWrite::any_written() const noexcept {
 }
 
 namespace {
-/// The runs of set bits of the `words` words word(w) returns, as (offset,
-/// length) pairs of pages of `page` bytes.
-template <typename Word>
-void bit_runs(uint32_t words, Word&& word, uint64_t page, std::vector<std::pair<uint64_t, uint64_t>>& runs) {
-  runs.clear();
-  uint64_t run_begin = 0, run_len = 0;
-  for (uint32_t w = 0; w < words; ++w) {
-    uint64_t b64 = word(w);
-    while (b64 != 0) {
-      const auto b = static_cast<unsigned>(__builtin_ctzll(b64));
-      b64 &= b64 - 1;
-      const uint64_t off = (uint64_t{w} * 64 + b) * page;
-      if (run_len != 0 && run_begin + run_len == off) {
-        run_len += page;
-        continue;
-      }
-      if (run_len != 0) runs.emplace_back(run_begin, run_len);
-      run_begin = off;
-      run_len = page;
-    }
-  }
-  if (run_len != 0) runs.emplace_back(run_begin, run_len);
-}
-
 /// Joins runs (sorted, apart) whose gap is at most `gap` bytes into one,
 /// in place.
 void join_runs(std::vector<std::pair<uint64_t, uint64_t>>& runs, uint64_t gap) {
@@ -857,14 +834,15 @@ void CopyOnWrite::take() {
     written_pages += static_cast<uint64_t>(__builtin_popcountll(bits));
     if (ahead_[w].load(std::memory_order_relaxed) != 0) ahead_[w].store(0, std::memory_order_relaxed);
   }
-  bit_runs(
-      words,
+  protect_runs_.clear();
+  for_each_run(
+      std::views::iota(0u, words),
       [&](uint32_t w) {
         const uint64_t bits = unprotected_[w].load(std::memory_order_relaxed);
         if (bits != 0) unprotected_[w].store(0, std::memory_order_relaxed);
         return bits;
       },
-      kPage, protect_runs_);
+      [&](uint64_t off, uint64_t len) { protect_runs_.emplace_back(off, len); });
   protect_pages_ = 0;
   for (const auto& run : protect_runs_) protect_pages_ += run.second / kPage;
   left_runs_ = protect_runs_;  // (capacity kept: no allocation once it has seen its largest commit)

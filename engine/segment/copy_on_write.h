@@ -243,20 +243,7 @@ class CopyOnWrite {
     template <typename Fn>
     void take_written(Fn&& written) {
       cow_.take();
-      uint64_t begin = 0, len = 0;
-      for (const uint32_t w : cow_.taken_words_) {
-        for (uint64_t bits = cow_.taken_[w]; bits != 0; bits &= bits - 1) {
-          const uint64_t off = (uint64_t{w} * 64 + static_cast<unsigned>(__builtin_ctzll(bits))) * kPage;
-          if (len != 0 && begin + len == off) {
-            len += kPage;
-            continue;
-          }
-          if (len != 0) written(begin, len);
-          begin = off;
-          len = kPage;
-        }
-      }
-      if (len != 0) written(begin, len);
+      for_each_run(cow_.taken_words_, [&](uint32_t w) { return cow_.taken_[w]; }, written);
     }
     /// As take_written(), a word of the written-page bitmap at a time:
     /// `written(w, bits)` for each word that has pages written (bit b is
@@ -423,6 +410,26 @@ class CopyOnWrite {
   /// Takes the written pages into taken_ (and what protect() is to
   /// protect into protect_runs_), under the gate.
   void take();
+  /// Calls emit(offset, length) for each run of pages whose bits are set,
+  /// in order: over the words `ws` lists (ascending), word(w) giving the
+  /// bits of word w (bit b: page 64 w + b).
+  template <typename Words, typename Word, typename Emit>
+  static void for_each_run(const Words& ws, Word&& word, Emit&& emit) {
+    uint64_t begin = 0, len = 0;
+    for (const uint32_t w : ws) {
+      for (uint64_t bits = word(w); bits != 0; bits &= bits - 1) {
+        const uint64_t off = (uint64_t{w} * 64 + static_cast<unsigned>(__builtin_ctzll(bits))) * kPage;
+        if (len != 0 && begin + len == off) {
+          len += kPage;
+          continue;
+        }
+        if (len != 0) emit(begin, len);
+        begin = off;
+        len = kPage;
+      }
+    }
+    if (len != 0) emit(begin, len);
+  }
   /// The protector's pass over this region: protects the pages unprotected
   /// since they were last protected (but hot ones, and those it protected
   /// once since the last freeze) that it saw so on its previous pass too
