@@ -18,7 +18,6 @@
 #include <cerrno>
 #include <cstring>
 #include <mutex>
-#include <ranges>
 #include <system_error>
 #include <thread>
 #include <utility>
@@ -808,6 +807,24 @@ void join_runs(std::vector<std::pair<uint64_t, uint64_t>>& runs, uint64_t gap) {
   }
   runs.resize(out);
 }
+
+/// The word indices 0..n-1, for for_each_run over every word (no
+/// std::views::iota: clang with this libstdc++, the fuzz and sanitizer
+/// builds' compiler, does not compile its ranges).
+struct WordIndices {
+  uint32_t n;
+  struct It {
+    uint32_t i;
+    uint32_t operator*() const noexcept { return i; }
+    It& operator++() noexcept {
+      ++i;
+      return *this;
+    }
+    bool operator!=(const It& o) const noexcept { return i != o.i; }
+  };
+  It begin() const noexcept { return {0}; }
+  It end() const noexcept { return {n}; }
+};
 }  // namespace
 
 void CopyOnWrite::take() {
@@ -836,7 +853,7 @@ void CopyOnWrite::take() {
   }
   protect_runs_.clear();
   for_each_run(
-      std::views::iota(0u, words),
+      WordIndices{words},
       [&](uint32_t w) {
         const uint64_t bits = unprotected_[w].load(std::memory_order_relaxed);
         if (bits != 0) unprotected_[w].store(0, std::memory_order_relaxed);
