@@ -19,18 +19,27 @@
 // one kernel call per run of pages (1.2-2.7 us on some hosts, 15-45 us
 // under shadow paging, where every change of a page-table entry traps),
 // and the commit would pay it for every page written since the last one.
-// With `ahead` (EngineConfig::cow_protect_ahead), a thread of this
-// process (the protector, one for all regions, started with the first)
-// protects written pages again as they pile up, while the application
-// writes on, so the commit finds only the last few still to protect: the
-// commit's pause no longer grows with how many pages were written. A page
+// With `ahead` (EngineConfig::cow_protect_ahead), written pages are
+// protected again while the application writes on, so the commit finds
+// only the last few still to protect: the commit's pause no longer grows
+// with how many pages were written. Each writing thread's fault handler
+// protects again the page that thread lifted kTrailPages (8) faults
+// before (its write has landed: the thread has run on to another fault),
+// on the thread's own core; a thread of this process (the protector, one
+// for all regions, started with the first) takes what the trails leave
+// (the last pages of a thread that stopped writing, and those a quiescent
+// commit left writable). The protector alone did it all once, but its
+// calls run while the writer runs on another core, and each one's TLB
+// shootdown interrupts the writer (4-15 us a call on this VM, against
+// ~1.3 us for the commit's own): it lagged the writer by 10-1 000 pages
+// and slowed its writes (docs/performance.md). A page
 // protected ahead still counts as written (its delta must travel); a
 // write to it faults once more, and a page that does (a hot page) is left
 // to the commits for the next kHotFreezes: each page costs at most one
-// extra fault per commit, and a hot set none most of the time. The
-// protector does the kernel work the commit would have done, on another
-// core; where page-table changes are slow, the writes lose more than the
-// pause gains (docs/performance.md), hence off by default.
+// extra fault per commit, and a hot set none most of the time. This is
+// the kernel work the commit would have done, moved off its pause into
+// the writes; where page-table changes are slow, the writes lose more
+// than the pause gains (docs/performance.md), hence off by default.
 //
 // Quiescent commits. What the protector has not reached by the commit,
 // the commit protects, at the host's price per page. A commit that comes
@@ -175,10 +184,13 @@ class CopyOnWrite {
   /// left "copying" (a client preempted in its handler, or dead, or
   /// hostile), before it takes them from the segment as they are.
   static constexpr uint64_t kClientPatienceNs = 2'000'000;
-  /// A handler wakes a sleeping protector once this many pages were
-  /// unprotected since it last looked (fewer wait for it to wake, or for
-  /// the commit).
+  /// A handler wakes a sleeping protector once this many pages a
+  /// quiescent commit left writable wait for it (fewer wait for it to wake
+  /// by itself, or for the commit).
   static constexpr uint32_t kAheadAfter = 4;
+  /// With protection ahead, a writing thread's fault handler protects
+  /// again the page that thread lifted this many faults before (its trail).
+  static constexpr uint32_t kTrailPages = 8;
   /// A page written again after it was protected ahead is left to the
   /// commit this many commits long.
   static constexpr uint32_t kHotFreezes = 16;
@@ -444,6 +456,10 @@ class CopyOnWrite {
   /// Sets every page's written bit (under the gate, or before any handler).
   void mark_all_written() noexcept;
   bool protect_range(uint64_t off, uint64_t len, bool on) noexcept;
+  /// The fault handler's protection ahead of a page its thread lifted a
+  /// few faults ago (on_fault), if it is still writable and neither hot
+  /// nor protected ahead already. A handler's (a reader of the gate).
+  void protect_trailing(uint32_t page) noexcept;
   /// Copies `page` aside if it is pending (or waits for whoever copies it).
   bool claim(uint32_t page) noexcept;
   /// kSettler's settle().

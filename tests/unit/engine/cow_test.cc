@@ -259,6 +259,32 @@ TEST(CopyOnWrite, TheProtectorProtectsWrittenPagesAheadOfTheCommit) {
   for (uint32_t p = 0; p < kPages; p += kPages / kWritten) EXPECT_EQ(aside[p * kPage], std::byte{1}) << "page " << p;
 }
 
+// The writing thread's own handler protects ahead: each fault protects
+// again the page the same thread lifted kTrailPages faults before, so
+// right after the writes, before the protector has run at all, every page
+// but the thread's last few is protected again, and a write to one faults
+// once more.
+TEST(CopyOnWrite, TheWritingThreadProtectsItsOwnPagesAheadAsItFaults) {
+  SKIP_WITHOUT_COW();
+  constexpr uint32_t kPages = 512, kWritten = 64;
+  Armed a(kPages, true);
+  auto& [m, aside, cow, pend] = a;
+  const uint64_t faults = cow->faults();
+  for (uint32_t i = 0; i < kWritten; ++i) m.p[i * (kPages / kWritten) * kPage] = std::byte{1};
+  ASSERT_EQ(cow->faults() - faults, kWritten);
+  // No wait: the handler did it, not the protector (asleep until its nap
+  // ends, or a pass away from taking a page it saw).
+  EXPECT_GE(cow->protected_ahead(), kWritten - CopyOnWrite::kTrailPages);
+  m.p[0] = std::byte{2};  // the first page written: protected again, so it faults again
+  EXPECT_EQ(cow->faults() - faults, kWritten + 1);
+  CopyOnWrite::Freeze f(*cow);
+  Runs runs;
+  f.take_written([&](uint64_t off, uint64_t len) { runs.emplace_back(off, len); });
+  EXPECT_EQ(runs.size(), kWritten) << "protected ahead, still written";
+  EXPECT_LE(f.to_protect(), CopyOnWrite::kTrailPages + 1) << "the trail's last pages, and page 0 (hot now)";
+  ASSERT_TRUE(test::ok(f.protect()));
+}
+
 // A page written again after the protector protected it (a hot page) is
 // left to the commits for kHotFreezes commits: a hot set costs one extra
 // fault per page, not one per commit. And memory a caller announced it
