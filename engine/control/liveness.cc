@@ -214,6 +214,14 @@ void Engine::Impl::on_peer_restarted(uint16_t node, uint64_t now) noexcept {
     // set holds the latest generation; durability waits from now. A round
     // still in flight for the old version counts for nothing any more.
     if (seg.pending.active || !seg.recorded_set.empty()) propose_set(seg, record_need(seg));
+    // If it refused this owner's epoch, the other owner's copy that made
+    // it refuse is gone with its memory: it may hold a replica again (in a
+    // cluster of three, kept out for good, it left a set of two one member
+    // short and its durability waiting forever: seed 9401189, 3 nodes, RF 3).
+    if (const auto r = std::find(seg.refusing.begin(), seg.refusing.end(), node); r != seg.refusing.end()) {
+      seg.refusing.erase(r);
+      tell_control(SegmentNews{SegmentNews::Kind::kRefusingNoMore, 0, seg.id, node});
+    }
   }
 }
 

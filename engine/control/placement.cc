@@ -201,6 +201,10 @@ void Placer::step(uint64_t now, Rounds& rounds, std::vector<ControlMsg>& out) no
           if (std::find(r.begin(), r.end(), node) == r.end()) r.push_back(node);
         }
         break;
+      case SegmentNews::Kind::kRefusingNoMore:
+        if (auto it = placements_.find(n.seg_id); it != placements_.end())
+          std::erase(it->second.refusing, static_cast<uint16_t>(n.set));
+        break;
       case SegmentNews::Kind::kGone:
         placements_.erase(n.seg_id);
         rounds.forget(n.seg_id);

@@ -35,6 +35,7 @@ struct SegmentNews {
     kFenced,  ///< superseded: no more placement
     kGone,    ///< no longer owned here
     kRefusing,  ///< the node in `set` (alone) refuses this owner's epoch: it holds another owner's copy of it
+    kRefusingNoMore,  ///< the node in `set` (alone), which refused, restarted: it holds nothing, so it may be picked
   };
   Kind kind = Kind::kAdded;
   uint8_t slots = 0;
@@ -60,7 +61,8 @@ struct Placement {
   bool fenced = false;
   bool waiting = false;              ///< a decision is on its way: none other until the data path reports
   /// Nodes that refused this owner's own epoch (another owner of the same
-  /// epoch holds them, records.cc): replaced like lost ones, never picked.
+  /// epoch holds them, records.cc): replaced like lost ones, never picked,
+  /// until they restart (their other copy is gone then).
   std::vector<uint16_t> refusing;
 };
 

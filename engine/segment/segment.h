@@ -169,7 +169,8 @@ struct Segment {
   /// made, cleared by the creator once it returns; read by the token holder.
   std::atomic<bool> creating{false};
   /// Members that refused this owner's own epoch, told to the control
-  /// thread once each (SegmentNews::kRefusing). Token holder only.
+  /// thread once each (SegmentNews::kRefusing), until they restart
+  /// (kRefusingNoMore). Token holder only.
   std::vector<uint16_t> refusing;
   std::atomic<uint64_t> durable{0};
   /// When `durable` last rose (the engine's clock): token holder writes

@@ -26,7 +26,8 @@ Stats run_range(const Options& o, uint64_t first, uint64_t count) {
     EXPECT_TRUE(out.ok) << "seed " << seed << ": " << out.violation << "\nschedule:\n"
                         << out.schedule << "\nreplay: build/tests/baton-sim --seed " << seed << " --nodes "
                         << o.nodes << " --rf " << o.replication_factor << " --shards " << o.shards
-                        << " --segments " << o.segments << (o.token_waits ? "" : " --no-token-waits") << " --print";
+                        << " --segments " << o.segments << " --actions " << o.actions
+                        << (o.token_waits ? "" : " --no-token-waits") << " --print";
     if (!out.ok) break;
   }
   std::printf("%s\n", total.to_string().c_str());
@@ -71,6 +72,23 @@ TEST(Simulation, FourNodesTwoShards) {
   o.shards = 2;
   o.segments = 4;
   run_range(o, env_or("BATON_SIM_FIRST", 1), env_or("BATON_SIM_SEEDS", 2000) / 8);
+}
+
+// Three nodes, replication factor three: every node holds every segment,
+// so a node kept out of a set has no stand-in, and a set record of the
+// owner and one replica lives on exactly a quorum. Long schedules (400
+// scheduler decisions, not 60), where a node is killed and restarted many
+// times over. Session 55's run of this shape found a node that had refused
+// an owner's epoch (it held a rival owner's copy) kept out of that owner's
+// set for good, even after it restarted empty: the set stayed one member
+// short and its durability waited forever (I6; liveness.cc,
+// on_peer_restarted). 1 500 seeds found it twice.
+TEST(Simulation, ThreeNodesReplicationFactorThreeLongSchedules) {
+  Options o;
+  o.nodes = 3;
+  o.replication_factor = 3;
+  o.actions = 400;
+  run_range(o, env_or("BATON_SIM_FIRST", 1), env_or("BATON_SIM_SEEDS", 2000) / 10);
 }
 
 // Seeds that found engine bugs, replayed on every run (4 nodes, RF 2),

@@ -723,12 +723,22 @@ class World {
       a.durable_epoch = st->epoch;
       // Who holds the set record (its newest version, of this epoch) now:
       // the records that say where the copies are live in these nodes'
-      // memory only.
+      // memory only. An older version of the same epoch names an older set,
+      // which need not be where this generation's copies are (seed 9400120,
+      // 3 nodes, RF 3: the owner's version 3, set {1}, lived on nodes 3 and
+      // 1; node 2, cut off from the owner, kept version 2, set {2,1}. Node 1
+      // restarted empty, and node 2's claim, on version 2, needed only its
+      // own grant: counted as holding the record, node 2 hid the record's
+      // loss to the quorum {1,2}).
       checking_ = true;
       a.record_holders.clear();
+      const auto own = engine(n)->record(a.name);
       for (int m = 1; m <= o_.nodes; ++m)
         if (alive(m))
-          if (auto r = engine(m)->record(a.name); r && r->epoch >= st->epoch) a.record_holders.push_back(m);
+          if (auto r = engine(m)->record(a.name);
+              r && (r->epoch > st->epoch ||
+                    (r->epoch == st->epoch && (!own || own->epoch != st->epoch || r->version >= own->version))))
+            a.record_holders.push_back(m);
       checking_ = false;
       a.record_holders_at = now_;
     }
