@@ -496,8 +496,15 @@ struct Engine::Impl {
   Result<void> remove_locked(std::string_view name);
   /// Writes a tombstone for `name` at `epoch` to every node; kUnavailable
   /// unless a quorum and a majority of `set` stored it, kBusy if a newer
-  /// owner refused it. Thread: control.
-  Result<void> write_tombstone(std::string_view name, uint64_t epoch, std::vector<uint16_t> set);
+  /// owner refused it. `promise_refused`: set to the epoch a node refused
+  /// it for, when it failed for a refusal that was not an owner's (a
+  /// claim's promise, or a copy of the deleted history that took a claim's
+  /// epoch). Thread: control.
+  Result<void> write_tombstone(std::string_view name, uint64_t epoch, std::vector<uint16_t> set,
+                               uint64_t* promise_refused = nullptr);
+  /// One attempt of remove_locked: a query, then a tombstone above every
+  /// epoch it saw and at least `floor`. Thread: control.
+  Result<void> remove_once(std::string_view name, uint64_t floor, uint64_t* promise_refused);
   /// Sends the newest tombstone a query found to the nodes that answered
   /// with an older copy or record (they missed the delete). Thread: control.
   void repair_tombstone(const QueryOp& q);

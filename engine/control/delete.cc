@@ -37,6 +37,21 @@ Result<void> Engine::Impl::remove_locked(std::string_view name) {
     if (auto ok = remove_segment(local); !ok) return ok;  // superseded: nothing of ours
   }
   if (auto ok = require_quorum("delete a segment"); !ok) return tl::unexpected(ok.error());
+  // A node that promised a claim above the tombstone refuses it (a load
+  // racing the delete, or one that failed after its promises): asked
+  // again, from a new query, above that claim, a few times at most. Above
+  // it the tombstone supersedes the claim's owner if the load is done,
+  // and its promises if not.
+  uint64_t floor = 0;
+  for (int attempt = 0;; ++attempt) {
+    uint64_t refused = 0;
+    auto done = remove_once(name, floor, attempt < 2 ? &refused : nullptr);
+    if (done || refused == 0) return done;
+    floor = refused + 1;
+  }
+}
+
+Result<void> Engine::Impl::remove_once(std::string_view name, uint64_t floor, uint64_t* promise_refused) {
   auto q = query(name);
   if (!q) return tl::unexpected(q.error());
   // What the delete must cover: copies and records above what was
@@ -72,18 +87,19 @@ Result<void> Engine::Impl::remove_locked(std::string_view name) {
   }
   // One above every epoch seen: the tombstone supersedes every owner and
   // replica of the name, as a takeover would.
-  const uint64_t epoch = newest + 1;
+  const uint64_t epoch = std::max(newest + 1, floor);
   std::vector<uint16_t> set;
   for (uint16_t n : wire::unpack_set(record.set))
     if (n != 0) set.push_back(n);
-  if (auto ok = write_tombstone(name, epoch, set); !ok) return ok;
+  if (auto ok = write_tombstone(name, epoch, set, promise_refused); !ok) return ok;
   if (!config.global_dir.empty())
     if (auto ok = GlobalStore::remove(config.global_dir, name, epoch); !ok) return storage_failed(name, ok.error());
   record_event("segment " + std::string(name) + " deleted at owner epoch " + std::to_string(epoch));
   return {};
 }
 
-Result<void> Engine::Impl::write_tombstone(std::string_view name, uint64_t epoch, std::vector<uint16_t> set) {
+Result<void> Engine::Impl::write_tombstone(std::string_view name, uint64_t epoch, std::vector<uint16_t> set,
+                                           uint64_t* promise_refused) {
   auto t = std::make_unique<TombstoneOp>();
   t->name = std::string(name);
   t->id = wire::segment_id(name);
@@ -136,6 +152,9 @@ Result<void> Engine::Impl::write_tombstone(std::string_view name, uint64_t epoch
                    " (a new owner's, above the deleted history)");
     return {};
   }
+  // Refused by a claim's promise, not by an owner: the caller may ask
+  // again above it.
+  if (promise_refused != nullptr && refused != 0 && !only_owners) *promise_refused = refused;
   if (refused != 0)
     return fail(Errc::kBusy, "segment ", name, " was taken at owner epoch ", std::to_string(refused),
                 " while it was being deleted (node ", std::to_string(refuser),

@@ -67,6 +67,18 @@ uint64_t Engine::Impl::apply_tombstone(uint64_t seg_id, std::string_view name, u
   if (rec != records.end() &&
       (rec->second.epoch > epoch || (rec->second.epoch == epoch && rec->second.owner != owner && !rec->second.deleted)))
     return rec->second.epoch;
+  // A claim this node promised above it (or of its epoch, to another
+  // node): a promise stores no older record, a tombstone included. Its
+  // claimant may be loading the very history the tombstone deletes, from a
+  // copy the delete cannot reach (a load from outside the set): were the
+  // tombstone stored here too, the delete's quorum and the claim's would
+  // meet only in a node that kept both, and both would succeed (sim seed
+  // 9500392, 3 nodes, RF 3: I5). Not an owner's refusal: the deleter tries
+  // again above it (remove_locked).
+  if (const uint64_t promised = promise_refuses(seg_id, epoch, owner); promised != 0) {
+    if (by_owner != nullptr) *by_owner = false;
+    return promised;
+  }
   if (auto st = stores.find(seg_id);
       st != stores.end() && (st->second->epoch() > epoch || (st->second->epoch() == epoch && st->second->owner() != owner))) {
     // A copy of the deleted history that took a claim's epoch is not an

@@ -82,7 +82,8 @@ TEST(Simulation, FourNodesTwoShards) {
 // an owner's epoch (it held a rival owner's copy) kept out of that owner's
 // set for good, even after it restarted empty: the set stayed one member
 // short and its durability waited forever (I6; liveness.cc,
-// on_peer_restarted). 1 500 seeds found it twice.
+// on_peer_restarted). 1 500 seeds found it twice, and a delete racing a
+// load once (below).
 TEST(Simulation, ThreeNodesReplicationFactorThreeLongSchedules) {
   Options o;
   o.nodes = 3;
@@ -133,6 +134,27 @@ TEST(Simulation, TokenWaitSeedsThatOnceFailed) {
     const Outcome out = run_seed(seed, o);
     EXPECT_TRUE(out.ok) << "seed " << seed << ": " << out.violation << "\nreplay: build/tests/baton-sim --seed " << seed
                         << " --nodes 5 --rf 3 --print";
+  }
+}
+
+// Found with three nodes, RF 3 and 400-action schedules (session 55):
+// - 9401189: a member that refused an owner's epoch stayed out of its set
+//   after it restarted empty; the set stayed one short and durability
+//   waited forever (I6; liveness.cc, on_peer_restarted).
+// - 9500392: a delete and a load from outside the recorded set both
+//   succeeded: the node their quorums shared had promised the claim and
+//   stored the older tombstone anyway (I5; tombstones.cc, apply_tombstone).
+// - 9400120: the checker's own mistake, a set record's older version
+//   counted as holding it (world.cc, record_holders).
+TEST(Simulation, ThreeNodeSeedsThatOnceFailed) {
+  Options o;
+  o.nodes = 3;
+  o.replication_factor = 3;
+  o.actions = 400;
+  for (uint64_t seed : {9401189u, 9500392u, 9400120u}) {
+    const Outcome out = run_seed(seed, o);
+    EXPECT_TRUE(out.ok) << "seed " << seed << ": " << out.violation << "\nreplay: build/tests/baton-sim --seed " << seed
+                        << " --nodes 3 --rf 3 --actions 400 --print";
   }
 }
 
