@@ -502,9 +502,18 @@ struct Engine::Impl {
   /// epoch). Thread: control.
   Result<void> write_tombstone(std::string_view name, uint64_t epoch, std::vector<uint16_t> set,
                                uint64_t* promise_refused = nullptr);
+  /// remove_locked's attempts so far: the tombstone epoch to reach at
+  /// least (above a claim that refused the last one), what the first
+  /// query found deleted already, and the last attempt's tombstone (0:
+  /// none yet).
+  struct RemoveAttempt {
+    uint64_t floor = 0;
+    uint64_t covered = 0;
+    uint64_t tombstone = 0;
+  };
   /// One attempt of remove_locked: a query, then a tombstone above every
-  /// epoch it saw and at least `floor`. Thread: control.
-  Result<void> remove_once(std::string_view name, uint64_t floor, uint64_t* promise_refused);
+  /// epoch it saw and at least `attempt.floor`. Thread: control.
+  Result<void> remove_once(std::string_view name, RemoveAttempt& attempt, uint64_t* promise_refused);
   /// Sends the newest tombstone a query found to the nodes that answered
   /// with an older copy or record (they missed the delete). Thread: control.
   void repair_tombstone(const QueryOp& q);

@@ -42,21 +42,27 @@ Result<void> Engine::Impl::remove_locked(std::string_view name) {
   // again, from a new query, above that claim, a few times at most. Above
   // it the tombstone supersedes the claim's owner if the load is done,
   // and its promises if not.
-  uint64_t floor = 0;
-  for (int attempt = 0;; ++attempt) {
+  // The refused attempt's own tombstone, stored on some nodes, must not
+  // hide from the next one what the first set out to delete: the next
+  // covers what lies above the first query's delete (else it would answer
+  // "deleted already" for a delete that never completed).
+  RemoveAttempt attempt;
+  for (int n = 0;; ++n) {
     uint64_t refused = 0;
-    auto done = remove_once(name, floor, attempt < 2 ? &refused : nullptr);
+    auto done = remove_once(name, attempt, n < 2 ? &refused : nullptr);
     if (done || refused == 0) return done;
-    floor = refused + 1;
+    attempt.floor = refused + 1;
   }
 }
 
-Result<void> Engine::Impl::remove_once(std::string_view name, uint64_t floor, uint64_t* promise_refused) {
+Result<void> Engine::Impl::remove_once(std::string_view name, RemoveAttempt& attempt, uint64_t* promise_refused) {
   auto q = query(name);
   if (!q) return tl::unexpected(q.error());
   // What the delete must cover: copies and records above what was
   // deleted before, and files in global storage.
-  const uint64_t deleted = deleted_at(**q);
+  uint64_t deleted = deleted_at(**q);
+  if (attempt.tombstone == 0) attempt.covered = deleted;
+  else if (deleted <= attempt.tombstone) deleted = attempt.covered;  // nothing newer than our own try
   uint64_t newest = (*q)->global_deleted;
   for (const auto& a : (*q)->answers) newest = std::max({newest, a.epoch, a.record.epoch});
   SetRecord record;  // the newest recorded set: a majority of it must store the tombstone
@@ -73,7 +79,10 @@ Result<void> Engine::Impl::remove_once(std::string_view name, uint64_t floor, ui
   const GlobalStore::Listing stored =
       config.global_dir.empty() ? GlobalStore::Listing{} : GlobalStore::list(config.global_dir, name, deleted + 1);
   newest = std::max(newest, stored.newest_epoch);
-  if (!exists && stored.copies == 0) {
+  // (Asked again, our own earlier tombstone may be all that hides the
+  // copies it set out to delete: it is finished above the claim, whatever
+  // the query finds.)
+  if (!exists && stored.copies == 0 && attempt.tombstone == 0) {
     if (deleted != 0) {
       repair_tombstone(**q);
       // A delete that stored its tombstone but not its global-storage
@@ -87,10 +96,11 @@ Result<void> Engine::Impl::remove_once(std::string_view name, uint64_t floor, ui
   }
   // One above every epoch seen: the tombstone supersedes every owner and
   // replica of the name, as a takeover would.
-  const uint64_t epoch = std::max(newest + 1, floor);
+  const uint64_t epoch = std::max(newest + 1, attempt.floor);
   std::vector<uint16_t> set;
   for (uint16_t n : wire::unpack_set(record.set))
     if (n != 0) set.push_back(n);
+  attempt.tombstone = epoch;
   if (auto ok = write_tombstone(name, epoch, set, promise_refused); !ok) return ok;
   if (!config.global_dir.empty())
     if (auto ok = GlobalStore::remove(config.global_dir, name, epoch); !ok) return storage_failed(name, ok.error());

@@ -146,15 +146,27 @@ TEST(Simulation, TokenWaitSeedsThatOnceFailed) {
 //   stored the older tombstone anyway (I5; tombstones.cc, apply_tombstone).
 // - 9400120: the checker's own mistake, a set record's older version
 //   counted as holding it (world.cc, record_holders).
-TEST(Simulation, ThreeNodeSeedsThatOnceFailed) {
-  Options o;
-  o.nodes = 3;
-  o.replication_factor = 3;
-  o.actions = 400;
-  for (uint64_t seed : {9401189u, 9500392u, 9400120u}) {
-    const Outcome out = run_seed(seed, o);
+// And with 6 nodes, RF 3, 2 shards and 2 segments:
+// - 9301122: the first version of that fix's retry took its own refused
+//   tombstone for a delete done, answered "deleted already", and the name
+//   was gone with no delete that succeeded (I1; delete.cc, remove_once).
+TEST(Simulation, SessionFiftyFiveSeedsThatOnceFailed) {
+  Options three;
+  three.nodes = 3;
+  three.replication_factor = 3;
+  three.actions = 400;
+  Options six;
+  six.nodes = 6;
+  six.replication_factor = 3;
+  six.shards = 2;
+  six.segments = 2;
+  const std::pair<uint64_t, const Options*> seeds[] = {
+      {9401189, &three}, {9500392, &three}, {9400120, &three}, {9301122, &six}};
+  for (const auto& [seed, o] : seeds) {
+    const Outcome out = run_seed(seed, *o);
     EXPECT_TRUE(out.ok) << "seed " << seed << ": " << out.violation << "\nreplay: build/tests/baton-sim --seed " << seed
-                        << " --nodes 3 --rf 3 --actions 400 --print";
+                        << " --nodes " << o->nodes << " --rf " << o->replication_factor << " --shards " << o->shards
+                        << " --segments " << o->segments << " --actions " << o->actions << " --print";
   }
 }
 
