@@ -39,13 +39,12 @@ Result<void> Engine::Impl::remove_locked(std::string_view name) {
   if (auto ok = require_quorum("delete a segment"); !ok) return tl::unexpected(ok.error());
   // A node that promised a claim above the tombstone refuses it (a load
   // racing the delete, or one that failed after its promises): asked
-  // again, from a new query, above that claim, a few times at most. Above
-  // it the tombstone supersedes the claim's owner if the load is done,
-  // and its promises if not.
-  // The refused attempt's own tombstone, stored on some nodes, must not
-  // hide from the next one what the first set out to delete: the next
-  // covers what lies above the first query's delete (else it would answer
-  // "deleted already" for a delete that never completed).
+  // again, from a new query, above that claim, twice at most. Above it the
+  // tombstone supersedes the claim's owner if the load is done, and its
+  // promises if not. The refused attempt's own tombstone, stored on some
+  // nodes, must not hide from the next one what the first set out to
+  // delete: the next covers what lies above the first query's delete (else
+  // it would answer "deleted already" for a delete that never completed).
   RemoveAttempt attempt;
   for (int n = 0;; ++n) {
     uint64_t refused = 0;
