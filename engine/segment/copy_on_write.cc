@@ -50,8 +50,7 @@ struct Trail {
   static constexpr uint32_t kPages = CopyOnWrite::kTrailPages;
   const void* region[kPages];
   uint32_t page[kPages];
-  uint32_t next;  ///< the slot to take (the oldest) and fill
-  uint32_t held;  ///< slots in use
+  uint32_t next;  ///< the slot to take (the oldest) and fill; an empty one's region is null
 };
 __attribute__((tls_model("initial-exec"))) thread_local Trail trail{};
 
@@ -539,12 +538,7 @@ bool CopyOnWrite::protect_ahead() noexcept {
       const auto b = static_cast<unsigned>(__builtin_ctzll(cand));
       const uint64_t from_b = cand >> b;
       const unsigned len = std::min<unsigned>(kRun, ~from_b == 0 ? 64 - b : static_cast<unsigned>(__builtin_ctzll(~from_b)));
-      const uint64_t mask = (len == 64 ? ~uint64_t{0} : (uint64_t{1} << len) - 1) << b;
-      unprotected_[w].fetch_and(~mask, std::memory_order_acq_rel);
-      ahead_[w].fetch_or(mask, std::memory_order_relaxed);
-      const bool ok = protect_range((uint64_t{w} * 64 + b) * kPage, uint64_t{len} * kPage, true);
-      if (!ok) unprotected_[w].fetch_or(mask, std::memory_order_relaxed);  // the freeze tries, and reports
-      else protected_ahead_->fetch_add(len, std::memory_order_relaxed);  // inside the hold: a freeze sees it
+      const bool ok = protect_again(w, b, len);
       gate_.fetch_sub(1, std::memory_order_release);
       if (!ok) return give_up();  // the freeze tries again, and reports
       any = true;
@@ -553,21 +547,29 @@ bool CopyOnWrite::protect_ahead() noexcept {
   return any;
 }
 
+bool CopyOnWrite::protect_again(uint32_t w, unsigned b, unsigned len) noexcept {
+  // The bits are cleared before the protection, inside the caller's hold
+  // of the gate, so a freeze sees either the bit or the page protected.
+  const uint64_t mask = (len == 64 ? ~uint64_t{0} : (uint64_t{1} << len) - 1) << b;
+  const uint64_t took = unprotected_[w].fetch_and(~mask, std::memory_order_acq_rel) & mask;
+  if (took == 0) return true;  // another reader protected them meanwhile
+  ahead_[w].fetch_or(mask, std::memory_order_relaxed);
+  if (!protect_range((uint64_t{w} * 64 + b) * kPage, uint64_t{len} * kPage, true)) {
+    unprotected_[w].fetch_or(took, std::memory_order_relaxed);  // the freeze tries, and reports
+    return false;
+  }
+  protected_ahead_->fetch_add(static_cast<uint64_t>(__builtin_popcountll(took)), std::memory_order_relaxed);
+  return true;
+}
+
 void CopyOnWrite::protect_trailing(uint32_t page) noexcept {
-  // Inside the handler's hold of the gate, as the protector's calls are:
-  // the bit is cleared before the protection, so a freeze sees either.
+  // (A handler: inside its hold of the gate, as the protector's calls are.)
   if (page >= pages_) return;
   const uint32_t w = page / 64;
   const uint64_t bit = uint64_t{1} << (page % 64);
   if ((ahead_[w].load(std::memory_order_relaxed) & bit) != 0 || (hot_[w].load(std::memory_order_relaxed) & bit) != 0)
     return;
-  if ((unprotected_[w].fetch_and(~bit, std::memory_order_acq_rel) & bit) == 0) return;  // protected since
-  ahead_[w].fetch_or(bit, std::memory_order_relaxed);
-  if (!protect_range(uint64_t{page} * kPage, kPage, true)) {
-    unprotected_[w].fetch_or(bit, std::memory_order_relaxed);  // the freeze tries, and reports
-    return;
-  }
-  protected_ahead_->fetch_add(1, std::memory_order_relaxed);
+  (void)protect_again(w, page % 64, 1);
 }
 
 bool CopyOnWrite::protect_range(uint64_t off, uint64_t len, bool on) noexcept {
@@ -719,11 +721,10 @@ bool CopyOnWrite::on_fault(uintptr_t addr) noexcept {
     // writing (its next timed look), and the commit what neither reached.
     Trail& t = trail;
     const uint32_t slot = t.next;
-    if (t.held == Trail::kPages && t.region[slot] == this && t.page[slot] != page) protect_trailing(t.page[slot]);
+    if (t.region[slot] == this && t.page[slot] != page) protect_trailing(t.page[slot]);
     t.region[slot] = this;
     t.page[slot] = page;
     t.next = (slot + 1) % Trail::kPages;
-    if (t.held < Trail::kPages) ++t.held;
     // The protector looks at a region with a backlog when it wakes by
     // itself; it is woken only for pages a quiescent commit left writable
     // (copy_left adds them), which no thread's trail holds.

@@ -456,6 +456,12 @@ class CopyOnWrite {
   /// Sets every page's written bit (under the gate, or before any handler).
   void mark_all_written() noexcept;
   bool protect_range(uint64_t off, uint64_t len, bool on) noexcept;
+  /// Protects pages 64 w + b .. + len (one word's run) again ahead of the
+  /// commit, those still marked unprotected: clears their marks, marks
+  /// them protected ahead, and protects the run; false if the kernel
+  /// refused (the marks are back: the freeze tries, and reports). A
+  /// reader of the gate's (the protector, or a handler).
+  bool protect_again(uint32_t w, unsigned b, unsigned len) noexcept;
   /// The fault handler's protection ahead of a page its thread lifted a
   /// few faults ago (on_fault), if it is still writable and neither hot
   /// nor protected ahead already. A handler's (a reader of the gate).
