@@ -511,8 +511,12 @@ Result<Segment*> Engine::Impl::make_segment(std::string_view name, uint64_t size
     if (why.empty() && seg->mem.huge_pages()) why = "the memory is on huge pages";
     if (why.empty()) {
       auto cow = CopyOnWrite::attach(seg->mem.data(), seg->mem.mapped_size(), config.cow_protect_ahead);
-      if (cow) seg->cow = std::move(*cow);
-      else why = cow.error().message;
+      if (cow) {
+        seg->cow = std::move(*cow);
+        seg->cow->tag_writes();  // snapshot_cow pends with pend_tagged where it can, else pend
+      } else {
+        why = cow.error().message;
+      }
     }
     if (!why.empty())
       BT_WARN("segment %s: no copy-on-write, commits copy it: %s", seg->name.c_str(), why.c_str());
@@ -918,6 +922,7 @@ EngineStats Engine::stats() const noexcept {
     s.direct_read_failures += c.direct_read_failures.load();
     s.cow_snapshots += c.cow_snapshots.load();
     s.cow_pages_settled += c.cow_pages_settled.load();
+    s.cow_pended_by_tags += c.cow_pended_by_tags.load();
     s.periodic_commits += c.periodic_commits.load();
     for (size_t i = 0; i < c.decode.size(); ++i) s.decode_errors[i] += c.decode[i].load();
   }

@@ -361,7 +361,7 @@ struct Engine::Impl {
         stale_epoch{0}, published{0}, corrupt_generations{0}, tx_dropped{0}, no_slot{0}, bad_input{0}, stalls{0},
         longest_stall_us{0}, last_stall_ns{0}, snapshot_chunks_copied{0}, snapshot_chunks_skipped{0}, deltas_sent{0},
         wholes_sent{0}, deltas_published{0}, deltas_published_later{0}, restamped{0}, notes_rx{0}, notes_dropped{0},
-        standby_promotions{0}, replica_promotions{0}, replica_promotions_chained{0}, slots_lent{0}, direct_reads{0}, direct_read_failures{0}, cow_snapshots{0}, cow_pages_settled{0},
+        standby_promotions{0}, replica_promotions{0}, replica_promotions_chained{0}, slots_lent{0}, direct_reads{0}, direct_read_failures{0}, cow_snapshots{0}, cow_pages_settled{0}, cow_pended_by_tags{0},
         periodic_commits{0}, fenced_copies_kept{0}, loads_outside_set{0};
     std::array<std::atomic<uint64_t>, static_cast<size_t>(wire::DecodeError::kCount)> decode{};
   } counters;

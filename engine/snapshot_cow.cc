@@ -60,9 +60,19 @@ Result<void> Engine::Impl::snapshot_cow(Segment& seg, uint64_t generation, const
     seg.cow->pend(stage->mem.data(), stage->stale);
   } else {
     CopyOnWrite::Freeze freeze(*seg.cow);
+    // The stage needs only this commit's pages when it held the last
+    // snapshot but one whole (its catch-up copied the last one's pages in,
+    // and cleared them): then they are pending by the tags their faults
+    // left (CopyOnWrite::tag_writes), with no store per page.
+    const bool only_taken = options.written.empty() && stage->stale.next_set(0) == stage->stale.count();
     mark_written(seg, options.written, &freeze);
     apply_marks(seg);
-    freeze.pend(stage->mem.data(), stage->stale);
+    if (only_taken && freeze.tags_complete()) {
+      freeze.pend_tagged(stage->mem.data(), stage->stale.count());
+      bump(counters.cow_pended_by_tags);
+    } else {
+      freeze.pend(stage->mem.data(), stage->stale);
+    }
     if (options.quiescent && freeze.copy_left_pays()) freeze.copy_left();
     else protected_ok = freeze.protect();
   }

@@ -160,6 +160,9 @@ struct EngineRun {
   uint64_t copied = 0, skipped = 0;
   /// Pages per measured commit (copy-on-write).
   double protected_at_commit = 0, protected_ahead = 0, copied_at_commit = 0;
+  /// The share of the measured commits whose pages were pending by their
+  /// faults' tags (EngineStats::cow_pended_by_tags).
+  double pended_by_tags = 0;
 };
 
 EngineRun run_engine(Mode mode, uint64_t size, double dirty, int commits) {
@@ -211,6 +214,7 @@ EngineRun run_engine(Mode mode, uint64_t size, double dirty, int commits) {
     r.protected_ahead = double(cow_after->cow_protected_ahead - cow_before->cow_protected_ahead) / commits;
     r.copied_at_commit = double(cow_after->cow_copied_at_commit - cow_before->cow_copied_at_commit) / commits;
   }
+  r.pended_by_tags = double(after.cow_pended_by_tags - before.cow_pended_by_tags) / commits;
   r.copied = after.snapshot_chunks_copied - before.snapshot_chunks_copied;
   r.skipped = after.snapshot_chunks_skipped - before.snapshot_chunks_skipped;
   return r;
@@ -377,6 +381,7 @@ int main(int argc, char** argv) {
         field(key("pages_protected_ahead").c_str(), r.protected_ahead, "%.1f");
         field(key("pages_protected_at_commit").c_str(), r.protected_at_commit, "%.1f");
         field(key("pages_copied_at_commit").c_str(), r.copied_at_commit, "%.1f");
+        field(key("pended_by_tags").c_str(), r.pended_by_tags, "%.2f");
       }
     }
     std::printf("%s}\n", line.c_str());

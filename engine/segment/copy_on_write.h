@@ -23,7 +23,7 @@
 // protected again while the application writes on, so the commit finds
 // only the last few still to protect: the commit's pause no longer grows
 // with how many pages were written. Each writing thread's fault handler
-// protects again the page that thread lifted kTrailPages (8) faults
+// protects again the page that thread lifted kTrailPages (4) faults
 // before (its write has landed: the thread has run on to another fault),
 // on the thread's own core; a thread of this process (the protector, one
 // for all regions, started with the first) takes what the trails leave
@@ -34,9 +34,12 @@
 // ~1.3 us for the commit's own): it lagged the writer by 10-1 000 pages
 // and slowed its writes (docs/performance.md). A page
 // protected ahead still counts as written (its delta must travel); a
-// write to it faults once more, and a page that does (a hot page) is left
-// to the commits for the next kHotFreezes: each page costs at most one
-// extra fault per commit, and a hot set none most of the time. This is
+// write to it faults once more, and it is protected ahead once more; a
+// page that does so twice within kHotFreezes freezes (a hot page) is left
+// to the commits until then: each page costs at most two extra faults per
+// commit, and a hot set none most of the time (a page written twice at
+// random is no hot page: at 1% of 1 GiB, ~13 a cycle, which the commit
+// would each have protected with a call of its own). This is
 // the kernel work the commit would have done, moved off its pause into
 // the writes; where page-table changes are slow, the writes lose more
 // than the pause gains (docs/performance.md), hence off by default.
@@ -113,6 +116,7 @@
 #include <cstdint>
 #include <memory>
 #include <sys/types.h>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -190,9 +194,9 @@ class CopyOnWrite {
   static constexpr uint32_t kAheadAfter = 4;
   /// With protection ahead, a writing thread's fault handler protects
   /// again the page that thread lifted this many faults before (its trail).
-  static constexpr uint32_t kTrailPages = 8;
-  /// A page written again after it was protected ahead is left to the
-  /// commit this many commits long.
+  static constexpr uint32_t kTrailPages = 4;
+  /// A page written again twice after it was protected ahead is left to
+  /// the commits until the next of every this many freezes.
   static constexpr uint32_t kHotFreezes = 16;
   /// Freezes a region stays dense (above) after a cycle that wrote more
   /// than half its pages; doubled, up to kDenseMaxFreezes, each time a
@@ -228,6 +232,18 @@ class CopyOnWrite {
   static Result<std::unique_ptr<CopyOnWrite>> settler(std::byte* base, uint64_t len, CowShare share);
   static constexpr uint32_t kMaxRegions = 1024;
 
+  /// kLocal: from the next freeze on, a page's fault tags its state byte,
+  /// so that a freeze whose stage needs only the pages it took makes them
+  /// pending without a store per page (Freeze::pend_tagged). Every Freeze
+  /// must then pend (pend or pend_tagged; one that does not has its tags
+  /// dropped by the next), and come after the previous snapshot settled
+  /// whole (as the engine's commits do): a freeze makes the last one's
+  /// tag a written page's again. Thread: the committer, before the first
+  /// freeze.
+  void tag_writes() noexcept {
+    if (role_ == Role::kLocal) write_tag_.store(kTagA, std::memory_order_relaxed);
+  }
+
   /// Lifts the protection and stops handling faults: every write after it
   /// goes straight through. The caller settled every page first.
   ~CopyOnWrite();
@@ -255,18 +271,24 @@ class CopyOnWrite {
     template <typename Fn>
     void take_written(Fn&& written) {
       cow_.take();
-      for_each_run(cow_.taken_words_, [&](uint32_t w) { return cow_.taken_[w]; }, written);
+      RunJoin<Fn&> runs{written};
+      for (const auto& [w, bits] : taken_words()) runs.word(w, bits);
+      runs.finish();
     }
-    /// As take_written(), a word of the written-page bitmap at a time:
-    /// `written(w, bits)` for each word that has pages written (bit b is
-    /// page 64 w + b), in order. No list of runs: the engine's own
-    /// commit, whose pause a list of a run per scattered page cost
-    /// ~20 us at 1% of 1 GiB.
-    template <typename Fn>
-    void take_written_words(Fn&& written) {
-      cow_.take();
-      for (const uint32_t w : cow_.taken_words_) written(w, cow_.taken_[w]);
+    /// As take_written(), as lists instead of runs: taken_words() has
+    /// (w, bits) for each word of the written-page bitmap that has pages
+    /// written (bit b is page 64 w + b), and taken_pages() each written
+    /// page's index, both ascending, until the next freeze. For the
+    /// engine's own commit, whose pause a list of a run per scattered
+    /// page cost ~20 us at 1% of 1 GiB, and a walk over a sparse bitmap
+    /// ~5 ns a word, most of it the loop's exit mispredicted (~20 us at
+    /// 1 GiB): the bitmap is walked once, here; everything after walks
+    /// the lists.
+    void take_lists() { cow_.take(); }
+    std::span<const std::pair<uint32_t, uint64_t>> taken_words() const noexcept {
+      return {cow_.taken_words_.get(), cow_.taken_words_count_};
     }
+    std::span<const uint32_t> taken_pages() const noexcept { return {cow_.taken_pages_.get(), cow_.taken_pages_count_}; }
     /// Pages protect() will protect: those written since the previous
     /// freeze that the protector has not protected again already.
     uint32_t to_protect() const noexcept;
@@ -279,6 +301,17 @@ class CopyOnWrite {
     void pend(std::byte* aside, const Bits& pages) {
       cow_.pend(aside, pages);
     }
+    /// Whether pend_tagged() may stand in for pend(): the region tags
+    /// (tag_writes) and every page this freeze took was tagged by its
+    /// fault (none counted as written in bulk: the first freeze, a
+    /// release, a dense writer's lift).
+    bool tags_complete() const noexcept { return cow_.taken_tag_ != 0 && !cow_.took_untagged_; }
+    /// As pend() with the pages taken_pages() lists below page `limit`
+    /// (the stage's pages), when they are all the stage needs: they are
+    /// pending by their tags, and nothing is stored per page (a byte per
+    /// page, each on a line of its own at 1% of 1 GiB, was ~20 us of that
+    /// pause: cache misses). Only after tags_complete().
+    void pend_tagged(std::byte* aside, uint32_t limit) noexcept { cow_.pend_tagged(aside, limit); }
     /// Write-protects the pages take_written() reported. Errors: kIo (the
     /// snapshot cannot be trusted; the caller stops copy-on-write).
     Result<void> protect();
@@ -320,6 +353,15 @@ class CopyOnWrite {
     aside_.store(stage, std::memory_order_relaxed);  // published by the gate's release (kLocal)
     patience_ns_ = kClientPatienceNs;
     const uint32_t n = pages.count() < pages_ ? pages.count() : pages_;
+    if (taken_tag_ != 0) {  // tags: the taken pages not in `pages` are not pending (those in it are made so below)
+      for (const uint32_t p : std::span(taken_pages_.get(), taken_pages_count_)) {
+        bool in = p < n;
+        if constexpr (requires { pages.test(0u); }) in = in && pages.test(p);
+        else in = false;
+        if (!in) untag(p);
+      }
+      pended_ = true;
+    }
     if constexpr (requires { pages.word(0u); }) {  // a word at a time: no call per page
       for (uint32_t w = 0; w < (n + 63) / 64; ++w) {
         for (uint64_t bits = pages.word(w); bits != 0; bits &= bits - 1) {
@@ -413,23 +455,39 @@ class CopyOnWrite {
   /// settler to take. A kSettler never marks a page it is copying (3 was
   /// that, once: a batond stopped mid-copy stopped the application's next
   /// write to the page).
-  enum PageState : uint8_t { kIdle = 0, kPending = 1, kCopying = 2, kAside = 4 };
+  /// kTagA, kTagB (tag_writes, kLocal only): written since the last
+  /// freeze (the one write_tag_ names), or pending in the current snapshot
+  /// (the one pending_tag_ names): the two take turns, freeze by freeze.
+  enum PageState : uint8_t { kIdle = 0, kPending = 1, kCopying = 2, kAside = 4, kTagA = 8, kTagB = 16 };
+  /// Whether a state byte's value makes its page pending in the current
+  /// snapshot. A handler's or the settler's.
+  bool is_pending(uint8_t v) const noexcept {
+    return v == kPending || v == pending_tag_.load(std::memory_order_relaxed);
+  }
   static constexpr uint32_t kWriter = 1u << 31;
 
   CopyOnWrite() = default;
   static Result<std::unique_ptr<CopyOnWrite>> make(Role role, std::byte* base, uint64_t len,
                                                    std::unique_ptr<CowShare> share, bool ahead);
-  /// Takes the written pages into taken_ (and what protect() is to
-  /// protect into protect_runs_), under the gate.
+  /// Takes the written pages into taken_words_ and taken_pages_ (and what
+  /// protect() is to protect into protect_runs_), under the gate.
   void take();
-  /// Calls emit(offset, length) for each run of pages whose bits are set,
-  /// in order: over the words `ws` lists (ascending), word(w) giving the
-  /// bits of word w (bit b: page 64 w + b).
-  template <typename Words, typename Word, typename Emit>
-  static void for_each_run(const Words& ws, Word&& word, Emit&& emit) {
+  /// Freeze::pend_tagged.
+  void pend_tagged(std::byte* stage, uint32_t limit) noexcept;
+  /// A page taken with the tag the last freeze retired (taken_tag_) is
+  /// not pending after all: idle again (under the gate).
+  void untag(uint32_t page) noexcept {
+    if (state_[page].load(std::memory_order_relaxed) == taken_tag_) state_[page].store(kIdle, std::memory_order_relaxed);
+  }
+  /// Joins pages into runs: word(w, bits) for words in ascending order
+  /// (bit b: page 64 w + b), then finish(); emit(offset, length) for each
+  /// run of pages, in order.
+  template <typename Emit>
+  struct RunJoin {
+    Emit emit;
     uint64_t begin = 0, len = 0;
-    for (const uint32_t w : ws) {
-      for (uint64_t bits = word(w); bits != 0; bits &= bits - 1) {
+    void word(uint32_t w, uint64_t bits) {
+      for (; bits != 0; bits &= bits - 1) {
         const uint64_t off = (uint64_t{w} * 64 + static_cast<unsigned>(__builtin_ctzll(bits))) * kPage;
         if (len != 0 && begin + len == off) {
           len += kPage;
@@ -440,7 +498,17 @@ class CopyOnWrite {
         len = kPage;
       }
     }
-    if (len != 0) emit(begin, len);
+    void finish() {
+      if (len != 0) emit(begin, len);
+    }
+  };
+  /// RunJoin over the words `ws` lists (ascending), word(w) giving the
+  /// bits of word w.
+  template <typename Words, typename Word, typename Emit>
+  static void for_each_run(const Words& ws, Word&& word, Emit&& emit) {
+    RunJoin<Emit&> runs{emit};
+    for (const uint32_t w : ws) runs.word(w, word(w));
+    runs.finish();
   }
   /// The protector's pass over this region: protects the pages unprotected
   /// since they were last protected (but hot ones, and those it protected
@@ -523,8 +591,11 @@ class CopyOnWrite {
   /// Pages the protector protected since the last freeze (set by the
   /// protector, read by the handler, cleared by a freeze).
   std::unique_ptr<std::atomic<uint64_t>[]> ahead_;
-  /// Pages written again after the protector protected them: it leaves
-  /// them to the commits until kHotFreezes freezes have cleared them.
+  /// Pages written again after they were protected ahead (since the
+  /// freeze that did), once (again_: protected ahead once more) and twice
+  /// (hot_: left to the commits) since the last of every kHotFreezes
+  /// freezes, which clears both. Set by handlers.
+  std::unique_ptr<std::atomic<uint64_t>[]> again_;
   std::unique_ptr<std::atomic<uint64_t>[]> hot_;
   /// CLOCK_MONOTONIC when a fault handler last returned (write_in_flight).
   std::atomic<uint64_t> last_fault_ns_{0};
@@ -558,11 +629,29 @@ class CopyOnWrite {
   /// lifted_below_ (lift_settled; zeroed by a freeze).
   std::atomic<uint32_t> settled_below_{0};
   std::atomic<uint32_t> lifted_below_{0};
-  /// The pages the last freeze took (one bit each), and the words of it
-  /// that are not zero, in order: committer only (zeroed at the next
-  /// take, word by word).
-  std::unique_ptr<uint64_t[]> taken_;
-  std::vector<uint32_t> taken_words_;
+  /// Tags (tag_writes()): the tag a handler puts in the state byte of a
+  /// page it lifts (0: none; kTagA or kTagB), flipped by each freeze
+  /// (under the gate), and read by handlers; the tag that makes a page
+  /// pending in the current snapshot (kPending: none), set by the pend of
+  /// a freeze, read by handlers and the settler (published to it with the
+  /// stage); the tag the last freeze retired (committer only); pages
+  /// counted as written since the last freeze without a tag (a bulk lift,
+  /// every page at once): set by whoever does so, taken by the freeze into
+  /// took_untagged_ (committer only); and whether the last freeze pended
+  /// (committer only: a freeze that did not has its tags cleared by the
+  /// next).
+  std::atomic<uint8_t> write_tag_{0};
+  std::atomic<uint8_t> pending_tag_{kPending};
+  uint8_t taken_tag_ = 0;
+  std::atomic<bool> untagged_{true};
+  bool took_untagged_ = true;
+  bool pended_ = true;
+  /// The words of pages the last freeze took, (w, bits) for each that is
+  /// not zero, and the pages: ascending, committer only (Freeze::
+  /// taken_words).
+  std::unique_ptr<std::pair<uint32_t, uint64_t>[]> taken_words_;
+  std::unique_ptr<uint32_t[]> taken_pages_;
+  uint32_t taken_words_count_ = 0, taken_pages_count_ = 0;
   /// The runs protect() is to protect (joined across short gaps: take),
   /// with the pages in them that were writable: committer only.
   std::vector<std::pair<uint64_t, uint64_t>> protect_runs_;

@@ -106,6 +106,12 @@ struct Segment {
   /// Gathered until a snapshot takes them. Committer only.
   ChunkBitmap written_chunks;
   bool written_unknown = true;
+  /// A copy-on-write commit's chunks, ascending, when they are all that
+  /// written_chunks holds (mark_written lists them from the pages it
+  /// took; prepare_stage takes the list instead of walking the bitmap).
+  /// Committer only.
+  std::vector<uint32_t> delta_list;
+  bool delta_listed = false;
   bool rewritten = false;  ///< Engine::reopen put the memory back: the next commit is no delta
   /// The memfd was handed out (Engine::memory_fd): writes through another
   /// mapping are invisible to the tracker, so the next commit drops it.

@@ -470,6 +470,11 @@ struct EngineStats {
   uint64_t direct_read_failures = 0;
   uint64_t cow_snapshots = 0;      ///< commits that took a copy-on-write snapshot (S14)
   uint64_t cow_pages_settled = 0;  ///< snapshot pages the engine copied (the rest the writers copied aside)
+  /// Copy-on-write commits whose pages were pending by the tags their
+  /// faults left (no store per page in the commit's pause); the others
+  /// marked each page of the stage (its catch-up unfinished, explicit
+  /// ranges, or pages counted as written in bulk).
+  uint64_t cow_pended_by_tags = 0;
   uint64_t periodic_commits = 0;   ///< commits the engine took by itself (EngineConfig::commit_every_ms)
 };
 
