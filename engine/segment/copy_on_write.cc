@@ -938,12 +938,15 @@ void CopyOnWrite::take() {
     taken_words_[listed_words] = {w, bits};
     listed_words += bits != 0;
     const uint32_t count = static_cast<uint32_t>(__builtin_popcountll(bits)), base = w * 64;
-    uint64_t b = bits;  // (__builtin_ctzll of 0 is some index, stored past the end: not counted)
-    out[0] = base + static_cast<uint32_t>(__builtin_ctzll(b));
+    // (The top bit ORed in: ctz of 0 is undefined; past the last set bit
+    // an index is stored past the end, and not counted.)
+    constexpr uint64_t kTop = uint64_t{1} << 63;
+    uint64_t b = bits;
+    out[0] = base + static_cast<uint32_t>(__builtin_ctzll(b | kTop));
     b &= b - 1;
-    out[1] = base + static_cast<uint32_t>(__builtin_ctzll(b));
+    out[1] = base + static_cast<uint32_t>(__builtin_ctzll(b | kTop));
     b &= b - 1;
-    out[2] = base + static_cast<uint32_t>(__builtin_ctzll(b));
+    out[2] = base + static_cast<uint32_t>(__builtin_ctzll(b | kTop));
     b &= b - 1;
     if (count > 3) [[unlikely]] {
       for (uint32_t* o = out + 3; b != 0; b &= b - 1) *o++ = base + static_cast<uint32_t>(__builtin_ctzll(b));
