@@ -39,6 +39,7 @@ void Stats::add(const Stats& o) {
   replica_promotions += o.replica_promotions;
   replica_promotions_chained += o.replica_promotions_chained;
   cow_snapshots += o.cow_snapshots;
+  cow_pended_by_tags += o.cow_pended_by_tags;
   restamped += o.restamped;
   fenced_copies_kept += o.fenced_copies_kept;
   loads_outside_set += o.loads_outside_set;
@@ -59,7 +60,7 @@ std::string Stats::to_string() const {
                 "seeds=%lu steps=%lu commits=%lu durable_acks=%lu restores=%lu fresh_starts=%lu kills=%lu "
                 "restarts=%lu partitions=%lu stalls=%lu failed_opens=%lu lost_with_every_copy=%lu "
                 "acks_in_detection_window=%lu past_tolerance=%lu records_lost=%lu deletes=%lu failed_deletes=%lu "
-                "partial_snapshots=%lu delta_generations=%lu deltas_published_later=%lu standby_promotions=%lu replica_promotions=%lu replica_promotions_chained=%lu cow_snapshots=%lu client_cow_opens=%lu restamped=%lu fenced_copies_kept=%lu loads_outside_set=%lu direct_reads=%lu races=%lu start_races=%lu zombie_commits=%lu zombie_durable=%lu",
+                "partial_snapshots=%lu delta_generations=%lu deltas_published_later=%lu standby_promotions=%lu replica_promotions=%lu replica_promotions_chained=%lu cow_snapshots=%lu cow_pended_by_tags=%lu client_cow_opens=%lu restamped=%lu fenced_copies_kept=%lu loads_outside_set=%lu direct_reads=%lu races=%lu start_races=%lu zombie_commits=%lu zombie_durable=%lu",
                 (unsigned long)seeds, (unsigned long)steps, (unsigned long)commits, (unsigned long)durable_acks,
                 (unsigned long)restores, (unsigned long)fresh_starts, (unsigned long)kills, (unsigned long)restarts,
                 (unsigned long)partitions, (unsigned long)stalls, (unsigned long)failed_opens,
@@ -68,7 +69,7 @@ std::string Stats::to_string() const {
                 (unsigned long)failed_deletes, (unsigned long)partial_snapshots,
                 (unsigned long)delta_generations, (unsigned long)deltas_published_later, (unsigned long)standby_promotions, (unsigned long)replica_promotions,
                 (unsigned long)replica_promotions_chained,
-                (unsigned long)cow_snapshots, (unsigned long)client_cow_opens, (unsigned long)restamped,
+                (unsigned long)cow_snapshots, (unsigned long)cow_pended_by_tags, (unsigned long)client_cow_opens, (unsigned long)restamped,
                 (unsigned long)fenced_copies_kept, (unsigned long)loads_outside_set,
                 (unsigned long)direct_reads, (unsigned long)races, (unsigned long)start_races,
                 (unsigned long)zombie_commits, (unsigned long)zombie_durable);
@@ -258,6 +259,7 @@ class World {
     stats_.replica_promotions += st.replica_promotions;
     stats_.replica_promotions_chained += st.replica_promotions_chained;
     stats_.cow_snapshots += st.cow_snapshots;
+    stats_.cow_pended_by_tags += st.cow_pended_by_tags;
     stats_.restamped += st.restamped;
     stats_.fenced_copies_kept += st.fenced_copies_kept;
     stats_.loads_outside_set += st.loads_outside_set;

@@ -78,6 +78,7 @@ struct Stats {
            replica_promotions = 0,  ///< loads that mapped their node's own replica slot in place
            replica_promotions_chained = 0,  ///< of those, whose stage the replica had kept close (only chunks copied)
            cow_snapshots = 0,       ///< commits that took a copy-on-write snapshot (S14)
+           cow_pended_by_tags = 0,  ///< of those, the engines' own whose pages were pending by their tags
            restamped = 0,           ///< takeovers' generations a replica held already: relabelled, not resent
            fenced_copies_kept = 0,  ///< fenced owners whose last snapshot stayed as a replica copy
            loads_outside_set = 0,   ///< loads from such a copy: every member of the set had lost its own
