@@ -119,32 +119,26 @@ void Engine::Impl::mark_written(Segment& seg, std::span<const std::pair<uint64_t
     const auto taken = freeze->taken_pages();
     const auto in_segment = taken.first(std::lower_bound(taken.begin(), taken.end(), pages) - taken.begin());
     if (cs < kPage) seg.delta_listed = false;
-    if (seg.delta_listed) {  // the list alone: the bitmap stays empty
-      seg.delta_list.resize(2 * in_segment.size());
-      uint32_t* const out = seg.delta_list.data();
-      uint32_t listed = 0, prev = UINT32_MAX;
-      for (const uint32_t p : in_segment) {  // each listed unless equal to the one before
-        const uint64_t off = uint64_t{p} * kPage;
-        const uint32_t first = chunk_of(off), last = chunk_of(std::min(off + kPage, seg.size) - 1);
+    if (seg.delta_listed) seg.delta_list.resize(2 * in_segment.size());
+    uint32_t* const out = seg.delta_listed ? seg.delta_list.data() : nullptr;  // listed: the bitmap stays empty
+    uint32_t listed = 0, prev = UINT32_MAX;
+    for (const uint32_t p : in_segment) {  // (the branches below take the same way for every page)
+      const uint64_t off = uint64_t{p} * kPage;
+      const uint32_t first = chunk_of(off), last = chunk_of(std::min(off + kPage, seg.size) - 1);
+      if (out != nullptr) {  // each listed unless equal to the one before
         out[listed] = first;
         listed += first != prev;
         out[listed] = last;
         listed += last != first;
         prev = last;
-      }
-      seg.delta_list.resize(listed);
-    } else {
-      for (const uint32_t p : in_segment) {
-        const uint64_t off = uint64_t{p} * kPage;
-        const uint32_t first = chunk_of(off), last = chunk_of(std::min(off + kPage, seg.size) - 1);
-        if (cs < kPage) {
-          seg.written_chunks.set_range(first, last);
-        } else {
-          seg.written_chunks.or_word(first / 64, uint64_t{1} << (first % 64));
-          seg.written_chunks.or_word(last / 64, uint64_t{1} << (last % 64));
-        }
+      } else if (cs < kPage) {
+        seg.written_chunks.set_range(first, last);
+      } else {
+        seg.written_chunks.or_word(first / 64, uint64_t{1} << (first % 64));
+        seg.written_chunks.or_word(last / 64, uint64_t{1} << (last % 64));
       }
     }
+    if (out != nullptr) seg.delta_list.resize(listed);
     all = false;
   } else if (seg.watch != nullptr) {
     std::string error;

@@ -722,10 +722,7 @@ bool CopyOnWrite::on_fault(uintptr_t addr) noexcept {
     hot_[w].fetch_or(bit, std::memory_order_relaxed);
   const bool hot = (hot_[w].load(std::memory_order_relaxed) & bit) != 0;  // the commit protects it: no nudge
   if (claim(page)) copied_aside_->fetch_add(1, std::memory_order_relaxed);
-  // Tagged as written for the next freeze (its line is in the cache: the
-  // claim read it), which then need not store a byte for it.
-  if (const uint8_t tag = write_tag_.load(std::memory_order_relaxed); tag != 0)
-    state_[page].store(tag, std::memory_order_relaxed);
+  tag_written(page);  // (its line is in the cache: the claim read it); the next freeze need not store it
   faults_->fetch_add(1, std::memory_order_relaxed);
   const bool ok = protect_range(uint64_t{page} * kPage, kPage, false);
   unprotected_[w].fetch_or(bit, std::memory_order_release);  // after the lift: see protect_ahead()
@@ -921,7 +918,7 @@ void CopyOnWrite::take() {
   // from one freeze to the next: no allocation once warm.
   const uint32_t words = (pages_ + 63) / 64;
   if (taken_tag_ != 0 && !pended_)  // the last freeze's tags, never made pending: gone
-    for (const uint32_t p : std::span(taken_pages_.get(), taken_pages_count_)) untag(p);
+    for (const uint32_t p : taken()) untag(p);
   // Branch-free: every word's bits are cleared and decoded, three page
   // indices stored whatever its count (the pointer moves on by the count;
   // more than three are rare at the densities where it matters). A loop
@@ -1052,8 +1049,8 @@ void CopyOnWrite::pend_tagged(std::byte* stage, uint32_t limit) noexcept {
   patience_ns_ = kClientPatienceNs;
   // Pages past the stage (the memory runs on past the segment) are not
   // the snapshot's: their tags go.
-  const std::span<const uint32_t> taken(taken_pages_.get(), taken_pages_count_);
-  for (auto it = std::lower_bound(taken.begin(), taken.end(), limit); it != taken.end(); ++it) untag(*it);
+  const auto pages = taken();
+  for (auto it = std::lower_bound(pages.begin(), pages.end(), limit); it != pages.end(); ++it) untag(*it);
   pending_tag_.store(taken_tag_, std::memory_order_relaxed);
   pended_ = true;
 }
@@ -1080,8 +1077,7 @@ void CopyOnWrite::Freeze::copy_left() noexcept {
     for (uint64_t at = off; at < off + len; at += kPage) {
       const auto page = static_cast<uint32_t>(at / kPage);
       copied += cow_.claim(page) ? 1 : 0;
-      if (const uint8_t tag = cow_.write_tag_.load(std::memory_order_relaxed); tag != 0)
-        cow_.state_[page].store(tag, std::memory_order_relaxed);  // written, for the next freeze
+      cow_.tag_written(page);
       const uint64_t bit = uint64_t{1} << (page % 64);
       cow_.written_[page / 64].fetch_or(bit, std::memory_order_relaxed);
       cow_.unprotected_[page / 64].fetch_or(bit, std::memory_order_relaxed);

@@ -288,7 +288,7 @@ class CopyOnWrite {
     std::span<const std::pair<uint32_t, uint64_t>> taken_words() const noexcept {
       return {cow_.taken_words_.get(), cow_.taken_words_count_};
     }
-    std::span<const uint32_t> taken_pages() const noexcept { return {cow_.taken_pages_.get(), cow_.taken_pages_count_}; }
+    std::span<const uint32_t> taken_pages() const noexcept { return cow_.taken(); }
     /// Pages protect() will protect: those written since the previous
     /// freeze that the protector has not protected again already.
     uint32_t to_protect() const noexcept;
@@ -354,7 +354,7 @@ class CopyOnWrite {
     patience_ns_ = kClientPatienceNs;
     const uint32_t n = pages.count() < pages_ ? pages.count() : pages_;
     if (taken_tag_ != 0) {  // tags: the taken pages not in `pages` are not pending (those in it are made so below)
-      for (const uint32_t p : std::span(taken_pages_.get(), taken_pages_count_)) {
+      for (const uint32_t p : taken()) {
         bool in = p < n;
         if constexpr (requires { pages.test(0u); }) in = in && pages.test(p);
         else in = false;
@@ -479,6 +479,14 @@ class CopyOnWrite {
   void untag(uint32_t page) noexcept {
     if (state_[page].load(std::memory_order_relaxed) == taken_tag_) state_[page].store(kIdle, std::memory_order_relaxed);
   }
+  /// Tags `page` as written for the next freeze, if this region tags (a
+  /// handler's, or a quiescent freeze's copy_left).
+  void tag_written(uint32_t page) noexcept {
+    if (const uint8_t tag = write_tag_.load(std::memory_order_relaxed); tag != 0)
+      state_[page].store(tag, std::memory_order_relaxed);
+  }
+  /// The pages the last freeze took (Freeze::taken_pages). Committer only.
+  std::span<const uint32_t> taken() const noexcept { return {taken_pages_.get(), taken_pages_count_}; }
   /// Joins pages into runs: word(w, bits) for words in ascending order
   /// (bit b: page 64 w + b), then finish(); emit(offset, length) for each
   /// run of pages, in order.
