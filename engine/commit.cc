@@ -26,6 +26,18 @@ Result<uint64_t> Engine::commit(Segment* segment, CommitOptions options) {
   Segment* seg = segment;
   auto lock = impl->table.lock(seg);
   if (seg == nullptr) return fail(Errc::kInvalidArgument, "unknown segment handle");
+  auto g = impl->commit_locked(*seg, options);
+  // A posted copy-on-write commit that is no generation: the pages its
+  // client made pending are no snapshot's.
+  if (!g && options.pended && seg->cow != nullptr && seg->cow->role() == CopyOnWrite::Role::kSettler)
+    impl->drop_pended(*seg);
+  return g;
+}
+
+Result<uint64_t> Engine::Impl::commit_locked(Segment& segment, const CommitOptions& options) {
+  Segment* const seg = &segment;
+  if (options.pended && (!options.frozen || options.expect_generation == 0))
+    return fail(Errc::kInvalidArgument, "a commit pended by its client must be frozen and numbered");
   if (seg->fenced.load()) return fail(Errc::kFenced, "segment ", seg->name, " moved to a newer owner, or was deleted");
   for (const auto& [off, len] : options.written)
     if (off > seg->size || len > seg->size - off)
@@ -37,9 +49,21 @@ Result<uint64_t> Engine::commit(Segment* segment, CommitOptions options) {
                 std::to_string(options.expect_generation), " where the next is ", std::to_string(generation));
   if (options.source != nullptr && seg->cow != nullptr)
     return fail(Errc::kInvalidArgument, "segment ", seg->name, " takes copy-on-write snapshots: no other source");
-  if (auto ok = impl->snapshot(*seg, generation, options); !ok) return tl::unexpected(ok.error());
-  if (seg->commit_every_ns != 0) seg->next_periodic_ns = impl->clock_ns() + seg->commit_every_ns;
+  if (auto ok = snapshot(*seg, generation, options); !ok) return tl::unexpected(ok.error());
+  if (seg->commit_every_ns != 0) seg->next_periodic_ns = clock_ns() + seg->commit_every_ns;
   return generation;
+}
+
+void Engine::Impl::drop_pended(Segment& seg) {
+  acquire_token();
+  settle_cow(seg, true);  // a snapshot pending still is one's: settled first
+  seg.cow->unpend_all();
+  release_token();
+}
+
+void Engine::Impl::publish_cow_ready(Segment& seg, const Stage& current) noexcept {
+  if (seg.cow != nullptr && seg.cow->role() == CopyOnWrite::Role::kSettler && !seg.fenced.load())
+    seg.cow->set_ready(current.generation);
 }
 
 void Engine::Impl::mark_written(Segment& seg, std::span<const std::pair<uint64_t, uint64_t>> ranges,
@@ -188,6 +212,7 @@ Result<void> Engine::Impl::snapshot(Segment& seg, uint64_t generation, const Com
     // A client that could not protect its mapping commits by copying:
     // whatever it left pending is settled first.
     acquire_token();
+    seg.cow->set_ready(0);  // until this snapshot is settled and the free stage caught up
     settle_cow(seg, true);
     release_token();
   }
@@ -293,6 +318,7 @@ void Engine::Impl::post_ready_stage(Segment& seg, Stage& stage, uint64_t generat
   // stage is the replica slot this node held the generation in.
   mark_written(seg, {});
   acquire_token();
+  if (seg.cow != nullptr) seg.cow->set_ready(0);
   apply_marks(seg);
   stage.generation = generation;
   stage.delta.clear();

@@ -591,6 +591,17 @@ struct Engine::Impl {
   void apply_marks(Segment& seg) noexcept;
   void mark_written(Segment& seg, std::span<const std::pair<uint64_t, uint64_t>> ranges,
                     CopyOnWrite::Freeze* freeze = nullptr);
+  /// Engine::commit, under seg.mu.
+  Result<uint64_t> commit_locked(Segment& seg, const CommitOptions& options);
+  /// A commit the client pended itself (CommitOptions::pended) failed:
+  /// settles what is left of the last snapshot and makes every page idle
+  /// again (CopyOnWrite::unpend_all). Committer; takes the token.
+  void drop_pended(Segment& seg);
+  /// Daemon mode: tells the client library of `seg` that the snapshot in
+  /// `current` is settled whole and the free stage needs nothing of it,
+  /// so its next commit may pend its own pages and post
+  /// (CowShare::Header::ready). Token holder.
+  void publish_cow_ready(Segment& seg, const Stage& current) noexcept;
   /// snapshot() for a copy-on-write segment: protects, posts, returns.
   Result<void> snapshot_cow(Segment& seg, uint64_t generation, const CommitOptions& options);
   /// What a snapshot sends: the chunks changed since the previous

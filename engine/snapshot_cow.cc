@@ -39,6 +39,11 @@ EngineConfig::SnapshotMode Engine::Impl::snapshot_mode_for(std::string_view name
 
 Result<void> Engine::Impl::snapshot_cow(Segment& seg, uint64_t generation, const CommitOptions& options) {
   acquire_token();
+  seg.cow->set_ready(0);  // (kSettler) until this snapshot is settled and the free stage caught up
+  // A commit the client pended itself (posted: it did not wait) was
+  // taken on the word that the last snapshot is settled and the free stage
+  // needs only its pages: checked here, before anything is settled.
+  const bool unsettled = std::any_of(seg.stages.begin(), seg.stages.end(), [](const Stage& s) { return s.cow; });
   // The previous snapshot must be whole before its pages can pend again
   // (the worker has usually finished it long since). If not, this thread
   // settles the rest a slice at a time, and runs the poll loop between
@@ -50,14 +55,22 @@ Result<void> Engine::Impl::snapshot_cow(Segment& seg, uint64_t generation, const
     release_token();
     return fail(Errc::kInternal, "no free snapshot stage");
   }
+  if (options.pended &&
+      (seg.cow->role() != CopyOnWrite::Role::kSettler || unsettled || stage->stale.popcount() != 0)) {
+    release_token();
+    return fail(Errc::kInvalidArgument, "a commit of ", seg.name,
+                " posted before batond said its last snapshot was settled");
+  }
   Result<void> protected_ok;
   if (seg.cow->role() == CopyOnWrite::Role::kSettler) {
     // Daemon mode: the client library froze its mapping and holds it
-    // frozen until this returns; `written` is what it took.
+    // frozen until this returns (or, posted, pended the pages itself and
+    // went on); `written` is what it took.
     mark_written(seg, options.written);
     apply_marks(seg);
     seg.tracked.store(true, std::memory_order_relaxed);
-    seg.cow->pend(stage->mem.data(), stage->stale);
+    if (options.pended) seg.cow->aim(stage->mem.data());
+    else seg.cow->pend(stage->mem.data(), stage->stale);
   } else {
     CopyOnWrite::Freeze freeze(*seg.cow);
     // The stage needs only this commit's pages when it held the last

@@ -407,6 +407,7 @@ bool Engine::Impl::catch_up_stage(Segment& seg, uint64_t& budget, bool& copied) 
     // Most of the segment stale (the first commits, untracked writes): the
     // next commit copies it whole anyway, sending as it goes.
     const uint32_t stale = to.stale.popcount();
+    if (stale == 0) publish_cow_ready(seg, from);
     if (stale == 0 || stale > to.stale.count() / 2) return true;
     seg.catch_up_to = from.generation;
     seg.catch_up_chunk = 0;
@@ -424,6 +425,7 @@ bool Engine::Impl::catch_up_stage(Segment& seg, uint64_t& budget, bool& copied) 
     const uint32_t p = c < chunks ? to.stale.next_set(static_cast<uint32_t>(uint64_t{c} * cs / kPage)) : pages;
     if (p >= pages) {
       seg.catch_up_chunk = chunks;
+      publish_cow_ready(seg, from);
       copied |= done > 0;
       budget -= std::min(budget, done);
       return true;

@@ -251,6 +251,9 @@ std::vector<uint64_t> pick_pages(uint64_t size, double dirty, std::mt19937_64& r
 /// segment's commits.
 struct LeftPages {
   double protected_at_commit = 0, copied_at_commit = 0;
+  /// Of the commits, the share the library posted without waiting for
+  /// batond (batond's count for all its segments).
+  double posted = 0;
 };
 
 /// `name`'s counts from `batonctl status --json` (zero if it has none).
@@ -265,6 +268,7 @@ LeftPages left_pages(const std::string& socket, const char* name) {
   pclose(f);
   const auto j = nlohmann::json::parse(text, nullptr, false);
   if (j.is_discarded() || !j.contains("segments")) return out;
+  if (j.contains("clients")) out.posted = j["clients"].value("posted_cow_commits", 0.0);
   for (const auto& seg : j["segments"])
     if (seg.value("name", "") == name) {
       out.protected_at_commit = seg.value("cow_protected_at_commit", 0.0);
@@ -302,6 +306,7 @@ std::vector<double> pause_case(const std::string& socket, const char* name, uint
     *left = left_pages(socket, name);
     left->protected_at_commit = (left->protected_at_commit - before.protected_at_commit) / static_cast<double>(us.size());
     left->copied_at_commit = (left->copied_at_commit - before.copied_at_commit) / static_cast<double>(us.size());
+    left->posted = (left->posted - before.posted) / static_cast<double>(us.size());
   }
   baton_stop(b);
   return us;
@@ -332,7 +337,8 @@ int pause_main(const std::vector<uint64_t>& sizes_mib, double dirty, int rounds,
       }
       Daemon d("adaptive", 100 + r, extra);
       stage.push_back(stats(pause_case(d.socket(), "stage", size, dirty, commits, rng)).p50);
-      cow.push_back(stats(pause_case(d.socket(), "cow", size, dirty, commits, rng)).p50);
+      LeftPages plain;
+      cow.push_back(stats(pause_case(d.socket(), "cow", size, dirty, commits, rng, &plain)).p50);
       // The application's promise (its only thread writes and commits): the
       // library protects ahead and its commits copy what is left.
       setenv("BATON_QUIESCENT_COMMITS", "1", 1);
@@ -341,9 +347,10 @@ int pause_main(const std::vector<uint64_t>& sizes_mib, double dirty, int rounds,
       unsetenv("BATON_QUIESCENT_COMMITS");
       std::printf("{\"round\":%d,\"mib\":%llu,\"memcpy_whole_us\":%.1f,\"memcpy_dirty_us\":%.1f,"
                   "\"stage_copy_us\":%.1f,\"cow_us\":%.1f,\"cow_quiescent_us\":%.1f,"
-                  "\"cow_quiescent_pages_protected_at_commit\":%.1f,\"cow_quiescent_pages_copied_at_commit\":%.1f}\n",
+                  "\"cow_quiescent_pages_protected_at_commit\":%.1f,\"cow_quiescent_pages_copied_at_commit\":%.1f,"
+                  "\"cow_posted\":%.2f,\"cow_quiescent_posted\":%.2f}\n",
                   r, static_cast<unsigned long long>(mib), whole.back(), part.back(), stage.back(), cow.back(),
-                  cowq.back(), left.protected_at_commit, left.copied_at_commit);
+                  cowq.back(), left.protected_at_commit, left.copied_at_commit, plain.posted, left.posted);
       std::fflush(stdout);
     }
     std::printf("%8llu %14.1f %14.1f %14.1f %14.1f %14.1f %10.2f\n", static_cast<unsigned long long>(mib),

@@ -250,6 +250,7 @@ Result<ClientSegment*> Client::open(Op op, std::string_view name, uint64_t size)
   // Posted commits count on from the generation batond has, in the log as
   // batond left it at the open.
   s->posts = fds.size() == 3 && s->size <= kLogMaxSegment && post_commits_allowed();
+  s->cow_posts = fds.size() == 4 && post_commits_allowed();
   s->quiescent = quiescent_commits_promised();
   s->last_generation = s->channel->log.committed.load();
   s->log_head = s->channel->log.head.load();
@@ -410,30 +411,27 @@ bool await_daemon(std::atomic<uint32_t>& word, std::atomic<uint32_t>& sleeping, 
   return true;
 }
 
-/// Posts the commit request in the channel (what it says is stored
-/// already) and waits for batond's answer. After `timeout_ns` the request
-/// is withdrawn, unless batond has taken it (CommitChannel::claim): then
-/// the answer is awaited for as long as batond lives, since what it took
-/// becomes a generation. `interrupted`: this process shut the connection
-/// itself (baton_stop on another thread), which reads as batond gone; a
-/// commit batond took is then awaited while batond runs, up to the
-/// timeout, since batond is copying the memory the application would
-/// write as soon as this returned (a generation of neither state).
-Result<uint64_t> post(ClientSegment& s, uint64_t timeout_ns, int socket_fd, const std::atomic<bool>& interrupted,
-                      pid_t daemon_pid) {
+/// Publishes a commit request (what it says is stored already) and rings
+/// the doorbell if batond sleeps (`posted`: only if it sleeps for long;
+/// a napping batond looks within kNapNs by itself). Returns its number;
+/// `rang`: whether it rang.
+uint32_t publish(ClientSegment& s, bool posted, bool& rang) {
   CommitChannel& ch = *s.channel;
   const uint32_t seq = ch.request.load(std::memory_order_relaxed) + 1;  // we are the only writer
   ch.claim.store(claim_of(seq, kPosted), std::memory_order_relaxed);  // published by the request's store
   ch.request.store(seq);  // seq_cst: pairs with the daemon's daemon_sleeping store
-  // A sleeping daemon is rung, and then this thread sleeps too rather than
-  // spin: the kernel can then run the daemon's commit thread on this vCPU
-  // at once, where waking it on the other (idle, halted) vCPU while this
-  // one spins costs a cross-vCPU wake-up of ~100 us on these machines.
-  bool rang = false;
-  if (ch.daemon_sleeping.load()) {
-    ring(s);
-    rang = true;
-  }
+  const uint32_t sleeping = ch.daemon_sleeping.load();
+  rang = sleeping == kAsleep || (sleeping != kAwake && !posted);
+  if (rang) ring(s);
+  return seq;
+}
+
+/// Waits for batond's answer to request `seq` (publish). After
+/// `timeout_ns` the request is withdrawn, unless batond has taken it
+/// (post).
+Result<uint64_t> answer(ClientSegment& s, uint32_t seq, bool rang, uint64_t timeout_ns, int socket_fd,
+                        const std::atomic<bool>& interrupted, pid_t daemon_pid) {
+  CommitChannel& ch = *s.channel;
   Result<uint64_t> failed;
   const bool answered = await_daemon(
       ch.done, ch.app_sleeping, rang ? 0 : kSpinNs, [seq](uint32_t done) { return done == seq; },
@@ -469,6 +467,26 @@ Result<uint64_t> post(ClientSegment& s, uint64_t timeout_ns, int socket_fd, cons
     return tl::unexpected(Error{code, std::string("commit refused by batond: ") + why});
   }
   return ch.generation.load(std::memory_order_relaxed);
+}
+
+/// Posts the commit request in the channel (what it says is stored
+/// already) and waits for batond's answer. After `timeout_ns` the request
+/// is withdrawn, unless batond has taken it (CommitChannel::claim): then
+/// the answer is awaited for as long as batond lives, since what it took
+/// becomes a generation. `interrupted`: this process shut the connection
+/// itself (baton_stop on another thread), which reads as batond gone; a
+/// commit batond took is then awaited while batond runs, up to the
+/// timeout, since batond is copying the memory the application would
+/// write as soon as this returned (a generation of neither state).
+Result<uint64_t> post(ClientSegment& s, uint64_t timeout_ns, int socket_fd, const std::atomic<bool>& interrupted,
+                      pid_t daemon_pid) {
+  // A sleeping daemon is rung, and then this thread sleeps too rather than
+  // spin: the kernel can then run the daemon's commit thread on this vCPU
+  // at once, where waking it on the other (idle, halted) vCPU while this
+  // one spins costs a cross-vCPU wake-up of ~100 us on these machines.
+  bool rang = false;
+  const uint32_t seq = publish(s, false, rang);
+  return answer(s, seq, rang, timeout_ns, socket_fd, interrupted, daemon_pid);
 }
 
 /// Waits until batond's tail of `s`'s log reaches `target` (slots it
@@ -565,7 +583,28 @@ bool fit_slot(ClientSegment& s, bool all) {
 
 }  // namespace
 
+Result<void> Client::answer_cow_post(ClientSegment& s, uint64_t timeout_ns) {
+  if (!std::exchange(s.cow_posted, false)) return {};
+  auto g = answer(s, s.cow_post, false, timeout_ns != 0 ? timeout_ns : commit_timeout_ns_, fd_, interrupted_,
+                  daemon_pid_);
+  if (g && *g == s.cow_post_generation) return {};
+  // No generation (or, from a batond that answered another, not the one
+  // the application was told): every page counts as written again, and
+  // the count goes on from the generation before it.
+  if (s.cow != nullptr) CopyOnWrite::Freeze(*s.cow).untake();
+  s.last_generation = s.cow_post_generation - 1;
+  if (g) {
+    return fail(Errc::kInternal, "batond committed the posted commit of generation ",
+                std::to_string(s.cow_post_generation), " as ", std::to_string(*g));
+  }
+  if (g.error().code == Errc::kFenced) s.fenced = true;  // every later commit is refused too
+  return tl::unexpected(Error{g.error().code, "the posted commit of generation " +
+                                                  std::to_string(s.cow_post_generation) +
+                                                  " is no generation: " + g.error().message});
+}
+
 Result<void> Client::drain_posts(ClientSegment& s, uint64_t timeout_ns) {
+  if (auto answered = answer_cow_post(s, timeout_ns); !answered) return answered;
   if (!s.posts) return {};
   CommitLog& log = s.channel->log;
   if (timeout_ns == 0) timeout_ns = commit_timeout_ns_;
@@ -656,14 +695,17 @@ Result<uint64_t> Client::commit_locked(ClientSegment* s, std::span<const std::pa
     // The commit point: the written pages are taken and protected, and
     // this mapping's fault handler waits until batond has marked what the
     // snapshot needs; then the application writes on while batond's
-    // worker copies it.
+    // worker copies it. Or, when batond said the last snapshot is settled
+    // and its next stage needs only these pages, this process marks them
+    // itself and posts the commit without waiting (ipc/messages.h).
+    if (auto answered = answer_cow_post(*s); !answered) return tl::unexpected(answered.error());
     bool frozen = false;
     Result<uint64_t> g = 0;
     {
       CopyOnWrite::Freeze freeze(*s->cow);
       freeze.take_written(start_ranges(*s, written));
       // Quiescent: the pages left to the commit are copied aside below, once
-      // batond has marked them pending, instead of protected here.
+      // they are pending, instead of protected here.
       const bool copy_left = quiescent && freeze.copy_left_pays();
       Result<void> protect;
       if (!copy_left) protect = freeze.protect();
@@ -671,14 +713,33 @@ Result<uint64_t> Client::commit_locked(ClientSegment* s, std::span<const std::pa
         BT_WARN("segment handle %u: copy-on-write stops, commits copy it: %s", s->handle,
                 protect.error().message.c_str());
       frozen = static_cast<bool>(protect);
+      // Posted: just the pages taken (not those the application named,
+      // nor runs coarsened to fit the channel), and not too many to mark
+      // here (past an eighth of the segment, batond's pass over its bitmap
+      // costs less than a store per page).
+      const bool posted = frozen && s->cow_posts && written.empty() && s->ranges.size() <= kMaxWritten &&
+                          freeze.taken_count() <= std::max<uint64_t>(64, s->size / CopyOnWrite::kPage / 8) &&
+                          s->last_generation != 0 && s->cow->ready() == s->last_generation;
       put_written(*s, !frozen);  // a failed protect: batond copies everything
-      ch.frozen.store(frozen ? 1 : 0, std::memory_order_relaxed);
+      ch.frozen.store(posted ? 2 : frozen ? 1 : 0, std::memory_order_relaxed);
+      if (posted) {
+        freeze.pend_taken();
+        if (copy_left) freeze.copy_left();  // (before batond can settle them)
+        s->cow_post_generation = s->last_generation + 1;
+        ch.expect_generation.store(s->cow_post_generation, std::memory_order_relaxed);
+        bool rang = false;
+        s->cow_post = publish(*s, true, rang);
+        s->cow_posted = true;
+        s->last_generation = s->cow_post_generation;
+        return s->cow_post_generation;
+      }
       g = post(*s, commit_timeout_ns_, fd_, interrupted_, daemon_pid_);
       // Even after a failure: batond may have pended them (a refusal after
       // it took the commit); a page it did not pend is not copied.
       if (copy_left) freeze.copy_left();
       if (!g) freeze.untake();  // its pages may not have been applied: all again next time
       if (!g && g.error().code == Errc::kFenced) s->fenced = true;  // every later commit is refused too
+      if (g) s->last_generation = *g;
     }
     // batond settled everything before its copy: the protection can go.
     if (!frozen && g) {

@@ -63,6 +63,13 @@ struct ClientSegment {
   /// batond would refuse it). commit_mu.
   bool fenced = false;
   uint64_t last_generation = 0;
+  /// Posted copy-on-write commits (ipc/messages.h): whether this segment
+  /// posts them; whether one is posted that batond has not answered yet,
+  /// its request number and the generation it was numbered. commit_mu.
+  bool cow_posts = false;
+  bool cow_posted = false;
+  uint32_t cow_post = 0;
+  uint64_t cow_post_generation = 0;
   /// When a post last looked whether batond is gone (post_log). commit_mu.
   uint64_t gone_checked_ns = 0;
   uint32_t log_head = 0;
@@ -160,6 +167,11 @@ class Client {
   /// generation again). commit_mu.
   /// Gives up after `timeout_ns` (0: the commit timeout) with kUnavailable.
   Result<void> drain_posts(ClientSegment& s, uint64_t timeout_ns = 0);
+  /// Waits for batond's answer to the posted copy-on-write commit of `s`
+  /// (if any; cow_posted), up to `timeout_ns` (0: the commit timeout) for
+  /// batond to take it. A refusal is reported here: the commit is no
+  /// generation, and every page counts as written again. commit_mu.
+  Result<void> answer_cow_post(ClientSegment& s, uint64_t timeout_ns = 0);
   void run_periodic();
   int fd_ = -1;
   /// batond's pid, from the socket at connect (0: not known). Read only.

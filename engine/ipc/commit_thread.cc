@@ -76,6 +76,11 @@ void Server::detach(Segment& seg) {
   // What the application posted and was told is a commit becomes one,
   // even when it exits (or dies) without waiting for it.
   if (const uint32_t head = seg.channel->log.head.load(); head != seg.log_tail) take_log(lane, seg, head);
+  // So does a posted copy-on-write commit (a waiting one's application
+  // was told nothing).
+  if (const uint32_t req = seg.channel->request.load();
+      req != seg.seen && seg.channel->frozen.load(std::memory_order_relaxed) == 2)
+    take_request(lane, seg, req);
   lane.active.erase(std::remove(lane.active.begin(), lane.active.end(), &seg), lane.active.end());
   std::vector<std::byte>().swap(seg.shadow);  // the next holder's attach makes its own
   // Out of the set before it closes: the application's copy keeps the
@@ -178,57 +183,80 @@ Server::Polled Server::poll_commits(CommitLane& lane) {
     }
     const uint32_t req = ch.request.load();  // seq_cst: pairs with the daemon_sleeping handshake
     if (req == seg->seen) continue;
-    busy = Polled::kRequests;
-    seg->seen = req;
-    // Taken, unless the application stopped waiting for it first (or wrote
-    // something else there: then only its own commit is lost).
-    uint32_t posted = claim_of(req, kPosted);
-    if (!ch.claim.compare_exchange_strong(posted, claim_of(req, kTaken))) {
-      ch.status.store(-static_cast<int32_t>(Errc::kUnavailable), std::memory_order_relaxed);
-      ch.done.store(req, std::memory_order_release);
-      ++counters_.withdrawn_commits;
-      continue;
-    }
-    // The large lane shares the engine: its copies never hold up a small
-    // commit, even when preempted (CommitOptions::share).
-    CommitOptions options{.share = &lane == &lanes_[1]};
-    Result<uint64_t> g = fail(Errc::kInvalidArgument, "bad written-range count in the commit channel");
-    const uint32_t n = ch.written_count.load(std::memory_order_relaxed);
-    if (n == kWrittenAll || n <= kMaxWritten) {
-      // Only what the application wrote is copied; the engine checks the
-      // ranges against the segment (a bad one fails this commit alone).
-      lane.written.clear();
-      if (n != kWrittenAll)
-        for (uint32_t i = 0; i < n; ++i)
-          lane.written.emplace_back(ch.written[2 * i].load(std::memory_order_relaxed),
-                                    ch.written[2 * i + 1].load(std::memory_order_relaxed));
-      // "Nothing written" is a range of nothing, not "everything".
-      if (n == 0) lane.written.emplace_back(0, 0);
-      options.written = lane.written;
-      options.frozen = ch.frozen.load(std::memory_order_relaxed) == 1;
-      g = engine_.commit(seg->handle, options);
-      // The application waits meanwhile, so its memory is this generation:
-      // the shadow takes what it wrote (or all of it).
-      if (g && !seg->shadow.empty()) {
-        const std::byte* mem = engine_.data(seg->handle).data();
-        if (n == kWrittenAll || seg->shadow_stale) {
-          std::memcpy(seg->shadow.data(), mem, seg->size);
-        } else {
-          for (const auto& [off, len] : lane.written) std::memcpy(seg->shadow.data() + off, mem + off, len);
-        }
-        seg->shadow_stale = false;
-      }
-      if (g) seg->refusing = false;
-    }
-    ch.status.store(g ? 0 : -static_cast<int32_t>(g.error().code), std::memory_order_relaxed);
-    if (g) ch.generation.store(*g, std::memory_order_relaxed);
-    if (g) ch.log.committed.store(*g, std::memory_order_relaxed);
-    ch.done.store(req);  // seq_cst: pairs with the application's app_sleeping store
-    if (ch.app_sleeping.load())  // shared memory between processes: not a private futex
-      syscall(SYS_futex, reinterpret_cast<uint32_t*>(&ch.done), FUTEX_WAKE, INT32_MAX, nullptr, nullptr, 0);
-    ++counters_.commits;
+    // Nobody waits for a posted one: the lane naps after it, as after
+    // posts (its application rings only a sleeping lane).
+    busy = take_request(lane, *seg, req) ? std::max(busy, Polled::kPosts) : Polled::kRequests;
   }
   return busy;
+}
+
+bool Server::take_request(CommitLane& lane, Segment& segment, uint32_t req) {
+  Segment* const seg = &segment;
+  CommitChannel& ch = *seg->channel;
+  seg->seen = req;
+  // Taken, unless the application stopped waiting for it first (or wrote
+  // something else there: then only its own commit is lost).
+  uint32_t posted = claim_of(req, kPosted);
+  if (!ch.claim.compare_exchange_strong(posted, claim_of(req, kTaken))) {
+    ch.status.store(-static_cast<int32_t>(Errc::kUnavailable), std::memory_order_relaxed);
+    ch.done.store(req, std::memory_order_release);
+    ++counters_.withdrawn_commits;
+    return false;
+  }
+  // The large lane shares the engine: its copies never hold up a small
+  // commit, even when preempted (CommitOptions::share).
+  CommitOptions options{.share = &lane == &lanes_[1]};
+  Result<uint64_t> g = fail(Errc::kInvalidArgument, "bad written-range count in the commit channel");
+  const uint32_t n = ch.written_count.load(std::memory_order_relaxed);
+  const uint32_t frozen = ch.frozen.load(std::memory_order_relaxed);
+  if (n != kWrittenAll && n > kMaxWritten && frozen == 2) {
+    // Posted, and no commit: the engine still makes the pages its client
+    // pended idle again (a pended commit without a number fails so).
+    options.frozen = options.pended = true;
+    g = engine_.commit(seg->handle, options);
+  } else if (n == kWrittenAll || n <= kMaxWritten) {
+    // Only what the application wrote is copied; the engine checks the
+    // ranges against the segment (a bad one fails this commit alone).
+    lane.written.clear();
+    if (n != kWrittenAll)
+      for (uint32_t i = 0; i < n; ++i)
+        lane.written.emplace_back(ch.written[2 * i].load(std::memory_order_relaxed),
+                                  ch.written[2 * i + 1].load(std::memory_order_relaxed));
+    // "Nothing written" is a range of nothing, not "everything".
+    if (n == 0) lane.written.emplace_back(0, 0);
+    options.written = lane.written;
+    options.frozen = frozen == 1 || frozen == 2;
+    options.pended = frozen == 2;
+    if (options.pended) options.expect_generation = ch.expect_generation.load(std::memory_order_relaxed);
+    g = engine_.commit(seg->handle, options);
+    // The application waits meanwhile, so its memory is this generation:
+    // the shadow takes what it wrote (or all of it).
+    if (g && !seg->shadow.empty()) {
+      const std::byte* mem = engine_.data(seg->handle).data();
+      if (n == kWrittenAll || seg->shadow_stale) {
+        std::memcpy(seg->shadow.data(), mem, seg->size);
+      } else {
+        for (const auto& [off, len] : lane.written) std::memcpy(seg->shadow.data() + off, mem + off, len);
+      }
+      seg->shadow_stale = false;
+    }
+    if (g) seg->refusing = false;
+  }
+  ch.status.store(g ? 0 : -static_cast<int32_t>(g.error().code), std::memory_order_relaxed);
+  if (g) ch.generation.store(*g, std::memory_order_relaxed);
+  if (g) ch.log.committed.store(*g, std::memory_order_relaxed);
+  ch.done.store(req);  // seq_cst: pairs with the application's app_sleeping store
+  if (ch.app_sleeping.load())  // shared memory between processes: not a private futex
+    syscall(SYS_futex, reinterpret_cast<uint32_t*>(&ch.done), FUTEX_WAKE, INT32_MAX, nullptr, nullptr, 0);
+  ++counters_.commits;
+  if (options.pended) {
+    ++counters_.posted_cow_commits;
+    if (!g) {
+      ++counters_.refused_cow_posts;
+      BT_DEBUG("segment %s: posted copy-on-write commit refused: %s", seg->name.c_str(), g.error().message.c_str());
+    }
+  }
+  return options.pended;
 }
 
 void Server::commit_loop(CommitLane& lane, const char* thread_name) {

@@ -23,6 +23,15 @@
 // application's mapping, so the client library tracks them (WriteWatch)
 // and batond copies only those chunks.
 //
+// Posted copy-on-write commits: when the share says the snapshot of the
+// library's last generation is settled whole and batond's next stage needs
+// only the pages written since (CowShare::Header::ready), the library makes
+// the pages it froze pending itself, posts the request with `frozen` 2 and
+// the generation it numbered, and returns without waiting; its next commit,
+// wait or close of the segment first waits for batond's answer, and reports
+// a refusal there (the pages are then made idle again and counted as
+// written). So a commit's pause has no round trip to batond in it.
+//
 // Posted commits (CommitLog): a commit of a small segment whose written
 // bytes fit a log slot does not wait for batond at all. The library copies
 // those bytes into the next slot of the channel's log, numbers the
@@ -53,7 +62,9 @@ inline constexpr uint32_t kMagic = 0xBA7017C0;
 /// 6: the copy-on-write share's header counts whole lifts (lifted_whole),
 /// which moved `declined`.
 /// 7: CommitChannel::claim carries the request number it is for.
-inline constexpr uint16_t kVersion = 7;
+/// 8: posted copy-on-write commits (CommitChannel::frozen 2, with
+/// `expect_generation`; the share's header says when, CowShare::Header::ready).
+inline constexpr uint16_t kVersion = 8;
 inline constexpr size_t kMaxMessage = 512;     ///< requests
 inline constexpr size_t kMaxReply = 64 * 1024;  ///< a reply with its trailing text
 inline constexpr size_t kMaxName = 63;
@@ -191,8 +202,13 @@ struct alignas(64) CommitChannel {
   alignas(64) std::atomic<uint32_t> written_count{kWrittenAll};
   /// 1: the library froze its mapping for this commit (copy-on-write: the
   /// written pages are protected and its handler waits until `done`);
-  /// 0: batond copies. Stored with `written_count`.
+  /// 2: it froze them and made them pending itself, and did not wait (a
+  /// posted copy-on-write commit: CommitOptions::pended); 0: batond
+  /// copies. Stored with `written_count`.
   std::atomic<uint32_t> frozen{0};
+  /// With frozen 2: the generation the library told the application the
+  /// commit is (one more than its last); another fails the commit.
+  std::atomic<uint64_t> expect_generation{0};
   /// Who has the posted request in hand (kPosted, stored by the
   /// application before it bumps `request`): batond takes it (kTaken) by
   /// compare-and-swap before it commits, or the application withdraws it

@@ -256,7 +256,8 @@ ServerCounters Server::counters() const noexcept {
                         counters_.commits.load(),       counters_.disconnects.load(),
                         counters_.withdrawn_commits.load(), counters_.posted_commits.load(),
                         counters_.refused_posts.load(), counters_.dropped_fenced.load(),
-                        counters_.handed_over.load()};
+                        counters_.handed_over.load(),   counters_.posted_cow_commits.load(),
+                        counters_.refused_cow_posts.load()};
 }
 
 bool Server::allowed(uid_t uid, gid_t gid) const {

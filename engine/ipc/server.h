@@ -100,7 +100,9 @@ struct ServerCounters {
            posted_commits = 0,     ///< commits that came through a log slot (CommitLog), not a request
            refused_posts = 0,      ///< log slots refused (bad contents, a failed commit)
            dropped_fenced = 0,     ///< segments another node took over, closed here once unheld (drop_fenced)
-           handed_over = 0;        ///< opens that took what a load for them left (Op::kLoadFor)
+           handed_over = 0,        ///< opens that took what a load for them left (Op::kLoadFor)
+           posted_cow_commits = 0,  ///< copy-on-write commits their library pended and posted (ipc/messages.h)
+           refused_cow_posts = 0;   ///< of those, the ones that became no generation
 };
 
 /// Whether batond may take `path` for its socket: nothing is there, or a
@@ -249,6 +251,12 @@ class Server {
   /// for the answer).
   enum class Polled : uint8_t { kNothing, kPosts, kRequests };
   Polled poll_commits(CommitLane& lane);
+  /// Takes request `req` of `seg`'s channel (unless its application
+  /// withdrew it): commits, and answers in the channel. The lane's
+  /// commit thread, or detach() (lane.mu held).
+  /// Returns whether it was a posted copy-on-write commit (nobody waits
+  /// for the answer).
+  bool take_request(CommitLane& lane, Segment& seg, uint32_t req);
   /// How long a lane spins after taking only posted commits (idle =
   /// "spin" spins on regardless).
   static constexpr uint64_t kPostsSpinNs = 10'000;
@@ -321,7 +329,8 @@ class Server {
 
   struct Counters {
     std::atomic<uint64_t> accepted{0}, refused_credentials{0}, refused_limit{0}, bad_requests{0}, commits{0},
-        disconnects{0}, withdrawn_commits{0}, posted_commits{0}, refused_posts{0}, dropped_fenced{0}, handed_over{0};
+        disconnects{0}, withdrawn_commits{0}, posted_commits{0}, refused_posts{0}, dropped_fenced{0}, handed_over{0},
+        posted_cow_commits{0}, refused_cow_posts{0};
   } counters_;
 };
 

@@ -50,6 +50,9 @@ nlohmann::json Server::status_json(size_t limit) const {
                     // commits posted to a log slot (no wait for batond), and slots refused
                     {"posted_commits", counters.posted_commits},
                     {"refused_posts", counters.refused_posts},
+                    // copy-on-write commits the library pended itself and posted, and those refused
+                    {"posted_cow_commits", counters.posted_cow_commits},
+                    {"refused_cow_posts", counters.refused_cow_posts},
                     {"disconnects", counters.disconnects},
                     // segments another node took over, closed here once no application held them
                     {"dropped_fenced", counters.dropped_fenced},

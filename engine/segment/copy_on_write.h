@@ -145,8 +145,15 @@ class CowShare {
     /// The client library did not take copy-on-write (BATON_TRACK_WRITES=0,
     /// or this kernel cannot): its commits copy. Shown in batond's status.
     std::atomic<uint32_t> declined;
+    /// batond's: the generation whose snapshot is settled whole and after
+    /// which the next commit's stage needs only the pages written since
+    /// (0: none). The client library then pends its own pages and posts
+    /// the commit (CopyOnWrite::ready()). The settler's (poll-token
+    /// holder) to write; a client that writes it harms only its own
+    /// snapshots.
+    std::atomic<uint64_t> ready;
   };
-  static constexpr uint64_t kStatesOffset = 64;
+  static constexpr uint64_t kStatesOffset = 128;
   static_assert(sizeof(Header) <= kStatesOffset);
 
   /// batond: a new share for `len` bytes of memory (a multiple of 4 KiB).
@@ -289,6 +296,17 @@ class CopyOnWrite {
       return {cow_.taken_words_.get(), cow_.taken_words_count_};
     }
     std::span<const uint32_t> taken_pages() const noexcept { return cow_.taken(); }
+    /// kClient, when ready() is the generation of the previous commit:
+    /// makes the pages taken pending, as batond's pend would (its next
+    /// stage needs just these, and no page of the last snapshot is left to
+    /// settle), so the commit need not wait for batond (a posted commit,
+    /// CommitOptions::pended).
+    void pend_taken() noexcept {
+      for (const uint32_t p : cow_.taken())
+        if (p < cow_.pages_) cow_.state_[p].store(kPending, std::memory_order_relaxed);
+    }
+    /// How many pages the freeze took.
+    size_t taken_count() const noexcept { return cow_.taken().size(); }
     /// Pages protect() will protect: those written since the previous
     /// freeze that the protector has not protected again already.
     uint32_t to_protect() const noexcept;
@@ -374,6 +392,33 @@ class CopyOnWrite {
         state_[p].store(kPending, std::memory_order_relaxed);
     }
     std::atomic_thread_fence(std::memory_order_release);  // kSettler: before the client opens its gate
+  }
+
+  /// kClient: batond's word in the share (CowShare::Header::ready).
+  /// kSettler: what it says; set_ready() says it. Thread: the client's
+  /// committer; the settler's poll-token holder.
+  uint64_t ready() const noexcept {
+    return share_ != nullptr ? share_->header().ready.load(std::memory_order_acquire) : 0;
+  }
+  void set_ready(uint64_t generation) noexcept {
+    if (share_ != nullptr) share_->header().ready.store(generation, std::memory_order_release);
+  }
+  /// kSettler: a posted commit batond refused (CommitOptions::pended): the
+  /// pages the client made pending for it are no snapshot's. Every page
+  /// not idle is made so, whatever the client's handler did with it. The
+  /// caller settled every snapshot first (no page is pending for one).
+  /// Nothing was copied for the refused commit, and the client library
+  /// counts its pages as written again (Freeze::untake).
+  void unpend_all() noexcept {
+    for (uint32_t p = 0; p < pages_; ++p)
+      if (state_[p].load(std::memory_order_relaxed) != kIdle) state_[p].store(kIdle, std::memory_order_relaxed);
+    std::atomic_thread_fence(std::memory_order_release);
+  }
+  /// kSettler: the snapshot the client pended itself (CommitOptions::pended)
+  /// settles into `stage`.
+  void aim(std::byte* stage) noexcept {
+    aside_.store(stage, std::memory_order_relaxed);
+    patience_ns_ = kClientPatienceNs;
   }
 
   /// Makes sure page `page` of the snapshot is in the stage: copies it

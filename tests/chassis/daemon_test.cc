@@ -608,6 +608,12 @@ void copy_on_write_sessions(bool protect_ahead, bool quiescent = false) {
     // batond's own count of the waits it gave up (an honest, if descheduled,
     // application: any number; shown beside the client's counts).
     EXPECT_TRUE(count("cow_settler_gave_up")) << out;
+    // Commits the library pended itself and posted, once batond said the
+    // last snapshot was settled (most of them, 300 us apart); none refused.
+    const auto posted = count("posted_cow_commits");
+    ASSERT_TRUE(posted) << out;
+    EXPECT_GT(*posted, 0u) << "no commit was posted";
+    EXPECT_EQ(count("refused_cow_posts"), std::optional<uint64_t>(0)) << out;
   }
 }
 

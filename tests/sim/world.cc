@@ -45,6 +45,8 @@ void Stats::add(const Stats& o) {
   loads_outside_set += o.loads_outside_set;
   direct_reads += o.direct_reads;
   client_cow_opens += o.client_cow_opens;
+  client_cow_posts += o.client_cow_posts;
+  client_cow_posts_refused += o.client_cow_posts_refused;
   records_lost += o.records_lost;
   races += o.races;
   start_races += o.start_races;
@@ -55,12 +57,12 @@ void Stats::add(const Stats& o) {
 }
 
 std::string Stats::to_string() const {
-  char b[1280];
+  char b[1400];
   std::snprintf(b, sizeof b,
                 "seeds=%lu steps=%lu commits=%lu durable_acks=%lu restores=%lu fresh_starts=%lu kills=%lu "
                 "restarts=%lu partitions=%lu stalls=%lu failed_opens=%lu lost_with_every_copy=%lu "
                 "acks_in_detection_window=%lu past_tolerance=%lu records_lost=%lu deletes=%lu failed_deletes=%lu "
-                "partial_snapshots=%lu delta_generations=%lu deltas_published_later=%lu standby_promotions=%lu replica_promotions=%lu replica_promotions_chained=%lu cow_snapshots=%lu cow_pended_by_tags=%lu client_cow_opens=%lu restamped=%lu fenced_copies_kept=%lu loads_outside_set=%lu direct_reads=%lu races=%lu start_races=%lu zombie_commits=%lu zombie_durable=%lu",
+                "partial_snapshots=%lu delta_generations=%lu deltas_published_later=%lu standby_promotions=%lu replica_promotions=%lu replica_promotions_chained=%lu cow_snapshots=%lu cow_pended_by_tags=%lu client_cow_opens=%lu client_cow_posts=%lu client_cow_posts_refused=%lu restamped=%lu fenced_copies_kept=%lu loads_outside_set=%lu direct_reads=%lu races=%lu start_races=%lu zombie_commits=%lu zombie_durable=%lu",
                 (unsigned long)seeds, (unsigned long)steps, (unsigned long)commits, (unsigned long)durable_acks,
                 (unsigned long)restores, (unsigned long)fresh_starts, (unsigned long)kills, (unsigned long)restarts,
                 (unsigned long)partitions, (unsigned long)stalls, (unsigned long)failed_opens,
@@ -69,7 +71,8 @@ std::string Stats::to_string() const {
                 (unsigned long)failed_deletes, (unsigned long)partial_snapshots,
                 (unsigned long)delta_generations, (unsigned long)deltas_published_later, (unsigned long)standby_promotions, (unsigned long)replica_promotions,
                 (unsigned long)replica_promotions_chained,
-                (unsigned long)cow_snapshots, (unsigned long)cow_pended_by_tags, (unsigned long)client_cow_opens, (unsigned long)restamped,
+                (unsigned long)cow_snapshots, (unsigned long)cow_pended_by_tags, (unsigned long)client_cow_opens,
+                (unsigned long)client_cow_posts, (unsigned long)client_cow_posts_refused, (unsigned long)restamped,
                 (unsigned long)fenced_copies_kept, (unsigned long)loads_outside_set,
                 (unsigned long)direct_reads, (unsigned long)races, (unsigned long)start_races,
                 (unsigned long)zombie_commits, (unsigned long)zombie_durable);
@@ -594,7 +597,12 @@ class World {
   }
 
   /// The commit call as the client library makes it: frozen (copy-on-write
-  /// in the application's mapping), or a plain engine commit.
+  /// in the application's mapping), or a plain engine commit. When the
+  /// share says the last generation's snapshot is settled and the next
+  /// stage needs only the pages written since, the client pends its pages
+  /// itself and the commit is a posted one (CommitOptions::pended), as
+  /// the library's is; a posted commit the engine refuses is no
+  /// generation, and the client counts every page as written again.
   Result<uint64_t> commit_call(App& a, Engine& en) {
     if (a.client == nullptr) return en.commit(a.handle);
     std::vector<std::pair<uint64_t, uint64_t>> written;
@@ -604,8 +612,19 @@ class World {
       if (off < size) written.emplace_back(off, std::min(len, size - off));
     });
     if (auto ok = freeze.protect(); !ok) throw Violation{"client write-protect failed: " + ok.error().message};
+    const uint64_t ready = a.client->cow->ready();
+    const bool posted = ready != 0 && ready == a.last && freeze.taken_count() <= std::max<uint64_t>(64, size / CopyOnWrite::kPage / 8);
     if (written.empty()) written.emplace_back(0, 0);  // nothing written: a range of nothing
-    auto g = en.commit(a.handle, CommitOptions{.written = written, .frozen = true});
+    if (posted) freeze.pend_taken();
+    // Every 16th posts under a number that does not follow (as a client
+    // that lost count would): the engine refuses it and makes its pages
+    // idle again (no draw from the schedule's numbers: seeds replay).
+    const bool miscounted = posted && content_ % 16 == 15;
+    auto g = en.commit(a.handle, CommitOptions{.written = written, .frozen = true, .pended = posted,
+                                               .expect_generation = posted ? a.last + (miscounted ? 2 : 1) : 0});
+    if (miscounted && g) throw Violation{"a posted commit under a number that does not follow was taken"};
+    if (posted) ++stats_.client_cow_posts;
+    if (posted && !g) ++stats_.client_cow_posts_refused;
     if (!g) freeze.untake();
     return g;
   }

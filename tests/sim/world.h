@@ -87,7 +87,9 @@ struct Stats {
            start_races = 0,         ///< of which two opens or loads
            zombie_commits = 0,      ///< commits by the instance of two racing starts that returned first
            zombie_durable = 0,      ///< of which acknowledged durable (its start won)
-           client_cow_opens = 0;    ///< starts that ran as a daemon-mode client (its own mapping, frozen commits)
+           client_cow_opens = 0,    ///< starts that ran as a daemon-mode client (its own mapping, frozen commits)
+           client_cow_posts = 0,    ///< of their commits, those the client pended itself (CommitOptions::pended)
+           client_cow_posts_refused = 0;  ///< of those, the ones that became no generation
   void add(const Stats& o);
   std::string to_string() const;
 };
