@@ -36,6 +36,7 @@
 #include "../common/recv_reply.h"
 #include "baton/baton.h"
 #include "ipc/messages.h"
+#include "segment/copy_on_write.h"
 
 namespace {
 
@@ -246,8 +247,10 @@ TEST(Hostile, ReadingItsDoorbellSilencesOnlyTheReader) {
 // Copy-on-write in daemon mode hands each client a share of page states
 // and an aside buffer that batond reads while it settles a snapshot. A
 // client that resizes it, scribbles on every byte of it, marks pages
-// "being copied" forever and claims its commits are frozen harms only its
-// own snapshots: batond waits for it at most 2 ms per snapshot.
+// "being copied" forever and claims its commits are frozen (or posted,
+// pended by itself, under numbers right or wrong) harms only its own
+// snapshots: batond waits for it at most 2 ms per snapshot, and refuses a
+// posted commit it was not ready for.
 TEST(Hostile, ACopyOnWriteShareCannotHarmTheDaemon) {
   TempDir dir;
   Batond d(1, dir.path, "", "[snapshots]\nmode = \"copy-on-write\"\n");
@@ -270,15 +273,27 @@ TEST(Hostile, ACopyOnWriteShareCannotHarmTheDaemon) {
       mmap(nullptr, sizeof(CommitChannel), PROT_READ | PROT_WRITE, MAP_SHARED, fds[1], 0));
   ASSERT_NE(ch, MAP_FAILED);
   std::mt19937 rng(3);
-  const size_t states = 64 + kSize / 4096;
-  for (int round = 0; round < 20; ++round) {
+  constexpr size_t kStates = baton::CowShare::kStatesOffset;
+  const size_t states = kStates + kSize / 4096;
+  uint64_t generation = 0;
+  for (int round = 0; round < 30; ++round) {
     ch->written_count.store(round % 2 == 0 ? baton::ipc::kWrittenAll : 0);
-    ch->frozen.store(round % 3 == 0 ? 7 : 1);  // a lie either way: nothing is protected
+    // A lie either way: nothing is protected. Every third is posted, as
+    // pended by the client, under the next number, a wrong one or none.
+    const bool posted = round % 3 == 2;
+    ch->frozen.store(posted ? 2 : round % 3 == 0 ? 7 : 1);
+    ch->expect_generation.store(round % 2 == 0 ? generation + 1 : rng());
     const auto start = std::chrono::steady_clock::now();
-    EXPECT_EQ(commit_through(ch, fds[2]), 0);
+    const int32_t status = commit_through(ch, fds[2]);
+    if (!posted) {
+      EXPECT_EQ(status, 0) << "round " << round;
+    } else if (round % 2 == 1) {
+      EXPECT_NE(status, 0) << "round " << round << ": a number that does not follow";
+    }
+    if (status == 0) generation = ch->generation.load();
     // Every page pending now: mark them all "being copied", or garbage.
-    for (size_t i = 64; i < states; ++i) share[i] = round % 2 == 0 ? 2 : static_cast<uint8_t>(rng());
-    std::memset(share, static_cast<int>(rng()), 64);  // the header too
+    for (size_t i = kStates; i < states; ++i) share[i] = round % 2 == 0 ? 2 : static_cast<uint8_t>(rng());
+    std::memset(share, static_cast<int>(rng()), kStates);  // the header too
     if (round == 10) (void)fallocate(fds[3], FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, st.st_size);
     EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(2)) << "round " << round;
   }
