@@ -583,28 +583,31 @@ bool fit_slot(ClientSegment& s, bool all) {
 
 }  // namespace
 
-Result<void> Client::answer_cow_post(ClientSegment& s, uint64_t timeout_ns) {
-  if (!std::exchange(s.cow_posted, false)) return {};
+void Client::answer_cow_post(ClientSegment& s, uint64_t timeout_ns) {
+  if (!std::exchange(s.cow_posted, false)) return;
   auto g = answer(s, s.cow_post, false, timeout_ns != 0 ? timeout_ns : commit_timeout_ns_, fd_, interrupted_,
                   daemon_pid_);
-  if (g && *g == s.cow_post_generation) return {};
+  if (g && *g == s.cow_post_generation) return;
   // No generation (or, from a batond that answered another, not the one
   // the application was told): every page counts as written again, and
-  // the count goes on from the generation before it.
+  // the count goes on from the generation before it. The application is
+  // told at its next commit, wait or close, even if a periodic commit
+  // took the answer.
   if (s.cow != nullptr) CopyOnWrite::Freeze(*s.cow).untake();
   s.last_generation = s.cow_post_generation - 1;
-  if (g) {
-    return fail(Errc::kInternal, "batond committed the posted commit of generation ",
-                std::to_string(s.cow_post_generation), " as ", std::to_string(*g));
+  if (!g) {
+    if (g.error().code == Errc::kFenced) s.fenced = true;  // every later commit is refused too
+    s.cow_refusal = Error{g.error().code, "the posted commit of generation " + std::to_string(s.cow_post_generation) +
+                                              " is no generation: " + g.error().message};
+  } else {
+    s.cow_refusal = Error{Errc::kInternal, "batond committed the posted commit of generation " +
+                                               std::to_string(s.cow_post_generation) + " as " + std::to_string(*g)};
   }
-  if (g.error().code == Errc::kFenced) s.fenced = true;  // every later commit is refused too
-  return tl::unexpected(Error{g.error().code, "the posted commit of generation " +
-                                                  std::to_string(s.cow_post_generation) +
-                                                  " is no generation: " + g.error().message});
 }
 
 Result<void> Client::drain_posts(ClientSegment& s, uint64_t timeout_ns) {
-  if (auto answered = answer_cow_post(s, timeout_ns); !answered) return answered;
+  answer_cow_post(s, timeout_ns);
+  if (s.cow_refusal) return tl::unexpected(*std::exchange(s.cow_refusal, std::nullopt));
   if (!s.posts) return {};
   CommitLog& log = s.channel->log;
   if (timeout_ns == 0) timeout_ns = commit_timeout_ns_;
@@ -632,6 +635,10 @@ Result<void> Client::drain_posts(ClientSegment& s, uint64_t timeout_ns) {
 
 Result<uint64_t> Client::commit(ClientSegment* s, std::span<const std::pair<uint64_t, uint64_t>> written) {
   std::lock_guard lock(s->commit_mu);
+  // A refused posted commit fails this one (it was counted on), as a
+  // refused posted log slot does.
+  answer_cow_post(*s);
+  if (s->cow_refusal) return tl::unexpected(*std::exchange(s->cow_refusal, std::nullopt));
   auto g = commit_locked(s, written, s->quiescent);
   // A commit of the application's restarts the period.
   if (s->commit_every_ms != 0) s->next_periodic_ns = now_ns() + uint64_t{s->commit_every_ms} * 1'000'000;
@@ -698,7 +705,7 @@ Result<uint64_t> Client::commit_locked(ClientSegment* s, std::span<const std::pa
     // worker copies it. Or, when batond said the last snapshot is settled
     // and its next stage needs only these pages, this process marks them
     // itself and posts the commit without waiting (ipc/messages.h).
-    if (auto answered = answer_cow_post(*s); !answered) return tl::unexpected(answered.error());
+    answer_cow_post(*s);  // a refusal is the application's to hear (Client::commit), not a periodic commit's
     bool frozen = false;
     Result<uint64_t> g = 0;
     {

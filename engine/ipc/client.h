@@ -70,6 +70,9 @@ struct ClientSegment {
   bool cow_posted = false;
   uint32_t cow_post = 0;
   uint64_t cow_post_generation = 0;
+  /// A posted copy-on-write commit batond refused, not yet reported to the
+  /// application. commit_mu.
+  std::optional<Error> cow_refusal;
   /// When a post last looked whether batond is gone (post_log). commit_mu.
   uint64_t gone_checked_ns = 0;
   uint32_t log_head = 0;
@@ -169,9 +172,10 @@ class Client {
   Result<void> drain_posts(ClientSegment& s, uint64_t timeout_ns = 0);
   /// Waits for batond's answer to the posted copy-on-write commit of `s`
   /// (if any; cow_posted), up to `timeout_ns` (0: the commit timeout) for
-  /// batond to take it. A refusal is reported here: the commit is no
-  /// generation, and every page counts as written again. commit_mu.
-  Result<void> answer_cow_post(ClientSegment& s, uint64_t timeout_ns = 0);
+  /// batond to take it. A refusal (the commit is no generation) makes
+  /// every page count as written again and is kept in cow_refusal for the
+  /// application's next commit, wait or close. commit_mu.
+  void answer_cow_post(ClientSegment& s, uint64_t timeout_ns = 0);
   void run_periodic();
   int fd_ = -1;
   /// batond's pid, from the socket at connect (0: not known). Read only.
