@@ -252,10 +252,9 @@ class Server {
   enum class Polled : uint8_t { kNothing, kPosts, kRequests };
   Polled poll_commits(CommitLane& lane);
   /// Takes request `req` of `seg`'s channel (unless its application
-  /// withdrew it): commits, and answers in the channel. The lane's
-  /// commit thread, or detach() (lane.mu held).
-  /// Returns whether it was a posted copy-on-write commit (nobody waits
-  /// for the answer).
+  /// withdrew it): commits, and answers in the channel; returns whether it
+  /// was a posted copy-on-write commit (nobody waits for the answer). The
+  /// lane's commit thread, or detach() (lane.mu held).
   bool take_request(CommitLane& lane, Segment& seg, uint32_t req);
   /// How long a lane spins after taking only posted commits (idle =
   /// "spin" spins on regardless).

@@ -310,11 +310,12 @@ struct CommitOptions {
   /// pending itself, since the share said that the snapshot of the
   /// generation before `expect_generation` was settled whole and the next
   /// stage needs only the pages written since, and returned without
-  /// waiting for this call (a posted copy-on-write commit). The commit then marks nothing pending.
-  /// If that does not hold (a client that did not check), or the commit
-  /// fails for any reason, it fails and the pages are made idle again and
-  /// stale: the generation is no snapshot, and only that client's
-  /// commits suffer. Needs `expect_generation`.
+  /// waiting for this call (a posted copy-on-write commit). The commit
+  /// then marks nothing pending. If that does not hold (a client that did
+  /// not check), or the commit fails for any reason, it fails and every
+  /// page is made idle again: the generation is no snapshot, the client
+  /// counts its pages as written again, and only its commits suffer.
+  /// Needs `expect_generation`.
   bool pended = false;
   /// A stage copy takes the bytes from here (as many as the segment has)
   /// instead of from the segment's memory: batond's copy of a segment as
