@@ -605,9 +605,14 @@ void Client::answer_cow_post(ClientSegment& s, uint64_t timeout_ns) {
   }
 }
 
-Result<void> Client::drain_posts(ClientSegment& s, uint64_t timeout_ns) {
+Result<void> Client::report_cow_post(ClientSegment& s, uint64_t timeout_ns) {
   answer_cow_post(s, timeout_ns);
   if (s.cow_refusal) return tl::unexpected(*std::exchange(s.cow_refusal, std::nullopt));
+  return {};
+}
+
+Result<void> Client::drain_posts(ClientSegment& s, uint64_t timeout_ns) {
+  if (auto reported = report_cow_post(s, timeout_ns); !reported) return reported;
   if (!s.posts) return {};
   CommitLog& log = s.channel->log;
   if (timeout_ns == 0) timeout_ns = commit_timeout_ns_;
@@ -637,8 +642,7 @@ Result<uint64_t> Client::commit(ClientSegment* s, std::span<const std::pair<uint
   std::lock_guard lock(s->commit_mu);
   // A refused posted commit fails this one (it was counted on), as a
   // refused posted log slot does.
-  answer_cow_post(*s);
-  if (s->cow_refusal) return tl::unexpected(*std::exchange(s->cow_refusal, std::nullopt));
+  if (auto reported = report_cow_post(*s); !reported) return tl::unexpected(reported.error());
   auto g = commit_locked(s, written, s->quiescent);
   // A commit of the application's restarts the period.
   if (s->commit_every_ms != 0) s->next_periodic_ns = now_ns() + uint64_t{s->commit_every_ms} * 1'000'000;
@@ -725,7 +729,7 @@ Result<uint64_t> Client::commit_locked(ClientSegment* s, std::span<const std::pa
       // here (past an eighth of the segment, batond's pass over its bitmap
       // costs less than a store per page).
       const bool posted = frozen && s->cow_posts && written.empty() && s->ranges.size() <= kMaxWritten &&
-                          freeze.taken_count() <= std::max<uint64_t>(64, s->size / CopyOnWrite::kPage / 8) &&
+                          freeze.taken_pages().size() <= std::max<uint64_t>(64, s->size / CopyOnWrite::kPage / 8) &&
                           s->last_generation != 0 && s->cow->ready() == s->last_generation;
       put_written(*s, !frozen);  // a failed protect: batond copies everything
       ch.frozen.store(posted ? 2 : frozen ? 1 : 0, std::memory_order_relaxed);

@@ -176,6 +176,9 @@ class Client {
   /// every page count as written again and is kept in cow_refusal for the
   /// application's next commit, wait or close. commit_mu.
   void answer_cow_post(ClientSegment& s, uint64_t timeout_ns = 0);
+  /// answer_cow_post(), then the refusal it kept (if any), taken: for the
+  /// application's own calls. commit_mu.
+  Result<void> report_cow_post(ClientSegment& s, uint64_t timeout_ns = 0);
   void run_periodic();
   int fd_ = -1;
   /// batond's pid, from the socket at connect (0: not known). Read only.

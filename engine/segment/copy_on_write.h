@@ -305,8 +305,6 @@ class CopyOnWrite {
       for (const uint32_t p : cow_.taken())
         if (p < cow_.pages_) cow_.state_[p].store(kPending, std::memory_order_relaxed);
     }
-    /// How many pages the freeze took.
-    size_t taken_count() const noexcept { return cow_.taken().size(); }
     /// Pages protect() will protect: those written since the previous
     /// freeze that the protector has not protected again already.
     uint32_t to_protect() const noexcept;

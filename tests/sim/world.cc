@@ -614,7 +614,7 @@ class World {
     if (auto ok = freeze.protect(); !ok) throw Violation{"client write-protect failed: " + ok.error().message};
     const uint64_t ready = a.client->cow->ready();
     const bool posted = ready != 0 && ready == a.last &&
-                        freeze.taken_count() <= std::max<uint64_t>(64, size / CopyOnWrite::kPage / 8);
+                        freeze.taken_pages().size() <= std::max<uint64_t>(64, size / CopyOnWrite::kPage / 8);
     if (written.empty()) written.emplace_back(0, 0);  // nothing written: a range of nothing
     if (posted) freeze.pend_taken();
     // Every 16th posts under a number that does not follow (as a client
