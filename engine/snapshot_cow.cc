@@ -137,6 +137,14 @@ bool Engine::Impl::advance_cow(Segment& seg, Stage& stage, uint64_t& budget) noe
     done += len;
     if (++i < chunks) stage.ready.store(i, std::memory_order_release);
   }
+  // Nothing stale left past the budget: the snapshot is whole now, not a
+  // poll later. The senders would send the last chunks meanwhile without
+  // the generation's checksum, and a receiver holding every chunk but that
+  // would wait out the sender's retransmit timeout (2 ms at least) for it.
+  if (i < chunks && stage.stale.next_set(static_cast<uint32_t>(uint64_t{i} * cs / kPage)) >= pages) {
+    skipped += chunks - i;
+    i = chunks;
+  }
   bump(counters.snapshot_chunks_copied, copied);
   bump(counters.snapshot_chunks_skipped, skipped);
   bump(counters.cow_pages_settled, settled);

@@ -1082,6 +1082,43 @@ TEST(CopyOnWrite, TheEnginesCommitsPendWrittenPagesByTheirTags) {
   }
 }
 
+// A snapshot whose last written chunk uses up a poll's settling budget is
+// whole in that same poll: 64 chunks of 8 KiB written are four polls of 16
+// exactly. Were it whole only a poll later, the senders would send the
+// last 16 (one burst) without the generation's checksum first, and the
+// replica, holding every chunk but that, would wait out the sender's
+// retransmit timeout for it (a frame resent, 2 ms at least).
+TEST(CopyOnWrite, ASnapshotWholeAtTheEndOfASlicesBudgetGoesWithoutAResend) {
+  SKIP_WITHOUT_COW();
+  constexpr uint32_t kChunk = 8 << 10, kChunks = 512, kWritten = 64;
+  EngineConfig config = cow_config();
+  config.chunk_size = kChunk;       // (the test link's frames take it whole)
+  config.copy_slice = 16 * kChunk;  // what a poll settles: less than a burst of frames
+  Cluster cl(2, config);
+  auto seg = test::must(cl.node(1).create("sliced", uint64_t{kChunks} * kChunk));
+  auto mem = cl.node(1).data(seg);
+  uint64_t resent = 0, copied = 0;
+  for (int g = 1; g <= 8; ++g) {
+    for (uint32_t c = 0; c < kWritten; ++c)  // 64 chunks, spread over the segment, a page each
+      app_write(mem.data() + (uint64_t{c} * (kChunks / kWritten) + g % 3) * kChunk + 100, 1, static_cast<uint8_t>(g));
+    const auto want = std::vector<std::byte>(mem.begin(), mem.end());
+    const auto before = cl.node(1).stats();
+    const uint64_t gen = test::must(cl.node(1).commit(seg));
+    ASSERT_TRUE(test::ok(cl.node(1).wait_replicated(seg, gen, 1, 20s))) << "generation " << g;
+    ASSERT_TRUE(test::must(cl.node(2).read_replica("sliced", gen)) == want) << "generation " << g;
+    // From the third on, a delta of just those chunks (the free stage has
+    // caught up with the last one by then).
+    const auto after = cl.node(1).stats();
+    if (g >= 3) {
+      resent += after.retransmits - before.retransmits;
+      copied += after.snapshot_chunks_copied - before.snapshot_chunks_copied;
+    }
+    std::this_thread::sleep_for(50ms);
+  }
+  EXPECT_EQ(copied, uint64_t{6} * kWritten) << "each snapshot settled just the chunks written";
+  EXPECT_EQ(resent, 0u) << "frames resent for a generation checksum that came a poll late";
+}
+
 TEST(CopyOnWrite, EveryGenerationIsTheMemoryAtItsCommitWhileAWriterHammers) {
   SKIP_WITHOUT_COW();
   hammer_generations(false);
