@@ -116,7 +116,7 @@ bool Engine::Impl::advance_cow(Segment& seg, Stage& stage, uint64_t& budget) noe
   uint32_t i = stage.ready.load(std::memory_order_relaxed);
   uint64_t done = 0;
   uint32_t copied = 0, skipped = 0, settled = 0;
-  while (i < chunks && done < budget) {
+  while (i < chunks) {
     const uint64_t off = uint64_t{i} * cs;
     const uint32_t len = wire::chunk_len(seg.size, cs, i);
     const auto last_page = static_cast<uint32_t>((off + len - 1) / kPage);
@@ -128,6 +128,12 @@ bool Engine::Impl::advance_cow(Segment& seg, Stage& stage, uint64_t& budget) noe
       if (i < chunks) stage.ready.store(i, std::memory_order_release);
       continue;
     }
+    // The budget bounds the copies, not the skips: with nothing stale left
+    // past it the snapshot is whole now, not a poll later. The senders
+    // would send the last chunks meanwhile without the generation's
+    // checksum, and a receiver holding every chunk but that would wait out
+    // the sender's retransmit timeout (2 ms at least) for it.
+    if (done >= budget) break;
     for (; p <= last_page && p < pages; p = stage.stale.next_set(p + 1)) {
       if (seg.cow != nullptr) seg.cow->settle(p);
       ++settled;
@@ -136,14 +142,6 @@ bool Engine::Impl::advance_cow(Segment& seg, Stage& stage, uint64_t& budget) noe
     ++copied;
     done += len;
     if (++i < chunks) stage.ready.store(i, std::memory_order_release);
-  }
-  // Nothing stale left past the budget: the snapshot is whole now, not a
-  // poll later. The senders would send the last chunks meanwhile without
-  // the generation's checksum, and a receiver holding every chunk but that
-  // would wait out the sender's retransmit timeout (2 ms at least) for it.
-  if (i < chunks && stage.stale.next_set(static_cast<uint32_t>(uint64_t{i} * cs / kPage)) >= pages) {
-    skipped += chunks - i;
-    i = chunks;
   }
   bump(counters.snapshot_chunks_copied, copied);
   bump(counters.snapshot_chunks_skipped, skipped);
